@@ -1,0 +1,155 @@
+/**
+ * The resource types Manticore stores and serves. Their JSON Schemas live in `crds/`; every record read
+ * from or written to the store is validated against them (see `./schemas.ts`).
+ */
+
+export type Protocol = 'http' | 'ws' | 'tcp';
+
+export interface SessionMetadata {
+  id: string;
+  owner: string;
+  createdAt: string;
+  generation: number;
+  labels?: Record<string, string>;
+  deletionRequestedAt?: string;
+}
+
+export interface SessionSpec {
+  template: string;
+  /** Complete after defaulting: every template parameter has a value. */
+  parameters: Record<string, string>;
+}
+
+/** What the front end (or any KV client) writes under `sessions/<id>`. */
+export interface SessionRecord {
+  metadata: SessionMetadata;
+  spec: SessionSpec;
+}
+
+export type Phase = 'Pending' | 'Waiting' | 'Starting' | 'Ready' | 'Terminating' | 'Failed';
+
+export type ConditionStatus = 'True' | 'False' | 'Unknown';
+
+export interface Condition {
+  type: string;
+  status: ConditionStatus;
+  reason: string;
+  message: string;
+  lastTransitionTime: string;
+}
+
+export interface Endpoint {
+  protocol: Protocol;
+  url: string;
+}
+
+export interface SessionEvent {
+  time: string;
+  reason: string;
+  message: string;
+}
+
+/** What the controller writes under `status/<id>`. */
+export interface SessionStatus {
+  phase: Phase;
+  observedGeneration: number;
+  conditions: Condition[];
+  endpoints: Record<string, Endpoint>;
+  queuePosition?: number;
+  expiresAt?: string;
+  jobId?: string;
+  allocationId?: string;
+  events: SessionEvent[];
+}
+
+/** The API view: the record and its status together. */
+export interface Session extends SessionRecord {
+  status: SessionStatus;
+}
+
+export interface TemplateParameter {
+  name: string;
+  description?: string;
+  enum: string[];
+  default: string;
+}
+
+export interface ServiceCheck {
+  type: 'tcp' | 'http';
+  path?: string;
+}
+
+export interface TemplateService {
+  name: string;
+  description?: string;
+  /** Name of the port label (unique within the session's workload) that serves this service. */
+  port: string;
+  expose: Protocol;
+  check?: ServiceCheck;
+}
+
+/** A task run as a local process by the embedded scheduler. Strings may use `${…}` references. */
+export interface EmbeddedTask {
+  name: string;
+  command: string;
+  args?: string[];
+  env?: Record<string, string>;
+  /** Port labels this task listens on; the scheduler allocates a loopback port for each. */
+  ports: string[];
+}
+
+export interface NomadTask {
+  name: string;
+  driver: string;
+  config: Record<string, unknown>;
+  env?: Record<string, string>;
+  /** Port label → port inside the task's network namespace. */
+  ports: Record<string, number>;
+  resources: { cpu: number; memoryMB: number };
+}
+
+export interface TemplateBackends {
+  embedded?: { tasks: EmbeddedTask[] };
+  nomad?: { tasks: NomadTask[] };
+}
+
+export interface SessionTemplate {
+  apiVersion: 'manticore/v1';
+  kind: 'SessionTemplate';
+  metadata: { name: string; description?: string };
+  spec: {
+    parameters: TemplateParameter[];
+    services: TemplateService[];
+    backends: TemplateBackends;
+  };
+}
+
+/** The routes of one session, written by the leader under `routes/<id>` and applied by every router. */
+export interface RouteRecord {
+  sessionId: string;
+  /** Secret hostname label → backend address (`host:port`), for http and ws services. */
+  hosts: HostRoute[];
+  /** Public TCP port → backend address. */
+  ports: PortRoute[];
+}
+
+export interface HostRoute {
+  service: string;
+  token: string;
+  /** Absent until the workload is running and its address is known. */
+  backend?: string;
+}
+
+export interface PortRoute {
+  service: string;
+  port: number;
+  backend?: string;
+}
+
+/** Heartbeat each router writes under `routers/<name>`. */
+export interface RouterHeartbeat {
+  name: string;
+  /** Store index of the routes the router has applied (every route change at or below it is live). */
+  appliedIndex: number;
+  heartbeatAt: string;
+}

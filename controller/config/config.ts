@@ -1,0 +1,114 @@
+import fs from 'node:fs';
+import YAML from 'yaml';
+import { validate, ValidationError } from '../api/schemas.js';
+
+/** The configuration file's shape (crds/config.yaml); after loading every field but the derived ones is set. */
+export interface ManticoreConfig {
+  store: { backend: 'embedded'; path: string; prefix: string };
+  scheduler: {
+    backend: 'embedded';
+    stateDir: string;
+    workDir: string;
+    restart: { attempts: number; intervalSeconds: number; delaySeconds: number };
+  };
+  router: {
+    name: string;
+    runDir: string;
+    haproxyBinary: string;
+    configTemplate: string;
+    maxconn: number;
+    http: { host: string; port: number };
+    tcp: { host: string; portRangeStart: number; portRangeEnd: number };
+    heartbeatSeconds: number;
+  };
+  public: { domain: string; httpScheme: 'http' | 'https'; httpPort: number; tcpHost: string };
+  frontend: { host: string; port: number; bodyLimitBytes: number };
+  templates: { dir: string };
+  controller: {
+    workers: number;
+    retryBaseMs: number;
+    retryMaxMs: number;
+    rateLimitPerSecond: number;
+    rateLimitBurst: number;
+    routerStaleSeconds: number;
+  };
+  log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
+}
+
+type EnvParser = (raw: string) => unknown;
+const asInteger: EnvParser = (raw) => (/^\d+$/.test(raw) ? Number(raw) : raw);
+const asString: EnvParser = (raw) => raw;
+
+/** Environment variables that override the file, each naming the field it sets. */
+export const environmentOverrides: ReadonlyArray<{ variable: string; path: string[]; parse: EnvParser }> = [
+  { variable: 'MANTICORE_STORE_PATH', path: ['store', 'path'], parse: asString },
+  { variable: 'MANTICORE_STORE_PREFIX', path: ['store', 'prefix'], parse: asString },
+  { variable: 'MANTICORE_SCHEDULER_STATE_DIR', path: ['scheduler', 'stateDir'], parse: asString },
+  { variable: 'MANTICORE_ROUTER_RUN_DIR', path: ['router', 'runDir'], parse: asString },
+  { variable: 'MANTICORE_HAPROXY_BINARY', path: ['router', 'haproxyBinary'], parse: asString },
+  { variable: 'MANTICORE_HTTP_HOST', path: ['router', 'http', 'host'], parse: asString },
+  { variable: 'MANTICORE_HTTP_PORT', path: ['router', 'http', 'port'], parse: asInteger },
+  { variable: 'MANTICORE_TCP_HOST', path: ['router', 'tcp', 'host'], parse: asString },
+  { variable: 'MANTICORE_TCP_PORT_RANGE_START', path: ['router', 'tcp', 'portRangeStart'], parse: asInteger },
+  { variable: 'MANTICORE_TCP_PORT_RANGE_END', path: ['router', 'tcp', 'portRangeEnd'], parse: asInteger },
+  { variable: 'MANTICORE_DOMAIN', path: ['public', 'domain'], parse: asString },
+  { variable: 'MANTICORE_PUBLIC_HTTP_PORT', path: ['public', 'httpPort'], parse: asInteger },
+  { variable: 'MANTICORE_PUBLIC_TCP_HOST', path: ['public', 'tcpHost'], parse: asString },
+  { variable: 'MANTICORE_FRONTEND_HOST', path: ['frontend', 'host'], parse: asString },
+  { variable: 'MANTICORE_FRONTEND_PORT', path: ['frontend', 'port'], parse: asInteger },
+  { variable: 'MANTICORE_TEMPLATES_DIR', path: ['templates', 'dir'], parse: asString },
+  { variable: 'MANTICORE_LOG_LEVEL', path: ['log', 'level'], parse: asString },
+];
+
+/**
+ * Loads the configuration: the YAML file (optional), then environment overrides, then schema defaults.
+ * Any problem throws a ValidationError naming the field, so start-up stops with a useful message.
+ */
+export function loadConfig(file: string | undefined, env: NodeJS.ProcessEnv = process.env): ManticoreConfig {
+  let raw: unknown = {};
+  if (file !== undefined) {
+    let text: string;
+    try {
+      text = fs.readFileSync(file, 'utf8');
+    } catch (error) {
+      throw new ValidationError(`configuration file ${file}`, [(error as Error).message]);
+    }
+    try {
+      raw = YAML.parse(text) ?? {};
+    } catch (error) {
+      throw new ValidationError(`configuration file ${file}`, [`not valid YAML: ${(error as Error).message}`]);
+    }
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+      throw new ValidationError(`configuration file ${file}`, ['(root): must be a mapping']);
+    }
+  }
+  for (const { variable, path, parse } of environmentOverrides) {
+    const value = env[variable];
+    if (value !== undefined && value !== '') setPath(raw as Record<string, unknown>, path, parse(value));
+  }
+  const config = validate<ManticoreConfig>('config', raw, file === undefined ? 'configuration' : `configuration file ${file}`);
+  return finish(config, file ?? 'configuration');
+}
+
+function setPath(target: Record<string, unknown>, path: string[], value: unknown): void {
+  let node = target;
+  for (const part of path.slice(0, -1)) {
+    const next = node[part];
+    if (typeof next !== 'object' || next === null) node[part] = {};
+    node = node[part] as Record<string, unknown>;
+  }
+  node[path[path.length - 1]!] = value;
+}
+
+/** Fills the derived fields and checks the rules a schema cannot express. */
+function finish(config: ManticoreConfig, what: string): ManticoreConfig {
+  const { tcp } = config.router;
+  if (tcp.portRangeEnd < tcp.portRangeStart) {
+    throw new ValidationError(what, ['/router/tcp/portRangeEnd: must not be below portRangeStart']);
+  }
+  if (tcp.portRangeEnd - tcp.portRangeStart + 1 > 5000) {
+    throw new ValidationError(what, ['/router/tcp: the port range may hold at most 5000 ports (each is a listening socket)']);
+  }
+  config.public.httpPort ??= config.router.http.port;
+  return config;
+}

@@ -1,0 +1,219 @@
+import { Subject, type Observable, type Subscription } from 'rxjs';
+import type { Logger } from '../util/log.js';
+import type { KvEntry, Store, WatchStep } from '../store/store.js';
+import type { Scheduler, Workload, WorkloadStep } from '../scheduler/scheduler.js';
+
+export interface CacheChange<T> {
+  readonly id: string;
+  readonly previous: T | undefined;
+  readonly current: T | undefined;
+}
+
+/**
+ * An in-memory mirror of one kind of object, keyed by session id, that announces every change.
+ * Informers fill it from watches; reconcilers read it instead of asking the backends.
+ */
+export class Cache<T> {
+  private readonly items = new Map<string, T>();
+  private readonly subject = new Subject<CacheChange<T>>();
+  readonly changes: Observable<CacheChange<T>> = this.subject.asObservable();
+
+  get(id: string): T | undefined {
+    return this.items.get(id);
+  }
+
+  values(): IterableIterator<T> {
+    return this.items.values();
+  }
+
+  ids(): IterableIterator<string> {
+    return this.items.keys();
+  }
+
+  get size(): number {
+    return this.items.size;
+  }
+
+  upsert(id: string, value: T): void {
+    const previous = this.items.get(id);
+    this.items.set(id, value);
+    this.subject.next({ id, previous, current: value });
+  }
+
+  remove(id: string): void {
+    const previous = this.items.get(id);
+    if (previous === undefined) return;
+    this.items.delete(id);
+    this.subject.next({ id, previous, current: undefined });
+  }
+
+  /** Makes the cache hold exactly `all`, announcing what appeared, changed and vanished. */
+  replace(all: ReadonlyMap<string, T>, same: (a: T, b: T) => boolean): void {
+    for (const id of [...this.items.keys()]) if (!all.has(id)) this.remove(id);
+    for (const [id, value] of all) {
+      const previous = this.items.get(id);
+      if (previous === undefined || !same(previous, value)) this.upsert(id, value);
+    }
+  }
+
+  complete(): void {
+    this.subject.complete();
+  }
+}
+
+/** A store record as cached: the raw entry plus the decoded value, or why it could not be decoded. */
+export interface CachedRecord<T> {
+  readonly id: string;
+  readonly entry: KvEntry;
+  readonly value?: T;
+  readonly error?: string;
+}
+
+/**
+ * Keeps a watch open: on error or completion it opens a new one (the opener decides where to resume)
+ * after a jittered exponential backoff, so a flapping backend never causes a hot loop.
+ */
+class ResumableWatch<S> {
+  private subscription: Subscription | undefined;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private failures = 0;
+  private stopped = false;
+
+  constructor(
+    private readonly open: () => Observable<S>,
+    private readonly onStep: (step: S) => void,
+    private readonly log: Logger,
+    private readonly what: string,
+  ) {}
+
+  start(): void {
+    this.subscription = this.open().subscribe({
+      next: (step) => {
+        this.failures = 0;
+        this.onStep(step);
+      },
+      error: (error: unknown) => this.retry(error),
+      complete: () => this.retry(new Error('watch ended')),
+    });
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.subscription?.unsubscribe();
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+  }
+
+  private retry(error: unknown): void {
+    if (this.stopped) return;
+    const delay = Math.min(100 * 2 ** this.failures, 10_000) * (0.5 + Math.random() / 2);
+    this.failures += 1;
+    this.log.warn({ err: error, watch: this.what, retryInMs: Math.round(delay) }, 'watch failed; resuming');
+    this.retryTimer = setTimeout(() => this.start(), delay);
+  }
+}
+
+/**
+ * Mirrors one store prefix into a Cache through a watch (list once, then changes), decoding each value.
+ * A decode failure is kept in the cache as `error` (a malformed record is reported, never fatal).
+ * A failed watch resumes from the last index it saw.
+ */
+export class StoreInformer<T> {
+  readonly cache = new Cache<CachedRecord<T>>();
+  readonly synced: Promise<void>;
+  private markSynced!: () => void;
+  private readonly watch: ResumableWatch<WatchStep>;
+  private readonly stepsApplied = new Subject<number>();
+  /** Emits the store index after each watch step has been applied to the cache as a whole. */
+  readonly applied: Observable<number> = this.stepsApplied.asObservable();
+  /** The store index up to which this informer has seen every change under its prefix. */
+  index = 0;
+
+  constructor(
+    store: Store,
+    readonly prefix: string,
+    private readonly decode: (json: string, id: string) => T,
+    log: Logger,
+  ) {
+    this.synced = new Promise((resolve) => (this.markSynced = resolve));
+    this.watch = new ResumableWatch(() => store.watch(prefix, this.index || undefined), (step) => this.apply(step), log, prefix);
+  }
+
+  start(): this {
+    this.watch.start();
+    return this;
+  }
+
+  stop(): void {
+    this.watch.stop();
+    this.cache.complete();
+    this.stepsApplied.complete();
+  }
+
+  private apply(step: WatchStep): void {
+    if (step.kind === 'reset') {
+      const all = new Map<string, CachedRecord<T>>();
+      for (const entry of step.entries) {
+        const record = this.toRecord(entry);
+        if (record) all.set(record.id, record);
+      }
+      this.cache.replace(all, (a, b) => a.entry.modifyIndex === b.entry.modifyIndex && a.entry.value === b.entry.value);
+    } else {
+      for (const change of step.changes) {
+        if (change.type === 'put') {
+          const record = this.toRecord(change.entry);
+          if (record) this.cache.upsert(record.id, record);
+        } else {
+          this.cache.remove(change.key.slice(this.prefix.length));
+        }
+      }
+    }
+    this.index = Math.max(this.index, step.index);
+    this.markSynced();
+    this.stepsApplied.next(this.index);
+  }
+
+  private toRecord(entry: KvEntry): CachedRecord<T> | undefined {
+    const id = entry.key.slice(this.prefix.length);
+    // Nothing of ours nests below an object's key; anything deeper is someone else's and is ignored.
+    if (id === '' || id.includes('/')) return undefined;
+    try {
+      return { id, entry, value: this.decode(entry.value, id) };
+    } catch (error) {
+      return { id, entry, error: (error as Error).message };
+    }
+  }
+}
+
+/** Mirrors the scheduler's workloads (jobs carrying our marker) into a Cache keyed by session id. */
+export class WorkloadInformer {
+  readonly cache = new Cache<Workload>();
+  readonly synced: Promise<void>;
+  private markSynced!: () => void;
+  private readonly watch: ResumableWatch<WorkloadStep>;
+
+  constructor(scheduler: Scheduler, log: Logger) {
+    this.synced = new Promise((resolve) => (this.markSynced = resolve));
+    this.watch = new ResumableWatch(() => scheduler.watch(), (step) => this.apply(step), log, 'workloads');
+  }
+
+  start(): this {
+    this.watch.start();
+    return this;
+  }
+
+  stop(): void {
+    this.watch.stop();
+    this.cache.complete();
+  }
+
+  private apply(step: WorkloadStep): void {
+    if (step.kind === 'reset') {
+      this.cache.replace(new Map(step.workloads.map((w) => [w.sessionId, w])), (a, b) => JSON.stringify(a) === JSON.stringify(b));
+    } else if (step.kind === 'upsert') {
+      this.cache.upsert(step.workload.sessionId, step.workload);
+    } else {
+      this.cache.remove(step.sessionId);
+    }
+    this.markSynced();
+  }
+}

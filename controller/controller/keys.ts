@@ -1,0 +1,30 @@
+/** The store layout (ARCHITECTURE §4): one key per object, one writer per key. */
+export class Keys {
+  constructor(readonly prefix: string) {}
+
+  get sessions(): string {
+    return `${this.prefix}sessions/`;
+  }
+  get statuses(): string {
+    return `${this.prefix}status/`;
+  }
+  get routes(): string {
+    return `${this.prefix}routes/`;
+  }
+  get routers(): string {
+    return `${this.prefix}routers/`;
+  }
+
+  session(id: string): string {
+    return this.sessions + id;
+  }
+  status(id: string): string {
+    return this.statuses + id;
+  }
+  route(id: string): string {
+    return this.routes + id;
+  }
+  router(name: string): string {
+    return this.routers + name;
+  }
+}

@@ -1,0 +1,75 @@
+import type { Condition, ConditionStatus, Endpoint, Phase, SessionEvent, SessionStatus } from '../api/types.js';
+
+/** The conditions a session's status carries, in the order they are reported. */
+export const conditionTypes = ['Admitted', 'Scheduled', 'Healthy', 'Routed', 'Ready'] as const;
+export type ConditionType = (typeof conditionTypes)[number] | 'Valid';
+
+export interface ConditionInput {
+  readonly type: ConditionType;
+  readonly status: ConditionStatus;
+  readonly reason: string;
+  readonly message: string;
+}
+
+export const maxEvents = 20;
+
+export interface StatusInput {
+  readonly phase: Phase;
+  readonly observedGeneration: number;
+  readonly conditions: readonly ConditionInput[];
+  readonly endpoints: Record<string, Endpoint>;
+  readonly jobId?: string;
+  readonly allocationId?: string;
+}
+
+/**
+ * Builds the next status from what the reconciler decided and the previous status: a condition keeps its
+ * lastTransitionTime while its status is unchanged, and every transition (a phase change, a condition
+ * changing status or reason) is appended to the bounded event history. The result is equal to the previous
+ * status whenever nothing changed, so callers can skip the write.
+ */
+export function nextStatus(previous: SessionStatus | undefined, input: StatusInput, now: string): SessionStatus {
+  const events: SessionEvent[] = [...(previous?.events ?? [])];
+  const conditions: Condition[] = input.conditions.map((condition) => {
+    const before = previous?.conditions.find((c) => c.type === condition.type);
+    const transitioned = before === undefined || before.status !== condition.status;
+    // News for the history: a condition that starts out True, one whose status flips, and every new reason
+    // on Ready (why the session is not serving).
+    const newsworthy =
+      before === undefined
+        ? condition.status === 'True'
+        : transitioned || (condition.type === 'Ready' && before.reason !== condition.reason);
+    if (newsworthy) {
+      events.push({ time: now, reason: condition.reason, message: `${condition.type}=${condition.status}: ${condition.message}` });
+    }
+    return {
+      type: condition.type,
+      status: condition.status,
+      reason: condition.reason,
+      message: condition.message,
+      lastTransitionTime: transitioned ? now : before.lastTransitionTime,
+    };
+  });
+  if (previous?.phase !== input.phase) {
+    events.push({ time: now, reason: `Phase${input.phase}`, message: `phase is now ${input.phase}` });
+  }
+  const status: SessionStatus = {
+    phase: input.phase,
+    observedGeneration: input.observedGeneration,
+    conditions,
+    endpoints: input.endpoints,
+    events: events.slice(-maxEvents),
+  };
+  if (input.jobId !== undefined) status.jobId = input.jobId;
+  if (input.allocationId !== undefined) status.allocationId = input.allocationId;
+  return status;
+}
+
+/** The status shown for a session the controller has not reconciled yet. */
+export function pendingStatus(): SessionStatus {
+  return { phase: 'Pending', observedGeneration: 0, conditions: [], endpoints: {}, events: [] };
+}
+
+export function sameStatus(a: SessionStatus | undefined, b: SessionStatus): boolean {
+  return a !== undefined && JSON.stringify(a) === JSON.stringify(b);
+}

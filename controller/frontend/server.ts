@@ -1,0 +1,251 @@
+import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { parseRecord, validate, ValidationError } from '../api/schemas.js';
+import { resolveParameters } from '../api/templates.js';
+import type { Session, SessionRecord, SessionStatus, SessionTemplate } from '../api/types.js';
+import type { Logger } from '../util/log.js';
+import type { Store } from '../store/store.js';
+import { newSessionId } from '../controller/claims.js';
+import { StoreInformer } from '../controller/informer.js';
+import type { Keys } from '../controller/keys.js';
+import { pendingStatus } from '../controller/status.js';
+
+export interface FrontendOptions {
+  readonly store: Store;
+  readonly keys: Keys;
+  readonly templates: ReadonlyMap<string, SessionTemplate>;
+  /** The template backend this deployment runs (`spec.backends.<kind>`). */
+  readonly backend: 'embedded' | 'nomad';
+  readonly bodyLimitBytes: number;
+  readonly log: Logger;
+}
+
+/** An API error: the status code, a sentence for humans, and the offending fields. */
+export class ApiError extends Error {
+  constructor(
+    readonly statusCode: number,
+    message: string,
+    readonly details: string[] = [],
+  ) {
+    super(message);
+  }
+}
+
+const userPattern = /^[A-Za-z0-9._@-]{1,128}$/;
+const idPattern = /^[a-z0-9]{8,40}$/;
+const createBodySchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['template'],
+  properties: {
+    template: { type: 'string', minLength: 1, maxLength: 64 },
+    parameters: { type: 'object', maxProperties: 64, additionalProperties: { type: 'string', maxLength: 256 } },
+    labels: { type: 'object' },
+  },
+} as const;
+
+interface CreateBody {
+  template: string;
+  parameters?: Record<string, string>;
+  labels?: Record<string, string>;
+}
+
+/**
+ * The thin HTTP front end: it validates requests, writes session records and reads sessions back.
+ * It holds no state of its own beyond a watch-fed cache used for listing.
+ */
+export class Frontend {
+  readonly app: FastifyInstance;
+  private readonly sessions: StoreInformer<SessionRecord>;
+  private readonly statuses: StoreInformer<SessionStatus>;
+
+  constructor(private readonly options: FrontendOptions) {
+    const log = options.log.child({ component: 'frontend' });
+    this.sessions = new StoreInformer(options.store, options.keys.sessions, (json) => parseRecord<SessionRecord>('session', json), log);
+    this.statuses = new StoreInformer(options.store, options.keys.statuses, (json) => parseRecord<SessionStatus>('session-status', json), log);
+    this.app = Fastify({
+      loggerInstance: log as FastifyBaseLogger,
+      bodyLimit: options.bodyLimitBytes,
+      disableRequestLogging: true,
+      // Reject what the schemas do not allow instead of silently dropping or coercing it.
+      ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true } },
+    });
+    this.app.setErrorHandler((error: FastifyError, request, reply) => this.sendError(error, request, reply));
+    this.app.setNotFoundHandler((request, reply) => {
+      void reply.code(404).send({ error: `no route ${request.method} ${request.url}`, details: [] });
+    });
+    this.routes();
+  }
+
+  async start(host: string, port: number): Promise<string> {
+    this.sessions.start();
+    this.statuses.start();
+    await Promise.all([this.sessions.synced, this.statuses.synced]);
+    return this.app.listen({ host, port });
+  }
+
+  async stop(): Promise<void> {
+    await this.app.close();
+    this.sessions.stop();
+    this.statuses.stop();
+  }
+
+  private routes(): void {
+    const { app } = this;
+    app.get('/healthz', async () => ({ ok: true }));
+
+    app.get('/api/v1/templates', async () => [...this.options.templates.values()].map((template) => this.describeTemplate(template)));
+
+    app.get<{ Params: { name: string } }>('/api/v1/templates/:name', async (request) => {
+      const template = this.options.templates.get(request.params.name);
+      if (!template) throw new ApiError(404, `template "${request.params.name}" not found`);
+      return this.describeTemplate(template);
+    });
+
+    app.post<{ Body: CreateBody }>('/api/v1/sessions', { schema: { body: createBodySchema } }, async (request, reply) => {
+      const owner = userOf(request);
+      const record = this.newRecord(owner, request.body);
+      const key = this.options.keys.session(record.metadata.id);
+      if (!(await this.options.store.put(key, JSON.stringify(record), { cas: 0 }))) {
+        throw new ApiError(409, 'session id collision; try again');
+      }
+      request.log.info({ session: record.metadata.id, owner, template: record.spec.template }, 'session created');
+      const session: Session = { ...record, status: pendingStatus() };
+      return reply.code(201).header('location', `/api/v1/sessions/${record.metadata.id}`).send(session);
+    });
+
+    app.get('/api/v1/sessions', async (request) => {
+      const owner = userOf(request);
+      const sessions: Session[] = [];
+      for (const cached of this.sessions.cache.values()) {
+        if (cached.value?.metadata.owner !== owner) continue;
+        sessions.push({ ...cached.value, status: this.statuses.cache.get(cached.id)?.value ?? pendingStatus() });
+      }
+      sessions.sort((a, b) => a.metadata.createdAt.localeCompare(b.metadata.createdAt) || a.metadata.id.localeCompare(b.metadata.id));
+      return { items: sessions };
+    });
+
+    app.get<{ Params: { id: string } }>('/api/v1/sessions/:id', async (request) => {
+      const { session } = await this.readOwned(userOf(request), request.params.id);
+      return session;
+    });
+
+    app.delete<{ Params: { id: string } }>('/api/v1/sessions/:id', async (request, reply) => {
+      const owner = userOf(request);
+      // Retry on a lost compare-and-set: the controller may be writing the same record concurrently.
+      for (let attempt = 0; attempt < 5; attempt++) {
+        const { session, modifyIndex } = await this.readOwned(owner, request.params.id);
+        if (session.metadata.deletionRequestedAt !== undefined) return reply.code(202).send(session);
+        const record: SessionRecord = {
+          metadata: { ...session.metadata, deletionRequestedAt: new Date().toISOString() },
+          spec: session.spec,
+        };
+        if (await this.options.store.put(this.options.keys.session(session.metadata.id), JSON.stringify(record), { cas: modifyIndex })) {
+          request.log.info({ session: session.metadata.id, owner }, 'session deletion requested');
+          return reply.code(202).send({ ...record, status: session.status });
+        }
+      }
+      throw new ApiError(409, 'the session changed repeatedly while deleting it; try again');
+    });
+  }
+
+  private describeTemplate(template: SessionTemplate): object {
+    const runsHere = template.spec.backends[this.options.backend] !== undefined;
+    return {
+      name: template.metadata.name,
+      description: template.metadata.description ?? '',
+      parameters: template.spec.parameters.map(({ name, description, enum: values, default: byDefault }) => ({
+        name,
+        description: description ?? '',
+        enum: values,
+        default: byDefault,
+      })),
+      services: template.spec.services.map(({ name, description, expose }) => ({ name, description: description ?? '', protocol: expose })),
+      available: runsHere,
+      ...(runsHere ? {} : { unavailableReason: this.unavailableReason(template) }),
+    };
+  }
+
+  private unavailableReason(template: SessionTemplate): string {
+    const backends = Object.keys(template.spec.backends).join(', ');
+    return `template "${template.metadata.name}" runs only on the ${backends} backend; this Manticore runs the ${this.options.backend} backend`;
+  }
+
+  private newRecord(owner: string, body: CreateBody): SessionRecord {
+    const template = this.options.templates.get(body.template);
+    if (!template) {
+      throw new ApiError(400, `unknown template "${body.template}"`, [
+        `/template: must be one of ${[...this.options.templates.keys()].join(', ')}`,
+      ]);
+    }
+    if (template.spec.backends[this.options.backend] === undefined) {
+      throw new ApiError(400, this.unavailableReason(template), ['/template: not available on this backend']);
+    }
+    const parameters = resolveParameters(template, body.parameters ?? {});
+    const record: SessionRecord = {
+      metadata: { id: newSessionId(), owner, createdAt: new Date().toISOString(), generation: 1 },
+      spec: { template: template.metadata.name, parameters },
+    };
+    if (body.labels !== undefined) record.metadata.labels = body.labels;
+    return validate<SessionRecord>('session', record, 'session');
+  }
+
+  /** Reads a session the caller owns; someone else's session answers exactly like a missing one. */
+  private async readOwned(owner: string, id: string): Promise<{ session: Session; modifyIndex: number }> {
+    const notFound = new ApiError(404, `session "${id}" not found`);
+    if (!idPattern.test(id)) throw notFound;
+    const [entry, statusEntry] = await Promise.all([
+      this.options.store.get(this.options.keys.session(id)),
+      this.options.store.get(this.options.keys.status(id)),
+    ]);
+    if (!entry) throw notFound;
+    let record: SessionRecord;
+    try {
+      record = parseRecord<SessionRecord>('session', entry.value);
+    } catch {
+      throw notFound;
+    }
+    if (record.metadata.owner !== owner) throw notFound;
+    let status = pendingStatus();
+    if (statusEntry) {
+      try {
+        status = parseRecord<SessionStatus>('session-status', statusEntry.value);
+      } catch (error) {
+        this.options.log.warn({ err: error, session: id }, 'unreadable status record');
+      }
+    }
+    return { session: { ...record, status }, modifyIndex: entry.modifyIndex };
+  }
+
+  private sendError(error: FastifyError | ApiError | ValidationError | Error, request: FastifyRequest, reply: FastifyReply): void {
+    if (error instanceof ApiError) {
+      void reply.code(error.statusCode).send({ error: error.message, details: error.details });
+      return;
+    }
+    if (error instanceof ValidationError) {
+      void reply.code(400).send({ error: error.message, details: error.problems });
+      return;
+    }
+    const fastifyError = error as FastifyError;
+    if (fastifyError.validation) {
+      const details = fastifyError.validation.map((problem) => `/body${problem.instancePath}: ${problem.message ?? problem.keyword}`);
+      void reply.code(400).send({ error: 'invalid request body', details });
+      return;
+    }
+    if (fastifyError.statusCode !== undefined && fastifyError.statusCode >= 400 && fastifyError.statusCode < 500) {
+      void reply.code(fastifyError.statusCode).send({ error: fastifyError.message, details: [] });
+      return;
+    }
+    request.log.error({ err: error, url: request.url, method: request.method }, 'request failed');
+    void reply.code(503).send({ error: 'the service could not complete the request; try again', details: [] });
+  }
+}
+
+/** Until authentication arrives, the caller is named by a header; the anonymous user otherwise. */
+function userOf(request: FastifyRequest): string {
+  const header = request.headers['x-manticore-user'];
+  if (header === undefined) return 'anonymous';
+  if (typeof header !== 'string' || !userPattern.test(header)) {
+    throw new ApiError(400, 'invalid X-Manticore-User header', ['X-Manticore-User: 1 to 128 characters of A-Z a-z 0-9 . _ @ -']);
+  }
+  return header;
+}

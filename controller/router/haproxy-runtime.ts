@@ -1,0 +1,224 @@
+import net from 'node:net';
+
+/**
+ * A client for HAProxy's Runtime API (the stats/admin socket, or the master CLI) over a unix socket.
+ * Each command uses its own connection in non-interactive mode: HAProxy reads one line, answers and
+ * closes. HAProxy reports errors as ordinary text, so replies are classified here.
+ */
+
+export interface MapEntry {
+  /** HAProxy's reference for the entry (`0x...`), useful only for debugging. */
+  readonly ref: string;
+  readonly key: string;
+  readonly value: string;
+}
+
+export interface HaproxyRuntimeOptions {
+  /** Give up on a command after this long (default 10 s). */
+  readonly timeoutMs?: number;
+  /**
+   * Prefix each command with `set severity-output number` so HAProxy tags its messages with a syslog
+   * severity and errors can be told from output reliably. The master CLI lacks the command: turn off there.
+   */
+  readonly severityOutput?: boolean;
+}
+
+export class HaproxyRuntimeError extends Error {
+  constructor(
+    /** The command with secret arguments (map keys and values) redacted. */
+    readonly command: string,
+    /** HAProxy's reply, or the socket error. */
+    readonly reply: string,
+    readonly socketPath: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`HAProxy runtime command "${command}" on ${socketPath} failed: ${reply}`, options);
+    this.name = 'HaproxyRuntimeError';
+  }
+}
+
+/** Map and ACL commands: `<verb> map [@<ver>] <file> <key> <value>`; everything after the file may be secret. */
+const MAP_VERBS = new Set(['add', 'set', 'del', 'get', 'show', 'clear', 'prepare', 'commit']);
+
+/** The command as safe to log: verb, map, version and file kept; keys, values and payloads redacted. */
+export function describeCommand(command: string): string {
+  const firstLine = command.split('\n', 1)[0]!;
+  const hasPayload = firstLine.trimEnd().endsWith('<<');
+  const words = firstLine.trim().split(/\s+/).filter((w) => w !== '<<');
+  let keep: number;
+  if (words.length >= 2 && MAP_VERBS.has(words[0]!) && (words[1] === 'map' || words[1] === 'acl')) {
+    keep = words[2]?.startsWith('@') ? 4 : 3;
+  } else {
+    keep = 2;
+  }
+  const kept = words.slice(0, keep);
+  const redacted = words.length - kept.length;
+  if (redacted > 0) kept.push(`<${redacted} argument${redacted === 1 ? '' : 's'} redacted>`);
+  if (hasPayload) kept.push('<payload redacted>');
+  return kept.join(' ');
+}
+
+/** Replies that mean the command failed though no severity tag says so. */
+const UNTAGGED_ERRORS = [/^Unknown command/, /^Permission denied/, /^Unknown map identifier/, /^Missing /, /^Key not found/, /^entry not found/i];
+
+/**
+ * Splits a reply into its text and whether HAProxy reported an error. With severity output on, error
+ * messages start with `[N]: ` where N ≤ 3 (emerg..err); `Unknown command` is tagged as info (6) in 2.6,
+ * so a few untagged forms are recognised by their text too.
+ */
+export function classifyReply(raw: string, severityOutput: boolean): { readonly text: string; readonly error: boolean } {
+  // `set severity-output` answers with an empty line of its own before the real command's reply.
+  let text = severityOutput && raw.startsWith('\n') ? raw.slice(1) : raw;
+  let error = false;
+  const tagged = /^\[(\d)\]: /.exec(text);
+  if (tagged) {
+    error = Number(tagged[1]) <= 3;
+    text = text.slice(tagged[0].length);
+  }
+  if (UNTAGGED_ERRORS.some((pattern) => pattern.test(text))) error = true;
+  return { text: text.replace(/\n+$/, ''), error };
+}
+
+/** Parses `show map <file>` output: one `<ref> <key> <value>` line per entry, duplicates kept. */
+export function parseShowMap(text: string): MapEntry[] {
+  const entries: MapEntry[] = [];
+  for (const line of text.split('\n')) {
+    if (line.trim() === '') continue;
+    const match = /^(\S+) (\S+) ?(.*)$/.exec(line);
+    if (!match) throw new Error(`unexpected line in show map output (${line.length} chars)`);
+    entries.push({ ref: match[1]!, key: match[2]!, value: match[3]! });
+  }
+  return entries;
+}
+
+/** Map keys, values and file names travel inside one command line; spaces or control characters would split it. */
+function checkArgument(what: string, value: string): void {
+  if (!/^[\x21-\x7e]+$/.test(value) || value.includes(';') || value.includes('\\')) {
+    throw new Error(`refusing to send a ${what} with spaces, control characters, ';' or '\\' to HAProxy`);
+  }
+}
+
+export class HaproxyRuntime {
+  private readonly timeoutMs: number;
+  private readonly severityOutput: boolean;
+
+  constructor(
+    readonly socketPath: string,
+    options: HaproxyRuntimeOptions = {},
+  ) {
+    this.timeoutMs = options.timeoutMs ?? 10_000;
+    this.severityOutput = options.severityOutput ?? true;
+  }
+
+  /**
+   * Runs one command on a fresh connection and returns HAProxy's reply (trailing blank lines removed).
+   * `payload` lines follow a command that ends in `<<` and are terminated by an empty line.
+   * Throws HaproxyRuntimeError on a socket problem, a timeout or an error reply.
+   */
+  async execute(command: string, payload?: readonly string[]): Promise<string> {
+    const described = describeCommand(command);
+    if (command.includes('\n') || command.includes('\r')) {
+      throw new HaproxyRuntimeError(described, 'command contains a line break', this.socketPath);
+    }
+    if (payload?.some((line) => line.trim() === '' || /[\r\n]/.test(line))) {
+      throw new HaproxyRuntimeError(described, 'payload lines must be non-empty single lines', this.socketPath);
+    }
+    const line = payload ? `${command} <<\n${payload.join('\n')}\n` : command;
+    const wire = `${this.severityOutput ? 'set severity-output number; ' : ''}${line}\n`;
+    const raw = await this.exchange(wire, described);
+    const { text, error } = classifyReply(raw, this.severityOutput);
+    if (error) throw new HaproxyRuntimeError(described, text, this.socketPath);
+    return text;
+  }
+
+  private exchange(wire: string, described: string): Promise<string> {
+    return new Promise<string>((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      let settled = false;
+      const socket = net.createConnection(this.socketPath);
+      const finish = (error?: Error): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        socket.destroy();
+        if (error) reject(new HaproxyRuntimeError(described, error.message, this.socketPath, { cause: error }));
+        else resolve(Buffer.concat(chunks).toString('utf8'));
+      };
+      const timer = setTimeout(() => finish(new Error(`no complete reply within ${this.timeoutMs} ms`)), this.timeoutMs);
+      // Half-closing our side tells the master CLI (which otherwise waits for more) that the request is complete.
+      socket.once('connect', () => socket.end(wire));
+      socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+      socket.once('end', () => finish());
+      socket.once('close', () => finish());
+      socket.once('error', (error) => finish(error));
+    });
+  }
+
+  /** `show info` as a name → value record (Pid, Uptime_sec, CurrConns, …). */
+  async showInfo(): Promise<Record<string, string>> {
+    const info: Record<string, string> = {};
+    for (const line of (await this.execute('show info')).split('\n')) {
+      const at = line.indexOf(':');
+      if (at > 0) info[line.slice(0, at)] = line.slice(at + 1).trim();
+    }
+    return info;
+  }
+
+  /** Every entry of a map, in HAProxy's order, duplicates included. */
+  async showMap(file: string): Promise<MapEntry[]> {
+    checkArgument('map file', file);
+    return parseShowMap(await this.execute(`show map ${file}`));
+  }
+
+  /** Adds an entry (HAProxy keeps duplicates: the first one wins lookups). */
+  async addMap(file: string, key: string, value: string): Promise<void> {
+    for (const [what, arg] of [['map file', file], ['map key', key], ['map value', value]] as const) checkArgument(what, arg);
+    await this.execute(`add map ${file} ${key} ${value}`);
+  }
+
+  /** Adds many entries with one command (payload form); the caller keeps each payload well under tune.bufsize. */
+  async addMapEntries(file: string, entries: ReadonlyArray<readonly [string, string]>, version?: number): Promise<void> {
+    if (entries.length === 0) return;
+    checkArgument('map file', file);
+    for (const [key, value] of entries) {
+      checkArgument('map key', key);
+      checkArgument('map value', value);
+    }
+    const target = version === undefined ? file : `@${version} ${file}`;
+    await this.execute(`add map ${target}`, entries.map(([key, value]) => `${key} ${value}`));
+  }
+
+  /** Changes the value of an existing key; HAProxy replies "entry not found" (an error here) if it is absent. */
+  async setMap(file: string, key: string, value: string): Promise<void> {
+    for (const [what, arg] of [['map file', file], ['map key', key], ['map value', value]] as const) checkArgument(what, arg);
+    await this.execute(`set map ${file} ${key} ${value}`);
+  }
+
+  /** Removes every entry with this key; HAProxy replies "Key not found" (an error here) if there is none. */
+  async delMap(file: string, key: string): Promise<void> {
+    checkArgument('map file', file);
+    checkArgument('map key', key);
+    await this.execute(`del map ${file} ${key}`);
+  }
+
+  /** Starts a new, empty version of a map for an atomic swap; returns the version number. */
+  async prepareMap(file: string): Promise<number> {
+    checkArgument('map file', file);
+    const reply = await this.execute(`prepare map ${file}`);
+    const match = /New version created:\s*(\d+)/.exec(reply);
+    if (!match) throw new HaproxyRuntimeError(`prepare map ${file}`, `unexpected reply: ${reply}`, this.socketPath);
+    return Number(match[1]);
+  }
+
+  /** Adds an entry to a prepared (not yet visible) version of a map. */
+  async addMapVersion(version: number, file: string, key: string, value: string): Promise<void> {
+    for (const [what, arg] of [['map file', file], ['map key', key], ['map value', value]] as const) checkArgument(what, arg);
+    await this.execute(`add map @${version} ${file} ${key} ${value}`);
+  }
+
+  /** Makes a prepared version the live one, atomically, and drops older versions. */
+  async commitMap(version: number, file: string): Promise<void> {
+    checkArgument('map file', file);
+    await this.execute(`commit map @${version} ${file}`);
+  }
+}

@@ -1,0 +1,81 @@
+import type { Observable } from 'rxjs';
+import type { SessionTemplate } from '../api/types.js';
+
+/** What a session's workload must look like, independent of the backend that runs it. */
+export interface WorkloadRequest {
+  readonly jobId: string;
+  readonly sessionId: string;
+  readonly template: SessionTemplate;
+  readonly parameters: Readonly<Record<string, string>>;
+  /** Public URLs decided at admission, so tasks (the HMI) can be told Core's addresses up front. */
+  readonly endpoints: Readonly<Record<string, { url: string; host: string; port: number }>>;
+}
+
+/** A job ready to register: the backend's own body plus a hash that identifies its content. */
+export interface RenderedJob {
+  readonly id: string;
+  readonly sessionId: string;
+  readonly specHash: string;
+  readonly body: unknown;
+}
+
+export type ClientStatus = 'pending' | 'running' | 'complete' | 'failed' | 'lost';
+
+export interface TaskState {
+  readonly state: 'pending' | 'running' | 'dead';
+  readonly failed: boolean;
+  readonly restarts: number;
+  /** The latest task event, for humans (e.g. "Exited with code 1", "Restarting in 1s"). */
+  readonly lastEvent?: string;
+}
+
+export interface Allocation {
+  readonly id: string;
+  readonly clientStatus: ClientStatus;
+  /** True once every checked port answers; false when a check or task failed; undefined before that. */
+  readonly healthy: boolean | undefined;
+  /** Port label → address a router can reach (`host:port`). */
+  readonly ports: Readonly<Record<string, string>>;
+  readonly tasks: Readonly<Record<string, TaskState>>;
+}
+
+/** A job the scheduler runs for a session (identified by the marker it carries) and its current allocation. */
+export interface Workload {
+  readonly jobId: string;
+  readonly sessionId: string;
+  readonly specHash: string;
+  readonly allocation?: Allocation;
+  /** Set when the scheduler could not place the job, with the reason (e.g. exhausted memory). */
+  readonly placementFailure?: string;
+}
+
+export type WorkloadStep =
+  | { readonly kind: 'reset'; readonly workloads: Workload[] }
+  | { readonly kind: 'upsert'; readonly workload: Workload }
+  | { readonly kind: 'delete'; readonly jobId: string; readonly sessionId: string };
+
+export interface Scheduler {
+  /** The template backend section this scheduler runs (`spec.backends.<kind>`). */
+  readonly kind: 'embedded' | 'nomad';
+  /** Renders the job for a request; throws a `RenderError` naming the problem when the template cannot run here. */
+  render(request: WorkloadRequest): RenderedJob;
+  /** Registers or updates a job; registering the same content again is harmless. */
+  register(job: RenderedJob): Promise<void>;
+  /** Stops and removes a job and its allocations; removing a missing job succeeds. */
+  deregister(jobId: string): Promise<void>;
+  /**
+   * Watches the jobs carrying Manticore's marker: first a reset with all of them, then changes.
+   * Jobs without the marker are never reported.
+   */
+  watch(): Observable<WorkloadStep>;
+  close(): Promise<void>;
+}
+
+export class RenderError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'RenderError';
+  }
+}
+
+export const jobIdFor = (sessionId: string): string => `manticore-${sessionId}`;

@@ -1,0 +1,505 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import { Observable, type Subscriber } from 'rxjs';
+import { silentLogger, type Logger } from '../util/log.js';
+import {
+  StoreError,
+  type KvChange,
+  type KvEntry,
+  type KvListing,
+  type Store,
+  type WatchStep,
+  type WriteOptions,
+} from './store.js';
+
+/** Consul's limits, enforced here too so a key or value that works embedded also works on Consul. */
+export const MAX_KEY_BYTES = 512;
+export const MAX_VALUE_BYTES = 512 * 1024;
+export const DEFAULT_CHANGE_LOG_RETENTION = 10_000;
+
+/** Bumped when the table layout changes; a file written by a newer layout is refused rather than misread. */
+const SCHEMA_VERSION = 1;
+/** How long open() waits for a predecessor process still finishing its shutdown to release the file. */
+const LOCK_WAIT_MS = 1_000;
+/** The index of an empty store. Like Consul, indexes start at 1 and only grow. */
+const INITIAL_INDEX = 1;
+
+export interface EmbeddedStoreOptions {
+  readonly log?: Logger;
+  /** How many of the latest changes are kept for replaying watches from an index (default 10000). */
+  readonly changeLogRetention?: number;
+}
+
+interface KvRow {
+  readonly key: string;
+  readonly value: string;
+  readonly create_index: number;
+  readonly modify_index: number;
+}
+
+interface ChangeRow {
+  readonly idx: number;
+  readonly key: string;
+  readonly kind: 'put' | 'delete';
+  readonly value: string | null;
+  readonly create_index: number | null;
+}
+
+/** A committed change waiting for the next delivery to watchers. */
+interface PendingChange {
+  readonly index: number;
+  readonly key: string;
+  readonly change: KvChange;
+}
+
+interface Watcher {
+  readonly prefix: string;
+  readonly subscriber: Subscriber<WatchStep>;
+  /** The index the consumer asked to resume from; undefined means "start with a reset". */
+  readonly fromIndex: number | undefined;
+  started: boolean;
+  /** Everything up to this index has been delivered (or covered by a reset). */
+  seen: number;
+}
+
+type WriteOutcome =
+  | { readonly applied: false }
+  /** Applied without changing anything (deleting a missing key). */
+  | { readonly applied: true; readonly committed?: undefined }
+  | { readonly applied: true; readonly committed: { readonly change: PendingChange; readonly logFloor: number } };
+
+/**
+ * The desired-state store for the embedded default: one SQLite file with Consul-KV semantics.
+ *
+ * Durability: WAL with `synchronous = FULL`, so every acknowledged write has been fsynced. The file is held
+ * in SQLite's exclusive locking mode from open to close, so a second process (or a second store in this
+ * process) cannot open it. Watches are served in-process from committed changes; a bounded change log in the
+ * file lets a watcher resume from an index, also after a restart.
+ */
+export class EmbeddedStore implements Store {
+  private readonly watchers = new Set<Watcher>();
+  private pending: PendingChange[] = [];
+  private flushHandle: NodeJS.Immediate | undefined;
+  private flushing = false;
+  private closed = false;
+
+  private readonly getKv: Database.Statement<[string], KvRow>;
+  private readonly listKv: Database.Statement<[string, Buffer], KvRow>;
+  private readonly changesSince: Database.Statement<[number, string, Buffer], ChangeRow>;
+  private readonly putTxn: Database.Transaction<(key: string, value: string, cas: number | undefined) => WriteOutcome>;
+  private readonly deleteTxn: Database.Transaction<(key: string, cas: number | undefined) => WriteOutcome>;
+
+  private constructor(
+    private readonly db: Database.Database,
+    private readonly file: string,
+    private readonly retention: number,
+    private readonly log: Logger,
+    /** Mirrors meta 'index'; only this connection writes (it holds the exclusive lock), so it cannot go stale. */
+    private index: number,
+    /** Changes at or below this index may have been pruned: resuming from below it needs a reset. */
+    private logFloor: number,
+  ) {
+    this.getKv = db.prepare('SELECT key, value, create_index, modify_index FROM kv WHERE key = ?');
+    // BINARY collation compares UTF-8 bytes, so [prefix, upperBound(prefix)) is exactly the keys that start
+    // with the prefix, read with an index range scan rather than a full table scan.
+    this.listKv = db.prepare(
+      'SELECT key, value, create_index, modify_index FROM kv WHERE key >= ? AND key < CAST(? AS TEXT) ORDER BY key',
+    );
+    this.changesSince = db.prepare(
+      'SELECT idx, key, kind, value, create_index FROM changes WHERE idx > ? AND key >= ? AND key < CAST(? AS TEXT) ORDER BY idx',
+    );
+    const upsertKv = db.prepare<[string, string, number, number]>(
+      `INSERT INTO kv (key, value, create_index, modify_index) VALUES (?, ?, ?, ?)
+       ON CONFLICT (key) DO UPDATE SET value = excluded.value, modify_index = excluded.modify_index`,
+    );
+    const deleteKv = db.prepare<[string]>('DELETE FROM kv WHERE key = ?');
+    const insertChange = db.prepare<[number, string, string, string | null, number | null]>(
+      'INSERT INTO changes (idx, key, kind, value, create_index) VALUES (?, ?, ?, ?, ?)',
+    );
+    const pruneChanges = db.prepare<[number]>('DELETE FROM changes WHERE idx <= ?');
+    const setMeta = db.prepare<[number, string]>('UPDATE meta SET value = ? WHERE name = ?');
+
+    // Records one change at the next index: log entry, global index, and pruning of the log beyond retention.
+    // Runs inside the write transaction; the in-memory mirrors are updated only once it has committed.
+    const record = (key: string, change: KvChange, index: number): WriteOutcome => {
+      const value = change.type === 'put' ? change.entry.value : null;
+      const createIndex = change.type === 'put' ? change.entry.createIndex : null;
+      insertChange.run(index, key, change.type, value, createIndex);
+      setMeta.run(index, 'index');
+      let logFloor = this.logFloor;
+      if (index - this.retention > logFloor) {
+        logFloor = index - this.retention;
+        pruneChanges.run(logFloor);
+        setMeta.run(logFloor, 'log_floor');
+      }
+      return { applied: true, committed: { change: { index, key, change }, logFloor } };
+    };
+
+    this.putTxn = db.transaction((key: string, value: string, cas: number | undefined): WriteOutcome => {
+      const existing = this.getKv.get(key);
+      if (cas !== undefined && (cas === 0 ? existing !== undefined : existing?.modify_index !== cas)) {
+        return { applied: false };
+      }
+      const index = this.index + 1;
+      const createIndex = existing === undefined ? index : existing.create_index;
+      upsertKv.run(key, value, createIndex, index);
+      return record(key, { type: 'put', entry: { key, value, createIndex, modifyIndex: index } }, index);
+    });
+
+    this.deleteTxn = db.transaction((key: string, cas: number | undefined): WriteOutcome => {
+      const existing = this.getKv.get(key);
+      // As in Consul, deleting a key that is already gone succeeds (even with cas) and changes nothing: it
+      // neither advances the index nor wakes watchers.
+      if (existing === undefined) return { applied: true };
+      if (cas !== undefined && existing.modify_index !== cas) return { applied: false };
+      const index = this.index + 1;
+      deleteKv.run(key);
+      return record(key, { type: 'delete', key, modifyIndex: index }, index);
+    });
+  }
+
+  static open(file: string, options: EmbeddedStoreOptions = {}): EmbeddedStore {
+    const log = (options.log ?? silentLogger()).child({ component: 'embedded-store' });
+    const retention = options.changeLogRetention ?? DEFAULT_CHANGE_LOG_RETENTION;
+    if (!Number.isSafeInteger(retention) || retention < 1) {
+      throw new StoreError(`changeLogRetention must be a positive integer, got ${String(retention)}`, 'open', file);
+    }
+    const inMemory = file === ':memory:';
+    const resolved = inMemory ? file : path.resolve(file);
+
+    let db: Database.Database;
+    try {
+      if (!inMemory) fs.mkdirSync(path.dirname(resolved), { recursive: true });
+      db = new Database(resolved, { timeout: LOCK_WAIT_MS });
+    } catch (error) {
+      throw new StoreError(`cannot open the store file: ${errorMessage(error)}`, 'open', resolved, { cause: error });
+    }
+
+    try {
+      const { index, logFloor } = initialize(db, inMemory, retention);
+      const store = new EmbeddedStore(db, resolved, retention, log, index, logFloor);
+      log.info({ file: resolved, index, logFloor, retention }, 'store opened');
+      return store;
+    } catch (error) {
+      db.close();
+      if (isBusy(error)) {
+        throw new StoreError(
+          'the store file is locked by another process or another open store; two Manticore processes must not share one store',
+          'open',
+          resolved,
+          { cause: error },
+        );
+      }
+      throw new StoreError(`cannot open the store file: ${errorMessage(error)}`, 'open', resolved, { cause: error });
+    }
+  }
+
+  async get(key: string): Promise<KvEntry | undefined> {
+    this.assertOpen('get', key);
+    validateKey('get', key);
+    const row = this.sqlite('get', key, () => this.getKv.get(key));
+    return row === undefined ? undefined : toEntry(row);
+  }
+
+  async list(prefix: string): Promise<KvListing> {
+    this.assertOpen('list', prefix);
+    validatePrefix('list', prefix);
+    return this.sqlite('list', prefix, () => this.listNow(prefix));
+  }
+
+  async put(key: string, value: string, options: WriteOptions = {}): Promise<boolean> {
+    this.assertOpen('put', key);
+    validateKey('put', key);
+    validateValue('put', key, value);
+    const cas = validateCas('put', key, options);
+    return this.apply(this.sqlite('put', key, () => this.putTxn.immediate(key, value, cas)));
+  }
+
+  async delete(key: string, options: WriteOptions = {}): Promise<boolean> {
+    this.assertOpen('delete', key);
+    validateKey('delete', key);
+    const cas = validateCas('delete', key, options);
+    return this.apply(this.sqlite('delete', key, () => this.deleteTxn.immediate(key, cas)));
+  }
+
+  watch(prefix: string, fromIndex?: number): Observable<WatchStep> {
+    return new Observable<WatchStep>((subscriber) => {
+      try {
+        this.assertOpen('watch', prefix);
+        validatePrefix('watch', prefix);
+        if (fromIndex !== undefined && (!Number.isSafeInteger(fromIndex) || fromIndex < 0)) {
+          throw new StoreError(`fromIndex must be a non-negative integer, got ${String(fromIndex)}`, 'watch', prefix);
+        }
+      } catch (error) {
+        subscriber.error(error);
+        return undefined;
+      }
+      const watcher: Watcher = { prefix, subscriber, fromIndex, started: false, seen: 0 };
+      this.watchers.add(watcher);
+      // Even the first step comes from the flush, never from inside subscribe(): a consumer's handler may
+      // refer to its own Subscription, which does not exist yet while subscribe() runs.
+      this.scheduleFlush();
+      return () => {
+        this.watchers.delete(watcher);
+      };
+    });
+  }
+
+  /** Delivers changes already committed, completes every watch and closes the file. Calling it again does nothing. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    // Called from a watch handler: let the running flush hand its batch to the remaining watchers first.
+    if (this.flushing) await new Promise<void>((resolve) => setImmediate(resolve));
+    // Acknowledged writes still reach the watchers before they complete; writes their handlers attempt now
+    // reject, so nothing new is queued.
+    if (this.flushHandle !== undefined) clearImmediate(this.flushHandle);
+    this.flush();
+    const watchers = [...this.watchers];
+    this.watchers.clear();
+    for (const watcher of watchers) watcher.subscriber.complete();
+    try {
+      this.db.close();
+    } catch (error) {
+      throw new StoreError(`closing the store file failed: ${errorMessage(error)}`, 'close', this.file, { cause: error });
+    }
+    this.log.info({ file: this.file, index: this.index }, 'store closed');
+  }
+
+  private apply(outcome: WriteOutcome): boolean {
+    if (outcome.applied && outcome.committed !== undefined) {
+      const { change, logFloor } = outcome.committed;
+      this.index = change.index;
+      this.logFloor = logFloor;
+      this.pending.push(change);
+      this.scheduleFlush();
+    }
+    return outcome.applied;
+  }
+
+  private listNow(prefix: string): KvListing {
+    const entries = this.listKv.all(prefix, upperBound(prefix)).map(toEntry);
+    return { entries, index: this.index };
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushHandle !== undefined || this.closed) return;
+    // setImmediate, not a microtask: delivery never runs inside put(), and writes made in the same turn of
+    // the event loop reach each watcher as one step.
+    this.flushHandle = setImmediate(() => {
+      this.flushHandle = undefined;
+      this.flush();
+    });
+  }
+
+  /**
+   * Starts new watchers and hands the committed changes to the running ones. Handlers may write to the store
+   * while this runs: those changes get higher indexes and go to the next flush, and each watcher's `seen`
+   * index keeps a change from being delivered twice (e.g. once in a reset and again as a change).
+   */
+  private flush(): void {
+    const batch = this.pending;
+    this.pending = [];
+    const batchIndex = batch.length > 0 ? batch[batch.length - 1].index : 0;
+    this.flushing = true;
+    try {
+      for (const watcher of [...this.watchers]) {
+        if (!this.watchers.has(watcher)) continue;
+        if (!watcher.started) {
+          this.start(watcher);
+          continue;
+        }
+        const changes = batch
+          .filter((pending) => pending.index > watcher.seen && pending.key.startsWith(watcher.prefix))
+          .map((pending) => pending.change);
+        if (batchIndex > watcher.seen) watcher.seen = batchIndex;
+        if (changes.length > 0) watcher.subscriber.next({ kind: 'changes', index: watcher.seen, changes });
+      }
+    } finally {
+      this.flushing = false;
+    }
+  }
+
+  private start(watcher: Watcher): void {
+    watcher.started = true;
+    const { prefix, fromIndex } = watcher;
+    let step: WatchStep | undefined;
+    try {
+      if (fromIndex === undefined || fromIndex < this.logFloor || fromIndex > this.index) {
+        if (fromIndex !== undefined) {
+          this.log.info(
+            { prefix, fromIndex, index: this.index, logFloor: this.logFloor },
+            fromIndex > this.index
+              ? 'watch index is ahead of the store (was the store recreated?); starting with a reset'
+              : 'watch index is older than the change log; starting with a reset',
+          );
+        }
+        const listing = this.listNow(prefix);
+        step = { kind: 'reset', index: listing.index, entries: listing.entries };
+      } else {
+        const rows = this.changesSince.all(fromIndex, prefix, upperBound(prefix));
+        if (rows.length > 0) step = { kind: 'changes', index: this.index, changes: rows.map(toChange) };
+      }
+    } catch (error) {
+      this.watchers.delete(watcher);
+      watcher.subscriber.error(
+        new StoreError(`starting the watch failed: ${errorMessage(error)}`, 'watch', prefix, { cause: error }),
+      );
+      return;
+    }
+    watcher.seen = this.index;
+    if (step !== undefined) watcher.subscriber.next(step);
+  }
+
+  private assertOpen(operation: string, key: string): void {
+    if (this.closed) throw new StoreError(`the store (${this.file}) is closed`, operation, key);
+  }
+
+  /** Runs a SQLite call, turning its failures into StoreErrors that say what was being done. */
+  private sqlite<T>(operation: string, key: string, body: () => T): T {
+    try {
+      return body();
+    } catch (error) {
+      throw new StoreError(`SQLite failed on ${this.file}: ${errorMessage(error)}`, operation, key, { cause: error });
+    }
+  }
+}
+
+/** Sets the connection up (lock, journal, durability), creates the tables and reads the indexes. */
+function initialize(db: Database.Database, inMemory: boolean, retention: number): { index: number; logFloor: number } {
+  // Exclusive mode must be set before the first WAL access: the lock is then kept until close, and the WAL
+  // index lives in process memory instead of a shared-memory file that other processes could attach to.
+  db.pragma('locking_mode = EXCLUSIVE');
+  const journal = String(db.pragma('journal_mode = WAL', { simple: true }));
+  if (!inMemory && journal !== 'wal') throw new Error(`SQLite refused WAL journal mode (got '${journal}')`);
+  // FULL syncs the WAL on every commit: an acknowledged write survives a killed process and a power loss.
+  db.pragma('synchronous = FULL');
+  const version = Number(db.pragma('user_version', { simple: true }));
+  if (version > SCHEMA_VERSION) {
+    throw new Error(`the file has schema version ${version}, newer than this Manticore understands (${SCHEMA_VERSION})`);
+  }
+  // The first write transaction takes the exclusive lock, which exclusive mode then keeps.
+  return db
+    .transaction((): { index: number; logFloor: number } => {
+      db.exec(`
+        CREATE TABLE IF NOT EXISTS kv (
+          key TEXT PRIMARY KEY,
+          value TEXT NOT NULL,
+          create_index INTEGER NOT NULL,
+          modify_index INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS changes (
+          idx INTEGER PRIMARY KEY,
+          key TEXT NOT NULL,
+          kind TEXT NOT NULL CHECK (kind IN ('put', 'delete')),
+          value TEXT,
+          create_index INTEGER
+        );
+        CREATE TABLE IF NOT EXISTS meta (
+          name TEXT PRIMARY KEY,
+          value INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        INSERT OR IGNORE INTO meta (name, value) VALUES ('index', ${INITIAL_INDEX}), ('log_floor', ${INITIAL_INDEX});
+        PRAGMA user_version = ${SCHEMA_VERSION};
+      `);
+      const readMeta = db.prepare<[string], { value: number }>('SELECT value FROM meta WHERE name = ?');
+      const meta = (name: string): number => {
+        const row = readMeta.get(name);
+        if (row === undefined) throw new Error(`the meta row '${name}' is missing`);
+        return row.value;
+      };
+      const index = meta('index');
+      let logFloor = meta('log_floor');
+      // Honour a retention lowered since the file was last open.
+      if (index - retention > logFloor) {
+        logFloor = index - retention;
+        db.prepare<[number]>('DELETE FROM changes WHERE idx <= ?').run(logFloor);
+        db.prepare<[number]>("UPDATE meta SET value = ? WHERE name = 'log_floor'").run(logFloor);
+      }
+      return { index, logFloor };
+    })
+    .immediate();
+}
+
+/**
+ * Checks a key against the rules both store backends enforce (Consul's, plus well-formed text so that what is
+ * read back equals what was written).
+ */
+export function validateKey(operation: string, key: string): void {
+  if (typeof key !== 'string') throw new StoreError(`the key must be a string, got ${typeof key}`, operation, String(key));
+  if (key.length === 0) throw new StoreError('the key must not be empty', operation, key);
+  checkName(operation, key, 'key');
+}
+
+/** A prefix follows the key rules, except that it may be empty (everything). */
+export function validatePrefix(operation: string, prefix: string): void {
+  if (typeof prefix !== 'string') {
+    throw new StoreError(`the prefix must be a string, got ${typeof prefix}`, operation, String(prefix));
+  }
+  checkName(operation, prefix, 'prefix');
+}
+
+export function validateValue(operation: string, key: string, value: string): void {
+  if (typeof value !== 'string') throw new StoreError(`the value must be a string, got ${typeof value}`, operation, key);
+  const bytes = Buffer.byteLength(value, 'utf8');
+  if (bytes > MAX_VALUE_BYTES) {
+    throw new StoreError(`the value is ${bytes} bytes, more than the ${MAX_VALUE_BYTES} allowed`, operation, key);
+  }
+  if (LONE_SURROGATE.test(value)) throw new StoreError('the value is not well-formed Unicode (lone surrogate)', operation, key);
+}
+
+function checkName(operation: string, name: string, what: 'key' | 'prefix'): void {
+  if (name.startsWith('/')) throw new StoreError(`the ${what} must not start with '/'`, operation, name);
+  const bytes = Buffer.byteLength(name, 'utf8');
+  if (bytes > MAX_KEY_BYTES) {
+    throw new StoreError(`the ${what} is ${bytes} bytes, more than the ${MAX_KEY_BYTES} allowed`, operation, name);
+  }
+  if (name.includes('\0')) throw new StoreError(`the ${what} must not contain NUL`, operation, name);
+  if (LONE_SURROGATE.test(name)) {
+    throw new StoreError(`the ${what} is not well-formed Unicode (lone surrogate)`, operation, name);
+  }
+}
+
+function validateCas(operation: string, key: string, options: WriteOptions): number | undefined {
+  const { cas } = options;
+  if (cas !== undefined && (!Number.isSafeInteger(cas) || cas < 0)) {
+    throw new StoreError(`cas must be a non-negative integer, got ${String(cas)}`, operation, key);
+  }
+  return cas;
+}
+
+/** In a `u` regexp a surrogate pair is one code point, so this matches only unpaired surrogates. */
+const LONE_SURROGATE = /\p{Surrogate}/u;
+
+/**
+ * The smallest byte string above every string that starts with `prefix`: the prefix with its last byte
+ * incremented (UTF-8 never contains 0xFF, so this cannot overflow), or 0xFF alone for the empty prefix.
+ */
+function upperBound(prefix: string): Buffer {
+  const bytes = Buffer.from(prefix, 'utf8');
+  if (bytes.length === 0) return Buffer.from([0xff]);
+  bytes[bytes.length - 1] += 1;
+  return bytes;
+}
+
+function toEntry(row: KvRow): KvEntry {
+  return { key: row.key, value: row.value, createIndex: row.create_index, modifyIndex: row.modify_index };
+}
+
+function toChange(row: ChangeRow): KvChange {
+  if (row.kind === 'delete') return { type: 'delete', key: row.key, modifyIndex: row.idx };
+  return {
+    type: 'put',
+    entry: { key: row.key, value: row.value ?? '', createIndex: row.create_index ?? row.idx, modifyIndex: row.idx },
+  };
+}
+
+function isBusy(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && code.startsWith('SQLITE_BUSY');
+}
+
+function errorMessage(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

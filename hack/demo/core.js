@@ -1,0 +1,87 @@
+'use strict';
+/*
+ * DEMO stand-in for SDL Core — NOT SDL Core. It lets the embedded default (`make run`, the `demo` template)
+ * prove every route kind end to end without Docker:
+ *   - a websocket server (Core's "broker" service) on NOMAD_PORT_broker that echoes every message;
+ *   - a TCP server (Core's TCP transport for SDL apps) on NOMAD_PORT_tcp that greets with one line,
+ *     `manticore demo core <CORE_VERSION>`, then echoes every line it receives.
+ * It reads the same Nomad runtime variables a real task gets, so it runs unchanged under the local
+ * scheduler or Nomad. Plain CommonJS, no build step.
+ */
+const net = require('node:net');
+const { WebSocketServer } = require('ws');
+
+/** A longer line than this without a newline is not a line-based client: drop the connection. */
+const MAX_LINE_BYTES = 64 * 1024;
+
+function fail(message) {
+  process.stderr.write(`demo core: ${message}\n`);
+  process.exit(1);
+}
+
+function required(name) {
+  const value = process.env[name];
+  if (value === undefined || value === '') fail(`required environment variable ${name} is not set`);
+  return value;
+}
+
+function requiredPort(name) {
+  const raw = required(name);
+  const port = Number(raw);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) fail(`${name}=${raw} is not a TCP port`);
+  return port;
+}
+
+const version = required('CORE_VERSION');
+const brokerHost = required('NOMAD_IP_broker');
+const brokerPort = requiredPort('NOMAD_PORT_broker');
+const tcpHost = required('NOMAD_IP_tcp');
+const tcpPort = requiredPort('NOMAD_PORT_tcp');
+
+const broker = new WebSocketServer({ host: brokerHost, port: brokerPort });
+broker.on('connection', (socket) => {
+  socket.on('message', (data, isBinary) => socket.send(data, { binary: isBinary }));
+  // A client that vanishes mid-message must not take the demo down.
+  socket.on('error', () => socket.terminate());
+});
+broker.on('error', (error) => fail(`websocket server on ${brokerHost}:${brokerPort}: ${error.message}`));
+broker.on('listening', () => process.stdout.write(`demo core ${version}: websocket echo on ${brokerHost}:${brokerPort}\n`));
+
+const tcpSockets = new Set();
+const tcp = net.createServer((socket) => {
+  tcpSockets.add(socket);
+  socket.on('close', () => tcpSockets.delete(socket));
+  // Health checks connect and reset at once; that is not an error worth dying for.
+  socket.on('error', () => socket.destroy());
+  socket.write(`manticore demo core ${version}\n`);
+  let buffered = '';
+  socket.setEncoding('utf8');
+  socket.on('data', (chunk) => {
+    buffered += chunk;
+    let newline;
+    while ((newline = buffered.indexOf('\n')) !== -1) {
+      socket.write(buffered.slice(0, newline + 1));
+      buffered = buffered.slice(newline + 1);
+    }
+    if (Buffer.byteLength(buffered) > MAX_LINE_BYTES) socket.destroy();
+  });
+});
+tcp.on('error', (error) => fail(`tcp server on ${tcpHost}:${tcpPort}: ${error.message}`));
+tcp.listen(tcpPort, tcpHost, () => process.stdout.write(`demo core ${version}: tcp echo on ${tcpHost}:${tcpPort}\n`));
+
+function shutdown(signal) {
+  process.stdout.write(`demo core: ${signal}, shutting down\n`);
+  for (const client of broker.clients) client.close(1001, 'core shutting down');
+  for (const socket of tcpSockets) socket.destroy();
+  let open = 2;
+  const closed = () => {
+    open -= 1;
+    if (open === 0) process.exit(0);
+  };
+  broker.close(closed);
+  tcp.close(closed);
+  // Clients that do not answer the close handshake must not hold the exit up.
+  setTimeout(() => process.exit(0), 1000).unref();
+}
+process.once('SIGTERM', () => shutdown('SIGTERM'));
+process.once('SIGINT', () => shutdown('SIGINT'));

@@ -1,0 +1,507 @@
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { filter, firstValueFrom, map } from 'rxjs';
+import sinon from 'sinon';
+import WebSocket from 'ws';
+import YAML from 'yaml';
+import type { SessionTemplate } from '../../controller/api/types.js';
+import {
+  LocalScheduler,
+  canonicalJson,
+  type LocalJobBody,
+  type LocalSchedulerOptions,
+} from '../../controller/scheduler/local-scheduler.js';
+import type { RenderedJob, Workload } from '../../controller/scheduler/scheduler.js';
+import { silentLogger } from '../../controller/util/log.js';
+import { waitFor } from '../support/wait.js';
+import { WorkloadRecorder, contractRequest, describeSchedulerContract } from '../contract/scheduler-contract.js';
+
+// Compiled to dist/test/integration/: three levels up is the repository root (the tasks' working directory).
+const repoRoot = path.resolve(__dirname, '../../..');
+const demo = YAML.parse(fs.readFileSync(path.join(repoRoot, 'manifests/templates/demo.yaml'), 'utf8')) as SessionTemplate;
+
+/** Every allocation any test here saw: after each test none of their processes may be left. */
+const seenAllocations = new Set<string>();
+const schedulers: LocalScheduler[] = [];
+const stateDirs: string[] = [];
+const recorders: WorkloadRecorder[] = [];
+const strays: ChildProcess[] = [];
+
+function newStateDir(): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'manticore-local-scheduler-'));
+  stateDirs.push(dir);
+  return dir;
+}
+
+async function makeScheduler(options: Partial<LocalSchedulerOptions> = {}): Promise<LocalScheduler> {
+  const scheduler = new LocalScheduler({
+    stateDir: options.stateDir ?? newStateDir(),
+    workDir: repoRoot,
+    log: silentLogger(),
+    restart: { attempts: 3, intervalMs: 60_000, delayMs: 100 },
+    killTimeoutMs: 2_000,
+    checkIntervalMs: 50,
+    ...options,
+  });
+  schedulers.push(scheduler);
+  await scheduler.start();
+  return scheduler;
+}
+
+/** A recorder that also notes every allocation for the leftover check. */
+function record(scheduler: LocalScheduler): WorkloadRecorder {
+  const recorder = new WorkloadRecorder(scheduler);
+  recorders.push(recorder);
+  scheduler.watch().subscribe((step) => {
+    const workloads = step.kind === 'reset' ? step.workloads : step.kind === 'upsert' ? [step.workload] : [];
+    for (const workload of workloads) if (workload.allocation) seenAllocations.add(workload.allocation.id);
+  });
+  return recorder;
+}
+
+const session = (): string => `lt${randomBytes(5).toString('hex')}`;
+
+/** Running and not a zombie (an orphan's zombie may wait a while for init to reap it). */
+function alive(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+/** Live processes whose environment names one of the allocations. */
+function processesOf(allocIds: ReadonlySet<string>): number[] {
+  const pids: number[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const allocId = fs
+        .readFileSync(`/proc/${entry}/environ`, 'utf8')
+        .split('\0')
+        .find((item) => item.startsWith('NOMAD_ALLOC_ID='))
+        ?.slice('NOMAD_ALLOC_ID='.length);
+      if (allocId !== undefined && allocIds.has(allocId) && alive(Number(entry))) pids.push(Number(entry));
+    } catch {
+      // Gone, or not ours to read.
+    }
+  }
+  return pids;
+}
+
+function environOf(pid: number): Map<string, string> {
+  const env = new Map<string, string>();
+  for (const item of fs.readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0')) {
+    const eq = item.indexOf('=');
+    if (eq > 0) env.set(item.slice(0, eq), item.slice(eq + 1));
+  }
+  return env;
+}
+
+function readPids(stateDir: string, allocId: string): Record<string, number> {
+  const record = JSON.parse(fs.readFileSync(path.join(stateDir, 'allocs', allocId, 'pids.json'), 'utf8')) as { pids: Record<string, number> };
+  return record.pids;
+}
+
+/** pids.json as it is once every task of the allocation has been (re)spawned and recorded. */
+function pidsWhenRecorded(stateDir: string, allocId: string, tasks: string[], notIn: number[] = []): Promise<Record<string, number>> {
+  return waitFor(`pids of ${allocId}`, () => {
+    const pids = readPids(stateDir, allocId);
+    return tasks.every((task) => pids[task] !== undefined && !notIn.includes(pids[task])) ? pids : undefined;
+  });
+}
+
+function hostAndPort(address: string | undefined): { host: string; port: number } {
+  assert.ok(address, 'an address was reported');
+  const colon = address.lastIndexOf(':');
+  return { host: address.slice(0, colon), port: Number(address.slice(colon + 1)) };
+}
+
+/** Connects to the demo Core's TCP service: returns its greeting and the echo of one line. */
+async function tcpGreetingAndEcho(address: string | undefined, line: string): Promise<{ greeting: string; echo: string }> {
+  const { host, port } = hostAndPort(address);
+  const socket = net.connect({ host, port });
+  try {
+    let received = '';
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => (received += chunk));
+    const failed = new Promise<never>((_, reject) => socket.once('error', reject));
+    const lines = async (count: number): Promise<string[]> =>
+      Promise.race([failed, waitFor(`${count} lines from ${address}`, () => {
+        const parts = received.split('\n');
+        return parts.length > count ? parts.slice(0, count) : undefined;
+      })]);
+    const [greeting = ''] = await lines(1);
+    socket.write(`${line}\n`);
+    const [, echo = ''] = await lines(2);
+    return { greeting, echo };
+  } finally {
+    socket.destroy();
+  }
+}
+
+async function websocketEcho(address: string | undefined, message: string): Promise<string> {
+  const { host, port } = hostAndPort(address);
+  const socket = new WebSocket(`ws://${host}:${port}/`);
+  try {
+    return await new Promise<string>((resolve, reject) => {
+      socket.once('error', reject);
+      socket.once('open', () => socket.send(message));
+      socket.once('message', (data) => resolve(String(data)));
+    });
+  } finally {
+    socket.terminate();
+  }
+}
+
+async function httpGet(address: string | undefined, urlPath: string): Promise<{ status: number; body: string }> {
+  const { host, port } = hostAndPort(address);
+  return new Promise((resolve, reject) => {
+    const request = http.get({ host, port, path: urlPath, agent: false }, (response) => {
+      let body = '';
+      response.setEncoding('utf8');
+      response.on('data', (chunk: string) => (body += chunk));
+      response.on('end', () => resolve({ status: response.statusCode ?? 0, body }));
+    });
+    request.once('error', reject);
+  });
+}
+
+/** A small template with local tasks only, for restart and failure behaviour. */
+function commandTemplate(tasks: Array<{ name: string; script: string }>): SessionTemplate {
+  return {
+    apiVersion: 'manticore/v1',
+    kind: 'SessionTemplate',
+    metadata: { name: 'commands' },
+    spec: {
+      parameters: [],
+      services: [],
+      backends: { embedded: { tasks: tasks.map(({ name, script }) => ({ name, command: process.execPath, args: ['-e', script], ports: [] })) } },
+    },
+  };
+}
+
+const EXIT_3 = 'process.exit(3)';
+const RUN_FOREVER = 'setInterval(() => {}, 60000)';
+
+async function cleanUp(): Promise<void> {
+  for (const recorder of recorders.splice(0)) recorder.close();
+  for (const scheduler of schedulers.splice(0)) await scheduler.close();
+  for (const child of strays.splice(0)) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  const leftovers = processesOf(seenAllocations);
+  for (const pid of leftovers) process.kill(pid, 'SIGKILL');
+  seenAllocations.clear();
+  for (const dir of stateDirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
+  assert.deepEqual(leftovers, [], 'no task process outlives its scheduler');
+}
+
+describe('LocalScheduler', function () {
+  afterEach(cleanUp);
+
+  describeSchedulerContract('LocalScheduler with the demo template', async () => {
+    const scheduler = await makeScheduler();
+    record(scheduler);
+    return { scheduler, template: demo, cleanup: cleanUp };
+  });
+
+  describe('render', function () {
+    it('derives the checks and the session marker, and hashes the canonical body', async function () {
+      const scheduler = await makeScheduler();
+      const job = scheduler.render(contractRequest(demo, 'render1', { coreVersion: '8.1.0' }));
+      const body = job.body as LocalJobBody;
+      assert.deepEqual(body.checks, [
+        { portLabel: 'http', type: 'http', path: '/' },
+        { portLabel: 'broker', type: 'tcp' },
+        { portLabel: 'tcp', type: 'tcp' },
+      ]);
+      assert.deepEqual(body.meta, { manticore_session_id: 'render1' });
+      assert.equal(body.tasks[0]?.env.CORE_VERSION, '8.1.0');
+      assert.match(body.tasks[1]?.env.BROKER_URL ?? '', /^wss:\/\/broker-[0-9a-f]+\.sessions\.example\.test$/);
+      assert.equal(job.specHash, createHash('sha256').update(canonicalJson(job.body)).digest('hex'));
+    });
+
+    it('keeps $${…} as a literal ${…}', async function () {
+      const scheduler = await makeScheduler();
+      const template = commandTemplate([{ name: 'echo', script: 'console.log("$${HOME} ${params.x}")' }]);
+      template.spec.parameters.push({ name: 'x', enum: ['y'], default: 'y' });
+      const body = scheduler.render(contractRequest(template, 'render2')).body as LocalJobBody;
+      assert.deepEqual(body.tasks[0]?.args, ['-e', 'console.log("${HOME} y")']);
+    });
+  });
+
+  describe('with the demo processes', function () {
+    const secret = `MANTICORE_TEST_SECRET_${randomBytes(3).toString('hex')}`;
+    before(() => (process.env[secret] = 'must not reach tasks'));
+    after(() => delete process.env[secret]);
+
+    it('runs Core and HMI on the allocated ports with Nomad-style environments', async function () {
+      const stateDir = newStateDir();
+      const scheduler = await makeScheduler({ stateDir });
+      const recorder = record(scheduler);
+      const request = contractRequest(demo, session(), { coreVersion: '8.1.0' });
+      const job = scheduler.render(request);
+      await scheduler.register(job);
+      const workload = await recorder.healthy(job);
+      const allocation = workload.allocation;
+      assert.ok(allocation);
+      const { ports } = allocation;
+      assert.deepEqual(Object.keys(ports).sort(), ['broker', 'http', 'tcp']);
+      for (const address of Object.values(ports)) assert.match(address, /^127\.0\.0\.1:\d+$/);
+
+      assert.equal(await websocketEcho(ports.broker, 'hello core'), 'hello core');
+      assert.deepEqual(await tcpGreetingAndEcho(ports.tcp, 'ping'), { greeting: 'manticore demo core 8.1.0', echo: 'ping' });
+      const page = await httpGet(ports.http, '/');
+      assert.equal(page.status, 200);
+      assert.match(page.body, /<title>Manticore demo HMI<\/title>/);
+      assert.ok(page.body.includes(request.endpoints.broker?.url ?? '?'), 'the page shows the broker URL');
+      assert.ok(page.body.includes(`${request.endpoints.tcp?.host}:${request.endpoints.tcp?.port}`), 'the page shows the TCP address');
+      assert.equal((await httpGet(ports.http, '/healthz')).status, 200);
+
+      const pids = readPids(stateDir, allocation.id);
+      const core = environOf(pids.core ?? 0);
+      assert.equal(core.get('NOMAD_PORT_broker'), String(hostAndPort(ports.broker).port));
+      assert.equal(core.get('NOMAD_IP_broker'), '127.0.0.1');
+      assert.equal(core.get('NOMAD_ADDR_tcp'), ports.tcp);
+      assert.equal(core.get('NOMAD_ALLOC_ID'), allocation.id);
+      assert.equal(core.get('NOMAD_JOB_ID'), job.id);
+      assert.equal(core.get('NOMAD_TASK_NAME'), 'core');
+      assert.equal(core.get('MANTICORE_SESSION_ID'), job.sessionId);
+      assert.equal(core.get('CORE_VERSION'), '8.1.0');
+      assert.equal(core.get('PATH'), process.env.PATH);
+      assert.equal(core.has(secret), false, 'only an allow-list of the parent environment is passed on');
+      assert.equal(environOf(pids.hmi ?? 0).get('NOMAD_TASK_NAME'), 'hmi');
+      assert.match(fs.readFileSync(path.join(stateDir, 'allocs', allocation.id, 'core.log'), 'utf8'), /websocket echo on 127\.0\.0\.1:/);
+      assert.ok(fs.existsSync(path.join(stateDir, 'jobs', `${job.id}.json`)), 'the job is persisted');
+    });
+
+    it('restarts a killed task in place, on the same ports, and becomes healthy again', async function () {
+      const stateDir = newStateDir();
+      const scheduler = await makeScheduler({ stateDir });
+      const recorder = record(scheduler);
+      const job = scheduler.render(contractRequest(demo, session()));
+      await scheduler.register(job);
+      const before = await recorder.healthy(job);
+      const allocId = before.allocation?.id ?? '';
+      const pids = await pidsWhenRecorded(stateDir, allocId, ['core', 'hmi']);
+      process.kill(pids.core ?? 0, 'SIGKILL');
+
+      const down = await recorder.until(job.id, 'core dead', (workload) => workload.allocation?.tasks.core?.state === 'dead');
+      assert.equal(down.allocation?.healthy, false);
+      assert.equal(down.allocation?.tasks.core?.lastEvent, 'killed by SIGKILL; restarting in 100ms');
+      const after = await recorder.until(job.id, 'healthy after the restart', (workload) =>
+        workload.allocation?.healthy === true && workload.allocation.tasks.core?.restarts === 1);
+      assert.equal(after.allocation?.id, allocId, 'restarted in place');
+      assert.deepEqual(after.allocation?.ports, before.allocation?.ports, 'same ports');
+      assert.equal(after.allocation?.clientStatus, 'running');
+      assert.equal(after.allocation?.tasks.hmi?.restarts, 0);
+      const restarted = await pidsWhenRecorded(stateDir, allocId, ['core'], [pids.core ?? 0]);
+      assert.equal(restarted.hmi, pids.hmi);
+      assert.equal((await tcpGreetingAndEcho(after.allocation?.ports.tcp, 'again')).echo, 'again');
+    });
+
+    it('deregister stops every task and removes the job state', async function () {
+      const stateDir = newStateDir();
+      const scheduler = await makeScheduler({ stateDir });
+      const recorder = record(scheduler);
+      const job = scheduler.render(contractRequest(demo, session()));
+      await scheduler.register(job);
+      const workload = await recorder.healthy(job);
+      const allocId = workload.allocation?.id ?? '';
+      const pids = Object.values(await pidsWhenRecorded(stateDir, allocId, ['core', 'hmi']));
+      await scheduler.deregister(job.id);
+      assert.deepEqual(pids.filter(alive), [], 'every task has exited when deregister resolves');
+      assert.deepEqual(processesOf(new Set([allocId])), []);
+      assert.equal(fs.existsSync(path.join(stateDir, 'jobs', `${job.id}.json`)), false);
+      assert.equal(fs.existsSync(path.join(stateDir, 'allocs', allocId)), false);
+    });
+
+    it('close() stops every task but keeps the jobs, which the next start() runs again', async function () {
+      const stateDir = newStateDir();
+      const first = await makeScheduler({ stateDir });
+      const firstRecorder = record(first);
+      const job = first.render(contractRequest(demo, session()));
+      await first.register(job);
+      const workload = await firstRecorder.healthy(job);
+      const allocId = workload.allocation?.id ?? '';
+      const pids = Object.values(await pidsWhenRecorded(stateDir, allocId, ['core', 'hmi']));
+      await first.close();
+      assert.deepEqual(pids.filter(alive), []);
+      assert.deepEqual(processesOf(new Set([allocId])), []);
+      assert.ok(fs.existsSync(path.join(stateDir, 'jobs', `${job.id}.json`)));
+
+      const second = await makeScheduler({ stateDir });
+      const again = await record(second).healthy(job);
+      assert.notEqual(again.allocation?.id, allocId);
+      assert.equal(again.sessionId, job.sessionId);
+      assert.equal((await tcpGreetingAndEcho(again.allocation?.ports.tcp, 'back')).echo, 'back');
+    });
+
+    it('a new scheduler kills what a killed (-9) one left running, and starts fresh allocations', async function () {
+      const stateDir = newStateDir();
+      const request = contractRequest(demo, session());
+      // The previous Manticore runs in its own process so that it can really be killed with SIGKILL.
+      const script = `
+        const { LocalScheduler } = require(process.env.TEST_SCHEDULER_MODULE);
+        const { silentLogger } = require(process.env.TEST_LOG_MODULE);
+        (async () => {
+          const scheduler = new LocalScheduler({ stateDir: process.env.TEST_STATE_DIR, workDir: process.env.TEST_WORK_DIR, log: silentLogger(), checkIntervalMs: 50 });
+          await scheduler.start();
+          scheduler.watch().subscribe((step) => {
+            if (step.kind === 'upsert' && step.workload.allocation && step.workload.allocation.healthy === true) {
+              process.stdout.write(JSON.stringify(step.workload) + '\\n');
+            }
+          });
+          await scheduler.register(scheduler.render(JSON.parse(process.env.TEST_REQUEST)));
+        })().catch((error) => { process.stderr.write(String(error && error.stack || error) + '\\n'); process.exit(1); });
+      `;
+      const previous = spawn(process.execPath, ['-e', script], {
+        cwd: repoRoot,
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: {
+          ...process.env,
+          TEST_SCHEDULER_MODULE: path.resolve(__dirname, '../../controller/scheduler/local-scheduler.js'),
+          TEST_LOG_MODULE: path.resolve(__dirname, '../../controller/util/log.js'),
+          TEST_STATE_DIR: stateDir,
+          TEST_WORK_DIR: repoRoot,
+          TEST_REQUEST: JSON.stringify(request),
+        },
+      });
+      strays.push(previous);
+      let output = '';
+      let errors = '';
+      previous.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      previous.stderr?.on('data', (chunk: Buffer) => (errors += chunk.toString()));
+      const healthyLine = await waitFor('the previous scheduler to report a healthy workload', () => {
+        if (previous.exitCode !== null) throw new Error(`previous scheduler exited: ${errors}`);
+        return output.split('\n').find((line) => line.startsWith('{'));
+      });
+      const old = JSON.parse(healthyLine) as Workload;
+      const oldAllocId = old.allocation?.id ?? '';
+      seenAllocations.add(oldAllocId);
+      const oldPids = Object.values(await pidsWhenRecorded(stateDir, oldAllocId, ['core', 'hmi']));
+      const exited = new Promise((resolve) => previous.once('exit', resolve));
+      previous.kill('SIGKILL');
+      await exited;
+      assert.deepEqual(oldPids.filter(alive), oldPids, 'the tasks outlive a scheduler killed with -9');
+
+      // Traps for the restart: an unrelated process whose pid a stale record names, and a corrupt job file.
+      const unrelated = spawn(process.execPath, ['-e', RUN_FOREVER], { stdio: 'ignore' });
+      strays.push(unrelated);
+      await new Promise((resolve) => unrelated.once('spawn', resolve));
+      const staleAlloc = randomUUID();
+      fs.mkdirSync(path.join(stateDir, 'allocs', staleAlloc));
+      fs.writeFileSync(path.join(stateDir, 'allocs', staleAlloc, 'pids.json'), JSON.stringify({ allocId: staleAlloc, pids: { core: unrelated.pid } }));
+      fs.writeFileSync(path.join(stateDir, 'jobs', 'broken.json'), '{ not json');
+
+      const next = await makeScheduler({ stateDir });
+      assert.deepEqual(oldPids.filter(alive), [], 'start() killed the leftovers');
+      assert.ok(alive(unrelated.pid ?? 0), 'a process without the allocation id is never killed');
+      assert.equal(fs.existsSync(path.join(stateDir, 'allocs', staleAlloc)), false);
+      const fresh = await record(next).until(request.jobId, 'a fresh healthy allocation', (workload) =>
+        workload.allocation?.healthy === true);
+      assert.notEqual(fresh.allocation?.id, oldAllocId);
+      assert.equal(fresh.specHash, old.specHash);
+      assert.deepEqual(await tcpGreetingAndEcho(fresh.allocation?.ports.tcp, 'fresh'), { greeting: 'manticore demo core 8.2.0', echo: 'fresh' });
+    });
+  });
+
+  describe('restart policy', function () {
+    it('fails the allocation, stopping its other tasks, once a task exceeds the restart limit', async function () {
+      const scheduler = await makeScheduler({ restart: { attempts: 2, intervalMs: 60_000, delayMs: 20 } });
+      const recorder = record(scheduler);
+      const job = scheduler.render(contractRequest(commandTemplate([
+        { name: 'crash', script: EXIT_3 },
+        { name: 'steady', script: RUN_FOREVER },
+      ]), session()));
+      await scheduler.register(job);
+      const failed = await recorder.until(job.id, 'failed', (workload) =>
+        workload.allocation?.clientStatus === 'failed' && workload.allocation.tasks.steady?.state === 'dead');
+      const allocation = failed.allocation;
+      assert.equal(allocation?.healthy, false);
+      assert.deepEqual(allocation?.tasks.crash, {
+        state: 'dead',
+        failed: true,
+        restarts: 2,
+        lastEvent: 'crash exited with code 3; restart limit (2 in 60s) reached',
+      });
+      assert.equal(allocation?.tasks.steady?.failed, false);
+      assert.match(allocation?.tasks.steady?.lastEvent ?? '', /sibling task crash failed/);
+      assert.deepEqual(processesOf(new Set([allocation?.id ?? ''])), []);
+      // A failed allocation is not live: registering the same content again starts a new one.
+      await scheduler.register(job);
+      const retried = recorder.workloads.get(job.id);
+      assert.notEqual(retried?.allocation?.id, allocation?.id);
+    });
+
+    describe('on a fake clock', function () {
+      let clock: sinon.SinonFakeTimers | undefined;
+      afterEach(() => {
+        clock?.restore();
+        clock = undefined;
+      });
+
+      /** The job's workload once it satisfies `predicate`; driven by watch steps, so no timer is involved. */
+      const when = (scheduler: LocalScheduler, jobId: string, predicate: (workload: Workload) => boolean): Promise<Workload> =>
+        firstValueFrom(
+          scheduler.watch().pipe(
+            map((step) => (step.kind === 'reset' ? step.workloads.find((w) => w.jobId === jobId) : step.kind === 'upsert' ? step.workload : undefined)),
+            filter((workload): workload is Workload => workload !== undefined && workload.jobId === jobId && predicate(workload)),
+          ),
+        );
+      const crash = (workload: Workload): { state?: string; restarts?: number; lastEvent?: string } =>
+        workload.allocation?.tasks.crash ?? {};
+
+      async function crashing(restart: LocalSchedulerOptions['restart']): Promise<{ scheduler: LocalScheduler; job: RenderedJob }> {
+        const scheduler = await makeScheduler({ restart });
+        record(scheduler);
+        // Only what the restart policy uses is faked; process exits and file I/O stay real.
+        clock ??= sinon.useFakeTimers({ now: 1_000_000, toFake: ['setTimeout', 'clearTimeout', 'Date'] });
+        const job = scheduler.render(contractRequest(commandTemplate([{ name: 'crash', script: EXIT_3 }]), session()));
+        await scheduler.register(job);
+        return { scheduler, job };
+      }
+
+      it('waits delayMs before each restart and fails at attempts + 1 exits within intervalMs', async function () {
+        const { scheduler, job } = await crashing({ attempts: 2, intervalMs: 10_000, delayMs: 1_000 });
+        const waiting = await when(scheduler, job.id, (w) => crash(w).state === 'dead' && crash(w).restarts === 0);
+        assert.equal(crash(waiting).lastEvent, 'exited with code 3; restarting in 1s');
+        assert.equal(clock?.countTimers(), 1, 'only the restart timer is pending');
+        clock?.tick(999);
+        assert.equal(clock?.countTimers(), 1, 'no restart before delayMs');
+        clock?.tick(1);
+        assert.equal(clock?.countTimers(), 0, 'restarted at delayMs');
+        await when(scheduler, job.id, (w) => crash(w).state === 'dead' && crash(w).restarts === 1);
+        clock?.tick(1_000);
+        const failed = await when(scheduler, job.id, (w) => w.allocation?.clientStatus === 'failed');
+        assert.equal(crash(failed).restarts, 2);
+        assert.equal(crash(failed).lastEvent, 'crash exited with code 3; restart limit (2 in 10s) reached');
+        assert.equal(clock?.countTimers(), 0, 'nothing left to restart');
+      });
+
+      it('forgets restarts older than intervalMs', async function () {
+        // Each restart comes 11 s after the previous one, so at most one falls within any 10 s window.
+        const { scheduler, job } = await crashing({ attempts: 1, intervalMs: 10_000, delayMs: 11_000 });
+        for (let restarts = 0; restarts < 3; restarts++) {
+          const waiting = await when(scheduler, job.id, (w) => crash(w).state === 'dead' && crash(w).restarts === restarts);
+          assert.equal(waiting.allocation?.clientStatus, 'running');
+          assert.equal(crash(waiting).lastEvent, 'exited with code 3; restarting in 11s');
+          clock?.tick(11_000);
+        }
+        await when(scheduler, job.id, (w) => crash(w).state === 'dead' && crash(w).restarts === 3);
+        // Within the window, by contrast, the second exit is one too many.
+        const tight = await crashing({ attempts: 1, intervalMs: 10_000, delayMs: 9_000 });
+        await when(tight.scheduler, tight.job.id, (w) => crash(w).state === 'dead' && crash(w).restarts === 0);
+        clock?.tick(9_000);
+        const failed = await when(tight.scheduler, tight.job.id, (w) => w.allocation?.clientStatus === 'failed');
+        assert.equal(crash(failed).lastEvent, 'crash exited with code 3; restart limit (1 in 10s) reached');
+      });
+    });
+  });
+});

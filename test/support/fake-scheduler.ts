@@ -1,0 +1,97 @@
+import crypto from 'node:crypto';
+import { Observable, Subject } from 'rxjs';
+import {
+  RenderError,
+  type Allocation,
+  type RenderedJob,
+  type Scheduler,
+  type WorkloadRequest,
+  type Workload,
+  type WorkloadStep,
+} from '../../controller/scheduler/scheduler.js';
+
+/**
+ * An in-memory Scheduler for reconciler tests: it records every call and lets the test decide what the
+ * "cluster" does (place, become healthy, crash, fail). Rendering keeps the whole request so tests can
+ * check what the workload was told.
+ */
+export class FakeScheduler implements Scheduler {
+  readonly kind = 'embedded' as const;
+  readonly registrations: RenderedJob[] = [];
+  readonly deregistrations: string[] = [];
+  private readonly workloads = new Map<string, Workload>();
+  private readonly steps = new Subject<WorkloadStep>();
+  private allocations = 0;
+
+  render(request: WorkloadRequest): RenderedJob {
+    if (!request.template.spec.backends.embedded) throw new RenderError(`template ${request.template.metadata.name} has no embedded backend`);
+    const body = { parameters: request.parameters, endpoints: request.endpoints };
+    const specHash = crypto.createHash('sha256').update(JSON.stringify(body)).digest('hex');
+    return { id: request.jobId, sessionId: request.sessionId, specHash, body };
+  }
+
+  async register(job: RenderedJob): Promise<void> {
+    this.registrations.push(job);
+    this.set({ jobId: job.id, sessionId: job.sessionId, specHash: job.specHash });
+  }
+
+  async deregister(jobId: string): Promise<void> {
+    this.deregistrations.push(jobId);
+    const workload = [...this.workloads.values()].find((w) => w.jobId === jobId);
+    if (!workload) return;
+    this.workloads.delete(workload.sessionId);
+    this.steps.next({ kind: 'delete', jobId, sessionId: workload.sessionId });
+  }
+
+  watch(): Observable<WorkloadStep> {
+    return new Observable<WorkloadStep>((subscriber) => {
+      subscriber.next({ kind: 'reset', workloads: [...this.workloads.values()] });
+      return this.steps.subscribe(subscriber);
+    });
+  }
+
+  async close(): Promise<void> {
+    this.steps.complete();
+  }
+
+  workload(sessionId: string): Workload | undefined {
+    return this.workloads.get(sessionId);
+  }
+
+  /** Gives the session's job a running allocation with an address for each port label. */
+  run(sessionId: string, ports: Record<string, string>, healthy: boolean | undefined = true): Allocation {
+    const workload = this.require(sessionId);
+    const allocation: Allocation = {
+      id: workload.allocation?.id ?? `alloc-${++this.allocations}`,
+      clientStatus: 'running',
+      healthy,
+      ports,
+      tasks: { core: { state: 'running', failed: false, restarts: 0 } },
+    };
+    this.set({ ...workload, allocation });
+    return allocation;
+  }
+
+  /** Replaces the current allocation's state (crash, restart, failure). */
+  update(sessionId: string, change: Partial<Allocation>): void {
+    const workload = this.require(sessionId);
+    if (!workload.allocation) throw new Error(`session ${sessionId} has no allocation`);
+    this.set({ ...workload, allocation: { ...workload.allocation, ...change } });
+  }
+
+  /** Puts a job carrying our marker in place without any session (debris). */
+  adopt(workload: Workload): void {
+    this.set(workload);
+  }
+
+  private require(sessionId: string): Workload {
+    const workload = this.workloads.get(sessionId);
+    if (!workload) throw new Error(`no job for session ${sessionId}`);
+    return workload;
+  }
+
+  private set(workload: Workload): void {
+    this.workloads.set(workload.sessionId, workload);
+    this.steps.next({ kind: 'upsert', workload });
+  }
+}

@@ -1,0 +1,71 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { ValidationError } from '../../controller/api/schemas.js';
+import { loadConfig } from '../../controller/config/config.js';
+
+describe('configuration', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'manticore-config-'));
+  });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  const write = (text: string): string => {
+    const file = path.join(dir, 'config.yaml');
+    fs.writeFileSync(file, text);
+    return file;
+  };
+
+  it('defaults to the embedded default with no file', () => {
+    const config = loadConfig(undefined, {});
+    assert.equal(config.frontend.port, 4000);
+    assert.equal(config.router.http.port, 8080);
+    assert.equal(config.public.httpPort, 8080, 'the public port follows the router port');
+    assert.equal(config.router.tcp.portRangeStart, 20000);
+    assert.equal(config.router.tcp.portRangeEnd, 20999);
+    assert.equal(config.public.domain, 'localhost');
+    assert.equal(config.store.prefix, 'manticore/');
+  });
+
+  it('reads the example configuration', () => {
+    const config = loadConfig(path.resolve(__dirname, '../../../manifests/examples/embedded.yaml'), {});
+    assert.equal(config.store.path, '.manticore/state.db');
+  });
+
+  it('applies environment overrides over the file', () => {
+    const file = write('frontend:\n  port: 5000\nrouter:\n  http:\n    port: 9090\n');
+    const config = loadConfig(file, { MANTICORE_FRONTEND_PORT: '6000', MANTICORE_DOMAIN: 'sdl.example.com' });
+    assert.equal(config.frontend.port, 6000);
+    assert.equal(config.router.http.port, 9090);
+    assert.equal(config.public.httpPort, 9090);
+    assert.equal(config.public.domain, 'sdl.example.com');
+  });
+
+  it('names the offending field', () => {
+    const cases: Array<[string, RegExp]> = [
+      ['frontend:\n  port: "eighty"\n', /\/frontend\/port: must be integer/],
+      ['router:\n  htp: {}\n', /\/router: unknown field "htp"/],
+      ['log:\n  level: loud\n', /\/log\/level: must be equal to one of the allowed values/],
+      ['router:\n  tcp: { portRangeStart: 2000, portRangeEnd: 1000 }\n', /\/router\/tcp\/portRangeEnd/],
+      ['- a list\n', /\(root\): must be a mapping/],
+      ['frontend: [unclosed\n', /not valid YAML/],
+    ];
+    for (const [text, expected] of cases) {
+      assert.throws(() => loadConfig(write(text), {}), (error: unknown) => {
+        assert.ok(error instanceof ValidationError);
+        assert.match(error.message, expected);
+        return true;
+      });
+    }
+  });
+
+  it('rejects an environment override that is not valid', () => {
+    assert.throws(() => loadConfig(undefined, { MANTICORE_HTTP_PORT: 'x' }), /\/router\/http\/port: must be integer/);
+  });
+
+  it('reports a missing file clearly', () => {
+    assert.throws(() => loadConfig(path.join(dir, 'missing.yaml'), {}), /configuration file .*missing\.yaml.*ENOENT/);
+  });
+});

@@ -1,0 +1,307 @@
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { loadTemplates } from '../../controller/api/templates.js';
+import type { RouteRecord, SessionRecord, SessionStatus } from '../../controller/api/types.js';
+import { Controller } from '../../controller/controller/controller.js';
+import { Keys } from '../../controller/controller/keys.js';
+import { RouterAgent } from '../../controller/router/agent.js';
+import type { DataPlane, RouteTable } from '../../controller/router/data-plane.js';
+import { EmbeddedStore } from '../../controller/store/embedded-store.js';
+import type { Store } from '../../controller/store/store.js';
+import { createLogger, silentLogger } from '../../controller/util/log.js';
+import { FakeScheduler } from '../support/fake-scheduler.js';
+import { waitFor } from '../support/wait.js';
+
+const repoRoot = path.resolve(__dirname, '../../..');
+const templates = loadTemplates(path.join(repoRoot, 'manifests/templates'));
+const keys = new Keys('manticore/');
+const log = process.env.TEST_LOG ? createLogger('debug') : silentLogger();
+
+/** A data plane that only remembers the last table, standing in for HAProxy. */
+class RecordingDataPlane implements DataPlane {
+  table: RouteTable = { hosts: new Map(), ports: new Map() };
+  async apply(table: RouteTable): Promise<void> {
+    this.table = table;
+  }
+}
+
+/** A store that counts writes, to prove a restart writes nothing. */
+function countingStore(inner: Store): Store & { writes: string[] } {
+  const writes: string[] = [];
+  return Object.assign(Object.create(inner) as Store, {
+    writes,
+    put: (key: string, value: string, options?: { cas?: number }) => {
+      writes.push(`put ${key}`);
+      return inner.put(key, value, options);
+    },
+    delete: (key: string, options?: { cas?: number }) => {
+      writes.push(`delete ${key}`);
+      return inner.delete(key, options);
+    },
+  });
+}
+
+interface Harness {
+  store: EmbeddedStore;
+  scheduler: FakeScheduler;
+  controller: Controller;
+  router: RouterAgent;
+  dataPlane: RecordingDataPlane;
+  stop(): Promise<void>;
+}
+
+async function startController(store: Store, scheduler: FakeScheduler, ports = { start: 20000, end: 20009 }): Promise<Controller> {
+  const controller = new Controller({
+    store,
+    scheduler,
+    keys,
+    templates,
+    addressing: { domain: 'localhost', httpScheme: 'http', httpPort: 8080, tcpHost: 'localhost' },
+    tcpPortRange: ports,
+    workers: 4,
+    retryBaseMs: 5,
+    retryMaxMs: 200,
+    rateLimitPerSecond: 1000,
+    rateLimitBurst: 1000,
+    routerStaleMs: 30_000,
+    log,
+  });
+  await controller.start();
+  return controller;
+}
+
+async function harness(ports?: { start: number; end: number }): Promise<Harness> {
+  const store = EmbeddedStore.open(':memory:');
+  const scheduler = new FakeScheduler();
+  const dataPlane = new RecordingDataPlane();
+  const router = new RouterAgent({ store, keys, name: 'edge-1', dataPlane, heartbeatMs: 60_000, log });
+  await router.start();
+  const h: Harness = {
+    store,
+    scheduler,
+    controller: await startController(store, scheduler, ports),
+    router,
+    dataPlane,
+    async stop() {
+      await h.controller.stop();
+      await router.stop();
+      await store.close();
+    },
+  };
+  return h;
+}
+
+let sessionCounter = 0;
+async function createSession(store: Store, overrides: Partial<SessionRecord['spec']> = {}): Promise<string> {
+  const id = `session${String(++sessionCounter).padStart(4, '0')}`;
+  const record: SessionRecord = {
+    metadata: { id, owner: 'alice', createdAt: new Date().toISOString(), generation: 1 },
+    spec: { template: 'demo', parameters: { coreVersion: '8.2.0', hmiType: 'generic' }, ...overrides },
+  };
+  assert.equal(await store.put(keys.session(id), JSON.stringify(record), { cas: 0 }), true);
+  return id;
+}
+
+async function statusOf(store: Store, id: string): Promise<SessionStatus | undefined> {
+  const entry = await store.get(keys.status(id));
+  return entry ? (JSON.parse(entry.value) as SessionStatus) : undefined;
+}
+
+async function routesOf(store: Store, id: string): Promise<RouteRecord | undefined> {
+  const entry = await store.get(keys.route(id));
+  return entry ? (JSON.parse(entry.value) as RouteRecord) : undefined;
+}
+
+function condition(status: SessionStatus | undefined, type: string): string | undefined {
+  const found = status?.conditions.find((c) => c.type === type);
+  return found ? `${found.status}/${found.reason}` : undefined;
+}
+
+async function requestDeletion(store: Store, id: string): Promise<void> {
+  const entry = (await store.get(keys.session(id)))!;
+  const record = JSON.parse(entry.value) as SessionRecord;
+  record.metadata.deletionRequestedAt = new Date().toISOString();
+  assert.equal(await store.put(keys.session(id), JSON.stringify(record), { cas: entry.modifyIndex }), true);
+}
+
+/** Brings a session to Ready: the fake cluster runs and passes health checks on made-up addresses. */
+async function makeReady(h: Harness, id: string, base = 31000): Promise<SessionStatus> {
+  await waitFor('job registration', () => h.scheduler.workload(id));
+  h.scheduler.run(id, { http: `127.0.0.1:${base}`, broker: `127.0.0.1:${base + 1}`, tcp: `127.0.0.1:${base + 2}` });
+  return waitFor('Ready', async () => {
+    const status = await statusOf(h.store, id);
+    return status?.phase === 'Ready' ? status : undefined;
+  }).catch(async (error: Error) => {
+    throw new Error(`${error.message}; status: ${JSON.stringify(await statusOf(h.store, id))}`);
+  });
+}
+
+describe('controller: session reconciliation', () => {
+  let h: Harness;
+  beforeEach(async () => {
+    h = await harness();
+  });
+  afterEach(async () => {
+    await h.stop();
+  });
+
+  it('claims hostnames and a port, registers one job, routes it, and reports Ready with endpoints', async () => {
+    const id = await createSession(h.store);
+    const claim = await waitFor('routes claim', () => routesOf(h.store, id));
+    assert.deepEqual(claim.hosts.map((r) => r.service).sort(), ['broker', 'hmi']);
+    for (const route of claim.hosts) assert.match(route.token, /^[a-z2-7]{26}$/);
+    assert.equal(claim.ports.length, 1);
+    assert.ok(claim.ports[0]!.port >= 20000 && claim.ports[0]!.port <= 20009);
+
+    await waitFor('job registration', () => h.scheduler.workload(id));
+    const starting = await waitFor('Starting status', async () => {
+      const status = await statusOf(h.store, id);
+      return status?.phase === 'Starting' ? status : undefined;
+    });
+    assert.deepEqual(starting.endpoints, {}, 'no addresses before the routes are live');
+    assert.equal(condition(starting, 'Admitted'), 'True/Claimed');
+
+    // The job was told the public URLs (the HMI needs Core's broker URL up front).
+    const request = h.scheduler.registrations[0]!.body as { endpoints: Record<string, { url: string }> };
+    const brokerToken = claim.hosts.find((r) => r.service === 'broker')!.token;
+    assert.equal(request.endpoints.broker!.url, `ws://${brokerToken}.localhost:8080/`);
+
+    const ready = await makeReady(h, id);
+    assert.equal(condition(ready, 'Routed'), 'True/RoutesApplied');
+    assert.equal(condition(ready, 'Healthy'), 'True/Healthy');
+    assert.equal(ready.observedGeneration, 1);
+    const hmiToken = claim.hosts.find((r) => r.service === 'hmi')!.token;
+    assert.deepEqual(ready.endpoints, {
+      hmi: { protocol: 'http', url: `http://${hmiToken}.localhost:8080/` },
+      broker: { protocol: 'ws', url: `ws://${brokerToken}.localhost:8080/` },
+      tcp: { protocol: 'tcp', url: `tcp://localhost:${claim.ports[0]!.port}` },
+    });
+    assert.equal(h.dataPlane.table.hosts.get(hmiToken), '127.0.0.1:31000');
+    assert.equal(h.dataPlane.table.ports.get(claim.ports[0]!.port), '127.0.0.1:31002');
+    assert.equal(h.scheduler.registrations.length, 1, 'exactly one registration');
+    assert.ok(ready.events.some((event) => event.reason === 'PhaseReady'));
+  });
+
+  it('tears a deleted session down (Terminating) and removes its records only when everything is gone', async () => {
+    const id = await createSession(h.store);
+    await makeReady(h, id);
+    const port = (await routesOf(h.store, id))!.ports[0]!.port;
+    await requestDeletion(h.store, id);
+    await waitFor('records removed', async () => (await h.store.get(keys.session(id))) === undefined);
+    assert.deepEqual(h.scheduler.deregistrations, [`manticore-${id}`]);
+    assert.equal(await routesOf(h.store, id), undefined);
+    assert.equal(await statusOf(h.store, id), undefined);
+    assert.equal(h.dataPlane.table.ports.has(port), false, 'the router no longer serves the port');
+  });
+
+  it('leaves Ready when a task crashes and returns when it is healthy again', async () => {
+    const id = await createSession(h.store);
+    await makeReady(h, id);
+    h.scheduler.update(id, { healthy: false, tasks: { core: { state: 'dead', failed: true, restarts: 1, lastEvent: 'exited with code 1' } } });
+    const down = await waitFor('not ready', async () => {
+      const status = await statusOf(h.store, id);
+      return status?.phase === 'Starting' ? status : undefined;
+    });
+    assert.equal(condition(down, 'Healthy'), 'False/TaskRestarting');
+    assert.match(down.conditions.find((c) => c.type === 'Ready')!.message, /core: exited with code 1/);
+    assert.equal(Object.keys(down.endpoints).length, 3, 'the addresses stay known while it recovers');
+    h.scheduler.update(id, { healthy: true, tasks: { core: { state: 'running', failed: false, restarts: 1 } } });
+    await waitFor('ready again', async () => (await statusOf(h.store, id))?.phase === 'Ready');
+    assert.equal(h.scheduler.registrations.length, 1, 'recovery needs no new registration');
+  });
+
+  it('fails a session whose allocation failed, with the reason, and releases what it held', async () => {
+    const id = await createSession(h.store);
+    await makeReady(h, id);
+    h.scheduler.update(id, {
+      clientStatus: 'failed',
+      healthy: false,
+      tasks: { core: { state: 'dead', failed: true, restarts: 3, lastEvent: 'restart limit reached' } },
+    });
+    const failed = await waitFor('Failed', async () => {
+      const status = await statusOf(h.store, id);
+      return status?.phase === 'Failed' ? status : undefined;
+    });
+    assert.equal(condition(failed, 'Ready'), 'False/WorkloadFailed');
+    assert.match(failed.conditions[0]!.message, /core: restart limit reached/);
+    await waitFor('released', async () => h.scheduler.workload(id) === undefined && (await routesOf(h.store, id)) === undefined);
+    assert.equal(h.scheduler.registrations.length, 1, 'a failed session is not restarted behind the user');
+  });
+
+  it('reports malformed and impossible records in their status and keeps serving the others', async () => {
+    await h.store.put(keys.session('brokenrecord1'), '{"metadata": nope');
+    const unknownTemplate = await createSession(h.store, { template: 'nosuchtemplate' });
+    const badParameter = await createSession(h.store, { parameters: { coreVersion: '0.0.1', hmiType: 'generic' } });
+    const sdlOnEmbedded = await createSession(h.store, { template: 'sdl', parameters: {} });
+    const good = await createSession(h.store);
+
+    const broken = await waitFor('status of the malformed record', () => statusOf(h.store, 'brokenrecord1'));
+    assert.equal(broken.phase, 'Failed');
+    assert.equal(condition(broken, 'Valid'), 'False/InvalidRecord');
+    assert.match(broken.conditions[0]!.message, /not valid JSON/);
+    const expectations: Array<[string, string, RegExp]> = [
+      [unknownTemplate, 'False/TemplateNotFound', /nosuchtemplate/],
+      [badParameter, 'False/InvalidParameters', /\/parameters\/coreVersion/],
+      [sdlOnEmbedded, 'False/Unschedulable', /no embedded backend/],
+    ];
+    for (const [id, expected, message] of expectations) {
+      const status = await waitFor(`Failed status of ${id}`, async () => {
+        const s = await statusOf(h.store, id);
+        return s?.phase === 'Failed' ? s : undefined;
+      });
+      assert.equal(condition(status, 'Ready'), expected);
+      assert.match(status.conditions[0]!.message, message);
+    }
+    await makeReady(h, good);
+  });
+
+  it('removes jobs, routes and statuses that belong to no session', async () => {
+    await h.controller.stop();
+    h.scheduler.adopt({ jobId: 'manticore-orphan00001', sessionId: 'orphan00001', specHash: 'x' });
+    await h.store.put(keys.route('orphan00002'), JSON.stringify({ sessionId: 'orphan00002', hosts: [], ports: [{ service: 'tcp', port: 20003 }] }));
+    await h.store.put(keys.status('orphan00003'), JSON.stringify({ phase: 'Ready', observedGeneration: 1, conditions: [], endpoints: {}, events: [] }));
+    h.controller = await startController(h.store, h.scheduler);
+    await waitFor('orphans collected', async () =>
+      h.scheduler.workload('orphan00001') === undefined &&
+      (await h.store.get(keys.route('orphan00002'))) === undefined &&
+      (await h.store.get(keys.status('orphan00003'))) === undefined,
+    );
+    assert.deepEqual(h.scheduler.deregistrations, ['manticore-orphan00001']);
+  });
+
+  it('confirms every session after a restart without registering or writing anything', async () => {
+    const ids = [await createSession(h.store), await createSession(h.store), await createSession(h.store)];
+    for (const [n, id] of ids.entries()) await makeReady(h, id, 32000 + n * 10);
+    await h.controller.stop();
+    const registrations = h.scheduler.registrations.length;
+    const counting = countingStore(h.store);
+    h.controller = await startController(counting, h.scheduler);
+    await waitFor('queue drained', () => h.controller.queue.idle);
+    assert.equal(h.scheduler.registrations.length, registrations);
+    assert.deepEqual(counting.writes, []);
+  });
+});
+
+describe('controller: public TCP ports', () => {
+  let h: Harness;
+  beforeEach(async () => {
+    h = await harness({ start: 20000, end: 20000 });
+  });
+  afterEach(async () => {
+    await h.stop();
+  });
+
+  it('makes a session wait while every port is taken and admits it when one is freed', async () => {
+    const first = await createSession(h.store);
+    await makeReady(h, first);
+    const second = await createSession(h.store);
+    const waiting = await waitFor('Waiting', async () => {
+      const status = await statusOf(h.store, second);
+      return status?.phase === 'Waiting' ? status : undefined;
+    });
+    assert.equal(condition(waiting, 'Admitted'), 'False/NoFreePort');
+    await requestDeletion(h.store, first);
+    const claim = await waitFor('second admitted', () => routesOf(h.store, second));
+    assert.equal(claim.ports[0]!.port, 20000);
+  });
+});
