@@ -1,5 +1,6 @@
-import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import { parseRecord, validate, ValidationError } from '../api/schemas.js';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { ErrorObject } from 'ajv';
+import { describeErrors, parseRecord, validate, ValidationError } from '../api/schemas.js';
 import { resolveParameters } from '../api/templates.js';
 import type { Session, SessionRecord, SessionStatus, SessionTemplate } from '../api/types.js';
 import type { Logger } from '../util/log.js';
@@ -65,10 +66,13 @@ export class Frontend {
     this.app = Fastify({
       loggerInstance: log as FastifyBaseLogger,
       bodyLimit: options.bodyLimitBytes,
-      disableRequestLogging: true,
+      // Each request is not logged; the handlers log what changed (created, deleted) and every failure.
+      logController: new LogController({ disableRequestLogging: true }),
       // Reject what the schemas do not allow instead of silently dropping or coercing it.
       ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true } },
     });
+    // JSON only: anything else is answered 415 rather than read as text.
+    this.app.removeContentTypeParser('text/plain');
     this.app.setErrorHandler((error: FastifyError, request, reply) => this.sendError(error, request, reply));
     this.app.setNotFoundHandler((request, reply) => {
       void reply.code(404).send({ error: `no route ${request.method} ${request.url}`, details: [] });
@@ -227,7 +231,7 @@ export class Frontend {
     }
     const fastifyError = error as FastifyError;
     if (fastifyError.validation) {
-      const details = fastifyError.validation.map((problem) => `/body${problem.instancePath}: ${problem.message ?? problem.keyword}`);
+      const details = describeErrors(fastifyError.validation as ErrorObject[]).map((problem) => `/body${problem.startsWith('(root)') ? problem.slice(6) : problem}`);
       void reply.code(400).send({ error: 'invalid request body', details });
       return;
     }

@@ -50,7 +50,7 @@ interface Queued {
   readonly waiters: Array<{ resolve: () => void; reject: (error: unknown) => void }>;
 }
 
-/** Payload lines per `add map` command: a CLI request must fit HAProxy's 16 KB buffer. */
+/** Payload bytes per `add map` command, well under the runtime client's MAX_REQUEST_BYTES (HAProxy's 16 KB buffer). */
 const MAX_PAYLOAD_BYTES = 8_000;
 
 /**

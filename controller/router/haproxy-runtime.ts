@@ -37,6 +37,12 @@ export class HaproxyRuntimeError extends Error {
   }
 }
 
+/**
+ * A request (command plus payload) must fit HAProxy's 16 KB buffer (tune.bufsize). HAProxy 2.6 drops a
+ * larger one silently, closing the connection with no reply and no change, so refuse it here.
+ */
+export const MAX_REQUEST_BYTES = 15_000;
+
 /** Map and ACL commands: `<verb> map [@<ver>] <file> <key> <value>`; everything after the file may be secret. */
 const MAP_VERBS = new Set(['add', 'set', 'del', 'get', 'show', 'clear', 'prepare', 'commit']);
 
@@ -125,6 +131,9 @@ export class HaproxyRuntime {
     }
     const line = payload ? `${command} <<\n${payload.join('\n')}\n` : command;
     const wire = `${this.severityOutput ? 'set severity-output number; ' : ''}${line}\n`;
+    if (Buffer.byteLength(wire) > MAX_REQUEST_BYTES) {
+      throw new HaproxyRuntimeError(described, `request of ${Buffer.byteLength(wire)} bytes exceeds ${MAX_REQUEST_BYTES}; split the payload`, this.socketPath);
+    }
     const raw = await this.exchange(wire, described);
     const { text, error } = classifyReply(raw, this.severityOutput);
     if (error) throw new HaproxyRuntimeError(described, text, this.socketPath);

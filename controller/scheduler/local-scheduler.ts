@@ -581,7 +581,8 @@ export class LocalScheduler implements Scheduler {
   private recordPids(alloc: AllocRuntime): void {
     const pids: Record<string, number> = {};
     for (const [name, task] of alloc.tasks) if (task.child?.pid !== undefined) pids[name] = task.child.pid;
-    const content = `${JSON.stringify({ allocId: alloc.id, jobId: alloc.jobId, pids })}\n`;
+    // A flat task → pid map; the directory names the allocation.
+    const content = `${JSON.stringify(pids)}\n`;
     alloc.pidsWrite = alloc.pidsWrite
       .then(() => writeFileAtomic(path.join(alloc.dir, 'pids.json'), content, false))
       .catch((error: unknown) => this.log.error({ err: error, allocId: alloc.id }, 'recording task pids failed'));
@@ -606,11 +607,10 @@ export class LocalScheduler implements Scheduler {
     for (const allocId of allocIds) {
       const file = path.join(this.allocsDir, allocId, 'pids.json');
       try {
-        const recorded = JSON.parse(await fsp.readFile(file, 'utf8')) as { pids?: unknown };
-        if (isRecord(recorded.pids)) {
-          for (const pid of Object.values(recorded.pids)) {
-            if (Number.isInteger(pid) && (pid as number) > 0) candidates.set(pid as number, allocId);
-          }
+        const recorded: unknown = JSON.parse(await fsp.readFile(file, 'utf8'));
+        if (!isRecord(recorded)) throw new Error('not a task → pid map');
+        for (const pid of Object.values(recorded)) {
+          if (typeof pid === 'number' && Number.isInteger(pid) && pid > 0) candidates.set(pid, allocId);
         }
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {

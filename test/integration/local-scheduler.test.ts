@@ -106,8 +106,7 @@ function environOf(pid: number): Map<string, string> {
 }
 
 function readPids(stateDir: string, allocId: string): Record<string, number> {
-  const record = JSON.parse(fs.readFileSync(path.join(stateDir, 'allocs', allocId, 'pids.json'), 'utf8')) as { pids: Record<string, number> };
-  return record.pids;
+  return JSON.parse(fs.readFileSync(path.join(stateDir, 'allocs', allocId, 'pids.json'), 'utf8')) as Record<string, number>;
 }
 
 /** pids.json as it is once every task of the allocation has been (re)spawned and recorded. */
@@ -397,7 +396,7 @@ describe('LocalScheduler', function () {
       await new Promise((resolve) => unrelated.once('spawn', resolve));
       const staleAlloc = randomUUID();
       fs.mkdirSync(path.join(stateDir, 'allocs', staleAlloc));
-      fs.writeFileSync(path.join(stateDir, 'allocs', staleAlloc, 'pids.json'), JSON.stringify({ allocId: staleAlloc, pids: { core: unrelated.pid } }));
+      fs.writeFileSync(path.join(stateDir, 'allocs', staleAlloc, 'pids.json'), JSON.stringify({ core: unrelated.pid }));
       fs.writeFileSync(path.join(stateDir, 'jobs', 'broken.json'), '{ not json');
 
       const next = await makeScheduler({ stateDir });

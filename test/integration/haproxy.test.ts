@@ -1,0 +1,400 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { WebSocket, WebSocketServer } from 'ws';
+import { HaproxyDataPlane, type RouteTable } from '../../controller/router/data-plane.js';
+import { runPaths } from '../../controller/router/haproxy-config.js';
+import { HaproxyProcess, HaproxyProcessError } from '../../controller/router/haproxy-process.js';
+import { HaproxyRuntime } from '../../controller/router/haproxy-runtime.js';
+import { silentLogger } from '../../controller/util/log.js';
+import { freePort, freePortRange } from '../support/ports.js';
+import { waitFor } from '../support/wait.js';
+
+// The real HAProxy against loopback backends, with OS-chosen ports and a temporary run directory.
+
+const TEMPLATE = fs.readFileSync(path.resolve(__dirname, '../../../manifests/haproxy/haproxy.cfg'), 'utf8');
+
+interface Backend {
+  readonly address: string;
+  readonly server: http.Server | net.Server;
+}
+
+/** An HTTP server answering `<name> <url>`, with a websocket echo that prefixes `<name>:`. */
+async function httpBackend(name: string): Promise<Backend & { wss: WebSocketServer }> {
+  const server = http.createServer((req, res) => {
+    res.setHeader('content-type', 'text/plain');
+    res.end(`${name} ${req.url}`);
+  });
+  const wss = new WebSocketServer({ server });
+  wss.on('connection', (socket) => socket.on('message', (data) => socket.send(`${name}:${String(data)}`)));
+  const port = await listen(server);
+  return { address: `127.0.0.1:${port}`, server, wss };
+}
+
+async function tcpEchoBackend(): Promise<Backend> {
+  const server = net.createServer((socket) => socket.pipe(socket));
+  const port = await listen(server);
+  return { address: `127.0.0.1:${port}`, server };
+}
+
+function listen(server: http.Server | net.Server): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve((server.address() as net.AddressInfo).port));
+  });
+}
+
+function get(port: number, host: string, urlPath = '/', agent: http.Agent | false = false): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, path: urlPath, headers: { host }, agent }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => (body += chunk));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      res.on('error', reject);
+    });
+    req.setTimeout(5000, () => req.destroy(new Error('request timed out')));
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** Connects, sends `payload`, and reports what came back before the connection closed (or errored). */
+function tcpExchange(port: number, payload: string): Promise<{ data: string; error?: string }> {
+  return new Promise((resolve) => {
+    let data = '';
+    let error: string | undefined;
+    const socket = net.createConnection({ host: '127.0.0.1', port }, () => socket.write(payload));
+    socket.setEncoding('utf8');
+    socket.setTimeout(5000, () => socket.destroy(new Error('timed out')));
+    socket.on('data', (chunk: string) => {
+      data += chunk;
+      if (data.length >= payload.length) socket.end();
+    });
+    socket.on('error', (e: NodeJS.ErrnoException) => (error = e.code ?? e.message));
+    socket.on('close', () => resolve(error === undefined ? { data } : { data, error }));
+  });
+}
+
+function wsEcho(port: number, host: string, message: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/socket`, { headers: { host } });
+    ws.once('open', () => ws.send(message));
+    ws.once('message', (data) => {
+      resolve(String(data));
+      ws.close();
+    });
+    ws.once('error', reject);
+    ws.once('unexpected-response', (_req, res) => reject(new Error(`upgrade refused with ${res.statusCode}`)));
+  });
+}
+
+function alive(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+function closeServer(server: http.Server | net.Server): Promise<void> {
+  if ('closeAllConnections' in server) server.closeAllConnections();
+  return new Promise((resolve) => server.close(() => resolve()));
+}
+
+describe('HAProxy data plane (real haproxy)', function () {
+  this.timeout(30_000);
+
+  let runDir: string;
+  let httpPort: number;
+  let tcpRange: { start: number; end: number };
+  let backendA: Backend & { wss: WebSocketServer };
+  let backendB: Backend & { wss: WebSocketServer };
+  let echo: Backend;
+  let proc: HaproxyProcess;
+  let dataPlane: HaproxyDataPlane;
+  const processes: HaproxyProcess[] = [];
+
+  const newProcess = (): HaproxyProcess => {
+    const p = new HaproxyProcess({
+      runDir,
+      template: TEMPLATE,
+      values: { httpBind: `127.0.0.1:${httpPort}`, tcpBind: `127.0.0.1:${tcpRange.start}-${tcpRange.end}`, maxconn: 2000, hardStopAfter: '10s' },
+      log: silentLogger(),
+      gracefulStopMs: 2000,
+    });
+    processes.push(p);
+    return p;
+  };
+  const newDataPlane = (p: HaproxyProcess): HaproxyDataPlane =>
+    new HaproxyDataPlane({ runtime: new HaproxyRuntime(p.adminSocket), runDir, log: silentLogger(), tcpPorts: tcpRange });
+  const table = (hosts: Record<string, string>, ports: Record<number, string> = {}): RouteTable => ({
+    hosts: new Map(Object.entries(hosts)),
+    ports: new Map(Object.entries(ports).map(([port, backend]) => [Number(port), backend])),
+  });
+  let base: RouteTable;
+
+  before(async () => {
+    runDir = await fs.promises.mkdtemp(path.join(os.tmpdir(), 'manticore-haproxy-'));
+    httpPort = await freePort();
+    tcpRange = await freePortRange(5);
+    [backendA, backendB, echo] = await Promise.all([httpBackend('A'), httpBackend('B'), tcpEchoBackend()]);
+    base = table({ alpha: backendA.address, beta: backendB.address }, { [tcpRange.start]: echo.address });
+    proc = newProcess();
+    await proc.start();
+    dataPlane = newDataPlane(proc);
+    await dataPlane.apply(base);
+  });
+
+  after(async () => {
+    for (const p of processes) await p.stop();
+    for (const b of [backendA, backendB]) b?.wss.close();
+    await Promise.all([backendA, backendB, echo].filter(Boolean).map((b) => closeServer(b.server)));
+    await fs.promises.rm(runDir, { recursive: true, force: true });
+  });
+
+  it('routes HTTP by the first label of Host to two different backends', async () => {
+    assert.deepEqual(await get(httpPort, 'alpha.sessions.test'), { status: 200, body: 'A /' });
+    assert.deepEqual(await get(httpPort, 'beta.sessions.test', '/x?y=1'), { status: 200, body: 'B /x?y=1' });
+    // Case and an explicit port do not matter.
+    assert.deepEqual(await get(httpPort, 'ALPHA.Sessions.Test:8080'), { status: 200, body: 'A /' });
+  });
+
+  it('answers 404 with a short body for an unknown host, and serves the health URI', async () => {
+    const res = await get(httpPort, 'gamma.sessions.test');
+    assert.equal(res.status, 404);
+    assert.equal(res.body, 'no such session\n');
+    assert.equal((await get(httpPort, 'anything', '/haproxy-health')).status, 200);
+  });
+
+  it('sends each request of a keep-alive connection that switches Host to the right backend', async () => {
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    const sockets = new Set<net.Socket>();
+    agent.on('free', (socket: net.Socket) => sockets.add(socket));
+    try {
+      for (let i = 0; i < 20; i++) {
+        const token = i % 3 === 0 ? 'alpha' : 'beta';
+        const res = await get(httpPort, `${token}.sessions.test`, `/${i}`, agent);
+        assert.deepEqual(res, { status: 200, body: `${token === 'alpha' ? 'A' : 'B'} /${i}` });
+      }
+      assert.equal(sockets.size, 1, 'all requests used one client connection');
+    } finally {
+      agent.destroy();
+    }
+  });
+
+  it('never reuses an idle server connection for another destination (many keep-alive clients mixing hosts)', async () => {
+    const client = async (seed: number): Promise<number> => {
+      const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+      let wrong = 0;
+      try {
+        for (let i = 0; i < 40; i++) {
+          const alpha = (seed * 7 + i * 13) % 5 < 2;
+          const res = await get(httpPort, alpha ? 'alpha' : 'beta', '/', agent);
+          if (res.body !== (alpha ? 'A /' : 'B /')) wrong++;
+        }
+      } finally {
+        agent.destroy();
+      }
+      return wrong;
+    };
+    const wrong = await Promise.all(Array.from({ length: 10 }, (_, seed) => client(seed)));
+    assert.deepEqual(wrong, new Array(10).fill(0));
+  });
+
+  it('passes a websocket upgrade through and echoes', async () => {
+    assert.equal(await wsEcho(httpPort, 'alpha.sessions.test', 'hello'), 'A:hello');
+    assert.equal(await wsEcho(httpPort, 'beta.sessions.test', 'there'), 'B:there');
+  });
+
+  it('routes a TCP port to its backend and echoes', async () => {
+    assert.deepEqual(await tcpExchange(tcpRange.start, 'ping over tcp'), { data: 'ping over tcp' });
+  });
+
+  it('refuses a TCP port with no route at once, sending nothing', async () => {
+    const result = await tcpExchange(tcpRange.start + 1, 'anyone there?');
+    assert.equal(result.data, '');
+  });
+
+  it('applies route changes with no reload: removed routes 404 / are refused, new ones serve', async () => {
+    const workerBefore = await proc.workerPid();
+    await dataPlane.apply(table({ beta: backendA.address, delta: backendB.address }, { [tcpRange.start + 2]: echo.address }));
+    assert.equal((await get(httpPort, 'alpha')).status, 404);
+    assert.deepEqual(await get(httpPort, 'beta'), { status: 200, body: 'A /' });
+    assert.deepEqual(await get(httpPort, 'delta'), { status: 200, body: 'B /' });
+    assert.equal((await tcpExchange(tcpRange.start, 'x')).data, '');
+    assert.equal((await tcpExchange(tcpRange.start + 2, 'moved')).data, 'moved');
+    assert.equal(await proc.workerPid(), workerBefore, 'same worker: no reload happened');
+    assert.equal(proc.reloads, 0);
+
+    await dataPlane.apply(base);
+    assert.deepEqual(await get(httpPort, 'alpha'), { status: 200, body: 'A /' });
+    assert.equal(await proc.workerPid(), workerBefore);
+  });
+
+  it('wrote both map files to match the table', async () => {
+    const paths = runPaths(runDir);
+    const hosts = fs.readFileSync(paths.hostsMap, 'utf8');
+    assert.match(hosts, new RegExp(`^alpha ${backendA.address}$`, 'm'));
+    assert.match(hosts, new RegExp(`^beta ${backendB.address}$`, 'm'));
+    assert.match(fs.readFileSync(paths.tcpMap, 'utf8'), new RegExp(`^${tcpRange.start} ${echo.address}$`, 'm'));
+  });
+
+  it('rejects an invalid table without touching HAProxy', async () => {
+    await assert.rejects(dataPlane.apply(table({ 'Bad.Token': backendA.address })), /invalid route table/);
+    await assert.rejects(dataPlane.apply(table({ ok: 'localhost:80' })), /not ipv4:port/);
+    await assert.rejects(dataPlane.apply(table({}, { [tcpRange.end + 1]: echo.address })), /public port/);
+    assert.deepEqual(await get(httpPort, 'alpha'), { status: 200, body: 'A /' });
+  });
+
+  it('a new data plane (restarted agent) syncs with the live maps: stale and duplicate entries are fixed', async () => {
+    const runtime = new HaproxyRuntime(proc.adminSocket);
+    const hostsMap = runPaths(runDir).hostsMap;
+    await runtime.addMap(hostsMap, 'stale', backendB.address);
+    await runtime.addMap(hostsMap, 'beta', backendA.address); // duplicate key with another value
+    const fresh = newDataPlane(proc);
+    await fresh.apply(base);
+    const entries = await runtime.showMap(hostsMap);
+    assert.deepEqual(
+      entries.map((e) => `${e.key} ${e.value}`).sort(),
+      [`alpha ${backendA.address}`, `beta ${backendB.address}`],
+    );
+    assert.equal((await get(httpPort, 'stale')).status, 404);
+    assert.deepEqual(await get(httpPort, 'beta'), { status: 200, body: 'B /' });
+  });
+
+  it('keeps a stable route serving with zero failures while other routes churn', async () => {
+    let running = true;
+    let served = 0;
+    const failures: string[] = [];
+    const traffic = async (agent: http.Agent | false): Promise<void> => {
+      while (running) {
+        try {
+          const res = await get(httpPort, 'alpha.sessions.test', '/steady', agent);
+          if (res.status !== 200 || res.body !== 'A /steady') failures.push(`${res.status} ${res.body}`);
+          else served++;
+        } catch (error) {
+          failures.push(String(error));
+        }
+      }
+    };
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
+    const load = [traffic(agent), traffic(agent), traffic(false)];
+    const workerBefore = await proc.workerPid();
+    try {
+      const churn = new Map<string, string>();
+      for (let i = 0; i < 150; i++) {
+        const token = `churn${i}`;
+        if (i % 3 === 0) churn.delete(`churn${i - 3}`);
+        if (i % 5 === 0) for (const key of [...churn.keys()].slice(0, 2)) churn.delete(key);
+        churn.set(token, backendB.address);
+        const ports: Record<number, string> = { [tcpRange.start]: echo.address };
+        if (i % 2 === 0) ports[tcpRange.start + 3] = echo.address;
+        await dataPlane.apply(table({ ...Object.fromEntries(churn), alpha: backendA.address, beta: backendB.address }, ports));
+        // A route is live as soon as apply resolves.
+        assert.deepEqual(await get(httpPort, `${token}.sessions.test`), { status: 200, body: 'B /' });
+      }
+    } finally {
+      running = false;
+      await Promise.all(load);
+      agent.destroy();
+    }
+    assert.deepEqual(failures, []);
+    assert.ok(served > 100, `only ${served} requests were served`);
+    assert.equal(await proc.workerPid(), workerBefore, 'no reload during churn');
+    await dataPlane.apply(base);
+  });
+
+  it('coalesces queued applies: the latest table wins and every caller resolves', async () => {
+    const calls = [
+      dataPlane.apply(table({ one: backendA.address })),
+      dataPlane.apply(table({ two: backendA.address })),
+      dataPlane.apply(table({ three: backendA.address })),
+      dataPlane.apply(base),
+    ];
+    await Promise.all(calls);
+    assert.equal((await get(httpPort, 'three')).status, 404);
+    assert.deepEqual(await get(httpPort, 'alpha'), { status: 200, body: 'A /' });
+  });
+
+  it('rejects a bad config on reload and keeps serving the old one', async () => {
+    const workerBefore = await proc.workerPid();
+    const configBefore = fs.readFileSync(proc.configPath, 'utf8');
+    await assert.rejects(proc.reload(`${configBefore}\nthis_is_not_a_keyword\n`), (error: unknown) => {
+      assert.ok(error instanceof HaproxyProcessError);
+      assert.match(error.message, /invalid/);
+      assert.match(error.output, /this_is_not_a_keyword/);
+      return true;
+    });
+    assert.equal(fs.readFileSync(proc.configPath, 'utf8'), configBefore);
+    assert.equal(await proc.workerPid(), workerBefore);
+    assert.equal(proc.reloads, 0);
+    assert.deepEqual(await get(httpPort, 'alpha'), { status: 200, body: 'A /' });
+  });
+
+  it('detects a reload that fails after validation (port in use) and restores the old config', async () => {
+    const blocker = net.createServer();
+    const blockedPort = await listen(blocker);
+    try {
+      const workerBefore = await proc.workerPid();
+      const configBefore = fs.readFileSync(proc.configPath, 'utf8');
+      const bad = proc.renderConfig({ httpBind: `127.0.0.1:${blockedPort}`, tcpBind: `127.0.0.1:${tcpRange.start}-${tcpRange.end}` });
+      await assert.rejects(proc.reload(bad), /reload failed/);
+      assert.equal(fs.readFileSync(proc.configPath, 'utf8'), configBefore);
+      assert.equal(await proc.workerPid(), workerBefore);
+      assert.deepEqual(await get(httpPort, 'alpha'), { status: 200, body: 'A /' });
+    } finally {
+      await closeServer(blocker);
+    }
+  });
+
+  it('reloads a good config with a new worker and keeps every route', async () => {
+    const workerBefore = await proc.workerPid();
+    await proc.reload(proc.renderConfig({ httpBind: `127.0.0.1:${httpPort}`, tcpBind: `127.0.0.1:${tcpRange.start}-${tcpRange.end}`, maxconn: 3000 }));
+    assert.equal(proc.reloads, 1);
+    assert.notEqual(await proc.workerPid(), workerBefore);
+    await waitFor('the old worker to exit', () => !alive(workerBefore));
+    await dataPlane.resync();
+    assert.deepEqual(await get(httpPort, 'alpha'), { status: 200, body: 'A /' });
+    assert.deepEqual(await get(httpPort, 'beta'), { status: 200, body: 'B /' });
+    assert.equal((await tcpExchange(tcpRange.start, 'after reload')).data, 'after reload');
+    await dataPlane.apply(table({ alpha: backendB.address }, {}));
+    assert.deepEqual(await get(httpPort, 'alpha'), { status: 200, body: 'B /' });
+    await dataPlane.apply(base);
+  });
+
+  it('stops without leaving processes, and after start the routes are back from the map files', async () => {
+    const master = proc.masterPid!;
+    const worker = await proc.workerPid();
+    await proc.stop();
+    assert.equal(alive(master), false);
+    assert.equal(alive(worker), false);
+    await assert.rejects(get(httpPort, 'alpha'), /ECONNREFUSED/);
+
+    await proc.start();
+    assert.deepEqual(await get(httpPort, 'alpha'), { status: 200, body: 'A /' });
+    assert.deepEqual(await get(httpPort, 'beta'), { status: 200, body: 'B /' });
+    assert.equal((await tcpExchange(tcpRange.start, 'restarted')).data, 'restarted');
+    await dataPlane.resync();
+  });
+
+  it('stops an HAProxy left running on the run directory by a previous run before starting', async () => {
+    const oldMaster = proc.masterPid!;
+    const oldWorker = await proc.workerPid();
+    // A second owner on the same run directory plays the controller restarted after a kill -9.
+    const successor = newProcess();
+    await successor.start();
+    assert.equal(alive(oldMaster), false);
+    assert.equal(alive(oldWorker), false);
+    assert.notEqual(successor.masterPid, oldMaster);
+    proc = successor;
+    dataPlane = newDataPlane(proc);
+    await dataPlane.apply(base);
+    assert.deepEqual(await get(httpPort, 'alpha'), { status: 200, body: 'A /' });
+    assert.equal((await tcpExchange(tcpRange.start, 'successor')).data, 'successor');
+  });
+});

@@ -1,0 +1,120 @@
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { loadTemplates } from '../../controller/api/templates.js';
+import type { Session, SessionRecord } from '../../controller/api/types.js';
+import { Keys } from '../../controller/controller/keys.js';
+import { Frontend } from '../../controller/frontend/server.js';
+import { EmbeddedStore } from '../../controller/store/embedded-store.js';
+import { silentLogger } from '../../controller/util/log.js';
+import { waitFor } from '../support/wait.js';
+
+const templates = loadTemplates(path.resolve(__dirname, '../../../manifests/templates'));
+const keys = new Keys('manticore/');
+
+describe('front end (API)', () => {
+  let store: EmbeddedStore;
+  let frontend: Frontend;
+
+  beforeEach(async () => {
+    store = EmbeddedStore.open(':memory:');
+    frontend = new Frontend({ store, keys, templates, backend: 'embedded', bodyLimitBytes: 4096, log: silentLogger() });
+    await frontend.start('127.0.0.1', 0);
+  });
+  afterEach(async () => {
+    await frontend.stop();
+    await store.close();
+  });
+
+  const inject = async (method: 'GET' | 'POST' | 'DELETE', url: string, body?: unknown, headers: Record<string, string> = {}) => {
+    const response = await frontend.app.inject({
+      method,
+      url,
+      headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
+      payload: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+    });
+    return { status: response.statusCode, body: response.body ? JSON.parse(response.body) : undefined, headers: response.headers };
+  };
+
+  it('creates a session record with defaults, the caller as owner, and a Pending status', async () => {
+    const { status, body, headers } = await inject('POST', '/api/v1/sessions', { template: 'demo', parameters: { coreVersion: '8.1.0' } }, { 'x-manticore-user': 'carol' });
+    assert.equal(status, 201);
+    const session = body as Session;
+    assert.equal(headers.location, `/api/v1/sessions/${session.metadata.id}`);
+    assert.equal(session.metadata.owner, 'carol');
+    assert.equal(session.metadata.generation, 1);
+    assert.deepEqual(session.spec, { template: 'demo', parameters: { coreVersion: '8.1.0', hmiType: 'generic' } });
+    assert.equal(session.status.phase, 'Pending');
+    const stored = JSON.parse((await store.get(keys.session(session.metadata.id)))!.value) as SessionRecord;
+    assert.deepEqual(stored, { metadata: session.metadata, spec: session.spec });
+  });
+
+  it('calls a caller without the header "anonymous"', async () => {
+    const { body } = await inject('POST', '/api/v1/sessions', { template: 'demo' });
+    assert.equal((body as Session).metadata.owner, 'anonymous');
+  });
+
+  it('answers bad input with 4xx and { error, details } and stores nothing', async () => {
+    const cases: Array<[unknown, Record<string, string>, number, RegExp]> = [
+      [{ template: 'nope' }, {}, 400, /\/template: must be one of demo, sdl/],
+      [{ template: 'demo', parameters: { coreVersion: 7 } }, {}, 400, /\/body\/parameters\/coreVersion: must be string/],
+      [{ template: 'demo', parameters: { hmiType: 'ford' } }, {}, 400, /\/parameters\/hmiType: "ford" is not one of generic/],
+      [{ template: 'sdl' }, {}, 400, /runs only on the nomad backend/],
+      [{ template: 'demo', labels: { 'bad key!': 'x' } }, {}, 400, /\/metadata\/labels/],
+      [[1, 2], {}, 400, /must be object/],
+      ['not json', {}, 400, /JSON/i],
+      [{ template: 'demo', padding: 'x'.repeat(5000) }, {}, 413, /too large/i],
+      [{ template: 'demo' }, { 'x-manticore-user': 'has space' }, 400, /X-Manticore-User/],
+    ];
+    for (const [body, headers, expected, message] of cases) {
+      const answer = await inject('POST', '/api/v1/sessions', body, headers);
+      assert.equal(answer.status, expected, `${JSON.stringify(body).slice(0, 80)} → ${JSON.stringify(answer.body)}`);
+      assert.equal(typeof answer.body.error, 'string');
+      assert.ok(Array.isArray(answer.body.details));
+      assert.match(`${answer.body.error} ${answer.body.details.join(' ')}`, message);
+    }
+    const wrongType = await frontend.app.inject({ method: 'POST', url: '/api/v1/sessions', headers: { 'content-type': 'text/plain' }, payload: 'x' });
+    assert.equal(wrongType.statusCode, 415);
+    assert.equal((await store.list(keys.sessions)).entries.length, 0);
+  });
+
+  it('shows, lists and deletes only the caller’s own sessions', async () => {
+    const mine = (await inject('POST', '/api/v1/sessions', { template: 'demo' }, { 'x-manticore-user': 'dave' })).body as Session;
+    const theirs = (await inject('POST', '/api/v1/sessions', { template: 'demo' }, { 'x-manticore-user': 'erin' })).body as Session;
+    assert.equal((await inject('GET', `/api/v1/sessions/${mine.metadata.id}`, undefined, { 'x-manticore-user': 'dave' })).status, 200);
+    const hidden = await inject('GET', `/api/v1/sessions/${theirs.metadata.id}`, undefined, { 'x-manticore-user': 'dave' });
+    assert.equal(hidden.status, 404);
+    assert.equal(hidden.body.error, `session "${theirs.metadata.id}" not found`);
+    assert.equal((await inject('DELETE', `/api/v1/sessions/${theirs.metadata.id}`, undefined, { 'x-manticore-user': 'dave' })).status, 404);
+
+    const listed = await waitFor('list shows the session', async () => {
+      const { body } = await inject('GET', '/api/v1/sessions', undefined, { 'x-manticore-user': 'dave' });
+      return body.items.length > 0 ? (body.items as Session[]) : undefined;
+    });
+    assert.deepEqual(listed.map((s) => s.metadata.id), [mine.metadata.id]);
+
+    const deleted = await inject('DELETE', `/api/v1/sessions/${mine.metadata.id}`, undefined, { 'x-manticore-user': 'dave' });
+    assert.equal(deleted.status, 202);
+    assert.ok((deleted.body as Session).metadata.deletionRequestedAt);
+    const again = await inject('DELETE', `/api/v1/sessions/${mine.metadata.id}`, undefined, { 'x-manticore-user': 'dave' });
+    assert.equal(again.status, 202, 'deleting twice is harmless');
+    assert.equal(again.body.metadata.deletionRequestedAt, deleted.body.metadata.deletionRequestedAt);
+    const untouched = JSON.parse((await store.get(keys.session(theirs.metadata.id)))!.value) as SessionRecord;
+    assert.equal(untouched.metadata.deletionRequestedAt, undefined);
+  });
+
+  it('answers 404 for malformed ids and unknown routes', async () => {
+    assert.equal((await inject('GET', '/api/v1/sessions/..%2F..%2Fetc')).status, 404);
+    assert.equal((await inject('GET', '/api/v1/sessions/UPPERCASE1')).status, 404);
+    const unknown = await inject('GET', '/api/v1/nothing');
+    assert.equal(unknown.status, 404);
+    assert.match(unknown.body.error, /no route GET \/api\/v1\/nothing/);
+  });
+
+  it('describes templates, marking those this backend cannot run', async () => {
+    const { body } = await inject('GET', '/api/v1/templates/sdl');
+    assert.equal(body.available, false);
+    assert.equal(body.parameters.length, 4);
+    assert.deepEqual(body.services.find((s: { name: string }) => s.name === 'tcp'), { name: 'tcp', description: "Core's TCP transport for SDL apps.", protocol: 'tcp' });
+    assert.equal((await inject('GET', '/api/v1/templates/nope')).status, 404);
+  });
+});
