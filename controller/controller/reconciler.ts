@@ -176,9 +176,9 @@ export class SessionReconciler {
         ? { type: 'Ready', status: 'True', reason: 'Ready', message: 'the session is serving' }
         : { type: 'Ready', status: 'False', reason: blocker.reason, message: blocker.message },
     ];
-    // Addresses are shown once the routes are live, and stay shown while the session lives (they never change).
+    // Addresses are shown once the session first serves, and stay shown while it lives (they never change).
     const published: Record<string, Endpoint> = {};
-    if (routed.status === 'True' || Object.keys(previous?.endpoints ?? {}).length > 0) {
+    if (ready || Object.keys(previous?.endpoints ?? {}).length > 0) {
       for (const [service, endpoint] of Object.entries(endpoints)) published[service] = { protocol: endpoint.protocol, url: endpoint.url };
     }
     await this.writeStatus(id, {

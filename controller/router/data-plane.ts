@@ -124,15 +124,16 @@ export class HaproxyDataPlane implements DataPlane {
     const job = this.queued;
     this.queued = undefined;
     this.running = true;
-    this.applyNow(job.table, job.refresh)
-      .then(
-        () => job.waiters.forEach((w) => w.resolve()),
-        (error: unknown) => job.waiters.forEach((w) => w.reject(error)),
-      )
-      .finally(() => {
-        this.running = false;
-        this.pump();
-      });
+    // Free the slot before waking the callers, so an apply they make next starts at once instead of queueing.
+    const settle = (notify: (waiter: Queued['waiters'][number]) => void): void => {
+      this.running = false;
+      this.pump();
+      job.waiters.forEach(notify);
+    };
+    this.applyNow(job.table, job.refresh).then(
+      () => settle((w) => w.resolve()),
+      (error: unknown) => settle((w) => w.reject(error)),
+    );
   }
 
   private async applyNow(table: RouteTable, refresh: boolean): Promise<void> {
@@ -140,6 +141,7 @@ export class HaproxyDataPlane implements DataPlane {
     const hosts = new Map(table.hosts);
     const ports = new Map([...table.ports].map(([port, backend]) => [String(port), backend] as [string, string]));
     // Files first: if HAProxy restarts part-way, it loads the table we are converging to.
+    if (refresh) this.written.clear();
     await this.writeMapFile(this.hostsMap, hosts);
     await this.writeMapFile(this.tcpMap, ports);
 

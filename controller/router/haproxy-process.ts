@@ -163,15 +163,20 @@ function execFileOutput(file: string, args: readonly string[]): Promise<{ ok: bo
   });
 }
 
-async function writeFileAtomic(file: string, text: string): Promise<void> {
-  const temp = `${file}.tmp-${process.pid}`;
-  const handle = await fs.open(temp, 'w', 0o600);
+async function writeSynced(file: string, text: string): Promise<void> {
+  const handle = await fs.open(file, 'w', 0o600);
   try {
     await handle.writeFile(text, 'utf8');
     await handle.sync();
   } finally {
     await handle.close();
   }
+}
+
+/** Readers (HAProxy on reload/restart) see the old file or the new one, never half of one. */
+async function writeFileAtomic(file: string, text: string): Promise<void> {
+  const temp = `${file}.tmp-${process.pid}`;
+  await writeSynced(temp, text);
   await fs.rename(temp, file);
 }
 
@@ -258,8 +263,9 @@ export class HaproxyProcess {
   }
 
   /**
-   * Writes and validates the config, stops any HAProxy a previous run of ours left on this run
-   * directory, starts master and worker, and resolves once the admin socket answers.
+   * Writes and validates the config (the rendered template, or what the last successful reload installed),
+   * stops any HAProxy a previous run of ours left on this run directory, starts master and worker, and
+   * resolves once the admin socket answers. Existing map files are kept: they hold the routes.
    */
   start(): Promise<void> {
     return this.serialize(() => this.doStart());
@@ -296,7 +302,8 @@ export class HaproxyProcess {
       // Keep existing maps: they hold the routes of the previous run.
       await fs.writeFile(file, '', { flag: 'a', mode: 0o600 });
     }
-    const text = this.renderConfig();
+    // A restart keeps what the last successful reload installed.
+    const text = this.configText ?? this.renderConfig();
     await this.installConfig(text);
     this.configText = text;
 
@@ -432,7 +439,7 @@ export class HaproxyProcess {
   /** Validates a config with `haproxy -c` as a side file, then renames it over the live one. */
   private async installConfig(text: string): Promise<void> {
     const next = `${this.configPath}.next`;
-    await fs.writeFile(next, text, { mode: 0o600 });
+    await writeSynced(next, text);
     const check = await execFileOutput(this.binary!, ['-c', '-f', next]);
     if (!check.ok) {
       await fs.rm(next, { force: true });

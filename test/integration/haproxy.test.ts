@@ -4,10 +4,11 @@ import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import sinon from 'sinon';
 import { WebSocket, WebSocketServer } from 'ws';
 import { HaproxyDataPlane, type RouteTable } from '../../controller/router/data-plane.js';
 import { runPaths } from '../../controller/router/haproxy-config.js';
-import { HaproxyProcess, HaproxyProcessError } from '../../controller/router/haproxy-process.js';
+import { HaproxyProcess, HaproxyProcessError, resolveHaproxyBinary } from '../../controller/router/haproxy-process.js';
 import { HaproxyRuntime } from '../../controller/router/haproxy-runtime.js';
 import { silentLogger } from '../../controller/util/log.js';
 import { freePort, freePortRange } from '../support/ports.js';
@@ -62,14 +63,17 @@ function get(port: number, host: string, urlPath = '/', agent: http.Agent | fals
   });
 }
 
-/** Connects, sends `payload`, and reports what came back before the connection closed (or errored). */
+/**
+ * Connects, sends `payload`, and reports what came back before the connection closed (or errored).
+ * A peer that neither answers nor closes within 2 s shows up as error "timed out".
+ */
 function tcpExchange(port: number, payload: string): Promise<{ data: string; error?: string }> {
   return new Promise((resolve) => {
     let data = '';
     let error: string | undefined;
     const socket = net.createConnection({ host: '127.0.0.1', port }, () => socket.write(payload));
     socket.setEncoding('utf8');
-    socket.setTimeout(5000, () => socket.destroy(new Error('timed out')));
+    socket.setTimeout(2000, () => socket.destroy(new Error('timed out')));
     socket.on('data', (chunk: string) => {
       data += chunk;
       if (data.length >= payload.length) socket.end();
@@ -140,12 +144,20 @@ describe('HAProxy data plane (real haproxy)', function () {
 
   before(async () => {
     runDir = await fs.promises.mkdtemp(path.join(os.tmpdir(), 'manticore-haproxy-'));
-    httpPort = await freePort();
-    tcpRange = await freePortRange(5);
     [backendA, backendB, echo] = await Promise.all([httpBackend('A'), httpBackend('B'), tcpEchoBackend()]);
+    // OS-chosen ports are only free when picked: another process may take one before HAProxy binds it.
+    for (let attempt = 1; ; attempt++) {
+      httpPort = await freePort();
+      tcpRange = await freePortRange(5);
+      proc = newProcess();
+      try {
+        await proc.start();
+        break;
+      } catch (error) {
+        if (attempt >= 3 || !(error instanceof HaproxyProcessError) || !/Address already in use/.test(error.output)) throw error;
+      }
+    }
     base = table({ alpha: backendA.address, beta: backendB.address }, { [tcpRange.start]: echo.address });
-    proc = newProcess();
-    await proc.start();
     dataPlane = newDataPlane(proc);
     await dataPlane.apply(base);
   });
@@ -217,7 +229,7 @@ describe('HAProxy data plane (real haproxy)', function () {
 
   it('refuses a TCP port with no route at once, sending nothing', async () => {
     const result = await tcpExchange(tcpRange.start + 1, 'anyone there?');
-    assert.equal(result.data, '');
+    assert.deepEqual(result, { data: '', error: 'ECONNRESET' });
   });
 
   it('applies route changes with no reload: removed routes 404 / are refused, new ones serve', async () => {
@@ -226,7 +238,7 @@ describe('HAProxy data plane (real haproxy)', function () {
     assert.equal((await get(httpPort, 'alpha')).status, 404);
     assert.deepEqual(await get(httpPort, 'beta'), { status: 200, body: 'A /' });
     assert.deepEqual(await get(httpPort, 'delta'), { status: 200, body: 'B /' });
-    assert.equal((await tcpExchange(tcpRange.start, 'x')).data, '');
+    assert.deepEqual(await tcpExchange(tcpRange.start, 'x'), { data: '', error: 'ECONNRESET' });
     assert.equal((await tcpExchange(tcpRange.start + 2, 'moved')).data, 'moved');
     assert.equal(await proc.workerPid(), workerBefore, 'same worker: no reload happened');
     assert.equal(proc.reloads, 0);
@@ -309,16 +321,27 @@ describe('HAProxy data plane (real haproxy)', function () {
     await dataPlane.apply(base);
   });
 
-  it('coalesces queued applies: the latest table wins and every caller resolves', async () => {
-    const calls = [
-      dataPlane.apply(table({ one: backendA.address })),
-      dataPlane.apply(table({ two: backendA.address })),
-      dataPlane.apply(table({ three: backendA.address })),
-      dataPlane.apply(base),
-    ];
-    await Promise.all(calls);
+  it('serializes applies and lets a later table supersede a queued one; every caller resolves', async () => {
+    const runtime = new HaproxyRuntime(proc.adminSocket);
+    const added = sinon.spy(runtime, 'addMapEntries');
+    const plane = new HaproxyDataPlane({ runtime, runDir, log: silentLogger() });
+    await plane.apply(base);
+    added.resetHistory();
+    // The first runs at once; the next two are queued and superseded by the last before they run.
+    await Promise.all([
+      plane.apply(table({ one: backendA.address })),
+      plane.apply(table({ two: backendA.address })),
+      plane.apply(table({ three: backendA.address })),
+      plane.apply(base),
+    ]);
+    const keys = added
+      .getCalls()
+      .filter((call) => call.args[0] === runPaths(runDir).hostsMap)
+      .flatMap((call) => call.args[1].map(([key]) => key));
+    assert.deepEqual(keys.sort(), ['alpha', 'beta', 'one']);
     assert.equal((await get(httpPort, 'three')).status, 404);
     assert.deepEqual(await get(httpPort, 'alpha'), { status: 200, body: 'A /' });
+    await dataPlane.resync();
   });
 
   it('rejects a bad config on reload and keeps serving the old one', async () => {
@@ -396,5 +419,61 @@ describe('HAProxy data plane (real haproxy)', function () {
     await dataPlane.apply(base);
     assert.deepEqual(await get(httpPort, 'alpha'), { status: 200, body: 'A /' });
     assert.equal((await tcpExchange(tcpRange.start, 'successor')).data, 'successor');
+  });
+});
+
+describe('HAProxy process start-up failures (real haproxy)', function () {
+  this.timeout(30_000);
+  let runDir: string;
+
+  beforeEach(async () => {
+    runDir = await fs.promises.mkdtemp(path.join(os.tmpdir(), 'manticore-haproxy-'));
+  });
+  afterEach(async () => {
+    await fs.promises.rm(runDir, { recursive: true, force: true });
+  });
+
+  const processWith = async (template: string, httpPort: number): Promise<HaproxyProcess> => {
+    const range = await freePortRange(2);
+    return new HaproxyProcess({
+      runDir,
+      template,
+      values: { httpBind: `127.0.0.1:${httpPort}`, tcpBind: `127.0.0.1:${range.start}-${range.end}` },
+      log: silentLogger(),
+    });
+  };
+
+  it('never starts a config that fails the check, and says why', async () => {
+    const p = await processWith(`${TEMPLATE}\nfrontend broken\n    no_such_directive on\n`, await freePort());
+    await assert.rejects(p.start(), (error: unknown) => {
+      assert.ok(error instanceof HaproxyProcessError);
+      assert.match(error.output, /no_such_directive/);
+      return true;
+    });
+    assert.equal(p.running, false);
+    assert.equal(fs.existsSync(runPaths(runDir).config), false, 'the invalid config was not installed');
+  });
+
+  it('fails start-up with HAProxy’s output when a port is taken, leaving no process', async () => {
+    const blocker = net.createServer();
+    const port = await listen(blocker);
+    try {
+      const p = await processWith(TEMPLATE, port);
+      await assert.rejects(p.start(), (error: unknown) => {
+        assert.ok(error instanceof HaproxyProcessError);
+        assert.match(error.output, /cannot bind|Address already in use/i);
+        return true;
+      });
+      assert.equal(p.running, false);
+      await p.stop();
+    } finally {
+      await closeServer(blocker);
+    }
+  });
+
+  it('finds the haproxy binary when it is not on PATH', async () => {
+    const found = await resolveHaproxyBinary('haproxy', path.join(runDir, 'empty-path'));
+    assert.ok(path.isAbsolute(found) && fs.existsSync(found), `resolved to ${found}`);
+    assert.equal(await resolveHaproxyBinary('/opt/custom/haproxy'), '/opt/custom/haproxy');
   });
 });

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import childProcess, { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -471,17 +471,29 @@ describe('LocalScheduler', function () {
         const { scheduler, job } = await crashing({ attempts: 2, intervalMs: 10_000, delayMs: 1_000 });
         const waiting = await when(scheduler, job.id, (w) => crash(w).state === 'dead' && crash(w).restarts === 0);
         assert.equal(crash(waiting).lastEvent, 'exited with code 3; restarting in 1s');
-        assert.equal(clock?.countTimers(), 1, 'only the restart timer is pending');
-        clock?.tick(999);
-        assert.equal(clock?.countTimers(), 1, 'no restart before delayMs');
-        clock?.tick(1);
-        assert.equal(clock?.countTimers(), 0, 'restarted at delayMs');
+        // The restart timer's callback spawns the task synchronously, so a spy on spawn tells exactly
+        // when the restart happened on the fake clock.
+        const spawns = sinon.spy(childProcess, 'spawn');
+        try {
+          clock?.tick(999);
+          assert.equal(spawns.callCount, 0, 'no restart before delayMs');
+          clock?.tick(1);
+          assert.equal(spawns.callCount, 1, 'restarted at delayMs');
+        } finally {
+          spawns.restore();
+        }
         await when(scheduler, job.id, (w) => crash(w).state === 'dead' && crash(w).restarts === 1);
         clock?.tick(1_000);
         const failed = await when(scheduler, job.id, (w) => w.allocation?.clientStatus === 'failed');
         assert.equal(crash(failed).restarts, 2);
         assert.equal(crash(failed).lastEvent, 'crash exited with code 3; restart limit (2 in 10s) reached');
-        assert.equal(clock?.countTimers(), 0, 'nothing left to restart');
+        const late = sinon.spy(childProcess, 'spawn');
+        try {
+          clock?.tick(60_000);
+          assert.equal(late.callCount, 0, 'nothing restarts after the failure');
+        } finally {
+          late.restore();
+        }
       });
 
       it('forgets restarts older than intervalMs', async function () {

@@ -1,0 +1,310 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import {
+  HaproxyConfigError,
+  MAX_RUN_DIR_LENGTH,
+  parseMap,
+  parseTcpBind,
+  redactSecret,
+  renderHaproxyConfig,
+  renderMap,
+  runPaths,
+  validateRouteTable,
+  type HaproxyConfigValues,
+} from '../../controller/router/haproxy-config.js';
+import { parseShowProc } from '../../controller/router/haproxy-process.js';
+import {
+  HaproxyRuntime,
+  HaproxyRuntimeError,
+  MAX_REQUEST_BYTES,
+  classifyReply,
+  describeCommand,
+  parseShowMap,
+} from '../../controller/router/haproxy-runtime.js';
+
+const TEMPLATE = fs.readFileSync(path.resolve(__dirname, '../../../manifests/haproxy/haproxy.cfg'), 'utf8');
+const VALUES: HaproxyConfigValues = { runDir: '/run/manticore', httpBind: '127.0.0.1:8080', tcpBind: '127.0.0.1:20000-20999' };
+
+function problemsOf(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (error) {
+    assert.ok(error instanceof HaproxyConfigError, `expected a HaproxyConfigError, got ${String(error)}`);
+    return error.message;
+  }
+  assert.fail('expected a throw');
+}
+
+describe('HAProxy config rendering', () => {
+  it('fills every placeholder of the shipped template', () => {
+    const text = renderHaproxyConfig(TEMPLATE, VALUES);
+    assert.doesNotMatch(text, /\{\{|\}\}/);
+    assert.match(text, /^\s+stats socket \/run\/manticore\/admin\.sock mode 600 level admin expose-fd listeners$/m);
+    assert.match(text, /^\s+bind 127\.0\.0\.1:8080$/m);
+    assert.match(text, /^\s+bind 127\.0\.0\.1:20000-20999$/m);
+    assert.match(text, /map\(\/run\/manticore\/hosts\.map\)/);
+    assert.match(text, /dst_port,map\(\/run\/manticore\/tcp\.map\)/);
+    assert.match(text, /^\s+maxconn 4000$/m);
+    assert.match(text, /^\s+hard-stop-after 5m$/m);
+  });
+
+  it('uses given maxconn and hardStopAfter, numbers or strings', () => {
+    const text = renderHaproxyConfig(TEMPLATE, { ...VALUES, maxconn: '2500', hardStopAfter: '30s' });
+    assert.match(text, /^\s+maxconn 2500$/m);
+    assert.match(text, /^\s+hard-stop-after 30s$/m);
+    assert.match(renderHaproxyConfig(TEMPLATE, { ...VALUES, maxconn: 100 }), /^\s+maxconn 100$/m);
+  });
+
+  it('names an unknown placeholder', () => {
+    assert.match(problemsOf(() => renderHaproxyConfig(`${TEMPLATE}\n# {{ nosuch }}\n`, VALUES)), /unknown placeholder \{\{nosuch\}\}/);
+  });
+
+  it('names a missing value', () => {
+    const { runDir: _omitted, ...rest } = VALUES;
+    const message = problemsOf(() => renderHaproxyConfig(TEMPLATE, rest as HaproxyConfigValues));
+    assert.match(message, /missing value for placeholder \{\{runDir\}\}/);
+  });
+
+  it('names an unknown value and a required placeholder the template never uses', () => {
+    const message = problemsOf(() => renderHaproxyConfig('bind {{httpBind}}\n{{runDir}}\n', { ...VALUES, extra: 'x' } as HaproxyConfigValues));
+    assert.match(message, /unknown value "extra"/);
+    assert.match(message, /template never uses \{\{tcpBind\}\}/);
+  });
+
+  it('rejects a malformed placeholder', () => {
+    assert.match(problemsOf(() => renderHaproxyConfig(`${TEMPLATE}\n# {{runDir}\n`, VALUES)), /malformed placeholder on line/);
+  });
+
+  for (const [name, values, pattern] of [
+    ['a relative runDir', { ...VALUES, runDir: 'run/here' }, /absolute/],
+    ['an unnormalised runDir', { ...VALUES, runDir: '/run/x/../y' }, /absolute, normalised/],
+    ['a runDir with a space', { ...VALUES, runDir: '/run/my dir' }, /may only contain/],
+    ['a runDir too long for a unix socket', { ...VALUES, runDir: `/${'d'.repeat(MAX_RUN_DIR_LENGTH)}` }, /unix socket/],
+    ['an httpBind without a port', { ...VALUES, httpBind: '127.0.0.1' }, /httpBind must be addr:port/],
+    ['an httpBind with a space', { ...VALUES, httpBind: '127.0.0.1:80 ssl' }, /httpBind/],
+    ['a reversed tcpBind', { ...VALUES, tcpBind: '127.0.0.1:20999-20000' }, /reversed/],
+    ['a tcpBind with one port', { ...VALUES, tcpBind: '127.0.0.1:20000' }, /addr:start-end/],
+    ['a maxconn near the open-file cap', { ...VALUES, maxconn: 20000 }, /maxconn must be an integer from 1 to 9000/],
+    ['a hardStopAfter that is not a time', { ...VALUES, hardStopAfter: 'soon' }, /hardStopAfter/],
+  ] as const) {
+    it(`rejects ${name}`, () => {
+      assert.match(problemsOf(() => renderHaproxyConfig(TEMPLATE, values as HaproxyConfigValues)), pattern);
+    });
+  }
+
+  it('parses the TCP bind range', () => {
+    assert.deepEqual(parseTcpBind('127.0.0.1:20000-20999'), { start: 20000, end: 20999 });
+    assert.deepEqual(parseTcpBind(':5-5'), { start: 5, end: 5 });
+    assert.throws(() => parseTcpBind('127.0.0.1:0-10'), HaproxyConfigError);
+  });
+
+  it('derives the run directory paths the template uses', () => {
+    const paths = runPaths('/run/manticore/');
+    assert.equal(paths.hostsMap, '/run/manticore/hosts.map');
+    assert.equal(paths.tcpMap, '/run/manticore/tcp.map');
+    assert.equal(paths.adminSocket, '/run/manticore/admin.sock');
+    assert.equal(paths.config, '/run/manticore/haproxy.cfg');
+  });
+});
+
+describe('HAProxy map files', () => {
+  it('round-trips through render and parse, sorted by key', () => {
+    const entries = new Map([
+      ['zeta', '10.0.0.2:8080'],
+      ['abc123', '127.0.0.1:3000'],
+    ]);
+    const text = renderMap(entries);
+    assert.deepEqual(text.split('\n').filter((l) => !l.startsWith('#')), ['abc123 127.0.0.1:3000', 'zeta 10.0.0.2:8080', '']);
+    assert.deepEqual(parseMap(text), entries);
+    const ports = new Map([
+      ['20010', '127.0.0.1:1'],
+      ['20009', '127.0.0.1:2'],
+    ]);
+    assert.deepEqual([...parseMap(renderMap(ports)).keys()], ['20009', '20010']);
+  });
+
+  it('renders an empty map as a comment only, and parses it back empty', () => {
+    assert.equal(parseMap(renderMap(new Map())).size, 0);
+  });
+
+  it('skips blank lines and comments, tolerates CRLF and extra spaces', () => {
+    assert.deepEqual(parseMap('# c\n\n  a   1.2.3.4:5  \r\nb 1.2.3.4:6\n'), new Map([['a', '1.2.3.4:5'], ['b', '1.2.3.4:6']]));
+  });
+
+  it('rejects a line without a value and a duplicate key, with line numbers', () => {
+    assert.throws(() => parseMap('a 1.2.3.4:5\nlonely\n'), /line 2: no value/);
+    assert.throws(() => parseMap('a 1.2.3.4:5\na 1.2.3.4:6\n'), /line 2: duplicate key/);
+  });
+
+  it('refuses to render keys or values that would break the line format', () => {
+    assert.throws(() => renderMap(new Map([['two words', '1.2.3.4:5']])), HaproxyConfigError);
+    assert.throws(() => renderMap(new Map([['key', '']])), HaproxyConfigError);
+    assert.throws(() => renderMap(new Map([['key', '1.2.3.4:5\nevil 1.1.1.1:1']])), HaproxyConfigError);
+    assert.throws(() => renderMap(new Map([['#comment', '1.2.3.4:5']])), HaproxyConfigError);
+  });
+});
+
+describe('route table validation', () => {
+  const ok = { hosts: new Map([['abc123', '127.0.0.1:8080']]), ports: new Map([[20000, '10.1.2.3:5000']]) };
+
+  it('accepts tokens [a-z0-9], ipv4:port backends and ports in range', () => {
+    validateRouteTable(ok, { start: 20000, end: 20999 });
+    validateRouteTable({ hosts: new Map([['x'.repeat(63), '255.255.255.255:65535']]), ports: new Map() });
+  });
+
+  for (const token of ['', 'ABC', 'a.b', 'a-b', 'a b', 'x'.repeat(64)]) {
+    it(`rejects host token ${JSON.stringify(token.length > 10 ? `${token.slice(0, 5)}…` : token)}`, () => {
+      assert.throws(() => validateRouteTable({ hosts: new Map([[token, '127.0.0.1:1']]), ports: new Map() }), /host token/);
+    });
+  }
+
+  for (const backend of ['localhost:80', '1.2.3.256:80', '1.2.3.4:0', '1.2.3.4:70000', '1.2.3.4', '[::1]:80', '1.2.3.4:80 x']) {
+    it(`rejects backend ${JSON.stringify(backend)}`, () => {
+      assert.throws(() => validateRouteTable({ hosts: new Map([['abc', backend]]), ports: new Map() }), /not ipv4:port/);
+      assert.throws(() => validateRouteTable({ hosts: new Map(), ports: new Map([[20000, backend]]) }), /not ipv4:port/);
+    });
+  }
+
+  it('rejects ports that are not integers or outside the range', () => {
+    for (const port of [0, 1.5, 65536, 19999, 21000]) {
+      assert.throws(() => validateRouteTable({ hosts: new Map(), ports: new Map([[port, '1.2.3.4:5']]) }, { start: 20000, end: 20999 }), /public port/);
+    }
+    assert.throws(() => validateRouteTable({ hosts: new Map(), ports: new Map([[70000, '1.2.3.4:5']]) }), /1-65535/);
+  });
+
+  it('does not put a whole secret token into the error', () => {
+    const secret = 'supersecrettokenvalue123';
+    try {
+      validateRouteTable({ hosts: new Map([[secret, 'nowhere']]), ports: new Map() });
+      assert.fail('expected a throw');
+    } catch (error) {
+      assert.doesNotMatch((error as Error).message, new RegExp(secret));
+      assert.match((error as Error).message, /supe…\(24 chars\)/);
+    }
+    assert.equal(redactSecret('ab'), '…(2 chars)');
+  });
+});
+
+describe('HAProxy runtime replies', () => {
+  it('redacts map keys, values and payloads from commands', () => {
+    assert.equal(describeCommand('add map /run/hosts.map secret 1.2.3.4:5'), 'add map /run/hosts.map <2 arguments redacted>');
+    assert.equal(describeCommand('del map /run/hosts.map secret'), 'del map /run/hosts.map <1 argument redacted>');
+    assert.equal(describeCommand('add map @3 /run/hosts.map <<\nsecret 1.2.3.4:5\n'), 'add map @3 /run/hosts.map <payload redacted>');
+    assert.equal(describeCommand('show map /run/hosts.map'), 'show map /run/hosts.map');
+    assert.equal(describeCommand('show info'), 'show info');
+    assert.equal(describeCommand('reload'), 'reload');
+  });
+
+  it('classifies error and success replies', () => {
+    assert.deepEqual(classifyReply('\n[3]: Key not found.\n\n', true), { text: 'Key not found.', error: true });
+    assert.deepEqual(classifyReply('\n\n', true), { text: '', error: false });
+    assert.deepEqual(classifyReply('\n[6]: Done.\n\n', true), { text: 'Done.', error: false });
+    assert.equal(classifyReply('\n[6]: Unknown command, but maybe one of the following ones is a better match:\n  help\n\n', true).error, true);
+    assert.equal(classifyReply('Unknown command, but maybe…\n\n', false).error, true);
+    assert.deepEqual(classifyReply('\n0x1 a 1.2.3.4:5\n\n', true), { text: '0x1 a 1.2.3.4:5', error: false });
+  });
+
+  it('parses show map output, duplicates included', () => {
+    assert.deepEqual(parseShowMap('0x55 alpha 127.0.0.1:1\n0x56 alpha 127.0.0.1:2\n\n'), [
+      { ref: '0x55', key: 'alpha', value: '127.0.0.1:1' },
+      { ref: '0x56', key: 'alpha', value: '127.0.0.1:2' },
+    ]);
+    assert.deepEqual(parseShowMap(''), []);
+  });
+
+  it('parses show proc, including failed reloads and old workers', () => {
+    const table = parseShowProc(
+      [
+        '#<PID>          <type>          <reloads>       <uptime>        <version>      ',
+        '4474            master          3 [failed: 1]   0d00h10m53s     2.6.12-1+deb12u4',
+        '# workers',
+        '4477            worker          0               0d00h10m53s     2.6.12-1+deb12u4',
+        '# old workers',
+        '4400            worker          2               0d00h20m00s     2.6.12-1+deb12u4',
+        '# programs',
+        '',
+      ].join('\n'),
+    );
+    assert.deepEqual(table, {
+      master: { pid: 4474, reloads: 3, failedReloads: 1 },
+      workers: [{ pid: 4477, reloads: 0 }],
+      oldWorkers: [{ pid: 4400, reloads: 2 }],
+    });
+    assert.throws(() => parseShowProc('garbage'), /no master line/);
+  });
+});
+
+describe('HAProxy runtime client (fake socket)', () => {
+  let dir: string;
+  let server: net.Server;
+  let socketPath: string;
+  const received: string[] = [];
+  let reply = '\n\n';
+
+  before(async () => {
+    dir = await fs.promises.mkdtemp(path.join(os.tmpdir(), 'manticore-rt-'));
+    socketPath = path.join(dir, 'admin.sock');
+    server = net.createServer((socket) => {
+      let data = '';
+      socket.on('data', (chunk) => {
+        data += String(chunk);
+        if (data.endsWith('\n')) {
+          received.push(data);
+          socket.end(reply);
+        }
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(socketPath, resolve));
+  });
+
+  after(async () => {
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    await fs.promises.rm(dir, { recursive: true, force: true });
+  });
+
+  it('sends one command per connection with severity output on, and returns the reply', async () => {
+    reply = '\nName: HAProxy\nPid: 42\n\n';
+    const runtime = new HaproxyRuntime(socketPath);
+    assert.deepEqual(await runtime.showInfo(), { Name: 'HAProxy', Pid: '42' });
+    assert.equal(received.at(-1), 'set severity-output number; show info\n');
+  });
+
+  it('turns an error reply into an error naming the redacted command and the message', async () => {
+    reply = '\n[3]: Key not found.\n\n';
+    const runtime = new HaproxyRuntime(socketPath);
+    await assert.rejects(runtime.delMap('/run/hosts.map', 'verysecrettoken'), (error: unknown) => {
+      assert.ok(error instanceof HaproxyRuntimeError);
+      assert.equal(error.reply, 'Key not found.');
+      assert.match(error.message, /del map \/run\/hosts\.map <1 argument redacted>.*Key not found/);
+      assert.doesNotMatch(error.message, /verysecrettoken/);
+      return true;
+    });
+  });
+
+  it('sends payload commands with a terminating empty line', async () => {
+    reply = '\n\n';
+    await new HaproxyRuntime(socketPath).addMapEntries('/run/hosts.map', [
+      ['a', '1.2.3.4:5'],
+      ['b', '1.2.3.4:6'],
+    ]);
+    assert.equal(received.at(-1), 'set severity-output number; add map /run/hosts.map <<\na 1.2.3.4:5\nb 1.2.3.4:6\n\n');
+  });
+
+  it('refuses junk before sending: line breaks, separators, oversized payloads', async () => {
+    const runtime = new HaproxyRuntime(socketPath);
+    const before = received.length;
+    await assert.rejects(runtime.execute('show info\nshutdown frontend x'), /line break/);
+    await assert.rejects(runtime.addMap('/run/hosts.map', 'a;shutdown', '1.2.3.4:5'), /refusing/);
+    await assert.rejects(runtime.setMap('/run/hosts.map', 'a', '1.2.3.4:5 x'), /refusing/);
+    const big = Array.from({ length: 400 }, (_, i) => [`key${i}`.padEnd(40, 'x'), '127.0.0.1:1000'] as [string, string]);
+    await assert.rejects(runtime.addMapEntries('/run/hosts.map', big), new RegExp(`exceeds ${MAX_REQUEST_BYTES}`));
+    assert.equal(received.length, before);
+  });
+
+  it('reports a socket that does not exist', async () => {
+    await assert.rejects(new HaproxyRuntime(path.join(dir, 'nope.sock')).execute('show info'), /ENOENT/);
+  });
+});
