@@ -113,29 +113,21 @@ class ResumableWatch<S> {
 }
 
 /**
- * Mirrors one store prefix into a Cache through a watch (list once, then changes), decoding each value.
- * A decode failure is kept in the cache as `error` (a malformed record is reported, never fatal).
- * A failed watch resumes from the last index it saw.
+ * A cache kept in step with a watch: subclasses say how a watch step changes the cache. `synced` resolves
+ * after the first step (the complete initial state) and `applied` emits after every step.
  */
-export class StoreInformer<T> {
-  readonly cache = new Cache<CachedRecord<T>>();
+abstract class Informer<S, V> {
+  readonly cache = new Cache<V>();
   readonly synced: Promise<void>;
   private markSynced!: () => void;
-  private readonly watch: ResumableWatch<WatchStep>;
-  private readonly stepsApplied = new Subject<number>();
-  /** Emits the store index after each watch step has been applied to the cache as a whole. */
-  readonly applied: Observable<number> = this.stepsApplied.asObservable();
-  /** The store index up to which this informer has seen every change under its prefix. */
-  index = 0;
+  private readonly stepsApplied = new Subject<void>();
+  /** Emits after each watch step has been applied to the cache as a whole. */
+  readonly applied: Observable<void> = this.stepsApplied.asObservable();
+  private readonly watch: ResumableWatch<S>;
 
-  constructor(
-    store: Store,
-    readonly prefix: string,
-    private readonly decode: (json: string, id: string) => T,
-    log: Logger,
-  ) {
+  constructor(open: () => Observable<S>, log: Logger, what: string) {
     this.synced = new Promise((resolve) => (this.markSynced = resolve));
-    this.watch = new ResumableWatch(() => store.watch(prefix, this.index || undefined), (step) => this.apply(step), log, prefix);
+    this.watch = new ResumableWatch(open, (step) => this.onStep(step), log, what);
   }
 
   start(): this {
@@ -149,7 +141,34 @@ export class StoreInformer<T> {
     this.stepsApplied.complete();
   }
 
-  private apply(step: WatchStep): void {
+  protected abstract apply(step: S): void;
+
+  private onStep(step: S): void {
+    this.apply(step);
+    this.markSynced();
+    this.stepsApplied.next();
+  }
+}
+
+/**
+ * Mirrors one store prefix into a Cache through a watch (list once, then changes), decoding each value.
+ * A decode failure is kept in the cache as `error` (a malformed record is reported, never fatal).
+ * A failed watch resumes from the last index it saw.
+ */
+export class StoreInformer<T> extends Informer<WatchStep, CachedRecord<T>> {
+  /** The store index up to which this informer has seen every change under its prefix. */
+  index = 0;
+
+  constructor(
+    store: Store,
+    readonly prefix: string,
+    private readonly decode: (json: string, id: string) => T,
+    log: Logger,
+  ) {
+    super(() => store.watch(prefix, this.index || undefined), log, prefix);
+  }
+
+  protected apply(step: WatchStep): void {
     if (step.kind === 'reset') {
       const all = new Map<string, CachedRecord<T>>();
       for (const entry of step.entries) {
@@ -168,8 +187,6 @@ export class StoreInformer<T> {
       }
     }
     this.index = Math.max(this.index, step.index);
-    this.markSynced();
-    this.stepsApplied.next(this.index);
   }
 
   private toRecord(entry: KvEntry): CachedRecord<T> | undefined {
@@ -185,28 +202,12 @@ export class StoreInformer<T> {
 }
 
 /** Mirrors the scheduler's workloads (jobs carrying our marker) into a Cache keyed by session id. */
-export class WorkloadInformer {
-  readonly cache = new Cache<Workload>();
-  readonly synced: Promise<void>;
-  private markSynced!: () => void;
-  private readonly watch: ResumableWatch<WorkloadStep>;
-
+export class WorkloadInformer extends Informer<WorkloadStep, Workload> {
   constructor(scheduler: Scheduler, log: Logger) {
-    this.synced = new Promise((resolve) => (this.markSynced = resolve));
-    this.watch = new ResumableWatch(() => scheduler.watch(), (step) => this.apply(step), log, 'workloads');
+    super(() => scheduler.watch(), log, 'workloads');
   }
 
-  start(): this {
-    this.watch.start();
-    return this;
-  }
-
-  stop(): void {
-    this.watch.stop();
-    this.cache.complete();
-  }
-
-  private apply(step: WorkloadStep): void {
+  protected apply(step: WorkloadStep): void {
     if (step.kind === 'reset') {
       this.cache.replace(new Map(step.workloads.map((w) => [w.sessionId, w])), (a, b) => JSON.stringify(a) === JSON.stringify(b));
     } else if (step.kind === 'upsert') {
@@ -214,6 +215,5 @@ export class WorkloadInformer {
     } else {
       this.cache.remove(step.sessionId);
     }
-    this.markSynced();
   }
 }

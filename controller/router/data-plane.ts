@@ -1,5 +1,5 @@
-import { promises as fs } from 'node:fs';
 import { performance } from 'node:perf_hooks';
+import { writeFileAtomic } from '../util/files.js';
 import type { Logger } from '../util/log.js';
 import { renderMap, runPaths, validateRouteTable, type PortRange } from './haproxy-config.js';
 import { HaproxyRuntimeError, type HaproxyRuntime } from './haproxy-runtime.js';
@@ -226,15 +226,7 @@ export class HaproxyDataPlane implements DataPlane {
   private async writeMapFile(file: string, entries: ReadonlyMap<string, string>): Promise<void> {
     const text = renderMap(entries);
     if (this.written.get(file) === text) return;
-    const temp = `${file}.tmp-${process.pid}`;
-    const handle = await fs.open(temp, 'w', 0o600);
-    try {
-      await handle.writeFile(text, 'utf8');
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await fs.rename(temp, file);
+    await writeFileAtomic(file, text);
     this.written.set(file, text);
   }
 }

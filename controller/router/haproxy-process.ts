@@ -2,6 +2,7 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { constants as fsConstants, promises as fs } from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
+import { writeFileAtomic, writeSynced } from '../util/files.js';
 import type { Logger } from '../util/log.js';
 import { renderHaproxyConfig, runPaths, type HaproxyConfigValues } from './haproxy-config.js';
 import { HaproxyRuntime, HaproxyRuntimeError } from './haproxy-runtime.js';
@@ -161,23 +162,6 @@ function execFileOutput(file: string, args: readonly string[]): Promise<{ ok: bo
       else resolve({ ok: !error, output: output || (error ? error.message : '') });
     });
   });
-}
-
-async function writeSynced(file: string, text: string): Promise<void> {
-  const handle = await fs.open(file, 'w', 0o600);
-  try {
-    await handle.writeFile(text, 'utf8');
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-/** Readers (HAProxy on reload/restart) see the old file or the new one, never half of one. */
-async function writeFileAtomic(file: string, text: string): Promise<void> {
-  const temp = `${file}.tmp-${process.pid}`;
-  await writeSynced(temp, text);
-  await fs.rename(temp, file);
 }
 
 const OUTPUT_LINES_KEPT = 60;

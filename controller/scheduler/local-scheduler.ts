@@ -7,6 +7,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { Observable, Subject } from 'rxjs';
 import type { SessionTemplate } from '../api/types.js';
+import { writeFileAtomic } from '../util/files.js';
 import type { Logger } from '../util/log.js';
 import {
   RenderError,
@@ -556,7 +557,7 @@ export class LocalScheduler implements Scheduler {
   }
 
   private async persistJob(job: StoredJob): Promise<void> {
-    await writeFileAtomic(this.jobFile(job.id), `${JSON.stringify({ version: 1, job }, null, 2)}\n`, true);
+    await writeFileAtomic(this.jobFile(job.id), `${JSON.stringify({ version: 1, job }, null, 2)}\n`);
   }
 
   private async loadJobs(): Promise<StoredJob[]> {
@@ -584,7 +585,7 @@ export class LocalScheduler implements Scheduler {
     // A flat task → pid map; the directory names the allocation.
     const content = `${JSON.stringify(pids)}\n`;
     alloc.pidsWrite = alloc.pidsWrite
-      .then(() => writeFileAtomic(path.join(alloc.dir, 'pids.json'), content, false))
+      .then(() => writeFileAtomic(path.join(alloc.dir, 'pids.json'), content, { durable: false }))
       .catch((error: unknown) => this.log.error({ err: error, allocId: alloc.id }, 'recording task pids failed'));
   }
 
@@ -963,28 +964,3 @@ async function findAllocProcesses(allocIds: ReadonlySet<string>): Promise<Map<nu
   return found;
 }
 
-/** Write to a temporary file, then rename over the target: readers see the old or the new content, never half. */
-async function writeFileAtomic(file: string, content: string, durable: boolean): Promise<void> {
-  const temporary = `${file}.${process.pid}.${randomUUID()}.tmp`;
-  const handle = await fsp.open(temporary, 'w');
-  try {
-    await handle.writeFile(content, 'utf8');
-    if (durable) await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  try {
-    await fsp.rename(temporary, file);
-  } catch (error) {
-    await fsp.rm(temporary, { force: true });
-    throw new Error(`writing ${file}: ${(error as Error).message}`, { cause: error });
-  }
-  if (durable) {
-    const directory = await fsp.open(path.dirname(file), 'r');
-    try {
-      await directory.sync();
-    } finally {
-      await directory.close();
-    }
-  }
-}

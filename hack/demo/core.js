@@ -14,23 +14,7 @@ const { WebSocketServer } = require('ws');
 /** A longer line than this without a newline is not a line-based client: drop the connection. */
 const MAX_LINE_BYTES = 64 * 1024;
 
-function fail(message) {
-  process.stderr.write(`demo core: ${message}\n`);
-  process.exit(1);
-}
-
-function required(name) {
-  const value = process.env[name];
-  if (value === undefined || value === '') fail(`required environment variable ${name} is not set`);
-  return value;
-}
-
-function requiredPort(name) {
-  const raw = required(name);
-  const port = Number(raw);
-  if (!Number.isInteger(port) || port < 1 || port > 65535) fail(`${name}=${raw} is not a TCP port`);
-  return port;
-}
+const { fail, required, requiredPort } = require('./environment.js').environment('demo core');
 
 const version = required('CORE_VERSION');
 const brokerHost = required('NOMAD_IP_broker');

@@ -8,21 +8,10 @@
  */
 const http = require('node:http');
 
-function fail(message) {
-  process.stderr.write(`demo hmi: ${message}\n`);
-  process.exit(1);
-}
-
-function required(name) {
-  const value = process.env[name];
-  if (value === undefined || value === '') fail(`required environment variable ${name} is not set`);
-  return value;
-}
+const { fail, required, requiredPort } = require('./environment.js').environment('demo hmi');
 
 const host = required('NOMAD_IP_http');
-const portText = required('NOMAD_PORT_http');
-const port = Number(portText);
-if (!Number.isInteger(port) || port < 1 || port > 65535) fail(`NOMAD_PORT_http=${portText} is not a TCP port`);
+const port = requiredPort('NOMAD_PORT_http');
 const brokerUrl = required('BROKER_URL');
 const coreTcpHost = required('CORE_TCP_HOST');
 const coreTcpPort = required('CORE_TCP_PORT');

@@ -7,6 +7,7 @@ import type { Session } from '../../controller/api/types.js';
 import { freePort, freePortRange } from '../support/ports.js';
 import { httpRequest, jsonRequest, tcpConversation, tcpProbe, websocketEcho } from '../support/http.js';
 import { waitFor } from '../support/wait.js';
+import { alive } from '../support/processes.js';
 
 const repoRoot = path.resolve(__dirname, '../../..');
 const cli = path.join(repoRoot, 'dist/controller/cli/main.js');
@@ -15,16 +16,6 @@ interface Instance {
   child: ChildProcess;
   output: () => string;
   exited: Promise<number | null>;
-}
-
-/** Whether a process is still alive (signal 0 probes without touching it). */
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Process ids of the session's tasks, as the local scheduler recorded them. */

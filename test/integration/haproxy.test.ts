@@ -13,6 +13,7 @@ import { HaproxyRuntime } from '../../controller/router/haproxy-runtime.js';
 import { silentLogger } from '../../controller/util/log.js';
 import { freePort, freePortRange } from '../support/ports.js';
 import { waitFor } from '../support/wait.js';
+import { alive } from '../support/processes.js';
 
 // The real HAProxy against loopback backends, with OS-chosen ports and a temporary run directory.
 
@@ -96,14 +97,6 @@ function wsEcho(port: number, host: string, message: string): Promise<string> {
   });
 }
 
-function alive(pid: number): boolean {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
-}
 
 function closeServer(server: http.Server | net.Server): Promise<void> {
   if ('closeAllConnections' in server) server.closeAllConnections();

@@ -20,6 +20,7 @@ import {
 import type { RenderedJob, Workload } from '../../controller/scheduler/scheduler.js';
 import { silentLogger } from '../../controller/util/log.js';
 import { waitFor } from '../support/wait.js';
+import { alive } from '../support/processes.js';
 import { WorkloadRecorder, contractRequest, describeSchedulerContract } from '../contract/scheduler-contract.js';
 
 // Compiled to dist/test/integration/: three levels up is the repository root (the tasks' working directory).
@@ -66,16 +67,6 @@ function record(scheduler: LocalScheduler): WorkloadRecorder {
 }
 
 const session = (): string => `lt${randomBytes(5).toString('hex')}`;
-
-/** Running and not a zombie (an orphan's zombie may wait a while for init to reap it). */
-function alive(pid: number): boolean {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
-}
 
 /** Live processes whose environment names one of the allocations. */
 function processesOf(allocIds: ReadonlySet<string>): number[] {
