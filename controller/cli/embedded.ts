@@ -10,6 +10,7 @@ import { RouterAgent } from '../router/agent.js';
 import { HaproxyDataPlane } from '../router/data-plane.js';
 import { HaproxyProcess } from '../router/haproxy-process.js';
 import { HaproxyRuntime } from '../router/haproxy-runtime.js';
+import { HaproxySupervisor } from '../router/haproxy-supervisor.js';
 import { LocalScheduler } from '../scheduler/local-scheduler.js';
 import { EmbeddedStore } from '../store/embedded-store.js';
 
@@ -57,6 +58,8 @@ export async function startEmbedded(config: ManticoreConfig, log: Logger): Promi
     stack.push({ name: 'scheduler', stop: () => scheduler.close() });
 
     const runDir = path.resolve(config.router.runDir);
+    // The supervisor needs the process and the process reports its death to the supervisor.
+    let supervisor: HaproxySupervisor | undefined;
     const haproxy = new HaproxyProcess({
       binary: config.router.haproxyBinary,
       runDir,
@@ -64,18 +67,22 @@ export async function startEmbedded(config: ManticoreConfig, log: Logger): Promi
       values: {
         httpBind: `${config.router.http.host}:${config.router.http.port}`,
         tcpBind: `${config.router.tcp.host}:${config.router.tcp.portRangeStart}-${config.router.tcp.portRangeEnd}`,
-        maxconn: String(config.router.maxconn),
+        maxconn: config.router.maxconn,
       },
       log: log.child({ component: 'haproxy' }),
+      onUnexpectedExit: () => supervisor?.restartSoon(),
     });
     await haproxy.start();
     stack.push({ name: 'haproxy', stop: () => haproxy.stop() });
+    const dataPlane = new HaproxyDataPlane({ runtime: new HaproxyRuntime(haproxy.adminSocket), runDir, log: log.child({ component: 'data-plane' }) });
+    supervisor = new HaproxySupervisor(haproxy, dataPlane, log.child({ component: 'haproxy-supervisor' }));
+    stack.push({ name: 'haproxy-supervisor', stop: async () => supervisor?.stop() });
 
     const router = new RouterAgent({
       store,
       keys,
       name: config.router.name,
-      dataPlane: new HaproxyDataPlane({ runtime: new HaproxyRuntime(haproxy.adminSocket), runDir, log: log.child({ component: 'data-plane' }) }),
+      dataPlane,
       heartbeatMs: config.router.heartbeatSeconds * 1000,
       log,
     });

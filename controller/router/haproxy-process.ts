@@ -28,6 +28,8 @@ export interface HaproxyProcessOptions {
   readonly gracefulStopMs?: number;
   /** How long stop waits after a hard stop before SIGKILL (default 3 s). */
   readonly killAfterMs?: number;
+  /** Called when HAProxy exits without being asked to (crash, kill -9), so a supervisor can restart it. */
+  readonly onUnexpectedExit?: (exit: { code: number | null; signal: NodeJS.Signals | null }) => void;
 }
 
 export interface HaproxyProcEntry {
@@ -182,6 +184,8 @@ export class HaproxyProcess {
   private readonly killAfterMs: number;
   private binary: string | undefined;
   private child: ChildProcess | undefined;
+  /** Set once start() has succeeded; an exit after that, not asked for, is reported to onUnexpectedExit. */
+  private serving = false;
   private exited: Promise<void> | undefined;
   private stopping = false;
   private reloadCount = 0;
@@ -299,9 +303,12 @@ export class HaproxyProcess {
     this.exited = new Promise<void>((resolve) => {
       child.once('exit', (code, sig) => {
         if (this.child === child) this.child = undefined;
+        const unexpected = !this.stopping && this.serving;
+        if (unexpected) this.serving = false;
         if (!this.stopping) this.log.error({ code, signal: sig, output: this.recentOutput() }, 'haproxy exited unexpectedly');
         else this.log.info({ code, signal: sig }, 'haproxy exited');
         resolve();
+        if (unexpected) this.options.onUnexpectedExit?.({ code, signal: sig });
       });
     });
     const spawnError = new Promise<Error>((resolve) => child.once('error', resolve));
@@ -325,6 +332,7 @@ export class HaproxyProcess {
       await this.killAll(strays);
       throw new HaproxyProcessError(`HAProxy did not start (${(error as Error).message})`, this.recentOutput());
     }
+    this.serving = true;
     this.log.info({ masterPid: child.pid, workerPid: this.lastWorkers[0] }, 'haproxy is running');
   }
 
@@ -371,6 +379,7 @@ export class HaproxyProcess {
   private async doStop(): Promise<void> {
     const child = this.child;
     if (!child?.pid) return;
+    this.serving = false;
     this.stopping = true;
     try {
       this.lastWorkers = (await this.processes()).workers.map((w) => w.pid);

@@ -228,6 +228,20 @@ describe('end to end: `manticore up` on the embedded default', function () {
     for (const pid of Object.values(pids)) assert.equal(alive(pid), false, `task ${pid} stopped`);
   });
 
+  it('restarts HAProxy killed by hand, with every route', async () => {
+    const session = await ready(alice.metadata.id);
+    const pidFile = path.join(stateDir, 'haproxy/haproxy.pid');
+    const before = Number(fs.readFileSync(pidFile, 'utf8'));
+    process.kill(before, 'SIGKILL');
+    await waitFor('HAProxy restarted', () => {
+      const now = Number(fs.readFileSync(pidFile, 'utf8'));
+      return now !== before && alive(now);
+    });
+    const echo = await waitFor('routes served again', () => websocketEcho(session.status.endpoints.broker!.url, 'still here').catch(() => undefined));
+    assert.equal(echo, 'still here');
+    assert.equal((await httpRequest(session.status.endpoints.hmi!.url)).status, 200);
+  });
+
   it('stops everything on Ctrl-C and brings surviving sessions back on the next start', async () => {
     const pids = Object.values(taskPids(stateDir, (await ready(alice.metadata.id)).status.allocationId!));
     const haproxyPid = Number(fs.readFileSync(path.join(stateDir, 'haproxy/haproxy.pid'), 'utf8'));
