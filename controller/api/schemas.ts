@@ -81,3 +81,9 @@ export function parseRecord<T>(name: SchemaName, json: string, what: string = na
   }
   return validate<T>(name, value, what);
 }
+
+/** Validates a record before it is written and serializes it: nothing invalid reaches the store. */
+export function encodeRecord(name: SchemaName, value: unknown, what: string = name): string {
+  validate(name, value, what);
+  return JSON.stringify(value);
+}

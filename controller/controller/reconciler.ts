@@ -6,6 +6,7 @@ import type {
   SessionStatus,
   SessionTemplate,
 } from '../api/types.js';
+import { encodeRecord } from '../api/schemas.js';
 import { resolveParameters } from '../api/templates.js';
 import type { Logger } from '../util/log.js';
 import type { Store } from '../store/store.js';
@@ -158,7 +159,7 @@ export class SessionReconciler {
 
     const wanted = withBackends(claim, template, allocation);
     const routesChanged = JSON.stringify(wanted) !== JSON.stringify(claim);
-    if (routesChanged) await this.put(id, observed.routes, this.deps.keys.route(id), JSON.stringify(wanted));
+    if (routesChanged) await this.put(id, observed.routes, this.deps.keys.route(id), encodeRecord('route', wanted));
     const routed: ConditionInput = routesChanged
       ? { type: 'Routed', status: 'False', reason: 'RoutesUpdating', message: 'routes are being updated to the workload address' }
       : this.routedCondition(claim, routesRecord!.entry.modifyIndex);
@@ -220,7 +221,7 @@ export class SessionReconciler {
       }
     }
     try {
-      await this.put(id, this.deps.observed.routes, this.deps.keys.route(id), JSON.stringify(record));
+      await this.put(id, this.deps.observed.routes, this.deps.keys.route(id), encodeRecord('route', record));
     } catch (error) {
       for (const port of reserved) this.deps.ports.release(id, port);
       throw error;
@@ -347,7 +348,7 @@ export class SessionReconciler {
     const cached = this.deps.observed.statuses.get(id);
     const status = nextStatus(cached?.value, input, new Date(this.now()).toISOString());
     if (sameStatus(cached?.value, status)) return;
-    await this.put(id, this.deps.observed.statuses, this.deps.keys.status(id), JSON.stringify(status));
+    await this.put(id, this.deps.observed.statuses, this.deps.keys.status(id), encodeRecord('session-status', status));
     if (cached?.value?.phase !== status.phase) this.deps.log.info({ session: id, phase: status.phase }, 'session phase changed');
   }
 

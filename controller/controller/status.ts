@@ -12,6 +12,10 @@ export interface ConditionInput {
 }
 
 export const maxEvents = 20;
+/** Messages can quote what went wrong (an unreadable record, a task's output); the schema caps their length. */
+const maxMessageLength = 2048;
+
+const clip = (message: string): string => (message.length > maxMessageLength ? `${message.slice(0, maxMessageLength - 1)}…` : message);
 
 export interface StatusInput {
   readonly phase: Phase;
@@ -30,7 +34,7 @@ export interface StatusInput {
  */
 export function nextStatus(previous: SessionStatus | undefined, input: StatusInput, now: string): SessionStatus {
   const events: SessionEvent[] = [...(previous?.events ?? [])];
-  const conditions: Condition[] = input.conditions.map((condition) => {
+  const conditions: Condition[] = input.conditions.map(({ message, ...rest }) => ({ ...rest, message: clip(message) })).map((condition) => {
     const before = previous?.conditions.find((c) => c.type === condition.type);
     const transitioned = before === undefined || before.status !== condition.status;
     // News for the history: a condition that starts out True, one whose status flips, and every new reason
@@ -40,7 +44,7 @@ export function nextStatus(previous: SessionStatus | undefined, input: StatusInp
         ? condition.status === 'True'
         : transitioned || (condition.type === 'Ready' && before.reason !== condition.reason);
     if (newsworthy) {
-      events.push({ time: now, reason: condition.reason, message: `${condition.type}=${condition.status}: ${condition.message}` });
+      events.push({ time: now, reason: condition.reason, message: clip(`${condition.type}=${condition.status}: ${condition.message}`) });
     }
     return {
       type: condition.type,

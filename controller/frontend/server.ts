@@ -1,6 +1,6 @@
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { ErrorObject } from 'ajv';
-import { describeErrors, parseRecord, validate, ValidationError } from '../api/schemas.js';
+import { describeErrors, encodeRecord, parseRecord, validate, ValidationError } from '../api/schemas.js';
 import { resolveParameters } from '../api/templates.js';
 import type { Session, SessionRecord, SessionStatus, SessionTemplate } from '../api/types.js';
 import type { Logger } from '../util/log.js';
@@ -143,7 +143,7 @@ export class Frontend {
           metadata: { ...session.metadata, deletionRequestedAt: new Date().toISOString() },
           spec: session.spec,
         };
-        if (await this.options.store.put(this.options.keys.session(session.metadata.id), JSON.stringify(record), { cas: modifyIndex })) {
+        if (await this.options.store.put(this.options.keys.session(session.metadata.id), encodeRecord('session', record), { cas: modifyIndex })) {
           request.log.info({ session: session.metadata.id, owner }, 'session deletion requested');
           return reply.code(202).send({ ...record, status: session.status });
         }

@@ -1,5 +1,5 @@
 import type { Subscription } from 'rxjs';
-import { parseRecord } from '../api/schemas.js';
+import { encodeRecord, parseRecord } from '../api/schemas.js';
 import type { RouteRecord, RouterHeartbeat } from '../api/types.js';
 import type { Logger } from '../util/log.js';
 import type { Store } from '../store/store.js';
@@ -93,7 +93,7 @@ export class RouterAgent {
       heartbeatAt: new Date().toISOString(),
     };
     try {
-      await this.options.store.put(this.options.keys.router(this.options.name), JSON.stringify(heartbeat));
+      await this.options.store.put(this.options.keys.router(this.options.name), encodeRecord('router-heartbeat', heartbeat));
     } catch (error) {
       this.log.warn({ err: error }, 'heartbeat write failed');
     }

@@ -483,7 +483,8 @@ export class HaproxyProcess {
     if (this.output.length > OUTPUT_LINES_KEPT) this.output.shift();
     const fields = { line };
     if (line.startsWith('[ALERT]') || line.startsWith('[EMERG]')) this.log.error(fields, 'haproxy');
-    else if (line.startsWith('[WARNING]')) this.log.warn(fields, 'haproxy');
+    // HAProxy reports its own orderly shutdown as warnings; while we are stopping it they are routine.
+    else if (line.startsWith('[WARNING]') && !this.stopping) this.log.warn(fields, 'haproxy');
     else this.log.info(fields, 'haproxy');
   }
 

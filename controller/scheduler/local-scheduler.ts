@@ -11,6 +11,7 @@ import { writeFileAtomic } from '../util/files.js';
 import type { Logger } from '../util/log.js';
 import {
   RenderError,
+  SESSION_META_KEY,
   type Allocation,
   type ClientStatus,
   type RenderedJob,
@@ -50,8 +51,6 @@ export interface LocalSchedulerOptions {
   bindHost?: string;
 }
 
-/** Meta key of the marker every rendered job carries: the session it belongs to. */
-export const SESSION_META_KEY = 'manticore_session_id';
 
 export interface LocalTaskSpec {
   name: string;

@@ -79,3 +79,6 @@ export class RenderError extends Error {
 }
 
 export const jobIdFor = (sessionId: string): string => `manticore-${sessionId}`;
+
+/** Meta key of the marker every job Manticore registers carries: the session it belongs to. */
+export const SESSION_META_KEY = 'manticore_session_id';

@@ -66,3 +66,58 @@ export class StoreError extends Error {
     this.name = 'StoreError';
   }
 }
+
+/** Consul's limits, which every store enforces so that the backends are interchangeable. */
+export const MAX_KEY_BYTES = 512;
+export const MAX_VALUE_BYTES = 512 * 1024;
+
+/**
+ * Checks a key against the rules both store backends enforce (Consul's, plus well-formed text so that what is
+ * read back equals what was written).
+ */
+export function validateKey(operation: string, key: string): void {
+  if (typeof key !== 'string') throw new StoreError(`the key must be a string, got ${typeof key}`, operation, String(key));
+  if (key.length === 0) throw new StoreError('the key must not be empty', operation, key);
+  checkName(operation, key, 'key');
+}
+
+/** A prefix follows the key rules, except that it may be empty (everything). */
+export function validatePrefix(operation: string, prefix: string): void {
+  if (typeof prefix !== 'string') {
+    throw new StoreError(`the prefix must be a string, got ${typeof prefix}`, operation, String(prefix));
+  }
+  checkName(operation, prefix, 'prefix');
+}
+
+export function validateValue(operation: string, key: string, value: string): void {
+  if (typeof value !== 'string') throw new StoreError(`the value must be a string, got ${typeof value}`, operation, key);
+  const bytes = Buffer.byteLength(value, 'utf8');
+  if (bytes > MAX_VALUE_BYTES) {
+    throw new StoreError(`the value is ${bytes} bytes, more than the ${MAX_VALUE_BYTES} allowed`, operation, key);
+  }
+  if (LONE_SURROGATE.test(value)) throw new StoreError('the value is not well-formed Unicode (lone surrogate)', operation, key);
+}
+
+function checkName(operation: string, name: string, what: 'key' | 'prefix'): void {
+  if (name.startsWith('/')) throw new StoreError(`the ${what} must not start with '/'`, operation, name);
+  const bytes = Buffer.byteLength(name, 'utf8');
+  if (bytes > MAX_KEY_BYTES) {
+    throw new StoreError(`the ${what} is ${bytes} bytes, more than the ${MAX_KEY_BYTES} allowed`, operation, name);
+  }
+  if (name.includes('\0')) throw new StoreError(`the ${what} must not contain NUL`, operation, name);
+  if (LONE_SURROGATE.test(name)) {
+    throw new StoreError(`the ${what} is not well-formed Unicode (lone surrogate)`, operation, name);
+  }
+}
+
+export function validateCas(operation: string, key: string, options: WriteOptions): number | undefined {
+  const { cas } = options;
+  if (cas !== undefined && (!Number.isSafeInteger(cas) || cas < 0)) {
+    throw new StoreError(`cas must be a non-negative integer, got ${String(cas)}`, operation, key);
+  }
+  return cas;
+}
+
+/** In a `u` regexp a surrogate pair is one code point, so this matches only unpaired surrogates. */
+const LONE_SURROGATE = /\p{Surrogate}/u;
+

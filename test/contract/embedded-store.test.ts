@@ -4,8 +4,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { EmbeddedStore, MAX_KEY_BYTES } from '../../controller/store/embedded-store.js';
-import { StoreError, type KvChange, type KvEntry } from '../../controller/store/store.js';
+import { EmbeddedStore } from '../../controller/store/embedded-store.js';
+import { MAX_KEY_BYTES, StoreError, type KvChange, type KvEntry } from '../../controller/store/store.js';
 import { describeStoreContract, WatchRecorder } from './store-contract.js';
 
 /** The compiled store module, for child processes (this file runs from dist/test/contract). */

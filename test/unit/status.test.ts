@@ -51,3 +51,16 @@ describe('status', () => {
     assert.equal(status.events.at(-1)!.reason, 'PhaseStarting');
   });
 });
+
+describe('status messages', () => {
+  it('are clipped to what the schema allows', () => {
+    const long = 'x'.repeat(5000);
+    const status = nextStatus(
+      undefined,
+      { ...base, conditions: [{ type: 'Ready', status: 'True', reason: 'Ready', message: long }] },
+      '2026-01-01T00:00:00.000Z',
+    );
+    assert.equal(status.conditions[0]!.message.length, 2048);
+    assert.ok(status.events.every((event) => event.message.length <= 2048));
+  });
+});
