@@ -245,8 +245,13 @@ export class SessionReconciler {
     if (!(await this.release(id))) return done;
     const routesIndex = observed.routesIndex();
     if (!this.routersCaughtUp(routesIndex)) return { awaitingRoutersAt: routesIndex, requeueAfterMs: this.deps.routerStaleMs };
-    await this.delete(id, observed.statuses, keys.status(id));
-    await this.delete(id, observed.sessions, keys.session(id));
+    // Status and record go together, so no one ever sees a session without its status or the reverse.
+    const status = observed.statuses.get(id);
+    const removed = await this.deps.store.transaction([
+      ...(status ? [{ verb: 'delete' as const, key: keys.status(id), cas: status.entry.modifyIndex }] : []),
+      { verb: 'delete', key: keys.session(id), cas: record.entry.modifyIndex },
+    ]);
+    if (!removed) throw new ConflictError(keys.session(id));
     this.expectations.forget(id);
     this.deps.log.info({ session: id }, 'session deleted');
     return done;

@@ -57,6 +57,8 @@ export type WorkloadStep =
 export interface Scheduler {
   /** The template backend section this scheduler runs (`spec.backends.<kind>`). */
   readonly kind: 'embedded' | 'nomad';
+  /** Connects and loads what the scheduler needs before the first watch (state, leftovers of a previous run). */
+  start(): Promise<void>;
   /** Renders the job for a request; throws a `RenderError` naming the problem when the template cannot run here. */
   render(request: WorkloadRequest): RenderedJob;
   /** Registers or updates a job; registering the same content again is harmless. */

@@ -4,6 +4,7 @@ import Database from 'better-sqlite3';
 import { Observable, type Subscriber } from 'rxjs';
 import { silentLogger, type Logger } from '../util/log.js';
 import {
+  MAX_TXN_OPS,
   StoreError,
   validateCas,
   validateKey,
@@ -13,6 +14,7 @@ import {
   type KvEntry,
   type KvListing,
   type Store,
+  type TxnOperation,
   type WatchStep,
   type WriteOptions,
 } from './store.js';
@@ -69,7 +71,10 @@ type WriteOutcome =
   | { readonly applied: false }
   /** Applied without changing anything (deleting a missing key). */
   | { readonly applied: true; readonly committed?: undefined }
-  | { readonly applied: true; readonly committed: { readonly change: PendingChange; readonly logFloor: number } };
+  | { readonly applied: true; readonly committed: { readonly changes: PendingChange[]; readonly logFloor: number } };
+
+/** Thrown inside a write transaction to roll it back when a compare-and-set does not hold. */
+const casFailed = new Error('compare-and-set failed');
 
 /**
  * The desired-state store for the embedded default: one SQLite file with Consul-KV semantics.
@@ -89,8 +94,7 @@ export class EmbeddedStore implements Store {
   private readonly getKv: Database.Statement<[string], KvRow>;
   private readonly listKv: Database.Statement<[string, Buffer], KvRow>;
   private readonly changesSince: Database.Statement<[number, string, Buffer], ChangeRow>;
-  private readonly putTxn: Database.Transaction<(key: string, value: string, cas: number | undefined) => WriteOutcome>;
-  private readonly deleteTxn: Database.Transaction<(key: string, cas: number | undefined) => WriteOutcome>;
+  private readonly writeTxn: Database.Transaction<(operations: readonly TxnOperation[]) => WriteOutcome>;
 
   private constructor(
     private readonly db: Database.Database,
@@ -122,42 +126,43 @@ export class EmbeddedStore implements Store {
     const pruneChanges = db.prepare<[number]>('DELETE FROM changes WHERE idx <= ?');
     const setMeta = db.prepare<[number, string]>('UPDATE meta SET value = ? WHERE name = ?');
 
-    // Records one change at the next index: log entry, global index, and pruning of the log beyond retention.
-    // Runs inside the write transaction; the in-memory mirrors are updated only once it has committed.
-    const record = (key: string, change: KvChange, index: number): WriteOutcome => {
-      const value = change.type === 'put' ? change.entry.value : null;
-      const createIndex = change.type === 'put' ? change.entry.createIndex : null;
-      insertChange.run(index, key, change.type, value, createIndex);
-      setMeta.run(index, 'index');
+    // Applies operations in order inside one SQLite transaction, each change at the next index, with its log
+    // entry and the pruning of the log beyond retention. A failed compare-and-set throws, which rolls the
+    // whole transaction back. The in-memory mirrors are updated only once it has committed.
+    this.writeTxn = db.transaction((operations: readonly TxnOperation[]): WriteOutcome => {
+      let index = this.index;
       let logFloor = this.logFloor;
+      const changes: PendingChange[] = [];
+      for (const operation of operations) {
+        const { key, cas } = operation;
+        const existing = this.getKv.get(key);
+        let change: KvChange;
+        if (operation.verb === 'put') {
+          if (cas !== undefined && (cas === 0 ? existing !== undefined : existing?.modify_index !== cas)) throw casFailed;
+          index += 1;
+          const createIndex = existing === undefined ? index : existing.create_index;
+          upsertKv.run(key, operation.value, createIndex, index);
+          change = { type: 'put', entry: { key, value: operation.value, createIndex, modifyIndex: index } };
+        } else {
+          // As in Consul, deleting a key that is already gone succeeds (even with cas) and changes nothing: it
+          // neither advances the index nor wakes watchers.
+          if (existing === undefined) continue;
+          if (cas !== undefined && existing.modify_index !== cas) throw casFailed;
+          index += 1;
+          deleteKv.run(key);
+          change = { type: 'delete', key, modifyIndex: index };
+        }
+        insertChange.run(index, key, change.type, change.type === 'put' ? change.entry.value : null, change.type === 'put' ? change.entry.createIndex : null);
+        changes.push({ index, key, change });
+      }
+      if (changes.length === 0) return { applied: true };
+      setMeta.run(index, 'index');
       if (index - this.retention > logFloor) {
         logFloor = index - this.retention;
         pruneChanges.run(logFloor);
         setMeta.run(logFloor, 'log_floor');
       }
-      return { applied: true, committed: { change: { index, key, change }, logFloor } };
-    };
-
-    this.putTxn = db.transaction((key: string, value: string, cas: number | undefined): WriteOutcome => {
-      const existing = this.getKv.get(key);
-      if (cas !== undefined && (cas === 0 ? existing !== undefined : existing?.modify_index !== cas)) {
-        return { applied: false };
-      }
-      const index = this.index + 1;
-      const createIndex = existing === undefined ? index : existing.create_index;
-      upsertKv.run(key, value, createIndex, index);
-      return record(key, { type: 'put', entry: { key, value, createIndex, modifyIndex: index } }, index);
-    });
-
-    this.deleteTxn = db.transaction((key: string, cas: number | undefined): WriteOutcome => {
-      const existing = this.getKv.get(key);
-      // As in Consul, deleting a key that is already gone succeeds (even with cas) and changes nothing: it
-      // neither advances the index nor wakes watchers.
-      if (existing === undefined) return { applied: true };
-      if (cas !== undefined && existing.modify_index !== cas) return { applied: false };
-      const index = this.index + 1;
-      deleteKv.run(key);
-      return record(key, { type: 'delete', key, modifyIndex: index }, index);
+      return { applied: true, committed: { changes, logFloor } };
     });
   }
 
@@ -215,14 +220,28 @@ export class EmbeddedStore implements Store {
     validateKey('put', key);
     validateValue('put', key, value);
     const cas = validateCas('put', key, options);
-    return this.apply(this.sqlite('put', key, () => this.putTxn.immediate(key, value, cas)));
+    return this.write('put', key, [{ verb: 'put', key, value, cas }]);
   }
 
   async delete(key: string, options: WriteOptions = {}): Promise<boolean> {
     this.assertOpen('delete', key);
     validateKey('delete', key);
     const cas = validateCas('delete', key, options);
-    return this.apply(this.sqlite('delete', key, () => this.deleteTxn.immediate(key, cas)));
+    return this.write('delete', key, [{ verb: 'delete', key, cas }]);
+  }
+
+  async transaction(operations: readonly TxnOperation[]): Promise<boolean> {
+    const first = operations[0]?.key ?? '';
+    this.assertOpen('transaction', first);
+    if (operations.length > MAX_TXN_OPS) {
+      throw new StoreError(`a transaction holds at most ${MAX_TXN_OPS} operations, got ${operations.length}`, 'transaction', first);
+    }
+    for (const operation of operations) {
+      validateKey('transaction', operation.key);
+      if (operation.verb === 'put') validateValue('transaction', operation.key, operation.value);
+      validateCas('transaction', operation.key, operation);
+    }
+    return this.write('transaction', first, operations);
   }
 
   watch(prefix: string, fromIndex?: number): Observable<WatchStep> {
@@ -269,12 +288,20 @@ export class EmbeddedStore implements Store {
     this.log.info({ file: this.file, index: this.index }, 'store closed');
   }
 
-  private apply(outcome: WriteOutcome): boolean {
+  private write(operation: string, key: string, operations: readonly TxnOperation[]): boolean {
+    const outcome = this.sqlite(operation, key, () => {
+      try {
+        return this.writeTxn.immediate(operations);
+      } catch (error) {
+        if (error === casFailed) return { applied: false } as const;
+        throw error;
+      }
+    });
     if (outcome.applied && outcome.committed !== undefined) {
-      const { change, logFloor } = outcome.committed;
-      this.index = change.index;
+      const { changes, logFloor } = outcome.committed;
+      this.index = changes[changes.length - 1]!.index;
       this.logFloor = logFloor;
-      this.pending.push(change);
+      this.pending.push(...changes);
       this.scheduleFlush();
     }
     return outcome.applied;

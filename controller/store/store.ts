@@ -47,12 +47,25 @@ export interface Store {
   /** Returns false when a compare-and-set did not apply. Deleting a missing key without cas succeeds. */
   delete(key: string, options?: WriteOptions): Promise<boolean>;
   /**
+   * Applies every operation or none (Consul's `/v1/txn`). At most `MAX_TXN_OPS` operations; more is a
+   * StoreError, never a partial write. Returns false, writing nothing, when a compare-and-set fails.
+   */
+  transaction(operations: readonly TxnOperation[]): Promise<boolean>;
+  /**
    * Watches a prefix. With `fromIndex` omitted (or too old to replay), the first step is a reset with the
    * whole prefix. The observable never completes on its own; unsubscribing stops the watch.
    */
   watch(prefix: string, fromIndex?: number): Observable<WatchStep>;
   close(): Promise<void>;
 }
+
+/** One operation of a transaction; `cas` as in WriteOptions (0: only if absent). */
+export type TxnOperation =
+  | { readonly verb: 'put'; readonly key: string; readonly value: string; readonly cas?: number }
+  | { readonly verb: 'delete'; readonly key: string; readonly cas?: number };
+
+/** Consul's cap on the operations of one transaction. */
+export const MAX_TXN_OPS = 64;
 
 /** Raised for store failures other than a failed compare-and-set, with the key and operation for context. */
 export class StoreError extends Error {

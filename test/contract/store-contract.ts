@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import type { Observable, Subscription } from 'rxjs';
-import { StoreError, type KvChange, type KvEntry, type Store, type WatchStep } from '../../controller/store/store.js';
+import { MAX_TXN_OPS, StoreError, type KvChange, type KvEntry, type Store, type WatchStep } from '../../controller/store/store.js';
 
 /** A store to run the contract against, and how to dispose of it (called once per test, after the test). */
 export interface StoreUnderTest {
@@ -303,6 +303,56 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
           assert.equal(entry.value, 'updated');
           assert.equal(results.filter(Boolean).length, 1, `results: ${results.join(', ')}`);
         }
+      });
+    });
+
+    describe('transaction', function () {
+      it('applies puts and deletes together', async function () {
+        await store.put(`${ns}old`, 'x');
+        const old = await mustGet(store, `${ns}old`);
+        assert.equal(
+          await store.transaction([
+            { verb: 'put', key: `${ns}a`, value: '1', cas: 0 },
+            { verb: 'put', key: `${ns}b`, value: '2' },
+            { verb: 'delete', key: `${ns}old`, cas: old.modifyIndex },
+          ]),
+          true,
+        );
+        assert.equal((await mustGet(store, `${ns}a`)).value, '1');
+        assert.equal((await mustGet(store, `${ns}b`)).value, '2');
+        assert.equal(await store.get(`${ns}old`), undefined);
+      });
+
+      it('writes nothing when one compare-and-set fails', async function () {
+        await store.put(`${ns}taken`, 'x');
+        const before = await store.list(ns);
+        assert.equal(
+          await store.transaction([
+            { verb: 'put', key: `${ns}fresh`, value: '1' },
+            { verb: 'put', key: `${ns}taken`, value: '2', cas: 0 },
+          ]),
+          false,
+        );
+        assert.equal(await store.get(`${ns}fresh`), undefined);
+        assert.deepEqual((await store.list(ns)).entries, before.entries);
+      });
+
+      it('refuses more operations than Consul allows, writing nothing', async function () {
+        const operations = Array.from({ length: MAX_TXN_OPS + 1 }, (_, i) => ({ verb: 'put' as const, key: `${ns}k${i}`, value: 'v' }));
+        await assert.rejects(store.transaction(operations), (error: unknown) => error instanceof StoreError && /at most 64/.test(error.message));
+        assert.equal((await store.list(ns)).entries.length, 0);
+        assert.equal(await store.transaction(operations.slice(0, MAX_TXN_OPS)), true);
+        assert.equal((await store.list(ns)).entries.length, MAX_TXN_OPS);
+      });
+
+      it('shows a watcher every change it made', async function () {
+        const watcher = record(store.watch(ns));
+        await watcher.until('the initial reset', () => watcher.steps.length > 0);
+        await store.transaction([
+          { verb: 'put', key: `${ns}x`, value: '1' },
+          { verb: 'put', key: `${ns}y`, value: '2' },
+        ]);
+        await watcher.until('both keys', () => watcher.values()[`${ns}x`] === '1' && watcher.values()[`${ns}y`] === '2');
       });
     });
 

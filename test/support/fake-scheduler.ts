@@ -23,6 +23,9 @@ export class FakeScheduler implements Scheduler {
   private readonly steps = new Subject<WorkloadStep>();
   private allocations = 0;
 
+  /** Nothing to connect to: the fake cluster lives in this object. */
+  async start(): Promise<void> {}
+
   render(request: WorkloadRequest): RenderedJob {
     if (!request.template.spec.backends.embedded) throw new RenderError(`template ${request.template.metadata.name} has no embedded backend`);
     const body = { parameters: request.parameters, endpoints: request.endpoints };
