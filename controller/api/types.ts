@@ -103,14 +103,14 @@ export interface NomadTask {
   driver: string;
   config: Record<string, unknown>;
   env?: Record<string, string>;
-  /** Port label → port inside the task's network namespace. */
+  /** Port label → port the task listens on inside the group's network namespace (bridge), or 0 (host mode). */
   ports: Record<string, number>;
   resources: { cpu: number; memoryMB: number };
 }
 
 export interface TemplateBackends {
   embedded?: { tasks: EmbeddedTask[] };
-  nomad?: { tasks: NomadTask[] };
+  nomad?: { networkMode?: 'bridge' | 'host'; tasks: NomadTask[] };
 }
 
 export interface SessionTemplate {
