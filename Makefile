@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NPM ?= npm
 CONFIG ?= manifests/examples/embedded.yaml
 
-.PHONY: run test build deps system-deps clean
+.PHONY: run test build deps system-deps clean dev-cluster run-cluster test-real
 
 ## run: install what is missing, build, and run Manticore on the embedded default
 run: system-deps deps build
@@ -12,6 +12,22 @@ run: system-deps deps build
 ## test: build and run the whole test suite (unit, contract, HAProxy integration, end to end)
 test: system-deps deps build
 	$(NPM) test
+
+## dev-cluster: the Consul and Nomad API doubles in the foreground (127.0.0.1:8500 and :4646;
+## CONSUL_PORT / NOMAD_PORT override). Test infrastructure for trying the cluster backends here.
+dev-cluster: system-deps deps build
+	node dist/test/fakes/dev-cluster.js
+
+## run-cluster: Manticore against CONSUL_HTTP_ADDR / NOMAD_ADDR, or the local doubles when neither is set
+run-cluster: system-deps deps build
+	bash hack/run-cluster.sh
+
+## test-real: the store and scheduler contract suites against real agents (CONSUL_HTTP_ADDR and NOMAD_ADDR)
+test-real: deps build
+	@if [ -z "$$CONSUL_HTTP_ADDR" ] || [ -z "$$NOMAD_ADDR" ]; then \
+	  echo "test-real: set CONSUL_HTTP_ADDR and NOMAD_ADDR to a Consul and a Nomad agent (e.g. 'consul agent -dev', 'nomad agent -dev')" >&2; exit 2; fi
+	npx mocha --no-config --timeout 60000 --reporter dist/test/support/summary-reporter.js \
+	  dist/test/contract/consul-store.test.js dist/test/integration/nomad-scheduler.test.js
 
 build: deps
 	$(NPM) run build

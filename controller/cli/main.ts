@@ -3,15 +3,21 @@ import { parseArgs } from 'node:util';
 import { ValidationError } from '../api/schemas.js';
 import { loadConfig } from '../config/config.js';
 import { createLogger } from '../util/log.js';
-import { startEmbedded } from './embedded.js';
+import { allRoles, startManticore } from './up.js';
 
 const usage = `Usage: manticore <command> [options]
 
 Commands:
-  up [--config FILE]        run Manticore on the embedded default: store, local scheduler, HAProxy router,
-                            controller and front end in one process (Ctrl-C stops everything it started)
+  up [--config FILE]        run every part in one process: router (with its local HAProxy), controller and
+                            front end, over the configured store and scheduler (the embedded default:
+                            a local file and local processes); Ctrl-C stops everything it started
+  controller | frontend | router [--config FILE]
+                            run one part alone, as a cluster deployment does (manifests/nomad/)
   check-config [--config FILE]
                             load and validate the configuration and templates, print the result, and exit
+  render-job --template NAME [--param NAME=VALUE ...] [--config FILE]
+                            print the Nomad job (register request body) a new session of that template
+                            and those parameters would get, for \`nomad job plan\` or inspection
 
 Options:
   -c, --config FILE         configuration file (YAML, see crds/config.yaml); environment overrides apply
@@ -25,7 +31,12 @@ async function main(argv: string[]): Promise<number> {
     parsed = parseArgs({
       args: argv,
       allowPositionals: true,
-      options: { config: { type: 'string', short: 'c' }, help: { type: 'boolean', short: 'h' } },
+      options: {
+        config: { type: 'string', short: 'c' },
+        help: { type: 'boolean', short: 'h' },
+        template: { type: 'string', short: 't' },
+        param: { type: 'string', short: 'p', multiple: true },
+      },
     });
   } catch (error) {
     process.stderr.write(`manticore: ${(error as Error).message}\n\n${usage}`);
@@ -38,6 +49,10 @@ async function main(argv: string[]): Promise<number> {
   }
   if (rest.length > 0) {
     process.stderr.write(`manticore: unexpected argument "${rest[0]}"\n`);
+    return 2;
+  }
+  if (command !== 'render-job' && (parsed.values.template !== undefined || parsed.values.param !== undefined)) {
+    process.stderr.write('manticore: --template and --param belong to render-job\n');
     return 2;
   }
   let config;
@@ -62,11 +77,35 @@ async function main(argv: string[]): Promise<number> {
         return 2;
       }
     }
-    case 'up': {
+    case 'render-job': {
+      const { loadTemplates } = await import('../api/templates.js');
+      const { renderJobFor, parseParams, UsageError } = await import('./render-job.js');
+      try {
+        if (parsed.values.template === undefined) throw new UsageError('render-job needs --template NAME');
+        const templates = loadTemplates(config.templates.dir);
+        const template = templates.get(parsed.values.template);
+        if (template === undefined) {
+          throw new UsageError(`unknown template "${parsed.values.template}" (known: ${[...templates.keys()].join(', ')})`);
+        }
+        const job = renderJobFor(config, template, parseParams(parsed.values.param ?? []));
+        process.stdout.write(`${JSON.stringify(job, null, 2)}\n`);
+        return 0;
+      } catch (error) {
+        if (error instanceof UsageError || error instanceof ValidationError) {
+          process.stderr.write(`manticore: ${error.message}\n`);
+          return 2;
+        }
+        throw error;
+      }
+    }
+    case 'up':
+    case 'controller':
+    case 'frontend':
+    case 'router': {
       const log = createLogger(config.log.level);
       let running;
       try {
-        running = await startEmbedded(config, log);
+        running = await startManticore(config, log, command === 'up' ? allRoles : [command]);
       } catch (error) {
         log.fatal({ err: error }, 'start-up failed');
         process.stderr.write(`manticore: start-up failed: ${(error as Error).message}\n`);

@@ -2,14 +2,40 @@ import fs from 'node:fs';
 import YAML from 'yaml';
 import { validate, ValidationError } from '../api/schemas.js';
 
+export interface TlsFiles {
+  caFile?: string;
+  certFile?: string;
+  keyFile?: string;
+  serverName?: string;
+}
+
 /** The configuration file's shape (crds/config.yaml); after loading every field but the derived ones is set. */
 export interface ManticoreConfig {
-  store: { backend: 'embedded'; path: string; prefix: string };
+  store: {
+    backend: 'embedded' | 'consul';
+    path: string;
+    prefix: string;
+    consul: { address: string; token?: string; datacenter?: string; namespace?: string; tls?: TlsFiles };
+  };
   scheduler: {
-    backend: 'embedded';
+    backend: 'embedded' | 'nomad';
     stateDir: string;
     workDir: string;
     restart: { attempts: number; intervalSeconds: number; delaySeconds: number };
+    nomad: {
+      address: string;
+      token?: string;
+      region?: string;
+      namespace?: string;
+      datacenters: string[];
+      nodePool?: string;
+      constraints: Array<{ attribute: string; operator: string; value: string }>;
+      priority: number;
+      healthyDeadlineSeconds: number;
+      checkIntervalSeconds: number;
+      checkTimeoutSeconds: number;
+      tls?: TlsFiles;
+    };
   };
   router: {
     name: string;
@@ -38,12 +64,21 @@ export interface ManticoreConfig {
 type EnvParser = (raw: string) => unknown;
 const asInteger: EnvParser = (raw) => (/^\d+$/.test(raw) ? Number(raw) : raw);
 const asString: EnvParser = (raw) => raw;
+/** CONSUL_HTTP_ADDR may be given as host:port, as the Consul CLI accepts it. */
+const withScheme: EnvParser = (raw) => (/^https?:\/\//.test(raw) ? raw : `http://${raw}`);
 
 /** Environment variables that override the file, each naming the field it sets. */
 export const environmentOverrides: ReadonlyArray<{ variable: string; path: string[]; parse: EnvParser }> = [
+  { variable: 'MANTICORE_STORE_BACKEND', path: ['store', 'backend'], parse: asString },
   { variable: 'MANTICORE_STORE_PATH', path: ['store', 'path'], parse: asString },
+  { variable: 'CONSUL_HTTP_ADDR', path: ['store', 'consul', 'address'], parse: withScheme },
+  { variable: 'CONSUL_HTTP_TOKEN', path: ['store', 'consul', 'token'], parse: asString },
+  { variable: 'MANTICORE_SCHEDULER_BACKEND', path: ['scheduler', 'backend'], parse: asString },
+  { variable: 'NOMAD_ADDR', path: ['scheduler', 'nomad', 'address'], parse: withScheme },
+  { variable: 'NOMAD_TOKEN', path: ['scheduler', 'nomad', 'token'], parse: asString },
   { variable: 'MANTICORE_STORE_PREFIX', path: ['store', 'prefix'], parse: asString },
   { variable: 'MANTICORE_SCHEDULER_STATE_DIR', path: ['scheduler', 'stateDir'], parse: asString },
+  { variable: 'MANTICORE_ROUTER_NAME', path: ['router', 'name'], parse: asString },
   { variable: 'MANTICORE_ROUTER_RUN_DIR', path: ['router', 'runDir'], parse: asString },
   { variable: 'MANTICORE_HAPROXY_BINARY', path: ['router', 'haproxyBinary'], parse: asString },
   { variable: 'MANTICORE_HTTP_HOST', path: ['router', 'http', 'host'], parse: asString },

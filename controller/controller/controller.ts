@@ -8,7 +8,8 @@ import type { Scheduler } from '../scheduler/scheduler.js';
 import { PortAllocator } from './claims.js';
 import { StoreInformer, WorkloadInformer } from './informer.js';
 import type { Keys } from './keys.js';
-import { ConflictError, SessionReconciler, type PublicAddressing } from './reconciler.js';
+import type { PublicAddressing } from './endpoints.js';
+import { ConflictError, SessionReconciler } from './reconciler.js';
 import { WorkQueue } from './workqueue.js';
 
 export interface ControllerOptions {

@@ -11,19 +11,12 @@ import { resolveParameters } from '../api/templates.js';
 import type { Logger } from '../util/log.js';
 import type { Store } from '../store/store.js';
 import { jobIdFor, RenderError, type Allocation, type Scheduler, type Workload } from '../scheduler/scheduler.js';
-import { newToken, type PortAllocator } from './claims.js';
+import type { PortAllocator } from './claims.js';
+import { newClaim, publicEndpoints, type PublicAddressing } from './endpoints.js';
 import type { Cache, CachedRecord } from './informer.js';
 import type { Keys } from './keys.js';
 import { Expectations } from './expectations.js';
 import { nextStatus, sameStatus, type ConditionInput } from './status.js';
-
-/** How users reach sessions: the parts of the public URLs that are not secret. */
-export interface PublicAddressing {
-  readonly domain: string;
-  readonly httpScheme: 'http' | 'https';
-  readonly httpPort: number;
-  readonly tcpHost: string;
-}
 
 /** The observed world the reconciler reads: caches fed by watches, never the backends directly. */
 export interface ObservedState {
@@ -137,7 +130,7 @@ export class SessionReconciler {
       return this.admit(id, generation, template);
     }
 
-    const endpoints = this.endpointsFor(template, claim);
+    const endpoints = publicEndpoints(template, claim, this.deps.addressing);
     let job;
     try {
       job = this.deps.scheduler.render({ jobId: jobIdFor(id), sessionId: id, template, parameters, endpoints });
@@ -196,29 +189,24 @@ export class SessionReconciler {
 
   /** Reserves the session's secret hostnames and TCP ports by writing its routes record (no backends yet). */
   private async admit(id: string, generation: number, template: SessionTemplate): Promise<ReconcileResult> {
-    const record: RouteRecord = { sessionId: id, hosts: [], ports: [] };
     const reserved: number[] = [];
-    for (const service of template.spec.services) {
-      if (service.expose === 'tcp') {
-        const port = this.deps.ports.reserve(id);
-        if (port === undefined) {
-          for (const p of reserved) this.deps.ports.release(id, p);
-          await this.writeStatus(id, {
-            phase: 'Waiting',
-            observedGeneration: generation,
-            conditions: [
-              { type: 'Admitted', status: 'False', reason: 'NoFreePort', message: `all ${this.deps.ports.capacity} public TCP ports are in use` },
-              { type: 'Ready', status: 'False', reason: 'NoFreePort', message: 'waiting for a public TCP port' },
-            ],
-            endpoints: {},
-          });
-          return { awaitingPort: true };
-        }
-        reserved.push(port);
-        record.ports.push({ service: service.name, port });
-      } else {
-        record.hosts.push({ service: service.name, token: newToken() });
-      }
+    const record = newClaim(id, template, () => {
+      const port = this.deps.ports.reserve(id);
+      if (port !== undefined) reserved.push(port);
+      return port;
+    });
+    if (record === undefined) {
+      for (const port of reserved) this.deps.ports.release(id, port);
+      await this.writeStatus(id, {
+        phase: 'Waiting',
+        observedGeneration: generation,
+        conditions: [
+          { type: 'Admitted', status: 'False', reason: 'NoFreePort', message: `all ${this.deps.ports.capacity} public TCP ports are in use` },
+          { type: 'Ready', status: 'False', reason: 'NoFreePort', message: 'waiting for a public TCP port' },
+        ],
+        endpoints: {},
+      });
+      return { awaitingPort: true };
     }
     try {
       await this.put(id, this.deps.observed.routes, this.deps.keys.route(id), encodeRecord('route', record));
@@ -294,27 +282,6 @@ export class SessionReconciler {
     });
     await this.release(id);
     return done;
-  }
-
-  /** Public addresses of each service, known from the claim before anything runs. */
-  private endpointsFor(template: SessionTemplate, claim: RouteRecord): Record<string, Endpoint & { host: string; port: number }> {
-    const { domain, httpScheme, httpPort, tcpHost } = this.deps.addressing;
-    const defaultPort = httpScheme === 'https' ? 443 : 80;
-    const portSuffix = httpPort === defaultPort ? '' : `:${httpPort}`;
-    const endpoints: Record<string, Endpoint & { host: string; port: number }> = {};
-    for (const service of template.spec.services) {
-      if (service.expose === 'tcp') {
-        const port = claim.ports.find((route) => route.service === service.name)?.port;
-        if (port !== undefined) endpoints[service.name] = { protocol: 'tcp', url: `tcp://${tcpHost}:${port}`, host: tcpHost, port };
-      } else {
-        const token = claim.hosts.find((route) => route.service === service.name)?.token;
-        if (token === undefined) continue;
-        const host = `${token}.${domain}`;
-        const scheme = service.expose === 'ws' ? (httpScheme === 'https' ? 'wss' : 'ws') : httpScheme;
-        endpoints[service.name] = { protocol: service.expose, url: `${scheme}://${host}${portSuffix}/`, host, port: httpPort };
-      }
-    }
-    return endpoints;
   }
 
   /** Whether every live router has applied routes up to `index`. */

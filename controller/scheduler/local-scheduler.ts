@@ -9,6 +9,7 @@ import { Observable, Subject } from 'rxjs';
 import type { SessionTemplate } from '../api/types.js';
 import { writeFileAtomic } from '../util/files.js';
 import type { Logger } from '../util/log.js';
+import { interpolate } from './interpolate.js';
 import {
   RenderError,
   SESSION_META_KEY,
@@ -741,38 +742,6 @@ function renderBody(request: WorkloadRequest): LocalJobBody {
     );
   }
   return { template: name, meta: { [SESSION_META_KEY]: request.sessionId }, tasks, checks };
-}
-
-/**
- * Replaces `${params.<name>}` and `${endpoints.<service>.url|host|port}`; `$${` stands for a literal `${`
- * (as in Nomad job files). Any other reference is a template error, reported with where it was found.
- */
-function interpolate(text: string, request: WorkloadRequest, where: string): string {
-  return text.replace(/\$(\$)?\{([^}]*)\}/g, (match: string, escaped: string | undefined, reference: string) => {
-    if (escaped) return match.slice(1);
-    const value = resolveReference(reference.trim(), request);
-    if (value === undefined) throw new RenderError(`${where}: unknown reference \${${reference}}`);
-    return value;
-  });
-}
-
-function resolveReference(reference: string, request: WorkloadRequest): string | undefined {
-  const parts = reference.split('.');
-  if (parts.length === 2 && parts[0] === 'params') {
-    const name = parts[1] ?? '';
-    if (Object.hasOwn(request.parameters, name)) return request.parameters[name];
-    return request.template.spec.parameters.find((parameter) => parameter.name === name)?.default;
-  }
-  if (parts.length === 3 && parts[0] === 'endpoints') {
-    const [, service = '', field] = parts;
-    if (!Object.hasOwn(request.endpoints, service)) return undefined;
-    const endpoint = request.endpoints[service];
-    if (!endpoint) return undefined;
-    if (field === 'url') return endpoint.url;
-    if (field === 'host') return endpoint.host;
-    if (field === 'port') return String(endpoint.port);
-  }
-  return undefined;
 }
 
 /** JSON with object keys sorted at every level, so equal content always serializes (and hashes) the same. */

@@ -1,0 +1,55 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import type { ManticoreConfig } from '../config/config.js';
+import type { Logger } from '../util/log.js';
+import type { Scheduler } from '../scheduler/scheduler.js';
+import { LocalScheduler } from '../scheduler/local-scheduler.js';
+import { NomadScheduler } from '../scheduler/nomad-scheduler.js';
+import type { NomadJobOptions } from '../scheduler/nomad-job.js';
+import { ConsulStore } from '../store/consul-store.js';
+import { EmbeddedStore } from '../store/embedded-store.js';
+import type { Store } from '../store/store.js';
+
+/** The store the configuration names: a local SQLite file, or Consul KV. */
+export function createStore(config: ManticoreConfig, log: Logger): Store {
+  const storeLog = log.child({ component: 'store' });
+  if (config.store.backend === 'consul') {
+    const { address, token, datacenter, namespace, tls } = config.store.consul;
+    return new ConsulStore({ address, token, datacenter, namespace, tls, log: storeLog });
+  }
+  fs.mkdirSync(path.dirname(path.resolve(config.store.path)), { recursive: true });
+  return EmbeddedStore.open(config.store.path, { log: storeLog });
+}
+
+/** The scheduler the configuration names: local processes, or Nomad. Not started yet. */
+export function createScheduler(config: ManticoreConfig, log: Logger): Scheduler {
+  const schedulerLog = log.child({ component: 'scheduler' });
+  const { restart } = config.scheduler;
+  if (config.scheduler.backend === 'nomad') {
+    const { address, token, region, namespace, tls } = config.scheduler.nomad;
+    return new NomadScheduler({ address, token, region, namespace, tls, job: nomadJobOptions(config), log: schedulerLog });
+  }
+  return new LocalScheduler({
+    stateDir: config.scheduler.stateDir,
+    workDir: path.resolve(config.scheduler.workDir),
+    log: schedulerLog,
+    restart: { attempts: restart.attempts, intervalMs: restart.intervalSeconds * 1000, delayMs: restart.delaySeconds * 1000 },
+  });
+}
+
+/** How sessions' Nomad jobs are shaped, from the configuration (also used by `manticore render-job`). */
+export function nomadJobOptions(config: ManticoreConfig): NomadJobOptions {
+  const { nomad, restart } = config.scheduler;
+  return {
+    region: nomad.region,
+    namespace: nomad.namespace,
+    datacenters: nomad.datacenters,
+    nodePool: nomad.nodePool,
+    constraints: nomad.constraints.map(({ attribute, operator, value }) => ({ LTarget: attribute, Operand: operator, RTarget: value })),
+    priority: nomad.priority,
+    restart: { attempts: restart.attempts, intervalMs: restart.intervalSeconds * 1000, delayMs: restart.delaySeconds * 1000 },
+    healthyDeadlineMs: nomad.healthyDeadlineSeconds * 1000,
+    checkIntervalMs: nomad.checkIntervalSeconds * 1000,
+    checkTimeoutMs: nomad.checkTimeoutSeconds * 1000,
+  };
+}

@@ -1,0 +1,159 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { loadTemplates } from '../api/templates.js';
+import type { ManticoreConfig } from '../config/config.js';
+import type { Logger } from '../util/log.js';
+import { Controller } from '../controller/controller.js';
+import { Keys } from '../controller/keys.js';
+import { Frontend } from '../frontend/server.js';
+import { RouterAgent } from '../router/agent.js';
+import { HaproxyDataPlane } from '../router/data-plane.js';
+import { HaproxyProcess } from '../router/haproxy-process.js';
+import { HaproxyRuntime } from '../router/haproxy-runtime.js';
+import { HaproxySupervisor } from '../router/haproxy-supervisor.js';
+import type { Store } from '../store/store.js';
+import { createScheduler, createStore } from './backends.js';
+
+/** The parts one process can run; `manticore up` runs all three, a cluster deployment one per process. */
+export type Role = 'controller' | 'frontend' | 'router';
+export const allRoles: readonly Role[] = ['router', 'controller', 'frontend'];
+
+export interface RunningManticore {
+  /** The front end's address, when this process runs it. */
+  readonly frontendUrl?: string;
+  /** What to tell the person who started it. */
+  readonly banner: string;
+  stop(): Promise<void>;
+}
+
+/** Parts started so far, stopped in reverse order; a failure to stop one does not keep the others running. */
+class StartedParts {
+  private readonly parts: Array<{ name: string; stop: () => Promise<void> }> = [];
+
+  constructor(private readonly log: Logger) {}
+
+  add(name: string, stop: () => Promise<void>): void {
+    this.parts.push({ name, stop });
+  }
+
+  async stopAll(): Promise<void> {
+    for (const { name, stop } of this.parts.splice(0).reverse()) {
+      try {
+        await stop();
+      } catch (error) {
+        this.log.error({ err: error, part: name }, 'stopping failed');
+      }
+    }
+  }
+}
+
+/**
+ * Starts the given roles in this process over the configured store and scheduler (embedded, or Consul
+ * and Nomad): the router with its local HAProxy (a child process), the controller, the front end.
+ * If any part fails to start, the parts already started are stopped again before the error is thrown.
+ */
+export async function startManticore(config: ManticoreConfig, log: Logger, roles: readonly Role[] = allRoles): Promise<RunningManticore> {
+  const parts = new StartedParts(log);
+  try {
+    const templates = loadTemplates(config.templates.dir);
+    const keys = new Keys(config.store.prefix);
+    const store = createStore(config, log);
+    parts.add('store', () => store.close());
+    const lines: string[] = [];
+
+    if (roles.includes('router')) {
+      await startRouter(config, store, keys, parts, log);
+      const { http, tcp } = config.router;
+      lines.push(
+        `  sessions:   http://<token>.${config.public.domain}:${config.public.httpPort}/ via HAProxy on ${http.host}:${http.port}`,
+        `  TCP ports:  ${tcp.host}:${tcp.portRangeStart}-${tcp.portRangeEnd}`,
+      );
+    }
+    if (roles.includes('controller')) {
+      const scheduler = createScheduler(config, log);
+      await scheduler.start();
+      parts.add('scheduler', () => scheduler.close());
+      const controller = new Controller({
+        store,
+        scheduler,
+        keys,
+        templates,
+        addressing: config.public,
+        tcpPortRange: { start: config.router.tcp.portRangeStart, end: config.router.tcp.portRangeEnd },
+        workers: config.controller.workers,
+        retryBaseMs: config.controller.retryBaseMs,
+        retryMaxMs: config.controller.retryMaxMs,
+        rateLimitPerSecond: config.controller.rateLimitPerSecond,
+        rateLimitBurst: config.controller.rateLimitBurst,
+        routerStaleMs: config.controller.routerStaleSeconds * 1000,
+        log,
+      });
+      await controller.start();
+      parts.add('controller', () => controller.stop());
+    }
+    let frontendUrl: string | undefined;
+    if (roles.includes('frontend')) {
+      const frontend = new Frontend({
+        store,
+        keys,
+        templates,
+        backend: config.scheduler.backend,
+        bodyLimitBytes: config.frontend.bodyLimitBytes,
+        log,
+      });
+      frontendUrl = await frontend.start(config.frontend.host, config.frontend.port);
+      parts.add('frontend', () => frontend.stop());
+      lines.unshift(`  API:        ${frontendUrl}/api/v1/templates`);
+      lines.push(
+        `  try:        curl -s -XPOST ${frontendUrl}/api/v1/sessions -H 'content-type: application/json' -d '{"template":"demo"}'`,
+      );
+    }
+    const banner = [
+      '',
+      `Manticore is running: ${roles.join(', ')} (store: ${config.store.backend}, scheduler: ${config.scheduler.backend}).`,
+      ...lines,
+      '  Ctrl-C stops everything it started.',
+      '',
+      '',
+    ].join('\n');
+    log.info({ roles, frontendUrl }, 'manticore is running');
+    return { ...(frontendUrl === undefined ? {} : { frontendUrl }), banner, stop: () => parts.stopAll() };
+  } catch (error) {
+    await parts.stopAll();
+    throw error;
+  }
+}
+
+/** A local HAProxy (restarted if it dies) and the agent that keeps its routes equal to the store's. */
+async function startRouter(config: ManticoreConfig, store: Store, keys: Keys, parts: StartedParts, log: Logger): Promise<void> {
+  const runDir = path.resolve(config.router.runDir);
+  // The supervisor needs the process and the process reports its death to the supervisor.
+  let supervisor: HaproxySupervisor | undefined;
+  const haproxy = new HaproxyProcess({
+    binary: config.router.haproxyBinary,
+    runDir,
+    template: fs.readFileSync(config.router.configTemplate, 'utf8'),
+    values: {
+      httpBind: `${config.router.http.host}:${config.router.http.port}`,
+      tcpBind: `${config.router.tcp.host}:${config.router.tcp.portRangeStart}-${config.router.tcp.portRangeEnd}`,
+      maxconn: config.router.maxconn,
+    },
+    log: log.child({ component: 'haproxy' }),
+    onUnexpectedExit: () => supervisor?.restartSoon(),
+  });
+  await haproxy.start();
+  parts.add('haproxy', () => haproxy.stop());
+  const dataPlane = new HaproxyDataPlane({ runtime: new HaproxyRuntime(haproxy.adminSocket), runDir, log: log.child({ component: 'data-plane' }) });
+  supervisor = new HaproxySupervisor(haproxy, dataPlane, log.child({ component: 'haproxy-supervisor' }));
+  parts.add('haproxy-supervisor', async () => supervisor?.stop());
+  const router = new RouterAgent({
+    store,
+    keys,
+    name: config.router.name,
+    dataPlane,
+    heartbeatMs: config.router.heartbeatSeconds * 1000,
+    log,
+  });
+  await router.start();
+  parts.add('router', () => router.stop());
+}

@@ -1,0 +1,50 @@
+import type { Endpoint, RouteRecord, SessionTemplate } from '../api/types.js';
+import { newToken } from './claims.js';
+
+/** How users reach sessions: the parts of the public URLs that are not secret. */
+export interface PublicAddressing {
+  readonly domain: string;
+  readonly httpScheme: 'http' | 'https';
+  readonly httpPort: number;
+  readonly tcpHost: string;
+}
+
+export type PublicEndpoint = Endpoint & { readonly host: string; readonly port: number };
+
+/**
+ * A session's claim: a fresh secret hostname for each http/ws service and a public port for each tcp
+ * service, from `reservePort` (undefined when none is free: then no claim is made).
+ */
+export function newClaim(sessionId: string, template: SessionTemplate, reservePort: () => number | undefined): RouteRecord | undefined {
+  const claim: RouteRecord = { sessionId, hosts: [], ports: [] };
+  for (const service of template.spec.services) {
+    if (service.expose === 'tcp') {
+      const port = reservePort();
+      if (port === undefined) return undefined;
+      claim.ports.push({ service: service.name, port });
+    } else {
+      claim.hosts.push({ service: service.name, token: newToken() });
+    }
+  }
+  return claim;
+}
+
+/** The public address of each service, known from the claim before anything runs. */
+export function publicEndpoints(template: SessionTemplate, claim: RouteRecord, addressing: PublicAddressing): Record<string, PublicEndpoint> {
+  const { domain, httpScheme, httpPort, tcpHost } = addressing;
+  const portSuffix = httpPort === (httpScheme === 'https' ? 443 : 80) ? '' : `:${httpPort}`;
+  const endpoints: Record<string, PublicEndpoint> = {};
+  for (const service of template.spec.services) {
+    if (service.expose === 'tcp') {
+      const port = claim.ports.find((route) => route.service === service.name)?.port;
+      if (port !== undefined) endpoints[service.name] = { protocol: 'tcp', url: `tcp://${tcpHost}:${port}`, host: tcpHost, port };
+    } else {
+      const token = claim.hosts.find((route) => route.service === service.name)?.token;
+      if (token === undefined) continue;
+      const host = `${token}.${domain}`;
+      const scheme = service.expose === 'ws' ? (httpScheme === 'https' ? 'wss' : 'ws') : httpScheme;
+      endpoints[service.name] = { protocol: service.expose, url: `${scheme}://${host}${portSuffix}/`, host, port: httpPort };
+    }
+  }
+  return endpoints;
+}

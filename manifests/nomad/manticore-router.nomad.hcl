@@ -1,0 +1,60 @@
+# Manticore's router: on every edge node (node meta manticore_edge = "true"), HAProxy serving the session
+# routes on the host network (HTTP/websocket on 8080, the TCP range 20000-20999) and the agent that keeps
+# its maps equal to the routes in Consul, with no reload.
+#   nomad job run -var image=<your manticore image> manifests/nomad/manticore-router.nomad.hcl
+
+variable "image" {
+  type        = string
+  description = "Manticore container image (with HAProxy installed)"
+}
+
+variable "datacenters" {
+  type    = list(string)
+  default = ["dc1"]
+}
+
+job "manticore-router" {
+  type        = "system"
+  datacenters = var.datacenters
+
+  constraint {
+    attribute = "${meta.manticore_edge}"
+    value     = "true"
+  }
+
+  group "router" {
+    network {
+      mode = "host"
+    }
+
+    task "router" {
+      driver = "docker"
+
+      config {
+        image        = var.image
+        network_mode = "host"
+        args         = ["router", "--config", "/local/manticore.yaml"]
+      }
+
+      template {
+        data        = "{{ with nomadVar \"nomad/jobs/manticore\" }}{{ .config }}{{ end }}"
+        destination = "local/manticore.yaml"
+      }
+
+      template {
+        data        = <<-EOT
+          CONSUL_HTTP_ADDR=http://{{ env "attr.unique.network.ip-address" }}:8500
+          MANTICORE_ROUTER_NAME={{ env "node.unique.name" }}
+          {{ with nomadVar "nomad/jobs/manticore/secrets" }}CONSUL_HTTP_TOKEN={{ .consul_token }}{{ end }}
+        EOT
+        destination = "secrets/manticore.env"
+        env         = true
+      }
+
+      resources {
+        cpu    = 1000
+        memory = 512
+      }
+    }
+  }
+}

@@ -1,0 +1,117 @@
+# Manticore's controller and front end, as a Nomad service job.
+#   nomad job run -var image=<your manticore image> -var-file=manticore.vars.hcl manifests/nomad/manticore.nomad.hcl
+# The image is Manticore built from this repository (its Node.js build with HAProxy installed for the router).
+# The configuration file is rendered from the Nomad variable nomad/jobs/manticore (key: config),
+# the tokens from nomad/jobs/manticore/secrets; see the README's operations section.
+
+variable "image" {
+  type        = string
+  description = "Manticore container image"
+}
+
+variable "datacenters" {
+  type    = list(string)
+  default = ["dc1"]
+}
+
+job "manticore" {
+  type        = "service"
+  datacenters = var.datacenters
+
+  group "controller" {
+    # One controller acts at a time. Replicas need leader election (a Consul session lock on
+    # <prefix>leader); until this build has it, run exactly one.
+    count = 1
+
+    restart {
+      attempts = 10
+      interval = "5m"
+      delay    = "5s"
+      mode     = "delay"
+    }
+
+    task "controller" {
+      driver = "docker"
+
+      config {
+        image = var.image
+        args  = ["controller", "--config", "/local/manticore.yaml"]
+      }
+
+      template {
+        data        = "{{ with nomadVar \"nomad/jobs/manticore\" }}{{ .config }}{{ end }}"
+        destination = "local/manticore.yaml"
+      }
+
+      template {
+        data        = <<-EOT
+          CONSUL_HTTP_ADDR=http://{{ env "attr.unique.network.ip-address" }}:8500
+          NOMAD_ADDR=http://{{ env "attr.unique.network.ip-address" }}:4646
+          {{ with nomadVar "nomad/jobs/manticore/secrets" }}
+          CONSUL_HTTP_TOKEN={{ .consul_token }}
+          NOMAD_TOKEN={{ .nomad_token }}
+          {{ end }}
+        EOT
+        destination = "secrets/manticore.env"
+        env         = true
+      }
+
+      resources {
+        cpu    = 500
+        memory = 512
+      }
+    }
+  }
+
+  group "frontend" {
+    count = 2
+
+    network {
+      port "http" {
+        to = 4000
+      }
+    }
+
+    service {
+      name     = "manticore-frontend"
+      port     = "http"
+      provider = "consul"
+
+      check {
+        type     = "http"
+        path     = "/healthz"
+        interval = "10s"
+        timeout  = "2s"
+      }
+    }
+
+    task "frontend" {
+      driver = "docker"
+
+      config {
+        image = var.image
+        ports = ["http"]
+        args  = ["frontend", "--config", "/local/manticore.yaml"]
+      }
+
+      template {
+        data        = "{{ with nomadVar \"nomad/jobs/manticore\" }}{{ .config }}{{ end }}"
+        destination = "local/manticore.yaml"
+      }
+
+      template {
+        data        = <<-EOT
+          CONSUL_HTTP_ADDR=http://{{ env "attr.unique.network.ip-address" }}:8500
+          {{ with nomadVar "nomad/jobs/manticore/secrets" }}CONSUL_HTTP_TOKEN={{ .consul_token }}{{ end }}
+        EOT
+        destination = "secrets/manticore.env"
+        env         = true
+      }
+
+      resources {
+        cpu    = 300
+        memory = 256
+      }
+    }
+  }
+}
