@@ -1,0 +1,274 @@
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { Session } from '../../controller/api/types.js';
+import { freePort, freePortRange } from '../support/ports.js';
+import { httpRequest, jsonRequest, tcpConversation, tcpProbe, websocketEcho } from '../support/http.js';
+import { waitFor } from '../support/wait.js';
+import { alive } from '../support/processes.js';
+
+const repoRoot = path.resolve(__dirname, '../../..');
+const cli = path.join(repoRoot, 'dist/controller/cli/main.js');
+
+interface Instance {
+  child: ChildProcess;
+  output: () => string;
+  exited: Promise<number | null>;
+}
+
+/** What differs between the backends the flow runs on. */
+export interface Backend {
+  readonly name: string;
+  readonly configFile: string;
+  /** Starts what the backend needs besides Manticore (the API doubles) and returns the environment for it. */
+  setUp(stateDir: string): Promise<NodeJS.ProcessEnv>;
+  tearDown(): Promise<void>;
+  /** Kills the session's Core task the way a crash would. */
+  killCoreTask(stateDir: string, session: Session): Promise<void>;
+  /** Process ids of the session's tasks when they are Manticore's own children (they stop with it), else undefined. */
+  ownTaskPids(stateDir: string, session: Session): number[] | undefined;
+}
+
+/**
+ * The whole user flow against `manticore up` as a child process on OS-chosen ports: templates, bad
+ * requests, two sessions at once, traffic through HAProxy over HTTP, websocket and TCP, a task killed by
+ * hand, HAProxy killed by hand, deletion, Ctrl-C and a restart that finds the sessions again.
+ */
+export function describeSessionFlow(backend: Backend): void {
+  describe(`end to end: \`manticore up\` on ${backend.name}`, function () {
+    this.timeout(120_000);
+    let stateDir: string;
+    let env: NodeJS.ProcessEnv;
+    let api: string;
+    let httpPort: number;
+    let tcpRange: { start: number; end: number };
+    let instance: Instance;
+
+    function start(): Instance {
+      const child = spawn(process.execPath, [cli, 'up', '--config', backend.configFile], {
+        cwd: repoRoot,
+        env,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let output = '';
+      child.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      child.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+      return { child, output: () => output, exited };
+    }
+
+    async function ready(id: string, user = 'alice'): Promise<Session> {
+      return waitFor(
+        `session ${id} Ready`,
+        async () => {
+          const { body } = await jsonRequest<Session>(`${api}/api/v1/sessions/${id}`, 'GET', undefined, { 'x-manticore-user': user });
+          if (body.status.phase === 'Failed') throw new Error(`session failed: ${JSON.stringify(body.status)}`);
+          return body.status.phase === 'Ready' ? body : undefined;
+        },
+        30_000,
+        50,
+      );
+    }
+
+    async function create(user: string): Promise<Session> {
+      const { status, body } = await jsonRequest<Session>(`${api}/api/v1/sessions`, 'POST', { template: 'demo' }, { 'x-manticore-user': user });
+      assert.equal(status, 201, JSON.stringify(body));
+      return body;
+    }
+
+    before(async () => {
+      stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'manticore-e2e-'));
+      const frontendPort = await freePort();
+      httpPort = await freePort();
+      tcpRange = await freePortRange(6);
+      env = {
+        ...process.env,
+        ...(await backend.setUp(stateDir)),
+        MANTICORE_STORE_PATH: path.join(stateDir, 'state.db'),
+        MANTICORE_SCHEDULER_STATE_DIR: path.join(stateDir, 'scheduler'),
+        MANTICORE_ROUTER_RUN_DIR: path.join(stateDir, 'haproxy'),
+        MANTICORE_FRONTEND_PORT: String(frontendPort),
+        MANTICORE_HTTP_PORT: String(httpPort),
+        MANTICORE_TCP_PORT_RANGE_START: String(tcpRange.start),
+        MANTICORE_TCP_PORT_RANGE_END: String(tcpRange.end),
+        MANTICORE_LOG_LEVEL: 'warn',
+      };
+      api = `http://127.0.0.1:${frontendPort}`;
+      instance = start();
+      await waitFor('the front end', async () => (await httpRequest(`${api}/healthz`)).status === 200, 30_000, 50).catch((error: Error) => {
+        throw new Error(`${error.message}\n${instance.output()}`);
+      });
+    });
+
+    after(async () => {
+      if (instance && instance.child.exitCode === null) {
+        instance.child.kill('SIGINT');
+        await instance.exited;
+      }
+      await backend.tearDown();
+      fs.rmSync(stateDir, { recursive: true, force: true });
+    });
+
+    let alice: Session;
+    let bob: Session;
+
+    it('lists the templates with their parameters', async () => {
+      const { status, body } = await jsonRequest<Array<{ name: string; available: boolean; parameters: unknown[]; unavailableReason?: string }>>(
+        `${api}/api/v1/templates`,
+        'GET',
+      );
+      assert.equal(status, 200);
+      const demo = body.find((t) => t.name === 'demo')!;
+      assert.equal(demo.available, true);
+      assert.deepEqual(demo.parameters, [
+        { name: 'coreVersion', description: 'Version string the demo Core reports.', enum: ['8.2.0', '8.1.0'], default: '8.2.0' },
+        { name: 'hmiType', description: 'Which demo HMI page to serve.', enum: ['generic'], default: 'generic' },
+      ]);
+      const sdl = body.find((t) => t.name === 'sdl')!;
+      assert.equal(sdl.available, false);
+      assert.match(sdl.unavailableReason!, /nomad/);
+    });
+
+    it('rejects bad requests with 4xx and a message naming the field', async () => {
+      const cases: Array<[unknown, number, RegExp]> = [
+        [{ template: 'nope' }, 400, /\/template/],
+        [{ template: 'demo', parameters: { coreVersion: '1.0' } }, 400, /\/parameters\/coreVersion/],
+        [{ template: 'demo', parameters: { colour: 'red' } }, 400, /\/parameters\/colour/],
+        [{ template: 'sdl' }, 400, /nomad/],
+        [{ template: 'demo', extra: 1 }, 400, /extra/],
+        [{}, 400, /template/],
+        ['{"template": ', 400, /JSON/i],
+      ];
+      for (const [body, expected, message] of cases) {
+        const answer = await jsonRequest<{ error: string; details: string[] }>(`${api}/api/v1/sessions`, 'POST', body);
+        assert.equal(answer.status, expected, JSON.stringify(body));
+        assert.match(`${answer.body.error} ${answer.body.details.join(' ')}`, message);
+      }
+      const badUser = await jsonRequest(`${api}/api/v1/sessions`, 'GET', undefined, { 'x-manticore-user': 'no spaces allowed' });
+      assert.equal(badUser.status, 400);
+      assert.equal((await jsonRequest(`${api}/api/v1/sessions/doesnotexist1`, 'GET')).status, 404);
+      const { body } = await jsonRequest<{ items: Session[] }>(`${api}/api/v1/sessions`, 'GET');
+      assert.deepEqual(body.items, [], 'nothing was created by the bad requests');
+    });
+
+    it('creates sessions that become Ready with private endpoints', async () => {
+      const created = await create('alice');
+      assert.match(created.metadata.id, /^[a-z0-9]{8,40}$/);
+      assert.equal(created.metadata.owner, 'alice');
+      assert.deepEqual(created.spec.parameters, { coreVersion: '8.2.0', hmiType: 'generic' });
+      assert.equal(created.status.phase, 'Pending');
+      const other = await create('bob');
+      [alice, bob] = await Promise.all([ready(created.metadata.id), ready(other.metadata.id, 'bob')]);
+
+      for (const session of [alice, bob]) {
+        const { hmi, broker, tcp } = session.status.endpoints;
+        assert.equal(hmi!.protocol, 'http');
+        assert.match(hmi!.url, new RegExp(`^http://[a-z2-7]{26}\\.localhost:${httpPort}/$`));
+        assert.equal(broker!.protocol, 'ws');
+        assert.match(broker!.url, new RegExp(`^ws://[a-z2-7]{26}\\.localhost:${httpPort}/$`));
+        assert.equal(tcp!.protocol, 'tcp');
+        const port = Number(new URL(tcp!.url).port);
+        assert.ok(port >= tcpRange.start && port <= tcpRange.end);
+        assert.deepEqual(
+          session.status.conditions.map((c) => `${c.type}=${c.status}`),
+          ['Admitted=True', 'Scheduled=True', 'Healthy=True', 'Routed=True', 'Ready=True'],
+        );
+      }
+      assert.notEqual(alice.status.endpoints.hmi!.url, bob.status.endpoints.hmi!.url);
+      assert.notEqual(alice.status.endpoints.tcp!.url, bob.status.endpoints.tcp!.url);
+    });
+
+    it('serves each session through HAProxy: HMI page, websocket echo, TCP conversation', async () => {
+      for (const session of [alice, bob]) {
+        const { hmi, broker, tcp } = session.status.endpoints;
+        const page = await httpRequest(hmi!.url);
+        assert.equal(page.status, 200);
+        assert.match(page.body, /Manticore demo HMI/);
+        assert.ok(page.body.includes(broker!.url), 'the HMI was told its own Core broker URL');
+        const other = session === alice ? bob : alice;
+        assert.ok(!page.body.includes(other.status.endpoints.broker!.url), 'and not anyone else’s');
+        assert.equal(await websocketEcho(broker!.url, `hello ${session.metadata.owner}`), `hello ${session.metadata.owner}`);
+        const conversation = await tcpConversation(tcp!.url, 'ping');
+        assert.equal(conversation.greeting, 'manticore demo core 8.2.0');
+        assert.equal(conversation.reply, 'ping');
+      }
+    });
+
+    it('answers unknown hostnames with 404 and refuses unassigned TCP ports', async () => {
+      const unknown = await httpRequest(`http://${'a'.repeat(26)}.localhost:${httpPort}/`);
+      assert.equal(unknown.status, 404);
+      const used = new Set([alice, bob].map((s) => Number(new URL(s.status.endpoints.tcp!.url).port)));
+      const free = [...Array(tcpRange.end - tcpRange.start + 1).keys()].map((i) => tcpRange.start + i).find((p) => !used.has(p))!;
+      assert.notEqual(await tcpProbe('127.0.0.1', free), 'open');
+    });
+
+    it('lists only the caller’s sessions', async () => {
+      const mine = await jsonRequest<{ items: Session[] }>(`${api}/api/v1/sessions`, 'GET', undefined, { 'x-manticore-user': 'alice' });
+      assert.deepEqual(mine.body.items.map((s) => s.metadata.id), [alice.metadata.id]);
+      const notMine = await jsonRequest(`${api}/api/v1/sessions/${alice.metadata.id}`, 'GET', undefined, { 'x-manticore-user': 'bob' });
+      assert.equal(notMine.status, 404, 'someone else’s session looks missing');
+    });
+
+    it('notices a task killed by hand, leaves Ready, and comes back without help', async () => {
+      await backend.killCoreTask(stateDir, alice);
+      await waitFor(
+        'alice leaves Ready',
+        async () => (await jsonRequest<Session>(`${api}/api/v1/sessions/${alice.metadata.id}`, 'GET', undefined, { 'x-manticore-user': 'alice' })).body.status.phase !== 'Ready',
+        10_000,
+        10,
+      );
+      const back = await ready(alice.metadata.id);
+      const reason = back.status.events.map((event) => event.reason);
+      assert.ok(reason.includes('TaskRestarting'), `events: ${reason.join(', ')}`);
+      assert.deepEqual(back.status.endpoints, alice.status.endpoints, 'same addresses after recovery');
+      assert.equal(await websocketEcho(back.status.endpoints.broker!.url, 'again'), 'again');
+    });
+
+    it('deletes a session: Terminating, then gone, and its addresses stop answering', async () => {
+      const pids = backend.ownTaskPids(stateDir, bob) ?? [];
+      const { status, body } = await jsonRequest<Session>(`${api}/api/v1/sessions/${bob.metadata.id}`, 'DELETE', undefined, { 'x-manticore-user': 'bob' });
+      assert.equal(status, 202);
+      assert.ok(body.metadata.deletionRequestedAt);
+      await waitFor(
+        'bob gone',
+        async () => (await jsonRequest(`${api}/api/v1/sessions/${bob.metadata.id}`, 'GET', undefined, { 'x-manticore-user': 'bob' })).status === 404,
+        20_000,
+        50,
+      );
+      assert.equal((await httpRequest(bob.status.endpoints.hmi!.url)).status, 404);
+      const port = Number(new URL(bob.status.endpoints.tcp!.url).port);
+      assert.notEqual(await tcpProbe('127.0.0.1', port), 'open');
+      for (const pid of pids) assert.equal(alive(pid), false, `task ${pid} stopped`);
+    });
+
+    it('restarts HAProxy killed by hand, with every route', async () => {
+      const session = await ready(alice.metadata.id);
+      const pidFile = path.join(stateDir, 'haproxy/haproxy.pid');
+      const before = Number(fs.readFileSync(pidFile, 'utf8'));
+      process.kill(before, 'SIGKILL');
+      await waitFor('HAProxy restarted', () => {
+        const now = Number(fs.readFileSync(pidFile, 'utf8'));
+        return now !== before && alive(now);
+      });
+      const echo = await waitFor('routes served again', () => websocketEcho(session.status.endpoints.broker!.url, 'still here').catch(() => undefined));
+      assert.equal(echo, 'still here');
+      assert.equal((await httpRequest(session.status.endpoints.hmi!.url)).status, 200);
+    });
+
+    it('stops everything on Ctrl-C and brings surviving sessions back on the next start', async () => {
+      const pids = backend.ownTaskPids(stateDir, await ready(alice.metadata.id)) ?? [];
+      const haproxyPid = Number(fs.readFileSync(path.join(stateDir, 'haproxy/haproxy.pid'), 'utf8'));
+      instance.child.kill('SIGINT');
+      assert.equal(await instance.exited, 0, instance.output());
+      for (const pid of [...pids, haproxyPid]) assert.equal(alive(pid), false, `process ${pid} stopped with Manticore`);
+      assert.equal(await tcpProbe('127.0.0.1', httpPort), 'refused', 'HAProxy is gone');
+
+      instance = start();
+      const again = await ready(alice.metadata.id);
+      assert.deepEqual(again.status.endpoints, alice.status.endpoints, 'the session keeps its addresses');
+      assert.equal(await websocketEcho(again.status.endpoints.broker!.url, 'after restart'), 'after restart');
+    });
+  });
+}
