@@ -59,4 +59,49 @@ describe('the manticore command', () => {
     assert.deepEqual(parsed.templates, ['demo', 'sdl']);
     assert.equal(parsed.config.frontend.port, 4000);
   });
+
+  describe('render-job', () => {
+    interface RenderedJobBody {
+      Job: {
+        ID: string;
+        Meta: Record<string, string>;
+        TaskGroups: Array<{
+          Networks: Array<{ Mode: string; DynamicPorts: Array<{ Label: string; To?: number }> }>;
+          Tasks: Array<{ Name: string; Driver: string; Config: { image?: string }; Env?: Record<string, string>; Resources: { CPU: number; MemoryMB: number } }>;
+        }>;
+      };
+    }
+
+    it('prints the Nomad job of an sdl session: every port, the images, resources and the HMI pointed at Core', () => {
+      const result = run(['render-job', '--template', 'sdl', '--config', 'manifests/examples/production.yaml']);
+      assert.equal(result.status, 0, result.stderr);
+      const { Job: job } = JSON.parse(result.stdout) as RenderedJobBody;
+      assert.match(job.ID, /^manticore-[a-z0-9]+$/);
+      assert.equal(job.Meta.manticore_session_id, job.ID.slice('manticore-'.length));
+      assert.equal(job.TaskGroups.length, 1);
+      const [group] = job.TaskGroups;
+      assert.equal(group!.Networks[0]!.Mode, 'bridge');
+      assert.deepEqual(
+        Object.fromEntries(group!.Networks[0]!.DynamicPorts.map((port) => [port.Label, port.To])),
+        { broker: 9000, tcp: 12345, file: 3001, log: 8888, policy: 9898, wsServer: 2020, store: 3000, python: 8081, hmi: 8080 },
+      );
+      const core = group!.Tasks.find((task) => task.Name === 'core')!;
+      const hmi = group!.Tasks.find((task) => task.Name === 'hmi')!;
+      assert.equal(core.Config.image, 'smartdevicelink/manticore-sdl-core:default-8.2.0-ubuntu-update');
+      assert.equal(hmi.Config.image, 'smartdevicelink/manticore-hmi-generic:minimal-0.13.0');
+      assert.deepEqual(core.Resources, { CPU: 120, MemoryMB: 250 });
+      assert.match(hmi.Env!.BROKER_ADDR!, /^ws:\/\/[a-z2-7]{26}\.sessions\.example\.com\/$/);
+      assert.match(hmi.Env!.PYTHON_ADDRESS!, /^ws:\/\/[a-z2-7]{26}\.sessions\.example\.com\/$/);
+    });
+
+    it('takes parameters and refuses bad ones with exit code 2', () => {
+      const bad = run(['render-job', '--template', 'sdl', '--param', 'coreVersion=1.0']);
+      assert.equal(bad.status, 2);
+      assert.match(bad.stderr, /\/parameters\/coreVersion/);
+      assert.equal(run(['render-job', '--template', 'nope']).status, 2);
+      assert.equal(run(['render-job']).status, 2);
+      assert.match(run(['render-job', '--template', 'sdl', '--param', 'novalue']).stderr, /name=value/);
+      assert.match(run(['up', '--template', 'sdl']).stderr, /belong to render-job/);
+    });
+  });
 });

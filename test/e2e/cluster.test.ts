@@ -9,6 +9,7 @@ let nomad: NomadDouble | undefined;
 
 describeSessionFlow({
   name: 'Consul and Nomad (API doubles)',
+  runsDocker: true,
   configFile: 'manifests/examples/cluster-dev.yaml',
   setUp: async () => {
     consul = await ConsulDouble.start({ port: 0, log: silentLogger() });

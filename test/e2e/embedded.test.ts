@@ -11,6 +11,7 @@ function taskPids(stateDir: string, session: Session): Record<string, number> {
 
 describeSessionFlow({
   name: 'the embedded default',
+  runsDocker: false,
   configFile: 'manifests/examples/embedded.yaml',
   setUp: async () => ({}),
   tearDown: async () => undefined,

@@ -7,7 +7,7 @@ import { Keys } from '../../controller/controller/keys.js';
 import { RouterAgent } from '../../controller/router/agent.js';
 import type { DataPlane, RouteTable } from '../../controller/router/data-plane.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
-import type { Store } from '../../controller/store/store.js';
+import type { Store, TxnOperation } from '../../controller/store/store.js';
 import { createLogger, silentLogger } from '../../controller/util/log.js';
 import { FakeScheduler } from '../support/fake-scheduler.js';
 import { waitFor } from '../support/wait.js';
@@ -37,6 +37,10 @@ function countingStore(inner: Store): Store & { writes: string[] } {
     delete: (key: string, options?: { cas?: number }) => {
       writes.push(`delete ${key}`);
       return inner.delete(key, options);
+    },
+    transaction: (operations: readonly TxnOperation[]) => {
+      writes.push(...operations.map((operation) => `${operation.verb} ${operation.key}`));
+      return inner.transaction(operations);
     },
   });
 }

@@ -1,0 +1,769 @@
+import fs from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import { Observable, type Subscriber } from 'rxjs';
+import type { Logger } from '../util/log.js';
+import {
+  MAX_TXN_OPS,
+  StoreError,
+  validateCas,
+  validateKey,
+  validatePrefix,
+  validateValue,
+  type KvChange,
+  type KvEntry,
+  type KvListing,
+  type Store,
+  type TxnOperation,
+  type WatchStep,
+  type WriteOptions,
+} from './store.js';
+
+export interface ConsulTlsOptions {
+  /** PEM CA bundle to verify the agent's certificate with (Consul's CONSUL_CACERT). */
+  readonly caFile?: string;
+  /** PEM client certificate and key, for agents with verify_incoming (CONSUL_CLIENT_CERT / _KEY). */
+  readonly certFile?: string;
+  readonly keyFile?: string;
+  /** The name to expect in the agent's certificate, when it differs from the address's host (CONSUL_TLS_SERVER_NAME). */
+  readonly serverName?: string;
+}
+
+export interface ConsulStoreOptions {
+  /** `http://host:port` or `https://host:port` (a bare `host:port` means http, as for CONSUL_HTTP_ADDR). */
+  readonly address: string;
+  /** ACL token, sent as X-Consul-Token. */
+  readonly token?: string;
+  readonly datacenter?: string;
+  /** Consul Enterprise namespace (`?ns=`). */
+  readonly namespace?: string;
+  readonly tls?: ConsulTlsOptions;
+  readonly log: Logger;
+  /** Limit for one non-blocking request (default 10 s); blocking reads get their wait on top. */
+  readonly requestTimeoutMs?: number;
+  /** How long one blocking read of a watch may wait, 1–600 s (default 300, Consul's default; Consul caps at 600). */
+  readonly watchWaitSeconds?: number;
+}
+
+/** A StoreError from talking to Consul, with Consul's HTTP status when it answered. */
+export class ConsulError extends StoreError {
+  constructor(
+    message: string,
+    operation: string,
+    key: string,
+    /** Consul's HTTP status; undefined when it could not be reached or did not answer in time. */
+    readonly status: number | undefined,
+    /** Whether trying again later may succeed (unreachable, timeouts, 5xx, 429). */
+    readonly retryable: boolean,
+    options?: { cause?: unknown },
+  ) {
+    super(message, operation, key, options);
+    this.name = 'ConsulError';
+  }
+}
+
+interface ConsulResponse {
+  readonly status: number;
+  readonly headers: http.IncomingHttpHeaders;
+  readonly body: Buffer;
+}
+
+interface CallSpec {
+  readonly operation: string;
+  readonly key: string;
+  readonly method: 'GET' | 'PUT' | 'DELETE';
+  /** Path below /v1, already encoded. */
+  readonly path: string;
+  /** Query parameters in order; an undefined value is a bare flag (`?recurse`). */
+  readonly query?: readonly (readonly [string, string | undefined])[];
+  readonly body?: Buffer;
+  readonly contentType?: string;
+  readonly timeoutMs?: number;
+  readonly signal?: AbortSignal;
+}
+
+/** What a watch remembers of a prefix: its contents as of a listing index, to resume with changes. */
+interface PrefixMemo {
+  readonly index: number;
+  readonly entries: readonly KvEntry[];
+}
+
+const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
+const DEFAULT_WATCH_WAIT_SECONDS = 300;
+const MAX_WATCH_WAIT_SECONDS = 600;
+/** Reads are tried this many times in all when Consul is unreachable or answers 5xx/429. */
+const READ_ATTEMPTS = 4;
+const READ_RETRY_BASE_MS = 50;
+/** Watch error backoff: 100 ms doubling to 10 s, with jitter. */
+const WATCH_BACKOFF_BASE_MS = 100;
+const WATCH_BACKOFF_MAX_MS = 10_000;
+/**
+ * Blocking-query rate limit (Consul's guidance: a token bucket that lets a couple of answers through at
+ * once, then degrades to polling while values churn). Answers that carry no change cost nothing.
+ */
+const WATCH_BURST = 4;
+const WATCH_REFILL_MS = 100;
+/** How many prefixes' last known contents are kept for resuming watches with changes rather than a reset. */
+const MEMO_PREFIXES = 8;
+
+/**
+ * The desired-state store on Consul KV, over Consul's HTTP API.
+ *
+ * Writes map one to one onto Consul: `put`/`delete` with `cas` use `?cas=` (Consul's cas 0 is "create only",
+ * and a delete with cas 0 never deletes an existing key); `transaction` is one `/v1/txn` of at most 64
+ * operations (`set`, `cas`, `delete`, `delete-cas`), a 409 whose errors are all failed checks being `false`.
+ *
+ * Watches are blocking queries on `?recurse`. Consul cannot replay history, so every answer is the whole
+ * prefix, diffed against the previous one into `changes`. A watch resumed with `fromIndex` starts from what
+ * this store last delivered or listed for the prefix at exactly that index, if it still remembers it (the
+ * last few prefixes), and otherwise starts with a `reset`. Consul's index rules are followed: an index that
+ * goes backwards gives a `reset`, an index of 0 is taken as 1, errors back off with jitter (100 ms doubling
+ * to 10 s) and are followed by a non-blocking read, an unchanged index blocks again at once, and a token
+ * bucket keeps a churning prefix from turning the watch into a busy loop.
+ */
+export class ConsulStore implements Store {
+  private readonly log: Logger;
+  private readonly base: URL;
+  private readonly transport: typeof http | typeof https;
+  private readonly agent: http.Agent;
+  private readonly requestTimeoutMs: number;
+  private readonly watchWaitSeconds: number;
+  private readonly commonQuery: readonly (readonly [string, string])[];
+  private readonly token: string | undefined;
+  private readonly watches = new Set<PrefixWatch>();
+  private readonly inFlight = new Set<Promise<unknown>>();
+  private readonly memo = new Map<string, PrefixMemo>();
+  private closed = false;
+
+  constructor(options: ConsulStoreOptions) {
+    this.log = options.log.child({ component: 'consul-store' });
+    const address = options.address.includes('://') ? options.address : `http://${options.address}`;
+    let base: URL;
+    try {
+      base = new URL(address);
+    } catch (error) {
+      throw new StoreError(`the Consul address '${options.address}' is not a URL`, 'open', options.address, { cause: error });
+    }
+    if (base.protocol !== 'http:' && base.protocol !== 'https:') {
+      throw new StoreError(`the Consul address must be http:// or https://, got '${options.address}'`, 'open', options.address);
+    }
+    this.base = base;
+    this.requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+    if (!Number.isFinite(this.requestTimeoutMs) || this.requestTimeoutMs <= 0) {
+      throw new StoreError(`requestTimeoutMs must be positive, got ${String(options.requestTimeoutMs)}`, 'open', options.address);
+    }
+    this.watchWaitSeconds = options.watchWaitSeconds ?? DEFAULT_WATCH_WAIT_SECONDS;
+    if (!Number.isInteger(this.watchWaitSeconds) || this.watchWaitSeconds < 1 || this.watchWaitSeconds > MAX_WATCH_WAIT_SECONDS) {
+      throw new StoreError(
+        `watchWaitSeconds must be a whole number from 1 to ${MAX_WATCH_WAIT_SECONDS}, got ${String(options.watchWaitSeconds)}`,
+        'open',
+        options.address,
+      );
+    }
+    this.token = options.token || undefined;
+    const query: [string, string][] = [];
+    if (options.datacenter) query.push(['dc', options.datacenter]);
+    if (options.namespace) query.push(['ns', options.namespace]);
+    this.commonQuery = query;
+
+    if (base.protocol === 'https:') {
+      this.transport = https;
+      this.agent = new https.Agent({ keepAlive: true, ...readTls(options.tls, options.address) });
+    } else {
+      if (options.tls && Object.values(options.tls).some((value) => value !== undefined)) {
+        throw new StoreError(`TLS options need an https:// Consul address, got '${options.address}'`, 'open', options.address);
+      }
+      this.transport = http;
+      this.agent = new http.Agent({ keepAlive: true });
+    }
+    this.log.info(
+      { address: this.base.origin, datacenter: options.datacenter, namespace: options.namespace, acl: this.token !== undefined },
+      'Consul store ready',
+    );
+  }
+
+  async get(key: string): Promise<KvEntry | undefined> {
+    this.assertOpen('get', key);
+    validateKey('get', key);
+    checkAddressable('get', key);
+    const response = await this.read({ operation: 'get', key, method: 'GET', path: kvPath(key) });
+    if (response.status === 404) return undefined;
+    if (response.status !== 200) throw this.statusError('get', key, response);
+    const entries = parseEntries('get', key, response.body);
+    return entries.find((entry) => entry.key === key);
+  }
+
+  async list(prefix: string): Promise<KvListing> {
+    this.assertOpen('list', prefix);
+    validatePrefix('list', prefix);
+    checkAddressable('list', prefix);
+    const listing = await this.fetchListing('list', prefix, undefined, undefined);
+    this.remember(prefix, listing);
+    return { entries: [...listing.entries], index: listing.index };
+  }
+
+  async put(key: string, value: string, options: WriteOptions = {}): Promise<boolean> {
+    this.assertOpen('put', key);
+    validateKey('put', key);
+    validateValue('put', key, value);
+    const cas = validateCas('put', key, options);
+    checkAddressable('put', key);
+    const response = await this.write({
+      operation: 'put',
+      key,
+      method: 'PUT',
+      path: kvPath(key),
+      query: cas === undefined ? [] : [['cas', String(cas)]],
+      body: Buffer.from(value, 'utf8'),
+      contentType: 'application/octet-stream',
+    });
+    return this.booleanAnswer('put', key, response);
+  }
+
+  async delete(key: string, options: WriteOptions = {}): Promise<boolean> {
+    this.assertOpen('delete', key);
+    validateKey('delete', key);
+    const cas = validateCas('delete', key, options);
+    checkAddressable('delete', key);
+    const response = await this.write({
+      operation: 'delete',
+      key,
+      method: 'DELETE',
+      path: kvPath(key),
+      query: cas === undefined ? [] : [['cas', String(cas)]],
+    });
+    return this.booleanAnswer('delete', key, response);
+  }
+
+  async transaction(operations: readonly TxnOperation[]): Promise<boolean> {
+    const first = operations[0]?.key ?? '';
+    this.assertOpen('transaction', first);
+    if (operations.length > MAX_TXN_OPS) {
+      throw new StoreError(`a transaction holds at most ${MAX_TXN_OPS} operations, got ${operations.length}`, 'transaction', first);
+    }
+    for (const operation of operations) {
+      validateKey('transaction', operation.key);
+      if (operation.verb === 'put') validateValue('transaction', operation.key, operation.value);
+      validateCas('transaction', operation.key, operation);
+      checkAddressable('transaction', operation.key);
+    }
+    if (operations.length === 0) return true;
+    const body = operations.map((operation) => {
+      if (operation.verb === 'put') {
+        const Value = Buffer.from(operation.value, 'utf8').toString('base64');
+        // Consul's `cas` verb with Index 0 is "set only if absent", exactly our cas 0.
+        return operation.cas === undefined
+          ? { KV: { Verb: 'set', Key: operation.key, Value } }
+          : { KV: { Verb: 'cas', Key: operation.key, Value, Index: operation.cas } };
+      }
+      return operation.cas === undefined
+        ? { KV: { Verb: 'delete', Key: operation.key } }
+        : { KV: { Verb: 'delete-cas', Key: operation.key, Index: operation.cas } };
+    });
+    const response = await this.write({
+      operation: 'transaction',
+      key: first,
+      method: 'PUT',
+      path: '/txn',
+      body: Buffer.from(JSON.stringify(body), 'utf8'),
+      contentType: 'application/json',
+    });
+    if (response.status === 200) return true;
+    if (response.status === 409) {
+      const errors = parseTxnErrors(response.body);
+      // Only failed checks mean "a compare-and-set did not hold"; anything else (ACLs, lock-delay) is an error.
+      if (errors !== undefined && errors.length > 0 && errors.every((error) => CAS_FAILURE.test(error.What))) return false;
+      const detail = errors?.map((error) => `operation ${error.OpIndex}: ${error.What}`).join('; ') ?? response.body.toString('utf8');
+      throw new ConsulError(`Consul at ${this.base.origin} rolled the transaction back: ${detail}`, 'transaction', first, 409, false);
+    }
+    throw this.statusError('transaction', first, response);
+  }
+
+  watch(prefix: string, fromIndex?: number): Observable<WatchStep> {
+    return new Observable<WatchStep>((subscriber) => {
+      try {
+        this.assertOpen('watch', prefix);
+        validatePrefix('watch', prefix);
+        checkAddressable('watch', prefix);
+        if (fromIndex !== undefined && (!Number.isSafeInteger(fromIndex) || fromIndex < 0)) {
+          throw new StoreError(`fromIndex must be a non-negative integer, got ${String(fromIndex)}`, 'watch', prefix);
+        }
+      } catch (error) {
+        subscriber.error(error);
+        return undefined;
+      }
+      const known = fromIndex === undefined ? undefined : this.recall(prefix, fromIndex);
+      if (fromIndex !== undefined && known === undefined) {
+        this.log.info({ prefix, fromIndex }, 'cannot resume the watch from that index (Consul keeps no history); starting with a reset');
+      }
+      const watch = new PrefixWatch(this, prefix, known, subscriber, this.log);
+      this.watches.add(watch);
+      watch.start();
+      return () => {
+        watch.stop();
+        this.watches.delete(watch);
+      };
+    });
+  }
+
+  /** Ends every watch (they complete), lets requests already sent finish, and releases the connections. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const watches = [...this.watches];
+    this.watches.clear();
+    for (const watch of watches) watch.finish();
+    await Promise.allSettled([...this.inFlight]);
+    this.agent.destroy();
+    this.memo.clear();
+    this.log.info({ address: this.base.origin }, 'Consul store closed');
+  }
+
+  // -----------------------------------------------------------------------------------------------
+  // Used by watches
+
+  /** One `?recurse` listing, blocking when `blocking` is given. Consul answers 404 for an empty prefix. */
+  async fetchListing(
+    operation: string,
+    prefix: string,
+    blocking: { readonly index: number } | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<PrefixMemo> {
+    const query: [string, string | undefined][] = [['recurse', undefined]];
+    let timeoutMs = this.requestTimeoutMs;
+    if (blocking) {
+      query.push(['index', String(blocking.index)], ['wait', `${this.watchWaitSeconds}s`]);
+      // Consul may hold the answer for the wait plus up to wait/16 of jitter.
+      timeoutMs += Math.ceil((this.watchWaitSeconds * 1000 * 17) / 16);
+    }
+    const spec: CallSpec = { operation, key: prefix, method: 'GET', path: kvPath(prefix), query, timeoutMs, signal };
+    // A watch has its own backoff; a plain list retries like any read.
+    const response = blocking || signal ? await this.call(spec) : await this.read(spec);
+    if (response.status !== 200 && response.status !== 404) throw this.statusError(operation, prefix, response);
+    const index = Math.max(headerIndex(response.headers), 1);
+    const entries = response.status === 404 ? [] : parseEntries(operation, prefix, response.body);
+    return { index, entries };
+  }
+
+  /** Remembers the contents of a prefix as of an index (the latest few prefixes only). */
+  remember(prefix: string, memo: PrefixMemo): void {
+    this.memo.delete(prefix);
+    this.memo.set(prefix, { index: memo.index, entries: [...memo.entries] });
+    if (this.memo.size > MEMO_PREFIXES) this.memo.delete(this.memo.keys().next().value as string);
+  }
+
+  private recall(prefix: string, index: number): PrefixMemo | undefined {
+    const memo = this.memo.get(prefix);
+    return memo !== undefined && memo.index === index ? memo : undefined;
+  }
+
+  // -----------------------------------------------------------------------------------------------
+  // HTTP
+
+  private assertOpen(operation: string, key: string): void {
+    if (this.closed) throw new StoreError(`the Consul store (${this.base.origin}) is closed`, operation, key);
+  }
+
+  /** A read: retried a few times, with jittered backoff, when Consul is unreachable or answers 5xx/429. */
+  private async read(spec: CallSpec): Promise<ConsulResponse> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const response = await this.call(spec);
+        if (attempt < READ_ATTEMPTS && (response.status >= 500 || response.status === 429)) {
+          this.log.debug({ operation: spec.operation, key: spec.key, status: response.status, attempt }, 'Consul read failed; retrying');
+        } else {
+          return response;
+        }
+      } catch (error) {
+        if (!(error instanceof ConsulError) || !error.retryable || attempt >= READ_ATTEMPTS || this.closed) throw error;
+        this.log.debug({ operation: spec.operation, key: spec.key, err: error.message, attempt }, 'Consul read failed; retrying');
+      }
+      await delay(READ_RETRY_BASE_MS * 2 ** (attempt - 1) * (0.5 + Math.random() / 2));
+      this.assertOpen(spec.operation, spec.key);
+    }
+  }
+
+  /**
+   * A write is retried only when the connection was refused (it cannot have reached Consul) or Consul
+   * answered 429 (rate limited before applying). Any other failure may have been applied, so it is reported.
+   */
+  private async write(spec: CallSpec): Promise<ConsulResponse> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const response = await this.call(spec);
+        if (response.status !== 429 || attempt >= READ_ATTEMPTS) return response;
+      } catch (error) {
+        const refused = error instanceof ConsulError && (error.cause as { code?: unknown } | undefined)?.code === 'ECONNREFUSED';
+        if (!refused || attempt >= READ_ATTEMPTS || this.closed) throw error;
+      }
+      this.log.debug({ operation: spec.operation, key: spec.key, attempt }, 'Consul write not accepted; retrying');
+      await delay(READ_RETRY_BASE_MS * 2 ** (attempt - 1) * (0.5 + Math.random() / 2));
+      this.assertOpen(spec.operation, spec.key);
+    }
+  }
+
+  private call(spec: CallSpec): Promise<ConsulResponse> {
+    const promise = this.send(spec);
+    this.inFlight.add(promise);
+    const forget = (): void => {
+      this.inFlight.delete(promise);
+    };
+    promise.then(forget, forget);
+    return promise;
+  }
+
+  private send(spec: CallSpec): Promise<ConsulResponse> {
+    const { operation, key } = spec;
+    const params = [...(spec.query ?? []), ...this.commonQuery];
+    const search = params.map(([name, value]) => (value === undefined ? name : `${name}=${encodeURIComponent(value)}`)).join('&');
+    const basePath = this.base.pathname.replace(/\/+$/, '');
+    const path = `${basePath}/v1${spec.path}${search ? `?${search}` : ''}`;
+    const headers: http.OutgoingHttpHeaders = { Accept: 'application/json' };
+    if (this.token !== undefined) headers['X-Consul-Token'] = this.token;
+    if (spec.body !== undefined) {
+      headers['Content-Type'] = spec.contentType ?? 'application/octet-stream';
+      headers['Content-Length'] = spec.body.length;
+    }
+    const timeoutMs = spec.timeoutMs ?? this.requestTimeoutMs;
+    const where = this.base.origin;
+
+    return new Promise<ConsulResponse>((resolve, reject) => {
+      let settled = false;
+      const finish = (error: Error | undefined, response?: ConsulResponse): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        if (error) reject(error);
+        else resolve(response!);
+      };
+      const request = this.transport.request(
+        {
+          protocol: this.base.protocol,
+          hostname: this.base.hostname.replace(/^\[|\]$/g, ''),
+          port: this.base.port || (this.base.protocol === 'https:' ? 443 : 80),
+          method: spec.method,
+          path,
+          headers,
+          agent: this.agent,
+          signal: spec.signal,
+        },
+        (response) => {
+          const chunks: Buffer[] = [];
+          response.on('data', (chunk: Buffer) => chunks.push(chunk));
+          response.on('error', (error) => finish(this.transportError(operation, key, error)));
+          response.on('aborted', () => finish(this.transportError(operation, key, new Error('the answer was cut off'))));
+          response.on('end', () => {
+            if (!response.complete) {
+              finish(this.transportError(operation, key, new Error('the answer was cut off')));
+              return;
+            }
+            finish(undefined, { status: response.statusCode ?? 0, headers: response.headers, body: Buffer.concat(chunks) });
+          });
+        },
+      );
+      const timer = setTimeout(() => {
+        request.destroy(new ConsulError(`Consul at ${where} did not answer within ${timeoutMs} ms`, operation, key, undefined, true));
+      }, timeoutMs);
+      request.on('error', (error) => {
+        if (error instanceof ConsulError) finish(error);
+        else if (spec.signal?.aborted) finish(new AbortedError(operation, key));
+        else finish(this.transportError(operation, key, error));
+      });
+      request.end(spec.body);
+    });
+  }
+
+  private transportError(operation: string, key: string, error: Error): ConsulError {
+    return new ConsulError(`cannot reach Consul at ${this.base.origin}: ${error.message}`, operation, key, undefined, true, { cause: error });
+  }
+
+  private statusError(operation: string, key: string, response: ConsulResponse): ConsulError {
+    const text = response.body.toString('utf8').trim();
+    const detail = text === '' ? (http.STATUS_CODES[response.status] ?? 'no message') : text.slice(0, 500);
+    const retryable = response.status >= 500 || response.status === 429;
+    return new ConsulError(`Consul at ${this.base.origin} answered ${response.status}: ${detail}`, operation, key, response.status, retryable);
+  }
+
+  private booleanAnswer(operation: string, key: string, response: ConsulResponse): boolean {
+    if (response.status !== 200) throw this.statusError(operation, key, response);
+    const text = response.body.toString('utf8').trim();
+    if (text === 'true') return true;
+    if (text === 'false') return false;
+    throw new ConsulError(`Consul at ${this.base.origin} answered '${text.slice(0, 100)}' where true or false was expected`, operation, key, 200, false);
+  }
+}
+
+/**
+ * One subscription's blocking-query loop over a prefix. It holds the consumer's view (`known`) to diff each
+ * answer against, and the index to block on. After an error it backs off and then reads without blocking,
+ * so a Consul that lost its state (index lower than ours) is noticed at once rather than after a full wait.
+ */
+class PrefixWatch {
+  private stopped = false;
+  private controller: AbortController | undefined;
+  private sleeping: { timer: NodeJS.Timeout; resolve: () => void } | undefined;
+  private known: Map<string, KvEntry> | undefined;
+  private index = 0;
+  private resync = true;
+  private failures = 0;
+  private tokens = WATCH_BURST;
+  private refilledAt = Date.now();
+
+  constructor(
+    private readonly store: ConsulStore,
+    private readonly prefix: string,
+    resumeFrom: PrefixMemo | undefined,
+    private readonly subscriber: Subscriber<WatchStep>,
+    private readonly log: Logger,
+  ) {
+    if (resumeFrom) {
+      this.known = new Map(resumeFrom.entries.map((entry) => [entry.key, entry]));
+      this.index = resumeFrom.index;
+    }
+  }
+
+  start(): void {
+    this.run().catch((error: unknown) => {
+      if (this.stopped) return;
+      this.stopped = true;
+      this.subscriber.error(new StoreError(`the watch failed: ${errorMessage(error)}`, 'watch', this.prefix, { cause: error }));
+    });
+  }
+
+  /** Unsubscribed: stop, aborting the request in flight. */
+  stop(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.controller?.abort();
+    if (this.sleeping) {
+      clearTimeout(this.sleeping.timer);
+      this.sleeping.resolve();
+    }
+  }
+
+  /** The store closed: stop and complete. */
+  finish(): void {
+    this.stop();
+    this.subscriber.complete();
+  }
+
+  private async run(): Promise<void> {
+    while (!this.stopped) {
+      const blocking = !this.resync && this.known !== undefined;
+      this.controller = new AbortController();
+      try {
+        const listing = await this.store.fetchListing('watch', this.prefix, blocking ? { index: this.index } : undefined, this.controller.signal);
+        if (this.stopped) return;
+        this.failures = 0;
+        this.resync = false;
+        if (this.absorb(listing)) await this.throttle();
+      } catch (error) {
+        if (this.stopped) return;
+        if (error instanceof ConsulError && !error.retryable) {
+          this.log.error({ prefix: this.prefix, err: error.message, status: error.status }, 'watch failed: Consul refused the request');
+          this.stopped = true;
+          this.subscriber.error(error);
+          return;
+        }
+        const wait = Math.min(WATCH_BACKOFF_BASE_MS * 2 ** this.failures, WATCH_BACKOFF_MAX_MS) * (0.5 + Math.random() / 2);
+        this.failures += 1;
+        this.resync = true;
+        this.log.warn({ prefix: this.prefix, err: errorMessage(error), retryInMs: Math.round(wait), failures: this.failures }, 'watch request failed; retrying');
+        await this.sleep(wait);
+      }
+    }
+  }
+
+  /** Applies one answer; returns whether it delivered a step. */
+  private absorb(listing: PrefixMemo): boolean {
+    const index = Math.max(listing.index, 1);
+    if (this.known === undefined || index < this.index) {
+      if (this.known !== undefined) {
+        this.log.info({ prefix: this.prefix, was: this.index, now: index }, 'Consul index went backwards (state restored or lost); resetting the watch');
+      }
+      this.known = new Map(listing.entries.map((entry) => [entry.key, entry]));
+      this.index = index;
+      this.store.remember(this.prefix, listing);
+      this.subscriber.next({ kind: 'reset', index, entries: [...listing.entries] });
+      return true;
+    }
+    const changes = diff(this.known, listing.entries, index);
+    this.index = index;
+    if (changes.length === 0) return false;
+    for (const change of changes) {
+      if (change.type === 'put') this.known.set(change.entry.key, change.entry);
+      else this.known.delete(change.key);
+    }
+    this.store.remember(this.prefix, listing);
+    this.subscriber.next({ kind: 'changes', index, changes });
+    return true;
+  }
+
+  /** Token bucket over answers that delivered changes. */
+  private async throttle(): Promise<void> {
+    const now = Date.now();
+    const refill = Math.floor((now - this.refilledAt) / WATCH_REFILL_MS);
+    if (refill > 0) {
+      this.tokens = Math.min(WATCH_BURST, this.tokens + refill);
+      this.refilledAt = this.tokens === WATCH_BURST ? now : this.refilledAt + refill * WATCH_REFILL_MS;
+    }
+    if (this.tokens > 0) {
+      this.tokens -= 1;
+      return;
+    }
+    await this.sleep(this.refilledAt + WATCH_REFILL_MS - now);
+    this.refilledAt += WATCH_REFILL_MS;
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      if (this.stopped) return resolve();
+      const timer = setTimeout(() => {
+        this.sleeping = undefined;
+        resolve();
+      }, Math.max(0, ms));
+      this.sleeping = { timer, resolve };
+    });
+  }
+}
+
+/** Thrown when a request was aborted because its watch stopped; never reaches a consumer. */
+class AbortedError extends StoreError {
+  constructor(operation: string, key: string) {
+    super('the request was aborted', operation, key);
+  }
+}
+
+/** Failed checks of the verbs we send (`cas`, `delete-cas`), as Consul words them. */
+const CAS_FAILURE = /^failed to (set|delete) key ".*", index is stale$/s;
+
+/**
+ * The changes that turn `known` into `entries`: puts for new or modified keys (by indexes and value, so a
+ * Consul that was rebuilt with colliding indexes is still diffed correctly), then deletes for vanished keys.
+ * Consul does not say when a key was deleted, so a delete carries the listing's index.
+ */
+function diff(known: ReadonlyMap<string, KvEntry>, entries: readonly KvEntry[], index: number): KvChange[] {
+  const puts: KvChange[] = [];
+  const present = new Set<string>();
+  for (const entry of entries) {
+    present.add(entry.key);
+    const previous = known.get(entry.key);
+    if (
+      previous === undefined ||
+      previous.modifyIndex !== entry.modifyIndex ||
+      previous.createIndex !== entry.createIndex ||
+      previous.value !== entry.value
+    ) {
+      puts.push({ type: 'put', entry });
+    }
+  }
+  puts.sort((a, b) => (a.type === 'put' && b.type === 'put' ? a.entry.modifyIndex - b.entry.modifyIndex : 0));
+  const deletes: KvChange[] = [];
+  for (const key of known.keys()) if (!present.has(key)) deletes.push({ type: 'delete', key, modifyIndex: index });
+  return [...puts, ...deletes];
+}
+
+interface RawEntry {
+  readonly Key?: unknown;
+  readonly Value?: unknown;
+  readonly CreateIndex?: unknown;
+  readonly ModifyIndex?: unknown;
+}
+
+function parseEntries(operation: string, key: string, body: Buffer): KvEntry[] {
+  const malformed = (why: string): ConsulError =>
+    new ConsulError(`Consul answered a KV read that cannot be understood (${why})`, operation, key, 200, true);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(body.toString('utf8'));
+  } catch (error) {
+    throw malformed(errorMessage(error));
+  }
+  if (!Array.isArray(raw)) throw malformed('not an array');
+  return raw.map((item: RawEntry): KvEntry => {
+    if (
+      typeof item?.Key !== 'string' ||
+      !Number.isSafeInteger(item.CreateIndex) ||
+      !Number.isSafeInteger(item.ModifyIndex) ||
+      (item.Value !== null && item.Value !== undefined && typeof item.Value !== 'string')
+    ) {
+      throw malformed('an entry lacks Key, CreateIndex or ModifyIndex');
+    }
+    // Consul answers "Value": null for an empty value.
+    const value = typeof item.Value === 'string' ? Buffer.from(item.Value, 'base64').toString('utf8') : '';
+    return Object.freeze({ key: item.Key, value, createIndex: item.CreateIndex as number, modifyIndex: item.ModifyIndex as number });
+  });
+}
+
+function parseTxnErrors(body: Buffer): { OpIndex: number; What: string }[] | undefined {
+  try {
+    const raw = JSON.parse(body.toString('utf8')) as { Errors?: unknown };
+    if (!Array.isArray(raw.Errors)) return undefined;
+    return raw.Errors.map((error: { OpIndex?: unknown; What?: unknown }) => ({
+      OpIndex: typeof error?.OpIndex === 'number' ? error.OpIndex : -1,
+      What: typeof error?.What === 'string' ? error.What : JSON.stringify(error),
+    }));
+  } catch {
+    return undefined;
+  }
+}
+
+function headerIndex(headers: http.IncomingHttpHeaders): number {
+  const value = headers['x-consul-index'];
+  const text = Array.isArray(value) ? value[0] : value;
+  const index = Number(text);
+  return text !== undefined && Number.isSafeInteger(index) && index >= 0 ? index : 0;
+}
+
+/** The KV path of a key, each character that is not unreserved percent-encoded except the separators. */
+function kvPath(key: string): string {
+  return `/kv/${encodeURIComponent(key).replace(/%2F/g, '/')}`;
+}
+
+/**
+ * Consul's HTTP server cannot address some keys the store rules allow: its router cleans paths (so an
+ * empty, '.' or '..' segment is redirected elsewhere) and refuses non-printable characters. Such keys are
+ * refused here with a clear message rather than being answered with a redirect or a bare 400.
+ */
+function checkAddressable(operation: string, key: string): void {
+  const segments = key.split('/');
+  for (let i = 0; i < segments.length; i++) {
+    const segment = segments[i];
+    const trailing = i === segments.length - 1;
+    if ((segment === '' && !trailing) || segment === '.' || segment === '..') {
+      throw new StoreError("Consul's HTTP API cannot address keys with empty, '.' or '..' path segments", operation, key);
+    }
+  }
+  if (!/^[\p{L}\p{M}\p{N}\p{P}\p{S} ]*$/u.test(key)) {
+    throw new StoreError("Consul's HTTP API refuses keys with non-printable characters", operation, key);
+  }
+}
+
+function readTls(tls: ConsulTlsOptions | undefined, address: string): https.AgentOptions {
+  if (!tls) return {};
+  const read = (file: string | undefined, what: string): Buffer | undefined => {
+    if (file === undefined) return undefined;
+    try {
+      return fs.readFileSync(file);
+    } catch (error) {
+      throw new StoreError(`cannot read the TLS ${what} file ${file}: ${errorMessage(error)}`, 'open', address, { cause: error });
+    }
+  };
+  if ((tls.certFile === undefined) !== (tls.keyFile === undefined)) {
+    throw new StoreError('TLS certFile and keyFile go together: give both or neither', 'open', address);
+  }
+  return {
+    ca: read(tls.caFile, 'CA'),
+    cert: read(tls.certFile, 'certificate'),
+    key: read(tls.keyFile, 'key'),
+    servername: tls.serverName,
+  };
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function errorMessage(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

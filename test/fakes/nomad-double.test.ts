@@ -1,0 +1,498 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { loadTemplates } from '../../controller/api/templates.js';
+import type { SessionTemplate } from '../../controller/api/types.js';
+import { renderNomadJob, type NomadJobOptions } from '../../controller/scheduler/nomad-job.js';
+import { silentLogger } from '../../controller/util/log.js';
+import { contractRequest } from '../contract/scheduler-contract.js';
+import { httpRequest, type HttpAnswer } from '../support/http.js';
+import { alive } from '../support/processes.js';
+import { waitFor } from '../support/wait.js';
+import { NomadDouble, type NodeSpec } from './nomad.js';
+
+/**
+ * Conformance of the Nomad double, through its HTTP API only (as the scheduler and real clients see it),
+ * plus the test hooks (addNode, killTask, faults, outage, restart, reset, stop).
+ */
+
+// Compiled to dist/test/fakes/: three levels up is the repository root.
+const repoRoot = path.resolve(__dirname, '../../..');
+const templates = loadTemplates(path.join(repoRoot, 'manifests/templates'));
+const jobOptions: NomadJobOptions = {
+  datacenters: ['dc1'],
+  restart: { attempts: 2, intervalMs: 60_000, delayMs: 50 },
+  healthyDeadlineMs: 20_000,
+  checkIntervalMs: 50,
+  checkTimeoutMs: 1_000,
+};
+
+interface Answer extends HttpAnswer {
+  json: unknown;
+}
+type Obj = Record<string, unknown>;
+
+const doubles: NomadDouble[] = [];
+
+async function start(options: { nodes?: NodeSpec[]; aclToken?: string } = {}): Promise<NomadDouble> {
+  const double = await NomadDouble.start({ port: 0, workDir: repoRoot, log: silentLogger(), dockerStartMs: 20, ...options });
+  doubles.push(double);
+  return double;
+}
+
+async function call(double: NomadDouble, method: string, pathAndQuery: string, body?: unknown, headers: Record<string, string> = {}): Promise<Answer> {
+  const answer = await httpRequest(`${double.address}${pathAndQuery}`, {
+    method,
+    headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  let json: unknown;
+  try {
+    json = JSON.parse(answer.body);
+  } catch {
+    json = undefined;
+  }
+  return { ...answer, json };
+}
+
+async function get<T = Obj>(double: NomadDouble, pathAndQuery: string): Promise<T> {
+  const answer = await call(double, 'GET', pathAndQuery);
+  assert.equal(answer.status, 200, `GET ${pathAndQuery}: ${answer.body}`);
+  return answer.json as T;
+}
+
+async function register(double: NomadDouble, job: Obj, options: Obj = {}): Promise<Obj> {
+  const answer = await call(double, 'PUT', '/v1/jobs', { Job: job, ...options });
+  assert.equal(answer.status, 200, `register ${String(job.ID)}: ${answer.body}`);
+  return answer.json as Obj;
+}
+
+/** A raw_exec job (sleep, unless another command is given) with one group "g" and one task "t". */
+function sleepJob(id: string, extra: { memoryMB?: number; command?: string; args?: string[]; group?: Obj; task?: Obj; job?: Obj } = {}): Obj {
+  return {
+    ID: id,
+    Name: id,
+    Type: 'service',
+    Datacenters: ['dc1'],
+    ...extra.job,
+    TaskGroups: [{
+      Name: 'g',
+      Count: 1,
+      RestartPolicy: { Attempts: 1, Interval: 60e9, Delay: 50e6, Mode: 'fail' },
+      ReschedulePolicy: { Attempts: 0, Unlimited: false },
+      ...extra.group,
+      Tasks: [{
+        Name: 't',
+        Driver: 'raw_exec',
+        Config: { command: extra.command ?? 'sleep', args: extra.args ?? ['600'] },
+        Resources: { CPU: 100, MemoryMB: extra.memoryMB ?? 64 },
+        KillTimeout: 2e9,
+        ...extra.task,
+      }],
+    }],
+  };
+}
+
+async function allocsOf(double: NomadDouble, jobId: string): Promise<Obj[]> {
+  return get<Obj[]>(double, `/v1/job/${jobId}/allocations?resources=true`);
+}
+
+function untilAlloc(double: NomadDouble, jobId: string, what: string, predicate: (alloc: Obj) => boolean, timeoutMs = 10_000): Promise<Obj> {
+  return waitFor(`${jobId}: ${what}`, async () => (await allocsOf(double, jobId)).find(predicate), timeoutMs);
+}
+
+const running = (alloc: Obj): boolean => alloc.ClientStatus === 'running' && alloc.DesiredStatus === 'run';
+const healthy = (alloc: Obj): boolean => running(alloc) && (alloc.DeploymentStatus as Obj | null)?.Healthy === true;
+const taskState = (alloc: Obj, task: string): Obj => (alloc.TaskStates as Record<string, Obj>)[task] ?? {};
+const eventTypes = (alloc: Obj, task: string): string[] => ((taskState(alloc, task).Events as Obj[] | undefined) ?? []).map((event) => String(event.Type));
+const ports = (alloc: Obj): Obj[] => (((alloc.AllocatedResources as Obj).Shared as Obj).Ports as Obj[]) ?? [];
+
+/** Process ids of a process group (the task's leader and everything it started). */
+function groupMembers(pgid: number): number[] {
+  const members: number[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(fields[2]) === pgid) members.push(Number(entry));
+    } catch {
+      // The process ended while /proc was read.
+    }
+  }
+  return members;
+}
+
+describe('Nomad double', function () {
+  afterEach(async function () {
+    for (const double of doubles.splice(0)) await double.stop();
+  });
+
+  it('registers, reads, lists and deregisters with purge', async function () {
+    const double = await start();
+    const registered = await call(double, 'PUT', '/v1/jobs', { Job: sleepJob('web-1', { job: { Meta: { owner: 'me' } } }) });
+    assert.equal(registered.status, 200, registered.body);
+    const body = registered.json as Obj;
+    assert.equal(typeof body.EvalID, 'string');
+    assert.equal(body.EvalCreateIndex, body.JobModifyIndex);
+    assert.equal(body.Warnings, '');
+    assert.equal(registered.headers['x-nomad-index'], String(body.Index));
+
+    const job = await get(double, '/v1/job/web-1');
+    assert.equal(job.ID, 'web-1');
+    assert.equal(job.Version, 0);
+    assert.equal(job.Stop, false);
+    assert.equal(job.Namespace, 'default');
+    assert.deepEqual(job.Meta, { owner: 'me' });
+    const read = await call(double, 'GET', '/v1/job/web-1');
+    assert.equal(read.headers['x-nomad-knownleader'], 'true');
+    assert.equal(read.headers['x-nomad-lastcontact'], '0');
+    assert.ok(Number(read.headers['x-nomad-index']) >= Number(body.JobModifyIndex));
+
+    await register(double, sleepJob('other-1'));
+    const stubs = await get<Obj[]>(double, '/v1/jobs?prefix=web-');
+    assert.deepEqual(stubs.map((stub) => stub.ID), ['web-1']);
+    assert.equal('Meta' in (stubs[0] ?? {}), false, 'no Meta without meta=true');
+    const withMeta = await get<Obj[]>(double, '/v1/jobs?prefix=web-&meta=true');
+    assert.deepEqual(withMeta[0]?.Meta, { owner: 'me' });
+    for (const field of ['Name', 'Namespace', 'Type', 'Status', 'JobModifyIndex', 'ModifyIndex', 'CreateIndex']) assert.ok(field in (withMeta[0] ?? {}), field);
+
+    const alloc = await untilAlloc(double, 'web-1', 'running', running);
+    await untilAlloc(double, 'other-1', 'running', running);
+    assert.equal(alloc.Name, 'web-1.g[0]');
+    assert.equal(alloc.TaskGroup, 'g');
+    assert.equal((await get(double, '/v1/job/web-1')).Status, 'running');
+    const full = await get(double, `/v1/allocation/${String(alloc.ID)}`);
+    assert.equal((full.Job as Obj).ID, 'web-1');
+    assert.ok(full.AllocatedResources, 'a full allocation carries its resources');
+    const pids = double.pids();
+    assert.equal(pids.length, 2, 'one process per running job');
+
+    const missing = await call(double, 'GET', '/v1/job/nope');
+    assert.equal(missing.status, 404);
+    assert.equal(missing.body, 'job not found');
+
+    const purged = await call(double, 'DELETE', '/v1/job/web-1?purge=true');
+    assert.equal(purged.status, 200, purged.body);
+    assert.equal(typeof (purged.json as Obj).EvalID, 'string');
+    assert.equal((await call(double, 'GET', '/v1/job/web-1')).status, 404);
+    const stopped = await waitFor('the allocation complete', async () => {
+      const item = await get(double, `/v1/allocation/${String(alloc.ID)}`);
+      return item.ClientStatus === 'complete' ? item : undefined;
+    });
+    assert.equal(stopped.DesiredStatus, 'stop');
+    assert.deepEqual(eventTypes(stopped, 't').slice(-2), ['Killing', 'Killed']);
+    await waitFor('the task process gone', () => double.pids().length === 1);
+    assert.equal((await call(double, 'DELETE', '/v1/job/web-1?purge=true')).status, 404);
+  });
+
+  it('keeps version and allocation on an identical register; a change bumps Version and replaces the allocation', async function () {
+    const double = await start();
+    const first = await register(double, sleepJob('same'));
+    const alloc = await untilAlloc(double, 'same', 'running', running);
+    const again = await register(double, sleepJob('same'));
+    assert.equal(again.JobModifyIndex, first.JobModifyIndex);
+    assert.notEqual(again.EvalID, first.EvalID, 'an identical register still creates an evaluation');
+    await waitFor('the second evaluation complete', async () => (await get(double, `/v1/evaluation/${String(again.EvalID)}`)).Status === 'complete');
+    const job = await get(double, '/v1/job/same');
+    assert.equal(job.Version, 0);
+    assert.deepEqual((await allocsOf(double, 'same')).map((item) => item.ID), [alloc.ID]);
+
+    const changed = await register(double, sleepJob('same', { args: ['601'] }));
+    assert.ok(Number(changed.JobModifyIndex) > Number(first.JobModifyIndex));
+    assert.equal((await get(double, '/v1/job/same')).Version, 1);
+    const replacement = await untilAlloc(double, 'same', 'running version 1', (item) => running(item) && item.JobVersion === 1);
+    assert.notEqual(replacement.ID, alloc.ID);
+    const old = await untilAlloc(double, 'same', 'old one complete', (item) => item.ID === alloc.ID && item.ClientStatus === 'complete');
+    assert.equal(old.DesiredStatus, 'stop');
+    const evaluations = await get<Obj[]>(double, '/v1/job/same/evaluations');
+    assert.equal(evaluations.length, 3);
+  });
+
+  it('enforces the job modify index as Nomad does', async function () {
+    const double = await start();
+    const created = await register(double, sleepJob('enf'), { EnforceIndex: true, JobModifyIndex: 0 });
+    const exists = await call(double, 'PUT', '/v1/jobs', { Job: sleepJob('enf', { args: ['2'] }), EnforceIndex: true, JobModifyIndex: 0 });
+    assert.equal(exists.status, 400);
+    assert.match(exists.body, /^Enforcing job modify index 0: job already exists/);
+    const stale = await call(double, 'PUT', '/v1/jobs', { Job: sleepJob('enf', { args: ['2'] }), EnforceIndex: true, JobModifyIndex: Number(created.JobModifyIndex) + 100 });
+    assert.equal(stale.status, 400);
+    assert.match(stale.body, /job exists with conflicting job modify index/);
+    const absent = await call(double, 'PUT', '/v1/jobs', { Job: sleepJob('enf-new'), EnforceIndex: true, JobModifyIndex: 7 });
+    assert.match(absent.body, /Enforcing job modify index 7: job does not exist/);
+    const updated = await register(double, sleepJob('enf', { args: ['2'] }), { EnforceIndex: true, JobModifyIndex: created.JobModifyIndex });
+    assert.ok(Number(updated.JobModifyIndex) > Number(created.JobModifyIndex));
+  });
+
+  it("refuses malformed jobs with Nomad's messages and accepts every field the scheduler renders", async function () {
+    const double = await start();
+    const refused = async (job: unknown, pattern: RegExp): Promise<void> => {
+      const answer = await call(double, 'PUT', '/v1/jobs', { Job: job });
+      assert.equal(answer.status, 400, `expected 400 for ${JSON.stringify(job)}`);
+      assert.match(answer.body, pattern);
+    };
+    await refused({ ...sleepJob('x'), Datacenter: ['dc1'] }, /unknown field "Datacenter"/);
+    await refused(sleepJob('x', { group: { RestartPolicyy: {} } }), /unknown field "RestartPolicyy" \(at Job\.TaskGroups\[0\]\)/);
+    await refused(sleepJob('x', { task: { Resources: { CPU: 100, MemoryMb: 64 } } }), /unknown field "MemoryMb"/);
+    await refused({ ...sleepJob('x'), ID: '' }, /Missing job ID/);
+    await refused({ ...sleepJob('x'), TaskGroups: [] }, /Missing job task groups/);
+    await refused(sleepJob('x', { group: { Tasks: [] } }), /Missing tasks for task group/);
+    await refused(sleepJob('x', { task: { Driver: '' } }), /Missing task driver/);
+    await refused(sleepJob('x', { task: { Resources: { CPU: -5, MemoryMB: 64 } } }), /minimum CPU value is 1; got -5/);
+    await refused(sleepJob('x', { memoryMB: -1 }), /minimum MemoryMB value is 10; got -1/);
+    await refused(sleepJob('x', { task: { KillTimeout: 'soon' } }), /cannot unmarshal string/);
+    assert.equal((await call(double, 'PUT', '/v1/jobs', '{not json')).status, 400);
+    assert.equal((await call(double, 'GET', '/v1/jobs')).json instanceof Array, true);
+
+    for (const name of ['demo', 'sdl']) {
+      const template = templates.get(name) as SessionTemplate;
+      const body = renderNomadJob(contractRequest(template, `render${name}`), { ...jobOptions, nodePool: 'default', priority: 60, constraints: [{ LTarget: '${node.datacenter}', RTarget: 'dc1', Operand: '=' }] });
+      const answer = await call(double, 'PUT', '/v1/jobs', { ...body, EnforceIndex: true, JobModifyIndex: 0 });
+      assert.equal(answer.status, 200, `${name}: ${answer.body}`);
+    }
+  });
+
+  it('places by resources over two nodes and reports a group that fits nowhere, placing it when capacity appears', async function () {
+    const double = await start({ nodes: [{ name: 'small', cpu: 4_000, memoryMB: 256 }, { name: 'big', cpu: 4_000, memoryMB: 1_024 }] });
+    await register(double, sleepJob('fits-big', { memoryMB: 512 }));
+    const placed = await untilAlloc(double, 'fits-big', 'running', running);
+    assert.equal(placed.NodeName, 'big');
+    const node = await get(double, `/v1/node/${String(placed.NodeID)}`);
+    assert.deepEqual((node.NodeResources as Obj).Memory, { MemoryMB: 1_024 });
+    assert.equal(((node.NodeResources as Obj).Cpu as Obj).CpuShares, 4_000);
+    const nodes = await get<Obj[]>(double, '/v1/nodes');
+    assert.deepEqual(nodes.map((item) => item.Name).sort(), ['big', 'small']);
+    assert.ok(nodes.every((item) => item.Status === 'ready' && item.Datacenter === 'dc1' && item.NodePool === 'default'));
+
+    const tooBig = await register(double, sleepJob('too-big', { memoryMB: 600 }));
+    const evaluation = await waitFor('the evaluation complete', async () => {
+      const item = await get(double, `/v1/evaluation/${String(tooBig.EvalID)}`);
+      return item.Status === 'complete' ? item : undefined;
+    });
+    const metric = (evaluation.FailedTGAllocs as Record<string, Obj>).g ?? {};
+    assert.equal(metric.NodesEvaluated, 2);
+    assert.equal(metric.NodesExhausted, 2);
+    assert.deepEqual(metric.DimensionExhausted, { memory: 2 });
+    const blocked = await get(double, `/v1/evaluation/${String(evaluation.BlockedEval)}`);
+    assert.equal(blocked.Status, 'blocked');
+    assert.equal((await get(double, '/v1/job/too-big')).Status, 'pending');
+    assert.deepEqual(await allocsOf(double, 'too-big'), []);
+
+    double.addNode({ name: 'bigger', cpu: 4_000, memoryMB: 2_048 });
+    const late = await untilAlloc(double, 'too-big', 'placed on the new node', running);
+    assert.equal(late.NodeName, 'bigger');
+    assert.equal(late.EvalID, evaluation.BlockedEval);
+    assert.equal((await get(double, `/v1/evaluation/${String(evaluation.BlockedEval)}`)).Status, 'complete');
+
+    // Constraints filter nodes by name; ConstraintFiltered says which one.
+    const constrained = await register(double, sleepJob('pinned', { job: { Constraints: [{ LTarget: '${node.unique.name}', RTarget: 'nowhere', Operand: '=' }] } }));
+    const filtered = await waitFor('the constrained evaluation', async () => {
+      const item = await get(double, `/v1/evaluation/${String(constrained.EvalID)}`);
+      return item.Status === 'complete' ? item : undefined;
+    });
+    assert.deepEqual(((filtered.FailedTGAllocs as Record<string, Obj>).g ?? {}).ConstraintFiltered, { '${node.unique.name} = nowhere': 3 });
+  });
+
+  it('places a blocked job once another job is purged', async function () {
+    const double = await start({ nodes: [{ name: 'only', cpu: 1_000, memoryMB: 512 }] });
+    await register(double, sleepJob('first', { memoryMB: 400 }));
+    await untilAlloc(double, 'first', 'running', running);
+    const second = await register(double, sleepJob('second', { memoryMB: 400 }));
+    await waitFor('a blocked evaluation', async () => (await get(double, `/v1/evaluation/${String(second.EvalID)}`)).BlockedEval !== '');
+    assert.equal((await call(double, 'DELETE', '/v1/job/first?purge=true')).status, 200);
+    await untilAlloc(double, 'second', 'running after the purge', running);
+  });
+
+  it('runs raw_exec for real: the task serves on its port with the Nomad environment, and its check makes it healthy', async function () {
+    const double = await start();
+    const server = "require('http').createServer((q,s)=>s.end(JSON.stringify({env:process.env,cwd:process.cwd()}))).listen(Number(process.env.NOMAD_PORT_http),process.env.NOMAD_IP_http)";
+    const job = sleepJob('web', {
+      command: process.execPath,
+      args: ['-e', server],
+      job: { Update: { HealthCheck: 'checks', MinHealthyTime: 0, HealthyDeadline: 20e9 } },
+      group: {
+        Networks: [{ Mode: 'host', DynamicPorts: [{ Label: 'http' }] }],
+        Services: [{ Name: 'web-http', PortLabel: 'http', Provider: 'nomad', Checks: [{ Name: 'alive', Type: 'http', Path: '/', Interval: 50e6, Timeout: 1e9 }] }],
+      },
+      task: { Env: { GREETING: 'hello ${NOMAD_JOB_NAME}' } },
+    });
+    await register(double, job);
+    const alloc = await untilAlloc(double, 'web', 'healthy', healthy);
+    const [port] = ports(alloc);
+    assert.equal(port?.Label, 'http');
+    assert.equal(port?.HostIP, '127.0.0.1');
+    const answer = await httpRequest(`http://${String(port?.HostIP)}:${String(port?.Value)}/`);
+    const seen = JSON.parse(answer.body) as { env: Record<string, string>; cwd: string };
+    assert.equal(seen.cwd, repoRoot);
+    const expected: Record<string, string> = {
+      NOMAD_PORT_http: String(port?.Value),
+      NOMAD_HOST_PORT_http: String(port?.Value),
+      NOMAD_IP_http: '127.0.0.1',
+      NOMAD_ADDR_http: `127.0.0.1:${String(port?.Value)}`,
+      NOMAD_HOST_ADDR_http: `127.0.0.1:${String(port?.Value)}`,
+      NOMAD_ALLOC_ID: String(alloc.ID),
+      NOMAD_ALLOC_NAME: 'web.g[0]',
+      NOMAD_JOB_ID: 'web',
+      NOMAD_JOB_NAME: 'web',
+      NOMAD_TASK_NAME: 't',
+      NOMAD_GROUP_NAME: 'g',
+      NOMAD_NAMESPACE: 'default',
+      NOMAD_REGION: 'global',
+      NOMAD_DC: 'dc1',
+      GREETING: 'hello web',
+    };
+    for (const [name, value] of Object.entries(expected)) assert.equal(seen.env[name], value, name);
+    assert.deepEqual(eventTypes(alloc, 't'), ['Received', 'Task Setup', 'Started']);
+    assert.equal(taskState(alloc, 't').State, 'running');
+  });
+
+  it('restarts a killed task in place within the restart policy, and fails the allocation beyond it', async function () {
+    const double = await start();
+    await register(double, sleepJob('crashy', { job: { Update: { HealthCheck: 'task_states', MinHealthyTime: 0, HealthyDeadline: 20e9 } } }));
+    const alloc = await untilAlloc(double, 'crashy', 'healthy', healthy);
+    const allocId = String(alloc.ID);
+    const [firstPid] = double.pids();
+    double.killTask(allocId, 't');
+    const restarted = await untilAlloc(double, 'crashy', 'running again', (item) => running(item) && taskState(item, 't').Restarts === 1 && taskState(item, 't').State === 'running');
+    assert.equal(restarted.ID, allocId, 'restarted in place');
+    assert.deepEqual(eventTypes(restarted, 't').slice(-3), ['Terminated', 'Restarting', 'Started']);
+    const terminated = ((taskState(restarted, 't').Events as Obj[]) ?? []).find((event) => event.Type === 'Terminated') ?? {};
+    assert.equal(terminated.Signal, 9);
+    assert.equal(terminated.ExitCode, 137);
+    assert.equal(alive(firstPid ?? 0), false);
+
+    double.killTask(allocId, 't', 'SIGTERM');
+    const failed = await untilAlloc(double, 'crashy', 'failed', (item) => item.ClientStatus === 'failed');
+    assert.equal(taskState(failed, 't').Failed, true);
+    assert.equal(taskState(failed, 't').State, 'dead');
+    assert.equal(eventTypes(failed, 't').at(-1), 'Not Restarting');
+    assert.equal(failed.DesiredStatus, 'run');
+    assert.equal((failed.DeploymentStatus as Obj).Healthy, true, 'deployment health, once set, stays');
+    // Another job placed and running is the barrier: with ReschedulePolicy Attempts 0 nothing replaced the allocation.
+    await register(double, sleepJob('barrier'));
+    await untilAlloc(double, 'barrier', 'running', running);
+    assert.equal((await allocsOf(double, 'crashy')).length, 1);
+    assert.equal((await get(double, '/v1/job/crashy')).Status, 'dead');
+  });
+
+  it('simulates docker with bridge ports, and fails tasks with a bad config or an unknown driver', async function () {
+    const double = await start();
+    const template = templates.get('sdl') as SessionTemplate;
+    const body = renderNomadJob(contractRequest(template, 'dockerized'), jobOptions);
+    await register(double, body.Job as unknown as Obj);
+    const alloc = await untilAlloc(double, body.Job.ID, 'healthy', healthy);
+    const mapped = ports(alloc);
+    assert.equal(mapped.length, 9);
+    for (const port of mapped) {
+      assert.ok(Number(port.Value) >= 20_000 && Number(port.Value) <= 32_000, `port ${String(port.Label)} in the dynamic range`);
+      assert.equal(port.HostIP, '127.0.0.1');
+    }
+    assert.equal(mapped.find((port) => port.Label === 'broker')?.To, 9000);
+    assert.equal(double.pids().length, 0, 'docker tasks start no process');
+
+    await register(double, sleepJob('bad-image', { task: { Driver: 'docker', Config: { image: '' } } }));
+    const bad = await untilAlloc(double, 'bad-image', 'failed', (item) => item.ClientStatus === 'failed');
+    assert.equal(eventTypes(bad, 't').at(-1), 'Driver Failure');
+    await register(double, sleepJob('bad-ports', { task: { Driver: 'docker', Config: { image: 'x:1', ports: ['nope'] } } }));
+    await untilAlloc(double, 'bad-ports', 'failed', (item) => item.ClientStatus === 'failed');
+    await register(double, sleepJob('exotic', { task: { Driver: 'qemu', Config: {} } }));
+    const exotic = await untilAlloc(double, 'exotic', 'failed', (item) => item.ClientStatus === 'failed');
+    const last = ((taskState(exotic, 't').Events as Obj[]) ?? []).at(-1) ?? {};
+    assert.equal(last.Type, 'Driver Failure');
+    assert.equal(last.DisplayMessage, 'missing drivers');
+  });
+
+  it('holds blocking queries until the table changes, or for the wait', async function () {
+    const double = await start();
+    const first = await call(double, 'GET', '/v1/jobs');
+    const index = Number(first.headers['x-nomad-index']);
+    assert.ok(index >= 1);
+    const began = Date.now();
+    const held = call(double, 'GET', `/v1/jobs?index=${index}&wait=10s`);
+    const allocsHeld = call(double, 'GET', `/v1/allocations?index=${index}&wait=10s&resources=true`);
+    await register(double, sleepJob('wake'));
+    const woke = await held;
+    assert.ok(Number(woke.headers['x-nomad-index']) > index);
+    assert.deepEqual((woke.json as Obj[]).map((stub) => stub.ID), ['wake']);
+    const allocs = await allocsHeld;
+    assert.equal((allocs.json as Obj[])[0]?.JobID, 'wake');
+    assert.ok(Date.now() - began < 5_000, 'answered on the change, not the wait');
+
+    const now = Number((await call(double, 'GET', '/v1/nodes')).headers['x-nomad-index']);
+    const waitStart = Date.now();
+    const idle = await call(double, 'GET', `/v1/nodes?index=${now}&wait=300ms`);
+    const elapsed = Date.now() - waitStart;
+    assert.equal(Number(idle.headers['x-nomad-index']), now);
+    assert.ok(elapsed >= 290 && elapsed < 300 + 300 / 16 + 500, `held for the wait (${elapsed} ms)`);
+    assert.equal((await call(double, 'GET', '/v1/jobs?index=1&wait=forever')).status, 400);
+  });
+
+  it('injects errors and latency, survives outages and restarts, and loses everything on reset', async function () {
+    const double = await start();
+    double.faults.errorRate = 1;
+    const failed = await call(double, 'GET', '/v1/jobs');
+    assert.equal(failed.status, 500);
+    double.faults.errorRate = 0;
+    double.faults.latencyMs = 150;
+    const slowStart = Date.now();
+    assert.equal((await call(double, 'GET', '/v1/status/leader')).json, '127.0.0.1:4647');
+    assert.ok(Date.now() - slowStart >= 140);
+    double.faults.latencyMs = 0;
+
+    await register(double, sleepJob('keep'));
+    const alloc = await untilAlloc(double, 'keep', 'running', running);
+    const [pid] = double.pids();
+    const port = double.port;
+    await double.outage(true);
+    await assert.rejects(call(double, 'GET', '/v1/jobs'), /ECONNREFUSED/);
+    await double.outage(false);
+    assert.equal(double.port, port);
+    assert.equal((await get(double, '/v1/job/keep')).ID, 'keep');
+
+    const before = Number((await call(double, 'GET', '/v1/allocations')).headers['x-nomad-index']);
+    const held = call(double, 'GET', `/v1/allocations?index=${before}&wait=30s`);
+    await double.restart();
+    await assert.rejects(held, /socket hang up|ECONNRESET/);
+    assert.equal(double.port, port);
+    assert.equal((await get(double, `/v1/allocation/${String(alloc.ID)}`)).ClientStatus, 'running');
+    assert.ok(alive(pid ?? 0), 'tasks survive an agent restart');
+
+    const blocked = call(double, 'GET', `/v1/allocations?index=${before}&wait=30s`);
+    await double.reset();
+    const answer = await blocked;
+    assert.ok(Number(answer.headers['x-nomad-index']) < before, 'the index went backwards');
+    assert.deepEqual(answer.json, []);
+    assert.equal((await call(double, 'GET', '/v1/job/keep')).status, 404);
+    assert.equal(alive(pid ?? 0), false, 'the lost allocation was killed');
+    assert.equal((await get<Obj[]>(double, '/v1/nodes')).length, 1, 'the nodes registered again');
+    await register(double, sleepJob('after'));
+    await untilAlloc(double, 'after', 'running', running);
+  });
+
+  it('requires the ACL token when one is configured', async function () {
+    const double = await start({ aclToken: 'secret-token' });
+    const denied = await call(double, 'GET', '/v1/jobs');
+    assert.equal(denied.status, 403);
+    assert.equal(denied.body, 'Permission denied');
+    assert.equal((await call(double, 'GET', '/v1/jobs', undefined, { 'X-Nomad-Token': 'wrong' })).status, 403);
+    assert.equal((await call(double, 'GET', '/v1/jobs', undefined, { 'X-Nomad-Token': 'secret-token' })).status, 200);
+    assert.equal((await call(double, 'GET', '/v1/status/leader')).status, 200);
+  });
+
+  it('stop() leaves no process behind, not even what a task started', async function () {
+    const double = await start();
+    await register(double, sleepJob('tree', { command: 'sh', args: ['-c', 'sleep 600 & sleep 600 & wait'], task: { KillTimeout: 30e9 } }));
+    await register(double, sleepJob('plain'));
+    await untilAlloc(double, 'tree', 'running', running);
+    await untilAlloc(double, 'plain', 'running', running);
+    const leaders = double.pids();
+    assert.equal(leaders.length, 2);
+    const everything = await waitFor('the shell children', () => {
+      const all = leaders.flatMap(groupMembers);
+      return all.length >= 4 ? all : undefined;
+    });
+    await double.stop();
+    for (const pid of everything) assert.equal(alive(pid), false, `process ${pid} is gone`);
+    assert.deepEqual(leaders.flatMap(groupMembers).filter(alive), []);
+  });
+});

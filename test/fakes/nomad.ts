@@ -1,0 +1,193 @@
+import http from 'node:http';
+import type net from 'node:net';
+import { silentLogger, type Logger } from '../../controller/util/log.js';
+import { NomadClient } from './nomad/client.js';
+import { NomadApi, type Faults } from './nomad/http.js';
+import { NomadState } from './nomad/state.js';
+import type { NodeSpec } from './nomad/types.js';
+
+export type { Faults as NomadFaults } from './nomad/http.js';
+export type { NodeSpec } from './nomad/types.js';
+
+/**
+ * A test double that speaks the subset of Nomad's HTTP API Manticore uses (jobs, allocations,
+ * evaluations, nodes, blocking queries), with a real scheduler loop (evaluations → placement by
+ * resources and constraints → allocations, blocked evaluations) and a real client for raw_exec tasks
+ * (processes in their own process groups, restart policy, service checks, deployment health). docker
+ * is simulated. It is test infrastructure, never a production backend.
+ *
+ * Deliberate differences from Nomad, for strictness or determinism:
+ * - unknown JSON field names in a job are refused (400); Nomad ignores them;
+ * - a failed EnforceIndex check answers 400 (recent Nomad answers 500 with the same message);
+ * - a task whose driver is neither raw_exec nor docker is placed and then fails ("missing drivers");
+ *   Nomad filters such nodes at placement instead;
+ * - check minimums (≥ 1 s) and the restart interval minimum (≥ 5 s) are not enforced;
+ * - no task directories (NOMAD_ALLOC_DIR, NOMAD_TASK_DIR), no logs API, no deployments API;
+ * - only the "default" namespace and the "global" region exist.
+ */
+
+export interface NomadDoubleOptions {
+  /** Address written into `address` (default 127.0.0.1). */
+  host?: string;
+  /** 0 (the default) lets the OS pick a free port. */
+  port?: number;
+  /** Default: one node "node-1" with 4000 MHz, 8192 MB in dc1, pool default. */
+  nodes?: NodeSpec[];
+  /** Working directory of raw_exec tasks (default: the current directory). */
+  workDir?: string;
+  log?: Logger;
+  /** When set, every API call but /v1/status/* needs this X-Nomad-Token. */
+  aclToken?: string;
+  /** Interface the API listens on and the host IP of allocations (default 127.0.0.1). */
+  bindHost?: string;
+  /** How long a simulated docker task takes to start (default 50 ms). */
+  dockerStartMs?: number;
+}
+
+const DEFAULT_NODE: NodeSpec = { name: 'node-1', cpu: 4_000, memoryMB: 8_192, datacenter: 'dc1', nodePool: 'default' };
+
+export class NomadDouble {
+  /** Fault injection, applied to every request while set. */
+  readonly faults: Faults = { latencyMs: 0, errorRate: 0 };
+  private state: NomadState;
+  private client: NomadClient;
+  private readonly api: NomadApi;
+  private server: http.Server | undefined;
+  private readonly sockets = new Set<net.Socket>();
+  private boundPort = 0;
+  private readonly log: Logger;
+  private readonly nodeSpecs: NodeSpec[];
+  private readonly bindHost: string;
+  private readonly host: string;
+  private stopped = false;
+
+  private constructor(private readonly options: NomadDoubleOptions) {
+    this.log = options.log ?? silentLogger();
+    this.bindHost = options.bindHost ?? '127.0.0.1';
+    this.host = options.host ?? this.bindHost;
+    this.nodeSpecs = (options.nodes ?? [DEFAULT_NODE]).map((node) => ({ ...node }));
+    ({ state: this.state, client: this.client } = this.freshState());
+    this.api = new NomadApi({
+      state: () => this.state,
+      faults: this.faults,
+      aclToken: options.aclToken,
+      hostIP: this.bindHost,
+      log: this.log,
+    });
+  }
+
+  static async start(options: NomadDoubleOptions = {}): Promise<NomadDouble> {
+    const double = new NomadDouble(options);
+    await double.listen(options.port ?? 0);
+    double.log.info({ address: double.address, nodes: double.nodeSpecs.map((node) => node.name) }, 'nomad double started');
+    return double;
+  }
+
+  get port(): number {
+    return this.boundPort;
+  }
+
+  get address(): string {
+    return `http://${this.host}:${this.boundPort}`;
+  }
+
+  /** Adds a ready node; blocked evaluations are re-run. Returns the node ID. */
+  addNode(spec: NodeSpec): string {
+    this.nodeSpecs.push({ ...spec });
+    return this.state.addNode(spec);
+  }
+
+  /** The node leaves: its allocations become lost (their tasks killed) and are replaced elsewhere. */
+  removeNode(id: string): void {
+    const node = this.state.nodes.get(id);
+    this.state.removeNode(id);
+    if (node) {
+      const index = this.nodeSpecs.findIndex((spec) => spec.name === node.spec.name);
+      if (index >= 0) this.nodeSpecs.splice(index, 1);
+    }
+  }
+
+  /** Sends `signal` to a running task from outside, as a crash would: Nomad's restart policy applies. */
+  killTask(allocId: string, task: string, signal: NodeJS.Signals = 'SIGKILL'): void {
+    if (!this.client.killTask(allocId, task, signal)) throw new Error(`killTask: task ${task} of allocation ${allocId} is not running`);
+  }
+
+  /** Process ids of every running raw_exec task (for tests that check cleanup). */
+  pids(): number[] {
+    return this.client.pids();
+  }
+
+  /** Closes the listener and drops every connection (on), or listens again on the same port (off). */
+  async outage(on: boolean): Promise<void> {
+    if (on) await this.closeListener();
+    else if (!this.server) await this.listen(this.boundPort);
+  }
+
+  /** An agent restart: connections dropped, the port closed and reopened; state and tasks survive. */
+  async restart(): Promise<void> {
+    await this.closeListener();
+    await this.listen(this.boundPort);
+  }
+
+  /**
+   * The servers lose all state: every task is killed, jobs, evaluations and allocations are gone and
+   * the index starts low again (clients see it go backwards); the nodes register again.
+   */
+  async reset(): Promise<void> {
+    const old = { state: this.state, client: this.client };
+    ({ state: this.state, client: this.client } = this.freshState());
+    old.state.close();
+    await old.client.destroy();
+    this.log.info('nomad double reset: state lost');
+  }
+
+  /** Stops every task it started and closes the API. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.state.close();
+    await this.closeListener();
+    await this.client.destroy();
+    this.log.info({ address: this.address }, 'nomad double stopped');
+  }
+
+  private freshState(): { state: NomadState; client: NomadClient } {
+    let state: NomadState | undefined;
+    const client = new NomadClient({
+      workDir: this.options.workDir ?? process.cwd(),
+      hostIP: this.bindHost,
+      dockerStartMs: this.options.dockerStartMs ?? 50,
+      log: this.log,
+      node: (id) => state?.nodes.get(id),
+      report: (alloc) => state?.clientUpdate(alloc),
+    });
+    state = new NomadState(client, this.bindHost, this.log);
+    for (const spec of this.nodeSpecs) state.addNode(spec);
+    return { state, client };
+  }
+
+  private async listen(port: number): Promise<void> {
+    if (this.stopped) throw new Error('the Nomad double is stopped');
+    const server = http.createServer((req, res) => void this.api.handle(req, res));
+    server.on('connection', (socket: net.Socket) => {
+      this.sockets.add(socket);
+      socket.on('close', () => this.sockets.delete(socket));
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (error) => reject(new Error(`Nomad double: cannot listen on ${this.bindHost}:${port}: ${error.message}`, { cause: error })));
+      server.listen(port, this.bindHost, () => resolve());
+    });
+    this.server = server;
+    this.boundPort = (server.address() as net.AddressInfo).port;
+  }
+
+  private async closeListener(): Promise<void> {
+    const server = this.server;
+    if (!server) return;
+    this.server = undefined;
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    for (const socket of this.sockets) socket.destroy();
+    this.sockets.clear();
+    await closed;
+  }
+}

@@ -1,0 +1,174 @@
+import { NOMAD_VERSION, nodeAttributes } from './placement.js';
+import type { NomadState } from './state.js';
+import type { AllocRecord, EvalRecord, Json, JobRecord, JsonObject, NodeRecord } from './types.js';
+
+/** The JSON Nomad's API answers with, built from the double's records (field names as Nomad's structs). */
+
+export function jobStub(state: NomadState, job: JobRecord, withMeta: boolean): JsonObject {
+  const stub: JsonObject = {
+    ID: job.spec.id,
+    ParentID: '',
+    Name: job.spec.name,
+    Namespace: job.spec.namespace,
+    Datacenters: job.spec.datacenters,
+    NodePool: job.spec.nodePool,
+    Multiregion: null,
+    Type: job.spec.type,
+    Priority: job.spec.priority,
+    Periodic: false,
+    ParameterizedJob: false,
+    Stop: job.stop,
+    Status: job.status,
+    StatusDescription: '',
+    JobSummary: jobSummary(state, job),
+    CreateIndex: job.createIndex,
+    ModifyIndex: job.modifyIndex,
+    JobModifyIndex: job.jobModifyIndex,
+    SubmitTime: job.submitTime,
+    Version: job.version,
+  };
+  if (withMeta) stub.Meta = { ...job.spec.meta };
+  return stub;
+}
+
+function jobSummary(state: NomadState, job: JobRecord): JsonObject {
+  const summary: JsonObject = {};
+  for (const group of job.spec.groups) {
+    const counts = { Queued: 0, Complete: 0, Failed: 0, Running: 0, Starting: 0, Lost: 0, Unknown: 0 };
+    for (const alloc of state.allocs.values()) {
+      if (alloc.JobID !== job.spec.id || alloc.TaskGroup !== group.name) continue;
+      if (alloc.ClientStatus === 'pending') counts.Starting++;
+      else if (alloc.ClientStatus === 'running') counts.Running++;
+      else if (alloc.ClientStatus === 'complete') counts.Complete++;
+      else if (alloc.ClientStatus === 'failed') counts.Failed++;
+      else counts.Lost++;
+    }
+    for (const evaluation of state.evals.values()) {
+      if (evaluation.JobID === job.spec.id && evaluation.Status === 'blocked') counts.Queued += evaluation.FailedTGAllocs?.[group.name] ? 1 : 0;
+    }
+    summary[group.name] = counts;
+  }
+  return { JobID: job.spec.id, Namespace: job.spec.namespace, Summary: summary, Children: { Pending: 0, Running: 0, Dead: 0 }, CreateIndex: job.createIndex, ModifyIndex: job.modifyIndex };
+}
+
+export function jobFull(state: NomadState, job: JobRecord): JsonObject {
+  return state.jobJson(job);
+}
+
+function allocatedResources(alloc: AllocRecord): JsonObject {
+  const tasks: JsonObject = {};
+  for (const task of alloc.group.tasks) {
+    tasks[task.name] = { Cpu: { CpuShares: task.cpu, ReservedCores: null }, Memory: { MemoryMB: task.memoryMB, MemoryMaxMB: 0 }, Networks: null, Devices: null };
+  }
+  const network: JsonObject = {
+    Mode: alloc.group.networkMode,
+    Device: alloc.group.networkMode === 'host' ? 'lo' : '',
+    CIDR: '',
+    IP: alloc.ports[0]?.HostIP ?? '',
+    Hostname: '',
+    MBits: 0,
+    DNS: null,
+    ReservedPorts: alloc.group.ports
+      .filter((port) => port.value > 0)
+      .map((port) => ({ Label: port.label, Value: port.value, To: port.to, HostNetwork: 'default' })),
+    DynamicPorts: alloc.ports
+      .filter((mapping) => alloc.group.ports.find((port) => port.label === mapping.Label)?.value === 0)
+      .map((mapping) => ({ Label: mapping.Label, Value: mapping.Value, To: mapping.To, HostNetwork: 'default' })),
+  };
+  return {
+    Tasks: tasks,
+    TaskLifecycles: Object.fromEntries(alloc.group.tasks.map((task) => [task.name, null])),
+    Shared: {
+      DiskMB: alloc.group.diskMB,
+      Networks: alloc.group.ports.length > 0 || alloc.group.networkMode === 'bridge' ? [network] : null,
+      Ports: alloc.ports.length > 0 ? alloc.ports.map((port) => ({ ...port })) : null,
+    },
+  };
+}
+
+const ALLOC_FIELDS = [
+  'ID', 'Namespace', 'EvalID', 'Name', 'NodeID', 'NodeName', 'JobID', 'JobVersion', 'TaskGroup', 'DesiredStatus',
+  'DesiredDescription', 'ClientStatus', 'ClientDescription', 'DeploymentStatus', 'PreviousAllocation', 'NextAllocation',
+  'FollowupEvalID', 'CreateIndex', 'ModifyIndex', 'AllocModifyIndex', 'CreateTime', 'ModifyTime',
+] as const;
+
+/** The allocation list stub (`GET /v1/allocations`, `/v1/job/:id/allocations`). */
+export function allocStub(alloc: AllocRecord, options: { resources: boolean; taskStates: boolean }): JsonObject {
+  const stub: JsonObject = {};
+  for (const field of ALLOC_FIELDS) stub[field] = structuredClone(alloc[field]) as Json;
+  stub.JobType = alloc.job.spec.type;
+  stub.TaskStates = options.taskStates ? (structuredClone(alloc.TaskStates) as unknown as JsonObject) : null;
+  stub.RescheduleTracker = null;
+  if (options.resources) stub.AllocatedResources = allocatedResources(alloc);
+  return stub;
+}
+
+/** The full allocation (`GET /v1/allocation/:id`), with its job and resources. */
+export function allocFull(alloc: AllocRecord): JsonObject {
+  const full = allocStub(alloc, { resources: true, taskStates: true });
+  full.Job = structuredClone(alloc.jobJson);
+  full.Metrics = structuredClone(alloc.metric) as unknown as JsonObject;
+  full.DeploymentID = '';
+  full.AllocStates = null;
+  return full;
+}
+
+export function evalJson(evaluation: EvalRecord): JsonObject {
+  return structuredClone(evaluation) as unknown as JsonObject;
+}
+
+export function nodeStub(node: NodeRecord, hostIP: string): JsonObject {
+  return {
+    Address: hostIP,
+    ID: node.id,
+    Attributes: { 'os.name': process.platform, 'kernel.name': process.platform, 'nomad.version': NOMAD_VERSION },
+    Datacenter: node.spec.datacenter,
+    Name: node.spec.name,
+    NodeClass: node.spec.nodeClass,
+    NodePool: node.spec.nodePool,
+    Version: NOMAD_VERSION,
+    Drain: false,
+    SchedulingEligibility: 'eligible',
+    Status: node.status,
+    StatusDescription: '',
+    Drivers: drivers(),
+    HostVolumes: null,
+    NodeResources: null,
+    ReservedResources: null,
+    LastDrain: null,
+    CreateIndex: node.createIndex,
+    ModifyIndex: node.modifyIndex,
+  };
+}
+
+function drivers(): JsonObject {
+  const info = (): JsonObject => ({ Attributes: null, Detected: true, Healthy: true, HealthDescription: 'Healthy', UpdateTime: new Date().toISOString() });
+  return { raw_exec: info(), docker: info() };
+}
+
+export function nodeFull(node: NodeRecord, hostIP: string): JsonObject {
+  return {
+    ...nodeStub(node, hostIP),
+    SecretID: '',
+    HTTPAddr: `${hostIP}:4646`,
+    TLSEnabled: false,
+    Attributes: nodeAttributes(node, hostIP),
+    Meta: { ...node.spec.meta },
+    NodeResources: {
+      Cpu: { CpuShares: node.spec.cpu, TotalCpuCores: 1, ReservableCpuCores: null },
+      Memory: { MemoryMB: node.spec.memoryMB },
+      Disk: { DiskMB: node.spec.diskMB },
+      Networks: [{ Mode: 'host', Device: 'lo', CIDR: `${hostIP}/32`, IP: hostIP, MBits: 1000 }],
+      MinDynamicPort: 20000,
+      MaxDynamicPort: 32000,
+    },
+    ReservedResources: {
+      Cpu: { CpuShares: 0 },
+      Memory: { MemoryMB: 0 },
+      Disk: { DiskMB: 0 },
+      Networks: { ReservedHostPorts: '' },
+    },
+    StatusUpdatedAt: Math.floor(Date.now() / 1000),
+    Events: null,
+  };
+}

@@ -1,0 +1,560 @@
+import type { Logger } from '../../../controller/util/log.js';
+import { assignPorts, placeGroup, type NodeUsage } from './placement.js';
+import {
+  HttpError,
+  newId,
+  nowNs,
+  type AllocMetric,
+  type AllocRecord,
+  type EvalRecord,
+  type GroupSpec,
+  type JobRecord,
+  type NodeRecord,
+  type NodeSpec,
+} from './types.js';
+import { canonicalJson, parseJob } from './validate.js';
+
+/**
+ * The double's server state: one raft-like index counter, the index of each table's last change, and
+ * the scheduler (evaluations → allocations). Clients (the task runners) report back through
+ * `clientUpdate`, as Nomad clients do with Node.UpdateAlloc.
+ */
+
+export type Table = 'jobs' | 'allocs' | 'evals' | 'nodes';
+
+/** The client side: runs and stops the tasks of allocations placed on the double's nodes. */
+export interface AllocClient {
+  run(alloc: AllocRecord): void;
+  /** Kills the allocation's tasks (DesiredStatus became stop). */
+  stop(alloc: AllocRecord): void;
+}
+
+export interface RegisterResult {
+  EvalID: string;
+  EvalCreateIndex: number;
+  JobModifyIndex: number;
+  Warnings: string;
+  Index: number;
+  LastContact: number;
+  KnownLeader: boolean;
+}
+
+interface Waiter {
+  table: Table;
+  min: number;
+  done: () => void;
+}
+
+const TERMINAL_CLIENT = new Set(['complete', 'failed', 'lost']);
+export const isTerminal = (alloc: AllocRecord): boolean => alloc.DesiredStatus !== 'run' || TERMINAL_CLIENT.has(alloc.ClientStatus);
+const evalTerminal = (evaluation: EvalRecord): boolean => ['complete', 'failed', 'canceled'].includes(evaluation.Status);
+
+export class NomadState {
+  private index = 0;
+  private readonly tableIndex: Record<Table, number> = { jobs: 0, allocs: 0, evals: 0, nodes: 0 };
+  private readonly waiters = new Set<Waiter>();
+  readonly nodes = new Map<string, NodeRecord>();
+  readonly jobs = new Map<string, JobRecord>();
+  readonly evals = new Map<string, EvalRecord>();
+  readonly allocs = new Map<string, AllocRecord>();
+  /** Evaluations are processed one at a time, in order, like one scheduler worker. */
+  private queue: Promise<void> = Promise.resolve();
+  private readonly timers = new Set<NodeJS.Timeout>();
+  /** Failed allocations with a follow-up evaluation scheduled. */
+  private readonly rescheduling = new Set<string>();
+  private closed = false;
+
+  constructor(
+    private readonly client: AllocClient,
+    private readonly hostIP: string,
+    private readonly log: Logger,
+  ) {}
+
+  // ---- indexes and blocking ---------------------------------------------------------------------------
+
+  /** The index a read of `table` answers with (Nomad never answers 0). */
+  indexOf(table: Table): number {
+    return Math.max(1, this.tableIndex[table]);
+  }
+
+  /** One raft apply: a new index, given to every table the change touched. */
+  private write(tables: readonly Table[], apply: (index: number) => void): number {
+    const index = ++this.index;
+    apply(index);
+    for (const table of tables) this.tableIndex[table] = index;
+    this.notify();
+    return index;
+  }
+
+  private notify(): void {
+    for (const waiter of this.waiters) if (this.tableIndex[waiter.table] > waiter.min) waiter.done();
+  }
+
+  /** Resolves once `table`'s index exceeds `min`, after `ms`, or when `signal` aborts. */
+  waitForIndex(table: Table, min: number, ms: number, signal: AbortSignal): Promise<void> {
+    if (this.tableIndex[table] > min || signal.aborted) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const waiter: Waiter = {
+        table,
+        min,
+        done: () => {
+          clearTimeout(timer);
+          signal.removeEventListener('abort', waiter.done);
+          this.waiters.delete(waiter);
+          resolve();
+        },
+      };
+      const timer = setTimeout(waiter.done, ms);
+      signal.addEventListener('abort', waiter.done);
+      this.waiters.add(waiter);
+    });
+  }
+
+  /** Releases every blocked query and pending timer: the state is being dropped. */
+  close(): void {
+    this.closed = true;
+    for (const waiter of [...this.waiters]) waiter.done();
+    for (const timer of this.timers) clearTimeout(timer);
+    this.timers.clear();
+  }
+
+  // ---- nodes ------------------------------------------------------------------------------------------
+
+  addNode(spec: NodeSpec): string {
+    const id = newId();
+    const full: NodeRecord['spec'] = {
+      name: spec.name,
+      cpu: spec.cpu,
+      memoryMB: spec.memoryMB,
+      diskMB: spec.diskMB ?? 100_000,
+      datacenter: spec.datacenter ?? 'dc1',
+      nodePool: spec.nodePool ?? 'default',
+      nodeClass: spec.nodeClass ?? '',
+      meta: { ...(spec.meta ?? {}) },
+      attributes: { ...(spec.attributes ?? {}) },
+    };
+    if (!(full.cpu > 0) || !(full.memoryMB > 0)) throw new Error(`node ${spec.name}: cpu and memoryMB must be positive`);
+    this.write(['nodes'], (index) => {
+      this.nodes.set(id, { id, spec: full, status: 'ready', createIndex: index, modifyIndex: index });
+    });
+    this.log.debug({ nodeId: id, name: spec.name }, 'node registered');
+    this.unblock();
+    return id;
+  }
+
+  /** The node leaves: its allocations are lost (their tasks killed) and replaced elsewhere. */
+  removeNode(id: string): void {
+    const node = this.nodes.get(id);
+    if (!node) throw new Error(`removeNode: no node ${id}`);
+    const lost = [...this.allocs.values()].filter((alloc) => alloc.NodeID === id && !isTerminal(alloc));
+    this.write(['nodes', 'allocs'], (index) => {
+      this.nodes.delete(id);
+      for (const alloc of lost) {
+        alloc.DesiredStatus = 'stop';
+        alloc.DesiredDescription = 'alloc is lost since its node is down';
+        alloc.ClientStatus = 'lost';
+        alloc.ClientDescription = 'node is down';
+        this.touchAlloc(alloc, index);
+      }
+    });
+    for (const alloc of lost) this.client.stop(alloc);
+    for (const jobId of new Set(lost.map((alloc) => alloc.JobID))) this.createEval(jobId, 'node-update');
+  }
+
+  // ---- jobs -------------------------------------------------------------------------------------------
+
+  register(body: unknown, namespace: string, pathJobId?: string): RegisterResult {
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new HttpError(400, 'Request decode failed: the body is not a JSON object');
+    const request = body as Record<string, unknown>;
+    for (const key of Object.keys(request)) {
+      if (!['Job', 'EnforceIndex', 'JobModifyIndex', 'PolicyOverride', 'PreserveCounts', 'EvalPriority', 'Submission', 'Namespace', 'Region', 'SecretID'].includes(key)) {
+        throw new HttpError(400, `json: unknown field "${key}"`);
+      }
+    }
+    const parsed = parseJob(request.Job, namespace);
+    const spec = parsed.spec;
+    if (pathJobId !== undefined && pathJobId !== spec.id) throw new HttpError(400, 'Job ID does not match name');
+    if (spec.namespace !== 'default') throw new HttpError(400, `job "${spec.id}" is in nonexistent namespace "${spec.namespace}"`);
+    if (spec.region !== 'global') throw new HttpError(500, `No path to region`);
+    const existing = this.jobs.get(spec.id);
+    if (request.EnforceIndex === true) {
+      const jmi = typeof request.JobModifyIndex === 'number' ? request.JobModifyIndex : 0;
+      const prefix = 'Enforcing job modify index';
+      if (existing && jmi === 0) throw new HttpError(400, `${prefix} 0: job already exists`);
+      if (existing && jmi !== existing.jobModifyIndex) throw new HttpError(400, `${prefix} ${jmi}: job exists with conflicting job modify index: ${existing.jobModifyIndex}`);
+      if (!existing && jmi !== 0) throw new HttpError(400, `${prefix} ${jmi}: job does not exist`);
+    }
+    const key = canonicalJson(parsed.submitted);
+    if (existing && existing.key === key && !existing.stop) {
+      // Nomad's SpecChanged is false: no new version, only a new evaluation.
+      const evaluation = this.createEval(spec.id, 'job-register');
+      return { EvalID: evaluation.ID, EvalCreateIndex: evaluation.CreateIndex, JobModifyIndex: existing.jobModifyIndex, Warnings: '', Index: evaluation.CreateIndex, LastContact: 0, KnownLeader: true };
+    }
+    let evaluation: EvalRecord | undefined;
+    const index = this.write(['jobs', 'evals'], (at) => {
+      const job: JobRecord = {
+        submitted: parsed.submitted,
+        key,
+        spec,
+        stop: false,
+        status: 'pending',
+        version: existing ? existing.version + 1 : 0,
+        createIndex: existing?.createIndex ?? at,
+        modifyIndex: at,
+        jobModifyIndex: at,
+        submitTime: nowNs(),
+      };
+      this.jobs.set(spec.id, job);
+      evaluation = this.newEval(job, 'job-register', at);
+    });
+    this.log.debug({ jobId: spec.id, version: this.jobs.get(spec.id)?.version, index }, existing ? 'job updated' : 'job registered');
+    const created = evaluation as unknown as EvalRecord;
+    this.enqueue(created);
+    return { EvalID: created.ID, EvalCreateIndex: index, JobModifyIndex: index, Warnings: '', Index: index, LastContact: 0, KnownLeader: true };
+  }
+
+  deregister(jobId: string, purge: boolean): { EvalID: string; EvalCreateIndex: number; JobModifyIndex: number; Index: number } {
+    const job = this.jobs.get(jobId);
+    if (!job) throw new HttpError(404, 'job not found');
+    let evaluation: EvalRecord | undefined;
+    const index = this.write(['jobs', 'evals'], (at) => {
+      if (purge) {
+        this.jobs.delete(jobId);
+      } else {
+        job.stop = true;
+        job.version++;
+        job.jobModifyIndex = at;
+        job.modifyIndex = at;
+      }
+      evaluation = this.newEval(job, 'job-deregister', at);
+    });
+    const created = evaluation as unknown as EvalRecord;
+    this.enqueue(created);
+    this.log.debug({ jobId, purge, index }, 'job deregistered');
+    return { EvalID: created.ID, EvalCreateIndex: index, JobModifyIndex: index, Index: index };
+  }
+
+  // ---- evaluations ------------------------------------------------------------------------------------
+
+  private newEval(job: JobRecord, triggeredBy: string, index: number, status: EvalRecord['Status'] = 'pending'): EvalRecord {
+    const now = nowNs();
+    const evaluation: EvalRecord = {
+      ID: newId(),
+      Namespace: job.spec.namespace,
+      Priority: job.spec.priority,
+      Type: job.spec.type,
+      TriggeredBy: triggeredBy,
+      JobID: job.spec.id,
+      JobModifyIndex: job.jobModifyIndex,
+      NodeID: '',
+      Status: status,
+      StatusDescription: '',
+      Wait: 0,
+      WaitUntil: null,
+      NextEval: '',
+      PreviousEval: '',
+      BlockedEval: '',
+      FailedTGAllocs: null,
+      ClassEligibility: null,
+      EscapedComputedClass: false,
+      QueuedAllocations: null,
+      CreateIndex: index,
+      ModifyIndex: index,
+      CreateTime: now,
+      ModifyTime: now,
+    };
+    this.evals.set(evaluation.ID, evaluation);
+    return evaluation;
+  }
+
+  /** A new pending evaluation of a job that still exists (or was just purged), queued for processing. */
+  private createEval(jobId: string, triggeredBy: string): EvalRecord {
+    const job = this.jobs.get(jobId);
+    let evaluation: EvalRecord | undefined;
+    this.write(['evals'], (index) => {
+      const base: JobRecord = job ?? this.ghostJob(jobId);
+      evaluation = this.newEval(base, triggeredBy, index);
+    });
+    const created = evaluation as unknown as EvalRecord;
+    this.enqueue(created);
+    return created;
+  }
+
+  /** What an evaluation needs of a purged job: its id and namespace (its allocations are only stopped). */
+  private ghostJob(jobId: string): JobRecord {
+    const alloc = [...this.allocs.values()].find((item) => item.JobID === jobId);
+    if (alloc) return alloc.job;
+    throw new Error(`no job ${jobId} to evaluate`);
+  }
+
+  private enqueue(evaluation: EvalRecord): void {
+    this.queue = this.queue
+      .then(() => (this.closed ? undefined : this.process(evaluation)))
+      .catch((error: unknown) => this.failEval(evaluation, error));
+  }
+
+  private failEval(evaluation: EvalRecord, error: unknown): void {
+    if (this.closed) return;
+    this.log.error({ err: error, evalId: evaluation.ID, jobId: evaluation.JobID }, 'evaluation failed');
+    this.write(['evals'], (index) => {
+      evaluation.Status = 'failed';
+      evaluation.StatusDescription = `evaluation failed: ${(error as Error).message}`;
+      evaluation.ModifyIndex = index;
+      evaluation.ModifyTime = nowNs();
+    });
+  }
+
+  /** Re-runs every blocked evaluation: capacity changed (a node joined, an allocation stopped). */
+  private unblock(): void {
+    for (const evaluation of this.evals.values()) if (evaluation.Status === 'blocked') this.enqueue(evaluation);
+  }
+
+  /** The generic scheduler's reconcile for one evaluation. */
+  private async process(evaluation: EvalRecord): Promise<void> {
+    if (evaluation.Status !== 'pending' && evaluation.Status !== 'blocked') return;
+    const job = this.jobs.get(evaluation.JobID);
+    const live = [...this.allocs.values()].filter((alloc) => alloc.JobID === evaluation.JobID && alloc.DesiredStatus === 'run');
+    if (!job || job.stop) {
+      this.write(['evals', 'allocs', 'jobs'], (index) => {
+        for (const alloc of live) this.stopAlloc(alloc, 'alloc not needed due to job update', index);
+        this.completeEval(evaluation, index, null);
+        this.cancelBlocked(evaluation.JobID, evaluation.ID, index);
+        if (job) this.refreshJobStatus(job, index);
+      });
+      return;
+    }
+    const failed: Record<string, AllocMetric> = {};
+    const stopping: AllocRecord[] = [];
+    const placements: Array<{ group: GroupSpec; index: number; previous: AllocRecord | undefined }> = [];
+    for (const group of job.spec.groups) {
+      const mine = live.filter((alloc) => alloc.TaskGroup === group.name);
+      // Every content change is destructive: allocations of an older version are stopped and replaced.
+      const current: AllocRecord[] = [];
+      for (const alloc of mine) {
+        if (alloc.JobVersion !== job.version || alloc.index >= group.count) stopping.push(alloc);
+        else current.push(alloc);
+      }
+      for (let slot = 0; slot < group.count; slot++) {
+        const holder = current.find((alloc) => alloc.index === slot && alloc.NextAllocation === '');
+        if (holder && !this.reschedulable(holder)) continue;
+        placements.push({ group, index: slot, previous: holder });
+      }
+    }
+    // Stopping first frees its resources for the placements of the same plan, as in Nomad.
+    const placed: AllocRecord[] = [];
+    const stopped = new Set(stopping.map((alloc) => alloc.ID));
+    for (const { group, index: slot, previous } of placements) {
+      const result = placeGroup(job.spec, group, [...this.nodes.values()], (nodeId) => this.usage(nodeId, stopped, placed), this.hostIP);
+      if (!result.ok) {
+        const prior = failed[group.name];
+        if (prior) prior.CoalescedFailures++;
+        else failed[group.name] = result.metric;
+        continue;
+      }
+      const ports = await assignPorts(group, this.usage(result.node.id, stopped, placed), this.hostIP);
+      placed.push(this.newAlloc(job, group, slot, evaluation, result.node, ports, result.metric, previous));
+    }
+    if (this.closed) return;
+    const hasFailures = Object.keys(failed).length > 0;
+    this.write(['evals', 'allocs', 'jobs'], (index) => {
+      for (const alloc of stopping) this.stopAlloc(alloc, 'alloc is being updated due to job update', index);
+      for (const alloc of placed) {
+        alloc.CreateIndex = index;
+        alloc.ModifyIndex = index;
+        alloc.AllocModifyIndex = index;
+        this.allocs.set(alloc.ID, alloc);
+        const previous = alloc.PreviousAllocation ? this.allocs.get(alloc.PreviousAllocation) : undefined;
+        if (previous) {
+          previous.NextAllocation = alloc.ID;
+          this.touchAlloc(previous, index);
+        }
+      }
+      if (evaluation.Status === 'blocked') {
+        // A re-run blocked evaluation completes once it placed everything; else it stays blocked.
+        evaluation.FailedTGAllocs = hasFailures ? failed : null;
+        if (!hasFailures) evaluation.Status = 'complete';
+        evaluation.ModifyIndex = index;
+        evaluation.ModifyTime = nowNs();
+      } else {
+        this.completeEval(evaluation, index, hasFailures ? failed : null);
+        if (hasFailures) {
+          this.cancelBlocked(job.spec.id, evaluation.ID, index);
+          const blocked = this.newEval(job, 'queued-allocs', index, 'blocked');
+          blocked.PreviousEval = evaluation.ID;
+          blocked.FailedTGAllocs = failed;
+          blocked.StatusDescription = 'created to place remaining allocations';
+          evaluation.BlockedEval = blocked.ID;
+        }
+      }
+      if (!hasFailures) this.cancelBlocked(job.spec.id, evaluation.ID, index);
+      this.refreshJobStatus(job, index);
+    });
+    for (const alloc of stopping) this.client.stop(alloc);
+    for (const alloc of placed) this.client.run(alloc);
+    if (stopping.length > 0) this.unblock();
+  }
+
+  private completeEval(evaluation: EvalRecord, index: number, failed: Record<string, AllocMetric> | null): void {
+    evaluation.Status = 'complete';
+    evaluation.FailedTGAllocs = failed;
+    evaluation.QueuedAllocations = failed ? Object.fromEntries(Object.keys(failed).map((group) => [group, 1])) : {};
+    evaluation.ModifyIndex = index;
+    evaluation.ModifyTime = nowNs();
+  }
+
+  /** Nomad keeps at most one blocked evaluation per job; a newer evaluation supersedes it. */
+  private cancelBlocked(jobId: string, except: string, index: number): void {
+    for (const evaluation of this.evals.values()) {
+      if (evaluation.JobID !== jobId || evaluation.ID === except || evaluation.Status !== 'blocked') continue;
+      evaluation.Status = 'canceled';
+      evaluation.StatusDescription = `evaluation "${except}" successful`;
+      evaluation.ModifyIndex = index;
+      evaluation.ModifyTime = nowNs();
+    }
+  }
+
+  /** A failed allocation whose group's ReschedulePolicy allows a replacement now. */
+  private reschedulable(alloc: AllocRecord): boolean {
+    if (alloc.ClientStatus !== 'failed') return false;
+    const policy = alloc.group.reschedule;
+    if (!policy.unlimited) {
+      let attempts = 0;
+      const since = Date.now() - policy.intervalMs;
+      for (let prev = this.allocs.get(alloc.PreviousAllocation); prev; prev = this.allocs.get(prev.PreviousAllocation)) {
+        if (policy.intervalMs === 0 || prev.CreateTime / 1_000_000 >= since) attempts++;
+      }
+      if (attempts >= policy.attempts) return false;
+    }
+    return alloc.ModifyTime / 1_000_000 + policy.delayMs <= Date.now();
+  }
+
+  /** What the allocations that keep running on a node (and those about to be placed there) use. */
+  private usage(nodeId: string, stopping: ReadonlySet<string>, placed: readonly AllocRecord[]): NodeUsage {
+    const used: NodeUsage = { cpu: 0, memoryMB: 0, diskMB: 0, ports: new Set() };
+    for (const alloc of [...this.allocs.values(), ...placed]) {
+      if (alloc.NodeID !== nodeId) continue;
+      if (!TERMINAL_CLIENT.has(alloc.ClientStatus)) for (const port of alloc.ports) used.ports.add(port.Value);
+      if (isTerminal(alloc) || stopping.has(alloc.ID)) continue;
+      for (const task of alloc.group.tasks) {
+        used.cpu += task.cpu;
+        used.memoryMB += task.memoryMB;
+      }
+      used.diskMB += alloc.group.diskMB;
+    }
+    return used;
+  }
+
+  private newAlloc(job: JobRecord, group: GroupSpec, slot: number, evaluation: EvalRecord, node: NodeRecord, ports: AllocRecord['ports'], metric: AllocMetric, previous: AllocRecord | undefined): AllocRecord {
+    const now = nowNs();
+    return {
+      ID: newId(),
+      Namespace: job.spec.namespace,
+      EvalID: evaluation.ID,
+      Name: `${job.spec.id}.${group.name}[${slot}]`,
+      NodeID: node.id,
+      NodeName: node.spec.name,
+      JobID: job.spec.id,
+      JobVersion: job.version,
+      TaskGroup: group.name,
+      DesiredStatus: 'run',
+      DesiredDescription: '',
+      ClientStatus: 'pending',
+      ClientDescription: '',
+      TaskStates: {},
+      DeploymentStatus: null,
+      PreviousAllocation: previous?.ID ?? '',
+      NextAllocation: '',
+      FollowupEvalID: '',
+      CreateIndex: 0,
+      ModifyIndex: 0,
+      AllocModifyIndex: 0,
+      CreateTime: now,
+      ModifyTime: now,
+      job,
+      jobJson: this.jobJson(job),
+      group,
+      ports,
+      metric,
+      index: slot,
+    };
+  }
+
+  private stopAlloc(alloc: AllocRecord, description: string, index: number): void {
+    alloc.DesiredStatus = 'stop';
+    alloc.DesiredDescription = description;
+    alloc.AllocModifyIndex = index;
+    this.touchAlloc(alloc, index);
+  }
+
+  private touchAlloc(alloc: AllocRecord, index: number): void {
+    alloc.ModifyIndex = index;
+    alloc.ModifyTime = nowNs();
+  }
+
+  /** Nomad's getJobStatus: running with a non-terminal alloc, pending with an open evaluation, else dead. */
+  private refreshJobStatus(job: JobRecord, index: number): void {
+    if (this.jobs.get(job.spec.id) !== job) return;
+    let status: JobRecord['status'] = 'pending';
+    const allocs = [...this.allocs.values()].filter((alloc) => alloc.JobID === job.spec.id);
+    const evals = [...this.evals.values()].filter((evaluation) => evaluation.JobID === job.spec.id);
+    if (allocs.some((alloc) => !isTerminal(alloc))) status = 'running';
+    else if (evals.some((evaluation) => !evalTerminal(evaluation))) status = 'pending';
+    else if (job.stop || allocs.length > 0 || evals.length > 0) status = 'dead';
+    if (status === job.status) return;
+    job.status = status;
+    job.modifyIndex = index;
+    this.tableIndex.jobs = index;
+  }
+
+  // ---- client updates ---------------------------------------------------------------------------------
+
+  /** A client reports an allocation's new task states, client status or deployment health. */
+  clientUpdate(alloc: AllocRecord): void {
+    if (this.closed || this.allocs.get(alloc.ID) !== alloc) return;
+    this.write(['allocs'], (index) => {
+      this.touchAlloc(alloc, index);
+      const job = this.jobs.get(alloc.JobID);
+      if (job) this.refreshJobStatus(job, index);
+    });
+    if (TERMINAL_CLIENT.has(alloc.ClientStatus)) {
+      this.unblock();
+      if (alloc.ClientStatus === 'failed' && alloc.DesiredStatus === 'run') this.scheduleReschedule(alloc);
+    }
+  }
+
+  /** Nomad's follow-up evaluation for a failed allocation its ReschedulePolicy replaces (after Delay). */
+  private scheduleReschedule(alloc: AllocRecord): void {
+    const policy = alloc.group.reschedule;
+    if ((!policy.unlimited && policy.attempts === 0) || this.rescheduling.has(alloc.ID)) return;
+    this.rescheduling.add(alloc.ID);
+    const timer = setTimeout(() => {
+      this.timers.delete(timer);
+      if (this.closed || !this.jobs.has(alloc.JobID)) return;
+      const evaluation = this.createEval(alloc.JobID, 'alloc-failure');
+      alloc.FollowupEvalID = evaluation.ID;
+    }, policy.delayMs + 10);
+    this.timers.add(timer);
+  }
+
+  // ---- reads ------------------------------------------------------------------------------------------
+
+  /** The full job as `GET /v1/job/:id` shows it. */
+  jobJson(job: JobRecord): AllocRecord['jobJson'] {
+    return {
+      ...structuredClone(job.submitted),
+      Stop: job.stop,
+      Status: job.status,
+      StatusDescription: '',
+      Stable: false,
+      Version: job.version,
+      SubmitTime: job.submitTime,
+      CreateIndex: job.createIndex,
+      ModifyIndex: job.modifyIndex,
+      JobModifyIndex: job.jobModifyIndex,
+    };
+  }
+
+  jobStatusOf(jobId: string): JobRecord['status'] | undefined {
+    return this.jobs.get(jobId)?.status;
+  }
+}

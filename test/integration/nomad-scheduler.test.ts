@@ -1,0 +1,402 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import http from 'node:http';
+import path from 'node:path';
+import { loadTemplates } from '../../controller/api/templates.js';
+import type { SessionTemplate } from '../../controller/api/types.js';
+import { SPEC_HASH_META_KEY, type NomadJobOptions } from '../../controller/scheduler/nomad-job.js';
+import { NomadScheduler } from '../../controller/scheduler/nomad-scheduler.js';
+import type { WorkloadStep } from '../../controller/scheduler/scheduler.js';
+import { silentLogger } from '../../controller/util/log.js';
+import { WorkloadRecorder, contractRequest, describeSchedulerContract } from '../contract/scheduler-contract.js';
+import { NomadDouble } from '../fakes/nomad.js';
+import { waitFor } from '../support/wait.js';
+
+// Compiled to dist/test/integration/: three levels up is the repository root (raw_exec's working directory).
+const repoRoot = path.resolve(__dirname, '../../..');
+const demo = loadTemplates(path.join(repoRoot, 'manifests/templates')).get('demo') as SessionTemplate;
+
+/** Fast enough for tests against the double, which does not hold Nomad's minimums (checks ≥ 1 s, restart interval ≥ 5 s). */
+const doubleJobOptions: NomadJobOptions = {
+  datacenters: ['dc1'],
+  restart: { attempts: 3, intervalMs: 60_000, delayMs: 100 },
+  healthyDeadlineMs: 30_000,
+  checkIntervalMs: 100,
+  checkTimeoutMs: 1_000,
+};
+
+/** What a real agent accepts. */
+const realJobOptions: NomadJobOptions = {
+  datacenters: (process.env.NOMAD_DATACENTERS ?? 'dc1').split(','),
+  restart: { attempts: 3, intervalMs: 60_000, delayMs: 1_000 },
+  healthyDeadlineMs: 60_000,
+  checkIntervalMs: 1_000,
+  checkTimeoutMs: 1_000,
+};
+
+const NODE = { name: 'node-1', cpu: 4_000, memoryMB: 4_096 };
+
+const session = (): string => `nt${randomBytes(5).toString('hex')}`;
+
+/**
+ * A loopback HTTP proxy in front of the double that counts requests and can hold some of them back
+ * (as a slow or partitioned link would), so tests see exactly what the scheduler sends.
+ */
+class CountingProxy {
+  readonly requests: Array<{ method: string; path: string; query: URLSearchParams; body: string }> = [];
+  private holding: ((method: string, path: string, query: URLSearchParams) => boolean) | undefined;
+  private readonly held: Array<() => void> = [];
+
+  private constructor(private readonly server: http.Server, readonly address: string) {}
+
+  static async start(target: string): Promise<CountingProxy> {
+    const upstream = new URL(target);
+    const server = http.createServer();
+    server.keepAliveTimeout = 0;
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as { port: number };
+    const proxy = new CountingProxy(server, `http://127.0.0.1:${port}`);
+    server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
+      const url = new URL(req.url ?? '/', 'http://proxy');
+      const method = req.method ?? 'GET';
+      const chunks: Buffer[] = [];
+      req.on('data', (chunk: Buffer) => chunks.push(chunk));
+      req.on('end', () => {
+        const body = Buffer.concat(chunks);
+        proxy.requests.push({ method, path: url.pathname, query: url.searchParams, body: body.toString('utf8') });
+        const forward = (): void => {
+          const out = http.request(
+            { host: upstream.hostname, port: upstream.port, method, path: req.url, headers: req.headers },
+            (answer) => {
+              res.writeHead(answer.statusCode ?? 502, answer.headers);
+              answer.pipe(res);
+            },
+          );
+          out.on('error', () => res.destroy());
+          res.on('close', () => out.destroy());
+          out.end(body);
+        };
+        if (proxy.holding?.(method, url.pathname, url.searchParams)) proxy.held.push(forward);
+        else forward();
+      });
+    });
+    return proxy;
+  }
+
+  count(method: string, pathname: string): number {
+    return this.requests.filter((request) => request.method === method && request.path === pathname).length;
+  }
+
+  /** Holds back matching requests until release(). */
+  hold(predicate: (method: string, path: string, query: URLSearchParams) => boolean): void {
+    this.holding = predicate;
+  }
+
+  release(): void {
+    this.holding = undefined;
+    for (const forward of this.held.splice(0)) forward();
+  }
+
+  async stop(): Promise<void> {
+    this.holding = undefined;
+    this.held.splice(0);
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.server.closeAllConnections();
+    await closed;
+  }
+}
+
+const doubles: NomadDouble[] = [];
+const schedulers: NomadScheduler[] = [];
+const proxies: CountingProxy[] = [];
+const recorders: WorkloadRecorder[] = [];
+
+async function startDouble(nodes: Array<{ name: string; cpu: number; memoryMB: number }> = [NODE]): Promise<NomadDouble> {
+  const double = await NomadDouble.start({ port: 0, nodes, workDir: repoRoot, log: silentLogger() });
+  doubles.push(double);
+  return double;
+}
+
+async function startScheduler(address: string, overrides: Partial<ConstructorParameters<typeof NomadScheduler>[0]> = {}): Promise<NomadScheduler> {
+  const scheduler = new NomadScheduler({
+    address,
+    job: doubleJobOptions,
+    log: silentLogger(),
+    requestTimeoutMs: 5_000,
+    watchWaitSeconds: 30,
+    ...overrides,
+  });
+  schedulers.push(scheduler);
+  await scheduler.start();
+  return scheduler;
+}
+
+function record(scheduler: NomadScheduler): WorkloadRecorder {
+  const recorder = new WorkloadRecorder(scheduler);
+  recorders.push(recorder);
+  return recorder;
+}
+
+/** PUTs a job straight to Nomad, bypassing the scheduler (another user of the cluster). */
+async function putJob(address: string, job: unknown): Promise<number> {
+  const body = JSON.stringify({ Job: job });
+  return new Promise<number>((resolve, reject) => {
+    const url = new URL('/v1/jobs', address);
+    const req = http.request(url, { method: 'PUT', headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode ?? 0));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+async function cleanup(): Promise<void> {
+  for (const recorder of recorders.splice(0)) recorder.close();
+  for (const scheduler of schedulers.splice(0)) await scheduler.close();
+  for (const proxy of proxies.splice(0)) await proxy.stop();
+  for (const double of doubles.splice(0)) await double.stop();
+}
+
+describe('Nomad scheduler', function () {
+  afterEach(cleanup);
+
+  describeSchedulerContract('Nomad scheduler (double)', async () => {
+    const double = await startDouble();
+    const scheduler = await startScheduler(double.address);
+    return {
+      scheduler,
+      template: demo,
+      cleanup: async () => {
+        await scheduler.close();
+        await double.stop();
+      },
+    };
+  });
+
+  if (process.env.NOMAD_ADDR) {
+    // raw_exec runs a task in its own task directory and wants an absolute command (raw_exec driver
+    // docs): the demo programs and node are named by absolute path here.
+    const absolute = structuredClone(demo);
+    for (const task of absolute.spec.backends.nomad?.tasks ?? []) {
+      const args = task.config.args;
+      task.config.command = process.execPath;
+      if (Array.isArray(args)) task.config.args = args.map((arg) => (typeof arg === 'string' && arg.startsWith('hack/') ? path.join(repoRoot, arg) : arg));
+    }
+    describeSchedulerContract('Nomad scheduler (real agent)', async () => {
+      const scheduler = await startScheduler(process.env.NOMAD_ADDR ?? '', {
+        token: process.env.NOMAD_TOKEN,
+        namespace: process.env.NOMAD_NAMESPACE,
+        region: process.env.NOMAD_REGION,
+        job: realJobOptions,
+        requestTimeoutMs: 10_000,
+      });
+      return { scheduler, template: absolute, cleanup: () => scheduler.close() };
+    });
+  }
+
+  describe('against the Nomad double', function () {
+    it('start() names the address when Nomad cannot be reached', async function () {
+      const double = await startDouble();
+      const address = double.address;
+      await double.stop();
+      const scheduler = new NomadScheduler({ address, job: doubleJobOptions, log: silentLogger(), requestTimeoutMs: 2_000 });
+      await assert.rejects(scheduler.start(), (error: unknown) => error instanceof Error && error.message.startsWith(`cannot reach Nomad at ${address}`));
+    });
+
+    it('registers unchanged content no more: no request at all, and EnforceIndex guards each write', async function () {
+      const double = await startDouble();
+      const proxy = await CountingProxy.start(double.address);
+      proxies.push(proxy);
+      const scheduler = await startScheduler(proxy.address);
+      const recorder = record(scheduler);
+      const request = contractRequest(demo, session());
+      const job = scheduler.render(request);
+      await scheduler.register(job);
+      await recorder.healthy(job);
+      const before = proxy.requests.length;
+      await scheduler.register(job);
+      await scheduler.register(scheduler.render(request));
+      const sent = proxy.requests.slice(before).filter((item) => !isWatch(item.method, item.path, item.query));
+      assert.deepEqual(sent, [], 'registering the same content again sends nothing');
+      assert.equal(proxy.count('PUT', '/v1/jobs'), 1);
+
+      const changed = scheduler.render(contractRequest(demo, request.sessionId, { coreVersion: '8.1.0' }));
+      await scheduler.register(changed);
+      assert.equal(proxy.count('PUT', '/v1/jobs'), 2);
+      const [created, updatedBody] = proxy.requests
+        .filter((item) => item.method === 'PUT' && item.path === '/v1/jobs')
+        .map((item) => JSON.parse(item.body) as { EnforceIndex: boolean; JobModifyIndex: number; Job: { Meta: Record<string, string> } });
+      assert.equal(created?.EnforceIndex, true);
+      assert.equal(created?.JobModifyIndex, 0, 'created only if it does not exist');
+      assert.equal(updatedBody?.EnforceIndex, true);
+      assert.ok((updatedBody?.JobModifyIndex ?? 0) > 0, 'updated only if still at the JobModifyIndex seen');
+      assert.equal(updatedBody?.Job.Meta[SPEC_HASH_META_KEY], changed.specHash);
+      const updated = await recorder.healthy(changed);
+      assert.equal(updated.specHash, changed.specHash);
+    });
+
+    it('reports a conflict when the job changed behind a stale cache, and refuses to overwrite foreign jobs', async function () {
+      const double = await startDouble();
+      const proxy = await CountingProxy.start(double.address);
+      proxies.push(proxy);
+      const fresh = await startScheduler(double.address);
+      const stale = await startScheduler(proxy.address);
+      // The stale scheduler's jobs watch hears nothing more: it still believes the job does not exist.
+      proxy.hold((method, pathname, query) => method === 'GET' && pathname === '/v1/jobs' && query.has('index'));
+      const request = contractRequest(demo, session());
+      await fresh.register(fresh.render(request));
+      const other = stale.render(contractRequest(demo, request.sessionId, { coreVersion: '8.1.0' }));
+      await assert.rejects(stale.register(other), (error: unknown) =>
+        error instanceof Error && error.message.includes(`registering job ${other.id}: conflict`) && /Enforcing job modify index 0/.test(error.message));
+      proxy.release();
+
+      const foreignId = `manticore-${session()}`;
+      const status = await putJob(double.address, {
+        ID: foreignId,
+        Name: foreignId,
+        Type: 'service',
+        Datacenters: ['dc1'],
+        TaskGroups: [{ Name: 'web', Count: 1, Tasks: [{ Name: 'web', Driver: 'raw_exec', Config: { command: 'sleep', args: ['600'] }, Resources: { CPU: 10, MemoryMB: 16 } }] }],
+      });
+      assert.equal(status, 200);
+      await waitFor('the foreign job in the cache', async () => {
+        const attempt = fresh.register(fresh.render(contractRequest(demo, foreignId.slice('manticore-'.length))));
+        return attempt.then(() => false, (error: Error) => error.message.includes("exists without Manticore's marker"));
+      });
+    });
+
+    it('never reports jobs without the marker', async function () {
+      const double = await startDouble();
+      const scheduler = await startScheduler(double.address);
+      const recorder = record(scheduler);
+      const steps: WorkloadStep[] = [];
+      const subscription = scheduler.watch().subscribe((step) => steps.push(step));
+      for (const id of [`manticore-${session()}`, `other-${session()}`]) {
+        const status = await putJob(double.address, {
+          ID: id,
+          Name: id,
+          Type: 'service',
+          Datacenters: ['dc1'],
+          Meta: { owner: 'someone else' },
+          TaskGroups: [{ Name: 'web', Count: 1, Tasks: [{ Name: 'web', Driver: 'raw_exec', Config: { command: 'sleep', args: ['600'] }, Resources: { CPU: 10, MemoryMB: 16 } }] }],
+        });
+        assert.equal(status, 200);
+      }
+      // Ours, registered afterwards, is the barrier: once it is healthy, the others have long been seen.
+      const ours = scheduler.render(contractRequest(demo, session()));
+      await scheduler.register(ours);
+      await recorder.healthy(ours);
+      subscription.unsubscribe();
+      const reported = new Set(steps.flatMap((step) => (step.kind === 'reset' ? step.workloads.map((w) => w.jobId) : step.kind === 'upsert' ? [step.workload.jobId] : [step.jobId])));
+      assert.deepEqual([...reported], [ours.id]);
+    });
+
+    it('reports a placement failure for lack of memory, cleared when a node joins', async function () {
+      const double = await startDouble([{ name: 'small', cpu: 4_000, memoryMB: 64 }]);
+      const scheduler = await startScheduler(double.address);
+      const recorder = record(scheduler);
+      const job = scheduler.render(contractRequest(demo, session()));
+      await scheduler.register(job);
+      const unplaced = await recorder.until(job.id, 'a placement failure', (workload) => workload.placementFailure !== undefined);
+      assert.match(unplaced.placementFailure ?? '', /no node has enough memory \(1 of 1 exhausted\)/);
+      assert.equal(unplaced.allocation, undefined);
+      double.addNode({ name: 'big', cpu: 4_000, memoryMB: 4_096 });
+      const placed = await recorder.healthy(job);
+      assert.equal(placed.placementFailure, undefined);
+    });
+
+    it('reports a killed task as unhealthy, then healthy again after Nomad restarts it in place', async function () {
+      const double = await startDouble();
+      const scheduler = await startScheduler(double.address);
+      const recorder = record(scheduler);
+      const job = scheduler.render(contractRequest(demo, session()));
+      await scheduler.register(job);
+      const before = await recorder.healthy(job);
+      const allocId = before.allocation?.id ?? '';
+      double.killTask(allocId, 'core');
+      const down = await recorder.until(job.id, 'unhealthy after the kill', (workload) => workload.allocation?.healthy === false);
+      assert.equal(down.allocation?.id, allocId);
+      const back = await recorder.until(job.id, 'healthy after the restart', (workload) =>
+        workload.allocation?.healthy === true && (workload.allocation.tasks.core?.restarts ?? 0) >= 1);
+      assert.equal(back.allocation?.id, allocId, 'restarted in place');
+      assert.ok(back.allocation?.tasks.core?.lastEvent, 'the latest task event is reported');
+    });
+
+    it('keeps watching through a restart, an outage and injected errors and latency', async function () {
+      const double = await startDouble();
+      const scheduler = await startScheduler(double.address, { watchWaitSeconds: 2 });
+      const recorder = record(scheduler);
+      const first = scheduler.render(contractRequest(demo, session()));
+      await scheduler.register(first);
+      await recorder.healthy(first);
+
+      await double.restart();
+      const second = scheduler.render(contractRequest(demo, session()));
+      await waitFor('a register after the restart', () => scheduler.register(second).then(() => true));
+      await recorder.healthy(second);
+
+      await double.outage(true);
+      await assert.rejects(scheduler.register(scheduler.render(contractRequest(demo, session()))), (error: unknown) =>
+        error instanceof Error && /registering job manticore-nt[0-9a-f]+: Nomad not reached/.test(error.message));
+      await double.outage(false);
+      const third = scheduler.render(contractRequest(demo, session()));
+      await waitFor('a register after the outage', () => scheduler.register(third).then(() => true, () => false));
+      await recorder.healthy(third);
+
+      double.faults.errorRate = 0.5;
+      double.faults.latencyMs = 50;
+      const fourth = scheduler.render(contractRequest(demo, session()));
+      await waitFor('a register through the errors', () => scheduler.register(fourth).then(() => true, () => false), 20_000);
+      await recorder.healthy(fourth, 20_000);
+      double.faults.errorRate = 0;
+      double.faults.latencyMs = 0;
+      const kinds = recorder.steps.map((step) => step.kind);
+      assert.equal(kinds.filter((kind) => kind === 'reset').length, 1, 'one reset per watch, whatever happens after');
+    });
+
+    it('backs off on errors (100 ms doubling, jittered) instead of hot-looping, and close() ends every watch', async function () {
+      const double = await startDouble();
+      const proxy = await CountingProxy.start(double.address);
+      proxies.push(proxy);
+      const scheduler = await startScheduler(proxy.address);
+      let completed = false;
+      const subscription = scheduler.watch().subscribe({ complete: () => (completed = true) });
+      double.faults.errorRate = 1;
+      await double.restart();
+      const from = proxy.requests.length;
+      const started = Date.now();
+      const jobsRequests = (): number => proxy.requests.slice(from).filter((request) => request.method === 'GET' && request.path === '/v1/jobs').length;
+      await waitFor('four attempts at the jobs list', () => jobsRequests() >= 4);
+      // Three failures in a row wait at least 50 + 100 + 200 ms (the lower end of their jitter).
+      assert.ok(Date.now() - started >= 350, `four attempts took only ${Date.now() - started} ms`);
+      double.faults.errorRate = 0;
+      await scheduler.close();
+      assert.equal(completed, true, 'close() completes the watch');
+      subscription.unsubscribe();
+    });
+
+    it('starts over when Nomad loses its state: the lost jobs are deleted, new ones are seen', async function () {
+      const double = await startDouble();
+      // The double holds blocking queries on the lost state until their wait ends: keep it short.
+      const scheduler = await startScheduler(double.address, { watchWaitSeconds: 1 });
+      const recorder = record(scheduler);
+      const lost = scheduler.render(contractRequest(demo, session()));
+      await scheduler.register(lost);
+      await recorder.healthy(lost);
+      await double.reset();
+      await waitFor('the lost job deleted', () => recorder.steps.some((step) => step.kind === 'delete' && step.jobId === lost.id));
+      const next = scheduler.render(contractRequest(demo, session()));
+      await scheduler.register(next);
+      await recorder.healthy(next);
+      // The lost job registers again from scratch (EnforceIndex 0), as the controller's next reconcile would.
+      await scheduler.register(lost);
+      await recorder.healthy(lost);
+    });
+  });
+});
+
+/** The scheduler's own watch requests (blocking queries on the three lists). */
+function isWatch(method: string, pathname: string, query: URLSearchParams): boolean {
+  return method === 'GET' && ['/v1/jobs', '/v1/allocations', '/v1/evaluations'].includes(pathname) && query.has('index');
+}
