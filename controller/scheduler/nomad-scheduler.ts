@@ -443,14 +443,19 @@ export class NomadScheduler implements Scheduler {
     // registered after it subscribed, and registrations are decided from the cache.
     const timeoutMs = Math.max(3 * this.requestTimeoutMs, 1_000);
     const filled = await new Promise<boolean>((resolve) => {
-      const timer = setTimeout(() => resolve(false), timeoutMs);
-      this.onReady = () => {
+      const done = (ready: boolean): void => {
         clearTimeout(timer);
-        resolve(true);
+        this.abort.signal.removeEventListener('abort', aborted);
+        resolve(ready);
       };
-      if (this.isReady()) this.onReady();
+      const aborted = (): void => done(false);
+      const timer = setTimeout(() => done(false), timeoutMs);
+      this.abort.signal.addEventListener('abort', aborted);
+      this.onReady = () => done(true);
+      if (this.isReady()) done(true);
     });
     this.onReady = undefined;
+    if (this.closed) throw new Error('NomadScheduler was closed while starting');
     if (!filled) {
       const missing = (['jobs', 'allocations', 'evaluations'] as const).filter((table) => !this.answered.has(table));
       await this.close();
@@ -602,25 +607,28 @@ export class NomadScheduler implements Scheduler {
         const result = await this.request('GET', path, { ...query, ...blocking }, undefined, timeout);
         const answered = Number(result.headers['x-nomad-index']);
         if (!Number.isSafeInteger(answered) || answered < 0) throw new Error(`${path}: no valid X-Nomad-Index in the answer`);
-        const next = nextIndex(asked, answered);
         failures = 0;
-        if (next.kind === 'reset') {
-          this.log.warn({ table, asked, answered }, 'Nomad index went backwards (state lost or replaced): starting this watch over');
-          index = 0;
-          continue;
-        }
-        if (next.kind === 'unchanged') {
-          // An unchanged answer well before the wait elapsed means the server does not block: slow down.
-          if (Date.now() - started < waitMs / 2) {
-            idle++;
-            await this.sleep(backoffDelay(idle));
+        // The first answer (index 0 asked) is always taken: it is the whole list.
+        if (asked > 0) {
+          const next = nextIndex(asked, answered);
+          if (next.kind === 'reset') {
+            this.log.warn({ table, asked, answered }, 'Nomad index went backwards (state lost or replaced): starting this watch over');
+            index = 0;
+            continue;
           }
-          continue;
+          if (next.kind === 'unchanged') {
+            // An unchanged answer well before the wait elapsed means the server does not block: slow down.
+            if (Date.now() - started < waitMs / 2) {
+              idle++;
+              await this.sleep(backoffDelay(idle));
+            }
+            continue;
+          }
         }
         idle = 0;
-        apply(JSON.parse(result.body) as unknown, next.index);
+        apply(JSON.parse(result.body) as unknown, answered);
         // Index 0 would make the next query return at once; Nomad's indexes start at 1.
-        index = Math.max(1, next.index);
+        index = Math.max(1, answered);
         this.markAnswered(table);
       } catch (error) {
         if (this.closed) break;

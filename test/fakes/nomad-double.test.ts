@@ -181,7 +181,7 @@ describe('Nomad double', function () {
       return item.ClientStatus === 'complete' ? item : undefined;
     });
     assert.equal(stopped.DesiredStatus, 'stop');
-    assert.deepEqual(eventTypes(stopped, 't').slice(-2), ['Killing', 'Killed']);
+    assert.deepEqual(eventTypes(stopped, 't').slice(-3), ['Killing', 'Terminated', 'Killed']);
     await waitFor('the task process gone', () => double.pids().length === 1);
     assert.equal((await call(double, 'DELETE', '/v1/job/web-1?purge=true')).status, 404);
   });
@@ -236,7 +236,9 @@ describe('Nomad double', function () {
     await refused(sleepJob('x', { task: { Resources: { CPU: 100, MemoryMb: 64 } } }), /unknown field "MemoryMb"/);
     await refused({ ...sleepJob('x'), ID: '' }, /Missing job ID/);
     await refused({ ...sleepJob('x'), TaskGroups: [] }, /Missing job task groups/);
-    await refused(sleepJob('x', { group: { Tasks: [] } }), /Missing tasks for task group/);
+    const noTasks = sleepJob('x');
+    (noTasks.TaskGroups as Obj[])[0] = { Name: 'g', Tasks: [] };
+    await refused(noTasks, /Missing tasks for task group/);
     await refused(sleepJob('x', { task: { Driver: '' } }), /Missing task driver/);
     await refused(sleepJob('x', { task: { Resources: { CPU: -5, MemoryMB: 64 } } }), /minimum CPU value is 1; got -5/);
     await refused(sleepJob('x', { memoryMB: -1 }), /minimum MemoryMB value is 10; got -1/);
@@ -375,6 +377,58 @@ describe('Nomad double', function () {
     assert.equal((await get(double, '/v1/job/crashy')).Status, 'dead');
   });
 
+  it('marks an allocation unhealthy when its check does not pass within HealthyDeadline', async function () {
+    const double = await start();
+    await register(double, sleepJob('never-ready', {
+      job: { Update: { HealthCheck: 'checks', MinHealthyTime: 0, HealthyDeadline: 300e6 } },
+      group: {
+        Networks: [{ Mode: 'host', DynamicPorts: [{ Label: 'db' }] }],
+        Services: [{ Name: 'never-ready-db', PortLabel: 'db', Provider: 'nomad', Checks: [{ Name: 'db', Type: 'tcp', Interval: 50e6, Timeout: 200e6 }] }],
+      },
+    }));
+    const alloc = await untilAlloc(double, 'never-ready', 'health decided', (item) => (item.DeploymentStatus as Obj | null)?.Healthy != null);
+    assert.equal((alloc.DeploymentStatus as Obj).Healthy, false);
+    assert.equal(alloc.ClientStatus, 'running', 'an unhealthy allocation keeps running');
+    assert.match(String((alloc.DeploymentStatus as Obj).Timestamp), /^\d{4}-\d\d-\d\dT/);
+  });
+
+  it('escalates to SIGKILL after KillTimeout when a task ignores its kill signal', async function () {
+    const double = await start();
+    // An ignored signal stays ignored across exec: neither the shell nor sleep reacts to SIGTERM.
+    await register(double, sleepJob('stubborn', { command: 'sh', args: ['-c', "trap '' TERM; sleep 600"], task: { KillTimeout: 300e6 } }));
+    const alloc = await untilAlloc(double, 'stubborn', 'running', running);
+    const [pid] = double.pids();
+    const began = Date.now();
+    assert.equal((await call(double, 'DELETE', '/v1/job/stubborn')).status, 200);
+    const stopped = await untilAlloc(double, 'stubborn', 'complete', (item) => item.ClientStatus === 'complete');
+    assert.ok(Date.now() - began >= 250, 'not killed before KillTimeout');
+    const killing = ((taskState(stopped, 't').Events as Obj[]) ?? []).find((event) => event.Type === 'Killing') ?? {};
+    assert.equal(killing.KillTimeout, 300e6);
+    assert.equal(killing.DisplayMessage, 'Sent interrupt. Waiting 300ms before force killing');
+    const terminated = ((taskState(stopped, 't').Events as Obj[]) ?? []).find((event) => event.Type === 'Terminated') ?? {};
+    assert.equal(terminated.Signal, 9);
+    assert.equal(alive(pid ?? 0), false);
+    assert.equal(stopped.ID, alloc.ID);
+    const job = await get(double, '/v1/job/stubborn');
+    assert.equal(job.Stop, true, 'without purge the job stays, stopped');
+    assert.equal(job.Status, 'dead');
+  });
+
+  it('replaces the allocations of a node that leaves', async function () {
+    const double = await start({ nodes: [{ name: 'a', cpu: 1_000, memoryMB: 1_024, meta: { rack: 'r1' } }] });
+    await register(double, sleepJob('mover', { job: { Constraints: [{ LTarget: '${meta.rack}', RTarget: '', Operand: 'is_set' }] } }));
+    const first = await untilAlloc(double, 'mover', 'running', running);
+    const [pid] = double.pids();
+    double.addNode({ name: 'b', cpu: 1_000, memoryMB: 1_024, meta: { rack: 'r2' } });
+    double.removeNode(String(first.NodeID));
+    const moved = await untilAlloc(double, 'mover', 'running on b', (item) => running(item) && item.NodeName === 'b');
+    assert.equal(moved.PreviousAllocation, '');
+    const lost = (await allocsOf(double, 'mover')).find((item) => item.ID === first.ID) ?? {};
+    assert.equal(lost.ClientStatus, 'lost');
+    assert.equal(lost.DesiredStatus, 'stop');
+    await waitFor('the lost task killed', () => !alive(pid ?? 0));
+  });
+
   it('simulates docker with bridge ports, and fails tasks with a bad config or an unknown driver', async function () {
     const double = await start();
     const template = templates.get('sdl') as SessionTemplate;
@@ -444,6 +498,8 @@ describe('Nomad double', function () {
     const [pid] = double.pids();
     const port = double.port;
     await double.outage(true);
+    // A kept-alive socket may notice the drop only when used: refused or reset, never answered.
+    await assert.rejects(call(double, 'GET', '/v1/jobs'), /ECONNREFUSED|ECONNRESET|socket hang up/);
     await assert.rejects(call(double, 'GET', '/v1/jobs'), /ECONNREFUSED/);
     await double.outage(false);
     assert.equal(double.port, port);
@@ -451,6 +507,7 @@ describe('Nomad double', function () {
 
     const before = Number((await call(double, 'GET', '/v1/allocations')).headers['x-nomad-index']);
     const held = call(double, 'GET', `/v1/allocations?index=${before}&wait=30s`);
+    await waitFor('the query held', () => double.heldQueries === 1);
     await double.restart();
     await assert.rejects(held, /socket hang up|ECONNRESET/);
     assert.equal(double.port, port);
@@ -458,6 +515,7 @@ describe('Nomad double', function () {
     assert.ok(alive(pid ?? 0), 'tasks survive an agent restart');
 
     const blocked = call(double, 'GET', `/v1/allocations?index=${before}&wait=30s`);
+    await waitFor('the query held', () => double.heldQueries === 1);
     await double.reset();
     const answer = await blocked;
     assert.ok(Number(answer.headers['x-nomad-index']) < before, 'the index went backwards');

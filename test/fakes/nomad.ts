@@ -112,6 +112,11 @@ export class NomadDouble {
     if (!this.client.killTask(allocId, task, signal)) throw new Error(`killTask: task ${task} of allocation ${allocId} is not running`);
   }
 
+  /** Blocking queries held right now (lets a test act once its query is really waiting). */
+  get heldQueries(): number {
+    return this.api.held;
+  }
+
   /** Process ids of every running raw_exec task (for tests that check cleanup). */
   pids(): number[] {
     return this.client.pids();
@@ -131,7 +136,10 @@ export class NomadDouble {
 
   /**
    * The servers lose all state: every task is killed, jobs, evaluations and allocations are gone and
-   * the index starts low again (clients see it go backwards); the nodes register again.
+   * the index starts low again; the nodes register again. Blocking queries held at that moment answer
+   * at once with the new, lower index, so their clients see the index go backwards (Nomad would hold
+   * them until their wait elapsed, and a client whose index the new state reaches again could miss the
+   * reset). Queries arriving later are held as usual.
    */
   async reset(): Promise<void> {
     const old = { state: this.state, client: this.client };

@@ -44,6 +44,9 @@ interface Answer {
 type Query = URLSearchParams;
 
 export class NomadApi {
+  /** Blocking queries being held right now. */
+  held = 0;
+
   constructor(private readonly ctx: ApiContext) {}
 
   /** Handles one request; never throws. */
@@ -72,7 +75,9 @@ export class NomadApi {
       if (res.destroyed || res.headersSent) return;
       const status = error instanceof HttpError ? error.status : 500;
       if (!(error instanceof HttpError)) this.ctx.log.error({ err: error, method: req.method, url: req.url }, 'nomad double: request failed');
-      res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8' });
+      const headers: http.OutgoingHttpHeaders = { 'content-type': 'text/plain; charset=utf-8' };
+      if (error instanceof HttpError && error.index !== undefined) Object.assign(headers, { 'x-nomad-index': String(error.index), 'x-nomad-knownleader': 'true', 'x-nomad-lastcontact': '0' });
+      res.writeHead(status, headers);
       res.end((error as Error).message);
     }
   }
@@ -215,10 +220,20 @@ export class NomadApi {
       waitMs += Math.random() * (waitMs / 16);
       // A state dropped by reset() releases its waiters: the query answers at once with the new, lower
       // index, so a client sees the index go backwards even if the new state later reaches its index.
-      await this.ctx.state().waitForIndex(table, min, waitMs, signal);
+      this.held++;
+      try {
+        await this.ctx.state().waitForIndex(table, min, waitMs, signal);
+      } finally {
+        this.held--;
+      }
     }
     const state = this.ctx.state();
-    return { body: build(state), index: state.indexOf(table) };
+    try {
+      return { body: build(state), index: state.indexOf(table) };
+    } catch (error) {
+      if (error instanceof HttpError) error.index = state.indexOf(table);
+      throw error;
+    }
   }
 }
 

@@ -59,6 +59,7 @@ export class NomadState {
   readonly allocs = new Map<string, AllocRecord>();
   /** Evaluations are processed one at a time, in order, like one scheduler worker. */
   private queue: Promise<void> = Promise.resolve();
+  private readonly queued = new Set<string>();
   private readonly timers = new Set<NodeJS.Timeout>();
   /** Failed allocations with a follow-up evaluation scheduled. */
   private readonly rescheduling = new Set<string>();
@@ -288,8 +289,14 @@ export class NomadState {
   }
 
   private enqueue(evaluation: EvalRecord): void {
+    // A blocked evaluation already waiting in the queue will see the latest capacity anyway.
+    if (this.queued.has(evaluation.ID)) return;
+    this.queued.add(evaluation.ID);
     this.queue = this.queue
-      .then(() => (this.closed ? undefined : this.process(evaluation)))
+      .then(() => {
+        this.queued.delete(evaluation.ID);
+        return this.closed ? undefined : this.process(evaluation);
+      })
       .catch((error: unknown) => this.failEval(evaluation, error));
   }
 
@@ -321,6 +328,8 @@ export class NomadState {
         this.cancelBlocked(evaluation.JobID, evaluation.ID, index);
         if (job) this.refreshJobStatus(job, index);
       });
+      for (const alloc of live) this.client.stop(alloc);
+      if (live.length > 0) this.unblock();
       return;
     }
     const failed: Record<string, AllocMetric> = {};

@@ -232,7 +232,7 @@ export class TaskRunner {
   /** Sends `signal` to the task from outside (as a crash or an operator would): Nomad sees an exit. */
   signal(signal: NodeJS.Signals): boolean {
     if (this.state.State !== 'running') return false;
-    if (this.child?.pid !== undefined) return signalGroup(this.child.pid, signal);
+    if (this.child?.pid !== undefined) return signalGroup(this.child.pid, signal, true);
     if (this.spec.driver !== 'docker') return false;
     const signo = osConstants.signals[signal] ?? 0;
     this.markExited();
@@ -246,7 +246,7 @@ export class TaskRunner {
    */
   async kill(reason: string, force = false): Promise<void> {
     if (this.killing) {
-      if (force && this.child?.pid !== undefined) signalGroup(this.child.pid, 'SIGKILL');
+      if (force && this.child?.pid !== undefined) signalGroup(this.child.pid, 'SIGKILL', true);
       return this.exited;
     }
     this.killing = true;
@@ -258,8 +258,9 @@ export class TaskRunner {
     this.host.changed();
     const pid = this.child?.pid;
     if (pid !== undefined) {
-      signalGroup(pid, force ? 'SIGKILL' : this.spec.killSignal);
-      if (!force) this.killTimer = setTimeout(() => signalGroup(pid, 'SIGKILL'), timeoutMs);
+      // The child object is live until its exit event, so its pid cannot have been reused yet.
+      signalGroup(pid, force ? 'SIGKILL' : this.spec.killSignal, true);
+      if (!force) this.killTimer = setTimeout(() => signalGroup(pid, 'SIGKILL', this.child?.pid === pid), timeoutMs);
       await this.exited;
       if (this.killTimer) clearTimeout(this.killTimer);
     } else {
@@ -278,13 +279,22 @@ export class TaskRunner {
   }
 }
 
-/** Signals a process group; false when it no longer exists. */
-export function signalGroup(pid: number, signal: NodeJS.Signals): boolean {
+/**
+ * Signals a process group; false when it no longer exists. With `orLeader`, a leader that has not yet
+ * called setsid (just spawned) is signalled by its pid; never used once the leader may have been reaped.
+ */
+export function signalGroup(pid: number, signal: NodeJS.Signals, orLeader = false): boolean {
   try {
     process.kill(-pid, signal);
     return true;
   } catch {
-    return false;
+    if (!orLeader) return false;
+    try {
+      process.kill(pid, signal);
+      return true;
+    } catch {
+      return false;
+    }
   }
 }
 

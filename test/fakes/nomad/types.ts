@@ -36,6 +36,9 @@ export interface NodeRecord {
 
 /** An error answered over HTTP with Nomad's plain-text body. */
 export class HttpError extends Error {
+  /** X-Nomad-Index to send with the error (Nomad sets it on a read that found nothing). */
+  index: number | undefined;
+
   constructor(readonly status: number, message: string) {
     super(message);
     this.name = 'HttpError';
