@@ -617,6 +617,10 @@ export class NomadScheduler implements Scheduler {
             continue;
           }
           if (next.kind === 'unchanged') {
+            // Still take the body: after Nomad lost its state, the new index can climb back to exactly the one
+            // asked for, and the list then differs although the index does not. The apply functions diff
+            // item by item, so an unchanged list costs no events.
+            apply(JSON.parse(result.body) as unknown, answered);
             // An unchanged answer well before the wait elapsed means the server does not block: slow down.
             if (Date.now() - started < waitMs / 2) {
               idle++;

@@ -123,6 +123,16 @@ function groupMembers(pgid: number): number[] {
   return members;
 }
 
+/** Whether a process ignores SIGTERM (bit 15 of SigIgn in /proc/<pid>/status). */
+function ignoresSigterm(pid: number): boolean {
+  try {
+    const mask = /^SigIgn:\s*([0-9a-f]+)$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? '0';
+    return (BigInt(`0x${mask}`) & (1n << 14n)) !== 0n;
+  } catch {
+    return false;
+  }
+}
+
 describe('Nomad double', function () {
   afterEach(async function () {
     for (const double of doubles.splice(0)) await double.stop();
@@ -398,6 +408,11 @@ describe('Nomad double', function () {
     await register(double, sleepJob('stubborn', { command: 'sh', args: ['-c', "trap '' TERM; sleep 600"], task: { KillTimeout: 300e6 } }));
     const alloc = await untilAlloc(double, 'stubborn', 'running', running);
     const [pid] = double.pids();
+    // Running means spawned; the shell may not have run its trap yet.
+    await waitFor('SIGTERM ignored by the task', () => {
+      const members = groupMembers(pid ?? 0);
+      return members.length > 0 && members.every(ignoresSigterm);
+    });
     const began = Date.now();
     assert.equal((await call(double, 'DELETE', '/v1/job/stubborn')).status, 200);
     const stopped = await untilAlloc(double, 'stubborn', 'complete', (item) => item.ClientStatus === 'complete');

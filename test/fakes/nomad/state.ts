@@ -191,7 +191,7 @@ export class NomadState {
       const evaluation = this.createEval(spec.id, 'job-register');
       return { EvalID: evaluation.ID, EvalCreateIndex: evaluation.CreateIndex, JobModifyIndex: existing.jobModifyIndex, Warnings: '', Index: evaluation.CreateIndex, LastContact: 0, KnownLeader: true };
     }
-    let evaluation: EvalRecord | undefined;
+    let evaluation!: EvalRecord;
     const index = this.write(['jobs', 'evals'], (at) => {
       const job: JobRecord = {
         submitted: parsed.submitted,
@@ -209,15 +209,14 @@ export class NomadState {
       evaluation = this.newEval(job, 'job-register', at);
     });
     this.log.debug({ jobId: spec.id, version: this.jobs.get(spec.id)?.version, index }, existing ? 'job updated' : 'job registered');
-    const created = evaluation as unknown as EvalRecord;
-    this.enqueue(created);
-    return { EvalID: created.ID, EvalCreateIndex: index, JobModifyIndex: index, Warnings: '', Index: index, LastContact: 0, KnownLeader: true };
+    this.enqueue(evaluation);
+    return { EvalID: evaluation.ID, EvalCreateIndex: index, JobModifyIndex: index, Warnings: '', Index: index, LastContact: 0, KnownLeader: true };
   }
 
   deregister(jobId: string, purge: boolean): { EvalID: string; EvalCreateIndex: number; JobModifyIndex: number; Index: number } {
     const job = this.jobs.get(jobId);
     if (!job) throw new HttpError(404, 'job not found');
-    let evaluation: EvalRecord | undefined;
+    let evaluation!: EvalRecord;
     const index = this.write(['jobs', 'evals'], (at) => {
       if (purge) {
         this.jobs.delete(jobId);
@@ -229,10 +228,9 @@ export class NomadState {
       }
       evaluation = this.newEval(job, 'job-deregister', at);
     });
-    const created = evaluation as unknown as EvalRecord;
-    this.enqueue(created);
+    this.enqueue(evaluation);
     this.log.debug({ jobId, purge, index }, 'job deregistered');
-    return { EvalID: created.ID, EvalCreateIndex: index, JobModifyIndex: index, Index: index };
+    return { EvalID: evaluation.ID, EvalCreateIndex: index, JobModifyIndex: index, Index: index };
   }
 
   // ---- evaluations ------------------------------------------------------------------------------------
@@ -271,14 +269,13 @@ export class NomadState {
   /** A new pending evaluation of a job that still exists (or was just purged), queued for processing. */
   private createEval(jobId: string, triggeredBy: string): EvalRecord {
     const job = this.jobs.get(jobId);
-    let evaluation: EvalRecord | undefined;
+    let evaluation!: EvalRecord;
     this.write(['evals'], (index) => {
       const base: JobRecord = job ?? this.ghostJob(jobId);
       evaluation = this.newEval(base, triggeredBy, index);
     });
-    const created = evaluation as unknown as EvalRecord;
-    this.enqueue(created);
-    return created;
+    this.enqueue(evaluation);
+    return evaluation;
   }
 
   /** What an evaluation needs of a purged job: its id and namespace (its allocations are only stopped). */
@@ -561,9 +558,5 @@ export class NomadState {
       ModifyIndex: job.modifyIndex,
       JobModifyIndex: job.jobModifyIndex,
     };
-  }
-
-  jobStatusOf(jobId: string): JobRecord['status'] | undefined {
-    return this.jobs.get(jobId)?.status;
   }
 }

@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import readline from 'node:readline';
 import type { Logger } from '../../../controller/util/log.js';
@@ -143,11 +144,18 @@ export class TaskRunner {
     });
     child.once('exit', (code, signal) => {
       if (!started) return;
-      // Whatever the leader left behind in its group goes with it.
-      if (child.pid !== undefined) signalGroup(child.pid, 'SIGKILL');
       this.child = undefined;
-      this.markExited();
-      this.exitedWith(code ?? 0, signal);
+      const pid = child.pid;
+      void (async () => {
+        // Whatever the leader left behind in its group goes with it, and the task has exited only
+        // once the whole group is gone (as Nomad's executor waits for it).
+        if (pid !== undefined) {
+          signalGroup(pid, 'SIGKILL');
+          if (!(await groupGone(pid))) log.warn({ pgid: pid }, 'processes of the task survived SIGKILL');
+        }
+        this.markExited();
+        this.exitedWith(code ?? 0, signal);
+      })();
     });
   }
 
@@ -263,8 +271,11 @@ export class TaskRunner {
       if (!force) this.killTimer = setTimeout(() => signalGroup(pid, 'SIGKILL', this.child?.pid === pid), timeoutMs);
       await this.exited;
       if (this.killTimer) clearTimeout(this.killTimer);
-    } else {
+    } else if (this.spec.driver === 'docker') {
       this.markExited();
+    } else {
+      // No process, or a leader that exited while its group is still being swept.
+      await this.exited;
     }
     this.state.State = 'dead';
     this.state.FinishedAt = new Date().toISOString();
@@ -296,6 +307,40 @@ export function signalGroup(pid: number, signal: NodeJS.Signals, orLeader = fals
       return false;
     }
   }
+}
+
+/**
+ * Resolves true once no live process is left in the group (zombies waiting for their new parent to
+ * reap them count as gone), false after `timeoutMs`.
+ */
+async function groupGone(pgid: number, timeoutMs = 5_000): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (groupHasLiveMembers(pgid)) {
+    if (Date.now() > deadline) return false;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  return true;
+}
+
+function groupHasLiveMembers(pgid: number): boolean {
+  try {
+    process.kill(-pgid, 0);
+  } catch {
+    return false;
+  }
+  if (process.platform !== 'linux') return true;
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      // Fields after the command: state, ppid, pgrp, …
+      const [state, , pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(pgrp) === pgid && state !== 'Z') return true;
+    } catch {
+      // The process ended while /proc was read.
+    }
+  }
+  return false;
 }
 
 /** Nomad's runtime variables for a task, over the few host variables a process needs. */
