@@ -8,6 +8,7 @@ import path from 'node:path';
 import { Observable, Subject } from 'rxjs';
 import type { SessionTemplate } from '../api/types.js';
 import { writeFileAtomic } from '../util/files.js';
+import { KeyedSerializer } from '../util/keyed-serializer.js';
 import type { Logger } from '../util/log.js';
 import { interpolate } from './interpolate.js';
 import {
@@ -151,7 +152,8 @@ export class LocalScheduler implements Scheduler {
   private readonly reachHost: string;
   private readonly jobs = new Map<string, JobRuntime>();
   /** Per-job chain of register/deregister calls, so two calls for one job never interleave. */
-  private readonly ops = new Map<string, Promise<void>>();
+  /** Register and deregister of one job never interleave. */
+  private readonly perJob = new KeyedSerializer();
   private readonly changes = new Subject<WorkloadStep>();
   private started = false;
   private closed = false;
@@ -182,7 +184,7 @@ export class LocalScheduler implements Scheduler {
     this.started = true;
     await Promise.all(
       [...this.jobs.values()].map((runtime) =>
-        this.serialize(runtime.job.id, async () => {
+        this.perJob.run(runtime.job.id, async () => {
           // A deregister may have been queued behind this start.
           if (this.jobs.get(runtime.job.id) !== runtime || this.closed) return;
           // One job that cannot start must not keep the others from starting: it is logged and reported as
@@ -203,7 +205,7 @@ export class LocalScheduler implements Scheduler {
     this.assertUsable();
     const body = parseBody(job.body, `job ${job.id}`);
     const stored: StoredJob = { id: job.id, sessionId: job.sessionId, specHash: job.specHash, body };
-    await this.serialize(job.id, async () => {
+    await this.perJob.run(job.id, async () => {
       this.assertUsable();
       const existing = this.jobs.get(job.id);
       if (existing && existing.job.specHash === job.specHash && existing.alloc && isLive(existing.alloc)) return;
@@ -227,7 +229,7 @@ export class LocalScheduler implements Scheduler {
 
   async deregister(jobId: string): Promise<void> {
     this.assertUsable();
-    await this.serialize(jobId, async () => {
+    await this.perJob.run(jobId, async () => {
       const runtime = this.jobs.get(jobId);
       if (!runtime) return;
       if (runtime.alloc) {
@@ -256,7 +258,7 @@ export class LocalScheduler implements Scheduler {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await Promise.all([...this.ops.values()]);
+    await this.perJob.drain();
     await Promise.all(
       [...this.jobs.values()].map(async (runtime) => {
         if (!runtime.alloc) return;
@@ -683,17 +685,6 @@ export class LocalScheduler implements Scheduler {
   private assertUsable(): void {
     if (this.closed) throw new Error('LocalScheduler is closed');
     if (!this.started) throw new Error('LocalScheduler.start() must be called before using it');
-  }
-
-  private serialize(jobId: string, operation: () => Promise<void>): Promise<void> {
-    const previous = this.ops.get(jobId) ?? Promise.resolve();
-    const result = previous.then(operation);
-    const tail = result.catch(() => undefined);
-    this.ops.set(jobId, tail);
-    void tail.then(() => {
-      if (this.ops.get(jobId) === tail) this.ops.delete(jobId);
-    });
-    return result;
   }
 }
 

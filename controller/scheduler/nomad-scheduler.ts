@@ -1,7 +1,8 @@
-import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import { Observable, type Subscriber } from 'rxjs';
+import { KeyedSerializer } from '../util/keyed-serializer.js';
+import { loadTlsMaterial, type TlsMaterial } from '../util/tls.js';
 import type { Logger } from '../util/log.js';
 import { canonicalJson } from './local-scheduler.js';
 import { SPEC_HASH_META_KEY, nomadJobOptionsProblems, renderNomadJob, type NomadJob, type NomadJobOptions } from './nomad-job.js';
@@ -343,12 +344,6 @@ const MAX_MESSAGE_CHARS = 500;
 const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
 const DEFAULT_WATCH_WAIT_SECONDS = 300;
 
-interface TlsMaterial {
-  ca?: Buffer;
-  cert?: Buffer;
-  key?: Buffer;
-  servername?: string;
-}
 
 interface KnownJob {
   specHash: string;
@@ -397,7 +392,8 @@ export class NomadScheduler implements Scheduler {
   private readonly watchers = new Set<Watcher>();
   private readonly overlays = new Map<string, WriteOverlay>();
   /** Per-job chain of register/deregister calls, so two calls for one job never interleave. */
-  private readonly ops = new Map<string, Promise<void>>();
+  /** Register and deregister of one job never interleave. */
+  private readonly perJob = new KeyedSerializer();
 
   constructor(private readonly options: NomadSchedulerOptions) {
     this.log = options.log;
@@ -419,7 +415,7 @@ export class NomadScheduler implements Scheduler {
   async start(): Promise<void> {
     if (this.started) throw new Error('NomadScheduler.start() was already called');
     if (this.closed) throw new Error('NomadScheduler is closed');
-    this.tls = this.readTls();
+    this.tls = loadTlsMaterial(this.options.tls, 'Nomad');
     const secure = this.base.protocol === 'https:';
     this.agent = secure ? new https.Agent({ keepAlive: true, ...this.tls }) : new http.Agent({ keepAlive: true });
     let leader: unknown;
@@ -472,7 +468,7 @@ export class NomadScheduler implements Scheduler {
   async register(job: RenderedJob): Promise<void> {
     this.assertUsable();
     const nomadJob = jobOf(job);
-    await this.serialize(job.id, async () => {
+    await this.perJob.run(job.id, async () => {
       this.assertUsable();
       if (this.foreign.has(job.id)) {
         throw new Error(`registering job ${job.id}: a job with that id exists without Manticore's marker (Meta ${SESSION_META_KEY}); refusing to overwrite it`);
@@ -500,7 +496,7 @@ export class NomadScheduler implements Scheduler {
 
   async deregister(jobId: string): Promise<void> {
     this.assertUsable();
-    await this.serialize(jobId, async () => {
+    await this.perJob.run(jobId, async () => {
       this.assertUsable();
       let response: unknown;
       try {
@@ -541,7 +537,7 @@ export class NomadScheduler implements Scheduler {
     this.closed = true;
     this.abort.abort();
     await Promise.all(this.loops);
-    await Promise.all([...this.ops.values()]);
+    await this.perJob.drain();
     for (const watcher of this.watchers) watcher.subscriber.complete();
     this.watchers.clear();
     this.agent?.destroy();
@@ -777,28 +773,6 @@ export class NomadScheduler implements Scheduler {
     });
   }
 
-  private readTls(): TlsMaterial {
-    const tls = this.options.tls;
-    if (!tls) return {};
-    const read = (file: string | undefined, what: string): Buffer | undefined => {
-      if (file === undefined) return undefined;
-      try {
-        return fs.readFileSync(file);
-      } catch (error) {
-        throw new Error(`Nomad TLS ${what} ${file}: ${(error as Error).message}`, { cause: error });
-      }
-    };
-    const options: TlsMaterial = {};
-    const ca = read(tls.caFile, 'CA file');
-    const cert = read(tls.certFile, 'certificate file');
-    const key = read(tls.keyFile, 'key file');
-    if (ca) options.ca = ca;
-    if (cert) options.cert = cert;
-    if (key) options.key = key;
-    if (tls.serverName) options.servername = tls.serverName;
-    return options;
-  }
-
   private sleep(ms: number): Promise<void> {
     return new Promise((resolve) => {
       if (this.abort.signal.aborted) return resolve();
@@ -815,17 +789,6 @@ export class NomadScheduler implements Scheduler {
   private assertUsable(): void {
     if (this.closed) throw new Error('NomadScheduler is closed');
     if (!this.started) throw new Error('NomadScheduler.start() must be called before using it');
-  }
-
-  private serialize(jobId: string, operation: () => Promise<void>): Promise<void> {
-    const previous = this.ops.get(jobId) ?? Promise.resolve();
-    const result = previous.then(operation);
-    const tail = result.catch(() => undefined);
-    this.ops.set(jobId, tail);
-    void tail.then(() => {
-      if (this.ops.get(jobId) === tail) this.ops.delete(jobId);
-    });
-    return result;
   }
 }
 

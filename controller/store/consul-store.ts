@@ -1,14 +1,15 @@
-import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import { Observable, type Subscriber } from 'rxjs';
 import type { Logger } from '../util/log.js';
+import { loadTlsMaterial } from '../util/tls.js';
 import {
   MAX_TXN_OPS,
   StoreError,
   validateCas,
   validateKey,
   validatePrefix,
+  validateWatch,
   validateValue,
   type KvChange,
   type KvEntry,
@@ -168,7 +169,7 @@ export class ConsulStore implements Store {
 
     if (base.protocol === 'https:') {
       this.transport = https;
-      this.agent = new https.Agent({ keepAlive: true, ...readTls(options.tls, options.address) });
+      this.agent = new https.Agent({ keepAlive: true, ...tlsFor(options) });
     } else {
       if (options.tls && Object.values(options.tls).some((value) => value !== undefined)) {
         throw new StoreError(`TLS options need an https:// Consul address, got '${options.address}'`, 'open', options.address);
@@ -283,11 +284,8 @@ export class ConsulStore implements Store {
     return new Observable<WatchStep>((subscriber) => {
       try {
         this.assertOpen('watch', prefix);
-        validatePrefix('watch', prefix);
+        validateWatch(prefix, fromIndex);
         checkAddressable('watch', prefix);
-        if (fromIndex !== undefined && (!Number.isSafeInteger(fromIndex) || fromIndex < 0)) {
-          throw new StoreError(`fromIndex must be a non-negative integer, got ${String(fromIndex)}`, 'watch', prefix);
-        }
       } catch (error) {
         subscriber.error(error);
         return undefined;
@@ -739,31 +737,19 @@ function checkAddressable(operation: string, key: string): void {
   }
 }
 
-function readTls(tls: ConsulTlsOptions | undefined, address: string): https.AgentOptions {
-  if (!tls) return {};
-  const read = (file: string | undefined, what: string): Buffer | undefined => {
-    if (file === undefined) return undefined;
-    try {
-      return fs.readFileSync(file);
-    } catch (error) {
-      throw new StoreError(`cannot read the TLS ${what} file ${file}: ${errorMessage(error)}`, 'open', address, { cause: error });
-    }
-  };
-  if ((tls.certFile === undefined) !== (tls.keyFile === undefined)) {
-    throw new StoreError('TLS certFile and keyFile go together: give both or neither', 'open', address);
-  }
-  return {
-    ca: read(tls.caFile, 'CA'),
-    cert: read(tls.certFile, 'certificate'),
-    key: read(tls.keyFile, 'key'),
-    servername: tls.serverName,
-  };
-}
-
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 function errorMessage(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
+}
+
+/** The TLS files, read once; an unreadable one is a StoreError naming the file. */
+function tlsFor(options: ConsulStoreOptions): https.AgentOptions {
+  try {
+    return loadTlsMaterial(options.tls, 'Consul');
+  } catch (error) {
+    throw new StoreError(errorMessage(error), 'open', options.address, { cause: error });
+  }
 }

@@ -10,6 +10,7 @@ import {
   validateKey,
   validatePrefix,
   validateValue,
+  validateWatch,
   type KvChange,
   type KvEntry,
   type KvListing,
@@ -248,10 +249,7 @@ export class EmbeddedStore implements Store {
     return new Observable<WatchStep>((subscriber) => {
       try {
         this.assertOpen('watch', prefix);
-        validatePrefix('watch', prefix);
-        if (fromIndex !== undefined && (!Number.isSafeInteger(fromIndex) || fromIndex < 0)) {
-          throw new StoreError(`fromIndex must be a non-negative integer, got ${String(fromIndex)}`, 'watch', prefix);
-        }
+        validateWatch(prefix, fromIndex);
       } catch (error) {
         subscriber.error(error);
         return undefined;

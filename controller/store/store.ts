@@ -134,3 +134,11 @@ export function validateCas(operation: string, key: string, options: WriteOption
 /** In a `u` regexp a surrogate pair is one code point, so this matches only unpaired surrogates. */
 const LONE_SURROGATE = /\p{Surrogate}/u;
 
+
+/** The arguments of a watch: a valid prefix and, when given, a non-negative integer index. */
+export function validateWatch(prefix: string, fromIndex: number | undefined): void {
+  validatePrefix('watch', prefix);
+  if (fromIndex !== undefined && (!Number.isSafeInteger(fromIndex) || fromIndex < 0)) {
+    throw new StoreError(`fromIndex must be a non-negative integer, got ${String(fromIndex)}`, 'watch', prefix);
+  }
+}
