@@ -4,11 +4,11 @@ import { Observable, type Subscriber } from 'rxjs';
 import type { Logger } from '../util/log.js';
 import { loadTlsMaterial } from '../util/tls.js';
 import {
-  MAX_TXN_OPS,
   StoreError,
   validateCas,
   validateKey,
   validatePrefix,
+  validateTransaction,
   validateWatch,
   validateValue,
   type KvChange,
@@ -239,15 +239,8 @@ export class ConsulStore implements Store {
   async transaction(operations: readonly TxnOperation[]): Promise<boolean> {
     const first = operations[0]?.key ?? '';
     this.assertOpen('transaction', first);
-    if (operations.length > MAX_TXN_OPS) {
-      throw new StoreError(`a transaction holds at most ${MAX_TXN_OPS} operations, got ${operations.length}`, 'transaction', first);
-    }
-    for (const operation of operations) {
-      validateKey('transaction', operation.key);
-      if (operation.verb === 'put') validateValue('transaction', operation.key, operation.value);
-      validateCas('transaction', operation.key, operation);
-      checkAddressable('transaction', operation.key);
-    }
+    validateTransaction(operations);
+    for (const operation of operations) checkAddressable('transaction', operation.key);
     if (operations.length === 0) return true;
     const body = operations.map((operation) => {
       if (operation.verb === 'put') {

@@ -4,11 +4,11 @@ import Database from 'better-sqlite3';
 import { Observable, type Subscriber } from 'rxjs';
 import { silentLogger, type Logger } from '../util/log.js';
 import {
-  MAX_TXN_OPS,
   StoreError,
   validateCas,
   validateKey,
   validatePrefix,
+  validateTransaction,
   validateValue,
   validateWatch,
   type KvChange,
@@ -234,14 +234,7 @@ export class EmbeddedStore implements Store {
   async transaction(operations: readonly TxnOperation[]): Promise<boolean> {
     const first = operations[0]?.key ?? '';
     this.assertOpen('transaction', first);
-    if (operations.length > MAX_TXN_OPS) {
-      throw new StoreError(`a transaction holds at most ${MAX_TXN_OPS} operations, got ${operations.length}`, 'transaction', first);
-    }
-    for (const operation of operations) {
-      validateKey('transaction', operation.key);
-      if (operation.verb === 'put') validateValue('transaction', operation.key, operation.value);
-      validateCas('transaction', operation.key, operation);
-    }
+    validateTransaction(operations);
     return this.write('transaction', first, operations);
   }
 

@@ -142,3 +142,16 @@ export function validateWatch(prefix: string, fromIndex: number | undefined): vo
     throw new StoreError(`fromIndex must be a non-negative integer, got ${String(fromIndex)}`, 'watch', prefix);
   }
 }
+
+/** The operations of a transaction: at most MAX_TXN_OPS, each with a valid key, value and cas. */
+export function validateTransaction(operations: readonly TxnOperation[]): void {
+  const first = operations[0]?.key ?? '';
+  if (operations.length > MAX_TXN_OPS) {
+    throw new StoreError(`a transaction holds at most ${MAX_TXN_OPS} operations, got ${operations.length}`, 'transaction', first);
+  }
+  for (const operation of operations) {
+    validateKey('transaction', operation.key);
+    if (operation.verb === 'put') validateValue('transaction', operation.key, operation.value);
+    validateCas('transaction', operation.key, operation);
+  }
+}
