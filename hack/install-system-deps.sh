@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Manticore needs when they are missing: HAProxy (the router's data plane),
-# and the compiler toolchain npm uses to build better-sqlite3 (the embedded store) from source.
+# the compiler toolchain npm uses to build better-sqlite3 (the embedded store) from source, and openssl.
 # Uses sudo when not run as root. Safe to run again.
 set -euo pipefail
 
@@ -8,6 +8,8 @@ missing=()
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v make >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1 || missing+=(build-essential)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# The Consul store's TLS tests make their certificates with openssl.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 [ "${#missing[@]}" -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi

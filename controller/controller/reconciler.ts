@@ -159,14 +159,15 @@ export class SessionReconciler {
 
     const scheduled = scheduledCondition(workload?.specHash === job.specHash ? workload : undefined);
     const healthy = healthyCondition(allocation);
-    const ready = healthy.status === 'True' && routed.status === 'True';
+    // Ready is every other condition holding; otherwise it carries the first one that does not, as its reason.
     const blocker = [scheduled, healthy, routed].find((condition) => condition.status !== 'True');
+    const ready = blocker === undefined;
     const conditions: ConditionInput[] = [
       { type: 'Admitted', status: 'True', reason: 'Claimed', message: 'hostnames and ports reserved' },
       scheduled,
       healthy,
       routed,
-      ready || blocker === undefined
+      blocker === undefined
         ? { type: 'Ready', status: 'True', reason: 'Ready', message: 'the session is serving' }
         : { type: 'Ready', status: 'False', reason: blocker.reason, message: blocker.message },
     ];

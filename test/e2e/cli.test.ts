@@ -1,8 +1,11 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { httpRequest, tcpProbe } from '../support/http.js';
+import { freePort } from '../support/ports.js';
+import { waitFor } from '../support/wait.js';
 
 const repoRoot = path.resolve(__dirname, '../../..');
 const cli = path.join(repoRoot, 'dist/controller/cli/main.js');
@@ -58,6 +61,34 @@ describe('the manticore command', () => {
     const parsed = JSON.parse(result.stdout) as { templates: string[]; config: { frontend: { port: number } } };
     assert.deepEqual(parsed.templates, ['demo', 'sdl']);
     assert.equal(parsed.config.frontend.port, 4000);
+  });
+
+  it('runs one part alone: `manticore frontend` serves the API and starts no router', async () => {
+    const frontendPort = await freePort();
+    const httpPort = await freePort();
+    const child = spawn(process.execPath, [cli, 'frontend'], {
+      cwd: repoRoot,
+      env: {
+        ...process.env,
+        MANTICORE_STORE_PATH: path.join(dir, 'frontend-only.db'),
+        MANTICORE_FRONTEND_PORT: String(frontendPort),
+        MANTICORE_HTTP_PORT: String(httpPort),
+        MANTICORE_LOG_LEVEL: 'warn',
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+    try {
+      const templates = await waitFor('the front end', async () => {
+        const answer = await httpRequest(`http://127.0.0.1:${frontendPort}/api/v1/templates`);
+        return answer.status === 200 ? answer : undefined;
+      });
+      assert.match(templates.body, /"demo"/);
+      assert.equal(await tcpProbe('127.0.0.1', httpPort), 'refused', 'no HAProxy was started');
+    } finally {
+      child.kill('SIGTERM');
+    }
+    assert.equal(await exited, 0);
   });
 
   describe('render-job', () => {

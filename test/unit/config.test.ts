@@ -68,4 +68,28 @@ describe('configuration', () => {
   it('reports a missing file clearly', () => {
     assert.throws(() => loadConfig(path.join(dir, 'missing.yaml'), {}), /configuration file .*missing\.yaml.*ENOENT/);
   });
+
+  it('takes the Consul and Nomad agents from their usual variables, as their CLIs do', () => {
+    const config = loadConfig(undefined, {
+      MANTICORE_STORE_BACKEND: 'consul',
+      MANTICORE_SCHEDULER_BACKEND: 'nomad',
+      CONSUL_HTTP_ADDR: '10.0.0.5:8500',
+      CONSUL_HTTP_TOKEN: 'c-token',
+      NOMAD_ADDR: 'https://nomad.internal:4646',
+      NOMAD_TOKEN: 'n-token',
+    });
+    assert.equal(config.store.backend, 'consul');
+    assert.equal(config.store.consul.address, 'http://10.0.0.5:8500', 'host:port gets a scheme');
+    assert.equal(config.store.consul.token, 'c-token');
+    assert.equal(config.scheduler.backend, 'nomad');
+    assert.equal(config.scheduler.nomad.address, 'https://nomad.internal:4646');
+    assert.equal(config.scheduler.nomad.token, 'n-token');
+    assert.deepEqual(config.scheduler.nomad.datacenters, ['dc1']);
+    assert.throws(() => loadConfig(undefined, { MANTICORE_STORE_BACKEND: 'etcd' }), /\/store\/backend: must be equal to one of the allowed values \(embedded, consul\)/);
+  });
+
+  it('refuses a restart interval Nomad would refuse', () => {
+    assert.throws(() => loadConfig(write('scheduler:\n  restart: { intervalSeconds: 2 }\n'), {}), /\/scheduler\/restart\/intervalSeconds: must be >= 5/);
+  });
 });
+
