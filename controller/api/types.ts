@@ -12,6 +12,8 @@ export interface SessionMetadata {
   generation: number;
   labels?: Record<string, string>;
   deletionRequestedAt?: string;
+  /** Why deletion was requested: `Deleted` by the user, or the controller's `IdleTimeout`, `MaxLifetime`, `FailedRetentionEnded`. */
+  deletionReason?: string;
 }
 
 export interface SessionSpec {
@@ -56,10 +58,28 @@ export interface SessionStatus {
   conditions: Condition[];
   endpoints: Record<string, Endpoint>;
   queuePosition?: number;
+  estimatedStartAt?: string;
+  admittedAt?: string;
+  readyAt?: string;
   expiresAt?: string;
+  failedAt?: string;
+  failures?: WorkloadFailure[];
   jobId?: string;
   allocationId?: string;
   events: SessionEvent[];
+}
+
+/** A crash, failed or lost allocation, counted against the restart limit. */
+export interface WorkloadFailure {
+  time: string;
+  allocationId?: string;
+  reason: string;
+  message: string;
+}
+
+/** What the front end writes under `activity/<id>` when the user shows signs of life. */
+export interface ActivityRecord {
+  lastActivityAt: string;
 }
 
 /** The API view: the record and its status together. */

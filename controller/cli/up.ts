@@ -5,6 +5,7 @@ import type { ManticoreConfig } from '../config/config.js';
 import type { Logger } from '../util/log.js';
 import { Controller } from '../controller/controller.js';
 import { Keys } from '../controller/keys.js';
+import type { LifecyclePolicy } from '../controller/lifecycle.js';
 import { Frontend } from '../frontend/server.js';
 import { RouterAgent } from '../router/agent.js';
 import { HaproxyDataPlane } from '../router/data-plane.js';
@@ -80,6 +81,10 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
         templates,
         addressing: config.public,
         tcpPortRange: { start: config.router.tcp.portRangeStart, end: config.router.tcp.portRangeEnd },
+        limits: config.limits,
+        policy: lifecyclePolicy(config),
+        capacityRetryMs: config.lifecycle.capacityRetrySeconds * 1000,
+        orphanSweepMs: config.controller.orphanSweepSeconds * 1000,
         workers: config.controller.workers,
         retryBaseMs: config.controller.retryBaseMs,
         retryMaxMs: config.controller.retryMaxMs,
@@ -99,6 +104,8 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
         templates,
         backend: config.scheduler.backend,
         bodyLimitBytes: config.frontend.bodyLimitBytes,
+        sessionsPerUser: config.limits.sessionsPerUser,
+        activityWriteIntervalMs: config.idle.activityWriteIntervalSeconds * 1000,
         log,
       });
       frontendUrl = await frontend.start(config.frontend.host, config.frontend.port);
@@ -122,6 +129,20 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
     await parts.stopAll();
     throw error;
   }
+}
+
+/** The lifecycle settings of the configuration, in the controller's units. */
+export function lifecyclePolicy({ lifecycle, idle }: ManticoreConfig): LifecyclePolicy {
+  return {
+    startTimeoutMs: lifecycle.startTimeoutSeconds * 1000,
+    maxLifetimeMs: lifecycle.maxLifetimeSeconds * 1000,
+    maxRestarts: lifecycle.maxRestarts,
+    restartWindowMs: lifecycle.restartWindowSeconds * 1000,
+    restartBackoffMs: lifecycle.restartBackoffSeconds * 1000,
+    failedRetentionMs: lifecycle.failedRetentionSeconds * 1000,
+    idleTimeoutMs: idle.timeoutSeconds * 1000,
+    idleWarningMs: idle.warningSeconds * 1000,
+  };
 }
 
 /** A local HAProxy (restarted if it dies) and the agent that keeps its routes equal to the store's. */

@@ -57,7 +57,19 @@ export interface ManticoreConfig {
     rateLimitPerSecond: number;
     rateLimitBurst: number;
     routerStaleSeconds: number;
+    orphanSweepSeconds: number;
   };
+  limits: { maxSessions: number; sessionsPerUser: number; maxStarting: number };
+  lifecycle: {
+    startTimeoutSeconds: number;
+    maxLifetimeSeconds: number;
+    maxRestarts: number;
+    restartWindowSeconds: number;
+    restartBackoffSeconds: number;
+    failedRetentionSeconds: number;
+    capacityRetrySeconds: number;
+  };
+  idle: { timeoutSeconds: number; warningSeconds: number; activityWriteIntervalSeconds: number };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
 }
 
@@ -93,6 +105,10 @@ export const environmentOverrides: ReadonlyArray<{ variable: string; path: strin
   { variable: 'MANTICORE_FRONTEND_PORT', path: ['frontend', 'port'], parse: asInteger },
   { variable: 'MANTICORE_TEMPLATES_DIR', path: ['templates', 'dir'], parse: asString },
   { variable: 'MANTICORE_LOG_LEVEL', path: ['log', 'level'], parse: asString },
+  { variable: 'MANTICORE_MAX_SESSIONS', path: ['limits', 'maxSessions'], parse: asInteger },
+  { variable: 'MANTICORE_SESSIONS_PER_USER', path: ['limits', 'sessionsPerUser'], parse: asInteger },
+  { variable: 'MANTICORE_IDLE_TIMEOUT_SECONDS', path: ['idle', 'timeoutSeconds'], parse: asInteger },
+  { variable: 'MANTICORE_IDLE_WARNING_SECONDS', path: ['idle', 'warningSeconds'], parse: asInteger },
 ];
 
 /**
@@ -143,6 +159,16 @@ function finish(config: ManticoreConfig, what: string): ManticoreConfig {
   }
   if (tcp.portRangeEnd - tcp.portRangeStart + 1 > 5000) {
     throw new ValidationError(what, ['/router/tcp: the port range may hold at most 5000 ports (each is a listening socket)']);
+  }
+  const { idle, lifecycle } = config;
+  if (idle.timeoutSeconds > 0 && idle.warningSeconds >= idle.timeoutSeconds) {
+    throw new ValidationError(what, ['/idle/warningSeconds: must be below idle.timeoutSeconds (the warning comes before the deletion)']);
+  }
+  if (idle.timeoutSeconds > 0 && idle.activityWriteIntervalSeconds >= idle.warningSeconds) {
+    throw new ValidationError(what, ['/idle/activityWriteIntervalSeconds: must be below idle.warningSeconds, or activity could arrive too late to count']);
+  }
+  if (lifecycle.maxLifetimeSeconds > 0 && idle.warningSeconds >= lifecycle.maxLifetimeSeconds) {
+    throw new ValidationError(what, ['/lifecycle/maxLifetimeSeconds: must be above idle.warningSeconds (the warning comes before the end)']);
   }
   config.public.httpPort ??= config.router.http.port;
   return config;

@@ -1,16 +1,23 @@
 import { merge, type Subscription } from 'rxjs';
 import { map } from 'rxjs/operators';
 import { parseRecord } from '../api/schemas.js';
-import type { RouteRecord, RouterHeartbeat, SessionRecord, SessionStatus, SessionTemplate } from '../api/types.js';
+import type { ActivityRecord, RouteRecord, RouterHeartbeat, SessionRecord, SessionStatus, SessionTemplate } from '../api/types.js';
+import { systemClock, type Clock } from '../util/clock.js';
 import type { Logger } from '../util/log.js';
 import type { Store } from '../store/store.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
+import { Admission } from './admission.js';
 import { PortAllocator } from './claims.js';
+import { DeadlineTimers } from './deadlines.js';
 import { StoreInformer, WorkloadInformer } from './informer.js';
 import type { Keys } from './keys.js';
+import type { LifecyclePolicy } from './lifecycle.js';
 import type { PublicAddressing } from './endpoints.js';
 import { ConflictError, SessionReconciler } from './reconciler.js';
 import { WorkQueue } from './workqueue.js';
+
+/** How often, at most, the waiting sessions' start estimates are recomputed when the running sessions' times change. */
+export const estimateRefreshMs = 10_000;
 
 export interface ControllerOptions {
   readonly store: Store;
@@ -19,44 +26,58 @@ export interface ControllerOptions {
   readonly templates: ReadonlyMap<string, SessionTemplate>;
   readonly addressing: PublicAddressing;
   readonly tcpPortRange: { readonly start: number; readonly end: number };
+  readonly limits: { readonly maxSessions: number; readonly maxStarting: number; readonly sessionsPerUser: number };
+  readonly policy: LifecyclePolicy;
+  /** After the scheduler had no room, the waiting list is retried after this long at the latest. */
+  readonly capacityRetryMs: number;
   readonly workers: number;
   readonly retryBaseMs: number;
   readonly retryMaxMs: number;
   readonly rateLimitPerSecond: number;
   readonly rateLimitBurst: number;
   readonly routerStaleMs: number;
+  readonly orphanSweepMs: number;
   readonly log: Logger;
+  /** The clock of the lifecycle deadlines; the system clock unless a test drives time. */
+  readonly clock?: Clock;
 }
 
 /**
  * The event plumbing around the reconciler: watch-fed caches → de-duplicating work queue → a bounded pool
- * of workers calling SessionReconciler.reconcile. Decisions live in the reconciler; this only decides
- * *when* a session is looked at.
+ * of workers calling SessionReconciler.reconcile, plus the timers of each session's next deadline and a
+ * slow sweep for orphans. Decisions live in the reconciler and the admission; this only decides *when* a
+ * session is looked at.
  */
 export class Controller {
   readonly sessions: StoreInformer<SessionRecord>;
   readonly statuses: StoreInformer<SessionStatus>;
   readonly routes: StoreInformer<RouteRecord>;
   readonly routers: StoreInformer<RouterHeartbeat>;
+  readonly activities: StoreInformer<ActivityRecord>;
   readonly workloads: WorkloadInformer;
   readonly queue: WorkQueue<string>;
+  readonly admission: Admission;
   private readonly reconciler: SessionReconciler;
   private readonly ports: PortAllocator;
+  private readonly deadlines: DeadlineTimers;
   /** Sessions waiting for routers to apply their routes, with the store index they need applied. */
   private readonly awaitingRouters = new Map<string, number>();
-  /** Sessions waiting for a free TCP port; looked at again whenever a routes record goes away. */
-  private readonly awaitingPort = new Set<string>();
   private readonly subscriptions: Subscription[] = [];
   private workers: Promise<void>[] = [];
+  private sweepTimer: unknown;
+  private estimateTimer: unknown;
+  private readonly clock: Clock;
   private readonly log: Logger;
 
   constructor(private readonly options: ControllerOptions) {
     const { store, keys, log } = options;
+    this.clock = options.clock ?? systemClock;
     this.log = log.child({ component: 'controller' });
     this.sessions = new StoreInformer(store, keys.sessions, (json) => parseRecord<SessionRecord>('session', json), this.log);
     this.statuses = new StoreInformer(store, keys.statuses, (json) => parseRecord<SessionStatus>('session-status', json), this.log);
     this.routes = new StoreInformer(store, keys.routes, (json) => parseRecord<RouteRecord>('route', json), this.log);
     this.routers = new StoreInformer(store, keys.routers, (json) => parseRecord<RouterHeartbeat>('router-heartbeat', json), this.log);
+    this.activities = new StoreInformer(store, keys.activities, (json) => parseRecord<ActivityRecord>('activity', json), this.log);
     this.workloads = new WorkloadInformer(options.scheduler, this.log);
     this.ports = new PortAllocator(options.tcpPortRange.start, options.tcpPortRange.end);
     this.queue = new WorkQueue<string>({
@@ -65,20 +86,34 @@ export class Controller {
       ratePerSecond: options.rateLimitPerSecond,
       burst: options.rateLimitBurst,
     });
+    this.deadlines = new DeadlineTimers(this.clock, (id) => this.queue.add(id));
+    const now = (): number => this.clock.now();
+    this.admission = new Admission(
+      { sessions: this.sessions.cache, statuses: this.statuses.cache, routes: this.routes.cache },
+      { ...options.limits, capacityRetryMs: options.capacityRetryMs },
+      now,
+      (id) => this.queue.add(id),
+      () => this.refreshEstimatesSoon(),
+    );
     this.reconciler = new SessionReconciler({
       store,
       scheduler: options.scheduler,
       keys,
       templates: options.templates,
       ports: this.ports,
+      admission: this.admission,
       addressing: options.addressing,
+      policy: options.policy,
+      sessionsPerUser: options.limits.sessionsPerUser,
       routerStaleMs: options.routerStaleMs,
       log: this.log,
+      now,
       observed: {
         sessions: this.sessions.cache,
         statuses: this.statuses.cache,
         routes: this.routes.cache,
         routers: this.routers.cache,
+        activities: this.activities.cache,
         workloads: this.workloads.cache,
         routesIndex: () => this.routes.index,
       },
@@ -87,16 +122,21 @@ export class Controller {
 
   /** Starts the watches, waits until every cache is synced, then starts the workers. */
   async start(): Promise<void> {
-    // The allocator must see every claim before the first reconcile hands out a port.
+    // The allocator and the waiting list must see every claim before the first reconcile admits anyone.
     this.subscriptions.push(this.routes.cache.changes.subscribe((change) => this.ports.observe(change)));
     this.subscriptions.push(
-      merge(this.sessions.cache.changes, this.statuses.cache.changes, this.routes.cache.changes, this.workloads.cache.changes)
+      merge(this.sessions.cache.changes, this.statuses.cache.changes, this.routes.cache.changes).subscribe((change) => this.admission.refresh(change.id)),
+    );
+    this.subscriptions.push(
+      merge(this.sessions.cache.changes, this.statuses.cache.changes, this.routes.cache.changes, this.activities.cache.changes, this.workloads.cache.changes)
         .pipe(map((change) => change.id))
         .subscribe((id) => this.queue.add(id)),
     );
+    // Room in the cluster: a node joined, or a workload that held resources ended.
+    this.subscriptions.push(this.options.scheduler.capacityChanges().subscribe(() => this.admission.capacityChanged()));
     this.subscriptions.push(
-      this.routes.cache.changes.subscribe((change) => {
-        if (change.current === undefined) for (const id of this.awaitingPort) this.queue.add(id);
+      this.workloads.cache.changes.subscribe((change) => {
+        if (change.current === undefined && change.previous?.allocation !== undefined) this.admission.capacityChanged();
       }),
     );
     this.subscriptions.push(
@@ -105,20 +145,57 @@ export class Controller {
         for (const [id, index] of this.awaitingRouters) if (index <= applied || change.current === undefined) this.queue.add(id);
       }),
     );
-    for (const informer of [this.sessions, this.statuses, this.routes, this.routers, this.workloads]) informer.start();
-    await Promise.all([this.sessions.synced, this.statuses.synced, this.routes.synced, this.routers.synced, this.workloads.synced]);
+    const informers = [this.sessions, this.statuses, this.routes, this.routers, this.activities, this.workloads];
+    for (const informer of informers) informer.start();
+    await Promise.all(informers.map((informer) => informer.synced));
     this.log.info(
-      { sessions: this.sessions.cache.size, workloads: this.workloads.cache.size, routes: this.routes.cache.size },
+      { sessions: this.sessions.cache.size, waiting: this.admission.waitingCount, workloads: this.workloads.cache.size, routes: this.routes.cache.size },
       'caches synced; reconciling',
     );
     this.workers = Array.from({ length: this.options.workers }, () => this.work());
+    this.scheduleSweep();
   }
 
   async stop(): Promise<void> {
+    this.clock.clearTimeout(this.sweepTimer);
+    this.clock.clearTimeout(this.estimateTimer);
+    this.deadlines.clear();
     this.queue.shutDown();
     await Promise.all(this.workers);
     for (const subscription of this.subscriptions.splice(0)) subscription.unsubscribe();
-    for (const informer of [this.sessions, this.statuses, this.routes, this.routers, this.workloads]) informer.stop();
+    for (const informer of [this.sessions, this.statuses, this.routes, this.routers, this.activities, this.workloads]) informer.stop();
+  }
+
+  /**
+   * Every change already reaches the session it concerns; this slow sweep is the safety net for anything a
+   * watch could not report (a resource of ours whose session vanished while no one watched): it queues
+   * whatever carries our marker but has no session.
+   */
+  /**
+   * Running sessions' expiry times move with their users' activity; the waiting sessions' estimates follow
+   * at most once per estimateRefreshMs rather than on every keepalive.
+   */
+  private refreshEstimatesSoon(): void {
+    if (this.estimateTimer !== undefined) return;
+    this.estimateTimer = this.clock.setTimeout(() => {
+      this.estimateTimer = undefined;
+      for (const id of this.admission.waitingIds()) this.queue.add(id);
+    }, estimateRefreshMs);
+  }
+
+  private scheduleSweep(): void {
+    this.sweepTimer = this.clock.setTimeout(() => {
+      let orphans = 0;
+      for (const cache of [this.workloads.cache, this.routes.cache, this.statuses.cache, this.activities.cache]) {
+        for (const id of cache.ids()) {
+          if (this.sessions.cache.get(id) !== undefined) continue;
+          orphans += 1;
+          this.queue.add(id);
+        }
+      }
+      if (orphans > 0) this.log.info({ orphans }, 'orphan sweep queued resources without a session');
+      this.scheduleSweep();
+    }, this.options.orphanSweepMs);
   }
 
   private async work(): Promise<void> {
@@ -133,13 +210,10 @@ export class Controller {
         } else {
           this.awaitingRouters.delete(id);
         }
-        if (result.awaitingPort) {
-          this.awaitingPort.add(id);
-          if (this.ports.used < this.ports.capacity) this.queue.add(id);
-        } else {
-          this.awaitingPort.delete(id);
-        }
         if (result.requeueAfterMs !== undefined) this.queue.addAfter(id, result.requeueAfterMs);
+        // A session catching up on its own writes keeps its deadline; otherwise the result sets it.
+        if (result.wakeAt !== undefined) this.deadlines.set(id, result.wakeAt);
+        else if (result.requeueAfterMs === undefined) this.deadlines.cancel(id);
       } catch (error) {
         // A lost compare-and-set only means the cache had not yet seen our previous write: routine.
         const level = error instanceof ConflictError ? 'debug' : 'warn';

@@ -14,6 +14,9 @@ export class Keys {
   get routers(): string {
     return `${this.prefix}routers/`;
   }
+  get activities(): string {
+    return `${this.prefix}activity/`;
+  }
 
   session(id: string): string {
     return this.sessions + id;
@@ -26,5 +29,8 @@ export class Keys {
   }
   router(name: string): string {
     return this.routers + name;
+  }
+  activity(id: string): string {
+    return this.activities + id;
   }
 }

@@ -1,22 +1,26 @@
 import type {
+  ActivityRecord,
   Endpoint,
   RouteRecord,
   RouterHeartbeat,
   SessionRecord,
   SessionStatus,
   SessionTemplate,
+  WorkloadFailure,
 } from '../api/types.js';
 import { encodeRecord } from '../api/schemas.js';
 import { resolveParameters } from '../api/templates.js';
 import type { Logger } from '../util/log.js';
-import type { Store } from '../store/store.js';
+import type { Store, TxnOperation } from '../store/store.js';
 import { jobIdFor, RenderError, type Allocation, type Scheduler, type Workload } from '../scheduler/scheduler.js';
+import type { Admission } from './admission.js';
 import type { PortAllocator } from './claims.js';
 import { newClaim, publicEndpoints, type PublicAddressing } from './endpoints.js';
 import type { Cache, CachedRecord } from './informer.js';
 import type { Keys } from './keys.js';
 import { Expectations } from './expectations.js';
-import { nextStatus, sameStatus, type ConditionInput } from './status.js';
+import { expiryOf, formatSeconds, idleWarningCondition, recentFailures, restartDelayMs, type LifecyclePolicy } from './lifecycle.js';
+import { nextStatus, sameStatus, type ConditionInput, type StatusInput } from './status.js';
 
 /** The observed world the reconciler reads: caches fed by watches, never the backends directly. */
 export interface ObservedState {
@@ -24,6 +28,7 @@ export interface ObservedState {
   readonly statuses: Cache<CachedRecord<SessionStatus>>;
   readonly routes: Cache<CachedRecord<RouteRecord>>;
   readonly routers: Cache<CachedRecord<RouterHeartbeat>>;
+  readonly activities: Cache<CachedRecord<ActivityRecord>>;
   readonly workloads: Cache<Workload>;
   /** Store index up to which the routes cache has seen every change. */
   routesIndex(): number;
@@ -36,21 +41,24 @@ export interface ReconcilerDeps {
   readonly observed: ObservedState;
   readonly templates: ReadonlyMap<string, SessionTemplate>;
   readonly ports: PortAllocator;
+  readonly admission: Admission;
   readonly addressing: PublicAddressing;
+  readonly policy: LifecyclePolicy;
+  readonly sessionsPerUser: number;
   readonly routerStaleMs: number;
   readonly log: Logger;
-  readonly now?: () => number;
+  readonly now: () => number;
   /** How long to wait for the caches to show the reconciler's own writes before acting anyway. */
   readonly expectationTimeoutMs?: number;
 }
 
 export interface ReconcileResult {
-  /** Reconcile this session again after this long even if nothing changes (a timer, not a retry). */
+  /** Reconcile this session again after this long even if nothing changes (catching up, not a deadline). */
   readonly requeueAfterMs?: number;
+  /** The session's next deadline on the controller's clock (warning, expiry, start timeout, restart, retention). */
+  readonly wakeAt?: number;
   /** The session waits for routers to apply routes up to this store index. */
   readonly awaitingRoutersAt?: number;
-  /** The session waits for a TCP port to be freed. */
-  readonly awaitingPort?: boolean;
 }
 
 /** Raised when a write lost a compare-and-set: the cache was stale; the key is retried with backoff. */
@@ -63,10 +71,15 @@ export class ConflictError extends Error {
 
 const done: ReconcileResult = {};
 
+/** Estimates are not rewritten for changes smaller than this (or a fifth of the wait), so waiting sessions stay quiet. */
+const estimateToleranceMs = 60_000;
+
 /**
  * Drives one session's world toward its record. Level-triggered: each call reads the whole desired and
  * observed state for the session from the caches and does whatever is missing, so a missed event, a crash
- * half-way or a restart leaves no lasting damage. Writes are compare-and-set against the cached index.
+ * half-way or a restart leaves no lasting damage. Every deadline is computed from stored times, so a
+ * restarted or newly elected controller keeps the same clock. Writes are compare-and-set against the
+ * cached index.
  */
 export class SessionReconciler {
   private readonly now: () => number;
@@ -74,7 +87,7 @@ export class SessionReconciler {
   private readonly expectations: Expectations;
 
   constructor(private readonly deps: ReconcilerDeps) {
-    this.now = deps.now ?? Date.now;
+    this.now = deps.now;
     this.expectations = new Expectations(deps.expectationTimeoutMs ?? 30_000, this.now);
   }
 
@@ -99,12 +112,14 @@ export class SessionReconciler {
     return this.converge(id, session);
   }
 
-  /** Everything a session should have while it is wanted: claim, workload, routes, and a status that says so. */
+  /** Everything a session should have while it is wanted: a place, a claim, a workload, routes, and a status that says so. */
   private async converge(id: string, session: SessionRecord): Promise<ReconcileResult> {
-    const { observed } = this.deps;
+    const { observed, policy } = this.deps;
     const generation = session.metadata.generation;
     const previous = observed.statuses.get(id)?.value;
 
+    // Failed is final for a generation: the reason stays readable for a while and nothing is restarted.
+    if (previous?.phase === 'Failed' && previous.observedGeneration === generation) return this.retainFailed(id, previous);
     const template = this.deps.templates.get(session.spec.template);
     if (template === undefined) {
       return this.fail(id, generation, 'TemplateNotFound', `template "${session.spec.template}" does not exist`);
@@ -115,11 +130,6 @@ export class SessionReconciler {
     } catch (error) {
       return this.fail(id, generation, 'InvalidParameters', (error as Error).message);
     }
-    // Failed is final for a generation: the reason stays readable and nothing is restarted behind the user's back.
-    if (previous?.phase === 'Failed' && previous.observedGeneration === generation) {
-      await this.release(id);
-      return done;
-    }
 
     const routesRecord = observed.routes.get(id);
     const claim = routesRecord?.value;
@@ -127,7 +137,12 @@ export class SessionReconciler {
       if (routesRecord !== undefined) {
         return this.fail(id, generation, 'InvalidRoutes', `routes record is unreadable: ${routesRecord.error}`);
       }
-      return this.admit(id, generation, template);
+      // Another front end may have let a second create through; the oldest sessions win.
+      const rank = this.deps.admission.ownerRank(id) ?? 1;
+      if (rank > this.deps.sessionsPerUser) {
+        return this.fail(id, generation, 'SessionLimit', `${session.metadata.owner} already has ${this.deps.sessionsPerUser} session(s)`);
+      }
+      return this.admitOrWait(id, generation, template, previous);
     }
 
     const endpoints = publicEndpoints(template, claim, this.deps.addressing);
@@ -138,16 +153,42 @@ export class SessionReconciler {
       if (error instanceof RenderError) return this.fail(id, generation, 'Unschedulable', error.message);
       throw error;
     }
-    const workload = observed.workloads.get(id);
-    if (workload === undefined || workload.specHash !== job.specHash) {
+    const now = this.now();
+    const admittedAt = previous?.admittedAt ?? new Date(now).toISOString();
+    const cachedWorkload = observed.workloads.get(id);
+    const workload = cachedWorkload?.specHash === job.specHash ? cachedWorkload : undefined;
+    // The scheduler has no room: give the claim back and wait at the head of the list (a session that has
+    // served keeps its place and addresses and is handled as a failure instead).
+    if (workload?.placementFailure !== undefined && previous?.readyAt === undefined) {
+      return this.waitForCapacity(id, generation, workload.placementFailure);
+    }
+    if (workload === undefined) {
       await this.deps.scheduler.register(job);
       this.expectations.expect(id, () => observed.workloads.get(id)?.specHash === job.specHash);
-      this.deps.log.info({ session: id, job: job.id }, workload ? 'job updated' : 'job registered');
+      this.deps.log.info({ session: id, job: job.id }, cachedWorkload ? 'job updated' : 'job registered');
     }
 
-    const allocation = workload?.specHash === job.specHash ? workload.allocation : undefined;
-    if (allocation?.clientStatus === 'failed' || allocation?.clientStatus === 'lost') {
-      return this.fail(id, generation, 'WorkloadFailed', describeTasks(allocation) || `allocation ${allocation.clientStatus}`);
+    const allocation = workload?.allocation;
+    const scheduled = scheduledCondition(workload);
+    let healthy = healthyCondition(allocation);
+    const wakeAts: number[] = [];
+
+    // Failures after the first Ready: each counts against the restart limit; a failed allocation is replaced after a backoff.
+    const failures = this.failuresAfter(previous, allocation, healthy, now);
+    if (failures.length > policy.maxRestarts) {
+      const last = failures[failures.length - 1]!;
+      return this.fail(id, generation, 'CrashLoop', `failed ${failures.length} times within ${formatSeconds(policy.restartWindowMs)}; last: ${last.message}`, failures);
+    }
+    if (allocation?.clientStatus === 'failed') {
+      const replaceAt = Date.parse(failures[failures.length - 1]?.time ?? admittedAt) + restartDelayMs(policy, failures.length);
+      if (now >= replaceAt) {
+        await this.deps.scheduler.reschedule(job.id);
+        this.expectations.expect(id, () => observed.workloads.get(id)?.allocation?.id !== allocation.id);
+        this.deps.log.info({ session: id, job: job.id, failures: failures.length }, 'replacing the failed workload');
+      } else {
+        wakeAts.push(replaceAt);
+      }
+      healthy = { type: 'Healthy', status: 'False', reason: 'Restarting', message: `${describeTasks(allocation) || 'the workload failed'}; replacing it at ${new Date(Math.max(now, replaceAt)).toISOString()}` };
     }
 
     const wanted = withBackends(claim, template, allocation);
@@ -157,11 +198,20 @@ export class SessionReconciler {
       ? { type: 'Routed', status: 'False', reason: 'RoutesUpdating', message: 'routes are being updated to the workload address' }
       : this.routedCondition(claim, routesRecord!.entry.modifyIndex);
 
-    const scheduled = scheduledCondition(workload?.specHash === job.specHash ? workload : undefined);
-    const healthy = healthyCondition(allocation);
     // Ready is every other condition holding; otherwise it carries the first one that does not, as its reason.
     const blocker = [scheduled, healthy, routed].find((condition) => condition.status !== 'True');
     const ready = blocker === undefined;
+    if (blocker !== undefined) {
+      // Not serving, since admission or since it stopped serving: given up after the start timeout.
+      const since = Date.parse(previous?.readyAt === undefined ? admittedAt : notReadySince(previous, now));
+      const deadline = since + policy.startTimeoutMs;
+      if (now >= deadline) {
+        return this.fail(id, generation, 'StartTimeout', `not ready within ${formatSeconds(policy.startTimeoutMs)}: ${blocker.message}`, failures);
+      }
+      wakeAts.push(deadline);
+    }
+    const readyAt = previous?.readyAt ?? (ready ? new Date(now).toISOString() : undefined);
+
     const conditions: ConditionInput[] = [
       { type: 'Admitted', status: 'True', reason: 'Claimed', message: 'hostnames and ports reserved' },
       scheduled,
@@ -171,9 +221,20 @@ export class SessionReconciler {
         ? { type: 'Ready', status: 'True', reason: 'Ready', message: 'the session is serving' }
         : { type: 'Ready', status: 'False', reason: blocker.reason, message: blocker.message },
     ];
+    let expiresAt: string | undefined;
+    if (readyAt !== undefined) {
+      const activity = observed.activities.get(id)?.value;
+      const expiry = expiryOf(policy, Date.parse(readyAt), activity ? Date.parse(activity.lastActivityAt) : undefined);
+      if (expiry !== undefined) {
+        if (now >= expiry.at) return this.requestDeletion(id, expiry.reason);
+        conditions.push(idleWarningCondition(expiry, now));
+        expiresAt = new Date(expiry.at).toISOString();
+        wakeAts.push(now < expiry.warnAt ? expiry.warnAt : expiry.at);
+      }
+    }
     // Addresses are shown once the session first serves, and stay shown while it lives (they never change).
     const published: Record<string, Endpoint> = {};
-    if (ready || Object.keys(previous?.endpoints ?? {}).length > 0) {
+    if (readyAt !== undefined) {
       for (const [service, endpoint] of Object.entries(endpoints)) published[service] = { protocol: endpoint.protocol, url: endpoint.url };
     }
     await this.writeStatus(id, {
@@ -181,38 +242,84 @@ export class SessionReconciler {
       observedGeneration: generation,
       conditions,
       endpoints: published,
+      admittedAt,
+      ...(readyAt === undefined ? {} : { readyAt }),
+      ...(expiresAt === undefined ? {} : { expiresAt }),
+      failures,
       jobId: job.id,
       ...(allocation ? { allocationId: allocation.id } : {}),
     });
     const waitingForRouters = routed.reason === 'WaitingForRouters' || routed.reason === 'NoRouters';
-    return waitingForRouters ? { awaitingRoutersAt: routesRecord!.entry.modifyIndex, requeueAfterMs: this.deps.routerStaleMs } : done;
+    return {
+      ...(wakeAts.length > 0 ? { wakeAt: Math.min(...wakeAts) } : {}),
+      ...(waitingForRouters ? { awaitingRoutersAt: routesRecord!.entry.modifyIndex, requeueAfterMs: this.deps.routerStaleMs } : {}),
+    };
   }
 
-  /** Reserves the session's secret hostnames and TCP ports by writing its routes record (no backends yet). */
-  private async admit(id: string, generation: number, template: SessionTemplate): Promise<ReconcileResult> {
+  /**
+   * The recent failures with any new one added: the workload stopped serving after having served, or its
+   * allocation failed or was lost (once per allocation).
+   */
+  private failuresAfter(previous: SessionStatus | undefined, allocation: Allocation | undefined, healthy: ConditionInput, now: number): WorkloadFailure[] {
+    const failures = recentFailures(this.deps.policy, previous?.failures ?? [], now);
+    const allocationEnded = allocation?.clientStatus === 'failed' || allocation?.clientStatus === 'lost';
+    const stoppedServing = previous?.phase === 'Ready' && healthy.status === 'False';
+    const alreadyCounted = allocation !== undefined && previous?.failures?.at(-1)?.allocationId === allocation.id && !stoppedServing;
+    if ((stoppedServing || allocationEnded) && !alreadyCounted) {
+      const message = allocationEnded ? describeTasks(allocation!) || `allocation ${allocation!.clientStatus}` : healthy.message;
+      const reason = allocationEnded ? (allocation!.clientStatus === 'lost' ? 'AllocationLost' : 'AllocationFailed') : healthy.reason;
+      failures.push({ time: new Date(now).toISOString(), ...(allocation ? { allocationId: allocation.id } : {}), reason, message });
+    }
+    return failures;
+  }
+
+  /** A waiting session: admitted when its place in the list comes, else it shows its position and why it waits. */
+  private async admitOrWait(id: string, generation: number, template: SessionTemplate, previous: SessionStatus | undefined): Promise<ReconcileResult> {
+    const { admission } = this.deps;
+    const decision = admission.decide(id);
+    if (!decision.admit) {
+      const estimate = stableEstimate(previous?.estimatedStartAt, decision.estimatedStartAt, this.now());
+      // The session the scheduler turned away keeps the scheduler's own words for why.
+      const shown = previous?.conditions.find((condition) => condition.type === 'Admitted');
+      const message = shown?.reason === decision.reason && decision.reason === 'InsufficientCapacity' ? shown.message : decision.message;
+      await this.writeStatus(id, {
+        phase: 'Waiting',
+        observedGeneration: generation,
+        conditions: waitingConditions(decision.reason, message),
+        endpoints: {},
+        queuePosition: decision.position,
+        ...(estimate === undefined ? {} : { estimatedStartAt: estimate }),
+      });
+      return decision.retryAt === undefined ? done : { wakeAt: decision.retryAt };
+    }
+    const portsNeeded = template.spec.services.filter((service) => service.expose === 'tcp').length;
+    if (this.deps.ports.capacity - this.deps.ports.used < portsNeeded) {
+      await this.writeStatus(id, {
+        phase: 'Waiting',
+        observedGeneration: generation,
+        conditions: waitingConditions('NoFreePort', `all ${this.deps.ports.capacity} public TCP ports are in use`),
+        endpoints: {},
+        queuePosition: 1,
+      });
+      // A claim going away frees ports and room alike, which requeues the head of the list.
+      return done;
+    }
+    admission.reserve(id);
     const reserved: number[] = [];
     const record = newClaim(id, template, () => {
       const port = this.deps.ports.reserve(id);
       if (port !== undefined) reserved.push(port);
       return port;
     });
-    if (record === undefined) {
+    const giveBack = (): void => {
       for (const port of reserved) this.deps.ports.release(id, port);
-      await this.writeStatus(id, {
-        phase: 'Waiting',
-        observedGeneration: generation,
-        conditions: [
-          { type: 'Admitted', status: 'False', reason: 'NoFreePort', message: `all ${this.deps.ports.capacity} public TCP ports are in use` },
-          { type: 'Ready', status: 'False', reason: 'NoFreePort', message: 'waiting for a public TCP port' },
-        ],
-        endpoints: {},
-      });
-      return { awaitingPort: true };
-    }
+      admission.cancel(id);
+    };
     try {
+      if (record === undefined) throw new Error(`no free public TCP port for session ${id}`);
       await this.put(id, this.deps.observed.routes, this.deps.keys.route(id), encodeRecord('route', record));
     } catch (error) {
-      for (const port of reserved) this.deps.ports.release(id, port);
+      giveBack();
       throw error;
     }
     this.deps.log.info({ session: id }, 'session admitted');
@@ -220,29 +327,68 @@ export class SessionReconciler {
     return done;
   }
 
+  /** The scheduler could not place the workload: back to the head of the waiting list with nothing held. */
+  private async waitForCapacity(id: string, generation: number, placementFailure: string): Promise<ReconcileResult> {
+    this.deps.log.info({ session: id, placementFailure }, 'no room in the cluster; the session waits at the head of the list');
+    this.deps.admission.turnedAway(id);
+    // The status goes first: once the claim is gone, the waiting list must already see why.
+    await this.writeStatus(id, {
+      phase: 'Waiting',
+      observedGeneration: generation,
+      conditions: waitingConditions('InsufficientCapacity', `the scheduler has no room: ${placementFailure}`),
+      endpoints: {},
+      queuePosition: 1,
+    });
+    await this.release(id);
+    return done;
+  }
+
+  /** A Failed session keeps its status readable for the retention time, holding nothing, then is deleted. */
+  private async retainFailed(id: string, status: SessionStatus): Promise<ReconcileResult> {
+    await this.release(id);
+    const failedAt = Date.parse(status.failedAt ?? status.conditions.find((condition) => condition.type === 'Ready')?.lastTransitionTime ?? new Date(this.now()).toISOString());
+    const removeAt = failedAt + this.deps.policy.failedRetentionMs;
+    if (this.now() >= removeAt) return this.requestDeletion(id, 'FailedRetentionEnded');
+    return { wakeAt: removeAt };
+  }
+
+  /** Marks the record for deletion (as a user's delete does); the finalizer then tears everything down. */
+  private async requestDeletion(id: string, reason: string): Promise<ReconcileResult> {
+    const cached = this.deps.observed.sessions.get(id)!;
+    const record: SessionRecord = {
+      metadata: { ...cached.value!.metadata, deletionRequestedAt: new Date(this.now()).toISOString(), deletionReason: reason },
+      spec: cached.value!.spec,
+    };
+    await this.put(id, this.deps.observed.sessions, this.deps.keys.session(id), encodeRecord('session', record));
+    this.deps.log.info({ session: id, reason }, 'session expired; deleting it');
+    return done;
+  }
+
   /** Finalizer: Terminating until the job is gone, the routes are removed from every router, then the records. */
   private async finalize(id: string, record: CachedRecord<SessionRecord>): Promise<ReconcileResult> {
     const { observed, keys } = this.deps;
     const previous = observed.statuses.get(id)?.value;
+    const reason = record.value!.metadata.deletionReason ?? 'Deleted';
     await this.writeStatus(id, {
       phase: 'Terminating',
       observedGeneration: record.value!.metadata.generation,
-      conditions: [{ type: 'Ready', status: 'False', reason: 'Terminating', message: 'the session is being torn down' }],
+      conditions: [{ type: 'Ready', status: 'False', reason, message: `the session is being torn down: ${describeDeletion(reason)}` }],
       endpoints: {},
       ...(previous?.jobId !== undefined ? { jobId: previous.jobId } : {}),
+      ...(previous?.failures !== undefined ? { failures: previous.failures } : {}),
     });
     if (!(await this.release(id))) return done;
     const routesIndex = observed.routesIndex();
     if (!this.routersCaughtUp(routesIndex)) return { awaitingRoutersAt: routesIndex, requeueAfterMs: this.deps.routerStaleMs };
-    // Status and record go together, so no one ever sees a session without its status or the reverse.
-    const status = observed.statuses.get(id);
+    // Status, activity and record go together, so no one ever sees a session without its status or the reverse.
     const removed = await this.deps.store.transaction([
-      ...(status ? [{ verb: 'delete' as const, key: keys.status(id), cas: status.entry.modifyIndex }] : []),
+      ...this.deleteOperation(observed.statuses, id, keys.status(id)),
+      ...this.deleteOperation(observed.activities, id, keys.activity(id)),
       { verb: 'delete', key: keys.session(id), cas: record.entry.modifyIndex },
     ]);
     if (!removed) throw new ConflictError(keys.session(id));
     this.expectations.forget(id);
-    this.deps.log.info({ session: id }, 'session deleted');
+    this.deps.log.info({ session: id, reason }, 'session deleted');
     return done;
   }
 
@@ -254,6 +400,7 @@ export class SessionReconciler {
     }
     await this.release(id);
     await this.delete(id, observed.statuses, keys.status(id));
+    await this.delete(id, observed.activities, keys.activity(id));
     return done;
   }
 
@@ -273,16 +420,19 @@ export class SessionReconciler {
     return workload === undefined && routes === undefined;
   }
 
-  private async fail(id: string, generation: number, reason: string, message: string): Promise<ReconcileResult> {
+  private async fail(id: string, generation: number, reason: string, message: string, failures?: WorkloadFailure[]): Promise<ReconcileResult> {
     this.deps.log.warn({ session: id, reason, message }, 'session failed');
+    const now = this.now();
     await this.writeStatus(id, {
       phase: 'Failed',
       observedGeneration: generation,
       conditions: [{ type: 'Ready', status: 'False', reason, message }],
       endpoints: {},
+      failedAt: new Date(now).toISOString(),
+      ...(failures === undefined ? {} : { failures }),
     });
     await this.release(id);
-    return done;
+    return { wakeAt: now + this.deps.policy.failedRetentionMs };
   }
 
   /** Whether every live router has applied routes up to `index`. */
@@ -317,7 +467,7 @@ export class SessionReconciler {
     return { type: 'Routed', status: 'True', reason: 'RoutesApplied', message: `applied by ${live.length} router(s)` };
   }
 
-  private async writeStatus(id: string, input: Parameters<typeof nextStatus>[1]): Promise<void> {
+  private async writeStatus(id: string, input: StatusInput): Promise<void> {
     const cached = this.deps.observed.statuses.get(id);
     const status = nextStatus(cached?.value, input, new Date(this.now()).toISOString());
     if (sameStatus(cached?.value, status)) return;
@@ -337,6 +487,44 @@ export class SessionReconciler {
     if (before === undefined) return;
     if (!(await this.deps.store.delete(key, { cas: before }))) throw new ConflictError(key);
     this.expectations.expect(id, () => cache.get(id) === undefined);
+  }
+
+  private deleteOperation<T>(cache: Cache<CachedRecord<T>>, id: string, key: string): TxnOperation[] {
+    const cached = cache.get(id);
+    return cached ? [{ verb: 'delete', key, cas: cached.entry.modifyIndex }] : [];
+  }
+}
+
+function waitingConditions(reason: string, message: string): ConditionInput[] {
+  return [
+    { type: 'Admitted', status: 'False', reason, message },
+    { type: 'Ready', status: 'False', reason, message },
+  ];
+}
+
+/** When the session stopped serving: its Ready condition's transition, or now if it has just stopped. */
+function notReadySince(previous: SessionStatus, now: number): string {
+  const ready = previous.conditions.find((condition) => condition.type === 'Ready');
+  return ready?.status === 'False' ? ready.lastTransitionTime : new Date(now).toISOString();
+}
+
+/** The new estimate, unless it is close to the one shown already (then that one stays, and the status is not rewritten). */
+function stableEstimate(shown: string | undefined, estimate: number | undefined, now: number): string | undefined {
+  if (estimate === undefined) return undefined;
+  if (shown !== undefined && Math.abs(Date.parse(shown) - estimate) < Math.max(estimateToleranceMs, (estimate - now) / 5)) return shown;
+  return new Date(Math.round(estimate / 1000) * 1000).toISOString();
+}
+
+function describeDeletion(reason: string): string {
+  switch (reason) {
+    case 'IdleTimeout':
+      return 'it was idle for too long';
+    case 'MaxLifetime':
+      return 'it reached its maximum lifetime';
+    case 'FailedRetentionEnded':
+      return 'it failed and its retention time is over';
+    default:
+      return 'deletion was requested';
   }
 }
 
@@ -371,7 +559,13 @@ function healthyCondition(allocation: Allocation | undefined): ConditionInput {
   if (allocation === undefined || allocation.clientStatus === 'pending') {
     return { type: 'Healthy', status: 'False', reason: 'Starting', message: 'the workload is starting' };
   }
-  if (allocation.healthy === true && allocation.clientStatus === 'running') {
+  if (allocation.clientStatus === 'lost') {
+    return { type: 'Healthy', status: 'False', reason: 'AllocationLost', message: `allocation ${allocation.id} was lost (its node went away); waiting for its replacement` };
+  }
+  if (allocation.clientStatus === 'failed' || allocation.clientStatus === 'complete') {
+    return { type: 'Healthy', status: 'False', reason: 'AllocationFailed', message: describeTasks(allocation) || `allocation ${allocation.clientStatus}` };
+  }
+  if (allocation.healthy === true) {
     return { type: 'Healthy', status: 'True', reason: 'Healthy', message: 'every task runs and every check passes' };
   }
   const restarting = Object.values(allocation.tasks).some((task) => task.restarts > 0 && task.state !== 'running');

@@ -1,7 +1,7 @@
-import type { Condition, ConditionStatus, Endpoint, Phase, SessionEvent, SessionStatus } from '../api/types.js';
+import type { Condition, ConditionStatus, Endpoint, Phase, SessionEvent, SessionStatus, WorkloadFailure } from '../api/types.js';
 
 /** The conditions a session's status carries, in the order they are reported. */
-export const conditionTypes = ['Admitted', 'Scheduled', 'Healthy', 'Routed', 'Ready'] as const;
+export const conditionTypes = ['Admitted', 'Scheduled', 'Healthy', 'Routed', 'Ready', 'IdleWarning'] as const;
 export type ConditionType = (typeof conditionTypes)[number] | 'Valid';
 
 export interface ConditionInput {
@@ -24,7 +24,17 @@ export interface StatusInput {
   readonly endpoints: Record<string, Endpoint>;
   readonly jobId?: string;
   readonly allocationId?: string;
+  readonly queuePosition?: number;
+  readonly estimatedStartAt?: string;
+  readonly admittedAt?: string;
+  readonly readyAt?: string;
+  readonly expiresAt?: string;
+  readonly failedAt?: string;
+  readonly failures?: readonly WorkloadFailure[];
 }
+
+/** The optional fields copied as given; absent ones are dropped from the status. */
+const optionalFields = ['queuePosition', 'estimatedStartAt', 'admittedAt', 'readyAt', 'expiresAt', 'failedAt', 'jobId', 'allocationId'] as const;
 
 /**
  * Builds the next status from what the reconciler decided and the previous status: a condition keeps its
@@ -64,8 +74,11 @@ export function nextStatus(previous: SessionStatus | undefined, input: StatusInp
     endpoints: input.endpoints,
     events: events.slice(-maxEvents),
   };
-  if (input.jobId !== undefined) status.jobId = input.jobId;
-  if (input.allocationId !== undefined) status.allocationId = input.allocationId;
+  for (const field of optionalFields) {
+    const value = input[field];
+    if (value !== undefined) (status as unknown as Record<string, unknown>)[field] = value;
+  }
+  if (input.failures !== undefined && input.failures.length > 0) status.failures = input.failures.map((failure) => ({ ...failure, message: clip(failure.message) }));
   return status;
 }
 

@@ -7,6 +7,8 @@
  * - addAfter() schedules a key for later (requeue-after for timers).
  * Timers use the global setTimeout so fake clocks drive them in tests.
  */
+const maxTimerDelayMs = 2 ** 31 - 1;
+
 export interface WorkQueueOptions {
   readonly retryBaseMs: number;
   readonly retryMaxMs: number;
@@ -67,10 +69,11 @@ export class WorkQueue<K> {
     const existing = this.delayed.get(key);
     if (existing && existing.at <= at) return;
     if (existing) clearTimeout(existing.timer);
+    // setTimeout holds at most 2^31−1 ms; waking early only means looking at the key sooner.
     const timer = setTimeout(() => {
       this.delayed.delete(key);
       this.add(key);
-    }, delayMs);
+    }, Math.min(delayMs, maxTimerDelayMs));
     timer.unref?.();
     this.delayed.set(key, { at, timer });
   }

@@ -2,7 +2,8 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type
 import type { ErrorObject } from 'ajv';
 import { describeErrors, encodeRecord, parseRecord, validate, ValidationError } from '../api/schemas.js';
 import { resolveParameters } from '../api/templates.js';
-import type { Session, SessionRecord, SessionStatus, SessionTemplate } from '../api/types.js';
+import type { ActivityRecord, Session, SessionRecord, SessionStatus, SessionTemplate } from '../api/types.js';
+import { KeyedSerializer } from '../util/keyed-serializer.js';
 import type { Logger } from '../util/log.js';
 import type { Store } from '../store/store.js';
 import { newSessionId } from '../controller/claims.js';
@@ -17,7 +18,12 @@ export interface FrontendOptions {
   /** The template backend this deployment runs (`spec.backends.<kind>`). */
   readonly backend: 'embedded' | 'nomad';
   readonly bodyLimitBytes: number;
+  /** Live sessions one user may have (not being deleted, not Failed). */
+  readonly sessionsPerUser: number;
+  /** Activity is stored at most this often per session, except while the session is being warned. */
+  readonly activityWriteIntervalMs: number;
   readonly log: Logger;
+  readonly now?: () => number;
 }
 
 /** An API error: the status code, a sentence for humans, and the offending fields. */
@@ -26,6 +32,8 @@ export class ApiError extends Error {
     readonly statusCode: number,
     message: string,
     readonly details: string[] = [],
+    /** Machine-readable fields added to the error body (e.g. the ids of the sessions in the way). */
+    readonly extra: Record<string, unknown> = {},
   ) {
     super(message);
   }
@@ -58,11 +66,23 @@ export class Frontend {
   readonly app: FastifyInstance;
   private readonly sessions: StoreInformer<SessionRecord>;
   private readonly statuses: StoreInformer<SessionStatus>;
+  private readonly activities: StoreInformer<ActivityRecord>;
+  /** One create at a time per user in this process, so a double click cannot pass the per-user limit. */
+  private readonly createsByOwner = new KeyedSerializer();
+  /** Sessions this process created that its cache has not shown yet, by owner. */
+  private readonly createdNotCached = new Map<string, Set<string>>();
+  private readonly now: () => number;
 
   constructor(private readonly options: FrontendOptions) {
     const log = options.log.child({ component: 'frontend' });
+    this.now = options.now ?? Date.now;
     this.sessions = new StoreInformer(options.store, options.keys.sessions, (json) => parseRecord<SessionRecord>('session', json), log);
     this.statuses = new StoreInformer(options.store, options.keys.statuses, (json) => parseRecord<SessionStatus>('session-status', json), log);
+    this.activities = new StoreInformer(options.store, options.keys.activities, (json) => parseRecord<ActivityRecord>('activity', json), log);
+    this.sessions.cache.changes.subscribe(({ id, current }) => {
+      const owner = current?.value?.metadata.owner;
+      if (owner !== undefined) this.forgetCreated(owner, id);
+    });
     this.app = Fastify({
       loggerInstance: log as FastifyBaseLogger,
       bodyLimit: options.bodyLimitBytes,
@@ -81,16 +101,15 @@ export class Frontend {
   }
 
   async start(host: string, port: number): Promise<string> {
-    this.sessions.start();
-    this.statuses.start();
-    await Promise.all([this.sessions.synced, this.statuses.synced]);
+    const informers = [this.sessions, this.statuses, this.activities];
+    for (const informer of informers) informer.start();
+    await Promise.all(informers.map((informer) => informer.synced));
     return this.app.listen({ host, port });
   }
 
   async stop(): Promise<void> {
     await this.app.close();
-    this.sessions.stop();
-    this.statuses.stop();
+    for (const informer of [this.sessions, this.statuses, this.activities]) informer.stop();
   }
 
   private routes(): void {
@@ -108,10 +127,20 @@ export class Frontend {
     app.post<{ Body: CreateBody }>('/api/v1/sessions', { schema: { body: createBodySchema } }, async (request, reply) => {
       const owner = userOf(request);
       const record = this.newRecord(owner, request.body);
-      const key = this.options.keys.session(record.metadata.id);
-      if (!(await this.options.store.put(key, JSON.stringify(record), { cas: 0 }))) {
-        throw new ApiError(409, 'session id collision; try again');
-      }
+      await this.createsByOwner.run(owner, async () => {
+        const existing = this.liveSessionsOf(owner);
+        if (existing.length >= this.options.sessionsPerUser) {
+          throw new ApiError(409, `user ${owner} already has ${existing.length} session(s), the most allowed; delete one first`, existing.map((id) => `existing session: ${id}`), { existing });
+        }
+        const key = this.options.keys.session(record.metadata.id);
+        if (!(await this.options.store.put(key, JSON.stringify(record), { cas: 0 }))) {
+          throw new ApiError(409, 'session id collision; try again');
+        }
+        if (this.sessions.cache.get(record.metadata.id) === undefined) {
+          const created = this.createdNotCached.get(owner) ?? new Set<string>();
+          this.createdNotCached.set(owner, created.add(record.metadata.id));
+        }
+      });
       request.log.info({ session: record.metadata.id, owner, template: record.spec.template }, 'session created');
       const session: Session = { ...record, status: pendingStatus() };
       return reply.code(201).header('location', `/api/v1/sessions/${record.metadata.id}`).send(session);
@@ -140,7 +169,7 @@ export class Frontend {
         const { session, modifyIndex } = await this.readOwned(owner, request.params.id);
         if (session.metadata.deletionRequestedAt !== undefined) return reply.code(202).send(session);
         const record: SessionRecord = {
-          metadata: { ...session.metadata, deletionRequestedAt: new Date().toISOString() },
+          metadata: { ...session.metadata, deletionRequestedAt: new Date(this.now()).toISOString(), deletionReason: 'Deleted' },
           spec: session.spec,
         };
         if (await this.options.store.put(this.options.keys.session(session.metadata.id), encodeRecord('session', record), { cas: modifyIndex })) {
@@ -150,6 +179,57 @@ export class Frontend {
       }
       throw new ApiError(409, 'the session changed repeatedly while deleting it; try again');
     });
+
+    app.post<{ Params: { id: string } }>('/api/v1/sessions/:id/keepalive', async (request) => {
+      const { session } = await this.readOwned(userOf(request), request.params.id);
+      if (session.metadata.deletionRequestedAt !== undefined) throw new ApiError(409, `session "${session.metadata.id}" is being deleted`);
+      const lastActivityAt = await this.recordActivity(session);
+      return { id: session.metadata.id, lastActivityAt, ...(session.status.expiresAt === undefined ? {} : { expiresAt: session.status.expiresAt }) };
+    });
+  }
+
+  /**
+   * Stores the user's activity for the controller's idle clock, at most once per write interval per
+   * session, but always while the session is being warned (the answer to a warning must never be lost).
+   */
+  private async recordActivity(session: Session): Promise<string> {
+    const id = session.metadata.id;
+    const key = this.options.keys.activity(id);
+    const now = this.now();
+    const warned = session.status.conditions.some((condition) => condition.type === 'IdleWarning' && condition.status === 'True');
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const stored = await this.options.store.get(key);
+      let previous: number | undefined;
+      try {
+        previous = stored ? Date.parse(parseRecord<ActivityRecord>('activity', stored.value).lastActivityAt) : undefined;
+      } catch (error) {
+        this.options.log.warn({ err: error, session: id }, 'unreadable activity record; replacing it');
+      }
+      if (previous !== undefined && !warned && now - previous < this.options.activityWriteIntervalMs) return new Date(previous).toISOString();
+      if (previous !== undefined && previous >= now) return new Date(previous).toISOString();
+      const lastActivityAt = new Date(now).toISOString();
+      if (await this.options.store.put(key, encodeRecord('activity', { lastActivityAt }), { cas: stored?.modifyIndex ?? 0 })) return lastActivityAt;
+    }
+    throw new ApiError(409, 'the activity record changed repeatedly; try again');
+  }
+
+  /** The user's sessions that count against the per-user limit, oldest first. */
+  private liveSessionsOf(owner: string): string[] {
+    const live: Array<{ id: string; createdAt: string }> = [];
+    for (const cached of this.sessions.cache.values()) {
+      const record = cached.value;
+      if (record?.metadata.owner !== owner || record.metadata.deletionRequestedAt !== undefined) continue;
+      const status = this.statuses.cache.get(cached.id)?.value;
+      if (status?.phase === 'Failed') continue;
+      live.push({ id: cached.id, createdAt: record.metadata.createdAt });
+    }
+    live.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
+    return [...live.map((entry) => entry.id), ...(this.createdNotCached.get(owner) ?? [])];
+  }
+
+  private forgetCreated(owner: string, id: string): void {
+    const created = this.createdNotCached.get(owner);
+    if (created?.delete(id) && created.size === 0) this.createdNotCached.delete(owner);
   }
 
   private describeTemplate(template: SessionTemplate): object {
@@ -222,7 +302,7 @@ export class Frontend {
 
   private sendError(error: FastifyError | ApiError | ValidationError | Error, request: FastifyRequest, reply: FastifyReply): void {
     if (error instanceof ApiError) {
-      void reply.code(error.statusCode).send({ error: error.message, details: error.details });
+      void reply.code(error.statusCode).send({ error: error.message, details: error.details, ...error.extra });
       return;
     }
     if (error instanceof ValidationError) {

@@ -5,7 +5,7 @@ import fsp from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
-import { Observable, Subject } from 'rxjs';
+import { Observable, Subject, ignoreElements } from 'rxjs';
 import type { SessionTemplate } from '../api/types.js';
 import { writeFileAtomic } from '../util/files.js';
 import { KeyedSerializer } from '../util/keyed-serializer.js';
@@ -138,6 +138,9 @@ interface JobRuntime {
   placementFailure?: string;
 }
 
+/** Attempts at finding a port none of our allocations holds before giving up on an allocation. */
+const maxPortAttempts = 64;
+
 export class LocalScheduler implements Scheduler {
   readonly kind = 'embedded' as const;
 
@@ -151,8 +154,9 @@ export class LocalScheduler implements Scheduler {
   /** Where routers and checks reach a task: the bind address, or loopback when binding every address. */
   private readonly reachHost: string;
   private readonly jobs = new Map<string, JobRuntime>();
-  /** Per-job chain of register/deregister calls, so two calls for one job never interleave. */
-  /** Register and deregister of one job never interleave. */
+  /** Ports given to allocations that have not stopped yet. */
+  private readonly portsHeld = new Set<number>();
+  /** Register, deregister and reschedule of one job never interleave. */
   private readonly perJob = new KeyedSerializer();
   private readonly changes = new Subject<WorkloadStep>();
   private started = false;
@@ -212,18 +216,9 @@ export class LocalScheduler implements Scheduler {
       // Persist before spawning anything, so a crash from here on leaves a job the next start() runs.
       if (!existing || existing.job.specHash !== job.specHash) await this.persistJob(stored);
       const runtime: JobRuntime = existing ?? { job: stored };
-      const previous = runtime.alloc;
       runtime.job = stored;
-      // The old allocation is no longer reported: it does not run the registered content.
-      runtime.alloc = undefined;
       this.jobs.set(job.id, runtime);
-      this.emitUpsert(runtime);
-      if (previous) {
-        this.log.info({ jobId: job.id, allocId: previous.id }, 'replacing allocation');
-        await this.stopAllocation(previous, 'job updated');
-        await this.removeAllocDir(previous);
-      }
-      await this.startAllocation(runtime);
+      await this.replaceAllocation(runtime, 'job updated');
     });
   }
 
@@ -243,6 +238,19 @@ export class LocalScheduler implements Scheduler {
     });
   }
 
+  async reschedule(jobId: string): Promise<void> {
+    this.assertUsable();
+    await this.perJob.run(jobId, async () => {
+      this.assertUsable();
+      const runtime = this.jobs.get(jobId);
+      if (runtime?.alloc?.clientStatus !== 'failed') {
+        this.log.debug({ jobId, clientStatus: runtime?.alloc?.clientStatus }, 'nothing to reschedule: no failed allocation');
+        return;
+      }
+      await this.replaceAllocation(runtime, 'rescheduled after failing');
+    });
+  }
+
   watch(): Observable<WorkloadStep> {
     return new Observable<WorkloadStep>((subscriber) => {
       // Emitting the reset and subscribing in one synchronous step means no change can fall in between.
@@ -252,6 +260,11 @@ export class LocalScheduler implements Scheduler {
       subscriber.next({ kind: 'reset', workloads });
       return this.changes.subscribe(subscriber);
     });
+  }
+
+  /** This machine has no capacity limit to wait for: nothing is ever emitted; completes on close(). */
+  capacityChanges(): Observable<void> {
+    return this.changes.pipe(ignoreElements());
   }
 
   /** Stops every task (no stray processes after Ctrl-C) but keeps the jobs on disk for the next start(). */
@@ -272,15 +285,30 @@ export class LocalScheduler implements Scheduler {
 
   // ---- allocations -------------------------------------------------------------------------------------
 
+  /** Stops and forgets the job's allocation, if any, then starts a fresh one for the job's content. */
+  private async replaceAllocation(runtime: JobRuntime, reason: string): Promise<void> {
+    const previous = runtime.alloc;
+    // The old allocation is no longer reported: it does not run the registered content, or it failed.
+    runtime.alloc = undefined;
+    this.emitUpsert(runtime);
+    if (previous) {
+      this.log.info({ jobId: runtime.job.id, allocId: previous.id, reason }, 'replacing allocation');
+      await this.stopAllocation(previous, reason);
+      await this.removeAllocDir(previous);
+    }
+    await this.startAllocation(runtime);
+  }
+
   private async startAllocation(runtime: JobRuntime): Promise<void> {
     const { job } = runtime;
     const id = randomUUID();
     const dir = path.join(this.allocsDir, id);
-    let ports: Record<string, number>;
+    let ports: Record<string, number> = {};
     try {
       ports = await this.allocatePorts(job.body.tasks.flatMap((task) => task.ports));
       await fsp.mkdir(dir, { recursive: true });
     } catch (error) {
+      for (const port of Object.values(ports)) this.portsHeld.delete(port);
       runtime.placementFailure = (error as Error).message;
       this.log.error({ err: error, jobId: job.id }, 'could not start an allocation');
       this.emitUpsert(runtime);
@@ -311,22 +339,29 @@ export class LocalScheduler implements Scheduler {
 
   /**
    * One loopback port per label: all are bound to port 0 at once (so no two labels share one), then
-   * released for the tasks to bind. Another process could take a port in between; the task then fails to
-   * listen and is restarted on the same port, and after the restart limit the allocation fails.
+   * released for the tasks to bind. A port another allocation of ours holds (or is about to bind) is never
+   * handed out twice. Another process could take a port in between; the task then fails to listen and is
+   * restarted on the same port, and after the restart limit the allocation fails.
    */
   private async allocatePorts(labels: string[]): Promise<Record<string, number>> {
     const servers: net.Server[] = [];
     try {
       const ports: Record<string, number> = {};
       for (const label of labels) {
-        const server = net.createServer();
-        servers.push(server);
-        await new Promise<void>((resolve, reject) => {
-          server.once('error', reject);
-          server.listen(0, this.bindHost, resolve);
-        });
-        ports[label] = (server.address() as net.AddressInfo).port;
+        for (let attempt = 0; ports[label] === undefined; attempt++) {
+          if (attempt === maxPortAttempts) throw new Error(`no free port after ${maxPortAttempts} attempts`);
+          // The server stays bound until the end, so the next attempt gets a different port.
+          const server = net.createServer();
+          servers.push(server);
+          await new Promise<void>((resolve, reject) => {
+            server.once('error', reject);
+            server.listen(0, this.bindHost, resolve);
+          });
+          const port = (server.address() as net.AddressInfo).port;
+          if (!this.portsHeld.has(port)) ports[label] = port;
+        }
       }
+      for (const port of Object.values(ports)) this.portsHeld.add(port);
       return ports;
     } catch (error) {
       throw new Error(`allocating ports on ${this.bindHost}: ${(error as Error).message}`, { cause: error });
@@ -530,6 +565,7 @@ export class LocalScheduler implements Scheduler {
     }
     await Promise.all([...alloc.tasks.values()].map((task) => this.stopTask(task)));
     if (alloc.clientStatus !== 'failed') alloc.clientStatus = 'complete';
+    for (const port of Object.values(alloc.ports)) this.portsHeld.delete(port);
     this.emitUpsertFor(alloc);
   }
 

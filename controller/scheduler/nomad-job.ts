@@ -13,6 +13,13 @@ import { RenderError, SESSION_META_KEY, type WorkloadRequest } from './scheduler
 /** Meta key holding the hash of the job's content, so an unchanged job is never registered again. */
 export const SPEC_HASH_META_KEY = 'manticore_spec_hash';
 
+/**
+ * Meta key naming the failed allocation a re-registration replaces. Rescheduling is off (ReschedulePolicy
+ * Attempts 0), and Nomad then replaces a failed allocation only for a new version of the job, never for a
+ * forced evaluation; this key is that version's only change, outside the spec hash.
+ */
+export const REPLACES_META_KEY = 'manticore_replaces_allocation';
+
 /** The only task group of a session's job. */
 export const TASK_GROUP = 'session';
 

@@ -1,11 +1,12 @@
+import { setMaxListeners } from 'node:events';
 import http from 'node:http';
 import https from 'node:https';
-import { Observable, type Subscriber } from 'rxjs';
+import { Observable, Subject, type Subscriber } from 'rxjs';
 import { KeyedSerializer } from '../util/keyed-serializer.js';
 import { loadTlsMaterial, type TlsMaterial } from '../util/tls.js';
 import type { Logger } from '../util/log.js';
 import { canonicalJson } from './local-scheduler.js';
-import { SPEC_HASH_META_KEY, nomadJobOptionsProblems, renderNomadJob, type NomadJob, type NomadJobOptions } from './nomad-job.js';
+import { REPLACES_META_KEY, SPEC_HASH_META_KEY, nomadJobOptionsProblems, renderNomadJob, type NomadJob, type NomadJobOptions } from './nomad-job.js';
 import {
   SESSION_META_KEY,
   type Allocation,
@@ -23,8 +24,9 @@ import {
  *
  * Observation is three blocking queries (jobs with Manticore's prefix and their Meta, allocations,
  * evaluations), each following its own `X-Nomad-Index`, feeding caches from which every Manticore
- * workload is computed; only workloads whose computed value changed are emitted. Nothing polls and
- * nothing loops over jobs: an unchanged cluster costs one idle request per endpoint per wait period.
+ * workload is computed; only workloads whose computed value changed are emitted. A fourth one follows the
+ * node list for capacityChanges(). Nothing polls and nothing loops over jobs: an unchanged cluster costs
+ * one idle request per endpoint per wait period.
  */
 
 export interface NomadTlsOptions {
@@ -127,6 +129,15 @@ export interface NomadEvalStub {
   StatusDescription?: string;
   FailedTGAllocs?: Record<string, NomadAllocMetric> | null;
   CreateIndex: number;
+  ModifyIndex: number;
+}
+
+/** The node list stub fields that tell whether a node can take work. */
+export interface NomadNodeStub {
+  ID: string;
+  Name?: string;
+  Status: string;
+  SchedulingEligibility: string;
   ModifyIndex: number;
 }
 
@@ -293,6 +304,26 @@ function nodes(count: number): string {
   return count === 1 ? '1 node' : `${count} nodes`;
 }
 
+// ---- capacity (pure) -----------------------------------------------------------------------------------
+
+/**
+ * Why the cluster may have more room in `after` than in `before` (empty: no reason): a node appeared, a
+ * node became ready or eligible, or a ready and eligible node was modified (its resources may have grown;
+ * Nomad does not list resources in the node stub).
+ */
+export function capacityGains(before: ReadonlyMap<string, NomadNodeStub>, after: ReadonlyMap<string, NomadNodeStub>): string[] {
+  const gains: string[] = [];
+  for (const node of after.values()) {
+    const name = node.Name ? `${node.Name} (${node.ID})` : node.ID;
+    const previous = before.get(node.ID);
+    if (!previous) gains.push(`node ${name} joined`);
+    else if (node.Status === 'ready' && previous.Status !== 'ready') gains.push(`node ${name} became ready`);
+    else if (node.SchedulingEligibility === 'eligible' && previous.SchedulingEligibility !== 'eligible') gains.push(`node ${name} became eligible`);
+    else if (node.Status === 'ready' && node.SchedulingEligibility === 'eligible' && node.ModifyIndex !== previous.ModifyIndex) gains.push(`node ${name} was updated`);
+  }
+  return gains;
+}
+
 // ---- watch timing (pure) -------------------------------------------------------------------------------
 
 export const BACKOFF_BASE_MS = 100;
@@ -360,7 +391,9 @@ interface Watcher {
   started: boolean;
 }
 
-type Table = 'jobs' | 'allocations' | 'evaluations';
+/** The lists every workload is computed from: nothing is reported before all of them have answered. */
+const WORKLOAD_TABLES = ['jobs', 'allocations', 'evaluations'] as const;
+type Table = (typeof WORKLOAD_TABLES)[number] | 'nodes';
 
 export class NomadScheduler implements Scheduler {
   readonly kind = 'nomad' as const;
@@ -384,6 +417,9 @@ export class NomadScheduler implements Scheduler {
   private foreign = new Set<string>();
   private readonly allocsByJob = new Map<string, Map<string, NomadAllocStub>>();
   private readonly evalsByJob = new Map<string, Map<string, NomadEvalStub>>();
+  /** The node list, once answered (only compared with the next answer, for capacityChanges()). */
+  private nodes: Map<string, NomadNodeStub> | undefined;
+  private readonly capacity = new Subject<void>();
   private readonly answered = new Set<Table>();
   private jobsIndex = 0;
   private warnedNoMeta = false;
@@ -391,12 +427,13 @@ export class NomadScheduler implements Scheduler {
   private readonly reported = new Map<string, { workload: Workload; key: string }>();
   private readonly watchers = new Set<Watcher>();
   private readonly overlays = new Map<string, WriteOverlay>();
-  /** Per-job chain of register/deregister calls, so two calls for one job never interleave. */
-  /** Register and deregister of one job never interleave. */
+  /** Register, deregister and reschedule of one job never interleave. */
   private readonly perJob = new KeyedSerializer();
 
   constructor(private readonly options: NomadSchedulerOptions) {
     this.log = options.log;
+    // Every request in flight listens on this one signal (so close() aborts them all); many at once is normal.
+    setMaxListeners(0, this.abort.signal);
     try {
       this.base = new URL(options.address);
     } catch (error) {
@@ -411,7 +448,7 @@ export class NomadScheduler implements Scheduler {
     this.waitSeconds = Math.min(600, Math.max(1, options.watchWaitSeconds ?? DEFAULT_WATCH_WAIT_SECONDS));
   }
 
-  /** Checks that Nomad answers and has a leader, then starts following jobs, allocations and evaluations. */
+  /** Checks that Nomad answers and has a leader, then starts following jobs, allocations, evaluations and nodes. */
   async start(): Promise<void> {
     if (this.started) throw new Error('NomadScheduler.start() was already called');
     if (this.closed) throw new Error('NomadScheduler is closed');
@@ -434,6 +471,7 @@ export class NomadScheduler implements Scheduler {
       this.follow('jobs', '/v1/jobs', { prefix: JOB_PREFIX, meta: 'true' }, (data, index) => this.applyJobs(data, index)),
       this.follow('allocations', '/v1/allocations', { resources: 'true' }, (data) => this.applyAllocations(data)),
       this.follow('evaluations', '/v1/evaluations', {}, (data) => this.applyEvaluations(data)),
+      this.follow('nodes', '/v1/nodes', {}, (data) => this.applyNodes(data)),
     ];
     // The caches are filled before anything else happens, so a watch's reset never includes a job
     // registered after it subscribed, and registrations are decided from the cache.
@@ -453,7 +491,7 @@ export class NomadScheduler implements Scheduler {
     this.onReady = undefined;
     if (this.closed) throw new Error('NomadScheduler was closed while starting');
     if (!filled) {
-      const missing = (['jobs', 'allocations', 'evaluations'] as const).filter((table) => !this.answered.has(table));
+      const missing = WORKLOAD_TABLES.filter((table) => !this.answered.has(table));
       await this.close();
       throw new Error(`Nomad at ${this.options.address} did not list ${missing.join(', ')} within ${timeoutMs} ms`);
     }
@@ -515,6 +553,52 @@ export class NomadScheduler implements Scheduler {
     });
   }
 
+  /**
+   * Rescheduling is off for Manticore's jobs, and Nomad refuses to force-reschedule allocations of a group
+   * without rescheduling (`POST /v1/job/:id/evaluate` with ForceReschedule then changes nothing). What
+   * replaces a failed allocation is a new version of the job: the same job, read back, with Meta naming the
+   * allocation it replaces, registered only if it is still the version whose allocation failed.
+   */
+  async reschedule(jobId: string): Promise<void> {
+    this.assertUsable();
+    await this.perJob.run(jobId, async () => {
+      this.assertUsable();
+      const stub = this.jobs.get(jobId);
+      const failed = this.reported.get(jobId)?.workload.allocation;
+      if (!stub || failed?.clientStatus !== 'failed') {
+        this.log.debug({ jobId, clientStatus: failed?.clientStatus }, 'nothing to reschedule: no failed allocation');
+        return;
+      }
+      let full: unknown;
+      try {
+        full = await this.json('GET', `/v1/job/${encodeURIComponent(jobId)}`, {});
+      } catch (error) {
+        if (error instanceof NomadApiError && error.status === 404) {
+          this.log.debug({ jobId }, 'job to reschedule is gone');
+          return;
+        }
+        throw this.describeWriteError(error, `rescheduling job ${jobId}: reading the job`);
+      }
+      if (!isRecord(full) || full.ID !== jobId || !isStringRecord(full.Meta)) throw new Error(`rescheduling job ${jobId}: Nomad's answer is not the job`);
+      // A newer version (a content change, or a reschedule whose result the watch has not shown yet)
+      // replaces the failed allocation already.
+      if (numberField(full, 'JobModifyIndex') !== stub.JobModifyIndex) {
+        this.log.debug({ jobId, allocId: failed.id }, 'the job changed since its allocation failed; not rescheduling');
+        return;
+      }
+      const payload = { Job: { ...full, Meta: { ...full.Meta, [REPLACES_META_KEY]: failed.id } }, EnforceIndex: true, JobModifyIndex: stub.JobModifyIndex };
+      let response: unknown;
+      try {
+        response = await this.json('PUT', '/v1/jobs', {}, payload);
+      } catch (error) {
+        throw this.describeWriteError(error, `rescheduling job ${jobId}`);
+      }
+      const jobModifyIndex = numberField(response, 'JobModifyIndex') ?? 0;
+      this.overlays.set(jobId, { kind: 'registered', known: { ...knownOf(stub), jobModifyIndex }, index: jobModifyIndex });
+      this.log.info({ jobId, allocId: failed.id, jobModifyIndex, evalId: isRecord(response) ? response.EvalID : undefined }, 'job registered again to replace its failed allocation');
+    });
+  }
+
   watch(): Observable<WorkloadStep> {
     return new Observable<WorkloadStep>((subscriber) => {
       if (this.closed) {
@@ -531,7 +615,12 @@ export class NomadScheduler implements Scheduler {
     });
   }
 
-  /** Aborts the blocking queries and completes every watch. */
+  /** Follows the node list; emits to every subscriber, completes on close(). */
+  capacityChanges(): Observable<void> {
+    return this.capacity.asObservable();
+  }
+
+  /** Aborts the blocking queries and completes every watch and capacityChanges(). */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
@@ -540,6 +629,7 @@ export class NomadScheduler implements Scheduler {
     await this.perJob.drain();
     for (const watcher of this.watchers) watcher.subscriber.complete();
     this.watchers.clear();
+    this.capacity.complete();
     this.agent?.destroy();
     this.log.info('nomad scheduler closed');
   }
@@ -678,17 +768,35 @@ export class NomadScheduler implements Scheduler {
     this.refresh(replaceGrouped(this.evalsByJob, data.map(parseEvalStub)));
   }
 
+  private applyNodes(data: unknown): void {
+    if (!Array.isArray(data)) throw new Error('/v1/nodes: the answer is not a list');
+    const next = new Map<string, NomadNodeStub>();
+    for (const item of data) {
+      const node = parseNodeStub(item);
+      if (node) next.set(node.ID, node);
+    }
+    const previous = this.nodes;
+    this.nodes = next;
+    // The first answer is the starting point, not a change.
+    if (!previous) return;
+    const gains = capacityGains(previous, next);
+    if (gains.length === 0) return;
+    this.log.debug({ gains }, 'the cluster may have gained capacity');
+    this.capacity.next();
+  }
+
   private markAnswered(table: Table): void {
     if (this.answered.has(table)) return;
     this.answered.add(table);
-    if (!this.isReady()) return;
+    // Workloads never wait for the node list.
+    if (table === 'nodes' || !this.isReady()) return;
     this.refresh(new Set(this.jobs.keys()));
     for (const watcher of this.watchers) if (!watcher.started) this.startWatcher(watcher);
     this.onReady?.();
   }
 
   private isReady(): boolean {
-    return this.answered.size === 3;
+    return WORKLOAD_TABLES.every((table) => this.answered.has(table));
   }
 
   private startWatcher(watcher: Watcher): void {
@@ -913,6 +1021,17 @@ function parseAllocStub(value: unknown): NomadAllocStub | undefined {
     DeploymentStatus: deployment ? { Healthy: typeof deployment.Healthy === 'boolean' ? deployment.Healthy : null } : null,
     AllocatedResources: { Shared: { Ports: parsePorts(shared?.Ports), Networks: networks } },
     CreateIndex: numberField(value, 'CreateIndex') ?? 0,
+    ModifyIndex: numberField(value, 'ModifyIndex') ?? 0,
+  };
+}
+
+function parseNodeStub(value: unknown): NomadNodeStub | undefined {
+  if (!isRecord(value) || typeof value.ID !== 'string') return undefined;
+  return {
+    ID: value.ID,
+    ...(typeof value.Name === 'string' ? { Name: value.Name } : {}),
+    Status: typeof value.Status === 'string' ? value.Status : '',
+    SchedulingEligibility: typeof value.SchedulingEligibility === 'string' ? value.SchedulingEligibility : '',
     ModifyIndex: numberField(value, 'ModifyIndex') ?? 0,
   };
 }

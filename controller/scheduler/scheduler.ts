@@ -66,10 +66,23 @@ export interface Scheduler {
   /** Stops and removes a job and its allocations; removing a missing job succeeds. */
   deregister(jobId: string): Promise<void>;
   /**
+   * Replaces the job's failed allocation with a fresh one now (new allocation id, tasks started again
+   * with their restart counts at 0), reported through watch() like any other change. The controller calls
+   * it after its own restart backoff: backends never replace a failed allocation by themselves, so the
+   * controller counts failures. A job whose allocation has not failed, or a missing job, is left alone.
+   */
+  reschedule(jobId: string): Promise<void>;
+  /**
    * Watches the jobs carrying Manticore's marker: first a reset with all of them, then changes.
    * Jobs without the marker are never reported.
    */
   watch(): Observable<WorkloadStep>;
+  /**
+   * Emits whenever the cluster may have gained room for more workloads: a node joined, became ready or
+   * eligible again, or its resources grew. The controller retries its waiting list on it instead of
+   * polling. Backends without a capacity limit never emit. Completes when the scheduler closes.
+   */
+  capacityChanges(): Observable<void>;
   close(): Promise<void>;
 }
 

@@ -11,6 +11,7 @@ import {
   type WorkloadRequest,
   type WorkloadStep,
 } from '../../controller/scheduler/scheduler.js';
+import { EXIT_3, commandTemplate } from '../support/templates.js';
 import { waitFor } from '../support/wait.js';
 
 /**
@@ -313,6 +314,45 @@ export function describeSchedulerContract(name: string, make: () => Promise<Sche
       assert.ok(reset.kind === 'reset' && !reset.workloads.some((workload) => workload.jobId === job.id));
       await scheduler.deregister(job.id);
       await scheduler.deregister(jobIdFor(session()));
+    });
+
+    it('reschedule replaces a failed allocation with a fresh one whose tasks run again from 0 restarts', async function () {
+      const recorder = record();
+      const job = scheduler.render(contractRequest(commandTemplate([{ name: 'crash', script: EXIT_3 }]), session()));
+      await register(job);
+      const failed = (workload: Workload): boolean => workload.allocation?.clientStatus === 'failed';
+      const first = await recorder.until(job.id, 'a failed allocation', failed);
+      const firstId = first.allocation?.id;
+      await scheduler.reschedule(job.id);
+      // The task crashes in the new allocation too: failing again after as many restarts as the first one
+      // proves that it ran, restarted from 0.
+      const second = await recorder.until(job.id, 'a new allocation failed in turn', (workload) => failed(workload) && workload.allocation?.id !== firstId);
+      assert.equal(second.specHash, job.specHash);
+      assert.equal(second.allocation?.tasks.crash?.restarts, first.allocation?.tasks.crash?.restarts);
+      assert.deepEqual(recorder.allocations.get(job.id), [firstId, second.allocation?.id], 'one replacement, nothing else');
+    });
+
+    it('reschedule leaves a job without a failed allocation alone, and a missing job too', async function () {
+      const recorder = record();
+      const job = scheduler.render(contractRequest(template, session()));
+      await register(job);
+      const healthy = await recorder.healthy(job);
+      await scheduler.reschedule(job.id);
+      await scheduler.reschedule(jobIdFor(session()));
+      // Something else scheduled and healthy afterwards is the barrier: a replacement would have shown by now.
+      const other = scheduler.render(contractRequest(template, session()));
+      await register(other);
+      await recorder.healthy(other);
+      assert.deepEqual(recorder.allocations.get(job.id), [healthy.allocation?.id]);
+      assert.equal(recorder.workloads.get(job.id)?.allocation?.healthy, true);
+    });
+
+    it('completes capacityChanges() when the scheduler closes', async function () {
+      let completed = false;
+      const subscription = scheduler.capacityChanges().subscribe({ complete: () => (completed = true) });
+      await scheduler.close();
+      assert.equal(completed, true);
+      subscription.unsubscribe();
     });
 
     it('gives every watcher a reset first, then the changes', async function () {

@@ -175,7 +175,7 @@ export function describeSessionFlow(backend: Backend): void {
         assert.ok(port >= tcpRange.start && port <= tcpRange.end);
         assert.deepEqual(
           session.status.conditions.map((c) => `${c.type}=${c.status}`),
-          ['Admitted=True', 'Scheduled=True', 'Healthy=True', 'Routed=True', 'Ready=True'],
+          ['Admitted=True', 'Scheduled=True', 'Healthy=True', 'Routed=True', 'Ready=True', 'IdleWarning=False'],
         );
       }
       assert.notEqual(alice.status.endpoints.hmi!.url, bob.status.endpoints.hmi!.url);

@@ -387,6 +387,69 @@ describe('Nomad double', function () {
     assert.equal((await get(double, '/v1/job/crashy')).Status, 'dead');
   });
 
+  it('evaluates a job on request; ForceReschedule replaces a failed allocation now, whatever its reschedule attempts and delay', async function () {
+    const double = await start();
+    // Rescheduling is on, but Nomad's own replacement waits an hour and gets one attempt per two hours.
+    const failing = sleepJob('forced', {
+      command: 'sh',
+      args: ['-c', 'exit 3'],
+      group: { RestartPolicy: { Attempts: 0, Interval: 60e9, Delay: 50e6, Mode: 'fail' }, ReschedulePolicy: { Attempts: 1, Interval: 7200e9, Delay: 3600e9, Unlimited: false } },
+    });
+    await register(double, failing);
+    const first = await untilAlloc(double, 'forced', 'failed', (item) => item.ClientStatus === 'failed');
+    assert.deepEqual(first.DesiredTransition, { Migrate: null, Reschedule: null, ForceReschedule: null, NoShutdownDelay: null });
+    const job = await get(double, '/v1/job/forced');
+
+    const answer = await call(double, 'POST', '/v1/job/forced/evaluate', { JobID: 'forced', EvalOptions: { ForceReschedule: true } });
+    assert.equal(answer.status, 200, answer.body);
+    const body = answer.json as Obj;
+    assert.equal(typeof body.EvalID, 'string');
+    assert.equal(body.EvalCreateIndex, body.Index);
+    assert.equal(answer.headers['x-nomad-index'], String(body.Index));
+    assert.equal(body.JobModifyIndex, job.ModifyIndex, "Nomad answers with the job's ModifyIndex");
+    const evaluation = await get(double, `/v1/evaluation/${String(body.EvalID)}`);
+    assert.equal(evaluation.TriggeredBy, 'job-register');
+    const second = await untilAlloc(double, 'forced', 'replaced', (item) => item.PreviousAllocation === first.ID);
+    assert.equal(second.EvalID, body.EvalID);
+    const old = (await allocsOf(double, 'forced')).find((item) => item.ID === first.ID) ?? {};
+    assert.equal(old.NextAllocation, second.ID);
+    assert.equal((old.DesiredTransition as Obj).ForceReschedule, true);
+
+    // The replacement fails too, its one attempt used: forcing again still replaces it.
+    await untilAlloc(double, 'forced', 'the replacement failed', (item) => item.ID === second.ID && item.ClientStatus === 'failed');
+    assert.equal((await call(double, 'PUT', '/v1/job/forced/evaluate', { JobID: 'forced', EvalOptions: { ForceReschedule: true } })).status, 200);
+    await untilAlloc(double, 'forced', 'replaced again', (item) => item.PreviousAllocation === second.ID);
+    assert.equal((await allocsOf(double, 'forced')).length, 3);
+  });
+
+  it('does not force a group without rescheduling (as Nomad), and refuses evaluations of missing or mismatched jobs', async function () {
+    const double = await start();
+    await register(double, sleepJob('pinned', { command: 'sh', args: ['-c', 'exit 3'], group: { RestartPolicy: { Attempts: 0, Interval: 60e9, Delay: 50e6, Mode: 'fail' } } }));
+    const failed = await untilAlloc(double, 'pinned', 'failed', (item) => item.ClientStatus === 'failed');
+    // ReschedulePolicy Attempts 0 (not Unlimited): Nomad's Job.Evaluate marks nothing, and the evaluation follows the usual rules.
+    const forced = await call(double, 'POST', '/v1/job/pinned/evaluate', { JobID: 'pinned', EvalOptions: { ForceReschedule: true } });
+    assert.equal(forced.status, 200, forced.body);
+    // Without a body, the path names the job.
+    const plain = await call(double, 'POST', '/v1/job/pinned/evaluate');
+    assert.equal(plain.status, 200, plain.body);
+    for (const evaluation of [forced, plain]) {
+      await waitFor('the evaluation complete', async () => (await get(double, `/v1/evaluation/${String((evaluation.json as Obj).EvalID)}`)).Status === 'complete');
+    }
+    const allocs = await allocsOf(double, 'pinned');
+    assert.deepEqual(allocs.map((item) => item.ID), [failed.ID]);
+    assert.equal((allocs[0]?.DesiredTransition as Obj).ForceReschedule, null);
+
+    const missing = await call(double, 'POST', '/v1/job/nope/evaluate', { JobID: 'nope' });
+    assert.equal(missing.status, 500, 'an uncoded RPC error, as Nomad answers it');
+    assert.equal(missing.body, 'job not found');
+    const mismatched = await call(double, 'POST', '/v1/job/pinned/evaluate', { JobID: 'other' });
+    assert.equal(mismatched.status, 400);
+    assert.equal(mismatched.body, 'JobID not same as job name');
+    assert.equal((await call(double, 'POST', '/v1/job/pinned/evaluate', { EvalOptions: {} })).body, 'Job ID must be specified');
+    assert.match((await call(double, 'POST', '/v1/job/pinned/evaluate', { JobID: 'pinned', EvalOptions: { Force: true } })).body, /unknown field "Force"/);
+    assert.equal((await call(double, 'GET', '/v1/job/pinned/evaluate')).status, 405);
+  });
+
   it('marks an allocation unhealthy when its check does not pass within HealthyDeadline', async function () {
     const double = await start();
     await register(double, sleepJob('never-ready', {
@@ -487,13 +550,26 @@ describe('Nomad double', function () {
     assert.equal((allocs.json as Obj[])[0]?.JobID, 'wake');
     assert.ok(Date.now() - began < 5_000, 'answered on the change, not the wait');
 
-    const now = Number((await call(double, 'GET', '/v1/nodes')).headers['x-nomad-index']);
+    const nodes = await call(double, 'GET', '/v1/nodes');
+    const now = Number(nodes.headers['x-nomad-index']);
+    const [node] = nodes.json as Obj[];
+    for (const field of ['ID', 'Name', 'Status', 'SchedulingEligibility', 'CreateIndex', 'ModifyIndex']) assert.ok(field in (node ?? {}), field);
+    assert.equal(node?.SchedulingEligibility, 'eligible');
     const waitStart = Date.now();
     const idle = await call(double, 'GET', `/v1/nodes?index=${now}&wait=300ms`);
     const elapsed = Date.now() - waitStart;
     assert.equal(Number(idle.headers['x-nomad-index']), now);
     assert.ok(elapsed >= 290 && elapsed < 300 + 300 / 16 + 500, `held for the wait (${elapsed} ms)`);
     assert.equal((await call(double, 'GET', '/v1/jobs?index=1&wait=forever')).status, 400);
+
+    const joined = call(double, 'GET', `/v1/nodes?index=${now}&wait=10s`);
+    await waitFor('the node query held', () => double.heldQueries === 1);
+    const id = double.addNode({ name: 'node-2', cpu: 1_000, memoryMB: 1_024 });
+    const answer = await joined;
+    assert.ok(Number(answer.headers['x-nomad-index']) > now, 'a node joining moves the nodes index');
+    const added = (answer.json as Obj[]).find((item) => item.ID === id);
+    assert.equal(added?.Status, 'ready');
+    assert.equal(added?.ModifyIndex, Number(answer.headers['x-nomad-index']));
   });
 
   it('injects errors and latency, survives outages and restarts, and loses everything on reset', async function () {

@@ -10,14 +10,14 @@ export type { Faults as NomadFaults } from './nomad/http.js';
 export type { NodeSpec } from './nomad/types.js';
 
 /**
- * A test double that speaks the subset of Nomad's HTTP API Manticore uses (jobs, allocations,
- * evaluations, nodes, blocking queries), with a real scheduler loop (evaluations → placement by
- * resources and constraints → allocations, blocked evaluations) and a real client for raw_exec tasks
- * (processes in their own process groups, restart policy, service checks, deployment health). docker
- * is simulated. It is test infrastructure, never a production backend.
+ * A test double that speaks the subset of Nomad's HTTP API Manticore uses (jobs, job evaluation with
+ * forced rescheduling, allocations, evaluations, nodes, blocking queries), with a real scheduler loop
+ * (evaluations → placement by resources and constraints → allocations, blocked evaluations, rescheduling)
+ * and a real client for raw_exec tasks (processes in their own process groups, restart policy, service
+ * checks, deployment health). docker is simulated. It is test infrastructure, never a production backend.
  *
  * Deliberate differences from Nomad, for strictness or determinism:
- * - unknown JSON field names in a job are refused (400); Nomad ignores them;
+ * - unknown JSON field names in a job or a job evaluation request are refused (400); Nomad ignores them;
  * - a failed EnforceIndex check answers 400 (recent Nomad answers 500 with the same message);
  * - a task whose driver is neither raw_exec nor docker is placed and then fails ("missing drivers");
  *   Nomad filters such nodes at placement instead;

@@ -21,6 +21,7 @@ import type { RenderedJob, Workload } from '../../controller/scheduler/scheduler
 import { silentLogger } from '../../controller/util/log.js';
 import { waitFor } from '../support/wait.js';
 import { alive } from '../support/processes.js';
+import { EXIT_3, RUN_FOREVER, commandTemplate } from '../support/templates.js';
 import { WorkloadRecorder, contractRequest, describeSchedulerContract } from '../contract/scheduler-contract.js';
 
 // Compiled to dist/test/integration/: three levels up is the repository root (the tasks' working directory).
@@ -163,23 +164,6 @@ async function httpGet(address: string | undefined, urlPath: string): Promise<{ 
     request.once('error', reject);
   });
 }
-
-/** A small template with local tasks only, for restart and failure behaviour. */
-function commandTemplate(tasks: Array<{ name: string; script: string }>): SessionTemplate {
-  return {
-    apiVersion: 'manticore/v1',
-    kind: 'SessionTemplate',
-    metadata: { name: 'commands' },
-    spec: {
-      parameters: [],
-      services: [],
-      backends: { embedded: { tasks: tasks.map(({ name, script }) => ({ name, command: process.execPath, args: ['-e', script], ports: [] })) } },
-    },
-  };
-}
-
-const EXIT_3 = 'process.exit(3)';
-const RUN_FOREVER = 'setInterval(() => {}, 60000)';
 
 async function cleanUp(): Promise<void> {
   for (const recorder of recorders.splice(0)) recorder.close();
@@ -428,6 +412,38 @@ describe('LocalScheduler', function () {
       await scheduler.register(job);
       const retried = recorder.workloads.get(job.id);
       assert.notEqual(retried?.allocation?.id, allocation?.id);
+    });
+
+    it('reschedule replaces a failed allocation: new id, new processes and ports, restart counts from 0', async function () {
+      const stateDir = newStateDir();
+      const scheduler = await makeScheduler({ stateDir, restart: { attempts: 1, intervalMs: 60_000, delayMs: 20 } });
+      const recorder = record(scheduler);
+      const job = scheduler.render(contractRequest(commandTemplate([
+        { name: 'crash', script: EXIT_3, ports: ['a'] },
+        { name: 'steady', script: RUN_FOREVER, ports: ['b'] },
+      ]), session()));
+      await scheduler.register(job);
+      const failed = await recorder.until(job.id, 'failed', (workload) =>
+        workload.allocation?.clientStatus === 'failed' && workload.allocation.tasks.steady?.state === 'dead');
+      assert.equal(failed.allocation?.tasks.crash?.restarts, 1);
+      const oldId = failed.allocation?.id ?? '';
+      const { steady: oldSteady } = await pidsWhenRecorded(stateDir, oldId, ['steady']);
+
+      await scheduler.reschedule(job.id);
+      const [, newId = ''] = recorder.allocations.get(job.id) ?? [];
+      assert.ok(newId !== '' && newId !== oldId, 'a new allocation is reported when reschedule resolves');
+      const fresh = recorder.steps
+        .flatMap((step) => (step.kind === 'upsert' && step.workload.allocation?.id === newId ? [step.workload] : []))
+        .at(0);
+      assert.deepEqual(fresh?.allocation?.tasks.steady, { state: 'pending', failed: false, restarts: 0 });
+      assert.deepEqual(fresh?.allocation?.tasks.crash, { state: 'pending', failed: false, restarts: 0 });
+      assert.deepEqual(Object.keys(fresh?.allocation?.ports ?? {}).sort(), ['a', 'b']);
+      assert.equal(fs.existsSync(path.join(stateDir, 'allocs', oldId)), false, 'the failed allocation is gone');
+      // The new allocation fails in turn soon: only what outlives its processes is looked at.
+      const { steady: newSteady } = await pidsWhenRecorded(stateDir, newId, ['steady']);
+      assert.notEqual(newSteady, oldSteady);
+      assert.equal(alive(oldSteady ?? 0), false);
+      assert.match(fs.readFileSync(path.join(stateDir, 'allocs', newId, 'crash.log'), 'utf8'), /^--- manticore: starting crash \(restart 0\)/);
     });
 
     describe('on a fake clock', function () {

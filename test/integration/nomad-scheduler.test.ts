@@ -4,12 +4,13 @@ import http from 'node:http';
 import path from 'node:path';
 import { loadTemplates } from '../../controller/api/templates.js';
 import type { SessionTemplate } from '../../controller/api/types.js';
-import { SPEC_HASH_META_KEY, type NomadJobOptions } from '../../controller/scheduler/nomad-job.js';
+import { REPLACES_META_KEY, SPEC_HASH_META_KEY, type NomadJobOptions } from '../../controller/scheduler/nomad-job.js';
 import { NomadScheduler } from '../../controller/scheduler/nomad-scheduler.js';
 import type { WorkloadStep } from '../../controller/scheduler/scheduler.js';
 import { silentLogger } from '../../controller/util/log.js';
 import { WorkloadRecorder, contractRequest, describeSchedulerContract } from '../contract/scheduler-contract.js';
 import { NomadDouble } from '../fakes/nomad.js';
+import { EXIT_3, commandTemplate } from '../support/templates.js';
 import { waitFor } from '../support/wait.js';
 
 // Compiled to dist/test/integration/: three levels up is the repository root (raw_exec's working directory).
@@ -323,6 +324,59 @@ describe('Nomad scheduler', function () {
       assert.ok(back.allocation?.tasks.core?.lastEvent, 'the latest task event is reported');
     });
 
+    it('reschedules by registering the same job again with Meta naming the failed allocation, once', async function () {
+      const double = await startDouble();
+      const proxy = await CountingProxy.start(double.address);
+      proxies.push(proxy);
+      const scheduler = await startScheduler(proxy.address);
+      const recorder = record(scheduler);
+      const job = scheduler.render(contractRequest(commandTemplate([{ name: 'crash', script: EXIT_3 }]), session()));
+      await scheduler.register(job);
+      const failed = await recorder.until(job.id, 'a failed allocation', (workload) => workload.allocation?.clientStatus === 'failed');
+      const failedId = failed.allocation?.id ?? '';
+      const before = proxy.requests.length;
+      await scheduler.reschedule(job.id);
+      const sent = proxy.requests.slice(before).filter((item) => !isWatch(item.method, item.path, item.query));
+      assert.deepEqual(sent.map((item) => `${item.method} ${item.path}`), [`GET /v1/job/${job.id}`, 'PUT /v1/jobs']);
+      const body = JSON.parse(sent[1]?.body ?? '{}') as { EnforceIndex: boolean; JobModifyIndex: number; Job: { Meta: Record<string, string> } };
+      assert.equal(body.EnforceIndex, true);
+      assert.ok(body.JobModifyIndex > 0, 'only over the version whose allocation failed');
+      assert.equal(body.Job.Meta[REPLACES_META_KEY], failedId);
+      assert.equal(body.Job.Meta[SPEC_HASH_META_KEY], job.specHash, 'the content is unchanged');
+
+      // Asked again before or after the watch shows the new version: nothing more is registered.
+      await scheduler.reschedule(job.id);
+      const replaced = await recorder.until(job.id, 'a new allocation', (workload) => workload.allocation !== undefined && workload.allocation.id !== failedId);
+      assert.equal(replaced.specHash, job.specHash);
+      await scheduler.reschedule(job.id);
+      await scheduler.register(job);
+      assert.equal(proxy.count('PUT', '/v1/jobs'), 2, 'one register, one reschedule');
+    });
+
+    it('emits capacityChanges() when a node joins, neither for the first node list nor for other changes', async function () {
+      const double = await startDouble();
+      const scheduler = await startScheduler(double.address);
+      const recorder = record(scheduler);
+      let emitted = 0;
+      let completed = false;
+      const subscription = scheduler.capacityChanges().subscribe({ next: () => emitted++, complete: () => (completed = true) });
+      // Each of the four watches holds a blocking query once it has taken its first answer.
+      await waitFor('every watch blocking', () => double.heldQueries === 4);
+      assert.equal(emitted, 0, 'the first node list is no change');
+      const job = scheduler.render(contractRequest(demo, session()));
+      await scheduler.register(job);
+      await recorder.healthy(job);
+      assert.equal(emitted, 0, 'jobs, evaluations and allocations are no capacity change');
+
+      double.addNode({ name: 'node-2', cpu: 4_000, memoryMB: 4_096 });
+      await waitFor('an emission', () => emitted === 1);
+      await waitFor('every watch blocking again', () => double.heldQueries === 4);
+      assert.equal(emitted, 1, 'one node, one emission');
+      await scheduler.close();
+      assert.equal(completed, true, 'close() completes it');
+      subscription.unsubscribe();
+    });
+
     it('keeps watching through a restart, an outage and injected errors and latency', async function () {
       const double = await startDouble();
       const scheduler = await startScheduler(double.address, { watchWaitSeconds: 2 });
@@ -396,7 +450,7 @@ describe('Nomad scheduler', function () {
   });
 });
 
-/** The scheduler's own watch requests (blocking queries on the three lists). */
+/** The scheduler's own watch requests (blocking queries on the four lists). */
 function isWatch(method: string, pathname: string, query: URLSearchParams): boolean {
-  return method === 'GET' && ['/v1/jobs', '/v1/allocations', '/v1/evaluations'].includes(pathname) && query.has('index');
+  return method === 'GET' && ['/v1/jobs', '/v1/allocations', '/v1/evaluations', '/v1/nodes'].includes(pathname) && query.has('index');
 }

@@ -19,6 +19,10 @@ export class FakeScheduler implements Scheduler {
   readonly kind = 'embedded' as const;
   readonly registrations: RenderedJob[] = [];
   readonly deregistrations: string[] = [];
+  /** Every reschedule() call, whether or not it replaced anything. */
+  readonly reschedules: string[] = [];
+  /** What capacityChanges() emits: the test calls `capacity.next()` when the cluster gains room. */
+  readonly capacity = new Subject<void>();
   private readonly workloads = new Map<string, Workload>();
   private readonly steps = new Subject<WorkloadStep>();
   private allocations = 0;
@@ -46,6 +50,14 @@ export class FakeScheduler implements Scheduler {
     this.steps.next({ kind: 'delete', jobId, sessionId: workload.sessionId });
   }
 
+  /** A failed allocation gets a fresh, pending one (call run() to start it); anything else stays as it is. */
+  async reschedule(jobId: string): Promise<void> {
+    this.reschedules.push(jobId);
+    const workload = [...this.workloads.values()].find((w) => w.jobId === jobId);
+    if (workload?.allocation?.clientStatus !== 'failed') return;
+    this.set({ ...workload, allocation: { id: `alloc-${++this.allocations}`, clientStatus: 'pending', healthy: undefined, ports: {}, tasks: {} } });
+  }
+
   watch(): Observable<WorkloadStep> {
     return new Observable<WorkloadStep>((subscriber) => {
       subscriber.next({ kind: 'reset', workloads: [...this.workloads.values()] });
@@ -53,8 +65,13 @@ export class FakeScheduler implements Scheduler {
     });
   }
 
+  capacityChanges(): Observable<void> {
+    return this.capacity.asObservable();
+  }
+
   async close(): Promise<void> {
     this.steps.complete();
+    this.capacity.complete();
   }
 
   workload(sessionId: string): Workload | undefined {
@@ -80,6 +97,12 @@ export class FakeScheduler implements Scheduler {
     const workload = this.require(sessionId);
     if (!workload.allocation) throw new Error(`session ${sessionId} has no allocation`);
     this.set({ ...workload, allocation: { ...workload.allocation, ...change } });
+  }
+
+  /** Reports that the cluster has no room for the session's job (as Nomad's failed placement does). */
+  place(sessionId: string, failure: string): void {
+    const { allocation: _none, ...workload } = this.require(sessionId);
+    this.set({ ...workload, placementFailure: failure });
   }
 
   /** Puts a job carrying our marker in place without any session (debris). */

@@ -91,5 +91,17 @@ describe('configuration', () => {
   it('refuses a restart interval Nomad would refuse', () => {
     assert.throws(() => loadConfig(write('scheduler:\n  restart: { intervalSeconds: 2 }\n'), {}), /\/scheduler\/restart\/intervalSeconds: must be >= 5/);
   });
-});
 
+  it('has lifecycle defaults, and refuses a warning that would come after the end', () => {
+    const config = loadConfig(undefined, {});
+    assert.deepEqual(config.limits, { maxSessions: 100, sessionsPerUser: 1, maxStarting: 20 });
+    assert.equal(config.lifecycle.startTimeoutSeconds, 600);
+    assert.equal(config.lifecycle.maxLifetimeSeconds, 0);
+    assert.deepEqual(config.idle, { timeoutSeconds: 1800, warningSeconds: 300, activityWriteIntervalSeconds: 30 });
+    assert.equal(loadConfig(undefined, { MANTICORE_MAX_SESSIONS: '7', MANTICORE_IDLE_TIMEOUT_SECONDS: '0' }).limits.maxSessions, 7);
+    assert.throws(() => loadConfig(write('idle: { timeoutSeconds: 300, warningSeconds: 300 }\n'), {}), /\/idle\/warningSeconds: must be below idle.timeoutSeconds/);
+    assert.throws(() => loadConfig(write('idle: { warningSeconds: 60, activityWriteIntervalSeconds: 60 }\n'), {}), /\/idle\/activityWriteIntervalSeconds/);
+    assert.throws(() => loadConfig(write('lifecycle: { maxLifetimeSeconds: 100 }\n'), {}), /\/lifecycle\/maxLifetimeSeconds: must be above idle.warningSeconds/);
+    assert.throws(() => loadConfig(write('limits: { maxSessions: 0 }\n'), {}), /\/limits\/maxSessions: must be >= 1/);
+  });
+});

@@ -1,149 +1,21 @@
 import assert from 'node:assert/strict';
-import path from 'node:path';
-import { loadTemplates } from '../../controller/api/templates.js';
-import type { RouteRecord, SessionRecord, SessionStatus } from '../../controller/api/types.js';
-import { Controller } from '../../controller/controller/controller.js';
-import { Keys } from '../../controller/controller/keys.js';
-import { RouterAgent } from '../../controller/router/agent.js';
-import type { DataPlane, RouteTable } from '../../controller/router/data-plane.js';
-import { EmbeddedStore } from '../../controller/store/embedded-store.js';
-import type { Store, TxnOperation } from '../../controller/store/store.js';
-import { createLogger, silentLogger } from '../../controller/util/log.js';
-import { FakeScheduler } from '../support/fake-scheduler.js';
+import {
+  condition,
+  ControllerHarness,
+  countingStore,
+  createSession,
+  keys,
+  makeReady,
+  requestDeletion,
+  routesOf,
+  statusOf,
+} from '../support/controller-harness.js';
 import { waitFor } from '../support/wait.js';
 
-const repoRoot = path.resolve(__dirname, '../../..');
-const templates = loadTemplates(path.join(repoRoot, 'manifests/templates'));
-const keys = new Keys('manticore/');
-const log = process.env.TEST_LOG ? createLogger('debug') : silentLogger();
-
-/** A data plane that only remembers the last table, standing in for HAProxy. */
-class RecordingDataPlane implements DataPlane {
-  table: RouteTable = { hosts: new Map(), ports: new Map() };
-  async apply(table: RouteTable): Promise<void> {
-    this.table = table;
-  }
-}
-
-/** A store that counts writes, to prove a restart writes nothing. */
-function countingStore(inner: Store): Store & { writes: string[] } {
-  const writes: string[] = [];
-  return Object.assign(Object.create(inner) as Store, {
-    writes,
-    put: (key: string, value: string, options?: { cas?: number }) => {
-      writes.push(`put ${key}`);
-      return inner.put(key, value, options);
-    },
-    delete: (key: string, options?: { cas?: number }) => {
-      writes.push(`delete ${key}`);
-      return inner.delete(key, options);
-    },
-    transaction: (operations: readonly TxnOperation[]) => {
-      writes.push(...operations.map((operation) => `${operation.verb} ${operation.key}`));
-      return inner.transaction(operations);
-    },
-  });
-}
-
-interface Harness {
-  store: EmbeddedStore;
-  scheduler: FakeScheduler;
-  controller: Controller;
-  router: RouterAgent;
-  dataPlane: RecordingDataPlane;
-  stop(): Promise<void>;
-}
-
-async function startController(store: Store, scheduler: FakeScheduler, ports = { start: 20000, end: 20009 }): Promise<Controller> {
-  const controller = new Controller({
-    store,
-    scheduler,
-    keys,
-    templates,
-    addressing: { domain: 'localhost', httpScheme: 'http', httpPort: 8080, tcpHost: 'localhost' },
-    tcpPortRange: ports,
-    workers: 4,
-    retryBaseMs: 5,
-    retryMaxMs: 200,
-    rateLimitPerSecond: 1000,
-    rateLimitBurst: 1000,
-    routerStaleMs: 30_000,
-    log,
-  });
-  await controller.start();
-  return controller;
-}
-
-async function harness(ports?: { start: number; end: number }): Promise<Harness> {
-  const store = EmbeddedStore.open(':memory:');
-  const scheduler = new FakeScheduler();
-  const dataPlane = new RecordingDataPlane();
-  const router = new RouterAgent({ store, keys, name: 'edge-1', dataPlane, heartbeatMs: 60_000, log });
-  await router.start();
-  const h: Harness = {
-    store,
-    scheduler,
-    controller: await startController(store, scheduler, ports),
-    router,
-    dataPlane,
-    async stop() {
-      await h.controller.stop();
-      await router.stop();
-      await store.close();
-    },
-  };
-  return h;
-}
-
-let sessionCounter = 0;
-async function createSession(store: Store, overrides: Partial<SessionRecord['spec']> = {}): Promise<string> {
-  const id = `session${String(++sessionCounter).padStart(4, '0')}`;
-  const record: SessionRecord = {
-    metadata: { id, owner: 'alice', createdAt: new Date().toISOString(), generation: 1 },
-    spec: { template: 'demo', parameters: { coreVersion: '8.2.0', hmiType: 'generic' }, ...overrides },
-  };
-  assert.equal(await store.put(keys.session(id), JSON.stringify(record), { cas: 0 }), true);
-  return id;
-}
-
-async function statusOf(store: Store, id: string): Promise<SessionStatus | undefined> {
-  const entry = await store.get(keys.status(id));
-  return entry ? (JSON.parse(entry.value) as SessionStatus) : undefined;
-}
-
-async function routesOf(store: Store, id: string): Promise<RouteRecord | undefined> {
-  const entry = await store.get(keys.route(id));
-  return entry ? (JSON.parse(entry.value) as RouteRecord) : undefined;
-}
-
-function condition(status: SessionStatus | undefined, type: string): string | undefined {
-  const found = status?.conditions.find((c) => c.type === type);
-  return found ? `${found.status}/${found.reason}` : undefined;
-}
-
-async function requestDeletion(store: Store, id: string): Promise<void> {
-  const entry = (await store.get(keys.session(id)))!;
-  const record = JSON.parse(entry.value) as SessionRecord;
-  record.metadata.deletionRequestedAt = new Date().toISOString();
-  assert.equal(await store.put(keys.session(id), JSON.stringify(record), { cas: entry.modifyIndex }), true);
-}
-
-/** Brings a session to Ready: the fake cluster runs and passes health checks on made-up addresses. */
-async function makeReady(h: Harness, id: string, base = 31000): Promise<SessionStatus> {
-  await waitFor('job registration', () => h.scheduler.workload(id));
-  h.scheduler.run(id, { http: `127.0.0.1:${base}`, broker: `127.0.0.1:${base + 1}`, tcp: `127.0.0.1:${base + 2}` });
-  return waitFor('Ready', async () => {
-    const status = await statusOf(h.store, id);
-    return status?.phase === 'Ready' ? status : undefined;
-  }).catch(async (error: Error) => {
-    throw new Error(`${error.message}; status: ${JSON.stringify(await statusOf(h.store, id))}`);
-  });
-}
-
 describe('controller: session reconciliation', () => {
-  let h: Harness;
+  let h: ControllerHarness;
   beforeEach(async () => {
-    h = await harness();
+    h = await ControllerHarness.embedded();
   });
   afterEach(async () => {
     await h.stop();
@@ -214,29 +86,11 @@ describe('controller: session reconciliation', () => {
     assert.equal(h.scheduler.registrations.length, 1, 'recovery needs no new registration');
   });
 
-  it('fails a session whose allocation failed, with the reason, and releases what it held', async () => {
-    const id = await createSession(h.store);
-    await makeReady(h, id);
-    h.scheduler.update(id, {
-      clientStatus: 'failed',
-      healthy: false,
-      tasks: { core: { state: 'dead', failed: true, restarts: 3, lastEvent: 'restart limit reached' } },
-    });
-    const failed = await waitFor('Failed', async () => {
-      const status = await statusOf(h.store, id);
-      return status?.phase === 'Failed' ? status : undefined;
-    });
-    assert.equal(condition(failed, 'Ready'), 'False/WorkloadFailed');
-    assert.match(failed.conditions[0]!.message, /core: restart limit reached/);
-    await waitFor('released', async () => h.scheduler.workload(id) === undefined && (await routesOf(h.store, id)) === undefined);
-    assert.equal(h.scheduler.registrations.length, 1, 'a failed session is not restarted behind the user');
-  });
-
   it('reports malformed and impossible records in their status and keeps serving the others', async () => {
     await h.store.put(keys.session('brokenrecord1'), '{"metadata": nope');
-    const unknownTemplate = await createSession(h.store, { template: 'nosuchtemplate' });
-    const badParameter = await createSession(h.store, { parameters: { coreVersion: '0.0.1', hmiType: 'generic' } });
-    const sdlOnEmbedded = await createSession(h.store, { template: 'sdl', parameters: {} });
+    const unknownTemplate = await createSession(h.store, { spec: { template: 'nosuchtemplate' } });
+    const badParameter = await createSession(h.store, { spec: { parameters: { coreVersion: '0.0.1', hmiType: 'generic' } } });
+    const sdlOnEmbedded = await createSession(h.store, { spec: { template: 'sdl', parameters: {} } });
     const good = await createSession(h.store);
 
     const broken = await waitFor('status of the malformed record', () => statusOf(h.store, 'brokenrecord1'));
@@ -264,7 +118,7 @@ describe('controller: session reconciliation', () => {
     h.scheduler.adopt({ jobId: 'manticore-orphan00001', sessionId: 'orphan00001', specHash: 'x' });
     await h.store.put(keys.route('orphan00002'), JSON.stringify({ sessionId: 'orphan00002', hosts: [], ports: [{ service: 'tcp', port: 20003 }] }));
     await h.store.put(keys.status('orphan00003'), JSON.stringify({ phase: 'Ready', observedGeneration: 1, conditions: [], endpoints: {}, events: [] }));
-    h.controller = await startController(h.store, h.scheduler);
+    h.controller = await h.startController();
     await waitFor('orphans collected', async () =>
       h.scheduler.workload('orphan00001') === undefined &&
       (await h.store.get(keys.route('orphan00002'))) === undefined &&
@@ -276,10 +130,9 @@ describe('controller: session reconciliation', () => {
   it('confirms every session after a restart without registering or writing anything', async () => {
     const ids = [await createSession(h.store), await createSession(h.store), await createSession(h.store)];
     for (const [n, id] of ids.entries()) await makeReady(h, id, 32000 + n * 10);
-    await h.controller.stop();
     const registrations = h.scheduler.registrations.length;
     const counting = countingStore(h.store);
-    h.controller = await startController(counting, h.scheduler);
+    await h.restartController(counting);
     await waitFor('queue drained', () => h.controller.queue.idle);
     assert.equal(h.scheduler.registrations.length, registrations);
     assert.deepEqual(counting.writes, []);
@@ -287,9 +140,9 @@ describe('controller: session reconciliation', () => {
 });
 
 describe('controller: public TCP ports', () => {
-  let h: Harness;
+  let h: ControllerHarness;
   beforeEach(async () => {
-    h = await harness({ start: 20000, end: 20000 });
+    h = await ControllerHarness.embedded({ ports: { start: 20000, end: 20000 } });
   });
   afterEach(async () => {
     await h.stop();

@@ -14,10 +14,23 @@ const keys = new Keys('manticore/');
 describe('front end (API)', () => {
   let store: EmbeddedStore;
   let frontend: Frontend;
+  /** The front end's clock, moved by the tests that need time to pass. */
+  let now: number;
 
   beforeEach(async () => {
     store = EmbeddedStore.open(':memory:');
-    frontend = new Frontend({ store, keys, templates, backend: 'embedded', bodyLimitBytes: 4096, log: silentLogger() });
+    now = Date.parse('2026-03-01T12:00:00.000Z');
+    frontend = new Frontend({
+      store,
+      keys,
+      templates,
+      backend: 'embedded',
+      bodyLimitBytes: 4096,
+      sessionsPerUser: 2,
+      activityWriteIntervalMs: 30_000,
+      log: silentLogger(),
+      now: () => now,
+    });
     await frontend.start('127.0.0.1', 0);
   });
   afterEach(async () => {
@@ -116,5 +129,55 @@ describe('front end (API)', () => {
     assert.equal(body.parameters.length, 4);
     assert.deepEqual(body.services.find((s: { name: string }) => s.name === 'tcp'), { name: 'tcp', description: "Core's TCP transport for SDL apps.", protocol: 'tcp' });
     assert.equal((await inject('GET', '/api/v1/templates/nope')).status, 404);
+  });
+
+  it('refuses sessions beyond the per-user limit with 409 and the existing ids, even when created at once', async () => {
+    const answers = await Promise.all([1, 2, 3].map(() => inject('POST', '/api/v1/sessions', { template: 'demo' }, { 'x-manticore-user': 'fay' })));
+    assert.deepEqual(answers.map((answer) => answer.status).sort(), [201, 201, 409]);
+    const created = answers.filter((answer) => answer.status === 201).map((answer) => (answer.body as Session).metadata.id);
+    const refused = answers.find((answer) => answer.status === 409)!.body as { error: string; existing: string[] };
+    assert.match(refused.error, /already has 2 session\(s\)/);
+    assert.deepEqual([...refused.existing].sort(), [...created].sort());
+    assert.equal((await inject('POST', '/api/v1/sessions', { template: 'demo' }, { 'x-manticore-user': 'gus' })).status, 201, 'other users are not affected');
+
+    // A Failed session (kept only to be read) and one being deleted do not count.
+    await store.put(keys.status(created[0]!), JSON.stringify({ phase: 'Failed', observedGeneration: 1, conditions: [], endpoints: {}, events: [] }));
+    await waitFor('the front end sees the failure', async () => (await inject('POST', '/api/v1/sessions', { template: 'demo' }, { 'x-manticore-user': 'fay' })).status === 201);
+    assert.equal((await inject('POST', '/api/v1/sessions', { template: 'demo' }, { 'x-manticore-user': 'fay' })).status, 409);
+    assert.equal((await inject('DELETE', `/api/v1/sessions/${created[1]!}`, undefined, { 'x-manticore-user': 'fay' })).status, 202);
+    await waitFor('the deletion frees a place', async () => (await inject('POST', '/api/v1/sessions', { template: 'demo' }, { 'x-manticore-user': 'fay' })).status === 201);
+  });
+
+  it('records keepalives as activity, throttled, but always while the session is being warned', async () => {
+    const session = (await inject('POST', '/api/v1/sessions', { template: 'demo' }, { 'x-manticore-user': 'hal' })).body as Session;
+    const id = session.metadata.id;
+    const keepalive = (user = 'hal') => inject('POST', `/api/v1/sessions/${id}/keepalive`, undefined, { 'x-manticore-user': user });
+    const stored = async () => (await store.get(keys.activity(id)))?.modifyIndex;
+
+    assert.equal((await keepalive('ivy')).status, 404, 'someone else’s session looks missing');
+    assert.equal(await stored(), undefined);
+    const first = await keepalive();
+    assert.equal(first.status, 200);
+    assert.deepEqual(first.body, { id, lastActivityAt: '2026-03-01T12:00:00.000Z' });
+    const index = await stored();
+
+    now += 10_000;
+    assert.equal((await keepalive()).body.lastActivityAt, '2026-03-01T12:00:00.000Z', 'within the interval nothing is written');
+    assert.equal(await stored(), index);
+    now += 25_000;
+    assert.equal((await keepalive()).body.lastActivityAt, '2026-03-01T12:00:35.000Z');
+    const later = await stored();
+    assert.ok(later! > index!);
+
+    // The controller warned the session: the answer to the warning is written at once.
+    const warned = { phase: 'Ready', observedGeneration: 1, endpoints: {}, events: [], conditions: [{ type: 'IdleWarning', status: 'True', reason: 'Idle', message: 'idle', lastTransitionTime: '2026-03-01T12:00:35.000Z' }] };
+    await store.put(keys.status(id), JSON.stringify(warned));
+    now += 1_000;
+    assert.equal((await keepalive()).body.lastActivityAt, '2026-03-01T12:00:36.000Z');
+
+    await inject('DELETE', `/api/v1/sessions/${id}`, undefined, { 'x-manticore-user': 'hal' });
+    const late = await keepalive();
+    assert.equal(late.status, 409);
+    assert.match(late.body.error, /being deleted/);
   });
 });

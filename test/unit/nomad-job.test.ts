@@ -17,6 +17,7 @@ import {
   NomadScheduler,
   allocationOf,
   backoffDelay,
+  capacityGains,
   currentAllocation,
   describeAllocMetric,
   nextIndex,
@@ -25,6 +26,7 @@ import {
   type NomadAllocStub,
   type NomadEvalStub,
   type NomadJobStub,
+  type NomadNodeStub,
 } from '../../controller/scheduler/nomad-scheduler.js';
 import { RenderError, SESSION_META_KEY, jobIdFor, type WorkloadRequest } from '../../controller/scheduler/scheduler.js';
 import { silentLogger } from '../../controller/util/log.js';
@@ -545,5 +547,34 @@ describe('Nomad watch timing', () => {
     assert.deepEqual(nextIndex(7, 9), { kind: 'changed', index: 9 });
     assert.deepEqual(nextIndex(9, 9), { kind: 'unchanged' });
     assert.deepEqual(nextIndex(9, 3), { kind: 'reset' }, 'an index going backwards starts the watch over');
+  });
+});
+
+describe('Nomad capacity changes', () => {
+  const node = (id: string, change: Partial<NomadNodeStub> = {}): NomadNodeStub =>
+    ({ ID: id, Name: `name-${id}`, Status: 'ready', SchedulingEligibility: 'eligible', ModifyIndex: 10, ...change });
+  const list = (...nodes: NomadNodeStub[]): Map<string, NomadNodeStub> => new Map(nodes.map((item) => [item.ID, item]));
+
+  it('sees room in a node that joins, becomes ready or eligible, or is modified while ready and eligible', () => {
+    const before = list(node('a'), node('b', { Status: 'down' }), node('c', { SchedulingEligibility: 'ineligible' }), node('d'));
+    const after = list(node('a'), node('b', { ModifyIndex: 11 }), node('c', { ModifyIndex: 12 }), node('d', { ModifyIndex: 13 }), node('e', { Status: 'initializing' }));
+    assert.deepEqual(capacityGains(before, after), [
+      'node name-b (b) became ready',
+      'node name-c (c) became eligible',
+      'node name-d (d) was updated',
+      'node name-e (e) joined',
+    ]);
+  });
+
+  it('sees none in an unchanged list, a node leaving, going down or ineligible, or an unusable node changing', () => {
+    const before = list(node('a'), node('b'), node('c'), node('d', { Status: 'down' }), node('e', { SchedulingEligibility: 'ineligible' }));
+    assert.deepEqual(capacityGains(before, before), []);
+    const after = list(
+      node('b', { Status: 'down', ModifyIndex: 11 }),
+      node('c', { SchedulingEligibility: 'ineligible', ModifyIndex: 12 }),
+      node('d', { Status: 'down', ModifyIndex: 13 }),
+      node('e', { SchedulingEligibility: 'ineligible', ModifyIndex: 14 }),
+    );
+    assert.deepEqual(capacityGains(before, after), []);
   });
 });

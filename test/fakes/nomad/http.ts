@@ -129,6 +129,10 @@ export class NomadApi {
             return jobFull(s, job);
           });
         }
+        if (sub === 'evaluate') {
+          only('PUT', 'POST');
+          return this.write(state().evaluate(id, body, namespace));
+        }
         only('GET');
         if (sub === 'allocations') {
           return this.read('allocs', query, signal, (s) => {

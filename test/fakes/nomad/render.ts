@@ -88,7 +88,7 @@ function allocatedResources(alloc: AllocRecord): JsonObject {
 
 const ALLOC_FIELDS = [
   'ID', 'Namespace', 'EvalID', 'Name', 'NodeID', 'NodeName', 'JobID', 'JobVersion', 'TaskGroup', 'DesiredStatus',
-  'DesiredDescription', 'ClientStatus', 'ClientDescription', 'DeploymentStatus', 'PreviousAllocation', 'NextAllocation',
+  'DesiredDescription', 'DesiredTransition', 'ClientStatus', 'ClientDescription', 'DeploymentStatus', 'PreviousAllocation', 'NextAllocation',
   'FollowupEvalID', 'CreateIndex', 'ModifyIndex', 'AllocModifyIndex', 'CreateTime', 'ModifyTime',
 ] as const;
 

@@ -11,6 +11,7 @@ import {
   type JobRecord,
   type NodeRecord,
   type NodeSpec,
+  isObject,
 } from './types.js';
 import { canonicalJson, parseJob } from './validate.js';
 
@@ -45,9 +46,17 @@ interface Waiter {
   done: () => void;
 }
 
+/** The fields of Nomad's JobEvaluateRequest (with its WriteRequest) a body may carry. */
+const EVALUATE_FIELDS = ['JobID', 'EvalOptions', 'Namespace', 'Region', 'SecretID', 'AuthToken', 'IdempotencyToken'];
+
 const TERMINAL_CLIENT = new Set(['complete', 'failed', 'lost']);
 export const isTerminal = (alloc: AllocRecord): boolean => alloc.DesiredStatus !== 'run' || TERMINAL_CLIENT.has(alloc.ClientStatus);
 const evalTerminal = (evaluation: EvalRecord): boolean => ['complete', 'failed', 'canceled'].includes(evaluation.Status);
+
+/** Like the double's job decoding, stricter than Nomad: an unknown field name in a request body is refused. */
+function checkFields(request: Record<string, unknown>, allowed: readonly string[]): void {
+  for (const key of Object.keys(request)) if (!allowed.includes(key)) throw new HttpError(400, `json: unknown field "${key}"`);
+}
 
 export class NomadState {
   private index = 0;
@@ -167,11 +176,7 @@ export class NomadState {
   register(body: unknown, namespace: string, pathJobId?: string): RegisterResult {
     if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new HttpError(400, 'Request decode failed: the body is not a JSON object');
     const request = body as Record<string, unknown>;
-    for (const key of Object.keys(request)) {
-      if (!['Job', 'EnforceIndex', 'JobModifyIndex', 'PolicyOverride', 'PreserveCounts', 'EvalPriority', 'Submission', 'Namespace', 'Region', 'SecretID'].includes(key)) {
-        throw new HttpError(400, `json: unknown field "${key}"`);
-      }
-    }
+    checkFields(request, ['Job', 'EnforceIndex', 'JobModifyIndex', 'PolicyOverride', 'PreserveCounts', 'EvalPriority', 'Submission', 'Namespace', 'Region', 'SecretID']);
     const parsed = parseJob(request.Job, namespace);
     const spec = parsed.spec;
     if (pathJobId !== undefined && pathJobId !== spec.id) throw new HttpError(400, 'Job ID does not match name');
@@ -211,6 +216,52 @@ export class NomadState {
     this.log.debug({ jobId: spec.id, version: this.jobs.get(spec.id)?.version, index }, existing ? 'job updated' : 'job registered');
     this.enqueue(evaluation);
     return { EvalID: evaluation.ID, EvalCreateIndex: index, JobModifyIndex: index, Warnings: '', Index: index, LastContact: 0, KnownLeader: true };
+  }
+
+  /**
+   * Nomad's Job.Evaluate: a new evaluation of the job. With EvalOptions.ForceReschedule, the failed
+   * allocations not yet replaced are marked to be replaced now, whatever their reschedule attempts and
+   * delay, but only in groups whose ReschedulePolicy reschedules at all (Attempts > 0 or Unlimited).
+   */
+  evaluate(jobId: string, body: unknown, namespace: string): RegisterResult {
+    // Without a body (older clients) the path names the job.
+    const request = body === undefined ? { JobID: jobId } : body;
+    if (!isObject(request)) throw new HttpError(400, 'Request decode failed: the body is not a JSON object');
+    checkFields(request, EVALUATE_FIELDS);
+    const options = request.EvalOptions;
+    if (options !== undefined && options !== null) {
+      if (!isObject(options)) throw new HttpError(400, 'json: cannot unmarshal into Go struct field JobEvaluateRequest.EvalOptions of type api.EvalOptions');
+      checkFields(options, ['ForceReschedule']);
+      if (options.ForceReschedule !== undefined && typeof options.ForceReschedule !== 'boolean') {
+        throw new HttpError(400, 'json: cannot unmarshal into Go struct field JobEvaluateRequest.EvalOptions.ForceReschedule of type bool');
+      }
+    }
+    if (typeof request.JobID !== 'string' || request.JobID === '') throw new HttpError(400, 'Job ID must be specified');
+    if (request.JobID !== jobId) throw new HttpError(400, 'JobID not same as job name');
+    const job = this.jobs.get(jobId);
+    // An uncoded RPC error: Nomad answers 500 here, unlike the 404 of a job read.
+    if (!job || job.spec.namespace !== namespace) throw new HttpError(500, 'job not found');
+    const force = isObject(options) && options.ForceReschedule === true;
+    const forced = force
+      ? [...this.allocs.values()].filter((alloc) => {
+          const policy = job.spec.groups.find((group) => group.name === alloc.TaskGroup)?.reschedule;
+          const enabled = policy !== undefined && (policy.unlimited || policy.attempts > 0);
+          return enabled && alloc.JobID === jobId && alloc.job.createIndex === job.createIndex && alloc.ClientStatus === 'failed' &&
+            alloc.NextAllocation === '' && alloc.DesiredTransition.ForceReschedule !== true;
+        })
+      : [];
+    let evaluation!: EvalRecord;
+    const index = this.write(forced.length > 0 ? ['evals', 'allocs'] : ['evals'], (at) => {
+      for (const alloc of forced) {
+        alloc.DesiredTransition.ForceReschedule = true;
+        this.touchAlloc(alloc, at);
+      }
+      evaluation = this.newEval(job, 'job-register', at);
+      evaluation.JobModifyIndex = job.modifyIndex;
+    });
+    this.enqueue(evaluation);
+    this.log.debug({ jobId, force, forced: forced.map((alloc) => alloc.ID), index }, 'job evaluation created');
+    return { EvalID: evaluation.ID, EvalCreateIndex: index, JobModifyIndex: job.modifyIndex, Warnings: '', Index: index, LastContact: 0, KnownLeader: true };
   }
 
   deregister(jobId: string, purge: boolean): { EvalID: string; EvalCreateIndex: number; JobModifyIndex: number; Index: number } {
@@ -419,9 +470,10 @@ export class NomadState {
     }
   }
 
-  /** A failed allocation whose group's ReschedulePolicy allows a replacement now. */
+  /** A failed allocation whose group's ReschedulePolicy allows a replacement now, or that a forced evaluation marked. */
   private reschedulable(alloc: AllocRecord): boolean {
     if (alloc.ClientStatus !== 'failed') return false;
+    if (alloc.DesiredTransition.ForceReschedule === true) return true;
     const policy = alloc.group.reschedule;
     if (!policy.unlimited) {
       let attempts = 0;
@@ -464,6 +516,7 @@ export class NomadState {
       TaskGroup: group.name,
       DesiredStatus: 'run',
       DesiredDescription: '',
+      DesiredTransition: { Migrate: null, Reschedule: null, ForceReschedule: null, NoShutdownDelay: null },
       ClientStatus: 'pending',
       ClientDescription: '',
       TaskStates: {},

@@ -243,6 +243,8 @@ export interface AllocRecord {
   TaskGroup: string;
   DesiredStatus: 'run' | 'stop' | 'evict';
   DesiredDescription: string;
+  /** What the servers want done with the allocation next; the double acts on ForceReschedule only. */
+  DesiredTransition: { Migrate: boolean | null; Reschedule: boolean | null; ForceReschedule: boolean | null; NoShutdownDelay: boolean | null };
   ClientStatus: 'pending' | 'running' | 'complete' | 'failed' | 'lost';
   ClientDescription: string;
   TaskStates: Record<string, TaskStateRecord>;

@@ -1,0 +1,371 @@
+import type { RouteRecord, SessionRecord, SessionStatus } from '../api/types.js';
+import type { Cache, CachedRecord } from './informer.js';
+
+export interface AdmissionLimits {
+  /** Sessions holding resources (a claim), cluster-wide. */
+  readonly maxSessions: number;
+  /** Admitted sessions that have not yet been Ready once. */
+  readonly maxStarting: number;
+  readonly sessionsPerUser: number;
+  /** After the scheduler had no room, retry the waiting list after this long even without a capacity signal. */
+  readonly capacityRetryMs: number;
+}
+
+export interface AdmissionState {
+  readonly sessions: Cache<CachedRecord<SessionRecord>>;
+  readonly statuses: Cache<CachedRecord<SessionStatus>>;
+  readonly routes: Cache<CachedRecord<RouteRecord>>;
+}
+
+export type WaitReason = 'ClusterFull' | 'StartLimit' | 'InsufficientCapacity' | 'Queued';
+
+export type AdmissionDecision =
+  | { readonly admit: true }
+  | {
+      readonly admit: false;
+      /** 1 is next. */
+      readonly position: number;
+      readonly reason: WaitReason;
+      readonly message: string;
+      /** Estimated admission time (ms), when the running sessions' expiry times allow an estimate. */
+      readonly estimatedStartAt?: number;
+      /** When the waiting list should be looked at again without any event (the capacity retry). */
+      readonly retryAt?: number;
+    };
+
+/** How long a start takes when no start has been seen yet: a guess, only used for estimates. */
+const defaultStartMs = 30_000;
+/** Estimates use the median of this many of the most recent start durations. */
+const recentStarts = 20;
+
+interface Waiter {
+  readonly id: string;
+  readonly createdAt: number;
+  /** Set when the scheduler had no room for this session: it goes back to the head of the list. */
+  readonly capacityBlockedSince?: number;
+}
+
+/** Head of the list first: sessions the scheduler turned away, then first come first served. */
+function compareWaiters(a: Waiter, b: Waiter): number {
+  const blockedA = a.capacityBlockedSince === undefined ? 1 : 0;
+  const blockedB = b.capacityBlockedSince === undefined ? 1 : 0;
+  return blockedA - blockedB || a.createdAt - b.createdAt || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+}
+
+/**
+ * The waiting list and the room in the cluster, kept from the caches one session at a time (no walks over
+ * every session). A session waits while it is wanted and holds no claim; it is admitted when its position
+ * is within the free room: min(maxSessions − holding, maxStarting − starting), and none while the
+ * scheduler last said it had no room and nothing has changed since. Decisions are synchronous and
+ * reserve at once, so concurrent workers never admit past a limit.
+ */
+export class Admission {
+  private readonly waiting: Waiter[] = [];
+  private readonly waiterOf = new Map<string, Waiter>();
+  private readonly holding = new Set<string>();
+  private readonly starting = new Set<string>();
+  /** Admitted by this process, claim not yet seen in the routes cache. */
+  private readonly reserved = new Set<string>();
+  /** Live sessions of each owner, oldest first (for the per-user limit). */
+  private readonly liveByOwner = new Map<string, Waiter[]>();
+  private readonly ownerOf = new Map<string, string>();
+  /** Known expiry times (ms) of sessions holding a claim: when room will free up. */
+  private readonly expiries = new Map<string, number>();
+  /** Admission times (ms) of sessions still starting. */
+  private readonly admittedAt = new Map<string, number>();
+  /** Start durations (ms) of sessions seen Ready, most recent last. */
+  private readonly startDurations = new Map<string, number>();
+  /**
+   * How many sessions may wait for placement at once. Unlimited until the scheduler turns a session away;
+   * then 1, doubling with each placement (as TCP's slow start probes a link), so the head of the list is
+   * not beaten to the room that appears by those behind it, and few registrations are wasted on a full
+   * cluster.
+   */
+  private window = Infinity;
+  /** Sessions admitted while the window is limited, until they are placed or let go. */
+  private readonly probing = new Set<string>();
+  /** Counts capacity signals; a session turned away in an earlier epoch no longer blocks the list. */
+  private capacityEpoch = 0;
+  private readonly blockedInEpoch = new Map<string, number>();
+  /** Estimated admission times by list position, until the next change. */
+  private estimates: number[] | undefined;
+
+  constructor(
+    private readonly state: AdmissionState,
+    private readonly limits: AdmissionLimits,
+    private readonly now: () => number,
+    /** Called with sessions whose decision may have changed (their position, or room for them). */
+    private readonly requeue: (id: string) => void,
+    /** Called when the running sessions' expiry or start times changed, so the estimates may be stale. */
+    private readonly estimatesChanged: () => void,
+  ) {}
+
+  /** The waiting sessions, head first. */
+  waitingIds(): string[] {
+    return this.waiting.map((waiter) => waiter.id);
+  }
+
+  get waitingCount(): number {
+    return this.waiting.length;
+  }
+
+  /** Re-reads one session from the caches; call on every change to its record, status or claim. */
+  refresh(id: string): void {
+    this.update(id, () => true);
+  }
+
+  private update(id: string, mayRequeue: (other: string) => boolean): void {
+    this.estimates = undefined;
+    const freeBefore = this.freeSlots();
+    const cached = this.state.sessions.get(id)?.value;
+    const record = cached?.metadata.id === id ? cached : undefined;
+    const status = this.state.statuses.get(id)?.value;
+    const claimed = this.state.routes.get(id) !== undefined;
+    if (claimed || record === undefined) this.reserved.delete(id);
+    const holding = claimed || this.reserved.has(id);
+    const failed = status?.phase === 'Failed' && status.observedGeneration === record?.metadata.generation;
+    const wanted = record !== undefined && record.metadata.deletionRequestedAt === undefined && !failed;
+
+    setMember(this.starting, id, holding && wanted && status?.readyAt === undefined);
+    const placed = status?.conditions.some((condition) => condition.type === 'Scheduled' && condition.status === 'True') ?? false;
+    if (!holding) {
+      this.probing.delete(id);
+    } else if (!this.holding.has(id) && this.window !== Infinity) {
+      this.probing.add(id);
+    }
+    if (placed && this.probing.delete(id)) {
+      // Room was found: let twice as many try next, back to unlimited once that reaches maxStarting.
+      this.window = this.window * 2 >= this.limits.maxStarting ? Infinity : this.window * 2;
+      if (this.window === Infinity) this.probing.clear();
+    }
+    setMember(this.holding, id, holding);
+    const timesChanged =
+      this.track(this.expiries, id, holding ? parseTime(status?.expiresAt) : undefined) ||
+      this.track(this.admittedAt, id, holding && status?.readyAt === undefined ? parseTime(status?.admittedAt) : undefined);
+    const admitted = parseTime(status?.admittedAt);
+    const ready = parseTime(status?.readyAt);
+    if (holding && admitted !== undefined && ready !== undefined && !this.startDurations.has(id)) this.startDurations.set(id, ready - admitted);
+    if (!holding) this.startDurations.delete(id);
+
+    this.setOwner(id, wanted ? record : undefined);
+    const blockedSince = wanted && !holding ? capacityBlockedSince(status) : undefined;
+    if (!wanted || (holding && placed)) this.blockedInEpoch.delete(id);
+    // Seen turned away without this process having decided it (a restart): blocked until the next signal.
+    else if (blockedSince !== undefined && !this.blockedInEpoch.has(id)) this.turnedAway(id);
+    const changedAt = this.setWaiter(
+      id,
+      wanted && !holding
+        ? { id, createdAt: Date.parse(record.metadata.createdAt), ...(blockedSince === undefined ? {} : { capacityBlockedSince: blockedSince }) }
+        : undefined,
+    );
+    // Everyone behind a change moved; when room grew, the head of the list may now go.
+    const requeue = (waiter: Waiter): void => {
+      if (mayRequeue(waiter.id)) this.requeue(waiter.id);
+    };
+    if (changedAt !== undefined) this.waiting.slice(changedAt).forEach(requeue);
+    const freeAfter = this.freeSlots();
+    if (freeAfter > freeBefore) this.waiting.slice(0, freeAfter).forEach(requeue);
+    if (timesChanged && this.waiting.length > 0) this.estimatesChanged();
+  }
+
+  /** Whether the waiting session may be admitted now, or its place in the list and why it waits. */
+  decide(id: string): AdmissionDecision {
+    const waiter = this.waiterOf.get(id);
+    if (waiter === undefined) return { admit: true };
+    const position = this.indexOf(waiter) + 1;
+    const blockedUntil = this.capacityBlockedUntil();
+    const free = this.freeSlots();
+    if (position <= free) return { admit: true };
+    const { maxSessions, maxStarting } = this.limits;
+    const estimatedStartAt = this.estimateStart(position);
+    const wait = (reason: WaitReason, message: string, retryAt?: number): AdmissionDecision => ({
+      admit: false,
+      position,
+      reason,
+      message,
+      ...(estimatedStartAt === undefined ? {} : { estimatedStartAt }),
+      ...(retryAt === undefined ? {} : { retryAt }),
+    });
+    if (blockedUntil !== undefined) {
+      return wait('InsufficientCapacity', 'the cluster has no room for another session; retrying as soon as room appears', blockedUntil);
+    }
+    if (this.holding.size >= maxSessions) return wait('ClusterFull', `all ${maxSessions} session slots are in use`);
+    if (this.window !== Infinity) return wait('InsufficientCapacity', 'the cluster was full; sessions are admitted a few at a time until it has room');
+    if (this.starting.size >= maxStarting) return wait('StartLimit', `${maxStarting} sessions are starting; waiting for one to be ready`);
+    return wait('Queued', `${position - 1} session(s) ahead in the waiting list`);
+  }
+
+  /** Counts the session as admitted until its claim shows up in the cache (or `cancel`). */
+  reserve(id: string): void {
+    this.reserved.add(id);
+    this.refresh(id);
+  }
+
+  /** Gives back a reservation whose claim could not be written; the session itself retries with its own backoff. */
+  cancel(id: string): void {
+    if (this.reserved.delete(id)) this.update(id, (other) => other !== id);
+  }
+
+  /**
+   * The scheduler had no room for this session: it blocks the list until the next capacity signal (one
+   * that arrives from now on counts, even before the session is back in the list), and admissions restart
+   * one at a time.
+   */
+  turnedAway(id: string): void {
+    this.blockedInEpoch.set(id, this.capacityEpoch);
+    this.window = 1;
+    this.probing.clear();
+    this.estimates = undefined;
+  }
+
+  /** The cluster may have room again (a node joined, a workload ended): try the head of the list. */
+  capacityChanged(): void {
+    const wasBlocked = this.capacityBlockedUntil() !== undefined;
+    this.capacityEpoch += 1;
+    this.estimates = undefined;
+    if (wasBlocked) for (const waiter of this.waiting.slice(0, Math.max(1, this.freeSlots()))) this.requeue(waiter.id);
+  }
+
+  /** 1 for the owner's oldest live session; beyond sessionsPerUser a session is over the per-user limit. */
+  ownerRank(id: string): number | undefined {
+    const owner = this.ownerOf.get(id);
+    const list = owner === undefined ? undefined : this.liveByOwner.get(owner);
+    const index = list?.findIndex((entry) => entry.id === id) ?? -1;
+    return index < 0 ? undefined : index + 1;
+  }
+
+  /** Room for admissions right now. */
+  private freeSlots(): number {
+    if (this.capacityBlockedUntil() !== undefined) return 0;
+    const free = Math.max(0, Math.min(this.limits.maxSessions - this.holding.size, this.limits.maxStarting - this.starting.size));
+    return Math.min(free, Math.max(0, this.window - this.probing.size));
+  }
+
+  /**
+   * While the scheduler's last answer was "no room" and no capacity signal came after it, nobody is
+   * admitted (first come first served: no one overtakes the head) until the retry time.
+   */
+  private capacityBlockedUntil(): number | undefined {
+    const head = this.waiting[0];
+    const since = head?.capacityBlockedSince;
+    if (since === undefined || this.blockedInEpoch.get(head!.id) !== this.capacityEpoch) return undefined;
+    const until = since + this.limits.capacityRetryMs;
+    return this.now() < until ? until : undefined;
+  }
+
+  /**
+   * When each waiting session should leave the list: each admission needs a session slot (free now, or
+   * when the next running session expires) and a starting slot (free now, or when a start in progress is
+   * expected to finish, going by the median recent start duration). Computed for the whole list at once
+   * and kept until anything changes, so reconciling every waiting session costs one pass.
+   */
+  private estimateStart(position: number): number | undefined {
+    this.estimates ??= this.estimateAll();
+    return this.estimates[position - 1];
+  }
+
+  private estimateAll(): number[] {
+    const now = this.now();
+    const { maxSessions, maxStarting } = this.limits;
+    const startMs = median([...this.startDurations.values()].slice(-recentStarts)) ?? defaultStartMs;
+    const freeSessions = Math.max(0, maxSessions - this.holding.size);
+    const expiries = [...this.expiries.values()].sort((a, b) => a - b);
+    const startsDone = [...this.admittedAt.values()].map((at) => Math.max(now, at + startMs));
+    while (startsDone.length < maxStarting) startsDone.push(now);
+    startsDone.sort((a, b) => a - b);
+    const estimates: number[] = [];
+    for (let p = 1; p <= this.waiting.length; p++) {
+      const sessionSlot = p <= freeSessions ? now : expiries[p - freeSessions - 1];
+      if (sessionSlot === undefined) break;
+      const estimate = Math.max(sessionSlot, startsDone.shift()!);
+      estimates.push(estimate);
+      insertSorted(startsDone, estimate + startMs);
+    }
+    return estimates;
+  }
+
+  private indexOf(waiter: Waiter): number {
+    let low = 0;
+    let high = this.waiting.length;
+    while (low < high) {
+      const middle = (low + high) >>> 1;
+      if (compareWaiters(this.waiting[middle]!, waiter) < 0) low = middle + 1;
+      else high = middle;
+    }
+    return low;
+  }
+
+  /** Puts the session in the list (or takes it out); returns the first index whose occupant changed. */
+  private setWaiter(id: string, next: Waiter | undefined): number | undefined {
+    const previous = this.waiterOf.get(id);
+    if (previous === undefined && next === undefined) return undefined;
+    if (previous !== undefined && next !== undefined && compareWaiters(previous, next) === 0 && previous.capacityBlockedSince === next.capacityBlockedSince) {
+      return undefined;
+    }
+    let changedAt = Infinity;
+    if (previous !== undefined) {
+      const index = this.indexOf(previous);
+      this.waiting.splice(index, 1);
+      this.waiterOf.delete(id);
+      changedAt = index;
+    }
+    if (next !== undefined) {
+      const index = this.indexOf(next);
+      this.waiting.splice(index, 0, next);
+      this.waiterOf.set(id, next);
+      changedAt = Math.min(changedAt, index);
+    }
+    return changedAt;
+  }
+
+  private setOwner(id: string, record: SessionRecord | undefined): void {
+    const owner = this.ownerOf.get(id);
+    if (owner !== undefined && owner !== record?.metadata.owner) {
+      const list = this.liveByOwner.get(owner)!.filter((entry) => entry.id !== id);
+      if (list.length === 0) this.liveByOwner.delete(owner);
+      else this.liveByOwner.set(owner, list);
+      this.ownerOf.delete(id);
+    }
+    if (record === undefined || this.ownerOf.has(id)) return;
+    const entry: Waiter = { id, createdAt: Date.parse(record.metadata.createdAt) };
+    const list = this.liveByOwner.get(record.metadata.owner) ?? [];
+    list.push(entry);
+    list.sort(compareWaiters);
+    this.liveByOwner.set(record.metadata.owner, list);
+    this.ownerOf.set(id, record.metadata.owner);
+  }
+
+  /** Sets or removes the session's entry; returns whether it changed. */
+  private track(map: Map<string, number>, id: string, value: number | undefined): boolean {
+    if (map.get(id) === value) return false;
+    if (value === undefined) map.delete(id);
+    else map.set(id, value);
+    return true;
+  }
+}
+
+function capacityBlockedSince(status: SessionStatus | undefined): number | undefined {
+  const admitted = status?.conditions.find((condition) => condition.type === 'Admitted');
+  return admitted?.status === 'False' && admitted.reason === 'InsufficientCapacity' ? Date.parse(admitted.lastTransitionTime) : undefined;
+}
+
+function setMember(set: Set<string>, id: string, member: boolean): void {
+  if (member) set.add(id);
+  else set.delete(id);
+}
+
+function parseTime(value: string | undefined): number | undefined {
+  return value === undefined ? undefined : Date.parse(value);
+}
+
+function median(values: number[]): number | undefined {
+  if (values.length === 0) return undefined;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
+}
+
+function insertSorted(values: number[], value: number): void {
+  let index = 0;
+  while (index < values.length && values[index]! <= value) index++;
+  values.splice(index, 0, value);
+}

@@ -1,0 +1,70 @@
+import type { WorkloadFailure } from '../api/types.js';
+import type { ConditionInput } from './status.js';
+
+/** The operator's lifecycle settings, in milliseconds (0 turns a limit off where noted). */
+export interface LifecyclePolicy {
+  readonly startTimeoutMs: number;
+  /** 0: no cap. */
+  readonly maxLifetimeMs: number;
+  readonly maxRestarts: number;
+  readonly restartWindowMs: number;
+  readonly restartBackoffMs: number;
+  readonly failedRetentionMs: number;
+  /** 0: sessions never expire for idleness. */
+  readonly idleTimeoutMs: number;
+  readonly idleWarningMs: number;
+}
+
+/** The longest wait before a failed workload is replaced, however often it failed. */
+const maxRestartDelayMs = 5 * 60_000;
+
+export type ExpiryReason = 'IdleTimeout' | 'MaxLifetime';
+
+/** When a session ends unless something happens first, and when it is warned. */
+export interface Expiry {
+  readonly at: number;
+  readonly warnAt: number;
+  readonly reason: ExpiryReason;
+}
+
+/**
+ * The session's end, computed only from stored times (first Ready, last activity), so every replica and
+ * every restart agrees: the idle deadline moves with activity, the lifetime cap does not; the earlier wins.
+ */
+export function expiryOf(policy: LifecyclePolicy, readyAt: number, lastActivityAt: number | undefined): Expiry | undefined {
+  const candidates: Array<{ at: number; reason: ExpiryReason }> = [];
+  if (policy.idleTimeoutMs > 0) candidates.push({ at: Math.max(readyAt, lastActivityAt ?? readyAt) + policy.idleTimeoutMs, reason: 'IdleTimeout' });
+  if (policy.maxLifetimeMs > 0) candidates.push({ at: readyAt + policy.maxLifetimeMs, reason: 'MaxLifetime' });
+  const first = candidates.sort((a, b) => a.at - b.at)[0];
+  return first === undefined ? undefined : { ...first, warnAt: first.at - policy.idleWarningMs };
+}
+
+/** `IdleWarning` from the warning time on, with the time left; the message is stable so the status is not rewritten. */
+export function idleWarningCondition(expiry: Expiry, now: number): ConditionInput {
+  const at = new Date(expiry.at).toISOString();
+  if (now < expiry.warnAt) {
+    return { type: 'IdleWarning', status: 'False', reason: 'Active', message: `the session runs until ${at} unless it stays idle` };
+  }
+  const left = `${Math.round((expiry.at - expiry.warnAt) / 1000)} s`;
+  return expiry.reason === 'IdleTimeout'
+    ? { type: 'IdleWarning', status: 'True', reason: 'Idle', message: `no activity: the session will be deleted at ${at} (in ${left}) unless there is activity` }
+    : { type: 'IdleWarning', status: 'True', reason: 'MaxLifetime', message: `the session reaches its maximum lifetime and will be deleted at ${at} (in ${left})` };
+}
+
+/** The failures that still count: those within the restart window. */
+export function recentFailures(policy: LifecyclePolicy, failures: readonly WorkloadFailure[], now: number): WorkloadFailure[] {
+  return failures.filter((failure) => now - Date.parse(failure.time) < policy.restartWindowMs);
+}
+
+/** Backoff before replacing a failed workload: the base, doubling with each failure in the window. */
+export function restartDelayMs(policy: LifecyclePolicy, failuresInWindow: number): number {
+  return Math.min(policy.restartBackoffMs * 2 ** Math.max(0, failuresInWindow - 1), maxRestartDelayMs);
+}
+
+/** A duration as a short phrase for messages. */
+export function formatSeconds(ms: number): string {
+  const seconds = Math.round(ms / 1000);
+  if (seconds < 120) return `${seconds} s`;
+  if (seconds < 7200) return `${Math.round(seconds / 60)} min`;
+  return `${Math.round(seconds / 3600)} h`;
+}

@@ -1,0 +1,219 @@
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import * as FakeTimers from '@sinonjs/fake-timers';
+import { loadTemplates } from '../../controller/api/templates.js';
+import type { RouteRecord, SessionRecord, SessionStatus, SessionTemplate } from '../../controller/api/types.js';
+import { Controller } from '../../controller/controller/controller.js';
+import { Keys } from '../../controller/controller/keys.js';
+import type { LifecyclePolicy } from '../../controller/controller/lifecycle.js';
+import { RouterAgent } from '../../controller/router/agent.js';
+import type { DataPlane, RouteTable } from '../../controller/router/data-plane.js';
+import type { Scheduler } from '../../controller/scheduler/scheduler.js';
+import { EmbeddedStore } from '../../controller/store/embedded-store.js';
+import type { Store, TxnOperation } from '../../controller/store/store.js';
+import type { Clock } from '../../controller/util/clock.js';
+import { createLogger, silentLogger, type Logger } from '../../controller/util/log.js';
+import { FakeScheduler } from './fake-scheduler.js';
+import { waitFor } from './wait.js';
+
+/**
+ * A controller over a store, a scheduler and a router agent in this process, with the lifecycle clock
+ * in the test's hands: deadlines (idle warning, expiry, start timeout, restart backoff) move only when
+ * the test ticks the fake clock, while the store and the scheduler run on real time.
+ */
+const repoRoot = path.resolve(__dirname, '../../..');
+export const templates = loadTemplates(path.join(repoRoot, 'manifests/templates'));
+export const keys = new Keys('manticore/');
+export const testLog: Logger = process.env.TEST_LOG ? createLogger('debug') : silentLogger();
+
+export const defaultPolicy: LifecyclePolicy = {
+  startTimeoutMs: 600_000,
+  maxLifetimeMs: 0,
+  maxRestarts: 3,
+  restartWindowMs: 600_000,
+  restartBackoffMs: 5_000,
+  failedRetentionMs: 3_600_000,
+  idleTimeoutMs: 1_800_000,
+  idleWarningMs: 300_000,
+};
+
+/** A data plane that only remembers the last table, standing in for HAProxy. */
+export class RecordingDataPlane implements DataPlane {
+  table: RouteTable = { hosts: new Map(), ports: new Map() };
+  async apply(table: RouteTable): Promise<void> {
+    this.table = table;
+  }
+}
+
+/** A store that counts writes, to prove a restart writes nothing. */
+export function countingStore(inner: Store): Store & { writes: string[] } {
+  const writes: string[] = [];
+  return Object.assign(Object.create(inner) as Store, {
+    writes,
+    put: (key: string, value: string, options?: { cas?: number }) => {
+      writes.push(`put ${key}`);
+      return inner.put(key, value, options);
+    },
+    delete: (key: string, options?: { cas?: number }) => {
+      writes.push(`delete ${key}`);
+      return inner.delete(key, options);
+    },
+    transaction: (operations: readonly TxnOperation[]) => {
+      writes.push(...operations.map((operation) => `${operation.verb} ${operation.key}`));
+      return inner.transaction(operations);
+    },
+  });
+}
+
+export interface HarnessOptions {
+  readonly ports?: { start: number; end: number };
+  readonly limits?: Partial<{ maxSessions: number; maxStarting: number; sessionsPerUser: number }>;
+  readonly policy?: Partial<LifecyclePolicy>;
+  readonly capacityRetryMs?: number;
+  readonly workers?: number;
+  readonly templates?: ReadonlyMap<string, SessionTemplate>;
+}
+
+/** The fake clock as the controller's Clock. */
+export function controllerClock(clock: FakeTimers.Clock): Clock {
+  return {
+    now: () => clock.now,
+    setTimeout: (callback, delayMs) => clock.setTimeout(callback, delayMs),
+    clearTimeout: (timer) => clock.clearTimeout(timer as FakeTimers.TimerId),
+  };
+}
+
+export class ControllerHarness<S extends Scheduler = FakeScheduler> {
+  /** Starts at the real time, so stored times look ordinary; moves only on tick(). */
+  readonly clock: FakeTimers.Clock = FakeTimers.createClock(Date.now());
+  controller!: Controller;
+  router!: RouterAgent;
+  readonly dataPlane = new RecordingDataPlane();
+
+  constructor(
+    readonly store: Store,
+    readonly scheduler: S,
+    private readonly options: HarnessOptions = {},
+  ) {}
+
+  static async embedded(options: HarnessOptions = {}): Promise<ControllerHarness> {
+    const harness = new ControllerHarness(EmbeddedStore.open(':memory:'), new FakeScheduler(), options);
+    await harness.start();
+    return harness;
+  }
+
+  async start(): Promise<void> {
+    this.router = new RouterAgent({ store: this.store, keys, name: 'edge-1', dataPlane: this.dataPlane, heartbeatMs: 60_000, log: testLog });
+    await this.router.start();
+    this.controller = await this.startController();
+  }
+
+  async startController(store: Store = this.store): Promise<Controller> {
+    const { ports = { start: 20000, end: 20009 }, limits = {}, policy = {} } = this.options;
+    const controller = new Controller({
+      store,
+      scheduler: this.scheduler,
+      keys,
+      templates: this.options.templates ?? templates,
+      addressing: { domain: 'localhost', httpScheme: 'http', httpPort: 8080, tcpHost: 'localhost' },
+      tcpPortRange: ports,
+      limits: { maxSessions: 100, maxStarting: 100, sessionsPerUser: 100, ...limits },
+      policy: { ...defaultPolicy, ...policy },
+      capacityRetryMs: this.options.capacityRetryMs ?? 300_000,
+      workers: this.options.workers ?? 4,
+      retryBaseMs: 5,
+      retryMaxMs: 200,
+      rateLimitPerSecond: 1000,
+      rateLimitBurst: 1000,
+      // The router heartbeats on real time while the lifecycle clock jumps ahead: never call it stale here.
+      routerStaleMs: 20 * 24 * 3_600_000,
+      orphanSweepMs: 600_000,
+      log: testLog,
+      clock: controllerClock(this.clock),
+    });
+    await controller.start();
+    return controller;
+  }
+
+  /** Stops the controller and starts a new one on the same store and scheduler (a restart or failover). */
+  async restartController(store: Store = this.store): Promise<void> {
+    await this.controller.stop();
+    this.controller = await this.startController(store);
+  }
+
+  /** Moves the lifecycle clock; the deadlines that fall due fire. */
+  tick(ms: number): void {
+    this.clock.tick(ms);
+  }
+
+  async stop(): Promise<void> {
+    await this.controller.stop();
+    await this.router.stop();
+    await this.scheduler.close();
+    await this.store.close();
+  }
+}
+
+let sessionCounter = 0;
+
+export interface NewSession {
+  readonly owner?: string;
+  /** Creation time; the waiting list is ordered by it. */
+  readonly createdAt?: number;
+  readonly spec?: Partial<SessionRecord['spec']>;
+}
+
+export async function createSession(store: Store, options: NewSession = {}): Promise<string> {
+  const id = `session${String(++sessionCounter).padStart(4, '0')}`;
+  const record: SessionRecord = {
+    metadata: { id, owner: options.owner ?? 'alice', createdAt: new Date(options.createdAt ?? Date.now()).toISOString(), generation: 1 },
+    spec: { template: 'demo', parameters: { coreVersion: '8.2.0', hmiType: 'generic' }, ...options.spec },
+  };
+  assert.equal(await store.put(keys.session(id), JSON.stringify(record), { cas: 0 }), true);
+  return id;
+}
+
+export async function statusOf(store: Store, id: string): Promise<SessionStatus | undefined> {
+  const entry = await store.get(keys.status(id));
+  return entry ? (JSON.parse(entry.value) as SessionStatus) : undefined;
+}
+
+export async function routesOf(store: Store, id: string): Promise<RouteRecord | undefined> {
+  const entry = await store.get(keys.route(id));
+  return entry ? (JSON.parse(entry.value) as RouteRecord) : undefined;
+}
+
+export function condition(status: SessionStatus | undefined, type: string): string | undefined {
+  const found = status?.conditions.find((c) => c.type === type);
+  return found ? `${found.status}/${found.reason}` : undefined;
+}
+
+export async function requestDeletion(store: Store, id: string): Promise<void> {
+  const entry = (await store.get(keys.session(id)))!;
+  const record = JSON.parse(entry.value) as SessionRecord;
+  record.metadata.deletionRequestedAt = new Date().toISOString();
+  assert.equal(await store.put(keys.session(id), JSON.stringify(record), { cas: entry.modifyIndex }), true);
+}
+
+/** Waits until the session's stored status satisfies `test` (a phase name or a predicate) and returns it. */
+export async function statusWhen(store: Store, id: string, test: string | ((status: SessionStatus) => boolean), timeoutMs?: number): Promise<SessionStatus> {
+  const holds = typeof test === 'string' ? (status: SessionStatus) => status.phase === test : test;
+  let last: SessionStatus | undefined;
+  return waitFor(
+    `status of ${id} ${typeof test === 'string' ? test : 'to match'}`,
+    async () => {
+      last = await statusOf(store, id);
+      return last !== undefined && holds(last) ? last : undefined;
+    },
+    timeoutMs,
+  ).catch((error: Error) => {
+    throw new Error(`${error.message}; last status: ${JSON.stringify(last)}`);
+  });
+}
+
+/** Brings a session to Ready on the fake scheduler: it runs and passes health checks on made-up addresses. */
+export async function makeReady(h: ControllerHarness, id: string, base = 31000): Promise<SessionStatus> {
+  await waitFor('job registration', () => h.scheduler.workload(id));
+  h.scheduler.run(id, { http: `127.0.0.1:${base}`, broker: `127.0.0.1:${base + 1}`, tcp: `127.0.0.1:${base + 2}` });
+  return statusWhen(h.store, id, 'Ready');
+}

@@ -1,0 +1,328 @@
+import assert from 'node:assert/strict';
+import type { SessionRecord, SessionStatus } from '../../controller/api/types.js';
+import { estimateRefreshMs } from '../../controller/controller/controller.js';
+import {
+  condition,
+  ControllerHarness,
+  countingStore,
+  createSession,
+  keys,
+  makeReady,
+  requestDeletion,
+  routesOf,
+  statusOf,
+  statusWhen,
+} from '../support/controller-harness.js';
+import { waitFor } from '../support/wait.js';
+
+const minute = 60_000;
+
+async function setActivity(h: ControllerHarness, id: string, at: number): Promise<void> {
+  const entry = await h.store.get(keys.activity(id));
+  assert.equal(await h.store.put(keys.activity(id), JSON.stringify({ lastActivityAt: new Date(at).toISOString() }), { cas: entry?.modifyIndex ?? 0 }), true);
+}
+
+/** Every status the session is given from now on, in order (a watch sees each write, however brief). */
+function recordStatuses(h: ControllerHarness, id: string): { seen: SessionStatus[]; stop: () => void } {
+  const seen: SessionStatus[] = [];
+  const subscription = h.store.watch(keys.statuses).subscribe((step) => {
+    if (step.kind !== 'changes') return;
+    for (const change of step.changes) if (change.type === 'put' && change.entry.key === keys.status(id)) seen.push(JSON.parse(change.entry.value) as SessionStatus);
+  });
+  return { seen, stop: () => subscription.unsubscribe() };
+}
+
+async function gone(h: ControllerHarness, id: string): Promise<void> {
+  await waitFor(`session ${id} removed`, async () => (await h.store.get(keys.session(id))) === undefined);
+}
+
+/** Sessions created one second apart, oldest first, so the waiting list order is known. */
+async function createInOrder(h: ControllerHarness, owners: string[]): Promise<string[]> {
+  const base = Date.now() - 60 * minute;
+  const ids: string[] = [];
+  for (const [n, owner] of owners.entries()) ids.push(await createSession(h.store, { owner, createdAt: base + n * 1000 }));
+  return ids;
+}
+
+describe('lifecycle: waiting list and room', () => {
+  let h: ControllerHarness;
+  afterEach(async () => {
+    await h.stop();
+  });
+
+  it('admits first come first served up to maxSessions and shows everyone else their position', async () => {
+    h = await ControllerHarness.embedded({ limits: { maxSessions: 2 } });
+    const [a, b, c, d] = await createInOrder(h, ['ann', 'bob', 'cid', 'dee']);
+    await makeReady(h, a!, 31000);
+    await makeReady(h, b!, 31010);
+    const third = await statusWhen(h.store, c!, (s) => s.phase === 'Waiting' && s.queuePosition === 1);
+    assert.equal(condition(third, 'Admitted'), 'False/ClusterFull');
+    assert.match(third.conditions[0]!.message, /all 2 session slots are in use/);
+    await statusWhen(h.store, d!, (s) => s.phase === 'Waiting' && s.queuePosition === 2);
+    assert.equal(h.scheduler.workload(c!), undefined, 'nothing is scheduled for a waiting session');
+    assert.equal(await routesOf(h.store, c!), undefined, 'nor are addresses reserved');
+
+    // The running sessions expire 30 minutes after their last activity: the waiting list can tell when it moves.
+    h.tick(estimateRefreshMs);
+    const [expiresA, expiresB] = [(await statusOf(h.store, a!))!.expiresAt!, (await statusOf(h.store, b!))!.expiresAt!].map(Date.parse);
+    const estimateC = Date.parse((await statusWhen(h.store, c!, (s) => s.estimatedStartAt !== undefined)).estimatedStartAt!);
+    assert.ok(Math.abs(estimateC - Math.min(expiresA!, expiresB!)) <= 1000, `estimate ${estimateC} vs expiry ${Math.min(expiresA!, expiresB!)}`);
+
+    await requestDeletion(h.store, a!);
+    await gone(h, a!);
+    await waitFor('cid admitted', () => routesOf(h.store, c!));
+    const last = await statusWhen(h.store, d!, (s) => s.queuePosition === 1);
+    assert.equal(last.phase, 'Waiting', 'dee moved up when someone ahead left');
+    await makeReady(h, c!, 31020);
+    assert.equal(h.scheduler.workload(d!), undefined);
+  });
+
+  it('moves everyone behind up when a waiting session ahead of them is deleted', async () => {
+    h = await ControllerHarness.embedded({ limits: { maxSessions: 1 } });
+    const [a, b, c, d] = await createInOrder(h, ['ann', 'bob', 'cid', 'dee']);
+    await makeReady(h, a!);
+    await statusWhen(h.store, d!, (s) => s.queuePosition === 3);
+    await requestDeletion(h.store, b!);
+    await gone(h, b!);
+    await statusWhen(h.store, c!, (s) => s.queuePosition === 1);
+    await statusWhen(h.store, d!, (s) => s.queuePosition === 2);
+  });
+
+  it('starts many admitted sessions at once, never more than maxStarting', async () => {
+    h = await ControllerHarness.embedded({ limits: { maxStarting: 20 }, ports: { start: 20000, end: 20099 } });
+    const owners = Array.from({ length: 50 }, (_, n) => `user${n}`);
+    const ids = await createInOrder(h, owners);
+    await waitFor('20 jobs registered', () => h.scheduler.registrations.length === 20);
+    for (const id of ids.slice(20)) {
+      const status = await statusWhen(h.store, id, 'Waiting');
+      assert.equal(condition(status, 'Admitted'), 'False/StartLimit');
+    }
+    // None of the 20 is Ready yet: they were started together, not one after another.
+    for (const id of ids.slice(0, 20)) assert.notEqual((await statusOf(h.store, id))?.phase, 'Ready');
+    // Each session that becomes Ready lets the next one in; at no moment are more than 20 started and not yet running.
+    const running = new Set<string>();
+    await waitFor(
+      'all 50 started',
+      () => {
+        assert.ok(h.scheduler.registrations.length - running.size <= 20, `${h.scheduler.registrations.length - running.size} starting at once`);
+        for (const [n, job] of h.scheduler.registrations.entries()) {
+          if (running.has(job.sessionId)) continue;
+          running.add(job.sessionId);
+          h.scheduler.run(job.sessionId, { http: `127.0.0.1:${40000 + n}`, broker: `127.0.0.1:${41000 + n}`, tcp: `127.0.0.1:${42000 + n}` });
+        }
+        return running.size === 50;
+      },
+      20_000,
+    );
+    for (const id of ids) await statusWhen(h.store, id, 'Ready');
+    assert.equal(new Set(h.scheduler.registrations.map((job) => job.sessionId)).size, 50, 'one job per session');
+  });
+
+  it('fails a second session of the same user that got past the front end', async () => {
+    h = await ControllerHarness.embedded({ limits: { sessionsPerUser: 1 } });
+    const [first, second] = await createInOrder(h, ['ann', 'ann']);
+    const failed = await statusWhen(h.store, second!, 'Failed');
+    assert.equal(condition(failed, 'Ready'), 'False/SessionLimit');
+    await makeReady(h, first!);
+  });
+
+  it('sends a session the scheduler cannot place back to the head of the list, and retries when room appears', async () => {
+    h = await ControllerHarness.embedded({ limits: { maxSessions: 10 } });
+    const [a, b] = await createInOrder(h, ['ann', 'bob']);
+    await waitFor('ann registered', () => h.scheduler.workload(a!));
+    h.scheduler.place(a!, 'Resources exhausted on 1 node: memory');
+    const waiting = await statusWhen(h.store, a!, (s) => s.phase === 'Waiting' && condition(s, 'Admitted') === 'False/InsufficientCapacity');
+    assert.equal(waiting.queuePosition, 1);
+    assert.match(waiting.conditions[0]!.message, /memory/);
+    await waitFor('ann’s job and claim released', async () => h.scheduler.workload(a!) === undefined && (await routesOf(h.store, a!)) === undefined);
+    // Bob had been admitted alongside; the head waits for room, and nobody overtakes it.
+    const c = await createSession(h.store, { owner: 'cid' });
+    await statusWhen(h.store, c, (s) => s.queuePosition === 2 && condition(s, 'Admitted') === 'False/InsufficientCapacity');
+    const registrations = h.scheduler.registrations.length;
+    assert.ok(h.scheduler.workload(b!));
+
+    h.scheduler.capacity.next();
+    await waitFor('ann registered again', () => h.scheduler.workload(a!));
+    await makeReady(h, a!, 31100);
+    await makeReady(h, c, 31200);
+    assert.equal(h.scheduler.registrations.length, registrations + 2);
+  });
+
+  it('retries a session turned away for capacity after capacityRetry at the latest', async () => {
+    h = await ControllerHarness.embedded({ capacityRetryMs: 5 * minute });
+    const [a] = await createInOrder(h, ['ann']);
+    await waitFor('registered', () => h.scheduler.workload(a!));
+    h.scheduler.place(a!, 'Resources exhausted');
+    await statusWhen(h.store, a!, (s) => condition(s, 'Admitted') === 'False/InsufficientCapacity');
+    await waitFor('released', () => h.scheduler.workload(a!) === undefined);
+    h.tick(5 * minute);
+    await waitFor('registered again', () => h.scheduler.workload(a!));
+  });
+});
+
+describe('lifecycle: idle warning, expiry and the lifetime cap', () => {
+  let h: ControllerHarness;
+  afterEach(async () => {
+    await h.stop();
+  });
+
+  it('warns an idle session, clears the warning on activity, and deletes it at the timeout, across a restart', async () => {
+    h = await ControllerHarness.embedded();
+    const [id] = await createInOrder(h, ['ann']);
+    const ready = await makeReady(h, id!);
+    const readyAt = Date.parse(ready.readyAt!);
+    assert.equal(Date.parse(ready.expiresAt!), readyAt + 30 * minute);
+    assert.equal(condition(ready, 'IdleWarning'), 'False/Active');
+
+    h.tick(25 * minute);
+    const warned = await statusWhen(h.store, id!, (s) => condition(s, 'IdleWarning') === 'True/Idle');
+    assert.equal(warned.phase, 'Ready', 'a warned session still serves');
+    const event = warned.events.at(-1)!;
+    assert.equal(event.reason, 'Idle');
+    assert.match(event.message, /will be deleted at .* \(in 300 s\) unless there is activity/);
+
+    await setActivity(h, id!, h.clock.now);
+    const cleared = await statusWhen(h.store, id!, (s) => condition(s, 'IdleWarning') === 'False/Active');
+    assert.equal(Date.parse(cleared.expiresAt!), h.clock.now + 30 * minute);
+
+    // A restart in between changes nothing: the clock is in the stored times.
+    await h.restartController();
+    h.tick(25 * minute);
+    await statusWhen(h.store, id!, (s) => condition(s, 'IdleWarning') === 'True/Idle');
+    await h.restartController();
+    h.tick(5 * minute);
+    await gone(h, id!);
+    assert.deepEqual(h.scheduler.deregistrations, [`manticore-${id}`]);
+    assert.equal(await h.store.get(keys.activity(id!)), undefined, 'the activity record goes with the session');
+  });
+
+  it('ends a session at its maximum lifetime whatever the activity, after the same warning', async () => {
+    h = await ControllerHarness.embedded({ policy: { maxLifetimeMs: 60 * minute, idleTimeoutMs: 0 } });
+    const [id] = await createInOrder(h, ['ann']);
+    const ready = await makeReady(h, id!);
+    assert.equal(Date.parse(ready.expiresAt!), Date.parse(ready.readyAt!) + 60 * minute);
+    h.tick(56 * minute);
+    await setActivity(h, id!, h.clock.now);
+    await statusWhen(h.store, id!, (s) => condition(s, 'IdleWarning') === 'True/MaxLifetime');
+    const statuses = recordStatuses(h, id!);
+    h.tick(4 * minute);
+    await gone(h, id!);
+    statuses.stop();
+    const ending = statuses.seen.find((status) => status.phase === 'Terminating');
+    assert.ok(ending, `phases seen: ${statuses.seen.map((status) => status.phase).join(', ')}`);
+    assert.equal(condition(ending, 'Ready'), 'False/MaxLifetime');
+    assert.match(ending.conditions[0]!.message, /reached its maximum lifetime/);
+    await gone(h, id!);
+  });
+});
+
+describe('lifecycle: failures', () => {
+  let h: ControllerHarness;
+  afterEach(async () => {
+    await h.stop();
+  });
+
+  const crash = (id: string): void =>
+    h.scheduler.update(id, { clientStatus: 'failed', healthy: false, tasks: { core: { state: 'dead', failed: true, restarts: 3, lastEvent: 'Exited with code 139' } } });
+
+  it('replaces a failed workload after a backoff and returns to Ready with the same addresses', async () => {
+    h = await ControllerHarness.embedded();
+    const [id] = await createInOrder(h, ['ann']);
+    const ready = await makeReady(h, id!);
+    crash(id!);
+    const down = await statusWhen(h.store, id!, (s) => condition(s, 'Healthy') === 'False/Restarting');
+    assert.equal(down.phase, 'Starting');
+    assert.equal(down.failures?.length, 1);
+    assert.equal(down.failures![0]!.reason, 'AllocationFailed');
+    assert.match(down.failures![0]!.message, /Exited with code 139/);
+    assert.deepEqual(down.endpoints, ready.endpoints, 'the addresses stay while it recovers');
+    assert.deepEqual(h.scheduler.reschedules, [], 'not before the backoff');
+    h.tick(5_000);
+    await waitFor('rescheduled', () => h.scheduler.reschedules.length === 1);
+    const back = await makeReady(h, id!, 31050);
+    assert.deepEqual(back.endpoints, ready.endpoints);
+    assert.equal(h.scheduler.registrations.length, 1, 'the job is not registered again');
+  });
+
+  it('gives up after maxRestarts failures within the window: Failed with the reason, everything released', async () => {
+    h = await ControllerHarness.embedded({ policy: { maxRestarts: 2 } });
+    const [id] = await createInOrder(h, ['ann']);
+    await makeReady(h, id!);
+    for (let n = 1; n <= 2; n++) {
+      crash(id!);
+      await statusWhen(h.store, id!, (s) => s.failures?.length === n);
+      h.tick(5_000 * 2 ** (n - 1));
+      await waitFor(`reschedule ${n}`, () => h.scheduler.reschedules.length === n);
+      await makeReady(h, id!, 31000 + n * 10);
+    }
+    crash(id!);
+    const failed = await statusWhen(h.store, id!, 'Failed');
+    assert.equal(condition(failed, 'Ready'), 'False/CrashLoop');
+    assert.match(failed.conditions[0]!.message, /failed 3 times within 10 min; last: core: Exited with code 139/);
+    await waitFor('released', async () => h.scheduler.workload(id!) === undefined && (await routesOf(h.store, id!)) === undefined);
+
+    // Failed stays readable for the retention time, then goes.
+    h.tick(59 * minute);
+    assert.equal((await statusOf(h.store, id!))?.phase, 'Failed');
+    h.tick(1 * minute);
+    await gone(h, id!);
+  });
+
+  it('fails a session that does not become healthy before the start timeout, with the last task event', async () => {
+    h = await ControllerHarness.embedded({ policy: { startTimeoutMs: 10 * minute } });
+    const [id] = await createInOrder(h, ['ann']);
+    await waitFor('registered', () => h.scheduler.workload(id!));
+    h.scheduler.run(id!, { http: '127.0.0.1:31000', broker: '127.0.0.1:31001', tcp: '127.0.0.1:31002' });
+    h.scheduler.update(id!, { clientStatus: 'pending', healthy: undefined, tasks: { core: { state: 'pending', failed: false, restarts: 0, lastEvent: 'Downloading image' } } });
+    await statusWhen(h.store, id!, (s) => s.phase === 'Starting' && s.allocationId !== undefined);
+    h.tick(10 * minute);
+    const failed = await statusWhen(h.store, id!, 'Failed');
+    assert.equal(condition(failed, 'Ready'), 'False/StartTimeout');
+    assert.match(failed.conditions[0]!.message, /not ready within 10 min: the workload is starting/);
+    await waitFor('released', async () => h.scheduler.workload(id!) === undefined && (await routesOf(h.store, id!)) === undefined);
+  });
+});
+
+describe('lifecycle: garbage collection and restarts', () => {
+  let h: ControllerHarness;
+  afterEach(async () => {
+    await h.stop();
+  });
+
+  it('removes activity records that belong to no session', async () => {
+    h = await ControllerHarness.embedded();
+    await h.store.put(keys.activity('orphan00004'), JSON.stringify({ lastActivityAt: new Date().toISOString() }));
+    await waitFor('activity orphan removed', async () => (await h.store.get(keys.activity('orphan00004'))) === undefined);
+  });
+
+  it('fails sessions whose template was removed, releasing what they held', async () => {
+    h = await ControllerHarness.embedded();
+    const [id] = await createInOrder(h, ['ann']);
+    await makeReady(h, id!);
+    // The operator removed the template: the record now names one this controller does not know.
+    const entry = (await h.store.get(keys.session(id!)))!;
+    const record = JSON.parse(entry.value) as SessionRecord;
+    record.spec.template = 'retired';
+    record.metadata.generation = 2;
+    await h.store.put(keys.session(id!), JSON.stringify(record), { cas: entry.modifyIndex });
+    const failed = await statusWhen(h.store, id!, 'Failed');
+    assert.equal(condition(failed, 'Ready'), 'False/TemplateNotFound');
+    await waitFor('released', () => h.scheduler.workload(id!) === undefined);
+  });
+
+  it('changes nothing a user can see when the controller restarts with sessions waiting, starting and warned', async () => {
+    h = await ControllerHarness.embedded({ limits: { maxSessions: 2 }, policy: { startTimeoutMs: 60 * minute } });
+    const [a, b, c] = await createInOrder(h, ['ann', 'bob', 'cid']);
+    await makeReady(h, a!);
+    await statusWhen(h.store, b!, (s) => s.phase === 'Starting' && s.jobId !== undefined);
+    h.tick(26 * minute);
+    await statusWhen(h.store, a!, (s) => condition(s, 'IdleWarning') === 'True/Idle');
+    await statusWhen(h.store, c!, (s) => s.queuePosition === 1 && s.estimatedStartAt !== undefined);
+    const before = await Promise.all([a!, b!, c!].map((id) => statusOf(h.store, id)));
+    const counting = countingStore(h.store);
+    await h.restartController(counting);
+    await waitFor('settled after restart', () => h.controller.queue.idle);
+    assert.deepEqual(counting.writes, []);
+    assert.deepEqual(await Promise.all([a!, b!, c!].map((id) => statusOf(h.store, id))), before);
+  });
+});
