@@ -201,12 +201,14 @@ export class SessionReconciler {
     // Ready is every other condition holding; otherwise it carries the first one that does not, as its reason.
     const blocker = [scheduled, healthy, routed].find((condition) => condition.status !== 'True');
     const ready = blocker === undefined;
-    if (blocker !== undefined) {
-      // Not serving, since admission or since it stopped serving: given up after the start timeout.
+    // Not serving since admission (for any reason), or since its workload stopped serving: given up after
+    // the start timeout. A session that has served is not failed for the routers' troubles.
+    const stalled = previous?.readyAt === undefined ? blocker : [scheduled, healthy].find((condition) => condition.status !== 'True');
+    if (stalled !== undefined) {
       const since = Date.parse(previous?.readyAt === undefined ? admittedAt : notReadySince(previous, now));
       const deadline = since + policy.startTimeoutMs;
       if (now >= deadline) {
-        return this.fail(id, generation, 'StartTimeout', `not ready within ${formatSeconds(policy.startTimeoutMs)}: ${blocker.message}`, failures);
+        return this.fail(id, generation, 'StartTimeout', `not ready within ${formatSeconds(policy.startTimeoutMs)}: ${stalled.message}`, failures);
       }
       wakeAts.push(deadline);
     }
