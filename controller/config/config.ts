@@ -48,7 +48,12 @@ export interface ManticoreConfig {
     heartbeatSeconds: number;
   };
   public: { domain: string; httpScheme: 'http' | 'https'; httpPort: number; tcpHost: string };
-  frontend: { host: string; port: number; bodyLimitBytes: number };
+  frontend: { host: string; port: number; bodyLimitBytes: number; rateLimit: { requestsPerSecond: number; burst: number } };
+  auth: {
+    mode: 'none' | 'jwt';
+    jwt: { secret?: string; publicKeys?: string[]; userClaim: string; operatorClaim: string; issuer?: string; audience?: string };
+    adminToken?: string;
+  };
   templates: { dir: string };
   controller: {
     workers: number;
@@ -105,6 +110,9 @@ export const environmentOverrides: ReadonlyArray<{ variable: string; path: strin
   { variable: 'MANTICORE_FRONTEND_PORT', path: ['frontend', 'port'], parse: asInteger },
   { variable: 'MANTICORE_TEMPLATES_DIR', path: ['templates', 'dir'], parse: asString },
   { variable: 'MANTICORE_LOG_LEVEL', path: ['log', 'level'], parse: asString },
+  { variable: 'MANTICORE_AUTH_MODE', path: ['auth', 'mode'], parse: asString },
+  { variable: 'MANTICORE_JWT_SECRET', path: ['auth', 'jwt', 'secret'], parse: asString },
+  { variable: 'MANTICORE_ADMIN_TOKEN', path: ['auth', 'adminToken'], parse: asString },
   { variable: 'MANTICORE_MAX_SESSIONS', path: ['limits', 'maxSessions'], parse: asInteger },
   { variable: 'MANTICORE_SESSIONS_PER_USER', path: ['limits', 'sessionsPerUser'], parse: asInteger },
   { variable: 'MANTICORE_IDLE_TIMEOUT_SECONDS', path: ['idle', 'timeoutSeconds'], parse: asInteger },
@@ -169,6 +177,9 @@ function finish(config: ManticoreConfig, what: string): ManticoreConfig {
   }
   if (lifecycle.maxLifetimeSeconds > 0 && idle.warningSeconds >= lifecycle.maxLifetimeSeconds) {
     throw new ValidationError(what, ['/lifecycle/maxLifetimeSeconds: must be above idle.warningSeconds (the warning comes before the end)']);
+  }
+  if (config.auth.mode === 'jwt' && config.auth.jwt.secret === undefined && (config.auth.jwt.publicKeys ?? []).length === 0) {
+    throw new ValidationError(what, ['/auth/jwt: mode jwt needs a secret (HS256) or publicKeys (RS256/ES256)']);
   }
   config.public.httpPort ??= config.router.http.port;
   return config;

@@ -1,0 +1,66 @@
+import type { FastifyInstance } from 'fastify';
+import type { SessionTemplate } from '../api/types.js';
+import { ApiError } from './errors.js';
+import type { Authenticator } from './identity.js';
+import type { NewSession, SessionService } from './sessions.js';
+
+export const createBodySchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['template'],
+  properties: {
+    template: { type: 'string', minLength: 1, maxLength: 64 },
+    parameters: { type: 'object', maxProperties: 64, additionalProperties: { type: 'string', maxLength: 256 } },
+    labels: { type: 'object' },
+  },
+} as const;
+
+/** The REST API: templates, and sessions the caller may see (create, list, read, keep alive, delete). */
+export function registerApiV1(app: FastifyInstance, sessions: SessionService, auth: Authenticator): void {
+  app.get('/api/v1/templates', async () => [...sessions.templates.values()].map((template) => describeTemplate(sessions, template)));
+
+  app.get<{ Params: { name: string } }>('/api/v1/templates/:name', async (request) => {
+    const template = sessions.templates.get(request.params.name);
+    if (!template) throw new ApiError(404, `template "${request.params.name}" not found`);
+    return describeTemplate(sessions, template);
+  });
+
+  app.post<{ Body: NewSession }>('/api/v1/sessions', { schema: { body: createBodySchema } }, async (request, reply) => {
+    const session = await sessions.create(auth.identify(request, reply).user, request.body);
+    return reply.code(201).header('location', `/api/v1/sessions/${session.metadata.id}`).send(session);
+  });
+
+  app.get('/api/v1/sessions', async (request, reply) => ({ items: sessions.list(auth.identify(request, reply)) }));
+
+  app.get<{ Params: { id: string } }>('/api/v1/sessions/:id', async (request, reply) => {
+    const { session } = await sessions.read(auth.identify(request, reply), request.params.id);
+    return session;
+  });
+
+  app.delete<{ Params: { id: string } }>('/api/v1/sessions/:id', async (request, reply) => {
+    const session = await sessions.delete(auth.identify(request, reply), request.params.id);
+    return reply.code(202).send(session);
+  });
+
+  app.post<{ Params: { id: string } }>('/api/v1/sessions/:id/keepalive', async (request, reply) => {
+    const { session, lastActivityAt } = await sessions.keepalive(auth.identify(request, reply), request.params.id);
+    return { id: session.metadata.id, lastActivityAt, ...(session.status.expiresAt === undefined ? {} : { expiresAt: session.status.expiresAt }) };
+  });
+}
+
+function describeTemplate(sessions: SessionService, template: SessionTemplate): object {
+  const unavailableReason = sessions.unavailableReason(template);
+  return {
+    name: template.metadata.name,
+    description: template.metadata.description ?? '',
+    parameters: template.spec.parameters.map(({ name, description, enum: values, default: byDefault }) => ({
+      name,
+      description: description ?? '',
+      enum: values,
+      default: byDefault,
+    })),
+    services: template.spec.services.map(({ name, description, expose }) => ({ name, description: description ?? '', protocol: expose })),
+    available: unavailableReason === undefined,
+    ...(unavailableReason === undefined ? {} : { unavailableReason }),
+  };
+}

@@ -1,0 +1,255 @@
+import { merge, Observable } from 'rxjs';
+import { encodeRecord, parseRecord, validate } from '../api/schemas.js';
+import { resolveParameters } from '../api/templates.js';
+import type { ActivityRecord, Session, SessionRecord, SessionStatus, SessionTemplate } from '../api/types.js';
+import { newSessionId } from '../controller/claims.js';
+import { StoreInformer } from '../controller/informer.js';
+import type { Keys } from '../controller/keys.js';
+import { pendingStatus } from '../controller/status.js';
+import type { Store } from '../store/store.js';
+import { KeyedSerializer } from '../util/keyed-serializer.js';
+import type { Logger } from '../util/log.js';
+import { ApiError } from './errors.js';
+import type { Identity } from './identity.js';
+
+export interface SessionServiceOptions {
+  readonly store: Store;
+  readonly keys: Keys;
+  readonly templates: ReadonlyMap<string, SessionTemplate>;
+  /** The template backend this deployment runs (`spec.backends.<kind>`). */
+  readonly backend: 'embedded' | 'nomad';
+  /** Live sessions one user may have (not being deleted, not Failed). */
+  readonly sessionsPerUser: number;
+  /** Activity is stored at most this often per session, except while the session is being warned. */
+  readonly activityWriteIntervalMs: number;
+  readonly log: Logger;
+  readonly now: () => number;
+}
+
+export interface NewSession {
+  readonly template: string;
+  readonly parameters?: Record<string, string>;
+  readonly labels?: Record<string, string>;
+}
+
+const idPattern = /^[a-z0-9]{8,40}$/;
+
+/**
+ * What the front end does with sessions, whichever API is asked (v1 or the v2 compatibility layer):
+ * create within the per-user limit, read and list what the caller may see, request deletion, record
+ * activity. It keeps one watch per prefix for the whole process (sessions, statuses, activity), which every
+ * request and every status stream shares.
+ */
+export class SessionService {
+  readonly sessions: StoreInformer<SessionRecord>;
+  readonly statuses: StoreInformer<SessionStatus>;
+  /** One create at a time per user in this process, so a double click cannot pass the per-user limit. */
+  private readonly createsByOwner = new KeyedSerializer();
+  /** Sessions this process created that its cache has not shown yet, by owner. */
+  private readonly createdNotCached = new Map<string, Set<string>>();
+  /** What watch() subscribers want to hear about, by session id. */
+  private readonly listeners = new Map<string, Set<() => void>>();
+
+  constructor(private readonly options: SessionServiceOptions) {
+    const log = options.log;
+    this.sessions = new StoreInformer(options.store, options.keys.sessions, (json) => parseRecord<SessionRecord>('session', json), log);
+    this.statuses = new StoreInformer(options.store, options.keys.statuses, (json) => parseRecord<SessionStatus>('session-status', json), log);
+    this.sessions.cache.changes.subscribe(({ id, current }) => {
+      const owner = current?.value?.metadata.owner;
+      if (owner !== undefined) this.forgetCreated(owner, id);
+    });
+    // One subscription for every stream of the process, dispatched by session id.
+    merge(this.sessions.cache.changes, this.statuses.cache.changes).subscribe(({ id }) => {
+      for (const listener of [...(this.listeners.get(id) ?? [])]) listener();
+    });
+  }
+
+  async start(): Promise<void> {
+    for (const informer of [this.sessions, this.statuses]) informer.start();
+    await Promise.all([this.sessions.synced, this.statuses.synced]);
+  }
+
+  stop(): void {
+    for (const informer of [this.sessions, this.statuses]) informer.stop();
+  }
+
+  get templates(): ReadonlyMap<string, SessionTemplate> {
+    return this.options.templates;
+  }
+
+  /** Why a template cannot run here, or undefined when it can. */
+  unavailableReason(template: SessionTemplate): string | undefined {
+    if (template.spec.backends[this.options.backend] !== undefined) return undefined;
+    const backends = Object.keys(template.spec.backends).join(', ');
+    return `template "${template.metadata.name}" runs only on the ${backends} backend; this Manticore runs the ${this.options.backend} backend`;
+  }
+
+  /** Writes a new session record for `owner`; 409 with the existing ids beyond the per-user limit. */
+  async create(owner: string, request: NewSession): Promise<Session> {
+    const record = this.newRecord(owner, request);
+    await this.createsByOwner.run(owner, async () => {
+      const existing = this.liveSessionsOf(owner);
+      if (existing.length >= this.options.sessionsPerUser) {
+        throw new ApiError(409, `user ${owner} already has ${existing.length} session(s), the most allowed; delete one first`, existing.map((id) => `existing session: ${id}`), { existing });
+      }
+      const key = this.options.keys.session(record.metadata.id);
+      if (!(await this.options.store.put(key, JSON.stringify(record), { cas: 0 }))) throw new ApiError(409, 'session id collision; try again');
+      if (this.sessions.cache.get(record.metadata.id) === undefined) {
+        const created = this.createdNotCached.get(owner) ?? new Set<string>();
+        this.createdNotCached.set(owner, created.add(record.metadata.id));
+      }
+    });
+    this.options.log.info({ session: record.metadata.id, owner, template: record.spec.template }, 'session created');
+    return { ...record, status: pendingStatus() };
+  }
+
+  /** The sessions the caller may see (an operator sees everyone's), oldest first. */
+  list(identity: Identity): Session[] {
+    const sessions: Session[] = [];
+    for (const cached of this.sessions.cache.values()) {
+      if (cached.value === undefined || !mayAccess(identity, cached.value)) continue;
+      sessions.push({ ...cached.value, status: this.statuses.cache.get(cached.id)?.value ?? pendingStatus() });
+    }
+    return sessions.sort((a, b) => a.metadata.createdAt.localeCompare(b.metadata.createdAt) || a.metadata.id.localeCompare(b.metadata.id));
+  }
+
+  /** Reads a session the caller may see, from the store itself; someone else's session answers exactly like a missing one. */
+  async read(identity: Identity, id: string): Promise<{ session: Session; modifyIndex: number }> {
+    const notFound = new ApiError(404, `session "${id}" not found`);
+    if (!idPattern.test(id)) throw notFound;
+    const [entry, statusEntry] = await Promise.all([this.options.store.get(this.options.keys.session(id)), this.options.store.get(this.options.keys.status(id))]);
+    if (!entry) throw notFound;
+    let record: SessionRecord;
+    try {
+      record = parseRecord<SessionRecord>('session', entry.value);
+    } catch {
+      throw notFound;
+    }
+    if (!mayAccess(identity, record)) throw notFound;
+    let status = pendingStatus();
+    if (statusEntry) {
+      try {
+        status = parseRecord<SessionStatus>('session-status', statusEntry.value);
+      } catch (error) {
+        this.options.log.warn({ err: error, session: id }, 'unreadable status record');
+      }
+    }
+    return { session: { ...record, status }, modifyIndex: entry.modifyIndex };
+  }
+
+  /**
+   * The session as it changes, from this process's shared caches (no watch of its own): the current
+   * session at once, then again whenever its record or status changes; `undefined` and completion once it
+   * is gone. The caller must already have checked that the identity may see it.
+   */
+  watch(id: string): Observable<Session | undefined> {
+    const current = (): Session | undefined => {
+      const record = this.sessions.cache.get(id)?.value;
+      return record === undefined ? undefined : { ...record, status: this.statuses.cache.get(id)?.value ?? pendingStatus() };
+    };
+    return new Observable<Session | undefined>((subscriber) => {
+      const emit = (): void => {
+        const session = current();
+        subscriber.next(session);
+        if (session === undefined) subscriber.complete();
+      };
+      const listeners = this.listeners.get(id) ?? new Set<() => void>();
+      this.listeners.set(id, listeners.add(emit));
+      emit();
+      return () => {
+        listeners.delete(emit);
+        if (listeners.size === 0 && this.listeners.get(id) === listeners) this.listeners.delete(id);
+      };
+    });
+  }
+
+  /** Requests deletion (idempotent); the controller tears the session down and removes it. */
+  async delete(identity: Identity, id: string): Promise<Session> {
+    // Retry on a lost compare-and-set: the controller may be writing the same record concurrently.
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const { session, modifyIndex } = await this.read(identity, id);
+      if (session.metadata.deletionRequestedAt !== undefined) return session;
+      const record: SessionRecord = {
+        metadata: { ...session.metadata, deletionRequestedAt: new Date(this.options.now()).toISOString(), deletionReason: 'Deleted' },
+        spec: session.spec,
+      };
+      if (await this.options.store.put(this.options.keys.session(id), encodeRecord('session', record), { cas: modifyIndex })) {
+        this.options.log.info({ session: id, by: identity.user }, 'session deletion requested');
+        return { ...record, status: session.status };
+      }
+    }
+    throw new ApiError(409, 'the session changed repeatedly while deleting it; try again');
+  }
+
+  /** Records the user's activity on a session they may see; returns the stored activity time. */
+  async keepalive(identity: Identity, id: string): Promise<{ session: Session; lastActivityAt: string }> {
+    const { session } = await this.read(identity, id);
+    if (session.metadata.deletionRequestedAt !== undefined) throw new ApiError(409, `session "${id}" is being deleted`);
+    return { session, lastActivityAt: await this.recordActivity(session) };
+  }
+
+  /**
+   * Stores the user's activity for the controller's idle clock, at most once per write interval per
+   * session, but always while the session is being warned (the answer to a warning must never be lost).
+   */
+  private async recordActivity(session: Session): Promise<string> {
+    const id = session.metadata.id;
+    const key = this.options.keys.activity(id);
+    const now = this.options.now();
+    const warned = session.status.conditions.some((condition) => condition.type === 'IdleWarning' && condition.status === 'True');
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const stored = await this.options.store.get(key);
+      let previous: number | undefined;
+      try {
+        previous = stored ? Date.parse(parseRecord<ActivityRecord>('activity', stored.value).lastActivityAt) : undefined;
+      } catch (error) {
+        this.options.log.warn({ err: error, session: id }, 'unreadable activity record; replacing it');
+      }
+      if (previous !== undefined && (previous >= now || (!warned && now - previous < this.options.activityWriteIntervalMs))) {
+        return new Date(previous).toISOString();
+      }
+      const lastActivityAt = new Date(now).toISOString();
+      if (await this.options.store.put(key, encodeRecord('activity', { lastActivityAt }), { cas: stored?.modifyIndex ?? 0 })) return lastActivityAt;
+    }
+    throw new ApiError(409, 'the activity record changed repeatedly; try again');
+  }
+
+  /** The user's sessions that count against the per-user limit, oldest first. */
+  liveSessionsOf(owner: string): string[] {
+    const live: Array<{ id: string; createdAt: string }> = [];
+    for (const cached of this.sessions.cache.values()) {
+      const record = cached.value;
+      if (record?.metadata.owner !== owner || record.metadata.deletionRequestedAt !== undefined) continue;
+      if (this.statuses.cache.get(cached.id)?.value?.phase === 'Failed') continue;
+      live.push({ id: cached.id, createdAt: record.metadata.createdAt });
+    }
+    live.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
+    return [...live.map((entry) => entry.id), ...(this.createdNotCached.get(owner) ?? [])];
+  }
+
+  private forgetCreated(owner: string, id: string): void {
+    const created = this.createdNotCached.get(owner);
+    if (created?.delete(id) && created.size === 0) this.createdNotCached.delete(owner);
+  }
+
+  private newRecord(owner: string, request: NewSession): SessionRecord {
+    const template = this.options.templates.get(request.template);
+    if (!template) {
+      throw new ApiError(400, `unknown template "${request.template}"`, [`/template: must be one of ${[...this.options.templates.keys()].join(', ')}`]);
+    }
+    const unavailable = this.unavailableReason(template);
+    if (unavailable !== undefined) throw new ApiError(400, unavailable, ['/template: not available on this backend']);
+    const parameters = resolveParameters(template, request.parameters ?? {});
+    const record: SessionRecord = {
+      metadata: { id: newSessionId(), owner, createdAt: new Date(this.options.now()).toISOString(), generation: 1 },
+      spec: { template: template.metadata.name, parameters },
+    };
+    if (request.labels !== undefined) record.metadata.labels = request.labels;
+    return validate<SessionRecord>('session', record, 'session');
+  }
+}
+
+/** Owners see their own sessions; operators see everyone's. */
+export function mayAccess(identity: Identity, record: SessionRecord): boolean {
+  return identity.operator || record.metadata.owner === identity.user;
+}
