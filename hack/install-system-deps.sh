@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Manticore needs when they are missing: HAProxy (the router's data plane),
-# the compiler toolchain npm uses to build better-sqlite3 (the embedded store) from source, and openssl.
+# the compiler toolchain npm uses to build better-sqlite3 (the embedded store) from source, openssl, and
+# Chromium with a font for the web page's browser test.
 # Uses sudo when not run as root. Safe to run again.
 set -euo pipefail
 
@@ -10,6 +11,10 @@ command -v make >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1 || missing+=(b
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # The Consul store's TLS tests make their certificates with openssl.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The web page's browser test drives Debian's Chromium (playwright-core brings no browser of its own).
+# Installed without recommends, Chromium brings no font, and the page would render without glyphs.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
 [ "${#missing[@]}" -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi

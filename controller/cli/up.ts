@@ -6,6 +6,7 @@ import type { Logger } from '../util/log.js';
 import { Controller } from '../controller/controller.js';
 import { Keys } from '../controller/keys.js';
 import type { LifecyclePolicy } from '../controller/lifecycle.js';
+import { createAuthenticator } from '../frontend/auth.js';
 import { Frontend } from '../frontend/server.js';
 import { RouterAgent } from '../router/agent.js';
 import { HaproxyDataPlane } from '../router/data-plane.js';
@@ -57,6 +58,8 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
   const parts = new StartedParts(log);
   try {
     const templates = loadTemplates(config.templates.dir);
+    // Before anything starts: an unreadable public key stops start-up with a ValidationError naming it.
+    const authenticator = roles.includes('frontend') ? createAuthenticator(config.auth) : undefined;
     const keys = new Keys(config.store.prefix);
     const store = createStore(config, log);
     parts.add('store', () => store.close());
@@ -107,6 +110,9 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
         sessionsPerUser: config.limits.sessionsPerUser,
         activityWriteIntervalMs: config.idle.activityWriteIntervalSeconds * 1000,
         log,
+        authenticator,
+        rateLimit: config.frontend.rateLimit,
+        v2: { address: config.frontend.v2, idle: config.idle },
       });
       frontendUrl = await frontend.start(config.frontend.host, config.frontend.port);
       parts.add('frontend', () => frontend.stop());

@@ -48,7 +48,13 @@ export interface ManticoreConfig {
     heartbeatSeconds: number;
   };
   public: { domain: string; httpScheme: 'http' | 'https'; httpPort: number; tcpHost: string };
-  frontend: { host: string; port: number; bodyLimitBytes: number; rateLimit: { requestsPerSecond: number; burst: number } };
+  frontend: {
+    host: string;
+    port: number;
+    bodyLimitBytes: number;
+    rateLimit: { requestsPerSecond: number; burst: number };
+    v2: { domain?: string; port?: number; protocol: 'ws' | 'wss' };
+  };
   auth: {
     mode: 'none' | 'jwt';
     jwt: { secret?: string; publicKeys?: string[]; userClaim: string; operatorClaim: string; issuer?: string; audience?: string };

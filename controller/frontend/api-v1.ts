@@ -3,6 +3,7 @@ import type { SessionTemplate } from '../api/types.js';
 import { ApiError } from './errors.js';
 import type { Authenticator } from './identity.js';
 import type { NewSession, SessionService } from './sessions.js';
+import { passcodeLabel } from './v2.js';
 
 export const createBodySchema = {
   type: 'object',
@@ -15,17 +16,27 @@ export const createBodySchema = {
   },
 } as const;
 
-/** The REST API: templates, and sessions the caller may see (create, list, read, keep alive, delete). */
+/**
+ * The REST API: templates, and sessions the caller may see (create, list, read, keep alive, delete). Every
+ * route asks who the caller is, templates included, so each is authenticated and rate limited alike.
+ */
 export function registerApiV1(app: FastifyInstance, sessions: SessionService, auth: Authenticator): void {
-  app.get('/api/v1/templates', async () => [...sessions.templates.values()].map((template) => describeTemplate(sessions, template)));
+  app.get('/api/v1/templates', async (request, reply) => {
+    auth.identify(request, reply);
+    return [...sessions.templates.values()].map((template) => describeTemplate(sessions, template));
+  });
 
-  app.get<{ Params: { name: string } }>('/api/v1/templates/:name', async (request) => {
+  app.get<{ Params: { name: string } }>('/api/v1/templates/:name', async (request, reply) => {
+    auth.identify(request, reply);
     const template = sessions.templates.get(request.params.name);
     if (!template) throw new ApiError(404, `template "${request.params.name}" not found`);
     return describeTemplate(sessions, template);
   });
 
   app.post<{ Body: NewSession }>('/api/v1/sessions', { schema: { body: createBodySchema } }, async (request, reply) => {
+    if (request.body.labels?.[passcodeLabel] !== undefined) {
+      throw new ApiError(400, `label ${passcodeLabel} is reserved for the v2 API`, [`/labels/${passcodeLabel}: reserved`]);
+    }
     const session = await sessions.create(auth.identify(request, reply).user, request.body);
     return reply.code(201).header('location', `/api/v1/sessions/${session.metadata.id}`).send(session);
   });

@@ -4,6 +4,12 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 export interface Identity {
   readonly user: string;
   readonly operator: boolean;
+  /**
+   * True when credentials prove the user (a verified token); absent or false when callers merely name
+   * themselves (a header, an anonymous cookie). The v2 API, whose bodies name the user, lets a proven
+   * user override the body, as v2's JWT mode did.
+   */
+  readonly verified?: boolean;
 }
 
 /**

@@ -6,10 +6,15 @@ import type { Keys } from '../controller/keys.js';
 import type { Store } from '../store/store.js';
 import type { Logger } from '../util/log.js';
 import { registerApiV1 } from './api-v1.js';
-import { HeaderAuthenticator } from './auth.js';
+import { AnonymousOrHeaderAuthenticator } from './auth.js';
 import { ApiError } from './errors.js';
+import { registerEvents } from './events.js';
+import { registerOpenApi } from './openapi.js';
 import type { Authenticator } from './identity.js';
+import { RateLimitedAuthenticator, RateLimiter, type RateLimit } from './rate-limit.js';
 import { SessionService } from './sessions.js';
+import { registerApiV2, type ApiV2Options } from './v2.js';
+import { registerWebPage } from './web.js';
 
 export interface FrontendOptions {
   readonly store: Store;
@@ -23,7 +28,12 @@ export interface FrontendOptions {
   /** Activity is stored at most this often per session, except while the session is being warned. */
   readonly activityWriteIntervalMs: number;
   readonly log: Logger;
+  /** Who the caller is (`createAuthenticator(config.auth)`); by default the X-Manticore-User header, else an anonymous cookie. */
   readonly authenticator?: Authenticator;
+  /** Requests per user, counted wherever a route asks who the caller is; unlimited when absent. */
+  readonly rateLimit?: RateLimit;
+  /** The Manticore v2 compatibility API (`/api/v2/*` and its job websocket); not served when absent. */
+  readonly v2?: ApiV2Options;
   readonly now?: () => number;
 }
 
@@ -54,7 +64,13 @@ export class Frontend {
       void reply.code(404).send({ error: `no route ${request.method} ${request.url}`, details: [] });
     });
     this.app.get('/healthz', async () => ({ ok: true }));
-    registerApiV1(this.app, this.sessions, options.authenticator ?? new HeaderAuthenticator());
+    registerWebPage(this.app);
+    const identify = options.authenticator ?? new AnonymousOrHeaderAuthenticator();
+    const authenticator = options.rateLimit === undefined ? identify : new RateLimitedAuthenticator(identify, new RateLimiter(options.rateLimit, options.now ?? Date.now));
+    registerApiV1(this.app, this.sessions, authenticator);
+    registerEvents(this.app, this.sessions, authenticator);
+    registerOpenApi(this.app);
+    if (options.v2 !== undefined) registerApiV2(this.app, this.sessions, authenticator, options.v2);
   }
 
   async start(host: string, port: number): Promise<string> {
@@ -86,7 +102,8 @@ export class Frontend {
       void reply.code(fastifyError.statusCode).send({ error: fastifyError.message, details: [] });
       return;
     }
-    request.log.error({ err: error, url: request.url, method: request.method }, 'request failed');
+    // The route, not the URL: a query string may carry an access token.
+    request.log.error({ err: error, url: request.routeOptions.url, method: request.method }, 'request failed');
     void reply.code(503).send({ error: 'the service could not complete the request; try again', details: [] });
   }
 }

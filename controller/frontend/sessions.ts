@@ -140,16 +140,25 @@ export class SessionService {
   /**
    * The session as it changes, from this process's shared caches (no watch of its own): the current
    * session at once, then again whenever its record or status changes; `undefined` and completion once it
-   * is gone. The caller must already have checked that the identity may see it.
+   * is gone. The caller must already have checked that the identity may see it, and passes the session
+   * it read then as `read`.
    */
-  watch(id: string): Observable<Session | undefined> {
+  watch(id: string, read?: Session): Observable<Session | undefined> {
     const current = (): Session | undefined => {
       const record = this.sessions.cache.get(id)?.value;
       return record === undefined ? undefined : { ...record, status: this.statuses.cache.get(id)?.value ?? pendingStatus() };
     };
     return new Observable<Session | undefined>((subscriber) => {
+      // A session just read from the store may not be in this process's cache yet: until the cache has
+      // shown it, its absence means "not seen yet", not "gone".
+      let seen = read === undefined;
       const emit = (): void => {
         const session = current();
+        if (session === undefined && !seen) {
+          subscriber.next(read);
+          return;
+        }
+        seen = true;
         subscriber.next(session);
         if (session === undefined) subscriber.complete();
       };

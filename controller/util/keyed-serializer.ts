@@ -5,10 +5,10 @@
 export class KeyedSerializer {
   private readonly tails = new Map<string, Promise<void>>();
 
-  run(key: string, operation: () => Promise<void>): Promise<void> {
+  run<T>(key: string, operation: () => Promise<T>): Promise<T> {
     const previous = this.tails.get(key) ?? Promise.resolve();
     const result = previous.then(operation);
-    const tail = result.catch(() => undefined);
+    const tail = result.then(() => undefined, () => undefined);
     this.tails.set(key, tail);
     void tail.then(() => {
       if (this.tails.get(key) === tail) this.tails.delete(key);

@@ -46,6 +46,16 @@ describe('the manticore command', () => {
     assert.equal(fs.existsSync(path.join(dir, 'state.db')), false);
   });
 
+  it('refuses to start when a JWT public key cannot be read, naming it, and starts nothing', () => {
+    const file = path.join(dir, 'jwt.yaml');
+    const key = path.join(dir, 'no-such-key.pem');
+    fs.writeFileSync(file, `auth:\n  mode: jwt\n  jwt:\n    publicKeys: [${JSON.stringify(key)}]\n`);
+    const result = run(['up', '--config', file], { MANTICORE_STORE_PATH: path.join(dir, 'jwt-state.db') });
+    assert.equal(result.status, 2);
+    assert.match(result.stderr, /\/auth\/jwt\/publicKeys\/0: cannot read the key file .*no-such-key\.pem/);
+    assert.equal(fs.existsSync(path.join(dir, 'jwt-state.db')), false);
+  });
+
   it('refuses to start with a broken template, naming the file', () => {
     const templates = path.join(dir, 'templates');
     fs.mkdirSync(templates);

@@ -1,22 +1,12 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Session } from '../../controller/api/types.js';
-import { freePort, freePortRange } from '../support/ports.js';
 import { httpRequest, jsonRequest, tcpConversation, tcpProbe, websocketEcho } from '../support/http.js';
+import { isolatedEnvironment, startManticore, stopManticore, waitForFrontend, type ManticoreProcess } from '../support/manticore.js';
 import { waitFor } from '../support/wait.js';
 import { alive } from '../support/processes.js';
-
-const repoRoot = path.resolve(__dirname, '../../..');
-const cli = path.join(repoRoot, 'dist/controller/cli/main.js');
-
-interface Instance {
-  child: ChildProcess;
-  output: () => string;
-  exited: Promise<number | null>;
-}
 
 /** What differs between the backends the flow runs on. */
 export interface Backend {
@@ -46,20 +36,9 @@ export function describeSessionFlow(backend: Backend): void {
     let api: string;
     let httpPort: number;
     let tcpRange: { start: number; end: number };
-    let instance: Instance;
+    let instance: ManticoreProcess;
 
-    function start(): Instance {
-      const child = spawn(process.execPath, [cli, 'up', '--config', backend.configFile], {
-        cwd: repoRoot,
-        env,
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
-      let output = '';
-      child.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
-      child.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString()));
-      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-      return { child, output: () => output, exited };
-    }
+    const start = (): ManticoreProcess => startManticore(backend.configFile, env);
 
     async function ready(id: string, user = 'alice'): Promise<Session> {
       return waitFor(
@@ -82,33 +61,15 @@ export function describeSessionFlow(backend: Backend): void {
 
     before(async () => {
       stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'manticore-e2e-'));
-      const frontendPort = await freePort();
-      httpPort = await freePort();
-      tcpRange = await freePortRange(6);
-      env = {
-        ...process.env,
-        ...(await backend.setUp(stateDir)),
-        MANTICORE_STORE_PATH: path.join(stateDir, 'state.db'),
-        MANTICORE_SCHEDULER_STATE_DIR: path.join(stateDir, 'scheduler'),
-        MANTICORE_ROUTER_RUN_DIR: path.join(stateDir, 'haproxy'),
-        MANTICORE_FRONTEND_PORT: String(frontendPort),
-        MANTICORE_HTTP_PORT: String(httpPort),
-        MANTICORE_TCP_PORT_RANGE_START: String(tcpRange.start),
-        MANTICORE_TCP_PORT_RANGE_END: String(tcpRange.end),
-        MANTICORE_LOG_LEVEL: 'warn',
-      };
-      api = `http://127.0.0.1:${frontendPort}`;
+      const isolated = await isolatedEnvironment(stateDir, 6);
+      ({ api, httpPort, tcpRange } = isolated);
+      env = { ...process.env, ...(await backend.setUp(stateDir)), ...isolated.env };
       instance = start();
-      await waitFor('the front end', async () => (await httpRequest(`${api}/healthz`)).status === 200, 30_000, 50).catch((error: Error) => {
-        throw new Error(`${error.message}\n${instance.output()}`);
-      });
+      await waitForFrontend(api, instance);
     });
 
     after(async () => {
-      if (instance && instance.child.exitCode === null) {
-        instance.child.kill('SIGINT');
-        await instance.exited;
-      }
+      await stopManticore(instance);
       await backend.tearDown();
       fs.rmSync(stateDir, { recursive: true, force: true });
     });

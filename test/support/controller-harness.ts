@@ -45,10 +45,24 @@ export class RecordingDataPlane implements DataPlane {
   }
 }
 
+/** A Store whose every method calls `inner` (as itself), for tests to replace or spy on some of them. */
+export function delegatingStore(inner: Store): Store {
+  return {
+    get: (key) => inner.get(key),
+    list: (prefix) => inner.list(prefix),
+    put: (key, value, options) => inner.put(key, value, options),
+    delete: (key, options) => inner.delete(key, options),
+    transaction: (operations) => inner.transaction(operations),
+    watch: (prefix, fromIndex) => inner.watch(prefix, fromIndex),
+    close: () => inner.close(),
+  };
+}
+
 /** A store that counts writes, to prove a restart writes nothing. */
 export function countingStore(inner: Store): Store & { writes: string[] } {
   const writes: string[] = [];
-  return Object.assign(Object.create(inner) as Store, {
+  return {
+    ...delegatingStore(inner),
     writes,
     put: (key: string, value: string, options?: { cas?: number }) => {
       writes.push(`put ${key}`);
@@ -62,7 +76,7 @@ export function countingStore(inner: Store): Store & { writes: string[] } {
       writes.push(...operations.map((operation) => `${operation.verb} ${operation.key}`));
       return inner.transaction(operations);
     },
-  });
+  };
 }
 
 export interface HarnessOptions {

@@ -50,10 +50,12 @@ export async function jsonRequest<T = unknown>(
   body?: unknown,
   headers: Record<string, string> = {},
 ): Promise<{ status: number; body: T; headers: http.IncomingHttpHeaders }> {
+  const payload = body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body);
   const answer = await httpRequest(url, {
     method,
-    headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
-    body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+    // With a length, as clients send it: Node sends a DELETE body with neither a length nor chunking.
+    headers: payload === undefined ? headers : { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(payload)), ...headers },
+    body: payload,
   });
   return { status: answer.status, headers: answer.headers, body: (answer.body ? JSON.parse(answer.body) : undefined) as T };
 }

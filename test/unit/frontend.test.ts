@@ -61,9 +61,9 @@ describe('front end (API)', () => {
     assert.deepEqual(stored, { metadata: session.metadata, spec: session.spec });
   });
 
-  it('calls a caller without the header "anonymous"', async () => {
+  it('names a caller without the header by an anonymous id', async () => {
     const { body } = await inject('POST', '/api/v1/sessions', { template: 'demo' });
-    assert.equal((body as Session).metadata.owner, 'anonymous');
+    assert.match((body as Session).metadata.owner, /^anon-[a-z2-7]{26}$/);
   });
 
   it('answers bad input with 4xx and { error, details } and stores nothing', async () => {
@@ -73,6 +73,7 @@ describe('front end (API)', () => {
       [{ template: 'demo', parameters: { hmiType: 'ford' } }, {}, 400, /\/parameters\/hmiType: "ford" is not one of generic/],
       [{ template: 'sdl' }, {}, 400, /runs only on the nomad backend/],
       [{ template: 'demo', labels: { 'bad key!': 'x' } }, {}, 400, /\/metadata\/labels/],
+      [{ template: 'demo', labels: { 'v2-passcode': 'AAAAAAAAAAAAAAAA' } }, {}, 400, /reserved for the v2 API/],
       [[1, 2], {}, 400, /must be object/],
       ['not json', {}, 400, /JSON/i],
       [{ template: 'demo', padding: 'x'.repeat(5000) }, {}, 413, /too large/i],

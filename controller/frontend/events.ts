@@ -1,0 +1,105 @@
+import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { FastifyInstance } from 'fastify';
+import type { Subscription } from 'rxjs';
+import type { Session } from '../api/types.js';
+import type { Authenticator } from './identity.js';
+import type { SessionService } from './sessions.js';
+
+/** A comment line this often keeps proxies (HAProxy's `timeout server`, load balancers) from closing an idle stream. */
+export const heartbeatMs = 15_000;
+
+/**
+ * `GET /api/v1/sessions/{id}/events`: the session's status as server-sent events. On connect and on every
+ * change: `event: session` with the Session JSON (as `GET /api/v1/sessions/{id}` answers it); once the
+ * session is gone: `event: gone` and the end of the stream. Fed from the process's shared caches (one
+ * store watch per process, however many streams). A slow client never makes memory grow: while its
+ * socket is backed up, only the latest state is kept and sent when it drains.
+ */
+export function registerEvents(app: FastifyInstance, sessions: SessionService, auth: Authenticator): void {
+  const open = new Set<EventStream>();
+  // Streams never end on their own; the server must end them to close.
+  app.addHook('preClose', (done) => {
+    for (const stream of open) stream.end('the server is shutting down');
+    done();
+  });
+
+  app.get<{ Params: { id: string } }>('/api/v1/sessions/:id/events', async (request, reply) => {
+    const identity = auth.identify(request, reply);
+    // Reading it first answers 404 for a missing session or someone else's, like every other route.
+    const { session } = await sessions.read(identity, request.params.id);
+    reply.hijack();
+    const stream = new EventStream(reply.raw, () => open.delete(stream));
+    open.add(stream);
+    reply.raw.writeHead(200, {
+      ...(reply.getHeaders() as OutgoingHttpHeaders),
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-cache, no-transform',
+      connection: 'keep-alive',
+      // Proxies that buffer responses (nginx) must pass events through as they come.
+      'x-accel-buffering': 'no',
+    });
+    stream.follow(sessions.watch(request.params.id, session).subscribe((latest) => stream.send(latest)));
+  });
+}
+
+class EventStream {
+  private subscription: Subscription | undefined;
+  private readonly heartbeat: NodeJS.Timeout;
+  /** The latest state not yet written because the socket was backed up. */
+  private pending: Session | undefined | null = null;
+  private ended = false;
+
+  constructor(
+    private readonly response: ServerResponse,
+    private readonly onEnd: () => void,
+  ) {
+    this.heartbeat = setInterval(() => this.write(': keepalive\n\n'), heartbeatMs);
+    this.heartbeat.unref();
+    response.on('close', () => this.end());
+    response.on('drain', () => this.flush());
+  }
+
+  follow(subscription: Subscription): void {
+    if (this.ended) subscription.unsubscribe();
+    else this.subscription = subscription;
+  }
+
+  send(session: Session | undefined): void {
+    if (this.ended) return;
+    if (this.response.writableNeedDrain) {
+      this.pending = session;
+      return;
+    }
+    this.writeState(session);
+  }
+
+  end(reason?: string): void {
+    if (this.ended) return;
+    this.ended = true;
+    clearInterval(this.heartbeat);
+    this.subscription?.unsubscribe();
+    if (reason !== undefined && !this.response.writableEnded) this.response.write(`event: closing\ndata: ${JSON.stringify({ reason })}\n\n`);
+    if (!this.response.writableEnded) this.response.end();
+    this.onEnd();
+  }
+
+  private flush(): void {
+    if (this.pending === null || this.ended) return;
+    const latest = this.pending;
+    this.pending = null;
+    this.writeState(latest);
+  }
+
+  private writeState(session: Session | undefined): void {
+    if (session === undefined) {
+      this.write('event: gone\ndata: {}\n\n');
+      this.end();
+      return;
+    }
+    this.write(`event: session\ndata: ${JSON.stringify(session)}\n\n`);
+  }
+
+  private write(chunk: string): void {
+    if (!this.ended && !this.response.writableEnded) this.response.write(chunk);
+  }
+}

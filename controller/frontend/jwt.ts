@@ -1,0 +1,161 @@
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import { ValidationError } from '../api/schemas.js';
+
+export type JwtAlgorithm = 'HS256' | 'RS256' | 'ES256';
+
+export interface JwtVerifierOptions {
+  /** The HS256 key. */
+  readonly secret?: string;
+  /** RS256 and ES256 keys: PEM text, or the path of a PEM file. */
+  readonly publicKeys?: readonly string[];
+  readonly issuer?: string;
+  readonly audience?: string;
+  readonly now: () => number;
+}
+
+export type JwtClaims = Readonly<Record<string, unknown>>;
+
+/** Why a token is refused, in words fit for the caller (never the token itself). */
+export class JwtError extends Error {
+  override name = 'JwtError';
+}
+
+/** Clocks of the token issuer and of this process may differ this much. */
+const leewaySeconds = 30;
+const base64url = /^[A-Za-z0-9_-]*$/;
+
+/**
+ * Verifies compact JWS tokens (JWTs) with node:crypto alone: HS256 with the shared secret, RS256 and ES256
+ * with the configured public keys. Each algorithm is tied to its own kind of key, and only algorithms
+ * that have a key are accepted, so `none` never is and an HS256 token is never checked against a public
+ * key (the classic algorithm confusion). Then `exp` and `nbf` (with leeway), and `iss` and `aud` when
+ * configured.
+ */
+export class JwtVerifier {
+  private readonly secret: Buffer | undefined;
+  private readonly keys: ReadonlyMap<JwtAlgorithm, readonly crypto.KeyObject[]>;
+  /** The algorithms a token may be signed with: those that have a key. */
+  readonly algorithms: readonly string[];
+
+  /** Throws a ValidationError naming the entry when a public key cannot be read or is not RSA or EC P-256. */
+  constructor(private readonly options: JwtVerifierOptions) {
+    this.secret = options.secret === undefined ? undefined : Buffer.from(options.secret, 'utf8');
+    const keys = new Map<JwtAlgorithm, crypto.KeyObject[]>();
+    (options.publicKeys ?? []).forEach((entry, index) => {
+      const key = loadPublicKey(entry, index);
+      const algorithm = algorithmOf(key, index);
+      keys.set(algorithm, [...(keys.get(algorithm) ?? []), key]);
+    });
+    this.keys = keys;
+    this.algorithms = [...(this.secret === undefined ? [] : ['HS256']), ...keys.keys()];
+  }
+
+  /** The token's claims once its signature and times check out; a JwtError saying what is wrong otherwise. */
+  verify(token: string): JwtClaims {
+    const parts = token.split('.');
+    // The signature may be empty here (alg none), to be refused by name below.
+    if (parts.length !== 3 || !parts.every((part) => base64url.test(part)) || parts[0] === '' || parts[1] === '') {
+      throw new JwtError('not a JWT (three base64url parts)');
+    }
+    const [encodedHeader, encodedPayload, encodedSignature] = parts as [string, string, string];
+    const header = decodeJson(encodedHeader, 'header');
+    if (header.crit !== undefined) throw new JwtError('the token has critical header extensions, none of which are supported');
+    const algorithm = header.alg;
+    if (typeof algorithm !== 'string' || !this.algorithms.includes(algorithm)) {
+      throw new JwtError(`algorithm ${JSON.stringify(algorithm)} is not accepted (accepted: ${this.algorithms.join(', ')})`);
+    }
+    const signed = Buffer.from(`${encodedHeader}.${encodedPayload}`, 'ascii');
+    if (!this.signatureVerifies(algorithm as JwtAlgorithm, signed, Buffer.from(encodedSignature, 'base64url'))) {
+      throw new JwtError('the signature does not verify');
+    }
+    const claims = decodeJson(encodedPayload, 'payload');
+    this.checkClaims(claims);
+    return claims;
+  }
+
+  private signatureVerifies(algorithm: JwtAlgorithm, signed: Buffer, signature: Buffer): boolean {
+    if (algorithm === 'HS256') {
+      const expected = crypto.createHmac('sha256', this.secret!).update(signed).digest();
+      return signature.length === expected.length && crypto.timingSafeEqual(signature, expected);
+    }
+    // ES256 signatures are r||s (64 bytes), not DER.
+    if (algorithm === 'ES256' && signature.length !== 64) return false;
+    const dsaEncoding = algorithm === 'ES256' ? 'ieee-p1363' : 'der';
+    return (this.keys.get(algorithm) ?? []).some((key) => {
+      try {
+        return crypto.verify('sha256', signed, { key, dsaEncoding }, signature);
+      } catch {
+        // A signature of the wrong shape for the key is a bad signature, not a server failure.
+        return false;
+      }
+    });
+  }
+
+  private checkClaims(claims: JwtClaims): void {
+    const now = this.options.now() / 1000;
+    const exp = claim(claims, 'exp');
+    if (exp !== undefined) {
+      if (typeof exp !== 'number') throw new JwtError('exp must be a number');
+      if (now - leewaySeconds >= exp) throw new JwtError(`the token expired at ${isoTime(exp)}`);
+    }
+    const nbf = claim(claims, 'nbf');
+    if (nbf !== undefined) {
+      if (typeof nbf !== 'number') throw new JwtError('nbf must be a number');
+      if (now + leewaySeconds < nbf) throw new JwtError(`the token is not valid before ${isoTime(nbf)}`);
+    }
+    const { issuer, audience } = this.options;
+    if (issuer !== undefined && claim(claims, 'iss') !== issuer) throw new JwtError('the token is not from the accepted issuer (iss)');
+    if (audience !== undefined) {
+      const aud = claim(claims, 'aud');
+      if (!(aud === audience || (Array.isArray(aud) && aud.includes(audience)))) throw new JwtError('the token is not meant for this service (aud)');
+    }
+  }
+}
+
+/** A claim the token itself carries (never one inherited from Object.prototype, like `constructor`). */
+export function claim(claims: JwtClaims, name: string): unknown {
+  return Object.hasOwn(claims, name) ? claims[name] : undefined;
+}
+
+function decodeJson(part: string, what: string): JwtClaims {
+  let value: unknown;
+  try {
+    value = JSON.parse(Buffer.from(part, 'base64url').toString('utf8'));
+  } catch {
+    throw new JwtError(`the ${what} is not JSON`);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new JwtError(`the ${what} is not a JSON object`);
+  return value as JwtClaims;
+}
+
+function isoTime(seconds: number): string {
+  const date = new Date(seconds * 1000);
+  return Number.isNaN(date.getTime()) ? String(seconds) : date.toISOString();
+}
+
+function loadPublicKey(entry: string, index: number): crypto.KeyObject {
+  const inline = entry.includes('-----BEGIN');
+  const where = `/auth/jwt/publicKeys/${index}`;
+  let pem = entry;
+  if (!inline) {
+    try {
+      pem = fs.readFileSync(entry, 'utf8');
+    } catch (error) {
+      throw new ValidationError('configuration', [`${where}: cannot read the key file ${entry}: ${(error as Error).message}`]);
+    }
+  }
+  try {
+    return crypto.createPublicKey(pem);
+  } catch (error) {
+    const source = inline ? 'the PEM text' : `the key file ${entry}`;
+    throw new ValidationError('configuration', [`${where}: ${source} is not a PEM public key: ${(error as Error).message}`]);
+  }
+}
+
+function algorithmOf(key: crypto.KeyObject, index: number): JwtAlgorithm {
+  if (key.asymmetricKeyType === 'rsa') return 'RS256';
+  if (key.asymmetricKeyType === 'ec' && key.asymmetricKeyDetails?.namedCurve === 'prime256v1') return 'ES256';
+  const kind = [key.asymmetricKeyType, key.asymmetricKeyDetails?.namedCurve].filter(Boolean).join(' ');
+  throw new ValidationError('configuration', [`/auth/jwt/publicKeys/${index}: a ${kind} key; RSA (RS256) or EC P-256 (ES256) keys are supported`]);
+}

@@ -1,0 +1,221 @@
+import type { FastifyInstance } from 'fastify';
+import { schemaOf, type SchemaName } from '../api/schemas.js';
+import { createBodySchema } from './api-v1.js';
+
+type JsonObject = Record<string, unknown>;
+
+const ref = (name: string): JsonObject => ({ $ref: `#/components/schemas/${name}` });
+const json = (schema: JsonObject, description: string): JsonObject => ({ description, content: { 'application/json': { schema } } });
+const error = (description: string): JsonObject => json(ref('Error'), description);
+const v2Error = (description: string): JsonObject => json(ref('V2Error'), description);
+
+/** Answers every route of the API may give for bad input or load. */
+const clientErrors = {
+  '400': error('The request is invalid; `details` names each offending field.'),
+  '401': error('Credentials are missing or invalid (auth mode jwt).'),
+  '429': error('Too many requests from this user; see the Retry-After header.'),
+};
+const sessionId = { name: 'id', in: 'path', required: true, schema: { type: 'string' }, description: 'The session id (someone else’s answers 404, like a missing one).' };
+
+/**
+ * A crd schema as an OpenAPI 3.1 component: OpenAPI 3.1 schemas are JSON Schema 2020-12, so the schema
+ * is used as it is, without its `$id` and with its local `$defs` references pointing into the component.
+ */
+function component(name: SchemaName, as: string): JsonObject {
+  const { $id: _id, ...schema } = schemaOf(name);
+  return JSON.parse(JSON.stringify(schema).replaceAll('"#/$defs/', `"#/components/schemas/${as}/$defs/`)) as JsonObject;
+}
+
+/** The API's description, built from the same schemas (`crds/`) that validate the records it serves. */
+export function openApiDocument(): JsonObject {
+  const record = component('session', 'SessionRecord');
+  const recordProperties = record.properties as JsonObject;
+  return {
+    openapi: '3.1.0',
+    info: {
+      title: 'Manticore',
+      version: '1.0.0',
+      description:
+        'Private SmartDeviceLink Core + HMI sessions on demand. Sessions wait in a first-come-first-served list when the cluster is full, are warned when idle, then reclaimed. The v2 routes and the websocket /api/v2/job/{passcode} keep clients of the previous service working.',
+    },
+    security: [{}, { bearer: [] }, { user: [] }, { cookie: [] }],
+    paths: {
+      '/healthz': { get: { summary: 'Liveness of this front end.', responses: { '200': json({ type: 'object', required: ['ok'], properties: { ok: { const: true } } }, 'Alive.') } } },
+      '/api/v1/openapi.json': { get: { summary: 'This document.', responses: { '200': json({ type: 'object' }, 'The OpenAPI document.') } } },
+      '/api/v1/templates': {
+        get: { summary: 'The templates a session can be made from.', responses: { '200': json({ type: 'array', items: ref('Template') }, 'Every template, with whether it runs here.'), ...clientErrors } },
+      },
+      '/api/v1/templates/{name}': {
+        get: {
+          summary: 'One template.',
+          parameters: [{ name: 'name', in: 'path', required: true, schema: { type: 'string' } }],
+          responses: { '200': json(ref('Template'), 'The template.'), '404': error('No such template.'), ...clientErrors },
+        },
+      },
+      '/api/v1/sessions': {
+        get: { summary: 'The caller’s sessions (an operator’s: everyone’s), oldest first.', responses: { '200': json(ref('SessionList'), 'The sessions.'), ...clientErrors } },
+        post: {
+          summary: 'Ask for a session; it waits in line when the cluster is full.',
+          requestBody: { required: true, content: { 'application/json': { schema: ref('CreateSession') } } },
+          responses: {
+            '201': json(ref('Session'), 'Created (phase Pending); Location names it.'),
+            '409': error('The user already has as many live sessions as allowed; `existing` lists their ids.'),
+            '413': error('The body is over the size limit.'),
+            '415': error('The body is not JSON.'),
+            ...clientErrors,
+          },
+        },
+      },
+      '/api/v1/sessions/{id}': {
+        parameters: [sessionId],
+        get: { summary: 'One session with its status.', responses: { '200': json(ref('Session'), 'The session.'), '404': error('No such session.'), ...clientErrors } },
+        delete: {
+          summary: 'End the session: Terminating until everything it held is gone, then 404.',
+          responses: { '202': json(ref('Session'), 'Deletion requested (repeating it is harmless).'), '404': error('No such session.'), '409': error('The session kept changing; try again.'), ...clientErrors },
+        },
+      },
+      '/api/v1/sessions/{id}/keepalive': {
+        parameters: [sessionId],
+        post: {
+          summary: 'Activity: clears an idle warning and moves the idle deadline.',
+          responses: { '200': json(ref('Keepalive'), 'Recorded.'), '404': error('No such session.'), '409': error('The session is being deleted.'), ...clientErrors },
+        },
+      },
+      '/api/v1/sessions/{id}/events': {
+        parameters: [sessionId],
+        get: {
+          summary: 'The session’s status as server-sent events.',
+          description:
+            'On connect and on every change: `event: session` with the Session as JSON. When the session is gone: `event: gone`, then the stream ends; `event: closing` with a reason when the server shuts down. A comment line every 15 s keeps proxies from closing it. With auth mode jwt, browsers (EventSource) may pass the token as `?access_token=`.',
+          responses: { '200': { description: 'The stream.', content: { 'text/event-stream': { schema: { type: 'string' } } } }, '404': error('No such session.'), ...clientErrors },
+        },
+      },
+      '/api/v2/job': {
+        get: { summary: 'v2: the job options (from the sdl template).', responses: { '200': json(ref('V2JobOptions'), 'The options.'), '404': v2Error('This deployment runs no sdl sessions.') } },
+        post: {
+          summary: 'v2: ask for a session; connect the websocket with the passcode.',
+          description: 'The websocket `/api/v2/job/{passcode}` sends `{type, data}` messages `position`, `services`, `activity` and `dead`, and takes `{type:"activity"}` as a keepalive.',
+          requestBody: { required: true, content: { 'application/json': { schema: ref('V2JobRequest') } } },
+          responses: {
+            '200': json(ref('V2JobAnswer'), 'Where to connect.'),
+            '400': v2Error('Invalid id or job (v2 messages).'),
+            '404': v2Error('This deployment runs no sdl sessions.'),
+            '409': error('The user already has as many live sessions as allowed (other than this API’s).'),
+            '401': error('Credentials are missing or invalid (auth mode jwt).'),
+            '429': error('Too many requests.'),
+          },
+        },
+        delete: {
+          summary: 'v2: end the user’s session (200 even when there is none).',
+          requestBody: { required: true, content: { 'application/json': { schema: ref('V2Id') } } },
+          responses: { '200': { description: 'Done (empty body).' }, '400': v2Error('Invalid or missing id.'), '404': v2Error('This deployment runs no sdl sessions.'), '401': error('Credentials are missing or invalid.'), '429': error('Too many requests.') },
+        },
+      },
+      '/api/v2/info': {
+        post: {
+          summary: 'v2: where to connect for the user’s live session.',
+          requestBody: { required: true, content: { 'application/json': { schema: ref('V2Id') } } },
+          responses: { '200': json(ref('V2JobAnswer'), 'Where to connect.'), '400': v2Error('Invalid or missing id, or no live session.'), '404': v2Error('This deployment runs no sdl sessions.'), '401': error('Credentials are missing or invalid.'), '429': error('Too many requests.') },
+        },
+      },
+    },
+    components: {
+      securitySchemes: {
+        bearer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT', description: 'auth mode jwt; also the operator’s admin token.' },
+        user: { type: 'apiKey', in: 'header', name: 'X-Manticore-User', description: 'auth mode none: names the user.' },
+        cookie: { type: 'apiKey', in: 'cookie', name: 'manticore_user', description: 'auth mode none: the anonymous user id the front end hands out.' },
+      },
+      schemas: {
+        SessionRecord: record,
+        SessionStatus: component('session-status', 'SessionStatus'),
+        Session: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['metadata', 'spec', 'status'],
+          properties: { metadata: recordProperties.metadata, spec: recordProperties.spec, status: ref('SessionStatus') },
+        },
+        SessionList: { type: 'object', additionalProperties: false, required: ['items'], properties: { items: { type: 'array', items: ref('Session') } } },
+        CreateSession: createBodySchema,
+        Keepalive: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['id', 'lastActivityAt'],
+          properties: { id: { type: 'string' }, lastActivityAt: { type: 'string', format: 'date-time' }, expiresAt: { type: 'string', format: 'date-time' } },
+        },
+        Template: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['name', 'description', 'parameters', 'services', 'available'],
+          properties: {
+            name: { type: 'string' },
+            description: { type: 'string' },
+            parameters: {
+              type: 'array',
+              items: {
+                type: 'object',
+                additionalProperties: false,
+                required: ['name', 'description', 'enum', 'default'],
+                properties: { name: { type: 'string' }, description: { type: 'string' }, enum: { type: 'array', items: { type: 'string' } }, default: { type: 'string' } },
+              },
+            },
+            services: {
+              type: 'array',
+              items: {
+                type: 'object',
+                additionalProperties: false,
+                required: ['name', 'description', 'protocol'],
+                properties: { name: { type: 'string' }, description: { type: 'string' }, protocol: { enum: ['http', 'ws', 'tcp'] } },
+              },
+            },
+            available: { type: 'boolean' },
+            unavailableReason: { type: 'string' },
+          },
+        },
+        Error: {
+          type: 'object',
+          required: ['error', 'details'],
+          properties: {
+            error: { type: 'string' },
+            details: { type: 'array', items: { type: 'string' } },
+            existing: { type: 'array', items: { type: 'string' }, description: 'With 409 on create: the user’s live sessions.' },
+          },
+        },
+        V2Error: { type: 'object', additionalProperties: false, required: ['error'], properties: { error: { type: 'string' } } },
+        V2Id: { type: 'object', required: ['id'], properties: { id: { type: 'string', pattern: '^[A-Za-z0-9-]+$' } } },
+        V2JobOptions: {
+          type: 'object',
+          required: ['core', 'hmis'],
+          properties: {
+            core: { type: 'object', required: ['versions', 'builds'], properties: { versions: { type: 'array', items: { type: 'string' } }, builds: { type: 'array', items: { type: 'string' } } } },
+            hmis: { type: 'array', items: { type: 'object', required: ['type', 'versions'], properties: { type: { type: 'string' }, versions: { type: 'array', items: { type: 'string' } } } } },
+          },
+        },
+        V2JobRequest: {
+          type: 'object',
+          required: ['id', 'core', 'hmi'],
+          properties: {
+            id: { type: 'string', pattern: '^[A-Za-z0-9-]+$' },
+            core: { type: 'object', required: ['version', 'build'], properties: { version: { type: 'string' }, build: { type: 'string' } } },
+            hmi: { type: 'object', required: ['type', 'version'], properties: { type: { type: 'string' }, version: { type: 'string' } } },
+          },
+        },
+        V2JobAnswer: {
+          type: 'object',
+          required: ['path', 'protocol', 'passcode'],
+          properties: {
+            path: { const: '/api/v2/job/' },
+            protocol: { enum: ['ws', 'wss'] },
+            passcode: { type: 'string', pattern: '^[A-Za-z0-9]{16}$' },
+            port: { type: 'integer' },
+            domain: { type: 'string' },
+          },
+        },
+      },
+    },
+  };
+}
+
+export function registerOpenApi(app: FastifyInstance): void {
+  const document = JSON.stringify(openApiDocument());
+  app.get('/api/v1/openapi.json', async (_request, reply) => reply.type('application/json; charset=utf-8').send(document));
+}

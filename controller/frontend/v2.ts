@@ -1,0 +1,452 @@
+import { randomInt } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { Subscription } from 'rxjs';
+import { WebSocket, WebSocketServer, type RawData } from 'ws';
+import type { Condition, Session, SessionRecord, SessionStatus, SessionTemplate } from '../api/types.js';
+import { KeyedSerializer } from '../util/keyed-serializer.js';
+import { ApiError } from './errors.js';
+import type { Authenticator, Identity } from './identity.js';
+import type { SessionService } from './sessions.js';
+
+export interface ApiV2Options {
+  /**
+   * Where v2 clients reach this front end's websocket, as POST /api/v2/job answers it. Domain and port are
+   * left out when unset: the client then uses the host it POSTed to.
+   */
+  readonly address: { readonly domain?: string; readonly port?: number; readonly protocol: 'ws' | 'wss' };
+  /** The controller's idle clock (`idle.timeoutSeconds`, `idle.warningSeconds`), told to clients in `activity` warnings. */
+  readonly idle: { readonly timeoutSeconds: number; readonly warningSeconds: number };
+}
+
+/** What GET /api/v2/job answers: the choices v2 clients pick from. */
+export interface JobOptions {
+  readonly core: { readonly versions: readonly string[]; readonly builds: readonly string[] };
+  readonly hmis: ReadonlyArray<{ readonly type: string; readonly versions: readonly string[] }>;
+}
+
+/** What POST /api/v2/job and POST /api/v2/info answer: how to open the job's websocket. */
+export interface JobConnection {
+  readonly path: '/api/v2/job/';
+  readonly protocol: 'ws' | 'wss';
+  readonly passcode: string;
+  readonly port?: number;
+  readonly domain?: string;
+}
+
+/** The template v2 jobs run, and the parameters its job options come from. */
+const v2Template = 'sdl';
+const parameterNames = ['coreVersion', 'coreBuild', 'hmiType', 'hmiVersion'] as const;
+
+/**
+ * The session label holding a v2 session's passcode. On the record, not in one process's memory, so every
+ * front-end replica can resolve a passcode and answer /info.
+ */
+export const passcodeLabel = 'v2-passcode';
+const passcodeAlphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+const passcodePattern = /^[A-Za-z0-9]{16}$/;
+/** v2's id rule; the length bound is the session owner's. */
+const idPattern = /^[A-Za-z0-9-]{1,256}$/;
+const jobSocketPath = /^\/api\/v2\/job\/([^/?#]*)(?:\?.*)?$/;
+
+/** v2's service names for the `sdl` template's services. */
+const serviceNames: ReadonlyArray<readonly [v2Name: string, service: string]> = [
+  ['core-broker', 'broker'],
+  ['core-tcp', 'tcp'],
+  ['core-file', 'file'],
+  ['core-log', 'log'],
+  ['core-policy', 'policy'],
+  ['core-ws-server', 'ws-server'],
+  ['core-store', 'store'],
+  ['core-python', 'python'],
+  ['hmi-user', 'hmi'],
+];
+
+/** How long a client has to answer the close handshake when the front end stops, before its socket is cut. */
+const closeGraceMs = 2_000;
+
+/**
+ * Manticore v2's API, for the clients written against it (the SDL Developer Portal): job options, one job
+ * per user id (an `sdl` session labelled with a passcode), and the job's websocket with v2's messages
+ * (`position`, `services`, `activity`, `dead`). Everything is read from the process's shared caches, so
+ * any replica serves any user and any passcode. CORS is open on `/api/v2/*`, as v2 had it.
+ */
+export function registerApiV2(app: FastifyInstance, sessions: SessionService, auth: Authenticator, options: ApiV2Options): void {
+  const log = app.log.child({ component: 'api-v2' });
+  const job = jobOptionsOf(sessions);
+  const passcodes = new PasscodeIndex();
+  sessions.sessions.cache.changes.subscribe(({ id, current }) => passcodes.set(id, passcodeOf(current?.value)));
+  // One check-then-create at a time per user in this process: a repeated POST gets the first one's passcode.
+  const createsByUser = new KeyedSerializer();
+
+  const requireJob = (): JobOptions => {
+    if ('unavailable' in job) throw new V2Error(404, job.unavailable);
+    return job.options;
+  };
+
+  /** The user a request acts for: a verified identity's, else the body's `id` (in v2 the id is the identity). */
+  const userOf = (request: FastifyRequest, reply: FastifyReply): string => {
+    const identity = auth.identify(request, reply);
+    if (identity.verified === true) return identity.user;
+    const id = field(request.body, 'id');
+    if (typeof id !== 'string' || !idPattern.test(id)) throw new V2Error(400, 'Invalid or missing id');
+    return id;
+  };
+
+  /** The user's live v2 sessions (those carrying a passcode), oldest first. */
+  const jobsOf = (user: string): Array<{ id: string; passcode: string }> =>
+    sessions.liveSessionsOf(user).flatMap((id) => {
+      const passcode = passcodes.passcodeOf(id);
+      return passcode === undefined ? [] : [{ id, passcode }];
+    });
+
+  const connection = (passcode: string): JobConnection => {
+    const { domain, port, protocol } = options.address;
+    return { path: '/api/v2/job/', protocol, passcode, ...(port === undefined ? {} : { port }), ...(domain === undefined ? {} : { domain }) };
+  };
+
+  app.register(
+    async (v2) => {
+      // v2 clients may send an empty body with a JSON content type; v2 read it as no fields, not as an error.
+      const parseJson = v2.getDefaultJsonParser('error', 'error');
+      v2.removeContentTypeParser('application/json');
+      v2.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) =>
+        body === '' ? done(null, undefined) : parseJson(request, body as string, done),
+      );
+
+      v2.setErrorHandler((error, _request, reply) => {
+        // Anything else (401, 409, 429, 503) goes to the front end's handler and keeps its usual shape.
+        if (!(error instanceof V2Error)) throw error;
+        return reply.code(error.statusCode).send({ error: error.message });
+      });
+      v2.addHook('onRequest', async (request, reply) => {
+        const origin = request.headers.origin;
+        if (origin !== undefined) void reply.header('access-control-allow-origin', origin).header('vary', 'Origin');
+      });
+      v2.options('/*', async (_request, reply) =>
+        reply
+          .code(204)
+          .header('access-control-allow-methods', 'GET, POST, DELETE')
+          .header('access-control-allow-headers', 'content-type, authorization')
+          .header('access-control-max-age', '600')
+          .send(),
+      );
+
+      v2.get('/job', async (request, reply) => {
+        auth.identify(request, reply);
+        return requireJob();
+      });
+
+      v2.post('/job', async (request, reply) => {
+        const choices = requireJob();
+        const user = userOf(request, reply);
+        const checked = validateJob(choices, request.body);
+        if ('error' in checked) throw new V2Error(400, checked.error);
+        const passcode = await createsByUser.run(user, async () => {
+          const existing = jobsOf(user)[0];
+          if (existing !== undefined) {
+            log.debug({ session: existing.id, user }, 'v2 job requested again; answering with its passcode');
+            return existing.passcode;
+          }
+          const fresh = newPasscode();
+          const session = await sessions.create(user, { template: v2Template, parameters: checked.parameters, labels: { [passcodeLabel]: fresh } });
+          // Known at once, before this process's cache shows the new record: a repeated POST must find it.
+          passcodes.set(session.metadata.id, fresh);
+          return fresh;
+        });
+        return connection(passcode);
+      });
+
+      v2.delete('/job', async (request, reply) => {
+        requireJob();
+        const user = userOf(request, reply);
+        const owner: Identity = { user, operator: false };
+        await Promise.all(
+          jobsOf(user).map(({ id }) =>
+            sessions.delete(owner, id).catch((error: unknown) => {
+              // Gone between the cache and the store: nothing left to delete, as v2 answered.
+              if (!(error instanceof ApiError && error.statusCode === 404)) throw error;
+            }),
+          ),
+        );
+        return reply.code(200).send();
+      });
+
+      v2.post('/info', async (request, reply) => {
+        requireJob();
+        const existing = jobsOf(userOf(request, reply))[0];
+        // v2 answered an id it had no passcode for as an invalid one.
+        if (existing === undefined) throw new V2Error(400, 'Invalid or missing id');
+        return connection(existing.passcode);
+      });
+    },
+    { prefix: '/api/v2' },
+  );
+
+  // The job websocket: `ws` in noServer mode on the front end's own server, so it shares the API's port
+  // (as v2's did) and needs no plugin; this is the front end's only websocket, so it answers every upgrade.
+  const server = new WebSocketServer({ noServer: true, maxPayload: 4096 });
+  const open = new Set<JobSocket>();
+  let closing = false;
+  app.server.on('upgrade', (request: IncomingMessage, socket: Duplex, head: Buffer) => {
+    const match = jobSocketPath.exec(request.url ?? '');
+    if (match === null || closing) {
+      refuseUpgrade(socket, closing ? '503 Service Unavailable' : '404 Not Found');
+      return;
+    }
+    server.handleUpgrade(request, socket, head, (ws) => {
+      const id = passcodes.sessionOf(match[1]!);
+      if (id === undefined) {
+        log.debug('v2 job socket refused: unknown passcode');
+        ws.close(1008, 'unknown passcode');
+        return;
+      }
+      const jobSocket = new JobSocket(ws, id, sessions, options.idle, log, () => open.delete(jobSocket));
+      open.add(jobSocket);
+      jobSocket.start();
+    });
+  });
+  app.addHook('preClose', async () => {
+    closing = true;
+    await Promise.all([...open].map((jobSocket) => jobSocket.shutdown('the server is shutting down')));
+  });
+}
+
+/** The job options from the template's parameter enums, or why there are none. */
+function jobOptionsOf(sessions: SessionService): { options: JobOptions } | { unavailable: string } {
+  const template: SessionTemplate | undefined = sessions.templates.get(v2Template);
+  if (template === undefined) return { unavailable: `the v2 API runs "${v2Template}" sessions, and this Manticore has no "${v2Template}" template` };
+  const reason = sessions.unavailableReason(template);
+  if (reason !== undefined) return { unavailable: `the v2 API is unavailable: ${reason}` };
+  const enums = new Map(template.spec.parameters.map((parameter) => [parameter.name, parameter.enum]));
+  const missing = parameterNames.find((name) => !enums.has(name));
+  if (missing !== undefined) return { unavailable: `the v2 API is unavailable: template "${v2Template}" has no parameter "${missing}"` };
+  const values = (name: (typeof parameterNames)[number]): string[] => enums.get(name) ?? [];
+  return { options: { core: { versions: values('coreVersion'), builds: values('coreBuild') }, hmis: values('hmiType').map((type) => ({ type, versions: values('hmiVersion') })) } };
+}
+
+/** v2's checks, in v2's order and words; on success the template parameters they choose. */
+function validateJob(options: JobOptions, body: unknown): { parameters: Record<string, string> } | { error: string } {
+  const core = field(body, 'core');
+  const hmi = field(body, 'hmi');
+  // v2 tested truthiness: a `core` of 5 passes here and fails on its version.
+  if (!body || !core || !hmi) return { error: 'Request body is invalid' };
+  const [version, build, type, hmiVersion] = [field(core, 'version'), field(core, 'build'), field(hmi, 'type'), field(hmi, 'version')];
+  const known = (values: readonly string[], value: unknown): value is string => typeof value === 'string' && values.includes(value);
+  if (!known(options.core.versions, version)) return { error: `Not a valid core version: ${String(version)}` };
+  if (!known(options.core.builds, build)) return { error: `Not a valid core build option: ${String(build)}` };
+  const hmiOption = typeof type === 'string' ? options.hmis.find((option) => option.type === type) : undefined;
+  if (hmiOption === undefined) return { error: `Not a valid hmi type: ${String(type)}` };
+  if (!known(hmiOption.versions, hmiVersion)) return { error: `Not a valid hmi version: ${String(hmiVersion)}` };
+  return { parameters: { coreVersion: version, coreBuild: build, hmiType: hmiOption.type, hmiVersion } };
+}
+
+/** A refusal in v2's shape, `{error}` alone, as v2 clients read it. */
+class V2Error extends Error {
+  constructor(
+    readonly statusCode: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** An own property of a JSON object, or undefined for anything else (as reading it in JavaScript gave v2). */
+function field(value: unknown, name: string): unknown {
+  return typeof value === 'object' && value !== null && Object.hasOwn(value, name) ? (value as Record<string, unknown>)[name] : undefined;
+}
+
+function newPasscode(): string {
+  return Array.from({ length: 16 }, () => passcodeAlphabet[randomInt(passcodeAlphabet.length)]).join('');
+}
+
+function passcodeOf(record: SessionRecord | undefined): string | undefined {
+  const passcode = record?.metadata.labels?.[passcodeLabel];
+  return passcode !== undefined && passcodePattern.test(passcode) ? passcode : undefined;
+}
+
+function refuseUpgrade(socket: Duplex, status: string): void {
+  socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+}
+
+/** Passcode ↔ session id, in both directions, so neither a connection nor a POST scans the sessions. */
+class PasscodeIndex {
+  private readonly sessionByPasscode = new Map<string, string>();
+  private readonly passcodeBySession = new Map<string, string>();
+
+  set(id: string, passcode: string | undefined): void {
+    const previous = this.passcodeBySession.get(id);
+    if (previous === passcode) return;
+    if (previous !== undefined) {
+      this.passcodeBySession.delete(id);
+      if (this.sessionByPasscode.get(previous) === id) this.sessionByPasscode.delete(previous);
+    }
+    if (passcode !== undefined) {
+      this.passcodeBySession.set(id, passcode);
+      this.sessionByPasscode.set(passcode, id);
+    }
+  }
+
+  sessionOf(passcode: string): string | undefined {
+    return this.sessionByPasscode.get(passcode);
+  }
+
+  passcodeOf(id: string): string | undefined {
+    return this.passcodeBySession.get(id);
+  }
+}
+
+interface Position {
+  readonly position: number;
+  readonly wait: boolean;
+}
+
+/** v2's `position`: users ahead while waiting; 0, no longer waiting, once admitted; nothing before the controller has looked. */
+function positionOf(status: SessionStatus): Position | undefined {
+  if (status.phase === 'Waiting') return { position: Math.max(0, (status.queuePosition ?? 1) - 1), wait: true };
+  if (status.phase === 'Starting' || status.phase === 'Ready') return { position: 0, wait: false };
+  return undefined;
+}
+
+/** v2's `services`: its names for the session's endpoints; core-tcp as `host:port`, as v2 gave it. */
+function servicesOf(status: SessionStatus): Record<string, string> {
+  const services: Record<string, string> = {};
+  for (const [v2Name, service] of serviceNames) {
+    const endpoint = status.endpoints[service];
+    if (endpoint !== undefined) services[v2Name] = endpoint.protocol === 'tcp' ? new URL(endpoint.url).host : endpoint.url;
+  }
+  return services;
+}
+
+/** The idle warning v2 clients can answer: a warning about the lifetime cap cannot be put off, so it is not sent. */
+function idleWarningOf(status: SessionStatus): Condition | undefined {
+  return status.conditions.find((condition) => condition.type === 'IdleWarning' && condition.status === 'True' && condition.reason === 'Idle');
+}
+
+function ended(session: Session | undefined): boolean {
+  return session === undefined || session.metadata.deletionRequestedAt !== undefined || session.status.phase === 'Terminating' || session.status.phase === 'Failed';
+}
+
+/**
+ * One client's websocket on one session: v2's messages, each sent when what it says changes as seen by
+ * this connection, so a (re)connect starts by replaying the current position and services.
+ */
+class JobSocket {
+  private subscription: Subscription | undefined;
+  private closed = false;
+  private owner: string | undefined;
+  private lastPosition: string | undefined;
+  private servicesSent = false;
+  /** The transition time of the last idle warning announced: one `activity` per warning. */
+  private warningAnnounced: string | undefined;
+  private keepaliveRunning = false;
+  private keepaliveAgain = false;
+
+  constructor(
+    private readonly socket: WebSocket,
+    private readonly sessionId: string,
+    private readonly sessions: SessionService,
+    private readonly idle: ApiV2Options['idle'],
+    private readonly log: FastifyBaseLogger,
+    private readonly onClose: () => void,
+  ) {}
+
+  /** Follows the session: its current state at once, then every change. */
+  start(): void {
+    this.socket.on('message', (data: RawData, isBinary: boolean) => this.receive(data, isBinary));
+    this.socket.on('error', (error: Error) => this.log.debug({ err: error, session: this.sessionId }, 'v2 job socket failed'));
+    this.socket.on('close', () => this.dispose());
+    this.log.debug({ session: this.sessionId }, 'v2 job socket opened');
+    const subscription = this.sessions.watch(this.sessionId).subscribe((session) => this.update(session));
+    // The first state is delivered during subscribe and may already have ended the connection.
+    if (this.closed) subscription.unsubscribe();
+    else this.subscription = subscription;
+  }
+
+  /** Closes with `reason` and resolves once the socket is closed, cutting it if the client does not answer in time. */
+  async shutdown(reason: string): Promise<void> {
+    if (this.socket.readyState === WebSocket.CLOSED) return;
+    const closed = new Promise<void>((resolve) => this.socket.once('close', () => resolve()));
+    this.close(1001, reason);
+    const cut = setTimeout(() => this.socket.terminate(), closeGraceMs);
+    await closed;
+    clearTimeout(cut);
+  }
+
+  private update(session: Session | undefined): void {
+    if (this.closed) return;
+    if (session === undefined || ended(session)) {
+      this.send('dead', {});
+      this.close(1000, 'the session has ended');
+      return;
+    }
+    this.owner = session.metadata.owner;
+    const position = positionOf(session.status);
+    if (position !== undefined && JSON.stringify(position) !== this.lastPosition) {
+      this.lastPosition = JSON.stringify(position);
+      this.send('position', position);
+    }
+    if (!this.servicesSent && session.status.phase === 'Ready') {
+      this.servicesSent = true;
+      this.send('services', servicesOf(session.status));
+    }
+    const warning = idleWarningOf(session.status);
+    if (warning !== undefined && warning.lastTransitionTime !== this.warningAnnounced) {
+      this.warningAnnounced = warning.lastTransitionTime;
+      this.send('activity', { inactivityTime: this.idle.timeoutSeconds - this.idle.warningSeconds, remainingTime: this.idle.warningSeconds });
+    }
+  }
+
+  private receive(data: RawData, isBinary: boolean): void {
+    let message: unknown;
+    try {
+      message = isBinary ? undefined : JSON.parse(data.toString());
+    } catch {
+      message = undefined;
+    }
+    if (field(message, 'type') === 'activity') this.keepalive();
+    else this.log.debug({ session: this.sessionId }, 'v2 job socket: ignored a message that is not {"type":"activity"}');
+  }
+
+  /** Records activity; at most one store round trip per socket at a time, and activity during one is recorded after it. */
+  private keepalive(): void {
+    if (this.owner === undefined || this.closed) return;
+    if (this.keepaliveRunning) {
+      this.keepaliveAgain = true;
+      return;
+    }
+    this.keepaliveRunning = true;
+    void this.sessions
+      .keepalive({ user: this.owner, operator: false }, this.sessionId)
+      .catch((error: unknown) => {
+        // A session being deleted or gone is told `dead` by its watch; anything else is worth a look.
+        if (error instanceof ApiError && (error.statusCode === 404 || error.statusCode === 409)) return;
+        this.log.warn({ err: error, session: this.sessionId }, 'v2 job socket: recording activity failed');
+      })
+      .finally(() => {
+        this.keepaliveRunning = false;
+        if (this.keepaliveAgain) {
+          this.keepaliveAgain = false;
+          this.keepalive();
+        }
+      });
+  }
+
+  private send(type: string, data: object): void {
+    if (this.socket.readyState === WebSocket.OPEN) this.socket.send(JSON.stringify({ type, data }));
+  }
+
+  private close(code: number, reason: string): void {
+    if (this.socket.readyState === WebSocket.OPEN || this.socket.readyState === WebSocket.CONNECTING) this.socket.close(code, reason);
+    this.dispose();
+  }
+
+  private dispose(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.subscription?.unsubscribe();
+    this.onClose();
+    this.log.debug({ session: this.sessionId }, 'v2 job socket closed');
+  }
+}

@@ -1,0 +1,682 @@
+// Manticore's web page: start a session from a template, follow it live, copy its addresses, keep it
+// alive, end it. Plain ES2020 in the browser, no framework and no build step; it talks only to the REST API
+// of the origin that served it (the user is the anonymous cookie or whatever the front end's authenticator
+// makes of the request).
+
+const api = '/api/v1';
+/** How often a session is read when its event stream is unavailable (proxies that break server-sent events). */
+const pollIntervalMs = 2000;
+/** The stream sends the session as soon as it connects; nothing by then means something in between holds it back. */
+const firstEventTimeoutMs = 10_000;
+/** The conditions shown as the start-up checklist, in the order a session passes them. */
+const steps = [
+  ['Admitted', 'A place in the cluster'],
+  ['Scheduled', 'Processes placed'],
+  ['Healthy', 'Services answering'],
+  ['Routed', 'Addresses live'],
+];
+const phaseLabels = {
+  Pending: 'Queued for admission',
+  Waiting: 'Waiting for room',
+  Starting: 'Starting',
+  Ready: 'Ready',
+  Terminating: 'Ending',
+  Failed: 'Failed',
+};
+const endings = {
+  Deleted: 'You ended the session.',
+  IdleTimeout: 'The session was ended because it was idle.',
+  MaxLifetime: 'The session reached its maximum lifetime.',
+  FailedRetentionEnded: 'The failed session was cleaned up.',
+};
+
+const $ = (id) => document.getElementById(id);
+
+/** What the page shows; one session at a time. */
+const state = {
+  templates: [],
+  /** The session shown, as last heard from the server. */
+  session: undefined,
+  /** Stops following the session shown (its event stream or its polling). */
+  unfollow: () => {},
+  /** The once-a-second clock of countdowns and estimates, while a session is shown. */
+  clock: undefined,
+  /** The endpoints drawn, as JSON: they are drawn again only when they change (a copy button keeps its focus). */
+  drawnEndpoints: undefined,
+};
+
+// ---------------------------------------------------------------------------------------------------
+// The REST API
+
+/** An answer other than 2xx: the API's `{ error, details }`, with the rest of the body (e.g. `existing`). */
+class ApiError extends Error {
+  constructor(status, body) {
+    super(typeof body.error === 'string' ? body.error : `the server answered ${status}`);
+    this.status = status;
+    this.details = Array.isArray(body.details) ? body.details : [];
+    this.body = body;
+  }
+}
+
+async function request(method, path, body) {
+  let response;
+  try {
+    response = await fetch(`${api}${path}`, {
+      method,
+      credentials: 'same-origin',
+      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch {
+    throw new ApiError(0, { error: 'Manticore cannot be reached. Check your connection and try again.' });
+  }
+  // A proxy in front may answer with a page of its own; only JSON is the API speaking.
+  const json = (response.headers.get('content-type') ?? '').includes('application/json');
+  const parsed = json ? await response.json().catch(() => ({})) : {};
+  if (!response.ok) {
+    throw new ApiError(response.status, json ? parsed : { error: `the server answered ${response.status} ${response.statusText}`.trim() });
+  }
+  return parsed;
+}
+
+const sessionPath = (id) => `/sessions/${encodeURIComponent(id)}`;
+
+// ---------------------------------------------------------------------------------------------------
+// Messages
+
+function showError(error) {
+  $('error-message').textContent = error instanceof ApiError ? error.message : String(error);
+  $('error-details').replaceChildren(...(error.details ?? []).map((detail) => Object.assign(document.createElement('li'), { textContent: detail })));
+  $('error').hidden = false;
+}
+
+function clearError() {
+  $('error').hidden = true;
+}
+
+function showNotice(text) {
+  $('notice').textContent = text;
+  $('notice').hidden = text === '';
+}
+
+/** Says something to screen readers without showing it. */
+function announce(text) {
+  $('announce').textContent = text;
+}
+
+/** Shows one of the page's sections (start, session, ended), hiding the others. */
+function showSection(id) {
+  $('loading').hidden = true;
+  for (const section of ['start', 'session', 'ended']) $(section).hidden = section !== id;
+}
+
+function clone(templateId) {
+  return $(templateId).content.firstElementChild.cloneNode(true);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Starting a session
+
+function showForm() {
+  stopShowingSession();
+  showSection('start');
+  const available = state.templates.filter((template) => template.available);
+  $('no-templates').hidden = available.length > 0;
+  $('start-form').hidden = available.length === 0;
+  const select = $('template');
+  if (select.options.length === 0) {
+    select.replaceChildren(...available.map((template) => new Option(template.name, template.name)));
+    renderParameters();
+  }
+}
+
+function selectedTemplate() {
+  return state.templates.find((template) => template.name === $('template').value);
+}
+
+/** One select per parameter of the chosen template, its default preselected. */
+function renderParameters() {
+  const template = selectedTemplate();
+  $('template-description').textContent = template?.description ?? '';
+  $('parameters').replaceChildren(
+    ...(template?.parameters ?? []).map((parameter) => {
+      const field = clone('parameter-field');
+      const id = `parameter-${parameter.name}`;
+      const select = field.querySelector('select');
+      Object.assign(select, { id, name: parameter.name });
+      select.replaceChildren(...parameter.enum.map((value) => new Option(value, value, value === parameter.default, value === parameter.default)));
+      Object.assign(field.querySelector('label'), { htmlFor: id, textContent: parameter.name });
+      const hint = field.querySelector('.hint');
+      hint.id = `${id}-description`;
+      hint.textContent = parameter.description;
+      select.setAttribute('aria-describedby', hint.id);
+      return field;
+    }),
+  );
+}
+
+async function startSession(event) {
+  event.preventDefault();
+  const button = $('start-button');
+  button.disabled = true;
+  clearError();
+  showNotice('');
+  const parameters = Object.fromEntries([...$('parameters').querySelectorAll('select')].map((select) => [select.name, select.value]));
+  try {
+    showSession(await request('POST', '/sessions', { template: $('template').value, parameters }));
+  } catch (error) {
+    // One session per user: the one in the way is shown instead of a dead end.
+    const existing = error instanceof ApiError && error.status === 409 ? error.body.existing?.[0] : undefined;
+    if (existing === undefined) showError(error);
+    else await showExisting(existing);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function showExisting(id) {
+  try {
+    const session = await request('GET', sessionPath(id));
+    showNotice('You already have a session; here it is.');
+    showSession(session);
+  } catch (error) {
+    showError(error);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Following a session
+
+function showSession(session) {
+  stopShowingSession();
+  showSection('session');
+  $('end').disabled = false;
+  render(session);
+  state.clock = setInterval(renderClock, 1000);
+  state.unfollow = follow(session.metadata.id);
+}
+
+function stopShowingSession() {
+  state.unfollow();
+  state.unfollow = () => {};
+  clearInterval(state.clock);
+  state.clock = undefined;
+  state.drawnEndpoints = undefined;
+}
+
+/**
+ * Follows the session on its server-sent-event stream; should the stream fail (or stay silent, as behind
+ * a proxy that buffers it), reads the session every couple of seconds instead. Returns how to stop.
+ */
+function follow(id) {
+  let stopped = false;
+  let timer;
+  const source = new EventSource(`${api}${sessionPath(id)}/events`);
+  const poll = async () => {
+    try {
+      const session = await request('GET', sessionPath(id));
+      if (stopped) return;
+      clearError();
+      render(session);
+    } catch (error) {
+      if (stopped) return;
+      if (error.status === 404) {
+        ended();
+        return;
+      }
+      showError(error);
+    }
+    timer = setTimeout(poll, pollIntervalMs);
+  };
+  const fallBack = () => {
+    source.close();
+    clearTimeout(timer);
+    if (!stopped) poll();
+  };
+  timer = setTimeout(fallBack, firstEventTimeoutMs);
+  source.addEventListener('session', (event) => {
+    clearTimeout(timer);
+    render(JSON.parse(event.data));
+  });
+  source.addEventListener('gone', ended);
+  // Also fired when the server ends the stream (it is shutting down): polling carries on from there.
+  source.addEventListener('error', fallBack);
+  return () => {
+    stopped = true;
+    source.close();
+    clearTimeout(timer);
+  };
+}
+
+function isTerminating(session) {
+  return session.metadata.deletionRequestedAt !== undefined || session.status.phase === 'Terminating';
+}
+
+function condition(session, type) {
+  return session.status.conditions.find((candidate) => candidate.type === type);
+}
+
+/** Brings the session section up to date with what the server says. */
+function render(session) {
+  state.session = session;
+  const { phase } = session.status;
+  const terminating = isTerminating(session);
+  const ready = condition(session, 'Ready');
+
+  $('session-template').textContent = session.spec.template;
+  $('session-id').textContent = session.metadata.id;
+  // The status region is read out on every change of its text, so it is only written when it changes.
+  const phaseText = terminating ? 'Ending the session…' : phaseLabels[phase] ?? phase;
+  if ($('phase').textContent !== phaseText) $('phase').textContent = phaseText;
+  $('phase').dataset.phase = terminating ? 'Terminating' : phase;
+  const position = phase === 'Waiting' && !terminating && session.status.queuePosition !== undefined ? `You are number ${session.status.queuePosition} in the queue.` : '';
+  if ($('queue-position').textContent !== position) $('queue-position').textContent = position;
+
+  $('progress').hidden = terminating || phase === 'Ready' || phase === 'Failed';
+  $('checklist').replaceChildren(
+    ...steps.map(([type, label]) => {
+      const item = clone('checklist-item');
+      const done = condition(session, type)?.status === 'True';
+      item.classList.toggle('done', done);
+      item.querySelector('.label').textContent = label;
+      item.querySelector('.state').textContent = done ? '(done)' : '(not yet)';
+      return item;
+    }),
+  );
+  $('ready-message').textContent = ready?.message ?? '';
+
+  $('failure').hidden = phase !== 'Failed';
+  $('failure-reason').textContent = ready?.reason ?? 'Failed';
+  $('failure-message').textContent = ready?.message ?? '';
+
+  // The addresses are being taken down while the session ends.
+  const endpoints = terminating ? {} : session.status.endpoints;
+  if (state.drawnEndpoints !== JSON.stringify(endpoints)) {
+    state.drawnEndpoints = JSON.stringify(endpoints);
+    renderEndpoints(session.spec.template, endpoints);
+  }
+
+  const warning = condition(session, 'IdleWarning');
+  const warned = !terminating && warning?.status === 'True';
+  $('idle-warning').hidden = !warned;
+  if (warned) {
+    $('idle-message').textContent = warning.reason === 'Idle' ? 'This session has been idle and will end in' : 'This session reaches its maximum lifetime in';
+    // Activity cannot postpone the lifetime cap, so there is nothing to press then.
+    $('keepalive').hidden = warning.reason !== 'Idle';
+  } else {
+    $('keepalive').disabled = false;
+  }
+
+  $('end').hidden = terminating;
+  $('replace').hidden = phase !== 'Failed' || terminating;
+  renderClock();
+}
+
+/** The parts that move with the clock: the idle countdown and the estimated start. */
+function renderClock() {
+  const { status } = state.session;
+  if (status.expiresAt !== undefined) {
+    const left = Math.max(0, Math.ceil((Date.parse(status.expiresAt) - Date.now()) / 1000));
+    $('countdown').textContent = `${Math.floor(left / 60)}:${String(left % 60).padStart(2, '0')}`;
+  }
+  const waiting = status.phase === 'Waiting' && !isTerminating(state.session);
+  const estimate = waiting ? status.estimatedStartAt : undefined;
+  $('estimated-start').hidden = !waiting;
+  $('estimated-start').textContent = estimate === undefined ? 'No start time can be estimated yet.' : `Estimated start: ${describeTime(Date.parse(estimate))} (an estimate, not a promise).`;
+}
+
+function describeTime(at) {
+  const time = new Date(at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  const minutes = Math.ceil((at - Date.now()) / 60_000);
+  if (minutes <= 0) return 'any moment now';
+  return minutes === 1 ? `${time}, in about a minute` : `${time}, in about ${minutes} minutes`;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Addresses
+
+function renderEndpoints(templateName, endpoints) {
+  const entries = Object.entries(endpoints);
+  $('endpoints').hidden = entries.length === 0;
+  const descriptions = new Map((state.templates.find((template) => template.name === templateName)?.services ?? []).map((service) => [service.name, service.description]));
+
+  const hmi = endpoints.hmi;
+  $('hmi-link').hidden = hmi === undefined;
+  if (hmi !== undefined) $('hmi-link').href = hmi.url;
+
+  $('tcp-endpoints').replaceChildren(
+    ...entries
+      .filter(([, endpoint]) => endpoint.protocol === 'tcp')
+      .map(([name, endpoint]) => {
+        // tcp://host:port; parsed by hand as URL's handling of non-special schemes varies between browsers.
+        const [, host, port] = /^tcp:\/\/(.+):(\d+)$/.exec(endpoint.url) ?? [undefined, endpoint.url, ''];
+        const figure = clone('tcp-endpoint');
+        figure.querySelector('figcaption').textContent = `For the SDL app: ${name}, over TCP`;
+        figure.querySelector('.host').textContent = host;
+        figure.querySelector('.port').textContent = port;
+        const matrix = qrMatrix(`${host}:${port}`);
+        if (matrix !== undefined) figure.querySelector('.qr').append(qrSvg(matrix, `QR code of ${host}:${port}`));
+        return figure;
+      }),
+  );
+
+  $('endpoint-list').replaceChildren(
+    ...entries.map(([name, endpoint]) => {
+      const item = clone('endpoint-item');
+      item.querySelector('.service').textContent = name;
+      item.querySelector('.protocol').textContent = endpoint.protocol;
+      item.querySelector('.description').textContent = descriptions.get(name) ?? '';
+      const input = item.querySelector('input');
+      input.value = endpoint.url;
+      input.setAttribute('aria-label', `${name} address`);
+      const copyButton = item.querySelector('.copy');
+      copyButton.setAttribute('aria-label', `Copy the ${name} address`);
+      copyButton.addEventListener('click', () => copy(input, copyButton, name));
+      if (endpoint.protocol === 'http') {
+        const open = item.querySelector('.open');
+        open.href = endpoint.url;
+        open.hidden = false;
+        open.setAttribute('aria-label', `Open ${name} in a new tab`);
+      }
+      return item;
+    }),
+  );
+}
+
+/** Copies an address: the Clipboard API where the page may use it (a secure context), else the old way. */
+async function copy(input, button, name) {
+  let copied = false;
+  try {
+    await navigator.clipboard.writeText(input.value);
+    copied = true;
+  } catch {
+    input.focus();
+    input.select();
+    copied = document.execCommand('copy');
+  }
+  if (copied) {
+    button.textContent = 'Copied';
+    announce(`Copied the ${name} address.`);
+  } else {
+    showNotice(`This browser did not let the page copy; the ${name} address is selected: copy it from the keyboard or the menu.`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Keeping alive and ending
+
+async function keepAlive() {
+  const button = $('keepalive');
+  button.disabled = true;
+  try {
+    await request('POST', `${sessionPath(state.session.metadata.id)}/keepalive`);
+    clearError();
+    // The warning goes once the controller has seen the activity and the new status arrives.
+    announce('Thanks; the session stays.');
+  } catch (error) {
+    button.disabled = false;
+    showError(error);
+  }
+}
+
+async function endSession() {
+  const button = $('end');
+  button.disabled = true;
+  clearError();
+  try {
+    const session = await request('DELETE', sessionPath(state.session.metadata.id));
+    // Unless the stream has already said it is gone.
+    if (!$('session').hidden) render(session);
+  } catch (error) {
+    button.disabled = false;
+    if (error.status === 404) ended();
+    else showError(error);
+  }
+}
+
+/** The session is gone (ended by the user, the idle clock, the lifetime cap or the failure retention). */
+function ended() {
+  const reason = state.session?.metadata.deletionReason;
+  stopShowingSession();
+  showNotice('');
+  showSection('ended');
+  $('ended-reason').textContent = endings[reason] ?? 'The session has ended.';
+  $('ended-title').focus();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// QR code (ISO/IEC 18004), just what host:port needs: byte mode, error correction level M, versions 1–6
+// (up to 106 bytes), so no version information blocks. Written here rather than pulled in as a library:
+// it is about 200 lines, and the page stays one file with no dependencies.
+
+/** Per version at level M: [data codewords per block, blocks, error correction codewords per block]. */
+const qrBlocks = [undefined, [16, 1, 10], [28, 1, 16], [44, 1, 26], [32, 2, 18], [43, 2, 24], [27, 4, 16]];
+
+// Arithmetic in GF(256) modulo x^8 + x^4 + x^3 + x^2 + 1, by exponent and logarithm tables.
+const gfExp = new Uint8Array(512);
+const gfLog = new Uint8Array(256);
+for (let i = 0, x = 1; i < 255; i++, x = (x << 1) ^ (x & 0x80 ? 0x11d : 0)) {
+  gfExp[i] = gfExp[i + 255] = x;
+  gfLog[x] = i;
+}
+const gfMultiply = (a, b) => (a === 0 || b === 0 ? 0 : gfExp[gfLog[a] + gfLog[b]]);
+
+/** The Reed–Solomon error correction codewords of `data`: the remainder of data·x^n divided by the generator (α^0..α^(n-1) as roots). */
+function reedSolomon(data, n) {
+  let generator = [1];
+  for (let i = 0; i < n; i++) {
+    generator = [...generator, 0].map((coefficient, j) => coefficient ^ (j > 0 ? gfMultiply(generator[j - 1], gfExp[i]) : 0));
+  }
+  const remainder = new Array(n).fill(0);
+  for (const byte of data) {
+    const factor = byte ^ remainder.shift();
+    remainder.push(0);
+    for (let j = 0; j < n; j++) remainder[j] ^= gfMultiply(generator[j + 1], factor);
+  }
+  return remainder;
+}
+
+/** The codewords of `bytes` in byte mode for `version`, padded, split into blocks and interleaved with their error correction. */
+function qrCodewords(bytes, version) {
+  const [dataPerBlock, blockCount, eccPerBlock] = qrBlocks[version];
+  const capacity = dataPerBlock * blockCount * 8;
+  const bits = [];
+  const push = (value, length) => {
+    for (let i = length - 1; i >= 0; i--) bits.push((value >>> i) & 1);
+  };
+  push(0b0100, 4); // byte mode
+  push(bytes.length, 8); // the count is 8 bits long up to version 9
+  for (const byte of bytes) push(byte, 8);
+  push(0, Math.min(4, capacity - bits.length)); // terminator
+  push(0, (8 - (bits.length % 8)) % 8);
+  const data = [];
+  for (let i = 0; i < bits.length; i += 8) data.push(parseInt(bits.slice(i, i + 8).join(''), 2));
+  for (let pad = 0xec; data.length < capacity / 8; pad ^= 0xec ^ 0x11) data.push(pad);
+
+  const blocks = Array.from({ length: blockCount }, (_, i) => data.slice(i * dataPerBlock, (i + 1) * dataPerBlock));
+  const corrections = blocks.map((block) => reedSolomon(block, eccPerBlock));
+  const interleave = (parts, length) => Array.from({ length: length * blockCount }, (_, i) => parts[i % blockCount][Math.floor(i / blockCount)]);
+  return [...interleave(blocks, dataPerBlock), ...interleave(corrections, eccPerBlock)];
+}
+
+/** The 15 format bits for level M and `mask`: 5 data bits, 10 BCH bits (generator 0x537), XOR 0x5412. */
+function formatBits(mask) {
+  const data = mask; // level M is 00, so the data bits are the mask's
+  let remainder = data;
+  for (let i = 0; i < 10; i++) remainder = (remainder << 1) ^ ((remainder >>> 9) * 0x537);
+  return ((data << 10) | remainder) ^ 0x5412;
+}
+
+const masks = [
+  (row, col) => (row + col) % 2 === 0,
+  (row) => row % 2 === 0,
+  (row, col) => col % 3 === 0,
+  (row, col) => (row + col) % 3 === 0,
+  (row, col) => (Math.floor(row / 2) + Math.floor(col / 3)) % 2 === 0,
+  (row, col) => ((row * col) % 2) + ((row * col) % 3) === 0,
+  (row, col) => (((row * col) % 2) + ((row * col) % 3)) % 2 === 0,
+  (row, col) => (((row + col) % 2) + ((row * col) % 3)) % 2 === 0,
+];
+
+/** A symbol with its function patterns drawn and their modules reserved, data left out. */
+function qrBase(version) {
+  const size = 17 + 4 * version;
+  const dark = Array.from({ length: size }, () => new Array(size).fill(false));
+  const reserved = Array.from({ length: size }, () => new Array(size).fill(false));
+  const set = (row, col, value) => {
+    dark[row][col] = value;
+    reserved[row][col] = true;
+  };
+  // Finder patterns with their light separators, in three corners.
+  for (const [top, left] of [[0, 0], [0, size - 7], [size - 7, 0]]) {
+    for (let r = -1; r <= 7; r++) {
+      for (let c = -1; c <= 7; c++) {
+        const row = top + r;
+        const col = left + c;
+        if (row < 0 || row >= size || col < 0 || col >= size) continue;
+        const ring = Math.max(Math.abs(r - 3), Math.abs(c - 3));
+        set(row, col, ring !== 2 && ring !== 4);
+      }
+    }
+  }
+  // Timing patterns.
+  for (let i = 8; i < size - 8; i++) {
+    set(6, i, i % 2 === 0);
+    set(i, 6, i % 2 === 0);
+  }
+  // Versions 2–6 have one alignment pattern, centred 7 modules from the bottom right corner.
+  if (version >= 2) {
+    const centre = size - 7;
+    for (let r = -2; r <= 2; r++) {
+      for (let c = -2; c <= 2; c++) set(centre + r, centre + c, Math.max(Math.abs(r), Math.abs(c)) !== 1);
+    }
+  }
+  // The format information areas (written per mask) and the dark module.
+  for (let i = 0; i < 9; i++) {
+    reserved[8][i] = reserved[i][8] = true;
+    if (i < 8) reserved[8][size - 1 - i] = reserved[size - 1 - i][8] = true;
+  }
+  set(size - 8, 8, true);
+  return { size, dark, reserved };
+}
+
+function placeFormat(symbol, mask) {
+  const { size, dark } = symbol;
+  const bits = formatBits(mask);
+  const bit = (i) => ((bits >>> i) & 1) === 1;
+  for (let i = 0; i < 15; i++) {
+    // Around the top left finder: down column 8 (skipping the timing row), then left along row 8.
+    if (i < 6) dark[i][8] = bit(i);
+    else if (i < 8) dark[i + 1][8] = bit(i);
+    else if (i === 8) dark[8][7] = bit(i);
+    else dark[8][14 - i] = bit(i);
+    // The copy: along row 8 from the right edge, then up column 8 from the bottom.
+    if (i < 8) dark[8][size - 1 - i] = bit(i);
+    else dark[size - 15 + i][8] = bit(i);
+  }
+}
+
+/** The standard's penalty score of a masked symbol (runs, 2×2 blocks, finder-like patterns, dark balance); the lowest wins. */
+function penalty({ size, dark }) {
+  let score = 0;
+  const lines = [];
+  for (let i = 0; i < size; i++) {
+    lines.push(dark[i], dark.map((row) => row[i]));
+  }
+  for (const line of lines) {
+    for (let start = 0, end = 1; end <= size; end++) {
+      if (end < size && line[end] === line[start]) continue;
+      if (end - start >= 5) score += 3 + (end - start - 5);
+      start = end;
+    }
+    const text = line.map(Number).join('');
+    for (const pattern of ['10111010000', '00001011101']) {
+      for (let at = text.indexOf(pattern); at >= 0; at = text.indexOf(pattern, at + 1)) score += 40;
+    }
+  }
+  for (let row = 0; row < size - 1; row++) {
+    for (let col = 0; col < size - 1; col++) {
+      const colour = dark[row][col];
+      if (dark[row][col + 1] === colour && dark[row + 1][col] === colour && dark[row + 1][col + 1] === colour) score += 3;
+    }
+  }
+  const darkCount = dark.flat().filter(Boolean).length;
+  score += Math.floor(Math.abs((darkCount * 100) / (size * size) - 50) / 5) * 10;
+  return score;
+}
+
+/**
+ * The QR code of `text` as rows of modules (true: dark), or undefined when it needs more than version 6.
+ * Exported for the browser test, which checks it against a reference encoder.
+ */
+export function qrMatrix(text) {
+  const bytes = new TextEncoder().encode(text);
+  const version = qrBlocks.findIndex((blocks) => blocks !== undefined && bytes.length <= blocks[0] * blocks[1] - 2);
+  if (version < 0) return undefined;
+  const codewords = qrCodewords(bytes, version);
+  const base = qrBase(version);
+  // Data goes in two-module columns from the bottom right, up then down, skipping the vertical timing column.
+  const positions = [];
+  for (let right = base.size - 1; right > 0; right -= 2) {
+    if (right === 6) right = 5;
+    const upward = ((right + 1) & 2) === 0;
+    for (let step = 0; step < base.size; step++) {
+      const row = upward ? base.size - 1 - step : step;
+      for (const col of [right, right - 1]) if (!base.reserved[row][col]) positions.push([row, col]);
+    }
+  }
+  let best;
+  for (let mask = 0; mask < masks.length; mask++) {
+    const symbol = { size: base.size, dark: base.dark.map((row) => [...row]) };
+    positions.forEach(([row, col], i) => {
+      const bit = i < codewords.length * 8 && ((codewords[i >>> 3] >>> (7 - (i & 7))) & 1) === 1;
+      symbol.dark[row][col] = bit !== masks[mask](row, col);
+    });
+    placeFormat(symbol, mask);
+    const score = penalty(symbol);
+    if (best === undefined || score < best.score) best = { score, dark: symbol.dark };
+  }
+  return best.dark;
+}
+
+/** The symbol as an SVG: dark modules as one path, on white with the 4-module quiet zone. */
+function qrSvg(matrix, label) {
+  const svgNs = 'http://www.w3.org/2000/svg';
+  const size = matrix.length + 8;
+  const svg = document.createElementNS(svgNs, 'svg');
+  for (const [name, value] of Object.entries({ viewBox: `0 0 ${size} ${size}`, role: 'img', 'aria-label': label, 'shape-rendering': 'crispEdges' })) {
+    svg.setAttribute(name, value);
+  }
+  const background = document.createElementNS(svgNs, 'rect');
+  for (const [name, value] of Object.entries({ width: size, height: size, fill: '#fff' })) background.setAttribute(name, value);
+  const modules = document.createElementNS(svgNs, 'path');
+  const path = matrix.flatMap((row, y) => row.map((dark, x) => (dark ? `M${x + 4} ${y + 4}h1v1h-1z` : ''))).join('');
+  modules.setAttribute('d', path);
+  modules.setAttribute('fill', '#000');
+  svg.append(background, modules);
+  return svg;
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+async function main() {
+  $('template').addEventListener('change', renderParameters);
+  $('start-form').addEventListener('submit', startSession);
+  $('keepalive').addEventListener('click', keepAlive);
+  $('end').addEventListener('click', endSession);
+  $('replace').addEventListener('click', showForm);
+  $('new-session').addEventListener('click', showForm);
+  try {
+    const [templates, sessions] = await Promise.all([request('GET', '/templates'), request('GET', '/sessions')]);
+    state.templates = templates;
+    // A live session (not being ended, not failed) is shown instead of the form; the newest if several.
+    const live = sessions.items.filter((session) => !isTerminating(session) && session.status.phase !== 'Failed');
+    if (live.length > 0) showSession(live[live.length - 1]);
+    else showForm();
+  } catch (error) {
+    $('loading').hidden = true;
+    showError(error);
+  }
+}
+
+main();

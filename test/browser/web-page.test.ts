@@ -1,0 +1,260 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import YAML from 'yaml';
+import type { Session } from '../../controller/api/types.js';
+import { tcpConversation } from '../support/http.js';
+import { isolatedEnvironment, repoRoot, startManticore, stopManticore, waitForFrontend, type ManticoreProcess } from '../support/manticore.js';
+
+/** Debian's Chromium (`make system-deps` installs it); playwright-core drives it and brings no browser of its own. */
+const chromiumPath = '/usr/bin/chromium';
+const screenshots = path.join(repoRoot, 'test-artifacts/web-page');
+/** Short enough to watch: the warning comes 8 s after Ready (or after activity) and lasts 16 s. */
+const idleTimeoutSeconds = 24;
+const idleWarningSeconds = 16;
+/** Bounds each wait for something the server does (a session starting, a status change); never a pause. */
+const serverStepMs = 30_000;
+/** Reference QR symbols of python-qrcode 7.4 (level M, no border), each with the mask the page's encoder picks. */
+const referenceQrCodes = JSON.parse(fs.readFileSync(path.join(repoRoot, 'test/fixtures/qr-codes.json'), 'utf8')) as Record<string, string[]>;
+
+/** The GET of one session: what the page reads when it polls instead of following the event stream. */
+const sessionRead = /\/api\/v1\/sessions\/[a-z0-9]+$/;
+
+/**
+ * Two people in Chromium against `manticore up` (embedded demo template, room for one session, a short idle
+ * clock): the first starts a session on a phone-sized screen and follows it over server-sent events; the
+ * second, another anonymous user whose event stream is blocked (as by a proxy that breaks it), waits in the
+ * queue on the polling fallback and gets the room when the first ends. Screenshots of every step go to
+ * test-artifacts/web-page/.
+ */
+describe('web page: people in a browser against `manticore up`', function () {
+  this.timeout(60_000);
+  let stateDir: string;
+  let api: string;
+  let instance: ManticoreProcess | undefined;
+  let browser: Browser;
+  let alice: BrowserContext;
+  let alicePage: Page;
+  /** Alice's second tab, opened on the form before her session exists. */
+  let aliceOtherTab: Page;
+  let bob: BrowserContext;
+  let bobPage: Page;
+  let aliceSessionId: string;
+  /** What went wrong in the pages: uncaught exceptions and anything the Content-Security-Policy blocked. */
+  const pageProblems: string[] = [];
+  /** The URLs each page requested. */
+  const requested = new Map<Page, string[]>();
+
+  async function newPage(context: BrowserContext): Promise<Page> {
+    const page = await context.newPage();
+    page.on('pageerror', (error) => pageProblems.push(`uncaught: ${error.message}`));
+    page.on('console', (message) => {
+      if (message.text().includes('Content Security Policy')) pageProblems.push(message.text());
+    });
+    requested.set(page, []);
+    page.on('request', (request) => requested.get(page)!.push(`${request.method()} ${new URL(request.url()).pathname}`));
+    await page.goto(`${api}/`);
+    return page;
+  }
+
+  const screenshot = (page: Page, name: string) => page.screenshot({ path: path.join(screenshots, `${name}.png`), fullPage: true });
+
+  /** The session as the API shows it to the page's user (the context's anonymous cookie). */
+  async function sessionOf(context: BrowserContext, id: string): Promise<Session> {
+    const response = await context.request.get(`${api}/api/v1/sessions/${id}`);
+    assert.equal(response.status(), 200, await response.text());
+    return (await response.json()) as Session;
+  }
+
+  const phase = (page: Page, text: string | RegExp) => page.locator('#phase', { hasText: text }).waitFor({ timeout: serverStepMs });
+
+  before(async () => {
+    if (!fs.existsSync(chromiumPath)) {
+      throw new Error(`the browser test needs Chromium at ${chromiumPath}, which is missing: run \`make system-deps\` (it installs Debian's chromium package)`);
+    }
+    fs.rmSync(screenshots, { recursive: true, force: true });
+    fs.mkdirSync(screenshots, { recursive: true });
+    stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'manticore-web-'));
+    // The embedded default, with activity stored at once: the interval must be below the short warning.
+    const config = YAML.parse(fs.readFileSync(path.join(repoRoot, 'manifests/examples/embedded.yaml'), 'utf8')) as Record<string, unknown>;
+    const configFile = path.join(stateDir, 'config.yaml');
+    fs.writeFileSync(configFile, YAML.stringify({ ...config, idle: { activityWriteIntervalSeconds: 1 } }));
+    const isolated = await isolatedEnvironment(stateDir, 4);
+    api = isolated.api;
+    instance = startManticore(configFile, {
+      ...process.env,
+      ...isolated.env,
+      MANTICORE_MAX_SESSIONS: '1',
+      MANTICORE_IDLE_TIMEOUT_SECONDS: String(idleTimeoutSeconds),
+      MANTICORE_IDLE_WARNING_SECONDS: String(idleWarningSeconds),
+    });
+    await waitForFrontend(api, instance);
+    // Sandboxed, except as root (as in CI containers), where Chromium cannot sandbox itself.
+    browser = await chromium.launch({ executablePath: chromiumPath, headless: true, chromiumSandbox: process.getuid?.() !== 0 });
+  });
+
+  after(async () => {
+    await browser?.close();
+    await stopManticore(instance);
+    if (stateDir) fs.rmSync(stateDir, { recursive: true, force: true });
+  });
+
+  afterEach(function () {
+    if (this.currentTest?.state === 'failed' && instance) console.log(instance.output());
+  });
+
+  it('draws QR codes exactly as a reference encoder does (versions 1 to 6)', async () => {
+    const page = await browser.newPage();
+    await page.goto(`${api}/`);
+    const texts = Object.keys(referenceQrCodes);
+    // The page's own module, imported again in the page (the same instance): its encoder, as rows of # and .
+    const drawn = await page.evaluate(
+      `import('/web/app.js').then(({ qrMatrix }) => ${JSON.stringify(texts)}.map((text) => qrMatrix(text).map((row) => row.map((dark) => (dark ? '#' : '.')).join(''))))`,
+    );
+    assert.deepEqual(drawn, Object.values(referenceQrCodes));
+    await page.close();
+  });
+
+  it('offers the available templates with their parameters, defaults chosen, on a phone-sized screen', async () => {
+    alice = await browser.newContext({ viewport: { width: 360, height: 740 }, isMobile: true });
+    alice.setDefaultTimeout(serverStepMs);
+    await alice.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: api });
+    alicePage = await newPage(alice);
+    await alicePage.getByRole('heading', { name: 'Start a session' }).waitFor();
+    // The sdl template needs the Nomad backend: not offered here.
+    assert.deepEqual(await alicePage.getByLabel('Template').locator('option').allTextContents(), ['demo']);
+    assert.equal(await alicePage.getByLabel('coreVersion').inputValue(), '8.2.0');
+    assert.equal(await alicePage.getByLabel('hmiType').inputValue(), 'generic');
+    await screenshot(alicePage, '01-start-form');
+    aliceOtherTab = await newPage(alice);
+    await aliceOtherTab.getByRole('heading', { name: 'Start a session' }).waitFor();
+  });
+
+  it('starts a session with the chosen parameters', async () => {
+    await alicePage.getByLabel('coreVersion').selectOption('8.1.0');
+    await alicePage.getByRole('button', { name: 'Start' }).click();
+    await alicePage.getByRole('heading', { name: 'Your session' }).waitFor();
+    aliceSessionId = await alicePage.locator('#session-id').innerText();
+    assert.equal((await sessionOf(alice, aliceSessionId)).spec.parameters.coreVersion, '8.1.0');
+    await screenshot(alicePage, '02-started');
+  });
+
+  it('shows the session a user already has instead of starting another (409, or on reload)', async () => {
+    await aliceOtherTab.getByRole('button', { name: 'Start' }).click();
+    await aliceOtherTab.getByText('You already have a session; here it is.').waitFor();
+    assert.equal(await aliceOtherTab.locator('#session-id').innerText(), aliceSessionId);
+    await aliceOtherTab.reload();
+    await aliceOtherTab.getByRole('heading', { name: 'Your session' }).waitFor();
+    assert.equal(await aliceOtherTab.locator('#session-id').innerText(), aliceSessionId);
+    assert.equal(await aliceOtherTab.locator('#start').isVisible(), false);
+    await aliceOtherTab.close();
+  });
+
+  it('shows an error from the API with its details, and a second user waiting in the queue', async () => {
+    bob = await browser.newContext({ viewport: { width: 1024, height: 768 } });
+    bob.setDefaultTimeout(serverStepMs);
+    // Bob's event streams fail, as behind a proxy that breaks them: his page must poll.
+    await bob.route('**/api/v1/sessions/*/events', (route) => route.abort());
+    bobPage = await newPage(bob);
+    await bobPage.getByRole('heading', { name: 'Start a session' }).waitFor();
+    // A value the form does not offer, for the server to refuse.
+    await bobPage.evaluate(`document.getElementById('parameter-coreVersion').append(new Option('9.9.9', '9.9.9'))`);
+    await bobPage.getByLabel('coreVersion').selectOption('9.9.9');
+    await bobPage.getByRole('button', { name: 'Start' }).click();
+    await bobPage.getByRole('alert').filter({ hasText: '/parameters/coreVersion' }).waitFor();
+    await screenshot(bobPage, '03-error');
+
+    await bobPage.getByLabel('coreVersion').selectOption('8.2.0');
+    await bobPage.getByRole('button', { name: 'Start' }).click();
+    await phase(bobPage, 'Waiting for room');
+    await bobPage.getByText('You are number 1 in the queue.').waitFor({ timeout: serverStepMs });
+    await bobPage.getByText(/^(Estimated start: .+|No start time can be estimated yet\.)$/).waitFor();
+    assert.equal(await bobPage.locator('#error').isVisible(), false, 'the error is gone');
+    await screenshot(bobPage, '04-second-user-waiting');
+  });
+
+  it('shows the Ready session: the HMI link, every address with a copy button, the TCP port large with its QR code', async () => {
+    await phase(alicePage, /^Ready$/);
+    const session = await sessionOf(alice, aliceSessionId);
+    const { hmi, broker, tcp } = session.status.endpoints;
+
+    const hmiLink = alicePage.getByRole('link', { name: 'Open the HMI' });
+    assert.equal(await hmiLink.getAttribute('href'), hmi!.url);
+    const [hmiTab] = await Promise.all([alice.waitForEvent('page'), hmiLink.click()]);
+    await hmiTab!.waitForLoadState();
+    assert.equal(await hmiTab!.title(), 'Manticore demo HMI');
+    await hmiTab!.close();
+
+    for (const [name, endpoint] of Object.entries(session.status.endpoints)) {
+      assert.equal(await alicePage.getByLabel(`${name} address`, { exact: true }).inputValue(), endpoint.url);
+    }
+    const copyBroker = alicePage.getByRole('button', { name: 'Copy the broker address' });
+    await copyBroker.click();
+    await alicePage.getByRole('button', { name: 'Copy the broker address' }).filter({ hasText: 'Copied' }).waitFor();
+    assert.equal(await alicePage.evaluate('navigator.clipboard.readText()'), broker!.url);
+
+    const { hostname, port } = new URL(tcp!.url);
+    assert.equal(await alicePage.locator('.tcp .host').innerText(), hostname);
+    assert.equal(await alicePage.locator('.tcp .port').innerText(), port);
+    const qr = alicePage.getByRole('img', { name: `QR code of ${hostname}:${port}` });
+    await qr.waitFor();
+    // The drawing is the encoder's symbol (checked against the reference above), module for module.
+    const modules = new Set(((await qr.locator('path').getAttribute('d')) ?? '').match(/M\d+ \d+/g));
+    const expected = (await alicePage.evaluate(`import('/web/app.js').then(({ qrMatrix }) => qrMatrix(${JSON.stringify(`${hostname}:${port}`)}))`)) as boolean[][];
+    const quietZone = 4;
+    assert.deepEqual(modules, new Set(expected.flatMap((row, y) => row.flatMap((dark, x) => (dark ? [`M${x + quietZone} ${y + quietZone}`] : [])))));
+    // And what it says works: the session's Core answers there, with the version chosen in the form.
+    assert.equal((await tcpConversation(`tcp://${hostname}:${port}`, 'hello')).greeting, 'manticore demo core 8.1.0');
+
+    assert.ok(((await alicePage.evaluate('document.documentElement.scrollWidth')) as number) <= 360, 'nothing overflows a 360 px screen');
+    await screenshot(alicePage, '05-ready');
+  });
+
+  it('warns an idle session with a live countdown; "I\'m still here" keeps it', async () => {
+    const warning = alicePage.getByRole('alert').filter({ hasText: 'idle' });
+    await warning.waitFor({ timeout: (idleTimeoutSeconds - idleWarningSeconds) * 1000 + serverStepMs });
+    const countdown = alicePage.getByRole('timer');
+    const first = await countdown.innerText();
+    const [, minutes, seconds] = /^(\d+):(\d\d)$/.exec(first) ?? assert.fail(`countdown "${first}"`);
+    assert.ok(Number(minutes) * 60 + Number(seconds) <= idleWarningSeconds, first);
+    await countdown.filter({ hasNotText: first }).waitFor({ timeout: 5000 });
+    await screenshot(alicePage, '06-idle-warning');
+
+    await alicePage.getByRole('button', { name: "I'm still here" }).click();
+    await alicePage.locator('#idle-warning').waitFor({ state: 'hidden', timeout: serverStepMs });
+    const idle = (await sessionOf(alice, aliceSessionId)).status.conditions.find((condition) => condition.type === 'IdleWarning');
+    assert.equal(idle?.status, 'False', JSON.stringify(idle));
+    await screenshot(alicePage, '07-still-here');
+  });
+
+  it('ends the session: Terminating, then ended; followed live, never polled', async () => {
+    // Terminating may last a moment only: every text the status shows is recorded as it changes.
+    await alicePage.evaluate(
+      `window.phases = []; const phase = document.getElementById('phase'); new MutationObserver(() => phases.push(phase.textContent)).observe(phase, { childList: true, characterData: true, subtree: true })`,
+    );
+    await alicePage.getByRole('button', { name: 'End session' }).click();
+    await alicePage.getByRole('heading', { name: 'Session ended' }).waitFor({ timeout: serverStepMs });
+    await alicePage.getByText('You ended the session.').waitFor();
+    assert.ok(((await alicePage.evaluate('phases')) as string[]).includes('Ending the session…'));
+    assert.equal((await alice.request.get(`${api}/api/v1/sessions/${aliceSessionId}`)).status(), 404);
+    const aliceRequests = requested.get(alicePage)!;
+    assert.ok(aliceRequests.includes(`GET /api/v1/sessions/${aliceSessionId}/events`), aliceRequests.join('\n'));
+    assert.deepEqual(aliceRequests.filter((request) => sessionRead.test(request) && request.startsWith('GET')), [], 'no polling');
+    await screenshot(alicePage, '08-ended');
+  });
+
+  it('gives the second user the room: Ready on the polling fallback, then ended', async () => {
+    await phase(bobPage, /^Ready$/);
+    await bobPage.getByRole('link', { name: 'Open the HMI' }).waitFor();
+    await bobPage.getByRole('img', { name: /^QR code of / }).waitFor();
+    await screenshot(bobPage, '09-second-user-ready');
+    assert.ok(requested.get(bobPage)!.filter((request) => request.startsWith('GET') && sessionRead.test(request)).length > 1, 'Bob’s page polled');
+
+    await bobPage.getByRole('button', { name: 'End session' }).click();
+    await bobPage.getByRole('heading', { name: 'Session ended' }).waitFor({ timeout: serverStepMs });
+    await screenshot(bobPage, '10-second-user-ended');
+    assert.deepEqual(pageProblems, []);
+  });
+});

@@ -1,0 +1,24 @@
+import path from 'node:path';
+import { loadTemplates } from '../../controller/api/templates.js';
+import { Keys } from '../../controller/controller/keys.js';
+import { Frontend, type FrontendOptions } from '../../controller/frontend/server.js';
+import type { Store } from '../../controller/store/store.js';
+import { silentLogger } from '../../controller/util/log.js';
+
+export const frontendTemplates = loadTemplates(path.resolve(__dirname, '../../../manifests/templates'));
+export const frontendKeys = new Keys('manticore/');
+
+/** A front end over `store` with the shipped templates and small limits; tests override what they exercise. */
+export function testFrontend(store: Store, overrides: Partial<FrontendOptions> = {}): Frontend {
+  return new Frontend({
+    store,
+    keys: frontendKeys,
+    templates: frontendTemplates,
+    backend: 'embedded',
+    bodyLimitBytes: 4096,
+    sessionsPerUser: 5,
+    activityWriteIntervalMs: 30_000,
+    log: silentLogger(),
+    ...overrides,
+  });
+}

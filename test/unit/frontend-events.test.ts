@@ -1,0 +1,173 @@
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import type { Session, SessionStatus } from '../../controller/api/types.js';
+import { Frontend } from '../../controller/frontend/server.js';
+import { EmbeddedStore } from '../../controller/store/embedded-store.js';
+import type { Store } from '../../controller/store/store.js';
+import { frontendKeys as keys, testFrontend } from '../support/frontend.js';
+import { delegatingStore } from '../support/controller-harness.js';
+import { waitFor } from '../support/wait.js';
+
+
+interface ServerSentEvent {
+  event: string;
+  data: unknown;
+}
+
+/** An SSE client on a raw socket, so a test can stop reading (back-pressure) and see every event. */
+class EventClient {
+  readonly events: ServerSentEvent[] = [];
+  status = 0;
+  ended = false;
+  private buffer = '';
+  private response: http.IncomingMessage | undefined;
+
+  constructor(url: string, user: string) {
+    const request = http.get(url, { headers: { 'x-manticore-user': user, accept: 'text/event-stream' } }, (response) => {
+      this.response = response;
+      this.status = response.statusCode ?? 0;
+      response.setEncoding('utf8');
+      response.on('data', (chunk: string) => this.parse(chunk));
+      response.on('end', () => (this.ended = true));
+    });
+    request.on('error', () => (this.ended = true));
+  }
+
+  pause(): void {
+    this.response?.pause();
+  }
+
+  resume(): void {
+    this.response?.resume();
+  }
+
+  close(): void {
+    this.response?.destroy();
+  }
+
+  sessions(): Session[] {
+    return this.events.filter((event) => event.event === 'session').map((event) => event.data as Session);
+  }
+
+  private parse(chunk: string): void {
+    this.buffer += chunk;
+    for (let end = this.buffer.indexOf('\n\n'); end >= 0; end = this.buffer.indexOf('\n\n')) {
+      const block = this.buffer.slice(0, end);
+      this.buffer = this.buffer.slice(end + 2);
+      const fields = Object.fromEntries(block.split('\n').filter((line) => !line.startsWith(':')).map((line) => [line.slice(0, line.indexOf(':')), line.slice(line.indexOf(':') + 2)]));
+      if (fields.event !== undefined) this.events.push({ event: fields.event, data: JSON.parse(fields.data ?? 'null') });
+    }
+  }
+}
+
+/** A store that counts the watches opened on it. */
+function watchCounting(inner: Store): Store & { watches: string[] } {
+  const watches: string[] = [];
+  return {
+    ...delegatingStore(inner),
+    watches,
+    watch: (prefix: string, index?: number) => {
+      watches.push(prefix);
+      return inner.watch(prefix, index);
+    },
+  };
+}
+
+const status = (phase: SessionStatus['phase'], extra: Partial<SessionStatus> = {}): string =>
+  JSON.stringify({ phase, observedGeneration: 1, conditions: [], endpoints: {}, events: [], ...extra });
+
+describe('front end: live status stream (server-sent events)', () => {
+  let store: EmbeddedStore;
+  let counting: Store & { watches: string[] };
+  let frontend: Frontend;
+  let base: string;
+  const clients: EventClient[] = [];
+
+  beforeEach(async () => {
+    store = EmbeddedStore.open(':memory:');
+    counting = watchCounting(store);
+    frontend = testFrontend(counting);
+    base = await frontend.start('127.0.0.1', 0);
+  });
+  afterEach(async () => {
+    for (const client of clients.splice(0)) client.close();
+    await frontend.stop();
+    await store.close();
+  });
+
+  const create = async (user: string): Promise<string> => {
+    const response = await frontend.app.inject({ method: 'POST', url: '/api/v1/sessions', headers: { 'content-type': 'application/json', 'x-manticore-user': user }, payload: { template: 'demo' } });
+    assert.equal(response.statusCode, 201, response.body);
+    return (JSON.parse(response.body) as Session).metadata.id;
+  };
+  const open = (id: string, user: string): EventClient => {
+    const client = new EventClient(`${base}/api/v1/sessions/${id}/events`, user);
+    clients.push(client);
+    return client;
+  };
+
+  it('sends the session at once and on every change, then `gone` when it is removed', async () => {
+    const id = await create('ann');
+    const client = open(id, 'ann');
+    const first = await waitFor('the first event', () => client.sessions()[0]);
+    assert.equal(client.status, 200);
+    assert.equal(first.metadata.id, id);
+    assert.equal(first.status.phase, 'Pending');
+
+    await store.put(keys.status(id), status('Waiting', { queuePosition: 3, estimatedStartAt: '2026-01-01T00:10:00.000Z' }));
+    const waiting = await waitFor('the waiting event', () => client.sessions().find((session) => session.status.phase === 'Waiting'));
+    assert.equal(waiting.status.queuePosition, 3);
+    assert.equal(waiting.status.estimatedStartAt, '2026-01-01T00:10:00.000Z');
+
+    await store.transaction([
+      { verb: 'delete', key: keys.status(id) },
+      { verb: 'delete', key: keys.session(id) },
+    ]);
+    await waitFor('gone and ended', () => client.ended && client.events.at(-1)?.event === 'gone');
+  });
+
+  it('answers 404 for someone else’s session and for a missing one, like every other route', async () => {
+    const id = await create('ann');
+    for (const [target, user] of [[id, 'bob'], ['nosuchsession', 'ann']] as const) {
+      const response = await frontend.app.inject({ method: 'GET', url: `/api/v1/sessions/${target}/events`, headers: { 'x-manticore-user': user } });
+      assert.equal(response.statusCode, 404);
+      assert.match((JSON.parse(response.body) as { error: string }).error, /not found/);
+    }
+  });
+
+  it('feeds every stream of the process from the same two watches', async () => {
+    const watchesBefore = counting.watches.length;
+    const id = await create('ann');
+    const streams = Array.from({ length: 25 }, () => open(id, 'ann'));
+    await waitFor('every stream got the session', () => streams.every((client) => client.sessions().length > 0));
+    await store.put(keys.status(id), status('Starting'));
+    await waitFor('every stream got the change', () => streams.every((client) => client.sessions().some((session) => session.status.phase === 'Starting')));
+    assert.equal(counting.watches.length, watchesBefore, 'no watch per stream');
+  });
+
+  it('keeps only the latest state for a client that does not read, and sends it when it drains', async () => {
+    const id = await create('ann');
+    const slow = open(id, 'ann');
+    await waitFor('connected', () => slow.sessions().length > 0);
+    slow.pause();
+    // Big statuses fill the socket buffers quickly; most of them must be skipped, not queued.
+    const padding = 'x'.repeat(1500);
+    for (let n = 1; n <= 400; n++) {
+      await store.put(keys.status(id), status('Waiting', { queuePosition: n, conditions: [{ type: 'Admitted', status: 'False', reason: 'Queued', message: padding, lastTransitionTime: '2026-01-01T00:00:00.000Z' }] }));
+    }
+    slow.resume();
+    await waitFor('the latest state arrives', () => slow.sessions().at(-1)?.status.queuePosition === 400);
+    assert.ok(slow.sessions().length < 400, `${slow.sessions().length} of 400 states were sent to a client that was not reading`);
+  });
+
+  it('ends open streams with a reason when the front end stops', async () => {
+    const id = await create('ann');
+    const client = open(id, 'ann');
+    await waitFor('connected', () => client.sessions().length > 0);
+    await frontend.stop();
+    await waitFor('ended', () => client.ended);
+    assert.deepEqual(client.events.at(-1), { event: 'closing', data: { reason: 'the server is shutting down' } });
+    frontend = testFrontend(store);
+    await frontend.start('127.0.0.1', 0);
+  });
+});

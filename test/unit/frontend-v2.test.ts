@@ -1,0 +1,414 @@
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import type { FastifyRequest } from 'fastify';
+import { loadTemplates } from '../../controller/api/templates.js';
+import type { Condition, SessionRecord, SessionStatus, SessionTemplate } from '../../controller/api/types.js';
+import { Keys } from '../../controller/controller/keys.js';
+import type { Authenticator, Identity } from '../../controller/frontend/identity.js';
+import { Frontend, type FrontendOptions } from '../../controller/frontend/server.js';
+import { passcodeLabel, type ApiV2Options } from '../../controller/frontend/v2.js';
+import { EmbeddedStore } from '../../controller/store/embedded-store.js';
+import { silentLogger } from '../../controller/util/log.js';
+import { V2Socket } from '../support/v2-client.js';
+import { waitFor } from '../support/wait.js';
+
+const templates = loadTemplates(path.resolve(__dirname, '../../../manifests/templates'));
+const keys = new Keys('manticore/');
+const job = { core: { version: '8.2.0-ubuntu-update', build: 'default' }, hmi: { type: 'generic', version: 'minimal-0.13.0' } };
+const v2: ApiV2Options = { address: { protocol: 'ws' }, idle: { timeoutSeconds: 1800, warningSeconds: 300 } };
+
+/** Says the caller is `portal-7`, proven, when the request carries `x-test-token: good`. */
+class TestTokenAuthenticator implements Authenticator {
+  identify(request: FastifyRequest): Identity {
+    if (request.headers['x-test-token'] === 'good') return { user: 'portal-7', operator: false, verified: true };
+    return { user: 'anonymous', operator: false };
+  }
+}
+
+describe('front end: the v2 compatibility API', () => {
+  let store: EmbeddedStore;
+  const frontends: Frontend[] = [];
+  let frontend: Frontend;
+  let url: string;
+  const now = Date.parse('2026-03-01T12:00:00.000Z');
+
+  async function startFrontend(options: Partial<FrontendOptions> = {}): Promise<{ frontend: Frontend; url: string }> {
+    const started = new Frontend({
+      store,
+      keys,
+      templates,
+      backend: 'nomad',
+      bodyLimitBytes: 4096,
+      sessionsPerUser: 2,
+      activityWriteIntervalMs: 30_000,
+      log: silentLogger(),
+      now: () => now,
+      v2,
+      ...options,
+    });
+    frontends.push(started);
+    return { frontend: started, url: await started.start('127.0.0.1', 0) };
+  }
+
+  beforeEach(async () => {
+    store = EmbeddedStore.open(':memory:');
+    ({ frontend, url } = await startFrontend());
+  });
+  afterEach(async () => {
+    for (const started of frontends.splice(0)) await started.stop();
+    await store.close();
+  });
+
+  const inject = async (method: 'GET' | 'POST' | 'DELETE' | 'OPTIONS', route: string, body?: unknown, headers: Record<string, string> = {}, on = frontend) => {
+    const response = await on.app.inject({
+      method,
+      url: route,
+      headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
+      payload: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+    });
+    return { status: response.statusCode, text: response.body, body: response.body ? JSON.parse(response.body) : undefined, headers: response.headers };
+  };
+
+  const storedSessions = async (): Promise<SessionRecord[]> => (await store.list(keys.sessions)).entries.map((entry) => JSON.parse(entry.value) as SessionRecord);
+  const sessionOf = async (owner: string): Promise<SessionRecord> =>
+    waitFor(`${owner}'s session`, async () => (await storedSessions()).find((record) => record.metadata.owner === owner));
+  /** Waits until the front end's cache shows the session (a repeated POST or /info reads it from there). */
+  const cached = (id: string, on = frontend) => waitFor(`the front end caches ${id}`, () => on.sessions.sessions.cache.get(id)?.value);
+
+  it('GET /api/v2/job answers the job options from the sdl template', async () => {
+    const { status, body } = await inject('GET', '/api/v2/job');
+    assert.equal(status, 200);
+    assert.deepEqual(body, { core: { versions: ['8.2.0-ubuntu-update'], builds: ['default'] }, hmis: [{ type: 'generic', versions: ['minimal-0.13.0'] }] });
+  });
+
+  it('POST /api/v2/job checks the body in v2’s order and answers 400 with v2’s messages', async () => {
+    const cases: Array<[body: unknown, error: string]> = [
+      [undefined, 'Invalid or missing id'],
+      ['', 'Invalid or missing id'],
+      [{ ...job }, 'Invalid or missing id'],
+      [{ id: 3, ...job }, 'Invalid or missing id'],
+      [{ id: '', ...job }, 'Invalid or missing id'],
+      [{ id: 'has space', ...job }, 'Invalid or missing id'],
+      [{ id: 'x'.repeat(257), ...job }, 'Invalid or missing id'],
+      [{ id: 'bad/id' }, 'Invalid or missing id'],
+      [['u1'], 'Invalid or missing id'],
+      [{ id: 'u1' }, 'Request body is invalid'],
+      [{ id: 'u1', core: job.core }, 'Request body is invalid'],
+      [{ id: 'u1', core: null, hmi: job.hmi }, 'Request body is invalid'],
+      [{ id: 'u1', core: 5, hmi: job.hmi }, 'Not a valid core version: undefined'],
+      [{ id: 'u1', core: { version: '1.0', build: 'debug' }, hmi: { type: 'ford' } }, 'Not a valid core version: 1.0'],
+      [{ id: 'u1', core: { version: 8.2, build: 'default' }, hmi: job.hmi }, 'Not a valid core version: 8.2'],
+      [{ id: 'u1', core: { ...job.core, build: 'debug' }, hmi: { type: 'ford' } }, 'Not a valid core build option: debug'],
+      [{ id: 'u1', core: job.core, hmi: { type: 'ford', version: 'x' } }, 'Not a valid hmi type: ford'],
+      [{ id: 'u1', core: job.core, hmi: { type: ['generic'], version: 'x' } }, 'Not a valid hmi type: generic'],
+      [{ id: 'u1', core: job.core, hmi: { type: 'generic' } }, 'Not a valid hmi version: undefined'],
+      [{ id: 'u1', core: job.core, hmi: { type: 'generic', version: 'minimal-0.5.1' } }, 'Not a valid hmi version: minimal-0.5.1'],
+    ];
+    for (const [body, error] of cases) {
+      const answer = await inject('POST', '/api/v2/job', body);
+      assert.equal(answer.status, 400, `${JSON.stringify(body)?.slice(0, 60)} → ${answer.text}`);
+      assert.deepEqual(answer.body, { error }, JSON.stringify(body)?.slice(0, 60));
+    }
+    assert.deepEqual(await storedSessions(), []);
+  });
+
+  it('POST /api/v2/job creates one sdl session per user, labelled with its passcode; a repeated POST answers the same passcode', async () => {
+    const answers = await Promise.all([1, 2, 3].map(() => inject('POST', '/api/v2/job', { id: 'dev-1', ...job, extra: 'ignored' })));
+    for (const answer of answers) assert.equal(answer.status, 200, answer.text);
+    const first = answers[0]!.body;
+    assert.deepEqual(Object.keys(first).sort(), ['passcode', 'path', 'protocol'], 'no domain or port unless configured');
+    assert.equal(first.path, '/api/v2/job/');
+    assert.equal(first.protocol, 'ws');
+    assert.match(first.passcode, /^[A-Za-z0-9]{16}$/);
+    for (const answer of answers) assert.deepEqual(answer.body, first);
+
+    const records = await storedSessions();
+    assert.equal(records.length, 1);
+    const record = records[0]!;
+    assert.equal(record.metadata.owner, 'dev-1');
+    assert.deepEqual(record.metadata.labels, { [passcodeLabel]: first.passcode });
+    assert.deepEqual(record.spec, { template: 'sdl', parameters: { coreVersion: '8.2.0-ubuntu-update', coreBuild: 'default', hmiType: 'generic', hmiVersion: 'minimal-0.13.0' } });
+
+    await cached(record.metadata.id);
+    assert.deepEqual((await inject('POST', '/api/v2/job', { id: 'dev-1', ...job })).body, first);
+    const other = await inject('POST', '/api/v2/job', { id: 'dev-2', ...job });
+    assert.notEqual(other.body.passcode, first.passcode);
+    assert.equal((await storedSessions()).length, 2);
+  });
+
+  it('answers with the configured domain, port and protocol', async () => {
+    const { frontend: configured } = await startFrontend({ v2: { ...v2, address: { domain: 'manticore.example.com', port: 443, protocol: 'wss' } } });
+    const { status, body } = await inject('POST', '/api/v2/job', { id: 'dev-1', ...job }, {}, configured);
+    assert.equal(status, 200);
+    assert.deepEqual(body, { path: '/api/v2/job/', protocol: 'wss', passcode: body.passcode, port: 443, domain: 'manticore.example.com' });
+  });
+
+  it('acts for a verified identity whatever the body says, and for the body’s id otherwise', async () => {
+    const { frontend: withTokens } = await startFrontend({ authenticator: new TestTokenAuthenticator() });
+    const token = { 'x-test-token': 'good' };
+    const created = await inject('POST', '/api/v2/job', { id: 'someone-else', ...job }, token, withTokens);
+    assert.equal(created.status, 200, created.text);
+    const record = await sessionOf('portal-7');
+    assert.equal((await storedSessions()).length, 1, 'nothing for someone-else');
+    await cached(record.metadata.id, withTokens);
+    // The body's id is not even needed.
+    assert.deepEqual((await inject('POST', '/api/v2/info', {}, token, withTokens)).body, created.body);
+    assert.deepEqual((await inject('POST', '/api/v2/job', job, token, withTokens)).body, created.body);
+    assert.equal((await inject('DELETE', '/api/v2/job', {}, token, withTokens)).status, 200);
+    await waitFor('the deletion', async () => (await sessionOf('portal-7')).metadata.deletionRequestedAt);
+
+    // Merely naming oneself (the X-Manticore-User header) does not override v2's id.
+    await inject('POST', '/api/v2/job', { id: 'dev-3', ...job }, { 'x-manticore-user': 'mallory' });
+    assert.equal((await sessionOf('dev-3')).spec.template, 'sdl');
+    assert.equal((await storedSessions()).some((stored) => stored.metadata.owner === 'mallory'), false);
+  });
+
+  it('POST /api/v2/info answers like POST /job for the user’s live session, else 400', async () => {
+    assert.deepEqual((await inject('POST', '/api/v2/info', { id: 3 })).body, { error: 'Invalid or missing id' });
+    const nobody = await inject('POST', '/api/v2/info', { id: 'nobody' });
+    assert.equal(nobody.status, 400);
+    assert.deepEqual(nobody.body, { error: 'Invalid or missing id' });
+
+    const created = (await inject('POST', '/api/v2/job', { id: 'dev-1', ...job })).body;
+    const info = await inject('POST', '/api/v2/info', { id: 'dev-1' });
+    assert.equal(info.status, 200, 'known at once in the process that created it');
+    assert.deepEqual(info.body, created);
+
+    // Another replica knows it as soon as its cache shows the record.
+    const { frontend: replica } = await startFrontend();
+    await cached((await sessionOf('dev-1')).metadata.id, replica);
+    assert.deepEqual((await inject('POST', '/api/v2/info', { id: 'dev-1' }, {}, replica)).body, created);
+
+    await inject('DELETE', '/api/v2/job', { id: 'dev-1' });
+    await waitFor('a deleted job is no longer live', async () => (await inject('POST', '/api/v2/info', { id: 'dev-1' })).status === 400);
+  });
+
+  it('DELETE /api/v2/job ends the user’s v2 sessions, answers 200 with an empty body even when there is none, 400 for a bad id', async () => {
+    assert.deepEqual((await inject('DELETE', '/api/v2/job', { id: 'no way' })).body, { error: 'Invalid or missing id' });
+    assert.equal((await inject('DELETE', '/api/v2/job')).status, 400);
+    const none = await inject('DELETE', '/api/v2/job', { id: 'nobody' });
+    assert.equal(none.status, 200);
+    assert.equal(none.text, '');
+
+    const v1 = await inject('POST', '/api/v1/sessions', { template: 'demo' }, { 'x-manticore-user': 'dev-1' });
+    assert.equal(v1.status, 201);
+    await inject('POST', '/api/v2/job', { id: 'dev-1', ...job });
+    const deleted = await inject('DELETE', '/api/v2/job', { id: 'dev-1' });
+    assert.equal(deleted.status, 200);
+    assert.equal(deleted.text, '');
+    const records = await storedSessions();
+    assert.ok(records.find((record) => record.spec.template === 'sdl')!.metadata.deletionRequestedAt);
+    assert.equal(records.find((record) => record.spec.template === 'demo')!.metadata.deletionRequestedAt, undefined, 'a session the v2 API did not hand out is not its to end');
+    assert.equal((await inject('DELETE', '/api/v2/job', { id: 'dev-1' })).status, 200, 'deleting twice is harmless');
+  });
+
+  it('answers 404 with the reason on every v2 route when the sdl template cannot run here, does not exist or lacks a parameter', async () => {
+    const { frontend: embedded } = await startFrontend({ backend: 'embedded' });
+    const demoOnly = new Map<string, SessionTemplate>([['demo', templates.get('demo')!]]);
+    const { frontend: withoutSdl } = await startFrontend({ templates: demoOnly });
+    const sdl = templates.get('sdl')!;
+    const withoutHmiVersion: SessionTemplate = { ...sdl, spec: { ...sdl.spec, parameters: sdl.spec.parameters.filter((parameter) => parameter.name !== 'hmiVersion') } };
+    const { frontend: incomplete } = await startFrontend({ templates: new Map([['sdl', withoutHmiVersion]]) });
+    const routes: Array<['GET' | 'POST' | 'DELETE', string, unknown]> = [
+      ['GET', '/api/v2/job', undefined],
+      ['POST', '/api/v2/job', { id: 'dev-1', ...job }],
+      ['DELETE', '/api/v2/job', { id: 'dev-1' }],
+      ['POST', '/api/v2/info', { id: 'dev-1' }],
+    ];
+    for (const [on, reason] of [
+      [embedded, /runs only on the nomad backend/],
+      [withoutSdl, /no "sdl" template/],
+      [incomplete, /template "sdl" has no parameter "hmiVersion"/],
+    ] as const) {
+      for (const [method, route, body] of routes) {
+        const answer = await inject(method, route, body, {}, on);
+        assert.equal(answer.status, 404, `${method} ${route}`);
+        assert.deepEqual(Object.keys(answer.body), ['error'], 'v2’s error shape');
+        assert.match(answer.body.error, reason);
+      }
+    }
+    assert.deepEqual(await storedSessions(), []);
+  });
+
+  it('leaves other refusals to the front end: the per-user limit answers 409 as in v1', async () => {
+    const { frontend: onePerUser } = await startFrontend({ sessionsPerUser: 1 });
+    assert.equal((await inject('POST', '/api/v1/sessions', { template: 'demo' }, { 'x-manticore-user': 'dev-9' }, onePerUser)).status, 201);
+    const refused = await inject('POST', '/api/v2/job', { id: 'dev-9', ...job }, { origin: 'https://portal.example.com' }, onePerUser);
+    assert.equal(refused.status, 409);
+    assert.match(refused.body.error, /user dev-9 already has 1 session/);
+    assert.equal(refused.body.existing.length, 1);
+    assert.equal(refused.headers['access-control-allow-origin'], 'https://portal.example.com');
+  });
+
+  it('allows cross-origin calls on /api/v2 only: reflects the Origin and answers preflights with 204', async () => {
+    const origin = { origin: 'https://portal.example.com' };
+    const preflight = await inject('OPTIONS', '/api/v2/job', undefined, { ...origin, 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type, authorization' });
+    assert.equal(preflight.status, 204);
+    assert.equal(preflight.headers['access-control-allow-origin'], 'https://portal.example.com');
+    assert.equal(preflight.headers['access-control-allow-headers'], 'content-type, authorization');
+    assert.match(String(preflight.headers['access-control-allow-methods']), /POST/);
+    assert.match(String(preflight.headers['access-control-allow-methods']), /DELETE/);
+
+    const created = await inject('POST', '/api/v2/job', { id: 'dev-1', ...job }, origin);
+    assert.equal(created.headers['access-control-allow-origin'], 'https://portal.example.com');
+    assert.equal(created.headers.vary, 'Origin');
+    const refused = await inject('POST', '/api/v2/job', { id: 'dev-1' }, origin);
+    assert.equal(refused.status, 400);
+    assert.equal(refused.headers['access-control-allow-origin'], 'https://portal.example.com', 'errors can be read cross-origin too');
+    assert.equal((await inject('GET', '/api/v2/job')).headers['access-control-allow-origin'], undefined, 'nothing without an Origin');
+
+    assert.equal((await inject('GET', '/api/v1/templates', undefined, origin)).headers['access-control-allow-origin'], undefined);
+    assert.equal((await inject('OPTIONS', '/api/v1/sessions', undefined, origin)).status, 404);
+  });
+
+  describe('the job websocket', () => {
+    let passcode: string;
+    let id: string;
+    let conditionTime = Date.parse('2026-03-01T12:00:00.000Z');
+
+    beforeEach(async () => {
+      passcode = (await inject('POST', '/api/v2/job', { id: 'dev-1', ...job })).body.passcode;
+      id = (await sessionOf('dev-1')).metadata.id;
+    });
+
+    const socketUrl = (code: string) => `${url.replace(/^http/, 'ws')}/api/v2/job/${code}`;
+    /** Writes the session's status as the controller would. */
+    const writeStatus = async (status: Partial<SessionStatus>) => {
+      const full: SessionStatus = { phase: 'Pending', observedGeneration: 1, conditions: [], endpoints: {}, events: [], ...status };
+      await store.put(keys.status(id), JSON.stringify(full));
+    };
+    const warning = (reason: 'Idle' | 'MaxLifetime' | 'Active', at = conditionTime): Condition => ({
+      type: 'IdleWarning',
+      status: reason === 'Active' ? 'False' : 'True',
+      reason,
+      message: 'm',
+      lastTransitionTime: new Date(at).toISOString(),
+    });
+    const endpoints: SessionStatus['endpoints'] = {
+      broker: { protocol: 'ws', url: 'ws://b.example.com/' },
+      tcp: { protocol: 'tcp', url: 'tcp://apps.example.com:20017' },
+      file: { protocol: 'http', url: 'http://f.example.com/' },
+      log: { protocol: 'ws', url: 'ws://l.example.com/' },
+      policy: { protocol: 'http', url: 'http://p.example.com/' },
+      'ws-server': { protocol: 'ws', url: 'ws://w.example.com/' },
+      store: { protocol: 'http', url: 'http://s.example.com/' },
+      python: { protocol: 'ws', url: 'ws://py.example.com/' },
+      hmi: { protocol: 'http', url: 'http://h.example.com/' },
+    };
+
+    it('closes at once for an unknown passcode, and refuses upgrades elsewhere', async () => {
+      const unknown = await V2Socket.open(socketUrl('AAAAAAAAAAAAAAAA'));
+      assert.deepEqual(await unknown.whenClosed(), { code: 1008, reason: 'unknown passcode' });
+      assert.deepEqual(unknown.messages, []);
+      await assert.rejects(V2Socket.open(`${url.replace(/^http/, 'ws')}/api/v1/sessions`), /HTTP 404/);
+    });
+
+    it('sends position while waiting and once admitted, services once Ready, one activity per idle warning, and dead at the end', async () => {
+      const client = await V2Socket.open(socketUrl(passcode));
+      await writeStatus({ phase: 'Waiting', queuePosition: 3 });
+      assert.deepEqual((await client.nth(1)).data, { position: 2, wait: true });
+      await writeStatus({ phase: 'Waiting', queuePosition: 3, events: [{ time: new Date(now).toISOString(), reason: 'Queued', message: 'm' }] });
+      await writeStatus({ phase: 'Waiting', queuePosition: 1 });
+      await writeStatus({ phase: 'Starting' });
+      await writeStatus({ phase: 'Ready', endpoints });
+      await client.nth(4);
+      assert.deepEqual(client.messages.slice(0, 4), [
+        { type: 'position', data: { position: 2, wait: true } },
+        { type: 'position', data: { position: 0, wait: true } },
+        { type: 'position', data: { position: 0, wait: false } },
+        {
+          type: 'services',
+          data: {
+            'core-broker': 'ws://b.example.com/',
+            'core-tcp': 'apps.example.com:20017',
+            'core-file': 'http://f.example.com/',
+            'core-log': 'ws://l.example.com/',
+            'core-policy': 'http://p.example.com/',
+            'core-ws-server': 'ws://w.example.com/',
+            'core-store': 'http://s.example.com/',
+            'core-python': 'ws://py.example.com/',
+            'hmi-user': 'http://h.example.com/',
+          },
+        },
+      ]);
+
+      // A warning is announced once, however often the status is rewritten while it lasts.
+      await writeStatus({ phase: 'Ready', endpoints, conditions: [warning('Idle')] });
+      await writeStatus({ phase: 'Ready', endpoints, conditions: [{ ...warning('Idle'), message: 'rewritten' }] });
+      // Activity answers it: stored at once, even within the write interval.
+      await client.next('activity', 4);
+      client.send({ type: 'activity' });
+      await waitFor('the activity record', () => store.get(keys.activity(id)));
+      // A lifetime warning cannot be answered, so v2 clients are not asked to; the next idle warning is announced.
+      await writeStatus({ phase: 'Ready', endpoints, conditions: [warning('Active')] });
+      await writeStatus({ phase: 'Ready', endpoints, conditions: [warning('MaxLifetime', (conditionTime += 60_000))] });
+      await writeStatus({ phase: 'Ready', endpoints, conditions: [warning('Idle', (conditionTime += 60_000))] });
+      await client.nth(6);
+      assert.deepEqual(client.messages.slice(4), [
+        { type: 'activity', data: { inactivityTime: 1500, remainingTime: 300 } },
+        { type: 'activity', data: { inactivityTime: 1500, remainingTime: 300 } },
+      ]);
+
+      // A second connection (here, or on any replica) starts with the current state.
+      const again = await V2Socket.open(socketUrl(passcode));
+      await again.nth(3);
+      assert.deepEqual(again.types, ['position', 'services', 'activity']);
+      assert.deepEqual(again.messages[0]!.data, { position: 0, wait: false });
+
+      assert.equal((await inject('DELETE', '/api/v2/job', { id: 'dev-1' })).status, 200);
+      for (const socket of [client, again]) {
+        assert.deepEqual(await socket.whenClosed(), { code: 1000, reason: 'the session has ended' });
+        assert.equal(socket.types.at(-1), 'dead');
+        assert.deepEqual(socket.messages.at(-1)!.data, {});
+      }
+      assert.deepEqual(client.types, ['position', 'position', 'position', 'services', 'activity', 'activity', 'dead']);
+
+      // A passcode of a session that is ending answers dead at once.
+      const late = await V2Socket.open(socketUrl(passcode));
+      assert.equal((await late.whenClosed()).code, 1000);
+      assert.deepEqual(late.types, ['dead']);
+    });
+
+    it('records activity for {"type":"activity"} only, ignoring anything else the client sends', async () => {
+      const keepalives: string[] = [];
+      const keepalive = frontend.sessions.keepalive.bind(frontend.sessions);
+      frontend.sessions.keepalive = (identity, sessionId) => {
+        keepalives.push(`${identity.user} ${sessionId}`);
+        return keepalive(identity, sessionId);
+      };
+      await writeStatus({ phase: 'Ready', endpoints });
+      const client = await V2Socket.open(socketUrl(passcode));
+      await client.nth(2);
+      client.send({ type: 'other' });
+      client.send('not json');
+      client.send([{ type: 'activity' }]);
+      client.send({ type: 'activity' });
+      // Messages are handled in order: once the last is recorded, the others were ignored.
+      await waitFor('the activity record', () => store.get(keys.activity(id)));
+      assert.deepEqual(keepalives, [`dev-1 ${id}`]);
+      assert.equal(client.closed, undefined);
+    });
+
+    it('tells dead when the session is Failed or gone', async () => {
+      const client = await V2Socket.open(socketUrl(passcode));
+      await writeStatus({ phase: 'Failed' });
+      assert.equal((await client.whenClosed()).code, 1000);
+      assert.deepEqual(client.types, ['dead']);
+
+      const gone = await V2Socket.open(socketUrl(passcode));
+      await gone.whenClosed();
+      await store.delete(keys.session(id));
+      await waitFor('the passcode is forgotten with its session', async () => {
+        const socket = await V2Socket.open(socketUrl(passcode));
+        return (await socket.whenClosed()).code === 1008;
+      });
+    });
+
+    it('closes every job socket with a reason when the front end stops', async () => {
+      const client = await V2Socket.open(socketUrl(passcode));
+      await frontend.stop();
+      frontends.splice(frontends.indexOf(frontend), 1);
+      assert.deepEqual(await client.whenClosed(), { code: 1001, reason: 'the server is shutting down' });
+    });
+  });
+});

