@@ -116,7 +116,7 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
       });
       frontendUrl = await frontend.start(config.frontend.host, config.frontend.port);
       parts.add('frontend', () => frontend.stop());
-      lines.unshift(`  API:        ${frontendUrl}/api/v1/templates`);
+      lines.unshift(`  web page:   ${frontendUrl}/`, `  API:        ${frontendUrl}/api/v1/openapi.json`);
       lines.push(
         `  try:        curl -s -XPOST ${frontendUrl}/api/v1/sessions -H 'content-type: application/json' -d '{"template":"demo"}'`,
       );
