@@ -8,17 +8,25 @@ import { NomadScheduler } from '../scheduler/nomad-scheduler.js';
 import type { NomadJobOptions } from '../scheduler/nomad-job.js';
 import { ConsulStore } from '../store/consul-store.js';
 import { EmbeddedStore } from '../store/embedded-store.js';
+import type { LockService } from '../store/lock.js';
 import type { Store } from '../store/store.js';
 
+export interface StoreBackend {
+  readonly store: Store;
+  /** Leases for leader election; only Consul has them (the embedded store's process always leads). */
+  readonly locks: LockService | undefined;
+}
+
 /** The store the configuration names: a local SQLite file, or Consul KV. */
-export function createStore(config: ManticoreConfig, log: Logger): Store {
+export function createStore(config: ManticoreConfig, log: Logger): StoreBackend {
   const storeLog = log.child({ component: 'store' });
   if (config.store.backend === 'consul') {
     const { address, token, datacenter, namespace, tls } = config.store.consul;
-    return new ConsulStore({ address, token, datacenter, namespace, tls, log: storeLog });
+    const store = new ConsulStore({ address, token, datacenter, namespace, tls, log: storeLog });
+    return { store, locks: store };
   }
   fs.mkdirSync(path.dirname(path.resolve(config.store.path)), { recursive: true });
-  return EmbeddedStore.open(config.store.path, { log: storeLog });
+  return { store: EmbeddedStore.open(config.store.path, { log: storeLog }), locks: undefined };
 }
 
 /** The scheduler the configuration names: local processes, or Nomad. Not started yet. */

@@ -5,6 +5,8 @@ import type { ManticoreConfig } from '../config/config.js';
 import type { Logger } from '../util/log.js';
 import { Controller } from '../controller/controller.js';
 import { Keys } from '../controller/keys.js';
+import { LeaderElection, SoleLeader, type Leadership } from '../controller/leader.js';
+import { ControllerStatusServer } from '../controller/status-server.js';
 import type { LifecyclePolicy } from '../controller/lifecycle.js';
 import { createAuthenticator } from '../frontend/auth.js';
 import { Frontend } from '../frontend/server.js';
@@ -13,6 +15,7 @@ import { HaproxyDataPlane } from '../router/data-plane.js';
 import { HaproxyProcess } from '../router/haproxy-process.js';
 import { HaproxyRuntime } from '../router/haproxy-runtime.js';
 import { HaproxySupervisor } from '../router/haproxy-supervisor.js';
+import type { LockService } from '../store/lock.js';
 import type { Store } from '../store/store.js';
 import { createScheduler, createStore } from './backends.js';
 
@@ -61,7 +64,7 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
     // Before anything starts: an unreadable public key stops start-up with a ValidationError naming it.
     const authenticator = roles.includes('frontend') ? createAuthenticator(config.auth) : undefined;
     const keys = new Keys(config.store.prefix);
-    const store = createStore(config, log);
+    const { store, locks } = createStore(config, log);
     parts.add('store', () => store.close());
     const lines: string[] = [];
 
@@ -95,9 +98,17 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
         rateLimitBurst: config.controller.rateLimitBurst,
         routerStaleMs: config.controller.routerStaleSeconds * 1000,
         log,
+        leadership: leadershipFor(config, store, locks, keys, log),
       });
-      await controller.start();
+      // Stopping drains the workers and then releases the leader key, so a standby takes over at once.
       parts.add('controller', () => controller.stop());
+      await controller.start();
+      if (config.controller.statusPort !== 0) {
+        const status = new ControllerStatusServer(controller, log);
+        const address = await status.start(config.controller.statusHost, config.controller.statusPort);
+        parts.add('controller-status', () => status.stop());
+        lines.push(`  controller: ${address}/status`);
+      }
     }
     let frontendUrl: string | undefined;
     if (roles.includes('frontend')) {
@@ -135,6 +146,13 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
     await parts.stopAll();
     throw error;
   }
+}
+
+/** Replicas on Consul elect a leader; the embedded store is held by this process alone, which always leads. */
+function leadershipFor(config: ManticoreConfig, store: Store, locks: LockService | undefined, keys: Keys, log: Logger): Leadership {
+  if (locks === undefined) return new SoleLeader();
+  const { ttlSeconds, lockDelaySeconds } = config.controller.leaderElection;
+  return new LeaderElection({ store, locks, key: keys.leader, ttlSeconds, lockDelaySeconds, log });
 }
 
 /** The lifecycle settings of the configuration, in the controller's units. */

@@ -69,6 +69,9 @@ export interface ManticoreConfig {
     rateLimitBurst: number;
     routerStaleSeconds: number;
     orphanSweepSeconds: number;
+    leaderElection: { ttlSeconds: number; lockDelaySeconds: number };
+    statusHost: string;
+    statusPort: number;
   };
   limits: { maxSessions: number; sessionsPerUser: number; maxStarting: number };
   lifecycle: {

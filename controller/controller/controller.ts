@@ -9,8 +9,10 @@ import type { Scheduler } from '../scheduler/scheduler.js';
 import { Admission } from './admission.js';
 import { PortAllocator } from './claims.js';
 import { DeadlineTimers } from './deadlines.js';
+import { FencedWriter } from './fenced-writer.js';
 import { StoreInformer, WorkloadInformer } from './informer.js';
 import type { Keys } from './keys.js';
+import { SoleLeader, type Leadership } from './leader.js';
 import type { LifecyclePolicy } from './lifecycle.js';
 import type { PublicAddressing } from './endpoints.js';
 import { ConflictError, SessionReconciler } from './reconciler.js';
@@ -40,6 +42,8 @@ export interface ControllerOptions {
   readonly log: Logger;
   /** The clock of the lifecycle deadlines; the system clock unless a test drives time. */
   readonly clock?: Clock;
+  /** Who may act: a LeaderElection among replicas; by default this process alone (the embedded store). */
+  readonly leadership?: Leadership;
 }
 
 /**
@@ -55,7 +59,7 @@ export class Controller {
   readonly routers: StoreInformer<RouterHeartbeat>;
   readonly activities: StoreInformer<ActivityRecord>;
   readonly workloads: WorkloadInformer;
-  readonly queue: WorkQueue<string>;
+  readonly leadership: Leadership;
   readonly admission: Admission;
   private readonly reconciler: SessionReconciler;
   private readonly ports: PortAllocator;
@@ -63,7 +67,13 @@ export class Controller {
   /** Sessions waiting for routers to apply their routes, with the store index they need applied. */
   private readonly awaitingRouters = new Map<string, number>();
   private readonly subscriptions: Subscription[] = [];
-  private workers: Promise<void>[] = [];
+  /** The queue of the current (or next) leadership term; replaced when a term ends. */
+  private termQueue: WorkQueue<string>;
+  /** Resolves when the workers of every term so far have finished. */
+  private workersDone: Promise<void> = Promise.resolve();
+  private stopping = false;
+  private termActive = false;
+  private synced = false;
   private sweepTimer: unknown;
   private estimateTimer: unknown;
   private readonly clock: Clock;
@@ -80,12 +90,8 @@ export class Controller {
     this.activities = new StoreInformer(store, keys.activities, (json) => parseRecord<ActivityRecord>('activity', json), this.log);
     this.workloads = new WorkloadInformer(options.scheduler, this.log);
     this.ports = new PortAllocator(options.tcpPortRange.start, options.tcpPortRange.end);
-    this.queue = new WorkQueue<string>({
-      retryBaseMs: options.retryBaseMs,
-      retryMaxMs: options.retryMaxMs,
-      ratePerSecond: options.rateLimitPerSecond,
-      burst: options.rateLimitBurst,
-    });
+    this.leadership = options.leadership ?? new SoleLeader();
+    this.termQueue = this.newQueue();
     this.deadlines = new DeadlineTimers(this.clock, (id) => this.queue.add(id));
     const now = (): number => this.clock.now();
     this.admission = new Admission(
@@ -96,7 +102,7 @@ export class Controller {
       () => this.refreshEstimatesSoon(),
     );
     this.reconciler = new SessionReconciler({
-      store,
+      writer: new FencedWriter(store, () => this.leadership.fence()),
       scheduler: options.scheduler,
       keys,
       templates: options.templates,
@@ -120,7 +126,20 @@ export class Controller {
     });
   }
 
-  /** Starts the watches, waits until every cache is synced, then starts the workers. */
+  /** The work queue of the current leadership term (standbys collect work they drop when they win). */
+  get queue(): WorkQueue<string> {
+    return this.termQueue;
+  }
+
+  /** Whether every cache has been filled once (readiness). */
+  get ready(): boolean {
+    return this.synced;
+  }
+
+  /**
+   * Starts the watches and waits until every cache is synced, then competes for leadership; workers run
+   * only while this process leads, so a standby keeps warm caches and starts acting as soon as it wins.
+   */
   async start(): Promise<void> {
     // The allocator and the waiting list must see every claim before the first reconcile admits anyone.
     this.subscriptions.push(this.routes.cache.changes.subscribe((change) => this.ports.observe(change)));
@@ -148,20 +167,25 @@ export class Controller {
     const informers = [this.sessions, this.statuses, this.routes, this.routers, this.activities, this.workloads];
     for (const informer of informers) informer.start();
     await Promise.all(informers.map((informer) => informer.synced));
+    this.synced = true;
     this.log.info(
       { sessions: this.sessions.cache.size, waiting: this.admission.waitingCount, workloads: this.workloads.cache.size, routes: this.routes.cache.size },
-      'caches synced; reconciling',
+      'caches synced; competing for leadership',
     );
-    this.workers = Array.from({ length: this.options.workers }, () => this.work());
+    this.subscriptions.push(this.leadership.leading$.subscribe((leading) => (leading ? this.lead() : this.follow())));
+    this.leadership.start();
     this.scheduleSweep();
   }
 
+  /** Stops taking work, lets the reconciles in flight finish, then hands leadership over. */
   async stop(): Promise<void> {
+    this.stopping = true;
     this.clock.clearTimeout(this.sweepTimer);
     this.clock.clearTimeout(this.estimateTimer);
     this.deadlines.clear();
-    this.queue.shutDown();
-    await Promise.all(this.workers);
+    this.termQueue.shutDown();
+    await this.workersDone;
+    await this.leadership.stop();
     for (const subscription of this.subscriptions.splice(0)) subscription.unsubscribe();
     for (const informer of [this.sessions, this.statuses, this.routes, this.routers, this.activities, this.workloads]) informer.stop();
   }
@@ -198,29 +222,61 @@ export class Controller {
     }, this.options.orphanSweepMs);
   }
 
-  private async work(): Promise<void> {
-    for (let id = await this.queue.get(); id !== undefined; id = await this.queue.get()) {
+  /**
+   * A term begins: everything known is queued (level-triggered: whatever happened while standing by is
+   * seen), and workers start once the previous term's in-flight reconciles have finished, so no session
+   * is ever reconciled twice at once.
+   */
+  private lead(): void {
+    if (this.stopping) return;
+    this.termActive = true;
+    const queue = this.termQueue;
+    for (const cache of [this.sessions.cache, this.workloads.cache, this.routes.cache, this.statuses.cache, this.activities.cache]) {
+      for (const id of cache.ids()) queue.add(id);
+    }
+    this.log.info({ queued: queue.length }, 'leading: reconciling every session');
+    this.workersDone = this.workersDone.then(async () => {
+      await Promise.all(Array.from({ length: this.options.workers }, () => this.work(queue)));
+    });
+  }
+
+  /** A term ends: no new work is taken; in-flight reconciles finish, and their fenced writes fail if the lease is gone. */
+  private follow(): void {
+    if (this.stopping || !this.termActive) return;
+    this.termActive = false;
+    this.termQueue.shutDown();
+    this.termQueue = this.newQueue();
+    this.log.info('standing by');
+  }
+
+  private newQueue(): WorkQueue<string> {
+    const { retryBaseMs, retryMaxMs, rateLimitPerSecond, rateLimitBurst } = this.options;
+    return new WorkQueue<string>({ retryBaseMs, retryMaxMs, ratePerSecond: rateLimitPerSecond, burst: rateLimitBurst });
+  }
+
+  private async work(queue: WorkQueue<string>): Promise<void> {
+    for (let id = await queue.get(); id !== undefined; id = await queue.get()) {
       try {
         const result = await this.reconciler.reconcile(id);
-        this.queue.forget(id);
+        queue.forget(id);
         // What the session waits for may have arrived while it was being reconciled: look again if so.
         if (result.awaitingRoutersAt !== undefined) {
           this.awaitingRouters.set(id, result.awaitingRoutersAt);
-          if (this.reconciler.routersCaughtUp(result.awaitingRoutersAt)) this.queue.add(id);
+          if (this.reconciler.routersCaughtUp(result.awaitingRoutersAt)) queue.add(id);
         } else {
           this.awaitingRouters.delete(id);
         }
-        if (result.requeueAfterMs !== undefined) this.queue.addAfter(id, result.requeueAfterMs);
+        if (result.requeueAfterMs !== undefined) queue.addAfter(id, result.requeueAfterMs);
         // A session catching up on its own writes keeps its deadline; otherwise the result sets it.
         if (result.wakeAt !== undefined) this.deadlines.set(id, result.wakeAt);
         else if (result.requeueAfterMs === undefined) this.deadlines.cancel(id);
       } catch (error) {
         // A lost compare-and-set only means the cache had not yet seen our previous write: routine.
         const level = error instanceof ConflictError ? 'debug' : 'warn';
-        this.log[level]({ err: error, session: id, retries: this.queue.retries(id) }, 'reconcile failed; will retry');
-        this.queue.addRateLimited(id);
+        this.log[level]({ err: error, session: id, retries: queue.retries(id) }, 'reconcile failed; will retry');
+        queue.addRateLimited(id);
       } finally {
-        this.queue.done(id);
+        queue.done(id);
       }
     }
   }

@@ -14,6 +14,10 @@ export class Keys {
   get routers(): string {
     return `${this.prefix}routers/`;
   }
+  /** Locked by the leading controller's session (ARCHITECTURE §8). */
+  get leader(): string {
+    return `${this.prefix}leader`;
+  }
   get activities(): string {
     return `${this.prefix}activity/`;
   }

@@ -11,7 +11,8 @@ import type {
 import { encodeRecord } from '../api/schemas.js';
 import { resolveParameters } from '../api/templates.js';
 import type { Logger } from '../util/log.js';
-import type { Store, TxnOperation } from '../store/store.js';
+import type { TxnOperation } from '../store/store.js';
+import type { StoreWriter } from './fenced-writer.js';
 import { jobIdFor, RenderError, type Allocation, type Scheduler, type Workload } from '../scheduler/scheduler.js';
 import type { Admission } from './admission.js';
 import type { PortAllocator } from './claims.js';
@@ -35,7 +36,8 @@ export interface ObservedState {
 }
 
 export interface ReconcilerDeps {
-  readonly store: Store;
+  /** Every write goes through it: fenced to the lease when this process leads a cluster. */
+  readonly writer: StoreWriter;
   readonly scheduler: Scheduler;
   readonly keys: Keys;
   readonly observed: ObservedState;
@@ -383,7 +385,7 @@ export class SessionReconciler {
     const routesIndex = observed.routesIndex();
     if (!this.routersCaughtUp(routesIndex)) return { awaitingRoutersAt: routesIndex, requeueAfterMs: this.deps.routerStaleMs };
     // Status, activity and record go together, so no one ever sees a session without its status or the reverse.
-    const removed = await this.deps.store.transaction([
+    const removed = await this.deps.writer.transaction([
       ...this.deleteOperation(observed.statuses, id, keys.status(id)),
       ...this.deleteOperation(observed.activities, id, keys.activity(id)),
       { verb: 'delete', key: keys.session(id), cas: record.entry.modifyIndex },
@@ -480,14 +482,14 @@ export class SessionReconciler {
   /** Compare-and-set write of one of the session's records, expecting its cache to show the new version. */
   private async put<T>(id: string, cache: Cache<CachedRecord<T>>, key: string, value: string): Promise<void> {
     const before = cache.get(id)?.entry.modifyIndex;
-    if (!(await this.deps.store.put(key, value, { cas: before ?? 0 }))) throw new ConflictError(key);
+    if (!(await this.deps.writer.put(key, value, { cas: before ?? 0 }))) throw new ConflictError(key);
     this.expectations.expect(id, () => cache.get(id)?.entry.modifyIndex !== before);
   }
 
   private async delete<T>(id: string, cache: Cache<CachedRecord<T>>, key: string): Promise<void> {
     const before = cache.get(id)?.entry.modifyIndex;
     if (before === undefined) return;
-    if (!(await this.deps.store.delete(key, { cas: before }))) throw new ConflictError(key);
+    if (!(await this.deps.writer.delete(key, { cas: before }))) throw new ConflictError(key);
     this.expectations.expect(id, () => cache.get(id) === undefined);
   }
 

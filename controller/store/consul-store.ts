@@ -19,6 +19,7 @@ import {
   type WatchStep,
   type WriteOptions,
 } from './store.js';
+import { MAX_LOCK_DELAY_SECONDS, MAX_SESSION_TTL_SECONDS, MIN_SESSION_TTL_SECONDS, type LeaseOptions, type LockService } from './lock.js';
 
 export interface ConsulTlsOptions {
   /** PEM CA bundle to verify the agent's certificate with (Consul's CONSUL_CACERT). */
@@ -122,7 +123,7 @@ const MEMO_PREFIXES = 8;
  * to 10 s) and are followed by a non-blocking read, an unchanged index blocks again at once, and a token
  * bucket keeps a churning prefix from turning the watch into a busy loop.
  */
-export class ConsulStore implements Store {
+export class ConsulStore implements Store, LockService {
   private readonly log: Logger;
   private readonly base: URL;
   private readonly transport: typeof http | typeof https;
@@ -250,27 +251,62 @@ export class ConsulStore implements Store {
           ? { KV: { Verb: 'set', Key: operation.key, Value } }
           : { KV: { Verb: 'cas', Key: operation.key, Value, Index: operation.cas } };
       }
+      if (operation.verb === 'check-session') return { KV: { Verb: 'check-session', Key: operation.key, Session: operation.session } };
       return operation.cas === undefined
         ? { KV: { Verb: 'delete', Key: operation.key } }
         : { KV: { Verb: 'delete-cas', Key: operation.key, Index: operation.cas } };
     });
-    const response = await this.write({
-      operation: 'transaction',
-      key: first,
-      method: 'PUT',
-      path: '/txn',
-      body: Buffer.from(JSON.stringify(body), 'utf8'),
-      contentType: 'application/json',
-    });
+    const response = await this.writeJson('transaction', first, '/txn', body);
     if (response.status === 200) return true;
     if (response.status === 409) {
       const errors = parseTxnErrors(response.body);
       // Only failed checks mean "a compare-and-set did not hold"; anything else (ACLs, lock-delay) is an error.
-      if (errors !== undefined && errors.length > 0 && errors.every((error) => CAS_FAILURE.test(error.What))) return false;
+      if (errors !== undefined && errors.length > 0 && errors.every((error) => CHECK_FAILURE.test(error.What))) return false;
       const detail = errors?.map((error) => `operation ${error.OpIndex}: ${error.What}`).join('; ') ?? response.body.toString('utf8');
       throw new ConsulError(`Consul at ${this.base.origin} rolled the transaction back: ${detail}`, 'transaction', first, 409, false);
     }
     throw this.statusError('transaction', first, response);
+  }
+
+  async createSession(options: LeaseOptions): Promise<string> {
+    const { name, ttlSeconds, lockDelaySeconds } = options;
+    this.assertOpen('create-session', name);
+    if (!Number.isInteger(ttlSeconds) || ttlSeconds < MIN_SESSION_TTL_SECONDS || ttlSeconds > MAX_SESSION_TTL_SECONDS) {
+      throw new StoreError(`ttlSeconds must be a whole number from ${MIN_SESSION_TTL_SECONDS} to ${MAX_SESSION_TTL_SECONDS}, got ${String(ttlSeconds)}`, 'create-session', name);
+    }
+    if (!Number.isInteger(lockDelaySeconds) || lockDelaySeconds < 0 || lockDelaySeconds > MAX_LOCK_DELAY_SECONDS) {
+      throw new StoreError(`lockDelaySeconds must be a whole number from 0 to ${MAX_LOCK_DELAY_SECONDS}, got ${String(lockDelaySeconds)}`, 'create-session', name);
+    }
+    // Behavior "release" keeps the leader key when the session ends; a health-check-free session is bound to
+    // the agent's node only by serfHealth, so the TTL is what decides its life.
+    const body = { Name: name, TTL: `${ttlSeconds}s`, LockDelay: `${lockDelaySeconds}s`, Behavior: 'release' };
+    const response = await this.writeJson('create-session', name, '/session/create', body);
+    if (response.status !== 200) throw this.statusError('create-session', name, response);
+    const id = parseJson(response.body, (raw) => (raw as { ID?: unknown } | null)?.ID);
+    if (typeof id !== 'string' || id === '') {
+      throw new ConsulError(`Consul at ${this.base.origin} answered a session create without an ID`, 'create-session', name, 200, true);
+    }
+    return id;
+  }
+
+  async renewSession(id: string): Promise<boolean> {
+    const response = await this.sessionCall('renew-session', id, 'renew');
+    if (response.status === 404) return false;
+    if (response.status !== 200) throw this.statusError('renew-session', id, response);
+    return true;
+  }
+
+  async destroySession(id: string): Promise<void> {
+    const response = await this.sessionCall('destroy-session', id, 'destroy');
+    if (response.status !== 200) throw this.statusError('destroy-session', id, response);
+  }
+
+  acquire(key: string, value: string, session: string): Promise<boolean> {
+    return this.lockCall('acquire', key, value, session);
+  }
+
+  release(key: string, session: string): Promise<boolean> {
+    return this.lockCall('release', key, '', session);
   }
 
   watch(prefix: string, fromIndex?: number): Observable<WatchStep> {
@@ -391,6 +427,35 @@ export class ConsulStore implements Store {
       await delay(READ_RETRY_BASE_MS * 2 ** (attempt - 1) * (0.5 + Math.random() / 2));
       this.assertOpen(spec.operation, spec.key);
     }
+  }
+
+  private writeJson(operation: string, key: string, path: string, body: unknown): Promise<ConsulResponse> {
+    return this.write({ operation, key, method: 'PUT', path, body: Buffer.from(JSON.stringify(body), 'utf8'), contentType: 'application/json' });
+  }
+
+  private async sessionCall(operation: string, id: string, verb: 'renew' | 'destroy'): Promise<ConsulResponse> {
+    this.assertOpen(operation, id);
+    if (typeof id !== 'string' || !/^[0-9a-fA-F-]{1,64}$/.test(id)) throw new StoreError('not a session id', operation, String(id));
+    return this.write({ operation, key: id, method: 'PUT', path: `/session/${verb}/${id}` });
+  }
+
+  /** `?acquire=` / `?release=`: Consul answers true or false, or 500 for a session that does not exist. */
+  private async lockCall(operation: 'acquire' | 'release', key: string, value: string, session: string): Promise<boolean> {
+    this.assertOpen(operation, key);
+    validateKey(operation, key);
+    validateValue(operation, key, value);
+    checkAddressable(operation, key);
+    if (typeof session !== 'string' || session === '') throw new StoreError(`${operation} needs a session id`, operation, key);
+    const response = await this.write({
+      operation,
+      key,
+      method: 'PUT',
+      path: kvPath(key),
+      query: [[operation, session]],
+      body: Buffer.from(value, 'utf8'),
+      contentType: 'application/octet-stream',
+    });
+    return this.booleanAnswer(operation, key, response);
   }
 
   private call(spec: CallSpec): Promise<ConsulResponse> {
@@ -625,8 +690,8 @@ class AbortedError extends StoreError {
   }
 }
 
-/** Failed checks of the verbs we send (`cas`, `delete-cas`), as Consul words them. */
-const CAS_FAILURE = /^failed to (set|delete) key ".*", index is stale$/s;
+/** Failed checks of the verbs we send (`cas`, `delete-cas`, `check-session`), as Consul words them. */
+const CHECK_FAILURE = /^(failed to (set|delete) key ".*", index is stale|failed to check session, key ".*" doesn't exist|failed session check for key ".*", current session ".*" != ".*")$/s;
 
 /**
  * The changes that turn `known` into `entries`: puts for new or modified keys (by indexes and value, so a
@@ -643,7 +708,8 @@ function diff(known: ReadonlyMap<string, KvEntry>, entries: readonly KvEntry[], 
       previous === undefined ||
       previous.modifyIndex !== entry.modifyIndex ||
       previous.createIndex !== entry.createIndex ||
-      previous.value !== entry.value
+      previous.value !== entry.value ||
+      previous.session !== entry.session
     ) {
       puts.push({ type: 'put', entry });
     }
@@ -659,6 +725,7 @@ interface RawEntry {
   readonly Value?: unknown;
   readonly CreateIndex?: unknown;
   readonly ModifyIndex?: unknown;
+  readonly Session?: unknown;
 }
 
 function parseEntries(operation: string, key: string, body: Buffer): KvEntry[] {
@@ -682,8 +749,18 @@ function parseEntries(operation: string, key: string, body: Buffer): KvEntry[] {
     }
     // Consul answers "Value": null for an empty value.
     const value = typeof item.Value === 'string' ? Buffer.from(item.Value, 'base64').toString('utf8') : '';
-    return Object.freeze({ key: item.Key, value, createIndex: item.CreateIndex as number, modifyIndex: item.ModifyIndex as number });
+    const entry = { key: item.Key, value, createIndex: item.CreateIndex as number, modifyIndex: item.ModifyIndex as number };
+    return Object.freeze(typeof item.Session === 'string' && item.Session !== '' ? { ...entry, session: item.Session } : entry);
   });
+}
+
+/** The part of a JSON answer `pick` selects; undefined when the answer is not JSON. */
+function parseJson(body: Buffer, pick: (raw: unknown) => unknown): unknown {
+  try {
+    return pick(JSON.parse(body.toString('utf8')));
+  } catch {
+    return undefined;
+  }
 }
 
 function parseTxnErrors(body: Buffer): { OpIndex: number; What: string }[] | undefined {

@@ -10,6 +10,8 @@ export interface KvEntry {
   readonly value: string;
   readonly createIndex: number;
   readonly modifyIndex: number;
+  /** The session holding the key's lock (Consul's `Session`), when it is locked. */
+  readonly session?: string;
 }
 
 export interface KvListing {
@@ -59,10 +61,15 @@ export interface Store {
   close(): Promise<void>;
 }
 
-/** One operation of a transaction; `cas` as in WriteOptions (0: only if absent). */
+/**
+ * One operation of a transaction; `cas` as in WriteOptions (0: only if absent). `check-session` writes
+ * nothing and fails the transaction (false, like a failed compare-and-set) unless `key` is locked by
+ * `session`: it fences a leader's writes to its lease (see lock.ts).
+ */
 export type TxnOperation =
   | { readonly verb: 'put'; readonly key: string; readonly value: string; readonly cas?: number }
-  | { readonly verb: 'delete'; readonly key: string; readonly cas?: number };
+  | { readonly verb: 'delete'; readonly key: string; readonly cas?: number }
+  | { readonly verb: 'check-session'; readonly key: string; readonly session: string };
 
 /** Consul's cap on the operations of one transaction. */
 export const MAX_TXN_OPS = 64;
@@ -151,6 +158,12 @@ export function validateTransaction(operations: readonly TxnOperation[]): void {
   }
   for (const operation of operations) {
     validateKey('transaction', operation.key);
+    if (operation.verb === 'check-session') {
+      if (typeof operation.session !== 'string' || operation.session === '') {
+        throw new StoreError('check-session needs a session id', 'transaction', operation.key);
+      }
+      continue;
+    }
     if (operation.verb === 'put') validateValue('transaction', operation.key, operation.value);
     validateCas('transaction', operation.key, operation);
   }

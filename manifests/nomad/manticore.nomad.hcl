@@ -19,9 +19,9 @@ job "manticore" {
   datacenters = var.datacenters
 
   group "controller" {
-    # One controller acts at a time. Replicas need leader election (a Consul session lock on
-    # <prefix>leader); until this build has it, run exactly one.
-    count = 1
+    # One controller acts at a time: the replicas elect a leader with a Consul session lock on
+    # <prefix>leader; the standby keeps its caches warm and takes over within a second of a graceful stop.
+    count = 2
 
     restart {
       attempts = 10

@@ -13,9 +13,11 @@ import { StoreError, type KvChange, type Store } from '../../controller/store/st
 import { silentLogger } from '../../controller/util/log.js';
 import { ConsulDouble, type ConsulDoubleOptions } from '../fakes/consul.js';
 import { waitFor } from '../support/wait.js';
+import { describeLockContract } from './lock-contract.js';
 import { describeStoreContract, WatchRecorder } from './store-contract.js';
 
-describeStoreContract('Consul store (double)', async () => {
+/** A Consul store on a fresh double, both gone after cleanup. */
+async function storeOnDouble(): Promise<{ store: ConsulStore; cleanup: () => Promise<void> }> {
   const double = await ConsulDouble.start();
   const store = new ConsulStore({ address: double.address, log: silentLogger() });
   return {
@@ -25,7 +27,10 @@ describeStoreContract('Consul store (double)', async () => {
       await double.stop();
     },
   };
-});
+}
+
+describeStoreContract('Consul store (double)', storeOnDouble);
+describeLockContract('Consul store (double)', storeOnDouble);
 
 // The same suite against a real agent, when there is one (`make test-real`). Every contract test works under
 // its own random `contract-<hex>/` prefix; whatever those prefixes hold is deleted afterwards, so a shared
@@ -34,18 +39,7 @@ describeStoreContract('Consul store (double)', async () => {
 const realAddress = process.env.CONSUL_HTTP_ADDR;
 if (realAddress) {
   describeStoreContract('Consul store (real agent)', async () => {
-    const tls: ConsulTlsOptions = {
-      caFile: process.env.CONSUL_CACERT || undefined,
-      certFile: process.env.CONSUL_CLIENT_CERT || undefined,
-      keyFile: process.env.CONSUL_CLIENT_KEY || undefined,
-      serverName: process.env.CONSUL_TLS_SERVER_NAME || undefined,
-    };
-    const options: ConsulStoreOptions = {
-      address: realAddress,
-      token: process.env.CONSUL_HTTP_TOKEN || undefined,
-      tls: realAddress.startsWith('https:') ? tls : undefined,
-      log: silentLogger(),
-    };
+    const options = realOptions(realAddress);
     const store = new ConsulStore(options);
     const prefixes = new Set<string>();
     const track = (key: string): void => {
@@ -75,6 +69,28 @@ if (realAddress) {
       },
     };
   });
+  describeLockContract('Consul store (real agent)', async () => {
+    const options = realOptions(realAddress);
+    const store = new ConsulStore(options);
+    return {
+      store,
+      cleanup: async (prefix) => {
+        await store.close();
+        await deleteTree(options, prefix);
+      },
+    };
+  });
+}
+
+/** The real agent's address and credentials, from Consul's usual environment variables. */
+function realOptions(address: string): ConsulStoreOptions {
+  const tls: ConsulTlsOptions = {
+    caFile: process.env.CONSUL_CACERT || undefined,
+    certFile: process.env.CONSUL_CLIENT_CERT || undefined,
+    keyFile: process.env.CONSUL_CLIENT_KEY || undefined,
+    serverName: process.env.CONSUL_TLS_SERVER_NAME || undefined,
+  };
+  return { address, token: process.env.CONSUL_HTTP_TOKEN || undefined, tls: address.startsWith('https:') ? tls : undefined, log: silentLogger() };
 }
 
 /** DELETE ?recurse on a real agent, to clean up after the contract suite. */

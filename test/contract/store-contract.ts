@@ -337,6 +337,17 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
         assert.deepEqual((await store.list(ns)).entries, before.entries);
       });
 
+      it('fails a session check on a key no session holds, writing nothing, and reports no holder', async function () {
+        await store.put(`${ns}leader`, 'x');
+        const session = '00000000-0000-4000-8000-000000000000';
+        const fenced = [{ verb: 'check-session', key: `${ns}leader`, session } as const, { verb: 'put', key: `${ns}fenced`, value: '1' } as const];
+        assert.equal(await store.transaction(fenced), false);
+        assert.equal(await store.transaction([{ ...fenced[0], key: `${ns}missing` }, fenced[1]]), false);
+        assert.equal(await store.get(`${ns}fenced`), undefined);
+        assert.equal((await store.get(`${ns}leader`))!.session, undefined);
+        await assert.rejects(store.transaction([{ verb: 'check-session', key: `${ns}leader`, session: '' }]), StoreError);
+      });
+
       it('refuses more operations than Consul allows, writing nothing', async function () {
         const operations = Array.from({ length: MAX_TXN_OPS + 1 }, (_, i) => ({ verb: 'put' as const, key: `${ns}k${i}`, value: 'v' }));
         await assert.rejects(store.transaction(operations), (error: unknown) => error instanceof StoreError && /at most 64/.test(error.message));

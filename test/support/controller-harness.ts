@@ -5,6 +5,7 @@ import { loadTemplates } from '../../controller/api/templates.js';
 import type { RouteRecord, SessionRecord, SessionStatus, SessionTemplate } from '../../controller/api/types.js';
 import { Controller } from '../../controller/controller/controller.js';
 import { Keys } from '../../controller/controller/keys.js';
+import type { Leadership } from '../../controller/controller/leader.js';
 import type { LifecyclePolicy } from '../../controller/controller/lifecycle.js';
 import { RouterAgent } from '../../controller/router/agent.js';
 import type { DataPlane, RouteTable } from '../../controller/router/data-plane.js';
@@ -122,7 +123,7 @@ export class ControllerHarness<S extends Scheduler = FakeScheduler> {
     this.controller = await this.startController();
   }
 
-  async startController(store: Store = this.store): Promise<Controller> {
+  async startController(store: Store = this.store, leadership?: Leadership): Promise<Controller> {
     const { ports = { start: 20000, end: 20009 }, limits = {}, policy = {} } = this.options;
     const controller = new Controller({
       store,
@@ -144,6 +145,7 @@ export class ControllerHarness<S extends Scheduler = FakeScheduler> {
       orphanSweepMs: 600_000,
       log: testLog,
       clock: controllerClock(this.clock),
+      leadership,
     });
     await controller.start();
     return controller;

@@ -1,0 +1,177 @@
+import assert from 'node:assert/strict';
+import { LeaderElection, type LeaderRecord } from '../../controller/controller/leader.js';
+import { ConsulStore } from '../../controller/store/consul-store.js';
+import { MIN_SESSION_TTL_SECONDS, type LockService } from '../../controller/store/lock.js';
+import { ConsulDouble } from '../fakes/consul.js';
+import { createSession, ControllerHarness, keys, testLog } from '../support/controller-harness.js';
+import { FakeScheduler } from '../support/fake-scheduler.js';
+import { waitFor } from '../support/wait.js';
+
+const TTL_SECONDS = MIN_SESSION_TTL_SECONDS;
+const LOCK_DELAY_SECONDS = 1;
+
+/** Lock calls that fail while `cut` is set: one replica's network partition, without releasing anything. */
+class PartitionableLocks implements LockService {
+  cut = false;
+  constructor(private readonly inner: LockService) {}
+  createSession: LockService['createSession'] = (options) => this.pass(() => this.inner.createSession(options));
+  renewSession = (id: string): Promise<boolean> => this.pass(() => this.inner.renewSession(id));
+  destroySession = (id: string): Promise<void> => this.pass(() => this.inner.destroySession(id));
+  acquire = (key: string, value: string, session: string): Promise<boolean> => this.pass(() => this.inner.acquire(key, value, session));
+  release = (key: string, session: string): Promise<boolean> => this.pass(() => this.inner.release(key, session));
+  private async pass<T>(call: () => Promise<T>): Promise<T> {
+    if (this.cut) throw new Error('partitioned');
+    return call();
+  }
+}
+
+interface Replica {
+  readonly election: LeaderElection;
+  readonly locks: PartitionableLocks;
+  /** When leading$ last changed to each value (ms since the epoch). */
+  readonly changedAt: { true?: number; false?: number };
+}
+
+describe('Leader election (Consul double)', function () {
+  this.timeout(30_000);
+  let double: ConsulDouble;
+  let store: ConsulStore;
+  let replicas: Replica[];
+
+  function replica(pid: number): Replica {
+    const locks = new PartitionableLocks(store);
+    const election = new LeaderElection({
+      store,
+      locks,
+      key: keys.leader,
+      ttlSeconds: TTL_SECONDS,
+      lockDelaySeconds: LOCK_DELAY_SECONDS,
+      log: testLog,
+      identity: { host: 'test-host', pid },
+      retryMs: 200,
+    });
+    const changedAt: Replica['changedAt'] = {};
+    election.leading$.subscribe((leading) => {
+      changedAt[String(leading) as 'true' | 'false'] = Date.now();
+    });
+    const created = { election, locks, changedAt };
+    replicas.push(created);
+    return created;
+  }
+
+  const leaders = (): Replica[] => replicas.filter((r) => r.election.leading);
+
+  beforeEach(async function () {
+    double = await ConsulDouble.start();
+    store = new ConsulStore({ address: double.address, log: testLog });
+    replicas = [];
+  });
+
+  afterEach(async function () {
+    for (const r of replicas) {
+      r.locks.cut = false;
+      await r.election.stop();
+    }
+    await store.close();
+    await double.stop();
+  });
+
+  it('elects exactly one of three, which writes itself into the leader key', async function () {
+    const all = [replica(1), replica(2), replica(3)];
+    for (const r of all) r.election.start();
+    const [leader] = await waitFor('a leader', () => (leaders().length > 0 ? leaders() : undefined));
+    const entry = await store.get(keys.leader);
+    const record = JSON.parse(entry!.value) as LeaderRecord;
+    assert.equal(record.pid, leader.election.identity.pid);
+    assert.ok(!Number.isNaN(Date.parse(record.since)));
+    assert.ok(entry!.session);
+    await waitFor('standbys see the leader', () => all.every((r) => r.election.leader()?.pid === record.pid));
+    assert.equal(leaders().length, 1);
+  });
+
+  it('hands over within a second when the leader stops', async function () {
+    for (const r of [replica(1), replica(2), replica(3)]) r.election.start();
+    const [leader] = await waitFor('a leader', () => (leaders().length > 0 ? leaders() : undefined));
+    await waitFor('standbys have sessions and watch', () => double.heldQueries >= 3);
+    const stoppedAt = Date.now();
+    await leader.election.stop();
+    const [next] = await waitFor('a new leader', () => (leaders().length > 0 ? leaders() : undefined), 5_000, 5);
+    const handoverMs = Date.now() - stoppedAt;
+    testLog.info({ handoverMs }, 'handover');
+    process.stdout.write(`      handover took ${handoverMs} ms\n`);
+    assert.notEqual(next, leader);
+    assert.ok(handoverMs < 1000, `handover took ${handoverMs} ms`);
+    assert.equal(leaders().length, 1);
+  });
+
+  it('replaces a leader that cannot renew: it stops leading before its session expires, another wins after TTL + lock-delay, and its fenced writes fail', async function () {
+    const a = replica(1);
+    a.election.start();
+    await waitFor('a leads', () => a.election.leading);
+    const b = replica(2);
+    b.election.start();
+    await waitFor('b watches', () => double.heldQueries >= 2);
+    const fence = a.election.fence()!;
+    assert.equal(await store.transaction([fence, { verb: 'put', key: 'manticore/probe', value: 'a' }]), true);
+
+    const cutAt = Date.now();
+    a.locks.cut = true;
+    await waitFor('b leads', () => b.election.leading, (TTL_SECONDS + LOCK_DELAY_SECONDS + 2) * 1000, 5);
+    const failoverMs = Date.now() - cutAt;
+    process.stdout.write(`      failover took ${failoverMs} ms (TTL ${TTL_SECONDS} s, lock-delay ${LOCK_DELAY_SECONDS} s)\n`);
+    assert.ok(failoverMs <= (TTL_SECONDS + LOCK_DELAY_SECONDS + 1) * 1000, `failover took ${failoverMs} ms`);
+
+    // a stepped down on its own, before its session could have ended (b wins at the earliest lock-delay after that).
+    assert.equal(a.election.leading, false);
+    const steppedDownAt = a.changedAt.false!;
+    assert.ok(steppedDownAt > cutAt);
+    assert.ok(steppedDownAt <= b.changedAt.true! - LOCK_DELAY_SECONDS * 1000, `a stepped down ${b.changedAt.true! - steppedDownAt} ms before b won`);
+
+    // The deposed leader's late write fails; the new leader's goes through.
+    assert.equal(await store.transaction([fence, { verb: 'put', key: 'manticore/probe', value: 'late' }]), false);
+    assert.equal((await store.get('manticore/probe'))!.value, 'a');
+    assert.equal(await store.transaction([b.election.fence()!, { verb: 'put', key: 'manticore/probe', value: 'b' }]), true);
+
+    // Once its network is back, a finds its session gone, starts a new one and stands by.
+    a.locks.cut = false;
+    await waitFor('a stands by with a new session', () => a.election.fence() !== undefined && a.election.leader()?.pid === 2);
+    assert.equal(leaders().length, 1);
+  });
+});
+
+describe('Controllers with leader election (Consul double)', function () {
+  this.timeout(30_000);
+
+  it('lets only the leader register jobs, and the standby take over without registering anything twice', async function () {
+    const double = await ConsulDouble.start();
+    const store = new ConsulStore({ address: double.address, log: testLog });
+    const scheduler = new FakeScheduler();
+    const h = new ControllerHarness(store, scheduler);
+    const election = (pid: number): LeaderElection =>
+      new LeaderElection({ store, locks: store, key: keys.leader, ttlSeconds: TTL_SECONDS, lockDelaySeconds: LOCK_DELAY_SECONDS, log: testLog, identity: { host: 'test-host', pid } });
+    const first = await h.startController(store, election(1));
+    await waitFor('the first leads', () => first.leadership.leading);
+    const second = await h.startController(store, election(2));
+    try {
+      const one = await createSession(store);
+      await waitFor('job of one registered', () => scheduler.registrations.some((job) => job.id.includes(one)));
+      assert.equal(second.leadership.leading, false);
+
+      const stoppedAt = Date.now();
+      await first.stop();
+      await waitFor('the second leads', () => second.leadership.leading, 5_000, 5);
+      assert.ok(Date.now() - stoppedAt < 1000);
+      const two = await createSession(store);
+      await waitFor('job of two registered', () => scheduler.registrations.some((job) => job.id.includes(two)));
+      await waitFor('queue drained', () => second.queue.idle);
+      const ids = scheduler.registrations.map((job) => job.id);
+      assert.deepEqual(ids, [...new Set(ids)], `registered twice: ${ids.join(', ')}`);
+    } finally {
+      await second.stop();
+      await first.stop();
+      await scheduler.close();
+      await store.close();
+      await double.stop();
+    }
+  });
+});
