@@ -27,4 +27,35 @@ elif [ -z "${CONSUL_HTTP_ADDR:-}" ] || [ -z "${NOMAD_ADDR:-}" ]; then
   exit 2
 fi
 
-node dist/controller/cli/main.js up --config "${CONFIG:-manifests/examples/cluster-dev.yaml}"
+config="${CONFIG:-manifests/examples/cluster-dev.yaml}"
+replicas="${REPLICAS:-1}"
+if [ "$replicas" -le 1 ]; then
+  node dist/controller/cli/main.js up --config "$config"
+  exit
+fi
+
+# REPLICAS=N: N controllers (one leads), two front ends (:4000, :4001) and two routers, each with its own
+# HAProxy on its own loopback address (127.0.0.1 and 127.0.0.2, the same ports, as two edge hosts would
+# have), all as separate processes. Ctrl-C stops them all.
+pids=()
+stop_all() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  cleanup
+}
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+for i in $(seq 1 "$replicas"); do
+  node dist/controller/cli/main.js controller --config "$config" &
+  pids+=($!)
+done
+for i in 1 2; do
+  MANTICORE_FRONTEND_PORT=$((3999 + i)) node dist/controller/cli/main.js frontend --config "$config" &
+  pids+=($!)
+  MANTICORE_ROUTER_NAME="edge-$i" MANTICORE_ROUTER_RUN_DIR=".manticore/cluster-haproxy-$i" \
+    MANTICORE_HTTP_HOST="127.0.0.$i" MANTICORE_TCP_HOST="127.0.0.$i" \
+    node dist/controller/cli/main.js router --config "$config" &
+  pids+=($!)
+done
+echo "run-cluster: $replicas controllers, front ends on 127.0.0.1:4000 and :4001, routers edge-1 (127.0.0.1) and edge-2 (127.0.0.2)"
+wait -n "${pids[@]}"
