@@ -91,6 +91,7 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
         policy: lifecyclePolicy(config),
         capacityRetryMs: config.lifecycle.capacityRetrySeconds * 1000,
         orphanSweepMs: config.controller.orphanSweepSeconds * 1000,
+        orphanGracePeriodMs: config.controller.orphanGracePeriodSeconds * 1000,
         workers: config.controller.workers,
         retryBaseMs: config.controller.retryBaseMs,
         retryMaxMs: config.controller.retryMaxMs,

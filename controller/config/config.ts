@@ -69,6 +69,7 @@ export interface ManticoreConfig {
     rateLimitBurst: number;
     routerStaleSeconds: number;
     orphanSweepSeconds: number;
+    orphanGracePeriodSeconds: number;
     leaderElection: { ttlSeconds: number; lockDelaySeconds: number };
     statusHost: string;
     statusPort: number;

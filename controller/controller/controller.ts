@@ -39,6 +39,8 @@ export interface ControllerOptions {
   readonly rateLimitBurst: number;
   readonly routerStaleMs: number;
   readonly orphanSweepMs: number;
+  /** How long a running workload whose session record is missing is kept before it is removed (0: at once). */
+  readonly orphanGracePeriodMs: number;
   readonly log: Logger;
   /** The clock of the lifecycle deadlines; the system clock unless a test drives time. */
   readonly clock?: Clock;
@@ -112,6 +114,7 @@ export class Controller {
       policy: options.policy,
       sessionsPerUser: options.limits.sessionsPerUser,
       routerStaleMs: options.routerStaleMs,
+      orphanGracePeriodMs: options.orphanGracePeriodMs,
       log: this.log,
       now,
       observed: {
@@ -191,11 +194,6 @@ export class Controller {
   }
 
   /**
-   * Every change already reaches the session it concerns; this slow sweep is the safety net for anything a
-   * watch could not report (a resource of ours whose session vanished while no one watched): it queues
-   * whatever carries our marker but has no session.
-   */
-  /**
    * Running sessions' expiry times move with their users' activity; the waiting sessions' estimates follow
    * at most once per estimateRefreshMs rather than on every keepalive.
    */
@@ -207,6 +205,11 @@ export class Controller {
     }, estimateRefreshMs);
   }
 
+  /**
+   * Every change already reaches the session it concerns; this slow sweep is the safety net for anything a
+   * watch could not report (a resource of ours whose session vanished while no one watched): it queues
+   * whatever carries our marker but has no session.
+   */
   private scheduleSweep(): void {
     this.sweepTimer = this.clock.setTimeout(() => {
       let orphans = 0;

@@ -48,6 +48,8 @@ export interface ReconcilerDeps {
   readonly policy: LifecyclePolicy;
   readonly sessionsPerUser: number;
   readonly routerStaleMs: number;
+  /** A running workload without a session is kept this long (0: removed at once), in case the store lost its state. */
+  readonly orphanGracePeriodMs: number;
   readonly log: Logger;
   readonly now: () => number;
   /** How long to wait for the caches to show the reconciler's own writes before acting anyway. */
@@ -57,7 +59,7 @@ export interface ReconcilerDeps {
 export interface ReconcileResult {
   /** Reconcile this session again after this long even if nothing changes (catching up, not a deadline). */
   readonly requeueAfterMs?: number;
-  /** The session's next deadline on the controller's clock (warning, expiry, start timeout, restart, retention). */
+  /** The session's next deadline on the controller's clock (warning, expiry, start timeout, restart, retention, orphan grace). */
   readonly wakeAt?: number;
   /** The session waits for routers to apply routes up to this store index. */
   readonly awaitingRoutersAt?: number;
@@ -88,6 +90,15 @@ export class SessionReconciler {
 
   private readonly expectations: Expectations;
 
+  /**
+   * When this process first saw each running workload without its session. In memory only: a restart or a
+   * new leader starts the grace period again, which can only keep a workload longer, never remove it sooner.
+   */
+  private readonly orphanedSince = new Map<string, number>();
+
+  /** Whether the current wave of orphans has been reported as a store loss (once per wave). */
+  private storeLossReported = false;
+
   constructor(private readonly deps: ReconcilerDeps) {
     this.now = deps.now;
     this.expectations = new Expectations(deps.expectationTimeoutMs ?? 30_000, this.now);
@@ -98,6 +109,7 @@ export class SessionReconciler {
     if (catchingUp !== undefined) return { requeueAfterMs: catchingUp };
     const record = this.deps.observed.sessions.get(id);
     if (record === undefined) return this.collectOrphans(id);
+    if (this.orphanedSince.delete(id)) this.deps.log.warn({ session: id }, 'the session record is back; adopting its workload');
     if (record.value === undefined || record.value.metadata.id !== id) {
       const reason = record.error ?? `metadata.id "${record.value?.metadata.id}" does not match the key`;
       // An unreadable record says nothing about what should run, so nothing is started or torn down.
@@ -396,16 +408,52 @@ export class SessionReconciler {
     return done;
   }
 
-  /** Removes whatever still exists for a session that has no record (debris of a crash or a hand-deleted key). */
+  /**
+   * Removes whatever still exists for a session that has no record (debris of a crash or a hand-deleted
+   * key). A running workload is kept, with its records, for the grace period first: a store that lost its
+   * state makes every session look gone, and restoring it in time must find the users' workloads running.
+   */
   private async collectOrphans(id: string): Promise<ReconcileResult> {
-    const { observed, keys } = this.deps;
-    if (observed.workloads.get(id) || observed.routes.get(id)) {
+    const { observed, keys, orphanGracePeriodMs } = this.deps;
+    const workload = observed.workloads.get(id);
+    if (workload?.allocation?.clientStatus === 'running' && orphanGracePeriodMs > 0) {
+      const now = this.now();
+      const since = this.orphanedSince.get(id);
+      const removeAt = (since ?? this.startGrace(id, workload, now)) + orphanGracePeriodMs;
+      if (now < removeAt) {
+        if (since !== undefined) this.deps.log.debug({ session: id, removeAt: new Date(removeAt).toISOString() }, 'still orphaned; kept until the grace period ends');
+        return { wakeAt: removeAt };
+      }
+      this.deps.log.warn({ session: id, job: workload.jobId }, 'grace period over: removing the running workload of a session that no longer exists');
+    } else if (workload || observed.routes.get(id)) {
       this.deps.log.info({ session: id }, 'removing resources of a session that no longer exists');
     }
+    this.orphanedSince.delete(id);
     await this.release(id);
     await this.delete(id, observed.statuses, keys.status(id));
     await this.delete(id, observed.activities, keys.activity(id));
     return done;
+  }
+
+  /** A running workload has just lost its session: said loudly, and once per wave as a likely store loss. */
+  private startGrace(id: string, workload: Workload, now: number): number {
+    const { observed, keys, log } = this.deps;
+    if (this.orphanedSince.size === 0) this.storeLossReported = false;
+    this.orphanedSince.set(id, now);
+    const removeAtIso = new Date(now + this.deps.orphanGracePeriodMs).toISOString();
+    log.warn({ session: id, job: workload.jobId, removeAt: removeAtIso }, 'running workload has no session record; keeping it for the grace period');
+    if (this.storeLossReported) return now;
+    const workloads = [...observed.workloads.ids()];
+    const orphaned = workloads.filter((workloadId) => observed.sessions.get(workloadId) === undefined).length;
+    // Sessions end one at a time; most of them vanishing together means the store lost its state.
+    if (orphaned * 2 <= workloads.length) return now;
+    this.storeLossReported = true;
+    log.error(
+      { orphaned, workloads: workloads.length, sessions: observed.sessions.size, removeAt: removeAtIso, prefix: keys.prefix },
+      `the store looks lost: ${orphaned} of ${workloads.length} workloads have no session record; they keep running until about ${removeAtIso} ` +
+        `and are removed then. Restore the key prefix ${keys.prefix} from a backup before that (see "Recovering from a store loss" in docs/lifecycle.md)`,
+    );
+    return now;
   }
 
   /**

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import * as FakeTimers from '@sinonjs/fake-timers';
+import { pino } from 'pino';
 import { loadTemplates } from '../../controller/api/templates.js';
 import type { RouteRecord, SessionRecord, SessionStatus, SessionTemplate } from '../../controller/api/types.js';
 import { Controller } from '../../controller/controller/controller.js';
@@ -37,6 +38,13 @@ export const defaultPolicy: LifecyclePolicy = {
   idleTimeoutMs: 1_800_000,
   idleWarningMs: 300_000,
 };
+
+/** A logger whose every line is kept, parsed, for tests that look at what was said. */
+export function capturingLogger(): { log: Logger; lines: Array<{ level: number; msg: string; [field: string]: unknown }> } {
+  const lines: Array<{ level: number; msg: string }> = [];
+  const log = pino({ level: 'debug' }, { write: (line: string) => void lines.push(JSON.parse(line) as { level: number; msg: string }) });
+  return { log, lines };
+}
 
 /** A data plane that only remembers the last table, standing in for HAProxy. */
 export class RecordingDataPlane implements DataPlane {
@@ -87,6 +95,10 @@ export interface HarnessOptions {
   readonly capacityRetryMs?: number;
   readonly workers?: number;
   readonly templates?: ReadonlyMap<string, SessionTemplate>;
+  /** The production default (15 min) unless a test needs running orphans removed at once. */
+  readonly orphanGracePeriodMs?: number;
+  /** For tests that look at what the controller logs. */
+  readonly log?: Logger;
 }
 
 /** The fake clock as the controller's Clock. */
@@ -143,7 +155,8 @@ export class ControllerHarness<S extends Scheduler = FakeScheduler> {
       // The router heartbeats on real time while the lifecycle clock jumps ahead: never call it stale here.
       routerStaleMs: 20 * 24 * 3_600_000,
       orphanSweepMs: 600_000,
-      log: testLog,
+      orphanGracePeriodMs: this.options.orphanGracePeriodMs ?? 900_000,
+      log: this.options.log ?? testLog,
       clock: controllerClock(this.clock),
       leadership,
     });

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import type { SessionRecord, SessionStatus } from '../../controller/api/types.js';
 import { estimateRefreshMs } from '../../controller/controller/controller.js';
 import {
+  capturingLogger,
   condition,
   ControllerHarness,
   countingStore,
@@ -293,6 +294,60 @@ describe('lifecycle: garbage collection and restarts', () => {
     h = await ControllerHarness.embedded();
     await h.store.put(keys.activity('orphan00004'), JSON.stringify({ lastActivityAt: new Date().toISOString() }));
     await waitFor('activity orphan removed', async () => (await h.store.get(keys.activity('orphan00004'))) === undefined);
+  });
+
+  it('keeps a running workload whose session record vanished for the grace period, then removes it', async () => {
+    const { log, lines } = capturingLogger();
+    h = await ControllerHarness.embedded({ orphanGracePeriodMs: 15 * minute, log });
+    const [id] = await createInOrder(h, ['ann']);
+    await makeReady(h, id!);
+    await h.store.delete(keys.session(id!));
+    const kept = (line: { msg: string; session?: unknown }): boolean => line.session === id && /keeping it for the grace period/.test(line.msg);
+    await waitFor('the orphan noticed', () => lines.some(kept));
+    // The sweep looks at it again meanwhile: it stays, and is not reported twice.
+    h.tick(15 * minute - 1000);
+    await waitFor('looked at again by the sweep', () => lines.some((line) => line.session === id && /still orphaned/.test(line.msg)));
+    assert.ok(h.scheduler.workload(id!), 'the workload still runs');
+    assert.ok(await routesOf(h.store, id!), 'its routes still serve');
+    assert.deepEqual(h.scheduler.deregistrations, []);
+    assert.equal(lines.filter(kept).length, 1);
+    h.tick(1000);
+    await waitFor('removed', async () => h.scheduler.workload(id!) === undefined && (await routesOf(h.store, id!)) === undefined && (await statusOf(h.store, id!)) === undefined);
+  });
+
+  it('adopts the running workloads without re-registering them when a lost store is restored within the grace period', async () => {
+    const { log, lines } = capturingLogger();
+    h = await ControllerHarness.embedded({ orphanGracePeriodMs: 15 * minute, log });
+    const ids = await createInOrder(h, ['ann', 'bob']);
+    for (const [n, id] of ids.entries()) await makeReady(h, id, 31000 + n * 10);
+    const registrations = h.scheduler.registrations.length;
+    const backup = [];
+    for (const prefix of [keys.sessions, keys.statuses, keys.routes, keys.activities]) backup.push(...(await h.store.list(prefix)).entries);
+    for (const entry of backup) await h.store.delete(entry.key);
+    const lost = await waitFor('the store loss reported', () => lines.find((line) => line.level === 50));
+    assert.match(lost.msg, /the store looks lost: 2 of 2 workloads have no session record/);
+    assert.match(lost.msg, /Restore the key prefix manticore\/ from a backup/);
+    assert.equal(lost['removeAt'], new Date(h.clock.now + 15 * minute).toISOString());
+    await waitFor('both noticed', () => lines.filter((line) => /keeping it for the grace period/.test(line.msg)).length === 2);
+    h.tick(10 * minute);
+    // Restored as a KV import writes it: key by key in key order, so each session's routes come back before it.
+    for (const entry of [...backup].sort((a, b) => a.key.localeCompare(b.key))) await h.store.put(entry.key, entry.value);
+    await waitFor('both adopted', () => ids.every((id) => lines.some((line) => line.session === id && /record is back/.test(line.msg))));
+    // Past the end of the grace period the sessions are still served by the same jobs.
+    h.tick(10 * minute);
+    for (const id of ids) await statusWhen(h.store, id, (s) => s.phase === 'Ready' && s.allocationId === h.scheduler.workload(id)?.allocation?.id);
+    assert.equal(h.scheduler.registrations.length, registrations);
+    assert.deepEqual(h.scheduler.deregistrations, []);
+    assert.equal(lines.filter((line) => line.level === 50).length, 1);
+  });
+
+  it('removes orphan workloads that do not run at once, whatever the grace period', async () => {
+    h = await ControllerHarness.embedded({ orphanGracePeriodMs: 15 * minute });
+    const allocation = { healthy: undefined, ports: {}, tasks: {} };
+    h.scheduler.adopt({ jobId: 'manticore-orphan00005', sessionId: 'orphan00005', specHash: 'x', allocation: { ...allocation, id: 'a5', clientStatus: 'pending' } });
+    h.scheduler.adopt({ jobId: 'manticore-orphan00006', sessionId: 'orphan00006', specHash: 'x', allocation: { ...allocation, id: 'a6', clientStatus: 'complete' } });
+    await waitFor('removed', () => h.scheduler.workload('orphan00005') === undefined && h.scheduler.workload('orphan00006') === undefined);
+    assert.deepEqual(h.scheduler.deregistrations.sort(), ['manticore-orphan00005', 'manticore-orphan00006']);
   });
 
   it('fails sessions whose template was removed, releasing what they held', async () => {
