@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NPM ?= npm
 CONFIG ?= manifests/examples/embedded.yaml
 
-.PHONY: run test build deps system-deps clean dev-cluster run-cluster test-real
+.PHONY: run test build deps system-deps clean dev-cluster run-cluster test-real chaos
 
 ## run: install what is missing, build, and run Manticore on the embedded default
 run: system-deps deps build
@@ -12,6 +12,10 @@ run: system-deps deps build
 ## test: build and run the whole test suite (unit, contract, HAProxy integration, end to end)
 test: system-deps deps build
 	$(NPM) test
+
+## chaos: controller replicas killed and stopped under load, with the invariants checked (CHAOS_SESSIONS, default 200)
+chaos: deps build
+	CHAOS_SESSIONS=$${CHAOS_SESSIONS:-200} npx mocha --no-config --timeout 600000 --reporter dist/test/support/summary-reporter.js 'dist/test/chaos/**/*.test.js'
 
 ## dev-cluster: the Consul and Nomad API doubles in the foreground (127.0.0.1:8500 and :4646;
 ## CONSUL_PORT / NOMAD_PORT override). Test infrastructure for trying the cluster backends here.
