@@ -1,4 +1,4 @@
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Logger } from '../util/log.js';
 import type { Controller } from './controller.js';
 import type { Identity, LeaderRecord } from './leader.js';
@@ -17,7 +17,7 @@ export class ControllerStatusServer {
   private readonly app: FastifyInstance;
 
   constructor(controller: Controller, log: Logger) {
-    this.app = Fastify({ loggerInstance: log.child({ component: 'status-server' }) as FastifyBaseLogger, disableRequestLogging: true });
+    this.app = Fastify({ loggerInstance: log.child({ component: 'status-server' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }) });
     this.app.get('/healthz', async () => ({ ok: true }));
     this.app.get('/readyz', async (_request, reply) => reply.code(controller.ready ? 200 : 503).send({ ready: controller.ready }));
     this.app.get('/status', async (): Promise<ControllerStatus> => {
