@@ -2,6 +2,7 @@
 import { parseArgs } from 'node:util';
 import { ValidationError } from '../api/schemas.js';
 import { loadConfig } from '../config/config.js';
+import { clientUsage, runClientCommand } from './client/commands.js';
 import { createLogger } from '../util/log.js';
 import { allRoles, startManticore } from './up.js';
 
@@ -22,10 +23,16 @@ Commands:
 Options:
   -c, --config FILE         configuration file (YAML, see crds/config.yaml); environment overrides apply
   -h, --help                show this help
-`;
+
+${clientUsage}`;
 
 /** Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration. */
 async function main(argv: string[]): Promise<number> {
+  if (argv[0] === 'sessions' || argv[0] === 'templates') {
+    const interrupted = new AbortController();
+    process.once('SIGINT', () => interrupted.abort());
+    return runClientCommand(argv[0], argv.slice(1), { stdout: process.stdout, stderr: process.stderr, env: process.env, signal: interrupted.signal });
+  }
   let parsed;
   try {
     parsed = parseArgs({

@@ -1,0 +1,256 @@
+import os from 'node:os';
+import { parseArgs } from 'node:util';
+import type { Session } from '../../api/types.js';
+import { FrontendClient, FrontendError, UnreachableError, type TemplateSummary } from './frontend-client.js';
+import { describeSession, progressLine, sessionTable, templateTable } from './format.js';
+
+/** Exit codes the client commands promise to scripts. */
+export const exitCodes = {
+  ok: 0,
+  /** The front end could not be reached or failed (network error, 5xx, not a Manticore API). */
+  unavailable: 1,
+  usage: 2,
+  /** 404: no such session (or not yours), no such template. */
+  notFound: 3,
+  /** Any other 4xx: invalid request, not allowed, a limit reached (409), rate limited (429). */
+  refused: 4,
+  /** `watch` (or `create --wait`): the session failed or was deleted before it was Ready. */
+  sessionEnded: 5,
+} as const;
+
+export const clientUsage = `Client commands (talk to a front end; no cluster access needed):
+  sessions list                         your sessions
+  sessions get ID                       one session: phase, queue position, addresses, recent events
+  sessions create --template NAME [--param NAME=VALUE ...] [--label NAME=VALUE ...] [--wait]
+                                        ask for a session; --wait follows it until Ready (like watch)
+  sessions delete ID                    end a session (its workload and addresses are torn down)
+  sessions watch ID                     follow a session live (queue position, phase) until it is Ready;
+                                        exits 5 if it fails or ends first
+  templates [NAME]                      the session templates and their parameters
+
+Client options:
+  --url URL                 the front end (env MANTICORE_URL; default http://127.0.0.1:4000)
+  --token TOKEN             bearer token: a JWT, or the operators' admin token (env MANTICORE_TOKEN)
+  --user NAME               the user name sent without a token, for auth mode "none"
+                            (env MANTICORE_USER; default: the login name)
+  -o, --output table|json   json prints the API's objects (watch: one JSON object per line)
+
+Exit codes: 0 success, 1 front end unreachable or failing, 2 bad usage, 3 not found, 4 refused
+(invalid, not allowed, limit reached, rate limited), 5 the watched session failed or ended before Ready.
+`;
+
+export interface ClientIo {
+  readonly stdout: NodeJS.WritableStream;
+  readonly stderr: NodeJS.WritableStream;
+  readonly env: NodeJS.ProcessEnv;
+  /** Aborts a running watch (Ctrl-C). */
+  readonly signal?: AbortSignal;
+}
+
+class UsageError extends Error {}
+
+type Output = 'table' | 'json';
+
+interface Invocation {
+  readonly client: FrontendClient;
+  readonly output: Output;
+  readonly args: string[];
+  readonly values: {
+    template?: string;
+    param?: string[];
+    label?: string[];
+    wait?: boolean;
+  };
+  readonly io: ClientIo;
+}
+
+/** Runs `manticore sessions …` or `manticore templates …`; returns the exit code. */
+export async function runClientCommand(command: 'sessions' | 'templates', argv: string[], io: ClientIo): Promise<number> {
+  try {
+    const invocation = parse(argv, io);
+    if (invocation === 'help') {
+      io.stdout.write(clientUsage);
+      return exitCodes.ok;
+    }
+    return command === 'templates' ? await templates(invocation) : await sessions(invocation);
+  } catch (error) {
+    return reportError(error, io);
+  }
+}
+
+function parse(argv: string[], io: ClientIo): Invocation | 'help' {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        url: { type: 'string' },
+        token: { type: 'string' },
+        user: { type: 'string' },
+        output: { type: 'string', short: 'o', default: 'table' },
+        template: { type: 'string', short: 't' },
+        param: { type: 'string', short: 'p', multiple: true },
+        label: { type: 'string', short: 'l', multiple: true },
+        wait: { type: 'boolean', short: 'w' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    });
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  const { values, positionals } = parsed;
+  if (values.help) return 'help';
+  if (values.output !== 'table' && values.output !== 'json') throw new UsageError(`--output must be table or json, not "${values.output}"`);
+  const token = values.token ?? nonEmpty(io.env.MANTICORE_TOKEN);
+  const user = token === undefined ? (values.user ?? nonEmpty(io.env.MANTICORE_USER) ?? loginName()) : undefined;
+  let client: FrontendClient;
+  try {
+    client = new FrontendClient({ url: values.url ?? nonEmpty(io.env.MANTICORE_URL) ?? 'http://127.0.0.1:4000', token, user });
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  return { client, output: values.output, args: positionals, values, io };
+}
+
+async function templates({ client, output, args, io }: Invocation): Promise<number> {
+  if (args.length > 1) throw new UsageError(`templates takes at most one name, got ${args.length}`);
+  const found: TemplateSummary[] = args.length === 1 ? [await client.template(args[0]!)] : await client.templates();
+  io.stdout.write(output === 'json' ? `${JSON.stringify(args.length === 1 ? found[0] : found, null, 2)}\n` : templateTable(found, args.length === 1));
+  return exitCodes.ok;
+}
+
+async function sessions(invocation: Invocation): Promise<number> {
+  const { client, output, args, values, io } = invocation;
+  const [verb, ...rest] = args;
+  const print = (session: Session): void => void io.stdout.write(output === 'json' ? `${JSON.stringify(session, null, 2)}\n` : describeSession(session));
+  const flagsOnlyFor = (allowed: string, ...flags: Array<keyof Invocation['values']>): void => {
+    const misplaced = flags.filter((flag) => values[flag] !== undefined);
+    if (misplaced.length > 0 && verb !== allowed) throw new UsageError(`--${misplaced.join(', --')} only go with "sessions ${allowed}"`);
+  };
+  flagsOnlyFor('create', 'template', 'param', 'label', 'wait');
+  const id = (): string => {
+    if (rest.length !== 1) throw new UsageError(`sessions ${verb} takes one session id`);
+    return rest[0]!;
+  };
+  switch (verb) {
+    case 'list': {
+      if (rest.length > 0) throw new UsageError('sessions list takes no arguments');
+      const items = await client.listSessions();
+      io.stdout.write(output === 'json' ? `${JSON.stringify(items, null, 2)}\n` : sessionTable(items));
+      return exitCodes.ok;
+    }
+    case 'get':
+      print(await client.getSession(id()));
+      return exitCodes.ok;
+    case 'create': {
+      if (rest.length > 0) throw new UsageError('sessions create takes options only (--template NAME, --param NAME=VALUE)');
+      if (values.template === undefined) throw new UsageError('sessions create needs --template NAME (see: manticore templates)');
+      const session = await client.createSession({
+        template: values.template,
+        parameters: pairs('--param', values.param),
+        ...(values.label === undefined ? {} : { labels: pairs('--label', values.label) }),
+      });
+      if (!values.wait) {
+        print(session);
+        return exitCodes.ok;
+      }
+      if (output === 'table') io.stdout.write(`session ${session.metadata.id} created\n`);
+      return follow(invocation, session.metadata.id);
+    }
+    case 'delete': {
+      const session = await client.deleteSession(id());
+      io.stdout.write(output === 'json' ? `${JSON.stringify(session, null, 2)}\n` : `session ${session.metadata.id} is being deleted\n`);
+      return exitCodes.ok;
+    }
+    case 'watch':
+      return follow(invocation, id());
+    case undefined:
+      throw new UsageError('sessions needs a verb: list, get, create, delete or watch');
+    default:
+      throw new UsageError(`unknown verb "sessions ${verb}": use list, get, create, delete or watch`);
+  }
+}
+
+/** How long `watch` keeps trying to reconnect after its stream broke without any news. */
+const reconnectForMs = 30_000;
+
+/**
+ * Prints the session's progress on every change until it is Ready (0), or fails or ends first (5). A
+ * stream closed by a front end shutting down, or broken, is opened again (another replica answers behind
+ * a load balancer) for up to 30 s without news.
+ */
+async function follow({ client, output, io }: Invocation, id: string): Promise<number> {
+  let lastLine = '';
+  let lastNews = Date.now();
+  for (let attempt = 0; ; attempt++) {
+    try {
+      for await (const update of client.watch(id, io.signal)) {
+        lastNews = Date.now();
+        attempt = 0;
+        if (update.kind === 'closing') break;
+        if (update.kind === 'gone') {
+          if (output === 'table') io.stdout.write(`session ${id} is gone\n`);
+          return exitCodes.sessionEnded;
+        }
+        const { session } = update;
+        if (output === 'json') io.stdout.write(`${JSON.stringify(session)}\n`);
+        else {
+          const line = progressLine(session);
+          if (line !== lastLine) io.stdout.write(`${new Date().toISOString().slice(11, 19)}  ${line}\n`);
+          lastLine = line;
+        }
+        if (session.status.phase === 'Ready') {
+          if (output === 'table') io.stdout.write(describeSession(session));
+          return exitCodes.ok;
+        }
+        if (session.status.phase === 'Failed' || session.metadata.deletionRequestedAt !== undefined) return exitCodes.sessionEnded;
+      }
+    } catch (error) {
+      if (!(error instanceof UnreachableError) || Date.now() - lastNews > reconnectForMs) throw error;
+      io.stderr.write(`manticore: ${error.message}; reconnecting\n`);
+    }
+    if (io.signal?.aborted) return exitCodes.ok;
+    await new Promise((resolve) => setTimeout(resolve, Math.min(200 * 2 ** attempt, 5_000)));
+  }
+}
+
+function reportError(error: unknown, io: ClientIo): number {
+  if (error instanceof UsageError) {
+    io.stderr.write(`manticore: ${error.message}\n(see: manticore sessions --help)\n`);
+    return exitCodes.usage;
+  }
+  if (error instanceof FrontendError) {
+    io.stderr.write(`manticore: ${error.message} (HTTP ${error.statusCode})\n${error.details.map((detail) => `  ${detail}\n`).join('')}`);
+    if (error.statusCode === 404) return exitCodes.notFound;
+    return error.statusCode >= 400 && error.statusCode < 500 ? exitCodes.refused : exitCodes.unavailable;
+  }
+  if (error instanceof UnreachableError) {
+    io.stderr.write(`manticore: ${error.message}\n`);
+    return exitCodes.unavailable;
+  }
+  throw error;
+}
+
+/** `NAME=VALUE` pairs of a repeated flag. */
+function pairs(flag: string, given: string[] | undefined): Record<string, string> {
+  const result: Record<string, string> = {};
+  for (const pair of given ?? []) {
+    const equals = pair.indexOf('=');
+    if (equals <= 0) throw new UsageError(`${flag} wants NAME=VALUE, got "${pair}"`);
+    result[pair.slice(0, equals)] = pair.slice(equals + 1);
+  }
+  return result;
+}
+
+function nonEmpty(value: string | undefined): string | undefined {
+  return value === undefined || value === '' ? undefined : value;
+}
+
+function loginName(): string | undefined {
+  try {
+    return os.userInfo().username;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,71 @@
+import type { Session } from '../../api/types.js';
+import type { TemplateSummary } from './frontend-client.js';
+
+/** Left-aligned columns, two spaces apart, with a header row. */
+export function table(header: string[], rows: string[][]): string {
+  const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => (row[column] ?? '').length)));
+  return [header, ...rows].map((row) => row.map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column]!))).join('  ')).join('\n') + '\n';
+}
+
+export function sessionTable(sessions: Session[]): string {
+  if (sessions.length === 0) return 'no sessions\n';
+  return table(
+    ['ID', 'TEMPLATE', 'PHASE', 'DETAIL', 'CREATED'],
+    sessions.map((session) => [session.metadata.id, session.spec.template, session.status.phase, detail(session), session.metadata.createdAt]),
+  );
+}
+
+export function templateTable(templates: TemplateSummary[], withServices: boolean): string {
+  if (templates.length === 0) return 'no templates\n';
+  const rows = templates.map((template) => [
+    template.name,
+    template.available ? 'yes' : `no: ${template.unavailableReason ?? 'unavailable'}`,
+    template.parameters.map((parameter) => `${parameter.name}=${parameter.enum.join('|')} (default ${parameter.default})`).join('; ') || '-',
+    template.description,
+  ]);
+  const services = withServices
+    ? templates.flatMap((template) => template.services.map((service) => `  service ${service.name} (${service.protocol})${service.description ? `: ${service.description}` : ''}\n`)).join('')
+    : '';
+  return table(['NAME', 'AVAILABLE', 'PARAMETERS', 'DESCRIPTION'], rows) + services;
+}
+
+/** What a session is waiting for or doing, in a few words. */
+function detail(session: Session): string {
+  const { status } = session;
+  if (session.metadata.deletionRequestedAt !== undefined && status.phase !== 'Terminating') return 'deletion requested';
+  if (status.phase === 'Waiting' && status.queuePosition !== undefined) {
+    return `queue position ${status.queuePosition}${status.estimatedStartAt ? `, estimated start ${status.estimatedStartAt}` : ''}`;
+  }
+  if (status.phase === 'Ready') return status.expiresAt ? `expires ${status.expiresAt}` : 'serving';
+  const ready = status.conditions.find((condition) => condition.type === 'Ready');
+  return ready ? `${ready.reason}: ${ready.message}` : '';
+}
+
+/** One line of `watch` output; printed again only when it changes. */
+export function progressLine(session: Session): string {
+  const text = detail(session);
+  return `${session.status.phase.padEnd(11)}${text}`;
+}
+
+/** The `get` view: identity, state, addresses and the latest events. */
+export function describeSession(session: Session): string {
+  const { metadata, spec, status } = session;
+  const lines = [
+    `session     ${metadata.id}`,
+    `owner       ${metadata.owner}`,
+    `template    ${spec.template}${Object.keys(spec.parameters).length > 0 ? ` (${Object.entries(spec.parameters).map(([name, value]) => `${name}=${value}`).join(', ')})` : ''}`,
+    `created     ${metadata.createdAt}`,
+    `phase       ${status.phase}${detail(session) ? ` (${detail(session)})` : ''}`,
+  ];
+  const endpoints = Object.entries(status.endpoints);
+  if (endpoints.length > 0) {
+    lines.push('addresses');
+    for (const [name, endpoint] of endpoints) lines.push(`  ${name.padEnd(10)}${endpoint.url}`);
+  }
+  const recent = status.events.slice(-5);
+  if (recent.length > 0) {
+    lines.push('events');
+    for (const event of recent) lines.push(`  ${event.time}  ${event.reason}: ${event.message}`);
+  }
+  return lines.join('\n') + '\n';
+}

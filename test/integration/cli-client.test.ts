@@ -1,0 +1,167 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import { PassThrough } from 'node:stream';
+import { exitCodes, runClientCommand } from '../../controller/cli/client/commands.js';
+import type { Frontend } from '../../controller/frontend/server.js';
+import { ControllerHarness, makeReady, requestDeletion, statusWhen } from '../support/controller-harness.js';
+import { testFrontend } from '../support/frontend.js';
+import { freePort } from '../support/ports.js';
+import { waitFor } from '../support/wait.js';
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+const cli = path.resolve(__dirname, '../../controller/cli/main.js');
+
+/**
+ * `manticore sessions|templates` against a real front end on a loopback port, over a controller on the
+ * fake scheduler (which this test drives to Ready), as a user or a script would call them.
+ */
+describe('the client commands (manticore sessions, templates)', function () {
+  this.timeout(30_000);
+  let h: ControllerHarness;
+  let frontend: Frontend;
+  let url: string;
+
+  /** Runs a command in this process and collects what it printed; `output` is watched while it runs. */
+  function run(command: 'sessions' | 'templates', args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> & { output: () => string } {
+    const stdout = new PassThrough();
+    const stderr = new PassThrough();
+    let out = '';
+    let err = '';
+    stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+    stderr.on('data', (chunk: Buffer) => (err += chunk.toString()));
+    const done = runClientCommand(command, [...args, '--url', url], { stdout, stderr, env: { MANTICORE_USER: 'alice', ...env } }).then((code) => ({ code, stdout: out, stderr: err }));
+    return Object.assign(done, { output: () => out });
+  }
+
+  beforeEach(async () => {
+    h = await ControllerHarness.embedded({ limits: { maxSessions: 1 } });
+    frontend = testFrontend(h.store, { sessionsPerUser: 1 });
+    url = await frontend.start('127.0.0.1', 0);
+  });
+
+  afterEach(async () => {
+    await frontend.stop();
+    await h.stop();
+  });
+
+  it('creates, lists, gets and deletes a session, with tables for people and JSON for scripts', async () => {
+    const created = await run('sessions', ['create', '--template', 'demo', '--param', 'hmiType=generic', '--output', 'json']);
+    assert.equal(created.code, exitCodes.ok, created.stderr);
+    const session = JSON.parse(created.stdout) as { metadata: { id: string; owner: string }; spec: { parameters: Record<string, string> } };
+    assert.equal(session.metadata.owner, 'alice');
+    assert.equal(session.spec.parameters.hmiType, 'generic');
+    const id = session.metadata.id;
+
+    const listed = await run('sessions', ['list']);
+    assert.equal(listed.code, exitCodes.ok);
+    assert.match(listed.stdout, /^ID +TEMPLATE +PHASE +DETAIL +CREATED\n/);
+    assert.match(listed.stdout, new RegExp(`^${id} +demo +`, 'm'));
+    const asJson = JSON.parse((await run('sessions', ['list', '-o', 'json'])).stdout) as Array<{ metadata: { id: string } }>;
+    assert.deepEqual(asJson.map((item) => item.metadata.id), [id]);
+    assert.equal((await run('sessions', ['list'], { MANTICORE_USER: 'bob' })).stdout, 'no sessions\n', 'another user sees none of it');
+
+    await makeReady(h, id);
+    const got = await run('sessions', ['get', id]);
+    assert.equal(got.code, exitCodes.ok);
+    assert.match(got.stdout, new RegExp(`^session +${id}$`, 'm'));
+    assert.match(got.stdout, /^phase +Ready/m);
+    assert.match(got.stdout, /^addresses\n {2}\S+ +(http|ws|tcp):\/\//m);
+
+    const deleted = await run('sessions', ['delete', id]);
+    assert.equal(deleted.code, exitCodes.ok);
+    assert.equal(deleted.stdout, `session ${id} is being deleted\n`);
+    await waitFor('the session gone', async () => (await run('sessions', ['get', id])).code === exitCodes.notFound);
+  });
+
+  it('watches a session from the queue to Ready, printing each change', async () => {
+    const first = await run('sessions', ['create', '--template', 'demo', '-o', 'json'], { MANTICORE_USER: 'first' });
+    const firstId = (JSON.parse(first.stdout) as { metadata: { id: string } }).metadata.id;
+    const second = await run('sessions', ['create', '--template', 'demo', '-o', 'json']);
+    const id = (JSON.parse(second.stdout) as { metadata: { id: string } }).metadata.id;
+    await statusWhen(h.store, id, (status) => status.queuePosition === 1);
+
+    const watch = run('sessions', ['watch', id]);
+    await waitFor('the queue position printed', () => /Waiting +queue position 1/.test(watch.output()));
+    await requestDeletion(h.store, firstId);
+    await makeReady(h, id, 32000);
+    const result = await watch;
+    assert.equal(result.code, exitCodes.ok, result.stderr);
+    const phases = result.stdout.split('\n').filter((line) => /^\d\d:\d\d:\d\d {2}/.test(line)).map((line) => line.split(/ +/)[1]);
+    assert.equal(phases[0], 'Waiting');
+    assert.equal(phases.at(-1), 'Ready');
+    assert.ok(phases.includes('Starting'), `went through Starting: ${result.stdout}`);
+    assert.match(result.stdout, /^addresses$/m);
+  });
+
+  it('ends a watch with exit code 5 when the session is deleted before it is Ready', async () => {
+    const created = await run('sessions', ['create', '--template', 'demo', '-o', 'json']);
+    const id = (JSON.parse(created.stdout) as { metadata: { id: string } }).metadata.id;
+    const watch = run('sessions', ['watch', id]);
+    await waitFor('the first state printed', () => watch.output().length > 0);
+    assert.equal((await run('sessions', ['delete', id])).code, exitCodes.ok);
+    assert.equal((await watch).code, exitCodes.sessionEnded);
+  });
+
+  it('answers with exit codes scripts can rely on, and says why on stderr', async () => {
+    const missing = await run('sessions', ['get', 'nosuchsession0000']);
+    assert.equal(missing.code, exitCodes.notFound);
+    assert.match(missing.stderr, /not found \(HTTP 404\)/);
+
+    const invalid = await run('sessions', ['create', '--template', 'demo', '--param', 'hmiType=nonsense']);
+    assert.equal(invalid.code, exitCodes.refused);
+    assert.match(invalid.stderr, /HTTP 400/);
+
+    assert.equal((await run('sessions', ['create', '--template', 'demo'])).code, exitCodes.ok);
+    const limit = await run('sessions', ['create', '--template', 'demo']);
+    assert.equal(limit.code, exitCodes.refused, 'the second session of a user is refused (409)');
+    assert.match(limit.stderr, /HTTP 409\)\n {2}existing session: /);
+
+    for (const args of [['frobnicate'], [], ['get'], ['create'], ['create', '--template', 'demo', '--param', 'novalue'], ['list', '--output', 'yaml'], ['get', 'x', '--template', 'demo']]) {
+      const usage = await run('sessions', args);
+      assert.equal(usage.code, exitCodes.usage, `sessions ${args.join(' ')}: ${usage.stderr}`);
+      assert.match(usage.stderr, /^manticore: /);
+    }
+
+    const port = await freePort();
+    const unreachable = await runClientCommand('sessions', ['list', '--url', `http://127.0.0.1:${port}`], { stdout: new PassThrough(), stderr: new PassThrough(), env: {} });
+    assert.equal(unreachable, exitCodes.unavailable);
+  });
+
+  it('lists the templates and their parameters', async () => {
+    const all = await run('templates', []);
+    assert.equal(all.code, exitCodes.ok);
+    assert.match(all.stdout, /^NAME +AVAILABLE +PARAMETERS +DESCRIPTION\n/);
+    assert.match(all.stdout, /^demo +yes +/m);
+    const one = JSON.parse((await run('templates', ['demo', '-o', 'json'])).stdout) as { name: string; parameters: unknown[] };
+    assert.equal(one.name, 'demo');
+    assert.ok(one.parameters.length > 0);
+    assert.equal((await run('templates', ['nosuch'])).code, exitCodes.notFound);
+  });
+
+  it('runs as the manticore binary with --help and the exit code of the outcome', async () => {
+    const exec = (args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> =>
+      new Promise((resolve) => {
+        const child = spawn(process.execPath, [cli, ...args], { env: { ...process.env, MANTICORE_URL: url, MANTICORE_USER: 'carol' } });
+        let stdout = '';
+        let stderr = '';
+        child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+        child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+        child.once('exit', (code) => resolve({ code, stdout, stderr }));
+      });
+    const help = await exec(['sessions', '--help']);
+    assert.equal(help.code, 0);
+    assert.match(help.stdout, /sessions watch ID/);
+    assert.match(help.stdout, /Exit codes: 0 success/);
+    const missing = await exec(['sessions', 'get', 'nosuchsession0000']);
+    assert.equal(missing.code, exitCodes.notFound, missing.stderr);
+    const listed = await exec(['sessions', 'list', '-o', 'json']);
+    assert.equal(listed.code, 0, listed.stderr);
+    assert.deepEqual(JSON.parse(listed.stdout), []);
+  });
+});
