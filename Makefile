@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NPM ?= npm
 CONFIG ?= manifests/examples/embedded.yaml
 
-.PHONY: run test build deps system-deps clean dev-cluster run-cluster test-real chaos
+.PHONY: run test build docs deps system-deps clean dev-cluster run-cluster test-real chaos
 
 ## run: install what is missing, build, and run Manticore on the embedded default
 run: system-deps deps build
@@ -35,6 +35,10 @@ test-real: deps build
 
 build: deps
 	$(NPM) run build
+
+## docs: regenerate docs/configuration.md from the configuration schema (a test fails while it is stale)
+docs: build
+	node dist/controller/cli/main.js config-reference > docs/configuration.md
 
 deps: node_modules/.package-lock.json
 

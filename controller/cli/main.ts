@@ -14,6 +14,8 @@ Commands:
                             a local file and local processes); Ctrl-C stops everything it started
   controller | frontend | router [--config FILE]
                             run one part alone, as a cluster deployment does (manifests/nomad/)
+  config-reference          print the configuration reference (every field, type, default and environment
+                            variable; docs/configuration.md is this output)
   check-config [--config FILE]
                             load and validate the configuration and templates, print the result, and exit
   render-job --template NAME [--param NAME=VALUE ...] [--config FILE]
@@ -61,6 +63,11 @@ async function main(argv: string[]): Promise<number> {
   if (command !== 'render-job' && (parsed.values.template !== undefined || parsed.values.param !== undefined)) {
     process.stderr.write('manticore: --template and --param belong to render-job\n');
     return 2;
+  }
+  if (command === 'config-reference') {
+    const { renderConfigReference } = await import('../config/reference.js');
+    process.stdout.write(renderConfigReference());
+    return 0;
   }
   let config;
   try {
