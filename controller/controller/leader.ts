@@ -160,12 +160,12 @@ export class LeaderElection implements Leadership {
       // Also when not leading: an attempt may have won just as stop() began.
       await this.options.locks.release(key, session);
     } catch (error) {
-      this.log.warn({ err: error, session }, 'releasing the leader key failed; a standby takes over after the session ends');
+      this.log.warn({ err: error, consulSession: session }, 'releasing the leader key failed; a standby takes over after the session ends');
     }
     try {
       await this.options.locks.destroySession(session);
     } catch (error) {
-      this.log.warn({ err: error, session }, 'destroying the session failed; it ends after its TTL');
+      this.log.warn({ err: error, consulSession: session }, 'destroying the session failed; it ends after its TTL');
     }
   }
 
@@ -242,7 +242,7 @@ export class LeaderElection implements Leadership {
         const name = `manticore-controller ${this.identity.host}:${this.identity.pid}`;
         this.session = await locks.createSession({ name, ttlSeconds, lockDelaySeconds });
         this.renewedAt = sentAt;
-        this.log.info({ session: this.session, ttlSeconds, lockDelaySeconds }, 'session created');
+        this.log.info({ consulSession: this.session, ttlSeconds, lockDelaySeconds }, 'Consul session created');
         this.scheduleRenewal(this.ttlMs / 2);
       }
       const session = this.session;
@@ -282,7 +282,7 @@ export class LeaderElection implements Leadership {
       const alive = await this.options.locks.renewSession(session);
       if (this.stopped || session !== this.session) return;
       if (!alive) {
-        this.log.warn({ session }, 'the session is gone; starting a new one');
+        this.log.warn({ consulSession: session }, 'the Consul session is gone; starting a new one');
         this.session = undefined;
         this.setLeading(false, 'the session ended');
         this.compete();
@@ -295,7 +295,7 @@ export class LeaderElection implements Leadership {
       this.scheduleRenewal(this.ttlMs / 2);
     } catch (error) {
       if (this.stopped || session !== this.session) return;
-      this.log.warn({ err: error, session }, 'renewing the session failed; trying again');
+      this.log.warn({ err: error, consulSession: session }, 'renewing the session failed; trying again');
       this.scheduleRenewal(this.retryMs);
     }
   }
@@ -313,11 +313,11 @@ export class LeaderElection implements Leadership {
     if (leading === this.leading) return;
     if (leading) {
       this.armStepDown();
-      this.log.info({ session: this.session, since: this.since, reason }, 'leading');
+      this.log.info({ consulSession: this.session, since: this.since, reason }, 'leading');
     } else {
       this.clock.clearTimeout(this.stepDownTimer);
       this.since = undefined;
-      this.log[this.stopped ? 'info' : 'warn']({ session: this.session, reason }, 'no longer leading');
+      this.log[this.stopped ? 'info' : 'warn']({ consulSession: this.session, reason }, 'no longer leading');
     }
     this.state.next(leading);
   }
