@@ -15,7 +15,7 @@ function findUp(from: string, name: string): string {
   }
 }
 
-export type SchemaName = 'session' | 'session-status' | 'session-template' | 'route' | 'router-heartbeat' | 'activity' | 'config';
+export type SchemaName = 'session' | 'session-status' | 'session-template' | 'route' | 'router-heartbeat' | 'controller-heartbeat' | 'activity' | 'config';
 
 /** A record that failed validation; `problems` name each offending field as a JSON pointer. */
 export class ValidationError extends Error {

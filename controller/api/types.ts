@@ -167,6 +167,16 @@ export interface PortRoute {
 }
 
 /** Heartbeat each router writes under `routers/<name>`. */
+/** What each controller replica writes under `controllers/<host>-<pid>` while it runs. */
+export interface ControllerHeartbeat {
+  host: string;
+  pid: number;
+  startedAt: string;
+  heartbeatAt: string;
+  /** Whether it held the leader lock when it wrote this. */
+  leading: boolean;
+}
+
 export interface RouterHeartbeat {
   name: string;
   /** Store index of the routes the router has applied (every route change at or below it is live). */

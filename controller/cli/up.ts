@@ -6,6 +6,7 @@ import type { Logger } from '../util/log.js';
 import { Controller } from '../controller/controller.js';
 import { Keys } from '../controller/keys.js';
 import { LeaderElection, SoleLeader, type Leadership } from '../controller/leader.js';
+import { ReplicaHeartbeat } from '../controller/replica-heartbeat.js';
 import { ControllerStatusServer } from '../controller/status-server.js';
 import type { LifecyclePolicy } from '../controller/lifecycle.js';
 import { createAuthenticator } from '../frontend/auth.js';
@@ -80,6 +81,7 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
       const scheduler = createScheduler(config, log);
       await scheduler.start();
       parts.add('scheduler', () => scheduler.close());
+      const leadership = leadershipFor(config, store, locks, keys, log);
       const controller = new Controller({
         store,
         scheduler,
@@ -99,10 +101,14 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
         rateLimitBurst: config.controller.rateLimitBurst,
         routerStaleMs: config.controller.routerStaleSeconds * 1000,
         log,
-        leadership: leadershipFor(config, store, locks, keys, log),
+        leadership,
       });
       // Stopping drains the workers and then releases the leader key, so a standby takes over at once.
       parts.add('controller', () => controller.stop());
+      const heartbeat = new ReplicaHeartbeat({ store, keys, leadership, intervalMs: config.controller.heartbeatSeconds * 1000, log: log.child({ component: 'replica-heartbeat' }) });
+      heartbeat.start();
+      // Withdrawn before the controller stops, so the list never shows a replica that is going away.
+      parts.add('replica-heartbeat', () => heartbeat.stop());
       await controller.start();
       if (config.controller.statusPort !== 0) {
         const status = new ControllerStatusServer(controller, log);
@@ -125,6 +131,7 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
         authenticator,
         rateLimit: config.frontend.rateLimit,
         v2: { address: config.frontend.v2, idle: config.idle },
+        cluster: { replicaStaleMs: config.controller.heartbeatSeconds * 3000, routerStaleMs: config.controller.routerStaleSeconds * 1000 },
       });
       frontendUrl = await frontend.start(config.frontend.host, config.frontend.port);
       parts.add('frontend', () => frontend.stop());

@@ -71,6 +71,7 @@ export interface ManticoreConfig {
     orphanSweepSeconds: number;
     orphanGracePeriodSeconds: number;
     leaderElection: { ttlSeconds: number; lockDelaySeconds: number };
+    heartbeatSeconds: number;
     statusHost: string;
     statusPort: number;
   };

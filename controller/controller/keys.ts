@@ -14,6 +14,9 @@ export class Keys {
   get routers(): string {
     return `${this.prefix}routers/`;
   }
+  get controllers(): string {
+    return `${this.prefix}controllers/`;
+  }
   /** Locked by the leading controller's session (ARCHITECTURE §8). */
   get leader(): string {
     return `${this.prefix}leader`;
@@ -33,6 +36,10 @@ export class Keys {
   }
   router(name: string): string {
     return this.routers + name;
+  }
+  /** A controller replica's heartbeat; host names may hold dots, which keys allow. */
+  controller(host: string, pid: number): string {
+    return `${this.controllers}${host.replace(/[^A-Za-z0-9._-]/g, '_')}-${pid}`;
   }
   activity(id: string): string {
     return this.activities + id;

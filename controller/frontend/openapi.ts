@@ -26,6 +26,15 @@ function component(name: SchemaName, as: string): JsonObject {
   return JSON.parse(JSON.stringify(schema).replaceAll('"#/$defs/', `"#/components/schemas/${as}/$defs/`)) as JsonObject;
 }
 
+/** A heartbeat record as the cluster status shows it: with `live` (heartbeat recent enough) and any other added fields. */
+function withLive(heartbeat: JsonObject, added: JsonObject): JsonObject {
+  return {
+    ...heartbeat,
+    required: [...(heartbeat.required as string[]), 'live', ...Object.keys(added)],
+    properties: { ...(heartbeat.properties as JsonObject), live: { type: 'boolean' }, ...added },
+  };
+}
+
 /** The API's description, built from the same schemas (`crds/`) that validate the records it serves. */
 export function openApiDocument(): JsonObject {
   const record = component('session', 'SessionRecord');
@@ -88,6 +97,12 @@ export function openApiDocument(): JsonObject {
           description:
             'On connect and on every change: `event: session` with the Session as JSON. When the session is gone: `event: gone`, then the stream ends; `event: closing` with a reason when the server shuts down. A comment line every 15 s keeps proxies from closing it. With auth mode jwt, browsers (EventSource) may pass the token as `?access_token=`.',
           responses: { '200': { description: 'The stream.', content: { 'text/event-stream': { schema: { type: 'string' } } } }, '404': error('No such session.'), ...clientErrors },
+        },
+      },
+      '/api/v1/cluster': {
+        get: {
+          summary: 'Operators: who leads, the controller replicas and routers (alive, how far behind), sessions by phase.',
+          responses: { '200': json(ref('ClusterStatus'), 'The cluster as the store shows it now.'), '403': error('The caller is not an operator.'), ...clientErrors },
         },
       },
       '/api/v2/job': {
@@ -169,6 +184,35 @@ export function openApiDocument(): JsonObject {
             },
             available: { type: 'boolean' },
             unavailableReason: { type: 'string' },
+          },
+        },
+        ClusterStatus: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['leader', 'replicas', 'routers', 'routes', 'sessions'],
+          properties: {
+            leader: {
+              oneOf: [
+                { type: 'null' },
+                { type: 'object', required: ['host', 'pid', 'since'], properties: { host: { type: 'string' }, pid: { type: 'integer' }, since: { type: 'string', format: 'date-time' } } },
+              ],
+            },
+            replicas: { type: 'array', items: withLive(component('controller-heartbeat', 'ControllerHeartbeat'), {}) },
+            routers: {
+              type: 'array',
+              items: withLive(component('router-heartbeat', 'RouterHeartbeat'), { unappliedRoutes: { type: 'integer', minimum: 0, description: 'Route records changed after the index the router has applied (0: up to date).' } }),
+            },
+            routes: { type: 'integer', minimum: 0, description: 'How many sessions have routes.' },
+            sessions: {
+              type: 'object',
+              additionalProperties: false,
+              required: ['total', 'byPhase', 'oldestWaitingSince'],
+              properties: {
+                total: { type: 'integer', minimum: 0 },
+                byPhase: { type: 'object', additionalProperties: { type: 'integer', minimum: 0 } },
+                oldestWaitingSince: { type: ['string', 'null'], format: 'date-time' },
+              },
+            },
           },
         },
         Error: {

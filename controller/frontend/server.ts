@@ -8,6 +8,7 @@ import type { Logger } from '../util/log.js';
 import { registerApiV1 } from './api-v1.js';
 import { AnonymousOrHeaderAuthenticator } from './auth.js';
 import { ApiError } from './errors.js';
+import { registerCluster, type ClusterOptions } from './cluster.js';
 import { registerEvents } from './events.js';
 import { registerOpenApi } from './openapi.js';
 import type { Authenticator } from './identity.js';
@@ -34,6 +35,8 @@ export interface FrontendOptions {
   readonly rateLimit?: RateLimit;
   /** The Manticore v2 compatibility API (`/api/v2/*` and its job websocket); not served when absent. */
   readonly v2?: ApiV2Options;
+  /** When replicas and routers count as stale in `GET /api/v1/cluster` (default 30 s each). */
+  readonly cluster?: ClusterOptions;
   readonly now?: () => number;
 }
 
@@ -69,6 +72,7 @@ export class Frontend {
     const authenticator = options.rateLimit === undefined ? identify : new RateLimitedAuthenticator(identify, new RateLimiter(options.rateLimit, options.now ?? Date.now));
     registerApiV1(this.app, this.sessions, authenticator);
     registerEvents(this.app, this.sessions, authenticator);
+    registerCluster(this.app, options.store, options.keys, this.sessions, authenticator, options.cluster ?? { replicaStaleMs: 30_000, routerStaleMs: 30_000 }, options.now ?? Date.now);
     registerOpenApi(this.app);
     if (options.v2 !== undefined) registerApiV2(this.app, this.sessions, authenticator, options.v2);
   }

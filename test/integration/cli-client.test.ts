@@ -3,8 +3,11 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { exitCodes, runClientCommand } from '../../controller/cli/client/commands.js';
+import { ReplicaHeartbeat } from '../../controller/controller/replica-heartbeat.js';
+import { AdminTokenAuthenticator, AnonymousOrHeaderAuthenticator } from '../../controller/frontend/auth.js';
+import type { ClusterStatus } from '../../controller/frontend/cluster.js';
 import type { Frontend } from '../../controller/frontend/server.js';
-import { ControllerHarness, makeReady, requestDeletion, statusWhen } from '../support/controller-harness.js';
+import { ControllerHarness, keys, makeReady, requestDeletion, statusWhen, testLog } from '../support/controller-harness.js';
 import { testFrontend } from '../support/frontend.js';
 import { freePort } from '../support/ports.js';
 import { waitFor } from '../support/wait.js';
@@ -16,6 +19,7 @@ interface Run {
 }
 
 const cli = path.resolve(__dirname, '../../controller/cli/main.js');
+const adminToken = 'an-admin-token-for-the-cli-test';
 
 /**
  * `manticore sessions|templates` against a real front end on a loopback port, over a controller on the
@@ -28,7 +32,7 @@ describe('the client commands (manticore sessions, templates)', function () {
   let url: string;
 
   /** Runs a command in this process and collects what it printed; `output` is watched while it runs. */
-  function run(command: 'sessions' | 'templates', args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> & { output: () => string } {
+  function run(command: 'sessions' | 'templates' | 'status', args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> & { output: () => string } {
     const stdout = new PassThrough();
     const stderr = new PassThrough();
     let out = '';
@@ -41,7 +45,7 @@ describe('the client commands (manticore sessions, templates)', function () {
 
   beforeEach(async () => {
     h = await ControllerHarness.embedded({ limits: { maxSessions: 1 } });
-    frontend = testFrontend(h.store, { sessionsPerUser: 1 });
+    frontend = testFrontend(h.store, { sessionsPerUser: 1, authenticator: new AdminTokenAuthenticator(adminToken, new AnonymousOrHeaderAuthenticator()) });
     url = await frontend.start('127.0.0.1', 0);
   });
 
@@ -142,6 +146,35 @@ describe('the client commands (manticore sessions, templates)', function () {
     assert.equal(one.name, 'demo');
     assert.ok(one.parameters.length > 0);
     assert.equal((await run('templates', ['nosuch'])).code, exitCodes.notFound);
+  });
+
+  it('shows operators the leader, the replicas, the routers and the sessions by phase', async () => {
+    const heartbeat = new ReplicaHeartbeat({ store: h.store, keys, leadership: h.controller.leadership, intervalMs: 60_000, log: testLog });
+    heartbeat.start();
+    const { host, pid } = h.controller.leadership.identity;
+    await waitFor('the replica heartbeat', () => h.store.get(keys.controller(host, pid)));
+    const longAgo = new Date(Date.now() - 120_000).toISOString();
+    await h.store.put(keys.controller('gone-host', 4242), JSON.stringify({ host: 'gone-host', pid: 4242, startedAt: longAgo, heartbeatAt: longAgo, leading: false }));
+    const created = await run('sessions', ['create', '--template', 'demo', '-o', 'json']);
+    const id = (JSON.parse(created.stdout) as { metadata: { id: string } }).metadata.id;
+    await makeReady(h, id);
+    // A router that went away before applying anything (this harness's controller never calls routers stale).
+    await h.store.put(keys.router('edge-9'), JSON.stringify({ name: 'edge-9', appliedIndex: 0, heartbeatAt: longAgo }));
+
+    assert.equal((await run('status', [])).code, exitCodes.refused, 'not for users');
+    const table = await run('status', [], { MANTICORE_TOKEN: adminToken });
+    assert.equal(table.code, exitCodes.ok, table.stderr);
+    assert.match(table.stdout, /^sessions +1 \(Ready 1\)$/m);
+    assert.match(table.stdout, new RegExp(`^${host.replace(/\./g, '\\.')} +${pid} +leader +`, 'm'));
+    assert.match(table.stdout, /^gone-host +4242 +stale +/m);
+    assert.match(table.stdout, /^edge-1 +live +\d+ +up to date +/m);
+    assert.match(table.stdout, /^edge-9 +stale +0 +1 route\(s\) +/m);
+
+    const json = JSON.parse((await run('status', ['-o', 'json'], { MANTICORE_TOKEN: adminToken })).stdout) as ClusterStatus;
+    assert.equal(json.routes, 1);
+    assert.deepEqual(json.replicas.map((replica) => [replica.host, replica.live, replica.leading]), [[host, true, true], ['gone-host', false, false]].sort());
+    await heartbeat.stop();
+    assert.equal(await h.store.get(keys.controller(host, pid)), undefined, 'a stopped replica withdraws its record');
   });
 
   it('runs as the manticore binary with --help and the exit code of the outcome', async () => {

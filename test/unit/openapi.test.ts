@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import Ajv2020 from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
+import { AdminTokenAuthenticator, AnonymousOrHeaderAuthenticator } from '../../controller/frontend/auth.js';
 import { Frontend } from '../../controller/frontend/server.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import { frontendKeys as keys, testFrontend } from '../support/frontend.js';
@@ -27,12 +28,13 @@ function responseValidator(document: Document): (route: string, method: string, 
 }
 
 describe('front end: OpenAPI document', () => {
+  const adminToken = 'an-admin-token-for-the-openapi-test';
   let store: EmbeddedStore;
   let frontend: Frontend;
 
   beforeEach(async () => {
     store = EmbeddedStore.open(':memory:');
-    frontend = testFrontend(store, { sessionsPerUser: 1 });
+    frontend = testFrontend(store, { sessionsPerUser: 1, authenticator: new AdminTokenAuthenticator(adminToken, new AnonymousOrHeaderAuthenticator()) });
     await frontend.start('127.0.0.1', 0);
   });
   afterEach(async () => {
@@ -40,11 +42,13 @@ describe('front end: OpenAPI document', () => {
     await store.close();
   });
 
+  /** `user` names the caller; `operator` calls with the admin token. */
   const call = async (method: 'GET' | 'POST' | 'DELETE', url: string, body?: unknown, user = 'ann') => {
+    const caller = user === 'operator' ? { authorization: `Bearer ${adminToken}` } : { 'x-manticore-user': user };
     const response = await frontend.app.inject({
       method,
       url,
-      headers: { 'x-manticore-user': user, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      headers: { ...caller, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
       ...(body === undefined ? {} : { payload: typeof body === 'string' ? body : JSON.stringify(body) }),
     });
     return { status: response.statusCode, body: response.body ? (JSON.parse(response.body) as unknown) : undefined };
@@ -114,6 +118,13 @@ describe('front end: OpenAPI document', () => {
     await expect('/api/v1/sessions/{id}', 'DELETE', `/api/v1/sessions/${id}`, 202);
     await expect('/api/v1/sessions/{id}/keepalive', 'POST', `/api/v1/sessions/${id}/keepalive`, 409);
     await expect('/api/v1/sessions/{id}', 'DELETE', `/api/v1/sessions/nosuchsession1`, 404);
+    await expect('/api/v1/cluster', 'GET', '/api/v1/cluster', 403);
+    await expect('/api/v1/cluster', 'GET', '/api/v1/cluster', 200, undefined, 'operator');
+    const heartbeatAt = new Date().toISOString();
+    await store.put(keys.controller('host-a', 7), JSON.stringify({ host: 'host-a', pid: 7, startedAt: heartbeatAt, heartbeatAt, leading: true }));
+    await store.put(keys.router('edge-1'), JSON.stringify({ name: 'edge-1', appliedIndex: 3, heartbeatAt }));
+    await store.put(keys.leader, JSON.stringify({ host: 'host-a', pid: 7, since: heartbeatAt }));
+    await expect('/api/v1/cluster', 'GET', '/api/v1/cluster', 200, undefined, 'operator');
   });
 
   it('matches what the v2 routes answer', async () => {

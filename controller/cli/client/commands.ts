@@ -2,7 +2,7 @@ import os from 'node:os';
 import { parseArgs } from 'node:util';
 import type { Session } from '../../api/types.js';
 import { FrontendClient, FrontendError, UnreachableError, type TemplateSummary } from './frontend-client.js';
-import { describeSession, progressLine, sessionTable, templateTable } from './format.js';
+import { clusterView, describeSession, progressLine, sessionTable, templateTable } from './format.js';
 
 /** Exit codes the client commands promise to scripts. */
 export const exitCodes = {
@@ -27,6 +27,8 @@ export const clientUsage = `Client commands (talk to a front end; no cluster acc
   sessions watch ID                     follow a session live (queue position, phase) until it is Ready;
                                         exits 5 if it fails or ends first
   templates [NAME]                      the session templates and their parameters
+  status                                operators: who leads, controller replicas, routers and how far
+                                        behind they are, sessions by phase and the oldest wait
 
 Client options:
   --url URL                 the front end (env MANTICORE_URL; default http://127.0.0.1:4000)
@@ -64,15 +66,19 @@ interface Invocation {
   readonly io: ClientIo;
 }
 
-/** Runs `manticore sessions …` or `manticore templates …`; returns the exit code. */
-export async function runClientCommand(command: 'sessions' | 'templates', argv: string[], io: ClientIo): Promise<number> {
+export type ClientCommand = 'sessions' | 'templates' | 'status';
+
+/** Runs `manticore sessions|templates|status …`; returns the exit code. */
+export async function runClientCommand(command: ClientCommand, argv: string[], io: ClientIo): Promise<number> {
   try {
     const invocation = parse(argv, io);
     if (invocation === 'help') {
       io.stdout.write(clientUsage);
       return exitCodes.ok;
     }
-    return command === 'templates' ? await templates(invocation) : await sessions(invocation);
+    if (command === 'templates') return await templates(invocation);
+    if (command === 'status') return await status(invocation);
+    return await sessions(invocation);
   } catch (error) {
     return reportError(error, io);
   }
@@ -117,6 +123,13 @@ async function templates({ client, output, args, io }: Invocation): Promise<numb
   if (args.length > 1) throw new UsageError(`templates takes at most one name, got ${args.length}`);
   const found: TemplateSummary[] = args.length === 1 ? [await client.template(args[0]!)] : await client.templates();
   io.stdout.write(output === 'json' ? `${JSON.stringify(args.length === 1 ? found[0] : found, null, 2)}\n` : templateTable(found, args.length === 1));
+  return exitCodes.ok;
+}
+
+async function status({ client, output, args, io }: Invocation): Promise<number> {
+  if (args.length > 0) throw new UsageError('status takes no arguments');
+  const cluster = await client.cluster();
+  io.stdout.write(output === 'json' ? `${JSON.stringify(cluster, null, 2)}\n` : clusterView(cluster));
   return exitCodes.ok;
 }
 

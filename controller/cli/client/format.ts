@@ -1,4 +1,5 @@
 import type { Session } from '../../api/types.js';
+import type { ClusterStatus } from '../../frontend/cluster.js';
 import type { TemplateSummary } from './frontend-client.js';
 
 /** Left-aligned columns, two spaces apart, with a header row. */
@@ -68,4 +69,32 @@ export function describeSession(session: Session): string {
     for (const event of recent) lines.push(`  ${event.time}  ${event.reason}: ${event.message}`);
   }
   return lines.join('\n') + '\n';
+}
+
+/** The `status` view: the leader, every replica and router, and the sessions by phase. */
+export function clusterView(cluster: ClusterStatus): string {
+  const { leader, sessions } = cluster;
+  const phases = Object.entries(sessions.byPhase)
+    .filter(([, count]) => count > 0)
+    .map(([phase, count]) => `${phase} ${count}`)
+    .join(', ');
+  const sections = [
+    `leader     ${leader ? `${leader.host} (pid ${leader.pid}) since ${leader.since}` : 'none: no controller leads right now'}`,
+    `routes     ${cluster.routes} session(s) routed`,
+    `sessions   ${sessions.total}${phases ? ` (${phases})` : ''}${sessions.oldestWaitingSince ? `; oldest waiting since ${sessions.oldestWaitingSince}` : ''}`,
+    '',
+    cluster.replicas.length === 0
+      ? 'no controller replicas\n'
+      : table(
+          ['REPLICA', 'PID', 'ROLE', 'HEARTBEAT', 'STARTED'],
+          cluster.replicas.map((replica) => [replica.host, String(replica.pid), replica.live ? (replica.leading ? 'leader' : 'standby') : 'stale', replica.heartbeatAt, replica.startedAt]),
+        ),
+    cluster.routers.length === 0
+      ? 'no routers\n'
+      : table(
+          ['ROUTER', 'STATE', 'APPLIED', 'BEHIND', 'HEARTBEAT'],
+          cluster.routers.map((router) => [router.name, router.live ? 'live' : 'stale', String(router.appliedIndex), router.unappliedRoutes === 0 ? 'up to date' : `${router.unappliedRoutes} route(s)`, router.heartbeatAt]),
+        ),
+  ];
+  return sections.join('\n');
 }

@@ -1,4 +1,5 @@
 import type { Session } from '../../api/types.js';
+import type { ClusterStatus } from '../../frontend/cluster.js';
 
 export interface FrontendClientOptions {
   /** The front end's base URL, e.g. `http://127.0.0.1:4000`. */
@@ -76,6 +77,11 @@ export class FrontendClient {
 
   deleteSession(id: string): Promise<Session> {
     return this.call('DELETE', `/api/v1/sessions/${encodeURIComponent(id)}`);
+  }
+
+  /** Operators only: who leads, replicas, routers and their lag, sessions by phase. */
+  cluster(): Promise<ClusterStatus> {
+    return this.call('GET', '/api/v1/cluster');
   }
 
   /** Follows `GET /api/v1/sessions/{id}/events` until the stream ends, `signal` aborts, or the session is gone. */

@@ -1,0 +1,82 @@
+import type { Subscription } from 'rxjs';
+import { encodeRecord, parseRecord } from '../api/schemas.js';
+import type { ControllerHeartbeat } from '../api/types.js';
+import type { Store } from '../store/store.js';
+import type { Logger } from '../util/log.js';
+import type { Keys } from './keys.js';
+import type { Leadership } from './leader.js';
+
+export interface ReplicaHeartbeatOptions {
+  readonly store: Store;
+  readonly keys: Keys;
+  readonly leadership: Leadership;
+  readonly intervalMs: number;
+  readonly log: Logger;
+}
+
+/**
+ * Tells operators (`manticore status`, `GET /api/v1/cluster`) which controller replicas run and which one
+ * leads: each replica rewrites `controllers/<host>-<pid>` every interval and at once when it wins or loses
+ * the lead, and deletes it when it stops. A replica that died leaves a record whose heartbeat ages; readers
+ * call it stale after three intervals, and the leader removes records stale for an hour.
+ */
+const removeStaleAfterMs = 3_600_000;
+
+export class ReplicaHeartbeat {
+  private readonly key: string;
+  private readonly startedAt = new Date().toISOString();
+  private timer: NodeJS.Timeout | undefined;
+  private subscription: Subscription | undefined;
+  private writing: Promise<void> = Promise.resolve();
+
+  constructor(private readonly options: ReplicaHeartbeatOptions) {
+    const { host, pid } = options.leadership.identity;
+    this.key = options.keys.controller(host, pid);
+  }
+
+  start(): void {
+    this.subscription = this.options.leadership.leading$.subscribe(() => this.beat());
+    this.timer = setInterval(() => this.beat(), this.options.intervalMs);
+    this.timer.unref();
+  }
+
+  /** Withdraws the record, so the replica disappears from the list at once. */
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.subscription?.unsubscribe();
+    await this.writing;
+    await this.options.store.delete(this.key).catch((error: unknown) => this.options.log.warn({ err: error, key: this.key }, 'could not withdraw the controller heartbeat'));
+  }
+
+  private beat(): void {
+    const { identity, leading } = this.options.leadership;
+    const record: ControllerHeartbeat = { host: identity.host, pid: identity.pid, startedAt: this.startedAt, heartbeatAt: new Date().toISOString(), leading };
+    // Writes are chained so an older heartbeat never lands after a newer one.
+    this.writing = this.writing.then(() => this.write(record));
+  }
+
+  private async write(record: ControllerHeartbeat): Promise<void> {
+    try {
+      await this.options.store.put(this.key, encodeRecord('controller-heartbeat', record));
+      if (record.leading) await this.removeLongDead();
+    } catch (error) {
+      this.options.log.warn({ err: error, key: this.key }, 'could not write the controller heartbeat');
+    }
+  }
+
+  /** Records of replicas that died without withdrawing them; a few keys, listed only by the leader. */
+  private async removeLongDead(): Promise<void> {
+    const { store, keys, log } = this.options;
+    const { entries } = await store.list(keys.controllers);
+    for (const entry of entries) {
+      let heartbeatAt: number;
+      try {
+        heartbeatAt = Date.parse(parseRecord<ControllerHeartbeat>('controller-heartbeat', entry.value).heartbeatAt);
+      } catch {
+        heartbeatAt = Number.NEGATIVE_INFINITY;
+      }
+      if (Date.now() - heartbeatAt < removeStaleAfterMs) continue;
+      if (await store.delete(entry.key, { cas: entry.modifyIndex })) log.info({ key: entry.key }, 'removed the heartbeat of a controller replica gone for an hour');
+    }
+  }
+}
