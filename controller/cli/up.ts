@@ -7,7 +7,8 @@ import { Controller } from '../controller/controller.js';
 import { Keys } from '../controller/keys.js';
 import { LeaderElection, SoleLeader, type Leadership } from '../controller/leader.js';
 import { ReplicaHeartbeat } from '../controller/replica-heartbeat.js';
-import { ControllerStatusServer } from '../controller/status-server.js';
+import { controllerProbes } from '../controller/status-server.js';
+import { StatusServer } from '../metrics/status-server.js';
 import type { LifecyclePolicy } from '../controller/lifecycle.js';
 import { createAuthenticator } from '../frontend/auth.js';
 import { Frontend } from '../frontend/server.js';
@@ -70,7 +71,8 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
     const lines: string[] = [];
 
     if (roles.includes('router')) {
-      await startRouter(config, store, keys, parts, log);
+      const routerStatus = await startRouter(config, store, keys, parts, log);
+      if (routerStatus !== undefined) lines.push(`  router:     ${routerStatus}/status`);
       const { http, tcp } = config.router;
       lines.push(
         `  sessions:   http://<token>.${config.public.domain}:${config.public.httpPort}/ via HAProxy on ${http.host}:${http.port}`,
@@ -111,7 +113,7 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
       parts.add('replica-heartbeat', () => heartbeat.stop());
       await controller.start();
       if (config.controller.statusPort !== 0) {
-        const status = new ControllerStatusServer(controller, log);
+        const status = new StatusServer('controller', controllerProbes(controller), log);
         const address = await status.start(config.controller.statusHost, config.controller.statusPort);
         parts.add('controller-status', () => status.stop());
         lines.push(`  controller: ${address}/status`);
@@ -178,7 +180,8 @@ export function lifecyclePolicy({ lifecycle, idle }: ManticoreConfig): Lifecycle
 }
 
 /** A local HAProxy (restarted if it dies) and the agent that keeps its routes equal to the store's. */
-async function startRouter(config: ManticoreConfig, store: Store, keys: Keys, parts: StartedParts, log: Logger): Promise<void> {
+/** Starts HAProxy and the router agent; returns the router's status server address when it has one. */
+async function startRouter(config: ManticoreConfig, store: Store, keys: Keys, parts: StartedParts, log: Logger): Promise<string | undefined> {
   const runDir = path.resolve(config.router.runDir);
   // The supervisor needs the process and the process reports its death to the supervisor.
   let supervisor: HaproxySupervisor | undefined;
@@ -190,6 +193,7 @@ async function startRouter(config: ManticoreConfig, store: Store, keys: Keys, pa
       httpBind: `${config.router.http.host}:${config.router.http.port}`,
       tcpBind: `${config.router.tcp.host}:${config.router.tcp.portRangeStart}-${config.router.tcp.portRangeEnd}`,
       maxconn: config.router.maxconn,
+      ...(config.router.haproxyStats.port === 0 ? {} : { statsBind: `${config.router.haproxyStats.host}:${config.router.haproxyStats.port}` }),
     },
     log: log.child({ component: 'haproxy' }),
     onUnexpectedExit: () => supervisor?.restartSoon(),
@@ -209,4 +213,12 @@ async function startRouter(config: ManticoreConfig, store: Store, keys: Keys, pa
   });
   await router.start();
   parts.add('router', () => router.stop());
+  if (config.router.statusPort !== 0) {
+    // Started once the agent's first table is live, so it is ready for as long as it answers.
+    const status = new StatusServer('router', { ready: () => true, status: () => router.progress }, log);
+    const address = await status.start(config.router.statusHost, config.router.statusPort);
+    parts.add('router-status', () => status.stop());
+    return address;
+  }
+  return undefined;
 }

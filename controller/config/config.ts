@@ -46,6 +46,9 @@ export interface ManticoreConfig {
     http: { host: string; port: number };
     tcp: { host: string; portRangeStart: number; portRangeEnd: number };
     heartbeatSeconds: number;
+    statusHost: string;
+    statusPort: number;
+    haproxyStats: { host: string; port: number };
   };
   public: { domain: string; httpScheme: 'http' | 'https'; httpPort: number; tcpHost: string };
   frontend: {
@@ -114,6 +117,9 @@ export const environmentOverrides: ReadonlyArray<{ variable: string; path: strin
   { variable: 'MANTICORE_TCP_HOST', path: ['router', 'tcp', 'host'], parse: asString },
   { variable: 'MANTICORE_TCP_PORT_RANGE_START', path: ['router', 'tcp', 'portRangeStart'], parse: asInteger },
   { variable: 'MANTICORE_TCP_PORT_RANGE_END', path: ['router', 'tcp', 'portRangeEnd'], parse: asInteger },
+  { variable: 'MANTICORE_ROUTER_STATUS_PORT', path: ['router', 'statusPort'], parse: asInteger },
+  { variable: 'MANTICORE_HAPROXY_STATS_PORT', path: ['router', 'haproxyStats', 'port'], parse: asInteger },
+  { variable: 'MANTICORE_CONTROLLER_STATUS_PORT', path: ['controller', 'statusPort'], parse: asInteger },
   { variable: 'MANTICORE_DOMAIN', path: ['public', 'domain'], parse: asString },
   { variable: 'MANTICORE_PUBLIC_HTTP_PORT', path: ['public', 'httpPort'], parse: asInteger },
   { variable: 'MANTICORE_PUBLIC_TCP_HOST', path: ['public', 'tcpHost'], parse: asString },

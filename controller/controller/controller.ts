@@ -9,6 +9,8 @@ import type { Scheduler } from '../scheduler/scheduler.js';
 import { Admission } from './admission.js';
 import { PortAllocator } from './claims.js';
 import { DeadlineTimers } from './deadlines.js';
+import { reconcileErrors, reconcileSeconds, workQueueWaitSeconds } from '../metrics/metrics.js';
+import { ControllerMetrics } from './controller-metrics.js';
 import { FencedWriter } from './fenced-writer.js';
 import { StoreInformer, WorkloadInformer } from './informer.js';
 import type { Keys } from './keys.js';
@@ -66,6 +68,7 @@ export class Controller {
   private readonly reconciler: SessionReconciler;
   private readonly ports: PortAllocator;
   private readonly deadlines: DeadlineTimers;
+  private readonly metrics: ControllerMetrics;
   /** Sessions waiting for routers to apply their routes, with the store index they need applied. */
   private readonly awaitingRouters = new Map<string, number>();
   private readonly subscriptions: Subscription[] = [];
@@ -94,6 +97,17 @@ export class Controller {
     this.ports = new PortAllocator(options.tcpPortRange.start, options.tcpPortRange.end);
     this.leadership = options.leadership ?? new SoleLeader();
     this.termQueue = this.newQueue();
+    this.metrics = new ControllerMetrics({
+      keys,
+      sessions: this.sessions.cache,
+      statuses: this.statuses.cache,
+      routes: this.routes.cache,
+      leading$: this.leadership.leading$,
+      leading: () => this.leadership.leading,
+      waitingIds: () => this.admission.waitingIds(),
+      queueDepth: () => this.termQueue.length,
+      now: () => this.clock.now(),
+    });
     this.deadlines = new DeadlineTimers(this.clock, (id) => this.queue.add(id));
     const now = (): number => this.clock.now();
     this.admission = new Admission(
@@ -104,7 +118,11 @@ export class Controller {
       () => this.refreshEstimatesSoon(),
     );
     this.reconciler = new SessionReconciler({
-      writer: new FencedWriter(store, () => this.leadership.fence()),
+      writer: new FencedWriter(
+        store,
+        () => this.leadership.fence(),
+        (keys, sentAt) => this.metrics.written(keys, sentAt),
+      ),
       scheduler: options.scheduler,
       keys,
       templates: options.templates,
@@ -175,6 +193,7 @@ export class Controller {
       { sessions: this.sessions.cache.size, waiting: this.admission.waitingCount, workloads: this.workloads.cache.size, routes: this.routes.cache.size },
       'caches synced; competing for leadership',
     );
+    this.metrics.start();
     this.subscriptions.push(this.leadership.leading$.subscribe((leading) => (leading ? this.lead() : this.follow())));
     this.leadership.start();
     this.scheduleSweep();
@@ -189,6 +208,7 @@ export class Controller {
     this.termQueue.shutDown();
     await this.workersDone;
     await this.leadership.stop();
+    this.metrics.stop();
     for (const subscription of this.subscriptions.splice(0)) subscription.unsubscribe();
     for (const informer of [this.sessions, this.statuses, this.routes, this.routers, this.activities, this.workloads]) informer.stop();
   }
@@ -254,13 +274,15 @@ export class Controller {
 
   private newQueue(): WorkQueue<string> {
     const { retryBaseMs, retryMaxMs, rateLimitPerSecond, rateLimitBurst } = this.options;
-    return new WorkQueue<string>({ retryBaseMs, retryMaxMs, ratePerSecond: rateLimitPerSecond, burst: rateLimitBurst });
+    return new WorkQueue<string>({ retryBaseMs, retryMaxMs, ratePerSecond: rateLimitPerSecond, burst: rateLimitBurst, onWait: (ms) => workQueueWaitSeconds.observe(ms / 1000) });
   }
 
   private async work(queue: WorkQueue<string>): Promise<void> {
     for (let id = await queue.get(); id !== undefined; id = await queue.get()) {
+      const startedAt = performance.now();
       try {
         const result = await this.reconciler.reconcile(id);
+        reconcileSeconds.observe((performance.now() - startedAt) / 1000);
         queue.forget(id);
         // What the session waits for may have arrived while it was being reconciled: look again if so.
         if (result.awaitingRoutersAt !== undefined) {
@@ -275,7 +297,10 @@ export class Controller {
         else if (result.requeueAfterMs === undefined) this.deadlines.cancel(id);
       } catch (error) {
         // A lost compare-and-set only means the cache had not yet seen our previous write: routine.
-        const level = error instanceof ConflictError ? 'debug' : 'warn';
+        const conflict = error instanceof ConflictError;
+        reconcileSeconds.observe((performance.now() - startedAt) / 1000);
+        reconcileErrors.inc({ reason: conflict ? 'conflict' : 'error' });
+        const level = conflict ? 'debug' : 'warn';
         this.log[level]({ err: error, session: id, retries: queue.retries(id) }, 'reconcile failed; will retry');
         queue.addRateLimited(id);
       } finally {

@@ -1,4 +1,5 @@
 import { Subject, type Observable, type Subscription } from 'rxjs';
+import { watchRestarts } from '../metrics/metrics.js';
 import type { Logger } from '../util/log.js';
 import type { KvEntry, Store, WatchStep } from '../store/store.js';
 import type { Scheduler, Workload, WorkloadStep } from '../scheduler/scheduler.js';
@@ -108,6 +109,7 @@ class ResumableWatch<S> {
     const delay = Math.min(100 * 2 ** this.failures, 10_000) * (0.5 + Math.random() / 2);
     this.failures += 1;
     this.log.warn({ err: error, watch: this.what, retryInMs: Math.round(delay) }, 'watch failed; resuming');
+    watchRestarts.inc({ resource: this.what });
     this.retryTimer = setTimeout(() => this.start(), delay);
   }
 }

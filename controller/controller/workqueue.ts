@@ -15,6 +15,8 @@ export interface WorkQueueOptions {
   readonly ratePerSecond: number;
   readonly burst: number;
   readonly now?: () => number;
+  /** Told how long each key waited in the queue before a worker took it (for metrics). */
+  readonly onWait?: (waitedMs: number) => void;
 }
 
 export class WorkQueue<K> {
@@ -24,6 +26,8 @@ export class WorkQueue<K> {
   private readonly failures = new Map<K, number>();
   private readonly delayed = new Map<K, { at: number; timer: NodeJS.Timeout }>();
   private readonly waiters: Array<(key: K | undefined) => void> = [];
+  /** When each queued key was queued (performance.now(), only for onWait). */
+  private readonly queuedAt = new Map<K, number>();
   private tokens: number;
   private tokensAt: number;
   private shuttingDown = false;
@@ -52,9 +56,11 @@ export class WorkQueue<K> {
     if (waiter) {
       this.dirty.delete(key);
       this.processing.add(key);
+      this.options.onWait?.(0);
       waiter(key);
     } else {
       this.queue.push(key);
+      if (this.options.onWait) this.queuedAt.set(key, performance.now());
     }
   }
 
@@ -103,6 +109,11 @@ export class WorkQueue<K> {
     if (key !== undefined) {
       this.dirty.delete(key);
       this.processing.add(key);
+      const queuedAt = this.queuedAt.get(key);
+      if (queuedAt !== undefined) {
+        this.queuedAt.delete(key);
+        this.options.onWait?.(performance.now() - queuedAt);
+      }
       return Promise.resolve(key);
     }
     return new Promise((resolve) => this.waiters.push(resolve));
@@ -122,6 +133,7 @@ export class WorkQueue<K> {
     for (const { timer } of this.delayed.values()) clearTimeout(timer);
     this.delayed.clear();
     this.queue.length = 0;
+    this.queuedAt.clear();
     this.dirty.clear();
     for (const waiter of this.waiters.splice(0)) waiter(undefined);
   }

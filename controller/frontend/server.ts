@@ -8,6 +8,7 @@ import type { Logger } from '../util/log.js';
 import { registerApiV1 } from './api-v1.js';
 import { AnonymousOrHeaderAuthenticator } from './auth.js';
 import { ApiError } from './errors.js';
+import { instrumentHttp } from '../metrics/http.js';
 import { registerCluster, type ClusterOptions } from './cluster.js';
 import { registerEvents } from './events.js';
 import { registerOpenApi } from './openapi.js';
@@ -66,6 +67,7 @@ export class Frontend {
     this.app.setNotFoundHandler((request, reply) => {
       void reply.code(404).send({ error: `no route ${request.method} ${request.url}`, details: [] });
     });
+    instrumentHttp(this.app, 'frontend');
     this.app.get('/healthz', async () => ({ ok: true }));
     registerWebPage(this.app);
     const identify = options.authenticator ?? new AnonymousOrHeaderAuthenticator();

@@ -1,6 +1,7 @@
 import type { Subscription } from 'rxjs';
 import { encodeRecord, parseRecord } from '../api/schemas.js';
 import type { RouteRecord, RouterHeartbeat } from '../api/types.js';
+import { routerApplySeconds, routerSources, type RouterProgress } from '../metrics/metrics.js';
 import type { Logger } from '../util/log.js';
 import type { Store } from '../store/store.js';
 import { StoreInformer, type Cache, type CachedRecord } from '../controller/informer.js';
@@ -30,14 +31,21 @@ export class RouterAgent {
   private pending = false;
   private appliedIndex = 0;
   private stopped = false;
+  private removeMetricsSource: (() => void) | undefined;
 
   constructor(private readonly options: RouterAgentOptions) {
     this.log = options.log.child({ component: 'router', router: options.name });
     this.routes = new StoreInformer(options.store, options.keys.routes, (json) => parseRecord<RouteRecord>('route', json), this.log);
   }
 
+  /** What the router has applied: its status and metrics. */
+  get progress(): RouterProgress {
+    return { router: this.options.name, appliedIndex: this.appliedIndex, lag: Math.max(0, this.routes.index - this.appliedIndex), routes: this.routes.cache.size };
+  }
+
   /** Starts watching; resolves once the first complete table is live. */
   async start(): Promise<void> {
+    this.removeMetricsSource = routerSources.add(() => this.progress);
     this.subscription = this.routes.applied.subscribe(() => this.schedule());
     this.routes.start();
     await this.routes.synced;
@@ -50,6 +58,7 @@ export class RouterAgent {
   /** Stops applying and withdraws the heartbeat, so controllers stop waiting for this router at once. */
   async stop(): Promise<void> {
     this.stopped = true;
+    this.removeMetricsSource?.();
     this.subscription?.unsubscribe();
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     this.routes.stop();
@@ -74,7 +83,9 @@ export class RouterAgent {
       const index = this.routes.index;
       const table = routeTable(this.routes.cache);
       try {
+        const startedAt = performance.now();
         await this.options.dataPlane.apply(table);
+        routerApplySeconds.observe((performance.now() - startedAt) / 1000);
         this.appliedIndex = index;
         await this.heartbeat();
       } catch (error) {

@@ -17,6 +17,11 @@ export interface HaproxyConfigValues {
   readonly maxconn?: number | string;
   /** How long an old worker may keep connections after a reload (HAProxy time, e.g. `5m`); default 5m. */
   readonly hardStopAfter?: string;
+  /**
+   * Where HAProxy serves its statistics page and Prometheus exporter (`/stats`, `/metrics`): `addr:port`,
+   * or by default a unix socket in the run directory, so nothing is exposed unless configured.
+   */
+  readonly statsBind?: string;
 }
 
 export const DEFAULT_MAXCONN = 4000;
@@ -24,7 +29,7 @@ export const DEFAULT_MAXCONN = 4000;
 export const MAX_MAXCONN = 9000;
 export const DEFAULT_HARD_STOP_AFTER = '5m';
 
-const KNOWN_PLACEHOLDERS = ['runDir', 'httpBind', 'tcpBind', 'maxconn', 'hardStopAfter'] as const;
+const KNOWN_PLACEHOLDERS = ['runDir', 'httpBind', 'tcpBind', 'maxconn', 'hardStopAfter', 'statsBind'] as const;
 type Placeholder = (typeof KNOWN_PLACEHOLDERS)[number];
 /** A template that lacks these cannot route (maps, sockets and listeners hang off them). */
 const REQUIRED_PLACEHOLDERS: readonly Placeholder[] = ['runDir', 'httpBind', 'tcpBind'];
@@ -54,6 +59,7 @@ export function runPaths(runDir: string): {
   readonly adminSocket: string;
   readonly masterSocket: string;
   readonly pidFile: string;
+  readonly statsSocket: string;
 } {
   const dir = path.resolve(runDir);
   return {
@@ -64,6 +70,7 @@ export function runPaths(runDir: string): {
     adminSocket: path.join(dir, 'admin.sock'),
     masterSocket: path.join(dir, 'master.sock'),
     pidFile: path.join(dir, 'haproxy.pid'),
+    statsSocket: path.join(dir, 'stats.sock'),
   };
 }
 
@@ -92,6 +99,11 @@ export function parseTcpBind(value: string): PortRange {
   return { start, end };
 }
 
+function isAddressAndPort(value: string): boolean {
+  const match = /^(.*):(\d{1,5})$/.exec(value);
+  return match !== null && BIND_ADDRESS.test(match[1]!) && isPort(Number(match[2]));
+}
+
 function checkValue(name: Placeholder, value: string): string | undefined {
   switch (name) {
     case 'runDir':
@@ -100,11 +112,11 @@ function checkValue(name: Placeholder, value: string): string | undefined {
       if (!/^[A-Za-z0-9._/-]+$/.test(value)) return `runDir may only contain letters, digits and . _ / -, got ${JSON.stringify(value)}`;
       if (value.length > MAX_RUN_DIR_LENGTH) return `runDir is ${value.length} characters; unix socket paths need it at most ${MAX_RUN_DIR_LENGTH}`;
       return undefined;
-    case 'httpBind': {
-      const match = /^(.*):(\d{1,5})$/.exec(value);
-      if (!match || !BIND_ADDRESS.test(match[1]!) || !isPort(Number(match[2]))) return `httpBind must be addr:port, got ${JSON.stringify(value)}`;
-      return undefined;
-    }
+    case 'httpBind':
+      return isAddressAndPort(value) ? undefined : `httpBind must be addr:port, got ${JSON.stringify(value)}`;
+    case 'statsBind':
+      if (/^unix@\/[A-Za-z0-9._/-]+$/.test(value) || isAddressAndPort(value)) return undefined;
+      return `statsBind must be addr:port or unix@/absolute/path, got ${JSON.stringify(value)}`;
     case 'tcpBind':
       try {
         parseTcpBind(value);
@@ -134,7 +146,11 @@ export function renderHaproxyConfig(template: string, values: HaproxyConfigValue
     if (!(KNOWN_PLACEHOLDERS as readonly string[]).includes(key)) problems.push(`unknown value ${JSON.stringify(key)}`);
   }
   const resolved = new Map<Placeholder, string>();
-  const defaults: Partial<Record<Placeholder, string>> = { maxconn: String(DEFAULT_MAXCONN), hardStopAfter: DEFAULT_HARD_STOP_AFTER };
+  const defaults: Partial<Record<Placeholder, string>> = {
+    maxconn: String(DEFAULT_MAXCONN),
+    hardStopAfter: DEFAULT_HARD_STOP_AFTER,
+    ...(typeof supplied.runDir === 'string' ? { statsBind: `unix@${runPaths(supplied.runDir).statsSocket}` } : {}),
+  };
   for (const name of KNOWN_PLACEHOLDERS) {
     const raw = supplied[name];
     const value = raw === undefined || raw === null ? defaults[name] : String(raw);

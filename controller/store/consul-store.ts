@@ -1,6 +1,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import { Observable, type Subscriber } from 'rxjs';
+import { outcomeOfStatus, recordBackendCall, watchRestarts } from '../metrics/metrics.js';
 import type { Logger } from '../util/log.js';
 import { loadTlsMaterial } from '../util/tls.js';
 import {
@@ -459,12 +460,19 @@ export class ConsulStore implements Store, LockService {
   }
 
   private call(spec: CallSpec): Promise<ConsulResponse> {
+    const startedAt = performance.now();
     const promise = this.send(spec);
     this.inFlight.add(promise);
-    const forget = (): void => {
-      this.inFlight.delete(promise);
-    };
-    promise.then(forget, forget);
+    promise.then(
+      (response) => {
+        this.inFlight.delete(promise);
+        recordBackendCall('consul', spec.operation, outcomeOfStatus(response.status), startedAt);
+      },
+      (error: unknown) => {
+        this.inFlight.delete(promise);
+        recordBackendCall('consul', spec.operation, error instanceof AbortedError ? 'aborted' : 'unreachable', startedAt);
+      },
+    );
     return promise;
   }
 
@@ -625,6 +633,7 @@ class PrefixWatch {
         this.failures += 1;
         this.resync = true;
         this.log.warn({ prefix: this.prefix, err: errorMessage(error), retryInMs: Math.round(wait), failures: this.failures }, 'watch request failed; retrying');
+        watchRestarts.inc({ resource: this.prefix });
         await this.sleep(wait);
       }
     }

@@ -36,6 +36,7 @@ export function describeSessionFlow(backend: Backend): void {
     let api: string;
     let httpPort: number;
     let tcpRange: { start: number; end: number };
+    let statusPorts: { controller: number; router: number; haproxy: number };
     let instance: ManticoreProcess;
 
     const start = (): ManticoreProcess => startManticore(backend.configFile, env);
@@ -62,7 +63,7 @@ export function describeSessionFlow(backend: Backend): void {
     before(async () => {
       stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'manticore-e2e-'));
       const isolated = await isolatedEnvironment(stateDir, 6);
-      ({ api, httpPort, tcpRange } = isolated);
+      ({ api, httpPort, tcpRange, statusPorts } = isolated);
       env = { ...process.env, ...(await backend.setUp(stateDir)), ...isolated.env };
       instance = start();
       await waitForFrontend(api, instance);
@@ -218,6 +219,47 @@ export function describeSessionFlow(backend: Backend): void {
       const echo = await waitFor('routes served again', () => websocketEcho(session.status.endpoints.broker!.url, 'still here').catch(() => undefined));
       assert.equal(echo, 'still here');
       assert.equal((await httpRequest(session.status.endpoints.hmi!.url)).status, 200);
+    });
+
+    it('exports its metrics on every status port, and they moved with the flow', async () => {
+      const scrape = async (url: string): Promise<string> => {
+        const answer = await httpRequest(url);
+        assert.equal(answer.status, 200, url);
+        return answer.body;
+      };
+      const [frontend, controller, router, haproxy] = await Promise.all([
+        scrape(`${api}/metrics`),
+        scrape(`http://127.0.0.1:${statusPorts.controller}/metrics`),
+        scrape(`http://127.0.0.1:${statusPorts.router}/metrics`),
+        scrape(`http://127.0.0.1:${statusPorts.haproxy}/metrics`),
+      ]);
+      // One process runs every part here, so each status port serves the same registry.
+      assert.equal(controller.includes('manticore_sessions{'), true);
+      assert.equal(router.includes('manticore_router_applied_index{'), true);
+      const value = (name: string, labels = ''): number => {
+        const line = frontend.split('\n').find((candidate) => candidate.startsWith(`${name}${labels ? `{${labels}}` : ''} `) || (labels === '' && candidate.startsWith(`${name}{`)));
+        assert.ok(line, `${name}${labels ? `{${labels}}` : ''} is exported`);
+        return Number(line.slice(line.lastIndexOf(' ') + 1));
+      };
+      const moved = [
+        ['manticore_sessions', 'phase="Ready"'],
+        ['manticore_session_create_to_ready_seconds_count'],
+        ['manticore_reconcile_duration_seconds_count'],
+        ['manticore_workqueue_wait_seconds_count'],
+        ['manticore_watch_lag_seconds_count', 'resource="status"'],
+        ['manticore_leader'],
+        ['manticore_leader_transitions_total'],
+        ['manticore_router_applied_index', 'router="local"'],
+        ['manticore_router_apply_duration_seconds_count'],
+        ['manticore_http_requests_total', 'server="frontend",method="POST",route="/api/v1/sessions",status="201"'],
+        ['manticore_http_request_duration_seconds_count', 'server="frontend",method="GET",route="/api/v1/sessions/:id"'],
+        ...(backend.name.includes('Consul') ? [['manticore_backend_requests_total', 'backend="consul",operation="put",outcome="ok"']] : []),
+      ];
+      for (const [name, labels] of moved) assert.ok(value(name!, labels) > 0, `${name}{${labels ?? ''}} moved`);
+      for (const name of ['manticore_waiting_sessions', 'manticore_waiting_oldest_seconds', 'manticore_workqueue_depth', 'manticore_router_applied_index_lag', 'manticore_reconcile_errors_total', 'manticore_watch_restarts_total', 'manticore_process_resident_memory_bytes']) {
+        assert.match(frontend, new RegExp(`^# TYPE ${name} `, 'm'), `${name} is exported`);
+      }
+      assert.match(haproxy, /^haproxy_frontend_http_requests_total\{proxy="sessions_http"\} [1-9]/m, "HAProxy's exporter counts the session traffic");
     });
 
     it('stops everything on Ctrl-C and brings surviving sessions back on the next start', async () => {

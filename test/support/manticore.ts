@@ -26,14 +26,15 @@ export function startManticore(configFile: string, env: NodeJS.ProcessEnv): Mant
 
 /**
  * The environment for a `manticore up` that shares nothing with anything else on the machine: its state
- * under `stateDir`, and loopback ports chosen by the OS (the front end, HAProxy's session port and a run of
- * `tcpPorts` TCP ports).
+ * under `stateDir`, and loopback ports chosen by the OS (the front end, HAProxy's session port, a run of
+ * `tcpPorts` TCP ports, and the status servers of the controller, the router and HAProxy).
  */
 export async function isolatedEnvironment(
   stateDir: string,
   tcpPorts: number,
-): Promise<{ env: Record<string, string>; api: string; httpPort: number; tcpRange: { start: number; end: number } }> {
+): Promise<{ env: Record<string, string>; api: string; httpPort: number; tcpRange: { start: number; end: number }; statusPorts: { controller: number; router: number; haproxy: number } }> {
   const frontendPort = await freePort();
+  const statusPorts = { controller: await freePort(), router: await freePort(), haproxy: await freePort() };
   const httpPort = await freePort();
   const tcpRange = await freePortRange(tcpPorts);
   const env = {
@@ -44,9 +45,12 @@ export async function isolatedEnvironment(
     MANTICORE_HTTP_PORT: String(httpPort),
     MANTICORE_TCP_PORT_RANGE_START: String(tcpRange.start),
     MANTICORE_TCP_PORT_RANGE_END: String(tcpRange.end),
+    MANTICORE_CONTROLLER_STATUS_PORT: String(statusPorts.controller),
+    MANTICORE_ROUTER_STATUS_PORT: String(statusPorts.router),
+    MANTICORE_HAPROXY_STATS_PORT: String(statusPorts.haproxy),
     MANTICORE_LOG_LEVEL: 'warn',
   };
-  return { env, api: `http://127.0.0.1:${frontendPort}`, httpPort, tcpRange };
+  return { env, api: `http://127.0.0.1:${frontendPort}`, httpPort, tcpRange, statusPorts };
 }
 
 /** Waits until the front end answers; a failure carries Manticore's output. */

@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
-import { ControllerStatusServer } from '../../controller/controller/status-server.js';
+import { controllerProbes } from '../../controller/controller/status-server.js';
+import { StatusServer } from '../../controller/metrics/status-server.js';
 import { ControllerHarness, testLog } from '../support/controller-harness.js';
 
 describe('controller: status server', () => {
   let h: ControllerHarness;
-  let server: ControllerStatusServer;
+  let server: StatusServer;
   afterEach(async () => {
     await server.stop();
     await h.stop();
@@ -12,7 +13,7 @@ describe('controller: status server', () => {
 
   it('answers the probes and names the leader', async () => {
     h = await ControllerHarness.embedded();
-    server = new ControllerStatusServer(h.controller, testLog);
+    server = new StatusServer('controller', controllerProbes(h.controller), testLog);
     const base = await server.start('127.0.0.1', 0);
     const get = async (path: string): Promise<{ status: number; body: Record<string, unknown> }> => {
       const response = await fetch(`${base}${path}`);

@@ -1,0 +1,94 @@
+import { merge, pairwise, startWith, type Observable, type Subscription } from 'rxjs';
+import type { RouteRecord, SessionRecord, SessionStatus } from '../api/types.js';
+import { createToReadySeconds, leaderTransitions, leadingSources, sessionSources, watchLagSeconds, workQueueSources, type SessionCounts } from '../metrics/metrics.js';
+import type { Cache, CacheChange, CachedRecord } from './informer.js';
+import type { Keys } from './keys.js';
+
+/** What the controller's metrics read. */
+export interface ControllerView {
+  readonly keys: Keys;
+  readonly sessions: Cache<CachedRecord<SessionRecord>>;
+  readonly statuses: Cache<CachedRecord<SessionStatus>>;
+  readonly routes: Cache<CachedRecord<RouteRecord>>;
+  readonly leading$: Observable<boolean>;
+  leading(): boolean;
+  waitingIds(): readonly string[];
+  queueDepth(): number;
+  now(): number;
+}
+
+/**
+ * Feeds the controller's metrics: sessions by phase, the waiting list, queue depth and leadership are read
+ * at scrape time; create→Ready times and leader changes are recorded as they happen. Only the leader
+ * reports sessions, so summing over replicas counts each session once.
+ */
+export class ControllerMetrics {
+  /** When this process sent each of its own writes (performance.now()), until the watch brings it back. */
+  private readonly sentAt = new Map<string, number>();
+  private readonly subscriptions: Subscription[] = [];
+  private readonly removeSources: Array<() => void> = [];
+
+  constructor(private readonly view: ControllerView) {}
+
+  start(): void {
+    const { view } = this;
+    this.removeSources.push(
+      sessionSources.add(() => this.sessionCounts()),
+      workQueueSources.add(() => (view.leading() ? view.queueDepth() : 0)),
+      leadingSources.add(() => view.leading()),
+    );
+    this.subscriptions.push(
+      view.leading$.pipe(startWith(false), pairwise()).subscribe(([before, after]) => {
+        if (before !== after) leaderTransitions.inc();
+      }),
+      view.statuses.changes.subscribe((change) => this.statusChanged(change)),
+      merge(view.statuses.changes, view.routes.changes).subscribe((change) => this.delivered(change)),
+    );
+  }
+
+  stop(): void {
+    for (const remove of this.removeSources.splice(0)) remove();
+    for (const subscription of this.subscriptions.splice(0)) subscription.unsubscribe();
+    this.sentAt.clear();
+  }
+
+  /** The reconciler's writer reports the keys it wrote, so the watch lag can be measured when they come back. */
+  written(keys: readonly string[], sentAt: number): void {
+    // Writes that are never seen again (a key deleted straight after) must not pile up.
+    if (this.sentAt.size > 100_000) this.sentAt.clear();
+    for (const key of keys) this.sentAt.set(key, sentAt);
+  }
+
+  private delivered(change: CacheChange<CachedRecord<unknown>>): void {
+    const { keys } = this.view;
+    for (const [resource, key] of [
+      ['status', keys.status(change.id)],
+      ['routes', keys.route(change.id)],
+    ] as const) {
+      const sentAt = this.sentAt.get(key);
+      if (sentAt === undefined) continue;
+      this.sentAt.delete(key);
+      watchLagSeconds.observe({ resource }, (performance.now() - sentAt) / 1000);
+    }
+  }
+
+  private statusChanged({ id, previous, current }: CacheChange<CachedRecord<SessionStatus>>): void {
+    const readyAt = current?.value?.readyAt;
+    if (!this.view.leading() || readyAt === undefined || previous?.value?.readyAt !== undefined) return;
+    const createdAt = this.view.sessions.get(id)?.value?.metadata.createdAt;
+    if (createdAt !== undefined) createToReadySeconds.observe(Math.max(0, (Date.parse(readyAt) - Date.parse(createdAt)) / 1000));
+  }
+
+  private sessionCounts(): SessionCounts {
+    const { view } = this;
+    if (!view.leading()) return { byPhase: {}, waiting: 0, oldestWaitSeconds: 0 };
+    const byPhase: Record<string, number> = {};
+    for (const session of view.sessions.values()) {
+      const phase = view.statuses.get(session.id)?.value?.phase ?? 'Pending';
+      byPhase[phase] = (byPhase[phase] ?? 0) + 1;
+    }
+    const waiting = view.waitingIds();
+    const head = waiting[0] === undefined ? undefined : view.sessions.get(waiting[0])?.value?.metadata.createdAt;
+    return { byPhase, waiting: waiting.length, oldestWaitSeconds: head === undefined ? 0 : Math.max(0, (view.now() - Date.parse(head)) / 1000) };
+  }
+}
