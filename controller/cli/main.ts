@@ -116,7 +116,7 @@ async function main(argv: string[]): Promise<number> {
     case 'controller':
     case 'frontend':
     case 'router': {
-      const log = createLogger(config.log.level);
+      const log = createLogger(config.log.level, config.log.format);
       let running;
       try {
         running = await startManticore(config, log, command === 'up' ? allRoles : [command]);

@@ -89,7 +89,7 @@ export interface ManticoreConfig {
     capacityRetrySeconds: number;
   };
   idle: { timeoutSeconds: number; warningSeconds: number; activityWriteIntervalSeconds: number };
-  log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
+  log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'; format: 'auto' | 'json' | 'pretty' };
 }
 
 type EnvParser = (raw: string) => unknown;
@@ -127,6 +127,7 @@ export const environmentOverrides: ReadonlyArray<{ variable: string; path: strin
   { variable: 'MANTICORE_FRONTEND_PORT', path: ['frontend', 'port'], parse: asInteger },
   { variable: 'MANTICORE_TEMPLATES_DIR', path: ['templates', 'dir'], parse: asString },
   { variable: 'MANTICORE_LOG_LEVEL', path: ['log', 'level'], parse: asString },
+  { variable: 'MANTICORE_LOG_FORMAT', path: ['log', 'format'], parse: asString },
   { variable: 'MANTICORE_AUTH_MODE', path: ['auth', 'mode'], parse: asString },
   { variable: 'MANTICORE_JWT_SECRET', path: ['auth', 'jwt', 'secret'], parse: asString },
   { variable: 'MANTICORE_ADMIN_TOKEN', path: ['auth', 'adminToken'], parse: asString },
