@@ -1,11 +1,13 @@
 # Manticore's router: on every edge node (node meta manticore_edge = "true"), HAProxy serving the session
 # routes on the host network (HTTP/websocket on 8080, the TCP range 20000-20999) and the agent that keeps
 # its maps equal to the routes in Consul, with no reload.
-#   nomad job run -var image=<your manticore image> manifests/nomad/manticore-router.nomad.hcl
+#   nomad job run -var image=<your manticore router image> manifests/nomad/manticore-router.nomad.hcl
+# The image is the Dockerfile's `router` target (`docker build --target router -t <image> .`). Its status
+# server (/healthz, /readyz, /status, /metrics) listens on 8405.
 
 variable "image" {
   type        = string
-  description = "Manticore container image (with HAProxy installed)"
+  description = "Manticore router container image (the Dockerfile's router target, with HAProxy)"
 }
 
 variable "datacenters" {
@@ -25,6 +27,27 @@ job "manticore-router" {
   group "router" {
     network {
       mode = "host"
+
+      port "status" {
+        static = 8405
+      }
+
+      port "haproxy-stats" {
+        static = 8404
+      }
+    }
+
+    service {
+      name     = "manticore-router"
+      port     = "status"
+      provider = "consul"
+
+      check {
+        type     = "http"
+        path     = "/readyz"
+        interval = "10s"
+        timeout  = "2s"
+      }
     }
 
     task "router" {

@@ -1,6 +1,7 @@
 # Manticore's controller and front end, as a Nomad service job.
 #   nomad job run -var image=<your manticore image> -var-file=manticore.vars.hcl manifests/nomad/manticore.nomad.hcl
-# The image is Manticore built from this repository (its Node.js build with HAProxy installed for the router).
+# The image is built from the repository's Dockerfile (`docker build -t <image> .`); the router job uses its
+# `router` target, which adds HAProxy.
 # The configuration file is rendered from the Nomad variable nomad/jobs/manticore (key: config),
 # the tokens from nomad/jobs/manticore/secrets; see the README's operations section.
 
@@ -30,12 +31,38 @@ job "manticore" {
       mode     = "delay"
     }
 
+    network {
+      port "status" {
+        to = 8081
+      }
+    }
+
+    # /healthz, /readyz (caches synced) and /metrics of each replica.
+    service {
+      name     = "manticore-controller"
+      port     = "status"
+      provider = "consul"
+
+      check {
+        type     = "http"
+        path     = "/readyz"
+        interval = "10s"
+        timeout  = "2s"
+      }
+    }
+
     task "controller" {
       driver = "docker"
 
       config {
         image = var.image
+        ports = ["status"]
         args  = ["controller", "--config", "/local/manticore.yaml"]
+      }
+
+      env {
+        MANTICORE_CONTROLLER_STATUS_PORT = "8081"
+        MANTICORE_HEALTH_URL             = "http://127.0.0.1:8081/healthz"
       }
 
       template {
