@@ -4,6 +4,7 @@ import { ValidationError } from '../api/schemas.js';
 import { loadConfig } from '../config/config.js';
 import { clientUsage, runClientCommand } from './client/commands.js';
 import { createLogger } from '../util/log.js';
+import { stopWithin } from './shutdown.js';
 import { allRoles, startManticore } from './up.js';
 
 const usage = `Usage: manticore <command> [options]
@@ -126,18 +127,19 @@ async function main(argv: string[]): Promise<number> {
         return error instanceof ValidationError ? 2 : 1;
       }
       process.stdout.write(running.banner);
-      await new Promise<void>((resolve) => {
-        const shutdown = (signal: NodeJS.Signals): void => {
-          log.info({ signal }, 'shutting down');
+      const signal = await new Promise<NodeJS.Signals>((resolve) => {
+        const shutdown = (received: NodeJS.Signals): void => {
           process.off('SIGINT', shutdown);
           process.off('SIGTERM', shutdown);
-          resolve();
+          resolve(received);
         };
         process.on('SIGINT', shutdown);
         process.on('SIGTERM', shutdown);
       });
-      await running.stop();
-      return 0;
+      const code = await stopWithin(running.stop, config.shutdown.graceSeconds * 1000, signal, log);
+      // Cut short: whatever still holds the event loop must not keep the process alive.
+      if (code !== 0) process.exit(code);
+      return code;
     }
     default:
       process.stderr.write(`manticore: unknown command "${command}"\n\n${usage}`);

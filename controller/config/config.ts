@@ -89,6 +89,7 @@ export interface ManticoreConfig {
     capacityRetrySeconds: number;
   };
   idle: { timeoutSeconds: number; warningSeconds: number; activityWriteIntervalSeconds: number };
+  shutdown: { graceSeconds: number };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'; format: 'auto' | 'json' | 'pretty' };
 }
 
@@ -127,6 +128,7 @@ export const environmentOverrides: ReadonlyArray<{ variable: string; path: strin
   { variable: 'MANTICORE_FRONTEND_PORT', path: ['frontend', 'port'], parse: asInteger },
   { variable: 'MANTICORE_TEMPLATES_DIR', path: ['templates', 'dir'], parse: asString },
   { variable: 'MANTICORE_LOG_LEVEL', path: ['log', 'level'], parse: asString },
+  { variable: 'MANTICORE_SHUTDOWN_GRACE_SECONDS', path: ['shutdown', 'graceSeconds'], parse: asInteger },
   { variable: 'MANTICORE_LOG_FORMAT', path: ['log', 'format'], parse: asString },
   { variable: 'MANTICORE_AUTH_MODE', path: ['auth', 'mode'], parse: asString },
   { variable: 'MANTICORE_JWT_SECRET', path: ['auth', 'jwt', 'secret'], parse: asString },

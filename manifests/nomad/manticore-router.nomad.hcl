@@ -52,6 +52,8 @@ job "manticore-router" {
 
     task "router" {
       driver = "docker"
+      # SIGTERM first: the process hands over or finishes its work within shutdown.graceSeconds (20).
+      kill_timeout = "30s"
 
       config {
         image        = var.image

@@ -53,6 +53,8 @@ job "manticore" {
 
     task "controller" {
       driver = "docker"
+      # SIGTERM first: the process hands over or finishes its work within shutdown.graceSeconds (20).
+      kill_timeout = "30s"
 
       config {
         image = var.image
@@ -114,6 +116,8 @@ job "manticore" {
 
     task "frontend" {
       driver = "docker"
+      # SIGTERM first: the process hands over or finishes its work within shutdown.graceSeconds (20).
+      kill_timeout = "30s"
 
       config {
         image = var.image

@@ -1,0 +1,133 @@
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import type { Session } from '../../controller/api/types.js';
+import { Keys } from '../../controller/controller/keys.js';
+import { ConsulStore } from '../../controller/store/consul-store.js';
+import { silentLogger } from '../../controller/util/log.js';
+import { ConsulDouble } from '../fakes/consul.js';
+import { NomadDouble } from '../fakes/nomad.js';
+import { httpRequest, jsonRequest } from '../support/http.js';
+import { isolatedEnvironment, repoRoot } from '../support/manticore.js';
+import { alive } from '../support/processes.js';
+import { waitFor } from '../support/wait.js';
+
+const cli = path.join(repoRoot, 'dist/controller/cli/main.js');
+const keys = new Keys('manticore/');
+const graceSeconds = 10;
+
+interface Part {
+  child: ChildProcess;
+  output: () => string;
+  exited: Promise<number | null>;
+}
+
+/**
+ * Each part as its own process, as a cluster runs them (`manticore controller`, `frontend`, `router`,
+ * against the Consul and Nomad doubles), stopped with SIGTERM while it has work: each exits 0 well within
+ * its grace period, hands over or withdraws what it held, and nothing of the users' sessions is lost.
+ */
+describe('end to end: SIGTERM of every process', function () {
+  this.timeout(90_000);
+  let consul: ConsulDouble;
+  let nomad: NomadDouble;
+  let store: ConsulStore;
+  let stateDir: string;
+  let env: NodeJS.ProcessEnv;
+  let api: string;
+  let statusPorts: { controller: number; router: number; haproxy: number };
+  const parts = new Map<string, Part>();
+
+  const startPart = (role: 'controller' | 'frontend' | 'router'): Part => {
+    const child = spawn(process.execPath, [cli, role, '--config', 'manifests/examples/cluster-dev.yaml'], { cwd: repoRoot, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    child.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    child.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    const part = { child, output: () => output, exited: new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code))) };
+    parts.set(role, part);
+    return part;
+  };
+
+  /** SIGTERM, then the exit code and how long it took. */
+  const terminate = async (role: string): Promise<{ code: number | null; ms: number }> => {
+    const part = parts.get(role)!;
+    const startedAt = Date.now();
+    part.child.kill('SIGTERM');
+    const code = await part.exited;
+    return { code, ms: Date.now() - startedAt };
+  };
+
+  before(async () => {
+    stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'manticore-shutdown-'));
+    consul = await ConsulDouble.start({ port: 0, log: silentLogger() });
+    nomad = await NomadDouble.start({ port: 0, workDir: repoRoot, log: silentLogger() });
+    store = new ConsulStore({ address: consul.address, log: silentLogger() });
+    const isolated = await isolatedEnvironment(stateDir, 4);
+    ({ api, statusPorts } = isolated);
+    env = { ...process.env, ...isolated.env, CONSUL_HTTP_ADDR: consul.address, NOMAD_ADDR: nomad.address, MANTICORE_SHUTDOWN_GRACE_SECONDS: String(graceSeconds) };
+    for (const role of ['router', 'controller', 'frontend'] as const) startPart(role);
+    await waitFor('every part up', async () => {
+      const probes = await Promise.all([`${api}/healthz`, `http://127.0.0.1:${statusPorts.controller}/readyz`, `http://127.0.0.1:${statusPorts.router}/readyz`].map((url) => httpRequest(url).catch(() => undefined)));
+      return probes.every((answer) => answer?.status === 200);
+    }, 30_000, 50).catch((error: Error) => {
+      throw new Error(`${error.message}\n${[...parts.values()].map((part) => part.output()).join('\n')}`);
+    });
+  });
+
+  after(async () => {
+    for (const part of parts.values()) part.child.kill('SIGKILL');
+    await store.close();
+    await nomad.stop();
+    await consul.stop();
+    fs.rmSync(stateDir, { recursive: true, force: true });
+  });
+
+  it('stops the front end, the router and the controller cleanly, each handing over, with nothing lost', async () => {
+    const created = await jsonRequest<Session>(`${api}/api/v1/sessions`, 'POST', { template: 'demo' }, { 'x-manticore-user': 'alice' });
+    assert.equal(created.status, 201);
+    const id = created.body.metadata.id;
+    await waitFor('the session Ready', async () => (await jsonRequest<Session>(`${api}/api/v1/sessions/${id}`, 'GET', undefined, { 'x-manticore-user': 'alice' })).body.status.phase === 'Ready', 30_000, 50);
+
+    // A user following the session when the front end stops is told why the stream ends.
+    let stream = '';
+    const streamEnded = new Promise<void>((resolve, reject) => {
+      http
+        .get(`${api}/api/v1/sessions/${id}/events`, { headers: { 'x-manticore-user': 'alice' } }, (response) => {
+          response.setEncoding('utf8');
+          response.on('data', (chunk: string) => (stream += chunk));
+          response.on('end', () => resolve());
+        })
+        .on('error', reject);
+    });
+    await waitFor('the first event', () => stream.includes('event: session'));
+    const frontend = await terminate('frontend');
+    assert.equal(frontend.code, 0, parts.get('frontend')!.output());
+    assert.ok(frontend.ms < graceSeconds * 1000, `front end stopped in ${frontend.ms} ms`);
+    await streamEnded;
+    assert.match(stream, /event: closing\ndata: \{"reason":"the server is shutting down"\}/);
+
+    const haproxyPid = Number(fs.readFileSync(path.join(stateDir, 'haproxy/haproxy.pid'), 'utf8'));
+    const router = await terminate('router');
+    assert.equal(router.code, 0, parts.get('router')!.output());
+    assert.ok(router.ms < graceSeconds * 1000, `router stopped in ${router.ms} ms`);
+    assert.equal(await store.get(keys.router('local')), undefined, 'the router withdrew its heartbeat, so no session waits for it');
+    assert.equal(alive(haproxyPid), false, 'its HAProxy stopped with it');
+
+    assert.ok((await store.get(keys.leader))?.session, 'the controller leads');
+    const controller = await terminate('controller');
+    assert.equal(controller.code, 0, parts.get('controller')!.output());
+    assert.ok(controller.ms < graceSeconds * 1000, `controller stopped in ${controller.ms} ms`);
+    assert.equal((await store.get(keys.leader))?.session, undefined, 'the leader lock was released, so a standby would lead at once');
+    assert.deepEqual((await store.list(keys.controllers)).entries, [], 'the replica withdrew its heartbeat');
+
+    // Stopping is not deleting: the session, its status and routes, and its job are all still there.
+    assert.ok(await store.get(keys.session(id)));
+    assert.equal((JSON.parse((await store.get(keys.status(id)))!.value) as { phase: string }).phase, 'Ready');
+    assert.ok(await store.get(keys.route(id)));
+    const jobs = (await (await fetch(`${nomad.address}/v1/jobs?prefix=manticore-`)).json()) as Array<{ ID: string; Status: string }>;
+    assert.deepEqual(jobs.map((job) => [job.ID, job.Status]), [[`manticore-${id}`, 'running']]);
+  });
+});
