@@ -346,6 +346,9 @@ class LoadBalancerUnit extends Unit {
 
 /** One security group: Manticore's ingress rules for the ports in use, compacted into ranges. */
 class SecurityGroupUnit extends Unit {
+  /** The last authorization hit the group's rule quota. */
+  private atQuota = false;
+
   constructor(
     private readonly group: SecurityGroupRules,
     exposer: Exposer,
@@ -368,13 +371,18 @@ class SecurityGroupUnit extends Unit {
     const revoking = new Set(diff.revoke.map((rule) => `revoke:${rule.id}`));
     for (const key of [...this.expected.keys()]) if (!wanted.has(key) && !revoking.has(key)) this.expected.delete(key);
     const expect = (key: string) => (): void => void this.expected.set(key, this.options.clock.now());
+    // New ranges open before the ones they replace close, so a port in use is never shut, even for a moment;
+    // only a group at its rule quota closes first, to make room.
+    const revokeNow = diff.authorize.length === 0 || this.atQuota;
+    this.atQuota = false;
     await this.apply([
-      ...diff.revoke.map((rule) => ({ key: `revoke:${rule.id}`, what: `revoke ${ruleKey(rule)} in ${this.group.groupId}`, run: () => this.group.revoke(rule), expect: expect(`revoke:${rule.id}`) })),
+      ...(revokeNow ? diff.revoke : []).map((rule) => ({ key: `revoke:${rule.id}`, what: `revoke ${ruleKey(rule)} in ${this.group.groupId}`, run: () => this.group.revoke(rule), expect: expect(`revoke:${rule.id}`) })),
       ...diff.authorize.map((rule) => ({
         key: `authorize:${ruleKey(rule)}`,
         what: `authorize ${ruleKey(rule)} in ${this.group.groupId}`,
         run: () => this.group.authorize(rule),
         expect: expect(`authorize:${ruleKey(rule)}`),
+        onQuota: () => void (this.atQuota = true),
       })),
     ]);
   }

@@ -63,6 +63,8 @@ export class AwsModel {
   /** Calls per command name, throttled ones included. */
   readonly calls = new Map<string, number>();
   throttled = 0;
+  /** Listeners created (calls that succeeded). */
+  listenersCreated = 0;
   throttleRate = 0;
   consistencyDelayMs = 0;
   private readonly nlbs = new Map<string, Nlb>();
@@ -252,6 +254,7 @@ export class AwsModel {
     const arn = `${nlb.arn.replace(':loadbalancer/', ':listener/')}/${this.next()}`;
     const listener: Listener = { ListenerArn: arn, LoadBalancerArn: nlb.arn, Port: input.Port!, Protocol: input.Protocol!, DefaultActions: input.DefaultActions!, ...(input.Certificates ? { Certificates: input.Certificates } : {}) };
     nlb.listeners.push({ listener, visibleAt: this.now() + this.consistencyDelayMs });
+    this.listenersCreated += 1;
     this.tags.set(arn, input.Tags ?? []);
     return { Listeners: [listener] };
   }
