@@ -20,27 +20,17 @@ import {
   type HealthCheck,
   type Listener as ClassicListener,
 } from '@aws-sdk/client-elastic-load-balancing';
-import {
-  CreateListenerCommand,
-  CreateTargetGroupCommand,
-  DeleteListenerCommand,
-  DeleteTargetGroupCommand,
-  DescribeListenersCommand,
-  DescribeLoadBalancersCommand,
-  DescribeTagsCommand,
-  DescribeTargetGroupsCommand,
-  ElasticLoadBalancingV2Client,
-  ModifyTargetGroupCommand,
-  RegisterTargetsCommand,
-  type CreateListenerCommandInput,
-  type CreateTargetGroupCommandInput,
-  type DescribeListenersCommandInput,
-  type DescribeTargetGroupsCommandInput,
-  type Listener,
-  type ModifyTargetGroupCommandInput,
-  type RegisterTargetsCommandInput,
-  type Tag,
-  type TargetGroup,
+import * as elbv2 from '@aws-sdk/client-elastic-load-balancing-v2';
+import type {
+  CreateListenerCommandInput,
+  CreateTargetGroupCommandInput,
+  DescribeListenersCommandInput,
+  DescribeTargetGroupsCommandInput,
+  Listener,
+  ModifyTargetGroupCommandInput,
+  RegisterTargetsCommandInput,
+  Tag,
+  TargetGroup,
 } from '@aws-sdk/client-elastic-load-balancing-v2';
 import { mockClient } from 'aws-sdk-client-mock';
 
@@ -159,19 +149,19 @@ export class AwsModel {
         return fn(input);
       });
     };
-    const v2 = mockClient(ElasticLoadBalancingV2Client) as unknown as Stub;
-    handle(v2, DescribeLoadBalancersCommand, 'elbv2:DescribeLoadBalancers', 'Throttling', (input: { Names?: string[] }) => this.describeNlbs(input.Names ?? []));
-    handle(v2, DescribeListenersCommand, 'elbv2:DescribeListeners', 'Throttling', (input: DescribeListenersCommandInput) => this.describeListeners(input));
-    handle(v2, DescribeTargetGroupsCommand, 'elbv2:DescribeTargetGroups', 'Throttling', (input: DescribeTargetGroupsCommandInput) => page([...this.targetGroups.values()].map(stripTargets), input.Marker, input.PageSize, 'TargetGroups'));
-    handle(v2, DescribeTagsCommand, 'elbv2:DescribeTags', 'Throttling', (input: { ResourceArns?: string[] }) => ({
+    const v2 = mockClient(elbv2.ElasticLoadBalancingV2Client) as unknown as Stub;
+    handle(v2, elbv2.DescribeLoadBalancersCommand, 'elbv2:DescribeLoadBalancers', 'Throttling', (input: { Names?: string[] }) => this.describeNlbs(input.Names ?? []));
+    handle(v2, elbv2.DescribeListenersCommand, 'elbv2:DescribeListeners', 'Throttling', (input: DescribeListenersCommandInput) => this.describeListeners(input));
+    handle(v2, elbv2.DescribeTargetGroupsCommand, 'elbv2:DescribeTargetGroups', 'Throttling', (input: DescribeTargetGroupsCommandInput) => page([...this.targetGroups.values()].map(stripTargets), input.Marker, input.PageSize, 'TargetGroups'));
+    handle(v2, elbv2.DescribeTagsCommand, 'elbv2:DescribeTags', 'Throttling', (input: { ResourceArns?: string[] }) => ({
       TagDescriptions: (input.ResourceArns ?? []).map((arn) => ({ ResourceArn: arn, Tags: this.tags.get(arn) ?? [] })),
     }));
-    handle(v2, CreateTargetGroupCommand, 'elbv2:CreateTargetGroup', 'Throttling', (input: CreateTargetGroupCommandInput) => this.createTargetGroup(input));
-    handle(v2, RegisterTargetsCommand, 'elbv2:RegisterTargets', 'Throttling', (input: RegisterTargetsCommandInput) => this.registerTargets(input));
-    handle(v2, ModifyTargetGroupCommand, 'elbv2:ModifyTargetGroup', 'Throttling', (input: ModifyTargetGroupCommandInput) => this.modifyTargetGroup(input));
-    handle(v2, DeleteTargetGroupCommand, 'elbv2:DeleteTargetGroup', 'Throttling', (input: { TargetGroupArn?: string }) => this.deleteTargetGroup(input.TargetGroupArn!));
-    handle(v2, CreateListenerCommand, 'elbv2:CreateListener', 'Throttling', (input: CreateListenerCommandInput) => this.createListener(input));
-    handle(v2, DeleteListenerCommand, 'elbv2:DeleteListener', 'Throttling', (input: { ListenerArn?: string }) => this.deleteListener(input.ListenerArn!));
+    handle(v2, elbv2.CreateTargetGroupCommand, 'elbv2:CreateTargetGroup', 'Throttling', (input: CreateTargetGroupCommandInput) => this.createTargetGroup(input));
+    handle(v2, elbv2.RegisterTargetsCommand, 'elbv2:RegisterTargets', 'Throttling', (input: RegisterTargetsCommandInput) => this.registerTargets(input));
+    handle(v2, elbv2.ModifyTargetGroupCommand, 'elbv2:ModifyTargetGroup', 'Throttling', (input: ModifyTargetGroupCommandInput) => this.modifyTargetGroup(input));
+    handle(v2, elbv2.DeleteTargetGroupCommand, 'elbv2:DeleteTargetGroup', 'Throttling', (input: { TargetGroupArn?: string }) => this.deleteTargetGroup(input.TargetGroupArn!));
+    handle(v2, elbv2.CreateListenerCommand, 'elbv2:CreateListener', 'Throttling', (input: CreateListenerCommandInput) => this.createListener(input));
+    handle(v2, elbv2.DeleteListenerCommand, 'elbv2:DeleteListener', 'Throttling', (input: { ListenerArn?: string }) => this.deleteListener(input.ListenerArn!));
 
     const classic = mockClient(ElasticLoadBalancingClient) as unknown as Stub;
     handle(classic, DescribeClassicCommand, 'elb:DescribeLoadBalancers', 'Throttling', (input: { LoadBalancerNames?: string[] }) => this.describeClassics(input.LoadBalancerNames ?? []));
