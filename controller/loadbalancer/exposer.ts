@@ -65,6 +65,9 @@ export interface ExposerOptions {
   readonly random?: () => number;
 }
 
+/** The backoff key of a unit's describe calls. */
+const describeKey = 'describe';
+
 /** One call to make, with the key its backoff and expectation go by. */
 interface Operation {
   readonly key: string;
@@ -177,7 +180,7 @@ abstract class Unit {
    */
   protected async apply(operations: readonly Operation[]): Promise<void> {
     const { clock, concurrency } = this.options;
-    this.backoff.retain(new Set([...operations.map((operation) => operation.key), ...this.describeKeys()]));
+    this.backoff.retain(new Set([...operations.map((operation) => operation.key), describeKey]));
     const runnable = operations.filter((operation) => !this.pending(operation.key) && this.backoff.ready(operation.key));
     let next = 0;
     const worker = async (): Promise<void> => {
@@ -207,8 +210,6 @@ abstract class Unit {
     const at = Math.min(...waits);
     if (at !== Infinity) this.schedule(Math.max(0, at - clock.now()));
   }
-
-  protected abstract describeKeys(): string[];
 
   private logFailure(error: unknown, what: string, retryInMs: number): void {
     const kind = classify(error);
@@ -241,12 +242,8 @@ class LoadBalancerUnit extends Unit {
     return this.states.get(port) ?? { exposed: false, reason: 'CreatingListener', message: 'not yet described' };
   }
 
-  protected describeKeys(): string[] {
-    return ['describe'];
-  }
-
   protected async reconcile(): Promise<void> {
-    const snapshot = await this.observe('describe', () => this.provider.describe());
+    const snapshot = await this.observe(describeKey, () => this.provider.describe());
     if (snapshot === undefined) return;
     this.snapshot = snapshot;
     this.dnsName ??= snapshot.dnsName;
@@ -357,12 +354,8 @@ class SecurityGroupUnit extends Unit {
     super(`security group ${group.groupId}`, exposer, options);
   }
 
-  protected describeKeys(): string[] {
-    return ['describe'];
-  }
-
   protected async reconcile(): Promise<void> {
-    const observed = await this.observe('describe', () => this.group.describeOwned());
+    const observed = await this.observe(describeKey, () => this.group.describeOwned());
     if (observed === undefined) return;
     const { cidrs, maxRanges } = this.options;
     const desired = desiredRules(compactRanges(this.exposer.openPorts(), maxRanges), cidrs);
