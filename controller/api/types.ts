@@ -163,6 +163,8 @@ export interface HostRoute {
 export interface PortRoute {
   service: string;
   port: number;
+  /** The load balancer of the pool that listens on this port (AWS), recorded with the claim. */
+  loadBalancer?: string;
   backend?: string;
 }
 

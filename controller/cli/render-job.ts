@@ -32,7 +32,7 @@ export function renderJobFor(config: ManticoreConfig, template: SessionTemplate,
   }
   const parameters = resolveParameters(template, given);
   const sessionId = newSessionId();
-  const claim = newClaim(sessionId, template, () => config.router.tcp.portRangeStart)!;
+  const claim = newClaim(sessionId, template, () => ({ port: config.router.tcp.portRangeStart }))!;
   const endpoints = publicEndpoints(template, claim, config.public);
   try {
     return renderNomadJob({ jobId: jobIdFor(sessionId), sessionId, template, parameters, endpoints }, nomadJobOptions(config));

@@ -19,6 +19,7 @@ import { HaproxyRuntime } from '../router/haproxy-runtime.js';
 import { HaproxySupervisor } from '../router/haproxy-supervisor.js';
 import type { LockService } from '../store/lock.js';
 import type { Store } from '../store/store.js';
+import { createExposer } from '../loadbalancer/aws.js';
 import { createScheduler, createStore } from './backends.js';
 
 /** The parts one process can run; `manticore up` runs all three, a cluster deployment one per process. */
@@ -79,10 +80,25 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
         `  TCP ports:  ${tcp.host}:${tcp.portRangeStart}-${tcp.portRangeEnd}`,
       );
     }
+    if (roles.includes('controller') && config.aws) {
+      lines.push(`  AWS:        ${config.aws.loadBalancers.map((balancer) => `${balancer.name} (${balancer.type}, ${balancer.listenerQuota} listeners)`).join(', ')}`);
+    }
     if (roles.includes('controller')) {
       const scheduler = createScheduler(config, log);
       await scheduler.start();
       parts.add('scheduler', () => scheduler.close());
+      const loadBalancers =
+        config.aws === undefined
+          ? undefined
+          : createExposer({
+              aws: config.aws,
+              marker: config.store.prefix,
+              tcpPortRange: { start: config.router.tcp.portRangeStart, end: config.router.tcp.portRangeEnd },
+              httpTargetPort: config.router.http.port,
+              log,
+            });
+      // Session endpoints name the load balancers' DNS names: they are known before anyone is admitted.
+      await loadBalancers?.start();
       const leadership = leadershipFor(config, store, locks, keys, log);
       const controller = new Controller({
         store,
@@ -104,6 +120,7 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
         routerStaleMs: config.controller.routerStaleSeconds * 1000,
         log,
         leadership,
+        ...(loadBalancers === undefined ? {} : { loadBalancers }),
       });
       // Stopping drains the workers and then releases the leader key, so a standby takes over at once.
       parts.add('controller', () => controller.stop());

@@ -91,7 +91,36 @@ export interface ManticoreConfig {
   idle: { timeoutSeconds: number; warningSeconds: number; activityWriteIntervalSeconds: number };
   shutdown: { graceSeconds: number };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'; format: 'auto' | 'json' | 'pretty' };
+  aws?: AwsConfig;
 }
+
+export interface AwsLoadBalancerConfig {
+  name: string;
+  type: 'nlb' | 'classic';
+  /** Set from the type when not configured. */
+  listenerQuota: number;
+  dnsName?: string;
+}
+
+export interface AwsConfig {
+  region?: string;
+  loadBalancers: AwsLoadBalancerConfig[];
+  edgeInstanceIds?: string[];
+  /** `loadBalancer` is set to the first of the pool when not configured. */
+  httpListener?: { port: number; certificateArn?: string; loadBalancer: string };
+  tcpTls?: { certificateArn: string };
+  /** `port` is set to router.http.port when not configured. */
+  healthCheck: { port: number; path: string; intervalSeconds: number; timeoutSeconds: number; healthyThreshold: number; unhealthyThreshold: number };
+  securityGroups: { groupIds: string[]; cidrs: string[]; maxRanges: number };
+  resyncSeconds: number;
+  confirmSeconds: number;
+  retryBaseMs: number;
+  retryMaxMs: number;
+  concurrency: number;
+}
+
+/** AWS fixes a Network Load Balancer's listener quota at 50; a Classic ELB's default is 100. */
+export const listenerQuotas = { nlb: 50, classic: 100 } as const;
 
 type EnvParser = (raw: string) => unknown;
 const asInteger: EnvParser = (raw) => (/^\d+$/.test(raw) ? Number(raw) : raw);
@@ -202,5 +231,36 @@ function finish(config: ManticoreConfig, what: string): ManticoreConfig {
     throw new ValidationError(what, ['/auth/jwt: mode jwt needs a secret (HS256) or publicKeys (RS256/ES256)']);
   }
   config.public.httpPort ??= config.router.http.port;
+  if (config.aws) finishAws(config.aws, config, what);
   return config;
+}
+
+/** Defaults that depend on other fields, and the AWS rules a schema cannot express. */
+function finishAws(aws: AwsConfig, config: ManticoreConfig, what: string): void {
+  const problems: string[] = [];
+  const names = new Set<string>();
+  aws.loadBalancers.forEach((balancer, index) => {
+    if (names.has(balancer.name)) problems.push(`/aws/loadBalancers/${index}/name: "${balancer.name}" is in the pool twice`);
+    names.add(balancer.name);
+    balancer.listenerQuota ??= listenerQuotas[balancer.type];
+    if (balancer.type === 'nlb' && balancer.listenerQuota > listenerQuotas.nlb) {
+      problems.push(`/aws/loadBalancers/${index}/listenerQuota: a Network Load Balancer holds at most ${listenerQuotas.nlb} listeners (an AWS quota that cannot be raised)`);
+    }
+  });
+  if (aws.loadBalancers.some((balancer) => balancer.type === 'nlb') && (aws.edgeInstanceIds ?? []).length === 0) {
+    problems.push('/aws/edgeInstanceIds: a Network Load Balancer needs the HAProxy edge instances for its target groups');
+  }
+  const { tcp } = config.router;
+  if (aws.httpListener) {
+    aws.httpListener.loadBalancer ??= aws.loadBalancers[0]!.name;
+    const carrier = aws.loadBalancers.find((balancer) => balancer.name === aws.httpListener!.loadBalancer);
+    if (carrier === undefined) problems.push(`/aws/httpListener/loadBalancer: "${aws.httpListener.loadBalancer}" is not in aws.loadBalancers`);
+    if (aws.httpListener.port >= tcp.portRangeStart && aws.httpListener.port <= tcp.portRangeEnd) {
+      problems.push(`/aws/httpListener/port: ${aws.httpListener.port} is inside the session port range ${tcp.portRangeStart}-${tcp.portRangeEnd}`);
+    }
+  }
+  aws.healthCheck.port ??= config.router.http.port;
+  if (aws.healthCheck.timeoutSeconds >= aws.healthCheck.intervalSeconds) problems.push('/aws/healthCheck/timeoutSeconds: must be below intervalSeconds');
+  if (aws.retryMaxMs < aws.retryBaseMs) problems.push('/aws/retryMaxMs: must not be below retryBaseMs');
+  if (problems.length > 0) throw new ValidationError(what, problems);
 }

@@ -1,4 +1,5 @@
 import type { RouteRecord, SessionRecord, SessionStatus } from '../api/types.js';
+import type { PortRoom } from './claims.js';
 import type { Cache, CachedRecord } from './informer.js';
 
 export interface AdmissionLimits {
@@ -17,7 +18,7 @@ export interface AdmissionState {
   readonly routes: Cache<CachedRecord<RouteRecord>>;
 }
 
-export type WaitReason = 'ClusterFull' | 'StartLimit' | 'InsufficientCapacity' | 'Queued';
+export type WaitReason = 'ClusterFull' | 'StartLimit' | 'InsufficientCapacity' | 'NoFreePort' | 'NoListenerCapacity' | 'Queued';
 
 export type AdmissionDecision =
   | { readonly admit: true }
@@ -89,6 +90,11 @@ export class Admission {
   private readonly blockedInEpoch = new Map<string, number>();
   /** Estimated admission times by list position, until the next change. */
   private estimates: number[] | undefined;
+  /**
+   * The room last computed. Remembered rather than recomputed before a change, because the port room can
+   * grow before the change that caused it reaches the waiting list (the allocator sees the claim first).
+   */
+  private lastFree = 0;
 
   constructor(
     private readonly state: AdmissionState,
@@ -98,6 +104,8 @@ export class Admission {
     private readonly requeue: (id: string) => void,
     /** Called when the running sessions' expiry or start times changed, so the estimates may be stale. */
     private readonly estimatesChanged: () => void,
+    /** Free public ports (and load-balancer listeners): each waiting session is counted as needing one. */
+    private readonly portRoom?: () => PortRoom,
   ) {}
 
   /** The waiting sessions, head first. */
@@ -116,7 +124,7 @@ export class Admission {
 
   private update(id: string, mayRequeue: (other: string) => boolean): void {
     this.estimates = undefined;
-    const freeBefore = this.freeSlots();
+    const freeBefore = this.lastFree;
     const cached = this.state.sessions.get(id)?.value;
     const record = cached?.metadata.id === id ? cached : undefined;
     const status = this.state.statuses.get(id)?.value;
@@ -164,6 +172,7 @@ export class Admission {
     };
     if (changedAt !== undefined) this.waiting.slice(changedAt).forEach(requeue);
     const freeAfter = this.freeSlots();
+    this.lastFree = freeAfter;
     if (freeAfter > freeBefore) this.waiting.slice(0, freeAfter).forEach(requeue);
     if (timesChanged && this.waiting.length > 0) this.estimatesChanged();
   }
@@ -192,6 +201,8 @@ export class Admission {
     if (this.holding.size >= maxSessions) return wait('ClusterFull', `all ${maxSessions} session slots are in use`);
     if (this.window !== Infinity) return wait('InsufficientCapacity', 'the cluster was full; sessions are admitted a few at a time until it has room');
     if (this.starting.size >= maxStarting) return wait('StartLimit', `${maxStarting} sessions are starting; waiting for one to be ready`);
+    const ports = this.portRoom?.();
+    if (ports !== undefined && position > ports.free) return wait(ports.reason, ports.message);
     return wait('Queued', `${position - 1} session(s) ahead in the waiting list`);
   }
 
@@ -226,6 +237,13 @@ export class Admission {
     if (wasBlocked) for (const waiter of this.waiting.slice(0, Math.max(1, this.freeSlots()))) this.requeue(waiter.id);
   }
 
+  /** Room for ports may have grown without a session changing (a load balancer's listener went away): try the head. */
+  roomChanged(): void {
+    const free = this.freeSlots();
+    if (free > this.lastFree) this.waiting.slice(0, free).forEach((waiter) => this.requeue(waiter.id));
+    this.lastFree = free;
+  }
+
   /** 1 for the owner's oldest live session; beyond sessionsPerUser a session is over the per-user limit. */
   ownerRank(id: string): number | undefined {
     const owner = this.ownerOf.get(id);
@@ -237,7 +255,7 @@ export class Admission {
   /** Room for admissions right now. */
   private freeSlots(): number {
     if (this.capacityBlockedUntil() !== undefined) return 0;
-    const free = Math.max(0, Math.min(this.limits.maxSessions - this.holding.size, this.limits.maxStarting - this.starting.size));
+    const free = Math.max(0, Math.min(this.limits.maxSessions - this.holding.size, this.limits.maxStarting - this.starting.size, this.portRoom?.().free ?? Infinity));
     return Math.min(free, Math.max(0, this.window - this.probing.size));
   }
 

@@ -1,4 +1,5 @@
 import crypto from 'node:crypto';
+import { Subject, type Observable } from 'rxjs';
 import type { RouteRecord } from '../api/types.js';
 import type { CacheChange, CachedRecord } from './informer.js';
 
@@ -27,19 +28,60 @@ export const newToken = (): string => randomBase32(26);
 /** A session id: 16 base32 characters (80 bits), so ids cannot be enumerated. */
 export const newSessionId = (): string => randomBase32(16);
 
+/** A load balancer of the pool as the allocator sees it: how many listeners it may hold in all. */
+export interface ListenerPoolMember {
+  readonly name: string;
+  readonly listenerQuota: number;
+}
+
+/** A reserved port and, with a load-balancer pool, the load balancer that listens on it. */
+export interface PortAssignment {
+  readonly port: number;
+  readonly loadBalancer?: string;
+}
+
+/** Room for new ports, and what limits it when there is none. */
+export interface PortRoom {
+  readonly free: number;
+  readonly reason: 'NoFreePort' | 'NoListenerCapacity';
+  readonly message: string;
+}
+
 /**
  * Hands out public TCP ports from the configured range. It knows every port claimed in a routes record
  * (fed from the routes cache) plus reservations made but not yet seen in the cache, so two sessions never
  * get the same port. Ports are picked at random among the free ones, which makes it unlikely that a port
  * a user just lost is handed straight to someone else.
+ *
+ * With a load-balancer pool (AWS), a port is only handed out together with a load balancer that can still
+ * listen on it: one below its listener quota, counting every listener it really has (ours being deleted,
+ * other people's, the fixed ones) as well as the ports claimed on it, and with no listener of its own on
+ * that port. The assignment is recorded in the claim, so it survives restarts and failovers.
  */
 export class PortAllocator {
   private readonly owners = new Map<number, string>();
+  private readonly loadBalancerOf = new Map<number, string>();
+  private readonly claimedOn = new Map<string, Set<number>>();
+  /** Listener ports each load balancer was last seen to have (any owner). */
+  private readonly listenersOn = new Map<string, ReadonlySet<number>>();
+  /** Listener quotas lowered at run time, after AWS refused a listener below the configured one. */
+  private readonly learnedQuota = new Map<string, number>();
+  /** Listeners in use per load balancer: |claimed ∪ listening|, kept up to date on every change. */
+  private readonly occupied = new Map<string, number>();
+  private readonly assignments = new Subject<string>();
+  /** Emits the name of a load balancer whose set of claimed ports changed. */
+  readonly assignmentChanges: Observable<string> = this.assignments.asObservable();
 
   constructor(
     readonly start: number,
     readonly end: number,
-  ) {}
+    readonly pool: readonly ListenerPoolMember[] = [],
+  ) {
+    for (const member of pool) {
+      this.claimedOn.set(member.name, new Set());
+      this.occupied.set(member.name, 0);
+    }
+  }
 
   get used(): number {
     return this.owners.size;
@@ -52,27 +94,122 @@ export class PortAllocator {
   /** Keeps the allocator in step with the routes cache. */
   observe(change: CacheChange<CachedRecord<RouteRecord>>): void {
     for (const route of change.previous?.value?.ports ?? []) {
-      if (this.owners.get(route.port) === change.id) this.owners.delete(route.port);
+      if (this.owners.get(route.port) === change.id) this.forget(route.port);
     }
-    for (const route of change.current?.value?.ports ?? []) this.owners.set(route.port, change.id);
+    for (const route of change.current?.value?.ports ?? []) this.claim(change.id, route.port, route.loadBalancer);
   }
 
-  /** Reserves a free port for a session, or returns undefined when the range is exhausted. */
-  reserve(sessionId: string): number | undefined {
+  /** The session that holds a port, if any. */
+  ownerOf(port: number): string | undefined {
+    return this.owners.get(port);
+  }
+
+  /** Ports claimed (or reserved) on a load balancer of the pool. */
+  claimedPorts(loadBalancer: string): ReadonlySet<number> {
+    return this.claimedOn.get(loadBalancer) ?? new Set();
+  }
+
+  /** Every port claimed on some load balancer of the pool. */
+  allClaimedPorts(): number[] {
+    return [...this.claimedOn.values()].flatMap((ports) => [...ports]);
+  }
+
+  /** What the load balancer was last seen listening on (any owner): those slots and ports are not free there. */
+  setListeners(loadBalancer: string, ports: ReadonlySet<number>): void {
+    if (!this.claimedOn.has(loadBalancer)) return;
+    this.listenersOn.set(loadBalancer, ports);
+    this.recount(loadBalancer);
+  }
+
+  /** AWS refused a listener for quota with fewer listeners than configured: use what it holds as its quota. */
+  lowerQuota(loadBalancer: string, quota: number): void {
+    this.learnedQuota.set(loadBalancer, quota);
+  }
+
+  /** Room for new ports: free ports in the range, and with a pool free listener slots. */
+  room(): PortRoom {
+    const freePorts = this.capacity - this.used;
+    if (this.pool.length === 0) {
+      return { free: freePorts, reason: 'NoFreePort', message: `all ${this.capacity} public TCP ports are in use` };
+    }
+    const freeListeners = this.pool.reduce((sum, member) => sum + this.roomOn(member), 0);
+    if (freePorts <= freeListeners) return { free: freePorts, reason: 'NoFreePort', message: `all ${this.capacity} public TCP ports are in use` };
+    const quotas = this.pool.map((member) => `${member.name} ${this.quotaOf(member)}`).join(', ');
+    return { free: freeListeners, reason: 'NoListenerCapacity', message: `every load balancer is at its listener quota (${quotas})` };
+  }
+
+  /** Reserves a free port (and a load balancer with room for it) for a session, or undefined when there is none. */
+  reserve(sessionId: string): PortAssignment | undefined {
     const size = this.capacity;
     const offset = crypto.randomInt(size);
+    // Most room first: sessions spread over the pool, so no load balancer's API is the only one busy.
+    const candidates = this.pool.filter((member) => this.roomOn(member) > 0).sort((a, b) => this.roomOn(b) - this.roomOn(a));
+    if (this.pool.length > 0 && candidates.length === 0) return undefined;
     for (let i = 0; i < size; i++) {
       const port = this.start + ((offset + i) % size);
-      if (!this.owners.has(port)) {
-        this.owners.set(port, sessionId);
-        return port;
+      if (this.owners.has(port)) continue;
+      if (this.pool.length === 0) {
+        this.claim(sessionId, port, undefined);
+        return { port };
       }
+      const member = candidates.find((candidate) => !this.listenersOn.get(candidate.name)?.has(port));
+      if (member === undefined) continue;
+      this.claim(sessionId, port, member.name);
+      return { port, loadBalancer: member.name };
     }
     return undefined;
   }
 
+  /** A load balancer with room for a port claimed without one (or on one no longer in the pool). */
+  reassign(sessionId: string, port: number): string | undefined {
+    if (this.owners.get(port) !== sessionId) return undefined;
+    const member = this.pool
+      .filter((candidate) => this.roomOn(candidate) > 0 && !this.listenersOn.get(candidate.name)?.has(port))
+      .sort((a, b) => this.roomOn(b) - this.roomOn(a))[0];
+    if (member === undefined) return undefined;
+    this.forget(port);
+    this.claim(sessionId, port, member.name);
+    return member.name;
+  }
+
   /** Gives back a reservation that was never written (e.g. its write lost a compare-and-set). */
   release(sessionId: string, port: number): void {
-    if (this.owners.get(port) === sessionId) this.owners.delete(port);
+    if (this.owners.get(port) === sessionId) this.forget(port);
+  }
+
+  private claim(sessionId: string, port: number, loadBalancer: string | undefined): void {
+    if (this.owners.has(port)) this.forget(port);
+    this.owners.set(port, sessionId);
+    const ports = loadBalancer === undefined ? undefined : this.claimedOn.get(loadBalancer);
+    if (ports === undefined) return;
+    this.loadBalancerOf.set(port, loadBalancer!);
+    ports.add(port);
+    this.recount(loadBalancer!);
+    this.assignments.next(loadBalancer!);
+  }
+
+  private forget(port: number): void {
+    this.owners.delete(port);
+    const loadBalancer = this.loadBalancerOf.get(port);
+    if (loadBalancer === undefined) return;
+    this.loadBalancerOf.delete(port);
+    this.claimedOn.get(loadBalancer)!.delete(port);
+    this.recount(loadBalancer);
+    this.assignments.next(loadBalancer);
+  }
+
+  private recount(loadBalancer: string): void {
+    const claimed = this.claimedOn.get(loadBalancer)!;
+    let count = claimed.size;
+    for (const port of this.listenersOn.get(loadBalancer) ?? []) if (!claimed.has(port)) count += 1;
+    this.occupied.set(loadBalancer, count);
+  }
+
+  private quotaOf(member: ListenerPoolMember): number {
+    return Math.min(member.listenerQuota, this.learnedQuota.get(member.name) ?? Infinity);
+  }
+
+  private roomOn(member: ListenerPoolMember): number {
+    return Math.max(0, this.quotaOf(member) - (this.occupied.get(member.name) ?? 0));
   }
 }

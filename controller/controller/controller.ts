@@ -19,6 +19,7 @@ import type { LifecyclePolicy } from './lifecycle.js';
 import type { PublicAddressing } from './endpoints.js';
 import { ConflictError, SessionReconciler } from './reconciler.js';
 import { WorkQueue } from './workqueue.js';
+import type { Exposer } from '../loadbalancer/exposer.js';
 
 /** How often, at most, the waiting sessions' start estimates are recomputed when the running sessions' times change. */
 export const estimateRefreshMs = 10_000;
@@ -48,6 +49,8 @@ export interface ControllerOptions {
   readonly clock?: Clock;
   /** Who may act: a LeaderElection among replicas; by default this process alone (the embedded store). */
   readonly leadership?: Leadership;
+  /** AWS load balancers in front of the TCP ports: ports are handed out with a listener slot, and reconciled while leading. */
+  readonly loadBalancers?: Exposer;
 }
 
 /**
@@ -94,7 +97,8 @@ export class Controller {
     this.routers = new StoreInformer(store, keys.routers, (json) => parseRecord<RouterHeartbeat>('router-heartbeat', json), this.log);
     this.activities = new StoreInformer(store, keys.activities, (json) => parseRecord<ActivityRecord>('activity', json), this.log);
     this.workloads = new WorkloadInformer(options.scheduler, this.log);
-    this.ports = new PortAllocator(options.tcpPortRange.start, options.tcpPortRange.end);
+    this.ports = new PortAllocator(options.tcpPortRange.start, options.tcpPortRange.end, options.loadBalancers?.pool ?? []);
+    options.loadBalancers?.bind(this.ports);
     this.leadership = options.leadership ?? new SoleLeader();
     this.termQueue = this.newQueue();
     this.metrics = new ControllerMetrics({
@@ -116,7 +120,9 @@ export class Controller {
       now,
       (id) => this.queue.add(id),
       () => this.refreshEstimatesSoon(),
+      () => this.ports.room(),
     );
+    const exposer = options.loadBalancers;
     this.reconciler = new SessionReconciler({
       writer: new FencedWriter(
         store,
@@ -128,7 +134,8 @@ export class Controller {
       templates: options.templates,
       ports: this.ports,
       admission: this.admission,
-      addressing: options.addressing,
+      addressing: exposer ? { ...options.addressing, loadBalancerHost: (name) => exposer.dnsName(name) } : options.addressing,
+      ...(exposer ? { listeners: exposer } : {}),
       policy: options.policy,
       sessionsPerUser: options.limits.sessionsPerUser,
       routerStaleMs: options.routerStaleMs,
@@ -185,6 +192,17 @@ export class Controller {
         for (const [id, index] of this.awaitingRouters) if (index <= applied || change.current === undefined) this.queue.add(id);
       }),
     );
+    const exposer = this.options.loadBalancers;
+    if (exposer) {
+      this.subscriptions.push(this.ports.assignmentChanges.subscribe((loadBalancer) => exposer.claimsChanged(loadBalancer)));
+      this.subscriptions.push(
+        exposer.changes.subscribe((change) => {
+          if (change.kind === 'room') return this.admission.roomChanged();
+          const id = this.ports.ownerOf(change.port);
+          if (id !== undefined) this.queue.add(id);
+        }),
+      );
+    }
     const informers = [this.sessions, this.statuses, this.routes, this.routers, this.activities, this.workloads];
     for (const informer of informers) informer.start();
     await Promise.all(informers.map((informer) => informer.synced));
@@ -202,6 +220,7 @@ export class Controller {
   /** Stops taking work, lets the reconciles in flight finish, then hands leadership over. */
   async stop(): Promise<void> {
     this.stopping = true;
+    this.options.loadBalancers?.pause();
     this.clock.clearTimeout(this.sweepTimer);
     this.clock.clearTimeout(this.estimateTimer);
     this.deadlines.clear();
@@ -258,6 +277,7 @@ export class Controller {
       for (const id of cache.ids()) queue.add(id);
     }
     this.log.info({ queued: queue.length }, 'leading: reconciling every session');
+    this.options.loadBalancers?.resume();
     this.workersDone = this.workersDone.then(async () => {
       await Promise.all(Array.from({ length: this.options.workers }, () => this.work(queue)));
     });
@@ -267,6 +287,7 @@ export class Controller {
   private follow(): void {
     if (this.stopping || !this.termActive) return;
     this.termActive = false;
+    this.options.loadBalancers?.pause();
     this.termQueue.shutDown();
     this.termQueue = this.newQueue();
     this.log.info('standing by');

@@ -1,5 +1,5 @@
 import type { Endpoint, RouteRecord, SessionTemplate } from '../api/types.js';
-import { newToken } from './claims.js';
+import { newToken, type PortAssignment } from './claims.js';
 
 /** How users reach sessions: the parts of the public URLs that are not secret. */
 export interface PublicAddressing {
@@ -7,6 +7,8 @@ export interface PublicAddressing {
   readonly httpScheme: 'http' | 'https';
   readonly httpPort: number;
   readonly tcpHost: string;
+  /** With AWS load balancers: the DNS name users reach a load balancer of the pool by (its ports' host). */
+  readonly loadBalancerHost?: (name: string) => string | undefined;
 }
 
 export type PublicEndpoint = Endpoint & { readonly host: string; readonly port: number };
@@ -15,13 +17,13 @@ export type PublicEndpoint = Endpoint & { readonly host: string; readonly port: 
  * A session's claim: a fresh secret hostname for each http/ws service and a public port for each tcp
  * service, from `reservePort` (undefined when none is free: then no claim is made).
  */
-export function newClaim(sessionId: string, template: SessionTemplate, reservePort: () => number | undefined): RouteRecord | undefined {
+export function newClaim(sessionId: string, template: SessionTemplate, reservePort: () => PortAssignment | undefined): RouteRecord | undefined {
   const claim: RouteRecord = { sessionId, hosts: [], ports: [] };
   for (const service of template.spec.services) {
     if (service.expose === 'tcp') {
-      const port = reservePort();
-      if (port === undefined) return undefined;
-      claim.ports.push({ service: service.name, port });
+      const assignment = reservePort();
+      if (assignment === undefined) return undefined;
+      claim.ports.push({ service: service.name, ...assignment });
     } else {
       claim.hosts.push({ service: service.name, token: newToken() });
     }
@@ -31,13 +33,15 @@ export function newClaim(sessionId: string, template: SessionTemplate, reservePo
 
 /** The public address of each service, known from the claim before anything runs. */
 export function publicEndpoints(template: SessionTemplate, claim: RouteRecord, addressing: PublicAddressing): Record<string, PublicEndpoint> {
-  const { domain, httpScheme, httpPort, tcpHost } = addressing;
+  const { domain, httpScheme, httpPort, tcpHost, loadBalancerHost } = addressing;
   const portSuffix = httpPort === (httpScheme === 'https' ? 443 : 80) ? '' : `:${httpPort}`;
   const endpoints: Record<string, PublicEndpoint> = {};
   for (const service of template.spec.services) {
     if (service.expose === 'tcp') {
-      const port = claim.ports.find((route) => route.service === service.name)?.port;
-      if (port !== undefined) endpoints[service.name] = { protocol: 'tcp', url: `tcp://${tcpHost}:${port}`, host: tcpHost, port };
+      const route = claim.ports.find((candidate) => candidate.service === service.name);
+      if (route === undefined) continue;
+      const host = (route.loadBalancer === undefined ? undefined : loadBalancerHost?.(route.loadBalancer)) ?? tcpHost;
+      endpoints[service.name] = { protocol: 'tcp', url: `tcp://${host}:${route.port}`, host, port: route.port };
     } else {
       const token = claim.hosts.find((route) => route.service === service.name)?.token;
       if (token === undefined) continue;

@@ -21,6 +21,7 @@ import type { Cache, CachedRecord } from './informer.js';
 import type { Keys } from './keys.js';
 import { Expectations } from './expectations.js';
 import { expiryOf, formatSeconds, idleWarningCondition, recentFailures, restartDelayMs, type LifecyclePolicy } from './lifecycle.js';
+import type { ListenerStates } from '../loadbalancer/exposer.js';
 import { nextStatus, sameStatus, type ConditionInput, type StatusInput } from './status.js';
 
 /** The observed world the reconciler reads: caches fed by watches, never the backends directly. */
@@ -54,6 +55,8 @@ export interface ReconcilerDeps {
   readonly now: () => number;
   /** How long to wait for the caches to show the reconciler's own writes before acting anyway. */
   readonly expectationTimeoutMs?: number;
+  /** With AWS load balancers: whether each claimed port's listener is seen (the condition Exposed). */
+  readonly listeners?: ListenerStates;
 }
 
 export interface ReconcileResult {
@@ -205,15 +208,16 @@ export class SessionReconciler {
       healthy = { type: 'Healthy', status: 'False', reason: 'Restarting', message: `${describeTasks(allocation) || 'the workload failed'}; replacing it at ${new Date(Math.max(now, replaceAt)).toISOString()}` };
     }
 
-    const wanted = withBackends(claim, template, allocation);
+    const wanted = withBackends(this.withLoadBalancers(id, claim), template, allocation);
     const routesChanged = JSON.stringify(wanted) !== JSON.stringify(claim);
     if (routesChanged) await this.put(id, observed.routes, this.deps.keys.route(id), encodeRecord('route', wanted));
     const routed: ConditionInput = routesChanged
       ? { type: 'Routed', status: 'False', reason: 'RoutesUpdating', message: 'routes are being updated to the workload address' }
       : this.routedCondition(claim, routesRecord!.entry.modifyIndex);
 
+    const exposed = this.deps.listeners === undefined ? undefined : exposedCondition(wanted, this.deps.listeners);
     // Ready is every other condition holding; otherwise it carries the first one that does not, as its reason.
-    const blocker = [scheduled, healthy, routed].find((condition) => condition.status !== 'True');
+    const blocker = [scheduled, healthy, routed, ...(exposed ? [exposed] : [])].find((condition) => condition.status !== 'True');
     const ready = blocker === undefined;
     // Not serving since admission (for any reason), or since its workload stopped serving: given up after
     // the start timeout. A session that has served is not failed for the routers' troubles.
@@ -233,6 +237,7 @@ export class SessionReconciler {
       scheduled,
       healthy,
       routed,
+      ...(exposed ? [exposed] : []),
       blocker === undefined
         ? { type: 'Ready', status: 'True', reason: 'Ready', message: 'the session is serving' }
         : { type: 'Ready', status: 'False', reason: blocker.reason, message: blocker.message },
@@ -309,11 +314,12 @@ export class SessionReconciler {
       return decision.retryAt === undefined ? done : { wakeAt: decision.retryAt };
     }
     const portsNeeded = template.spec.services.filter((service) => service.expose === 'tcp').length;
-    if (this.deps.ports.capacity - this.deps.ports.used < portsNeeded) {
+    const room = this.deps.ports.room();
+    if (room.free < portsNeeded) {
       await this.writeStatus(id, {
         phase: 'Waiting',
         observedGeneration: generation,
-        conditions: waitingConditions('NoFreePort', `all ${this.deps.ports.capacity} public TCP ports are in use`),
+        conditions: waitingConditions(room.reason, room.message),
         endpoints: {},
         queuePosition: 1,
       });
@@ -323,9 +329,9 @@ export class SessionReconciler {
     admission.reserve(id);
     const reserved: number[] = [];
     const record = newClaim(id, template, () => {
-      const port = this.deps.ports.reserve(id);
-      if (port !== undefined) reserved.push(port);
-      return port;
+      const assignment = this.deps.ports.reserve(id);
+      if (assignment !== undefined) reserved.push(assignment.port);
+      return assignment;
     });
     const giveBack = (): void => {
       for (const port of reserved) this.deps.ports.release(id, port);
@@ -341,6 +347,25 @@ export class SessionReconciler {
     this.deps.log.info({ session: id }, 'session admitted');
     // The routes watch brings the claim back into the cache and requeues the session.
     return done;
+  }
+
+  /**
+   * The claim with every port on a load balancer of the pool: a port claimed before the pool was configured,
+   * or on a load balancer since removed from it, gets one with room (its address changes, and the job with it).
+   */
+  private withLoadBalancers(id: string, claim: RouteRecord): RouteRecord {
+    const { ports, log } = this.deps;
+    const members = new Set(ports.pool.map((member) => member.name));
+    if (members.size === 0 || claim.ports.every((route) => route.loadBalancer !== undefined && members.has(route.loadBalancer))) return claim;
+    return {
+      ...claim,
+      ports: claim.ports.map((route) => {
+        if (route.loadBalancer !== undefined && members.has(route.loadBalancer)) return route;
+        const loadBalancer = ports.reassign(id, route.port);
+        if (loadBalancer !== undefined) log.info({ session: id, port: route.port, loadBalancer, was: route.loadBalancer }, 'port assigned to a load balancer of the pool');
+        return loadBalancer === undefined ? route : { ...route, loadBalancer };
+      }),
+    };
   }
 
   /** The scheduler could not place the workload: back to the head of the waiting list with nothing held. */
@@ -590,12 +615,30 @@ function withBackends(claim: RouteRecord, template: SessionTemplate, allocation:
   return {
     sessionId: claim.sessionId,
     hosts: claim.hosts.map(({ service, token }) => ({ service, token, ...optional('backend', backendOf(service)) })),
-    ports: claim.ports.map(({ service, port }) => ({ service, port, ...optional('backend', backendOf(service)) })),
+    ports: claim.ports.map(({ service, port, loadBalancer }) => ({ service, port, ...optional('loadBalancer', loadBalancer), ...optional('backend', backendOf(service)) })),
   };
 }
 
 function optional<K extends string>(key: K, value: string | undefined): { [P in K]?: string } {
   return value === undefined ? {} : ({ [key]: value } as { [P in K]?: string });
+}
+
+/** Exposed once every port's listener is seen on its load balancer. */
+function exposedCondition(routes: RouteRecord, listeners: ListenerStates): ConditionInput {
+  const waiting: string[] = [];
+  let reason = 'CreatingListener';
+  for (const route of routes.ports) {
+    if (route.loadBalancer === undefined) {
+      return { type: 'Exposed', status: 'False', reason: 'NoListenerCapacity', message: `port ${route.port} waits for a load balancer with a free listener` };
+    }
+    const state = listeners.listenerState(route.loadBalancer, route.port);
+    if (state.exposed) continue;
+    waiting.push(`${route.loadBalancer}:${route.port} (${state.message})`);
+    reason = state.reason;
+  }
+  if (waiting.length > 0) return { type: 'Exposed', status: 'False', reason, message: `listener not yet seen: ${waiting.join(', ')}` };
+  const where = routes.ports.map((route) => `${route.loadBalancer}:${route.port}`).join(', ');
+  return { type: 'Exposed', status: 'True', reason: 'ListenerReady', message: routes.ports.length === 0 ? 'no public TCP port' : `listening on ${where}` };
 }
 
 function scheduledCondition(workload: Workload | undefined): ConditionInput {

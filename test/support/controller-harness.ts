@@ -8,6 +8,7 @@ import { Controller } from '../../controller/controller/controller.js';
 import { Keys } from '../../controller/controller/keys.js';
 import type { Leadership } from '../../controller/controller/leader.js';
 import type { LifecyclePolicy } from '../../controller/controller/lifecycle.js';
+import type { Exposer } from '../../controller/loadbalancer/exposer.js';
 import { RouterAgent } from '../../controller/router/agent.js';
 import type { DataPlane, RouteTable } from '../../controller/router/data-plane.js';
 import type { Scheduler } from '../../controller/scheduler/scheduler.js';
@@ -99,6 +100,8 @@ export interface HarnessOptions {
   readonly orphanGracePeriodMs?: number;
   /** For tests that look at what the controller logs. */
   readonly log?: Logger;
+  /** AWS load balancers (over the AWS model) in front of the TCP ports. */
+  readonly loadBalancers?: Exposer;
 }
 
 /** The fake clock as the controller's Clock. */
@@ -159,6 +162,7 @@ export class ControllerHarness<S extends Scheduler = FakeScheduler> {
       log: this.options.log ?? testLog,
       clock: controllerClock(this.clock),
       leadership,
+      ...(this.options.loadBalancers ? { loadBalancers: this.options.loadBalancers } : {}),
     });
     await controller.start();
     return controller;

@@ -79,6 +79,11 @@ export class FakeScheduler implements Scheduler {
   }
 
   /** Gives the session's job a running allocation with an address for each port label. */
+  /** Sessions that have a workload. */
+  workloadIds(): string[] {
+    return [...this.workloads.keys()];
+  }
+
   run(sessionId: string, ports: Record<string, string>, healthy: boolean | undefined = true): Allocation {
     const workload = this.require(sessionId);
     const allocation: Allocation = {

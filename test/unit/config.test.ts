@@ -61,6 +61,32 @@ describe('configuration', () => {
     }
   });
 
+  it('leaves AWS off by default; with a pool, fills quotas by type and the HTTP listener\'s load balancer', () => {
+    assert.equal(loadConfig(undefined, {}).aws, undefined);
+    const config = loadConfig(
+      write('aws:\n  loadBalancers: [{ name: nlb-a, type: nlb }, { name: elb-b, type: classic }]\n  edgeInstanceIds: [i-0123456789abcdef0]\n  httpListener: { port: 80 }\n'),
+      {},
+    );
+    assert.deepEqual(config.aws!.loadBalancers.map((balancer) => balancer.listenerQuota), [50, 100]);
+    assert.equal(config.aws!.httpListener!.loadBalancer, 'nlb-a');
+    assert.equal(config.aws!.healthCheck.port, 8080, 'health checks go to HAProxy\'s HTTP port');
+    assert.deepEqual(config.aws!.securityGroups, { groupIds: [], cidrs: ['0.0.0.0/0', '::/0'], maxRanges: 20 });
+    assert.equal(config.aws!.resyncSeconds, 300);
+  });
+
+  it('refuses AWS settings that cannot work, naming the field', () => {
+    const cases: Array<[string, RegExp]> = [
+      ['aws:\n  loadBalancers: [{ name: a, type: nlb, listenerQuota: 60 }]\n  edgeInstanceIds: [i-0123456789abcdef0]\n', /\/aws\/loadBalancers\/0\/listenerQuota: a Network Load Balancer holds at most 50/],
+      ['aws:\n  loadBalancers: [{ name: a, type: nlb }]\n', /\/aws\/edgeInstanceIds: a Network Load Balancer needs/],
+      ['aws:\n  loadBalancers: [{ name: a, type: classic }, { name: a, type: classic }]\n', /\/aws\/loadBalancers\/1\/name: "a" is in the pool twice/],
+      ['aws:\n  loadBalancers: [{ name: a, type: classic }]\n  httpListener: { port: 20005 }\n', /\/aws\/httpListener\/port: 20005 is inside the session port range/],
+      ['aws:\n  loadBalancers: [{ name: a, type: classic }]\n  httpListener: { port: 80, loadBalancer: b }\n', /\/aws\/httpListener\/loadBalancer: "b" is not in aws.loadBalancers/],
+      ['aws:\n  loadBalancers: [{ name: a, type: classic }]\n  tcpTls: { certificateArn: nope }\n', /\/aws\/tcpTls\/certificateArn: must match pattern/],
+      ['aws:\n  loadBalancers: []\n', /\/aws\/loadBalancers: must NOT have fewer than 1 items/],
+    ];
+    for (const [text, expected] of cases) assert.throws(() => loadConfig(write(text), {}), expected);
+  });
+
   it('rejects an environment override that is not valid', () => {
     assert.throws(() => loadConfig(undefined, { MANTICORE_HTTP_PORT: 'x' }), /\/router\/http\/port: must be integer/);
   });

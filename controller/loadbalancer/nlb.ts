@@ -1,0 +1,207 @@
+import crypto from 'node:crypto';
+import {
+  CreateListenerCommand,
+  CreateTargetGroupCommand,
+  DeleteListenerCommand,
+  DeleteTargetGroupCommand,
+  DescribeListenersCommand,
+  DescribeLoadBalancersCommand,
+  DescribeTagsCommand,
+  DescribeTargetGroupsCommand,
+  ModifyTargetGroupCommand,
+  RegisterTargetsCommand,
+  type ElasticLoadBalancingV2Client,
+  type Listener,
+  type TargetGroup,
+} from '@aws-sdk/client-elastic-load-balancing-v2';
+import type { HealthCheckSpec, ListenerSpec, LoadBalancerProvider, LoadBalancerSnapshot, ObservedListener } from './provider.js';
+
+/** The tag that marks what Manticore created; its value is the marker of this installation (its store prefix). */
+export const ownerTagKey = 'manticore:owner';
+/** DescribeTags takes at most 20 ARNs. */
+const tagBatch = 20;
+
+export interface NlbOptions {
+  readonly client: ElasticLoadBalancingV2Client;
+  readonly name: string;
+  /** Tag value that says "ours" (one Manticore installation's marker). */
+  readonly marker: string;
+  /** The HAProxy edge instances every target group holds. */
+  readonly instanceIds: readonly string[];
+  readonly healthCheck: HealthCheckSpec;
+}
+
+interface Identity {
+  readonly arn: string;
+  readonly vpcId: string;
+  readonly dnsName: string;
+}
+
+/**
+ * A Network Load Balancer (ELBv2): each listener forwards to a target group of its own that holds the
+ * edge instances on the target port. Listeners and target groups carry the owner tag; target groups are
+ * also named after the marker and the load balancer (`mc-<hash>-<port>`), so listing them stays cheap.
+ */
+export class NlbProvider implements LoadBalancerProvider {
+  readonly type = 'nlb' as const;
+  readonly name: string;
+  private identity: Identity | undefined;
+  /** Whether a listener or target group carries our tag, by ARN (tags of an ARN are read once). */
+  private readonly ownedArns = new Map<string, boolean>();
+  /** Our target groups by listener port, as last seen or created. */
+  private targetGroups = new Map<number, TargetGroup>();
+  private readonly namePrefix: string;
+
+  constructor(private readonly options: NlbOptions) {
+    this.name = options.name;
+    const hash = crypto.createHash('sha256').update(`${options.marker}\0${options.name}`).digest('hex').slice(0, 6);
+    this.namePrefix = `mc-${hash}-`;
+  }
+
+  async describe(): Promise<LoadBalancerSnapshot> {
+    const { client } = this.options;
+    const identity = await this.loadIdentity();
+    const listeners: Listener[] = [];
+    let marker: string | undefined;
+    do {
+      const page = await client.send(new DescribeListenersCommand({ LoadBalancerArn: identity.arn, PageSize: 400, ...(marker ? { Marker: marker } : {}) }));
+      listeners.push(...(page.Listeners ?? []));
+      marker = page.NextMarker;
+    } while (marker);
+    const groups: TargetGroup[] = [];
+    do {
+      const page = await client.send(new DescribeTargetGroupsCommand({ PageSize: 400, ...(marker ? { Marker: marker } : {}) }));
+      groups.push(...(page.TargetGroups ?? []).filter((group) => group.TargetGroupName?.startsWith(this.namePrefix)));
+      marker = page.NextMarker;
+    } while (marker);
+    await this.loadOwnership([...listeners.map((listener) => listener.ListenerArn!), ...groups.map((group) => group.TargetGroupArn!)]);
+
+    const targetGroups = new Map<number, TargetGroup>();
+    for (const group of groups) {
+      const port = Number(group.TargetGroupName!.slice(this.namePrefix.length));
+      if (this.ownedArns.get(group.TargetGroupArn!) === true && Number.isInteger(port)) targetGroups.set(port, group);
+    }
+    this.targetGroups = targetGroups;
+    const byArn = new Map([...targetGroups.values()].map((group) => [group.TargetGroupArn!, group]));
+    const observed = new Map<number, ObservedListener>();
+    for (const listener of listeners) {
+      const forward = listener.DefaultActions?.find((action) => action.Type === 'forward');
+      const group = forward?.TargetGroupArn === undefined ? undefined : byArn.get(forward.TargetGroupArn);
+      const certificateArn = listener.Certificates?.[0]?.CertificateArn;
+      observed.set(listener.Port!, {
+        id: listener.ListenerArn!,
+        port: listener.Port!,
+        protocol: listener.Protocol === 'TLS' ? 'TLS' : 'TCP',
+        targetPort: group?.Port ?? 0,
+        ...(certificateArn === undefined ? {} : { certificateArn }),
+        owned: this.ownedArns.get(listener.ListenerArn!) === true,
+      });
+    }
+    const drift = [...targetGroups.values()].filter((group) => !sameHealthCheck(group, this.options.healthCheck)).map((group) => group.TargetGroupArn!);
+    return {
+      dnsName: identity.dnsName,
+      listeners: observed,
+      helpers: new Map([...targetGroups].map(([port, group]) => [port, group.TargetGroupArn!])),
+      healthCheckDrift: drift,
+    };
+  }
+
+  async createListener(spec: ListenerSpec): Promise<void> {
+    const { client, instanceIds, marker } = this.options;
+    const identity = await this.loadIdentity();
+    const tags = [
+      { Key: ownerTagKey, Value: marker },
+      { Key: 'manticore:port', Value: String(spec.port) },
+    ];
+    let group = this.targetGroups.get(spec.port);
+    if (group === undefined || group.Port !== spec.targetPort) {
+      // Creating a target group that exists with the same settings answers the existing one.
+      const created = await client.send(
+        new CreateTargetGroupCommand({
+          Name: `${this.namePrefix}${spec.port}`,
+          Protocol: 'TCP',
+          Port: spec.targetPort,
+          VpcId: identity.vpcId,
+          TargetType: 'instance',
+          ...healthCheckFields(this.options.healthCheck),
+          Tags: tags,
+        }),
+      );
+      group = created.TargetGroups![0]!;
+      this.ownedArns.set(group.TargetGroupArn!, true);
+      this.targetGroups.set(spec.port, group);
+    }
+    await client.send(new RegisterTargetsCommand({ TargetGroupArn: group.TargetGroupArn!, Targets: instanceIds.map((Id) => ({ Id, Port: spec.targetPort })) }));
+    const created = await client.send(
+      new CreateListenerCommand({
+        LoadBalancerArn: identity.arn,
+        Protocol: spec.protocol,
+        Port: spec.port,
+        ...(spec.certificateArn === undefined ? {} : { Certificates: [{ CertificateArn: spec.certificateArn }] }),
+        DefaultActions: [{ Type: 'forward', TargetGroupArn: group.TargetGroupArn! }],
+        Tags: tags,
+      }),
+    );
+    const arn = created.Listeners?.[0]?.ListenerArn;
+    if (arn !== undefined) this.ownedArns.set(arn, true);
+  }
+
+  async deleteListener(listener: ObservedListener): Promise<void> {
+    await this.options.client.send(new DeleteListenerCommand({ ListenerArn: listener.id }));
+    this.ownedArns.delete(listener.id);
+  }
+
+  async deleteHelper(id: string): Promise<void> {
+    await this.options.client.send(new DeleteTargetGroupCommand({ TargetGroupArn: id }));
+    this.ownedArns.delete(id);
+    for (const [port, group] of this.targetGroups) if (group.TargetGroupArn === id) this.targetGroups.delete(port);
+  }
+
+  async repairHealthCheck(id: string): Promise<void> {
+    await this.options.client.send(new ModifyTargetGroupCommand({ TargetGroupArn: id, ...healthCheckFields(this.options.healthCheck) }));
+  }
+
+  /** The load balancer's ARN, VPC and DNS name: looked up once, they never change. */
+  private async loadIdentity(): Promise<Identity> {
+    if (this.identity) return this.identity;
+    const answer = await this.options.client.send(new DescribeLoadBalancersCommand({ Names: [this.name] }));
+    const found = answer.LoadBalancers?.[0];
+    if (found === undefined) throw new Error(`network load balancer ${this.name} not found`);
+    if (found.Type !== undefined && found.Type !== 'network') throw new Error(`load balancer ${this.name} is of type ${found.Type}, not network`);
+    this.identity = { arn: found.LoadBalancerArn!, vpcId: found.VpcId!, dnsName: found.DNSName! };
+    return this.identity;
+  }
+
+  /** Reads the tags of ARNs not seen before (ARNs are never reused, so once is enough). */
+  private async loadOwnership(arns: readonly string[]): Promise<void> {
+    const unknown = arns.filter((arn) => !this.ownedArns.has(arn));
+    for (let i = 0; i < unknown.length; i += tagBatch) {
+      const batch = unknown.slice(i, i + tagBatch);
+      const answer = await this.options.client.send(new DescribeTagsCommand({ ResourceArns: batch }));
+      for (const arn of batch) {
+        const tags = answer.TagDescriptions?.find((description) => description.ResourceArn === arn)?.Tags ?? [];
+        this.ownedArns.set(arn, tags.some((tag) => tag.Key === ownerTagKey && tag.Value === this.options.marker));
+      }
+    }
+  }
+}
+
+function healthCheckFields(check: HealthCheckSpec): Pick<
+  TargetGroup,
+  'HealthCheckProtocol' | 'HealthCheckPort' | 'HealthCheckPath' | 'HealthCheckIntervalSeconds' | 'HealthCheckTimeoutSeconds' | 'HealthyThresholdCount' | 'UnhealthyThresholdCount'
+> {
+  return {
+    HealthCheckProtocol: 'HTTP',
+    HealthCheckPort: String(check.port),
+    HealthCheckPath: check.path,
+    HealthCheckIntervalSeconds: check.intervalSeconds,
+    HealthCheckTimeoutSeconds: check.timeoutSeconds,
+    HealthyThresholdCount: check.healthyThreshold,
+    UnhealthyThresholdCount: check.unhealthyThreshold,
+  };
+}
+
+function sameHealthCheck(group: TargetGroup, check: HealthCheckSpec): boolean {
+  const wanted = healthCheckFields(check);
+  return (Object.keys(wanted) as Array<keyof typeof wanted>).every((field) => group[field] === wanted[field]);
+}

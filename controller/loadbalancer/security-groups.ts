@@ -1,0 +1,79 @@
+import {
+  AuthorizeSecurityGroupIngressCommand,
+  DescribeSecurityGroupRulesCommand,
+  RevokeSecurityGroupIngressCommand,
+  type EC2Client,
+  type SecurityGroupRule,
+} from '@aws-sdk/client-ec2';
+
+/** An ingress rule as Manticore wants it: TCP ports from one CIDR. */
+export interface IngressRule {
+  readonly fromPort: number;
+  readonly toPort: number;
+  readonly cidr: string;
+}
+
+/** An ingress rule of ours as a describe call showed it. */
+export interface ObservedRule extends IngressRule {
+  readonly id: string;
+}
+
+/** The rule description that marks a rule as Manticore's (rules made by anyone else never carry it). */
+export function ruleMarker(marker: string): string {
+  return `manticore:${marker}`;
+}
+
+export const ruleKey = (rule: IngressRule): string => `${rule.fromPort}-${rule.toPort} ${rule.cidr}`;
+
+/**
+ * One security group's ingress rules through EC2. Only rules whose description is Manticore's marker are
+ * reported and revoked; rules anyone else made are not even read into the diff.
+ */
+export class SecurityGroupRules {
+  private readonly description: string;
+
+  constructor(
+    private readonly client: EC2Client,
+    readonly groupId: string,
+    marker: string,
+  ) {
+    this.description = ruleMarker(marker);
+  }
+
+  async describeOwned(): Promise<ObservedRule[]> {
+    const rules: SecurityGroupRule[] = [];
+    let token: string | undefined;
+    do {
+      const page = await this.client.send(
+        new DescribeSecurityGroupRulesCommand({ Filters: [{ Name: 'group-id', Values: [this.groupId] }], MaxResults: 1000, ...(token ? { NextToken: token } : {}) }),
+      );
+      rules.push(...(page.SecurityGroupRules ?? []));
+      token = page.NextToken;
+    } while (token);
+    return rules
+      .filter((rule) => rule.IsEgress !== true && rule.Description === this.description && rule.IpProtocol === 'tcp')
+      .map((rule) => ({ id: rule.SecurityGroupRuleId!, fromPort: rule.FromPort!, toPort: rule.ToPort!, cidr: rule.CidrIpv4 ?? rule.CidrIpv6 ?? '' }))
+      .filter((rule) => rule.cidr !== '');
+  }
+
+  async authorize(rule: IngressRule): Promise<void> {
+    const v6 = rule.cidr.includes(':');
+    await this.client.send(
+      new AuthorizeSecurityGroupIngressCommand({
+        GroupId: this.groupId,
+        IpPermissions: [
+          {
+            IpProtocol: 'tcp',
+            FromPort: rule.fromPort,
+            ToPort: rule.toPort,
+            ...(v6 ? { Ipv6Ranges: [{ CidrIpv6: rule.cidr, Description: this.description }] } : { IpRanges: [{ CidrIp: rule.cidr, Description: this.description }] }),
+          },
+        ],
+      }),
+    );
+  }
+
+  async revoke(rule: ObservedRule): Promise<void> {
+    await this.client.send(new RevokeSecurityGroupIngressCommand({ GroupId: this.groupId, SecurityGroupRuleIds: [rule.id] }));
+  }
+}

@@ -1,0 +1,329 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import * as FakeTimers from '@sinonjs/fake-timers';
+import YAML from 'yaml';
+import type { SessionStatus } from '../../controller/api/types.js';
+import { loadConfig } from '../../controller/config/config.js';
+import { createExposer } from '../../controller/loadbalancer/aws.js';
+import type { Exposer } from '../../controller/loadbalancer/exposer.js';
+import { ruleMarker } from '../../controller/loadbalancer/security-groups.js';
+import { EmbeddedStore } from '../../controller/store/embedded-store.js';
+import { AwsModel } from '../fakes/aws.js';
+import { condition, ControllerHarness, controllerClock, createSession, keys, requestDeletion, routesOf, statusOf, testLog } from '../support/controller-harness.js';
+import { FakeScheduler } from '../support/fake-scheduler.js';
+
+const group = 'sg-0123456789abcdef0';
+const marker = 'manticore/';
+const minute = 60_000;
+
+interface World {
+  readonly h: ControllerHarness;
+  readonly model: AwsModel;
+  readonly exposer: Exposer;
+  readonly awsClock: FakeTimers.Clock;
+}
+
+/** The AWS section of a configuration file, through the real loader (schema defaults and cross-field checks). */
+function awsConfig(aws: Record<string, unknown>): NonNullable<ReturnType<typeof loadConfig>['aws']> {
+  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'manticore-aws-')), 'config.yaml');
+  fs.writeFileSync(file, YAML.stringify({ router: { tcp: { portRangeStart: 20000, portRangeEnd: 20199 } }, aws: { region: 'us-east-1', ...aws } }));
+  return loadConfig(file, {}).aws!;
+}
+
+/** A seeded source of jitter, so backoff delays are the same on every run. */
+function seeded(seed: number): () => number {
+  let state = seed;
+  return () => {
+    state = (state * 1103515245 + 12345) % 2 ** 31;
+    return state / 2 ** 31;
+  };
+}
+
+async function setUp(options: {
+  aws: Record<string, unknown>;
+  model: (model: AwsModel) => void;
+  maxSessions?: number;
+}): Promise<World> {
+  // The AWS side runs on its own fake clock: backoff, confirmation describes and resyncs move only when the test ticks it.
+  const awsClock = FakeTimers.createClock(Date.now());
+  const model = new AwsModel(() => awsClock.now).install();
+  options.model(model);
+  const exposer = createExposer({
+    aws: awsConfig(options.aws),
+    marker,
+    tcpPortRange: { start: 20000, end: 20199 },
+    httpTargetPort: 8080,
+    log: testLog,
+    clock: controllerClock(awsClock),
+    random: seeded(7),
+  });
+  await exposer.start();
+  const h = new ControllerHarness(EmbeddedStore.open(':memory:'), new FakeScheduler(), {
+    ports: { start: 20000, end: 20199 },
+    limits: { maxSessions: options.maxSessions ?? 200, maxStarting: 200 },
+    workers: 8,
+    loadBalancers: exposer,
+  });
+  await h.start();
+  return { h, model, exposer, awsClock };
+}
+
+async function tearDown(world: World | undefined): Promise<void> {
+  if (!world) return;
+  await world.h.stop();
+  // A pass in flight may still make calls: they must reach the model, never the real AWS.
+  while (world.exposer.busy) await new Promise((resolve) => setTimeout(resolve, 10));
+  world.model.restore();
+}
+
+/**
+ * Lets both worlds move: AWS time advances in small steps (real time is given to the store watches and
+ * the reconciles between them), and every registered workload is brought up, until `done` holds.
+ */
+async function settle<T>(world: World, what: string, done: () => Promise<T | undefined | false>, timeoutMs = 60_000, stepMs = 250): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let port = 31000;
+  for (;;) {
+    for (const id of world.h.scheduler.workloadIds()) {
+      const workload = world.h.scheduler.workload(id);
+      if (workload && workload.allocation === undefined) world.h.scheduler.run(id, { http: `127.0.0.1:${port++}`, broker: `127.0.0.1:${port++}`, tcp: `127.0.0.1:${port++}` });
+    }
+    const value = await done();
+    if (value !== undefined && value !== false) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    world.awsClock.tick(stepMs);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+async function statuses(world: World, ids: readonly string[]): Promise<SessionStatus[]> {
+  return Promise.all(ids.map(async (id) => (await statusOf(world.h.store, id)) ?? ({ phase: 'Pending' } as SessionStatus)));
+}
+
+const count = (all: SessionStatus[], phase: string): number => all.filter((status) => status.phase === phase).length;
+
+async function createMany(world: World, n: number, from = 0): Promise<string[]> {
+  const base = Date.now() - 10 * minute;
+  const ids: string[] = [];
+  for (let i = 0; i < n; i++) ids.push(await createSession(world.h.store, { owner: `user${from + i}`, createdAt: base + (from + i) * 1000 }));
+  return ids;
+}
+
+async function deleteAll(world: World, ids: readonly string[]): Promise<void> {
+  for (const id of ids) if (await world.h.store.get(keys.session(id))) await requestDeletion(world.h.store, id);
+}
+
+/** The rules of ours in the group. */
+const ourRules = (model: AwsModel): number => model.rules(group).filter((rule) => rule.Description === ruleMarker(marker)).length;
+
+/** Whether every port is opened (for every CIDR) by some rule of ours. */
+function portsOpened(model: AwsModel, ports: readonly number[]): boolean {
+  const rules = model.rules(group).filter((rule) => rule.Description === ruleMarker(marker));
+  return ports.every((port) => ['0.0.0.0/0', '::/0'].every((cidr) => rules.some((rule) => (rule.CidrIpv4 ?? rule.CidrIpv6) === cidr && rule.FromPort! <= port && port <= rule.ToPort!)));
+}
+
+describe('AWS load balancers: a pool of listeners in front of the TCP ports', function () {
+  this.timeout(180_000);
+  let world: World | undefined;
+  afterEach(async () => {
+    await tearDown(world);
+    world = undefined;
+  });
+
+  it('two NLBs of 50 listeners and 120 sessions: 100 exposed across both, 20 wait and start as others end; all gone at the end, nothing else touched', async () => {
+    world = await setUp({
+      aws: { loadBalancers: [{ name: 'lb-a', type: 'nlb' }, { name: 'lb-b', type: 'nlb' }], edgeInstanceIds: ['i-0123456789abcdef0', 'i-0123456789abcdef1'], securityGroups: { groupIds: [group] } },
+      model: (model) => {
+        model.addNlb('lb-a');
+        model.addNlb('lb-b');
+        model.addSecurityGroup(group);
+        model.addForeignRule(group, 22, 22, '10.0.0.0/8');
+      },
+    });
+    const w = world;
+    const ids = await createMany(w, 120);
+    const all = await settle(w, '100 Ready and 20 Waiting', async () => {
+      const all = await statuses(w, ids);
+      return count(all, 'Ready') === 100 && count(all, 'Waiting') === 20 ? all : undefined;
+    });
+    const waiting = ids.filter((_, n) => all[n]!.phase === 'Waiting');
+    assert.deepEqual(waiting, ids.slice(100), 'the last 20 created wait, first come first served');
+    assert.deepEqual(waiting.map((_, n) => all[100 + n]!.queuePosition), Array.from({ length: 20 }, (_, n) => n + 1));
+    assert.equal(condition(all[119], 'Admitted'), 'False/NoListenerCapacity');
+    assert.match(all[119]!.conditions[0]!.message, /listener quota \(lb-a 50, lb-b 50\)/);
+    assert.deepEqual([w.model.listenerPorts('lb-a').length, w.model.listenerPorts('lb-b').length], [50, 50]);
+    const readyPorts: number[] = [];
+    for (const [n, id] of ids.slice(0, 100).entries()) {
+      const claim = (await routesOf(w.h.store, id))!;
+      const port = claim.ports[0]!;
+      readyPorts.push(port.port);
+      assert.ok(port.loadBalancer === 'lb-a' || port.loadBalancer === 'lb-b');
+      assert.ok(w.model.listenerPorts(port.loadBalancer!).includes(port.port));
+      assert.equal(condition(all[n], 'Exposed'), 'True/ListenerReady');
+      assert.match(all[n]!.endpoints.tcp!.url, new RegExp(`^tcp://${port.loadBalancer}-[0-9a-f]+\\.elb\\.us-east-1\\.amazonaws\\.com:${port.port}$`));
+    }
+    assert.equal(new Set(readyPorts).size, 100, 'one port per session');
+    await settle(w, 'security-group rules for every port in use', async () => portsOpened(w.model, readyPorts));
+    assert.ok(ourRules(w.model) <= 40, `${ourRules(w.model)} rules: at most 20 ranges per CIDR`);
+    assert.equal(w.model.targetGroupNames().length, 100);
+    assert.deepEqual(w.model.targetGroup(w.model.targetGroupNames()[0]!)!.Targets.map((target) => target.Id), ['i-0123456789abcdef0', 'i-0123456789abcdef1']);
+    const callsToExpose = w.model.callCount();
+
+    // 20 sessions end: the 20 waiting ones take their listener slots.
+    await deleteAll(w, ids.slice(0, 20));
+    await settle(w, 'the waiting sessions Ready', async () => {
+      const later = await statuses(w, ids.slice(100));
+      return count(later, 'Ready') === 20;
+    });
+    assert.deepEqual([w.model.listenerPorts('lb-a').length, w.model.listenerPorts('lb-b').length], [50, 50]);
+
+    await deleteAll(w, ids);
+    await settle(w, 'no listener, target group or rule of ours left', async () => {
+      const gone = await Promise.all(ids.map(async (id) => (await w.h.store.get(keys.session(id))) === undefined));
+      return gone.every(Boolean) && w.model.listenerPorts('lb-a').length === 0 && w.model.listenerPorts('lb-b').length === 0 && w.model.targetGroupNames().length === 0 && ourRules(w.model) === 0;
+    });
+    assert.deepEqual(
+      w.model.rules(group).map((rule) => `${rule.FromPort}-${rule.ToPort} ${rule.CidrIpv4} ${rule.Description}`),
+      ['22-22 10.0.0.0/8 office'],
+      'the rule Manticore did not make is untouched',
+    );
+    assert.equal(w.model.calls.get('elbv2:CreateListener'), 120, 'one listener creation per session port');
+    console.log(`      AWS calls: ${callsToExpose} to expose 100 sessions; ${w.model.callCount()} in all (${JSON.stringify(Object.fromEntries(w.model.calls))})`);
+  });
+
+  it('a throttling storm slows it down without losing or duplicating anything', async () => {
+    world = await setUp({
+      aws: { loadBalancers: [{ name: 'lb-a', type: 'nlb', listenerQuota: 10 }, { name: 'lb-b', type: 'nlb', listenerQuota: 10 }], edgeInstanceIds: ['i-0123456789abcdef0'], securityGroups: { groupIds: [group] }, retryBaseMs: 500, retryMaxMs: 8000 },
+      model: (model) => {
+        model.addNlb('lb-a');
+        model.addNlb('lb-b');
+        model.addSecurityGroup(group);
+      },
+    });
+    const w = world;
+    w.model.throttleRate = 0.5;
+    const ids = await createMany(w, 30);
+    await settle(w, '20 Ready and 10 Waiting through the storm', async () => {
+      const all = await statuses(w, ids);
+      return count(all, 'Ready') === 20 && count(all, 'Waiting') === 10;
+    }, 120_000);
+    assert.ok(w.model.throttled > 20, `${w.model.throttled} calls were throttled`);
+    for (const balancer of ['lb-a', 'lb-b']) {
+      const ports = w.model.listenerPorts(balancer);
+      assert.equal(ports.length, 10);
+      assert.equal(new Set(ports).size, ports.length, 'no port has two listeners');
+    }
+    await deleteAll(w, ids);
+    await settle(w, 'everything gone through the storm', async () => {
+      const gone = await Promise.all(ids.map(async (id) => (await w.h.store.get(keys.session(id))) === undefined));
+      return gone.every(Boolean) && w.model.listenerPorts('lb-a').length === 0 && w.model.listenerPorts('lb-b').length === 0 && w.model.targetGroupNames().length === 0 && ourRules(w.model) === 0;
+    }, 120_000);
+    assert.equal(w.model.listenersCreated, 20, 'each of the 20 admitted ports got exactly one listener');
+    console.log(`      throttling storm: ${w.model.throttled} of ${w.model.callCount()} calls throttled; every session served once, nothing left`);
+  });
+
+  it('recreates a listener deleted by hand, at the next resync', async () => {
+    world = await setUp({
+      aws: { loadBalancers: [{ name: 'lb-a', type: 'nlb' }], edgeInstanceIds: ['i-0123456789abcdef0'], resyncSeconds: 60 },
+      model: (model) => model.addNlb('lb-a'),
+    });
+    const w = world;
+    const [id] = await createMany(w, 1);
+    await settle(w, 'Ready', async () => (await statusOf(w.h.store, id!))?.phase === 'Ready');
+    const port = (await routesOf(w.h.store, id!))!.ports[0]!.port;
+    w.model.deleteListenerByHand('lb-a', port);
+    await settle(w, 'the listener recreated', async () => w.model.listenerPorts('lb-a').includes(port), 30_000, 5_000);
+    assert.equal(w.model.listenersOnPort('lb-a', port), 1);
+    assert.equal(w.model.calls.get('elbv2:CreateListener'), 2);
+  });
+
+  it('keeps every assignment across a controller restart: same addresses, no listener made again', async () => {
+    world = await setUp({
+      aws: { loadBalancers: [{ name: 'lb-a', type: 'nlb' }, { name: 'lb-b', type: 'nlb' }], edgeInstanceIds: ['i-0123456789abcdef0'] },
+      model: (model) => {
+        model.addNlb('lb-a');
+        model.addNlb('lb-b');
+      },
+    });
+    const w = world;
+    const ids = await createMany(w, 4);
+    const before = await settle(w, 'four Ready', async () => {
+      const all = await statuses(w, ids);
+      return count(all, 'Ready') === 4 ? all : undefined;
+    });
+    await w.h.restartController();
+    w.awsClock.tick(10_000);
+    await settle(w, 'a pass after the restart', async () => !w.exposer.busy && w.model.calls.get('elbv2:DescribeListeners')! > 4);
+    const after = await statuses(w, ids);
+    assert.deepEqual(after.map((status) => status.endpoints), before.map((status) => status.endpoints));
+    assert.equal(w.model.calls.get('elbv2:CreateListener'), 4);
+  });
+
+  it('waits for a new listener to show in describe calls without creating it twice (eventual consistency)', async () => {
+    world = await setUp({
+      aws: { loadBalancers: [{ name: 'lb-a', type: 'nlb' }], edgeInstanceIds: ['i-0123456789abcdef0'] },
+      model: (model) => {
+        model.addNlb('lb-a');
+        model.consistencyDelayMs = 20_000;
+      },
+    });
+    const w = world;
+    const [id] = await createMany(w, 1);
+    const starting = await settle(w, 'created, not yet seen', async () => {
+      const status = await statusOf(w.h.store, id!);
+      return w.model.calls.get('elbv2:CreateListener') === 1 && condition(status, 'Healthy') === 'True/Healthy' ? status : undefined;
+    });
+    assert.equal(condition(starting, 'Exposed'), 'False/CreatingListener');
+    assert.equal(starting.phase, 'Starting');
+    await settle(w, 'Ready once the listener shows', async () => (await statusOf(w.h.store, id!))?.phase === 'Ready');
+    assert.ok(w.model.calls.get('elbv2:DescribeListeners')! >= 5, 'it looked again while waiting');
+    assert.equal(w.model.calls.get('elbv2:CreateListener'), 1, 'created once');
+  });
+
+  it('a listener quota lower than configured: AWS refuses, the quota is lowered and later sessions wait', async () => {
+    world = await setUp({
+      aws: { loadBalancers: [{ name: 'lb-a', type: 'nlb', listenerQuota: 4 }], edgeInstanceIds: ['i-0123456789abcdef0'] },
+      model: (model) => model.addNlb('lb-a', 2),
+    });
+    const w = world;
+    const ids = await createMany(w, 3);
+    await settle(w, 'two Ready, one refused', async () => {
+      const all = await statuses(w, ids);
+      return count(all, 'Ready') === 2 && all.some((status) => condition(status, 'Exposed') === 'False/ListenerRetrying');
+    });
+    const [late] = await createMany(w, 1, 3);
+    const waiting = await settle(w, 'the next session waits', async () => {
+      const status = await statusOf(w.h.store, late!);
+      return status?.phase === 'Waiting' ? status : undefined;
+    });
+    assert.equal(condition(waiting, 'Admitted'), 'False/NoListenerCapacity');
+  });
+
+  it('Classic ELB: a listener per port and the health check toward HAProxy; a listener it does not own is left alone', async () => {
+    world = await setUp({
+      aws: {
+        loadBalancers: [{ name: 'classic-a', type: 'classic' }],
+        httpListener: { port: 443, certificateArn: 'arn:aws:acm:us-east-1:123456789012:certificate/abc' },
+        securityGroups: { groupIds: [group], cidrs: ['0.0.0.0/0'] },
+      },
+      model: (model) => {
+        model.addClassic('classic-a');
+        model.addForeignListener('classic-a', 8443);
+        model.addSecurityGroup(group);
+        model.addForeignRule(group, 20000, 20199, '192.168.0.0/16');
+      },
+    });
+    const w = world;
+    const ids = await createMany(w, 3);
+    await settle(w, 'three Ready', async () => count(await statuses(w, ids), 'Ready') === 3);
+    const ports = await Promise.all(ids.map(async (id) => (await routesOf(w.h.store, id))!.ports[0]!.port));
+    assert.deepEqual(w.model.listenerPorts('classic-a'), [...ports, 443, 8443].sort((a, b) => a - b));
+    assert.equal(w.model.classicHealthCheck('classic-a').Target, 'HTTP:8080/haproxy-health');
+    await deleteAll(w, ids);
+    await settle(w, 'only the fixed and the foreign listener left', async () => w.model.listenerPorts('classic-a').join() === '443,8443');
+    await settle(w, 'only the fixed rule and the foreign one left', async () => ourRules(w.model) === 2);
+    assert.ok(w.model.rules(group).some((rule) => rule.Description === 'office' && rule.CidrIpv4 === '192.168.0.0/16'));
+  });
+});

@@ -1,0 +1,113 @@
+import assert from 'node:assert/strict';
+import type { RouteRecord } from '../../controller/api/types.js';
+import { PortAllocator } from '../../controller/controller/claims.js';
+import type { CachedRecord } from '../../controller/controller/informer.js';
+import { compactRanges, desiredRules, diffListeners, diffRules } from '../../controller/loadbalancer/diff.js';
+import { classify, type ListenerSpec, type LoadBalancerSnapshot, type ObservedListener } from '../../controller/loadbalancer/provider.js';
+import { awsError } from '../fakes/aws.js';
+
+const tcp = (port: number): ListenerSpec => ({ port, protocol: 'TCP', targetPort: port });
+const seen = (port: number, owned: boolean, change: Partial<ObservedListener> = {}): ObservedListener => ({ ...tcp(port), id: `arn-${port}`, owned, ...change });
+
+function snapshot(listeners: ObservedListener[], helpers: Array<[number, string]> = [], drift: string[] = []): LoadBalancerSnapshot {
+  return { dnsName: 'lb.example', listeners: new Map(listeners.map((listener) => [listener.port, listener])), helpers: new Map(helpers), healthCheckDrift: drift };
+}
+
+describe('AWS: the listener diff', () => {
+  it('creates what is missing, deletes ours that are not wanted, and never touches a listener it did not create', () => {
+    const desired = new Map([20001, 20002, 20003].map((port) => [port, tcp(port)]));
+    const diff = diffListeners(desired, snapshot([seen(20002, true), seen(20003, false), seen(20009, true), seen(443, false)]));
+    assert.deepEqual(
+      diff.actions.map((action) => (action.kind === 'create' ? `create ${action.spec.port}` : action.kind === 'delete' ? `delete ${action.listener.port}` : action.kind)),
+      ['create 20001', 'delete 20009'],
+    );
+    assert.deepEqual(diff.conflicts, [20003]);
+  });
+
+  it('replaces a listener of ours that was changed (protocol, target, certificate): deleted now, created once that shows', () => {
+    const desired = new Map([[20001, { ...tcp(20001), protocol: 'TLS' as const, certificateArn: 'arn:cert' }]]);
+    assert.deepEqual(diffListeners(desired, snapshot([seen(20001, true)])).actions.map((action) => action.kind), ['delete']);
+    assert.deepEqual(diffListeners(desired, snapshot([seen(20001, true, { protocol: 'TLS', certificateArn: 'arn:cert' })])).actions, []);
+  });
+
+  it('deletes target groups of ours that serve nothing wanted, once no listener of ours uses them, and repairs drifted health checks', () => {
+    const desired = new Map([[20001, tcp(20001)]]);
+    const diff = diffListeners(desired, snapshot([seen(20001, true), seen(20002, true)], [[20001, 'tg-1'], [20002, 'tg-2'], [20003, 'tg-3']], ['tg-1']));
+    assert.deepEqual(
+      diff.actions.map((action) => `${action.kind} ${'id' in action ? action.id : action.kind === 'delete' ? action.listener.port : ''}`),
+      ['delete 20002', 'deleteHelper tg-3', 'repairHealthCheck tg-1'],
+    );
+  });
+});
+
+describe('AWS: security-group ranges and rules', () => {
+  it('compacts ports into runs, merging across the smallest gaps beyond the budget', () => {
+    assert.deepEqual(compactRanges([5, 1, 2, 3, 9, 10, 30], 10), [{ from: 1, to: 3 }, { from: 5, to: 5 }, { from: 9, to: 10 }, { from: 30, to: 30 }]);
+    assert.deepEqual(compactRanges([1, 2, 3, 5, 9, 10, 30], 2), [{ from: 1, to: 10 }, { from: 30, to: 30 }]);
+    assert.deepEqual(compactRanges([1, 30, 7], 1), [{ from: 1, to: 30 }]);
+    assert.deepEqual(compactRanges([], 5), []);
+  });
+
+  it('authorizes missing rules and revokes ours that are no longer wanted (or doubled)', () => {
+    const desired = desiredRules([{ from: 1, to: 3 }], ['0.0.0.0/0', '::/0']);
+    const diff = diffRules(desired, [
+      { id: 'a', fromPort: 1, toPort: 3, cidr: '0.0.0.0/0' },
+      { id: 'b', fromPort: 1, toPort: 3, cidr: '0.0.0.0/0' },
+      { id: 'c', fromPort: 7, toPort: 7, cidr: '::/0' },
+    ]);
+    assert.deepEqual(diff.authorize, [{ fromPort: 1, toPort: 3, cidr: '::/0' }]);
+    assert.deepEqual(diff.revoke.map((rule) => rule.id), ['b', 'c']);
+  });
+});
+
+describe('AWS: error classification', () => {
+  it('tells throttling, transient, quota and already-done errors apart', () => {
+    assert.equal(classify(awsError('Throttling', 'Rate exceeded', 400)), 'throttled');
+    assert.equal(classify(awsError('RequestLimitExceeded', 'Request limit exceeded.', 503)), 'throttled');
+    assert.equal(classify(awsError('ThrottlingException', 'x', 400)), 'throttled');
+    assert.equal(classify(awsError('InternalFailure', 'x', 500)), 'transient');
+    assert.equal(classify(awsError('ServiceUnavailable', 'x', 503)), 'transient');
+    assert.equal(classify(awsError('TooManyListeners', 'x', 400)), 'quota');
+    assert.equal(classify(awsError('DuplicateListener', 'x', 400)), 'done');
+    assert.equal(classify(awsError('InvalidPermission.Duplicate', 'x', 400)), 'done');
+    assert.equal(classify(awsError('AccessDenied', 'x', 403)), 'error');
+  });
+});
+
+describe('port allocator with a load-balancer pool', () => {
+  const claim = (id: string, port: number, loadBalancer?: string): RouteRecord => ({ sessionId: id, hosts: [], ports: [{ service: 'tcp', port, ...(loadBalancer ? { loadBalancer } : {}) }] });
+  const cached = (id: string, value: RouteRecord | undefined): CachedRecord<RouteRecord> | undefined => value && { id, entry: { key: id, value: '', createIndex: 1, modifyIndex: 1 }, value };
+  const observe = (allocator: PortAllocator, id: string, record: RouteRecord | undefined, previous?: RouteRecord): void =>
+    allocator.observe({ id, previous: cached(id, previous), current: cached(id, record) });
+
+  it('hands out ports only with a load balancer below its quota, spreading over the pool, and says why when full', () => {
+    const allocator = new PortAllocator(20000, 20099, [{ name: 'a', listenerQuota: 2 }, { name: 'b', listenerQuota: 2 }]);
+    const got = ['s1', 's2', 's3', 's4'].map((id) => allocator.reserve(id)!);
+    assert.deepEqual(got.map((assignment) => assignment.loadBalancer).sort(), ['a', 'a', 'b', 'b']);
+    assert.equal(allocator.reserve('s5'), undefined);
+    assert.deepEqual(allocator.room(), { free: 0, reason: 'NoListenerCapacity', message: 'every load balancer is at its listener quota (a 2, b 2)' });
+    allocator.release('s1', got[0]!.port);
+    assert.equal(allocator.room().free, 1);
+  });
+
+  it('counts listeners it did not make against the quota and never puts a port where one already listens', () => {
+    const allocator = new PortAllocator(20000, 20001, [{ name: 'a', listenerQuota: 3 }, { name: 'b', listenerQuota: 1 }]);
+    allocator.setListeners('a', new Set([443, 20000]));
+    observe(allocator, 'x', claim('x', 20001, 'b'));
+    assert.equal(allocator.room().free, 1);
+    assert.equal(allocator.reserve('y'), undefined, '20000 is taken on a by someone else, and b is full');
+    allocator.setListeners('a', new Set([443]));
+    assert.deepEqual(allocator.reserve('y'), { port: 20000, loadBalancer: 'a' });
+  });
+
+  it('learns assignments from the routes cache, and reassigns a port claimed without a load balancer', () => {
+    const allocator = new PortAllocator(20000, 20009, [{ name: 'a', listenerQuota: 1 }, { name: 'b', listenerQuota: 1 }]);
+    observe(allocator, 'x', claim('x', 20003, 'a'));
+    assert.deepEqual([...allocator.claimedPorts('a')], [20003]);
+    observe(allocator, 'y', claim('y', 20004));
+    assert.equal(allocator.reassign('y', 20004), 'b');
+    assert.equal(allocator.reassign('z', 20005), undefined, 'only the owner of a port reassigns it');
+    observe(allocator, 'x', undefined, claim('x', 20003, 'a'));
+    assert.deepEqual([...allocator.claimedPorts('a')], []);
+  });
+});
