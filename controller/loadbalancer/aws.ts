@@ -2,6 +2,7 @@ import { EC2Client } from '@aws-sdk/client-ec2';
 import { ElasticLoadBalancingClient } from '@aws-sdk/client-elastic-load-balancing';
 import { ElasticLoadBalancingV2Client } from '@aws-sdk/client-elastic-load-balancing-v2';
 import type { AwsConfig } from '../config/config.js';
+import { instrumentAwsClient, type MiddlewareHost } from '../metrics/aws.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import type { Logger } from '../util/log.js';
 import { ClassicElbProvider } from './classic-elb.js';
@@ -23,6 +24,12 @@ export interface ExposerSettings {
   readonly random?: () => number;
 }
 
+/** The client, with its calls counted in the backend metrics. */
+function instrumented<C>(client: C): C {
+  instrumentAwsClient(client as unknown as MiddlewareHost);
+  return client;
+}
+
 /**
  * The exposer for the configured pool, over the AWS SDK v3 clients with the default credential chain
  * and region (or the configured region). Nothing is called until `start()`.
@@ -38,15 +45,15 @@ export function createExposer(settings: ExposerSettings): Exposer {
   const pool = aws.loadBalancers.map((balancer) => {
     let provider: LoadBalancerProvider;
     if (balancer.type === 'nlb') {
-      elbv2 ??= new ElasticLoadBalancingV2Client(region);
+      elbv2 ??= instrumented(new ElasticLoadBalancingV2Client(region));
       provider = new NlbProvider({ client: elbv2, name: balancer.name, marker, instanceIds: aws.edgeInstanceIds ?? [], healthCheck });
     } else {
-      elb ??= new ElasticLoadBalancingClient(region);
+      elb ??= instrumented(new ElasticLoadBalancingClient(region));
       provider = new ClassicElbProvider({ client: elb, name: balancer.name, ownsPort: ownsClassicPort, healthCheck });
     }
     return { provider, listenerQuota: balancer.listenerQuota, ...(balancer.dnsName === undefined ? {} : { dnsName: balancer.dnsName }) };
   });
-  const ec2 = aws.securityGroups.groupIds.length > 0 ? new EC2Client(region) : undefined;
+  const ec2 = aws.securityGroups.groupIds.length > 0 ? instrumented(new EC2Client(region)) : undefined;
   const http = aws.httpListener;
   return new Exposer({
     pool,
