@@ -34,8 +34,8 @@ export function createScheduler(config: ManticoreConfig, log: Logger): Scheduler
   const schedulerLog = log.child({ component: 'scheduler' });
   const { restart } = config.scheduler;
   if (config.scheduler.backend === 'nomad') {
-    const { address, token, region, namespace, tls } = config.scheduler.nomad;
-    return new NomadScheduler({ address, token, region, namespace, tls, job: nomadJobOptions(config), log: schedulerLog });
+    const { address, token, region, namespace, tls, requestTimeoutSeconds } = config.scheduler.nomad;
+    return new NomadScheduler({ address, token, region, namespace, tls, job: nomadJobOptions(config), log: schedulerLog, requestTimeoutMs: requestTimeoutSeconds * 1000 });
   }
   return new LocalScheduler({
     stateDir: config.scheduler.stateDir,

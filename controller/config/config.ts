@@ -34,6 +34,7 @@ export interface ManticoreConfig {
       healthyDeadlineSeconds: number;
       checkIntervalSeconds: number;
       checkTimeoutSeconds: number;
+      requestTimeoutSeconds: number;
       tls?: TlsFiles;
     };
   };

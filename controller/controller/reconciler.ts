@@ -429,6 +429,9 @@ export class SessionReconciler {
     ]);
     if (!removed) throw new ConflictError(keys.session(id));
     this.expectations.forget(id);
+    // The watches show the deletions one by one: one of the status's would otherwise find the deleted
+    // record still cached and start the teardown over, again and again until the record's own arrives.
+    this.expectations.expect(id, () => observed.sessions.get(id)?.entry.modifyIndex !== record.entry.modifyIndex);
     this.deps.log.info({ session: id, reason }, 'session deleted');
     return done;
   }

@@ -26,7 +26,8 @@ import {
  * evaluations), each following its own `X-Nomad-Index`, feeding caches from which every Manticore
  * workload is computed; only workloads whose computed value changed are emitted. A fourth one follows the
  * node list for capacityChanges(). Nothing polls and nothing loops over jobs: an unchanged cluster costs
- * one idle request per endpoint per wait period.
+ * one idle request per endpoint per wait period, and while a query is held, a probe of its index (a query
+ * that lists nothing) every request timeout, so that an answer lost on the way is noticed (guardHeld).
  */
 
 export interface NomadTlsOptions {
@@ -374,6 +375,8 @@ const ENFORCE_INDEX_ERROR = /Enforcing job modify index/i;
 const MAX_MESSAGE_CHARS = 500;
 const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
 const DEFAULT_WATCH_WAIT_SECONDS = 300;
+/** Lists nothing in any table (IDs are UUIDs, Manticore's jobs start with its prefix): a probe reads only the index. */
+const PROBE_PREFIX = '~';
 
 
 interface KnownJob {
@@ -686,11 +689,12 @@ export class NomadScheduler implements Scheduler {
     while (!this.closed) {
       const asked = index;
       const started = Date.now();
+      const guard = asked > 0 ? this.guardHeld(table, path, query, asked) : undefined;
       try {
         const blocking: Record<string, string> = asked > 0 ? { index: String(asked), wait: `${this.waitSeconds}s` } : {};
         // Nomad may hold a blocking query up to wait + wait/16.
         const timeout = asked > 0 ? waitMs + waitMs / 16 + this.requestTimeoutMs : this.requestTimeoutMs;
-        const result = await this.request('GET', path, { ...query, ...blocking }, undefined, timeout);
+        const result = await this.request('GET', path, { ...query, ...blocking }, undefined, timeout, guard?.signal);
         const answered = Number(result.headers['x-nomad-index']);
         if (!Number.isSafeInteger(answered) || answered < 0) throw new Error(`${path}: no valid X-Nomad-Index in the answer`);
         failures = 0;
@@ -722,13 +726,65 @@ export class NomadScheduler implements Scheduler {
         this.markAnswered(table);
       } catch (error) {
         if (this.closed) break;
+        const overdue = guard?.overdue();
+        if (overdue !== undefined) {
+          // Nomad answers probes: ask again at once, from scratch if its index went backwards.
+          this.log.warn({ table, asked, index: overdue }, `the answer to the blocking query on Nomad ${table} is overdue (its index moved on): asking again`);
+          if (overdue < asked) index = 0;
+          continue;
+        }
         failures++;
         const delay = backoffDelay(failures);
         const log = failures === 1 || failures % 10 === 0 ? this.log.warn.bind(this.log) : this.log.debug.bind(this.log);
         log({ table, failures, retryInMs: delay, err: error }, `watching Nomad ${table} failed; retrying`);
         await this.sleep(delay);
+      } finally {
+        guard?.stop();
       }
     }
+  }
+
+  /**
+   * Watches over one held blocking query. Its answer can be lost on the way (a proxy, a struggling server),
+   * and the watch would then wait for its own deadline, over 5 minutes at the default wait, blind to every
+   * change meanwhile. So every request timeout the table's index is read with a non-blocking query that lists
+   * nothing; once it differs from the index asked for, Nomad owes the answer, and if it has not come one
+   * request timeout later the query is abandoned (`signal` aborts it; `overdue()` then gives the index seen).
+   */
+  private guardHeld(table: Table, path: string, query: Record<string, string>, asked: number): { signal: AbortSignal; overdue(): number | undefined; stop(): void } {
+    // Both end with close() too: the held query and the probes are aborted by their own signal only.
+    const abandon = linkedController(this.abort.signal);
+    const settled = linkedController(this.abort.signal);
+    let seen: number | undefined;
+    let abandonedAt: number | undefined;
+    void (async () => {
+      while (!settled.signal.aborted) {
+        await this.sleep(this.requestTimeoutMs, settled.signal);
+        if (settled.signal.aborted) return;
+        if (seen !== undefined && seen !== asked) {
+          abandonedAt = seen;
+          abandon.abort();
+          return;
+        }
+        try {
+          const probe = await this.request('GET', path, { ...query, prefix: PROBE_PREFIX }, undefined, this.requestTimeoutMs, settled.signal);
+          const index = Number(probe.headers['x-nomad-index']);
+          if (Number.isSafeInteger(index)) seen = index;
+        } catch (error) {
+          // A failed probe says nothing about the held query; the next one may.
+          if (!settled.signal.aborted) this.log.debug({ table, err: error }, 'probing the index of a held blocking query failed');
+        }
+      }
+    })();
+    return {
+      signal: abandon.signal,
+      overdue: () => abandonedAt,
+      stop: () => {
+        settled.abort();
+        abandon.unlink();
+        settled.unlink();
+      },
+    };
   }
 
   private applyJobs(data: unknown, index: number): void {
@@ -843,8 +899,8 @@ export class NomadScheduler implements Scheduler {
     }
   }
 
-  /** One HTTP request to Nomad; non-2xx answers become NomadApiError with Nomad's message. */
-  private request(method: string, path: string, query: Record<string, string>, body: unknown, timeoutMs: number): Promise<HttpResult> {
+  /** One HTTP request to Nomad; non-2xx answers become NomadApiError with Nomad's message. `signal` aborts it (by default close() does). */
+  private request(method: string, path: string, query: Record<string, string>, body: unknown, timeoutMs: number, signal: AbortSignal = this.abort.signal): Promise<HttpResult> {
     const url = new URL(path, this.base);
     if (this.options.namespace !== undefined) url.searchParams.set('namespace', this.options.namespace);
     if (this.options.region !== undefined) url.searchParams.set('region', this.options.region);
@@ -860,7 +916,7 @@ export class NomadScheduler implements Scheduler {
     return new Promise<HttpResult>((resolve, reject) => {
       const fail = (status: number, message: string, cause?: unknown): void =>
         reject(new NomadApiError(`${method} ${url.pathname}: ${message}`, status, message, false, { cause }));
-      const req = transport.request(url, { method, headers, agent: this.agent, signal: this.abort.signal, ...this.tls }, (res) => {
+      const req = transport.request(url, { method, headers, agent: this.agent, signal, ...this.tls }, (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (chunk: Buffer) => chunks.push(chunk));
         res.on('error', (error) => fail(0, error.message, error));
@@ -881,16 +937,16 @@ export class NomadScheduler implements Scheduler {
     });
   }
 
-  private sleep(ms: number): Promise<void> {
+  private sleep(ms: number, signal: AbortSignal = this.abort.signal): Promise<void> {
     return new Promise((resolve) => {
-      if (this.abort.signal.aborted) return resolve();
+      if (signal.aborted) return resolve();
       const done = (): void => {
         clearTimeout(timer);
-        this.abort.signal.removeEventListener('abort', done);
+        signal.removeEventListener('abort', done);
         resolve();
       };
       const timer = setTimeout(done, ms);
-      this.abort.signal.addEventListener('abort', done);
+      signal.addEventListener('abort', done);
     });
   }
 
@@ -898,6 +954,15 @@ export class NomadScheduler implements Scheduler {
     if (this.closed) throw new Error('NomadScheduler is closed');
     if (!this.started) throw new Error('NomadScheduler.start() must be called before using it');
   }
+}
+
+/** An AbortController that `parent` aborts too, until unlink() (so that a long-lived parent keeps no listener). */
+function linkedController(parent: AbortSignal): AbortController & { unlink(): void } {
+  const controller = new AbortController();
+  const abort = (): void => controller.abort();
+  if (parent.aborted) controller.abort();
+  else parent.addEventListener('abort', abort, { once: true });
+  return Object.assign(controller, { unlink: () => parent.removeEventListener('abort', abort) });
 }
 
 // ---- parsing what Nomad sends (only the fields used, so the caches stay small) -------------------------

@@ -40,11 +40,12 @@ async function start(options: { nodes?: NodeSpec[]; aclToken?: string } = {}): P
   return double;
 }
 
-async function call(double: NomadDouble, method: string, pathAndQuery: string, body?: unknown, headers: Record<string, string> = {}): Promise<Answer> {
+async function call(double: NomadDouble, method: string, pathAndQuery: string, body?: unknown, headers: Record<string, string> = {}, signal?: AbortSignal): Promise<Answer> {
   const answer = await httpRequest(`${double.address}${pathAndQuery}`, {
     method,
     headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
     body: body === undefined ? undefined : JSON.stringify(body),
+    signal,
   });
   let json: unknown;
   try {
@@ -616,6 +617,59 @@ describe('Nomad double', function () {
     assert.equal((await get<Obj[]>(double, '/v1/nodes')).length, 1, 'the nodes registered again');
     await register(double, sleepJob('after'));
     await untilAlloc(double, 'after', 'running', running);
+  });
+
+  it('answers a share of requests 500 and leaves another share unanswered, applying half of the timed-out writes', async function () {
+    const double = await start();
+    /** The answer's status, or "timeout" when none came within `ms`. */
+    const status = (method: string, pathAndQuery: string, body?: unknown, ms = 500): Promise<number | 'timeout'> =>
+      call(double, method, pathAndQuery, body, {}, AbortSignal.timeout(ms)).then(
+        (answer) => answer.status,
+        (error: Error) => (error.name === 'AbortError' ? 'timeout' : Promise.reject(error)),
+      );
+
+    double.faults.errorRate = 0.3;
+    double.faults.timeoutRate = 0.1;
+    // A generous client deadline: 300 requests at once must not time out on their own.
+    const mixed = await Promise.all(Array.from({ length: 300 }, () => status('GET', '/v1/status/leader', undefined, 2_000)));
+    const count = (value: number | 'timeout'): number => mixed.filter((item) => item === value).length;
+    assert.equal(count(200) + count(500) + count('timeout'), 300);
+    assert.ok(count(500) >= 55 && count(500) <= 125, `${count(500)} of 300 answered 500`);
+    assert.ok(count('timeout') >= 10 && count('timeout') <= 55, `${count('timeout')} of 300 unanswered`);
+    assert.deepEqual({ ...double.injected }, { errors: count(500), timeouts: count('timeout'), appliedWrites: 0 });
+
+    // Every write times out: about half of them happen all the same, and a read shows which.
+    double.faults.errorRate = 0;
+    double.faults.timeoutRate = 1;
+    const ids = Array.from({ length: 40 }, (_, n) => `lost${n}`);
+    const answers = await Promise.all(ids.map((id) => status('PUT', '/v1/jobs', { Job: sleepJob(id, { memoryMB: 16 }) })));
+    assert.ok(answers.every((answer) => answer === 'timeout'));
+    double.faults.timeoutRate = 0;
+    const registered = (await get<Obj[]>(double, '/v1/jobs?prefix=lost')).map((job) => String(job.ID));
+    assert.equal(registered.length, double.injected.appliedWrites);
+    assert.ok(registered.length >= 8 && registered.length <= 32, `${registered.length} of 40 timed-out registrations applied`);
+    // A client that retries finds the job there (EnforceIndex 0 refused) or registers it now.
+    for (const id of ids) {
+      const retry = await call(double, 'PUT', '/v1/jobs', { Job: sleepJob(id, { memoryMB: 16 }), EnforceIndex: true, JobModifyIndex: 0 });
+      assert.equal(retry.status, registered.includes(id) ? 400 : 200, `${id}: ${retry.body}`);
+    }
+    double.faults.timeoutRate = 1;
+    assert.ok((await Promise.all(ids.map((id) => status('DELETE', `/v1/job/${id}?purge=true`)))).every((answer) => answer === 'timeout'));
+    double.faults.timeoutRate = 0;
+    const left = (await get<Obj[]>(double, '/v1/jobs?prefix=lost')).length;
+    assert.ok(left >= 8 && left <= 32, `${40 - left} of 40 timed-out deregistrations applied`);
+
+    // Held connections do not keep stop() waiting.
+    double.faults.timeoutRate = 1;
+    const held = ['GET /v1/jobs', 'PUT /v1/jobs', 'DELETE /v1/job/lost0'].map((line) => {
+      const [method, pathAndQuery] = line.split(' ') as [string, string];
+      return call(double, method, pathAndQuery, method === 'PUT' ? { Job: sleepJob('held') } : undefined).then(() => 'answered', (error: Error) => error.message);
+    });
+    await waitFor('three requests held', () => double.injected.timeouts === count('timeout') + 80 + 3);
+    const stopping = Date.now();
+    await double.stop();
+    assert.ok(Date.now() - stopping < 2_000, `stop() took ${Date.now() - stopping} ms`);
+    for (const outcome of await Promise.all(held)) assert.match(outcome, /socket hang up|ECONNRESET/);
   });
 
   it('requires the ACL token when one is configured', async function () {

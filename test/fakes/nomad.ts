@@ -2,11 +2,11 @@ import http from 'node:http';
 import type net from 'node:net';
 import { silentLogger, type Logger } from '../../controller/util/log.js';
 import { NomadClient } from './nomad/client.js';
-import { NomadApi, type Faults } from './nomad/http.js';
+import { NomadApi, type Faults, type InjectedFaults } from './nomad/http.js';
 import { NomadState } from './nomad/state.js';
 import type { NodeSpec } from './nomad/types.js';
 
-export type { Faults as NomadFaults } from './nomad/http.js';
+export type { Faults as NomadFaults, InjectedFaults } from './nomad/http.js';
 export type { NodeSpec } from './nomad/types.js';
 
 /**
@@ -15,6 +15,12 @@ export type { NodeSpec } from './nomad/types.js';
  * (evaluations → placement by resources and constraints → allocations, blocked evaluations, rescheduling)
  * and a real client for raw_exec tasks (processes in their own process groups, restart policy, service
  * checks, deployment health). docker is simulated. It is test infrastructure, never a production backend.
+ *
+ * Faults (`faults`, applied to every request while set): `latencyMs` before each answer; `errorRate`, a
+ * share answered 500 without being handled; `timeoutRate`, a share never answered (the connection is held
+ * until the client gives up or the double stops), half of the writes among them applied first, as when a
+ * registration or deregistration happened but its answer was lost. `injected` counts what they hit.
+ * `outage()`, `restart()` and `reset()` take the agent away, bounce it, or lose the servers' state.
  *
  * Deliberate differences from Nomad, for strictness or determinism:
  * - unknown JSON field names in a job or a job evaluation request are refused (400); Nomad ignores them;
@@ -48,7 +54,7 @@ const DEFAULT_NODE: NodeSpec = { name: 'node-1', cpu: 4_000, memoryMB: 8_192, da
 
 export class NomadDouble {
   /** Fault injection, applied to every request while set. */
-  readonly faults: Faults = { latencyMs: 0, errorRate: 0 };
+  readonly faults: Faults = { latencyMs: 0, errorRate: 0, timeoutRate: 0 };
   private state: NomadState;
   private client: NomadClient;
   private readonly api: NomadApi;
@@ -117,6 +123,11 @@ export class NomadDouble {
     return this.api.held;
   }
 
+  /** What the faults hit so far (errors, timeouts, timed-out writes that were applied). */
+  get injected(): Readonly<InjectedFaults> {
+    return this.api.injected;
+  }
+
   /** Process ids of every running raw_exec task (for tests that check cleanup). */
   pids(): number[] {
     return this.client.pids();
@@ -149,7 +160,7 @@ export class NomadDouble {
     this.log.info('nomad double reset: state lost');
   }
 
-  /** Stops every task it started and closes the API. */
+  /** Stops every task it started and closes the API (held connections, timed-out ones too, are dropped). */
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;

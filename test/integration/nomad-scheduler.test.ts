@@ -409,6 +409,24 @@ describe('Nomad scheduler', function () {
       assert.equal(kinds.filter((kind) => kind === 'reset').length, 1, 'one reset per watch, whatever happens after');
     });
 
+    it('asks a blocking query again once its answer is overdue (lost on the way), instead of waiting out its wait', async function () {
+      const double = await startDouble();
+      const proxy = await CountingProxy.start(double.address);
+      proxies.push(proxy);
+      const scheduler = await startScheduler(proxy.address, { requestTimeoutMs: 300, watchWaitSeconds: 60 });
+      const recorder = record(scheduler);
+      // The next blocking query on the allocations never gets its answer; probes (no index) pass.
+      let asked = 0;
+      proxy.hold((method, pathname, query) => method === 'GET' && pathname === '/v1/allocations' && query.has('index') && asked++ === 1);
+      const job = scheduler.render(contractRequest(demo, session()));
+      const started = Date.now();
+      await scheduler.register(job);
+      await recorder.healthy(job, 15_000);
+      assert.ok(asked >= 3, `the lost query was asked again (${asked} blocking queries on the allocations)`);
+      assert.ok(Date.now() - started < 15_000, 'well before the 60 s wait');
+      assert.ok(proxy.count('GET', '/v1/allocations') > asked, 'the index was probed');
+    });
+
     it('backs off on errors (100 ms doubling, jittered) instead of hot-looping, and close() ends every watch', async function () {
       const double = await startDouble();
       const proxy = await CountingProxy.start(double.address);

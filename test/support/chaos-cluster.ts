@@ -31,6 +31,8 @@ export interface ChaosClusterOptions {
   readonly extraConfig?: readonly string[];
   /** Extra `controller:` settings, merged into the controller section (YAML flow-map entries). */
   readonly controllerSettings?: readonly string[];
+  /** Extra `scheduler.nomad:` settings (YAML flow-map entries, e.g. `requestTimeoutSeconds: 1`). */
+  readonly nomadSettings?: readonly string[];
   /** Starts an in-process router agent with a recording data plane (default true). */
   readonly recordingRouter?: boolean;
 }
@@ -65,6 +67,7 @@ export class ChaosCluster {
     this.nomad = await NomadDouble.start({ workDir: repoRoot, log: testLog, nodes: [{ name: 'big', cpu: 1_000_000, memoryMB: 1_000_000, diskMB: 10_000_000 }] });
     this.store = new ConsulStore({ address: this.consul.address, log: testLog });
     this.config = path.join(this.dir, 'manticore.yaml');
+    const nomad = [`address: "${this.nomad.address}"`, 'datacenters: [dc1]', 'healthyDeadlineSeconds: 60', 'checkIntervalSeconds: 1', ...(this.options.nomadSettings ?? [])];
     const controller = [
       'workers: 32',
       'rateLimitPerSecond: 10000',
@@ -78,7 +81,7 @@ export class ChaosCluster {
         'store: { backend: consul, consul: { address: "' + this.consul.address + '" } }',
         'scheduler:',
         '  backend: nomad',
-        '  nomad: { address: "' + this.nomad.address + '", datacenters: [dc1], healthyDeadlineSeconds: 60, checkIntervalSeconds: 1 }',
+        `  nomad: { ${nomad.join(', ')} }`,
         'templates: { dir: test/fixtures/templates }',
         'router: { tcp: { portRangeStart: 20000, portRangeEnd: 24999 } }',
         'limits: { maxSessions: 5000, maxStarting: 5000, sessionsPerUser: 1 }',
@@ -146,8 +149,14 @@ export class ChaosCluster {
 
   /** IDs of the Nomad jobs that are not dead. */
   async jobs(): Promise<string[]> {
-    const response = await fetch(`${this.nomad.address}/v1/jobs?prefix=manticore-`);
-    return ((await response.json()) as Array<{ ID: string; Status: string }>).filter((job) => job.Status !== 'dead').map((job) => job.ID);
+    return (await this.nomadList<{ ID: string; Status: string }>('/v1/jobs?prefix=manticore-')).filter((job) => job.Status !== 'dead').map((job) => job.ID);
+  }
+
+  /** A list from the Nomad double's API, bounded in time (a fault may leave a request unanswered). */
+  private async nomadList<T>(pathAndQuery: string): Promise<T[]> {
+    const response = await fetch(`${this.nomad.address}${pathAndQuery}`, { signal: AbortSignal.timeout(5_000) });
+    if (!response.ok) throw new Error(`GET ${pathAndQuery}: HTTP ${response.status}`);
+    return (await response.json()) as T[];
   }
 
   /** Writes `count` session records at once; `midway` runs when half of them are written. */
@@ -168,8 +177,41 @@ export class ChaosCluster {
     return ids;
   }
 
-  /** Waits until every one of `ids` is Ready, then checks each was Ready once with its own job, routes, token and port. */
+  /**
+   * Waits until every one of `ids` is Ready, then checks each was Ready once and stayed Ready, with its own
+   * job, routes, token and port, and one allocation (never replaced, of the job's first version) that is the
+   * one its status names.
+   */
   async assertHealthy(ids: string[], timeoutMs = 60_000 + ids.length * 200): Promise<void> {
+    await this.untilReady(ids, timeoutMs);
+    const statuses = await this.records<SessionStatus>(keys.statuses);
+    for (const status of statuses) {
+      assert.equal(status.events.filter((event) => event.reason === 'PhaseReady').length, 1, `Ready exactly once: ${JSON.stringify(status.events)}`);
+      const phases = status.events.filter((event) => event.reason.startsWith('Phase'));
+      assert.equal(phases.at(-1)?.reason, 'PhaseReady', `Ready ever since: ${JSON.stringify(status.events)}`);
+    }
+    const running = await this.jobs();
+    assert.equal(running.length, ids.length, 'one job per session');
+    assert.deepEqual(new Set(running), new Set(ids.map((id) => `manticore-${id}`)));
+    const allocations = new Map<string, Array<{ ID: string; JobVersion: number; ClientStatus: string }>>();
+    for (const alloc of await this.nomadList<{ ID: string; JobID: string; JobVersion: number; ClientStatus: string }>('/v1/allocations')) {
+      allocations.set(alloc.JobID, [...(allocations.get(alloc.JobID) ?? []), alloc]);
+    }
+    for (const status of statuses) {
+      const of = allocations.get(status.jobId ?? '') ?? [];
+      assert.equal(of.length, 1, `${status.jobId}: one allocation, never replaced: ${JSON.stringify(of)}`);
+      assert.deepEqual([of[0]!.ID, of[0]!.JobVersion, of[0]!.ClientStatus], [status.allocationId, 0, 'running'], `${status.jobId}: the allocation Ready named, of version 0`);
+    }
+    const routes = await this.records<RouteRecord>(keys.routes);
+    assert.equal(routes.length, ids.length);
+    const tokens = routes.flatMap((route) => route.hosts.map((host) => host.token));
+    const ports = routes.flatMap((route) => route.ports.map((port) => port.port));
+    assert.equal(new Set(tokens).size, tokens.length, 'no token given twice');
+    assert.equal(new Set(ports).size, ports.length, 'no port given twice');
+  }
+
+  /** Waits until every one of `ids` is Ready, reading only the store (Nomad may be faulty meanwhile). */
+  async untilReady(ids: string[], timeoutMs = 60_000 + ids.length * 200): Promise<void> {
     let last: SessionStatus[] = [];
     await waitFor(
       `all ${ids.length} sessions Ready`,
@@ -184,18 +226,6 @@ export class ChaosCluster {
       const counts = Object.entries(phases.reduce<Record<string, number>>((all, phase) => ({ ...all, [phase]: (all[phase] ?? 0) + 1 }), {}));
       throw new Error(`${error.message}: ${last.length} statuses, ${JSON.stringify(counts)}; e.g. ${JSON.stringify(last.find((status) => status.phase !== 'Ready'))}`);
     });
-    for (const status of await this.records<SessionStatus>(keys.statuses)) {
-      assert.equal(status.events.filter((event) => event.reason === 'PhaseReady').length, 1, `Ready exactly once: ${JSON.stringify(status.events)}`);
-    }
-    const running = await this.jobs();
-    assert.equal(running.length, ids.length, 'one job per session');
-    assert.deepEqual(new Set(running), new Set(ids.map((id) => `manticore-${id}`)));
-    const routes = await this.records<RouteRecord>(keys.routes);
-    assert.equal(routes.length, ids.length);
-    const tokens = routes.flatMap((route) => route.hosts.map((host) => host.token));
-    const ports = routes.flatMap((route) => route.ports.map((port) => port.port));
-    assert.equal(new Set(tokens).size, tokens.length, 'no token given twice');
-    assert.equal(new Set(ports).size, ports.length, 'no port given twice');
   }
 
   /** Requests deletion of `ids` (one CAS write each). */
@@ -214,13 +244,18 @@ export class ChaosCluster {
 
   /** Waits until no session record, status, route or job is left. */
   async assertClean(timeoutMs = 60_000): Promise<void> {
+    await this.untilRecordsGone(timeoutMs);
+    await waitFor('no jobs left', async () => (await this.jobs()).length === 0, timeoutMs, 200);
+  }
+
+  /** Waits until no session record, status or route is left, reading only the store. */
+  async untilRecordsGone(timeoutMs = 60_000): Promise<void> {
     await waitFor(
-      'no records, routes, jobs or ports left',
+      'no records, routes or ports left',
       async () =>
         (await this.store.list(keys.sessions)).entries.length === 0 &&
         (await this.store.list(keys.statuses)).entries.length === 0 &&
-        (await this.store.list(keys.routes)).entries.length === 0 &&
-        (await this.jobs()).length === 0,
+        (await this.store.list(keys.routes)).entries.length === 0,
       timeoutMs,
       200,
     );

@@ -29,10 +29,11 @@ export interface HttpAnswer {
 
 export function httpRequest(
   url: string,
-  options: { method?: string; headers?: Record<string, string>; body?: string; agent?: http.Agent } = {},
+  options: { method?: string; headers?: Record<string, string>; body?: string; agent?: http.Agent; signal?: AbortSignal } = {},
 ): Promise<HttpAnswer> {
   return new Promise((resolve, reject) => {
-    const request = http.request(url, { method: options.method ?? 'GET', headers: options.headers, lookup: loopbackLookup, agent: options.agent }, (response) => {
+    const { agent, signal } = options;
+    const request = http.request(url, { method: options.method ?? 'GET', headers: options.headers, lookup: loopbackLookup, agent, signal }, (response) => {
       let body = '';
       response.setEncoding('utf8');
       response.on('data', (chunk: string) => (body += chunk));

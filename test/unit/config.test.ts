@@ -111,6 +111,7 @@ describe('configuration', () => {
     assert.equal(config.scheduler.nomad.address, 'https://nomad.internal:4646');
     assert.equal(config.scheduler.nomad.token, 'n-token');
     assert.deepEqual(config.scheduler.nomad.datacenters, ['dc1']);
+    assert.equal(config.scheduler.nomad.requestTimeoutSeconds, 10);
     assert.throws(() => loadConfig(undefined, { MANTICORE_STORE_BACKEND: 'etcd' }), /\/store\/backend: must be equal to one of the allowed values \(embedded, consul\)/);
   });
 

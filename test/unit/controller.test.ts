@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
+import { delay } from 'rxjs';
 import {
   condition,
   ControllerHarness,
   countingStore,
   createSession,
+  delegatingStore,
   keys,
   makeReady,
   requestDeletion,
@@ -68,6 +70,22 @@ describe('controller: session reconciliation', () => {
     assert.equal(await routesOf(h.store, id), undefined);
     assert.equal(await statusOf(h.store, id), undefined);
     assert.equal(h.dataPlane.table.ports.has(port), false, 'the router no longer serves the port');
+  });
+
+  it('does not tear a deleted session down twice when the status watch shows the deletion before the sessions watch', async () => {
+    const id = await createSession(h.store);
+    await makeReady(h, id);
+    // The sessions watch lags behind the others, as separate blocking queries can.
+    const lagging = { ...delegatingStore(h.store), watch: (prefix: string, index?: number) => h.store.watch(prefix, index).pipe(delay(prefix === keys.sessions ? 300 : 0)) };
+    const counting = countingStore(lagging);
+    await h.restartController(counting);
+    await requestDeletion(h.store, id);
+    await waitFor('records removed', async () => (await h.store.get(keys.session(id))) === undefined);
+    // Long enough for the sessions watch to catch up, and for anything a stale record would set off.
+    await new Promise((resolve) => setTimeout(resolve, 600));
+    const deletedAt = counting.writes.indexOf(`delete ${keys.session(id)}`);
+    assert.deepEqual(counting.writes.slice(deletedAt + 1), [], `nothing written after the record was deleted: ${JSON.stringify(counting.writes)}`);
+    assert.equal(await statusOf(h.store, id), undefined);
   });
 
   it('leaves Ready when a task crashes and returns when it is healthy again', async () => {

@@ -17,6 +17,20 @@ export interface Faults {
   latencyMs: number;
   /** Share (0..1) of requests answered 500 before they are handled (a failed write changes nothing). */
   errorRate: number;
+  /**
+   * Share (0..1) of requests never answered: the connection is held until the client gives up or the
+   * double stops. Half of the writes among them are applied first (done, but the client never hears of
+   * it), the other half never reach the state. Drawn together with errorRate, so the two shares add up.
+   */
+  timeoutRate: number;
+}
+
+/** How many requests the faults hit so far. */
+export interface InjectedFaults {
+  errors: number;
+  timeouts: number;
+  /** Timed-out writes that were applied before their answer was lost. */
+  appliedWrites: number;
 }
 
 export interface ApiContext {
@@ -46,6 +60,7 @@ type Query = URLSearchParams;
 export class NomadApi {
   /** Blocking queries being held right now. */
   held = 0;
+  readonly injected: InjectedFaults = { errors: 0, timeouts: 0, appliedWrites: 0 };
 
   constructor(private readonly ctx: ApiContext) {}
 
@@ -54,18 +69,16 @@ export class NomadApi {
     const closed = new AbortController();
     res.on('close', () => closed.abort());
     try {
-      const latency = this.ctx.faults.latencyMs;
-      if (latency > 0) await new Promise((resolve) => setTimeout(resolve, latency));
-      if (this.ctx.faults.errorRate > 0 && Math.random() < this.ctx.faults.errorRate) {
+      const { latencyMs, errorRate, timeoutRate } = this.ctx.faults;
+      if (latencyMs > 0) await new Promise((resolve) => setTimeout(resolve, latencyMs));
+      const draw = Math.random();
+      if (draw < errorRate) {
+        this.injected.errors++;
         req.resume();
         throw new HttpError(500, 'rpc error: injected fault (Nomad double)');
       }
-      const url = new URL(req.url ?? '/', 'http://nomad.invalid');
-      this.authorize(req, url.pathname);
-      const region = url.searchParams.get('region');
-      if (region !== null && region !== '' && region !== 'global') throw new HttpError(500, 'No path to region');
-      const body = req.method === 'PUT' || req.method === 'POST' ? await readJson(req) : (req.resume(), undefined);
-      const answer = await this.route(req.method ?? 'GET', url.pathname, url.searchParams, body, closed.signal);
+      if (draw < errorRate + timeoutRate) return await this.neverAnswer(req, closed.signal);
+      const answer = await this.answer(req, closed.signal);
       if (res.destroyed) return;
       const headers: http.OutgoingHttpHeaders = { 'content-type': 'application/json', 'x-nomad-knownleader': 'true', 'x-nomad-lastcontact': '0' };
       if (answer.index !== undefined) headers['x-nomad-index'] = String(answer.index);
@@ -80,6 +93,30 @@ export class NomadApi {
       res.writeHead(status, headers);
       res.end((error as Error).message);
     }
+  }
+
+  /** The timeout fault: a write applied or not (even odds), and no answer until the connection closes. */
+  private async neverAnswer(req: http.IncomingMessage, closed: AbortSignal): Promise<void> {
+    this.injected.timeouts++;
+    const write = req.method === 'PUT' || req.method === 'POST' || req.method === 'DELETE';
+    if (write && Math.random() < 0.5) {
+      this.injected.appliedWrites++;
+      // Whatever it would have answered (even a refusal) is lost with the connection.
+      await this.answer(req, closed).catch(() => undefined);
+    } else {
+      req.resume();
+    }
+    if (!closed.aborted) await new Promise((resolve) => closed.addEventListener('abort', resolve, { once: true }));
+  }
+
+  /** Parses, authorizes and routes one request: its answer, or an HttpError. */
+  private async answer(req: http.IncomingMessage, closed: AbortSignal): Promise<Answer> {
+    const url = new URL(req.url ?? '/', 'http://nomad.invalid');
+    this.authorize(req, url.pathname);
+    const region = url.searchParams.get('region');
+    if (region !== null && region !== '' && region !== 'global') throw new HttpError(500, 'No path to region');
+    const body = req.method === 'PUT' || req.method === 'POST' ? await readJson(req) : (req.resume(), undefined);
+    return this.route(req.method ?? 'GET', url.pathname, url.searchParams, body, closed);
   }
 
   private authorize(req: http.IncomingMessage, path: string): void {
