@@ -4,6 +4,7 @@ import https from 'node:https';
 import { Observable, Subject, type Subscriber } from 'rxjs';
 import { KeyedSerializer } from '../util/keyed-serializer.js';
 import { loadTlsMaterial, type TlsMaterial } from '../util/tls.js';
+import { outcomeOfStatus, recordBackendCall } from '../metrics/metrics.js';
 import type { Logger } from '../util/log.js';
 import { canonicalJson } from './local-scheduler.js';
 import { REPLACES_META_KEY, SPEC_HASH_META_KEY, nomadJobOptionsProblems, renderNomadJob, type NomadJob, type NomadJobOptions } from './nomad-job.js';
@@ -913,7 +914,9 @@ export class NomadScheduler implements Scheduler {
       headers['content-length'] = payload.length;
     }
     const transport = url.protocol === 'https:' ? https : http;
-    return new Promise<HttpResult>((resolve, reject) => {
+    const startedAt = performance.now();
+    const operation = `${method} ${url.pathname.replace(/^(\/v1\/(?:job|allocation|evaluation|node|client\/allocation))\/[^/]+/, '$1/:id')}${query.index === undefined ? '' : ' (blocking)'}`;
+    const result = new Promise<HttpResult>((resolve, reject) => {
       const fail = (status: number, message: string, cause?: unknown): void =>
         reject(new NomadApiError(`${method} ${url.pathname}: ${message}`, status, message, false, { cause }));
       const req = transport.request(url, { method, headers, agent: this.agent, signal, ...this.tls }, (res) => {
@@ -935,6 +938,14 @@ export class NomadScheduler implements Scheduler {
       });
       req.end(payload);
     });
+    result.then(
+      () => recordBackendCall('nomad', operation, 'ok', startedAt),
+      (error: unknown) => {
+        const status = error instanceof NomadApiError ? error.status : 0;
+        recordBackendCall('nomad', operation, status === 0 ? (this.abort.signal.aborted ? 'aborted' : 'unreachable') : outcomeOfStatus(status), startedAt);
+      },
+    );
+    return result;
   }
 
   private sleep(ms: number, signal: AbortSignal = this.abort.signal): Promise<void> {

@@ -253,7 +253,12 @@ export function describeSessionFlow(backend: Backend): void {
         ['manticore_router_apply_duration_seconds_count'],
         ['manticore_http_requests_total', 'server="frontend",method="POST",route="/api/v1/sessions",status="201"'],
         ['manticore_http_request_duration_seconds_count', 'server="frontend",method="GET",route="/api/v1/sessions/:id"'],
-        ...(backend.name.includes('Consul') ? [['manticore_backend_requests_total', 'backend="consul",operation="put",outcome="ok"']] : []),
+        ...(backend.name.includes('Consul')
+          ? [
+              ['manticore_backend_requests_total', 'backend="consul",operation="put",outcome="ok"'],
+              ['manticore_backend_requests_total', 'backend="nomad",operation="PUT /v1/jobs",outcome="ok"'],
+            ]
+          : []),
       ];
       for (const [name, labels] of moved) assert.ok(value(name!, labels) > 0, `${name}{${labels ?? ''}} moved`);
       for (const name of ['manticore_waiting_sessions', 'manticore_waiting_oldest_seconds', 'manticore_workqueue_depth', 'manticore_router_applied_index_lag', 'manticore_reconcile_errors_total', 'manticore_watch_restarts_total', 'manticore_process_resident_memory_bytes']) {
