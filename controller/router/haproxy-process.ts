@@ -387,7 +387,15 @@ export class HaproxyProcess {
       // keep the workers seen last; the /proc sweep below catches the rest
     }
     const exited = this.exited!;
-    const within = (ms: number): Promise<boolean> => Promise.race([exited.then(() => true), sleep(ms).then(() => false)]);
+    // The timer is cleared once HAProxy exits: a pending one would hold the process open for its whole length.
+    const within = (ms: number): Promise<boolean> =>
+      new Promise((resolve) => {
+        const timer = setTimeout(() => resolve(false), ms);
+        void exited.then(() => {
+          clearTimeout(timer);
+          resolve(true);
+        });
+      });
     // SIGUSR1: soft stop, workers finish their connections; SIGTERM: hard stop; SIGKILL: last resort.
     child.kill('SIGUSR1');
     if (!(await within(this.gracefulStopMs))) {
