@@ -46,6 +46,7 @@ export interface ManticoreConfig {
     http: { host: string; port: number };
     tcp: { host: string; portRangeStart: number; portRangeEnd: number };
     heartbeatSeconds: number;
+    storeLossGracePeriodSeconds: number;
   };
   public: { domain: string; httpScheme: 'http' | 'https'; httpPort: number; tcpHost: string };
   frontend: {

@@ -88,7 +88,7 @@ export class ChaosCluster {
       ].join('\n'),
     );
     if (this.options.recordingRouter ?? true) {
-      this.router = new RouterAgent({ store: this.store, keys, name: 'edge-1', dataPlane: new RecordingDataPlane(), heartbeatMs: 1_000, log: testLog });
+      this.router = new RouterAgent({ store: this.store, keys, name: 'edge-1', dataPlane: new RecordingDataPlane(), heartbeatMs: 1_000, storeLossGraceMs: 900_000, log: testLog });
       await this.router.start();
     }
     for (let n = 0; n < (this.options.replicas ?? 3); n++) this.startReplica();
