@@ -264,9 +264,13 @@ export class ChaosCluster {
     return (await this.store.list(keys.prefix)).entries;
   }
 
-  /** Writes the saved keys back in key order, as `consul kv import` of an export does. */
+  /**
+   * Writes the saved keys back in key order, as `consul kv import` of an export does, leaving out the
+   * leader key as docs/lifecycle.md says ("Recovering from a store loss").
+   */
   async restore(entries: readonly KvEntry[]): Promise<void> {
-    for (const entry of [...entries].sort((a, b) => (a.key < b.key ? -1 : 1))) await this.store.put(entry.key, entry.value);
+    const keep = entries.filter((entry) => entry.key !== keys.leader).sort((a, b) => (a.key < b.key ? -1 : 1));
+    for (const entry of keep) await this.store.put(entry.key, entry.value);
   }
 
   /** Nomad job registrations so far (each creates a `job-register` evaluation, even when the job is unchanged). */
