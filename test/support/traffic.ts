@@ -46,8 +46,9 @@ export class TrafficLoop {
   constructor(
     readonly host: string,
     private readonly targets: () => readonly number[],
-    workers = 4,
-    private readonly pauseMs = 10,
+    workers = 2,
+    // Each round trip leaves sockets in TIME_WAIT for a minute: a modest rate keeps loopback's ports free.
+    private readonly pauseMs = 50,
   ) {
     this.workers = Array.from({ length: workers }, (_, n) => this.work(n, workers));
   }
