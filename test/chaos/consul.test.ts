@@ -16,7 +16,7 @@ import { waitFor } from '../support/wait.js';
 describe('chaos: Consul unavailable, cutting watches, losing its state', function () {
   this.timeout(600_000);
   // Long enough to restore the backup of every session in; short enough to wait out.
-  const graceSeconds = 10 + Math.round(chaosSessions / 20);
+  const graceSeconds = 8 + Math.round(chaosSessions / 20);
   const cluster = new ChaosCluster({
     routers: 2,
     tcpPorts: chaosSessions + 100,
