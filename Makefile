@@ -13,9 +13,11 @@ run: system-deps deps build
 test: system-deps deps build
 	$(NPM) test
 
-## chaos: controller replicas killed and stopped under load, with the invariants checked (CHAOS_SESSIONS, default 200)
+## chaos: controller replicas killed and stopped, Consul unavailable, cutting watches and losing its state, a router
+## and its HAProxy killed, all under load, with the invariants checked (CHAOS_SESSIONS, default 200;
+## CHAOS_OUTAGE_SECONDS, default 30)
 chaos: deps build
-	CHAOS_SESSIONS=$${CHAOS_SESSIONS:-200} npx mocha --no-config --timeout 600000 --reporter dist/test/support/summary-reporter.js 'dist/test/chaos/**/*.test.js'
+	CHAOS_SESSIONS=$${CHAOS_SESSIONS:-200} CHAOS_OUTAGE_SECONDS=$${CHAOS_OUTAGE_SECONDS:-30} npx mocha --no-config --timeout 600000 --reporter dist/test/support/summary-reporter.js 'dist/test/chaos/**/*.test.js'
 
 ## dev-cluster: the Consul and Nomad API doubles in the foreground (127.0.0.1:8500 and :4646;
 ## CONSUL_PORT / NOMAD_PORT override). Test infrastructure for trying the cluster backends here.

@@ -226,6 +226,7 @@ async function startRouter(config: ManticoreConfig, store: Store, keys: Keys, pa
     name: config.router.name,
     dataPlane,
     heartbeatMs: config.router.heartbeatSeconds * 1000,
+    storeLossGraceMs: config.router.storeLossGracePeriodSeconds * 1000,
     log,
   });
   await router.start();

@@ -50,6 +50,7 @@ export interface ManticoreConfig {
     statusHost: string;
     statusPort: number;
     haproxyStats: { host: string; port: number };
+    storeLossGracePeriodSeconds: number;
   };
   public: { domain: string; httpScheme: 'http' | 'https'; httpPort: number; tcpHost: string };
   frontend: {

@@ -153,13 +153,31 @@ abstract class Informer<S, V> {
 }
 
 /**
+ * A reset whose index is below the one the informer had reached: the store lost its state or was rolled
+ * back to a snapshot (Consul's index never goes back otherwise, save for the rare reaped tombstone, which
+ * removes no record).
+ */
+export interface StoreRewind<T> {
+  readonly previousIndex: number;
+  readonly index: number;
+  /** The records the rewind removed from the cache, as they were before it. */
+  readonly vanished: readonly CachedRecord<T>[];
+}
+
+/**
  * Mirrors one store prefix into a Cache through a watch (list once, then changes), decoding each value.
  * A decode failure is kept in the cache as `error` (a malformed record is reported, never fatal).
  * A failed watch resumes from the last index it saw.
  */
 export class StoreInformer<T> extends Informer<WatchStep, CachedRecord<T>> {
-  /** The store index up to which this informer has seen every change under its prefix. */
+  /**
+   * The store index up to which this informer has seen every change under its prefix. It follows a
+   * rewind down, so that indexes compared with it (routers' applied index) mean the store as it is now.
+   */
   index = 0;
+  private readonly rewound = new Subject<StoreRewind<T>>();
+  /** Emits after a rewind has been applied to the cache, before `applied` emits for the same step. */
+  readonly rewinds: Observable<StoreRewind<T>> = this.rewound.asObservable();
 
   constructor(
     store: Store,
@@ -170,6 +188,11 @@ export class StoreInformer<T> extends Informer<WatchStep, CachedRecord<T>> {
     super(() => store.watch(prefix, this.index || undefined), log, prefix);
   }
 
+  override stop(): void {
+    super.stop();
+    this.rewound.complete();
+  }
+
   protected apply(step: WatchStep): void {
     if (step.kind === 'reset') {
       const all = new Map<string, CachedRecord<T>>();
@@ -177,7 +200,13 @@ export class StoreInformer<T> extends Informer<WatchStep, CachedRecord<T>> {
         const record = this.toRecord(entry);
         if (record) all.set(record.id, record);
       }
+      const previousIndex = this.index;
+      const rewind = step.index < previousIndex;
+      const vanished = rewind ? [...this.cache.values()].filter((record) => !all.has(record.id)) : [];
       this.cache.replace(all, (a, b) => a.entry.modifyIndex === b.entry.modifyIndex && a.entry.value === b.entry.value);
+      // A reset is the whole prefix as of its index, so the informer is exactly there now.
+      this.index = step.index;
+      if (rewind) this.rewound.next({ previousIndex, index: step.index, vanished });
     } else {
       for (const change of step.changes) {
         if (change.type === 'put') {
@@ -187,8 +216,8 @@ export class StoreInformer<T> extends Informer<WatchStep, CachedRecord<T>> {
           this.cache.remove(change.key.slice(this.prefix.length));
         }
       }
+      this.index = Math.max(this.index, step.index);
     }
-    this.index = Math.max(this.index, step.index);
   }
 
   private toRecord(entry: KvEntry): CachedRecord<T> | undefined {

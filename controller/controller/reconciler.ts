@@ -211,9 +211,14 @@ export class SessionReconciler {
     const wanted = withBackends(this.withLoadBalancers(id, claim), template, allocation);
     const routesChanged = JSON.stringify(wanted) !== JSON.stringify(claim);
     if (routesChanged) await this.put(id, observed.routes, this.deps.keys.route(id), encodeRecord('route', wanted));
+    const routedBefore = previous?.conditions.find((condition) => condition.type === 'Routed');
     const routed: ConditionInput = routesChanged
       ? { type: 'Routed', status: 'False', reason: 'RoutesUpdating', message: 'routes are being updated to the workload address' }
-      : this.routedCondition(claim, routesRecord!.entry.modifyIndex);
+      : routedBefore?.status === 'True'
+        ? // Routes once applied stay served (routers keep them and reload them from their map files): routers whose
+          // heartbeats fall silent, as they all do while the store is unreachable, do not make a serving session unready.
+          { type: 'Routed', status: 'True', reason: routedBefore.reason, message: routedBefore.message }
+        : this.routedCondition(claim, routesRecord!.entry.modifyIndex);
 
     const exposed = this.deps.listeners === undefined ? undefined : exposedCondition(wanted, this.deps.listeners);
     // Ready is every other condition holding; otherwise it carries the first one that does not, as its reason.

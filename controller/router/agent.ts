@@ -2,9 +2,10 @@ import type { Subscription } from 'rxjs';
 import { encodeRecord, parseRecord } from '../api/schemas.js';
 import type { RouteRecord, RouterHeartbeat } from '../api/types.js';
 import { routerApplySeconds, routerSources, type RouterProgress } from '../metrics/metrics.js';
+import { systemClock, type Clock } from '../util/clock.js';
 import type { Logger } from '../util/log.js';
 import type { Store } from '../store/store.js';
-import { StoreInformer, type Cache, type CachedRecord } from '../controller/informer.js';
+import { StoreInformer, type StoreRewind } from '../controller/informer.js';
 import type { Keys } from '../controller/keys.js';
 import type { DataPlane, RouteTable } from './data-plane.js';
 
@@ -14,18 +15,40 @@ export interface RouterAgentOptions {
   readonly name: string;
   readonly dataPlane: DataPlane;
   readonly heartbeatMs: number;
+  /**
+   * How long routes that vanished with a store rewind (its state lost or rolled back) keep being served,
+   * so that the store can be restored without cutting the users off; 0 removes them at once.
+   */
+  readonly storeLossGraceMs: number;
   readonly log: Logger;
+  /** Times the grace period (default: the system clock). */
+  readonly clock?: Clock;
+}
+
+/** Routes served on after they vanished with a store rewind, until `until` or until their record is back. */
+interface KeptRoutes {
+  readonly routes: RouteRecord;
+  readonly until: number;
 }
 
 /**
  * Applies the routes in the store to one data plane (a local HAProxy) and reports, in its heartbeat,
  * the store index it has applied, so the controller can tell when a session's routes are live everywhere.
  * Changes arriving while an apply runs are coalesced into the next apply of the whole table.
+ *
+ * A store that loses its state (or is rolled back) makes every route vanish at once, as if every session
+ * had ended. The controller keeps the workloads through its orphan grace period; the router keeps serving
+ * their routes just as long, with a loud warning, so restoring the store in time ends no user's session.
+ * A route whose record comes back is adopted; one still missing when the grace ends is removed. Deletions
+ * seen as changes (no rewind) apply at once, as always.
  */
 export class RouterAgent {
   private readonly routes: StoreInformer<RouteRecord>;
   private readonly log: Logger;
-  private subscription: Subscription | undefined;
+  private readonly clock: Clock;
+  private readonly kept = new Map<string, KeptRoutes>();
+  private keptTimer: unknown;
+  private readonly subscriptions: Subscription[] = [];
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private applying: Promise<void> | undefined;
   private pending = false;
@@ -35,6 +58,7 @@ export class RouterAgent {
 
   constructor(private readonly options: RouterAgentOptions) {
     this.log = options.log.child({ component: 'router', router: options.name });
+    this.clock = options.clock ?? systemClock;
     this.routes = new StoreInformer(options.store, options.keys.routes, (json) => parseRecord<RouteRecord>('route', json), this.log);
   }
 
@@ -46,7 +70,15 @@ export class RouterAgent {
   /** Starts watching; resolves once the first complete table is live. */
   async start(): Promise<void> {
     this.removeMetricsSource = routerSources.add(() => this.progress);
-    this.subscription = this.routes.applied.subscribe(() => this.schedule());
+    this.subscriptions.push(
+      this.routes.rewinds.subscribe((rewind) => this.keep(rewind)),
+      this.routes.cache.changes.subscribe((change) => {
+        if (change.current !== undefined && this.kept.delete(change.id)) {
+          this.log.info({ session: change.id }, 'the routes record is back after a store loss; serving it from the store again');
+        }
+      }),
+      this.routes.applied.subscribe(() => this.schedule()),
+    );
     this.routes.start();
     await this.routes.synced;
     this.schedule();
@@ -59,8 +91,9 @@ export class RouterAgent {
   async stop(): Promise<void> {
     this.stopped = true;
     this.removeMetricsSource?.();
-    this.subscription?.unsubscribe();
+    for (const subscription of this.subscriptions.splice(0)) subscription.unsubscribe();
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    this.clock.clearTimeout(this.keptTimer);
     this.routes.stop();
     await this.applying?.catch(() => undefined);
     await this.options.store.delete(this.options.keys.router(this.options.name)).catch((error: unknown) => {
@@ -81,7 +114,9 @@ export class RouterAgent {
     do {
       this.pending = false;
       const index = this.routes.index;
-      const table = routeTable(this.routes.cache);
+      const stored = [...this.routes.cache.values()].flatMap((record) => record.value ?? []);
+      // Kept routes first, so that a stored record claiming the same token or port wins it.
+      const table = routeTable([...[...this.kept.values()].map((kept) => kept.routes), ...stored]);
       try {
         const startedAt = performance.now();
         await this.options.dataPlane.apply(table);
@@ -94,6 +129,42 @@ export class RouterAgent {
         this.pending = true;
       }
     } while (this.pending && !this.stopped);
+  }
+
+  /** Keeps serving the routes a store rewind took away, for the grace period. */
+  private keep(rewind: StoreRewind<RouteRecord>): void {
+    const vanished = rewind.vanished.filter((record) => record.value !== undefined);
+    if (vanished.length === 0) return;
+    if (this.options.storeLossGraceMs <= 0) {
+      this.log.error({ was: rewind.previousIndex, now: rewind.index, routes: vanished.length }, 'the store lost its state: removing the routes that vanished with it (no grace period)');
+      return;
+    }
+    const until = this.clock.now() + this.options.storeLossGraceMs;
+    for (const record of vanished) if (!this.kept.has(record.id)) this.kept.set(record.id, { routes: record.value!, until });
+    const removeAt = new Date(until).toISOString();
+    this.log.error(
+      { was: rewind.previousIndex, now: rewind.index, routes: vanished.length, removeAt },
+      `the store lost its state (index ${rewind.previousIndex} went back to ${rewind.index}): ${vanished.length} sessions' routes vanished; ` +
+        `they are still served until about ${removeAt} and removed then unless their records are restored (see "Recovering from a store loss" in docs/lifecycle.md)`,
+    );
+    this.armKeptTimer();
+  }
+
+  /** Wakes at the earliest end of a grace period, drops what has expired and applies the smaller table. */
+  private armKeptTimer(): void {
+    this.clock.clearTimeout(this.keptTimer);
+    if (this.kept.size === 0 || this.stopped) return;
+    const next = Math.min(...[...this.kept.values()].map((kept) => kept.until));
+    this.keptTimer = this.clock.setTimeout(() => {
+      const now = this.clock.now();
+      const expired = [...this.kept].filter(([, kept]) => kept.until <= now).map(([id]) => id);
+      for (const id of expired) this.kept.delete(id);
+      if (expired.length > 0) {
+        this.log.warn({ routes: expired.length, sessions: expired.slice(0, 20) }, 'grace period over: removing the routes of sessions whose records were not restored');
+        this.schedule();
+      }
+      this.armKeptTimer();
+    }, Math.max(0, next - this.clock.now()));
   }
 
   private async heartbeat(): Promise<void> {
@@ -111,13 +182,13 @@ export class RouterAgent {
   }
 }
 
-/** The table a data plane should serve: every route whose workload address is known. */
-export function routeTable(routes: Cache<CachedRecord<RouteRecord>>): RouteTable {
+/** The table a data plane should serve: every route whose workload address is known; a later record wins a token or port. */
+export function routeTable(records: Iterable<RouteRecord>): RouteTable {
   const hosts = new Map<string, string>();
   const ports = new Map<number, string>();
-  for (const record of routes.values()) {
-    for (const route of record.value?.hosts ?? []) if (route.backend) hosts.set(route.token, route.backend);
-    for (const route of record.value?.ports ?? []) if (route.backend) ports.set(route.port, route.backend);
+  for (const record of records) {
+    for (const route of record.hosts) if (route.backend) hosts.set(route.token, route.backend);
+    for (const route of record.ports) if (route.backend) ports.set(route.port, route.backend);
   }
   return { hosts, ports };
 }

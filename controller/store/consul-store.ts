@@ -350,6 +350,15 @@ export class ConsulStore implements Store, LockService {
   // -----------------------------------------------------------------------------------------------
   // Used by watches
 
+  /**
+   * One watch saw the index go backwards: Consul lost or restored its state. A blocking query sent with an
+   * index from before that waits out its whole wait time (Consul blocks until the index passes the one
+   * asked for), so every other watch re-reads at once instead.
+   */
+  rewound(by: PrefixWatch): void {
+    for (const watch of this.watches) if (watch !== by) watch.readAgain();
+  }
+
   /** One `?recurse` listing, blocking when `blocking` is given. Consul answers 404 for an empty prefix. */
   async fetchListing(
     operation: string,
@@ -570,6 +579,8 @@ class PrefixWatch {
   private index = 0;
   private resync = true;
   private failures = 0;
+  /** Set by resync(): the request in flight was aborted to read again at once, not because it failed. */
+  private resyncRequested = false;
   private tokens = WATCH_BURST;
   private refilledAt = Date.now();
 
@@ -605,6 +616,18 @@ class PrefixWatch {
     }
   }
 
+  /** Drops the blocking query in flight (or the pause before the next) and reads again without blocking. */
+  readAgain(): void {
+    if (this.stopped) return;
+    this.resync = true;
+    this.resyncRequested = true;
+    this.controller?.abort();
+    if (this.sleeping) {
+      clearTimeout(this.sleeping.timer);
+      this.sleeping.resolve();
+    }
+  }
+
   /** The store closed: stop and complete. */
   finish(): void {
     this.stop();
@@ -619,10 +642,16 @@ class PrefixWatch {
         const listing = await this.store.fetchListing('watch', this.prefix, blocking ? { index: this.index } : undefined, this.controller.signal);
         if (this.stopped) return;
         this.failures = 0;
-        this.resync = false;
+        // A resync asked for while this answer was on its way still reads again.
+        this.resync = this.resyncRequested;
+        this.resyncRequested = false;
         if (this.absorb(listing)) await this.throttle();
       } catch (error) {
         if (this.stopped) return;
+        if (this.resyncRequested) {
+          this.resyncRequested = false;
+          continue;
+        }
         if (error instanceof ConsulError && !error.retryable) {
           this.log.error({ prefix: this.prefix, err: error.message, status: error.status }, 'watch failed: Consul refused the request');
           this.stopped = true;
@@ -645,6 +674,7 @@ class PrefixWatch {
     if (this.known === undefined || index < this.index) {
       if (this.known !== undefined) {
         this.log.info({ prefix: this.prefix, was: this.index, now: index }, 'Consul index went backwards (state restored or lost); resetting the watch');
+        this.store.rewound(this);
       }
       this.known = new Map(listing.entries.map((entry) => [entry.key, entry]));
       this.index = index;

@@ -349,6 +349,27 @@ describe('Consul store specifics (against the double)', function () {
       assert.equal(watch.steps.filter((s) => s.kind === 'reset').length, 2);
     });
 
+    it('makes every watch read again when one of them sees the index go backwards, so none waits out a stale blocking query', async function () {
+      await start();
+      const store = open({ watchWaitSeconds: 600 });
+      const writer = open();
+      for (let i = 0; i < 5; i++) await writer.put(`${prefix}busy/k`, String(i));
+      const busy = record(new WatchRecorder(store.watch(`${prefix}busy/`)));
+      const quiet = record(new WatchRecorder(store.watch(`${prefix}quiet/`)));
+      await waitFor('both blocking queries held', () => double.heldQueries === 2);
+      // The quiet watch's next blocking query (with the old index) is on its way when the state is lost: on
+      // the new cluster it would wait the full ten minutes for the index to pass the old one.
+      double.faults.latencyMs = 300;
+      await writer.put(`${prefix}quiet/k`, 'q');
+      await quiet.until('the change', () => quiet.values()[`${prefix}quiet/k`] === 'q');
+      await waitFor('the quiet watch asking again', () => double.heldQueries === 1);
+      double.reset();
+      double.faults.latencyMs = 0;
+      await busy.until('the busy watch reset', () => busy.steps.filter((s) => s.kind === 'reset').length === 2);
+      await quiet.until('the quiet watch reset too', () => quiet.steps.filter((s) => s.kind === 'reset').length === 2, 5_000);
+      assert.deepEqual(quiet.values(), {});
+    });
+
     it('blocks again at once when a wait ends with the same index, without busy-looping', async function () {
       await start();
       const store = open({ watchWaitSeconds: 1 });

@@ -133,7 +133,7 @@ export class ControllerHarness<S extends Scheduler = FakeScheduler> {
   }
 
   async start(): Promise<void> {
-    this.router = new RouterAgent({ store: this.store, keys, name: 'edge-1', dataPlane: this.dataPlane, heartbeatMs: 60_000, log: testLog });
+    this.router = new RouterAgent({ store: this.store, keys, name: 'edge-1', dataPlane: this.dataPlane, heartbeatMs: 60_000, storeLossGraceMs: 0, log: testLog });
     await this.router.start();
     this.controller = await this.startController();
   }

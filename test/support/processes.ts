@@ -12,3 +12,19 @@ export function alive(pid: number): boolean {
     return false;
   }
 }
+
+/** The processes whose parent is `pid` (e.g. an HAProxy master's workers). */
+export function childPids(pid: number): number[] {
+  const children: number[] = [];
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${name}/stat`, 'utf8');
+      // The parent pid is the second field after the parenthesised command name.
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) children.push(Number(name));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return children;
+}

@@ -104,6 +104,29 @@ describe('controller: session reconciliation', () => {
     assert.equal(h.scheduler.registrations.length, 1, 'recovery needs no new registration');
   });
 
+  it('keeps a Ready session Ready when the routers fall silent, as they do while the store is unreachable', async () => {
+    const id = await createSession(h.store);
+    const ready = await makeReady(h, id);
+    await h.router.stop();
+    // New activity moves the expiry, so the status is written again by a pass that sees no router.
+    await h.store.put(keys.activity(id), JSON.stringify({ lastActivityAt: new Date(Date.now() + 60_000).toISOString() }));
+    const after = await waitFor('the status written again', async () => {
+      const status = await statusOf(h.store, id);
+      return status?.expiresAt !== ready.expiresAt ? status : undefined;
+    });
+    assert.equal(after.phase, 'Ready');
+    assert.equal(condition(after, 'Routed'), 'True/RoutesApplied');
+    assert.equal(after.events.filter((event) => event.reason === 'PhaseReady').length, 1);
+    // A session that was never routed still waits for a live router.
+    const fresh = await createSession(h.store);
+    await waitFor('job registration', () => h.scheduler.workload(fresh));
+    h.scheduler.run(fresh, { http: '127.0.0.1:32000', broker: '127.0.0.1:32001', tcp: '127.0.0.1:32002' });
+    await waitFor('no router', async () => {
+      const status = await statusOf(h.store, fresh);
+      return status !== undefined && condition(status, 'Routed') === 'False/NoRouters';
+    });
+  });
+
   it('reports malformed and impossible records in their status and keeps serving the others', async () => {
     await h.store.put(keys.session('brokenrecord1'), '{"metadata": nope');
     const unknownTemplate = await createSession(h.store, { spec: { template: 'nosuchtemplate' } });

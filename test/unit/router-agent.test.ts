@@ -1,0 +1,124 @@
+import assert from 'node:assert/strict';
+import * as FakeTimers from '@sinonjs/fake-timers';
+import { Subject } from 'rxjs';
+import type { RouteRecord, RouterHeartbeat } from '../../controller/api/types.js';
+import { RouterAgent } from '../../controller/router/agent.js';
+import type { KvEntry, Store, WatchStep } from '../../controller/store/store.js';
+import { capturingLogger, controllerClock, keys, RecordingDataPlane } from '../support/controller-harness.js';
+
+const GRACE_MS = 900_000;
+
+/** A store whose routes watch the test drives step by step; heartbeats are kept as written. */
+class ScriptedStore implements Store {
+  readonly steps = new Subject<WatchStep>();
+  readonly heartbeats: RouterHeartbeat[] = [];
+  get = async (): Promise<undefined> => undefined;
+  list = async (): Promise<{ entries: KvEntry[]; index: number }> => ({ entries: [], index: 0 });
+  put = async (_key: string, value: string): Promise<boolean> => {
+    this.heartbeats.push(JSON.parse(value) as RouterHeartbeat);
+    return true;
+  };
+  delete = async (): Promise<boolean> => true;
+  transaction = async (): Promise<boolean> => true;
+  watch = (): Subject<WatchStep> => this.steps;
+  close = async (): Promise<void> => undefined;
+}
+
+const token = (id: string): string => id.repeat(26);
+const key = (id: string): string => keys.route(`session${id}`);
+
+function entry(id: string, port: number, index: number, backend = `127.0.0.1:${port + 10_000}`): KvEntry {
+  const routes: RouteRecord = {
+    sessionId: `session${id}`,
+    hosts: [{ service: 'hmi', token: token(id), backend }],
+    ports: [{ service: 'tcp', port, backend }],
+  };
+  return { key: key(id), value: JSON.stringify(routes), createIndex: index, modifyIndex: index };
+}
+
+/** Lets the agent finish the apply a step started (all of it is promise chains, no I/O). */
+const settle = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+describe('router agent: routes through a store loss', () => {
+  let store: ScriptedStore;
+  let plane: RecordingDataPlane;
+  let clock: FakeTimers.Clock;
+  let agent: RouterAgent;
+  let lines: ReturnType<typeof capturingLogger>['lines'];
+
+  async function start(storeLossGraceMs = GRACE_MS, initial: KvEntry[] = [entry('a', 20001, 10), entry('b', 20002, 11)]): Promise<void> {
+    store = new ScriptedStore();
+    plane = new RecordingDataPlane();
+    clock = FakeTimers.createClock(1_000_000);
+    const captured = capturingLogger();
+    lines = captured.lines;
+    agent = new RouterAgent({ store, keys, name: 'edge-1', dataPlane: plane, heartbeatMs: 60_000, storeLossGraceMs, log: captured.log, clock: controllerClock(clock) });
+    const started = agent.start();
+    store.steps.next({ kind: 'reset', index: 11, entries: initial });
+    await started;
+  }
+
+  const served = (): number[] => [...plane.table.ports.keys()].sort();
+  const lastApplied = (): number => store.heartbeats.at(-1)!.appliedIndex;
+
+  afterEach(() => agent.stop());
+
+  it('removes a deleted session\'s routes at once when no rewind is involved', async () => {
+    await start();
+    store.steps.next({ kind: 'changes', index: 12, changes: [{ type: 'delete', key: key('a'), modifyIndex: 12 }] });
+    await settle();
+    assert.deepEqual(served(), [20002]);
+    assert.deepEqual([...plane.table.hosts.keys()], [token('b')]);
+    // A watch resumed without history lists the prefix again at a later index: what is gone is gone.
+    store.steps.next({ kind: 'reset', index: 14, entries: [] });
+    await settle();
+    assert.deepEqual(served(), []);
+    assert.equal(lastApplied(), 14);
+  });
+
+  it('keeps serving the routes a store rewind took away, says so loudly, and removes them when the grace period ends', async () => {
+    await start();
+    store.steps.next({ kind: 'reset', index: 1, entries: [] });
+    await settle();
+    assert.deepEqual(served(), [20001, 20002], 'still served');
+    assert.equal(lastApplied(), 1, 'the applied index follows the store back down');
+    const loud = lines.filter((line) => line.level >= 50 && /store lost its state/.test(line.msg));
+    assert.equal(loud.length, 1);
+    assert.equal(loud[0]!.routes, 2);
+    clock.tick(GRACE_MS - 1);
+    await settle();
+    assert.deepEqual(served(), [20001, 20002]);
+    clock.tick(1);
+    await settle();
+    assert.deepEqual(served(), [], 'removed when the grace period ends');
+    assert.ok(lines.some((line) => /grace period over/.test(line.msg)));
+  });
+
+  it('adopts routes whose records are restored in time, and lets new records win a kept token or port', async () => {
+    await start();
+    store.steps.next({ kind: 'reset', index: 1, entries: [] });
+    await settle();
+    // The backup brings a back; meanwhile a new session c was given b's port by a controller that no longer knew it.
+    store.steps.next({ kind: 'changes', index: 3, changes: [{ type: 'put', entry: entry('a', 20001, 2) }, { type: 'put', entry: entry('c', 20002, 3, '127.0.0.1:40000') }] });
+    await settle();
+    assert.equal(plane.table.ports.get(20002), '127.0.0.1:40000', 'the stored record wins the port');
+    assert.equal(plane.table.hosts.get(token('b')), '127.0.0.1:30002', 'b is still served where nothing claims it');
+    clock.tick(GRACE_MS);
+    await settle();
+    assert.deepEqual(served(), [20001, 20002], 'a adopted, c stored');
+    assert.equal(plane.table.ports.get(20002), '127.0.0.1:40000');
+    assert.equal(plane.table.hosts.has(token('b')), false, 'b removed');
+    // An adopted route is an ordinary route again: deleting it applies at once.
+    store.steps.next({ kind: 'changes', index: 4, changes: [{ type: 'delete', key: key('a'), modifyIndex: 4 }] });
+    await settle();
+    assert.deepEqual(served(), [20002]);
+  });
+
+  it('removes the vanished routes at once when the grace period is 0', async () => {
+    await start(0);
+    store.steps.next({ kind: 'reset', index: 1, entries: [entry('b', 20002, 1)] });
+    await settle();
+    assert.deepEqual(served(), [20002]);
+    assert.ok(lines.some((line) => line.level >= 50 && /no grace period/.test(line.msg)));
+  });
+});
