@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NPM ?= npm
 CONFIG ?= manifests/examples/embedded.yaml
 
-.PHONY: run test build docs deps system-deps clean dev-cluster run-cluster test-real chaos
+.PHONY: run test build docs deps system-deps clean dev-cluster run-cluster test-real chaos bench
 
 ## run: install what is missing, build, and run Manticore on the embedded default
 run: system-deps deps build
@@ -18,6 +18,11 @@ test: system-deps deps build
 ## CHAOS_OUTAGE_SECONDS, default 30)
 chaos: deps build
 	CHAOS_SESSIONS=$${CHAOS_SESSIONS:-200} CHAOS_OUTAGE_SECONDS=$${CHAOS_OUTAGE_SECONDS:-30} npx mocha --no-config --timeout 600000 --reporter dist/test/support/summary-reporter.js 'dist/test/chaos/**/*.test.js'
+
+## bench: the benchmarks (docs/benchmarks.md): figures and ratios on standard output, bench/results.json;
+## SCENARIOS picks some (default all), BENCH_QUICK=1 runs a short pass at small sizes
+bench: system-deps deps build
+	node dist/hack/bench/main.js $(SCENARIOS)
 
 ## dev-cluster: the Consul and Nomad API doubles in the foreground (127.0.0.1:8500 and :4646;
 ## CONSUL_PORT / NOMAD_PORT override). Test infrastructure for trying the cluster backends here.

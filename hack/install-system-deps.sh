@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Manticore needs when they are missing: HAProxy (the router's data plane),
-# the compiler toolchain npm uses to build better-sqlite3 (the embedded store) from source, openssl, and
+# wrk (the benchmarks' load generator), the compiler toolchain npm uses to build better-sqlite3 (the embedded store) from source, openssl, and
 # Chromium with a font for the web page's browser test.
 # Uses sudo when not run as root. Safe to run again.
 set -euo pipefail
@@ -11,6 +11,8 @@ command -v make >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1 || missing+=(b
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # The Consul store's TLS tests make their certificates with openssl.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The benchmarks' load generator (and their harness's test).
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 # The web page's browser test drives Debian's Chromium (playwright-core brings no browser of its own).
 # Installed without recommends, Chromium brings no font, and the page would render without glyphs.
 [ -x /usr/bin/chromium ] || missing+=(chromium)
