@@ -1,0 +1,213 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { SessionRecord, SessionStatus } from '../../controller/api/types.js';
+import { Keys } from '../../controller/controller/keys.js';
+import { RouterAgent } from '../../controller/router/agent.js';
+import { ConsulStore } from '../../controller/store/consul-store.js';
+import type { KvEntry } from '../../controller/store/store.js';
+import { silentLogger, type Logger } from '../../controller/util/log.js';
+import { RecordingDataPlane } from '../../test/support/controller-harness.js';
+import { ConsulDouble } from '../../test/fakes/consul.js';
+import { NomadDouble } from '../../test/fakes/nomad.js';
+import { freePort } from '../../test/support/ports.js';
+import { waitFor } from '../../test/support/wait.js';
+
+const repoRoot = path.resolve(__dirname, '../../..');
+const cli = path.join(repoRoot, 'dist/controller/cli/main.js');
+export const keys = new Keys('manticore/');
+
+export interface BenchClusterOptions {
+  readonly workDir: string;
+  readonly log: Logger;
+  /** Nomad double nodes (each offers Nomad's dynamic port range, 12,000 ports: 9 per `sdl` session). */
+  readonly nomadNodes: number;
+  /** The public TCP port range the controller claims ports from. */
+  readonly tcpPorts: { readonly start: number; readonly end: number };
+  readonly limits: { readonly maxSessions: number; readonly maxStarting: number };
+  /**
+   * `haproxy`: a `manticore router` process with its HAProxy binding the TCP range; `recording`: the router
+   * agent in this process with a data plane that records the routes (for sizes no loopback range holds).
+   */
+  readonly router: 'haproxy' | 'recording';
+  readonly frontend: boolean;
+}
+
+/**
+ * Manticore in cluster mode against the Consul and Nomad API doubles (in this process; simulated Docker
+ * allocations become healthy as soon as they are placed), with the controller, front end and router as
+ * their own processes, configured as an operator would for the load: the `sdl` template, limits raised to
+ * the benchmark's size.
+ */
+export class BenchCluster {
+  consul!: ConsulDouble;
+  nomad!: NomadDouble;
+  /** A client of the Consul double for the benchmark's own reads and writes. */
+  store!: ConsulStore;
+  controller: ChildProcess | undefined;
+  controllerStatusPort = 0;
+  frontendUrl = '';
+  private readonly children = new Set<ChildProcess>();
+  private recordingRouter: RouterAgent | undefined;
+  private configFile = '';
+
+  private constructor(private readonly options: BenchClusterOptions) {}
+
+  static async start(options: BenchClusterOptions): Promise<BenchCluster> {
+    const cluster = new BenchCluster(options);
+    try {
+      await cluster.boot();
+    } catch (error) {
+      await cluster.stop();
+      throw error;
+    }
+    return cluster;
+  }
+
+  private async boot(): Promise<void> {
+    const { options } = this;
+    const doublesLog = silentLogger();
+    this.consul = await ConsulDouble.start({ log: doublesLog });
+    const nodes = Array.from({ length: options.nomadNodes }, (_, n) => ({ name: `bench-${n + 1}`, cpu: 1_000_000, memoryMB: 4_000_000, diskMB: 10_000_000 }));
+    this.nomad = await NomadDouble.start({ workDir: repoRoot, log: doublesLog, nodes, dockerStartMs: 0 });
+    this.store = new ConsulStore({ address: this.consul.address, log: doublesLog });
+    this.controllerStatusPort = await freePort();
+    const frontendPort = options.frontend ? await freePort() : 0;
+    this.frontendUrl = `http://127.0.0.1:${frontendPort}`;
+    this.configFile = path.join(options.workDir, 'manticore.yaml');
+    fs.writeFileSync(this.configFile, this.configuration(frontendPort));
+
+    if (options.router === 'recording') {
+      this.recordingRouter = new RouterAgent({ store: this.store, keys, name: 'edge-1', dataPlane: new RecordingDataPlane(), heartbeatMs: 10_000, storeLossGraceMs: 0, log: doublesLog });
+      await this.recordingRouter.start();
+    } else {
+      const runDir = path.join(options.workDir, 'router');
+      this.spawnRole('router', { MANTICORE_ROUTER_NAME: 'edge-1', MANTICORE_ROUTER_RUN_DIR: runDir, MANTICORE_HTTP_PORT: String(await freePort()) });
+      await waitFor('the router to report in', () => this.store.get(`${keys.routers}edge-1`), 30_000, 50);
+    }
+    if (options.frontend) {
+      this.spawnRole('frontend');
+      await waitFor('the front end', async () => (await fetch(`${this.frontendUrl}/healthz`)).ok, 30_000, 50);
+    }
+    this.startController();
+    await waitFor('a leader', () => this.store.get(keys.leader), 30_000, 50);
+  }
+
+  private configuration(frontendPort: number): string {
+    const { options } = this;
+    return [
+      `store: { backend: consul, consul: { address: "${this.consul.address}" } }`,
+      'scheduler:',
+      '  backend: nomad',
+      `  nomad: { address: "${this.nomad.address}", datacenters: [dc1], healthyDeadlineSeconds: 120, checkIntervalSeconds: 1 }`,
+      `templates: { dir: ${path.join(repoRoot, 'manifests/templates')} }`,
+      `router: { tcp: { portRangeStart: ${options.tcpPorts.start}, portRangeEnd: ${options.tcpPorts.end} }, maxconn: 15000 }`,
+      `limits: { maxSessions: ${options.limits.maxSessions}, maxStarting: ${options.limits.maxStarting}, sessionsPerUser: 1 }`,
+      `controller: { statusPort: ${this.controllerStatusPort}, leaderElection: { ttlSeconds: 15, lockDelaySeconds: 1 } }`,
+      `frontend: { host: 127.0.0.1, port: ${frontendPort}, rateLimit: { requestsPerSecond: 100000, burst: 100000 } }`,
+      '',
+    ].join('\n');
+  }
+
+  /** Runs `manticore <role>` with its warnings and errors kept in the work directory. */
+  private spawnRole(role: 'controller' | 'frontend' | 'router', env: NodeJS.ProcessEnv = {}): ChildProcess {
+    const logFile = fs.openSync(path.join(this.options.workDir, `${role}.log`), 'a');
+    const child = spawn(process.execPath, [cli, role, '--config', this.configFile], {
+      cwd: repoRoot,
+      stdio: ['ignore', logFile, logFile],
+      env: { ...process.env, MANTICORE_LOG_LEVEL: 'warn', MANTICORE_LOG_FORMAT: 'json', ...env },
+    });
+    fs.closeSync(logFile);
+    this.children.add(child);
+    child.once('exit', (code, signal) => {
+      this.children.delete(child);
+      if (code !== 0 && signal === null) this.options.log.error({ role, code, log: path.join(this.options.workDir, `${role}.log`) }, 'a Manticore process exited');
+    });
+    return child;
+  }
+
+  startController(): ChildProcess {
+    this.controller = this.spawnRole('controller');
+    return this.controller;
+  }
+
+  /** SIGTERM to the controller (it hands its leadership over), resolved when it has exited. */
+  async stopController(): Promise<void> {
+    const child = this.controller;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    child.kill('SIGTERM');
+    await exited;
+  }
+
+  /** A counter or gauge of the controller's /metrics (summed over its label sets). */
+  async controllerMetric(name: string): Promise<number> {
+    const response = await fetch(`http://127.0.0.1:${this.controllerStatusPort}/metrics`);
+    const text = await response.text();
+    let sum = 0;
+    for (const line of text.split('\n')) {
+      if (line.startsWith(`${name} `) || line.startsWith(`${name}{`)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
+    }
+    return sum;
+  }
+
+  /** The store's index: it moves with every write (an empty listing answers the KV table's index). */
+  async storeIndex(): Promise<number> {
+    return (await this.store.list(`${keys.prefix}bench-nothing-here/`)).index;
+  }
+
+  /** Writes a session record the way the front end does (for sizes where the front end is not what is measured). */
+  async createSession(id: string, template = 'sdl'): Promise<void> {
+    const record: SessionRecord = {
+      metadata: { id, owner: `bench-${id}`, createdAt: new Date().toISOString(), generation: 1 },
+      spec: { template, parameters: {} },
+    };
+    if (!(await this.store.put(keys.session(id), JSON.stringify(record), { cas: 0 }))) throw new Error(`session ${id} exists already`);
+  }
+
+  async statuses(): Promise<Array<KvEntry & { status: SessionStatus }>> {
+    return (await this.store.list(keys.statuses)).entries.map((entry) => ({ ...entry, status: JSON.parse(entry.value) as SessionStatus }));
+  }
+
+  async sessions(): Promise<SessionRecord[]> {
+    return (await this.store.list(keys.sessions)).entries.map((entry) => JSON.parse(entry.value) as SessionRecord);
+  }
+
+  /** Nomad job registrations so far (each leaves a `job-register` evaluation, even for an unchanged job). */
+  async registrations(): Promise<number> {
+    const response = await fetch(`${this.nomad.address}/v1/evaluations`);
+    return ((await response.json()) as Array<{ TriggeredBy: string }>).filter((evaluation) => evaluation.TriggeredBy === 'job-register').length;
+  }
+
+  /** Waits until `count` sessions are Ready, reading the store every `intervalMs`. */
+  async untilReady(count: number, timeoutMs: number, intervalMs = 500): Promise<void> {
+    let ready = 0;
+    await waitFor(
+      `${count} sessions Ready`,
+      async () => {
+        ready = (await this.statuses()).filter((entry) => entry.status.phase === 'Ready').length;
+        return ready >= count;
+      },
+      timeoutMs,
+      intervalMs,
+    ).catch((error: Error) => {
+      throw new Error(`${error.message} (${ready} Ready)`);
+    });
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(
+      [...this.children].map(async (child) => {
+        const exited = new Promise((resolve) => child.once('exit', resolve));
+        child.kill('SIGTERM');
+        const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+        await exited;
+        clearTimeout(timer);
+      }),
+    );
+    await this.recordingRouter?.stop();
+    await this.store?.close();
+    await this.nomad?.stop();
+    await this.consul?.stop();
+  }
+}

@@ -1,0 +1,159 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { waitFor } from '../../test/support/wait.js';
+import { BenchCluster } from './cluster.js';
+import { cpuSeconds, PeakMemory, residentMiB } from './process-stats.js';
+import { ResultBuilder } from './report.js';
+import type { BenchContext, Scenario } from './scenario.js';
+
+/** Ports Nomad hands out per node (its default dynamic range, 20000–32000) and per `sdl` session. */
+const NOMAD_PORTS_PER_NODE = 12_000;
+const PORTS_PER_SESSION = 9;
+/** Session records written at once while filling the cluster. */
+const CREATE_CONCURRENCY = 64;
+
+/**
+ * Scale and quiet: the cluster filled with sessions, then left alone. A controller that polls, resyncs on
+ * a timer or walks every session per event shows up as CPU here; one that writes what did not change shows
+ * up as registrations and status writes after its restart.
+ */
+export const scaleScenario: Scenario = {
+  name: 'scale',
+  async run(context: BenchContext) {
+    const sessions = context.quick ? 200 : 10_000;
+    const quietSeconds = context.quick ? 5 : 60;
+    const result = new ResultBuilder('scale', 'Scale and quiet', {
+      sessions,
+      template: 'sdl',
+      quietSeconds,
+      router: 'agent with a recording data plane (HAProxy is measured in the routing scenario)',
+    });
+    const cluster = await BenchCluster.start({
+      workDir: context.workDir,
+      log: context.log,
+      nomadNodes: Math.ceil((sessions * PORTS_PER_SESSION) / NOMAD_PORTS_PER_NODE) + 1,
+      tcpPorts: { start: 30_000, end: 30_000 + sessions - 1 },
+      limits: { maxSessions: sessions, maxStarting: 1_000 },
+      router: 'recording',
+      frontend: false,
+    });
+    try {
+      const controllerPid = cluster.controller!.pid!;
+      const peak = new PeakMemory(controllerPid);
+      const startedAt = performance.now();
+      await createSessions(cluster, sessions);
+      await cluster.untilReady(sessions, 30 * 60_000, context.quick ? 200 : 1_000);
+      result.figure('fillSeconds', `${sessions} sessions created and Ready`, (performance.now() - startedAt) / 1000, 's');
+      const peakWhileFilling = peak.stop();
+      result.figure('controllerPeakRssMiB', 'controller peak resident memory while filling', peakWhileFilling, 'MiB');
+
+      // Whatever follows the last Ready (the queue draining, late watch events) is not "quiet" yet.
+      await settle(cluster);
+      const readyRss = residentMiB(controllerPid);
+      const quiet = await measureQuiet(cluster, controllerPid, quietSeconds);
+      result.figure('controllerRssMiB', `controller resident memory with ${sessions} Ready`, readyRss, 'MiB');
+      result.figure('quietCpuPercent', `controller CPU over ${quietSeconds} s with no changes`, quiet.cpuPercent, '% of a core');
+      result.figure('quietStoreWrites', `store writes in those ${quietSeconds} s (heartbeats)`, quiet.storeWrites, '');
+      result.figure('quietReconciles', `reconciles in those ${quietSeconds} s`, quiet.reconciles, '');
+
+      const restart = await measureRestart(cluster, sessions);
+      result.figure('restartConfirmSeconds', `restart until all ${sessions} reconciled`, restart.confirmSeconds, 's');
+      result.figure('restartRegistrations', 'Nomad registrations after the restart', restart.registrations, '');
+      result.figure('restartStatusWrites', 'status writes after the restart', restart.statusWrites, '');
+      result.figure('restartRssMiB', 'restarted controller resident memory', restart.rssMiB, 'MiB');
+
+      result.target('rss', 'controller resident memory (peak)', Math.max(peakWhileFilling, readyRss, restart.rssMiB), 'max', 512, 'MiB');
+      result.target('quietCpu', 'controller CPU when nothing changes', quiet.cpuPercent, 'max', 2, '% of a core');
+      result.target('restartSeconds', `restart confirms all ${sessions}`, restart.confirmSeconds, 'max', 15, 's');
+      result.target('restartRegistrations', 'Nomad registrations after a restart', restart.registrations, 'max', 0, '');
+      result.target('restartStatusWrites', 'status writes after a restart', restart.statusWrites, 'max', 0, '');
+      return result.build();
+    } finally {
+      await cluster.stop();
+    }
+  },
+};
+
+async function createSessions(cluster: BenchCluster, count: number): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: CREATE_CONCURRENCY }, async () => {
+      while (next < count) {
+        const n = next++;
+        await cluster.createSession(`scale${String(n).padStart(6, '0')}`);
+      }
+    }),
+  );
+}
+
+/** Waits until the controller's work queue has been empty for a while and every status is written. */
+async function settle(cluster: BenchCluster): Promise<void> {
+  let emptySince = 0;
+  await waitFor(
+    'the controller to settle',
+    async () => {
+      const depth = await cluster.controllerMetric('manticore_workqueue_depth');
+      if (depth > 0) emptySince = 0;
+      else emptySince ||= performance.now();
+      return emptySince > 0 && performance.now() - emptySince > 3_000;
+    },
+    120_000,
+    250,
+  );
+}
+
+interface QuietFigures {
+  readonly cpuPercent: number;
+  readonly storeWrites: number;
+  readonly reconciles: number;
+}
+
+async function measureQuiet(cluster: BenchCluster, pid: number, seconds: number): Promise<QuietFigures> {
+  const reconcilesBefore = await cluster.controllerMetric('manticore_reconcile_duration_seconds_count');
+  const indexBefore = await cluster.storeIndex();
+  const cpuBefore = cpuSeconds(pid);
+  const startedAt = performance.now();
+  await sleep(seconds * 1000);
+  const cpu = cpuSeconds(pid) - cpuBefore;
+  const elapsed = (performance.now() - startedAt) / 1000;
+  return {
+    cpuPercent: (cpu / elapsed) * 100,
+    storeWrites: (await cluster.storeIndex()) - indexBefore,
+    reconciles: (await cluster.controllerMetric('manticore_reconcile_duration_seconds_count')) - reconcilesBefore,
+  };
+}
+
+interface RestartFigures {
+  readonly confirmSeconds: number;
+  readonly registrations: number;
+  readonly statusWrites: number;
+  readonly rssMiB: number;
+}
+
+/**
+ * SIGTERM to the controller and a new one started: how long until it has reconciled every session, and
+ * what it wrote doing so (a status whose ModifyIndex moved was written; a registration leaves an evaluation).
+ */
+async function measureRestart(cluster: BenchCluster, sessions: number): Promise<RestartFigures> {
+  const indexesBefore = new Map((await cluster.statuses()).map((entry) => [entry.key, entry.modifyIndex]));
+  const registrationsBefore = await cluster.registrations();
+  await cluster.stopController();
+  const startedAt = performance.now();
+  const child = cluster.startController();
+  await waitFor(
+    `the restarted controller to reconcile all ${sessions} sessions`,
+    async () =>
+      (await cluster.controllerMetric('manticore_reconcile_duration_seconds_count')) >= sessions && (await cluster.controllerMetric('manticore_workqueue_depth')) === 0,
+    120_000,
+    50,
+  );
+  const confirmSeconds = (performance.now() - startedAt) / 1000;
+  // Writes triggered by the reconciles land a moment later: give them time to show.
+  await sleep(2_000);
+  const after = await cluster.statuses();
+  return {
+    confirmSeconds,
+    registrations: (await cluster.registrations()) - registrationsBefore,
+    statusWrites: after.filter((entry) => indexesBefore.get(entry.key) !== entry.modifyIndex).length,
+    rssMiB: residentMiB(child.pid!),
+  };
+}
