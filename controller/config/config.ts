@@ -210,14 +210,17 @@ function setPath(target: Record<string, unknown>, path: string[], value: unknown
   node[path[path.length - 1]!] = value;
 }
 
+/** Each port of the range is a listening socket with its file descriptor; beyond this, one edge host is the wrong design. */
+const MAX_TCP_PORTS = 30_000;
+
 /** Fills the derived fields and checks the rules a schema cannot express. */
 function finish(config: ManticoreConfig, what: string): ManticoreConfig {
   const { tcp } = config.router;
   if (tcp.portRangeEnd < tcp.portRangeStart) {
     throw new ValidationError(what, ['/router/tcp/portRangeEnd: must not be below portRangeStart']);
   }
-  if (tcp.portRangeEnd - tcp.portRangeStart + 1 > 5000) {
-    throw new ValidationError(what, ['/router/tcp: the port range may hold at most 5000 ports (each is a listening socket)']);
+  if (tcp.portRangeEnd - tcp.portRangeStart + 1 > MAX_TCP_PORTS) {
+    throw new ValidationError(what, [`/router/tcp: the port range may hold at most ${MAX_TCP_PORTS} ports (each is a listening socket of HAProxy)`]);
   }
   const { idle, lifecycle } = config;
   if (idle.timeoutSeconds > 0 && idle.warningSeconds >= idle.timeoutSeconds) {

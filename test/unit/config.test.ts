@@ -49,6 +49,7 @@ describe('configuration', () => {
       ['router:\n  htp: {}\n', /\/router: unknown field "htp"/],
       ['log:\n  level: loud\n', /\/log\/level: must be equal to one of the allowed values/],
       ['router:\n  tcp: { portRangeStart: 2000, portRangeEnd: 1000 }\n', /\/router\/tcp\/portRangeEnd/],
+      ['router:\n  tcp: { portRangeStart: 20000, portRangeEnd: 50000 }\n', /\/router\/tcp: the port range may hold at most 30000 ports/],
       ['- a list\n', /\(root\): must be a mapping/],
       ['frontend: [unclosed\n', /not valid YAML/],
     ];
