@@ -13,7 +13,7 @@ import { NomadDouble } from '../../test/fakes/nomad.js';
 import { freePort } from '../../test/support/ports.js';
 import { waitFor } from '../../test/support/wait.js';
 
-const repoRoot = path.resolve(__dirname, '../../..');
+export const repoRoot = path.resolve(__dirname, '../../..');
 const cli = path.join(repoRoot, 'dist/controller/cli/main.js');
 export const keys = new Keys('manticore/');
 
@@ -31,6 +31,12 @@ export interface BenchClusterOptions {
    */
   readonly router: 'haproxy' | 'recording';
   readonly frontend: boolean;
+}
+
+/** The Nomad double with `count` large nodes, its simulated Docker tasks running as soon as they are placed. */
+export function startNomadDouble(count: number): Promise<NomadDouble> {
+  const nodes = Array.from({ length: count }, (_, n) => ({ name: `bench-${n + 1}`, cpu: 1_000_000, memoryMB: 4_000_000, diskMB: 10_000_000 }));
+  return NomadDouble.start({ workDir: repoRoot, log: silentLogger(), nodes, dockerStartMs: 0 });
 }
 
 /**
@@ -68,8 +74,7 @@ export class BenchCluster {
     const { options } = this;
     const doublesLog = silentLogger();
     this.consul = await ConsulDouble.start({ log: doublesLog });
-    const nodes = Array.from({ length: options.nomadNodes }, (_, n) => ({ name: `bench-${n + 1}`, cpu: 1_000_000, memoryMB: 4_000_000, diskMB: 10_000_000 }));
-    this.nomad = await NomadDouble.start({ workDir: repoRoot, log: doublesLog, nodes, dockerStartMs: 0 });
+    this.nomad = await startNomadDouble(options.nomadNodes);
     this.store = new ConsulStore({ address: this.consul.address, log: doublesLog });
     this.controllerStatusPort = await freePort();
     const frontendPort = options.frontend ? await freePort() : 0;

@@ -19,7 +19,7 @@ const CREATE_CONCURRENCY = 64;
 export const scaleScenario: Scenario = {
   name: 'scale',
   async run(context: BenchContext) {
-    const sessions = context.quick ? 200 : 10_000;
+    const sessions = Number(process.env.BENCH_SCALE_SESSIONS ?? (context.quick ? 200 : 10_000));
     const quietSeconds = context.quick ? 5 : 60;
     const result = new ResultBuilder('scale', 'Scale and quiet', {
       sessions,

@@ -143,6 +143,14 @@ describe('Consul double', function () {
       assert.equal(await kv.get({ key: 'nothing/', recurse: true }), undefined);
     });
 
+    it('orders keys by their UTF-8 bytes, as Consul does (not by UTF-16 code units)', async function () {
+      // U+FF01 is EF BC 81 in UTF-8, U+1F600 is F0 9F 98 80: the first sorts first, although its UTF-16 unit is higher.
+      for (const key of ['utf/\u{1F600}', 'utf/\uFF01', 'utf/z', 'utf/é']) await kv.set({ key, value: 'v' });
+      assert.deepEqual(await kv.keys({ key: 'utf/' }), ['utf/z', 'utf/é', 'utf/\uFF01', 'utf/\u{1F600}']);
+      await kv.del({ key: 'utf/\uFF01' });
+      assert.deepEqual(await kv.keys({ key: 'utf/' }), ['utf/z', 'utf/é', 'utf/\u{1F600}']);
+    });
+
     it('answers blocking reads when the key changes, with X-Consul-Index', async function () {
       await kv.set({ key: 'block/k', value: 'v1' });
       const [first, item] = (await kv.get({ key: 'block/k', ctx: withResponse() })) as [http.IncomingMessage, KvItem];

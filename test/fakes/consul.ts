@@ -115,31 +115,71 @@ interface SessionRecord {
   timer: ReturnType<typeof setTimeout> | undefined;
 }
 
+/**
+ * Compares strings in the byte order of their UTF-8 encodings (code-point order), as Consul's radix tree
+ * sorts keys. UTF-16 code units already sort that way except surrogates, which must sort above U+E000–U+FFFF.
+ */
+export function compareUtf8(a: string, b: string): number {
+  const length = Math.min(a.length, b.length);
+  for (let i = 0; i < length; i++) {
+    let x = a.charCodeAt(i);
+    let y = b.charCodeAt(i);
+    if (x === y) continue;
+    if (x >= 0xd800 && y >= 0xd800) {
+      x = x >= 0xe000 ? x - 0x800 : x + 0x2000;
+      y = y >= 0xe000 ? y - 0x800 : y + 0x2000;
+    }
+    return x - y;
+  }
+  return a.length - b.length;
+}
+
 /** One namespace's KV table, its tombstones (graveyard) and lock delays, as in Consul's state store. */
 class Keyspace {
-  readonly entries = new Map<string, DirEntry>();
+  private readonly table = new Map<string, DirEntry>();
+  /** The keys in byte order, kept sorted as keys come and go, so a prefix is one contiguous run. */
+  private readonly order: string[] = [];
   readonly tombstones = new Map<string, number>();
   /** key → epoch ms until which the key cannot be locked (Consul's lockDelay map). */
   readonly lockDelays = new Map<string, number>();
   kvsIndex = 0;
   tombstonesIndex = 0;
-  private sorted: string[] | undefined;
 
   constructor(readonly name: string) {}
 
-  invalidateOrder(): void {
-    this.sorted = undefined;
+  get(key: string): DirEntry | undefined {
+    return this.table.get(key);
   }
 
-  /** Keys in byte order, like Consul's radix tree. */
-  sortedKeys(): string[] {
-    this.sorted ??= [...this.entries.keys()].sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
-    return this.sorted;
+  get size(): number {
+    return this.table.size;
+  }
+
+  set(entry: DirEntry): void {
+    if (!this.table.has(entry.key)) this.order.splice(this.lowerBound(entry.key), 0, entry.key);
+    this.table.set(entry.key, entry);
+  }
+
+  delete(key: string): void {
+    if (!this.table.delete(key)) return;
+    this.order.splice(this.lowerBound(key), 1);
+  }
+
+  /** The position of the first key not below `key`. */
+  private lowerBound(key: string): number {
+    let low = 0;
+    let high = this.order.length;
+    while (low < high) {
+      const middle = (low + high) >>> 1;
+      if (compareUtf8(this.order[middle]!, key) < 0) low = middle + 1;
+      else high = middle;
+    }
+    return low;
   }
 
   list(prefix: string): DirEntry[] {
     const out: DirEntry[] = [];
-    for (const key of this.sortedKeys()) if (key.startsWith(prefix)) out.push(this.entries.get(key)!);
+    for (let i = this.lowerBound(prefix); i < this.order.length && this.order[i]!.startsWith(prefix); i++) out.push(this.table.get(this.order[i]!)!);
     return out;
   }
 
@@ -616,31 +656,25 @@ export class ConsulDouble {
   }
 
   private putEntry(keyspace: Keyspace, entry: DirEntry): void {
-    const previous = keyspace.entries.get(entry.key);
+    const previous = keyspace.get(entry.key);
     const previousIndex = keyspace.kvsIndex;
-    keyspace.entries.set(entry.key, entry);
+    keyspace.set(entry);
     keyspace.kvsIndex = Math.max(keyspace.kvsIndex, entry.modifyIndex);
-    if (!previous) keyspace.invalidateOrder();
     this.mutate(() => {
-      if (previous) keyspace.entries.set(entry.key, previous);
-      else {
-        keyspace.entries.delete(entry.key);
-        keyspace.invalidateOrder();
-      }
+      if (previous) keyspace.set(previous);
+      else keyspace.delete(entry.key);
       keyspace.kvsIndex = previousIndex;
     });
   }
 
   private removeEntry(keyspace: Keyspace, key: string, index: number): void {
-    const previous = keyspace.entries.get(key);
+    const previous = keyspace.get(key);
     if (!previous) return;
     const previousIndex = keyspace.kvsIndex;
-    keyspace.entries.delete(key);
-    keyspace.invalidateOrder();
+    keyspace.delete(key);
     keyspace.kvsIndex = index;
     this.mutate(() => {
-      keyspace.entries.set(key, previous);
-      keyspace.invalidateOrder();
+      keyspace.set(previous);
       keyspace.kvsIndex = previousIndex;
     });
   }
@@ -659,7 +693,7 @@ export class ConsulDouble {
 
   /** kvsSetTxn: keeps CreateIndex, keeps the session unless told otherwise, skips a write that changes nothing. */
   private kvSet(keyspace: Keyspace, index: number, input: EntryInput, updateSession: boolean): DirEntry {
-    const existing = keyspace.entries.get(input.key);
+    const existing = keyspace.get(input.key);
     const session = updateSession ? input.session : (existing?.session ?? '');
     const candidate = { key: input.key, value: input.value, flags: input.flags, lockIndex: input.lockIndex, session };
     if (existing && sameEntry(existing, candidate)) return existing;
@@ -670,20 +704,20 @@ export class ConsulDouble {
 
   /** kvsSetCASTxn: cas 0 means "only if absent"; otherwise the ModifyIndex must match. */
   private kvSetCas(keyspace: Keyspace, index: number, input: EntryInput, cas: number): DirEntry | undefined {
-    const existing = keyspace.entries.get(input.key);
+    const existing = keyspace.get(input.key);
     if (cas === 0 ? existing !== undefined : existing?.modifyIndex !== cas) return undefined;
     return this.kvSet(keyspace, index, input, false);
   }
 
   private kvDelete(keyspace: Keyspace, index: number, key: string): void {
-    if (!keyspace.entries.has(key)) return;
+    if (!(keyspace.get(key) !== undefined)) return;
     this.tombstone(keyspace, key, index);
     this.removeEntry(keyspace, key, index);
   }
 
   /** kvsDeleteCASTxn: a missing key counts as deleted; otherwise the ModifyIndex must match (so 0 never deletes). */
   private kvDeleteCas(keyspace: Keyspace, index: number, key: string, cas: number): boolean {
-    const existing = keyspace.entries.get(key);
+    const existing = keyspace.get(key);
     if (!existing || existing.modifyIndex !== cas) return existing === undefined;
     this.kvDelete(keyspace, index, key);
     return true;
@@ -701,7 +735,7 @@ export class ConsulDouble {
   private kvLock(keyspace: Keyspace, index: number, input: EntryInput): DirEntry | undefined {
     if (input.session === '') throw new RpcError('missing session');
     if (!this.sessions.has(input.session)) throw new RpcError(`invalid session ${goJsonString(input.session)}`);
-    const existing = keyspace.entries.get(input.key);
+    const existing = keyspace.get(input.key);
     let lockIndex = 1;
     if (existing) {
       if (existing.session === input.session) lockIndex = existing.lockIndex;
@@ -714,7 +748,7 @@ export class ConsulDouble {
   /** kvsUnlockTxn: only the holder may release; LockIndex stays. */
   private kvUnlock(keyspace: Keyspace, index: number, input: EntryInput): DirEntry | undefined {
     if (input.session === '') throw new RpcError('missing session');
-    const existing = keyspace.entries.get(input.key);
+    const existing = keyspace.get(input.key);
     if (!existing || existing.session !== input.session) return undefined;
     return this.kvSet(keyspace, index, { ...input, session: '', lockIndex: existing.lockIndex }, true);
   }
@@ -765,7 +799,7 @@ export class ConsulDouble {
           entries = [];
         }
       } else {
-        const entry = keyspace.entries.get(key);
+        const entry = keyspace.get(key);
         index = entry ? entry.modifyIndex : keyspace.maxIndex();
         entries = entry ? [entry] : [];
       }
@@ -1005,12 +1039,12 @@ export class ConsulDouble {
         if (!entry) throw new Error(`failed to unlock key ${quoted}, lock isn't held, or is held by another session`);
         break;
       case 'get':
-        entry = access === 'anonymous' ? undefined : keyspace.entries.get(op.key);
+        entry = access === 'anonymous' ? undefined : keyspace.get(op.key);
         if (!entry) throw new Error(`key ${quoted} doesn't exist`);
         keepValue = true;
         break;
       case 'get-or-empty':
-        entry = (access === 'anonymous' ? undefined : keyspace.entries.get(op.key)) ?? {
+        entry = (access === 'anonymous' ? undefined : keyspace.get(op.key)) ?? {
           ...input,
           value: null,
           lockIndex: 0,
@@ -1022,7 +1056,7 @@ export class ConsulDouble {
       case 'get-tree':
         return access === 'anonymous' ? [] : keyspace.list(op.key).map((e) => `{"KV":${this.entryJson(e, true, ns)}}`);
       case 'check-index': {
-        const existing = keyspace.entries.get(op.key);
+        const existing = keyspace.get(op.key);
         if (!existing) throw new Error(`failed to check index, key ${quoted} doesn't exist`);
         if (existing.modifyIndex !== op.index) {
           throw new Error(`failed index check for key ${quoted}, current modify index ${existing.modifyIndex} != ${op.index}`);
@@ -1031,7 +1065,7 @@ export class ConsulDouble {
         break;
       }
       case 'check-session': {
-        const existing = keyspace.entries.get(op.key);
+        const existing = keyspace.get(op.key);
         if (!existing) throw new Error(`failed to check session, key ${quoted} doesn't exist`);
         if (existing.session !== op.session) {
           throw new Error(`failed session check for key ${quoted}, current session ${goJsonString(existing.session)} != ${goJsonString(op.session)}`);
@@ -1040,7 +1074,7 @@ export class ConsulDouble {
         break;
       }
       case 'check-not-exists':
-        if (keyspace.entries.has(op.key)) throw new Error(`key ${quoted} exists`);
+        if ((keyspace.get(op.key) !== undefined)) throw new Error(`key ${quoted} exists`);
         break;
       case 'delete':
         this.kvDelete(keyspace, index, op.key);
@@ -1163,7 +1197,7 @@ export class ConsulDouble {
       this.sessions.delete(id);
       this.sessionsIndex = index;
       for (const keyspace of this.keyspaces.values()) {
-        for (const entry of [...keyspace.entries.values()]) {
+        for (const entry of keyspace.list('')) {
           if (entry.session !== id) continue;
           if (session.behavior === 'release') {
             this.kvSet(keyspace, index, { key: entry.key, value: entry.value, flags: entry.flags, session: '', lockIndex: entry.lockIndex }, true);
