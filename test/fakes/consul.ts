@@ -241,10 +241,17 @@ interface Answer {
   send(): void;
 }
 
+/** The keys a prefix listing watches (memdb's prefix watch): only a write under them wakes it. */
+interface WatchScope {
+  readonly ns: string;
+  readonly prefix: string;
+}
+
 interface HeldQuery {
   readonly ctx: RequestContext;
   readonly minIndex: number;
   readonly evaluate: () => Answer;
+  readonly scope: WatchScope | undefined;
   readonly timer: ReturnType<typeof setTimeout>;
 }
 
@@ -267,6 +274,8 @@ export class ConsulDouble {
   private readonly namespacesEnabled: boolean;
   private readonly aclToken: string | undefined;
   private readonly held = new Set<HeldQuery>();
+  /** Keys written since the held queries were last woken. */
+  private touched: Array<{ readonly ns: string; readonly key: string }> = [];
   private readonly exact = new Map<string, Route>();
   private readonly subtrees = new Map<string, Route>();
 
@@ -593,7 +602,7 @@ export class ConsulDouble {
   // Blocking queries (agent/blockingquery): answer at once when the index is past the client's, else
   // hold until a write moves it past, the wait (plus up to wait/16 jitter) runs out, or the state is lost.
 
-  private blocking(ctx: RequestContext, options: { minIndex: number; waitMs: number | undefined }, evaluate: () => Answer): void {
+  private blocking(ctx: RequestContext, options: { minIndex: number; waitMs: number | undefined }, evaluate: () => Answer, scope?: WatchScope): void {
     const answer = evaluate();
     if (options.minIndex === 0 || answer.index > options.minIndex) {
       answer.send();
@@ -607,6 +616,7 @@ export class ConsulDouble {
       ctx,
       minIndex: options.minIndex,
       evaluate,
+      scope,
       timer: setTimeout(() => {
         this.release(query);
         query.evaluate().send();
@@ -621,10 +631,17 @@ export class ConsulDouble {
     this.held.delete(query);
   }
 
-  /** Re-runs every held query after a commit, answering those whose index moved past the client's. */
+  /**
+   * Re-runs the held queries a commit may have answered (a listing only when a key under its prefix was
+   * written), answering those whose index moved past the client's.
+   */
   private wake(): void {
+    const touched = this.touched;
+    this.touched = [];
     for (const query of [...this.held]) {
       if (!this.held.has(query)) continue;
+      const scope = query.scope;
+      if (scope && !touched.some((write) => write.ns === scope.ns && write.key.startsWith(scope.prefix))) continue;
       const answer = query.evaluate();
       if (answer.index > query.minIndex) {
         this.release(query);
@@ -656,6 +673,7 @@ export class ConsulDouble {
   }
 
   private putEntry(keyspace: Keyspace, entry: DirEntry): void {
+    this.touched.push({ ns: keyspace.name, key: entry.key });
     const previous = keyspace.get(entry.key);
     const previousIndex = keyspace.kvsIndex;
     keyspace.set(entry);
@@ -670,6 +688,7 @@ export class ConsulDouble {
   private removeEntry(keyspace: Keyspace, key: string, index: number): void {
     const previous = keyspace.get(key);
     if (!previous) return;
+    this.touched.push({ ns: keyspace.name, key });
     const previousIndex = keyspace.kvsIndex;
     keyspace.delete(key);
     keyspace.kvsIndex = index;
@@ -680,6 +699,7 @@ export class ConsulDouble {
   }
 
   private tombstone(keyspace: Keyspace, key: string, index: number): void {
+    this.touched.push({ ns: keyspace.name, key });
     const previous = keyspace.tombstones.get(key);
     const previousIndex = keyspace.tombstonesIndex;
     keyspace.tombstones.set(key, index);
@@ -824,7 +844,7 @@ export class ConsulDouble {
           this.sendJson(ctx, 200, `[${entries.map((entry) => this.entryJson(entry, true, ns)).join(',')}]`);
         },
       };
-    });
+    }, recurse ? { ns, prefix: key } : undefined);
   }
 
   private kvKeys(ctx: RequestContext, prefix: string, options: { minIndex: number; waitMs: number | undefined }): void {
@@ -863,7 +883,7 @@ export class ConsulDouble {
           this.sendJson(ctx, 200, `[${keys.map(goJsonString).join(',')}]`);
         },
       };
-    });
+    }, { ns, prefix });
   }
 
   private async kvPut(ctx: RequestContext, key: string): Promise<void> {
