@@ -4,6 +4,7 @@ import https from 'node:https';
 import { Observable, Subject, type Subscriber } from 'rxjs';
 import { KeyedSerializer } from '../util/keyed-serializer.js';
 import { loadTlsMaterial, type TlsMaterial } from '../util/tls.js';
+import { pacingDelayMs } from '../util/watch-pacing.js';
 import { outcomeOfStatus, recordBackendCall } from '../metrics/metrics.js';
 import type { Logger } from '../util/log.js';
 import { canonicalJson } from './local-scheduler.js';
@@ -721,10 +722,14 @@ export class NomadScheduler implements Scheduler {
           }
         }
         idle = 0;
+        const applying = performance.now();
         apply(JSON.parse(result.body) as unknown, answered);
         // Index 0 would make the next query return at once; Nomad's indexes start at 1.
         index = Math.max(1, answered);
         this.markAnswered(table);
+        // A long list that keeps changing is re-read a few times a second, not back to back.
+        const pause = pacingDelayMs(performance.now() - applying);
+        if (asked > 0 && pause > 0) await this.sleep(pause);
       } catch (error) {
         if (this.closed) break;
         const overdue = guard?.overdue();

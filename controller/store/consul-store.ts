@@ -4,6 +4,7 @@ import { Observable, type Subscriber } from 'rxjs';
 import { outcomeOfStatus, recordBackendCall, watchRestarts } from '../metrics/metrics.js';
 import type { Logger } from '../util/log.js';
 import { loadTlsMaterial } from '../util/tls.js';
+import { pacingDelayMs } from '../util/watch-pacing.js';
 import {
   StoreError,
   validateCas,
@@ -89,6 +90,11 @@ interface CallSpec {
 interface PrefixMemo {
   readonly index: number;
   readonly entries: readonly KvEntry[];
+}
+
+/** A listing as read: its contents and how long parsing its body took (what pacing the watch weighs). */
+interface Listing extends PrefixMemo {
+  readonly parseMs: number;
 }
 
 const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
@@ -365,7 +371,7 @@ export class ConsulStore implements Store, LockService {
     prefix: string,
     blocking: { readonly index: number } | undefined,
     signal: AbortSignal | undefined,
-  ): Promise<PrefixMemo> {
+  ): Promise<Listing> {
     const query: [string, string | undefined][] = [['recurse', undefined]];
     let timeoutMs = this.requestTimeoutMs;
     if (blocking) {
@@ -378,8 +384,9 @@ export class ConsulStore implements Store, LockService {
     const response = blocking || signal ? await this.call(spec) : await this.read(spec);
     if (response.status !== 200 && response.status !== 404) throw this.statusError(operation, prefix, response);
     const index = Math.max(headerIndex(response.headers), 1);
+    const parsing = performance.now();
     const entries = response.status === 404 ? [] : parseEntries(operation, prefix, response.body);
-    return { index, entries };
+    return { index, entries, parseMs: performance.now() - parsing };
   }
 
   /** Remembers the contents of a prefix as of an index (the latest few prefixes only). */
@@ -645,7 +652,8 @@ class PrefixWatch {
         // A resync asked for while this answer was on its way still reads again.
         this.resync = this.resyncRequested;
         this.resyncRequested = false;
-        if (this.absorb(listing)) await this.throttle();
+        const absorbing = performance.now();
+        if (this.absorb(listing)) await this.throttle(listing.parseMs + performance.now() - absorbing);
       } catch (error) {
         if (this.stopped) return;
         if (this.resyncRequested) {
@@ -669,7 +677,7 @@ class PrefixWatch {
   }
 
   /** Applies one answer; returns whether it delivered a step. */
-  private absorb(listing: PrefixMemo): boolean {
+  private absorb(listing: Listing): boolean {
     const index = Math.max(listing.index, 1);
     if (this.known === undefined || index < this.index) {
       if (this.known !== undefined) {
@@ -694,8 +702,10 @@ class PrefixWatch {
     return true;
   }
 
-  /** Token bucket over answers that delivered changes. */
-  private async throttle(): Promise<void> {
+  /** After an answer that delivered changes: a token bucket, and a pause in proportion to the answer's cost. */
+  private async throttle(costMs: number): Promise<void> {
+    const paced = pacingDelayMs(costMs);
+    if (paced > 0) await this.sleep(paced);
     const now = Date.now();
     const refill = Math.floor((now - this.refilledAt) / WATCH_REFILL_MS);
     if (refill > 0) {

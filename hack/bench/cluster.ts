@@ -117,7 +117,9 @@ export class BenchCluster {
   /** Runs `manticore <role>` with its warnings and errors kept in the work directory. */
   private spawnRole(role: 'controller' | 'frontend' | 'router', env: NodeJS.ProcessEnv = {}): ChildProcess {
     const logFile = fs.openSync(path.join(this.options.workDir, `${role}.log`), 'a');
-    const child = spawn(process.execPath, [cli, role, '--config', this.configFile], {
+    // BENCH_PROFILE_DIR: each Manticore process writes a CPU profile there when it exits (`node --cpu-prof`).
+    const profile = process.env.BENCH_PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE_DIR}`, `--cpu-prof-name=${role}-\${pid}.cpuprofile`] : [];
+    const child = spawn(process.execPath, [...profile, cli, role, '--config', this.configFile], {
       cwd: repoRoot,
       stdio: ['ignore', logFile, logFile],
       env: { ...process.env, MANTICORE_LOG_LEVEL: 'warn', MANTICORE_LOG_FORMAT: 'json', ...env },
@@ -184,13 +186,18 @@ export class BenchCluster {
     return ((await response.json()) as Array<{ TriggeredBy: string }>).filter((evaluation) => evaluation.TriggeredBy === 'job-register').length;
   }
 
-  /** Waits until `count` sessions are Ready, reading the store every `intervalMs`. */
+  /** Waits until `count` sessions are Ready, reading the store every `intervalMs` and logging progress. */
   async untilReady(count: number, timeoutMs: number, intervalMs = 500): Promise<void> {
     let ready = 0;
+    let reportedAt = performance.now();
     await waitFor(
       `${count} sessions Ready`,
       async () => {
         ready = (await this.statuses()).filter((entry) => entry.status.phase === 'Ready').length;
+        if (performance.now() - reportedAt > 10_000) {
+          reportedAt = performance.now();
+          this.options.log.info({ ready, of: count }, 'sessions Ready so far');
+        }
         return ready >= count;
       },
       timeoutMs,

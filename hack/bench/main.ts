@@ -52,7 +52,7 @@ async function main(): Promise<number> {
     process.stderr.write(`${error.message ? `bench: ${error.message}\n` : ''}${USAGE}\n`);
     return error.message ? 2 : 0;
   }
-  const log = createLogger((process.env.MANTICORE_LOG_LEVEL as 'info' | undefined) ?? 'warn', 'auto', process.stderr);
+  const log = createLogger((process.env.MANTICORE_LOG_LEVEL as 'info' | undefined) ?? 'info', 'auto', process.stderr);
   const machine = machineInfo();
   const results: ScenarioResult[] = [];
   for (const scenario of args.selected) {

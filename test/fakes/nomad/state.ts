@@ -400,16 +400,25 @@ export class NomadState {
     // Stopping first frees its resources for the placements of the same plan, as in Nomad.
     const placed: AllocRecord[] = [];
     const stopped = new Set(stopping.map((alloc) => alloc.ID));
+    // One pass over the allocations per plan (not per node and placement), kept up to date as it places.
+    const usage = new Map<string, NodeUsage>();
+    const usageOf = (nodeId: string): NodeUsage => usage.get(nodeId) ?? { cpu: 0, memoryMB: 0, diskMB: 0, ports: new Set() };
+    const count = (alloc: AllocRecord): void => {
+      usage.set(alloc.NodeID, addUsage(usageOf(alloc.NodeID), alloc, stopped));
+    };
+    for (const alloc of this.allocs.values()) count(alloc);
     for (const { group, index: slot, previous } of placements) {
-      const result = placeGroup(job.spec, group, [...this.nodes.values()], (nodeId) => this.usage(nodeId, stopped, placed), this.hostIP);
+      const result = placeGroup(job.spec, group, [...this.nodes.values()], usageOf, this.hostIP);
       if (!result.ok) {
         const prior = failed[group.name];
         if (prior) prior.CoalescedFailures++;
         else failed[group.name] = result.metric;
         continue;
       }
-      const ports = await assignPorts(group, this.usage(result.node.id, stopped, placed), this.hostIP);
-      placed.push(this.newAlloc(job, group, slot, evaluation, result.node, ports, result.metric, previous));
+      const ports = await assignPorts(group, usageOf(result.node.id), this.hostIP);
+      const alloc = this.newAlloc(job, group, slot, evaluation, result.node, ports, result.metric, previous);
+      placed.push(alloc);
+      count(alloc);
     }
     if (this.closed) return;
     const hasFailures = Object.keys(failed).length > 0;
@@ -484,22 +493,6 @@ export class NomadState {
       if (attempts >= policy.attempts) return false;
     }
     return alloc.ModifyTime / 1_000_000 + policy.delayMs <= Date.now();
-  }
-
-  /** What the allocations that keep running on a node (and those about to be placed there) use. */
-  private usage(nodeId: string, stopping: ReadonlySet<string>, placed: readonly AllocRecord[]): NodeUsage {
-    const used: NodeUsage = { cpu: 0, memoryMB: 0, diskMB: 0, ports: new Set() };
-    for (const alloc of [...this.allocs.values(), ...placed]) {
-      if (alloc.NodeID !== nodeId) continue;
-      if (!TERMINAL_CLIENT.has(alloc.ClientStatus)) for (const port of alloc.ports) used.ports.add(port.Value);
-      if (isTerminal(alloc) || stopping.has(alloc.ID)) continue;
-      for (const task of alloc.group.tasks) {
-        used.cpu += task.cpu;
-        used.memoryMB += task.memoryMB;
-      }
-      used.diskMB += alloc.group.diskMB;
-    }
-    return used;
   }
 
   private newAlloc(job: JobRecord, group: GroupSpec, slot: number, evaluation: EvalRecord, node: NodeRecord, ports: AllocRecord['ports'], metric: AllocMetric, previous: AllocRecord | undefined): AllocRecord {
@@ -612,4 +605,16 @@ export class NomadState {
       JobModifyIndex: job.jobModifyIndex,
     };
   }
+}
+
+/** Adds what one allocation holds on its node to `used`: ports until the client lets go of them, resources while it is meant to run. */
+function addUsage(used: NodeUsage, alloc: AllocRecord, stopping: ReadonlySet<string>): NodeUsage {
+  if (!TERMINAL_CLIENT.has(alloc.ClientStatus)) for (const port of alloc.ports) used.ports.add(port.Value);
+  if (isTerminal(alloc) || stopping.has(alloc.ID)) return used;
+  for (const task of alloc.group.tasks) {
+    used.cpu += task.cpu;
+    used.memoryMB += task.memoryMB;
+  }
+  used.diskMB += alloc.group.diskMB;
+  return used;
 }
