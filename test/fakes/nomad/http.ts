@@ -1,6 +1,6 @@
 import type http from 'node:http';
 import type { Logger } from '../../../controller/util/log.js';
-import { allocFull, allocStub, evalJson, jobFull, jobStub, nodeFull, nodeStub } from './render.js';
+import { allocFull, allocStub, evalJson, jobActivity, jobFull, jobStub, nodeFull, nodeStub } from './render.js';
 import type { NomadState, Table } from './state.js';
 import { HttpError, type JsonObject } from './types.js';
 import { parseGoDuration } from './validate.js';
@@ -150,10 +150,11 @@ export class NomadApi {
         if (id !== undefined) break;
         if (method === 'PUT' || method === 'POST') return this.write(state().register(body, namespace));
         only('GET');
-        return this.read('jobs', query, signal, (s) =>
-          sortById([...s.jobs.values()].filter((job) => inNamespace(job.spec.namespace, namespace) && job.spec.id.startsWith(query.get('prefix') ?? '')))
-            .map((job) => jobStub(s, job, query.get('meta') === 'true')),
-        );
+        return this.read('jobs', query, signal, (s) => {
+          const activity = jobActivity(s);
+          return sortById([...s.jobs.values()].filter((job) => inNamespace(job.spec.namespace, namespace) && job.spec.id.startsWith(query.get('prefix') ?? '')))
+            .map((job) => jobStub(activity, job, query.get('meta') === 'true'));
+        });
       case 'job': {
         if (id === undefined) break;
         if (sub === undefined) {

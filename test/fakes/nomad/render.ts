@@ -4,7 +4,27 @@ import type { AllocRecord, EvalRecord, Json, JobRecord, JsonObject, NodeRecord }
 
 /** The JSON Nomad's API answers with, built from the double's records (field names as Nomad's structs). */
 
-export function jobStub(state: NomadState, job: JobRecord, withMeta: boolean): JsonObject {
+/** Allocations and blocked evaluations by job, gathered in one pass for a whole job listing. */
+export interface JobActivity {
+  readonly allocs: ReadonlyMap<string, readonly AllocRecord[]>;
+  readonly blocked: ReadonlyMap<string, readonly EvalRecord[]>;
+}
+
+export function jobActivity(state: NomadState): JobActivity {
+  const allocs = new Map<string, AllocRecord[]>();
+  const blocked = new Map<string, EvalRecord[]>();
+  for (const alloc of state.allocs.values()) append(allocs, alloc.JobID, alloc);
+  for (const evaluation of state.evals.values()) if (evaluation.Status === 'blocked') append(blocked, evaluation.JobID, evaluation);
+  return { allocs, blocked };
+}
+
+function append<T>(groups: Map<string, T[]>, key: string, item: T): void {
+  const group = groups.get(key);
+  if (group) group.push(item);
+  else groups.set(key, [item]);
+}
+
+export function jobStub(activity: JobActivity, job: JobRecord, withMeta: boolean): JsonObject {
   const stub: JsonObject = {
     ID: job.spec.id,
     ParentID: '',
@@ -20,7 +40,7 @@ export function jobStub(state: NomadState, job: JobRecord, withMeta: boolean): J
     Stop: job.stop,
     Status: job.status,
     StatusDescription: '',
-    JobSummary: jobSummary(state, job),
+    JobSummary: jobSummary(activity, job),
     CreateIndex: job.createIndex,
     ModifyIndex: job.modifyIndex,
     JobModifyIndex: job.jobModifyIndex,
@@ -31,21 +51,19 @@ export function jobStub(state: NomadState, job: JobRecord, withMeta: boolean): J
   return stub;
 }
 
-function jobSummary(state: NomadState, job: JobRecord): JsonObject {
+function jobSummary(activity: JobActivity, job: JobRecord): JsonObject {
   const summary: JsonObject = {};
   for (const group of job.spec.groups) {
     const counts = { Queued: 0, Complete: 0, Failed: 0, Running: 0, Starting: 0, Lost: 0, Unknown: 0 };
-    for (const alloc of state.allocs.values()) {
-      if (alloc.JobID !== job.spec.id || alloc.TaskGroup !== group.name) continue;
+    for (const alloc of activity.allocs.get(job.spec.id) ?? []) {
+      if (alloc.TaskGroup !== group.name) continue;
       if (alloc.ClientStatus === 'pending') counts.Starting++;
       else if (alloc.ClientStatus === 'running') counts.Running++;
       else if (alloc.ClientStatus === 'complete') counts.Complete++;
       else if (alloc.ClientStatus === 'failed') counts.Failed++;
       else counts.Lost++;
     }
-    for (const evaluation of state.evals.values()) {
-      if (evaluation.JobID === job.spec.id && evaluation.Status === 'blocked') counts.Queued += evaluation.FailedTGAllocs?.[group.name] ? 1 : 0;
-    }
+    for (const evaluation of activity.blocked.get(job.spec.id) ?? []) counts.Queued += evaluation.FailedTGAllocs?.[group.name] ? 1 : 0;
     summary[group.name] = counts;
   }
   return { JobID: job.spec.id, Namespace: job.spec.namespace, Summary: summary, Children: { Pending: 0, Running: 0, Dead: 0 }, CreateIndex: job.createIndex, ModifyIndex: job.modifyIndex };
