@@ -25,8 +25,12 @@ export interface HaproxyConfigValues {
 }
 
 export const DEFAULT_MAXCONN = 4000;
-/** Each proxied connection holds two descriptors and the machine caps open files at 20000. */
-export const MAX_MAXCONN = 9000;
+/**
+ * The same bound as the configuration schema's router.maxconn. Each proxied connection holds two file
+ * descriptors (and each TCP port one more); HAProxy raises its open-files limit to fit, or refuses to
+ * start naming the limit it could not reach.
+ */
+export const MAX_MAXCONN = 15000;
 export const DEFAULT_HARD_STOP_AFTER = '5m';
 
 const KNOWN_PLACEHOLDERS = ['runDir', 'httpBind', 'tcpBind', 'maxconn', 'hardStopAfter', 'statsBind'] as const;

@@ -106,7 +106,7 @@ export class BenchCluster {
       '  backend: nomad',
       `  nomad: { address: "${this.nomad.address}", datacenters: [dc1], healthyDeadlineSeconds: 120, checkIntervalSeconds: 1 }`,
       `templates: { dir: ${path.join(repoRoot, 'manifests/templates')} }`,
-      `router: { tcp: { portRangeStart: ${options.tcpPorts.start}, portRangeEnd: ${options.tcpPorts.end} }, maxconn: 15000 }`,
+      `router: { tcp: { portRangeStart: ${options.tcpPorts.start}, portRangeEnd: ${options.tcpPorts.end} } }`,
       `limits: { maxSessions: ${options.limits.maxSessions}, maxStarting: ${options.limits.maxStarting}, sessionsPerUser: 1 }`,
       `controller: { statusPort: ${this.controllerStatusPort}, leaderElection: { ttlSeconds: 15, lockDelaySeconds: 1 } }`,
       `frontend: { host: 127.0.0.1, port: ${frontendPort}, rateLimit: { requestsPerSecond: 100000, burst: 100000 } }`,
@@ -116,7 +116,8 @@ export class BenchCluster {
 
   /** Runs `manticore <role>` with its warnings and errors kept in the work directory. */
   private spawnRole(role: 'controller' | 'frontend' | 'router', env: NodeJS.ProcessEnv = {}): ChildProcess {
-    const logFile = fs.openSync(path.join(this.options.workDir, `${role}.log`), 'a');
+    const logPath = path.join(this.options.workDir, `${role}.log`);
+    const logFile = fs.openSync(logPath, 'a');
     // BENCH_PROFILE_DIR: each Manticore process writes a CPU profile there when it exits (`node --cpu-prof`).
     const profile = process.env.BENCH_PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE_DIR}`, `--cpu-prof-name=${role}-\${pid}.cpuprofile`] : [];
     const child = spawn(process.execPath, [...profile, cli, role, '--config', this.configFile], {
@@ -128,7 +129,7 @@ export class BenchCluster {
     this.children.add(child);
     child.once('exit', (code, signal) => {
       this.children.delete(child);
-      if (code !== 0 && signal === null) this.options.log.error({ role, code, log: path.join(this.options.workDir, `${role}.log`) }, 'a Manticore process exited');
+      if (code !== 0 && signal === null) this.options.log.error({ role, code, output: fs.readFileSync(logPath, 'utf8').slice(-2_000) }, 'a Manticore process exited');
     });
     return child;
   }

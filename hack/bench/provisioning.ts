@@ -160,6 +160,8 @@ async function measureProduct(context: BenchContext, sessions: number, clients: 
     const created = new Map((await cluster.sessions()).map((record) => [record.metadata.id, Date.parse(record.metadata.createdAt)]));
     const readyTimes = (await cluster.statuses()).map((entry) => ({ id: entry.key.slice(keys.statuses.length), readyAt: Date.parse(entry.status.readyAt!) }));
     const latencies = readyTimes.map(({ id, readyAt }) => readyAt - created.get(id)!);
+    const slowest = readyTimes[latencies.indexOf(Math.max(...latencies))]!;
+    context.log.info({ session: slowest.id, createdAt: new Date(created.get(slowest.id)!).toISOString(), events: statuses.find((status) => status.readyAt === new Date(slowest.readyAt).toISOString())?.events }, 'the slowest session to be Ready');
     return {
       accepted,
       refused,

@@ -265,6 +265,25 @@ describe('Nomad double', function () {
     }
   });
 
+  it('counts a node whose dynamic port range is used up as exhausted, placing on another node', async function () {
+    const double = await start({ nodes: [{ name: 'a', cpu: 100_000, memoryMB: 100_000 }, { name: 'b', cpu: 100_000, memoryMB: 100_000 }] });
+    // 7,000 dynamic ports per allocation: one fits in a node's range of 12,001, two do not.
+    const ports = Array.from({ length: 7_000 }, (_, n) => ({ Label: `p${n}`, To: 0 }));
+    const job = sleepJob('many-ports', {
+      group: { Count: 3, Networks: [{ Mode: 'bridge', DynamicPorts: ports }] },
+      task: { Driver: 'docker', Config: { image: 'busybox' } },
+    });
+    const registered = await register(double, job);
+    const evaluation = await waitFor('the evaluation complete', async () => {
+      const item = await get(double, `/v1/evaluation/${String(registered.EvalID)}`);
+      return item.Status === 'complete' ? item : undefined;
+    });
+    const allocs = await allocsOf(double, 'many-ports');
+    assert.deepEqual(allocs.map((alloc) => alloc.NodeName).sort(), ['a', 'b']);
+    const metric = (evaluation.FailedTGAllocs as Record<string, Obj>).g ?? {};
+    assert.deepEqual(metric.DimensionExhausted, { 'network: dynamic port selection failed': 2 });
+  });
+
   it('places by resources over two nodes and reports a group that fits nowhere, placing it when capacity appears', async function () {
     const double = await start({ nodes: [{ name: 'small', cpu: 4_000, memoryMB: 256 }, { name: 'big', cpu: 4_000, memoryMB: 1_024 }] });
     await register(double, sleepJob('fits-big', { memoryMB: 512 }));

@@ -87,7 +87,7 @@ describe('HAProxy config rendering', () => {
     ['an httpBind with a space', { ...VALUES, httpBind: '127.0.0.1:80 ssl' }, /httpBind/],
     ['a reversed tcpBind', { ...VALUES, tcpBind: '127.0.0.1:20999-20000' }, /reversed/],
     ['a tcpBind with one port', { ...VALUES, tcpBind: '127.0.0.1:20000' }, /addr:start-end/],
-    ['a maxconn near the open-file cap', { ...VALUES, maxconn: 20000 }, /maxconn must be an integer from 1 to 9000/],
+    ['a maxconn above what the configuration allows', { ...VALUES, maxconn: 20000 }, /maxconn must be an integer from 1 to 15000/],
     ['a hardStopAfter that is not a time', { ...VALUES, hardStopAfter: 'soon' }, /hardStopAfter/],
   ] as const) {
     it(`rejects ${name}`, () => {

@@ -183,7 +183,7 @@ export function placeGroup(job: JobSpec, group: GroupSpec, nodes: readonly NodeR
       used.cpu + need.cpu > node.spec.cpu ? 'cpu'
       : used.memoryMB + need.memoryMB > node.spec.memoryMB ? 'memory'
       : used.diskMB + need.diskMB > node.spec.diskMB ? 'disk'
-      : reservedCollision(group, used);
+      : reservedCollision(group, used) ?? dynamicPortsExhausted(group, used);
     if (exhausted) {
       metric.NodesExhausted++;
       dimensions[exhausted] = (dimensions[exhausted] ?? 0) + 1;
@@ -201,6 +201,16 @@ export function placeGroup(job: JobSpec, group: GroupSpec, nodes: readonly NodeR
 function reservedCollision(group: GroupSpec, used: NodeUsage): string | undefined {
   const clash = group.ports.find((port) => port.value > 0 && used.ports.has(port.value));
   return clash ? `network: reserved port collision ${clash.label}=${clash.value}` : undefined;
+}
+
+/** Bridge mode: the group's dynamic ports must fit in what the node's dynamic range has left (Nomad's NetworkIndex). */
+function dynamicPortsExhausted(group: GroupSpec, used: NodeUsage): string | undefined {
+  if (group.networkMode === 'host') return undefined;
+  const wanted = group.ports.filter((port) => port.value === 0).length;
+  if (wanted === 0) return undefined;
+  let taken = 0;
+  for (const port of used.ports) if (port >= MIN_DYNAMIC_PORT && port <= MAX_DYNAMIC_PORT) taken++;
+  return MAX_DYNAMIC_PORT - MIN_DYNAMIC_PORT + 1 - taken < wanted ? 'network: dynamic port selection failed' : undefined;
 }
 
 /**
@@ -234,9 +244,11 @@ async function freeHostPort(hostIP: string, taken: ReadonlySet<number>): Promise
 }
 
 function bridgePort(taken: ReadonlySet<number>): number {
-  for (let attempt = 0; attempt < 1_000; attempt++) {
+  for (let attempt = 0; attempt < 100; attempt++) {
     const port = MIN_DYNAMIC_PORT + Math.floor(Math.random() * (MAX_DYNAMIC_PORT - MIN_DYNAMIC_PORT + 1));
     if (!taken.has(port)) return port;
   }
+  // A nearly full range: look at every port rather than give up on a free one.
+  for (let port = MIN_DYNAMIC_PORT; port <= MAX_DYNAMIC_PORT; port++) if (!taken.has(port)) return port;
   throw new Error(`no free port in ${MIN_DYNAMIC_PORT}-${MAX_DYNAMIC_PORT}`);
 }
