@@ -8,14 +8,60 @@ import { ConsulStore } from '../../controller/store/consul-store.js';
 import type { KvEntry } from '../../controller/store/store.js';
 import { silentLogger, type Logger } from '../../controller/util/log.js';
 import { RecordingDataPlane } from '../../test/support/controller-harness.js';
-import { ConsulDouble } from '../../test/fakes/consul.js';
-import { NomadDouble } from '../../test/fakes/nomad.js';
 import { freePort } from '../../test/support/ports.js';
 import { waitFor } from '../../test/support/wait.js';
+import { cli, repoRoot } from './paths.js';
 
-export const repoRoot = path.resolve(__dirname, '../../..');
-const cli = path.join(repoRoot, 'dist/controller/cli/main.js');
 export const keys = new Keys('manticore/');
+
+/** The Consul and Nomad API doubles, each in a process of its own (`double-process.ts`). */
+export class Doubles {
+  private constructor(
+    readonly consulAddress: string,
+    readonly nomadAddress: string,
+    private readonly children: readonly ChildProcess[],
+  ) {}
+
+  static async start(nomadNodes: number): Promise<Doubles> {
+    const consul = spawnDouble(['consul']);
+    const nomad = spawnDouble(['nomad', String(nomadNodes)]);
+    try {
+      const [consulAddress, nomadAddress] = await Promise.all([consul.address, nomad.address]);
+      return new Doubles(consulAddress, nomadAddress, [consul.child, nomad.child]);
+    } catch (error) {
+      for (const child of [consul.child, nomad.child]) child.kill('SIGKILL');
+      throw error;
+    }
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.children.map((child) => stopChild(child)));
+  }
+}
+
+function spawnDouble(args: readonly string[]): { child: ChildProcess; address: Promise<string> } {
+  const child = spawn(process.execPath, [path.join(__dirname, 'double-process.js'), ...args], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'inherit'] });
+  const address = new Promise<string>((resolve, reject) => {
+    let output = '';
+    child.stdout!.on('data', (chunk: Buffer) => {
+      output += chunk.toString();
+      const line = output.split('\n')[0]!;
+      if (output.includes('\n')) resolve((JSON.parse(line) as { address: string }).address);
+    });
+    child.once('exit', (code) => reject(new Error(`the ${args[0]} double exited (${code}) before listening`)));
+  });
+  return { child, address };
+}
+
+/** SIGTERM, then SIGKILL after 20 s; resolves when the process has exited. */
+async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+  await exited;
+  clearTimeout(timer);
+}
 
 export interface BenchClusterOptions {
   readonly workDir: string;
@@ -33,12 +79,6 @@ export interface BenchClusterOptions {
   readonly frontend: boolean;
 }
 
-/** The Nomad double with `count` large nodes, its simulated Docker tasks running as soon as they are placed. */
-export function startNomadDouble(count: number): Promise<NomadDouble> {
-  const nodes = Array.from({ length: count }, (_, n) => ({ name: `bench-${n + 1}`, cpu: 1_000_000, memoryMB: 4_000_000, diskMB: 10_000_000 }));
-  return NomadDouble.start({ workDir: repoRoot, log: silentLogger(), nodes, dockerStartMs: 0 });
-}
-
 /**
  * Manticore in cluster mode against the Consul and Nomad API doubles (in this process; simulated Docker
  * allocations become healthy as soon as they are placed), with the controller, front end and router as
@@ -46,8 +86,7 @@ export function startNomadDouble(count: number): Promise<NomadDouble> {
  * the benchmark's size.
  */
 export class BenchCluster {
-  consul!: ConsulDouble;
-  nomad!: NomadDouble;
+  doubles!: Doubles;
   /** A client of the Consul double for the benchmark's own reads and writes. */
   store!: ConsulStore;
   controller: ChildProcess | undefined;
@@ -73,9 +112,8 @@ export class BenchCluster {
   private async boot(): Promise<void> {
     const { options } = this;
     const doublesLog = silentLogger();
-    this.consul = await ConsulDouble.start({ log: doublesLog });
-    this.nomad = await startNomadDouble(options.nomadNodes);
-    this.store = new ConsulStore({ address: this.consul.address, log: doublesLog });
+    this.doubles = await Doubles.start(options.nomadNodes);
+    this.store = new ConsulStore({ address: this.doubles.consulAddress, log: doublesLog });
     this.controllerStatusPort = await freePort();
     const frontendPort = options.frontend ? await freePort() : 0;
     this.frontendUrl = `http://127.0.0.1:${frontendPort}`;
@@ -101,10 +139,10 @@ export class BenchCluster {
   private configuration(frontendPort: number): string {
     const { options } = this;
     return [
-      `store: { backend: consul, consul: { address: "${this.consul.address}" } }`,
+      `store: { backend: consul, consul: { address: "${this.doubles.consulAddress}" } }`,
       'scheduler:',
       '  backend: nomad',
-      `  nomad: { address: "${this.nomad.address}", datacenters: [dc1], healthyDeadlineSeconds: 120, checkIntervalSeconds: 1 }`,
+      `  nomad: { address: "${this.doubles.nomadAddress}", datacenters: [dc1], healthyDeadlineSeconds: 120, checkIntervalSeconds: 1 }`,
       `templates: { dir: ${path.join(repoRoot, 'manifests/templates')} }`,
       `router: { tcp: { portRangeStart: ${options.tcpPorts.start}, portRangeEnd: ${options.tcpPorts.end} } }`,
       `limits: { maxSessions: ${options.limits.maxSessions}, maxStarting: ${options.limits.maxStarting}, sessionsPerUser: 1 }`,
@@ -141,11 +179,7 @@ export class BenchCluster {
 
   /** SIGTERM to the controller (it hands its leadership over), resolved when it has exited. */
   async stopController(): Promise<void> {
-    const child = this.controller;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return;
-    const exited = new Promise((resolve) => child.once('exit', resolve));
-    child.kill('SIGTERM');
-    await exited;
+    if (this.controller) await stopChild(this.controller);
   }
 
   /** A counter or gauge of the controller's /metrics (summed over its label sets). */
@@ -183,7 +217,7 @@ export class BenchCluster {
 
   /** Nomad job registrations so far (each leaves a `job-register` evaluation, even for an unchanged job). */
   async registrations(): Promise<number> {
-    const response = await fetch(`${this.nomad.address}/v1/evaluations`);
+    const response = await fetch(`${this.doubles.nomadAddress}/v1/evaluations`);
     return ((await response.json()) as Array<{ TriggeredBy: string }>).filter((evaluation) => evaluation.TriggeredBy === 'job-register').length;
   }
 
@@ -209,18 +243,9 @@ export class BenchCluster {
   }
 
   async stop(): Promise<void> {
-    await Promise.all(
-      [...this.children].map(async (child) => {
-        const exited = new Promise((resolve) => child.once('exit', resolve));
-        child.kill('SIGTERM');
-        const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-        await exited;
-        clearTimeout(timer);
-      }),
-    );
+    await Promise.all([...this.children].map((child) => stopChild(child)));
     await this.recordingRouter?.stop();
     await this.store?.close();
-    await this.nomad?.stop();
-    await this.consul?.stop();
+    await this.doubles?.stop();
   }
 }

@@ -4,11 +4,10 @@ import { loadTemplates } from '../../controller/api/templates.js';
 import type { RouteRecord, SessionRecord, SessionStatus } from '../../controller/api/types.js';
 import { renderJobFor } from '../../controller/cli/render-job.js';
 import { loadConfig } from '../../controller/config/config.js';
-import { silentLogger } from '../../controller/util/log.js';
-import { ConsulDouble } from '../../test/fakes/consul.js';
 import { freePortRange } from '../../test/support/ports.js';
 import { waitFor } from '../../test/support/wait.js';
-import { BenchCluster, keys, repoRoot, startNomadDouble } from './cluster.js';
+import { BenchCluster, Doubles, keys } from './cluster.js';
+import { repoRoot } from './paths.js';
 import { ResultBuilder } from './report.js';
 import type { BenchContext, Scenario } from './scenario.js';
 import { percentile } from './stats.js';
@@ -86,30 +85,28 @@ function send(agent: http.Agent, url: string, method: string, body: unknown, hea
 async function measureFloor(sessions: number, clients: number): Promise<number> {
   const config = loadConfig(undefined, {});
   const template = loadTemplates(`${repoRoot}/manifests/templates`).get('sdl')!;
-  const consul = await ConsulDouble.start({ log: silentLogger() });
-  const nomad = await startNomadDouble(NOMAD_NODES);
+  const doubles = await Doubles.start(NOMAD_NODES);
   const agent = new http.Agent({ keepAlive: true, maxSockets: clients });
   try {
     const startedAt = performance.now();
     await pool(sessions, clients, async (n) => {
       const id = `floor${n}`;
       const record: SessionRecord = { metadata: { id, owner: `floor-${n}`, createdAt: new Date().toISOString(), generation: 1 }, spec: { template: 'sdl', parameters: {} } };
-      await send(agent, `${consul.address}/v1/kv/${keys.session(id)}?cas=0`, 'PUT', record);
-      await send(agent, `${nomad.address}/v1/jobs`, 'PUT', renderJobFor(config, template, {}));
+      await send(agent, `${doubles.consulAddress}/v1/kv/${keys.session(id)}?cas=0`, 'PUT', record);
+      await send(agent, `${doubles.nomadAddress}/v1/jobs`, 'PUT', renderJobFor(config, template, {}));
       const route: RouteRecord = {
         sessionId: id,
         hosts: ['broker', 'file', 'log', 'policy', 'ws-server', 'store', 'python', 'hmi'].map((service) => ({ service, token: randomBytes(16).toString('hex'), backend: '127.0.0.1:20000' })),
         ports: [{ service: 'tcp', port: 30_000 + n, backend: '127.0.0.1:20001' }],
       };
-      await send(agent, `${consul.address}/v1/kv/${keys.route(id)}`, 'PUT', route);
+      await send(agent, `${doubles.consulAddress}/v1/kv/${keys.route(id)}`, 'PUT', route);
       const status: SessionStatus = { phase: 'Ready', observedGeneration: 1, conditions: [], endpoints: {}, readyAt: new Date().toISOString(), events: [] };
-      await send(agent, `${consul.address}/v1/kv/${keys.status(id)}`, 'PUT', status);
+      await send(agent, `${doubles.consulAddress}/v1/kv/${keys.status(id)}`, 'PUT', status);
     });
     return (performance.now() - startedAt) / 1000;
   } finally {
     agent.destroy();
-    await nomad.stop();
-    await consul.stop();
+    await doubles.stop();
   }
 }
 

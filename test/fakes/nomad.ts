@@ -188,6 +188,8 @@ export class NomadDouble {
   private async listen(port: number): Promise<void> {
     if (this.stopped) throw new Error('the Nomad double is stopped');
     const server = http.createServer((req, res) => void this.api.handle(req, res));
+    // Go's server keeps idle keep-alive connections open; Node's 5 s default would race clients reusing them.
+    server.keepAliveTimeout = 0;
     server.on('connection', (socket: net.Socket) => {
       this.sockets.add(socket);
       socket.on('close', () => this.sockets.delete(socket));

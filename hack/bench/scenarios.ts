@@ -1,0 +1,6 @@
+import { provisioningScenario } from './provisioning.js';
+import { scaleScenario } from './scale.js';
+import type { Scenario } from './scenario.js';
+
+/** Every scenario, in the order `make bench` runs them. */
+export const scenarios: readonly Scenario[] = [provisioningScenario, scaleScenario];
