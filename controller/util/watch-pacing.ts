@@ -6,7 +6,7 @@
  * would spend all their time serializing and parsing the same list and starve the writes the changes come
  * from; the server's share of the cost is about ours (it serializes what we parse).
  */
-const COST_FACTOR = 4;
+const COST_FACTOR = 8;
 /** Pauses shorter than this are not worth a timer: small lists are never paced. */
 const MIN_PAUSE_MS = 10;
 

@@ -146,7 +146,7 @@ export class BenchCluster {
       `templates: { dir: ${path.join(repoRoot, 'manifests/templates')} }`,
       `router: { tcp: { portRangeStart: ${options.tcpPorts.start}, portRangeEnd: ${options.tcpPorts.end} } }`,
       `limits: { maxSessions: ${options.limits.maxSessions}, maxStarting: ${options.limits.maxStarting}, sessionsPerUser: 1 }`,
-      `controller: { statusPort: ${this.controllerStatusPort}, leaderElection: { ttlSeconds: 15, lockDelaySeconds: 1 } }`,
+      `controller: { statusPort: ${this.controllerStatusPort}, workers: ${process.env.BENCH_WORKERS ?? 16}, leaderElection: { ttlSeconds: 15, lockDelaySeconds: 1 } }`,
       `frontend: { host: 127.0.0.1, port: ${frontendPort}, rateLimit: { requestsPerSecond: 100000, burst: 100000 } }`,
       '',
     ].join('\n');
@@ -157,7 +157,7 @@ export class BenchCluster {
     const logPath = path.join(this.options.workDir, `${role}.log`);
     const logFile = fs.openSync(logPath, 'a');
     // BENCH_PROFILE_DIR: each Manticore process writes a CPU profile there when it exits (`node --cpu-prof`).
-    const profile = process.env.BENCH_PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE_DIR}`, `--cpu-prof-name=${role}-\${pid}.cpuprofile`] : [];
+    const profile = process.env.BENCH_PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${path.join(process.env.BENCH_PROFILE_DIR, role)}`] : [];
     const child = spawn(process.execPath, [...profile, cli, role, '--config', this.configFile], {
       cwd: repoRoot,
       stdio: ['ignore', logFile, logFile],

@@ -42,6 +42,13 @@ export const provisioningScenario: Scenario = {
     result.figure('allReadySeconds', `all ${sessions} Ready (from the first create)`, run.allReadySeconds, 's');
     result.figure('createToReadyP50', 'create→Ready p50', run.createToReadyMs.p50, 'ms');
     result.figure('createToReadyP99', 'create→Ready p99', run.createToReadyMs.p99, 'ms');
+    result.figure('storeWritesPerSession', 'store writes per session (all processes; the floor makes 3)', run.perSession.storeWrites, '');
+    result.figure('registrationsPerSession', 'Nomad registrations per session', run.perSession.registrations, '');
+    result.figure('reconcilesPerSession', 'reconciles per session', run.perSession.reconciles, '');
+    for (const stage of run.stagesMs) {
+      result.figure(`${stage.from}To${stage.to}P50`, `${stage.from}→${stage.to} p50`, stage.p50, 'ms');
+      result.figure(`${stage.from}To${stage.to}P99`, `${stage.from}→${stage.to} p99`, stage.p99, 'ms');
+    }
     result.ratio('readyOverFloor', 'all Ready time / floor time', run.allReadySeconds / floorSeconds);
     result.target('readyOverFloor', 'all Ready within 3× the floor', run.allReadySeconds / floorSeconds, 'max', 3, '×');
     result.target('createToReadyP99', 'create→Ready p99', run.createToReadyMs.p99, 'max', 1_000, 'ms');
@@ -110,12 +117,35 @@ async function measureFloor(sessions: number, clients: number): Promise<number> 
   }
 }
 
+/** When a session passed each stage, from its record and its status events (epoch ms). */
+interface Timeline {
+  readonly created: number;
+  readonly admitted: number;
+  readonly placed: number;
+  readonly ready: number;
+}
+
+const STAGES: ReadonlyArray<readonly [keyof Timeline, keyof Timeline]> = [
+  ['created', 'admitted'],
+  ['admitted', 'placed'],
+  ['placed', 'ready'],
+];
+
+function timeline(created: number, status: SessionStatus): Timeline {
+  const at = (reason: string): number => Date.parse(status.events.find((event) => event.reason === reason)?.time ?? '') || Number.NaN;
+  return { created, admitted: at('PhaseStarting'), placed: at('Placed'), ready: Date.parse(status.readyAt!) };
+}
+
 interface ProductRun {
   readonly accepted: number;
   readonly refused: number;
   readonly createSeconds: number;
   readonly allReadySeconds: number;
   readonly createToReadyMs: { readonly p50: number; readonly p99: number };
+  /** The work done per session: store writes (all processes), Nomad registrations, reconciles. */
+  readonly perSession: { readonly storeWrites: number; readonly registrations: number; readonly reconciles: number };
+  /** Where the time went: percentiles of each stage across the sessions. */
+  readonly stagesMs: ReadonlyArray<{ readonly from: string; readonly to: string; readonly p50: number; readonly p99: number }>;
 }
 
 async function measureProduct(context: BenchContext, sessions: number, clients: number): Promise<ProductRun> {
@@ -130,6 +160,7 @@ async function measureProduct(context: BenchContext, sessions: number, clients: 
   });
   const agent = new http.Agent({ keepAlive: true, maxSockets: clients });
   try {
+    const indexBefore = await cluster.storeIndex();
     let accepted = 0;
     let refused = 0;
     const firstCreate = Date.now();
@@ -144,27 +175,31 @@ async function measureProduct(context: BenchContext, sessions: number, clients: 
       }
     });
     const createSeconds = (performance.now() - startedAt) / 1000;
-    let statuses: SessionStatus[] = [];
     await waitFor(
       `${accepted} sessions Ready`,
-      async () => {
-        statuses = (await cluster.statuses()).map((entry) => entry.status);
-        return statuses.filter((status) => status.readyAt !== undefined).length >= accepted;
-      },
+      async () => (await cluster.statuses()).filter((entry) => entry.status.readyAt !== undefined).length >= accepted,
       10 * 60_000,
       100,
     );
+    const work = {
+      storeWrites: (await cluster.storeIndex()) - indexBefore,
+      registrations: await cluster.registrations(),
+      reconciles: await cluster.controllerMetric('manticore_reconcile_duration_seconds_count'),
+    };
     const created = new Map((await cluster.sessions()).map((record) => [record.metadata.id, Date.parse(record.metadata.createdAt)]));
-    const readyTimes = (await cluster.statuses()).map((entry) => ({ id: entry.key.slice(keys.statuses.length), readyAt: Date.parse(entry.status.readyAt!) }));
-    const latencies = readyTimes.map(({ id, readyAt }) => readyAt - created.get(id)!);
-    const slowest = readyTimes[latencies.indexOf(Math.max(...latencies))]!;
-    context.log.info({ session: slowest.id, createdAt: new Date(created.get(slowest.id)!).toISOString(), events: statuses.find((status) => status.readyAt === new Date(slowest.readyAt).toISOString())?.events }, 'the slowest session to be Ready');
+    const timelines = (await cluster.statuses()).map((entry) => timeline(created.get(entry.key.slice(keys.statuses.length))!, entry.status));
+    const latencies = timelines.map((stages) => stages.ready - stages.created);
     return {
       accepted,
       refused,
       createSeconds,
-      allReadySeconds: (Math.max(...readyTimes.map((entry) => entry.readyAt)) - firstCreate) / 1000,
+      allReadySeconds: (Math.max(...timelines.map((stages) => stages.ready)) - firstCreate) / 1000,
       createToReadyMs: { p50: percentile(latencies, 50), p99: percentile(latencies, 99) },
+      perSession: { storeWrites: work.storeWrites / accepted, registrations: work.registrations / accepted, reconciles: work.reconciles / accepted },
+      stagesMs: STAGES.map(([from, to]) => {
+        const spans = timelines.map((stages) => stages[to] - stages[from]);
+        return { from, to, p50: percentile(spans, 50), p99: percentile(spans, 99) };
+      }),
     };
   } finally {
     agent.destroy();
