@@ -86,14 +86,28 @@ interface CallSpec {
   readonly signal?: AbortSignal;
 }
 
-/** What a watch remembers of a prefix: its contents as of a listing index, to resume with changes. */
+/**
+ * What a watch keeps of an entry to tell whether a later listing changed it. Not the value: the consumer
+ * holds what it needs of that, and at 10,000 records a second copy of every value is memory for nothing.
+ * The fingerprint catches a changed value under unchanged indexes (after the store lost its state).
+ */
+interface EntryVersion {
+  readonly createIndex: number;
+  readonly modifyIndex: number;
+  readonly session: string | undefined;
+  readonly fingerprint: number;
+}
+
+/** What a watch remembers of a prefix: its keys' versions as of a listing index, to resume with changes. */
 interface PrefixMemo {
   readonly index: number;
-  readonly entries: readonly KvEntry[];
+  readonly versions: ReadonlyMap<string, EntryVersion>;
 }
 
 /** A listing as read: its contents and how long parsing its body took (what pacing the watch weighs). */
-interface Listing extends PrefixMemo {
+interface Listing {
+  readonly index: number;
+  readonly entries: readonly KvEntry[];
   readonly parseMs: number;
 }
 
@@ -207,7 +221,7 @@ export class ConsulStore implements Store, LockService {
     validatePrefix('list', prefix);
     checkAddressable('list', prefix);
     const listing = await this.fetchListing('list', prefix, undefined, undefined);
-    this.remember(prefix, listing);
+    this.remember(prefix, { index: listing.index, versions: new Map(listing.entries.map((entry) => [entry.key, versionOf(entry)])) });
     return { entries: [...listing.entries], index: listing.index };
   }
 
@@ -389,10 +403,10 @@ export class ConsulStore implements Store, LockService {
     return { index, entries, parseMs: performance.now() - parsing };
   }
 
-  /** Remembers the contents of a prefix as of an index (the latest few prefixes only). */
+  /** Remembers the versions of a prefix's keys as of an index (the latest few prefixes only). */
   remember(prefix: string, memo: PrefixMemo): void {
     this.memo.delete(prefix);
-    this.memo.set(prefix, { index: memo.index, entries: [...memo.entries] });
+    this.memo.set(prefix, memo);
     if (this.memo.size > MEMO_PREFIXES) this.memo.delete(this.memo.keys().next().value as string);
   }
 
@@ -582,7 +596,7 @@ class PrefixWatch {
   private stopped = false;
   private controller: AbortController | undefined;
   private sleeping: { timer: NodeJS.Timeout; resolve: () => void } | undefined;
-  private known: Map<string, KvEntry> | undefined;
+  private known: Map<string, EntryVersion> | undefined;
   private index = 0;
   private resync = true;
   private failures = 0;
@@ -599,7 +613,7 @@ class PrefixWatch {
     private readonly log: Logger,
   ) {
     if (resumeFrom) {
-      this.known = new Map(resumeFrom.entries.map((entry) => [entry.key, entry]));
+      this.known = new Map(resumeFrom.versions);
       this.index = resumeFrom.index;
     }
   }
@@ -684,9 +698,9 @@ class PrefixWatch {
         this.log.info({ prefix: this.prefix, was: this.index, now: index }, 'Consul index went backwards (state restored or lost); resetting the watch');
         this.store.rewound(this);
       }
-      this.known = new Map(listing.entries.map((entry) => [entry.key, entry]));
+      this.known = new Map(listing.entries.map((entry) => [entry.key, versionOf(entry)]));
       this.index = index;
-      this.store.remember(this.prefix, listing);
+      this.store.remember(this.prefix, { index, versions: new Map(this.known) });
       this.subscriber.next({ kind: 'reset', index, entries: [...listing.entries] });
       return true;
     }
@@ -694,10 +708,10 @@ class PrefixWatch {
     this.index = index;
     if (changes.length === 0) return false;
     for (const change of changes) {
-      if (change.type === 'put') this.known.set(change.entry.key, change.entry);
+      if (change.type === 'put') this.known.set(change.entry.key, versionOf(change.entry));
       else this.known.delete(change.key);
     }
-    this.store.remember(this.prefix, listing);
+    this.store.remember(this.prefix, { index, versions: new Map(this.known) });
     this.subscriber.next({ kind: 'changes', index, changes });
     return true;
   }
@@ -747,7 +761,18 @@ const CHECK_FAILURE = /^(failed to (set|delete) key ".*", index is stale|failed 
  * Consul that was rebuilt with colliding indexes is still diffed correctly), then deletes for vanished keys.
  * Consul does not say when a key was deleted, so a delete carries the listing's index.
  */
-function diff(known: ReadonlyMap<string, KvEntry>, entries: readonly KvEntry[], index: number): KvChange[] {
+function versionOf(entry: KvEntry): EntryVersion {
+  return { createIndex: entry.createIndex, modifyIndex: entry.modifyIndex, session: entry.session, fingerprint: fingerprint(entry.value) };
+}
+
+/** FNV-1a over the UTF-16 code units: cheap, and a changed value under unchanged indexes is already rare. */
+function fingerprint(text: string): number {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) hash = Math.imul(hash ^ text.charCodeAt(i), 0x01000193);
+  return hash >>> 0;
+}
+
+function diff(known: ReadonlyMap<string, EntryVersion>, entries: readonly KvEntry[], index: number): KvChange[] {
   const puts: KvChange[] = [];
   const present = new Set<string>();
   for (const entry of entries) {
@@ -757,8 +782,8 @@ function diff(known: ReadonlyMap<string, KvEntry>, entries: readonly KvEntry[], 
       previous === undefined ||
       previous.modifyIndex !== entry.modifyIndex ||
       previous.createIndex !== entry.createIndex ||
-      previous.value !== entry.value ||
-      previous.session !== entry.session
+      previous.session !== entry.session ||
+      previous.fingerprint !== fingerprint(entry.value)
     ) {
       puts.push({ type: 'put', entry });
     }
