@@ -4,6 +4,7 @@ import https from 'node:https';
 import { Observable, Subject, type Subscriber } from 'rxjs';
 import { KeyedSerializer } from '../util/keyed-serializer.js';
 import { loadTlsMaterial, type TlsMaterial } from '../util/tls.js';
+import { readBody } from '../util/http-body.js';
 import { pacingDelayMs } from '../util/watch-pacing.js';
 import { outcomeOfStatus, recordBackendCall } from '../metrics/metrics.js';
 import type { Logger } from '../util/log.js';
@@ -925,12 +926,11 @@ export class NomadScheduler implements Scheduler {
       const fail = (status: number, message: string, cause?: unknown): void =>
         reject(new NomadApiError(`${method} ${url.pathname}: ${message}`, status, message, false, { cause }));
       const req = transport.request(url, { method, headers, agent: this.agent, signal, ...this.tls }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (chunk: Buffer) => chunks.push(chunk));
+        const body = readBody(res);
         res.on('error', (error) => fail(0, error.message, error));
         res.on('end', () => {
           clearTimeout(timer);
-          const text = Buffer.concat(chunks).toString('utf8');
+          const text = body();
           const status = res.statusCode ?? 0;
           if (status >= 200 && status < 300) resolve({ status, headers: res.headers, body: text });
           else fail(status, nomadMessage(text) || `HTTP ${status}`);

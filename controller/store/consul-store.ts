@@ -4,6 +4,7 @@ import { Observable, type Subscriber } from 'rxjs';
 import { outcomeOfStatus, recordBackendCall, watchRestarts } from '../metrics/metrics.js';
 import type { Logger } from '../util/log.js';
 import { loadTlsMaterial } from '../util/tls.js';
+import { readBody } from '../util/http-body.js';
 import { pacingDelayMs } from '../util/watch-pacing.js';
 import {
   StoreError,
@@ -69,7 +70,8 @@ export class ConsulError extends StoreError {
 interface ConsulResponse {
   readonly status: number;
   readonly headers: http.IncomingHttpHeaders;
-  readonly body: Buffer;
+  /** Decoded as it arrives: a long listing never sits in one large Buffer as well (see readBody). */
+  readonly body: string;
 }
 
 interface CallSpec {
@@ -283,7 +285,7 @@ export class ConsulStore implements Store, LockService {
       const errors = parseTxnErrors(response.body);
       // Only failed checks mean "a compare-and-set did not hold"; anything else (ACLs, lock-delay) is an error.
       if (errors !== undefined && errors.length > 0 && errors.every((error) => CHECK_FAILURE.test(error.What))) return false;
-      const detail = errors?.map((error) => `operation ${error.OpIndex}: ${error.What}`).join('; ') ?? response.body.toString('utf8');
+      const detail = errors?.map((error) => `operation ${error.OpIndex}: ${error.What}`).join('; ') ?? response.body;
       throw new ConsulError(`Consul at ${this.base.origin} rolled the transaction back: ${detail}`, 'transaction', first, 409, false);
     }
     throw this.statusError('transaction', first, response);
@@ -542,8 +544,7 @@ export class ConsulStore implements Store, LockService {
           signal: spec.signal,
         },
         (response) => {
-          const chunks: Buffer[] = [];
-          response.on('data', (chunk: Buffer) => chunks.push(chunk));
+          const body = readBody(response);
           response.on('error', (error) => finish(this.transportError(operation, key, error)));
           response.on('aborted', () => finish(this.transportError(operation, key, new Error('the answer was cut off'))));
           response.on('end', () => {
@@ -551,7 +552,7 @@ export class ConsulStore implements Store, LockService {
               finish(this.transportError(operation, key, new Error('the answer was cut off')));
               return;
             }
-            finish(undefined, { status: response.statusCode ?? 0, headers: response.headers, body: Buffer.concat(chunks) });
+            finish(undefined, { status: response.statusCode ?? 0, headers: response.headers, body: body() });
           });
         },
       );
@@ -572,7 +573,7 @@ export class ConsulStore implements Store, LockService {
   }
 
   private statusError(operation: string, key: string, response: ConsulResponse): ConsulError {
-    const text = response.body.toString('utf8').trim();
+    const text = response.body.trim();
     const detail = text === '' ? (http.STATUS_CODES[response.status] ?? 'no message') : text.slice(0, 500);
     const retryable = response.status >= 500 || response.status === 429;
     return new ConsulError(`Consul at ${this.base.origin} answered ${response.status}: ${detail}`, operation, key, response.status, retryable);
@@ -580,7 +581,7 @@ export class ConsulStore implements Store, LockService {
 
   private booleanAnswer(operation: string, key: string, response: ConsulResponse): boolean {
     if (response.status !== 200) throw this.statusError(operation, key, response);
-    const text = response.body.toString('utf8').trim();
+    const text = response.body.trim();
     if (text === 'true') return true;
     if (text === 'false') return false;
     throw new ConsulError(`Consul at ${this.base.origin} answered '${text.slice(0, 100)}' where true or false was expected`, operation, key, 200, false);
@@ -802,12 +803,12 @@ interface RawEntry {
   readonly Session?: unknown;
 }
 
-function parseEntries(operation: string, key: string, body: Buffer): KvEntry[] {
+function parseEntries(operation: string, key: string, body: string): KvEntry[] {
   const malformed = (why: string): ConsulError =>
     new ConsulError(`Consul answered a KV read that cannot be understood (${why})`, operation, key, 200, true);
   let raw: unknown;
   try {
-    raw = JSON.parse(body.toString('utf8'));
+    raw = JSON.parse(body);
   } catch (error) {
     throw malformed(errorMessage(error));
   }
@@ -829,17 +830,17 @@ function parseEntries(operation: string, key: string, body: Buffer): KvEntry[] {
 }
 
 /** The part of a JSON answer `pick` selects; undefined when the answer is not JSON. */
-function parseJson(body: Buffer, pick: (raw: unknown) => unknown): unknown {
+function parseJson(body: string, pick: (raw: unknown) => unknown): unknown {
   try {
-    return pick(JSON.parse(body.toString('utf8')));
+    return pick(JSON.parse(body));
   } catch {
     return undefined;
   }
 }
 
-function parseTxnErrors(body: Buffer): { OpIndex: number; What: string }[] | undefined {
+function parseTxnErrors(body: string): { OpIndex: number; What: string }[] | undefined {
   try {
-    const raw = JSON.parse(body.toString('utf8')) as { Errors?: unknown };
+    const raw = JSON.parse(body) as { Errors?: unknown };
     if (!Array.isArray(raw.Errors)) return undefined;
     return raw.Errors.map((error: { OpIndex?: unknown; What?: unknown }) => ({
       OpIndex: typeof error?.OpIndex === 'number' ? error.OpIndex : -1,
