@@ -188,10 +188,17 @@ export function renderHaproxyConfig(template: string, values: HaproxyConfigValue
 /** Map keys and values are whitespace-separated on one line; anything else would corrupt the file. */
 const MAP_FIELD = /^[\x21-\x7e]+$/;
 
+/**
+ * The order of map file lines: digit runs compare as numbers, so ports sort numerically. One collator for
+ * every call: `localeCompare` with options builds a collator per comparison, which made sorting 1,000 keys
+ * take ~150 ms of CPU (blocking the router's event loop) instead of ~1.5 ms.
+ */
+const compareMapKeys = new Intl.Collator('en', { numeric: true }).compare;
+
 /** The text of a map file: a comment line, then `key value` lines sorted by key (stable diffs on disk). */
 export function renderMap(entries: ReadonlyMap<string, string>): string {
   const lines: string[] = ['# managed by manticore: do not edit, the router rewrites this file'];
-  const keys = [...entries.keys()].sort((a, b) => a.localeCompare(b, 'en', { numeric: true }));
+  const keys = [...entries.keys()].sort(compareMapKeys);
   for (const key of keys) {
     const value = entries.get(key)!;
     if (!MAP_FIELD.test(key) || key.startsWith('#')) throw new HaproxyConfigError('invalid map entry', [`key ${redactSecret(key)} is empty or holds spaces or control characters`]);
