@@ -24,13 +24,13 @@ export interface HaproxyDataPlaneOptions {
   readonly log: Logger;
   /** If given, public ports outside this range are rejected. */
   readonly tcpPorts?: PortRange;
-  /** Runtime commands in flight at once while applying a large diff (default 8). */
+  /** `set map` commands in flight at once while applying a large diff (default 8); adds and deletes go in batches. */
   readonly concurrency?: number;
 }
 
 interface LiveMap {
   /** Key → value as HAProxy holds it (first entry of a duplicated key). */
-  readonly entries: Map<string, string>;
+  readonly entries: ReadonlyMap<string, string>;
   /** Keys HAProxy holds more than once; they are deleted and re-added so exactly one entry remains. */
   readonly duplicates: Set<string>;
 }
@@ -71,6 +71,8 @@ export class HaproxyDataPlane implements DataPlane {
   private readonly files: MapFileWriter;
   private live: { hosts: LiveMap; ports: LiveMap } | undefined;
   private lastTable: RouteTable | undefined;
+  /** The last table that passed validation: its routes need no second check. */
+  private checked: RouteTable | undefined;
   private running = false;
   private queued: Queued | undefined;
 
@@ -88,12 +90,13 @@ export class HaproxyDataPlane implements DataPlane {
   /** Makes HAProxy's live maps equal `table` (the map files follow). Rejects invalid tables before touching anything. */
   apply(table: RouteTable): Promise<void> {
     try {
-      validateRouteTable(table, this.tcpPorts);
+      validateRouteTable(table, this.tcpPorts, this.checked);
     } catch (error) {
       return Promise.reject(error);
     }
     // A copy: the caller may keep mutating its maps while this waits in the queue.
-    return this.enqueue({ hosts: new Map(table.hosts), ports: new Map(table.ports) }, false);
+    this.checked = { hosts: new Map(table.hosts), ports: new Map(table.ports) };
+    return this.enqueue(this.checked, false);
   }
 
   /** Resolves once the map files hold the last table applied; rejects if writing them failed (it is retried). */
@@ -145,7 +148,8 @@ export class HaproxyDataPlane implements DataPlane {
 
   private async applyNow(table: RouteTable, refresh: boolean): Promise<void> {
     const started = performance.now();
-    const hosts = new Map(table.hosts);
+    // Never mutated: the queued tables are this class's own copies.
+    const hosts = table.hosts;
     const ports = new Map([...table.ports].map(([port, backend]) => [String(port), backend] as [string, string]));
     if (refresh) this.live = undefined;
     try {
@@ -191,7 +195,8 @@ export class HaproxyDataPlane implements DataPlane {
 
   private async applyDiff(file: string, diff: MapDiff): Promise<void> {
     // Repairs first (a re-add must follow its delete), then new routes (sessions waiting for them), then the rest.
-    await this.forEachLimited(diff.resets, (key) => this.deleteEntry(file, key));
+    // Deletions go several per request: one round trip, not one connection per route.
+    await this.runtime.delMapEntries(file, diff.resets);
     for (const batch of payloadBatches(diff.adds)) await this.runtime.addMapEntries(file, batch);
     await this.forEachLimited(diff.sets, async ([key, value]) => {
       try {
@@ -202,15 +207,7 @@ export class HaproxyDataPlane implements DataPlane {
         await this.runtime.addMap(file, key, value);
       }
     });
-    await this.forEachLimited(diff.dels, (key) => this.deleteEntry(file, key));
-  }
-
-  private async deleteEntry(file: string, key: string): Promise<void> {
-    try {
-      await this.runtime.delMap(file, key);
-    } catch (error) {
-      if (!isNotFound(error)) throw error; // already gone is what we wanted
-    }
+    await this.runtime.delMapEntries(file, diff.dels);
   }
 
   private async forEachLimited<T>(items: readonly T[], work: (item: T) => Promise<void>): Promise<void> {
