@@ -10,18 +10,27 @@ export interface MapContents {
 
 /** Wait before writing again after a failed write. */
 const RETRY_MS = 1_000;
+/** Default least time between the starts of two writes. */
+const MIN_INTERVAL_MS = 1_000;
 
 /**
  * Keeps HAProxy's two map files equal to the latest route table, in the background. HAProxy serves from
  * its live maps; the files only matter when it starts or reloads, and the data plane resyncs the live maps
  * after either. Their durable rewrite (the whole table rendered and fsynced: tens of ms, hundreds on a busy
- * disk) therefore never delays a route going live. One write runs at a time, and contents passed meanwhile
- * replace any still waiting, so a burst of changes costs one or two writes. A failed write is retried.
+ * disk) therefore never delays a route going live. One write runs at a time, at most one a second by
+ * default, and contents passed meanwhile replace any still waiting: under steady churn the files cost one
+ * render and fsync a second (rendering 10,000 routes takes ~30 ms of CPU), and may lag the live maps by
+ * about that long, which a restart's resync covers. A failed write is retried; flush() writes at once.
  */
 export class MapFileWriter {
   private pending: MapContents | undefined;
   private writing = false;
   private retryTimer: NodeJS.Timeout | undefined;
+  /** Set while waiting out the least interval before the next write. */
+  private intervalTimer: NodeJS.Timeout | undefined;
+  private lastStartedAt = Number.NEGATIVE_INFINITY;
+  /** A flush is waiting: write without waiting out the interval. */
+  private urgent = false;
   /** The text last written to each file, to skip writes that change nothing. */
   private readonly written = new Map<string, string>();
   /** Bumped when `written` is forgotten, so a write already running does not record its text afterwards. */
@@ -31,6 +40,7 @@ export class MapFileWriter {
   constructor(
     private readonly files: { readonly hosts: string; readonly ports: string },
     private readonly log: Logger,
+    private readonly minIntervalMs = MIN_INTERVAL_MS,
   ) {}
 
   /** Writes `contents` soon. With `rewrite`, files are written even if our last write already held this text. */
@@ -43,17 +53,32 @@ export class MapFileWriter {
     this.pump();
   }
 
-  /** Resolves once the files hold the latest contents passed; rejects if that write failed (it is retried). */
+  /** Writes at once and resolves when the files hold the latest contents passed; rejects if that write failed (it is retried). */
   flush(): Promise<void> {
     if (this.pending === undefined && !this.writing) return Promise.resolve();
-    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+    const flushed = new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject }));
+    this.urgent = true;
+    clearTimeout(this.intervalTimer);
+    this.intervalTimer = undefined;
+    this.pump();
+    return flushed;
   }
 
   private pump(): void {
-    if (this.writing || this.retryTimer !== undefined || this.pending === undefined) return;
+    if (this.writing || this.retryTimer !== undefined || this.intervalTimer !== undefined || this.pending === undefined) return;
+    const wait = this.lastStartedAt + this.minIntervalMs - Date.now();
+    if (wait > 0 && !this.urgent) {
+      this.intervalTimer = setTimeout(() => {
+        this.intervalTimer = undefined;
+        this.pump();
+      }, wait);
+      this.intervalTimer.unref();
+      return;
+    }
     const contents = this.pending;
     this.pending = undefined;
     this.writing = true;
+    this.lastStartedAt = Date.now();
     this.writeBoth(contents).then(
       () => {
         this.writing = false;
@@ -76,6 +101,7 @@ export class MapFileWriter {
   }
 
   private settle(notify: (waiter: MapFileWriter['waiters'][number]) => void): void {
+    this.urgent = false;
     this.waiters.splice(0).forEach(notify);
   }
 

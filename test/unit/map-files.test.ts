@@ -32,6 +32,18 @@ describe('HAProxy map files written in the background', () => {
     assert.deepEqual(read(files.ports), new Map([['20000', '127.0.0.1:20']]));
   });
 
+  it('writes at most once per interval, and at once when flushed', async () => {
+    const writer = new MapFileWriter(files, silentLogger(), 60_000);
+    writer.write(contents({ first: '127.0.0.1:1' }));
+    await writer.flush();
+    writer.write(contents({ second: '127.0.0.1:2' }));
+    writer.write(contents({ third: '127.0.0.1:3' }));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepEqual(read(files.hosts), new Map([['first', '127.0.0.1:1']]), 'the next write waits for the interval');
+    await writer.flush();
+    assert.deepEqual(read(files.hosts), new Map([['third', '127.0.0.1:3']]));
+  });
+
   it('resolves flush at once when nothing is waiting to be written', async () => {
     await new MapFileWriter(files, silentLogger()).flush();
     assert.equal(fs.existsSync(files.hosts), false);
