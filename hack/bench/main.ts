@@ -3,10 +3,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { createLogger } from '../../controller/util/log.js';
 import { formatTable, machineInfo, type ScenarioResult } from './report.js';
+import { routingScenario } from './routing.js';
 import type { Scenario } from './scenario.js';
 
 /** Every scenario, in the order `make bench` runs them. */
-const scenarios: readonly Scenario[] = [];
+const scenarios: readonly Scenario[] = [routingScenario];
 
 const USAGE = `usage: bench [--quick] [--out FILE] [SCENARIO...]
   SCENARIO  one of: ${scenarios.map((s) => s.name).join(', ')} (default: all)
