@@ -25,7 +25,10 @@ interface Sizes {
   /** Live session routes during the throughput runs (and kept during churn). */
   readonly routes: number;
   readonly connections: number;
-  readonly loadSeconds: number;
+  /** Each path is loaded `rounds` times `roundSeconds`, its runs interleaved with the other paths' runs. */
+  readonly rounds: number;
+  readonly roundSeconds: number;
+  /** Load on each path before its first round, not measured. */
   readonly warmupSeconds: number;
   /** Routes among `routes` that wrk loads during churn. */
   readonly stableRoutes: number;
@@ -34,8 +37,8 @@ interface Sizes {
   readonly churnSeconds: number;
 }
 
-const FULL: Sizes = { routes: 1000, connections: 50, loadSeconds: 10, warmupSeconds: 3, stableRoutes: 500, churnRoutes: 1000, churnSeconds: 30 };
-const QUICK: Sizes = { routes: 50, connections: 50, loadSeconds: 2, warmupSeconds: 1, stableRoutes: 25, churnRoutes: 50, churnSeconds: 2 };
+const FULL: Sizes = { routes: 1000, connections: 50, rounds: 5, roundSeconds: 2, warmupSeconds: 3, stableRoutes: 500, churnRoutes: 1000, churnSeconds: 30 };
+const QUICK: Sizes = { routes: 50, connections: 50, rounds: 2, roundSeconds: 1, warmupSeconds: 1, stableRoutes: 25, churnRoutes: 50, churnSeconds: 2 };
 
 /** How often the probe asks for a route not yet live. */
 const PROBE_INTERVAL_MS = 1;
@@ -125,23 +128,51 @@ const PATHS = [
 
 type PathKey = (typeof PATHS)[number]['key'];
 
+/** What the rounds of one path measured together. */
+interface PathLoad {
+  readonly requestsPerSecond: number;
+  /** Medians of the rounds' latency percentiles (wrk reports percentiles per run, which cannot be merged). */
+  readonly latencyP50Ms: number;
+  readonly latencyP99Ms: number;
+  readonly failed: number;
+}
+
+function combineRounds(rounds: readonly WrkResult[]): PathLoad {
+  const requests = rounds.reduce((sum, round) => sum + round.requests, 0);
+  const seconds = rounds.reduce((sum, round) => sum + round.durationSeconds, 0);
+  return {
+    requestsPerSecond: requests / seconds,
+    latencyP50Ms: percentile(rounds.map((round) => round.latencyP50Ms), 50),
+    latencyP99Ms: percentile(rounds.map((round) => round.latencyP99Ms), 50),
+    failed: rounds.reduce((sum, round) => sum + failedRequests(round), 0),
+  };
+}
+
+/**
+ * Each path is loaded in rounds interleaved with the other paths' (direct, HAProxy, configurable-http-proxy,
+ * direct, …), so that other work on the machine, which comes and goes, weighs on the three alike.
+ */
 async function measureThroughput(result: ResultBuilder, sizes: Sizes, hostsFile: string, ports: Record<PathKey, number>, log: Logger): Promise<void> {
-  const rates = {} as Record<PathKey, number>;
-  for (const { key, label } of PATHS) {
-    await load(ports[key], sizes, sizes.warmupSeconds, hostsFile);
-    const measured = await load(ports[key], sizes, sizes.loadSeconds, hostsFile);
-    log.info({ path: key, requestsPerSecond: Math.round(measured.requestsPerSecond), errors: measured.errors }, 'throughput measured');
-    rates[key] = measured.requestsPerSecond;
-    result
-      .figure(`${key}.requestsPerSecond`, `${label}: requests/s`, measured.requestsPerSecond, 'req/s')
-      .figure(`${key}.latencyP50`, `${label}: latency p50`, measured.latencyP50Ms, 'ms')
-      .figure(`${key}.latencyP99`, `${label}: latency p99`, measured.latencyP99Ms, 'ms')
-      .figure(`${key}.failed`, `${label}: failed requests`, failedRequests(measured), '');
+  for (const { key } of PATHS) await load(ports[key], sizes, sizes.warmupSeconds, hostsFile);
+  const rounds: Record<PathKey, WrkResult[]> = { direct: [], haproxy: [], chp: [] };
+  for (let round = 0; round < sizes.rounds; round++) {
+    for (const { key } of PATHS) rounds[key].push(await load(ports[key], sizes, sizes.roundSeconds, hostsFile));
   }
+  const measured = {} as Record<PathKey, PathLoad>;
+  for (const { key, label } of PATHS) {
+    const path = (measured[key] = combineRounds(rounds[key]));
+    log.info({ path: key, requestsPerSecond: Math.round(path.requestsPerSecond), failed: path.failed }, 'throughput measured');
+    result
+      .figure(`${key}.requestsPerSecond`, `${label}: requests/s`, path.requestsPerSecond, 'req/s')
+      .figure(`${key}.latencyP50`, `${label}: latency p50`, path.latencyP50Ms, 'ms')
+      .figure(`${key}.latencyP99`, `${label}: latency p99`, path.latencyP99Ms, 'ms')
+      .figure(`${key}.failed`, `${label}: failed requests`, path.failed, '');
+  }
+  const rate = (key: PathKey): number => measured[key].requestsPerSecond;
   result
-    .ratio('chpToDirect', 'configurable-http-proxy / direct', rates.chp / rates.direct)
-    .target('haproxyToChp', 'HAProxy / configurable-http-proxy throughput', rates.haproxy / rates.chp, 'min', 4, '×')
-    .target('haproxyToDirect', 'HAProxy / direct throughput', rates.haproxy / rates.direct, 'min', 0.5, '×');
+    .ratio('chpToDirect', 'configurable-http-proxy / direct', rate('chp') / rate('direct'))
+    .target('haproxyToChp', 'HAProxy / configurable-http-proxy throughput', rate('haproxy') / rate('chp'), 'min', 4, '×')
+    .target('haproxyToDirect', 'HAProxy / direct throughput', rate('haproxy') / rate('direct'), 'min', 0.5, '×');
 }
 
 /** When a churned route is written and deleted, in ms after the churn load started. */
