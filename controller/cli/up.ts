@@ -218,6 +218,8 @@ async function startRouter(config: ManticoreConfig, store: Store, keys: Keys, pa
   await haproxy.start();
   parts.add('haproxy', () => haproxy.stop());
   const dataPlane = new HaproxyDataPlane({ runtime: new HaproxyRuntime(haproxy.adminSocket), runDir, log: log.child({ component: 'data-plane' }) });
+  // Run after the router stops and before HAProxy does: the map files hold the last table for the next start.
+  parts.add('haproxy map files', () => dataPlane.flush());
   supervisor = new HaproxySupervisor(haproxy, dataPlane, log.child({ component: 'haproxy-supervisor' }));
   parts.add('haproxy-supervisor', async () => supervisor?.stop());
   const router = new RouterAgent({

@@ -50,6 +50,8 @@ export class RouterAgent {
   private keptTimer: unknown;
   private readonly subscriptions: Subscription[] = [];
   private heartbeatTimer: NodeJS.Timeout | undefined;
+  private heartbeating: Promise<void> | undefined;
+  private heartbeatAgain = false;
   private applying: Promise<void> | undefined;
   private pending = false;
   private appliedIndex = 0;
@@ -83,7 +85,7 @@ export class RouterAgent {
     await this.routes.synced;
     this.schedule();
     await this.applying;
-    this.heartbeatTimer = setInterval(() => void this.heartbeat(), this.options.heartbeatMs);
+    this.heartbeatTimer = setInterval(() => this.reportProgress(), this.options.heartbeatMs);
     this.heartbeatTimer.unref?.();
   }
 
@@ -96,6 +98,8 @@ export class RouterAgent {
     this.clock.clearTimeout(this.keptTimer);
     this.routes.stop();
     await this.applying?.catch(() => undefined);
+    // A heartbeat still on its way could land after the delete and bring the record back.
+    await this.heartbeating;
     await this.options.store.delete(this.options.keys.router(this.options.name)).catch((error: unknown) => {
       this.log.warn({ err: error }, 'could not withdraw the router heartbeat');
     });
@@ -122,7 +126,7 @@ export class RouterAgent {
         await this.options.dataPlane.apply(table);
         routerApplySeconds.observe((performance.now() - startedAt) / 1000);
         this.appliedIndex = index;
-        await this.heartbeat();
+        this.reportProgress();
       } catch (error) {
         this.log.error({ err: error }, 'applying routes failed; retrying');
         await new Promise((resolve) => setTimeout(resolve, 1000));
@@ -165,6 +169,24 @@ export class RouterAgent {
       }
       this.armKeptTimer();
     }, Math.max(0, next - this.clock.now()));
+  }
+
+  /**
+   * Writes the heartbeat now, or once the one in flight is done, without waiting for it: a store write (tens
+   * of ms, more on a busy host) must not delay the next change going live. While one is in flight, further
+   * calls only mark that another is due, and that one carries the latest applied index.
+   */
+  private reportProgress(): void {
+    if (this.heartbeating) {
+      this.heartbeatAgain = true;
+      return;
+    }
+    this.heartbeating = this.heartbeat().finally(() => {
+      this.heartbeating = undefined;
+      if (!this.heartbeatAgain) return;
+      this.heartbeatAgain = false;
+      this.reportProgress();
+    });
   }
 
   private async heartbeat(): Promise<void> {

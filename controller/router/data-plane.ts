@@ -1,8 +1,8 @@
 import { performance } from 'node:perf_hooks';
-import { writeFileAtomic } from '../util/files.js';
 import type { Logger } from '../util/log.js';
-import { renderMap, runPaths, validateRouteTable, type PortRange } from './haproxy-config.js';
+import { runPaths, validateRouteTable, type PortRange } from './haproxy-config.js';
 import { HaproxyRuntimeError, type HaproxyRuntime } from './haproxy-runtime.js';
+import { MapFileWriter } from './map-files.js';
 
 /** The routes a data plane serves. */
 export interface RouteTable {
@@ -24,13 +24,13 @@ export interface HaproxyDataPlaneOptions {
   readonly log: Logger;
   /** If given, public ports outside this range are rejected. */
   readonly tcpPorts?: PortRange;
-  /** Runtime commands in flight at once while applying a large diff (default 8). */
+  /** `set map` commands in flight at once while applying a large diff (default 8); adds and deletes go in batches. */
   readonly concurrency?: number;
 }
 
 interface LiveMap {
   /** Key → value as HAProxy holds it (first entry of a duplicated key). */
-  readonly entries: Map<string, string>;
+  readonly entries: ReadonlyMap<string, string>;
   /** Keys HAProxy holds more than once; they are deleted and re-added so exactly one entry remains. */
   readonly duplicates: Set<string>;
 }
@@ -57,7 +57,8 @@ const MAX_PAYLOAD_BYTES = 8_000;
  * Applies route tables to a running HAProxy through its Runtime API, with no reload: the live maps are
  * diffed against the table (read with `show map` on first use, so a restarted agent syncs with an
  * HAProxy that kept running) and changed entry by entry, so routes that do not change are never touched.
- * Both map files are rewritten atomically first, so a restart or reload loads the same routes.
+ * An apply resolves once the routes are live. Both map files then follow in the background (MapFileWriter),
+ * so a restart or reload loads the same routes without their durable write delaying the next change.
  * One apply runs at a time; a table passed while one runs replaces any table still waiting.
  */
 export class HaproxyDataPlane implements DataPlane {
@@ -67,9 +68,11 @@ export class HaproxyDataPlane implements DataPlane {
   private readonly tcpMap: string;
   private readonly tcpPorts: PortRange | undefined;
   private readonly concurrency: number;
+  private readonly files: MapFileWriter;
   private live: { hosts: LiveMap; ports: LiveMap } | undefined;
   private lastTable: RouteTable | undefined;
-  private readonly written = new Map<string, string>();
+  /** The last table that passed validation: its routes need no second check. */
+  private checked: RouteTable | undefined;
   private running = false;
   private queued: Queued | undefined;
 
@@ -81,17 +84,24 @@ export class HaproxyDataPlane implements DataPlane {
     this.tcpMap = paths.tcpMap;
     this.tcpPorts = options.tcpPorts;
     this.concurrency = Math.max(1, options.concurrency ?? 8);
+    this.files = new MapFileWriter({ hosts: paths.hostsMap, ports: paths.tcpMap }, options.log);
   }
 
-  /** Makes HAProxy's live maps (and the map files) equal `table`. Rejects invalid tables before touching anything. */
+  /** Makes HAProxy's live maps equal `table` (the map files follow). Rejects invalid tables before touching anything. */
   apply(table: RouteTable): Promise<void> {
     try {
-      validateRouteTable(table, this.tcpPorts);
+      validateRouteTable(table, this.tcpPorts, this.checked);
     } catch (error) {
       return Promise.reject(error);
     }
     // A copy: the caller may keep mutating its maps while this waits in the queue.
-    return this.enqueue({ hosts: new Map(table.hosts), ports: new Map(table.ports) }, false);
+    this.checked = { hosts: new Map(table.hosts), ports: new Map(table.ports) };
+    return this.enqueue(this.checked, false);
+  }
+
+  /** Resolves once the map files hold the last table applied; rejects if writing them failed (it is retried). */
+  flush(): Promise<void> {
+    return this.files.flush();
   }
 
   /**
@@ -138,13 +148,9 @@ export class HaproxyDataPlane implements DataPlane {
 
   private async applyNow(table: RouteTable, refresh: boolean): Promise<void> {
     const started = performance.now();
-    const hosts = new Map(table.hosts);
+    // Never mutated: the queued tables are this class's own copies.
+    const hosts = table.hosts;
     const ports = new Map([...table.ports].map(([port, backend]) => [String(port), backend] as [string, string]));
-    // Files first: if HAProxy restarts part-way, it loads the table we are converging to.
-    if (refresh) this.written.clear();
-    await this.writeMapFile(this.hostsMap, hosts);
-    await this.writeMapFile(this.tcpMap, ports);
-
     if (refresh) this.live = undefined;
     try {
       if (!this.live) {
@@ -169,6 +175,11 @@ export class HaproxyDataPlane implements DataPlane {
       // Part of the diff may have landed: read the live maps again next time instead of guessing.
       this.live = undefined;
       throw error;
+    } finally {
+      // Also when HAProxy did not take the table: restarted, it loads the table we are converging to. After the
+      // runtime changes, so that rendering the files never delays them. A refresh (HAProxy restarted or
+      // reloaded) rewrites the files even if unchanged since our last write.
+      this.files.write({ hosts, ports }, refresh);
     }
   }
 
@@ -184,7 +195,8 @@ export class HaproxyDataPlane implements DataPlane {
 
   private async applyDiff(file: string, diff: MapDiff): Promise<void> {
     // Repairs first (a re-add must follow its delete), then new routes (sessions waiting for them), then the rest.
-    await this.forEachLimited(diff.resets, (key) => this.deleteEntry(file, key));
+    // Deletions go several per request: one round trip, not one connection per route.
+    await this.runtime.delMapEntries(file, diff.resets);
     for (const batch of payloadBatches(diff.adds)) await this.runtime.addMapEntries(file, batch);
     await this.forEachLimited(diff.sets, async ([key, value]) => {
       try {
@@ -195,15 +207,7 @@ export class HaproxyDataPlane implements DataPlane {
         await this.runtime.addMap(file, key, value);
       }
     });
-    await this.forEachLimited(diff.dels, (key) => this.deleteEntry(file, key));
-  }
-
-  private async deleteEntry(file: string, key: string): Promise<void> {
-    try {
-      await this.runtime.delMap(file, key);
-    } catch (error) {
-      if (!isNotFound(error)) throw error; // already gone is what we wanted
-    }
+    await this.runtime.delMapEntries(file, diff.dels);
   }
 
   private async forEachLimited<T>(items: readonly T[], work: (item: T) => Promise<void>): Promise<void> {
@@ -221,13 +225,6 @@ export class HaproxyDataPlane implements DataPlane {
     };
     await Promise.all(Array.from({ length: Math.min(this.concurrency, items.length) }, worker));
     if (errors.length > 0) throw errors[0];
-  }
-
-  private async writeMapFile(file: string, entries: ReadonlyMap<string, string>): Promise<void> {
-    const text = renderMap(entries);
-    if (this.written.get(file) === text) return;
-    await writeFileAtomic(file, text);
-    this.written.set(file, text);
   }
 }
 

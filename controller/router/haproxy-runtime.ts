@@ -85,6 +85,20 @@ export function classifyReply(raw: string, severityOutput: boolean): { readonly 
   return { text: text.replace(/\n+$/, ''), error };
 }
 
+/**
+ * The failures in the reply to several commands sent as one line: each command's tagged error (`[N]: …`
+ * with N ≤ 3) or untagged error text, in order. Commands that succeed silently add only blank lines.
+ */
+export function replyErrors(raw: string): string[] {
+  const errors: string[] = [];
+  for (const line of raw.split('\n')) {
+    const tagged = /^\[(\d)\]: (.*)$/.exec(line);
+    const text = tagged ? tagged[2]! : line;
+    if ((tagged && Number(tagged[1]) <= 3) || UNTAGGED_ERRORS.some((pattern) => pattern.test(text))) errors.push(text);
+  }
+  return errors;
+}
+
 /** Parses `show map <file>` output: one `<ref> <key> <value>` line per entry, duplicates kept. */
 export function parseShowMap(text: string): MapEntry[] {
   const entries: MapEntry[] = [];
@@ -102,6 +116,24 @@ function checkArgument(what: string, value: string): void {
   if (!/^[\x21-\x7e]+$/.test(value) || value.includes(';') || value.includes('\\')) {
     throw new Error(`refusing to send a ${what} with spaces, control characters, ';' or '\\' to HAProxy`);
   }
+}
+
+/** Groups commands, in order, so that each group joined with `; ` stays within `maxBytes`. */
+function* joinedWithin(commands: readonly string[], maxBytes: number): Generator<string[]> {
+  let batch: string[] = [];
+  let bytes = 0;
+  for (const command of commands) {
+    const size = Buffer.byteLength(command) + 2;
+    if (size > maxBytes) throw new Error(`a runtime command of ${size} bytes exceeds the ${maxBytes} bytes a request may hold`);
+    if (batch.length > 0 && bytes + size > maxBytes) {
+      yield batch;
+      batch = [];
+      bytes = 0;
+    }
+    batch.push(command);
+    bytes += size;
+  }
+  if (batch.length > 0) yield batch;
 }
 
 export class HaproxyRuntime {
@@ -138,6 +170,23 @@ export class HaproxyRuntime {
     const { text, error } = classifyReply(raw, this.severityOutput);
     if (error) throw new HaproxyRuntimeError(described, text, this.socketPath);
     return text;
+  }
+
+  /**
+   * Runs commands that print nothing when they succeed, several per request: joined with `;` on one line,
+   * which HAProxy runs in turn, going on past a failure. One round trip instead of one connection each,
+   * every request within MAX_REQUEST_BYTES. Throws naming the failures, except those `tolerate` matches.
+   */
+  private async executeQuietly(commands: readonly string[], tolerate?: RegExp): Promise<void> {
+    const prefix = this.severityOutput ? 'set severity-output number; ' : '';
+    for (const batch of joinedWithin(commands, MAX_REQUEST_BYTES - Buffer.byteLength(prefix) - 1)) {
+      const described = `${describeCommand(batch[0]!)}${batch.length > 1 ? ` and ${batch.length - 1} more` : ''}`;
+      if (batch.some((command) => /[\r\n;]/.test(command))) {
+        throw new HaproxyRuntimeError(described, 'a command contains a line break or a separator', this.socketPath);
+      }
+      const errors = replyErrors(await this.exchange(`${prefix}${batch.join('; ')}\n`, described)).filter((error) => !tolerate?.test(error));
+      if (errors.length > 0) throw new HaproxyRuntimeError(described, errors.join('; '), this.socketPath);
+    }
   }
 
   private exchange(wire: string, described: string): Promise<string> {
@@ -208,6 +257,16 @@ export class HaproxyRuntime {
     checkArgument('map file', file);
     checkArgument('map key', key);
     await this.execute(`del map ${file} ${key}`);
+  }
+
+  /** Removes every entry of each key, in as few requests as fit; keys already absent are not an error. */
+  async delMapEntries(file: string, keys: readonly string[]): Promise<void> {
+    checkArgument('map file', file);
+    for (const key of keys) checkArgument('map key', key);
+    await this.executeQuietly(
+      keys.map((key) => `del map ${file} ${key}`),
+      /^Key not found/,
+    );
   }
 
   /** Starts a new, empty version of a map for an atomic swap; returns the version number. */

@@ -241,7 +241,8 @@ describe('HAProxy data plane (real haproxy)', function () {
     assert.equal(await proc.workerPid(), workerBefore);
   });
 
-  it('wrote both map files to match the table', async () => {
+  it('writes both map files to match the table, after the routes are live', async () => {
+    await dataPlane.flush();
     const paths = runPaths(runDir);
     const hosts = fs.readFileSync(paths.hostsMap, 'utf8');
     assert.match(hosts, new RegExp(`^alpha ${backendA.address}$`, 'm'));
@@ -386,6 +387,7 @@ describe('HAProxy data plane (real haproxy)', function () {
   it('stops without leaving processes, and after start the routes are back from the map files', async () => {
     const master = proc.masterPid!;
     const worker = await proc.workerPid();
+    await dataPlane.flush();
     await proc.stop();
     assert.equal(alive(master), false);
     assert.equal(alive(worker), false);

@@ -23,6 +23,7 @@ import {
   classifyReply,
   describeCommand,
   parseShowMap,
+  replyErrors,
 } from '../../controller/router/haproxy-runtime.js';
 
 const TEMPLATE = fs.readFileSync(path.resolve(__dirname, '../../../manifests/haproxy/haproxy.cfg'), 'utf8');
@@ -175,6 +176,14 @@ describe('route table validation', () => {
     assert.throws(() => validateRouteTable({ hosts: new Map(), ports: new Map([[70000, '1.2.3.4:5']]) }), /1-65535/);
   });
 
+  it('checks only the routes a table that passed before does not hold with the same backend', () => {
+    const checked = { hosts: new Map([['abc', '127.0.0.1:1']]), ports: new Map([[20000, '127.0.0.1:2']]) };
+    // The checked routes are trusted as they are: only what changed is matched against the patterns.
+    validateRouteTable({ hosts: new Map([...checked.hosts, ['new', '127.0.0.1:3']]), ports: checked.ports }, { start: 20000, end: 20999 }, checked);
+    assert.throws(() => validateRouteTable({ hosts: new Map([['abc', 'nowhere']]), ports: new Map() }, undefined, checked), /not ipv4:port/);
+    assert.throws(() => validateRouteTable({ hosts: new Map([['NEW', '127.0.0.1:1']]), ports: new Map() }, undefined, checked), /host token/);
+  });
+
   it('does not put a whole secret token into the error', () => {
     const secret = 'supersecrettokenvalue123';
     try {
@@ -205,6 +214,12 @@ describe('HAProxy runtime replies', () => {
     assert.equal(classifyReply('\n[6]: Unknown command, but maybe one of the following ones is a better match:\n  help\n\n', true).error, true);
     assert.equal(classifyReply('Unknown command, but maybe…\n\n', false).error, true);
     assert.deepEqual(classifyReply('\n0x1 a 1.2.3.4:5\n\n', true), { text: '0x1 a 1.2.3.4:5', error: false });
+  });
+
+  it('finds every failure in the reply to several commands sent as one line', () => {
+    assert.deepEqual(replyErrors('\n\n[3]: Key not found.\n\n\n'), ['Key not found.']);
+    assert.deepEqual(replyErrors('\n\n\n\n'), []);
+    assert.deepEqual(replyErrors('\n[3]: Unknown map identifier.\n\n[6]: Unknown command, but maybe…\n\n[6]: Done.\n\n'), ['Unknown map identifier.', 'Unknown command, but maybe…']);
   });
 
   it('parses show map output, duplicates included', () => {
@@ -293,11 +308,37 @@ describe('HAProxy runtime client (fake socket)', () => {
     assert.equal(received.at(-1), 'set severity-output number; add map /run/hosts.map <<\na 1.2.3.4:5\nb 1.2.3.4:6\n\n');
   });
 
+  it('deletes many keys in one request, taking keys already gone as deleted', async () => {
+    reply = '\n\n[3]: Key not found.\n\n\n';
+    const runtime = new HaproxyRuntime(socketPath);
+    await runtime.delMapEntries('/run/hosts.map', ['a', 'b']);
+    assert.equal(received.at(-1), 'set severity-output number; del map /run/hosts.map a; del map /run/hosts.map b\n');
+    reply = '\n\n[3]: Unknown map identifier.\n\n';
+    await assert.rejects(runtime.delMapEntries('/run/hosts.map', ['secrettoken']), (error: unknown) => {
+      assert.ok(error instanceof HaproxyRuntimeError);
+      assert.equal(error.reply, 'Unknown map identifier.');
+      assert.doesNotMatch(error.message, /secrettoken/);
+      return true;
+    });
+  });
+
+  it('splits deletions into requests that fit HAProxy\'s buffer', async () => {
+    reply = '\n';
+    const before = received.length;
+    const keys = Array.from({ length: 400 }, (_, i) => `key${i}`.padEnd(40, 'x'));
+    await new HaproxyRuntime(socketPath).delMapEntries('/run/hosts.map', keys);
+    const requests = received.slice(before);
+    assert.ok(requests.length > 1, 'more than one request');
+    assert.ok(requests.every((request) => Buffer.byteLength(request) <= MAX_REQUEST_BYTES));
+    assert.deepEqual(requests.flatMap((request) => request.trim().split('; ').slice(1).map((command) => command.split(' ').at(-1))), keys);
+  });
+
   it('refuses junk before sending: line breaks, separators, oversized payloads', async () => {
     const runtime = new HaproxyRuntime(socketPath);
     const before = received.length;
     await assert.rejects(runtime.execute('show info\nshutdown frontend x'), /line break/);
     await assert.rejects(runtime.addMap('/run/hosts.map', 'a;shutdown', '1.2.3.4:5'), /refusing/);
+    await assert.rejects(runtime.delMapEntries('/run/hosts.map', ['a', 'b;shutdown']), /refusing/);
     await assert.rejects(runtime.setMap('/run/hosts.map', 'a', '1.2.3.4:5 x'), /refusing/);
     const big = Array.from({ length: 400 }, (_, i) => [`key${i}`.padEnd(40, 'x'), '127.0.0.1:1000'] as [string, string]);
     await assert.rejects(runtime.addMapEntries('/run/hosts.map', big), new RegExp(`exceeds ${MAX_REQUEST_BYTES}`));
