@@ -8,6 +8,8 @@ import type { BenchContext, Scenario } from './scenario.js';
 /** Ports Nomad hands out per node (its default dynamic range, 20000–32000) and per `sdl` session. */
 const NOMAD_PORTS_PER_NODE = 12_000;
 const PORTS_PER_SESSION = 9;
+/** No reconcile for this long (above controller.routerStaleSeconds, 30 s) means the controller has settled. */
+const SETTLED_AFTER_MS = 35_000;
 /** Session records written at once while filling the cluster. */
 const CREATE_CONCURRENCY = 64;
 
@@ -85,19 +87,27 @@ async function createSessions(cluster: BenchCluster, count: number): Promise<voi
   );
 }
 
-/** Waits until the controller's work queue has been empty for a while and every status is written. */
+/**
+ * Waits until the controller has stopped working: its queue empty and no reconcile for longer than the
+ * longest requeue a reconcile asks for (a session seen waiting for routers is looked at again after
+ * `controller.routerStaleSeconds`, 30 s, even once Ready). What follows is "no changes".
+ */
 async function settle(cluster: BenchCluster): Promise<void> {
-  let emptySince = 0;
+  let last = -1;
+  let stillSince = 0;
   await waitFor(
     'the controller to settle',
     async () => {
+      const reconciles = await cluster.controllerMetric('manticore_reconcile_duration_seconds_count');
       const depth = await cluster.controllerMetric('manticore_workqueue_depth');
-      if (depth > 0) emptySince = 0;
-      else emptySince ||= performance.now();
-      return emptySince > 0 && performance.now() - emptySince > 3_000;
+      if (reconciles !== last || depth > 0) {
+        last = reconciles;
+        stillSince = performance.now();
+      }
+      return performance.now() - stillSince > SETTLED_AFTER_MS;
     },
-    120_000,
-    250,
+    10 * 60_000,
+    500,
   );
 }
 
