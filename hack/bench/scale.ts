@@ -49,7 +49,7 @@ export const scaleScenario: Scenario = {
       result.figure('controllerPeakRssMiB', 'controller peak resident memory while filling', peakWhileFilling, 'MiB');
 
       // Whatever follows the last Ready (the queue draining, late watch events) is not "quiet" yet.
-      await settle(cluster);
+      await settle(cluster, context.quick ? 3_000 : SETTLED_AFTER_MS);
       const readyRss = residentMiB(controllerPid);
       const quiet = await measureQuiet(cluster, controllerPid, quietSeconds);
       result.figure('controllerRssMiB', `controller resident memory with ${sessions} Ready`, readyRss, 'MiB');
@@ -92,7 +92,7 @@ async function createSessions(cluster: BenchCluster, count: number): Promise<voi
  * longest requeue a reconcile asks for (a session seen waiting for routers is looked at again after
  * `controller.routerStaleSeconds`, 30 s, even once Ready). What follows is "no changes".
  */
-async function settle(cluster: BenchCluster): Promise<void> {
+async function settle(cluster: BenchCluster, settledAfterMs: number): Promise<void> {
   let last = -1;
   let stillSince = 0;
   await waitFor(
@@ -104,7 +104,7 @@ async function settle(cluster: BenchCluster): Promise<void> {
         last = reconciles;
         stillSince = performance.now();
       }
-      return performance.now() - stillSince > SETTLED_AFTER_MS;
+      return performance.now() - stillSince > settledAfterMs;
     },
     10 * 60_000,
     500,
