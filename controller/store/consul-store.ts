@@ -91,6 +91,11 @@ interface PrefixMemo {
   readonly entries: readonly KvEntry[];
 }
 
+/** A listing as read: its contents, and how long decoding the answer took. */
+interface Listing extends PrefixMemo {
+  readonly decodeMs: number;
+}
+
 const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
 const DEFAULT_WATCH_WAIT_SECONDS = 300;
 const MAX_WATCH_WAIT_SECONDS = 600;
@@ -106,6 +111,14 @@ const WATCH_BACKOFF_MAX_MS = 10_000;
  */
 const WATCH_BURST = 4;
 const WATCH_REFILL_MS = 100;
+/**
+ * After an answer that delivered changes, a watch also pauses this many times what decoding and handing
+ * over the answer took. Every answer is the whole prefix, so a big prefix that keeps changing (thousands
+ * of statuses while a queue moves) would otherwise keep the process busy and churning memory; paced so, a
+ * watch takes at most a third of the process's time however big its prefix grows. Small prefixes take
+ * well under a millisecond an answer and are paced by the token bucket alone.
+ */
+const WATCH_PAUSE_FACTOR = 2;
 /** How many prefixes' last known contents are kept for resuming watches with changes rather than a reset. */
 const MEMO_PREFIXES = 8;
 
@@ -359,13 +372,17 @@ export class ConsulStore implements Store, LockService {
     for (const watch of this.watches) if (watch !== by) watch.readAgain();
   }
 
-  /** One `?recurse` listing, blocking when `blocking` is given. Consul answers 404 for an empty prefix. */
+  /**
+   * One `?recurse` listing, blocking when `blocking` is given. Consul answers 404 for an empty prefix.
+   * Entries unchanged since `known` (the watch's view) are answered as the very same objects.
+   */
   async fetchListing(
     operation: string,
     prefix: string,
     blocking: { readonly index: number } | undefined,
     signal: AbortSignal | undefined,
-  ): Promise<PrefixMemo> {
+    known?: ReadonlyMap<string, KvEntry>,
+  ): Promise<Listing> {
     const query: [string, string | undefined][] = [['recurse', undefined]];
     let timeoutMs = this.requestTimeoutMs;
     if (blocking) {
@@ -378,8 +395,9 @@ export class ConsulStore implements Store, LockService {
     const response = blocking || signal ? await this.call(spec) : await this.read(spec);
     if (response.status !== 200 && response.status !== 404) throw this.statusError(operation, prefix, response);
     const index = Math.max(headerIndex(response.headers), 1);
-    const entries = response.status === 404 ? [] : parseEntries(operation, prefix, response.body);
-    return { index, entries };
+    const decodingSince = performance.now();
+    const entries = response.status === 404 ? [] : parseEntries(operation, prefix, response.body, known);
+    return { index, entries, decodeMs: performance.now() - decodingSince };
   }
 
   /** Remembers the contents of a prefix as of an index (the latest few prefixes only). */
@@ -639,13 +657,14 @@ class PrefixWatch {
       const blocking = !this.resync && this.known !== undefined;
       this.controller = new AbortController();
       try {
-        const listing = await this.store.fetchListing('watch', this.prefix, blocking ? { index: this.index } : undefined, this.controller.signal);
+        const listing = await this.store.fetchListing('watch', this.prefix, blocking ? { index: this.index } : undefined, this.controller.signal, this.known);
         if (this.stopped) return;
         this.failures = 0;
         // A resync asked for while this answer was on its way still reads again.
         this.resync = this.resyncRequested;
         this.resyncRequested = false;
-        if (this.absorb(listing)) await this.throttle();
+        const handingSince = performance.now();
+        if (this.absorb(listing)) await this.throttle(listing.decodeMs + performance.now() - handingSince);
       } catch (error) {
         if (this.stopped) return;
         if (this.resyncRequested) {
@@ -694,8 +713,16 @@ class PrefixWatch {
     return true;
   }
 
+  /** Paces answers that delivered changes: a token from the bucket, and a pause in proportion to `handlingMs`. */
+  private async throttle(handlingMs: number): Promise<void> {
+    const since = performance.now();
+    await this.takeToken();
+    const remaining = handlingMs * WATCH_PAUSE_FACTOR - (performance.now() - since);
+    if (remaining > 0) await this.sleep(remaining);
+  }
+
   /** Token bucket over answers that delivered changes. */
-  private async throttle(): Promise<void> {
+  private async takeToken(): Promise<void> {
     const now = Date.now();
     const refill = Math.floor((now - this.refilledAt) / WATCH_REFILL_MS);
     if (refill > 0) {
@@ -743,6 +770,7 @@ function diff(known: ReadonlyMap<string, KvEntry>, entries: readonly KvEntry[], 
   for (const entry of entries) {
     present.add(entry.key);
     const previous = known.get(entry.key);
+    if (previous === entry) continue;
     if (
       previous === undefined ||
       previous.modifyIndex !== entry.modifyIndex ||
@@ -767,7 +795,15 @@ interface RawEntry {
   readonly Session?: unknown;
 }
 
-function parseEntries(operation: string, key: string, body: Buffer): KvEntry[] {
+/**
+ * The base64 `Value` each parsed entry was decoded from. A watch re-reads its whole prefix on every change
+ * (Consul has no other way), and telling the unchanged entries by their encoded value spares decoding
+ * thousands of values (and the memory they churn through) for each one that changed.
+ */
+const encodedValues = new WeakMap<KvEntry, string | null>();
+
+/** The entries of a KV answer; an entry equal to its namesake in `known` is that same object. */
+function parseEntries(operation: string, key: string, body: Buffer, known?: ReadonlyMap<string, KvEntry>): KvEntry[] {
   const malformed = (why: string): ConsulError =>
     new ConsulError(`Consul answered a KV read that cannot be understood (${why})`, operation, key, 200, true);
   let raw: unknown;
@@ -787,9 +823,23 @@ function parseEntries(operation: string, key: string, body: Buffer): KvEntry[] {
       throw malformed('an entry lacks Key, CreateIndex or ModifyIndex');
     }
     // Consul answers "Value": null for an empty value.
-    const value = typeof item.Value === 'string' ? Buffer.from(item.Value, 'base64').toString('utf8') : '';
-    const entry = { key: item.Key, value, createIndex: item.CreateIndex as number, modifyIndex: item.ModifyIndex as number };
-    return Object.freeze(typeof item.Session === 'string' && item.Session !== '' ? { ...entry, session: item.Session } : entry);
+    const encoded = typeof item.Value === 'string' ? item.Value : null;
+    const session = typeof item.Session === 'string' && item.Session !== '' ? item.Session : undefined;
+    const previous = known?.get(item.Key);
+    if (
+      previous !== undefined &&
+      previous.modifyIndex === item.ModifyIndex &&
+      previous.createIndex === item.CreateIndex &&
+      previous.session === session &&
+      encodedValues.get(previous) === encoded
+    ) {
+      return previous;
+    }
+    const value = encoded === null ? '' : Buffer.from(encoded, 'base64').toString('utf8');
+    const fields = { key: item.Key, value, createIndex: item.CreateIndex as number, modifyIndex: item.ModifyIndex as number };
+    const entry: KvEntry = Object.freeze(session === undefined ? fields : { ...fields, session });
+    encodedValues.set(entry, encoded);
+    return entry;
   });
 }
 
