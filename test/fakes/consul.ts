@@ -79,6 +79,8 @@ const LOCK_DELAY_MIN_THRESHOLD = 1000;
 const SERF_CHECK = 'serfHealth';
 const LEADER_ADDRESS = '127.0.0.1:8300';
 const MAX_RECORDED_REQUESTS = 10_000;
+/** Prefix listings kept per namespace (watched prefixes are few). */
+const MAX_KEPT_LISTINGS = 64;
 const UINT64_MAX = (1n << 64n) - 1n;
 
 interface DirEntry {
@@ -124,11 +126,22 @@ class Keyspace {
   kvsIndex = 0;
   tombstonesIndex = 0;
   private sorted: string[] | undefined;
+  /**
+   * Listings by prefix, kept until a key or tombstone under the prefix changes (Consul's watch channels on
+   * its radix tree). Without them every write re-listed the prefix of every held blocking query, a cost
+   * per write that grew with the whole keyspace and made a few thousand keys slow to write.
+   */
+  private readonly listings = new Map<string, { readonly local: number; readonly entries: DirEntry[] }>();
 
   constructor(readonly name: string) {}
 
   invalidateOrder(): void {
     this.sorted = undefined;
+  }
+
+  /** A key or a tombstone changed: the listings of the prefixes it is under are stale. */
+  changed(key: string): void {
+    for (const prefix of this.listings.keys()) if (key.startsWith(prefix)) this.listings.delete(prefix);
   }
 
   /** Keys in byte order, like Consul's radix tree. */
@@ -156,12 +169,18 @@ class Keyspace {
 
   /** kvsListTxn: the listing and its index (highest ModifyIndex or tombstone under the prefix, else the table's). */
   listWithIndex(prefix: string): { index: number; entries: DirEntry[] } {
-    const entries = this.list(prefix);
-    let local = 0;
-    for (const entry of entries) if (entry.modifyIndex > local) local = entry.modifyIndex;
-    if (prefix !== '') local = Math.max(local, this.graveyardMax(prefix));
-    else local = this.maxIndex();
-    return { index: local !== 0 ? local : this.maxIndex(), entries };
+    let listing = this.listings.get(prefix);
+    if (listing === undefined) {
+      const entries = this.list(prefix);
+      let local = 0;
+      for (const entry of entries) if (entry.modifyIndex > local) local = entry.modifyIndex;
+      if (prefix !== '') local = Math.max(local, this.graveyardMax(prefix));
+      listing = { local, entries };
+      if (this.listings.size >= MAX_KEPT_LISTINGS) this.listings.delete(this.listings.keys().next().value!);
+      this.listings.set(prefix, listing);
+    }
+    // The empty prefix, and one with nothing under it, answer with the table's index, which any write moves.
+    return { index: prefix !== '' && listing.local !== 0 ? listing.local : this.maxIndex(), entries: listing.entries };
   }
 }
 
@@ -620,6 +639,7 @@ export class ConsulDouble {
     const previousIndex = keyspace.kvsIndex;
     keyspace.entries.set(entry.key, entry);
     keyspace.kvsIndex = Math.max(keyspace.kvsIndex, entry.modifyIndex);
+    keyspace.changed(entry.key);
     if (!previous) keyspace.invalidateOrder();
     this.mutate(() => {
       if (previous) keyspace.entries.set(entry.key, previous);
@@ -627,6 +647,7 @@ export class ConsulDouble {
         keyspace.entries.delete(entry.key);
         keyspace.invalidateOrder();
       }
+      keyspace.changed(entry.key);
       keyspace.kvsIndex = previousIndex;
     });
   }
@@ -637,10 +658,12 @@ export class ConsulDouble {
     const previousIndex = keyspace.kvsIndex;
     keyspace.entries.delete(key);
     keyspace.invalidateOrder();
+    keyspace.changed(key);
     keyspace.kvsIndex = index;
     this.mutate(() => {
       keyspace.entries.set(key, previous);
       keyspace.invalidateOrder();
+      keyspace.changed(key);
       keyspace.kvsIndex = previousIndex;
     });
   }
@@ -650,9 +673,11 @@ export class ConsulDouble {
     const previousIndex = keyspace.tombstonesIndex;
     keyspace.tombstones.set(key, index);
     keyspace.tombstonesIndex = index;
+    keyspace.changed(key);
     this.mutate(() => {
       if (previous === undefined) keyspace.tombstones.delete(key);
       else keyspace.tombstones.set(key, previous);
+      keyspace.changed(key);
       keyspace.tombstonesIndex = previousIndex;
     });
   }
