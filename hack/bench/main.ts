@@ -2,11 +2,12 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { createLogger } from '../../controller/util/log.js';
+import { frontendScenario } from './frontend.js';
 import { formatTable, machineInfo, type ScenarioResult } from './report.js';
 import type { Scenario } from './scenario.js';
 
 /** Every scenario, in the order `make bench` runs them. */
-const scenarios: readonly Scenario[] = [];
+const scenarios: readonly Scenario[] = [frontendScenario];
 
 const USAGE = `usage: bench [--quick] [--out FILE] [SCENARIO...]
   SCENARIO  one of: ${scenarios.map((s) => s.name).join(', ')} (default: all)
