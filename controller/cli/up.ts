@@ -19,7 +19,6 @@ import { HaproxyRuntime } from '../router/haproxy-runtime.js';
 import { HaproxySupervisor } from '../router/haproxy-supervisor.js';
 import type { LockService } from '../store/lock.js';
 import type { Store } from '../store/store.js';
-import { createExposer } from '../loadbalancer/aws.js';
 import { createScheduler, createStore } from './backends.js';
 
 /** The parts one process can run; `manticore up` runs all three, a cluster deployment one per process. */
@@ -87,10 +86,11 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
       const scheduler = createScheduler(config, log);
       await scheduler.start();
       parts.add('scheduler', () => scheduler.close());
+      // Loaded only when used: the AWS SDK clients alone add some 80 MB to the resident memory of every process that loads them.
       const loadBalancers =
         config.aws === undefined
           ? undefined
-          : createExposer({
+          : (await import('../loadbalancer/aws.js')).createExposer({
               aws: config.aws,
               marker: config.store.prefix,
               tcpPortRange: { start: config.router.tcp.portRangeStart, end: config.router.tcp.portRangeEnd },

@@ -5,9 +5,26 @@ import type { CacheChange, CachedRecord } from './informer.js';
 
 const base32 = 'abcdefghijklmnopqrstuvwxyz234567';
 
+/**
+ * Random bytes from the OS's generator, drawn a few kilobytes at a time and each handed out once (as
+ * crypto.randomUUID does): one draw per id cost more than all the rest of making a session.
+ */
+const randomPool = Buffer.alloc(4096);
+let randomPoolOffset = randomPool.length;
+
+function freshRandomBytes(count: number): Buffer {
+  if (randomPoolOffset + count > randomPool.length) {
+    crypto.randomFillSync(randomPool);
+    randomPoolOffset = 0;
+  }
+  const bytes = randomPool.subarray(randomPoolOffset, randomPoolOffset + count);
+  randomPoolOffset += count;
+  return bytes;
+}
+
 /** Lower-case base32 of fresh random bytes: DNS-label and URL safe. */
 function randomBase32(characters: number): string {
-  const bytes = crypto.randomBytes(Math.ceil((characters * 5) / 8));
+  const bytes = freshRandomBytes(Math.ceil((characters * 5) / 8));
   let bits = 0;
   let value = 0;
   let out = '';

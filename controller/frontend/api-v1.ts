@@ -43,10 +43,7 @@ export function registerApiV1(app: FastifyInstance, sessions: SessionService, au
 
   app.get('/api/v1/sessions', async (request, reply) => ({ items: sessions.list(auth.identify(request, reply)) }));
 
-  app.get<{ Params: { id: string } }>('/api/v1/sessions/:id', async (request, reply) => {
-    const { session } = await sessions.read(auth.identify(request, reply), request.params.id);
-    return session;
-  });
+  app.get<{ Params: { id: string } }>('/api/v1/sessions/:id', async (request, reply) => sessions.show(auth.identify(request, reply), request.params.id));
 
   app.delete<{ Params: { id: string } }>('/api/v1/sessions/:id', async (request, reply) => {
     const session = await sessions.delete(auth.identify(request, reply), request.params.id);

@@ -26,7 +26,7 @@ export function registerEvents(app: FastifyInstance, sessions: SessionService, a
   app.get<{ Params: { id: string } }>('/api/v1/sessions/:id/events', async (request, reply) => {
     const identity = auth.identify(request, reply);
     // Reading it first answers 404 for a missing session or someone else's, like every other route.
-    const { session } = await sessions.read(identity, request.params.id);
+    const session = await sessions.show(identity, request.params.id);
     reply.hijack();
     const stream = new EventStream(reply.raw, () => open.delete(stream));
     open.add(stream);

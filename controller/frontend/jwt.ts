@@ -23,6 +23,8 @@ export class JwtError extends Error {
 
 /** Clocks of the token issuer and of this process may differ this much. */
 const leewaySeconds = 30;
+/** Tokens whose signature checked out, remembered in each of two generations: about 4 MB at most. */
+const verifiedTokensPerGeneration = 5_000;
 const base64url = /^[A-Za-z0-9_-]*$/;
 
 /**
@@ -37,6 +39,17 @@ export class JwtVerifier {
   private readonly keys: ReadonlyMap<JwtAlgorithm, readonly crypto.KeyObject[]>;
   /** The algorithms a token may be signed with: those that have a key. */
   readonly algorithms: readonly string[];
+  /**
+   * Tokens that verified, with their claims. A client sends the same token with every request for as long
+   * as it lives (a page polling its session, a portal acting for its user), and checking a signature and
+   * decoding the token again each time cost more than the rest of a status read. Only the claim checks
+   * (times, issuer, audience) are repeated; the claims of a token never change. Only good tokens are kept,
+   * so a flood of bad ones cannot push them out. Two generations bound the memory: when the current one is full it becomes the previous
+   * one, and a token found only there moves to the current one, so the tokens in use stay (a least
+   * recently used order, without its upkeep on every request).
+   */
+  private verified = new Map<string, JwtClaims>();
+  private verifiedBefore = new Map<string, JwtClaims>();
 
   /** Throws a ValidationError naming the entry when a public key cannot be read or is not RSA or EC P-256. */
   constructor(private readonly options: JwtVerifierOptions) {
@@ -53,6 +66,27 @@ export class JwtVerifier {
 
   /** The token's claims once its signature and times check out; a JwtError saying what is wrong otherwise. */
   verify(token: string): JwtClaims {
+    const known = this.verified.get(token);
+    if (known !== undefined) {
+      this.checkClaims(known);
+      return known;
+    }
+    const claims = this.verifiedBefore.get(token) ?? this.verifySignature(token);
+    this.checkClaims(claims);
+    this.remember(token, claims);
+    return claims;
+  }
+
+  private remember(token: string, claims: JwtClaims): void {
+    if (this.verified.size >= verifiedTokensPerGeneration) {
+      this.verifiedBefore = this.verified;
+      this.verified = new Map();
+    }
+    this.verified.set(token, claims);
+  }
+
+  /** The claims of a token whose form, algorithm and signature check out; its times and audience are not checked. */
+  private verifySignature(token: string): JwtClaims {
     const parts = token.split('.');
     // The signature may be empty here (alg none), to be refused by name below.
     if (parts.length !== 3 || !parts.every((part) => base64url.test(part)) || parts[0] === '' || parts[1] === '') {
@@ -69,9 +103,7 @@ export class JwtVerifier {
     if (!this.signatureVerifies(algorithm as JwtAlgorithm, signed, Buffer.from(encodedSignature, 'base64url'))) {
       throw new JwtError('the signature does not verify');
     }
-    const claims = decodeJson(encodedPayload, 'payload');
-    this.checkClaims(claims);
-    return claims;
+    return decodeJson(encodedPayload, 'payload');
   }
 
   private signatureVerifies(algorithm: JwtAlgorithm, signed: Buffer, signature: Buffer): boolean {

@@ -3,7 +3,7 @@ import { encodeRecord, parseRecord, validate } from '../api/schemas.js';
 import { resolveParameters } from '../api/templates.js';
 import type { ActivityRecord, Session, SessionRecord, SessionStatus, SessionTemplate } from '../api/types.js';
 import { newSessionId } from '../controller/claims.js';
-import { StoreInformer } from '../controller/informer.js';
+import { StoreInformer, type CachedRecord } from '../controller/informer.js';
 import type { Keys } from '../controller/keys.js';
 import { pendingStatus } from '../controller/status.js';
 import type { Store } from '../store/store.js';
@@ -49,13 +49,16 @@ export class SessionService {
   private readonly createdNotCached = new Map<string, Set<string>>();
   /** What watch() subscribers want to hear about, by session id. */
   private readonly listeners = new Map<string, Set<() => void>>();
+  /** The cached sessions' ids by owner: a user's sessions are found without walking everyone's. */
+  private readonly owners = new OwnerIndex();
 
   constructor(private readonly options: SessionServiceOptions) {
     const log = options.log;
     this.sessions = new StoreInformer(options.store, options.keys.sessions, (json) => parseRecord<SessionRecord>('session', json), log);
     this.statuses = new StoreInformer(options.store, options.keys.statuses, (json) => parseRecord<SessionStatus>('session-status', json), log);
-    this.sessions.cache.changes.subscribe(({ id, current }) => {
+    this.sessions.cache.changes.subscribe(({ id, previous, current }) => {
       const owner = current?.value?.metadata.owner;
+      this.owners.update(id, previous?.value?.metadata.owner, owner);
       if (owner !== undefined) this.forgetCreated(owner, id);
     });
     // One subscription for every stream of the process, dispatched by session id.
@@ -106,26 +109,42 @@ export class SessionService {
   /** The sessions the caller may see (an operator sees everyone's), oldest first. */
   list(identity: Identity): Session[] {
     const sessions: Session[] = [];
-    for (const cached of this.sessions.cache.values()) {
+    for (const cached of this.visibleTo(identity)) {
       if (cached.value === undefined || !mayAccess(identity, cached.value)) continue;
       sessions.push({ ...cached.value, status: this.statuses.cache.get(cached.id)?.value ?? pendingStatus() });
     }
     return sessions.sort((a, b) => a.metadata.createdAt.localeCompare(b.metadata.createdAt) || a.metadata.id.localeCompare(b.metadata.id));
   }
 
-  /** Reads a session the caller may see, from the store itself; someone else's session answers exactly like a missing one. */
+  /**
+   * A session the caller may see, to show it (`GET`, a stream's first state): from this process's watch-fed
+   * caches, which hold every session already decoded and cost no store round trip (two Consul requests),
+   * and from the store only when the cache has not seen the session yet (created a moment ago, perhaps
+   * through another replica). What the caches show may trail the store by the watch's delay, as streams do.
+   */
+  async show(identity: Identity, id: string): Promise<Session> {
+    if (!idPattern.test(id)) throw notFound(id);
+    const record = this.sessions.cache.get(id)?.value;
+    if (record === undefined) return (await this.read(identity, id)).session;
+    if (!mayAccess(identity, record)) throw notFound(id);
+    return { ...record, status: this.statuses.cache.get(id)?.value ?? pendingStatus() };
+  }
+
+  /**
+   * Reads a session the caller may see from the store itself, with the index a compare-and-set needs;
+   * someone else's session answers exactly like a missing one.
+   */
   async read(identity: Identity, id: string): Promise<{ session: Session; modifyIndex: number }> {
-    const notFound = new ApiError(404, `session "${id}" not found`);
-    if (!idPattern.test(id)) throw notFound;
+    if (!idPattern.test(id)) throw notFound(id);
     const [entry, statusEntry] = await Promise.all([this.options.store.get(this.options.keys.session(id)), this.options.store.get(this.options.keys.status(id))]);
-    if (!entry) throw notFound;
+    if (!entry) throw notFound(id);
     let record: SessionRecord;
     try {
       record = parseRecord<SessionRecord>('session', entry.value);
     } catch {
-      throw notFound;
+      throw notFound(id);
     }
-    if (!mayAccess(identity, record)) throw notFound;
+    if (!mayAccess(identity, record)) throw notFound(id);
     let status = pendingStatus();
     if (statusEntry) {
       try {
@@ -226,7 +245,7 @@ export class SessionService {
   /** The user's sessions that count against the per-user limit, oldest first. */
   liveSessionsOf(owner: string): string[] {
     const live: Array<{ id: string; createdAt: string }> = [];
-    for (const cached of this.sessions.cache.values()) {
+    for (const cached of this.cachedOf(owner)) {
       const record = cached.value;
       if (record?.metadata.owner !== owner || record.metadata.deletionRequestedAt !== undefined) continue;
       if (this.statuses.cache.get(cached.id)?.value?.phase === 'Failed') continue;
@@ -234,6 +253,18 @@ export class SessionService {
     }
     live.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
     return [...live.map((entry) => entry.id), ...(this.createdNotCached.get(owner) ?? [])];
+  }
+
+  /** The cached sessions an identity may see: everyone's for an operator, else the user's own. */
+  private visibleTo(identity: Identity): Iterable<CachedRecord<SessionRecord>> {
+    return identity.operator ? this.sessions.cache.values() : this.cachedOf(identity.user);
+  }
+
+  private *cachedOf(owner: string): Iterable<CachedRecord<SessionRecord>> {
+    for (const id of this.owners.of(owner)) {
+      const cached = this.sessions.cache.get(id);
+      if (cached !== undefined) yield cached;
+    }
   }
 
   private forgetCreated(owner: string, id: string): void {
@@ -256,6 +287,30 @@ export class SessionService {
     if (request.labels !== undefined) record.metadata.labels = request.labels;
     return validate<SessionRecord>('session', record, 'session');
   }
+}
+
+/** Session ids by owner. */
+class OwnerIndex {
+  private readonly byOwner = new Map<string, Set<string>>();
+
+  /** Moves `id` from the previous owner's set to the current one's (either may be absent). */
+  update(id: string, previous: string | undefined, current: string | undefined): void {
+    if (previous === current) return;
+    const before = previous === undefined ? undefined : this.byOwner.get(previous);
+    if (before?.delete(id) && before.size === 0) this.byOwner.delete(previous!);
+    if (current !== undefined) this.byOwner.set(current, (this.byOwner.get(current) ?? new Set<string>()).add(id));
+  }
+
+  of(owner: string): ReadonlySet<string> {
+    return this.byOwner.get(owner) ?? noIds;
+  }
+}
+
+const noIds: ReadonlySet<string> = new Set();
+
+/** Made only when thrown: an error captures a stack trace, which costs more than the rest of a read. */
+function notFound(id: string): ApiError {
+  return new ApiError(404, `session "${id}" not found`);
 }
 
 /** Owners see their own sessions; operators see everyone's. */

@@ -3,8 +3,8 @@ import https from 'node:https';
 import { Observable, type Subscriber } from 'rxjs';
 import { outcomeOfStatus, recordBackendCall, watchRestarts } from '../metrics/metrics.js';
 import type { Logger } from '../util/log.js';
-import { loadTlsMaterial } from '../util/tls.js';
 import { readBody } from '../util/http-body.js';
+import { loadTlsMaterial } from '../util/tls.js';
 import { pacingDelayMs } from '../util/watch-pacing.js';
 import {
   StoreError,
@@ -88,29 +88,15 @@ interface CallSpec {
   readonly signal?: AbortSignal;
 }
 
-/**
- * What a watch keeps of an entry to tell whether a later listing changed it. Not the value: the consumer
- * holds what it needs of that, and at 10,000 records a second copy of every value is memory for nothing.
- * The fingerprint catches a changed value under unchanged indexes (after the store lost its state).
- */
-interface EntryVersion {
-  readonly createIndex: number;
-  readonly modifyIndex: number;
-  readonly session: string | undefined;
-  readonly fingerprint: number;
-}
-
-/** What a watch remembers of a prefix: its keys' versions as of a listing index, to resume with changes. */
+/** What a watch remembers of a prefix: its contents as of a listing index, to resume with changes. */
 interface PrefixMemo {
   readonly index: number;
-  readonly versions: ReadonlyMap<string, EntryVersion>;
+  readonly entries: readonly KvEntry[];
 }
 
-/** A listing as read: its contents and how long parsing its body took (what pacing the watch weighs). */
-interface Listing {
-  readonly index: number;
-  readonly entries: readonly KvEntry[];
-  readonly parseMs: number;
+/** A listing as read: its contents, and how long decoding the answer took. */
+interface Listing extends PrefixMemo {
+  readonly decodeMs: number;
 }
 
 const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
@@ -223,7 +209,7 @@ export class ConsulStore implements Store, LockService {
     validatePrefix('list', prefix);
     checkAddressable('list', prefix);
     const listing = await this.fetchListing('list', prefix, undefined, undefined);
-    this.remember(prefix, { index: listing.index, versions: new Map(listing.entries.map((entry) => [entry.key, versionOf(entry)])) });
+    this.remember(prefix, listing);
     return { entries: [...listing.entries], index: listing.index };
   }
 
@@ -381,12 +367,16 @@ export class ConsulStore implements Store, LockService {
     for (const watch of this.watches) if (watch !== by) watch.readAgain();
   }
 
-  /** One `?recurse` listing, blocking when `blocking` is given. Consul answers 404 for an empty prefix. */
+  /**
+   * One `?recurse` listing, blocking when `blocking` is given. Consul answers 404 for an empty prefix.
+   * Entries unchanged since `known` (the watch's view) are answered as the very same objects.
+   */
   async fetchListing(
     operation: string,
     prefix: string,
     blocking: { readonly index: number } | undefined,
     signal: AbortSignal | undefined,
+    known?: ReadonlyMap<string, KvEntry>,
   ): Promise<Listing> {
     const query: [string, string | undefined][] = [['recurse', undefined]];
     let timeoutMs = this.requestTimeoutMs;
@@ -400,15 +390,15 @@ export class ConsulStore implements Store, LockService {
     const response = blocking || signal ? await this.call(spec) : await this.read(spec);
     if (response.status !== 200 && response.status !== 404) throw this.statusError(operation, prefix, response);
     const index = Math.max(headerIndex(response.headers), 1);
-    const parsing = performance.now();
-    const entries = response.status === 404 ? [] : parseEntries(operation, prefix, response.body);
-    return { index, entries, parseMs: performance.now() - parsing };
+    const decodingSince = performance.now();
+    const entries = response.status === 404 ? [] : parseEntries(operation, prefix, response.body, known);
+    return { index, entries, decodeMs: performance.now() - decodingSince };
   }
 
-  /** Remembers the versions of a prefix's keys as of an index (the latest few prefixes only). */
+  /** Remembers the contents of a prefix as of an index (the latest few prefixes only). */
   remember(prefix: string, memo: PrefixMemo): void {
     this.memo.delete(prefix);
-    this.memo.set(prefix, memo);
+    this.memo.set(prefix, { index: memo.index, entries: [...memo.entries] });
     if (this.memo.size > MEMO_PREFIXES) this.memo.delete(this.memo.keys().next().value as string);
   }
 
@@ -597,7 +587,7 @@ class PrefixWatch {
   private stopped = false;
   private controller: AbortController | undefined;
   private sleeping: { timer: NodeJS.Timeout; resolve: () => void } | undefined;
-  private known: Map<string, EntryVersion> | undefined;
+  private known: Map<string, KvEntry> | undefined;
   private index = 0;
   private resync = true;
   private failures = 0;
@@ -614,7 +604,7 @@ class PrefixWatch {
     private readonly log: Logger,
   ) {
     if (resumeFrom) {
-      this.known = new Map(resumeFrom.versions);
+      this.known = new Map(resumeFrom.entries.map((entry) => [entry.key, entry]));
       this.index = resumeFrom.index;
     }
   }
@@ -661,14 +651,14 @@ class PrefixWatch {
       const blocking = !this.resync && this.known !== undefined;
       this.controller = new AbortController();
       try {
-        const listing = await this.store.fetchListing('watch', this.prefix, blocking ? { index: this.index } : undefined, this.controller.signal);
+        const listing = await this.store.fetchListing('watch', this.prefix, blocking ? { index: this.index } : undefined, this.controller.signal, this.known);
         if (this.stopped) return;
         this.failures = 0;
         // A resync asked for while this answer was on its way still reads again.
         this.resync = this.resyncRequested;
         this.resyncRequested = false;
-        const absorbing = performance.now();
-        if (this.absorb(listing)) await this.throttle(listing.parseMs + performance.now() - absorbing);
+        const handingSince = performance.now();
+        if (this.absorb(listing)) await this.throttle(listing.decodeMs + performance.now() - handingSince);
       } catch (error) {
         if (this.stopped) return;
         if (this.resyncRequested) {
@@ -692,16 +682,16 @@ class PrefixWatch {
   }
 
   /** Applies one answer; returns whether it delivered a step. */
-  private absorb(listing: Listing): boolean {
+  private absorb(listing: PrefixMemo): boolean {
     const index = Math.max(listing.index, 1);
     if (this.known === undefined || index < this.index) {
       if (this.known !== undefined) {
         this.log.info({ prefix: this.prefix, was: this.index, now: index }, 'Consul index went backwards (state restored or lost); resetting the watch');
         this.store.rewound(this);
       }
-      this.known = new Map(listing.entries.map((entry) => [entry.key, versionOf(entry)]));
+      this.known = new Map(listing.entries.map((entry) => [entry.key, entry]));
       this.index = index;
-      this.store.remember(this.prefix, { index, versions: new Map(this.known) });
+      this.store.remember(this.prefix, listing);
       this.subscriber.next({ kind: 'reset', index, entries: [...listing.entries] });
       return true;
     }
@@ -709,18 +699,24 @@ class PrefixWatch {
     this.index = index;
     if (changes.length === 0) return false;
     for (const change of changes) {
-      if (change.type === 'put') this.known.set(change.entry.key, versionOf(change.entry));
+      if (change.type === 'put') this.known.set(change.entry.key, change.entry);
       else this.known.delete(change.key);
     }
-    this.store.remember(this.prefix, { index, versions: new Map(this.known) });
+    this.store.remember(this.prefix, listing);
     this.subscriber.next({ kind: 'changes', index, changes });
     return true;
   }
 
-  /** After an answer that delivered changes: a token bucket, and a pause in proportion to the answer's cost. */
-  private async throttle(costMs: number): Promise<void> {
-    const paced = pacingDelayMs(costMs);
-    if (paced > 0) await this.sleep(paced);
+  /** Paces answers that delivered changes: a token from the bucket, and a pause in proportion to `handlingMs`. */
+  private async throttle(handlingMs: number): Promise<void> {
+    const since = performance.now();
+    await this.takeToken();
+    const remaining = pacingDelayMs(handlingMs) - (performance.now() - since);
+    if (remaining > 0) await this.sleep(remaining);
+  }
+
+  /** Token bucket over answers that delivered changes. */
+  private async takeToken(): Promise<void> {
     const now = Date.now();
     const refill = Math.floor((now - this.refilledAt) / WATCH_REFILL_MS);
     if (refill > 0) {
@@ -762,29 +758,19 @@ const CHECK_FAILURE = /^(failed to (set|delete) key ".*", index is stale|failed 
  * Consul that was rebuilt with colliding indexes is still diffed correctly), then deletes for vanished keys.
  * Consul does not say when a key was deleted, so a delete carries the listing's index.
  */
-function versionOf(entry: KvEntry): EntryVersion {
-  return { createIndex: entry.createIndex, modifyIndex: entry.modifyIndex, session: entry.session, fingerprint: fingerprint(entry.value) };
-}
-
-/** FNV-1a over the UTF-16 code units: cheap, and a changed value under unchanged indexes is already rare. */
-function fingerprint(text: string): number {
-  let hash = 0x811c9dc5;
-  for (let i = 0; i < text.length; i++) hash = Math.imul(hash ^ text.charCodeAt(i), 0x01000193);
-  return hash >>> 0;
-}
-
-function diff(known: ReadonlyMap<string, EntryVersion>, entries: readonly KvEntry[], index: number): KvChange[] {
+function diff(known: ReadonlyMap<string, KvEntry>, entries: readonly KvEntry[], index: number): KvChange[] {
   const puts: KvChange[] = [];
   const present = new Set<string>();
   for (const entry of entries) {
     present.add(entry.key);
     const previous = known.get(entry.key);
+    if (previous === entry) continue;
     if (
       previous === undefined ||
       previous.modifyIndex !== entry.modifyIndex ||
       previous.createIndex !== entry.createIndex ||
-      previous.session !== entry.session ||
-      previous.fingerprint !== fingerprint(entry.value)
+      previous.value !== entry.value ||
+      previous.session !== entry.session
     ) {
       puts.push({ type: 'put', entry });
     }
@@ -803,7 +789,15 @@ interface RawEntry {
   readonly Session?: unknown;
 }
 
-function parseEntries(operation: string, key: string, body: string): KvEntry[] {
+/**
+ * The base64 `Value` each parsed entry was decoded from. A watch re-reads its whole prefix on every change
+ * (Consul has no other way), and telling the unchanged entries by their encoded value spares decoding
+ * thousands of values (and the memory they churn through) for each one that changed.
+ */
+const encodedValues = new WeakMap<KvEntry, string | null>();
+
+/** The entries of a KV answer; an entry equal to its namesake in `known` is that same object. */
+function parseEntries(operation: string, key: string, body: string, known?: ReadonlyMap<string, KvEntry>): KvEntry[] {
   const malformed = (why: string): ConsulError =>
     new ConsulError(`Consul answered a KV read that cannot be understood (${why})`, operation, key, 200, true);
   let raw: unknown;
@@ -823,9 +817,23 @@ function parseEntries(operation: string, key: string, body: string): KvEntry[] {
       throw malformed('an entry lacks Key, CreateIndex or ModifyIndex');
     }
     // Consul answers "Value": null for an empty value.
-    const value = typeof item.Value === 'string' ? Buffer.from(item.Value, 'base64').toString('utf8') : '';
-    const entry = { key: item.Key, value, createIndex: item.CreateIndex as number, modifyIndex: item.ModifyIndex as number };
-    return Object.freeze(typeof item.Session === 'string' && item.Session !== '' ? { ...entry, session: item.Session } : entry);
+    const encoded = typeof item.Value === 'string' ? item.Value : null;
+    const session = typeof item.Session === 'string' && item.Session !== '' ? item.Session : undefined;
+    const previous = known?.get(item.Key);
+    if (
+      previous !== undefined &&
+      previous.modifyIndex === item.ModifyIndex &&
+      previous.createIndex === item.CreateIndex &&
+      previous.session === session &&
+      encodedValues.get(previous) === encoded
+    ) {
+      return previous;
+    }
+    const value = encoded === null ? '' : Buffer.from(encoded, 'base64').toString('utf8');
+    const fields = { key: item.Key, value, createIndex: item.CreateIndex as number, modifyIndex: item.ModifyIndex as number };
+    const entry: KvEntry = Object.freeze(session === undefined ? fields : { ...fields, session });
+    encodedValues.set(entry, encoded);
+    return entry;
   });
 }
 

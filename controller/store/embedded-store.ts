@@ -27,6 +27,8 @@ export const DEFAULT_CHANGE_LOG_RETENTION = 10_000;
 const SCHEMA_VERSION = 1;
 /** How long open() waits for a predecessor process still finishing its shutdown to release the file. */
 const LOCK_WAIT_MS = 1_000;
+/** WAL pages (4 kB each) after which a commit checkpoints (see initialize). */
+const WAL_CHECKPOINT_PAGES = 10_000;
 /** The index of an empty store. Like Consul, indexes start at 1 and only grow. */
 const INITIAL_INDEX = 1;
 
@@ -68,11 +70,32 @@ interface Watcher {
   seen: number;
 }
 
-type WriteOutcome =
-  | { readonly applied: false }
-  /** Applied without changing anything (deleting a missing key). */
-  | { readonly applied: true; readonly committed?: undefined }
-  | { readonly applied: true; readonly committed: { readonly changes: PendingChange[]; readonly logFloor: number } };
+/** A write waiting for the next group commit. */
+interface QueuedWrite {
+  readonly operation: string;
+  readonly key: string;
+  readonly operations: readonly TxnOperation[];
+  readonly resolve: (applied: boolean) => void;
+  readonly reject: (error: StoreError) => void;
+}
+
+/** What one write of a group came to: applied or not (a failed compare-and-set), or the error that stopped it. */
+type WriteResult = { readonly applied: boolean } | { readonly error: unknown };
+
+/** What a group commit wrote: each write's result, the changes in index order, and the indexes after it. */
+interface GroupOutcome {
+  readonly results: readonly WriteResult[];
+  readonly changes: readonly PendingChange[];
+  readonly index: number;
+  readonly logFloor: number;
+}
+
+/** A committed group waiting for the WAL to reach the disk before its writes are answered. */
+interface UnsyncedGroup {
+  readonly writes: readonly QueuedWrite[];
+  readonly results: readonly WriteResult[];
+  readonly changes: readonly PendingChange[];
+}
 
 /** Thrown inside a write transaction to roll it back when a compare-and-set does not hold. */
 const casFailed = new Error('compare-and-set failed');
@@ -80,22 +103,36 @@ const casFailed = new Error('compare-and-set failed');
 /**
  * The desired-state store for the embedded default: one SQLite file with Consul-KV semantics.
  *
- * Durability: WAL with `synchronous = FULL`, so every acknowledged write has been fsynced. The file is held
- * in SQLite's exclusive locking mode from open to close, so a second process (or a second store in this
- * process) cannot open it. Watches are served in-process from committed changes; a bounded change log in the
- * file lets a watcher resume from an index, also after a restart.
+ * Durability: every acknowledged write has been fsynced, yet commits do not make the event loop wait for
+ * the disk (only the rare checkpoints do). Writes are committed in groups (see write()) with `synchronous =
+ * NORMAL`, so a commit hands its WAL frames to the OS without syncing them (a killed process loses nothing;
+ * SQLite still syncs around checkpoints, which keeps the file consistent); then the WAL file is
+ * fdatasync'ed on libuv's thread pool, one sync covering every group committed meanwhile, and only then are
+ * the writers answered and the watchers told. Reads may see a committed write a moment before it is
+ * acknowledged. The file is held in SQLite's exclusive locking mode from open to close, so a second process
+ * (or a second store in this process) cannot open it; in that mode the WAL file stays the same file until
+ * the store closes. Watches are served in-process from committed changes; a bounded change log in the file
+ * lets a watcher resume from an index, also after a restart.
  */
 export class EmbeddedStore implements Store {
   private readonly watchers = new Set<Watcher>();
   private pending: PendingChange[] = [];
   private flushHandle: NodeJS.Immediate | undefined;
+  /** Writes waiting for the group commit at `commitHandle`. */
+  private queued: QueuedWrite[] = [];
+  private commitHandle: NodeJS.Immediate | undefined;
+  /** Committed groups waiting for the next WAL sync, and whether one is running. */
+  private unsynced: UnsyncedGroup[] = [];
+  private syncing = false;
+  /** Called once no committed group waits for a sync any more (close() waiting). */
+  private syncWaiters: Array<() => void> = [];
   private flushing = false;
   private closed = false;
 
   private readonly getKv: Database.Statement<[string], KvRow>;
   private readonly listKv: Database.Statement<[string, Buffer], KvRow>;
   private readonly changesSince: Database.Statement<[number, string, Buffer], ChangeRow>;
-  private readonly writeTxn: Database.Transaction<(operations: readonly TxnOperation[]) => WriteOutcome>;
+  private readonly commitGroup: Database.Transaction<(writes: readonly QueuedWrite[]) => GroupOutcome>;
 
   private constructor(
     private readonly db: Database.Database,
@@ -106,6 +143,8 @@ export class EmbeddedStore implements Store {
     private index: number,
     /** Changes at or below this index may have been pruned: resuming from below it needs a reset. */
     private logFloor: number,
+    /** The WAL file, synced before writes are acknowledged; none for an in-memory store, which has no file. */
+    private readonly walFd: number | undefined,
   ) {
     this.getKv = db.prepare('SELECT key, value, create_index, modify_index FROM kv WHERE key = ?');
     // BINARY collation compares UTF-8 bytes, so [prefix, upperBound(prefix)) is exactly the keys that start
@@ -127,12 +166,11 @@ export class EmbeddedStore implements Store {
     const pruneChanges = db.prepare<[number]>('DELETE FROM changes WHERE idx <= ?');
     const setMeta = db.prepare<[number, string]>('UPDATE meta SET value = ? WHERE name = ?');
 
-    // Applies operations in order inside one SQLite transaction, each change at the next index, with its log
-    // entry and the pruning of the log beyond retention. A failed compare-and-set throws, which rolls the
-    // whole transaction back. The in-memory mirrors are updated only once it has committed.
-    this.writeTxn = db.transaction((operations: readonly TxnOperation[]): WriteOutcome => {
-      let index = this.index;
-      let logFloor = this.logFloor;
+    // Applies one write's operations in order, each change at the next index after `from`, with its log
+    // entry. Called inside the group's transaction it runs in a savepoint: a failed compare-and-set throws,
+    // which rolls back this write alone.
+    const applyWrite = db.transaction((operations: readonly TxnOperation[], from: number): PendingChange[] => {
+      let index = from;
       const changes: PendingChange[] = [];
       for (const operation of operations) {
         // No key is ever locked here (this store has no sessions: lock.ts), so a session check always fails.
@@ -158,14 +196,37 @@ export class EmbeddedStore implements Store {
         insertChange.run(index, key, change.type, change.type === 'put' ? change.entry.value : null, change.type === 'put' ? change.entry.createIndex : null);
         changes.push({ index, key, change });
       }
-      if (changes.length === 0) return { applied: true };
+      return changes;
+    });
+
+    // Applies a group of writes in call order inside one SQLite transaction (one commit), then
+    // records the new index and prunes the log beyond retention. A write that fails is rolled back alone
+    // and the others commit, unless SQLite ended the whole transaction (an I/O error, a full disk): then the
+    // group fails. The in-memory mirrors are updated only once it has committed.
+    this.commitGroup = db.transaction((writes: readonly QueuedWrite[]): GroupOutcome => {
+      let index = this.index;
+      const changes: PendingChange[] = [];
+      const results = writes.map((write): WriteResult => {
+        try {
+          const applied = applyWrite(write.operations, index);
+          if (applied.length > 0) index = applied[applied.length - 1]!.index;
+          changes.push(...applied);
+          return { applied: true };
+        } catch (error) {
+          if (error === casFailed) return { applied: false };
+          if (!db.inTransaction) throw error;
+          return { error };
+        }
+      });
+      let logFloor = this.logFloor;
+      if (changes.length === 0) return { results, changes, index, logFloor };
       setMeta.run(index, 'index');
       if (index - this.retention > logFloor) {
         logFloor = index - this.retention;
         pruneChanges.run(logFloor);
         setMeta.run(logFloor, 'log_floor');
       }
-      return { applied: true, committed: { changes, logFloor } };
+      return { results, changes, index, logFloor };
     });
   }
 
@@ -186,12 +247,16 @@ export class EmbeddedStore implements Store {
       throw new StoreError(`cannot open the store file: ${errorMessage(error)}`, 'open', resolved, { cause: error });
     }
 
+    let walFd: number | undefined;
     try {
       const { index, logFloor } = initialize(db, inMemory, retention);
-      const store = new EmbeddedStore(db, resolved, retention, log, index, logFloor);
+      // SQLite made the WAL file when it opened the database in WAL mode.
+      walFd = inMemory ? undefined : fs.openSync(`${resolved}-wal`, 'r');
+      const store = new EmbeddedStore(db, resolved, retention, log, index, logFloor, walFd);
       log.info({ file: resolved, index, logFloor, retention }, 'store opened');
       return store;
     } catch (error) {
+      if (walFd !== undefined) fs.closeSync(walFd);
       db.close();
       if (isBusy(error)) {
         throw new StoreError(
@@ -266,6 +331,12 @@ export class EmbeddedStore implements Store {
     this.closed = true;
     // Called from a watch handler: let the running flush hand its batch to the remaining watchers first.
     if (this.flushing) await new Promise<void>((resolve) => setImmediate(resolve));
+    // Writes already queued are committed (and their callers answered) rather than lost.
+    if (this.commitHandle !== undefined) {
+      clearImmediate(this.commitHandle);
+      this.commitQueued();
+    }
+    if (this.syncing) await new Promise<void>((resolve) => this.syncWaiters.push(resolve));
     // Acknowledged writes still reach the watchers before they complete; writes their handlers attempt now
     // reject, so nothing new is queued.
     if (this.flushHandle !== undefined) clearImmediate(this.flushHandle);
@@ -274,6 +345,7 @@ export class EmbeddedStore implements Store {
     this.watchers.clear();
     for (const watcher of watchers) watcher.subscriber.complete();
     try {
+      if (this.walFd !== undefined) fs.closeSync(this.walFd);
       this.db.close();
     } catch (error) {
       throw new StoreError(`closing the store file failed: ${errorMessage(error)}`, 'close', this.file, { cause: error });
@@ -281,23 +353,83 @@ export class EmbeddedStore implements Store {
     this.log.info({ file: this.file, index: this.index }, 'store closed');
   }
 
-  private write(operation: string, key: string, operations: readonly TxnOperation[]): boolean {
-    const outcome = this.sqlite(operation, key, () => {
-      try {
-        return this.writeTxn.immediate(operations);
-      } catch (error) {
-        if (error === casFailed) return { applied: false } as const;
-        throw error;
-      }
+  /**
+   * Queues a write for the next group commit and resolves once it is on disk. Group commit: every write
+   * queued during one turn of the event loop (e.g. the creates of all the requests that arrived together)
+   * goes into one SQLite transaction, and one WAL sync covers every group committed while the previous
+   * sync ran; one commit and one fsync per write made the event loop wait for the disk on every write.
+   * Writes still apply in call order, each with its own compare-and-set.
+   */
+  private write(operation: string, key: string, operations: readonly TxnOperation[]): Promise<boolean> {
+    return new Promise((resolve, reject) => {
+      this.queued.push({ operation, key, operations, resolve, reject });
+      this.commitHandle ??= setImmediate(() => this.commitQueued());
     });
-    if (outcome.applied && outcome.committed !== undefined) {
-      const { changes, logFloor } = outcome.committed;
-      this.index = changes[changes.length - 1]!.index;
-      this.logFloor = logFloor;
-      this.pending.push(...changes);
-      this.scheduleFlush();
+  }
+
+  private commitQueued(): void {
+    this.commitHandle = undefined;
+    const writes = this.queued;
+    this.queued = [];
+    if (writes.length === 0) return;
+    let outcome: GroupOutcome;
+    try {
+      outcome = this.commitGroup.immediate(writes);
+    } catch (error) {
+      for (const write of writes) write.reject(this.sqliteError(write.operation, write.key, error));
+      return;
     }
-    return outcome.applied;
+    this.index = outcome.index;
+    this.logFloor = outcome.logFloor;
+    const group: UnsyncedGroup = { writes, results: outcome.results, changes: outcome.changes };
+    if (this.walFd === undefined) {
+      this.acknowledge([group]);
+      return;
+    }
+    this.unsynced.push(group);
+    this.syncSoon();
+  }
+
+  /** Syncs the WAL for the groups committed so far, unless a sync is running: its end starts the next one. */
+  private syncSoon(): void {
+    if (this.syncing || this.unsynced.length === 0) return;
+    const groups = this.unsynced;
+    this.unsynced = [];
+    this.syncing = true;
+    fs.fdatasync(this.walFd!, (error) => {
+      this.syncing = false;
+      if (error === null) this.acknowledge(groups);
+      else this.syncFailed(groups, error);
+      this.syncSoon();
+      if (!this.syncing) for (const resolve of this.syncWaiters.splice(0)) resolve();
+    });
+  }
+
+  /** The groups are on disk: their writers are answered and their changes go to the watchers. */
+  private acknowledge(groups: readonly UnsyncedGroup[]): void {
+    for (const { writes, results, changes } of groups) {
+      this.pending.push(...changes);
+      results.forEach((result, i) => {
+        const write = writes[i]!;
+        if ('applied' in result) write.resolve(result.applied);
+        else write.reject(this.sqliteError(write.operation, write.key, result.error));
+      });
+    }
+    this.scheduleFlush();
+  }
+
+  /**
+   * The disk refused the sync, so the groups' writes may not survive a power loss: their writers get an
+   * error. The changes are in the file all the same (reads see them), so the watchers are still told,
+   * which keeps every cache equal to the file.
+   */
+  private syncFailed(groups: readonly UnsyncedGroup[], error: Error): void {
+    this.log.error({ err: error, file: this.file }, 'syncing the store file to disk failed; the writes waiting for it are refused');
+    for (const { writes, changes } of groups) {
+      this.pending.push(...changes);
+      for (const write of writes) write.reject(new StoreError(`syncing ${this.file} to disk failed: ${error.message}`, write.operation, write.key, { cause: error }));
+    }
+    this.scheduleFlush();
   }
 
   private listNow(prefix: string): KvListing {
@@ -383,8 +515,12 @@ export class EmbeddedStore implements Store {
     try {
       return body();
     } catch (error) {
-      throw new StoreError(`SQLite failed on ${this.file}: ${errorMessage(error)}`, operation, key, { cause: error });
+      throw this.sqliteError(operation, key, error);
     }
+  }
+
+  private sqliteError(operation: string, key: string, error: unknown): StoreError {
+    return new StoreError(`SQLite failed on ${this.file}: ${errorMessage(error)}`, operation, key, { cause: error });
   }
 }
 
@@ -395,8 +531,14 @@ function initialize(db: Database.Database, inMemory: boolean, retention: number)
   db.pragma('locking_mode = EXCLUSIVE');
   const journal = String(db.pragma('journal_mode = WAL', { simple: true }));
   if (!inMemory && journal !== 'wal') throw new Error(`SQLite refused WAL journal mode (got '${journal}')`);
-  // FULL syncs the WAL on every commit: an acknowledged write survives a killed process and a power loss.
-  db.pragma('synchronous = FULL');
+  // NORMAL: a commit does not sync the WAL; the store syncs it itself, off the event loop, before it
+  // acknowledges a write (see EmbeddedStore), so an acknowledged write survives a killed process and a
+  // power loss alike.
+  db.pragma('synchronous = NORMAL');
+  // A checkpoint runs inside the commit that fills the WAL, copying its pages into the file and syncing
+  // both, which holds the event loop for milliseconds. Ten times SQLite's default (40 MB of WAL) makes
+  // them rarer, and each copies once a page that many commits rewrote (a busy table's pages are).
+  db.pragma(`wal_autocheckpoint = ${WAL_CHECKPOINT_PAGES}`);
   const version = Number(db.pragma('user_version', { simple: true }));
   if (version > SCHEMA_VERSION) {
     throw new Error(`the file has schema version ${version}, newer than this Manticore understands (${SCHEMA_VERSION})`);

@@ -4,8 +4,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
+import sinon from 'sinon';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import { MAX_KEY_BYTES, StoreError, type KvChange, type KvEntry } from '../../controller/store/store.js';
+import { waitFor } from '../support/wait.js';
 import { describeStoreContract, WatchRecorder } from './store-contract.js';
 
 /** The compiled store module, for child processes (this file runs from dist/test/contract). */
@@ -101,6 +103,61 @@ describe('EmbeddedStore', function () {
       await second.put('s/c', 'c');
       const c = await second.get('s/c');
       assert.equal(c?.modifyIndex, before.index + 1);
+    });
+
+    it('commits writes made together as one group, each with its own compare-and-set, in call order', async function () {
+      const store = open();
+      const start = (await store.list('')).index;
+      const results = await Promise.all([
+        store.put('g/a', '1', { cas: 0 }),
+        store.put('g/a', '2', { cas: 0 }),
+        store.put('g/b', '1'),
+        store.transaction([
+          { verb: 'put', key: 'g/c', value: '1' },
+          { verb: 'put', key: 'g/a', value: 'never', cas: 12345 },
+        ]),
+        store.delete('g/b'),
+      ]);
+      assert.deepEqual(results, [true, false, true, false, true]);
+      const listing = await store.list('g/');
+      assert.deepEqual(listing.entries.map((entry) => [entry.key, entry.value, entry.modifyIndex]), [['g/a', '1', start + 1]]);
+      assert.equal(listing.index, start + 3, 'the failed writes advanced nothing; the group rolled back none of the others');
+    });
+
+    it('answers a write, and tells the watchers of it, only once the WAL is synced to disk', async function () {
+      const store = open();
+      const watcher = record(new WatchRecorder(store.watch('d/')));
+      await watcher.until('reset', () => watcher.steps.length > 0);
+      const held: Array<() => void> = [];
+      const realSync = fs.fdatasync;
+      const stub = sinon.stub(fs, 'fdatasync').callsFake(((fd: number, callback: fs.NoParamCallback) => {
+        held.push(() => realSync(fd, callback));
+      }) as typeof fs.fdatasync);
+      try {
+        let answered = false;
+        const written = store.put('d/a', '1').then((applied) => {
+          answered = true;
+          return applied;
+        });
+        await waitFor('the sync to start', () => held.length === 1);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        assert.equal(answered, false, 'not answered before the sync');
+        assert.equal(watcher.state.has('d/a'), false, 'not shown to watchers before the sync');
+        held.shift()!();
+        assert.equal(await written, true);
+        await watcher.until('the change', () => watcher.state.has('d/a'));
+      } finally {
+        stub.restore();
+      }
+    });
+
+    it('commits the writes still queued when the store is closed, and answers them', async function () {
+      const first = open();
+      const written = first.put('q/a', 'queued');
+      await first.close();
+      assert.equal(await written, true);
+      const second = open();
+      assert.equal((await second.get('q/a'))?.value, 'queued');
     });
 
     it('loses no acknowledged write when the writing process is killed with SIGKILL', async function () {
@@ -371,7 +428,7 @@ describe('EmbeddedStore', function () {
       assert.equal(watch.state.get('p/a')?.value, '1');
     });
 
-    it('does not deliver a change again to a watcher whose reset already held it', async function () {
+    it('delivers a change written while watchers are served exactly once to a watcher that starts meanwhile', async function () {
       const store = open();
       const echoer = store.watch('p/').subscribe((step) => {
         if (step.kind === 'changes' && step.changes.some((c) => c.type === 'put' && c.entry.key === 'p/trigger')) {
@@ -379,19 +436,22 @@ describe('EmbeddedStore', function () {
         }
       });
       const observer = record(new WatchRecorder(store.watch('p/')));
+      const keyOf = (change: KvChange): string => (change.type === 'put' ? change.entry.key : change.key);
       try {
         await observer.until('reset', () => observer.steps.length > 0);
         await store.put('p/trigger', 'x');
-        // Starts in the same delivery in which the echo is written, after the echoer: its reset holds the echo.
+        // Starts in the same delivery in which the echo is written, after the echoer: the echo reaches it
+        // either in its reset or as a change (writes are committed in groups, after the delivery), never both.
         const late = record(new WatchRecorder(store.watch('p/')));
         await observer.until('the echo', () => observer.state.has('p/echo'));
         await store.put('p/after', 'y');
         await late.until('the next change', () => late.state.has('p/after'));
         const reset = late.steps[0];
         assert.equal(reset.kind, 'reset');
-        assert.ok(late.state.has('p/echo'));
+        const echoes = reset.entries.filter((entry) => entry.key === 'p/echo').length + late.changes().filter((c) => keyOf(c) === 'p/echo').length;
+        assert.equal(echoes, 1, 'the echo exactly once');
         assert.deepEqual(
-          late.changes().map((c) => (c.type === 'put' ? c.entry.key : c.key)),
+          late.changes().map(keyOf).filter((key) => key !== 'p/echo'),
           ['p/after'],
           'only changes after the reset',
         );

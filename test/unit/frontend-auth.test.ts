@@ -253,6 +253,17 @@ describe('front end: identity, isolation and rate limits', () => {
       assert.equal(withinLeeway.status, 200, 'clocks may differ by 30 s');
     });
 
+    it('checks the times of a token it accepted before on every use: once expired it is refused', async () => {
+      const { inject } = await open(jwtConfig());
+      const token = sign('HS256', claims('zoe', { exp: nowSeconds() + 60 }), secret);
+      assert.equal((await inject('GET', '/api/v1/sessions', bearer(token))).status, 200);
+      assert.equal((await inject('GET', '/api/v1/sessions', bearer(token))).status, 200, 'accepted again');
+      now += 91_000;
+      const expired = await inject('GET', '/api/v1/sessions', bearer(token));
+      assert.equal(expired.status, 401);
+      assert.match(expired.body.details.join(' '), /expired/);
+    });
+
     it('never checks an HS256 token against a public key, whatever the key bytes', async () => {
       const { inject } = await open(jwtConfig({ secret: undefined }));
       for (const key of [rsaPem, rsa.publicKey.export({ type: 'pkcs1', format: 'der' }).toString('base64'), '']) {

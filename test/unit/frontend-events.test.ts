@@ -150,10 +150,11 @@ describe('front end: live status stream (server-sent events)', () => {
     const slow = open(id, 'ann');
     await waitFor('connected', () => slow.sessions().length > 0);
     slow.pause();
-    // Big statuses fill the socket buffers quickly; most of them must be skipped, not queued.
-    const padding = 'x'.repeat(1500);
+    // Statuses as big as the schema allows (a full event history, ~40 kB) fill the socket buffers (a few MB
+    // on loopback) quickly; most of them must be skipped, not queued. Each write is delivered on its own.
+    const events = Array.from({ length: 20 }, () => ({ time: '2026-01-01T00:00:00.000Z', reason: 'Queued', message: 'x'.repeat(2000) }));
     for (let n = 1; n <= 400; n++) {
-      await store.put(keys.status(id), status('Waiting', { queuePosition: n, conditions: [{ type: 'Admitted', status: 'False', reason: 'Queued', message: padding, lastTransitionTime: '2026-01-01T00:00:00.000Z' }] }));
+      await store.put(keys.status(id), status('Waiting', { queuePosition: n, events }));
     }
     slow.resume();
     await waitFor('the latest state arrives', () => slow.sessions().at(-1)?.status.queuePosition === 400);

@@ -4,8 +4,11 @@ import { loadTemplates } from '../../controller/api/templates.js';
 import type { Session, SessionRecord } from '../../controller/api/types.js';
 import { Keys } from '../../controller/controller/keys.js';
 import { Frontend } from '../../controller/frontend/server.js';
+import { filter } from 'rxjs';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
+import type { Store } from '../../controller/store/store.js';
 import { silentLogger } from '../../controller/util/log.js';
+import { delegatingStore } from '../support/controller-harness.js';
 import { waitFor } from '../support/wait.js';
 
 const templates = loadTemplates(path.resolve(__dirname, '../../../manifests/templates'));
@@ -180,5 +183,24 @@ describe('front end (API)', () => {
     const late = await keepalive();
     assert.equal(late.status, 409);
     assert.match(late.body.error, /being deleted/);
+  });
+
+  it('shows a session its cache has not seen yet from the store, to its owner only', async () => {
+    // The watches bring the state as it was at start, then nothing: a session written later is known only to the store.
+    const blind: Store = { ...delegatingStore(store), watch: (prefix, index) => store.watch(prefix, index).pipe(filter((step) => step.kind === 'reset')) };
+    const other = new Frontend({ store: blind, keys, templates, backend: 'embedded', bodyLimitBytes: 4096, sessionsPerUser: 2, activityWriteIntervalMs: 30_000, log: silentLogger() });
+    await other.start('127.0.0.1', 0);
+    try {
+      const { body } = await inject('POST', '/api/v1/sessions', { template: 'demo' }, { 'x-manticore-user': 'jo' });
+      const id = (body as Session).metadata.id;
+      const get = (user: string) => other.app.inject({ method: 'GET', url: `/api/v1/sessions/${id}`, headers: { 'x-manticore-user': user } });
+      const answer = await get('jo');
+      assert.equal(answer.statusCode, 200);
+      assert.deepEqual((JSON.parse(answer.body) as Session).metadata, (body as Session).metadata);
+      assert.equal((await get('kim')).statusCode, 404, 'someone else’s session looks missing');
+      assert.equal(other.sessions.sessions.cache.get(id), undefined, 'answered without the cache');
+    } finally {
+      await other.stop();
+    }
   });
 });

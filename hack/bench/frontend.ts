@@ -1,0 +1,403 @@
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import YAML from 'yaml';
+import { encodeRecord } from '../../controller/api/schemas.js';
+import type { SessionStatus } from '../../controller/api/types.js';
+import { Keys } from '../../controller/controller/keys.js';
+import { nextStatus } from '../../controller/controller/status.js';
+import { ConsulStore } from '../../controller/store/consul-store.js';
+import { MAX_TXN_OPS } from '../../controller/store/store.js';
+import { CREATE_BODY, createSessions } from './frontend-client.js';
+import { BenchChild, repoRoot } from './frontend-processes.js';
+import { openStreams, withTimeout, type StatusStream } from './frontend-streams.js';
+import { mintTokens, newJwtSettings, writeLines, type JwtSettings } from './frontend-tokens.js';
+import { cpuSeconds, PeakMemory, residentMiB } from './process-stats.js';
+import { ResultBuilder, type ScenarioResult } from './report.js';
+import type { BenchContext, Scenario } from './scenario.js';
+import { percentile } from './stats.js';
+import { failedRequests, runWrk, type WrkOptions, type WrkResult } from './wrk.js';
+
+/** The load's sizes: the full run `make bench` judges, and the quick pass that checks the harness. */
+interface Sizes {
+  readonly connections: number;
+  readonly warmupSeconds: number;
+  readonly loadSeconds: number;
+  /** Sessions (each of its own user) the status reads go over. */
+  readonly readSessions: number;
+  /** Users whose tokens the warm-up and the measured creates take in turn: each create a new user while they last. */
+  readonly warmupCreateUsers: number;
+  readonly createUsers: number;
+  /** Sessions, each of its own user, with one open status stream each. */
+  readonly streams: number;
+  /** Status writes in flight at once: the controller's default reconcile concurrency (controller.workers). */
+  readonly writeConcurrency: number;
+  readonly deliveryTimeoutMs: number;
+}
+
+const FULL: Sizes = {
+  connections: 50,
+  warmupSeconds: 3,
+  loadSeconds: 10,
+  readSessions: 1000,
+  warmupCreateUsers: 50_000,
+  createUsers: 150_000,
+  streams: 5000,
+  writeConcurrency: 16,
+  deliveryTimeoutMs: 30_000,
+};
+
+const QUICK: Sizes = {
+  connections: 50,
+  warmupSeconds: 1,
+  loadSeconds: 2,
+  readSessions: 100,
+  warmupCreateUsers: 10_000,
+  createUsers: 20_000,
+  streams: 200,
+  writeConcurrency: 16,
+  deliveryTimeoutMs: 10_000,
+};
+
+/** Set-up requests (creating the sessions to read and to stream) in flight at once. */
+const SETUP_CONCURRENCY = 50;
+/** Streams being connected at once. */
+const OPEN_CONCURRENCY = 100;
+/** Limits raised so far beyond the load that neither the per-user session limit nor the rate limit refuses anything. */
+const UNLIMITED = 1_000_000;
+/** Descriptors a process needs besides one per stream (its listeners, the store, logs, libraries). */
+const SPARE_DESCRIPTORS = 500;
+
+/**
+ * Reads `GET /api/v1/sessions/{id}` by its owner, going round the sessions of the file (a session id and its
+ * owner's token a line). The requests are formatted once, so wrk spends its time sending them.
+ */
+const READ_SCRIPT = `
+local requests = {}
+local next_request = 0
+function init(args)
+  for line in io.lines(args[1]) do
+    local id, token = line:match("^(%S+) (%S+)$")
+    requests[#requests + 1] = wrk.format("GET", "/api/v1/sessions/" .. id, { ["Authorization"] = "Bearer " .. token })
+  end
+end
+function request()
+  next_request = next_request % #requests + 1
+  return requests[next_request]
+end
+`;
+
+/** Creates a session as each user of the file (a token a line) in turn, with the body given as the second argument. */
+const CREATE_SCRIPT = `
+local requests = {}
+local next_request = 0
+function init(args)
+  for token in io.lines(args[1]) do
+    requests[#requests + 1] = wrk.format("POST", nil, { ["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json" }, args[2])
+  end
+end
+function request()
+  next_request = next_request % #requests + 1
+  return requests[next_request]
+end
+`;
+
+export const frontendScenario: Scenario = {
+  name: 'frontend',
+  async run(context: BenchContext): Promise<ScenarioResult> {
+    const sizes = context.quick ? QUICK : FULL;
+    checkDescriptorLimit(sizes.streams);
+    const jwt = newJwtSettings();
+    const result = new ResultBuilder('frontend', 'Front end: API loads against a constant route, and status streams', parameters(sizes));
+    await measureRequests(context, sizes, jwt, result);
+    await measureStreams(context, sizes, jwt, result);
+    return result.build();
+  },
+};
+
+function parameters(sizes: Sizes): Record<string, number | string> {
+  return {
+    connections: sizes.connections,
+    wrkThreads: 1,
+    warmupSeconds: sizes.warmupSeconds,
+    loadSeconds: sizes.loadSeconds,
+    readSessions: `${sizes.readSessions} sessions of ${sizes.readSessions} users, each read by its owner`,
+    createUsers: `${sizes.createUsers} users (warm-up: ${sizes.warmupCreateUsers} others), one create each while they last`,
+    streams: `${sizes.streams} sessions of ${sizes.streams} users, one status stream each`,
+    statusWrites: `one per session, ${sizes.writeConcurrency} in flight (controller.workers), through the Consul store client`,
+    auth: 'JWT (HS256 bearer tokens signed before the run)',
+    limits: `limits.sessionsPerUser ${UNLIMITED}, frontend.rateLimit ${UNLIMITED}/s burst ${UNLIMITED}: raised so that neither refuses the load`,
+    stores: 'loads: embedded store (SQLite file in the scratch directory); streams: Consul API double (test/fakes, its own process)',
+    openFilesLimit: openFilesLimit(),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Request loads: ceiling, status reads and creates on one front end over the embedded store.
+
+async function measureRequests(context: BenchContext, sizes: Sizes, jwt: JwtSettings, result: ResultBuilder): Promise<void> {
+  const frontend = await startFrontend(context, 'front end (embedded store)', { backend: 'embedded', path: path.join(context.workDir, 'state.db') }, jwt);
+  try {
+    result.figure('rssIdle', 'front end resident memory at start', megabytes(residentMiB(frontend.child.pid)), 'MB');
+    const readFile = await prepareReads(context, frontend.api, sizes, jwt);
+    const [warmupUsers, createUsers] = [path.join(context.workDir, 'warmup-users.txt'), path.join(context.workDir, 'create-users.txt')];
+    await writeLines(warmupUsers, mintTokens(jwt, 'warmup-', sizes.warmupCreateUsers));
+    await writeLines(createUsers, mintTokens(jwt, 'creator-', sizes.createUsers));
+
+    const ceiling = await measureLoad(context, frontend.child, sizes, 'ceiling', { url: `${frontend.api}/healthz` });
+    const reads = await measureLoad(context, frontend.child, sizes, 'reads', { url: `${frontend.api}/api/v1/sessions`, script: READ_SCRIPT, scriptArgs: [readFile] });
+    const createLoad = { url: `${frontend.api}/api/v1/sessions`, script: CREATE_SCRIPT };
+    const creates = await measureLoad(context, frontend.child, sizes, 'creates', { ...createLoad, scriptArgs: [createUsers, CREATE_BODY] }, {
+      ...createLoad,
+      scriptArgs: [warmupUsers, CREATE_BODY],
+    });
+
+    reportLoad(result, 'ceiling', 'ceiling (GET /healthz)', ceiling);
+    reportLoad(result, 'reads', 'status reads (GET /api/v1/sessions/{id})', reads);
+    reportCreates(result, creates, sizes.createUsers);
+    const createsRatio = acceptedPerSecond(creates.wrk) / ceiling.wrk.requestsPerSecond;
+    const readsRatio = reads.wrk.requestsPerSecond / ceiling.wrk.requestsPerSecond;
+    result.ratio('createsVsCeiling', 'accepted creates / ceiling', createsRatio).ratio('readsVsCeiling', 'status reads / ceiling', readsRatio);
+    result.target('createsShare', 'accepted creates / ceiling', createsRatio, 'min', 0.25, '×');
+    result.target('readsShare', 'status reads / ceiling', readsRatio, 'min', 0.5, '×');
+  } finally {
+    await frontend.child.stop();
+  }
+}
+
+/** Creates the sessions the reads go over; returns the file of `id token` lines for the read script. */
+async function prepareReads(context: BenchContext, api: string, sizes: Sizes, jwt: JwtSettings): Promise<string> {
+  const tokens = mintTokens(jwt, 'reader-', sizes.readSessions);
+  const ids = await createSessions(api, tokens, SETUP_CONCURRENCY);
+  const file = path.join(context.workDir, 'reads.txt');
+  await writeLines(file, ids.map((id, i) => `${id} ${tokens[i]}`));
+  context.log.info({ sessions: ids.length }, 'sessions to read created');
+  return file;
+}
+
+interface LoadOutcome {
+  readonly wrk: WrkResult;
+  /** Cores the front end used during the measured run. */
+  readonly cores: number;
+}
+
+/** A warm-up (the same load unless `warmup` says otherwise), then the measured run, with the front end's CPU. */
+async function measureLoad(context: BenchContext, frontend: BenchChild, sizes: Sizes, name: string, load: Omit<WrkOptions, 'connections' | 'durationSeconds'>, warmup = load): Promise<LoadOutcome> {
+  const common = { connections: sizes.connections, threads: 1 };
+  await runWrk({ ...warmup, ...common, durationSeconds: sizes.warmupSeconds });
+  const cpuBefore = cpuSeconds(frontend.pid);
+  const wrk = await runWrk({ ...load, ...common, durationSeconds: sizes.loadSeconds });
+  const cores = (cpuSeconds(frontend.pid) - cpuBefore) / wrk.durationSeconds;
+  context.log.info({ load: name, requestsPerSecond: Math.round(wrk.requestsPerSecond), p99Ms: wrk.latencyP99Ms, errors: wrk.errors, frontendCores: cores }, 'load measured');
+  return { wrk, cores };
+}
+
+function reportLoad(result: ResultBuilder, key: string, label: string, { wrk, cores }: LoadOutcome): void {
+  result
+    .figure(`${key}Rps`, `${label}: requests/s`, wrk.requestsPerSecond, 'req/s')
+    .figure(`${key}P50`, `${label}: p50`, wrk.latencyP50Ms, 'ms')
+    .figure(`${key}P99`, `${label}: p99`, wrk.latencyP99Ms, 'ms')
+    .figure(`${key}Errors`, `${label}: errors`, failedRequests(wrk), '')
+    .figure(`${key}Cores`, `${label}: front end CPU`, cores, 'cores');
+}
+
+function reportCreates(result: ResultBuilder, { wrk, cores }: LoadOutcome, users: number): void {
+  const label = 'creates (POST /api/v1/sessions)';
+  const accepted = wrk.requests - wrk.errors.status;
+  result
+    .figure('createsRps', `${label}: accepted/s`, acceptedPerSecond(wrk), 'req/s')
+    .figure('createsP50', `${label}: p50`, wrk.latencyP50Ms, 'ms')
+    .figure('createsP99', `${label}: p99`, wrk.latencyP99Ms, 'ms')
+    .figure('createsRefused', `${label}: refused (not 2xx)`, wrk.errors.status, '')
+    .figure('createsErrors', `${label}: socket errors`, failedRequests(wrk) - wrk.errors.status, '')
+    .figure('createsDistinctUsers', `${label}: distinct users`, Math.min(accepted, users), '')
+    .figure('createsCores', `${label}: front end CPU`, cores, 'cores');
+}
+
+/** Creates answered 2xx per second; wrk counts every other answer as a status error. */
+function acceptedPerSecond(wrk: WrkResult): number {
+  return (wrk.requests - wrk.errors.status) / wrk.durationSeconds;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Status streams: a front end over Consul (the double), the controller's status writes going in beside it.
+
+async function measureStreams(context: BenchContext, sizes: Sizes, jwt: JwtSettings, result: ResultBuilder): Promise<void> {
+  const { child: consul, match } = await BenchChild.start({
+    name: 'the Consul API double',
+    args: [path.join(repoRoot, 'dist/test/fakes/dev-cluster.js')],
+    // Port 0: the OS chooses (the Nomad double it also starts is not used).
+    env: { ...childEnvironment(), CONSUL_PORT: '0', NOMAD_PORT: '0', MANTICORE_LOG_LEVEL: 'warn' },
+    ready: /Consul API double: (http:\/\/[\d.]+:\d+)\n/,
+  });
+  const consulAddress = match[1]!;
+  const writer = new ConsulStore({ address: consulAddress, log: context.log.child({ component: 'status-writer' }) });
+  const agent = new http.Agent({ keepAlive: false });
+  let frontend: { child: BenchChild; api: string } | undefined;
+  let streams: StatusStream[] = [];
+  try {
+    frontend = await startFrontend(context, 'front end (Consul store)', { backend: 'consul', consul: { address: consulAddress } }, jwt);
+    const keys = new Keys('manticore/');
+    const tokens = mintTokens(jwt, 'watcher-', sizes.streams);
+    const ids = await createSessions(frontend.api, tokens, SETUP_CONCURRENCY);
+    // Every session waits in line, as the controller shows it, one place behind where the change puts it.
+    const waiting = ids.map((_, i) => waitingStatus(undefined, i + 2));
+    await writeInitialStatuses(writer, keys, ids, waiting);
+    result.figure('rssSessions', `front end resident memory with ${sizes.streams} sessions, no stream`, megabytes(residentMiB(frontend.child.pid)), 'MB');
+
+    const memory = new PeakMemory(frontend.child.pid, 100);
+    const openedAt = performance.now();
+    streams = await openStreams(frontend.api, ids.map((id, i) => ({ id, token: tokens[i]! })), OPEN_CONCURRENCY, agent);
+    const openSeconds = (performance.now() - openedAt) / 1000;
+    context.log.info({ streams: streams.length, openSeconds }, 'streams open');
+    const delivery = await deliverChanges(writer, keys, ids, waiting, streams, sizes);
+    const peak = memory.stop();
+    reportStreams(result, sizes, openSeconds, delivery, megabytes(peak));
+  } finally {
+    for (const stream of streams) stream.close();
+    agent.destroy();
+    await writer.close();
+    await frontend?.child.stop();
+    await consul.stop();
+  }
+}
+
+/** A Waiting status at `position`, built as the controller builds it (the same conditions and history). */
+function waitingStatus(previous: SessionStatus | undefined, position: number): SessionStatus {
+  const message = `${position - 1} session(s) ahead in the waiting list`;
+  return nextStatus(
+    previous,
+    {
+      phase: 'Waiting',
+      observedGeneration: 1,
+      conditions: [
+        { type: 'Admitted', status: 'False', reason: 'Queued', message },
+        { type: 'Ready', status: 'False', reason: 'Queued', message },
+      ],
+      endpoints: {},
+      queuePosition: position,
+    },
+    new Date().toISOString(),
+  );
+}
+
+/** Set-up: the statuses before the change, written in transactions of the most operations Consul allows. */
+async function writeInitialStatuses(writer: ConsulStore, keys: Keys, ids: readonly string[], statuses: readonly SessionStatus[]): Promise<void> {
+  for (let start = 0; start < ids.length; start += MAX_TXN_OPS) {
+    const operations = ids.slice(start, start + MAX_TXN_OPS).map((id, i) => ({ verb: 'put' as const, key: keys.status(id), value: encodeRecord('session-status', statuses[start + i]) }));
+    if (!(await writer.transaction(operations))) throw new Error(`writing the initial statuses ${start}–${start + operations.length - 1} failed`);
+  }
+}
+
+interface Delivery {
+  /** Per stream: from its status write being sent to its event arriving, for the streams that got it. */
+  readonly latenciesMs: readonly number[];
+  readonly undelivered: number;
+  /** From the first write being sent to the last one answered. */
+  readonly writeSpanMs: number;
+  /** From the first write being sent to the last stream having its change. */
+  readonly allDeliveredMs: number;
+}
+
+/**
+ * Moves every session one place up the waiting list, one status write each as the controller writes it
+ * (`writeConcurrency` at a time), and times each stream from its session's write to the event showing it.
+ */
+async function deliverChanges(writer: ConsulStore, keys: Keys, ids: readonly string[], before: readonly SessionStatus[], streams: readonly StatusStream[], sizes: Sizes): Promise<Delivery> {
+  const arrivedAt: number[] = [];
+  const arrivals = streams.map((stream, i) =>
+    stream.arrivalOf(i + 1).then(
+      (at) => void (arrivedAt[i] = at),
+      () => undefined,
+    ),
+  );
+  const sentAt: number[] = [];
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    for (let i = next++; i < ids.length; i = next++) {
+      const value = encodeRecord('session-status', waitingStatus(before[i], i + 1));
+      sentAt[i] = performance.now();
+      await writer.put(keys.status(ids[i]!), value);
+    }
+  };
+  await Promise.all(Array.from({ length: sizes.writeConcurrency }, worker));
+  const writesDoneAt = performance.now();
+  await withTimeout(Promise.all(arrivals), sizes.deliveryTimeoutMs, 'not every stream showed its change').catch(() => undefined);
+  const latenciesMs = arrivedAt.flatMap((at, i) => (at === undefined ? [] : [at - sentAt[i]!]));
+  const firstSent = Math.min(...sentAt);
+  const delivered = latenciesMs.length;
+  return {
+    latenciesMs,
+    undelivered: ids.length - delivered,
+    writeSpanMs: writesDoneAt - firstSent,
+    allDeliveredMs: delivered === ids.length ? Math.max(...arrivedAt) - firstSent : Number.NaN,
+  };
+}
+
+function reportStreams(result: ResultBuilder, sizes: Sizes, openSeconds: number, delivery: Delivery, peakMB: number): void {
+  const { latenciesMs } = delivery;
+  const max = delivery.undelivered > 0 ? Number.POSITIVE_INFINITY : Math.max(...latenciesMs);
+  result
+    .figure('streamsOpenSeconds', `${sizes.streams} streams: time to open all`, openSeconds, 's')
+    .figure('statusWriteSpan', `${sizes.streams} status writes: first sent to last answered`, delivery.writeSpanMs, 'ms')
+    .figure('deliveryP50', 'status change delivery per stream (write sent → event): p50', percentile(latenciesMs, 50), 'ms')
+    .figure('deliveryP99', 'status change delivery per stream: p99', percentile(latenciesMs, 99), 'ms')
+    .figure('deliveryMax', 'status change delivery per stream: max', max, 'ms')
+    .figure('deliveryAll', 'first write sent → every stream has its change', delivery.allDeliveredMs, 'ms')
+    .figure('undelivered', 'streams without their change', delivery.undelivered, '')
+    .figure('rssStreams', `front end resident memory with ${sizes.streams} streams (peak)`, peakMB, 'MB');
+  result.target('deliveryMax', 'every stream has its change within (max per stream)', max, 'max', 1000, 'ms');
+  result.target('rssStreams', `front end resident memory with ${sizes.streams} streams`, peakMB, 'max', 300, 'MB');
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The front end as its own process.
+
+/**
+ * `manticore frontend` over the given store, with JWT auth, the OS choosing its port, and the limits raised
+ * out of the way; resolves once it serves, with its address.
+ */
+async function startFrontend(context: BenchContext, name: string, store: Record<string, unknown>, jwt: JwtSettings): Promise<{ child: BenchChild; api: string }> {
+  const config = {
+    store,
+    frontend: { host: '127.0.0.1', port: 0, rateLimit: { requestsPerSecond: UNLIMITED, burst: UNLIMITED } },
+    limits: { sessionsPerUser: UNLIMITED },
+    auth: { mode: 'jwt', jwt: { secret: jwt.secret, issuer: jwt.issuer } },
+    templates: { dir: path.join(repoRoot, 'manifests/templates') },
+    log: { level: 'warn', format: 'json' },
+  };
+  const file = path.join(context.workDir, `${name.replace(/\W+/g, '-')}.yaml`);
+  fs.writeFileSync(file, YAML.stringify(config));
+  const { child, match } = await BenchChild.start({
+    name,
+    args: [path.join(repoRoot, 'dist/controller/cli/main.js'), 'frontend', '--config', file],
+    env: childEnvironment(),
+    ready: /web page: +(http:\/\/127\.0\.0\.1:\d+)\//,
+  });
+  context.log.info({ frontend: name, pid: child.pid, api: match[1] }, 'front end started');
+  return { child, api: match[1]! };
+}
+
+/** This environment without the variables that override a Manticore configuration file (or Consul/Nomad addresses). */
+function childEnvironment(): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(process.env).filter(([name]) => !/^(MANTICORE_|CONSUL_|NOMAD_)/.test(name)));
+}
+
+/** The soft limit on open files, which every child inherits: each stream holds one descriptor on either side. */
+function openFilesLimit(): number {
+  const match = /^Max open files\s+(\d+|unlimited)/m.exec(fs.readFileSync('/proc/self/limits', 'utf8'));
+  return match === null || match[1] === 'unlimited' ? Number.POSITIVE_INFINITY : Number(match[1]);
+}
+
+function checkDescriptorLimit(streams: number): void {
+  const limit = openFilesLimit();
+  if (streams + SPARE_DESCRIPTORS > limit) {
+    throw new Error(`${streams} streams need about ${streams + SPARE_DESCRIPTORS} open files in the front end and in the bench, but the limit is ${limit}; raise it (ulimit -n)`);
+  }
+}
+
+/** /proc reports kibibytes; the targets are in megabytes. */
+function megabytes(mebibytes: number): number {
+  return (mebibytes * 2 ** 20) / 1e6;
+}
