@@ -69,6 +69,14 @@ const UNLIMITED = 1_000_000;
 /** Descriptors a process needs besides one per stream (its listeners, the store, logs, libraries). */
 const SPARE_DESCRIPTORS = 500;
 
+/** wrk's request hook over the requests a script's init() formatted, in turn. */
+const ROUND_ROBIN = `
+function request()
+  next_request = next_request % #requests + 1
+  return requests[next_request]
+end
+`;
+
 /**
  * Reads `GET /api/v1/sessions/{id}` by its owner, going round the sessions of the file (a session id and its
  * owner's token a line). The requests are formatted once, so wrk spends its time sending them.
@@ -82,11 +90,7 @@ function init(args)
     requests[#requests + 1] = wrk.format("GET", "/api/v1/sessions/" .. id, { ["Authorization"] = "Bearer " .. token })
   end
 end
-function request()
-  next_request = next_request % #requests + 1
-  return requests[next_request]
-end
-`;
+${ROUND_ROBIN}`;
 
 /** Creates a session as each user of the file (a token a line) in turn, with the body given as the second argument. */
 const CREATE_SCRIPT = `
@@ -97,11 +101,7 @@ function init(args)
     requests[#requests + 1] = wrk.format("POST", nil, { ["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json" }, args[2])
   end
 end
-function request()
-  next_request = next_request % #requests + 1
-  return requests[next_request]
-end
-`;
+${ROUND_ROBIN}`;
 
 export const frontendScenario: Scenario = {
   name: 'frontend',
