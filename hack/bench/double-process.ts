@@ -29,7 +29,7 @@ async function main(): Promise<void> {
 }
 
 /** The Nomad double with `count` large nodes, its simulated Docker tasks running as soon as they are placed. */
-export function startNomadDouble(count: number): Promise<NomadDouble> {
+function startNomadDouble(count: number): Promise<NomadDouble> {
   const nodes = Array.from({ length: count }, (_, n) => ({ name: `bench-${n + 1}`, cpu: 1_000_000, memoryMB: 4_000_000, diskMB: 10_000_000 }));
   return NomadDouble.start({ workDir: repoRoot, log: silentLogger(), nodes, dockerStartMs: 0 });
 }
