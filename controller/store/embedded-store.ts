@@ -79,12 +79,9 @@ interface QueuedWrite {
   readonly reject: (error: StoreError) => void;
 }
 
-/** What one write of a group came to: applied or not (a failed compare-and-set), or the error that stopped it. */
-type WriteResult = { readonly applied: boolean } | { readonly error: unknown };
-
-/** What a group commit wrote: each write's result, the changes in index order, and the indexes after it. */
+/** What a group commit wrote: whether each write applied (not: a failed compare-and-set), the changes in index order, and the indexes after it. */
 interface GroupOutcome {
-  readonly results: readonly WriteResult[];
+  readonly applied: readonly boolean[];
   readonly changes: readonly PendingChange[];
   readonly index: number;
   readonly logFloor: number;
@@ -93,7 +90,7 @@ interface GroupOutcome {
 /** A committed group waiting for the WAL to reach the disk before its writes are answered. */
 interface UnsyncedGroup {
   readonly writes: readonly QueuedWrite[];
-  readonly results: readonly WriteResult[];
+  readonly applied: readonly boolean[];
   readonly changes: readonly PendingChange[];
 }
 
@@ -167,9 +164,8 @@ export class EmbeddedStore implements Store {
     const setMeta = db.prepare<[number, string]>('UPDATE meta SET value = ? WHERE name = ?');
 
     // Applies one write's operations in order, each change at the next index after `from`, with its log
-    // entry. Called inside the group's transaction it runs in a savepoint: a failed compare-and-set throws,
-    // which rolls back this write alone.
-    const applyWrite = db.transaction((operations: readonly TxnOperation[], from: number): PendingChange[] => {
+    // entry. A failed compare-and-set throws.
+    const applyWrite = (operations: readonly TxnOperation[], from: number): PendingChange[] => {
       let index = from;
       const changes: PendingChange[] = [];
       for (const operation of operations) {
@@ -197,36 +193,39 @@ export class EmbeddedStore implements Store {
         changes.push({ index, key, change });
       }
       return changes;
-    });
+    };
+    // In a savepoint, a compare-and-set failing after earlier operations applied rolls back this write alone.
+    const applyInSavepoint = db.transaction(applyWrite);
 
-    // Applies a group of writes in call order inside one SQLite transaction (one commit), then
-    // records the new index and prunes the log beyond retention. A write that fails is rolled back alone
-    // and the others commit, unless SQLite ended the whole transaction (an I/O error, a full disk): then the
-    // group fails. The in-memory mirrors are updated only once it has committed.
+    // Applies a group of writes in call order inside one SQLite transaction (one commit), then records the
+    // new index and prunes the log beyond retention. A failed compare-and-set undoes its own write only; any
+    // other failure fails the whole group, which is rolled back. The in-memory mirrors are updated only
+    // once it has committed.
     this.commitGroup = db.transaction((writes: readonly QueuedWrite[]): GroupOutcome => {
       let index = this.index;
       const changes: PendingChange[] = [];
-      const results = writes.map((write): WriteResult => {
+      const applied = writes.map(({ operations }): boolean => {
         try {
-          const applied = applyWrite(write.operations, index);
-          if (applied.length > 0) index = applied[applied.length - 1]!.index;
-          changes.push(...applied);
-          return { applied: true };
+          // A single operation fails its compare-and-set before it changes anything, so it needs no
+          // savepoint (two more statements for every write).
+          const written = operations.length === 1 ? applyWrite(operations, index) : applyInSavepoint(operations, index);
+          if (written.length > 0) index = written[written.length - 1]!.index;
+          changes.push(...written);
+          return true;
         } catch (error) {
-          if (error === casFailed) return { applied: false };
-          if (!db.inTransaction) throw error;
-          return { error };
+          if (error === casFailed) return false;
+          throw error;
         }
       });
       let logFloor = this.logFloor;
-      if (changes.length === 0) return { results, changes, index, logFloor };
+      if (changes.length === 0) return { applied, changes, index, logFloor };
       setMeta.run(index, 'index');
       if (index - this.retention > logFloor) {
         logFloor = index - this.retention;
         pruneChanges.run(logFloor);
         setMeta.run(logFloor, 'log_floor');
       }
-      return { results, changes, index, logFloor };
+      return { applied, changes, index, logFloor };
     });
   }
 
@@ -381,7 +380,7 @@ export class EmbeddedStore implements Store {
     }
     this.index = outcome.index;
     this.logFloor = outcome.logFloor;
-    const group: UnsyncedGroup = { writes, results: outcome.results, changes: outcome.changes };
+    const group: UnsyncedGroup = { writes, applied: outcome.applied, changes: outcome.changes };
     if (this.walFd === undefined) {
       this.acknowledge([group]);
       return;
@@ -407,13 +406,9 @@ export class EmbeddedStore implements Store {
 
   /** The groups are on disk: their writers are answered and their changes go to the watchers. */
   private acknowledge(groups: readonly UnsyncedGroup[]): void {
-    for (const { writes, results, changes } of groups) {
+    for (const { writes, applied, changes } of groups) {
       this.pending.push(...changes);
-      results.forEach((result, i) => {
-        const write = writes[i]!;
-        if ('applied' in result) write.resolve(result.applied);
-        else write.reject(this.sqliteError(write.operation, write.key, result.error));
-      });
+      writes.forEach((write, i) => write.resolve(applied[i]!));
     }
     this.scheduleFlush();
   }
