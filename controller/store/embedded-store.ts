@@ -156,6 +156,9 @@ export class EmbeddedStore implements Store {
       `INSERT INTO kv (key, value, create_index, modify_index) VALUES (?, ?, ?, ?)
        ON CONFLICT (key) DO UPDATE SET value = excluded.value, modify_index = excluded.modify_index`,
     );
+    const insertKv = db.prepare<[string, string, number, number]>(
+      'INSERT INTO kv (key, value, create_index, modify_index) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING',
+    );
     const deleteKv = db.prepare<[string]>('DELETE FROM kv WHERE key = ?');
     const insertChange = db.prepare<[number, string, string, string | null, number | null]>(
       'INSERT INTO changes (idx, key, kind, value, create_index) VALUES (?, ?, ?, ?, ?)',
@@ -163,34 +166,43 @@ export class EmbeddedStore implements Store {
     const pruneChanges = db.prepare<[number]>('DELETE FROM changes WHERE idx <= ?');
     const setMeta = db.prepare<[number, string]>('UPDATE meta SET value = ? WHERE name = ?');
 
+    // Applies one operation as the change at index `next`; undefined when it changes nothing (deleting a key
+    // that is already gone succeeds, even with cas, and neither advances the index nor wakes watchers, as in
+    // Consul). A failed compare-and-set throws.
+    const applyOperation = (operation: TxnOperation, next: number): KvChange | undefined => {
+      // No key is ever locked here (this store has no sessions: lock.ts), so a session check always fails.
+      if (operation.verb === 'check-session') throw casFailed;
+      const { key, cas } = operation;
+      if (operation.verb === 'put' && cas === 0) {
+        // Create only: the insert itself says whether the key was there, with no read before it.
+        if (insertKv.run(key, operation.value, next, next).changes === 0) throw casFailed;
+        return { type: 'put', entry: { key, value: operation.value, createIndex: next, modifyIndex: next } };
+      }
+      const existing = this.getKv.get(key);
+      if (operation.verb === 'put') {
+        if (cas !== undefined && existing?.modify_index !== cas) throw casFailed;
+        const createIndex = existing?.create_index ?? next;
+        upsertKv.run(key, operation.value, createIndex, next);
+        return { type: 'put', entry: { key, value: operation.value, createIndex, modifyIndex: next } };
+      }
+      if (existing === undefined) return undefined;
+      if (cas !== undefined && existing.modify_index !== cas) throw casFailed;
+      deleteKv.run(key);
+      return { type: 'delete', key, modifyIndex: next };
+    };
+
     // Applies one write's operations in order, each change at the next index after `from`, with its log
     // entry. A failed compare-and-set throws.
     const applyWrite = (operations: readonly TxnOperation[], from: number): PendingChange[] => {
       let index = from;
       const changes: PendingChange[] = [];
       for (const operation of operations) {
-        // No key is ever locked here (this store has no sessions: lock.ts), so a session check always fails.
-        if (operation.verb === 'check-session') throw casFailed;
-        const { key, cas } = operation;
-        const existing = this.getKv.get(key);
-        let change: KvChange;
-        if (operation.verb === 'put') {
-          if (cas !== undefined && (cas === 0 ? existing !== undefined : existing?.modify_index !== cas)) throw casFailed;
-          index += 1;
-          const createIndex = existing === undefined ? index : existing.create_index;
-          upsertKv.run(key, operation.value, createIndex, index);
-          change = { type: 'put', entry: { key, value: operation.value, createIndex, modifyIndex: index } };
-        } else {
-          // As in Consul, deleting a key that is already gone succeeds (even with cas) and changes nothing: it
-          // neither advances the index nor wakes watchers.
-          if (existing === undefined) continue;
-          if (cas !== undefined && existing.modify_index !== cas) throw casFailed;
-          index += 1;
-          deleteKv.run(key);
-          change = { type: 'delete', key, modifyIndex: index };
-        }
-        insertChange.run(index, key, change.type, change.type === 'put' ? change.entry.value : null, change.type === 'put' ? change.entry.createIndex : null);
-        changes.push({ index, key, change });
+        const change = applyOperation(operation, index + 1);
+        if (change === undefined) continue;
+        index += 1;
+        const put = change.type === 'put' ? change.entry : undefined;
+        insertChange.run(index, operation.key, change.type, put?.value ?? null, put?.createIndex ?? null);
+        changes.push({ index, key: operation.key, change });
       }
       return changes;
     };
