@@ -7,7 +7,6 @@ import { StoreInformer, type CachedRecord } from '../controller/informer.js';
 import type { Keys } from '../controller/keys.js';
 import { pendingStatus } from '../controller/status.js';
 import type { Store } from '../store/store.js';
-import { KeyedSerializer } from '../util/keyed-serializer.js';
 import type { Logger } from '../util/log.js';
 import { ApiError } from './errors.js';
 import type { Identity } from './identity.js';
@@ -43,9 +42,10 @@ const idPattern = /^[a-z0-9]{8,40}$/;
 export class SessionService {
   readonly sessions: StoreInformer<SessionRecord>;
   readonly statuses: StoreInformer<SessionStatus>;
-  /** One create at a time per user in this process, so a double click cannot pass the per-user limit. */
-  private readonly createsByOwner = new KeyedSerializer();
-  /** Sessions this process created that its cache has not shown yet, by owner. */
+  /**
+   * Sessions this process is creating or created that its cache has not shown yet, by owner: counted
+   * against the per-user limit from before their write, so a double click cannot pass it.
+   */
   private readonly createdNotCached = new Map<string, Set<string>>();
   /** What watch() subscribers want to hear about, by session id. */
   private readonly listeners = new Map<string, Set<() => void>>();
@@ -90,19 +90,20 @@ export class SessionService {
   /** Writes a new session record for `owner`; 409 with the existing ids beyond the per-user limit. */
   async create(owner: string, request: NewSession): Promise<Session> {
     const record = this.newRecord(owner, request);
-    await this.createsByOwner.run(owner, async () => {
-      const existing = this.liveSessionsOf(owner);
-      if (existing.length >= this.options.sessionsPerUser) {
-        throw new ApiError(409, `user ${owner} already has ${existing.length} session(s), the most allowed; delete one first`, existing.map((id) => `existing session: ${id}`), { existing });
-      }
-      const key = this.options.keys.session(record.metadata.id);
-      if (!(await this.options.store.put(key, JSON.stringify(record), { cas: 0 }))) throw new ApiError(409, 'session id collision; try again');
-      if (this.sessions.cache.get(record.metadata.id) === undefined) {
-        const created = this.createdNotCached.get(owner) ?? new Set<string>();
-        this.createdNotCached.set(owner, created.add(record.metadata.id));
-      }
-    });
-    this.options.log.info({ session: record.metadata.id, owner, template: record.spec.template }, 'session created');
+    const { id } = record.metadata;
+    // Checked and reserved in one synchronous step: a create of the same user arriving meanwhile sees it.
+    const existing = this.liveSessionsOf(owner);
+    if (existing.length >= this.options.sessionsPerUser) {
+      throw new ApiError(409, `user ${owner} already has ${existing.length} session(s), the most allowed; delete one first`, existing.map((id) => `existing session: ${id}`), { existing });
+    }
+    this.createdNotCached.set(owner, (this.createdNotCached.get(owner) ?? new Set<string>()).add(id));
+    try {
+      if (!(await this.options.store.put(this.options.keys.session(id), JSON.stringify(record), { cas: 0 }))) throw new ApiError(409, 'session id collision; try again');
+    } catch (error) {
+      this.forgetCreated(owner, id);
+      throw error;
+    }
+    this.options.log.info({ session: id, owner, template: record.spec.template }, 'session created');
     return { ...record, status: pendingStatus() };
   }
 

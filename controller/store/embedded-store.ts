@@ -79,12 +79,9 @@ interface QueuedWrite {
   readonly reject: (error: StoreError) => void;
 }
 
-/** What one write of a group came to: applied or not (a failed compare-and-set), or the error that stopped it. */
-type WriteResult = { readonly applied: boolean } | { readonly error: unknown };
-
-/** What a group commit wrote: each write's result, the changes in index order, and the indexes after it. */
+/** What a group commit wrote: whether each write applied (not: a failed compare-and-set), the changes in index order, and the indexes after it. */
 interface GroupOutcome {
-  readonly results: readonly WriteResult[];
+  readonly applied: readonly boolean[];
   readonly changes: readonly PendingChange[];
   readonly index: number;
   readonly logFloor: number;
@@ -93,7 +90,7 @@ interface GroupOutcome {
 /** A committed group waiting for the WAL to reach the disk before its writes are answered. */
 interface UnsyncedGroup {
   readonly writes: readonly QueuedWrite[];
-  readonly results: readonly WriteResult[];
+  readonly applied: readonly boolean[];
   readonly changes: readonly PendingChange[];
 }
 
@@ -159,6 +156,9 @@ export class EmbeddedStore implements Store {
       `INSERT INTO kv (key, value, create_index, modify_index) VALUES (?, ?, ?, ?)
        ON CONFLICT (key) DO UPDATE SET value = excluded.value, modify_index = excluded.modify_index`,
     );
+    const insertKv = db.prepare<[string, string, number, number]>(
+      'INSERT INTO kv (key, value, create_index, modify_index) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING',
+    );
     const deleteKv = db.prepare<[string]>('DELETE FROM kv WHERE key = ?');
     const insertChange = db.prepare<[number, string, string, string | null, number | null]>(
       'INSERT INTO changes (idx, key, kind, value, create_index) VALUES (?, ?, ?, ?, ?)',
@@ -166,67 +166,78 @@ export class EmbeddedStore implements Store {
     const pruneChanges = db.prepare<[number]>('DELETE FROM changes WHERE idx <= ?');
     const setMeta = db.prepare<[number, string]>('UPDATE meta SET value = ? WHERE name = ?');
 
+    // Applies one operation as the change at index `next`; undefined when it changes nothing (deleting a key
+    // that is already gone succeeds, even with cas, and neither advances the index nor wakes watchers, as in
+    // Consul). A failed compare-and-set throws.
+    const applyOperation = (operation: TxnOperation, next: number): KvChange | undefined => {
+      // No key is ever locked here (this store has no sessions: lock.ts), so a session check always fails.
+      if (operation.verb === 'check-session') throw casFailed;
+      const { key, cas } = operation;
+      if (operation.verb === 'put' && cas === 0) {
+        // Create only: the insert itself says whether the key was there, with no read before it.
+        if (insertKv.run(key, operation.value, next, next).changes === 0) throw casFailed;
+        return { type: 'put', entry: { key, value: operation.value, createIndex: next, modifyIndex: next } };
+      }
+      const existing = this.getKv.get(key);
+      if (operation.verb === 'put') {
+        if (cas !== undefined && existing?.modify_index !== cas) throw casFailed;
+        const createIndex = existing?.create_index ?? next;
+        upsertKv.run(key, operation.value, createIndex, next);
+        return { type: 'put', entry: { key, value: operation.value, createIndex, modifyIndex: next } };
+      }
+      if (existing === undefined) return undefined;
+      if (cas !== undefined && existing.modify_index !== cas) throw casFailed;
+      deleteKv.run(key);
+      return { type: 'delete', key, modifyIndex: next };
+    };
+
     // Applies one write's operations in order, each change at the next index after `from`, with its log
-    // entry. Called inside the group's transaction it runs in a savepoint: a failed compare-and-set throws,
-    // which rolls back this write alone.
-    const applyWrite = db.transaction((operations: readonly TxnOperation[], from: number): PendingChange[] => {
+    // entry. A failed compare-and-set throws.
+    const applyWrite = (operations: readonly TxnOperation[], from: number): PendingChange[] => {
       let index = from;
       const changes: PendingChange[] = [];
       for (const operation of operations) {
-        // No key is ever locked here (this store has no sessions: lock.ts), so a session check always fails.
-        if (operation.verb === 'check-session') throw casFailed;
-        const { key, cas } = operation;
-        const existing = this.getKv.get(key);
-        let change: KvChange;
-        if (operation.verb === 'put') {
-          if (cas !== undefined && (cas === 0 ? existing !== undefined : existing?.modify_index !== cas)) throw casFailed;
-          index += 1;
-          const createIndex = existing === undefined ? index : existing.create_index;
-          upsertKv.run(key, operation.value, createIndex, index);
-          change = { type: 'put', entry: { key, value: operation.value, createIndex, modifyIndex: index } };
-        } else {
-          // As in Consul, deleting a key that is already gone succeeds (even with cas) and changes nothing: it
-          // neither advances the index nor wakes watchers.
-          if (existing === undefined) continue;
-          if (cas !== undefined && existing.modify_index !== cas) throw casFailed;
-          index += 1;
-          deleteKv.run(key);
-          change = { type: 'delete', key, modifyIndex: index };
-        }
-        insertChange.run(index, key, change.type, change.type === 'put' ? change.entry.value : null, change.type === 'put' ? change.entry.createIndex : null);
-        changes.push({ index, key, change });
+        const change = applyOperation(operation, index + 1);
+        if (change === undefined) continue;
+        index += 1;
+        const put = change.type === 'put' ? change.entry : undefined;
+        insertChange.run(index, operation.key, change.type, put?.value ?? null, put?.createIndex ?? null);
+        changes.push({ index, key: operation.key, change });
       }
       return changes;
-    });
+    };
+    // In a savepoint, a compare-and-set failing after earlier operations applied rolls back this write alone.
+    const applyInSavepoint = db.transaction(applyWrite);
 
-    // Applies a group of writes in call order inside one SQLite transaction (one commit), then
-    // records the new index and prunes the log beyond retention. A write that fails is rolled back alone
-    // and the others commit, unless SQLite ended the whole transaction (an I/O error, a full disk): then the
-    // group fails. The in-memory mirrors are updated only once it has committed.
+    // Applies a group of writes in call order inside one SQLite transaction (one commit), then records the
+    // new index and prunes the log beyond retention. A failed compare-and-set undoes its own write only; any
+    // other failure fails the whole group, which is rolled back. The in-memory mirrors are updated only
+    // once it has committed.
     this.commitGroup = db.transaction((writes: readonly QueuedWrite[]): GroupOutcome => {
       let index = this.index;
       const changes: PendingChange[] = [];
-      const results = writes.map((write): WriteResult => {
+      const applied = writes.map(({ operations }): boolean => {
         try {
-          const applied = applyWrite(write.operations, index);
-          if (applied.length > 0) index = applied[applied.length - 1]!.index;
-          changes.push(...applied);
-          return { applied: true };
+          // A single operation fails its compare-and-set before it changes anything, so it needs no
+          // savepoint (two more statements for every write).
+          const written = operations.length === 1 ? applyWrite(operations, index) : applyInSavepoint(operations, index);
+          if (written.length > 0) index = written[written.length - 1]!.index;
+          changes.push(...written);
+          return true;
         } catch (error) {
-          if (error === casFailed) return { applied: false };
-          if (!db.inTransaction) throw error;
-          return { error };
+          if (error === casFailed) return false;
+          throw error;
         }
       });
       let logFloor = this.logFloor;
-      if (changes.length === 0) return { results, changes, index, logFloor };
+      if (changes.length === 0) return { applied, changes, index, logFloor };
       setMeta.run(index, 'index');
       if (index - this.retention > logFloor) {
         logFloor = index - this.retention;
         pruneChanges.run(logFloor);
         setMeta.run(logFloor, 'log_floor');
       }
-      return { results, changes, index, logFloor };
+      return { applied, changes, index, logFloor };
     });
   }
 
@@ -381,7 +392,7 @@ export class EmbeddedStore implements Store {
     }
     this.index = outcome.index;
     this.logFloor = outcome.logFloor;
-    const group: UnsyncedGroup = { writes, results: outcome.results, changes: outcome.changes };
+    const group: UnsyncedGroup = { writes, applied: outcome.applied, changes: outcome.changes };
     if (this.walFd === undefined) {
       this.acknowledge([group]);
       return;
@@ -407,13 +418,9 @@ export class EmbeddedStore implements Store {
 
   /** The groups are on disk: their writers are answered and their changes go to the watchers. */
   private acknowledge(groups: readonly UnsyncedGroup[]): void {
-    for (const { writes, results, changes } of groups) {
+    for (const { writes, applied, changes } of groups) {
       this.pending.push(...changes);
-      results.forEach((result, i) => {
-        const write = writes[i]!;
-        if ('applied' in result) write.resolve(result.applied);
-        else write.reject(this.sqliteError(write.operation, write.key, result.error));
-      });
+      writes.forEach((write, i) => write.resolve(applied[i]!));
     }
     this.scheduleFlush();
   }

@@ -23,7 +23,6 @@ export class StatusStream {
   readonly opened: Promise<void>;
   private buffer = '';
   private awaited: Awaited | undefined;
-  private latest: StreamedSession | undefined;
   private failure: Error | undefined;
   private markOpened!: () => void;
   private failOpen!: (error: Error) => void;
@@ -52,17 +51,16 @@ export class StatusStream {
   }
 
   /**
-   * Resolves with the time (performance.now()) at which an event showing `position` as the session's queue
-   * position arrived; at once if the last event already showed it.
+   * Resolves with the time (performance.now()) at which the next event showing `position` as the session's
+   * queue position arrives; rejects if the stream fails first.
    */
   arrivalOf(position: number): Promise<number> {
     if (this.failure !== undefined) return Promise.reject(this.failure);
-    if (this.latest?.status?.queuePosition === position) return Promise.resolve(performance.now());
     return new Promise((resolve, reject) => (this.awaited = { position, resolve, reject }));
   }
 
   close(): void {
-    this.failure ??= new Error(`the stream ${this.url} was closed`);
+    this.fail(new Error(`the stream ${this.url} was closed`));
     this.request.destroy();
   }
 
@@ -89,9 +87,15 @@ export class StatusStream {
       this.fail(new Error(`the stream ${this.url} sent "${event}": ${data.join('\n')}`));
       return;
     }
-    this.latest = JSON.parse(data.join('\n')) as StreamedSession;
+    let session: StreamedSession;
+    try {
+      session = JSON.parse(data.join('\n')) as StreamedSession;
+    } catch (error) {
+      this.fail(new Error(`the stream ${this.url} sent a session that is not JSON: ${(error as Error).message}`, { cause: error }));
+      return;
+    }
     this.markOpened();
-    if (this.awaited !== undefined && this.latest.status?.queuePosition === this.awaited.position) {
+    if (this.awaited !== undefined && session.status?.queuePosition === this.awaited.position) {
       this.awaited.resolve(arrivedAt);
       this.awaited = undefined;
     }

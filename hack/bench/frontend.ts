@@ -178,8 +178,8 @@ async function prepareReads(context: BenchContext, api: string, sizes: Sizes, jw
 
 interface LoadOutcome {
   readonly wrk: WrkResult;
-  /** Cores the front end used during the measured run. */
-  readonly cores: number;
+  /** CPU seconds the front end used during the measured run. */
+  readonly cpuSeconds: number;
 }
 
 /** A warm-up (the same load unless `warmup` says otherwise), then the measured run, with the front end's CPU. */
@@ -188,21 +188,23 @@ async function measureLoad(context: BenchContext, frontend: BenchChild, sizes: S
   await runWrk({ ...warmup, ...common, durationSeconds: sizes.warmupSeconds });
   const cpuBefore = cpuSeconds(frontend.pid);
   const wrk = await runWrk({ ...load, ...common, durationSeconds: sizes.loadSeconds });
-  const cores = (cpuSeconds(frontend.pid) - cpuBefore) / wrk.durationSeconds;
-  context.log.info({ load: name, requestsPerSecond: Math.round(wrk.requestsPerSecond), p99Ms: wrk.latencyP99Ms, errors: wrk.errors, frontendCores: cores }, 'load measured');
-  return { wrk, cores };
+  const outcome = { wrk, cpuSeconds: cpuSeconds(frontend.pid) - cpuBefore };
+  context.log.info({ load: name, requestsPerSecond: Math.round(wrk.requestsPerSecond), p99Ms: wrk.latencyP99Ms, errors: wrk.errors, frontendCpuSeconds: outcome.cpuSeconds }, 'load measured');
+  return outcome;
 }
 
-function reportLoad(result: ResultBuilder, key: string, label: string, { wrk, cores }: LoadOutcome): void {
+function reportLoad(result: ResultBuilder, key: string, label: string, outcome: LoadOutcome): void {
+  const { wrk } = outcome;
   result
     .figure(`${key}Rps`, `${label}: requests/s`, wrk.requestsPerSecond, 'req/s')
     .figure(`${key}P50`, `${label}: p50`, wrk.latencyP50Ms, 'ms')
     .figure(`${key}P99`, `${label}: p99`, wrk.latencyP99Ms, 'ms')
-    .figure(`${key}Errors`, `${label}: errors`, failedRequests(wrk), '')
-    .figure(`${key}Cores`, `${label}: front end CPU`, cores, 'cores');
+    .figure(`${key}Errors`, `${label}: errors`, failedRequests(wrk), '');
+  reportCpu(result, key, label, outcome);
 }
 
-function reportCreates(result: ResultBuilder, { wrk, cores }: LoadOutcome, users: number): void {
+function reportCreates(result: ResultBuilder, outcome: LoadOutcome, users: number): void {
+  const { wrk } = outcome;
   const label = 'creates (POST /api/v1/sessions)';
   const accepted = wrk.requests - wrk.errors.status;
   result
@@ -211,8 +213,18 @@ function reportCreates(result: ResultBuilder, { wrk, cores }: LoadOutcome, users
     .figure('createsP99', `${label}: p99`, wrk.latencyP99Ms, 'ms')
     .figure('createsRefused', `${label}: refused (not 2xx)`, wrk.errors.status, '')
     .figure('createsErrors', `${label}: socket errors`, failedRequests(wrk) - wrk.errors.status, '')
-    .figure('createsDistinctUsers', `${label}: distinct users`, Math.min(accepted, users), '')
-    .figure('createsCores', `${label}: front end CPU`, cores, 'cores');
+    .figure('createsDistinctUsers', `${label}: distinct users`, Math.min(accepted, users), '');
+  reportCpu(result, 'creates', label, outcome);
+}
+
+/**
+ * The front end's CPU: how much of a core it got (another process on the machine takes its share, and the
+ * requests per second with it), and what one request cost it, which such sharing does not change.
+ */
+function reportCpu(result: ResultBuilder, key: string, label: string, { wrk, cpuSeconds: used }: LoadOutcome): void {
+  result
+    .figure(`${key}Cores`, `${label}: front end CPU`, used / wrk.durationSeconds, 'cores')
+    .figure(`${key}CpuPerRequest`, `${label}: front end CPU per request`, (used * 1e6) / wrk.requests, 'µs');
 }
 
 /** Creates answered 2xx per second; wrk counts every other answer as a status error. */

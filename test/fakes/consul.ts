@@ -281,6 +281,8 @@ export class ConsulDouble {
 
   private raftIndex = 1;
   private keyspaces = new Map<string, Keyspace>();
+  /** KV entries as answered with their values (see entryJson). */
+  private readonly renderedEntries = new WeakMap<DirEntry, string>();
   private sessions = new Map<string, SessionRecord>();
   private sessionsIndex = 0;
   /** Undo steps of the write in progress, so a failed transaction rolls back completely. */
@@ -962,6 +964,17 @@ export class ConsulDouble {
   }
 
   private entryJson(entry: DirEntry, withValue: boolean, ns: string): string {
+    // Entries never change (a write replaces them), so a watched prefix's thousands of entries are rendered
+    // once each rather than on every answer.
+    const cacheable = withValue && !this.namespacesEnabled;
+    const cached = cacheable ? this.renderedEntries.get(entry) : undefined;
+    if (cached !== undefined) return cached;
+    const rendered = this.renderEntry(entry, withValue, ns);
+    if (cacheable) this.renderedEntries.set(entry, rendered);
+    return rendered;
+  }
+
+  private renderEntry(entry: DirEntry, withValue: boolean, ns: string): string {
     const value = withValue && entry.value !== null ? `"${entry.value.toString('base64')}"` : 'null';
     const session = entry.session !== '' ? `"Session":${goJsonString(entry.session)},` : '';
     const enterprise = this.namespacesEnabled ? `"Namespace":${goJsonString(ns)},"Partition":"default",` : '';
