@@ -1,14 +1,39 @@
-import type { Store, TxnOperation, WriteOptions } from '../store/store.js';
+import { MAX_TXN_OPS, type Store, type TxnOperation, type WriteOptions } from '../store/store.js';
 
 /** The writes the reconciler makes. */
 export type StoreWriter = Pick<Store, 'put' | 'delete' | 'transaction'>;
+
+/** Fenced batches on their way to the store at once; more writes wait and join the next batch. */
+const MAX_BATCHES_IN_FLIGHT = 4;
+
+interface PendingWrite {
+  readonly operations: readonly TxnOperation[];
+  readonly resolve: (written: boolean) => void;
+  readonly reject: (error: unknown) => void;
+}
+
+interface FencedBatch {
+  readonly fence: TxnOperation;
+  readonly writes: PendingWrite[];
+  /** Operations in the batch, the fence included. */
+  size: number;
+}
 
 /**
  * Writes that only apply while this process holds its lease: with a fence (a `check-session` operation),
  * every write becomes one transaction led by the fence, so a deposed leader's late write fails like a
  * lost compare-and-set. Without one (the embedded store's sole leader) writes go to the store unchanged.
+ *
+ * Fenced writes made in the same turn of the event loop (many reconciles finishing together) share one
+ * transaction, up to the store's operation cap: one round trip, and one wake-up of every watch of the
+ * prefix, instead of one per session. A transaction is all or nothing, so when a shared one fails (one
+ * member's compare-and-set lost, or an error) each member is sent again on its own and gets its own answer.
  */
 export class FencedWriter implements StoreWriter {
+  private readonly forming: FencedBatch[] = [];
+  private flushScheduled = false;
+  private inFlight = 0;
+
   constructor(
     private readonly store: Store,
     private readonly fence: () => TxnOperation | undefined,
@@ -33,7 +58,11 @@ export class FencedWriter implements StoreWriter {
 
   private send(operations: readonly TxnOperation[]): Promise<boolean> {
     const fence = this.fence();
-    if (fence !== undefined) return this.store.transaction([fence, ...operations]);
+    if (fence !== undefined) {
+      // Too many operations for one transaction: the store refuses it with the reason.
+      if (operations.length + 1 > MAX_TXN_OPS) return this.store.transaction([fence, ...operations]);
+      return new Promise((resolve, reject) => this.enqueue(fence, { operations, resolve, reject }));
+    }
     // Unfenced, a single operation is a plain write, as the caller would have made it.
     if (operations.length === 1) {
       const [operation] = operations as [TxnOperation];
@@ -42,4 +71,52 @@ export class FencedWriter implements StoreWriter {
     }
     return this.store.transaction(operations);
   }
+
+  private enqueue(fence: TxnOperation, write: PendingWrite): void {
+    const size = write.operations.length;
+    let batch = this.forming.find((candidate) => sameFence(candidate.fence, fence) && candidate.size + size <= MAX_TXN_OPS);
+    if (batch === undefined) {
+      batch = { fence, writes: [], size: 1 };
+      this.forming.push(batch);
+    }
+    batch.writes.push(write);
+    batch.size += size;
+    this.scheduleFlush();
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled || this.forming.length === 0 || this.inFlight >= MAX_BATCHES_IN_FLIGHT) return;
+    this.flushScheduled = true;
+    // After the current turn's callbacks, so that the writes they make join the batch.
+    setImmediate(() => {
+      this.flushScheduled = false;
+      while (this.inFlight < MAX_BATCHES_IN_FLIGHT && this.forming.length > 0) {
+        const batch = this.forming.shift()!;
+        this.inFlight++;
+        void this.commit(batch).finally(() => {
+          this.inFlight--;
+          this.scheduleFlush();
+        });
+      }
+    });
+  }
+
+  private async commit(batch: FencedBatch): Promise<void> {
+    const { fence, writes } = batch;
+    if (writes.length > 1) {
+      try {
+        if (await this.store.transaction([fence, ...writes.flatMap((write) => write.operations)])) {
+          for (const write of writes) write.resolve(true);
+          return;
+        }
+      } catch {
+        // Sent again one by one below, where each member's own error reaches its caller.
+      }
+    }
+    await Promise.all(writes.map((write) => this.store.transaction([fence, ...write.operations]).then(write.resolve, write.reject)));
+  }
+}
+
+function sameFence(a: TxnOperation, b: TxnOperation): boolean {
+  return a.verb === 'check-session' && b.verb === 'check-session' && a.key === b.key && a.session === b.session;
 }

@@ -13,7 +13,7 @@ import { resolveParameters } from '../api/templates.js';
 import type { Logger } from '../util/log.js';
 import type { TxnOperation } from '../store/store.js';
 import type { StoreWriter } from './fenced-writer.js';
-import { jobIdFor, RenderError, type Allocation, type Scheduler, type Workload } from '../scheduler/scheduler.js';
+import { jobIdFor, RenderError, type Allocation, type RenderedJob, type Scheduler, type Workload } from '../scheduler/scheduler.js';
 import type { Admission } from './admission.js';
 import type { PortAllocator } from './claims.js';
 import { newClaim, publicEndpoints, type PublicAddressing } from './endpoints.js';
@@ -99,6 +99,13 @@ export class SessionReconciler {
    */
   private readonly orphanedSince = new Map<string, number>();
 
+  /**
+   * The spec hash of each session's job and the cached objects it was rendered from (compared by identity:
+   * the caches hand out the same object until it changes). A session is reconciled several times while it
+   * starts and rendering is most of a reconcile; the job itself is rendered again only to register it.
+   */
+  private readonly specHashes = new Map<string, { session: SessionRecord; template: SessionTemplate; claim: RouteRecord; specHash: string }>();
+
   /** Whether the current wave of orphans has been reported as a store loss (once per wave). */
   private storeLossReported = false;
 
@@ -111,7 +118,10 @@ export class SessionReconciler {
     const catchingUp = this.expectations.waitFor(id);
     if (catchingUp !== undefined) return { requeueAfterMs: catchingUp };
     const record = this.deps.observed.sessions.get(id);
-    if (record === undefined) return this.collectOrphans(id);
+    if (record === undefined) {
+      this.specHashes.delete(id);
+      return this.collectOrphans(id);
+    }
     if (this.orphanedSince.delete(id)) this.deps.log.warn({ session: id }, 'the session record is back; adopting its workload');
     if (record.value === undefined || record.value.metadata.id !== id) {
       const reason = record.error ?? `metadata.id "${record.value?.metadata.id}" does not match the key`;
@@ -163,26 +173,34 @@ export class SessionReconciler {
     }
 
     const endpoints = publicEndpoints(template, claim, this.deps.addressing);
-    let job;
-    try {
-      job = this.deps.scheduler.render({ jobId: jobIdFor(id), sessionId: id, template, parameters, endpoints });
-    } catch (error) {
-      if (error instanceof RenderError) return this.fail(id, generation, 'Unschedulable', error.message);
-      throw error;
+    const jobId = jobIdFor(id);
+    const render = (): RenderedJob => this.deps.scheduler.render({ jobId, sessionId: id, template, parameters, endpoints });
+    const memo = this.specHashes.get(id);
+    let specHash: string;
+    if (memo !== undefined && memo.session === session && memo.template === template && memo.claim === claim) {
+      specHash = memo.specHash;
+    } else {
+      try {
+        specHash = render().specHash;
+      } catch (error) {
+        if (error instanceof RenderError) return this.fail(id, generation, 'Unschedulable', error.message);
+        throw error;
+      }
+      this.specHashes.set(id, { session, template, claim, specHash });
     }
     const now = this.now();
     const admittedAt = previous?.admittedAt ?? new Date(now).toISOString();
     const cachedWorkload = observed.workloads.get(id);
-    const workload = cachedWorkload?.specHash === job.specHash ? cachedWorkload : undefined;
+    const workload = cachedWorkload?.specHash === specHash ? cachedWorkload : undefined;
     // The scheduler has no room: give the claim back and wait at the head of the list (a session that has
     // served keeps its place and addresses and is handled as a failure instead).
     if (workload?.placementFailure !== undefined && previous?.readyAt === undefined) {
       return this.waitForCapacity(id, generation, workload.placementFailure);
     }
     if (workload === undefined) {
-      await this.deps.scheduler.register(job);
-      this.expectations.expect(id, () => observed.workloads.get(id)?.specHash === job.specHash);
-      this.deps.log.info({ session: id, job: job.id }, cachedWorkload ? 'job updated' : 'job registered');
+      await this.deps.scheduler.register(render());
+      this.expectations.expect(id, () => observed.workloads.get(id)?.specHash === specHash);
+      this.deps.log.info({ session: id, job: jobId }, cachedWorkload ? 'job updated' : 'job registered');
     }
 
     const allocation = workload?.allocation;
@@ -199,9 +217,9 @@ export class SessionReconciler {
     if (allocation?.clientStatus === 'failed') {
       const replaceAt = Date.parse(failures[failures.length - 1]?.time ?? admittedAt) + restartDelayMs(policy, failures.length);
       if (now >= replaceAt) {
-        await this.deps.scheduler.reschedule(job.id);
+        await this.deps.scheduler.reschedule(jobId);
         this.expectations.expect(id, () => observed.workloads.get(id)?.allocation?.id !== allocation.id);
-        this.deps.log.info({ session: id, job: job.id, failures: failures.length }, 'replacing the failed workload');
+        this.deps.log.info({ session: id, job: jobId, failures: failures.length }, 'replacing the failed workload');
       } else {
         wakeAts.push(replaceAt);
       }
@@ -272,7 +290,7 @@ export class SessionReconciler {
       ...(readyAt === undefined ? {} : { readyAt }),
       ...(expiresAt === undefined ? {} : { expiresAt }),
       failures,
-      jobId: job.id,
+      jobId,
       ...(allocation ? { allocationId: allocation.id } : {}),
     });
     const waitingForRouters = routed.reason === 'WaitingForRouters' || routed.reason === 'NoRouters';

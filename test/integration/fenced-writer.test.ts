@@ -1,0 +1,96 @@
+import assert from 'node:assert/strict';
+import { FencedWriter } from '../../controller/controller/fenced-writer.js';
+import { ConsulStore } from '../../controller/store/consul-store.js';
+import { MAX_TXN_OPS, type TxnOperation } from '../../controller/store/store.js';
+import { ConsulDouble } from '../fakes/consul.js';
+import { testLog } from '../support/controller-harness.js';
+
+describe('FencedWriter (Consul double)', function () {
+  this.timeout(20_000);
+  let double: ConsulDouble;
+  let store: ConsulStore;
+  let fence: TxnOperation;
+
+  beforeEach(async () => {
+    double = await ConsulDouble.start();
+    store = new ConsulStore({ address: double.address, log: testLog });
+    const session = await store.createSession({ name: 'leader', ttlSeconds: 10, lockDelaySeconds: 0 });
+    assert.equal(await store.acquire('m/leader', 'me', session), true);
+    fence = { verb: 'check-session', key: 'm/leader', session };
+  });
+
+  afterEach(async () => {
+    await store.close();
+    await double.stop();
+  });
+
+  const transactions = (): number => double.requests.filter((request) => request.path === '/v1/txn').length;
+
+  it('sends the writes of one turn as one fenced transaction', async () => {
+    const written: string[] = [];
+    const writer = new FencedWriter(store, () => fence, (keys) => written.push(...keys));
+    const before = transactions();
+    const results = await Promise.all(Array.from({ length: 20 }, (_, i) => writer.put(`m/status/s${i}`, `{"n":${i}}`, { cas: 0 })));
+    assert.deepEqual(results, Array(20).fill(true));
+    assert.equal(transactions() - before, 1);
+    assert.equal(written.length, 20);
+    assert.equal((await store.get('m/status/s7'))?.value, '{"n":7}');
+  });
+
+  it('splits at the operation cap of a transaction', async () => {
+    const writer = new FencedWriter(store, () => fence);
+    const before = transactions();
+    const count = MAX_TXN_OPS * 2;
+    const results = await Promise.all(Array.from({ length: count }, (_, i) => writer.put(`m/status/s${i}`, 'v')));
+    assert.ok(results.every(Boolean));
+    // 63 writes and the fence fill a transaction.
+    assert.equal(transactions() - before, Math.ceil(count / (MAX_TXN_OPS - 1)));
+    assert.equal((await store.list('m/status/')).entries.length, count);
+  });
+
+  it('gives a lost compare-and-set to its own caller only', async () => {
+    const writer = new FencedWriter(store, () => fence);
+    await store.put('m/status/taken', 'old');
+    const [a, taken, b] = await Promise.all([
+      writer.put('m/status/a', 'new', { cas: 0 }),
+      writer.put('m/status/taken', 'new', { cas: 0 }),
+      writer.put('m/status/b', 'new', { cas: 0 }),
+    ]);
+    assert.deepEqual([a, taken, b], [true, false, true]);
+    assert.equal((await store.get('m/status/taken'))?.value, 'old');
+    assert.equal((await store.get('m/status/a'))?.value, 'new');
+  });
+
+  it('gives an error to its own caller only', async () => {
+    const writer = new FencedWriter(store, () => fence);
+    const results = await Promise.allSettled([writer.put('m/status/a', 'x'), writer.put('m/status/../b', 'x'), writer.put('m/status/c', 'x')]);
+    assert.deepEqual(results.map((result) => result.status), ['fulfilled', 'rejected', 'fulfilled']);
+    assert.match(String((results[1] as PromiseRejectedResult).reason), /path segments/);
+  });
+
+  it('writes nothing once the lease is gone', async () => {
+    const writer = new FencedWriter(store, () => fence);
+    await store.release('m/leader', fence.verb === 'check-session' ? fence.session : '');
+    const results = await Promise.all([writer.put('m/status/a', 'x'), writer.put('m/status/b', 'x')]);
+    assert.deepEqual(results, [false, false]);
+    assert.equal((await store.list('m/status/')).entries.length, 0);
+  });
+
+  it('never shares a transaction between fences', async () => {
+    const other = await store.createSession({ name: 'other', ttlSeconds: 10, lockDelaySeconds: 0 });
+    const fences = [fence, { verb: 'check-session', key: 'm/leader', session: other } as const];
+    let turn = 0;
+    const writer = new FencedWriter(store, () => fences[turn++ % 2]);
+    const results = await Promise.all([writer.put('m/status/a', 'x'), writer.put('m/status/b', 'x'), writer.put('m/status/c', 'x')]);
+    // The other session does not hold the lock: its write fails, the two fenced by the holder apply.
+    assert.deepEqual(results, [true, false, true]);
+  });
+
+  it('writes unfenced single operations as plain writes', async () => {
+    const writer = new FencedWriter(store, () => undefined);
+    const before = transactions();
+    assert.equal(await writer.put('m/status/a', 'x', { cas: 0 }), true);
+    assert.equal(await writer.delete('m/status/a'), true);
+    assert.equal(transactions() - before, 0);
+  });
+});
