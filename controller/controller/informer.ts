@@ -1,7 +1,7 @@
 import { Subject, type Observable, type Subscription } from 'rxjs';
 import { watchRestarts } from '../metrics/metrics.js';
 import type { Logger } from '../util/log.js';
-import type { KvEntry, Store, WatchStep } from '../store/store.js';
+import type { KvEntry, KvEntryMeta, Store, WatchStep } from '../store/store.js';
 import type { Scheduler, Workload, WorkloadStep } from '../scheduler/scheduler.js';
 
 export interface CacheChange<T> {
@@ -62,10 +62,13 @@ export class Cache<T> {
   }
 }
 
-/** A store record as cached: the raw entry plus the decoded value, or why it could not be decoded. */
+/**
+ * A store record as cached: the entry's indexes plus the decoded value, or why it could not be decoded. The
+ * encoded value is not kept: at 10,000 sessions it would be tens of megabytes read only once.
+ */
 export interface CachedRecord<T> {
   readonly id: string;
-  readonly entry: KvEntry;
+  readonly entry: KvEntryMeta;
   readonly value?: T;
   readonly error?: string;
 }
@@ -203,7 +206,7 @@ export class StoreInformer<T> extends Informer<WatchStep, CachedRecord<T>> {
       const previousIndex = this.index;
       const rewind = step.index < previousIndex;
       const vanished = rewind ? [...this.cache.values()].filter((record) => !all.has(record.id)) : [];
-      this.cache.replace(all, (a, b) => a.entry.modifyIndex === b.entry.modifyIndex && a.entry.value === b.entry.value);
+      this.cache.replace(all, sameRecord);
       // A reset is the whole prefix as of its index, so the informer is exactly there now.
       this.index = step.index;
       if (rewind) this.rewound.next({ previousIndex, index: step.index, vanished });
@@ -224,12 +227,27 @@ export class StoreInformer<T> extends Informer<WatchStep, CachedRecord<T>> {
     const id = entry.key.slice(this.prefix.length);
     // Nothing of ours nests below an object's key; anything deeper is someone else's and is ignored.
     if (id === '' || id.includes('/')) return undefined;
+    const { value: json, ...meta } = entry;
     try {
-      return { id, entry, value: this.decode(entry.value, id) };
+      return { id, entry: meta, value: this.decode(json, id) };
     } catch (error) {
-      return { id, entry, error: (error as Error).message };
+      return { id, entry: meta, error: (error as Error).message };
     }
   }
+}
+
+/**
+ * Whether a reset left a record as it was: same indexes, and (for a store rebuilt with colliding indexes)
+ * the same decoded content. Resets are rare (start, a resumed watch the store could not replay, a rewind).
+ */
+function sameRecord<T>(a: CachedRecord<T>, b: CachedRecord<T>): boolean {
+  return (
+    a.entry.modifyIndex === b.entry.modifyIndex &&
+    a.entry.createIndex === b.entry.createIndex &&
+    a.entry.session === b.entry.session &&
+    a.error === b.error &&
+    JSON.stringify(a.value) === JSON.stringify(b.value)
+  );
 }
 
 /** Mirrors the scheduler's workloads (jobs carrying our marker) into a Cache keyed by session id. */

@@ -16,6 +16,7 @@ import {
   validateValue,
   type KvChange,
   type KvEntry,
+  type KvEntryMeta,
   type KvListing,
   type Store,
   type TxnOperation,
@@ -88,14 +89,25 @@ interface CallSpec {
   readonly signal?: AbortSignal;
 }
 
-/** What a watch remembers of a prefix: its contents as of a listing index, to resume with changes. */
+/**
+ * What a watch knows of a key it delivered: its indexes and a fingerprint of its value, not the value itself
+ * (the consumer has that; keeping it here too would hold a second copy of the whole prefix).
+ */
+type KnownEntry = KvEntryMeta;
+
+/** What a watch remembers of a prefix: its keys as of a listing index, to resume with changes. */
 interface PrefixMemo {
   readonly index: number;
-  readonly entries: readonly KvEntry[];
+  readonly entries: readonly KnownEntry[];
 }
 
-/** A listing as read: its contents, and how long decoding the answer took. */
-interface Listing extends PrefixMemo {
+/**
+ * A listing as read: its entries (those unchanged since the `known` view it was read against are that
+ * view's own objects, without values), and how long decoding the answer took.
+ */
+interface Listing {
+  readonly index: number;
+  readonly entries: ReadonlyArray<KvEntry | KnownEntry>;
   readonly decodeMs: number;
 }
 
@@ -209,8 +221,9 @@ export class ConsulStore implements Store, LockService {
     validatePrefix('list', prefix);
     checkAddressable('list', prefix);
     const listing = await this.fetchListing('list', prefix, undefined, undefined);
-    this.remember(prefix, listing);
-    return { entries: [...listing.entries], index: listing.index };
+    const entries = listing.entries as KvEntry[];
+    this.remember(prefix, { index: listing.index, entries: entries.map(knownEntry) });
+    return { entries, index: listing.index };
   }
 
   async put(key: string, value: string, options: WriteOptions = {}): Promise<boolean> {
@@ -369,14 +382,15 @@ export class ConsulStore implements Store, LockService {
 
   /**
    * One `?recurse` listing, blocking when `blocking` is given. Consul answers 404 for an empty prefix.
-   * Entries unchanged since `known` (the watch's view) are answered as the very same objects.
+   * Entries unchanged since `known` (the watch's view as of `known.index`) are answered as that view's own
+   * objects, unless the answer's index went back below it: after a rewind every entry is decoded anew.
    */
   async fetchListing(
     operation: string,
     prefix: string,
     blocking: { readonly index: number } | undefined,
     signal: AbortSignal | undefined,
-    known?: ReadonlyMap<string, KvEntry>,
+    known?: { readonly index: number; readonly entries: ReadonlyMap<string, KnownEntry> },
   ): Promise<Listing> {
     const query: [string, string | undefined][] = [['recurse', undefined]];
     let timeoutMs = this.requestTimeoutMs;
@@ -391,14 +405,15 @@ export class ConsulStore implements Store, LockService {
     if (response.status !== 200 && response.status !== 404) throw this.statusError(operation, prefix, response);
     const index = Math.max(headerIndex(response.headers), 1);
     const decodingSince = performance.now();
-    const entries = response.status === 404 ? [] : parseEntries(operation, prefix, response.body, known);
+    const reusable = known !== undefined && index >= known.index ? known.entries : undefined;
+    const entries = response.status === 404 ? [] : parseEntries(operation, prefix, response.body, reusable);
     return { index, entries, decodeMs: performance.now() - decodingSince };
   }
 
   /** Remembers the contents of a prefix as of an index (the latest few prefixes only). */
   remember(prefix: string, memo: PrefixMemo): void {
     this.memo.delete(prefix);
-    this.memo.set(prefix, { index: memo.index, entries: [...memo.entries] });
+    this.memo.set(prefix, memo);
     if (this.memo.size > MEMO_PREFIXES) this.memo.delete(this.memo.keys().next().value as string);
   }
 
@@ -587,7 +602,7 @@ class PrefixWatch {
   private stopped = false;
   private controller: AbortController | undefined;
   private sleeping: { timer: NodeJS.Timeout; resolve: () => void } | undefined;
-  private known: Map<string, KvEntry> | undefined;
+  private known: Map<string, KnownEntry> | undefined;
   private index = 0;
   private resync = true;
   private failures = 0;
@@ -651,7 +666,8 @@ class PrefixWatch {
       const blocking = !this.resync && this.known !== undefined;
       this.controller = new AbortController();
       try {
-        const listing = await this.store.fetchListing('watch', this.prefix, blocking ? { index: this.index } : undefined, this.controller.signal, this.known);
+        const known = this.known === undefined ? undefined : { index: this.index, entries: this.known };
+        const listing = await this.store.fetchListing('watch', this.prefix, blocking ? { index: this.index } : undefined, this.controller.signal, known);
         if (this.stopped) return;
         this.failures = 0;
         // A resync asked for while this answer was on its way still reads again.
@@ -682,27 +698,29 @@ class PrefixWatch {
   }
 
   /** Applies one answer; returns whether it delivered a step. */
-  private absorb(listing: PrefixMemo): boolean {
+  private absorb(listing: Listing): boolean {
     const index = Math.max(listing.index, 1);
     if (this.known === undefined || index < this.index) {
       if (this.known !== undefined) {
         this.log.info({ prefix: this.prefix, was: this.index, now: index }, 'Consul index went backwards (state restored or lost); resetting the watch');
         this.store.rewound(this);
       }
-      this.known = new Map(listing.entries.map((entry) => [entry.key, entry]));
+      // Read without a view to reuse (first listing) or past a rewind (fetchListing reuses nothing then).
+      const entries = listing.entries as KvEntry[];
+      this.known = new Map(entries.map((entry) => [entry.key, knownEntry(entry)]));
       this.index = index;
-      this.store.remember(this.prefix, listing);
-      this.subscriber.next({ kind: 'reset', index, entries: [...listing.entries] });
+      this.store.remember(this.prefix, { index, entries: [...this.known.values()] });
+      this.subscriber.next({ kind: 'reset', index, entries });
       return true;
     }
     const changes = diff(this.known, listing.entries, index);
     this.index = index;
     if (changes.length === 0) return false;
     for (const change of changes) {
-      if (change.type === 'put') this.known.set(change.entry.key, change.entry);
+      if (change.type === 'put') this.known.set(change.entry.key, knownEntry(change.entry));
       else this.known.delete(change.key);
     }
-    this.store.remember(this.prefix, listing);
+    this.store.remember(this.prefix, { index, entries: [...this.known.values()] });
     this.subscriber.next({ kind: 'changes', index, changes });
     return true;
   }
@@ -754,26 +772,18 @@ class AbortedError extends StoreError {
 const CHECK_FAILURE = /^(failed to (set|delete) key ".*", index is stale|failed to check session, key ".*" doesn't exist|failed session check for key ".*", current session ".*" != ".*")$/s;
 
 /**
- * The changes that turn `known` into `entries`: puts for new or modified keys (by indexes and value, so a
- * Consul that was rebuilt with colliding indexes is still diffed correctly), then deletes for vanished keys.
+ * The changes that turn `known` into `entries`: puts for new or modified keys (parseEntries answers an
+ * unchanged key, by indexes and value fingerprint, as its known object), then deletes for vanished keys.
  * Consul does not say when a key was deleted, so a delete carries the listing's index.
  */
-function diff(known: ReadonlyMap<string, KvEntry>, entries: readonly KvEntry[], index: number): KvChange[] {
+function diff(known: ReadonlyMap<string, KnownEntry>, entries: ReadonlyArray<KvEntry | KnownEntry>, index: number): KvChange[] {
   const puts: KvChange[] = [];
   const present = new Set<string>();
   for (const entry of entries) {
     present.add(entry.key);
-    const previous = known.get(entry.key);
-    if (previous === entry) continue;
-    if (
-      previous === undefined ||
-      previous.modifyIndex !== entry.modifyIndex ||
-      previous.createIndex !== entry.createIndex ||
-      previous.value !== entry.value ||
-      previous.session !== entry.session
-    ) {
-      puts.push({ type: 'put', entry });
-    }
+    if (known.get(entry.key) === entry) continue;
+    // Anything but a known object was decoded from the answer, value included.
+    puts.push({ type: 'put', entry: entry as KvEntry });
   }
   puts.sort((a, b) => (a.type === 'put' && b.type === 'put' ? a.entry.modifyIndex - b.entry.modifyIndex : 0));
   const deletes: KvChange[] = [];
@@ -790,14 +800,39 @@ interface RawEntry {
 }
 
 /**
- * The base64 `Value` each parsed entry was decoded from. A watch re-reads its whole prefix on every change
- * (Consul has no other way), and telling the unchanged entries by their encoded value spares decoding
- * thousands of values (and the memory they churn through) for each one that changed.
+ * A fingerprint of the base64 `Value` each parsed entry was decoded from. A watch re-reads its whole prefix
+ * on every change (Consul has no other way), and telling the unchanged entries by their indexes and this
+ * fingerprint spares decoding thousands of values (and the memory they churn through) for each one that
+ * changed. Keeping the encoded values themselves would hold a second copy of every value. The indexes
+ * already tell a changed value (every write gives the key a new ModifyIndex); the fingerprint only guards
+ * against a Consul rebuilt with colliding indexes, so it samples the value rather than reading all of it.
  */
-const encodedValues = new WeakMap<KvEntry, string | null>();
+const valueFingerprints = new WeakMap<KvEntryMeta, number>();
 
-/** The entries of a KV answer; an entry equal to its namesake in `known` is that same object. */
-function parseEntries(operation: string, key: string, body: string, known?: ReadonlyMap<string, KvEntry>): KvEntry[] {
+/** What a watch keeps of a delivered entry (see KnownEntry), with its value's fingerprint. */
+function knownEntry(entry: KvEntry): KnownEntry {
+  const { value: _value, ...meta } = entry;
+  const known = Object.freeze(meta);
+  valueFingerprints.set(known, valueFingerprints.get(entry) ?? -2);
+  return known;
+}
+
+/** The length and a hash of every 64th character and the last 64 (FNV-1a): cheap for large values, never a copy. */
+function fingerprint(encoded: string | null): number {
+  if (encoded === null) return -1;
+  let hash = 0x811c9dc5 ^ encoded.length;
+  const sample = (i: number): void => {
+    hash = Math.imul(hash ^ encoded.charCodeAt(i), 0x01000193);
+  };
+  for (let i = 0; i < encoded.length; i += 64) sample(i);
+  for (let i = Math.max(0, encoded.length - 64); i < encoded.length; i++) sample(i);
+  return hash >>> 0;
+}
+
+/** The entries of a KV answer; an entry equal to its namesake in `known` is that same (value-less) object. */
+function parseEntries(operation: string, key: string, body: string): KvEntry[];
+function parseEntries(operation: string, key: string, body: string, known: ReadonlyMap<string, KnownEntry> | undefined): Array<KvEntry | KnownEntry>;
+function parseEntries(operation: string, key: string, body: string, known?: ReadonlyMap<string, KnownEntry>): Array<KvEntry | KnownEntry> {
   const malformed = (why: string): ConsulError =>
     new ConsulError(`Consul answered a KV read that cannot be understood (${why})`, operation, key, 200, true);
   let raw: unknown;
@@ -807,7 +842,7 @@ function parseEntries(operation: string, key: string, body: string, known?: Read
     throw malformed(errorMessage(error));
   }
   if (!Array.isArray(raw)) throw malformed('not an array');
-  return raw.map((item: RawEntry): KvEntry => {
+  return raw.map((item: RawEntry): KvEntry | KnownEntry => {
     if (
       typeof item?.Key !== 'string' ||
       !Number.isSafeInteger(item.CreateIndex) ||
@@ -820,19 +855,20 @@ function parseEntries(operation: string, key: string, body: string, known?: Read
     const encoded = typeof item.Value === 'string' ? item.Value : null;
     const session = typeof item.Session === 'string' && item.Session !== '' ? item.Session : undefined;
     const previous = known?.get(item.Key);
+    const print = fingerprint(encoded);
     if (
       previous !== undefined &&
       previous.modifyIndex === item.ModifyIndex &&
       previous.createIndex === item.CreateIndex &&
       previous.session === session &&
-      encodedValues.get(previous) === encoded
+      valueFingerprints.get(previous) === print
     ) {
       return previous;
     }
     const value = encoded === null ? '' : Buffer.from(encoded, 'base64').toString('utf8');
     const fields = { key: item.Key, value, createIndex: item.CreateIndex as number, modifyIndex: item.ModifyIndex as number };
     const entry: KvEntry = Object.freeze(session === undefined ? fields : { ...fields, session });
-    encodedValues.set(entry, encoded);
+    valueFingerprints.set(entry, print);
     return entry;
   });
 }

@@ -14,6 +14,9 @@ export interface KvEntry {
   readonly session?: string;
 }
 
+/** An entry's key and indexes without its value: what a cache keeps once it has decoded the value. */
+export type KvEntryMeta = Omit<KvEntry, 'value'>;
+
 export interface KvListing {
   readonly entries: KvEntry[];
   /** The store index the listing is consistent with: watch from here to miss nothing. */

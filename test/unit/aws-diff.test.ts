@@ -76,7 +76,7 @@ describe('AWS: error classification', () => {
 
 describe('port allocator with a load-balancer pool', () => {
   const claim = (id: string, port: number, loadBalancer?: string): RouteRecord => ({ sessionId: id, hosts: [], ports: [{ service: 'tcp', port, ...(loadBalancer ? { loadBalancer } : {}) }] });
-  const cached = (id: string, value: RouteRecord | undefined): CachedRecord<RouteRecord> | undefined => value && { id, entry: { key: id, value: '', createIndex: 1, modifyIndex: 1 }, value };
+  const cached = (id: string, value: RouteRecord | undefined): CachedRecord<RouteRecord> | undefined => value && { id, entry: { key: id, createIndex: 1, modifyIndex: 1 }, value };
   const observe = (allocator: PortAllocator, id: string, record: RouteRecord | undefined, previous?: RouteRecord): void =>
     allocator.observe({ id, previous: cached(id, previous), current: cached(id, record) });
 
