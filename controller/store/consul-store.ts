@@ -3,7 +3,7 @@ import https from 'node:https';
 import { Observable, type Subscriber } from 'rxjs';
 import { outcomeOfStatus, recordBackendCall, watchRestarts } from '../metrics/metrics.js';
 import type { Logger } from '../util/log.js';
-import { readBody } from '../util/http-body.js';
+import { readBody, readJsonArray } from '../util/http-body.js';
 import { loadTlsMaterial } from '../util/tls.js';
 import { pacingDelayMs } from '../util/watch-pacing.js';
 import {
@@ -87,6 +87,11 @@ interface CallSpec {
   readonly contentType?: string;
   readonly timeoutMs?: number;
   readonly signal?: AbortSignal;
+  /**
+   * When set, a 200 answer is a JSON array handed over element by element as it arrives (given the answer's
+   * headers first), and `body` is then empty: a long listing is never held whole.
+   */
+  readonly elements?: (headers: http.IncomingHttpHeaders) => (text: string) => void;
 }
 
 /**
@@ -399,15 +404,30 @@ export class ConsulStore implements Store, LockService {
       // Consul may hold the answer for the wait plus up to wait/16 of jitter.
       timeoutMs += Math.ceil((this.watchWaitSeconds * 1000 * 17) / 16);
     }
-    const spec: CallSpec = { operation, key: prefix, method: 'GET', path: kvPath(prefix), query, timeoutMs, signal };
+    let entries: Array<KvEntry | KnownEntry> = [];
+    let decodeMs = 0;
+    const elements = (headers: http.IncomingHttpHeaders): ((text: string) => void) => {
+      // A retried read starts over.
+      entries = [];
+      decodeMs = 0;
+      const reusable = known !== undefined && Math.max(headerIndex(headers), 1) >= known.index ? known.entries : undefined;
+      return (text) => {
+        const since = performance.now();
+        let item: unknown;
+        try {
+          item = JSON.parse(text);
+        } catch (error) {
+          throw malformedListing(operation, prefix, errorMessage(error));
+        }
+        entries.push(parseEntry(operation, prefix, item as RawEntry, reusable));
+        decodeMs += performance.now() - since;
+      };
+    };
+    const spec: CallSpec = { operation, key: prefix, method: 'GET', path: kvPath(prefix), query, timeoutMs, signal, elements };
     // A watch has its own backoff; a plain list retries like any read.
     const response = blocking || signal ? await this.call(spec) : await this.read(spec);
     if (response.status !== 200 && response.status !== 404) throw this.statusError(operation, prefix, response);
-    const index = Math.max(headerIndex(response.headers), 1);
-    const decodingSince = performance.now();
-    const reusable = known !== undefined && index >= known.index ? known.entries : undefined;
-    const entries = response.status === 404 ? [] : parseEntries(operation, prefix, response.body, reusable);
-    return { index, entries, decodeMs: performance.now() - decodingSince };
+    return { index: Math.max(headerIndex(response.headers), 1), entries: response.status === 404 ? [] : entries, decodeMs };
   }
 
   /** Remembers the contents of a prefix as of an index (the latest few prefixes only). */
@@ -549,7 +569,16 @@ export class ConsulStore implements Store, LockService {
           signal: spec.signal,
         },
         (response) => {
-          const body = readBody(response);
+          let body: () => string;
+          if (spec.elements !== undefined && response.statusCode === 200) {
+            const complete = readJsonArray(response, spec.elements(response.headers));
+            body = () => {
+              complete();
+              return '';
+            };
+          } else {
+            body = readBody(response);
+          }
           response.on('error', (error) => finish(this.transportError(operation, key, error)));
           response.on('aborted', () => finish(this.transportError(operation, key, new Error('the answer was cut off'))));
           response.on('end', () => {
@@ -557,7 +586,14 @@ export class ConsulStore implements Store, LockService {
               finish(this.transportError(operation, key, new Error('the answer was cut off')));
               return;
             }
-            finish(undefined, { status: response.statusCode ?? 0, headers: response.headers, body: body() });
+            let text: string;
+            try {
+              text = body();
+            } catch (error) {
+              finish(error instanceof ConsulError ? error : malformedListing(operation, key, errorMessage(error)));
+              return;
+            }
+            finish(undefined, { status: response.statusCode ?? 0, headers: response.headers, body: text });
           });
         },
       );
@@ -829,48 +865,51 @@ function fingerprint(encoded: string | null): number {
   return hash >>> 0;
 }
 
-/** The entries of a KV answer; an entry equal to its namesake in `known` is that same (value-less) object. */
-function parseEntries(operation: string, key: string, body: string): KvEntry[];
-function parseEntries(operation: string, key: string, body: string, known: ReadonlyMap<string, KnownEntry> | undefined): Array<KvEntry | KnownEntry>;
-function parseEntries(operation: string, key: string, body: string, known?: ReadonlyMap<string, KnownEntry>): Array<KvEntry | KnownEntry> {
-  const malformed = (why: string): ConsulError =>
-    new ConsulError(`Consul answered a KV read that cannot be understood (${why})`, operation, key, 200, true);
+/** The entries of a KV answer read whole (a single key's). */
+function parseEntries(operation: string, key: string, body: string): KvEntry[] {
   let raw: unknown;
   try {
     raw = JSON.parse(body);
   } catch (error) {
-    throw malformed(errorMessage(error));
+    throw malformedListing(operation, key, errorMessage(error));
   }
-  if (!Array.isArray(raw)) throw malformed('not an array');
-  return raw.map((item: RawEntry): KvEntry | KnownEntry => {
-    if (
-      typeof item?.Key !== 'string' ||
-      !Number.isSafeInteger(item.CreateIndex) ||
-      !Number.isSafeInteger(item.ModifyIndex) ||
-      (item.Value !== null && item.Value !== undefined && typeof item.Value !== 'string')
-    ) {
-      throw malformed('an entry lacks Key, CreateIndex or ModifyIndex');
-    }
-    // Consul answers "Value": null for an empty value.
-    const encoded = typeof item.Value === 'string' ? item.Value : null;
-    const session = typeof item.Session === 'string' && item.Session !== '' ? item.Session : undefined;
-    const previous = known?.get(item.Key);
-    const print = fingerprint(encoded);
-    if (
-      previous !== undefined &&
-      previous.modifyIndex === item.ModifyIndex &&
-      previous.createIndex === item.CreateIndex &&
-      previous.session === session &&
-      valueFingerprints.get(previous) === print
-    ) {
-      return previous;
-    }
-    const value = encoded === null ? '' : Buffer.from(encoded, 'base64').toString('utf8');
-    const fields = { key: item.Key, value, createIndex: item.CreateIndex as number, modifyIndex: item.ModifyIndex as number };
-    const entry: KvEntry = Object.freeze(session === undefined ? fields : { ...fields, session });
-    valueFingerprints.set(entry, print);
-    return entry;
-  });
+  if (!Array.isArray(raw)) throw malformedListing(operation, key, 'not an array');
+  return raw.map((item: RawEntry) => parseEntry(operation, key, item) as KvEntry);
+}
+
+function malformedListing(operation: string, key: string, why: string): ConsulError {
+  return new ConsulError(`Consul answered a KV read that cannot be understood (${why})`, operation, key, 200, true);
+}
+
+/** One entry of a KV answer; one equal to its namesake in `known` is that same (value-less) object. */
+function parseEntry(operation: string, key: string, item: RawEntry, known?: ReadonlyMap<string, KnownEntry>): KvEntry | KnownEntry {
+  if (
+    typeof item?.Key !== 'string' ||
+    !Number.isSafeInteger(item.CreateIndex) ||
+    !Number.isSafeInteger(item.ModifyIndex) ||
+    (item.Value !== null && item.Value !== undefined && typeof item.Value !== 'string')
+  ) {
+    throw malformedListing(operation, key, 'an entry lacks Key, CreateIndex or ModifyIndex');
+  }
+  // Consul answers "Value": null for an empty value.
+  const encoded = typeof item.Value === 'string' ? item.Value : null;
+  const session = typeof item.Session === 'string' && item.Session !== '' ? item.Session : undefined;
+  const previous = known?.get(item.Key);
+  const print = fingerprint(encoded);
+  if (
+    previous !== undefined &&
+    previous.modifyIndex === item.ModifyIndex &&
+    previous.createIndex === item.CreateIndex &&
+    previous.session === session &&
+    valueFingerprints.get(previous) === print
+  ) {
+    return previous;
+  }
+  const value = encoded === null ? '' : Buffer.from(encoded, 'base64').toString('utf8');
+  const fields = { key: item.Key, value, createIndex: item.CreateIndex as number, modifyIndex: item.ModifyIndex as number };
+  const entry: KvEntry = Object.freeze(session === undefined ? fields : { ...fields, session });
+  valueFingerprints.set(entry, print);
+  return entry;
 }
 
 /** The part of a JSON answer `pick` selects; undefined when the answer is not JSON. */

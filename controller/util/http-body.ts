@@ -13,3 +13,122 @@ export function readBody(response: http.IncomingMessage): () => string {
   response.on('data', (chunk: string) => (text += chunk));
   return () => text;
 }
+
+/**
+ * Reads a response whose body is a JSON array and hands each element's text to `onElement` as soon as it
+ * has arrived, so that a listing of tens of megabytes is never held whole: each element is parsed and, if
+ * not kept, dropped while young (cheap for the collector), and the heap does not grow by the size of the
+ * answer. The returned function, called on 'end', throws the first problem met: a body that is not an
+ * array of objects or arrays, a cut-off body, or what `onElement` threw.
+ */
+export function readJsonArray(response: http.IncomingMessage, onElement: (text: string) => void): () => void {
+  const splitter = new JsonArraySplitter(onElement);
+  let failure: unknown;
+  response.setEncoding('utf8');
+  response.on('data', (chunk: string) => {
+    if (failure !== undefined) return;
+    try {
+      splitter.write(chunk);
+    } catch (error) {
+      failure = error;
+    }
+  });
+  return () => {
+    if (failure !== undefined) throw failure;
+    splitter.end();
+  };
+}
+
+const QUOTE = 0x22;
+const BACKSLASH = 0x5c;
+const OPEN_BRACE = 0x7b;
+const CLOSE_BRACE = 0x7d;
+const OPEN_BRACKET = 0x5b;
+const CLOSE_BRACKET = 0x5d;
+const COMMA = 0x2c;
+
+/** Splits the text of a JSON array of objects (or arrays), arriving in pieces, into its elements' texts. */
+export class JsonArraySplitter {
+  private opened = false;
+  private closed = false;
+  /** Nesting depth inside the top-level array: 0 between elements. */
+  private depth = 0;
+  private inString = false;
+  /** Inside a string, the previous piece ended on an unpaired backslash. */
+  private escaped = false;
+  /** The start of the current element, from earlier pieces. */
+  private partial = '';
+
+  constructor(private readonly onElement: (text: string) => void) {}
+
+  write(chunk: string): void {
+    let start = this.depth > 0 ? 0 : -1;
+    let i = 0;
+    if (this.inString) i = this.skipString(chunk, 0);
+    for (; i < chunk.length; i++) {
+      const c = chunk.charCodeAt(i);
+      if (c === QUOTE) {
+        if (this.depth === 0) throw new Error('a bare string where an array element was expected');
+        this.inString = true;
+        i = this.skipString(chunk, i + 1) - 1;
+      } else if (c === OPEN_BRACE || c === OPEN_BRACKET) {
+        if (!this.opened) {
+          if (c !== OPEN_BRACKET) throw new Error('not an array');
+          this.opened = true;
+          continue;
+        }
+        if (this.closed) throw new Error('text after the end of the array');
+        if (this.depth === 0) start = i;
+        this.depth++;
+      } else if (c === CLOSE_BRACE || c === CLOSE_BRACKET) {
+        if (this.depth === 0) {
+          if (c !== CLOSE_BRACKET || !this.opened || this.closed) throw new Error('unbalanced brackets');
+          this.closed = true;
+          continue;
+        }
+        this.depth--;
+        if (this.depth === 0) {
+          this.onElement(this.partial + chunk.slice(start, i + 1));
+          this.partial = '';
+          start = -1;
+        }
+      } else if (this.depth === 0 && !isSpace(c) && !(c === COMMA && this.opened && !this.closed)) {
+        throw new Error(this.opened ? 'an array element that is not an object or array' : 'not an array');
+      }
+    }
+    if (this.depth > 0) this.partial += chunk.slice(start);
+  }
+
+  /** Checks that the array was complete. */
+  end(): void {
+    if (!this.closed || this.depth > 0 || this.inString) throw new Error(this.opened ? 'the array was cut off' : 'not an array');
+  }
+
+  /** Finds the end of the string being read (from `from`); returns the index after its closing quote, or the piece's length. */
+  private skipString(chunk: string, from: number): number {
+    let i = from;
+    if (this.escaped) {
+      this.escaped = false;
+      i++;
+    }
+    for (;;) {
+      const quote = chunk.indexOf('"', i);
+      const end = quote === -1 ? chunk.length : quote;
+      let backslashes = 0;
+      while (end - backslashes - 1 >= i && chunk.charCodeAt(end - backslashes - 1) === BACKSLASH) backslashes++;
+      if (quote === -1) {
+        this.escaped = backslashes % 2 === 1;
+        return chunk.length;
+      }
+      if (backslashes % 2 === 0) {
+        this.inString = false;
+        return quote + 1;
+      }
+      i = quote + 1;
+    }
+  }
+}
+
+function isSpace(c: number): boolean {
+  return c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09;
+}
