@@ -42,7 +42,7 @@ export const provisioningScenario: Scenario = {
     result.figure('allReadySeconds', `all ${sessions} Ready (from the first create)`, run.allReadySeconds, 's');
     result.figure('createToReadyP50', 'create→Ready p50', run.createToReadyMs.p50, 'ms');
     result.figure('createToReadyP99', 'create→Ready p99', run.createToReadyMs.p99, 'ms');
-    result.figure('storeWritesPerSession', 'store writes per session (all processes; the floor makes 3)', run.perSession.storeWrites, '');
+    result.figure('storeWritesPerSession', 'store writes per session (all processes, a shared transaction once; the floor makes 3)', run.perSession.storeWrites, '');
     result.figure('registrationsPerSession', 'Nomad registrations per session', run.perSession.registrations, '');
     result.figure('reconcilesPerSession', 'reconciles per session', run.perSession.reconciles, '');
     for (const stage of run.stagesMs) {
