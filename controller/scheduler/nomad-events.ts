@@ -65,7 +65,7 @@ const SILENT_HEARTBEATS = 3;
 /** Every key of each topic; the namespace (and region) come with every call. */
 const TOPICS = Object.keys(TOPIC_TABLES);
 
-export const BACKOFF_BASE_MS = 100;
+const BACKOFF_BASE_MS = 100;
 export const BACKOFF_MAX_MS = 10_000;
 
 /** Delay before retry number `failures` (1-based): 100 ms doubling to 10 s, with jitter in [½, 1]×. */
@@ -150,8 +150,8 @@ async function followOnce(options: EventFollowerOptions, attempt: AbortControlle
 
   let live!: () => void;
   const started = new Promise<void>((resolve) => (live = resolve));
-  /** Frames held while the lists are taken; undefined once they are applied. */
-  let held: EventFrame[] | undefined = [];
+  /** Frames held while the lists are taken (until `lists` is set). */
+  const held: EventFrame[] = [];
   let lists: Record<EventTable, number> | undefined;
   let last = 0;
   const receive = (line: string): void => {
@@ -161,8 +161,8 @@ async function followOnce(options: EventFollowerOptions, attempt: AbortControlle
     if (!frame) return;
     if (frame.index < last) throw new Error(`Nomad's event index went backwards (${last} → ${frame.index}): its state was lost or replaced`);
     last = frame.index;
-    if (held) held.push(frame);
-    else deliver(sink, frame, lists as Record<EventTable, number>);
+    if (lists) deliver(sink, frame, lists);
+    else held.push(frame);
   };
 
   const response = await Promise.race([http.stream('/v1/event/stream', { topic: TOPICS }, attempt.signal), failed]).catch((error: unknown) => {
@@ -176,8 +176,7 @@ async function followOnce(options: EventFollowerOptions, attempt: AbortControlle
   await Promise.race([started, failed]);
   const indexes = await Promise.race([sink.resync(attempt.signal), failed]);
   // Synchronous from here to synced(): no frame can come in between.
-  for (const frame of held) deliver(sink, frame, indexes);
-  held = undefined;
+  for (const frame of held.splice(0)) deliver(sink, frame, indexes);
   lists = indexes;
   sink.synced();
   onSynced();

@@ -462,7 +462,7 @@ export class NomadScheduler implements Scheduler {
       await this.close();
       throw new Error(`Nomad at ${this.options.address} did not give its event stream and lists within ${timeoutMs} ms${why}`, { cause: this.lastFailure });
     }
-    this.log.info({ address: this.options.address, leader, namespace: this.options.namespace, region: this.options.region, workloads: this.reported.size }, 'nomad scheduler started');
+    this.log.info({ address: this.options.address, leader, namespace: this.options.namespace, region: this.options.region, workloads: this.reported.size, cache: this.cacheSizes() }, 'nomad scheduler started');
   }
 
   render(request: WorkloadRequest): RenderedJob {
@@ -601,7 +601,7 @@ export class NomadScheduler implements Scheduler {
     this.log.info('nomad scheduler closed');
   }
 
-  /** What the caches hold (for diagnostics). */
+  /** How many objects the caches hold (logged with each sync). */
   cacheSizes(): { jobs: number; allocations: number; evaluations: number; nodes: number } {
     const count = (groups: Map<string, Map<string, unknown>>): number => [...groups.values()].reduce((sum, group) => sum + group.size, 0);
     return { jobs: this.jobs.size + this.foreign.size, allocations: count(this.allocsByJob), evaluations: count(this.evalsByJob), nodes: this.nodes?.size ?? 0 };
@@ -828,7 +828,7 @@ export class NomadScheduler implements Scheduler {
     this.catchingUp = undefined;
     this.lastFailure = undefined;
     if (this.synced) {
-      this.log.info({ workloads: this.reported.size }, "Nomad's event stream followed again");
+      this.log.info({ workloads: this.reported.size, cache: this.cacheSizes() }, "Nomad's event stream followed again, the caches synced with fresh lists");
       this.recompute(touched);
       return;
     }
