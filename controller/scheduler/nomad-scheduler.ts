@@ -772,8 +772,9 @@ export class NomadScheduler implements Scheduler {
   private applyEvaluation(event: NomadEvent, index: number, touched: Set<string>): void {
     const stub = parseEvalStub(event.payload.Evaluation);
     const job = stub ? this.jobs.get(stub.JobID) : undefined;
-    // Before Nomad 1.7.5 a purge published no Job event, only its evaluation: one of a deregistration at
-    // an index the job did not change at (a stop without purge changes it) means the job is gone.
+    // Nomad releases before hashicorp/nomad#19903 (early 2024) publish no Job event for a purge, only its
+    // evaluation: a deregistration's evaluation at an index the job did not change at (a stop without purge
+    // changes it, in an earlier frame of that index) means the job is gone.
     if (stub && job && event.type === 'JobDeregistered' && job.ModifyIndex < index) {
       touched.add(stub.JobID);
       return this.forget(stub.JobID);
