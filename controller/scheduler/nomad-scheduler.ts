@@ -3,12 +3,11 @@ import http from 'node:http';
 import https from 'node:https';
 import { Observable, Subject, type Subscriber } from 'rxjs';
 import { KeyedSerializer } from '../util/keyed-serializer.js';
-import { loadTlsMaterial, type TlsMaterial } from '../util/tls.js';
-import { readBody } from '../util/http-body.js';
-import { pacingDelayMs } from '../util/watch-pacing.js';
-import { outcomeOfStatus, recordBackendCall } from '../metrics/metrics.js';
+import { loadTlsMaterial } from '../util/tls.js';
 import type { Logger } from '../util/log.js';
 import { canonicalJson } from './local-scheduler.js';
+import { DEFAULT_HEARTBEAT_MS, followEvents, type EventTable, type NomadEvent } from './nomad-events.js';
+import { NomadApiError, NomadHttp } from './nomad-http.js';
 import { REPLACES_META_KEY, SPEC_HASH_META_KEY, nomadJobOptionsProblems, renderNomadJob, type NomadJob, type NomadJobOptions } from './nomad-job.js';
 import {
   SESSION_META_KEY,
@@ -25,12 +24,12 @@ import {
 /**
  * The production scheduler: one Nomad job per session, over Nomad's HTTP API.
  *
- * Observation is three blocking queries (jobs with Manticore's prefix and their Meta, allocations,
- * evaluations), each following its own `X-Nomad-Index`, feeding caches from which every Manticore
- * workload is computed; only workloads whose computed value changed are emitted. A fourth one follows the
- * node list for capacityChanges(). Nothing polls and nothing loops over jobs: an unchanged cluster costs
- * one idle request per endpoint per wait period, and while a query is held, a probe of its index (a query
- * that lists nothing) every request timeout, so that an answer lost on the way is noticed (guardHeld).
+ * Observation follows Nomad's event stream (topics Job, Allocation, Evaluation and Node; see
+ * nomad-events.ts) into caches filled from the lists once per subscription: Manticore's jobs, the
+ * allocations and evaluations of their current versions (nothing older counts for a workload) and the
+ * nodes, each cut down to the few fields used. Every Manticore workload is computed from the caches, and
+ * only workloads whose computed value changed are emitted. Nothing polls and nothing is listed again
+ * while the stream lives: an unchanged cluster costs one heartbeat line every 30 s.
  */
 
 export interface NomadTlsOptions {
@@ -52,11 +51,12 @@ export interface NomadSchedulerOptions {
   job: NomadJobOptions;
   /** A child logger that already names the component. */
   log: Logger;
-  /** Bound on every non-blocking request, and the margin added to blocking ones. */
+  /** Bound on every request, and on the event stream's first heartbeat. */
   requestTimeoutMs?: number;
-  /** `wait` of the blocking queries (Nomad: default 5 minutes, at most 10). */
-  watchWaitSeconds?: number;
+  /** Nomad's heartbeat interval on the event stream (30 s); a stream silent for three of them is started over. */
+  eventHeartbeatMs?: number;
 }
+
 
 // ---- the parts of Nomad's API responses Manticore reads ------------------------------------------------
 
@@ -311,76 +311,29 @@ function nodes(count: number): string {
 // ---- capacity (pure) -----------------------------------------------------------------------------------
 
 /**
- * Why the cluster may have more room in `after` than in `before` (empty: no reason): a node appeared, a
- * node became ready or eligible, or a ready and eligible node was modified (its resources may have grown;
- * Nomad does not list resources in the node stub).
+ * Why the cluster may have more room with `node` than it had with `previous` (undefined: no reason): the
+ * node appeared, became ready or eligible, or was modified while ready and eligible (its resources may
+ * have grown).
  */
+export function capacityGain(previous: NomadNodeStub | undefined, node: NomadNodeStub): string | undefined {
+  const name = node.Name ? `${node.Name} (${node.ID})` : node.ID;
+  if (!previous) return `node ${name} joined`;
+  if (node.Status === 'ready' && previous.Status !== 'ready') return `node ${name} became ready`;
+  if (node.SchedulingEligibility === 'eligible' && previous.SchedulingEligibility !== 'eligible') return `node ${name} became eligible`;
+  if (node.Status === 'ready' && node.SchedulingEligibility === 'eligible' && node.ModifyIndex !== previous.ModifyIndex) return `node ${name} was updated`;
+  return undefined;
+}
+
+/** The gains (capacityGain) of every node in `after` over `before`. */
 export function capacityGains(before: ReadonlyMap<string, NomadNodeStub>, after: ReadonlyMap<string, NomadNodeStub>): string[] {
-  const gains: string[] = [];
-  for (const node of after.values()) {
-    const name = node.Name ? `${node.Name} (${node.ID})` : node.ID;
-    const previous = before.get(node.ID);
-    if (!previous) gains.push(`node ${name} joined`);
-    else if (node.Status === 'ready' && previous.Status !== 'ready') gains.push(`node ${name} became ready`);
-    else if (node.SchedulingEligibility === 'eligible' && previous.SchedulingEligibility !== 'eligible') gains.push(`node ${name} became eligible`);
-    else if (node.Status === 'ready' && node.SchedulingEligibility === 'eligible' && node.ModifyIndex !== previous.ModifyIndex) gains.push(`node ${name} was updated`);
-  }
-  return gains;
+  return [...after.values()].map((node) => capacityGain(before.get(node.ID), node)).filter((gain): gain is string => gain !== undefined);
 }
 
-// ---- watch timing (pure) -------------------------------------------------------------------------------
-
-export const BACKOFF_BASE_MS = 100;
-export const BACKOFF_MAX_MS = 10_000;
-
-/** Delay before retry number `failures` (1-based): 100 ms doubling to 10 s, with jitter in [½, 1]×. */
-export function backoffDelay(failures: number, random: () => number = Math.random): number {
-  const base = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** Math.max(0, Math.min(failures - 1, 30)));
-  return Math.round(base / 2 + (random() * base) / 2);
-}
-
-/**
- * The next `index` of a blocking query, given the one asked with and the one answered (Nomad's rules):
- * `reset` when the answer's index went backwards (the servers lost or replaced their state: start over
- * from 0 and take the next full answer), `unchanged` when nothing changed (the wait elapsed).
- */
-export function nextIndex(asked: number, answered: number): { kind: 'reset' } | { kind: 'unchanged' } | { kind: 'changed'; index: number } {
-  if (answered < asked) return { kind: 'reset' };
-  if (answered === asked) return { kind: 'unchanged' };
-  return { kind: 'changed', index: answered };
-}
-
-// ---- HTTP ----------------------------------------------------------------------------------------------
-
-/** A Nomad API call that failed, with the HTTP status (0 when Nomad was not reached) and Nomad's message. */
-export class NomadApiError extends Error {
-  constructor(
-    message: string,
-    readonly status: number,
-    readonly nomadMessage: string,
-    /** Set when an EnforceIndex check failed: the job changed since it was last seen; retry. */
-    readonly conflict = false,
-    options?: { cause?: unknown },
-  ) {
-    super(message, options);
-    this.name = 'NomadApiError';
-  }
-}
-
-interface HttpResult {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  body: string;
-}
+// ---- the scheduler -------------------------------------------------------------------------------------
 
 /** Nomad prefixes every failed EnforceIndex check with this (as HTTP 500 in real Nomad; 400 in some versions). */
 const ENFORCE_INDEX_ERROR = /Enforcing job modify index/i;
-const MAX_MESSAGE_CHARS = 500;
 const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
-const DEFAULT_WATCH_WAIT_SECONDS = 300;
-/** Lists nothing in any table (IDs are UUIDs, Manticore's jobs start with its prefix): a probe reads only the index. */
-const PROBE_PREFIX = '~';
-
 
 interface KnownJob {
   specHash: string;
@@ -388,7 +341,7 @@ interface KnownJob {
   stopped: boolean;
 }
 
-/** What a write of ours did, until the jobs watch has caught up with it (its index reached `index`). */
+/** What a write of ours did, until the event stream has caught up with it (its index reached `index`). */
 type WriteOverlay = { kind: 'registered'; known: KnownJob; index: number } | { kind: 'deregistered'; index: number };
 
 interface Watcher {
@@ -397,36 +350,36 @@ interface Watcher {
   started: boolean;
 }
 
-/** The lists every workload is computed from: nothing is reported before all of them have answered. */
-const WORKLOAD_TABLES = ['jobs', 'allocations', 'evaluations'] as const;
-type Table = (typeof WORKLOAD_TABLES)[number] | 'nodes';
-
 export class NomadScheduler implements Scheduler {
   readonly kind = 'nomad' as const;
 
   private readonly log: Logger;
   private readonly base: URL;
   private readonly requestTimeoutMs: number;
-  private readonly waitSeconds: number;
+  private http: NomadHttp | undefined;
   private agent: http.Agent | undefined;
-  private tls: TlsMaterial = {};
   private readonly abort = new AbortController();
   private started = false;
   private closed = false;
-  private loops: Promise<void>[] = [];
+  private following: Promise<void> | undefined;
   /** Set while start() waits for the caches to fill. */
   private onReady: (() => void) | undefined;
+  private lastFailure: Error | undefined;
 
-  // Caches: Manticore's (marked) jobs; allocations and evaluations of jobs with Manticore's prefix.
+  // Caches: Manticore's (marked) jobs; the allocations and evaluations of their current versions; the nodes.
   private jobs = new Map<string, NomadJobStub>();
   /** Jobs with Manticore's prefix but not its marker: never reported, never overwritten. */
   private foreign = new Set<string>();
   private readonly allocsByJob = new Map<string, Map<string, NomadAllocStub>>();
   private readonly evalsByJob = new Map<string, Map<string, NomadEvalStub>>();
-  /** The node list, once answered (only compared with the next answer, for capacityChanges()). */
+  /** The nodes, once listed (only compared with what comes next, for capacityChanges()). */
   private nodes: Map<string, NomadNodeStub> | undefined;
   private readonly capacity = new Subject<void>();
-  private readonly answered = new Set<Table>();
+  /** True once the caches have been synced the first time: until then nothing is reported. */
+  private synced = false;
+  /** Between new lists and the end of their sync: the jobs whose workloads are recomputed at its end. */
+  private catchingUp: Set<string> | undefined;
+  /** The highest index up to which every change to a job is in the cache. */
   private jobsIndex = 0;
   private warnedNoMeta = false;
   /** The last value reported for each workload, and its canonical JSON for the change check. */
@@ -451,34 +404,42 @@ export class NomadScheduler implements Scheduler {
     const problems = nomadJobOptionsProblems(options.job);
     if (problems.length > 0) throw new Error(`Nomad job options that Nomad would refuse: ${problems.join('; ')}`);
     this.requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
-    this.waitSeconds = Math.min(600, Math.max(1, options.watchWaitSeconds ?? DEFAULT_WATCH_WAIT_SECONDS));
   }
 
-  /** Checks that Nomad answers and has a leader, then starts following jobs, allocations, evaluations and nodes. */
+  /** Checks that Nomad answers and has a leader, then follows its event stream until the caches are synced. */
   async start(): Promise<void> {
     if (this.started) throw new Error('NomadScheduler.start() was already called');
     if (this.closed) throw new Error('NomadScheduler is closed');
-    this.tls = loadTlsMaterial(this.options.tls, 'Nomad');
+    const tls = loadTlsMaterial(this.options.tls, 'Nomad');
     const secure = this.base.protocol === 'https:';
-    this.agent = secure ? new https.Agent({ keepAlive: true, ...this.tls }) : new http.Agent({ keepAlive: true });
+    const agent = (this.agent = secure ? new https.Agent({ keepAlive: true, ...tls }) : new http.Agent({ keepAlive: true }));
+    const { token, region, namespace } = this.options;
+    const api = (this.http = new NomadHttp({ base: this.base, token, region, namespace, tls, agent, requestTimeoutMs: this.requestTimeoutMs, signal: this.abort.signal }));
     let leader: unknown;
     try {
-      leader = JSON.parse((await this.request('GET', '/v1/status/leader', {}, undefined, this.requestTimeoutMs)).body);
+      leader = await api.json('GET', '/v1/status/leader', {});
     } catch (error) {
-      this.agent.destroy();
+      agent.destroy();
       throw new Error(`cannot reach Nomad at ${this.options.address}: ${(error as Error).message}`, { cause: error });
     }
     if (typeof leader !== 'string' || leader === '') {
-      this.agent.destroy();
+      agent.destroy();
       throw new Error(`Nomad at ${this.options.address} has no leader (answered ${JSON.stringify(leader)})`);
     }
     this.started = true;
-    this.loops = [
-      this.follow('jobs', '/v1/jobs', { prefix: JOB_PREFIX, meta: 'true' }, (data, index) => this.applyJobs(data, index)),
-      this.follow('allocations', '/v1/allocations', { resources: 'true' }, (data) => this.applyAllocations(data)),
-      this.follow('evaluations', '/v1/evaluations', {}, (data) => this.applyEvaluations(data)),
-      this.follow('nodes', '/v1/nodes', {}, (data) => this.applyNodes(data)),
-    ];
+    this.following = followEvents({
+      http: api,
+      log: this.log,
+      heartbeatMs: this.options.eventHeartbeatMs ?? DEFAULT_HEARTBEAT_MS,
+      openTimeoutMs: this.requestTimeoutMs,
+      signal: this.abort.signal,
+      sink: {
+        resync: (signal) => this.resync(signal),
+        apply: (index, events) => this.applyEvents(index, events),
+        synced: () => this.markSynced(),
+        failed: (error) => (this.lastFailure = error),
+      },
+    });
     // The caches are filled before anything else happens, so a watch's reset never includes a job
     // registered after it subscribed, and registrations are decided from the cache.
     const timeoutMs = Math.max(3 * this.requestTimeoutMs, 1_000);
@@ -492,16 +453,16 @@ export class NomadScheduler implements Scheduler {
       const timer = setTimeout(() => done(false), timeoutMs);
       this.abort.signal.addEventListener('abort', aborted);
       this.onReady = () => done(true);
-      if (this.isReady()) done(true);
+      if (this.synced) done(true);
     });
     this.onReady = undefined;
     if (this.closed) throw new Error('NomadScheduler was closed while starting');
     if (!filled) {
-      const missing = WORKLOAD_TABLES.filter((table) => !this.answered.has(table));
+      const why = this.lastFailure ? `: ${this.lastFailure.message}` : '';
       await this.close();
-      throw new Error(`Nomad at ${this.options.address} did not list ${missing.join(', ')} within ${timeoutMs} ms`);
+      throw new Error(`Nomad at ${this.options.address} did not give its event stream and lists within ${timeoutMs} ms${why}`, { cause: this.lastFailure });
     }
-    this.log.info({ address: this.options.address, leader, namespace: this.options.namespace, region: this.options.region, workloads: this.reported.size }, 'nomad scheduler started');
+    this.log.info({ address: this.options.address, leader, namespace: this.options.namespace, region: this.options.region, workloads: this.reported.size, cache: this.cacheSizes() }, 'nomad scheduler started');
   }
 
   render(request: WorkloadRequest): RenderedJob {
@@ -510,7 +471,7 @@ export class NomadScheduler implements Scheduler {
   }
 
   async register(job: RenderedJob): Promise<void> {
-    this.assertUsable();
+    const api = this.assertUsable();
     const nomadJob = jobOf(job);
     await this.perJob.run(job.id, async () => {
       this.assertUsable();
@@ -526,7 +487,7 @@ export class NomadScheduler implements Scheduler {
       const payload = { Job: nomadJob, EnforceIndex: true, JobModifyIndex: known?.jobModifyIndex ?? 0 };
       let response: unknown;
       try {
-        response = await this.json('PUT', '/v1/jobs', {}, payload);
+        response = await api.json('PUT', '/v1/jobs', {}, payload);
       } catch (error) {
         throw this.describeWriteError(error, `registering job ${job.id}`);
       }
@@ -539,12 +500,12 @@ export class NomadScheduler implements Scheduler {
   }
 
   async deregister(jobId: string): Promise<void> {
-    this.assertUsable();
+    const api = this.assertUsable();
     await this.perJob.run(jobId, async () => {
       this.assertUsable();
       let response: unknown;
       try {
-        response = await this.json('DELETE', `/v1/job/${encodeURIComponent(jobId)}`, { purge: 'true' });
+        response = await api.json('DELETE', `/v1/job/${encodeURIComponent(jobId)}`, { purge: 'true' });
       } catch (error) {
         if (error instanceof NomadApiError && (error.status === 404 || /job not found/i.test(error.nomadMessage))) {
           this.log.debug({ jobId }, 'job to deregister was already gone');
@@ -566,7 +527,7 @@ export class NomadScheduler implements Scheduler {
    * allocation it replaces, registered only if it is still the version whose allocation failed.
    */
   async reschedule(jobId: string): Promise<void> {
-    this.assertUsable();
+    const api = this.assertUsable();
     await this.perJob.run(jobId, async () => {
       this.assertUsable();
       const stub = this.jobs.get(jobId);
@@ -577,7 +538,7 @@ export class NomadScheduler implements Scheduler {
       }
       let full: unknown;
       try {
-        full = await this.json('GET', `/v1/job/${encodeURIComponent(jobId)}`, {});
+        full = await api.json('GET', `/v1/job/${encodeURIComponent(jobId)}`, {});
       } catch (error) {
         if (error instanceof NomadApiError && error.status === 404) {
           this.log.debug({ jobId }, 'job to reschedule is gone');
@@ -586,7 +547,7 @@ export class NomadScheduler implements Scheduler {
         throw this.describeWriteError(error, `rescheduling job ${jobId}: reading the job`);
       }
       if (!isRecord(full) || full.ID !== jobId || !isStringRecord(full.Meta)) throw new Error(`rescheduling job ${jobId}: Nomad's answer is not the job`);
-      // A newer version (a content change, or a reschedule whose result the watch has not shown yet)
+      // A newer version (a content change, or a reschedule whose result the stream has not shown yet)
       // replaces the failed allocation already.
       if (numberField(full, 'JobModifyIndex') !== stub.JobModifyIndex) {
         this.log.debug({ jobId, allocId: failed.id }, 'the job changed since its allocation failed; not rescheduling');
@@ -595,7 +556,7 @@ export class NomadScheduler implements Scheduler {
       const payload = { Job: { ...full, Meta: { ...full.Meta, [REPLACES_META_KEY]: failed.id } }, EnforceIndex: true, JobModifyIndex: stub.JobModifyIndex };
       let response: unknown;
       try {
-        response = await this.json('PUT', '/v1/jobs', {}, payload);
+        response = await api.json('PUT', '/v1/jobs', {}, payload);
       } catch (error) {
         throw this.describeWriteError(error, `rescheduling job ${jobId}`);
       }
@@ -613,25 +574,25 @@ export class NomadScheduler implements Scheduler {
       }
       const watcher: Watcher = { subscriber, started: false };
       this.watchers.add(watcher);
-      // With the caches filled, the reset goes out now; before that, once all three tables have answered.
-      if (this.isReady()) this.startWatcher(watcher);
+      // With the caches synced, the reset goes out now; before that, once they are.
+      if (this.synced) this.startWatcher(watcher);
       return () => {
         this.watchers.delete(watcher);
       };
     });
   }
 
-  /** Follows the node list; emits to every subscriber, completes on close(). */
+  /** Follows the nodes; emits to every subscriber, completes on close(). */
   capacityChanges(): Observable<void> {
     return this.capacity.asObservable();
   }
 
-  /** Aborts the blocking queries and completes every watch and capacityChanges(). */
+  /** Ends the event stream and every request, and completes every watch and capacityChanges(). */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.abort.abort();
-    await Promise.all(this.loops);
+    await this.following;
     await this.perJob.drain();
     for (const watcher of this.watchers) watcher.subscriber.complete();
     this.watchers.clear();
@@ -640,20 +601,26 @@ export class NomadScheduler implements Scheduler {
     this.log.info('nomad scheduler closed');
   }
 
+  /** How many objects the caches hold (logged with each sync). */
+  cacheSizes(): { jobs: number; allocations: number; evaluations: number; nodes: number } {
+    const count = (groups: Map<string, Map<string, unknown>>): number => [...groups.values()].reduce((sum, group) => sum + group.size, 0);
+    return { jobs: this.jobs.size + this.foreign.size, allocations: count(this.allocsByJob), evaluations: count(this.evalsByJob), nodes: this.nodes?.size ?? 0 };
+  }
+
   // ---- register helpers ------------------------------------------------------------------------------
 
-  /** What Nomad holds for the job: our own recent write, else the watched cache, else a direct read. */
+  /** What Nomad holds for the job: our own recent write, else the cache, else a direct read. */
   private async knownJob(jobId: string): Promise<KnownJob | undefined> {
     const overlay = this.overlays.get(jobId);
     if (overlay && this.jobsIndex < overlay.index) return overlay.kind === 'registered' ? overlay.known : undefined;
     if (overlay) this.overlays.delete(jobId);
-    if (this.answered.has('jobs')) {
+    if (this.synced) {
       const stub = this.jobs.get(jobId);
       return stub ? knownOf(stub) : undefined;
     }
-    // Not watched yet (just started): ask Nomad for this one job.
+    // Not synced yet (just started): ask Nomad for this one job.
     try {
-      const full = await this.json('GET', `/v1/job/${encodeURIComponent(jobId)}`, {});
+      const full = await this.assertUsable().json('GET', `/v1/job/${encodeURIComponent(jobId)}`, {});
       if (!isRecord(full) || typeof full.ID !== 'string') throw new Error('the answer is not a job');
       const meta = isStringRecord(full.Meta) ? full.Meta : undefined;
       if (!meta?.[SESSION_META_KEY]) {
@@ -681,124 +648,43 @@ export class NomadScheduler implements Scheduler {
     return new NomadApiError(`${what}: ${reached}: ${error.nomadMessage}`, error.status, error.nomadMessage, false, { cause: error });
   }
 
-  // ---- watch -------------------------------------------------------------------------------------------
-
-  /** One blocking query, followed until close(): its own index, Nomad's index rules, backoff on errors. */
-  private async follow(table: Table, path: string, query: Record<string, string>, apply: (data: unknown, index: number) => void): Promise<void> {
-    let index = 0;
-    let failures = 0;
-    let idle = 0;
-    const waitMs = this.waitSeconds * 1000;
-    while (!this.closed) {
-      const asked = index;
-      const started = Date.now();
-      const guard = asked > 0 ? this.guardHeld(table, path, query, asked) : undefined;
-      try {
-        const blocking: Record<string, string> = asked > 0 ? { index: String(asked), wait: `${this.waitSeconds}s` } : {};
-        // Nomad may hold a blocking query up to wait + wait/16.
-        const timeout = asked > 0 ? waitMs + waitMs / 16 + this.requestTimeoutMs : this.requestTimeoutMs;
-        const result = await this.request('GET', path, { ...query, ...blocking }, undefined, timeout, guard?.signal);
-        const answered = Number(result.headers['x-nomad-index']);
-        if (!Number.isSafeInteger(answered) || answered < 0) throw new Error(`${path}: no valid X-Nomad-Index in the answer`);
-        failures = 0;
-        // The first answer (index 0 asked) is always taken: it is the whole list.
-        if (asked > 0) {
-          const next = nextIndex(asked, answered);
-          if (next.kind === 'reset') {
-            this.log.warn({ table, asked, answered }, 'Nomad index went backwards (state lost or replaced): starting this watch over');
-            index = 0;
-            continue;
-          }
-          if (next.kind === 'unchanged') {
-            // Still take the body: after Nomad lost its state, the new index can climb back to exactly the one
-            // asked for, and the list then differs although the index does not. The apply functions diff
-            // item by item, so an unchanged list costs no events.
-            apply(JSON.parse(result.body) as unknown, answered);
-            // An unchanged answer well before the wait elapsed means the server does not block: slow down.
-            if (Date.now() - started < waitMs / 2) {
-              idle++;
-              await this.sleep(backoffDelay(idle));
-            }
-            continue;
-          }
-        }
-        idle = 0;
-        const applying = performance.now();
-        apply(JSON.parse(result.body) as unknown, answered);
-        // Index 0 would make the next query return at once; Nomad's indexes start at 1.
-        index = Math.max(1, answered);
-        this.markAnswered(table);
-        // A long list that keeps changing is re-read a few times a second, not back to back.
-        const pause = pacingDelayMs(performance.now() - applying);
-        if (asked > 0 && pause > 0) await this.sleep(pause);
-      } catch (error) {
-        if (this.closed) break;
-        const overdue = guard?.overdue();
-        if (overdue !== undefined) {
-          // Nomad answers probes: ask again at once, from scratch if its index went backwards.
-          this.log.warn({ table, asked, index: overdue }, `the answer to the blocking query on Nomad ${table} is overdue (its index moved on): asking again`);
-          if (overdue < asked) index = 0;
-          continue;
-        }
-        failures++;
-        const delay = backoffDelay(failures);
-        const log = failures === 1 || failures % 10 === 0 ? this.log.warn.bind(this.log) : this.log.debug.bind(this.log);
-        log({ table, failures, retryInMs: delay, err: error }, `watching Nomad ${table} failed; retrying`);
-        await this.sleep(delay);
-      } finally {
-        guard?.stop();
-      }
-    }
-  }
+  // ---- the caches ------------------------------------------------------------------------------------
 
   /**
-   * Watches over one held blocking query. Its answer can be lost on the way (a proxy, a struggling server),
-   * and the watch would then wait for its own deadline, over 5 minutes at the default wait, blind to every
-   * change meanwhile. So every request timeout the table's index is read with a non-blocking query that lists
-   * nothing; once it differs from the index asked for, Nomad owes the answer, and if it has not come one
-   * request timeout later the query is abandoned (`signal` aborts it; `overdue()` then gives the index seen).
+   * The lists, taken while the event stream holds its frames: allocations, evaluations and nodes, then the
+   * jobs, so that the jobs are at least as new as the allocations and evaluations kept for them (those of
+   * a job that is gone are dropped; a job registered after the jobs list comes as an event).
    */
-  private guardHeld(table: Table, path: string, query: Record<string, string>, asked: number): { signal: AbortSignal; overdue(): number | undefined; stop(): void } {
-    // Both end with close() too: the held query and the probes are aborted by their own signal only.
-    const abandon = linkedController(this.abort.signal);
-    const settled = linkedController(this.abort.signal);
-    let seen: number | undefined;
-    let abandonedAt: number | undefined;
-    void (async () => {
-      while (!settled.signal.aborted) {
-        await this.sleep(this.requestTimeoutMs, settled.signal);
-        if (settled.signal.aborted) return;
-        if (seen !== undefined && seen !== asked) {
-          abandonedAt = seen;
-          abandon.abort();
-          return;
-        }
-        try {
-          const probe = await this.request('GET', path, { ...query, prefix: PROBE_PREFIX }, undefined, this.requestTimeoutMs, settled.signal);
-          const index = Number(probe.headers['x-nomad-index']);
-          if (Number.isSafeInteger(index)) seen = index;
-        } catch (error) {
-          // A failed probe says nothing about the held query; the next one may.
-          if (!settled.signal.aborted) this.log.debug({ table, err: error }, 'probing the index of a held blocking query failed');
-        }
-      }
-    })();
-    return {
-      signal: abandon.signal,
-      overdue: () => abandonedAt,
-      stop: () => {
-        settled.abort();
-        abandon.unlink();
-        settled.unlink();
-      },
+  private async resync(signal: AbortSignal): Promise<Record<EventTable, number>> {
+    const list = async (path: string, query: Record<string, string>): Promise<{ items: unknown[]; index: number }> => {
+      const result = await this.assertUsable().request('GET', path, query, undefined, signal);
+      const index = Number(result.headers['x-nomad-index']);
+      if (!Number.isSafeInteger(index) || index < 0) throw new Error(`${path}: no valid X-Nomad-Index in the answer`);
+      const items: unknown = JSON.parse(result.body);
+      if (!Array.isArray(items)) throw new Error(`${path}: the answer is not a list`);
+      return { items, index };
     };
+    const [allocations, evaluations, nodes] = await Promise.all([
+      list('/v1/allocations', { resources: 'true' }),
+      list('/v1/evaluations', {}),
+      list('/v1/nodes', {}),
+    ]);
+    const jobs = await list('/v1/jobs', { prefix: JOB_PREFIX, meta: 'true' });
+    // The stream may have failed meanwhile: its next subscription lists again.
+    if (signal.aborted) throw new Error('the event stream failed while listing');
+    const touched = (this.catchingUp ??= new Set());
+    this.replaceJobs(jobs.items, touched);
+    replaceGrouped(this.allocsByJob, this.current(allocations.items.map(parseAllocStub)), touched);
+    replaceGrouped(this.evalsByJob, this.current(evaluations.items.map(parseEvalStub)), touched);
+    this.replaceNodes(nodes.items);
+    this.advanceJobsIndex(jobs.index, true);
+    return { jobs: jobs.index, allocations: allocations.index, evaluations: evaluations.index, nodes: nodes.index };
   }
 
-  private applyJobs(data: unknown, index: number): void {
-    if (!Array.isArray(data)) throw new Error('/v1/jobs: the answer is not a list');
+  private replaceJobs(items: readonly unknown[], touched: Set<string>): void {
     const next = new Map<string, NomadJobStub>();
     const foreign = new Set<string>();
-    for (const item of data) {
+    for (const item of items) {
       const stub = parseJobStub(item);
       if (!stub || !stub.ID.startsWith(JOB_PREFIX)) continue;
       if (isRecord(item) && !('Meta' in item) && !this.warnedNoMeta) {
@@ -808,58 +694,149 @@ export class NomadScheduler implements Scheduler {
       if (stub.Meta?.[SESSION_META_KEY]) next.set(stub.ID, stub);
       else foreign.add(stub.ID);
     }
-    const touched = new Set<string>();
     for (const [id, stub] of next) {
       const before = this.jobs.get(id);
-      if (!before || before.ModifyIndex !== stub.ModifyIndex || before.JobModifyIndex !== stub.JobModifyIndex || canonicalJson(before) !== canonicalJson(stub)) touched.add(id);
+      if (!before || canonicalJson(before) !== canonicalJson(stub)) touched.add(id);
     }
     for (const id of this.jobs.keys()) if (!next.has(id)) touched.add(id);
     this.jobs = next;
     this.foreign = foreign;
-    this.jobsIndex = index;
-    for (const [id, overlay] of this.overlays) if (index >= overlay.index) this.overlays.delete(id);
-    this.refresh(touched);
   }
 
-  private applyAllocations(data: unknown): void {
-    if (!Array.isArray(data)) throw new Error('/v1/allocations: the answer is not a list');
-    this.refresh(replaceGrouped(this.allocsByJob, data.map(parseAllocStub)));
-  }
-
-  private applyEvaluations(data: unknown): void {
-    if (!Array.isArray(data)) throw new Error('/v1/evaluations: the answer is not a list');
-    this.refresh(replaceGrouped(this.evalsByJob, data.map(parseEvalStub)));
-  }
-
-  private applyNodes(data: unknown): void {
-    if (!Array.isArray(data)) throw new Error('/v1/nodes: the answer is not a list');
+  private replaceNodes(items: readonly unknown[]): void {
     const next = new Map<string, NomadNodeStub>();
-    for (const item of data) {
+    for (const item of items) {
       const node = parseNodeStub(item);
       if (node) next.set(node.ID, node);
     }
     const previous = this.nodes;
     this.nodes = next;
-    // The first answer is the starting point, not a change.
-    if (!previous) return;
-    const gains = capacityGains(previous, next);
+    // The first list is the starting point, not a change.
+    if (previous) this.gained(capacityGains(previous, next));
+  }
+
+  /** The items that can count for a workload: of a job in the cache, created since its current version. */
+  private current<T extends { JobID: string; CreateIndex: number }>(items: ReadonlyArray<T | undefined>): T[] {
+    return items.filter((item): item is T => item !== undefined && this.isCurrent(item));
+  }
+
+  private isCurrent(item: { JobID: string; CreateIndex: number }): boolean {
+    const job = this.jobs.get(item.JobID);
+    return job !== undefined && item.CreateIndex >= job.JobModifyIndex;
+  }
+
+  /**
+   * One frame's events. Jobs first: an evaluation that comes with its job finds it. Allocations and
+   * evaluations of jobs that are not (or no longer) in the cache are not kept: Nomad sends nothing when it
+   * collects them, so they would stay forever.
+   */
+  private applyEvents(index: number, events: readonly NomadEvent[]): void {
+    const touched = new Set<string>();
+    const gains: string[] = [];
+    for (const event of events) if (event.topic === 'Job') this.applyJob(event, index, touched);
+    for (const event of events) {
+      if (event.topic === 'Allocation') this.keep(this.allocsByJob, parseAllocStub(event.payload.Allocation), touched);
+      else if (event.topic === 'Evaluation') this.applyEvaluation(event, index, touched);
+      else if (event.topic === 'Node') this.applyNode(event, index, gains);
+    }
+    this.advanceJobsIndex(index, false);
+    this.gained(gains);
+    this.recompute(touched);
+  }
+
+  /** A deleted object (a purged job, a node gone) comes as it was: last modified before the event. */
+  private applyJob(event: NomadEvent, index: number, touched: Set<string>): void {
+    const stub = parseJobStub(event.payload.Job);
+    if (!stub || !stub.ID.startsWith(JOB_PREFIX)) return;
+    touched.add(stub.ID);
+    if (stub.ModifyIndex < index) return this.forget(stub.ID);
+    if (!stub.Meta?.[SESSION_META_KEY]) {
+      this.forget(stub.ID);
+      this.foreign.add(stub.ID);
+      return;
+    }
+    this.foreign.delete(stub.ID);
+    this.jobs.set(stub.ID, stub);
+    // A new version: what ran or was evaluated for older ones never counts again.
+    this.prune(this.allocsByJob, stub.ID);
+    this.prune(this.evalsByJob, stub.ID);
+  }
+
+  private prune<T extends { JobID: string; CreateIndex: number }>(groups: Map<string, Map<string, T>>, jobId: string): void {
+    const group = groups.get(jobId);
+    if (!group) return;
+    for (const [id, item] of group) if (!this.isCurrent(item)) group.delete(id);
+    if (group.size === 0) groups.delete(jobId);
+  }
+
+  private applyEvaluation(event: NomadEvent, index: number, touched: Set<string>): void {
+    const stub = parseEvalStub(event.payload.Evaluation);
+    const job = stub ? this.jobs.get(stub.JobID) : undefined;
+    // Nomad releases before hashicorp/nomad#19903 (early 2024) publish no Job event for a purge, only its
+    // evaluation: a deregistration's evaluation at an index the job did not change at (a stop without purge
+    // changes it, in an earlier frame of that index) means the job is gone.
+    if (stub && job && event.type === 'JobDeregistered' && job.ModifyIndex < index) {
+      touched.add(stub.JobID);
+      return this.forget(stub.JobID);
+    }
+    this.keep(this.evalsByJob, stub, touched);
+  }
+
+  private keep<T extends { ID: string; JobID: string; CreateIndex: number }>(groups: Map<string, Map<string, T>>, item: T | undefined, touched: Set<string>): void {
+    if (!item || !this.isCurrent(item)) return;
+    let group = groups.get(item.JobID);
+    if (!group) groups.set(item.JobID, (group = new Map()));
+    group.set(item.ID, item);
+    touched.add(item.JobID);
+  }
+
+  private applyNode(event: NomadEvent, index: number, gains: string[]): void {
+    const node = parseNodeStub(event.payload.Node);
+    if (!node || !this.nodes) return;
+    if (node.ModifyIndex < index) {
+      this.nodes.delete(node.ID);
+      return;
+    }
+    const gain = capacityGain(this.nodes.get(node.ID), node);
+    if (gain) gains.push(gain);
+    this.nodes.set(node.ID, node);
+  }
+
+  /** A job gone (purged, garbage-collected, or no longer marked): nothing of it stays. */
+  private forget(jobId: string): void {
+    this.jobs.delete(jobId);
+    this.foreign.delete(jobId);
+    this.allocsByJob.delete(jobId);
+    this.evalsByJob.delete(jobId);
+  }
+
+  /** Every change to a job up to `index` is in the cache: our writes up to it are seen. */
+  private advanceJobsIndex(index: number, listed: boolean): void {
+    // New lists may be older than what was seen (Nomad lost its state): they are the truth now.
+    this.jobsIndex = listed ? index : Math.max(this.jobsIndex, index);
+    for (const [id, overlay] of this.overlays) if (this.jobsIndex >= overlay.index) this.overlays.delete(id);
+  }
+
+  private gained(gains: readonly string[]): void {
     if (gains.length === 0) return;
     this.log.debug({ gains }, 'the cluster may have gained capacity');
     this.capacity.next();
   }
 
-  private markAnswered(table: Table): void {
-    if (this.answered.has(table)) return;
-    this.answered.add(table);
-    // Workloads never wait for the node list.
-    if (table === 'nodes' || !this.isReady()) return;
-    this.refresh(new Set(this.jobs.keys()));
+  /** The lists and the frames held meanwhile are in: the workloads they touched are computed now. */
+  private markSynced(): void {
+    const touched = this.catchingUp ?? new Set<string>();
+    this.catchingUp = undefined;
+    this.lastFailure = undefined;
+    if (this.synced) {
+      this.log.info({ workloads: this.reported.size, cache: this.cacheSizes() }, "Nomad's event stream followed again, the caches synced with fresh lists");
+      this.recompute(touched);
+      return;
+    }
+    this.synced = true;
+    this.recompute(new Set(this.jobs.keys()));
     for (const watcher of this.watchers) if (!watcher.started) this.startWatcher(watcher);
     this.onReady?.();
-  }
-
-  private isReady(): boolean {
-    return WORKLOAD_TABLES.every((table) => this.answered.has(table));
   }
 
   private startWatcher(watcher: Watcher): void {
@@ -868,10 +845,14 @@ export class NomadScheduler implements Scheduler {
     watcher.subscriber.next({ kind: 'reset', workloads });
   }
 
-  /** Recomputes the workloads of `jobIds` and reports those whose value changed. */
-  private refresh(jobIds: ReadonlySet<string>): void {
-    // Until every table has answered, a workload could be computed from half the picture.
-    if (!this.isReady()) return;
+  /** Recomputes the workloads of `jobIds` and reports those whose value changed; during a sync, at its end. */
+  private recompute(jobIds: ReadonlySet<string>): void {
+    if (this.catchingUp) {
+      for (const jobId of jobIds) this.catchingUp.add(jobId);
+      return;
+    }
+    // Until the first sync, a workload could be computed from half the picture.
+    if (!this.synced) return;
     for (const jobId of [...jobIds].sort()) {
       const job = this.jobs.get(jobId);
       const workload = job
@@ -895,90 +876,12 @@ export class NomadScheduler implements Scheduler {
     for (const watcher of this.watchers) if (watcher.started) watcher.subscriber.next(step);
   }
 
-  // ---- plumbing --------------------------------------------------------------------------------------
-
-  private async json(method: string, path: string, query: Record<string, string>, body?: unknown): Promise<unknown> {
-    const result = await this.request(method, path, query, body, this.requestTimeoutMs);
-    try {
-      return result.body === '' ? undefined : (JSON.parse(result.body) as unknown);
-    } catch (error) {
-      throw new NomadApiError(`${method} ${path}: Nomad answered with invalid JSON`, result.status, result.body.slice(0, MAX_MESSAGE_CHARS), false, { cause: error });
-    }
-  }
-
-  /** One HTTP request to Nomad; non-2xx answers become NomadApiError with Nomad's message. `signal` aborts it (by default close() does). */
-  private request(method: string, path: string, query: Record<string, string>, body: unknown, timeoutMs: number, signal: AbortSignal = this.abort.signal): Promise<HttpResult> {
-    const url = new URL(path, this.base);
-    if (this.options.namespace !== undefined) url.searchParams.set('namespace', this.options.namespace);
-    if (this.options.region !== undefined) url.searchParams.set('region', this.options.region);
-    for (const [key, value] of Object.entries(query)) url.searchParams.set(key, value);
-    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    const headers: http.OutgoingHttpHeaders = { accept: 'application/json' };
-    if (this.options.token) headers['x-nomad-token'] = this.options.token;
-    if (payload) {
-      headers['content-type'] = 'application/json';
-      headers['content-length'] = payload.length;
-    }
-    const transport = url.protocol === 'https:' ? https : http;
-    const startedAt = performance.now();
-    const operation = `${method} ${url.pathname.replace(/^(\/v1\/(?:job|allocation|evaluation|node|client\/allocation))\/[^/]+/, '$1/:id')}${query.index === undefined ? '' : ' (blocking)'}`;
-    const result = new Promise<HttpResult>((resolve, reject) => {
-      const fail = (status: number, message: string, cause?: unknown): void =>
-        reject(new NomadApiError(`${method} ${url.pathname}: ${message}`, status, message, false, { cause }));
-      const req = transport.request(url, { method, headers, agent: this.agent, signal, ...this.tls }, (res) => {
-        const body = readBody(res);
-        res.on('error', (error) => fail(0, error.message, error));
-        res.on('end', () => {
-          clearTimeout(timer);
-          const text = body();
-          const status = res.statusCode ?? 0;
-          if (status >= 200 && status < 300) resolve({ status, headers: res.headers, body: text });
-          else fail(status, nomadMessage(text) || `HTTP ${status}`);
-        });
-      });
-      const timer = setTimeout(() => req.destroy(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
-      req.on('error', (error) => {
-        clearTimeout(timer);
-        fail(0, error.message, error);
-      });
-      req.end(payload);
-    });
-    result.then(
-      () => recordBackendCall('nomad', operation, 'ok', startedAt),
-      (error: unknown) => {
-        const status = error instanceof NomadApiError ? error.status : 0;
-        recordBackendCall('nomad', operation, status === 0 ? (this.abort.signal.aborted ? 'aborted' : 'unreachable') : outcomeOfStatus(status), startedAt);
-      },
-    );
-    return result;
-  }
-
-  private sleep(ms: number, signal: AbortSignal = this.abort.signal): Promise<void> {
-    return new Promise((resolve) => {
-      if (signal.aborted) return resolve();
-      const done = (): void => {
-        clearTimeout(timer);
-        signal.removeEventListener('abort', done);
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      signal.addEventListener('abort', done);
-    });
-  }
-
-  private assertUsable(): void {
+  /** The HTTP client, once started and until closed. */
+  private assertUsable(): NomadHttp {
     if (this.closed) throw new Error('NomadScheduler is closed');
-    if (!this.started) throw new Error('NomadScheduler.start() must be called before using it');
+    if (!this.started || !this.http) throw new Error('NomadScheduler.start() must be called before using it');
+    return this.http;
   }
-}
-
-/** An AbortController that `parent` aborts too, until unlink() (so that a long-lived parent keeps no listener). */
-function linkedController(parent: AbortSignal): AbortController & { unlink(): void } {
-  const controller = new AbortController();
-  const abort = (): void => controller.abort();
-  if (parent.aborted) controller.abort();
-  else parent.addEventListener('abort', abort, { once: true });
-  return Object.assign(controller, { unlink: () => parent.removeEventListener('abort', abort) });
 }
 
 // ---- parsing what Nomad sends (only the fields used, so the caches stay small) -------------------------
@@ -1002,18 +905,6 @@ function numberMap(value: unknown): Record<string, number> | undefined {
   const result: Record<string, number> = {};
   for (const [key, item] of Object.entries(value)) if (typeof item === 'number') result[key] = item;
   return result;
-}
-
-/** Nomad's HTTP errors are plain text; some proxies and versions send JSON with a message. */
-function nomadMessage(text: string): string {
-  const trimmed = text.trim();
-  try {
-    const parsed: unknown = JSON.parse(trimmed);
-    if (isRecord(parsed) && typeof parsed.message === 'string') return parsed.message.slice(0, MAX_MESSAGE_CHARS);
-  } catch {
-    // Plain text, as Nomad sends it.
-  }
-  return trimmed.slice(0, MAX_MESSAGE_CHARS);
 }
 
 function jobOf(job: RenderedJob): NomadJob {
@@ -1151,36 +1042,21 @@ function parseEvalStub(value: unknown): NomadEvalStub | undefined {
 }
 
 /**
- * Replaces a job → (id → item) cache with a full list answer; returns the jobs whose items were added,
+ * Replaces a job → (id → item) cache with a full list; adds to `touched` the jobs whose items were added,
  * removed or modified (by ModifyIndex), the only ones whose workloads can have changed.
  */
-function replaceGrouped<T extends { ID: string; JobID: string; ModifyIndex: number }>(
-  cache: Map<string, Map<string, T>>,
-  items: ReadonlyArray<T | undefined>,
-): Set<string> {
+function replaceGrouped<T extends { ID: string; JobID: string; ModifyIndex: number }>(cache: Map<string, Map<string, T>>, items: readonly T[], touched: Set<string>): void {
   const next = new Map<string, Map<string, T>>();
   for (const item of items) {
-    if (!item) continue;
     let group = next.get(item.JobID);
     if (!group) next.set(item.JobID, (group = new Map()));
     group.set(item.ID, item);
   }
-  const touched = new Set<string>();
   for (const [jobId, group] of next) {
     const before = cache.get(jobId);
-    if (!before || before.size !== group.size) {
-      touched.add(jobId);
-      continue;
-    }
-    for (const [id, item] of group) {
-      if (before.get(id)?.ModifyIndex !== item.ModifyIndex) {
-        touched.add(jobId);
-        break;
-      }
-    }
+    if (!before || before.size !== group.size || [...group].some(([id, item]) => before.get(id)?.ModifyIndex !== item.ModifyIndex)) touched.add(jobId);
   }
   for (const jobId of cache.keys()) if (!next.has(jobId)) touched.add(jobId);
   cache.clear();
   for (const [jobId, group] of next) cache.set(jobId, group);
-  return touched;
 }

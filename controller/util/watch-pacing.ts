@@ -1,6 +1,5 @@
 /**
- * Paces a watch that re-reads a whole list on every change (a Consul prefix listing, a Nomad list
- * endpoint). After an answer that carried changes, the next query waits `COST_FACTOR` times what parsing
+ * Paces a watch that re-reads a whole list on every change (a Consul prefix listing). After an answer that carried changes, the next query waits `COST_FACTOR` times what parsing
  * and applying that answer cost here: a small list is asked for again at once, while 10,000 objects that
  * keep changing are re-read a few times a second rather than back to back. Back to back, the two sides
  * would spend all their time serializing and parsing the same list and starve the writes the changes come

@@ -1,5 +1,5 @@
 # Nomad ACL policy for the Manticore controller, which registers, reads and purges one job per session and
-# follows the node list (node read) to learn when capacity appears:
+# follows Nomad's event stream (topics Job, Allocation and Evaluation: read-job; Node: node read):
 #   nomad acl policy apply -description "Manticore controller" manticore manifests/nomad/manticore-policy.hcl
 #   nomad acl token create -name manticore -policy manticore
 namespace "default" {

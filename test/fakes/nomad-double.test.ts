@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { loadTemplates } from '../../controller/api/templates.js';
 import type { SessionTemplate } from '../../controller/api/types.js';
@@ -9,7 +10,7 @@ import { contractRequest } from '../contract/scheduler-contract.js';
 import { httpRequest, type HttpAnswer } from '../support/http.js';
 import { alive } from '../support/processes.js';
 import { waitFor } from '../support/wait.js';
-import { NomadDouble, type NodeSpec } from './nomad.js';
+import { NomadDouble, type NomadDoubleOptions } from './nomad.js';
 
 /**
  * Conformance of the Nomad double, through its HTTP API only (as the scheduler and real clients see it),
@@ -34,7 +35,7 @@ type Obj = Record<string, unknown>;
 
 const doubles: NomadDouble[] = [];
 
-async function start(options: { nodes?: NodeSpec[]; aclToken?: string } = {}): Promise<NomadDouble> {
+async function start(options: Partial<NomadDoubleOptions> = {}): Promise<NomadDouble> {
   const double = await NomadDouble.start({ port: 0, workDir: repoRoot, log: silentLogger(), dockerStartMs: 20, ...options });
   doubles.push(double);
   return double;
@@ -107,6 +108,65 @@ const healthy = (alloc: Obj): boolean => running(alloc) && (alloc.DeploymentStat
 const taskState = (alloc: Obj, task: string): Obj => (alloc.TaskStates as Record<string, Obj>)[task] ?? {};
 const eventTypes = (alloc: Obj, task: string): string[] => ((taskState(alloc, task).Events as Obj[] | undefined) ?? []).map((event) => String(event.Type));
 const ports = (alloc: Obj): Obj[] => (((alloc.AllocatedResources as Obj).Shared as Obj).Ports as Obj[]) ?? [];
+
+/** One `GET /v1/event/stream`, read line by line as it arrives. */
+class EventStream {
+  /** Every line, heartbeats (`{}`) included, parsed. */
+  readonly lines: Obj[] = [];
+  ended = false;
+
+  private constructor(private readonly request: http.ClientRequest, readonly status: number, readonly body: () => string) {}
+
+  /** Opens the stream; resolves once the answer's headers are in (an error status: with its whole body). */
+  static open(double: NomadDouble, query: string, headers: Record<string, string> = {}): Promise<EventStream> {
+    return new Promise((resolve, reject) => {
+      const request = http.get(`${double.address}/v1/event/stream${query}`, { headers }, (response) => {
+        let text = '';
+        let pending = '';
+        const stream = new EventStream(request, response.statusCode ?? 0, () => text);
+        response.setEncoding('utf8');
+        response.on('data', (chunk: string) => {
+          text += chunk;
+          const lines = (pending + chunk).split('\n');
+          pending = lines.pop() ?? '';
+          for (const line of lines) stream.lines.push(JSON.parse(line) as Obj);
+        });
+        response.on('error', () => (stream.ended = true));
+        response.on('close', () => (stream.ended = true));
+        if (stream.status === 200) resolve(stream);
+        else response.on('end', () => resolve(stream));
+      });
+      request.on('error', reject);
+    });
+  }
+
+  get frames(): Array<{ Index: number; Events: Obj[] }> {
+    return this.lines.filter((line) => 'Index' in line) as Array<{ Index: number; Events: Obj[] }>;
+  }
+
+  get heartbeats(): number {
+    return this.lines.filter((line) => Object.keys(line).length === 0).length;
+  }
+
+  events(): Obj[] {
+    return this.frames.flatMap((frame) => frame.Events);
+  }
+
+  /** Waits for an event satisfying `predicate`; returns it with every event that came before it. */
+  async until(what: string, predicate: (event: Obj) => boolean): Promise<{ event: Obj; before: Obj[] }> {
+    return waitFor(what, () => {
+      const events = this.events();
+      const at = events.findIndex(predicate);
+      return at >= 0 ? { event: events[at] as Obj, before: events.slice(0, at) } : undefined;
+    });
+  }
+
+  close(): void {
+    this.request.destroy();
+  }
+}
+
+const payload = (event: Obj, key: string): Obj => (event.Payload as Obj)[key] as Obj;
 
 /** Process ids of a process group (the task's leader and everything it started). */
 function groupMembers(pgid: number): number[] {
@@ -689,6 +749,162 @@ describe('Nomad double', function () {
     await double.stop();
     assert.ok(Date.now() - stopping < 2_000, `stop() took ${Date.now() - stopping} ms`);
     for (const outcome of await Promise.all(held)) assert.match(outcome, /socket hang up|ECONNRESET/);
+  });
+
+  describe('event stream', function () {
+    const streams: EventStream[] = [];
+    const open = async (double: NomadDouble, query: string, headers?: Record<string, string>): Promise<EventStream> => {
+      const stream = await EventStream.open(double, query, headers);
+      streams.push(stream);
+      return stream;
+    };
+    afterEach(() => {
+      for (const stream of streams.splice(0)) stream.close();
+    });
+
+    it("publishes every write's objects at its index: a heartbeat first, full objects, a purge as the job was, heartbeats", async function () {
+      const double = await start({ eventHeartbeatMs: 100 });
+      const stream = await open(double, '?topic=Job&topic=Allocation&topic=Evaluation&topic=Node');
+      assert.equal(stream.status, 200);
+      await waitFor('the first line', () => stream.lines.length > 0);
+      assert.deepEqual(stream.lines[0], {}, 'a heartbeat as soon as the subscription is live');
+      // Index 0 starts at the oldest write in the buffer: the node's registration.
+      const { event: node } = await stream.until('the node registered', (event) => event.Topic === 'Node');
+      assert.equal(node.Type, 'NodeRegistration');
+      assert.equal(node.Namespace, '');
+      assert.equal(payload(node, 'Node').Status, 'ready');
+
+      const registered = await register(double, sleepJob('web-1', { job: { Meta: { owner: 'me' } } }));
+      const { event: job } = await stream.until('the job registered', (event) => event.Topic === 'Job' && event.Key === 'web-1');
+      assert.deepEqual(Object.keys(job), ['Topic', 'Type', 'Key', 'Namespace', 'FilterKeys', 'Index', 'Payload']);
+      assert.equal(job.Type, 'JobRegistered');
+      assert.equal(job.Index, registered.Index);
+      assert.equal(job.Namespace, 'default');
+      assert.deepEqual(payload(job, 'Job').Meta, { owner: 'me' });
+      assert.equal(payload(job, 'Job').JobModifyIndex, registered.JobModifyIndex);
+      const frame = stream.frames.find((item) => item.Index === registered.Index);
+      const evaluation = frame?.Events.find((event) => event.Topic === 'Evaluation');
+      assert.equal(evaluation?.Key, registered.EvalID, 'the evaluation created with the job, at its index');
+      assert.deepEqual(evaluation?.FilterKeys, ['web-1', '']);
+
+      const alloc = await untilAlloc(double, 'web-1', 'running', running);
+      const { event: update } = await stream.until('the allocation running', (event) => event.Topic === 'Allocation' && payload(event, 'Allocation').ClientStatus === 'running');
+      assert.equal(update.Key, alloc.ID);
+      assert.equal(update.Type, 'AllocationUpdated');
+      assert.deepEqual(update.FilterKeys, ['web-1', '']);
+      const full = payload(update, 'Allocation');
+      assert.equal(full.Job, null, 'without its job, as Nomad sends it');
+      assert.ok(full.AllocatedResources && full.TaskStates, 'with its resources and task states');
+      assert.equal((await stream.until('the allocation placed', (event) => event.Topic === 'Allocation')).event.Type, 'PlanResult');
+
+      const purged = await call(double, 'DELETE', '/v1/job/web-1?purge=true');
+      const { event: gone } = await stream.until('the job purged', (event) => event.Topic === 'Job' && event.Type === 'JobDeregistered');
+      assert.equal(gone.Index, (purged.json as Obj).Index);
+      assert.ok(Number(payload(gone, 'Job').ModifyIndex) < Number(gone.Index), 'the job as it was before the purge');
+
+      const indexes = stream.frames.map((item) => item.Index);
+      assert.deepEqual(indexes, [...indexes].sort((a, b) => a - b), 'frames in index order');
+      assert.equal(new Set(indexes).size, indexes.length, 'one frame per write');
+      const beats = stream.heartbeats;
+      await waitFor('two more heartbeats', () => stream.heartbeats >= beats + 2);
+    });
+
+    it("starts at the requested index: within the buffer, older than the buffer (silently later), newer than every write", async function () {
+      const double = await start({ eventBufferSize: 3 });
+      const ids = Array.from({ length: 5 }, (_, n) => double.addNode({ name: `n${n}`, cpu: 1_000, memoryMB: 1_024 }));
+      const first = await open(double, '?topic=Node');
+      const { event: last } = await first.until('the last node', (event) => event.Key === ids[4]);
+      const newest = Number(last.Index);
+      const keysFrom = async (index: number): Promise<unknown[]> => {
+        const stream = await open(double, `?topic=Node&index=${index}`);
+        const { event, before } = await stream.until('the newest write', (item) => item.Index === newest);
+        return [...before, event].map((item) => item.Key);
+      };
+      // The buffer holds the last three writes: the nodes n2, n3 and n4.
+      assert.deepEqual(await keysFrom(newest - 1), [ids[3], ids[4]], 'from the index asked, inclusive');
+      assert.deepEqual(await keysFrom(1), ids.slice(2), 'an index no longer in the buffer starts at its oldest write');
+      assert.deepEqual(await keysFrom(0), ids.slice(2), 'index 0 starts at the oldest write');
+      assert.deepEqual(await keysFrom(newest + 100), [ids[4]], 'an index beyond every write starts at the newest');
+    });
+
+    it('filters by topic and key (the key or a filter key: the job of an allocation or evaluation) and by namespace', async function () {
+      const double = await start();
+      const jobA = await open(double, '?topic=Job:web-a');
+      const allocsB = await open(double, '?topic=Allocation:web-b');
+      const evals = await open(double, '?topic=Evaluation');
+      const everything = await open(double, '?topic=*');
+      const elsewhere = await open(double, '?topic=*&namespace=other');
+      await register(double, sleepJob('web-b'));
+      await register(double, sleepJob('web-a'));
+      const { before } = await jobA.until('web-a registered', (event) => event.Key === 'web-a');
+      assert.deepEqual(before, [], 'nothing of web-b');
+      await untilAlloc(double, 'web-a', 'running', running);
+      await untilAlloc(double, 'web-b', 'running', running);
+      await allocsB.until('web-b running', (event) => payload(event, 'Allocation').ClientStatus === 'running');
+      assert.ok(allocsB.events().every((event) => event.Topic === 'Allocation' && payload(event, 'Allocation').JobID === 'web-b'));
+      await evals.until('the evaluation of web-a', (event) => payload(event, 'Evaluation').JobID === 'web-a');
+      assert.ok(evals.events().every((event) => event.Topic === 'Evaluation'));
+      const id = double.addNode({ name: 'n2', cpu: 1_000, memoryMB: 1_024 });
+      await elsewhere.until('the node, which has no namespace', (event) => event.Key === id);
+      assert.ok(elsewhere.events().every((event) => event.Topic === 'Node'), 'nothing of the default namespace');
+      await everything.until('the node', (event) => event.Key === id);
+      assert.deepEqual(new Set(everything.events().map((event) => event.Topic)), new Set(['Node', 'Job', 'Evaluation', 'Allocation']));
+
+      const badTopic = await open(double, '?topic=Job:a:b');
+      assert.equal(badTopic.status, 400);
+      assert.equal(badTopic.body(), 'Invalid topic query: error parsing topics: Invalid key value pair for topic, topic: Job:a:b');
+      const badIndex = await open(double, '?index=soon');
+      assert.equal(badIndex.status, 400);
+      assert.match(badIndex.body(), /^Unable to parse index/);
+    });
+
+    it('requires the ACL token when one is configured', async function () {
+      const double = await start({ aclToken: 'secret-token' });
+      const denied = await open(double, '?topic=Job');
+      assert.equal(denied.status, 403);
+      assert.equal(denied.body(), 'Permission denied');
+      const allowed = await open(double, '?topic=Job', { 'X-Nomad-Token': 'secret-token' });
+      assert.equal(allowed.status, 200);
+      await waitFor('the first heartbeat', () => allowed.heartbeats === 1);
+    });
+
+    it('takes the faults: errors, latency, a stream never started; restart, outage and reset end open streams', async function () {
+      const double = await start();
+      double.faults.errorRate = 1;
+      assert.equal((await open(double, '')).status, 500);
+      double.faults.errorRate = 0;
+      double.faults.latencyMs = 150;
+      const began = Date.now();
+      const slow = await open(double, '');
+      await waitFor('the first heartbeat', () => slow.heartbeats === 1);
+      assert.ok(Date.now() - began >= 140, 'after the latency');
+      double.faults.latencyMs = 0;
+
+      double.faults.timeoutRate = 1;
+      const never = EventStream.open(double, '').then(() => 'answered', (error: Error) => error.message);
+      await waitFor('the stream held', () => double.injected.timeouts === 1);
+      double.faults.timeoutRate = 0;
+      assert.equal(double.openStreams, 1, 'only the slow stream runs');
+
+      await double.restart();
+      await waitFor('the slow stream ended', () => slow.ended);
+      assert.match(await never, /socket hang up|ECONNRESET/);
+      const beforeOutage = await open(double, '');
+      await double.outage(true);
+      await waitFor('the stream ended by the outage', () => beforeOutage.ended);
+      await double.outage(false);
+
+      await register(double, sleepJob('lost'));
+      const beforeReset = await open(double, '?topic=Job');
+      await beforeReset.until('the job', (event) => event.Key === 'lost');
+      await double.reset();
+      await waitFor('the stream ended by the reset', () => beforeReset.ended);
+      assert.equal(double.openStreams, 0);
+      const after = await open(double, '');
+      const { event } = await after.until('the node registered again', (item) => item.Topic === 'Node');
+      assert.equal(event.Index, after.frames[0]?.Index, 'the buffer starts over with the new state');
+      assert.ok(Number(event.Index) < Number(beforeReset.frames[0]?.Index), 'at a lower index');
+    });
   });
 
   it('requires the ACL token when one is configured', async function () {

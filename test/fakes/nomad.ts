@@ -11,16 +11,23 @@ export type { NodeSpec } from './nomad/types.js';
 
 /**
  * A test double that speaks the subset of Nomad's HTTP API Manticore uses (jobs, job evaluation with
- * forced rescheduling, allocations, evaluations, nodes, blocking queries), with a real scheduler loop
- * (evaluations → placement by resources and constraints → allocations, blocked evaluations, rescheduling)
- * and a real client for raw_exec tasks (processes in their own process groups, restart policy, service
- * checks, deployment health). docker is simulated. It is test infrastructure, never a production backend.
+ * forced rescheduling, allocations, evaluations, nodes, blocking queries, the event stream), with a real
+ * scheduler loop (evaluations → placement by resources and constraints → allocations, blocked evaluations,
+ * rescheduling) and a real client for raw_exec tasks (processes in their own process groups, restart
+ * policy, service checks, deployment health). docker is simulated. It is test infrastructure, never a
+ * production backend.
+ *
+ * Every state write publishes the events of the objects it changed (topics Job, Evaluation, Allocation,
+ * Node; full objects as Nomad renders them) into a ring buffer of the last `eventBufferSize` writes, which
+ * `GET /v1/event/stream` serves with Nomad's start-index rule, topic/key and namespace filters and
+ * heartbeats (`eventHeartbeatMs`).
  *
  * Faults (`faults`, applied to every request while set): `latencyMs` before each answer; `errorRate`, a
  * share answered 500 without being handled; `timeoutRate`, a share never answered (the connection is held
- * until the client gives up or the double stops), half of the writes among them applied first, as when a
- * registration or deregistration happened but its answer was lost. `injected` counts what they hit.
- * `outage()`, `restart()` and `reset()` take the agent away, bounce it, or lose the servers' state.
+ * until the client gives up or the double stops; an event stream never starts), half of the writes among
+ * them applied first, as when a registration or deregistration happened but its answer was lost.
+ * `injected` counts what they hit. `outage()`, `restart()` and `reset()` take the agent away, bounce it, or
+ * lose the servers' state; each ends the open event streams.
  *
  * Deliberate differences from Nomad, for strictness or determinism:
  * - unknown JSON field names in a job or a job evaluation request are refused (400); Nomad ignores them;
@@ -29,7 +36,12 @@ export type { NodeSpec } from './nomad/types.js';
  *   Nomad filters such nodes at placement instead;
  * - check minimums (≥ 1 s) and the restart interval minimum (≥ 5 s) are not enforced;
  * - no task directories (NOMAD_ALLOC_DIR, NOMAD_TASK_DIR), no logs API, no deployments API;
- * - only the "default" namespace and the "global" region exist.
+ * - only the "default" namespace and the "global" region exist;
+ * - the event stream gives each write one frame and one event type, where Nomad may split a write over
+ *   several frames of the same index (a job and its evaluation) and applies a plan and its evaluation's
+ *   update as two writes; an event matching several topic keys is sent once (Nomad sends it per key); a
+ *   reader that falls behind is never cut off (Nomad ends a subscription whose next write left the
+ *   buffer); a negative start index is refused (400).
  */
 
 export interface NomadDoubleOptions {
@@ -48,9 +60,14 @@ export interface NomadDoubleOptions {
   bindHost?: string;
   /** How long a simulated docker task takes to start (default 50 ms). */
   dockerStartMs?: number;
+  /** Writes kept for event stream subscriptions (the servers' `event_buffer_size`, default 100 as Nomad). */
+  eventBufferSize?: number;
+  /** Between event stream heartbeats (default 30 s, as Nomad). */
+  eventHeartbeatMs?: number;
 }
 
 const DEFAULT_NODE: NodeSpec = { name: 'node-1', cpu: 4_000, memoryMB: 8_192, datacenter: 'dc1', nodePool: 'default' };
+const DEFAULT_EVENT_HEARTBEAT_MS = 30_000;
 
 export class NomadDouble {
   /** Fault injection, applied to every request while set. */
@@ -78,6 +95,7 @@ export class NomadDouble {
       faults: this.faults,
       aclToken: options.aclToken,
       hostIP: this.bindHost,
+      heartbeatMs: options.eventHeartbeatMs ?? DEFAULT_EVENT_HEARTBEAT_MS,
       log: this.log,
     });
   }
@@ -123,6 +141,11 @@ export class NomadDouble {
     return this.api.held;
   }
 
+  /** Event streams open right now. */
+  get openStreams(): number {
+    return this.api.streams;
+  }
+
   /** What the faults hit so far (errors, timeouts, timed-out writes that were applied). */
   get injected(): Readonly<InjectedFaults> {
     return this.api.injected;
@@ -147,7 +170,8 @@ export class NomadDouble {
 
   /**
    * The servers lose all state: every task is killed, jobs, evaluations and allocations are gone and
-   * the index starts low again; the nodes register again. Blocking queries held at that moment answer
+   * the index starts low again, the event buffer empty (open streams end); the nodes register again.
+   * Blocking queries held at that moment answer
    * at once with the new, lower index, so their clients see the index go backwards (Nomad would hold
    * them until their wait elapsed, and a client whose index the new state reaches again could miss the
    * reset). Queries arriving later are held as usual.
@@ -180,7 +204,7 @@ export class NomadDouble {
       node: (id) => state?.nodes.get(id),
       report: (alloc) => state?.clientUpdate(alloc),
     });
-    state = new NomadState(client, this.bindHost, this.log);
+    state = new NomadState(client, this.bindHost, this.log, this.options.eventBufferSize);
     for (const spec of this.nodeSpecs) state.addNode(spec);
     return { state, client };
   }

@@ -149,7 +149,6 @@ const cluster: Backend = {
       log: testLog,
       job: { datacenters: ['dc1'], restart: { attempts: restartAttempts, intervalMs: 60_000, delayMs: 50 }, healthyDeadlineMs: 30_000, checkIntervalMs: 50, checkTimeoutMs: 1_000 },
       requestTimeoutMs: 5_000,
-      watchWaitSeconds: 30,
     });
     await scheduler.start();
     return {

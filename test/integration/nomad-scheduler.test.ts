@@ -2,14 +2,16 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import path from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
 import { loadTemplates } from '../../controller/api/templates.js';
 import type { SessionTemplate } from '../../controller/api/types.js';
+import { canonicalJson } from '../../controller/scheduler/local-scheduler.js';
 import { REPLACES_META_KEY, SPEC_HASH_META_KEY, type NomadJobOptions } from '../../controller/scheduler/nomad-job.js';
 import { NomadScheduler } from '../../controller/scheduler/nomad-scheduler.js';
 import type { WorkloadStep } from '../../controller/scheduler/scheduler.js';
 import { silentLogger } from '../../controller/util/log.js';
 import { WorkloadRecorder, contractRequest, describeSchedulerContract } from '../contract/scheduler-contract.js';
-import { NomadDouble } from '../fakes/nomad.js';
+import { NomadDouble, type NomadDoubleOptions } from '../fakes/nomad.js';
 import { EXIT_3, commandTemplate } from '../support/templates.js';
 import { waitFor } from '../support/wait.js';
 
@@ -39,14 +41,21 @@ const NODE = { name: 'node-1', cpu: 4_000, memoryMB: 4_096 };
 
 const session = (): string => `nt${randomBytes(5).toString('hex')}`;
 
+type RequestPredicate = (method: string, path: string, query: URLSearchParams) => boolean;
+
 /**
- * A loopback HTTP proxy in front of the double that counts requests and can hold some of them back
- * (as a slow or partitioned link would), so tests see exactly what the scheduler sends.
+ * A loopback HTTP proxy in front of the double that counts requests, can hold some of them back (as a
+ * slow or partitioned link would), delay answers, and stall or cut the event streams passing through, so
+ * tests see exactly what the scheduler sends and decide what it hears.
  */
 class CountingProxy {
   readonly requests: Array<{ method: string; path: string; query: URLSearchParams; body: string }> = [];
-  private holding: ((method: string, path: string, query: URLSearchParams) => boolean) | undefined;
+  /** Awaited before an answer is passed on (the double has answered: its state is past the answer). */
+  beforeAnswer: ((method: string, path: string) => Promise<void> | void) | undefined;
+  private holding: RequestPredicate | undefined;
   private readonly held: Array<() => void> = [];
+  /** Event streams passing through: the double's answer and ours. */
+  private readonly streams = new Set<{ answer: http.IncomingMessage; res: http.ServerResponse }>();
 
   private constructor(private readonly server: http.Server, readonly address: string) {}
 
@@ -69,8 +78,19 @@ class CountingProxy {
           const out = http.request(
             { host: upstream.hostname, port: upstream.port, method, path: req.url, headers: req.headers },
             (answer) => {
-              res.writeHead(answer.statusCode ?? 502, answer.headers);
-              answer.pipe(res);
+              void (async () => {
+                await proxy.beforeAnswer?.(method, url.pathname);
+                res.writeHead(answer.statusCode ?? 502, answer.headers);
+                answer.pipe(res);
+                // An answer cut upstream is cut here too.
+                answer.on('close', () => {
+                  if (!answer.complete) res.destroy();
+                });
+                if (url.pathname !== '/v1/event/stream') return;
+                const stream = { answer, res };
+                proxy.streams.add(stream);
+                res.on('close', () => proxy.streams.delete(stream));
+              })();
             },
           );
           out.on('error', () => res.destroy());
@@ -98,6 +118,19 @@ class CountingProxy {
     for (const forward of this.held.splice(0)) forward();
   }
 
+  /** The event streams open now pass nothing more on (their connections stay open). */
+  stallStreams(): void {
+    for (const { answer, res } of this.streams) answer.unpipe(res);
+  }
+
+  /** The event streams open now are cut, as a broken connection would. */
+  cutStreams(): void {
+    for (const { answer, res } of this.streams) {
+      res.destroy();
+      answer.destroy();
+    }
+  }
+
   async stop(): Promise<void> {
     this.holding = undefined;
     this.held.splice(0);
@@ -112,8 +145,8 @@ const schedulers: NomadScheduler[] = [];
 const proxies: CountingProxy[] = [];
 const recorders: WorkloadRecorder[] = [];
 
-async function startDouble(nodes: Array<{ name: string; cpu: number; memoryMB: number }> = [NODE]): Promise<NomadDouble> {
-  const double = await NomadDouble.start({ port: 0, nodes, workDir: repoRoot, log: silentLogger() });
+async function startDouble(options: Partial<NomadDoubleOptions> = {}): Promise<NomadDouble> {
+  const double = await NomadDouble.start({ port: 0, nodes: [NODE], workDir: repoRoot, log: silentLogger(), ...options });
   doubles.push(double);
   return double;
 }
@@ -124,7 +157,6 @@ async function startScheduler(address: string, overrides: Partial<ConstructorPar
     job: doubleJobOptions,
     log: silentLogger(),
     requestTimeoutMs: 5_000,
-    watchWaitSeconds: 30,
     ...overrides,
   });
   schedulers.push(scheduler);
@@ -218,7 +250,7 @@ describe('Nomad scheduler', function () {
       const before = proxy.requests.length;
       await scheduler.register(job);
       await scheduler.register(scheduler.render(request));
-      const sent = proxy.requests.slice(before).filter((item) => !isWatch(item.method, item.path, item.query));
+      const sent = proxy.requests.slice(before).filter((item) => !isObservation(item.method, item.path));
       assert.deepEqual(sent, [], 'registering the same content again sends nothing');
       assert.equal(proxy.count('PUT', '/v1/jobs'), 1);
 
@@ -243,14 +275,13 @@ describe('Nomad scheduler', function () {
       proxies.push(proxy);
       const fresh = await startScheduler(double.address);
       const stale = await startScheduler(proxy.address);
-      // The stale scheduler's jobs watch hears nothing more: it still believes the job does not exist.
-      proxy.hold((method, pathname, query) => method === 'GET' && pathname === '/v1/jobs' && query.has('index'));
+      // The stale scheduler's event stream passes nothing more on: it still believes the job does not exist.
+      proxy.stallStreams();
       const request = contractRequest(demo, session());
       await fresh.register(fresh.render(request));
       const other = stale.render(contractRequest(demo, request.sessionId, { coreVersion: '8.1.0' }));
       await assert.rejects(stale.register(other), (error: unknown) =>
         error instanceof Error && error.message.includes(`registering job ${other.id}: conflict`) && /Enforcing job modify index 0/.test(error.message));
-      proxy.release();
 
       const foreignId = `manticore-${session()}`;
       const status = await putJob(double.address, {
@@ -294,7 +325,7 @@ describe('Nomad scheduler', function () {
     });
 
     it('reports a placement failure for lack of memory, cleared when a node joins', async function () {
-      const double = await startDouble([{ name: 'small', cpu: 4_000, memoryMB: 64 }]);
+      const double = await startDouble({ nodes: [{ name: 'small', cpu: 4_000, memoryMB: 64 }] });
       const scheduler = await startScheduler(double.address);
       const recorder = record(scheduler);
       const job = scheduler.render(contractRequest(demo, session()));
@@ -336,7 +367,7 @@ describe('Nomad scheduler', function () {
       const failedId = failed.allocation?.id ?? '';
       const before = proxy.requests.length;
       await scheduler.reschedule(job.id);
-      const sent = proxy.requests.slice(before).filter((item) => !isWatch(item.method, item.path, item.query));
+      const sent = proxy.requests.slice(before).filter((item) => !isObservation(item.method, item.path));
       assert.deepEqual(sent.map((item) => `${item.method} ${item.path}`), [`GET /v1/job/${job.id}`, 'PUT /v1/jobs']);
       const body = JSON.parse(sent[1]?.body ?? '{}') as { EnforceIndex: boolean; JobModifyIndex: number; Job: { Meta: Record<string, string> } };
       assert.equal(body.EnforceIndex, true);
@@ -360,8 +391,7 @@ describe('Nomad scheduler', function () {
       let emitted = 0;
       let completed = false;
       const subscription = scheduler.capacityChanges().subscribe({ next: () => emitted++, complete: () => (completed = true) });
-      // Each of the four watches holds a blocking query once it has taken its first answer.
-      await waitFor('every watch blocking', () => double.heldQueries === 4);
+      await waitFor('the event stream open', () => double.openStreams === 1);
       assert.equal(emitted, 0, 'the first node list is no change');
       const job = scheduler.render(contractRequest(demo, session()));
       await scheduler.register(job);
@@ -370,7 +400,10 @@ describe('Nomad scheduler', function () {
 
       double.addNode({ name: 'node-2', cpu: 4_000, memoryMB: 4_096 });
       await waitFor('an emission', () => emitted === 1);
-      await waitFor('every watch blocking again', () => double.heldQueries === 4);
+      // A barrier: once a job registered after the node is healthy, every event of the node has come.
+      const later = scheduler.render(contractRequest(demo, session()));
+      await scheduler.register(later);
+      await recorder.healthy(later);
       assert.equal(emitted, 1, 'one node, one emission');
       await scheduler.close();
       assert.equal(completed, true, 'close() completes it');
@@ -379,7 +412,7 @@ describe('Nomad scheduler', function () {
 
     it('keeps watching through a restart, an outage and injected errors and latency', async function () {
       const double = await startDouble();
-      const scheduler = await startScheduler(double.address, { watchWaitSeconds: 2 });
+      const scheduler = await startScheduler(double.address);
       const recorder = record(scheduler);
       const first = scheduler.render(contractRequest(demo, session()));
       await scheduler.register(first);
@@ -409,22 +442,19 @@ describe('Nomad scheduler', function () {
       assert.equal(kinds.filter((kind) => kind === 'reset').length, 1, 'one reset per watch, whatever happens after');
     });
 
-    it('asks a blocking query again once its answer is overdue (lost on the way), instead of waiting out its wait', async function () {
-      const double = await startDouble();
+    it('starts over when the event stream goes silent: no heartbeat, no event for three heartbeat intervals', async function () {
+      const double = await startDouble({ eventHeartbeatMs: 100 });
       const proxy = await CountingProxy.start(double.address);
       proxies.push(proxy);
-      const scheduler = await startScheduler(proxy.address, { requestTimeoutMs: 300, watchWaitSeconds: 60 });
+      const scheduler = await startScheduler(proxy.address, { eventHeartbeatMs: 200 });
       const recorder = record(scheduler);
-      // The next blocking query on the allocations never gets its answer; probes (no index) pass.
-      let asked = 0;
-      proxy.hold((method, pathname, query) => method === 'GET' && pathname === '/v1/allocations' && query.has('index') && asked++ === 1);
+      // The stream stays open but passes nothing on, heartbeats included, as a half-dead connection would.
+      proxy.stallStreams();
       const job = scheduler.render(contractRequest(demo, session()));
-      const started = Date.now();
       await scheduler.register(job);
-      await recorder.healthy(job, 15_000);
-      assert.ok(asked >= 3, `the lost query was asked again (${asked} blocking queries on the allocations)`);
-      assert.ok(Date.now() - started < 15_000, 'well before the 60 s wait');
-      assert.ok(proxy.count('GET', '/v1/allocations') > asked, 'the index was probed');
+      await recorder.healthy(job);
+      assert.ok(proxy.count('GET', '/v1/event/stream') >= 2, 'subscribed again');
+      assert.equal(recorder.steps.filter((step) => step.kind === 'reset').length, 1, 'one reset, whatever happens after');
     });
 
     it('backs off on errors (100 ms doubling, jittered) instead of hot-looping, and close() ends every watch', async function () {
@@ -438,20 +468,105 @@ describe('Nomad scheduler', function () {
       await double.restart();
       const from = proxy.requests.length;
       const started = Date.now();
-      const jobsRequests = (): number => proxy.requests.slice(from).filter((request) => request.method === 'GET' && request.path === '/v1/jobs').length;
-      await waitFor('four attempts at the jobs list', () => jobsRequests() >= 4);
-      // Three failures in a row wait at least 50 + 100 + 200 ms (the lower end of their jitter).
-      assert.ok(Date.now() - started >= 350, `four attempts took only ${Date.now() - started} ms`);
+      const subscriptions = (): number => proxy.requests.slice(from).filter((request) => request.method === 'GET' && request.path === '/v1/event/stream').length;
+      await waitFor('four attempts at subscribing', () => subscriptions() >= 4);
+      // Between four failed attempts, three waits of at least 100, 200 and 400 ms (the lower end of their jitter).
+      assert.ok(Date.now() - started >= 700, `four attempts took only ${Date.now() - started} ms`);
       double.faults.errorRate = 0;
       await scheduler.close();
       assert.equal(completed, true, 'close() completes the watch');
       subscription.unsubscribe();
     });
 
+    it('subscribes before it lists: what changes just after the lists are taken is not lost, however small the event buffer', async function () {
+      // Nothing fits on the node: a job's registration (and its evaluations) is all the stream says of it.
+      const double = await startDouble({ nodes: [{ name: 'small', cpu: 4_000, memoryMB: 64 }], eventBufferSize: 2 });
+      const writer = await startScheduler(double.address);
+      const purged = writer.render(contractRequest(demo, session()));
+      await writer.register(purged);
+      const registered = Array.from({ length: 4 }, () => writer.render(contractRequest(demo, session())));
+      const proxy = await CountingProxy.start(double.address);
+      proxies.push(proxy);
+      let changed = false;
+      proxy.beforeAnswer = async (method, pathname) => {
+        // The jobs list is taken last: Nomad changes once it has answered, before the scheduler reads it.
+        if (method !== 'GET' || pathname !== '/v1/jobs' || changed) return;
+        changed = true;
+        await writer.deregister(purged.id);
+        for (const job of registered) await writer.register(job);
+      };
+      const scheduler = await startScheduler(proxy.address);
+      const recorder = record(scheduler);
+      for (const job of registered) await recorder.until(job.id, 'unplaced', (workload) => workload.placementFailure !== undefined);
+      const reported = recorder.steps.flatMap((step) => (step.kind === 'reset' ? step.workloads.map((w) => w.jobId) : step.kind === 'upsert' ? [step.workload.jobId] : [step.jobId]));
+      assert.equal(reported.includes(purged.id), false, 'the job purged after the lists was never reported');
+      const order = proxy.requests.map((request) => request.path);
+      assert.ok(order.indexOf('/v1/event/stream') < order.indexOf('/v1/allocations') && order.indexOf('/v1/allocations') < order.indexOf('/v1/jobs'), `subscribed, then listed: ${order.join(', ')}`);
+    });
+
+    it('resyncs after its stream is cut mid-burst: no workload change reported twice, none missed', async function () {
+      const double = await startDouble();
+      const proxy = await CountingProxy.start(double.address);
+      proxies.push(proxy);
+      const scheduler = await startScheduler(proxy.address);
+      const recorder = record(scheduler);
+      const upserts = (): number => recorder.steps.filter((step) => step.kind === 'upsert').length;
+      const jobs = Array.from({ length: 6 }, () => scheduler.render(contractRequest(demo, session())));
+      const registering = Promise.all(jobs.map((job) => scheduler.register(job)));
+      await waitFor('the first changes', () => upserts() >= 3);
+      proxy.cutStreams();
+      await waitFor('subscribed again', () => proxy.count('GET', '/v1/event/stream') === 2);
+      const seen = upserts();
+      await waitFor('more changes', () => upserts() > seen);
+      proxy.cutStreams();
+      await registering;
+      for (const job of jobs) await recorder.healthy(job);
+      assert.ok(proxy.count('GET', '/v1/event/stream') >= 3, 'subscribed a third time');
+
+      const last = new Map<string, string>();
+      for (const step of recorder.steps) {
+        if (step.kind !== 'upsert') continue;
+        const key = canonicalJson(step.workload);
+        assert.notEqual(last.get(step.workload.jobId), key, `${step.workload.jobId}: the same workload reported twice in a row`);
+        last.set(step.workload.jobId, key);
+      }
+      assert.equal(recorder.steps.filter((step) => step.kind === 'reset').length, 1, 'one reset, whatever happens after');
+      // A scheduler that starts now sees what this one reported last.
+      const fresh = record(await startScheduler(double.address));
+      await waitFor('the same picture', () => jobs.every((job) => isDeepStrictEqual(fresh.workloads.get(job.id), recorder.workloads.get(job.id))));
+    });
+
+    it('drops what it holds of a purged job (its allocations and evaluations too); the same id registered again computes afresh', async function () {
+      const double = await startDouble();
+      const scheduler = await startScheduler(double.address);
+      const recorder = record(scheduler);
+      const job = scheduler.render(contractRequest(demo, session()));
+      await scheduler.register(job);
+      const first = await recorder.healthy(job);
+      const one = scheduler.cacheSizes();
+      assert.equal(one.jobs, 1);
+      assert.ok(one.allocations >= 1 && one.evaluations >= 1, JSON.stringify(one));
+      await scheduler.deregister(job.id);
+      await waitFor('the delete step', () => recorder.steps.some((step) => step.kind === 'delete' && step.jobId === job.id));
+      // Nomad stops the purged job's allocation after the purge: its updates come, and are not kept.
+      await waitFor('the allocation stopped', async () => {
+        const alloc = (await (await fetch(`${double.address}/v1/allocation/${first.allocation?.id ?? ''}`)).json()) as { ClientStatus: string };
+        return alloc.ClientStatus === 'complete';
+      });
+      // A barrier: once a job registered after the stop is healthy, every event of the stop has come.
+      const other = scheduler.render(contractRequest(demo, session()));
+      await scheduler.register(other);
+      await recorder.healthy(other);
+      assert.deepEqual(scheduler.cacheSizes(), one, 'what one healthy job takes, nothing of the purged one');
+
+      await scheduler.register(job);
+      const again = await recorder.healthy(job);
+      assert.notEqual(again.allocation?.id, first.allocation?.id);
+    });
+
     it('starts over when Nomad loses its state: the lost jobs are deleted, new ones are seen', async function () {
       const double = await startDouble();
-      // The double holds blocking queries on the lost state until their wait ends: keep it short.
-      const scheduler = await startScheduler(double.address, { watchWaitSeconds: 1 });
+      const scheduler = await startScheduler(double.address);
       const recorder = record(scheduler);
       const lost = scheduler.render(contractRequest(demo, session()));
       await scheduler.register(lost);
@@ -468,7 +583,7 @@ describe('Nomad scheduler', function () {
   });
 });
 
-/** The scheduler's own watch requests (blocking queries on the four lists). */
-function isWatch(method: string, pathname: string, query: URLSearchParams): boolean {
-  return method === 'GET' && ['/v1/jobs', '/v1/allocations', '/v1/evaluations', '/v1/nodes'].includes(pathname) && query.has('index');
+/** The scheduler's own observation: the event stream, and the lists it takes with each subscription. */
+function isObservation(method: string, pathname: string): boolean {
+  return method === 'GET' && ['/v1/event/stream', '/v1/jobs', '/v1/allocations', '/v1/evaluations', '/v1/nodes'].includes(pathname);
 }

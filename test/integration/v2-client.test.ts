@@ -37,7 +37,6 @@ describe('a v2 client against the front end, with a controller on the Nomad API 
       log: testLog,
       job: { datacenters: ['dc1'], restart: { attempts: 3, intervalMs: 60_000, delayMs: 50 }, healthyDeadlineMs: 30_000, checkIntervalMs: 50, checkTimeoutMs: 1_000 },
       requestTimeoutMs: 5_000,
-      watchWaitSeconds: 30,
     });
     await scheduler.start();
     h = new ControllerHarness<Scheduler>(EmbeddedStore.open(':memory:'), scheduler, { templates, ports: { start: 20000, end: 20099 }, ...options });

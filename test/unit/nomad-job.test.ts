@@ -12,15 +12,13 @@ import {
   type NomadJob,
   type NomadJobOptions,
 } from '../../controller/scheduler/nomad-job.js';
+import { BACKOFF_MAX_MS, backoffDelay, parseEventLine } from '../../controller/scheduler/nomad-events.js';
 import {
-  BACKOFF_MAX_MS,
   NomadScheduler,
   allocationOf,
-  backoffDelay,
   capacityGains,
   currentAllocation,
   describeAllocMetric,
-  nextIndex,
   placementFailureOf,
   workloadOf,
   type NomadAllocStub,
@@ -542,11 +540,17 @@ describe('Nomad watch timing', () => {
     assert.equal(backoffDelay(1_000, () => 1), BACKOFF_MAX_MS);
   });
 
-  it("follows Nomad's index rules", () => {
-    assert.deepEqual(nextIndex(0, 7), { kind: 'changed', index: 7 });
-    assert.deepEqual(nextIndex(7, 9), { kind: 'changed', index: 9 });
-    assert.deepEqual(nextIndex(9, 9), { kind: 'unchanged' });
-    assert.deepEqual(nextIndex(9, 3), { kind: 'reset' }, 'an index going backwards starts the watch over');
+  it("reads the event stream's lines: heartbeats, frames, and nothing else", () => {
+    assert.equal(parseEventLine('{}'), undefined, 'a heartbeat');
+    const payload = { Job: { ID: 'manticore-a' } };
+    assert.deepEqual(parseEventLine(JSON.stringify({ Index: 7, Events: [{ Topic: 'Job', Type: 'JobRegistered', Key: 'manticore-a', Namespace: 'default', FilterKeys: null, Index: 7, Payload: payload }] })), {
+      index: 7,
+      events: [{ topic: 'Job', type: 'JobRegistered', key: 'manticore-a', payload }],
+    });
+    assert.throws(() => parseEventLine('Permission denied'), /not JSON: Permission denied/);
+    assert.throws(() => parseEventLine('[]'), /not an object/);
+    assert.throws(() => parseEventLine('{"Events":[]}'), /without an Index/);
+    assert.throws(() => parseEventLine('{"Index":3,"Events":[{"Topic":"Job"}]}'), /malformed event at index 3/);
   });
 });
 

@@ -1,15 +1,18 @@
 import type http from 'node:http';
 import type { Logger } from '../../../controller/util/log.js';
+import { parseSubscribeRequest, type SubscribeRequest } from './events.js';
 import { allocFull, allocStub, evalJson, jobActivity, jobFull, jobStub, nodeFull, nodeStub } from './render.js';
 import type { NomadState, Table } from './state.js';
 import { HttpError, type JsonObject } from './types.js';
 import { parseGoDuration } from './validate.js';
 
 /**
- * Routing of Nomad's HTTP API onto the double's state: headers, ACL, fault injection and blocking queries
+ * Routing of Nomad's HTTP API onto the double's state: headers, ACL, fault injection, blocking queries
  * (`?index=N&wait=D`: hold while the table's index is ≤ N, up to D plus up to D/16 of jitter, as Nomad's
- * blockingRPC does). A query already held when reset() drops the state answers at once with the new,
- * lower index (Nomad would hold it until the wait elapses; see NomadDouble.reset).
+ * blockingRPC does) and the event stream (newline-delimited JSON: a heartbeat `{}` at once, then every
+ * heartbeat interval, and the frames of the subscription). A query already held when reset() drops the
+ * state answers at once with the new, lower index (Nomad would hold it until the wait elapses; see
+ * NomadDouble.reset); an open event stream ends.
  */
 
 export interface Faults {
@@ -39,6 +42,8 @@ export interface ApiContext {
   readonly faults: Faults;
   readonly aclToken: string | undefined;
   readonly hostIP: string;
+  /** Between event stream heartbeats (Nomad: 30 s). */
+  readonly heartbeatMs: number;
   readonly log: Logger;
 }
 
@@ -55,11 +60,18 @@ interface Answer {
   index?: number;
 }
 
+/** `GET /v1/event/stream`: answered as a stream, not a body. */
+interface StreamAnswer {
+  stream: SubscribeRequest;
+}
+
 type Query = URLSearchParams;
 
 export class NomadApi {
   /** Blocking queries being held right now. */
   held = 0;
+  /** Event streams open right now. */
+  streams = 0;
   readonly injected: InjectedFaults = { errors: 0, timeouts: 0, appliedWrites: 0 };
 
   constructor(private readonly ctx: ApiContext) {}
@@ -80,6 +92,7 @@ export class NomadApi {
       if (draw < errorRate + timeoutRate) return await this.neverAnswer(req, closed.signal);
       const answer = await this.answer(req, closed.signal);
       if (res.destroyed) return;
+      if ('stream' in answer) return await this.serveStream(answer.stream, res, closed.signal);
       const headers: http.OutgoingHttpHeaders = { 'content-type': 'application/json', 'x-nomad-knownleader': 'true', 'x-nomad-lastcontact': '0' };
       if (answer.index !== undefined) headers['x-nomad-index'] = String(answer.index);
       res.writeHead(200, headers);
@@ -109,8 +122,41 @@ export class NomadApi {
     if (!closed.aborted) await new Promise((resolve) => closed.addEventListener('abort', resolve, { once: true }));
   }
 
+  /**
+   * Nomad's event stream handler: the first heartbeat as soon as the subscription exists (so a client knows
+   * it is live), the buffered frames from the start index, then new frames and a heartbeat every interval,
+   * until the client goes or the state is dropped.
+   */
+  private async serveStream(request: SubscribeRequest, res: http.ServerResponse, closed: AbortSignal): Promise<void> {
+    res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-cache' });
+    const send = (line: string): void => {
+      if (!res.destroyed) res.write(`${line}\n`);
+    };
+    this.streams++;
+    try {
+      await new Promise<void>((resolve) => {
+        let unsubscribe = (): void => undefined;
+        const heartbeat = setInterval(() => send('{}'), this.ctx.heartbeatMs);
+        const done = (): void => {
+          clearInterval(heartbeat);
+          unsubscribe();
+          closed.removeEventListener('abort', done);
+          resolve();
+        };
+        closed.addEventListener('abort', done, { once: true });
+        send('{}');
+        unsubscribe = this.ctx.state().events.subscribe(request, send, () => {
+          done();
+          res.end();
+        });
+      });
+    } finally {
+      this.streams--;
+    }
+  }
+
   /** Parses, authorizes and routes one request: its answer, or an HttpError. */
-  private async answer(req: http.IncomingMessage, closed: AbortSignal): Promise<Answer> {
+  private async answer(req: http.IncomingMessage, closed: AbortSignal): Promise<Answer | StreamAnswer> {
     const url = new URL(req.url ?? '/', 'http://nomad.invalid');
     this.authorize(req, url.pathname);
     const region = url.searchParams.get('region');
@@ -128,7 +174,7 @@ export class NomadApi {
     if (token !== required) throw new HttpError(403, 'Permission denied');
   }
 
-  private async route(method: string, path: string, query: Query, body: unknown, signal: AbortSignal): Promise<Answer> {
+  private async route(method: string, path: string, query: Query, body: unknown, signal: AbortSignal): Promise<Answer | StreamAnswer> {
     const parts = path.split('/').filter((part) => part !== '').map((part) => decodeURIComponent(part));
     if (parts[0] !== 'v1') throw new HttpError(404, 'Invalid URL path');
     const [, resource, id, sub] = parts;
@@ -146,6 +192,10 @@ export class NomadApi {
       case 'regions':
         only('GET');
         return { body: ['global'] };
+      case 'event':
+        if (id !== 'stream' || sub !== undefined) break;
+        only('GET');
+        return { stream: parseSubscribeRequest(query) };
       case 'jobs':
         if (id !== undefined) break;
         if (method === 'PUT' || method === 'POST') return this.write(state().register(body, namespace));
@@ -230,7 +280,7 @@ export class NomadApi {
         only('GET');
         if (id === undefined) break;
         if (sub === 'allocations') {
-          return this.read('allocs', query, signal, (s) => sortById([...s.allocs.values()].filter((alloc) => alloc.NodeID === id)).map(allocFull));
+          return this.read('allocs', query, signal, (s) => sortById([...s.allocs.values()].filter((alloc) => alloc.NodeID === id)).map((alloc) => allocFull(alloc)));
         }
         if (sub !== undefined) break;
         return this.read('nodes', query, signal, (s) => {

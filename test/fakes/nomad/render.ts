@@ -1,5 +1,6 @@
+import type { EventType, StreamEvent } from './events.js';
 import { NOMAD_VERSION, nodeAttributes } from './placement.js';
-import type { NomadState } from './state.js';
+import type { NomadState, WriteChanges } from './state.js';
 import type { AllocRecord, EvalRecord, Json, JobRecord, JsonObject, NodeRecord } from './types.js';
 
 /** The JSON Nomad's API answers with, built from the double's records (field names as Nomad's structs). */
@@ -121,10 +122,10 @@ export function allocStub(alloc: AllocRecord, options: { resources: boolean; tas
   return stub;
 }
 
-/** The full allocation (`GET /v1/allocation/:id`), with its job and resources. */
-export function allocFull(alloc: AllocRecord): JsonObject {
+/** The full allocation (`GET /v1/allocation/:id`), with its job (unless `withJob` is false) and resources. */
+export function allocFull(alloc: AllocRecord, withJob = true): JsonObject {
   const full = allocStub(alloc, { resources: true, taskStates: true });
-  full.Job = structuredClone(alloc.jobJson);
+  full.Job = withJob ? structuredClone(alloc.jobJson) : null;
   full.Metrics = structuredClone(alloc.metric) as unknown as JsonObject;
   full.DeploymentID = '';
   full.AllocStates = null;
@@ -189,4 +190,26 @@ export function nodeFull(node: NodeRecord, hostIP: string): JsonObject {
     StatusUpdatedAt: Math.floor(Date.now() / 1000),
     Events: null,
   };
+}
+
+/**
+ * The events of one write, as Nomad's eventsFromChanges makes them: the full objects (a deleted one as it
+ * was), allocations without their job (Nomad drops it to keep the events small), keyed by ID and filtered
+ * by job (and deployment: none in the double).
+ */
+export function streamEvents(state: NomadState, type: EventType, changes: WriteChanges, hostIP: string): StreamEvent[] {
+  const events: StreamEvent[] = [];
+  for (const job of changes.jobs) {
+    events.push({ Topic: 'Job', Type: type, Key: job.spec.id, Namespace: job.spec.namespace, FilterKeys: null, Payload: { Job: jobFull(state, job) } });
+  }
+  for (const evaluation of changes.evals) {
+    events.push({ Topic: 'Evaluation', Type: type, Key: evaluation.ID, Namespace: evaluation.Namespace, FilterKeys: [evaluation.JobID, ''], Payload: { Evaluation: evalJson(evaluation) } });
+  }
+  for (const alloc of changes.allocs) {
+    events.push({ Topic: 'Allocation', Type: type, Key: alloc.ID, Namespace: alloc.Namespace, FilterKeys: [alloc.JobID, ''], Payload: { Allocation: allocFull(alloc, false) } });
+  }
+  for (const node of changes.nodes) {
+    events.push({ Topic: 'Node', Type: type, Key: node.id, Namespace: '', FilterKeys: null, Payload: { Node: nodeFull(node, hostIP) } });
+  }
+  return events;
 }

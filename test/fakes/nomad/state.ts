@@ -1,5 +1,7 @@
 import type { Logger } from '../../../controller/util/log.js';
+import { EventBroker, type EventType } from './events.js';
 import { assignPorts, placeGroup, type NodeUsage } from './placement.js';
+import { streamEvents } from './render.js';
 import {
   HttpError,
   newId,
@@ -16,9 +18,9 @@ import {
 import { canonicalJson, parseJob } from './validate.js';
 
 /**
- * The double's server state: one raft-like index counter, the index of each table's last change, and
- * the scheduler (evaluations → allocations). Clients (the task runners) report back through
- * `clientUpdate`, as Nomad clients do with Node.UpdateAlloc.
+ * The double's server state: one raft-like index counter, the index of each table's last change, the
+ * event broker every write publishes its changes to, and the scheduler (evaluations → allocations).
+ * Clients (the task runners) report back through `clientUpdate`, as Nomad clients do with Node.UpdateAlloc.
  */
 
 export type Table = 'jobs' | 'allocs' | 'evals' | 'nodes';
@@ -38,6 +40,14 @@ export interface RegisterResult {
   Index: number;
   LastContact: number;
   KnownLeader: boolean;
+}
+
+/** The objects one write changed (deleted ones as they were): its tables and its events. */
+export interface WriteChanges {
+  readonly jobs: Set<JobRecord>;
+  readonly evals: Set<EvalRecord>;
+  readonly allocs: Set<AllocRecord>;
+  readonly nodes: Set<NodeRecord>;
 }
 
 interface Waiter {
@@ -73,12 +83,18 @@ export class NomadState {
   /** Failed allocations with a follow-up evaluation scheduled. */
   private readonly rescheduling = new Set<string>();
   private closed = false;
+  /** What the write being applied has changed so far. */
+  private changes: WriteChanges | undefined;
+  readonly events: EventBroker;
 
   constructor(
     private readonly client: AllocClient,
     private readonly hostIP: string,
     private readonly log: Logger,
-  ) {}
+    eventBufferSize?: number,
+  ) {
+    this.events = new EventBroker(eventBufferSize);
+  }
 
   // ---- indexes and blocking ---------------------------------------------------------------------------
 
@@ -87,13 +103,31 @@ export class NomadState {
     return Math.max(1, this.tableIndex[table]);
   }
 
-  /** One raft apply: a new index, given to every table the change touched. */
-  private write(tables: readonly Table[], apply: (index: number) => void): number {
+  /**
+   * One raft apply: a new index, given to every table whose objects it changed, and their events
+   * (all of Nomad's `type`, as one raft message gives all its events one type) published at that index.
+   */
+  private write(type: EventType, apply: (index: number) => void): number {
     const index = ++this.index;
-    apply(index);
-    for (const table of tables) this.tableIndex[table] = index;
+    const changes: WriteChanges = (this.changes = { jobs: new Set(), evals: new Set(), allocs: new Set(), nodes: new Set() });
+    try {
+      apply(index);
+    } finally {
+      this.changes = undefined;
+    }
+    if (changes.jobs.size > 0) this.tableIndex.jobs = index;
+    if (changes.evals.size > 0) this.tableIndex.evals = index;
+    if (changes.allocs.size > 0) this.tableIndex.allocs = index;
+    if (changes.nodes.size > 0) this.tableIndex.nodes = index;
+    this.events.publish(index, streamEvents(this, type, changes, this.hostIP));
     this.notify();
     return index;
+  }
+
+  /** The changes of the write being applied (every change to the state happens within one). */
+  private get changed(): WriteChanges {
+    if (!this.changes) throw new Error('Nomad double: the state changed outside a write');
+    return this.changes;
   }
 
   private notify(): void {
@@ -120,9 +154,10 @@ export class NomadState {
     });
   }
 
-  /** Releases every blocked query and pending timer: the state is being dropped. */
+  /** Releases every blocked query, event stream and pending timer: the state is being dropped. */
   close(): void {
     this.closed = true;
+    this.events.close();
     for (const waiter of [...this.waiters]) waiter.done();
     for (const timer of this.timers) clearTimeout(timer);
     this.timers.clear();
@@ -144,8 +179,10 @@ export class NomadState {
       attributes: { ...(spec.attributes ?? {}) },
     };
     if (!(full.cpu > 0) || !(full.memoryMB > 0)) throw new Error(`node ${spec.name}: cpu and memoryMB must be positive`);
-    this.write(['nodes'], (index) => {
-      this.nodes.set(id, { id, spec: full, status: 'ready', createIndex: index, modifyIndex: index });
+    this.write('NodeRegistration', (index) => {
+      const node: NodeRecord = { id, spec: full, status: 'ready', createIndex: index, modifyIndex: index };
+      this.nodes.set(id, node);
+      this.changed.nodes.add(node);
     });
     this.log.debug({ nodeId: id, name: spec.name }, 'node registered');
     this.unblock();
@@ -157,8 +194,9 @@ export class NomadState {
     const node = this.nodes.get(id);
     if (!node) throw new Error(`removeNode: no node ${id}`);
     const lost = [...this.allocs.values()].filter((alloc) => alloc.NodeID === id && !isTerminal(alloc));
-    this.write(['nodes', 'allocs'], (index) => {
+    this.write('NodeDeregistration', (index) => {
       this.nodes.delete(id);
+      this.changed.nodes.add(node);
       for (const alloc of lost) {
         alloc.DesiredStatus = 'stop';
         alloc.DesiredDescription = 'alloc is lost since its node is down';
@@ -197,7 +235,7 @@ export class NomadState {
       return { EvalID: evaluation.ID, EvalCreateIndex: evaluation.CreateIndex, JobModifyIndex: existing.jobModifyIndex, Warnings: '', Index: evaluation.CreateIndex, LastContact: 0, KnownLeader: true };
     }
     let evaluation!: EvalRecord;
-    const index = this.write(['jobs', 'evals'], (at) => {
+    const index = this.write('JobRegistered', (at) => {
       const job: JobRecord = {
         submitted: parsed.submitted,
         key,
@@ -211,6 +249,7 @@ export class NomadState {
         submitTime: nowNs(),
       };
       this.jobs.set(spec.id, job);
+      this.changed.jobs.add(job);
       evaluation = this.newEval(job, 'job-register', at);
     });
     this.log.debug({ jobId: spec.id, version: this.jobs.get(spec.id)?.version, index }, existing ? 'job updated' : 'job registered');
@@ -251,7 +290,7 @@ export class NomadState {
         })
       : [];
     let evaluation!: EvalRecord;
-    const index = this.write(forced.length > 0 ? ['evals', 'allocs'] : ['evals'], (at) => {
+    const index = this.write(forced.length > 0 ? 'AllocationUpdateDesiredStatus' : 'EvaluationUpdated', (at) => {
       for (const alloc of forced) {
         alloc.DesiredTransition.ForceReschedule = true;
         this.touchAlloc(alloc, at);
@@ -268,7 +307,7 @@ export class NomadState {
     const job = this.jobs.get(jobId);
     if (!job) throw new HttpError(404, 'job not found');
     let evaluation!: EvalRecord;
-    const index = this.write(['jobs', 'evals'], (at) => {
+    const index = this.write('JobDeregistered', (at) => {
       if (purge) {
         this.jobs.delete(jobId);
       } else {
@@ -277,6 +316,7 @@ export class NomadState {
         job.jobModifyIndex = at;
         job.modifyIndex = at;
       }
+      this.changed.jobs.add(job);
       evaluation = this.newEval(job, 'job-deregister', at);
     });
     this.enqueue(evaluation);
@@ -314,6 +354,7 @@ export class NomadState {
       ModifyTime: now,
     };
     this.evals.set(evaluation.ID, evaluation);
+    this.changed.evals.add(evaluation);
     return evaluation;
   }
 
@@ -321,7 +362,7 @@ export class NomadState {
   private createEval(jobId: string, triggeredBy: string): EvalRecord {
     const job = this.jobs.get(jobId);
     let evaluation!: EvalRecord;
-    this.write(['evals'], (index) => {
+    this.write('EvaluationUpdated', (index) => {
       const base: JobRecord = job ?? this.ghostJob(jobId);
       evaluation = this.newEval(base, triggeredBy, index);
     });
@@ -351,11 +392,10 @@ export class NomadState {
   private failEval(evaluation: EvalRecord, error: unknown): void {
     if (this.closed) return;
     this.log.error({ err: error, evalId: evaluation.ID, jobId: evaluation.JobID }, 'evaluation failed');
-    this.write(['evals'], (index) => {
+    this.write('EvaluationUpdated', (index) => {
       evaluation.Status = 'failed';
       evaluation.StatusDescription = `evaluation failed: ${(error as Error).message}`;
-      evaluation.ModifyIndex = index;
-      evaluation.ModifyTime = nowNs();
+      this.touchEval(evaluation, index);
     });
   }
 
@@ -370,7 +410,7 @@ export class NomadState {
     const job = this.jobs.get(evaluation.JobID);
     const live = [...this.allocs.values()].filter((alloc) => alloc.JobID === evaluation.JobID && alloc.DesiredStatus === 'run');
     if (!job || job.stop) {
-      this.write(['evals', 'allocs', 'jobs'], (index) => {
+      this.write('PlanResult', (index) => {
         for (const alloc of live) this.stopAlloc(alloc, 'alloc not needed due to job update', index);
         this.completeEval(evaluation, index, null);
         this.cancelBlocked(evaluation.JobID, evaluation.ID, index);
@@ -422,12 +462,12 @@ export class NomadState {
     }
     if (this.closed) return;
     const hasFailures = Object.keys(failed).length > 0;
-    this.write(['evals', 'allocs', 'jobs'], (index) => {
+    this.write('PlanResult', (index) => {
       for (const alloc of stopping) this.stopAlloc(alloc, 'alloc is being updated due to job update', index);
       for (const alloc of placed) {
         alloc.CreateIndex = index;
-        alloc.ModifyIndex = index;
         alloc.AllocModifyIndex = index;
+        this.touchAlloc(alloc, index);
         this.allocs.set(alloc.ID, alloc);
         const previous = alloc.PreviousAllocation ? this.allocs.get(alloc.PreviousAllocation) : undefined;
         if (previous) {
@@ -439,8 +479,7 @@ export class NomadState {
         // A re-run blocked evaluation completes once it placed everything; else it stays blocked.
         evaluation.FailedTGAllocs = hasFailures ? failed : null;
         if (!hasFailures) evaluation.Status = 'complete';
-        evaluation.ModifyIndex = index;
-        evaluation.ModifyTime = nowNs();
+        this.touchEval(evaluation, index);
       } else {
         this.completeEval(evaluation, index, hasFailures ? failed : null);
         if (hasFailures) {
@@ -464,8 +503,7 @@ export class NomadState {
     evaluation.Status = 'complete';
     evaluation.FailedTGAllocs = failed;
     evaluation.QueuedAllocations = failed ? Object.fromEntries(Object.keys(failed).map((group) => [group, 1])) : {};
-    evaluation.ModifyIndex = index;
-    evaluation.ModifyTime = nowNs();
+    this.touchEval(evaluation, index);
   }
 
   /** Nomad keeps at most one blocked evaluation per job; a newer evaluation supersedes it. */
@@ -474,8 +512,7 @@ export class NomadState {
       if (evaluation.JobID !== jobId || evaluation.ID === except || evaluation.Status !== 'blocked') continue;
       evaluation.Status = 'canceled';
       evaluation.StatusDescription = `evaluation "${except}" successful`;
-      evaluation.ModifyIndex = index;
-      evaluation.ModifyTime = nowNs();
+      this.touchEval(evaluation, index);
     }
   }
 
@@ -541,6 +578,13 @@ export class NomadState {
   private touchAlloc(alloc: AllocRecord, index: number): void {
     alloc.ModifyIndex = index;
     alloc.ModifyTime = nowNs();
+    this.changed.allocs.add(alloc);
+  }
+
+  private touchEval(evaluation: EvalRecord, index: number): void {
+    evaluation.ModifyIndex = index;
+    evaluation.ModifyTime = nowNs();
+    this.changed.evals.add(evaluation);
   }
 
   /** Nomad's getJobStatus: running with a non-terminal alloc, pending with an open evaluation, else dead. */
@@ -555,7 +599,7 @@ export class NomadState {
     if (status === job.status) return;
     job.status = status;
     job.modifyIndex = index;
-    this.tableIndex.jobs = index;
+    this.changed.jobs.add(job);
   }
 
   // ---- client updates ---------------------------------------------------------------------------------
@@ -563,7 +607,7 @@ export class NomadState {
   /** A client reports an allocation's new task states, client status or deployment health. */
   clientUpdate(alloc: AllocRecord): void {
     if (this.closed || this.allocs.get(alloc.ID) !== alloc) return;
-    this.write(['allocs'], (index) => {
+    this.write('AllocationUpdated', (index) => {
       this.touchAlloc(alloc, index);
       const job = this.jobs.get(alloc.JobID);
       if (job) this.refreshJobStatus(job, index);
