@@ -1,9 +1,10 @@
 /**
- * Paces a watch that re-reads a whole list on every change (a Consul prefix listing). After an answer that carried changes, the next query waits `COST_FACTOR` times what parsing
- * and applying that answer cost here: a small list is asked for again at once, while 10,000 objects that
- * keep changing are re-read a few times a second rather than back to back. Back to back, the two sides
- * would spend all their time serializing and parsing the same list and starve the writes the changes come
- * from; the server's share of the cost is about ours (it serializes what we parse).
+ * Paces a watch that re-reads a whole list on every change (a Consul prefix listing: Consul has no change
+ * feed). After an answer that carried changes, the next query waits `COST_FACTOR` times what parsing and
+ * applying that answer cost here: a small list is asked for again at once, while 10,000 objects that keep
+ * changing are re-read a few times a second rather than back to back. Back to back, the two sides would
+ * spend all their time serializing and parsing the same list and starve the writes the changes come from;
+ * the server's share of the cost is about ours (it serializes what we parse).
  */
 const COST_FACTOR = 8;
 /** Pauses shorter than this are not worth a timer: small lists are never paced. */
