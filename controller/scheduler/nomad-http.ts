@@ -1,7 +1,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import { outcomeOfStatus, recordBackendCall } from '../metrics/metrics.js';
-import { readBody } from '../util/http-body.js';
+import { readBody, readJsonArray } from '../util/http-body.js';
 import type { TlsMaterial } from '../util/tls.js';
 
 /**
@@ -63,6 +63,31 @@ export class NomadHttp {
 
   /** One HTTP request to Nomad; non-2xx answers become NomadApiError with Nomad's message. `signal` aborts it (close() always does). */
   request(method: string, path: string, query: Query, body?: unknown, signal?: AbortSignal): Promise<HttpResult> {
+    return this.send(method, path, query, body, signal, readBody);
+  }
+
+  /**
+   * A GET answered with a JSON array, each element handed to `project` as it arrives: a list of 10,000
+   * allocations is tens of megabytes, and read whole it would sit in the heap twice over (as text and as
+   * objects) although only what `project` keeps of each element is needed. Returns what `project` returned
+   * for each element, and the answer's X-Nomad-Index.
+   */
+  async list<T>(path: string, query: Query, project: (item: unknown) => T, signal?: AbortSignal): Promise<{ items: T[]; index: number }> {
+    const items: T[] = [];
+    const result = await this.send('GET', path, query, undefined, signal, (res) => {
+      const complete = readJsonArray(res, (text) => items.push(project(JSON.parse(text))));
+      return () => {
+        complete();
+        return '';
+      };
+    });
+    const index = Number(result.headers['x-nomad-index']);
+    if (!Number.isSafeInteger(index) || index < 0) throw new NomadApiError(`GET ${path}: no valid X-Nomad-Index in the answer`, result.status, '');
+    return { items, index };
+  }
+
+  /** `read` takes a 2xx answer's body as it arrives; other answers are read as text for their message. */
+  private send(method: string, path: string, query: Query, body: unknown, signal: AbortSignal | undefined, read: (res: http.IncomingMessage) => () => string): Promise<HttpResult> {
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     const headers = this.headers();
     if (payload) {
@@ -75,13 +100,18 @@ export class NomadHttp {
       const fail = (status: number, message: string, cause?: unknown): void =>
         reject(new NomadApiError(`${method} ${url.pathname}: ${message}`, status, message, false, { cause }));
       const req = transport.request(url, { method, headers, agent: this.options.agent, signal: this.signal(signal), ...this.options.tls }, (res) => {
-        const text = readBody(res);
+        const status = res.statusCode ?? 0;
+        const success = status >= 200 && status < 300;
+        const text = success ? read(res) : readBody(res);
         res.on('error', (error) => fail(0, error.message, error));
         res.on('end', () => {
           clearTimeout(timer);
-          const status = res.statusCode ?? 0;
-          if (status >= 200 && status < 300) resolve({ status, headers: res.headers, body: text() });
-          else fail(status, nomadMessage(text()) || `HTTP ${status}`);
+          if (!success) return fail(status, nomadMessage(text()) || `HTTP ${status}`);
+          try {
+            resolve({ status, headers: res.headers, body: text() });
+          } catch (error) {
+            fail(status, `Nomad answered something that cannot be understood (${error instanceof Error ? error.message : String(error)})`, error);
+          }
         });
       });
       const timer = setTimeout(() => req.destroy(new Error(`no answer within ${this.options.requestTimeoutMs} ms`)), this.options.requestTimeoutMs);

@@ -656,38 +656,30 @@ export class NomadScheduler implements Scheduler {
    * a job that is gone are dropped; a job registered after the jobs list comes as an event).
    */
   private async resync(signal: AbortSignal): Promise<Record<EventTable, number>> {
-    const list = async (path: string, query: Record<string, string>): Promise<{ items: unknown[]; index: number }> => {
-      const result = await this.assertUsable().request('GET', path, query, undefined, signal);
-      const index = Number(result.headers['x-nomad-index']);
-      if (!Number.isSafeInteger(index) || index < 0) throw new Error(`${path}: no valid X-Nomad-Index in the answer`);
-      const items: unknown = JSON.parse(result.body);
-      if (!Array.isArray(items)) throw new Error(`${path}: the answer is not a list`);
-      return { items, index };
-    };
+    const api = this.assertUsable();
     const [allocations, evaluations, nodes] = await Promise.all([
-      list('/v1/allocations', { resources: 'true' }),
-      list('/v1/evaluations', {}),
-      list('/v1/nodes', {}),
+      api.list('/v1/allocations', { resources: 'true' }, parseAllocStub, signal),
+      api.list('/v1/evaluations', {}, parseEvalStub, signal),
+      api.list('/v1/nodes', {}, parseNodeStub, signal),
     ]);
-    const jobs = await list('/v1/jobs', { prefix: JOB_PREFIX, meta: 'true' });
+    const jobs = await api.list('/v1/jobs', { prefix: JOB_PREFIX, meta: 'true' }, (item) => ({ stub: parseJobStub(item), listsMeta: isRecord(item) && 'Meta' in item }), signal);
     // The stream may have failed meanwhile: its next subscription lists again.
     if (signal.aborted) throw new Error('the event stream failed while listing');
     const touched = (this.catchingUp ??= new Set());
     this.replaceJobs(jobs.items, touched);
-    replaceGrouped(this.allocsByJob, this.current(allocations.items.map(parseAllocStub)), touched);
-    replaceGrouped(this.evalsByJob, this.current(evaluations.items.map(parseEvalStub)), touched);
+    replaceGrouped(this.allocsByJob, this.current(allocations.items), touched);
+    replaceGrouped(this.evalsByJob, this.current(evaluations.items), touched);
     this.replaceNodes(nodes.items);
     this.advanceJobsIndex(jobs.index, true);
     return { jobs: jobs.index, allocations: allocations.index, evaluations: evaluations.index, nodes: nodes.index };
   }
 
-  private replaceJobs(items: readonly unknown[], touched: Set<string>): void {
+  private replaceJobs(items: ReadonlyArray<{ stub: NomadJobStub | undefined; listsMeta: boolean }>, touched: Set<string>): void {
     const next = new Map<string, NomadJobStub>();
     const foreign = new Set<string>();
-    for (const item of items) {
-      const stub = parseJobStub(item);
+    for (const { stub, listsMeta } of items) {
       if (!stub || !stub.ID.startsWith(JOB_PREFIX)) continue;
-      if (isRecord(item) && !('Meta' in item) && !this.warnedNoMeta) {
+      if (!listsMeta && !this.warnedNoMeta) {
         this.warnedNoMeta = true;
         this.log.error('Nomad lists jobs without their Meta (the meta=true parameter needs Nomad 1.6 or later): no job can be recognised as Manticore\'s');
       }
@@ -703,12 +695,9 @@ export class NomadScheduler implements Scheduler {
     this.foreign = foreign;
   }
 
-  private replaceNodes(items: readonly unknown[]): void {
+  private replaceNodes(items: ReadonlyArray<NomadNodeStub | undefined>): void {
     const next = new Map<string, NomadNodeStub>();
-    for (const item of items) {
-      const node = parseNodeStub(item);
-      if (node) next.set(node.ID, node);
-    }
+    for (const node of items) if (node) next.set(node.ID, node);
     const previous = this.nodes;
     this.nodes = next;
     // The first list is the starting point, not a change.
