@@ -51,8 +51,12 @@ export const scaleScenario: Scenario = {
       // Whatever follows the last Ready (the queue draining, late watch events) is not "quiet" yet.
       await settle(cluster, context.quick ? 3_000 : SETTLED_AFTER_MS);
       const readyRss = residentMiB(controllerPid);
+      // Beside the resident memory, what V8 holds: it must stay within the heap limit Node derives from the
+      // container's memory (about half of the job file's 512 MB).
+      const heapUsed = (await cluster.controllerMetric('manticore_nodejs_heap_size_used_bytes')) / 2 ** 20;
       const quiet = await measureQuiet(cluster, controllerPid, quietSeconds);
       result.figure('controllerRssMiB', `controller resident memory with ${sessions} Ready`, readyRss, 'MiB');
+      result.figure('controllerHeapUsedMiB', `controller V8 heap in use with ${sessions} Ready`, heapUsed, 'MiB');
       result.figure('quietCpuPercent', `controller CPU over ${quietSeconds} s with no changes`, quiet.cpuPercent, '% of a core');
       result.figure('quietStoreWrites', `store writes in those ${quietSeconds} s (heartbeats)`, quiet.storeWrites, '');
       result.figure('quietReconciles', `reconciles in those ${quietSeconds} s`, quiet.reconciles, '');
