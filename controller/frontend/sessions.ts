@@ -293,8 +293,9 @@ export class SessionService {
     const unavailable = this.unavailableReason(template);
     if (unavailable !== undefined) throw new ApiError(400, unavailable, ['/template: not available on this backend']);
     const parameters = resolveParameters(template, request.parameters ?? {});
+    const now = this.options.now();
     const record: SessionRecord = {
-      metadata: { id: newSessionId(), owner, createdAt: new Date(this.options.now()).toISOString(), generation: 1 },
+      metadata: { id: newSessionId(now), owner, createdAt: new Date(now).toISOString(), generation: 1 },
       spec: { template: template.metadata.name, parameters },
     };
     if (request.labels !== undefined) record.metadata.labels = request.labels;
