@@ -42,8 +42,22 @@ function randomBase32(characters: number): string {
 /** A secret hostname label: 26 base32 characters carry 130 bits of randomness. */
 export const newToken = (): string => randomBase32(26);
 
-/** A session id: 16 base32 characters (80 bits), so ids cannot be enumerated. */
-export const newSessionId = (): string => randomBase32(16);
+/** The base32 characters in ascending order: numbers written with them sort as the numbers do. */
+const sortableBase32 = '234567abcdefghijklmnopqrstuvwxyz';
+/** Leading characters of a session id that tell the time: milliseconds modulo 2^20 (17½ minutes). */
+const ID_CLOCK_CHARACTERS = 4;
+
+/**
+ * A session id: 16 base32 characters, the first 4 the millisecond clock `now` (modulo 17½ minutes), the
+ * other 12 random (60 bits), so ids cannot be enumerated. Ids made moments apart sort next to each other:
+ * the embedded store's key index takes a burst of creates on a page or two instead of a random page each
+ * (a 4 kB WAL frame per create, which is most of what a group commit writes and syncs).
+ */
+export function newSessionId(now = Date.now()): string {
+  let clock = '';
+  for (let i = 0, value = now; i < ID_CLOCK_CHARACTERS; i++, value = Math.floor(value / 32)) clock = sortableBase32[value % 32] + clock;
+  return clock + randomBase32(16 - ID_CLOCK_CHARACTERS);
+}
 
 /** A load balancer of the pool as the allocator sees it: how many listeners it may hold in all. */
 export interface ListenerPoolMember {

@@ -37,8 +37,8 @@ export function registerApiV1(app: FastifyInstance, sessions: SessionService, au
     if (request.body.labels?.[passcodeLabel] !== undefined) {
       throw new ApiError(400, `label ${passcodeLabel} is reserved for the v2 API`, [`/labels/${passcodeLabel}: reserved`]);
     }
-    const session = await sessions.create(auth.identify(request, reply).user, request.body);
-    return reply.code(201).header('location', `/api/v1/sessions/${session.metadata.id}`).send(session);
+    const { session, json } = await sessions.create(auth.identify(request, reply).user, request.body);
+    return reply.code(201).header('location', `/api/v1/sessions/${session.metadata.id}`).type('application/json; charset=utf-8').send(json);
   });
 
   app.get('/api/v1/sessions', async (request, reply) => ({ items: sessions.list(auth.identify(request, reply)) }));

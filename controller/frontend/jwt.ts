@@ -25,7 +25,8 @@ export class JwtError extends Error {
 const leewaySeconds = 30;
 /** Tokens whose signature checked out, remembered in each of two generations: about 4 MB at most. */
 const verifiedTokensPerGeneration = 5_000;
-const base64url = /^[A-Za-z0-9_-]*$/;
+/** A compact JWS: header, payload and signature in base64url (the signature may be empty here: alg none, refused by name). */
+const compactForm = /^([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)$/;
 
 /**
  * Verifies compact JWS tokens (JWTs) with node:crypto alone: HS256 with the shared secret, RS256 and ES256
@@ -50,6 +51,8 @@ export class JwtVerifier {
    */
   private verified = new Map<string, JwtClaims>();
   private verifiedBefore = new Map<string, JwtClaims>();
+  /** The header of the last token that verified, decoded: an issuer's tokens all have the same header. */
+  private lastHeader: { readonly encoded: string; readonly header: JwtClaims } | undefined;
 
   /** Throws a ValidationError naming the entry when a public key cannot be read or is not RSA or EC P-256. */
   constructor(private readonly options: JwtVerifierOptions) {
@@ -87,13 +90,10 @@ export class JwtVerifier {
 
   /** The claims of a token whose form, algorithm and signature check out; its times and audience are not checked. */
   private verifySignature(token: string): JwtClaims {
-    const parts = token.split('.');
-    // The signature may be empty here (alg none), to be refused by name below.
-    if (parts.length !== 3 || !parts.every((part) => base64url.test(part)) || parts[0] === '' || parts[1] === '') {
-      throw new JwtError('not a JWT (three base64url parts)');
-    }
-    const [encodedHeader, encodedPayload, encodedSignature] = parts as [string, string, string];
-    const header = decodeJson(encodedHeader, 'header');
+    const parts = compactForm.exec(token);
+    if (parts === null) throw new JwtError('not a JWT (three base64url parts)');
+    const [, encodedHeader, encodedPayload, encodedSignature] = parts;
+    const header = encodedHeader === this.lastHeader?.encoded ? this.lastHeader.header : decodeJson(encodedHeader, 'header');
     if (header.crit !== undefined) throw new JwtError('the token has critical header extensions, none of which are supported');
     const algorithm = header.alg;
     if (typeof algorithm !== 'string' || !this.algorithms.includes(algorithm)) {
@@ -103,7 +103,9 @@ export class JwtVerifier {
     if (!this.signatureVerifies(algorithm as JwtAlgorithm, signed, Buffer.from(encodedSignature, 'base64url'))) {
       throw new JwtError('the signature does not verify');
     }
-    return decodeJson(encodedPayload, 'payload');
+    const claims = decodeJson(encodedPayload, 'payload');
+    if (this.lastHeader?.encoded !== encodedHeader) this.lastHeader = { encoded: encodedHeader, header };
+    return claims;
   }
 
   private signatureVerifies(algorithm: JwtAlgorithm, signed: Buffer, signature: Buffer): boolean {

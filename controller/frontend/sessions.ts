@@ -31,7 +31,15 @@ export interface NewSession {
   readonly labels?: Record<string, string>;
 }
 
+/** What create() made: the session, and the same as the JSON the API answers with. */
+export interface CreatedSession {
+  readonly session: Session;
+  readonly json: string;
+}
+
 const idPattern = /^[a-z0-9]{8,40}$/;
+/** A new session's status, serialised once: an answer to a create is its record's JSON with this appended. */
+const pendingStatusJson = JSON.stringify(pendingStatus());
 
 /**
  * What the front end does with sessions, whichever API is asked (v1 or the v2 compatibility layer):
@@ -88,7 +96,7 @@ export class SessionService {
   }
 
   /** Writes a new session record for `owner`; 409 with the existing ids beyond the per-user limit. */
-  async create(owner: string, request: NewSession): Promise<Session> {
+  async create(owner: string, request: NewSession): Promise<CreatedSession> {
     const record = this.newRecord(owner, request);
     const { id } = record.metadata;
     // Checked and reserved in one synchronous step: a create of the same user arriving meanwhile sees it.
@@ -97,14 +105,18 @@ export class SessionService {
       throw new ApiError(409, `user ${owner} already has ${existing.length} session(s), the most allowed; delete one first`, existing.map((id) => `existing session: ${id}`), { existing });
     }
     this.createdNotCached.set(owner, (this.createdNotCached.get(owner) ?? new Set<string>()).add(id));
+    // Serialised once: for the store, for this process's cache (which takes the record as it is), and for the answer.
+    const json = JSON.stringify(record);
+    this.sessions.writing(id, json, record);
     try {
-      if (!(await this.options.store.put(this.options.keys.session(id), JSON.stringify(record), { cas: 0 }))) throw new ApiError(409, 'session id collision; try again');
+      if (!(await this.options.store.put(this.options.keys.session(id), json, { cas: 0 }))) throw new ApiError(409, 'session id collision; try again');
     } catch (error) {
       this.forgetCreated(owner, id);
+      this.sessions.writeFailed(id, json);
       throw error;
     }
     this.options.log.info({ session: id, owner, template: record.spec.template }, 'session created');
-    return { ...record, status: pendingStatus() };
+    return { session: { ...record, status: pendingStatus() }, json: `${json.slice(0, -1)},"status":${pendingStatusJson}}` };
   }
 
   /** The sessions the caller may see (an operator sees everyone's), oldest first. */
@@ -281,8 +293,9 @@ export class SessionService {
     const unavailable = this.unavailableReason(template);
     if (unavailable !== undefined) throw new ApiError(400, unavailable, ['/template: not available on this backend']);
     const parameters = resolveParameters(template, request.parameters ?? {});
+    const now = this.options.now();
     const record: SessionRecord = {
-      metadata: { id: newSessionId(), owner, createdAt: new Date(this.options.now()).toISOString(), generation: 1 },
+      metadata: { id: newSessionId(now), owner, createdAt: new Date(now).toISOString(), generation: 1 },
       spec: { template: template.metadata.name, parameters },
     };
     if (request.labels !== undefined) record.metadata.labels = request.labels;

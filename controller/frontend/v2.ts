@@ -150,7 +150,7 @@ export function registerApiV2(app: FastifyInstance, sessions: SessionService, au
             return existing.passcode;
           }
           const fresh = newPasscode();
-          const session = await sessions.create(user, { template: v2Template, parameters: checked.parameters, labels: { [passcodeLabel]: fresh } });
+          const { session } = await sessions.create(user, { template: v2Template, parameters: checked.parameters, labels: { [passcodeLabel]: fresh } });
           // Known at once, before this process's cache shows the new record: a repeated POST must find it.
           passcodes.set(session.metadata.id, fresh);
           return fresh;

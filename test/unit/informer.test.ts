@@ -1,0 +1,56 @@
+import assert from 'node:assert/strict';
+import { StoreInformer } from '../../controller/controller/informer.js';
+import { EmbeddedStore } from '../../controller/store/embedded-store.js';
+import { silentLogger } from '../../controller/util/log.js';
+import { waitFor } from '../support/wait.js';
+
+describe('StoreInformer', () => {
+  let store: EmbeddedStore;
+  let informer: StoreInformer<{ n: number }>;
+  let decoded: string[];
+
+  beforeEach(async () => {
+    store = EmbeddedStore.open(':memory:');
+    decoded = [];
+    informer = new StoreInformer(store, 'p/', (json) => {
+      decoded.push(json);
+      return JSON.parse(json) as { n: number };
+    }, silentLogger());
+    informer.start();
+    await informer.synced;
+  });
+  afterEach(async () => {
+    informer.stop();
+    await store.close();
+  });
+
+  it('caches a value this process said it is writing as given, without decoding it again', async () => {
+    const value = { n: 1 };
+    informer.writing('a', '{"n":1}', value);
+    await store.put('p/a', '{"n":1}');
+    await waitFor('the cache to show the write', () => informer.cache.get('a') !== undefined);
+    assert.equal(informer.cache.get('a')?.value, value);
+    assert.deepEqual(decoded, []);
+
+    // Only that one entry: the next one under the id is decoded.
+    await store.put('p/a', '{"n":1}');
+    await waitFor('the second write', () => decoded.length === 1);
+    assert.notEqual(informer.cache.get('a')?.value, value);
+  });
+
+  it('decodes an entry whose text differs from what this process said it is writing', async () => {
+    informer.writing('a', '{"n":1}', { n: 1 });
+    await store.put('p/a', '{"n":2}');
+    await waitFor('the cache to show the write', () => informer.cache.get('a') !== undefined);
+    assert.deepEqual(informer.cache.get('a')?.value, { n: 2 });
+    assert.deepEqual(decoded, ['{"n":2}']);
+  });
+
+  it('decodes the entry of a write that failed', async () => {
+    informer.writing('a', '{"n":1}', { n: 1 });
+    informer.writeFailed('a', '{"n":1}');
+    await store.put('p/a', '{"n":1}');
+    await waitFor('the cache to show the write', () => informer.cache.get('a') !== undefined);
+    assert.deepEqual(decoded, ['{"n":1}']);
+  });
+});
