@@ -27,6 +27,8 @@ export const DEFAULT_CHANGE_LOG_RETENTION = 10_000;
 const SCHEMA_VERSION = 1;
 /** How long open() waits for a predecessor process still finishing its shutdown to release the file. */
 const LOCK_WAIT_MS = 1_000;
+/** SQLite's page cache, in KiB (see initialize). */
+const PAGE_CACHE_KIB = 2000;
 /** WAL pages (4 kB each) after which a commit checkpoints (see initialize). */
 const WAL_CHECKPOINT_PAGES = 10_000;
 /** The index of an empty store. Like Consul, indexes start at 1 and only grow. */
@@ -542,6 +544,12 @@ function initialize(db: Database.Database, inMemory: boolean, retention: number)
   // acknowledges a write (see EmbeddedStore), so an acknowledged write survives a killed process and a
   // power loss alike.
   db.pragma('synchronous = NORMAL');
+  // SQLite's own page cache size (2 MB), not better-sqlite3's 16 MB: a commit that split a b-tree page
+  // walks the whole cache as it ends (the split renumbers pages through the lock-byte page's number, far
+  // past the end of the file, and the commit then looks for pages past the end in every hash slot), which
+  // cost a create more than the bigger cache saved. New rows touch a few pages at the end of each b-tree,
+  // and the OS caches the rest of the file.
+  db.pragma(`cache_size = -${PAGE_CACHE_KIB}`);
   // A checkpoint runs inside the commit that fills the WAL, copying its pages into the file and syncing
   // both, which holds the event loop for milliseconds. Ten times SQLite's default (40 MB of WAL) makes
   // them rarer, and each copies once a page that many commits rewrote (a busy table's pages are).
