@@ -44,6 +44,11 @@ export class WorkQueue<K> {
     return this.queue.length;
   }
 
+  /** Keys being processed right now. */
+  get inFlight(): number {
+    return this.processing.size;
+  }
+
   get idle(): boolean {
     return this.queue.length === 0 && this.processing.size === 0 && this.delayed.size === 0;
   }

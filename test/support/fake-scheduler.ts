@@ -30,7 +30,11 @@ export class FakeScheduler implements Scheduler {
   /** Nothing to connect to: the fake cluster lives in this object. */
   async start(): Promise<void> {}
 
+  /** How many jobs were rendered. */
+  renders = 0;
+
   render(request: WorkloadRequest): RenderedJob {
+    this.renders++;
     if (!request.template.spec.backends.embedded) throw new RenderError(`template ${request.template.metadata.name} has no embedded backend`);
     const body = { parameters: request.parameters, endpoints: request.endpoints };
     const specHash = crypto.createHash('sha256').update(JSON.stringify(body)).digest('hex');

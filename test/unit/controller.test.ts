@@ -168,6 +168,18 @@ describe('controller: session reconciliation', () => {
     assert.deepEqual(h.scheduler.deregistrations, ['manticore-orphan00001']);
   });
 
+  it('renders a session\'s job again only when what it is rendered from changed', async () => {
+    const id = await createSession(h.store);
+    await makeReady(h, id);
+    // Requeues after a delay (routers' heartbeats) stay scheduled: "drained" is nothing queued or running.
+    const drained = (): boolean => h.controller.queue.length === 0 && h.controller.queue.inFlight === 0;
+    await waitFor('queue drained', drained);
+    const renders = h.scheduler.renders;
+    for (let i = 0; i < 5; i++) h.controller.queue.add(id);
+    await waitFor('queue drained', drained);
+    assert.equal(h.scheduler.renders, renders, 'reconciles of an unchanged session render nothing');
+  });
+
   it('confirms every session after a restart without registering or writing anything', async () => {
     const ids = [await createSession(h.store), await createSession(h.store), await createSession(h.store)];
     for (const [n, id] of ids.entries()) await makeReady(h, id, 32000 + n * 10);
