@@ -222,10 +222,16 @@ export function condition(status: SessionStatus | undefined, type: string): stri
 }
 
 export async function requestDeletion(store: Store, id: string): Promise<void> {
-  const entry = (await store.get(keys.session(id)))!;
-  const record = JSON.parse(entry.value) as SessionRecord;
-  record.metadata.deletionRequestedAt = new Date().toISOString();
-  assert.equal(await store.put(keys.session(id), JSON.stringify(record), { cas: entry.modifyIndex }), true);
+  // The controller may write the record meanwhile (it requests deletion itself at expiry): read it again then.
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const entry = await store.get(keys.session(id));
+    if (entry === undefined) return;
+    const record = JSON.parse(entry.value) as SessionRecord;
+    if (record.metadata.deletionRequestedAt !== undefined) return;
+    record.metadata.deletionRequestedAt = new Date().toISOString();
+    if (await store.put(keys.session(id), JSON.stringify(record), { cas: entry.modifyIndex })) return;
+  }
+  assert.fail(`could not request the deletion of ${id}: its record kept changing`);
 }
 
 /** Waits until the session's stored status satisfies `test` (a phase name or a predicate) and returns it. */
