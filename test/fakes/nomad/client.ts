@@ -34,6 +34,7 @@ class AllocRunner implements TaskHost {
   private readonly timers = new Set<NodeJS.Timeout>();
   private healthyTimer: NodeJS.Timeout | undefined;
   private stopping: Promise<void> | undefined;
+  private reportQueued = false;
   private destroyed = false;
 
   constructor(
@@ -79,11 +80,21 @@ class AllocRunner implements TaskHost {
     this.timers.add(timer);
   }
 
+  /**
+   * The allocation's state moved on. Nomad's client sends allocation updates to the servers in batches
+   * (its allocSync, every 200 ms), each allocation's latest state once; here the changes of one turn of
+   * the event loop (tasks started together, a task and the health it settles) go as one update.
+   */
   changed(): void {
     if (this.destroyed) return;
     this.refreshClientStatus();
     this.evaluateHealth();
-    this.options.report(this.alloc);
+    if (this.reportQueued) return;
+    this.reportQueued = true;
+    setImmediate(() => {
+      this.reportQueued = false;
+      if (!this.destroyed) this.options.report(this.alloc);
+    });
   }
 
   failed(task: TaskRunner): void {

@@ -208,9 +208,12 @@ function dynamicPortsExhausted(group: GroupSpec, used: NodeUsage): string | unde
   if (group.networkMode === 'host') return undefined;
   const wanted = group.ports.filter((port) => port.value === 0).length;
   if (wanted === 0) return undefined;
+  const range = MAX_DYNAMIC_PORT - MIN_DYNAMIC_PORT + 1;
+  // Fewer ports held than the range has room for beyond `wanted`: enough are free whichever they are.
+  if (range - used.ports.size >= wanted) return undefined;
   let taken = 0;
   for (const port of used.ports) if (port >= MIN_DYNAMIC_PORT && port <= MAX_DYNAMIC_PORT) taken++;
-  return MAX_DYNAMIC_PORT - MIN_DYNAMIC_PORT + 1 - taken < wanted ? 'network: dynamic port selection failed' : undefined;
+  return range - taken < wanted ? 'network: dynamic port selection failed' : undefined;
 }
 
 /**

@@ -114,7 +114,10 @@ const ALLOC_FIELDS = [
 /** The allocation list stub (`GET /v1/allocations`, `/v1/job/:id/allocations`). */
 export function allocStub(alloc: AllocRecord, options: { resources: boolean; taskStates: boolean }): JsonObject {
   const stub: JsonObject = {};
-  for (const field of ALLOC_FIELDS) stub[field] = structuredClone(alloc[field]) as Json;
+  for (const field of ALLOC_FIELDS) {
+    const value = alloc[field];
+    stub[field] = (typeof value === 'object' && value !== null ? structuredClone(value) : value) as Json;
+  }
   stub.JobType = alloc.job.spec.type;
   stub.TaskStates = options.taskStates ? (structuredClone(alloc.TaskStates) as unknown as JsonObject) : null;
   stub.RescheduleTracker = null;

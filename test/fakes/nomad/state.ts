@@ -76,6 +76,17 @@ export class NomadState {
   readonly jobs = new Map<string, JobRecord>();
   readonly evals = new Map<string, EvalRecord>();
   readonly allocs = new Map<string, AllocRecord>();
+  /**
+   * Indexes kept beside the tables, so that the scheduler's work per evaluation does not grow with every
+   * allocation and evaluation the double has ever held (it keeps them all, as it never garbage-collects).
+   */
+  private readonly allocsByJob = new Map<string, AllocRecord[]>();
+  private readonly evalsByJob = new Map<string, EvalRecord[]>();
+  private readonly blockedEvals = new Set<EvalRecord>();
+  /** What the allocations on each node hold now, kept up to date as allocations change (`recount`). */
+  private readonly usageByNode = new Map<string, NodeUsage>();
+  /** What each allocation counts in its node's usage. */
+  private readonly holding = new Map<string, { ports: boolean; resources: boolean }>();
   /** Evaluations are processed one at a time, in order, like one scheduler worker. */
   private queue: Promise<void> = Promise.resolve();
   private readonly queued = new Set<string>();
@@ -282,10 +293,10 @@ export class NomadState {
     if (!job || job.spec.namespace !== namespace) throw new HttpError(500, 'job not found');
     const force = isObject(options) && options.ForceReschedule === true;
     const forced = force
-      ? [...this.allocs.values()].filter((alloc) => {
+      ? this.allocsOf(jobId).filter((alloc) => {
           const policy = job.spec.groups.find((group) => group.name === alloc.TaskGroup)?.reschedule;
           const enabled = policy !== undefined && (policy.unlimited || policy.attempts > 0);
-          return enabled && alloc.JobID === jobId && alloc.job.createIndex === job.createIndex && alloc.ClientStatus === 'failed' &&
+          return enabled && alloc.job.createIndex === job.createIndex && alloc.ClientStatus === 'failed' &&
             alloc.NextAllocation === '' && alloc.DesiredTransition.ForceReschedule !== true;
         })
       : [];
@@ -354,7 +365,8 @@ export class NomadState {
       ModifyTime: now,
     };
     this.evals.set(evaluation.ID, evaluation);
-    this.changed.evals.add(evaluation);
+    pushTo(this.evalsByJob, evaluation.JobID, evaluation);
+    this.touchEval(evaluation, index);
     return evaluation;
   }
 
@@ -372,7 +384,7 @@ export class NomadState {
 
   /** What an evaluation needs of a purged job: its id and namespace (its allocations are only stopped). */
   private ghostJob(jobId: string): JobRecord {
-    const alloc = [...this.allocs.values()].find((item) => item.JobID === jobId);
+    const alloc = this.allocsOf(jobId)[0];
     if (alloc) return alloc.job;
     throw new Error(`no job ${jobId} to evaluate`);
   }
@@ -401,14 +413,14 @@ export class NomadState {
 
   /** Re-runs every blocked evaluation: capacity changed (a node joined, an allocation stopped). */
   private unblock(): void {
-    for (const evaluation of this.evals.values()) if (evaluation.Status === 'blocked') this.enqueue(evaluation);
+    for (const evaluation of this.blockedEvals) this.enqueue(evaluation);
   }
 
   /** The generic scheduler's reconcile for one evaluation. */
   private async process(evaluation: EvalRecord): Promise<void> {
     if (evaluation.Status !== 'pending' && evaluation.Status !== 'blocked') return;
     const job = this.jobs.get(evaluation.JobID);
-    const live = [...this.allocs.values()].filter((alloc) => alloc.JobID === evaluation.JobID && alloc.DesiredStatus === 'run');
+    const live = this.allocsOf(evaluation.JobID).filter((alloc) => alloc.DesiredStatus === 'run');
     if (!job || job.stop) {
       this.write('PlanResult', (index) => {
         for (const alloc of live) this.stopAlloc(alloc, 'alloc not needed due to job update', index);
@@ -437,16 +449,21 @@ export class NomadState {
         placements.push({ group, index: slot, previous: holder });
       }
     }
-    // Stopping first frees its resources for the placements of the same plan, as in Nomad.
+    // The plan's view of the nodes: stopping first frees its resources for the placements of the same plan,
+    // as in Nomad, and each placement takes its share before the next one is chosen. Ports are taken in the
+    // nodes' own sets at once; the resources only count there once the plan is applied.
     const placed: AllocRecord[] = [];
-    const stopped = new Set(stopping.map((alloc) => alloc.ID));
-    // One pass over the allocations per plan (not per node and placement), kept up to date as it places.
-    const usage = new Map<string, NodeUsage>();
-    const usageOf = (nodeId: string): NodeUsage => usage.get(nodeId) ?? { cpu: 0, memoryMB: 0, diskMB: 0, ports: new Set() };
-    const count = (alloc: AllocRecord): void => {
-      usage.set(alloc.NodeID, addUsage(usageOf(alloc.NodeID), alloc, stopped));
+    const planned = new Map<string, Resources>();
+    const plan = (nodeId: string, sign: 1 | -1, resources: Resources): void => {
+      const sum = planned.get(nodeId) ?? { cpu: 0, memoryMB: 0, diskMB: 0 };
+      planned.set(nodeId, { cpu: sum.cpu + sign * resources.cpu, memoryMB: sum.memoryMB + sign * resources.memoryMB, diskMB: sum.diskMB + sign * resources.diskMB });
     };
-    for (const alloc of this.allocs.values()) count(alloc);
+    const usageOf = (nodeId: string): NodeUsage => {
+      const used = this.usageOf(nodeId);
+      const change = planned.get(nodeId);
+      return change ? { cpu: used.cpu + change.cpu, memoryMB: used.memoryMB + change.memoryMB, diskMB: used.diskMB + change.diskMB, ports: used.ports } : used;
+    };
+    for (const alloc of stopping) if (this.holding.get(alloc.ID)?.resources) plan(alloc.NodeID, -1, resourcesOf(alloc));
     for (const { group, index: slot, previous } of placements) {
       const result = placeGroup(job.spec, group, [...this.nodes.values()], usageOf, this.hostIP);
       if (!result.ok) {
@@ -458,7 +475,7 @@ export class NomadState {
       const ports = await assignPorts(group, usageOf(result.node.id), this.hostIP);
       const alloc = this.newAlloc(job, group, slot, evaluation, result.node, ports, result.metric, previous);
       placed.push(alloc);
-      count(alloc);
+      plan(alloc.NodeID, 1, resourcesOf(alloc));
     }
     if (this.closed) return;
     const hasFailures = Object.keys(failed).length > 0;
@@ -467,8 +484,9 @@ export class NomadState {
       for (const alloc of placed) {
         alloc.CreateIndex = index;
         alloc.AllocModifyIndex = index;
-        this.touchAlloc(alloc, index);
         this.allocs.set(alloc.ID, alloc);
+        pushTo(this.allocsByJob, alloc.JobID, alloc);
+        this.touchAlloc(alloc, index);
         const previous = alloc.PreviousAllocation ? this.allocs.get(alloc.PreviousAllocation) : undefined;
         if (previous) {
           previous.NextAllocation = alloc.ID;
@@ -508,8 +526,8 @@ export class NomadState {
 
   /** Nomad keeps at most one blocked evaluation per job; a newer evaluation supersedes it. */
   private cancelBlocked(jobId: string, except: string, index: number): void {
-    for (const evaluation of this.evals.values()) {
-      if (evaluation.JobID !== jobId || evaluation.ID === except || evaluation.Status !== 'blocked') continue;
+    for (const evaluation of this.evalsByJob.get(jobId) ?? []) {
+      if (evaluation.ID === except || evaluation.Status !== 'blocked') continue;
       evaluation.Status = 'canceled';
       evaluation.StatusDescription = `evaluation "${except}" successful`;
       this.touchEval(evaluation, index);
@@ -575,24 +593,60 @@ export class NomadState {
     this.touchAlloc(alloc, index);
   }
 
+  /** Every change to an allocation ends here: it is published, and its node's usage follows it. */
   private touchAlloc(alloc: AllocRecord, index: number): void {
     alloc.ModifyIndex = index;
     alloc.ModifyTime = nowNs();
     this.changed.allocs.add(alloc);
+    this.recount(alloc);
   }
 
+  /** Every change to an evaluation ends here (its status may have changed). */
   private touchEval(evaluation: EvalRecord, index: number): void {
     evaluation.ModifyIndex = index;
     evaluation.ModifyTime = nowNs();
     this.changed.evals.add(evaluation);
+    if (evaluation.Status === 'blocked') this.blockedEvals.add(evaluation);
+    else this.blockedEvals.delete(evaluation);
+  }
+
+  private allocsOf(jobId: string): readonly AllocRecord[] {
+    return this.allocsByJob.get(jobId) ?? [];
+  }
+
+  private usageOf(nodeId: string): NodeUsage {
+    let used = this.usageByNode.get(nodeId);
+    if (!used) this.usageByNode.set(nodeId, (used = { cpu: 0, memoryMB: 0, diskMB: 0, ports: new Set() }));
+    return used;
+  }
+
+  /**
+   * Brings the allocation's share of its node's usage in line with its state: ports are held until the
+   * client lets go of them (a terminal client status), resources while the allocation is meant to run.
+   */
+  private recount(alloc: AllocRecord): void {
+    const was = this.holding.get(alloc.ID) ?? { ports: false, resources: false };
+    const now = { ports: !TERMINAL_CLIENT.has(alloc.ClientStatus), resources: !isTerminal(alloc) };
+    if (was.ports === now.ports && was.resources === now.resources) return;
+    const used = this.usageOf(alloc.NodeID);
+    if (now.ports !== was.ports) for (const port of alloc.ports) now.ports ? used.ports.add(port.Value) : used.ports.delete(port.Value);
+    if (now.resources !== was.resources) {
+      const sign = now.resources ? 1 : -1;
+      const resources = resourcesOf(alloc);
+      used.cpu += sign * resources.cpu;
+      used.memoryMB += sign * resources.memoryMB;
+      used.diskMB += sign * resources.diskMB;
+    }
+    if (now.ports || now.resources) this.holding.set(alloc.ID, now);
+    else this.holding.delete(alloc.ID);
   }
 
   /** Nomad's getJobStatus: running with a non-terminal alloc, pending with an open evaluation, else dead. */
   private refreshJobStatus(job: JobRecord, index: number): void {
     if (this.jobs.get(job.spec.id) !== job) return;
     let status: JobRecord['status'] = 'pending';
-    const allocs = [...this.allocs.values()].filter((alloc) => alloc.JobID === job.spec.id);
-    const evals = [...this.evals.values()].filter((evaluation) => evaluation.JobID === job.spec.id);
+    const allocs = this.allocsOf(job.spec.id);
+    const evals = this.evalsByJob.get(job.spec.id) ?? [];
     if (allocs.some((alloc) => !isTerminal(alloc))) status = 'running';
     else if (evals.some((evaluation) => !evalTerminal(evaluation))) status = 'pending';
     else if (job.stop || allocs.length > 0 || evals.length > 0) status = 'dead';
@@ -634,10 +688,13 @@ export class NomadState {
 
   // ---- reads ------------------------------------------------------------------------------------------
 
-  /** The full job as `GET /v1/job/:id` shows it. */
+  /**
+   * The full job as `GET /v1/job/:id` shows it. It shares the submitted job's parts: a registration never
+   * changes them (a new version is a new record), and every answer and event only serializes them.
+   */
   jobJson(job: JobRecord): AllocRecord['jobJson'] {
     return {
-      ...structuredClone(job.submitted),
+      ...job.submitted,
       Stop: job.stop,
       Status: job.status,
       StatusDescription: '',
@@ -651,14 +708,21 @@ export class NomadState {
   }
 }
 
-/** Adds what one allocation holds on its node to `used`: ports until the client lets go of them, resources while it is meant to run. */
-function addUsage(used: NodeUsage, alloc: AllocRecord, stopping: ReadonlySet<string>): NodeUsage {
-  if (!TERMINAL_CLIENT.has(alloc.ClientStatus)) for (const port of alloc.ports) used.ports.add(port.Value);
-  if (isTerminal(alloc) || stopping.has(alloc.ID)) return used;
+type Resources = Omit<NodeUsage, 'ports'>;
+
+/** The resources an allocation takes on its node while it is meant to run. */
+function resourcesOf(alloc: AllocRecord): Resources {
+  let cpu = 0;
+  let memoryMB = 0;
   for (const task of alloc.group.tasks) {
-    used.cpu += task.cpu;
-    used.memoryMB += task.memoryMB;
+    cpu += task.cpu;
+    memoryMB += task.memoryMB;
   }
-  used.diskMB += alloc.group.diskMB;
-  return used;
+  return { cpu, memoryMB, diskMB: alloc.group.diskMB };
+}
+
+function pushTo<T>(index: Map<string, T[]>, key: string, item: T): void {
+  const items = index.get(key);
+  if (items) items.push(item);
+  else index.set(key, [item]);
 }
