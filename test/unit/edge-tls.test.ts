@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import FakeTimers from '@sinonjs/fake-timers';
+import * as FakeTimers from '@sinonjs/fake-timers';
 import { pino, type Logger } from 'pino';
 import { ValidationError } from '../../controller/api/schemas.js';
 import { registry } from '../../controller/metrics/metrics.js';
