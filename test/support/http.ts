@@ -1,4 +1,5 @@
 import http from 'node:http';
+import https from 'node:https';
 import net from 'node:net';
 import type { LookupFunction } from 'node:net';
 import WebSocket from 'ws';
@@ -27,13 +28,15 @@ export interface HttpAnswer {
   body: string;
 }
 
+/** Requests `url` (http or https; for https, `ca` is the only CA trusted and the URL's host is the name verified). */
 export function httpRequest(
   url: string,
-  options: { method?: string; headers?: Record<string, string>; body?: string; agent?: http.Agent; signal?: AbortSignal } = {},
+  options: { method?: string; headers?: Record<string, string>; body?: string; agent?: http.Agent; signal?: AbortSignal; ca?: string | Buffer } = {},
 ): Promise<HttpAnswer> {
   return new Promise((resolve, reject) => {
-    const { agent, signal } = options;
-    const request = http.request(url, { method: options.method ?? 'GET', headers: options.headers, lookup: loopbackLookup, agent, signal }, (response) => {
+    const { agent, signal, ca } = options;
+    const client = url.startsWith('https:') ? https : http;
+    const request = client.request(url, { method: options.method ?? 'GET', headers: options.headers, lookup: loopbackLookup, agent, signal, ...(ca === undefined ? {} : { ca }) }, (response) => {
       let body = '';
       response.setEncoding('utf8');
       response.on('data', (chunk: string) => (body += chunk));
@@ -61,10 +64,10 @@ export async function jsonRequest<T = unknown>(
   return { status: answer.status, headers: answer.headers, body: (answer.body ? JSON.parse(answer.body) : undefined) as T };
 }
 
-/** Opens a websocket at `url`, sends `message` and resolves with the first reply. */
-export function websocketEcho(url: string, message: string): Promise<string> {
+/** Opens a websocket at `url`, sends `message` and resolves with the first reply (wss: trusting only `ca`). */
+export function websocketEcho(url: string, message: string, ca?: string | Buffer): Promise<string> {
   return new Promise((resolve, reject) => {
-    const socket = new WebSocket(url, { lookup: loopbackLookup, handshakeTimeout: 5000 });
+    const socket = new WebSocket(url, { lookup: loopbackLookup, handshakeTimeout: 5000, ...(ca === undefined ? {} : { ca }) });
     socket.once('open', () => socket.send(message));
     socket.once('message', (data) => {
       resolve(data.toString());
