@@ -1,6 +1,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
+import tls from 'node:tls';
 import type { LookupFunction } from 'node:net';
 import WebSocket from 'ws';
 
@@ -78,11 +79,15 @@ export function websocketEcho(url: string, message: string, ca?: string | Buffer
   });
 }
 
-/** Connects to a TCP endpoint (`tcp://host:port`), reads the first line, sends `line` and reads the reply line. */
-export function tcpConversation(url: string, line: string): Promise<{ greeting: string; reply: string }> {
-  const { hostname, port } = new URL(url);
+/**
+ * Connects to a TCP endpoint (`tcp://host:port`, or `tls://host:port` verified for that host against `ca`
+ * only), reads the first line, sends `line` and reads the reply line.
+ */
+export function tcpConversation(url: string, line: string, ca?: string | Buffer): Promise<{ greeting: string; reply: string }> {
+  const { protocol, hostname, port } = new URL(url);
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: hostname === 'localhost' ? '127.0.0.1' : hostname, port: Number(port) });
+    const address = { host: hostname === 'localhost' ? '127.0.0.1' : hostname, port: Number(port) };
+    const socket = protocol === 'tls:' ? tls.connect({ ...address, servername: hostname, ...(ca === undefined ? {} : { ca }) }) : net.connect(address);
     let buffer = '';
     const lines: string[] = [];
     socket.setEncoding('utf8');
