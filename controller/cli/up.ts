@@ -82,7 +82,7 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
     if (roles.includes('router')) {
       const routerStatus = await startRouter(config, store, keys, edgeTls, parts, log);
       if (routerStatus !== undefined) lines.push(`  router:     ${routerStatus}/status`);
-      const { http, tcp, tls } = config.router;
+      const { http, tcp } = config.router;
       const listener = tls ? `${http.host}:${tls.port} (HTTPS; :${http.port} redirects)` : `${http.host}:${http.port}`;
       lines.push(
         `  sessions:   ${config.public.httpScheme}://<token>.${config.public.domain}:${config.public.httpPort}/ via HAProxy on ${listener}`,

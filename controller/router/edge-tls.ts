@@ -358,8 +358,11 @@ export class EdgeTls {
     if (next.pem === served.pem) {
       // Rewritten with the same certificate and key (another layout of the same PEM blocks).
       this.served = next;
+      this.refusedHash = undefined;
       return;
     }
+    // Stopping (the router shuts down): HAProxy is going away too.
+    if (this.stopped) return;
     try {
       // On disk first: whatever happens next, a restart or reload of HAProxy loads the new certificate.
       await writeFileAtomic(installedPath, next.pem);

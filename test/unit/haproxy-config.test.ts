@@ -15,6 +15,8 @@ import {
   validateRouteTable,
   type HaproxyConfigValues,
 } from '../../controller/router/haproxy-config.js';
+import { haproxyValues } from '../../controller/cli/up.js';
+import { loadConfig } from '../../controller/config/config.js';
 import { parseShowProc } from '../../controller/router/haproxy-process.js';
 import {
   HaproxyRuntime,
@@ -131,6 +133,17 @@ describe('HAProxy config rendering', () => {
       assert.match(problemsOf(() => renderHaproxyConfig(`${base}{{#tcpTls}}x\n`, VALUES)), /section \{\{#tcpTls\}\} is never closed/);
       assert.match(problemsOf(() => renderHaproxyConfig(`${base}{{/tcpTls}}\n`, VALUES)), /\{\{\/tcpTls\}\} closes no open section/);
       assert.match(problemsOf(() => renderHaproxyConfig(`${base}{{#httpsBind}}{{#tcpTls}}x{{/tcpTls}}{{/httpsBind}}\n`, TLS)), /sections do not nest/);
+    });
+
+    it('follows the configuration: redirects to the public HTTPS port, unnamed when 443', () => {
+      const render = (env: Record<string, string>): string =>
+        renderHaproxyConfig(TEMPLATE, { ...haproxyValues(loadConfig(undefined, { MANTICORE_TLS_CERT_FILE: '/tls/cert.pem', ...env })), runDir: '/run/manticore' });
+      const local = render({ MANTICORE_HTTPS_PORT: '9443' });
+      assert.match(local, /^\s+bind 127\.0\.0\.1:9443 ssl crt /m);
+      assert.match(local, /field\(1,:\)\]:9443%\[capture\.req\.uri\]/);
+      // Behind a load balancer's 443 the redirect names no port, whatever HAProxy listens on.
+      assert.match(render({ MANTICORE_PUBLIC_HTTP_PORT: '443' }), /field\(1,:\)\]%\[capture\.req\.uri\]/);
+      assert.doesNotMatch(renderHaproxyConfig(TEMPLATE, { ...haproxyValues(loadConfig(undefined, {})), runDir: '/run/manticore' }), /ssl crt/);
     });
 
     it('needs no value for placeholders in a section it leaves out', () => {
