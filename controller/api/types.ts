@@ -41,8 +41,12 @@ export interface Condition {
 }
 
 export interface Endpoint {
+  /** The service's kind (the template's `expose`); whether it is encrypted is `tls`. */
   protocol: Protocol;
+  /** `http(s)://`, `ws(s)://`, `tcp://host:port`, or `tls://host:port` for a TCP port that speaks TLS. */
   url: string;
+  /** Present (true) when the connection is TLS: https, wss, or TLS on a TCP port. */
+  tls?: true;
 }
 
 export interface SessionEvent {

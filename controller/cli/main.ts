@@ -18,7 +18,8 @@ Commands:
   config-reference          print the configuration reference (every field, type, default and environment
                             variable; docs/configuration.md is this output)
   check-config [--config FILE]
-                            load and validate the configuration and templates, print the result, and exit
+                            load and validate the configuration, templates and (with router.tls) the
+                            certificate files, print the result, and exit
   render-job --template NAME [--param NAME=VALUE ...] [--config FILE]
                             print the Nomad job (register request body) a new session of that template
                             and those parameters would get, for \`nomad job plan\` or inspection
@@ -85,7 +86,14 @@ async function main(argv: string[]): Promise<number> {
       const { loadTemplates } = await import('../api/templates.js');
       try {
         const templates = loadTemplates(config.templates.dir);
-        process.stdout.write(`${JSON.stringify({ config, templates: [...templates.keys()] }, null, 2)}\n`);
+        // The router's certificate files, when this machine has them as configured (an edge node, or one machine).
+        const tls = config.router.tls;
+        const certificate = tls === undefined ? undefined : await (await import('../router/edge-tls.js')).loadEdgeCertificate(tls, config.public.domain);
+        const edgeCertificate =
+          certificate === undefined
+            ? {}
+            : { edgeCertificate: { subject: certificate.subject, names: certificate.names, notAfter: new Date(certificate.notAfter).toISOString(), warnings: certificate.warnings } };
+        process.stdout.write(`${JSON.stringify({ config, templates: [...templates.keys()], ...edgeCertificate }, null, 2)}\n`);
         return 0;
       } catch (error) {
         process.stderr.write(`manticore: ${(error as Error).message}\n`);

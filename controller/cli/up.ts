@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { loadTemplates } from '../api/templates.js';
-import type { ManticoreConfig } from '../config/config.js';
+import type { ManticoreConfig, RouterTlsConfig } from '../config/config.js';
 import type { Logger } from '../util/log.js';
 import { Controller } from '../controller/controller.js';
 import { Keys } from '../controller/keys.js';
@@ -14,6 +14,8 @@ import { createAuthenticator } from '../frontend/auth.js';
 import { Frontend } from '../frontend/server.js';
 import { RouterAgent } from '../router/agent.js';
 import { HaproxyDataPlane } from '../router/data-plane.js';
+import { EdgeTls, haproxyCertificateLoader, type EdgeTlsOptions } from '../router/edge-tls.js';
+import { runPaths, type HaproxyConfigValues } from '../router/haproxy-config.js';
 import { HaproxyProcess } from '../router/haproxy-process.js';
 import { HaproxyRuntime } from '../router/haproxy-runtime.js';
 import { HaproxySupervisor } from '../router/haproxy-supervisor.js';
@@ -65,18 +67,26 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
     const templates = loadTemplates(config.templates.dir);
     // Before anything starts: an unreadable public key stops start-up with a ValidationError naming it.
     const authenticator = roles.includes('frontend') ? createAuthenticator(config.auth) : undefined;
+    // Likewise unusable certificate files, named in the error. Installed now, for the HAProxy started below.
+    const { tls } = config.router;
+    const edgeTls = roles.includes('router') && tls !== undefined ? new EdgeTls(edgeTlsOptions(config, tls, path.resolve(config.router.runDir), log)) : undefined;
+    if (edgeTls !== undefined) {
+      await edgeTls.install();
+      parts.add('edge certificate', async () => edgeTls.stop());
+    }
     const keys = new Keys(config.store.prefix);
     const { store, locks } = createStore(config, log);
     parts.add('store', () => store.close());
     const lines: string[] = [];
 
     if (roles.includes('router')) {
-      const routerStatus = await startRouter(config, store, keys, parts, log);
+      const routerStatus = await startRouter(config, store, keys, edgeTls, parts, log);
       if (routerStatus !== undefined) lines.push(`  router:     ${routerStatus}/status`);
       const { http, tcp } = config.router;
+      const listener = tls ? `${http.host}:${tls.port} (HTTPS; :${http.port} redirects)` : `${http.host}:${http.port}`;
       lines.push(
-        `  sessions:   http://<token>.${config.public.domain}:${config.public.httpPort}/ via HAProxy on ${http.host}:${http.port}`,
-        `  TCP ports:  ${tcp.host}:${tcp.portRangeStart}-${tcp.portRangeEnd}`,
+        `  sessions:   ${config.public.httpScheme}://<token>.${config.public.domain}:${config.public.httpPort}/ via HAProxy on ${listener}`,
+        `  TCP ports:  ${tcp.host}:${tcp.portRangeStart}-${tcp.portRangeEnd}${tls?.tcp ? ' (TLS)' : ''}`,
       );
     }
     if (roles.includes('controller') && config.aws) {
@@ -94,7 +104,8 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
               aws: config.aws,
               marker: config.store.prefix,
               tcpPortRange: { start: config.router.tcp.portRangeStart, end: config.router.tcp.portRangeEnd },
-              httpTargetPort: config.router.http.port,
+              // With TLS at HAProxy the load balancer passes TCP through to the HTTPS listener.
+              httpTargetPort: config.router.tls?.port ?? config.router.http.port,
               log,
             });
       // Session endpoints name the load balancers' DNS names: they are known before anyone is admitted.
@@ -196,9 +207,12 @@ export function lifecyclePolicy({ lifecycle, idle }: ManticoreConfig): Lifecycle
   };
 }
 
-/** A local HAProxy (restarted if it dies) and the agent that keeps its routes equal to the store's. */
-/** Starts HAProxy and the router agent; returns the router's status server address when it has one. */
-async function startRouter(config: ManticoreConfig, store: Store, keys: Keys, parts: StartedParts, log: Logger): Promise<string | undefined> {
+/**
+ * Starts a local HAProxy (restarted if it dies), the agent that keeps its routes equal to the store's and,
+ * with router.tls, has the installed edge certificate follow its files; returns the router's status server
+ * address when it has one.
+ */
+async function startRouter(config: ManticoreConfig, store: Store, keys: Keys, edgeTls: EdgeTls | undefined, parts: StartedParts, log: Logger): Promise<string | undefined> {
   const runDir = path.resolve(config.router.runDir);
   // The supervisor needs the process and the process reports its death to the supervisor.
   let supervisor: HaproxySupervisor | undefined;
@@ -206,18 +220,20 @@ async function startRouter(config: ManticoreConfig, store: Store, keys: Keys, pa
     binary: config.router.haproxyBinary,
     runDir,
     template: fs.readFileSync(config.router.configTemplate, 'utf8'),
-    values: {
-      httpBind: `${config.router.http.host}:${config.router.http.port}`,
-      tcpBind: `${config.router.tcp.host}:${config.router.tcp.portRangeStart}-${config.router.tcp.portRangeEnd}`,
-      maxconn: config.router.maxconn,
-      ...(config.router.haproxyStats.port === 0 ? {} : { statsBind: `${config.router.haproxyStats.host}:${config.router.haproxyStats.port}` }),
-    },
+    values: haproxyValues(config),
     log: log.child({ component: 'haproxy' }),
     onUnexpectedExit: () => supervisor?.restartSoon(),
   });
   await haproxy.start();
   parts.add('haproxy', () => haproxy.stop());
-  const dataPlane = new HaproxyDataPlane({ runtime: new HaproxyRuntime(haproxy.adminSocket), runDir, log: log.child({ component: 'data-plane' }) });
+  const runtime = new HaproxyRuntime(haproxy.adminSocket);
+  const dataPlane = new HaproxyDataPlane({ runtime, runDir, log: log.child({ component: 'data-plane' }) });
+  // A reload (the fallback when the runtime API does not take a certificate) loads the maps from their files.
+  const reload = async (): Promise<void> => {
+    await haproxy.reload(haproxy.currentConfig ?? haproxy.renderConfig());
+    await dataPlane.resync();
+  };
+  edgeTls?.watch(haproxyCertificateLoader(runtime, reload, log.child({ component: 'edge-tls' })));
   // Run after the router stops and before HAProxy does: the map files hold the last table for the next start.
   parts.add('haproxy map files', () => dataPlane.flush());
   supervisor = new HaproxySupervisor(haproxy, dataPlane, log.child({ component: 'haproxy-supervisor' }));
@@ -235,10 +251,43 @@ async function startRouter(config: ManticoreConfig, store: Store, keys: Keys, pa
   parts.add('router', () => router.stop());
   if (config.router.statusPort !== 0) {
     // Started once the agent's first table is live, so it is ready for as long as it answers.
-    const status = new StatusServer('router', { ready: () => true, status: () => router.progress }, log);
+    const status = new StatusServer('router', { ready: () => true, status: () => ({ ...router.progress, ...(edgeTls === undefined ? {} : { tls: edgeTls.status() }) }) }, log);
     const address = await status.start(config.router.statusHost, config.router.statusPort);
     parts.add('router-status', () => status.stop());
     return address;
   }
   return undefined;
+}
+
+/** The placeholder values of the HAProxy template for this configuration. */
+export function haproxyValues(config: ManticoreConfig): Omit<HaproxyConfigValues, 'runDir'> {
+  const { http, tcp, tls, haproxyStats, maxconn } = config.router;
+  const publicHttps = config.public.httpScheme === 'https' ? config.public.httpPort : (tls?.port ?? 443);
+  return {
+    httpBind: `${http.host}:${http.port}`,
+    tcpBind: `${tcp.host}:${tcp.portRangeStart}-${tcp.portRangeEnd}`,
+    maxconn,
+    ...(haproxyStats.port === 0 ? {} : { statsBind: `${haproxyStats.host}:${haproxyStats.port}` }),
+    ...(tls === undefined
+      ? {}
+      : {
+          httpsBind: `${http.host}:${tls.port}`,
+          // Redirects name the port users reach HTTPS on (a load balancer's may differ from HAProxy's).
+          httpsPortSuffix: publicHttps === 443 ? '' : `:${publicHttps}`,
+          tcpTls: tls.tcp,
+          ...(tls.hstsMaxAgeSeconds > 0 ? { hstsMaxAge: tls.hstsMaxAgeSeconds } : {}),
+        }),
+  };
+}
+
+/** The edge certificate's settings for this configuration. */
+export function edgeTlsOptions(config: ManticoreConfig, tls: RouterTlsConfig, runDir: string, log: Logger): EdgeTlsOptions {
+  return {
+    files: { certFile: tls.certFile, ...(tls.keyFile === undefined ? {} : { keyFile: tls.keyFile }) },
+    domain: config.public.domain,
+    router: config.router.name,
+    installedPath: runPaths(runDir).tlsCertificate,
+    expiryWarningMs: tls.expiryWarningDays * 86_400_000,
+    log,
+  };
 }

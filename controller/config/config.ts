@@ -50,14 +50,17 @@ export interface ManticoreConfig {
     statusHost: string;
     statusPort: number;
     haproxyStats: { host: string; port: number };
+    tls?: RouterTlsConfig;
     storeLossGracePeriodSeconds: number;
   };
-  public: { domain: string; httpScheme: 'http' | 'https'; httpPort: number; tcpHost: string };
+  /** httpScheme, httpPort and tcpTls are derived from router.tls (and aws.tcpTls) when not configured. */
+  public: { domain: string; httpScheme: 'http' | 'https'; httpPort: number; tcpHost: string; tcpTls: boolean };
   frontend: {
     host: string;
     port: number;
     bodyLimitBytes: number;
     rateLimit: { requestsPerSecond: number; burst: number };
+    /** protocol is derived from router.tls when not configured. */
     v2: { domain?: string; port?: number; protocol: 'ws' | 'wss' };
   };
   auth: {
@@ -94,6 +97,16 @@ export interface ManticoreConfig {
   shutdown: { graceSeconds: number };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'; format: 'auto' | 'json' | 'pretty' };
   aws?: AwsConfig;
+}
+
+/** TLS at the edge, terminated by HAProxy. */
+export interface RouterTlsConfig {
+  certFile: string;
+  keyFile?: string;
+  port: number;
+  hstsMaxAgeSeconds: number;
+  tcp: boolean;
+  expiryWarningDays: number;
 }
 
 export interface AwsLoadBalancerConfig {
@@ -146,6 +159,9 @@ export const environmentOverrides: ReadonlyArray<{ variable: string; path: strin
   { variable: 'MANTICORE_HAPROXY_BINARY', path: ['router', 'haproxyBinary'], parse: asString },
   { variable: 'MANTICORE_HTTP_HOST', path: ['router', 'http', 'host'], parse: asString },
   { variable: 'MANTICORE_HTTP_PORT', path: ['router', 'http', 'port'], parse: asInteger },
+  { variable: 'MANTICORE_TLS_CERT_FILE', path: ['router', 'tls', 'certFile'], parse: asString },
+  { variable: 'MANTICORE_TLS_KEY_FILE', path: ['router', 'tls', 'keyFile'], parse: asString },
+  { variable: 'MANTICORE_HTTPS_PORT', path: ['router', 'tls', 'port'], parse: asInteger },
   { variable: 'MANTICORE_TCP_HOST', path: ['router', 'tcp', 'host'], parse: asString },
   { variable: 'MANTICORE_TCP_PORT_RANGE_START', path: ['router', 'tcp', 'portRangeStart'], parse: asInteger },
   { variable: 'MANTICORE_TCP_PORT_RANGE_END', path: ['router', 'tcp', 'portRangeEnd'], parse: asInteger },
@@ -235,9 +251,28 @@ function finish(config: ManticoreConfig, what: string): ManticoreConfig {
   if (config.auth.mode === 'jwt' && config.auth.jwt.secret === undefined && (config.auth.jwt.publicKeys ?? []).length === 0) {
     throw new ValidationError(what, ['/auth/jwt: mode jwt needs a secret (HS256) or publicKeys (RS256/ES256)']);
   }
-  config.public.httpPort ??= config.router.http.port;
+  if (config.router.tls) finishTls(config.router.tls, config, what);
+  const { tls } = config.router;
+  config.public.httpScheme ??= tls ? 'https' : 'http';
+  config.public.httpPort ??= tls ? tls.port : config.router.http.port;
+  config.public.tcpTls ??= tls?.tcp === true || config.aws?.tcpTls !== undefined;
+  // v2 told its clients wss when its edge encrypted websockets.
+  config.frontend.v2.protocol ??= tls ? 'wss' : 'ws';
   if (config.aws) finishAws(config.aws, config, what);
   return config;
+}
+
+/** The TLS listener must not collide with the other listeners (checked here: the files are checked where they are used). */
+function finishTls(tls: RouterTlsConfig, config: ManticoreConfig, what: string): void {
+  const problems: string[] = [];
+  const { http, tcp } = config.router;
+  if (tls.port === http.port) problems.push(`/router/tls/port: ${tls.port} is router.http.port too: HTTPS needs a port of its own (the plain one redirects to it)`);
+  if (tls.port >= tcp.portRangeStart && tls.port <= tcp.portRangeEnd) problems.push(`/router/tls/port: ${tls.port} is inside the session port range ${tcp.portRangeStart}-${tcp.portRangeEnd}`);
+  if (config.aws?.httpListener?.certificateArn !== undefined) {
+    problems.push('/aws/httpListener/certificateArn: TLS terminates at HAProxy (router.tls), so the load balancer must pass TCP through: remove the certificate');
+  }
+  if (tls.tcp && config.aws?.tcpTls !== undefined) problems.push('/aws/tcpTls: router.tls.tcp already terminates TLS on the session ports at HAProxy: use one or the other');
+  if (problems.length > 0) throw new ValidationError(what, problems);
 }
 
 /** Defaults that depend on other fields, and the AWS rules a schema cannot express. */

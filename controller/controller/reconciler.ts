@@ -279,7 +279,7 @@ export class SessionReconciler {
     // Addresses are shown once the session first serves, and stay shown while it lives (they never change).
     const published: Record<string, Endpoint> = {};
     if (readyAt !== undefined) {
-      for (const [service, endpoint] of Object.entries(endpoints)) published[service] = { protocol: endpoint.protocol, url: endpoint.url };
+      for (const [service, { protocol, url, tls }] of Object.entries(endpoints)) published[service] = { protocol, url, ...(tls ? { tls } : {}) };
     }
     await this.writeStatus(id, {
       phase: ready ? 'Ready' : 'Starting',

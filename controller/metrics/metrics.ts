@@ -171,6 +171,43 @@ new Gauge({
 });
 export const routerApplySeconds = new Histogram({ name: 'manticore_router_apply_duration_seconds', help: 'Duration of applying the route table to HAProxy.', buckets: seconds, registers: [registry] });
 
+/** The certificate a router's HAProxy serves at the edge (router.tls). */
+export interface EdgeCertificateExpiry {
+  router: string;
+  /** The certificate's notAfter, in Unix seconds. */
+  notAfterSeconds: number;
+  /** Seconds from now until notAfter (negative once expired). */
+  remainingSeconds: number;
+}
+export const edgeCertificateSources = new Sources<EdgeCertificateExpiry>();
+
+new Gauge({
+  name: 'manticore_router_tls_certificate_not_after_seconds',
+  help: 'When the edge certificate HAProxy serves expires (its notAfter), in Unix seconds.',
+  labelNames: ['router'],
+  registers: [registry],
+  collect() {
+    this.reset();
+    for (const expiry of edgeCertificateSources.read()) this.set({ router: expiry.router }, expiry.notAfterSeconds);
+  },
+});
+new Gauge({
+  name: 'manticore_router_tls_certificate_expires_in_seconds',
+  help: 'Seconds until the edge certificate HAProxy serves expires (negative once it has).',
+  labelNames: ['router'],
+  registers: [registry],
+  collect() {
+    this.reset();
+    for (const expiry of edgeCertificateSources.read()) this.set({ router: expiry.router }, expiry.remainingSeconds);
+  },
+});
+export const edgeCertificateChanges = new Counter({
+  name: 'manticore_router_tls_certificate_changes_total',
+  help: 'Changed certificate files: loaded into HAProxy (runtime: through the Runtime API; reload: by a validated reload), refused (invalid: the old one stays), or failed (HAProxy did not take it; retried).',
+  labelNames: ['outcome'],
+  registers: [registry],
+});
+
 // ---- HTTP servers -------------------------------------------------------------------------------------
 
 export const httpRequests = new Counter({

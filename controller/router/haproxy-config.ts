@@ -22,6 +22,18 @@ export interface HaproxyConfigValues {
    * or by default a unix socket in the run directory, so nothing is exposed unless configured.
    */
   readonly statsBind?: string;
+  /**
+   * TLS at the edge: the HTTPS (and WSS) listener, `addr:port`, serving the certificate HAProxy loads from
+   * `<runDir>/edge.pem`. When given, the `{{#httpsBind}}` sections of the template are kept: the plain
+   * listener then redirects to HTTPS.
+   */
+  readonly httpsBind?: string;
+  /** The public HTTPS port as redirects name it: `''` for 443, else `:<port>`. Goes with httpsBind. */
+  readonly httpsPortSuffix?: string;
+  /** TLS on the session TCP ports too (the `{{#tcpTls}}` sections), with the same certificate. */
+  readonly tcpTls?: boolean;
+  /** Strict-Transport-Security max-age in seconds on HTTPS answers (the `{{#hstsMaxAge}}` sections); absent: no header. */
+  readonly hstsMaxAge?: number | string;
 }
 
 export const DEFAULT_MAXCONN = 4000;
@@ -33,10 +45,15 @@ export const DEFAULT_MAXCONN = 4000;
 export const MAX_MAXCONN = 15000;
 export const DEFAULT_HARD_STOP_AFTER = '5m';
 
-const KNOWN_PLACEHOLDERS = ['runDir', 'httpBind', 'tcpBind', 'maxconn', 'hardStopAfter', 'statsBind'] as const;
+const KNOWN_PLACEHOLDERS = ['runDir', 'httpBind', 'tcpBind', 'maxconn', 'hardStopAfter', 'statsBind', 'httpsBind', 'httpsPortSuffix', 'tcpTls', 'hstsMaxAge'] as const;
 type Placeholder = (typeof KNOWN_PLACEHOLDERS)[number];
 /** A template that lacks these cannot route (maps, sockets and listeners hang off them). */
 const REQUIRED_PLACEHOLDERS: readonly Placeholder[] = ['runDir', 'httpBind', 'tcpBind'];
+/**
+ * Optional features a template must use when they are asked for: a custom template that ignored TLS would
+ * otherwise serve plain HTTP while every session's address says https.
+ */
+const USED_WHEN_GIVEN: readonly Placeholder[] = ['httpsBind', 'httpsPortSuffix', 'tcpTls', 'hstsMaxAge'];
 
 /**
  * Unix socket paths are limited to 108 bytes; HAProxy also binds `<socket>.<pid>.tmp` before renaming,
@@ -64,6 +81,8 @@ export function runPaths(runDir: string): {
   readonly masterSocket: string;
   readonly pidFile: string;
   readonly statsSocket: string;
+  /** The edge certificate (chain and key, one PEM) that the TLS listeners load; the router keeps it current. */
+  readonly tlsCertificate: string;
 } {
   const dir = path.resolve(runDir);
   return {
@@ -75,6 +94,7 @@ export function runPaths(runDir: string): {
     masterSocket: path.join(dir, 'master.sock'),
     pidFile: path.join(dir, 'haproxy.pid'),
     statsSocket: path.join(dir, 'stats.sock'),
+    tlsCertificate: path.join(dir, 'edge.pem'),
   };
 }
 
@@ -136,7 +156,58 @@ function checkValue(name: Placeholder, value: string): string | undefined {
     case 'hardStopAfter':
       if (!/^\d+(us|ms|s|m|h|d)?$/.test(value)) return `hardStopAfter must be an HAProxy time such as 30s or 5m, got ${JSON.stringify(value)}`;
       return undefined;
+    case 'httpsBind':
+      return isAddressAndPort(value) ? undefined : `httpsBind must be addr:port, got ${JSON.stringify(value)}`;
+    case 'httpsPortSuffix':
+      if (value === '' || (/^:\d{1,5}$/.test(value) && isPort(Number(value.slice(1))))) return undefined;
+      return `httpsPortSuffix must be empty or :<port>, got ${JSON.stringify(value)}`;
+    case 'tcpTls':
+      return value === 'true' || value === 'false' ? undefined : `tcpTls must be true or false, got ${JSON.stringify(value)}`;
+    case 'hstsMaxAge':
+      return /^\d{1,10}$/.test(value) && Number(value) >= 1 ? undefined : `hstsMaxAge must be a whole number of seconds of at least 1, got ${JSON.stringify(value)}`;
   }
+}
+
+const SECTION = /\{\{\s*([#/])\s*([^{}]*?)\s*\}\}/g;
+
+/**
+ * Keeps or drops the template's `{{#name}} … {{/name}}` sections: kept when the value `name` is given and
+ * not false. A section tag alone on its line takes the line with it, so dropped sections leave no blank
+ * lines. Sections do not nest. Placeholders inside a dropped section need no value.
+ */
+function renderSections(template: string, enabled: (name: Placeholder) => boolean, problems: string[], used: Set<string>): string {
+  // Tags alone on their lines (indentation allowed) lose the line around them.
+  const text = template.replace(/^[ \t]*(\{\{\s*[#/][^{}]*\}\})[ \t]*\r?\n/gm, '$1');
+  let out = '';
+  let at = 0;
+  let open: { name: string; bodyStart: number } | undefined;
+  for (const match of text.matchAll(SECTION)) {
+    const [tag, kind, name] = match as unknown as [string, '#' | '/', string];
+    const index = match.index!;
+    used.add(name);
+    if (!(KNOWN_PLACEHOLDERS as readonly string[]).includes(name)) {
+      problems.push(`unknown section {{${kind}${name}}}`);
+      continue;
+    }
+    if (kind === '#') {
+      if (open) {
+        problems.push(`section {{#${name}}} opens inside {{#${open.name}}}: sections do not nest`);
+        continue;
+      }
+      out += text.slice(at, index);
+      open = { name, bodyStart: index + tag.length };
+    } else {
+      if (open?.name !== name) {
+        problems.push(`{{/${name}}} closes ${open ? `{{#${open.name}}}` : 'no open section'}`);
+        continue;
+      }
+      if (enabled(name as Placeholder)) out += text.slice(open.bodyStart, index);
+      open = undefined;
+    }
+    at = index + tag.length;
+  }
+  if (open) problems.push(`section {{#${open.name}}} is never closed`);
+  return out + text.slice(at);
 }
 
 /**
@@ -165,7 +236,9 @@ export function renderHaproxyConfig(template: string, values: HaproxyConfigValue
   }
 
   const used = new Set<string>();
-  const rendered = template.replace(/\{\{\s*([^{}]*?)\s*\}\}/g, (whole, name: string) => {
+  const enabled = (name: Placeholder): boolean => supplied[name] !== undefined && supplied[name] !== null && supplied[name] !== false;
+  const withSections = renderSections(template, enabled, problems, used);
+  const rendered = withSections.replace(/\{\{\s*([^{}]*?)\s*\}\}/g, (whole, name: string) => {
     used.add(name);
     if (!(KNOWN_PLACEHOLDERS as readonly string[]).includes(name)) {
       problems.push(`unknown placeholder {{${name}}}`);
@@ -180,6 +253,9 @@ export function renderHaproxyConfig(template: string, values: HaproxyConfigValue
   });
   for (const name of REQUIRED_PLACEHOLDERS) {
     if (!used.has(name)) problems.push(`template never uses {{${name}}}`);
+  }
+  for (const name of USED_WHEN_GIVEN) {
+    if (enabled(name) && !used.has(name)) problems.push(`${name} is given but the template never uses {{${name}}} (or a {{#${name}}} section)`);
   }
   if (problems.length === 0) {
     const stray = rendered.split('\n').findIndex((line) => line.includes('{{') || line.includes('}}'));

@@ -54,6 +54,9 @@ export function describeCommand(command: string): string {
   let keep: number;
   if (words.length >= 2 && MAP_VERBS.has(words[0]!) && (words[1] === 'map' || words[1] === 'acl')) {
     keep = words[2]?.startsWith('@') ? 4 : 3;
+  } else if (words[1] === 'ssl' && words[2] === 'cert') {
+    // The certificate's file name is no secret; its payload (the private key) is.
+    keep = 4;
   } else {
     keep = 2;
   }
@@ -267,6 +270,34 @@ export class HaproxyRuntime {
       keys.map((key) => `del map ${file} ${key}`),
       /^Key not found/,
     );
+  }
+
+  /**
+   * Replaces a certificate HAProxy loaded from `file` (its `crt` path) with `pem` (chain and key), for new
+   * handshakes only: open connections keep theirs. A transaction that fails to commit is aborted, so the
+   * next attempt starts clean. Throws with HAProxy's reason (e.g. a key that does not match).
+   */
+  async replaceSslCert(file: string, pem: string): Promise<void> {
+    checkArgument('certificate file', file);
+    const lines = pem.split(/\r?\n/).filter((line) => line.trim() !== '');
+    try {
+      await this.execute(`set ssl cert ${file}`, lines);
+      await this.execute(`commit ssl cert ${file}`);
+    } catch (error) {
+      await this.execute(`abort ssl cert ${file}`).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /** `show ssl cert <file>`: what HAProxy serves from that certificate (Serial, notAfter, Subject, …). */
+  async showSslCert(file: string): Promise<Record<string, string>> {
+    checkArgument('certificate file', file);
+    const fields: Record<string, string> = {};
+    for (const line of (await this.execute(`show ssl cert ${file}`)).split('\n')) {
+      const at = line.indexOf(':');
+      if (at > 0) fields[line.slice(0, at)] = line.slice(at + 1).trim();
+    }
+    return fields;
   }
 
   /** Starts a new, empty version of a map for an atomic swap; returns the version number. */

@@ -25,6 +25,15 @@ job "manticore-router" {
   }
 
   group "router" {
+    # With router.tls: the edge certificate's directory on each edge node (a Nomad client host_volume, kept
+    # current by the node's renewer, e.g. certbot's deploy hook copying into it). Mount the directory, not the
+    # files: renewers replace files by rename, which a mounted file would never show.
+    # volume "edge-tls" {
+    #   type      = "host"
+    #   source    = "manticore-tls"
+    #   read_only = true
+    # }
+
     network {
       mode = "host"
 
@@ -60,6 +69,12 @@ job "manticore-router" {
         network_mode = "host"
         args         = ["router", "--config", "/local/manticore.yaml"]
       }
+
+      # volume_mount {
+      #   volume      = "edge-tls"
+      #   destination = "/etc/manticore/tls"
+      #   read_only   = true
+      # }
 
       template {
         data        = "{{ with nomadVar \"nomad/jobs/manticore\" }}{{ .config }}{{ end }}"

@@ -3,6 +3,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { TestCa } from '../support/certificates.js';
 import { httpRequest, tcpProbe } from '../support/http.js';
 import { freePort } from '../support/ports.js';
 import { waitFor } from '../support/wait.js';
@@ -54,6 +55,33 @@ describe('the manticore command', () => {
     assert.equal(result.status, 2);
     assert.match(result.stderr, /\/auth\/jwt\/publicKeys\/0: cannot read the key file .*no-such-key\.pem/);
     assert.equal(fs.existsSync(path.join(dir, 'jwt-state.db')), false);
+  });
+
+  it('refuses to start when the TLS certificate cannot be used, naming the file, and starts nothing', async () => {
+    const missing = path.join(dir, 'no-such-cert.pem');
+    const env = { MANTICORE_STORE_PATH: path.join(dir, 'tls-state.db'), MANTICORE_TLS_CERT_FILE: missing, MANTICORE_DOMAIN: 'sessions.localhost' };
+    const result = run(['up'], env);
+    assert.equal(result.status, 2);
+    assert.ok(result.stderr.includes(`invalid router.tls: cannot read the certificate file ${missing}`), result.stderr);
+    assert.equal(fs.existsSync(path.join(dir, 'tls-state.db')), false);
+    // A certificate for other names is refused just as early, and check-config says so too.
+    const other = await new TestCa(path.join(dir, 'ca')).issue(['*.elsewhere.test']);
+    const tlsEnv = { ...env, MANTICORE_TLS_CERT_FILE: other.certFile, MANTICORE_TLS_KEY_FILE: other.keyFile };
+    for (const command of ['up', 'check-config']) {
+      const refused = run([command], tlsEnv);
+      assert.equal(refused.status, 2);
+      assert.match(refused.stderr, /does not cover the sessions' hostnames <token>\.sessions\.localhost/);
+    }
+    assert.equal(fs.existsSync(path.join(dir, 'tls-state.db')), false);
+  });
+
+  it('checks the TLS certificate of a good configuration', async () => {
+    const certificate = await new TestCa(path.join(dir, 'good-ca')).issue(['*.sessions.localhost']);
+    const result = run(['check-config'], { MANTICORE_TLS_CERT_FILE: certificate.certFile, MANTICORE_TLS_KEY_FILE: certificate.keyFile, MANTICORE_DOMAIN: 'sessions.localhost' });
+    assert.equal(result.status, 0, result.stderr);
+    const parsed = JSON.parse(result.stdout) as { edgeCertificate: { names: string[] }; config: { public: { httpScheme: string; httpPort: number } } };
+    assert.deepEqual(parsed.edgeCertificate.names, ['DNS:*.sessions.localhost']);
+    assert.deepEqual(parsed.config.public, { domain: 'sessions.localhost', httpScheme: 'https', httpPort: 8443, tcpHost: 'localhost', tcpTls: false });
   });
 
   it('refuses to start with a broken template, naming the file', () => {

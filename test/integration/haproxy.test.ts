@@ -11,6 +11,7 @@ import { runPaths } from '../../controller/router/haproxy-config.js';
 import { HaproxyProcess, HaproxyProcessError, resolveHaproxyBinary } from '../../controller/router/haproxy-process.js';
 import { HaproxyRuntime } from '../../controller/router/haproxy-runtime.js';
 import { silentLogger } from '../../controller/util/log.js';
+import { closeServer, httpBackend, listen, tcpEchoBackend, type Backend } from '../support/backends.js';
 import { freePort, freePortRange } from '../support/ports.js';
 import { waitFor } from '../support/wait.js';
 import { alive } from '../support/processes.js';
@@ -18,36 +19,6 @@ import { alive } from '../support/processes.js';
 // The real HAProxy against loopback backends, with OS-chosen ports and a temporary run directory.
 
 const TEMPLATE = fs.readFileSync(path.resolve(__dirname, '../../../manifests/haproxy/haproxy.cfg'), 'utf8');
-
-interface Backend {
-  readonly address: string;
-  readonly server: http.Server | net.Server;
-}
-
-/** An HTTP server answering `<name> <url>`, with a websocket echo that prefixes `<name>:`. */
-async function httpBackend(name: string): Promise<Backend & { wss: WebSocketServer }> {
-  const server = http.createServer((req, res) => {
-    res.setHeader('content-type', 'text/plain');
-    res.end(`${name} ${req.url}`);
-  });
-  const wss = new WebSocketServer({ server });
-  wss.on('connection', (socket) => socket.on('message', (data) => socket.send(`${name}:${String(data)}`)));
-  const port = await listen(server);
-  return { address: `127.0.0.1:${port}`, server, wss };
-}
-
-async function tcpEchoBackend(): Promise<Backend> {
-  const server = net.createServer((socket) => socket.pipe(socket));
-  const port = await listen(server);
-  return { address: `127.0.0.1:${port}`, server };
-}
-
-function listen(server: http.Server | net.Server): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve((server.address() as net.AddressInfo).port));
-  });
-}
 
 function get(port: number, host: string, urlPath = '/', agent: http.Agent | false = false): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
@@ -97,11 +68,6 @@ function wsEcho(port: number, host: string, message: string): Promise<string> {
   });
 }
 
-
-function closeServer(server: http.Server | net.Server): Promise<void> {
-  if ('closeAllConnections' in server) server.closeAllConnections();
-  return new Promise((resolve) => server.close(() => resolve()));
-}
 
 describe('HAProxy data plane (real haproxy)', function () {
   this.timeout(30_000);

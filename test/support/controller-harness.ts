@@ -6,6 +6,7 @@ import { loadTemplates } from '../../controller/api/templates.js';
 import type { RouteRecord, SessionRecord, SessionStatus, SessionTemplate } from '../../controller/api/types.js';
 import { Controller } from '../../controller/controller/controller.js';
 import { Keys } from '../../controller/controller/keys.js';
+import type { PublicAddressing } from '../../controller/controller/endpoints.js';
 import type { Leadership } from '../../controller/controller/leader.js';
 import type { LifecyclePolicy } from '../../controller/controller/lifecycle.js';
 import type { Exposer } from '../../controller/loadbalancer/exposer.js';
@@ -98,6 +99,8 @@ export interface HarnessOptions {
   readonly templates?: ReadonlyMap<string, SessionTemplate>;
   /** The production default (15 min) unless a test needs running orphans removed at once. */
   readonly orphanGracePeriodMs?: number;
+  /** How users reach sessions (default: plain HTTP on localhost:8080). */
+  readonly addressing?: PublicAddressing;
   /** For tests that look at what the controller logs. */
   readonly log?: Logger;
   /** AWS load balancers (over the AWS model) in front of the TCP ports. */
@@ -145,7 +148,7 @@ export class ControllerHarness<S extends Scheduler = FakeScheduler> {
       scheduler: this.scheduler,
       keys,
       templates: this.options.templates ?? templates,
-      addressing: { domain: 'localhost', httpScheme: 'http', httpPort: 8080, tcpHost: 'localhost' },
+      addressing: this.options.addressing ?? { domain: 'localhost', httpScheme: 'http', httpPort: 8080, tcpHost: 'localhost' },
       tcpPortRange: ports,
       limits: { maxSessions: 100, maxStarting: 100, sessionsPerUser: 100, ...limits },
       policy: { ...defaultPolicy, ...policy },

@@ -1,5 +1,7 @@
 import http from 'node:http';
+import https from 'node:https';
 import net from 'node:net';
+import tls from 'node:tls';
 import type { LookupFunction } from 'node:net';
 import WebSocket from 'ws';
 
@@ -27,13 +29,15 @@ export interface HttpAnswer {
   body: string;
 }
 
+/** Requests `url` (http or https; for https, `ca` is the only CA trusted and the URL's host is the name verified). */
 export function httpRequest(
   url: string,
-  options: { method?: string; headers?: Record<string, string>; body?: string; agent?: http.Agent; signal?: AbortSignal } = {},
+  options: { method?: string; headers?: Record<string, string>; body?: string; agent?: http.Agent; signal?: AbortSignal; ca?: string | Buffer } = {},
 ): Promise<HttpAnswer> {
   return new Promise((resolve, reject) => {
-    const { agent, signal } = options;
-    const request = http.request(url, { method: options.method ?? 'GET', headers: options.headers, lookup: loopbackLookup, agent, signal }, (response) => {
+    const { agent, signal, ca } = options;
+    const client = url.startsWith('https:') ? https : http;
+    const request = client.request(url, { method: options.method ?? 'GET', headers: options.headers, lookup: loopbackLookup, agent, signal, ...(ca === undefined ? {} : { ca }) }, (response) => {
       let body = '';
       response.setEncoding('utf8');
       response.on('data', (chunk: string) => (body += chunk));
@@ -61,10 +65,10 @@ export async function jsonRequest<T = unknown>(
   return { status: answer.status, headers: answer.headers, body: (answer.body ? JSON.parse(answer.body) : undefined) as T };
 }
 
-/** Opens a websocket at `url`, sends `message` and resolves with the first reply. */
-export function websocketEcho(url: string, message: string): Promise<string> {
+/** Opens a websocket at `url`, sends `message` and resolves with the first reply (wss: trusting only `ca`). */
+export function websocketEcho(url: string, message: string, ca?: string | Buffer): Promise<string> {
   return new Promise((resolve, reject) => {
-    const socket = new WebSocket(url, { lookup: loopbackLookup, handshakeTimeout: 5000 });
+    const socket = new WebSocket(url, { lookup: loopbackLookup, handshakeTimeout: 5000, ...(ca === undefined ? {} : { ca }) });
     socket.once('open', () => socket.send(message));
     socket.once('message', (data) => {
       resolve(data.toString());
@@ -75,11 +79,15 @@ export function websocketEcho(url: string, message: string): Promise<string> {
   });
 }
 
-/** Connects to a TCP endpoint (`tcp://host:port`), reads the first line, sends `line` and reads the reply line. */
-export function tcpConversation(url: string, line: string): Promise<{ greeting: string; reply: string }> {
-  const { hostname, port } = new URL(url);
+/**
+ * Connects to a TCP endpoint (`tcp://host:port`, or `tls://host:port` verified for that host against `ca`
+ * only), reads the first line, sends `line` and reads the reply line.
+ */
+export function tcpConversation(url: string, line: string, ca?: string | Buffer): Promise<{ greeting: string; reply: string }> {
+  const { protocol, hostname, port } = new URL(url);
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: hostname === 'localhost' ? '127.0.0.1' : hostname, port: Number(port) });
+    const address = { host: hostname === 'localhost' ? '127.0.0.1' : hostname, port: Number(port) };
+    const socket = protocol === 'tls:' ? tls.connect({ ...address, servername: hostname, ...(ca === undefined ? {} : { ca }) }) : net.connect(address);
     let buffer = '';
     const lines: string[] = [];
     socket.setEncoding('utf8');

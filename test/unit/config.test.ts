@@ -88,6 +88,43 @@ describe('configuration', () => {
     for (const [text, expected] of cases) assert.throws(() => loadConfig(write(text), {}), expected);
   });
 
+  it('with router.tls, makes every public address https, wss and (with tls.tcp) TLS on TCP, and v2 answer wss', () => {
+    const plain = loadConfig(undefined, {});
+    assert.equal(plain.router.tls, undefined);
+    assert.deepEqual([plain.public.httpScheme, plain.public.httpPort, plain.public.tcpTls, plain.frontend.v2.protocol], ['http', 8080, false, 'ws']);
+    const tls = loadConfig(write('router:\n  tls: { certFile: /etc/edge/cert.pem, tcp: true }\n'), {});
+    assert.deepEqual(tls.router.tls, { certFile: '/etc/edge/cert.pem', port: 8443, hstsMaxAgeSeconds: 0, tcp: true, expiryWarningDays: 21 });
+    assert.deepEqual([tls.public.httpScheme, tls.public.httpPort, tls.public.tcpTls, tls.frontend.v2.protocol], ['https', 8443, true, 'wss']);
+    // What is configured wins (e.g. a load balancer's port 443 in front of HAProxy's 8443).
+    const explicit = loadConfig(write('router:\n  tls: { certFile: c.pem }\npublic: { httpPort: 443 }\nfrontend:\n  v2: { protocol: ws }\n'), {});
+    assert.deepEqual([explicit.public.httpScheme, explicit.public.httpPort, explicit.public.tcpTls, explicit.frontend.v2.protocol], ['https', 443, false, 'ws']);
+    // TLS terminated by AWS load balancers in front of the TCP ports says so too.
+    assert.equal(loadConfig(write('aws:\n  loadBalancers: [{ name: a, type: classic }]\n  tcpTls: { certificateArn: "arn:aws:acm:eu-west-1:1:certificate/x" }\n'), {}).public.tcpTls, true);
+  });
+
+  it('takes the TLS files and port from the environment', () => {
+    const config = loadConfig(undefined, { MANTICORE_TLS_CERT_FILE: '/tls/cert.pem', MANTICORE_TLS_KEY_FILE: '/tls/key.pem', MANTICORE_HTTPS_PORT: '9443' });
+    assert.deepEqual([config.router.tls?.certFile, config.router.tls?.keyFile, config.router.tls?.port, config.public.httpPort], ['/tls/cert.pem', '/tls/key.pem', 9443, 9443]);
+  });
+
+  it('reads the TLS example configuration', () => {
+    const config = loadConfig(path.resolve(__dirname, '../../../manifests/examples/tls.yaml'), {});
+    assert.equal(config.router.tls?.certFile, '.manticore/tls/cert.pem');
+    assert.deepEqual([config.public.domain, config.public.httpScheme, config.public.httpPort, config.public.tcpTls], ['sessions.localhost', 'https', 8443, true]);
+  });
+
+  it('refuses TLS settings that cannot work, naming the field', () => {
+    const arn = '"arn:aws:acm:eu-west-1:1:certificate/x"';
+    const cases: Array<[string, RegExp]> = [
+      ['router:\n  tls: { port: 8443 }\n', /\/router\/tls: must have required property 'certFile'/],
+      ['router:\n  http: { port: 8443 }\n  tls: { certFile: c.pem }\n', /\/router\/tls\/port: 8443 is router\.http\.port too/],
+      ['router:\n  tls: { certFile: c.pem, port: 20001 }\n', /\/router\/tls\/port: 20001 is inside the session port range 20000-20999/],
+      [`router:\n  tls: { certFile: c.pem }\naws:\n  loadBalancers: [{ name: a, type: classic }]\n  httpListener: { port: 443, certificateArn: ${arn} }\n`, /\/aws\/httpListener\/certificateArn: TLS terminates at HAProxy/],
+      [`router:\n  tls: { certFile: c.pem, tcp: true }\naws:\n  loadBalancers: [{ name: a, type: classic }]\n  tcpTls: { certificateArn: ${arn} }\n`, /\/aws\/tcpTls: router\.tls\.tcp already terminates TLS/],
+    ];
+    for (const [text, expected] of cases) assert.throws(() => loadConfig(write(text), {}), expected);
+  });
+
   it('rejects an environment override that is not valid', () => {
     assert.throws(() => loadConfig(undefined, { MANTICORE_HTTP_PORT: 'x' }), /\/router\/http\/port: must be integer/);
   });

@@ -60,6 +60,26 @@ describe('controller: session reconciliation', () => {
     assert.ok(ready.events.some((event) => event.reason === 'PhaseReady'));
   });
 
+  it('with TLS at the edge, hands out https, wss and tls:// addresses, and tells the workload the same', async () => {
+    const tls = await ControllerHarness.embedded({ addressing: { domain: 'sessions.example.com', httpScheme: 'https', httpPort: 443, tcpHost: 'apps.example.com', tcpTls: true } });
+    try {
+      const id = await createSession(tls.store);
+      const claim = await waitFor('routes claim', () => routesOf(tls.store, id));
+      const token = (service: string): string => claim.hosts.find((r) => r.service === service)!.token;
+      const expected = {
+        hmi: { protocol: 'http', url: `https://${token('hmi')}.sessions.example.com/`, tls: true },
+        broker: { protocol: 'ws', url: `wss://${token('broker')}.sessions.example.com/`, tls: true },
+        tcp: { protocol: 'tcp', url: `tls://apps.example.com:${claim.ports[0]!.port}`, tls: true },
+      };
+      assert.deepEqual((await makeReady(tls, id)).endpoints, expected);
+      const request = tls.scheduler.registrations[0]!.body as { endpoints: Record<string, { url: string; host: string; port: number }> };
+      assert.deepEqual(request.endpoints.broker, { protocol: 'ws', url: expected.broker.url, tls: true, host: `${token('broker')}.sessions.example.com`, port: 443 });
+      assert.equal(request.endpoints.tcp!.url, expected.tcp.url);
+    } finally {
+      await tls.stop();
+    }
+  });
+
   it('tears a deleted session down (Terminating) and removes its records only when everything is gone', async () => {
     const id = await createSession(h.store);
     await makeReady(h, id);

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import type { FastifyRequest } from 'fastify';
 import { loadTemplates } from '../../controller/api/templates.js';
+import { loadConfig } from '../../controller/config/config.js';
 import type { Condition, SessionRecord, SessionStatus, SessionTemplate } from '../../controller/api/types.js';
 import { Keys } from '../../controller/controller/keys.js';
 import type { Authenticator, Identity } from '../../controller/frontend/identity.js';
@@ -141,6 +142,13 @@ describe('front end: the v2 compatibility API', () => {
     const { status, body } = await inject('POST', '/api/v2/job', { id: 'dev-1', ...job }, {}, configured);
     assert.equal(status, 200);
     assert.deepEqual(body, { path: '/api/v2/job/', protocol: 'wss', passcode: body.passcode, port: 443, domain: 'manticore.example.com' });
+  });
+
+  it('answers wss when the edge has TLS (router.tls), as v2 did in its encrypted mode', async () => {
+    const { frontend: encrypted } = await startFrontend({ v2: { ...v2, address: loadConfig(undefined, { MANTICORE_TLS_CERT_FILE: '/tls/cert.pem' }).frontend.v2 } });
+    const { status, body } = await inject('POST', '/api/v2/job', { id: 'dev-1', ...job }, {}, encrypted);
+    assert.equal(status, 200);
+    assert.deepEqual(body, { path: '/api/v2/job/', protocol: 'wss', passcode: body.passcode });
   });
 
   it('acts for a verified identity whatever the body says, and for the body’s id otherwise', async () => {
@@ -295,6 +303,20 @@ describe('front end: the v2 compatibility API', () => {
       python: { protocol: 'ws', url: 'ws://py.example.com/' },
       hmi: { protocol: 'http', url: 'http://h.example.com/' },
     };
+
+    it('gives the addresses of a session behind TLS as they are, and core-tcp as host:port', async () => {
+      const client = await V2Socket.open(socketUrl(passcode));
+      await writeStatus({
+        phase: 'Ready',
+        endpoints: {
+          broker: { protocol: 'ws', url: 'wss://b.example.com/', tls: true },
+          tcp: { protocol: 'tcp', url: 'tls://apps.example.com:20017', tls: true },
+          hmi: { protocol: 'http', url: 'https://h.example.com/', tls: true },
+        },
+      });
+      assert.deepEqual((await client.next('services', 0)).data, { 'core-broker': 'wss://b.example.com/', 'core-tcp': 'apps.example.com:20017', 'hmi-user': 'https://h.example.com/' });
+      client.close();
+    });
 
     it('closes at once for an unknown passcode, and refuses upgrades elsewhere', async () => {
       const unknown = await V2Socket.open(socketUrl('AAAAAAAAAAAAAAAA'));

@@ -15,6 +15,8 @@ import {
   validateRouteTable,
   type HaproxyConfigValues,
 } from '../../controller/router/haproxy-config.js';
+import { haproxyValues } from '../../controller/cli/up.js';
+import { loadConfig } from '../../controller/config/config.js';
 import { parseShowProc } from '../../controller/router/haproxy-process.js';
 import {
   HaproxyRuntime,
@@ -79,6 +81,77 @@ describe('HAProxy config rendering', () => {
     assert.match(problemsOf(() => renderHaproxyConfig(`${TEMPLATE}\n# {{runDir}\n`, VALUES)), /malformed placeholder on line/);
   });
 
+  describe('with TLS at the edge', () => {
+    const TLS: HaproxyConfigValues = { ...VALUES, httpsBind: '127.0.0.1:8443', httpsPortSuffix: ':8443' };
+
+    it('leaves every TLS line out without it', () => {
+      const text = renderHaproxyConfig(TEMPLATE, VALUES);
+      const directives = text.split('\n').filter((line) => !line.trim().startsWith('#')).join('\n');
+      assert.doesNotMatch(directives, /ssl|redirect|Strict-Transport-Security|X-Forwarded-Proto/);
+      assert.doesNotMatch(text, /^\s*$\n^\s*$/m, 'dropped sections leave no blank lines behind');
+    });
+
+    it('serves HTTPS with the installed certificate and redirects plain HTTP, except the health check', () => {
+      const text = renderHaproxyConfig(TEMPLATE, TLS);
+      assert.match(text, /^\s+bind 127\.0\.0\.1:8080$/m);
+      assert.match(text, /^\s+bind 127\.0\.0\.1:8443 ssl crt \/run\/manticore\/edge\.pem alpn http\/1\.1$/m);
+      assert.match(text, /^\s+http-request redirect location https:\/\/%\[req\.hdr\(host\),field\(1,:\)\]:8443%\[capture\.req\.uri\] code 301 unless \{ ssl_fc \}$/m);
+      assert.ok(text.indexOf('monitor-uri /haproxy-health') < text.indexOf('http-request redirect'), 'the monitor URI answers before the redirect');
+      assert.ok(text.indexOf('http-request redirect') < text.indexOf('http-request set-var(txn.route)'), 'plain HTTP never reaches a session');
+      assert.match(text, /^\s+ssl-default-bind-options ssl-min-ver TLSv1\.2$/m);
+      assert.doesNotMatch(text, /Strict-Transport-Security/);
+      assert.match(text, /^\s+bind 127\.0\.0\.1:20000-20999$/m, 'the TCP ports stay plain');
+      // Port 443 goes unnamed in redirects.
+      assert.match(renderHaproxyConfig(TEMPLATE, { ...TLS, httpsPortSuffix: '' }), /redirect location https:\/\/%\[req\.hdr\(host\),field\(1,:\)\]%\[capture\.req\.uri\]/);
+    });
+
+    it('adds HSTS to HTTPS answers and TLS to the TCP ports when asked', () => {
+      const text = renderHaproxyConfig(TEMPLATE, { ...TLS, hstsMaxAge: 31536000, tcpTls: true });
+      assert.match(text, /^\s+http-after-response set-header Strict-Transport-Security "max-age=31536000" if \{ ssl_fc \}$/m);
+      assert.match(text, /^\s+bind 127\.0\.0\.1:20000-20999 ssl crt \/run\/manticore\/edge\.pem$/m);
+      assert.match(renderHaproxyConfig(TEMPLATE, { ...TLS, tcpTls: false }), /^\s+bind 127\.0\.0\.1:20000-20999$/m);
+    });
+
+    for (const [name, values, pattern] of [
+      ['an httpsBind without a port', { ...TLS, httpsBind: '127.0.0.1' }, /httpsBind must be addr:port/],
+      ['a port suffix without its colon', { ...TLS, httpsPortSuffix: '8443' }, /httpsPortSuffix must be empty or :<port>/],
+      ['an HSTS max-age of 0', { ...TLS, hstsMaxAge: 0 }, /hstsMaxAge must be a whole number of seconds of at least 1/],
+    ] as const) {
+      it(`rejects ${name}`, () => {
+        assert.match(problemsOf(() => renderHaproxyConfig(TEMPLATE, values as HaproxyConfigValues)), pattern);
+      });
+    }
+
+    it('refuses a template that would ignore TLS', () => {
+      const plain = 'bind {{httpBind}}\n{{runDir}} {{tcpBind}}\n';
+      assert.match(problemsOf(() => renderHaproxyConfig(plain, TLS)), /httpsBind is given but the template never uses \{\{httpsBind\}\} \(or a \{\{#httpsBind\}\} section\)/);
+    });
+
+    it('names malformed sections', () => {
+      const base = 'bind {{httpBind}}\n{{runDir}} {{tcpBind}}\n';
+      assert.match(problemsOf(() => renderHaproxyConfig(`${base}{{#nosuch}}x{{/nosuch}}\n`, VALUES)), /unknown section \{\{#nosuch\}\}/);
+      assert.match(problemsOf(() => renderHaproxyConfig(`${base}{{#tcpTls}}x\n`, VALUES)), /section \{\{#tcpTls\}\} is never closed/);
+      assert.match(problemsOf(() => renderHaproxyConfig(`${base}{{/tcpTls}}\n`, VALUES)), /\{\{\/tcpTls\}\} closes no open section/);
+      assert.match(problemsOf(() => renderHaproxyConfig(`${base}{{#httpsBind}}{{#tcpTls}}x{{/tcpTls}}{{/httpsBind}}\n`, TLS)), /sections do not nest/);
+    });
+
+    it('follows the configuration: redirects to the public HTTPS port, unnamed when 443', () => {
+      const render = (env: Record<string, string>): string =>
+        renderHaproxyConfig(TEMPLATE, { ...haproxyValues(loadConfig(undefined, { MANTICORE_TLS_CERT_FILE: '/tls/cert.pem', ...env })), runDir: '/run/manticore' });
+      const local = render({ MANTICORE_HTTPS_PORT: '9443' });
+      assert.match(local, /^\s+bind 127\.0\.0\.1:9443 ssl crt /m);
+      assert.match(local, /field\(1,:\)\]:9443%\[capture\.req\.uri\]/);
+      // Behind a load balancer's 443 the redirect names no port, whatever HAProxy listens on.
+      assert.match(render({ MANTICORE_PUBLIC_HTTP_PORT: '443' }), /field\(1,:\)\]%\[capture\.req\.uri\]/);
+      assert.doesNotMatch(renderHaproxyConfig(TEMPLATE, { ...haproxyValues(loadConfig(undefined, {})), runDir: '/run/manticore' }), /ssl crt/);
+    });
+
+    it('needs no value for placeholders in a section it leaves out', () => {
+      const text = renderHaproxyConfig('bind {{httpBind}}\n{{runDir}} {{tcpBind}}\n  {{#httpsBind}}\nbind {{httpsBind}} {{httpsPortSuffix}}\n  {{/httpsBind}}\nend\n', VALUES);
+      assert.equal(text, 'bind 127.0.0.1:8080\n/run/manticore 127.0.0.1:20000-20999\nend\n');
+    });
+  });
+
   for (const [name, values, pattern] of [
     ['a relative runDir', { ...VALUES, runDir: 'run/here' }, /absolute/],
     ['an unnormalised runDir', { ...VALUES, runDir: '/run/x/../y' }, /absolute, normalised/],
@@ -108,6 +181,7 @@ describe('HAProxy config rendering', () => {
     assert.equal(paths.tcpMap, '/run/manticore/tcp.map');
     assert.equal(paths.adminSocket, '/run/manticore/admin.sock');
     assert.equal(paths.config, '/run/manticore/haproxy.cfg');
+    assert.equal(paths.tlsCertificate, '/run/manticore/edge.pem');
   });
 });
 
@@ -205,6 +279,9 @@ describe('HAProxy runtime replies', () => {
     assert.equal(describeCommand('show map /run/hosts.map'), 'show map /run/hosts.map');
     assert.equal(describeCommand('show info'), 'show info');
     assert.equal(describeCommand('reload'), 'reload');
+    // A certificate's file is no secret; the payload (its private key) never shows.
+    assert.equal(describeCommand('set ssl cert /run/edge.pem <<\n-----BEGIN PRIVATE KEY-----\n'), 'set ssl cert /run/edge.pem <payload redacted>');
+    assert.equal(describeCommand('commit ssl cert /run/edge.pem'), 'commit ssl cert /run/edge.pem');
   });
 
   it('classifies error and success replies', () => {

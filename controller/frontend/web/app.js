@@ -348,10 +348,10 @@ function renderEndpoints(templateName, endpoints) {
     ...entries
       .filter(([, endpoint]) => endpoint.protocol === 'tcp')
       .map(([name, endpoint]) => {
-        // tcp://host:port; parsed by hand as URL's handling of non-special schemes varies between browsers.
-        const [, host, port] = /^tcp:\/\/(.+):(\d+)$/.exec(endpoint.url) ?? [undefined, endpoint.url, ''];
+        // tcp://host:port or tls://host:port; parsed by hand as URL's handling of non-special schemes varies between browsers.
+        const [, host, port] = /^(?:tcp|tls):\/\/(.+):(\d+)$/.exec(endpoint.url) ?? [undefined, endpoint.url, ''];
         const figure = clone('tcp-endpoint');
-        figure.querySelector('figcaption').textContent = `For the SDL app: ${name}, over TCP`;
+        figure.querySelector('figcaption').textContent = `For the SDL app: ${name}, over ${endpoint.tls ? 'TLS (through a local TLS client)' : 'TCP'}`;
         figure.querySelector('.host').textContent = host;
         figure.querySelector('.port').textContent = port;
         const matrix = qrMatrix(`${host}:${port}`);
