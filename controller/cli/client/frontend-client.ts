@@ -15,6 +15,8 @@ export interface TemplateSummary {
   description: string;
   parameters: Array<{ name: string; description: string; enum: string[]; default: string }>;
   services: Array<{ name: string; description: string; protocol: string }>;
+  /** The tasks a session runs, whose logs `sessions logs --task` reads. */
+  tasks: string[];
   available: boolean;
   unavailableReason?: string;
 }
