@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import type { Session, SessionStatus } from '../../controller/api/types.js';
@@ -11,65 +10,8 @@ import { logPosition, type LogEvent, type LogReadRequest, type TaskLogs } from '
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import { silentLogger } from '../../controller/util/log.js';
 import { frontendKeys as keys, testFrontend } from '../support/frontend.js';
+import { LogClient } from '../support/log-client.js';
 import { waitFor } from '../support/wait.js';
-
-interface LogStreamEvent {
-  id?: string;
-  event: string;
-  data: Record<string, unknown>;
-}
-
-/** A log stream client on a raw socket: every event as parsed, and a way to stop reading. */
-class LogClient {
-  readonly events: LogStreamEvent[] = [];
-  status = 0;
-  body = '';
-  ended = false;
-  private buffer = '';
-  private response: http.IncomingMessage | undefined;
-  private readonly request: http.ClientRequest;
-
-  constructor(url: string, headers: Record<string, string>, options: { paused?: boolean } = {}) {
-    this.request = http.get(url, { headers }, (response) => {
-      this.response = response;
-      this.status = response.statusCode ?? 0;
-      if (options.paused) response.pause();
-      response.setEncoding('utf8');
-      response.on('data', (chunk: string) => this.parse(chunk));
-      response.on('end', () => (this.ended = true));
-      response.on('close', () => (this.ended = true));
-    });
-    this.request.on('error', () => (this.ended = true));
-  }
-
-  get text(): string {
-    return this.events.filter((event) => event.event === 'log').map((event) => String(event.data.text)).join('');
-  }
-
-  get lastId(): string | undefined {
-    return this.events.filter((event) => event.id !== undefined).at(-1)?.id;
-  }
-
-  resume(): void {
-    this.response?.resume();
-  }
-
-  close(): void {
-    this.request.destroy();
-  }
-
-  private parse(chunk: string): void {
-    this.body += chunk;
-    this.buffer += chunk;
-    for (let end = this.buffer.indexOf('\n\n'); end >= 0; end = this.buffer.indexOf('\n\n')) {
-      const block = this.buffer.slice(0, end);
-      this.buffer = this.buffer.slice(end + 2);
-      const fields: Record<string, string> = {};
-      for (const line of block.split('\n')) if (!line.startsWith(':')) fields[line.slice(0, line.indexOf(':'))] = line.slice(line.indexOf(':') + 2);
-      if (fields.event !== undefined) this.events.push({ ...(fields.id === undefined ? {} : { id: fields.id }), event: fields.event, data: JSON.parse(fields.data ?? '{}') as Record<string, unknown> });
-    }
-  }
-}
 
 /** A log that never ends, as fast as it is read: counts what it was asked for. */
 class EndlessLogs implements TaskLogs {
