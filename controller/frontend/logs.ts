@@ -11,7 +11,7 @@ import type { SessionService } from './sessions.js';
 
 /**
  * `GET /api/v1/sessions/{id}/logs`: a task's stdout or stderr, for the session's owner (and operators).
- * Not following, the log as text/plain; following (`follow=true`), server-sent events: `open`, then
+ * Not following, the log as text/plain; following (`follow=true`), server-sent events: `start`, then
  * `log` events `{start, end, text}` with `id: <allocation>:<end>`, so a reconnecting EventSource resumes
  * exactly after the last event it got (Last-Event-ID), `gap` when output was rotated away unread,
  * `closing` when the stream ends (the workload was replaced, the server shuts down), `gone` when the
@@ -275,7 +275,7 @@ function sendEvents(context: StreamContext, sessions: SessionService, open: Set<
       closing(`the session's workload was replaced (allocation ${latest.status.allocationId}); reconnect for its log`);
     }
   });
-  write(`retry: ${RETRY_MS}\nevent: open\ndata: ${JSON.stringify({ allocationId, task: query.task, stream: query.stream })}\n\n`);
+  write(`retry: ${RETRY_MS}\nevent: start\ndata: ${JSON.stringify({ allocationId, task: query.task, stream: query.stream })}\n\n`);
   void (async () => {
     // Bytes of a character cut by the end of a piece wait for the next one; the event id stops before them.
     let carry = Buffer.alloc(0);

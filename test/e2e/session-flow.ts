@@ -192,7 +192,7 @@ export function describeSessionFlow(backend: Backend): void {
 
         const tcp = alice.status.endpoints.tcp!.url;
         const first = follow('task=core&tail=0', as('alice'));
-        await waitFor('the stream open', () => first.events.some((event) => event.event === 'open'), 10_000);
+        await waitFor('the stream open', () => first.events.some((event) => event.event === 'start'), 10_000);
         assert.equal(first.status, 200);
         // An app talks to Core through HAProxy; Core logs each line, and the owner watches it happen.
         await tcpConversation(tcp, 'line A from the app');

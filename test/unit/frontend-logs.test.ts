@@ -159,7 +159,7 @@ describe('front end: task logs (GET /api/v1/sessions/{id}/logs)', () => {
     const first = follow(id, 'ann', '&tail=10');
     await waitFor('the existing line', () => first.text === 'hello\n');
     assert.equal(first.status, 200);
-    assert.deepEqual(first.events[0], { event: 'open', data: { allocationId: 'alloc-3', task: 'core', stream: 'stdout' } });
+    assert.deepEqual(first.events[0], { event: 'start', data: { allocationId: 'alloc-3', task: 'core', stream: 'stdout' } });
     assert.match(first.body, /^retry: 2000\n/);
     await write(out, 'world\n');
     await waitFor('the new line', () => first.text === 'hello\nworld\n');
