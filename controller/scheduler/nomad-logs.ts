@@ -195,7 +195,9 @@ export class NomadTaskLogs implements TaskLogs {
         }
       } catch (error) {
         if (signal?.aborted) return;
-        if (error instanceof LogNotFoundError || !request.follow) throw error;
+        // Only a stream that was open is taken up again: a first refusal (no such log, no permission, no
+        // agent) is the caller's answer.
+        if (error instanceof LogNotFoundError || !request.follow || !opened) throw error;
         failures = delivered ? 1 : failures + 1;
         const retryInMs = backoffDelay(failures);
         this.options.log[failures === 1 || failures % 10 === 0 ? 'warn' : 'debug'](

@@ -169,6 +169,10 @@ describe('Nomad task logs (client fs logs API)', () => {
         res.end('Permission denied');
       };
       await assert.rejects(collect({ kind: 'start' }, false), /read-logs/);
+      // Following, a first refusal is the answer too: only a stream that was open is taken up again.
+      const before = requests.length;
+      await assert.rejects(collect({ kind: 'start' }, true), /read-logs/);
+      assert.equal(requests.length, before + 1);
     });
 
     it('following, opens the stream again from the last position when it ends or goes silent', async () => {
