@@ -1,11 +1,11 @@
-import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { ServerResponse } from 'node:http';
 import type { FastifyBaseLogger, FastifyInstance, FastifyReply } from 'fastify';
 import type { Subscription } from 'rxjs';
 import type { Session, SessionTemplate } from '../api/types.js';
 import { readLastLines } from '../scheduler/log-tail.js';
 import { LogNotFoundError, isLogPosition, logStreamNames, type LogEvent, type LogStreamName, type TaskLogs } from '../scheduler/task-logs.js';
 import { ApiError } from './errors.js';
-import { heartbeatMs } from './events.js';
+import { beginResponse, eventStreamHeaders, heartbeatMs } from './events.js';
 import type { Authenticator } from './identity.js';
 import type { SessionService } from './sessions.js';
 
@@ -210,14 +210,7 @@ function drained(response: ServerResponse): Promise<boolean> {
 
 /** The log as text, as fast as the client reads it. */
 async function sendPlain({ reply, iterator, abort, release, log, query, id }: StreamContext): Promise<void> {
-  reply.hijack();
-  const response = reply.raw;
-  response.writeHead(200, {
-    ...(reply.getHeaders() as OutgoingHttpHeaders),
-    'content-type': 'text/plain; charset=utf-8',
-    'cache-control': 'no-cache',
-    'x-content-type-options': 'nosniff',
-  });
+  const response = beginResponse(reply, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-cache', 'x-content-type-options': 'nosniff' });
   response.on('close', () => abort.abort());
   try {
     for (let next = await iterator.next(); !next.done; next = await iterator.next()) {
@@ -239,15 +232,7 @@ async function sendPlain({ reply, iterator, abort, release, log, query, id }: St
 /** The log as server-sent events, followed until the client goes, the workload is replaced or the session is gone. */
 function sendEvents(context: StreamContext, sessions: SessionService, open: Set<(reason: string) => void>): void {
   const { reply, iterator, abort, release, allocationId, query, id, session, log } = context;
-  reply.hijack();
-  const response = reply.raw;
-  response.writeHead(200, {
-    ...(reply.getHeaders() as OutgoingHttpHeaders),
-    'content-type': 'text/event-stream; charset=utf-8',
-    'cache-control': 'no-cache, no-transform',
-    connection: 'keep-alive',
-    'x-accel-buffering': 'no',
-  });
+  const response = beginResponse(reply, eventStreamHeaders);
   let ended = false;
   let subscription: Subscription | undefined;
   const heartbeat = setInterval(() => {

@@ -9,7 +9,7 @@ import { LogFiles, RotatingLogWriter, closeWriter } from '../../controller/sched
 import { logPosition, type LogEvent, type LogReadRequest, type TaskLogs } from '../../controller/scheduler/task-logs.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import { silentLogger } from '../../controller/util/log.js';
-import { frontendKeys as keys, testFrontend } from '../support/frontend.js';
+import { frontendKeys as keys, removeSession, testFrontend } from '../support/frontend.js';
 import { LogClient } from '../support/log-client.js';
 import { waitFor } from '../support/wait.js';
 
@@ -74,6 +74,15 @@ describe('front end: task logs (GET /api/v1/sessions/{id}/logs)', () => {
   };
   const write = (writer: RotatingLogWriter, text: string): Promise<void> => new Promise((resolve, reject) => writer.write(text, (error) => (error ? reject(error) : resolve())));
   const get = (url: string, user: string, headers: Record<string, string> = {}) => frontend.app.inject({ method: 'GET', url, headers: { 'x-manticore-user': user, ...headers } });
+  /** Ann's session on `allocId`, whose Core wrote `text`, followed until that text arrived. */
+  const followedSession = async (allocId: string, text: string): Promise<{ id: string; client: LogClient }> => {
+    const id = await create('ann');
+    await placed(id, allocId);
+    await write(output(allocId), text);
+    const client = follow(id, 'ann');
+    await waitFor('the existing output', () => client.text === text);
+    return { id, client };
+  };
   const follow = (id: string, user: string, query = '', headers: Record<string, string> = {}, paused = false): LogClient => {
     const client = new LogClient(`${base}/api/v1/sessions/${id}/logs?follow=true${query}`, { 'x-manticore-user': user, ...headers }, { paused });
     clients.push(client);
@@ -181,21 +190,14 @@ describe('front end: task logs (GET /api/v1/sessions/{id}/logs)', () => {
   });
 
   it('starts over at a replacing workload’s beginning, says so when a workload is replaced, and that the session is gone', async () => {
-    const id = await create('ann');
-    await placed(id, 'alloc-4');
-    await write(output('alloc-4'), 'old workload\n');
-    const client = follow(id, 'ann');
-    await waitFor('the old line', () => client.text === 'old workload\n');
+    const { id, client } = await followedSession('alloc-4', 'old workload\n');
     await write(output('alloc-5'), 'new workload\n');
     await placed(id, 'alloc-5');
     await waitFor('closing', () => client.ended);
     assert.match(String(client.events.at(-1)?.data.reason), /workload was replaced \(allocation alloc-5\)/);
     const reconnected = follow(id, 'ann', '', { 'last-event-id': client.lastId! });
     await waitFor('the new workload from its start', () => reconnected.text === 'new workload\n');
-    await store.transaction([
-      { verb: 'delete', key: keys.status(id) },
-      { verb: 'delete', key: keys.session(id) },
-    ]);
+    await removeSession(store, id);
     await waitFor('gone', () => reconnected.ended && reconnected.events.at(-1)?.event === 'gone');
   });
 
@@ -239,11 +241,7 @@ describe('front end: task logs (GET /api/v1/sessions/{id}/logs)', () => {
   });
 
   it('ends open log streams with a reason when the front end stops', async () => {
-    const id = await create('ann');
-    await placed(id, 'alloc-8');
-    await write(output('alloc-8'), 'x\n');
-    const client = follow(id, 'ann');
-    await waitFor('connected', () => client.text === 'x\n');
+    const { client } = await followedSession('alloc-8', 'x\n');
     await frontend.stop();
     await waitFor('ended', () => client.ended);
     assert.deepEqual(client.events.at(-1), { event: 'closing', data: { reason: 'the server is shutting down' } });

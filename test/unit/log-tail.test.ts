@@ -48,6 +48,22 @@ describe('the last lines of a task log', () => {
 
     const request = { allocId: 'alloc', task: 'core', stream: 'stdout' as const };
 
+    /** Follows the last `lines` lines in the background: the events so far, and how to stop. */
+    function following(lines: number): { events: LogEvent[]; stop(): Promise<void> } {
+      const abort = new AbortController();
+      const events: LogEvent[] = [];
+      const done = (async () => {
+        for await (const event of readLastLines(logs, { ...request, lines, follow: true, signal: abort.signal })) events.push(event);
+      })();
+      return {
+        events,
+        stop: async () => {
+          abort.abort();
+          await done;
+        },
+      };
+    }
+
     it('gives exactly the last N lines, however many files and windows they need', async () => {
       const lines = Array.from({ length: 20_000 }, (_, i) => `line ${i} ${'.'.repeat(i % 40)}`);
       await write(`${lines.join('\n')}\n`);
@@ -61,32 +77,22 @@ describe('the last lines of a task log', () => {
 
     it('gives the whole log when it is shorter, and then follows from exactly where the lines end', async () => {
       await write('one\ntwo\n');
-      const abort = new AbortController();
-      const events: LogEvent[] = [];
-      const following = (async () => {
-        for await (const event of readLastLines(logs, { ...request, lines: 10, follow: true, signal: abort.signal })) events.push(event);
-      })();
+      const { events, stop } = following(10);
       await waitFor('the existing lines', () => textOf(events) === 'one\ntwo\n');
       await write('three\n');
       await write('four');
       await waitFor('the new lines', () => textOf(events) === 'one\ntwo\nthree\nfour');
       assert.deepEqual(events.filter((event) => event.kind === 'gap'), []);
-      abort.abort();
-      await following;
+      await stop();
     });
 
     it('follows from the end when asked for no lines, and from the start of a log still empty', async () => {
       await write('old\n');
-      const abort = new AbortController();
-      const events: LogEvent[] = [];
-      const following = (async () => {
-        for await (const event of readLastLines(logs, { ...request, lines: 0, follow: true, signal: abort.signal })) events.push(event);
-      })();
+      const { events, stop } = following(0);
       await waitFor('opened', () => events.length > 0);
       await write('new\n');
       await waitFor('the new line only', () => textOf(events) === 'new\n');
-      abort.abort();
-      await following;
+      await stop();
     });
   });
 });
