@@ -262,8 +262,10 @@ function sendEvents(context: StreamContext, sessions: SessionService, open: Set<
   });
   write(`retry: ${RETRY_MS}\nevent: start\ndata: ${JSON.stringify({ allocationId, task: query.task, stream: query.stream })}\n\n`);
   void (async () => {
-    // Bytes of a character cut by the end of a piece wait for the next one; the event id stops before them.
+    // Bytes of a character cut by the end of a piece wait for the next one (which may begin the next
+    // file); the event id stops before them, so a reconnection reads them again.
     let carry = Buffer.alloc(0);
+    let carryFrom = 0;
     try {
       for (let next = await iterator.next(); !next.done && !ended; next = await iterator.next()) {
         const event = next.value;
@@ -275,13 +277,17 @@ function sendEvents(context: StreamContext, sessions: SessionService, open: Set<
         }
         if (event.kind !== 'data') continue;
         const data = carry.length === 0 ? event.data : Buffer.concat([carry, event.data]);
-        const start = event.start - carry.length;
+        const start = carry.length === 0 ? event.start : carryFrom;
         const complete = completeUtf8Length(data);
         carry = Buffer.from(data.subarray(complete));
-        if (complete === 0) continue;
-        const end = event.end - carry.length;
+        const until = event.end - carry.length;
+        carryFrom = until;
+        if (complete === 0) {
+          carryFrom = start;
+          continue;
+        }
         const text = data.subarray(0, complete).toString('utf8');
-        write(`id: ${allocationId}:${end}\nevent: log\ndata: ${JSON.stringify({ start, end, text })}\n\n`);
+        write(`id: ${allocationId}:${until}\nevent: log\ndata: ${JSON.stringify({ start, end: until, text })}\n\n`);
         if (!(await drained(response))) break;
       }
       if (!ended) closing('the log ended');

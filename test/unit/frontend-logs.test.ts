@@ -189,6 +189,22 @@ describe('front end: task logs (GET /api/v1/sessions/{id}/logs)', () => {
     await waitFor('the whole character', () => again.text === 'while away\nback\n€\n');
   });
 
+  it('keeps a character cut by a rotation whole, and every position valid', async () => {
+    const id = await create('ann');
+    await placed(id, 'alloc-9');
+    // Files of 5 bytes: "abcd" and the first byte of "€" in file 0, its other two bytes and "\n" in file 1.
+    await write(output('alloc-9', 'core', 'stdout', 5), 'abcd€\n');
+    const client = follow(id, 'ann');
+    await waitFor('the whole text', () => client.text === 'abcd€\n');
+    const logEvents = client.events.filter((event) => event.event === 'log');
+    assert.deepEqual(logEvents.map((event) => [event.data.start, event.data.end, event.id]), [
+      [logPosition(0, 0), logPosition(0, 4), `alloc-9:${logPosition(0, 4)}`],
+      [logPosition(0, 4), logPosition(1, 3), `alloc-9:${logPosition(1, 3)}`],
+    ]);
+    const resumed = follow(id, 'ann', '', { 'last-event-id': logEvents[0]!.id! });
+    await waitFor('the character again from where it began', () => resumed.text === '€\n');
+  });
+
   it('starts over at a replacing workload’s beginning, says so when a workload is replaced, and that the session is gone', async () => {
     const { id, client } = await followedSession('alloc-4', 'old workload\n');
     await write(output('alloc-5'), 'new workload\n');
