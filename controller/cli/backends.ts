@@ -3,8 +3,12 @@ import path from 'node:path';
 import type { ManticoreConfig } from '../config/config.js';
 import type { Logger } from '../util/log.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
-import { LocalScheduler } from '../scheduler/local-scheduler.js';
+import { LogFiles } from '../scheduler/log-files.js';
+import { LocalScheduler, allocationLogsDir } from '../scheduler/local-scheduler.js';
+import { connectNomad } from '../scheduler/nomad-http.js';
+import { NomadTaskLogs } from '../scheduler/nomad-logs.js';
 import { NomadScheduler } from '../scheduler/nomad-scheduler.js';
+import type { TaskLogs } from '../scheduler/task-logs.js';
 import type { NomadJobOptions } from '../scheduler/nomad-job.js';
 import { ConsulStore } from '../store/consul-store.js';
 import { EmbeddedStore } from '../store/embedded-store.js';
@@ -42,7 +46,31 @@ export function createScheduler(config: ManticoreConfig, log: Logger): Scheduler
     workDir: path.resolve(config.scheduler.workDir),
     log: schedulerLog,
     restart: { attempts: restart.attempts, intervalMs: restart.intervalSeconds * 1000, delayMs: restart.delaySeconds * 1000 },
+    logs: { maxFiles: config.scheduler.logs.maxFiles, maxFileBytes: config.scheduler.logs.maxFileSizeMB * 1024 * 1024 },
   });
+}
+
+/**
+ * Where the front end reads task logs: the embedded scheduler's files (on this machine, as the front end
+ * runs beside it), or Nomad's client fs logs API over the configured agent, token and TLS (a front end
+ * running alone needs no scheduler for it). `close` ends every read in flight.
+ */
+export function createTaskLogs(config: ManticoreConfig, log: Logger): { logs: TaskLogs; close(): void } {
+  const logsLog = log.child({ component: 'task-logs' });
+  if (config.scheduler.backend === 'nomad') {
+    const { address, token, region, namespace, tls, requestTimeoutSeconds } = config.scheduler.nomad;
+    const abort = new AbortController();
+    const { http, agent } = connectNomad({ address, token, region, namespace, tls, requestTimeoutMs: requestTimeoutSeconds * 1000, signal: abort.signal });
+    return {
+      logs: new NomadTaskLogs({ http, log: logsLog }),
+      close: () => {
+        abort.abort();
+        agent.destroy();
+      },
+    };
+  }
+  const stateDir = config.scheduler.stateDir;
+  return { logs: new LogFiles({ dirOf: (allocId) => allocationLogsDir(stateDir, allocId), log: logsLog }), close: () => undefined };
 }
 
 /** How sessions' Nomad jobs are shaped, from the configuration (also used by `manticore render-job`). */

@@ -21,7 +21,7 @@ import { HaproxyRuntime } from '../router/haproxy-runtime.js';
 import { HaproxySupervisor } from '../router/haproxy-supervisor.js';
 import type { LockService } from '../store/lock.js';
 import type { Store } from '../store/store.js';
-import { createScheduler, createStore } from './backends.js';
+import { createScheduler, createStore, createTaskLogs } from './backends.js';
 
 /** The parts one process can run; `manticore up` runs all three, a cluster deployment one per process. */
 export type Role = 'controller' | 'frontend' | 'router';
@@ -149,6 +149,8 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
     }
     let frontendUrl: string | undefined;
     if (roles.includes('frontend')) {
+      const taskLogs = createTaskLogs(config, log);
+      parts.add('task logs', async () => taskLogs.close());
       const frontend = new Frontend({
         store,
         keys,
@@ -160,6 +162,7 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
         log,
         authenticator,
         rateLimit: config.frontend.rateLimit,
+        logs: { source: taskLogs.logs, streamsPerUser: config.frontend.logs.streamsPerUser },
         v2: { address: config.frontend.v2, idle: config.idle },
         cluster: { replicaStaleMs: config.controller.heartbeatSeconds * 3000, routerStaleMs: config.controller.routerStaleSeconds * 1000 },
       });

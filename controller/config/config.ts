@@ -22,6 +22,7 @@ export interface ManticoreConfig {
     stateDir: string;
     workDir: string;
     restart: { attempts: number; intervalSeconds: number; delaySeconds: number };
+    logs: { maxFiles: number; maxFileSizeMB: number };
     nomad: {
       address: string;
       token?: string;
@@ -60,6 +61,7 @@ export interface ManticoreConfig {
     port: number;
     bodyLimitBytes: number;
     rateLimit: { requestsPerSecond: number; burst: number };
+    logs: { streamsPerUser: number };
     /** protocol is derived from router.tls when not configured. */
     v2: { domain?: string; port?: number; protocol: 'ws' | 'wss' };
   };

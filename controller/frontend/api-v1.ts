@@ -3,6 +3,7 @@ import type { SessionTemplate } from '../api/types.js';
 import { ApiError } from './errors.js';
 import type { Authenticator } from './identity.js';
 import type { NewSession, SessionService } from './sessions.js';
+import { templateTasks } from './logs.js';
 import { passcodeLabel } from './v2.js';
 
 export const createBodySchema = {
@@ -68,6 +69,8 @@ function describeTemplate(sessions: SessionService, template: SessionTemplate): 
       default: byDefault,
     })),
     services: template.spec.services.map(({ name, description, expose }) => ({ name, description: description ?? '', protocol: expose })),
+    // The tasks a session runs here, whose logs GET /api/v1/sessions/{id}/logs?task= serves.
+    tasks: templateTasks(template, sessions.backend),
     available: unavailableReason === undefined,
     ...(unavailableReason === undefined ? {} : { unavailableReason }),
   };

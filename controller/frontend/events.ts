@@ -1,5 +1,5 @@
 import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { Subscription } from 'rxjs';
 import type { Session } from '../api/types.js';
 import type { Authenticator } from './identity.js';
@@ -27,19 +27,26 @@ export function registerEvents(app: FastifyInstance, sessions: SessionService, a
     const identity = auth.identify(request, reply);
     // Reading it first answers 404 for a missing session or someone else's, like every other route.
     const session = await sessions.show(identity, request.params.id);
-    reply.hijack();
-    const stream = new EventStream(reply.raw, () => open.delete(stream));
+    const stream = new EventStream(beginResponse(reply, eventStreamHeaders), () => open.delete(stream));
     open.add(stream);
-    reply.raw.writeHead(200, {
-      ...(reply.getHeaders() as OutgoingHttpHeaders),
-      'content-type': 'text/event-stream; charset=utf-8',
-      'cache-control': 'no-cache, no-transform',
-      connection: 'keep-alive',
-      // Proxies that buffer responses (nginx) must pass events through as they come.
-      'x-accel-buffering': 'no',
-    });
     stream.follow(sessions.watch(request.params.id, session).subscribe((latest) => stream.send(latest)));
   });
+}
+
+/** The headers of a server-sent event stream. */
+export const eventStreamHeaders: OutgoingHttpHeaders = {
+  'content-type': 'text/event-stream; charset=utf-8',
+  'cache-control': 'no-cache, no-transform',
+  connection: 'keep-alive',
+  // Proxies that buffer responses (nginx) must pass events through as they come.
+  'x-accel-buffering': 'no',
+};
+
+/** Takes the response over from fastify and begins it (200) with these headers and those set on the reply (a cookie). */
+export function beginResponse(reply: FastifyReply, headers: OutgoingHttpHeaders): ServerResponse {
+  reply.hijack();
+  reply.raw.writeHead(200, { ...(reply.getHeaders() as OutgoingHttpHeaders), ...headers });
+  return reply.raw;
 }
 
 class EventStream {

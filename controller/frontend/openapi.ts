@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { schemaOf, type SchemaName } from '../api/schemas.js';
 import { createBodySchema } from './api-v1.js';
+import { MAX_TAIL_LINES } from './logs.js';
 
 type JsonObject = Record<string, unknown>;
 
@@ -99,6 +100,33 @@ export function openApiDocument(): JsonObject {
           responses: { '200': { description: 'The stream.', content: { 'text/event-stream': { schema: { type: 'string' } } } }, '404': error('No such session.'), ...clientErrors },
         },
       },
+      '/api/v1/sessions/{id}/logs': {
+        parameters: [sessionId],
+        get: {
+          summary: 'A task’s stdout or stderr: the log as text, or followed live as server-sent events.',
+          description:
+            'Positions (`offset`, and `start`/`end` in events) are `file × 2^32 + byte offset`: log files are rotated (the embedded default keeps 3 of 10 MiB per stream, Nomad its job’s LogConfig), and a position stays valid across rotations; within the first file it is the byte offset. Without `follow`: the log as `text/plain`, from the oldest output kept (or the last `tail` lines, or from `offset`). With `follow=true`: `text/event-stream`: `event: start` `{allocationId, task, stream}` (not `open`, which EventSource uses for itself); `event: log` `{start, end, text}` with `id: <allocationId>:<end>`, so a reconnecting EventSource resumes just after the last event it got (Last-Event-ID; after the workload was replaced it starts at the new allocation’s beginning); `event: gap` `{from, to, message}` when output was rotated away before it was read; `event: closing` `{reason}` when the stream ends (the workload was replaced, the server shuts down); `event: gone` when the session is. A comment line every 15 s keeps proxies from closing it. The log is read only as fast as the client takes it. Each user may have `frontend.logs.streamsPerUser` log responses open at once.',
+          parameters: [
+            { name: 'task', in: 'query', schema: { type: 'string' }, description: 'A task of the session’s template (its `tasks`); default the first.' },
+            { name: 'stream', in: 'query', schema: { enum: ['stdout', 'stderr'], default: 'stdout' } },
+            { name: 'follow', in: 'query', schema: { type: 'boolean', default: false } },
+            { name: 'tail', in: 'query', schema: { type: 'integer', minimum: 0, maximum: MAX_TAIL_LINES }, description: 'Begin with the last this many lines (searched within the last few MB).' },
+            { name: 'offset', in: 'query', schema: { type: 'integer', minimum: 0 }, description: 'Begin at this position (an event’s `end`); not with `tail`.' },
+            { name: 'Last-Event-ID', in: 'header', schema: { type: 'string', pattern: '^[A-Za-z0-9-]+:[0-9]+$' }, description: 'With follow: resume after this event (sent by EventSource when it reconnects).' },
+          ],
+          responses: {
+            '200': {
+              description: 'The log.',
+              content: { 'text/plain': { schema: { type: 'string' } }, 'text/event-stream': { schema: { type: 'string' } } },
+            },
+            '404': error('No such session.'),
+            '409': error('The session has no workload placed yet, or the task has no log (not started).'),
+            '503': error('The log could not be read (the scheduler’s agent is unreachable); try again.'),
+            ...clientErrors,
+            '429': error('Too many requests from this user, or too many log streams open; see the message.'),
+          },
+        },
+      },
       '/api/v1/cluster': {
         get: {
           summary: 'Operators: who leads, the controller replicas and routers (alive, how far behind), sessions by phase.',
@@ -160,7 +188,7 @@ export function openApiDocument(): JsonObject {
         Template: {
           type: 'object',
           additionalProperties: false,
-          required: ['name', 'description', 'parameters', 'services', 'available'],
+          required: ['name', 'description', 'parameters', 'services', 'tasks', 'available'],
           properties: {
             name: { type: 'string' },
             description: { type: 'string' },
@@ -182,6 +210,7 @@ export function openApiDocument(): JsonObject {
                 properties: { name: { type: 'string' }, description: { type: 'string' }, protocol: { enum: ['http', 'ws', 'tcp'] } },
               },
             },
+            tasks: { type: 'array', items: { type: 'string' }, description: 'The tasks a session of this template runs here, whose logs can be read; empty when it cannot run here.' },
             available: { type: 'boolean' },
             unavailableReason: { type: 'string' },
           },

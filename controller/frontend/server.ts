@@ -11,6 +11,8 @@ import { ApiError } from './errors.js';
 import { instrumentHttp } from '../metrics/http.js';
 import { registerCluster, type ClusterOptions } from './cluster.js';
 import { registerEvents } from './events.js';
+import { DEFAULT_LOG_STREAMS_PER_USER, registerLogs } from './logs.js';
+import type { TaskLogs } from '../scheduler/task-logs.js';
 import { registerOpenApi } from './openapi.js';
 import type { Authenticator } from './identity.js';
 import { RateLimitedAuthenticator, RateLimiter, type RateLimit } from './rate-limit.js';
@@ -34,6 +36,8 @@ export interface FrontendOptions {
   readonly authenticator?: Authenticator;
   /** Requests per user, counted wherever a route asks who the caller is; unlimited when absent. */
   readonly rateLimit?: RateLimit;
+  /** Where task logs are read, and how many log responses one user may hold open; absent, the logs route says they are unavailable. */
+  readonly logs?: { readonly source: TaskLogs; readonly streamsPerUser: number };
   /** The Manticore v2 compatibility API (`/api/v2/*` and its job websocket); not served when absent. */
   readonly v2?: ApiV2Options;
   /** When replicas and routers count as stale in `GET /api/v1/cluster` (default 30 s each). */
@@ -74,6 +78,7 @@ export class Frontend {
     const authenticator = options.rateLimit === undefined ? identify : new RateLimitedAuthenticator(identify, new RateLimiter(options.rateLimit, options.now ?? Date.now));
     registerApiV1(this.app, this.sessions, authenticator);
     registerEvents(this.app, this.sessions, authenticator);
+    registerLogs(this.app, this.sessions, authenticator, { logs: options.logs?.source, streamsPerUser: options.logs?.streamsPerUser ?? DEFAULT_LOG_STREAMS_PER_USER });
     registerCluster(this.app, options.store, options.keys, this.sessions, authenticator, options.cluster ?? { replicaStaleMs: 30_000, routerStaleMs: 30_000 }, options.now ?? Date.now);
     registerOpenApi(this.app);
     if (options.v2 !== undefined) registerApiV2(this.app, this.sessions, authenticator, options.v2);

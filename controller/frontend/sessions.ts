@@ -88,6 +88,11 @@ export class SessionService {
     return this.options.templates;
   }
 
+  /** The template backend this deployment runs. */
+  get backend(): 'embedded' | 'nomad' {
+    return this.options.backend;
+  }
+
   /** Why a template cannot run here, or undefined when it can. */
   unavailableReason(template: SessionTemplate): string | undefined {
     if (template.spec.backends[this.options.backend] !== undefined) return undefined;

@@ -11,6 +11,8 @@ import { writeFileAtomic } from '../util/files.js';
 import { KeyedSerializer } from '../util/keyed-serializer.js';
 import type { Logger } from '../util/log.js';
 import { interpolate } from './interpolate.js';
+import { DEFAULT_ROTATION, LogFiles, RotatingLogWriter, closeWriter, forwardOutput, type RotationPolicy } from './log-files.js';
+import type { LogEvent, LogReadRequest, LogStreamName } from './task-logs.js';
 import {
   RenderError,
   SESSION_META_KEY,
@@ -51,6 +53,14 @@ export interface LocalSchedulerOptions {
   checkIntervalMs?: number;
   /** Address tasks bind their ports on. */
   bindHost?: string;
+  /** How much of each task's stdout and stderr is kept (the allocation's `logs/` directory). */
+  logs?: RotationPolicy;
+}
+
+/** Where an allocation's task logs are, under the scheduler's state directory (for readers elsewhere). */
+export function allocationLogsDir(stateDir: string, allocId: string): string | undefined {
+  // Allocation ids are UUIDs; anything else (a path, a dot) never names one of ours.
+  return /^[A-Za-z0-9-]{1,64}$/.test(allocId) ? path.join(stateDir, 'allocs', allocId, 'logs') : undefined;
 }
 
 
@@ -103,6 +113,8 @@ interface TaskRuntime {
   child?: ChildProcess;
   /** Resolves when the current child has exited (or failed to start). */
   exited?: Promise<void>;
+  /** Resolves when the current child's stdout and stderr have closed: its output is all in the log writers. */
+  outputDone?: Promise<void>;
   state: TaskState['state'];
   failed: boolean;
   restarts: number;
@@ -110,6 +122,8 @@ interface TaskRuntime {
   /** Times (Date.now) of the restarts decided within the current restart interval. */
   restartTimes: number[];
   restartTimer?: NodeJS.Timeout;
+  /** The task's stdout and stderr, kept for the allocation's life across restarts. */
+  readonly output: Readonly<Record<LogStreamName, RotatingLogWriter>>;
 }
 
 interface AllocRuntime {
@@ -159,6 +173,7 @@ export class LocalScheduler implements Scheduler {
   /** Register, deregister and reschedule of one job never interleave. */
   private readonly perJob = new KeyedSerializer();
   private readonly changes = new Subject<WorkloadStep>();
+  private readonly logFiles: LogFiles;
   private started = false;
   private closed = false;
 
@@ -172,6 +187,7 @@ export class LocalScheduler implements Scheduler {
     this.checkIntervalMs = options.checkIntervalMs ?? DEFAULT_CHECK_INTERVAL_MS;
     this.bindHost = options.bindHost ?? '127.0.0.1';
     this.reachHost = this.bindHost === '0.0.0.0' ? '127.0.0.1' : this.bindHost === '::' ? '::1' : this.bindHost;
+    this.logFiles = new LogFiles({ dirOf: (allocId) => allocationLogsDir(options.stateDir, allocId), log: this.log });
   }
 
   /**
@@ -262,6 +278,11 @@ export class LocalScheduler implements Scheduler {
     });
   }
 
+  /** Reads the allocation's `logs/` directory (kept until the allocation is replaced or its job removed). */
+  readLogs(request: LogReadRequest): AsyncIterable<LogEvent> {
+    return this.logFiles.read(request);
+  }
+
   /** This machine has no capacity limit to wait for: nothing is ever emitted; completes on close(). */
   capacityChanges(): Observable<void> {
     return this.changes.pipe(ignoreElements());
@@ -314,11 +335,18 @@ export class LocalScheduler implements Scheduler {
       this.emitUpsert(runtime);
       throw new Error(`starting an allocation for job ${job.id}: ${(error as Error).message}`, { cause: error });
     }
-    runtime.placementFailure = undefined;
     const tasks = new Map<string, TaskRuntime>();
-    for (const spec of job.body.tasks) {
-      tasks.set(spec.name, { spec, state: 'pending', failed: false, restarts: 0, restartTimes: [] });
+    try {
+      for (const spec of job.body.tasks) tasks.set(spec.name, { spec, state: 'pending', failed: false, restarts: 0, restartTimes: [], output: this.openOutput(dir, spec.name, job.id) });
+    } catch (error) {
+      await Promise.all([...tasks.values()].flatMap((task) => Object.values(task.output).map(closeWriter)));
+      for (const port of Object.values(ports)) this.portsHeld.delete(port);
+      runtime.placementFailure = `cannot open the task logs: ${(error as Error).message}`;
+      this.log.error({ err: error, jobId: job.id }, 'could not start an allocation');
+      this.emitUpsert(runtime);
+      throw new Error(`starting an allocation for job ${job.id}: ${runtime.placementFailure}`, { cause: error });
     }
+    runtime.placementFailure = undefined;
     const alloc: AllocRuntime = {
       id,
       jobId: job.id,
@@ -335,6 +363,18 @@ export class LocalScheduler implements Scheduler {
     this.log.info({ jobId: job.id, allocId: id, ports }, 'starting allocation');
     this.emitUpsert(runtime);
     for (const task of tasks.values()) this.spawnTask(alloc, task);
+  }
+
+  /** The task's log writers (`logs/<task>.stdout.<n>`, `logs/<task>.stderr.<n>`), rotated by the configured policy. */
+  private openOutput(allocDir: string, task: string, jobId: string): Record<LogStreamName, RotatingLogWriter> {
+    const dir = path.join(allocDir, 'logs');
+    const open = (stream: LogStreamName): RotatingLogWriter => {
+      const writer = new RotatingLogWriter(dir, `${task}.${stream}`, this.options.logs ?? DEFAULT_ROTATION);
+      // A log that cannot be written (a full disk) loses output; the task runs on.
+      writer.on('error', (error) => this.log.error({ err: error, jobId, task, stream }, 'writing a task log failed; its further output is dropped'));
+      return writer;
+    };
+    return { stdout: open('stdout'), stderr: open('stderr') };
   }
 
   /**
@@ -376,31 +416,33 @@ export class LocalScheduler implements Scheduler {
     task.state = 'pending';
     let child: ChildProcess;
     try {
-      const fd = fs.openSync(path.join(alloc.dir, `${spec.name}.log`), 'a');
-      try {
-        fs.writeSync(fd, `--- manticore: starting ${spec.name} (restart ${task.restarts}) at ${new Date().toISOString()}\n`);
-        // detached: the task leads its own process group, so Ctrl-C in Manticore's terminal does not reach
-        // it (close() stops it in order) and stopping it can signal the whole group, grandchildren included.
-        child = spawn(spec.command, spec.args, {
-          cwd: this.options.workDir,
-          env: this.taskEnv(alloc, spec),
-          stdio: ['ignore', fd, fd],
-          detached: true,
-        });
-      } finally {
-        // The child holds its own copy of the descriptor.
-        fs.closeSync(fd);
-      }
+      // Marks each start in the log a person reads, so restarts show where they happened.
+      task.output.stdout.write(`--- manticore: starting ${spec.name} (restart ${task.restarts}) at ${new Date().toISOString()}\n`);
+      // detached: the task leads its own process group, so Ctrl-C in Manticore's terminal does not reach
+      // it (close() stops it in order) and stopping it can signal the whole group, grandchildren included.
+      // Its output comes through pipes into the rotated log files, as Nomad's logmon takes it.
+      child = spawn(spec.command, spec.args, {
+        cwd: this.options.workDir,
+        env: this.taskEnv(alloc, spec),
+        stdio: ['ignore', 'pipe', 'pipe'],
+        detached: true,
+      });
+      forwardOutput(child.stdout!, task.output.stdout);
+      forwardOutput(child.stderr!, task.output.stderr);
     } catch (error) {
       // Runs from a restart timer too: a failure here must become a task event, never an uncaught throw.
       task.child = undefined;
       task.exited = Promise.resolve();
+      task.outputDone = Promise.resolve();
       this.onTaskExit(alloc, task, undefined, `failed to start: ${(error as Error).message}`);
       return;
     }
     task.child = child;
     let markExited: () => void = () => undefined;
     task.exited = new Promise<void>((resolve) => (markExited = resolve));
+    let markOutputDone: () => void = () => undefined;
+    task.outputDone = new Promise<void>((resolve) => (markOutputDone = resolve));
+    child.once('close', () => markOutputDone());
     let ended = false;
     const end = (description: string): void => {
       if (ended) return;
@@ -412,7 +454,10 @@ export class LocalScheduler implements Scheduler {
     child.once('exit', (code, signal) => end(code !== null ? `exited with code ${code}` : `killed by ${signal ?? 'unknown signal'}`));
     child.on('error', (error) => {
       // Also emitted when a signal cannot be sent; only a process that never started has no pid.
-      if (child.pid === undefined) end(`failed to start: ${error.message}`);
+      if (child.pid === undefined) {
+        markOutputDone();
+        end(`failed to start: ${error.message}`);
+      }
       else log.warn({ err: error }, 'task process error');
     });
     if (child.pid === undefined) return;
@@ -564,9 +609,23 @@ export class LocalScheduler implements Scheduler {
       }
     }
     await Promise.all([...alloc.tasks.values()].map((task) => this.stopTask(task)));
+    await this.closeOutput(alloc);
     if (alloc.clientStatus !== 'failed') alloc.clientStatus = 'complete';
     for (const port of Object.values(alloc.ports)) this.portsHeld.delete(port);
     this.emitUpsertFor(alloc);
+  }
+
+  /**
+   * Takes what the tasks wrote last into their logs, then closes them. A pipe still held open by
+   * something that escaped the task's process group is given the kill timeout, no more.
+   */
+  private async closeOutput(alloc: AllocRuntime): Promise<void> {
+    const tasks = [...alloc.tasks.values()];
+    let timer: NodeJS.Timeout | undefined;
+    const bound = new Promise<void>((resolve) => (timer = setTimeout(resolve, this.killTimeoutMs)));
+    await Promise.race([Promise.all(tasks.map((task) => task.outputDone)), bound]);
+    clearTimeout(timer);
+    await Promise.all(tasks.flatMap((task) => Object.values(task.output).map(closeWriter)));
   }
 
   private async stopTask(task: TaskRuntime): Promise<void> {

@@ -210,7 +210,8 @@ function readLines(response: http.IncomingMessage, receive: (line: string) => vo
   response.on('close', () => fail(new Error("Nomad's event stream was closed")));
 }
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
+/** Resolves after `ms`, or at once when `signal` aborts. */
+export function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     if (signal.aborted) return resolve();
     const done = (): void => {

@@ -2,7 +2,7 @@ import http from 'node:http';
 import https from 'node:https';
 import { outcomeOfStatus, recordBackendCall } from '../metrics/metrics.js';
 import { readBody, readJsonArray } from '../util/http-body.js';
-import type { TlsMaterial } from '../util/tls.js';
+import { loadTlsMaterial, type TlsFiles, type TlsMaterial } from '../util/tls.js';
 
 /**
  * Nomad's HTTP API as the scheduler calls it: the token, region and namespace on every call, Nomad's
@@ -163,7 +163,7 @@ export class NomadHttp {
       url.searchParams.delete(key);
       for (const item of typeof value === 'string' ? [value] : value) url.searchParams.append(key, item);
     }
-    const operation = `${method} ${url.pathname.replace(/^(\/v1\/(?:job|allocation|evaluation|node|client\/allocation))\/[^/]+/, '$1/:id')}`;
+    const operation = `${method} ${url.pathname.replace(/^(\/v1\/(?:job|allocation|evaluation|node|client\/allocation|client\/fs\/logs))\/[^/]+/, '$1/:id')}`;
     return { url, transport: url.protocol === 'https:' ? https : http, operation };
   }
 
@@ -181,6 +181,39 @@ export class NomadHttp {
       },
     );
   }
+}
+
+/** A Nomad agent's address, checked: an http(s) URL. */
+export function nomadBaseUrl(address: string): URL {
+  let base: URL;
+  try {
+    base = new URL(address);
+  } catch (error) {
+    throw new Error(`Nomad address "${address}" is not a URL`, { cause: error });
+  }
+  if (base.protocol !== 'http:' && base.protocol !== 'https:') throw new Error(`Nomad address "${address}" must start with http:// or https://`);
+  return base;
+}
+
+export interface NomadConnectionOptions {
+  readonly address: string;
+  readonly token?: string;
+  readonly region?: string;
+  readonly namespace?: string;
+  /** Read now: a missing file stops start-up with its name. */
+  readonly tls?: TlsFiles;
+  readonly requestTimeoutMs: number;
+  /** Aborts every call. */
+  readonly signal: AbortSignal;
+}
+
+/** A NomadHttp over its own keep-alive agent (TLS from the configured files); destroy the agent when done. */
+export function connectNomad(options: NomadConnectionOptions): { http: NomadHttp; agent: http.Agent } {
+  const base = nomadBaseUrl(options.address);
+  const tls = loadTlsMaterial(options.tls, 'Nomad');
+  const agent = base.protocol === 'https:' ? new https.Agent({ keepAlive: true, ...tls }) : new http.Agent({ keepAlive: true });
+  const { token, region, namespace, requestTimeoutMs, signal } = options;
+  return { http: new NomadHttp({ base, token, region, namespace, tls, agent, requestTimeoutMs, signal }), agent };
 }
 
 /** Nomad's HTTP errors are plain text; some proxies and versions send JSON with a message. */

@@ -1,13 +1,13 @@
 import { setMaxListeners } from 'node:events';
 import http from 'node:http';
-import https from 'node:https';
 import { Observable, Subject, type Subscriber } from 'rxjs';
 import { KeyedSerializer } from '../util/keyed-serializer.js';
-import { loadTlsMaterial } from '../util/tls.js';
 import type { Logger } from '../util/log.js';
 import { canonicalJson } from './local-scheduler.js';
 import { DEFAULT_HEARTBEAT_MS, followEvents, type EventTable, type NomadEvent } from './nomad-events.js';
-import { NomadApiError, NomadHttp } from './nomad-http.js';
+import { NomadApiError, connectNomad, nomadBaseUrl, type NomadHttp } from './nomad-http.js';
+import { NomadTaskLogs } from './nomad-logs.js';
+import type { LogEvent, LogReadRequest } from './task-logs.js';
 import { REPLACES_META_KEY, SPEC_HASH_META_KEY, nomadJobOptionsProblems, renderNomadJob, type NomadJob, type NomadJobOptions } from './nomad-job.js';
 import {
   SESSION_META_KEY,
@@ -354,9 +354,9 @@ export class NomadScheduler implements Scheduler {
   readonly kind = 'nomad' as const;
 
   private readonly log: Logger;
-  private readonly base: URL;
   private readonly requestTimeoutMs: number;
   private http: NomadHttp | undefined;
+  private logs: NomadTaskLogs | undefined;
   private agent: http.Agent | undefined;
   private readonly abort = new AbortController();
   private started = false;
@@ -393,14 +393,7 @@ export class NomadScheduler implements Scheduler {
     this.log = options.log;
     // Every request in flight listens on this one signal (so close() aborts them all); many at once is normal.
     setMaxListeners(0, this.abort.signal);
-    try {
-      this.base = new URL(options.address);
-    } catch (error) {
-      throw new Error(`Nomad address "${options.address}" is not a URL`, { cause: error });
-    }
-    if (this.base.protocol !== 'http:' && this.base.protocol !== 'https:') {
-      throw new Error(`Nomad address "${options.address}" must start with http:// or https://`);
-    }
+    nomadBaseUrl(options.address);
     const problems = nomadJobOptionsProblems(options.job);
     if (problems.length > 0) throw new Error(`Nomad job options that Nomad would refuse: ${problems.join('; ')}`);
     this.requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
@@ -410,11 +403,10 @@ export class NomadScheduler implements Scheduler {
   async start(): Promise<void> {
     if (this.started) throw new Error('NomadScheduler.start() was already called');
     if (this.closed) throw new Error('NomadScheduler is closed');
-    const tls = loadTlsMaterial(this.options.tls, 'Nomad');
-    const secure = this.base.protocol === 'https:';
-    const agent = (this.agent = secure ? new https.Agent({ keepAlive: true, ...tls }) : new http.Agent({ keepAlive: true }));
-    const { token, region, namespace } = this.options;
-    const api = (this.http = new NomadHttp({ base: this.base, token, region, namespace, tls, agent, requestTimeoutMs: this.requestTimeoutMs, signal: this.abort.signal }));
+    const { address, token, region, namespace, tls } = this.options;
+    const { http: api, agent } = connectNomad({ address, token, region, namespace, tls, requestTimeoutMs: this.requestTimeoutMs, signal: this.abort.signal });
+    this.http = api;
+    this.agent = agent;
     let leader: unknown;
     try {
       leader = await api.json('GET', '/v1/status/leader', {});
@@ -427,6 +419,7 @@ export class NomadScheduler implements Scheduler {
       throw new Error(`Nomad at ${this.options.address} has no leader (answered ${JSON.stringify(leader)})`);
     }
     this.started = true;
+    this.logs = new NomadTaskLogs({ http: api, log: this.log });
     this.following = followEvents({
       http: api,
       log: this.log,
@@ -580,6 +573,12 @@ export class NomadScheduler implements Scheduler {
         this.watchers.delete(watcher);
       };
     });
+  }
+
+  /** Through the client fs logs API of the agent this scheduler talks to (nomad-logs.ts). */
+  readLogs(request: LogReadRequest): AsyncIterable<LogEvent> {
+    this.assertUsable();
+    return this.logs!.read(request);
   }
 
   /** Follows the nodes; emits to every subscriber, completes on close(). */

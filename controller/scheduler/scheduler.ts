@@ -1,5 +1,6 @@
 import type { Observable } from 'rxjs';
 import type { SessionTemplate } from '../api/types.js';
+import type { LogEvent, LogReadRequest } from './task-logs.js';
 
 /** What a session's workload must look like, independent of the backend that runs it. */
 export interface WorkloadRequest {
@@ -83,6 +84,13 @@ export interface Scheduler {
    * polling. Backends without a capacity limit never emit. Completes when the scheduler closes.
    */
   capacityChanges(): Observable<void>;
+  /**
+   * A task's stdout or stderr in one of this scheduler's allocations (task-logs.ts): the output from a
+   * position, from the start, or from near the end, followed as it is written or not. The first event
+   * says the log is there; a missing allocation, task or log throws LogNotFoundError. Logs stay readable
+   * after the task ends, as long as the allocation is kept.
+   */
+  readLogs(request: LogReadRequest): AsyncIterable<LogEvent>;
   close(): Promise<void>;
 }
 

@@ -47,10 +47,17 @@ const OPEN_BRACKET = 0x5b;
 const CLOSE_BRACKET = 0x5d;
 const COMMA = 0x2c;
 
-/** Splits the text of a JSON array of objects (or arrays), arriving in pieces, into its elements' texts. */
+/**
+ * Splits the text of a JSON array of objects (or arrays), arriving in pieces, into its elements' texts.
+ * In sequence mode the text is instead a stream of objects (or arrays) one after another with nothing or
+ * whitespace between them, as Go's JSON encoders write streams (Nomad's log frames); text that is not
+ * such a value (an error message a server appends) goes, from there to the end, to `onText`.
+ */
 export class JsonArraySplitter {
-  private opened = false;
+  private opened: boolean;
   private closed = false;
+  /** Sequence mode: past the values, in trailing text. */
+  private trailing = false;
   /** Nesting depth inside the top-level array: 0 between elements. */
   private depth = 0;
   private inString = false;
@@ -59,14 +66,25 @@ export class JsonArraySplitter {
   /** The start of the current element, from earlier pieces. */
   private partial = '';
 
-  constructor(private readonly onElement: (text: string) => void) {}
+  constructor(
+    private readonly onElement: (text: string) => void,
+    private readonly sequence?: { readonly onText: (text: string) => void },
+  ) {
+    this.opened = sequence !== undefined;
+  }
 
   write(chunk: string): void {
+    if (this.trailing) return this.sequence?.onText(chunk);
     let start = this.depth > 0 ? 0 : -1;
     let i = 0;
     if (this.inString) i = this.skipString(chunk, 0);
     for (; i < chunk.length; i++) {
       const c = chunk.charCodeAt(i);
+      if (this.sequence && this.depth === 0 && c !== OPEN_BRACE && c !== OPEN_BRACKET && !isSpace(c)) {
+        this.trailing = true;
+        this.sequence.onText(chunk.slice(i));
+        return;
+      }
       if (c === QUOTE) {
         if (this.depth === 0) throw new Error('a bare string where an array element was expected');
         this.inString = true;
@@ -99,8 +117,12 @@ export class JsonArraySplitter {
     if (this.depth > 0) this.partial += chunk.slice(start);
   }
 
-  /** Checks that the array was complete. */
+  /** Checks that the array (in sequence mode: the last value) was complete. */
   end(): void {
+    if (this.sequence) {
+      if (this.depth > 0 || this.inString) throw new Error('the last value was cut off');
+      return;
+    }
     if (!this.closed || this.depth > 0 || this.inString) throw new Error(this.opened ? 'the array was cut off' : 'not an array');
   }
 

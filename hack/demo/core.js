@@ -5,6 +5,8 @@
  *   - a websocket server (Core's "broker" service) on NOMAD_PORT_broker that echoes every message;
  *   - a TCP server (Core's TCP transport for SDL apps) on NOMAD_PORT_tcp that greets with one line,
  *     `manticore demo core <CORE_VERSION>`, then echoes every line it receives.
+ * Like Core, it logs what apps send it, on stdout, one timestamped line each (what a session's owner
+ * watches in the log view while their app talks to it); a note that it is a stand-in goes to stderr.
  * It reads the same Nomad runtime variables a real task gets, so it runs unchanged under the local
  * scheduler or Nomad. Plain CommonJS, no build step.
  */
@@ -22,9 +24,26 @@ const brokerPort = requiredPort('NOMAD_PORT_broker');
 const tcpHost = required('NOMAD_IP_tcp');
 const tcpPort = requiredPort('NOMAD_PORT_tcp');
 
+/** Longer messages are logged cut to this many characters. */
+const MAX_LOGGED_CHARS = 200;
+
+function log(line) {
+  process.stdout.write(`${new Date().toISOString()} ${line}\n`);
+}
+
+function logged(text) {
+  return text.length > MAX_LOGGED_CHARS ? `${text.slice(0, MAX_LOGGED_CHARS)}… (${text.length} characters)` : text;
+}
+
+process.stderr.write(`demo core ${version}: a demo stand-in for SDL Core, not SDL Core\n`);
+
 const broker = new WebSocketServer({ host: brokerHost, port: brokerPort });
-broker.on('connection', (socket) => {
-  socket.on('message', (data, isBinary) => socket.send(data, { binary: isBinary }));
+broker.on('connection', (socket, request) => {
+  const peer = `${request.socket.remoteAddress}:${request.socket.remotePort}`;
+  socket.on('message', (data, isBinary) => {
+    log(isBinary ? `broker ${peer}: binary message of ${data.length} bytes` : `broker ${peer}: ${logged(data.toString())}`);
+    socket.send(data, { binary: isBinary });
+  });
   // A client that vanishes mid-message must not take the demo down.
   socket.on('error', () => socket.terminate());
 });
@@ -38,13 +57,16 @@ const tcp = net.createServer((socket) => {
   // Health checks connect and reset at once; that is not an error worth dying for.
   socket.on('error', () => socket.destroy());
   socket.write(`manticore demo core ${version}\n`);
+  const peer = `${socket.remoteAddress}:${socket.remotePort}`;
   let buffered = '';
   socket.setEncoding('utf8');
   socket.on('data', (chunk) => {
     buffered += chunk;
     let newline;
     while ((newline = buffered.indexOf('\n')) !== -1) {
-      socket.write(buffered.slice(0, newline + 1));
+      const line = buffered.slice(0, newline + 1);
+      log(`tcp ${peer}: ${logged(line.replace(/\r?\n$/, ''))}`);
+      socket.write(line);
       buffered = buffered.slice(newline + 1);
     }
     if (Buffer.byteLength(buffered) > MAX_LINE_BYTES) socket.destroy();

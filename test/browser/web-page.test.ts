@@ -118,7 +118,7 @@ describe('web page: people in a browser against `manticore up`', function () {
   });
 
   it('offers the available templates with their parameters, defaults chosen, on a phone-sized screen', async () => {
-    alice = await browser.newContext({ viewport: { width: 360, height: 740 }, isMobile: true });
+    alice = await browser.newContext({ viewport: { width: 360, height: 740 }, isMobile: true, acceptDownloads: true });
     alice.setDefaultTimeout(serverStepMs);
     await alice.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: api });
     alicePage = await newPage(alice);
@@ -210,6 +210,51 @@ describe('web page: people in a browser against `manticore up`', function () {
 
     assert.ok(((await alicePage.evaluate('document.documentElement.scrollWidth')) as number) <= 360, 'nothing overflows a 360 px screen');
     await screenshot(alicePage, '05-ready');
+  });
+
+  it("shows the session's logs: Core's output live, searched, paused and caught up, another stream and task, downloaded", async () => {
+    // The idle clock starts over, so the warning test after this one gets its whole window.
+    assert.equal((await alice.request.post(`${api}/api/v1/sessions/${aliceSessionId}/keepalive`)).status(), 200);
+    const tcp = (await sessionOf(alice, aliceSessionId)).status.endpoints.tcp!.url;
+    const logText = alicePage.locator('#log-text');
+    const shows = (text: string | RegExp) => logText.filter({ hasText: text }).waitFor({ timeout: serverStepMs });
+    await alicePage.getByRole('heading', { name: 'Logs' }).waitFor();
+    assert.equal(await alicePage.getByRole('tab', { name: 'core' }).getAttribute('aria-selected'), 'true');
+    await shows('websocket echo on');
+    // An app talks to Core; the line Core logs shows up as it happens.
+    await tcpConversation(tcp, 'hello from the phone app');
+    await shows('hello from the phone app');
+    await alicePage.locator('#log-status').filter({ hasText: "Following core's stdout live." }).waitFor();
+
+    await alicePage.getByLabel('Search').fill('PHONE app');
+    assert.deepEqual(await logText.locator('mark').allInnerTexts(), ['phone app']);
+    assert.equal(await alicePage.locator('#log-matches').innerText(), '1 match.');
+    await alicePage.getByLabel('Matching lines only').check();
+    assert.match(await logText.innerText(), /^\S+ tcp \S+: hello from the phone app$/);
+    await alicePage.getByLabel('Matching lines only').uncheck();
+    await alicePage.getByLabel('Search').fill('');
+    await screenshot(alicePage, '05b-logs');
+
+    await alicePage.getByRole('button', { name: 'Pause' }).click();
+    await tcpConversation(tcp, 'said while paused');
+    assert.doesNotMatch(await logText.innerText(), /said while paused/, 'a paused log does not move');
+    await alicePage.getByRole('button', { name: 'Follow' }).click();
+    await shows('said while paused');
+    const text = await logText.innerText();
+    assert.equal(text.split('hello from the phone app').length, 2, 'catching up repeats nothing');
+
+    const [download] = await Promise.all([alicePage.waitForEvent('download'), alicePage.getByRole('button', { name: 'Download' }).click()]);
+    assert.equal(download.suggestedFilename(), `${aliceSessionId}-core-stdout.log`);
+    assert.match(fs.readFileSync((await download.path())!, 'utf8'), /hello from the phone app\n.*said while paused\n/s);
+
+    await alicePage.getByLabel('Stream').selectOption('stderr');
+    await shows('a demo stand-in for SDL Core');
+    await alicePage.getByLabel('Stream').selectOption('stdout');
+    await alicePage.getByRole('tab', { name: 'hmi' }).click();
+    await shows('demo hmi (generic): http on');
+    await alicePage.getByRole('tab', { name: 'core' }).click();
+    await shows('said while paused');
+    assert.ok(((await alicePage.evaluate('document.documentElement.scrollWidth')) as number) <= 360, 'the logs fit a 360 px screen');
   });
 
   it('warns an idle session with a live countdown; "I\'m still here" keeps it', async () => {

@@ -11,6 +11,7 @@ import {
   type WorkloadRequest,
   type WorkloadStep,
 } from '../../controller/scheduler/scheduler.js';
+import { LogNotFoundError, type LogEvent, type LogReadRequest } from '../../controller/scheduler/task-logs.js';
 import { EXIT_3, commandTemplate } from '../support/templates.js';
 import { waitFor } from '../support/wait.js';
 
@@ -345,6 +346,42 @@ export function describeSchedulerContract(name: string, make: () => Promise<Sche
       await recorder.healthy(other);
       assert.deepEqual(recorder.allocations.get(job.id), [healthy.allocation?.id]);
       assert.equal(recorder.workloads.get(job.id)?.allocation?.healthy, true);
+    });
+
+    it('reads a task\'s stdout and stderr from the start, a position or the end, and follows them as they are written', async function () {
+      const recorder = record();
+      const script = "process.stderr.write('warming up\\n'); let n = 0; setInterval(() => console.log('tick ' + n++), 20)";
+      const job = scheduler.render(contractRequest(commandTemplate([{ name: 'chatty', script }]), session()));
+      await register(job);
+      const running = await recorder.until(job.id, 'the task running', (workload) => workload.allocation?.tasks.chatty?.state === 'running');
+      const allocId = running.allocation!.id;
+      const read = async (request: Partial<LogReadRequest>, until?: (text: string) => boolean): Promise<{ events: LogEvent[]; text: string }> => {
+        const abort = new AbortController();
+        const events: LogEvent[] = [];
+        let text = '';
+        for await (const event of scheduler.readLogs({ allocId, task: 'chatty', stream: 'stdout', from: { kind: 'start' }, follow: false, signal: abort.signal, ...request })) {
+          events.push(event);
+          if (event.kind === 'data') text += event.data.toString();
+          if (until?.(text)) abort.abort();
+        }
+        return { events, text };
+      };
+      const followed = await read({ follow: true }, (text) => text.includes('tick 5\n'));
+      assert.equal(followed.events[0]?.kind, 'opened');
+      assert.match(followed.text, /tick 0\ntick 1\ntick 2\ntick 3\ntick 4\ntick 5\n/);
+      const data = followed.events.filter((event) => event.kind === 'data');
+      for (let i = 1; i < data.length; i++) assert.equal(data[i]!.start, data[i - 1]!.end, 'pieces follow one another');
+      // From a position a read reported: exactly what came after it.
+      const middle = data[Math.floor(data.length / 2)]!;
+      const resumed = await read({ from: { kind: 'position', position: middle.end } });
+      const whole = await read({});
+      const before = data.filter((event) => event.end <= middle.end).map((event) => event.data.toString()).join('');
+      assert.ok(whole.text.startsWith(before + resumed.text.slice(0, 20)), 'a resumed read continues exactly where the position is');
+      const tail = await read({ from: { kind: 'tail', bytes: 8 } });
+      assert.ok(tail.text.length >= 8 && /tick \d+\n$/.test(tail.text), JSON.stringify(tail.text));
+      assert.match((await read({ stream: 'stderr' })).text, /^warming up\n/m);
+      await assert.rejects(read({ task: 'nope' }), LogNotFoundError);
+      await assert.rejects(read({ allocId: '00000000-0000-0000-0000-000000000000' }), LogNotFoundError);
     });
 
     it('completes capacityChanges() when the scheduler closes', async function () {

@@ -7,6 +7,7 @@ import { httpRequest, jsonRequest, tcpConversation, tcpProbe, websocketEcho } fr
 import { isolatedEnvironment, startManticore, stopManticore, waitForFrontend, type ManticoreProcess } from '../support/manticore.js';
 import { waitFor } from '../support/wait.js';
 import { alive } from '../support/processes.js';
+import { LogClient } from '../support/log-client.js';
 
 /** What differs between the backends the flow runs on. */
 export interface Backend {
@@ -173,6 +174,55 @@ export function describeSessionFlow(backend: Backend): void {
       assert.deepEqual(mine.body.items.map((s) => s.metadata.id), [alice.metadata.id]);
       const notMine = await jsonRequest(`${api}/api/v1/sessions/${alice.metadata.id}`, 'GET', undefined, { 'x-manticore-user': 'bob' });
       assert.equal(notMine.status, 404, 'someone else’s session looks missing');
+    });
+
+    it("follows Core's output through the front end while it writes, resumes after a reconnect, and shows it to nobody else", async () => {
+      const logs = `${api}/api/v1/sessions/${alice.metadata.id}/logs`;
+      const as = (user: string): Record<string, string> => ({ 'x-manticore-user': user });
+      const clients: LogClient[] = [];
+      const follow = (query: string, headers: Record<string, string>): LogClient => {
+        const client = new LogClient(`${logs}?follow=true&${query}`, headers);
+        clients.push(client);
+        return client;
+      };
+      try {
+        // Someone else's session looks missing here too, followed or not.
+        assert.equal((await httpRequest(logs, { headers: as('bob') })).status, 404);
+        assert.equal((await httpRequest(`${logs}?follow=true`, { headers: as('bob') })).status, 404);
+
+        const tcp = alice.status.endpoints.tcp!.url;
+        const first = follow('task=core&tail=0', as('alice'));
+        await waitFor('the stream open', () => first.events.some((event) => event.event === 'start'), 10_000);
+        assert.equal(first.status, 200);
+        // An app talks to Core through HAProxy; Core logs each line, and the owner watches it happen.
+        await tcpConversation(tcp, 'line A from the app');
+        await waitFor('line A in the log', () => /tcp [^ ]+: line A from the app\n/.test(first.text), 10_000);
+        const lastId = first.lastId!;
+        assert.match(lastId, new RegExp(`^${alice.status.allocationId}:\\d+$`));
+        first.close();
+
+        // While nobody follows, Core goes on writing; the reconnection takes up exactly where it stopped.
+        await tcpConversation(tcp, 'line B while away');
+        const again = follow('task=core&tail=0', { ...as('alice'), 'last-event-id': lastId });
+        await waitFor('line B after the reconnection', () => again.text.includes('line B while away'), 10_000);
+        await tcpConversation(tcp, 'line C after');
+        await waitFor('line C', () => again.text.includes('line C after'), 10_000);
+        assert.doesNotMatch(again.text, /line A/, 'nothing seen before is sent again');
+        assert.match(again.text, /line B while away\n.*line C after\n$/s);
+
+        // The same from a position, not followed: text.
+        const offset = Number(lastId.slice(lastId.indexOf(':') + 1));
+        const fromOffset = await httpRequest(`${logs}?task=core&offset=${offset}`, { headers: as('alice') });
+        assert.equal(fromOffset.status, 200);
+        assert.equal(fromOffset.headers['content-type'], 'text/plain; charset=utf-8');
+        assert.match(fromOffset.body, /^[^\n]*line B while away\n[^\n]*line C after\n$/);
+        const stderr = await httpRequest(`${logs}?task=core&stream=stderr`, { headers: as('alice') });
+        assert.match(stderr.body, /a demo stand-in for SDL Core, not SDL Core/);
+        const hmi = await httpRequest(`${logs}?task=hmi&tail=5`, { headers: as('alice') });
+        assert.match(hmi.body, /demo hmi \(generic\): http on /);
+      } finally {
+        for (const client of clients) client.close();
+      }
     });
 
     it('notices a task killed by hand, leaves Ready, and comes back without help', async () => {

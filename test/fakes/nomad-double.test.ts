@@ -907,6 +907,126 @@ describe('Nomad double', function () {
     });
   });
 
+  describe('task logs (GET /v1/client/fs/logs/:alloc_id)', function () {
+    /** Frames of a complete (not followed) answer: Go's back-to-back JSON values, heartbeats as {}. */
+    const framesOf = (body: string): Obj[] => {
+      const frames: Obj[] = [];
+      let depth = 0;
+      let start = 0;
+      let inString = false;
+      for (let i = 0; i < body.length; i++) {
+        const c = body[i];
+        if (inString) {
+          if (c === '\\') i++;
+          else if (c === '"') inString = false;
+        } else if (c === '"') inString = true;
+        else if (c === '{' && depth++ === 0) start = i;
+        else if (c === '}' && --depth === 0) frames.push(JSON.parse(body.slice(start, i + 1)) as Obj);
+      }
+      return frames;
+    };
+    const dataOf = (frames: Obj[]): string => frames.map((frame) => Buffer.from(String(frame.Data ?? ''), 'base64').toString()).join('');
+
+    /** A job whose task prints `count` numbered lines to stdout (and one to stderr), then sleeps. */
+    async function printing(double: NomadDouble, id: string, count: number, logConfig?: Obj): Promise<string> {
+      const script = `process.stderr.write('to stderr\\n'); for (let i = 0; i < ${count}; i++) process.stdout.write('line ' + i + '\\n'); setInterval(() => {}, 60000)`;
+      await register(double, sleepJob(id, { command: process.execPath, args: ['-e', script], task: logConfig ? { LogConfig: logConfig } : {} }));
+      const alloc = await untilAlloc(double, id, 'running', running);
+      return String(alloc.ID);
+    }
+
+    it("serves a raw_exec task's real output as frames, from an origin and offset, plain or framed", async function () {
+      const double = await start();
+      const allocId = await printing(double, 'printer', 3);
+      const logs = (query: string): Promise<Answer> => call(double, 'GET', `/v1/client/fs/logs/${allocId}?task=t&${query}`);
+      const expected = 'line 0\nline 1\nline 2\n';
+      const whole = await waitFor('the whole output', async () => {
+        const answer = await logs('type=stdout');
+        return dataOf(framesOf(answer.body)) === expected ? answer : undefined;
+      });
+      assert.equal(whole.status, 200);
+      assert.equal(whole.headers['content-type'], 'application/json');
+      const frames = framesOf(whole.body).filter((frame) => frame.Data !== undefined);
+      assert.equal(frames[0]?.File, 'alloc/logs/t.stdout.0');
+      assert.equal(frames.at(-1)?.Offset, expected.length, 'Offset: the file offset after the data');
+      assert.equal(dataOf(framesOf((await logs('type=stdout&offset=7')).body)), 'line 1\nline 2\n');
+      assert.equal(dataOf(framesOf((await logs('type=stdout&origin=end&offset=7')).body)), 'line 2\n');
+      assert.equal(dataOf(framesOf((await logs('type=stdout&origin=end&offset=9999')).body)), expected, 'beyond the start: from the start');
+      assert.equal(dataOf(framesOf((await logs('type=stderr')).body)), 'to stderr\n');
+      const plain = await logs('type=stdout&plain=true&origin=end&offset=14');
+      assert.equal(plain.headers['content-type'], 'text/plain');
+      assert.equal(plain.body, 'line 1\nline 2\n');
+    });
+
+    it("walks an offset across rotated files as Nomad's findClosest does", async function () {
+      const double = await start();
+      // 1 MB files: 250,000 lines of ~12 bytes take two files and most of a third.
+      const allocId = await printing(double, 'rotating', 250_000, { MaxFiles: 3, MaxFileSizeMB: 1 });
+      const dir = double.logsDir(allocId);
+      await waitFor('three files', () => fs.existsSync(path.join(dir, 't.stdout.2')) && fs.readFileSync(path.join(dir, 't.stdout.2'), 'utf8').endsWith('line 249999\n'), 20_000);
+      const first = fs.statSync(path.join(dir, 't.stdout.0')).size;
+      assert.equal(first, 1024 * 1024);
+      const answer = await call(double, 'GET', `/v1/client/fs/logs/${allocId}?task=t&type=stdout&offset=${first + 5}`);
+      const frames = framesOf(answer.body).filter((frame) => frame.Data !== undefined);
+      assert.equal(frames[0]?.File, 'alloc/logs/t.stdout.1', 'an offset past the first file goes on in the next');
+      assert.equal(Number(frames[0]?.Offset) - Buffer.from(String(frames[0]?.Data), 'base64').length, 5);
+      assert.deepEqual([...new Set(frames.map((frame) => frame.File))], ['alloc/logs/t.stdout.1', 'alloc/logs/t.stdout.2']);
+    });
+
+    it('follows with heartbeats while idle, and writes synthetic output for simulated docker tasks', async function () {
+      const double = await start({ logHeartbeatMs: 50, dockerLogIntervalMs: 20 });
+      await register(double, sleepJob('container', { task: { Driver: 'docker', Config: { image: 'busybox:1.36' } } }));
+      const alloc = await untilAlloc(double, 'container', 'running', running);
+      const abort = new AbortController();
+      let body = '';
+      const following = new Promise<void>((resolve) => {
+        const request = http.get(`${double.address}/v1/client/fs/logs/${String(alloc.ID)}?task=t&type=stdout&follow=true`, { signal: abort.signal }, (response) => {
+          response.setEncoding('utf8');
+          response.on('data', (chunk: string) => (body += chunk));
+          response.on('close', resolve);
+        });
+        request.on('error', () => resolve());
+      });
+      await waitFor('three synthetic lines and heartbeats', () => {
+        const frames = framesOf(body);
+        return /simulated output line 3\n/.test(dataOf(frames)) && frames.some((frame) => Object.keys(frame).length === 0);
+      });
+      assert.match(dataOf(framesOf(body)), /busybox:1\.36 t: simulated output line 1\n/);
+      abort.abort();
+      await following;
+      const stderr = await call(double, 'GET', `/v1/client/fs/logs/${String(alloc.ID)}?task=t&type=stderr`);
+      assert.match(dataOf(framesOf(stderr.body)), /docker is simulated/);
+    });
+
+    it("answers Nomad's errors for bad parameters, unknown allocations and tasks, and tasks not started", async function () {
+      // Simulated containers that take a minute to start: a task not started yet.
+      const double = await start({ dockerStartMs: 60_000 });
+      await register(double, sleepJob('plainsleep'), {});
+      const allocId = String((await untilAlloc(double, 'plainsleep', 'running', running)).ID);
+      const cases: Array<[string, number, string | RegExp]> = [
+        ['type=stdout', 500, 'must provide task name'],
+        ['task=t', 500, 'must provide log type (stdout/stderr)'],
+        ['task=t&type=stdout&follow=maybe', 400, /failed to parse follow field to boolean/],
+        ['task=t&type=stdout&plain=x', 400, /failed to parse plain field to boolean/],
+        ['task=t&type=stdout&offset=ten', 400, /error parsing offset/],
+        ['task=t&type=stdout&origin=middle', 500, 'origin must be start or end'],
+        ['task=nope&type=stdout', 400, 'unknown task name "nope"'],
+      ];
+      for (const [query, status, message] of cases) {
+        const answer = await call(double, 'GET', `/v1/client/fs/logs/${allocId}?${query}`);
+        assert.equal(answer.status, status, query);
+        if (typeof message === 'string') assert.equal(answer.body, message, query);
+        else assert.match(answer.body, message, query);
+      }
+      const unknown = await call(double, 'GET', '/v1/client/fs/logs/0000-nope?task=t&type=stdout');
+      assert.deepEqual([unknown.status, unknown.body], [404, 'Unknown allocation "0000-nope"']);
+      await register(double, sleepJob('slowstart', { task: { Driver: 'docker', Config: { image: 'x:1' } } }));
+      const pending = await untilAlloc(double, 'slowstart', 'placed', () => true);
+      const notStarted = await call(double, 'GET', `/v1/client/fs/logs/${String(pending.ID)}?task=t&type=stdout`);
+      assert.deepEqual([notStarted.status, notStarted.body], [404, 'task "t" not started yet. No logs available']);
+    });
+  });
+
   it('requires the ACL token when one is configured', async function () {
     const double = await start({ aclToken: 'secret-token' });
     const denied = await call(double, 'GET', '/v1/jobs');
@@ -915,6 +1035,7 @@ describe('Nomad double', function () {
     assert.equal((await call(double, 'GET', '/v1/jobs', undefined, { 'X-Nomad-Token': 'wrong' })).status, 403);
     assert.equal((await call(double, 'GET', '/v1/jobs', undefined, { 'X-Nomad-Token': 'secret-token' })).status, 200);
     assert.equal((await call(double, 'GET', '/v1/status/leader')).status, 200);
+    assert.equal((await call(double, 'GET', '/v1/client/fs/logs/x?task=t&type=stdout')).status, 403);
   });
 
   it('stop() leaves no process behind, not even what a task started', async function () {

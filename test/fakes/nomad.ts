@@ -1,5 +1,8 @@
+import fs from 'node:fs';
 import http from 'node:http';
 import type net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import { silentLogger, type Logger } from '../../controller/util/log.js';
 import { NomadClient } from './nomad/client.js';
 import { NomadApi, type Faults, type InjectedFaults } from './nomad/http.js';
@@ -11,7 +14,7 @@ export type { NodeSpec } from './nomad/types.js';
 
 /**
  * A test double that speaks the subset of Nomad's HTTP API Manticore uses (jobs, job evaluation with
- * forced rescheduling, allocations, evaluations, nodes, blocking queries, the event stream), with a real
+ * forced rescheduling, allocations, evaluations, nodes, blocking queries, the event stream, task logs), with a real
  * scheduler loop (evaluations → placement by resources and constraints → allocations, blocked evaluations,
  * rescheduling) and a real client for raw_exec tasks (processes in their own process groups, restart
  * policy, service checks, deployment health). docker is simulated. It is test infrastructure, never a
@@ -21,6 +24,12 @@ export type { NodeSpec } from './nomad/types.js';
  * Node; full objects as Nomad renders them) into a ring buffer of the last `eventBufferSize` writes, which
  * `GET /v1/event/stream` serves with Nomad's start-index rule, topic/key and namespace filters and
  * heartbeats (`eventHeartbeatMs`).
+ *
+ * Task logs: raw_exec tasks' stdout and stderr are captured into rotated files per task in the
+ * allocation's directory (`alloc/logs/<task>.<type>.<n>`, by the task's LogConfig) as Nomad's logmon
+ * does; a simulated docker task writes a synthetic line every `dockerLogIntervalMs`. `GET
+ * /v1/client/fs/logs/:alloc_id` serves them (nomad/logs.ts): frames, offsets, origin, follow,
+ * heartbeats, plain text, and Nomad's errors.
  *
  * Faults (`faults`, applied to every request while set): `latencyMs` before each answer; `errorRate`, a
  * share answered 500 without being handled; `timeoutRate`, a share never answered (the connection is held
@@ -35,7 +44,9 @@ export type { NodeSpec } from './nomad/types.js';
  * - a task whose driver is neither raw_exec nor docker is placed and then fails ("missing drivers");
  *   Nomad filters such nodes at placement instead;
  * - check minimums (≥ 1 s) and the restart interval minimum (≥ 5 s) are not enforced;
- * - no task directories (NOMAD_ALLOC_DIR, NOMAD_TASK_DIR), no logs API, no deployments API;
+ * - no task directories (NOMAD_ALLOC_DIR, NOMAD_TASK_DIR) but the logs, no deployments API;
+ * - the logs API sends each read as its own frame at once, where Nomad's framer batches reads made within
+ *   200 ms (its Offset is then the end of the first); a simulated docker task's output is synthetic;
  * - only the "default" namespace and the "global" region exist;
  * - the event stream gives each write one frame and one event type, where Nomad may split a write over
  *   several frames of the same index (a job and its evaluation) and applies a plan and its evaluation's
@@ -60,6 +71,12 @@ export interface NomadDoubleOptions {
   bindHost?: string;
   /** How long a simulated docker task takes to start (default 50 ms). */
   dockerStartMs?: number;
+  /** Between the synthetic lines a simulated docker task writes to its stdout (default 1 s). */
+  dockerLogIntervalMs?: number;
+  /** Between heartbeats of the logs API's streams (default 1 s, as Nomad). */
+  logHeartbeatMs?: number;
+  /** Where allocation directories (task logs) go; default a fresh temporary directory, removed by stop(). */
+  dataDir?: string;
   /** Writes kept for event stream subscriptions (the servers' `event_buffer_size`, default 100 as Nomad). */
   eventBufferSize?: number;
   /** Between event stream heartbeats (default 30 s, as Nomad). */
@@ -68,6 +85,7 @@ export interface NomadDoubleOptions {
 
 const DEFAULT_NODE: NodeSpec = { name: 'node-1', cpu: 4_000, memoryMB: 8_192, datacenter: 'dc1', nodePool: 'default' };
 const DEFAULT_EVENT_HEARTBEAT_MS = 30_000;
+const DEFAULT_LOG_HEARTBEAT_MS = 1_000;
 
 export class NomadDouble {
   /** Fault injection, applied to every request while set. */
@@ -82,6 +100,7 @@ export class NomadDouble {
   private readonly nodeSpecs: NodeSpec[];
   private readonly bindHost: string;
   private readonly host: string;
+  private readonly dataDir: string;
   private stopped = false;
 
   private constructor(private readonly options: NomadDoubleOptions) {
@@ -89,6 +108,7 @@ export class NomadDouble {
     this.bindHost = options.bindHost ?? '127.0.0.1';
     this.host = options.host ?? this.bindHost;
     this.nodeSpecs = (options.nodes ?? [DEFAULT_NODE]).map((node) => ({ ...node }));
+    this.dataDir = options.dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'nomad-double-'));
     ({ state: this.state, client: this.client } = this.freshState());
     this.api = new NomadApi({
       state: () => this.state,
@@ -96,6 +116,8 @@ export class NomadDouble {
       aclToken: options.aclToken,
       hostIP: this.bindHost,
       heartbeatMs: options.eventHeartbeatMs ?? DEFAULT_EVENT_HEARTBEAT_MS,
+      logHeartbeatMs: options.logHeartbeatMs ?? DEFAULT_LOG_HEARTBEAT_MS,
+      logsDir: (allocId) => this.logsDir(allocId),
       log: this.log,
     });
   }
@@ -181,7 +203,14 @@ export class NomadDouble {
     ({ state: this.state, client: this.client } = this.freshState());
     old.state.close();
     await old.client.destroy();
+    for (const allocId of old.state.allocs.keys()) fs.rmSync(path.join(this.dataDir, allocId), { recursive: true, force: true });
     this.log.info('nomad double reset: state lost');
+  }
+
+  /** An allocation's task logs: `<dataDir>/<alloc id>/alloc/logs`, as a Nomad client lays out its alloc dirs. */
+  logsDir(allocId: string): string {
+    if (!/^[A-Za-z0-9-]+$/.test(allocId)) throw new Error(`not an allocation id: ${allocId}`);
+    return path.join(this.dataDir, allocId, 'alloc', 'logs');
   }
 
   /** Stops every task it started and closes the API (held connections, timed-out ones too, are dropped). */
@@ -191,6 +220,7 @@ export class NomadDouble {
     this.state.close();
     await this.closeListener();
     await this.client.destroy();
+    if (this.options.dataDir === undefined) fs.rmSync(this.dataDir, { recursive: true, force: true });
     this.log.info({ address: this.address }, 'nomad double stopped');
   }
 
@@ -200,6 +230,8 @@ export class NomadDouble {
       workDir: this.options.workDir ?? process.cwd(),
       hostIP: this.bindHost,
       dockerStartMs: this.options.dockerStartMs ?? 50,
+      dockerLogIntervalMs: this.options.dockerLogIntervalMs ?? 1_000,
+      logsDir: (allocId) => this.logsDir(allocId),
       log: this.log,
       node: (id) => state?.nodes.get(id),
       report: (alloc) => state?.clientUpdate(alloc),

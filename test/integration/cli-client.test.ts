@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { exitCodes, runClientCommand } from '../../controller/cli/client/commands.js';
@@ -7,6 +9,8 @@ import { ReplicaHeartbeat } from '../../controller/controller/replica-heartbeat.
 import { AdminTokenAuthenticator, AnonymousOrHeaderAuthenticator } from '../../controller/frontend/auth.js';
 import type { ClusterStatus } from '../../controller/frontend/cluster.js';
 import type { Frontend } from '../../controller/frontend/server.js';
+import { LogFiles, RotatingLogWriter, closeWriter } from '../../controller/scheduler/log-files.js';
+import { silentLogger } from '../../controller/util/log.js';
 import { ControllerHarness, keys, makeReady, requestDeletion, statusWhen, testLog } from '../support/controller-harness.js';
 import { testFrontend } from '../support/frontend.js';
 import { freePort } from '../support/ports.js';
@@ -30,6 +34,10 @@ describe('the client commands (manticore sessions, templates)', function () {
   let h: ControllerHarness;
   let frontend: Frontend;
   let url: string;
+  /** Task logs as the embedded scheduler keeps them, `<logsRoot>/<allocation>/logs/`, for `sessions logs`. */
+  let logsRoot: string;
+  /** `<allocation>/<task>.<stream>` → its writer. */
+  let writers: Map<string, RotatingLogWriter>;
 
   /** Runs a command in this process and collects what it printed; `output` is watched while it runs. */
   function run(command: 'sessions' | 'templates' | 'status', args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> & { output: () => string } {
@@ -45,14 +53,30 @@ describe('the client commands (manticore sessions, templates)', function () {
 
   beforeEach(async () => {
     h = await ControllerHarness.embedded({ limits: { maxSessions: 1 } });
-    frontend = testFrontend(h.store, { sessionsPerUser: 1, authenticator: new AdminTokenAuthenticator(adminToken, new AnonymousOrHeaderAuthenticator()) });
+    logsRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'manticore-cli-logs-'));
+    writers = new Map();
+    frontend = testFrontend(h.store, {
+      sessionsPerUser: 1,
+      authenticator: new AdminTokenAuthenticator(adminToken, new AnonymousOrHeaderAuthenticator()),
+      logs: { source: new LogFiles({ dirOf: (allocId) => path.join(logsRoot, allocId, 'logs'), log: silentLogger() }), streamsPerUser: 5 },
+    });
     url = await frontend.start('127.0.0.1', 0);
   });
 
   afterEach(async () => {
     await frontend.stop();
     await h.stop();
+    await Promise.all([...writers.values()].map(closeWriter));
+    fs.rmSync(logsRoot, { recursive: true, force: true });
   });
+
+  /** Appends to a task's log as the embedded scheduler writes it. */
+  async function taskOutput(allocId: string, task: string, stream: string, text: string): Promise<void> {
+    const key = `${allocId}/${task}.${stream}`;
+    const writer = writers.get(key) ?? new RotatingLogWriter(path.join(logsRoot, allocId, 'logs'), `${task}.${stream}`);
+    writers.set(key, writer);
+    await new Promise<void>((resolve, reject) => writer.write(text, (error) => (error ? reject(error) : resolve())));
+  }
 
   it('creates, lists, gets and deletes a session, with tables for people and JSON for scripts', async () => {
     const created = await run('sessions', ['create', '--template', 'demo', '--param', 'hmiType=generic', '--output', 'json']);
@@ -135,6 +159,39 @@ describe('the client commands (manticore sessions, templates)', function () {
     const port = await freePort();
     const unreachable = await runClientCommand('sessions', ['list', '--url', `http://127.0.0.1:${port}`], { stdout: new PassThrough(), stderr: new PassThrough(), env: {} });
     assert.equal(unreachable, exitCodes.unavailable);
+  });
+
+  it('prints a task log as it is, its last lines or another stream, and follows it until the session ends', async () => {
+    const created = await run('sessions', ['create', '--template', 'demo', '-o', 'json']);
+    const id = (JSON.parse(created.stdout) as { metadata: { id: string } }).metadata.id;
+    const allocId = (await makeReady(h, id)).allocationId!;
+    await taskOutput(allocId, 'core', 'stdout', 'one\ntwo\n');
+    await taskOutput(allocId, 'core', 'stderr', 'a warning\n');
+    assert.deepEqual(await run('sessions', ['logs', id]), { code: exitCodes.ok, stdout: 'one\ntwo\n', stderr: '' });
+    assert.equal((await run('sessions', ['logs', id, '--tail', '1'])).stdout, 'two\n');
+    assert.equal((await run('sessions', ['logs', id, '--task', 'core', '--stream', 'stderr'])).stdout, 'a warning\n');
+
+    const unknownTask = await run('sessions', ['logs', id, '--task', 'nope']);
+    assert.equal(unknownTask.code, exitCodes.refused);
+    assert.match(unknownTask.stderr, /unknown task "nope" \(HTTP 400\)\n {2}\/query\/task: must be one of core, hmi/);
+    const notStarted = await run('sessions', ['logs', id, '--task', 'hmi']);
+    assert.equal(notStarted.code, exitCodes.refused);
+    assert.match(notStarted.stderr, /not available.*\(HTTP 409\)/);
+    assert.equal((await run('sessions', ['logs', id], { MANTICORE_USER: 'bob' })).code, exitCodes.notFound, 'someone else\'s session');
+    for (const args of [['logs', id, '--stream', 'stdin'], ['logs', id, '--tail', 'ten'], ['logs'], ['get', id, '--follow']]) {
+      const usage = await run('sessions', args);
+      assert.equal(usage.code, exitCodes.usage, `sessions ${args.join(' ')}: ${usage.stderr}`);
+    }
+
+    const following = run('sessions', ['logs', id, '--follow', '--tail', '1']);
+    await waitFor('the last line', () => following.output() === 'two\n');
+    await taskOutput(allocId, 'core', 'stdout', 'three\n');
+    await waitFor('the new line', () => following.output() === 'two\nthree\n');
+    await requestDeletion(h.store, id);
+    const ended = await following;
+    assert.equal(ended.code, exitCodes.ok);
+    assert.equal(ended.stdout, 'two\nthree\n');
+    assert.equal(ended.stderr, `manticore: session ${id} has ended\n`);
   });
 
   it('lists the templates and their parameters', async () => {

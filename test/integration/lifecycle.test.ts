@@ -52,6 +52,9 @@ class RecordingScheduler implements Scheduler {
   capacityChanges(): Observable<void> {
     return this.inner.capacityChanges();
   }
+  readLogs(...args: Parameters<Scheduler['readLogs']>): ReturnType<Scheduler['readLogs']> {
+    return this.inner.readLogs(...args);
+  }
   watch(): Observable<WorkloadStep> {
     return new Observable<WorkloadStep>((subscriber) =>
       this.inner.watch().subscribe({

@@ -251,7 +251,7 @@ describe('LocalScheduler', function () {
       assert.equal(core.get('PATH'), process.env.PATH);
       assert.equal(core.has(secret), false, 'only an allow-list of the parent environment is passed on');
       assert.equal(environOf(pids.hmi ?? 0).get('NOMAD_TASK_NAME'), 'hmi');
-      assert.match(fs.readFileSync(path.join(stateDir, 'allocs', allocation.id, 'core.log'), 'utf8'), /websocket echo on 127\.0\.0\.1:/);
+      assert.match(fs.readFileSync(path.join(stateDir, 'allocs', allocation.id, 'logs/core.stdout.0'), 'utf8'), /websocket echo on 127\.0\.0\.1:/);
       assert.ok(fs.existsSync(path.join(stateDir, 'jobs', `${job.id}.json`)), 'the job is persisted');
     });
 
@@ -443,7 +443,7 @@ describe('LocalScheduler', function () {
       const { steady: newSteady } = await pidsWhenRecorded(stateDir, newId, ['steady']);
       assert.notEqual(newSteady, oldSteady);
       assert.equal(alive(oldSteady ?? 0), false);
-      assert.match(fs.readFileSync(path.join(stateDir, 'allocs', newId, 'crash.log'), 'utf8'), /^--- manticore: starting crash \(restart 0\)/);
+      assert.match(fs.readFileSync(path.join(stateDir, 'allocs', newId, 'logs/crash.stdout.0'), 'utf8'), /^--- manticore: starting crash \(restart 0\)/);
     });
 
     describe('on a fake clock', function () {

@@ -9,6 +9,7 @@ import {
   type Workload,
   type WorkloadStep,
 } from '../../controller/scheduler/scheduler.js';
+import { LogNotFoundError, type LogEvent, type LogReadRequest } from '../../controller/scheduler/task-logs.js';
 
 /**
  * An in-memory Scheduler for reconciler tests: it records every call and lets the test decide what the
@@ -71,6 +72,11 @@ export class FakeScheduler implements Scheduler {
 
   capacityChanges(): Observable<void> {
     return this.capacity.asObservable();
+  }
+
+  /** The fake cluster runs nothing, so no task ever wrote a log. */
+  async *readLogs(request: LogReadRequest): AsyncGenerator<LogEvent> {
+    throw new LogNotFoundError(`the fake scheduler runs no processes: allocation ${request.allocId} has no logs`);
   }
 
   async close(): Promise<void> {

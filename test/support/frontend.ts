@@ -22,3 +22,11 @@ export function testFrontend(store: Store, overrides: Partial<FrontendOptions> =
     ...overrides,
   });
 }
+
+/** Removes a session's record and status at once, as the controller does when it is gone. */
+export async function removeSession(store: Store, id: string): Promise<void> {
+  await store.transaction([
+    { verb: 'delete', key: frontendKeys.status(id) },
+    { verb: 'delete', key: frontendKeys.session(id) },
+  ]);
+}

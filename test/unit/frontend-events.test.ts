@@ -4,7 +4,7 @@ import type { Session, SessionStatus } from '../../controller/api/types.js';
 import { Frontend } from '../../controller/frontend/server.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import type { Store } from '../../controller/store/store.js';
-import { frontendKeys as keys, testFrontend } from '../support/frontend.js';
+import { frontendKeys as keys, removeSession, testFrontend } from '../support/frontend.js';
 import { delegatingStore } from '../support/controller-harness.js';
 import { waitFor } from '../support/wait.js';
 
@@ -119,10 +119,7 @@ describe('front end: live status stream (server-sent events)', () => {
     assert.equal(waiting.status.queuePosition, 3);
     assert.equal(waiting.status.estimatedStartAt, '2026-01-01T00:10:00.000Z');
 
-    await store.transaction([
-      { verb: 'delete', key: keys.status(id) },
-      { verb: 'delete', key: keys.session(id) },
-    ]);
+    await removeSession(store, id);
     await waitFor('gone and ended', () => client.ended && client.events.at(-1)?.event === 'gone');
   });
 

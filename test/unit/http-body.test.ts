@@ -46,3 +46,39 @@ describe('JsonArraySplitter', () => {
     }
   });
 });
+
+describe('JsonArraySplitter in sequence mode (Go JSON streams: values one after another)', () => {
+  /** The values and the trailing text of `text` cut at every position given. */
+  function sequence(text: string, cuts: readonly number[] = []): { values: unknown[]; trailing: string } {
+    const values: unknown[] = [];
+    let trailing = '';
+    const splitter = new JsonArraySplitter((element) => values.push(JSON.parse(element)), { onText: (more) => (trailing += more) });
+    let at = 0;
+    for (const cut of [...cuts, text.length]) {
+      if (cut > at) splitter.write(text.slice(at, cut));
+      at = cut;
+    }
+    splitter.end();
+    return { values, trailing };
+  }
+  const frames = [{}, { File: 'alloc/logs/core.stdout.0', Offset: 5, Data: 'aGVsbG8=' }, { FileEvent: 'file truncated', File: 'x}{"' }, {}];
+
+  it('hands over values written back to back or with whitespace between, however the text is cut', () => {
+    for (const separator of ['', '\n', ' \r\n']) {
+      const text = frames.map((frame) => JSON.stringify(frame)).join(separator);
+      for (let cut = 0; cut <= text.length; cut++) assert.deepEqual(sequence(text, [cut]), { values: frames, trailing: '' }, `cut at ${cut}`);
+    }
+  });
+
+  it('passes text after the values (an error a server appended) to onText, to the end', () => {
+    const text = `${JSON.stringify(frames[1])}Unknown allocation "abc" {"not":"a frame"}`;
+    for (let cut = 0; cut <= text.length; cut++) {
+      assert.deepEqual(sequence(text, [cut]), { values: [frames[1]], trailing: 'Unknown allocation "abc" {"not":"a frame"}' }, `cut at ${cut}`);
+    }
+  });
+
+  it('refuses a last value that was cut off', () => {
+    assert.throws(() => sequence('{}{"File":"a'), /cut off/);
+    assert.deepEqual(sequence(''), { values: [], trailing: '' });
+  });
+});

@@ -95,6 +95,9 @@ describe('front end: OpenAPI document', () => {
     await expect('/api/v1/sessions', 'GET', '/api/v1/sessions', 200);
     await expect('/api/v1/sessions/{id}', 'GET', `/api/v1/sessions/${id}`, 200);
     await expect('/api/v1/sessions/{id}', 'GET', `/api/v1/sessions/${id}`, 404, undefined, 'bob');
+    await expect('/api/v1/sessions/{id}/logs', 'GET', `/api/v1/sessions/${id}/logs`, 409);
+    await expect('/api/v1/sessions/{id}/logs', 'GET', `/api/v1/sessions/${id}/logs?task=nope`, 400);
+    await expect('/api/v1/sessions/{id}/logs', 'GET', `/api/v1/sessions/${id}/logs`, 404, undefined, 'bob');
     // A status as the controller writes it, with every optional field.
     await store.put(
       keys.status(id),

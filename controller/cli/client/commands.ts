@@ -1,7 +1,7 @@
 import os from 'node:os';
 import { parseArgs } from 'node:util';
 import type { Session } from '../../api/types.js';
-import { FrontendClient, FrontendError, UnreachableError, type TemplateSummary } from './frontend-client.js';
+import { FrontendClient, FrontendError, UnreachableError, type LogQuery, type TemplateSummary } from './frontend-client.js';
 import { clusterView, describeSession, progressLine, sessionTable, templateTable } from './format.js';
 
 /** Exit codes the client commands promise to scripts. */
@@ -26,6 +26,10 @@ export const clientUsage = `Client commands (talk to a front end; no cluster acc
   sessions delete ID                    end a session (its workload and addresses are torn down)
   sessions watch ID                     follow a session live (queue position, phase) until it is Ready;
                                         exits 5 if it fails or ends first
+  sessions logs ID [--task NAME] [--stream stdout|stderr] [--tail N] [--follow]
+                                        a task's output (default: the first task's stdout, all of it
+                                        that is kept); --tail N the last N lines; --follow keeps
+                                        printing as it is written, until Ctrl-C or the session ends
   templates [NAME]                      the session templates and their parameters
   status                                operators: who leads, controller replicas, routers and how far
                                         behind they are, sessions by phase and the oldest wait
@@ -62,6 +66,10 @@ interface Invocation {
     param?: string[];
     label?: string[];
     wait?: boolean;
+    task?: string;
+    stream?: string;
+    tail?: string;
+    follow?: boolean;
   };
   readonly io: ClientIo;
 }
@@ -99,6 +107,10 @@ function parse(argv: string[], io: ClientIo): Invocation | 'help' {
         param: { type: 'string', short: 'p', multiple: true },
         label: { type: 'string', short: 'l', multiple: true },
         wait: { type: 'boolean', short: 'w' },
+        task: { type: 'string' },
+        stream: { type: 'string' },
+        tail: { type: 'string' },
+        follow: { type: 'boolean', short: 'f' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -142,6 +154,7 @@ async function sessions(invocation: Invocation): Promise<number> {
     if (misplaced.length > 0 && verb !== allowed) throw new UsageError(`--${misplaced.join(', --')} only go with "sessions ${allowed}"`);
   };
   flagsOnlyFor('create', 'template', 'param', 'label', 'wait');
+  flagsOnlyFor('logs', 'task', 'stream', 'tail', 'follow');
   const id = (): string => {
     if (rest.length !== 1) throw new UsageError(`sessions ${verb} takes one session id`);
     return rest[0]!;
@@ -178,10 +191,12 @@ async function sessions(invocation: Invocation): Promise<number> {
     }
     case 'watch':
       return follow(invocation, id());
+    case 'logs':
+      return logs(invocation, id());
     case undefined:
-      throw new UsageError('sessions needs a verb: list, get, create, delete or watch');
+      throw new UsageError('sessions needs a verb: list, get, create, delete, watch or logs');
     default:
-      throw new UsageError(`unknown verb "sessions ${verb}": use list, get, create, delete or watch`);
+      throw new UsageError(`unknown verb "sessions ${verb}": use list, get, create, delete, watch or logs`);
   }
 }
 
@@ -218,6 +233,58 @@ async function follow({ client, output, io }: Invocation, id: string): Promise<n
           return exitCodes.ok;
         }
         if (session.status.phase === 'Failed' || session.metadata.deletionRequestedAt !== undefined) return exitCodes.sessionEnded;
+      }
+    } catch (error) {
+      if (!(error instanceof UnreachableError) || Date.now() - lastNews > reconnectForMs) throw error;
+      io.stderr.write(`manticore: ${error.message}; reconnecting\n`);
+    }
+    if (io.signal?.aborted) return exitCodes.ok;
+    await new Promise((resolve) => setTimeout(resolve, Math.min(200 * 2 ** attempt, 5_000)));
+  }
+}
+
+/**
+ * Prints a task's log as it is (raw text) on stdout. Following, a stream closed by the front end (shutting
+ * down, the workload replaced) or broken is opened again just after the last output printed, as a browser's
+ * EventSource does, for up to 30 s without news; the session ending ends it (0), as does Ctrl-C.
+ */
+async function logs({ client, values, io }: Invocation, id: string): Promise<number> {
+  let tail: number | undefined;
+  if (values.tail !== undefined) {
+    tail = Number(values.tail);
+    if (!/^\d+$/.test(values.tail) || !Number.isSafeInteger(tail)) throw new UsageError(`--tail wants a number of lines, not "${values.tail}"`);
+  }
+  if (values.stream !== undefined && values.stream !== 'stdout' && values.stream !== 'stderr') throw new UsageError(`--stream must be stdout or stderr, not "${values.stream}"`);
+  const query: LogQuery = { ...(values.task === undefined ? {} : { task: values.task }), ...(values.stream === undefined ? {} : { stream: values.stream }), ...(tail === undefined ? {} : { tail }) };
+  const print = async (chunk: Uint8Array | string): Promise<void> => {
+    if (!io.stdout.write(chunk)) await new Promise((resolve) => io.stdout.once('drain', resolve));
+  };
+  if (!values.follow) {
+    try {
+      for await (const chunk of await client.logText(id, query, io.signal)) await print(chunk);
+    } catch (error) {
+      if (io.signal?.aborted) return exitCodes.ok;
+      if (error instanceof FrontendError || error instanceof UnreachableError) throw error;
+      throw new UnreachableError(`reading the log of session ${id} broke: ${(error as Error).message}`);
+    }
+    return exitCodes.ok;
+  }
+  let lastEventId: string | undefined;
+  let lastNews = Date.now();
+  for (let attempt = 0; ; attempt++) {
+    try {
+      for await (const update of client.followLogs(id, query, lastEventId, io.signal)) {
+        lastNews = Date.now();
+        attempt = 0;
+        if (update.kind === 'log') {
+          await print(update.text);
+          lastEventId = update.id;
+        } else if (update.kind === 'gap') {
+          io.stderr.write(`manticore: ${update.message}\n`);
+        } else if (update.kind === 'gone') {
+          io.stderr.write(`manticore: session ${id} has ended\n`);
+          return exitCodes.ok;
+        }
       }
     } catch (error) {
       if (!(error instanceof UnreachableError) || Date.now() - lastNews > reconnectForMs) throw error;

@@ -15,6 +15,8 @@ export interface TemplateSummary {
   description: string;
   parameters: Array<{ name: string; description: string; enum: string[]; default: string }>;
   services: Array<{ name: string; description: string; protocol: string }>;
+  /** The tasks a session runs, whose logs `sessions logs --task` reads. */
+  tasks: string[];
   available: boolean;
   unavailableReason?: string;
 }
@@ -27,6 +29,23 @@ export interface NewSessionRequest {
 
 /** One message of a session's event stream: its latest state, the news that it is gone, or the server closing the stream (shutting down). */
 export type SessionUpdate = { kind: 'session'; session: Session } | { kind: 'gone' } | { kind: 'closing'; reason: string };
+
+/** Which log `logText` and `followLogs` read; the front end's defaults where absent (the first task, stdout, all). */
+export interface LogQuery {
+  readonly task?: string;
+  readonly stream?: string;
+  readonly tail?: number;
+}
+
+/**
+ * One message of a followed log: output (with the event id to resume after it), output lost to rotation,
+ * the server ending the stream (shutting down, the workload replaced: reconnect), the session gone.
+ */
+export type LogUpdate =
+  | { kind: 'log'; id: string; text: string; end: number }
+  | { kind: 'gap'; message: string }
+  | { kind: 'closing'; reason: string }
+  | { kind: 'gone' };
 
 /** An answer the front end gave with an error status, with its message and the fields it named. */
 export class FrontendError extends Error {
@@ -86,9 +105,43 @@ export class FrontendClient {
 
   /** Follows `GET /api/v1/sessions/{id}/events` until the stream ends, `signal` aborts, or the session is gone. */
   async *watch(id: string, signal?: AbortSignal): AsyncGenerator<SessionUpdate> {
-    const response = await this.send('GET', `/api/v1/sessions/${encodeURIComponent(id)}/events`, undefined, signal, 'text/event-stream');
+    const path = `/api/v1/sessions/${encodeURIComponent(id)}/events`;
+    for await (const event of this.serverSentEvents(path, `the event stream of session ${id}`, signal)) {
+      const update = sessionUpdateOf(event);
+      if (update === undefined) continue;
+      yield update;
+      if (update.kind !== 'session') return;
+    }
+  }
+
+  /** A task's log as text (`GET /api/v1/sessions/{id}/logs`), read as it comes. */
+  async logText(id: string, query: LogQuery, signal?: AbortSignal): Promise<AsyncIterable<Uint8Array>> {
+    const response = await this.send('GET', `${logsPath(id)}?${logSearch(query)}`, undefined, signal, 'text/plain');
     if (!response.ok) throw await errorOf(response);
-    if (!response.body) throw new UnreachableError('the event stream has no body');
+    if (!response.body) throw new UnreachableError('the log answer has no body');
+    return response.body as unknown as AsyncIterable<Uint8Array>;
+  }
+
+  /**
+   * Follows a task's log (`?follow=true`) until the stream ends or `signal` aborts; `lastEventId` resumes
+   * just after the event of that id (as an EventSource reconnects).
+   */
+  async *followLogs(id: string, query: LogQuery, lastEventId?: string, signal?: AbortSignal): AsyncGenerator<LogUpdate> {
+    const path = `${logsPath(id)}?${logSearch(query)}&follow=true`;
+    const headers: Record<string, string> = lastEventId === undefined ? {} : { 'last-event-id': lastEventId };
+    for await (const event of this.serverSentEvents(path, `the log stream of session ${id}`, signal, headers)) {
+      const update = logUpdateOf(event);
+      if (update === undefined) continue;
+      yield update;
+      if (update.kind === 'gone' || update.kind === 'closing') return;
+    }
+  }
+
+  /** The events of a server-sent event stream, until it ends (an end the server did not announce throws). */
+  private async *serverSentEvents(path: string, what: string, signal?: AbortSignal, headers: Record<string, string> = {}): AsyncGenerator<ServerSentEvent> {
+    const response = await this.send('GET', path, undefined, signal, 'text/event-stream', headers);
+    if (!response.ok) throw await errorOf(response);
+    if (!response.body) throw new UnreachableError(`${what} has no body`);
     const decoder = new TextDecoder();
     let buffer = '';
     try {
@@ -96,18 +149,16 @@ export class FrontendClient {
         buffer += decoder.decode(chunk, { stream: true }).replace(/\r\n?/g, '\n');
         let end: number;
         while ((end = buffer.indexOf('\n\n')) >= 0) {
-          const update = parseEvent(buffer.slice(0, end));
+          const event = parseServerSentEvent(buffer.slice(0, end));
           buffer = buffer.slice(end + 2);
-          if (update === undefined) continue;
-          yield update;
-          if (update.kind !== 'session') return;
+          if (event !== undefined) yield event;
         }
       }
     } catch (error) {
       if (signal?.aborted) return;
-      throw new UnreachableError(`the event stream of session ${id} broke: ${(error as Error).message}`);
+      throw new UnreachableError(`${what} broke: ${(error as Error).message}`);
     }
-    if (!signal?.aborted) throw new UnreachableError(`the event stream of session ${id} ended unexpectedly`);
+    if (!signal?.aborted) throw new UnreachableError(`${what} ended unexpectedly`);
   }
 
   private async call<T>(method: string, path: string, body?: unknown): Promise<T> {
@@ -120,8 +171,8 @@ export class FrontendClient {
     }
   }
 
-  private async send(method: string, path: string, body: unknown, signal?: AbortSignal, accept = 'application/json'): Promise<Response> {
-    const headers: Record<string, string> = { accept };
+  private async send(method: string, path: string, body: unknown, signal?: AbortSignal, accept = 'application/json', extra: Record<string, string> = {}): Promise<Response> {
+    const headers: Record<string, string> = { accept, ...extra };
     if (this.options.token !== undefined) headers.authorization = `Bearer ${this.options.token}`;
     else if (this.options.user !== undefined) headers['x-manticore-user'] = this.options.user;
     if (body !== undefined) headers['content-type'] = 'application/json';
@@ -150,20 +201,62 @@ async function errorOf(response: Response): Promise<Error> {
   return new FrontendError(response.status, parsed.error, details);
 }
 
-/** One server-sent event block: `event: session|gone` and its `data:` lines; comments (keepalives) give undefined. */
-function parseEvent(block: string): SessionUpdate | undefined {
+interface ServerSentEvent {
+  readonly event: string;
+  readonly data: string;
+  readonly id?: string;
+}
+
+/** One server-sent event block: its event name, id and `data:` lines; a block of comments (keepalives) gives undefined. */
+function parseServerSentEvent(block: string): ServerSentEvent | undefined {
   let event = 'message';
+  let id: string | undefined;
   const data: string[] = [];
+  let fields = 0;
   for (const line of block.split('\n')) {
     if (line.startsWith(':')) continue;
     const colon = line.indexOf(':');
     const field = colon < 0 ? line : line.slice(0, colon);
     const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
+    fields++;
     if (field === 'event') event = value;
     else if (field === 'data') data.push(value);
+    else if (field === 'id') id = value;
   }
+  return fields === 0 ? undefined : { event, data: data.join('\n'), ...(id === undefined ? {} : { id }) };
+}
+
+function sessionUpdateOf({ event, data }: ServerSentEvent): SessionUpdate | undefined {
   if (event === 'gone') return { kind: 'gone' };
-  if (event === 'closing') return { kind: 'closing', reason: String((JSON.parse(data.join('\n') || '{}') as { reason?: unknown }).reason ?? 'the server closed the stream') };
-  if (event !== 'session' || data.length === 0) return undefined;
-  return { kind: 'session', session: JSON.parse(data.join('\n')) as Session };
+  if (event === 'closing') return { kind: 'closing', reason: String((JSON.parse(data || '{}') as { reason?: unknown }).reason ?? 'the server closed the stream') };
+  if (event !== 'session' || data === '') return undefined;
+  return { kind: 'session', session: JSON.parse(data) as Session };
+}
+
+function logUpdateOf({ event, data, id }: ServerSentEvent): LogUpdate | undefined {
+  const fields = (data === '' ? {} : JSON.parse(data)) as Record<string, unknown>;
+  switch (event) {
+    case 'log':
+      return { kind: 'log', id: id ?? '', text: String(fields.text ?? ''), end: Number(fields.end) };
+    case 'gap':
+      return { kind: 'gap', message: String(fields.message ?? 'part of the log was rotated away before it was read') };
+    case 'closing':
+      return { kind: 'closing', reason: String(fields.reason ?? 'the server closed the stream') };
+    case 'gone':
+      return { kind: 'gone' };
+    default:
+      return undefined;
+  }
+}
+
+function logsPath(id: string): string {
+  return `/api/v1/sessions/${encodeURIComponent(id)}/logs`;
+}
+
+function logSearch(query: LogQuery): string {
+  const search = new URLSearchParams();
+  if (query.task !== undefined) search.set('task', query.task);
+  if (query.stream !== undefined) search.set('stream', query.stream);
+  if (query.tail !== undefined) search.set('tail', String(query.tail));
+  return search.toString();
 }

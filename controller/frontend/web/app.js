@@ -197,6 +197,7 @@ function showSession(session) {
 }
 
 function stopShowingSession() {
+  stopLogs();
   state.unfollow();
   state.unfollow = () => {};
   clearInterval(state.clock);
@@ -309,6 +310,7 @@ function render(session) {
 
   $('end').hidden = terminating;
   $('replace').hidden = phase !== 'Failed' || terminating;
+  renderLogs(session);
   renderClock();
 }
 
@@ -442,6 +444,237 @@ function ended() {
   showSection('ended');
   $('ended-reason').textContent = endings[reason] ?? 'The session has ended.';
   $('ended-title').focus();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Task logs: a tab per task of the session, its stdout or stderr followed live (server-sent events) or
+// paused, searched within what the page holds, and downloaded as it is.
+
+/** Lines a log starts with. */
+const logTailLines = 500;
+/** Characters of a log the page keeps; older output is dropped from the page (not from the server). */
+const logKeptChars = 1_000_000;
+/** Matches highlighted at most, so searching a big log stays quick. */
+const logMaxMarks = 5_000;
+/** How soon a log that is not there yet (a task not started) is asked for again. */
+const logRetryMs = 3_000;
+
+const logs = {
+  sessionId: undefined,
+  /** The session's current workload: its log is the one shown. */
+  allocationId: undefined,
+  tasks: [],
+  task: undefined,
+  stream: 'stdout',
+  following: true,
+  /** `task/stream` → what the page holds of that log: { text, end, allocationId, dropped }. */
+  views: new Map(),
+  source: undefined,
+  retry: undefined,
+  drawPending: false,
+};
+
+function logView() {
+  const key = `${logs.task}/${logs.stream}`;
+  if (!logs.views.has(key)) logs.views.set(key, { text: '', end: undefined, allocationId: undefined, dropped: false });
+  return logs.views.get(key);
+}
+
+/** Shows the logs once the session's workload is placed; called with every new state of the session. */
+function renderLogs(session) {
+  const tasks = state.templates.find((template) => template.name === session.spec.template)?.tasks ?? [];
+  const allocationId = session.status.allocationId;
+  const shown = allocationId !== undefined && tasks.length > 0 && !isTerminating(session);
+  $('logs').hidden = !shown;
+  if (!shown) {
+    closeLogStream();
+    return;
+  }
+  if (logs.sessionId !== session.metadata.id) {
+    stopLogs();
+    Object.assign(logs, { sessionId: session.metadata.id, tasks, task: tasks[0], stream: 'stdout', following: true });
+    $('log-stream').value = 'stdout';
+    drawLogTabs();
+    drawFollowButton();
+  }
+  if (logs.allocationId !== allocationId) {
+    logs.allocationId = allocationId;
+    if (logs.following) openLogStream();
+  }
+}
+
+function stopLogs() {
+  closeLogStream();
+  logs.views.clear();
+  logs.sessionId = undefined;
+  logs.allocationId = undefined;
+}
+
+function drawLogTabs() {
+  $('log-tasks').replaceChildren(
+    ...logs.tasks.map((task) => {
+      const tab = document.createElement('button');
+      Object.assign(tab, { type: 'button', id: `log-tab-${task}`, textContent: task });
+      tab.setAttribute('role', 'tab');
+      tab.setAttribute('aria-controls', 'log-panel');
+      tab.setAttribute('aria-selected', String(task === logs.task));
+      tab.addEventListener('click', () => selectLog(task, logs.stream));
+      return tab;
+    }),
+  );
+  $('log-panel').setAttribute('aria-labelledby', `log-tab-${logs.task}`);
+}
+
+function drawFollowButton() {
+  $('log-follow').textContent = logs.following ? 'Pause' : 'Follow';
+  $('log-follow').setAttribute('aria-pressed', String(logs.following));
+}
+
+function selectLog(task, stream) {
+  closeLogStream();
+  Object.assign(logs, { task, stream });
+  drawLogTabs();
+  if (logs.following) openLogStream();
+  else setLogStatus(`Paused. Press Follow to read ${task}'s ${stream} on from here.`);
+  drawLog();
+}
+
+function toggleFollow() {
+  logs.following = !logs.following;
+  drawFollowButton();
+  if (logs.following) openLogStream();
+  else {
+    closeLogStream();
+    setLogStatus('Paused: new output is not shown. Press Follow to catch up from where it stopped.');
+  }
+}
+
+function setLogStatus(text) {
+  const view = logView();
+  $('log-status').textContent = view.dropped ? `${text} The page keeps the last ${logKeptChars.toLocaleString()} characters.` : text;
+}
+
+function closeLogStream() {
+  logs.source?.close();
+  logs.source = undefined;
+  clearTimeout(logs.retry);
+}
+
+/**
+ * Follows the selected log: from where the page stopped reading it (same workload), else its last lines.
+ * EventSource reconnects by itself, resuming after the last event (its id), including after the server
+ * closed the stream because the workload was replaced (the new one's log is then read from its start).
+ */
+function openLogStream() {
+  closeLogStream();
+  const view = logView();
+  const query = new URLSearchParams({ task: logs.task, stream: logs.stream, follow: 'true' });
+  if (view.end !== undefined && view.allocationId === logs.allocationId) query.set('offset', String(view.end));
+  else query.set('tail', String(logTailLines));
+  const source = new EventSource(`${api}${sessionPath(logs.sessionId)}/logs?${query}`);
+  logs.source = source;
+  const { task, stream } = logs;
+  setLogStatus(`Connecting to ${task}'s ${stream}…`);
+  source.addEventListener('start', (event) => {
+    const { allocationId } = JSON.parse(event.data);
+    if (view.allocationId !== allocationId) {
+      // Another workload than the one the page read: its log starts anew.
+      Object.assign(view, { text: '', end: undefined, allocationId, dropped: false });
+      drawLog();
+    }
+    setLogStatus(`Following ${task}'s ${stream} live.`);
+  });
+  source.addEventListener('log', (event) => {
+    const { text, end } = JSON.parse(event.data);
+    appendLog(view, text);
+    view.end = end;
+  });
+  source.addEventListener('gap', () => appendLog(view, '--- some output was rotated away before it could be shown ---\n'));
+  source.addEventListener('closing', (event) => setLogStatus(`${JSON.parse(event.data).reason}; reconnecting…`));
+  source.addEventListener('gone', closeLogStream);
+  source.addEventListener('error', () => {
+    if (logs.source !== source) return;
+    if (source.readyState !== EventSource.CLOSED) {
+      setLogStatus('The log stream broke; reconnecting…');
+      return;
+    }
+    // Refused (EventSource does not say why): ask once more without following, to show the reason.
+    explainLogFailure(task, stream);
+  });
+}
+
+async function explainLogFailure(task, stream) {
+  closeLogStream();
+  const query = new URLSearchParams({ task, stream, tail: '0' });
+  let message = 'The log cannot be read right now.';
+  try {
+    const response = await fetch(`${api}${sessionPath(logs.sessionId)}/logs?${query}`, { credentials: 'same-origin' });
+    const body = (response.headers.get('content-type') ?? '').includes('application/json') ? await response.json() : {};
+    if (typeof body.error === 'string') message = body.error;
+  } catch {
+    message = 'Manticore cannot be reached; trying again.';
+  }
+  if (logs.task !== task || logs.stream !== stream || !logs.following) return;
+  setLogStatus(`${message} Trying again in a moment.`);
+  logs.retry = setTimeout(() => {
+    if (logs.following && logs.sessionId !== undefined) openLogStream();
+  }, logRetryMs);
+}
+
+function appendLog(view, text) {
+  view.text += text;
+  if (view.text.length > logKeptChars) {
+    // Whole lines are dropped from the front.
+    const cut = view.text.indexOf('\n', view.text.length - logKeptChars);
+    view.text = view.text.slice(cut + 1);
+    view.dropped = true;
+  }
+  if (view === logView() && !logs.drawPending) {
+    logs.drawPending = true;
+    requestAnimationFrame(() => {
+      logs.drawPending = false;
+      drawLog();
+    });
+  }
+}
+
+/** The selected log, with the search's matches marked (and only their lines, when asked). */
+function drawLog() {
+  const pre = $('log-text');
+  const atBottom = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 32;
+  const { text } = logView();
+  const term = $('log-search').value;
+  if (term === '') {
+    pre.textContent = text;
+    $('log-matches').textContent = '';
+  } else {
+    const pattern = new RegExp(term.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'), 'gi');
+    const shown = $('log-filter').checked ? text.split('\n').filter((line) => line.search(pattern) >= 0).join('\n') : text;
+    const nodes = [];
+    let from = 0;
+    let marks = 0;
+    for (const match of shown.matchAll(pattern)) {
+      if (marks === logMaxMarks) break;
+      nodes.push(document.createTextNode(shown.slice(from, match.index)));
+      nodes.push(Object.assign(document.createElement('mark'), { textContent: match[0] }));
+      from = match.index + match[0].length;
+      marks++;
+    }
+    nodes.push(document.createTextNode(shown.slice(from)));
+    pre.replaceChildren(...nodes);
+    $('log-matches').textContent = marks === 0 ? 'No match.' : marks === logMaxMarks ? `The first ${marks} matches are marked.` : `${marks} ${marks === 1 ? 'match' : 'matches'}.`;
+  }
+  if (atBottom && logs.following) pre.scrollTop = pre.scrollHeight;
+}
+
+/** What the page holds of the selected log, as a file. */
+function downloadLog() {
+  const url = URL.createObjectURL(new Blob([logView().text], { type: 'text/plain;charset=utf-8' }));
+  const link = Object.assign(document.createElement('a'), { href: url, download: `${logs.sessionId}-${logs.task}-${logs.stream}.log` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -666,6 +899,11 @@ async function main() {
   $('end').addEventListener('click', endSession);
   $('replace').addEventListener('click', showForm);
   $('new-session').addEventListener('click', showForm);
+  $('log-follow').addEventListener('click', toggleFollow);
+  $('log-stream').addEventListener('change', () => selectLog(logs.task, $('log-stream').value));
+  $('log-search').addEventListener('input', drawLog);
+  $('log-filter').addEventListener('change', drawLog);
+  $('log-download').addEventListener('click', downloadLog);
   try {
     const [templates, sessions] = await Promise.all([request('GET', '/templates'), request('GET', '/sessions')]);
     state.templates = templates;

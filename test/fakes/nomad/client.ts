@@ -15,6 +15,9 @@ export interface ClientOptions {
   workDir: string;
   hostIP: string;
   dockerStartMs: number;
+  dockerLogIntervalMs: number;
+  /** An allocation's `alloc/logs` directory. */
+  logsDir(allocId: string): string;
   log: Logger;
   node(id: string): NodeRecord | undefined;
   report(alloc: AllocRecord): void;
@@ -60,6 +63,12 @@ class AllocRunner implements TaskHost {
   }
   get dockerStartMs(): number {
     return this.options.dockerStartMs;
+  }
+  get dockerLogIntervalMs(): number {
+    return this.options.dockerLogIntervalMs;
+  }
+  get logsDir(): string {
+    return this.options.logsDir(this.alloc.ID);
   }
 
   start(): void {
@@ -189,6 +198,11 @@ class AllocRunner implements TaskHost {
     return this.stopping;
   }
 
+  /** The tasks' log files are complete and closed (they stay readable, as Nomad keeps them until GC). */
+  closeOutput(): Promise<void> {
+    return Promise.all(this.tasks.map((task) => task.closeOutput())).then(() => undefined);
+  }
+
   private finish(): void {
     for (const timer of this.timers) clearTimeout(timer);
     this.timers.clear();
@@ -250,7 +264,10 @@ export class NomadClient implements AllocClient {
   stop(alloc: AllocRecord): void {
     const runner = this.runners.get(alloc.ID);
     if (!runner) return;
-    void runner.stop().then(() => this.runners.delete(alloc.ID));
+    void runner
+      .stop()
+      .then(() => runner.closeOutput())
+      .then(() => this.runners.delete(alloc.ID));
   }
 
   /** Signals one task from outside; false when the allocation or task is unknown or not running. */
@@ -267,6 +284,7 @@ export class NomadClient implements AllocClient {
     this.runners.clear();
     for (const runner of runners) runner.detach();
     await Promise.all(runners.map((runner) => runner.stop(true)));
+    await Promise.all(runners.map((runner) => runner.closeOutput()));
   }
 
   pids(): number[] {

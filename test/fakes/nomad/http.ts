@@ -1,6 +1,7 @@
 import type http from 'node:http';
 import type { Logger } from '../../../controller/util/log.js';
 import { parseSubscribeRequest, type SubscribeRequest } from './events.js';
+import { checkLogsRequest, parseLogsRequest, serveLogs, type LogsRequest } from './logs.js';
 import { allocFull, allocStub, evalJson, jobActivity, jobFull, jobStub, nodeFull, nodeStub } from './render.js';
 import type { NomadState, Table } from './state.js';
 import { HttpError, type JsonObject } from './types.js';
@@ -44,6 +45,10 @@ export interface ApiContext {
   readonly hostIP: string;
   /** Between event stream heartbeats (Nomad: 30 s). */
   readonly heartbeatMs: number;
+  /** Between log stream heartbeats (Nomad: 1 s). */
+  readonly logHeartbeatMs: number;
+  /** Where an allocation's task logs are. */
+  logsDir(allocId: string): string;
   readonly log: Logger;
 }
 
@@ -63,6 +68,11 @@ interface Answer {
 /** `GET /v1/event/stream`: answered as a stream, not a body. */
 interface StreamAnswer {
   stream: SubscribeRequest;
+}
+
+/** `GET /v1/client/fs/logs/:alloc_id`: answered as a stream of frames (checked already). */
+interface LogsAnswer {
+  logs: LogsRequest;
 }
 
 type Query = URLSearchParams;
@@ -93,6 +103,7 @@ export class NomadApi {
       const answer = await this.answer(req, closed.signal);
       if (res.destroyed) return;
       if ('stream' in answer) return await this.serveStream(answer.stream, res, closed.signal);
+      if ('logs' in answer) return await serveLogs(answer.logs, res, closed.signal, { ...this.ctx, heartbeatMs: this.ctx.logHeartbeatMs });
       const headers: http.OutgoingHttpHeaders = { 'content-type': 'application/json', 'x-nomad-knownleader': 'true', 'x-nomad-lastcontact': '0' };
       if (answer.index !== undefined) headers['x-nomad-index'] = String(answer.index);
       res.writeHead(200, headers);
@@ -156,7 +167,7 @@ export class NomadApi {
   }
 
   /** Parses, authorizes and routes one request: its answer, or an HttpError. */
-  private async answer(req: http.IncomingMessage, closed: AbortSignal): Promise<Answer | StreamAnswer> {
+  private async answer(req: http.IncomingMessage, closed: AbortSignal): Promise<Answer | StreamAnswer | LogsAnswer> {
     const url = new URL(req.url ?? '/', 'http://nomad.invalid');
     this.authorize(req, url.pathname);
     const region = url.searchParams.get('region');
@@ -174,10 +185,10 @@ export class NomadApi {
     if (token !== required) throw new HttpError(403, 'Permission denied');
   }
 
-  private async route(method: string, path: string, query: Query, body: unknown, signal: AbortSignal): Promise<Answer | StreamAnswer> {
+  private async route(method: string, path: string, query: Query, body: unknown, signal: AbortSignal): Promise<Answer | StreamAnswer | LogsAnswer> {
     const parts = path.split('/').filter((part) => part !== '').map((part) => decodeURIComponent(part));
     if (parts[0] !== 'v1') throw new HttpError(404, 'Invalid URL path');
-    const [, resource, id, sub] = parts;
+    const [, resource, id, sub, item] = parts;
     const namespace = query.get('namespace') || 'default';
     const only = (...methods: string[]): void => {
       if (!methods.includes(method)) throw new HttpError(405, 'Invalid method');
@@ -192,6 +203,13 @@ export class NomadApi {
       case 'regions':
         only('GET');
         return { body: ['global'] };
+      case 'client': {
+        if (id !== 'fs' || sub !== 'logs' || parts.length > 5) break;
+        only('GET');
+        const logs = parseLogsRequest(item, query);
+        await checkLogsRequest(logs, { ...this.ctx, heartbeatMs: this.ctx.logHeartbeatMs });
+        return { logs };
+      }
       case 'event':
         if (id !== 'stream' || sub !== undefined) break;
         only('GET');

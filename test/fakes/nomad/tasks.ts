@@ -2,6 +2,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import readline from 'node:readline';
+import { RotatingLogWriter, closeWriter, forwardOutput } from '../../../controller/scheduler/log-files.js';
+import type { LogStreamName } from '../../../controller/scheduler/task-logs.js';
 import type { Logger } from '../../../controller/util/log.js';
 import { nodeAttributes } from './placement.js';
 import { nowNs, NS_PER_MS, type AllocRecord, type NodeRecord, type TaskEvent, type TaskSpec, type TaskStateRecord } from './types.js';
@@ -22,6 +24,10 @@ export interface TaskHost {
   readonly workDir: string;
   readonly hostIP: string;
   readonly dockerStartMs: number;
+  /** Between the lines a simulated container writes. */
+  readonly dockerLogIntervalMs: number;
+  /** The allocation's `alloc/logs` directory. */
+  readonly logsDir: string;
   readonly log: Logger;
   /** The task's state changed: recompute the allocation and report it. */
   changed(): void;
@@ -68,6 +74,12 @@ export class TaskRunner {
   private killing = false;
   private windowStart = 0;
   private windowCount = 0;
+  /** stdout and stderr in rotated files, as logmon keeps them; opened at the first start. */
+  private output: Record<LogStreamName, RotatingLogWriter> | undefined;
+  /** A simulated container's output. */
+  private chatter: NodeJS.Timeout | undefined;
+  /** Resolves once the current process's stdout and stderr have closed (all its output is in the files). */
+  private outputClosed: Promise<void> = Promise.resolve();
 
   constructor(private readonly host: TaskHost, readonly spec: TaskSpec) {
     this.state = { State: 'pending', Failed: false, Restarts: 0, LastRestart: null, StartedAt: null, FinishedAt: null, Events: [] };
@@ -97,6 +109,33 @@ export class TaskRunner {
     else this.fail('Driver Failure', 'missing drivers', `driver "${driver}" is not available on node ${this.host.node.spec.name}`);
   }
 
+  /** The task's log writers, opened once and kept across restarts (logmon appends to the newest file). */
+  private outputFiles(): Record<LogStreamName, RotatingLogWriter> {
+    if (!this.output) {
+      const open = (stream: LogStreamName): RotatingLogWriter => {
+        const writer = new RotatingLogWriter(this.host.logsDir, `${this.spec.name}.${stream}`, this.spec.logs);
+        writer.on('error', (error) => this.host.log.warn({ err: error, allocId: this.host.alloc.ID, task: this.spec.name, stream }, 'nomad double: writing a task log failed'));
+        return writer;
+      };
+      this.output = { stdout: open('stdout'), stderr: open('stderr') };
+    }
+    return this.output;
+  }
+
+  /** Ends the log files once the task is gone for good (the allocation stopped), after its last output (1 s at most). */
+  async closeOutput(): Promise<void> {
+    this.stopChatter();
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.outputClosed, new Promise<void>((resolve) => (timer = setTimeout(resolve, 1_000)))]);
+    clearTimeout(timer);
+    if (this.output) await Promise.all(Object.values(this.output).map(closeWriter));
+  }
+
+  private stopChatter(): void {
+    clearInterval(this.chatter);
+    this.chatter = undefined;
+  }
+
   private running(): void {
     this.state.State = 'running';
     this.state.StartedAt = new Date().toISOString();
@@ -118,8 +157,12 @@ export class TaskRunner {
     this.exited = new Promise<void>((resolve) => (this.markExited = resolve));
     let child: ChildProcess;
     try {
+      const output = this.outputFiles();
       // detached: its own process group, so the whole tree is signalled, as Nomad's executor does.
       child = spawn(command, args, { cwd: this.host.workDir, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+      forwardOutput(child.stdout!, output.stdout);
+      forwardOutput(child.stderr!, output.stderr);
+      this.outputClosed = new Promise<void>((resolve) => child.once('close', () => resolve()));
     } catch (error) {
       this.markExited();
       this.startFailed((error as Error).message);
@@ -178,8 +221,28 @@ export class TaskRunner {
     this.exited = new Promise<void>((resolve) => (this.markExited = resolve));
     this.timer = setTimeout(() => {
       this.timer = undefined;
-      if (!this.killing) this.running();
+      if (this.killing) return;
+      this.running();
+      this.simulateOutput(String(config.image));
     }, this.host.dockerStartMs);
+  }
+
+  /** No container runs, so a simulated one writes synthetic lines: a note on stderr, then one line per interval. */
+  private simulateOutput(image: string): void {
+    let output: Record<LogStreamName, RotatingLogWriter>;
+    try {
+      output = this.outputFiles();
+    } catch (error) {
+      this.host.log.warn({ err: error, allocId: this.host.alloc.ID, task: this.spec.name }, 'nomad double: cannot open task logs');
+      return;
+    }
+    output.stderr.write(`nomad double: docker is simulated; ${image} does not run, and its output is synthetic\n`);
+    let line = 0;
+    this.stopChatter();
+    this.chatter = setInterval(() => {
+      line++;
+      output.stdout.write(`${new Date().toISOString()} ${image} ${this.spec.name}: simulated output line ${line}\n`);
+    }, this.host.dockerLogIntervalMs);
   }
 
   // ---- exits and restarts -------------------------------------------------------------------------------------
@@ -243,6 +306,7 @@ export class TaskRunner {
     if (this.child?.pid !== undefined) return signalGroup(this.child.pid, signal, true);
     if (this.spec.driver !== 'docker') return false;
     const signo = osConstants.signals[signal] ?? 0;
+    this.stopChatter();
     this.markExited();
     this.exitedWith(0, signo ? signal : null);
     return true;
@@ -260,6 +324,7 @@ export class TaskRunner {
     this.killing = true;
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
+    this.stopChatter();
     if (this.state.State === 'dead') return;
     const timeoutMs = this.spec.killTimeoutMs;
     this.record(taskEvent('Killing', `Sent interrupt. Waiting ${goDuration(timeoutMs)} before force killing`, { KillTimeout: timeoutMs * NS_PER_MS, KillReason: reason }));

@@ -103,6 +103,8 @@ export interface TaskSpec {
   constraints: ConstraintSpec[];
   services: ServiceSpec[];
   restart: RestartSpec;
+  /** LogConfig: how much of each output stream is kept. */
+  logs: { maxFiles: number; maxFileBytes: number };
 }
 
 export interface GroupSpec {

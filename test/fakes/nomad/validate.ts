@@ -421,6 +421,7 @@ function groupOf(group: Obj): GroupSpec {
         constraints: constraintsOf(task),
         services: servicesOf(task),
         restart: restartOf(sub(task, 'RestartPolicy') ?? {}),
+        logs: { maxFiles: num(sub(task, 'LogConfig') ?? {}, 'MaxFiles', 10), maxFileBytes: num(sub(task, 'LogConfig') ?? {}, 'MaxFileSizeMB', 10) * 1024 * 1024 },
       };
     }),
   };
