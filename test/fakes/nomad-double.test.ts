@@ -973,10 +973,11 @@ describe('Nomad double', function () {
       assert.deepEqual([...new Set(frames.map((frame) => frame.File))], ['alloc/logs/t.stdout.1', 'alloc/logs/t.stdout.2']);
     });
 
-    it('follows with heartbeats while idle, and writes synthetic output for simulated docker tasks', async function () {
+    it('follows with heartbeats while idle, and writes synthetic output for simulated docker tasks once asked for', async function () {
       const double = await start({ logHeartbeatMs: 50, dockerLogIntervalMs: 20 });
       await register(double, sleepJob('container', { task: { Driver: 'docker', Config: { image: 'busybox:1.36' } } }));
       const alloc = await untilAlloc(double, 'container', 'running', running);
+      assert.equal(fs.existsSync(double.logsDir(String(alloc.ID))), false, 'a simulated task nobody looked at holds no log files');
       const abort = new AbortController();
       let body = '';
       const following = new Promise<void>((resolve) => {

@@ -27,8 +27,8 @@ export type { NodeSpec } from './nomad/types.js';
  *
  * Task logs: raw_exec tasks' stdout and stderr are captured into rotated files per task in the
  * allocation's directory (`alloc/logs/<task>.<type>.<n>`, by the task's LogConfig) as Nomad's logmon
- * does; a simulated docker task writes a synthetic line every `dockerLogIntervalMs`. `GET
- * /v1/client/fs/logs/:alloc_id` serves them (nomad/logs.ts): frames, offsets, origin, follow,
+ * does; a simulated docker task, once its logs are asked for, writes a synthetic line every
+ * `dockerLogIntervalMs`. `GET /v1/client/fs/logs/:alloc_id` serves them (nomad/logs.ts): frames, offsets, origin, follow,
  * heartbeats, plain text, and Nomad's errors.
  *
  * Faults (`faults`, applied to every request while set): `latencyMs` before each answer; `errorRate`, a
@@ -118,6 +118,7 @@ export class NomadDouble {
       heartbeatMs: options.eventHeartbeatMs ?? DEFAULT_EVENT_HEARTBEAT_MS,
       logHeartbeatMs: options.logHeartbeatMs ?? DEFAULT_LOG_HEARTBEAT_MS,
       logsDir: (allocId) => this.logsDir(allocId),
+      observeLogs: (allocId, task) => this.client.observeLogs(allocId, task),
       log: this.log,
     });
   }

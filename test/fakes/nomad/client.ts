@@ -278,6 +278,11 @@ export class NomadClient implements AllocClient {
     return target.signal(signal);
   }
 
+  /** A task's logs are asked for; an allocation that no longer runs here is left alone. */
+  observeLogs(allocId: string, task: string): void {
+    this.runners.get(allocId)?.tasks.find((item) => item.spec.name === task)?.observeOutput();
+  }
+
   /** Kills every task at once and forgets all allocations (stop or reset of the double). */
   async destroy(): Promise<void> {
     const runners = [...this.runners.values()];

@@ -49,6 +49,8 @@ export interface ApiContext {
   readonly logHeartbeatMs: number;
   /** Where an allocation's task logs are. */
   logsDir(allocId: string): string;
+  /** A task's logs are asked for (a simulated container starts writing). */
+  observeLogs(allocId: string, task: string): void;
   readonly log: Logger;
 }
 

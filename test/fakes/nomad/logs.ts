@@ -37,6 +37,8 @@ export interface LogsContext {
   state(): NomadState;
   /** The directory of an allocation's task logs. */
   logsDir(allocId: string): string;
+  /** A task's logs are asked for (a simulated container starts writing). */
+  observeLogs(allocId: string, task: string): void;
   readonly heartbeatMs: number;
   readonly log: Logger;
 }
@@ -80,6 +82,7 @@ export async function checkLogsRequest(request: LogsRequest, ctx: LogsContext): 
   const state = alloc.TaskStates[request.task];
   if (!state) throw new HttpError(400, `unknown task name "${request.task}"`);
   if (state.StartedAt === null) throw new HttpError(404, `task "${request.task}" not started yet. No logs available`);
+  ctx.observeLogs(request.allocId, request.task);
   const indexes = await logFileIndexes(ctx.logsDir(request.allocId), `${request.task}.${request.type}`);
   if (!indexes?.length) throw new HttpError(404, `log entry for task "${request.task}" and log type "${request.type}" not found`);
 }
