@@ -140,7 +140,7 @@ describe('task log files (rotated like Nomad logmon, read and followed)', functi
     await waitFor('the first line', () => follower.text === 'one\n');
     await write(out, 'two\n');
     // Nothing wakes it but the clock: the file is looked at again only after the poll interval.
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    await waitFor('the follower waiting for its next poll', () => clock.countTimers() > 0);
     assert.equal(follower.text, 'one\n');
     await clock.tickAsync(499);
     assert.equal(follower.text, 'one\n');
