@@ -251,6 +251,8 @@ export class LogFiles implements TaskLogs {
         change.changed,
         new Promise<void>((resolve) => (timer = this.clock.setTimeout(resolve, this.options.pollMs ?? DEFAULT_FOLLOW_POLL_MS))),
         new Promise<void>((resolve) => {
+          // Aborted while it read: a listener added now would never be called.
+          if (signal?.aborted) return resolve();
           onAbort = () => resolve();
           signal?.addEventListener('abort', onAbort, { once: true });
         }),

@@ -225,6 +225,8 @@ export class NomadTaskLogs implements TaskLogs {
     const attempt = new AbortController();
     const stop = (): void => attempt.abort();
     request.signal?.addEventListener('abort', stop, { once: true });
+    // Aborted already (while the previous attempt ended): the listener above will never be called.
+    if (request.signal?.aborted) stop();
     let silence: NodeJS.Timeout | undefined;
     let timedOut = false;
     const expectFrame = (): void => {
