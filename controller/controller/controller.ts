@@ -1,5 +1,5 @@
 import { merge, type Subscription } from 'rxjs';
-import { map } from 'rxjs/operators';
+import { filter, map } from 'rxjs/operators';
 import { parseRecord } from '../api/schemas.js';
 import type { ActivityRecord, RouteRecord, RouterHeartbeat, SessionRecord, SessionStatus, SessionTemplate } from '../api/types.js';
 import { systemClock, type Clock } from '../util/clock.js';
@@ -174,8 +174,11 @@ export class Controller {
     this.subscriptions.push(
       merge(this.sessions.cache.changes, this.statuses.cache.changes, this.routes.cache.changes).subscribe((change) => this.admission.refresh(change.id)),
     );
+    // A status is the reconciler's output: its own status write coming back needs no second look, unless
+    // the session's reconcile was put off until its caches showed its writes.
+    const statusInputs = this.statuses.cache.changes.pipe(filter((change) => change.echo !== true || this.reconciler.awaitsOwnWrites(change.id)));
     this.subscriptions.push(
-      merge(this.sessions.cache.changes, this.statuses.cache.changes, this.routes.cache.changes, this.activities.cache.changes, this.workloads.cache.changes)
+      merge(this.sessions.cache.changes, statusInputs, this.routes.cache.changes, this.activities.cache.changes, this.workloads.cache.changes)
         .pipe(map((change) => change.id))
         .subscribe((id) => this.queue.add(id)),
     );

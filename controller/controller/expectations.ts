@@ -7,6 +7,8 @@
  */
 export class Expectations {
   private readonly pending = new Map<string, Array<{ holds: () => boolean; deadline: number }>>();
+  /** Sessions whose last reconcile was put off by waitFor() until their caches catch up. */
+  private readonly deferred = new Set<string>();
 
   constructor(
     private readonly timeoutMs: number,
@@ -30,13 +32,21 @@ export class Expectations {
     const remaining = list.filter((expectation) => !expectation.holds() && expectation.deadline > now);
     if (remaining.length === 0) {
       this.pending.delete(id);
+      this.deferred.delete(id);
       return undefined;
     }
     this.pending.set(id, remaining);
+    this.deferred.add(id);
     return Math.min(...remaining.map((expectation) => expectation.deadline)) - now;
+  }
+
+  /** Whether the session's last reconcile was put off until its caches show its writes (the echo must requeue it). */
+  isDeferred(id: string): boolean {
+    return this.deferred.has(id);
   }
 
   forget(id: string): void {
     this.pending.delete(id);
+    this.deferred.delete(id);
   }
 }

@@ -8,6 +8,8 @@ export interface CacheChange<T> {
   readonly id: string;
   readonly previous: T | undefined;
   readonly current: T | undefined;
+  /** This process's own write, come back through the watch (see RecordCache.writing). */
+  readonly echo?: boolean;
 }
 
 /**
@@ -35,10 +37,10 @@ export class Cache<T> {
     return this.items.size;
   }
 
-  upsert(id: string, value: T): void {
+  upsert(id: string, value: T, echo = false): void {
     const previous = this.items.get(id);
     this.items.set(id, value);
-    this.subject.next({ id, previous, current: value });
+    this.subject.next(echo ? { id, previous, current: value, echo } : { id, previous, current: value });
   }
 
   remove(id: string): void {
@@ -71,6 +73,40 @@ export interface CachedRecord<T> {
   readonly entry: KvEntryMeta;
   readonly value?: T;
   readonly error?: string;
+}
+
+/**
+ * The cache of one store prefix, told what this process writes to it: the watch brings each write back,
+ * and that echo takes its value from here instead of being decoded again (JSON and schema), and is marked
+ * as an echo, so that a writer need not look again at what it has just decided.
+ */
+export class RecordCache<T> extends Cache<CachedRecord<T>> {
+  private readonly written = new Map<string, { readonly json: string; readonly value: T }>();
+
+  /**
+   * Says that this process is writing `json` under `id`, which decodes to `value`. The caller must not
+   * change `value` afterwards, and calls writeFailed() when the write does not happen.
+   */
+  writing(id: string, json: string, value: T): void {
+    this.written.set(id, { json, value });
+  }
+
+  writeFailed(id: string, json: string): void {
+    if (this.written.get(id)?.json === json) this.written.delete(id);
+  }
+
+  /** The value written under `id` as `json`, once: the next entry the watch brings for `id` settles it either way. */
+  takeWritten(id: string, json: string): T | undefined {
+    const written = this.written.get(id);
+    if (written === undefined) return undefined;
+    this.written.delete(id);
+    return written.json === json ? written.value : undefined;
+  }
+
+  /** A reset held whatever it held: writes whose entry it did not show (deleted meanwhile) are not waited for. */
+  forgetWrites(): void {
+    this.written.clear();
+  }
 }
 
 /**
@@ -121,8 +157,7 @@ class ResumableWatch<S> {
  * A cache kept in step with a watch: subclasses say how a watch step changes the cache. `synced` resolves
  * after the first step (the complete initial state) and `applied` emits after every step.
  */
-abstract class Informer<S, V> {
-  readonly cache = new Cache<V>();
+abstract class Informer<S, V, C extends Cache<V> = Cache<V>> {
   readonly synced: Promise<void>;
   private markSynced!: () => void;
   private readonly stepsApplied = new Subject<void>();
@@ -130,7 +165,12 @@ abstract class Informer<S, V> {
   readonly applied: Observable<void> = this.stepsApplied.asObservable();
   private readonly watch: ResumableWatch<S>;
 
-  constructor(open: () => Observable<S>, log: Logger, what: string) {
+  constructor(
+    readonly cache: C,
+    open: () => Observable<S>,
+    log: Logger,
+    what: string,
+  ) {
     this.synced = new Promise((resolve) => (this.markSynced = resolve));
     this.watch = new ResumableWatch(open, (step) => this.onStep(step), log, what);
   }
@@ -172,7 +212,7 @@ export interface StoreRewind<T> {
  * A decode failure is kept in the cache as `error` (a malformed record is reported, never fatal).
  * A failed watch resumes from the last index it saw.
  */
-export class StoreInformer<T> extends Informer<WatchStep, CachedRecord<T>> {
+export class StoreInformer<T> extends Informer<WatchStep, CachedRecord<T>, RecordCache<T>> {
   /**
    * The store index up to which this informer has seen every change under its prefix. It follows a
    * rewind down, so that indexes compared with it (routers' applied index) mean the store as it is now.
@@ -181,11 +221,6 @@ export class StoreInformer<T> extends Informer<WatchStep, CachedRecord<T>> {
   private readonly rewound = new Subject<StoreRewind<T>>();
   /** Emits after a rewind has been applied to the cache, before `applied` emits for the same step. */
   readonly rewinds: Observable<StoreRewind<T>> = this.rewound.asObservable();
-  /**
-   * Values this process is writing, already decoded, by id (see writing()). The next entry the watch
-   * brings for the id takes its value from here, when it holds the same text.
-   */
-  private readonly written = new Map<string, { readonly json: string; readonly value: T }>();
 
   constructor(
     store: Store,
@@ -193,7 +228,7 @@ export class StoreInformer<T> extends Informer<WatchStep, CachedRecord<T>> {
     private readonly decode: (json: string, id: string) => T,
     log: Logger,
   ) {
-    super(() => store.watch(prefix, this.index || undefined), log, prefix);
+    super(new RecordCache<T>(), () => store.watch(prefix, this.index || undefined), log, prefix);
   }
 
   override stop(): void {
@@ -201,40 +236,27 @@ export class StoreInformer<T> extends Informer<WatchStep, CachedRecord<T>> {
     this.rewound.complete();
   }
 
-  /**
-   * Says that this process is writing `json` under `id`, which decodes to `value`: the watch brings the
-   * write back, and decoding it again (JSON and schema) took 3 % of a front end's time under creates. The
-   * caller must not change `value` afterwards, and calls writeFailed() when the write does not happen.
-   */
-  writing(id: string, json: string, value: T): void {
-    this.written.set(id, { json, value });
-  }
-
-  writeFailed(id: string, json: string): void {
-    if (this.written.get(id)?.json === json) this.written.delete(id);
-  }
-
   protected apply(step: WatchStep): void {
     if (step.kind === 'reset') {
       const all = new Map<string, CachedRecord<T>>();
       for (const entry of step.entries) {
-        const record = this.toRecord(entry);
-        if (record) all.set(record.id, record);
+        const decoded = this.toRecord(entry);
+        if (decoded) all.set(decoded.record.id, decoded.record);
       }
       const previousIndex = this.index;
       const rewind = step.index < previousIndex;
       const vanished = rewind ? [...this.cache.values()].filter((record) => !all.has(record.id)) : [];
       this.cache.replace(all, sameRecord);
       // A write whose entry this reset did not hold (deleted meanwhile) is not waited for any longer.
-      this.written.clear();
+      this.cache.forgetWrites();
       // A reset is the whole prefix as of its index, so the informer is exactly there now.
       this.index = step.index;
       if (rewind) this.rewound.next({ previousIndex, index: step.index, vanished });
     } else {
       for (const change of step.changes) {
         if (change.type === 'put') {
-          const record = this.toRecord(change.entry);
-          if (record) this.cache.upsert(record.id, record);
+          const decoded = this.toRecord(change.entry);
+          if (decoded) this.cache.upsert(decoded.record.id, decoded.record, decoded.echo);
         } else {
           this.cache.remove(change.key.slice(this.prefix.length));
         }
@@ -243,20 +265,18 @@ export class StoreInformer<T> extends Informer<WatchStep, CachedRecord<T>> {
     }
   }
 
-  private toRecord(entry: KvEntry): CachedRecord<T> | undefined {
+  /** The entry as cached, and whether it is the echo of this process's own write. */
+  private toRecord(entry: KvEntry): { record: CachedRecord<T>; echo: boolean } | undefined {
     const id = entry.key.slice(this.prefix.length);
     // Nothing of ours nests below an object's key; anything deeper is someone else's and is ignored.
     if (id === '' || id.includes('/')) return undefined;
     const { value: json, ...meta } = entry;
-    const written = this.written.get(id);
-    if (written !== undefined) {
-      this.written.delete(id);
-      if (written.json === json) return { id, entry: meta, value: written.value };
-    }
+    const written = this.cache.takeWritten(id, json);
+    if (written !== undefined) return { record: { id, entry: meta, value: written }, echo: true };
     try {
-      return { id, entry: meta, value: this.decode(json, id) };
+      return { record: { id, entry: meta, value: this.decode(json, id) }, echo: false };
     } catch (error) {
-      return { id, entry: meta, error: (error as Error).message };
+      return { record: { id, entry: meta, error: (error as Error).message }, echo: false };
     }
   }
 }
@@ -278,7 +298,7 @@ function sameRecord<T>(a: CachedRecord<T>, b: CachedRecord<T>): boolean {
 /** Mirrors the scheduler's workloads (jobs carrying our marker) into a Cache keyed by session id. */
 export class WorkloadInformer extends Informer<WorkloadStep, Workload> {
   constructor(scheduler: Scheduler, log: Logger) {
-    super(() => scheduler.watch(), log, 'workloads');
+    super(new Cache<Workload>(), () => scheduler.watch(), log, 'workloads');
   }
 
   protected apply(step: WorkloadStep): void {

@@ -8,7 +8,7 @@ import type {
   SessionTemplate,
   WorkloadFailure,
 } from '../api/types.js';
-import { encodeRecord } from '../api/schemas.js';
+import { encodeRecord, type SchemaName } from '../api/schemas.js';
 import { resolveParameters } from '../api/templates.js';
 import type { Logger } from '../util/log.js';
 import type { TxnOperation } from '../store/store.js';
@@ -17,7 +17,7 @@ import { jobIdFor, RenderError, type Allocation, type RenderedJob, type Schedule
 import type { Admission } from './admission.js';
 import type { PortAllocator } from './claims.js';
 import { newClaim, publicEndpoints, type PublicAddressing } from './endpoints.js';
-import type { Cache, CachedRecord } from './informer.js';
+import type { Cache, CachedRecord, RecordCache } from './informer.js';
 import type { Keys } from './keys.js';
 import { Expectations } from './expectations.js';
 import { expiryOf, formatSeconds, idleWarningCondition, recentFailures, restartDelayMs, type LifecyclePolicy } from './lifecycle.js';
@@ -26,9 +26,9 @@ import { nextStatus, sameStatus, type ConditionInput, type StatusInput } from '.
 
 /** The observed world the reconciler reads: caches fed by watches, never the backends directly. */
 export interface ObservedState {
-  readonly sessions: Cache<CachedRecord<SessionRecord>>;
-  readonly statuses: Cache<CachedRecord<SessionStatus>>;
-  readonly routes: Cache<CachedRecord<RouteRecord>>;
+  readonly sessions: RecordCache<SessionRecord>;
+  readonly statuses: RecordCache<SessionStatus>;
+  readonly routes: RecordCache<RouteRecord>;
   readonly routers: Cache<CachedRecord<RouterHeartbeat>>;
   readonly activities: Cache<CachedRecord<ActivityRecord>>;
   readonly workloads: Cache<Workload>;
@@ -78,6 +78,8 @@ export class ConflictError extends Error {
 
 const done: ReconcileResult = {};
 
+const routesUpdating: ConditionInput = { type: 'Routed', status: 'False', reason: 'RoutesUpdating', message: 'routes are being updated to the workload address' };
+
 /** Estimates are not rewritten for changes smaller than this (or a fifth of the wait), so waiting sessions stay quiet. */
 const estimateToleranceMs = 60_000;
 
@@ -102,7 +104,7 @@ export class SessionReconciler {
   /**
    * The spec hash of each session's job and the cached objects it was rendered from (compared by identity:
    * the caches hand out the same object until it changes). A session is reconciled several times while it
-   * starts and rendering is most of a reconcile; the job itself is rendered again only to register it.
+   * starts and rendering is most of a reconcile; a later reconcile renders the job again only to register it.
    */
   private readonly specHashes = new Map<string, { session: SessionRecord; template: SessionTemplate; claim: RouteRecord; specHash: string }>();
 
@@ -159,7 +161,9 @@ export class SessionReconciler {
     }
 
     const routesRecord = observed.routes.get(id);
-    const claim = routesRecord?.value;
+    let claim = routesRecord?.value;
+    /** The claim's store index; undefined while a claim written in this pass has not come back through the watch. */
+    const claimIndex = routesRecord?.entry.modifyIndex;
     if (claim === undefined) {
       if (routesRecord !== undefined) {
         return this.fail(id, generation, 'InvalidRoutes', `routes record is unreadable: ${routesRecord.error}`);
@@ -169,12 +173,17 @@ export class SessionReconciler {
       if (rank > this.deps.sessionsPerUser) {
         return this.fail(id, generation, 'SessionLimit', `${session.metadata.owner} already has ${this.deps.sessionsPerUser} session(s)`);
       }
-      return this.admitOrWait(id, generation, template, previous);
+      const admission = await this.admitOrWait(id, generation, template, previous);
+      if ('result' in admission) return admission.result;
+      // Admitted: the job is registered in this same pass, and the claim's echo brings the session back for the rest.
+      claim = admission.claim;
     }
 
     const endpoints = publicEndpoints(template, claim, this.deps.addressing);
     const jobId = jobIdFor(id);
-    const render = (): RenderedJob => this.deps.scheduler.render({ jobId, sessionId: id, template, parameters, endpoints });
+    // The job rendered by this reconcile, if it had to render it for its hash (then registering reuses it).
+    let rendered: RenderedJob | undefined;
+    const render = (): RenderedJob => (rendered ??= this.deps.scheduler.render({ jobId, sessionId: id, template, parameters, endpoints }));
     const memo = this.specHashes.get(id);
     let specHash: string;
     if (memo !== undefined && memo.session === session && memo.template === template && memo.claim === claim) {
@@ -227,16 +236,17 @@ export class SessionReconciler {
     }
 
     const wanted = withBackends(this.withLoadBalancers(id, claim), template, allocation);
-    const routesChanged = JSON.stringify(wanted) !== JSON.stringify(claim);
-    if (routesChanged) await this.put(id, observed.routes, this.deps.keys.route(id), encodeRecord('route', wanted));
+    // A claim not yet cached cannot be compared-and-set; it is updated once the watch has brought it back.
+    const routesChanged = claimIndex !== undefined && JSON.stringify(wanted) !== JSON.stringify(claim);
+    if (routesChanged) await this.put(id, observed.routes, this.deps.keys.route(id), 'route', wanted);
     const routedBefore = previous?.conditions.find((condition) => condition.type === 'Routed');
     const routed: ConditionInput = routesChanged
-      ? { type: 'Routed', status: 'False', reason: 'RoutesUpdating', message: 'routes are being updated to the workload address' }
+      ? routesUpdating
       : routedBefore?.status === 'True'
         ? // Routes once applied stay served (routers keep them and reload them from their map files): routers whose
           // heartbeats fall silent, as they all do while the store is unreachable, do not make a serving session unready.
           { type: 'Routed', status: 'True', reason: routedBefore.reason, message: routedBefore.message }
-        : this.routedCondition(claim, routesRecord!.entry.modifyIndex);
+        : this.routedCondition(claim, claimIndex);
 
     const exposed = this.deps.listeners === undefined ? undefined : exposedCondition(wanted, this.deps.listeners);
     // Ready is every other condition holding; otherwise it carries the first one that does not, as its reason.
@@ -293,10 +303,10 @@ export class SessionReconciler {
       jobId,
       ...(allocation ? { allocationId: allocation.id } : {}),
     });
-    const waitingForRouters = routed.reason === 'WaitingForRouters' || routed.reason === 'NoRouters';
+    const waitingForRouters = claimIndex !== undefined && (routed.reason === 'WaitingForRouters' || routed.reason === 'NoRouters');
     return {
       ...(wakeAts.length > 0 ? { wakeAt: Math.min(...wakeAts) } : {}),
-      ...(waitingForRouters ? { awaitingRoutersAt: routesRecord!.entry.modifyIndex, requeueAfterMs: this.deps.routerStaleMs } : {}),
+      ...(waitingForRouters ? { awaitingRoutersAt: claimIndex, requeueAfterMs: this.deps.routerStaleMs } : {}),
     };
   }
 
@@ -317,8 +327,16 @@ export class SessionReconciler {
     return failures;
   }
 
-  /** A waiting session: admitted when its place in the list comes, else it shows its position and why it waits. */
-  private async admitOrWait(id: string, generation: number, template: SessionTemplate, previous: SessionStatus | undefined): Promise<ReconcileResult> {
+  /**
+   * A waiting session: admitted when its place in the list comes (its claim, written, is returned), else it
+   * shows its position and why it waits.
+   */
+  private async admitOrWait(
+    id: string,
+    generation: number,
+    template: SessionTemplate,
+    previous: SessionStatus | undefined,
+  ): Promise<{ readonly result: ReconcileResult } | { readonly claim: RouteRecord }> {
     const { admission } = this.deps;
     const decision = admission.decide(id);
     if (!decision.admit) {
@@ -334,7 +352,7 @@ export class SessionReconciler {
         queuePosition: decision.position,
         ...(estimate === undefined ? {} : { estimatedStartAt: estimate }),
       });
-      return decision.retryAt === undefined ? done : { wakeAt: decision.retryAt };
+      return { result: decision.retryAt === undefined ? done : { wakeAt: decision.retryAt } };
     }
     const portsNeeded = template.spec.services.filter((service) => service.expose === 'tcp').length;
     const room = this.deps.ports.room();
@@ -347,7 +365,7 @@ export class SessionReconciler {
         queuePosition: 1,
       });
       // A claim going away frees ports and room alike, which requeues the head of the list.
-      return done;
+      return { result: done };
     }
     admission.reserve(id);
     const reserved: number[] = [];
@@ -362,14 +380,13 @@ export class SessionReconciler {
     };
     try {
       if (record === undefined) throw new Error(`no free public TCP port for session ${id}`);
-      await this.put(id, this.deps.observed.routes, this.deps.keys.route(id), encodeRecord('route', record));
+      await this.put(id, this.deps.observed.routes, this.deps.keys.route(id), 'route', record);
     } catch (error) {
       giveBack();
       throw error;
     }
     this.deps.log.info({ session: id }, 'session admitted');
-    // The routes watch brings the claim back into the cache and requeues the session.
-    return done;
+    return { claim: record };
   }
 
   /**
@@ -423,7 +440,7 @@ export class SessionReconciler {
       metadata: { ...cached.value!.metadata, deletionRequestedAt: new Date(this.now()).toISOString(), deletionReason: reason },
       spec: cached.value!.spec,
     };
-    await this.put(id, this.deps.observed.sessions, this.deps.keys.session(id), encodeRecord('session', record));
+    await this.put(id, this.deps.observed.sessions, this.deps.keys.session(id), 'session', record);
     this.deps.log.info({ session: id, reason }, 'session expired; deleting it');
     return done;
   }
@@ -538,6 +555,11 @@ export class SessionReconciler {
     return { wakeAt: now + this.deps.policy.failedRetentionMs };
   }
 
+  /** Whether the session's last reconcile was put off until the caches show its own writes. */
+  awaitsOwnWrites(id: string): boolean {
+    return this.expectations.isDeferred(id);
+  }
+
   /** Whether every live router has applied routes up to `index`. */
   routersCaughtUp(index: number): boolean {
     const live = this.liveRouters();
@@ -553,12 +575,13 @@ export class SessionReconciler {
     return live;
   }
 
-  /** Routed once the routes carry every backend and every live router has applied them. */
-  private routedCondition(routes: RouteRecord, modifyIndex: number): ConditionInput {
+  /** Routed once the routes carry every backend and every live router has applied them (`modifyIndex`: the routes' store index, if cached yet). */
+  private routedCondition(routes: RouteRecord, modifyIndex: number | undefined): ConditionInput {
     const complete = routes.hosts.every((route) => route.backend) && routes.ports.every((route) => route.backend);
     if (!complete) {
       return { type: 'Routed', status: 'False', reason: 'WaitingForWorkload', message: 'routes wait for the workload address' };
     }
+    if (modifyIndex === undefined) return routesUpdating;
     const live = this.liveRouters();
     if (live.length === 0) {
       return { type: 'Routed', status: 'False', reason: 'NoRouters', message: 'no router is alive to serve the routes' };
@@ -574,14 +597,25 @@ export class SessionReconciler {
     const cached = this.deps.observed.statuses.get(id);
     const status = nextStatus(cached?.value, input, new Date(this.now()).toISOString());
     if (sameStatus(cached?.value, status)) return;
-    await this.put(id, this.deps.observed.statuses, this.deps.keys.status(id), encodeRecord('session-status', status));
+    await this.put(id, this.deps.observed.statuses, this.deps.keys.status(id), 'session-status', status);
     if (cached?.value?.phase !== status.phase) this.deps.log.info({ session: id, phase: status.phase }, 'session phase changed');
   }
 
-  /** Compare-and-set write of one of the session's records, expecting its cache to show the new version. */
-  private async put<T>(id: string, cache: Cache<CachedRecord<T>>, key: string, value: string): Promise<void> {
+  /**
+   * Compare-and-set write of one of the session's records (validated first), expecting its cache to show
+   * the new version; the cache is told, so that the echo is not decoded again.
+   */
+  private async put<T>(id: string, cache: RecordCache<T>, key: string, schema: SchemaName, value: T): Promise<void> {
+    const json = encodeRecord(schema, value);
     const before = cache.get(id)?.entry.modifyIndex;
-    if (!(await this.deps.writer.put(key, value, { cas: before ?? 0 }))) throw new ConflictError(key);
+    cache.writing(id, json, value);
+    let written = false;
+    try {
+      written = await this.deps.writer.put(key, json, { cas: before ?? 0 });
+    } finally {
+      if (!written) cache.writeFailed(id, json);
+    }
+    if (!written) throw new ConflictError(key);
     this.expectations.expect(id, () => cache.get(id)?.entry.modifyIndex !== before);
   }
 

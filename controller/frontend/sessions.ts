@@ -112,12 +112,12 @@ export class SessionService {
     this.createdNotCached.set(owner, (this.createdNotCached.get(owner) ?? new Set<string>()).add(id));
     // Serialised once: for the store, for this process's cache (which takes the record as it is), and for the answer.
     const json = JSON.stringify(record);
-    this.sessions.writing(id, json, record);
+    this.sessions.cache.writing(id, json, record);
     try {
       if (!(await this.options.store.put(this.options.keys.session(id), json, { cas: 0 }))) throw new ApiError(409, 'session id collision; try again');
     } catch (error) {
       this.forgetCreated(owner, id);
-      this.sessions.writeFailed(id, json);
+      this.sessions.cache.writeFailed(id, json);
       throw error;
     }
     this.options.log.info({ session: id, owner, template: record.spec.template }, 'session created');

@@ -194,13 +194,19 @@ function deliver(sink: EventSink, frame: EventFrame, lists: Readonly<Record<Even
 
 /** Feeds `receive` each line of the answer; any error (from `receive` too), the end or a close fails it. */
 function readLines(response: http.IncomingMessage, receive: (line: string) => void, fail: (error: Error) => void): void {
+  // A frame of a large write spans many chunks: only each new chunk is searched for the line's end.
   let pending = '';
   response.setEncoding('utf8');
   response.on('data', (chunk: string) => {
-    const lines = (pending + chunk).split('\n');
-    pending = lines.pop() ?? '';
     try {
-      for (const line of lines) if (line.trim() !== '') receive(line);
+      let start = 0;
+      for (let end = chunk.indexOf('\n'); end !== -1; end = chunk.indexOf('\n', start)) {
+        const line = pending + chunk.slice(start, end);
+        pending = '';
+        start = end + 1;
+        if (line.trim() !== '') receive(line);
+      }
+      pending += chunk.slice(start);
     } catch (error) {
       fail(error as Error);
     }

@@ -1,9 +1,9 @@
 import { setMaxListeners } from 'node:events';
 import http from 'node:http';
+import { isDeepStrictEqual } from 'node:util';
 import { Observable, Subject, type Subscriber } from 'rxjs';
 import { KeyedSerializer } from '../util/keyed-serializer.js';
 import type { Logger } from '../util/log.js';
-import { canonicalJson } from './local-scheduler.js';
 import { DEFAULT_HEARTBEAT_MS, followEvents, type EventTable, type NomadEvent } from './nomad-events.js';
 import { NomadApiError, connectNomad, nomadBaseUrl, type NomadHttp } from './nomad-http.js';
 import { NomadTaskLogs } from './nomad-logs.js';
@@ -382,8 +382,8 @@ export class NomadScheduler implements Scheduler {
   /** The highest index up to which every change to a job is in the cache. */
   private jobsIndex = 0;
   private warnedNoMeta = false;
-  /** The last value reported for each workload, and its canonical JSON for the change check. */
-  private readonly reported = new Map<string, { workload: Workload; key: string }>();
+  /** The last value reported for each workload. */
+  private readonly reported = new Map<string, Workload>();
   private readonly watchers = new Set<Watcher>();
   private readonly overlays = new Map<string, WriteOverlay>();
   /** Register, deregister and reschedule of one job never interleave. */
@@ -524,7 +524,7 @@ export class NomadScheduler implements Scheduler {
     await this.perJob.run(jobId, async () => {
       this.assertUsable();
       const stub = this.jobs.get(jobId);
-      const failed = this.reported.get(jobId)?.workload.allocation;
+      const failed = this.reported.get(jobId)?.allocation;
       if (!stub || failed?.clientStatus !== 'failed') {
         this.log.debug({ jobId, clientStatus: failed?.clientStatus }, 'nothing to reschedule: no failed allocation');
         return;
@@ -687,7 +687,7 @@ export class NomadScheduler implements Scheduler {
     }
     for (const [id, stub] of next) {
       const before = this.jobs.get(id);
-      if (!before || canonicalJson(before) !== canonicalJson(stub)) touched.add(id);
+      if (!before || !isDeepStrictEqual(before, stub)) touched.add(id);
     }
     for (const id of this.jobs.keys()) if (!next.has(id)) touched.add(id);
     this.jobs = next;
@@ -829,7 +829,7 @@ export class NomadScheduler implements Scheduler {
 
   private startWatcher(watcher: Watcher): void {
     watcher.started = true;
-    const workloads = [...this.reported.values()].map((entry) => entry.workload).sort((a, b) => a.jobId.localeCompare(b.jobId));
+    const workloads = [...this.reported.values()].sort((a, b) => a.jobId.localeCompare(b.jobId));
     watcher.subscriber.next({ kind: 'reset', workloads });
   }
 
@@ -850,12 +850,11 @@ export class NomadScheduler implements Scheduler {
       if (!workload) {
         if (!previous) continue;
         this.reported.delete(jobId);
-        this.emit({ kind: 'delete', jobId, sessionId: previous.workload.sessionId });
+        this.emit({ kind: 'delete', jobId, sessionId: previous.sessionId });
         continue;
       }
-      const key = canonicalJson(workload);
-      if (previous?.key === key) continue;
-      this.reported.set(jobId, { workload, key });
+      if (previous !== undefined && isDeepStrictEqual(previous, workload)) continue;
+      this.reported.set(jobId, workload);
       this.emit({ kind: 'upsert', workload });
     }
   }

@@ -413,6 +413,12 @@ export class ConsulStore implements Store, LockService {
       const reusable = known !== undefined && Math.max(headerIndex(headers), 1) >= known.index ? known.entries : undefined;
       return (text) => {
         const since = performance.now();
+        const unchanged = reusable === undefined ? undefined : unchangedEntry(text, reusable);
+        if (unchanged !== undefined) {
+          entries.push(unchanged);
+          decodeMs += performance.now() - since;
+          return;
+        }
         let item: unknown;
         try {
           item = JSON.parse(text);
@@ -853,16 +859,72 @@ function knownEntry(entry: KvEntry): KnownEntry {
   return known;
 }
 
-/** The length and a hash of every 64th character and the last 64 (FNV-1a): cheap for large values, never a copy. */
-function fingerprint(encoded: string | null): number {
-  if (encoded === null) return -1;
-  let hash = 0x811c9dc5 ^ encoded.length;
+/**
+ * The length and a hash of every 64th character and the last 64 (FNV-1a) of `text` from `start` to `end`
+ * (all of it by default): cheap for large values, never a copy.
+ */
+function fingerprint(text: string | null, start = 0, end = text?.length ?? 0): number {
+  if (text === null) return -1;
+  let hash = 0x811c9dc5 ^ (end - start);
   const sample = (i: number): void => {
-    hash = Math.imul(hash ^ encoded.charCodeAt(i), 0x01000193);
+    hash = Math.imul(hash ^ text.charCodeAt(i), 0x01000193);
   };
-  for (let i = 0; i < encoded.length; i += 64) sample(i);
-  for (let i = Math.max(0, encoded.length - 64); i < encoded.length; i++) sample(i);
+  for (let i = start; i < end; i += 64) sample(i);
+  for (let i = Math.max(start, end - 64); i < end; i++) sample(i);
   return hash >>> 0;
+}
+
+/**
+ * The known entry that an element of a listing repeats unchanged, told from the element's text without
+ * parsing it: a watch's every answer repeats its whole prefix, and almost all of it is unchanged. The
+ * fields are found by name: a base64 value holds no quote, and a key without a backslash holds none either,
+ * so every quoted name found is a field of the entry. Anything else (an escaped key, a session, a value
+ * that does not look base64-quoted) is left to the full parse, which decides alone.
+ */
+function unchangedEntry(text: string, known: ReadonlyMap<string, KnownEntry>): KnownEntry | undefined {
+  const keyAt = text.indexOf('"Key":"');
+  if (keyAt === -1) return undefined;
+  const keyEnd = text.indexOf('"', keyAt + 7);
+  const key = keyEnd === -1 ? '' : text.slice(keyAt + 7, keyEnd);
+  if (key === '' || key.includes('\\')) return undefined;
+  const previous = known.get(key);
+  if (previous === undefined || previous.session !== undefined) return undefined;
+  const valueAt = text.indexOf('"Value":');
+  if (valueAt === -1) return undefined;
+  let print: number;
+  // The other fields are looked for around the value, not through it (Consul writes them after it).
+  let valueEnd: number;
+  if (text.startsWith('null', valueAt + 8)) {
+    print = fingerprint(null);
+    valueEnd = valueAt + 12;
+  } else if (text.charCodeAt(valueAt + 8) === 0x22) {
+    valueEnd = text.indexOf('"', valueAt + 9);
+    if (valueEnd === -1) return undefined;
+    print = fingerprint(text, valueAt + 9, valueEnd);
+  } else {
+    return undefined;
+  }
+  const find = (name: string): number => {
+    const after = text.indexOf(name, valueEnd);
+    return after !== -1 ? after : text.lastIndexOf(name, valueAt);
+  };
+  if (find('"Session":') !== -1) return undefined;
+  const index = (name: string): number | undefined => numberAfter(text, name, find(name));
+  if (index('"ModifyIndex":') !== previous.modifyIndex || index('"CreateIndex":') !== previous.createIndex) return undefined;
+  return valueFingerprints.get(previous) === print ? previous : undefined;
+}
+
+/** The whole number written in `text` right after `name`, found at `at` (-1: not found). */
+function numberAfter(text: string, name: string, at: number): number | undefined {
+  if (at === -1) return undefined;
+  let value = 0;
+  let i = at + name.length;
+  for (; i < text.length; i++) {
+    const digit = text.charCodeAt(i) - 0x30;
+    if (digit < 0 || digit > 9) break;
+    value = value * 10 + digit;
+  }
+  return i === at + name.length || !Number.isSafeInteger(value) ? undefined : value;
 }
 
 /** The entries of a KV answer read whole (a single key's). */

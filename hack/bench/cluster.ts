@@ -48,7 +48,7 @@ export class Doubles {
 }
 
 function spawnDouble(args: readonly string[]): { child: ChildProcess; address: Promise<string> } {
-  const child = spawn(process.execPath, [path.join(__dirname, 'double-process.js'), ...args], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, [...profileFlags(`${args[0]}-double`), path.join(__dirname, 'double-process.js'), ...args], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'inherit'] });
   const address = new Promise<string>((resolve, reject) => {
     let output = '';
     child.stdout!.on('data', (chunk: Buffer) => {
@@ -59,6 +59,12 @@ function spawnDouble(args: readonly string[]): { child: ChildProcess; address: P
     child.once('exit', (code) => reject(new Error(`the ${args[0]} double exited (${code}) before listening`)));
   });
   return { child, address };
+}
+
+/** BENCH_PROFILE_DIR: each process (Manticore's and the doubles) writes a CPU profile into `<dir>/<name>` when it exits (`node --cpu-prof`). */
+function profileFlags(name: string): string[] {
+  const dir = process.env.BENCH_PROFILE_DIR;
+  return dir ? ['--cpu-prof', `--cpu-prof-dir=${path.join(dir, name)}`] : [];
 }
 
 /** SIGTERM, then SIGKILL after 20 s; resolves when the process has exited. */
@@ -154,7 +160,8 @@ export class BenchCluster {
       `templates: { dir: ${path.join(repoRoot, 'manifests/templates')} }`,
       `router: { tcp: { portRangeStart: ${options.tcpPorts.start}, portRangeEnd: ${options.tcpPorts.end} } }`,
       `limits: { maxSessions: ${options.limits.maxSessions}, maxStarting: ${options.limits.maxStarting}, sessionsPerUser: 1 }`,
-      `controller: { statusPort: ${this.controllerStatusPort}, workers: ${process.env.BENCH_WORKERS ?? 16}, leaderElection: { ttlSeconds: 15, lockDelaySeconds: 1 } }`,
+      // The default controller.workers unless BENCH_WORKERS says otherwise.
+      `controller: { statusPort: ${this.controllerStatusPort},${process.env.BENCH_WORKERS ? ` workers: ${process.env.BENCH_WORKERS},` : ''} leaderElection: { ttlSeconds: 15, lockDelaySeconds: 1 } }`,
       `frontend: { host: 127.0.0.1, port: ${frontendPort}, rateLimit: { requestsPerSecond: 100000, burst: 100000 } }`,
       '',
     ].join('\n');
@@ -164,9 +171,7 @@ export class BenchCluster {
   private spawnRole(role: 'controller' | 'frontend' | 'router', env: NodeJS.ProcessEnv = {}): ChildProcess {
     const logPath = path.join(this.options.workDir, `${role}.log`);
     const logFile = fs.openSync(logPath, 'a');
-    // BENCH_PROFILE_DIR: each Manticore process writes a CPU profile there when it exits (`node --cpu-prof`).
-    const profile = process.env.BENCH_PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${path.join(process.env.BENCH_PROFILE_DIR, role)}`] : [];
-    const child = spawn(process.execPath, [...profile, ...(DEPLOYED_NODE_FLAGS[role] ?? []), cli, role, '--config', this.configFile], {
+    const child = spawn(process.execPath, [...profileFlags(role), ...(DEPLOYED_NODE_FLAGS[role] ?? []), cli, role, '--config', this.configFile], {
       cwd: repoRoot,
       stdio: ['ignore', logFile, logFile],
       env: { ...process.env, MANTICORE_LOG_LEVEL: 'warn', MANTICORE_LOG_FORMAT: 'json', ...env },

@@ -5,6 +5,7 @@ import { performance } from 'node:perf_hooks';
 import YAML from 'yaml';
 import { encodeRecord } from '../../controller/api/schemas.js';
 import type { SessionStatus } from '../../controller/api/types.js';
+import { loadConfig } from '../../controller/config/config.js';
 import { Keys } from '../../controller/controller/keys.js';
 import { nextStatus } from '../../controller/controller/status.js';
 import { ConsulStore } from '../../controller/store/consul-store.js';
@@ -36,6 +37,9 @@ interface Sizes {
   readonly deliveryTimeoutMs: number;
 }
 
+/** Status writes in flight at once: as many as the controller's reconciles (its default `controller.workers`). */
+const DEFAULT_WORKERS = loadConfig(undefined, {}).controller.workers;
+
 const FULL: Sizes = {
   connections: 50,
   warmupSeconds: 3,
@@ -44,7 +48,7 @@ const FULL: Sizes = {
   warmupCreateUsers: 50_000,
   createUsers: 150_000,
   streams: 5000,
-  writeConcurrency: 16,
+  writeConcurrency: DEFAULT_WORKERS,
   deliveryTimeoutMs: 30_000,
 };
 
@@ -56,7 +60,7 @@ const QUICK: Sizes = {
   warmupCreateUsers: 10_000,
   createUsers: 20_000,
   streams: 200,
-  writeConcurrency: 16,
+  writeConcurrency: DEFAULT_WORKERS,
   deliveryTimeoutMs: 10_000,
 };
 

@@ -436,6 +436,44 @@ describe('Consul store specifics (against the double)', function () {
       await waitFor('the double to see both requests go', () => double.heldQueries === 0);
     });
 
+    it('tells unchanged entries from new ones by their indexes, value, session and key, escaped keys included', async function () {
+      // Scripted answers: the second listing keeps every index but changes what the indexes alone cannot
+      // tell (a Consul rebuilt with colliding indexes, a lock taken without a write), which must be delivered.
+      const entry = (key: string, value: string | null, index: number, extra = ''): string =>
+        `{"LockIndex":0,"Key":${JSON.stringify(key)},"Flags":0,"Value":${value === null ? 'null' : `"${Buffer.from(value).toString('base64')}"`},${extra}"CreateIndex":${index},"ModifyIndex":${index}}`;
+      const listings = [
+        { index: 10, body: [entry('p/same', 'kept', 3), entry('p/value', 'one', 4), entry('p/q"uote', 'q', 5), entry('p/lock', 'l', 6), entry('p/empty', null, 7)] },
+        { index: 11, body: [entry('p/same', 'kept', 3), entry('p/value', 'two!', 4), entry('p/q"uote', 'q', 5), entry('p/lock', 'l', 6, '"Session":"s1",'), entry('p/empty', 'now', 7)] },
+      ];
+      let answered = 0;
+      const server = http.createServer((request, response) => {
+        const listing = listings[Math.min(answered++, listings.length - 1)]!;
+        // Past the script, hold the blocking query until the watch lets it go.
+        if (answered > listings.length) return void request.on('close', () => response.destroy());
+        response.writeHead(200, { 'Content-Type': 'application/json', 'X-Consul-Index': String(listing.index) });
+        response.end(`[${listing.body.join(',')}]`);
+      });
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      try {
+        const store = new ConsulStore({ address: `http://127.0.0.1:${(server.address() as { port: number }).port}`, log: silentLogger() });
+        stores.push(store);
+        const watch = record(new WatchRecorder(store.watch('p/')));
+        await watch.until('the second listing', () => watch.steps.length === 2);
+        assert.deepEqual(
+          watch.changes().map((change) => (change.type === 'put' ? [change.entry.key, change.entry.value, change.entry.session ?? null] : ['delete', change.key])),
+          [
+            ['p/value', 'two!', null],
+            ['p/lock', 'l', 's1'],
+            ['p/empty', 'now', null],
+          ],
+        );
+        assert.equal(watch.values()['p/q"uote'], 'q');
+      } finally {
+        await new Promise((resolve) => server.close(resolve));
+        server.closeAllConnections();
+      }
+    });
+
     it('keeps delivering, without errors, while half of all requests fail', async function () {
       await start();
       const store = open();

@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { delay } from 'rxjs';
+import sinon from 'sinon';
+import { SessionReconciler } from '../../controller/controller/reconciler.js';
 import {
   condition,
   ControllerHarness,
@@ -20,6 +22,7 @@ describe('controller: session reconciliation', () => {
     h = await ControllerHarness.embedded();
   });
   afterEach(async () => {
+    sinon.restore();
     await h.stop();
   });
 
@@ -122,6 +125,38 @@ describe('controller: session reconciliation', () => {
     h.scheduler.update(id, { healthy: true, tasks: { core: { state: 'running', failed: false, restarts: 1 } } });
     await waitFor('ready again', async () => (await statusOf(h.store, id))?.phase === 'Ready');
     assert.equal(h.scheduler.registrations.length, 1, 'recovery needs no new registration');
+  });
+
+  it('looks at a session once for a change it depends on, not again when its own status write comes back', async () => {
+    const id = await createSession(h.store);
+    await makeReady(h, id);
+    // Requeues after a delay (routers' heartbeats) stay scheduled: "drained" is nothing queued or running.
+    const drained = (): boolean => h.controller.queue.length === 0 && h.controller.queue.inFlight === 0;
+    await waitFor('queue drained', drained);
+    const reconciles = sinon.spy(SessionReconciler.prototype, 'reconcile');
+    h.scheduler.update(id, { healthy: false, tasks: { core: { state: 'dead', failed: true, restarts: 1, lastEvent: 'exited with code 1' } } });
+    // The status write's echo is in the controller's cache and the queue drained: nothing else is coming.
+    await waitFor('the written status back in the cache, the queue drained', () => h.controller.statuses.cache.get(id)?.value?.phase === 'Starting' && drained());
+    assert.equal(reconciles.callCount, 1);
+    // A status written by anyone else is an input like any other.
+    const cached = h.controller.statuses.cache.get(id)!;
+    await h.store.put(keys.status(id), JSON.stringify({ ...cached.value, conditions: [] }), { cas: cached.entry.modifyIndex });
+    await waitFor('the foreign status looked at and corrected', () => reconciles.callCount === 2 && drained());
+    assert.notDeepEqual((await statusOf(h.store, id))?.conditions, []);
+  });
+
+  it('takes up a reconcile put off for its own status write as soon as that write comes back', async () => {
+    const id = await createSession(h.store);
+    await makeReady(h, id);
+    // The status watch lags, so the recovery below is looked at before the crash's status write is cached:
+    // that reconcile is put off (for up to 30 s), and the write's echo must bring the session back at once.
+    const lagging = { ...delegatingStore(h.store), watch: (prefix: string, index?: number) => h.store.watch(prefix, index).pipe(delay(prefix === keys.statuses ? 300 : 0)) };
+    await h.restartController(lagging);
+    await waitFor('queue drained', () => h.controller.queue.length === 0 && h.controller.queue.inFlight === 0);
+    h.scheduler.update(id, { healthy: false, tasks: { core: { state: 'dead', failed: true, restarts: 1, lastEvent: 'exited with code 1' } } });
+    await waitFor('the crash written', async () => (await statusOf(h.store, id))?.phase === 'Starting');
+    h.scheduler.update(id, { healthy: true, tasks: { core: { state: 'running', failed: false, restarts: 1 } } });
+    await waitFor('ready again, long before the put-off reconcile would time out', async () => (await statusOf(h.store, id))?.phase === 'Ready', 5_000);
   });
 
   it('keeps a Ready session Ready when the routers fall silent, as they do while the store is unreachable', async () => {

@@ -24,31 +24,37 @@ describe('StoreInformer', () => {
     await store.close();
   });
 
-  it('caches a value this process said it is writing as given, without decoding it again', async () => {
+  it('caches a value this process said it is writing as given, without decoding it again, and marks it an echo', async () => {
+    const echoes: boolean[] = [];
+    informer.cache.changes.subscribe((change) => echoes.push(change.echo === true));
     const value = { n: 1 };
-    informer.writing('a', '{"n":1}', value);
+    informer.cache.writing('a', '{"n":1}', value);
     await store.put('p/a', '{"n":1}');
     await waitFor('the cache to show the write', () => informer.cache.get('a') !== undefined);
     assert.equal(informer.cache.get('a')?.value, value);
     assert.deepEqual(decoded, []);
 
-    // Only that one entry: the next one under the id is decoded.
+    // Only that one entry: the next one under the id is decoded, and is no echo.
     await store.put('p/a', '{"n":1}');
     await waitFor('the second write', () => decoded.length === 1);
     assert.notEqual(informer.cache.get('a')?.value, value);
+    assert.deepEqual(echoes, [true, false]);
   });
 
-  it('decodes an entry whose text differs from what this process said it is writing', async () => {
-    informer.writing('a', '{"n":1}', { n: 1 });
+  it('decodes an entry whose text differs from what this process said it is writing, as no echo', async () => {
+    const echoes: boolean[] = [];
+    informer.cache.changes.subscribe((change) => echoes.push(change.echo === true));
+    informer.cache.writing('a', '{"n":1}', { n: 1 });
     await store.put('p/a', '{"n":2}');
     await waitFor('the cache to show the write', () => informer.cache.get('a') !== undefined);
     assert.deepEqual(informer.cache.get('a')?.value, { n: 2 });
     assert.deepEqual(decoded, ['{"n":2}']);
+    assert.deepEqual(echoes, [false]);
   });
 
   it('decodes the entry of a write that failed', async () => {
-    informer.writing('a', '{"n":1}', { n: 1 });
-    informer.writeFailed('a', '{"n":1}');
+    informer.cache.writing('a', '{"n":1}', { n: 1 });
+    informer.cache.writeFailed('a', '{"n":1}');
     await store.put('p/a', '{"n":1}');
     await waitFor('the cache to show the write', () => informer.cache.get('a') !== undefined);
     assert.deepEqual(decoded, ['{"n":1}']);
