@@ -715,8 +715,14 @@ class PrefixWatch {
         // A resync asked for while this answer was on its way still reads again.
         this.resync = this.resyncRequested;
         this.resyncRequested = false;
-        const handingSince = performance.now();
-        if (this.absorb(listing)) await this.throttle(listing.decodeMs + performance.now() - handingSince);
+        const absorbingSince = performance.now();
+        const step = this.absorb(listing);
+        if (step !== undefined) {
+          // Paced by what reading the list cost, not by what the consumer then does with the changes.
+          const readingMs = listing.decodeMs + performance.now() - absorbingSince;
+          this.subscriber.next(step);
+          await this.throttle(readingMs);
+        }
       } catch (error) {
         if (this.stopped) return;
         if (this.resyncRequested) {
@@ -739,8 +745,8 @@ class PrefixWatch {
     }
   }
 
-  /** Applies one answer; returns whether it delivered a step. */
-  private absorb(listing: Listing): boolean {
+  /** Takes in one answer; returns the step it makes for the consumer, if any. */
+  private absorb(listing: Listing): WatchStep | undefined {
     const index = Math.max(listing.index, 1);
     if (this.known === undefined || index < this.index) {
       if (this.known !== undefined) {
@@ -752,19 +758,17 @@ class PrefixWatch {
       this.known = new Map(entries.map((entry) => [entry.key, knownEntry(entry)]));
       this.index = index;
       this.store.remember(this.prefix, { index, entries: [...this.known.values()] });
-      this.subscriber.next({ kind: 'reset', index, entries });
-      return true;
+      return { kind: 'reset', index, entries };
     }
     const changes = diff(this.known, listing.entries, index);
     this.index = index;
-    if (changes.length === 0) return false;
+    if (changes.length === 0) return undefined;
     for (const change of changes) {
       if (change.type === 'put') this.known.set(change.entry.key, knownEntry(change.entry));
       else this.known.delete(change.key);
     }
     this.store.remember(this.prefix, { index, entries: [...this.known.values()] });
-    this.subscriber.next({ kind: 'changes', index, changes });
-    return true;
+    return { kind: 'changes', index, changes };
   }
 
   /** Paces answers that delivered changes: a token from the bucket, and a pause in proportion to `handlingMs`. */

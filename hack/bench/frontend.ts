@@ -6,6 +6,7 @@ import YAML from 'yaml';
 import { encodeRecord } from '../../controller/api/schemas.js';
 import type { SessionStatus } from '../../controller/api/types.js';
 import { loadConfig } from '../../controller/config/config.js';
+import { FencedWriter, type StoreWriter } from '../../controller/controller/fenced-writer.js';
 import { Keys } from '../../controller/controller/keys.js';
 import { nextStatus } from '../../controller/controller/status.js';
 import { ConsulStore } from '../../controller/store/consul-store.js';
@@ -129,7 +130,7 @@ function parameters(sizes: Sizes): Record<string, number | string> {
     readSessions: `${sizes.readSessions} sessions of ${sizes.readSessions} users, each read by its owner`,
     createUsers: `${sizes.createUsers} users (warm-up: ${sizes.warmupCreateUsers} others), one create each while they last`,
     streams: `${sizes.streams} sessions of ${sizes.streams} users, one status stream each`,
-    statusWrites: `one per session, ${sizes.writeConcurrency} in flight (controller.workers), through the Consul store client`,
+    statusWrites: `one per session, ${sizes.writeConcurrency} reconciles at a time (controller.workers), through a leader's fenced writer`,
     auth: 'JWT (HS256 bearer tokens signed before the run)',
     limits: `limits.sessionsPerUser ${UNLIMITED}, frontend.rateLimit ${UNLIMITED}/s burst ${UNLIMITED}: raised so that neither refuses the load`,
     stores: 'loads: embedded store (SQLite file in the scratch directory); streams: Consul API double (test/fakes, its own process)',
@@ -267,7 +268,7 @@ async function measureStreams(context: BenchContext, sizes: Sizes, jwt: JwtSetti
     streams = await openStreams(frontend.api, ids.map((id, i) => ({ id, token: tokens[i]! })), OPEN_CONCURRENCY, agent);
     const openSeconds = (performance.now() - openedAt) / 1000;
     context.log.info({ streams: streams.length, openSeconds }, 'streams open');
-    const delivery = await deliverChanges(writer, keys, ids, waiting, streams, sizes);
+    const delivery = await deliverChanges(await leaderWriter(writer, keys), keys, ids, waiting, streams, sizes);
     const peak = memory.stop();
     reportStreams(result, sizes, openSeconds, delivery, megabytes(peak));
   } finally {
@@ -317,10 +318,21 @@ interface Delivery {
 }
 
 /**
- * Moves every session one place up the waiting list, one status write each as the controller writes it
- * (`writeConcurrency` at a time), and times each stream from its session's write to the event showing it.
+ * The status writes' path out of a leading controller: a lease on the leader key, and its fenced writer,
+ * which sends the writes of one moment together in transactions (fenced-writer.ts).
  */
-async function deliverChanges(writer: ConsulStore, keys: Keys, ids: readonly string[], before: readonly SessionStatus[], streams: readonly StatusStream[], sizes: Sizes): Promise<Delivery> {
+async function leaderWriter(store: ConsulStore, keys: Keys): Promise<StoreWriter> {
+  const session = await store.createSession({ name: 'bench-leader', ttlSeconds: 300, lockDelaySeconds: 0 });
+  if (!(await store.acquire(keys.leader, '{}', session))) throw new Error('the benchmark could not take the leader key');
+  return new FencedWriter(store, () => ({ verb: 'check-session', key: keys.leader, session }));
+}
+
+/**
+ * Moves every session one place up the waiting list, one status write each as the leading controller writes
+ * them (`writeConcurrency` reconciles at a time, through its fenced writer), and times each stream from its
+ * session's write to the event showing it.
+ */
+async function deliverChanges(writer: StoreWriter, keys: Keys, ids: readonly string[], before: readonly SessionStatus[], streams: readonly StatusStream[], sizes: Sizes): Promise<Delivery> {
   const arrivedAt: number[] = [];
   const arrivals = streams.map((stream, i) =>
     stream.arrivalOf(i + 1).then(
