@@ -18,13 +18,17 @@ export interface ControllerView {
 }
 
 /**
- * Feeds the controller's metrics: sessions by phase, the waiting list, queue depth and leadership are read
- * at scrape time; create→Ready times and leader changes are recorded as they happen. Only the leader
- * reports sessions, so summing over replicas counts each session once.
+ * Feeds the controller's metrics: sessions by phase are counted as the caches change (a scrape walks no
+ * sessions); the waiting list, queue depth and leadership are read at scrape time; create→Ready times and
+ * leader changes are recorded as they happen. Only the leader reports sessions, so summing over replicas
+ * counts each session once.
  */
 export class ControllerMetrics {
   /** When this process sent each of its own writes (performance.now()), until the watch brings it back. */
   private readonly sentAt = new Map<string, number>();
+  /** Each session's phase as counted (Pending until it has a status), and the sessions in each phase. */
+  private readonly phases = new Map<string, string>();
+  private readonly byPhase = new Map<string, number>();
   private readonly subscriptions: Subscription[] = [];
   private readonly removeSources: Array<() => void> = [];
 
@@ -37,7 +41,9 @@ export class ControllerMetrics {
       workQueueSources.add(() => (view.leading() ? view.queueDepth() : 0)),
       leadingSources.add(() => view.leading()),
     );
+    for (const id of view.sessions.ids()) this.count(id);
     this.subscriptions.push(
+      merge(view.sessions.changes, view.statuses.changes).subscribe(({ id }) => this.count(id)),
       view.leading$.pipe(startWith(false), pairwise()).subscribe(([before, after]) => {
         if (before !== after) leaderTransitions.inc();
       }),
@@ -50,6 +56,8 @@ export class ControllerMetrics {
     for (const remove of this.removeSources.splice(0)) remove();
     for (const subscription of this.subscriptions.splice(0)) subscription.unsubscribe();
     this.sentAt.clear();
+    this.phases.clear();
+    this.byPhase.clear();
   }
 
   /** The reconciler's writer reports the keys it wrote, so the watch lag can be measured when they come back. */
@@ -79,14 +87,29 @@ export class ControllerMetrics {
     if (createdAt !== undefined) createToReadySeconds.observe(Math.max(0, (Date.parse(readyAt) - Date.parse(createdAt)) / 1000));
   }
 
+  /** Moves the session to the count of its phase now (out of every count once its record is gone). */
+  private count(id: string): void {
+    const { view } = this;
+    const phase = view.sessions.get(id) === undefined ? undefined : (view.statuses.get(id)?.value?.phase ?? 'Pending');
+    const before = this.phases.get(id);
+    if (phase === before) return;
+    if (before !== undefined) {
+      const left = (this.byPhase.get(before) ?? 1) - 1;
+      if (left > 0) this.byPhase.set(before, left);
+      else this.byPhase.delete(before);
+    }
+    if (phase === undefined) {
+      this.phases.delete(id);
+    } else {
+      this.phases.set(id, phase);
+      this.byPhase.set(phase, (this.byPhase.get(phase) ?? 0) + 1);
+    }
+  }
+
   private sessionCounts(): SessionCounts {
     const { view } = this;
     if (!view.leading()) return { byPhase: {}, waiting: 0, oldestWaitSeconds: 0 };
-    const byPhase: Record<string, number> = {};
-    for (const session of view.sessions.values()) {
-      const phase = view.statuses.get(session.id)?.value?.phase ?? 'Pending';
-      byPhase[phase] = (byPhase[phase] ?? 0) + 1;
-    }
+    const byPhase = Object.fromEntries(this.byPhase);
     const waiting = view.waitingIds();
     const head = waiting[0] === undefined ? undefined : view.sessions.get(waiting[0])?.value?.metadata.createdAt;
     return { byPhase, waiting: waiting.length, oldestWaitSeconds: head === undefined ? 0 : Math.max(0, (view.now() - Date.parse(head)) / 1000) };
