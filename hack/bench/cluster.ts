@@ -196,12 +196,13 @@ export class BenchCluster {
   }
 
   /** A counter or gauge of the controller's /metrics (summed over its label sets). */
+  /** The sum of a metric's series, or of one series when `name` carries its labels (`name{label="value"}`). */
   async controllerMetric(name: string): Promise<number> {
     const response = await fetch(`http://127.0.0.1:${this.controllerStatusPort}/metrics`);
     const text = await response.text();
     let sum = 0;
     for (const line of text.split('\n')) {
-      if (line.startsWith(`${name} `) || line.startsWith(`${name}{`)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
+      if (line.startsWith(`${name} `) || (!name.includes('{') && line.startsWith(`${name}{`))) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
     }
     return sum;
   }
@@ -235,13 +236,18 @@ export class BenchCluster {
   }
 
   /** Waits until `count` sessions are Ready, reading the store every `intervalMs` and logging progress. */
+  /**
+   * Waits until `count` sessions are Ready, as the leading controller counts them (its `manticore_sessions`
+   * gauge): asking the store instead would list every status each time, work that competes with the system
+   * under test.
+   */
   async untilReady(count: number, timeoutMs: number, intervalMs = 500): Promise<void> {
     let ready = 0;
     let reportedAt = performance.now();
     await waitFor(
       `${count} sessions Ready`,
       async () => {
-        ready = (await this.statuses()).filter((entry) => entry.status.phase === 'Ready').length;
+        ready = await this.controllerMetric('manticore_sessions{phase="Ready"}');
         if (performance.now() - reportedAt > 10_000) {
           reportedAt = performance.now();
           this.options.log.info({ ready, of: count }, 'sessions Ready so far');

@@ -5,7 +5,6 @@ import type { RouteRecord, SessionRecord, SessionStatus } from '../../controller
 import { renderJobFor } from '../../controller/cli/render-job.js';
 import { loadConfig } from '../../controller/config/config.js';
 import { freePortRange } from '../../test/support/ports.js';
-import { waitFor } from '../../test/support/wait.js';
 import { BenchCluster, Doubles, keys } from './cluster.js';
 import { repoRoot } from './paths.js';
 import { ResultBuilder } from './report.js';
@@ -175,14 +174,8 @@ async function measureProduct(context: BenchContext, sessions: number, clients: 
       }
     });
     const createSeconds = (performance.now() - startedAt) / 1000;
-    // The figures come from the times the statuses record, so the end is checked only once a second: each
-    // check lists every status, work that would otherwise compete with the system under test for the CPU.
-    await waitFor(
-      `${accepted} sessions Ready`,
-      async () => (await cluster.statuses()).filter((entry) => entry.status.readyAt !== undefined).length >= accepted,
-      10 * 60_000,
-      1_000,
-    );
+    // The figures come from the times the statuses record, so the end is checked only once a second.
+    await cluster.untilReady(accepted, 10 * 60_000, 1_000);
     const work = {
       storeWrites: (await cluster.storeIndex()) - indexBefore,
       registrations: await cluster.registrations(),
