@@ -13,6 +13,7 @@ import {
   requestDeletion,
   routesOf,
   statusOf,
+  statusWhen,
 } from '../support/controller-harness.js';
 import { waitFor } from '../support/wait.js';
 
@@ -125,6 +126,17 @@ describe('controller: session reconciliation', () => {
     h.scheduler.update(id, { healthy: true, tasks: { core: { state: 'running', failed: false, restarts: 1 } } });
     await waitFor('ready again', async () => (await statusOf(h.store, id))?.phase === 'Ready');
     assert.equal(h.scheduler.registrations.length, 1, 'recovery needs no new registration');
+  });
+
+  it('registers an admitted session\'s job in the same pass that admits it', async () => {
+    const reconciles = sinon.spy(SessionReconciler.prototype, 'reconcile');
+    const register = sinon.spy(h.scheduler, 'register');
+    const id = await createSession(h.store);
+    await waitFor('job registration', () => h.scheduler.workload(id));
+    assert.equal(register.callCount, 1);
+    // No second reconcile began before the registration: the claim's echo was not waited for.
+    assert.ok(reconciles.callCount === 1 || register.firstCall.calledBefore(reconciles.secondCall!), `${reconciles.callCount} reconciles`);
+    assert.equal(condition(await statusWhen(h.store, id, 'Starting'), 'Admitted'), 'True/Claimed');
   });
 
   it('looks at a session once for a change it depends on, not again when its own status write comes back', async () => {
