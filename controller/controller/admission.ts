@@ -119,10 +119,20 @@ export class Admission {
 
   /** Re-reads one session from the caches; call on every change to its record, status or claim. */
   refresh(id: string): void {
-    this.update(id, () => true);
+    this.update(id, this.requeue);
   }
 
-  private update(id: string, mayRequeue: (other: string) => boolean): void {
+  /**
+   * Reads every session from the filled caches at once, requeueing nobody: for a start, where everything is
+   * queued anyway. Fed change by change while the caches fill, each claim that arrives after its session
+   * would move everyone behind it, which is quadratic in the number of sessions.
+   */
+  load(ids: Iterable<string>): void {
+    for (const id of ids) this.update(id, undefined);
+  }
+
+  /** Re-reads one session; `requeue` is told of every other session whose decision may have changed. */
+  private update(id: string, requeue: ((other: string) => void) | undefined): void {
     this.estimates = undefined;
     const freeBefore = this.lastFree;
     const cached = this.state.sessions.get(id)?.value;
@@ -166,14 +176,15 @@ export class Admission {
         ? { id, createdAt: Date.parse(record.metadata.createdAt), ...(blockedSince === undefined ? {} : { capacityBlockedSince: blockedSince }) }
         : undefined,
     );
-    // Everyone behind a change moved; when room grew, the head of the list may now go.
-    const requeue = (waiter: Waiter): void => {
-      if (mayRequeue(waiter.id)) this.requeue(waiter.id);
-    };
-    if (changedAt !== undefined) this.waiting.slice(changedAt).forEach(requeue);
     const freeAfter = this.freeSlots();
     this.lastFree = freeAfter;
-    if (freeAfter > freeBefore) this.waiting.slice(0, freeAfter).forEach(requeue);
+    if (requeue !== undefined) {
+      // Everyone behind a change moved; when room grew, the head of the list may now go.
+      const moved = changedAt ?? this.waiting.length;
+      const head = freeAfter > freeBefore ? Math.min(freeAfter, moved) : 0;
+      for (let index = 0; index < head; index++) requeue(this.waiting[index]!.id);
+      for (let index = moved; index < this.waiting.length; index++) requeue(this.waiting[index]!.id);
+    }
     if (timesChanged && this.waiting.length > 0) this.estimatesChanged();
   }
 
@@ -214,7 +225,7 @@ export class Admission {
 
   /** Gives back a reservation whose claim could not be written; the session itself retries with its own backoff. */
   cancel(id: string): void {
-    if (this.reserved.delete(id)) this.update(id, (other) => other !== id);
+    if (this.reserved.delete(id)) this.update(id, (other) => other !== id && this.requeue(other));
   }
 
   /**

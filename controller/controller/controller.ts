@@ -171,8 +171,11 @@ export class Controller {
   async start(): Promise<void> {
     // The allocator and the waiting list must see every claim before the first reconcile admits anyone.
     this.subscriptions.push(this.routes.cache.changes.subscribe((change) => this.ports.observe(change)));
+    // The waiting list follows changes once it has been loaded from the synced caches (below).
     this.subscriptions.push(
-      merge(this.sessions.cache.changes, this.statuses.cache.changes, this.routes.cache.changes).subscribe((change) => this.admission.refresh(change.id)),
+      merge(this.sessions.cache.changes, this.statuses.cache.changes, this.routes.cache.changes)
+        .pipe(filter(() => this.synced))
+        .subscribe((change) => this.admission.refresh(change.id)),
     );
     // A status is the reconciler's output: its own status write coming back needs no second look, unless
     // the session's reconcile was put off until its caches showed its writes.
@@ -209,6 +212,7 @@ export class Controller {
     const informers = [this.sessions, this.statuses, this.routes, this.routers, this.activities, this.workloads];
     for (const informer of informers) informer.start();
     await Promise.all(informers.map((informer) => informer.synced));
+    this.admission.load(new Set([...this.sessions.cache.ids(), ...this.statuses.cache.ids(), ...this.routes.cache.ids()]));
     this.synced = true;
     this.log.info(
       { sessions: this.sessions.cache.size, waiting: this.admission.waitingCount, workloads: this.workloads.cache.size, routes: this.routes.cache.size },

@@ -1,0 +1,69 @@
+import assert from 'node:assert/strict';
+import type { RouteRecord, SessionRecord, SessionStatus } from '../../controller/api/types.js';
+import { Admission } from '../../controller/controller/admission.js';
+import { Cache, type CachedRecord } from '../../controller/controller/informer.js';
+
+describe('admission: the waiting list', () => {
+  let sessions: Cache<CachedRecord<SessionRecord>>;
+  let statuses: Cache<CachedRecord<SessionStatus>>;
+  let routes: Cache<CachedRecord<RouteRecord>>;
+  let requeued: string[];
+  let admission: Admission;
+  let index = 0;
+
+  const record = <T>(id: string, value: T): CachedRecord<T> => ({ id, entry: { key: id, createIndex: 1, modifyIndex: ++index }, value });
+  const id = (n: number): string => `s${String(n).padStart(3, '0')}`;
+  const addSession = (n: number): void =>
+    sessions.upsert(id(n), record(id(n), { metadata: { id: id(n), owner: `user-${n}`, createdAt: new Date(n * 1000).toISOString(), generation: 1 }, spec: { template: 'sdl', parameters: {} } }));
+  const addClaim = (n: number): void => routes.upsert(id(n), record(id(n), { sessionId: id(n), hosts: [], ports: [] }));
+  const position = (n: number): number | undefined => {
+    const decision = admission.decide(id(n));
+    return decision.admit ? undefined : decision.position;
+  };
+
+  beforeEach(() => {
+    sessions = new Cache();
+    statuses = new Cache();
+    routes = new Cache();
+    requeued = [];
+    admission = new Admission(
+      { sessions, statuses, routes },
+      { maxSessions: 10, maxStarting: 10, sessionsPerUser: 1, capacityRetryMs: 60_000 },
+      () => 1_000_000,
+      (requeuedId) => requeued.push(requeuedId),
+      () => undefined,
+    );
+  });
+
+  it('is loaded from filled caches at once, requeueing nobody, in the order the sessions were created', () => {
+    // A restart: 200 sessions, the first ten holding the cluster's ten slots, as the caches hold them once synced.
+    for (let n = 199; n >= 0; n--) addSession(n);
+    for (let n = 0; n < 10; n++) addClaim(n);
+    admission.load(sessions.ids());
+    assert.deepEqual(requeued, []);
+    assert.equal(admission.waitingCount, 190);
+    assert.equal(position(0), undefined);
+    assert.equal(position(10), 1);
+    assert.equal(position(199), 190);
+    assert.equal(admission.decide(id(10)).admit, false);
+  });
+
+  it('after loading, moves everyone behind a change and lets the head go when a slot frees up', () => {
+    for (let n = 0; n < 15; n++) addSession(n);
+    for (let n = 0; n < 10; n++) addClaim(n);
+    admission.load(sessions.ids());
+    // Session 12 is deleted: 13 and 14 move up.
+    sessions.remove(id(12));
+    admission.refresh(id(12));
+    assert.deepEqual(requeued.sort(), [id(13), id(14)]);
+    assert.equal(position(13), 3);
+    // Session 3 ends and gives back its claim: the head (10) may now be admitted, and nobody else moved.
+    requeued = [];
+    sessions.remove(id(3));
+    routes.remove(id(3));
+    admission.refresh(id(3));
+    assert.deepEqual(requeued, [id(10)]);
+    assert.deepEqual(admission.decide(id(10)), { admit: true });
+    assert.equal(position(11), 2);
+  });
+});
