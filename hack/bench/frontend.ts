@@ -19,16 +19,18 @@ import { cpuSeconds, PeakMemory, residentMiB } from './process-stats.js';
 import { ResultBuilder, type ScenarioResult } from './report.js';
 import type { BenchContext, Scenario } from './scenario.js';
 import { percentile } from './stats.js';
-import { failedRequests, runWrk, type WrkOptions, type WrkResult } from './wrk.js';
+import { combineRounds, failedRequests, runWrk, type WrkOptions, type WrkResult } from './wrk.js';
 
 /** The load's sizes: the full run `make bench` judges, and the quick pass that checks the harness. */
 interface Sizes {
   readonly connections: number;
   readonly warmupSeconds: number;
-  readonly loadSeconds: number;
+  /** Each load runs this many rounds of `roundSeconds`, interleaved with the other loads' rounds. */
+  readonly rounds: number;
+  readonly roundSeconds: number;
   /** Sessions (each of its own user) the status reads go over. */
   readonly readSessions: number;
-  /** Users whose tokens the warm-up and the measured creates take in turn: each create a new user while they last. */
+  /** Users whose tokens the warm-up and the measured creates take in turn (split among the rounds): each create a new user while they last. */
   readonly warmupCreateUsers: number;
   readonly createUsers: number;
   /** Sessions, each of its own user, with one open status stream each. */
@@ -44,7 +46,8 @@ const DEFAULT_WORKERS = loadConfig(undefined, {}).controller.workers;
 const FULL: Sizes = {
   connections: 50,
   warmupSeconds: 3,
-  loadSeconds: 10,
+  rounds: 5,
+  roundSeconds: 2,
   readSessions: 1000,
   warmupCreateUsers: 50_000,
   createUsers: 150_000,
@@ -56,7 +59,8 @@ const FULL: Sizes = {
 const QUICK: Sizes = {
   connections: 50,
   warmupSeconds: 1,
-  loadSeconds: 2,
+  rounds: 2,
+  roundSeconds: 1,
   readSessions: 100,
   warmupCreateUsers: 10_000,
   createUsers: 20_000,
@@ -126,9 +130,9 @@ function parameters(sizes: Sizes): Record<string, number | string> {
     connections: sizes.connections,
     wrkThreads: 1,
     warmupSeconds: sizes.warmupSeconds,
-    loadSeconds: sizes.loadSeconds,
+    rounds: `${sizes.rounds} of ${sizes.roundSeconds} s per load, interleaved (ceiling, reads, creates, ceiling, …)`,
     readSessions: `${sizes.readSessions} sessions of ${sizes.readSessions} users, each read by its owner`,
-    createUsers: `${sizes.createUsers} users (warm-up: ${sizes.warmupCreateUsers} others), one create each while they last`,
+    createUsers: `${sizes.createUsers} users, a share of them each round (warm-up: ${sizes.warmupCreateUsers} others), one create each while they last`,
     streams: `${sizes.streams} sessions of ${sizes.streams} users, one status stream each`,
     statusWrites: `one per session, ${sizes.writeConcurrency} reconciles at a time (controller.workers), through a leader's fenced writer`,
     auth: 'JWT (HS256 bearer tokens signed before the run)',
@@ -146,21 +150,28 @@ async function measureRequests(context: BenchContext, sizes: Sizes, jwt: JwtSett
   try {
     result.figure('rssIdle', 'front end resident memory at start', megabytes(residentMiB(frontend.child.pid)), 'MB');
     const readFile = await prepareReads(context, frontend.api, sizes, jwt);
-    const [warmupUsers, createUsers] = [path.join(context.workDir, 'warmup-users.txt'), path.join(context.workDir, 'create-users.txt')];
+    const warmupUsers = path.join(context.workDir, 'warmup-users.txt');
     await writeLines(warmupUsers, mintTokens(jwt, 'warmup-', sizes.warmupCreateUsers));
-    await writeLines(createUsers, mintTokens(jwt, 'creator-', sizes.createUsers));
+    // Every round of creates has users of its own: wrk starts each run at the top of its file.
+    const usersPerRound = Math.floor(sizes.createUsers / sizes.rounds);
+    const roundUsers: string[] = [];
+    for (let round = 0; round < sizes.rounds; round++) {
+      roundUsers.push(path.join(context.workDir, `create-users-${round}.txt`));
+      await writeLines(roundUsers[round]!, mintTokens(jwt, `creator-${round}-`, usersPerRound));
+    }
 
-    const ceiling = await measureLoad(context, frontend.child, sizes, 'ceiling', { url: `${frontend.api}/healthz` });
-    const reads = await measureLoad(context, frontend.child, sizes, 'reads', { url: `${frontend.api}/api/v1/sessions`, script: READ_SCRIPT, scriptArgs: [readFile] });
-    const createLoad = { url: `${frontend.api}/api/v1/sessions`, script: CREATE_SCRIPT };
-    const creates = await measureLoad(context, frontend.child, sizes, 'creates', { ...createLoad, scriptArgs: [createUsers, CREATE_BODY] }, {
-      ...createLoad,
-      scriptArgs: [warmupUsers, CREATE_BODY],
-    });
+    const ceilingLoad: Load = { url: `${frontend.api}/healthz` };
+    const readLoad: Load = { url: `${frontend.api}/api/v1/sessions`, script: READ_SCRIPT, scriptArgs: [readFile] };
+    const createLoad = (users: string): Load => ({ url: `${frontend.api}/api/v1/sessions`, script: CREATE_SCRIPT, scriptArgs: [users, CREATE_BODY] });
+    const [ceiling, reads, creates] = await measureInterleaved(context, frontend.child, sizes, [
+      { name: 'ceiling', warmup: ceilingLoad, round: () => ceilingLoad },
+      { name: 'reads', warmup: readLoad, round: () => readLoad },
+      { name: 'creates', warmup: createLoad(warmupUsers), round: (round) => createLoad(roundUsers[round]!) },
+    ]);
 
-    reportLoad(result, 'ceiling', 'ceiling (GET /healthz)', ceiling);
-    reportLoad(result, 'reads', 'status reads (GET /api/v1/sessions/{id})', reads);
-    reportCreates(result, creates, sizes.createUsers);
+    reportLoad(result, 'ceiling', 'ceiling (GET /healthz)', ceiling!);
+    reportLoad(result, 'reads', 'status reads (GET /api/v1/sessions/{id})', reads!);
+    reportCreates(result, creates!, usersPerRound);
     const createsRatio = acceptedPerSecond(creates.wrk) / ceiling.wrk.requestsPerSecond;
     const readsRatio = reads.wrk.requestsPerSecond / ceiling.wrk.requestsPerSecond;
     result.ratio('createsVsCeiling', 'accepted creates / ceiling', createsRatio).ratio('readsVsCeiling', 'status reads / ceiling', readsRatio);
@@ -181,21 +192,47 @@ async function prepareReads(context: BenchContext, api: string, sizes: Sizes, jw
   return file;
 }
 
+/** What wrk sends for one load (the connections, threads and duration are the scenario's). */
+type Load = Omit<WrkOptions, 'connections' | 'durationSeconds' | 'threads'>;
+
+interface LoadSpec {
+  readonly name: string;
+  readonly warmup: Load;
+  /** The load of round `round` (0-based). */
+  readonly round: (round: number) => Load;
+}
+
 interface LoadOutcome {
+  /** The rounds taken together. */
   readonly wrk: WrkResult;
-  /** CPU seconds the front end used during the measured run. */
+  readonly rounds: readonly WrkResult[];
+  /** CPU seconds the front end used during the measured rounds. */
   readonly cpuSeconds: number;
 }
 
-/** A warm-up (the same load unless `warmup` says otherwise), then the measured run, with the front end's CPU. */
-async function measureLoad(context: BenchContext, frontend: BenchChild, sizes: Sizes, name: string, load: Omit<WrkOptions, 'connections' | 'durationSeconds'>, warmup = load): Promise<LoadOutcome> {
+/**
+ * A warm-up of each load, then each load in rounds interleaved with the others' (ceiling, reads, creates,
+ * ceiling, …), with the front end's CPU during its rounds: other work on the machine, which comes and goes,
+ * weighs on every load alike, as in the routing scenario.
+ */
+async function measureInterleaved(context: BenchContext, frontend: BenchChild, sizes: Sizes, specs: readonly LoadSpec[]): Promise<LoadOutcome[]> {
   const common = { connections: sizes.connections, threads: 1 };
-  await runWrk({ ...warmup, ...common, durationSeconds: sizes.warmupSeconds });
-  const cpuBefore = cpuSeconds(frontend.pid);
-  const wrk = await runWrk({ ...load, ...common, durationSeconds: sizes.loadSeconds });
-  const outcome = { wrk, cpuSeconds: cpuSeconds(frontend.pid) - cpuBefore };
-  context.log.info({ load: name, requestsPerSecond: Math.round(wrk.requestsPerSecond), p99Ms: wrk.latencyP99Ms, errors: wrk.errors, frontendCpuSeconds: outcome.cpuSeconds }, 'load measured');
-  return outcome;
+  for (const spec of specs) await runWrk({ ...spec.warmup, ...common, durationSeconds: sizes.warmupSeconds });
+  const rounds = specs.map((): WrkResult[] => []);
+  const cpu = specs.map(() => 0);
+  for (let round = 0; round < sizes.rounds; round++) {
+    for (const [n, spec] of specs.entries()) {
+      const cpuBefore = cpuSeconds(frontend.pid);
+      rounds[n]!.push(await runWrk({ ...spec.round(round), ...common, durationSeconds: sizes.roundSeconds }));
+      cpu[n]! += cpuSeconds(frontend.pid) - cpuBefore;
+    }
+  }
+  return specs.map((spec, n) => {
+    const outcome: LoadOutcome = { wrk: combineRounds(rounds[n]!), rounds: rounds[n]!, cpuSeconds: cpu[n]! };
+    const { wrk } = outcome;
+    context.log.info({ load: spec.name, requestsPerSecond: Math.round(wrk.requestsPerSecond), p99Ms: wrk.latencyP99Ms, errors: wrk.errors, frontendCpuSeconds: outcome.cpuSeconds }, 'load measured');
+    return outcome;
+  });
 }
 
 function reportLoad(result: ResultBuilder, key: string, label: string, outcome: LoadOutcome): void {
@@ -208,17 +245,18 @@ function reportLoad(result: ResultBuilder, key: string, label: string, outcome: 
   reportCpu(result, key, label, outcome);
 }
 
-function reportCreates(result: ResultBuilder, outcome: LoadOutcome, users: number): void {
+/** `usersPerRound`: the users each round's creates took in turn (a user is created for again once they run out). */
+function reportCreates(result: ResultBuilder, outcome: LoadOutcome, usersPerRound: number): void {
   const { wrk } = outcome;
   const label = 'creates (POST /api/v1/sessions)';
-  const accepted = wrk.requests - wrk.errors.status;
+  const distinctUsers = outcome.rounds.reduce((sum, round) => sum + Math.min(round.requests - round.errors.status, usersPerRound), 0);
   result
     .figure('createsRps', `${label}: accepted/s`, acceptedPerSecond(wrk), 'req/s')
     .figure('createsP50', `${label}: p50`, wrk.latencyP50Ms, 'ms')
     .figure('createsP99', `${label}: p99`, wrk.latencyP99Ms, 'ms')
     .figure('createsRefused', `${label}: refused (not 2xx)`, wrk.errors.status, '')
     .figure('createsErrors', `${label}: socket errors`, failedRequests(wrk) - wrk.errors.status, '')
-    .figure('createsDistinctUsers', `${label}: distinct users`, Math.min(accepted, users), '');
+    .figure('createsDistinctUsers', `${label}: distinct users`, distinctUsers, '');
   reportCpu(result, 'creates', label, outcome);
 }
 

@@ -9,7 +9,7 @@ import { RouteProbe } from './routing-probe.js';
 import { RouterStack, type SessionRoute } from './routing-stack.js';
 import type { BenchContext, Scenario } from './scenario.js';
 import { percentile } from './stats.js';
-import { failedRequests, runWrk, type WrkResult } from './wrk.js';
+import { combineRounds, failedRequests, runWrk, type WrkResult } from './wrk.js';
 
 /**
  * Scenario 3, the routing data plane (ARCHITECTURE §6 and §12):
@@ -128,26 +128,6 @@ const PATHS = [
 
 type PathKey = (typeof PATHS)[number]['key'];
 
-/** What the rounds of one path measured together. */
-interface PathLoad {
-  readonly requestsPerSecond: number;
-  /** Medians of the rounds' latency percentiles (wrk reports percentiles per run, which cannot be merged). */
-  readonly latencyP50Ms: number;
-  readonly latencyP99Ms: number;
-  readonly failed: number;
-}
-
-function combineRounds(rounds: readonly WrkResult[]): PathLoad {
-  const requests = rounds.reduce((sum, round) => sum + round.requests, 0);
-  const seconds = rounds.reduce((sum, round) => sum + round.durationSeconds, 0);
-  return {
-    requestsPerSecond: requests / seconds,
-    latencyP50Ms: percentile(rounds.map((round) => round.latencyP50Ms), 50),
-    latencyP99Ms: percentile(rounds.map((round) => round.latencyP99Ms), 50),
-    failed: rounds.reduce((sum, round) => sum + failedRequests(round), 0),
-  };
-}
-
 /**
  * Each path is loaded in rounds interleaved with the other paths' (direct, HAProxy, configurable-http-proxy,
  * direct, …), so that other work on the machine, which comes and goes, weighs on the three alike.
@@ -158,15 +138,16 @@ async function measureThroughput(result: ResultBuilder, sizes: Sizes, hostsFile:
   for (let round = 0; round < sizes.rounds; round++) {
     for (const { key } of PATHS) rounds[key].push(await load(ports[key], sizes, sizes.roundSeconds, hostsFile));
   }
-  const measured = {} as Record<PathKey, PathLoad>;
+  const measured = {} as Record<PathKey, WrkResult>;
   for (const { key, label } of PATHS) {
     const path = (measured[key] = combineRounds(rounds[key]));
-    log.info({ path: key, requestsPerSecond: Math.round(path.requestsPerSecond), failed: path.failed }, 'throughput measured');
+    const failed = failedRequests(path);
+    log.info({ path: key, requestsPerSecond: Math.round(path.requestsPerSecond), failed }, 'throughput measured');
     result
       .figure(`${key}.requestsPerSecond`, `${label}: requests/s`, path.requestsPerSecond, 'req/s')
       .figure(`${key}.latencyP50`, `${label}: latency p50`, path.latencyP50Ms, 'ms')
       .figure(`${key}.latencyP99`, `${label}: latency p99`, path.latencyP99Ms, 'ms')
-      .figure(`${key}.failed`, `${label}: failed requests`, path.failed, '');
+      .figure(`${key}.failed`, `${label}: failed requests`, failed, '');
   }
   const rate = (key: PathKey): number => measured[key].requestsPerSecond;
   result

@@ -2,6 +2,7 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { percentile } from './stats.js';
 
 /**
  * Load from wrk (Debian's package), a separate C process: on a two-core machine a load generator in the
@@ -95,6 +96,32 @@ function parseSummary(stdout: string): WrkResult {
     latencyP50Ms: raw.p50_us! / 1000,
     latencyP99Ms: raw.p99_us! / 1000,
     errors: { connect: raw.connect!, read: raw.read!, write: raw.write!, timeout: raw.timeout!, status: raw.status! },
+  };
+}
+
+/**
+ * Rounds of one load taken as one run: requests, time and errors added up; the latency percentiles are the
+ * medians of the rounds' (wrk reports percentiles per run, which cannot be merged).
+ */
+export function combineRounds(rounds: readonly WrkResult[]): WrkResult {
+  if (rounds.length === 0) throw new Error('combineRounds: no rounds');
+  const sum = (value: (round: WrkResult) => number): number => rounds.reduce((total, round) => total + value(round), 0);
+  const median = (value: (round: WrkResult) => number): number => percentile(rounds.map(value), 50);
+  const requests = sum((round) => round.requests);
+  const durationSeconds = sum((round) => round.durationSeconds);
+  return {
+    requests,
+    durationSeconds,
+    requestsPerSecond: requests / durationSeconds,
+    latencyP50Ms: median((round) => round.latencyP50Ms),
+    latencyP99Ms: median((round) => round.latencyP99Ms),
+    errors: {
+      connect: sum((round) => round.errors.connect),
+      read: sum((round) => round.errors.read),
+      write: sum((round) => round.errors.write),
+      timeout: sum((round) => round.errors.timeout),
+      status: sum((round) => round.errors.status),
+    },
   };
 }
 
