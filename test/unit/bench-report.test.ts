@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { formatTable, ResultBuilder } from '../../hack/bench/report.js';
 import { percentile } from '../../hack/bench/stats.js';
+import { combineRounds, type WrkResult } from '../../hack/bench/wrk.js';
 
 describe('benchmark results', () => {
   it('judges targets both ways and keeps figures to three significant digits', () => {
@@ -33,5 +34,25 @@ describe('benchmark results', () => {
     assert.equal(percentile(values, 100), 100);
     assert.equal(percentile([7], 99), 7);
     assert.ok(Number.isNaN(percentile([], 50)));
+  });
+
+  it('takes rounds of a load as one run: requests, time and errors added up, latencies the median round', () => {
+    const round = (requests: number, seconds: number, p99: number, status: number): WrkResult => ({
+      requests,
+      durationSeconds: seconds,
+      requestsPerSecond: requests / seconds,
+      latencyP50Ms: p99 / 10,
+      latencyP99Ms: p99,
+      errors: { connect: 0, read: 1, write: 0, timeout: 0, status },
+    });
+    const combined = combineRounds([round(2_000, 2, 30, 0), round(500, 2, 90, 5), round(2_500, 1, 10, 1)]);
+    assert.equal(combined.requests, 5_000);
+    assert.equal(combined.durationSeconds, 5);
+    // A slow round weighs by its time, not as one of three rates (1,000, 250 and 2,500 average to 1,250).
+    assert.equal(combined.requestsPerSecond, 1_000);
+    assert.equal(combined.latencyP99Ms, 30);
+    assert.equal(combined.latencyP50Ms, 3);
+    assert.deepEqual(combined.errors, { connect: 0, read: 3, write: 0, timeout: 0, status: 6 });
+    assert.throws(() => combineRounds([]), /no rounds/);
   });
 });
