@@ -195,7 +195,6 @@ export class BenchCluster {
     if (this.controller) await stopChild(this.controller);
   }
 
-  /** A counter or gauge of the controller's /metrics (summed over its label sets). */
   /** The sum of a metric's series, or of one series when `name` carries its labels (`name{label="value"}`). */
   async controllerMetric(name: string): Promise<number> {
     const response = await fetch(`http://127.0.0.1:${this.controllerStatusPort}/metrics`);
@@ -235,11 +234,11 @@ export class BenchCluster {
     return ((await response.json()) as Array<{ TriggeredBy: string }>).filter((evaluation) => evaluation.TriggeredBy === 'job-register').length;
   }
 
-  /** Waits until `count` sessions are Ready, reading the store every `intervalMs` and logging progress. */
   /**
    * Waits until `count` sessions are Ready, as the leading controller counts them (its `manticore_sessions`
-   * gauge): asking the store instead would list every status each time, work that competes with the system
-   * under test.
+   * gauge, read every `intervalMs`): asking the store instead would list every status each time, work that
+   * competes with the system under test. The count is the product's own claim, so the store is read once
+   * at the end to confirm it.
    */
   async untilReady(count: number, timeoutMs: number, intervalMs = 500): Promise<void> {
     let ready = 0;
@@ -259,6 +258,8 @@ export class BenchCluster {
     ).catch((error: Error) => {
       throw new Error(`${error.message} (${ready} Ready)`);
     });
+    const stored = (await this.statuses()).filter((entry) => entry.status.phase === 'Ready').length;
+    if (stored < count) throw new Error(`the controller counts ${ready} sessions Ready, but the store holds ${stored} Ready statuses (of ${count} expected)`);
   }
 
   async stop(): Promise<void> {

@@ -174,7 +174,7 @@ async function measureProduct(context: BenchContext, sessions: number, clients: 
       }
     });
     const createSeconds = (performance.now() - startedAt) / 1000;
-    // The figures come from the times the statuses record, so the end is checked only once a second.
+    // The figures come from the times the statuses record; the end is looked for once a second.
     await cluster.untilReady(accepted, 10 * 60_000, 1_000);
     const work = {
       storeWrites: (await cluster.storeIndex()) - indexBefore,

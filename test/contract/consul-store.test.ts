@@ -11,6 +11,7 @@ import sinon from 'sinon';
 import { ConsulError, ConsulStore, type ConsulStoreOptions, type ConsulTlsOptions } from '../../controller/store/consul-store.js';
 import { StoreError, type KvChange, type Store } from '../../controller/store/store.js';
 import { silentLogger } from '../../controller/util/log.js';
+import * as watchPacing from '../../controller/util/watch-pacing.js';
 import { ConsulDouble, type ConsulDoubleOptions } from '../fakes/consul.js';
 import { waitFor } from '../support/wait.js';
 import { describeLockContract } from './lock-contract.js';
@@ -383,6 +384,33 @@ describe('Consul store specifics (against the double)', function () {
       const blockingReads = double.requests.filter((r) => 'recurse' in r.query && r.query.index !== undefined);
       assert.ok(blockingReads.every((r) => r.query.wait === '1s'));
       assert.equal(watch.steps.length, 1, 'a wait that ends with nothing new delivers nothing');
+    });
+
+    it('paces by what reading the list cost, not by what its consumer then did with the changes', async function () {
+      await start();
+      const store = open();
+      const costs: number[] = [];
+      sinon.stub(watchPacing, 'pacingDelayMs').callsFake((costMs: number) => {
+        costs.push(costMs);
+        return 0;
+      });
+      const consumerMs = 100;
+      const steps: string[] = [];
+      const subscription = store.watch(prefix).subscribe((step) => {
+        steps.push(step.kind);
+        // A consumer with much to do (thousands of streams to write to): its time must not hold the next read back.
+        const until = performance.now() + consumerMs;
+        while (performance.now() < until);
+      });
+      try {
+        await waitFor('the reset', () => steps.length > 0);
+        await store.put(`${prefix}a`, 'one');
+        await waitFor('the change to be paced', () => costs.length >= 2);
+        assert.deepEqual(steps, ['reset', 'changes']);
+        for (const cost of costs) assert.ok(cost < consumerMs, `a one-entry listing was counted as costing ${cost} ms`);
+      } finally {
+        subscription.unsubscribe();
+      }
     });
 
     it('resumes with changes from an index it delivered, and with a reset from one it cannot know', async function () {
