@@ -23,14 +23,14 @@ export interface StoreBackend {
 
 /** The store the configuration names: a local SQLite file, or Consul KV. */
 export function createStore(config: ManticoreConfig, log: Logger): StoreBackend {
-  const storeLog = log.child({ component: 'store' });
+  // Each store names its own component (consul-store, embedded-store).
   if (config.store.backend === 'consul') {
     const { address, token, datacenter, namespace, tls } = config.store.consul;
-    const store = new ConsulStore({ address, token, datacenter, namespace, tls, log: storeLog });
+    const store = new ConsulStore({ address, token, datacenter, namespace, tls, log });
     return { store, locks: store };
   }
   fs.mkdirSync(path.dirname(path.resolve(config.store.path)), { recursive: true });
-  return { store: EmbeddedStore.open(config.store.path, { log: storeLog }), locks: undefined };
+  return { store: EmbeddedStore.open(config.store.path, { log }), locks: undefined };
 }
 
 /** The scheduler the configuration names: local processes, or Nomad. Not started yet. */

@@ -73,7 +73,7 @@ const closeGraceMs = 2_000;
  * any replica serves any user and any passcode. CORS is open on `/api/v2/*`, as v2 had it.
  */
 export function registerApiV2(app: FastifyInstance, sessions: SessionService, auth: Authenticator, options: ApiV2Options): void {
-  const log = app.log.child({ component: 'api-v2' });
+  const log = app.log.child({ api: 'v2' });
   const job = jobOptionsOf(sessions);
   const passcodes = new PasscodeIndex();
   sessions.sessions.cache.changes.subscribe(({ id, current }) => passcodes.set(id, passcodeOf(current?.value)));

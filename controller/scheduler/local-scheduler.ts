@@ -466,7 +466,7 @@ export class LocalScheduler implements Scheduler {
       if (ended || task.child !== child) return;
       task.state = 'running';
       task.lastEvent = task.restarts === 0 ? 'started' : `restarted (${task.restarts})`;
-      log.info({ pid: child.pid }, 'task started');
+      log.info({ taskPid: child.pid }, 'task started');
       this.onTaskRunning(alloc);
     });
   }
@@ -510,7 +510,7 @@ export class LocalScheduler implements Scheduler {
     const log = this.log.child({ jobId: alloc.jobId, allocId: alloc.id, task: task.spec.name });
     if (alloc.stopReason !== undefined) {
       if (!task.failed) task.lastEvent = `${description} (${alloc.stopReason})`;
-      log.info({ pid, reason: alloc.stopReason }, `task stopped: ${description}`);
+      log.info({ taskPid: pid, reason: alloc.stopReason }, `task stopped: ${description}`);
       this.emitUpsertFor(alloc);
       return;
     }
@@ -529,14 +529,14 @@ export class LocalScheduler implements Scheduler {
       task.failed = true;
       task.lastEvent = reason;
       alloc.clientStatus = 'failed';
-      log.warn({ pid }, `allocation failed: ${reason}`);
+      log.warn({ taskPid: pid }, `allocation failed: ${reason}`);
       this.emitUpsertFor(alloc);
       void this.stopAllocation(alloc, `sibling task ${task.spec.name} failed`);
       return;
     }
     task.restartTimes.push(now);
     task.lastEvent = `${description}; restarting in ${formatDuration(this.restart.delayMs)}`;
-    log.warn({ pid }, `task ${task.lastEvent}`);
+    log.warn({ taskPid: pid }, `task ${task.lastEvent}`);
     task.restartTimer = setTimeout(() => {
       task.restartTimer = undefined;
       if (alloc.stopReason !== undefined) return;
@@ -720,7 +720,7 @@ export class LocalScheduler implements Scheduler {
     await Promise.all(
       [...candidates].map(async ([pid, allocId]) => {
         if (!(await belongsToAlloc(pid, allocId))) return;
-        this.log.warn({ pid, allocId }, 'killing a task left running by a previous run');
+        this.log.warn({ taskPid: pid, allocId }, 'killing a task left running by a previous run');
         await this.terminateLeftover(pid, allocId);
       }),
     );
@@ -737,7 +737,7 @@ export class LocalScheduler implements Scheduler {
       signalPid(pid, 'SIGKILL');
       const killDeadline = Date.now() + 1_000;
       while (isAlive(pid) && Date.now() < killDeadline) await delay(LEFTOVER_POLL_MS);
-      if (isAlive(pid)) this.log.error({ pid, allocId }, 'leftover task survived SIGKILL');
+      if (isAlive(pid)) this.log.error({ taskPid: pid, allocId }, 'leftover task survived SIGKILL');
     }
   }
 

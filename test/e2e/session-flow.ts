@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Session } from '../../controller/api/types.js';
 import { httpRequest, jsonRequest, tcpConversation, tcpProbe, websocketEcho } from '../support/http.js';
+import { repeatedKeys } from '../support/log-lines.js';
 import { isolatedEnvironment, startManticore, stopManticore, waitForFrontend, type ManticoreProcess } from '../support/manticore.js';
 import { waitFor } from '../support/wait.js';
 import { alive } from '../support/processes.js';
@@ -65,7 +66,8 @@ export function describeSessionFlow(backend: Backend): void {
       stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'manticore-e2e-'));
       const isolated = await isolatedEnvironment(stateDir, 6);
       ({ api, httpPort, tcpRange, statusPorts } = isolated);
-      env = { ...process.env, ...(await backend.setUp(stateDir)), ...isolated.env };
+      // At info, so that the log lines checked at the end include what a running Manticore usually writes.
+      env = { ...process.env, ...(await backend.setUp(stateDir)), ...isolated.env, MANTICORE_LOG_LEVEL: 'info' };
       instance = start();
       await waitForFrontend(api, instance);
     });
@@ -323,6 +325,9 @@ export function describeSessionFlow(backend: Backend): void {
       instance.child.kill('SIGINT');
       assert.equal(await instance.exited, 0, instance.output());
       for (const pid of [...pids, haproxyPid]) assert.equal(alive(pid), false, `process ${pid} stopped with Manticore`);
+      const lines = instance.output().split('\n').filter((line) => line.startsWith('{'));
+      assert.ok(lines.some((line) => line.includes('"msg":"stopped"')), 'the whole run was logged, up to the end');
+      for (const line of lines) assert.deepEqual(repeatedKeys(line), [], `a log line names a field once: ${line}`);
       assert.equal(await tcpProbe('127.0.0.1', httpPort), 'refused', 'HAProxy is gone');
 
       instance = start();

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
 import { createLogger } from '../../controller/util/log.js';
+import { repeatedKeys } from '../support/log-lines.js';
 
 /** Collects what a logger writes, with the stream claiming (or not) to be a terminal. */
 function capture(terminal: boolean): { stream: PassThrough; text: () => string } {
@@ -41,5 +42,15 @@ describe('logs', () => {
     log.error('shown');
     await new Promise((resolve) => setImmediate(resolve));
     assert.deepEqual(out.text().trim().split('\n').map((line) => (JSON.parse(line) as { msg: string }).msg), ['shown']);
+  });
+
+  it('name a field twice when a child logger binds a key its parent bound (what the end-to-end runs look for)', async () => {
+    const out = capture(false);
+    createLogger('info', 'auto', out.stream).child({ component: 'store' }).child({ component: 'consul-store' }).info({ detail: { component: 'x' } }, 'ready');
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.deepEqual(repeatedKeys(out.text().trim()), ['component']);
+    // Keys of nested objects, keys quoted inside strings and array elements are not the line's own fields.
+    assert.deepEqual(repeatedKeys('{"a":1,"b":{"a":2},"c":"\\"a\\": 3","d":[{"e":1},{"e":2}],"e":"a"}'), []);
+    assert.deepEqual(repeatedKeys('{"a":1, "b":2, "a" : 3}'), ['a']);
   });
 });
