@@ -12,9 +12,20 @@ export interface RouteTable {
   readonly ports: ReadonlyMap<number, string>;
 }
 
+/** The tokens and ports whose route may differ from the table passed before (added, changed or removed). */
+export interface RouteTableChanges {
+  readonly hosts: ReadonlySet<string>;
+  readonly ports: ReadonlySet<number>;
+}
+
 /** What the router agent drives: make the served routes equal a table. */
 export interface DataPlane {
-  apply(table: RouteTable): Promise<void>;
+  /**
+   * Makes the served routes equal `table`. With `changes`, the caller says that only those routes differ
+   * from the table it passed before (it keeps one table and changes it in place), so that the work is in
+   * proportion to the change rather than to the table; the first apply takes the whole table regardless.
+   */
+  apply(table: RouteTable, changes?: RouteTableChanges): Promise<void>;
 }
 
 export interface HaproxyDataPlaneOptions {
@@ -30,7 +41,7 @@ export interface HaproxyDataPlaneOptions {
 
 interface LiveMap {
   /** Key → value as HAProxy holds it (first entry of a duplicated key). */
-  readonly entries: ReadonlyMap<string, string>;
+  readonly entries: Map<string, string>;
   /** Keys HAProxy holds more than once; they are deleted and re-added so exactly one entry remains. */
   readonly duplicates: Set<string>;
 }
@@ -43,11 +54,18 @@ interface MapDiff {
   readonly resets: string[];
 }
 
-interface Queued {
-  table: RouteTable;
-  /** Forget the cached view of HAProxy's maps and read them again first. */
-  refresh: boolean;
-  readonly waiters: Array<{ resolve: () => void; reject: (error: unknown) => void }>;
+/** The two maps as HAProxy keys them (ports as text). */
+interface Maps<T> {
+  readonly hosts: T;
+  readonly ports: T;
+}
+
+/** Keys to compare with HAProxy at the next apply: all of them, or those changed since the last. */
+type Pending = Maps<Set<string>> | 'all';
+
+interface Waiter {
+  readonly resolve: () => void;
+  readonly reject: (error: unknown) => void;
 }
 
 /** Payload bytes per `add map` command, well under the runtime client's MAX_REQUEST_BYTES (HAProxy's 16 KB buffer). */
@@ -55,11 +73,12 @@ const MAX_PAYLOAD_BYTES = 8_000;
 
 /**
  * Applies route tables to a running HAProxy through its Runtime API, with no reload: the live maps are
- * diffed against the table (read with `show map` on first use, so a restarted agent syncs with an
- * HAProxy that kept running) and changed entry by entry, so routes that do not change are never touched.
- * An apply resolves once the routes are live. Both map files then follow in the background (MapFileWriter),
- * so a restart or reload loads the same routes without their durable write delaying the next change.
- * One apply runs at a time; a table passed while one runs replaces any table still waiting.
+ * compared with the table (read with `show map` on first use, so a restarted agent syncs with an HAProxy
+ * that kept running) and changed entry by entry, so routes that do not change are never touched. Told
+ * which routes changed, it checks and compares only those. An apply resolves once the routes are live.
+ * Both map files then follow in the background (MapFileWriter), so a restart or reload loads the same
+ * routes without their durable write delaying the next change. One apply runs at a time; tables passed
+ * while one runs go out together in the next, the latest value of each route winning.
  */
 export class HaproxyDataPlane implements DataPlane {
   private readonly runtime: HaproxyRuntime;
@@ -69,12 +88,16 @@ export class HaproxyDataPlane implements DataPlane {
   private readonly tcpPorts: PortRange | undefined;
   private readonly concurrency: number;
   private readonly files: MapFileWriter;
-  private live: { hosts: LiveMap; ports: LiveMap } | undefined;
-  private lastTable: RouteTable | undefined;
-  /** The last table that passed validation: its routes need no second check. */
-  private checked: RouteTable | undefined;
+  /** What HAProxy holds, as far as this process knows; undefined until read, and after a failure or a restart. */
+  private live: Maps<LiveMap> | undefined;
+  /** The routes to serve: this class's own copy of every table passed, checked before it got here. */
+  private desired: Maps<Map<string, string>> | undefined;
+  private pending: Pending = 'all';
+  /** Read HAProxy's maps again before the next apply (it restarted or reloaded). */
+  private refresh = false;
   private running = false;
-  private queued: Queued | undefined;
+  /** Callers whose tables are in `desired` and not yet applied. */
+  private waiting: Waiter[] = [];
 
   constructor(options: HaproxyDataPlaneOptions) {
     this.runtime = options.runtime;
@@ -87,16 +110,15 @@ export class HaproxyDataPlane implements DataPlane {
     this.files = new MapFileWriter({ hosts: paths.hostsMap, ports: paths.tcpMap }, options.log);
   }
 
-  /** Makes HAProxy's live maps equal `table` (the map files follow). Rejects invalid tables before touching anything. */
-  apply(table: RouteTable): Promise<void> {
+  /** Makes HAProxy's live maps equal `table` (the map files follow). Rejects invalid routes before touching anything. */
+  apply(table: RouteTable, changes?: RouteTableChanges): Promise<void> {
     try {
-      validateRouteTable(table, this.tcpPorts, this.checked);
+      if (changes === undefined || this.desired === undefined) this.takeWhole(table);
+      else this.takeChanges(table, changes);
     } catch (error) {
       return Promise.reject(error);
     }
-    // A copy: the caller may keep mutating its maps while this waits in the queue.
-    this.checked = { hosts: new Map(table.hosts), ports: new Map(table.ports) };
-    return this.enqueue(this.checked, false);
+    return this.schedule();
   }
 
   /** Resolves once the map files hold the last table applied; rejects if writing them failed (it is retried). */
@@ -109,60 +131,76 @@ export class HaproxyDataPlane implements DataPlane {
    * the new worker loaded the map files, and a change sent during the switch may have reached the old one.
    */
   resync(): Promise<void> {
-    if (!this.lastTable && !this.queued) {
-      this.live = undefined;
-      return Promise.resolve();
-    }
-    return this.enqueue(this.queued?.table ?? this.lastTable!, true);
+    this.refresh = true;
+    if (this.desired === undefined) return Promise.resolve();
+    this.pending = 'all';
+    return this.schedule();
   }
 
-  private enqueue(table: RouteTable, refresh: boolean): Promise<void> {
+  private takeWhole(table: RouteTable): void {
+    validateRouteTable(table, this.tcpPorts);
+    this.desired = { hosts: new Map(table.hosts), ports: new Map([...table.ports].map(([port, backend]) => [String(port), backend])) };
+    this.pending = 'all';
+  }
+
+  private takeChanges(table: RouteTable, changes: RouteTableChanges): void {
+    const hosts = new Map<string, string>();
+    const ports = new Map<number, string>();
+    for (const token of changes.hosts) copyEntry(table.hosts, token, hosts);
+    for (const port of changes.ports) copyEntry(table.ports, port, ports);
+    validateRouteTable({ hosts, ports }, this.tcpPorts);
+    const desired = this.desired!;
+    for (const token of changes.hosts) setOrDelete(desired.hosts, token, hosts.get(token));
+    for (const port of changes.ports) setOrDelete(desired.ports, String(port), ports.get(port));
+    if (this.pending === 'all') return;
+    for (const token of changes.hosts) this.pending.hosts.add(token);
+    for (const port of changes.ports) this.pending.ports.add(String(port));
+  }
+
+  private schedule(): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      if (this.queued) {
-        this.queued.table = table;
-        this.queued.refresh ||= refresh;
-      } else {
-        this.queued = { table, refresh, waiters: [] };
-      }
-      this.queued.waiters.push({ resolve, reject });
+      this.waiting.push({ resolve, reject });
       this.pump();
     });
   }
 
   private pump(): void {
-    if (this.running || !this.queued) return;
-    const job = this.queued;
-    this.queued = undefined;
+    if (this.running || this.waiting.length === 0) return;
+    const waiters = this.waiting.splice(0);
     this.running = true;
     // Free the slot before waking the callers, so an apply they make next starts at once instead of queueing.
-    const settle = (notify: (waiter: Queued['waiters'][number]) => void): void => {
+    const settle = (notify: (waiter: Waiter) => void): void => {
       this.running = false;
       this.pump();
-      job.waiters.forEach(notify);
+      waiters.forEach(notify);
     };
-    this.applyNow(job.table, job.refresh).then(
+    this.applyNow().then(
       () => settle((w) => w.resolve()),
       (error: unknown) => settle((w) => w.reject(error)),
     );
   }
 
-  private async applyNow(table: RouteTable, refresh: boolean): Promise<void> {
+  private async applyNow(): Promise<void> {
     const started = performance.now();
-    // Never mutated: the queued tables are this class's own copies.
-    const hosts = table.hosts;
-    const ports = new Map([...table.ports].map(([port, backend]) => [String(port), backend] as [string, string]));
+    const desired = this.desired!;
+    let pending = this.pending;
+    this.pending = { hosts: new Set(), ports: new Set() };
+    const refresh = this.refresh;
+    this.refresh = false;
     if (refresh) this.live = undefined;
     try {
       if (!this.live) {
         this.live = { hosts: await this.readLive(this.hostsMap), ports: await this.readLive(this.tcpMap) };
+        pending = 'all';
         this.log.info({ hosts: this.live.hosts.entries.size, ports: this.live.ports.entries.size }, 'read live HAProxy maps');
       }
-      const hostDiff = diffMap(this.live.hosts, hosts);
-      const portDiff = diffMap(this.live.ports, ports);
+      const live = this.live;
+      const hostDiff = diffMap(live.hosts, desired.hosts, pending === 'all' ? undefined : pending.hosts);
+      const portDiff = diffMap(live.ports, desired.ports, pending === 'all' ? undefined : pending.ports);
       await this.applyDiff(this.hostsMap, hostDiff);
+      record(live.hosts, hostDiff);
       await this.applyDiff(this.tcpMap, portDiff);
-      this.live = { hosts: { entries: hosts, duplicates: new Set() }, ports: { entries: ports, duplicates: new Set() } };
-      this.lastTable = table;
+      record(live.ports, portDiff);
       const changes = {
         hosts: { added: hostDiff.adds.length, changed: hostDiff.sets.length, removed: hostDiff.dels.length, repaired: hostDiff.resets.length },
         ports: { added: portDiff.adds.length, changed: portDiff.sets.length, removed: portDiff.dels.length, repaired: portDiff.resets.length },
@@ -172,14 +210,15 @@ export class HaproxyDataPlane implements DataPlane {
       if (changed) this.log.info(changes, 'routes applied');
       else this.log.debug(changes, 'routes unchanged');
     } catch (error) {
-      // Part of the diff may have landed: read the live maps again next time instead of guessing.
+      // Part of the diff may have landed: read the live maps again and compare every route next time.
       this.live = undefined;
+      this.pending = 'all';
       throw error;
     } finally {
       // Also when HAProxy did not take the table: restarted, it loads the table we are converging to. After the
       // runtime changes, so that rendering the files never delays them. A refresh (HAProxy restarted or
       // reloaded) rewrites the files even if unchanged since our last write.
-      this.files.write({ hosts, ports }, refresh);
+      this.files.write(desired, refresh);
     }
   }
 
@@ -228,17 +267,44 @@ export class HaproxyDataPlane implements DataPlane {
   }
 }
 
-function diffMap(live: LiveMap, desired: ReadonlyMap<string, string>): MapDiff {
+/** What turns `live` into `desired`: for every key, or (given `keys`) for those keys only. */
+function diffMap(live: LiveMap, desired: ReadonlyMap<string, string>, keys?: Iterable<string>): MapDiff {
   const diff: MapDiff = { adds: [], sets: [], dels: [], resets: [] };
-  for (const key of live.entries.keys()) if (!desired.has(key)) diff.dels.push(key);
-  for (const [key, value] of desired) {
-    if (live.duplicates.has(key)) {
+  if (keys === undefined) {
+    for (const key of live.entries.keys()) if (!desired.has(key)) diff.dels.push(key);
+  }
+  for (const key of keys ?? desired.keys()) {
+    const value = desired.get(key);
+    if (value === undefined) {
+      if (live.entries.has(key)) diff.dels.push(key);
+    } else if (live.duplicates.has(key)) {
       diff.resets.push(key);
       diff.adds.push([key, value]);
     } else if (!live.entries.has(key)) diff.adds.push([key, value]);
     else if (live.entries.get(key) !== value) diff.sets.push([key, value]);
   }
   return diff;
+}
+
+/** Notes in `live` what an applied diff changed. */
+function record(live: LiveMap, diff: MapDiff): void {
+  for (const key of diff.resets) live.duplicates.delete(key);
+  for (const [key, value] of diff.adds) live.entries.set(key, value);
+  for (const [key, value] of diff.sets) live.entries.set(key, value);
+  for (const key of diff.dels) {
+    live.entries.delete(key);
+    live.duplicates.delete(key);
+  }
+}
+
+function copyEntry<K>(from: ReadonlyMap<K, string>, key: K, to: Map<K, string>): void {
+  const value = from.get(key);
+  if (value !== undefined) to.set(key, value);
+}
+
+function setOrDelete(map: Map<string, string>, key: string, value: string | undefined): void {
+  if (value === undefined) map.delete(key);
+  else map.set(key, value);
 }
 
 function* payloadBatches(entries: ReadonlyArray<[string, string]>): Generator<Array<[string, string]>> {

@@ -336,18 +336,14 @@ export interface RouteTableInput {
 /**
  * Checks every route before anything reaches HAProxy: tokens `[a-z0-9]+` (one DNS label), backends
  * IPv4 `ip:port`, public ports integers within `tcpPorts` (or 1-65535). Throws listing the problems.
- * Routes that `checked` (a table that passed before) holds with the same backend are not checked again,
- * so a table that changed in a few routes costs a lookup per route, not a pattern match.
  */
-export function validateRouteTable(table: RouteTableInput, tcpPorts?: PortRange, checked?: RouteTableInput): void {
+export function validateRouteTable(table: RouteTableInput, tcpPorts?: PortRange): void {
   const problems: string[] = [];
   for (const [token, backend] of table.hosts) {
-    if (typeof backend === 'string' && checked?.hosts.get(token) === backend) continue;
     if (typeof token !== 'string' || !TOKEN_PATTERN.test(token)) problems.push(`host token ${redactSecret(String(token))} is not 1-63 of [a-z0-9]`);
     else if (typeof backend !== 'string' || !isValidBackend(backend)) problems.push(`backend ${JSON.stringify(backend)} of host ${redactSecret(token)} is not ipv4:port`);
   }
   for (const [port, backend] of table.ports) {
-    if (typeof backend === 'string' && checked?.ports.get(port) === backend) continue;
     const low = tcpPorts?.start ?? 1;
     const high = tcpPorts?.end ?? 65535;
     if (typeof port !== 'number' || !Number.isInteger(port) || port < low || port > high) problems.push(`public port ${JSON.stringify(port)} is not an integer in ${low}-${high}`);

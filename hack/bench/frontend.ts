@@ -287,7 +287,7 @@ async function measureStreams(context: BenchContext, sizes: Sizes, jwt: JwtSetti
     ready: /Consul API double: (http:\/\/[\d.]+:\d+)\n/,
   });
   const consulAddress = match[1]!;
-  const writer = new ConsulStore({ address: consulAddress, log: context.log.child({ component: 'status-writer' }) });
+  const writer = new ConsulStore({ address: consulAddress, log: context.log.child({ role: 'status-writer' }) });
   const agent = new http.Agent({ keepAlive: false });
   let frontend: { child: BenchChild; api: string } | undefined;
   let streams: StatusStream[] = [];

@@ -55,7 +55,7 @@ async function main(): Promise<number> {
     const workDir = await fs.mkdtemp(path.join(os.tmpdir(), `manticore-bench-${scenario.name}-`));
     process.stderr.write(`bench: ${scenario.name}${args.quick ? ' (quick)' : ''}…\n`);
     try {
-      results.push(await scenario.run({ quick: args.quick, log: log.child({ component: `bench-${scenario.name}` }), workDir }));
+      results.push(await scenario.run({ quick: args.quick, log: log.child({ scenario: scenario.name }), workDir }));
     } finally {
       await fs.rm(workDir, { recursive: true, force: true });
     }

@@ -304,6 +304,57 @@ describe('HAProxy data plane (real haproxy)', function () {
     await dataPlane.resync();
   });
 
+  it('told which routes changed, reads, checks and sends only those; after a failure it compares every route again', async () => {
+    const runtime = new HaproxyRuntime(proc.adminSocket);
+    const plane = new HaproxyDataPlane({ runtime, runDir, log: silentLogger(), tcpPorts: tcpRange });
+    const routes = { hosts: new Map(base.hosts), ports: new Map(base.ports) };
+    await plane.apply(routes);
+    const shown = sinon.spy(runtime, 'showMap');
+    const added = sinon.spy(runtime, 'addMapEntries');
+    const set = sinon.spy(runtime, 'setMap');
+    const deleted = sinon.spy(runtime, 'delMapEntries');
+    const sent = (): string[] => [
+      ...added.getCalls().flatMap((call) => call.args[1].map(([key]) => `add ${key}`)),
+      ...set.getCalls().map((call) => `set ${call.args[1]}`),
+      ...deleted.getCalls().flatMap((call) => call.args[1].map((key) => `del ${key}`)),
+    ];
+
+    // One table changed in place: a route added and one moved, as told; a third changed without saying so.
+    routes.hosts.set('gamma', backendB.address);
+    routes.hosts.set('alpha', backendB.address);
+    routes.hosts.set('beta', backendA.address);
+    await plane.apply(routes, { hosts: new Set(['gamma', 'alpha']), ports: new Set() });
+    assert.deepEqual(sent().sort(), ['add gamma', 'set alpha']);
+    assert.equal(shown.callCount, 0, 'the live maps are not read again');
+    assert.deepEqual(await get(httpPort, 'gamma'), { status: 200, body: 'B /' });
+    assert.deepEqual(await get(httpPort, 'alpha'), { status: 200, body: 'B /' });
+    assert.deepEqual(await get(httpPort, 'beta'), { status: 200, body: 'B /' }, 'a route not named as changed is not looked at');
+
+    // A bad changed route is refused before anything is sent; removing routes needs no backend to check.
+    routes.hosts.set('bad', 'nowhere');
+    await assert.rejects(plane.apply(routes, { hosts: new Set(['bad', 'gamma']), ports: new Set() }), /not ipv4:port/);
+    routes.hosts.delete('bad');
+    routes.hosts.delete('gamma');
+    routes.ports.delete(tcpRange.start);
+    await plane.apply(routes, { hosts: new Set(['bad', 'gamma']), ports: new Set([tcpRange.start]) });
+    assert.deepEqual(sent().sort(), ['add gamma', 'del gamma', `del ${tcpRange.start}`, 'set alpha'].sort());
+    assert.equal((await get(httpPort, 'gamma')).status, 404);
+
+    // A command HAProxy did not take: the next apply, even of no change, reads the live maps and repairs every
+    // route, here one changed behind the data plane's back as well.
+    await new HaproxyRuntime(proc.adminSocket).setMap(runPaths(runDir).hostsMap, 'beta', backendA.address);
+    set.restore();
+    const failing = sinon.stub(runtime, 'setMap').rejects(new Error('runtime API unreachable'));
+    routes.hosts.set('alpha', backendA.address);
+    await assert.rejects(plane.apply(routes, { hosts: new Set(['alpha']), ports: new Set() }), /unreachable/);
+    failing.restore();
+    await plane.apply(routes, { hosts: new Set(), ports: new Set() });
+    assert.equal(shown.callCount, 2, 'both maps read again');
+    assert.deepEqual(await get(httpPort, 'alpha'), { status: 200, body: 'A /' });
+    assert.deepEqual(await get(httpPort, 'beta'), { status: 200, body: 'B /' }, 'the route changed behind its back is repaired');
+    await dataPlane.resync();
+  });
+
   it('rejects a bad config on reload and keeps serving the old one', async () => {
     const workerBefore = await proc.workerPid();
     const configBefore = fs.readFileSync(proc.configPath, 'utf8');

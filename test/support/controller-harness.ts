@@ -11,7 +11,7 @@ import type { Leadership } from '../../controller/controller/leader.js';
 import type { LifecyclePolicy } from '../../controller/controller/lifecycle.js';
 import type { Exposer } from '../../controller/loadbalancer/exposer.js';
 import { RouterAgent } from '../../controller/router/agent.js';
-import type { DataPlane, RouteTable } from '../../controller/router/data-plane.js';
+import type { DataPlane, RouteTable, RouteTableChanges } from '../../controller/router/data-plane.js';
 import type { Scheduler } from '../../controller/scheduler/scheduler.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import type { Store, TxnOperation } from '../../controller/store/store.js';
@@ -48,11 +48,36 @@ export function capturingLogger(): { log: Logger; lines: Array<{ level: number; 
   return { log, lines };
 }
 
-/** A data plane that only remembers the last table, standing in for HAProxy. */
+/**
+ * A data plane that only holds the routes it was given, standing in for HAProxy. Like HAProxy's, it takes
+ * from a table passed with its changes only the routes named there, so a caller that changes a route
+ * without saying so is caught serving the old one.
+ */
 export class RecordingDataPlane implements DataPlane {
-  table: RouteTable = { hosts: new Map(), ports: new Map() };
-  async apply(table: RouteTable): Promise<void> {
-    this.table = table;
+  private readonly hosts = new Map<string, string>();
+  private readonly ports = new Map<number, string>();
+  private applied = false;
+  readonly table: RouteTable = { hosts: this.hosts, ports: this.ports };
+
+  async apply(table: RouteTable, changes?: RouteTableChanges): Promise<void> {
+    if (changes === undefined || !this.applied) {
+      copyInto(table.hosts, this.hosts, table.hosts.keys());
+      copyInto(table.ports, this.ports, table.ports.keys());
+      for (const token of this.hosts.keys()) if (!table.hosts.has(token)) this.hosts.delete(token);
+      for (const port of this.ports.keys()) if (!table.ports.has(port)) this.ports.delete(port);
+    } else {
+      copyInto(table.hosts, this.hosts, changes.hosts);
+      copyInto(table.ports, this.ports, changes.ports);
+    }
+    this.applied = true;
+  }
+}
+
+function copyInto<K>(from: ReadonlyMap<K, string>, to: Map<K, string>, keys: Iterable<K>): void {
+  for (const key of keys) {
+    const value = from.get(key);
+    if (value === undefined) to.delete(key);
+    else to.set(key, value);
   }
 }
 

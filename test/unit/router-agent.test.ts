@@ -122,3 +122,47 @@ describe('router agent: routes through a store loss', () => {
     assert.ok(lines.some((line) => line.level >= 50 && /no grace period/.test(line.msg)));
   });
 });
+
+describe('router agent: work in proportion to the change', () => {
+  it('tells the data plane which routes changed, and only those', async () => {
+    const store = new ScriptedStore();
+    const plane = new RecordingDataPlane();
+    const applied: Array<{ hosts: string[]; ports: number[] } | undefined> = [];
+    const apply = plane.apply.bind(plane);
+    plane.apply = async (table, changes) => {
+      applied.push(changes && { hosts: [...changes.hosts].sort(), ports: [...changes.ports].sort() });
+      await apply(table, changes);
+    };
+    const agent = new RouterAgent({ store, keys, name: 'edge-1', dataPlane: plane, heartbeatMs: 60_000, storeLossGraceMs: GRACE_MS, log: capturingLogger().log });
+    const started = agent.start();
+    store.steps.next({ kind: 'reset', index: 2, entries: [entry('a', 20001, 1), entry('b', 20002, 2)] });
+    await started;
+    try {
+      // One step: c added, a moved to another backend, b deleted, and d rewritten with the same routes it had.
+      store.steps.next({ kind: 'changes', index: 3, changes: [{ type: 'put', entry: entry('d', 20004, 3) }] });
+      await settle();
+      applied.length = 0;
+      store.steps.next({
+        kind: 'changes',
+        index: 6,
+        changes: [
+          { type: 'put', entry: entry('c', 20003, 4) },
+          { type: 'put', entry: entry('a', 20001, 5, '127.0.0.1:40001') },
+          { type: 'delete', key: key('b'), modifyIndex: 6 },
+          { type: 'put', entry: entry('d', 20004, 6) },
+        ],
+      });
+      await settle();
+      assert.deepEqual(applied, [{ hosts: [token('a'), token('b'), token('c')].sort(), ports: [20001, 20002, 20003] }]);
+      assert.deepEqual([...plane.table.ports].sort(), [
+        [20001, '127.0.0.1:40001'],
+        [20003, '127.0.0.1:30003'],
+        [20004, '127.0.0.1:30004'],
+      ]);
+      assert.equal(plane.table.hosts.get(token('a')), '127.0.0.1:40001');
+      assert.equal(plane.table.hosts.has(token('b')), false);
+    } finally {
+      await agent.stop();
+    }
+  });
+});
