@@ -268,17 +268,19 @@ export function renderHaproxyConfig(template: string, values: HaproxyConfigValue
 /** Map keys and values are whitespace-separated on one line; anything else would corrupt the file. */
 const MAP_FIELD = /^[\x21-\x7e]+$/;
 
-/**
- * The order of map file lines: digit runs compare as numbers, so ports sort numerically. One collator for
- * every call: `localeCompare` with options builds a collator per comparison, which made sorting 1,000 keys
- * take ~150 ms of CPU (blocking the router's event loop) instead of ~1.5 ms.
- */
-const compareMapKeys = new Intl.Collator('en', { numeric: true }).compare;
+/** Digit-only keys (a port map's) compare as numbers: shorter first, then character by character. */
+const DIGITS = /^\d+$/;
+const compareNumbers = (a: string, b: string): number => a.length - b.length || (a < b ? -1 : a > b ? 1 : 0);
 
-/** The text of a map file: a comment line, then `key value` lines sorted by key (stable diffs on disk). */
+/**
+ * The text of a map file: a comment line, then `key value` lines sorted by key (stable diffs on disk):
+ * ports in numeric order, tokens in character order. Neither needs a collator, which made sorting 20,000
+ * tokens take ~40 ms of the router's event loop, once a second under churn, instead of ~8 ms.
+ */
 export function renderMap(entries: ReadonlyMap<string, string>): string {
   const lines: string[] = ['# managed by manticore: do not edit, the router rewrites this file'];
-  const keys = [...entries.keys()].sort(compareMapKeys);
+  const keys = [...entries.keys()];
+  keys.sort(keys.every((key) => DIGITS.test(key)) ? compareNumbers : undefined);
   for (const key of keys) {
     const value = entries.get(key)!;
     if (!MAP_FIELD.test(key) || key.startsWith('#')) throw new HaproxyConfigError('invalid map entry', [`key ${redactSecret(key)} is empty or holds spaces or control characters`]);

@@ -197,8 +197,9 @@ describe('HAProxy map files', () => {
     const ports = new Map([
       ['20010', '127.0.0.1:1'],
       ['20009', '127.0.0.1:2'],
+      ['9000', '127.0.0.1:3'],
     ]);
-    assert.deepEqual([...parseMap(renderMap(ports)).keys()], ['20009', '20010']);
+    assert.deepEqual([...parseMap(renderMap(ports)).keys()], ['9000', '20009', '20010'], 'ports in numeric order');
   });
 
   it('renders an empty map as a comment only, and parses it back empty', () => {
