@@ -14,7 +14,6 @@ import { cli, repoRoot } from './paths.js';
 
 export const keys = new Keys('manticore/');
 
-/** The Consul and Nomad API doubles, each in a process of its own (`double-process.ts`). */
 /**
  * Node sizes its V8 heap from the memory its container may use: in the controller's 512 MB (the job file) the
  * heap limit is about 259 MB. The controller runs here with that limit, so that it is measured as deployed:
@@ -23,6 +22,7 @@ export const keys = new Keys('manticore/');
  */
 const DEPLOYED_NODE_FLAGS: Partial<Record<'controller' | 'frontend' | 'router', readonly string[]>> = { controller: ['--max-old-space-size=256'] };
 
+/** The Consul and Nomad API doubles, each in a process of its own (`double-process.ts`). */
 export class Doubles {
   private constructor(
     readonly consulAddress: string,

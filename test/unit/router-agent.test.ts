@@ -166,3 +166,23 @@ describe('router agent: work in proportion to the change', () => {
     }
   });
 });
+
+describe('router agent: a record no address can be served from', () => {
+  it('is left out, and every other route is still applied', async () => {
+    const store = new ScriptedStore();
+    const plane = new RecordingDataPlane();
+    const agent = new RouterAgent({ store, keys, name: 'edge-1', dataPlane: plane, heartbeatMs: 60_000, storeLossGraceMs: GRACE_MS, log: capturingLogger().log });
+    const started = agent.start();
+    // Edited by hand: an octet and a port no workload can have. A data plane given them would refuse the whole table.
+    store.steps.next({ kind: 'reset', index: 3, entries: [entry('a', 20001, 1), entry('b', 20002, 2, '300.0.0.1:80'), entry('c', 20003, 3, '127.0.0.1:70000')] });
+    await started;
+    try {
+      store.steps.next({ kind: 'changes', index: 4, changes: [{ type: 'put', entry: entry('d', 20004, 4) }] });
+      await settle();
+      assert.deepEqual([...plane.table.ports.keys()].sort(), [20001, 20004]);
+      assert.equal(store.heartbeats.at(-1)?.appliedIndex, 4);
+    } finally {
+      await agent.stop();
+    }
+  });
+});
