@@ -35,9 +35,10 @@ interface KeptRoutes {
 /**
  * Applies the routes in the store to one data plane (a local HAProxy) and reports, in its heartbeat,
  * the store index it has applied, so the controller can tell when a session's routes are live everywhere.
- * The table is kept up to date record by record and the data plane is told which routes changed, so a
- * change costs the same with 10 routes or 10,000. Changes arriving while an apply runs go out together in
- * the next.
+ * The table is kept up to date record by record and the data plane is told which routes changed, so
+ * applying a change costs the same with 10 routes or 10,000 (the store's listing, which the watch reads
+ * again after each change, still grows with them). Changes arriving while an apply runs go out together
+ * in the next.
  *
  * A store that loses its state (or is rolled back) makes every route vanish at once, as if every session
  * had ended. The controller keeps the workloads through its orphan grace period; the router keeps serving
