@@ -40,6 +40,16 @@ interface Sizes {
 const FULL: Sizes = { routes: 1000, connections: 50, rounds: 5, roundSeconds: 2, warmupSeconds: 3, stableRoutes: 500, churnRoutes: 1000, churnSeconds: 30 };
 const QUICK: Sizes = { routes: 50, connections: 50, rounds: 2, roundSeconds: 1, warmupSeconds: 1, stableRoutes: 25, churnRoutes: 50, churnSeconds: 2 };
 
+/** The sizes of a run; BENCH_ROUTING_ROUTES sets how many routes are live (wrk loads half of them during churn). */
+function sizesFor(quick: boolean): Sizes {
+  const sizes = quick ? QUICK : FULL;
+  const given = process.env.BENCH_ROUTING_ROUTES;
+  if (given === undefined) return sizes;
+  const routes = Number(given);
+  if (!Number.isInteger(routes) || routes < 2) throw new Error(`BENCH_ROUTING_ROUTES must be a whole number of routes, at least 2 (got "${given}")`);
+  return { ...sizes, routes, stableRoutes: Math.floor(routes / 2) };
+}
+
 /** How often the probe asks for a route not yet live. */
 const PROBE_INTERVAL_MS = 1;
 /**
@@ -79,7 +89,7 @@ end
 export const routingScenario: Scenario = { name: 'routing', run };
 
 async function run(context: BenchContext): Promise<ScenarioResult> {
-  const sizes = context.quick ? QUICK : FULL;
+  const sizes = sizesFor(context.quick);
   const { log, workDir } = context;
   const result = new ResultBuilder('routing', 'Routing data plane', { ...sizes, probeIntervalMs: PROBE_INTERVAL_MS, wrkThreads: 1, churnLoadNiceness: REMOTE_NICENESS });
   const teardown = new Teardown(log);
