@@ -21,7 +21,7 @@ import { combineRounds, failedRequests, runWrk, type WrkResult } from './wrk.js'
  *    new route takes from the router seeing its record to the first request it serves.
  */
 
-interface Sizes {
+export interface Sizes {
   /** Live session routes during the throughput runs (and kept during churn). */
   readonly routes: number;
   readonly connections: number;
@@ -41,9 +41,9 @@ const FULL: Sizes = { routes: 1000, connections: 50, rounds: 5, roundSeconds: 2,
 const QUICK: Sizes = { routes: 50, connections: 50, rounds: 2, roundSeconds: 1, warmupSeconds: 1, stableRoutes: 25, churnRoutes: 50, churnSeconds: 2 };
 
 /** The sizes of a run; BENCH_ROUTING_ROUTES sets how many routes are live (wrk loads half of them during churn). */
-function sizesFor(quick: boolean): Sizes {
+export function sizesFor(quick: boolean, env: NodeJS.ProcessEnv = process.env): Sizes {
   const sizes = quick ? QUICK : FULL;
-  const given = process.env.BENCH_ROUTING_ROUTES;
+  const given = env.BENCH_ROUTING_ROUTES;
   if (given === undefined) return sizes;
   const routes = Number(given);
   if (!Number.isInteger(routes) || routes < 2) throw new Error(`BENCH_ROUTING_ROUTES must be a whole number of routes, at least 2 (got "${given}")`);

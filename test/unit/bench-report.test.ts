@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { formatTable, ResultBuilder } from '../../hack/bench/report.js';
+import { sizesFor } from '../../hack/bench/routing.js';
 import { percentile } from '../../hack/bench/stats.js';
 import { combineRounds, type WrkResult } from '../../hack/bench/wrk.js';
 
@@ -54,5 +55,14 @@ describe('benchmark results', () => {
     assert.equal(combined.latencyP50Ms, 3);
     assert.deepEqual(combined.errors, { connect: 0, read: 3, write: 0, timeout: 0, status: 6 });
     assert.throws(() => combineRounds([]), /no rounds/);
+  });
+
+  it('sizes the routing scenario from BENCH_ROUTING_ROUTES, half of them loaded during churn, and refuses a bad size', () => {
+    assert.deepEqual([sizesFor(false, {}).routes, sizesFor(false, {}).stableRoutes], [1000, 500]);
+    const large = sizesFor(false, { BENCH_ROUTING_ROUTES: '10000' });
+    assert.deepEqual([large.routes, large.stableRoutes, large.churnRoutes], [10_000, 5_000, 1_000]);
+    for (const bad of ['abc', '1', '2.5', '']) {
+      assert.throws(() => sizesFor(false, { BENCH_ROUTING_ROUTES: bad }), /BENCH_ROUTING_ROUTES must be a whole number of routes, at least 2/);
+    }
   });
 });

@@ -138,10 +138,10 @@ describe('router agent: work in proportion to the change', () => {
     store.steps.next({ kind: 'reset', index: 2, entries: [entry('a', 20001, 1), entry('b', 20002, 2)] });
     await started;
     try {
-      // One step: c added, a moved to another backend, b deleted, and d rewritten with the same routes it had.
       store.steps.next({ kind: 'changes', index: 3, changes: [{ type: 'put', entry: entry('d', 20004, 3) }] });
       await settle();
       applied.length = 0;
+      // One step: c added, a moved to another backend, b deleted, and d rewritten with the same routes it had.
       store.steps.next({
         kind: 'changes',
         index: 6,
