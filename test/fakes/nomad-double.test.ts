@@ -11,6 +11,7 @@ import { httpRequest, type HttpAnswer } from '../support/http.js';
 import { alive } from '../support/processes.js';
 import { waitFor } from '../support/wait.js';
 import { NomadDouble, type NomadDoubleOptions } from './nomad.js';
+import { blockingWaitMs } from './nomad/http.js';
 
 /**
  * Conformance of the Nomad double, through its HTTP API only (as the scheduler and real clients see it),
@@ -650,6 +651,15 @@ describe('Nomad double', function () {
     const added = (answer.json as Obj[]).find((item) => item.ID === id);
     assert.equal(added?.Status, 'ready');
     assert.equal(added?.ModifyIndex, Number(answer.headers['x-nomad-index']));
+  });
+
+  it('caps a blocking query at 300 s plus a sixteenth of jitter, as Nomad does (not Consul\'s 10 minutes)', function () {
+    assert.equal(blockingWaitMs('10m', () => 0), 300_000);
+    assert.equal(blockingWaitMs('10m', () => 1), 300_000 + 300_000 / 16);
+    assert.equal(blockingWaitMs(null, () => 0), 300_000, 'the default wait');
+    assert.equal(blockingWaitMs('', () => 0), 300_000, 'an empty wait is the default');
+    assert.equal(blockingWaitMs('2s', () => 1), 2_000 + 2_000 / 16);
+    assert.throws(() => blockingWaitMs('forever'), /Invalid wait time/);
   });
 
   it('injects errors and latency, survives outages and restarts, and loses everything on reset', async function () {

@@ -54,8 +54,20 @@ export interface ApiContext {
   readonly log: Logger;
 }
 
+/** Nomad's DefaultBlockingRPCQueryTime and MaxBlockingRPCQueryTime: both 300 s (Consul's cap is 10 minutes). */
 const DEFAULT_WAIT_MS = 5 * 60_000;
-const MAX_WAIT_MS = 10 * 60_000;
+const MAX_WAIT_MS = 5 * 60_000;
+
+/** How long a blocking read with `?wait=` holds at most: the wait (default and cap 300 s) plus up to 1/16 of jitter. */
+export function blockingWaitMs(waitText: string | null, random: () => number = Math.random): number {
+  let waitMs = DEFAULT_WAIT_MS;
+  if (waitText !== null && waitText !== '') {
+    const parsed = parseGoDuration(waitText);
+    if (parsed === undefined) throw new HttpError(400, `Invalid wait time: time: invalid duration "${waitText}"`);
+    waitMs = Math.min(MAX_WAIT_MS, parsed);
+  }
+  return waitMs + random() * (waitMs / 16);
+}
 const MAX_BODY_BYTES = 16 * 1024 * 1024;
 const LEADER = '127.0.0.1:4647';
 /** Readable without a token even when ACLs are enforced, as in Nomad. */
@@ -322,14 +334,7 @@ export class NomadApi {
     const min = Number(query.get('index') ?? '0');
     if (!Number.isSafeInteger(min) || min < 0) throw new HttpError(400, `Failed to parse index parameter: ${query.get('index')}`);
     if (min > 0) {
-      const waitText = query.get('wait');
-      let waitMs = DEFAULT_WAIT_MS;
-      if (waitText !== null && waitText !== '') {
-        const parsed = parseGoDuration(waitText);
-        if (parsed === undefined) throw new HttpError(400, `Invalid wait time: time: invalid duration "${waitText}"`);
-        waitMs = Math.min(MAX_WAIT_MS, parsed);
-      }
-      waitMs += Math.random() * (waitMs / 16);
+      const waitMs = blockingWaitMs(query.get('wait'));
       // A state dropped by reset() releases its waiters: the query answers at once with the new, lower
       // index, so a client sees the index go backwards even if the new state later reaches its index.
       this.held++;
