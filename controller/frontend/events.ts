@@ -27,7 +27,9 @@ export function registerEvents(app: FastifyInstance, sessions: SessionService, a
     const identity = auth.identify(request, reply);
     // Reading it first answers 404 for a missing session or someone else's, like every other route.
     const session = await sessions.show(identity, request.params.id);
-    const stream = new EventStream(beginResponse(reply, eventStreamHeaders), () => open.delete(stream));
+    const response = beginResponse(reply, eventStreamHeaders);
+    if (response === undefined) return;
+    const stream = new EventStream(response, () => open.delete(stream));
     open.add(stream);
     stream.follow(sessions.watch(request.params.id, session).subscribe((latest) => stream.send(latest)));
   });
@@ -42,9 +44,14 @@ export const eventStreamHeaders: OutgoingHttpHeaders = {
   'x-accel-buffering': 'no',
 };
 
-/** Takes the response over from fastify and begins it (200) with these headers and those set on the reply (a cookie). */
-export function beginResponse(reply: FastifyReply, headers: OutgoingHttpHeaders): ServerResponse {
+/**
+ * Takes the response over from fastify and begins it (200) with these headers and those set on the reply (a
+ * cookie). Undefined when the client left while the answer was being prepared: its 'close' has come and
+ * gone, so nothing may wait for it.
+ */
+export function beginResponse(reply: FastifyReply, headers: OutgoingHttpHeaders): ServerResponse | undefined {
   reply.hijack();
+  if (reply.raw.destroyed) return undefined;
   reply.raw.writeHead(200, { ...(reply.getHeaders() as OutgoingHttpHeaders), ...headers });
   return reply.raw;
 }

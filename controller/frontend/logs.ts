@@ -1,5 +1,5 @@
-import type { ServerResponse } from 'node:http';
-import type { FastifyBaseLogger, FastifyInstance, FastifyReply } from 'fastify';
+import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import type { Subscription } from 'rxjs';
 import type { Session, SessionTemplate } from '../api/types.js';
 import { readLastLines } from '../scheduler/log-tail.js';
@@ -34,6 +34,8 @@ export const DEFAULT_LOG_STREAMS_PER_USER = 10;
 export const MAX_TAIL_LINES = 10_000;
 /** What an EventSource waits before reconnecting, sent with every stream. */
 const RETRY_MS = 2_000;
+/** The headers of a log read as text. */
+const textHeaders: OutgoingHttpHeaders = { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-cache', 'x-content-type-options': 'nosniff' };
 const QUERY_PARAMETERS = ['task', 'stream', 'follow', 'tail', 'offset', 'access_token'];
 
 export interface LogQuery {
@@ -168,7 +170,14 @@ export function registerLogs(app: FastifyInstance, sessions: SessionService, aut
         if (error instanceof LogNotFoundError) throw new ApiError(409, `the ${query.stream} log of task ${query.task} is not available: ${error.message}`);
         throw error;
       }
-      const context = { id, allocationId, query, session, reply, iterator, abort, release, log: request.log };
+      const response = beginResponse(reply, query.follow ? eventStreamHeaders : textHeaders);
+      if (response === undefined) {
+        abort.abort();
+        await iterator.return?.();
+        release();
+        return;
+      }
+      const context = { id, allocationId, query, session, response, iterator, abort, release, log: request.log };
       if (query.follow) sendEvents(context, sessions, open);
       else await sendPlain(context);
     } catch (error) {
@@ -184,7 +193,8 @@ interface StreamContext {
   readonly allocationId: string;
   readonly query: LogQuery;
   readonly session: Session;
-  readonly reply: FastifyReply;
+  /** Begun: the client was still there when the log opened. */
+  readonly response: ServerResponse;
   readonly iterator: AsyncIterator<LogEvent>;
   readonly abort: AbortController;
   readonly release: () => void;
@@ -209,8 +219,7 @@ function drained(response: ServerResponse): Promise<boolean> {
 }
 
 /** The log as text, as fast as the client reads it. */
-async function sendPlain({ reply, iterator, abort, release, log, query, id }: StreamContext): Promise<void> {
-  const response = beginResponse(reply, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-cache', 'x-content-type-options': 'nosniff' });
+async function sendPlain({ response, iterator, abort, release, log, query, id }: StreamContext): Promise<void> {
   response.on('close', () => abort.abort());
   try {
     for (let next = await iterator.next(); !next.done; next = await iterator.next()) {
@@ -231,8 +240,7 @@ async function sendPlain({ reply, iterator, abort, release, log, query, id }: St
 
 /** The log as server-sent events, followed until the client goes, the workload is replaced or the session is gone. */
 function sendEvents(context: StreamContext, sessions: SessionService, open: Set<(reason: string) => void>): void {
-  const { reply, iterator, abort, release, allocationId, query, id, session, log } = context;
-  const response = beginResponse(reply, eventStreamHeaders);
+  const { response, iterator, abort, release, allocationId, query, id, session, log } = context;
   let ended = false;
   let subscription: Subscription | undefined;
   const heartbeat = setInterval(() => {

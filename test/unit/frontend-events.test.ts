@@ -3,7 +3,8 @@ import http from 'node:http';
 import type { Session, SessionStatus } from '../../controller/api/types.js';
 import { Frontend } from '../../controller/frontend/server.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
-import type { Store } from '../../controller/store/store.js';
+import type { Store, WatchStep } from '../../controller/store/store.js';
+import { map } from 'rxjs';
 import { frontendKeys as keys, removeSession, testFrontend } from '../support/frontend.js';
 import { delegatingStore } from '../support/controller-harness.js';
 import { waitFor } from '../support/wait.js';
@@ -21,15 +22,16 @@ class EventClient {
   ended = false;
   private buffer = '';
   private response: http.IncomingMessage | undefined;
+  private readonly request: http.ClientRequest;
 
   constructor(url: string, user: string) {
-    const request = http.get(url, { headers: { 'x-manticore-user': user, accept: 'text/event-stream' } }, (response) => {
+    const request = (this.request = http.get(url, { headers: { 'x-manticore-user': user, accept: 'text/event-stream' } }, (response) => {
       this.response = response;
       this.status = response.statusCode ?? 0;
       response.setEncoding('utf8');
       response.on('data', (chunk: string) => this.parse(chunk));
       response.on('end', () => (this.ended = true));
-    });
+    }));
     request.on('error', () => (this.ended = true));
   }
 
@@ -41,8 +43,9 @@ class EventClient {
     this.response?.resume();
   }
 
+  /** Hangs up, whether or not the answer has begun. */
   close(): void {
-    this.response?.destroy();
+    this.request.destroy();
   }
 
   sessions(): Session[] {
@@ -71,6 +74,35 @@ function watchCounting(inner: Store): Store & { watches: string[] } {
       return inner.watch(prefix, index);
     },
   };
+}
+
+/**
+ * A store whose sessions watch never shows the session `id` (as another replica's session before this
+ * one's watch has caught up), and whose read of that session's record waits for `release()`.
+ */
+function slowToShow(inner: Store, id: string): { store: Store; reads: () => number; answered: () => boolean; release: () => void } {
+  let reads = 0;
+  let answered = false;
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  const key = keys.session(id);
+  const hidden = (step: WatchStep): WatchStep =>
+    step.kind === 'reset'
+      ? { ...step, entries: step.entries.filter((entry) => entry.key !== key) }
+      : { ...step, changes: step.changes.filter((change) => (change.type === 'put' ? change.entry.key : change.key) !== key) };
+  const store: Store = {
+    ...delegatingStore(inner),
+    get: async (wanted) => {
+      if (wanted !== key) return inner.get(wanted);
+      reads += 1;
+      await released;
+      const entry = await inner.get(wanted);
+      answered = true;
+      return entry;
+    },
+    watch: (prefix, index) => inner.watch(prefix, index).pipe(map(hidden)),
+  };
+  return { store, reads: () => reads, answered: () => answered, release };
 }
 
 const status = (phase: SessionStatus['phase'], extra: Partial<SessionStatus> = {}): string =>
@@ -156,6 +188,31 @@ describe('front end: live status stream (server-sent events)', () => {
     slow.resume();
     await waitFor('the latest state arrives', () => slow.sessions().at(-1)?.status.queuePosition === 400);
     assert.ok(slow.sessions().length < 400, `${slow.sessions().length} of 400 states were sent to a client that was not reading`);
+  });
+
+  it('follows nothing for a client that left while the session was being read', async () => {
+    const id = 'otherreplica01';
+    await store.put(keys.session(id), JSON.stringify({ metadata: { id, owner: 'ann', createdAt: '2026-01-01T00:00:00.000Z', generation: 1 }, spec: { template: 'demo', parameters: {} } }));
+    const slow = slowToShow(store, id);
+    const other = testFrontend(store, { store: slow.store });
+    const otherBase = await other.start('127.0.0.1', 0);
+    try {
+      const client = new EventClient(`${otherBase}/api/v1/sessions/${id}/events`, 'ann');
+      clients.push(client);
+      await waitFor('the session being read', () => slow.reads() === 1);
+      client.close();
+      const connections = (): Promise<number> => new Promise((resolve, reject) => other.app.server.getConnections((error, count) => (error ? reject(error) : resolve(count))));
+      await waitFor('the front end saw the client go', async () => (await connections()) === 0);
+      slow.release();
+      await waitFor('the read answered', () => slow.answered());
+      // What the route does with the answer takes no I/O: done by the next turn of the event loop.
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      // A stream begun for the gone client would follow the session (a subscription, a heartbeat) until it ends.
+      const followers = (other.sessions as unknown as { listeners: Map<string, Set<unknown>> }).listeners;
+      assert.equal(followers.get(id)?.size ?? 0, 0, 'a stream follows the session for a client that is gone');
+    } finally {
+      await other.stop();
+    }
   });
 
   it('ends open streams with a reason when the front end stops', async () => {

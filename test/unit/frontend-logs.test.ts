@@ -27,6 +27,25 @@ class EndlessLogs implements TaskLogs {
   }
 }
 
+/**
+ * A log whose opening waits for `open()`, as a Nomad agent's first answer takes a while; then its task is
+ * quiet: a followed read waits for its abort, a plain one ends.
+ */
+class SlowOpeningLogs implements TaskLogs {
+  reads = 0;
+  open!: () => void;
+  private readonly opened = new Promise<void>((resolve) => (this.open = resolve));
+
+  async *read(request: LogReadRequest): AsyncGenerator<LogEvent> {
+    this.reads += 1;
+    await this.opened;
+    yield { kind: 'opened' };
+    if (!request.follow || request.signal === undefined || request.signal.aborted) return;
+    const { signal } = request;
+    await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+  }
+}
+
 const statusJson = (extra: Partial<SessionStatus> = {}): string => JSON.stringify({ phase: 'Ready', observedGeneration: 1, conditions: [], endpoints: {}, events: [], ...extra });
 
 describe('front end: task logs (GET /api/v1/sessions/{id}/logs)', () => {
@@ -72,6 +91,8 @@ describe('front end: task logs (GET /api/v1/sessions/{id}/logs)', () => {
     writers.push(writer);
     return writer;
   };
+  const connections = (): Promise<number> =>
+    new Promise((resolve, reject) => frontend.app.server.getConnections((error, count) => (error ? reject(error) : resolve(count))));
   const write = (writer: RotatingLogWriter, text: string): Promise<void> => new Promise((resolve, reject) => writer.write(text, (error) => (error ? reject(error) : resolve())));
   const get = (url: string, user: string, headers: Record<string, string> = {}) => frontend.app.inject({ method: 'GET', url, headers: { 'x-manticore-user': user, ...headers } });
   /** Ann's session on `allocId`, whose Core wrote `text`, followed until that text arrived. */
@@ -232,6 +253,21 @@ describe('front end: task logs (GET /api/v1/sessions/{id}/logs)', () => {
     await waitFor('another user is not counted against it', () => bobs.text === 'x\n');
     open[0]!.close();
     await waitFor('a stream free again', async () => (await get(`/api/v1/sessions/${id}/logs`, 'ann')).statusCode === 200);
+  });
+
+  it('gives a stream back when its client left while the log was opening', async () => {
+    const slow = new SlowOpeningLogs();
+    await frontend.stop();
+    await start(slow, 1);
+    const id = await create('ann');
+    await placed(id, 'alloc-9');
+    const leaving = follow(id, 'ann');
+    await waitFor('the log opening', () => slow.reads === 1);
+    leaving.close();
+    await waitFor('the front end saw the client go', async () => (await connections()) === 0);
+    slow.open();
+    // Holding its one stream for a quiet task, a lost client would keep ann at 429 for good.
+    await waitFor('the stream given back', async () => (await get(`/api/v1/sessions/${id}/logs`, 'ann')).statusCode === 200);
   });
 
   it('reads no faster than a client takes it: a client that stops reading stops the reading, with memory bounded', async () => {
