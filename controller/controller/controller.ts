@@ -311,7 +311,8 @@ export class Controller {
       try {
         const result = await this.reconciler.reconcile(id);
         reconcileSeconds.observe((performance.now() - startedAt) / 1000);
-        queue.forget(id);
+        if (result.retryAfterError === undefined) queue.forget(id);
+        else this.retry(queue, id, result.retryAfterError);
         // What the session waits for may have arrived while it was being reconciled: look again if so.
         if (result.awaitingRoutersAt !== undefined) {
           this.awaitingRouters.set(id, result.awaitingRoutersAt);
@@ -324,16 +325,21 @@ export class Controller {
         if (result.wakeAt !== undefined) this.deadlines.set(id, result.wakeAt);
         else if (result.requeueAfterMs === undefined) this.deadlines.cancel(id);
       } catch (error) {
-        // A lost compare-and-set only means the cache had not yet seen our previous write: routine.
-        const conflict = error instanceof ConflictError;
         reconcileSeconds.observe((performance.now() - startedAt) / 1000);
-        reconcileErrors.inc({ reason: conflict ? 'conflict' : 'error' });
-        const level = conflict ? 'debug' : 'warn';
-        this.log[level]({ err: error, session: id, retries: queue.retries(id) }, 'reconcile failed; will retry');
-        queue.addRateLimited(id);
+        this.retry(queue, id, error);
       } finally {
         queue.done(id);
       }
     }
+  }
+
+  /** The session is looked at again after its backoff. */
+  private retry(queue: WorkQueue<string>, id: string, error: unknown): void {
+    // A lost compare-and-set only means the cache had not yet seen our previous write: routine.
+    const conflict = error instanceof ConflictError;
+    reconcileErrors.inc({ reason: conflict ? 'conflict' : 'error' });
+    const level = conflict ? 'debug' : 'warn';
+    this.log[level]({ err: error, session: id, retries: queue.retries(id) }, 'reconcile failed; will retry');
+    queue.addRateLimited(id);
   }
 }

@@ -66,6 +66,8 @@ export interface ReconcileResult {
   readonly wakeAt?: number;
   /** The session waits for routers to apply routes up to this store index. */
   readonly awaitingRoutersAt?: number;
+  /** A step failed after the status was written to say so (a scheduler refusal): retried with backoff, as a thrown error is. */
+  readonly retryAfterError?: unknown;
 }
 
 /** Raised when a write lost a compare-and-set: the cache was stale; the key is retried with backoff. */
@@ -206,14 +208,19 @@ export class SessionReconciler {
     if (workload?.placementFailure !== undefined && previous?.readyAt === undefined) {
       return this.waitForCapacity(id, generation, workload.placementFailure);
     }
+    // A call the scheduler refuses in this pass is reported (Scheduled=False) and retried with backoff; the
+    // status is still written, so the start timeout runs from admission and ends a refusal that lasts.
+    let refusal: Refusal | undefined;
     if (workload === undefined) {
-      await this.deps.scheduler.register(render());
-      this.expectations.expect(id, () => observed.workloads.get(id)?.specHash === specHash);
-      this.deps.log.info({ session: id, job: jobId }, cachedWorkload ? 'job updated' : 'job registered');
+      const job = render();
+      refusal = await refusalOf('RegisterFailed', async () => {
+        await this.deps.scheduler.register(job);
+        this.expectations.expect(id, () => observed.workloads.get(id)?.specHash === specHash);
+        this.deps.log.info({ session: id, job: jobId }, cachedWorkload ? 'job updated' : 'job registered');
+      });
     }
 
     const allocation = workload?.allocation;
-    const scheduled = scheduledCondition(workload);
     let healthy = healthyCondition(allocation);
     const wakeAts: number[] = [];
 
@@ -226,14 +233,19 @@ export class SessionReconciler {
     if (allocation?.clientStatus === 'failed') {
       const replaceAt = Date.parse(failures[failures.length - 1]?.time ?? admittedAt) + restartDelayMs(policy, failures.length);
       if (now >= replaceAt) {
-        await this.deps.scheduler.reschedule(jobId);
-        this.expectations.expect(id, () => observed.workloads.get(id)?.allocation?.id !== allocation.id);
-        this.deps.log.info({ session: id, job: jobId, failures: failures.length }, 'replacing the failed workload');
+        refusal = await refusalOf('RescheduleFailed', async () => {
+          await this.deps.scheduler.reschedule(jobId);
+          this.expectations.expect(id, () => observed.workloads.get(id)?.allocation?.id !== allocation.id);
+          this.deps.log.info({ session: id, job: jobId, failures: failures.length }, 'replacing the failed workload');
+        });
       } else {
         wakeAts.push(replaceAt);
       }
-      healthy = { type: 'Healthy', status: 'False', reason: 'Restarting', message: `${describeTasks(allocation) || 'the workload failed'}; replacing it at ${new Date(Math.max(now, replaceAt)).toISOString()}` };
+      // No clock time once due: a replacement the scheduler refuses is retried without rewriting the status each time.
+      const when = now >= replaceAt ? 'now' : `at ${new Date(replaceAt).toISOString()}`;
+      healthy = { type: 'Healthy', status: 'False', reason: 'Restarting', message: `${describeTasks(allocation) || 'the workload failed'}; replacing it ${when}` };
     }
+    const scheduled = refusal?.scheduled ?? scheduledCondition(workload);
 
     const wanted = withBackends(this.withLoadBalancers(id, claim), template, allocation);
     // A claim not yet cached cannot be compared-and-set; it is updated once the watch has brought it back.
@@ -307,6 +319,7 @@ export class SessionReconciler {
     return {
       ...(wakeAts.length > 0 ? { wakeAt: Math.min(...wakeAts) } : {}),
       ...(waitingForRouters ? { awaitingRoutersAt: claimIndex, requeueAfterMs: this.deps.routerStaleMs } : {}),
+      ...(refusal ? { retryAfterError: refusal.error } : {}),
     };
   }
 
@@ -629,6 +642,22 @@ export class SessionReconciler {
   private deleteOperation<T>(cache: Cache<CachedRecord<T>>, id: string, key: string): TxnOperation[] {
     const cached = cache.get(id);
     return cached ? [{ verb: 'delete', key, cas: cached.entry.modifyIndex }] : [];
+  }
+}
+
+/** A scheduler call that failed, and the Scheduled condition that reports it. */
+interface Refusal {
+  readonly error: unknown;
+  readonly scheduled: ConditionInput;
+}
+
+/** Runs a scheduler call; its failure (a job Nomad finds invalid, an ACL or quota denial, Nomad unreachable) is returned, not thrown. */
+async function refusalOf(reason: 'RegisterFailed' | 'RescheduleFailed', call: () => Promise<void>): Promise<Refusal | undefined> {
+  try {
+    await call();
+    return undefined;
+  } catch (error) {
+    return { error, scheduled: { type: 'Scheduled', status: 'False', reason, message: error instanceof Error ? error.message : String(error) } };
   }
 }
 

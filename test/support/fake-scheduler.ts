@@ -24,6 +24,10 @@ export class FakeScheduler implements Scheduler {
   readonly reschedules: string[] = [];
   /** What capacityChanges() emits: the test calls `capacity.next()` when the cluster gains room. */
   readonly capacity = new Subject<void>();
+  /** While set, register() and reschedule() fail with it, as Nomad refuses a job (400: invalid; 403: ACL, quota). */
+  refusal: Error | undefined;
+  /** How many calls were refused. */
+  refusals = 0;
   private readonly workloads = new Map<string, Workload>();
   private readonly steps = new Subject<WorkloadStep>();
   private allocations = 0;
@@ -43,6 +47,7 @@ export class FakeScheduler implements Scheduler {
   }
 
   async register(job: RenderedJob): Promise<void> {
+    this.refuseIfAsked();
     this.registrations.push(job);
     this.set({ jobId: job.id, sessionId: job.sessionId, specHash: job.specHash });
   }
@@ -57,6 +62,7 @@ export class FakeScheduler implements Scheduler {
 
   /** A failed allocation gets a fresh, pending one (call run() to start it); anything else stays as it is. */
   async reschedule(jobId: string): Promise<void> {
+    this.refuseIfAsked();
     this.reschedules.push(jobId);
     const workload = [...this.workloads.values()].find((w) => w.jobId === jobId);
     if (workload?.allocation?.clientStatus !== 'failed') return;
@@ -123,6 +129,12 @@ export class FakeScheduler implements Scheduler {
   /** Puts a job carrying our marker in place without any session (debris). */
   adopt(workload: Workload): void {
     this.set(workload);
+  }
+
+  private refuseIfAsked(): void {
+    if (this.refusal === undefined) return;
+    this.refusals++;
+    throw this.refusal;
   }
 
   private require(sessionId: string): Workload {

@@ -282,6 +282,43 @@ describe('lifecycle: failures', () => {
     assert.match(failed.conditions[0]!.message, /not ready within 10 min: the workload is starting/);
     await waitFor('released', async () => h.scheduler.workload(id!) === undefined && (await routesOf(h.store, id!)) === undefined);
   });
+
+  it('shows why the scheduler refuses a job, retries it, and fails the session at the start timeout, releasing its claim', async () => {
+    h = await ControllerHarness.embedded({ policy: { startTimeoutMs: 10 * minute } });
+    h.scheduler.refusal = new Error('registering job: Nomad 400: 1 error occurred: * Task group "session" validation failed');
+    const [id] = await createInOrder(h, ['ann']);
+    const refused = await statusWhen(h.store, id!, (s) => condition(s, 'Scheduled') === 'False/RegisterFailed');
+    assert.equal(refused.phase, 'Starting');
+    assert.equal(condition(refused, 'Ready'), 'False/RegisterFailed');
+    assert.match(refused.conditions.find((c) => c.type === 'Scheduled')!.message, /Nomad 400: .*validation failed/);
+    assert.equal(Date.parse(refused.admittedAt!), h.clock.now, 'the start timeout runs from admission');
+    assert.ok(await routesOf(h.store, id!), 'its claim is held meanwhile');
+    await waitFor('the registration retried', () => h.scheduler.refusals >= 3);
+    h.tick(10 * minute);
+    const failed = await statusWhen(h.store, id!, 'Failed');
+    assert.equal(condition(failed, 'Ready'), 'False/StartTimeout');
+    assert.match(failed.conditions[0]!.message, /not ready within 10 min: registering job: Nomad 400/);
+    await waitFor('claim released', async () => (await routesOf(h.store, id!)) === undefined);
+    assert.deepEqual(h.scheduler.registrations, []);
+  });
+
+  it('fails a served session whose failed workload the scheduler refuses to replace, at the start timeout', async () => {
+    h = await ControllerHarness.embedded({ policy: { startTimeoutMs: 10 * minute } });
+    const [id] = await createInOrder(h, ['ann']);
+    await makeReady(h, id!);
+    h.scheduler.refusal = new Error('rescheduling job: Nomad 403: Permission denied');
+    crash(id!);
+    await statusWhen(h.store, id!, (s) => condition(s, 'Healthy') === 'False/Restarting');
+    h.tick(5_000);
+    const refused = await statusWhen(h.store, id!, (s) => condition(s, 'Scheduled') === 'False/RescheduleFailed');
+    assert.match(refused.conditions.find((c) => c.type === 'Scheduled')!.message, /Nomad 403: Permission denied/);
+    await waitFor('the replacement retried', () => h.scheduler.refusals >= 3);
+    h.tick(10 * minute);
+    const failed = await statusWhen(h.store, id!, 'Failed');
+    assert.equal(condition(failed, 'Ready'), 'False/StartTimeout');
+    assert.match(failed.conditions[0]!.message, /not ready within 10 min: rescheduling job: Nomad 403/);
+    await waitFor('released', async () => h.scheduler.workload(id!) === undefined && (await routesOf(h.store, id!)) === undefined);
+  });
 });
 
 describe('lifecycle: garbage collection and restarts', () => {
