@@ -274,7 +274,7 @@ export class Controller {
   /**
    * A term begins: everything known is queued (level-triggered: whatever happened while standing by is
    * seen), and workers start once the previous term's in-flight reconciles have finished, so no session
-   * is ever reconciled twice at once.
+   * is ever reconciled twice at once, and the new term's memory of orphans is its own.
    */
   private lead(): void {
     if (this.stopping) return;
@@ -286,6 +286,7 @@ export class Controller {
     this.log.info({ queued: queue.length }, 'leading: reconciling every session');
     this.options.loadBalancers?.resume();
     this.workersDone = this.workersDone.then(async () => {
+      this.reconciler.beginTerm();
       await Promise.all(Array.from({ length: this.options.workers }, () => this.work(queue)));
     });
   }

@@ -98,8 +98,9 @@ export class SessionReconciler {
   private readonly expectations: Expectations;
 
   /**
-   * When this process first saw each running workload without its session. In memory only: a restart or a
-   * new leader starts the grace period again, which can only keep a workload longer, never remove it sooner.
+   * When this process first saw each running workload without its session, in the current leadership term.
+   * In memory only: a restart or a new term starts the grace period again, which can only keep a workload
+   * longer, never remove it sooner.
    */
   private readonly orphanedSince = new Map<string, number>();
 
@@ -116,6 +117,15 @@ export class SessionReconciler {
   constructor(private readonly deps: ReconcilerDeps) {
     this.now = deps.now;
     this.expectations = new Expectations(deps.expectationTimeoutMs ?? 30_000, this.now);
+  }
+
+  /**
+   * A leadership term begins: orphan clocks start again. One kept from an earlier term cannot be trusted:
+   * while this process stood by, the record may have come back and vanished again unseen.
+   */
+  beginTerm(): void {
+    this.orphanedSince.clear();
+    this.storeLossReported = false;
   }
 
   async reconcile(id: string): Promise<ReconcileResult> {

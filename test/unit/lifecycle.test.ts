@@ -378,6 +378,30 @@ describe('lifecycle: garbage collection and restarts', () => {
     assert.equal(lines.filter((line) => line.level === 50).length, 1);
   });
 
+  it('gives a running orphan its whole grace period in each term as leader, whatever an earlier term saw', async () => {
+    const { log, lines } = capturingLogger();
+    h = await ControllerHarness.embedded({ orphanGracePeriodMs: 15 * minute, log });
+    const [id] = await createInOrder(h, ['ann']);
+    await makeReady(h, id!);
+    const verdicts = (): string[] => lines.filter((line) => line.session === id && /keeping it for the grace period|grace period over/.test(line.msg)).map((line) => line.msg);
+    const record = (await h.store.get(keys.session(id!)))!.value;
+    await h.store.delete(keys.session(id!));
+    await waitFor('the orphan noticed', () => verdicts().length === 1);
+    // Standing by, this replica sees the record restored and, much later, gone again.
+    await h.controller.leadership.stop();
+    assert.equal(await h.store.put(keys.session(id!), record, { cas: 0 }), true);
+    await waitFor('the restored record cached', () => h.controller.sessions.cache.get(id!) !== undefined);
+    h.tick(20 * minute);
+    await h.store.delete(keys.session(id!));
+    await waitFor('its second loss cached', () => h.controller.sessions.cache.get(id!) === undefined);
+    h.controller.leadership.start();
+    await waitFor('the orphan noticed by the new term', () => verdicts().length === 2);
+    assert.match(verdicts()[1]!, /keeping it for the grace period/);
+    assert.ok(h.scheduler.workload(id!), 'the workload still runs');
+    h.tick(15 * minute);
+    await waitFor('removed when the new term\'s grace period ends', () => h.scheduler.workload(id!) === undefined);
+  });
+
   it('removes orphan workloads that do not run at once, whatever the grace period', async () => {
     h = await ControllerHarness.embedded({ orphanGracePeriodMs: 15 * minute });
     const allocation = { healthy: undefined, ports: {}, tasks: {} };
