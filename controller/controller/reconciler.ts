@@ -483,7 +483,8 @@ export class SessionReconciler {
     });
     if (!(await this.release(id))) return done;
     const routesIndex = observed.routesIndex();
-    if (!this.routersCaughtUp(routesIndex)) return { awaitingRoutersAt: routesIndex, requeueAfterMs: this.deps.routerStaleMs };
+    // Removed routes need no router to serve them: with none alive there is nothing to wait for.
+    if (!appliedBy(this.liveRouters(), routesIndex)) return { awaitingRoutersAt: routesIndex, requeueAfterMs: this.deps.routerStaleMs };
     // Status, activity and record go together, so no one ever sees a session without its status or the reverse.
     const removed = await this.deps.writer.transaction([
       ...this.deleteOperation(observed.statuses, id, keys.status(id)),
@@ -583,10 +584,10 @@ export class SessionReconciler {
     return this.expectations.isDeferred(id);
   }
 
-  /** Whether every live router has applied routes up to `index`. */
+  /** Whether a session waiting for routers at `index` may go on: a router is alive, and every live one has applied it. */
   routersCaughtUp(index: number): boolean {
     const live = this.liveRouters();
-    return live.length > 0 && live.every((router) => router.appliedIndex >= index);
+    return live.length > 0 && appliedBy(live, index);
   }
 
   private liveRouters(): RouterHeartbeat[] {
@@ -676,6 +677,10 @@ function waitingConditions(reason: string, message: string): ConditionInput[] {
     { type: 'Admitted', status: 'False', reason, message },
     { type: 'Ready', status: 'False', reason, message },
   ];
+}
+
+function appliedBy(routers: readonly RouterHeartbeat[], index: number): boolean {
+  return routers.every((router) => router.appliedIndex >= index);
 }
 
 /** When the session stopped serving: its Ready condition's transition, or now if it has just stopped. */

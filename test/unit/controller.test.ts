@@ -112,6 +112,19 @@ describe('controller: session reconciliation', () => {
     assert.equal(await statusOf(h.store, id), undefined);
   });
 
+  it('finishes tearing a deleted session down while no router is alive, as there is none to wait for', async () => {
+    const id = await createSession(h.store);
+    await makeReady(h, id);
+    // The only router stops and withdraws its heartbeat.
+    await h.router.stop();
+    await waitFor('no live router seen', () => h.controller.routers.cache.size === 0);
+    await requestDeletion(h.store, id);
+    await waitFor('records removed', async () => (await h.store.get(keys.session(id))) === undefined);
+    assert.deepEqual(h.scheduler.deregistrations, [`manticore-${id}`]);
+    assert.equal(await routesOf(h.store, id), undefined);
+    assert.equal(await statusOf(h.store, id), undefined);
+  });
+
   it('leaves Ready when a task crashes and returns when it is healthy again', async () => {
     const id = await createSession(h.store);
     await makeReady(h, id);
