@@ -29,7 +29,12 @@ export class ValidationError extends Error {
 }
 
 const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: true, strictTypes: false });
-addFormats.default(ajv, ['date-time']);
+/** ajv-formats' RFC 3339 check ("full": the fields' ranges are checked too); a format definition, as its source shows. */
+const rfc3339 = addFormats.default.get('date-time') as { readonly validate: (value: string) => boolean };
+// RFC 3339 also admits times Date.parse cannot read (a leap second "23:59:60", an offset of hours only "+01"),
+// and every deadline is computed with Date.parse: such a time would make them NaN. A record holding one is
+// invalid, and reported like any malformed record.
+ajv.addFormat('date-time', { type: 'string', validate: (value: string) => rfc3339.validate(value) && Number.isFinite(Date.parse(value)) });
 
 const validators = new Map<SchemaName, ValidateFunction>();
 

@@ -333,7 +333,10 @@ export class Admission {
     }
     let changedAt = Infinity;
     if (previous !== undefined) {
-      const index = this.indexOf(previous);
+      // Should the order ever be inconsistent (a time that is not a number), the search may land on another
+      // session: that one must not be taken out instead.
+      const found = this.indexOf(previous);
+      const index = this.waiting[found]?.id === id ? found : this.waiting.findIndex((waiter) => waiter.id === id);
       this.waiting.splice(index, 1);
       this.waiterOf.delete(id);
       changedAt = index;

@@ -13,8 +13,8 @@ describe('admission: the waiting list', () => {
 
   const record = <T>(id: string, value: T): CachedRecord<T> => ({ id, entry: { key: id, createIndex: 1, modifyIndex: ++index }, value });
   const id = (n: number): string => `s${String(n).padStart(3, '0')}`;
-  const addSession = (n: number): void =>
-    sessions.upsert(id(n), record(id(n), { metadata: { id: id(n), owner: `user-${n}`, createdAt: new Date(n * 1000).toISOString(), generation: 1 }, spec: { template: 'sdl', parameters: {} } }));
+  const addSession = (n: number, createdAt = new Date(n * 1000).toISOString()): void =>
+    sessions.upsert(id(n), record(id(n), { metadata: { id: id(n), owner: `user-${n}`, createdAt, generation: 1 }, spec: { template: 'sdl', parameters: {} } }));
   const addClaim = (n: number): void => routes.upsert(id(n), record(id(n), { sessionId: id(n), hosts: [], ports: [] }));
   const position = (n: number): number | undefined => {
     const decision = admission.decide(id(n));
@@ -65,5 +65,22 @@ describe('admission: the waiting list', () => {
     assert.deepEqual(requeued, [id(10)]);
     assert.deepEqual(admission.decide(id(10)), { admit: true });
     assert.equal(position(11), 2);
+  });
+
+  it('takes the session that leaves out of the list, not another, even when a creation time cannot be ordered', () => {
+    for (let n = 0; n < 10; n++) {
+      addSession(n);
+      addClaim(n);
+    }
+    // Created out of id order, one at a time Date.parse cannot read (a leap second: the schema refuses it,
+    // should it get in anyway): its place in the list is arbitrary, and a search by order can miss.
+    addSession(10, new Date(12_000).toISOString());
+    addSession(11, '2016-12-31T23:59:60Z');
+    addSession(12, new Date(11_000).toISOString());
+    addSession(13, new Date(14_000).toISOString());
+    admission.load(sessions.ids());
+    sessions.remove(id(10));
+    admission.refresh(id(10));
+    assert.deepEqual(admission.waitingIds().sort(), [id(11), id(12), id(13)]);
   });
 });

@@ -234,6 +234,15 @@ describe('controller: session reconciliation', () => {
     await makeReady(h, good);
   });
 
+  it('reports a record holding a time Date.parse cannot read (a leap second) as invalid, like any malformed record', async () => {
+    const record = { metadata: { id: 'leapsecond1', owner: 'ann', createdAt: '2016-12-31T23:59:60Z', generation: 1 }, spec: { template: 'demo', parameters: {} } };
+    await h.store.put(keys.session('leapsecond1'), JSON.stringify(record));
+    const status = await statusWhen(h.store, 'leapsecond1', 'Failed');
+    assert.equal(condition(status, 'Valid'), 'False/InvalidRecord');
+    assert.match(status.conditions[0]!.message, /\/metadata\/createdAt: must match format "date-time"/);
+    assert.equal(await routesOf(h.store, 'leapsecond1'), undefined, 'nothing is claimed for it');
+  });
+
   it('removes jobs, routes and statuses that belong to no session', async () => {
     await h.controller.stop();
     h.scheduler.adopt({ jobId: 'manticore-orphan00001', sessionId: 'orphan00001', specHash: 'x' });

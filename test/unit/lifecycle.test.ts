@@ -197,6 +197,17 @@ describe('lifecycle: idle warning, expiry and the lifetime cap', () => {
     assert.equal(await h.store.get(keys.activity(id!)), undefined, 'the activity record goes with the session');
   });
 
+  it('deletes an idle session on time although its activity record holds a time Date.parse cannot read (a leap second)', async () => {
+    h = await ControllerHarness.embedded();
+    const [id] = await createInOrder(h, ['ann']);
+    await makeReady(h, id!);
+    // Written by any KV client: RFC 3339 allows second 60, Date.parse does not. The record is invalid, so unread.
+    assert.equal(await h.store.put(keys.activity(id!), JSON.stringify({ lastActivityAt: '2016-12-31T23:59:60Z' })), true);
+    await waitFor('the activity record seen', () => h.controller.activities.cache.get(id!) !== undefined);
+    h.tick(30 * minute);
+    await gone(h, id!);
+  });
+
   it('ends a session at its maximum lifetime whatever the activity, after the same warning', async () => {
     h = await ControllerHarness.embedded({ policy: { maxLifetimeMs: 60 * minute, idleTimeoutMs: 0 } });
     const [id] = await createInOrder(h, ['ann']);
