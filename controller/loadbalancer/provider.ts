@@ -59,40 +59,33 @@ export interface LoadBalancerProvider {
 /** How a failed AWS call is handled. */
 export type FailureKind = 'throttled' | 'transient' | 'quota' | 'done' | 'error';
 
-const throttlingCodes = new Set([
-  'Throttling',
-  'ThrottlingException',
-  'RequestLimitExceeded',
-  'TooManyRequestsException',
-  'RequestThrottled',
-  'RequestThrottledException',
-  'SlowDown',
-  'PriorRequestNotComplete',
-]);
+const throttlingCodes = new Set(['Throttling', 'RequestLimitExceeded', 'TooManyRequests', 'RequestThrottled', 'SlowDown', 'PriorRequestNotComplete']);
 const quotaCodes = new Set(['TooManyListeners', 'TooManyTargetGroups', 'TooManyTargets', 'TooManyTags', 'RulesPerSecurityGroupLimitExceeded']);
 /** What a repeated call answers once the first one took effect: the wanted state holds already. */
 const alreadyDoneCodes = new Set([
   'DuplicateListener',
   'ListenerNotFound',
-  'ListenerNotFoundException',
   'TargetGroupNotFound',
-  'TargetGroupNotFoundException',
   'InvalidPermission.Duplicate',
   'InvalidPermission.NotFound',
   'InvalidSecurityGroupRuleId.NotFound',
 ]);
+const transientCodes = new Set(['TimeoutError', 'ECONNRESET', 'InternalFailure', 'ServiceUnavailable']);
 
-/** Sorts an SDK v3 error by its code (the exception's name) and HTTP status. */
+/**
+ * Sorts an SDK v3 error by its code and HTTP status. The SDK names an error its service model declares
+ * after its exception class (ELBv2's `TooManyListeners` is raised as `TooManyListenersException`) and
+ * any other after the code on the wire (Classic ELB's `TooManyListeners`; EC2 declares none:
+ * `InvalidPermission.Duplicate`), so both are compared by the wire code.
+ */
 export function classify(error: unknown): FailureKind {
   const { name, $metadata } = (error ?? {}) as { name?: string; $metadata?: { httpStatusCode?: number } };
+  const code = name?.replace(/Exception$/, '') ?? '';
   const status = $metadata?.httpStatusCode;
-  if (name !== undefined && throttlingCodes.has(name)) return 'throttled';
-  if (status === 429) return 'throttled';
-  if (name !== undefined && quotaCodes.has(name)) return 'quota';
-  if (name !== undefined && alreadyDoneCodes.has(name)) return 'done';
-  if ((status !== undefined && status >= 500) || name === 'TimeoutError' || name === 'ECONNRESET' || name === 'InternalFailure' || name === 'ServiceUnavailable') {
-    return 'transient';
-  }
+  if (throttlingCodes.has(code) || status === 429) return 'throttled';
+  if (quotaCodes.has(code)) return 'quota';
+  if (alreadyDoneCodes.has(code)) return 'done';
+  if ((status !== undefined && status >= 500) || transientCodes.has(code)) return 'transient';
   return 'error';
 }
 

@@ -1,3 +1,4 @@
+import * as ec2 from '@aws-sdk/client-ec2';
 import {
   AuthorizeSecurityGroupIngressCommand,
   DescribeSecurityGroupRulesCommand,
@@ -8,6 +9,7 @@ import {
   type RevokeSecurityGroupIngressCommandInput,
   type SecurityGroupRule,
 } from '@aws-sdk/client-ec2';
+import * as elb from '@aws-sdk/client-elastic-load-balancing';
 import {
   ConfigureHealthCheckCommand,
   CreateLoadBalancerListenersCommand,
@@ -42,12 +44,13 @@ interface Stub {
 
 /**
  * A stateful in-memory model of the AWS APIs Manticore calls (ELBv2, Classic ELB, EC2 security-group
- * rules), plugged into the real SDK v3 clients with aws-sdk-client-mock. It keeps the documented rules
- * that matter here: listener quotas (TooManyListeners), one listener per port (DuplicateListener), target
- * groups a listener still uses cannot be deleted (ResourceInUse), duplicate rules (InvalidPermission.Duplicate)
- * and the rule quota. Knobs: `throttleRate` (the chance that any call is throttled, from a seeded random
- * source), `consistencyDelayMs` (a new listener shows in describe calls only this long after its creation,
- * on the model's clock).
+ * rules), plugged into the real SDK v3 clients with aws-sdk-client-mock; its refusals reach the caller as
+ * those clients raise them (`sdkError`). It keeps the documented rules that matter here: listener quotas
+ * (TooManyListeners), one listener per port (DuplicateListener), target group names unique
+ * (DuplicateTargetGroupName), target groups a listener still uses cannot be deleted (ResourceInUse),
+ * duplicate rules (InvalidPermission.Duplicate) and the rule quota. Knobs: `throttleRate` (the chance that
+ * any call is throttled, from a seeded random source), `consistencyDelayMs` (a new listener shows in
+ * describe calls only this long after its creation, on the model's clock).
  */
 export class AwsModel {
   /** Calls per command name, throttled ones included. */
@@ -139,41 +142,45 @@ export class AwsModel {
 
   /** Answers every call of the three SDK clients from this model until `restore()`. */
   install(): this {
-    const handle = <I>(stub: Stub, command: unknown, name: string, code: string, fn: (input: I) => object): void => {
+    const handle = <I>(stub: Stub, service: AwsService, command: unknown, name: string, fn: (input: I) => object): void => {
       stub.on(command).callsFake(async (input: I) => {
-          this.calls.set(name, (this.calls.get(name) ?? 0) + 1);
+        this.calls.set(name, (this.calls.get(name) ?? 0) + 1);
+        try {
           if (this.throttleRate > 0 && this.random() < this.throttleRate) {
             this.throttled += 1;
-            throw awsError(code, 'Rate exceeded', 400);
+            throw new Refusal(services[service].throttling, 'Rate exceeded', 400);
           }
-        return fn(input);
+          return fn(input);
+        } catch (error) {
+          throw error instanceof Refusal ? sdkError(service, error.code, error.message, error.status) : error;
+        }
       });
     };
     const v2 = mockClient(elbv2.ElasticLoadBalancingV2Client) as unknown as Stub;
-    handle(v2, elbv2.DescribeLoadBalancersCommand, 'elbv2:DescribeLoadBalancers', 'Throttling', (input: { Names?: string[] }) => this.describeNlbs(input.Names ?? []));
-    handle(v2, elbv2.DescribeListenersCommand, 'elbv2:DescribeListeners', 'Throttling', (input: DescribeListenersCommandInput) => this.describeListeners(input));
-    handle(v2, elbv2.DescribeTargetGroupsCommand, 'elbv2:DescribeTargetGroups', 'Throttling', (input: DescribeTargetGroupsCommandInput) => page([...this.targetGroups.values()].map(stripTargets), input.Marker, input.PageSize, 'TargetGroups'));
-    handle(v2, elbv2.DescribeTagsCommand, 'elbv2:DescribeTags', 'Throttling', (input: { ResourceArns?: string[] }) => ({
+    handle(v2, 'elbv2', elbv2.DescribeLoadBalancersCommand, 'elbv2:DescribeLoadBalancers', (input: { Names?: string[] }) => this.describeNlbs(input.Names ?? []));
+    handle(v2, 'elbv2', elbv2.DescribeListenersCommand, 'elbv2:DescribeListeners', (input: DescribeListenersCommandInput) => this.describeListeners(input));
+    handle(v2, 'elbv2', elbv2.DescribeTargetGroupsCommand, 'elbv2:DescribeTargetGroups', (input: DescribeTargetGroupsCommandInput) => page([...this.targetGroups.values()].map(stripTargets), input.Marker, input.PageSize, 'TargetGroups'));
+    handle(v2, 'elbv2', elbv2.DescribeTagsCommand, 'elbv2:DescribeTags', (input: { ResourceArns?: string[] }) => ({
       TagDescriptions: (input.ResourceArns ?? []).map((arn) => ({ ResourceArn: arn, Tags: this.tags.get(arn) ?? [] })),
     }));
-    handle(v2, elbv2.CreateTargetGroupCommand, 'elbv2:CreateTargetGroup', 'Throttling', (input: CreateTargetGroupCommandInput) => this.createTargetGroup(input));
-    handle(v2, elbv2.RegisterTargetsCommand, 'elbv2:RegisterTargets', 'Throttling', (input: RegisterTargetsCommandInput) => this.registerTargets(input));
-    handle(v2, elbv2.ModifyTargetGroupCommand, 'elbv2:ModifyTargetGroup', 'Throttling', (input: ModifyTargetGroupCommandInput) => this.modifyTargetGroup(input));
-    handle(v2, elbv2.DeleteTargetGroupCommand, 'elbv2:DeleteTargetGroup', 'Throttling', (input: { TargetGroupArn?: string }) => this.deleteTargetGroup(input.TargetGroupArn!));
-    handle(v2, elbv2.CreateListenerCommand, 'elbv2:CreateListener', 'Throttling', (input: CreateListenerCommandInput) => this.createListener(input));
-    handle(v2, elbv2.DeleteListenerCommand, 'elbv2:DeleteListener', 'Throttling', (input: { ListenerArn?: string }) => this.deleteListener(input.ListenerArn!));
+    handle(v2, 'elbv2', elbv2.CreateTargetGroupCommand, 'elbv2:CreateTargetGroup', (input: CreateTargetGroupCommandInput) => this.createTargetGroup(input));
+    handle(v2, 'elbv2', elbv2.RegisterTargetsCommand, 'elbv2:RegisterTargets', (input: RegisterTargetsCommandInput) => this.registerTargets(input));
+    handle(v2, 'elbv2', elbv2.ModifyTargetGroupCommand, 'elbv2:ModifyTargetGroup', (input: ModifyTargetGroupCommandInput) => this.modifyTargetGroup(input));
+    handle(v2, 'elbv2', elbv2.DeleteTargetGroupCommand, 'elbv2:DeleteTargetGroup', (input: { TargetGroupArn?: string }) => this.deleteTargetGroup(input.TargetGroupArn!));
+    handle(v2, 'elbv2', elbv2.CreateListenerCommand, 'elbv2:CreateListener', (input: CreateListenerCommandInput) => this.createListener(input));
+    handle(v2, 'elbv2', elbv2.DeleteListenerCommand, 'elbv2:DeleteListener', (input: { ListenerArn?: string }) => this.deleteListener(input.ListenerArn!));
 
     const classic = mockClient(ElasticLoadBalancingClient) as unknown as Stub;
-    handle(classic, DescribeClassicCommand, 'elb:DescribeLoadBalancers', 'Throttling', (input: { LoadBalancerNames?: string[] }) => this.describeClassics(input.LoadBalancerNames ?? []));
-    handle(classic, CreateLoadBalancerListenersCommand, 'elb:CreateLoadBalancerListeners', 'Throttling', (input: CreateLoadBalancerListenersCommandInput) => this.createClassicListeners(input));
-    handle(classic, DeleteLoadBalancerListenersCommand, 'elb:DeleteLoadBalancerListeners', 'Throttling', (input: DeleteLoadBalancerListenersCommandInput) => this.deleteClassicListeners(input));
-    handle(classic, ConfigureHealthCheckCommand, 'elb:ConfigureHealthCheck', 'Throttling', (input: ConfigureHealthCheckCommandInput) => this.configureHealthCheck(input));
+    handle(classic, 'elb', DescribeClassicCommand, 'elb:DescribeLoadBalancers', (input: { LoadBalancerNames?: string[] }) => this.describeClassics(input.LoadBalancerNames ?? []));
+    handle(classic, 'elb', CreateLoadBalancerListenersCommand, 'elb:CreateLoadBalancerListeners', (input: CreateLoadBalancerListenersCommandInput) => this.createClassicListeners(input));
+    handle(classic, 'elb', DeleteLoadBalancerListenersCommand, 'elb:DeleteLoadBalancerListeners', (input: DeleteLoadBalancerListenersCommandInput) => this.deleteClassicListeners(input));
+    handle(classic, 'elb', ConfigureHealthCheckCommand, 'elb:ConfigureHealthCheck', (input: ConfigureHealthCheckCommandInput) => this.configureHealthCheck(input));
 
-    const ec2 = mockClient(EC2Client) as unknown as Stub;
-    handle(ec2, DescribeSecurityGroupRulesCommand, 'ec2:DescribeSecurityGroupRules', 'RequestLimitExceeded', (input: DescribeSecurityGroupRulesCommandInput) => this.describeRules(input));
-    handle(ec2, AuthorizeSecurityGroupIngressCommand, 'ec2:AuthorizeSecurityGroupIngress', 'RequestLimitExceeded', (input: AuthorizeSecurityGroupIngressCommandInput) => this.authorize(input));
-    handle(ec2, RevokeSecurityGroupIngressCommand, 'ec2:RevokeSecurityGroupIngress', 'RequestLimitExceeded', (input: RevokeSecurityGroupIngressCommandInput) => this.revoke(input));
-    this.stubs.push(v2, classic, ec2);
+    const rules = mockClient(EC2Client) as unknown as Stub;
+    handle(rules, 'ec2', DescribeSecurityGroupRulesCommand, 'ec2:DescribeSecurityGroupRules', (input: DescribeSecurityGroupRulesCommandInput) => this.describeRules(input));
+    handle(rules, 'ec2', AuthorizeSecurityGroupIngressCommand, 'ec2:AuthorizeSecurityGroupIngress', (input: AuthorizeSecurityGroupIngressCommandInput) => this.authorize(input));
+    handle(rules, 'ec2', RevokeSecurityGroupIngressCommand, 'ec2:RevokeSecurityGroupIngress', (input: RevokeSecurityGroupIngressCommandInput) => this.revoke(input));
+    this.stubs.push(v2, classic, rules);
     return this;
   }
 
@@ -185,7 +192,7 @@ export class AwsModel {
     return {
       LoadBalancers: names.map((name) => {
         const nlb = this.nlbs.get(name);
-        if (nlb === undefined) throw awsError('LoadBalancerNotFound', `One or more load balancers not found: ${name}`, 400);
+        if (nlb === undefined) throw new Refusal('LoadBalancerNotFound', `One or more load balancers not found: ${name}`, 400);
         return { LoadBalancerArn: nlb.arn, LoadBalancerName: name, DNSName: nlb.dnsName, Type: 'network', VpcId: 'vpc-0123456789abcdef0' };
       }),
     };
@@ -200,7 +207,7 @@ export class AwsModel {
   private createTargetGroup(input: CreateTargetGroupCommandInput): object {
     const existing = [...this.targetGroups.values()].find((group) => group.TargetGroupName === input.Name);
     if (existing) {
-      if (existing.Port !== input.Port || existing.Protocol !== input.Protocol) throw awsError('DuplicateTargetGroupName', `A target group with the same name '${input.Name}' exists, but with different settings`, 400);
+      if (existing.Port !== input.Port || existing.Protocol !== input.Protocol) throw new Refusal('DuplicateTargetGroupName', `A target group with the same name '${input.Name}' exists, but with different settings`, 400);
       return { TargetGroups: [stripTargets(existing)] };
     }
     const arn = `arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/${input.Name}/${this.next()}`;
@@ -212,7 +219,7 @@ export class AwsModel {
 
   private registerTargets(input: RegisterTargetsCommandInput): object {
     const group = this.targetGroups.get(input.TargetGroupArn!);
-    if (!group) throw awsError('TargetGroupNotFound', `target group ${input.TargetGroupArn} not found`, 400);
+    if (!group) throw new Refusal('TargetGroupNotFound', `target group ${input.TargetGroupArn} not found`, 400);
     for (const target of input.Targets ?? []) {
       if (!group.Targets.some((existing) => existing.Id === target.Id && existing.Port === target.Port)) group.Targets.push({ Id: target.Id!, ...(target.Port === undefined ? {} : { Port: target.Port }) });
     }
@@ -221,14 +228,14 @@ export class AwsModel {
 
   private modifyTargetGroup(input: ModifyTargetGroupCommandInput): object {
     const group = this.targetGroups.get(input.TargetGroupArn!);
-    if (!group) throw awsError('TargetGroupNotFound', `target group ${input.TargetGroupArn} not found`, 400);
+    if (!group) throw new Refusal('TargetGroupNotFound', `target group ${input.TargetGroupArn} not found`, 400);
     Object.assign(group, input);
     return { TargetGroups: [stripTargets(group)] };
   }
 
   private deleteTargetGroup(arn: string): object {
     const used = [...this.nlbs.values()].some((nlb) => nlb.listeners.some((entry) => entry.listener.DefaultActions?.some((action) => action.TargetGroupArn === arn)));
-    if (used) throw awsError('ResourceInUse', `Target group '${arn}' is currently in use by a listener or a rule`, 400);
+    if (used) throw new Refusal('ResourceInUse', `Target group '${arn}' is currently in use by a listener or a rule`, 400);
     this.targetGroups.delete(arn);
     this.tags.delete(arn);
     return {};
@@ -236,10 +243,10 @@ export class AwsModel {
 
   private createListener(input: CreateListenerCommandInput): object {
     const nlb = this.nlbByArn(input.LoadBalancerArn!);
-    if (nlb.listeners.some((entry) => entry.listener.Port === input.Port)) throw awsError('DuplicateListener', 'A listener already exists on this port for this load balancer', 400);
-    if (nlb.listeners.length >= nlb.quota) throw awsError('TooManyListeners', `You've reached the limit on the number of listeners per load balancer`, 400);
+    if (nlb.listeners.some((entry) => entry.listener.Port === input.Port)) throw new Refusal('DuplicateListener', 'A listener already exists on this port for this load balancer', 400);
+    if (nlb.listeners.length >= nlb.quota) throw new Refusal('TooManyListeners', `You've reached the limit on the number of listeners per load balancer`, 400);
     for (const action of input.DefaultActions ?? []) {
-      if (action.TargetGroupArn && !this.targetGroups.has(action.TargetGroupArn)) throw awsError('TargetGroupNotFound', `target group ${action.TargetGroupArn} not found`, 400);
+      if (action.TargetGroupArn && !this.targetGroups.has(action.TargetGroupArn)) throw new Refusal('TargetGroupNotFound', `target group ${action.TargetGroupArn} not found`, 400);
     }
     const arn = `${nlb.arn.replace(':loadbalancer/', ':listener/')}/${this.next()}`;
     const listener: Listener = { ListenerArn: arn, LoadBalancerArn: nlb.arn, Port: input.Port!, Protocol: input.Protocol!, DefaultActions: input.DefaultActions!, ...(input.Certificates ? { Certificates: input.Certificates } : {}) };
@@ -258,14 +265,14 @@ export class AwsModel {
         return {};
       }
     }
-    throw awsError('ListenerNotFound', `listener ${arn} not found`, 400);
+    throw new Refusal('ListenerNotFound', `listener ${arn} not found`, 400);
   }
 
   private describeClassics(names: string[]): object {
     return {
       LoadBalancerDescriptions: names.map((name) => {
         const lb = this.classics.get(name);
-        if (lb === undefined) throw awsError('LoadBalancerNotFound', `There is no ACTIVE Load Balancer named '${name}'`, 400);
+        if (lb === undefined) throw new Refusal('LoadBalancerNotFound', `There is no ACTIVE Load Balancer named '${name}'`, 400);
         return { LoadBalancerName: name, DNSName: lb.dnsName, ListenerDescriptions: lb.listeners.map((listener) => ({ Listener: listener, PolicyNames: [] })), HealthCheck: lb.healthCheck };
       }),
     };
@@ -276,10 +283,10 @@ export class AwsModel {
     for (const listener of input.Listeners ?? []) {
       const existing = lb.listeners.find((candidate) => candidate.LoadBalancerPort === listener.LoadBalancerPort);
       if (existing) {
-        if (JSON.stringify(existing) !== JSON.stringify(listener)) throw awsError('DuplicateListener', 'A listener already exists for this port with different settings', 400);
+        if (JSON.stringify(existing) !== JSON.stringify(listener)) throw new Refusal('DuplicateListener', 'A listener already exists for this port with different settings', 400);
         continue;
       }
-      if (lb.listeners.length >= lb.quota) throw awsError('TooManyListeners', 'Too many listeners', 400);
+      if (lb.listeners.length >= lb.quota) throw new Refusal('TooManyListeners', 'Too many listeners', 400);
       lb.listeners.push({ ...listener });
     }
     return {};
@@ -300,7 +307,7 @@ export class AwsModel {
     const groupIds = input.Filters?.find((filter) => filter.Name === 'group-id')?.Values ?? [];
     const rules = groupIds.flatMap((groupId) => {
       const rules = this.groups.get(groupId);
-      if (rules === undefined) throw awsError('InvalidGroup.NotFound', `The security group '${groupId}' does not exist`, 400);
+      if (rules === undefined) throw new Refusal('InvalidGroup.NotFound', `The security group '${groupId}' does not exist`, 400);
       return rules;
     });
     const start = input.NextToken ? Number(input.NextToken) : 0;
@@ -322,13 +329,13 @@ export class AwsModel {
         const duplicate = [...rules, ...added].some(
           (rule) => rule.IpProtocol === permission.IpProtocol && rule.FromPort === permission.FromPort && rule.ToPort === permission.ToPort && (rule.CidrIpv4 ?? rule.CidrIpv6) === cidr,
         );
-        if (duplicate) throw awsError('InvalidPermission.Duplicate', `the specified rule "peer: ${cidr}, TCP, from port: ${permission.FromPort}, to port: ${permission.ToPort}, ALLOW" already exists`, 400);
+        if (duplicate) throw new Refusal('InvalidPermission.Duplicate', `the specified rule "peer: ${cidr}, TCP, from port: ${permission.FromPort}, to port: ${permission.ToPort}, ALLOW" already exists`, 400);
         added.push({ SecurityGroupRuleId: `sgr-${this.next()}`, GroupId: input.GroupId!, IsEgress: false, IpProtocol: permission.IpProtocol!, FromPort: permission.FromPort!, ToPort: permission.ToPort!, ...source });
       }
     }
     const family = (rule: SecurityGroupRule): string => (rule.CidrIpv6 ? 'v6' : 'v4');
     for (const kind of ['v4', 'v6']) {
-      if ([...rules, ...added].filter((rule) => family(rule) === kind).length > 60) throw awsError('RulesPerSecurityGroupLimitExceeded', 'The maximum number of rules per security group has been reached.', 400);
+      if ([...rules, ...added].filter((rule) => family(rule) === kind).length > 60) throw new Refusal('RulesPerSecurityGroupLimitExceeded', 'The maximum number of rules per security group has been reached.', 400);
     }
     rules.push(...added);
     return { Return: true, SecurityGroupRules: added };
@@ -338,7 +345,7 @@ export class AwsModel {
     const rules = this.groups.get(input.GroupId!)!;
     for (const id of input.SecurityGroupRuleIds ?? []) {
       const index = rules.findIndex((rule) => rule.SecurityGroupRuleId === id);
-      if (index < 0) throw awsError('InvalidSecurityGroupRuleId.NotFound', `The security group rule ID '${id}' does not exist`, 400);
+      if (index < 0) throw new Refusal('InvalidSecurityGroupRuleId.NotFound', `The security group rule ID '${id}' does not exist`, 400);
       rules.splice(index, 1);
     }
     return { Return: true };
@@ -346,7 +353,7 @@ export class AwsModel {
 
   private nlbByArn(arn: string): Nlb {
     const nlb = [...this.nlbs.values()].find((candidate) => candidate.arn === arn);
-    if (!nlb) throw awsError('LoadBalancerNotFound', `load balancer ${arn} not found`, 400);
+    if (!nlb) throw new Refusal('LoadBalancerNotFound', `load balancer ${arn} not found`, 400);
     return nlb;
   }
 
@@ -379,9 +386,50 @@ interface Classic {
   healthCheck: HealthCheck;
 }
 
-/** An error as the SDK v3 raises a service exception: the code is its name. */
-export function awsError(code: string, message: string, status: number): Error {
-  return Object.assign(new Error(message), { name: code, $fault: status >= 500 ? 'server' : 'client', $metadata: { httpStatusCode: status } });
+/** A refusal as the service answers it on the wire, before a client turns it into an exception. */
+class Refusal extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly status: number,
+  ) {
+    super(message);
+  }
+}
+
+export type AwsService = 'elbv2' | 'elb' | 'ec2';
+
+interface ExceptionOptions {
+  readonly message: string;
+  readonly $fault: 'client' | 'server';
+  readonly $metadata: { readonly httpStatusCode: number };
+}
+/** A modelled exception class: it names itself. */
+type ModelledException = new (options: ExceptionOptions) => Error;
+/** A service's base exception: named by the code. */
+type BaseException = new (options: ExceptionOptions & { readonly name: string }) => Error;
+
+/**
+ * Per service: its SDK package (with the exception classes of the errors its model declares), the base
+ * exception it raises any other error as, the code it throttles with, and the declared errors whose class
+ * is not named `<code>Exception`.
+ */
+const services: Record<AwsService, { sdk: object; base: BaseException; throttling: string; renamed?: Readonly<Record<string, string>> }> = {
+  elbv2: { sdk: elbv2, base: elbv2.ElasticLoadBalancingV2ServiceException, throttling: 'Throttling' },
+  elb: { sdk: elb, base: elb.ElasticLoadBalancingServiceException, throttling: 'Throttling', renamed: { LoadBalancerNotFound: 'AccessPointNotFoundException' } },
+  ec2: { sdk: ec2, base: ec2.EC2ServiceException, throttling: 'RequestLimitExceeded' },
+};
+
+/**
+ * An error as that service's SDK v3 client raises it: one the service model declares as its exception
+ * class (ELBv2 `TooManyListeners` → `TooManyListenersException`), any other as the service's base exception
+ * named by the code (throttling; Classic ELB's `TooManyListeners`; every EC2 error).
+ */
+export function sdkError(service: AwsService, code: string, message: string, status: number): Error {
+  const { sdk, base, renamed } = services[service];
+  const options: ExceptionOptions = { message, $fault: status >= 500 ? 'server' : 'client', $metadata: { httpStatusCode: status } };
+  const modelled = (sdk as Record<string, unknown>)[renamed?.[code] ?? `${code}Exception`] as ModelledException | undefined;
+  return modelled === undefined ? new base({ name: code, ...options }) : new modelled(options);
 }
 
 function stripTargets(group: TargetGroup & { Targets?: unknown }): TargetGroup {

@@ -1,7 +1,12 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { AuthorizeSecurityGroupIngressCommand, EC2Client } from '@aws-sdk/client-ec2';
+import { CreateLoadBalancerListenersCommand, ElasticLoadBalancingClient } from '@aws-sdk/client-elastic-load-balancing';
+import { CreateListenerCommand, ElasticLoadBalancingV2Client } from '@aws-sdk/client-elastic-load-balancing-v2';
 import * as FakeTimers from '@sinonjs/fake-timers';
 import YAML from 'yaml';
 import type { SessionStatus } from '../../controller/api/types.js';
@@ -10,7 +15,7 @@ import { createExposer } from '../../controller/loadbalancer/aws.js';
 import type { Exposer } from '../../controller/loadbalancer/exposer.js';
 import { ruleMarker } from '../../controller/loadbalancer/security-groups.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
-import { AwsModel } from '../fakes/aws.js';
+import { AwsModel, sdkError, type AwsService } from '../fakes/aws.js';
 import { condition, ControllerHarness, controllerClock, createSession, keys, requestDeletion, routesOf, statusOf, testLog } from '../support/controller-harness.js';
 import { FakeScheduler } from '../support/fake-scheduler.js';
 
@@ -325,5 +330,52 @@ describe('AWS load balancers: a pool of listeners in front of the TCP ports', fu
     await settle(w, 'only the fixed and the foreign listener left', async () => w.model.listenerPorts('classic-a').join() === '443,8443');
     await settle(w, 'only the fixed rule and the foreign one left', async () => ourRules(w.model) === 2);
     assert.ok(w.model.rules(group).some((rule) => rule.Description === 'office' && rule.CidrIpv4 === '192.168.0.0/16'));
+  });
+});
+
+describe('AWS model: refusals as the SDK v3 clients raise them', () => {
+  it('raises each code as the real client does from the error response AWS sends (same class, name and status)', async () => {
+    // The next answer of a loopback server that stands in for AWS (calls are made one at a time).
+    let body = '';
+    const server = http.createServer((request, response) => {
+      request.resume().on('end', () => response.writeHead(400, { 'content-type': 'text/xml' }).end(body));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const settings = { endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, region: 'us-east-1', credentials: { accessKeyId: 'a', secretAccessKey: 'b' }, maxAttempts: 1 };
+      const elbv2 = new ElasticLoadBalancingV2Client(settings);
+      const elb = new ElasticLoadBalancingClient(settings);
+      const ec2 = new EC2Client(settings);
+      const calls: Record<AwsService, () => Promise<unknown>> = {
+        elbv2: () => elbv2.send(new CreateListenerCommand({ LoadBalancerArn: 'arn', DefaultActions: [] })),
+        elb: () => elb.send(new CreateLoadBalancerListenersCommand({ LoadBalancerName: 'lb', Listeners: [] })),
+        ec2: () => ec2.send(new AuthorizeSecurityGroupIngressCommand({ GroupId: 'sg' })),
+      };
+      const cases: Array<[AwsService, string]> = [
+        ['elbv2', 'TooManyListeners'],
+        ['elbv2', 'DuplicateListener'],
+        ['elbv2', 'DuplicateTargetGroupName'],
+        ['elbv2', 'ResourceInUse'],
+        ['elbv2', 'Throttling'],
+        ['elb', 'TooManyListeners'],
+        ['elb', 'DuplicateListener'],
+        ['elb', 'LoadBalancerNotFound'],
+        ['ec2', 'InvalidPermission.Duplicate'],
+        ['ec2', 'RequestLimitExceeded'],
+      ];
+      for (const [service, code] of cases) {
+        const error = `<Error><Type>Sender</Type><Code>${code}</Code><Message>refused</Message></Error>`;
+        body = service === 'ec2' ? `<Response><Errors>${error}</Errors><RequestID>r</RequestID></Response>` : `<ErrorResponse>${error}<RequestId>r</RequestId></ErrorResponse>`;
+        const real = (await calls[service]().then(
+          () => assert.fail(`${service} ${code}: expected an error`),
+          (thrown: unknown) => thrown,
+        )) as Error & { $metadata: { httpStatusCode?: number } };
+        const modelled = sdkError(service, code, 'refused', 400) as Error & { $metadata: { httpStatusCode?: number } };
+        assert.equal(Object.getPrototypeOf(modelled), Object.getPrototypeOf(real), `${service} ${code}: ${modelled.constructor.name}, not ${real.constructor.name}`);
+        assert.deepEqual([modelled.name, modelled.message, modelled.$metadata.httpStatusCode], [real.name, real.message, real.$metadata.httpStatusCode], `${service} ${code}`);
+      }
+    } finally {
+      server.close();
+    }
   });
 });

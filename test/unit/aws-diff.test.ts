@@ -3,8 +3,8 @@ import type { RouteRecord } from '../../controller/api/types.js';
 import { PortAllocator } from '../../controller/controller/claims.js';
 import type { CachedRecord } from '../../controller/controller/informer.js';
 import { compactRanges, desiredRules, diffListeners, diffRules } from '../../controller/loadbalancer/diff.js';
-import { classify, type ListenerSpec, type LoadBalancerSnapshot, type ObservedListener } from '../../controller/loadbalancer/provider.js';
-import { awsError } from '../fakes/aws.js';
+import { classify, type FailureKind, type ListenerSpec, type LoadBalancerSnapshot, type ObservedListener } from '../../controller/loadbalancer/provider.js';
+import { sdkError, type AwsService } from '../fakes/aws.js';
 
 const tcp = (port: number): ListenerSpec => ({ port, protocol: 'TCP', targetPort: port });
 const seen = (port: number, owned: boolean, change: Partial<ObservedListener> = {}): ObservedListener => ({ ...tcp(port), id: `arn-${port}`, owned, ...change });
@@ -61,16 +61,30 @@ describe('AWS: security-group ranges and rules', () => {
 });
 
 describe('AWS: error classification', () => {
-  it('tells throttling, transient, quota and already-done errors apart', () => {
-    assert.equal(classify(awsError('Throttling', 'Rate exceeded', 400)), 'throttled');
-    assert.equal(classify(awsError('RequestLimitExceeded', 'Request limit exceeded.', 503)), 'throttled');
-    assert.equal(classify(awsError('ThrottlingException', 'x', 400)), 'throttled');
-    assert.equal(classify(awsError('InternalFailure', 'x', 500)), 'transient');
-    assert.equal(classify(awsError('ServiceUnavailable', 'x', 503)), 'transient');
-    assert.equal(classify(awsError('TooManyListeners', 'x', 400)), 'quota');
-    assert.equal(classify(awsError('DuplicateListener', 'x', 400)), 'done');
-    assert.equal(classify(awsError('InvalidPermission.Duplicate', 'x', 400)), 'done');
-    assert.equal(classify(awsError('AccessDenied', 'x', 403)), 'error');
+  it('tells throttling, transient, quota and already-done errors apart, named as each SDK v3 client raises them', () => {
+    const cases: Array<[AwsService, string, number, FailureKind]> = [
+      ['elbv2', 'Throttling', 400, 'throttled'],
+      ['elbv2', 'PriorRequestNotComplete', 400, 'throttled'],
+      ['ec2', 'RequestLimitExceeded', 503, 'throttled'],
+      ['elbv2', 'InternalFailure', 500, 'transient'],
+      ['ec2', 'ServiceUnavailable', 503, 'transient'],
+      ['elbv2', 'TooManyListeners', 400, 'quota'],
+      ['elbv2', 'TooManyTargetGroups', 400, 'quota'],
+      ['elb', 'TooManyListeners', 400, 'quota'],
+      ['ec2', 'RulesPerSecurityGroupLimitExceeded', 400, 'quota'],
+      ['elbv2', 'DuplicateListener', 400, 'done'],
+      ['elbv2', 'ListenerNotFound', 400, 'done'],
+      ['elb', 'DuplicateListener', 400, 'done'],
+      ['ec2', 'InvalidPermission.Duplicate', 400, 'done'],
+      ['elbv2', 'DuplicateTargetGroupName', 400, 'error'],
+      ['elb', 'LoadBalancerNotFound', 400, 'error'],
+      ['ec2', 'AccessDenied', 403, 'error'],
+    ];
+    for (const [service, code, status, kind] of cases) {
+      const error = sdkError(service, code, 'x', status);
+      assert.equal(classify(error), kind, `${service} ${code}, raised as ${error.name}`);
+    }
+    assert.equal(sdkError('elbv2', 'TooManyListeners', 'x', 400).name, 'TooManyListenersException');
   });
 });
 
