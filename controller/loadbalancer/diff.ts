@@ -31,24 +31,29 @@ export function matches(spec: ListenerSpec, observed: ObservedListener | undefin
 /**
  * One load balancer: wanted listeners missing are created; ours that are not wanted, or differ from what
  * is wanted, are deleted (a changed one is created again once its deletion shows); helpers (target groups)
- * of ours that serve no wanted port and no listener of ours are deleted; drifted health checks are set
- * again. Listeners without our marker are never in the actions.
+ * of ours that no listener of ours uses and that serve no wanted port, or serve it toward another target
+ * port, are deleted; drifted health checks are set again. Listeners without our marker are never in the
+ * actions.
  */
 export function diffListeners(desired: ReadonlyMap<number, ListenerSpec>, snapshot: LoadBalancerSnapshot): ListenerDiff {
   const actions: ListenerAction[] = [];
   const conflicts: number[] = [];
+  const staleHelpers = new Map(
+    [...snapshot.helpers].filter(([port, helper]) => desired.get(port)?.targetPort !== helper.targetPort && snapshot.listeners.get(port)?.owned !== true),
+  );
   for (const [port, spec] of desired) {
     const observed = snapshot.listeners.get(port);
-    if (observed === undefined) actions.push({ kind: 'create', spec });
-    else if (!observed.owned) conflicts.push(port);
+    // A helper is named after its port (and AWS names are unique): toward a new target port, the listener is
+    // created once the old helper is gone, or its new helper could not be made.
+    if (observed === undefined) {
+      if (!staleHelpers.has(port)) actions.push({ kind: 'create', spec });
+    } else if (!observed.owned) conflicts.push(port);
     else if (!matches(spec, observed)) actions.push({ kind: 'delete', listener: observed });
   }
   for (const [port, observed] of snapshot.listeners) {
     if (observed.owned && !desired.has(port)) actions.push({ kind: 'delete', listener: observed });
   }
-  for (const [port, id] of snapshot.helpers) {
-    if (!desired.has(port) && snapshot.listeners.get(port)?.owned !== true) actions.push({ kind: 'deleteHelper', port, id });
-  }
+  for (const [port, { id }] of staleHelpers) actions.push({ kind: 'deleteHelper', port, id });
   for (const id of snapshot.healthCheckDrift) actions.push({ kind: 'repairHealthCheck', id });
   return { actions, conflicts };
 }

@@ -101,7 +101,7 @@ export class NlbProvider implements LoadBalancerProvider {
     return {
       dnsName: identity.dnsName,
       listeners: observed,
-      helpers: new Map([...targetGroups].map(([port, group]) => [port, group.TargetGroupArn!])),
+      helpers: new Map([...targetGroups].map(([port, group]) => [port, { id: group.TargetGroupArn!, targetPort: group.Port! }])),
       healthCheckDrift: drift,
     };
   }

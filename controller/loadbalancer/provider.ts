@@ -32,13 +32,19 @@ export interface HealthCheckSpec {
   readonly unhealthyThreshold: number;
 }
 
+/** A helper resource of ours (an NLB target group) and the port of the edge instances it forwards to. */
+export interface ObservedHelper {
+  readonly id: string;
+  readonly targetPort: number;
+}
+
 /** One describe of a load balancer: everything the exposer diffs against. */
 export interface LoadBalancerSnapshot {
   readonly dnsName: string;
   /** Every listener, by port, whoever made it. */
   readonly listeners: ReadonlyMap<number, ObservedListener>;
   /** Manticore's helper resources by the port they serve (NLB target groups), whether or not a listener uses them. */
-  readonly helpers: ReadonlyMap<number, string>;
+  readonly helpers: ReadonlyMap<number, ObservedHelper>;
   /** Resources of ours whose health check differs from the configured one (to be set again). */
   readonly healthCheckDrift: readonly string[];
 }

@@ -12,7 +12,7 @@ import YAML from 'yaml';
 import type { SessionStatus } from '../../controller/api/types.js';
 import { loadConfig } from '../../controller/config/config.js';
 import { createExposer } from '../../controller/loadbalancer/aws.js';
-import type { Exposer } from '../../controller/loadbalancer/exposer.js';
+import type { ClaimBook, Exposer } from '../../controller/loadbalancer/exposer.js';
 import { ruleMarker } from '../../controller/loadbalancer/security-groups.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import { AwsModel, sdkError, type AwsService } from '../fakes/aws.js';
@@ -330,6 +330,60 @@ describe('AWS load balancers: a pool of listeners in front of the TCP ports', fu
     await settle(w, 'only the fixed and the foreign listener left', async () => w.model.listenerPorts('classic-a').join() === '443,8443');
     await settle(w, 'only the fixed rule and the foreign one left', async () => ourRules(w.model) === 2);
     assert.ok(w.model.rules(group).some((rule) => rule.Description === 'office' && rule.CidrIpv4 === '192.168.0.0/16'));
+  });
+});
+
+/** Ports claimed by hand on one load balancer, for an exposer run without a controller. */
+class HandClaims implements ClaimBook {
+  readonly ports = new Set<number>();
+  constructor(private readonly loadBalancer: string) {}
+  claimedPorts(loadBalancer: string): ReadonlySet<number> {
+    return loadBalancer === this.loadBalancer ? this.ports : new Set();
+  }
+  allClaimedPorts(): number[] {
+    return [...this.ports];
+  }
+  setListeners(): void {}
+  lowerQuota(): void {}
+}
+
+describe('AWS load balancers: the exposer on its own, on a fake clock', () => {
+  // The model answers without I/O, so tickAsync lets every pass finish before the next timer fires.
+  let clock: FakeTimers.Clock;
+  let model: AwsModel;
+  const leading: Exposer[] = [];
+  beforeEach(() => {
+    clock = FakeTimers.createClock(Date.now());
+    model = new AwsModel(() => clock.now).install();
+    model.addNlb('lb-a');
+  });
+  afterEach(() => {
+    for (const exposer of leading.splice(0)) exposer.pause();
+    model.restore();
+  });
+
+  /** An exposer as `createExposer` builds it for this configuration, started and leading. */
+  async function lead(aws: Record<string, unknown>, claims: ClaimBook, httpTargetPort = 8080): Promise<Exposer> {
+    const exposer = createExposer({ aws: awsConfig(aws), marker, tcpPortRange: { start: 20000, end: 20199 }, httpTargetPort, log: testLog, clock: controllerClock(clock), random: seeded(7) });
+    exposer.bind(claims);
+    await exposer.start();
+    exposer.resume();
+    leading.push(exposer);
+    return exposer;
+  }
+
+  it('moves the fixed HTTP listener to HAProxy\'s new port after a restart (router.tls turned on: 8080 → 8443), through a new target group', async () => {
+    const aws = { loadBalancers: [{ name: 'lb-a', type: 'nlb' }], edgeInstanceIds: ['i-0123456789abcdef0'], httpListener: { port: 80 } };
+    const targetGroups = (): string[] => model.targetGroupNames().map((name) => `${name.replace(/^mc-[0-9a-f]+-/, '')} → ${model.targetGroup(name)!.Port}`);
+    const before = await lead(aws, new HandClaims('lb-a'), 8080);
+    await clock.tickAsync(10_000);
+    before.pause();
+    assert.deepEqual([model.listenerPorts('lb-a'), targetGroups()], [[80], ['80 → 8080']]);
+
+    await lead(aws, new HandClaims('lb-a'), 8443);
+    await clock.tickAsync(30_000);
+    assert.deepEqual([model.listenerPorts('lb-a'), targetGroups()], [[80], ['80 → 8443']]);
+    assert.deepEqual(model.targetGroup(model.targetGroupNames()[0]!)!.Targets, [{ Id: 'i-0123456789abcdef0', Port: 8443 }]);
   });
 });
 

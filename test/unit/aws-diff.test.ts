@@ -2,25 +2,31 @@ import assert from 'node:assert/strict';
 import type { RouteRecord } from '../../controller/api/types.js';
 import { PortAllocator } from '../../controller/controller/claims.js';
 import type { CachedRecord } from '../../controller/controller/informer.js';
-import { compactRanges, desiredRules, diffListeners, diffRules } from '../../controller/loadbalancer/diff.js';
+import { compactRanges, desiredRules, diffListeners, diffRules, type ListenerAction } from '../../controller/loadbalancer/diff.js';
 import { classify, type FailureKind, type ListenerSpec, type LoadBalancerSnapshot, type ObservedListener } from '../../controller/loadbalancer/provider.js';
 import { sdkError, type AwsService } from '../fakes/aws.js';
 
 const tcp = (port: number): ListenerSpec => ({ port, protocol: 'TCP', targetPort: port });
 const seen = (port: number, owned: boolean, change: Partial<ObservedListener> = {}): ObservedListener => ({ ...tcp(port), id: `arn-${port}`, owned, ...change });
 
-function snapshot(listeners: ObservedListener[], helpers: Array<[number, string]> = [], drift: string[] = []): LoadBalancerSnapshot {
-  return { dnsName: 'lb.example', listeners: new Map(listeners.map((listener) => [listener.port, listener])), helpers: new Map(helpers), healthCheckDrift: drift };
+/** Helpers are [port, id, target port (by default the port, as for a session's)]. */
+function snapshot(listeners: ObservedListener[], helpers: Array<[number, string, number?]> = [], drift: string[] = []): LoadBalancerSnapshot {
+  return {
+    dnsName: 'lb.example',
+    listeners: new Map(listeners.map((listener) => [listener.port, listener])),
+    helpers: new Map(helpers.map(([port, id, targetPort = port]) => [port, { id, targetPort }])),
+    healthCheckDrift: drift,
+  };
 }
+
+const summary = (action: ListenerAction): string =>
+  action.kind === 'create' ? `create ${action.spec.port}` : action.kind === 'delete' ? `delete ${action.listener.port}` : `${action.kind} ${action.id}`;
 
 describe('AWS: the listener diff', () => {
   it('creates what is missing, deletes ours that are not wanted, and never touches a listener it did not create', () => {
     const desired = new Map([20001, 20002, 20003].map((port) => [port, tcp(port)]));
     const diff = diffListeners(desired, snapshot([seen(20002, true), seen(20003, false), seen(20009, true), seen(443, false)]));
-    assert.deepEqual(
-      diff.actions.map((action) => (action.kind === 'create' ? `create ${action.spec.port}` : action.kind === 'delete' ? `delete ${action.listener.port}` : action.kind)),
-      ['create 20001', 'delete 20009'],
-    );
+    assert.deepEqual(diff.actions.map(summary), ['create 20001', 'delete 20009']);
     assert.deepEqual(diff.conflicts, [20003]);
   });
 
@@ -33,9 +39,21 @@ describe('AWS: the listener diff', () => {
   it('deletes target groups of ours that serve nothing wanted, once no listener of ours uses them, and repairs drifted health checks', () => {
     const desired = new Map([[20001, tcp(20001)]]);
     const diff = diffListeners(desired, snapshot([seen(20001, true), seen(20002, true)], [[20001, 'tg-1'], [20002, 'tg-2'], [20003, 'tg-3']], ['tg-1']));
+    assert.deepEqual(diff.actions.map(summary), ['delete 20002', 'deleteHelper tg-3', 'repairHealthCheck tg-1']);
+  });
+
+  it('moves a listener to a new target port through a new target group: the old one (same name) goes first, once no listener of ours uses it', () => {
+    // The fixed HTTP listener on 80, toward HAProxy's HTTPS port 8443 now that router.tls is on (8080 before).
+    const desired = new Map([[80, { port: 80, protocol: 'TCP' as const, targetPort: 8443 }]]);
+    const steps = [
+      snapshot([seen(80, true, { targetPort: 8080 })], [[80, 'tg-8080', 8080]]),
+      snapshot([], [[80, 'tg-8080', 8080]]),
+      snapshot([]),
+      snapshot([seen(80, true, { targetPort: 8443 })], [[80, 'tg-8443', 8443]]),
+    ];
     assert.deepEqual(
-      diff.actions.map((action) => `${action.kind} ${'id' in action ? action.id : action.kind === 'delete' ? action.listener.port : ''}`),
-      ['delete 20002', 'deleteHelper tg-3', 'repairHealthCheck tg-1'],
+      steps.map((step) => diffListeners(desired, step).actions.map(summary)),
+      [['delete 80'], ['deleteHelper tg-8080'], ['create 80'], []],
     );
   });
 });
