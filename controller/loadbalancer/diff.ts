@@ -96,9 +96,14 @@ export interface RuleDiff {
   readonly revoke: readonly ObservedRule[];
 }
 
-/** Our rules against the wanted ones (only rules that carry our marker are ever passed in as observed). */
-export function diffRules(desired: readonly IngressRule[], observed: readonly ObservedRule[]): RuleDiff {
-  const have = new Set(observed.map(ruleKey));
+/**
+ * Our rules (`observed`, only those that carry our marker) against the wanted ones. A wanted rule that
+ * someone else's rule repeats (same ports and CIDR) is open already and is not authorized: AWS refuses ours
+ * as a duplicate whatever its description, so it would never show, and ours no longer wanted, which close
+ * only once every new one shows, would stay open.
+ */
+export function diffRules(desired: readonly IngressRule[], observed: readonly ObservedRule[], others: readonly IngressRule[]): RuleDiff {
+  const have = new Set([...observed, ...others].map(ruleKey));
   const want = new Set(desired.map(ruleKey));
   const seen = new Set<string>();
   // A rule of ours that is there twice (made by hand with our description) is one too many.

@@ -355,11 +355,11 @@ class SecurityGroupUnit extends Unit {
   }
 
   protected async reconcile(): Promise<void> {
-    const observed = await this.observe(describeKey, () => this.group.describeOwned());
+    const observed = await this.observe(describeKey, () => this.group.describe());
     if (observed === undefined) return;
     const { cidrs, maxRanges } = this.options;
     const desired = desiredRules(compactRanges(this.exposer.openPorts(), maxRanges), cidrs);
-    const diff = diffRules(desired, observed);
+    const diff = diffRules(desired, observed.owned, observed.others);
     const wanted = new Set(diff.authorize.map((rule) => `authorize:${ruleKey(rule)}`));
     const revoking = new Set(diff.revoke.map((rule) => `revoke:${rule.id}`));
     for (const key of [...this.expected.keys()]) if (!wanted.has(key) && !revoking.has(key)) this.expected.delete(key);

@@ -25,9 +25,18 @@ export function ruleMarker(marker: string): string {
 
 export const ruleKey = (rule: IngressRule): string => `${rule.fromPort}-${rule.toPort} ${rule.cidr}`;
 
+/** One describe of a group's TCP ingress rules from CIDRs. */
+export interface GroupRules {
+  /** Those that carry our marker. */
+  readonly owned: readonly ObservedRule[];
+  /** Everyone else's, for their ports and CIDR only. */
+  readonly others: readonly IngressRule[];
+}
+
 /**
  * One security group's ingress rules through EC2. Only rules whose description is Manticore's marker are
- * reported and revoked; rules anyone else made are not even read into the diff.
+ * revoked; of the rules anyone else made only the ports and CIDR are read (AWS refuses a rule of ours that
+ * repeats one of them).
  */
 export class SecurityGroupRules {
   private readonly description: string;
@@ -40,7 +49,7 @@ export class SecurityGroupRules {
     this.description = ruleMarker(marker);
   }
 
-  async describeOwned(): Promise<ObservedRule[]> {
+  async describe(): Promise<GroupRules> {
     const rules: SecurityGroupRule[] = [];
     let token: string | undefined;
     do {
@@ -50,10 +59,16 @@ export class SecurityGroupRules {
       rules.push(...(page.SecurityGroupRules ?? []));
       token = page.NextToken;
     } while (token);
-    return rules
-      .filter((rule) => rule.IsEgress !== true && rule.Description === this.description && rule.IpProtocol === 'tcp')
-      .map((rule) => ({ id: rule.SecurityGroupRuleId!, fromPort: rule.FromPort!, toPort: rule.ToPort!, cidr: rule.CidrIpv4 ?? rule.CidrIpv6 ?? '' }))
-      .filter((rule) => rule.cidr !== '');
+    const owned: ObservedRule[] = [];
+    const others: IngressRule[] = [];
+    for (const rule of rules) {
+      const cidr = rule.CidrIpv4 ?? rule.CidrIpv6;
+      if (rule.IsEgress === true || rule.IpProtocol !== 'tcp' || !cidr) continue;
+      const ingress = { fromPort: rule.FromPort!, toPort: rule.ToPort!, cidr };
+      if (rule.Description === this.description) owned.push({ id: rule.SecurityGroupRuleId!, ...ingress });
+      else others.push(ingress);
+    }
+    return { owned, others };
   }
 
   async authorize(rule: IngressRule): Promise<void> {

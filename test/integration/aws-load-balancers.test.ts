@@ -385,6 +385,25 @@ describe('AWS load balancers: the exposer on its own, on a fake clock', () => {
     assert.deepEqual([model.listenerPorts('lb-a'), targetGroups()], [[80], ['80 → 8443']]);
     assert.deepEqual(model.targetGroup(model.targetGroupNames()[0]!)!.Targets, [{ Id: 'i-0123456789abcdef0', Port: 8443 }]);
   });
+
+  it('closes the ports of ended sessions although an operator\'s rule already opens the HTTP listener\'s port (a duplicate to AWS)', async () => {
+    model.addSecurityGroup(group);
+    model.addForeignRule(group, 80, 80, '0.0.0.0/0', 'http from anywhere');
+    const claims = new HandClaims('lb-a');
+    claims.ports.add(20001).add(20002);
+    const exposer = await lead(
+      { loadBalancers: [{ name: 'lb-a', type: 'nlb' }], edgeInstanceIds: ['i-0123456789abcdef0'], httpListener: { port: 80 }, securityGroups: { groupIds: [group], cidrs: ['0.0.0.0/0'] } },
+      claims,
+    );
+    const rules = (): string[] => model.rules(group).map((rule) => `${rule.FromPort}-${rule.ToPort} ${rule.Description === ruleMarker(marker) ? 'ours' : rule.Description}`).sort();
+    await clock.tickAsync(10_000);
+    assert.deepEqual(rules(), ['20001-20002 ours', '80-80 http from anywhere', '8080-8080 ours']);
+
+    claims.ports.clear();
+    exposer.claimsChanged('lb-a');
+    await clock.tickAsync(10_000);
+    assert.deepEqual(rules(), ['80-80 http from anywhere', '8080-8080 ours']);
+  });
 });
 
 describe('AWS model: refusals as the SDK v3 clients raise them', () => {

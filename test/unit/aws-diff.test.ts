@@ -72,9 +72,23 @@ describe('AWS: security-group ranges and rules', () => {
       { id: 'a', fromPort: 1, toPort: 3, cidr: '0.0.0.0/0' },
       { id: 'b', fromPort: 1, toPort: 3, cidr: '0.0.0.0/0' },
       { id: 'c', fromPort: 7, toPort: 7, cidr: '::/0' },
-    ]);
+    ], []);
     assert.deepEqual(diff.authorize, [{ fromPort: 1, toPort: 3, cidr: '::/0' }]);
     assert.deepEqual(diff.revoke.map((rule) => rule.id), ['b', 'c']);
+  });
+
+  it('takes a wanted rule that someone else made identically as open: AWS would refuse ours as a duplicate', () => {
+    // An operator opened the HTTP listener's port, and 0-65535 to the office; the sessions on 20001-20002 ended.
+    const desired = desiredRules([{ from: 80, to: 80 }, { from: 8080, to: 8080 }], ['0.0.0.0/0']);
+    const others = [
+      { fromPort: 80, toPort: 80, cidr: '0.0.0.0/0' },
+      { fromPort: 0, toPort: 65535, cidr: '10.0.0.0/8' },
+      { fromPort: 0, toPort: 65535, cidr: '0.0.0.0/0' },
+    ];
+    const diff = diffRules(desired, [{ id: 'a', fromPort: 20001, toPort: 20002, cidr: '0.0.0.0/0' }], others);
+    // A wider rule is no duplicate: AWS adds ours for 8080.
+    assert.deepEqual(diff.authorize, [{ fromPort: 8080, toPort: 8080, cidr: '0.0.0.0/0' }]);
+    assert.deepEqual(diff.revoke.map((rule) => rule.id), ['a']);
   });
 });
 
