@@ -35,7 +35,8 @@ export class HaproxySupervisor {
     this.timer = undefined;
     if (this.stopped) return;
     try {
-      await this.haproxy.start();
+      // After a failed resync HAProxy is running already: only the resync is tried again.
+      if (!this.haproxy.running) await this.haproxy.start();
       await this.dataPlane.resync();
       this.failures = 0;
       this.log.info('haproxy restarted with every route');
