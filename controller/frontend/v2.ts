@@ -35,6 +35,9 @@ export interface JobConnection {
   readonly domain?: string;
 }
 
+/** Whom a job socket reads its session as: its passcode is its authority, whoever the session's owner. */
+const passcodeHolder: Identity = { user: 'v2-passcode', operator: true };
+
 /** The template v2 jobs run, and the parameters its job options come from. */
 const v2Template = 'sdl';
 const parameterNames = ['coreVersion', 'coreBuild', 'hmiType', 'hmiVersion'] as const;
@@ -358,7 +361,26 @@ class JobSocket {
     this.socket.on('error', (error: Error) => this.log.debug({ err: error, session: this.sessionId }, 'v2 job socket failed'));
     this.socket.on('close', () => this.dispose());
     this.log.debug({ session: this.sessionId }, 'v2 job socket opened');
-    const subscription = this.sessions.watch(this.sessionId).subscribe((session) => this.update(session));
+    void this.follow();
+  }
+
+  private async follow(): Promise<void> {
+    // A session this process created a moment ago (a client connects right after its POST) may not be in the
+    // cache yet: read from the store, its absence there means "not seen yet", not "gone".
+    let read: Session | undefined;
+    if (this.sessions.sessions.cache.get(this.sessionId)?.value === undefined) {
+      try {
+        read = (await this.sessions.read(passcodeHolder, this.sessionId)).session;
+      } catch (error) {
+        if (!(error instanceof ApiError && error.statusCode === 404)) {
+          this.log.warn({ err: error, session: this.sessionId }, 'v2 job socket: reading the session failed');
+          this.close(1011, 'the session could not be read; try again');
+          return;
+        }
+      }
+      if (this.closed) return;
+    }
+    const subscription = this.sessions.watch(this.sessionId, read).subscribe((session) => this.update(session));
     // The first state is delivered during subscribe and may already have ended the connection.
     if (this.closed) subscription.unsubscribe();
     else this.subscription = subscription;

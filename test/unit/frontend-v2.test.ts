@@ -9,6 +9,9 @@ import type { Authenticator, Identity } from '../../controller/frontend/identity
 import { Frontend, type FrontendOptions } from '../../controller/frontend/server.js';
 import { passcodeLabel, type ApiV2Options } from '../../controller/frontend/v2.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
+import type { Store } from '../../controller/store/store.js';
+import { delayWhen, from, of } from 'rxjs';
+import { delegatingStore } from '../support/controller-harness.js';
 import { silentLogger } from '../../controller/util/log.js';
 import { V2Socket } from '../support/v2-client.js';
 import { waitFor } from '../support/wait.js';
@@ -315,6 +318,25 @@ describe('front end: the v2 compatibility API', () => {
         },
       });
       assert.deepEqual((await client.next('services', 0)).data, { 'core-broker': 'wss://b.example.com/', 'core-tcp': 'apps.example.com:20017', 'hmi-user': 'https://h.example.com/' });
+      client.close();
+    });
+
+    it('follows a session created a moment ago that the watch has not shown yet, instead of telling `dead`', async () => {
+      let release!: () => void;
+      const released = new Promise<void>((resolve) => (release = resolve));
+      // After its first listing, this front end's sessions watch lags until released, as a Consul watch can.
+      const lagging: Store = {
+        ...delegatingStore(store),
+        watch: (prefix, index) => (prefix === keys.sessions ? store.watch(prefix, index).pipe(delayWhen((_step, n) => (n === 0 ? of(0) : from(released)))) : store.watch(prefix, index)),
+      };
+      const { frontend: lagged, url: laggedUrl } = await startFrontend({ store: lagging });
+      const fresh = (await inject('POST', '/api/v2/job', { id: 'dev-2', ...job }, {}, lagged)).body.passcode as string;
+      const client = await V2Socket.open(`${laggedUrl.replace(/^http/, 'ws')}/api/v2/job/${fresh}`);
+      release();
+      id = (await sessionOf('dev-2')).metadata.id;
+      await writeStatus({ phase: 'Waiting', queuePosition: 1 });
+      await client.nth(1);
+      assert.deepEqual(client.messages, [{ type: 'position', data: { position: 0, wait: true } }]);
       client.close();
     });
 
