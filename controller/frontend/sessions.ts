@@ -51,10 +51,11 @@ export class SessionService {
   readonly sessions: StoreInformer<SessionRecord>;
   readonly statuses: StoreInformer<SessionStatus>;
   /**
-   * Sessions this process is creating or created that its cache has not shown yet, by owner: counted
-   * against the per-user limit from before their write, so a double click cannot pass it.
+   * Sessions this process is creating or created that its cache has not shown yet, by owner, each with
+   * whether its write has completed: counted against the per-user limit from before their write, so a
+   * double click cannot pass it.
    */
-  private readonly createdNotCached = new Map<string, Set<string>>();
+  private readonly createdNotCached = new Map<string, Map<string, boolean>>();
   /** What watch() subscribers want to hear about, by session id. */
   private readonly listeners = new Map<string, Set<() => void>>();
   /** The cached sessions' ids by owner: a user's sessions are found without walking everyone's. */
@@ -104,12 +105,13 @@ export class SessionService {
   async create(owner: string, request: NewSession): Promise<CreatedSession> {
     const record = this.newRecord(owner, request);
     const { id } = record.metadata;
+    if (this.liveSessionsOf(owner).length >= this.options.sessionsPerUser) await this.forgetVanished(owner);
     // Checked and reserved in one synchronous step: a create of the same user arriving meanwhile sees it.
     const existing = this.liveSessionsOf(owner);
     if (existing.length >= this.options.sessionsPerUser) {
       throw new ApiError(409, `user ${owner} already has ${existing.length} session(s), the most allowed; delete one first`, existing.map((id) => `existing session: ${id}`), { existing });
     }
-    this.createdNotCached.set(owner, (this.createdNotCached.get(owner) ?? new Set<string>()).add(id));
+    this.createdNotCached.set(owner, (this.createdNotCached.get(owner) ?? new Map<string, boolean>()).set(id, false));
     // Serialised once: for the store, for this process's cache (which takes the record as it is), and for the answer.
     const json = JSON.stringify(record);
     this.sessions.cache.writing(id, json, record);
@@ -120,6 +122,8 @@ export class SessionService {
       this.sessions.cache.writeFailed(id, json);
       throw error;
     }
+    const created = this.createdNotCached.get(owner);
+    if (created?.has(id)) created.set(id, true);
     this.options.log.info({ session: id, owner, template: record.spec.template }, 'session created');
     return { session: { ...record, status: pendingStatus() }, json: `${json.slice(0, -1)},"status":${pendingStatusJson}}` };
   }
@@ -270,7 +274,7 @@ export class SessionService {
       live.push({ id: cached.id, createdAt: record.metadata.createdAt });
     }
     live.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
-    return [...live.map((entry) => entry.id), ...(this.createdNotCached.get(owner) ?? [])];
+    return [...live.map((entry) => entry.id), ...(this.createdNotCached.get(owner)?.keys() ?? [])];
   }
 
   /** The cached sessions an identity may see: everyone's for an operator, else the user's own. */
@@ -283,6 +287,19 @@ export class SessionService {
       const cached = this.sessions.cache.get(id);
       if (cached !== undefined) yield cached;
     }
+  }
+
+  /**
+   * Forgets the sessions `owner` created here, written, that the store no longer holds: created and removed
+   * between two of the watch's listings, they were never shown by the cache and never will be.
+   */
+  private async forgetVanished(owner: string): Promise<void> {
+    const written = [...(this.createdNotCached.get(owner) ?? [])].filter(([, done]) => done).map(([id]) => id);
+    await Promise.all(
+      written.map(async (id) => {
+        if ((await this.options.store.get(this.options.keys.session(id))) === undefined) this.forgetCreated(owner, id);
+      }),
+    );
   }
 
   private forgetCreated(owner: string, id: string): void {

@@ -185,6 +185,27 @@ describe('front end (API)', () => {
     assert.match(late.body.error, /being deleted/);
   });
 
+  it('counts a session it created and its cache never showed for as long as the store holds it', async () => {
+    // A watch that sees the store only in listings misses a session created and removed between two of them.
+    const blind: Store = { ...delegatingStore(store), watch: (prefix, index) => store.watch(prefix, index).pipe(filter((step) => step.kind === 'reset')) };
+    const other = new Frontend({ store: blind, keys, templates, backend: 'embedded', bodyLimitBytes: 4096, sessionsPerUser: 1, activityWriteIntervalMs: 30_000, log: silentLogger() });
+    await other.start('127.0.0.1', 0);
+    try {
+      const create = () => other.app.inject({ method: 'POST', url: '/api/v1/sessions', headers: { 'content-type': 'application/json', 'x-manticore-user': 'lee' }, payload: { template: 'demo' } });
+      const first = await create();
+      assert.equal(first.statusCode, 201, first.body);
+      const id = (JSON.parse(first.body) as Session).metadata.id;
+      const refused = await create();
+      assert.equal(refused.statusCode, 409, 'the session is still in the store');
+      assert.deepEqual((JSON.parse(refused.body) as { existing: string[] }).existing, [id]);
+      await store.transaction([{ verb: 'delete', key: keys.session(id) }]);
+      const second = await create();
+      assert.equal(second.statusCode, 201, `a session that is gone still counted: ${second.body}`);
+    } finally {
+      await other.stop();
+    }
+  });
+
   it('shows a session its cache has not seen yet from the store, to its owner only', async () => {
     // The watches bring the state as it was at start, then nothing: a session written later is known only to the store.
     const blind: Store = { ...delegatingStore(store), watch: (prefix, index) => store.watch(prefix, index).pipe(filter((step) => step.kind === 'reset')) };
