@@ -64,6 +64,12 @@ export class Frontend {
       logController: new LogController({ disableRequestLogging: true }),
       // Reject what the schemas do not allow instead of silently dropping or coercing it.
       ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true } },
+      // The router's own refusals (a URL that does not decode, a path part over 100 characters) in the API's
+      // shape, without echoing the URL back.
+      frameworkErrors: (error, _request, reply: FastifyReply) => {
+        const message = error.code === 'FST_ERR_MAX_PARAM_LENGTH' ? 'a part of the path is longer than 100 characters' : 'the URL is malformed';
+        void reply.code(error.statusCode ?? 400).send({ error: message, details: [] });
+      },
     });
     // JSON only: anything else is answered 415 rather than read as text.
     this.app.removeContentTypeParser('text/plain');

@@ -119,9 +119,13 @@ describe('front end (API)', () => {
     assert.equal(untouched.metadata.deletionRequestedAt, undefined);
   });
 
-  it('answers 404 for malformed ids and unknown routes', async () => {
+  it('answers 404 for malformed ids and unknown routes, and the API’s shape for paths the router refuses', async () => {
     assert.equal((await inject('GET', '/api/v1/sessions/..%2F..%2Fetc')).status, 404);
     assert.equal((await inject('GET', '/api/v1/sessions/UPPERCASE1')).status, 404);
+    const overlong = await inject('GET', `/api/v1/sessions/${'a'.repeat(101)}`);
+    assert.deepEqual([overlong.status, overlong.body], [414, { error: 'a part of the path is longer than 100 characters', details: [] }]);
+    const undecodable = await inject('GET', '/api/v1/sessions/%E0%A4%A');
+    assert.deepEqual([undecodable.status, undecodable.body], [400, { error: 'the URL is malformed', details: [] }]);
     const unknown = await inject('GET', '/api/v1/nothing');
     assert.equal(unknown.status, 404);
     assert.match(unknown.body.error, /no route GET \/api\/v1\/nothing/);
