@@ -151,10 +151,15 @@ const JOB_PREFIX = 'manticore-';
 /** Resources Nomad schedules by that a user would call "enough" of. */
 const CAPACITY_DIMENSIONS = new Set(['cpu', 'memory', 'disk', 'cores']);
 
-/** The workload of a job carrying Manticore's marker, or undefined for anybody else's job. */
+/**
+ * The workload of a job carrying Manticore's marker, or undefined for anybody else's job and for a stopped
+ * one (`nomad job stop` without -purge keeps it as a new version with Stop set): nothing runs or will be
+ * placed for it, so it must not read as a job waiting for placement; as for a purged job, registering it
+ * again is what brings its session back.
+ */
 export function workloadOf(job: NomadJobStub, allocs: Iterable<NomadAllocStub>, evals: Iterable<NomadEvalStub>): Workload | undefined {
   const sessionId = job.Meta?.[SESSION_META_KEY];
-  if (!sessionId) return undefined;
+  if (!sessionId || job.Stop === true) return undefined;
   const jobAllocs = [...allocs].filter((alloc) => alloc.JobID === job.ID);
   const current = currentAllocation(job, jobAllocs);
   const placementFailure = placementFailureOf(job, jobAllocs, [...evals].filter((evaluation) => evaluation.JobID === job.ID));

@@ -564,6 +564,22 @@ describe('Nomad scheduler', function () {
       assert.notEqual(again.allocation?.id, first.allocation?.id);
     });
 
+    it('reports a job stopped behind its back (nomad job stop, without -purge) as gone, and register() starts it again', async function () {
+      const double = await startDouble();
+      const scheduler = await startScheduler(double.address);
+      const recorder = record(scheduler);
+      const job = scheduler.render(contractRequest(demo, session()));
+      await scheduler.register(job);
+      const first = await recorder.healthy(job);
+      const stopped = await fetch(`${double.address}/v1/job/${job.id}`, { method: 'DELETE' });
+      assert.equal(stopped.status, 200);
+      // Read as a job still waiting for placement, it would never be registered again.
+      await waitFor('the delete step', () => recorder.steps.some((step) => step.kind === 'delete' && step.jobId === job.id));
+      await scheduler.register(job);
+      const again = await recorder.healthy(job);
+      assert.notEqual(again.allocation?.id, first.allocation?.id);
+    });
+
     it('starts over when Nomad loses its state: the lost jobs are deleted, new ones are seen', async function () {
       const double = await startDouble();
       const scheduler = await startScheduler(double.address);

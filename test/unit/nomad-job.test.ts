@@ -428,6 +428,7 @@ describe('Nomad allocations and evaluations as workloads', () => {
   it('reports only jobs carrying the marker, with the spec hash from Meta', () => {
     assert.equal(workloadOf(jobStub({ Meta: { other: 'x' } }), [allocStub()], []), undefined);
     assert.equal(workloadOf(jobStub({ Meta: null }), [], []), undefined);
+    assert.equal(workloadOf(jobStub({ Stop: true }), [allocStub()], []), undefined, 'a stopped job runs nothing and waits for nothing');
     const workload = workloadOf(jobStub(), [allocStub()], [evalStub()]);
     assert.equal(workload?.jobId, JOB_ID);
     assert.equal(workload?.sessionId, 's1');
