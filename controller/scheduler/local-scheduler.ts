@@ -585,7 +585,8 @@ export class LocalScheduler implements Scheduler {
         { host: this.reachHost, port, path: check.path ?? '/', agent: false, timeout: CHECK_TIMEOUT_MS },
         (response) => {
           response.resume();
-          resolve((response.statusCode ?? 500) < 500);
+          // As Nomad's checks: a status below 400 passes, 4xx and 5xx fail (a redirect passes as it is, unfollowed).
+          resolve((response.statusCode ?? 500) < 400);
           request.destroy();
         },
       );

@@ -386,6 +386,34 @@ describe('LocalScheduler', function () {
     });
   });
 
+  describe('health checks', function () {
+    it('passes an http check below 400, as Nomad does: 404 and 401 fail, a redirect passes', async function () {
+      const stateDir = newStateDir();
+      const scheduler = await makeScheduler({ stateDir });
+      const recorder = record(scheduler);
+      // Answers the checks 404, 401, then 302, and notes each answer in its stdout.
+      const script = `
+        const statuses = [404, 401, 302];
+        require('node:http')
+          .createServer((request, response) => {
+            const status = statuses.shift() ?? 200;
+            console.log(request.url + ' ' + status);
+            response.writeHead(status, { location: '/' }).end();
+          })
+          .listen(Number(process.env.NOMAD_PORT_web), process.env.NOMAD_IP_web);
+      `;
+      const template = commandTemplate([{ name: 'web', script, ports: ['web'] }]);
+      template.spec.services.push({ name: 'page', port: 'web', expose: 'http', check: { type: 'http', path: '/health' } });
+      const job = scheduler.render(contractRequest(template, session()));
+      await scheduler.register(job);
+      const allocId = (await recorder.healthy(job)).allocation?.id ?? '';
+      // Once healthy no more checks are made; stopped, the task's whole output is in its log.
+      await scheduler.close();
+      const answers = fs.readFileSync(path.join(stateDir, 'allocs', allocId, 'logs/web.stdout.0'), 'utf8').match(/^\/health \d+$/gm);
+      assert.deepEqual(answers, ['/health 404', '/health 401', '/health 302'], 'healthy only once a check was answered below 400');
+    });
+  });
+
   describe('restart policy', function () {
     it('fails the allocation, stopping its other tasks, once a task exceeds the restart limit', async function () {
       const scheduler = await makeScheduler({ restart: { attempts: 2, intervalMs: 60_000, delayMs: 20 } });
