@@ -697,7 +697,8 @@ export class LocalScheduler implements Scheduler {
    * tasks running), then forgets those allocations. A process counts as ours only if its environment holds
    * `NOMAD_ALLOC_ID=<that allocation>`, so a pid reused by an unrelated process is never touched. Besides
    * the recorded pids, /proc is searched for the allocation ids: that also finds tasks spawned just before
-   * the crash (pid not yet recorded) and whatever the tasks started.
+   * the crash (pid not yet recorded) and whatever the tasks started. Each task goes with its process group,
+   * so what it started with an environment of its own goes too.
    */
   private async reapPreviousAllocations(): Promise<void> {
     const allocIds = (await fsp.readdir(this.allocsDir)).filter((name) => !name.startsWith('.'));
@@ -728,17 +729,25 @@ export class LocalScheduler implements Scheduler {
     await Promise.all(allocIds.map((allocId) => fsp.rm(path.join(this.allocsDir, allocId), { recursive: true, force: true })));
   }
 
-  /** SIGTERM, then SIGKILL after killTimeoutMs; not our child, so its exit can only be polled. */
+  /**
+   * SIGTERM, then SIGKILL after killTimeoutMs; not our child, so its end can only be polled. A leftover
+   * that leads its process group (a task does) is stopped with the group: what it started there may run
+   * with an environment of its own, without the allocation id that would have found it.
+   */
   private async terminateLeftover(pid: number, allocId: string): Promise<void> {
-    signalPid(pid, 'SIGTERM');
+    const group = readStat(pid)?.pgrp === pid;
+    const target = group ? -pid : pid;
+    const running = async (): Promise<boolean> => (group ? groupRunning(pid) : isAlive(pid));
+    signalPid(target, 'SIGTERM');
     const deadline = Date.now() + this.killTimeoutMs;
-    while (isAlive(pid) && Date.now() < deadline) await delay(LEFTOVER_POLL_MS);
-    // Checked again: the pid may have been reused while we waited.
-    if (isAlive(pid) && (await belongsToAlloc(pid, allocId))) {
-      signalPid(pid, 'SIGKILL');
+    while ((await running()) && Date.now() < deadline) await delay(LEFTOVER_POLL_MS);
+    // Checked again: the pid may have been reused while we waited. A group whose leader is gone is still
+    // the one signalled: its id stays taken as long as it has a member.
+    if ((await running()) && ((group && !isAlive(pid)) || (await belongsToAlloc(pid, allocId)))) {
+      signalPid(target, 'SIGKILL');
       const killDeadline = Date.now() + 1_000;
-      while (isAlive(pid) && Date.now() < killDeadline) await delay(LEFTOVER_POLL_MS);
-      if (isAlive(pid)) this.log.error({ taskPid: pid, allocId }, 'leftover task survived SIGKILL');
+      while ((await running()) && Date.now() < killDeadline) await delay(LEFTOVER_POLL_MS);
+      if (await running()) this.log.error({ taskPid: pid, allocId, group }, 'leftover task survived SIGKILL');
     }
   }
 
@@ -955,7 +964,7 @@ function killGroupRemnants(pgid: number): void {
   }
 }
 
-/** Signals a process that is not our child (a leftover of a previous run); it may be gone already. */
+/** Signals a process (or, given -pgid, a group) that is not our child; it may be gone already. */
 function signalPid(pid: number, signal: NodeJS.Signals): void {
   try {
     process.kill(pid, signal);
@@ -973,16 +982,48 @@ function groupExists(pgid: number): boolean {
   }
 }
 
-/** Alive and not a zombie (an orphaned zombie waits for init to reap it but runs nothing). */
-function isAlive(pid: number): boolean {
+interface ProcessStat {
+  /** False for a zombie: an orphaned zombie waits for init to reap it but runs nothing. */
+  running: boolean;
+  pgrp: number;
+}
+
+/** The state and process group in a /proc/<pid>/stat. */
+function parseStat(stat: string): ProcessStat {
+  // The command name in parentheses may itself hold spaces or parentheses: the fields follow the last ')'.
+  const [state, , pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { running: state !== 'Z' && state !== 'X', pgrp: Number(pgrp) };
+}
+
+/** Undefined once the process is gone. */
+function readStat(pid: number): ProcessStat | undefined {
   try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // The command name in parentheses may itself hold spaces or parentheses: the state follows the last ')'.
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-    return state !== 'Z' && state !== 'X';
+    return parseStat(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
   } catch {
-    return false;
+    return undefined;
   }
+}
+
+function isAlive(pid: number): boolean {
+  return readStat(pid)?.running ?? false;
+}
+
+/**
+ * Whether a member of the process group still runs. kill(-pgid, 0) alone also counts zombies, and an
+ * orphan's zombie may wait long for init to reap it (forever under an init that does not reap).
+ */
+async function groupRunning(pgid: number): Promise<boolean> {
+  if (!groupExists(pgid)) return false;
+  const entries = await fsp.readdir('/proc').catch((): string[] => []);
+  const members = await Promise.all(
+    entries
+      .filter((entry) => /^\d+$/.test(entry))
+      .map(async (entry) => {
+        const stat = await fsp.readFile(`/proc/${entry}/stat`, 'utf8').then(parseStat, () => undefined);
+        return stat?.pgrp === pgid && stat.running;
+      }),
+  );
+  return members.includes(true);
 }
 
 async function processEnviron(pid: number): Promise<string[] | undefined> {

@@ -34,6 +34,8 @@ const schedulers: LocalScheduler[] = [];
 const stateDirs: string[] = [];
 const recorders: WorkloadRecorder[] = [];
 const strays: ChildProcess[] = [];
+/** Processes that are not our children and carry no allocation id, should a test fail to see them stopped. */
+const strayPids: number[] = [];
 
 function newStateDir(): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'manticore-local-scheduler-'));
@@ -169,6 +171,7 @@ async function cleanUp(): Promise<void> {
   for (const recorder of recorders.splice(0)) recorder.close();
   for (const scheduler of schedulers.splice(0)) await scheduler.close();
   for (const child of strays.splice(0)) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  for (const pid of strayPids.splice(0)) if (alive(pid)) process.kill(pid, 'SIGKILL');
   const leftovers = processesOf(seenAllocations);
   for (const pid of leftovers) process.kill(pid, 'SIGKILL');
   seenAllocations.clear();
@@ -383,6 +386,31 @@ describe('LocalScheduler', function () {
       assert.notEqual(fresh.allocation?.id, oldAllocId);
       assert.equal(fresh.specHash, old.specHash);
       assert.deepEqual(await tcpGreetingAndEcho(fresh.allocation?.ports.tcp, 'fresh'), { greeting: 'manticore demo core 8.2.0', echo: 'fresh' });
+    });
+
+    it('a new scheduler stops a leftover task with its process group, children with an environment of their own included', async function () {
+      const stateDir = newStateDir();
+      // What a Manticore killed with -9 leaves: an allocation directory with pids.json, and its task running
+      // as the leader of its own process group, with a child it gave an environment without the allocation id.
+      const allocId = randomUUID();
+      seenAllocations.add(allocId);
+      const childPidFile = path.join(stateDir, 'child.pid');
+      const script = `
+        const { spawn } = require('node:child_process');
+        const child = spawn(process.execPath, ['-e', ${JSON.stringify(RUN_FOREVER)}], { stdio: 'ignore', env: { PATH: process.env.PATH } });
+        require('node:fs').writeFileSync(${JSON.stringify(childPidFile)}, String(child.pid));
+        ${RUN_FOREVER}
+      `;
+      const task = spawn(process.execPath, ['-e', script], { detached: true, stdio: 'ignore', env: { PATH: process.env.PATH, NOMAD_ALLOC_ID: allocId } });
+      strays.push(task);
+      const childPid = await waitFor("the task's child", () => fs.existsSync(childPidFile) && Number(fs.readFileSync(childPidFile, 'utf8')));
+      strayPids.push(childPid);
+      fs.mkdirSync(path.join(stateDir, 'allocs', allocId), { recursive: true });
+      fs.writeFileSync(path.join(stateDir, 'allocs', allocId, 'pids.json'), JSON.stringify({ core: task.pid }));
+
+      await makeScheduler({ stateDir });
+      assert.equal(alive(task.pid ?? 0), false, 'the leftover task was stopped');
+      assert.equal(alive(childPid), false, "the task's child went with its process group");
     });
   });
 
