@@ -595,7 +595,10 @@ export class LocalScheduler implements Scheduler {
     });
   }
 
-  /** SIGTERM to every task's process group, SIGKILL after killTimeoutMs; resolves once all have exited. */
+  /**
+   * SIGTERM to every task's process group, SIGKILL after killTimeoutMs, then the same for any process still
+   * carrying the allocation id; resolves once all have exited.
+   */
   private async stopAllocation(alloc: AllocRuntime, reason: string): Promise<void> {
     if (alloc.stopReason === undefined) alloc.stopReason = reason;
     alloc.epoch++;
@@ -610,6 +613,9 @@ export class LocalScheduler implements Scheduler {
       }
     }
     await Promise.all([...alloc.tasks.values()].map((task) => this.stopTask(task)));
+    // A process that left its task's process group (setsid, a daemon) is found only by its environment, and
+    // only now: once the allocation's directory is removed not even the next start() looks for it.
+    await this.terminateLeftovers(await findAllocProcesses(new Set([alloc.id])), "stopping a process the allocation's tasks left running");
     await this.closeOutput(alloc);
     if (alloc.clientStatus !== 'failed') alloc.clientStatus = 'complete';
     for (const port of Object.values(alloc.ports)) this.portsHeld.delete(port);
@@ -618,7 +624,8 @@ export class LocalScheduler implements Scheduler {
 
   /**
    * Takes what the tasks wrote last into their logs, then closes them. A pipe still held open by
-   * something that escaped the task's process group is given the kill timeout, no more.
+   * something that escaped the task's process group without the allocation id in its environment is
+   * given the kill timeout, no more.
    */
   private async closeOutput(alloc: AllocRuntime): Promise<void> {
     const tasks = [...alloc.tasks.values()];
@@ -719,20 +726,26 @@ export class LocalScheduler implements Scheduler {
       }
     }
     for (const [pid, allocId] of await findAllocProcesses(new Set(allocIds))) candidates.set(pid, allocId);
+    await this.terminateLeftovers(candidates, 'killing a task left running by a previous run');
+    await Promise.all(allocIds.map((allocId) => fsp.rm(path.join(this.allocsDir, allocId), { recursive: true, force: true })));
+  }
+
+  /** Terminates each candidate pid whose environment names its allocation (any other is left alone). */
+  private async terminateLeftovers(candidates: ReadonlyMap<number, string>, message: string): Promise<void> {
     await Promise.all(
       [...candidates].map(async ([pid, allocId]) => {
         if (!(await belongsToAlloc(pid, allocId))) return;
-        this.log.warn({ taskPid: pid, allocId }, 'killing a task left running by a previous run');
+        this.log.warn({ taskPid: pid, allocId }, message);
         await this.terminateLeftover(pid, allocId);
       }),
     );
-    await Promise.all(allocIds.map((allocId) => fsp.rm(path.join(this.allocsDir, allocId), { recursive: true, force: true })));
   }
 
   /**
    * SIGTERM, then SIGKILL after killTimeoutMs; not our child, so its end can only be polled. A leftover
-   * that leads its process group (a task does) is stopped with the group: what it started there may run
-   * with an environment of its own, without the allocation id that would have found it.
+   * that leads its process group (a task does, so does a helper in a session of its own) is stopped with
+   * the group: what it started there may run with an environment of its own, without the allocation id
+   * that would have found it.
    */
   private async terminateLeftover(pid: number, allocId: string): Promise<void> {
     const group = readStat(pid)?.pgrp === pid;

@@ -320,6 +320,29 @@ describe('LocalScheduler', function () {
       assert.equal((await tcpGreetingAndEcho(again.allocation?.ports.tcp, 'back')).echo, 'back');
     });
 
+    it('deregister and close() also stop what a task started outside its process group (setsid, a daemon)', async function () {
+      const scheduler = await makeScheduler();
+      const recorder = record(scheduler);
+      // The helper runs in a session of its own, as daemonizing programs and detached spawns do.
+      const script = `
+        require('node:child_process').spawn(process.execPath, ['-e', ${JSON.stringify(RUN_FOREVER)}], { detached: true, stdio: 'ignore' }).unref();
+        ${RUN_FOREVER}
+      `;
+      const running = async (): Promise<{ job: RenderedJob; allocId: string }> => {
+        const job = scheduler.render(contractRequest(commandTemplate([{ name: 'core', script }]), session()));
+        await scheduler.register(job);
+        const allocId = (await recorder.healthy(job)).allocation?.id ?? '';
+        await waitFor(`the task and its helper in ${allocId}`, () => processesOf(new Set([allocId])).length === 2);
+        return { job, allocId };
+      };
+      const deleted = await running();
+      const kept = await running();
+      await scheduler.deregister(deleted.job.id);
+      assert.deepEqual(processesOf(new Set([deleted.allocId])), [], 'deregister left a process of the allocation');
+      await scheduler.close();
+      assert.deepEqual(processesOf(new Set([kept.allocId])), [], 'close() left a process of the allocation');
+    });
+
     it('a new scheduler kills what a killed (-9) one left running, and starts fresh allocations', async function () {
       const stateDir = newStateDir();
       const request = contractRequest(demo, session());
