@@ -25,7 +25,8 @@ import {
  * its own tasks.
  *
  * Unlike logmon, a write that does not fit is split exactly at the size limit rather than at a line end:
- * every full file then holds exactly `maxFileBytes`, and nothing depends on it but the byte count.
+ * every full file then holds exactly `maxFileBytes`, so a kept full file tells a reader where one that was
+ * rotated away ended.
  */
 
 export interface RotationPolicy {
@@ -277,17 +278,31 @@ async function startingPoint(dir: string, base: string, indexes: number[], from:
       throw error;
     }
   };
+  /**
+   * Whether the position is the end of a file no longer kept: the start of the next, so a reader there has
+   * missed nothing. A newer file exists, so that file was full and held what a kept full file holds. With
+   * no kept full file to tell (only one file kept) it is taken for a place inside: a gap is reported rather
+   * than a loss hidden.
+   */
+  const isEndOfLostFile = async (position: number): Promise<boolean> => {
+    const index = positionFile(position);
+    if (indexes.includes(index) || index >= newest || oldest === newest) return false;
+    const fullBytes = await sizeOf(oldest);
+    // 0: the oldest file was rotated away meanwhile; a full file is never empty.
+    return fullBytes > 0 && positionOffset(position) === fullBytes;
+  };
   switch (from.kind) {
     case 'start':
       return { index: oldest, offset: 0 };
     case 'position': {
-      const index = positionFile(from.position);
+      const at = (await isEndOfLostFile(from.position)) ? logPosition(positionFile(from.position) + 1, 0) : from.position;
+      const index = positionFile(at);
       if (index < oldest) return { index: oldest, offset: 0, gap: { kind: 'gap', from: from.position, to: logPosition(oldest, 0) } };
       // A place beyond the end (a file not written yet) reads on from the end.
       if (index > newest) return { index: newest, offset: await sizeOf(newest) };
       const existing = indexes.find((candidate) => candidate >= index)!;
       if (existing !== index) return { index: existing, offset: 0, gap: { kind: 'gap', from: from.position, to: logPosition(existing, 0) } };
-      return { index, offset: Math.min(positionOffset(from.position), await sizeOf(index)) };
+      return { index, offset: Math.min(positionOffset(at), await sizeOf(index)) };
     }
     case 'tail': {
       let wanted = from.bytes;

@@ -61,17 +61,17 @@ export async function* readLastLines(source: TaskLogs, request: TailRequest): As
   let first = true;
   for await (const event of source.read({ ...rest, from: { kind: 'tail', bytes: distance + FOLLOW_SLACK_BYTES }, follow: true })) {
     if (event.kind === 'opened') continue;
+    // A read that begins after `from` (more than the slack was written between the reads) has missed what
+    // lies between without saying so. One that begins at or before it reports every gap itself from there
+    // on, and none where `from` is the end of a full file and the output goes on in the next.
     if (event.kind === 'gap') {
-      if (event.to > from) yield { ...event, from: Math.max(event.from, from) };
-      first = false;
-      continue;
+      if (event.to > from) yield { ...event, from: first ? from : Math.max(event.from, from) };
+    } else {
+      if (first && event.start > from) yield { kind: 'gap', from, to: event.start };
+      const trimmed = after(event, from);
+      if (trimmed) yield trimmed;
     }
-    const trimmed = after(event, from);
-    if (!trimmed) continue;
-    // More than the slack was written between the reads: what lies between is said to be missed.
-    if (first && trimmed.start > from) yield { kind: 'gap', from, to: trimmed.start };
     first = false;
-    yield trimmed;
   }
 }
 

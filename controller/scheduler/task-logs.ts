@@ -7,7 +7,8 @@
  * beyond a count. A place in the output is a file and a byte offset in it, and a position is both in one
  * number: `file × 2^32 + offset`. Within the first file it is simply the byte offset; it only ever grows,
  * so a reader that passes back the position it last got resumes exactly there, across rotations, and
- * learns of output rotated away before it could be read (a gap) instead of silently missing it.
+ * learns of output rotated away before it could be read (a gap) instead of silently missing it. The end
+ * of a full file is the same place in the output as the start of the next: nothing lies between them.
  */
 
 export type LogStreamName = 'stdout' | 'stderr';

@@ -109,6 +109,26 @@ describe('task log files (rotated like Nomad logmon, read and followed)', functi
     assert.equal(textOf(events), 'ccccdd');
   });
 
+  it('takes the end of a full file for the start of the next: resuming there misses nothing, even once that file is gone', async () => {
+    const out = writer('a8', 10, 2);
+    await write(out, '0123456789');
+    const [read] = (await readAll(logs, 'a8', { kind: 'start' })).filter((event) => event.kind === 'data');
+    assert.equal(read?.end, logPosition(0, 10));
+    // File 0 is full; the next write begins file 1, and the one after file 2, which deletes file 0.
+    await write(out, 'abcdefghijKLMNO');
+    const resumed = await readAll(logs, 'a8', { kind: 'position', position: logPosition(0, 10) });
+    assert.equal(textOf(resumed), 'abcdefghijKLMNO');
+    assert.deepEqual(gapsOf(resumed), []);
+    // What was lost still shows: a place inside a deleted file, and the end of one whose successor is deleted too.
+    await write(out, 'PQRSTUVWXY');
+    assert.deepEqual(gapsOf(await readAll(logs, 'a8', { kind: 'position', position: logPosition(1, 9) })), [
+      { kind: 'gap', from: logPosition(1, 9), to: logPosition(2, 0) },
+    ]);
+    assert.deepEqual(gapsOf(await readAll(logs, 'a8', { kind: 'position', position: logPosition(0, 10) })), [
+      { kind: 'gap', from: logPosition(0, 10), to: logPosition(2, 0) },
+    ]);
+  });
+
   it('follows a log as it is written, across rotations, missing nothing written while it reads', async () => {
     const out = writer('a4', 64, 1_000);
     await write(out, 'first\n');

@@ -94,5 +94,16 @@ describe('the last lines of a task log', () => {
       await waitFor('the new line only', () => textOf(events) === 'new\n');
       await stop();
     });
+
+    it('follows a log that ends exactly at a full file on into the next file, without a gap', async () => {
+      // Fills file 0; file 1 is begun only by the next write.
+      await write(`${'x'.repeat(999)}\n`);
+      const { events, stop } = following(0);
+      await waitFor('opened', () => events.length > 0);
+      await write('next\n');
+      await waitFor('the next line', () => textOf(events) === 'next\n');
+      await stop();
+      assert.deepEqual(events.filter((event) => event.kind === 'gap'), []);
+    });
   });
 });
