@@ -90,9 +90,19 @@ export class Frontend {
     if (options.v2 !== undefined) registerApiV2(this.app, this.sessions, authenticator, options.v2);
   }
 
+  /**
+   * Syncs the caches, then listens; returns the address. If that fails (the port is taken), what it started
+   * is stopped again before the error is thrown: the watches would otherwise retry, and keep the process
+   * alive, for ever.
+   */
   async start(host: string, port: number): Promise<string> {
-    await this.sessions.start();
-    return this.app.listen({ host, port });
+    try {
+      await this.sessions.start();
+      return await this.app.listen({ host, port });
+    } catch (error) {
+      await this.stop();
+      throw error;
+    }
   }
 
   async stop(): Promise<void> {

@@ -1,11 +1,14 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { TestCa } from '../support/certificates.js';
 import { httpRequest, tcpProbe } from '../support/http.js';
+import { isolatedEnvironment } from '../support/manticore.js';
 import { freePort } from '../support/ports.js';
+import { processesNaming } from '../support/processes.js';
 import { waitFor } from '../support/wait.js';
 
 const repoRoot = path.resolve(__dirname, '../../..');
@@ -127,6 +130,24 @@ describe('the manticore command', () => {
       child.kill('SIGTERM');
     }
     assert.equal(await exited, 0);
+  });
+
+  it('exits 1 when a part cannot start (the front end\'s port is taken), having stopped the parts it started', async () => {
+    const stateDir = path.join(dir, 'port-taken');
+    const { env } = await isolatedEnvironment(stateDir, 4);
+    const blocker = net.createServer();
+    await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));
+    try {
+      const result = run(['up'], { ...env, MANTICORE_FRONTEND_PORT: String((blocker.address() as net.AddressInfo).port) });
+      assert.equal(result.status, 1, `exit ${result.status} (null: still running after 20 s)\n${result.stderr.slice(-500)}`);
+      assert.match(result.stderr, /manticore: start-up failed: listen EADDRINUSE/);
+      // The router (HAProxy) starts first and was running when the front end failed.
+      const haproxyConfig = path.join(stateDir, 'haproxy/haproxy.cfg');
+      assert.ok(fs.existsSync(haproxyConfig));
+      assert.deepEqual(processesNaming(haproxyConfig), [], 'the HAProxy it started was stopped');
+    } finally {
+      await new Promise((resolve) => blocker.close(resolve));
+    }
   });
 
   describe('render-job', () => {

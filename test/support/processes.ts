@@ -28,3 +28,17 @@ export function childPids(pid: number): number[] {
   }
   return children;
 }
+
+/** The live processes whose command line contains `needle` (e.g. the HAProxy processes of one run directory's config). */
+export function processesNaming(needle: string): number[] {
+  const pids: number[] = [];
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      if (fs.readFileSync(`/proc/${name}/cmdline`, 'utf8').includes(needle) && alive(Number(name))) pids.push(Number(name));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return pids;
+}

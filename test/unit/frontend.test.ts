@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { loadTemplates } from '../../controller/api/templates.js';
 import type { Session, SessionRecord } from '../../controller/api/types.js';
 import { Keys } from '../../controller/controller/keys.js';
 import { Frontend } from '../../controller/frontend/server.js';
-import { filter } from 'rxjs';
+import { defer, filter, finalize } from 'rxjs';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import type { Store } from '../../controller/store/store.js';
 import { silentLogger } from '../../controller/util/log.js';
@@ -227,5 +228,21 @@ describe('front end (API)', () => {
     } finally {
       await other.stop();
     }
+  });
+
+  it('stops its watches again when it cannot listen, so a failed start leaves nothing running', async () => {
+    let openWatches = 0;
+    const counted: Store = {
+      ...delegatingStore(store),
+      watch: (prefix, index) =>
+        defer(() => {
+          openWatches += 1;
+          return store.watch(prefix, index).pipe(finalize(() => (openWatches -= 1)));
+        }),
+    };
+    const other = new Frontend({ store: counted, keys, templates, backend: 'embedded', bodyLimitBytes: 4096, sessionsPerUser: 2, activityWriteIntervalMs: 30_000, log: silentLogger() });
+    const { port } = frontend.app.server.address() as AddressInfo;
+    await assert.rejects(other.start('127.0.0.1', port), /EADDRINUSE/);
+    assert.equal(openWatches, 0);
   });
 });
