@@ -4,7 +4,7 @@ import { ValidationError } from '../api/schemas.js';
 import { loadConfig } from '../config/config.js';
 import { clientUsage, runClientCommand } from './client/commands.js';
 import { createLogger } from '../util/log.js';
-import { stopWithin } from './shutdown.js';
+import { listenForStop, stopWithin } from './shutdown.js';
 import { allRoles, startManticore } from './up.js';
 
 const usage = `Usage: manticore <command> [options]
@@ -126,25 +126,23 @@ async function main(argv: string[]): Promise<number> {
     case 'frontend':
     case 'router': {
       const log = createLogger(config.log.level, config.log.format);
-      let running;
+      // Listened for before start-up, which can wait long (for a store that does not answer yet): a signal
+      // then stops what has started so far (HAProxy, sessions' processes) as it stops everything later.
+      const stop = listenForStop();
+      const starting = startManticore(config, log, command === 'up' ? allRoles : [command], stop.requested);
       try {
-        running = await startManticore(config, log, command === 'up' ? allRoles : [command]);
+        const running = await Promise.race([starting, stop.received.then(() => undefined)]);
+        if (running !== undefined) process.stdout.write(running.banner);
       } catch (error) {
+        stop.dispose();
         log.fatal({ err: error }, 'start-up failed');
         process.stderr.write(`manticore: start-up failed: ${(error as Error).message}\n`);
         return error instanceof ValidationError ? 2 : 1;
       }
-      process.stdout.write(running.banner);
-      const signal = await new Promise<NodeJS.Signals>((resolve) => {
-        const shutdown = (received: NodeJS.Signals): void => {
-          process.off('SIGINT', shutdown);
-          process.off('SIGTERM', shutdown);
-          resolve(received);
-        };
-        process.on('SIGINT', shutdown);
-        process.on('SIGTERM', shutdown);
-      });
-      const code = await stopWithin(running.stop, config.shutdown.graceSeconds * 1000, signal, log);
+      const signal = await stop.received;
+      // A start-up the signal cut short stops what it had started, then throws: no failure here.
+      const stopAll = (): Promise<void> => starting.then((running) => running.stop(), () => undefined);
+      const code = await stopWithin(stopAll, config.shutdown.graceSeconds * 1000, signal, log);
       // Cut short: whatever still holds the event loop must not keep the process alive.
       if (code !== 0) process.exit(code);
       return code;

@@ -29,3 +29,30 @@ export async function stopWithin(stop: () => Promise<void>, graceMs: number, sig
   return 0;
 }
 
+/** The first SIGINT or SIGTERM: `requested` aborts and `received` resolves with it (later ones are stopWithin's). */
+export interface StopSignal {
+  readonly requested: AbortSignal;
+  readonly received: Promise<NodeJS.Signals>;
+  /** Stops listening; a signal then has its default effect again. */
+  dispose(): void;
+}
+
+/** Listens for the signal that stops the process, from before start-up on (see StopSignal). */
+export function listenForStop(): StopSignal {
+  const requested = new AbortController();
+  let dispose!: () => void;
+  const received = new Promise<NodeJS.Signals>((resolve) => {
+    const onSignal = (signal: NodeJS.Signals): void => {
+      dispose();
+      requested.abort();
+      resolve(signal);
+    };
+    dispose = () => {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  });
+  return { requested: requested.signal, received, dispose };
+}

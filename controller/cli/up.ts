@@ -38,11 +38,33 @@ export interface RunningManticore {
 /** Parts started so far, stopped in reverse order; a failure to stop one does not keep the others running. */
 class StartedParts {
   private readonly parts: Array<{ name: string; stop: () => Promise<void> }> = [];
+  /** Rejects once a stop is requested. */
+  private readonly stopRequested: Promise<never>;
 
-  constructor(private readonly log: Logger) {}
+  constructor(
+    private readonly log: Logger,
+    stopSignal: AbortSignal | undefined,
+  ) {
+    this.stopRequested = new Promise<never>((_resolve, reject) => {
+      const requested = (): void => reject(new Error('stopped while starting'));
+      if (stopSignal?.aborted) requested();
+      else stopSignal?.addEventListener('abort', requested, { once: true });
+    });
+    // Rejecting while no start is being waited for is no failure.
+    this.stopRequested.catch(() => undefined);
+  }
 
   add(name: string, stop: () => Promise<void>): void {
     this.parts.push({ name, stop });
+  }
+
+  /**
+   * Waits for a part to start, or throws as soon as a stop is requested: a part waiting for a store that does
+   * not answer yet may wait for ever. Add the part before it starts, so that it is stopped too (its stop
+   * allows for a start under way).
+   */
+  until<T>(starting: Promise<T>): Promise<T> {
+    return Promise.race([starting, this.stopRequested]);
   }
 
   async stopAll(): Promise<void> {
@@ -59,10 +81,11 @@ class StartedParts {
 /**
  * Starts the given roles in this process over the configured store and scheduler (embedded, or Consul
  * and Nomad): the router with its local HAProxy (a child process), the controller, the front end.
- * If any part fails to start, the parts already started are stopped again before the error is thrown.
+ * If any part fails to start, or `stopSignal` aborts before all have started, the parts already started are
+ * stopped again before the error is thrown.
  */
-export async function startManticore(config: ManticoreConfig, log: Logger, roles: readonly Role[] = allRoles): Promise<RunningManticore> {
-  const parts = new StartedParts(log);
+export async function startManticore(config: ManticoreConfig, log: Logger, roles: readonly Role[] = allRoles, stopSignal?: AbortSignal): Promise<RunningManticore> {
+  const parts = new StartedParts(log, stopSignal);
   try {
     const templates = loadTemplates(config.templates.dir);
     // Before anything starts: an unreadable public key stops start-up with a ValidationError naming it.
@@ -94,8 +117,8 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
     }
     if (roles.includes('controller')) {
       const scheduler = createScheduler(config, log);
-      await scheduler.start();
       parts.add('scheduler', () => scheduler.close());
+      await parts.until(scheduler.start());
       // Loaded only when used: the AWS SDK clients alone add some 80 MB to the resident memory of every process that loads them.
       const loadBalancers =
         config.aws === undefined
@@ -139,7 +162,7 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
       heartbeat.start();
       // Withdrawn before the controller stops, so the list never shows a replica that is going away.
       parts.add('replica-heartbeat', () => heartbeat.stop());
-      await controller.start();
+      await parts.until(controller.start());
       if (config.controller.statusPort !== 0) {
         const status = new StatusServer('controller', controllerProbes(controller), log);
         const address = await status.start(config.controller.statusHost, config.controller.statusPort);
@@ -166,8 +189,8 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
         v2: { address: config.frontend.v2, idle: config.idle },
         cluster: { replicaStaleMs: config.controller.heartbeatSeconds * 3000, routerStaleMs: config.controller.routerStaleSeconds * 1000 },
       });
-      frontendUrl = await frontend.start(config.frontend.host, config.frontend.port);
       parts.add('frontend', () => frontend.stop());
+      frontendUrl = await parts.until(frontend.start(config.frontend.host, config.frontend.port));
       lines.unshift(`  web page:   ${frontendUrl}/`, `  API:        ${frontendUrl}/api/v1/openapi.json`);
       lines.push(
         `  try:        curl -s -XPOST ${frontendUrl}/api/v1/sessions -H 'content-type: application/json' -d '{"template":"demo"}'`,
@@ -250,8 +273,8 @@ async function startRouter(config: ManticoreConfig, store: Store, keys: Keys, ed
     storeLossGraceMs: config.router.storeLossGracePeriodSeconds * 1000,
     log,
   });
-  await router.start();
   parts.add('router', () => router.stop());
+  await parts.until(router.start());
   if (config.router.statusPort !== 0) {
     // Started once the agent's first table is live, so it is ready for as long as it answers.
     const status = new StatusServer('router', { ready: () => true, status: () => ({ ...router.progress, ...(edgeTls === undefined ? {} : { tls: edgeTls.status() }) }) }, log);

@@ -53,6 +53,7 @@ export interface FrontendOptions {
 export class Frontend {
   readonly app: FastifyInstance;
   readonly sessions: SessionService;
+  private listening: Promise<string> | undefined;
 
   constructor(options: FrontendOptions) {
     const log = options.log.child({ component: 'frontend' });
@@ -98,7 +99,8 @@ export class Frontend {
   async start(host: string, port: number): Promise<string> {
     try {
       await this.sessions.start();
-      return await this.app.listen({ host, port });
+      this.listening = this.app.listen({ host, port });
+      return await this.listening;
     } catch (error) {
       await this.stop();
       throw error;
@@ -106,6 +108,8 @@ export class Frontend {
   }
 
   async stop(): Promise<void> {
+    // A stop that comes while it is starting (a signal): Fastify still opens the port when close() comes during listen().
+    await this.listening?.catch(() => undefined);
     await this.app.close();
     this.sessions.stop();
   }

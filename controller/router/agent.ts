@@ -93,6 +93,8 @@ export class RouterAgent {
     await this.routes.synced;
     this.schedule();
     await this.applying;
+    // Stopped while applying the first table (a signal during start-up): no heartbeat after its withdrawal.
+    if (this.stopped) return;
     this.heartbeatTimer = setInterval(() => this.reportProgress(), this.options.heartbeatMs);
     this.heartbeatTimer.unref?.();
   }

@@ -11,8 +11,9 @@ import { silentLogger } from '../../controller/util/log.js';
 import { ConsulDouble } from '../fakes/consul.js';
 import { NomadDouble } from '../fakes/nomad.js';
 import { httpRequest, jsonRequest } from '../support/http.js';
-import { isolatedEnvironment, repoRoot } from '../support/manticore.js';
-import { alive } from '../support/processes.js';
+import { isolatedEnvironment, repoRoot, startManticore, type ManticoreProcess } from '../support/manticore.js';
+import { freePort } from '../support/ports.js';
+import { alive, processesNaming } from '../support/processes.js';
 import { waitFor } from '../support/wait.js';
 
 const cli = path.join(repoRoot, 'dist/controller/cli/main.js');
@@ -130,5 +131,48 @@ describe('end to end: SIGTERM of every process', function () {
     assert.ok(await store.get(keys.route(id)));
     const jobs = (await (await fetch(`${nomad.address}/v1/jobs?prefix=manticore-`)).json()) as Array<{ ID: string; Status: string }>;
     assert.deepEqual(jobs.map((job) => [job.ID, job.Status]), [[`manticore-${id}`, 'running']]);
+  });
+});
+
+/**
+ * `manticore up` against a Consul that does not answer (yet): start-up waits for the store with its HAProxy
+ * already running. SIGTERM then stops what has started, as it does once everything runs, and the process
+ * exits 0, rather than dying of the signal with HAProxy left behind.
+ */
+describe('end to end: SIGTERM during start-up', function () {
+  this.timeout(60_000);
+  let stateDir: string;
+  let instance: ManticoreProcess | undefined;
+  let haproxyConfig: string;
+
+  before(() => {
+    stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'manticore-shutdown-'));
+    haproxyConfig = path.join(stateDir, 'haproxy/haproxy.cfg');
+  });
+
+  after(() => {
+    if (instance?.child.exitCode === null) instance.child.kill('SIGKILL');
+    for (const pid of processesNaming(haproxyConfig)) process.kill(pid, 'SIGKILL');
+    fs.rmSync(stateDir, { recursive: true, force: true });
+  });
+
+  it('stops the HAProxy it started while waiting for the store, and exits 0', async () => {
+    const isolated = await isolatedEnvironment(stateDir, 4);
+    // Nothing listens there: every call to Consul (or Nomad) is refused.
+    const nowhere = `http://127.0.0.1:${await freePort()}`;
+    const env = { ...process.env, ...isolated.env, CONSUL_HTTP_ADDR: nowhere, NOMAD_ADDR: nowhere, MANTICORE_SHUTDOWN_GRACE_SECONDS: String(graceSeconds) };
+    instance = startManticore('manifests/examples/cluster-dev.yaml', env);
+    // The router starts HAProxy, then waits for its first routes from the store, retrying.
+    await waitFor('start-up waiting for the store', () => instance!.output().includes('watch request failed; retrying'), 30_000, 50).catch((error: Error) => {
+      throw new Error(`${error.message}\n${instance!.output()}`);
+    });
+    assert.notDeepEqual(processesNaming(haproxyConfig), [], 'HAProxy runs');
+    const startedAt = Date.now();
+    instance.child.kill('SIGTERM');
+    const code = await instance.exited;
+    assert.equal(code, 0, instance.output().slice(-1000));
+    assert.ok(Date.now() - startedAt < graceSeconds * 1000, `stopped in ${Date.now() - startedAt} ms`);
+    assert.deepEqual(processesNaming(haproxyConfig), [], 'its HAProxy stopped with it');
+    assert.doesNotMatch(instance.output(), /Manticore is running/);
   });
 });

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { stopWithin } from '../../controller/cli/shutdown.js';
+import { listenForStop, stopWithin } from '../../controller/cli/shutdown.js';
 import { capturingLogger } from '../support/controller-harness.js';
 
 describe('stopping a process', () => {
@@ -30,5 +30,19 @@ describe('stopping a process', () => {
     assert.equal(await outcome, 1);
     assert.match(lines.at(-1)!.msg, /SIGINT received while stopping/);
     assert.equal(process.listenerCount('SIGINT'), handlersBefore, 'its signal handlers are gone again');
+  });
+
+  it('takes the first SIGTERM or SIGINT as the request to stop, from before start-up on', async () => {
+    const handlers = (): Record<string, number> => ({ SIGINT: process.listenerCount('SIGINT'), SIGTERM: process.listenerCount('SIGTERM') });
+    const handlersBefore = handlers();
+    const stop = listenForStop();
+    assert.equal(stop.requested.aborted, false);
+    process.emit('SIGTERM', 'SIGTERM');
+    assert.equal(stop.requested.aborted, true, 'start-up is told at once');
+    assert.equal(await stop.received, 'SIGTERM');
+    assert.deepEqual(handlers(), handlersBefore, 'a second signal is for stopWithin');
+    // A start-up that failed stops listening: a signal then has its default effect.
+    listenForStop().dispose();
+    assert.deepEqual(handlers(), handlersBefore);
   });
 });
