@@ -130,10 +130,15 @@ job "manticore" {
         destination = "local/manticore.yaml"
       }
 
+      # The Nomad agent too, as for the controller: the front end reads sessions' task logs through it (read-logs).
       template {
         data        = <<-EOT
           CONSUL_HTTP_ADDR=http://{{ env "attr.unique.network.ip-address" }}:8500
-          {{ with nomadVar "nomad/jobs/manticore/secrets" }}CONSUL_HTTP_TOKEN={{ .consul_token }}{{ end }}
+          NOMAD_ADDR=http://{{ env "attr.unique.network.ip-address" }}:4646
+          {{ with nomadVar "nomad/jobs/manticore/secrets" }}
+          CONSUL_HTTP_TOKEN={{ .consul_token }}
+          NOMAD_TOKEN={{ .nomad_token }}
+          {{ end }}
         EOT
         destination = "secrets/manticore.env"
         env         = true
