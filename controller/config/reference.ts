@@ -11,6 +11,7 @@ interface SchemaNode {
   items?: SchemaNode;
   $ref?: string;
   minimum?: number;
+  exclusiveMinimum?: number;
   maximum?: number;
   minLength?: number;
   minItems?: number;
@@ -45,8 +46,9 @@ export function renderConfigReference(): string {
     for (const [name, child] of Object.entries(node.properties ?? {})) {
       const field = resolve(child);
       const path = prefix === '' ? name : `${prefix}.${name}`;
+      // A group's own row, when it has a description: what it says holds for all its fields (e.g. "embedded:").
+      if (field.properties === undefined || field.description !== undefined) rows.push({ path, node: field });
       if (field.properties !== undefined) walk(path, field);
-      else rows.push({ path, node: field });
     }
   };
 
@@ -82,8 +84,9 @@ function typeOf(node: SchemaNode, resolve: (node: SchemaNode) => SchemaNode): st
   if (node.enum !== undefined) return `one of ${node.enum.map((value) => `\`${String(value)}\``).join(', ')}`;
   const bounds: string[] = [];
   if (node.minimum !== undefined) bounds.push(`≥ ${node.minimum}`);
+  if (node.exclusiveMinimum !== undefined) bounds.push(`> ${node.exclusiveMinimum}`);
   if (node.maximum !== undefined) bounds.push(`≤ ${node.maximum}`);
-  if (node.minLength !== undefined) bounds.push('non-empty');
+  if (node.minLength !== undefined) bounds.push(node.minLength === 1 ? 'non-empty' : `at least ${node.minLength} characters`);
   if (node.minItems !== undefined) bounds.push(`at least ${node.minItems}`);
   if (node.pattern !== undefined) bounds.push(`matching \`${node.pattern}\``);
   let type = node.type ?? 'any';
