@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { parseArgs } from 'node:util';
 import { ValidationError } from '../api/schemas.js';
-import { loadConfig } from '../config/config.js';
+import { loadConfig, redactSecrets } from '../config/config.js';
 import { clientUsage, runClientCommand } from './client/commands.js';
 import { createLogger } from '../util/log.js';
 import { listenForStop, stopWithin } from './shutdown.js';
@@ -19,7 +19,7 @@ Commands:
                             variable; docs/configuration.md is this output)
   check-config [--config FILE]
                             load and validate the configuration, templates and (with router.tls) the
-                            certificate files, print the result, and exit
+                            certificate files, print the result (secrets as "<set>"), and exit
   render-job --template NAME [--param NAME=VALUE ...] [--config FILE]
                             print the Nomad job (register request body) a new session of that template
                             and those parameters would get, for \`nomad job plan\` or inspection
@@ -93,7 +93,7 @@ async function main(argv: string[]): Promise<number> {
           certificate === undefined
             ? {}
             : { edgeCertificate: { subject: certificate.subject, names: certificate.names, notAfter: new Date(certificate.notAfter).toISOString(), warnings: certificate.warnings } };
-        process.stdout.write(`${JSON.stringify({ config, templates: [...templates.keys()], ...edgeCertificate }, null, 2)}\n`);
+        process.stdout.write(`${JSON.stringify({ config: redactSecrets(config), templates: [...templates.keys()], ...edgeCertificate }, null, 2)}\n`);
         return 0;
       } catch (error) {
         process.stderr.write(`manticore: ${(error as Error).message}\n`);

@@ -189,6 +189,21 @@ export const environmentOverrides: ReadonlyArray<{ variable: string; path: strin
 ];
 
 /**
+ * The configuration with each secret that is set (the agents' tokens, the JWT secret, the admin token) read
+ * as "<set>", for printing: check-config's output ends up in CI logs and tickets. Add a new secret here.
+ */
+export function redactSecrets(config: ManticoreConfig): ManticoreConfig {
+  const set = (secret: string | undefined): string | undefined => (secret === undefined ? undefined : '<set>');
+  const { store, scheduler, auth } = config;
+  return {
+    ...config,
+    store: { ...store, consul: { ...store.consul, token: set(store.consul.token) } },
+    scheduler: { ...scheduler, nomad: { ...scheduler.nomad, token: set(scheduler.nomad.token) } },
+    auth: { ...auth, jwt: { ...auth.jwt, secret: set(auth.jwt.secret) }, adminToken: set(auth.adminToken) },
+  };
+}
+
+/**
  * Loads the configuration: the YAML file (optional), then environment overrides, then schema defaults.
  * Any problem throws a ValidationError naming the field, so start-up stops with a useful message.
  */

@@ -104,6 +104,15 @@ describe('the manticore command', () => {
     assert.equal(parsed.config.frontend.port, 4000);
   });
 
+  it('checks a production configuration without printing its secrets, only that they are set', () => {
+    const secrets = { CONSUL_HTTP_TOKEN: 'consul-acl-token-0f6c1d2e', NOMAD_TOKEN: 'nomad-acl-token-9a8b7c6d', MANTICORE_ADMIN_TOKEN: 'admin-'.repeat(6), MANTICORE_JWT_SECRET: 'jwt-hs256-'.repeat(4) };
+    const result = run(['check-config', '--config', 'manifests/examples/production.yaml'], secrets);
+    assert.equal(result.status, 0, result.stderr);
+    for (const [variable, value] of Object.entries(secrets)) assert.ok(!result.stdout.includes(value), `${variable} printed in clear`);
+    const { config } = JSON.parse(result.stdout) as { config: { store: { consul: { token: string } }; scheduler: { nomad: { token: string } }; auth: { adminToken: string; jwt: { secret: string } } } };
+    assert.deepEqual([config.store.consul.token, config.scheduler.nomad.token, config.auth.adminToken, config.auth.jwt.secret], ['<set>', '<set>', '<set>', '<set>']);
+  });
+
   it('runs one part alone: `manticore frontend` serves the API and starts no router', async () => {
     const frontendPort = await freePort();
     const httpPort = await freePort();

@@ -1,32 +1,11 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { schemaOf } from '../../controller/api/schemas.js';
 import { environmentOverrides } from '../../controller/config/config.js';
 import { renderConfigReference } from '../../controller/config/reference.js';
+import { configSchemaNodes } from '../support/config-schema.js';
 
 const committed = path.resolve(__dirname, '../../../docs/configuration.md');
-
-interface SchemaNode {
-  properties?: Record<string, SchemaNode>;
-  $ref?: string;
-  description?: string;
-}
-
-/** Every field and group of the configuration schema below its sections, by path. */
-function schemaNodes(): Array<{ path: string; node: SchemaNode }> {
-  const nodes: Array<{ path: string; node: SchemaNode }> = [];
-  const definitions = (schemaOf('config').$defs ?? {}) as Record<string, SchemaNode>;
-  const walk = (prefix: string, node: SchemaNode): void => {
-    for (const [name, child] of Object.entries(node.properties ?? {})) {
-      const resolved = child.$ref ? { ...definitions[child.$ref.replace('#/$defs/', '')]!, ...child } : child;
-      nodes.push({ path: `${prefix}${name}`, node: resolved });
-      if (resolved.properties) walk(`${prefix}${name}.`, resolved);
-    }
-  };
-  walk('', schemaOf('config') as SchemaNode);
-  return nodes;
-}
 
 describe('the configuration reference (docs/configuration.md)', () => {
   const rendered = renderConfigReference();
@@ -38,7 +17,7 @@ describe('the configuration reference (docs/configuration.md)', () => {
   });
 
   it('names every field of the schema and every environment variable', () => {
-    const leaves = schemaNodes().filter(({ node }) => node.properties === undefined);
+    const leaves = configSchemaNodes().filter(({ node }) => node.properties === undefined);
     assert.ok(leaves.length > 50, `found ${leaves.length} fields`);
     for (const { path: leaf } of leaves) assert.ok(rendered.includes(`| \`${leaf}\` |`), `${leaf} is in the reference`);
     for (const { variable, path: field } of environmentOverrides) {
@@ -47,7 +26,7 @@ describe('the configuration reference (docs/configuration.md)', () => {
   });
 
   it('keeps every description of the schema, a group\'s (what holds for all its fields) included', () => {
-    const described = schemaNodes().filter(({ node }) => node.description !== undefined);
+    const described = configSchemaNodes().filter(({ node }) => node.description !== undefined);
     for (const { path: field, node } of described) assert.ok(rendered.includes(node.description!.replace(/\|/g, '\\|')), `the description of ${field} is in the reference`);
     assert.match(row('scheduler.logs'), /\| embedded: how much of each task's stdout and stderr is kept.* Nomad jobs keep 3 files of 10 MB per stream/);
   });

@@ -3,7 +3,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ValidationError } from '../../controller/api/schemas.js';
-import { loadConfig } from '../../controller/config/config.js';
+import { loadConfig, redactSecrets } from '../../controller/config/config.js';
+import { configSchemaNodes } from '../support/config-schema.js';
 
 describe('configuration', () => {
   let dir: string;
@@ -168,5 +169,23 @@ describe('configuration', () => {
     assert.throws(() => loadConfig(write('idle: { warningSeconds: 60, activityWriteIntervalSeconds: 60 }\n'), {}), /\/idle\/activityWriteIntervalSeconds/);
     assert.throws(() => loadConfig(write('lifecycle: { maxLifetimeSeconds: 100 }\n'), {}), /\/lifecycle\/maxLifetimeSeconds: must be above idle.warningSeconds/);
     assert.throws(() => loadConfig(write('limits: { maxSessions: 0 }\n'), {}), /\/limits\/maxSessions: must be >= 1/);
+  });
+
+  it('reads every secret as "<set>" for printing, and leaves everything else as it is', () => {
+    const secrets = { CONSUL_HTTP_TOKEN: 'c-token', NOMAD_TOKEN: 'n-token', MANTICORE_JWT_SECRET: 'j'.repeat(32), MANTICORE_ADMIN_TOKEN: 'a'.repeat(32) };
+    const config = loadConfig(undefined, secrets);
+    const redacted = redactSecrets(config);
+    assert.deepEqual(redacted, {
+      ...config,
+      store: { ...config.store, consul: { ...config.store.consul, token: '<set>' } },
+      scheduler: { ...config.scheduler, nomad: { ...config.scheduler.nomad, token: '<set>' } },
+      auth: { ...config.auth, jwt: { ...config.auth.jwt, secret: '<set>' }, adminToken: '<set>' },
+    });
+    assert.equal(config.auth.adminToken, 'a'.repeat(32), 'the configuration itself keeps them');
+    // Unset, they stay unset: the output does not claim a token that is not there.
+    assert.equal(JSON.stringify(redactSecrets(loadConfig(undefined, {}))), JSON.stringify(loadConfig(undefined, {})));
+    // A field added to the schema for a credential must be redacted too.
+    const credentials = configSchemaNodes().filter(({ path: field }) => /(token|secret|password|credential)$/i.test(field)).map(({ path: field }) => field);
+    assert.deepEqual(credentials.sort(), ['auth.adminToken', 'auth.jwt.secret', 'scheduler.nomad.token', 'store.consul.token']);
   });
 });
