@@ -470,6 +470,8 @@ export class HaproxyProcess {
     const deadline = Date.now() + this.readyTimeoutMs;
     let lastError: unknown;
     for (;;) {
+      // Nothing will answer once HAProxy has exited: waiting on would only hold the process open until the deadline.
+      if (this.child === undefined) throw new Error(`HAProxy exited while waiting for ${what}`, { cause: lastError });
       try {
         const value = await probe();
         if (value !== undefined) return value;

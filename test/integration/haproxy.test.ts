@@ -483,6 +483,23 @@ describe('HAProxy process start-up failures (real haproxy)', function () {
     }
   });
 
+  it('stops waiting for a HAProxy that exited during start-up, however long it would wait', async () => {
+    const blocker = net.createServer();
+    const port = await listen(blocker);
+    try {
+      const range = await freePortRange(2);
+      const p = new HaproxyProcess({ runDir, template: TEMPLATE, values: { httpBind: `127.0.0.1:${port}`, tcpBind: `127.0.0.1:${range.start}-${range.end}` }, log: silentLogger(), readyTimeoutMs: 600_000 });
+      const probes = sinon.spy(p, 'processes');
+      await assert.rejects(p.start(), /HAProxy did not start/);
+      const after = probes.callCount;
+      // A readiness poll still running would ask every 20 ms (and hold a CLI's exit for ten minutes).
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      assert.equal(probes.callCount, after, 'HAProxy is still asked whether it is ready after it exited');
+    } finally {
+      await closeServer(blocker);
+    }
+  });
+
   it('finds the haproxy binary when it is not on PATH', async () => {
     const found = await resolveHaproxyBinary('haproxy', path.join(runDir, 'empty-path'));
     assert.ok(path.isAbsolute(found) && fs.existsSync(found), `resolved to ${found}`);
