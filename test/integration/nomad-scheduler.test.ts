@@ -8,7 +8,7 @@ import type { SessionTemplate } from '../../controller/api/types.js';
 import { canonicalJson } from '../../controller/scheduler/local-scheduler.js';
 import { REPLACES_META_KEY, SPEC_HASH_META_KEY, type NomadJobOptions } from '../../controller/scheduler/nomad-job.js';
 import { NomadScheduler } from '../../controller/scheduler/nomad-scheduler.js';
-import type { WorkloadStep } from '../../controller/scheduler/scheduler.js';
+import type { RenderedJob, Workload, WorkloadStep } from '../../controller/scheduler/scheduler.js';
 import { silentLogger } from '../../controller/util/log.js';
 import { WorkloadRecorder, contractRequest, describeSchedulerContract } from '../contract/scheduler-contract.js';
 import { NomadDouble, type NomadDoubleOptions } from '../fakes/nomad.js';
@@ -168,6 +168,16 @@ function record(scheduler: NomadScheduler): WorkloadRecorder {
   const recorder = new WorkloadRecorder(scheduler);
   recorders.push(recorder);
   return recorder;
+}
+
+/** A double, a scheduler on it with a recorder, and a demo job registered through it, once healthy. */
+async function healthyDemoJob(): Promise<{ double: NomadDouble; scheduler: NomadScheduler; recorder: WorkloadRecorder; job: RenderedJob; healthy: Workload }> {
+  const double = await startDouble();
+  const scheduler = await startScheduler(double.address);
+  const recorder = record(scheduler);
+  const job = scheduler.render(contractRequest(demo, session()));
+  await scheduler.register(job);
+  return { double, scheduler, recorder, job, healthy: await recorder.healthy(job) };
 }
 
 /** PUTs a job straight to Nomad, bypassing the scheduler (another user of the cluster). */
@@ -339,12 +349,7 @@ describe('Nomad scheduler', function () {
     });
 
     it('reports a killed task as unhealthy, then healthy again after Nomad restarts it in place', async function () {
-      const double = await startDouble();
-      const scheduler = await startScheduler(double.address);
-      const recorder = record(scheduler);
-      const job = scheduler.render(contractRequest(demo, session()));
-      await scheduler.register(job);
-      const before = await recorder.healthy(job);
+      const { double, recorder, job, healthy: before } = await healthyDemoJob();
       const allocId = before.allocation?.id ?? '';
       double.killTask(allocId, 'core');
       const down = await recorder.until(job.id, 'unhealthy after the kill', (workload) => workload.allocation?.healthy === false);
@@ -537,12 +542,7 @@ describe('Nomad scheduler', function () {
     });
 
     it('drops what it holds of a purged job (its allocations and evaluations too); the same id registered again computes afresh', async function () {
-      const double = await startDouble();
-      const scheduler = await startScheduler(double.address);
-      const recorder = record(scheduler);
-      const job = scheduler.render(contractRequest(demo, session()));
-      await scheduler.register(job);
-      const first = await recorder.healthy(job);
+      const { double, scheduler, recorder, job, healthy: first } = await healthyDemoJob();
       const one = scheduler.cacheSizes();
       assert.equal(one.jobs, 1);
       assert.ok(one.allocations >= 1 && one.evaluations >= 1, JSON.stringify(one));
@@ -565,12 +565,7 @@ describe('Nomad scheduler', function () {
     });
 
     it('reports a job stopped behind its back (nomad job stop, without -purge) as gone, and register() starts it again', async function () {
-      const double = await startDouble();
-      const scheduler = await startScheduler(double.address);
-      const recorder = record(scheduler);
-      const job = scheduler.render(contractRequest(demo, session()));
-      await scheduler.register(job);
-      const first = await recorder.healthy(job);
+      const { double, scheduler, recorder, job, healthy: first } = await healthyDemoJob();
       const stopped = await fetch(`${double.address}/v1/job/${job.id}`, { method: 'DELETE' });
       assert.equal(stopped.status, 200);
       // Read as a job still waiting for placement, it would never be registered again.
