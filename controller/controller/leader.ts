@@ -124,6 +124,8 @@ export class LeaderElection implements Leadership {
   private renewTimer: unknown;
   private stepDownTimer: unknown;
   private retryTimer: unknown;
+  /** Its own timer: an attempt clears retryTimer, and must not cancel the watch's restart with it. */
+  private watchRetryTimer: unknown;
   private stopped = true;
 
   constructor(private readonly options: LeaderElectionOptions) {
@@ -148,7 +150,7 @@ export class LeaderElection implements Leadership {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    for (const timer of [this.renewTimer, this.stepDownTimer, this.retryTimer]) this.clock.clearTimeout(timer);
+    for (const timer of [this.renewTimer, this.stepDownTimer, this.retryTimer, this.watchRetryTimer]) this.clock.clearTimeout(timer);
     this.watch?.unsubscribe();
     await this.competition;
     const session = this.session;
@@ -184,12 +186,13 @@ export class LeaderElection implements Leadership {
   }
 
   private watchKey(): void {
+    if (this.stopped) return;
     const { key } = this.options;
     this.watch = this.options.store.watch(key).subscribe({
       next: (step) => this.observe(step),
       error: (error: unknown) => {
         this.log.warn({ err: error }, 'watching the leader key failed; watching again');
-        this.retryTimer = this.clock.setTimeout(() => this.watchKey(), this.retryMs);
+        this.watchRetryTimer = this.clock.setTimeout(() => this.watchKey(), this.retryMs);
       },
     });
   }

@@ -3,7 +3,10 @@ import { LeaderElection, type LeaderRecord } from '../../controller/controller/l
 import { ConsulStore } from '../../controller/store/consul-store.js';
 import { MIN_SESSION_TTL_SECONDS, type LockService } from '../../controller/store/lock.js';
 import { ConsulDouble } from '../fakes/consul.js';
-import { createSession, ControllerHarness, keys, testLog } from '../support/controller-harness.js';
+import { merge, mergeMap, Subject, throwError } from 'rxjs';
+import type { Store } from '../../controller/store/store.js';
+import type { Clock } from '../../controller/util/clock.js';
+import { createSession, ControllerHarness, delegatingStore, keys, testLog } from '../support/controller-harness.js';
 import { FakeScheduler } from '../support/fake-scheduler.js';
 import { waitFor } from '../support/wait.js';
 
@@ -22,6 +25,26 @@ class PartitionableLocks implements LockService {
   private async pass<T>(call: () => Promise<T>): Promise<T> {
     if (this.cut) throw new Error('partitioned');
     return call();
+  }
+}
+
+/** Timers that fire only when told to: what a test steps through in order. */
+class SteppedClock implements Clock {
+  private readonly timers = new Map<number, () => void>();
+  private nextId = 0;
+  now(): number {
+    return Date.now();
+  }
+  setTimeout(callback: () => void, _delayMs: number): unknown {
+    this.timers.set(++this.nextId, callback);
+    return this.nextId;
+  }
+  clearTimeout(timer: unknown): void {
+    this.timers.delete(timer as number);
+  }
+  /** Fires every timer pending now, in the order they were set (one cleared by an earlier one does not fire). */
+  fireAll(): void {
+    for (const [id, callback] of [...this.timers]) if (this.timers.delete(id)) callback();
   }
 }
 
@@ -87,6 +110,36 @@ describe('Leader election (Consul double)', function () {
     assert.ok(entry!.session);
     await waitFor('standbys see the leader', () => all.every((r) => r.election.leader()?.pid === record.pid));
     assert.equal(leaders().length, 1);
+  });
+
+  it('watches the key again after a failed watch, even when a retry to win it runs first, and so takes over', async function () {
+    const a = replica(1).election;
+    a.start();
+    await waitFor('a leads', () => a.leading);
+    // B's watch of the key fails once (Consul answering 403), and its first attempt to win it fails (a 500).
+    const breakWatch = new Subject<void>();
+    const flakyStore: Store = { ...delegatingStore(store), watch: (prefix, index) => merge(store.watch(prefix, index), breakWatch.pipe(mergeMap(() => throwError(() => new Error('Consul answered 403'))))) };
+    let acquireFailures = 1;
+    const flakyLocks: LockService = {
+      createSession: (options) => store.createSession(options),
+      renewSession: (id) => store.renewSession(id),
+      destroySession: (id) => store.destroySession(id),
+      release: (key, session) => store.release(key, session),
+      acquire: async (key, value, session) => {
+        if (acquireFailures-- > 0) throw new Error('Consul answered 500');
+        return store.acquire(key, value, session);
+      },
+    };
+    const clock = new SteppedClock();
+    const b = new LeaderElection({ store: flakyStore, locks: flakyLocks, key: keys.leader, ttlSeconds: TTL_SECONDS, lockDelaySeconds: LOCK_DELAY_SECONDS, log: testLog, identity: { host: 'test-host', pid: 2 }, retryMs: 200, clock });
+    replicas.push({ election: b, locks: new PartitionableLocks(store), changedAt: {} });
+    b.start();
+    await waitFor('b sees a lead', () => b.leader()?.pid === 1);
+    breakWatch.next();
+    // The retry to win the key fires first: it must not cancel the watch's restart.
+    clock.fireAll();
+    await a.stop();
+    await waitFor('b takes over once a released the key', () => b.leading);
   });
 
   it('hands over within a second when the leader stops', async function () {
