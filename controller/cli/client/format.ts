@@ -87,7 +87,8 @@ export function clusterView(cluster: ClusterStatus): string {
       ? 'no controller replicas\n'
       : table(
           ['REPLICA', 'PID', 'ROLE', 'HEARTBEAT', 'STARTED'],
-          cluster.replicas.map((replica) => [replica.host, String(replica.pid), replica.live ? (replica.leading ? 'leader' : 'standby') : 'stale', replica.heartbeatAt, replica.startedAt]),
+          // The leader is who holds the key: a killed leader's last heartbeat still says `leading` until it goes stale.
+          cluster.replicas.map((replica) => [replica.host, String(replica.pid), replica.live ? (replica.host === leader?.host && replica.pid === leader.pid ? 'leader' : 'standby') : 'stale', replica.heartbeatAt, replica.startedAt]),
         ),
     cluster.routers.length === 0
       ? 'no routers\n'
