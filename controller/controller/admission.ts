@@ -157,9 +157,10 @@ export class Admission {
       if (this.window === Infinity) this.probing.clear();
     }
     setMember(this.holding, id, holding);
-    const timesChanged =
-      this.track(this.expiries, id, holding ? parseTime(status?.expiresAt) : undefined) ||
-      this.track(this.admittedAt, id, holding && status?.readyAt === undefined ? parseTime(status?.admittedAt) : undefined);
+    // Both are tracked whatever the first says: Ready brings an expiry and ends the start in one write.
+    const expiryChanged = this.track(this.expiries, id, holding ? parseTime(status?.expiresAt) : undefined);
+    const startChanged = this.track(this.admittedAt, id, holding && status?.readyAt === undefined ? parseTime(status?.admittedAt) : undefined);
+    const timesChanged = expiryChanged || startChanged;
     const admitted = parseTime(status?.admittedAt);
     const ready = parseTime(status?.readyAt);
     if (holding && admitted !== undefined && ready !== undefined && !this.startDurations.has(id)) this.startDurations.set(id, ready - admitted);

@@ -67,6 +67,45 @@ describe('admission: the waiting list', () => {
     assert.equal(position(11), 2);
   });
 
+  it('estimates starts as a restarted controller would, once starting sessions became Ready (their start no longer counted)', () => {
+    const now = 1_000_000;
+    const iso = (ms: number): string => new Date(ms).toISOString();
+    const limited = (): Admission =>
+      new Admission({ sessions, statuses, routes }, { maxSessions: 10, maxStarting: 1, sessionsPerUser: 1, capacityRetryMs: 60_000 }, () => now, () => undefined, () => undefined);
+    const setStatus = (n: number, fields: Partial<SessionStatus>): void =>
+      statuses.upsert(id(n), record(id(n), { phase: 'Starting', observedGeneration: 1, conditions: [], endpoints: {}, events: [], ...fields }));
+    const live = limited();
+    live.load([]);
+    // Sessions 0 and 1 were admitted, started in 30 s each, and became Ready (an expiry with it), one change at a time.
+    for (const n of [0, 1]) {
+      addSession(n);
+      live.refresh(id(n));
+      addClaim(n);
+      live.refresh(id(n));
+      setStatus(n, { admittedAt: iso(900_000) });
+      live.refresh(id(n));
+      setStatus(n, { phase: 'Ready', admittedAt: iso(900_000), readyAt: iso(930_000), expiresAt: iso(now + 3_600_000) });
+      live.refresh(id(n));
+    }
+    // Session 2 is starting; with maxStarting 1, sessions 3, 4 and 5 each wait for the start before them.
+    addSession(2);
+    addClaim(2);
+    setStatus(2, { admittedAt: iso(990_000) });
+    live.refresh(id(2));
+    for (const n of [3, 4, 5]) {
+      addSession(n);
+      live.refresh(id(n));
+    }
+    const restarted = limited();
+    restarted.load(sessions.ids());
+    const estimates = (of: Admission): Array<number | undefined> => [3, 4, 5].map((n) => {
+      const decision = of.decide(id(n));
+      return decision.admit ? undefined : decision.estimatedStartAt;
+    });
+    assert.deepEqual(estimates(restarted), [1_020_000, 1_050_000, 1_080_000]);
+    assert.deepEqual(estimates(live), estimates(restarted));
+  });
+
   it('takes the session that leaves out of the list, not another, even when a creation time cannot be ordered', () => {
     for (let n = 0; n < 10; n++) {
       addSession(n);
