@@ -18,7 +18,11 @@ export interface AdmissionState {
   readonly routes: Cache<CachedRecord<RouteRecord>>;
 }
 
-export type WaitReason = 'ClusterFull' | 'StartLimit' | 'InsufficientCapacity' | 'NoFreePort' | 'NoListenerCapacity' | 'Queued';
+/**
+ * Why a session waits. `InsufficientCapacity` is kept for the sessions the scheduler turned away (the list
+ * reads it back from their status); `WaitingForRoom` is everyone else's while that is being sorted out.
+ */
+export type WaitReason = 'ClusterFull' | 'StartLimit' | 'InsufficientCapacity' | 'WaitingForRoom' | 'NoFreePort' | 'NoListenerCapacity' | 'Queued';
 
 export type AdmissionDecision =
   | { readonly admit: true }
@@ -207,11 +211,14 @@ export class Admission {
       ...(estimatedStartAt === undefined ? {} : { estimatedStartAt }),
       ...(retryAt === undefined ? {} : { retryAt }),
     });
+    // A session waiting behind one the scheduler turned away was not turned away itself: were its status to say
+    // InsufficientCapacity, the list would read it back as turned away (to the head, the window reset).
+    const capacityReason = waiter.capacityBlockedSince === undefined ? 'WaitingForRoom' : 'InsufficientCapacity';
     if (blockedUntil !== undefined) {
-      return wait('InsufficientCapacity', 'the cluster has no room for another session; retrying as soon as room appears', blockedUntil);
+      return wait(capacityReason, 'the cluster has no room for another session; retrying as soon as room appears', blockedUntil);
     }
     if (this.holding.size >= maxSessions) return wait('ClusterFull', `all ${maxSessions} session slots are in use`);
-    if (this.window !== Infinity) return wait('InsufficientCapacity', 'the cluster was full; sessions are admitted a few at a time until it has room');
+    if (this.window !== Infinity) return wait(capacityReason, 'the cluster was full; sessions are admitted a few at a time until it has room');
     if (this.starting.size >= maxStarting) return wait('StartLimit', `${maxStarting} sessions are starting; waiting for one to be ready`);
     const ports = this.portRoom?.();
     if (ports !== undefined && position > ports.free) return wait(ports.reason, ports.message);

@@ -138,7 +138,7 @@ describe('lifecycle: waiting list and room', () => {
     await waitFor('ann’s job and claim released', async () => h.scheduler.workload(a!) === undefined && (await routesOf(h.store, a!)) === undefined);
     // Bob had been admitted alongside; the head waits for room, and nobody overtakes it.
     const c = await createSession(h.store, { owner: 'cid' });
-    await statusWhen(h.store, c, (s) => s.queuePosition === 2 && condition(s, 'Admitted') === 'False/InsufficientCapacity');
+    await statusWhen(h.store, c, (s) => s.queuePosition === 2 && condition(s, 'Admitted') === 'False/WaitingForRoom');
     const registrations = h.scheduler.registrations.length;
     assert.ok(h.scheduler.workload(b!));
 
@@ -147,6 +147,24 @@ describe('lifecycle: waiting list and room', () => {
     await makeReady(h, a!, 31100);
     await makeReady(h, c, 31200);
     assert.equal(h.scheduler.registrations.length, registrations + 2);
+  });
+
+  it('lets in a session that waited behind the few-at-a-time window once the retried one is placed, not taking it for turned away', async () => {
+    h = await ControllerHarness.embedded({ capacityRetryMs: 5 * minute });
+    const [a] = await createInOrder(h, ['ann']);
+    await waitFor('ann registered', () => h.scheduler.workload(a!));
+    h.scheduler.place(a!, 'Resources exhausted on 1 node: memory');
+    await statusWhen(h.store, a!, (s) => condition(s, 'Admitted') === 'False/InsufficientCapacity');
+    await waitFor('ann released', async () => h.scheduler.workload(a!) === undefined && (await routesOf(h.store, a!)) === undefined);
+    // A node joins: ann is tried again, alone; bob, arriving meanwhile, waits for the window.
+    h.scheduler.capacity.next();
+    await waitFor('ann registered again', () => h.scheduler.workload(a!));
+    const b = await createSession(h.store, { owner: 'bob' });
+    await statusWhen(h.store, b, (s) => s.phase === 'Waiting' && condition(s, 'Admitted') === 'False/WaitingForRoom');
+    // Ann is placed: there is room, so bob goes in without waiting for the capacity retry (5 minutes away).
+    await makeReady(h, a!, 31100);
+    await waitFor('bob registered once ann was placed', () => h.scheduler.workload(b));
+    await makeReady(h, b, 31200);
   });
 
   it('retries a session turned away for capacity after capacityRetry at the latest', async () => {
