@@ -3,7 +3,7 @@ import { clusterView } from '../../controller/cli/client/format.js';
 import type { ClusterStatus } from '../../controller/frontend/cluster.js';
 
 describe('manticore status: the cluster view', () => {
-  it('names as leader only the replica that holds the leader key, not a killed one whose last heartbeat still says so', () => {
+  it('names as leader only the replica that holds the leader key, not a killed one whose last heartbeat still says so; without a key, the one that says so', () => {
     const now = Date.parse('2026-01-01T00:00:30Z');
     const at = (agoMs: number): string => new Date(now - agoMs).toISOString();
     const cluster: ClusterStatus = {
@@ -18,10 +18,13 @@ describe('manticore status: the cluster view', () => {
       routes: 0,
       sessions: { total: 0, byPhase: { Pending: 0, Waiting: 0, Starting: 0, Ready: 0, Terminating: 0, Failed: 0 }, oldestWaitingSince: null },
     };
-    const roles = clusterView(cluster)
-      .split('\n')
-      .filter((line) => line.startsWith('ctl-'))
-      .map((line) => line.split(/\s+/).slice(0, 3).join(' '));
-    assert.deepEqual(roles, ['ctl-a 1 standby', 'ctl-b 2 leader', 'ctl-c 3 stale']);
+    const roles = (view: ClusterStatus): string[] =>
+      clusterView(view)
+        .split('\n')
+        .filter((line) => line.startsWith('ctl-'))
+        .map((line) => line.split(/\s+/).slice(0, 3).join(' '));
+    assert.deepEqual(roles(cluster), ['ctl-a 1 standby', 'ctl-b 2 leader', 'ctl-c 3 stale']);
+    // No leader key (the embedded store, one process): the replica's own word.
+    assert.deepEqual(roles({ ...cluster, leader: null, replicas: cluster.replicas.slice(1) }), ['ctl-b 2 leader', 'ctl-c 3 stale']);
   });
 });

@@ -87,8 +87,12 @@ export function clusterView(cluster: ClusterStatus): string {
       ? 'no controller replicas\n'
       : table(
           ['REPLICA', 'PID', 'ROLE', 'HEARTBEAT', 'STARTED'],
-          // The leader is who holds the key: a killed leader's last heartbeat still says `leading` until it goes stale.
-          cluster.replicas.map((replica) => [replica.host, String(replica.pid), replica.live ? (replica.host === leader?.host && replica.pid === leader.pid ? 'leader' : 'standby') : 'stale', replica.heartbeatAt, replica.startedAt]),
+          // The leader is who holds the key, when there is one (a killed leader's last heartbeat still says `leading`
+          // until it goes stale); without a key (the embedded store's one process) it is what the heartbeat says.
+          cluster.replicas.map((replica) => {
+            const leads = leader ? replica.host === leader.host && replica.pid === leader.pid : replica.leading;
+            return [replica.host, String(replica.pid), replica.live ? (leads ? 'leader' : 'standby') : 'stale', replica.heartbeatAt, replica.startedAt];
+          }),
         ),
     cluster.routers.length === 0
       ? 'no routers\n'
