@@ -38,6 +38,15 @@ async function gone(h: ControllerHarness, id: string): Promise<void> {
 }
 
 /** Sessions created one second apart, oldest first, so the waiting list order is known. */
+/** The scheduler turns the session's first placement away: it waits with its job and claim released; its status then. */
+async function turnAway(h: ControllerHarness, id: string): Promise<SessionStatus> {
+  await waitFor('registered', () => h.scheduler.workload(id));
+  h.scheduler.place(id, 'Resources exhausted on 1 node: memory');
+  const waiting = await statusWhen(h.store, id, (s) => condition(s, 'Admitted') === 'False/InsufficientCapacity');
+  await waitFor('its job and claim released', async () => h.scheduler.workload(id) === undefined && (await routesOf(h.store, id)) === undefined);
+  return waiting;
+}
+
 async function createInOrder(h: ControllerHarness, owners: string[]): Promise<string[]> {
   const base = Date.now() - 60 * minute;
   const ids: string[] = [];
@@ -130,12 +139,10 @@ describe('lifecycle: waiting list and room', () => {
   it('sends a session the scheduler cannot place back to the head of the list, and retries when room appears', async () => {
     h = await ControllerHarness.embedded({ limits: { maxSessions: 10 } });
     const [a, b] = await createInOrder(h, ['ann', 'bob']);
-    await waitFor('ann registered', () => h.scheduler.workload(a!));
-    h.scheduler.place(a!, 'Resources exhausted on 1 node: memory');
-    const waiting = await statusWhen(h.store, a!, (s) => s.phase === 'Waiting' && condition(s, 'Admitted') === 'False/InsufficientCapacity');
+    const waiting = await turnAway(h, a!);
+    assert.equal(waiting.phase, 'Waiting');
     assert.equal(waiting.queuePosition, 1);
     assert.match(waiting.conditions[0]!.message, /memory/);
-    await waitFor('ann’s job and claim released', async () => h.scheduler.workload(a!) === undefined && (await routesOf(h.store, a!)) === undefined);
     // Bob had been admitted alongside; the head waits for room, and nobody overtakes it.
     const c = await createSession(h.store, { owner: 'cid' });
     await statusWhen(h.store, c, (s) => s.queuePosition === 2 && condition(s, 'Admitted') === 'False/WaitingForRoom');
@@ -152,10 +159,7 @@ describe('lifecycle: waiting list and room', () => {
   it('lets in a session that waited behind the few-at-a-time window once the retried one is placed, not taking it for turned away', async () => {
     h = await ControllerHarness.embedded({ capacityRetryMs: 5 * minute });
     const [a] = await createInOrder(h, ['ann']);
-    await waitFor('ann registered', () => h.scheduler.workload(a!));
-    h.scheduler.place(a!, 'Resources exhausted on 1 node: memory');
-    await statusWhen(h.store, a!, (s) => condition(s, 'Admitted') === 'False/InsufficientCapacity');
-    await waitFor('ann released', async () => h.scheduler.workload(a!) === undefined && (await routesOf(h.store, a!)) === undefined);
+    await turnAway(h, a!);
     // A node joins: ann is tried again, alone; bob, arriving meanwhile, waits for the window.
     h.scheduler.capacity.next();
     await waitFor('ann registered again', () => h.scheduler.workload(a!));
@@ -170,10 +174,7 @@ describe('lifecycle: waiting list and room', () => {
   it('retries a session turned away for capacity after capacityRetry at the latest', async () => {
     h = await ControllerHarness.embedded({ capacityRetryMs: 5 * minute });
     const [a] = await createInOrder(h, ['ann']);
-    await waitFor('registered', () => h.scheduler.workload(a!));
-    h.scheduler.place(a!, 'Resources exhausted');
-    await statusWhen(h.store, a!, (s) => condition(s, 'Admitted') === 'False/InsufficientCapacity');
-    await waitFor('released', () => h.scheduler.workload(a!) === undefined);
+    await turnAway(h, a!);
     h.tick(5 * minute);
     await waitFor('registered again', () => h.scheduler.workload(a!));
   });
