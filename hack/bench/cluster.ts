@@ -11,6 +11,7 @@ import { RecordingDataPlane } from '../../test/support/controller-harness.js';
 import { freePort } from '../../test/support/ports.js';
 import { waitFor } from '../../test/support/wait.js';
 import { cli, repoRoot } from './paths.js';
+import { treeCpuSeconds } from './process-stats.js';
 
 export const keys = new Keys('manticore/');
 
@@ -27,7 +28,8 @@ export class Doubles {
   private constructor(
     readonly consulAddress: string,
     readonly nomadAddress: string,
-    private readonly children: readonly ChildProcess[],
+    private readonly consul: ChildProcess,
+    private readonly nomad: ChildProcess,
   ) {}
 
   static async start(nomadNodes: number): Promise<Doubles> {
@@ -35,7 +37,7 @@ export class Doubles {
     const nomad = spawnDouble(['nomad', String(nomadNodes)]);
     try {
       const [consulAddress, nomadAddress] = await Promise.all([consul.address, nomad.address]);
-      return new Doubles(consulAddress, nomadAddress, [consul.child, nomad.child]);
+      return new Doubles(consulAddress, nomadAddress, consul.child, nomad.child);
     } catch (error) {
       for (const child of [consul.child, nomad.child]) child.kill('SIGKILL');
       throw error;
@@ -43,7 +45,15 @@ export class Doubles {
   }
 
   async stop(): Promise<void> {
-    await Promise.all(this.children.map((child) => stopChild(child)));
+    await Promise.all([this.consul, this.nomad].map((child) => stopChild(child)));
+  }
+
+  /** The doubles' processes by name. */
+  processes(): Array<{ readonly name: string; readonly pid: number }> {
+    return [
+      { name: 'Consul double', pid: this.consul.pid! },
+      { name: 'Nomad double', pid: this.nomad.pid! },
+    ];
   }
 }
 
@@ -107,6 +117,8 @@ export class BenchCluster {
   controllerStatusPort = 0;
   frontendUrl = '';
   private readonly children = new Set<ChildProcess>();
+  /** The running process of each role. */
+  private readonly roles = new Map<'controller' | 'frontend' | 'router', ChildProcess>();
   private recordingRouter: RouterAgent | undefined;
   private configFile = '';
 
@@ -178,6 +190,7 @@ export class BenchCluster {
     });
     fs.closeSync(logFile);
     this.children.add(child);
+    this.roles.set(role, child);
     child.once('exit', (code, signal) => {
       this.children.delete(child);
       if (code !== 0 && signal === null) this.options.log.error({ role, code, output: fs.readFileSync(logPath, 'utf8').slice(-2_000) }, 'a Manticore process exited');
@@ -193,6 +206,15 @@ export class BenchCluster {
   /** SIGTERM to the controller (it hands its leadership over), resolved when it has exited. */
   async stopController(): Promise<void> {
     if (this.controller) await stopChild(this.controller);
+  }
+
+  /**
+   * CPU seconds used so far by each process of the system under test: Manticore's roles (the router with
+   * its HAProxy) and the doubles.
+   */
+  cpuSeconds(): Map<string, number> {
+    const processes = [...[...this.roles].map(([name, child]) => ({ name, pid: child.pid! })), ...this.doubles.processes()];
+    return new Map(processes.map(({ name, pid }) => [name, treeCpuSeconds(pid)]));
   }
 
   /** The sum of a metric's series, or of one series when `name` carries its labels (`name{label="value"}`). */

@@ -14,6 +14,36 @@ export function cpuSeconds(pid: number): number {
   return (utime + stime) / TICKS_PER_SECOND;
 }
 
+/** A process and its descendants (e.g. the router and its HAProxy), from /proc's child lists. */
+export function processTree(pid: number): number[] {
+  const tree = [pid];
+  for (let n = 0; n < tree.length; n++) {
+    const parent = tree[n]!;
+    try {
+      for (const task of fs.readdirSync(`/proc/${parent}/task`)) {
+        const children = fs.readFileSync(`/proc/${parent}/task/${task}/children`, 'utf8').trim();
+        if (children !== '') tree.push(...children.split(' ').map(Number));
+      }
+    } catch {
+      // Gone meanwhile: it has no more children to count.
+    }
+  }
+  return tree;
+}
+
+/** CPU time of a process and its descendants that are alive now, in seconds. */
+export function treeCpuSeconds(pid: number): number {
+  let total = 0;
+  for (const member of processTree(pid)) {
+    try {
+      total += cpuSeconds(member);
+    } catch {
+      // Exited between listing and reading.
+    }
+  }
+  return total;
+}
+
 /** Resident memory of a process in MiB, from /proc/<pid>/status (VmRSS). */
 export function residentMiB(pid: number): number {
   const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');

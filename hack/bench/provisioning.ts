@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
+import os from 'node:os';
 import { loadTemplates } from '../../controller/api/templates.js';
 import type { RouteRecord, SessionRecord, SessionStatus } from '../../controller/api/types.js';
 import { renderJobFor } from '../../controller/cli/render-job.js';
@@ -44,6 +45,12 @@ export const provisioningScenario: Scenario = {
     result.figure('storeWritesPerSession', 'store writes per session (all processes, a shared transaction once; the floor makes 3)', run.perSession.storeWrites, '');
     result.figure('registrationsPerSession', 'Nomad registrations per session', run.perSession.registrations, '');
     result.figure('reconcilesPerSession', 'reconciles per session', run.perSession.reconciles, '');
+    for (const [name, seconds] of run.cpuSeconds) {
+      result.figure(`cpuPerSession_${name.replace(/\W+/g, '_')}`, `CPU per session: ${name}`, (seconds * 1_000) / run.accepted, 'ms');
+    }
+    const cpuTotal = [...run.cpuSeconds.values()].reduce((sum, seconds) => sum + seconds, 0);
+    result.figure('cpuPerSession', 'CPU per session: all of them', (cpuTotal * 1_000) / run.accepted, 'ms');
+    result.figure('cpuBusy', `CPU used of the ${os.cpus().length} cores, first create to all Ready seen`, (100 * cpuTotal) / (run.busySeconds * os.cpus().length), '%');
     for (const stage of run.stagesMs) {
       result.figure(`${stage.from}To${stage.to}P50`, `${stage.from}→${stage.to} p50`, stage.p50, 'ms');
       result.figure(`${stage.from}To${stage.to}P99`, `${stage.from}→${stage.to} p99`, stage.p99, 'ms');
@@ -141,6 +148,10 @@ interface ProductRun {
   readonly createSeconds: number;
   readonly allReadySeconds: number;
   readonly createToReadyMs: { readonly p50: number; readonly p99: number };
+  /** CPU seconds each process used from the first create until all were seen Ready. */
+  readonly cpuSeconds: ReadonlyMap<string, number>;
+  /** From the first create until all were seen Ready (read every second, so up to a second late). */
+  readonly busySeconds: number;
   /** The work done per session: store writes (all processes), Nomad registrations, reconciles. */
   readonly perSession: { readonly storeWrites: number; readonly registrations: number; readonly reconciles: number };
   /** Where the time went: percentiles of each stage across the sessions. */
@@ -162,6 +173,7 @@ async function measureProduct(context: BenchContext, sessions: number, clients: 
     const indexBefore = await cluster.storeIndex();
     let accepted = 0;
     let refused = 0;
+    const cpuBefore = cluster.cpuSeconds();
     const firstCreate = Date.now();
     const startedAt = performance.now();
     await pool(sessions, clients, async (n) => {
@@ -176,6 +188,8 @@ async function measureProduct(context: BenchContext, sessions: number, clients: 
     const createSeconds = (performance.now() - startedAt) / 1000;
     // The figures come from the times the statuses record; the end is looked for once a second.
     await cluster.untilReady(accepted, 10 * 60_000, 1_000);
+    const busySeconds = (performance.now() - startedAt) / 1000;
+    const cpuSeconds = new Map([...cluster.cpuSeconds()].map(([name, seconds]) => [name, seconds - (cpuBefore.get(name) ?? 0)]));
     const work = {
       storeWrites: (await cluster.storeIndex()) - indexBefore,
       registrations: await cluster.registrations(),
@@ -190,6 +204,8 @@ async function measureProduct(context: BenchContext, sessions: number, clients: 
       createSeconds,
       allReadySeconds: (Math.max(...timelines.map((stages) => stages.ready)) - firstCreate) / 1000,
       createToReadyMs: { p50: percentile(latencies, 50), p99: percentile(latencies, 99) },
+      cpuSeconds,
+      busySeconds,
       perSession: { storeWrites: work.storeWrites / accepted, registrations: work.registrations / accepted, reconciles: work.reconciles / accepted },
       stagesMs: STAGES.map(([from, to]) => {
         const spans = timelines.map((stages) => stages[to] - stages[from]);
