@@ -8,6 +8,7 @@ import { loadTlsMaterial } from '../util/tls.js';
 import { pacingDelayMs } from '../util/watch-pacing.js';
 import {
   StoreError,
+  consulTxnOp,
   validateCas,
   validateKey,
   validatePrefix,
@@ -270,19 +271,7 @@ export class ConsulStore implements Store, LockService {
     validateTransaction(operations);
     for (const operation of operations) checkAddressable('transaction', operation.key);
     if (operations.length === 0) return true;
-    const body = operations.map((operation) => {
-      if (operation.verb === 'put') {
-        const Value = Buffer.from(operation.value, 'utf8').toString('base64');
-        // Consul's `cas` verb with Index 0 is "set only if absent", exactly our cas 0.
-        return operation.cas === undefined
-          ? { KV: { Verb: 'set', Key: operation.key, Value } }
-          : { KV: { Verb: 'cas', Key: operation.key, Value, Index: operation.cas } };
-      }
-      if (operation.verb === 'check-session') return { KV: { Verb: 'check-session', Key: operation.key, Session: operation.session } };
-      return operation.cas === undefined
-        ? { KV: { Verb: 'delete', Key: operation.key } }
-        : { KV: { Verb: 'delete-cas', Key: operation.key, Index: operation.cas } };
-    });
+    const body = operations.map((operation) => consulTxnOp(operation, operation.verb === 'put' ? Buffer.from(operation.value, 'utf8').toString('base64') : undefined));
     const response = await this.writeJson('transaction', first, '/txn', body);
     if (response.status === 200) return true;
     if (response.status === 409) {

@@ -52,8 +52,8 @@ export interface Store {
   /** Returns false when a compare-and-set did not apply. Deleting a missing key without cas succeeds. */
   delete(key: string, options?: WriteOptions): Promise<boolean>;
   /**
-   * Applies every operation or none (Consul's `/v1/txn`). At most `MAX_TXN_OPS` operations; more is a
-   * StoreError, never a partial write. Returns false, writing nothing, when a compare-and-set fails.
+   * Applies every operation or none (Consul's `/v1/txn`). At most `MAX_TXN_OPS` operations and
+   * `MAX_TXN_BYTES` (see transactionBytes); more is a StoreError, never a partial write. Returns false, writing nothing, when a compare-and-set fails.
    */
   transaction(operations: readonly TxnOperation[]): Promise<boolean>;
   /**
@@ -76,6 +76,40 @@ export type TxnOperation =
 
 /** Consul's cap on the operations of one transaction. */
 export const MAX_TXN_OPS = 64;
+/**
+ * Consul's cap on the request body of one transaction (txn_max_req_len, 512 KB), in which values count
+ * base64-encoded: a transaction can hold less than its values' limits add up to.
+ */
+export const MAX_TXN_BYTES = 512 * 1024;
+
+/** One operation as Consul's /v1/txn takes it. */
+export interface ConsulTxnOp {
+  readonly KV: { readonly Verb: string; readonly Key: string; readonly Value?: string; readonly Index?: number; readonly Session?: string };
+}
+
+/** `operation` in Consul's /v1/txn format, its value (a put's) given already base64-encoded. */
+export function consulTxnOp(operation: TxnOperation, encodedValue = ''): ConsulTxnOp {
+  const { key: Key } = operation;
+  if (operation.verb === 'put') {
+    // Consul's `cas` verb with Index 0 is "set only if absent", exactly our cas 0.
+    return operation.cas === undefined
+      ? { KV: { Verb: 'set', Key, Value: encodedValue } }
+      : { KV: { Verb: 'cas', Key, Value: encodedValue, Index: operation.cas } };
+  }
+  if (operation.verb === 'check-session') return { KV: { Verb: 'check-session', Key, Session: operation.session } };
+  return operation.cas === undefined ? { KV: { Verb: 'delete', Key } } : { KV: { Verb: 'delete-cas', Key, Index: operation.cas } };
+}
+
+/** The size of `operations` as the JSON array Consul's /v1/txn receives, without encoding any value. */
+export function transactionBytes(operations: readonly TxnOperation[]): number {
+  // The brackets and the commas between operations.
+  let bytes = 1 + Math.max(operations.length, 1);
+  for (const operation of operations) {
+    const valueBytes = operation.verb === 'put' ? Buffer.byteLength(operation.value, 'utf8') : 0;
+    bytes += Buffer.byteLength(JSON.stringify(consulTxnOp(operation)), 'utf8') + 4 * Math.ceil(valueBytes / 3);
+  }
+  return bytes;
+}
 
 /** Raised for store failures other than a failed compare-and-set, with the key and operation for context. */
 export class StoreError extends Error {
@@ -153,7 +187,7 @@ export function validateWatch(prefix: string, fromIndex: number | undefined): vo
   }
 }
 
-/** The operations of a transaction: at most MAX_TXN_OPS, each with a valid key, value and cas. */
+/** The operations of a transaction: at most MAX_TXN_OPS and MAX_TXN_BYTES, each with a valid key, value and cas. */
 export function validateTransaction(operations: readonly TxnOperation[]): void {
   const first = operations[0]?.key ?? '';
   if (operations.length > MAX_TXN_OPS) {
@@ -169,5 +203,9 @@ export function validateTransaction(operations: readonly TxnOperation[]): void {
     }
     if (operation.verb === 'put') validateValue('transaction', operation.key, operation.value);
     validateCas('transaction', operation.key, operation);
+  }
+  const bytes = transactionBytes(operations);
+  if (bytes > MAX_TXN_BYTES) {
+    throw new StoreError(`a transaction is at most ${MAX_TXN_BYTES} bytes as Consul receives it (values base64-encoded), got ${bytes}`, 'transaction', first);
   }
 }

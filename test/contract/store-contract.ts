@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import type { Observable, Subscription } from 'rxjs';
-import { MAX_TXN_OPS, StoreError, type KvChange, type KvEntry, type Store, type WatchStep } from '../../controller/store/store.js';
+import { MAX_TXN_BYTES, MAX_TXN_OPS, StoreError, transactionBytes, type KvChange, type KvEntry, type Store, type WatchStep } from '../../controller/store/store.js';
 
 /** A store to run the contract against, and how to dispose of it (called once per test, after the test). */
 export interface StoreUnderTest {
@@ -354,6 +354,22 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
         assert.equal((await store.list(ns)).entries.length, 0);
         assert.equal(await store.transaction(operations.slice(0, MAX_TXN_OPS)), true);
         assert.equal((await store.list(ns)).entries.length, MAX_TXN_OPS);
+      });
+
+      it("refuses a transaction larger than Consul's request limit (values counted base64-encoded), writing nothing", async function () {
+        // Each value is within the value limit; together, encoded, they are past the transaction's.
+        const third = 'v'.repeat(150 * 1024);
+        const operations = [0, 1, 2].map((i) => ({ verb: 'put' as const, key: `${ns}k${i}`, value: third }));
+        await assert.rejects(store.transaction(operations), (error: unknown) => error instanceof StoreError && /at most 524288 bytes/.test(error.message));
+        assert.equal((await store.list(ns)).entries.length, 0);
+        // Exactly at the limit applies (a real Consul counts the same bytes).
+        const room = (key: string): number => MAX_TXN_BYTES - transactionBytes([...operations.slice(0, 2), { verb: 'put', key, value: '' }]);
+        // base64 comes in fours: the key takes up the rest.
+        const key = `${ns}k2${'x'.repeat(room(`${ns}k2`) % 4)}`;
+        const last = { verb: 'put' as const, key, value: 'v'.repeat((room(key) / 4) * 3) };
+        assert.equal(transactionBytes([...operations.slice(0, 2), last]), MAX_TXN_BYTES);
+        assert.equal(await store.transaction([...operations.slice(0, 2), last]), true);
+        assert.equal((await store.list(ns)).entries.length, 3);
       });
 
       it('shows a watcher every change it made', async function () {
