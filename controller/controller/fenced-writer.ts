@@ -1,4 +1,4 @@
-import { MAX_TXN_OPS, type Store, type TxnOperation, type WriteOptions } from '../store/store.js';
+import { MAX_TXN_BYTES, MAX_TXN_OPS, transactionBytes, type Store, type TxnOperation, type WriteOptions } from '../store/store.js';
 
 /** The writes the reconciler makes. */
 export type StoreWriter = Pick<Store, 'put' | 'delete' | 'transaction'>;
@@ -8,6 +8,8 @@ const MAX_BATCHES_IN_FLIGHT = 4;
 
 interface PendingWrite {
   readonly operations: readonly TxnOperation[];
+  /** The operations' share of a transaction's size (see transactionBytes), a comma included. */
+  readonly bytes: number;
   readonly resolve: (written: boolean) => void;
   readonly reject: (error: unknown) => void;
 }
@@ -17,6 +19,8 @@ interface FencedBatch {
   readonly writes: PendingWrite[];
   /** Operations in the batch, the fence included. */
   size: number;
+  /** The batch's transaction size, the fence included. */
+  bytes: number;
 }
 
 /**
@@ -25,9 +29,10 @@ interface FencedBatch {
  * lost compare-and-set. Without one (the embedded store's sole leader) writes go to the store unchanged.
  *
  * Fenced writes made in the same turn of the event loop (many reconciles finishing together) share one
- * transaction, up to the store's operation cap: one round trip, and one wake-up of every watch of the
- * prefix, instead of one per session. A transaction is all or nothing, so when a shared one fails (one
- * member's compare-and-set lost, or an error) each member is sent again on its own and gets its own answer.
+ * transaction, up to the store's caps (64 operations, 512 KB as Consul receives it): one round trip, and
+ * one wake-up of every watch of the prefix, instead of one per session. A transaction is all or nothing,
+ * so when a shared one fails (one member's compare-and-set lost, or an error) each member is sent again
+ * on its own and gets its own answer.
  */
 export class FencedWriter implements StoreWriter {
   private readonly forming: FencedBatch[] = [];
@@ -59,9 +64,10 @@ export class FencedWriter implements StoreWriter {
   private send(operations: readonly TxnOperation[]): Promise<boolean> {
     const fence = this.fence();
     if (fence !== undefined) {
-      // Too many operations for one transaction: the store refuses it with the reason.
-      if (operations.length + 1 > MAX_TXN_OPS) return this.store.transaction([fence, ...operations]);
-      return new Promise((resolve, reject) => this.enqueue(fence, { operations, resolve, reject }));
+      // Too many operations, or too many bytes, for one transaction: the store refuses it with the reason.
+      const bytes = transactionBytes(operations) - 1;
+      if (operations.length + 1 > MAX_TXN_OPS || transactionBytes([fence]) + bytes > MAX_TXN_BYTES) return this.store.transaction([fence, ...operations]);
+      return new Promise((resolve, reject) => this.enqueue(fence, { operations, bytes, resolve, reject }));
     }
     // Unfenced, a single operation is a plain write, as the caller would have made it.
     if (operations.length === 1) {
@@ -74,13 +80,16 @@ export class FencedWriter implements StoreWriter {
 
   private enqueue(fence: TxnOperation, write: PendingWrite): void {
     const size = write.operations.length;
-    let batch = this.forming.find((candidate) => sameFence(candidate.fence, fence) && candidate.size + size <= MAX_TXN_OPS);
+    let batch = this.forming.find(
+      (candidate) => sameFence(candidate.fence, fence) && candidate.size + size <= MAX_TXN_OPS && candidate.bytes + write.bytes <= MAX_TXN_BYTES,
+    );
     if (batch === undefined) {
-      batch = { fence, writes: [], size: 1 };
+      batch = { fence, writes: [], size: 1, bytes: transactionBytes([fence]) };
       this.forming.push(batch);
     }
     batch.writes.push(write);
     batch.size += size;
+    batch.bytes += write.bytes;
     this.scheduleFlush();
   }
 

@@ -48,6 +48,17 @@ describe('FencedWriter (Consul double)', function () {
     assert.equal((await store.list('m/status/')).entries.length, count);
   });
 
+  it("splits at Consul's size cap of a transaction, so that writes which fit alone are never refused together", async () => {
+    const writer = new FencedWriter(store, () => fence);
+    const before = transactions();
+    // 200 KB each once base64-encoded: two fit in a transaction with the fence, three do not.
+    const value = 'v'.repeat(150 * 1024);
+    const results = await Promise.all([0, 1, 2].map((i) => writer.put(`m/status/s${i}`, value)));
+    assert.deepEqual(results, [true, true, true]);
+    const sent = double.requests.filter((request) => request.path === '/v1/txn').slice(before);
+    assert.deepEqual(sent.map((request) => request.status), [200, 200]);
+  });
+
   it('gives a lost compare-and-set to its own caller only', async () => {
     const writer = new FencedWriter(store, () => fence);
     await store.put('m/status/taken', 'old');
