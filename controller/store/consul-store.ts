@@ -214,7 +214,6 @@ export class ConsulStore implements Store, LockService {
   async get(key: string): Promise<KvEntry | undefined> {
     this.assertOpen('get', key);
     validateKey('get', key);
-    checkAddressable('get', key);
     const response = await this.read({ operation: 'get', key, method: 'GET', path: kvPath(key) });
     if (response.status === 404) return undefined;
     if (response.status !== 200) throw this.statusError('get', key, response);
@@ -225,7 +224,6 @@ export class ConsulStore implements Store, LockService {
   async list(prefix: string): Promise<KvListing> {
     this.assertOpen('list', prefix);
     validatePrefix('list', prefix);
-    checkAddressable('list', prefix);
     const listing = await this.fetchListing('list', prefix, undefined, undefined);
     const entries = listing.entries as KvEntry[];
     this.remember(prefix, { index: listing.index, entries: entries.map(knownEntry) });
@@ -237,7 +235,6 @@ export class ConsulStore implements Store, LockService {
     validateKey('put', key);
     validateValue('put', key, value);
     const cas = validateCas('put', key, options);
-    checkAddressable('put', key);
     const response = await this.write({
       operation: 'put',
       key,
@@ -254,7 +251,6 @@ export class ConsulStore implements Store, LockService {
     this.assertOpen('delete', key);
     validateKey('delete', key);
     const cas = validateCas('delete', key, options);
-    checkAddressable('delete', key);
     const response = await this.write({
       operation: 'delete',
       key,
@@ -269,7 +265,6 @@ export class ConsulStore implements Store, LockService {
     const first = operations[0]?.key ?? '';
     this.assertOpen('transaction', first);
     validateTransaction(operations);
-    for (const operation of operations) checkAddressable('transaction', operation.key);
     if (operations.length === 0) return true;
     const body = operations.map((operation) => consulTxnOp(operation, operation.verb === 'put' ? Buffer.from(operation.value, 'utf8').toString('base64') : undefined));
     const response = await this.writeJson('transaction', first, '/txn', body);
@@ -330,7 +325,6 @@ export class ConsulStore implements Store, LockService {
       try {
         this.assertOpen('watch', prefix);
         validateWatch(prefix, fromIndex);
-        checkAddressable('watch', prefix);
       } catch (error) {
         subscriber.error(error);
         return undefined;
@@ -497,7 +491,6 @@ export class ConsulStore implements Store, LockService {
     this.assertOpen(operation, key);
     validateKey(operation, key);
     validateValue(operation, key, value);
-    checkAddressable(operation, key);
     if (typeof session !== 'string' || session === '') throw new StoreError(`${operation} needs a session id`, operation, key);
     const response = await this.write({
       operation,
@@ -999,25 +992,6 @@ function headerIndex(headers: http.IncomingHttpHeaders): number {
 /** The KV path of a key, each character that is not unreserved percent-encoded except the separators. */
 function kvPath(key: string): string {
   return `/kv/${encodeURIComponent(key).replace(/%2F/g, '/')}`;
-}
-
-/**
- * Consul's HTTP server cannot address some keys the store rules allow: its router cleans paths (so an
- * empty, '.' or '..' segment is redirected elsewhere) and refuses non-printable characters. Such keys are
- * refused here with a clear message rather than being answered with a redirect or a bare 400.
- */
-function checkAddressable(operation: string, key: string): void {
-  const segments = key.split('/');
-  for (let i = 0; i < segments.length; i++) {
-    const segment = segments[i];
-    const trailing = i === segments.length - 1;
-    if ((segment === '' && !trailing) || segment === '.' || segment === '..') {
-      throw new StoreError("Consul's HTTP API cannot address keys with empty, '.' or '..' path segments", operation, key);
-    }
-  }
-  if (!/^[\p{L}\p{M}\p{N}\p{P}\p{S} ]*$/u.test(key)) {
-    throw new StoreError("Consul's HTTP API refuses keys with non-printable characters", operation, key);
-  }
 }
 
 function delay(ms: number): Promise<void> {

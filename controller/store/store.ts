@@ -165,6 +165,14 @@ function checkName(operation: string, name: string, what: 'key' | 'prefix'): voi
   if (LONE_SURROGATE.test(name)) {
     throw new StoreError(`the ${what} is not well-formed Unicode (lone surrogate)`, operation, name);
   }
+  // Consul's HTTP server cannot address some names: its router cleans paths (an empty, '.' or '..' segment
+  // is redirected elsewhere) and refuses non-printable characters. Refused here, by both stores, with a clear
+  // message rather than a redirect or a bare 400 from Consul.
+  const segments = name.split('/');
+  if (segments.some((segment, i) => (segment === '' && i < segments.length - 1) || segment === '.' || segment === '..')) {
+    throw new StoreError(`Consul's HTTP API cannot address a ${what} with empty, '.' or '..' path segments`, operation, name);
+  }
+  if (!PRINTABLE.test(name)) throw new StoreError(`Consul's HTTP API refuses a ${what} with non-printable characters`, operation, name);
 }
 
 export function validateCas(operation: string, key: string, options: WriteOptions): number | undefined {
@@ -177,6 +185,8 @@ export function validateCas(operation: string, key: string, options: WriteOption
 
 /** In a `u` regexp a surrogate pair is one code point, so this matches only unpaired surrogates. */
 const LONE_SURROGATE = /\p{Surrogate}/u;
+/** Go's unicode.IsPrint: letters, marks, numbers, punctuation, symbols and the ASCII space. */
+const PRINTABLE = /^[\p{L}\p{M}\p{N}\p{P}\p{S} ]*$/u;
 
 
 /** The arguments of a watch: a valid prefix and, when given, a non-negative integer index. */

@@ -226,6 +226,16 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
         await assert.rejects(store.put(`${ns}big`, 'é'.repeat(256 * 1024 + 1)), StoreError, 'the cap is in UTF-8 bytes');
         assert.equal((await mustGet(store, `${ns}big`)).value, largestValue);
       });
+
+      it("refuses keys Consul's HTTP API cannot address, so that a key the embedded store takes works on Consul too", async function () {
+        for (const key of [`${ns}a//b`, `${ns}./b`, `${ns}a/..`, `${ns}tab\tkey`, `${ns}line\nbreak`]) {
+          await assert.rejects(store.put(key, 'x'), StoreError, JSON.stringify(key));
+          await assert.rejects(store.transaction([{ verb: 'delete', key }]), StoreError, JSON.stringify(key));
+        }
+        await assert.rejects(store.list(`${ns}x//`), StoreError);
+        assert.deepEqual((await store.list(ns)).entries, []);
+        assert.equal(await store.put(`${ns}a/b/`, 'a trailing slash is fine'), true);
+      });
     });
 
     describe('compare-and-set', function () {
