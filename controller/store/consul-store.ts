@@ -416,6 +416,17 @@ export class ConsulStore implements Store, LockService {
     // A watch has its own backoff; a plain list retries like any read.
     const response = blocking || signal ? await this.call(spec) : await this.read(spec);
     if (response.status !== 200 && response.status !== 404) throw this.statusError(operation, prefix, response);
+    // Keys the token may not read are left out silently but for this header. Such a view would read as
+    // deleted sessions and routes (their workloads and routes torn down), so it is refused like a 403.
+    if (response.headers['x-consul-results-filtered-by-acls'] === 'true') {
+      throw new ConsulError(
+        `Consul left keys under "${prefix}" out of the listing: the ACL token may not read all of them (it needs key_prefix read on the whole prefix)`,
+        operation,
+        prefix,
+        response.status,
+        false,
+      );
+    }
     return { index: Math.max(headerIndex(response.headers), 1), entries: response.status === 404 ? [] : entries, decodeMs };
   }
 

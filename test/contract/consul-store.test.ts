@@ -200,6 +200,24 @@ describe('Consul store specifics (against the double)', function () {
       assert.ok(watch.error instanceof ConsulError && watch.error.status === 403, 'a refused watch errors instead of retrying forever');
     });
 
+    it('refuses a listing Consul trimmed for the ACL token, which would read as deleted records', async function () {
+      await start({ aclToken: 'secret-token' });
+      const allowed = open({ token: 'secret-token' });
+      assert.equal(await allowed.put(`${prefix}a`, 'x'), true);
+      const anonymous = open();
+      await assert.rejects(anonymous.list(prefix), (error: unknown) => {
+        assert.ok(error instanceof ConsulError);
+        assert.equal(error.retryable, false);
+        assert.match(error.message, /ACL token.*read/);
+        assert.equal(error.key, prefix);
+        return true;
+      });
+      const watch = record(new WatchRecorder(anonymous.watch(prefix)));
+      await watch.until('the watch to fail', () => watch.error !== undefined);
+      assert.equal(watch.steps.length, 0, 'no trimmed view is delivered');
+      assert.ok(watch.error instanceof ConsulError && /ACL token/.test(watch.error.message));
+    });
+
     it('reports a datacenter the agent cannot reach, and namespaces on Consul CE, as ConsulErrors', async function () {
       await start();
       await assert.rejects(open({ datacenter: 'elsewhere' }).get(`${prefix}a`), (error: unknown) => {
