@@ -186,3 +186,38 @@ describe('router agent: a record no address can be served from', () => {
     }
   });
 });
+
+describe('router agent: a record that cannot be read', () => {
+  it('withdraws its routes and says so, naming the session and the problem', async () => {
+    const store = new ScriptedStore();
+    const plane = new RecordingDataPlane();
+    const captured = capturingLogger();
+    const agent = new RouterAgent({ store, keys, name: 'edge-1', dataPlane: plane, heartbeatMs: 60_000, storeLossGraceMs: GRACE_MS, log: captured.log });
+    const started = agent.start();
+    store.steps.next({ kind: 'reset', index: 2, entries: [entry('a', 20001, 1), entry('b', 20002, 2)] });
+    await started;
+    try {
+      // Hand-edited: b's record is no longer JSON; a gains a field the schema does not know.
+      const unknownField = { ...(JSON.parse(entry('a', 20001, 3).value) as RouteRecord), note: 'x' };
+      store.steps.next({
+        kind: 'changes',
+        index: 4,
+        changes: [
+          { type: 'put', entry: { key: key('b'), value: '{"sessionId": "sessionb", ', createIndex: 2, modifyIndex: 3 } },
+          { type: 'put', entry: { key: key('a'), value: JSON.stringify(unknownField), createIndex: 1, modifyIndex: 4 } },
+        ],
+      });
+      await settle();
+      assert.deepEqual([...plane.table.ports.keys()], [], 'neither is served');
+      const reported = captured.lines.filter((line) => line.level >= 40 && /unreadable/.test(line.msg));
+      assert.deepEqual(
+        reported.map((line) => line.session),
+        ['sessionb', 'sessiona'],
+        'each unreadable record is reported by the router that stops serving it',
+      );
+      assert.match(String(reported[1]!.problem), /unknown field "note"/);
+    } finally {
+      await agent.stop();
+    }
+  });
+});
