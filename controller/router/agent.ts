@@ -22,9 +22,14 @@ export interface RouterAgentOptions {
    */
   readonly storeLossGraceMs: number;
   readonly log: Logger;
-  /** Times the grace period (default: the system clock). */
+  /** Times the grace period and the retries of a failed apply (default: the system clock). */
   readonly clock?: Clock;
 }
+
+/** A failed apply (HAProxy down, its admin socket refusing) is tried again after this long. */
+const APPLY_RETRY_MS = 1_000;
+/** Of consecutive failed applies, the first and then one in this many are logged as errors. */
+const APPLY_FAILURES_PER_ERROR_LOG = 60;
 
 /** Routes served on after they vanished with a store rewind, until `until` or until their record is back. */
 interface KeptRoutes {
@@ -59,6 +64,11 @@ export class RouterAgent {
   private heartbeating: Promise<void> | undefined;
   private heartbeatAgain = false;
   private applying: Promise<void> | undefined;
+  /** Consecutive failed applies (HAProxy down or its admin socket wedged). */
+  private applyFailures = 0;
+  /** The pause before the next attempt after a failed apply, and how to end it early (a stop). */
+  private retryTimer: unknown;
+  private endRetryPause: (() => void) | undefined;
   private pending = false;
   private appliedIndex = 0;
   private stopped = false;
@@ -110,6 +120,8 @@ export class RouterAgent {
     for (const subscription of this.subscriptions.splice(0)) subscription.unsubscribe();
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     this.clock.clearTimeout(this.keptTimer);
+    this.clock.clearTimeout(this.retryTimer);
+    this.endRetryPause?.();
     this.routes.stop();
     await this.applying?.catch(() => undefined);
     // A heartbeat still on its way could land after the delete and bring the record back.
@@ -138,11 +150,16 @@ export class RouterAgent {
         await this.options.dataPlane.apply(this.served.table, changes);
         routerApplySeconds.observe((performance.now() - startedAt) / 1000);
         this.appliedIndex = index;
+        if (this.applyFailures > 0) this.log.info({ failures: this.applyFailures }, 'applying routes works again');
+        this.applyFailures = 0;
         this.reportProgress();
       } catch (error) {
         this.served.restore(changes);
-        this.log.error({ err: error }, 'applying routes failed; retrying');
-        await new Promise((resolve) => setTimeout(resolve, 1000));
+        this.applyFailures += 1;
+        // Once a minute at the retry pace: an HAProxy down for an hour is 60 lines, not 3,600.
+        const level = this.applyFailures % APPLY_FAILURES_PER_ERROR_LOG === 1 ? 'error' : 'debug';
+        this.log[level]({ err: error, failures: this.applyFailures }, 'applying routes failed; retrying every second');
+        await this.retryPause();
         this.pending = true;
       }
     } while (this.pending && !this.stopped);
@@ -206,6 +223,13 @@ export class RouterAgent {
       if (!this.heartbeatAgain) return;
       this.heartbeatAgain = false;
       this.reportProgress();
+    });
+  }
+
+  private retryPause(): Promise<void> {
+    return new Promise((resolve) => {
+      this.endRetryPause = resolve;
+      this.retryTimer = this.clock.setTimeout(resolve, APPLY_RETRY_MS);
     });
   }
 

@@ -221,3 +221,52 @@ describe('router agent: a record that cannot be read', () => {
     }
   });
 });
+
+describe('router agent: a data plane that keeps failing', () => {
+  it('retries every second, logs an error once a minute rather than every second, says when it works again, and stops at once', async () => {
+    const store = new ScriptedStore();
+    const plane = new RecordingDataPlane();
+    const clock = FakeTimers.createClock(1_000_000);
+    const captured = capturingLogger();
+    const agent = new RouterAgent({ store, keys, name: 'edge-1', dataPlane: plane, heartbeatMs: 60_000, storeLossGraceMs: GRACE_MS, log: captured.log, clock: controllerClock(clock) });
+    const started = agent.start();
+    store.steps.next({ kind: 'reset', index: 1, entries: [entry('a', 20001, 1)] });
+    await started;
+    let failing = true;
+    let attempts = 0;
+    const apply = plane.apply.bind(plane);
+    plane.apply = async (table, changes) => {
+      attempts += 1;
+      if (failing) throw new Error('admin socket refused the connection');
+      return apply(table, changes);
+    };
+    try {
+      store.steps.next({ kind: 'changes', index: 2, changes: [{ type: 'put', entry: entry('b', 20002, 2) }] });
+      await settle();
+      for (let second = 0; second < 120; second++) {
+        clock.tick(1_000);
+        await settle();
+      }
+      assert.equal(attempts, 121, 'one attempt a second');
+      const errors = captured.lines.filter((line) => line.level >= 50 && /applying routes failed/.test(line.msg));
+      assert.deepEqual(errors.map((line) => line.failures), [1, 61, 121], 'an error on the first failure and then once a minute');
+      failing = false;
+      clock.tick(1_000);
+      await settle();
+      assert.deepEqual([...plane.table.ports.keys()].sort(), [20001, 20002]);
+      const recovered = captured.lines.filter((line) => /applying routes works again/.test(line.msg));
+      assert.deepEqual(recovered.map((line) => line.failures), [121]);
+
+      failing = true;
+      store.steps.next({ kind: 'changes', index: 3, changes: [{ type: 'delete', key: key('a'), modifyIndex: 3 }] });
+      await settle();
+      const stopping = agent.stop();
+      let stopped = false;
+      void stopping.then(() => (stopped = true));
+      await settle();
+      assert.equal(stopped, true, 'a stop does not wait out the retry pause');
+    } finally {
+      await agent.stop();
+    }
+  });
+});
