@@ -19,6 +19,8 @@ const serverStepMs = 30_000;
 /** Reference QR symbols of python-qrcode 7.4 (level M, no border), each with the mask the page's encoder picks. */
 const referenceQrCodes = JSON.parse(fs.readFileSync(path.join(repoRoot, 'test/fixtures/qr-codes.json'), 'utf8')) as Record<string, string[]>;
 
+/** How often the page reads a session when its event stream is unavailable (app.js). */
+const pollIntervalMs = 2000;
 /** The GET of one session: what the page reads when it polls instead of following the event stream. */
 const sessionRead = /\/api\/v1\/sessions\/[a-z0-9]+$/;
 
@@ -210,6 +212,23 @@ describe('web page: people in a browser against `manticore up`', function () {
 
     assert.ok(((await alicePage.evaluate('document.documentElement.scrollWidth')) as number) <= 360, 'nothing overflows a 360 px screen');
     await screenshot(alicePage, '05-ready');
+  });
+
+  it('goes back to the event stream after it broke (a network drop, the front end restarting), not to polling for good', async () => {
+    const session = await sessionOf(alice, aliceSessionId);
+    const tab = await alice.newPage();
+    const streamPath = `/api/v1/sessions/${aliceSessionId}/events`;
+    let routed = 0;
+    // The first stream delivers the session and ends, as one cut by a network drop or a front end stopping.
+    await tab.route(`**${streamPath}`, (route) =>
+      ++routed === 1 ? route.fulfill({ status: 200, contentType: 'text/event-stream', body: `event: session\ndata: ${JSON.stringify(session)}\n\n` }) : route.continue(),
+    );
+    let opened = 0;
+    const reopened = tab.waitForRequest((request) => new URL(request.url()).pathname === streamPath && ++opened === 2, { timeout: 5 * pollIntervalMs });
+    await tab.goto(`${api}/`);
+    await phase(tab, /^Ready$/);
+    await reopened;
+    await tab.close();
   });
 
   it("shows the session's logs: Core's output live, searched, paused and caught up, another stream and task, downloaded", async () => {

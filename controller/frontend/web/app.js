@@ -206,19 +206,27 @@ function stopShowingSession() {
 }
 
 /**
- * Follows the session on its server-sent-event stream; should the stream fail (or stay silent, as behind
- * a proxy that buffers it), reads the session every couple of seconds instead. Returns how to stop.
+ * Follows the session on its server-sent-event stream. Should the stream fail, the session is read every
+ * couple of seconds instead: for good where no stream ever delivered (a proxy that breaks or holds back
+ * server-sent events), else (a network drop, the front end restarting) until a read succeeds, after which the
+ * stream is opened again. Returns how to stop.
  */
 function follow(id) {
   let stopped = false;
   let timer;
-  const source = new EventSource(`${api}${sessionPath(id)}/events`);
+  let source;
+  let streamed = false;
   const poll = async () => {
     try {
       const session = await request('GET', sessionPath(id));
       if (stopped) return;
       clearError();
       render(session);
+      // Reachable again: streams worked here before, so back to one (no sooner than a poll, should it break at once again).
+      if (streamed) {
+        timer = setTimeout(listen, pollIntervalMs);
+        return;
+      }
     } catch (error) {
       if (stopped) return;
       if (error.status === 404) {
@@ -234,14 +242,19 @@ function follow(id) {
     clearTimeout(timer);
     if (!stopped) poll();
   };
-  timer = setTimeout(fallBack, firstEventTimeoutMs);
-  source.addEventListener('session', (event) => {
-    clearTimeout(timer);
-    render(JSON.parse(event.data));
-  });
-  source.addEventListener('gone', ended);
-  // Also fired when the server ends the stream (it is shutting down): polling carries on from there.
-  source.addEventListener('error', fallBack);
+  const listen = () => {
+    source = new EventSource(`${api}${sessionPath(id)}/events`);
+    timer = setTimeout(fallBack, firstEventTimeoutMs);
+    source.addEventListener('session', (event) => {
+      clearTimeout(timer);
+      streamed = true;
+      render(JSON.parse(event.data));
+    });
+    source.addEventListener('gone', ended);
+    // Also fired when the stream breaks or the server ends it (it is shutting down).
+    source.addEventListener('error', fallBack);
+  };
+  listen();
   return () => {
     stopped = true;
     source.close();
