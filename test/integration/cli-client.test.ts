@@ -161,6 +161,27 @@ describe('the client commands (manticore sessions, templates)', function () {
     assert.equal(unreachable, exitCodes.unavailable);
   });
 
+  it('fails a watch or a log follow at once (exit 1) when the front end cannot be reached at all', async () => {
+    const unreachable = `http://127.0.0.1:${await freePort()}`;
+    for (const args of [['watch', 'somesession00000'], ['logs', 'somesession00000', '--follow']]) {
+      const stderr = new PassThrough();
+      let said = '';
+      // Retrying (as for a stream that broke) says so at once: enough to tell, without waiting for it to give up.
+      const retried = new Promise<string>((resolve) => stderr.on('data', (chunk: Buffer) => (said += chunk.toString()).includes('reconnecting') && resolve(said)));
+      const stop = new AbortController();
+      const code = runClientCommand('sessions', [...args, '--url', unreachable], { stdout: new PassThrough(), stderr, env: { MANTICORE_USER: 'alice' }, signal: stop.signal });
+      const outcome = await Promise.race([
+        code,
+        retried.then((text) => {
+          stop.abort();
+          assert.fail(`sessions ${args.join(' ')} retried: ${text}`);
+        }),
+      ]);
+      assert.equal(outcome, exitCodes.unavailable, `sessions ${args.join(' ')}`);
+      assert.match(said, /^manticore: cannot reach the front end at http:\/\/127\.0\.0\.1:\d+: ECONNREFUSED\n$/);
+    }
+  });
+
   it('prints a task log as it is, its last lines or another stream, and follows it until the session ends', async () => {
     const created = await run('sessions', ['create', '--template', 'demo', '-o', 'json']);
     const id = (JSON.parse(created.stdout) as { metadata: { id: string } }).metadata.id;

@@ -182,7 +182,7 @@ async function sessions(invocation: Invocation): Promise<number> {
         return exitCodes.ok;
       }
       if (output === 'table') io.stdout.write(`session ${session.metadata.id} created\n`);
-      return follow(invocation, session.metadata.id);
+      return follow(invocation, session.metadata.id, Date.now());
     }
     case 'delete': {
       const session = await client.deleteSession(id());
@@ -204,13 +204,23 @@ async function sessions(invocation: Invocation): Promise<number> {
 const reconnectForMs = 30_000;
 
 /**
+ * Whether a stream that failed with `error` is opened again: only one the front end has answered for
+ * (`lastNews`), up to 30 s after that. A front end never reached (a wrong --url, one that is down) fails at
+ * once, as every other command does.
+ */
+function mayReconnect(error: unknown, lastNews: number | undefined): error is UnreachableError {
+  return error instanceof UnreachableError && lastNews !== undefined && Date.now() - lastNews <= reconnectForMs;
+}
+
+/**
  * Prints the session's progress on every change until it is Ready (0), or fails or ends first (5). A
  * stream closed by a front end shutting down, or broken, is opened again (another replica answers behind
- * a load balancer) for up to 30 s without news.
+ * a load balancer) for up to 30 s without news; `answeredAt`: when the front end last answered about the
+ * session (its create), if it has.
  */
-async function follow({ client, output, io }: Invocation, id: string): Promise<number> {
+async function follow({ client, output, io }: Invocation, id: string, answeredAt?: number): Promise<number> {
   let lastLine = '';
-  let lastNews = Date.now();
+  let lastNews = answeredAt;
   for (let attempt = 0; ; attempt++) {
     try {
       for await (const update of client.watch(id, io.signal)) {
@@ -235,7 +245,7 @@ async function follow({ client, output, io }: Invocation, id: string): Promise<n
         if (session.status.phase === 'Failed' || session.metadata.deletionRequestedAt !== undefined) return exitCodes.sessionEnded;
       }
     } catch (error) {
-      if (!(error instanceof UnreachableError) || Date.now() - lastNews > reconnectForMs) throw error;
+      if (!mayReconnect(error, lastNews)) throw error;
       io.stderr.write(`manticore: ${error.message}; reconnecting\n`);
     }
     if (io.signal?.aborted) return exitCodes.ok;
@@ -270,7 +280,7 @@ async function logs({ client, values, io }: Invocation, id: string): Promise<num
     return exitCodes.ok;
   }
   let lastEventId: string | undefined;
-  let lastNews = Date.now();
+  let lastNews: number | undefined;
   for (let attempt = 0; ; attempt++) {
     try {
       for await (const update of client.followLogs(id, query, lastEventId, io.signal)) {
@@ -287,7 +297,7 @@ async function logs({ client, values, io }: Invocation, id: string): Promise<num
         }
       }
     } catch (error) {
-      if (!(error instanceof UnreachableError) || Date.now() - lastNews > reconnectForMs) throw error;
+      if (!mayReconnect(error, lastNews)) throw error;
       io.stderr.write(`manticore: ${error.message}; reconnecting\n`);
     }
     if (io.signal?.aborted) return exitCodes.ok;
