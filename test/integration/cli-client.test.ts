@@ -55,11 +55,7 @@ describe('the client commands (manticore sessions, templates)', function () {
     h = await ControllerHarness.embedded({ limits: { maxSessions: 1 } });
     logsRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'manticore-cli-logs-'));
     writers = new Map();
-    frontend = testFrontend(h.store, {
-      sessionsPerUser: 1,
-      authenticator: new AdminTokenAuthenticator(adminToken, new AnonymousOrHeaderAuthenticator()),
-      logs: { source: new LogFiles({ dirOf: (allocId) => path.join(logsRoot, allocId, 'logs'), log: silentLogger() }), streamsPerUser: 5 },
-    });
+    frontend = newFrontend();
     url = await frontend.start('127.0.0.1', 0);
   });
 
@@ -69,6 +65,15 @@ describe('the client commands (manticore sessions, templates)', function () {
     await Promise.all([...writers.values()].map(closeWriter));
     fs.rmSync(logsRoot, { recursive: true, force: true });
   });
+
+  /** A front end over the harness's store, reading the task logs under `logsRoot`. */
+  function newFrontend(): Frontend {
+    return testFrontend(h.store, {
+      sessionsPerUser: 1,
+      authenticator: new AdminTokenAuthenticator(adminToken, new AnonymousOrHeaderAuthenticator()),
+      logs: { source: new LogFiles({ dirOf: (allocId) => path.join(logsRoot, allocId, 'logs'), log: silentLogger() }), streamsPerUser: 5 },
+    });
+  }
 
   /** Appends to a task's log as the embedded scheduler writes it. */
   async function taskOutput(allocId: string, task: string, stream: string, text: string): Promise<void> {
@@ -180,6 +185,36 @@ describe('the client commands (manticore sessions, templates)', function () {
       assert.equal(outcome, exitCodes.unavailable, `sessions ${args.join(' ')}`);
       assert.match(said, /^manticore: cannot reach the front end at http:\/\/127\.0\.0\.1:\d+: ECONNREFUSED\n$/);
     }
+  });
+
+  it('reconnects a watch and a log follow across a front end restart, and tells a session that ended meanwhile from one never found', async () => {
+    const readyOne = await run('sessions', ['create', '--template', 'demo', '-o', 'json'], { MANTICORE_USER: 'first' });
+    const readyId = (JSON.parse(readyOne.stdout) as { metadata: { id: string } }).metadata.id;
+    const allocId = (await makeReady(h, readyId)).allocationId!;
+    await taskOutput(allocId, 'core', 'stdout', 'one\n');
+    const waiting = await run('sessions', ['create', '--template', 'demo', '-o', 'json']);
+    const waitingId = (JSON.parse(waiting.stdout) as { metadata: { id: string } }).metadata.id;
+    await statusWhen(h.store, waitingId, (status) => status.queuePosition === 1);
+
+    const watch = run('sessions', ['watch', waitingId]);
+    const following = run('sessions', ['logs', readyId, '--follow'], { MANTICORE_USER: 'first' });
+    await waitFor('the watch and the log under way', () => /Waiting/.test(watch.output()) && following.output() === 'one\n');
+    // The front end stops (its streams end with `closing`); both sessions end before it is back on its port.
+    const { port } = new URL(url);
+    await frontend.stop();
+    for (const id of [readyId, waitingId]) await requestDeletion(h.store, id);
+    await waitFor('both sessions removed', async () => (await h.store.get(keys.session(readyId))) === undefined && (await h.store.get(keys.session(waitingId))) === undefined);
+    frontend = newFrontend();
+    await frontend.start('127.0.0.1', Number(port));
+
+    const watched = await watch;
+    assert.equal(watched.code, exitCodes.sessionEnded, watched.stderr);
+    assert.match(watched.stdout, new RegExp(`^session ${waitingId} is gone$`, 'm'));
+    const followed = await following;
+    assert.equal(followed.code, exitCodes.ok, followed.stderr);
+    assert.match(followed.stderr, new RegExp(`^manticore: session ${readyId} has ended$`, 'm'));
+    // A session the front end never showed is still not found.
+    assert.equal((await run('sessions', ['watch', waitingId])).code, exitCodes.notFound);
   });
 
   it('prints a task log as it is, its last lines or another stream, and follows it until the session ends', async () => {

@@ -212,6 +212,11 @@ function mayReconnect(error: unknown, lastNews: number | undefined): error is Un
   return error instanceof UnreachableError && lastNews !== undefined && Date.now() - lastNews <= reconnectForMs;
 }
 
+/** Whether `error` says that a session the front end has answered for (`lastNews`) has gone since: 404 on a reconnection. */
+function endedMeanwhile(error: unknown, lastNews: number | undefined): boolean {
+  return error instanceof FrontendError && error.statusCode === 404 && lastNews !== undefined;
+}
+
 /**
  * Prints the session's progress on every change until it is Ready (0), or fails or ends first (5). A
  * stream closed by a front end shutting down, or broken, is opened again (another replica answers behind
@@ -221,16 +226,17 @@ function mayReconnect(error: unknown, lastNews: number | undefined): error is Un
 async function follow({ client, output, io }: Invocation, id: string, answeredAt?: number): Promise<number> {
   let lastLine = '';
   let lastNews = answeredAt;
+  const gone = (): number => {
+    if (output === 'table') io.stdout.write(`session ${id} is gone\n`);
+    return exitCodes.sessionEnded;
+  };
   for (let attempt = 0; ; attempt++) {
     try {
       for await (const update of client.watch(id, io.signal)) {
         lastNews = Date.now();
         attempt = 0;
         if (update.kind === 'closing') break;
-        if (update.kind === 'gone') {
-          if (output === 'table') io.stdout.write(`session ${id} is gone\n`);
-          return exitCodes.sessionEnded;
-        }
+        if (update.kind === 'gone') return gone();
         const { session } = update;
         if (output === 'json') io.stdout.write(`${JSON.stringify(session)}\n`);
         else {
@@ -245,6 +251,7 @@ async function follow({ client, output, io }: Invocation, id: string, answeredAt
         if (session.status.phase === 'Failed' || session.metadata.deletionRequestedAt !== undefined) return exitCodes.sessionEnded;
       }
     } catch (error) {
+      if (endedMeanwhile(error, lastNews)) return gone();
       if (!mayReconnect(error, lastNews)) throw error;
       io.stderr.write(`manticore: ${error.message}; reconnecting\n`);
     }
@@ -281,6 +288,10 @@ async function logs({ client, values, io }: Invocation, id: string): Promise<num
   }
   let lastEventId: string | undefined;
   let lastNews: number | undefined;
+  const ended = (): number => {
+    io.stderr.write(`manticore: session ${id} has ended\n`);
+    return exitCodes.ok;
+  };
   for (let attempt = 0; ; attempt++) {
     try {
       for await (const update of client.followLogs(id, query, lastEventId, io.signal)) {
@@ -292,11 +303,11 @@ async function logs({ client, values, io }: Invocation, id: string): Promise<num
         } else if (update.kind === 'gap') {
           io.stderr.write(`manticore: ${update.message}\n`);
         } else if (update.kind === 'gone') {
-          io.stderr.write(`manticore: session ${id} has ended\n`);
-          return exitCodes.ok;
+          return ended();
         }
       }
     } catch (error) {
+      if (endedMeanwhile(error, lastNews)) return ended();
       if (!mayReconnect(error, lastNews)) throw error;
       io.stderr.write(`manticore: ${error.message}; reconnecting\n`);
     }
