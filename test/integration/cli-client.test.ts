@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -184,6 +185,35 @@ describe('the client commands (manticore sessions, templates)', function () {
       ]);
       assert.equal(outcome, exitCodes.unavailable, `sessions ${args.join(' ')}`);
       assert.match(said, /^manticore: cannot reach the front end at http:\/\/127\.0\.0\.1:\d+: ECONNREFUSED\n$/);
+    }
+  });
+
+  it('ends a watch or a log follow quietly with 0 on Ctrl-C while it connects', async () => {
+    // A front end that takes requests and never answers them.
+    const sockets = new Set<net.Socket>();
+    let requests = 0;
+    const silent = net.createServer((socket) => {
+      sockets.add(socket);
+      socket.on('data', () => (requests += 1));
+    });
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const silentUrl = `http://127.0.0.1:${(silent.address() as net.AddressInfo).port}`;
+    try {
+      for (const args of [['watch', 'somesession00000'], ['logs', 'somesession00000', '--follow']]) {
+        const stderr = new PassThrough();
+        let said = '';
+        stderr.on('data', (chunk: Buffer) => (said += chunk.toString()));
+        const interrupt = new AbortController();
+        const sent = requests + 1;
+        const code = runClientCommand('sessions', [...args, '--url', silentUrl], { stdout: new PassThrough(), stderr, env: { MANTICORE_USER: 'alice' }, signal: interrupt.signal });
+        await waitFor('the request', () => requests >= sent);
+        interrupt.abort();
+        assert.equal(await code, exitCodes.ok, `sessions ${args.join(' ')}: ${said}`);
+        assert.equal(said, '', `sessions ${args.join(' ')}`);
+      }
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => silent.close(resolve));
     }
   });
 

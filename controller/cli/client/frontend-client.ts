@@ -139,7 +139,14 @@ export class FrontendClient {
 
   /** The events of a server-sent event stream, until it ends (an end the server did not announce throws). */
   private async *serverSentEvents(path: string, what: string, signal?: AbortSignal, headers: Record<string, string> = {}): AsyncGenerator<ServerSentEvent> {
-    const response = await this.send('GET', path, undefined, signal, 'text/event-stream', headers);
+    let response: Response;
+    try {
+      response = await this.send('GET', path, undefined, signal, 'text/event-stream', headers);
+    } catch (error) {
+      // Aborted while connecting ends the stream as an abort while reading does: no failure.
+      if (signal?.aborted) return;
+      throw error;
+    }
     if (!response.ok) throw await errorOf(response);
     if (!response.body) throw new UnreachableError(`${what} has no body`);
     const decoder = new TextDecoder();
