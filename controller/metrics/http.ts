@@ -1,4 +1,5 @@
-import type { FastifyInstance } from 'fastify';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { httpRequests, httpSeconds, registry } from './metrics.js';
 
 /**
@@ -6,13 +7,19 @@ import { httpRequests, httpSeconds, registry } from './metrics.js';
  * become label values) and status, and serves the process's metrics as `GET /metrics`.
  */
 export function instrumentHttp(app: FastifyInstance, server: 'frontend' | 'controller' | 'router'): void {
-  app.addHook('onRequest', async (request, reply) => {
+  // The requests that reached a route; those the router refuses itself (a URL that does not decode, an
+  // overlong path part) run no hook, so the answers are counted on the HTTP server, not in a hook.
+  const routed = new WeakMap<IncomingMessage, FastifyRequest>();
+  app.addHook('onRequest', async (request) => {
+    routed.set(request.raw, request);
+  });
+  app.server.on('request', (raw: IncomingMessage, response: ServerResponse) => {
     const startedAt = performance.now();
     // The raw response's close covers hijacked answers (event streams) too, which skip Fastify's onResponse.
-    reply.raw.once('close', () => {
-      const route = request.routeOptions.url ?? 'unmatched';
-      const labels = { server, method: request.method, route };
-      httpRequests.inc({ ...labels, status: String(reply.raw.statusCode) });
+    response.once('close', () => {
+      const route = routed.get(raw)?.routeOptions.url ?? 'unmatched';
+      const labels = { server, method: raw.method ?? 'unknown', route };
+      httpRequests.inc({ ...labels, status: String(response.statusCode) });
       httpSeconds.observe(labels, (performance.now() - startedAt) / 1000);
     });
   });

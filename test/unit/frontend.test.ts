@@ -5,6 +5,8 @@ import { loadTemplates } from '../../controller/api/templates.js';
 import type { Session, SessionRecord } from '../../controller/api/types.js';
 import { Keys } from '../../controller/controller/keys.js';
 import { Frontend } from '../../controller/frontend/server.js';
+import { registry } from '../../controller/metrics/metrics.js';
+import type { Counter } from 'prom-client';
 import { defer, filter, finalize } from 'rxjs';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import type { Store } from '../../controller/store/store.js';
@@ -130,6 +132,23 @@ describe('front end (API)', () => {
     const unknown = await inject('GET', '/api/v1/nothing');
     assert.equal(unknown.status, 404);
     assert.match(unknown.body.error, /no route GET \/api\/v1\/nothing/);
+  });
+
+  it('counts every answer in its metrics, those of paths the router refuses too', async () => {
+    const base = `http://127.0.0.1:${(frontend.app.server.address() as AddressInfo).port}`;
+    const answered = async (route: string, status: number): Promise<number> => {
+      const { values } = await (registry.getSingleMetric('manticore_http_requests_total') as Counter).get();
+      return values.find(({ labels }) => labels.server === 'frontend' && labels.route === route && labels.status === String(status))?.value ?? 0;
+    };
+    const cases = [
+      { path: `/api/v1/sessions/${'a'.repeat(101)}`, route: 'unmatched', status: 414 },
+      { path: '/api/v1/sessions/%E0%A4%A', route: 'unmatched', status: 400 },
+      { path: '/api/v1/nothing', route: 'unmatched', status: 404 },
+      { path: '/api/v1/sessions/nosuchsession00', route: '/api/v1/sessions/:id', status: 404 },
+    ];
+    const before = await Promise.all(cases.map(({ route, status }) => answered(route, status)));
+    for (const { path: url, status } of cases) assert.equal((await fetch(`${base}${url}`)).status, status, url);
+    await waitFor('every answer counted', async () => (await Promise.all(cases.map(({ route, status }) => answered(route, status)))).every((count, i) => count === before[i]! + 1));
   });
 
   it('describes templates, marking those this backend cannot run', async () => {
