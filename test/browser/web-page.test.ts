@@ -279,12 +279,25 @@ describe('web page: people in a browser against `manticore up`', function () {
   it('warns an idle session with a live countdown; "I\'m still here" keeps it', async () => {
     const warning = alicePage.getByRole('alert').filter({ hasText: 'idle' });
     await warning.waitFor({ timeout: (idleTimeoutSeconds - idleWarningSeconds) * 1000 + serverStepMs });
+    const secondsLeft = async (page: Page): Promise<number> => {
+      const shown = await page.getByRole('timer').innerText();
+      const [, minutes, seconds] = /^(\d+):(\d\d)$/.exec(shown) ?? assert.fail(`countdown "${shown}"`);
+      return Number(minutes) * 60 + Number(seconds);
+    };
     const countdown = alicePage.getByRole('timer');
     const first = await countdown.innerText();
-    const [, minutes, seconds] = /^(\d+):(\d\d)$/.exec(first) ?? assert.fail(`countdown "${first}"`);
-    assert.ok(Number(minutes) * 60 + Number(seconds) <= idleWarningSeconds, first);
+    assert.ok((await secondsLeft(alicePage)) <= idleWarningSeconds, first);
     await countdown.filter({ hasNotText: first }).waitFor({ timeout: 5000 });
     await screenshot(alicePage, '06-idle-warning');
+
+    // A browser whose clock is ten minutes slow counts down the time the server leaves, not ten minutes more.
+    const slowClock = await alice.newPage();
+    await slowClock.clock.install({ time: Date.now() - 10 * 60_000 });
+    await slowClock.goto(`${api}/`);
+    await slowClock.getByRole('alert').filter({ hasText: 'idle' }).waitFor();
+    const left = await secondsLeft(slowClock);
+    assert.ok(left <= idleWarningSeconds && left >= (await secondsLeft(alicePage)) - 2, `${left} s left`);
+    await slowClock.close();
 
     await alicePage.getByRole('button', { name: "I'm still here" }).click();
     await alicePage.locator('#idle-warning').waitFor({ state: 'hidden', timeout: serverStepMs });

@@ -43,6 +43,11 @@ const state = {
   clock: undefined,
   /** The endpoints drawn, as JSON: they are drawn again only when they change (a copy button keeps its focus). */
   drawnEndpoints: undefined,
+  /**
+   * The server's clock minus this browser's, from the Date header of the API's answers: deadlines and
+   * estimates are the server's times, and a browser's clock may be minutes off.
+   */
+  clockOffsetMs: 0,
 };
 
 // ---------------------------------------------------------------------------------------------------
@@ -70,6 +75,7 @@ async function request(method, path, body) {
   } catch {
     throw new ApiError(0, { error: 'Manticore cannot be reached. Check your connection and try again.' });
   }
+  noteServerClock(response);
   // A proxy in front may answer with a page of its own; only JSON is the API speaking.
   const json = (response.headers.get('content-type') ?? '').includes('application/json');
   const parsed = json ? await response.json().catch(() => ({})) : {};
@@ -80,6 +86,17 @@ async function request(method, path, body) {
 }
 
 const sessionPath = (id) => `/sessions/${encodeURIComponent(id)}`;
+
+function noteServerClock(response) {
+  const date = Date.parse(response.headers.get('date') ?? '');
+  if (Number.isNaN(date)) return;
+  // The header counts whole seconds (hence the half second): an offset within two seconds is no offset.
+  const offset = date + 500 - Date.now();
+  state.clockOffsetMs = Math.abs(offset) < 2000 ? 0 : offset;
+}
+
+/** When a time the server gave (ISO 8601) comes on this browser's clock. */
+const localTime = (iso) => Date.parse(iso) - state.clockOffsetMs;
 
 // ---------------------------------------------------------------------------------------------------
 // Messages
@@ -331,13 +348,13 @@ function render(session) {
 function renderClock() {
   const { status } = state.session;
   if (status.expiresAt !== undefined) {
-    const left = Math.max(0, Math.ceil((Date.parse(status.expiresAt) - Date.now()) / 1000));
+    const left = Math.max(0, Math.ceil((localTime(status.expiresAt) - Date.now()) / 1000));
     $('countdown').textContent = `${Math.floor(left / 60)}:${String(left % 60).padStart(2, '0')}`;
   }
   const waiting = status.phase === 'Waiting' && !isTerminating(state.session);
   const estimate = waiting ? status.estimatedStartAt : undefined;
   $('estimated-start').hidden = !waiting;
-  $('estimated-start').textContent = estimate === undefined ? 'No start time can be estimated yet.' : `Estimated start: ${describeTime(Date.parse(estimate))} (an estimate, not a promise).`;
+  $('estimated-start').textContent = estimate === undefined ? 'No start time can be estimated yet.' : `Estimated start: ${describeTime(localTime(estimate))} (an estimate, not a promise).`;
 }
 
 function describeTime(at) {
