@@ -276,8 +276,8 @@ async function startRouter(config: ManticoreConfig, store: Store, keys: Keys, ed
   parts.add('router', () => router.stop());
   await parts.until(router.start());
   if (config.router.statusPort !== 0) {
-    // Started once the agent's first table is live, so it is ready for as long as it answers.
-    const status = new StatusServer('router', { ready: () => true, status: () => ({ ...router.progress, ...(edgeTls === undefined ? {} : { tls: edgeTls.status() }) }) }, log);
+    // Started once the agent's first table is live; ready while HAProxy takes the routes.
+    const status = new StatusServer('router', { ready: () => router.serving, status: () => ({ ...router.progress, ...(edgeTls === undefined ? {} : { tls: edgeTls.status() }) }) }, log);
     const address = await status.start(config.router.statusHost, config.router.statusPort);
     parts.add('router-status', () => status.stop());
     return address;

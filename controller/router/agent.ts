@@ -22,7 +22,7 @@ export interface RouterAgentOptions {
    */
   readonly storeLossGraceMs: number;
   readonly log: Logger;
-  /** Times the grace period and the retries of a failed apply (default: the system clock). */
+  /** Times the grace period, the heartbeats and the retries of a failed apply (default: the system clock). */
   readonly clock?: Clock;
 }
 
@@ -60,7 +60,7 @@ export class RouterAgent {
   private readonly served = new LiveRouteTable();
   private keptTimer: unknown;
   private readonly subscriptions: Subscription[] = [];
-  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private heartbeatTimer: unknown;
   private heartbeating: Promise<void> | undefined;
   private heartbeatAgain = false;
   private applying: Promise<void> | undefined;
@@ -83,6 +83,15 @@ export class RouterAgent {
   /** What the router has applied: its status and metrics. */
   get progress(): RouterProgress {
     return { router: this.options.name, appliedIndex: this.appliedIndex, lag: Math.max(0, this.routes.index - this.appliedIndex), routes: this.routes.cache.size };
+  }
+
+  /**
+   * Whether the data plane took the latest apply. While it refuses (HAProxy down, its admin socket wedged)
+   * the router is not ready and writes no heartbeat: once its record is stale, controllers stop holding new
+   * sessions back for an edge that does not serve them, and `manticore status` shows it down.
+   */
+  get serving(): boolean {
+    return this.applyFailures === 0;
   }
 
   /** Starts watching; resolves once the first complete table is live. */
@@ -109,8 +118,7 @@ export class RouterAgent {
     await this.applying;
     // Stopped while applying the first table (a signal during start-up): no heartbeat after its withdrawal.
     if (this.stopped) return;
-    this.heartbeatTimer = setInterval(() => this.reportProgress(), this.options.heartbeatMs);
-    this.heartbeatTimer.unref?.();
+    this.scheduleHeartbeat();
   }
 
   /** Stops applying and withdraws the heartbeat, so controllers stop waiting for this router at once. */
@@ -118,7 +126,7 @@ export class RouterAgent {
     this.stopped = true;
     this.removeMetricsSource?.();
     for (const subscription of this.subscriptions.splice(0)) subscription.unsubscribe();
-    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    this.clock.clearTimeout(this.heartbeatTimer);
     this.clock.clearTimeout(this.keptTimer);
     this.clock.clearTimeout(this.retryTimer);
     this.endRetryPause?.();
@@ -233,12 +241,19 @@ export class RouterAgent {
     });
   }
 
+  private scheduleHeartbeat(): void {
+    this.heartbeatTimer = this.clock.setTimeout(() => {
+      this.reportProgress();
+      this.scheduleHeartbeat();
+    }, this.options.heartbeatMs);
+  }
+
   private async heartbeat(): Promise<void> {
-    if (this.stopped) return;
+    if (this.stopped || !this.serving) return;
     const heartbeat: RouterHeartbeat = {
       name: this.options.name,
       appliedIndex: this.appliedIndex,
-      heartbeatAt: new Date().toISOString(),
+      heartbeatAt: new Date(this.clock.now()).toISOString(),
     };
     try {
       await this.options.store.put(this.options.keys.router(this.options.name), encodeRecord('router-heartbeat', heartbeat));

@@ -223,7 +223,7 @@ describe('router agent: a record that cannot be read', () => {
 });
 
 describe('router agent: a data plane that keeps failing', () => {
-  it('retries every second, logs an error once a minute rather than every second, says when it works again, and stops at once', async () => {
+  it('retries every second, logs an error once a minute rather than every second, withholds its heartbeat and readiness meanwhile, says when it works again, and stops at once', async () => {
     const store = new ScriptedStore();
     const plane = new RecordingDataPlane();
     const clock = FakeTimers.createClock(1_000_000);
@@ -241,6 +241,8 @@ describe('router agent: a data plane that keeps failing', () => {
       return apply(table, changes);
     };
     try {
+      const heartbeatsBefore = store.heartbeats.length;
+      assert.equal(agent.serving, true);
       store.steps.next({ kind: 'changes', index: 2, changes: [{ type: 'put', entry: entry('b', 20002, 2) }] });
       await settle();
       for (let second = 0; second < 120; second++) {
@@ -248,6 +250,9 @@ describe('router agent: a data plane that keeps failing', () => {
         await settle();
       }
       assert.equal(attempts, 121, 'one attempt a second');
+      // Not serving what the store says: no heartbeat, so controllers stop waiting for this router once it is stale.
+      assert.equal(agent.serving, false);
+      assert.equal(store.heartbeats.length, heartbeatsBefore, 'no heartbeat while the data plane refuses the routes');
       const errors = captured.lines.filter((line) => line.level >= 50 && /applying routes failed/.test(line.msg));
       assert.deepEqual(errors.map((line) => line.failures), [1, 61, 121], 'an error on the first failure and then once a minute');
       failing = false;
@@ -256,6 +261,9 @@ describe('router agent: a data plane that keeps failing', () => {
       assert.deepEqual([...plane.table.ports.keys()].sort(), [20001, 20002]);
       const recovered = captured.lines.filter((line) => /applying routes works again/.test(line.msg));
       assert.deepEqual(recovered.map((line) => line.failures), [121]);
+      assert.equal(agent.serving, true);
+      await settle();
+      assert.equal(store.heartbeats.at(-1)!.appliedIndex, 2, 'the heartbeat is back with the index applied');
 
       failing = true;
       store.steps.next({ kind: 'changes', index: 3, changes: [{ type: 'delete', key: key('a'), modifyIndex: 3 }] });
