@@ -730,14 +730,14 @@ export class NomadScheduler implements Scheduler {
     for (const event of events) {
       if (event.topic === 'Allocation') this.keep(this.allocsByJob, parseAllocStub(event.payload.Allocation), touched);
       else if (event.topic === 'Evaluation') this.applyEvaluation(event, index, touched);
-      else if (event.topic === 'Node') this.applyNode(event, index, gains);
+      else if (event.topic === 'Node') this.applyNode(event, gains);
     }
     this.advanceJobsIndex(index, false);
     this.gained(gains);
     this.recompute(touched);
   }
 
-  /** A deleted object (a purged job, a node gone) comes as it was: last modified before the event. */
+  /** A deleted job (purged, garbage-collected) comes as it was: last modified before the event. */
   private applyJob(event: NomadEvent, index: number, touched: Set<string>): void {
     const stub = parseJobStub(event.payload.Job);
     if (!stub || !stub.ID.startsWith(JOB_PREFIX)) return;
@@ -783,10 +783,14 @@ export class NomadScheduler implements Scheduler {
     touched.add(item.JobID);
   }
 
-  private applyNode(event: NomadEvent, index: number, gains: string[]): void {
+  /**
+   * Only a deregistration removes a node: a node event its client reports (NodeEvent: a driver's health
+   * changed, …) publishes the node with its ModifyIndex unchanged, though it stays.
+   */
+  private applyNode(event: NomadEvent, gains: string[]): void {
     const node = parseNodeStub(event.payload.Node);
     if (!node || !this.nodes) return;
-    if (node.ModifyIndex < index) {
+    if (event.type === 'NodeDeregistration') {
       this.nodes.delete(node.ID);
       return;
     }

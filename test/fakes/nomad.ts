@@ -154,6 +154,11 @@ export class NomadDouble {
     }
   }
 
+  /** The node's client reports an event (a driver's health changed, …): the node is published, its ModifyIndex unchanged. */
+  emitNodeEvent(id: string, subsystem: string, message: string): void {
+    this.state.emitNodeEvent(id, subsystem, message);
+  }
+
   /** Sends `signal` to a running task from outside, as a crash would: Nomad's restart policy applies. */
   killTask(allocId: string, task: string, signal: NodeJS.Signals = 'SIGKILL'): void {
     if (!this.client.killTask(allocId, task, signal)) throw new Error(`killTask: task ${task} of allocation ${allocId} is not running`);

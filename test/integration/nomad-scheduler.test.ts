@@ -415,6 +415,25 @@ describe('Nomad scheduler', function () {
       subscription.unsubscribe();
     });
 
+    it('keeps a node that reports an event (its ModifyIndex unchanged): no capacity gain when the stream starts over', async function () {
+      const { double, scheduler, recorder } = await healthyDemoJob();
+      let emitted = 0;
+      const subscription = scheduler.capacityChanges().subscribe(() => emitted++);
+      const [node] = (await (await fetch(`${double.address}/v1/nodes`)).json()) as Array<{ ID: string }>;
+      double.emitNodeEvent(node?.ID ?? '', 'Driver: docker', 'Driver docker is healthy');
+      // A barrier: once a job registered after the node event is healthy, the event has come.
+      const later = scheduler.render(contractRequest(demo, session()));
+      await scheduler.register(later);
+      await recorder.healthy(later);
+      // The lists taken when the stream starts over hold the same node as before.
+      await double.restart();
+      const after = scheduler.render(contractRequest(demo, session()));
+      await waitFor('a register after the restart', () => scheduler.register(after).then(() => true, () => false));
+      await recorder.healthy(after);
+      assert.equal(emitted, 0, 'the node neither left nor joined');
+      subscription.unsubscribe();
+    });
+
     it('keeps watching through a restart, an outage and injected errors and latency', async function () {
       const double = await startDouble();
       const scheduler = await startScheduler(double.address);

@@ -18,7 +18,8 @@ export type EventType =
   | 'AllocationUpdateDesiredStatus'
   | 'PlanResult'
   | 'NodeRegistration'
-  | 'NodeDeregistration';
+  | 'NodeDeregistration'
+  | 'NodeEvent';
 
 export interface StreamEvent {
   Topic: Topic;

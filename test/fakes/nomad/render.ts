@@ -191,7 +191,7 @@ export function nodeFull(node: NodeRecord, hostIP: string): JsonObject {
       Networks: { ReservedHostPorts: '' },
     },
     StatusUpdatedAt: Math.floor(Date.now() / 1000),
-    Events: null,
+    Events: structuredClone(node.events) as unknown as Json,
   };
 }
 

@@ -59,6 +59,9 @@ interface Waiter {
 /** The fields of Nomad's JobEvaluateRequest (with its WriteRequest) a body may carry. */
 const EVALUATE_FIELDS = ['JobID', 'EvalOptions', 'Namespace', 'Region', 'SecretID', 'AuthToken', 'IdempotencyToken'];
 
+/** Nomad keeps a node's latest 10 events (structs.MaxRetainedNodeEvents). */
+const MAX_NODE_EVENTS = 10;
+
 const TERMINAL_CLIENT = new Set(['complete', 'failed', 'lost']);
 export const isTerminal = (alloc: AllocRecord): boolean => alloc.DesiredStatus !== 'run' || TERMINAL_CLIENT.has(alloc.ClientStatus);
 const evalTerminal = (evaluation: EvalRecord): boolean => ['complete', 'failed', 'canceled'].includes(evaluation.Status);
@@ -191,13 +194,28 @@ export class NomadState {
     };
     if (!(full.cpu > 0) || !(full.memoryMB > 0)) throw new Error(`node ${spec.name}: cpu and memoryMB must be positive`);
     this.write('NodeRegistration', (index) => {
-      const node: NodeRecord = { id, spec: full, status: 'ready', createIndex: index, modifyIndex: index };
+      const registered = { Message: 'Node registered', Subsystem: 'Cluster', Details: null, Timestamp: new Date().toISOString(), CreateIndex: index };
+      const node: NodeRecord = { id, spec: full, status: 'ready', events: [registered], createIndex: index, modifyIndex: index };
       this.nodes.set(id, node);
       this.changed.nodes.add(node);
     });
     this.log.debug({ nodeId: id, name: spec.name }, 'node registered');
     this.unblock();
     return id;
+  }
+
+  /**
+   * A client reports an event of its node (Node.EmitEvents: a driver's health changed, …). Nomad appends
+   * it to the node, keeping the latest 10, and publishes the node on the Node topic, but leaves its
+   * ModifyIndex as it was.
+   */
+  emitNodeEvent(id: string, subsystem: string, message: string): void {
+    const node = this.nodes.get(id);
+    if (!node) throw new Error(`emitNodeEvent: no node ${id}`);
+    this.write('NodeEvent', (index) => {
+      node.events = [...node.events, { Message: message, Subsystem: subsystem, Details: null, Timestamp: new Date().toISOString(), CreateIndex: index }].slice(-MAX_NODE_EVENTS);
+      this.changed.nodes.add(node);
+    });
   }
 
   /** The node leaves: its allocations are lost (their tasks killed) and replaced elsewhere. */

@@ -30,8 +30,19 @@ export interface NodeRecord {
   id: string;
   spec: Required<Omit<NodeSpec, 'nodeClass'>> & { nodeClass: string };
   status: 'ready' | 'down';
+  /** The node's latest events (Nomad's NodeEvents, served as `Events`). */
+  events: NodeEventRecord[];
   createIndex: number;
   modifyIndex: number;
+}
+
+/** Nomad's structs.NodeEvent as the API serves it. */
+export interface NodeEventRecord {
+  Message: string;
+  Subsystem: string;
+  Details: Record<string, string> | null;
+  Timestamp: string;
+  CreateIndex: number;
 }
 
 /** An error answered over HTTP with Nomad's plain-text body. */
