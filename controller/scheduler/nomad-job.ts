@@ -86,6 +86,17 @@ export interface NomadRestartPolicy {
   Mode: 'fail';
 }
 
+/**
+ * How Nomad's client judges an allocation healthy outside a deployment: one placed once its version's
+ * deployment has ended (the replacement of an allocation lost with its node) or moved off a draining node.
+ */
+export interface NomadMigrateStrategy {
+  MaxParallel: number;
+  HealthCheck: 'checks' | 'task_states';
+  MinHealthyTime: number;
+  HealthyDeadline: number;
+}
+
 export interface NomadReschedulePolicy {
   Attempts: number;
   Unlimited: boolean;
@@ -121,6 +132,7 @@ export interface NomadTaskGroup {
   Services: NomadService[];
   RestartPolicy: NomadRestartPolicy;
   ReschedulePolicy: NomadReschedulePolicy;
+  Migrate: NomadMigrateStrategy;
   EphemeralDisk: NomadEphemeralDisk;
   Tasks: NomadTaskSpec[];
 }
@@ -245,7 +257,8 @@ export function renderNomadJob(request: WorkloadRequest, options: NomadJobOption
     return { Name: serviceName, PortLabel: service.port, Provider: 'nomad', Checks: [check] };
   });
 
-  const hasChecks = services.some((service) => service.Checks !== undefined);
+  // "checks" waits for every service check to pass; with no check, running tasks are all there is.
+  const healthCheck = services.some((service) => service.Checks !== undefined) ? 'checks' : 'task_states';
   const job: NomadJob = {
     ID: request.jobId,
     Name: request.jobId,
@@ -260,8 +273,7 @@ export function renderNomadJob(request: WorkloadRequest, options: NomadJobOption
       ? { Constraints: options.constraints.map(({ LTarget, RTarget, Operand }) => ({ LTarget, RTarget, Operand })) }
       : {}),
     Update: {
-      // "checks" waits for every service check to pass; with no check, running tasks are all there is.
-      HealthCheck: hasChecks ? 'checks' : 'task_states',
+      HealthCheck: healthCheck,
       MinHealthyTime: 0,
       HealthyDeadline: nanoseconds(options.healthyDeadlineMs),
       // 0 disables the progress deadline: Manticore, not Nomad, decides when a session took too long.
@@ -283,6 +295,9 @@ export function renderNomadJob(request: WorkloadRequest, options: NomadJobOption
         },
         // A failed session is the controller's to report and retry; Nomad must not move it elsewhere.
         ReschedulePolicy: { Attempts: 0, Unlimited: false },
+        // Judged as in a deployment; Nomad's defaults would hold a healthy replacement back 10 s and give up
+        // on one still pulling its image after 5 min, for good (health is decided once).
+        Migrate: { MaxParallel: 1, HealthCheck: healthCheck, MinHealthyTime: 0, HealthyDeadline: nanoseconds(options.healthyDeadlineMs) },
         EphemeralDisk: { SizeMB: EPHEMERAL_DISK_MB },
         Tasks: tasks,
       },

@@ -415,6 +415,23 @@ describe('Nomad scheduler', function () {
       subscription.unsubscribe();
     });
 
+    it("judges the replacement of a lost allocation healthy as its deployment would: when its checks pass, not Nomad's migrate defaults (10 s later, 5 min deadline)", async function () {
+      const double = await startDouble({ nodes: [{ ...NODE, name: 'a' }, { ...NODE, name: 'b' }] });
+      const scheduler = await startScheduler(double.address);
+      const recorder = record(scheduler);
+      const job = scheduler.render(contractRequest(demo, session()));
+      await scheduler.register(job);
+      const first = await recorder.healthy(job);
+      const placed = (await (await fetch(`${double.address}/v1/allocation/${first.allocation?.id ?? ''}`)).json()) as { NodeID: string };
+      const lostAt = Date.now();
+      double.removeNode(placed.NodeID);
+      const replaced = await recorder.until(job.id, 'a healthy replacement', (workload) => workload.allocation?.id !== first.allocation?.id && workload.allocation?.healthy === true, 20_000);
+      // Outside a deployment (that of the job's version succeeded), Nomad's client judges health by the group's
+      // migrate strategy, whose default holds a healthy allocation back for 10 s.
+      assert.ok(Date.now() - lostAt < 10_000, `healthy ${Date.now() - lostAt} ms after the node left`);
+      assert.equal(replaced.specHash, job.specHash, 'the same job, replaced by Nomad');
+    });
+
     it('keeps a node that reports an event (its ModifyIndex unchanged): no capacity gain when the stream starts over', async function () {
       const { double, scheduler, recorder } = await healthyDemoJob();
       let emitted = 0;

@@ -70,7 +70,7 @@ function withEnv(template: SessionTemplate, env: Record<string, string>): Sessio
 /** Nomad's JSON job fields (api-docs/json-jobs): any other key in the rendered job is a bug. */
 const KNOWN_FIELDS: Record<string, string[]> = {
   job: ['ID', 'Name', 'Type', 'Namespace', 'Region', 'Datacenters', 'NodePool', 'Priority', 'Meta', 'Constraints', 'Update', 'TaskGroups'],
-  group: ['Name', 'Count', 'Networks', 'Services', 'RestartPolicy', 'ReschedulePolicy', 'EphemeralDisk', 'Tasks'],
+  group: ['Name', 'Count', 'Networks', 'Services', 'RestartPolicy', 'ReschedulePolicy', 'Migrate', 'EphemeralDisk', 'Tasks'],
   network: ['Mode', 'DynamicPorts'],
   port: ['Label', 'To'],
   service: ['Name', 'PortLabel', 'Provider', 'Checks'],
@@ -79,6 +79,7 @@ const KNOWN_FIELDS: Record<string, string[]> = {
   update: ['HealthCheck', 'MinHealthyTime', 'HealthyDeadline', 'ProgressDeadline', 'AutoRevert', 'MaxParallel'],
   restart: ['Attempts', 'Interval', 'Delay', 'Mode'],
   reschedule: ['Attempts', 'Unlimited'],
+  migrate: ['MaxParallel', 'HealthCheck', 'MinHealthyTime', 'HealthyDeadline'],
   resources: ['CPU', 'MemoryMB'],
   constraint: ['LTarget', 'RTarget', 'Operand'],
 };
@@ -94,6 +95,7 @@ function assertKnownFields(job: NomadJob): void {
     check('group', group);
     check('restart', group.RestartPolicy);
     check('reschedule', group.ReschedulePolicy);
+    check('migrate', group.Migrate);
     for (const network of group.Networks) {
       check('network', network);
       for (const port of network.DynamicPorts) check('port', port);
@@ -209,6 +211,8 @@ describe('Nomad job rendering', () => {
       });
       assert.deepEqual(group.RestartPolicy, { Attempts: 2, Interval: 300 * SECOND, Delay: 5 * SECOND, Mode: 'fail' });
       assert.deepEqual(group.ReschedulePolicy, { Attempts: 0, Unlimited: false });
+      // An allocation placed outside a deployment (a lost one's replacement) is judged the same way.
+      assert.deepEqual(group.Migrate, { MaxParallel: 1, HealthCheck: 'checks', MinHealthyTime: 0, HealthyDeadline: 600 * SECOND });
     });
 
     it('carries region, namespace, node pool, constraints and priority when configured', () => {
@@ -260,6 +264,7 @@ describe('Nomad job rendering', () => {
       for (const service of unchecked.spec.services) delete service.check;
       const rendered = renderNomadJob(requestFor(unchecked), options).Job;
       assert.equal(rendered.Update.HealthCheck, 'task_states');
+      assert.equal(rendered.TaskGroups[0]?.Migrate.HealthCheck, 'task_states');
       assert.ok(rendered.TaskGroups[0]?.Services.every((service) => service.Checks === undefined));
     });
 

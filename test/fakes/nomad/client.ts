@@ -3,7 +3,7 @@ import net from 'node:net';
 import type { Logger } from '../../../controller/util/log.js';
 import type { AllocClient } from './state.js';
 import { TaskRunner, type TaskHost } from './tasks.js';
-import type { AllocRecord, CheckSpec, NodeRecord } from './types.js';
+import type { AllocRecord, CheckSpec, HealthSpec, NodeRecord } from './types.js';
 
 /**
  * The Nomad client of the double: one AllocRunner per allocation placed on any of its nodes. An
@@ -75,10 +75,15 @@ class AllocRunner implements TaskHost {
     this.changed();
     for (const task of this.tasks) task.start();
     for (const check of this.checks) if (!check.simulated) this.probeLoop(check);
-    const update = this.alloc.job.spec.update;
-    if (update && update.healthyDeadlineMs > 0) {
-      this.later(update.healthyDeadlineMs, () => this.setHealth(false, 'healthy deadline passed'));
+    const health = this.health;
+    if (health && health.healthyDeadlineMs > 0) {
+      this.later(health.healthyDeadlineMs, () => this.setHealth(false, 'healthy deadline passed'));
     }
+  }
+
+  /** In a deployment by the job's update strategy, else (a migration, a lost allocation's replacement) by the group's Migrate strategy. */
+  private get health(): HealthSpec | undefined {
+    return this.alloc.DeploymentID !== '' ? this.alloc.job.spec.update : this.alloc.group.migrate;
   }
 
   private later(ms: number, action: () => void): void {
@@ -132,8 +137,8 @@ class AllocRunner implements TaskHost {
 
   /** allochealth: unhealthy when a task dies first; healthy once all run (and checks pass) for MinHealthyTime. */
   private evaluateHealth(): void {
-    const update = this.alloc.job.spec.update;
-    if (!update || this.alloc.DeploymentStatus?.Healthy != null || this.alloc.DesiredStatus !== 'run') return;
+    const health = this.health;
+    if (!health || this.alloc.DeploymentStatus?.Healthy != null || this.alloc.DesiredStatus !== 'run') return;
     const states = this.tasks.map((task) => task.state);
     if (states.some((state) => state.Failed || state.FinishedAt !== null)) {
       this.setHealth(false, 'task failed');
@@ -141,14 +146,14 @@ class AllocRunner implements TaskHost {
     }
     const running = states.every((state) => state.State === 'running');
     for (const check of this.checks) if (check.simulated && running) check.passing = true;
-    const checksPass = update.healthCheck !== 'checks' || this.checks.every((check) => check.passing);
-    const ready = update.healthCheck !== 'manual' && running && checksPass;
+    const checksPass = health.healthCheck !== 'checks' || this.checks.every((check) => check.passing);
+    const ready = health.healthCheck !== 'manual' && running && checksPass;
     if (!ready) {
       if (this.healthyTimer) clearTimeout(this.healthyTimer);
       this.healthyTimer = undefined;
       return;
     }
-    if (update.minHealthyTimeMs <= 0) {
+    if (health.minHealthyTimeMs <= 0) {
       this.setHealth(true, 'healthy');
       return;
     }
@@ -156,7 +161,7 @@ class AllocRunner implements TaskHost {
     this.healthyTimer = setTimeout(() => {
       this.healthyTimer = undefined;
       if (!this.destroyed) this.setHealth(true, 'healthy for min_healthy_time');
-    }, update.minHealthyTimeMs);
+    }, health.minHealthyTimeMs);
   }
 
   private setHealth(healthy: boolean, why: string): void {

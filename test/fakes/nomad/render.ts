@@ -130,7 +130,7 @@ export function allocFull(alloc: AllocRecord, withJob = true): JsonObject {
   const full = allocStub(alloc, { resources: true, taskStates: true });
   full.Job = withJob ? structuredClone(alloc.jobJson) : null;
   full.Metrics = structuredClone(alloc.metric) as unknown as JsonObject;
-  full.DeploymentID = '';
+  full.DeploymentID = alloc.DeploymentID;
   full.AllocStates = null;
   return full;
 }

@@ -276,6 +276,7 @@ export class NomadState {
         modifyIndex: at,
         jobModifyIndex: at,
         submitTime: nowNs(),
+        deployment: undefined,
       };
       this.jobs.set(spec.id, job);
       this.changed.jobs.add(job);
@@ -482,6 +483,7 @@ export class NomadState {
       return change ? { cpu: used.cpu + change.cpu, memoryMB: used.memoryMB + change.memoryMB, diskMB: used.diskMB + change.diskMB, ports: used.ports } : used;
     };
     for (const alloc of stopping) if (this.holding.get(alloc.ID)?.resources) plan(alloc.NodeID, -1, resourcesOf(alloc));
+    const deploymentId = this.deploymentFor(job, placements.length > 0);
     for (const { group, index: slot, previous } of placements) {
       const result = placeGroup(job.spec, group, [...this.nodes.values()], usageOf, this.hostIP);
       if (!result.ok) {
@@ -491,7 +493,7 @@ export class NomadState {
         continue;
       }
       const ports = await assignPorts(group, usageOf(result.node.id), this.hostIP);
-      const alloc = this.newAlloc(job, group, slot, evaluation, result.node, ports, result.metric, previous);
+      const alloc = this.newAlloc(job, group, slot, evaluation, result.node, ports, result.metric, previous, deploymentId);
       placed.push(alloc);
       plan(alloc.NodeID, 1, resourcesOf(alloc));
     }
@@ -568,7 +570,30 @@ export class NomadState {
     return alloc.ModifyTime / 1_000_000 + policy.delayMs <= Date.now();
   }
 
-  private newAlloc(job: JobRecord, group: GroupSpec, slot: number, evaluation: EvalRecord, node: NodeRecord, ports: AllocRecord['ports'], metric: AllocMetric, previous: AllocRecord | undefined): AllocRecord {
+  /**
+   * The deployment that placements of the job join (Nomad's reconciler and computePlacements): a version
+   * with an update strategy gets one when it is first placed; once that deployment succeeded or failed,
+   * later placements of the version (the replacement of a lost allocation) join none, and their clients
+   * judge their health by the group's Migrate strategy instead.
+   */
+  private deploymentFor(job: JobRecord, placing: boolean): string {
+    if (placing && job.spec.update && !job.deployment && !this.allocsOf(job.spec.id).some((alloc) => alloc.job === job)) {
+      job.deployment = { ID: newId(), status: 'running' };
+    }
+    return job.deployment?.status === 'running' ? job.deployment.ID : '';
+  }
+
+  /** Nomad's deployment watcher: an unhealthy allocation fails the deployment, all it wants healthy complete it. */
+  private refreshDeployment(job: JobRecord): void {
+    const deployment = job.deployment;
+    if (deployment?.status !== 'running') return;
+    const placed = this.allocsOf(job.spec.id).filter((alloc) => alloc.DeploymentID === deployment.ID);
+    const wanted = job.spec.groups.reduce((sum, group) => sum + group.count, 0);
+    if (placed.some((alloc) => alloc.DeploymentStatus?.Healthy === false)) deployment.status = 'failed';
+    else if (placed.filter((alloc) => alloc.DeploymentStatus?.Healthy === true).length >= wanted) deployment.status = 'successful';
+  }
+
+  private newAlloc(job: JobRecord, group: GroupSpec, slot: number, evaluation: EvalRecord, node: NodeRecord, ports: AllocRecord['ports'], metric: AllocMetric, previous: AllocRecord | undefined, deploymentId: string): AllocRecord {
     const now = nowNs();
     return {
       ID: newId(),
@@ -586,6 +611,7 @@ export class NomadState {
       ClientStatus: 'pending',
       ClientDescription: '',
       TaskStates: {},
+      DeploymentID: deploymentId,
       DeploymentStatus: null,
       PreviousAllocation: previous?.ID ?? '',
       NextAllocation: '',
@@ -682,7 +708,9 @@ export class NomadState {
     this.write('AllocationUpdated', (index) => {
       this.touchAlloc(alloc, index);
       const job = this.jobs.get(alloc.JobID);
-      if (job) this.refreshJobStatus(job, index);
+      if (!job) return;
+      this.refreshJobStatus(job, index);
+      this.refreshDeployment(job);
     });
     if (TERMINAL_CLIENT.has(alloc.ClientStatus)) {
       this.unblock();

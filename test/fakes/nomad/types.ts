@@ -130,9 +130,12 @@ export interface GroupSpec {
   meta: Record<string, string>;
   constraints: ConstraintSpec[];
   tasks: TaskSpec[];
+  /** How an allocation placed outside a deployment is judged healthy (service jobs only). */
+  migrate: HealthSpec | undefined;
 }
 
-export interface UpdateSpec {
+/** How a client judges an allocation healthy: by the Update strategy in a deployment, else by Migrate. */
+export interface HealthSpec {
   healthCheck: string;
   minHealthyTimeMs: number;
   healthyDeadlineMs: number;
@@ -149,7 +152,8 @@ export interface JobSpec {
   nodePool: string;
   constraints: ConstraintSpec[];
   meta: Record<string, string>;
-  update: UpdateSpec | undefined;
+  /** A non-empty update strategy (MaxParallel > 0): new versions roll out as deployments. */
+  update: HealthSpec | undefined;
   groups: GroupSpec[];
 }
 
@@ -166,6 +170,8 @@ export interface JobRecord {
   modifyIndex: number;
   jobModifyIndex: number;
   submitTime: number;
+  /** The deployment of this version, once its first placement made one (no deployments API). */
+  deployment: { ID: string; status: 'running' | 'successful' | 'failed' } | undefined;
 }
 
 // ---- evaluations and allocations (served as they are) ---------------------------------------------------
@@ -261,6 +267,8 @@ export interface AllocRecord {
   ClientStatus: 'pending' | 'running' | 'complete' | 'failed' | 'lost';
   ClientDescription: string;
   TaskStates: Record<string, TaskStateRecord>;
+  /** The deployment it was placed in; empty outside one (its health is then judged by the Migrate strategy). */
+  DeploymentID: string;
   DeploymentStatus: { Healthy: boolean | null; Timestamp: string; Canary: boolean; ModifyIndex: number } | null;
   PreviousAllocation: string;
   NextAllocation: string;

@@ -9,6 +9,7 @@ import {
   type Json,
   type JsonObject,
   type PortSpec,
+  type HealthSpec,
   type RescheduleSpec,
   type RestartSpec,
   type ServiceSpec,
@@ -36,14 +37,14 @@ const SCHEMAS: Record<string, Record<string, Kind>> = {
     Region: S, Namespace: S, ID: S, ParentID: S, Name: S, Type: S, Priority: N, AllAtOnce: B, Datacenters: 'strings',
     NodePool: S, Constraints: list('Constraint'), Affinities: A, TaskGroups: list('TaskGroup'), Update: obj('Update'),
     Multiregion: A, Spreads: A, Periodic: A, ParameterizedJob: A, Dispatched: B, DispatchIdempotencyToken: S, Payload: A,
-    Reschedule: obj('Reschedule'), Migrate: A, Meta: 'stringMap', ConsulToken: S, VaultToken: S, VaultNamespace: S,
+    Reschedule: obj('Reschedule'), Migrate: obj('Migrate'), Meta: 'stringMap', ConsulToken: S, VaultToken: S, VaultNamespace: S,
     NomadTokenID: S, Status: S, StatusDescription: S, Stable: B, Version: N, SubmitTime: N, CreateIndex: N,
     ModifyIndex: N, JobModifyIndex: N, ConsulNamespace: S, UI: A, Stop: B, VersionTag: A,
   },
   TaskGroup: {
     Name: S, Count: N, Constraints: list('Constraint'), Affinities: A, Tasks: list('Task'), Spreads: A, Volumes: A,
     RestartPolicy: obj('RestartPolicy'), ReschedulePolicy: obj('Reschedule'), EphemeralDisk: obj('EphemeralDisk'),
-    Update: obj('Update'), Migrate: A, Networks: list('Network'), Meta: 'stringMap', Services: list('Service'),
+    Update: obj('Update'), Migrate: obj('Migrate'), Networks: list('Network'), Meta: 'stringMap', Services: list('Service'),
     ShutdownDelay: N, StopAfterClientDisconnect: N, MaxClientDisconnect: N, Scaling: A, Consul: A,
     PreventRescheduleOnLost: B, Disconnect: A,
   },
@@ -59,6 +60,7 @@ const SCHEMAS: Record<string, Record<string, Kind>> = {
     Stagger: N, MaxParallel: N, HealthCheck: S, MinHealthyTime: N, HealthyDeadline: N, ProgressDeadline: N, Canary: N,
     AutoRevert: B, AutoPromote: B,
   },
+  Migrate: { MaxParallel: N, HealthCheck: S, MinHealthyTime: N, HealthyDeadline: N },
   Reschedule: { Attempts: N, Interval: N, Delay: N, DelayFunction: S, MaxDelay: N, Unlimited: B },
   RestartPolicy: { Interval: N, Attempts: N, Delay: N, Mode: S, RenderTemplates: B },
   EphemeralDisk: { Sticky: B, Migrate: B, SizeMB: N },
@@ -144,6 +146,8 @@ const SECOND_NS = 1_000_000_000;
 /** Nomad's defaults for a service job (api/tasks.go, structs.DefaultServiceJobRestartPolicy and friends). */
 const DEFAULT_RESTART = { Attempts: 2, Interval: 30 * 60 * SECOND_NS, Delay: 15 * SECOND_NS, Mode: 'fail' };
 const DEFAULT_RESCHEDULE = { Attempts: 0, Interval: 0, Delay: 30 * SECOND_NS, DelayFunction: 'exponential', MaxDelay: 3600 * SECOND_NS, Unlimited: true };
+/** structs.DefaultMigrateStrategy: how a service job's allocation placed outside a deployment is judged healthy. */
+const DEFAULT_MIGRATE = { MaxParallel: 1, HealthCheck: 'checks', MinHealthyTime: 10 * SECOND_NS, HealthyDeadline: 300 * SECOND_NS };
 const DEFAULT_UPDATE = { Stagger: 30 * SECOND_NS, MaxParallel: 1, HealthCheck: 'checks', MinHealthyTime: 10 * SECOND_NS, HealthyDeadline: 300 * SECOND_NS, ProgressDeadline: 600 * SECOND_NS, Canary: 0, AutoRevert: false, AutoPromote: false };
 const KILL_SIGNALS = new Set(['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2', 'SIGKILL']);
 
@@ -189,6 +193,9 @@ function canonicalize(job: Obj, namespace: string): void {
     group.EphemeralDisk = { Sticky: false, Migrate: false, SizeMB: 300, ...(sub(group, 'EphemeralDisk') ?? {}) };
     const groupUpdate = sub(group, 'Update');
     if (jobUpdate || groupUpdate) group.Update = { ...DEFAULT_UPDATE, ...(jobUpdate ?? {}), ...(groupUpdate ?? {}) };
+    // Only service jobs migrate; the api drops the strategy of any other type.
+    if (job.Type === 'service') group.Migrate = { ...DEFAULT_MIGRATE, ...(sub(job, 'Migrate') ?? {}), ...(sub(group, 'Migrate') ?? {}) };
+    else delete group.Migrate;
     for (const task of objs(group, 'Tasks')) {
       task.KillTimeout = num(task, 'KillTimeout', 5 * SECOND_NS);
       task.LogConfig = { MaxFiles: 10, MaxFileSizeMB: 10, Disabled: false, ...(sub(task, 'LogConfig') ?? {}) };
@@ -229,6 +236,8 @@ function validateGroup(group: Obj): string[] {
   if (num(group, 'Count', 1) < 0) errors.push("Task group count can't be negative");
   const restart = sub(group, 'RestartPolicy') ?? {};
   errors.push(...restartErrors(restart));
+  const migrate = sub(group, 'Migrate');
+  if (migrate) errors.push(...migrateErrors(migrate));
   const disk = sub(group, 'EphemeralDisk') ?? {};
   if (num(disk, 'SizeMB', 300) < 10) errors.push(`minimum DiskMB value is 10; got ${num(disk, 'SizeMB', 300)}`);
   errors.push(...constraintErrors(objs(group, 'Constraints')));
@@ -284,6 +293,19 @@ function validateTask(task: Obj, labels: ReadonlySet<string>): string[] {
   errors.push(...restartErrors(sub(task, 'RestartPolicy') ?? {}));
   errors.push(...constraintErrors(objs(task, 'Constraints')));
   for (const service of objs(task, 'Services')) errors.push(...serviceErrors(service, labels));
+  return errors;
+}
+
+/** structs.MigrateStrategy.Validate. */
+function migrateErrors(migrate: Obj): string[] {
+  const errors: string[] = [];
+  const healthCheck = str(migrate, 'HealthCheck');
+  if (healthCheck !== 'checks' && healthCheck !== 'task_states') errors.push(`Invalid HealthCheck: ${JSON.stringify(healthCheck)}`);
+  const min = num(migrate, 'MinHealthyTime', 0);
+  const deadline = num(migrate, 'HealthyDeadline', 0);
+  if (min < 0) errors.push(`MinHealthyTime must be >= 0 but found ${min}`);
+  if (deadline < 0) errors.push(`HealthyDeadline must be >= 0 but found ${deadline}`);
+  if (min > deadline) errors.push(`MinHealthyTime must be less than HealthyDeadline: ${min} > ${deadline}`);
   return errors;
 }
 
@@ -351,14 +373,17 @@ function specOf(job: Obj): JobSpec {
     nodePool: str(job, 'NodePool'),
     constraints: constraintsOf(job),
     meta: strMap(job, 'Meta'),
-    update: update
-      ? {
-          healthCheck: str(update, 'HealthCheck', 'checks'),
-          minHealthyTimeMs: nsToMs(num(update, 'MinHealthyTime', 0)),
-          healthyDeadlineMs: nsToMs(num(update, 'HealthyDeadline', 0)),
-        }
-      : undefined,
+    // MaxParallel 0 is an empty strategy (UpdateStrategy.IsEmpty): no deployments.
+    update: update && num(update, 'MaxParallel', 1) > 0 ? healthOf(update) : undefined,
     groups: objs(job, 'TaskGroups').map(groupOf),
+  };
+}
+
+function healthOf(strategy: Obj): HealthSpec {
+  return {
+    healthCheck: str(strategy, 'HealthCheck', 'checks'),
+    minHealthyTimeMs: nsToMs(num(strategy, 'MinHealthyTime', 0)),
+    healthyDeadlineMs: nsToMs(num(strategy, 'HealthyDeadline', 0)),
   };
 }
 
@@ -391,6 +416,7 @@ function servicesOf(o: Obj): ServiceSpec[] {
 
 function groupOf(group: Obj): GroupSpec {
   const network = objs(group, 'Networks')[0] ?? {};
+  const migrate = sub(group, 'Migrate');
   const ports: PortSpec[] = [
     ...objs(network, 'ReservedPorts').map((port) => ({ label: str(port, 'Label'), value: num(port, 'Value', 0), to: num(port, 'To', 0) })),
     ...objs(network, 'DynamicPorts').map((port) => ({ label: str(port, 'Label'), value: 0, to: num(port, 'To', 0) })),
@@ -406,6 +432,7 @@ function groupOf(group: Obj): GroupSpec {
     diskMB: num(sub(group, 'EphemeralDisk') ?? {}, 'SizeMB', 300),
     meta: strMap(group, 'Meta'),
     constraints: constraintsOf(group),
+    migrate: migrate ? healthOf(migrate) : undefined,
     tasks: objs(group, 'Tasks').map((task): TaskSpec => {
       const resources = sub(task, 'Resources') ?? {};
       return {
