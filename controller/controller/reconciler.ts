@@ -235,7 +235,9 @@ export class SessionReconciler {
     const wakeAts: number[] = [];
 
     // Failures after the first Ready: each counts against the restart limit; a failed allocation is replaced after a backoff.
-    const failures = this.failuresAfter(previous, allocation, healthy, now);
+    // A workload replaced for a new spec (a new generation, an edited template) stops serving because it was told to.
+    const replacing = previous?.observedGeneration !== generation || (cachedWorkload !== undefined && workload === undefined);
+    const failures = this.failuresAfter(previous, replacing, allocation, healthy, now);
     if (failures.length > policy.maxRestarts) {
       const last = failures[failures.length - 1]!;
       return this.fail(id, generation, 'CrashLoop', `failed ${failures.length} times within ${formatSeconds(policy.restartWindowMs)}; last: ${last.message}`, failures);
@@ -334,13 +336,19 @@ export class SessionReconciler {
   }
 
   /**
-   * The recent failures with any new one added: the workload stopped serving after having served, or its
-   * allocation failed or was lost (once per allocation).
+   * The recent failures with any new one added: the workload stopped serving after having served (unless it
+   * is being replaced for a new spec), or its allocation failed or was lost (once per allocation).
    */
-  private failuresAfter(previous: SessionStatus | undefined, allocation: Allocation | undefined, healthy: ConditionInput, now: number): WorkloadFailure[] {
+  private failuresAfter(
+    previous: SessionStatus | undefined,
+    replacing: boolean,
+    allocation: Allocation | undefined,
+    healthy: ConditionInput,
+    now: number,
+  ): WorkloadFailure[] {
     const failures = recentFailures(this.deps.policy, previous?.failures ?? [], now);
     const allocationEnded = allocation?.clientStatus === 'failed' || allocation?.clientStatus === 'lost';
-    const stoppedServing = previous?.phase === 'Ready' && healthy.status === 'False';
+    const stoppedServing = previous?.phase === 'Ready' && !replacing && healthy.status === 'False';
     const alreadyCounted = allocation !== undefined && previous?.failures?.at(-1)?.allocationId === allocation.id && !stoppedServing;
     if ((stoppedServing || allocationEnded) && !alreadyCounted) {
       const message = allocationEnded ? describeTasks(allocation!) || `allocation ${allocation!.clientStatus}` : healthy.message;

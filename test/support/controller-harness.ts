@@ -147,12 +147,16 @@ export class ControllerHarness<S extends Scheduler = FakeScheduler> {
   controller!: Controller;
   router!: RouterAgent;
   readonly dataPlane = new RecordingDataPlane();
+  /** The templates the next controller started loads (an operator edits them between restarts). */
+  templates: ReadonlyMap<string, SessionTemplate>;
 
   constructor(
     readonly store: Store,
     readonly scheduler: S,
     private readonly options: HarnessOptions = {},
-  ) {}
+  ) {
+    this.templates = options.templates ?? templates;
+  }
 
   static async embedded(options: HarnessOptions = {}): Promise<ControllerHarness> {
     const harness = new ControllerHarness(EmbeddedStore.open(':memory:'), new FakeScheduler(), options);
@@ -172,7 +176,7 @@ export class ControllerHarness<S extends Scheduler = FakeScheduler> {
       store,
       scheduler: this.scheduler,
       keys,
-      templates: this.options.templates ?? templates,
+      templates: this.templates,
       addressing: this.options.addressing ?? { domain: 'localhost', httpScheme: 'http', httpPort: 8080, tcpHost: 'localhost' },
       tcpPortRange: ports,
       limits: { maxSessions: 100, maxStarting: 100, sessionsPerUser: 100, ...limits },

@@ -41,7 +41,8 @@ export class FakeScheduler implements Scheduler {
   render(request: WorkloadRequest): RenderedJob {
     this.renders++;
     if (!request.template.spec.backends.embedded) throw new RenderError(`template ${request.template.metadata.name} has no embedded backend`);
-    const body = { parameters: request.parameters, endpoints: request.endpoints };
+    // What the tasks run is part of the job, as in the real schedulers: an edited template changes it.
+    const body = { tasks: request.template.spec.backends.embedded.tasks, parameters: request.parameters, endpoints: request.endpoints };
     const specHash = crypto.createHash('sha256').update(JSON.stringify(body)).digest('hex');
     return { id: request.jobId, sessionId: request.sessionId, specHash, body };
   }

@@ -299,6 +299,43 @@ describe('lifecycle: failures', () => {
     await gone(h, id!);
   });
 
+  it('updates the job of a Ready session whose spec changed, without counting the replacement as a failure', async () => {
+    h = await ControllerHarness.embedded({ policy: { maxRestarts: 0 } });
+    const [id] = await createInOrder(h, ['ann']);
+    const ready = await makeReady(h, id!);
+    const entry = (await h.store.get(keys.session(id!)))!;
+    const record = JSON.parse(entry.value) as SessionRecord;
+    record.spec.parameters = { ...record.spec.parameters, coreVersion: '8.1.0' };
+    record.metadata.generation = 2;
+    assert.equal(await h.store.put(keys.session(id!), JSON.stringify(record), { cas: entry.modifyIndex }), true);
+    const updating = await statusWhen(h.store, id!, (s) => s.observedGeneration === 2);
+    assert.equal(updating.phase, 'Starting');
+    assert.equal(updating.failures, undefined, 'a new spec is no crash');
+    await waitFor('the job updated', () => h.scheduler.registrations.length === 2);
+    const back = await makeReady(h, id!, 31050);
+    assert.equal(back.observedGeneration, 2);
+    assert.deepEqual(back.endpoints, ready.endpoints);
+    assert.equal(back.failures, undefined);
+  });
+
+  it('updates the jobs of Ready sessions when their template was edited, without counting the replacement as a failure', async () => {
+    h = await ControllerHarness.embedded({ policy: { maxRestarts: 0 } });
+    const [id] = await createInOrder(h, ['ann']);
+    const ready = await makeReady(h, id!);
+    const demo = h.templates.get('demo')!;
+    const core = { ...demo.spec.backends.embedded!.tasks[0]!, env: { CORE_VERSION: '${params.coreVersion}', LOG_LEVEL: 'debug' } };
+    const edited = { ...demo, spec: { ...demo.spec, backends: { ...demo.spec.backends, embedded: { tasks: [core, ...demo.spec.backends.embedded!.tasks.slice(1)] } } } };
+    h.templates = new Map([...h.templates, ['demo', edited]]);
+    await h.restartController();
+    await waitFor('the job updated', () => h.scheduler.registrations.length === 2);
+    const updating = await statusWhen(h.store, id!, (s) => s.phase !== 'Ready');
+    assert.equal(updating.phase, 'Starting');
+    assert.equal(updating.failures, undefined, 'an edited template is no crash');
+    const back = await makeReady(h, id!, 31050);
+    assert.deepEqual(back.endpoints, ready.endpoints);
+    assert.equal(back.failures, undefined);
+  });
+
   it('fails a session that does not become healthy before the start timeout, with the last task event', async () => {
     h = await ControllerHarness.embedded({ policy: { startTimeoutMs: 10 * minute } });
     const [id] = await createInOrder(h, ['ann']);
