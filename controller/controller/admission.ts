@@ -263,12 +263,18 @@ export class Admission {
     this.lastFree = free;
   }
 
-  /** 1 for the owner's oldest live session; beyond sessionsPerUser a session is over the per-user limit. */
+  /**
+   * 1 plus the owner's live sessions ahead of this one: those already admitted, and the older ones; beyond
+   * sessionsPerUser a session is over the per-user limit. Admitted sessions come first because creation
+   * times come from the front ends' clocks: an older session whose record arrives after a newer one was
+   * admitted is the one to refuse, not the one already starting.
+   */
   ownerRank(id: string): number | undefined {
     const owner = this.ownerOf.get(id);
     const list = owner === undefined ? undefined : this.liveByOwner.get(owner);
-    const index = list?.findIndex((entry) => entry.id === id) ?? -1;
-    return index < 0 ? undefined : index + 1;
+    const self = list?.find((entry) => entry.id === id);
+    if (self === undefined) return undefined;
+    return 1 + list!.filter((entry) => entry.id !== id && (this.holding.has(entry.id) || compareWaiters(entry, self) < 0)).length;
   }
 
   /** Room for admissions right now. */

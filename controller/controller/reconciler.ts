@@ -180,7 +180,7 @@ export class SessionReconciler {
       if (routesRecord !== undefined) {
         return this.fail(id, generation, 'InvalidRoutes', `routes record is unreadable: ${routesRecord.error}`);
       }
-      // Another front end may have let a second create through; the oldest sessions win.
+      // Another front end may have let a second create through; admitted sessions, then the oldest, win.
       const rank = this.deps.admission.ownerRank(id) ?? 1;
       if (rank > this.deps.sessionsPerUser) {
         return this.fail(id, generation, 'SessionLimit', `${session.metadata.owner} already has ${this.deps.sessionsPerUser} session(s)`);

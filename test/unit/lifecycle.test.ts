@@ -136,6 +136,19 @@ describe('lifecycle: waiting list and room', () => {
     await makeReady(h, first!);
   });
 
+  it('fails a second session of the same user that reaches the controller after the first was admitted, even if created earlier', async () => {
+    h = await ControllerHarness.embedded({ limits: { sessionsPerUser: 1 } });
+    // Two front ends whose clocks differ: the later write carries the earlier creation time.
+    const base = Date.now() - 60 * minute;
+    const second = await createSession(h.store, { owner: 'ann', createdAt: base + 1000 });
+    await waitFor('the first to arrive admitted', () => routesOf(h.store, second));
+    const first = await createSession(h.store, { owner: 'ann', createdAt: base });
+    const failed = await statusWhen(h.store, first, 'Failed');
+    assert.equal(condition(failed, 'Ready'), 'False/SessionLimit');
+    assert.equal(await routesOf(h.store, first), undefined, 'nothing was reserved for it');
+    await makeReady(h, second);
+  });
+
   it('sends a session the scheduler cannot place back to the head of the list, and retries when room appears', async () => {
     h = await ControllerHarness.embedded({ limits: { maxSessions: 10 } });
     const [a, b] = await createInOrder(h, ['ann', 'bob']);
