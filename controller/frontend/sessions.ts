@@ -185,16 +185,19 @@ export class SessionService {
    * it read then as `read`.
    */
   watch(id: string, read?: Session): Observable<Session | undefined> {
-    const current = (): Session | undefined => {
-      const record = this.sessions.cache.get(id)?.value;
-      return record === undefined ? undefined : { ...record, status: this.statuses.cache.get(id)?.value ?? pendingStatus() };
-    };
     return new Observable<Session | undefined>((subscriber) => {
       // A session just read from the store may not be in this process's cache yet: until the cache has
       // shown it, its absence means "not seen yet", not "gone".
       let seen = read === undefined;
+      let statusShown = false;
       const emit = (): void => {
-        const session = current();
+        const record = this.sessions.cache.get(id)?.value;
+        const status = this.statuses.cache.get(id)?.value;
+        // The controller removes a session's status and record together, but each comes through its own
+        // watch: a status gone while the record stays is half of the removal, not the session Pending again.
+        if (record !== undefined && status === undefined && statusShown) return;
+        statusShown ||= record !== undefined && status !== undefined;
+        const session = record === undefined ? undefined : { ...record, status: status ?? pendingStatus() };
         if (session === undefined && !seen) {
           subscriber.next(read);
           return;

@@ -4,7 +4,7 @@ import type { Session, SessionStatus } from '../../controller/api/types.js';
 import { Frontend } from '../../controller/frontend/server.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import type { Store, WatchStep } from '../../controller/store/store.js';
-import { map } from 'rxjs';
+import { concatMap, map } from 'rxjs';
 import { frontendKeys as keys, removeSession, testFrontend } from '../support/frontend.js';
 import { delegatingStore } from '../support/controller-harness.js';
 import { waitFor } from '../support/wait.js';
@@ -153,6 +153,35 @@ describe('front end: live status stream (server-sent events)', () => {
 
     await removeSession(store, id);
     await waitFor('gone and ended', () => client.ended && client.events.at(-1)?.event === 'gone');
+  });
+
+  it('ends a removed session with `gone`, never showing it Pending again when its status goes first', async () => {
+    // The controller removes status, activity and record in one transaction, but each prefix has its own
+    // watch: here the record's removal reaches this front end after the status's, as it may on Consul.
+    let release!: () => void;
+    const recordRemoved = new Promise<void>((resolve) => (release = resolve));
+    const held: Store = {
+      ...delegatingStore(store),
+      watch: (prefix, index) =>
+        store.watch(prefix, index).pipe(concatMap(async (step) => (prefix === keys.sessions && step.kind === 'changes' && step.changes.some((change) => change.type === 'delete') ? recordRemoved.then(() => step) : step))),
+    };
+    const other = testFrontend(store, { store: held });
+    const otherBase = await other.start('127.0.0.1', 0);
+    try {
+      const id = await create('ann');
+      const client = new EventClient(`${otherBase}/api/v1/sessions/${id}/events`, 'ann');
+      clients.push(client);
+      await store.put(keys.status(id), status('Terminating'));
+      await waitFor('the terminating event', () => client.sessions().some((session) => session.status.phase === 'Terminating'));
+      await removeSession(store, id);
+      await waitFor('the status removal seen', () => other.sessions.statuses.cache.get(id) === undefined);
+      release();
+      await waitFor('gone and ended', () => client.ended && client.events.at(-1)?.event === 'gone');
+      const phases = client.sessions().map((session) => session.status.phase);
+      assert.deepEqual(phases.slice(phases.indexOf('Terminating')), ['Terminating'], `phases sent: ${phases.join(', ')}`);
+    } finally {
+      await other.stop();
+    }
   });
 
   it('answers 404 for someone else’s session and for a missing one, like every other route', async () => {
