@@ -231,6 +231,46 @@ describe('web page: people in a browser against `manticore up`', function () {
     await tab.close();
   });
 
+  it('holds no stream while the tab is hidden (browsers allow six connections to a host), and catches up when it is shown again', async () => {
+    assert.equal((await alice.request.post(`${api}/api/v1/sessions/${aliceSessionId}/keepalive`)).status(), 200);
+    const tab = await alice.newPage();
+    // Counts the page's event streams still open.
+    await tab.addInitScript(`{
+      const Native = window.EventSource;
+      const opened = [];
+      window.openStreams = () => opened.filter((source) => source.readyState !== Native.CLOSED).length;
+      window.EventSource = class extends Native {
+        constructor(...args) {
+          super(...args);
+          opened.push(this);
+        }
+      };
+    }`);
+    // Headless pages are always visible: the page is told otherwise as a browser would tell it.
+    const setHidden = (hidden: boolean): Promise<unknown> =>
+      tab.evaluate(`{
+        Object.defineProperty(document, 'hidden', { configurable: true, get: () => ${hidden} });
+        Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => '${hidden ? 'hidden' : 'visible'}' });
+        document.dispatchEvent(new Event('visibilitychange'));
+      }`);
+    const openStreams = async (): Promise<number> => (await tab.evaluate('window.openStreams()')) as number;
+    const logText = tab.locator('#log-text');
+    await tab.goto(`${api}/`);
+    await phase(tab, /^Ready$/);
+    await tab.locator('#log-status').filter({ hasText: "Following core's stdout live." }).waitFor({ timeout: serverStepMs });
+    assert.equal(await openStreams(), 2, "the session's and its log's");
+
+    await setHidden(true);
+    assert.equal(await openStreams(), 0, 'a hidden tab holds none');
+    await tcpConversation((await sessionOf(alice, aliceSessionId)).status.endpoints.tcp!.url, 'said while the tab was hidden');
+    await setHidden(false);
+    await logText.filter({ hasText: 'said while the tab was hidden' }).waitFor({ timeout: serverStepMs });
+    assert.equal(await openStreams(), 2, 'both followed again');
+    assert.equal((await logText.innerText()).split('websocket echo on').length, 2, 'the log resumes where it stopped, repeating nothing');
+    await phase(tab, /^Ready$/);
+    await tab.close();
+  });
+
   it("shows the session's logs: Core's output live, searched, paused and caught up, another stream and task, downloaded", async () => {
     // The idle clock starts over, so the warning test after this one gets its whole window.
     assert.equal((await alice.request.post(`${api}/api/v1/sessions/${aliceSessionId}/keepalive`)).status(), 200);

@@ -43,6 +43,8 @@ const state = {
   clock: undefined,
   /** The endpoints drawn, as JSON: they are drawn again only when they change (a copy button keeps its focus). */
   drawnEndpoints: undefined,
+  /** The session shown is not followed because the tab is hidden (followOnlyWhileVisible). */
+  pausedWhileHidden: false,
   /**
    * The server's clock minus this browser's, from the Date header of the API's answers: deadlines and
    * estimates are the server's times, and a browser's clock may be minutes off.
@@ -211,6 +213,8 @@ function showSession(session) {
   render(session);
   state.clock = setInterval(renderClock, 1000);
   state.unfollow = follow(session.metadata.id);
+  // A tab opened in the background waits until it is shown.
+  followOnlyWhileVisible();
 }
 
 function stopShowingSession() {
@@ -220,6 +224,27 @@ function stopShowingSession() {
   clearInterval(state.clock);
   state.clock = undefined;
   state.drawnEndpoints = undefined;
+  state.pausedWhileHidden = false;
+}
+
+/**
+ * A hidden tab follows nothing: over HTTP/1.1 a browser opens at most six connections to a host, and a tab
+ * following a session holds two (its status and its log), so a few tabs left in the background would stall
+ * every other request to Manticore. Shown again, the tab follows the session afresh and the log from where
+ * it stopped. (The status stream is no activity, so a hidden tab changes nothing about the idle clock.)
+ */
+function followOnlyWhileVisible() {
+  if (state.clock === undefined) return;
+  if (document.hidden && !state.pausedWhileHidden) {
+    state.pausedWhileHidden = true;
+    state.unfollow();
+    state.unfollow = () => {};
+    closeLogStream();
+  } else if (!document.hidden && state.pausedWhileHidden) {
+    state.pausedWhileHidden = false;
+    state.unfollow = follow(state.session.metadata.id);
+    if (logs.following && logs.sessionId !== undefined) openLogStream();
+  }
 }
 
 /**
@@ -934,6 +959,7 @@ async function main() {
   $('log-search').addEventListener('input', drawLog);
   $('log-filter').addEventListener('change', drawLog);
   $('log-download').addEventListener('click', downloadLog);
+  document.addEventListener('visibilitychange', followOnlyWhileVisible);
   try {
     const [templates, sessions] = await Promise.all([request('GET', '/templates'), request('GET', '/sessions')]);
     state.templates = templates;
