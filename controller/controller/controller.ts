@@ -1,5 +1,5 @@
-import { merge, type Subscription } from 'rxjs';
-import { filter, map } from 'rxjs/operators';
+import { firstValueFrom, fromEvent, merge, type Subscription } from 'rxjs';
+import { filter, map, startWith, takeUntil } from 'rxjs/operators';
 import { parseRecord } from '../api/schemas.js';
 import type { ActivityRecord, RouteRecord, RouterHeartbeat, SessionRecord, SessionStatus, SessionTemplate } from '../api/types.js';
 import { systemClock, type Clock } from '../util/clock.js';
@@ -81,6 +81,8 @@ export class Controller {
   private workersDone: Promise<void> = Promise.resolve();
   private stopping = false;
   private termActive = false;
+  /** Aborted when the current term ends (or the controller stops). */
+  private termEnd = new AbortController();
   private synced = false;
   private sweepTimer: unknown;
   private estimateTimer: unknown;
@@ -232,6 +234,7 @@ export class Controller {
     this.clock.clearTimeout(this.estimateTimer);
     this.deadlines.clear();
     this.termQueue.shutDown();
+    this.termEnd.abort();
     await this.workersDone;
     await this.leadership.stop();
     this.metrics.stop();
@@ -280,14 +283,67 @@ export class Controller {
     if (this.stopping) return;
     this.termActive = true;
     const queue = this.termQueue;
+    const termEnd = (this.termEnd = new AbortController()).signal;
     for (const cache of [this.sessions.cache, this.workloads.cache, this.routes.cache, this.statuses.cache, this.activities.cache]) {
       for (const id of cache.ids()) queue.add(id);
     }
     this.log.info({ queued: queue.length }, 'leading: reconciling every session');
     this.options.loadBalancers?.resume();
     this.workersDone = this.workersDone.then(async () => {
+      if (!(await this.catchUp(termEnd))) return;
       this.reconciler.beginTerm();
       await Promise.all(Array.from({ length: this.options.workers }, () => this.work(queue)));
+    });
+  }
+
+  /**
+   * Waits until the store caches show everything the store held when this term began. Each cache follows
+   * its prefix through a watch of its own, and one may lag another: just after the previous leader removed
+   * a session, a standby can still hold its record but no longer its status or routes, and acting on that
+   * brings the session back (its routes claimed, its job registered and its status written again). No other
+   * controller writes once this one holds the lock, so a read of each prefix taken now is a view to wait
+   * for. Retried until it succeeds; false when the term ended first.
+   */
+  private async catchUp(termEnd: AbortSignal): Promise<boolean> {
+    const startedAt = performance.now();
+    const ended = fromEvent(termEnd, 'abort');
+    // A read still on its way when the term ends (a stop while the store does not answer) is not waited for.
+    const aborted = firstValueFrom(ended, { defaultValue: undefined }).then(() => undefined);
+    for (let failures = 0; !termEnd.aborted; failures++) {
+      try {
+        await Promise.all(
+          [this.sessions, this.statuses, this.routes, this.activities].map(async (informer) => {
+            const listing = await Promise.race([this.options.store.list(informer.prefix), aborted]);
+            if (listing === undefined) return;
+            const caughtUp = informer.applied.pipe(startWith(undefined), filter(() => informer.caughtUpWith(listing)), takeUntil(ended));
+            await firstValueFrom(caughtUp, { defaultValue: undefined });
+          }),
+        );
+        if (termEnd.aborted) break;
+        this.log.info({ ms: Math.round(performance.now() - startedAt) }, 'caches caught up with the store; reconciling');
+        return true;
+      } catch (error) {
+        if (termEnd.aborted) break;
+        const retryInMs = Math.min(100 * 2 ** failures, 10_000);
+        this.log.warn({ err: error, retryInMs }, 'reading the store to begin the term failed; retrying');
+        await this.pause(retryInMs, termEnd);
+      }
+    }
+    return false;
+  }
+
+  /** Waits `ms` on the controller's clock, or until `signal` aborts. */
+  private pause(ms: number, signal: AbortSignal): Promise<void> {
+    return new Promise((resolve) => {
+      const onAbort = (): void => {
+        this.clock.clearTimeout(timer);
+        resolve();
+      };
+      const timer = this.clock.setTimeout(() => {
+        signal.removeEventListener('abort', onAbort);
+        resolve();
+      }, ms);
+      signal.addEventListener('abort', onAbort, { once: true });
     });
   }
 
@@ -296,6 +352,7 @@ export class Controller {
     if (this.stopping || !this.termActive) return;
     this.termActive = false;
     this.options.loadBalancers?.pause();
+    this.termEnd.abort();
     this.termQueue.shutDown();
     this.termQueue = this.newQueue();
     this.log.info('standing by');
