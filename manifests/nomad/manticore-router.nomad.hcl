@@ -4,6 +4,9 @@
 #   nomad job run -var image=<your manticore router image> manifests/nomad/manticore-router.nomad.hcl
 # The image is the Dockerfile's `router` target (`docker build --target router -t <image> .`). Its status
 # server (/healthz, /readyz, /status, /metrics) listens on 8405.
+# The configuration is the manticore job's (Nomad variable nomad/jobs/manticore, key config), which this job
+# may read once manticore-router-variables-policy.hcl is applied to it; the Consul token is this job's own
+# variable nomad/jobs/manticore-router (key consul_token): the edge nodes get no Nomad token.
 
 variable "image" {
   type        = string
@@ -85,7 +88,7 @@ job "manticore-router" {
         data        = <<-EOT
           CONSUL_HTTP_ADDR=http://{{ env "attr.unique.network.ip-address" }}:8500
           MANTICORE_ROUTER_NAME={{ env "node.unique.name" }}
-          {{ with nomadVar "nomad/jobs/manticore/secrets" }}CONSUL_HTTP_TOKEN={{ .consul_token }}{{ end }}
+          {{ with nomadVar "nomad/jobs/manticore-router" }}CONSUL_HTTP_TOKEN={{ .consul_token }}{{ end }}
         EOT
         destination = "secrets/manticore.env"
         env         = true

@@ -3,7 +3,8 @@
 # The image is built from the repository's Dockerfile (`docker build -t <image> .`); the router job uses its
 # `router` target, which adds HAProxy.
 # The configuration file is rendered from the Nomad variable nomad/jobs/manticore (key: config),
-# the tokens from nomad/jobs/manticore/secrets; see the README's operations section.
+# the tokens from nomad/jobs/manticore/secrets, which the tasks may read only once
+# manticore-variables-policy.hcl is applied to this job; see docs/operations.md, "Deploying on Nomad and Consul".
 
 variable "image" {
   type        = string

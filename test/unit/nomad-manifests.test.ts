@@ -8,6 +8,11 @@ const jobFiles = ['manifests/nomad/manticore.nomad.hcl', 'manifests/nomad/mantic
 
 interface Task {
   readonly name: string;
+  /** The job and the task group it belongs to. */
+  readonly job: string;
+  readonly group: string;
+  /** The Nomad variables its templates read (`nomadVar "<path>"`). */
+  readonly variables: string[];
   /** The `manticore <role>` the task runs. */
   readonly role: string;
   /** What its environment template (`<<-EOT … EOT`, `env = true`) sets, `{{ with … }}` guards left out. */
@@ -26,8 +31,14 @@ function block(text: string, from: number): string {
 
 function tasks(file: string): Task[] {
   const text = fs.readFileSync(path.join(root, file), 'utf8');
+  const job = /^job "([^"]+)"/m.exec(text)?.[1];
+  assert.ok(job !== undefined, `${file}: no job`);
+  const groups = [...text.matchAll(/^\s*group "([^"]+)" \{/gm)];
   return [...text.matchAll(/^\s*task "([^"]+)" \{/gm)].map((match) => {
     const body = block(text, match.index);
+    const group = groups.filter((candidate) => candidate.index < match.index).pop()?.[1];
+    assert.ok(group !== undefined, `${file}: task "${match[1]}" is in no group`);
+    const variables = [...body.matchAll(/nomadVar \\?"([^"\\]+)\\?"/g)].map((found) => found[1]!);
     const role = /args\s*=\s*\["([a-z]+)"/.exec(body)?.[1];
     const template = /<<-EOT\n([\s\S]*?)\n\s*EOT/.exec(body)?.[1];
     assert.ok(role !== undefined && template !== undefined, `${file}: task "${match[1]}" has no args or environment template`);
@@ -36,13 +47,43 @@ function tasks(file: string): Task[] {
       const assignment = /^(?:\{\{ with [^}]*\}\})?([A-Z][A-Z0-9_]*)=(.*?)(?:\{\{ end \}\})?$/.exec(line.trim());
       if (assignment) environment[assignment[1]!] = assignment[2]!;
     }
-    return { name: match[1]!, role, environment };
+    return { name: match[1]!, job, group, role, environment, variables };
   });
 }
 
 /** The agent variables of a task: its addresses and tokens. */
 function agentVariables(task: Task): Record<string, string> {
   return Object.fromEntries(Object.entries(task.environment).filter(([name]) => /^(CONSUL|NOMAD)_/.test(name)));
+}
+
+interface WorkloadPolicy {
+  readonly file: string;
+  /** The job it is applied to (`nomad acl policy apply -job <job> … <file>`, as its header says). */
+  readonly job: string;
+  /** Variable paths (globs) it lets read. */
+  readonly readable: string[];
+}
+
+/** The Nomad ACL policies of manifests/nomad/ that are applied to a job's workload identity. */
+function workloadPolicies(): WorkloadPolicy[] {
+  const dir = path.join(root, 'manifests/nomad');
+  return fs
+    .readdirSync(dir)
+    .filter((name) => name.endsWith('.hcl') && !name.endsWith('.nomad.hcl'))
+    .flatMap((name) => {
+      const file = `manifests/nomad/${name}`;
+      const text = fs.readFileSync(path.join(dir, name), 'utf8');
+      const readable = [...text.matchAll(/path "([^"]+)" \{\s*capabilities\s*=\s*\[([^\]]*)\]/g)].filter((rule) => /"read"/.test(rule[2]!)).map((rule) => rule[1]!);
+      return [...text.matchAll(/^#\s*nomad acl policy apply (.*)$/gm)].flatMap((command) => {
+        const job = /(?:^|\s)-job[= ](\S+)/.exec(command[1]!)?.[1];
+        return job !== undefined && command[1]!.trim().endsWith(file) ? [{ file, job, readable }] : [];
+      });
+    });
+}
+
+/** Nomad's variable path globs: `*` matches anything, even nothing. */
+function globMatches(pattern: string, variable: string): boolean {
+  return new RegExp(`^${pattern.split('*').map((part) => part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('.*')}$`).test(variable);
 }
 
 const consul = { CONSUL_HTTP_ADDR: 'http://{{ env "attr.unique.network.ip-address" }}:8500', CONSUL_HTTP_TOKEN: '{{ .consul_token }}' };
@@ -70,5 +111,23 @@ describe('the Nomad job files', () => {
     assert.deepEqual(agentVariables(byRole.get('frontend')!), { ...consul, ...nomad });
     // The router follows the routes in Consul alone: the edge nodes hold no Nomad token.
     assert.deepEqual(agentVariables(byRole.get('router')!), consul);
+  });
+
+  it("read only Nomad variables their workload identity may read: the job's own paths, or a workload policy's the operator's guide applies to the job", () => {
+    const policies = workloadPolicies();
+    const guide = fs.readFileSync(path.join(root, 'docs/operations.md'), 'utf8');
+    const all = jobFiles.flatMap(tasks);
+    assert.ok(all.every((task) => task.variables.length > 0), 'every task renders its configuration from a Nomad variable');
+    for (const task of all) {
+      // Nomad's implicit policy for a task: exactly these paths, no glob (see Nomad's "Task Access to Variables").
+      const own = ['nomad/jobs', `nomad/jobs/${task.job}`, `nomad/jobs/${task.job}/${task.group}`, `nomad/jobs/${task.job}/${task.group}/${task.name}`];
+      for (const variable of task.variables) {
+        if (own.includes(variable)) continue;
+        const policy = policies.find((candidate) => candidate.job === task.job && candidate.readable.some((pattern) => globMatches(pattern, variable)));
+        assert.ok(policy, `task "${task.name}" (job ${task.job}, group ${task.group}) reads ${variable}: neither its own paths (${own.join(', ')}) nor a workload policy applied to job ${task.job} lets it`);
+        const applied = guide.split('\n').some((line) => line.includes('nomad acl policy apply') && new RegExp(`-job[= ]${task.job}\\b`).test(line) && line.includes(policy.file));
+        assert.ok(applied, `docs/operations.md does not apply ${policy.file} to job ${task.job}`);
+      }
+    }
   });
 });
