@@ -1,6 +1,8 @@
 # Manticore's router: on every edge node (node meta manticore_edge = "true"), HAProxy serving the session
 # routes on the host network (HTTP/websocket on 8080, the TCP range 20000-20999) and the agent that keeps
-# its maps equal to the routes in Consul, with no reload.
+# its maps equal to the routes in Consul, with no reload. Nomad does not know HAProxy holds those ports, and
+# its dynamic ports (20000-32000 by default) hold the TCP range: each edge node reserves them in its client
+# configuration (reserved { reserved_ports = "8080,20000-20999" }, docs/operations.md, step 3).
 #   nomad job run -var image=<your manticore router image> manifests/nomad/manticore-router.nomad.hcl
 # The image is the Dockerfile's `router` target (`docker build --target router -t <image> .`). Its status
 # server (/healthz, /readyz, /status, /metrics) listens on 8405.

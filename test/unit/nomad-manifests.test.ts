@@ -130,4 +130,27 @@ describe('the Nomad job files', () => {
       }
     }
   });
+
+  it("has the edge nodes reserve, in their Nomad client configuration, the ports HAProxy binds on the host network outside Nomad's knowledge", () => {
+    const config = loadConfig(path.join(root, 'manifests/examples/production.yaml'), {});
+    const { http, tcp } = config.router;
+    // Nomad hands out host ports for every allocation's dynamic ports (the sessions' own, the controller's and
+    // the front end's) from its client's dynamic range, 20000-32000 by default: the TCP range lies inside it.
+    const dynamic = { start: 20_000, end: 32_000 };
+    assert.ok(tcp.portRangeStart <= dynamic.end && tcp.portRangeEnd >= dynamic.start, 'the example range no longer overlaps Nomad\'s dynamic ports');
+    const guide = fs.readFileSync(path.join(root, 'docs/operations.md'), 'utf8');
+    const nodes = /\*\*Nodes\.\*\*[\s\S]*?(?=\n\d+\. \*\*)/.exec(guide)?.[0] ?? '';
+    const reserved = /reserved_ports\s*=\s*"([^"]*)"/.exec(nodes)?.[1];
+    assert.ok(reserved !== undefined, 'the guide\'s Nodes step gives the edge nodes no client reserved { reserved_ports = "…" }');
+    const ranges = reserved.split(',').map((part) => {
+      const [start, end = start] = part.trim().split('-').map(Number);
+      return { start: start!, end: end! };
+    });
+    const isReserved = (port: number): boolean => ranges.some((range) => range.start <= port && port <= range.end);
+    assert.ok(isReserved(http.port), `router.http.port ${http.port} is not reserved (${reserved})`);
+    for (let port = tcp.portRangeStart; port <= tcp.portRangeEnd; port++) assert.ok(isReserved(port), `TCP port ${port} is not reserved (${reserved})`);
+    // The ports the router job declares itself must stay free for it: Nomad places no static port that is reserved.
+    const routerJob = fs.readFileSync(path.join(root, 'manifests/nomad/manticore-router.nomad.hcl'), 'utf8');
+    for (const [, port] of routerJob.matchAll(/static\s*=\s*(\d+)/g)) assert.ok(!isReserved(Number(port)), `the router job's static port ${port} is reserved too`);
+  });
 });
