@@ -42,10 +42,13 @@ ENTRYPOINT ["node", "dist/controller/cli/main.js"]
 CMD ["frontend"]
 
 # The router: the same image with HAProxy (Debian's 2.6, with the Prometheus exporter built in).
+# HAProxy runs as the image's user on the host network (manticore-router.nomad.hcl), where ports below 1024
+# (80 and 443 with TLS at the edge) need CAP_NET_BIND_SERVICE: the binary carries it as a file capability.
 FROM runtime AS router
 USER root
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends haproxy \
+    && apt-get install -y --no-install-recommends haproxy libcap2-bin \
+    && setcap 'cap_net_bind_service=+ep' /usr/sbin/haproxy \
     && rm -rf /var/lib/apt/lists/*
 USER node
 ENV MANTICORE_ROUTER_STATUS_PORT=8405 \

@@ -89,4 +89,18 @@ describe('the Dockerfile', () => {
       for (const source of copy.args.split(/\s+/).slice(0, -1)) assert.ok(fs.existsSync(path.join(root, source)), `line ${copy.line}: ${source} exists`);
     }
   });
+
+  it("lets the router image's HAProxy, run as its non-root user, bind the ports below 1024 that TLS at the edge uses", () => {
+    // The operator's guide serves TLS at the edge on 443 and redirects from 80, and the router job runs on the host
+    // network, whose unprivileged ports start at 1024: without the capability HAProxy cannot bind them.
+    const guide = fs.readFileSync(path.join(root, 'docs/operations.md'), 'utf8');
+    assert.match(guide, /http: \{ host: 0\.0\.0\.0, port: 80 \}/);
+    const router = stages().get('router')!;
+    const lastUser = router.filter((instruction) => instruction.keyword === 'USER').at(-1)!;
+    assert.notEqual(lastUser.args, 'root');
+    const setcap = router.find((instruction) => instruction.keyword === 'RUN' && /\bsetcap\b/.test(instruction.args));
+    assert.ok(setcap, 'the router stage gives HAProxy no file capability');
+    assert.match(setcap.args, /setcap\s+'?cap_net_bind_service[=+]+ep'?\s+\/usr\/sbin\/haproxy\b/);
+    assert.ok(setcap.line < lastUser.line, 'setcap runs as root, before the image switches to its user');
+  });
 });
