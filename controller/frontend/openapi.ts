@@ -137,7 +137,7 @@ export function openApiDocument(): JsonObject {
         get: { summary: 'v2: the job options (from the sdl template).', responses: { '200': json(ref('V2JobOptions'), 'The options.'), '404': v2Error('This deployment runs no sdl sessions.') } },
         post: {
           summary: 'v2: ask for a session; connect the websocket with the passcode.',
-          description: 'The websocket `/api/v2/job/{passcode}` sends `{type, data}` messages `position`, `services`, `activity` and `dead`, and takes `{type:"activity"}` as a keepalive.',
+          description: 'The websocket `/api/v2/job/{passcode}` sends `{type, data}` messages `position`, `services`, `activity` and `dead`, and takes `{type:"activity"}` as a keepalive. It is pinged every 15 s; a client that leaves a ping unanswered until the next is cut.',
           requestBody: { required: true, content: { 'application/json': { schema: ref('V2JobRequest') } } },
           responses: {
             '200': json(ref('V2JobAnswer'), 'Where to connect.'),

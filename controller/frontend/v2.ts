@@ -7,6 +7,7 @@ import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import type { Condition, Session, SessionRecord, SessionStatus, SessionTemplate } from '../api/types.js';
 import { KeyedSerializer } from '../util/keyed-serializer.js';
 import { ApiError } from './errors.js';
+import { heartbeatMs } from './events.js';
 import type { Authenticator, Identity } from './identity.js';
 import type { SessionService } from './sessions.js';
 
@@ -345,6 +346,9 @@ class JobSocket {
   private warningAnnounced: string | undefined;
   private keepaliveRunning = false;
   private keepaliveAgain = false;
+  private heartbeat: NodeJS.Timeout | undefined;
+  /** Whether the client answered the last ping. */
+  private answered = true;
 
   constructor(
     private readonly socket: WebSocket,
@@ -360,6 +364,12 @@ class JobSocket {
     this.socket.on('message', (data: RawData, isBinary: boolean) => this.receive(data, isBinary));
     this.socket.on('error', (error: Error) => this.log.debug({ err: error, session: this.sessionId }, 'v2 job socket failed'));
     this.socket.on('close', () => this.dispose());
+    this.socket.on('pong', () => (this.answered = true));
+    // A socket may have nothing to say for many minutes (a long wait in the queue, a Ready session): pings keep
+    // proxies and load balancers in front of the front end from closing it as idle, and find clients that
+    // vanished without closing, whose subscriptions would otherwise stay until their session ends.
+    this.heartbeat = setInterval(() => this.beat(), heartbeatMs);
+    this.heartbeat.unref();
     this.log.debug({ session: this.sessionId }, 'v2 job socket opened');
     void this.follow();
   }
@@ -420,6 +430,18 @@ class JobSocket {
     }
   }
 
+  private beat(): void {
+    // ping() throws on a socket that is closing; its 'close' is on its way.
+    if (this.socket.readyState !== WebSocket.OPEN) return;
+    if (!this.answered) {
+      this.log.debug({ session: this.sessionId }, 'v2 job socket: the client did not answer a ping; cutting it');
+      this.socket.terminate();
+      return;
+    }
+    this.answered = false;
+    this.socket.ping();
+  }
+
   private receive(data: RawData, isBinary: boolean): void {
     let message: unknown;
     try {
@@ -467,6 +489,7 @@ class JobSocket {
   private dispose(): void {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.heartbeat);
     this.subscription?.unsubscribe();
     this.onClose();
     this.log.debug({ session: this.sessionId }, 'v2 job socket closed');

@@ -1,10 +1,13 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import type { FastifyRequest } from 'fastify';
+import sinon from 'sinon';
+import WebSocket from 'ws';
 import { loadTemplates } from '../../controller/api/templates.js';
 import { loadConfig } from '../../controller/config/config.js';
 import type { Condition, SessionRecord, SessionStatus, SessionTemplate } from '../../controller/api/types.js';
 import { Keys } from '../../controller/controller/keys.js';
+import { heartbeatMs } from '../../controller/frontend/events.js';
 import type { Authenticator, Identity } from '../../controller/frontend/identity.js';
 import { Frontend, type FrontendOptions } from '../../controller/frontend/server.js';
 import { passcodeLabel, type ApiV2Options } from '../../controller/frontend/v2.js';
@@ -411,6 +414,42 @@ describe('front end: the v2 compatibility API', () => {
       const late = await V2Socket.open(socketUrl(passcode));
       assert.equal((await late.whenClosed()).code, 1000);
       assert.deepEqual(late.types, ['dead']);
+    });
+
+    it('pings every socket so proxies keep a quiet one open, and cuts a client that stops answering', async () => {
+      // Only the intervals are fake: the sockets, the store and waitFor run on real time.
+      const clock = sinon.useFakeTimers({ toFake: ['setInterval', 'clearInterval'] });
+      try {
+        const open = async (autoPong: boolean) => {
+          const socket = new WebSocket(socketUrl(passcode), { autoPong });
+          const seen = { pings: 0, messages: 0, closed: undefined as number | undefined };
+          socket.on('ping', () => (seen.pings += 1));
+          socket.on('message', () => (seen.messages += 1));
+          socket.on('close', (code) => (seen.closed = code));
+          await new Promise((resolve, reject) => socket.once('open', resolve).once('error', reject));
+          return { socket, seen };
+        };
+        const answering = await open(true);
+        const silent = await open(false);
+        await writeStatus({ phase: 'Waiting', queuePosition: 2 });
+        await waitFor('the position on both sockets', () => answering.seen.messages === 1 && silent.seen.messages === 1);
+
+        clock.tick(heartbeatMs);
+        await waitFor('a ping on both sockets', () => answering.seen.pings === 1 && silent.seen.pings === 1, 2000);
+        // Frames arrive in order: once this message is handled, so is the pong sent before it.
+        answering.socket.send(JSON.stringify({ type: 'activity' }));
+        await waitFor('the activity record', () => store.get(keys.activity(id)));
+
+        clock.tick(heartbeatMs);
+        assert.equal(await waitFor('the silent client cut', () => silent.seen.closed, 2000), 1006);
+        await waitFor('another ping for the client that answered', () => answering.seen.pings === 2, 2000);
+        assert.equal(answering.seen.closed, undefined);
+
+        answering.socket.close();
+        await waitFor('every ping stopped with its socket', () => clock.countTimers() === 0);
+      } finally {
+        clock.restore();
+      }
     });
 
     it('records activity for {"type":"activity"} only, ignoring anything else the client sends', async () => {
