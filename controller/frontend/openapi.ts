@@ -10,12 +10,18 @@ const json = (schema: JsonObject, description: string): JsonObject => ({ descrip
 const error = (description: string): JsonObject => json(ref('Error'), description);
 const v2Error = (description: string): JsonObject => json(ref('V2Error'), description);
 
-/** Answers every route of the API may give for bad input or load. */
-const clientErrors = {
-  '400': error('The request is invalid; `details` names each offending field.'),
+/** Refusals of the caller, on every authenticated route (v2's included, in the front end's shape). */
+const callerErrors = {
   '401': error('Credentials are missing or invalid (auth mode jwt).'),
   '429': error('Too many requests from this user; see the Retry-After header.'),
 };
+/** Answers every route of the API may give for bad input or load. */
+const clientErrors = { '400': error('The request is invalid; `details` names each offending field.'), ...callerErrors };
+/** Refusals of a v2 route's body before v2's checks see it. */
+const v2BodyErrors = { '413': error('The body is over the size limit.'), '415': error('The body is not JSON.'), ...callerErrors };
+/** v2's own 400 (`{error}` alone), or a body that is not JSON, refused by the front end in its shape. */
+const v2BadRequest = (description: string): JsonObject =>
+  json({ oneOf: [ref('V2Error'), ref('Error')] }, `${description} A body that is not JSON: \`{error, details}\`.`);
 const sessionId = { name: 'id', in: 'path', required: true, schema: { type: 'string' }, description: 'The session id (someone else’s answers 404, like a missing one).' };
 
 /**
@@ -134,31 +140,30 @@ export function openApiDocument(): JsonObject {
         },
       },
       '/api/v2/job': {
-        get: { summary: 'v2: the job options (from the sdl template).', responses: { '200': json(ref('V2JobOptions'), 'The options.'), '404': v2Error('This deployment runs no sdl sessions.') } },
+        get: { summary: 'v2: the job options (from the sdl template).', responses: { '200': json(ref('V2JobOptions'), 'The options.'), '404': v2Error('This deployment runs no sdl sessions.'), ...callerErrors } },
         post: {
           summary: 'v2: ask for a session; connect the websocket with the passcode.',
           description: 'The websocket `/api/v2/job/{passcode}` sends `{type, data}` messages `position`, `services`, `activity` and `dead`, and takes `{type:"activity"}` as a keepalive. It is pinged every 15 s; a client that leaves a ping unanswered until the next is cut.',
           requestBody: { required: true, content: { 'application/json': { schema: ref('V2JobRequest') } } },
           responses: {
             '200': json(ref('V2JobAnswer'), 'Where to connect.'),
-            '400': v2Error('Invalid id or job (v2 messages).'),
+            '400': v2BadRequest('Invalid id or job (v2 messages).'),
             '404': v2Error('This deployment runs no sdl sessions.'),
             '409': error('The user already has as many live sessions as allowed (other than this API’s).'),
-            '401': error('Credentials are missing or invalid (auth mode jwt).'),
-            '429': error('Too many requests.'),
+            ...v2BodyErrors,
           },
         },
         delete: {
           summary: 'v2: end the user’s session (200 even when there is none).',
           requestBody: { required: true, content: { 'application/json': { schema: ref('V2Id') } } },
-          responses: { '200': { description: 'Done (empty body).' }, '400': v2Error('Invalid or missing id.'), '404': v2Error('This deployment runs no sdl sessions.'), '401': error('Credentials are missing or invalid.'), '429': error('Too many requests.') },
+          responses: { '200': { description: 'Done (empty body).' }, '400': v2BadRequest('Invalid or missing id.'), '404': v2Error('This deployment runs no sdl sessions.'), ...v2BodyErrors },
         },
       },
       '/api/v2/info': {
         post: {
           summary: 'v2: where to connect for the user’s live session.',
           requestBody: { required: true, content: { 'application/json': { schema: ref('V2Id') } } },
-          responses: { '200': json(ref('V2JobAnswer'), 'Where to connect.'), '400': v2Error('Invalid or missing id, or no live session.'), '404': v2Error('This deployment runs no sdl sessions.'), '401': error('Credentials are missing or invalid.'), '429': error('Too many requests.') },
+          responses: { '200': json(ref('V2JobAnswer'), 'Where to connect.'), '400': v2BadRequest('Invalid or missing id, or no live session.'), '404': v2Error('This deployment runs no sdl sessions.'), ...v2BodyErrors },
         },
       },
     },

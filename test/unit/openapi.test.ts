@@ -4,6 +4,8 @@ import path from 'node:path';
 import Ajv2020 from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
 import { AdminTokenAuthenticator, AnonymousOrHeaderAuthenticator } from '../../controller/frontend/auth.js';
+import { ApiError } from '../../controller/frontend/errors.js';
+import type { Authenticator } from '../../controller/frontend/identity.js';
 import { Frontend } from '../../controller/frontend/server.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import { frontendKeys as keys, testFrontend } from '../support/frontend.js';
@@ -133,16 +135,28 @@ describe('front end: OpenAPI document', () => {
   it('matches what the v2 routes answer', async () => {
     const document = (await call('GET', '/api/v1/openapi.json')).body as Document;
     const check = responseValidator(document);
+    // Refuses a request carrying `x-refuse: <status>` as the JWT check (401) or the rate limit (429) would.
+    const anonymous = new AnonymousOrHeaderAuthenticator();
+    const refusing: Authenticator = {
+      identify: (request, reply) => {
+        const status = request.headers['x-refuse'];
+        if (typeof status === 'string') throw new ApiError(Number(status), 'refused');
+        return anonymous.identify(request, reply);
+      },
+    };
     const v2 = testFrontend(store, {
       backend: 'nomad',
       sessionsPerUser: 1,
+      authenticator: refusing,
       v2: { address: { domain: 'manticore.example.com', port: 443, protocol: 'wss' }, idle: { timeoutSeconds: 1800, warningSeconds: 300 } },
     });
     await v2.start('127.0.0.1', 0);
     try {
-      const expect = async (route: string, method: 'GET' | 'POST' | 'DELETE', status: number, body?: unknown): Promise<void> => {
-        const response = await v2.app.inject({ method, url: route, ...(body === undefined ? {} : { headers: { 'content-type': 'application/json' }, payload: JSON.stringify(body) }) });
-        assert.equal(response.statusCode, status, `${method} ${route}: ${response.body}`);
+      /** A string body is sent as it is; `headers` add to (or replace) the JSON content type. */
+      const expect = async (route: string, method: 'GET' | 'POST' | 'DELETE', status: number, body?: unknown, headers: Record<string, string> = {}): Promise<void> => {
+        const payload = body === undefined ? {} : { payload: typeof body === 'string' ? body : JSON.stringify(body) };
+        const response = await v2.app.inject({ method, url: route, headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers }, ...payload });
+        assert.equal(response.statusCode, status, `${method} ${route} ${JSON.stringify(headers)}: ${response.body}`);
         check(route, method.toLowerCase(), status, response.body ? JSON.parse(response.body) : undefined);
       };
       const job = { id: 'user-1', core: { version: '8.2.0-ubuntu-update', build: 'default' }, hmi: { type: 'generic', version: 'minimal-0.13.0' } };
@@ -154,6 +168,15 @@ describe('front end: OpenAPI document', () => {
       await expect('/api/v2/info', 'POST', 400, { id: 'user-2' });
       await expect('/api/v2/job', 'DELETE', 200, { id: 'user-1' });
       await expect('/api/v2/job', 'DELETE', 400, {});
+      // What the front end refuses before v2's checks: unreadable bodies, credentials, the rate limit.
+      for (const [route, method] of [['/api/v2/job', 'POST'], ['/api/v2/job', 'DELETE'], ['/api/v2/info', 'POST']] as const) {
+        await expect(route, method, 400, '{"id": ');
+        await expect(route, method, 415, 'id=user-1', { 'content-type': 'application/x-www-form-urlencoded' });
+        await expect(route, method, 413, JSON.stringify({ id: 'x'.repeat(5000) }));
+      }
+      for (const [route, method] of [['/api/v2/job', 'GET'], ['/api/v2/job', 'POST'], ['/api/v2/job', 'DELETE'], ['/api/v2/info', 'POST']] as const) {
+        for (const status of [401, 429]) await expect(route, method, status, method === 'GET' ? undefined : job, { 'x-refuse': String(status) });
+      }
     } finally {
       await v2.stop();
     }
