@@ -145,11 +145,16 @@ export class PortAllocator {
     return [...this.claimedOn.values()].flatMap((ports) => [...ports]);
   }
 
-  /** What the load balancer was last seen listening on (any owner): those slots and ports are not free there. */
-  setListeners(loadBalancer: string, ports: ReadonlySet<number>): void {
-    if (!this.claimedOn.has(loadBalancer)) return;
+  /**
+   * What the load balancer was last seen listening on (any owner): those slots and ports are not free there.
+   * True when that may make room: its first sighting, or a listener gone.
+   */
+  setListeners(loadBalancer: string, ports: ReadonlySet<number>): boolean {
+    if (!this.claimedOn.has(loadBalancer)) return false;
+    const before = this.listenersOn.get(loadBalancer);
     this.listenersOn.set(loadBalancer, ports);
     this.recount(loadBalancer);
+    return before === undefined || [...before].some((port) => !ports.has(port));
   }
 
   /** AWS refused a listener for quota with fewer listeners than configured: use what it holds as its quota. */
@@ -241,6 +246,8 @@ export class PortAllocator {
   }
 
   private roomOn(member: ListenerPoolMember): number {
+    // Not yet described: the listeners it has (the fixed one, others' and ours from before a restart) are unknown.
+    if (!this.listenersOn.has(member.name)) return 0;
     return Math.max(0, this.quotaOf(member) - (this.occupied.get(member.name) ?? 0));
   }
 }

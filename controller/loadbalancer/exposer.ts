@@ -21,7 +21,8 @@ export interface ListenerStates {
 export interface ClaimBook {
   claimedPorts(loadBalancer: string): ReadonlySet<number>;
   allClaimedPorts(): number[];
-  setListeners(loadBalancer: string, ports: ReadonlySet<number>): void;
+  /** True when room may have appeared (its first sighting, a listener gone). */
+  setListeners(loadBalancer: string, ports: ReadonlySet<number>): boolean;
   lowerQuota(loadBalancer: string, quota: number): void;
 }
 
@@ -223,7 +224,6 @@ class LoadBalancerUnit extends Unit {
   snapshot: LoadBalancerSnapshot | undefined;
   dnsName: string | undefined;
   private states = new Map<number, ListenerState>();
-  private listening: ReadonlySet<number> = new Set();
 
   constructor(
     readonly member: PoolMember,
@@ -250,11 +250,9 @@ class LoadBalancerUnit extends Unit {
     const desired = this.exposer.desiredListeners(this.name);
     this.settle(snapshot);
     // Every listener it has (and the fixed one it will have) counts against its quota, and a port it
-    // listens on is not free there; one that went away may let a waiting session in.
+    // listens on is not free there; its first describe, or one that went away, may let a waiting session in.
     const listening = new Set([...snapshot.listeners.keys(), ...this.exposer.fixedPorts(this.name)]);
-    this.exposer.claims.setListeners(this.name, listening);
-    if ([...this.listening].some((port) => !listening.has(port))) this.exposer.announce({ kind: 'room' });
-    this.listening = listening;
+    if (this.exposer.claims.setListeners(this.name, listening)) this.exposer.announce({ kind: 'room' });
     const diff = diffListeners(desired, snapshot);
     for (const port of diff.conflicts) {
       this.options.log.warn({ loadBalancer: this.name, port }, 'a listener Manticore did not create holds a wanted port; it is left alone');

@@ -266,6 +266,25 @@ describe('AWS load balancers: a pool of listeners in front of the TCP ports', fu
     assert.equal(w.model.calls.get('elbv2:CreateListener'), 4);
   });
 
+  it('counts the listeners a load balancer has from before a restart: a waiting session is not given a slot the fixed listener holds', async () => {
+    world = await setUp({
+      aws: { loadBalancers: [{ name: 'lb-a', type: 'nlb', listenerQuota: 3 }], edgeInstanceIds: ['i-0123456789abcdef0'], httpListener: { port: 80 } },
+      model: (model) => model.addNlb('lb-a', 3),
+    });
+    const w = world;
+    const ids = await createMany(w, 3);
+    await settle(w, 'two Ready beside the fixed listener, one waiting', async () => {
+      const all = await statuses(w, ids);
+      return count(all, 'Ready') === 2 && count(all, 'Waiting') === 1;
+    });
+    const describes = w.model.calls.get('elbv2:DescribeListeners')!;
+    await w.h.restartController();
+    await settle(w, 'a pass after the restart, and the sessions looked at again', async () => !w.exposer.busy && w.model.calls.get('elbv2:DescribeListeners')! > describes && w.h.controller.queue.idle);
+    const after = await statuses(w, ids);
+    assert.deepEqual(after.map((status) => status.phase), ['Ready', 'Ready', 'Waiting']);
+    assert.equal(w.model.calls.get('elbv2:CreateListener'), 3, 'no listener asked for beyond the quota');
+  });
+
   it('waits for a new listener to show in describe calls without creating it twice (eventual consistency)', async () => {
     world = await setUp({
       aws: { loadBalancers: [{ name: 'lb-a', type: 'nlb' }], edgeInstanceIds: ['i-0123456789abcdef0'] },
@@ -343,7 +362,9 @@ class HandClaims implements ClaimBook {
   allClaimedPorts(): number[] {
     return [...this.ports];
   }
-  setListeners(): void {}
+  setListeners(): boolean {
+    return false;
+  }
   lowerQuota(): void {}
 }
 

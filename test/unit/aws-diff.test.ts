@@ -126,8 +126,15 @@ describe('port allocator with a load-balancer pool', () => {
   const observe = (allocator: PortAllocator, id: string, record: RouteRecord | undefined, previous?: RouteRecord): void =>
     allocator.observe({ id, previous: cached(id, previous), current: cached(id, record) });
 
+  /** An allocator whose load balancers were described with no listener. */
+  const described = (start: number, end: number, pool: Array<{ name: string; listenerQuota: number }>): PortAllocator => {
+    const allocator = new PortAllocator(start, end, pool);
+    for (const { name } of pool) allocator.setListeners(name, new Set());
+    return allocator;
+  };
+
   it('hands out ports only with a load balancer below its quota, spreading over the pool, and says why when full', () => {
-    const allocator = new PortAllocator(20000, 20099, [{ name: 'a', listenerQuota: 2 }, { name: 'b', listenerQuota: 2 }]);
+    const allocator = described(20000, 20099, [{ name: 'a', listenerQuota: 2 }, { name: 'b', listenerQuota: 2 }]);
     const got = ['s1', 's2', 's3', 's4'].map((id) => allocator.reserve(id)!);
     assert.deepEqual(got.map((assignment) => assignment.loadBalancer).sort(), ['a', 'a', 'b', 'b']);
     assert.equal(allocator.reserve('s5'), undefined);
@@ -137,7 +144,7 @@ describe('port allocator with a load-balancer pool', () => {
   });
 
   it('counts listeners it did not make against the quota and never puts a port where one already listens', () => {
-    const allocator = new PortAllocator(20000, 20001, [{ name: 'a', listenerQuota: 3 }, { name: 'b', listenerQuota: 1 }]);
+    const allocator = described(20000, 20001, [{ name: 'a', listenerQuota: 3 }, { name: 'b', listenerQuota: 1 }]);
     allocator.setListeners('a', new Set([443, 20000]));
     observe(allocator, 'x', claim('x', 20001, 'b'));
     assert.equal(allocator.room().free, 1);
@@ -146,8 +153,18 @@ describe('port allocator with a load-balancer pool', () => {
     assert.deepEqual(allocator.reserve('y'), { port: 20000, loadBalancer: 'a' });
   });
 
+  it('gives a load balancer no port before a describe shows its listeners, and says when one may make room', () => {
+    const allocator = new PortAllocator(20000, 20009, [{ name: 'a', listenerQuota: 2 }]);
+    assert.equal(allocator.reserve('x'), undefined, 'its listeners (a fixed one, those from before a restart) are not known yet');
+    assert.equal(allocator.setListeners('a', new Set([80])), true, 'the first sighting');
+    assert.equal(allocator.reserve('x')?.loadBalancer, 'a');
+    assert.equal(allocator.reserve('y'), undefined, 'the fixed listener holds the other slot');
+    assert.equal(allocator.setListeners('a', new Set([80, 443])), false);
+    assert.equal(allocator.setListeners('a', new Set([80])), true, 'a listener gone');
+  });
+
   it('learns assignments from the routes cache, and reassigns a port claimed without a load balancer', () => {
-    const allocator = new PortAllocator(20000, 20009, [{ name: 'a', listenerQuota: 1 }, { name: 'b', listenerQuota: 1 }]);
+    const allocator = described(20000, 20009, [{ name: 'a', listenerQuota: 1 }, { name: 'b', listenerQuota: 1 }]);
     observe(allocator, 'x', claim('x', 20003, 'a'));
     assert.deepEqual([...allocator.claimedPorts('a')], [20003]);
     observe(allocator, 'y', claim('y', 20004));
