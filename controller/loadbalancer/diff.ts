@@ -115,3 +115,15 @@ export function diffRules(desired: readonly IngressRule[], observed: readonly Ob
   });
   return { authorize: desired.filter((rule) => !have.has(ruleKey(rule))), revoke };
 }
+
+/**
+ * The unwanted rules of ours (`revoke`) that can close now: those whose ports in use all stay open through
+ * a rule that stays (ours not revoked, anyone else's) for the same CIDR. One whose replacement does not show
+ * yet waits for it; the others go at once, even while new rules keep coming.
+ */
+export function closableNow(revoke: readonly ObservedRule[], observed: readonly ObservedRule[], others: readonly IngressRule[], openPorts: readonly number[]): ObservedRule[] {
+  const revoked = new Set(revoke.map((rule) => rule.id));
+  const staying = [...observed.filter((rule) => !revoked.has(rule.id)), ...others];
+  const covered = (port: number, cidr: string): boolean => staying.some((rule) => rule.cidr === cidr && rule.fromPort <= port && port <= rule.toPort);
+  return revoke.filter((rule) => openPorts.every((port) => port < rule.fromPort || port > rule.toPort || covered(port, rule.cidr)));
+}

@@ -2,7 +2,7 @@ import { Subject, type Observable } from 'rxjs';
 import type { Clock } from '../util/clock.js';
 import type { Logger } from '../util/log.js';
 import { OperationBackoff } from './backoff.js';
-import { compactRanges, desiredRules, diffListeners, diffRules, matches, type ListenerAction } from './diff.js';
+import { closableNow, compactRanges, desiredRules, diffListeners, diffRules, matches, type ListenerAction } from './diff.js';
 import { classify, errorCode, type ListenerProtocol, type ListenerSpec, type LoadBalancerProvider, type LoadBalancerSnapshot } from './provider.js';
 import { ruleKey, type SecurityGroupRules } from './security-groups.js';
 
@@ -356,7 +356,8 @@ class SecurityGroupUnit extends Unit {
     const observed = await this.observe(describeKey, () => this.group.describe());
     if (observed === undefined) return;
     const { cidrs, maxRanges } = this.options;
-    const desired = desiredRules(compactRanges(this.exposer.openPorts(), maxRanges), cidrs);
+    const openPorts = this.exposer.openPorts();
+    const desired = desiredRules(compactRanges(openPorts, maxRanges), cidrs);
     const diff = diffRules(desired, observed.owned, observed.others);
     const wanted = new Set(diff.authorize.map((rule) => `authorize:${ruleKey(rule)}`));
     const revoking = new Set(diff.revoke.map((rule) => `revoke:${rule.id}`));
@@ -364,10 +365,10 @@ class SecurityGroupUnit extends Unit {
     const expect = (key: string) => (): void => void this.expected.set(key, this.options.clock.now());
     // New ranges open before the ones they replace close, so a port in use is never shut, even for a moment;
     // only a group at its rule quota closes first, to make room.
-    const revokeNow = diff.authorize.length === 0 || this.atQuota;
+    const revokeNow = this.atQuota ? diff.revoke : closableNow(diff.revoke, observed.owned, observed.others, openPorts);
     this.atQuota = false;
     await this.apply([
-      ...(revokeNow ? diff.revoke : []).map((rule) => ({ key: `revoke:${rule.id}`, what: `revoke ${ruleKey(rule)} in ${this.group.groupId}`, run: () => this.group.revoke(rule), expect: expect(`revoke:${rule.id}`) })),
+      ...revokeNow.map((rule) => ({ key: `revoke:${rule.id}`, what: `revoke ${ruleKey(rule)} in ${this.group.groupId}`, run: () => this.group.revoke(rule), expect: expect(`revoke:${rule.id}`) })),
       ...diff.authorize.map((rule) => ({
         key: `authorize:${ruleKey(rule)}`,
         what: `authorize ${ruleKey(rule)} in ${this.group.groupId}`,

@@ -425,6 +425,24 @@ describe('AWS load balancers: the exposer on its own, on a fake clock', () => {
     await clock.tickAsync(10_000);
     assert.deepEqual(rules(), ['80-80 http from anywhere', '8080-8080 ours']);
   });
+
+  it('closes the ports of ended sessions while others keep starting: its rules never pile up to the group\'s quota', async () => {
+    model.addSecurityGroup(group);
+    const claims = new HandClaims('lb-a');
+    const exposer = await lead({ loadBalancers: [{ name: 'lb-a', type: 'nlb' }], edgeInstanceIds: ['i-0123456789abcdef0'], securityGroups: { groupIds: [group], cidrs: ['0.0.0.0/0'] } }, claims);
+    // A session starts every second and the oldest of five ends: each change opens one range and makes another unwanted.
+    let most = 0;
+    for (let i = 0; i < 80; i++) {
+      claims.ports.add(20000 + 2 * i);
+      claims.ports.delete(20000 + 2 * (i - 5));
+      exposer.claimsChanged('lb-a');
+      await clock.tickAsync(1_000);
+      most = Math.max(most, ourRules(model));
+    }
+    assert.ok(most <= 7, `${most} rules of ours at once for 5 ports in use`);
+    await clock.tickAsync(5_000);
+    assert.deepEqual(model.rules(group).map((rule) => `${rule.FromPort}-${rule.ToPort}`).sort(), [...claims.ports].map((port) => `${port}-${port}`).sort());
+  });
 });
 
 describe('AWS model: refusals as the SDK v3 clients raise them', () => {

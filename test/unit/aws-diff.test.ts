@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import type { RouteRecord } from '../../controller/api/types.js';
 import { PortAllocator } from '../../controller/controller/claims.js';
 import type { CachedRecord } from '../../controller/controller/informer.js';
-import { compactRanges, desiredRules, diffListeners, diffRules, type ListenerAction } from '../../controller/loadbalancer/diff.js';
+import { closableNow, compactRanges, desiredRules, diffListeners, diffRules, type ListenerAction } from '../../controller/loadbalancer/diff.js';
 import { classify, type FailureKind, type ListenerSpec, type LoadBalancerSnapshot, type ObservedListener } from '../../controller/loadbalancer/provider.js';
 import { sdkError, type AwsService } from '../fakes/aws.js';
 
@@ -93,6 +93,15 @@ describe('AWS: security-group ranges and rules', () => {
 });
 
 describe('AWS: error classification', () => {
+  it('closes a rule of ours once every port in use it opens is open through a rule that stays, for the same CIDR', () => {
+    const rule = (id: string, fromPort: number, toPort: number, cidr = '0.0.0.0/0') => ({ id, fromPort, toPort, cidr });
+    // 20001-20003 makes way for 20001 and 20003 (20002 ended); 20003's new rule does not show yet.
+    const observed = [rule('old', 20001, 20003), rule('new', 20001, 20001), rule('gone', 20005, 20005), rule('v6', 20001, 20003, '::/0')];
+    const revoke = [observed[0]!, observed[2]!];
+    assert.deepEqual(closableNow(revoke, observed, [], [20001, 20003]).map((closable) => closable.id), ['gone']);
+    assert.deepEqual(closableNow(revoke, observed, [{ fromPort: 20003, toPort: 20003, cidr: '0.0.0.0/0' }], [20001, 20003]).map((closable) => closable.id), ['old', 'gone']);
+  });
+
   it('tells throttling, transient, quota and already-done errors apart, named as each SDK v3 client raises them', () => {
     const cases: Array<[AwsService, string, number, FailureKind]> = [
       ['elbv2', 'Throttling', 400, 'throttled'],
