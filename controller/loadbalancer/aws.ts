@@ -41,7 +41,9 @@ export function createExposer(settings: ExposerSettings): Exposer {
   const healthCheck: HealthCheckSpec = aws.healthCheck;
   let elbv2: ElasticLoadBalancingV2Client | undefined;
   let elb: ElasticLoadBalancingClient | undefined;
-  const ownsClassicPort = (port: number): boolean => (port >= tcpPortRange.start && port <= tcpPortRange.end) || port === aws.httpListener?.port;
+  // The fixed listener's port is ours only where it listens: the same port on another load balancer is someone else's.
+  const ownsClassicPort = (balancer: string, port: number): boolean =>
+    (port >= tcpPortRange.start && port <= tcpPortRange.end) || (port === aws.httpListener?.port && balancer === aws.httpListener.loadBalancer);
   const pool = aws.loadBalancers.map((balancer) => {
     let provider: LoadBalancerProvider;
     if (balancer.type === 'nlb') {
@@ -49,7 +51,7 @@ export function createExposer(settings: ExposerSettings): Exposer {
       provider = new NlbProvider({ client: elbv2, name: balancer.name, marker, instanceIds: aws.edgeInstanceIds ?? [], healthCheck });
     } else {
       elb ??= instrumented(new ElasticLoadBalancingClient(region));
-      provider = new ClassicElbProvider({ client: elb, name: balancer.name, ownsPort: ownsClassicPort, healthCheck });
+      provider = new ClassicElbProvider({ client: elb, name: balancer.name, ownsPort: (port) => ownsClassicPort(balancer.name, port), healthCheck });
     }
     return { provider, listenerQuota: balancer.listenerQuota, ...(balancer.dnsName === undefined ? {} : { dnsName: balancer.dnsName }) };
   });

@@ -12,8 +12,8 @@ export interface ClassicElbOptions {
   readonly client: ElasticLoadBalancingClient;
   readonly name: string;
   /**
-   * Classic listeners carry no tags, so ownership is by port: the public TCP range and the fixed listener
-   * ports are Manticore's on the load balancers it is given; any other listener is never touched.
+   * Classic listeners carry no tags, so ownership is by port: the public TCP range on the load balancers
+   * it is given, and the fixed listener's port on the one carrying it; any other listener is never touched.
    */
   readonly ownsPort: (port: number) => boolean;
   readonly healthCheck: HealthCheckSpec;

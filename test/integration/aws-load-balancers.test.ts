@@ -426,6 +426,16 @@ describe('AWS load balancers: the exposer on its own, on a fake clock', () => {
     assert.deepEqual(rules(), ['80-80 http from anywhere', '8080-8080 ours']);
   });
 
+  it('Classic ELB: the fixed listener\'s port is ours only on the load balancer that carries it; a listener on that port elsewhere is left alone', async () => {
+    model.addClassic('classic-a');
+    model.addClassic('classic-b');
+    model.addForeignListener('classic-b', 443);
+    await lead({ loadBalancers: [{ name: 'classic-a', type: 'classic' }, { name: 'classic-b', type: 'classic' }], httpListener: { port: 443, loadBalancer: 'classic-a' } }, new HandClaims('classic-a'));
+    await clock.tickAsync(10_000);
+    assert.deepEqual([model.listenerPorts('classic-a'), model.listenerPorts('classic-b')], [[443], [443]]);
+    assert.equal(model.calls.get('elb:DeleteLoadBalancerListeners'), undefined);
+  });
+
   it('closes the ports of ended sessions while others keep starting: its rules never pile up to the group\'s quota', async () => {
     model.addSecurityGroup(group);
     const claims = new HandClaims('lb-a');
