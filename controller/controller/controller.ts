@@ -288,9 +288,10 @@ export class Controller {
       for (const id of cache.ids()) queue.add(id);
     }
     this.log.info({ queued: queue.length }, 'leading: reconciling every session');
-    this.options.loadBalancers?.resume();
     this.workersDone = this.workersDone.then(async () => {
       if (!(await this.catchUp(termEnd))) return;
+      // AWS follows the claims: a routes cache behind the store would have a port just claimed taken for a stray listener.
+      this.options.loadBalancers?.resume();
       this.reconciler.beginTerm();
       await Promise.all(Array.from({ length: this.options.workers }, () => this.work(queue)));
     });

@@ -8,6 +8,7 @@ import { AuthorizeSecurityGroupIngressCommand, EC2Client } from '@aws-sdk/client
 import { CreateLoadBalancerListenersCommand, ElasticLoadBalancingClient } from '@aws-sdk/client-elastic-load-balancing';
 import { CreateListenerCommand, ElasticLoadBalancingV2Client } from '@aws-sdk/client-elastic-load-balancing-v2';
 import * as FakeTimers from '@sinonjs/fake-timers';
+import { BehaviorSubject, concatMap, filter, map, take } from 'rxjs';
 import YAML from 'yaml';
 import type { SessionStatus } from '../../controller/api/types.js';
 import { loadConfig } from '../../controller/config/config.js';
@@ -16,7 +17,9 @@ import type { ClaimBook, Exposer } from '../../controller/loadbalancer/exposer.j
 import { ruleMarker } from '../../controller/loadbalancer/security-groups.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import { AwsModel, sdkError, type AwsService } from '../fakes/aws.js';
-import { condition, ControllerHarness, controllerClock, createSession, keys, requestDeletion, routesOf, statusOf, testLog } from '../support/controller-harness.js';
+import type { Leadership } from '../../controller/controller/leader.js';
+import type { Store } from '../../controller/store/store.js';
+import { condition, ControllerHarness, controllerClock, createSession, delegatingStore, keys, requestDeletion, routesOf, statusOf, testLog } from '../support/controller-harness.js';
 import { FakeScheduler } from '../support/fake-scheduler.js';
 
 const group = 'sg-0123456789abcdef0';
@@ -46,6 +49,21 @@ function seeded(seed: number): () => number {
   };
 }
 
+/** An exposer over the model for this configuration, on the AWS clock, as `createExposer` builds it. */
+async function startExposer(aws: Record<string, unknown>, awsClock: FakeTimers.Clock): Promise<Exposer> {
+  const exposer = createExposer({
+    aws: awsConfig(aws),
+    marker,
+    tcpPortRange: { start: 20000, end: 20199 },
+    httpTargetPort: 8080,
+    log: testLog,
+    clock: controllerClock(awsClock),
+    random: seeded(7),
+  });
+  await exposer.start();
+  return exposer;
+}
+
 async function setUp(options: {
   aws: Record<string, unknown>;
   model: (model: AwsModel) => void;
@@ -55,16 +73,7 @@ async function setUp(options: {
   const awsClock = FakeTimers.createClock(Date.now());
   const model = new AwsModel(() => awsClock.now).install();
   options.model(model);
-  const exposer = createExposer({
-    aws: awsConfig(options.aws),
-    marker,
-    tcpPortRange: { start: 20000, end: 20199 },
-    httpTargetPort: 8080,
-    log: testLog,
-    clock: controllerClock(awsClock),
-    random: seeded(7),
-  });
-  await exposer.start();
+  const exposer = await startExposer(options.aws, awsClock);
   const h = new ControllerHarness(EmbeddedStore.open(':memory:'), new FakeScheduler(), {
     ports: { start: 20000, end: 20199 },
     limits: { maxSessions: options.maxSessions ?? 200, maxStarting: 200 },
@@ -283,6 +292,48 @@ describe('AWS load balancers: a pool of listeners in front of the TCP ports', fu
     const after = await statuses(w, ids);
     assert.deepEqual(after.map((status) => status.phase), ['Ready', 'Ready', 'Waiting']);
     assert.equal(w.model.calls.get('elbv2:CreateListener'), 3, 'no listener asked for beyond the quota');
+  });
+
+  it('a new leader changes nothing in AWS before its caches show what the store holds: a port its predecessor just claimed is not taken for a stray listener', async () => {
+    const aws = { loadBalancers: [{ name: 'lb-a', type: 'nlb' }], edgeInstanceIds: ['i-0123456789abcdef0'] };
+    world = await setUp({ aws, model: (model) => model.addNlb('lb-a') });
+    const w = world;
+    // A standby with an exposer of its own, whose routes watch lags its sessions watch (each prefix has its own).
+    const routesWatchOpen = new BehaviorSubject(true);
+    const lagging: Store = {
+      ...delegatingStore(w.h.store),
+      watch: (prefix, index) =>
+        w.h.store.watch(prefix, index).pipe(concatMap((step) => (prefix === keys.routes ? routesWatchOpen.pipe(filter(Boolean), take(1), map(() => step)) : [step]))),
+    };
+    const leading = new BehaviorSubject(false);
+    const standbyLeadership: Leadership = {
+      leading$: leading.asObservable(),
+      get leading() {
+        return leading.value;
+      },
+      identity: { host: 'standby', pid: 2 },
+      start: () => undefined,
+      stop: async () => leading.next(false),
+      fence: () => undefined,
+      leader: () => undefined,
+    };
+    const standby = await w.h.startController(lagging, standbyLeadership, await startExposer(aws, w.awsClock));
+    routesWatchOpen.next(false);
+    const [id] = await createMany(w, 1);
+    await settle(w, 'Ready through the first leader', async () => (await statusOf(w.h.store, id!))?.phase === 'Ready');
+    const port = (await routesOf(w.h.store, id!))!.ports[0]!.port;
+    await w.h.controller.stop();
+    w.h.controller = standby;
+    leading.next(true);
+    for (let step = 0; step < 20; step++) {
+      w.awsClock.tick(1_000);
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    assert.deepEqual(w.model.listenerPorts('lb-a'), [port], 'the listener of a session still claimed is not deleted');
+    routesWatchOpen.next(true);
+    await settle(w, 'the new leader at work', async () => standby.routes.cache.get(id!) !== undefined && standby.queue.idle && !w.exposer.busy);
+    assert.deepEqual(w.model.listenerPorts('lb-a'), [port]);
+    assert.equal(w.model.calls.get('elbv2:CreateListener'), 1, 'made once');
   });
 
   it('waits for a new listener to show in describe calls without creating it twice (eventual consistency)', async () => {

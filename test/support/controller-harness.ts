@@ -170,7 +170,8 @@ export class ControllerHarness<S extends Scheduler = FakeScheduler> {
     this.controller = await this.startController();
   }
 
-  async startController(store: Store = this.store, leadership?: Leadership): Promise<Controller> {
+  /** A controller over `store`; a standby of its own passes its leadership and its own exposer (each replica has one). */
+  async startController(store: Store = this.store, leadership?: Leadership, loadBalancers: Exposer | undefined = this.options.loadBalancers): Promise<Controller> {
     const { ports = { start: 20000, end: 20009 }, limits = {}, policy = {} } = this.options;
     const controller = new Controller({
       store,
@@ -194,7 +195,7 @@ export class ControllerHarness<S extends Scheduler = FakeScheduler> {
       log: this.options.log ?? testLog,
       clock: controllerClock(this.clock),
       leadership,
-      ...(this.options.loadBalancers ? { loadBalancers: this.options.loadBalancers } : {}),
+      ...(loadBalancers ? { loadBalancers } : {}),
     });
     await controller.start();
     return controller;
