@@ -8,7 +8,6 @@ import { AuthorizeSecurityGroupIngressCommand, EC2Client } from '@aws-sdk/client
 import { CreateLoadBalancerListenersCommand, ElasticLoadBalancingClient } from '@aws-sdk/client-elastic-load-balancing';
 import { CreateListenerCommand, ElasticLoadBalancingV2Client } from '@aws-sdk/client-elastic-load-balancing-v2';
 import * as FakeTimers from '@sinonjs/fake-timers';
-import { BehaviorSubject, concatMap, filter, map, take } from 'rxjs';
 import YAML from 'yaml';
 import type { SessionStatus } from '../../controller/api/types.js';
 import { loadConfig } from '../../controller/config/config.js';
@@ -17,9 +16,7 @@ import type { ClaimBook, Exposer } from '../../controller/loadbalancer/exposer.j
 import { ruleMarker } from '../../controller/loadbalancer/security-groups.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import { AwsModel, sdkError, type AwsService } from '../fakes/aws.js';
-import type { Leadership } from '../../controller/controller/leader.js';
-import type { Store } from '../../controller/store/store.js';
-import { condition, ControllerHarness, controllerClock, createSession, delegatingStore, keys, requestDeletion, routesOf, statusOf, testLog } from '../support/controller-harness.js';
+import { condition, ControllerHarness, controllerClock, createSession, keys, laggingWatch, requestDeletion, routesOf, standbyLeadership, statusOf, testLog } from '../support/controller-harness.js';
 import { FakeScheduler } from '../support/fake-scheduler.js';
 
 const group = 'sg-0123456789abcdef0';
@@ -299,38 +296,22 @@ describe('AWS load balancers: a pool of listeners in front of the TCP ports', fu
     world = await setUp({ aws, model: (model) => model.addNlb('lb-a') });
     const w = world;
     // A standby with an exposer of its own, whose routes watch lags its sessions watch (each prefix has its own).
-    const routesWatchOpen = new BehaviorSubject(true);
-    const lagging: Store = {
-      ...delegatingStore(w.h.store),
-      watch: (prefix, index) =>
-        w.h.store.watch(prefix, index).pipe(concatMap((step) => (prefix === keys.routes ? routesWatchOpen.pipe(filter(Boolean), take(1), map(() => step)) : [step]))),
-    };
-    const leading = new BehaviorSubject(false);
-    const standbyLeadership: Leadership = {
-      leading$: leading.asObservable(),
-      get leading() {
-        return leading.value;
-      },
-      identity: { host: 'standby', pid: 2 },
-      start: () => undefined,
-      stop: async () => leading.next(false),
-      fence: () => undefined,
-      leader: () => undefined,
-    };
-    const standby = await w.h.startController(lagging, standbyLeadership, await startExposer(aws, w.awsClock));
-    routesWatchOpen.next(false);
+    const routesWatch = laggingWatch(w.h.store, keys.routes);
+    const standbyTerm = standbyLeadership();
+    const standby = await w.h.startController(routesWatch.store, standbyTerm.leadership, await startExposer(aws, w.awsClock));
+    routesWatch.hold();
     const [id] = await createMany(w, 1);
     await settle(w, 'Ready through the first leader', async () => (await statusOf(w.h.store, id!))?.phase === 'Ready');
     const port = (await routesOf(w.h.store, id!))!.ports[0]!.port;
     await w.h.controller.stop();
     w.h.controller = standby;
-    leading.next(true);
+    standbyTerm.lead();
     for (let step = 0; step < 20; step++) {
       w.awsClock.tick(1_000);
       await new Promise((resolve) => setTimeout(resolve, 10));
     }
     assert.deepEqual(w.model.listenerPorts('lb-a'), [port], 'the listener of a session still claimed is not deleted');
-    routesWatchOpen.next(true);
+    routesWatch.release();
     await settle(w, 'the new leader at work', async () => standby.routes.cache.get(id!) !== undefined && standby.queue.idle && !w.exposer.busy);
     assert.deepEqual(w.model.listenerPorts('lb-a'), [port]);
     assert.equal(w.model.calls.get('elbv2:CreateListener'), 1, 'made once');

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import * as FakeTimers from '@sinonjs/fake-timers';
 import { pino } from 'pino';
+import { BehaviorSubject, concatMap, filter, map, take } from 'rxjs';
 import { loadTemplates } from '../../controller/api/templates.js';
 import type { RouteRecord, SessionRecord, SessionStatus, SessionTemplate } from '../../controller/api/types.js';
 import { Controller } from '../../controller/controller/controller.js';
@@ -79,6 +80,37 @@ function copyInto<K>(from: ReadonlyMap<K, string>, to: Map<K, string>, keys: Ite
     if (value === undefined) to.delete(key);
     else to.set(key, value);
   }
+}
+
+/**
+ * A store whose watch of `prefix` holds its steps back while the gate is shut (`hold()`), then lets them
+ * through in order (`release()`): one cache lagging the others, as separate watches may.
+ */
+export function laggingWatch(inner: Store, prefix: string): { store: Store; hold(): void; release(): void } {
+  const open = new BehaviorSubject(true);
+  const store: Store = {
+    ...delegatingStore(inner),
+    watch: (watched, index) =>
+      inner.watch(watched, index).pipe(concatMap((step) => (watched === prefix ? open.pipe(filter(Boolean), take(1), map(() => step)) : [step]))),
+  };
+  return { store, hold: () => open.next(false), release: () => open.next(true) };
+}
+
+/** A leadership the test hands to a standby controller when it chooses (`lead()`). */
+export function standbyLeadership(): { leadership: Leadership; lead(): void } {
+  const leading = new BehaviorSubject(false);
+  const leadership: Leadership = {
+    leading$: leading.asObservable(),
+    get leading() {
+      return leading.value;
+    },
+    identity: { host: 'standby', pid: 2 },
+    start: () => undefined,
+    stop: async () => leading.next(false),
+    fence: () => undefined,
+    leader: () => undefined,
+  };
+  return { leadership, lead: () => leading.next(true) };
 }
 
 /** A Store whose every method calls `inner` (as itself), for tests to replace or spy on some of them. */

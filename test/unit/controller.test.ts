@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
-import { BehaviorSubject, concatMap, delay, filter, map, take } from 'rxjs';
+import { delay } from 'rxjs';
 import sinon from 'sinon';
-import type { Leadership } from '../../controller/controller/leader.js';
 import { SessionReconciler } from '../../controller/controller/reconciler.js';
 import type { Store } from '../../controller/store/store.js';
 import {
@@ -11,9 +10,11 @@ import {
   createSession,
   delegatingStore,
   keys,
+  laggingWatch,
   makeReady,
   requestDeletion,
   routesOf,
+  standbyLeadership,
   statusOf,
   statusWhen,
 } from '../support/controller-harness.js';
@@ -273,34 +274,21 @@ describe('controller: session reconciliation', () => {
 
   it('begins a term only once its caches show what the store held: a session the previous leader removed is not brought back', async () => {
     // A standby whose sessions watch lags its statuses watch (each prefix has its own).
-    const sessionsWatchOpen = new BehaviorSubject(true);
+    const sessionsWatch = laggingWatch(h.store, keys.sessions);
     let readsOfSessions = 0;
     const lagging: Store = {
-      ...delegatingStore(h.store),
+      ...sessionsWatch.store,
       list: (prefix) => {
         if (prefix === keys.sessions) readsOfSessions += 1;
         return h.store.list(prefix);
       },
-      watch: (prefix, index) =>
-        h.store.watch(prefix, index).pipe(concatMap((step) => (prefix === keys.sessions ? sessionsWatchOpen.pipe(filter(Boolean), take(1), map(() => step)) : [step]))),
     };
-    const leading = new BehaviorSubject(false);
-    const standbyLeadership: Leadership = {
-      leading$: leading.asObservable(),
-      get leading() {
-        return leading.value;
-      },
-      identity: { host: 'standby', pid: 2 },
-      start: () => undefined,
-      stop: async () => leading.next(false),
-      fence: () => undefined,
-      leader: () => undefined,
-    };
-    const standby = await h.startController(lagging, standbyLeadership);
+    const standbyTerm = standbyLeadership();
+    const standby = await h.startController(lagging, standbyTerm.leadership);
     const id = await createSession(h.store);
     await makeReady(h, id);
     await waitFor('the standby seeing it Ready', () => standby.statuses.cache.get(id)?.value?.phase === 'Ready');
-    sessionsWatchOpen.next(false);
+    sessionsWatch.hold();
     await requestDeletion(h.store, id);
     await waitFor('the leader removing the session', async () => (await h.store.get(keys.session(id))) === undefined && standby.statuses.cache.get(id) === undefined);
     assert.ok(standby.sessions.cache.get(id) !== undefined, "the standby's sessions cache still holds it");
@@ -308,12 +296,12 @@ describe('controller: session reconciliation', () => {
     h.controller = standby;
     const registrations = h.scheduler.registrations.length;
     const readsBefore = readsOfSessions;
-    leading.next(true);
+    standbyTerm.lead();
     // Either the term reads the store to catch up, or (acting on its caches as they are) it brings the session back.
     await waitFor('the new term reading the store, or acting', async () => readsOfSessions > readsBefore || h.scheduler.registrations.length > registrations || (await statusOf(h.store, id)) !== undefined);
     assert.equal(h.scheduler.registrations.length, registrations, 'nothing registered before the caches caught up');
     assert.equal(await statusOf(h.store, id), undefined, 'nothing written before the caches caught up');
-    sessionsWatchOpen.next(true);
+    sessionsWatch.release();
     await waitFor('the new leader at work, the session seen gone', () => standby.sessions.cache.get(id) === undefined && standby.queue.idle);
     assert.equal(await statusOf(h.store, id), undefined, 'no status written for it again');
     assert.equal(await routesOf(h.store, id), undefined, 'no routes claimed for it again');
