@@ -2,6 +2,7 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { constants as fsConstants, promises as fs } from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
+import { lockDirectory, type DirectoryLock } from '../util/dir-lock.js';
 import { writeFileAtomic, writeSynced } from '../util/files.js';
 import type { Logger } from '../util/log.js';
 import { renderHaproxyConfig, runPaths, type HaproxyConfigValues } from './haproxy-config.js';
@@ -195,6 +196,8 @@ export class HaproxyProcess {
   private output: Array<{ seq: number; line: string }> = [];
   private outputSeq = 0;
   private busy: Promise<unknown> = Promise.resolve();
+  /** Held from the first start to stop: another process's HAProxy in runDir would look left over. */
+  private runDirLock: DirectoryLock | undefined;
 
   constructor(private readonly options: HaproxyProcessOptions) {
     const paths = runPaths(options.runDir);
@@ -272,7 +275,11 @@ export class HaproxyProcess {
 
   /** Soft stop (connections may finish), then hard stop, then SIGKILL; resolves when no process of ours remains. */
   stop(): Promise<void> {
-    return this.serialize(() => this.doStop());
+    return this.serialize(async () => {
+      await this.doStop();
+      this.runDirLock?.release();
+      this.runDirLock = undefined;
+    });
   }
 
   private serialize<T>(work: () => Promise<T>): Promise<T> {
@@ -285,6 +292,7 @@ export class HaproxyProcess {
     if (this.child) throw new Error(`HAProxy is already running (master ${this.child.pid})`);
     this.binary ??= await resolveHaproxyBinary(this.options.binary);
     await fs.mkdir(this.runDir, { recursive: true, mode: 0o700 });
+    this.runDirLock ??= lockDirectory(this.runDir, 'the HAProxy run directory');
     await this.stopLeftovers();
     for (const file of [this.hostsMap, this.tcpMap]) {
       // Keep existing maps: they hold the routes of the previous run.

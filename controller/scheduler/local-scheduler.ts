@@ -7,6 +7,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { Observable, Subject, ignoreElements } from 'rxjs';
 import type { SessionTemplate } from '../api/types.js';
+import { lockDirectory, type DirectoryLock } from '../util/dir-lock.js';
 import { writeFileAtomic } from '../util/files.js';
 import { KeyedSerializer } from '../util/keyed-serializer.js';
 import type { Logger } from '../util/log.js';
@@ -174,6 +175,7 @@ export class LocalScheduler implements Scheduler {
   private readonly perJob = new KeyedSerializer();
   private readonly changes = new Subject<WorkloadStep>();
   private readonly logFiles: LogFiles;
+  private lock: DirectoryLock | undefined;
   private started = false;
   private closed = false;
 
@@ -192,11 +194,13 @@ export class LocalScheduler implements Scheduler {
 
   /**
    * Loads the persisted jobs. Processes left by a previous run that died without `close()` (kill -9) are
-   * killed first, then every job gets a fresh allocation, as Nomad reschedules lost allocations.
+   * killed first, then every job gets a fresh allocation, as Nomad reschedules lost allocations. Refuses to
+   * start while another scheduler holds the state directory: its tasks would look left over.
    */
   async start(): Promise<void> {
     if (this.started) throw new Error('LocalScheduler.start() was already called');
     if (this.closed) throw new Error('LocalScheduler is closed');
+    this.lock = lockDirectory(this.options.stateDir, 'the scheduler state directory');
     await fsp.mkdir(this.jobsDir, { recursive: true });
     await fsp.mkdir(this.allocsDir, { recursive: true });
     await this.reapPreviousAllocations();
@@ -301,6 +305,7 @@ export class LocalScheduler implements Scheduler {
       }),
     );
     this.changes.complete();
+    this.lock?.release();
     this.log.info('local scheduler closed');
   }
 

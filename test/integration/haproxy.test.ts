@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
@@ -14,7 +15,7 @@ import { silentLogger } from '../../controller/util/log.js';
 import { closeServer, httpBackend, listen, tcpEchoBackend, type Backend } from '../support/backends.js';
 import { freePort, freePortRange } from '../support/ports.js';
 import { waitFor } from '../support/wait.js';
-import { alive } from '../support/processes.js';
+import { alive, childPids } from '../support/processes.js';
 
 // The real HAProxy against loopback backends, with OS-chosen ports and a temporary run directory.
 
@@ -417,15 +418,27 @@ describe('HAProxy data plane (real haproxy)', function () {
     await dataPlane.resync();
   });
 
+  it('a second owner of a run directory in use refuses to start and leaves the first HAProxy serving', async () => {
+    const master = proc.masterPid!;
+    const worker = await proc.workerPid();
+    await assert.rejects(newProcess().start(), /HAProxy run directory .* is in use by another Manticore process/);
+    assert.equal(proc.masterPid, master);
+    assert.equal(await proc.workerPid(), worker);
+    assert.deepEqual(await get(httpPort, 'alpha'), { status: 200, body: 'A /' });
+  });
+
   it('stops an HAProxy left running on the run directory by a previous run before starting', async () => {
-    const oldMaster = proc.masterPid!;
-    const oldWorker = await proc.workerPid();
-    // A second owner on the same run directory plays the controller restarted after a kill -9.
+    await dataPlane.flush();
+    await proc.stop();
+    // What a controller killed with -9 leaves: its HAProxy on the run directory's files, owned by no one.
+    const leftover = spawn(await resolveHaproxyBinary('haproxy'), ['-W', '-S', `${proc.masterSocket},mode,600`, '-f', proc.configPath, '-p', proc.pidFile], { stdio: 'ignore' });
+    const leftoverExited = new Promise<void>((resolve) => leftover.once('exit', () => resolve()));
+    await waitFor('the leftover HAProxy to serve', async () => (await get(httpPort, 'alpha').catch(() => undefined))?.status === 200);
+    const leftoverWorkers = childPids(leftover.pid!);
     const successor = newProcess();
     await successor.start();
-    assert.equal(alive(oldMaster), false);
-    assert.equal(alive(oldWorker), false);
-    assert.notEqual(successor.masterPid, oldMaster);
+    await leftoverExited;
+    assert.deepEqual(leftoverWorkers.filter(alive), []);
     proc = successor;
     dataPlane = newDataPlane(proc);
     await dataPlane.apply(base);

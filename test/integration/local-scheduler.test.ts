@@ -320,6 +320,23 @@ describe('LocalScheduler', function () {
       assert.equal((await tcpGreetingAndEcho(again.allocation?.ports.tcp, 'back')).echo, 'back');
     });
 
+    it('a second scheduler on a state directory in use refuses to start and leaves the first one\'s tasks running', async function () {
+      const stateDir = newStateDir();
+      const first = await makeScheduler({ stateDir });
+      const job = first.render(contractRequest(demo, session()));
+      await first.register(job);
+      const workload = await record(first).healthy(job);
+      const pids = Object.values(await pidsWhenRecorded(stateDir, workload.allocation?.id ?? '', ['core', 'hmi']));
+
+      await assert.rejects(makeScheduler({ stateDir }), /scheduler state directory .* is in use by another Manticore process/);
+      assert.deepEqual(pids.filter((pid) => !alive(pid)), [], "the first scheduler's tasks were stopped");
+      assert.ok(fs.existsSync(path.join(stateDir, 'allocs', workload.allocation?.id ?? '')), "the first scheduler's allocation was removed");
+
+      await first.close();
+      const next = await makeScheduler({ stateDir });
+      assert.equal((await record(next).healthy(job)).sessionId, job.sessionId, 'once closed, the directory is free again');
+    });
+
     it('deregister and close() also stop what a task started outside its process group (setsid, a daemon)', async function () {
       const scheduler = await makeScheduler();
       const recorder = record(scheduler);
