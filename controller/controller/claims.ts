@@ -130,6 +130,11 @@ export class PortAllocator {
     for (const route of change.current?.value?.ports ?? []) this.claim(change.id, route.port, route.loadBalancer);
   }
 
+  /** Whether a port is in the configured range (HAProxy listens on no other). */
+  covers(port: number): boolean {
+    return port >= this.start && port <= this.end;
+  }
+
   /** The session that holds a port, if any. */
   ownerOf(port: number): string | undefined {
     return this.owners.get(port);

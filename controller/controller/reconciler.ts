@@ -189,6 +189,9 @@ export class SessionReconciler {
       if ('result' in admission) return admission.result;
       // Admitted: the job is registered in this same pass, and the claim's echo brings the session back for the rest.
       claim = admission.claim;
+    } else if (claimIndex !== undefined && (await this.movedIntoRange(id, claim))) {
+      // Its echo brings the session back with the new address (and its job updated to it).
+      return done;
     }
 
     const endpoints = publicEndpoints(template, claim, this.deps.addressing);
@@ -437,6 +440,36 @@ export class SessionReconciler {
         return loadBalancer === undefined ? route : { ...route, loadBalancer };
       }),
     };
+  }
+
+  /**
+   * Gives each port of the claim outside the configured range (claimed before the range was changed) a free
+   * one in it, and writes the claim; false when none moved. HAProxy listens only on the range, so the old
+   * address would stay dark while the session showed it as Ready.
+   */
+  private async movedIntoRange(id: string, claim: RouteRecord): Promise<boolean> {
+    const { ports, log } = this.deps;
+    const reserved: number[] = [];
+    const record: RouteRecord = {
+      ...claim,
+      ports: claim.ports.map((route) => {
+        if (ports.covers(route.port)) return route;
+        const assignment = ports.reserve(id);
+        if (assignment === undefined) return route;
+        reserved.push(assignment.port);
+        log.info({ session: id, port: assignment.port, was: route.port }, 'port outside the configured range replaced');
+        const { loadBalancer: _previous, ...kept } = route;
+        return { ...kept, ...assignment };
+      }),
+    };
+    if (reserved.length === 0) return false;
+    try {
+      await this.put(id, this.deps.observed.routes, this.deps.keys.route(id), 'route', record);
+    } catch (error) {
+      for (const port of reserved) ports.release(id, port);
+      throw error;
+    }
+    return true;
   }
 
   /** The scheduler could not place the workload: back to the head of the waiting list with nothing held. */

@@ -181,6 +181,8 @@ export class ControllerHarness<S extends Scheduler = FakeScheduler> {
   readonly dataPlane = new RecordingDataPlane();
   /** The templates the next controller started loads (an operator edits them between restarts). */
   templates: ReadonlyMap<string, SessionTemplate>;
+  /** The public TCP port range of the next controller started (likewise). */
+  ports: { start: number; end: number };
 
   constructor(
     readonly store: Store,
@@ -188,6 +190,7 @@ export class ControllerHarness<S extends Scheduler = FakeScheduler> {
     private readonly options: HarnessOptions = {},
   ) {
     this.templates = options.templates ?? templates;
+    this.ports = options.ports ?? { start: 20000, end: 20009 };
   }
 
   static async embedded(options: HarnessOptions = {}): Promise<ControllerHarness> {
@@ -204,14 +207,14 @@ export class ControllerHarness<S extends Scheduler = FakeScheduler> {
 
   /** A controller over `store`; a standby of its own passes its leadership and its own exposer (each replica has one). */
   async startController(store: Store = this.store, leadership?: Leadership, loadBalancers: Exposer | undefined = this.options.loadBalancers): Promise<Controller> {
-    const { ports = { start: 20000, end: 20009 }, limits = {}, policy = {} } = this.options;
+    const { limits = {}, policy = {} } = this.options;
     const controller = new Controller({
       store,
       scheduler: this.scheduler,
       keys,
       templates: this.templates,
       addressing: this.options.addressing ?? { domain: 'localhost', httpScheme: 'http', httpPort: 8080, tcpHost: 'localhost' },
-      tcpPortRange: ports,
+      tcpPortRange: this.ports,
       limits: { maxSessions: 100, maxStarting: 100, sessionsPerUser: 100, ...limits },
       policy: { ...defaultPolicy, ...policy },
       capacityRetryMs: this.options.capacityRetryMs ?? 300_000,

@@ -349,6 +349,24 @@ describe('lifecycle: failures', () => {
     assert.equal(back.failures, undefined);
   });
 
+  it('moves a session whose public TCP port a restart left outside the configured range into it, updating its job', async () => {
+    h = await ControllerHarness.embedded({ ports: { start: 20000, end: 20000 } });
+    const [id] = await createInOrder(h, ['ann']);
+    const ready = await makeReady(h, id!);
+    assert.equal(ready.endpoints.tcp?.url, 'tcp://localhost:20000');
+    h.ports = { start: 20001, end: 20002 };
+    await h.restartController();
+    await waitFor('the job updated', () => h.scheduler.registrations.length === 2);
+    const updating = await statusWhen(h.store, id!, (s) => s.phase !== 'Ready');
+    assert.equal(updating.phase, 'Starting');
+    const back = await makeReady(h, id!, 31050);
+    const port = Number(back.endpoints.tcp?.url.split(':').at(-1));
+    assert.ok(port === 20001 || port === 20002, `port ${port} is in the configured range`);
+    assert.equal(back.endpoints.hmi?.url, ready.endpoints.hmi?.url, 'its hostnames stay');
+    assert.deepEqual((await routesOf(h.store, id!))?.ports.map((route) => route.port), [port]);
+    await waitFor('the router serving the new port only', () => [...h.dataPlane.table.ports.keys()].join() === String(port));
+  });
+
   it('fails a session that does not become healthy before the start timeout, with the last task event', async () => {
     h = await ControllerHarness.embedded({ policy: { startTimeoutMs: 10 * minute } });
     const [id] = await createInOrder(h, ['ann']);
