@@ -305,7 +305,9 @@ export class HaproxyProcess {
 
     const args = ['-W', '-S', `${this.masterSocket},mode,600`, '-f', this.configPath, '-p', this.pidFile];
     this.log.info({ binary: this.binary, args }, 'starting haproxy');
-    const child = spawn(this.binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    // detached: a process group of its own, so Ctrl-C in Manticore's terminal does not reach it (it would
+    // die under the router, which would restart it); stop() stops it in order, softly.
+    const child = spawn(this.binary, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     this.child = child;
     this.stopping = false;
     this.exited = new Promise<void>((resolve) => {
