@@ -339,8 +339,10 @@ export class SessionReconciler {
   }
 
   /**
-   * The recent failures with any new one added: the workload stopped serving after having served (unless it
-   * is being replaced for a new spec), or its allocation failed or was lost (once per allocation).
+   * The recent failures with any new one added: the allocation that served stopped serving (unless it is
+   * being replaced for a new spec), or an allocation failed or was lost (once per allocation). A new
+   * allocation still starting is no failure of its own: the embedded scheduler starts one for each job when
+   * Manticore restarts, and one replacing a failed or lost allocation was counted with that one.
    */
   private failuresAfter(
     previous: SessionStatus | undefined,
@@ -351,7 +353,8 @@ export class SessionReconciler {
   ): WorkloadFailure[] {
     const failures = recentFailures(this.deps.policy, previous?.failures ?? [], now);
     const allocationEnded = allocation?.clientStatus === 'failed' || allocation?.clientStatus === 'lost';
-    const stoppedServing = previous?.phase === 'Ready' && !replacing && healthy.status === 'False';
+    const newAllocation = allocation !== undefined && previous?.allocationId !== undefined && allocation.id !== previous.allocationId;
+    const stoppedServing = previous?.phase === 'Ready' && !replacing && !newAllocation && healthy.status === 'False';
     const alreadyCounted = allocation !== undefined && previous?.failures?.at(-1)?.allocationId === allocation.id && !stoppedServing;
     if ((stoppedServing || allocationEnded) && !alreadyCounted) {
       const message = allocationEnded ? describeTasks(allocation!) || `allocation ${allocation!.clientStatus}` : healthy.message;

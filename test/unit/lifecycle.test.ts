@@ -288,6 +288,24 @@ describe('lifecycle: failures', () => {
     assert.equal(h.scheduler.registrations.length, 1, 'the job is not registered again');
   });
 
+  it('does not count the fresh allocation the embedded scheduler starts after a restart of Manticore as a failure', async () => {
+    h = await ControllerHarness.embedded({ policy: { maxRestarts: 0 } });
+    const [id] = await createInOrder(h, ['ann']);
+    const ready = await makeReady(h, id!);
+    // What `manticore up` started again finds: the job, with a new allocation whose tasks are starting.
+    await h.controller.stop();
+    const workload = h.scheduler.workload(id!)!;
+    h.scheduler.adopt({ ...workload, allocation: { ...workload.allocation!, id: 'alloc-after-restart', healthy: undefined } });
+    h.controller = await h.startController();
+    const starting = await statusWhen(h.store, id!, (s) => s.allocationId === 'alloc-after-restart');
+    assert.equal(starting.phase, 'Starting');
+    assert.equal(starting.failures, undefined, 'a restart of Manticore is no crash');
+    h.scheduler.update(id!, { healthy: true });
+    const back = await statusWhen(h.store, id!, (s) => s.phase === 'Ready' && s.allocationId === 'alloc-after-restart');
+    assert.deepEqual(back.endpoints, ready.endpoints);
+    assert.equal(back.failures, undefined);
+  });
+
   it('gives up after maxRestarts failures within the window: Failed with the reason, everything released', async () => {
     h = await ControllerHarness.embedded({ policy: { maxRestarts: 2 } });
     const [id] = await createInOrder(h, ['ann']);
