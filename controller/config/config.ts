@@ -292,6 +292,9 @@ function finishTls(tls: RouterTlsConfig, config: ManticoreConfig, what: string):
   if (problems.length > 0) throw new ValidationError(what, problems);
 }
 
+/** ConfigureHealthCheck refuses more (ValidationError), so every pass would fail to repair the check. */
+const CLASSIC_MAX_HEALTH_CHECK_TIMEOUT_SECONDS = 60;
+
 /** Defaults that depend on other fields, and the AWS rules a schema cannot express. */
 function finishAws(aws: AwsConfig, config: ManticoreConfig, what: string): void {
   const problems: string[] = [];
@@ -318,6 +321,9 @@ function finishAws(aws: AwsConfig, config: ManticoreConfig, what: string): void 
   }
   aws.healthCheck.port ??= config.router.http.port;
   if (aws.healthCheck.timeoutSeconds >= aws.healthCheck.intervalSeconds) problems.push('/aws/healthCheck/timeoutSeconds: must be below intervalSeconds');
+  if (aws.healthCheck.timeoutSeconds > CLASSIC_MAX_HEALTH_CHECK_TIMEOUT_SECONDS && aws.loadBalancers.some((balancer) => balancer.type === 'classic')) {
+    problems.push(`/aws/healthCheck/timeoutSeconds: a Classic ELB takes a health-check timeout of at most ${CLASSIC_MAX_HEALTH_CHECK_TIMEOUT_SECONDS} s (the schema's 120 is a Network Load Balancer's)`);
+  }
   if (aws.retryMaxMs < aws.retryBaseMs) problems.push('/aws/retryMaxMs: must not be below retryBaseMs');
   if (problems.length > 0) throw new ValidationError(what, problems);
 }
