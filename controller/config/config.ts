@@ -268,6 +268,7 @@ function finish(config: ManticoreConfig, what: string): ManticoreConfig {
   if (config.auth.mode === 'jwt' && config.auth.jwt.secret === undefined && (config.auth.jwt.publicKeys ?? []).length === 0) {
     throw new ValidationError(what, ['/auth/jwt: mode jwt needs a secret (HS256) or publicKeys (RS256/ES256)']);
   }
+  checkRouterPorts(config.router, what);
   if (config.router.tls) finishTls(config.router.tls, config, what);
   const { tls } = config.router;
   config.public.httpScheme ??= tls ? 'https' : 'http';
@@ -279,12 +280,42 @@ function finish(config: ManticoreConfig, what: string): ManticoreConfig {
   return config;
 }
 
-/** The TLS listener must not collide with the other listeners (checked here: the files are checked where they are used). */
+const ANY_ADDRESS = new Set(['', '0.0.0.0', '::', '*']);
+
+/** Whether listeners on these hosts can collide: the same address, or either on every address. */
+function sameInterface(a: string, b: string): boolean {
+  return a === b || ANY_ADDRESS.has(a) || ANY_ADDRESS.has(b);
+}
+
+/**
+ * The router binds all of these on the edge host (HAProxy its HTTP, HTTPS, stats and session ports; the
+ * agent its status server): two on one port and the second fails to bind, so HAProxy or the router does
+ * not start, or a session on that port is never reachable.
+ */
+function checkRouterPorts(router: ManticoreConfig['router'], what: string): void {
+  const { http, tcp, tls, statusHost, statusPort, haproxyStats } = router;
+  const listeners: Array<{ field: string; host: string; port: number }> = [
+    { field: 'router.http.port', host: http.host, port: http.port },
+    ...(tls ? [{ field: 'router.tls.port', host: http.host, port: tls.port }] : []),
+    // 0 turns these off.
+    ...(statusPort > 0 ? [{ field: 'router.statusPort', host: statusHost, port: statusPort }] : []),
+    ...(haproxyStats.port > 0 ? [{ field: 'router.haproxyStats.port', host: haproxyStats.host, port: haproxyStats.port }] : []),
+  ];
+  const problems: string[] = [];
+  listeners.forEach((listener, index) => {
+    const pointer = `/${listener.field.replace(/\./g, '/')}`;
+    const taken = listeners.slice(0, index).find((other) => other.port === listener.port && sameInterface(other.host, listener.host));
+    if (taken) problems.push(`${pointer}: ${listener.port} is ${taken.field} too: each listener of the router needs a port of its own`);
+    if (listener.port >= tcp.portRangeStart && listener.port <= tcp.portRangeEnd && sameInterface(tcp.host, listener.host)) {
+      problems.push(`${pointer}: ${listener.port} is inside the session port range ${tcp.portRangeStart}-${tcp.portRangeEnd}`);
+    }
+  });
+  if (problems.length > 0) throw new ValidationError(what, problems);
+}
+
+/** The TLS settings that conflict with AWS's (checked here: the files are checked where they are used). */
 function finishTls(tls: RouterTlsConfig, config: ManticoreConfig, what: string): void {
   const problems: string[] = [];
-  const { http, tcp } = config.router;
-  if (tls.port === http.port) problems.push(`/router/tls/port: ${tls.port} is router.http.port too: HTTPS needs a port of its own (the plain one redirects to it)`);
-  if (tls.port >= tcp.portRangeStart && tls.port <= tcp.portRangeEnd) problems.push(`/router/tls/port: ${tls.port} is inside the session port range ${tcp.portRangeStart}-${tcp.portRangeEnd}`);
   if (config.aws?.httpListener?.certificateArn !== undefined) {
     problems.push('/aws/httpListener/certificateArn: TLS terminates at HAProxy (router.tls), so the load balancer must pass TCP through: remove the certificate');
   }

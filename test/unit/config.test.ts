@@ -124,10 +124,17 @@ describe('configuration', () => {
       ['router:\n  tls: { port: 8443 }\n', /\/router\/tls: must have required property 'certFile'/],
       ['router:\n  http: { port: 8443 }\n  tls: { certFile: c.pem }\n', /\/router\/tls\/port: 8443 is router\.http\.port too/],
       ['router:\n  tls: { certFile: c.pem, port: 20001 }\n', /\/router\/tls\/port: 20001 is inside the session port range 20000-20999/],
+      // HAProxy binds each of these on the edge host: a second bind of one port fails.
+      ['router:\n  http: { port: 20005 }\n', /\/router\/http\/port: 20005 is inside the session port range 20000-20999/],
+      ['router:\n  statusPort: 8080\n', /\/router\/statusPort: 8080 is router\.http\.port too/],
+      ['router:\n  haproxyStats: { port: 20999 }\n', /\/router\/haproxyStats\/port: 20999 is inside the session port range/],
+      ['router:\n  http: { host: 0.0.0.0 }\n  haproxyStats: { port: 8080 }\n', /\/router\/haproxyStats\/port: 8080 is router\.http\.port too/],
       [`router:\n  tls: { certFile: c.pem }\naws:\n  loadBalancers: [{ name: a, type: classic }]\n  httpListener: { port: 443, certificateArn: ${arn} }\n`, /\/aws\/httpListener\/certificateArn: TLS terminates at HAProxy/],
       [`router:\n  tls: { certFile: c.pem, tcp: true }\naws:\n  loadBalancers: [{ name: a, type: classic }]\n  tcpTls: { certificateArn: ${arn} }\n`, /\/aws\/tcpTls: router\.tls\.tcp already terminates TLS/],
     ];
     for (const [text, expected] of cases) assert.throws(() => loadConfig(write(text), {}), expected);
+    // On another address the same port is free.
+    assert.equal(loadConfig(write('router:\n  statusHost: 10.0.0.5\n  statusPort: 8080\n'), {}).router.statusPort, 8080);
   });
 
   it('rejects an environment override that is not valid', () => {
