@@ -169,6 +169,23 @@ describe('configuration', () => {
     assert.throws(() => loadConfig(write('scheduler:\n  restart: { intervalSeconds: 2 }\n'), {}), /\/scheduler\/restart\/intervalSeconds: must be >= 5/);
   });
 
+  it('refuses a duration a timer cannot hold, naming the field', () => {
+    // setTimeout fires a delay beyond 2^31-1 ms at once: a heartbeat or sweep would run every millisecond.
+    const timers: Array<[string, string]> = [
+      ['controller: { heartbeatSeconds: %s }', '/controller/heartbeatSeconds'],
+      ['controller: { orphanSweepSeconds: %s }', '/controller/orphanSweepSeconds'],
+      ['router: { heartbeatSeconds: %s }', '/router/heartbeatSeconds'],
+      ['router: { storeLossGracePeriodSeconds: %s }', '/router/storeLossGracePeriodSeconds'],
+      ['scheduler: { nomad: { requestTimeoutSeconds: %s } }', '/scheduler/nomad/requestTimeoutSeconds'],
+      ['aws: { loadBalancers: [{ name: a, type: classic }], resyncSeconds: %s }', '/aws/resyncSeconds'],
+    ];
+    const longest = Math.floor((2 ** 31 - 1) / 1000);
+    for (const [text, field] of timers) {
+      assert.doesNotThrow(() => loadConfig(write(`${text.replace('%s', String(longest))}\n`), {}), field);
+      assert.throws(() => loadConfig(write(`${text.replace('%s', String(longest + 1))}\n`), {}), new RegExp(`${field}: must be <= ${longest}`));
+    }
+  });
+
   it('has lifecycle defaults, and refuses a warning that would come after the end', () => {
     const config = loadConfig(undefined, {});
     assert.deepEqual(config.limits, { maxSessions: 100, sessionsPerUser: 1, maxStarting: 20 });
