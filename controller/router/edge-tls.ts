@@ -202,7 +202,7 @@ const DAY_MS = 86_400_000;
  * them and writes the PEM HAProxy loads; watch() then follows the files' directories (renewers such as
  * certbot replace files by rename, so the files themselves cannot be watched), and on a change that holds a
  * valid certificate writes the PEM again (a restart or reload loads the new one) and hands it to HAProxy. An
- * invalid or expired replacement is refused with an error in the log: the certificate in use stays.
+ * invalid, expired or not yet valid replacement is refused with an error in the log: the certificate in use stays.
  */
 export class EdgeTls {
   private readonly log: Logger;
@@ -344,6 +344,10 @@ export class EdgeTls {
       next = checkEdgeCertificate(files, contents, domain);
       if (next.notAfter <= this.clock.now()) {
         throw new ValidationError('router.tls', [`the certificate in ${files.certFile} expired at ${new Date(next.notAfter).toISOString()}`]);
+      }
+      // Issued ahead of its validity (or this host's clock is behind): clients would refuse it until then.
+      if (next.notBefore > this.clock.now()) {
+        throw new ValidationError('router.tls', [`the certificate in ${files.certFile} is not valid before ${new Date(next.notBefore).toISOString()}`]);
       }
     } catch (error) {
       if (!(error instanceof ValidationError)) throw error;

@@ -219,6 +219,17 @@ describe('edge certificate', function () {
       assert.match(edge.status()!.lastChange!.message!, /expired at/);
     });
 
+    it('refuses a replacement that is not valid yet', async () => {
+      await edge.install();
+      edge.watch(loader);
+      clock.setSystemTime((await loadEdgeCertificate(renewed, DOMAIN)).notBefore - 3_600_000);
+      replaceFile(files.keyFile, renewed.keyFile);
+      replaceFile(files.certFile, renewed.certFile);
+      await edge.check();
+      assert.equal(loads.length, 0, 'clients would refuse it for another hour');
+      assert.match(edge.status()!.lastChange!.message!, /is not valid before/);
+    });
+
     it('tries again when HAProxy did not take the certificate', async () => {
       await edge.install();
       let fail = true;
