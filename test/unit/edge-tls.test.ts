@@ -104,6 +104,14 @@ describe('edge certificate', function () {
       assert.match(await problemOf(loadEdgeCertificate(good, 'localhost')), /use a public\.domain of two labels or more \(e\.g\. sessions\.localhost\)/);
     });
 
+    it('refuses a wildcard only in the subject\'s common name, which clients ignore', async () => {
+      const certFile = path.join(dir, 'cn-only-cert.pem');
+      const keyFile = path.join(dir, 'cn-only-key.pem');
+      // No subjectAltName: browsers take host names from that extension alone and refuse this certificate.
+      await promisify(execFile)('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', keyFile, '-out', certFile, '-days', '30', '-subj', `/CN=*.${DOMAIN}`]);
+      assert.match(await problemOf(loadEdgeCertificate({ certFile, keyFile }, DOMAIN)), /does not cover the sessions' hostnames <token>\.sessions\.localhost \(it names no DNS names\)/);
+    });
+
     it('warns about a chain out of order', async () => {
       const certificate = await loadEdgeCertificate({ certFile: file('misordered.pem', good.certFile, otherCa.caFile), keyFile: good.keyFile }, DOMAIN);
       // Its own CA follows it, then a CA that issued nothing here.
