@@ -375,7 +375,9 @@ export class LocalScheduler implements Scheduler {
     const dir = path.join(allocDir, 'logs');
     const open = (stream: LogStreamName): RotatingLogWriter => {
       const writer = new RotatingLogWriter(dir, `${task}.${stream}`, this.options.logs ?? DEFAULT_ROTATION);
-      // A log that cannot be written (a full disk) loses output; the task runs on.
+      // A log that cannot be written loses output; the task runs on.
+      writer.on('dropping', (error: Error) => this.log.warn({ err: error, jobId, task, stream }, 'the disk is full; task output is dropped until there is room'));
+      writer.on('resumed', (bytes: number) => this.log.warn({ jobId, task, stream, droppedBytes: bytes }, 'task log writing resumed after output was dropped'));
       writer.on('error', (error) => this.log.error({ err: error, jobId, task, stream }, 'writing a task log failed; its further output is dropped'));
       return writer;
     };

@@ -42,6 +42,9 @@ export const DEFAULT_FOLLOW_POLL_MS = 1_000;
 
 const LOG_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 
+/** Write errors that mean no room: the output is dropped until there is some again. */
+const DISK_FULL: ReadonlySet<string> = new Set(['ENOSPC', 'EDQUOT']);
+
 /** The file indexes of `<base>.<n>` in `dir`, ascending; undefined when the directory does not exist. */
 export async function logFileIndexes(dir: string, base: string): Promise<number[] | undefined> {
   let names: string[];
@@ -70,11 +73,18 @@ function indexesIn(names: readonly string[], base: string): number[] {
  * faster than the disk is held back through the pipe into it), each appended to the current file, split
  * at the size limit; when a file is full the next is opened and those beyond `maxFiles` are deleted.
  * Opening continues the newest file left in the directory, as logmon does after a restart.
+ *
+ * A full disk (ENOSPC, EDQUOT) drops the output that does not fit, and writing resumes with the next
+ * chunk once there is room: the task must not block on its output, nor lose it for good over a moment
+ * without space. A streak of drops begins with a 'dropping' event (the error) and ends with a 'resumed'
+ * event (the bytes dropped). Any other write error ends the writer ('error').
  */
 export class RotatingLogWriter extends Writable {
   private index: number;
   private size: number;
   private fd: number;
+  /** Bytes dropped since the disk was last found full; undefined while writes succeed. */
+  private dropped: number | undefined;
 
   constructor(
     private readonly dir: string,
@@ -98,7 +108,17 @@ export class RotatingLogWriter extends Writable {
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
-    this.append(chunk).then(() => callback(), callback);
+    this.append(chunk).then((failure) => {
+      if (failure === undefined) {
+        if (this.dropped !== undefined) this.emit('resumed', this.dropped);
+        this.dropped = undefined;
+        return callback();
+      }
+      if (!DISK_FULL.has(failure.error.code ?? '')) return callback(failure.error);
+      if (this.dropped === undefined) this.emit('dropping', failure.error);
+      this.dropped = (this.dropped ?? 0) + failure.unwritten;
+      callback();
+    }, callback);
   }
 
   override _final(callback: (error?: Error | null) => void): void {
@@ -112,23 +132,49 @@ export class RotatingLogWriter extends Writable {
     this.fd = -1;
   }
 
-  private async append(chunk: Buffer): Promise<void> {
-    let rest = chunk;
-    while (rest.length > 0) {
-      if (this.size >= this.policy.maxFileBytes) this.rotate();
-      const piece = rest.subarray(0, this.policy.maxFileBytes - this.size);
-      await writeAll(this.fd, piece);
-      this.size += piece.length;
-      rest = rest.subarray(piece.length);
+  /** Appends the chunk; on failure, says how many of its bytes did not reach a file, and why. */
+  private async append(chunk: Buffer): Promise<{ unwritten: number; error: NodeJS.ErrnoException } | undefined> {
+    let written = 0;
+    try {
+      while (written < chunk.length) {
+        if (this.size >= this.policy.maxFileBytes) this.rotate();
+        const piece = chunk.subarray(written, written + this.policy.maxFileBytes - this.size);
+        await this.writeAll(piece, (bytes) => {
+          this.size += bytes;
+          written += bytes;
+        });
+      }
+      return undefined;
+    } catch (error) {
+      return { unwritten: chunk.length - written, error: error as NodeJS.ErrnoException };
     }
   }
 
-  /** Rare (once per full file), so done synchronously between two writes: no write can fall in between. */
+  private writeAll(buffer: Buffer, onWritten: (bytes: number) => void): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const next = (from: number): void => {
+        if (from >= buffer.length) return resolve();
+        fs.write(this.fd, buffer, from, buffer.length - from, null, (error, bytes) => {
+          if (error) return reject(error);
+          onWritten(bytes);
+          next(from + bytes);
+        });
+      };
+      next(0);
+    });
+  }
+
+  /**
+   * Rare (once per full file), so done synchronously between two writes: no write can fall in between.
+   * The next file is opened before the full one is closed: if it cannot be (no room for it), writing
+   * stays where it was and is tried again with the next chunk.
+   */
   private rotate(): void {
     if (this.index >= MAX_FILE_INDEX) throw new Error(`${this.file(this.index)}: the last log file index was reached`);
+    const next = fs.openSync(this.file(this.index + 1), 'a');
     fs.closeSync(this.fd);
+    this.fd = next;
     this.index++;
-    this.fd = fs.openSync(this.file(this.index), 'a');
     this.size = 0;
     for (const old of indexesIn(fs.readdirSync(this.dir), this.base)) {
       if (old <= this.index - this.policy.maxFiles) fs.rmSync(this.file(old), { force: true });
@@ -138,16 +184,6 @@ export class RotatingLogWriter extends Writable {
   private file(index: number): string {
     return path.join(this.dir, `${this.base}.${index}`);
   }
-}
-
-function writeAll(fd: number, buffer: Buffer): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const next = (from: number): void => {
-      if (from >= buffer.length) return resolve();
-      fs.write(fd, buffer, from, buffer.length - from, null, (error, written) => (error ? reject(error) : next(from + written)));
-    };
-    next(0);
-  });
 }
 
 export interface LogFilesOptions {

@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import * as FakeTimers from '@sinonjs/fake-timers';
+import sinon from 'sinon';
 import { LogFiles, RotatingLogWriter, closeWriter, forwardOutput, logFileIndexes } from '../../controller/scheduler/log-files.js';
 import { LogNotFoundError, logPosition, type LogEvent, type LogStart } from '../../controller/scheduler/task-logs.js';
 import { silentLogger } from '../../controller/util/log.js';
@@ -63,6 +64,7 @@ describe('task log files (rotated like Nomad logmon, read and followed)', functi
   });
 
   afterEach(async () => {
+    sinon.restore();
     await Promise.all(writers.map(closeWriter));
     fs.rmSync(root, { recursive: true, force: true });
   });
@@ -179,6 +181,26 @@ describe('task log files (rotated like Nomad logmon, read and followed)', functi
       })(),
       /no stdout log/,
     );
+  });
+
+  it('drops the output that finds the disk full and writes again once there is room, saying how much it dropped', async () => {
+    const out = writer('a9', 8, 3);
+    const events: unknown[] = [];
+    out.on('dropping', (error: NodeJS.ErrnoException) => events.push(['dropping', error.code]));
+    out.on('resumed', (bytes: number) => events.push(['resumed', bytes]));
+    await write(out, 'before|!');
+    const full = Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+    // The first file is full: the next write rotates, then finds no room.
+    const write$ = sinon.stub(fs, 'write').callsFake(((...args: unknown[]) => (args.at(-1) as (error: Error) => void)(full)) as unknown as typeof fs.write);
+    await write(out, 'lost');
+    await write(out, 'lost too');
+    write$.restore();
+    await write(out, '|after');
+    assert.deepEqual(events, [['dropping', 'ENOSPC'], ['resumed', 12]]);
+    assert.ok(!out.destroyed);
+    const text = textOf(await readAll(logs, 'a9', { kind: 'start' }));
+    assert.equal(text, 'before|!|after');
+    assert.deepEqual(await logFileIndexes(dir('a9'), 'core.stdout'), [0, 1]);
   });
 
   it('holds a writing task back while the writer is behind, and drops what comes after it ended', async () => {
