@@ -573,11 +573,26 @@ function drawLogTabs() {
       tab.setAttribute('role', 'tab');
       tab.setAttribute('aria-controls', 'log-panel');
       tab.setAttribute('aria-selected', String(task === logs.task));
+      // One tab stop for the whole list (the selected tab); the arrow keys move between tabs.
+      tab.tabIndex = task === logs.task ? 0 : -1;
       tab.addEventListener('click', () => selectLog(task, logs.stream));
+      tab.addEventListener('keydown', (event) => moveBetweenTabs(event, task));
       return tab;
     }),
   );
   $('log-panel').setAttribute('aria-labelledby', `log-tab-${logs.task}`);
+}
+
+/** The keys of the WAI-ARIA tabs pattern: ←/→ (wrapping), Home and End select a tab and focus it. */
+function moveBetweenTabs(event, task) {
+  const { tasks } = logs;
+  const at = tasks.indexOf(task);
+  const target = { ArrowLeft: at - 1, ArrowRight: at + 1, Home: 0, End: tasks.length - 1 }[event.key];
+  if (target === undefined) return;
+  event.preventDefault();
+  const next = tasks[(target + tasks.length) % tasks.length];
+  if (next !== logs.task) selectLog(next, logs.stream);
+  $(`log-tab-${next}`).focus();
 }
 
 function drawFollowButton() {
@@ -677,13 +692,9 @@ async function explainLogFailure(task, stream) {
 }
 
 function appendLog(view, text) {
-  view.text += text;
-  if (view.text.length > logKeptChars) {
-    // Whole lines are dropped from the front.
-    const cut = view.text.indexOf('\n', view.text.length - logKeptChars);
-    view.text = view.text.slice(cut + 1);
-    view.dropped = true;
-  }
+  const kept = keepLogTail(view.text + text, logKeptChars);
+  view.text = kept.text;
+  view.dropped ||= kept.dropped;
   if (view === logView() && !logs.drawPending) {
     logs.drawPending = true;
     requestAnimationFrame(() => {
@@ -691,6 +702,16 @@ function appendLog(view, text) {
       drawLog();
     });
   }
+}
+
+/**
+ * At most `max` characters of the end of a log: whole lines are dropped from the front, or, when the kept
+ * part holds no line end (a task writing without newlines), the characters before it.
+ */
+export function keepLogTail(text, max) {
+  if (text.length <= max) return { text, dropped: false };
+  const cut = text.indexOf('\n', text.length - max);
+  return { text: text.slice(cut === -1 ? text.length - max : cut + 1), dropped: true };
 }
 
 /** The selected log, with the search's matches marked (and only their lines, when asked). */
