@@ -1,7 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import type { Logger } from '../util/log.js';
 import { runPaths, validateRouteTable, type PortRange } from './haproxy-config.js';
-import { HaproxyRuntimeError, type HaproxyRuntime } from './haproxy-runtime.js';
+import { HaproxyRuntimeError, MAX_CONNECTIONS_PER_SOCKET, type HaproxyRuntime } from './haproxy-runtime.js';
 import { MapFileWriter } from './map-files.js';
 
 /** The routes a data plane serves. */
@@ -35,7 +35,10 @@ export interface HaproxyDataPlaneOptions {
   readonly log: Logger;
   /** If given, public ports outside this range are rejected. */
   readonly tcpPorts?: PortRange;
-  /** `set map` commands in flight at once while applying a large diff (default 8); adds and deletes go in batches. */
+  /**
+   * `set map` commands in flight at once while applying a large diff (default: as many as the runtime client
+   * opens to one socket at once, MAX_CONNECTIONS_PER_SOCKET); adds and deletes go in batches.
+   */
   readonly concurrency?: number;
 }
 
@@ -106,7 +109,7 @@ export class HaproxyDataPlane implements DataPlane {
     this.hostsMap = paths.hostsMap;
     this.tcpMap = paths.tcpMap;
     this.tcpPorts = options.tcpPorts;
-    this.concurrency = Math.max(1, options.concurrency ?? 8);
+    this.concurrency = Math.max(1, options.concurrency ?? MAX_CONNECTIONS_PER_SOCKET);
     this.files = new MapFileWriter({ hosts: paths.hostsMap, ports: paths.tcpMap }, options.log);
   }
 

@@ -1,9 +1,12 @@
 import net from 'node:net';
+import path from 'node:path';
 
 /**
  * A client for HAProxy's Runtime API (the stats/admin socket, or the master CLI) over a unix socket.
  * Each command uses its own connection in non-interactive mode: HAProxy reads one line, answers and
- * closes. HAProxy reports errors as ordinary text, so replies are classified here.
+ * closes. HAProxy reports errors as ordinary text, so replies are classified here. Connections to one
+ * socket are bounded across every client in the process (MAX_CONNECTIONS_PER_SOCKET); commands beyond
+ * that wait their turn.
  */
 
 export interface MapEntry {
@@ -42,6 +45,47 @@ export class HaproxyRuntimeError extends Error {
  * larger one silently, closing the connection with no reply and no change, so refuse it here.
  */
 export const MAX_REQUEST_BYTES = 15_000;
+
+/**
+ * HAProxy serves at most `stats maxconn` connections (10 by default) on a stats socket at once; further
+ * connects wait in a short listen backlog and are then refused at once (EAGAIN), so a burst of commands
+ * would lose most of them. Half of HAProxy's default leaves room for an operator's own commands.
+ */
+export const MAX_CONNECTIONS_PER_SOCKET = 5;
+
+/** Runs at most `limit` tasks at once, the rest in the order they came. */
+class ConnectionGate {
+  private active = 0;
+  private readonly waiting: Array<() => void> = [];
+
+  constructor(private readonly limit: number) {}
+
+  async run<T>(task: () => Promise<T>): Promise<T> {
+    if (this.active < this.limit) this.active++;
+    // The slot is handed over by the task that finishes, so `active` stays counted.
+    else await new Promise<void>((resolve) => this.waiting.push(resolve));
+    try {
+      return await task();
+    } finally {
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.active--;
+    }
+  }
+}
+
+/** One gate per socket: the limit is HAProxy's, shared by every client of that socket in this process. */
+const gates = new Map<string, ConnectionGate>();
+
+function gateFor(socketPath: string): ConnectionGate {
+  const key = path.resolve(socketPath);
+  let gate = gates.get(key);
+  if (!gate) {
+    gate = new ConnectionGate(MAX_CONNECTIONS_PER_SOCKET);
+    gates.set(key, gate);
+  }
+  return gate;
+}
 
 /** Map and ACL commands: `<verb> map [@<ver>] <file> <key> <value>`; everything after the file may be secret. */
 const MAP_VERBS = new Set(['add', 'set', 'del', 'get', 'show', 'clear', 'prepare', 'commit']);
@@ -142,6 +186,7 @@ function* joinedWithin(commands: readonly string[], maxBytes: number): Generator
 export class HaproxyRuntime {
   private readonly timeoutMs: number;
   private readonly severityOutput: boolean;
+  private readonly gate: ConnectionGate;
 
   constructor(
     readonly socketPath: string,
@@ -149,6 +194,7 @@ export class HaproxyRuntime {
   ) {
     this.timeoutMs = options.timeoutMs ?? 10_000;
     this.severityOutput = options.severityOutput ?? true;
+    this.gate = gateFor(socketPath);
   }
 
   /**
@@ -192,7 +238,12 @@ export class HaproxyRuntime {
     }
   }
 
+  /** Sends one request on a connection of its own, once the socket's gate lets it; the timeout starts at the connect. */
   private exchange(wire: string, described: string): Promise<string> {
+    return this.gate.run(() => this.exchangeNow(wire, described));
+  }
+
+  private exchangeNow(wire: string, described: string): Promise<string> {
     return new Promise<string>((resolve, reject) => {
       const chunks: Buffer[] = [];
       let settled = false;

@@ -1,0 +1,88 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { HaproxyDataPlane, type RouteTable } from '../../controller/router/data-plane.js';
+import { runPaths } from '../../controller/router/haproxy-config.js';
+import { HaproxyProcess, HaproxyProcessError } from '../../controller/router/haproxy-process.js';
+import { HaproxyRuntime } from '../../controller/router/haproxy-runtime.js';
+import { silentLogger } from '../../controller/util/log.js';
+import { closeServer, httpBackend, type Backend } from '../support/backends.js';
+import { freePort, freePortRange } from '../support/ports.js';
+
+// The Runtime API client and the data plane against a real HAProxy, with OS-chosen ports and a temporary run directory.
+
+const TEMPLATE = fs.readFileSync(path.resolve(__dirname, '../../../manifests/haproxy/haproxy.cfg'), 'utf8');
+
+function status(port: number, host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, headers: { host }, agent: false }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode ?? 0));
+    });
+    req.setTimeout(5000, () => req.destroy(new Error('request timed out')));
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+describe('HAProxy Runtime API under load (real haproxy)', function () {
+  this.timeout(30_000);
+
+  let runDir: string;
+  let httpPort: number;
+  let tcpRange: { start: number; end: number };
+  let backend: Backend;
+  let proc: HaproxyProcess;
+
+  before(async () => {
+    runDir = await fs.promises.mkdtemp(path.join(os.tmpdir(), 'manticore-runtime-'));
+    backend = await httpBackend('A');
+    // OS-chosen ports are only free when picked: another process may take one before HAProxy binds it.
+    for (let attempt = 1; ; attempt++) {
+      httpPort = await freePort();
+      tcpRange = await freePortRange(2);
+      proc = new HaproxyProcess({
+        runDir,
+        template: TEMPLATE,
+        values: { httpBind: `127.0.0.1:${httpPort}`, tcpBind: `127.0.0.1:${tcpRange.start}-${tcpRange.end}`, maxconn: 2000, hardStopAfter: '10s' },
+        log: silentLogger(),
+        gracefulStopMs: 2000,
+      });
+      try {
+        await proc.start();
+        break;
+      } catch (error) {
+        if (attempt >= 3 || !(error instanceof HaproxyProcessError) || !/Address already in use/.test(error.output)) throw error;
+      }
+    }
+  });
+
+  after(async () => {
+    await proc?.stop();
+    if (backend) await closeServer(backend.server);
+    await fs.promises.rm(runDir, { recursive: true, force: true });
+  });
+
+  it('takes a burst of hundreds of route changes at once, from several clients of the admin socket, with none refused', async () => {
+    const hostsMap = runPaths(runDir).hostsMap;
+    const count = 300;
+    const tokens = Array.from({ length: count }, (_, i) => `burst${i}`);
+    const hosts = (address: string): RouteTable => ({ hosts: new Map(tokens.map((token) => [token, address])), ports: new Map() });
+    const dataPlane = new HaproxyDataPlane({ runtime: new HaproxyRuntime(proc.adminSocket), runDir, log: silentLogger(), concurrency: count });
+    await dataPlane.apply(hosts('127.0.0.1:1'));
+    // Every route changes value: one `set map` each, all at once, while another client adds its own entries.
+    const other = new HaproxyRuntime(proc.adminSocket);
+    const results = await Promise.allSettled([
+      dataPlane.apply(hosts(backend.address)),
+      ...Array.from({ length: 50 }, (_, i) => other.addMap(hostsMap, `extra${i}`, '127.0.0.1:3000')),
+    ]);
+    const failures = results.filter((result): result is PromiseRejectedResult => result.status === 'rejected').map((result) => String(result.reason));
+    assert.deepEqual(failures.slice(0, 3), [], `${failures.length} of ${results.length} refused`);
+    const live = await other.showMap(hostsMap);
+    assert.equal(live.filter((entry) => entry.value === backend.address).length, count);
+    assert.equal(live.filter((entry) => entry.key.startsWith('extra')).length, 50);
+    assert.equal(await status(httpPort, `burst${count - 1}.sessions.test`), 200);
+  });
+});
