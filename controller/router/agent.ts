@@ -63,6 +63,7 @@ export class RouterAgent {
   private heartbeatTimer: unknown;
   private heartbeating: Promise<void> | undefined;
   private heartbeatAgain = false;
+  private verifying: Promise<void> | undefined;
   private applying: Promise<void> | undefined;
   /** Consecutive failed applies (HAProxy down or its admin socket wedged). */
   private applyFailures = 0;
@@ -132,6 +133,7 @@ export class RouterAgent {
     this.endRetryPause?.();
     this.routes.stop();
     await this.applying?.catch(() => undefined);
+    await this.verifying;
     // A heartbeat still on its way could land after the delete and bring the record back.
     await this.heartbeating;
     await this.options.store.delete(this.options.keys.router(this.options.name)).catch((error: unknown) => {
@@ -244,8 +246,21 @@ export class RouterAgent {
   private scheduleHeartbeat(): void {
     this.heartbeatTimer = this.clock.setTimeout(() => {
       this.reportProgress();
+      this.verifyDataPlane();
       this.scheduleHeartbeat();
     }, this.options.heartbeatMs);
+  }
+
+  /**
+   * Has the data plane check that it still serves the routes (HAProxy reloaded or restarted by someone else
+   * loads the map files, which may lag). Skipped while applies fail: the retries re-read everything anyway.
+   */
+  private verifyDataPlane(): void {
+    if (this.stopped || !this.serving || this.verifying) return;
+    this.verifying = this.options.dataPlane
+      .verify()
+      .catch((error: unknown) => this.log.warn({ err: error }, 'could not check that HAProxy still serves the routes; checking again at the next heartbeat'))
+      .finally(() => (this.verifying = undefined));
   }
 
   private async heartbeat(): Promise<void> {

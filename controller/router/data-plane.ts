@@ -26,6 +26,11 @@ export interface DataPlane {
    * proportion to the change rather than to the table; the first apply takes the whole table regardless.
    */
   apply(table: RouteTable, changes?: RouteTableChanges): Promise<void>;
+  /**
+   * Checks that the routes applied are still served, and applies the whole table again if they may not be
+   * (HAProxy reloaded or restarted by something other than the router). The router calls it on its heartbeat.
+   */
+  verify(): Promise<void>;
 }
 
 export interface HaproxyDataPlaneOptions {
@@ -96,6 +101,11 @@ export class HaproxyDataPlane implements DataPlane {
   /** The routes to serve: this class's own copy of every table passed, checked before it got here. */
   private desired: Maps<Map<string, string>> | undefined;
   private pending: Pending = 'all';
+  /**
+   * The HAProxy worker the live maps were read from (`show info` Pid and Start_time_sec): another one answering
+   * loaded the map files instead. Undefined until read, and after a failure.
+   */
+  private worker: string | undefined;
   /** Read HAProxy's maps again before the next apply (it restarted or reloaded). */
   private refresh = false;
   private running = false;
@@ -138,6 +148,26 @@ export class HaproxyDataPlane implements DataPlane {
     if (this.desired === undefined) return Promise.resolve();
     this.pending = 'all';
     return this.schedule();
+  }
+
+  /**
+   * Re-applies every route if the HAProxy worker answering is not the one whose maps this process read: a
+   * reload or restart it was not told of (an operator's, a service manager's) loaded the map files, which may
+   * lag the live maps, and left the changes sent since to the old worker. A failed apply or resync is retried.
+   */
+  async verify(): Promise<void> {
+    if (this.desired === undefined) return;
+    const known = this.worker;
+    const current = await this.currentWorker();
+    if (current === known) return;
+    if (known !== undefined) this.log.warn({ was: known, now: current }, 'HAProxy was reloaded or restarted without the router: re-applying every route');
+    await this.resync();
+  }
+
+  private async currentWorker(): Promise<string> {
+    const info = await this.runtime.showInfo();
+    // The start time tells a reused pid apart.
+    return `pid ${info.Pid} started ${info.Start_time_sec}`;
   }
 
   private takeWhole(table: RouteTable): void {
@@ -193,6 +223,8 @@ export class HaproxyDataPlane implements DataPlane {
     if (refresh) this.live = undefined;
     try {
       if (!this.live) {
+        // Before the maps: a reload in between then shows as a change of worker at the next verify.
+        this.worker = await this.currentWorker();
         this.live = { hosts: await this.readLive(this.hostsMap), ports: await this.readLive(this.tcpMap) };
         pending = 'all';
         this.log.info({ hosts: this.live.hosts.entries.size, ports: this.live.ports.entries.size }, 'read live HAProxy maps');
@@ -215,6 +247,7 @@ export class HaproxyDataPlane implements DataPlane {
     } catch (error) {
       // Part of the diff may have landed: read the live maps again and compare every route next time.
       this.live = undefined;
+      this.worker = undefined;
       this.pending = 'all';
       throw error;
     } finally {

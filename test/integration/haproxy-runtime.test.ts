@@ -3,15 +3,21 @@ import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
+import * as FakeTimers from '@sinonjs/fake-timers';
+import type { RouteRecord } from '../../controller/api/types.js';
+import { RouterAgent } from '../../controller/router/agent.js';
 import { HaproxyDataPlane, type RouteTable } from '../../controller/router/data-plane.js';
 import { runPaths } from '../../controller/router/haproxy-config.js';
 import { HaproxyProcess, HaproxyProcessError } from '../../controller/router/haproxy-process.js';
 import { HaproxyRuntime } from '../../controller/router/haproxy-runtime.js';
+import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import { silentLogger } from '../../controller/util/log.js';
 import { closeServer, httpBackend, type Backend } from '../support/backends.js';
+import { controllerClock, keys } from '../support/controller-harness.js';
 import { freePort, freePortRange } from '../support/ports.js';
+import { waitFor } from '../support/wait.js';
 
-// The Runtime API client and the data plane against a real HAProxy, with OS-chosen ports and a temporary run directory.
+// The Runtime API client, the data plane and the router agent against a real HAProxy, with OS-chosen ports and a temporary run directory.
 
 const TEMPLATE = fs.readFileSync(path.resolve(__dirname, '../../../manifests/haproxy/haproxy.cfg'), 'utf8');
 
@@ -27,7 +33,7 @@ function status(port: number, host: string): Promise<number> {
   });
 }
 
-describe('HAProxy Runtime API under load (real haproxy)', function () {
+describe('router against a real HAProxy: admin socket limits, restarts behind its back', function () {
   this.timeout(30_000);
 
   let runDir: string;
@@ -84,5 +90,47 @@ describe('HAProxy Runtime API under load (real haproxy)', function () {
     assert.equal(live.filter((entry) => entry.value === backend.address).length, count);
     assert.equal(live.filter((entry) => entry.key.startsWith('extra')).length, 50);
     assert.equal(await status(httpPort, `burst${count - 1}.sessions.test`), 200);
+  });
+
+  it('notices on its heartbeat that HAProxy was reloaded or restarted by someone else, and re-applies every route', async () => {
+    const heartbeatMs = 10_000;
+    const token = 'r'.repeat(26);
+    const routes: RouteRecord = { sessionId: 'sessionr1', hosts: [{ service: 'hmi', token, backend: backend.address }], ports: [] };
+    const store = EmbeddedStore.open(':memory:');
+    await store.put(keys.route(routes.sessionId), JSON.stringify(routes));
+    const dataPlane = new HaproxyDataPlane({ runtime: new HaproxyRuntime(proc.adminSocket), runDir, log: silentLogger() });
+    const clock = FakeTimers.createClock(Date.now());
+    const agent = new RouterAgent({ store, keys, name: 'edge-1', dataPlane, heartbeatMs, storeLossGraceMs: 0, log: silentLogger(), clock: controllerClock(clock) });
+    const admin = new HaproxyRuntime(proc.adminSocket);
+    const serving = async (): Promise<boolean> => (await status(httpPort, `${token}.sessions.test`)) === 200;
+    // The map files lag the live maps (they are written in the background): a reload then comes up without the route.
+    const loseRouteFromFiles = async (): Promise<void> => {
+      await dataPlane.flush();
+      await fs.promises.writeFile(runPaths(runDir).hostsMap, '');
+    };
+    try {
+      await agent.start();
+      assert.ok(await serving());
+
+      // An operator's reload through the master CLI: a new worker loads the map files.
+      await loseRouteFromFiles();
+      const workerBefore = (await admin.showInfo()).Pid;
+      await new HaproxyRuntime(proc.masterSocket, { severityOutput: false }).execute('reload').catch(() => undefined);
+      await waitFor('the new worker to answer', async () => (await admin.showInfo()).Pid !== workerBefore);
+      assert.equal(await serving(), false, 'the reload dropped the route');
+      clock.tick(heartbeatMs);
+      await waitFor('the route to serve again after the reload', serving, 3_000);
+
+      // A restart by something else (a stop and a start the router did not ask for).
+      await loseRouteFromFiles();
+      await proc.stop();
+      await proc.start();
+      assert.equal(await serving(), false, 'the restart dropped the route');
+      clock.tick(heartbeatMs);
+      await waitFor('the route to serve again after the restart', serving, 3_000);
+    } finally {
+      await agent.stop();
+      await store.close();
+    }
   });
 });
