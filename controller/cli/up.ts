@@ -1,4 +1,3 @@
-import fs from 'node:fs';
 import path from 'node:path';
 import { loadTemplates } from '../api/templates.js';
 import type { ManticoreConfig, RouterTlsConfig } from '../config/config.js';
@@ -15,7 +14,7 @@ import { Frontend } from '../frontend/server.js';
 import { RouterAgent } from '../router/agent.js';
 import { HaproxyDataPlane } from '../router/data-plane.js';
 import { EdgeTls, haproxyCertificateLoader, type EdgeTlsOptions } from '../router/edge-tls.js';
-import { runPaths, type HaproxyConfigValues } from '../router/haproxy-config.js';
+import { readConfigTemplate, runPaths, type HaproxyConfigValues } from '../router/haproxy-config.js';
 import { HaproxyProcess } from '../router/haproxy-process.js';
 import { HaproxyRuntime } from '../router/haproxy-runtime.js';
 import { HaproxySupervisor } from '../router/haproxy-supervisor.js';
@@ -90,7 +89,9 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
     const templates = loadTemplates(config.templates.dir);
     // Before anything starts: an unreadable public key stops start-up with a ValidationError naming it.
     const authenticator = roles.includes('frontend') ? createAuthenticator(config.auth) : undefined;
-    // Likewise unusable certificate files, named in the error. Installed now, for the HAProxy started below.
+    // Likewise an unreadable HAProxy template and unusable certificate files, named in the error. The
+    // certificate is installed now, for the HAProxy started below.
+    const haproxyTemplate = roles.includes('router') ? readConfigTemplate(config.router.configTemplate) : undefined;
     const { tls } = config.router;
     const edgeTls = roles.includes('router') && tls !== undefined ? new EdgeTls(edgeTlsOptions(config, tls, path.resolve(config.router.runDir), log)) : undefined;
     if (edgeTls !== undefined) {
@@ -102,8 +103,8 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
     parts.add('store', () => store.close());
     const lines: string[] = [];
 
-    if (roles.includes('router')) {
-      const routerStatus = await startRouter(config, store, keys, edgeTls, parts, log);
+    if (haproxyTemplate !== undefined) {
+      const routerStatus = await startRouter(config, haproxyTemplate, store, keys, edgeTls, parts, log);
       if (routerStatus !== undefined) lines.push(`  router:     ${routerStatus}/status`);
       const { http, tcp } = config.router;
       const listener = tls ? `${http.host}:${tls.port} (HTTPS; :${http.port} redirects)` : `${http.host}:${http.port}`;
@@ -238,14 +239,14 @@ export function lifecyclePolicy({ lifecycle, idle }: ManticoreConfig): Lifecycle
  * with router.tls, has the installed edge certificate follow its files; returns the router's status server
  * address when it has one.
  */
-async function startRouter(config: ManticoreConfig, store: Store, keys: Keys, edgeTls: EdgeTls | undefined, parts: StartedParts, log: Logger): Promise<string | undefined> {
+async function startRouter(config: ManticoreConfig, template: string, store: Store, keys: Keys, edgeTls: EdgeTls | undefined, parts: StartedParts, log: Logger): Promise<string | undefined> {
   const runDir = path.resolve(config.router.runDir);
   // The supervisor needs the process and the process reports its death to the supervisor.
   let supervisor: HaproxySupervisor | undefined;
   const haproxy = new HaproxyProcess({
     binary: config.router.haproxyBinary,
     runDir,
-    template: fs.readFileSync(config.router.configTemplate, 'utf8'),
+    template,
     values: haproxyValues(config),
     log: log.child({ component: 'haproxy' }),
     onUnexpectedExit: () => supervisor?.restartSoon(),

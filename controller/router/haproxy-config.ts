@@ -1,9 +1,24 @@
+import fs from 'node:fs';
 import path from 'node:path';
+import { ValidationError } from '../api/schemas.js';
 
 /**
  * Rendering of Manticore's HAProxy configuration template and of the two route map files, plus the
  * validation that keeps junk out of both (a bad map line or config token would reach HAProxy verbatim).
  */
+
+/**
+ * Reads the configuration template (router.configTemplate). A relative path is taken from the working
+ * directory, as every path of the configuration is; an unreadable file is a configuration error naming the
+ * field and the file it resolved to, so start-up stops before anything starts.
+ */
+export function readConfigTemplate(file: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new ValidationError('configuration', [`/router/configTemplate: cannot read the HAProxy configuration template ${path.resolve(file)}: ${(error as Error).message}`]);
+  }
+}
 
 /** Values for the placeholders of manifests/haproxy/haproxy.cfg. */
 export interface HaproxyConfigValues {

@@ -87,6 +87,19 @@ describe('the manticore command', () => {
     assert.deepEqual(parsed.config.public, { domain: 'sessions.localhost', httpScheme: 'https', httpPort: 8443, tcpHost: 'localhost', tcpTls: false });
   });
 
+  it('refuses to start, and check-config fails, when the HAProxy config template cannot be read, naming the field and the file', () => {
+    const file = path.join(dir, 'haproxy-template.yaml');
+    fs.writeFileSync(file, 'router:\n  configTemplate: no-such-haproxy.cfg\n');
+    const problem = new RegExp(`/router/configTemplate: cannot read the HAProxy configuration template ${path.join(repoRoot, 'no-such-haproxy.cfg')}`);
+    const started = run(['up', '--config', file], { MANTICORE_STORE_PATH: path.join(dir, 'template-state.db') });
+    assert.equal(started.status, 2, started.stderr);
+    assert.match(started.stderr, problem);
+    assert.equal(fs.existsSync(path.join(dir, 'template-state.db')), false);
+    const checked = run(['check-config', '--config', file]);
+    assert.equal(checked.status, 2, checked.stdout);
+    assert.match(checked.stderr, problem);
+  });
+
   it('refuses to start with a broken template, naming the file', () => {
     const templates = path.join(dir, 'templates');
     fs.mkdirSync(templates);
