@@ -22,6 +22,8 @@ import { FakeScheduler } from '../support/fake-scheduler.js';
 const group = 'sg-0123456789abcdef0';
 const marker = 'manticore/';
 const minute = 60_000;
+/** Temporary directories of this kind there before this file ran (another run's are not this one's to answer for). */
+const tempDirsBefore = new Set(fs.readdirSync(os.tmpdir()).filter((name) => name.startsWith('manticore-aws-')));
 
 interface World {
   readonly h: ControllerHarness;
@@ -32,9 +34,15 @@ interface World {
 
 /** The AWS section of a configuration file, through the real loader (schema defaults and cross-field checks). */
 function awsConfig(aws: Record<string, unknown>): NonNullable<ReturnType<typeof loadConfig>['aws']> {
-  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'manticore-aws-')), 'config.yaml');
-  fs.writeFileSync(file, YAML.stringify({ router: { tcp: { portRangeStart: 20000, portRangeEnd: 20199 } }, aws: { region: 'us-east-1', ...aws } }));
-  return loadConfig(file, {}).aws!;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'manticore-aws-'));
+  try {
+    const file = path.join(dir, 'config.yaml');
+    fs.writeFileSync(file, YAML.stringify({ router: { tcp: { portRangeStart: 20000, portRangeEnd: 20199 } }, aws: { region: 'us-east-1', ...aws } }));
+    return loadConfig(file, {}).aws!;
+  } finally {
+    // The configuration is read at once: nothing needs the file afterwards.
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 /** A seeded source of jitter, so backoff delays are the same on every run. */
@@ -531,5 +539,12 @@ describe('AWS model: refusals as the SDK v3 clients raise them', () => {
     } finally {
       server.close();
     }
+  });
+});
+
+describe('AWS load balancers: temporary files', () => {
+  it('leaves none of its temporary directories behind', () => {
+    const left = fs.readdirSync(os.tmpdir()).filter((name) => name.startsWith('manticore-aws-') && !tempDirsBefore.has(name));
+    assert.deepEqual(left, []);
   });
 });
