@@ -65,7 +65,18 @@ export interface LoadBalancerProvider {
 /** How a failed AWS call is handled. */
 export type FailureKind = 'throttled' | 'transient' | 'quota' | 'done' | 'error';
 
-const throttlingCodes = new Set(['Throttling', 'RequestLimitExceeded', 'TooManyRequests', 'RequestThrottled', 'SlowDown', 'PriorRequestNotComplete']);
+/** The codes AWS throttles with (the SDK v3's own throttling codes, compared without the `Exception` suffix). */
+const throttlingCodes = new Set([
+  'Throttling',
+  'Throttled',
+  'RequestLimitExceeded',
+  'TooManyRequests',
+  'RequestThrottled',
+  'SlowDown',
+  'BandwidthLimitExceeded',
+  'ProvisionedThroughputExceeded',
+  'PriorRequestNotComplete',
+]);
 const quotaCodes = new Set(['TooManyListeners', 'TooManyTargetGroups', 'TooManyTargets', 'TooManyTags', 'RulesPerSecurityGroupLimitExceeded']);
 /** What a repeated call answers once the first one took effect: the wanted state holds already. */
 const alreadyDoneCodes = new Set([
@@ -85,14 +96,33 @@ const transientCodes = new Set(['TimeoutError', 'ECONNRESET', 'InternalFailure',
  * `InvalidPermission.Duplicate`), so both are compared by the wire code.
  */
 export function classify(error: unknown): FailureKind {
-  const { name, $metadata } = (error ?? {}) as { name?: string; $metadata?: { httpStatusCode?: number } };
-  const code = name?.replace(/Exception$/, '') ?? '';
-  const status = $metadata?.httpStatusCode;
-  if (throttlingCodes.has(code) || status === 429) return 'throttled';
+  if (isThrottling(error)) return 'throttled';
+  const code = wireCode(error);
+  const status = (error as SdkErrorShape | undefined)?.$metadata?.httpStatusCode;
   if (quotaCodes.has(code)) return 'quota';
   if (alreadyDoneCodes.has(code)) return 'done';
   if ((status !== undefined && status >= 500) || transientCodes.has(code)) return 'transient';
   return 'error';
+}
+
+/**
+ * Whether AWS refused the call for the request rate: a throttling code, HTTP 429, or an error the service
+ * model marks as throttling. Whatever its HTTP status: EC2 throttles with 503.
+ */
+export function isThrottling(error: unknown): boolean {
+  const { $metadata, $retryable } = (error ?? {}) as SdkErrorShape;
+  return throttlingCodes.has(wireCode(error)) || $metadata?.httpStatusCode === 429 || $retryable?.throttling === true;
+}
+
+/** What an SDK v3 error carries besides its name. */
+interface SdkErrorShape {
+  readonly $metadata?: { readonly httpStatusCode?: number };
+  readonly $retryable?: { readonly throttling?: boolean };
+}
+
+/** The code on the wire: the error's name without the `Exception` its class name adds. */
+function wireCode(error: unknown): string {
+  return (error as { name?: string } | undefined)?.name?.replace(/Exception$/, '') ?? '';
 }
 
 /** The error's code for logs and messages. */

@@ -1,3 +1,4 @@
+import { isThrottling } from '../loadbalancer/provider.js';
 import { recordBackendCall, type BackendOutcome } from './metrics.js';
 
 /** What an SDK v3 error says about where it failed. */
@@ -17,7 +18,7 @@ export interface MiddlewareHost {
 
 /**
  * Counts every command an AWS SDK v3 client sends (retries included in its duration), by command name and
- * outcome, in `manticore_backend_requests_total{backend="aws"}`.
+ * outcome (throttled ones as `throttled`), in `manticore_backend_requests_total{backend="aws"}`.
  */
 export function instrumentAwsClient(client: MiddlewareHost): void {
   client.middlewareStack.add(
@@ -29,7 +30,7 @@ export function instrumentAwsClient(client: MiddlewareHost): void {
         recordBackendCall('aws', operation, 'ok', startedAt);
         return output;
       } catch (error) {
-        recordBackendCall('aws', operation, awsOutcome(error as AwsErrorShape), startedAt);
+        recordBackendCall('aws', operation, awsOutcome(error), startedAt);
         throw error;
       }
     },
@@ -37,8 +38,11 @@ export function instrumentAwsClient(client: MiddlewareHost): void {
   );
 }
 
-export function awsOutcome(error: AwsErrorShape): BackendOutcome {
-  const status = error.$metadata?.httpStatusCode;
-  if (status === undefined) return error.$fault === 'server' ? 'server_error' : 'unreachable';
+/** Throttling is counted on its own: it calls for fewer calls, not for a fix as other refusals do. */
+export function awsOutcome(error: unknown): BackendOutcome {
+  if (isThrottling(error)) return 'throttled';
+  const { $fault, $metadata } = (error ?? {}) as AwsErrorShape;
+  const status = $metadata?.httpStatusCode;
+  if (status === undefined) return $fault === 'server' ? 'server_error' : 'unreachable';
   return status >= 500 ? 'server_error' : 'client_error';
 }

@@ -109,7 +109,8 @@ export const leaderTransitions = new Counter({ name: 'manticore_leader_transitio
 
 // ---- backends -----------------------------------------------------------------------------------------
 
-export type BackendOutcome = 'ok' | 'client_error' | 'server_error' | 'unreachable' | 'aborted';
+/** `throttled`: AWS refused the call for the request rate (after the SDK's own retries). */
+export type BackendOutcome = 'ok' | 'client_error' | 'server_error' | 'throttled' | 'unreachable' | 'aborted';
 
 const backendRequests = new Counter({
   name: 'manticore_backend_requests_total',

@@ -3,6 +3,7 @@ import { DescribeLoadBalancersCommand, ElasticLoadBalancingV2Client } from '@aws
 import type { Counter } from 'prom-client';
 import { awsOutcome, instrumentAwsClient, type MiddlewareHost } from '../../controller/metrics/aws.js';
 import { registry } from '../../controller/metrics/metrics.js';
+import { sdkError, type AwsService } from '../fakes/aws.js';
 
 async function awsCalls(operation: string, outcome: string): Promise<number> {
   const counter = registry.getSingleMetric('manticore_backend_requests_total') as Counter;
@@ -27,6 +28,19 @@ describe('AWS calls in the metrics', () => {
   });
 
   it('tells throttling and other refusals from AWS failing and from no answer', () => {
+    // Throttling is its own outcome whatever the service calls it and whatever HTTP status carries it.
+    const throttled: Array<[AwsService, string, number]> = [
+      ['elbv2', 'Throttling', 400],
+      ['elb', 'Throttling', 400],
+      ['ec2', 'RequestLimitExceeded', 503],
+      ['elbv2', 'ThrottlingException', 400],
+      ['elbv2', 'TooManyRequestsException', 400],
+      ['elbv2', 'ThrottledException', 400],
+      ['elbv2', 'SlowDown', 503],
+      ['elbv2', 'AnyCode', 429],
+    ];
+    for (const [service, code, status] of throttled) assert.equal(awsOutcome(sdkError(service, code, 'Rate exceeded', status)), 'throttled', `${service} ${code} ${status}`);
+    assert.equal(awsOutcome(sdkError('elbv2', 'TooManyListeners', 'x', 400)), 'client_error', 'a quota is no throttling');
     assert.equal(awsOutcome({ $fault: 'client', $metadata: { httpStatusCode: 400 } }), 'client_error');
     assert.equal(awsOutcome({ $fault: 'server', $metadata: { httpStatusCode: 503 } }), 'server_error');
     assert.equal(awsOutcome({ $metadata: {} }), 'unreachable');
