@@ -117,13 +117,15 @@ export interface AwsLoadBalancerConfig {
   /** Set from the type when not configured. */
   listenerQuota: number;
   dnsName?: string;
+  /** Leaving the pool: no new ports; Manticore's listeners on it are removed. */
+  retired: boolean;
 }
 
 export interface AwsConfig {
   region?: string;
   loadBalancers: AwsLoadBalancerConfig[];
   edgeInstanceIds?: string[];
-  /** `loadBalancer` is set to the first of the pool when not configured. */
+  /** `loadBalancer` is set to the first of the pool not retired when not configured. */
   httpListener?: { port: number; certificateArn?: string; loadBalancer: string };
   tcpTls?: { certificateArn: string };
   /** `port` is set to router.http.port when not configured. */
@@ -338,14 +340,17 @@ function finishAws(aws: AwsConfig, config: ManticoreConfig, what: string): void 
       problems.push(`/aws/loadBalancers/${index}/listenerQuota: a Network Load Balancer holds at most ${listenerQuotas.nlb} listeners (an AWS quota that cannot be raised)`);
     }
   });
+  const serving = aws.loadBalancers.filter((balancer) => !balancer.retired);
+  if (serving.length === 0) problems.push('/aws/loadBalancers: every load balancer is retired: sessions need one that is not');
   if (aws.loadBalancers.some((balancer) => balancer.type === 'nlb') && (aws.edgeInstanceIds ?? []).length === 0) {
     problems.push('/aws/edgeInstanceIds: a Network Load Balancer needs the HAProxy edge instances for its target groups');
   }
   const { tcp } = config.router;
   if (aws.httpListener) {
-    aws.httpListener.loadBalancer ??= aws.loadBalancers[0]!.name;
+    aws.httpListener.loadBalancer ??= (serving[0] ?? aws.loadBalancers[0]!).name;
     const carrier = aws.loadBalancers.find((balancer) => balancer.name === aws.httpListener!.loadBalancer);
     if (carrier === undefined) problems.push(`/aws/httpListener/loadBalancer: "${aws.httpListener.loadBalancer}" is not in aws.loadBalancers`);
+    else if (carrier.retired) problems.push(`/aws/httpListener/loadBalancer: "${carrier.name}" is retired: put the listener on one that is not`);
     if (aws.httpListener.port >= tcp.portRangeStart && aws.httpListener.port <= tcp.portRangeEnd) {
       problems.push(`/aws/httpListener/port: ${aws.httpListener.port} is inside the session port range ${tcp.portRangeStart}-${tcp.portRangeEnd}`);
     }

@@ -428,7 +428,7 @@ export class SessionReconciler {
 
   /**
    * The claim with every port on a load balancer of the pool: a port claimed before the pool was configured,
-   * or on a load balancer since removed from it, gets one with room (its address changes, and the job with it).
+   * or on a load balancer since retired or removed from it, gets one with room (its address changes, and the job with it).
    */
   private withLoadBalancers(id: string, claim: RouteRecord): RouteRecord {
     const { ports, log } = this.deps;

@@ -53,7 +53,7 @@ export function createExposer(settings: ExposerSettings): Exposer {
       elb ??= instrumented(new ElasticLoadBalancingClient(region));
       provider = new ClassicElbProvider({ client: elb, name: balancer.name, ownsPort: (port) => ownsClassicPort(balancer.name, port), healthCheck });
     }
-    return { provider, listenerQuota: balancer.listenerQuota, ...(balancer.dnsName === undefined ? {} : { dnsName: balancer.dnsName }) };
+    return { provider, listenerQuota: balancer.listenerQuota, retired: balancer.retired, ...(balancer.dnsName === undefined ? {} : { dnsName: balancer.dnsName }) };
   });
   const ec2 = aws.securityGroups.groupIds.length > 0 ? instrumented(new EC2Client(region)) : undefined;
   const http = aws.httpListener;

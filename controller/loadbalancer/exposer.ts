@@ -36,6 +36,12 @@ export interface PoolMember {
   readonly listenerQuota: number;
   /** As configured; otherwise the described one. */
   readonly dnsName?: string;
+  /**
+   * Leaving the pool: it gets no port, so its claims move elsewhere and the listeners of ours on it are
+   * removed like any that is no longer wanted. Dropping it from the configuration instead would leave them:
+   * only configured load balancers are described.
+   */
+  readonly retired?: boolean;
 }
 
 export interface ExposerOptions {
@@ -224,6 +230,8 @@ class LoadBalancerUnit extends Unit {
   snapshot: LoadBalancerSnapshot | undefined;
   dnsName: string | undefined;
   private states = new Map<number, ListenerState>();
+  /** Retired, and said so once it held nothing of ours. */
+  private retirementReported = false;
 
   constructor(
     readonly member: PoolMember,
@@ -258,7 +266,17 @@ class LoadBalancerUnit extends Unit {
       this.options.log.warn({ loadBalancer: this.name, port }, 'a listener Manticore did not create holds a wanted port; it is left alone');
     }
     this.publish(desired, snapshot, new Set(diff.conflicts));
+    if (this.member.retired === true) this.reportRetirement(snapshot);
     await this.apply(diff.actions.map((action) => this.operation(action, snapshot)));
+  }
+
+  /** Tells the operator when a retired load balancer holds nothing of ours any more: it may leave the configuration. */
+  private reportRetirement(snapshot: LoadBalancerSnapshot): void {
+    const left = [...snapshot.listeners.values()].filter((listener) => listener.owned).length + snapshot.helpers.size;
+    if (left === 0 && !this.retirementReported) {
+      this.options.log.info({ loadBalancer: this.name }, 'retired load balancer holds no listener or target group of Manticore\'s any more: remove it from aws.loadBalancers');
+    }
+    this.retirementReported = left === 0;
   }
 
   /** Forgets expected changes that a describe now shows. */
@@ -401,9 +419,9 @@ export class Exposer implements ListenerStates {
     this.groups = options.securityGroups.map((group) => new SecurityGroupUnit(group, this, options));
   }
 
-  /** The pool, for the port allocator. */
+  /** The pool, for the port allocator: the load balancers that take ports (not the retired ones). */
   get pool(): ReadonlyArray<{ name: string; listenerQuota: number }> {
-    return this.options.pool.map((member) => ({ name: member.provider.name, listenerQuota: member.listenerQuota }));
+    return this.options.pool.filter((member) => member.retired !== true).map((member) => ({ name: member.provider.name, listenerQuota: member.listenerQuota }));
   }
 
   get claims(): ClaimBook {

@@ -10,6 +10,7 @@ import { CreateListenerCommand, ElasticLoadBalancingV2Client } from '@aws-sdk/cl
 import * as FakeTimers from '@sinonjs/fake-timers';
 import YAML from 'yaml';
 import type { SessionStatus } from '../../controller/api/types.js';
+import { PortAllocator } from '../../controller/controller/claims.js';
 import { loadConfig } from '../../controller/config/config.js';
 import { createExposer } from '../../controller/loadbalancer/aws.js';
 import type { ClaimBook, Exposer } from '../../controller/loadbalancer/exposer.js';
@@ -445,6 +446,34 @@ describe('AWS load balancers: the exposer on its own, on a fake clock', () => {
     await clock.tickAsync(30_000);
     assert.deepEqual([model.listenerPorts('lb-a'), targetGroups()], [[80], ['80 → 8443']]);
     assert.deepEqual(model.targetGroup(model.targetGroupNames()[0]!)!.Targets, [{ Id: 'i-0123456789abcdef0', Port: 8443 }]);
+  });
+
+  it('a load balancer retired from the pool: the listeners and target groups of ours on it go, a listener of someone else\'s stays, and its sessions move', async () => {
+    model.addNlb('lb-b');
+    const edge = { edgeInstanceIds: ['i-0123456789abcdef0'] };
+    // Two sessions' ports on lb-a, as the store holds them.
+    const claimsOn = (exposer: Exposer): PortAllocator => {
+      const allocator = new PortAllocator(20000, 20199, exposer.pool);
+      for (const [id, port] of [['s1', 20001], ['s2', 20002]] as const) {
+        allocator.observe({ id, previous: undefined, current: { id, entry: { key: id, createIndex: 1, modifyIndex: 1 }, value: { sessionId: id, hosts: [], ports: [{ service: 'tcp', port, loadBalancer: 'lb-a' }] } } });
+      }
+      return allocator;
+    };
+    const pool = [{ name: 'lb-a', type: 'nlb' }, { name: 'lb-b', type: 'nlb' }];
+    const before = await lead({ loadBalancers: pool, ...edge }, new HandClaims('lb-a'));
+    before.bind(claimsOn(before));
+    model.addForeignListener('lb-a', 20005);
+    await clock.tickAsync(10_000);
+    before.pause();
+    assert.deepEqual([model.listenerPorts('lb-a'), model.targetGroupNames().length], [[20001, 20002, 20005], 2]);
+
+    const after = await lead({ loadBalancers: [{ ...pool[0], retired: true }, pool[1]], ...edge }, new HandClaims('lb-b'));
+    const allocator = claimsOn(after);
+    after.bind(allocator);
+    assert.deepEqual(after.pool.map((member) => member.name), ['lb-b'], 'no new port goes to it');
+    await clock.tickAsync(10_000);
+    assert.deepEqual([model.listenerPorts('lb-a'), model.targetGroupNames()], [[20005], []]);
+    assert.equal(allocator.reassign('s1', 20001), 'lb-b', 'its sessions are given a load balancer of the pool');
   });
 
   it('closes the ports of ended sessions although an operator\'s rule already opens the HTTP listener\'s port (a duplicate to AWS)', async () => {

@@ -85,12 +85,16 @@ describe('configuration', () => {
       ['aws:\n  loadBalancers: [{ name: a, type: classic }]\n  httpListener: { port: 80, loadBalancer: b }\n', /\/aws\/httpListener\/loadBalancer: "b" is not in aws.loadBalancers/],
       ['aws:\n  loadBalancers: [{ name: a, type: classic }]\n  tcpTls: { certificateArn: nope }\n', /\/aws\/tcpTls\/certificateArn: must match pattern/],
       ['aws:\n  loadBalancers: []\n', /\/aws\/loadBalancers: must NOT have fewer than 1 items/],
+      ['aws:\n  loadBalancers: [{ name: a, type: classic, retired: true }]\n', /\/aws\/loadBalancers: every load balancer is retired/],
+      ['aws:\n  loadBalancers: [{ name: a, type: classic, retired: true }, { name: b, type: classic }]\n  httpListener: { port: 80, loadBalancer: a }\n', /\/aws\/httpListener\/loadBalancer: "a" is retired/],
       // AWS accepts up to 120 s from an NLB but refuses a Classic ELB's ConfigureHealthCheck beyond 60 s.
       ['aws:\n  loadBalancers: [{ name: a, type: classic }]\n  healthCheck: { intervalSeconds: 120, timeoutSeconds: 90 }\n', /\/aws\/healthCheck\/timeoutSeconds: a Classic ELB takes a health-check timeout of at most 60 s/],
     ];
     for (const [text, expected] of cases) assert.throws(() => loadConfig(write(text), {}), expected);
     const nlb = loadConfig(write('aws:\n  loadBalancers: [{ name: a, type: nlb }]\n  edgeInstanceIds: [i-0123456789abcdef0]\n  healthCheck: { intervalSeconds: 120, timeoutSeconds: 90 }\n'), {});
     assert.equal(nlb.aws!.healthCheck.timeoutSeconds, 90, 'a Network Load Balancer takes up to 120 s');
+    const retiring = loadConfig(write('aws:\n  loadBalancers: [{ name: a, type: classic, retired: true }, { name: b, type: classic }]\n  httpListener: { port: 80 }\n'), {});
+    assert.equal(retiring.aws!.httpListener!.loadBalancer, 'b', 'the fixed listener goes to the first load balancer not retired');
   });
 
   it('with router.tls, makes every public address https, wss and (with tls.tcp) TLS on TCP, and v2 answer wss', () => {
