@@ -128,7 +128,7 @@ export interface AwsConfig {
   /** `loadBalancer` is set to the first of the pool not retired when not configured. */
   httpListener?: { port: number; certificateArn?: string; loadBalancer: string };
   tcpTls?: { certificateArn: string };
-  /** `port` is set to router.http.port when not configured. */
+  /** `port` and `path` are set by `finishAws` when not configured (the router's /readyz, or HAProxy's monitor URI). */
   healthCheck: { port: number; path: string; intervalSeconds: number; timeoutSeconds: number; healthyThreshold: number; unhealthyThreshold: number };
   securityGroups: { groupIds: string[]; cidrs: string[]; maxRanges: number };
   resyncSeconds: number;
@@ -325,6 +325,15 @@ function finishTls(tls: RouterTlsConfig, config: ManticoreConfig, what: string):
   if (problems.length > 0) throw new ValidationError(what, problems);
 }
 
+/** HAProxy's monitor URI (manifests/haproxy/haproxy.cfg): up while HAProxy is. */
+const HAPROXY_MONITOR_URI = '/haproxy-health';
+
+/** Whether the router's status server listens where a load balancer can reach it (on, and not on loopback only). */
+function statusServerReachable(router: ManticoreConfig['router']): boolean {
+  const host = router.statusHost.toLowerCase();
+  return router.statusPort > 0 && host !== 'localhost' && host !== '::1' && !host.startsWith('127.');
+}
+
 /** ConfigureHealthCheck refuses more (ValidationError), so every pass would fail to repair the check. */
 const CLASSIC_MAX_HEALTH_CHECK_TIMEOUT_SECONDS = 60;
 
@@ -355,7 +364,15 @@ function finishAws(aws: AwsConfig, config: ManticoreConfig, what: string): void 
       problems.push(`/aws/httpListener/port: ${aws.httpListener.port} is inside the session port range ${tcp.portRangeStart}-${tcp.portRangeEnd}`);
     }
   }
-  aws.healthCheck.port ??= config.router.http.port;
+  // Unset, the check asks the router's /readyz: it answers 503 while the edge's agent cannot apply routes, which
+  // HAProxy's monitor URI never shows. A check set in part keeps HAProxy's port and monitor URI for the rest.
+  const check = aws.healthCheck as Partial<AwsConfig['healthCheck']>;
+  if (check.port === undefined && check.path === undefined && statusServerReachable(config.router)) {
+    check.port = config.router.statusPort;
+    check.path = '/readyz';
+  }
+  check.port ??= config.router.http.port;
+  check.path ??= HAPROXY_MONITOR_URI;
   if (aws.healthCheck.timeoutSeconds >= aws.healthCheck.intervalSeconds) problems.push('/aws/healthCheck/timeoutSeconds: must be below intervalSeconds');
   if (aws.healthCheck.timeoutSeconds > CLASSIC_MAX_HEALTH_CHECK_TIMEOUT_SECONDS && aws.loadBalancers.some((balancer) => balancer.type === 'classic')) {
     problems.push(`/aws/healthCheck/timeoutSeconds: a Classic ELB takes a health-check timeout of at most ${CLASSIC_MAX_HEALTH_CHECK_TIMEOUT_SECONDS} s (the schema's 120 is a Network Load Balancer's)`);

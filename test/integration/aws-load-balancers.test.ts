@@ -34,11 +34,11 @@ interface World {
 }
 
 /** The AWS section of a configuration file, through the real loader (schema defaults and cross-field checks). */
-function awsConfig(aws: Record<string, unknown>): NonNullable<ReturnType<typeof loadConfig>['aws']> {
+function awsConfig(aws: Record<string, unknown>, router: Record<string, unknown> = {}): NonNullable<ReturnType<typeof loadConfig>['aws']> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'manticore-aws-'));
   try {
     const file = path.join(dir, 'config.yaml');
-    fs.writeFileSync(file, YAML.stringify({ router: { tcp: { portRangeStart: 20000, portRangeEnd: 20199 } }, aws: { region: 'us-east-1', ...aws } }));
+    fs.writeFileSync(file, YAML.stringify({ router: { tcp: { portRangeStart: 20000, portRangeEnd: 20199 }, ...router }, aws: { region: 'us-east-1', ...aws } }));
     return loadConfig(file, {}).aws!;
   } finally {
     // The configuration is read at once: nothing needs the file afterwards.
@@ -425,8 +425,8 @@ describe('AWS load balancers: the exposer on its own, on a fake clock', () => {
   });
 
   /** An exposer as `createExposer` builds it for this configuration, started and leading. */
-  async function lead(aws: Record<string, unknown>, claims: ClaimBook, httpTargetPort = 8080): Promise<Exposer> {
-    const exposer = createExposer({ aws: awsConfig(aws), marker, tcpPortRange: { start: 20000, end: 20199 }, httpTargetPort, log: testLog, clock: controllerClock(clock), random: seeded(7) });
+  async function lead(aws: Record<string, unknown>, claims: ClaimBook, httpTargetPort = 8080, router: Record<string, unknown> = {}): Promise<Exposer> {
+    const exposer = createExposer({ aws: awsConfig(aws, router), marker, tcpPortRange: { start: 20000, end: 20199 }, httpTargetPort, log: testLog, clock: controllerClock(clock), random: seeded(7) });
     exposer.bind(claims);
     await exposer.start();
     exposer.resume();
@@ -474,6 +474,17 @@ describe('AWS load balancers: the exposer on its own, on a fake clock', () => {
     await clock.tickAsync(10_000);
     assert.deepEqual([model.listenerPorts('lb-a'), model.targetGroupNames()], [[20005], []]);
     assert.equal(allocator.reassign('s1', 20001), 'lb-b', 'its sessions are given a load balancer of the pool');
+  });
+
+  it('health checks ask the router\'s /readyz when its status server is reachable: an edge that cannot apply routes gets no traffic', async () => {
+    model.addClassic('classic-a');
+    const claims = new HandClaims('lb-a');
+    claims.ports.add(20001);
+    await lead({ loadBalancers: [{ name: 'lb-a', type: 'nlb' }, { name: 'classic-a', type: 'classic' }], edgeInstanceIds: ['i-0123456789abcdef0'] }, claims, 8080, { statusHost: '0.0.0.0', statusPort: 8405 });
+    await clock.tickAsync(10_000);
+    const group = model.targetGroup(model.targetGroupNames()[0]!)!;
+    assert.deepEqual([group.HealthCheckProtocol, group.HealthCheckPort, group.HealthCheckPath], ['HTTP', '8405', '/readyz']);
+    assert.equal(model.classicHealthCheck('classic-a').Target, 'HTTP:8405/readyz');
   });
 
   it('closes the ports of ended sessions although an operator\'s rule already opens the HTTP listener\'s port (a duplicate to AWS)', async () => {

@@ -76,6 +76,21 @@ describe('configuration', () => {
     assert.equal(config.aws!.resyncSeconds, 300);
   });
 
+  it('points the load balancers\' health check at the router\'s /readyz when its status server is reachable, else at HAProxy; a check set in part keeps the old defaults for the rest', () => {
+    const pool = 'aws:\n  loadBalancers: [{ name: a, type: classic }]\n';
+    const check = (text: string): string => {
+      const { port, path: checkPath } = loadConfig(write(text), {}).aws!.healthCheck;
+      return `${port}${checkPath}`;
+    };
+    const statusServer = 'router:\n  statusHost: 0.0.0.0\n  statusPort: 8405\n';
+    assert.equal(check(statusServer + pool), '8405/readyz', 'an edge whose agent cannot apply routes answers 503 there');
+    assert.equal(check(pool), '8080/haproxy-health', 'no status server: HAProxy\'s monitor URI');
+    assert.equal(check('router:\n  statusPort: 8405\n' + pool), '8080/haproxy-health', 'a status server on loopback is out of the load balancer\'s reach');
+    assert.equal(check(`${statusServer}${pool}  healthCheck: { path: /haproxy-health }\n`), '8080/haproxy-health');
+    assert.equal(check(`${statusServer}${pool}  healthCheck: { port: 8080 }\n`), '8080/haproxy-health');
+    assert.equal(check(`${statusServer}${pool}  healthCheck: { port: 9000, path: /up }\n`), '9000/up');
+  });
+
   it('refuses AWS settings that cannot work, naming the field', () => {
     const cases: Array<[string, RegExp]> = [
       ['aws:\n  loadBalancers: [{ name: a, type: nlb, listenerQuota: 60 }]\n  edgeInstanceIds: [i-0123456789abcdef0]\n', /\/aws\/loadBalancers\/0\/listenerQuota: a Network Load Balancer holds at most 50/],
