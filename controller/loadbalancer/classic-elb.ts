@@ -5,6 +5,7 @@ import {
   DescribeLoadBalancersCommand,
   type ElasticLoadBalancingClient,
   type HealthCheck,
+  type LoadBalancerDescription,
 } from '@aws-sdk/client-elastic-load-balancing';
 import type { HealthCheckSpec, ListenerSpec, LoadBalancerProvider, LoadBalancerSnapshot, ObservedListener } from './provider.js';
 
@@ -32,10 +33,12 @@ export class ClassicElbProvider implements LoadBalancerProvider {
     this.name = options.name;
   }
 
+  async dnsName(): Promise<string> {
+    return (await this.find()).DNSName!;
+  }
+
   async describe(): Promise<LoadBalancerSnapshot> {
-    const answer = await this.options.client.send(new DescribeLoadBalancersCommand({ LoadBalancerNames: [this.name] }));
-    const found = answer.LoadBalancerDescriptions?.[0];
-    if (found === undefined) throw new Error(`classic load balancer ${this.name} not found`);
+    const found = await this.find();
     const listeners = new Map<number, ObservedListener>();
     for (const { Listener: listener } of found.ListenerDescriptions ?? []) {
       if (listener?.LoadBalancerPort === undefined) continue;
@@ -53,6 +56,14 @@ export class ClassicElbProvider implements LoadBalancerProvider {
     }
     const drift = sameHealthCheck(found.HealthCheck, this.options.healthCheck) ? [] : [this.name];
     return { dnsName: found.DNSName!, listeners, helpers: new Map(), healthCheckDrift: drift };
+  }
+
+  /** Everything a Classic ELB is (listeners and health check included) comes in one answer. */
+  private async find(): Promise<LoadBalancerDescription> {
+    const answer = await this.options.client.send(new DescribeLoadBalancersCommand({ LoadBalancerNames: [this.name] }));
+    const found = answer.LoadBalancerDescriptions?.[0];
+    if (found === undefined) throw new Error(`classic load balancer ${this.name} not found`);
+    return found;
   }
 
   async createListener(spec: ListenerSpec): Promise<void> {

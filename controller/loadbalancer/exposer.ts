@@ -227,7 +227,6 @@ abstract class Unit {
 
 /** One load balancer of the pool: its listeners (and their target groups) and its health check. */
 class LoadBalancerUnit extends Unit {
-  snapshot: LoadBalancerSnapshot | undefined;
   dnsName: string | undefined;
   private states = new Map<number, ListenerState>();
   /** Retired, and said so once it held nothing of ours. */
@@ -253,7 +252,6 @@ class LoadBalancerUnit extends Unit {
   protected async reconcile(): Promise<void> {
     const snapshot = await this.observe(describeKey, () => this.provider.describe());
     if (snapshot === undefined) return;
-    this.snapshot = snapshot;
     this.dnsName ??= snapshot.dnsName;
     const desired = this.exposer.desiredListeners(this.name);
     this.settle(snapshot);
@@ -435,14 +433,14 @@ export class Exposer implements ListenerStates {
 
   /**
    * Learns the DNS name of every load balancer not configured with one, before any session gets an
-   * address; a load balancer that does not exist stops start-up. Reads only.
+   * address; a load balancer that does not exist stops start-up. One read each: every replica does this,
+   * while the full describe (listeners, target groups, tags) is the leader's first pass.
    */
   async start(attempts = 5): Promise<void> {
     for (const unit of this.loadBalancers.values()) {
       for (let attempt = 1; unit.dnsName === undefined; attempt++) {
         try {
-          unit.snapshot = await unit.provider.describe();
-          unit.dnsName = unit.snapshot.dnsName;
+          unit.dnsName = await unit.provider.dnsName();
         } catch (error) {
           const kind = classify(error);
           if (attempt >= attempts || (kind !== 'throttled' && kind !== 'transient')) {

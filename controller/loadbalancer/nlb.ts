@@ -58,6 +58,10 @@ export class NlbProvider implements LoadBalancerProvider {
     this.namePrefix = `mc-${hash}-`;
   }
 
+  async dnsName(): Promise<string> {
+    return (await this.loadIdentity()).dnsName;
+  }
+
   async describe(): Promise<LoadBalancerSnapshot> {
     const { client } = this.options;
     const identity = await this.loadIdentity();

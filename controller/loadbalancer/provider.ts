@@ -53,6 +53,8 @@ export interface LoadBalancerProvider {
   /** The load balancer's name in AWS (also its name in the pool and in claims). */
   readonly name: string;
   readonly type: 'nlb' | 'classic';
+  /** The load balancer's DNS name, from one call: what every replica needs at start-up, leading or not. */
+  dnsName(): Promise<string>;
   describe(): Promise<LoadBalancerSnapshot>;
   createListener(spec: ListenerSpec): Promise<void>;
   deleteListener(listener: ObservedListener): Promise<void>;

@@ -424,15 +424,36 @@ describe('AWS load balancers: the exposer on its own, on a fake clock', () => {
     model.restore();
   });
 
-  /** An exposer as `createExposer` builds it for this configuration, started and leading. */
-  async function lead(aws: Record<string, unknown>, claims: ClaimBook, httpTargetPort = 8080, router: Record<string, unknown> = {}): Promise<Exposer> {
+  /** An exposer as `createExposer` builds it for this configuration, started (as every replica starts it). */
+  async function started(aws: Record<string, unknown>, claims: ClaimBook, httpTargetPort = 8080, router: Record<string, unknown> = {}): Promise<Exposer> {
     const exposer = createExposer({ aws: awsConfig(aws, router), marker, tcpPortRange: { start: 20000, end: 20199 }, httpTargetPort, log: testLog, clock: controllerClock(clock), random: seeded(7) });
     exposer.bind(claims);
     await exposer.start();
+    return exposer;
+  }
+
+  /** The same, leading. */
+  async function lead(aws: Record<string, unknown>, claims: ClaimBook, httpTargetPort = 8080, router: Record<string, unknown> = {}): Promise<Exposer> {
+    const exposer = await started(aws, claims, httpTargetPort, router);
     exposer.resume();
     leading.push(exposer);
     return exposer;
   }
+
+  it('start-up reads only each load balancer\'s DNS name (one call each, on standbys too); the full describe waits for leadership', async () => {
+    model.addNlb('lb-b');
+    model.addClassic('classic-a');
+    const claims = new HandClaims('lb-a');
+    claims.ports.add(20001);
+    const aws = { loadBalancers: [{ name: 'lb-a', type: 'nlb' }, { name: 'lb-b', type: 'nlb' }, { name: 'classic-a', type: 'classic' }], edgeInstanceIds: ['i-0123456789abcdef0'] };
+    await lead(aws, claims);
+    await clock.tickAsync(10_000);
+    model.calls.clear();
+    const standby = await started(aws, new HandClaims('lb-a'));
+    assert.deepEqual(Object.fromEntries(model.calls), { 'elbv2:DescribeLoadBalancers': 2, 'elb:DescribeLoadBalancers': 1 });
+    assert.match(standby.dnsName('lb-b')!, /^lb-b-[0-9a-f]+\.elb\.us-east-1\.amazonaws\.com$/);
+    assert.match(standby.dnsName('classic-a')!, /^classic-a-[0-9a-f]+\.us-east-1\.elb\.amazonaws\.com$/);
+  });
 
   it('moves the fixed HTTP listener to HAProxy\'s new port after a restart (router.tls turned on: 8080 → 8443), through a new target group', async () => {
     const aws = { loadBalancers: [{ name: 'lb-a', type: 'nlb' }], edgeInstanceIds: ['i-0123456789abcdef0'], httpListener: { port: 80 } };
