@@ -18,6 +18,7 @@ import { readConfigTemplate, runPaths, type HaproxyConfigValues } from '../route
 import { HaproxyProcess } from '../router/haproxy-process.js';
 import { HaproxyRuntime } from '../router/haproxy-runtime.js';
 import { HaproxySupervisor } from '../router/haproxy-supervisor.js';
+import { routerProbes } from '../router/status-server.js';
 import type { LockService } from '../store/lock.js';
 import type { Store } from '../store/store.js';
 import { createScheduler, createStore, createTaskLogs } from './backends.js';
@@ -277,8 +278,8 @@ async function startRouter(config: ManticoreConfig, template: string, store: Sto
   parts.add('router', () => router.stop());
   await parts.until(router.start());
   if (config.router.statusPort !== 0) {
-    // Started once the agent's first table is live; ready while HAProxy takes the routes.
-    const status = new StatusServer('router', { ready: () => router.serving, status: () => ({ ...router.progress, ...(edgeTls === undefined ? {} : { tls: edgeTls.status() }) }) }, log);
+    // Started once the agent's first table is live.
+    const status = new StatusServer('router', routerProbes(router, haproxy, edgeTls), log);
     const address = await status.start(config.router.statusHost, config.router.statusPort);
     parts.add('router-status', () => status.stop());
     return address;

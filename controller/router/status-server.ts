@@ -1,0 +1,16 @@
+import type { StatusProbes } from '../metrics/status-server.js';
+import type { RouterAgent } from './agent.js';
+import type { EdgeTls } from './edge-tls.js';
+import type { HaproxyProcess } from './haproxy-process.js';
+
+/**
+ * The router's probes. Ready while this edge serves sessions: its agent applies the routes and its HAProxy
+ * runs (the AWS load balancers' health check asks /readyz, so a dead HAProxy must show even while no route
+ * changes). Status is what it has applied, and the edge certificate's state.
+ */
+export function routerProbes(router: Pick<RouterAgent, 'serving' | 'progress'>, haproxy: Pick<HaproxyProcess, 'running'>, edgeTls?: Pick<EdgeTls, 'status'>): StatusProbes {
+  return {
+    ready: () => router.serving && haproxy.running,
+    status: () => ({ ...router.progress, ...(edgeTls === undefined ? {} : { tls: edgeTls.status() }) }),
+  };
+}
