@@ -182,6 +182,7 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
         templates,
         backend: config.scheduler.backend,
         bodyLimitBytes: config.frontend.bodyLimitBytes,
+        trustedProxies: config.frontend.trustedProxies,
         sessionsPerUser: config.limits.sessionsPerUser,
         activityWriteIntervalMs: config.idle.activityWriteIntervalSeconds * 1000,
         log,

@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import net from 'node:net';
 import YAML from 'yaml';
 import { validate, ValidationError } from '../api/schemas.js';
 
@@ -60,6 +61,8 @@ export interface ManticoreConfig {
     host: string;
     port: number;
     bodyLimitBytes: number;
+    /** IP addresses, CIDR ranges or proxy-addr's names (loopback, linklocal, uniquelocal). */
+    trustedProxies: string[];
     rateLimit: { requestsPerSecond: number; burst: number };
     logs: { streamsPerUser: number };
     /** protocol is derived from router.tls when not configured. */
@@ -270,6 +273,7 @@ function finish(config: ManticoreConfig, what: string): ManticoreConfig {
   if (config.auth.mode === 'jwt' && config.auth.jwt.secret === undefined && (config.auth.jwt.publicKeys ?? []).length === 0) {
     throw new ValidationError(what, ['/auth/jwt: mode jwt needs a secret (HS256) or publicKeys (RS256/ES256)']);
   }
+  checkTrustedProxies(config.frontend.trustedProxies, what);
   checkRouterPorts(config.router, what);
   if (config.router.tls) finishTls(config.router.tls, config, what);
   const { tls } = config.router;
@@ -280,6 +284,23 @@ function finish(config: ManticoreConfig, what: string): ManticoreConfig {
   config.frontend.v2.protocol ??= tls ? 'wss' : 'ws';
   if (config.aws) finishAws(config.aws, config, what);
   return config;
+}
+
+/** The names Fastify's trustProxy (proxy-addr) knows for address ranges. */
+const PROXY_RANGE_NAMES = new Set(['loopback', 'linklocal', 'uniquelocal']);
+
+/** Fastify throws on a malformed entry only when it builds the server: refused here, with the field named. */
+function checkTrustedProxies(proxies: readonly string[], what: string): void {
+  const problems = proxies.flatMap((entry, index) => {
+    if (PROXY_RANGE_NAMES.has(entry)) return [];
+    const [address = '', prefix, ...rest] = entry.split('/');
+    const family = net.isIP(address);
+    const bits = family === 4 ? 32 : 128;
+    const prefixValid = prefix === undefined || (/^\d{1,3}$/.test(prefix) && Number(prefix) <= bits);
+    if (family !== 0 && prefixValid && rest.length === 0) return [];
+    return [`/frontend/trustedProxies/${index}: "${entry}" is not an IP address, a CIDR range or one of ${[...PROXY_RANGE_NAMES].join(', ')}`];
+  });
+  if (problems.length > 0) throw new ValidationError(what, problems);
 }
 
 const ANY_ADDRESS = new Set(['', '0.0.0.0', '::', '*']);

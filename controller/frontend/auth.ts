@@ -41,7 +41,10 @@ export class AnonymousOrHeaderAuthenticator implements Authenticator {
     if (cookie !== undefined && anonymousPattern.test(cookie)) return { user: cookie, operator: false };
     // Anything else in the cookie (edited, truncated) is not an id this server handed out: start afresh.
     const user = `anon-${newToken()}`;
-    reply.header('set-cookie', `${anonymousCookie}=${user}; ${anonymousCookieAttributes}`);
+    // Secure when the request came over HTTPS (a trusted proxy's X-Forwarded-Proto counts): the browser then
+    // never sends the id, which is all it takes to act as this user, over plain HTTP.
+    const secure = request.protocol === 'https' ? '; Secure' : '';
+    reply.header('set-cookie', `${anonymousCookie}=${user}; ${anonymousCookieAttributes}${secure}`);
     return { user, operator: false };
   }
 }

@@ -27,6 +27,11 @@ export interface FrontendOptions {
   /** The template backend this deployment runs (`spec.backends.<kind>`). */
   readonly backend: 'embedded' | 'nomad';
   readonly bodyLimitBytes: number;
+  /**
+   * The proxies in front of this front end whose X-Forwarded-* headers are believed (Fastify's trustProxy:
+   * addresses, CIDR ranges, proxy-addr's names); none when absent or empty.
+   */
+  readonly trustedProxies?: readonly string[];
   /** Live sessions one user may have (not being deleted, not Failed). */
   readonly sessionsPerUser: number;
   /** Activity is stored at most this often per session, except while the session is being warned. */
@@ -61,6 +66,8 @@ export class Frontend {
     this.app = Fastify({
       loggerInstance: log as FastifyBaseLogger,
       bodyLimit: options.bodyLimitBytes,
+      // request.protocol then says https for what a trusted proxy received over TLS (the cookie's Secure).
+      ...(options.trustedProxies !== undefined && options.trustedProxies.length > 0 ? { trustProxy: [...options.trustedProxies] } : {}),
       // Each request is not logged; the handlers log what changed (created, deleted) and every failure.
       logController: new LogController({ disableRequestLogging: true }),
       // Reject what the schemas do not allow instead of silently dropping or coercing it.

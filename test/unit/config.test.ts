@@ -28,6 +28,7 @@ describe('configuration', () => {
     assert.equal(config.router.tcp.portRangeEnd, 20999);
     assert.equal(config.public.domain, 'localhost');
     assert.equal(config.store.prefix, 'manticore/');
+    assert.deepEqual(config.frontend.trustedProxies, [], 'no proxy is trusted unless named');
   });
 
   it('reads the example configuration', () => {
@@ -53,6 +54,8 @@ describe('configuration', () => {
       ['router:\n  tcp: { portRangeStart: 20000, portRangeEnd: 50000 }\n', /\/router\/tcp: the port range may hold at most 30000 ports/],
       ['- a list\n', /\(root\): must be a mapping/],
       ['frontend: [unclosed\n', /not valid YAML/],
+      ['frontend:\n  trustedProxies: [10.0.0.0/8, proxy.example.com]\n', /\/frontend\/trustedProxies\/1: "proxy.example.com" is not an IP address/],
+      ['frontend:\n  trustedProxies: [10.0.0.0/33]\n', /\/frontend\/trustedProxies\/0: "10.0.0.0\/33" is not an IP address/],
     ];
     for (const [text, expected] of cases) {
       assert.throws(() => loadConfig(write(text), {}), (error: unknown) => {

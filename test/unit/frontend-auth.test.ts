@@ -76,11 +76,12 @@ describe('front end: identity, isolation and rate limits', () => {
   });
   const noneConfig: AuthConfig = { mode: 'none', jwt: { userClaim: 'sub', operatorClaim: 'manticore_operator' }, adminToken };
 
-  async function open(auth: AuthConfig, rateLimit?: RateLimit) {
+  async function open(auth: AuthConfig, rateLimit?: RateLimit, trustedProxies?: readonly string[]) {
     const store = EmbeddedStore.open(':memory:');
     const frontend = testFrontend(store, {
       authenticator: createAuthenticator(auth, () => now),
       ...(rateLimit === undefined ? {} : { rateLimit }),
+      ...(trustedProxies === undefined ? {} : { trustedProxies }),
       now: () => now,
     });
     await frontend.start('127.0.0.1', 0);
@@ -128,6 +129,20 @@ describe('front end: identity, isolation and rate limits', () => {
       const stranger = await inject('GET', `/api/v1/sessions/${first.body.metadata.id}`);
       assert.equal(stranger.status, 404, 'without the cookie it is someone else');
       assert.notEqual(stranger.headers['set-cookie'], first.headers['set-cookie']);
+    });
+
+    it('marks the cookie Secure when a trusted proxy says the request came over HTTPS, and only then', async () => {
+      const cookieOf = async (trustedProxies: readonly string[] | undefined, headers: Headers): Promise<string> => {
+        const { inject } = await open(noneConfig, undefined, trustedProxies);
+        return String((await inject('GET', '/api/v1/sessions', headers)).headers['set-cookie']);
+      };
+      // inject() comes from 127.0.0.1.
+      assert.match(await cookieOf(['127.0.0.1'], { 'x-forwarded-proto': 'https' }), /; Secure$/);
+      assert.match(await cookieOf(['loopback'], { 'x-forwarded-proto': 'https' }), /; Secure$/);
+      assert.doesNotMatch(await cookieOf(['127.0.0.1'], { 'x-forwarded-proto': 'http' }), /Secure/);
+      assert.doesNotMatch(await cookieOf(['127.0.0.1'], {}), /Secure/);
+      assert.doesNotMatch(await cookieOf(undefined, { 'x-forwarded-proto': 'https' }), /Secure/, 'anyone may send the header: only a trusted proxy is believed');
+      assert.doesNotMatch(await cookieOf(['10.0.0.0/8'], { 'x-forwarded-proto': 'https' }), /Secure/);
     });
 
     it('ignores a cookie it did not mint and mints a new id', async () => {
