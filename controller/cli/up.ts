@@ -189,6 +189,7 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
         authenticator,
         rateLimit: config.frontend.rateLimit,
         logs: { source: taskLogs.logs, streamsPerUser: config.frontend.logs.streamsPerUser },
+        statusStreamsPerUser: config.frontend.statusStreamsPerUser,
         v2: { address: config.frontend.v2, idle: config.idle },
         cluster: { replicaStaleMs: config.controller.heartbeatSeconds * 3000, routerStaleMs: config.controller.routerStaleSeconds * 1000 },
       });

@@ -65,6 +65,7 @@ export interface ManticoreConfig {
     trustedProxies: string[];
     rateLimit: { requestsPerSecond: number; burst: number };
     logs: { streamsPerUser: number };
+    statusStreamsPerUser: number;
     /** protocol is derived from router.tls when not configured. */
     v2: { domain?: string; port?: number; protocol: 'ws' | 'wss' };
   };

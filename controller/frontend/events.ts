@@ -4,18 +4,23 @@ import type { Subscription } from 'rxjs';
 import type { Session } from '../api/types.js';
 import type { Authenticator } from './identity.js';
 import type { SessionService } from './sessions.js';
+import type { StreamCounts } from './stream-limit.js';
 
 /** A comment line this often keeps proxies (HAProxy's `timeout server`, load balancers) from closing an idle stream. */
 export const heartbeatMs = 15_000;
+
+/** Status streams (these and the v2 job sockets) one user may hold open in one process, unless configured. */
+export const DEFAULT_STATUS_STREAMS_PER_USER = 20;
 
 /**
  * `GET /api/v1/sessions/{id}/events`: the session's status as server-sent events. On connect and on every
  * change: `event: session` with the Session JSON (as `GET /api/v1/sessions/{id}` answers it); once the
  * session is gone: `event: gone` and the end of the stream. Fed from the process's shared caches (one
  * store watch per process, however many streams). A slow client never makes memory grow: while its
- * socket is backed up, only the latest state is kept and sent when it drains.
+ * socket is backed up, only the latest state is kept and sent when it drains. Each user may hold only so
+ * many status streams open (`streams`, shared with the v2 job sockets); beyond that the answer is 429.
  */
-export function registerEvents(app: FastifyInstance, sessions: SessionService, auth: Authenticator): void {
+export function registerEvents(app: FastifyInstance, sessions: SessionService, auth: Authenticator, streams: StreamCounts): void {
   const open = new Set<EventStream>();
   // Streams never end on their own; the server must end them to close.
   app.addHook('preClose', (done) => {
@@ -27,9 +32,16 @@ export function registerEvents(app: FastifyInstance, sessions: SessionService, a
     const identity = auth.identify(request, reply);
     // Reading it first answers 404 for a missing session or someone else's, like every other route.
     const session = await sessions.show(identity, request.params.id);
+    const release = streams.acquire(identity.user);
     const response = beginResponse(reply, eventStreamHeaders);
-    if (response === undefined) return;
-    const stream = new EventStream(response, () => open.delete(stream));
+    if (response === undefined) {
+      release();
+      return;
+    }
+    const stream = new EventStream(response, () => {
+      open.delete(stream);
+      release();
+    });
     open.add(stream);
     stream.follow(sessions.watch(request.params.id, session).subscribe((latest) => stream.send(latest)));
   });

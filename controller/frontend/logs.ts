@@ -8,6 +8,7 @@ import { ApiError } from './errors.js';
 import { beginResponse, eventStreamHeaders, heartbeatMs } from './events.js';
 import type { Authenticator } from './identity.js';
 import type { SessionService } from './sessions.js';
+import { StreamCounts } from './stream-limit.js';
 
 /**
  * `GET /api/v1/sessions/{id}/logs`: a task's stdout or stderr, for the session's owner (and operators).
@@ -104,31 +105,8 @@ export function completeUtf8Length(data: Buffer): number {
   return length;
 }
 
-/** Log responses open per user in this process. */
-class StreamCounts {
-  private readonly byUser = new Map<string, number>();
-
-  constructor(private readonly limit: number) {}
-
-  acquire(user: string): () => void {
-    const count = this.byUser.get(user) ?? 0;
-    if (count >= this.limit) {
-      throw new ApiError(429, `user ${user} already has ${count} log streams open, the most allowed; close one first`, [`at most ${this.limit} open log streams per user`]);
-    }
-    this.byUser.set(user, count + 1);
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      const left = (this.byUser.get(user) ?? 1) - 1;
-      if (left === 0) this.byUser.delete(user);
-      else this.byUser.set(user, left);
-    };
-  }
-}
-
 export function registerLogs(app: FastifyInstance, sessions: SessionService, auth: Authenticator, options: LogRouteOptions): void {
-  const counts = new StreamCounts(options.streamsPerUser);
+  const counts = new StreamCounts(options.streamsPerUser, 'log streams');
   const open = new Set<(reason: string) => void>();
   app.addHook('preClose', (done) => {
     for (const end of [...open]) end('the server is shutting down');

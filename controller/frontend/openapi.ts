@@ -102,8 +102,13 @@ export function openApiDocument(): JsonObject {
         get: {
           summary: 'The session’s status as server-sent events.',
           description:
-            'On connect and on every change: `event: session` with the Session as JSON. When the session is gone: `event: gone`, then the stream ends; `event: closing` with a reason when the server shuts down. A comment line every 15 s keeps proxies from closing it. With auth mode jwt, browsers (EventSource) may pass the token as `?access_token=`.',
-          responses: { '200': { description: 'The stream.', content: { 'text/event-stream': { schema: { type: 'string' } } } }, '404': error('No such session.'), ...clientErrors },
+            'On connect and on every change: `event: session` with the Session as JSON. When the session is gone: `event: gone`, then the stream ends; `event: closing` with a reason when the server shuts down. A comment line every 15 s keeps proxies from closing it. With auth mode jwt, browsers (EventSource) may pass the token as `?access_token=`. Each user may have `frontend.statusStreamsPerUser` status streams open at once (v2 job websockets of their sessions included).',
+          responses: {
+            '200': { description: 'The stream.', content: { 'text/event-stream': { schema: { type: 'string' } } } },
+            '404': error('No such session.'),
+            ...clientErrors,
+            '429': error('Too many requests from this user, or too many status streams open; see the message.'),
+          },
         },
       },
       '/api/v1/sessions/{id}/logs': {

@@ -10,13 +10,14 @@ import { AnonymousOrHeaderAuthenticator } from './auth.js';
 import { ApiError } from './errors.js';
 import { instrumentHttp } from '../metrics/http.js';
 import { registerCluster, type ClusterOptions } from './cluster.js';
-import { registerEvents } from './events.js';
+import { DEFAULT_STATUS_STREAMS_PER_USER, registerEvents } from './events.js';
 import { DEFAULT_LOG_STREAMS_PER_USER, registerLogs } from './logs.js';
 import type { TaskLogs } from '../scheduler/task-logs.js';
 import { registerOpenApi } from './openapi.js';
 import type { Authenticator } from './identity.js';
 import { RateLimitedAuthenticator, RateLimiter, type RateLimit } from './rate-limit.js';
 import { SessionService } from './sessions.js';
+import { StreamCounts } from './stream-limit.js';
 import { registerApiV2, type ApiV2Options } from './v2.js';
 import { registerWebPage } from './web.js';
 
@@ -43,6 +44,8 @@ export interface FrontendOptions {
   readonly rateLimit?: RateLimit;
   /** Where task logs are read, and how many log responses one user may hold open; absent, the logs route says they are unavailable. */
   readonly logs?: { readonly source: TaskLogs; readonly streamsPerUser: number };
+  /** Status streams (v1 event streams and v2 job sockets together) one user may hold open at once; 20 when absent. */
+  readonly statusStreamsPerUser?: number;
   /** The Manticore v2 compatibility API (`/api/v2/*` and its job websocket); not served when absent. */
   readonly v2?: ApiV2Options;
   /** When replicas and routers count as stale in `GET /api/v1/cluster` (default 30 s each). */
@@ -91,11 +94,12 @@ export class Frontend {
     const identify = options.authenticator ?? new AnonymousOrHeaderAuthenticator();
     const authenticator = options.rateLimit === undefined ? identify : new RateLimitedAuthenticator(identify, new RateLimiter(options.rateLimit, options.now ?? Date.now));
     registerApiV1(this.app, this.sessions, authenticator);
-    registerEvents(this.app, this.sessions, authenticator);
+    const statusStreams = new StreamCounts(options.statusStreamsPerUser ?? DEFAULT_STATUS_STREAMS_PER_USER, 'status streams');
+    registerEvents(this.app, this.sessions, authenticator, statusStreams);
     registerLogs(this.app, this.sessions, authenticator, { logs: options.logs?.source, streamsPerUser: options.logs?.streamsPerUser ?? DEFAULT_LOG_STREAMS_PER_USER });
     registerCluster(this.app, options.store, options.keys, this.sessions, authenticator, options.cluster ?? { replicaStaleMs: 30_000, routerStaleMs: 30_000 }, options.now ?? Date.now);
     registerOpenApi(this.app);
-    if (options.v2 !== undefined) registerApiV2(this.app, this.sessions, authenticator, options.v2);
+    if (options.v2 !== undefined) registerApiV2(this.app, this.sessions, authenticator, options.v2, statusStreams);
   }
 
   /**

@@ -10,6 +10,7 @@ import { ApiError } from './errors.js';
 import { heartbeatMs } from './events.js';
 import type { Authenticator, Identity } from './identity.js';
 import type { SessionService } from './sessions.js';
+import type { StreamCounts } from './stream-limit.js';
 
 export interface ApiV2Options {
   /**
@@ -74,9 +75,10 @@ const closeGraceMs = 2_000;
  * Manticore v2's API, for the clients written against it (the SDL Developer Portal): job options, one job
  * per user id (an `sdl` session labelled with a passcode), and the job's websocket with v2's messages
  * (`position`, `services`, `activity`, `dead`). Everything is read from the process's shared caches, so
- * any replica serves any user and any passcode. CORS is open on `/api/v2/*`, as v2 had it.
+ * any replica serves any user and any passcode. CORS is open on `/api/v2/*`, as v2 had it. A job socket
+ * counts among its session owner's status streams (`streams`).
  */
-export function registerApiV2(app: FastifyInstance, sessions: SessionService, auth: Authenticator, options: ApiV2Options): void {
+export function registerApiV2(app: FastifyInstance, sessions: SessionService, auth: Authenticator, options: ApiV2Options, streams: StreamCounts): void {
   const log = app.log.child({ api: 'v2' });
   const job = jobOptionsOf(sessions);
   const passcodes = new PasscodeIndex();
@@ -206,7 +208,7 @@ export function registerApiV2(app: FastifyInstance, sessions: SessionService, au
         ws.close(1008, 'unknown passcode');
         return;
       }
-      const jobSocket = new JobSocket(ws, id, sessions, options.idle, log, () => open.delete(jobSocket));
+      const jobSocket = new JobSocket(ws, id, sessions, streams, options.idle, log, () => open.delete(jobSocket));
       open.add(jobSocket);
       jobSocket.start();
     });
@@ -349,11 +351,14 @@ class JobSocket {
   private heartbeat: NodeJS.Timeout | undefined;
   /** Whether the client answered the last ping. */
   private answered = true;
+  /** Counts this socket among its owner's status streams no more. */
+  private releaseStream: (() => void) | undefined;
 
   constructor(
     private readonly socket: WebSocket,
     private readonly sessionId: string,
     private readonly sessions: SessionService,
+    private readonly streams: StreamCounts,
     private readonly idle: ApiV2Options['idle'],
     private readonly log: FastifyBaseLogger,
     private readonly onClose: () => void,
@@ -389,6 +394,17 @@ class JobSocket {
         }
       }
       if (this.closed) return;
+    }
+    // The passcode acts for the session's owner, so the socket counts among the owner's status streams.
+    // A session that is gone counts for no one: the watch tells `dead` at once.
+    const owner = (read?.metadata ?? this.sessions.sessions.cache.get(this.sessionId)?.value?.metadata)?.owner;
+    if (owner !== undefined) {
+      this.releaseStream = this.streams.tryAcquire(owner);
+      if (this.releaseStream === undefined) {
+        this.log.debug({ session: this.sessionId, owner }, 'v2 job socket refused: too many status streams');
+        this.close(1008, `too many status streams open for this user (at most ${this.streams.limit}); close one first`);
+        return;
+      }
     }
     const subscription = this.sessions.watch(this.sessionId, read).subscribe((session) => this.update(session));
     // The first state is delivered during subscribe and may already have ended the connection.
@@ -491,6 +507,7 @@ class JobSocket {
     this.closed = true;
     clearInterval(this.heartbeat);
     this.subscription?.unsubscribe();
+    this.releaseStream?.();
     this.onClose();
     this.log.debug({ session: this.sessionId }, 'v2 job socket closed');
   }

@@ -19,6 +19,8 @@ interface ServerSentEvent {
 class EventClient {
   readonly events: ServerSentEvent[] = [];
   status = 0;
+  /** Everything the answer held, as text. */
+  text = '';
   ended = false;
   private buffer = '';
   private response: http.IncomingMessage | undefined;
@@ -29,7 +31,10 @@ class EventClient {
       this.response = response;
       this.status = response.statusCode ?? 0;
       response.setEncoding('utf8');
-      response.on('data', (chunk: string) => this.parse(chunk));
+      response.on('data', (chunk: string) => {
+        this.text += chunk;
+        this.parse(chunk);
+      });
       response.on('end', () => (this.ended = true));
     }));
     request.on('error', () => (this.ended = true));
@@ -196,11 +201,46 @@ describe('front end: live status stream (server-sent events)', () => {
   it('feeds every stream of the process from the same two watches', async () => {
     const watchesBefore = counting.watches.length;
     const id = await create('ann');
-    const streams = Array.from({ length: 25 }, () => open(id, 'ann'));
+    const streams = Array.from({ length: 20 }, () => open(id, 'ann'));
     await waitFor('every stream got the session', () => streams.every((client) => client.sessions().length > 0));
     await store.put(keys.status(id), status('Starting'));
     await waitFor('every stream got the change', () => streams.every((client) => client.sessions().some((session) => session.status.phase === 'Starting')));
     assert.equal(counting.watches.length, watchesBefore, 'no watch per stream');
+  });
+
+  it('limits the status streams one user holds open, and counts each again once it ends', async () => {
+    await frontend.stop();
+    frontend = testFrontend(counting, { statusStreamsPerUser: 2 });
+    base = await frontend.start('127.0.0.1', 0);
+    const id = await create('ann');
+    const held = [open(id, 'ann'), open(id, 'ann')];
+    await waitFor('both streams open', () => held.every((client) => client.sessions().length > 0));
+    const refused = open(id, 'ann');
+    await waitFor('the third answered and ended', () => refused.ended);
+    assert.equal(refused.status, 429);
+    const answer = JSON.parse(refused.text) as { error: string; details: string[] };
+    assert.match(answer.error, /user ann already has 2 status streams open, the most allowed; close one first/);
+    assert.deepEqual(answer.details, ['at most 2 open status streams per user']);
+
+    const bobs = await create('bob');
+    const bob = open(bobs, 'bob');
+    await waitFor('another user is not limited by ann', () => bob.sessions().length > 0);
+
+    // A stream the client closes is counted no more.
+    held[0]!.close();
+    const again = await waitFor('a stream let in once one closed', async () => {
+      const client = open(id, 'ann');
+      await waitFor('answered', () => client.status !== 0);
+      if (client.status === 200) return client;
+      client.close();
+      return undefined;
+    });
+    // Nor is a stream the server ends (`gone`).
+    await removeSession(store, id);
+    await waitFor('ann’s streams ended', () => held[1]!.ended && again.ended);
+    const next = await create('ann');
+    const fresh = [open(next, 'ann'), open(next, 'ann')];
+    await waitFor('two streams again', () => fresh.every((client) => client.status === 200 && client.sessions().length > 0));
   });
 
   it('keeps only the latest state for a client that does not read, and sends it when it drains', async () => {

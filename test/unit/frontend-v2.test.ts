@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import path from 'node:path';
 import type { FastifyRequest } from 'fastify';
 import sinon from 'sinon';
@@ -485,6 +486,36 @@ describe('front end: the v2 compatibility API', () => {
         const socket = await V2Socket.open(socketUrl(passcode));
         return (await socket.whenClosed()).code === 1008;
       });
+    });
+
+    it('counts job sockets among the owner’s status streams: one beyond the limit is closed with 1008 saying why', async () => {
+      const { url: limitedUrl } = await startFrontend({ statusStreamsPerUser: 1 });
+      const jobUrl = `${limitedUrl.replace(/^http/, 'ws')}/api/v2/job/${passcode}`;
+      await writeStatus({ phase: 'Waiting', queuePosition: 1 });
+      /** The socket once it has its first message, or undefined once it was closed without one. */
+      const admitted = async (): Promise<V2Socket | undefined> => {
+        const socket = await V2Socket.open(jobUrl);
+        await waitFor('a message or the close', () => socket.messages.length > 0 || socket.closed !== undefined);
+        return socket.messages.length > 0 ? socket : undefined;
+      };
+      const first = await admitted();
+      assert.ok(first !== undefined);
+      const second = await V2Socket.open(jobUrl);
+      assert.deepEqual(await second.whenClosed(), { code: 1008, reason: 'too many status streams open for this user (at most 1); close one first' });
+      assert.deepEqual(second.messages, []);
+      // The owner's v1 event stream counts against the same limit.
+      const v1Status = await new Promise<number>((resolve, reject) => {
+        const request = http.get(`${limitedUrl}/api/v1/sessions/${id}/events`, { headers: { 'x-manticore-user': 'dev-1' } }, (response) => {
+          resolve(response.statusCode ?? 0);
+          request.destroy();
+        });
+        request.on('error', reject);
+      });
+      assert.equal(v1Status, 429);
+
+      first.close();
+      const again = await waitFor('a socket let in once the first closed', admitted);
+      again.close();
     });
 
     it('closes every job socket with a reason when the front end stops', async () => {
