@@ -185,6 +185,7 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
         trustedProxies: config.frontend.trustedProxies,
         sessionsPerUser: config.limits.sessionsPerUser,
         activityWriteIntervalMs: config.idle.activityWriteIntervalSeconds * 1000,
+        expiry: lifecyclePolicy(config),
         log,
         authenticator,
         rateLimit: config.frontend.rateLimit,

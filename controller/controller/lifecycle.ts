@@ -27,11 +27,14 @@ export interface Expiry {
   readonly reason: ExpiryReason;
 }
 
+/** The part of the policy that decides when a session expires (all a front end needs). */
+export type ExpiryPolicy = Pick<LifecyclePolicy, 'idleTimeoutMs' | 'idleWarningMs' | 'maxLifetimeMs'>;
+
 /**
  * The session's end, computed only from stored times (first Ready, last activity), so every replica and
  * every restart agrees: the idle deadline moves with activity, the lifetime cap does not; the earlier wins.
  */
-export function expiryOf(policy: LifecyclePolicy, readyAt: number, lastActivityAt: number | undefined): Expiry | undefined {
+export function expiryOf(policy: ExpiryPolicy, readyAt: number, lastActivityAt: number | undefined): Expiry | undefined {
   const candidates: Array<{ at: number; reason: ExpiryReason }> = [];
   if (policy.idleTimeoutMs > 0) candidates.push({ at: Math.max(readyAt, lastActivityAt ?? readyAt) + policy.idleTimeoutMs, reason: 'IdleTimeout' });
   if (policy.maxLifetimeMs > 0) candidates.push({ at: readyAt + policy.maxLifetimeMs, reason: 'MaxLifetime' });

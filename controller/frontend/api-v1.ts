@@ -52,8 +52,8 @@ export function registerApiV1(app: FastifyInstance, sessions: SessionService, au
   });
 
   app.post<{ Params: { id: string } }>('/api/v1/sessions/:id/keepalive', async (request, reply) => {
-    const { session, lastActivityAt } = await sessions.keepalive(auth.identify(request, reply), request.params.id);
-    return { id: session.metadata.id, lastActivityAt, ...(session.status.expiresAt === undefined ? {} : { expiresAt: session.status.expiresAt }) };
+    const { session, lastActivityAt, expiresAt } = await sessions.keepalive(auth.identify(request, reply), request.params.id);
+    return { id: session.metadata.id, lastActivityAt, ...(expiresAt === undefined ? {} : { expiresAt }) };
   });
 }
 

@@ -193,7 +193,11 @@ export function openApiDocument(): JsonObject {
           type: 'object',
           additionalProperties: false,
           required: ['id', 'lastActivityAt'],
-          properties: { id: { type: 'string' }, lastActivityAt: { type: 'string', format: 'date-time' }, expiresAt: { type: 'string', format: 'date-time' } },
+          properties: {
+            id: { type: 'string' },
+            lastActivityAt: { type: 'string', format: 'date-time' },
+            expiresAt: { type: 'string', format: 'date-time', description: 'When the session expires now that this activity counts (the idle deadline or the lifetime cap, the earlier); absent before it first serves or with neither limit.' },
+          },
         },
         Template: {
           type: 'object',

@@ -3,6 +3,7 @@ import type { ErrorObject } from 'ajv';
 import { describeErrors, ValidationError } from '../api/schemas.js';
 import type { SessionTemplate } from '../api/types.js';
 import type { Keys } from '../controller/keys.js';
+import type { ExpiryPolicy } from '../controller/lifecycle.js';
 import type { Store } from '../store/store.js';
 import type { Logger } from '../util/log.js';
 import { registerApiV1 } from './api-v1.js';
@@ -37,6 +38,8 @@ export interface FrontendOptions {
   readonly sessionsPerUser: number;
   /** Activity is stored at most this often per session, except while the session is being warned. */
   readonly activityWriteIntervalMs: number;
+  /** The controller's idle and lifetime limits (lifecyclePolicy(config)): a keepalive answers the expiry they give. */
+  readonly expiry: ExpiryPolicy;
   readonly log: Logger;
   /** Who the caller is (`createAuthenticator(config.auth)`); by default the X-Manticore-User header, else an anonymous cookie. */
   readonly authenticator?: Authenticator;

@@ -5,6 +5,7 @@ import type { ActivityRecord, Session, SessionRecord, SessionStatus, SessionTemp
 import { newSessionId } from '../controller/claims.js';
 import { StoreInformer, type CachedRecord } from '../controller/informer.js';
 import type { Keys } from '../controller/keys.js';
+import { expiryOf, type ExpiryPolicy } from '../controller/lifecycle.js';
 import { pendingStatus } from '../controller/status.js';
 import type { Store } from '../store/store.js';
 import type { Logger } from '../util/log.js';
@@ -21,6 +22,8 @@ export interface SessionServiceOptions {
   readonly sessionsPerUser: number;
   /** Activity is stored at most this often per session, except while the session is being warned. */
   readonly activityWriteIntervalMs: number;
+  /** The controller's idle and lifetime limits, so a keepalive can say when the session now expires. */
+  readonly expiry: ExpiryPolicy;
   readonly log: Logger;
   readonly now: () => number;
 }
@@ -234,11 +237,18 @@ export class SessionService {
     throw new ApiError(409, 'the session changed repeatedly while deleting it; try again');
   }
 
-  /** Records the user's activity on a session they may see; returns the stored activity time. */
-  async keepalive(identity: Identity, id: string): Promise<{ session: Session; lastActivityAt: string }> {
+  /**
+   * Records the user's activity on a session they may see; returns the stored activity time and, once the
+   * session has served, the expiry it gives. That expiry is computed here as the controller will compute it
+   * (expiryOf): the status read before the write still shows the deadline before this activity.
+   */
+  async keepalive(identity: Identity, id: string): Promise<{ session: Session; lastActivityAt: string; expiresAt?: string }> {
     const { session } = await this.read(identity, id);
     if (session.metadata.deletionRequestedAt !== undefined) throw new ApiError(409, `session "${id}" is being deleted`);
-    return { session, lastActivityAt: await this.recordActivity(session) };
+    const lastActivityAt = await this.recordActivity(session);
+    const { readyAt } = session.status;
+    const expiry = readyAt === undefined ? undefined : expiryOf(this.options.expiry, Date.parse(readyAt), Date.parse(lastActivityAt));
+    return { session, lastActivityAt, ...(expiry === undefined ? {} : { expiresAt: new Date(expiry.at).toISOString() }) };
   }
 
   /**

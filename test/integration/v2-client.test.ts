@@ -53,6 +53,7 @@ describe('a v2 client against the front end, with a controller on the Nomad API 
       bodyLimitBytes: 65_536,
       sessionsPerUser: 1,
       activityWriteIntervalMs: 30_000,
+      expiry: defaultPolicy,
       log: testLog,
       now: () => h.clock.now,
       v2: { address: { protocol: 'ws' }, idle: { timeoutSeconds: defaultPolicy.idleTimeoutMs / 1000, warningSeconds: defaultPolicy.idleWarningMs / 1000 } },

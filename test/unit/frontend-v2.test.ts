@@ -17,6 +17,7 @@ import type { Store } from '../../controller/store/store.js';
 import { delayWhen, from, of } from 'rxjs';
 import { delegatingStore } from '../support/controller-harness.js';
 import { silentLogger } from '../../controller/util/log.js';
+import { testExpiry } from '../support/frontend.js';
 import { V2Socket } from '../support/v2-client.js';
 import { waitFor } from '../support/wait.js';
 
@@ -49,6 +50,7 @@ describe('front end: the v2 compatibility API', () => {
       bodyLimitBytes: 4096,
       sessionsPerUser: 2,
       activityWriteIntervalMs: 30_000,
+      expiry: testExpiry,
       log: silentLogger(),
       now: () => now,
       v2,

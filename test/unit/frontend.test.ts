@@ -12,6 +12,7 @@ import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import type { Store } from '../../controller/store/store.js';
 import { silentLogger } from '../../controller/util/log.js';
 import { delegatingStore } from '../support/controller-harness.js';
+import { testExpiry } from '../support/frontend.js';
 import { waitFor } from '../support/wait.js';
 
 const templates = loadTemplates(path.resolve(__dirname, '../../../manifests/templates'));
@@ -34,6 +35,7 @@ describe('front end (API)', () => {
       bodyLimitBytes: 4096,
       sessionsPerUser: 2,
       activityWriteIntervalMs: 30_000,
+      expiry: { idleTimeoutMs: 1_800_000, idleWarningMs: 300_000, maxLifetimeMs: 3_600_000 },
       log: silentLogger(),
       now: () => now,
     });
@@ -209,10 +211,27 @@ describe('front end (API)', () => {
     assert.match(late.body.error, /being deleted/);
   });
 
+  it('answers a keepalive with the expiry the activity it recorded gives, not the one the status showed before', async () => {
+    const id = ((await inject('POST', '/api/v1/sessions', { template: 'demo' }, { 'x-manticore-user': 'hal' })).body as Session).metadata.id;
+    const keepalive = async () => (await inject('POST', `/api/v1/sessions/${id}/keepalive`, undefined, { 'x-manticore-user': 'hal' })).body;
+    assert.equal((await keepalive()).expiresAt, undefined, 'no expiry before the session first serves');
+
+    // As the controller wrote it at first Ready: idle for 30 min from then.
+    const ready = { phase: 'Ready', observedGeneration: 1, endpoints: {}, events: [], conditions: [], readyAt: '2026-03-01T12:00:00.000Z', expiresAt: '2026-03-01T12:30:00.000Z' };
+    await store.put(keys.status(id), JSON.stringify(ready));
+    now = Date.parse('2026-03-01T12:10:00.000Z');
+    assert.deepEqual(await keepalive(), { id, lastActivityAt: '2026-03-01T12:10:00.000Z', expiresAt: '2026-03-01T12:40:00.000Z' });
+    now += 10_000;
+    assert.deepEqual(await keepalive(), { id, lastActivityAt: '2026-03-01T12:10:00.000Z', expiresAt: '2026-03-01T12:40:00.000Z' }, 'within the write interval the stored activity counts');
+    // The lifetime cap (1 h from first Ready) comes before the idle deadline now.
+    now = Date.parse('2026-03-01T12:50:00.000Z');
+    assert.deepEqual(await keepalive(), { id, lastActivityAt: '2026-03-01T12:50:00.000Z', expiresAt: '2026-03-01T13:00:00.000Z' });
+  });
+
   it('counts a session it created and its cache never showed for as long as the store holds it', async () => {
     // A watch that sees the store only in listings misses a session created and removed between two of them.
     const blind: Store = { ...delegatingStore(store), watch: (prefix, index) => store.watch(prefix, index).pipe(filter((step) => step.kind === 'reset')) };
-    const other = new Frontend({ store: blind, keys, templates, backend: 'embedded', bodyLimitBytes: 4096, sessionsPerUser: 1, activityWriteIntervalMs: 30_000, log: silentLogger() });
+    const other = new Frontend({ store: blind, keys, templates, backend: 'embedded', bodyLimitBytes: 4096, sessionsPerUser: 1, activityWriteIntervalMs: 30_000, expiry: testExpiry, log: silentLogger() });
     await other.start('127.0.0.1', 0);
     try {
       const create = () => other.app.inject({ method: 'POST', url: '/api/v1/sessions', headers: { 'content-type': 'application/json', 'x-manticore-user': 'lee' }, payload: { template: 'demo' } });
@@ -233,7 +252,7 @@ describe('front end (API)', () => {
   it('shows a session its cache has not seen yet from the store, to its owner only', async () => {
     // The watches bring the state as it was at start, then nothing: a session written later is known only to the store.
     const blind: Store = { ...delegatingStore(store), watch: (prefix, index) => store.watch(prefix, index).pipe(filter((step) => step.kind === 'reset')) };
-    const other = new Frontend({ store: blind, keys, templates, backend: 'embedded', bodyLimitBytes: 4096, sessionsPerUser: 2, activityWriteIntervalMs: 30_000, log: silentLogger() });
+    const other = new Frontend({ store: blind, keys, templates, backend: 'embedded', bodyLimitBytes: 4096, sessionsPerUser: 2, activityWriteIntervalMs: 30_000, expiry: testExpiry, log: silentLogger() });
     await other.start('127.0.0.1', 0);
     try {
       const { body } = await inject('POST', '/api/v1/sessions', { template: 'demo' }, { 'x-manticore-user': 'jo' });
@@ -259,7 +278,7 @@ describe('front end (API)', () => {
           return store.watch(prefix, index).pipe(finalize(() => (openWatches -= 1)));
         }),
     };
-    const other = new Frontend({ store: counted, keys, templates, backend: 'embedded', bodyLimitBytes: 4096, sessionsPerUser: 2, activityWriteIntervalMs: 30_000, log: silentLogger() });
+    const other = new Frontend({ store: counted, keys, templates, backend: 'embedded', bodyLimitBytes: 4096, sessionsPerUser: 2, activityWriteIntervalMs: 30_000, expiry: testExpiry, log: silentLogger() });
     const { port } = frontend.app.server.address() as AddressInfo;
     await assert.rejects(other.start('127.0.0.1', port), /EADDRINUSE/);
     assert.equal(openWatches, 0);
