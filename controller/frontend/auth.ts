@@ -76,7 +76,8 @@ export class JwtAuthenticator implements Authenticator {
     // The SDL Developer Portal's user_id is a number.
     const user = typeof raw === 'number' && Number.isFinite(raw) ? String(raw) : raw;
     if (typeof user !== 'string' || !userPattern.test(user)) throw invalidToken(`the ${userClaim} claim must be a user id: ${userRule}`);
-    return { user, operator: claim(claims, operatorClaim) === true, verified: true };
+    const expiresAt = this.verifier.acceptedUntil(claims);
+    return { user, operator: claim(claims, operatorClaim) === true, verified: true, ...(expiresAt === undefined ? {} : { expiresAt }) };
   }
 
   private tokenOf(request: FastifyRequest): string {

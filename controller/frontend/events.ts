@@ -2,7 +2,7 @@ import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { Subscription } from 'rxjs';
 import type { Session } from '../api/types.js';
-import type { Authenticator } from './identity.js';
+import type { Authenticator, Identity } from './identity.js';
 import type { SessionService } from './sessions.js';
 import type { StreamCounts } from './stream-limit.js';
 
@@ -12,15 +12,39 @@ export const heartbeatMs = 15_000;
 /** Status streams (these and the v2 job sockets) one user may hold open in one process, unless configured. */
 export const DEFAULT_STATUS_STREAMS_PER_USER = 20;
 
+/** setTimeout holds at most 2^31−1 ms; a later time is waited for in steps. */
+const maxTimerDelayMs = 2 ** 31 - 1;
+
+/** Why a stream opened with a bearer token ends when the token does: the client must get a new one. */
+export const tokenExpiredReason = 'the bearer token has expired; authenticate again';
+
+/**
+ * Calls `end` with tokenExpiredReason once the caller's credentials expire (a bearer token's exp), so a
+ * stream is never served on a token the front end would now refuse; returns what cancels it. Never calls
+ * `end` before returning, even for credentials that expired meanwhile.
+ */
+export function endOnExpiry(identity: Identity, now: () => number, end: (reason: string) => void): () => void {
+  const at = identity.expiresAt;
+  if (at === undefined) return () => undefined;
+  let timer: NodeJS.Timeout;
+  const wait = (): void => {
+    timer = setTimeout(() => (now() >= at ? end(tokenExpiredReason) : wait()), Math.min(Math.max(0, at - now()), maxTimerDelayMs));
+    timer.unref();
+  };
+  wait();
+  return () => clearTimeout(timer);
+}
+
 /**
  * `GET /api/v1/sessions/{id}/events`: the session's status as server-sent events. On connect and on every
  * change: `event: session` with the Session JSON (as `GET /api/v1/sessions/{id}` answers it); once the
  * session is gone: `event: gone` and the end of the stream. Fed from the process's shared caches (one
  * store watch per process, however many streams). A slow client never makes memory grow: while its
  * socket is backed up, only the latest state is kept and sent when it drains. Each user may hold only so
- * many status streams open (`streams`, shared with the v2 job sockets); beyond that the answer is 429.
+ * many status streams open (`streams`, shared with the v2 job sockets); beyond that the answer is 429. A
+ * stream opened with a bearer token ends (`event: closing`) when the token expires.
  */
-export function registerEvents(app: FastifyInstance, sessions: SessionService, auth: Authenticator, streams: StreamCounts): void {
+export function registerEvents(app: FastifyInstance, sessions: SessionService, auth: Authenticator, streams: StreamCounts, now: () => number): void {
   const open = new Set<EventStream>();
   // Streams never end on their own; the server must end them to close.
   app.addHook('preClose', (done) => {
@@ -41,8 +65,10 @@ export function registerEvents(app: FastifyInstance, sessions: SessionService, a
     const stream = new EventStream(response, () => {
       open.delete(stream);
       release();
+      cancelExpiry();
     });
     open.add(stream);
+    const cancelExpiry = endOnExpiry(identity, now, (reason) => stream.end(reason));
     stream.follow(sessions.watch(request.params.id, session).subscribe((latest) => stream.send(latest)));
   });
 }

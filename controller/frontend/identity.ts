@@ -10,6 +10,11 @@ export interface Identity {
    * user override the body, as v2's JWT mode did.
    */
   readonly verified?: boolean;
+  /**
+   * When the credentials stop being accepted (ms since the epoch; a bearer token's exp plus the leeway);
+   * absent for credentials that do not expire. A stream opened with them must not outlive them.
+   */
+  readonly expiresAt?: number;
 }
 
 /**

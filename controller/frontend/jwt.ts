@@ -126,6 +126,12 @@ export class JwtVerifier {
     });
   }
 
+  /** Until when (ms) a token with these claims is accepted, leeway included; undefined for a token without exp. */
+  acceptedUntil(claims: JwtClaims): number | undefined {
+    const exp = claim(claims, 'exp');
+    return typeof exp === 'number' ? (exp + leewaySeconds) * 1000 : undefined;
+  }
+
   private checkClaims(claims: JwtClaims): void {
     const now = this.options.now() / 1000;
     const exp = claim(claims, 'exp');

@@ -5,8 +5,8 @@ import type { Session, SessionTemplate } from '../api/types.js';
 import { readLastLines } from '../scheduler/log-tail.js';
 import { LogNotFoundError, isLogPosition, logStreamNames, type LogEvent, type LogStreamName, type TaskLogs } from '../scheduler/task-logs.js';
 import { ApiError } from './errors.js';
-import { beginResponse, eventStreamHeaders, heartbeatMs } from './events.js';
-import type { Authenticator } from './identity.js';
+import { beginResponse, endOnExpiry, eventStreamHeaders, heartbeatMs } from './events.js';
+import type { Authenticator, Identity } from './identity.js';
 import type { SessionService } from './sessions.js';
 import { StreamCounts } from './stream-limit.js';
 
@@ -27,6 +27,8 @@ export interface LogRouteOptions {
   readonly logs: TaskLogs | undefined;
   /** Log responses one user may have open at once in this process. */
   readonly streamsPerUser: number;
+  /** The clock a followed log's credentials expire by. */
+  readonly now: () => number;
 }
 
 export const DEFAULT_LOG_STREAMS_PER_USER = 10;
@@ -155,7 +157,7 @@ export function registerLogs(app: FastifyInstance, sessions: SessionService, aut
         release();
         return;
       }
-      const context = { id, allocationId, query, session, response, iterator, abort, release, log: request.log };
+      const context = { id, allocationId, query, session, response, iterator, abort, release, log: request.log, identity, now: options.now };
       if (query.follow) sendEvents(context, sessions, open);
       else await sendPlain(context);
     } catch (error) {
@@ -177,6 +179,9 @@ interface StreamContext {
   readonly abort: AbortController;
   readonly release: () => void;
   readonly log: FastifyBaseLogger;
+  /** Whom the log is served to: a followed log ends when their credentials expire. */
+  readonly identity: Identity;
+  readonly now: () => number;
 }
 
 /** Waits until the response has taken what it holds (true), or is gone (false). */
@@ -216,9 +221,12 @@ async function sendPlain({ response, iterator, abort, release, log, query, id }:
   }
 }
 
-/** The log as server-sent events, followed until the client goes, the workload is replaced or the session is gone. */
+/**
+ * The log as server-sent events, followed until the client goes, the workload is replaced, the session is
+ * gone or the caller's credentials expire.
+ */
 function sendEvents(context: StreamContext, sessions: SessionService, open: Set<(reason: string) => void>): void {
-  const { response, iterator, abort, release, allocationId, query, id, session, log } = context;
+  const { response, iterator, abort, release, allocationId, query, id, session, log, identity, now } = context;
   let ended = false;
   let subscription: Subscription | undefined;
   const heartbeat = setInterval(() => {
@@ -232,6 +240,7 @@ function sendEvents(context: StreamContext, sessions: SessionService, open: Set<
     if (event !== undefined) write(`event: ${event.name}\ndata: ${JSON.stringify(event.data)}\n\n`);
     ended = true;
     clearInterval(heartbeat);
+    cancelExpiry();
     subscription?.unsubscribe();
     abort.abort();
     open.delete(closing);
@@ -239,6 +248,7 @@ function sendEvents(context: StreamContext, sessions: SessionService, open: Set<
   };
   const closing = (reason: string): void => end({ name: 'closing', data: { reason } });
   open.add(closing);
+  const cancelExpiry = endOnExpiry(identity, now, closing);
   response.on('close', () => end());
   subscription = sessions.watch(id, session).subscribe((latest) => {
     if (latest === undefined) end({ name: 'gone', data: {} });

@@ -5,17 +5,19 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
+import sinon from 'sinon';
 import { exitCodes, runClientCommand } from '../../controller/cli/client/commands.js';
 import { ReplicaHeartbeat } from '../../controller/controller/replica-heartbeat.js';
-import { AdminTokenAuthenticator, AnonymousOrHeaderAuthenticator } from '../../controller/frontend/auth.js';
+import { AdminTokenAuthenticator, AnonymousOrHeaderAuthenticator, createAuthenticator } from '../../controller/frontend/auth.js';
 import type { ClusterStatus } from '../../controller/frontend/cluster.js';
 import type { Frontend } from '../../controller/frontend/server.js';
 import { LogFiles, RotatingLogWriter, closeWriter } from '../../controller/scheduler/log-files.js';
 import { silentLogger } from '../../controller/util/log.js';
 import { ControllerHarness, keys, makeReady, requestDeletion, statusWhen, testLog } from '../support/controller-harness.js';
 import { testFrontend } from '../support/frontend.js';
+import { hs256Token } from '../support/jwt.js';
 import { freePort } from '../support/ports.js';
-import { waitFor } from '../support/wait.js';
+import { turnsUntil, waitFor } from '../support/wait.js';
 
 interface Run {
   code: number;
@@ -165,6 +167,33 @@ describe('the client commands (manticore sessions, templates)', function () {
     const port = await freePort();
     const unreachable = await runClientCommand('sessions', ['list', '--url', `http://127.0.0.1:${port}`], { stdout: new PassThrough(), stderr: new PassThrough(), env: {} });
     assert.equal(unreachable, exitCodes.unavailable);
+  });
+
+  it('stops a watch with the 401 (exit 4) once the token it follows with has expired', async () => {
+    let now = Date.now();
+    const secret = 'a-shared-secret-of-at-least-32-characters';
+    await frontend.stop();
+    frontend = testFrontend(h.store, { authenticator: createAuthenticator({ mode: 'jwt', jwt: { secret, userClaim: 'sub', operatorClaim: 'manticore_operator' } }, () => now), now: () => now });
+    url = await frontend.start('127.0.0.1', 0);
+    const env = { MANTICORE_TOKEN: hs256Token({ sub: 'jo', exp: Math.floor(now / 1000) + 60 }, secret) };
+    const id = (JSON.parse((await run('sessions', ['create', '--template', 'demo', '-o', 'json'], env)).stdout) as { metadata: { id: string } }).metadata.id;
+    // Only timeouts are fake: the stream's expiry and the watch's pause before it reconnects.
+    const clock = sinon.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    try {
+      const watch = run('sessions', ['watch', id], env);
+      let result: Run | undefined;
+      void watch.then((done) => (result = done));
+      await turnsUntil(() => watch.output().length > 0);
+      now += 90_000;
+      await clock.tickAsync(90_000);
+      // The watch reconnects (after its pause) with the same token, which is refused now: well within 30 s.
+      for (let step = 0; result === undefined && step < 300; step++) await clock.tickAsync(100);
+      assert.ok(result !== undefined, `the watch still runs: ${watch.output()}`);
+      assert.equal(result.code, exitCodes.refused, result.stderr);
+      assert.match(result.stderr, /invalid bearer token \(HTTP 401\)\n {2}the token expired at /);
+    } finally {
+      clock.restore();
+    }
   });
 
   it('fails a watch or a log follow at once (exit 1) when the front end cannot be reached at all', async () => {

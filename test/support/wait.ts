@@ -24,3 +24,11 @@ export async function waitFor<T>(
     await new Promise((resolve) => setTimeout(resolve, intervalMs));
   }
 }
+
+/**
+ * Waits, one turn of the event loop at a time, until `probe` holds: for tests whose setTimeout is fake, where
+ * waitFor's pauses would never end. Real I/O still completes between turns.
+ */
+export async function turnsUntil(probe: () => boolean): Promise<void> {
+  while (!probe()) await new Promise<void>((resolve) => setImmediate(resolve));
+}

@@ -1,20 +1,24 @@
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import sinon from 'sinon';
 import { ValidationError } from '../../controller/api/schemas.js';
 import type { Session } from '../../controller/api/types.js';
 import type { ManticoreConfig } from '../../controller/config/config.js';
 import { createAuthenticator } from '../../controller/frontend/auth.js';
+import { tokenExpiredReason } from '../../controller/frontend/events.js';
 import type { Authenticator } from '../../controller/frontend/identity.js';
 import { RateLimitedAuthenticator, RateLimiter, type RateLimit } from '../../controller/frontend/rate-limit.js';
 import { Frontend } from '../../controller/frontend/server.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import { silentLogger } from '../../controller/util/log.js';
 import { testFrontend } from '../support/frontend.js';
-import { waitFor } from '../support/wait.js';
+import { turnsUntil, waitFor } from '../support/wait.js';
 
 const secret = 'a-shared-secret-of-at-least-32-characters';
 const adminToken = 'an-admin-token-of-at-least-32-characters';
@@ -199,7 +203,9 @@ describe('front end: identity, isolation and rate limits', () => {
       const request = (headers: Headers) => ({ headers, method: 'GET', query: {}, log: silentLogger(), routeOptions: {} }) as unknown as FastifyRequest;
       const reply = { header: () => reply } as unknown as FastifyReply;
       const jwt = createAuthenticator(jwtConfig(), () => now);
-      assert.deepEqual(jwt.identify(request(bearer(sign('HS256', claims('vera'), secret))), reply), { user: 'vera', operator: false, verified: true });
+      // Accepted until its exp (in an hour) and the 30 s leeway: what a stream opened with it must not outlive.
+      const expiresAt = (nowSeconds() + 3630) * 1000;
+      assert.deepEqual(jwt.identify(request(bearer(sign('HS256', claims('vera'), secret))), reply), { user: 'vera', operator: false, verified: true, expiresAt });
       assert.deepEqual(jwt.identify(request(bearer(adminToken)), reply), { user: 'operator', operator: true, verified: true });
       const none = createAuthenticator(noneConfig);
       assert.deepEqual(none.identify(request({ 'x-manticore-user': 'vera' }), reply), { user: 'vera', operator: false });
@@ -277,6 +283,38 @@ describe('front end: identity, isolation and rate limits', () => {
       const expired = await inject('GET', '/api/v1/sessions', bearer(token));
       assert.equal(expired.status, 401);
       assert.match(expired.body.details.join(' '), /expired/);
+    });
+
+    it('ends a status stream once its bearer token expires, saying so, so the client authenticates again', async () => {
+      const { frontend, create } = await open(jwtConfig());
+      const token = sign('HS256', claims('zoe', { exp: nowSeconds() + 60 }), secret);
+      const id = (await create(bearer(token))).metadata.id;
+      // Only timeouts are fake: the stream's expiry is one; the socket runs on real time.
+      const clock = sinon.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+      try {
+        const { port } = frontend.app.server.address() as AddressInfo;
+        const stream = { text: '', ended: false, status: 0 };
+        http.get({ host: '127.0.0.1', port, path: `/api/v1/sessions/${id}/events`, headers: bearer(token) }, (response) => {
+          stream.status = response.statusCode ?? 0;
+          response.setEncoding('utf8');
+          response.on('data', (chunk: string) => (stream.text += chunk));
+          response.on('end', () => (stream.ended = true));
+        });
+        await turnsUntil(() => stream.text.includes('event: session'));
+        assert.equal(stream.status, 200);
+        // Accepted until 30 s (the leeway for clocks that differ) after its exp.
+        now += 89_999;
+        await clock.tickAsync(89_999);
+        assert.equal(stream.ended, false, 'ended before the token expired');
+        now += 1;
+        await clock.tickAsync(1);
+        await turnsUntil(() => stream.ended);
+        assert.ok(stream.text.endsWith(`event: closing\ndata: ${JSON.stringify({ reason: tokenExpiredReason })}\n\n`), stream.text);
+        assert.match(tokenExpiredReason, /authenticate again/);
+        assert.equal(clock.countTimers(), 0, 'nothing left waiting for the expiry');
+      } finally {
+        clock.restore();
+      }
     });
 
     it('never checks an HS256 token against a public key, whatever the key bytes', async () => {

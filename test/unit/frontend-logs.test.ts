@@ -2,7 +2,10 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import sinon from 'sinon';
 import type { Session, SessionStatus } from '../../controller/api/types.js';
+import { tokenExpiredReason } from '../../controller/frontend/events.js';
+import type { Authenticator } from '../../controller/frontend/identity.js';
 import { completeUtf8Length, parseLastEventId, parseLogQuery } from '../../controller/frontend/logs.js';
 import type { Frontend } from '../../controller/frontend/server.js';
 import { LogFiles, RotatingLogWriter, closeWriter } from '../../controller/scheduler/log-files.js';
@@ -11,7 +14,7 @@ import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import { silentLogger } from '../../controller/util/log.js';
 import { frontendKeys as keys, removeSession, testFrontend } from '../support/frontend.js';
 import { LogClient } from '../support/log-client.js';
-import { waitFor } from '../support/wait.js';
+import { turnsUntil, waitFor } from '../support/wait.js';
 
 /** A log that never ends, as fast as it is read: counts what it was asked for. */
 class EndlessLogs implements TaskLogs {
@@ -290,6 +293,40 @@ describe('front end: task logs (GET /api/v1/sessions/{id}/logs)', () => {
     slow.resume();
     await waitFor('reading on once the client reads', () => endless.produced > before + 4 * 1024 * 1024);
     slow.close();
+  });
+
+  it('ends a followed log once the credentials it was opened with expire, saying so', async () => {
+    let now = Date.parse('2026-03-01T12:00:00.000Z');
+    // The caller named by X-Manticore-User, with credentials that expire at X-Expires-At (ms), as a bearer token's do.
+    const expiring: Authenticator = {
+      identify: (request) => {
+        const expiresAt = request.headers['x-expires-at'];
+        return { user: String(request.headers['x-manticore-user']), operator: false, ...(typeof expiresAt === 'string' ? { verified: true, expiresAt: Number(expiresAt) } : {}) };
+      },
+    };
+    const quiet = new SlowOpeningLogs();
+    quiet.open();
+    await frontend.stop();
+    frontend = testFrontend(store, { logs: { source: quiet, streamsPerUser: 3 }, authenticator: expiring, now: () => now });
+    base = await frontend.start('127.0.0.1', 0);
+    const id = await create('ann');
+    await placed(id, 'alloc-9');
+    // Only timeouts are fake: the expiry is one; the socket and the log run on real time.
+    const clock = sinon.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    try {
+      const client = follow(id, 'ann', '', { 'x-expires-at': String(now + 60_000) });
+      await turnsUntil(() => client.events.some((event) => event.event === 'start'));
+      now += 59_999;
+      await clock.tickAsync(59_999);
+      assert.equal(client.ended, false, 'ended before the credentials expired');
+      now += 1;
+      await clock.tickAsync(1);
+      await turnsUntil(() => client.ended);
+      assert.deepEqual(client.events.at(-1), { event: 'closing', data: { reason: tokenExpiredReason } });
+      assert.equal(clock.countTimers(), 0, 'nothing left waiting for the expiry');
+    } finally {
+      clock.restore();
+    }
   });
 
   it('ends open log streams with a reason when the front end stops', async () => {
