@@ -8,12 +8,13 @@ import type { RouteRecord } from '../../controller/api/types.js';
 import { RouterAgent } from '../../controller/router/agent.js';
 import { HaproxyDataPlane, type RouteTable } from '../../controller/router/data-plane.js';
 import { runPaths } from '../../controller/router/haproxy-config.js';
-import { HaproxyProcess, HaproxyProcessError } from '../../controller/router/haproxy-process.js';
+import { HaproxyProcess } from '../../controller/router/haproxy-process.js';
 import { HaproxyRuntime } from '../../controller/router/haproxy-runtime.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import { silentLogger } from '../../controller/util/log.js';
 import { closeServer, httpBackend, type Backend } from '../support/backends.js';
 import { controllerClock, keys } from '../support/controller-harness.js';
+import { startHaproxyOnFreePorts } from '../support/haproxy.js';
 import { freePort, freePortRange } from '../support/ports.js';
 import { waitFor } from '../support/wait.js';
 
@@ -45,24 +46,17 @@ describe('router against a real HAProxy: admin socket limits, restarts behind it
   before(async () => {
     runDir = await fs.promises.mkdtemp(path.join(os.tmpdir(), 'manticore-runtime-'));
     backend = await httpBackend('A');
-    // OS-chosen ports are only free when picked: another process may take one before HAProxy binds it.
-    for (let attempt = 1; ; attempt++) {
+    proc = await startHaproxyOnFreePorts(async () => {
       httpPort = await freePort();
       tcpRange = await freePortRange(2);
-      proc = new HaproxyProcess({
+      return new HaproxyProcess({
         runDir,
         template: TEMPLATE,
         values: { httpBind: `127.0.0.1:${httpPort}`, tcpBind: `127.0.0.1:${tcpRange.start}-${tcpRange.end}`, maxconn: 2000, hardStopAfter: '10s' },
         log: silentLogger(),
         gracefulStopMs: 2000,
       });
-      try {
-        await proc.start();
-        break;
-      } catch (error) {
-        if (attempt >= 3 || !(error instanceof HaproxyProcessError) || !/Address already in use/.test(error.output)) throw error;
-      }
-    }
+    });
   });
 
   after(async () => {

@@ -8,13 +8,14 @@ import { registry } from '../../controller/metrics/metrics.js';
 import { HaproxyDataPlane } from '../../controller/router/data-plane.js';
 import { EdgeTls, haproxyCertificateLoader, loadEdgeCertificate, type EdgeCertificate } from '../../controller/router/edge-tls.js';
 import { runPaths } from '../../controller/router/haproxy-config.js';
-import { HaproxyProcess, HaproxyProcessError } from '../../controller/router/haproxy-process.js';
+import { HaproxyProcess } from '../../controller/router/haproxy-process.js';
 import { HaproxyRuntime } from '../../controller/router/haproxy-runtime.js';
 import { writeFileAtomic } from '../../controller/util/files.js';
 import { silentLogger } from '../../controller/util/log.js';
 import { closeServer, httpBackend, tcpEchoBackend, type Backend } from '../support/backends.js';
 import { replaceFile, TestCa, type TestCertificate } from '../support/certificates.js';
 import { httpRequest, loopbackLookup, websocketEcho } from '../support/http.js';
+import { startHaproxyOnFreePorts } from '../support/haproxy.js';
 import { freePort, freePortRange } from '../support/ports.js';
 import { waitFor } from '../support/wait.js';
 
@@ -122,10 +123,9 @@ describe('TLS at the edge (real haproxy)', function () {
     });
     await edge.install();
     [backend, echo] = await Promise.all([httpBackend('A'), tcpEchoBackend()]);
-    // OS-chosen ports are only free when picked: another process may take one before HAProxy binds it.
-    for (let attempt = 1; ; attempt++) {
+    proc = await startHaproxyOnFreePorts(async () => {
       [httpPort, httpsPort, tcpRange] = [await freePort(), await freePort(), await freePortRange(3)];
-      proc = new HaproxyProcess({
+      return new HaproxyProcess({
         runDir,
         template: TEMPLATE,
         values: {
@@ -141,13 +141,7 @@ describe('TLS at the edge (real haproxy)', function () {
         log: silentLogger(),
         gracefulStopMs: 2000,
       });
-      try {
-        await proc.start();
-        break;
-      } catch (error) {
-        if (attempt >= 3 || !(error instanceof HaproxyProcessError) || !/Address already in use/.test(error.output)) throw error;
-      }
-    }
+    });
     runtime = new HaproxyRuntime(proc.adminSocket);
     dataPlane = new HaproxyDataPlane({ runtime, runDir, log: silentLogger(), tcpPorts: tcpRange });
     await dataPlane.apply({ hosts: new Map([['alpha', backend.address]]), ports: new Map([[tcpRange.start, echo.address]]) });

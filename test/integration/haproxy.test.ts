@@ -13,6 +13,7 @@ import { HaproxyProcess, HaproxyProcessError, resolveHaproxyBinary } from '../..
 import { HaproxyRuntime } from '../../controller/router/haproxy-runtime.js';
 import { silentLogger } from '../../controller/util/log.js';
 import { closeServer, httpBackend, listen, tcpEchoBackend, type Backend } from '../support/backends.js';
+import { startHaproxyOnFreePorts } from '../support/haproxy.js';
 import { freePort, freePortRange } from '../support/ports.js';
 import { waitFor } from '../support/wait.js';
 import { alive, childPids } from '../support/processes.js';
@@ -105,18 +106,11 @@ describe('HAProxy data plane (real haproxy)', function () {
   before(async () => {
     runDir = await fs.promises.mkdtemp(path.join(os.tmpdir(), 'manticore-haproxy-'));
     [backendA, backendB, echo] = await Promise.all([httpBackend('A'), httpBackend('B'), tcpEchoBackend()]);
-    // OS-chosen ports are only free when picked: another process may take one before HAProxy binds it.
-    for (let attempt = 1; ; attempt++) {
+    proc = await startHaproxyOnFreePorts(async () => {
       httpPort = await freePort();
       tcpRange = await freePortRange(5);
-      proc = newProcess();
-      try {
-        await proc.start();
-        break;
-      } catch (error) {
-        if (attempt >= 3 || !(error instanceof HaproxyProcessError) || !/Address already in use/.test(error.output)) throw error;
-      }
-    }
+      return newProcess();
+    });
     base = table({ alpha: backendA.address, beta: backendB.address }, { [tcpRange.start]: echo.address });
     dataPlane = newDataPlane(proc);
     await dataPlane.apply(base);
