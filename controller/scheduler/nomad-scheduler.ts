@@ -512,9 +512,12 @@ export class NomadScheduler implements Scheduler {
         }
         throw this.describeWriteError(error, `deregistering job ${jobId}`);
       }
-      const index = numberField(response, 'JobModifyIndex') || numberField(response, 'Index') || this.jobsIndex + 1;
+      // Nomad answers a job it does not have with an empty reply (no evaluation, every index 0), and a 404 is
+      // taken the same way: either way the job is gone.
+      const index = numberField(response, 'JobModifyIndex') || this.jobsIndex + 1;
       this.overlays.set(jobId, { kind: 'deregistered', index });
-      this.log.info({ jobId }, 'job deregistered');
+      if (isRecord(response) && response.EvalID === '') this.log.debug({ jobId }, 'job to deregister was already gone');
+      else this.log.info({ jobId }, 'job deregistered');
     });
   }
 

@@ -255,7 +255,17 @@ describe('Nomad double', function () {
     assert.equal(stopped.DesiredStatus, 'stop');
     assert.deepEqual(eventTypes(stopped, 't').slice(-3), ['Killing', 'Terminated', 'Killed']);
     await waitFor('the task process gone', () => double.pids().length === 1);
-    assert.equal((await call(double, 'DELETE', '/v1/job/web-1?purge=true')).status, 404);
+
+    // Nomad's Job.Deregister returns at once for a job it does not have: 200, nothing written, no evaluation.
+    const evals = (await get<Obj[]>(double, '/v1/evaluations')).length;
+    const jobsIndex = (await call(double, 'GET', '/v1/jobs')).headers['x-nomad-index'];
+    for (const path of ['/v1/job/web-1?purge=true', '/v1/job/never-was']) {
+      const gone = await call(double, 'DELETE', path);
+      assert.equal(gone.status, 200, gone.body);
+      assert.deepEqual(gone.json, { EvalID: '', EvalCreateIndex: 0, JobModifyIndex: 0, VolumeEvalID: '', VolumeEvalIndex: 0, Index: 0, LastContact: 0, KnownLeader: false });
+    }
+    assert.equal((await get<Obj[]>(double, '/v1/evaluations')).length, evals);
+    assert.equal((await call(double, 'GET', '/v1/jobs')).headers['x-nomad-index'], jobsIndex);
   });
 
   it('keeps version and allocation on an identical register; a change bumps Version and replaces the allocation', async function () {

@@ -42,6 +42,18 @@ export interface RegisterResult {
   KnownLeader: boolean;
 }
 
+/** Nomad's JobDeregisterResponse with its QueryMeta, which a write leaves unset but for Index. */
+export interface DeregisterResult {
+  EvalID: string;
+  EvalCreateIndex: number;
+  JobModifyIndex: number;
+  VolumeEvalID: string;
+  VolumeEvalIndex: number;
+  Index: number;
+  LastContact: number;
+  KnownLeader: boolean;
+}
+
 /** The objects one write changed (deleted ones as they were): its tables and its events. */
 export interface WriteChanges {
   readonly jobs: Set<JobRecord>;
@@ -333,9 +345,10 @@ export class NomadState {
     return { EvalID: evaluation.ID, EvalCreateIndex: index, JobModifyIndex: job.modifyIndex, Warnings: '', Index: index, LastContact: 0, KnownLeader: true };
   }
 
-  deregister(jobId: string, purge: boolean): { EvalID: string; EvalCreateIndex: number; JobModifyIndex: number; Index: number } {
+  deregister(jobId: string, purge: boolean): DeregisterResult {
     const job = this.jobs.get(jobId);
-    if (!job) throw new HttpError(404, 'job not found');
+    // Nomad's Job.Deregister returns before any write for a job it does not have: an empty, successful reply.
+    if (!job) return { EvalID: '', EvalCreateIndex: 0, JobModifyIndex: 0, VolumeEvalID: '', VolumeEvalIndex: 0, Index: 0, LastContact: 0, KnownLeader: false };
     let evaluation!: EvalRecord;
     const index = this.write('JobDeregistered', (at) => {
       if (purge) {
@@ -351,7 +364,7 @@ export class NomadState {
     });
     this.enqueue(evaluation);
     this.log.debug({ jobId, purge, index }, 'job deregistered');
-    return { EvalID: evaluation.ID, EvalCreateIndex: index, JobModifyIndex: index, Index: index };
+    return { EvalID: evaluation.ID, EvalCreateIndex: index, JobModifyIndex: index, VolumeEvalID: '', VolumeEvalIndex: 0, Index: index, LastContact: 0, KnownLeader: false };
   }
 
   // ---- evaluations ------------------------------------------------------------------------------------
