@@ -291,6 +291,39 @@ describe('Nomad double', function () {
     assert.equal(evaluations.length, 3);
   });
 
+  it('updates an allocation in place when no change reaches its tasks, as tasksUpdated decides, and replaces it when one does', async function () {
+    const double = await start();
+    const update = { MaxParallel: 1, HealthCheck: 'task_states', MinHealthyTime: 0, HealthyDeadline: 60e9 };
+    // The task's own "hash" shadows the job's (Job.CombinedTaskMeta: the deepest scope wins), so the job's does not reach it.
+    const version = (meta: Obj, group: Obj = {}): Obj => sleepJob('inplace', { job: { Meta: meta, Update: update }, task: { Meta: { hash: '' } }, group });
+    await register(double, version({ owner: 'me', hash: 'a' }));
+    const first = await untilAlloc(double, 'inplace', 'healthy', healthy);
+    const pids = double.pids();
+
+    const strategies = {
+      Migrate: { MaxParallel: 1, HealthCheck: 'task_states', MinHealthyTime: 0, HealthyDeadline: 30e9 },
+      RestartPolicy: { Attempts: 2, Interval: 60e9, Delay: 50e6, Mode: 'fail' },
+      ReschedulePolicy: { Attempts: 1, Interval: 3600e9, Unlimited: false },
+    };
+    const second = await register(double, { ...version({ owner: 'me', hash: 'b' }, strategies), Priority: 60 });
+    const updated = await untilAlloc(double, 'inplace', 'updated in place to version 1', (alloc) => alloc.JobVersion === 1 && healthy(alloc));
+    assert.equal(updated.ID, first.ID);
+    assert.equal(updated.CreateIndex, first.CreateIndex);
+    assert.equal(updated.EvalID, second.EvalID);
+    assert.equal((await allocsOf(double, 'inplace')).length, 1, 'no allocation placed');
+    assert.deepEqual(double.pids(), pids, 'the task kept running');
+    assert.ok(!eventTypes(updated, 't').includes('Restarting'));
+    const full = await get(double, `/v1/allocation/${String(first.ID)}`);
+    assert.equal((full.Job as Obj).Version, 1);
+    assert.ok(Number(full.AllocModifyIndex) >= Number(second.JobModifyIndex));
+
+    // The job's "owner" reaches the task: a destructive update.
+    await register(double, { ...version({ owner: 'you', hash: 'b' }, strategies), Priority: 60 });
+    const replacement = await untilAlloc(double, 'inplace', 'replaced at version 2', (alloc) => alloc.JobVersion === 2 && running(alloc));
+    assert.notEqual(replacement.ID, first.ID);
+    await untilAlloc(double, 'inplace', 'the old one stopped', (alloc) => alloc.ID === first.ID && alloc.DesiredStatus === 'stop');
+  });
+
   it('enforces the job modify index as Nomad does', async function () {
     const double = await start();
     const created = await register(double, sleepJob('enf'), { EnforceIndex: true, JobModifyIndex: 0 });

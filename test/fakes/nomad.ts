@@ -16,7 +16,8 @@ export type { NodeSpec } from './nomad/types.js';
  * A test double that speaks the subset of Nomad's HTTP API Manticore uses (jobs, job evaluation with
  * forced rescheduling, allocations, evaluations, nodes, blocking queries, the event stream, task logs), with a real
  * scheduler loop (evaluations → placement by resources and constraints → allocations, blocked evaluations,
- * rescheduling) and a real client for raw_exec tasks (processes in their own process groups, restart
+ * rescheduling; a new version of a job updates each allocation in place or replaces it, as Nomad's
+ * tasksUpdated decides, see nomad/inplace.ts) and a real client for raw_exec tasks (processes in their own process groups, restart
  * policy, service checks, deployment health). docker is simulated. It is test infrastructure, never a
  * production backend.
  *
@@ -45,6 +46,8 @@ export type { NodeSpec } from './nomad/types.js';
  *   Nomad filters such nodes at placement instead;
  * - check minimums (≥ 1 s) and the restart interval minimum (≥ 5 s) are not enforced;
  * - no task directories (NOMAD_ALLOC_DIR, NOMAD_TASK_DIR) but the logs, no deployments API;
+ * - an allocation updated in place keeps the restart policy and checks it was placed with (Nomad's client
+ *   takes the new ones); only its deployment health is judged again;
  * - the logs API sends each read as its own frame at once, where Nomad's framer batches reads made within
  *   200 ms (its Offset is then the end of the first); a simulated docker task's output is synthetic;
  * - only the "default" namespace and the "global" region exist;

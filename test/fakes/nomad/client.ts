@@ -36,6 +36,7 @@ class AllocRunner implements TaskHost {
   private readonly checks: CheckProbe[] = [];
   private readonly timers = new Set<NodeJS.Timeout>();
   private healthyTimer: NodeJS.Timeout | undefined;
+  private healthyDeadline: NodeJS.Timeout | undefined;
   private stopping: Promise<void> | undefined;
   private reportQueued = false;
   private destroyed = false;
@@ -75,9 +76,26 @@ class AllocRunner implements TaskHost {
     this.changed();
     for (const task of this.tasks) task.start();
     for (const check of this.checks) if (!check.simulated) this.probeLoop(check);
+    this.watchHealth();
+  }
+
+  /** Updated in place: a new deployment (DeploymentStatus cleared) has its health judged from now, as allochealth starts a new tracker. */
+  updated(): void {
+    if (this.alloc.DeploymentStatus !== null) return;
+    this.watchHealth();
+    this.changed();
+  }
+
+  /** The healthy deadline of the deployment (or migration) the allocation is judged for runs from now. */
+  private watchHealth(): void {
+    if (this.healthyDeadline) {
+      clearTimeout(this.healthyDeadline);
+      this.timers.delete(this.healthyDeadline);
+      this.healthyDeadline = undefined;
+    }
     const health = this.health;
     if (health && health.healthyDeadlineMs > 0) {
-      this.later(health.healthyDeadlineMs, () => this.setHealth(false, 'healthy deadline passed'));
+      this.healthyDeadline = this.later(health.healthyDeadlineMs, () => this.setHealth(false, 'healthy deadline passed'));
     }
   }
 
@@ -86,12 +104,13 @@ class AllocRunner implements TaskHost {
     return this.alloc.DeploymentID !== '' ? this.alloc.job.spec.update : this.alloc.group.migrate;
   }
 
-  private later(ms: number, action: () => void): void {
+  private later(ms: number, action: () => void): NodeJS.Timeout {
     const timer = setTimeout(() => {
       this.timers.delete(timer);
       if (!this.destroyed) action();
     }, ms);
     this.timers.add(timer);
+    return timer;
   }
 
   /**
@@ -273,6 +292,10 @@ export class NomadClient implements AllocClient {
       .stop()
       .then(() => runner.closeOutput())
       .then(() => this.runners.delete(alloc.ID));
+  }
+
+  update(alloc: AllocRecord): void {
+    this.runners.get(alloc.ID)?.updated();
   }
 
   /** Signals one task from outside; false when the allocation or task is unknown or not running. */

@@ -15,6 +15,7 @@ import {
   type NodeSpec,
   isObject,
 } from './types.js';
+import { destructiveChange } from './inplace.js';
 import { canonicalJson, parseJob } from './validate.js';
 
 /**
@@ -30,6 +31,8 @@ export interface AllocClient {
   run(alloc: AllocRecord): void;
   /** Kills the allocation's tasks (DesiredStatus became stop). */
   stop(alloc: AllocRecord): void;
+  /** The servers updated the allocation in place to a new version of its job; its tasks keep running. */
+  update(alloc: AllocRecord): void;
 }
 
 export interface RegisterResult {
@@ -467,13 +470,19 @@ export class NomadState {
     const failed: Record<string, AllocMetric> = {};
     const stopping: AllocRecord[] = [];
     const placements: Array<{ group: GroupSpec; index: number; previous: AllocRecord | undefined }> = [];
+    const inPlace: Array<{ alloc: AllocRecord; group: GroupSpec }> = [];
     for (const group of job.spec.groups) {
       const mine = live.filter((alloc) => alloc.TaskGroup === group.name);
-      // Every content change is destructive: allocations of an older version are stopped and replaced.
+      // An allocation of an older version is updated in place, or stopped and replaced (a destructive update).
       const current: AllocRecord[] = [];
       for (const alloc of mine) {
-        if (alloc.JobVersion !== job.version || alloc.index >= group.count) stopping.push(alloc);
-        else current.push(alloc);
+        if (alloc.index >= group.count || (alloc.job !== job && !this.updatesInPlace(alloc, job, group))) {
+          stopping.push(alloc);
+          continue;
+        }
+        // Nomad leaves a terminal allocation as it is (a failed one keeps its version).
+        if (alloc.job !== job && !TERMINAL_CLIENT.has(alloc.ClientStatus)) inPlace.push({ alloc, group });
+        current.push(alloc);
       }
       for (let slot = 0; slot < group.count; slot++) {
         const holder = current.find((alloc) => alloc.index === slot && alloc.NextAllocation === '');
@@ -496,7 +505,7 @@ export class NomadState {
       return change ? { cpu: used.cpu + change.cpu, memoryMB: used.memoryMB + change.memoryMB, diskMB: used.diskMB + change.diskMB, ports: used.ports } : used;
     };
     for (const alloc of stopping) if (this.holding.get(alloc.ID)?.resources) plan(alloc.NodeID, -1, resourcesOf(alloc));
-    const deploymentId = this.deploymentFor(job, placements.length > 0);
+    const deploymentId = this.deploymentFor(job, placements.length > 0 || inPlace.length > 0);
     for (const { group, index: slot, previous } of placements) {
       const result = placeGroup(job.spec, group, [...this.nodes.values()], usageOf, this.hostIP);
       if (!result.ok) {
@@ -514,6 +523,7 @@ export class NomadState {
     const hasFailures = Object.keys(failed).length > 0;
     this.write('PlanResult', (index) => {
       for (const alloc of stopping) this.stopAlloc(alloc, 'alloc is being updated due to job update', index);
+      for (const { alloc, group } of inPlace) this.updateAlloc(alloc, job, group, evaluation, deploymentId, index);
       for (const alloc of placed) {
         alloc.CreateIndex = index;
         alloc.AllocModifyIndex = index;
@@ -546,8 +556,52 @@ export class NomadState {
       this.refreshJobStatus(job, index);
     });
     for (const alloc of stopping) this.client.stop(alloc);
+    for (const { alloc } of inPlace) this.client.update(alloc);
     for (const alloc of placed) this.client.run(alloc);
     if (stopping.length > 0) this.unblock();
+  }
+
+  /**
+   * Nomad's genericAllocUpdateFn: an allocation of an older version is updated in place when no change
+   * reaching its tasks forces a replacement (tasksUpdated) and its node still takes the group as the new
+   * version has it (datacenter, node pool, constraints and room, the allocation's own share discounted).
+   * A terminal allocation is then left as it is.
+   */
+  private updatesInPlace(alloc: AllocRecord, job: JobRecord, group: GroupSpec): boolean {
+    const change = destructiveChange(alloc.job.submitted, job.submitted, group.name);
+    if (change !== undefined) {
+      this.log.debug({ allocId: alloc.ID, change }, 'destructive update');
+      return false;
+    }
+    if (TERMINAL_CLIENT.has(alloc.ClientStatus)) return true;
+    const node = this.nodes.get(alloc.NodeID);
+    if (!node) return false;
+    const own = resourcesOf(alloc);
+    const ports = new Set(alloc.ports.map((port) => port.Value));
+    const withoutOwn = (nodeId: string): NodeUsage => {
+      const used = this.usageOf(nodeId);
+      return { cpu: used.cpu - own.cpu, memoryMB: used.memoryMB - own.memoryMB, diskMB: used.diskMB - own.diskMB, ports: new Set([...used.ports].filter((port) => !ports.has(port))) };
+    };
+    return placeGroup(job.spec, group, [node], withoutOwn, this.hostIP).ok;
+  }
+
+  /**
+   * The in-place update as the plan applies it: same ID, node, ports and task states, the new job (and so
+   * JobVersion), the evaluation that made it, and the version's deployment, its health to be judged anew
+   * when that deployment is another (generic_sched.go clears DeploymentStatus).
+   */
+  private updateAlloc(alloc: AllocRecord, job: JobRecord, group: GroupSpec, evaluation: EvalRecord, deploymentId: string, index: number): void {
+    alloc.job = job;
+    alloc.jobJson = this.jobJson(job);
+    alloc.group = group;
+    alloc.JobVersion = job.version;
+    alloc.EvalID = evaluation.ID;
+    if (alloc.DeploymentID !== deploymentId) {
+      alloc.DeploymentID = deploymentId;
+      alloc.DeploymentStatus = null;
+    }
+    alloc.AllocModifyIndex = index;
+    this.touchAlloc(alloc, index);
   }
 
   private completeEval(evaluation: EvalRecord, index: number, failed: Record<string, AllocMetric> | null): void {
