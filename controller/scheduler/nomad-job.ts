@@ -10,7 +10,13 @@ import { RenderError, SESSION_META_KEY, type WorkloadRequest } from './scheduler
  * are integer nanoseconds, as the API wants them.
  */
 
-/** Meta key holding the hash of the job's content, so an unchanged job is never registered again. */
+/**
+ * Meta key holding the hash of the job's content, so an unchanged job is never registered again. Every
+ * task sets it too, to "": Nomad hands a task the job's Meta under its own (Job.CombinedTaskMeta, the
+ * deepest scope winning), and a change of task meta replaces the allocation, so the hash alone must not
+ * reach the tasks: a change Nomad applies in place (priority, update, migrate or restart strategy, checks)
+ * then leaves the session running.
+ */
 export const SPEC_HASH_META_KEY = 'manticore_spec_hash';
 
 /**
@@ -121,6 +127,8 @@ export interface NomadTaskSpec {
   Driver: string;
   Config: Record<string, unknown>;
   Env?: Record<string, string>;
+  /** Shadows the job's spec hash (see SPEC_HASH_META_KEY). */
+  Meta: Record<string, string>;
   Resources: NomadResources;
   LogConfig: NomadLogConfig;
 }
@@ -331,6 +339,7 @@ function renderTask(task: NomadTask, request: WorkloadRequest, where: string): N
     Driver: task.driver,
     Config: config,
     ...(Object.keys(env).length > 0 ? { Env: env } : {}),
+    Meta: { [SPEC_HASH_META_KEY]: '' },
     Resources: { CPU: task.resources.cpu, MemoryMB: task.resources.memoryMB },
     LogConfig: { ...LOG_CONFIG },
   };

@@ -103,6 +103,8 @@ export interface NomadNetworkResource {
 export interface NomadAllocStub {
   ID: string;
   JobID: string;
+  /** The evaluation that placed the allocation, or last updated it in place. */
+  EvalID?: string;
   JobVersion?: number;
   DesiredStatus: string;
   ClientStatus: string;
@@ -148,6 +150,7 @@ export interface NomadNodeStub {
 // ---- mapping Nomad's view to workloads (pure) ----------------------------------------------------------
 
 const JOB_PREFIX = 'manticore-';
+const NO_EVALS: ReadonlySet<string> = new Set();
 /** Resources Nomad schedules by that a user would call "enough" of. */
 const CAPACITY_DIMENSIONS = new Set(['cpu', 'memory', 'disk', 'cores']);
 
@@ -161,8 +164,9 @@ export function workloadOf(job: NomadJobStub, allocs: Iterable<NomadAllocStub>, 
   const sessionId = job.Meta?.[SESSION_META_KEY];
   if (!sessionId || job.Stop === true) return undefined;
   const jobAllocs = [...allocs].filter((alloc) => alloc.JobID === job.ID);
-  const current = currentAllocation(job, jobAllocs);
-  const placementFailure = placementFailureOf(job, jobAllocs, [...evals].filter((evaluation) => evaluation.JobID === job.ID));
+  const jobEvals = [...evals].filter((evaluation) => evaluation.JobID === job.ID);
+  const current = currentAllocation(job, jobAllocs, jobEvals);
+  const placementFailure = placementFailureOf(job, jobAllocs, jobEvals);
   return {
     jobId: job.ID,
     sessionId,
@@ -173,13 +177,22 @@ export function workloadOf(job: NomadJobStub, allocs: Iterable<NomadAllocStub>, 
 }
 
 /**
- * The allocation that runs the job's current content: among the allocations created since the current
- * version was registered (`CreateIndex >= JobModifyIndex`: every content change is a destructive update,
- * because the spec hash lives in the job's Meta, so older allocations run older content), those of the
- * highest version, preferring the newest that Nomad wants running, else the newest.
+ * Whether an allocation runs the job's current version: placed since it was registered, or updated in place
+ * for it (Nomad then sets the allocation's EvalID to the version's evaluation; one it stops or leaves as it
+ * is keeps its own). `currentEvals`: the IDs of the evaluations created since the version was registered.
  */
-export function currentAllocation(job: NomadJobStub, allocs: readonly NomadAllocStub[]): NomadAllocStub | undefined {
-  const since = allocs.filter((alloc) => alloc.JobID === job.ID && alloc.CreateIndex >= job.JobModifyIndex);
+export function runsCurrentVersion(job: NomadJobStub, alloc: { CreateIndex: number; EvalID?: string }, currentEvals: { has(id: string): boolean }): boolean {
+  return alloc.CreateIndex >= job.JobModifyIndex || (alloc.EvalID !== undefined && currentEvals.has(alloc.EvalID));
+}
+
+/**
+ * The allocation that runs the job's current content: among the allocations of the current version (see
+ * runsCurrentVersion), those of the highest version, preferring the newest that Nomad wants running, else
+ * the newest.
+ */
+export function currentAllocation(job: NomadJobStub, allocs: readonly NomadAllocStub[], evals: readonly NomadEvalStub[]): NomadAllocStub | undefined {
+  const currentEvals = new Set(evals.filter((evaluation) => evaluation.JobID === job.ID && evaluation.CreateIndex >= job.JobModifyIndex).map((evaluation) => evaluation.ID));
+  const since = allocs.filter((alloc) => alloc.JobID === job.ID && runsCurrentVersion(job, alloc, currentEvals));
   if (since.length === 0) return undefined;
   const version = Math.max(...since.map((alloc) => alloc.JobVersion ?? 0));
   const candidates = since.filter((alloc) => (alloc.JobVersion ?? 0) === version);
@@ -255,7 +268,7 @@ function hostPort(host: string, port: number): string {
  * Nothing once an allocation of the current content runs or is about to.
  */
 export function placementFailureOf(job: NomadJobStub, allocs: readonly NomadAllocStub[], evals: readonly NomadEvalStub[]): string | undefined {
-  const current = currentAllocation(job, allocs);
+  const current = currentAllocation(job, allocs, evals);
   if (current && current.DesiredStatus === 'run' && (current.ClientStatus === 'pending' || current.ClientStatus === 'running')) return undefined;
   const relevant = evals.filter((evaluation) => evaluation.JobID === job.ID && evaluation.CreateIndex >= job.JobModifyIndex);
   const blocked = relevant.some((evaluation) => evaluation.Status === 'blocked');
@@ -674,8 +687,9 @@ export class NomadScheduler implements Scheduler {
     if (signal.aborted) throw new Error('the event stream failed while listing');
     const touched = (this.catchingUp ??= new Set());
     this.replaceJobs(jobs.items, touched);
-    replaceGrouped(this.allocsByJob, this.current(allocations.items), touched);
+    // Evaluations first: an allocation updated in place counts by its evaluation.
     replaceGrouped(this.evalsByJob, this.current(evaluations.items), touched);
+    replaceGrouped(this.allocsByJob, this.current(allocations.items), touched);
     this.replaceNodes(nodes.items);
     this.advanceJobsIndex(jobs.index, true);
     return { jobs: jobs.index, allocations: allocations.index, evaluations: evaluations.index, nodes: nodes.index };
@@ -711,14 +725,15 @@ export class NomadScheduler implements Scheduler {
     if (previous) this.gained(capacityGains(previous, next));
   }
 
-  /** The items that can count for a workload: of a job in the cache, created since its current version. */
-  private current<T extends { JobID: string; CreateIndex: number }>(items: ReadonlyArray<T | undefined>): T[] {
+  /** The items that can count for a workload: of a job in the cache, of its current version. */
+  private current<T extends { JobID: string; CreateIndex: number; EvalID?: string }>(items: ReadonlyArray<T | undefined>): T[] {
     return items.filter((item): item is T => item !== undefined && this.isCurrent(item));
   }
 
-  private isCurrent(item: { JobID: string; CreateIndex: number }): boolean {
+  /** An evaluation created since the current version; an allocation of it (runsCurrentVersion, against the evaluations kept). */
+  private isCurrent(item: { JobID: string; CreateIndex: number; EvalID?: string }): boolean {
     const job = this.jobs.get(item.JobID);
-    return job !== undefined && item.CreateIndex >= job.JobModifyIndex;
+    return job !== undefined && runsCurrentVersion(job, item, this.evalsByJob.get(item.JobID) ?? NO_EVALS);
   }
 
   /**
@@ -753,12 +768,13 @@ export class NomadScheduler implements Scheduler {
     }
     this.foreign.delete(stub.ID);
     this.jobs.set(stub.ID, stub);
-    // A new version: what ran or was evaluated for older ones never counts again.
-    this.prune(this.allocsByJob, stub.ID);
+    // A new version: what ran or was evaluated for older ones never counts again (unless updated in place,
+    // which comes later). Evaluations first: an allocation counts by its evaluation.
     this.prune(this.evalsByJob, stub.ID);
+    this.prune(this.allocsByJob, stub.ID);
   }
 
-  private prune<T extends { JobID: string; CreateIndex: number }>(groups: Map<string, Map<string, T>>, jobId: string): void {
+  private prune<T extends { JobID: string; CreateIndex: number; EvalID?: string }>(groups: Map<string, Map<string, T>>, jobId: string): void {
     const group = groups.get(jobId);
     if (!group) return;
     for (const [id, item] of group) if (!this.isCurrent(item)) group.delete(id);
@@ -778,7 +794,7 @@ export class NomadScheduler implements Scheduler {
     this.keep(this.evalsByJob, stub, touched);
   }
 
-  private keep<T extends { ID: string; JobID: string; CreateIndex: number }>(groups: Map<string, Map<string, T>>, item: T | undefined, touched: Set<string>): void {
+  private keep<T extends { ID: string; JobID: string; CreateIndex: number; EvalID?: string }>(groups: Map<string, Map<string, T>>, item: T | undefined, touched: Set<string>): void {
     if (!item || !this.isCurrent(item)) return;
     let group = groups.get(item.JobID);
     if (!group) groups.set(item.JobID, (group = new Map()));
@@ -985,6 +1001,7 @@ function parseAllocStub(value: unknown): NomadAllocStub | undefined {
   return {
     ID: value.ID,
     JobID: value.JobID,
+    ...(typeof value.EvalID === 'string' ? { EvalID: value.EvalID } : {}),
     JobVersion: numberField(value, 'JobVersion') ?? 0,
     DesiredStatus: typeof value.DesiredStatus === 'string' ? value.DesiredStatus : '',
     ClientStatus: typeof value.ClientStatus === 'string' ? value.ClientStatus : '',

@@ -360,6 +360,26 @@ describe('Nomad scheduler', function () {
       assert.ok(back.allocation?.tasks.core?.lastEvent, 'the latest task event is reported');
     });
 
+    it('keeps a running session up through a change Nomad applies in place (the update and migrate strategies): the same allocation and tasks, reported healthy with the new spec hash', async function () {
+      const double = await startDouble();
+      const scheduler = await startScheduler(double.address);
+      const recorder = record(scheduler);
+      const request = contractRequest(demo, session());
+      const job = scheduler.render(request);
+      await scheduler.register(job);
+      const first = await recorder.healthy(job);
+      const pids = double.pids();
+      // A longer healthy deadline changes only the job's Update and the group's Migrate (and the spec hash).
+      const reconfigured = await startScheduler(double.address, { job: { ...doubleJobOptions, healthyDeadlineMs: 60_000 } });
+      const changed = reconfigured.render(request);
+      assert.notEqual(changed.specHash, job.specHash);
+      await reconfigured.register(changed);
+      const updated = await recorder.healthy(changed);
+      assert.equal(updated.allocation?.id, first.allocation?.id);
+      assert.deepEqual(recorder.allocations.get(job.id), [first.allocation?.id], 'no other allocation was ever reported');
+      assert.deepEqual(double.pids(), pids, 'the tasks kept running');
+    });
+
     it('reschedules by registering the same job again with Meta naming the failed allocation, once', async function () {
       const double = await startDouble();
       const proxy = await CountingProxy.start(double.address);

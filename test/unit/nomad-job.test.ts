@@ -75,7 +75,7 @@ const KNOWN_FIELDS: Record<string, string[]> = {
   port: ['Label', 'To'],
   service: ['Name', 'PortLabel', 'Provider', 'Checks'],
   check: ['Name', 'Type', 'Path', 'Interval', 'Timeout'],
-  task: ['Name', 'Driver', 'Config', 'Env', 'Resources', 'LogConfig'],
+  task: ['Name', 'Driver', 'Config', 'Env', 'Meta', 'Resources', 'LogConfig'],
   update: ['HealthCheck', 'MinHealthyTime', 'HealthyDeadline', 'ProgressDeadline', 'AutoRevert', 'MaxParallel'],
   restart: ['Attempts', 'Interval', 'Delay', 'Mode'],
   reschedule: ['Attempts', 'Unlimited'],
@@ -131,6 +131,8 @@ describe('Nomad job rendering', () => {
       assert.equal(group.Name, 'session');
       assert.equal(group.Count, 1);
       assert.deepEqual(group.Tasks.map((t) => t.Name), ['core', 'hmi']);
+      // The tasks shadow the spec hash, so its change alone does not reach them (Nomad would replace the allocation).
+      for (const t of group.Tasks) assert.deepEqual(t.Meta, { [SPEC_HASH_META_KEY]: '' });
       assertKnownFields(job);
       for (const absent of ['Namespace', 'Region', 'NodePool', 'Constraints'] as const) assert.equal(job[absent], undefined, `${absent} is left to Nomad`);
     });
@@ -454,15 +456,26 @@ describe('Nomad allocations and evaluations as workloads', () => {
   it("picks the allocation of the job's current content: newest wanted running, else newest", () => {
     const job = jobStub();
     const old = allocStub({ ID: 'old', JobVersion: 2, CreateIndex: 50 });
-    assert.equal(currentAllocation(job, [old]), undefined, 'an allocation from before the current registration runs older content');
+    assert.equal(currentAllocation(job, [old], []), undefined, 'an allocation from before the current registration runs older content');
     const stopped = allocStub({ ID: 'stopped', DesiredStatus: 'stop', ClientStatus: 'complete', CreateIndex: 130 });
     const running = allocStub({ ID: 'running', CreateIndex: 110 });
-    assert.equal(currentAllocation(job, [old, running, stopped])?.ID, 'running');
+    assert.equal(currentAllocation(job, [old, running, stopped], [])?.ID, 'running');
     const failed = allocStub({ ID: 'failed', ClientStatus: 'failed', DesiredStatus: 'stop', CreateIndex: 115 });
-    assert.equal(currentAllocation(job, [old, stopped, failed])?.ID, 'stopped', 'the newest when none is wanted running');
+    assert.equal(currentAllocation(job, [old, stopped, failed], [])?.ID, 'stopped', 'the newest when none is wanted running');
     const staleRace = allocStub({ ID: 'stale', JobVersion: 2, CreateIndex: 140 });
-    assert.equal(currentAllocation(job, [staleRace, running])?.ID, 'running', 'the highest version wins');
+    assert.equal(currentAllocation(job, [staleRace, running], [])?.ID, 'running', 'the highest version wins');
     assert.equal(workloadOf(job, [old], [])?.allocation, undefined);
+  });
+
+  it('counts an allocation updated in place for the current version: it names that version\'s evaluation', () => {
+    const job = jobStub();
+    const registration = evalStub({ ID: 'eval-current', CreateIndex: 100 });
+    const earlier = evalStub({ ID: 'eval-old', CreateIndex: 40 });
+    const updated = allocStub({ ID: 'updated', CreateIndex: 50, EvalID: 'eval-current' });
+    assert.equal(currentAllocation(job, [updated], [registration, earlier])?.ID, 'updated');
+    assert.equal(workloadOf(job, [updated], [registration])?.allocation?.id, 'updated');
+    const left = allocStub({ ID: 'left', CreateIndex: 50, EvalID: 'eval-old' });
+    assert.equal(currentAllocation(job, [left], [registration, earlier]), undefined, 'stopped or not yet updated: its own evaluation is older');
   });
 
   it('maps health: null is unknown, a failed task or a task down after the deployment is unhealthy', () => {
