@@ -299,6 +299,7 @@ describe('Nomad double', function () {
     await register(double, version({ owner: 'me', hash: 'a' }));
     const first = await untilAlloc(double, 'inplace', 'healthy', healthy);
     const pids = double.pids();
+    const stream = await EventStream.open(double, `?topic=Allocation:*&index=${String(first.ModifyIndex)}`);
 
     const strategies = {
       Migrate: { MaxParallel: 1, HealthCheck: 'task_states', MinHealthyTime: 0, HealthyDeadline: 30e9 },
@@ -316,6 +317,16 @@ describe('Nomad double', function () {
     const full = await get(double, `/v1/allocation/${String(first.ID)}`);
     assert.equal((full.Job as Obj).Version, 1);
     assert.ok(Number(full.AllocModifyIndex) >= Number(second.JobModifyIndex));
+    // As Nomad serves them: JobVersion and JobType only in the list stub (AllocListStub), AllocModifyIndex
+    // only in the allocation (structs.Allocation), whose events carry no Job.
+    assert.ok(!('AllocModifyIndex' in updated) && 'JobType' in updated);
+    assert.ok(!('JobVersion' in full) && !('JobType' in full));
+    const { event } = await stream.until('the in-place update published', (item) => item.Type === 'PlanResult' && payload(item, 'Allocation').EvalID === second.EvalID);
+    stream.close();
+    const published = payload(event, 'Allocation');
+    assert.equal(published.ID, first.ID);
+    assert.equal(published.Job, null);
+    assert.ok(!('JobVersion' in published));
 
     // The job's "owner" reaches the task: a destructive update.
     await register(double, { ...version({ owner: 'you', hash: 'b' }, strategies), Priority: 60 });

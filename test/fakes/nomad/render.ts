@@ -105,29 +105,40 @@ function allocatedResources(alloc: AllocRecord): JsonObject {
   };
 }
 
+/** Fields of both the list stub (AllocListStub) and the allocation (structs.Allocation). */
 const ALLOC_FIELDS = [
-  'ID', 'Namespace', 'EvalID', 'Name', 'NodeID', 'NodeName', 'JobID', 'JobVersion', 'TaskGroup', 'DesiredStatus',
+  'ID', 'Namespace', 'EvalID', 'Name', 'NodeID', 'NodeName', 'JobID', 'TaskGroup', 'DesiredStatus',
   'DesiredDescription', 'DesiredTransition', 'ClientStatus', 'ClientDescription', 'DeploymentStatus', 'PreviousAllocation', 'NextAllocation',
-  'FollowupEvalID', 'CreateIndex', 'ModifyIndex', 'AllocModifyIndex', 'CreateTime', 'ModifyTime',
+  'FollowupEvalID', 'CreateIndex', 'ModifyIndex', 'CreateTime', 'ModifyTime',
 ] as const;
 
-/** The allocation list stub (`GET /v1/allocations`, `/v1/job/:id/allocations`). */
-export function allocStub(alloc: AllocRecord, options: { resources: boolean; taskStates: boolean }): JsonObject {
-  const stub: JsonObject = {};
+function allocFields(alloc: AllocRecord, options: { resources: boolean; taskStates: boolean }): JsonObject {
+  const fields: JsonObject = {};
   for (const field of ALLOC_FIELDS) {
     const value = alloc[field];
-    stub[field] = (typeof value === 'object' && value !== null ? structuredClone(value) : value) as Json;
+    fields[field] = (typeof value === 'object' && value !== null ? structuredClone(value) : value) as Json;
   }
-  stub.JobType = alloc.job.spec.type;
-  stub.TaskStates = options.taskStates ? (structuredClone(alloc.TaskStates) as unknown as JsonObject) : null;
-  stub.RescheduleTracker = null;
-  if (options.resources) stub.AllocatedResources = allocatedResources(alloc);
-  return stub;
+  fields.TaskStates = options.taskStates ? (structuredClone(alloc.TaskStates) as unknown as JsonObject) : null;
+  fields.RescheduleTracker = null;
+  if (options.resources) fields.AllocatedResources = allocatedResources(alloc);
+  return fields;
 }
 
-/** The full allocation (`GET /v1/allocation/:id`), with its job (unless `withJob` is false) and resources. */
+/**
+ * The allocation list stub (`GET /v1/allocations`, `/v1/job/:id/allocations`): the only form with the job's
+ * version and type (Allocation.Stub reads them off the job), and without AllocModifyIndex.
+ */
+export function allocStub(alloc: AllocRecord, options: { resources: boolean; taskStates: boolean }): JsonObject {
+  return { ...allocFields(alloc, options), JobType: alloc.job.spec.type, JobVersion: alloc.JobVersion };
+}
+
+/**
+ * The full allocation (`GET /v1/allocation/:id`), with its job and resources; events carry it without the
+ * job (`withJob` false), and so without any word of the job's version.
+ */
 export function allocFull(alloc: AllocRecord, withJob = true): JsonObject {
-  const full = allocStub(alloc, { resources: true, taskStates: true });
+  const full = allocFields(alloc, { resources: true, taskStates: true });
+  full.AllocModifyIndex = alloc.AllocModifyIndex;
   full.Job = withJob ? structuredClone(alloc.jobJson) : null;
   full.Metrics = structuredClone(alloc.metric) as unknown as JsonObject;
   full.DeploymentID = alloc.DeploymentID;
