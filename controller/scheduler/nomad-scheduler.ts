@@ -105,7 +105,6 @@ export interface NomadAllocStub {
   JobID: string;
   /** The evaluation that placed the allocation, or last updated it in place. */
   EvalID?: string;
-  JobVersion?: number;
   DesiredStatus: string;
   ClientStatus: string;
   TaskStates?: Record<string, NomadTaskState> | null;
@@ -187,15 +186,16 @@ export function runsCurrentVersion(job: NomadJobStub, alloc: { CreateIndex: numb
 
 /**
  * The allocation that runs the job's current content: among the allocations of the current version (see
- * runsCurrentVersion), those of the highest version, preferring the newest that Nomad wants running, else
- * the newest.
+ * runsCurrentVersion), those an evaluation of it placed or updated if any (one merely created since may be
+ * a late plan of an older evaluation, and the event stream carries no JobVersion to tell), preferring the
+ * newest that Nomad wants running, else the newest.
  */
 export function currentAllocation(job: NomadJobStub, allocs: readonly NomadAllocStub[], evals: readonly NomadEvalStub[]): NomadAllocStub | undefined {
   const currentEvals = new Set(evals.filter((evaluation) => evaluation.JobID === job.ID && evaluation.CreateIndex >= job.JobModifyIndex).map((evaluation) => evaluation.ID));
   const since = allocs.filter((alloc) => alloc.JobID === job.ID && runsCurrentVersion(job, alloc, currentEvals));
   if (since.length === 0) return undefined;
-  const version = Math.max(...since.map((alloc) => alloc.JobVersion ?? 0));
-  const candidates = since.filter((alloc) => (alloc.JobVersion ?? 0) === version);
+  const evaluated = since.filter((alloc) => alloc.EvalID !== undefined && currentEvals.has(alloc.EvalID));
+  const candidates = evaluated.length > 0 ? evaluated : since;
   const newest = (list: NomadAllocStub[]): NomadAllocStub | undefined =>
     list.reduce<NomadAllocStub | undefined>((best, alloc) => (best === undefined || alloc.CreateIndex > best.CreateIndex ? alloc : best), undefined);
   return newest(candidates.filter((alloc) => alloc.DesiredStatus === 'run')) ?? newest(candidates);
@@ -1002,7 +1002,6 @@ function parseAllocStub(value: unknown): NomadAllocStub | undefined {
     ID: value.ID,
     JobID: value.JobID,
     ...(typeof value.EvalID === 'string' ? { EvalID: value.EvalID } : {}),
-    JobVersion: numberField(value, 'JobVersion') ?? 0,
     DesiredStatus: typeof value.DesiredStatus === 'string' ? value.DesiredStatus : '',
     ClientStatus: typeof value.ClientStatus === 'string' ? value.ClientStatus : '',
     TaskStates: taskStates,

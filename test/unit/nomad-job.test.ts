@@ -382,7 +382,6 @@ function allocStub(overrides: Partial<NomadAllocStub> = {}): NomadAllocStub {
   return {
     ID: 'alloc-1',
     JobID: JOB_ID,
-    JobVersion: 3,
     DesiredStatus: 'run',
     ClientStatus: 'running',
     TaskStates: {
@@ -455,15 +454,13 @@ describe('Nomad allocations and evaluations as workloads', () => {
 
   it("picks the allocation of the job's current content: newest wanted running, else newest", () => {
     const job = jobStub();
-    const old = allocStub({ ID: 'old', JobVersion: 2, CreateIndex: 50 });
+    const old = allocStub({ ID: 'old', CreateIndex: 50 });
     assert.equal(currentAllocation(job, [old], []), undefined, 'an allocation from before the current registration runs older content');
     const stopped = allocStub({ ID: 'stopped', DesiredStatus: 'stop', ClientStatus: 'complete', CreateIndex: 130 });
     const running = allocStub({ ID: 'running', CreateIndex: 110 });
     assert.equal(currentAllocation(job, [old, running, stopped], [])?.ID, 'running');
     const failed = allocStub({ ID: 'failed', ClientStatus: 'failed', DesiredStatus: 'stop', CreateIndex: 115 });
     assert.equal(currentAllocation(job, [old, stopped, failed], [])?.ID, 'stopped', 'the newest when none is wanted running');
-    const staleRace = allocStub({ ID: 'stale', JobVersion: 2, CreateIndex: 140 });
-    assert.equal(currentAllocation(job, [staleRace, running], [])?.ID, 'running', 'the highest version wins');
     assert.equal(workloadOf(job, [old], [])?.allocation, undefined);
   });
 
@@ -476,6 +473,14 @@ describe('Nomad allocations and evaluations as workloads', () => {
     assert.equal(workloadOf(job, [updated], [registration])?.allocation?.id, 'updated');
     const left = allocStub({ ID: 'left', CreateIndex: 50, EvalID: 'eval-old' });
     assert.equal(currentAllocation(job, [left], [registration, earlier]), undefined, 'stopped or not yet updated: its own evaluation is older');
+  });
+
+  it("tells a late placement of an older evaluation from the current version's as events show them: without JobVersion", () => {
+    const job = jobStub();
+    const evals = [evalStub({ ID: 'eval-current', CreateIndex: 100 }), evalStub({ ID: 'eval-old', CreateIndex: 40 })];
+    const current = allocStub({ ID: 'current', CreateIndex: 110, EvalID: 'eval-current' });
+    const late = allocStub({ ID: 'late', CreateIndex: 140, EvalID: 'eval-old' });
+    assert.equal(currentAllocation(job, [current, late], evals)?.ID, 'current');
   });
 
   it('maps health: null is unknown, a failed task or a task down after the deployment is unhealthy', () => {
