@@ -327,6 +327,12 @@ describe('Nomad double', function () {
     assert.equal(published.ID, first.ID);
     assert.equal(published.Job, null);
     assert.ok(!('JobVersion' in published));
+    // Allocation events are filtered by job and by deployment (their FilterKeys), as in Nomad.
+    assert.equal(typeof full.DeploymentID, 'string');
+    assert.deepEqual(event.FilterKeys, ['inplace', full.DeploymentID]);
+    const byDeployment = await EventStream.open(double, `?topic=Allocation:${String(full.DeploymentID)}&index=${String(first.ModifyIndex)}`);
+    await byDeployment.until('the update, by its deployment', (item) => payload(item, 'Allocation').EvalID === second.EvalID);
+    byDeployment.close();
 
     // The job's "owner" reaches the task: a destructive update.
     await register(double, { ...version({ owner: 'you', hash: 'b' }, strategies), Priority: 60 });

@@ -209,7 +209,7 @@ export function nodeFull(node: NodeRecord, hostIP: string): JsonObject {
 /**
  * The events of one write, as Nomad's eventsFromChanges makes them: the full objects (a deleted one as it
  * was), allocations without their job (Nomad drops it to keep the events small), keyed by ID and filtered
- * by job (and deployment: none in the double).
+ * by job and deployment (an evaluation's: none in the double).
  */
 export function streamEvents(state: NomadState, type: EventType, changes: WriteChanges, hostIP: string): StreamEvent[] {
   const events: StreamEvent[] = [];
@@ -220,7 +220,7 @@ export function streamEvents(state: NomadState, type: EventType, changes: WriteC
     events.push({ Topic: 'Evaluation', Type: type, Key: evaluation.ID, Namespace: evaluation.Namespace, FilterKeys: [evaluation.JobID, ''], Payload: { Evaluation: evalJson(evaluation) } });
   }
   for (const alloc of changes.allocs) {
-    events.push({ Topic: 'Allocation', Type: type, Key: alloc.ID, Namespace: alloc.Namespace, FilterKeys: [alloc.JobID, ''], Payload: { Allocation: allocFull(alloc, false) } });
+    events.push({ Topic: 'Allocation', Type: type, Key: alloc.ID, Namespace: alloc.Namespace, FilterKeys: [alloc.JobID, alloc.DeploymentID], Payload: { Allocation: allocFull(alloc, false) } });
   }
   for (const node of changes.nodes) {
     events.push({ Topic: 'Node', Type: type, Key: node.id, Namespace: '', FilterKeys: null, Payload: { Node: nodeFull(node, hostIP) } });
