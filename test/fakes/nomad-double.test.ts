@@ -319,7 +319,8 @@ describe('Nomad double', function () {
     assert.ok(Number(full.AllocModifyIndex) >= Number(second.JobModifyIndex));
     // As Nomad serves them: JobVersion and JobType only in the list stub (AllocListStub), AllocModifyIndex
     // only in the allocation (structs.Allocation), whose events carry no Job.
-    assert.ok(!('AllocModifyIndex' in updated) && 'JobType' in updated);
+    assert.ok(!('AllocModifyIndex' in updated) && !('PreviousAllocation' in updated) && 'JobType' in updated && 'PreemptedAllocations' in updated);
+    assert.equal(full.PreviousAllocation, '');
     assert.ok(!('JobVersion' in full) && !('JobType' in full));
     const { event } = await stream.until('the in-place update published', (item) => item.Type === 'PlanResult' && payload(item, 'Allocation').EvalID === second.EvalID);
     stream.close();
@@ -550,16 +551,16 @@ describe('Nomad double', function () {
     assert.equal(body.JobModifyIndex, job.ModifyIndex, "Nomad answers with the job's ModifyIndex");
     const evaluation = await get(double, `/v1/evaluation/${String(body.EvalID)}`);
     assert.equal(evaluation.TriggeredBy, 'job-register');
-    const second = await untilAlloc(double, 'forced', 'replaced', (item) => item.PreviousAllocation === first.ID);
+    const old = await untilAlloc(double, 'forced', 'replaced', (item) => item.ID === first.ID && item.NextAllocation !== '');
+    const second = await get(double, `/v1/allocation/${String(old.NextAllocation)}`);
+    assert.equal(second.PreviousAllocation, first.ID);
     assert.equal(second.EvalID, body.EvalID);
-    const old = (await allocsOf(double, 'forced')).find((item) => item.ID === first.ID) ?? {};
-    assert.equal(old.NextAllocation, second.ID);
     assert.equal((old.DesiredTransition as Obj).ForceReschedule, true);
 
     // The replacement fails too, its one attempt used: forcing again still replaces it.
     await untilAlloc(double, 'forced', 'the replacement failed', (item) => item.ID === second.ID && item.ClientStatus === 'failed');
     assert.equal((await call(double, 'PUT', '/v1/job/forced/evaluate', { JobID: 'forced', EvalOptions: { ForceReschedule: true } })).status, 200);
-    await untilAlloc(double, 'forced', 'replaced again', (item) => item.PreviousAllocation === second.ID);
+    await untilAlloc(double, 'forced', 'replaced again', (item) => item.ID === second.ID && item.NextAllocation !== '');
     assert.equal((await allocsOf(double, 'forced')).length, 3);
   });
 
@@ -641,7 +642,7 @@ describe('Nomad double', function () {
     double.addNode({ name: 'b', cpu: 1_000, memoryMB: 1_024, meta: { rack: 'r2' } });
     double.removeNode(String(first.NodeID));
     const moved = await untilAlloc(double, 'mover', 'running on b', (item) => running(item) && item.NodeName === 'b');
-    assert.equal(moved.PreviousAllocation, '');
+    assert.equal((await get(double, `/v1/allocation/${String(moved.ID)}`)).PreviousAllocation, '');
     const lost = (await allocsOf(double, 'mover')).find((item) => item.ID === first.ID) ?? {};
     assert.equal(lost.ClientStatus, 'lost');
     assert.equal(lost.DesiredStatus, 'stop');

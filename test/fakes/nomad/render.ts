@@ -108,7 +108,7 @@ function allocatedResources(alloc: AllocRecord): JsonObject {
 /** Fields of both the list stub (AllocListStub) and the allocation (structs.Allocation). */
 const ALLOC_FIELDS = [
   'ID', 'Namespace', 'EvalID', 'Name', 'NodeID', 'NodeName', 'JobID', 'TaskGroup', 'DesiredStatus',
-  'DesiredDescription', 'DesiredTransition', 'ClientStatus', 'ClientDescription', 'DeploymentStatus', 'PreviousAllocation', 'NextAllocation',
+  'DesiredDescription', 'DesiredTransition', 'ClientStatus', 'ClientDescription', 'DeploymentStatus', 'NextAllocation',
   'FollowupEvalID', 'CreateIndex', 'ModifyIndex', 'CreateTime', 'ModifyTime',
 ] as const;
 
@@ -120,13 +120,16 @@ function allocFields(alloc: AllocRecord, options: { resources: boolean; taskStat
   }
   fields.TaskStates = options.taskStates ? (structuredClone(alloc.TaskStates) as unknown as JsonObject) : null;
   fields.RescheduleTracker = null;
+  fields.PreemptedAllocations = null;
+  fields.PreemptedByAllocation = '';
   if (options.resources) fields.AllocatedResources = allocatedResources(alloc);
   return fields;
 }
 
 /**
  * The allocation list stub (`GET /v1/allocations`, `/v1/job/:id/allocations`): the only form with the job's
- * version and type (Allocation.Stub reads them off the job), and without AllocModifyIndex.
+ * version and type (Allocation.Stub reads them off the job), and without AllocModifyIndex, DeploymentID
+ * and PreviousAllocation.
  */
 export function allocStub(alloc: AllocRecord, options: { resources: boolean; taskStates: boolean }): JsonObject {
   return { ...allocFields(alloc, options), JobType: alloc.job.spec.type, JobVersion: alloc.JobVersion };
@@ -139,6 +142,7 @@ export function allocStub(alloc: AllocRecord, options: { resources: boolean; tas
 export function allocFull(alloc: AllocRecord, withJob = true): JsonObject {
   const full = allocFields(alloc, { resources: true, taskStates: true });
   full.AllocModifyIndex = alloc.AllocModifyIndex;
+  full.PreviousAllocation = alloc.PreviousAllocation;
   full.Job = withJob ? structuredClone(alloc.jobJson) : null;
   full.Metrics = structuredClone(alloc.metric) as unknown as JsonObject;
   full.DeploymentID = alloc.DeploymentID;
