@@ -150,6 +150,7 @@ export interface NomadNodeStub {
 
 const JOB_PREFIX = 'manticore-';
 const NO_EVALS: ReadonlySet<string> = new Set();
+const TERMINAL_CLIENT_STATUSES = new Set(['complete', 'failed', 'lost']);
 /** Resources Nomad schedules by that a user would call "enough" of. */
 const CAPACITY_DIMENSIONS = new Set(['cpu', 'memory', 'disk', 'cores']);
 
@@ -186,16 +187,20 @@ export function runsCurrentVersion(job: NomadJobStub, alloc: { CreateIndex: numb
 
 /**
  * The allocation that runs the job's current content: among the allocations of the current version (see
- * runsCurrentVersion), those an evaluation of it placed or updated if any (one merely created since may be
- * a late plan of an older evaluation, and the event stream carries no JobVersion to tell), preferring the
- * newest that Nomad wants running, else the newest.
+ * runsCurrentVersion, and a terminal one the version's evaluation left as it is, wanted running still:
+ * Nomad updates no terminal allocation in place), those an evaluation of it placed or updated if any (one
+ * merely created since may be a late plan of an older evaluation, and the event stream carries no
+ * JobVersion to tell), preferring the newest that Nomad wants running, else the newest.
  */
 export function currentAllocation(job: NomadJobStub, allocs: readonly NomadAllocStub[], evals: readonly NomadEvalStub[]): NomadAllocStub | undefined {
-  const currentEvals = new Set(evals.filter((evaluation) => evaluation.JobID === job.ID && evaluation.CreateIndex >= job.JobModifyIndex).map((evaluation) => evaluation.ID));
-  const since = allocs.filter((alloc) => alloc.JobID === job.ID && runsCurrentVersion(job, alloc, currentEvals));
+  const versionEvals = evals.filter((evaluation) => evaluation.JobID === job.ID && evaluation.CreateIndex >= job.JobModifyIndex);
+  const currentEvals = new Set(versionEvals.map((evaluation) => evaluation.ID));
+  const evaluated = versionEvals.some((evaluation) => evaluation.Status === 'complete');
+  const leftAsItIs = (alloc: NomadAllocStub): boolean => evaluated && alloc.DesiredStatus === 'run' && TERMINAL_CLIENT_STATUSES.has(alloc.ClientStatus);
+  const since = allocs.filter((alloc) => alloc.JobID === job.ID && (runsCurrentVersion(job, alloc, currentEvals) || leftAsItIs(alloc)));
   if (since.length === 0) return undefined;
-  const evaluated = since.filter((alloc) => alloc.EvalID !== undefined && currentEvals.has(alloc.EvalID));
-  const candidates = evaluated.length > 0 ? evaluated : since;
+  const byVersion = since.filter((alloc) => alloc.EvalID !== undefined && currentEvals.has(alloc.EvalID));
+  const candidates = byVersion.length > 0 ? byVersion : since;
   const newest = (list: NomadAllocStub[]): NomadAllocStub | undefined =>
     list.reduce<NomadAllocStub | undefined>((best, alloc) => (best === undefined || alloc.CreateIndex > best.CreateIndex ? alloc : best), undefined);
   return newest(candidates.filter((alloc) => alloc.DesiredStatus === 'run')) ?? newest(candidates);
@@ -360,6 +365,9 @@ interface KnownJob {
 }
 
 /** What a write of ours did, until the event stream has caught up with it (its index reached `index`). */
+/** What the caches hold of allocations and evaluations, as far as deciding what to keep. */
+type CachedItem = { JobID: string; CreateIndex: number; EvalID?: string; DesiredStatus?: string };
+
 type WriteOverlay = { kind: 'registered'; known: KnownJob; index: number } | { kind: 'deregistered'; index: number };
 
 interface Watcher {
@@ -688,8 +696,8 @@ export class NomadScheduler implements Scheduler {
     const touched = (this.catchingUp ??= new Set());
     this.replaceJobs(jobs.items, touched);
     // Evaluations first: an allocation updated in place counts by its evaluation.
-    replaceGrouped(this.evalsByJob, this.current(evaluations.items), touched);
-    replaceGrouped(this.allocsByJob, this.current(allocations.items), touched);
+    replaceGrouped(this.evalsByJob, this.kept(evaluations.items), touched);
+    replaceGrouped(this.allocsByJob, this.kept(allocations.items), touched);
     this.replaceNodes(nodes.items);
     this.advanceJobsIndex(jobs.index, true);
     return { jobs: jobs.index, allocations: allocations.index, evaluations: evaluations.index, nodes: nodes.index };
@@ -725,15 +733,19 @@ export class NomadScheduler implements Scheduler {
     if (previous) this.gained(capacityGains(previous, next));
   }
 
-  /** The items that can count for a workload: of a job in the cache, of its current version. */
-  private current<T extends { JobID: string; CreateIndex: number; EvalID?: string }>(items: ReadonlyArray<T | undefined>): T[] {
-    return items.filter((item): item is T => item !== undefined && this.isCurrent(item));
+  /** The items that can count for a workload (see worthKeeping). */
+  private kept<T extends CachedItem>(items: ReadonlyArray<T | undefined>): T[] {
+    return items.filter((item): item is T => item !== undefined && this.worthKeeping(item));
   }
 
-  /** An evaluation created since the current version; an allocation of it (runsCurrentVersion, against the evaluations kept). */
-  private isCurrent(item: { JobID: string; CreateIndex: number; EvalID?: string }): boolean {
+  /**
+   * Of a job in the cache: an evaluation created since its current version; an allocation of that version
+   * (runsCurrentVersion, against the evaluations kept), or one still wanted running, which the version's
+   * evaluation updates, stops or (terminal) leaves as it is.
+   */
+  private worthKeeping(item: CachedItem): boolean {
     const job = this.jobs.get(item.JobID);
-    return job !== undefined && runsCurrentVersion(job, item, this.evalsByJob.get(item.JobID) ?? NO_EVALS);
+    return job !== undefined && (runsCurrentVersion(job, item, this.evalsByJob.get(item.JobID) ?? NO_EVALS) || item.DesiredStatus === 'run');
   }
 
   /**
@@ -768,16 +780,16 @@ export class NomadScheduler implements Scheduler {
     }
     this.foreign.delete(stub.ID);
     this.jobs.set(stub.ID, stub);
-    // A new version: what ran or was evaluated for older ones never counts again (unless updated in place,
-    // which comes later). Evaluations first: an allocation counts by its evaluation.
+    // A new version: what was evaluated for older ones never counts again, nor what ran for them unless still
+    // wanted running (its evaluation updates, stops or leaves it). Evaluations first: an allocation counts by its evaluation.
     this.prune(this.evalsByJob, stub.ID);
     this.prune(this.allocsByJob, stub.ID);
   }
 
-  private prune<T extends { JobID: string; CreateIndex: number; EvalID?: string }>(groups: Map<string, Map<string, T>>, jobId: string): void {
+  private prune<T extends CachedItem>(groups: Map<string, Map<string, T>>, jobId: string): void {
     const group = groups.get(jobId);
     if (!group) return;
-    for (const [id, item] of group) if (!this.isCurrent(item)) group.delete(id);
+    for (const [id, item] of group) if (!this.worthKeeping(item)) group.delete(id);
     if (group.size === 0) groups.delete(jobId);
   }
 
@@ -794,8 +806,13 @@ export class NomadScheduler implements Scheduler {
     this.keep(this.evalsByJob, stub, touched);
   }
 
-  private keep<T extends { ID: string; JobID: string; CreateIndex: number; EvalID?: string }>(groups: Map<string, Map<string, T>>, item: T | undefined, touched: Set<string>): void {
-    if (!item || !this.isCurrent(item)) return;
+  private keep<T extends CachedItem & { ID: string }>(groups: Map<string, Map<string, T>>, item: T | undefined, touched: Set<string>): void {
+    if (!item) return;
+    if (!this.worthKeeping(item)) {
+      // An allocation of an older version kept while wanted running goes once stopped.
+      if (groups.get(item.JobID)?.delete(item.ID)) touched.add(item.JobID);
+      return;
+    }
     let group = groups.get(item.JobID);
     if (!group) groups.set(item.JobID, (group = new Map()));
     group.set(item.ID, item);

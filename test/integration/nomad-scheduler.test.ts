@@ -380,6 +380,23 @@ describe('Nomad scheduler', function () {
       assert.deepEqual(double.pids(), pids, 'the tasks kept running');
     });
 
+    it('keeps reporting a failed allocation that a change applied in place leaves as it is, so that it can be rescheduled', async function () {
+      const double = await startDouble();
+      const scheduler = await startScheduler(double.address);
+      const recorder = record(scheduler);
+      const request = contractRequest(commandTemplate([{ name: 'crash', script: EXIT_3 }]), session());
+      const job = scheduler.render(request);
+      await scheduler.register(job);
+      const failed = await recorder.until(job.id, 'a failed allocation', (workload) => workload.allocation?.clientStatus === 'failed');
+      // Nomad updates no terminal allocation in place: the failed one keeps its version and evaluation.
+      const reconfigured = await startScheduler(double.address, { job: { ...doubleJobOptions, healthyDeadlineMs: 60_000 } });
+      const changed = reconfigured.render(request);
+      await reconfigured.register(changed);
+      await recorder.until(job.id, 'the failed allocation under the new spec', (workload) => workload.specHash === changed.specHash && workload.allocation?.id === failed.allocation?.id);
+      await reconfigured.reschedule(job.id);
+      await recorder.until(job.id, 'its replacement', (workload) => workload.allocation !== undefined && workload.allocation.id !== failed.allocation?.id);
+    });
+
     it('reschedules by registering the same job again with Meta naming the failed allocation, once', async function () {
       const double = await startDouble();
       const proxy = await CountingProxy.start(double.address);

@@ -473,6 +473,9 @@ describe('Nomad allocations and evaluations as workloads', () => {
     assert.equal(workloadOf(job, [updated], [registration])?.allocation?.id, 'updated');
     const left = allocStub({ ID: 'left', CreateIndex: 50, EvalID: 'eval-old' });
     assert.equal(currentAllocation(job, [left], [registration, earlier]), undefined, 'stopped or not yet updated: its own evaluation is older');
+    const failed = allocStub({ ID: 'failed', ClientStatus: 'failed', CreateIndex: 50, EvalID: 'eval-old' });
+    assert.equal(currentAllocation(job, [failed], [evalStub({ ID: 'eval-current', Status: 'pending' })]), undefined, 'not evaluated yet');
+    assert.equal(currentAllocation(job, [failed], [registration])?.ID, 'failed', 'a terminal allocation the evaluation left as it is');
   });
 
   it("tells a late placement of an older evaluation from the current version's as events show them: without JobVersion", () => {
