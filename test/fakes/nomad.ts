@@ -41,7 +41,6 @@ export type { NodeSpec } from './nomad/types.js';
  *
  * Deliberate differences from Nomad, for strictness or determinism:
  * - unknown JSON field names in a job or a job evaluation request are refused (400); Nomad ignores them;
- * - a failed EnforceIndex check answers 400 (recent Nomad answers 500 with the same message);
  * - a task whose driver is neither raw_exec nor docker is placed and then fails ("missing drivers");
  *   Nomad filters such nodes at placement instead;
  * - check minimums (≥ 1 s) and the restart interval minimum (≥ 5 s) are not enforced;

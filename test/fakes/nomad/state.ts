@@ -267,10 +267,11 @@ export class NomadState {
     const existing = this.jobs.get(spec.id);
     if (request.EnforceIndex === true) {
       const jmi = typeof request.JobModifyIndex === 'number' ? request.JobModifyIndex : 0;
+      // Plain errors of Job.Register, not RPC-coded ones: the agent answers 500.
       const prefix = 'Enforcing job modify index';
-      if (existing && jmi === 0) throw new HttpError(400, `${prefix} 0: job already exists`);
-      if (existing && jmi !== existing.jobModifyIndex) throw new HttpError(400, `${prefix} ${jmi}: job exists with conflicting job modify index: ${existing.jobModifyIndex}`);
-      if (!existing && jmi !== 0) throw new HttpError(400, `${prefix} ${jmi}: job does not exist`);
+      if (existing && jmi === 0) throw new HttpError(500, `${prefix} 0: job already exists`);
+      if (existing && jmi !== existing.jobModifyIndex) throw new HttpError(500, `${prefix} ${jmi}: job exists with conflicting job modify index: ${existing.jobModifyIndex}`);
+      if (!existing && jmi !== 0) throw new HttpError(500, `${prefix} ${jmi}: job does not exist`);
     }
     const key = canonicalJson(parsed.submitted);
     if (existing && existing.key === key && !existing.stop) {
