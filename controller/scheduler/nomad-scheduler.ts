@@ -364,10 +364,10 @@ interface KnownJob {
   stopped: boolean;
 }
 
-/** What a write of ours did, until the event stream has caught up with it (its index reached `index`). */
 /** What the caches hold of allocations and evaluations, as far as deciding what to keep. */
 type CachedItem = { JobID: string; CreateIndex: number; EvalID?: string; DesiredStatus?: string };
 
+/** What a write of ours did, until the event stream has caught up with it (its index reached `index`). */
 type WriteOverlay = { kind: 'registered'; known: KnownJob; index: number } | { kind: 'deregistered'; index: number };
 
 interface Watcher {
