@@ -20,17 +20,49 @@ export type PublicEndpoint = Endpoint & { readonly host: string; readonly port: 
  * service, from `reservePort` (undefined when none is free: then no claim is made).
  */
 export function newClaim(sessionId: string, template: SessionTemplate, reservePort: () => PortAssignment | undefined): RouteRecord | undefined {
-  const claim: RouteRecord = { sessionId, hosts: [], ports: [] };
+  const claim = claimForTemplate({ sessionId, hosts: [], ports: [] }, template, reservePort, () => true);
+  const tcpServices = template.spec.services.filter((service) => service.expose === 'tcp').length;
+  return claim.ports.length === tcpServices ? claim : undefined;
+}
+
+/**
+ * The claim with a route for each of the template's services and no other: each service keeps its hostname,
+ * and its port while `keepPort` accepts it; a service new to the template (or a port refused) gets one from
+ * `reservePort`; a service gone from the template gives its up. Without a free port, a refused port is kept
+ * and a new tcp service has none (yet). Returns `claim` itself when nothing changed.
+ */
+export function claimForTemplate(
+  claim: RouteRecord,
+  template: SessionTemplate,
+  reservePort: () => PortAssignment | undefined,
+  keepPort: (port: number) => boolean,
+): RouteRecord {
+  let changed = false;
+  const hosts: RouteRecord['hosts'] = [];
+  const ports: RouteRecord['ports'] = [];
   for (const service of template.spec.services) {
     if (service.expose === 'tcp') {
+      const current = claim.ports.find((route) => route.service === service.name);
+      if (current !== undefined && keepPort(current.port)) {
+        ports.push(current);
+        continue;
+      }
       const assignment = reservePort();
-      if (assignment === undefined) return undefined;
-      claim.ports.push({ service: service.name, ...assignment });
+      if (assignment !== undefined) {
+        ports.push({ service: service.name, ...assignment });
+        changed = true;
+      } else if (current !== undefined) {
+        ports.push(current);
+      }
     } else {
-      claim.hosts.push({ service: service.name, token: newToken() });
+      const current = claim.hosts.find((route) => route.service === service.name);
+      if (current === undefined) changed = true;
+      hosts.push(current ?? { service: service.name, token: newToken() });
     }
   }
-  return claim;
+  // Every route kept belongs to a distinct service of the template: fewer routes means some were dropped.
+  changed ||= hosts.length !== claim.hosts.length || ports.length !== claim.ports.length;
+  return changed ? { ...claim, hosts, ports } : claim;
 }
 
 /** The public address of each service, known from the claim before anything runs. */

@@ -16,7 +16,7 @@ import type { StoreWriter } from './fenced-writer.js';
 import { jobIdFor, RenderError, type Allocation, type RenderedJob, type Scheduler, type Workload } from '../scheduler/scheduler.js';
 import type { Admission } from './admission.js';
 import type { PortAllocator } from './claims.js';
-import { newClaim, publicEndpoints, type PublicAddressing } from './endpoints.js';
+import { claimForTemplate, newClaim, publicEndpoints, type PublicAddressing } from './endpoints.js';
 import type { Cache, CachedRecord, RecordCache } from './informer.js';
 import type { Keys } from './keys.js';
 import { Expectations } from './expectations.js';
@@ -189,8 +189,8 @@ export class SessionReconciler {
       if ('result' in admission) return admission.result;
       // Admitted: the job is registered in this same pass, and the claim's echo brings the session back for the rest.
       claim = admission.claim;
-    } else if (claimIndex !== undefined && (await this.movedIntoRange(id, claim))) {
-      // Its echo brings the session back with the new address (and its job updated to it).
+    } else if (claimIndex !== undefined && (await this.claimFollowedTemplate(id, template, claim))) {
+      // Its echo brings the session back with the new addresses (and its job updated to them).
       return done;
     }
 
@@ -446,26 +446,28 @@ export class SessionReconciler {
   }
 
   /**
-   * Gives each port of the claim outside the configured range (claimed before the range was changed) a free
-   * one in it, and writes the claim; false when none moved. HAProxy listens only on the range, so the old
-   * address would stay dark while the session showed it as Ready.
+   * Brings the claim in line with the template and the port range, and writes it; false when it already
+   * was. A template edited to add a service gets it an address; one edited to remove a service frees its
+   * address (its route would otherwise wait forever for a backend, and the session never be Ready again);
+   * a port outside the configured range (claimed before the range was changed) gets one in it, as HAProxy
+   * listens only on the range and the old address would stay dark while the session showed it as Ready.
    */
-  private async movedIntoRange(id: string, claim: RouteRecord): Promise<boolean> {
+  private async claimFollowedTemplate(id: string, template: SessionTemplate, claim: RouteRecord): Promise<boolean> {
     const { ports, log } = this.deps;
     const reserved: number[] = [];
-    const record: RouteRecord = {
-      ...claim,
-      ports: claim.ports.map((route) => {
-        if (ports.covers(route.port)) return route;
+    const record = claimForTemplate(
+      claim,
+      template,
+      () => {
         const assignment = ports.reserve(id);
-        if (assignment === undefined) return route;
-        reserved.push(assignment.port);
-        log.info({ session: id, port: assignment.port, was: route.port }, 'port outside the configured range replaced');
-        const { loadBalancer: _previous, ...kept } = route;
-        return { ...kept, ...assignment };
-      }),
-    };
-    if (reserved.length === 0) return false;
+        if (assignment !== undefined) reserved.push(assignment.port);
+        return assignment;
+      },
+      (port) => ports.covers(port),
+    );
+    if (record === claim) return false;
+    const services = (routes: RouteRecord): string[] => [...routes.hosts.map((route) => route.service), ...routes.ports.map((route) => `${route.service}:${route.port}`)];
+    log.info({ session: id, was: services(claim), now: services(record) }, 'claim brought in line with the template and the port range');
     try {
       await this.put(id, this.deps.observed.routes, this.deps.keys.route(id), 'route', record);
     } catch (error) {

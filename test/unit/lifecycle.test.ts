@@ -367,6 +367,22 @@ describe('lifecycle: failures', () => {
     assert.equal(back.failures, undefined);
   });
 
+  it('gives a Ready session an address for a service added to its template and drops the one of a service removed', async () => {
+    h = await ControllerHarness.embedded();
+    const [id] = await createInOrder(h, ['ann']);
+    const ready = await makeReady(h, id!);
+    const demo = h.templates.get('demo')!;
+    const services = [...demo.spec.services.filter((service) => service.name !== 'broker'), { name: 'extra', port: 'http', expose: 'http' as const }];
+    h.templates = new Map([...h.templates, ['demo', { ...demo, spec: { ...demo.spec, services } }]]);
+    await h.restartController();
+    await waitFor('the job updated', () => h.scheduler.registrations.length === 2);
+    const back = await makeReady(h, id!, 31050);
+    assert.deepEqual(Object.keys(back.endpoints).sort(), ['extra', 'hmi', 'tcp']);
+    assert.equal(back.endpoints.hmi?.url, ready.endpoints.hmi?.url, 'the services it had keep their addresses');
+    assert.equal(back.endpoints.tcp?.url, ready.endpoints.tcp?.url);
+    assert.deepEqual((await routesOf(h.store, id!))?.hosts.map((route) => route.service).sort(), ['extra', 'hmi']);
+  });
+
   it('moves a session whose public TCP port a restart left outside the configured range into it, updating its job', async () => {
     h = await ControllerHarness.embedded({ ports: { start: 20000, end: 20000 } });
     const [id] = await createInOrder(h, ['ann']);
