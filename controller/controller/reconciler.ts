@@ -514,7 +514,7 @@ export class SessionReconciler {
     return done;
   }
 
-  /** Finalizer: Terminating until the job is gone, the routes are removed from every router, then the records. */
+  /** Finalizer: Terminating until the routes are removed from every router, then the job is gone, then the records. */
   private async finalize(id: string, record: CachedRecord<SessionRecord>): Promise<ReconcileResult> {
     const { observed, keys } = this.deps;
     const previous = observed.statuses.get(id)?.value;
@@ -527,10 +527,15 @@ export class SessionReconciler {
       ...(previous?.jobId !== undefined ? { jobId: previous.jobId } : {}),
       ...(previous?.failures !== undefined ? { failures: previous.failures } : {}),
     });
-    if (!(await this.release(id))) return done;
+    // The routes go first, and the job only once every live router has dropped them: no user is sent to a
+    // workload that is stopping. Removed routes need no router to serve them: with none alive there is nothing to wait for.
+    if (observed.routes.get(id) !== undefined) {
+      await this.delete(id, observed.routes, keys.route(id));
+      return done;
+    }
     const routesIndex = observed.routesIndex();
-    // Removed routes need no router to serve them: with none alive there is nothing to wait for.
     if (!appliedBy(this.liveRouters(), routesIndex)) return { awaitingRoutersAt: routesIndex, requeueAfterMs: this.deps.routerStaleMs };
+    if (!(await this.release(id))) return done;
     // Status, activity and record go together, so no one ever sees a session without its status or the reverse.
     const removed = await this.deps.writer.transaction([
       ...this.deleteOperation(observed.statuses, id, keys.status(id)),
@@ -595,18 +600,18 @@ export class SessionReconciler {
   }
 
   /**
-   * Stops the job and removes the routes (freeing the port). Returns true once both are gone from the
-   * caches; until then the watches will bring the session back.
+   * Removes the routes (freeing the port), then stops the job, so that the routes never outlive it. Returns
+   * true once both are gone from the caches; until then the watches will bring the session back.
    */
   private async release(id: string): Promise<boolean> {
     const { observed, scheduler, keys } = this.deps;
+    const routes = observed.routes.get(id);
+    if (routes) await this.delete(id, observed.routes, keys.route(id));
     const workload = observed.workloads.get(id);
     if (workload) {
       await scheduler.deregister(workload.jobId);
       this.expectations.expect(id, () => observed.workloads.get(id) === undefined);
     }
-    const routes = observed.routes.get(id);
-    if (routes) await this.delete(id, observed.routes, keys.route(id));
     return workload === undefined && routes === undefined;
   }
 

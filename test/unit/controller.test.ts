@@ -99,6 +99,23 @@ describe('controller: session reconciliation', () => {
     assert.equal(h.dataPlane.table.ports.has(port), false, 'the router no longer serves the port');
   });
 
+  it('stops a deleted session\'s job only once no router sends users to it', async () => {
+    const id = await createSession(h.store);
+    await makeReady(h, id);
+    const claim = (await routesOf(h.store, id))!;
+    const served: string[] = [];
+    const deregister = h.scheduler.deregister.bind(h.scheduler);
+    sinon.stub(h.scheduler, 'deregister').callsFake(async (jobId: string) => {
+      for (const route of claim.hosts) if (h.dataPlane.table.hosts.has(route.token)) served.push(route.service);
+      for (const route of claim.ports) if (h.dataPlane.table.ports.has(route.port)) served.push(route.service);
+      return deregister(jobId);
+    });
+    await requestDeletion(h.store, id);
+    await waitFor('records removed', async () => (await h.store.get(keys.session(id))) === undefined);
+    assert.deepEqual(h.scheduler.deregistrations, [`manticore-${id}`]);
+    assert.deepEqual(served, [], 'routes still served when the job was stopped');
+  });
+
   it('does not tear a deleted session down twice when the status watch shows the deletion before the sessions watch', async () => {
     const id = await createSession(h.store);
     await makeReady(h, id);
