@@ -47,12 +47,12 @@ export function nextStatus(previous: SessionStatus | undefined, input: StatusInp
   const conditions: Condition[] = input.conditions.map(({ message, ...rest }) => ({ ...rest, message: clip(message) })).map((condition) => {
     const before = previous?.conditions.find((c) => c.type === condition.type);
     const transitioned = before === undefined || before.status !== condition.status;
-    // News for the history: a condition that starts out True, one whose status flips, and every new reason
-    // on Ready (why the session is not serving).
+    // News for the history: a condition that starts out True, one whose status flips, every new reason on
+    // Ready (why the session is not serving), and a new reason while True (a warning that now says otherwise).
     const newsworthy =
       before === undefined
         ? condition.status === 'True'
-        : transitioned || (condition.type === 'Ready' && before.reason !== condition.reason);
+        : transitioned || (before.reason !== condition.reason && (condition.type === 'Ready' || condition.status === 'True'));
     if (newsworthy) {
       events.push({ time: now, reason: condition.reason, message: clip(`${condition.type}=${condition.status}: ${condition.message}`) });
     }

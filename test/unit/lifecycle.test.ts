@@ -258,6 +258,25 @@ describe('lifecycle: idle warning, expiry and the lifetime cap', () => {
     assert.match(ending.conditions[0]!.message, /reached its maximum lifetime/);
     await gone(h, id!);
   });
+
+  it('tells in the history when activity leaves a warned session to end at its maximum lifetime instead', async () => {
+    h = await ControllerHarness.embedded({ policy: { maxLifetimeMs: 60 * minute } });
+    const [id] = await createInOrder(h, ['ann']);
+    const ready = await makeReady(h, id!);
+    h.tick(28 * minute);
+    await setActivity(h, id!, h.clock.now);
+    await statusWhen(h.store, id!, (s) => Date.parse(s.expiresAt!) === h.clock.now + 30 * minute);
+    h.tick(25 * minute);
+    await statusWhen(h.store, id!, (s) => condition(s, 'IdleWarning') === 'True/Idle');
+    // Activity puts the idle deadline off past the lifetime cap, which is already within its warning.
+    h.tick(3 * minute);
+    await setActivity(h, id!, h.clock.now);
+    const capped = await statusWhen(h.store, id!, (s) => condition(s, 'IdleWarning') === 'True/MaxLifetime');
+    assert.equal(Date.parse(capped.expiresAt!), Date.parse(ready.readyAt!) + 60 * minute);
+    const event = capped.events.at(-1)!;
+    assert.equal(event.reason, 'MaxLifetime');
+    assert.match(event.message, /maximum lifetime and will be deleted at/);
+  });
 });
 
 describe('lifecycle: failures', () => {
