@@ -157,10 +157,12 @@ export class SessionReconciler {
   private async converge(id: string, session: SessionRecord): Promise<ReconcileResult> {
     const { observed, policy } = this.deps;
     const generation = session.metadata.generation;
-    const previous = observed.statuses.get(id)?.value;
+    const shown = observed.statuses.get(id)?.value;
 
     // Failed is final for a generation: the reason stays readable for a while and nothing is restarted.
-    if (previous?.phase === 'Failed' && previous.observedGeneration === generation) return this.retainFailed(id, previous);
+    if (shown?.phase === 'Failed' && shown.observedGeneration === generation) return this.retainFailed(id, shown);
+    // A new spec starts a Failed session afresh: the failures that ended the old one are not held against it.
+    const previous = shown?.phase === 'Failed' ? undefined : shown;
     const template = this.deps.templates.get(session.spec.template);
     if (template === undefined) {
       return this.fail(id, generation, 'TemplateNotFound', `template "${session.spec.template}" does not exist`);

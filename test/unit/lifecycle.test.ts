@@ -368,6 +368,25 @@ describe('lifecycle: failures', () => {
     assert.equal(back.failures, undefined);
   });
 
+  it('starts a session that failed from crashing afresh when its spec changes, its old failures not counted', async () => {
+    h = await ControllerHarness.embedded({ policy: { maxRestarts: 0 } });
+    const [id] = await createInOrder(h, ['ann']);
+    await makeReady(h, id!);
+    crash(id!);
+    assert.equal(condition(await statusWhen(h.store, id!, 'Failed'), 'Ready'), 'False/CrashLoop');
+    await waitFor('released', () => h.scheduler.workload(id!) === undefined);
+    const entry = (await h.store.get(keys.session(id!)))!;
+    const record = JSON.parse(entry.value) as SessionRecord;
+    record.spec.parameters = { ...record.spec.parameters, coreVersion: '8.1.0' };
+    record.metadata.generation = 2;
+    assert.equal(await h.store.put(keys.session(id!), JSON.stringify(record), { cas: entry.modifyIndex }), true);
+    const restarted = await statusWhen(h.store, id!, (s) => s.observedGeneration === 2);
+    assert.equal(restarted.phase, 'Starting', `${condition(restarted, 'Ready')}`);
+    assert.equal(restarted.failures, undefined, 'the failures of the old spec are not held against the new one');
+    const back = await makeReady(h, id!, 31050);
+    assert.equal(back.observedGeneration, 2);
+  });
+
   it('updates the jobs of Ready sessions when their template was edited, without counting the replacement as a failure', async () => {
     h = await ControllerHarness.embedded({ policy: { maxRestarts: 0 } });
     const [id] = await createInOrder(h, ['ann']);
