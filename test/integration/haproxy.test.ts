@@ -490,6 +490,29 @@ describe('HAProxy process start-up failures (real haproxy)', function () {
     }
   });
 
+  it('fails start-up when another HAProxy (another Manticore) listens on its ports, rather than sharing them', async () => {
+    const otherRunDir = await fs.promises.mkdtemp(path.join(os.tmpdir(), 'manticore-haproxy-'));
+    let values: { httpBind: string; tcpBind: string } | undefined;
+    const first = await startHaproxyOnFreePorts(async () => {
+      const range = await freePortRange(2);
+      values = { httpBind: `127.0.0.1:${await freePort()}`, tcpBind: `127.0.0.1:${range.start}-${range.end}` };
+      return new HaproxyProcess({ runDir: otherRunDir, template: TEMPLATE, values, log: silentLogger() });
+    });
+    const second = new HaproxyProcess({ runDir, template: TEMPLATE, values: values!, log: silentLogger() });
+    try {
+      await assert.rejects(second.start(), (error: unknown) => {
+        assert.ok(error instanceof HaproxyProcessError);
+        assert.match(error.output, /cannot bind|Address already in use/i);
+        return true;
+      });
+      assert.equal(second.running, false);
+    } finally {
+      await second.stop();
+      await first.stop();
+      await fs.promises.rm(otherRunDir, { recursive: true, force: true });
+    }
+  });
+
   it('stops waiting for a HAProxy that exited during start-up, however long it would wait', async () => {
     const blocker = net.createServer();
     const port = await listen(blocker);
