@@ -22,6 +22,7 @@ import { routerProbes } from '../router/status-server.js';
 import type { LockService } from '../store/lock.js';
 import type { Store } from '../store/store.js';
 import { createScheduler, createStore, createTaskLogs } from './backends.js';
+import { loginName } from './client/commands.js';
 
 /** The parts one process can run; `manticore up` runs all three, a cluster deployment one per process. */
 export type Role = 'controller' | 'frontend' | 'router';
@@ -197,8 +198,10 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
       parts.add('frontend', () => frontend.stop());
       frontendUrl = await parts.until(frontend.start(config.frontend.host, config.frontend.port));
       lines.unshift(`  web page:   ${frontendUrl}/`, `  API:        ${frontendUrl}/api/v1/openapi.json`);
+      // Named as the caller: an anonymous curl is a new user each time, who could never read or delete the session made.
+      const caller = config.auth.mode === 'jwt' ? 'Authorization: Bearer <JWT>' : `X-Manticore-User: ${loginName() ?? 'me'}`;
       lines.push(
-        `  try:        curl -s -XPOST ${frontendUrl}/api/v1/sessions -H 'content-type: application/json' -d '{"template":"demo"}'`,
+        `  try:        curl -s -XPOST ${frontendUrl}/api/v1/sessions -H '${caller}' -H 'content-type: application/json' -d '{"template":"demo"}'`,
       );
     }
     const banner = [

@@ -140,6 +140,8 @@ describe('the manticore command', () => {
       },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
+    let output = '';
+    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
     const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
     try {
       const templates = await waitFor('the front end', async () => {
@@ -148,6 +150,16 @@ describe('the manticore command', () => {
       });
       assert.match(templates.body, /"demo"/);
       assert.equal(await tcpProbe('127.0.0.1', httpPort), 'refused', 'no HAProxy was started');
+
+      // The banner's suggestion, run as printed, makes a session its caller can then read (and delete).
+      const tryLine = await waitFor('the banner', () => /^ +try: +(curl .*)$/m.exec(output)?.[1]);
+      const headers = Object.fromEntries([...tryLine.matchAll(/-H '([^:']+): ([^']+)'/g)].map((match) => [match[1]!, match[2]!]));
+      const created = await httpRequest(/-XPOST (\S+)/.exec(tryLine)![1]!, { method: 'POST', headers, body: /-d '([^']+)'/.exec(tryLine)![1]! });
+      assert.equal(created.status, 201, created.body);
+      const { metadata } = JSON.parse(created.body) as { metadata: { id: string } };
+      const caller = Object.fromEntries(Object.entries(headers).filter(([name]) => name !== 'content-type'));
+      const read = await httpRequest(`http://127.0.0.1:${frontendPort}/api/v1/sessions/${metadata.id}`, { headers: caller });
+      assert.equal(read.status, 200, `${tryLine}\n${read.body}`);
     } finally {
       child.kill('SIGTERM');
     }

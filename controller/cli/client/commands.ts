@@ -348,7 +348,8 @@ function nonEmpty(value: string | undefined): string | undefined {
   return value === undefined || value === '' ? undefined : value;
 }
 
-function loginName(): string | undefined {
+/** Who runs this process: the user name the client commands send in auth mode `none` by default. */
+export function loginName(): string | undefined {
   try {
     return os.userInfo().username;
   } catch {
