@@ -169,6 +169,16 @@ describe('the client commands (manticore sessions, templates)', function () {
     assert.equal(unreachable, exitCodes.unavailable);
   });
 
+  it('acts as its user when the front end does not take its token (auth mode none, not the admin token)', async () => {
+    const mistyped = { MANTICORE_TOKEN: `${adminToken}-mistyped` };
+    const created = await run('sessions', ['create', '--template', 'demo', '-o', 'json'], mistyped);
+    assert.equal(created.code, exitCodes.ok, created.stderr);
+    const { metadata } = JSON.parse(created.stdout) as { metadata: { id: string; owner: string } };
+    assert.equal(metadata.owner, 'alice');
+    assert.match((await run('sessions', ['list'], mistyped)).stdout, new RegExp(`^${metadata.id} `, 'm'));
+    assert.equal((await run('sessions', ['delete', metadata.id], mistyped)).code, exitCodes.ok);
+  });
+
   it('stops a watch with the 401 (exit 4) once the token it follows with has expired', async () => {
     let now = Date.now();
     const secret = 'a-shared-secret-of-at-least-32-characters';

@@ -37,8 +37,8 @@ export const clientUsage = `Client commands (talk to a front end; no cluster acc
 Client options:
   --url URL                 the front end (env MANTICORE_URL; default http://127.0.0.1:4000)
   --token TOKEN             bearer token: a JWT, or the operators' admin token (env MANTICORE_TOKEN)
-  --user NAME               the user name sent without a token, for auth mode "none"
-                            (env MANTICORE_USER; default: the login name)
+  --user NAME               who you are in auth mode "none", where a token other than the admin token
+                            is ignored (env MANTICORE_USER; default: the login name)
   -o, --output table|json   json prints the API's objects (watch: one JSON object per line)
 
 Exit codes: 0 success, 1 front end unreachable or failing, 2 bad usage, 3 not found, 4 refused
@@ -121,7 +121,7 @@ function parse(argv: string[], io: ClientIo): Invocation | 'help' {
   if (values.help) return 'help';
   if (values.output !== 'table' && values.output !== 'json') throw new UsageError(`--output must be table or json, not "${values.output}"`);
   const token = values.token ?? nonEmpty(io.env.MANTICORE_TOKEN);
-  const user = token === undefined ? (values.user ?? nonEmpty(io.env.MANTICORE_USER) ?? loginName()) : undefined;
+  const user = values.user ?? nonEmpty(io.env.MANTICORE_USER) ?? loginName();
   let client: FrontendClient;
   try {
     client = new FrontendClient({ url: values.url ?? nonEmpty(io.env.MANTICORE_URL) ?? 'http://127.0.0.1:4000', token, user });

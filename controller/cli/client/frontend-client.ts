@@ -6,7 +6,10 @@ export interface FrontendClientOptions {
   readonly url: string;
   /** Sent as `Authorization: Bearer` (a JWT, or the operators' admin token). */
   readonly token?: string;
-  /** Sent as `X-Manticore-User` when there is no token (auth mode `none` names callers by it). */
+  /**
+   * Sent as `X-Manticore-User` (auth mode `none` names callers by it), with a token too: a front end that does
+   * not take the token (mode `none`, not the admin token) names the caller by it instead of making a new anonymous user.
+   */
   readonly user?: string;
 }
 
@@ -181,7 +184,7 @@ export class FrontendClient {
   private async send(method: string, path: string, body: unknown, signal?: AbortSignal, accept = 'application/json', extra: Record<string, string> = {}): Promise<Response> {
     const headers: Record<string, string> = { accept, ...extra };
     if (this.options.token !== undefined) headers.authorization = `Bearer ${this.options.token}`;
-    else if (this.options.user !== undefined) headers['x-manticore-user'] = this.options.user;
+    if (this.options.user !== undefined) headers['x-manticore-user'] = this.options.user;
     if (body !== undefined) headers['content-type'] = 'application/json';
     const url = new URL(path.replace(/^\//, ''), this.base.href.endsWith('/') ? this.base : new URL(`${this.base.href}/`));
     try {
