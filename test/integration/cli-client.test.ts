@@ -169,6 +169,21 @@ describe('the client commands (manticore sessions, templates)', function () {
     assert.equal(unreachable, exitCodes.unavailable);
   });
 
+  it('keeps a session alive and says until when, or answers 3 for a session that is not there', async () => {
+    const created = await run('sessions', ['create', '--template', 'demo', '-o', 'json']);
+    const id = (JSON.parse(created.stdout) as { metadata: { id: string } }).metadata.id;
+    await makeReady(h, id);
+    const kept = await run('sessions', ['keepalive', id]);
+    assert.equal(kept.code, exitCodes.ok, kept.stderr);
+    assert.match(kept.stdout, new RegExp(`^session ${id} kept alive \\(expires \\d{4}-\\d\\d-\\d\\dT[\\d:.]+Z\\)\n$`));
+    const asJson = await run('sessions', ['keepalive', id, '-o', 'json']);
+    const answer = JSON.parse(asJson.stdout) as { id: string; lastActivityAt: string };
+    assert.equal(answer.id, id);
+    assert.ok(Date.now() - Date.parse(answer.lastActivityAt) < 60_000, asJson.stdout);
+    assert.equal((await run('sessions', ['keepalive', id], { MANTICORE_USER: 'bob' })).code, exitCodes.notFound);
+    assert.equal((await run('sessions', ['keepalive'])).code, exitCodes.usage);
+  });
+
   it('acts as its user when the front end does not take its token (auth mode none, not the admin token)', async () => {
     const mistyped = { MANTICORE_TOKEN: `${adminToken}-mistyped` };
     const created = await run('sessions', ['create', '--template', 'demo', '-o', 'json'], mistyped);

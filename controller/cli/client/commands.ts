@@ -24,6 +24,8 @@ export const clientUsage = `Client commands (talk to a front end; no cluster acc
   sessions create --template NAME [--param NAME=VALUE ...] [--label NAME=VALUE ...] [--wait]
                                         ask for a session; --wait follows it until Ready (like watch)
   sessions delete ID                    end a session (its workload and addresses are torn down)
+  sessions keepalive ID                 record activity, so an idle session is not ended; prints
+                                        when it now expires
   sessions watch ID                     follow a session live (queue position, phase) until it is Ready;
                                         exits 5 if it fails or ends first
   sessions logs ID [--task NAME] [--stream stdout|stderr] [--tail N] [--follow]
@@ -189,16 +191,23 @@ async function sessions(invocation: Invocation): Promise<number> {
       io.stdout.write(output === 'json' ? `${JSON.stringify(session, null, 2)}\n` : `session ${session.metadata.id} is being deleted\n`);
       return exitCodes.ok;
     }
+    case 'keepalive': {
+      const kept = await client.keepalive(id());
+      io.stdout.write(output === 'json' ? `${JSON.stringify(kept, null, 2)}\n` : `session ${kept.id} kept alive${kept.expiresAt ? ` (expires ${kept.expiresAt})` : ''}\n`);
+      return exitCodes.ok;
+    }
     case 'watch':
       return follow(invocation, id());
     case 'logs':
       return logs(invocation, id());
     case undefined:
-      throw new UsageError('sessions needs a verb: list, get, create, delete, watch or logs');
+      throw new UsageError(`sessions needs a verb: ${sessionVerbs}`);
     default:
-      throw new UsageError(`unknown verb "sessions ${verb}": use list, get, create, delete, watch or logs`);
+      throw new UsageError(`unknown verb "sessions ${verb}": use ${sessionVerbs}`);
   }
 }
+
+const sessionVerbs = 'list, get, create, delete, keepalive, watch or logs';
 
 /** How long `watch` keeps trying to reconnect after its stream broke without any news. */
 const reconnectForMs = 30_000;

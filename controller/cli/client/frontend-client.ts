@@ -24,6 +24,14 @@ export interface TemplateSummary {
   unavailableReason?: string;
 }
 
+/** The answer to a keepalive: the activity recorded and when the session now ends without another. */
+export interface KeepaliveAnswer {
+  id: string;
+  lastActivityAt: string;
+  /** Absent when nothing ends the session (no idle timeout, no lifetime cap). */
+  expiresAt?: string;
+}
+
 export interface NewSessionRequest {
   template: string;
   parameters?: Record<string, string>;
@@ -99,6 +107,11 @@ export class FrontendClient {
 
   deleteSession(id: string): Promise<Session> {
     return this.call('DELETE', `/api/v1/sessions/${encodeURIComponent(id)}`);
+  }
+
+  /** Records activity, which puts off the session's idle expiry. */
+  keepalive(id: string): Promise<KeepaliveAnswer> {
+    return this.call('POST', `/api/v1/sessions/${encodeURIComponent(id)}/keepalive`);
   }
 
   /** Operators only: who leads, replicas, routers and their lag, sessions by phase. */
