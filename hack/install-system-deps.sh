@@ -19,7 +19,15 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
 [ "${#missing[@]}" -eq 0 ] && exit 0
 
-if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
+if [ "$(id -u)" -eq 0 ]; then
+  sudo=()
+elif command -v sudo >/dev/null 2>&1; then
+  sudo=(sudo)
+else
+  # A fresh Debian without sudo would otherwise stop at "sudo: command not found", naming nothing missing.
+  echo "Manticore needs these Debian packages: ${missing[*]}; install them as root (apt-get install ${missing[*]}), or install sudo" >&2
+  exit 1
+fi
 echo "installing Debian packages: ${missing[*]}" >&2
 "${sudo[@]}" apt-get update -qq
 # Passed through env: sudo's env_reset would drop it from the environment.
