@@ -49,7 +49,10 @@ docs: build
 
 deps: node_modules/.package-lock.json
 
+# npm only warns about package.json's engines, and an older Node.js (Debian 12 has 18) fails later, obscurely.
 node_modules/.package-lock.json: package.json package-lock.json
+	@node -e 'const [major, minor] = process.versions.node.split(".").map(Number); process.exit(major > 20 || (major === 20 && minor >= 19) ? 0 : 1)' \
+	  || { echo "Manticore needs Node.js 20.19 or later with npm; this is $$(node --version 2>/dev/null || echo 'no Node.js')" >&2; exit 1; }
 	$(NPM) ci
 	@touch $@
 
