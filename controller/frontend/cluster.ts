@@ -34,7 +34,9 @@ const phases: readonly Phase[] = ['Pending', 'Waiting', 'Starting', 'Ready', 'Te
  */
 export function registerCluster(app: FastifyInstance, store: Store, keys: Keys, sessions: SessionService, auth: Authenticator, options: ClusterOptions, now: () => number): void {
   app.get('/api/v1/cluster', async (request, reply): Promise<ClusterStatus> => {
-    if (!auth.identify(request, reply).operator) throw new ApiError(403, 'the cluster status is for operators');
+    if (!auth.identify(request, reply).operator) {
+      throw new ApiError(403, 'the cluster status is for operators', ['Authorization: Bearer <auth.adminToken> (MANTICORE_ADMIN_TOKEN), or a JWT whose operator claim is true']);
+    }
     const [leaderEntry, controllers, routers, routes] = await Promise.all([store.get(keys.leader), store.list(keys.controllers), store.list(keys.routers), store.list(keys.routes)]);
     const time = now();
     const fresh = (heartbeatAt: string, staleMs: number): boolean => time - Date.parse(heartbeatAt) <= staleMs;

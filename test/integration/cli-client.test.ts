@@ -358,7 +358,9 @@ describe('the client commands (manticore sessions, templates)', function () {
     // A router that went away before applying anything (this harness's controller never calls routers stale).
     await h.store.put(keys.router('edge-9'), JSON.stringify({ name: 'edge-9', appliedIndex: 0, heartbeatAt: longAgo }));
 
-    assert.equal((await run('status', [])).code, exitCodes.refused, 'not for users');
+    const refused = await run('status', []);
+    assert.equal(refused.code, exitCodes.refused, 'not for users');
+    assert.match(refused.stderr, /for operators \(HTTP 403\)\n {2}Authorization: Bearer <auth\.adminToken> \(MANTICORE_ADMIN_TOKEN\)/, 'says how to be one');
     const table = await run('status', [], { MANTICORE_TOKEN: adminToken });
     assert.equal(table.code, exitCodes.ok, table.stderr);
     assert.match(table.stdout, /^sessions +1 \(Ready 1\)$/m);
