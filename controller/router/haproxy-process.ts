@@ -157,12 +157,13 @@ async function waitGone(pids: readonly number[], timeoutMs: number): Promise<boo
   }
 }
 
-function execFileOutput(file: string, args: readonly string[]): Promise<{ ok: boolean; output: string }> {
+/** Runs `file`; `missing` when there is no such program. */
+function execFileOutput(file: string, args: readonly string[]): Promise<{ ok: boolean; output: string; missing: boolean }> {
   return new Promise((resolve) => {
     execFile(file, args, { timeout: 30_000 }, (error, stdout, stderr) => {
       const output = `${stdout}${stderr}`.trim();
-      if (error && (error as NodeJS.ErrnoException).code === 'ENOENT') resolve({ ok: false, output: `cannot run ${file}: not found` });
-      else resolve({ ok: !error, output: output || (error ? error.message : '') });
+      if (error && (error as NodeJS.ErrnoException).code === 'ENOENT') resolve({ ok: false, output: '', missing: true });
+      else resolve({ ok: !error, output: output || (error ? error.message : ''), missing: false });
     });
   });
 }
@@ -454,6 +455,8 @@ export class HaproxyProcess {
     const check = await execFileOutput(this.binary!, ['-c', '-f', next]);
     if (!check.ok) {
       await fs.rm(next, { force: true });
+      // Where HAProxy was never installed the config check is the first thing to fail: not the config's fault.
+      if (check.missing) throw new HaproxyProcessError(`HAProxy is not installed: cannot run ${this.binary} (router.haproxyBinary); on Debian: apt-get install haproxy, or make system-deps`, '');
       throw new HaproxyProcessError('HAProxy configuration is invalid; nothing was changed', check.output);
     }
     for (const line of check.output.split('\n')) if (/\[(WARNING|ALERT)\]/.test(line)) this.log.warn({ line }, 'haproxy config check');

@@ -530,6 +530,18 @@ describe('HAProxy process start-up failures (real haproxy)', function () {
     }
   });
 
+  it('says that HAProxy is not installed, not that its configuration is invalid, when the binary cannot be found', async () => {
+    const range = await freePortRange(2);
+    const p = new HaproxyProcess({ runDir, binary: path.join(runDir, 'no-haproxy'), template: TEMPLATE, values: { httpBind: `127.0.0.1:${await freePort()}`, tcpBind: `127.0.0.1:${range.start}-${range.end}` }, log: silentLogger() });
+    await assert.rejects(p.start(), (error: unknown) => {
+      assert.ok(error instanceof HaproxyProcessError);
+      assert.doesNotMatch(error.message, /configuration is invalid/);
+      assert.match(error.message, /^HAProxy is not installed: cannot run .*no-haproxy \(router\.haproxyBinary\); on Debian: apt-get install haproxy/);
+      return true;
+    });
+    assert.equal(p.running, false);
+  });
+
   it('finds the haproxy binary when it is not on PATH', async () => {
     const found = await resolveHaproxyBinary('haproxy', path.join(runDir, 'empty-path'));
     assert.ok(path.isAbsolute(found) && fs.existsSync(found), `resolved to ${found}`);
