@@ -96,11 +96,14 @@ describe('the client commands (manticore sessions, templates)', function () {
 
     const listed = await run('sessions', ['list']);
     assert.equal(listed.code, exitCodes.ok);
-    assert.match(listed.stdout, /^ID +TEMPLATE +PHASE +DETAIL +CREATED\n/);
-    assert.match(listed.stdout, new RegExp(`^${id} +demo +`, 'm'));
+    assert.match(listed.stdout, /^ID +OWNER +TEMPLATE +PHASE +DETAIL +CREATED\n/);
+    assert.match(listed.stdout, new RegExp(`^${id} +alice +demo +`, 'm'));
     const asJson = JSON.parse((await run('sessions', ['list', '-o', 'json'])).stdout) as Array<{ metadata: { id: string } }>;
     assert.deepEqual(asJson.map((item) => item.metadata.id), [id]);
     assert.equal((await run('sessions', ['list'], { MANTICORE_USER: 'bob' })).stdout, 'no sessions\n', 'another user sees none of it');
+    await run('sessions', ['create', '--template', 'demo'], { MANTICORE_USER: 'bob' });
+    const everyone = await run('sessions', ['list'], { MANTICORE_TOKEN: adminToken });
+    assert.deepEqual(everyone.stdout.split('\n').slice(1, -1).map((line) => line.split(/ +/)[1]).sort(), ['alice', 'bob'], `operators see whose each session is:\n${everyone.stdout}`);
 
     await makeReady(h, id);
     const got = await run('sessions', ['get', id]);

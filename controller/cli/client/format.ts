@@ -11,8 +11,9 @@ export function table(header: string[], rows: string[][]): string {
 export function sessionTable(sessions: Session[]): string {
   if (sessions.length === 0) return 'no sessions\n';
   return table(
-    ['ID', 'TEMPLATE', 'PHASE', 'DETAIL', 'CREATED'],
-    sessions.map((session) => [session.metadata.id, session.spec.template, session.status.phase, detail(session), session.metadata.createdAt]),
+    // The owner too: an operator's list holds everyone's.
+    ['ID', 'OWNER', 'TEMPLATE', 'PHASE', 'DETAIL', 'CREATED'],
+    sessions.map((session) => [session.metadata.id, session.metadata.owner, session.spec.template, session.status.phase, detail(session), session.metadata.createdAt]),
   );
 }
 
