@@ -1,6 +1,12 @@
 import type { Logger } from '../util/log.js';
 
 /**
+ * The signals that stop the process: Ctrl-C, a service manager's stop, and the terminal closing (SIGHUP, whose
+ * default would end the process at once and leave HAProxy and the sessions' processes running).
+ */
+const stopSignals: readonly NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+
+/**
  * Stops every part (each hands over or finishes its work: the leader releases its lock, streams are closed
  * with a reason, the router withdraws its heartbeat): 0 once done. If that takes longer than the grace
  * period, or a second signal comes, 1 at once, logged, so the process can exit rather than be killed
@@ -14,13 +20,11 @@ export async function stopWithin(stop: () => Promise<void>, graceMs: number, sig
   const cut = new Promise<string>((resolve) => {
     timer = setTimeout(() => resolve(`not stopped within the grace period of ${graceMs} ms`), graceMs);
     onSignal = (again) => resolve(`${again} received while stopping`);
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
+    for (const name of stopSignals) process.once(name, onSignal);
   });
   const outcome = await Promise.race([stop().then(() => undefined), cut]);
   clearTimeout(timer);
-  process.off('SIGINT', onSignal!);
-  process.off('SIGTERM', onSignal!);
+  for (const name of stopSignals) process.off(name, onSignal!);
   if (outcome !== undefined) {
     log.error({ elapsedMs: Date.now() - startedAt }, `shutdown cut short: ${outcome}`);
     return 1;
@@ -29,7 +33,7 @@ export async function stopWithin(stop: () => Promise<void>, graceMs: number, sig
   return 0;
 }
 
-/** The first SIGINT or SIGTERM: `requested` aborts and `received` resolves with it (later ones are stopWithin's). */
+/** The first stop signal: `requested` aborts and `received` resolves with it (later ones are stopWithin's). */
 export interface StopSignal {
   readonly requested: AbortSignal;
   readonly received: Promise<NodeJS.Signals>;
@@ -48,11 +52,9 @@ export function listenForStop(): StopSignal {
       resolve(signal);
     };
     dispose = () => {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
+      for (const name of stopSignals) process.off(name, onSignal);
     };
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
+    for (const name of stopSignals) process.on(name, onSignal);
   });
   return { requested: requested.signal, received, dispose };
 }

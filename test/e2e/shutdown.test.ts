@@ -199,21 +199,24 @@ describe('end to end: Ctrl-C in the terminal of `manticore up`', function () {
     fs.rmSync(stateDir, { recursive: true, force: true });
   });
 
-  it('stops HAProxy in order, as it stops the rest, and exits 0', async () => {
-    const isolated = await isolatedEnvironment(stateDir, 4);
-    // detached: a process group of its own, as a shell gives a foreground job.
-    child = spawn(process.execPath, [cli, 'up', '--config', 'manifests/examples/embedded.yaml'], { cwd: repoRoot, env: { ...process.env, ...isolated.env }, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-    let output = '';
-    child.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    child.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    const exited = new Promise<number | null>((resolve) => child!.once('exit', (code) => resolve(code)));
-    await waitFor('the front end', async () => (await httpRequest(`${isolated.api}/healthz`).catch(() => undefined))?.status === 200, 30_000, 50).catch((error: Error) => {
-      throw new Error(`${error.message}\n${output}`);
+  // SIGHUP: the terminal closed (its window, an ssh connection dropped), which must not leave HAProxy serving.
+  for (const signal of ['SIGINT', 'SIGHUP'] as const) {
+    it(`stops HAProxy in order, as it stops the rest, and exits 0 (${signal})`, async () => {
+      const isolated = await isolatedEnvironment(stateDir, 4);
+      // detached: a process group of its own, as a shell gives a foreground job.
+      child = spawn(process.execPath, [cli, 'up', '--config', 'manifests/examples/embedded.yaml'], { cwd: repoRoot, env: { ...process.env, ...isolated.env }, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+      let output = '';
+      child.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      child.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      const exited = new Promise<number | null>((resolve) => child!.once('exit', (code) => resolve(code)));
+      await waitFor('the front end', async () => (await httpRequest(`${isolated.api}/healthz`).catch(() => undefined))?.status === 200, 30_000, 50).catch((error: Error) => {
+        throw new Error(`${error.message}\n${output}`);
+      });
+      assert.notDeepEqual(processesNaming(haproxyConfig), [], 'HAProxy runs');
+      process.kill(-child.pid!, signal);
+      assert.equal(await exited, 0, output.slice(-2000));
+      assert.doesNotMatch(output, /haproxy died|exited with code 130/, 'HAProxy was interrupted before it was stopped');
+      assert.deepEqual(processesNaming(haproxyConfig), [], 'its HAProxy stopped with it');
     });
-    assert.notDeepEqual(processesNaming(haproxyConfig), [], 'HAProxy runs');
-    process.kill(-child.pid!, 'SIGINT');
-    assert.equal(await exited, 0, output.slice(-2000));
-    assert.doesNotMatch(output, /haproxy died|exited with code 130/, 'HAProxy was interrupted before it was stopped');
-    assert.deepEqual(processesNaming(haproxyConfig), [], 'its HAProxy stopped with it');
-  });
+  }
 });
