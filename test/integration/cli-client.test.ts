@@ -167,6 +167,10 @@ describe('the client commands (manticore sessions, templates)', function () {
       assert.match(usage.stderr, /^manticore: /);
     }
 
+    assert.match((await run('sessions', ['list', '--wait'])).stderr, /^manticore: --wait goes only with "sessions create"\n\(see: manticore sessions --help\)\n$/);
+    assert.match((await run('sessions', ['get', 'x', '--task', 'hmi', '--tail', '5'])).stderr, /^manticore: --task, --tail go only with "sessions logs"\n/);
+    assert.match((await run('templates', ['a', 'b'])).stderr, /\(see: manticore templates --help\)\n$/);
+
     const port = await freePort();
     const unreachable = await runClientCommand('sessions', ['list', '--url', `http://127.0.0.1:${port}`], { stdout: new PassThrough(), stderr: new PassThrough(), env: {} });
     assert.equal(unreachable, exitCodes.unavailable);

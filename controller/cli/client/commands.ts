@@ -90,7 +90,7 @@ export async function runClientCommand(command: ClientCommand, argv: string[], i
     if (command === 'status') return await status(invocation);
     return await sessions(invocation);
   } catch (error) {
-    return reportError(error, io);
+    return reportError(error, command, io);
   }
 }
 
@@ -153,7 +153,7 @@ async function sessions(invocation: Invocation): Promise<number> {
   const print = (session: Session): void => void io.stdout.write(output === 'json' ? `${JSON.stringify(session, null, 2)}\n` : describeSession(session));
   const flagsOnlyFor = (allowed: string, ...flags: Array<keyof Invocation['values']>): void => {
     const misplaced = flags.filter((flag) => values[flag] !== undefined);
-    if (misplaced.length > 0 && verb !== allowed) throw new UsageError(`--${misplaced.join(', --')} only go with "sessions ${allowed}"`);
+    if (misplaced.length > 0 && verb !== allowed) throw new UsageError(`--${misplaced.join(', --')} ${misplaced.length === 1 ? 'goes' : 'go'} only with "sessions ${allowed}"`);
   };
   flagsOnlyFor('create', 'template', 'param', 'label', 'wait');
   flagsOnlyFor('logs', 'task', 'stream', 'tail', 'follow');
@@ -325,9 +325,9 @@ async function logs({ client, values, io }: Invocation, id: string): Promise<num
   }
 }
 
-function reportError(error: unknown, io: ClientIo): number {
+function reportError(error: unknown, command: ClientCommand, io: ClientIo): number {
   if (error instanceof UsageError) {
-    io.stderr.write(`manticore: ${error.message}\n(see: manticore sessions --help)\n`);
+    io.stderr.write(`manticore: ${error.message}\n(see: manticore ${command} --help)\n`);
     return exitCodes.usage;
   }
   if (error instanceof FrontendError) {
