@@ -170,6 +170,9 @@ describe('the client commands (manticore sessions, templates)', function () {
     assert.match((await run('sessions', ['list', '--wait'])).stderr, /^manticore: --wait goes only with "sessions create"\n\(see: manticore sessions --help\)\n$/);
     assert.match((await run('sessions', ['get', 'x', '--task', 'hmi', '--tail', '5'])).stderr, /^manticore: --task, --tail go only with "sessions logs"\n/);
     assert.match((await run('templates', ['a', 'b'])).stderr, /\(see: manticore templates --help\)\n$/);
+    const logsAsJson = await run('sessions', ['logs', 'x', '-o', 'json']);
+    assert.equal(logsAsJson.code, exitCodes.usage, 'a script asking for JSON does not get the log text instead');
+    assert.match(logsAsJson.stderr, /^manticore: sessions logs prints the log as text/);
 
     const port = await freePort();
     const unreachable = await runClientCommand('sessions', ['list', '--url', `http://127.0.0.1:${port}`], { stdout: new PassThrough(), stderr: new PassThrough(), env: {} });

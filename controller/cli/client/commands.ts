@@ -41,7 +41,8 @@ Client options:
   --token TOKEN             bearer token: a JWT, or the operators' admin token (env MANTICORE_TOKEN)
   --user NAME               who you are in auth mode "none", where a token other than the admin token
                             is ignored (env MANTICORE_USER; default: the login name)
-  -o, --output table|json   json prints the API's objects (watch: one JSON object per line)
+  -o, --output table|json   json prints the API's objects (watch: one JSON object per line; not for logs,
+                            which prints the log's text)
 
 Exit codes: 0 success, 1 front end unreachable or failing, 2 bad usage, 3 not found, 4 refused
 (invalid, not allowed, limit reached, rate limited), 5 the watched session failed or ended before Ready.
@@ -274,7 +275,8 @@ async function follow({ client, output, io }: Invocation, id: string, answeredAt
  * down, the workload replaced) or broken is opened again just after the last output printed, as a browser's
  * EventSource does, for up to 30 s without news; the session ending ends it (0), as does Ctrl-C.
  */
-async function logs({ client, values, io }: Invocation, id: string): Promise<number> {
+async function logs({ client, output, values, io }: Invocation, id: string): Promise<number> {
+  if (output === 'json') throw new UsageError('sessions logs prints the log as text; --output json does not apply to it');
   let tail: number | undefined;
   if (values.tail !== undefined) {
     tail = Number(values.tail);
