@@ -374,6 +374,8 @@ describe('the client commands (manticore sessions, templates)', function () {
     const table = await run('status', [], { MANTICORE_TOKEN: adminToken });
     assert.equal(table.code, exitCodes.ok, table.stderr);
     assert.match(table.stdout, /^sessions +1 \(Ready 1\)$/m);
+    // The embedded store has no leader key: its one replica leads, as its heartbeat says.
+    assert.match(table.stdout, new RegExp(`^leader +${host.replace(/\./g, '\\.')} \\(pid ${pid}\\) since `, 'm'));
     assert.match(table.stdout, new RegExp(`^${host.replace(/\./g, '\\.')} +${pid} +leader +`, 'm'));
     assert.match(table.stdout, /^gone-host +4242 +stale +/m);
     assert.match(table.stdout, /^edge-1 +live +\d+ +up to date +/m);

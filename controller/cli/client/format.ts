@@ -75,12 +75,15 @@ export function describeSession(session: Session): string {
 /** The `status` view: the leader, every replica and router, and the sessions by phase. */
 export function clusterView(cluster: ClusterStatus): string {
   const { leader, sessions } = cluster;
+  // Without a leader key (the embedded store's one process always leads) the heartbeat says who leads, as in the table below.
+  const byHeartbeat = cluster.replicas.find((replica) => replica.live && replica.leading);
+  const leading = leader ?? (byHeartbeat && { host: byHeartbeat.host, pid: byHeartbeat.pid, since: byHeartbeat.startedAt });
   const phases = Object.entries(sessions.byPhase)
     .filter(([, count]) => count > 0)
     .map(([phase, count]) => `${phase} ${count}`)
     .join(', ');
   const sections = [
-    `leader     ${leader ? `${leader.host} (pid ${leader.pid}) since ${leader.since}` : 'none: no controller leads right now'}`,
+    `leader     ${leading ? `${leading.host} (pid ${leading.pid}) since ${leading.since}` : 'none: no controller leads right now'}`,
     `routes     ${cluster.routes} session(s) routed`,
     `sessions   ${sessions.total}${phases ? ` (${phases})` : ''}${sessions.oldestWaitingSince ? `; oldest waiting since ${sessions.oldestWaitingSince}` : ''}`,
     '',
