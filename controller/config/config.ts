@@ -231,11 +231,26 @@ export function loadConfig(file: string | undefined, env: NodeJS.ProcessEnv = pr
       throw new ValidationError(`configuration file ${file}`, ['(root): must be a mapping']);
     }
   }
+  /** JSON pointer of each overridden field → its variable. */
+  const overrides = new Map<string, string>();
   for (const { variable, path, parse } of environmentOverrides) {
     const value = env[variable];
-    if (value !== undefined && value !== '') setPath(raw as Record<string, unknown>, path, parse(value));
+    if (value === undefined || value === '') continue;
+    setPath(raw as Record<string, unknown>, path, parse(value));
+    overrides.set(`/${path.join('/')}`, variable);
   }
-  const config = validate<ManticoreConfig>('config', raw, file === undefined ? 'configuration' : `configuration file ${file}`);
+  let config: ManticoreConfig;
+  try {
+    config = validate<ManticoreConfig>('config', raw, file === undefined ? 'configuration' : `configuration file ${file}`);
+  } catch (error) {
+    if (!(error instanceof ValidationError)) throw error;
+    // A bad value from the environment is not in the file the message names: say where it came from.
+    const source = (problem: string): string => {
+      const variable = overrides.get(problem.slice(0, problem.indexOf(':')));
+      return variable === undefined ? problem : `${problem} (from ${variable})`;
+    };
+    throw new ValidationError(error.what, error.problems.map(source));
+  }
   return finish(config, file ?? 'configuration');
 }
 

@@ -159,8 +159,9 @@ describe('configuration', () => {
     assert.equal(loadConfig(write('router:\n  statusHost: 10.0.0.5\n  statusPort: 8080\n'), {}).router.statusPort, 8080);
   });
 
-  it('rejects an environment override that is not valid', () => {
-    assert.throws(() => loadConfig(undefined, { MANTICORE_HTTP_PORT: 'x' }), /\/router\/http\/port: must be integer/);
+  it('rejects an environment override that is not valid, naming the variable rather than blaming the file', () => {
+    assert.throws(() => loadConfig(undefined, { MANTICORE_HTTP_PORT: 'x' }), /\/router\/http\/port: must be integer \(from MANTICORE_HTTP_PORT\)/);
+    assert.throws(() => loadConfig(path.resolve(__dirname, '../../../manifests/examples/embedded.yaml'), { MANTICORE_TCP_PORT_RANGE_END: '70000' }), /\/router\/tcp\/portRangeEnd: must be <= 65535 \(from MANTICORE_TCP_PORT_RANGE_END\)$/);
   });
 
   it('reports a missing file clearly', () => {
