@@ -55,9 +55,13 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   const [command, ...rest] = parsed.positionals;
-  if (parsed.values.help || command === undefined) {
+  if (parsed.values.help) {
     process.stdout.write(usage);
-    return command === undefined && !parsed.values.help ? 2 : 0;
+    return 0;
+  }
+  if (command === undefined) {
+    process.stderr.write(`manticore: a command is needed\n\n${usage}`);
+    return 2;
   }
   if (rest.length > 0) {
     process.stderr.write(`manticore: unexpected argument "${rest[0]}"\n`);

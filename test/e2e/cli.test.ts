@@ -33,6 +33,10 @@ describe('the manticore command', () => {
   });
 
   it('exits 2 with a message for an unknown command or option', () => {
+    const none = run([]);
+    assert.equal(none.status, 2);
+    assert.equal(none.stdout, '', 'a usage error writes nothing a pipe would take for output');
+    assert.match(none.stderr, /^manticore: a command is needed\n\nUsage: manticore <command>/);
     const unknown = run(['launch']);
     assert.equal(unknown.status, 2);
     assert.match(unknown.stderr, /unknown command "launch"/);
