@@ -469,14 +469,15 @@ export class ConsulStore implements Store, LockService {
   }
 
   /**
-   * A write is retried only when the connection was refused (it cannot have reached Consul) or Consul
-   * answered 429 (rate limited before applying). Any other failure may have been applied, so it is reported.
+   * A write is retried only when the connection was refused (it cannot have reached Consul) or Consul's rate
+   * limiter refused it before applying: 429 (the client agent's rpc_rate) or 503 (the servers' limit on
+   * writes, "try again later"). Any other failure may have been applied, so it is reported.
    */
   private async write(spec: CallSpec): Promise<ConsulResponse> {
     for (let attempt = 1; ; attempt++) {
       try {
         const response = await this.call(spec);
-        if (response.status !== 429 || attempt >= READ_ATTEMPTS) return response;
+        if ((response.status !== 429 && response.status !== 503) || attempt >= READ_ATTEMPTS) return response;
       } catch (error) {
         const refused = error instanceof ConsulError && (error.cause as { code?: unknown } | undefined)?.code === 'ECONNREFUSED';
         if (!refused || attempt >= READ_ATTEMPTS || this.closed) throw error;

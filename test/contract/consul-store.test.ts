@@ -283,6 +283,21 @@ describe('Consul store specifics (against the double)', function () {
       assert.ok(failures < 10, `${failures} of 20 reads failed despite retries`);
       assert.ok(double.requests.some((r) => r.status === 500), 'errors were injected');
     });
+    it("retries writes the servers' rate limiter refused (503 \"try again later\"), which Consul never applied", async function () {
+      await start();
+      const store = open();
+      await store.put(`${prefix}a`, '1');
+      const { modifyIndex } = (await store.get(`${prefix}a`))!;
+      double.faults.rateLimited = 2;
+      assert.equal(await store.put(`${prefix}a`, '2', { cas: modifyIndex }), true);
+      double.faults.rateLimited = 1;
+      assert.equal(await store.transaction([{ verb: 'put', key: `${prefix}b`, value: '3', cas: 0 }]), true);
+      assert.deepEqual(
+        double.requests.filter((r) => r.method === 'PUT').map((r) => r.status),
+        [200, 503, 503, 200, 503, 200],
+      );
+      assert.deepEqual((await store.list(prefix)).entries.map((e) => e.value), ['2', '3']);
+    });
   });
 
   describe('watch', function () {

@@ -47,6 +47,12 @@ export interface ConsulDoubleFaults {
   latencyMs: number;
   /** Share (0..1) of requests answered 500 before they are handled (so a failed write changes nothing). */
   errorRate: number;
+  /**
+   * How many of the next requests the servers' rate limiter (limits.request_limits, enforcing) refuses before
+   * they are handled: 429 "try a different server" for a stale read, which any server may answer, else 503
+   * "try again later" (writes and reads the leader must answer).
+   */
+  rateLimited: number;
 }
 
 export interface RecordedRequest {
@@ -263,7 +269,7 @@ interface Route {
 }
 
 export class ConsulDouble {
-  readonly faults: ConsulDoubleFaults = { latencyMs: 0, errorRate: 0 };
+  readonly faults: ConsulDoubleFaults = { latencyMs: 0, errorRate: 0, rateLimited: 0 };
   /** Every request received, oldest first (the latest 10,000). */
   readonly requests: RecordedRequest[] = [];
 
@@ -425,6 +431,12 @@ export class ConsulDouble {
     if (this.faults.errorRate > 0 && Math.random() < this.faults.errorRate) {
       this.log.debug({ method: record.method, path: rawPath }, 'injected 500');
       this.sendText(res, record, 500, 'rpc error making call: No cluster leader');
+      return;
+    }
+    if (this.faults.rateLimited > 0) {
+      this.faults.rateLimited -= 1;
+      const elsewhere = record.method === 'GET' && query.has('stale');
+      this.sendText(res, record, elsewhere ? 429 : 503, `rate limit exceeded, try ${elsewhere ? 'a different server' : 'again later'}`);
       return;
     }
 
