@@ -168,9 +168,9 @@ export class EmbeddedStore implements Store {
     const pruneChanges = db.prepare<[number]>('DELETE FROM changes WHERE idx <= ?');
     const setMeta = db.prepare<[number, string]>('UPDATE meta SET value = ? WHERE name = ?');
 
-    // Applies one operation as the change at index `next`; undefined when it changes nothing (deleting a key
-    // that is already gone succeeds, even with cas, and neither advances the index nor wakes watchers, as in
-    // Consul). A failed compare-and-set throws.
+    // Applies one operation as the change at index `next`; undefined when it changes nothing (writing a key's
+    // current value, or deleting a key that is already gone, succeeds, even with cas, and neither advances
+    // the index nor wakes watchers, as in Consul). A failed compare-and-set throws.
     const applyOperation = (operation: TxnOperation, next: number): KvChange | undefined => {
       // No key is ever locked here (this store has no sessions: lock.ts), so a session check always fails.
       if (operation.verb === 'check-session') throw casFailed;
@@ -183,6 +183,7 @@ export class EmbeddedStore implements Store {
       const existing = this.getKv.get(key);
       if (operation.verb === 'put') {
         if (cas !== undefined && existing?.modify_index !== cas) throw casFailed;
+        if (existing?.value === operation.value) return undefined;
         const createIndex = existing?.create_index ?? next;
         upsertKv.run(key, operation.value, createIndex, next);
         return { type: 'put', entry: { key, value: operation.value, createIndex, modifyIndex: next } };

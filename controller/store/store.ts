@@ -3,7 +3,9 @@ import type { Observable } from 'rxjs';
 /**
  * The desired-state store: a revisioned key/value space with per-key compare-and-set and prefix watches.
  * Shaped after Consul KV so the embedded store and the Consul store are interchangeable:
- * every write advances one global index; each entry remembers the index that created and last modified it.
+ * every write that changes something advances one global index (one that writes a key's current value is
+ * skipped: the key keeps its modifyIndex and no watcher hears of it); each entry remembers the index that
+ * created and last modified it.
  */
 export interface KvEntry {
   readonly key: string;

@@ -182,6 +182,21 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
         assert.ok(second.modifyIndex > first.modifyIndex);
       });
 
+      it('skips a write that changes nothing, as Consul does: the modifyIndex stays and no watcher hears of it', async function () {
+        await store.put(`${ns}a`, 'same');
+        const before = await mustGet(store, `${ns}a`);
+        const watch = record(store.watch(ns));
+        await watch.until('the initial reset', () => watch.steps.length > 0);
+        assert.equal(await store.put(`${ns}a`, 'same'), true);
+        assert.equal(await store.put(`${ns}a`, 'same', { cas: before.modifyIndex }), true);
+        assert.equal(await store.transaction([{ verb: 'put', key: `${ns}a`, value: 'same', cas: before.modifyIndex }]), true);
+        assert.deepEqual(await mustGet(store, `${ns}a`), before);
+        // A change after the skipped writes is the watch's next step: they woke no one.
+        await store.put(`${ns}b`, 'next');
+        await watch.until('the next change', () => watch.values()[`${ns}b`] === 'next');
+        assert.deepEqual(watch.changes().map(changeKey), [`${ns}b`]);
+      });
+
       it('deletes a key, and deleting a missing key succeeds', async function () {
         await store.put(`${ns}a`, 'one');
         assert.equal(await store.delete(`${ns}a`), true);

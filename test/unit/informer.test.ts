@@ -34,11 +34,14 @@ describe('StoreInformer', () => {
     assert.equal(informer.cache.get('a')?.value, value);
     assert.deepEqual(decoded, []);
 
-    // Only that one entry: the next one under the id is decoded, and is no echo.
+    // Only that one entry: a later one under the id with the same text is decoded, and is no echo (the
+    // store skips rewriting the current value, as Consul does, so another value comes between).
+    await store.put('p/a', '{"n":2}');
     await store.put('p/a', '{"n":1}');
-    await waitFor('the second write', () => decoded.length === 1);
+    await waitFor('the later writes', () => decoded.length === 2);
+    assert.deepEqual(decoded, ['{"n":2}', '{"n":1}']);
     assert.notEqual(informer.cache.get('a')?.value, value);
-    assert.deepEqual(echoes, [true, false]);
+    assert.deepEqual(echoes, [true, false, false]);
   });
 
   it('decodes an entry whose text differs from what this process said it is writing, as no echo', async () => {
