@@ -1,4 +1,5 @@
-import { MAX_TXN_BYTES, MAX_TXN_OPS, transactionBytes, type Store, type TxnOperation, type WriteOptions } from '../store/store.js';
+import { ConsulError } from '../store/consul-store.js';
+import { MAX_TXN_BYTES, MAX_TXN_OPS, transactionBytes, validateTransaction, type Store, type TxnOperation, type WriteOptions } from '../store/store.js';
 
 /** The writes the reconciler makes. */
 export type StoreWriter = Pick<Store, 'put' | 'delete' | 'transaction'>;
@@ -31,8 +32,10 @@ interface FencedBatch {
  * Fenced writes made in the same turn of the event loop (many reconciles finishing together) share one
  * transaction, up to the store's caps (64 operations, 512 KB as Consul receives it): one round trip, and
  * one wake-up of every watch of the prefix, instead of one per session. A transaction is all or nothing,
- * so when a shared one fails (one member's compare-and-set lost, or an error) each member is sent again
- * on its own and gets its own answer.
+ * so when a shared one fails (one member's compare-and-set lost, or Consul refused it) each member is sent
+ * again on its own and gets its own answer. Each write is validated before it joins a batch, so a bad one
+ * fails alone. A shared transaction that may have applied (no answer, or a 5xx) is never sent again: a
+ * member's compare-and-set would then fail on its own write and answer false; every member gets the error.
  */
 export class FencedWriter implements StoreWriter {
   private readonly forming: FencedBatch[] = [];
@@ -64,9 +67,10 @@ export class FencedWriter implements StoreWriter {
   private send(operations: readonly TxnOperation[]): Promise<boolean> {
     const fence = this.fence();
     if (fence !== undefined) {
-      // Too many operations, or too many bytes, for one transaction: the store refuses it with the reason.
+      // A bad key or value, or too many operations or bytes for one transaction with the fence: refused here,
+      // with the reason, to this caller alone.
+      validateTransaction([fence, ...operations]);
       const bytes = transactionBytes(operations) - 1;
-      if (operations.length + 1 > MAX_TXN_OPS || transactionBytes([fence]) + bytes > MAX_TXN_BYTES) return this.store.transaction([fence, ...operations]);
       return new Promise((resolve, reject) => this.enqueue(fence, { operations, bytes, resolve, reject }));
     }
     // Unfenced, a single operation is a plain write, as the caller would have made it.
@@ -118,7 +122,11 @@ export class FencedWriter implements StoreWriter {
           for (const write of writes) write.resolve(true);
           return;
         }
-      } catch {
+      } catch (error) {
+        if (!refusedWhole(error)) {
+          for (const write of writes) write.reject(error);
+          return;
+        }
         // Sent again one by one below, where each member's own error reaches its caller.
       }
     }
@@ -128,4 +136,9 @@ export class FencedWriter implements StoreWriter {
 
 function sameFence(a: TxnOperation, b: TxnOperation): boolean {
   return a.verb === 'check-session' && b.verb === 'check-session' && a.key === b.key && a.session === b.session;
+}
+
+/** Whether Consul answered that it applied none of a transaction (4xx: refused or rolled back). */
+function refusedWhole(error: unknown): boolean {
+  return error instanceof ConsulError && error.status !== undefined && error.status < 500;
 }

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { FencedWriter } from '../../controller/controller/fenced-writer.js';
-import { ConsulStore } from '../../controller/store/consul-store.js';
-import { MAX_TXN_OPS, type TxnOperation } from '../../controller/store/store.js';
+import { ConsulError, ConsulStore } from '../../controller/store/consul-store.js';
+import { MAX_TXN_OPS, type Store, type TxnOperation } from '../../controller/store/store.js';
 import { ConsulDouble } from '../fakes/consul.js';
 import { testLog } from '../support/controller-harness.js';
 
@@ -77,6 +77,25 @@ describe('FencedWriter (Consul double)', function () {
     const results = await Promise.allSettled([writer.put('m/status/a', 'x'), writer.put('m/status/../b', 'x'), writer.put('m/status/c', 'x')]);
     assert.deepEqual(results.map((result) => result.status), ['fulfilled', 'rejected', 'fulfilled']);
     assert.match(String((results[1] as PromiseRejectedResult).reason), /path segments/);
+  });
+
+  it('gives every member the error of a shared transaction that may have applied, never sending it again', async () => {
+    // Consul applied the transaction but its answer was lost (a timeout, a leader lost while committing).
+    let lostAnswers = 1;
+    const flaky: Store = Object.assign(Object.create(store) as Store, {
+      transaction: async (operations: readonly TxnOperation[]): Promise<boolean> => {
+        const written = await store.transaction(operations);
+        if (lostAnswers-- > 0) throw new ConsulError('did not answer within 10000 ms', 'transaction', operations[0]!.key, undefined, true);
+        return written;
+      },
+    });
+    const writer = new FencedWriter(flaky, () => fence);
+    const before = transactions();
+    const results = await Promise.allSettled([writer.put('m/status/a', 'x', { cas: 0 }), writer.put('m/status/b', 'y', { cas: 0 })]);
+    // Sent again, each create would fail its compare-and-set on its own write and answer false: a lie.
+    assert.deepEqual(results.map((result) => (result.status === 'rejected' ? result.reason instanceof ConsulError : result.value)), [true, true]);
+    assert.equal(transactions() - before, 1);
+    assert.deepEqual((await store.list('m/status/')).entries.map((entry) => entry.value), ['x', 'y']);
   });
 
   it('writes nothing once the lease is gone', async () => {
