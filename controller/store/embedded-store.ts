@@ -266,6 +266,7 @@ export class EmbeddedStore implements Store {
       const { index, logFloor } = initialize(db, inMemory, retention);
       // SQLite made the WAL file when it opened the database in WAL mode.
       walFd = inMemory ? undefined : fs.openSync(`${resolved}-wal`, 'r');
+      if (!inMemory) syncDirectory(path.dirname(resolved));
       const store = new EmbeddedStore(db, resolved, retention, log, index, logFloor, walFd);
       log.info({ file: resolved, index, logFloor, retention }, 'store opened');
       return store;
@@ -600,6 +601,20 @@ function initialize(db: Database.Database, inMemory: boolean, retention: number)
       return { index, logFloor };
     })
     .immediate();
+}
+
+/**
+ * Syncs a directory's entries. Syncing the WAL makes its contents durable, not the names of a file or WAL
+ * SQLite just created, and SQLite syncs the directory only at its own syncs (checkpoints, here rare): until
+ * then a power loss could take a new store file away with every write acknowledged in it.
+ */
+function syncDirectory(directory: string): void {
+  const fd = fs.openSync(directory, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 /**

@@ -243,6 +243,21 @@ describe('EmbeddedStore', function () {
       }
     });
 
+    it('syncs the directory of a new store file once its WAL exists, so that a power loss keeps both files', async function () {
+      const opens = sinon.spy(fs, 'openSync');
+      const syncs = sinon.spy(fs, 'fsyncSync');
+      try {
+        open();
+      } finally {
+        opens.restore();
+        syncs.restore();
+      }
+      const walOpened = opens.getCalls().findIndex((call) => call.args[0] === `${file}-wal`);
+      const dirCall = opens.getCalls().findIndex((call) => call.args[0] === dir);
+      assert.ok(walOpened !== -1 && dirCall > walOpened, 'the directory is opened after the WAL exists');
+      assert.ok(syncs.calledWith(opens.getCall(dirCall).returnValue as number), 'and synced');
+    });
+
     it('creates missing parent directories', async function () {
       file = path.join(dir, 'nested', 'deeper', 'store.db');
       const store = open();
