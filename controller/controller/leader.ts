@@ -213,7 +213,10 @@ export class LeaderElection implements Leadership {
   private async confirmLoss(): Promise<void> {
     try {
       const entry = await this.options.store.get(this.options.key);
-      if (this.leading && entry?.session !== this.session) this.setLeading(false, 'the leader key is no longer ours');
+      if (!this.leading || entry?.session === this.session) return;
+      this.setLeading(false, 'the leader key is no longer ours');
+      // The key went without a holder (Consul lost its state): no later change of it will say so.
+      if (entry?.session === undefined) this.compete();
     } catch (error) {
       this.log.warn({ err: error }, 'reading the leader key failed');
     }
@@ -263,6 +266,9 @@ export class LeaderElection implements Leadership {
     } catch (error) {
       this.log.warn({ err: error }, 'competing for the leader key failed; trying again');
       this.retryLater(this.retryMs);
+      // Consul refuses to lock with a session it no longer has (500 "invalid session"): find that out now
+      // and start a new session, rather than trying with the dead one until the next renewal.
+      if (this.session !== undefined) void this.dropIfGone(this.session);
     }
   }
 
@@ -285,10 +291,7 @@ export class LeaderElection implements Leadership {
       const alive = await this.options.locks.renewSession(session);
       if (this.stopped || session !== this.session) return;
       if (!alive) {
-        this.log.warn({ consulSession: session }, 'the Consul session is gone; starting a new one');
-        this.session = undefined;
-        this.setLeading(false, 'the session ended');
-        this.compete();
+        this.sessionGone(session);
         return;
       }
       this.renewedAt = sentAt;
@@ -301,6 +304,23 @@ export class LeaderElection implements Leadership {
       this.log.warn({ err: error, consulSession: session }, 'renewing the session failed; trying again');
       this.scheduleRenewal(this.retryMs);
     }
+  }
+
+  /** Renews `session` only to learn whether Consul still has it; the regular renewals go on as scheduled. */
+  private async dropIfGone(session: string): Promise<void> {
+    try {
+      const alive = await this.options.locks.renewSession(session);
+      if (!alive && !this.stopped && session === this.session) this.sessionGone(session);
+    } catch {
+      // Unreachable: the retry already scheduled and the regular renewals will tell.
+    }
+  }
+
+  private sessionGone(session: string): void {
+    this.log.warn({ consulSession: session }, 'the Consul session is gone; starting a new one');
+    this.session = undefined;
+    this.setLeading(false, 'the session ended');
+    this.compete();
   }
 
   private armStepDown(): void {

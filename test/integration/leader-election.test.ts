@@ -142,6 +142,45 @@ describe('Leader election (Consul double)', function () {
     await waitFor('b takes over once a released the key', () => b.leading);
   });
 
+  it('elects a leader again within a second when Consul lost its state, sessions and leader key included', async function () {
+    for (const r of [replica(1), replica(2)]) r.election.start();
+    await waitFor('a leader', () => leaders().length === 1);
+    await waitFor('the standby watches', () => double.heldQueries >= 2);
+    const lostAt = Date.now();
+    double.reset();
+    // Without noticing that their sessions are gone, the replicas would try to lock with them (Consul: 500
+    // "invalid session") until their next renewal, TTL/2 later.
+    const entry = await waitFor('the leader key locked again', async () => (await store.get(keys.leader))?.session !== undefined && leaders().length === 1, 5_000, 5);
+    const electedMs = Date.now() - lostAt;
+    assert.ok(entry);
+    assert.ok(electedMs < 1000, `a leader was elected again after ${electedMs} ms`);
+  });
+
+  it('keeps to its retry pace when locking fails while its session is alive', async function () {
+    let attempts = 0;
+    const refusing: LockService = {
+      createSession: (options) => store.createSession(options),
+      renewSession: (id) => store.renewSession(id),
+      destroySession: (id) => store.destroySession(id),
+      release: (key, session) => store.release(key, session),
+      acquire: async () => {
+        attempts++;
+        throw new Error('Consul answered 403: Permission denied');
+      },
+    };
+    const clock = new SteppedClock();
+    const election = new LeaderElection({ store, locks: refusing, key: keys.leader, ttlSeconds: TTL_SECONDS, lockDelaySeconds: LOCK_DELAY_SECONDS, log: testLog, identity: { host: 'test-host', pid: 1 }, retryMs: 200, clock });
+    replicas.push({ election, locks: new PartitionableLocks(store), changedAt: {} });
+    election.start();
+    // The check of the session after a failure is answered (alive) long before the retry is due.
+    await waitFor('the session checked', () => double.requests.some((r) => r.path.startsWith('/v1/session/renew/') && r.status === 200));
+    const before = attempts;
+    for (let i = 0; i < 5; i++) await store.get(keys.leader);
+    assert.equal(attempts, before, 'no attempt but the scheduled retry follows a failure');
+    clock.fireAll();
+    await waitFor('the retry', () => attempts > before);
+  });
+
   it('hands over within a second when the leader stops', async function () {
     for (const r of [replica(1), replica(2), replica(3)]) r.election.start();
     const [leader] = await waitFor('a leader', () => (leaders().length > 0 ? leaders() : undefined));
