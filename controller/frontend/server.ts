@@ -95,14 +95,17 @@ export class Frontend {
     this.app.get('/healthz', async () => ({ ok: true }));
     registerWebPage(this.app);
     const identify = options.authenticator ?? new AnonymousOrHeaderAuthenticator();
-    const authenticator = options.rateLimit === undefined ? identify : new RateLimitedAuthenticator(identify, new RateLimiter(options.rateLimit, options.now ?? Date.now));
+    const limiter = options.rateLimit === undefined ? undefined : new RateLimiter(options.rateLimit, options.now ?? Date.now);
+    // One limiter for every API: a user's v1 and v2 requests draw on the same bucket.
+    const limit = (inner: Authenticator): Authenticator => (limiter === undefined ? inner : new RateLimitedAuthenticator(inner, limiter));
+    const authenticator = limit(identify);
     registerApiV1(this.app, this.sessions, authenticator);
     const statusStreams = new StreamCounts(options.statusStreamsPerUser ?? DEFAULT_STATUS_STREAMS_PER_USER, 'status streams');
     registerEvents(this.app, this.sessions, authenticator, statusStreams, options.now ?? Date.now);
     registerLogs(this.app, this.sessions, authenticator, { logs: options.logs?.source, streamsPerUser: options.logs?.streamsPerUser ?? DEFAULT_LOG_STREAMS_PER_USER, now: options.now ?? Date.now });
     registerCluster(this.app, options.store, options.keys, this.sessions, authenticator, options.cluster ?? { replicaStaleMs: 30_000, routerStaleMs: 30_000 }, options.now ?? Date.now);
     registerOpenApi(this.app);
-    if (options.v2 !== undefined) registerApiV2(this.app, this.sessions, authenticator, options.v2, statusStreams);
+    if (options.v2 !== undefined) registerApiV2(this.app, this.sessions, identify, limit, options.v2, statusStreams);
   }
 
   /**

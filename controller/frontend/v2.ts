@@ -78,7 +78,14 @@ const closeGraceMs = 2_000;
  * any replica serves any user and any passcode. CORS is open on `/api/v2/*`, as v2 had it. A job socket
  * counts among its session owner's status streams (`streams`).
  */
-export function registerApiV2(app: FastifyInstance, sessions: SessionService, auth: Authenticator, options: ApiV2Options, streams: StreamCounts): void {
+export function registerApiV2(
+  app: FastifyInstance,
+  sessions: SessionService,
+  identify: Authenticator,
+  limit: (inner: Authenticator) => Authenticator,
+  options: ApiV2Options,
+  streams: StreamCounts,
+): void {
   const log = app.log.child({ api: 'v2' });
   const job = jobOptionsOf(sessions);
   const passcodes = new PasscodeIndex();
@@ -91,14 +98,11 @@ export function registerApiV2(app: FastifyInstance, sessions: SessionService, au
     return job.options;
   };
 
-  /** The user a request acts for: a verified identity's, else the body's `id` (in v2 the id is the identity). */
-  const userOf = (request: FastifyRequest, reply: FastifyReply): string => {
-    const identity = auth.identify(request, reply);
-    if (identity.verified === true) return identity.user;
-    const id = field(request.body, 'id');
-    if (typeof id !== 'string' || !idPattern.test(id)) throw new V2Error(400, 'Invalid or missing id');
-    return id;
-  };
+  const auth = limit(identify);
+  // Rate-limited as the user the body names: a v2 client sends no cookie, so each of its requests would
+  // otherwise be a new anonymous user with a full bucket.
+  const caller = limit(new V2Caller(identify));
+  const userOf = (request: FastifyRequest, reply: FastifyReply): string => caller.identify(request, reply).user;
 
   /** The user's live v2 sessions (those carrying a passcode), oldest first. */
   const jobsOf = (user: string): Array<{ id: string; passcode: string }> =>
@@ -246,6 +250,19 @@ function validateJob(options: JobOptions, body: unknown): { parameters: Record<s
   if (hmiOption === undefined) return { error: `Not a valid hmi type: ${String(type)}` };
   if (!known(hmiOption.versions, hmiVersion)) return { error: `Not a valid hmi version: ${String(hmiVersion)}` };
   return { parameters: { coreVersion: version, coreBuild: build, hmiType: hmiOption.type, hmiVersion } };
+}
+
+/** The user a v2 request acts for: a verified identity's, else the body's `id` (in v2 the id is the identity). */
+class V2Caller implements Authenticator {
+  constructor(private readonly inner: Authenticator) {}
+
+  identify(request: FastifyRequest, reply: FastifyReply): Identity {
+    const identity = this.inner.identify(request, reply);
+    if (identity.verified === true) return identity;
+    const id = field(request.body, 'id');
+    if (typeof id !== 'string' || !idPattern.test(id)) throw new V2Error(400, 'Invalid or missing id');
+    return { user: id, operator: false };
+  }
 }
 
 /** A refusal in v2's shape, `{error}` alone, as v2 clients read it. */

@@ -257,6 +257,16 @@ describe('front end: the v2 compatibility API', () => {
     assert.equal(refused.headers['access-control-allow-origin'], 'https://portal.example.com');
   });
 
+  it('limits each v2 id’s request rate like a v1 user’s, though a v2 client sends no cookie or user header', async () => {
+    const { frontend: limited } = await startFrontend({ rateLimit: { requestsPerSecond: 1, burst: 2 } });
+    for (let n = 0; n < 2; n += 1) assert.equal((await inject('POST', '/api/v2/job', { id: 'dev-1', ...job }, {}, limited)).status, 200);
+    const refused = await inject('POST', '/api/v2/info', { id: 'dev-1' }, {}, limited);
+    assert.equal(refused.status, 429, refused.text);
+    assert.ok(refused.headers['retry-after']);
+    assert.equal((await inject('DELETE', '/api/v2/job', { id: 'dev-1' }, {}, limited)).status, 429);
+    assert.equal((await inject('POST', '/api/v2/info', { id: 'dev-2' }, {}, limited)).status, 400, 'another id has its own bucket');
+  });
+
   it('allows cross-origin calls on /api/v2 only: reflects the Origin and answers preflights with 204', async () => {
     const origin = { origin: 'https://portal.example.com' };
     const preflight = await inject('OPTIONS', '/api/v2/job', undefined, { ...origin, 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type, authorization' });
