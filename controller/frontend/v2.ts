@@ -290,6 +290,9 @@ function passcodeOf(record: SessionRecord | undefined): string | undefined {
 }
 
 function refuseUpgrade(socket: Duplex, status: string): void {
+  // Node's HTTP server leaves an upgraded connection without an 'error' listener, so a client resetting it
+  // would crash the process; it is done with either way.
+  socket.on('error', () => socket.destroy());
   socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
 }
 

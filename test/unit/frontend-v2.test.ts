@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import path from 'node:path';
+import { PassThrough } from 'node:stream';
 import type { FastifyRequest } from 'fastify';
 import sinon from 'sinon';
 import WebSocket from 'ws';
@@ -361,6 +362,15 @@ describe('front end: the v2 compatibility API', () => {
       assert.deepEqual(await unknown.whenClosed(), { code: 1008, reason: 'unknown passcode' });
       assert.deepEqual(unknown.messages, []);
       await assert.rejects(V2Socket.open(`${url.replace(/^http/, 'ws')}/api/v1/sessions`), /HTTP 404/);
+    });
+
+    it('survives a connection that fails after its upgrade was refused (a client that resets it)', async () => {
+      for (const route of ['/api/v1/sessions', '/api/v2/jobs/x']) {
+        const socket = new PassThrough();
+        frontend.app.server.emit('upgrade', { url: route, headers: {} }, socket, Buffer.alloc(0));
+        // Node's HTTP server leaves an upgraded connection without an 'error' listener: one missing throws (and would crash the process).
+        assert.doesNotThrow(() => socket.emit('error', Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' })), route);
+      }
     });
 
     it('sends position while waiting and once admitted, services once Ready, one activity per idle warning, and dead at the end', async () => {
