@@ -244,11 +244,11 @@ function validateJob(options: JobOptions, body: unknown): { parameters: Record<s
   if (!body || !core || !hmi) return { error: 'Request body is invalid' };
   const [version, build, type, hmiVersion] = [field(core, 'version'), field(core, 'build'), field(hmi, 'type'), field(hmi, 'version')];
   const known = (values: readonly string[], value: unknown): value is string => typeof value === 'string' && values.includes(value);
-  if (!known(options.core.versions, version)) return { error: `Not a valid core version: ${String(version)}` };
-  if (!known(options.core.builds, build)) return { error: `Not a valid core build option: ${String(build)}` };
+  if (!known(options.core.versions, version)) return { error: `Not a valid core version: ${shown(version)}` };
+  if (!known(options.core.builds, build)) return { error: `Not a valid core build option: ${shown(build)}` };
   const hmiOption = typeof type === 'string' ? options.hmis.find((option) => option.type === type) : undefined;
-  if (hmiOption === undefined) return { error: `Not a valid hmi type: ${String(type)}` };
-  if (!known(hmiOption.versions, hmiVersion)) return { error: `Not a valid hmi version: ${String(hmiVersion)}` };
+  if (hmiOption === undefined) return { error: `Not a valid hmi type: ${shown(type)}` };
+  if (!known(hmiOption.versions, hmiVersion)) return { error: `Not a valid hmi version: ${shown(hmiVersion)}` };
   return { parameters: { coreVersion: version, coreBuild: build, hmiType: hmiOption.type, hmiVersion } };
 }
 
@@ -262,6 +262,18 @@ class V2Caller implements Authenticator {
     const id = field(request.body, 'id');
     if (typeof id !== 'string' || !idPattern.test(id)) throw new V2Error(400, 'Invalid or missing id');
     return { user: id, operator: false };
+  }
+}
+
+/**
+ * A value as v2's messages showed it (JavaScript's string conversion); as JSON when that throws, as it does
+ * for an object whose `toString` is not a function.
+ */
+function shown(value: unknown): string {
+  try {
+    return String(value);
+  } catch {
+    return JSON.stringify(value);
   }
 }
 

@@ -112,6 +112,9 @@ describe('front end: the v2 compatibility API', () => {
       [{ id: 'u1', core: { ...job.core, build: 'debug' }, hmi: { type: 'ford' } }, 'Not a valid core build option: debug'],
       [{ id: 'u1', core: job.core, hmi: { type: 'ford', version: 'x' } }, 'Not a valid hmi type: ford'],
       [{ id: 'u1', core: job.core, hmi: { type: ['generic'], version: 'x' } }, 'Not a valid hmi type: generic'],
+      // Values JavaScript cannot turn into a string are shown as JSON, not answered 503.
+      [{ id: 'u1', core: { version: { toString: 1 }, build: 'default' }, hmi: job.hmi }, 'Not a valid core version: {"toString":1}'],
+      [{ id: 'u1', core: job.core, hmi: { type: [{ toString: 'x' }], version: 'x' } }, 'Not a valid hmi type: [{"toString":"x"}]'],
       [{ id: 'u1', core: job.core, hmi: { type: 'generic' } }, 'Not a valid hmi version: undefined'],
       [{ id: 'u1', core: job.core, hmi: { type: 'generic', version: 'minimal-0.5.1' } }, 'Not a valid hmi version: minimal-0.5.1'],
     ];
