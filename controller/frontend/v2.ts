@@ -53,6 +53,8 @@ const passcodeAlphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 const passcodePattern = /^[A-Za-z0-9]{16}$/;
 /** v2's id rule; the length bound is the session owner's. */
 const idPattern = /^[A-Za-z0-9-]{1,256}$/;
+/** A URL whose path is only `/`, without query or fragment: its part before that slash. */
+const rootPath = /^([a-z][a-z0-9+.-]*:\/\/[^/?#]+)\/$/i;
 const jobSocketPath = /^\/api\/v2\/job\/([^/?#]*)(?:\?.*)?$/;
 
 /** v2's service names for the `sdl` template's services. */
@@ -347,12 +349,15 @@ function positionOf(status: SessionStatus): Position | undefined {
   return undefined;
 }
 
-/** v2's `services`: its names for the session's endpoints; core-tcp as `host:port`, as v2 gave it. */
+/**
+ * v2's `services`: its names for the session's endpoints, as v2 gave them: core-tcp as `host:port`, the
+ * others as `scheme://host[:port]` without a trailing slash (clients append paths to them).
+ */
 function servicesOf(status: SessionStatus): Record<string, string> {
   const services: Record<string, string> = {};
   for (const [v2Name, service] of serviceNames) {
     const endpoint = status.endpoints[service];
-    if (endpoint !== undefined) services[v2Name] = endpoint.protocol === 'tcp' ? new URL(endpoint.url).host : endpoint.url;
+    if (endpoint !== undefined) services[v2Name] = endpoint.protocol === 'tcp' ? new URL(endpoint.url).host : endpoint.url.replace(rootPath, '$1');
   }
   return services;
 }

@@ -327,7 +327,7 @@ describe('front end: the v2 compatibility API', () => {
       hmi: { protocol: 'http', url: 'http://h.example.com/' },
     };
 
-    it('gives the addresses of a session behind TLS as they are, and core-tcp as host:port', async () => {
+    it('gives the addresses of a session behind TLS as they are, as origins without a trailing slash as v2 gave them, and core-tcp as host:port', async () => {
       const client = await V2Socket.open(socketUrl(passcode));
       await writeStatus({
         phase: 'Ready',
@@ -337,7 +337,7 @@ describe('front end: the v2 compatibility API', () => {
           hmi: { protocol: 'http', url: 'https://h.example.com/', tls: true },
         },
       });
-      assert.deepEqual((await client.next('services', 0)).data, { 'core-broker': 'wss://b.example.com/', 'core-tcp': 'apps.example.com:20017', 'hmi-user': 'https://h.example.com/' });
+      assert.deepEqual((await client.next('services', 0)).data, { 'core-broker': 'wss://b.example.com', 'core-tcp': 'apps.example.com:20017', 'hmi-user': 'https://h.example.com' });
       client.close();
     });
 
@@ -392,15 +392,15 @@ describe('front end: the v2 compatibility API', () => {
         {
           type: 'services',
           data: {
-            'core-broker': 'ws://b.example.com/',
+            'core-broker': 'ws://b.example.com',
             'core-tcp': 'apps.example.com:20017',
-            'core-file': 'http://f.example.com/',
-            'core-log': 'ws://l.example.com/',
-            'core-policy': 'http://p.example.com/',
-            'core-ws-server': 'ws://w.example.com/',
-            'core-store': 'http://s.example.com/',
-            'core-python': 'ws://py.example.com/',
-            'hmi-user': 'http://h.example.com/',
+            'core-file': 'http://f.example.com',
+            'core-log': 'ws://l.example.com',
+            'core-policy': 'http://p.example.com',
+            'core-ws-server': 'ws://w.example.com',
+            'core-store': 'http://s.example.com',
+            'core-python': 'ws://py.example.com',
+            'hmi-user': 'http://h.example.com',
           },
         },
       ]);
