@@ -18,7 +18,15 @@ const callerErrors = {
 /** Answers every route of the API may give for bad input or load. */
 const clientErrors = { '400': error('The request is invalid; `details` names each offending field.'), ...callerErrors };
 /** Refusals of a v2 route's body before v2's checks see it. */
-const v2BodyErrors = { '413': error('The body is over the size limit.'), '415': error('The body is not JSON.'), ...callerErrors };
+const v2BodyErrors = { '413': error('The body is over the size limit.'), '415': error('The body is neither JSON nor a form.'), ...callerErrors };
+/** A v2 request body: JSON, or a form naming nested fields as `core[version]` (deepObject), as v2 read both. */
+const v2Body = (schema: string, nested: readonly string[] = []): JsonObject => ({
+  required: true,
+  content: {
+    'application/json': { schema: ref(schema) },
+    'application/x-www-form-urlencoded': { schema: ref(schema), encoding: Object.fromEntries(nested.map((name) => [name, { style: 'deepObject', explode: true }])) },
+  },
+});
 /** v2's own 400 (`{error}` alone), or a body that is not JSON, refused by the front end in its shape. */
 const v2BadRequest = (description: string): JsonObject =>
   json({ oneOf: [ref('V2Error'), ref('Error')] }, `${description} A body that is not JSON: \`{error, details}\`.`);
@@ -149,7 +157,7 @@ export function openApiDocument(): JsonObject {
         post: {
           summary: 'v2: ask for a session; connect the websocket with the passcode.',
           description: 'The websocket `/api/v2/job/{passcode}` sends `{type, data}` messages `position`, `services`, `activity` and `dead`, and takes `{type:"activity"}` as a keepalive. It is pinged every 15 s; a client that leaves a ping unanswered until the next is cut.',
-          requestBody: { required: true, content: { 'application/json': { schema: ref('V2JobRequest') } } },
+          requestBody: v2Body('V2JobRequest', ['core', 'hmi']),
           responses: {
             '200': json(ref('V2JobAnswer'), 'Where to connect.'),
             '400': v2BadRequest('Invalid id or job (v2 messages).'),
@@ -160,14 +168,14 @@ export function openApiDocument(): JsonObject {
         },
         delete: {
           summary: 'v2: end the user’s session (200 even when there is none).',
-          requestBody: { required: true, content: { 'application/json': { schema: ref('V2Id') } } },
+          requestBody: v2Body('V2Id'),
           responses: { '200': { description: 'Done (empty body).' }, '400': v2BadRequest('Invalid or missing id.'), '404': v2Error('This deployment runs no sdl sessions.'), ...v2BodyErrors },
         },
       },
       '/api/v2/info': {
         post: {
           summary: 'v2: where to connect for the user’s live session.',
-          requestBody: { required: true, content: { 'application/json': { schema: ref('V2Id') } } },
+          requestBody: v2Body('V2Id'),
           responses: { '200': json(ref('V2JobAnswer'), 'Where to connect.'), '400': v2BadRequest('Invalid or missing id, or no live session.'), '404': v2Error('This deployment runs no sdl sessions.'), ...v2BodyErrors },
         },
       },

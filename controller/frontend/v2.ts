@@ -55,6 +55,8 @@ const passcodePattern = /^[A-Za-z0-9]{16}$/;
 const idPattern = /^[A-Za-z0-9-]{1,256}$/;
 /** A URL whose path is only `/`, without query or fragment: its part before that slash. */
 const rootPath = /^([a-z][a-z0-9+.-]*:\/\/[^/?#]+)\/$/i;
+/** A form field name with qs's brackets for nesting, `core[version]`. */
+const bracketedName = /^([^[\]]+)((?:\[[^[\]]+\])+)$/;
 const jobSocketPath = /^\/api\/v2\/job\/([^/?#]*)(?:\?.*)?$/;
 
 /** v2's service names for the `sdl` template's services. */
@@ -126,6 +128,7 @@ export function registerApiV2(
       v2.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) =>
         body === '' ? done(null, undefined) : parseJson(request, body as string, done),
       );
+      v2.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_request, body, done) => done(null, parseForm(body as string)));
 
       v2.setErrorHandler((error, _request, reply) => {
         // Anything else (401, 409, 429, 503) goes to the front end's handler and keeps its usual shape.
@@ -287,6 +290,25 @@ class V2Error extends Error {
   ) {
     super(message);
   }
+}
+
+/**
+ * A form body, which v2's body parser read as well as JSON, with nested fields named as qs names them
+ * (`core[version]=…`). The objects have no prototype, so a field named `__proto__` is just a field.
+ */
+function parseForm(body: string): Record<string, unknown> {
+  const root = Object.create(null) as Record<string, unknown>;
+  for (const [name, value] of new URLSearchParams(body)) {
+    const bracketed = bracketedName.exec(name);
+    const path = bracketed === null ? [name] : [bracketed[1]!, ...bracketed[2]!.slice(1, -1).split('][')];
+    let target = root;
+    for (const key of path.slice(0, -1)) {
+      const next = target[key];
+      target = typeof next === 'object' && next !== null ? (next as Record<string, unknown>) : (target[key] = Object.create(null) as Record<string, unknown>);
+    }
+    target[path.at(-1)!] = value;
+  }
+  return root;
 }
 
 /** An own property of a JSON object, or undefined for anything else (as reading it in JavaScript gave v2). */

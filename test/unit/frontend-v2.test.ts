@@ -126,6 +126,22 @@ describe('front end: the v2 compatibility API', () => {
     assert.deepEqual(await storedSessions(), []);
   });
 
+  it('reads form-encoded bodies with bracketed names, as v2’s body parser did', async () => {
+    const form = async (method: 'POST' | 'DELETE', route: string, body: string) => {
+      const response = await frontend.app.inject({ method, url: route, headers: { 'content-type': 'application/x-www-form-urlencoded' }, payload: body });
+      return { status: response.statusCode, body: response.body ? JSON.parse(response.body) : undefined };
+    };
+    const fields = 'core%5Bversion%5D=8.2.0-ubuntu-update&core[build]=default&hmi[type]=generic&hmi[version]=minimal-0.13.0';
+    const created = await form('POST', '/api/v2/job', `id=dev-1&${fields}`);
+    assert.equal(created.status, 200, JSON.stringify(created.body));
+    assert.deepEqual((await sessionOf('dev-1')).spec.parameters, { coreVersion: '8.2.0-ubuntu-update', coreBuild: 'default', hmiType: 'generic', hmiVersion: 'minimal-0.13.0' });
+    assert.deepEqual((await form('POST', '/api/v2/info', 'id=dev-1')).body, created.body);
+    assert.deepEqual((await form('POST', '/api/v2/job', `id=dev-2&__proto__[core]=1&hmi[version]=x`)).body, { error: 'Request body is invalid' });
+    assert.deepEqual((await form('POST', '/api/v2/job', 'id=has space')).body, { error: 'Invalid or missing id' });
+    assert.equal((await form('DELETE', '/api/v2/job', 'id=dev-1')).status, 200);
+    assert.ok((await sessionOf('dev-1')).metadata.deletionRequestedAt);
+  });
+
   it('POST /api/v2/job creates one sdl session per user, labelled with its passcode; a repeated POST answers the same passcode', async () => {
     const answers = await Promise.all([1, 2, 3].map(() => inject('POST', '/api/v2/job', { id: 'dev-1', ...job, extra: 'ignored' })));
     for (const answer of answers) assert.equal(answer.status, 200, answer.text);
