@@ -139,11 +139,13 @@ export function registerApiV2(
         const origin = request.headers.origin;
         if (origin !== undefined) void reply.header('access-control-allow-origin', origin).header('vary', 'Origin');
       });
-      v2.options('/*', async (_request, reply) =>
+      v2.options('/*', async (request, reply) =>
         reply
           .code(204)
           .header('access-control-allow-methods', 'GET, POST, DELETE')
-          .header('access-control-allow-headers', 'content-type, authorization')
+          // The headers the page asks for, as v2 allowed them: a client may add its own (a CSRF token).
+          .header('access-control-allow-headers', request.headers['access-control-request-headers'] ?? 'content-type, authorization')
+          .header('vary', 'Origin, Access-Control-Request-Headers')
           .header('access-control-max-age', '600')
           .send(),
       );

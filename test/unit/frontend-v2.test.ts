@@ -295,6 +295,9 @@ describe('front end: the v2 compatibility API', () => {
     assert.equal(preflight.headers['access-control-allow-headers'], 'content-type, authorization');
     assert.match(String(preflight.headers['access-control-allow-methods']), /POST/);
     assert.match(String(preflight.headers['access-control-allow-methods']), /DELETE/);
+    // Whatever headers a page asks to send, as v2's koa-cors allowed them (a portal may add its own, e.g. a CSRF token).
+    const ownHeaders = await inject('OPTIONS', '/api/v2/job', undefined, { ...origin, 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type,x-csrf-token' });
+    assert.equal(ownHeaders.headers['access-control-allow-headers'], 'content-type,x-csrf-token');
 
     const created = await inject('POST', '/api/v2/job', { id: 'dev-1', ...job }, origin);
     assert.equal(created.headers['access-control-allow-origin'], 'https://portal.example.com');
