@@ -216,6 +216,12 @@ export function registerApiV2(
       const id = passcodes.sessionOf(match[1]!);
       if (id === undefined) {
         log.debug('v2 job socket refused: unknown passcode');
+        // The client may send until the close handshake ends, and a frame that breaks the protocol is an
+        // 'error' event, which crashes the process where nothing listens. Such a client is not waited for.
+        ws.on('error', (error: Error) => {
+          log.debug({ err: error }, 'v2 job socket refused: the client broke the protocol');
+          ws.terminate();
+        });
         ws.close(1008, 'unknown passcode');
         return;
       }

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import net from 'node:net';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import type { FastifyRequest } from 'fastify';
@@ -393,6 +394,19 @@ describe('front end: the v2 compatibility API', () => {
         // Node's HTTP server leaves an upgraded connection without an 'error' listener: one missing throws (and would crash the process).
         assert.doesNotThrow(() => socket.emit('error', Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' })), route);
       }
+    });
+
+    it('survives a client that breaks the protocol on a socket it is refusing for an unknown passcode', async () => {
+      const port = new URL(url).port;
+      const raw = net.connect(Number(port), '127.0.0.1');
+      const closed = new Promise<void>((resolve) => raw.on('close', () => resolve()));
+      raw.on('error', () => undefined).resume();
+      const upgrade = ['GET /api/v2/job/AAAAAAAAAAAAAAAA HTTP/1.1', 'Host: 127.0.0.1', 'Connection: Upgrade', 'Upgrade: websocket', 'Sec-WebSocket-Version: 13', 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==', '', ''];
+      // Right behind the handshake, a text frame without the mask every client frame must have.
+      raw.end(Buffer.concat([Buffer.from(upgrade.join('\r\n')), Buffer.from([0x81, 0x01, 0x41])]));
+      await closed;
+      // The front end still answers (an unhandled 'error' would have thrown, failing this test).
+      assert.equal((await inject('GET', '/api/v2/job')).status, 200);
     });
 
     it('sends position while waiting and once admitted, services once Ready, one activity per idle warning, and dead at the end', async () => {
