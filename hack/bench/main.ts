@@ -56,9 +56,12 @@ async function main(): Promise<number> {
     process.stderr.write(`bench: ${scenario.name}${args.quick ? ' (quick)' : ''}…\n`);
     try {
       results.push(await scenario.run({ quick: args.quick, log: log.child({ scenario: scenario.name }), workDir }));
-    } finally {
-      await fs.rm(workDir, { recursive: true, force: true });
+    } catch (error) {
+      // The processes' own logs (controller.log, …) say why; they are kept for reading.
+      process.stderr.write(`bench: ${scenario.name} failed; its work directory, with each process's log, is kept: ${workDir}\n`);
+      throw error;
     }
+    await fs.rm(workDir, { recursive: true, force: true });
   }
   await fs.mkdir(path.dirname(path.resolve(args.out)), { recursive: true });
   await fs.writeFile(args.out, `${JSON.stringify({ machine, quick: args.quick, results }, null, 2)}\n`);

@@ -33,11 +33,19 @@ function recordStatuses(h: ControllerHarness, id: string): { seen: SessionStatus
   return { seen, stop: () => subscription.unsubscribe() };
 }
 
+/** Gives the session a new spec (generation 2), as an edit of its record by its user or an operator. */
+async function editSpec(h: ControllerHarness, id: string, edit: (spec: SessionRecord['spec']) => void): Promise<void> {
+  const entry = (await h.store.get(keys.session(id)))!;
+  const record = JSON.parse(entry.value) as SessionRecord;
+  edit(record.spec);
+  record.metadata.generation = 2;
+  assert.equal(await h.store.put(keys.session(id), JSON.stringify(record), { cas: entry.modifyIndex }), true);
+}
+
 async function gone(h: ControllerHarness, id: string): Promise<void> {
   await waitFor(`session ${id} removed`, async () => (await h.store.get(keys.session(id))) === undefined);
 }
 
-/** Sessions created one second apart, oldest first, so the waiting list order is known. */
 /** The scheduler turns the session's first placement away: it waits with its job and claim released; its status then. */
 async function turnAway(h: ControllerHarness, id: string): Promise<SessionStatus> {
   await waitFor('registered', () => h.scheduler.workload(id));
@@ -47,6 +55,7 @@ async function turnAway(h: ControllerHarness, id: string): Promise<SessionStatus
   return waiting;
 }
 
+/** Sessions created one second apart, oldest first, so the waiting list order is known. */
 async function createInOrder(h: ControllerHarness, owners: string[]): Promise<string[]> {
   const base = Date.now() - 60 * minute;
   const ids: string[] = [];
@@ -353,11 +362,7 @@ describe('lifecycle: failures', () => {
     h = await ControllerHarness.embedded({ policy: { maxRestarts: 0 } });
     const [id] = await createInOrder(h, ['ann']);
     const ready = await makeReady(h, id!);
-    const entry = (await h.store.get(keys.session(id!)))!;
-    const record = JSON.parse(entry.value) as SessionRecord;
-    record.spec.parameters = { ...record.spec.parameters, coreVersion: '8.1.0' };
-    record.metadata.generation = 2;
-    assert.equal(await h.store.put(keys.session(id!), JSON.stringify(record), { cas: entry.modifyIndex }), true);
+    await editSpec(h, id!, (spec) => (spec.parameters = { ...spec.parameters, coreVersion: '8.1.0' }));
     const updating = await statusWhen(h.store, id!, (s) => s.observedGeneration === 2);
     assert.equal(updating.phase, 'Starting');
     assert.equal(updating.failures, undefined, 'a new spec is no crash');
@@ -375,11 +380,7 @@ describe('lifecycle: failures', () => {
     crash(id!);
     assert.equal(condition(await statusWhen(h.store, id!, 'Failed'), 'Ready'), 'False/CrashLoop');
     await waitFor('released', () => h.scheduler.workload(id!) === undefined);
-    const entry = (await h.store.get(keys.session(id!)))!;
-    const record = JSON.parse(entry.value) as SessionRecord;
-    record.spec.parameters = { ...record.spec.parameters, coreVersion: '8.1.0' };
-    record.metadata.generation = 2;
-    assert.equal(await h.store.put(keys.session(id!), JSON.stringify(record), { cas: entry.modifyIndex }), true);
+    await editSpec(h, id!, (spec) => (spec.parameters = { ...spec.parameters, coreVersion: '8.1.0' }));
     const restarted = await statusWhen(h.store, id!, (s) => s.observedGeneration === 2);
     assert.equal(restarted.phase, 'Starting', `${condition(restarted, 'Ready')}`);
     assert.equal(restarted.failures, undefined, 'the failures of the old spec are not held against the new one');
@@ -586,11 +587,7 @@ describe('lifecycle: garbage collection and restarts', () => {
     const [id] = await createInOrder(h, ['ann']);
     await makeReady(h, id!);
     // The operator removed the template: the record now names one this controller does not know.
-    const entry = (await h.store.get(keys.session(id!)))!;
-    const record = JSON.parse(entry.value) as SessionRecord;
-    record.spec.template = 'retired';
-    record.metadata.generation = 2;
-    await h.store.put(keys.session(id!), JSON.stringify(record), { cas: entry.modifyIndex });
+    await editSpec(h, id!, (spec) => (spec.template = 'retired'));
     const failed = await statusWhen(h.store, id!, 'Failed');
     assert.equal(condition(failed, 'Ready'), 'False/TemplateNotFound');
     await waitFor('released', () => h.scheduler.workload(id!) === undefined);
