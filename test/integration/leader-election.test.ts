@@ -55,6 +55,17 @@ interface Replica {
   readonly changedAt: { true?: number; false?: number };
 }
 
+/** The store's locks, with `acquire` played by the test. */
+function locksAcquiringWith(store: LockService, acquire: LockService['acquire']): LockService {
+  return {
+    createSession: (options) => store.createSession(options),
+    renewSession: (id) => store.renewSession(id),
+    destroySession: (id) => store.destroySession(id),
+    release: (key, session) => store.release(key, session),
+    acquire,
+  };
+}
+
 describe('Leader election (Consul double)', function () {
   this.timeout(30_000);
   let double: ConsulDouble;
@@ -120,16 +131,10 @@ describe('Leader election (Consul double)', function () {
     const breakWatch = new Subject<void>();
     const flakyStore: Store = { ...delegatingStore(store), watch: (prefix, index) => merge(store.watch(prefix, index), breakWatch.pipe(mergeMap(() => throwError(() => new Error('Consul answered 403'))))) };
     let acquireFailures = 1;
-    const flakyLocks: LockService = {
-      createSession: (options) => store.createSession(options),
-      renewSession: (id) => store.renewSession(id),
-      destroySession: (id) => store.destroySession(id),
-      release: (key, session) => store.release(key, session),
-      acquire: async (key, value, session) => {
-        if (acquireFailures-- > 0) throw new Error('Consul answered 500');
-        return store.acquire(key, value, session);
-      },
-    };
+    const flakyLocks = locksAcquiringWith(store, async (key, value, session) => {
+      if (acquireFailures-- > 0) throw new Error('Consul answered 500');
+      return store.acquire(key, value, session);
+    });
     const clock = new SteppedClock();
     const b = new LeaderElection({ store: flakyStore, locks: flakyLocks, key: keys.leader, ttlSeconds: TTL_SECONDS, lockDelaySeconds: LOCK_DELAY_SECONDS, log: testLog, identity: { host: 'test-host', pid: 2 }, retryMs: 200, clock });
     replicas.push({ election: b, locks: new PartitionableLocks(store), changedAt: {} });
@@ -158,16 +163,10 @@ describe('Leader election (Consul double)', function () {
 
   it('keeps to its retry pace when locking fails while its session is alive', async function () {
     let attempts = 0;
-    const refusing: LockService = {
-      createSession: (options) => store.createSession(options),
-      renewSession: (id) => store.renewSession(id),
-      destroySession: (id) => store.destroySession(id),
-      release: (key, session) => store.release(key, session),
-      acquire: async () => {
-        attempts++;
-        throw new Error('Consul answered 403: Permission denied');
-      },
-    };
+    const refusing = locksAcquiringWith(store, async () => {
+      attempts++;
+      throw new Error('Consul answered 403: Permission denied');
+    });
     const clock = new SteppedClock();
     const election = new LeaderElection({ store, locks: refusing, key: keys.leader, ttlSeconds: TTL_SECONDS, lockDelaySeconds: LOCK_DELAY_SECONDS, log: testLog, identity: { host: 'test-host', pid: 1 }, retryMs: 200, clock });
     replicas.push({ election, locks: new PartitionableLocks(store), changedAt: {} });
