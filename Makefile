@@ -3,14 +3,14 @@ SHELL := /bin/bash
 NPM ?= npm
 CONFIG ?= manifests/examples/embedded.yaml
 
-.PHONY: run test build docs deps system-deps clean dev-cluster run-cluster test-real chaos bench
+.PHONY: run test build docs deps system-deps system-deps-bench system-deps-test clean dev-cluster run-cluster test-real chaos bench
 
 ## run: install what is missing, build, and run Manticore on the embedded default
 run: system-deps deps build
 	node dist/controller/cli/main.js up --config $(CONFIG)
 
 ## test: build and run the whole test suite (unit, contract, HAProxy integration, end to end)
-test: system-deps deps build
+test: system-deps-test deps build
 	$(NPM) test
 
 ## chaos: controller replicas killed and stopped, Consul unavailable, cutting watches and losing its state, a router
@@ -21,7 +21,7 @@ chaos: deps build
 
 ## bench: the benchmarks (docs/benchmarks.md): figures and ratios on standard output, bench/results.json;
 ## SCENARIOS picks some (default all), BENCH_QUICK=1 runs a short pass at small sizes
-bench: system-deps deps build
+bench: system-deps-bench deps build
 	node dist/hack/bench/main.js $(SCENARIOS)
 
 ## dev-cluster: the Consul and Nomad API doubles in the foreground (127.0.0.1:8500 and :4646;
@@ -56,9 +56,16 @@ node_modules/.package-lock.json: package.json package-lock.json
 	$(NPM) ci
 	@touch $@
 
-## system-deps: Debian packages Manticore needs (HAProxy); uses sudo when not root
+## system-deps: Debian packages Manticore needs to run (HAProxy, a toolchain for the SQLite binding, openssl);
+## system-deps-bench adds wrk, system-deps-test also Chromium and a font; sudo when not root
 system-deps:
-	@bash hack/install-system-deps.sh
+	@bash hack/install-system-deps.sh run
+
+system-deps-bench:
+	@bash hack/install-system-deps.sh bench
+
+system-deps-test:
+	@bash hack/install-system-deps.sh test
 
 clean:
 	rm -rf dist

@@ -8,7 +8,7 @@ import type { Session } from '../../controller/api/types.js';
 import { tcpConversation } from '../support/http.js';
 import { isolatedEnvironment, repoRoot, startManticore, stopManticore, waitForFrontend, type ManticoreProcess } from '../support/manticore.js';
 
-/** Debian's Chromium (`make system-deps` installs it); playwright-core drives it and brings no browser of its own. */
+/** Debian's Chromium (`make system-deps-test` installs it); playwright-core drives it and brings no browser of its own. */
 const chromiumPath = '/usr/bin/chromium';
 const screenshots = path.join(repoRoot, 'test-artifacts/web-page');
 /** Short enough to watch: the warning comes 8 s after Ready (or after activity) and lasts 16 s. */
@@ -74,7 +74,7 @@ describe('web page: people in a browser against `manticore up`', function () {
 
   before(async () => {
     if (!fs.existsSync(chromiumPath)) {
-      throw new Error(`the browser test needs Chromium at ${chromiumPath}, which is missing: run \`make system-deps\` (it installs Debian's chromium package)`);
+      throw new Error(`the browser test needs Chromium at ${chromiumPath}, which is missing: run \`make system-deps-test\` (it installs Debian's chromium package)`);
     }
     fs.rmSync(screenshots, { recursive: true, force: true });
     fs.mkdirSync(screenshots, { recursive: true });
