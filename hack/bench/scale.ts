@@ -153,13 +153,21 @@ async function measureRestart(cluster: BenchCluster, sessions: number): Promise<
   await cluster.stopController();
   const startedAt = performance.now();
   const child = cluster.startController();
+  // What was last seen goes into the failure, which otherwise could not tell a slow catch-up from a busy queue.
+  let lastSeen = 'no answer from the controller';
   await waitFor(
     `the restarted controller to reconcile all ${sessions} sessions`,
-    async () =>
-      (await cluster.controllerMetric('manticore_reconcile_duration_seconds_count')) >= sessions && (await cluster.controllerMetric('manticore_workqueue_depth')) === 0,
+    async () => {
+      const reconciles = await cluster.controllerMetric('manticore_reconcile_duration_seconds_count');
+      const depth = await cluster.controllerMetric('manticore_workqueue_depth');
+      lastSeen = `${reconciles} reconciles, ${depth} queued, ${Math.round(performance.now() - startedAt)} ms after the start`;
+      return reconciles >= sessions && depth === 0;
+    },
     120_000,
     50,
-  );
+  ).catch((error: unknown) => {
+    throw new Error(`${(error as Error).message} (last seen: ${lastSeen})`, { cause: error });
+  });
   const confirmSeconds = (performance.now() - startedAt) / 1000;
   // Writes triggered by the reconciles land a moment later: give them time to show.
   await sleep(2_000);
