@@ -198,9 +198,15 @@ export class BenchCluster {
     return child;
   }
 
-  startController(): ChildProcess {
-    this.controller = this.spawnRole('controller');
+  /** Starts a controller; `logLevel` replaces the default (warnings and errors) in its log. */
+  startController(logLevel?: 'info'): ChildProcess {
+    this.controller = this.spawnRole('controller', logLevel === undefined ? {} : { MANTICORE_LOG_LEVEL: logLevel });
     return this.controller;
+  }
+
+  /** The log a role has written to the work directory so far, one JSON object per line. */
+  roleLog(role: 'controller' | 'frontend' | 'router'): string {
+    return fs.readFileSync(path.join(this.options.workDir, `${role}.log`), 'utf8');
   }
 
   /** SIGTERM to the controller (it hands its leadership over), resolved when it has exited. */

@@ -63,6 +63,9 @@ export const scaleScenario: Scenario = {
 
       const restart = await measureRestart(cluster, sessions);
       result.figure('restartConfirmSeconds', `restart until all ${sessions} reconciled`, restart.confirmSeconds, 's');
+      for (const [name, seconds] of Object.entries(restart.milestones)) {
+        if (seconds !== undefined) result.figure(`restart${name[0]!.toUpperCase()}${name.slice(1)}Seconds`, MILESTONES[name as keyof typeof MILESTONES].label, seconds, 's');
+      }
       result.figure('restartRegistrations', 'Nomad registrations after the restart', restart.registrations, '');
       result.figure('restartStatusWrites', 'status writes after the restart', restart.statusWrites, '');
       result.figure('restartRssMiB', 'restarted controller resident memory', restart.rssMiB, 'MiB');
@@ -138,6 +141,8 @@ async function measureQuiet(cluster: BenchCluster, pid: number, seconds: number)
 
 interface RestartFigures {
   readonly confirmSeconds: number;
+  /** Seconds from the start to each milestone the controller logged. */
+  readonly milestones: RestartMilestones;
   readonly registrations: number;
   readonly statusWrites: number;
   readonly rssMiB: number;
@@ -152,7 +157,9 @@ async function measureRestart(cluster: BenchCluster, sessions: number): Promise<
   const registrationsBefore = await cluster.registrations();
   await cluster.stopController();
   const startedAt = performance.now();
-  const child = cluster.startController();
+  const startedAtEpochMs = Date.now();
+  // At info the restarted controller logs its start-up milestones (and little else when nothing changed).
+  const child = cluster.startController('info');
   // What was last seen goes into the failure, which otherwise could not tell a slow catch-up from a busy queue.
   let lastSeen = 'no answer from the controller';
   await waitFor(
@@ -174,8 +181,30 @@ async function measureRestart(cluster: BenchCluster, sessions: number): Promise<
   const after = await cluster.statuses();
   return {
     confirmSeconds,
+    milestones: restartMilestones(cluster.roleLog('controller'), startedAtEpochMs),
     registrations: (await cluster.registrations()) - registrationsBefore,
     statusWrites: after.filter((entry) => indexesBefore.get(entry.key) !== entry.modifyIndex).length,
     rssMiB: residentMiB(child.pid!),
   };
+}
+
+/** Where a restart's time goes: the controller's own log lines that end each stage of its start. */
+const MILESTONES = {
+  synced: { message: 'caches synced; competing for leadership', label: 'restart: caches synced' },
+  leading: { message: 'leading: reconciling every session', label: 'restart: leading' },
+  caughtUp: { message: 'caches caught up with the store; reconciling', label: 'restart: caught up with the store, reconciling' },
+} as const;
+
+type RestartMilestones = { readonly [name in keyof typeof MILESTONES]: number | undefined };
+
+/** The seconds from `sinceEpochMs` to the first line of each milestone logged after it (undefined if none). */
+function restartMilestones(log: string, sinceEpochMs: number): RestartMilestones {
+  const seen = new Map<string, number>();
+  for (const line of log.split('\n')) {
+    if (!line.startsWith('{')) continue;
+    const { msg, time } = JSON.parse(line) as { msg?: string; time?: string };
+    const at = time === undefined ? NaN : Date.parse(time);
+    if (msg !== undefined && at >= sinceEpochMs && !seen.has(msg)) seen.set(msg, (at - sinceEpochMs) / 1000);
+  }
+  return { synced: seen.get(MILESTONES.synced.message), leading: seen.get(MILESTONES.leading.message), caughtUp: seen.get(MILESTONES.caughtUp.message) };
 }
