@@ -263,10 +263,7 @@ async function startRouter(config: ManticoreConfig, template: string, store: Sto
   const runtime = new HaproxyRuntime(haproxy.adminSocket);
   const dataPlane = new HaproxyDataPlane({ runtime, runDir, log: log.child({ component: 'data-plane' }) });
   // A reload (the fallback when the runtime API does not take a certificate) loads the maps from their files.
-  const reload = async (): Promise<void> => {
-    await haproxy.reload(haproxy.currentConfig ?? haproxy.renderConfig());
-    await dataPlane.resync();
-  };
+  const reload = (): Promise<void> => dataPlane.replaceWorker(() => haproxy.reload(haproxy.currentConfig ?? haproxy.renderConfig()));
   edgeTls?.watch(haproxyCertificateLoader(runtime, reload, log.child({ component: 'edge-tls' })));
   // Run after the router stops and before HAProxy does: the map files hold the last table for the next start.
   parts.add('haproxy map files', () => dataPlane.flush());

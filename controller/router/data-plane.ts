@@ -108,6 +108,9 @@ export class HaproxyDataPlane implements DataPlane {
   private worker: string | undefined;
   /** Read HAProxy's maps again before the next apply (it restarted or reloaded). */
   private refresh = false;
+  /** The router's own reloads and restarts under way (replaceWorker), and how many have begun. */
+  private replacing = 0;
+  private replacementsBegun = 0;
   private running = false;
   /** Callers whose tables are in `desired` and not yet applied. */
   private waiting: Waiter[] = [];
@@ -140,14 +143,20 @@ export class HaproxyDataPlane implements DataPlane {
   }
 
   /**
-   * Re-reads HAProxy's live maps and re-applies the last table. Call after HAProxy reloaded or restarted:
-   * the new worker loaded the map files, and a change sent during the switch may have reached the old one.
+   * Runs `replace`, the router's own reload or restart of HAProxy, then re-reads the live maps and re-applies
+   * the last table: the new worker loaded the map files, and a change sent during the switch may have reached
+   * the old one. Until the new worker is read, verify() does not take it for a reload behind the router's back.
+   * A failure of either is thrown; the next verify() then re-applies every route.
    */
-  resync(): Promise<void> {
-    this.refresh = true;
-    if (this.desired === undefined) return Promise.resolve();
-    this.pending = 'all';
-    return this.schedule();
+  async replaceWorker(replace: () => Promise<void>): Promise<void> {
+    this.replacing++;
+    this.replacementsBegun++;
+    try {
+      await replace();
+      await this.resync();
+    } finally {
+      this.replacing--;
+    }
   }
 
   /**
@@ -156,12 +165,26 @@ export class HaproxyDataPlane implements DataPlane {
    * lag the live maps, and left the changes sent since to the old worker. A failed apply or resync is retried.
    */
   async verify(): Promise<void> {
-    if (this.desired === undefined) return;
-    const known = this.worker;
+    if (this.desired === undefined || this.replacing > 0) return;
+    const begun = this.replacementsBegun;
     const current = await this.currentWorker();
+    // The router's own reload or restart began while HAProxy answered: its resync reads the new worker.
+    if (this.replacing > 0 || this.replacementsBegun !== begun) return;
+    const known = this.worker;
     if (current === known) return;
     if (known !== undefined) this.log.warn({ was: known, now: current }, 'HAProxy was reloaded or restarted without the router: re-applying every route');
     await this.resync();
+  }
+
+  /**
+   * Re-reads HAProxy's live maps and re-applies the last table, e.g. after something else changed them. After
+   * the router's own reload or restart, use replaceWorker.
+   */
+  resync(): Promise<void> {
+    this.refresh = true;
+    if (this.desired === undefined) return Promise.resolve();
+    this.pending = 'all';
+    return this.schedule();
   }
 
   private async currentWorker(): Promise<string> {

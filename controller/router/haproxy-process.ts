@@ -267,8 +267,8 @@ export class HaproxyProcess {
    * Validates `configText` with `haproxy -c` (an invalid config is never installed: the old file stays and
    * this throws), then reloads through the master CLI and confirms with `show proc` that a new worker
    * took over, since a failed reload prints nothing in 2.6. A reload that fails anyway (e.g. a port in use)
-   * restores the previous file. Afterwards the maps are those of the files on disk: the data plane
-   * should resync.
+   * restores the previous file. Afterwards the maps are those of the files on disk: run it through the
+   * data plane's replaceWorker, which re-applies the routes.
    */
   reload(configText: string): Promise<void> {
     return this.serialize(() => this.doReload(configText));

@@ -36,8 +36,9 @@ export class HaproxySupervisor {
     if (this.stopped) return;
     try {
       // After a failed resync HAProxy is running already: only the resync is tried again.
-      if (!this.haproxy.running) await this.haproxy.start();
-      await this.dataPlane.resync();
+      await this.dataPlane.replaceWorker(async () => {
+        if (!this.haproxy.running) await this.haproxy.start();
+      });
       this.failures = 0;
       this.log.info('haproxy restarted with every route');
     } catch (error) {

@@ -95,10 +95,7 @@ describe('TLS at the edge (real haproxy)', function () {
 
   const fingerprintOf = async (certificate: TestCertificate): Promise<string> => (await loadEdgeCertificate(certificate, DOMAIN)).fingerprint256;
   const servedFingerprint = async (port = httpsPort, servername = HOST): Promise<string> => (await peerCertificate(port, servername, ca)).fingerprint256;
-  const reload = async (): Promise<void> => {
-    await proc.reload(proc.currentConfig!);
-    await dataPlane.resync();
-  };
+  const reload = (): Promise<void> => dataPlane.replaceWorker(() => proc.reload(proc.currentConfig!));
 
   before(async () => {
     dir = await fs.promises.mkdtemp(path.join(os.tmpdir(), 'manticore-tls-'));

@@ -383,11 +383,10 @@ describe('HAProxy data plane (real haproxy)', function () {
 
   it('reloads a good config with a new worker and keeps every route', async () => {
     const workerBefore = await proc.workerPid();
-    await proc.reload(proc.renderConfig({ httpBind: `127.0.0.1:${httpPort}`, tcpBind: `127.0.0.1:${tcpRange.start}-${tcpRange.end}`, maxconn: 3000 }));
+    await dataPlane.replaceWorker(() => proc.reload(proc.renderConfig({ httpBind: `127.0.0.1:${httpPort}`, tcpBind: `127.0.0.1:${tcpRange.start}-${tcpRange.end}`, maxconn: 3000 })));
     assert.equal(proc.reloads, 1);
     assert.notEqual(await proc.workerPid(), workerBefore);
     await waitFor('the old worker to exit', () => !alive(workerBefore));
-    await dataPlane.resync();
     assert.deepEqual(await get(httpPort, 'alpha'), { status: 200, body: 'A /' });
     assert.deepEqual(await get(httpPort, 'beta'), { status: 200, body: 'B /' });
     assert.equal((await tcpExchange(tcpRange.start, 'after reload')).data, 'after reload');

@@ -27,8 +27,13 @@ describe('HAProxy supervisor: restarting a HAProxy that died', () => {
 
   it('retries only what failed: the start while HAProxy does not run, then the resync alone', async () => {
     const haproxy = new FakeHaproxy(1);
+    // The data plane runs the restart, then resyncs: the first resync fails.
     const resync = sinon.stub().onFirstCall().rejects(new Error('HAProxy runtime command "show map" failed: no complete reply within 10000 ms')).resolves();
-    const supervisor = new HaproxySupervisor(haproxy as unknown as HaproxyProcess, { resync } as unknown as HaproxyDataPlane, silentLogger());
+    const replaceWorker = async (restart: () => Promise<void>): Promise<void> => {
+      await restart();
+      await resync();
+    };
+    const supervisor = new HaproxySupervisor(haproxy as unknown as HaproxyProcess, { replaceWorker } as unknown as HaproxyDataPlane, silentLogger());
     supervisor.restartSoon();
     // Attempts after 500 ms, then 1 s and 2 s later (the backoff).
     const attempts: Array<[number, number]> = [];
