@@ -1,5 +1,4 @@
-import { ConsulError } from '../store/consul-store.js';
-import { MAX_TXN_BYTES, MAX_TXN_OPS, transactionBytes, validateTransaction, type Store, type TxnOperation, type WriteOptions } from '../store/store.js';
+import { MAX_TXN_BYTES, MAX_TXN_OPS, StoreError, transactionBytes, validateTransaction, type Store, type TxnOperation, type WriteOptions } from '../store/store.js';
 
 /** The writes the reconciler makes. */
 export type StoreWriter = Pick<Store, 'put' | 'delete' | 'transaction'>;
@@ -32,10 +31,11 @@ interface FencedBatch {
  * Fenced writes made in the same turn of the event loop (many reconciles finishing together) share one
  * transaction, up to the store's caps (64 operations, 512 KB as Consul receives it): one round trip, and
  * one wake-up of every watch of the prefix, instead of one per session. A transaction is all or nothing,
- * so when a shared one fails (one member's compare-and-set lost, or Consul refused it) each member is sent
- * again on its own and gets its own answer. Each write is validated before it joins a batch, so a bad one
- * fails alone. A shared transaction that may have applied (no answer, or a 5xx) is never sent again: a
- * member's compare-and-set would then fail on its own write and answer false; every member gets the error.
+ * so when a shared one fails (one member's compare-and-set lost, or the store rejected it whole) each member
+ * is sent again on its own and gets its own answer. Each write is validated before it joins a batch, so a bad
+ * one fails alone. A shared transaction that may have applied (an `unavailable` StoreError: no answer, a
+ * Consul 5xx, a failed disk sync) is never sent again: a member's compare-and-set would then fail on its own
+ * write and answer false; every member gets the error.
  */
 export class FencedWriter implements StoreWriter {
   private readonly forming: FencedBatch[] = [];
@@ -138,7 +138,7 @@ function sameFence(a: TxnOperation, b: TxnOperation): boolean {
   return a.verb === 'check-session' && b.verb === 'check-session' && a.key === b.key && a.session === b.session;
 }
 
-/** Whether Consul answered that it applied none of a transaction (4xx: refused or rolled back). */
+/** Whether the store applied none of a transaction (refused or rolled back), so its members may be sent again. */
 function refusedWhole(error: unknown): boolean {
-  return error instanceof ConsulError && error.status !== undefined && error.status < 500;
+  return error instanceof StoreError && error.kind === 'rejected';
 }

@@ -52,7 +52,10 @@ export interface ConsulStoreOptions {
   readonly watchWaitSeconds?: number;
 }
 
-/** A StoreError from talking to Consul, with Consul's HTTP status when it answered. */
+/**
+ * A StoreError from talking to Consul, with Consul's HTTP status when it answered. A 4xx applied nothing
+ * (`rejected`); no answer, a 5xx or an answer that cannot be understood may follow a write that applied.
+ */
 export class ConsulError extends StoreError {
   constructor(
     message: string,
@@ -64,7 +67,7 @@ export class ConsulError extends StoreError {
     readonly retryable: boolean,
     options?: { cause?: unknown },
   ) {
-    super(message, operation, key, options);
+    super(message, operation, key, { ...options, kind: status !== undefined && status >= 400 && status < 500 ? 'rejected' : 'unavailable' });
     this.name = 'ConsulError';
   }
 }

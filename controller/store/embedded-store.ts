@@ -438,7 +438,8 @@ export class EmbeddedStore implements Store {
     this.log.error({ err: error, file: this.file }, 'syncing the store file to disk failed; the writes waiting for it are refused');
     for (const { writes, changes } of groups) {
       this.pending.push(...changes);
-      for (const write of writes) write.reject(new StoreError(`syncing ${this.file} to disk failed: ${error.message}`, write.operation, write.key, { cause: error }));
+      // Applied (reads see it) but maybe not durable: unavailable, not rejected.
+      for (const write of writes) write.reject(new StoreError(`syncing ${this.file} to disk failed: ${error.message}`, write.operation, write.key, { cause: error, kind: 'unavailable' }));
     }
     this.scheduleFlush();
   }

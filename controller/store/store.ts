@@ -56,6 +56,7 @@ export interface Store {
   /**
    * Applies every operation or none (Consul's `/v1/txn`). At most `MAX_TXN_OPS` operations and
    * `MAX_TXN_BYTES` (see transactionBytes); more is a StoreError, never a partial write. Returns false, writing nothing, when a compare-and-set fails.
+   * A StoreError's kind says whether the transaction may have been applied.
    */
   transaction(operations: readonly TxnOperation[]): Promise<boolean>;
   /**
@@ -113,16 +114,29 @@ export function transactionBytes(operations: readonly TxnOperation[]): number {
   return bytes;
 }
 
+/**
+ * What a failed call says about the write it carried, whichever store answered:
+ * - `rejected`: the store applied none of it (refused as invalid or not permitted, rolled back, or the store
+ *   is closed), so its parts may be sent again, each on its own;
+ * - `unavailable`: the store could not be reached, did not answer or failed while applying it: the write may
+ *   have been applied, and sending it again could find it already there.
+ */
+export type StoreErrorKind = 'rejected' | 'unavailable';
+
 /** Raised for store failures other than a failed compare-and-set, with the key and operation for context. */
 export class StoreError extends Error {
+  /** `rejected` unless the store says otherwise: most failures are found before anything is sent. */
+  readonly kind: StoreErrorKind;
+
   constructor(
     message: string,
     readonly operation: string,
     readonly key: string,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; kind?: StoreErrorKind },
   ) {
     super(`${operation} ${key}: ${message}`, options);
     this.name = 'StoreError';
+    this.kind = options?.kind ?? 'rejected';
   }
 }
 

@@ -15,10 +15,10 @@ import * as watchPacing from '../../controller/util/watch-pacing.js';
 import { ConsulDouble, type ConsulDoubleOptions } from '../fakes/consul.js';
 import { waitFor } from '../support/wait.js';
 import { describeLockContract } from './lock-contract.js';
-import { describeStoreContract, WatchRecorder } from './store-contract.js';
+import { describeStoreContract, WatchRecorder, type StoreUnderTest } from './store-contract.js';
 
 /** A Consul store on a fresh double, both gone after cleanup. */
-async function storeOnDouble(): Promise<{ store: ConsulStore; cleanup: () => Promise<void> }> {
+async function storeOnDouble(): Promise<{ store: ConsulStore; cleanup: () => Promise<void>; faults: StoreUnderTest['faults'] }> {
   const double = await ConsulDouble.start();
   const store = new ConsulStore({ address: double.address, log: silentLogger() });
   return {
@@ -26,6 +26,11 @@ async function storeOnDouble(): Promise<{ store: ConsulStore; cleanup: () => Pro
     cleanup: async () => {
       await store.close();
       await double.stop();
+    },
+    faults: {
+      // A token without write permission: Consul rolls the transaction back (409 "Permission denied").
+      rejected: () => void (double.faults.denied = 1),
+      unavailable: () => void (double.faults.failing = 1),
     },
   };
 }

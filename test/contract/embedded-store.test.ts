@@ -17,6 +17,20 @@ function tempDir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'manticore-store-'));
 }
 
+/** SQLite's own refusal of a disk that is full: the store's file may grow no further, so the next commit that needs room fails and is rolled back. */
+function fillDisk(store: EmbeddedStore): void {
+  const db = (store as unknown as { db: Database.Database }).db;
+  db.pragma(`max_page_count = ${String(db.pragma('page_count', { simple: true }))}`);
+}
+
+/** The next WAL sync fails (EIO), after the write was committed to the file. */
+function failNextSync(): void {
+  const stub = sinon.stub(fs, 'fdatasync').callsFake(((_fd: number, callback: fs.NoParamCallback) => {
+    stub.restore();
+    callback(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' }));
+  }) as typeof fs.fdatasync);
+}
+
 describeStoreContract('EmbeddedStore (file)', async () => {
   const dir = tempDir();
   const store = EmbeddedStore.open(path.join(dir, 'store.db'));
@@ -26,12 +40,13 @@ describeStoreContract('EmbeddedStore (file)', async () => {
       await store.close();
       fs.rmSync(dir, { recursive: true, force: true });
     },
+    faults: { rejected: () => fillDisk(store), unavailable: failNextSync },
   };
 });
 
 describeStoreContract('EmbeddedStore (:memory:)', async () => {
   const store = EmbeddedStore.open(':memory:');
-  return { store, cleanup: () => store.close() };
+  return { store, cleanup: () => store.close(), faults: { rejected: () => fillDisk(store) } };
 });
 
 interface ChildResult {

@@ -1,12 +1,23 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import type { Observable, Subscription } from 'rxjs';
-import { MAX_TXN_BYTES, MAX_TXN_OPS, StoreError, transactionBytes, type KvChange, type KvEntry, type Store, type WatchStep } from '../../controller/store/store.js';
+import { MAX_TXN_BYTES, MAX_TXN_OPS, StoreError, transactionBytes, type KvChange, type KvEntry, type Store, type StoreErrorKind, type WatchStep } from '../../controller/store/store.js';
 
 /** A store to run the contract against, and how to dispose of it (called once per test, after the test). */
 export interface StoreUnderTest {
   readonly store: Store;
   cleanup(): Promise<void>;
+  /**
+   * Makes the store fail its next write the way it does of itself, for each kind of failure the test can
+   * bring about (none against a real agent): `rejected`, refused whole with nothing applied; `unavailable`,
+   * an outcome the caller cannot know.
+   */
+  readonly faults?: { readonly [kind in StoreErrorKind]?: () => void };
+}
+
+/** A StoreError of this kind. */
+function storeError(kind: StoreErrorKind, message?: RegExp): (error: unknown) => boolean {
+  return (error) => error instanceof StoreError && error.kind === kind && (message === undefined || message.test(error.message));
 }
 
 /**
@@ -375,7 +386,7 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
 
       it('refuses more operations than Consul allows, writing nothing', async function () {
         const operations = Array.from({ length: MAX_TXN_OPS + 1 }, (_, i) => ({ verb: 'put' as const, key: `${ns}k${i}`, value: 'v' }));
-        await assert.rejects(store.transaction(operations), (error: unknown) => error instanceof StoreError && /at most 64/.test(error.message));
+        await assert.rejects(store.transaction(operations), storeError('rejected', /at most 64/));
         assert.equal((await store.list(ns)).entries.length, 0);
         assert.equal(await store.transaction(operations.slice(0, MAX_TXN_OPS)), true);
         assert.equal((await store.list(ns)).entries.length, MAX_TXN_OPS);
@@ -385,7 +396,7 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
         // Each value is within the value limit; together, encoded, they are past the transaction's.
         const third = 'v'.repeat(150 * 1024);
         const operations = [0, 1, 2].map((i) => ({ verb: 'put' as const, key: `${ns}k${i}`, value: third }));
-        await assert.rejects(store.transaction(operations), (error: unknown) => error instanceof StoreError && /at most 524288 bytes/.test(error.message));
+        await assert.rejects(store.transaction(operations), storeError('rejected', /at most 524288 bytes/));
         assert.equal((await store.list(ns)).entries.length, 0);
         // Exactly at the limit applies (a real Consul counts the same bytes).
         const room = (key: string): number => MAX_TXN_BYTES - transactionBytes([...operations.slice(0, 2), { verb: 'put', key, value: '' }]);
@@ -395,6 +406,31 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
         assert.equal(transactionBytes([...operations.slice(0, 2), last]), MAX_TXN_BYTES);
         assert.equal(await store.transaction([...operations.slice(0, 2), last]), true);
         assert.equal((await store.list(ns)).entries.length, 3);
+      });
+
+      // What a caller may do next depends on it: parts of a transaction refused whole may be sent again, each
+      // on its own; those of one that may have applied may not (a compare-and-set would fail on its own write).
+      it('says that a transaction it refused as a whole wrote nothing: a StoreError of kind rejected', async function () {
+        const refuse = sut.faults?.rejected;
+        if (refuse === undefined) this.skip();
+        // Large enough that a store which refuses for want of room has to find some.
+        const value = 'v'.repeat(100 * 1024);
+        refuse();
+        await assert.rejects(
+          store.transaction([
+            { verb: 'put', key: `${ns}a`, value, cas: 0 },
+            { verb: 'put', key: `${ns}b`, value },
+          ]),
+          storeError('rejected'),
+        );
+        assert.equal((await store.list(ns)).entries.length, 0);
+      });
+
+      it('says that a write whose outcome it cannot confirm may have applied: a StoreError of kind unavailable', async function () {
+        const fail = sut.faults?.unavailable;
+        if (fail === undefined) this.skip();
+        fail();
+        await assert.rejects(store.transaction([{ verb: 'put', key: `${ns}a`, value: '1' }]), storeError('unavailable'));
       });
 
       it('shows a watcher every change it made', async function () {
@@ -557,7 +593,8 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
         await store.close();
         await watch.until('completion', () => watch.completed);
         await assert.rejects(store.get(`${ns}c/a`), StoreError);
-        await assert.rejects(store.put(`${ns}c/a`, 'x'), StoreError);
+        await assert.rejects(store.put(`${ns}c/a`, 'x'), storeError('rejected'));
+        await assert.rejects(store.transaction([{ verb: 'put', key: `${ns}c/a`, value: 'x' }]), storeError('rejected'));
         await assert.rejects(store.delete(`${ns}c/a`), StoreError);
         await assert.rejects(store.list(`${ns}c/`), StoreError);
         const late = record(store.watch(`${ns}c/`));

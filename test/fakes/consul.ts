@@ -53,6 +53,13 @@ export interface ConsulDoubleFaults {
    * "try again later" (writes and reads the leader must answer).
    */
   rateLimited: number;
+  /** How many of the next requests are answered 500 before they are handled, as `errorRate` does at random. */
+  failing: number;
+  /**
+   * How many of the next requests are handled as if their token had no permission (anonymous under
+   * default-deny): a write is refused, a transaction's with 409 "Permission denied", applying nothing.
+   */
+  denied: number;
 }
 
 export interface RecordedRequest {
@@ -239,6 +246,8 @@ interface RequestContext {
   readonly query: URLSearchParams;
   readonly token: string | undefined;
   readonly record: RecordedRequest;
+  /** Handled as if the token had no permission (faults.denied). */
+  readonly denied: boolean;
 }
 
 /** What a (possibly blocking) read answers: its index and how to write it. */
@@ -269,7 +278,7 @@ interface Route {
 }
 
 export class ConsulDouble {
-  readonly faults: ConsulDoubleFaults = { latencyMs: 0, errorRate: 0, rateLimited: 0 };
+  readonly faults: ConsulDoubleFaults = { latencyMs: 0, errorRate: 0, rateLimited: 0, failing: 0, denied: 0 };
   /** Every request received, oldest first (the latest 10,000). */
   readonly requests: RecordedRequest[] = [];
 
@@ -428,7 +437,8 @@ export class ConsulDouble {
 
     if (this.faults.latencyMs > 0) await new Promise((resolve) => setTimeout(resolve, this.faults.latencyMs));
     if (res.destroyed) return;
-    if (this.faults.errorRate > 0 && Math.random() < this.faults.errorRate) {
+    if (this.faults.failing > 0 || (this.faults.errorRate > 0 && Math.random() < this.faults.errorRate)) {
+      this.faults.failing = Math.max(0, this.faults.failing - 1);
       this.log.debug({ method: record.method, path: rawPath }, 'injected 500');
       this.sendText(res, record, 500, 'rpc error making call: No cluster leader');
       return;
@@ -448,7 +458,9 @@ export class ConsulDouble {
       this.sendText(res, record, 400, '400 Bad Request');
       return;
     }
-    const ctx: RequestContext = { req, res, method: record.method, path, query, token, record };
+    const denied = this.faults.denied > 0;
+    if (denied) this.faults.denied -= 1;
+    const ctx: RequestContext = { req, res, method: record.method, path, query, token, record, denied };
     try {
       // cleanhttp.PrintablePathCheckHandler: any non-printable character in the path is a bare 400.
       if (!isPrintable(path)) throw new HttpError(400, '');
@@ -597,6 +609,7 @@ export class ConsulDouble {
 
   /** Token resolution with default-deny: the configured token may do everything, none is anonymous. */
   private access(ctx: RequestContext): Access {
+    if (ctx.denied) return 'anonymous';
     if (this.aclToken === undefined) return 'all';
     if (ctx.token === undefined || ctx.token === '') return 'anonymous';
     if (ctx.token === this.aclToken) return 'all';
