@@ -56,7 +56,26 @@ export class HaproxyProcessError extends Error {
   }
 }
 
-/** Parses the master CLI's `show proc` table (HAProxy 2.6 layout: master line, then sections). */
+/**
+ * What the master CLI answers to `reload` from HAProxy 2.7 on (3.x included): once the new worker is forked
+ * or the load failed, "Success=1" or "Success=0", a "--" line, then the startup log. 2.6 answers nothing.
+ */
+export interface HaproxyReloadStatus {
+  readonly success: boolean;
+  /** The startup log of the reload (warnings, and the alerts of a failed one). */
+  readonly log: string;
+}
+
+/** The status in the master CLI's answer to `reload`; undefined for an answer without one (HAProxy 2.6). */
+export function parseReloadReply(text: string): HaproxyReloadStatus | undefined {
+  const [first = '', ...rest] = text.trimStart().split('\n');
+  const status = /^Success=(\d+)$/.exec(first.trim());
+  if (!status) return undefined;
+  if (rest[0]?.trim() === '--') rest.shift();
+  return { success: status[1] !== '0', log: rest.join('\n').trim() };
+}
+
+/** Parses the master CLI's `show proc` table (the layout of 2.5 and later, 3.x included: master line, then sections). */
 export function parseShowProc(text: string): HaproxyProcTable {
   let section: 'master' | 'workers' | 'old' | 'programs' = 'master';
   let master: (HaproxyProcEntry & { failedReloads: number }) | undefined;
@@ -266,9 +285,10 @@ export class HaproxyProcess {
   /**
    * Validates `configText` with `haproxy -c` (an invalid config is never installed: the old file stays and
    * this throws), then reloads through the master CLI and confirms with `show proc` that a new worker
-   * took over, since a failed reload prints nothing in 2.6. A reload that fails anyway (e.g. a port in use)
-   * restores the previous file. Afterwards the maps are those of the files on disk: run it through the
-   * data plane's replaceWorker, which re-applies the routes.
+   * took over, since a failed reload prints nothing in 2.6 (from 2.7 on, a failure it reports ends the wait
+   * at once). A reload that fails anyway (e.g. a port in use) restores the previous file. Afterwards the
+   * maps are those of the files on disk: run it through the data plane's replaceWorker, which re-applies
+   * the routes.
    */
   reload(configText: string): Promise<void> {
     return this.serialize(() => this.doReload(configText));
@@ -353,8 +373,14 @@ export class HaproxyProcess {
     const previous = this.configText;
     await this.installConfig(configText);
     const firstLine = this.outputSeq;
+    const failed = async (output: string): Promise<HaproxyProcessError> => {
+      // The old worker keeps serving; put its config back so a later restart or reload uses it too.
+      if (previous !== undefined) await writeFileAtomic(this.configPath, previous);
+      return new HaproxyProcessError('HAProxy reload failed; the previous configuration keeps serving', output);
+    };
+    let reply = '';
     try {
-      await this.master.execute('reload');
+      reply = await this.master.execute('reload');
     } catch (error) {
       // The master re-executes itself and drops the connection; only "could not connect" means it was not sent.
       const code = ((error as Error).cause as NodeJS.ErrnoException | undefined)?.code;
@@ -363,6 +389,9 @@ export class HaproxyProcess {
         throw error;
       }
     }
+    // From 2.7 on the master says how the reload went; 2.6 says nothing, and show proc below tells.
+    const status = parseReloadReply(reply);
+    if (status?.success === false) throw await failed(status.log || this.outputSince(firstLine));
     const oldPids = new Set(before.workers.map((w) => w.pid));
     let after: HaproxyProcTable;
     try {
@@ -376,11 +405,7 @@ export class HaproxyProcess {
       if (previous !== undefined) await writeFileAtomic(this.configPath, previous);
       throw new HaproxyProcessError(`HAProxy reload not confirmed (${(error as Error).message})`, this.outputSince(firstLine));
     }
-    if (after.master.failedReloads > 0) {
-      // The old worker keeps serving; put its config back so a later restart or reload uses it too.
-      if (previous !== undefined) await writeFileAtomic(this.configPath, previous);
-      throw new HaproxyProcessError('HAProxy reload failed; the previous configuration keeps serving', this.outputSince(firstLine));
-    }
+    if (after.master.failedReloads > 0) throw await failed(this.outputSince(firstLine));
     await this.waitReady(oldPids);
     this.configText = configText;
     this.reloadCount++;

@@ -17,7 +17,7 @@ import {
 } from '../../controller/router/haproxy-config.js';
 import { haproxyValues } from '../../controller/cli/up.js';
 import { loadConfig } from '../../controller/config/config.js';
-import { parseShowProc } from '../../controller/router/haproxy-process.js';
+import { parseReloadReply, parseShowProc } from '../../controller/router/haproxy-process.js';
 import {
   HaproxyRuntime,
   HaproxyRuntimeError,
@@ -319,6 +319,73 @@ describe('HAProxy runtime replies', () => {
       oldWorkers: [{ pid: 4400, reloads: 2 }],
     });
     assert.throws(() => parseShowProc('garbage'), /no master line/);
+  });
+
+  it('parses show proc as the 3.x management guide shows it (master CLI, show proc)', () => {
+    const table = parseShowProc(
+      [
+        '#<PID>          <type>          <reloads>       <uptime>        <version>',
+        '1162            master          5 [failed: 0]   0d00h02m07s     2.5-dev13',
+        '# workers',
+        '1271            worker          1               0d00h00m00s     2.5-dev13',
+        '# old workers',
+        '1233            worker          3               0d00h00m43s     2.0-dev3-6019f6-289',
+      ].join('\n'),
+    );
+    assert.deepEqual(table, {
+      master: { pid: 1162, reloads: 5, failedReloads: 0 },
+      workers: [{ pid: 1271, reloads: 1 }],
+      oldWorkers: [{ pid: 1233, reloads: 3 }],
+    });
+  });
+
+  // From 2.7 on (3.x included) the master answers `reload` once it is done; 2.6 answers nothing.
+  it('reads the status the master CLI answers to reload, and none from HAProxy 2.6', () => {
+    // The management guide's examples (master CLI, reload).
+    assert.deepEqual(
+      parseReloadReply(
+        [
+          'Success=1',
+          '--',
+          '[NOTICE]   (482713) : haproxy version is 2.7-dev7-4827fb-69',
+          '[NOTICE]   (482713) : path to executable is ./haproxy',
+          "[WARNING]  (482713) : config : 'http-request' rules ignored for proxy 'frt1' as they require HTTP mode.",
+          '[NOTICE]   (482713) : New worker (482720) forked',
+          '[NOTICE]   (482713) : Loading success.',
+        ].join('\n'),
+      )?.success,
+      true,
+    );
+    const failed = parseReloadReply(
+      [
+        'Success=0',
+        '--',
+        '[NOTICE]   (482886) : haproxy version is 2.7-dev7-4827fb-69',
+        '[NOTICE]   (482886) : path to executable is ./haproxy',
+        "[ALERT]    (482886) : config : parsing [test3.cfg:1]: unknown keyword 'Aglobal' out of section.",
+        '[ALERT]    (482886) : config : Fatal errors found in configuration.',
+        '[WARNING]  (482886) : Loading failure!',
+        '',
+      ].join('\n'),
+    );
+    assert.equal(failed?.success, false);
+    assert.match(failed!.log, /^\[NOTICE\].*\n[\s\S]*unknown keyword 'Aglobal'[\s\S]*Loading failure!$/);
+    // 3.1, whose master logs the new worker differently (a report on HAProxy's issue tracker).
+    assert.equal(
+      parseReloadReply(
+        [
+          'Success=1',
+          '--',
+          '[NOTICE]   (1161777) : Initializing new worker (1161786)',
+          '[NOTICE]   (1161786) : haproxy version is 3.1-dev0-0aee24-2306',
+          '[NOTICE]   (1161786) : path to executable is ./haproxy',
+          '[WARNING]  (1161786) : config : hlua: please set "tune.lua.bool-sample-conversion" tunable to either "normal" or "pre-3.1-bug" explicitly to avoid ambiguities. This must be set before any "lua-load" or "lua-load-per-thread" directive. Defaulting to "pre-3.1-bug".',
+          '[NOTICE]   (1161777) : Loading success.',
+        ].join('\n'),
+      )?.success,
+      true,
+    );
+    assert.equal(parseReloadReply(''), undefined);
   });
 });
 
