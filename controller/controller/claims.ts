@@ -102,6 +102,15 @@ export class PortAllocator {
   private readonly assignments = new Subject<string>();
   /** Emits the name of a load balancer whose set of claimed ports changed. */
   readonly assignmentChanges: Observable<string> = this.assignments.asObservable();
+  /**
+   * Admitted sessions owed ports (a tcp service added to their template while none was free), and how many.
+   * Owed ports are not room for the waiting list: a port freed goes to them first, as the claim they have.
+   */
+  private readonly owed = new Map<string, number>();
+  private owedTotal = 0;
+  private readonly owedRoom = new Subject<string>();
+  /** Emits each session owed a port when a port or listener slot may have been freed for it. */
+  readonly owedRoomChanges: Observable<string> = this.owedRoom.asObservable();
 
   constructor(
     readonly start: number,
@@ -124,10 +133,24 @@ export class PortAllocator {
 
   /** Keeps the allocator in step with the routes cache. */
   observe(change: CacheChange<CachedRecord<RouteRecord>>): void {
+    const current = change.current?.value?.ports ?? [];
+    let freed = false;
     for (const route of change.previous?.value?.ports ?? []) {
-      if (this.owners.get(route.port) === change.id) this.forget(route.port);
+      if (this.owners.get(route.port) !== change.id) continue;
+      this.forget(route.port);
+      freed ||= !current.some((kept) => kept.port === route.port);
     }
-    for (const route of change.current?.value?.ports ?? []) this.claim(change.id, route.port, route.loadBalancer);
+    for (const route of current) this.claim(change.id, route.port, route.loadBalancer);
+    // A session without a claim holds nothing and is owed nothing: it waits for admission instead.
+    if (change.current === undefined) this.owe(change.id, 0);
+    if (freed) this.offerOwed();
+  }
+
+  /** Records how many ports an admitted session still lacks for its template's tcp services (0: none). */
+  owe(sessionId: string, count: number): void {
+    this.owedTotal += count - (this.owed.get(sessionId) ?? 0);
+    if (count > 0) this.owed.set(sessionId, count);
+    else this.owed.delete(sessionId);
   }
 
   /** Whether a port is in the configured range (HAProxy listens on no other). */
@@ -159,7 +182,9 @@ export class PortAllocator {
     const before = this.listenersOn.get(loadBalancer);
     this.listenersOn.set(loadBalancer, ports);
     this.recount(loadBalancer);
-    return before === undefined || [...before].some((port) => !ports.has(port));
+    const roomMayGrow = before === undefined || [...before].some((port) => !ports.has(port));
+    if (roomMayGrow) this.offerOwed();
+    return roomMayGrow;
   }
 
   /** AWS refused a listener for quota with fewer listeners than configured: use what it holds as its quota. */
@@ -167,13 +192,13 @@ export class PortAllocator {
     this.learnedQuota.set(loadBalancer, quota);
   }
 
-  /** Room for new ports: free ports in the range, and with a pool free listener slots. */
+  /** Room for new ports: free ports in the range, and with a pool free listener slots, less the ports owed. */
   room(): PortRoom {
-    const freePorts = this.capacity - this.used;
+    const freePorts = Math.max(0, this.capacity - this.used - this.owedTotal);
     if (this.pool.length === 0) {
       return { free: freePorts, reason: 'NoFreePort', message: `all ${this.capacity} public TCP ports are in use` };
     }
-    const freeListeners = this.pool.reduce((sum, member) => sum + this.roomOn(member), 0);
+    const freeListeners = Math.max(0, this.pool.reduce((sum, member) => sum + this.roomOn(member), 0) - this.owedTotal);
     if (freePorts <= freeListeners) return { free: freePorts, reason: 'NoFreePort', message: `all ${this.capacity} public TCP ports are in use` };
     const quotas = this.pool.map((member) => `${member.name} ${this.quotaOf(member)}`).join(', ');
     return { free: freeListeners, reason: 'NoListenerCapacity', message: `every load balancer is at its listener quota (${quotas})` };
@@ -215,7 +240,13 @@ export class PortAllocator {
 
   /** Gives back a reservation that was never written (e.g. its write lost a compare-and-set). */
   release(sessionId: string, port: number): void {
-    if (this.owners.get(port) === sessionId) this.forget(port);
+    if (this.owners.get(port) !== sessionId) return;
+    this.forget(port);
+    this.offerOwed();
+  }
+
+  private offerOwed(): void {
+    for (const sessionId of this.owed.keys()) this.owedRoom.next(sessionId);
   }
 
   private claim(sessionId: string, port: number, loadBalancer: string | undefined): void {

@@ -173,6 +173,8 @@ export class Controller {
   async start(): Promise<void> {
     // The allocator and the waiting list must see every claim before the first reconcile admits anyone.
     this.subscriptions.push(this.routes.cache.changes.subscribe((change) => this.ports.observe(change)));
+    // A port freed goes to the sessions owed one before the waiting list sees it as room.
+    this.subscriptions.push(this.ports.owedRoomChanges.subscribe((id) => this.queue.add(id)));
     // The waiting list follows changes once it has been loaded from the synced caches (below).
     this.subscriptions.push(
       merge(this.sessions.cache.changes, this.statuses.cache.changes, this.routes.cache.changes)

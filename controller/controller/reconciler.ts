@@ -196,28 +196,30 @@ export class SessionReconciler {
       return done;
     }
 
+    // Tcp services the template gained while no public port was free: owed the next port freed.
+    const unaddressed = template.spec.services.filter((service) => service.expose === 'tcp' && !claim.ports.some((route) => route.service === service.name));
+    this.deps.ports.owe(id, unaddressed.length);
     const endpoints = publicEndpoints(template, claim, this.deps.addressing);
     const jobId = jobIdFor(id);
     // The job rendered by this reconcile, if it had to render it for its hash (then registering reuses it).
     let rendered: RenderedJob | undefined;
     const render = (): RenderedJob => (rendered ??= this.deps.scheduler.render({ jobId, sessionId: id, template, parameters, endpoints }));
-    const memo = this.specHashes.get(id);
-    let specHash: string;
-    if (memo !== undefined && memo.session === session && memo.template === template && memo.claim === claim) {
-      specHash = memo.specHash;
-    } else {
+    const now = this.now();
+    const admittedAt = previous?.admittedAt ?? new Date(now).toISOString();
+    const cachedWorkload = observed.workloads.get(id);
+    // A job without a service's address would be replaced again once the address comes, and fails to render
+    // if a task refers to it: the running job is kept until every service has its address.
+    let workload = unaddressed.length > 0 ? cachedWorkload : undefined;
+    if (workload === undefined) {
+      let specHash: string;
       try {
-        specHash = render().specHash;
+        specHash = this.specHashOf(id, session, template, claim, render);
       } catch (error) {
         if (error instanceof RenderError) return this.fail(id, generation, 'Unschedulable', error.message);
         throw error;
       }
-      this.specHashes.set(id, { session, template, claim, specHash });
+      workload = cachedWorkload?.specHash === specHash ? cachedWorkload : undefined;
     }
-    const now = this.now();
-    const admittedAt = previous?.admittedAt ?? new Date(now).toISOString();
-    const cachedWorkload = observed.workloads.get(id);
-    const workload = cachedWorkload?.specHash === specHash ? cachedWorkload : undefined;
     // The scheduler has no room: give the claim back and wait at the head of the list (a session that has
     // served keeps its place and addresses and is handled as a failure instead).
     if (workload?.placementFailure !== undefined && previous?.readyAt === undefined) {
@@ -230,7 +232,7 @@ export class SessionReconciler {
       const job = render();
       refusal = await refusalOf('RegisterFailed', async () => {
         await this.deps.scheduler.register(job);
-        this.expectations.expect(id, () => observed.workloads.get(id)?.specHash === specHash);
+        this.expectations.expect(id, () => observed.workloads.get(id)?.specHash === job.specHash);
         this.deps.log.info({ session: id, job: jobId }, cachedWorkload ? 'job updated' : 'job registered');
       });
     }
@@ -269,13 +271,16 @@ export class SessionReconciler {
     const routesChanged = claimIndex !== undefined && JSON.stringify(wanted) !== JSON.stringify(claim);
     if (routesChanged) await this.put(id, observed.routes, this.deps.keys.route(id), 'route', wanted);
     const routedBefore = previous?.conditions.find((condition) => condition.type === 'Routed');
-    const routed: ConditionInput = routesChanged
-      ? routesUpdating
-      : routedBefore?.status === 'True'
-        ? // Routes once applied stay served (routers keep them and reload them from their map files): routers whose
-          // heartbeats fall silent, as they all do while the store is unreachable, do not make a serving session unready.
-          { type: 'Routed', status: 'True', reason: routedBefore.reason, message: routedBefore.message }
-        : this.routedCondition(claim, claimIndex);
+    const routed: ConditionInput =
+      unaddressed.length > 0
+        ? this.unaddressedCondition(unaddressed.map((service) => service.name))
+        : routesChanged
+          ? routesUpdating
+          : routedBefore?.status === 'True'
+            ? // Routes once applied stay served (routers keep them and reload them from their map files): routers whose
+              // heartbeats fall silent, as they all do while the store is unreachable, do not make a serving session unready.
+              { type: 'Routed', status: 'True', reason: routedBefore.reason, message: routedBefore.message }
+            : this.routedCondition(claim, claimIndex);
 
     const exposed = this.deps.listeners === undefined ? undefined : exposedCondition(wanted, this.deps.listeners);
     // Ready is every other condition holding; otherwise it carries the first one that does not, as its reason.
@@ -285,7 +290,7 @@ export class SessionReconciler {
     // the start timeout. A session that has served is not failed for the routers' troubles.
     const stalled = previous?.readyAt === undefined ? blocker : [scheduled, healthy].find((condition) => condition.status !== 'True');
     if (stalled !== undefined) {
-      const since = Date.parse(previous?.readyAt === undefined ? admittedAt : notReadySince(previous, now));
+      const since = previous?.readyAt === undefined ? Date.parse(admittedAt) : workloadDownSince(previous, now);
       const deadline = since + policy.startTimeoutMs;
       if (now >= deadline) {
         return this.fail(id, generation, 'StartTimeout', `not ready within ${formatSeconds(policy.startTimeoutMs)}: ${stalled.message}`, failures);
@@ -337,6 +342,26 @@ export class SessionReconciler {
       ...(wakeAts.length > 0 ? { wakeAt: Math.min(...wakeAts) } : {}),
       ...(waitingForRouters ? { awaitingRoutersAt: claimIndex, requeueAfterMs: this.deps.routerStaleMs } : {}),
       ...(refusal ? { retryAfterError: refusal.error } : {}),
+    };
+  }
+
+  /** The job's spec hash, rendered only when the session, its template or its claim changed since the last one. */
+  private specHashOf(id: string, session: SessionRecord, template: SessionTemplate, claim: RouteRecord, render: () => RenderedJob): string {
+    const memo = this.specHashes.get(id);
+    if (memo !== undefined && memo.session === session && memo.template === template && memo.claim === claim) return memo.specHash;
+    const { specHash } = render();
+    this.specHashes.set(id, { session, template, claim, specHash });
+    return specHash;
+  }
+
+  /** Not routed while a service has no public port: the reason is the port room's (no free port, or no listener slot). */
+  private unaddressedCondition(services: readonly string[]): ConditionInput {
+    const room = this.deps.ports.room();
+    return {
+      type: 'Routed',
+      status: 'False',
+      reason: room.reason,
+      message: `no public TCP port for ${services.join(', ')} yet (${room.message}); the next one freed goes to it`,
     };
   }
 
@@ -736,10 +761,14 @@ function appliedBy(routers: readonly RouterHeartbeat[], index: number): boolean 
   return routers.every((router) => router.appliedIndex >= index);
 }
 
-/** When the session stopped serving: its Ready condition's transition, or now if it has just stopped. */
-function notReadySince(previous: SessionStatus, now: number): string {
-  const ready = previous.conditions.find((condition) => condition.type === 'Ready');
-  return ready?.status === 'False' ? ready.lastTransitionTime : new Date(now).toISOString();
+/**
+ * When the served workload stopped serving: the earliest turn of its Scheduled or Healthy condition to False,
+ * or now if it has just stopped. Not Ready's own turn: a session not Ready for another reason before (a
+ * service without its public port, a listener not yet seen) would be failed at once by a task's restart.
+ */
+function workloadDownSince(previous: SessionStatus, now: number): number {
+  const down = previous.conditions.filter((condition) => (condition.type === 'Scheduled' || condition.type === 'Healthy') && condition.status === 'False');
+  return Math.min(now, ...down.map((condition) => Date.parse(condition.lastTransitionTime)));
 }
 
 /** The new estimate, unless it is close to the one shown already (then that one stays, and the status is not rewritten). */

@@ -422,6 +422,58 @@ describe('lifecycle: failures', () => {
     assert.deepEqual((await routesOf(h.store, id!))?.hosts.map((route) => route.service).sort(), ['extra', 'hmi']);
   });
 
+  it('shows a session short of a public TCP port for a service added to its template, and gives it the next port freed before any waiting session', async () => {
+    h = await ControllerHarness.embedded({ ports: { start: 20000, end: 20001 } });
+    const [a, b] = await createInOrder(h, ['ann', 'bob']);
+    const ready = await makeReady(h, a!, 31000);
+    await makeReady(h, b!, 31010);
+    const demo = h.templates.get('demo')!;
+    const services = [...demo.spec.services, { name: 'tcp2', port: 'broker', expose: 'tcp' as const }];
+    h.templates = new Map([...h.templates, ['demo', { ...demo, spec: { ...demo.spec, services } }]]);
+    await h.restartController();
+    const short = await statusWhen(h.store, a!, (s) => condition(s, 'Ready') === 'False/NoFreePort');
+    assert.equal(condition(short, 'Routed'), 'False/NoFreePort');
+    assert.match(short.conditions.find((c) => c.type === 'Ready')!.message, /no public TCP port for tcp2 .*all 2 public TCP ports are in use/);
+    assert.deepEqual(short.endpoints, ready.endpoints, 'the services it had keep their addresses');
+    assert.equal(h.scheduler.registrations.length, 2, 'its job is not updated until every service has an address');
+    await statusWhen(h.store, b!, (s) => condition(s, 'Ready') === 'False/NoFreePort');
+    const c = await createSession(h.store, { owner: 'cid' });
+    await statusWhen(h.store, c, (s) => condition(s, 'Admitted') === 'False/NoFreePort');
+
+    // Bob leaves: his port goes to ann, who is owed one, not to cid at the head of the waiting list.
+    await requestDeletion(h.store, b!);
+    await gone(h, b!);
+    const claim = await waitFor('ann given a port for tcp2', async () => (await routesOf(h.store, a!))?.ports.find((route) => route.service === 'tcp2'));
+    await waitFor('the job updated', () => h.scheduler.registrations.length === 3);
+    const { endpoints } = h.scheduler.registrations[2]!.body as { endpoints: Record<string, { port: number }> };
+    assert.equal(endpoints.tcp2?.port, claim.port);
+    const back = await makeReady(h, a!, 31050);
+    assert.equal(back.endpoints.tcp2?.url, `tcp://localhost:${claim.port}`);
+    assert.equal(back.endpoints.tcp?.url, ready.endpoints.tcp?.url);
+    const waiting = await statusOf(h.store, c);
+    assert.equal(condition(waiting, 'Admitted'), 'False/NoFreePort');
+    assert.equal(await routesOf(h.store, c), undefined);
+  });
+
+  it('gives a session short of a public TCP port the whole start timeout to recover from a task restart, however long it was short', async () => {
+    h = await ControllerHarness.embedded({ ports: { start: 20000, end: 20000 }, policy: { startTimeoutMs: 10 * minute, idleTimeoutMs: 0 } });
+    const [id] = await createInOrder(h, ['ann']);
+    await makeReady(h, id!);
+    const demo = h.templates.get('demo')!;
+    const services = [...demo.spec.services, { name: 'tcp2', port: 'broker', expose: 'tcp' as const }];
+    h.templates = new Map([...h.templates, ['demo', { ...demo, spec: { ...demo.spec, services } }]]);
+    await h.restartController();
+    await statusWhen(h.store, id!, (s) => condition(s, 'Ready') === 'False/NoFreePort');
+    h.tick(30 * minute);
+    h.scheduler.update(id!, { healthy: false, tasks: { core: { state: 'pending', failed: false, restarts: 1, lastEvent: 'Restarting: exited with code 1' } } });
+    const restarting = await statusWhen(h.store, id!, (s) => condition(s, 'Healthy') === 'False/TaskRestarting' || s.phase === 'Failed');
+    assert.notEqual(restarting.phase, 'Failed', `${condition(restarting, 'Ready')}: ${restarting.conditions[0]?.message}`);
+    h.tick(9 * minute);
+    h.scheduler.run(id!, { http: '127.0.0.1:31000', broker: '127.0.0.1:31001', tcp: '127.0.0.1:31002' });
+    const back = await statusWhen(h.store, id!, (s) => condition(s, 'Healthy') === 'True/Healthy' || s.phase === 'Failed');
+    assert.equal(condition(back, 'Ready'), 'False/NoFreePort');
+  });
+
   it('moves a session whose public TCP port a restart left outside the configured range into it, updating its job', async () => {
     h = await ControllerHarness.embedded({ ports: { start: 20000, end: 20000 } });
     const [id] = await createInOrder(h, ['ann']);
