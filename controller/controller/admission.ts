@@ -1,11 +1,12 @@
 import type { RouteRecord, SessionRecord, SessionStatus } from '../api/types.js';
+import type { Workload } from '../scheduler/scheduler.js';
 import type { PortRoom } from './claims.js';
 import type { Cache, CachedRecord } from './informer.js';
 
 export interface AdmissionLimits {
-  /** Sessions holding resources (a claim), cluster-wide. */
+  /** Sessions holding resources (a claim, or a job not yet purged), cluster-wide. */
   readonly maxSessions: number;
-  /** Admitted sessions that have not yet been Ready once. */
+  /** Admitted sessions that have not yet been Ready once, until their job is purged. */
   readonly maxStarting: number;
   readonly sessionsPerUser: number;
   /** After the scheduler had no room, retry the waiting list after this long even without a capacity signal. */
@@ -16,6 +17,7 @@ export interface AdmissionState {
   readonly sessions: Cache<CachedRecord<SessionRecord>>;
   readonly statuses: Cache<CachedRecord<SessionStatus>>;
   readonly routes: Cache<CachedRecord<RouteRecord>>;
+  readonly workloads: Cache<Workload>;
 }
 
 /**
@@ -144,11 +146,14 @@ export class Admission {
     const status = this.state.statuses.get(id)?.value;
     const claimed = this.state.routes.get(id) !== undefined;
     if (claimed || record === undefined) this.reserved.delete(id);
-    const holding = claimed || this.reserved.has(id);
+    // Teardown removes the routes first and purges the job last: the slot is held until the job is gone,
+    // since until then it holds the cluster's resources (a start in progress still pulls its images).
+    const holding = claimed || this.reserved.has(id) || this.state.workloads.get(id) !== undefined;
     const failed = status?.phase === 'Failed' && status.observedGeneration === record?.metadata.generation;
-    const wanted = record !== undefined && record.metadata.deletionRequestedAt === undefined && !failed;
+    const deleting = record?.metadata.deletionRequestedAt !== undefined;
+    const wanted = record !== undefined && !deleting && !failed;
 
-    setMember(this.starting, id, holding && wanted && status?.readyAt === undefined);
+    setMember(this.starting, id, holding && (wanted || deleting) && status?.readyAt === undefined);
     const placed = status?.conditions.some((condition) => condition.type === 'Scheduled' && condition.status === 'True') ?? false;
     if (!holding) {
       this.probing.delete(id);

@@ -117,7 +117,7 @@ export class Controller {
     this.deadlines = new DeadlineTimers(this.clock, (id) => this.queue.add(id));
     const now = (): number => this.clock.now();
     this.admission = new Admission(
-      { sessions: this.sessions.cache, statuses: this.statuses.cache, routes: this.routes.cache },
+      { sessions: this.sessions.cache, statuses: this.statuses.cache, routes: this.routes.cache, workloads: this.workloads.cache },
       { ...options.limits, capacityRetryMs: options.capacityRetryMs },
       now,
       (id) => this.queue.add(id),
@@ -177,7 +177,7 @@ export class Controller {
     this.subscriptions.push(this.ports.owedRoomChanges.subscribe((id) => this.queue.add(id)));
     // The waiting list follows changes once it has been loaded from the synced caches (below).
     this.subscriptions.push(
-      merge(this.sessions.cache.changes, this.statuses.cache.changes, this.routes.cache.changes)
+      merge(this.sessions.cache.changes, this.statuses.cache.changes, this.routes.cache.changes, this.workloads.cache.changes)
         .pipe(filter(() => this.synced))
         .subscribe((change) => this.admission.refresh(change.id)),
     );
@@ -216,7 +216,7 @@ export class Controller {
     const informers = [this.sessions, this.statuses, this.routes, this.routers, this.activities, this.workloads];
     for (const informer of informers) informer.start();
     await Promise.all(informers.map((informer) => informer.synced));
-    this.admission.load(new Set([...this.sessions.cache.ids(), ...this.statuses.cache.ids(), ...this.routes.cache.ids()]));
+    this.admission.load(new Set([...this.sessions.cache.ids(), ...this.statuses.cache.ids(), ...this.routes.cache.ids(), ...this.workloads.cache.ids()]));
     this.synced = true;
     this.log.info(
       { sessions: this.sessions.cache.size, waiting: this.admission.waitingCount, workloads: this.workloads.cache.size, routes: this.routes.cache.size },

@@ -552,6 +552,8 @@ export class SessionReconciler {
       conditions: [{ type: 'Ready', status: 'False', reason, message: `the session is being torn down: ${describeDeletion(reason)}` }],
       endpoints: {},
       ...(previous?.jobId !== undefined ? { jobId: previous.jobId } : {}),
+      // Whether it was ever Ready: one that was not holds its start slot until its job is purged.
+      ...(previous?.readyAt !== undefined ? { readyAt: previous.readyAt } : {}),
       ...(previous?.failures !== undefined ? { failures: previous.failures } : {}),
     });
     // The routes go first, and the job only once every live router has dropped them: no user is sent to a

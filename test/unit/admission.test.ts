@@ -27,7 +27,7 @@ describe('admission: the waiting list', () => {
     routes = new Cache();
     requeued = [];
     admission = new Admission(
-      { sessions, statuses, routes },
+      { sessions, statuses, routes, workloads: new Cache() },
       { maxSessions: 10, maxStarting: 10, sessionsPerUser: 1, capacityRetryMs: 60_000 },
       () => 1_000_000,
       (requeuedId) => requeued.push(requeuedId),
@@ -71,7 +71,7 @@ describe('admission: the waiting list', () => {
     const now = 1_000_000;
     const iso = (ms: number): string => new Date(ms).toISOString();
     const limited = (): Admission =>
-      new Admission({ sessions, statuses, routes }, { maxSessions: 10, maxStarting: 1, sessionsPerUser: 1, capacityRetryMs: 60_000 }, () => now, () => undefined, () => undefined);
+      new Admission({ sessions, statuses, routes, workloads: new Cache() }, { maxSessions: 10, maxStarting: 1, sessionsPerUser: 1, capacityRetryMs: 60_000 }, () => now, () => undefined, () => undefined);
     const setStatus = (n: number, fields: Partial<SessionStatus>): void =>
       statuses.upsert(id(n), record(id(n), { phase: 'Starting', observedGeneration: 1, conditions: [], endpoints: {}, events: [], ...fields }));
     const live = limited();

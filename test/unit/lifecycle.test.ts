@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import type { SessionRecord, SessionStatus } from '../../controller/api/types.js';
 import { estimateRefreshMs } from '../../controller/controller/controller.js';
+import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import {
   capturingLogger,
   condition,
@@ -14,6 +15,7 @@ import {
   statusOf,
   statusWhen,
 } from '../support/controller-harness.js';
+import { FakeScheduler } from '../support/fake-scheduler.js';
 import { waitFor } from '../support/wait.js';
 
 const minute = 60_000;
@@ -55,6 +57,41 @@ async function turnAway(h: ControllerHarness, id: string): Promise<SessionStatus
   return waiting;
 }
 
+/** A scheduler whose purges finish when the test says (`finishPurges()`), as a Nomad job takes a while to go. */
+class SlowPurgeScheduler extends FakeScheduler {
+  readonly purging = new Set<string>();
+
+  override async deregister(jobId: string): Promise<void> {
+    this.purging.add(jobId);
+  }
+
+  async finishPurges(): Promise<void> {
+    for (const jobId of this.purging) await super.deregister(jobId);
+    this.purging.clear();
+  }
+}
+
+/**
+ * Deletes the session holding the only slot of `limits` (Ready or still starting) while `next` waits for it,
+ * and shows that `next` is admitted only once the deleted session's job is purged.
+ */
+async function slotFreedByPurge(h: ControllerHarness<SlowPurgeScheduler>, ready: boolean, waitReason: string): Promise<void> {
+  const { scheduler } = h;
+  await h.start();
+  const [holder, next] = await createInOrder(h, ['ann', 'bob']);
+  if (ready) await makeReady(h, holder!);
+  await statusWhen(h.store, next!, (s) => condition(s, 'Admitted') === `False/${waitReason}`);
+  await requestDeletion(h.store, holder!);
+  await waitFor('the purge of its job asked for', () => scheduler.purging.size === 1);
+  await waitFor('nothing queued or in flight', () => h.controller.queue.length === 0 && h.controller.queue.inFlight === 0);
+  assert.equal(await routesOf(h.store, holder!), undefined, 'its routes are gone');
+  assert.equal(await routesOf(h.store, next!), undefined, 'the next one waits while the job holds its resources');
+  assert.equal(condition(await statusOf(h.store, next!), 'Admitted'), `False/${waitReason}`);
+  await scheduler.finishPurges();
+  await waitFor('the next one admitted once the job is purged', () => routesOf(h.store, next!));
+  await gone(h, holder!);
+}
+
 /** Sessions created one second apart, oldest first, so the waiting list order is known. */
 async function createInOrder(h: ControllerHarness, owners: string[]): Promise<string[]> {
   const base = Date.now() - 60 * minute;
@@ -94,6 +131,18 @@ describe('lifecycle: waiting list and room', () => {
     assert.equal(last.phase, 'Waiting', 'dee moved up when someone ahead left');
     await makeReady(h, c!, 31020);
     assert.equal(h.scheduler.workload(d!), undefined);
+  });
+
+  it("keeps a deleted session's slot until its job is purged", async () => {
+    const slow = new ControllerHarness(EmbeddedStore.open(':memory:'), new SlowPurgeScheduler(), { limits: { maxSessions: 1 } });
+    h = slow;
+    await slotFreedByPurge(slow, true, 'ClusterFull');
+  });
+
+  it('keeps the start slot of a session deleted while starting until its job is purged', async () => {
+    const slow = new ControllerHarness(EmbeddedStore.open(':memory:'), new SlowPurgeScheduler(), { limits: { maxStarting: 1 } });
+    h = slow;
+    await slotFreedByPurge(slow, false, 'StartLimit');
   });
 
   it('moves everyone behind up when a waiting session ahead of them is deleted', async () => {
