@@ -229,6 +229,8 @@ abstract class Unit {
 class LoadBalancerUnit extends Unit {
   dnsName: string | undefined;
   private states = new Map<number, ListenerState>();
+  /** The next describe is the resync's (it also looks for helpers of ours that nothing uses). */
+  private resyncDue = false;
   /** Retired, and said so once it held nothing of ours. */
   private retirementReported = false;
 
@@ -249,9 +251,20 @@ class LoadBalancerUnit extends Unit {
     return this.states.get(port) ?? { exposed: false, reason: 'CreatingListener', message: 'not yet described' };
   }
 
+  /** The slow resync (and a new leader's first pass): reconcile now, with the resync's describe. */
+  resync(): void {
+    this.resyncDue = true;
+    this.schedule(0);
+  }
+
   protected async reconcile(): Promise<void> {
-    const snapshot = await this.observe(describeKey, () => this.provider.describe());
-    if (snapshot === undefined) return;
+    const resync = this.resyncDue;
+    this.resyncDue = false;
+    const snapshot = await this.observe(describeKey, () => this.provider.describe(resync));
+    if (snapshot === undefined) {
+      this.resyncDue ||= resync;
+      return;
+    }
     this.dnsName ??= snapshot.dnsName;
     const desired = this.exposer.desiredListeners(this.name);
     this.settle(snapshot);
@@ -519,7 +532,8 @@ export class Exposer implements ListenerStates {
 
   private resync(): void {
     if (!this.active) return;
-    for (const unit of this.units()) unit.schedule(0);
+    for (const unit of this.loadBalancers.values()) unit.resync();
+    for (const group of this.groups) group.schedule(0);
     this.resyncTimer = this.options.clock.setTimeout(() => this.resync(), this.options.resyncMs);
   }
 

@@ -21,6 +21,11 @@ export const ownerTagKey = 'manticore:owner';
 /** DescribeTags takes at most 20 ARNs. */
 const tagBatch = 20;
 
+/** What the names of an installation's target groups for one load balancer start with (the port follows). */
+export function targetGroupPrefix(marker: string, loadBalancer: string): string {
+  return `mc-${crypto.createHash('sha256').update(`${marker}\0${loadBalancer}`).digest('hex').slice(0, 6)}-`;
+}
+
 export interface NlbOptions {
   readonly client: ElasticLoadBalancingV2Client;
   readonly name: string;
@@ -40,7 +45,8 @@ interface Identity {
 /**
  * A Network Load Balancer (ELBv2): each listener forwards to a target group of its own that holds the
  * edge instances on the target port. Listeners and target groups carry the owner tag; target groups are
- * also named after the marker and the load balancer (`mc-<hash>-<port>`), so listing them stays cheap.
+ * also named after the marker and the load balancer (`mc-<hash>-<port>`), so ours are told from the
+ * region's others by name before their tags are read.
  */
 export class NlbProvider implements LoadBalancerProvider {
   readonly type = 'nlb' as const;
@@ -48,21 +54,20 @@ export class NlbProvider implements LoadBalancerProvider {
   private identity: Identity | undefined;
   /** Whether a listener or target group carries our tag, by ARN (tags of an ARN are read once). */
   private readonly ownedArns = new Map<string, boolean>();
-  /** Our target groups by listener port, as last seen or created. */
+  /** Our target groups by listener port, as last seen or created (those no listener uses are seen only on a resync). */
   private targetGroups = new Map<number, TargetGroup>();
   private readonly namePrefix: string;
 
   constructor(private readonly options: NlbOptions) {
     this.name = options.name;
-    const hash = crypto.createHash('sha256').update(`${options.marker}\0${options.name}`).digest('hex').slice(0, 6);
-    this.namePrefix = `mc-${hash}-`;
+    this.namePrefix = targetGroupPrefix(options.marker, options.name);
   }
 
   async dnsName(): Promise<string> {
     return (await this.loadIdentity()).dnsName;
   }
 
-  async describe(): Promise<LoadBalancerSnapshot> {
+  async describe(resync: boolean): Promise<LoadBalancerSnapshot> {
     const { client } = this.options;
     const identity = await this.loadIdentity();
     const listeners: Listener[] = [];
@@ -72,15 +77,20 @@ export class NlbProvider implements LoadBalancerProvider {
       listeners.push(...(page.Listeners ?? []));
       marker = page.NextMarker;
     } while (marker);
+    // A pass reads the target groups this load balancer's listeners use (one page: it has at most a few hundred
+    // listeners). Ours that no listener uses are known from this process's own calls; the resync also reads the
+    // region's (other teams' too, a page per 400) for those it does not know: one made by a process that stopped
+    // before making its listener, or whose listener was deleted by hand.
     const groups: TargetGroup[] = [];
     do {
-      const page = await client.send(new DescribeTargetGroupsCommand({ PageSize: 400, ...(marker ? { Marker: marker } : {}) }));
+      const scope = resync ? {} : { LoadBalancerArn: identity.arn };
+      const page = await client.send(new DescribeTargetGroupsCommand({ ...scope, PageSize: 400, ...(marker ? { Marker: marker } : {}) }));
       groups.push(...(page.TargetGroups ?? []).filter((group) => group.TargetGroupName?.startsWith(this.namePrefix)));
       marker = page.NextMarker;
     } while (marker);
     await this.loadOwnership([...listeners.map((listener) => listener.ListenerArn!), ...groups.map((group) => group.TargetGroupArn!)]);
 
-    const targetGroups = new Map<number, TargetGroup>();
+    const targetGroups = new Map(resync ? [] : this.targetGroups);
     for (const group of groups) {
       const port = Number(group.TargetGroupName!.slice(this.namePrefix.length));
       if (this.ownedArns.get(group.TargetGroupArn!) === true && Number.isInteger(port)) targetGroups.set(port, group);
@@ -162,7 +172,10 @@ export class NlbProvider implements LoadBalancerProvider {
   }
 
   async repairHealthCheck(id: string): Promise<void> {
-    await this.options.client.send(new ModifyTargetGroupCommand({ TargetGroupArn: id, ...healthCheckFields(this.options.healthCheck) }));
+    const answer = await this.options.client.send(new ModifyTargetGroupCommand({ TargetGroupArn: id, ...healthCheckFields(this.options.healthCheck) }));
+    // A group no listener uses is not read again before the resync: what it is now comes from this answer.
+    const modified = answer.TargetGroups?.[0];
+    for (const [port, group] of this.targetGroups) if (group.TargetGroupArn === id && modified !== undefined) this.targetGroups.set(port, modified);
   }
 
   /** The load balancer's ARN, VPC and DNS name: looked up once, they never change. */

@@ -55,7 +55,11 @@ export interface LoadBalancerProvider {
   readonly type: 'nlb' | 'classic';
   /** The load balancer's DNS name, from one call: what every replica needs at start-up, leading or not. */
   dnsName(): Promise<string>;
-  describe(): Promise<LoadBalancerSnapshot>;
+  /**
+   * What the load balancer holds. `resync`: the slow resync's describe, which also looks for helpers of ours
+   * that nothing uses and this process did not make (an NLB's region-wide target group listing).
+   */
+  describe(resync: boolean): Promise<LoadBalancerSnapshot>;
   createListener(spec: ListenerSpec): Promise<void>;
   deleteListener(listener: ObservedListener): Promise<void>;
   /** Removes a helper resource (`helpers`) that no listener of ours needs any more. */

@@ -48,6 +48,7 @@ interface Stub {
  * those clients raise them (`sdkError`). It keeps the documented rules that matter here: listener quotas
  * (TooManyListeners), one listener per port (DuplicateListener), target group names unique
  * (DuplicateTargetGroupName), target groups a listener still uses cannot be deleted (ResourceInUse),
+ * DescribeTargetGroups' filters (a load balancer's, or names that must all exist: TargetGroupNotFound),
  * duplicate rules (InvalidPermission.Duplicate) and the rule quota. Knobs: `throttleRate` (the chance that
  * any call is throttled, from a seeded random source), `consistencyDelayMs` (a new listener shows in
  * describe calls only this long after its creation, on the model's clock).
@@ -108,6 +109,17 @@ export class AwsModel {
     else this.classics.get(loadBalancer)!.listeners = this.classics.get(loadBalancer)!.listeners.filter((listener) => listener.LoadBalancerPort !== port);
   }
 
+  /** A target group that nothing uses, as someone else (or a Manticore that crashed before its listener) made it. */
+  addTargetGroup(name: string, port: number, tags: Tag[] = []): void {
+    this.createTargetGroup({ Name: name, Protocol: 'TCP', Port: port, VpcId: 'vpc-0123456789abcdef0', TargetType: 'instance', Tags: tags });
+  }
+
+  /** An operator deletes a target group by hand (one no listener uses: AWS refuses the others). */
+  deleteTargetGroupByHand(name: string): void {
+    const group = this.targetGroup(name)!;
+    this.deleteTargetGroup(group.TargetGroupArn!);
+  }
+
   /** Listener ports of a load balancer, as AWS holds them (visible or not yet). */
   listenerPorts(loadBalancer: string): number[] {
     const nlb = this.nlbs.get(loadBalancer);
@@ -159,7 +171,7 @@ export class AwsModel {
     const v2 = mockClient(elbv2.ElasticLoadBalancingV2Client) as unknown as Stub;
     handle(v2, 'elbv2', elbv2.DescribeLoadBalancersCommand, 'elbv2:DescribeLoadBalancers', (input: { Names?: string[] }) => this.describeNlbs(input.Names ?? []));
     handle(v2, 'elbv2', elbv2.DescribeListenersCommand, 'elbv2:DescribeListeners', (input: DescribeListenersCommandInput) => this.describeListeners(input));
-    handle(v2, 'elbv2', elbv2.DescribeTargetGroupsCommand, 'elbv2:DescribeTargetGroups', (input: DescribeTargetGroupsCommandInput) => page([...this.targetGroups.values()].map(stripTargets), input.Marker, input.PageSize, 'TargetGroups'));
+    handle(v2, 'elbv2', elbv2.DescribeTargetGroupsCommand, 'elbv2:DescribeTargetGroups', (input: DescribeTargetGroupsCommandInput) => this.describeTargetGroups(input));
     handle(v2, 'elbv2', elbv2.DescribeTagsCommand, 'elbv2:DescribeTags', (input: { ResourceArns?: string[] }) => ({
       TagDescriptions: (input.ResourceArns ?? []).map((arn) => ({ ResourceArn: arn, Tags: this.tags.get(arn) ?? [] })),
     }));
@@ -202,6 +214,39 @@ export class AwsModel {
     const nlb = this.nlbByArn(input.LoadBalancerArn!);
     const visible = nlb.listeners.filter((entry) => entry.visibleAt <= this.now()).map((entry) => entry.listener);
     return page(visible, input.Marker, input.PageSize, 'Listeners');
+  }
+
+  /**
+   * Without a filter, every target group of the region (other teams' too); otherwise one of: those a load
+   * balancer's listeners forward to (`LoadBalancerArn`), or the named ones (`Names`, `TargetGroupArns`),
+   * where a single one missing fails the whole call with TargetGroupNotFound. Paginated, 1–400 a page.
+   */
+  private describeTargetGroups(input: DescribeTargetGroupsCommandInput): object {
+    const filters = [input.LoadBalancerArn, input.Names, input.TargetGroupArns].filter((filter) => filter !== undefined);
+    if (filters.length > 1) throw new Refusal('ValidationError', 'A load balancer ARN, target group names and target group ARNs cannot be specified at the same time', 400);
+    if (input.PageSize !== undefined && (input.PageSize < 1 || input.PageSize > 400)) {
+      throw new Refusal('ValidationError', `1 validation error detected: Value '${input.PageSize}' at 'pageSize' failed to satisfy constraint: Member must have value between 1 and 400`, 400);
+    }
+    const all = [...this.targetGroups.values()];
+    const named = (wanted: readonly string[], key: 'TargetGroupName' | 'TargetGroupArn'): TargetGroup[] =>
+      wanted.map((value) => {
+        const group = all.find((candidate) => candidate[key] === value);
+        if (group === undefined) throw new Refusal('TargetGroupNotFound', `One or more target groups not found`, 400);
+        return group;
+      });
+    const groups =
+      input.LoadBalancerArn !== undefined ? all.filter((group) => this.usedBy(group.TargetGroupArn!).includes(input.LoadBalancerArn!))
+      : input.Names !== undefined ? named(input.Names, 'TargetGroupName')
+      : input.TargetGroupArns !== undefined ? named(input.TargetGroupArns, 'TargetGroupArn')
+      : all;
+    return page(groups.map((group) => ({ ...stripTargets(group), LoadBalancerArns: this.usedBy(group.TargetGroupArn!) })), input.Marker, input.PageSize, 'TargetGroups');
+  }
+
+  /** The load balancers whose listeners, as describe calls show them, forward to a target group. */
+  private usedBy(targetGroupArn: string): string[] {
+    return [...this.nlbs.values()]
+      .filter((nlb) => nlb.listeners.some((entry) => entry.visibleAt <= this.now() && entry.listener.DefaultActions?.some((action) => action.TargetGroupArn === targetGroupArn)))
+      .map((nlb) => nlb.arn);
   }
 
   private createTargetGroup(input: CreateTargetGroupCommandInput): object {

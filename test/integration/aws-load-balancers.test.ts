@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { AuthorizeSecurityGroupIngressCommand, EC2Client } from '@aws-sdk/client-ec2';
 import { CreateLoadBalancerListenersCommand, ElasticLoadBalancingClient } from '@aws-sdk/client-elastic-load-balancing';
-import { CreateListenerCommand, ElasticLoadBalancingV2Client } from '@aws-sdk/client-elastic-load-balancing-v2';
+import { CreateListenerCommand, DescribeLoadBalancersCommand, DescribeTargetGroupsCommand, ElasticLoadBalancingV2Client, type DescribeTargetGroupsCommandInput } from '@aws-sdk/client-elastic-load-balancing-v2';
 import * as FakeTimers from '@sinonjs/fake-timers';
 import YAML from 'yaml';
 import type { SessionStatus } from '../../controller/api/types.js';
@@ -14,6 +14,7 @@ import { PortAllocator } from '../../controller/controller/claims.js';
 import { loadConfig } from '../../controller/config/config.js';
 import { createExposer } from '../../controller/loadbalancer/aws.js';
 import type { ClaimBook, Exposer } from '../../controller/loadbalancer/exposer.js';
+import { ownerTagKey, targetGroupPrefix } from '../../controller/loadbalancer/nlb.js';
 import { ruleMarker } from '../../controller/loadbalancer/security-groups.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import { AwsModel, sdkError, type AwsService } from '../fakes/aws.js';
@@ -554,6 +555,41 @@ describe('AWS load balancers: the exposer on its own, on a fake clock', () => {
     await clock.tickAsync(5_000);
     assert.deepEqual(model.rules(group).map((rule) => `${rule.FromPort}-${rule.ToPort}`).sort(), [...claims.ports].map((port) => `${port}-${port}`).sort());
   });
+
+  it('an NLB pass reads only the target groups its listeners use, however many the region holds; a resync finds the ones of ours nothing uses', async () => {
+    const ours = (port: number): string => `${targetGroupPrefix(marker, 'lb-a')}${port}`;
+    // Other teams' target groups, and one of ours that a leader made before it died without making its listener.
+    for (let i = 0; i < 1000; i++) model.addTargetGroup(`other-team-${i}`, 8080);
+    model.addTargetGroup(ours(20009), 20009, [{ Key: ownerTagKey, Value: marker }]);
+    const claims = new HandClaims('lb-a');
+    claims.ports.add(20001);
+    const exposer = await lead({ loadBalancers: [{ name: 'lb-a', type: 'nlb' }], edgeInstanceIds: ['i-0123456789abcdef0'] }, claims);
+    await clock.tickAsync(10_000);
+    assert.deepEqual(model.listenerPorts('lb-a'), [20001]);
+    assert.deepEqual([model.targetGroup(ours(20001)) !== undefined, model.targetGroup(ours(20009))], [true, undefined], 'the leftover of ours goes at the first pass');
+
+    // Sessions start and end.
+    model.calls.clear();
+    for (const port of [20002, 20003, 20004]) {
+      claims.ports.add(port);
+      exposer.claimsChanged('lb-a');
+      await clock.tickAsync(5_000);
+    }
+    claims.ports.delete(20001);
+    exposer.claimsChanged('lb-a');
+    await clock.tickAsync(10_000);
+    assert.deepEqual(model.listenerPorts('lb-a'), [20002, 20003, 20004]);
+    assert.equal(model.targetGroup(ours(20001)), undefined, 'the target group of an ended session goes without waiting for a resync');
+    assert.equal(model.targetGroupNames().length, 1003, 'the other teams\' target groups are left alone');
+    const passes = model.calls.get('elbv2:DescribeListeners')!;
+    console.log(`      1000 other target groups: ${passes} passes made ${model.callCount()} AWS calls, ${model.calls.get('elbv2:DescribeTargetGroups')} of them DescribeTargetGroups`);
+    assert.equal(model.calls.get('elbv2:DescribeTargetGroups'), passes, 'one page of target groups a pass: those lb-a uses');
+
+    // The resync reads the region's target groups (1003: three pages of 400) to find ours that nothing uses.
+    model.calls.clear();
+    await clock.tickAsync(300_000);
+    assert.deepEqual([model.calls.get('elbv2:DescribeListeners'), model.calls.get('elbv2:DescribeTargetGroups')], [1, 3]);
+  });
 });
 
 describe('AWS model: refusals as the SDK v3 clients raise them', () => {
@@ -599,6 +635,31 @@ describe('AWS model: refusals as the SDK v3 clients raise them', () => {
       }
     } finally {
       server.close();
+    }
+  });
+
+  it('DescribeTargetGroups filters as AWS does: by a load balancer\'s listeners, or by names that must all exist; pages of 1 to 400', async () => {
+    const model = new AwsModel(() => Date.now()).install();
+    try {
+      model.addNlb('lb-a');
+      for (const name of ['web', 'other-team-a', 'other-team-b']) model.addTargetGroup(name, 8080);
+      const client = new ElasticLoadBalancingV2Client({ region: 'us-east-1' });
+      const names = async (input: DescribeTargetGroupsCommandInput): Promise<string[]> => ((await client.send(new DescribeTargetGroupsCommand(input))).TargetGroups ?? []).map((found) => found.TargetGroupName!);
+      const balancer = (await client.send(new DescribeLoadBalancersCommand({ Names: ['lb-a'] }))).LoadBalancers![0]!.LoadBalancerArn!;
+      const [web] = (await client.send(new DescribeTargetGroupsCommand({ Names: ['web'] }))).TargetGroups!;
+      await client.send(new CreateListenerCommand({ LoadBalancerArn: balancer, Port: 80, Protocol: 'TCP', DefaultActions: [{ Type: 'forward', TargetGroupArn: web!.TargetGroupArn! }] }));
+
+      assert.deepEqual(await names({ LoadBalancerArn: balancer }), ['web'], 'only the target groups its listeners use');
+      assert.deepEqual(await names({ Names: ['other-team-b', 'web'] }), ['other-team-b', 'web']);
+      await assert.rejects(names({ Names: ['other-team-a', 'nobody'] }), { name: 'TargetGroupNotFoundException' });
+      await assert.rejects(names({ Names: ['web'], LoadBalancerArn: balancer }), { name: 'ValidationError' });
+      await assert.rejects(names({ PageSize: 401 }), { name: 'ValidationError' });
+      const first = await client.send(new DescribeTargetGroupsCommand({ PageSize: 2 }));
+      const rest = await client.send(new DescribeTargetGroupsCommand({ PageSize: 2, Marker: first.NextMarker! }));
+      assert.deepEqual([first.TargetGroups!.length, rest.TargetGroups!.length, rest.NextMarker], [2, 1, undefined]);
+      assert.deepEqual(first.TargetGroups![0]!.LoadBalancerArns, [balancer]);
+    } finally {
+      model.restore();
     }
   });
 });
