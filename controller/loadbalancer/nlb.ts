@@ -14,12 +14,14 @@ import {
   type Listener,
   type TargetGroup,
 } from '@aws-sdk/client-elastic-load-balancing-v2';
-import type { HealthCheckSpec, ListenerSpec, LoadBalancerProvider, LoadBalancerSnapshot, ObservedListener } from './provider.js';
+import { wireCode, type HealthCheckSpec, type ListenerSpec, type LoadBalancerProvider, type LoadBalancerSnapshot, type ObservedListener } from './provider.js';
 
 /** The tag that marks what Manticore created; its value is the marker of this installation (its store prefix). */
 export const ownerTagKey = 'manticore:owner';
 /** DescribeTags takes at most 20 ARNs. */
 const tagBatch = 20;
+/** What AWS answers for a listener or target group that does not exist. */
+const goneCodes = new Set(['ListenerNotFound', 'TargetGroupNotFound']);
 
 /** What the names of an installation's target groups for one load balancer start with (the port follows). */
 export function targetGroupPrefix(marker: string, loadBalancer: string): string {
@@ -96,6 +98,9 @@ export class NlbProvider implements LoadBalancerProvider {
       if (this.ownedArns.get(group.TargetGroupArn!) === true && Number.isInteger(port)) targetGroups.set(port, group);
     }
     this.targetGroups = targetGroups;
+    // ARNs are never reused, so what was deleted (by hand too) is forgotten: the ARNs seen now, and our groups, are kept.
+    const current = new Set([...listeners.map((listener) => listener.ListenerArn!), ...[...groups, ...targetGroups.values()].map((group) => group.TargetGroupArn!)]);
+    for (const arn of [...this.ownedArns.keys()]) if (!current.has(arn)) this.ownedArns.delete(arn);
     const byArn = new Map([...targetGroups.values()].map((group) => [group.TargetGroupArn!, group]));
     const observed = new Map<number, ObservedListener>();
     for (const listener of listeners) {
@@ -121,6 +126,34 @@ export class NlbProvider implements LoadBalancerProvider {
   }
 
   async createListener(spec: ListenerSpec): Promise<void> {
+    try {
+      await this.makeListener(spec);
+    } catch (error) {
+      // The target group this process knew for the port was deleted (by hand) since: it is made again.
+      if (wireCode(error) !== 'TargetGroupNotFound') throw error;
+      await this.makeListener(spec);
+    }
+  }
+
+  async deleteListener(listener: ObservedListener): Promise<void> {
+    await this.forgettingGone(listener.id, () => this.options.client.send(new DeleteListenerCommand({ ListenerArn: listener.id })));
+    this.forget(listener.id);
+  }
+
+  async deleteHelper(id: string): Promise<void> {
+    await this.forgettingGone(id, () => this.options.client.send(new DeleteTargetGroupCommand({ TargetGroupArn: id })));
+    this.forget(id);
+  }
+
+  async repairHealthCheck(id: string): Promise<void> {
+    const answer = await this.forgettingGone(id, () => this.options.client.send(new ModifyTargetGroupCommand({ TargetGroupArn: id, ...healthCheckFields(this.options.healthCheck) })));
+    // A group no listener uses is not read again before the resync: what it is now comes from this answer.
+    const modified = answer.TargetGroups?.[0];
+    for (const [port, group] of this.targetGroups) if (group.TargetGroupArn === id && modified !== undefined) this.targetGroups.set(port, modified);
+  }
+
+  /** A listener on the port toward a target group of ours, made unless known, holding the edge instances. */
+  private async makeListener(spec: ListenerSpec): Promise<void> {
     const { client, instanceIds, marker } = this.options;
     const identity = await this.loadIdentity();
     const tags = [
@@ -145,37 +178,41 @@ export class NlbProvider implements LoadBalancerProvider {
       this.ownedArns.set(group.TargetGroupArn!, true);
       this.targetGroups.set(spec.port, group);
     }
-    await client.send(new RegisterTargetsCommand({ TargetGroupArn: group.TargetGroupArn!, Targets: instanceIds.map((Id) => ({ Id, Port: spec.targetPort })) }));
-    const created = await client.send(
-      new CreateListenerCommand({
-        LoadBalancerArn: identity.arn,
-        Protocol: spec.protocol,
-        Port: spec.port,
-        ...(spec.certificateArn === undefined ? {} : { Certificates: [{ CertificateArn: spec.certificateArn }] }),
-        DefaultActions: [{ Type: 'forward', TargetGroupArn: group.TargetGroupArn! }],
-        Tags: tags,
-      }),
+    const arn = group.TargetGroupArn!;
+    await this.forgettingGone(arn, () => client.send(new RegisterTargetsCommand({ TargetGroupArn: arn, Targets: instanceIds.map((Id) => ({ Id, Port: spec.targetPort })) })));
+    const created = await this.forgettingGone(arn, () =>
+      client.send(
+        new CreateListenerCommand({
+          LoadBalancerArn: identity.arn,
+          Protocol: spec.protocol,
+          Port: spec.port,
+          ...(spec.certificateArn === undefined ? {} : { Certificates: [{ CertificateArn: spec.certificateArn }] }),
+          DefaultActions: [{ Type: 'forward', TargetGroupArn: arn }],
+          Tags: tags,
+        }),
+      ),
     );
-    const arn = created.Listeners?.[0]?.ListenerArn;
-    if (arn !== undefined) this.ownedArns.set(arn, true);
+    const listenerArn = created.Listeners?.[0]?.ListenerArn;
+    if (listenerArn !== undefined) this.ownedArns.set(listenerArn, true);
   }
 
-  async deleteListener(listener: ObservedListener): Promise<void> {
-    await this.options.client.send(new DeleteListenerCommand({ ListenerArn: listener.id }));
-    this.ownedArns.delete(listener.id);
+  /**
+   * Makes a call about a resource of ours; when AWS answers that it does not exist (someone deleted it), it is
+   * forgotten, so that the next pass does not count on it, and the error goes on to the caller.
+   */
+  private async forgettingGone<T>(arn: string, call: () => Promise<T>): Promise<T> {
+    try {
+      return await call();
+    } catch (error) {
+      if (goneCodes.has(wireCode(error))) this.forget(arn);
+      throw error;
+    }
   }
 
-  async deleteHelper(id: string): Promise<void> {
-    await this.options.client.send(new DeleteTargetGroupCommand({ TargetGroupArn: id }));
-    this.ownedArns.delete(id);
-    for (const [port, group] of this.targetGroups) if (group.TargetGroupArn === id) this.targetGroups.delete(port);
-  }
-
-  async repairHealthCheck(id: string): Promise<void> {
-    const answer = await this.options.client.send(new ModifyTargetGroupCommand({ TargetGroupArn: id, ...healthCheckFields(this.options.healthCheck) }));
-    // A group no listener uses is not read again before the resync: what it is now comes from this answer.
-    const modified = answer.TargetGroups?.[0];
-    for (const [port, group] of this.targetGroups) if (group.TargetGroupArn === id && modified !== undefined) this.targetGroups.set(port, modified);
+  /** Drops a listener or target group from what this process knows (deleted, or found gone). */
+  private forget(arn: string): void {
+    this.ownedArns.delete(arn);
+    for (const [port, group] of this.targetGroups) if (group.TargetGroupArn === arn) this.targetGroups.delete(port);
   }
 
   /** The load balancer's ARN, VPC and DNS name: looked up once, they never change. */

@@ -127,7 +127,7 @@ interface SdkErrorShape {
 }
 
 /** The code on the wire: the error's name without the `Exception` its class name adds. */
-function wireCode(error: unknown): string {
+export function wireCode(error: unknown): string {
   return (error as { name?: string } | undefined)?.name?.replace(/Exception$/, '') ?? '';
 }
 

@@ -590,6 +590,28 @@ describe('AWS load balancers: the exposer on its own, on a fake clock', () => {
     await clock.tickAsync(300_000);
     assert.deepEqual([model.calls.get('elbv2:DescribeListeners'), model.calls.get('elbv2:DescribeTargetGroups')], [1, 3]);
   });
+
+  it('a listener and target group of ours deleted by hand are made again at the next pass; a target group already gone is not asked to be deleted again and again', async () => {
+    const ours = (port: number): string => `${targetGroupPrefix(marker, 'lb-a')}${port}`;
+    const claims = new HandClaims('lb-a');
+    claims.ports.add(20001).add(20002);
+    const exposer = await lead({ loadBalancers: [{ name: 'lb-a', type: 'nlb' }], edgeInstanceIds: ['i-0123456789abcdef0'] }, claims);
+    await clock.tickAsync(10_000);
+    // An operator deletes 20001's listener and target group; then 20002's session ends, and once its listener
+    // is gone the operator deletes its target group too, before Manticore does.
+    model.deleteListenerByHand('lb-a', 20001);
+    model.deleteTargetGroupByHand(ours(20001));
+    claims.ports.delete(20002);
+    exposer.claimsChanged('lb-a');
+    await clock.tickAsync(1_000);
+    assert.ok(!model.listenerPorts('lb-a').includes(20002), 'the pass ran: 20002\'s listener is deleted');
+    model.deleteTargetGroupByHand(ours(20002));
+    model.calls.clear();
+    await clock.tickAsync(240_000);
+    assert.deepEqual([model.listenerPorts('lb-a'), model.targetGroupNames()], [[20001], [ours(20001)]], '20001 exposed again, before the resync');
+    assert.deepEqual(model.targetGroup(ours(20001))!.Targets, [{ Id: 'i-0123456789abcdef0', Port: 20001 }]);
+    assert.ok((model.calls.get('elbv2:DeleteTargetGroup') ?? 0) <= 1, `the target group gone already is asked for ${model.calls.get('elbv2:DeleteTargetGroup')} times, not once at most`);
+  });
 });
 
 describe('AWS model: refusals as the SDK v3 clients raise them', () => {
