@@ -1,8 +1,14 @@
 import type { Clock } from '../util/clock.js';
 
 /**
+ * How much of a wait is drawn at random: `half` keeps at least half of it (a factor in [0.5, 1)); `full`
+ * draws all of it (a factor in [0, 1)), which spreads callers that failed together the most.
+ */
+export type Jitter = 'half' | 'full';
+
+/**
  * Per-operation exponential backoff with jitter: an operation that AWS throttled or refused waits on its
- * own (base doubling to a cap, times a random factor in [0.5, 1)), while every other operation goes on.
+ * own (base doubling to a cap, times a random factor), while every other operation goes on.
  */
 export class OperationBackoff {
   private readonly failures = new Map<string, { count: number; until: number }>();
@@ -12,6 +18,7 @@ export class OperationBackoff {
     private readonly baseMs: number,
     private readonly maxMs: number,
     private readonly random: () => number = Math.random,
+    private readonly jitter: Jitter = 'half',
   ) {}
 
   /** Whether the operation may run now. */
@@ -23,7 +30,8 @@ export class OperationBackoff {
   /** Records a failure; returns how long the operation now waits. `factor` lengthens waits for errors that clear slowly (quotas). */
   failed(key: string, factor = 1): number {
     const count = (this.failures.get(key)?.count ?? 0) + 1;
-    const delay = Math.round(Math.min(this.baseMs * factor * 2 ** (count - 1), this.maxMs) * (0.5 + this.random() / 2));
+    const draw = this.jitter === 'full' ? this.random() : 0.5 + this.random() / 2;
+    const delay = Math.round(Math.min(this.baseMs * factor * 2 ** (count - 1), this.maxMs) * draw);
     this.failures.set(key, { count, until: this.clock.now() + delay });
     return delay;
   }

@@ -450,6 +450,9 @@ export class Exposer implements ListenerStates {
    * while the full describe (listeners, target groups, tags) is the leader's first pass.
    */
   async start(attempts = 5): Promise<void> {
+    const { clock, retryBaseMs, retryMaxMs, random } = this.options;
+    // Replicas restarted together (a rollout) are throttled together: a wait drawn whole keeps them from retrying in step.
+    const backoff = new OperationBackoff(clock, retryBaseMs, retryMaxMs, random, 'full');
     for (const unit of this.loadBalancers.values()) {
       for (let attempt = 1; unit.dnsName === undefined; attempt++) {
         try {
@@ -459,7 +462,9 @@ export class Exposer implements ListenerStates {
           if (attempt >= attempts || (kind !== 'throttled' && kind !== 'transient')) {
             throw new Error(`describing load balancer ${unit.name} (${unit.provider.type}): ${(error as Error).message}`, { cause: error });
           }
-          await new Promise<void>((resolve) => this.options.clock.setTimeout(resolve, this.options.retryBaseMs * 2 ** attempt));
+          const delay = backoff.failed(unit.name);
+          this.options.log.debug({ err: error, code: errorCode(error), kind, unit: unit.name, attempt, retryInMs: delay }, 'describing a load balancer at start-up failed; retrying');
+          await new Promise<void>((resolve) => clock.setTimeout(resolve, delay));
         }
       }
     }
