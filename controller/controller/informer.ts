@@ -1,7 +1,7 @@
 import { Subject, type Observable, type Subscription } from 'rxjs';
 import { watchRestarts } from '../metrics/metrics.js';
 import type { Logger } from '../util/log.js';
-import type { KvEntry, KvEntryMeta, KvListing, Store, WatchStep } from '../store/store.js';
+import type { KvEntry, KvEntryMeta, PrefixIndex, Store, WatchStep } from '../store/store.js';
 import type { Scheduler, Workload, WorkloadStep } from '../scheduler/scheduler.js';
 
 export interface CacheChange<T> {
@@ -236,23 +236,9 @@ export class StoreInformer<T> extends Informer<WatchStep, CachedRecord<T>, Recor
     this.rewound.complete();
   }
 
-  /**
-   * Whether the cache shows at least what `listing`, a read of this prefix, held: the watch has reached the
-   * listing's index, or (the watch has had nothing newer to bring) the cache holds exactly its records, none
-   * older, and no record it lacked unless written after it.
-   */
-  caughtUpWith(listing: KvListing): boolean {
-    if (this.index >= listing.index) return true;
-    const listed = new Set<string>();
-    for (const entry of listing.entries) {
-      const id = entry.key.slice(this.prefix.length);
-      if (id === '' || id.includes('/')) continue;
-      listed.add(id);
-      const cached = this.cache.get(id);
-      if (cached === undefined || cached.entry.modifyIndex < entry.modifyIndex) return false;
-    }
-    for (const record of this.cache.values()) if (!listed.has(record.id) && record.entry.modifyIndex <= listing.index) return false;
-    return true;
+  /** Whether the cache shows what the store held when its `prefixIndex` of this prefix was read. */
+  caughtUpWith(read: PrefixIndex): boolean {
+    return this.index >= read.index || (read.keys === 0 && this.cache.size === 0);
   }
 
   protected apply(step: WatchStep): void {

@@ -20,6 +20,7 @@ import {
   type KvEntryMeta,
   type KvListing,
   type Store,
+  type PrefixIndex,
   type TxnOperation,
   type WatchStep,
   type WriteOptions,
@@ -233,6 +234,26 @@ export class ConsulStore implements Store, LockService {
     return { entries, index: listing.index };
   }
 
+  async prefixIndex(prefix: string): Promise<PrefixIndex> {
+    this.assertOpen('prefixIndex', prefix);
+    validatePrefix('prefixIndex', prefix);
+    // Consul gives a `?keys` listing the index it gives a `?recurse` one (the highest ModifyIndex or tombstone
+    // under the prefix, else the table's), which a watch of the prefix reaches; the keys come, not the values.
+    const response = await this.read({ operation: 'prefixIndex', key: prefix, method: 'GET', path: kvPath(prefix), query: [['keys', undefined]], timeoutMs: this.requestTimeoutMs });
+    if (response.status !== 200 && response.status !== 404) throw this.statusError('prefixIndex', prefix, response);
+    rejectFilteredListing('prefixIndex', prefix, response);
+    const index = Math.max(headerIndex(response.headers), 1);
+    if (response.status === 404) return { index, keys: 0 };
+    let keys: unknown;
+    try {
+      keys = JSON.parse(response.body);
+    } catch (error) {
+      throw malformedListing('prefixIndex', prefix, errorMessage(error));
+    }
+    if (!Array.isArray(keys)) throw malformedListing('prefixIndex', prefix, 'the answer is not a JSON array of keys');
+    return { index, keys: keys.length };
+  }
+
   async put(key: string, value: string, options: WriteOptions = {}): Promise<boolean> {
     this.assertOpen('put', key);
     validateKey('put', key);
@@ -419,17 +440,7 @@ export class ConsulStore implements Store, LockService {
     // A watch has its own backoff; a plain list retries like any read.
     const response = blocking || signal ? await this.call(spec) : await this.read(spec);
     if (response.status !== 200 && response.status !== 404) throw this.statusError(operation, prefix, response);
-    // Keys the token may not read are left out silently but for this header. Such a view would read as
-    // deleted sessions and routes (their workloads and routes torn down), so it is refused like a 403.
-    if (response.headers['x-consul-results-filtered-by-acls'] === 'true') {
-      throw new ConsulError(
-        `Consul left keys under "${prefix}" out of the listing: the ACL token may not read all of them (it needs key_prefix read on the whole prefix)`,
-        operation,
-        prefix,
-        response.status,
-        false,
-      );
-    }
+    rejectFilteredListing(operation, prefix, response);
     return { index: Math.max(headerIndex(response.headers), 1), entries: response.status === 404 ? [] : entries, decodeMs };
   }
 
@@ -995,6 +1006,21 @@ function parseTxnErrors(body: string): { OpIndex: number; What: string }[] | und
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Keys the token may not read are left out of a listing silently but for a header. Such a view would read as
+ * deleted sessions and routes (their workloads and routes torn down), so it is refused like a 403.
+ */
+function rejectFilteredListing(operation: string, prefix: string, response: ConsulResponse): void {
+  if (response.headers['x-consul-results-filtered-by-acls'] !== 'true') return;
+  throw new ConsulError(
+    `Consul left keys under "${prefix}" out of the listing: the ACL token may not read all of them (it needs key_prefix read on the whole prefix)`,
+    operation,
+    prefix,
+    response.status,
+    false,
+  );
 }
 
 function headerIndex(headers: http.IncomingHttpHeaders): number {

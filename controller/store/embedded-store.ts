@@ -15,6 +15,7 @@ import {
   type KvEntry,
   type KvListing,
   type Store,
+  type PrefixIndex,
   type TxnOperation,
   type WatchStep,
   type WriteOptions,
@@ -131,6 +132,7 @@ export class EmbeddedStore implements Store {
   private readonly getKv: Database.Statement<[string], KvRow>;
   private readonly listKv: Database.Statement<[string, Buffer], KvRow>;
   private readonly changesSince: Database.Statement<[number, string, Buffer], ChangeRow>;
+  private readonly prefixState: Database.Statement<[string, Buffer, string, Buffer], { index: number | null; keys: number }>;
   private readonly commitGroup: Database.Transaction<(writes: readonly QueuedWrite[]) => GroupOutcome>;
 
   private constructor(
@@ -153,6 +155,12 @@ export class EmbeddedStore implements Store {
     );
     this.changesSince = db.prepare(
       'SELECT idx, key, kind, value, create_index FROM changes WHERE idx > ? AND key >= ? AND key < CAST(? AS TEXT) ORDER BY idx',
+    );
+    // A change still on its way to a watcher is in the log (pruning keeps the recent ones), a delete only there.
+    this.prefixState = db.prepare(
+      `SELECT max(idx) AS "index", sum(keys) AS keys FROM (
+         SELECT max(modify_index) AS idx, count(*) AS keys FROM kv WHERE key >= ? AND key < CAST(? AS TEXT)
+         UNION ALL SELECT max(idx), 0 FROM changes WHERE key >= ? AND key < CAST(? AS TEXT))`,
     );
     const upsertKv = db.prepare<[string, string, number, number]>(
       `INSERT INTO kv (key, value, create_index, modify_index) VALUES (?, ?, ?, ?)
@@ -296,6 +304,16 @@ export class EmbeddedStore implements Store {
     this.assertOpen('list', prefix);
     validatePrefix('list', prefix);
     return this.sqlite('list', prefix, () => this.listNow(prefix));
+  }
+
+  async prefixIndex(prefix: string): Promise<PrefixIndex> {
+    this.assertOpen('prefixIndex', prefix);
+    validatePrefix('prefixIndex', prefix);
+    const upper = upperBound(prefix);
+    // The last change under the prefix: each watch step carries the store's index as of that step, so it is
+    // at least that of any change the step delivered.
+    const row = this.sqlite('prefixIndex', prefix, () => this.prefixState.get(prefix, upper, prefix, upper));
+    return { index: row?.index ?? INITIAL_INDEX, keys: row?.keys ?? 0 };
   }
 
   async put(key: string, value: string, options: WriteOptions = {}): Promise<boolean> {

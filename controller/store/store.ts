@@ -25,6 +25,17 @@ export interface KvListing {
   readonly index: number;
 }
 
+export interface PrefixIndex {
+  /**
+   * Reached by a watch of the prefix once it has delivered every change made under the prefix before the
+   * read. Except when the prefix holds no keys: Consul may then answer its whole table's index, which such
+   * a watch reaches only when its wait runs out (an empty prefix is caught up with by being empty).
+   */
+  readonly index: number;
+  /** How many keys the prefix holds. */
+  readonly keys: number;
+}
+
 export interface WriteOptions {
   /**
    * Compare-and-set: the write applies only if the key's modifyIndex equals `cas`.
@@ -49,6 +60,11 @@ export type WatchStep =
 export interface Store {
   get(key: string): Promise<KvEntry | undefined>;
   list(prefix: string): Promise<KvListing>;
+  /**
+   * Where the prefix stands, read without the values: how a cache following the prefix tells it has caught
+   * up with the store, at a fraction of a listing's cost.
+   */
+  prefixIndex(prefix: string): Promise<PrefixIndex>;
   /** Returns false when a compare-and-set did not apply (nothing was written). */
   put(key: string, value: string, options?: WriteOptions): Promise<boolean>;
   /** Returns false when a compare-and-set did not apply. Deleting a missing key without cas succeeds. */

@@ -12,7 +12,7 @@ import { HaproxyDataPlane } from '../../controller/router/data-plane.js';
 import { HaproxyProcess, HaproxyProcessError } from '../../controller/router/haproxy-process.js';
 import { HaproxyRuntime } from '../../controller/router/haproxy-runtime.js';
 import { ConsulStore } from '../../controller/store/consul-store.js';
-import { MAX_TXN_OPS, type KvEntry, type KvListing, type Store, type TxnOperation, type WatchStep, type WriteOptions } from '../../controller/store/store.js';
+import { MAX_TXN_OPS, type KvEntry, type KvListing, type PrefixIndex, type Store, type TxnOperation, type WatchStep, type WriteOptions } from '../../controller/store/store.js';
 import type { Logger } from '../../controller/util/log.js';
 import { freePort, freePortRange } from '../../test/support/ports.js';
 import { startConsulDouble, Teardown } from './routing-peers.js';
@@ -84,6 +84,10 @@ class WatchTap implements Store {
 
   list(prefix: string): Promise<KvListing> {
     return this.inner.list(prefix);
+  }
+
+  prefixIndex(prefix: string): Promise<PrefixIndex> {
+    return this.inner.prefixIndex(prefix);
   }
 
   put(key: string, value: string, options?: WriteOptions): Promise<boolean> {

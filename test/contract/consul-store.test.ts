@@ -55,6 +55,7 @@ if (realAddress) {
     const tracked: Store = {
       get: (key) => store.get(key),
       list: (prefix) => store.list(prefix),
+      prefixIndex: (prefix) => store.prefixIndex(prefix),
       put: (key, value, writeOptions) => {
         track(key);
         return store.put(key, value, writeOptions);

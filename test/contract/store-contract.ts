@@ -480,6 +480,45 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
       });
     });
 
+    describe('prefixIndex', function () {
+      /** The index of the last step a watch delivered (0 before its first). */
+      const reached = (recorder: WatchRecorder): number => recorder.steps.at(-1)?.index ?? 0;
+
+      it('reads where a prefix stands without its values: a watch of the prefix that reaches its index has every earlier change', async function () {
+        const watch = record(store.watch(`${ns}p/`));
+        await watch.until('reset', () => watch.steps.length > 0);
+        await store.put(`${ns}p/a`, '1');
+        await store.put(`${ns}p/b`, '2');
+        await store.delete(`${ns}p/a`);
+        await store.put(`${ns}pq`, 'beside the prefix');
+        const read = await store.prefixIndex(`${ns}p/`);
+        assert.equal(read.keys, 1);
+        assert.ok(read.index >= (await mustGet(store, `${ns}p/b`)).modifyIndex);
+        await watch.until('the index reached', () => reached(watch) >= read.index);
+        assert.deepEqual(watch.values(), { [`${ns}p/b`]: '2' });
+      });
+
+      it('moves with a delete under the prefix, not with a write beside it', async function () {
+        await store.put(`${ns}p/a`, '1');
+        await store.put(`${ns}p/b`, '2');
+        const before = await store.prefixIndex(`${ns}p/`);
+        assert.equal(before.keys, 2);
+        await store.put(`${ns}pq`, 'beside the prefix');
+        assert.equal((await store.prefixIndex(`${ns}p/`)).index, before.index);
+        await store.delete(`${ns}p/a`);
+        const after = await store.prefixIndex(`${ns}p/`);
+        assert.ok(after.index > before.index, `the delete left the index at ${after.index}`);
+        assert.equal(after.keys, 1);
+      });
+
+      it('says that a prefix holds no keys', async function () {
+        await store.put(`${ns}pq`, 'beside the prefix');
+        const read = await store.prefixIndex(`${ns}p/`);
+        assert.equal(read.keys, 0);
+        assert.ok(read.index >= 1);
+      });
+    });
+
     describe('watch', function () {
       it('starts with a reset of the prefix, then delivers each put, update and delete once', async function () {
         const prefix = `${ns}w/`;
@@ -597,6 +636,7 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
         await assert.rejects(store.transaction([{ verb: 'put', key: `${ns}c/a`, value: 'x' }]), storeError('rejected'));
         await assert.rejects(store.delete(`${ns}c/a`), StoreError);
         await assert.rejects(store.list(`${ns}c/`), StoreError);
+        await assert.rejects(store.prefixIndex(`${ns}c/`), StoreError);
         const late = record(store.watch(`${ns}c/`));
         await late.until('an error', () => late.error !== undefined);
         assert.ok(late.error instanceof StoreError);

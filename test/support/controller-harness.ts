@@ -121,6 +121,7 @@ export function delegatingStore(inner: Store): Store {
   return {
     get: (key) => inner.get(key),
     list: (prefix) => inner.list(prefix),
+    prefixIndex: (prefix) => inner.prefixIndex(prefix),
     put: (key, value, options) => inner.put(key, value, options),
     delete: (key, options) => inner.delete(key, options),
     transaction: (operations) => inner.transaction(operations),

@@ -295,9 +295,9 @@ describe('controller: session reconciliation', () => {
     let readsOfSessions = 0;
     const lagging: Store = {
       ...sessionsWatch.store,
-      list: (prefix) => {
+      prefixIndex: (prefix) => {
         if (prefix === keys.sessions) readsOfSessions += 1;
-        return h.store.list(prefix);
+        return h.store.prefixIndex(prefix);
       },
     };
     const standbyTerm = standbyLeadership();

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { EMPTY, type Observable } from 'rxjs';
 import { FencedWriter } from '../../controller/controller/fenced-writer.js';
-import { StoreError, type KvListing, type Store, type StoreErrorKind, type TxnOperation, type WatchStep } from '../../controller/store/store.js';
+import { StoreError, type KvListing, type PrefixIndex, type Store, type StoreErrorKind, type TxnOperation, type WatchStep } from '../../controller/store/store.js';
 
 const fence: TxnOperation = { verb: 'check-session', key: 'm/leader', session: 'lease-1' };
 
@@ -19,6 +19,7 @@ class RefusingStore implements Store {
 
   get = async (): Promise<undefined> => undefined;
   list = async (): Promise<KvListing> => ({ entries: [], index: 1 });
+  prefixIndex = async (): Promise<PrefixIndex> => ({ index: 1, keys: 0 });
   put = async (): Promise<boolean> => true;
   delete = async (): Promise<boolean> => true;
   watch = (): Observable<WatchStep> => EMPTY;

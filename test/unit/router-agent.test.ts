@@ -3,7 +3,7 @@ import * as FakeTimers from '@sinonjs/fake-timers';
 import { Subject } from 'rxjs';
 import type { RouteRecord, RouterHeartbeat } from '../../controller/api/types.js';
 import { RouterAgent } from '../../controller/router/agent.js';
-import type { KvEntry, Store, WatchStep } from '../../controller/store/store.js';
+import type { KvEntry, PrefixIndex, Store, WatchStep } from '../../controller/store/store.js';
 import { capturingLogger, controllerClock, keys, RecordingDataPlane } from '../support/controller-harness.js';
 
 const GRACE_MS = 900_000;
@@ -14,6 +14,7 @@ class ScriptedStore implements Store {
   readonly heartbeats: RouterHeartbeat[] = [];
   get = async (): Promise<undefined> => undefined;
   list = async (): Promise<{ entries: KvEntry[]; index: number }> => ({ entries: [], index: 0 });
+  prefixIndex = async (): Promise<PrefixIndex> => ({ index: 0, keys: 0 });
   put = async (_key: string, value: string): Promise<boolean> => {
     this.heartbeats.push(JSON.parse(value) as RouterHeartbeat);
     return true;
