@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -42,16 +42,21 @@ describe('the client commands (manticore sessions, templates)', function () {
   /** `<allocation>/<task>.<stream>` → its writer. */
   let writers: Map<string, RotatingLogWriter>;
 
-  /** Runs a command in this process and collects what it printed; `output` is watched while it runs. */
-  function run(command: 'sessions' | 'templates' | 'status', args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> & { output: () => string } {
+  /** Runs a command in this process and collects what it printed; `output` is watched while it runs, `interrupt` is Ctrl-C. */
+  function run(command: 'sessions' | 'templates' | 'status', args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> & { output: () => string; interrupt: () => void } {
     const stdout = new PassThrough();
     const stderr = new PassThrough();
     let out = '';
     let err = '';
     stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
     stderr.on('data', (chunk: Buffer) => (err += chunk.toString()));
-    const done = runClientCommand(command, [...args, '--url', url], { stdout, stderr, env: { MANTICORE_USER: 'alice', ...env } }).then((code) => ({ code, stdout: out, stderr: err }));
-    return Object.assign(done, { output: () => out });
+    const interrupted = new AbortController();
+    const done = runClientCommand(command, [...args, '--url', url], { stdout, stderr, env: { MANTICORE_USER: 'alice', ...env }, signal: interrupted.signal }).then((code) => ({
+      code,
+      stdout: out,
+      stderr: err,
+    }));
+    return Object.assign(done, { output: () => out, interrupt: () => interrupted.abort() });
   }
 
   beforeEach(async () => {
@@ -252,7 +257,25 @@ describe('the client commands (manticore sessions, templates)', function () {
     }
   });
 
-  it('ends a watch or a log follow quietly with 0 on Ctrl-C while it connects', async () => {
+  it('exits 130 on Ctrl-C during a watch or create --wait, saying that the session keeps running and how to delete it', async () => {
+    const created = run('sessions', ['create', '--template', 'demo', '--wait']);
+    await waitFor('the first state printed', () => /Pending|Waiting/.test(created.output()));
+    const id = /^session (\S+) created$/m.exec(created.output())?.[1] ?? assert.fail(created.output());
+    created.interrupt();
+    const stopped = `manticore: interrupted before session ${id} was Ready; it keeps running (delete it with: manticore sessions delete ${id})\n`;
+    assert.deepEqual(await created, { code: exitCodes.interrupted, stdout: created.output(), stderr: stopped }, 'a script\'s "create --wait && run-tests" stops here');
+    assert.equal(exitCodes.interrupted, 130, 'the shell convention for SIGINT');
+
+    const watch = run('sessions', ['watch', id, '-o', 'json']);
+    await waitFor('the first state printed', () => watch.output().length > 0);
+    watch.interrupt();
+    const watched = await watch;
+    assert.equal(watched.code, exitCodes.interrupted);
+    assert.equal(watched.stderr, stopped);
+    assert.equal((await run('sessions', ['get', id])).code, exitCodes.ok, 'the session is still there');
+  });
+
+  it('ends a watch with 130, and a log follow quietly with 0, on Ctrl-C while it connects', async () => {
     // A front end that takes requests and never answers them.
     const sockets = new Set<net.Socket>();
     let requests = 0;
@@ -272,8 +295,13 @@ describe('the client commands (manticore sessions, templates)', function () {
         const code = runClientCommand('sessions', [...args, '--url', silentUrl], { stdout: new PassThrough(), stderr, env: { MANTICORE_USER: 'alice' }, signal: interrupt.signal });
         await waitFor('the request', () => requests >= sent);
         interrupt.abort();
-        assert.equal(await code, exitCodes.ok, `sessions ${args.join(' ')}: ${said}`);
-        assert.equal(said, '', `sessions ${args.join(' ')}`);
+        if (args[0] === 'watch') {
+          assert.equal(await code, exitCodes.interrupted, said);
+          assert.match(said, /^manticore: interrupted before session somesession00000 was Ready; it keeps running/);
+        } else {
+          assert.equal(await code, exitCodes.ok, `sessions ${args.join(' ')}: ${said}`);
+          assert.equal(said, '', `sessions ${args.join(' ')}`);
+        }
       }
     } finally {
       for (const socket of sockets) socket.destroy();
@@ -389,12 +417,13 @@ describe('the client commands (manticore sessions, templates)', function () {
   });
 
   it('runs as the manticore binary with --help and the exit code of the outcome', async () => {
-    const exec = (args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> =>
+    const exec = (args: string[], whenPrinted?: (child: ChildProcess) => void): Promise<{ code: number | null; stdout: string; stderr: string }> =>
       new Promise((resolve) => {
         const child = spawn(process.execPath, [cli, ...args], { env: { ...process.env, MANTICORE_URL: url, MANTICORE_USER: 'carol' } });
         let stdout = '';
         let stderr = '';
         child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+        if (whenPrinted) child.stdout.once('data', () => whenPrinted(child));
         child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
         child.once('exit', (code) => resolve({ code, stdout, stderr }));
       });
@@ -407,5 +436,9 @@ describe('the client commands (manticore sessions, templates)', function () {
     const listed = await exec(['sessions', 'list', '-o', 'json']);
     assert.equal(listed.code, 0, listed.stderr);
     assert.deepEqual(JSON.parse(listed.stdout), []);
+    // Ctrl-C once the wait is under way: the shell's 130, not the 0 that lets `create --wait && run-tests` carry on.
+    const interrupted = await exec(['sessions', 'create', '--template', 'demo', '--wait'], (child) => child.kill('SIGINT'));
+    assert.equal(interrupted.code, exitCodes.interrupted, interrupted.stderr);
+    assert.match(interrupted.stderr, /^manticore: interrupted before session \S+ was Ready; it keeps running/);
   });
 });

@@ -16,6 +16,8 @@ export const exitCodes = {
   refused: 4,
   /** `watch` (or `create --wait`): the session failed or was deleted before it was Ready. */
   sessionEnded: 5,
+  /** `watch` (or `create --wait`) stopped by Ctrl-C before the session was Ready: 128 + SIGINT, as a shell reports it. */
+  interrupted: 130,
 } as const;
 
 export const clientUsage = `Client commands (talk to a front end; no cluster access needed):
@@ -27,7 +29,7 @@ export const clientUsage = `Client commands (talk to a front end; no cluster acc
   sessions keepalive ID                 record activity, so an idle session is not ended; prints
                                         when it now expires
   sessions watch ID                     follow a session live (queue position, phase) until it is Ready;
-                                        exits 5 if it fails or ends first
+                                        exits 5 if it fails or ends first, 130 on Ctrl-C (it keeps running)
   sessions logs ID [--task NAME] [--stream stdout|stderr] [--tail N] [--follow]
                                         a task's output (default: the first task's stdout, all of it
                                         that is kept); --tail N the last N lines; --follow keeps
@@ -45,7 +47,8 @@ Client options:
                             which prints the log's text)
 
 Exit codes: 0 success, 1 front end unreachable or failing, 2 bad usage, 3 not found, 4 refused
-(invalid, not allowed, limit reached, rate limited), 5 the watched session failed or ended before Ready.
+(invalid, not allowed, limit reached, rate limited), 5 the watched session failed or ended before Ready,
+130 Ctrl-C stopped a watch (or create --wait) before Ready (the session keeps running).
 `;
 
 export interface ClientIo {
@@ -228,7 +231,7 @@ function endedMeanwhile(error: unknown, lastNews: number | undefined): boolean {
 }
 
 /**
- * Prints the session's progress on every change until it is Ready (0), or fails or ends first (5). A
+ * Prints the session's progress on every change until it is Ready (0), fails or ends first (5), or Ctrl-C (130). A
  * stream closed by a front end shutting down, or broken, is opened again (another replica answers behind
  * a load balancer) for up to 30 s without news; `answeredAt`: when the front end last answered about the
  * session (its create), if it has.
@@ -265,8 +268,12 @@ async function follow({ client, output, io }: Invocation, id: string, answeredAt
       if (!mayReconnect(error, lastNews)) throw error;
       io.stderr.write(`manticore: ${error.message}; reconnecting\n`);
     }
-    if (io.signal?.aborted) return exitCodes.ok;
-    await new Promise((resolve) => setTimeout(resolve, Math.min(200 * 2 ** attempt, 5_000)));
+    if (io.signal?.aborted) {
+      // Not 0: `create --wait && run-tests` must not carry on as if the session were Ready.
+      io.stderr.write(`manticore: interrupted before session ${id} was Ready; it keeps running (delete it with: manticore sessions delete ${id})\n`);
+      return exitCodes.interrupted;
+    }
+    await pause(Math.min(200 * 2 ** attempt, 5_000), io.signal);
   }
 }
 
@@ -323,8 +330,21 @@ async function logs({ client, output, values, io }: Invocation, id: string): Pro
       io.stderr.write(`manticore: ${error.message}; reconnecting\n`);
     }
     if (io.signal?.aborted) return exitCodes.ok;
-    await new Promise((resolve) => setTimeout(resolve, Math.min(200 * 2 ** attempt, 5_000)));
+    await pause(Math.min(200 * 2 ** attempt, 5_000), io.signal);
   }
+}
+
+/** Waits `ms` before a reconnection, or less when `signal` aborts (Ctrl-C must not wait for the next attempt). */
+function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener('abort', done, { once: true });
+  });
 }
 
 function reportError(error: unknown, command: ClientCommand, io: ClientIo): number {
