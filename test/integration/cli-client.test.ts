@@ -209,28 +209,47 @@ describe('the client commands (manticore sessions, templates)', function () {
     assert.equal((await run('sessions', ['delete', metadata.id], mistyped)).code, exitCodes.ok);
   });
 
-  it('stops a watch with the 401 (exit 4) once the token it follows with has expired', async () => {
+  it("stops a watch and a log follow with the front end's reason (exit 4) once the token it follows with has expired, without reconnecting to a 401", async () => {
     let now = Date.now();
     const secret = 'a-shared-secret-of-at-least-32-characters';
     await frontend.stop();
-    frontend = testFrontend(h.store, { authenticator: createAuthenticator({ mode: 'jwt', jwt: { secret, userClaim: 'sub', operatorClaim: 'manticore_operator' } }, () => now), now: () => now });
+    const requests: string[] = [];
+    frontend = testFrontend(h.store, {
+      authenticator: createAuthenticator({ mode: 'jwt', jwt: { secret, userClaim: 'sub', operatorClaim: 'manticore_operator' } }, () => now),
+      now: () => now,
+      logs: { source: new LogFiles({ dirOf: (allocId) => path.join(logsRoot, allocId, 'logs'), log: silentLogger() }), streamsPerUser: 5 },
+    });
+    frontend.app.addHook('onRequest', async (request) => void requests.push(`${request.method} ${request.url}`));
     url = await frontend.start('127.0.0.1', 0);
     const env = { MANTICORE_TOKEN: hs256Token({ sub: 'jo', exp: Math.floor(now / 1000) + 60 }, secret) };
-    const id = (JSON.parse((await run('sessions', ['create', '--template', 'demo', '-o', 'json'], env)).stdout) as { metadata: { id: string } }).metadata.id;
-    // Only timeouts are fake: the stream's expiry and the watch's pause before it reconnects.
+    const create = async (): Promise<string> => (JSON.parse((await run('sessions', ['create', '--template', 'demo', '-o', 'json'], env)).stdout) as { metadata: { id: string } }).metadata.id;
+    // One Ready, whose log is followed, and one waiting for room, which is watched.
+    const readyId = await create();
+    await taskOutput((await makeReady(h, readyId)).allocationId!, 'core', 'stdout', 'one\n');
+    const waitingId = await create();
+    await statusWhen(h.store, waitingId, (status) => status.queuePosition === 1);
+    // Only timeouts are fake: the streams' expiry and a reconnection's pause, which must not come.
     const clock = sinon.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
     try {
-      const watch = run('sessions', ['watch', id], env);
-      let result: Run | undefined;
-      void watch.then((done) => (result = done));
-      await turnsUntil(() => watch.output().length > 0);
+      const watch = run('sessions', ['watch', waitingId, '-o', 'json'], env);
+      const following = run('sessions', ['logs', readyId, '--follow'], env);
+      await turnsUntil(() => watch.output().length > 0 && following.output() === 'one\n');
+      const streamsOpened = requests.length;
+      let results: Run[] | undefined;
+      void Promise.all([watch, following]).then((done) => (results = done));
       now += 90_000;
       await clock.tickAsync(90_000);
-      // The watch reconnects (after its pause) with the same token, which is refused now: well within 30 s.
-      for (let step = 0; result === undefined && step < 300; step++) await clock.tickAsync(100);
-      assert.ok(result !== undefined, `the watch still runs: ${watch.output()}`);
-      assert.equal(result.code, exitCodes.refused, result.stderr);
-      assert.match(result.stderr, /invalid bearer token \(HTTP 401\)\n {2}the token expired at /);
+      // Time enough (fake) for a reconnection, should either try one.
+      for (let step = 0; results === undefined && step < 300; step++) await clock.tickAsync(100);
+      const [watched, followed] = results ?? assert.fail(`still running: ${watch.output()}`);
+      for (const [result, stream, id] of [[watched, 'event', waitingId], [followed, 'log', readyId]] as const) {
+        assert.equal(result.code, exitCodes.refused, result.stderr);
+        assert.equal(
+          result.stderr,
+          `manticore: the front end closed the ${stream} stream of session ${id}: the bearer token has expired; authenticate again\n  get a new token and run the command again with it (--token or MANTICORE_TOKEN)\n`,
+        );
+      }
+      assert.deepEqual(requests.slice(streamsOpened), [], 'neither reconnected with the expired token');
     } finally {
       clock.restore();
     }

@@ -1,7 +1,7 @@
 import os from 'node:os';
 import { parseArgs } from 'node:util';
 import type { Session } from '../../api/types.js';
-import { FrontendClient, FrontendError, UnreachableError, type LogQuery, type TemplateSummary } from './frontend-client.js';
+import { FrontendClient, FrontendError, TokenExpiredError, UnreachableError, type LogQuery, type TemplateSummary } from './frontend-client.js';
 import { clusterView, describeSession, progressLine, sessionTable, templateTable } from './format.js';
 
 /** Exit codes the client commands promise to scripts. */
@@ -12,7 +12,10 @@ export const exitCodes = {
   usage: 2,
   /** 404: no such session (or not yours), no such template. */
   notFound: 3,
-  /** Any other 4xx: invalid request, not allowed, a limit reached (409), rate limited (429). */
+  /**
+   * Any other 4xx: invalid request, not allowed (401, 403), a limit reached (409), rate limited (429); and a
+   * watch or log follow whose stream the front end closed because the token expired.
+   */
   refused: 4,
   /** `watch` (or `create --wait`): the session failed or was deleted before it was Ready. */
   sessionEnded: 5,
@@ -47,7 +50,7 @@ Client options:
                             which prints the log's text)
 
 Exit codes: 0 success, 1 front end unreachable or failing, 2 bad usage, 3 not found, 4 refused
-(invalid, not allowed, limit reached, rate limited), 5 the watched session failed or ended before Ready,
+(invalid, not allowed, limit reached, rate limited, the token expired while following), 5 the watched session failed or ended before Ready,
 130 Ctrl-C stopped a watch (or create --wait) before Ready (the session keeps running).
 `;
 
@@ -233,8 +236,8 @@ function endedMeanwhile(error: unknown, lastNews: number | undefined): boolean {
 /**
  * Prints the session's progress on every change until it is Ready (0), fails or ends first (5), or Ctrl-C (130). A
  * stream closed by a front end shutting down, or broken, is opened again (another replica answers behind
- * a load balancer) for up to 30 s without news; `answeredAt`: when the front end last answered about the
- * session (its create), if it has.
+ * a load balancer) for up to 30 s without news; one closed because its token expired is not, as the token
+ * would be refused (exit 4). `answeredAt`: when the front end last answered about the session (its create), if it has.
  */
 async function follow({ client, output, io }: Invocation, id: string, answeredAt?: number): Promise<number> {
   let lastLine = '';
@@ -280,7 +283,8 @@ async function follow({ client, output, io }: Invocation, id: string, answeredAt
 /**
  * Prints a task's log as it is (raw text) on stdout. Following, a stream closed by the front end (shutting
  * down, the workload replaced) or broken is opened again just after the last output printed, as a browser's
- * EventSource does, for up to 30 s without news; the session ending ends it (0), as does Ctrl-C.
+ * EventSource does, for up to 30 s without news, unless it was closed because its token expired (exit 4); the
+ * session ending ends it (0), as does Ctrl-C.
  */
 async function logs({ client, output, values, io }: Invocation, id: string): Promise<number> {
   if (output === 'json') throw new UsageError('sessions logs prints the log as text; --output json does not apply to it');
@@ -360,6 +364,10 @@ function reportError(error: unknown, command: ClientCommand, io: ClientIo): numb
   if (error instanceof UnreachableError) {
     io.stderr.write(`manticore: ${error.message}\n`);
     return exitCodes.unavailable;
+  }
+  if (error instanceof TokenExpiredError) {
+    io.stderr.write(`manticore: ${error.message}\n  get a new token and run the command again with it (--token or MANTICORE_TOKEN)\n`);
+    return exitCodes.refused;
   }
   throw error;
 }

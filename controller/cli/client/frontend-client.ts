@@ -1,5 +1,6 @@
 import type { Session } from '../../api/types.js';
 import type { ClusterStatus } from '../../frontend/cluster.js';
+import { tokenExpiredReason } from '../../frontend/events.js';
 
 export interface FrontendClientOptions {
   /** The front end's base URL, e.g. `http://127.0.0.1:4000`. */
@@ -72,6 +73,9 @@ export class FrontendError extends Error {
 /** The front end could not be reached, or answered something that is not its API. */
 export class UnreachableError extends Error {}
 
+/** The front end closed a stream because the bearer token it was opened with expired: reconnecting with it would be refused. */
+export class TokenExpiredError extends Error {}
+
 /** A typed client of the front end's `/api/v1` (what the `manticore sessions|templates|status` commands use). */
 export class FrontendClient {
   private readonly base: URL;
@@ -122,9 +126,11 @@ export class FrontendClient {
   /** Follows `GET /api/v1/sessions/{id}/events` until the stream ends, `signal` aborts, or the session is gone. */
   async *watch(id: string, signal?: AbortSignal): AsyncGenerator<SessionUpdate> {
     const path = `/api/v1/sessions/${encodeURIComponent(id)}/events`;
-    for await (const event of this.serverSentEvents(path, `the event stream of session ${id}`, signal)) {
+    const what = `the event stream of session ${id}`;
+    for await (const event of this.serverSentEvents(path, what, signal)) {
       const update = sessionUpdateOf(event);
       if (update === undefined) continue;
+      if (update.kind === 'closing') refuseExpiredToken(update.reason, what);
       yield update;
       if (update.kind !== 'session') return;
     }
@@ -145,9 +151,11 @@ export class FrontendClient {
   async *followLogs(id: string, query: LogQuery, lastEventId?: string, signal?: AbortSignal): AsyncGenerator<LogUpdate> {
     const path = `${logsPath(id)}?${logSearch(query)}&follow=true`;
     const headers: Record<string, string> = lastEventId === undefined ? {} : { 'last-event-id': lastEventId };
-    for await (const event of this.serverSentEvents(path, `the log stream of session ${id}`, signal, headers)) {
+    const what = `the log stream of session ${id}`;
+    for await (const event of this.serverSentEvents(path, what, signal, headers)) {
       const update = logUpdateOf(event);
       if (update === undefined) continue;
+      if (update.kind === 'closing') refuseExpiredToken(update.reason, what);
       yield update;
       if (update.kind === 'gone' || update.kind === 'closing') return;
     }
@@ -247,6 +255,11 @@ function parseServerSentEvent(block: string): ServerSentEvent | undefined {
     else if (field === 'id') id = value;
   }
   return fields === 0 ? undefined : { event, data: data.join('\n'), ...(id === undefined ? {} : { id }) };
+}
+
+/** Throws TokenExpiredError when `what` (a stream) was closed because its token expired. */
+function refuseExpiredToken(reason: string, what: string): void {
+  if (reason === tokenExpiredReason) throw new TokenExpiredError(`the front end closed ${what}: ${reason}`);
 }
 
 function sessionUpdateOf({ event, data }: ServerSentEvent): SessionUpdate | undefined {
