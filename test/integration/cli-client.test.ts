@@ -391,11 +391,25 @@ describe('the client commands (manticore sessions, templates)', function () {
     assert.equal(ended.stderr, `manticore: session ${id} has ended\n`);
   });
 
-  it('lists the templates and their parameters', async () => {
+  it('lists the templates and their parameters, in lines that fit the terminal (100 columns when not one)', async () => {
     const all = await run('templates', []);
     assert.equal(all.code, exitCodes.ok);
     assert.match(all.stdout, /^NAME +AVAILABLE +PARAMETERS +DESCRIPTION\n/);
     assert.match(all.stdout, /^demo +yes +/m);
+    assert.match(all.stdout, /^sdl +no: /m);
+    const widest = (text: string): number => Math.max(...text.split('\n').map((line) => line.length));
+    assert.ok(widest(all.stdout) <= 100, all.stdout);
+    assert.match(all.stdout, /…$/m, 'what does not fit is cut, and says so');
+    const terminal = Object.assign(new PassThrough(), { isTTY: true, columns: 72 });
+    let shown = '';
+    terminal.on('data', (chunk: Buffer) => (shown += chunk.toString()));
+    assert.equal(await runClientCommand('templates', ['sdl', '--url', url], { stdout: terminal, stderr: new PassThrough(), env: { MANTICORE_USER: 'alice' } }), exitCodes.ok);
+    assert.ok(widest(shown) <= 72, shown);
+    assert.match(shown, /^sdl +no: /m);
+    assert.match(shown, /^PARAMETER +VALUES +DEFAULT +DESCRIPTION\ncoreVersion +8\.2\.0-ubuntu-update +8\.2\.0-ubuntu-update +SDL Core/m, 'its parameters, values whole');
+    assert.match(shown, /^SERVICE +PROTOCOL +DESCRIPTION\nbroker +ws +HMI-to-Core/m, 'and its services');
+    const described = (JSON.parse((await run('templates', ['-o', 'json'])).stdout) as Array<{ description: string }>).map((template) => template.description);
+    assert.ok(described.every((description) => !description.endsWith('…')), 'JSON has them whole');
     const one = JSON.parse((await run('templates', ['demo', '-o', 'json'])).stdout) as { name: string; parameters: unknown[] };
     assert.equal(one.name, 'demo');
     assert.ok(one.parameters.length > 0);

@@ -1,4 +1,5 @@
 import os from 'node:os';
+import type { WriteStream } from 'node:tty';
 import { parseArgs } from 'node:util';
 import type { Session } from '../../api/types.js';
 import { FrontendClient, FrontendError, TokenExpiredError, UnreachableError, type LogQuery, type TemplateSummary } from './frontend-client.js';
@@ -37,7 +38,9 @@ export const clientUsage = `Client commands (talk to a front end; no cluster acc
                                         a task's output (default: the first task's stdout, all of it
                                         that is kept); --tail N the last N lines; --follow keeps
                                         printing as it is written, until Ctrl-C or the session ends
-  templates [NAME]                      the session templates and their parameters
+  templates [NAME]                      the session templates and their parameters, in lines cut to the
+                                        terminal's width (100 columns when not a terminal); with NAME, its
+                                        parameters' values in full and its services
   status                                operators: who leads, controller replicas, routers and how far
                                         behind they are, sessions by phase and the oldest wait
 
@@ -143,8 +146,14 @@ function parse(argv: string[], io: ClientIo): Invocation | 'help' {
 async function templates({ client, output, args, io }: Invocation): Promise<number> {
   if (args.length > 1) throw new UsageError(`templates takes at most one name, got ${args.length}`);
   const found: TemplateSummary[] = args.length === 1 ? [await client.template(args[0]!)] : await client.templates();
-  io.stdout.write(output === 'json' ? `${JSON.stringify(args.length === 1 ? found[0] : found, null, 2)}\n` : templateTable(found, args.length === 1));
+  io.stdout.write(output === 'json' ? `${JSON.stringify(args.length === 1 ? found[0] : found, null, 2)}\n` : templateTable(found, args.length === 1, outputWidth(io.stdout)));
   return exitCodes.ok;
+}
+
+/** The width tables are fitted to: the terminal's, or 100 columns when the output is not a terminal (a pipe, a file). */
+function outputWidth(stdout: NodeJS.WritableStream): number {
+  const { isTTY, columns } = stdout as Partial<WriteStream>;
+  return isTTY === true && columns !== undefined && columns > 0 ? columns : 100;
 }
 
 async function status({ client, output, args, io }: Invocation): Promise<number> {

@@ -2,10 +2,39 @@ import type { Session } from '../../api/types.js';
 import type { ClusterStatus } from '../../frontend/cluster.js';
 import type { TemplateSummary } from './frontend-client.js';
 
-/** Left-aligned columns, two spaces apart, with a header row. */
-export function table(header: string[], rows: string[][]): string {
-  const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => (row[column] ?? '').length)));
-  return [header, ...rows].map((row) => row.map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column]!))).join('  ')).join('\n') + '\n';
+/** How a table fits a width: the columns (by index) that may be cut to fit. */
+export interface TableFit {
+  readonly width: number;
+  readonly shrink: readonly number[];
+}
+
+/**
+ * Left-aligned columns, two spaces apart, with a header row. With `fit`, lines too long for its width cut
+ * the columns it names, the longest first (to a common width, never below the column's title), each cut cell
+ * ending with "…"; the others (names, ids) are never cut, so a line may still be longer.
+ */
+export function table(header: string[], rows: string[][], fit?: TableFit): string {
+  const natural = header.map((title, column) => Math.max(title.length, ...rows.map((row) => (row[column] ?? '').length)));
+  const widths = fit === undefined ? natural : fitted(header, natural, fit);
+  return (
+    [header, ...rows]
+      .map((row) => row.map((cell, column) => (column === row.length - 1 ? ellipsize(cell, widths[column]!) : ellipsize(cell, widths[column]!).padEnd(widths[column]!))).join('  '))
+      .join('\n') + '\n'
+  );
+}
+
+/** The column widths within `fit`: the shrinkable columns capped at the widest common width that fits. */
+function fitted(header: string[], natural: number[], fit: TableFit): number[] {
+  const capped = (cap: number): number[] => natural.map((width, column) => (fit.shrink.includes(column) ? Math.min(width, Math.max(cap, header[column]!.length)) : width));
+  const length = (widths: number[]): number => widths.reduce((sum, width) => sum + width, 0) + 2 * (widths.length - 1);
+  let cap = Math.max(...natural);
+  while (cap > 0 && length(capped(cap)) > fit.width) cap--;
+  return capped(cap);
+}
+
+/** `text` cut to `width` characters, its last one "…" when cut. */
+function ellipsize(text: string, width: number): string {
+  return text.length <= width ? text : `${text.slice(0, Math.max(0, width - 1))}…`;
 }
 
 export function sessionTable(sessions: Session[]): string {
@@ -17,18 +46,39 @@ export function sessionTable(sessions: Session[]): string {
   );
 }
 
-export function templateTable(templates: TemplateSummary[], withServices: boolean): string {
+/**
+ * The templates, in lines of at most `width` characters (but for long names and values): descriptions, reasons
+ * and the list's parameters are cut to fit. One template (`withDetails`) lists its parameters, their values
+ * whole, and its services in tables of their own.
+ */
+export function templateTable(templates: TemplateSummary[], withDetails: boolean, width: number): string {
   if (templates.length === 0) return 'no templates\n';
-  const rows = templates.map((template) => [
-    template.name,
-    template.available ? 'yes' : `no: ${template.unavailableReason ?? 'unavailable'}`,
-    template.parameters.map((parameter) => `${parameter.name}=${parameter.enum.join('|')} (default ${parameter.default})`).join('; ') || '-',
-    template.description,
-  ]);
-  const services = withServices
-    ? templates.flatMap((template) => template.services.map((service) => `  service ${service.name} (${service.protocol})${service.description ? `: ${service.description}` : ''}\n`)).join('')
-    : '';
-  return table(['NAME', 'AVAILABLE', 'PARAMETERS', 'DESCRIPTION'], rows) + services;
+  const available = (template: TemplateSummary): string => (template.available ? 'yes' : `no: ${template.unavailableReason ?? 'unavailable'}`);
+  if (!withDetails) {
+    const rows = templates.map((template) => [
+      template.name,
+      available(template),
+      template.parameters.map((parameter) => `${parameter.name}=${parameter.enum.join('|')} (default ${parameter.default})`).join('; ') || '-',
+      template.description,
+    ]);
+    return table(['NAME', 'AVAILABLE', 'PARAMETERS', 'DESCRIPTION'], rows, { width, shrink: [1, 2, 3] });
+  }
+  return templates
+    .flatMap((template) => [
+      table(['NAME', 'AVAILABLE', 'DESCRIPTION'], [[template.name, available(template), template.description]], { width, shrink: [1, 2] }),
+      template.parameters.length === 0
+        ? 'no parameters\n'
+        : table(
+            ['PARAMETER', 'VALUES', 'DEFAULT', 'DESCRIPTION'],
+            template.parameters.map((parameter) => [parameter.name, parameter.enum.join('|'), parameter.default, parameter.description]),
+            // The values are what a --param may say: never cut.
+            { width, shrink: [3] },
+          ),
+      template.services.length === 0
+        ? 'no services\n'
+        : table(['SERVICE', 'PROTOCOL', 'DESCRIPTION'], template.services.map((service) => [service.name, service.protocol, service.description]), { width, shrink: [2] }),
+    ])
+    .join('\n');
 }
 
 /** What a session is waiting for or doing, in a few words. */

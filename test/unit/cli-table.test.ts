@@ -1,0 +1,26 @@
+import assert from 'node:assert/strict';
+import { table } from '../../controller/cli/client/format.js';
+
+describe('manticore client tables', () => {
+  const header = ['NAME', 'NOTE', 'DESCRIPTION'];
+  const rows = [
+    ['a-long-name', 'short', 'x'.repeat(60)],
+    ['b', 'a note of some length', 'short one'],
+  ];
+  const line = (...cells: Array<[string, number]>): string => cells.map(([cell, width], at) => (at === cells.length - 1 ? cell : cell.padEnd(width))).join('  ');
+
+  it('cuts the columns it may shrink, the longest first, to fit the width, and ends each cut cell with "…"', () => {
+    const lines = table(header, rows, { width: 60, shrink: [1, 2] }).split('\n');
+    assert.equal(lines[1], line(['a-long-name', 11], ['short', 21], [`${'x'.repeat(23)}…`, 24]));
+    assert.equal(lines[2], line(['b', 11], ['a note of some length', 21], ['short one', 24]), 'a cell that fits is whole');
+    const narrower = table(header, rows, { width: 40, shrink: [1, 2] }).split('\n');
+    assert.equal(narrower[2], line(['b', 11], ['a note of s…', 12], ['short one', 12]), 'then the next longest too');
+    for (const fitted of [lines, narrower]) assert.ok(fitted.every((text) => text.length <= (fitted === lines ? 60 : 40)), fitted.join('\n'));
+  });
+
+  it('leaves a table that fits as it is, and never cuts a column below its title or one it may not shrink', () => {
+    assert.equal(table(header, rows, { width: 200, shrink: [1, 2] }), table(header, rows));
+    const lines = table(header, rows, { width: 10, shrink: [2] }).split('\n');
+    assert.equal(lines[1], line(['a-long-name', 11], ['short', 21], [`${'x'.repeat(10)}…`, 11]));
+  });
+});
