@@ -5,6 +5,7 @@ import path from 'node:path';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import YAML from 'yaml';
 import type { Session } from '../../controller/api/types.js';
+import { DEFAULT_STATUS_STREAMS_PER_USER } from '../../controller/frontend/events.js';
 import { tcpConversation } from '../support/http.js';
 import { isolatedEnvironment, repoRoot, startManticore, stopManticore, waitForFrontend, type ManticoreProcess } from '../support/manticore.js';
 
@@ -25,10 +26,11 @@ const pollIntervalMs = 2000;
 const sessionRead = /\/api\/v1\/sessions\/[a-z0-9]+$/;
 
 /**
- * Two people in Chromium against `manticore up` (embedded demo template, room for one session, a short idle
+ * Three people in Chromium against `manticore up` (embedded demo template, room for one session, a short idle
  * clock): the first starts a session on a phone-sized screen and follows it over server-sent events; the
  * second, another anonymous user whose event stream is blocked (as by a proxy that breaks it), waits in the
- * queue on the polling fallback and gets the room when the first ends. Screenshots of every step go to
+ * queue on the polling fallback and gets the room when the first ends; a third, whose other pages hold every
+ * status stream she may have, is told that live updates are paused. Screenshots of every step go to
  * test-artifacts/web-page/.
  */
 describe('web page: people in a browser against `manticore up`', function () {
@@ -191,6 +193,39 @@ describe('web page: people in a browser against `manticore up`', function () {
     await screenshot(bobPage, '04-second-user-waiting');
   });
 
+  it('says that live updates are paused when the user has too many pages open (429), and still shows the session', async () => {
+    const carol = await browser.newContext();
+    carol.setDefaultTimeout(serverStepMs);
+    const held: AbortController[] = [];
+    let id: string | undefined;
+    try {
+      const created = await carol.request.post(`${api}/api/v1/sessions`, { data: { template: 'demo' } });
+      assert.equal(created.status(), 201, await created.text());
+      id = ((await created.json()) as Session).metadata.id;
+      const user = (await carol.cookies(api)).find((cookie) => cookie.name === 'manticore_user') ?? assert.fail('no user cookie');
+      // Every status stream Carol may have, as held by her other pages.
+      for (let open = 0; open < DEFAULT_STATUS_STREAMS_PER_USER; open++) {
+        const stream = new AbortController();
+        held.push(stream);
+        const response = await fetch(`${api}/api/v1/sessions/${id}/events`, { headers: { cookie: `manticore_user=${user.value}`, accept: 'text/event-stream' }, signal: stream.signal });
+        assert.equal(response.status, 200);
+      }
+      const page = await newPage(carol);
+      const notice = page.getByRole('status').filter({ hasText: 'Live updates paused' });
+      await notice.waitFor({ timeout: 5 * pollIntervalMs });
+      assert.equal(await notice.innerText(), 'Live updates paused: too many open pages for this user; refreshing every 2 s.');
+      assert.equal(await notice.getAttribute('aria-live'), 'polite');
+      await phase(page, 'Waiting for room');
+      await screenshot(page, '04b-live-updates-paused');
+      await page.close();
+    } finally {
+      for (const stream of held) stream.abort();
+      // Out of the queue, where Bob is next.
+      if (id !== undefined) assert.equal((await carol.request.delete(`${api}/api/v1/sessions/${id}`)).status(), 202);
+      await carol.close();
+    }
+  });
+
   it('shows the Ready session: the HMI link, every address with a copy button, the TCP port large with its QR code', async () => {
     await phase(alicePage, /^Ready$/);
     const session = await sessionOf(alice, aliceSessionId);
@@ -225,6 +260,7 @@ describe('web page: people in a browser against `manticore up`', function () {
     assert.equal((await tcpConversation(`tcp://${hostname}:${port}`, 'hello')).greeting, 'manticore demo core 8.1.0');
 
     assert.ok(((await alicePage.evaluate('document.documentElement.scrollWidth')) as number) <= 360, 'nothing overflows a 360 px screen');
+    assert.equal(await alicePage.locator('#live-updates').textContent(), '', 'followed live: nothing to say');
     await screenshot(alicePage, '05-ready');
   });
 

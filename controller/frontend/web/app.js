@@ -251,7 +251,8 @@ function followOnlyWhileVisible() {
  * Follows the session on its server-sent-event stream. Should the stream fail, the session is read every
  * couple of seconds instead: for good where no stream ever delivered (a proxy that breaks or holds back
  * server-sent events), else (a network drop, the front end restarting) until a read succeeds, after which the
- * stream is opened again. Returns how to stop.
+ * stream is opened again. A stream refused because the user has too many open (429) is said to be paused.
+ * Returns how to stop.
  */
 function follow(id) {
   let stopped = false;
@@ -279,7 +280,31 @@ function follow(id) {
     }
     timer = setTimeout(poll, pollIntervalMs);
   };
+  /** Stops asking why the stream was refused. */
+  let stopAsking = () => {};
+  /**
+   * An EventSource does not say why the server refused it: the same request, made again, tells. Only the
+   * per-user stream limit (429: too many pages open) is the user's to know about; anything else the polling
+   * reports as it reads the session.
+   */
+  const explainRefusal = async () => {
+    const asking = new AbortController();
+    stopAsking = () => asking.abort();
+    try {
+      const response = await fetch(`${api}${sessionPath(id)}/events`, { credentials: 'same-origin', headers: { accept: 'text/event-stream' }, signal: asking.signal });
+      if (!stopped && response.status === 429) {
+        showLiveUpdates(`Live updates paused: too many open pages for this user; refreshing every ${pollIntervalMs / 1000} s.`);
+      }
+    } catch {
+      // Unreachable, or stopped: nothing to tell beyond what the polling shows.
+    } finally {
+      // A stream this opened (the limit freed up meanwhile) is not kept.
+      asking.abort();
+    }
+  };
   const fallBack = () => {
+    // CLOSED: the server answered with an error (the browser does not reconnect), not a broken connection.
+    if (source.readyState === EventSource.CLOSED) explainRefusal();
     source.close();
     clearTimeout(timer);
     if (!stopped) poll();
@@ -290,6 +315,7 @@ function follow(id) {
     source.addEventListener('session', (event) => {
       clearTimeout(timer);
       streamed = true;
+      showLiveUpdates('');
       render(JSON.parse(event.data));
     });
     source.addEventListener('gone', ended);
@@ -299,9 +325,16 @@ function follow(id) {
   listen();
   return () => {
     stopped = true;
+    stopAsking();
     source.close();
     clearTimeout(timer);
+    showLiveUpdates('');
   };
+}
+
+/** Says (politely, to screen readers too) why the session shown is not followed live; '' when it is. */
+function showLiveUpdates(text) {
+  $('live-updates').textContent = text;
 }
 
 function isTerminating(session) {
