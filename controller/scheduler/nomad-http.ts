@@ -1,7 +1,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import { outcomeOfStatus, recordBackendCall } from '../metrics/metrics.js';
-import { readBody, readJsonArray } from '../util/http-body.js';
+import { ExchangeTimer, readBody, readJsonArray } from '../util/http-body.js';
 import { loadTlsMaterial, type TlsFiles, type TlsMaterial } from '../util/tls.js';
 
 /**
@@ -37,7 +37,7 @@ export interface NomadHttpOptions {
   namespace?: string;
   tls: TlsMaterial;
   agent: http.Agent;
-  /** Bound on every call but a stream's. */
+  /** How long a call's answer may take to begin, and then pause (every call but a stream's). */
   requestTimeoutMs: number;
   /** Aborts every call (the scheduler closing). */
   signal: AbortSignal;
@@ -100,12 +100,16 @@ export class NomadHttp {
       const fail = (status: number, message: string, cause?: unknown): void =>
         reject(new NomadApiError(`${method} ${url.pathname}: ${message}`, status, message, false, { cause }));
       const req = transport.request(url, { method, headers, agent: this.options.agent, signal: this.signal(signal), ...this.options.tls }, (res) => {
+        timer.answering(res);
         const status = res.statusCode ?? 0;
         const success = status >= 200 && status < 300;
         const text = success ? read(res) : readBody(res);
-        res.on('error', (error) => fail(0, error.message, error));
+        res.on('error', (error) => {
+          timer.stop();
+          fail(0, error.message, error);
+        });
         res.on('end', () => {
-          clearTimeout(timer);
+          timer.stop();
           if (!success) return fail(status, nomadMessage(text()) || `HTTP ${status}`);
           try {
             resolve({ status, headers: res.headers, body: text() });
@@ -114,9 +118,10 @@ export class NomadHttp {
           }
         });
       });
-      const timer = setTimeout(() => req.destroy(new Error(`no answer within ${this.options.requestTimeoutMs} ms`)), this.options.requestTimeoutMs);
+      const { requestTimeoutMs } = this.options;
+      const timer = new ExchangeTimer(req, { beginMs: requestTimeoutMs, idleMs: requestTimeoutMs }, (what) => new Error(what));
       req.on('error', (error) => {
-        clearTimeout(timer);
+        timer.stop();
         fail(0, error.message, error);
       });
       req.end(payload);

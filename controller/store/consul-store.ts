@@ -3,7 +3,7 @@ import https from 'node:https';
 import { Observable, type Subscriber } from 'rxjs';
 import { outcomeOfStatus, recordBackendCall, watchRestarts } from '../metrics/metrics.js';
 import type { Logger } from '../util/log.js';
-import { readBody, readJsonArray } from '../util/http-body.js';
+import { ExchangeTimer, readBody, readJsonArray } from '../util/http-body.js';
 import { loadTlsMaterial } from '../util/tls.js';
 import { pacingDelayMs } from '../util/watch-pacing.js';
 import {
@@ -559,7 +559,8 @@ export class ConsulStore implements Store, LockService {
       headers['Content-Type'] = spec.contentType ?? 'application/octet-stream';
       headers['Content-Length'] = spec.body.length;
     }
-    const timeoutMs = spec.timeoutMs ?? this.requestTimeoutMs;
+    // A blocking query's answer may take its wait to begin; once it flows, pauses are bounded like any call's.
+    const limits = { beginMs: spec.timeoutMs ?? this.requestTimeoutMs, idleMs: this.requestTimeoutMs };
     const where = this.base.origin;
 
     return new Promise<ConsulResponse>((resolve, reject) => {
@@ -567,7 +568,7 @@ export class ConsulStore implements Store, LockService {
       const finish = (error: Error | undefined, response?: ConsulResponse): void => {
         if (settled) return;
         settled = true;
-        clearTimeout(timer);
+        timer.stop();
         if (error) reject(error);
         else resolve(response!);
       };
@@ -583,6 +584,7 @@ export class ConsulStore implements Store, LockService {
           signal: spec.signal,
         },
         (response) => {
+          timer.answering(response);
           let body: () => string;
           if (spec.elements !== undefined && response.statusCode === 200) {
             const complete = readJsonArray(response, spec.elements(response.headers));
@@ -611,9 +613,7 @@ export class ConsulStore implements Store, LockService {
           });
         },
       );
-      const timer = setTimeout(() => {
-        request.destroy(new ConsulError(`Consul at ${where} did not answer within ${timeoutMs} ms`, operation, key, undefined, true));
-      }, timeoutMs);
+      const timer = new ExchangeTimer(request, limits, (what) => new ConsulError(`Consul at ${where} ${what}`, operation, key, undefined, true));
       request.on('error', (error) => {
         if (error instanceof ConsulError) finish(error);
         else if (spec.signal?.aborted) finish(new AbortedError(operation, key));

@@ -39,6 +39,54 @@ export function readJsonArray(response: http.IncomingMessage, onElement: (text: 
   };
 }
 
+/** How long an HTTP exchange may take: its answer begins within `beginMs`, then never pauses longer than `idleMs`. */
+export interface ExchangeLimits {
+  readonly beginMs: number;
+  readonly idleMs: number;
+}
+
+/**
+ * Bounds one HTTP exchange by `limits`, destroying the request with `timedOut(what happened)` past them. Not a
+ * deadline on the whole answer: a listing of tens of megabytes read by a busy process (its elements parsed as
+ * they come, the socket held back meanwhile) may take longer than any fixed bound, and cut there and read
+ * again from the start it might never finish. Call `answering` with the response, and `stop` when it ended.
+ */
+export class ExchangeTimer {
+  private timer: NodeJS.Timeout;
+  private lastDataAt = 0;
+
+  constructor(
+    private readonly request: Pick<http.ClientRequest, 'destroy'>,
+    private readonly limits: ExchangeLimits,
+    private readonly timedOut: (what: string) => Error,
+  ) {
+    this.timer = setTimeout(() => request.destroy(timedOut(`did not answer within ${limits.beginMs} ms`)), limits.beginMs);
+  }
+
+  /** The answer has begun: from now on only a pause longer than `idleMs` ends it. */
+  answering(response: Pick<http.IncomingMessage, 'on'>): void {
+    clearTimeout(this.timer);
+    this.lastDataAt = Date.now();
+    response.on('data', () => {
+      this.lastDataAt = Date.now();
+    });
+    this.watchPauses();
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+  }
+
+  /** One timer per pause, not per chunk: it looks again when the last chunk's `idleMs` would run out. */
+  private watchPauses(): void {
+    const left = this.lastDataAt + this.limits.idleMs - Date.now();
+    this.timer = setTimeout(() => {
+      if (Date.now() - this.lastDataAt >= this.limits.idleMs) this.request.destroy(this.timedOut(`stopped answering for ${this.limits.idleMs} ms`));
+      else this.watchPauses();
+    }, Math.max(left, 0));
+  }
+}
+
 const QUOTE = 0x22;
 const BACKSLASH = 0x5c;
 const OPEN_BRACE = 0x7b;

@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
-import { JsonArraySplitter } from '../../controller/util/http-body.js';
+import { EventEmitter } from 'node:events';
+import sinon from 'sinon';
+import { ExchangeTimer, JsonArraySplitter } from '../../controller/util/http-body.js';
 
 /** Feeds `text` in pieces cut at `cuts` and returns the elements, or throws what the splitter threw. */
 function split(text: string, cuts: readonly number[] = []): unknown[] {
@@ -80,5 +82,51 @@ describe('JsonArraySplitter in sequence mode (Go JSON streams: values one after 
   it('refuses a last value that was cut off', () => {
     assert.throws(() => sequence('{}{"File":"a'), /cut off/);
     assert.deepEqual(sequence(''), { values: [], trailing: '' });
+  });
+});
+
+describe('ExchangeTimer: an answer must begin in time, then keep coming', () => {
+  const limits = { beginMs: 5_000, idleMs: 1_000 };
+  let clock: sinon.SinonFakeTimers;
+  let destroyed: Error[] = [];
+  let timer: ExchangeTimer;
+  const request = { destroy: (error?: Error): void => void destroyed.push(error!) };
+
+  beforeEach(() => {
+    clock = sinon.useFakeTimers();
+    destroyed = [];
+    timer = new ExchangeTimer(request as never, limits, (what) => new Error(what));
+  });
+  afterEach(() => clock.restore());
+
+  it('ends an exchange whose answer has not begun within beginMs', () => {
+    clock.tick(limits.beginMs - 1);
+    assert.equal(destroyed.length, 0);
+    clock.tick(1);
+    assert.deepEqual(destroyed.map((error) => error.message), ['did not answer within 5000 ms']);
+  });
+
+  it('lets an answer that keeps coming take far longer than either bound', () => {
+    clock.tick(limits.beginMs - 1);
+    const response = new EventEmitter();
+    timer.answering(response as never);
+    for (let chunk = 0; chunk < 60; chunk++) {
+      clock.tick(limits.idleMs - 1);
+      response.emit('data', 'x');
+    }
+    timer.stop();
+    clock.tick(10 * limits.beginMs);
+    assert.equal(destroyed.length, 0, 'ended after about 64 s of answer arriving at least once a second');
+  });
+
+  it('ends an answer that pauses for idleMs', () => {
+    const response = new EventEmitter();
+    timer.answering(response as never);
+    clock.tick(700);
+    response.emit('data', 'x');
+    clock.tick(limits.idleMs - 1);
+    assert.equal(destroyed.length, 0);
+    clock.tick(1);
+    assert.deepEqual(destroyed.map((error) => error.message), ['stopped answering for 1000 ms']);
   });
 });
