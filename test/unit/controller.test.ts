@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { delay } from 'rxjs';
+import { delay, filter, firstValueFrom } from 'rxjs';
 import sinon from 'sinon';
 import { SessionReconciler } from '../../controller/controller/reconciler.js';
 import type { Store } from '../../controller/store/store.js';
@@ -119,14 +119,24 @@ describe('controller: session reconciliation', () => {
   it('does not tear a deleted session down twice when the status watch shows the deletion before the sessions watch', async () => {
     const id = await createSession(h.store);
     await makeReady(h, id);
-    // The sessions watch lags behind the others, as separate blocking queries can.
-    const lagging = { ...delegatingStore(h.store), watch: (prefix: string, index?: number) => h.store.watch(prefix, index).pipe(delay(prefix === keys.sessions ? 300 : 0)) };
-    const counting = countingStore(lagging);
+    // The sessions watch lags behind the others, as separate blocking queries can: from the job's stop on,
+    // it holds back what it sees (the record's deletion) until the test lets it through.
+    const sessionsWatch = laggingWatch(h.store, keys.sessions);
+    const counting = countingStore(sessionsWatch.store);
     await h.restartController(counting);
+    const deregister = h.scheduler.deregister.bind(h.scheduler);
+    sinon.stub(h.scheduler, 'deregister').callsFake(async (jobId: string) => {
+      sessionsWatch.hold();
+      return deregister(jobId);
+    });
+    const statusDeletionSeen = firstValueFrom(h.controller.statuses.cache.changes.pipe(filter((change) => change.id === id && change.current === undefined)));
     await requestDeletion(h.store, id);
-    await waitFor('records removed', async () => (await h.store.get(keys.session(id))) === undefined);
-    // Long enough for the sessions watch to catch up, and for anything a stale record would set off.
-    await new Promise((resolve) => setTimeout(resolve, 600));
+    await statusDeletionSeen;
+    const drained = (): boolean => h.controller.queue.length === 0 && h.controller.queue.inFlight === 0;
+    await waitFor('the status deletion looked at', drained);
+    assert.ok(h.controller.sessions.cache.get(id) !== undefined, 'the sessions cache still holds the deleted record');
+    sessionsWatch.release();
+    await waitFor('the sessions cache caught up, the queue drained', () => h.controller.sessions.cache.get(id) === undefined && drained());
     const deletedAt = counting.writes.indexOf(`delete ${keys.session(id)}`);
     assert.deepEqual(counting.writes.slice(deletedAt + 1), [], `nothing written after the record was deleted: ${JSON.stringify(counting.writes)}`);
     assert.equal(await statusOf(h.store, id), undefined);
