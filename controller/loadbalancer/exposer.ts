@@ -93,7 +93,8 @@ interface Operation {
 abstract class Unit {
   private timer: unknown;
   private dueAt: number | undefined;
-  private running = false;
+  /** The pass in progress, if any. */
+  private running: Promise<void> | undefined;
   private again = false;
   readonly backoff: OperationBackoff;
   /** Changes made and not yet seen, by key, with when they were made. */
@@ -116,7 +117,7 @@ abstract class Unit {
     this.dueAt = at;
     this.timer = clock.setTimeout(() => {
       this.dueAt = undefined;
-      void this.pass();
+      this.pass();
     }, delayMs);
   }
 
@@ -125,30 +126,29 @@ abstract class Unit {
     this.dueAt = undefined;
   }
 
-  /** Settles in-flight work (tests and shutdown). */
-  get busy(): boolean {
+  /** The pass in progress, if any. */
+  get current(): Promise<void> | undefined {
     return this.running;
   }
 
-  private async pass(): Promise<void> {
+  private pass(): void {
     if (!this.exposer.active) return;
-    if (this.running) {
+    if (this.running !== undefined) {
       this.again = true;
       return;
     }
-    this.running = true;
-    try {
-      await this.reconcile();
-    } catch (error) {
-      this.options.log.error({ err: error, unit: this.name }, 'AWS reconcile failed');
-      this.schedule(this.options.retryMaxMs);
-    } finally {
-      this.running = false;
-    }
-    if (this.again) {
-      this.again = false;
-      this.schedule(0);
-    }
+    this.running = this.reconcile()
+      .catch((error: unknown) => {
+        this.options.log.error({ err: error, unit: this.name }, 'AWS reconcile failed');
+        this.schedule(this.options.retryMaxMs);
+      })
+      .finally(() => {
+        this.running = undefined;
+        if (this.again) {
+          this.again = false;
+          this.schedule(0);
+        }
+      });
   }
 
   /** Observe (describe), diff, apply. */
@@ -496,9 +496,13 @@ export class Exposer implements ListenerStates {
     for (const unit of this.units()) unit.cancel();
   }
 
-  /** Whether any pass is running (for an orderly stop and for tests). */
-  get busy(): boolean {
-    return this.units().some((unit) => unit.busy);
+  /** Resolves once no pass is running (those already due on the clock are not waited for). */
+  async whenIdle(): Promise<void> {
+    for (let passes = this.passesRunning(); passes.length > 0; passes = this.passesRunning()) await Promise.all(passes);
+  }
+
+  private passesRunning(): Array<Promise<void>> {
+    return this.units().flatMap((unit) => unit.current ?? []);
   }
 
   /** The claims on a load balancer changed: its listeners and the security groups follow, batched. */

@@ -17,9 +17,11 @@ import type { ClaimBook, Exposer } from '../../controller/loadbalancer/exposer.j
 import { ownerTagKey, targetGroupPrefix } from '../../controller/loadbalancer/nlb.js';
 import { ruleMarker } from '../../controller/loadbalancer/security-groups.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
+import type { Store } from '../../controller/store/store.js';
 import { AwsModel, sdkError, type AwsService } from '../fakes/aws.js';
 import { condition, ControllerHarness, controllerClock, createSession, keys, laggingWatch, requestDeletion, routesOf, standbyLeadership, statusOf, testLog } from '../support/controller-harness.js';
 import { FakeScheduler } from '../support/fake-scheduler.js';
+import { waitFor } from '../support/wait.js';
 
 const group = 'sg-0123456789abcdef0';
 const marker = 'manticore/';
@@ -30,7 +32,8 @@ const tempDirsBefore = new Set(fs.readdirSync(os.tmpdir()).filter((name) => name
 interface World {
   readonly h: ControllerHarness;
   readonly model: AwsModel;
-  readonly exposer: Exposer;
+  /** The leader's exposer. */
+  exposer: Exposer;
   readonly awsClock: FakeTimers.Clock;
 }
 
@@ -95,7 +98,7 @@ async function tearDown(world: World | undefined): Promise<void> {
   if (!world) return;
   await world.h.stop();
   // A pass in flight may still make calls: they must reach the model, never the real AWS.
-  while (world.exposer.busy) await new Promise((resolve) => setTimeout(resolve, 10));
+  await world.exposer.whenIdle();
   world.model.restore();
 }
 
@@ -276,7 +279,10 @@ describe('AWS load balancers: a pool of listeners in front of the TCP ports', fu
     });
     await w.h.restartController();
     w.awsClock.tick(10_000);
-    await settle(w, 'a pass after the restart', async () => !w.exposer.busy && w.model.calls.get('elbv2:DescribeListeners')! > 4);
+    await settle(w, 'a pass after the restart', async () => {
+      await w.exposer.whenIdle();
+      return w.model.calls.get('elbv2:DescribeListeners')! > 4;
+    });
     const after = await statuses(w, ids);
     assert.deepEqual(after.map((status) => status.endpoints), before.map((status) => status.endpoints));
     assert.equal(w.model.calls.get('elbv2:CreateListener'), 4);
@@ -295,7 +301,10 @@ describe('AWS load balancers: a pool of listeners in front of the TCP ports', fu
     });
     const describes = w.model.calls.get('elbv2:DescribeListeners')!;
     await w.h.restartController();
-    await settle(w, 'a pass after the restart, and the sessions looked at again', async () => !w.exposer.busy && w.model.calls.get('elbv2:DescribeListeners')! > describes && w.h.controller.queue.idle);
+    await settle(w, 'a pass after the restart, and the sessions looked at again', async () => {
+      await w.exposer.whenIdle();
+      return w.model.calls.get('elbv2:DescribeListeners')! > describes && w.h.controller.queue.idle;
+    });
     const after = await statuses(w, ids);
     assert.deepEqual(after.map((status) => status.phase), ['Ready', 'Ready', 'Waiting']);
     assert.equal(w.model.calls.get('elbv2:CreateListener'), 3, 'no listener asked for beyond the quota');
@@ -307,22 +316,39 @@ describe('AWS load balancers: a pool of listeners in front of the TCP ports', fu
     const w = world;
     // A standby with an exposer of its own, whose routes watch lags its sessions watch (each prefix has its own).
     const routesWatch = laggingWatch(w.h.store, keys.routes);
+    let readsOfRoutes = 0;
+    const lagging: Store = {
+      ...routesWatch.store,
+      list: (prefix) => {
+        if (prefix === keys.routes) readsOfRoutes += 1;
+        return w.h.store.list(prefix);
+      },
+    };
     const standbyTerm = standbyLeadership();
-    const standby = await w.h.startController(routesWatch.store, standbyTerm.leadership, await startExposer(aws, w.awsClock));
+    const standbyExposer = await startExposer(aws, w.awsClock);
+    const standby = await w.h.startController(lagging, standbyTerm.leadership, standbyExposer);
     routesWatch.hold();
     const [id] = await createMany(w, 1);
     await settle(w, 'Ready through the first leader', async () => (await statusOf(w.h.store, id!))?.phase === 'Ready');
     const port = (await routesOf(w.h.store, id!))!.ports[0]!.port;
     await w.h.controller.stop();
     w.h.controller = standby;
+    w.exposer = standbyExposer;
+    const readsBefore = readsOfRoutes;
     standbyTerm.lead();
+    // Either the term reads the store to catch up, or (acting on its caches as they are) its exposer starts.
+    await waitFor('the new term reading the store, or its exposer started', () => readsOfRoutes > readsBefore || standbyExposer.active);
+    // Time for the passes of an exposer that started: a resync, confirmations, backoffs.
     for (let step = 0; step < 20; step++) {
       w.awsClock.tick(1_000);
-      await new Promise((resolve) => setTimeout(resolve, 10));
+      await standbyExposer.whenIdle();
     }
     assert.deepEqual(w.model.listenerPorts('lb-a'), [port], 'the listener of a session still claimed is not deleted');
     routesWatch.release();
-    await settle(w, 'the new leader at work', async () => standby.routes.cache.get(id!) !== undefined && standby.queue.idle && !w.exposer.busy);
+    await settle(w, 'the new leader at work', async () => {
+      await standbyExposer.whenIdle();
+      return standby.routes.cache.get(id!) !== undefined && standby.queue.idle;
+    });
     assert.deepEqual(w.model.listenerPorts('lb-a'), [port]);
     assert.equal(w.model.calls.get('elbv2:CreateListener'), 1, 'made once');
   });
