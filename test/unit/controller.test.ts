@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { delay, filter, firstValueFrom } from 'rxjs';
+import { filter, firstValueFrom } from 'rxjs';
 import sinon from 'sinon';
 import { SessionReconciler } from '../../controller/controller/reconciler.js';
 import type { Store } from '../../controller/store/store.js';
@@ -8,7 +8,6 @@ import {
   ControllerHarness,
   countingStore,
   createSession,
-  delegatingStore,
   keys,
   laggingWatch,
   makeReady,
@@ -205,13 +204,22 @@ describe('controller: session reconciliation', () => {
     await makeReady(h, id);
     // The status watch lags, so the recovery below is looked at before the crash's status write is cached:
     // that reconcile is put off (for up to 30 s), and the write's echo must bring the session back at once.
-    const lagging = { ...delegatingStore(h.store), watch: (prefix: string, index?: number) => h.store.watch(prefix, index).pipe(delay(prefix === keys.statuses ? 300 : 0)) };
-    await h.restartController(lagging);
-    await waitFor('queue drained', () => h.controller.queue.length === 0 && h.controller.queue.inFlight === 0);
+    const statusesWatch = laggingWatch(h.store, keys.statuses);
+    await h.restartController(statusesWatch.store);
+    const drained = (): boolean => h.controller.queue.length === 0 && h.controller.queue.inFlight === 0;
+    await waitFor('queue drained', drained);
+    statusesWatch.hold();
     h.scheduler.update(id, { healthy: false, tasks: { core: { state: 'dead', failed: true, restarts: 1, lastEvent: 'exited with code 1' } } });
     await waitFor('the crash written', async () => (await statusOf(h.store, id))?.phase === 'Starting');
     h.scheduler.update(id, { healthy: true, tasks: { core: { state: 'running', failed: false, restarts: 1 } } });
-    await waitFor('ready again, long before the put-off reconcile would time out', async () => (await statusOf(h.store, id))?.phase === 'Ready', 5_000);
+    await waitFor('the recovery looked at and put off', () => h.controller.workloads.cache.get(id)?.allocation?.healthy === true && drained());
+    assert.equal(h.controller.statuses.cache.get(id)?.value?.phase, 'Ready', 'the crash\'s status write is not cached yet');
+    assert.equal((await statusOf(h.store, id))?.phase, 'Starting', 'the recovery is put off, not acted on');
+    const crashCached = firstValueFrom(h.controller.statuses.cache.changes.pipe(filter((change) => change.id === id && change.current?.value?.phase === 'Starting')));
+    statusesWatch.release();
+    await crashCached;
+    await waitFor('the crash\'s status write looked at', drained);
+    assert.equal((await statusOf(h.store, id))?.phase, 'Ready', 'ready again, without waiting for the put-off reconcile');
   });
 
   it('keeps a Ready session Ready when the routers fall silent, as they do while the store is unreachable', async () => {
