@@ -319,9 +319,9 @@ describe('AWS load balancers: a pool of listeners in front of the TCP ports', fu
     let readsOfRoutes = 0;
     const lagging: Store = {
       ...routesWatch.store,
-      list: (prefix) => {
+      prefixIndex: (prefix) => {
         if (prefix === keys.routes) readsOfRoutes += 1;
-        return w.h.store.list(prefix);
+        return w.h.store.prefixIndex(prefix);
       },
     };
     const standbyTerm = standbyLeadership();
