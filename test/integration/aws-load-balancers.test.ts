@@ -103,8 +103,18 @@ async function tearDown(world: World | undefined): Promise<void> {
 }
 
 /**
- * Lets both worlds move: AWS time advances in small steps (real time is given to the store watches and
- * the reconciles between them), and every registered workload is brought up, until `done` holds.
+ * Turns of the event loop until the controller has no reconcile waiting or running. At least one turn: the
+ * store commits writes and delivers watch steps on later turns (setImmediate), which a wait made of
+ * promises alone would never let run, leaving the controller waiting for echoes that never come.
+ */
+async function controllerIdle(world: World): Promise<void> {
+  do await new Promise<void>((resolve) => setImmediate(resolve));
+  while (world.h.controller.queue.length > 0 || world.h.controller.queue.inFlight > 0);
+}
+
+/**
+ * Lets both worlds move: AWS time advances in small steps, each followed by the exposer's passes and the
+ * reconciles they cause, and every registered workload is brought up, until `done` holds.
  */
 async function settle<T>(world: World, what: string, done: () => Promise<T | undefined | false>, timeoutMs = 60_000, stepMs = 250): Promise<T> {
   const deadline = Date.now() + timeoutMs;
@@ -118,7 +128,8 @@ async function settle<T>(world: World, what: string, done: () => Promise<T | und
     if (value !== undefined && value !== false) return value;
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     world.awsClock.tick(stepMs);
-    await new Promise((resolve) => setTimeout(resolve, 10));
+    await world.exposer.whenIdle();
+    await controllerIdle(world);
   }
 }
 
