@@ -69,7 +69,7 @@ describe('Consul double', function () {
 
   /** Fakes only what the double's timers and lock-delay read; network I/O keeps running for real. */
   const fakeTime = (): sinon.SinonFakeTimers => {
-    clock = sinon.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'], now: Date.now() });
+    clock = sinon.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'], now: Date.now(), shouldClearNativeTimers: true });
     return clock;
   };
 

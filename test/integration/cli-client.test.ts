@@ -229,7 +229,7 @@ describe('the client commands (manticore sessions, templates)', function () {
     const waitingId = await create();
     await statusWhen(h.store, waitingId, (status) => status.queuePosition === 1);
     // Only timeouts are fake: the streams' expiry and a reconnection's pause, which must not come.
-    const clock = sinon.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    const clock = sinon.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'], shouldClearNativeTimers: true });
     try {
       const watch = run('sessions', ['watch', waitingId, '-o', 'json'], env);
       const following = run('sessions', ['logs', readyId, '--follow'], env);

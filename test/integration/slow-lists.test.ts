@@ -32,7 +32,7 @@ describe('lists that take longer than the request timeout to arrive', () => {
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
     // setImmediate stays real: the test waits on it for the client to have read what the server sent.
-    clock = sinon.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });
+    clock = sinon.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'], shouldClearNativeTimers: true });
     chunksRead = sinon.spy(JsonArraySplitter.prototype, 'write');
   });
   afterEach(async () => {

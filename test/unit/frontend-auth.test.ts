@@ -290,7 +290,7 @@ describe('front end: identity, isolation and rate limits', () => {
       const token = sign('HS256', claims('zoe', { exp: nowSeconds() + 60 }), secret);
       const id = (await create(bearer(token))).metadata.id;
       // Only timeouts are fake: the stream's expiry is one; the socket runs on real time.
-      const clock = sinon.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+      const clock = sinon.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'], shouldClearNativeTimers: true });
       try {
         const { port } = frontend.app.server.address() as AddressInfo;
         const stream = { text: '', ended: false, status: 0 };

@@ -312,7 +312,7 @@ describe('front end: task logs (GET /api/v1/sessions/{id}/logs)', () => {
     const id = await create('ann');
     await placed(id, 'alloc-9');
     // Only timeouts are fake: the expiry is one; the socket and the log run on real time.
-    const clock = sinon.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    const clock = sinon.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'], shouldClearNativeTimers: true });
     try {
       const client = follow(id, 'ann', '', { 'x-expires-at': String(now + 60_000) });
       await turnsUntil(() => client.events.some((event) => event.event === 'start'));

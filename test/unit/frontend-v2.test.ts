@@ -477,7 +477,7 @@ describe('front end: the v2 compatibility API', () => {
 
     it('pings every socket so proxies keep a quiet one open, and cuts a client that stops answering', async () => {
       // Only the intervals are fake: the sockets, the store and waitFor run on real time.
-      const clock = sinon.useFakeTimers({ toFake: ['setInterval', 'clearInterval'] });
+      const clock = sinon.useFakeTimers({ toFake: ['setInterval', 'clearInterval'], shouldClearNativeTimers: true });
       try {
         const open = async (autoPong: boolean) => {
           const socket = new WebSocket(socketUrl(passcode), { autoPong });
