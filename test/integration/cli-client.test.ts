@@ -111,7 +111,11 @@ describe('the client commands (manticore sessions, templates)', function () {
     assert.deepEqual(everyone.stdout.split('\n').slice(1, -1).map((line) => line.split(/ +/)[1]).sort(), ['alice', 'bob'], `operators see whose each session is:\n${everyone.stdout}`);
 
     await makeReady(h, id);
-    const got = await run('sessions', ['get', id]);
+    // The front end answers from its own cache, which follows the store a moment behind.
+    const got = await waitFor('the front end showing it Ready', async () => {
+      const answer = await run('sessions', ['get', id]);
+      return /^phase +Ready/m.test(answer.stdout) ? answer : undefined;
+    });
     assert.equal(got.code, exitCodes.ok);
     assert.match(got.stdout, new RegExp(`^session +${id}$`, 'm'));
     assert.match(got.stdout, /^phase +Ready/m);
