@@ -153,7 +153,8 @@ export class Admission {
     const deleting = record?.metadata.deletionRequestedAt !== undefined;
     const wanted = record !== undefined && !deleting && !failed;
 
-    setMember(this.starting, id, holding && (wanted || deleting) && status?.readyAt === undefined);
+    // Wanted, failed or being deleted: a start that never got to Ready holds its slot until its job is purged.
+    setMember(this.starting, id, holding && record !== undefined && status?.readyAt === undefined);
     const placed = status?.conditions.some((condition) => condition.type === 'Scheduled' && condition.status === 'True') ?? false;
     if (!holding) {
       this.probing.delete(id);

@@ -647,12 +647,17 @@ export class SessionReconciler {
   private async fail(id: string, generation: number, reason: string, message: string, failures?: WorkloadFailure[]): Promise<ReconcileResult> {
     this.deps.log.warn({ session: id, reason, message }, 'session failed');
     const now = this.now();
+    const shown = this.deps.observed.statuses.get(id)?.value;
+    // Whether this run was ever Ready (an earlier Failed run's does not count): one that was not holds its
+    // start slot until its job is purged.
+    const readyAt = shown?.phase === 'Failed' ? undefined : shown?.readyAt;
     await this.writeStatus(id, {
       phase: 'Failed',
       observedGeneration: generation,
       conditions: [{ type: 'Ready', status: 'False', reason, message }],
       endpoints: {},
       failedAt: new Date(now).toISOString(),
+      ...(readyAt === undefined ? {} : { readyAt }),
       ...(failures === undefined ? {} : { failures }),
     });
     await this.release(id);

@@ -246,7 +246,8 @@ export class SessionService {
     const { session } = await this.read(identity, id);
     if (session.metadata.deletionRequestedAt !== undefined) throw new ApiError(409, `session "${id}" is being deleted`);
     const lastActivityAt = await this.recordActivity(session);
-    const { readyAt } = session.status;
+    // A Failed session still says when it was Ready, but it goes at the end of its retention, not by activity.
+    const readyAt = session.status.phase === 'Failed' ? undefined : session.status.readyAt;
     const expiry = readyAt === undefined ? undefined : expiryOf(this.options.expiry, Date.parse(readyAt), Date.parse(lastActivityAt));
     return { session, lastActivityAt, ...(expiry === undefined ? {} : { expiresAt: new Date(expiry.at).toISOString() }) };
   }

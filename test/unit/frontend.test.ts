@@ -226,6 +226,10 @@ describe('front end (API)', () => {
     // The lifetime cap (1 h from first Ready) comes before the idle deadline now.
     now = Date.parse('2026-03-01T12:50:00.000Z');
     assert.deepEqual(await keepalive(), { id, lastActivityAt: '2026-03-01T12:50:00.000Z', expiresAt: '2026-03-01T13:00:00.000Z' });
+    // A Failed session still says when it was Ready, but activity does not keep it: it goes when its retention ends.
+    const failed = { phase: 'Failed', observedGeneration: 1, endpoints: {}, events: [], conditions: [], readyAt: '2026-03-01T12:00:00.000Z', failedAt: '2026-03-01T12:50:00.000Z' };
+    await store.put(keys.status(id), JSON.stringify(failed));
+    assert.equal((await keepalive()).expiresAt, undefined);
   });
 
   it('counts a session it created and its cache never showed for as long as the store holds it', async () => {

@@ -72,16 +72,15 @@ class SlowPurgeScheduler extends FakeScheduler {
 }
 
 /**
- * Deletes the session holding the only slot of `limits` (Ready or still starting) while `next` waits for it,
- * and shows that `next` is admitted only once the deleted session's job is purged.
+ * Ends the session holding the only slot of `limits` (`end`: deleted, or failed) while `next` waits for it,
+ * and shows that `next` is admitted only once the ended session's job is purged. Returns the ended session.
  */
-async function slotFreedByPurge(h: ControllerHarness<SlowPurgeScheduler>, ready: boolean, waitReason: string): Promise<void> {
+async function slotFreedByPurge(h: ControllerHarness<SlowPurgeScheduler>, waitReason: string, end: (holder: string) => Promise<void>): Promise<string> {
   const { scheduler } = h;
   await h.start();
   const [holder, next] = await createInOrder(h, ['ann', 'bob']);
-  if (ready) await makeReady(h, holder!);
   await statusWhen(h.store, next!, (s) => condition(s, 'Admitted') === `False/${waitReason}`);
-  await requestDeletion(h.store, holder!);
+  await end(holder!);
   await waitFor('the purge of its job asked for', () => scheduler.purging.size === 1);
   await waitFor('nothing queued or in flight', () => h.controller.queue.length === 0 && h.controller.queue.inFlight === 0);
   assert.equal(await routesOf(h.store, holder!), undefined, 'its routes are gone');
@@ -89,7 +88,7 @@ async function slotFreedByPurge(h: ControllerHarness<SlowPurgeScheduler>, ready:
   assert.equal(condition(await statusOf(h.store, next!), 'Admitted'), `False/${waitReason}`);
   await scheduler.finishPurges();
   await waitFor('the next one admitted once the job is purged', () => routesOf(h.store, next!));
-  await gone(h, holder!);
+  return holder!;
 }
 
 /** Sessions created one second apart, oldest first, so the waiting list order is known. */
@@ -136,13 +135,43 @@ describe('lifecycle: waiting list and room', () => {
   it("keeps a deleted session's slot until its job is purged", async () => {
     const slow = new ControllerHarness(EmbeddedStore.open(':memory:'), new SlowPurgeScheduler(), { limits: { maxSessions: 1 } });
     h = slow;
-    await slotFreedByPurge(slow, true, 'ClusterFull');
+    const holder = await slotFreedByPurge(slow, 'ClusterFull', async (id) => {
+      await makeReady(slow, id);
+      await requestDeletion(slow.store, id);
+    });
+    await gone(slow, holder);
   });
 
   it('keeps the start slot of a session deleted while starting until its job is purged', async () => {
     const slow = new ControllerHarness(EmbeddedStore.open(':memory:'), new SlowPurgeScheduler(), { limits: { maxStarting: 1 } });
     h = slow;
-    await slotFreedByPurge(slow, false, 'StartLimit');
+    await gone(slow, await slotFreedByPurge(slow, 'StartLimit', (id) => requestDeletion(slow.store, id)));
+  });
+
+  it('keeps the start slot of a session that failed while starting until its job is purged', async () => {
+    const slow = new ControllerHarness(EmbeddedStore.open(':memory:'), new SlowPurgeScheduler(), { limits: { maxStarting: 1 }, policy: { startTimeoutMs: 10 * minute } });
+    h = slow;
+    await slotFreedByPurge(slow, 'StartLimit', async (holder) => {
+      await waitFor('registered', () => slow.scheduler.workload(holder));
+      slow.tick(10 * minute);
+      assert.equal(condition(await statusWhen(slow.store, holder, 'Failed'), 'Ready'), 'False/StartTimeout');
+    });
+  });
+
+  it('frees the start slot of a session that had been Ready when it fails, without waiting for the purge', async () => {
+    const slow = new ControllerHarness(EmbeddedStore.open(':memory:'), new SlowPurgeScheduler(), { limits: { maxStarting: 1 }, policy: { maxRestarts: 0 } });
+    h = slow;
+    await slow.start();
+    const [served] = await createInOrder(slow, ['ann']);
+    await makeReady(slow, served!);
+    slow.scheduler.update(served!, { clientStatus: 'failed', healthy: false, tasks: { core: { state: 'dead', failed: true, restarts: 0, lastEvent: 'Exited with code 139' } } });
+    const failed = await statusWhen(slow.store, served!, 'Failed');
+    assert.equal(condition(failed, 'Ready'), 'False/CrashLoop');
+    assert.ok(failed.readyAt !== undefined, 'it still says it was Ready');
+    await waitFor('the purge of its job asked for', () => slow.scheduler.purging.size === 1);
+    const next = await createSession(slow.store, { owner: 'bob' });
+    await waitFor('the next one admitted while the job is purged', () => routesOf(slow.store, next));
+    assert.equal(slow.scheduler.purging.size, 1);
   });
 
   it('moves everyone behind up when a waiting session ahead of them is deleted', async () => {
