@@ -1,10 +1,13 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import sinon from 'sinon';
 import { parseMap } from '../../controller/router/haproxy-config.js';
 import { MapFileWriter, type MapContents } from '../../controller/router/map-files.js';
 import { silentLogger } from '../../controller/util/log.js';
+import { turnsUntil } from '../support/wait.js';
 
 const contents = (hosts: Record<string, string>, ports: Record<string, string> = {}): MapContents => ({
   hosts: new Map(Object.entries(hosts)),
@@ -33,15 +36,32 @@ describe('HAProxy map files written in the background', () => {
   });
 
   it('writes at most once per interval, and at once when flushed', async () => {
-    const writer = new MapFileWriter(files, silentLogger(), 60_000);
-    writer.write(contents({ first: '127.0.0.1:1' }));
-    await writer.flush();
-    writer.write(contents({ second: '127.0.0.1:2' }));
-    writer.write(contents({ third: '127.0.0.1:3' }));
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    assert.deepEqual(read(files.hosts), new Map([['first', '127.0.0.1:1']]), 'the next write waits for the interval');
-    await writer.flush();
-    assert.deepEqual(read(files.hosts), new Map([['third', '127.0.0.1:3']]));
+    // The interval runs on a fake clock; the files are written with real I/O all the same.
+    const clock = sinon.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'], shouldClearNativeTimers: true });
+    // A write opens its temporary file one turn after it starts: counting those opens shows, without waiting
+    // for the disk, whether a write has begun.
+    const opened = sinon.spy(fsp, 'open');
+    const writesStarted = (): number => opened.getCalls().filter((call) => String(call.args[0]).startsWith(files.hosts)).length;
+    try {
+      const writer = new MapFileWriter(files, silentLogger(), 60_000);
+      writer.write(contents({ first: '127.0.0.1:1' }));
+      await writer.flush();
+      writer.write(contents({ second: '127.0.0.1:2' }));
+      writer.write(contents({ third: '127.0.0.1:3' }));
+      clock.tick(59_999);
+      for (let turn = 0; turn < 3; turn++) await new Promise((resolve) => setImmediate(resolve));
+      assert.equal(writesStarted(), 1, 'the next write waits for the interval');
+      assert.deepEqual(read(files.hosts), new Map([['first', '127.0.0.1:1']]));
+      clock.tick(1);
+      await turnsUntil(() => read(files.hosts).has('third'));
+      writer.write(contents({ fourth: '127.0.0.1:4' }));
+      await writer.flush();
+      assert.deepEqual(read(files.hosts), new Map([['fourth', '127.0.0.1:4']]), 'a flush does not wait out the interval');
+      assert.equal(writesStarted(), 3, 'the contents passed meanwhile were written once');
+    } finally {
+      opened.restore();
+      clock.restore();
+    }
   });
 
   it('resolves flush at once when nothing is waiting to be written', async () => {
