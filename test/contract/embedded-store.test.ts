@@ -7,7 +7,6 @@ import Database from 'better-sqlite3';
 import sinon from 'sinon';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import { MAX_KEY_BYTES, StoreError, type KvChange, type KvEntry } from '../../controller/store/store.js';
-import { waitFor } from '../support/wait.js';
 import { describeStoreContract, WatchRecorder } from './store-contract.js';
 
 /** The compiled store module, for child processes (this file runs from dist/test/contract). */
@@ -143,10 +142,12 @@ describe('EmbeddedStore', function () {
       const store = open();
       const watcher = record(new WatchRecorder(store.watch('d/')));
       await watcher.until('reset', () => watcher.steps.length > 0);
-      const held: Array<() => void> = [];
+      // The store's sync is held: it resolves `held`, once called, with what lets the real sync run.
+      let hold!: (release: () => void) => void;
+      const held = new Promise<() => void>((resolve) => (hold = resolve));
       const realSync = fs.fdatasync;
       const stub = sinon.stub(fs, 'fdatasync').callsFake(((fd: number, callback: fs.NoParamCallback) => {
-        held.push(() => realSync(fd, callback));
+        hold(() => realSync(fd, callback));
       }) as typeof fs.fdatasync);
       try {
         let answered = false;
@@ -154,11 +155,13 @@ describe('EmbeddedStore', function () {
           answered = true;
           return applied;
         });
-        await waitFor('the sync to start', () => held.length === 1);
-        await new Promise((resolve) => setTimeout(resolve, 50));
+        const release = await held;
+        // An answer or a delivery that did not wait for the sync would come within these turns: the store
+        // answers in a microtask and delivers to watchers on its next turn (setImmediate).
+        for (let turn = 0; turn < 3; turn++) await new Promise((resolve) => setImmediate(resolve));
         assert.equal(answered, false, 'not answered before the sync');
         assert.equal(watcher.state.has('d/a'), false, 'not shown to watchers before the sync');
-        held.shift()!();
+        release();
         assert.equal(await written, true);
         await watcher.until('the change', () => watcher.state.has('d/a'));
       } finally {
