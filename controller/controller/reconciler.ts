@@ -520,7 +520,7 @@ export class SessionReconciler {
     return done;
   }
 
-  /** A Failed session keeps its status readable for the retention time, holding nothing, then is deleted. */
+  /** A Failed session keeps its status readable for the retention time, its routes and job released, then is deleted. */
   private async retainFailed(id: string, status: SessionStatus): Promise<ReconcileResult> {
     await this.release(id);
     const failedAt = Date.parse(status.failedAt ?? status.conditions.find((condition) => condition.type === 'Ready')?.lastTransitionTime ?? new Date(this.now()).toISOString());
