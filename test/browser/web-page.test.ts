@@ -193,9 +193,11 @@ describe('web page: people in a browser against `manticore up`', function () {
     await screenshot(bobPage, '04-second-user-waiting');
   });
 
-  it('says that live updates are paused when the user has too many pages open (429), and still shows the session', async () => {
+  it('says that live updates are paused when the user has too many pages open (429), still shows the session, and goes live once a page closes', async () => {
     const carol = await browser.newContext();
     carol.setDefaultTimeout(serverStepMs);
+    // The page's timers run on a clock the test moves: the refused stream is tried again 30 s on.
+    await carol.clock.install();
     const held: AbortController[] = [];
     let id: string | undefined;
     try {
@@ -213,10 +215,25 @@ describe('web page: people in a browser against `manticore up`', function () {
       const page = await newPage(carol);
       const notice = page.getByRole('status').filter({ hasText: 'Live updates paused' });
       await notice.waitFor({ timeout: 5 * pollIntervalMs });
-      assert.equal(await notice.innerText(), 'Live updates paused: too many open pages for this user; refreshing every 2 s.');
+      assert.equal(await notice.innerText(), 'Live updates paused: too many open pages for this user; refreshing every 2 s and trying again every 30 s.');
       assert.equal(await notice.getAttribute('aria-live'), 'polite');
       await phase(page, 'Waiting for room');
       await screenshot(page, '04b-live-updates-paused');
+
+      // One of her other pages closes: the next try gets a stream, and the notice goes.
+      held.pop()!.abort();
+      await page.clock.runFor(29_000);
+      assert.equal(await notice.count(), 1, 'not tried again before 30 s');
+      // The front end counts the stream out once it sees its socket close: a try before that is refused again.
+      for (let attempt = 1; ; attempt++) {
+        const answered = page.waitForResponse((response) => response.url().endsWith('/events') && response.request().resourceType() === 'eventsource');
+        await page.clock.runFor(attempt === 1 ? 1_000 : 30_000);
+        const status = (await answered).status();
+        if (status === 200) break;
+        assert.equal(status, 429);
+        assert.ok(attempt < 5, 'the stream closed was still counted after five tries');
+      }
+      await notice.waitFor({ state: 'detached' });
       await page.close();
     } finally {
       for (const stream of held) stream.abort();

@@ -8,6 +8,8 @@ const api = '/api/v1';
 const pollIntervalMs = 2000;
 /** The stream sends the session as soon as it connects; nothing by then means something in between holds it back. */
 const firstEventTimeoutMs = 10_000;
+/** A stream refused for the user's open pages (429) is tried again this often: another page may have closed. */
+const refusedStreamRetryMs = 30_000;
 /** The conditions shown as the start-up checklist, in the order a session passes them. */
 const steps = [
   ['Admitted', 'A place in the cluster'],
@@ -251,18 +253,22 @@ function followOnlyWhileVisible() {
  * Follows the session on its server-sent-event stream. Should the stream fail, the session is read every
  * couple of seconds instead: for good where no stream ever delivered (a proxy that breaks or holds back
  * server-sent events), else (a network drop, the front end restarting) until a read succeeds, after which the
- * stream is opened again. A stream refused because the user has too many open (429) is said to be paused.
- * Returns how to stop.
+ * stream is opened again. A stream refused because the user has too many open (429) is said to be paused,
+ * and is tried again now and then while the session is read. Returns how to stop.
  */
 function follow(id) {
   let stopped = false;
+  /** The next poll, or the wait for the stream's first event. */
   let timer;
   let source;
   let streamed = false;
+  /** Reading the session instead of following the stream: a poll that answers after a stream was opened again is dropped. */
+  let polling = false;
+  let retryRefused;
   const poll = async () => {
     try {
       const session = await request('GET', sessionPath(id));
-      if (stopped) return;
+      if (stopped || !polling) return;
       clearError();
       render(session);
       // Reachable again: streams worked here before, so back to one (no sooner than a poll, should it break at once again).
@@ -271,7 +277,7 @@ function follow(id) {
         return;
       }
     } catch (error) {
-      if (stopped) return;
+      if (stopped || !polling) return;
       if (error.status === 404) {
         ended();
         return;
@@ -293,7 +299,15 @@ function follow(id) {
     try {
       const response = await fetch(`${api}${sessionPath(id)}/events`, { credentials: 'same-origin', headers: { accept: 'text/event-stream' }, signal: asking.signal });
       if (!stopped && response.status === 429) {
-        showLiveUpdates(`Live updates paused: too many open pages for this user; refreshing every ${pollIntervalMs / 1000} s.`);
+        showLiveUpdates(
+          `Live updates paused: too many open pages for this user; refreshing every ${pollIntervalMs / 1000} s and trying again every ${refusedStreamRetryMs / 1000} s.`,
+        );
+        clearTimeout(retryRefused);
+        retryRefused = setTimeout(() => {
+          if (stopped || !polling) return;
+          clearTimeout(timer);
+          listen();
+        }, refusedStreamRetryMs);
       }
     } catch {
       // Unreachable, or stopped: nothing to tell beyond what the polling shows.
@@ -307,9 +321,12 @@ function follow(id) {
     if (source.readyState === EventSource.CLOSED) explainRefusal();
     source.close();
     clearTimeout(timer);
-    if (!stopped) poll();
+    if (stopped || polling) return;
+    polling = true;
+    poll();
   };
   const listen = () => {
+    polling = false;
     source = new EventSource(`${api}${sessionPath(id)}/events`);
     timer = setTimeout(fallBack, firstEventTimeoutMs);
     source.addEventListener('session', (event) => {
@@ -328,6 +345,7 @@ function follow(id) {
     stopAsking();
     source.close();
     clearTimeout(timer);
+    clearTimeout(retryRefused);
     showLiveUpdates('');
   };
 }
