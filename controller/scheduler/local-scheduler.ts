@@ -195,11 +195,13 @@ export class LocalScheduler implements Scheduler {
   /**
    * Loads the persisted jobs. Processes left by a previous run that died without `close()` (kill -9) are
    * killed first, then every job gets a fresh allocation, as Nomad reschedules lost allocations. Refuses to
-   * start while another scheduler holds the state directory: its tasks would look left over.
+   * start while another scheduler holds the state directory (its tasks would look left over), or when the
+   * working directory is not one.
    */
   async start(): Promise<void> {
     if (this.started) throw new Error('LocalScheduler.start() was already called');
     if (this.closed) throw new Error('LocalScheduler is closed');
+    await checkWorkDir(this.options.workDir);
     this.lock = lockDirectory(this.options.stateDir, 'the scheduler state directory');
     await fsp.mkdir(this.jobsDir, { recursive: true });
     await fsp.mkdir(this.allocsDir, { recursive: true });
@@ -953,6 +955,21 @@ function hostPort(host: string, port: number): string {
 /** "1s", "300s", "1.5s", "250ms": how Nomad-style task events show durations. */
 function formatDuration(ms: number): string {
   return ms < 1_000 ? `${ms}ms` : `${ms / 1_000}s`;
+}
+
+/**
+ * A missing working directory makes every spawn fail with "spawn <command> ENOENT", which blames the
+ * command; checked at start so the configuration is named instead.
+ */
+async function checkWorkDir(dir: string): Promise<void> {
+  const where = `the tasks' working directory ${dir} (scheduler.workDir)`;
+  let stats: fs.Stats;
+  try {
+    stats = await fsp.stat(dir);
+  } catch (error) {
+    throw new Error(`${where} cannot be used: ${(error as Error).message}`, { cause: error });
+  }
+  if (!stats.isDirectory()) throw new Error(`${where} is not a directory`);
 }
 
 function delay(ms: number): Promise<void> {

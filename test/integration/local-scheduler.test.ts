@@ -337,6 +337,18 @@ describe('LocalScheduler', function () {
       assert.equal((await record(next).healthy(job)).sessionId, job.sessionId, 'once closed, the directory is free again');
     });
 
+    it('refuses to start when the tasks\' working directory is missing or not a directory, naming it', async function () {
+      // Every task would otherwise fail with "spawn node ENOENT", which blames the command.
+      const missing = path.join(newStateDir(), 'no-such-dir');
+      await assert.rejects(makeScheduler({ workDir: missing }), (error: Error) => {
+        assert.match(error.message, /working directory .*no-such-dir \(scheduler\.workDir\).*ENOENT/);
+        return true;
+      });
+      const file = path.join(newStateDir(), 'a-file');
+      fs.writeFileSync(file, '');
+      await assert.rejects(makeScheduler({ workDir: file }), /working directory .*a-file \(scheduler\.workDir\) is not a directory/);
+    });
+
     it('deregister and close() also stop what a task started outside its process group (setsid, a daemon)', async function () {
       const scheduler = await makeScheduler();
       const recorder = record(scheduler);
