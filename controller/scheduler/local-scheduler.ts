@@ -532,13 +532,12 @@ export class LocalScheduler implements Scheduler {
     const now = Date.now();
     task.restartTimes = task.restartTimes.filter((time) => now - time < this.restart.intervalMs);
     if (task.restartTimes.length >= this.restart.attempts) {
-      const reason =
-        `${task.spec.name} ${description}; restart limit ` +
-        `(${this.restart.attempts} in ${formatDuration(this.restart.intervalMs)}) reached`;
+      // Without the task's name, like every other event: the session's status puts it in front.
+      const reason = `${description}; restart limit (${this.restart.attempts} in ${formatDuration(this.restart.intervalMs)}) reached`;
       task.failed = true;
       task.lastEvent = reason;
       alloc.clientStatus = 'failed';
-      log.warn({ taskPid: pid }, `allocation failed: ${reason}`);
+      log.warn({ taskPid: pid }, `allocation failed: ${task.spec.name} ${reason}`);
       this.emitUpsertFor(alloc);
       void this.stopAllocation(alloc, `sibling task ${task.spec.name} failed`);
       return;

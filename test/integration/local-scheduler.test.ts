@@ -511,7 +511,8 @@ describe('LocalScheduler', function () {
         state: 'dead',
         failed: true,
         restarts: 2,
-        lastEvent: 'crash exited with code 3; restart limit (2 in 60s) reached',
+        // The task's name is the status message's to give ("crash: exited …"), as for every other event.
+        lastEvent: 'exited with code 3; restart limit (2 in 60s) reached',
       });
       assert.equal(allocation?.tasks.steady?.failed, false);
       assert.match(allocation?.tasks.steady?.lastEvent ?? '', /sibling task crash failed/);
@@ -601,7 +602,7 @@ describe('LocalScheduler', function () {
         clock?.tick(1_000);
         const failed = await when(scheduler, job.id, (w) => w.allocation?.clientStatus === 'failed');
         assert.equal(crash(failed).restarts, 2);
-        assert.equal(crash(failed).lastEvent, 'crash exited with code 3; restart limit (2 in 10s) reached');
+        assert.equal(crash(failed).lastEvent, 'exited with code 3; restart limit (2 in 10s) reached');
         const late = sinon.spy(childProcess, 'spawn');
         try {
           clock?.tick(60_000);
@@ -626,7 +627,7 @@ describe('LocalScheduler', function () {
         await when(tight.scheduler, tight.job.id, (w) => crash(w).state === 'dead' && crash(w).restarts === 0);
         clock?.tick(9_000);
         const failed = await when(tight.scheduler, tight.job.id, (w) => w.allocation?.clientStatus === 'failed');
-        assert.equal(crash(failed).lastEvent, 'crash exited with code 3; restart limit (1 in 10s) reached');
+        assert.equal(crash(failed).lastEvent, 'exited with code 3; restart limit (1 in 10s) reached');
       });
     });
   });
