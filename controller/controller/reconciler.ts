@@ -20,7 +20,7 @@ import { claimForTemplate, newClaim, publicEndpoints, type PublicAddressing } fr
 import type { Cache, CachedRecord, RecordCache } from './informer.js';
 import type { Keys } from './keys.js';
 import { Expectations } from './expectations.js';
-import { expiryOf, formatSeconds, idleWarningCondition, recentFailures, restartDelayMs, type LifecyclePolicy } from './lifecycle.js';
+import { expiryOf, formatSeconds, idleWarningCondition, recentFailures, restartDelayMs, type Expiry, type LifecyclePolicy } from './lifecycle.js';
 import type { ListenerStates } from '../loadbalancer/exposer.js';
 import { nextStatus, sameStatus, type ConditionInput, type StatusInput } from './status.js';
 
@@ -163,6 +163,10 @@ export class SessionReconciler {
     if (shown?.phase === 'Failed' && shown.observedGeneration === generation) return this.retainFailed(id, shown);
     // A new spec starts a Failed session afresh: the failures that ended the old one are not held against it.
     const previous = shown?.phase === 'Failed' ? undefined : shown;
+    // A session whose end has come (its deadline passed while no controller ran, or while its workload was
+    // down) ends as due: its job is not registered or replaced again first, nor is it failed for being down.
+    const due = this.expiryFor(id, previous?.readyAt);
+    if (due !== undefined && this.now() >= due.at) return this.requestDeletion(id, due.reason);
     const template = this.deps.templates.get(session.spec.template);
     if (template === undefined) {
       return this.fail(id, generation, 'TemplateNotFound', `template "${session.spec.template}" does not exist`);
@@ -310,15 +314,12 @@ export class SessionReconciler {
         : { type: 'Ready', status: 'False', reason: blocker.reason, message: blocker.message },
     ];
     let expiresAt: string | undefined;
-    if (readyAt !== undefined) {
-      const activity = observed.activities.get(id)?.value;
-      const expiry = expiryOf(policy, Date.parse(readyAt), activity ? Date.parse(activity.lastActivityAt) : undefined);
-      if (expiry !== undefined) {
-        if (now >= expiry.at) return this.requestDeletion(id, expiry.reason);
-        conditions.push(idleWarningCondition(expiry, now));
-        expiresAt = new Date(expiry.at).toISOString();
-        wakeAts.push(now < expiry.warnAt ? expiry.warnAt : expiry.at);
-      }
+    // An end that came during this reconcile is due at once: the deadline's wake-up deletes the session.
+    const expiry = this.expiryFor(id, readyAt);
+    if (expiry !== undefined) {
+      conditions.push(idleWarningCondition(expiry, now));
+      expiresAt = new Date(expiry.at).toISOString();
+      wakeAts.push(now < expiry.warnAt ? expiry.warnAt : expiry.at);
     }
     // Addresses are shown once the session first serves, and stay shown while it lives (they never change).
     const published: Record<string, Endpoint> = {};
@@ -343,6 +344,13 @@ export class SessionReconciler {
       ...(waitingForRouters ? { awaitingRoutersAt: claimIndex, requeueAfterMs: this.deps.routerStaleMs } : {}),
       ...(refusal ? { retryAfterError: refusal.error } : {}),
     };
+  }
+
+  /** When a session Ready since `readyAt` ends, by its idle deadline (moved by its stored activity) or its lifetime cap. */
+  private expiryFor(id: string, readyAt: string | undefined): Expiry | undefined {
+    if (readyAt === undefined) return undefined;
+    const activity = this.deps.observed.activities.get(id)?.value;
+    return expiryOf(this.deps.policy, Date.parse(readyAt), activity ? Date.parse(activity.lastActivityAt) : undefined);
   }
 
   /** The job's spec hash, rendered only when the session, its template or its claim changed since the last one. */

@@ -327,6 +327,34 @@ describe('lifecycle: idle warning, expiry and the lifetime cap', () => {
     await gone(h, id!);
   });
 
+  it('deletes sessions whose idle deadline passed while no controller ran, without first starting their workloads again', async () => {
+    h = await ControllerHarness.embedded();
+    const [vanished, crashed] = await createInOrder(h, ['ann', 'bob']);
+    await makeReady(h, vanished!);
+    await makeReady(h, crashed!, 31010);
+    h.scheduler.update(crashed!, { clientStatus: 'failed', healthy: false, tasks: { core: { state: 'dead', failed: true, restarts: 3, lastEvent: 'Exited with code 139' } } });
+    await statusWhen(h.store, crashed!, (s) => condition(s, 'Healthy') === 'False/Restarting');
+    await h.controller.stop();
+    // While no controller runs: one job is purged by hand, and both sessions' idle deadlines pass.
+    await h.scheduler.deregister(`manticore-${vanished}`);
+    h.tick(31 * minute);
+    const registrations = h.scheduler.registrations.length;
+    const statuses = [vanished!, crashed!].map((id) => recordStatuses(h, id));
+    h.controller = await h.startController();
+    await gone(h, vanished!);
+    await gone(h, crashed!);
+    for (const { seen, stop } of statuses) {
+      await waitFor('its teardown seen', () => seen.some((status) => status.phase === 'Terminating'));
+      stop();
+      assert.deepEqual(
+        seen.map((status) => `${status.phase} ${condition(status, 'Ready')}`),
+        ['Terminating False/IdleTimeout'],
+      );
+    }
+    assert.equal(h.scheduler.registrations.length, registrations, 'the purged job is not registered again');
+    assert.deepEqual(h.scheduler.reschedules, [], 'the failed workload is not replaced');
+  });
+
   it('ends a session at its maximum lifetime whatever the activity, after the same warning', async () => {
     h = await ControllerHarness.embedded({ policy: { maxLifetimeMs: 60 * minute, idleTimeoutMs: 0 } });
     const [id] = await createInOrder(h, ['ann']);
