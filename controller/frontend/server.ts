@@ -105,7 +105,7 @@ export class Frontend {
     registerLogs(this.app, this.sessions, authenticator, { logs: options.logs?.source, streamsPerUser: options.logs?.streamsPerUser ?? DEFAULT_LOG_STREAMS_PER_USER, now: options.now ?? Date.now });
     registerCluster(this.app, options.store, options.keys, this.sessions, authenticator, options.cluster ?? { replicaStaleMs: 30_000, routerStaleMs: 30_000 }, options.now ?? Date.now);
     registerOpenApi(this.app);
-    if (options.v2 !== undefined) registerApiV2(this.app, this.sessions, identify, limit, options.v2, statusStreams);
+    if (options.v2 !== undefined) registerApiV2(this.app, this.sessions, identify, limit, options.v2, statusStreams, options.now ?? Date.now);
   }
 
   /**

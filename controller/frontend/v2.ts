@@ -89,6 +89,7 @@ export function registerApiV2(
   limit: (inner: Authenticator) => Authenticator,
   options: ApiV2Options,
   streams: StreamCounts,
+  now: () => number,
 ): void {
   const log = app.log.child({ api: 'v2' });
   const job = jobOptionsOf(sessions);
@@ -225,7 +226,7 @@ export function registerApiV2(
         ws.close(1008, 'unknown passcode');
         return;
       }
-      const jobSocket = new JobSocket(ws, id, sessions, streams, options.idle, log, () => open.delete(jobSocket));
+      const jobSocket = new JobSocket(ws, id, sessions, streams, options.idle, now, log, () => open.delete(jobSocket));
       open.add(jobSocket);
       jobSocket.start();
     });
@@ -397,6 +398,16 @@ function idleWarningOf(status: SessionStatus): Condition | undefined {
   return status.conditions.find((condition) => condition.type === 'IdleWarning' && condition.status === 'True' && condition.reason === 'Idle');
 }
 
+/**
+ * v2's `activity` numbers (seconds idle, seconds left) as they stand: a client that connects during a warning,
+ * or is told it late, has less than the whole warning left. Without a deadline, the whole warning.
+ */
+function idleTimes(idle: ApiV2Options['idle'], expiresAt: string | undefined, now: number): { inactivityTime: number; remainingTime: number } {
+  const left = expiresAt === undefined ? Number.NaN : Math.round((Date.parse(expiresAt) - now) / 1000);
+  const remainingTime = Number.isNaN(left) ? idle.warningSeconds : Math.min(idle.warningSeconds, Math.max(0, left));
+  return { inactivityTime: idle.timeoutSeconds - remainingTime, remainingTime };
+}
+
 function ended(session: Session | undefined): boolean {
   return session === undefined || session.metadata.deletionRequestedAt !== undefined || session.status.phase === 'Terminating' || session.status.phase === 'Failed';
 }
@@ -427,6 +438,7 @@ class JobSocket {
     private readonly sessions: SessionService,
     private readonly streams: StreamCounts,
     private readonly idle: ApiV2Options['idle'],
+    private readonly now: () => number,
     private readonly log: FastifyBaseLogger,
     private readonly onClose: () => void,
   ) {}
@@ -509,7 +521,7 @@ class JobSocket {
     const warning = idleWarningOf(session.status);
     if (warning !== undefined && warning.lastTransitionTime !== this.warningAnnounced) {
       this.warningAnnounced = warning.lastTransitionTime;
-      this.send('activity', { inactivityTime: this.idle.timeoutSeconds - this.idle.warningSeconds, remainingTime: this.idle.warningSeconds });
+      this.send('activity', idleTimes(this.idle, session.status.expiresAt, this.now()));
     }
   }
 

@@ -475,6 +475,13 @@ describe('front end: the v2 compatibility API', () => {
       assert.deepEqual(late.types, ['dead']);
     });
 
+    it('tells a client that connects during an idle warning the time that is left, not the whole warning', async () => {
+      await writeStatus({ phase: 'Ready', endpoints, expiresAt: new Date(now + 42_000).toISOString(), conditions: [warning('Idle')] });
+      const client = await V2Socket.open(socketUrl(passcode));
+      assert.deepEqual((await client.next('activity', 0)).data, { inactivityTime: 1758, remainingTime: 42 });
+      client.close();
+    });
+
     it('pings every socket so proxies keep a quiet one open, and cuts a client that stops answering', async () => {
       // Only the intervals are fake: the sockets, the store and waitFor run on real time.
       const clock = sinon.useFakeTimers({ toFake: ['setInterval', 'clearInterval'], shouldClearNativeTimers: true });
