@@ -249,7 +249,7 @@ export class LeaderElection implements Leadership {
         this.session = await locks.createSession({ name, ttlSeconds, lockDelaySeconds });
         this.renewedAt = sentAt;
         this.log.info({ consulSession: this.session, ttlSeconds, lockDelaySeconds }, 'Consul session created');
-        this.scheduleRenewal(this.ttlMs / 2);
+        this.scheduleRenewal(sentAt + this.ttlMs / 2 - this.clock.now());
       }
       const session = this.session;
       const since = new Date(this.clock.now()).toISOString();
@@ -283,10 +283,16 @@ export class LeaderElection implements Leadership {
     this.renewTimer = this.clock.setTimeout(() => void this.renew(), delayMs);
   }
 
+  /**
+   * The next renewal is due TTL/2 after this one is sent, whenever (and whether) this one is answered: a
+   * renewal answered slowly, or not at all until the request times out, must not push the next one back
+   * past the step-down time. A failed one is retried sooner.
+   */
   private async renew(): Promise<void> {
     const session = this.session;
     if (session === undefined || this.stopped) return;
     const sentAt = this.clock.now();
+    this.scheduleRenewal(this.ttlMs / 2);
     try {
       const alive = await this.options.locks.renewSession(session);
       if (this.stopped || session !== this.session) return;
@@ -294,13 +300,14 @@ export class LeaderElection implements Leadership {
         this.sessionGone(session);
         return;
       }
+      // Renewals may overlap: one sent earlier can be answered after a later one.
+      if (sentAt <= this.renewedAt) return;
       this.renewedAt = sentAt;
       if (this.leading) this.armStepDown();
       // Renewed after a lapse while still holding the key (or the key is free): lead again.
       else if (this.holder?.session === session || this.holder?.session === undefined) this.compete();
-      this.scheduleRenewal(this.ttlMs / 2);
     } catch (error) {
-      if (this.stopped || session !== this.session) return;
+      if (this.stopped || session !== this.session || sentAt <= this.renewedAt) return;
       this.log.warn({ err: error, consulSession: session }, 'renewing the session failed; trying again');
       this.scheduleRenewal(this.retryMs);
     }

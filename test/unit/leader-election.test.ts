@@ -1,0 +1,101 @@
+import assert from 'node:assert/strict';
+import * as FakeTimers from '@sinonjs/fake-timers';
+import { BehaviorSubject, map, type Observable } from 'rxjs';
+import { LeaderElection } from '../../controller/controller/leader.js';
+import type { LeaseOptions, LockService } from '../../controller/store/lock.js';
+import type { KvEntry, Store, WatchStep } from '../../controller/store/store.js';
+import { controllerClock, keys, testLog } from '../support/controller-harness.js';
+
+/**
+ * One Consul lock, the leader key, on a fake clock: every call is answered `latencyMs` after it is made,
+ * and a session ends its TTL after the last renewal that reached it (Consul's lower bound).
+ */
+class SlowLockTable implements LockService {
+  private readonly holder = new BehaviorSubject<KvEntry | undefined>(undefined);
+  private readonly expiries = new Map<string, FakeTimers.TimerId>();
+  private readonly ttls = new Map<string, number>();
+  private index = 0;
+  private nextSession = 0;
+  constructor(
+    private readonly clock: FakeTimers.Clock,
+    private readonly latencyMs: number,
+  ) {}
+
+  /** The key's watch, told of each change at once, and its reads, answered like the lock calls. */
+  store(): Store {
+    const unused = (): never => {
+      throw new Error('not used by leader election');
+    };
+    const watch = (): Observable<WatchStep> => this.holder.pipe(map((entry) => ({ kind: 'reset', index: this.index, entries: entry ? [entry] : [] })));
+    return { watch, get: () => this.answer(() => this.holder.value), list: unused, prefixIndex: unused, put: unused, delete: unused, transaction: unused, close: async () => undefined };
+  }
+
+  createSession(options: LeaseOptions): Promise<string> {
+    return this.answer(() => {
+      const id = `session-${++this.nextSession}`;
+      this.keepAlive(id, options.ttlSeconds * 1000);
+      return id;
+    });
+  }
+  renewSession(id: string): Promise<boolean> {
+    return this.answer(() => {
+      if (!this.expiries.has(id)) return false;
+      this.keepAlive(id, this.ttls.get(id)!);
+      return true;
+    });
+  }
+  destroySession(id: string): Promise<void> {
+    return this.answer(() => this.end(id));
+  }
+  acquire(key: string, value: string, session: string): Promise<boolean> {
+    return this.answer(() => {
+      const held = this.holder.value?.session;
+      if (!this.expiries.has(session) || (held !== undefined && held !== session)) return false;
+      this.holder.next({ key, value, createIndex: 1, modifyIndex: ++this.index, session });
+      return true;
+    });
+  }
+  release(key: string, session: string): Promise<boolean> {
+    return this.answer(() => {
+      if (this.holder.value?.session !== session) return false;
+      this.holder.next({ key, value: '', createIndex: 1, modifyIndex: ++this.index });
+      return true;
+    });
+  }
+
+  private keepAlive(id: string, ttlMs: number): void {
+    this.ttls.set(id, ttlMs);
+    this.clock.clearTimeout(this.expiries.get(id)!);
+    this.expiries.set(id, this.clock.setTimeout(() => this.end(id), ttlMs));
+  }
+  private end(id: string): void {
+    this.clock.clearTimeout(this.expiries.get(id)!);
+    this.expiries.delete(id);
+    if (this.holder.value?.session === id) this.holder.next({ ...this.holder.value, session: undefined, modifyIndex: ++this.index });
+  }
+  /** Applied when the request reaches Consul, answered `latencyMs` later. */
+  private answer<T>(apply: () => T): Promise<T> {
+    const result = apply();
+    return new Promise((resolve) => this.clock.setTimeout(() => resolve(result), this.latencyMs));
+  }
+}
+
+describe('Leader election timing', () => {
+  it('keeps the lead while Consul answers every call in 3 s, with a 15 s TTL', async () => {
+    const clock = FakeTimers.createClock(0);
+    const locks = new SlowLockTable(clock, 3_000);
+    const election = new LeaderElection({ store: locks.store(), locks, key: keys.leader, ttlSeconds: 15, lockDelaySeconds: 15, log: testLog, clock: controllerClock(clock), identity: { host: 'test-host', pid: 1 } });
+    const changes: boolean[] = [];
+    election.leading$.subscribe((leading) => changes.push(leading));
+    election.start();
+    await clock.tickAsync(10_000);
+    assert.equal(election.leading, true);
+    // A renewal sent every 7.5 s is answered 3 s later, well before the leader's 13 s without one runs out.
+    await clock.tickAsync(120_000);
+    assert.deepEqual(changes, [false, true], 'the leader never stepped down');
+    const stopped = election.stop();
+    await clock.tickAsync(10_000);
+    await stopped;
+  });
+
+});
