@@ -249,6 +249,8 @@ export class LeaderElection implements Leadership {
         this.session = await locks.createSession({ name, ttlSeconds, lockDelaySeconds });
         this.renewedAt = sentAt;
         this.log.info({ consulSession: this.session, ttlSeconds, lockDelaySeconds }, 'Consul session created');
+        // Stopped meanwhile: stop() destroys the session; locking the key now would only hold up the standbys.
+        if (this.stopped) return;
         this.scheduleRenewal(sentAt + this.ttlMs / 2 - this.clock.now());
       }
       const session = this.session;

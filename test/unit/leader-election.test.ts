@@ -47,7 +47,11 @@ class SlowLockTable implements LockService {
   destroySession(id: string): Promise<void> {
     return this.answer(() => this.end(id));
   }
+  /** Sessions that asked for the key, in order. */
+  readonly acquiredBy: string[] = [];
+
   acquire(key: string, value: string, session: string): Promise<boolean> {
+    this.acquiredBy.push(session);
     return this.answer(() => {
       const held = this.holder.value?.session;
       if (!this.expiries.has(session) || (held !== undefined && held !== session)) return false;
@@ -98,4 +102,18 @@ describe('Leader election timing', () => {
     await stopped;
   });
 
+
+  it('neither locks the key nor keeps a timer when stopped while its session is being created', async () => {
+    const clock = FakeTimers.createClock(0);
+    const locks = new SlowLockTable(clock, 100);
+    const election = new LeaderElection({ store: locks.store(), locks, key: keys.leader, ttlSeconds: 15, lockDelaySeconds: 15, log: testLog, clock: controllerClock(clock), identity: { host: 'test-host', pid: 1 } });
+    election.start();
+    await clock.tickAsync(50);
+    const stopped = election.stop();
+    await clock.tickAsync(1_000);
+    await stopped;
+    assert.deepEqual(locks.acquiredBy, []);
+    assert.equal(election.leading, false);
+    assert.equal(clock.countTimers(), 0, 'no renewal or retry left behind');
+  });
 });
