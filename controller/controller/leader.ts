@@ -126,6 +126,8 @@ export class LeaderElection implements Leadership {
   private retryTimer: unknown;
   /** Its own timer: an attempt clears retryTimer, and must not cancel the watch's restart with it. */
   private watchRetryTimer: unknown;
+  /** Reads the leader key again after a failed read when the watch showed it held by another session. */
+  private confirmTimer: unknown;
   private stopped = true;
 
   constructor(private readonly options: LeaderElectionOptions) {
@@ -150,7 +152,7 @@ export class LeaderElection implements Leadership {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    for (const timer of [this.renewTimer, this.stepDownTimer, this.retryTimer, this.watchRetryTimer]) this.clock.clearTimeout(timer);
+    for (const timer of [this.renewTimer, this.stepDownTimer, this.retryTimer, this.watchRetryTimer, this.confirmTimer]) this.clock.clearTimeout(timer);
     this.watch?.unsubscribe();
     await this.competition;
     const session = this.session;
@@ -204,6 +206,11 @@ export class LeaderElection implements Leadership {
       if (change.type === 'put' && change.entry.key === key) this.holder = change.entry;
       if (change.type === 'delete' && change.key === key) this.holder = undefined;
     }
+    this.judge();
+  }
+
+  /** Acts on the leader key as last seen. */
+  private judge(): void {
     if (this.stopped) return;
     if (this.leading && this.holder?.session !== this.session) void this.confirmLoss();
     else if (!this.leading && this.holder?.session === undefined) this.compete();
@@ -218,7 +225,10 @@ export class LeaderElection implements Leadership {
       // The key went without a holder (Consul lost its state): no later change of it will say so.
       if (entry?.session === undefined) this.compete();
     } catch (error) {
-      this.log.warn({ err: error }, 'reading the leader key failed');
+      // Read again: the key may not change again, and a session still renewed never steps down on its own.
+      this.log.warn({ err: error, retryInMs: this.retryMs }, 'reading the leader key failed; reading it again');
+      this.clock.clearTimeout(this.confirmTimer);
+      this.confirmTimer = this.clock.setTimeout(() => this.judge(), this.retryMs);
     }
   }
 

@@ -27,7 +27,15 @@ class SlowLockTable implements LockService {
       throw new Error('not used by leader election');
     };
     const watch = (): Observable<WatchStep> => this.holder.pipe(map((entry) => ({ kind: 'reset', index: this.index, entries: entry ? [entry] : [] })));
-    return { watch, get: () => this.answer(() => this.holder.value), list: unused, prefixIndex: unused, put: unused, delete: unused, transaction: unused, close: async () => undefined };
+    const get = (): Promise<KvEntry | undefined> => {
+      if (this.readsFailing > 0 && this.readsFailing--) {
+        return this.answer(() => undefined).then(() => {
+          throw new Error('Consul answered 500');
+        });
+      }
+      return this.answer(() => this.holder.value);
+    };
+    return { watch, get, list: unused, prefixIndex: unused, put: unused, delete: unused, transaction: unused, close: async () => undefined };
   }
 
   createSession(options: LeaseOptions): Promise<string> {
@@ -47,6 +55,16 @@ class SlowLockTable implements LockService {
   destroySession(id: string): Promise<void> {
     return this.answer(() => this.end(id));
   }
+  /** Reads of the key still to fail. */
+  readsFailing = 0;
+
+  /** Someone deleted the key and another replica locked it at once: one watch answer shows both. */
+  lockedElsewhere(): void {
+    const session = `session-${++this.nextSession}`;
+    this.keepAlive(session, 15_000);
+    this.holder.next({ key: keys.leader, value: '{}', createIndex: ++this.index, modifyIndex: this.index, session });
+  }
+
   /** Sessions that asked for the key, in order. */
   readonly acquiredBy: string[] = [];
 
@@ -84,7 +102,7 @@ class SlowLockTable implements LockService {
   }
 }
 
-describe('Leader election timing', () => {
+describe('Leader election (a lock table on a fake clock)', () => {
   it('keeps the lead while Consul answers every call in 3 s, with a 15 s TTL', async () => {
     const clock = FakeTimers.createClock(0);
     const locks = new SlowLockTable(clock, 3_000);
@@ -115,5 +133,22 @@ describe('Leader election timing', () => {
     assert.deepEqual(locks.acquiredBy, []);
     assert.equal(election.leading, false);
     assert.equal(clock.countTimers(), 0, 'no renewal or retry left behind');
+  });
+
+  it('stops leading once a read confirms that another session holds the key, however many reads fail first', async () => {
+    const clock = FakeTimers.createClock(0);
+    const locks = new SlowLockTable(clock, 10);
+    const election = new LeaderElection({ store: locks.store(), locks, key: keys.leader, ttlSeconds: 15, lockDelaySeconds: 15, log: testLog, clock: controllerClock(clock), identity: { host: 'test-host', pid: 1 } });
+    election.start();
+    await clock.tickAsync(1_000);
+    assert.equal(election.leading, true);
+    // Its own session stays alive and renewed: only the key says it no longer leads.
+    locks.readsFailing = 2;
+    locks.lockedElsewhere();
+    await clock.tickAsync(10_000);
+    assert.equal(election.leading, false);
+    const stopped = election.stop();
+    await clock.tickAsync(1_000);
+    await stopped;
   });
 });
