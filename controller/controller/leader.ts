@@ -271,6 +271,8 @@ export class LeaderElection implements Leadership {
         this.since = since;
         this.fenceSession = session;
         this.setLeading(true, 'won the leader key');
+        // The watch may have shown the key lose its holder while the answer was on its way, and will not say so again.
+        this.judge();
         return;
       }
       // Refused with no holder in sight: the key is in its lock-delay (or the watch is behind); try after it.

@@ -85,6 +85,11 @@ class SlowLockTable implements LockService {
     });
   }
 
+  /** Ends a session as Consul does when it invalidates one (its TTL ran out, its node failed). */
+  invalidate(id: string): void {
+    this.end(id);
+  }
+
   private keepAlive(id: string, ttlMs: number): void {
     this.ttls.set(id, ttlMs);
     this.clock.clearTimeout(this.expiries.get(id)!);
@@ -146,6 +151,24 @@ describe('Leader election (a lock table on a fake clock)', () => {
     locks.readsFailing = 2;
     locks.lockedElsewhere();
     await clock.tickAsync(10_000);
+    assert.equal(election.leading, false);
+    const stopped = election.stop();
+    await clock.tickAsync(1_000);
+    await stopped;
+  });
+
+  it('does not lead when its session ended while the answer to its acquire was on its way', async () => {
+    const clock = FakeTimers.createClock(0);
+    const locks = new SlowLockTable(clock, 100);
+    const election = new LeaderElection({ store: locks.store(), locks, key: keys.leader, ttlSeconds: 15, lockDelaySeconds: 15, log: testLog, clock: controllerClock(clock), identity: { host: 'test-host', pid: 1 } });
+    election.start();
+    // The session is created at 0 (answered at 100); the key is locked at 100 (answered at 200).
+    await clock.tickAsync(150);
+    const [session] = locks.acquiredBy;
+    assert.ok(session);
+    locks.invalidate(session);
+    // Long before its next renewal (at 7.5 s), which is what would otherwise tell it.
+    await clock.tickAsync(2_000);
     assert.equal(election.leading, false);
     const stopped = election.stop();
     await clock.tickAsync(1_000);
