@@ -20,6 +20,8 @@ export interface SessionSpec {
   template: string;
   /** Complete after defaulting: every template parameter has a value. */
   parameters: Record<string, string>;
+  /** The session's own idle timeout (0: never), held to the operator's idle.maxTimeoutSeconds. */
+  idle?: { timeoutSeconds: number };
 }
 
 /** What the front end (or any KV client) writes under `sessions/<id>`. */

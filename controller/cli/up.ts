@@ -237,6 +237,7 @@ export function lifecyclePolicy({ lifecycle, idle }: ManticoreConfig): Lifecycle
     restartBackoffMs: lifecycle.restartBackoffSeconds * 1000,
     failedRetentionMs: lifecycle.failedRetentionSeconds * 1000,
     idleTimeoutMs: idle.timeoutSeconds * 1000,
+    idleMaxTimeoutMs: idle.maxTimeoutSeconds * 1000,
     idleWarningMs: idle.warningSeconds * 1000,
   };
 }

@@ -99,7 +99,8 @@ export interface ManticoreConfig {
     failedRetentionSeconds: number;
     capacityRetrySeconds: number;
   };
-  idle: { timeoutSeconds: number; warningSeconds: number; activityWriteIntervalSeconds: number };
+  /** maxTimeoutSeconds defaults to timeoutSeconds when not configured. */
+  idle: { timeoutSeconds: number; maxTimeoutSeconds: number; warningSeconds: number; activityWriteIntervalSeconds: number };
   shutdown: { graceSeconds: number };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'; format: 'auto' | 'json' | 'pretty' };
   aws?: AwsConfig;
@@ -280,7 +281,16 @@ function finish(config: ManticoreConfig, what: string): ManticoreConfig {
   if (idle.timeoutSeconds > 0 && idle.warningSeconds >= idle.timeoutSeconds) {
     throw new ValidationError(what, ['/idle/warningSeconds: must be below idle.timeoutSeconds (the warning comes before the deletion)']);
   }
-  if (idle.timeoutSeconds > 0 && idle.activityWriteIntervalSeconds >= idle.warningSeconds) {
+  // By default a session may shorten its idle timeout, not lengthen it.
+  idle.maxTimeoutSeconds ??= idle.timeoutSeconds;
+  if (idle.maxTimeoutSeconds > 0 && idle.maxTimeoutSeconds <= idle.warningSeconds) {
+    throw new ValidationError(what, ['/idle/maxTimeoutSeconds: must be above idle.warningSeconds (0: no limit), or no session could ask for a timeout the warning fits in']);
+  }
+  if (idle.maxTimeoutSeconds > 0 && (idle.timeoutSeconds === 0 || idle.timeoutSeconds > idle.maxTimeoutSeconds)) {
+    throw new ValidationError(what, ['/idle/maxTimeoutSeconds: must not be below idle.timeoutSeconds (0 when that is 0, never), which sessions get when they ask for none']);
+  }
+  // Sessions may ask for an idle timeout of their own, so the warning counts even when the operator's is off.
+  if (idle.activityWriteIntervalSeconds >= idle.warningSeconds) {
     throw new ValidationError(what, ['/idle/activityWriteIntervalSeconds: must be below idle.warningSeconds, or activity could arrive too late to count']);
   }
   if (lifecycle.maxLifetimeSeconds > 0 && idle.warningSeconds >= lifecycle.maxLifetimeSeconds) {

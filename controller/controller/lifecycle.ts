@@ -1,4 +1,4 @@
-import type { WorkloadFailure } from '../api/types.js';
+import type { SessionSpec, WorkloadFailure } from '../api/types.js';
 import type { ConditionInput } from './status.js';
 
 /** The operator's lifecycle settings, in milliseconds (0 turns a limit off where noted). */
@@ -10,8 +10,10 @@ export interface LifecyclePolicy {
   readonly restartWindowMs: number;
   readonly restartBackoffMs: number;
   readonly failedRetentionMs: number;
-  /** 0: sessions never expire for idleness. */
+  /** 0: sessions never expire for idleness. Sessions that ask for no timeout of their own get this one. */
   readonly idleTimeoutMs: number;
+  /** The longest idle timeout a session may ask for (`spec.idle.timeoutSeconds`); 0: no limit, "never" included. */
+  readonly idleMaxTimeoutMs: number;
   readonly idleWarningMs: number;
 }
 
@@ -28,7 +30,36 @@ export interface Expiry {
 }
 
 /** The part of the policy that decides when a session expires (all a front end needs). */
-export type ExpiryPolicy = Pick<LifecyclePolicy, 'idleTimeoutMs' | 'idleWarningMs' | 'maxLifetimeMs'>;
+export type ExpiryPolicy = Pick<LifecyclePolicy, 'idleTimeoutMs' | 'idleMaxTimeoutMs' | 'idleWarningMs' | 'maxLifetimeMs'>;
+
+/**
+ * The expiry policy one session runs under: its own idle timeout (`spec.idle.timeoutSeconds`) held to the
+ * operator's current maximum, else the operator's. The front end refuses a timeout beyond the maximum, but a
+ * record written to the store directly, or created before the maximum was lowered, is not failed for it: it
+ * gets the maximum (and one asking "never" (0) gets the maximum too while there is one).
+ */
+export function sessionExpiryPolicy(policy: ExpiryPolicy, spec: SessionSpec): ExpiryPolicy {
+  const requested = spec.idle?.timeoutSeconds;
+  if (requested === undefined) return policy;
+  const max = policy.idleMaxTimeoutMs;
+  const requestedMs = requested * 1000;
+  const idleTimeoutMs = max === 0 ? requestedMs : requestedMs === 0 ? max : Math.min(requestedMs, max);
+  return { ...policy, idleTimeoutMs };
+}
+
+/**
+ * Why a session may not ask for this idle timeout, or undefined when it may: within the operator's maximum
+ * (0, never, only when there is none), and longer than the warning, so the whole warning comes before the end.
+ */
+export function idleTimeoutProblem(policy: ExpiryPolicy, timeoutSeconds: number): string | undefined {
+  const warning = policy.idleWarningMs / 1000;
+  const max = policy.idleMaxTimeoutMs / 1000;
+  const allowed = timeoutSeconds === 0 ? max === 0 : timeoutSeconds > warning && (max === 0 || timeoutSeconds <= max);
+  if (allowed) return undefined;
+  return max === 0
+    ? `must be above ${warning} (idle.warningSeconds), or 0 for never`
+    : `must be above ${warning} (idle.warningSeconds) and at most ${max} (idle.maxTimeoutSeconds)`;
+}
 
 /**
  * The session's end, computed only from stored times (first Ready, last activity), so every replica and

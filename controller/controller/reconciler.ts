@@ -20,7 +20,7 @@ import { claimForTemplate, newClaim, publicEndpoints, type PublicAddressing } fr
 import type { Cache, CachedRecord, RecordCache } from './informer.js';
 import type { Keys } from './keys.js';
 import { Expectations } from './expectations.js';
-import { expiryOf, formatSeconds, idleWarningCondition, recentFailures, restartDelayMs, type Expiry, type LifecyclePolicy } from './lifecycle.js';
+import { expiryOf, formatSeconds, idleWarningCondition, recentFailures, restartDelayMs, sessionExpiryPolicy, type Expiry, type LifecyclePolicy } from './lifecycle.js';
 import type { ListenerStates } from '../loadbalancer/exposer.js';
 import { nextStatus, sameStatus, type ConditionInput, type StatusInput } from './status.js';
 
@@ -165,7 +165,7 @@ export class SessionReconciler {
     const previous = shown?.phase === 'Failed' ? undefined : shown;
     // A session whose end has come (its deadline passed while no controller ran, or while its workload was
     // down) ends as due: its job is not registered or replaced again first, nor is it failed for being down.
-    const due = this.expiryFor(id, previous?.readyAt);
+    const due = this.expiryFor(session, previous?.readyAt);
     if (due !== undefined && this.now() >= due.at) return this.requestDeletion(id, due.reason);
     const template = this.deps.templates.get(session.spec.template);
     if (template === undefined) {
@@ -315,7 +315,7 @@ export class SessionReconciler {
     ];
     let expiresAt: string | undefined;
     // An end that came during this reconcile is due at once: the deadline's wake-up deletes the session.
-    const expiry = this.expiryFor(id, readyAt);
+    const expiry = this.expiryFor(session, readyAt);
     if (expiry !== undefined) {
       conditions.push(idleWarningCondition(expiry, now));
       expiresAt = new Date(expiry.at).toISOString();
@@ -346,11 +346,14 @@ export class SessionReconciler {
     };
   }
 
-  /** When a session Ready since `readyAt` ends, by its idle deadline (moved by its stored activity) or its lifetime cap. */
-  private expiryFor(id: string, readyAt: string | undefined): Expiry | undefined {
+  /**
+   * When a session Ready since `readyAt` ends, by its idle deadline (its own timeout or the operator's, moved by
+   * its stored activity) or its lifetime cap.
+   */
+  private expiryFor(session: SessionRecord, readyAt: string | undefined): Expiry | undefined {
     if (readyAt === undefined) return undefined;
-    const activity = this.deps.observed.activities.get(id)?.value;
-    return expiryOf(this.deps.policy, Date.parse(readyAt), activity ? Date.parse(activity.lastActivityAt) : undefined);
+    const activity = this.deps.observed.activities.get(session.metadata.id)?.value;
+    return expiryOf(sessionExpiryPolicy(this.deps.policy, session.spec), Date.parse(readyAt), activity ? Date.parse(activity.lastActivityAt) : undefined);
   }
 
   /** The job's spec hash, rendered only when the session, its template or its claim changed since the last one. */

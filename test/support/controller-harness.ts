@@ -39,6 +39,7 @@ export const defaultPolicy: LifecyclePolicy = {
   restartBackoffMs: 5_000,
   failedRetentionMs: 3_600_000,
   idleTimeoutMs: 1_800_000,
+  idleMaxTimeoutMs: 1_800_000,
   idleWarningMs: 300_000,
 };
 

@@ -8,8 +8,8 @@ import { silentLogger } from '../../controller/util/log.js';
 export const frontendTemplates = loadTemplates(path.resolve(__dirname, '../../../manifests/templates'));
 export const frontendKeys = new Keys('manticore/');
 
-/** The embedded default's idle limits: 30 min idle, warned 5 min ahead, no lifetime cap. */
-export const testExpiry = { idleTimeoutMs: 1_800_000, idleWarningMs: 300_000, maxLifetimeMs: 0 } as const;
+/** The embedded default's idle limits: 30 min idle (sessions may ask for less), warned 5 min ahead, no lifetime cap. */
+export const testExpiry = { idleTimeoutMs: 1_800_000, idleMaxTimeoutMs: 1_800_000, idleWarningMs: 300_000, maxLifetimeMs: 0 } as const;
 
 /** A front end over `store` with the shipped templates and small limits; tests override what they exercise. */
 export function testFrontend(store: Store, overrides: Partial<FrontendOptions> = {}): Frontend {

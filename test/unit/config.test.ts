@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ValidationError } from '../../controller/api/schemas.js';
-import { loadConfig, redactSecrets } from '../../controller/config/config.js';
+import { loadConfig, redactSecrets, type ManticoreConfig } from '../../controller/config/config.js';
 import { configSchemaNodes } from '../support/config-schema.js';
 
 describe('configuration', () => {
@@ -214,12 +214,27 @@ describe('configuration', () => {
     assert.deepEqual(config.limits, { maxSessions: 100, sessionsPerUser: 1, maxStarting: 20 });
     assert.equal(config.lifecycle.startTimeoutSeconds, 600);
     assert.equal(config.lifecycle.maxLifetimeSeconds, 0);
-    assert.deepEqual(config.idle, { timeoutSeconds: 1800, warningSeconds: 300, activityWriteIntervalSeconds: 30 });
+    assert.deepEqual(config.idle, { timeoutSeconds: 1800, maxTimeoutSeconds: 1800, warningSeconds: 300, activityWriteIntervalSeconds: 30 });
     assert.equal(loadConfig(undefined, { MANTICORE_MAX_SESSIONS: '7', MANTICORE_IDLE_TIMEOUT_SECONDS: '0' }).limits.maxSessions, 7);
     assert.throws(() => loadConfig(write('idle: { timeoutSeconds: 300, warningSeconds: 300 }\n'), {}), /\/idle\/warningSeconds: must be below idle.timeoutSeconds/);
     assert.throws(() => loadConfig(write('idle: { warningSeconds: 60, activityWriteIntervalSeconds: 60 }\n'), {}), /\/idle\/activityWriteIntervalSeconds/);
     assert.throws(() => loadConfig(write('lifecycle: { maxLifetimeSeconds: 100 }\n'), {}), /\/lifecycle\/maxLifetimeSeconds: must be above idle.warningSeconds/);
     assert.throws(() => loadConfig(write('limits: { maxSessions: 0 }\n'), {}), /\/limits\/maxSessions: must be >= 1/);
+  });
+
+  it("holds sessions' own idle timeouts to idle.maxTimeoutSeconds, by default the operator's timeout, and refuses a limit the warning does not fit", () => {
+    const idle = (text: string, env: NodeJS.ProcessEnv = {}): ManticoreConfig['idle'] => loadConfig(write(`idle: ${text}\n`), env).idle;
+    assert.equal(idle('{ timeoutSeconds: 600 }').maxTimeoutSeconds, 600, 'sessions may only shorten theirs by default');
+    assert.equal(idle('{ timeoutSeconds: 0 }').maxTimeoutSeconds, 0, 'never idle by default: no limit');
+    assert.equal(idle('{}', { MANTICORE_IDLE_TIMEOUT_SECONDS: '900' }).maxTimeoutSeconds, 900, 'the default follows an overridden timeout');
+    assert.equal(idle('{ maxTimeoutSeconds: 7200 }').maxTimeoutSeconds, 7200);
+    assert.equal(idle('{ maxTimeoutSeconds: 0 }').maxTimeoutSeconds, 0);
+    assert.throws(() => idle('{ maxTimeoutSeconds: 300 }'), /\/idle\/maxTimeoutSeconds: must be above idle.warningSeconds/);
+    assert.throws(() => idle('{ maxTimeoutSeconds: 1200 }'), /\/idle\/maxTimeoutSeconds: must not be below idle.timeoutSeconds/);
+    assert.throws(() => idle('{ timeoutSeconds: 0, maxTimeoutSeconds: 3600 }'), /\/idle\/maxTimeoutSeconds: must not be below idle.timeoutSeconds \(0 when that is 0/);
+    assert.throws(() => idle('{ maxTimeoutSeconds: -1 }'), /\/idle\/maxTimeoutSeconds: must be >= 0/);
+    // A session may ask for a timeout even when the operator's is off, so the warning's rule holds then too.
+    assert.throws(() => idle('{ timeoutSeconds: 0, warningSeconds: 30 }'), /\/idle\/activityWriteIntervalSeconds: must be below idle.warningSeconds/);
   });
 
   it('reads every secret as "<set>" for printing, and leaves everything else as it is', () => {

@@ -35,7 +35,7 @@ describe('front end (API)', () => {
       bodyLimitBytes: 4096,
       sessionsPerUser: 2,
       activityWriteIntervalMs: 30_000,
-      expiry: { idleTimeoutMs: 1_800_000, idleWarningMs: 300_000, maxLifetimeMs: 3_600_000 },
+      expiry: { idleTimeoutMs: 1_800_000, idleMaxTimeoutMs: 1_800_000, idleWarningMs: 300_000, maxLifetimeMs: 3_600_000 },
       log: silentLogger(),
       now: () => now,
     });

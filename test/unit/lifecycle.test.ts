@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import type { SessionRecord, SessionStatus } from '../../controller/api/types.js';
 import { estimateRefreshMs } from '../../controller/controller/controller.js';
+import { idleTimeoutProblem, sessionExpiryPolicy, type ExpiryPolicy } from '../../controller/controller/lifecycle.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import {
   capturingLogger,
@@ -8,6 +9,7 @@ import {
   ControllerHarness,
   countingStore,
   createSession,
+  defaultPolicy,
   keys,
   makeReady,
   requestDeletion,
@@ -280,6 +282,42 @@ describe('lifecycle: waiting list and room', () => {
   });
 });
 
+describe("lifecycle: a session's own idle timeout", () => {
+  const spec = (timeoutSeconds?: number): SessionRecord['spec'] => ({ template: 'demo', parameters: {}, ...(timeoutSeconds === undefined ? {} : { idle: { timeoutSeconds } }) });
+  const limited: ExpiryPolicy = { idleTimeoutMs: 30 * minute, idleMaxTimeoutMs: 60 * minute, idleWarningMs: 5 * minute, maxLifetimeMs: 0 };
+  const unlimited: ExpiryPolicy = { ...limited, idleMaxTimeoutMs: 0 };
+  const timeoutOf = (policy: ExpiryPolicy, timeoutSeconds?: number): number => sessionExpiryPolicy(policy, spec(timeoutSeconds)).idleTimeoutMs;
+
+  it("is the session's own within the operator's maximum, the operator's when it asks none", () => {
+    assert.equal(timeoutOf(limited), 30 * minute);
+    assert.equal(timeoutOf(limited, 600), 10 * minute, 'shorter');
+    assert.equal(timeoutOf(limited, 3600), 60 * minute, 'longer, up to the maximum');
+    assert.deepEqual(sessionExpiryPolicy(limited, spec(600)), { ...limited, idleTimeoutMs: 10 * minute }, 'the rest of the policy is the operator\'s');
+  });
+
+  it('is held to the maximum when the record asks more, or never, as one written to the store directly may', () => {
+    assert.equal(timeoutOf(limited, 7200), 60 * minute);
+    assert.equal(timeoutOf(limited, 0), 60 * minute, 'never is longer than any maximum');
+  });
+
+  it('may be anything, never included, without a maximum (0)', () => {
+    assert.equal(timeoutOf(unlimited, 86_400), 24 * 60 * minute);
+    assert.equal(timeoutOf(unlimited, 0), 0);
+    assert.equal(timeoutOf(unlimited), 30 * minute);
+  });
+
+  it('may be asked for only within the maximum and above the warning', () => {
+    assert.equal(idleTimeoutProblem(limited, 301), undefined);
+    assert.equal(idleTimeoutProblem(limited, 3600), undefined);
+    assert.equal(idleTimeoutProblem(limited, 3601), 'must be above 300 (idle.warningSeconds) and at most 3600 (idle.maxTimeoutSeconds)');
+    assert.equal(idleTimeoutProblem(limited, 300), 'must be above 300 (idle.warningSeconds) and at most 3600 (idle.maxTimeoutSeconds)');
+    assert.equal(idleTimeoutProblem(limited, 0), 'must be above 300 (idle.warningSeconds) and at most 3600 (idle.maxTimeoutSeconds)');
+    assert.equal(idleTimeoutProblem(unlimited, 0), undefined);
+    assert.equal(idleTimeoutProblem(unlimited, 31_536_000), undefined);
+    assert.equal(idleTimeoutProblem(unlimited, 60), 'must be above 300 (idle.warningSeconds), or 0 for never');
+  });
+});
+
 describe('lifecycle: idle warning, expiry and the lifetime cap', () => {
   let h: ControllerHarness;
   afterEach(async () => {
@@ -353,6 +391,45 @@ describe('lifecycle: idle warning, expiry and the lifetime cap', () => {
     }
     assert.equal(h.scheduler.registrations.length, registrations, 'the purged job is not registered again');
     assert.deepEqual(h.scheduler.reschedules, [], 'the failed workload is not replaced');
+  });
+
+  it("warns and deletes a session at its own shorter idle timeout, while one that asked for none keeps the operator's", async () => {
+    h = await ControllerHarness.embedded();
+    const base = Date.now() - 60 * minute;
+    const own = await createSession(h.store, { owner: 'ann', createdAt: base, spec: { idle: { timeoutSeconds: 600 } } });
+    const operators = await createSession(h.store, { owner: 'bob', createdAt: base + 1000 });
+    const ready = await makeReady(h, own);
+    await makeReady(h, operators, 31010);
+    assert.equal(Date.parse(ready.expiresAt!), Date.parse(ready.readyAt!) + 10 * minute);
+    assert.equal(condition(ready, 'IdleWarning'), 'False/Active');
+
+    h.tick(5 * minute);
+    const warned = await statusWhen(h.store, own, (s) => condition(s, 'IdleWarning') === 'True/Idle');
+    assert.match(warned.events.at(-1)!.message, /will be deleted at .* \(in 300 s\) unless there is activity/);
+    assert.equal(condition(await statusOf(h.store, operators), 'IdleWarning'), 'False/Active');
+
+    h.tick(5 * minute);
+    await gone(h, own);
+    await waitFor('nothing queued or in flight', () => h.controller.queue.length === 0 && h.controller.queue.inFlight === 0);
+    const other = (await statusOf(h.store, operators))!;
+    assert.equal(other.phase, 'Ready', 'the session without a timeout of its own is not deleted at the other\'s deadline');
+    assert.equal(condition(other, 'IdleWarning'), 'False/Active');
+    assert.equal(Date.parse(other.expiresAt!), Date.parse(other.readyAt!) + 30 * minute);
+  });
+
+  it("gives a session asking for a longer idle timeout than the operator's maximum the maximum, not a failure", async () => {
+    h = await ControllerHarness.embedded({ policy: { idleMaxTimeoutMs: 60 * minute } });
+    const base = Date.now() - 60 * minute;
+    const longer = await createSession(h.store, { owner: 'ann', createdAt: base, spec: { idle: { timeoutSeconds: 3000 } } });
+    const beyond = await createSession(h.store, { owner: 'bob', createdAt: base + 1000, spec: { idle: { timeoutSeconds: 86_400 } } });
+    const never = await createSession(h.store, { owner: 'cid', createdAt: base + 2000, spec: { idle: { timeoutSeconds: 0 } } });
+    const expiries = [];
+    for (const [n, id] of [longer, beyond, never].entries()) {
+      const ready = await makeReady(h, id, 31000 + 10 * n);
+      expiries.push((Date.parse(ready.expiresAt!) - Date.parse(ready.readyAt!)) / minute);
+    }
+    assert.deepEqual(expiries, [50, 60, 60]);
+    assert.equal(defaultPolicy.idleTimeoutMs, 30 * minute, 'all beyond the operator\'s own timeout');
   });
 
   it('ends a session at its maximum lifetime whatever the activity, after the same warning', async () => {
