@@ -192,7 +192,7 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
         rateLimit: config.frontend.rateLimit,
         logs: { source: taskLogs.logs, streamsPerUser: config.frontend.logs.streamsPerUser },
         statusStreamsPerUser: config.frontend.statusStreamsPerUser,
-        v2: { address: config.frontend.v2, idle: config.idle },
+        v2: { address: config.frontend.v2 },
         cluster: { replicaStaleMs: config.controller.heartbeatSeconds * 3000, routerStaleMs: config.controller.routerStaleSeconds * 1000 },
       });
       parts.add('frontend', () => frontend.stop());

@@ -14,6 +14,13 @@ export const createBodySchema = {
     template: { type: 'string', minLength: 1, maxLength: 64 },
     parameters: { type: 'object', maxProperties: 64, additionalProperties: { type: 'string', maxLength: 256 } },
     labels: { type: 'object' },
+    idle: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['timeoutSeconds'],
+      description: "The session's own idle policy, within the operator's limits (idle.maxTimeoutSeconds, above idle.warningSeconds); a request outside them is refused 400.",
+      properties: { timeoutSeconds: { type: 'integer', minimum: 0, maximum: 31536000, description: 'Idle this long, the session is deleted (0: never, where the operator sets no maximum).' } },
+    },
   },
 } as const;
 

@@ -38,7 +38,7 @@ export interface FrontendOptions {
   readonly sessionsPerUser: number;
   /** Activity is stored at most this often per session, except while the session is being warned. */
   readonly activityWriteIntervalMs: number;
-  /** The controller's idle and lifetime limits (lifecyclePolicy(config)): a keepalive answers the expiry they give. */
+  /** The controller's idle and lifetime limits (lifecyclePolicy(config)): what a create may ask for, the expiry a keepalive answers and v2's idle times. */
   readonly expiry: ExpiryPolicy;
   readonly log: Logger;
   /** Who the caller is (`createAuthenticator(config.auth)`); by default the X-Manticore-User header, else an anonymous cookie. */

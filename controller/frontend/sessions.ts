@@ -5,7 +5,7 @@ import type { ActivityRecord, Session, SessionRecord, SessionStatus, SessionTemp
 import { newSessionId } from '../controller/claims.js';
 import { StoreInformer, type CachedRecord } from '../controller/informer.js';
 import type { Keys } from '../controller/keys.js';
-import { expiryOf, type ExpiryPolicy } from '../controller/lifecycle.js';
+import { expiryOf, idleTimeoutProblem, sessionExpiryPolicy, type ExpiryPolicy } from '../controller/lifecycle.js';
 import { pendingStatus } from '../controller/status.js';
 import type { Store } from '../store/store.js';
 import type { Logger } from '../util/log.js';
@@ -22,7 +22,7 @@ export interface SessionServiceOptions {
   readonly sessionsPerUser: number;
   /** Activity is stored at most this often per session, except while the session is being warned. */
   readonly activityWriteIntervalMs: number;
-  /** The controller's idle and lifetime limits, so a keepalive can say when the session now expires. */
+  /** The controller's idle and lifetime limits: what a create may ask for, and when a keepalive says the session now expires. */
   readonly expiry: ExpiryPolicy;
   readonly log: Logger;
   readonly now: () => number;
@@ -32,6 +32,8 @@ export interface NewSession {
   readonly template: string;
   readonly parameters?: Record<string, string>;
   readonly labels?: Record<string, string>;
+  /** The session's own idle timeout, within the operator's limits. */
+  readonly idle?: { readonly timeoutSeconds: number };
 }
 
 /** What create() made: the session, and the same as the JSON the API answers with. */
@@ -237,6 +239,11 @@ export class SessionService {
     throw new ApiError(409, 'the session changed repeatedly while deleting it; try again');
   }
 
+  /** The idle and lifetime limits the session runs under, as the controller applies them. */
+  expiryPolicyOf(session: SessionRecord): ExpiryPolicy {
+    return sessionExpiryPolicy(this.options.expiry, session.spec);
+  }
+
   /**
    * Records the user's activity on a session they may see; returns the stored activity time and, once the
    * session has served, the expiry it gives. That expiry is computed here as the controller will compute it
@@ -248,7 +255,7 @@ export class SessionService {
     const lastActivityAt = await this.recordActivity(session);
     // A Failed session still says when it was Ready, but it goes at the end of its retention, not by activity.
     const readyAt = session.status.phase === 'Failed' ? undefined : session.status.readyAt;
-    const expiry = readyAt === undefined ? undefined : expiryOf(this.options.expiry, Date.parse(readyAt), Date.parse(lastActivityAt));
+    const expiry = readyAt === undefined ? undefined : expiryOf(this.expiryPolicyOf(session), Date.parse(readyAt), Date.parse(lastActivityAt));
     return { session, lastActivityAt, ...(expiry === undefined ? {} : { expiresAt: new Date(expiry.at).toISOString() }) };
   }
 
@@ -329,10 +336,17 @@ export class SessionService {
     const unavailable = this.unavailableReason(template);
     if (unavailable !== undefined) throw new ApiError(400, unavailable, ['/template: not available on this backend']);
     const parameters = resolveParameters(template, request.parameters ?? {});
+    if (request.idle !== undefined) {
+      const { timeoutSeconds } = request.idle;
+      const problem = idleTimeoutProblem(this.options.expiry, timeoutSeconds);
+      if (problem !== undefined) {
+        throw new ApiError(400, `idle.timeoutSeconds ${timeoutSeconds} is outside this Manticore's limits: it ${problem}`, [`/idle/timeoutSeconds: ${problem}`]);
+      }
+    }
     const now = this.options.now();
     const record: SessionRecord = {
       metadata: { id: newSessionId(now), owner, createdAt: new Date(now).toISOString(), generation: 1 },
-      spec: { template: template.metadata.name, parameters },
+      spec: { template: template.metadata.name, parameters, ...(request.idle === undefined ? {} : { idle: { timeoutSeconds: request.idle.timeoutSeconds } }) },
     };
     if (request.labels !== undefined) record.metadata.labels = request.labels;
     return validate<SessionRecord>('session', record, 'session');

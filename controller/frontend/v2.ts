@@ -5,6 +5,7 @@ import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest }
 import type { Subscription } from 'rxjs';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import type { Condition, Session, SessionRecord, SessionStatus, SessionTemplate } from '../api/types.js';
+import type { ExpiryPolicy } from '../controller/lifecycle.js';
 import { KeyedSerializer } from '../util/keyed-serializer.js';
 import { ApiError } from './errors.js';
 import { heartbeatMs } from './events.js';
@@ -18,8 +19,6 @@ export interface ApiV2Options {
    * left out when unset: the client then uses the host it POSTed to.
    */
   readonly address: { readonly domain?: string; readonly port?: number; readonly protocol: 'ws' | 'wss' };
-  /** The controller's idle clock (`idle.timeoutSeconds`, `idle.warningSeconds`), told to clients in `activity` warnings. */
-  readonly idle: { readonly timeoutSeconds: number; readonly warningSeconds: number };
 }
 
 /** What GET /api/v2/job answers: the choices v2 clients pick from. */
@@ -226,7 +225,7 @@ export function registerApiV2(
         ws.close(1008, 'unknown passcode');
         return;
       }
-      const jobSocket = new JobSocket(ws, id, sessions, streams, options.idle, now, log, () => open.delete(jobSocket));
+      const jobSocket = new JobSocket(ws, id, sessions, streams, now, log, () => open.delete(jobSocket));
       open.add(jobSocket);
       jobSocket.start();
     });
@@ -399,13 +398,15 @@ function idleWarningOf(status: SessionStatus): Condition | undefined {
 }
 
 /**
- * v2's `activity` numbers (seconds idle, seconds left) as they stand: a client that connects during a warning,
- * or is told it late, has less than the whole warning left. Without a deadline, the whole warning.
+ * v2's `activity` numbers (seconds idle, seconds left) as they stand, by the session's idle clock (its own
+ * timeout or the operator's): a client that connects during a warning, or is told it late, has less than the
+ * whole warning left. Without a deadline, the whole warning.
  */
-function idleTimes(idle: ApiV2Options['idle'], expiresAt: string | undefined, now: number): { inactivityTime: number; remainingTime: number } {
+function idleTimes(policy: ExpiryPolicy, expiresAt: string | undefined, now: number): { inactivityTime: number; remainingTime: number } {
+  const warningSeconds = Math.round(policy.idleWarningMs / 1000);
   const left = expiresAt === undefined ? Number.NaN : Math.round((Date.parse(expiresAt) - now) / 1000);
-  const remainingTime = Number.isNaN(left) ? idle.warningSeconds : Math.min(idle.warningSeconds, Math.max(0, left));
-  return { inactivityTime: idle.timeoutSeconds - remainingTime, remainingTime };
+  const remainingTime = Number.isNaN(left) ? warningSeconds : Math.min(warningSeconds, Math.max(0, left));
+  return { inactivityTime: Math.round(policy.idleTimeoutMs / 1000) - remainingTime, remainingTime };
 }
 
 function ended(session: Session | undefined): boolean {
@@ -437,7 +438,6 @@ class JobSocket {
     private readonly sessionId: string,
     private readonly sessions: SessionService,
     private readonly streams: StreamCounts,
-    private readonly idle: ApiV2Options['idle'],
     private readonly now: () => number,
     private readonly log: FastifyBaseLogger,
     private readonly onClose: () => void,
@@ -521,7 +521,7 @@ class JobSocket {
     const warning = idleWarningOf(session.status);
     if (warning !== undefined && warning.lastTransitionTime !== this.warningAnnounced) {
       this.warningAnnounced = warning.lastTransitionTime;
-      this.send('activity', idleTimes(this.idle, session.status.expiresAt, this.now()));
+      this.send('activity', idleTimes(this.sessions.expiryPolicyOf(session), session.status.expiresAt, this.now()));
     }
   }
 

@@ -56,7 +56,7 @@ describe('a v2 client against the front end, with a controller on the Nomad API 
       expiry: defaultPolicy,
       log: testLog,
       now: () => h.clock.now,
-      v2: { address: { protocol: 'ws' }, idle: { timeoutSeconds: defaultPolicy.idleTimeoutMs / 1000, warningSeconds: defaultPolicy.idleWarningMs / 1000 } },
+      v2: { address: { protocol: 'ws' } },
     });
     frontends.push(frontend);
     return frontend.start('127.0.0.1', 0);

@@ -26,7 +26,7 @@ import { waitFor } from '../support/wait.js';
 const templates = loadTemplates(path.resolve(__dirname, '../../../manifests/templates'));
 const keys = new Keys('manticore/');
 const job = { core: { version: '8.2.0-ubuntu-update', build: 'default' }, hmi: { type: 'generic', version: 'minimal-0.13.0' } };
-const v2: ApiV2Options = { address: { protocol: 'ws' }, idle: { timeoutSeconds: 1800, warningSeconds: 300 } };
+const v2: ApiV2Options = { address: { protocol: 'ws' } };
 
 /** Says the caller is `portal-7`, proven, when the request carries `x-test-token: good`. */
 class TestTokenAuthenticator implements Authenticator {
@@ -479,6 +479,19 @@ describe('front end: the v2 compatibility API', () => {
       await writeStatus({ phase: 'Ready', endpoints, expiresAt: new Date(now + 42_000).toISOString(), conditions: [warning('Idle')] });
       const client = await V2Socket.open(socketUrl(passcode));
       assert.deepEqual((await client.next('activity', 0)).data, { inactivityTime: 1758, remainingTime: 42 });
+      client.close();
+    });
+
+    it("tells a client the idle time so far from the session's own idle timeout", async () => {
+      // v2 clients cannot ask for one, but the record may hold one (written by an operator, say).
+      const entry = (await store.get(keys.session(id)))!;
+      const record = JSON.parse(entry.value) as SessionRecord;
+      record.spec.idle = { timeoutSeconds: 600 };
+      assert.equal(await store.put(keys.session(id), JSON.stringify(record), { cas: entry.modifyIndex }), true);
+      await waitFor('the front end caches its idle timeout', () => frontend.sessions.sessions.cache.get(id)?.value?.spec.idle);
+      await writeStatus({ phase: 'Ready', endpoints, expiresAt: new Date(now + 42_000).toISOString(), conditions: [warning('Idle')] });
+      const client = await V2Socket.open(socketUrl(passcode));
+      assert.deepEqual((await client.next('activity', 0)).data, { inactivityTime: 558, remainingTime: 42 });
       client.close();
     });
 

@@ -232,6 +232,41 @@ describe('front end (API)', () => {
     assert.equal((await keepalive()).expiresAt, undefined);
   });
 
+  it("creates a session with its own idle timeout within the operator's limits, and refuses one outside them, naming the field and the limit", async () => {
+    const create = async (idle: unknown) => inject('POST', '/api/v1/sessions', { template: 'demo', idle }, { 'x-manticore-user': 'ida' });
+    const limits = 'must be above 300 (idle.warningSeconds) and at most 1800 (idle.maxTimeoutSeconds)';
+    for (const [idle, detail] of [
+      [{ timeoutSeconds: 1801 }, `/idle/timeoutSeconds: ${limits}`],
+      [{ timeoutSeconds: 300 }, `/idle/timeoutSeconds: ${limits}`],
+      [{ timeoutSeconds: 0 }, `/idle/timeoutSeconds: ${limits}`],
+      [{ timeoutSeconds: 1.5 }, '/body/idle/timeoutSeconds: must be integer'],
+      [{ timeoutSeconds: -1 }, '/body/idle/timeoutSeconds: must be >= 0'],
+      [{}, "/body/idle: must have required property 'timeoutSeconds'"],
+      [{ timeoutSeconds: 600, warningSeconds: 60 }, '/body/idle: unknown field "warningSeconds"'],
+    ] as const) {
+      const answer = await create(idle);
+      assert.equal(answer.status, 400, JSON.stringify(idle));
+      assert.deepEqual(answer.body.details, [detail], JSON.stringify(idle));
+    }
+    assert.match((await create({ timeoutSeconds: 1801 })).body.error, /^idle\.timeoutSeconds 1801 is outside this Manticore's limits: it must be above 300 \(idle\.warningSeconds\) and at most 1800 \(idle\.maxTimeoutSeconds\)$/);
+    assert.equal((await store.list(keys.sessions)).entries.length, 0, 'nothing is written');
+
+    const created = await create({ timeoutSeconds: 600 });
+    assert.equal(created.status, 201);
+    const session = created.body as Session;
+    assert.deepEqual(session.spec.idle, { timeoutSeconds: 600 });
+    assert.deepEqual((JSON.parse((await store.get(keys.session(session.metadata.id)))!.value) as SessionRecord).spec.idle, { timeoutSeconds: 600 });
+  });
+
+  it("answers a keepalive with the expiry the session's own idle timeout gives", async () => {
+    const id = ((await inject('POST', '/api/v1/sessions', { template: 'demo', idle: { timeoutSeconds: 600 } }, { 'x-manticore-user': 'hal' })).body as Session).metadata.id;
+    const ready = { phase: 'Ready', observedGeneration: 1, endpoints: {}, events: [], conditions: [], readyAt: '2026-03-01T12:00:00.000Z', expiresAt: '2026-03-01T12:10:00.000Z' };
+    await store.put(keys.status(id), JSON.stringify(ready));
+    now = Date.parse('2026-03-01T12:05:00.000Z');
+    const answer = await inject('POST', `/api/v1/sessions/${id}/keepalive`, undefined, { 'x-manticore-user': 'hal' });
+    assert.deepEqual(answer.body, { id, lastActivityAt: '2026-03-01T12:05:00.000Z', expiresAt: '2026-03-01T12:15:00.000Z' });
+  });
+
   it('counts a session it created and its cache never showed for as long as the store holds it', async () => {
     // A watch that sees the store only in listings misses a session created and removed between two of them.
     const blind: Store = { ...delegatingStore(store), watch: (prefix, index) => store.watch(prefix, index).pipe(filter((step) => step.kind === 'reset')) };

@@ -148,7 +148,7 @@ describe('front end: OpenAPI document', () => {
       backend: 'nomad',
       sessionsPerUser: 1,
       authenticator: refusing,
-      v2: { address: { domain: 'manticore.example.com', port: 443, protocol: 'wss' }, idle: { timeoutSeconds: 1800, warningSeconds: 300 } },
+      v2: { address: { domain: 'manticore.example.com', port: 443, protocol: 'wss' } },
     });
     await v2.start('127.0.0.1', 0);
     try {
