@@ -91,6 +91,15 @@ describe('the client commands (manticore sessions, templates)', function () {
     await new Promise<void>((resolve, reject) => writer.write(text, (error) => (error ? reject(error) : resolve())));
   }
 
+  it("creates a session with its own idle timeout (--idle-timeout), and reports the front end's refusal of one beyond the limit", async () => {
+    const beyond = await run('sessions', ['create', '--template', 'demo', '--idle-timeout', '7200']);
+    assert.equal(beyond.code, exitCodes.refused);
+    assert.match(beyond.stderr, /idle\.timeoutSeconds 7200 is outside this Manticore's limits: it must be above 300 \(idle\.warningSeconds\) and at most 1800 \(idle\.maxTimeoutSeconds\) \(HTTP 400\)/);
+    const created = await run('sessions', ['create', '--template', 'demo', '--idle-timeout', '600', '-o', 'json']);
+    assert.equal(created.code, exitCodes.ok, created.stderr);
+    assert.deepEqual((JSON.parse(created.stdout) as { spec: { idle?: unknown } }).spec.idle, { timeoutSeconds: 600 });
+  });
+
   it('creates, lists, gets and deletes a session, with tables for people and JSON for scripts', async () => {
     const created = await run('sessions', ['create', '--template', 'demo', '--param', 'hmiType=generic', '--output', 'json']);
     assert.equal(created.code, exitCodes.ok, created.stderr);
@@ -176,6 +185,13 @@ describe('the client commands (manticore sessions, templates)', function () {
       assert.match(usage.stderr, /^manticore: /);
     }
 
+    for (const value of ['ten', '-5', '1.5', '', '1e3']) {
+      const bad = await run('sessions', ['create', '--template', 'demo', `--idle-timeout=${value}`]);
+      assert.equal(bad.code, exitCodes.usage, `--idle-timeout=${value}: ${bad.stderr}`);
+      assert.equal(bad.stderr, `manticore: --idle-timeout wants a whole number of seconds (0: never), got "${value}"\n(see: manticore sessions --help)\n`);
+    }
+    assert.match((await run('sessions', ['get', 'x', '--idle-timeout', '600'])).stderr, /^manticore: --idle-timeout goes only with "sessions create"\n/);
+    assert.match((await run('sessions', ['--help'])).stdout, /--idle-timeout SECONDS/);
     assert.match((await run('sessions', ['list', '--wait'])).stderr, /^manticore: --wait goes only with "sessions create"\n\(see: manticore sessions --help\)\n$/);
     assert.match((await run('sessions', ['get', 'x', '--task', 'hmi', '--tail', '5'])).stderr, /^manticore: --task, --tail go only with "sessions logs"\n/);
     assert.match((await run('templates', ['a', 'b'])).stderr, /\(see: manticore templates --help\)\n$/);

@@ -27,8 +27,11 @@ export const exitCodes = {
 export const clientUsage = `Client commands (talk to a front end; no cluster access needed):
   sessions list                         your sessions
   sessions get ID                       one session: phase, queue position, addresses, recent events
-  sessions create --template NAME [--param NAME=VALUE ...] [--label NAME=VALUE ...] [--wait]
-                                        ask for a session; --wait follows it until Ready (like watch)
+  sessions create --template NAME [--param NAME=VALUE ...] [--label NAME=VALUE ...]
+                  [--idle-timeout SECONDS] [--wait]
+                                        ask for a session; --idle-timeout ends it after that long
+                                        idle instead of the operator's default (0: never), within the
+                                        operator's limits; --wait follows it until Ready (like watch)
   sessions delete ID                    end a session (its workload and addresses are torn down)
   sessions keepalive ID                 record activity, so an idle session is not ended; prints
                                         when it now expires
@@ -77,6 +80,7 @@ interface Invocation {
     template?: string;
     param?: string[];
     label?: string[];
+    'idle-timeout'?: string;
     wait?: boolean;
     task?: string;
     stream?: string;
@@ -118,6 +122,7 @@ function parse(argv: string[], io: ClientIo): Invocation | 'help' {
         template: { type: 'string', short: 't' },
         param: { type: 'string', short: 'p', multiple: true },
         label: { type: 'string', short: 'l', multiple: true },
+        'idle-timeout': { type: 'string' },
         wait: { type: 'boolean', short: 'w' },
         task: { type: 'string' },
         stream: { type: 'string' },
@@ -171,7 +176,7 @@ async function sessions(invocation: Invocation): Promise<number> {
     const misplaced = flags.filter((flag) => values[flag] !== undefined);
     if (misplaced.length > 0 && verb !== allowed) throw new UsageError(`--${misplaced.join(', --')} ${misplaced.length === 1 ? 'goes' : 'go'} only with "sessions ${allowed}"`);
   };
-  flagsOnlyFor('create', 'template', 'param', 'label', 'wait');
+  flagsOnlyFor('create', 'template', 'param', 'label', 'idle-timeout', 'wait');
   flagsOnlyFor('logs', 'task', 'stream', 'tail', 'follow');
   const id = (): string => {
     if (rest.length !== 1) throw new UsageError(`sessions ${verb} takes one session id`);
@@ -194,6 +199,7 @@ async function sessions(invocation: Invocation): Promise<number> {
         template: values.template,
         parameters: pairs('--param', values.param),
         ...(values.label === undefined ? {} : { labels: pairs('--label', values.label) }),
+        ...(values['idle-timeout'] === undefined ? {} : { idle: { timeoutSeconds: seconds('--idle-timeout', values['idle-timeout']) } }),
       });
       if (!values.wait) {
         print(session);
@@ -390,6 +396,12 @@ function pairs(flag: string, given: string[] | undefined): Record<string, string
     result[pair.slice(0, equals)] = pair.slice(equals + 1);
   }
   return result;
+}
+
+/** A whole number of seconds; the front end checks it against the operator's limits. */
+function seconds(flag: string, given: string): number {
+  if (!/^\d{1,15}$/.test(given)) throw new UsageError(`${flag} wants a whole number of seconds (0: never), got "${given}"`);
+  return Number(given);
 }
 
 function nonEmpty(value: string | undefined): string | undefined {

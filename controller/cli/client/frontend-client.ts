@@ -37,6 +37,8 @@ export interface NewSessionRequest {
   template: string;
   parameters?: Record<string, string>;
   labels?: Record<string, string>;
+  /** The session's own idle timeout, within the operator's limits. */
+  idle?: { timeoutSeconds: number };
 }
 
 /** One message of a session's event stream: its latest state, the news that it is gone, or the server closing the stream (shutting down). */
