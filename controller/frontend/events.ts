@@ -84,13 +84,18 @@ export const eventStreamHeaders: OutgoingHttpHeaders = {
 
 /**
  * Takes the response over from fastify and begins it (200) with these headers and those set on the reply (a
- * cookie). Undefined when the client left while the answer was being prepared: its 'close' has come and
- * gone, so nothing may wait for it.
+ * cookie). Undefined when the client left while the answer was being prepared (its 'close' has come and
+ * gone, so nothing may wait for it), and for a HEAD request, which is answered with the headers alone: a
+ * response to HEAD has no body, so its headers would otherwise wait for a first write that never goes out.
  */
 export function beginResponse(reply: FastifyReply, headers: OutgoingHttpHeaders): ServerResponse | undefined {
   reply.hijack();
   if (reply.raw.destroyed) return undefined;
   reply.raw.writeHead(200, { ...(reply.getHeaders() as OutgoingHttpHeaders), ...headers });
+  if (reply.request.method === 'HEAD') {
+    reply.raw.end();
+    return undefined;
+  }
   return reply.raw;
 }
 

@@ -152,9 +152,10 @@ export function registerLogs(app: FastifyInstance, sessions: SessionService, aut
       }
       const response = beginResponse(reply, query.follow ? eventStreamHeaders : textHeaders);
       if (response === undefined) {
+        // Counted no more at once: a HEAD is answered already, and its client may ask again before the log is closed.
+        release();
         abort.abort();
         await iterator.return?.();
-        release();
         return;
       }
       const context = { id, allocationId, query, session, response, iterator, abort, release, log: request.log, identity, now: options.now };

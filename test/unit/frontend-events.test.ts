@@ -243,6 +243,27 @@ describe('front end: live status stream (server-sent events)', () => {
     await waitFor('two streams again', () => fresh.every((client) => client.status === 200 && client.sessions().length > 0));
   });
 
+  it('answers HEAD with the stream’s headers and ends at once, holding no stream', async () => {
+    await frontend.stop();
+    frontend = testFrontend(counting, { statusStreamsPerUser: 1 });
+    base = await frontend.start('127.0.0.1', 0);
+    const id = await create('ann');
+    for (let n = 0; n < 2; n++) {
+      const head = await new Promise<http.IncomingMessage>((resolve, reject) => {
+        const request = http.request(`${base}/api/v1/sessions/${id}/events`, { method: 'HEAD', headers: { 'x-manticore-user': 'ann' } }, (response) => {
+          response.resume();
+          response.on('end', () => resolve(response));
+        });
+        request.on('error', reject);
+        request.end();
+      });
+      assert.equal(head.statusCode, 200);
+      assert.equal(head.headers['content-type'], 'text/event-stream; charset=utf-8');
+    }
+    const client = open(id, 'ann');
+    await waitFor('a stream opens after the HEADs', () => client.sessions().length > 0);
+  });
+
   it('keeps only the latest state for a client that does not read, and sends it when it drains', async () => {
     const id = await create('ann');
     const slow = open(id, 'ann');

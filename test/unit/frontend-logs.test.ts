@@ -258,6 +258,20 @@ describe('front end: task logs (GET /api/v1/sessions/{id}/logs)', () => {
     await waitFor('a stream free again', async () => (await get(`/api/v1/sessions/${id}/logs`, 'ann')).statusCode === 200);
   });
 
+  it('answers HEAD with the headers alone and ends at once, holding no stream', async () => {
+    await frontend.stop();
+    await start(new LogFiles({ dirOf: (allocId) => path.join(root, allocId, 'logs'), log: silentLogger() }), 1);
+    const id = await create('ann');
+    await placed(id, 'alloc-7');
+    await write(output('alloc-7'), 'x\n');
+    for (const query of ['follow=true', 'follow=true', 'tail=1']) {
+      const head = await frontend.app.inject({ method: 'HEAD', url: `/api/v1/sessions/${id}/logs?${query}`, headers: { 'x-manticore-user': 'ann' } });
+      assert.deepEqual([head.statusCode, head.body], [200, ''], query);
+    }
+    const client = follow(id, 'ann');
+    await waitFor('a stream opens after the HEADs', () => client.text === 'x\n');
+  });
+
   it('gives a stream back when its client left while the log was opening', async () => {
     const slow = new SlowOpeningLogs();
     await frontend.stop();
