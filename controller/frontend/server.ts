@@ -15,6 +15,7 @@ import { DEFAULT_STATUS_STREAMS_PER_USER, registerEvents } from './events.js';
 import { DEFAULT_LOG_STREAMS_PER_USER, registerLogs } from './logs.js';
 import type { TaskLogs } from '../scheduler/task-logs.js';
 import { registerOpenApi } from './openapi.js';
+import { RouteMethods } from './route-methods.js';
 import type { Authenticator } from './identity.js';
 import { RateLimitedAuthenticator, RateLimiter, type RateLimit } from './rate-limit.js';
 import { SessionService } from './sessions.js';
@@ -88,8 +89,18 @@ export class Frontend {
     // JSON only: anything else is answered 415 rather than read as text.
     this.app.removeContentTypeParser('text/plain');
     this.app.setErrorHandler((error: FastifyError, request, reply) => this.sendError(error, request, reply));
+    const routeMethods = new RouteMethods();
+    this.app.addHook('onRoute', (route) => routeMethods.add(route.url, route.method));
     this.app.setNotFoundHandler((request, reply) => {
-      void reply.code(404).send({ error: `no route ${request.method} ${request.url}`, details: [] });
+      // The path alone: a query string may carry an access token.
+      const path = request.url.split('?', 1)[0]!;
+      const allowed = routeMethods.allowed(path);
+      if (allowed.length > 0) {
+        const allow = allowed.join(', ');
+        void reply.code(405).header('allow', allow).send({ error: `${path} does not take ${request.method}; it takes ${allow}`, details: [] });
+        return;
+      }
+      void reply.code(404).send({ error: `no route ${request.method} ${path}`, details: [] });
     });
     instrumentHttp(this.app, 'frontend');
     this.app.get('/healthz', async () => ({ ok: true }));

@@ -309,7 +309,8 @@ describe('front end: the v2 compatibility API', () => {
     assert.equal((await inject('GET', '/api/v2/job')).headers['access-control-allow-origin'], undefined, 'nothing without an Origin');
 
     assert.equal((await inject('GET', '/api/v1/templates', undefined, origin)).headers['access-control-allow-origin'], undefined);
-    assert.equal((await inject('OPTIONS', '/api/v1/sessions', undefined, origin)).status, 404);
+    const v1Preflight = await inject('OPTIONS', '/api/v1/sessions', undefined, { ...origin, 'access-control-request-method': 'POST' });
+    assert.deepEqual([v1Preflight.status, v1Preflight.headers.allow, v1Preflight.headers['access-control-allow-origin']], [405, 'GET, HEAD, POST', undefined]);
   });
 
   describe('the job websocket', () => {

@@ -136,6 +136,27 @@ describe('front end (API)', () => {
     assert.match(unknown.body.error, /no route GET \/api\/v1\/nothing/);
   });
 
+  it('answers a method a known path does not take with 405 and Allow, and an unknown path (or a trailing slash) with 404', async () => {
+    const cases: Array<[string, string, string]> = [
+      ['PUT', '/api/v1/sessions', 'GET, HEAD, POST'],
+      ['PATCH', '/api/v1/sessions/abcdefgh12', 'DELETE, GET, HEAD'],
+      ['GET', '/api/v1/sessions/abcdefgh12/keepalive', 'POST'],
+      ['DELETE', '/api/v1/templates', 'GET, HEAD'],
+      ['POST', '/healthz', 'GET, HEAD'],
+    ];
+    for (const [method, url, allow] of cases) {
+      const answer = await frontend.app.inject({ method: method as 'PUT', url: `${url}?access_token=secret`, headers: { 'x-manticore-user': 'ann' } });
+      assert.equal(answer.statusCode, 405, `${method} ${url}`);
+      assert.equal(answer.headers.allow, allow, `${method} ${url}`);
+      assert.deepEqual(answer.json(), { error: `${url} does not take ${method}; it takes ${allow}`, details: [] });
+    }
+    for (const url of ['/api/v1/sessions/', '/api/v1/nothing']) {
+      const answer = await frontend.app.inject({ method: 'PUT', url });
+      assert.equal(answer.statusCode, 404, url);
+      assert.equal(answer.headers.allow, undefined);
+    }
+  });
+
   it('counts every answer in its metrics, those of paths the router refuses too', async () => {
     const base = `http://127.0.0.1:${(frontend.app.server.address() as AddressInfo).port}`;
     const answered = async (route: string, status: number): Promise<number> => {
