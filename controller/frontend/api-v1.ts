@@ -1,4 +1,4 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { SessionTemplate } from '../api/types.js';
 import { ApiError } from './errors.js';
 import type { Authenticator } from './identity.js';
@@ -26,7 +26,8 @@ export const createBodySchema = {
 
 /**
  * The REST API: templates, and sessions the caller may see (create, list, read, keep alive, delete). Every
- * route asks who the caller is, templates included, so each is authenticated and rate limited alike.
+ * route asks who the caller is, templates included, so each is authenticated and rate limited alike;
+ * `auth` must identify a request once however often it is asked (RateLimitedAuthenticator does).
  */
 export function registerApiV1(app: FastifyInstance, sessions: SessionService, auth: Authenticator): void {
   app.get('/api/v1/templates', async (request, reply) => {
@@ -41,7 +42,10 @@ export function registerApiV1(app: FastifyInstance, sessions: SessionService, au
     return describeTemplate(sessions, template);
   });
 
-  app.post<{ Body: NewSession }>('/api/v1/sessions', { schema: { body: createBodySchema } }, async (request, reply) => {
+  // Who the caller is before the body is read: without credentials it is 401 whatever the body, and a
+  // caller sending bodies that are refused is rate limited like any other.
+  const identifyFirst = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => void auth.identify(request, reply);
+  app.post<{ Body: NewSession }>('/api/v1/sessions', { schema: { body: createBodySchema }, preValidation: identifyFirst }, async (request, reply) => {
     if (request.body.labels?.[passcodeLabel] !== undefined) {
       throw new ApiError(400, `label ${passcodeLabel} is reserved for the v2 API`, [`/labels/${passcodeLabel}: reserved`]);
     }

@@ -74,33 +74,38 @@ export class RateLimiter {
 }
 
 /**
- * Limits each identity's requests: every route that asks who the caller is is limited, and asking twice
- * in one request (a handler and a helper) costs one token.
+ * Limits each identity's requests (unlimited without a limiter): every route that asks who the caller is
+ * is limited. A request is identified once however often it is asked (a hook, a handler and a helper), so
+ * it costs one token and an anonymous caller is given one id.
  */
 export class RateLimitedAuthenticator implements Authenticator {
   private readonly identified = new WeakMap<FastifyRequest, Identity>();
 
   constructor(
     private readonly inner: Authenticator,
-    private readonly limiter: RateLimiter,
+    private readonly limiter: RateLimiter | undefined,
   ) {}
 
   identify(request: FastifyRequest, reply: FastifyReply): Identity {
     const known = this.identified.get(request);
     if (known !== undefined) return known;
     const identity = this.inner.identify(request, reply);
-    const admission = this.limiter.take(identity.user);
-    if (!admission.allowed) {
-      const { requestsPerSecond, burst } = this.limiter.limit;
-      throw new ApiError(
-        429,
-        'too many requests',
-        [`at most ${requestsPerSecond} requests per second per user (bursts of ${burst}); retry in ${admission.retryAfterSeconds} s`],
-        {},
-        { 'retry-after': String(admission.retryAfterSeconds) },
-      );
-    }
+    if (this.limiter !== undefined) admit(this.limiter, identity.user);
     this.identified.set(request, identity);
     return identity;
   }
+}
+
+/** Takes a token of `user`'s, or throws 429 with Retry-After. */
+function admit(limiter: RateLimiter, user: string): void {
+  const admission = limiter.take(user);
+  if (admission.allowed) return;
+  const { requestsPerSecond, burst } = limiter.limit;
+  throw new ApiError(
+    429,
+    'too many requests',
+    [`at most ${requestsPerSecond} requests per second per user (bursts of ${burst}); retry in ${admission.retryAfterSeconds} s`],
+    {},
+    { 'retry-after': String(admission.retryAfterSeconds) },
+  );
 }

@@ -108,7 +108,7 @@ export class Frontend {
     const identify = options.authenticator ?? new AnonymousOrHeaderAuthenticator();
     const limiter = options.rateLimit === undefined ? undefined : new RateLimiter(options.rateLimit, options.now ?? Date.now);
     // One limiter for every API: a user's v1 and v2 requests draw on the same bucket.
-    const limit = (inner: Authenticator): Authenticator => (limiter === undefined ? inner : new RateLimitedAuthenticator(inner, limiter));
+    const limit = (inner: Authenticator): Authenticator => new RateLimitedAuthenticator(inner, limiter);
     const authenticator = limit(identify);
     registerApiV1(this.app, this.sessions, authenticator);
     const statusStreams = new StreamCounts(options.statusStreamsPerUser ?? DEFAULT_STATUS_STREAMS_PER_USER, 'status streams');

@@ -231,6 +231,19 @@ describe('front end: identity, isolation and rate limits', () => {
       assert.equal(post.headers['www-authenticate'], 'Bearer');
     });
 
+    it('asks for credentials before it reads a create’s body: a request without a token is 401 whatever it sends', async () => {
+      const { inject } = await open(jwtConfig());
+      for (const body of [{ template: 'demo', unknown: 1 }, [1, 2], { template: 'demo' }]) {
+        const answer = await inject('POST', '/api/v1/sessions', {}, body);
+        assert.deepEqual([answer.status, answer.headers['www-authenticate'], answer.body.error], [401, 'Bearer', 'authentication required'], JSON.stringify(body));
+      }
+      // Refused bodies count against the sender's rate like any other request.
+      const limited = await open(noneConfig, { requestsPerSecond: 1, burst: 1 });
+      const statuses = [];
+      for (let n = 0; n < 2; n++) statuses.push((await limited.inject('POST', '/api/v1/sessions', { 'x-manticore-user': 'rita' }, { unknown: 1 })).status);
+      assert.deepEqual(statuses, [400, 429]);
+    });
+
     it('refuses missing, expired, early, foreign, unsigned, confused and garbled tokens with 401', async () => {
       const { inject } = await open(jwtConfig());
       const missing = await inject('GET', '/api/v1/templates');
