@@ -107,11 +107,17 @@ class SlowLockTable implements LockService {
   }
 }
 
+/** A replica (15 s TTL and lock-delay) against a lock table answering every call `latencyMs` after it arrives. */
+function slowConsul(latencyMs: number): { clock: FakeTimers.Clock; locks: SlowLockTable; election: LeaderElection } {
+  const clock = FakeTimers.createClock(0);
+  const locks = new SlowLockTable(clock, latencyMs);
+  const election = new LeaderElection({ store: locks.store(), locks, key: keys.leader, ttlSeconds: 15, lockDelaySeconds: 15, log: testLog, clock: controllerClock(clock), identity: { host: 'test-host', pid: 1 } });
+  return { clock, locks, election };
+}
+
 describe('Leader election (a lock table on a fake clock)', () => {
   it('keeps the lead while Consul answers every call in 3 s, with a 15 s TTL', async () => {
-    const clock = FakeTimers.createClock(0);
-    const locks = new SlowLockTable(clock, 3_000);
-    const election = new LeaderElection({ store: locks.store(), locks, key: keys.leader, ttlSeconds: 15, lockDelaySeconds: 15, log: testLog, clock: controllerClock(clock), identity: { host: 'test-host', pid: 1 } });
+    const { clock, election } = slowConsul(3_000);
     const changes: boolean[] = [];
     election.leading$.subscribe((leading) => changes.push(leading));
     election.start();
@@ -125,11 +131,8 @@ describe('Leader election (a lock table on a fake clock)', () => {
     await stopped;
   });
 
-
   it('neither locks the key nor keeps a timer when stopped while its session is being created', async () => {
-    const clock = FakeTimers.createClock(0);
-    const locks = new SlowLockTable(clock, 100);
-    const election = new LeaderElection({ store: locks.store(), locks, key: keys.leader, ttlSeconds: 15, lockDelaySeconds: 15, log: testLog, clock: controllerClock(clock), identity: { host: 'test-host', pid: 1 } });
+    const { clock, locks, election } = slowConsul(100);
     election.start();
     await clock.tickAsync(50);
     const stopped = election.stop();
@@ -141,9 +144,7 @@ describe('Leader election (a lock table on a fake clock)', () => {
   });
 
   it('stops leading once a read confirms that another session holds the key, however many reads fail first', async () => {
-    const clock = FakeTimers.createClock(0);
-    const locks = new SlowLockTable(clock, 10);
-    const election = new LeaderElection({ store: locks.store(), locks, key: keys.leader, ttlSeconds: 15, lockDelaySeconds: 15, log: testLog, clock: controllerClock(clock), identity: { host: 'test-host', pid: 1 } });
+    const { clock, locks, election } = slowConsul(10);
     election.start();
     await clock.tickAsync(1_000);
     assert.equal(election.leading, true);
@@ -158,9 +159,7 @@ describe('Leader election (a lock table on a fake clock)', () => {
   });
 
   it('does not lead when its session ended while the answer to its acquire was on its way', async () => {
-    const clock = FakeTimers.createClock(0);
-    const locks = new SlowLockTable(clock, 100);
-    const election = new LeaderElection({ store: locks.store(), locks, key: keys.leader, ttlSeconds: 15, lockDelaySeconds: 15, log: testLog, clock: controllerClock(clock), identity: { host: 'test-host', pid: 1 } });
+    const { clock, locks, election } = slowConsul(100);
     election.start();
     // The session is created at 0 (answered at 100); the key is locked at 100 (answered at 200).
     await clock.tickAsync(150);
