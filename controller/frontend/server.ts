@@ -10,6 +10,7 @@ import { registerApiV1 } from './api-v1.js';
 import { AnonymousOrHeaderAuthenticator } from './auth.js';
 import { ApiError } from './errors.js';
 import { instrumentHttp } from '../metrics/http.js';
+import { jsonBodyParser } from './json-body.js';
 import { registerCluster, type ClusterOptions } from './cluster.js';
 import { DEFAULT_STATUS_STREAMS_PER_USER, registerEvents } from './events.js';
 import { DEFAULT_LOG_STREAMS_PER_USER, registerLogs } from './logs.js';
@@ -87,7 +88,8 @@ export class Frontend {
       },
     });
     // JSON only: anything else is answered 415 rather than read as text.
-    this.app.removeContentTypeParser('text/plain');
+    this.app.removeContentTypeParser(['text/plain', 'application/json']);
+    this.app.addContentTypeParser('application/json', { parseAs: 'string' }, jsonBodyParser(this.app));
     this.app.setErrorHandler((error: FastifyError, request, reply) => this.sendError(error, request, reply));
     const routeMethods = new RouteMethods();
     this.app.addHook('onRoute', (route) => routeMethods.add(route.url, route.method));

@@ -10,6 +10,7 @@ import { KeyedSerializer } from '../util/keyed-serializer.js';
 import { ApiError } from './errors.js';
 import { heartbeatMs } from './events.js';
 import type { Authenticator, Identity } from './identity.js';
+import { jsonBodyParser } from './json-body.js';
 import type { SessionService } from './sessions.js';
 import type { StreamCounts } from './stream-limit.js';
 
@@ -123,7 +124,7 @@ export function registerApiV2(
   app.register(
     async (v2) => {
       // v2 clients may send an empty body with a JSON content type; v2 read it as no fields, not as an error.
-      const parseJson = v2.getDefaultJsonParser('error', 'error');
+      const parseJson = jsonBodyParser(v2);
       v2.removeContentTypeParser('application/json');
       v2.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) =>
         body === '' ? done(null, undefined) : parseJson(request, body as string, done),

@@ -127,6 +127,16 @@ describe('front end: the v2 compatibility API', () => {
     assert.deepEqual(await storedSessions(), []);
   });
 
+  it('refuses a JSON body with a __proto__ or constructor.prototype key as v1 does, saying so', async () => {
+    for (const body of ['{"id":"u1","__proto__":{"x":1}}', '{"id":"u1","core":{"constructor":{"prototype":{}}}}']) {
+      const answer = await inject('POST', '/api/v2/job', body);
+      assert.equal(answer.status, 400, answer.text);
+      assert.equal(answer.body.error, 'the body may not contain a __proto__ or constructor.prototype key', answer.text);
+      assert.equal(answer.body.details.length, 1, answer.text);
+    }
+    assert.deepEqual(await storedSessions(), []);
+  });
+
   it('reads form-encoded bodies with bracketed names, as v2’s body parser did', async () => {
     const form = async (method: 'POST' | 'DELETE', route: string, body: string) => {
       const response = await frontend.app.inject({ method, url: route, headers: { 'content-type': 'application/x-www-form-urlencoded' }, payload: body });

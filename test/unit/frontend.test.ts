@@ -99,6 +99,25 @@ describe('front end (API)', () => {
     assert.equal((await store.list(keys.sessions)).entries.length, 0);
   });
 
+  it('refuses a body with a __proto__ or constructor.prototype key, saying so and where, while malformed JSON keeps its own message', async () => {
+    const refused = 'the body may not contain a __proto__ or constructor.prototype key';
+    const cases: Array<[string, string]> = [
+      ['{"template":"demo","__proto__":{"x":1}}', '/body/__proto__'],
+      ['{"template":"demo","labels":{"a":"b","constructor":{"prototype":{"x":1}}}}', '/body/labels/constructor/prototype'],
+      ['[{"template":"demo"},{"__proto__":null}]', '/body/1/__proto__'],
+    ];
+    for (const [body, where] of cases) {
+      const answer = await inject('POST', '/api/v1/sessions', body);
+      assert.deepEqual([answer.status, answer.body], [400, { error: refused, details: [`${where}: not allowed`] }], body);
+    }
+    const malformed = await inject('POST', '/api/v1/sessions', '{"template":"demo",');
+    assert.deepEqual([malformed.status, malformed.body.error], [400, "Body is not valid JSON but content-type is set to 'application/json'"]);
+    assert.equal((await store.list(keys.sessions)).entries.length, 0);
+    // A key merely named constructor is data like any other.
+    const plain = await inject('POST', '/api/v1/sessions', { template: 'demo', labels: { constructor: 'x' } });
+    assert.equal(plain.status, 201, JSON.stringify(plain.body));
+  });
+
   it('shows, lists and deletes only the caller’s own sessions', async () => {
     const mine = (await inject('POST', '/api/v1/sessions', { template: 'demo' }, { 'x-manticore-user': 'dave' })).body as Session;
     const theirs = (await inject('POST', '/api/v1/sessions', { template: 'demo' }, { 'x-manticore-user': 'erin' })).body as Session;
