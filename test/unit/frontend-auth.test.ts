@@ -374,6 +374,18 @@ describe('front end: identity, isolation and rate limits', () => {
       const wrongAdmin = await inject('GET', '/api/v1/sessions', bearer(adminToken.replace(/.$/, '!')));
       assert.equal(wrongAdmin.status, 401, 'a near miss is just a garbled token');
     });
+
+    it('asks a caller without credentials for them on the cluster status (401), and refuses an authenticated non-operator (403)', async () => {
+      const { inject } = await open(jwtConfig());
+      const status = async (headers: Headers) => {
+        const answer = await inject('GET', '/api/v1/cluster', headers);
+        return [answer.status, answer.headers['www-authenticate']];
+      };
+      assert.deepEqual(await status({}), [401, 'Bearer']);
+      assert.deepEqual(await status(bearer('not-a-token')), [401, 'Bearer error="invalid_token"']);
+      assert.deepEqual(await status(bearer(sign('HS256', claims('otto'), secret))), [403, undefined]);
+      assert.deepEqual(await status(bearer(sign('HS256', claims('olga', { manticore_operator: true }), secret))), [200, undefined]);
+    });
   });
 
   describe('rate limit', () => {
