@@ -42,10 +42,11 @@ export function registerApiV1(app: FastifyInstance, sessions: SessionService, au
     return describeTemplate(sessions, template);
   });
 
-  // Who the caller is before the body is read: without credentials it is 401 whatever the body, and a
-  // caller sending bodies that are refused is rate limited like any other.
+  // Who the caller is before anything of the body is looked at (its size, its type, its content), on every
+  // route that may carry one: without credentials it is 401 whatever the body, and a caller sending bodies
+  // that are refused is rate limited like any other.
   const identifyFirst = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => void auth.identify(request, reply);
-  app.post<{ Body: NewSession }>('/api/v1/sessions', { schema: { body: createBodySchema }, preValidation: identifyFirst }, async (request, reply) => {
+  app.post<{ Body: NewSession }>('/api/v1/sessions', { schema: { body: createBodySchema }, onRequest: identifyFirst }, async (request, reply) => {
     if (request.body.labels?.[passcodeLabel] !== undefined) {
       throw new ApiError(400, `label ${passcodeLabel} is reserved for the v2 API`, [`/labels/${passcodeLabel}: reserved`]);
     }
@@ -57,12 +58,12 @@ export function registerApiV1(app: FastifyInstance, sessions: SessionService, au
 
   app.get<{ Params: { id: string } }>('/api/v1/sessions/:id', async (request, reply) => sessions.show(auth.identify(request, reply), request.params.id));
 
-  app.delete<{ Params: { id: string } }>('/api/v1/sessions/:id', async (request, reply) => {
+  app.delete<{ Params: { id: string } }>('/api/v1/sessions/:id', { onRequest: identifyFirst }, async (request, reply) => {
     const session = await sessions.delete(auth.identify(request, reply), request.params.id);
     return reply.code(202).send(session);
   });
 
-  app.post<{ Params: { id: string } }>('/api/v1/sessions/:id/keepalive', async (request, reply) => {
+  app.post<{ Params: { id: string } }>('/api/v1/sessions/:id/keepalive', { onRequest: identifyFirst }, async (request, reply) => {
     const { session, lastActivityAt, expiresAt } = await sessions.keepalive(auth.identify(request, reply), request.params.id);
     return { id: session.metadata.id, lastActivityAt, ...(expiresAt === undefined ? {} : { expiresAt }) };
   });

@@ -232,16 +232,32 @@ describe('front end: identity, isolation and rate limits', () => {
     });
 
     it('asks for credentials before it reads a create’s body: a request without a token is 401 whatever it sends', async () => {
-      const { inject } = await open(jwtConfig());
+      const { inject, create, frontend } = await open(jwtConfig());
       for (const body of [{ template: 'demo', unknown: 1 }, [1, 2], { template: 'demo' }]) {
         const answer = await inject('POST', '/api/v1/sessions', {}, body);
         assert.deepEqual([answer.status, answer.headers['www-authenticate'], answer.body.error], [401, 'Bearer', 'authentication required'], JSON.stringify(body));
+      }
+      // Nor is its size or content type looked at first, on any route that may carry a body; with a token they are.
+      const session = await create(bearer(sign('HS256', claims('kim'), secret)));
+      const bodies: Array<[string, Headers, string, number]> = [
+        ['over the limit', { 'content-type': 'application/json' }, JSON.stringify({ template: 'demo', padding: 'x'.repeat(5000) }), 413],
+        ['not JSON', { 'content-type': 'text/plain' }, 'x', 415],
+      ];
+      for (const [method, url] of [['POST', '/api/v1/sessions'], ['POST', `/api/v1/sessions/${session.metadata.id}/keepalive`], ['DELETE', `/api/v1/sessions/${session.metadata.id}`]] as const) {
+        for (const [what, headers, payload, refused] of bodies) {
+          const anonymous = await frontend.app.inject({ method, url, headers, payload });
+          assert.deepEqual([anonymous.statusCode, anonymous.headers['www-authenticate']], [401, 'Bearer'], `${method} ${url} ${what} without a token`);
+          const known = await frontend.app.inject({ method, url, headers: { ...headers, ...bearer(sign('HS256', claims('kim'), secret)) }, payload });
+          assert.equal(known.statusCode, refused, `${method} ${url} ${what} with a token`);
+        }
       }
       // Refused bodies count against the sender's rate like any other request.
       const limited = await open(noneConfig, { requestsPerSecond: 1, burst: 1 });
       const statuses = [];
       for (let n = 0; n < 2; n++) statuses.push((await limited.inject('POST', '/api/v1/sessions', { 'x-manticore-user': 'rita' }, { unknown: 1 })).status);
-      assert.deepEqual(statuses, [400, 429]);
+      const wrongType = await limited.frontend.app.inject({ method: 'POST', url: '/api/v1/sessions', headers: { 'x-manticore-user': 'rita', 'content-type': 'text/plain' }, payload: 'x' });
+      statuses.push(wrongType.statusCode);
+      assert.deepEqual(statuses, [400, 429, 429]);
     });
 
     it('refuses missing, expired, early, foreign, unsigned, confused and garbled tokens with 401', async () => {
