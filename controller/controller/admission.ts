@@ -1,7 +1,7 @@
 import type { RouteRecord, SessionRecord, SessionStatus } from '../api/types.js';
 import type { Workload } from '../scheduler/scheduler.js';
 import type { PortRoom } from './claims.js';
-import type { Cache, CachedRecord } from './informer.js';
+import type { Cache, CachedRecord, RecordCache } from './informer.js';
 
 export interface AdmissionLimits {
   /** Sessions holding resources (a claim, or a job not yet purged), cluster-wide. */
@@ -15,7 +15,7 @@ export interface AdmissionLimits {
 
 export interface AdmissionState {
   readonly sessions: Cache<CachedRecord<SessionRecord>>;
-  readonly statuses: Cache<CachedRecord<SessionStatus>>;
+  readonly statuses: RecordCache<SessionStatus>;
   readonly routes: Cache<CachedRecord<RouteRecord>>;
   readonly workloads: Cache<Workload>;
 }
@@ -39,6 +39,16 @@ export type AdmissionDecision =
       /** When the waiting list should be looked at again without any event (the capacity retry). */
       readonly retryAt?: number;
     };
+
+/** Estimates are not rewritten for changes smaller than this (or a fifth of the wait), so waiting sessions stay quiet. */
+const estimateToleranceMs = 60_000;
+
+/** The estimate a waiting session's status shows: the new one, unless it is close to the one shown already (then that one stays, and the status is not rewritten). */
+export function shownEstimate(shown: string | undefined, estimate: number | undefined, now: number): string | undefined {
+  if (estimate === undefined) return undefined;
+  if (shown !== undefined && Math.abs(Date.parse(shown) - estimate) < Math.max(estimateToleranceMs, (estimate - now) / 5)) return shown;
+  return new Date(Math.round(estimate / 1000) * 1000).toISOString();
+}
 
 /** How long a start takes when no start has been seen yet: a guess, only used for estimates. */
 const defaultStartMs = 30_000;
@@ -229,6 +239,20 @@ export class Admission {
     const ports = this.portRoom?.();
     if (ports !== undefined && position > ports.free) return wait(ports.reason, ports.message);
     return wait('Queued', `${position - 1} session(s) ahead in the waiting list`);
+  }
+
+  /**
+   * The running sessions' expiry or start times moved (see `estimatesChanged`): recomputes the estimates and
+   * requeues only the waiting sessions whose status would show another, and those whose status write is
+   * still on its way (what it shows is not known yet). Sessions whose position changed were requeued then.
+   */
+  refreshEstimates(): void {
+    this.estimates = undefined;
+    const now = this.now();
+    this.waiting.forEach((waiter, index) => {
+      const shown = this.state.statuses.get(waiter.id)?.value?.estimatedStartAt;
+      if (this.state.statuses.writePending(waiter.id) || shownEstimate(shown, this.estimateStart(index + 1), now) !== shown) this.requeue(waiter.id);
+    });
   }
 
   /** Counts the session as admitted until its claim shows up in the cache (or `cancel`). */

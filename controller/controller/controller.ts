@@ -246,13 +246,14 @@ export class Controller {
 
   /**
    * Running sessions' expiry times move with their users' activity; the waiting sessions' estimates follow
-   * at most once per estimateRefreshMs rather than on every keepalive.
+   * at most once per estimateRefreshMs rather than on every keepalive, and only those whose shown estimate
+   * changes are reconciled.
    */
   private refreshEstimatesSoon(): void {
     if (this.estimateTimer !== undefined) return;
     this.estimateTimer = this.clock.setTimeout(() => {
       this.estimateTimer = undefined;
-      for (const id of this.admission.waitingIds()) this.queue.add(id);
+      this.admission.refreshEstimates();
     }, estimateRefreshMs);
   }
 

@@ -91,6 +91,11 @@ export class RecordCache<T> extends Cache<CachedRecord<T>> {
     this.written.set(id, { json, value });
   }
 
+  /** Whether a write of this process under `id` has not yet come back through the watch (the cache shows what it replaces). */
+  writePending(id: string): boolean {
+    return this.written.has(id);
+  }
+
   writeFailed(id: string, json: string): void {
     if (this.written.get(id)?.json === json) this.written.delete(id);
   }

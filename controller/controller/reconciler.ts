@@ -14,7 +14,7 @@ import type { Logger } from '../util/log.js';
 import type { TxnOperation } from '../store/store.js';
 import type { StoreWriter } from './fenced-writer.js';
 import { jobIdFor, RenderError, type Allocation, type RenderedJob, type Scheduler, type Workload } from '../scheduler/scheduler.js';
-import type { Admission } from './admission.js';
+import { shownEstimate, type Admission } from './admission.js';
 import type { PortAllocator } from './claims.js';
 import { claimForTemplate, newClaim, publicEndpoints, type PublicAddressing } from './endpoints.js';
 import type { Cache, CachedRecord, RecordCache } from './informer.js';
@@ -81,9 +81,6 @@ export class ConflictError extends Error {
 const done: ReconcileResult = {};
 
 const routesUpdating: ConditionInput = { type: 'Routed', status: 'False', reason: 'RoutesUpdating', message: 'routes are being updated to the workload address' };
-
-/** Estimates are not rewritten for changes smaller than this (or a fifth of the wait), so waiting sessions stay quiet. */
-const estimateToleranceMs = 60_000;
 
 /**
  * Drives one session's world toward its record. Level-triggered: each call reads the whole desired and
@@ -415,7 +412,7 @@ export class SessionReconciler {
     const { admission } = this.deps;
     const decision = admission.decide(id);
     if (!decision.admit) {
-      const estimate = stableEstimate(previous?.estimatedStartAt, decision.estimatedStartAt, this.now());
+      const estimate = shownEstimate(previous?.estimatedStartAt, decision.estimatedStartAt, this.now());
       // The session the scheduler turned away keeps the scheduler's own words for why.
       const shown = previous?.conditions.find((condition) => condition.type === 'Admitted');
       const message = shown?.reason === decision.reason && decision.reason === 'InsufficientCapacity' ? shown.message : decision.message;
@@ -787,13 +784,6 @@ function appliedBy(routers: readonly RouterHeartbeat[], index: number): boolean 
 function workloadDownSince(previous: SessionStatus, now: number): number {
   const down = previous.conditions.filter((condition) => (condition.type === 'Scheduled' || condition.type === 'Healthy') && condition.status === 'False');
   return Math.min(now, ...down.map((condition) => Date.parse(condition.lastTransitionTime)));
-}
-
-/** The new estimate, unless it is close to the one shown already (then that one stays, and the status is not rewritten). */
-function stableEstimate(shown: string | undefined, estimate: number | undefined, now: number): string | undefined {
-  if (estimate === undefined) return undefined;
-  if (shown !== undefined && Math.abs(Date.parse(shown) - estimate) < Math.max(estimateToleranceMs, (estimate - now) / 5)) return shown;
-  return new Date(Math.round(estimate / 1000) * 1000).toISOString();
 }
 
 function describeDeletion(reason: string): string {

@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
 import type { RouteRecord, SessionRecord, SessionStatus } from '../../controller/api/types.js';
-import { Admission } from '../../controller/controller/admission.js';
-import { Cache, type CachedRecord } from '../../controller/controller/informer.js';
+import { Admission, shownEstimate } from '../../controller/controller/admission.js';
+import { Cache, RecordCache, type CachedRecord } from '../../controller/controller/informer.js';
 
 describe('admission: the waiting list', () => {
   let sessions: Cache<CachedRecord<SessionRecord>>;
-  let statuses: Cache<CachedRecord<SessionStatus>>;
+  let statuses: RecordCache<SessionStatus>;
   let routes: Cache<CachedRecord<RouteRecord>>;
   let requeued: string[];
   let admission: Admission;
@@ -23,7 +23,7 @@ describe('admission: the waiting list', () => {
 
   beforeEach(() => {
     sessions = new Cache();
-    statuses = new Cache();
+    statuses = new RecordCache();
     routes = new Cache();
     requeued = [];
     admission = new Admission(
@@ -104,6 +104,58 @@ describe('admission: the waiting list', () => {
     });
     assert.deepEqual(estimates(restarted), [1_020_000, 1_050_000, 1_080_000]);
     assert.deepEqual(estimates(live), estimates(restarted));
+  });
+
+  it('on a refresh of the estimates, requeues only the waiting sessions whose status would show another', () => {
+    const now = 1_000_000;
+    const minute = 60_000;
+    const iso = (ms: number): string => new Date(ms).toISOString();
+    const setStatus = (n: number, fields: Partial<SessionStatus>): void =>
+      statuses.upsert(id(n), record(id(n), { phase: 'Ready', observedGeneration: 1, conditions: [], endpoints: {}, events: [], ...fields }));
+    const estimatesChanged: string[] = [];
+    const limited = new Admission(
+      { sessions, statuses, routes, workloads: new Cache() },
+      { maxSessions: 3, maxStarting: 10, sessionsPerUser: 1, capacityRetryMs: 60_000 },
+      () => now,
+      (requeuedId) => requeued.push(requeuedId),
+      () => estimatesChanged.push('changed'),
+    );
+    // Sessions 0-2 run, expiring in 1, 2 and 3 hours; 3-7 wait, and 3-5 show those times as their estimates.
+    const expire = (n: number, inMinutes: number): void =>
+      setStatus(n, { admittedAt: iso(now - 2 * minute), readyAt: iso(now - minute), expiresAt: iso(now + inMinutes * minute) });
+    for (let n = 0; n < 8; n++) addSession(n);
+    for (let n = 0; n < 3; n++) {
+      addClaim(n);
+      expire(n, 60 * (n + 1));
+    }
+    limited.load(sessions.ids());
+    for (let n = 3; n < 8; n++) {
+      const decision = limited.decide(id(n));
+      const estimate = shownEstimate(undefined, decision.admit ? undefined : decision.estimatedStartAt, now);
+      setStatus(n, { phase: 'Waiting', ...(estimate === undefined ? {} : { estimatedStartAt: estimate }) });
+    }
+    assert.deepEqual([3, 4, 5].map((n) => statuses.get(id(n))?.value?.estimatedStartAt), [iso(now + 60 * minute), iso(now + 120 * minute), iso(now + 180 * minute)]);
+
+    // Keepalives: session 1 now expires in 160 minutes (position 2's estimate moves 40 minutes), session 2 in
+    // 190 (position 3's moves 10 minutes, within what its status shows); session 6's status is being written.
+    expire(1, 160);
+    limited.refresh(id(1));
+    expire(2, 190);
+    limited.refresh(id(2));
+    statuses.writing(id(6), '{}', statuses.get(id(6))!.value!);
+    assert.deepEqual(requeued, []);
+    assert.equal(estimatesChanged.length, 2);
+    limited.refreshEstimates();
+    assert.deepEqual(requeued, [id(4), id(6)]);
+
+    // Nothing shown changes: nobody is requeued.
+    requeued = [];
+    statuses.takeWritten(id(6), '{}');
+    setStatus(4, { phase: 'Waiting', estimatedStartAt: iso(now + 160 * minute) });
+    expire(0, 65);
+    limited.refresh(id(0));
+    limited.refreshEstimates();
+    assert.deepEqual(requeued, []);
   });
 
   it('takes the session that leaves out of the list, not another, even when a creation time cannot be ordered', () => {

@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
+import sinon from 'sinon';
 import type { SessionRecord, SessionStatus } from '../../controller/api/types.js';
 import { estimateRefreshMs } from '../../controller/controller/controller.js';
 import { idleTimeoutProblem, sessionExpiryPolicy, type ExpiryPolicy } from '../../controller/controller/lifecycle.js';
+import { SessionReconciler } from '../../controller/controller/reconciler.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import {
   capturingLogger,
@@ -104,6 +106,7 @@ async function createInOrder(h: ControllerHarness, owners: string[]): Promise<st
 describe('lifecycle: waiting list and room', () => {
   let h: ControllerHarness;
   afterEach(async () => {
+    sinon.restore();
     await h.stop();
   });
 
@@ -132,6 +135,55 @@ describe('lifecycle: waiting list and room', () => {
     assert.equal(last.phase, 'Waiting', 'dee moved up when someone ahead left');
     await makeReady(h, c!, 31020);
     assert.equal(h.scheduler.workload(d!), undefined);
+  });
+
+  it('when running sessions\' expiry times move, reconciles only the waiting sessions whose shown estimate changes', async () => {
+    h = await ControllerHarness.embedded({ limits: { maxSessions: 5 }, policy: { idleMaxTimeoutMs: 600 * minute } });
+    const drained = (): boolean => h.controller.queue.length === 0 && h.controller.queue.inFlight === 0;
+    // Five running sessions idle out after 1, 2, 3, 4 and 10 hours: they are the estimates of waiting positions 1-5.
+    const base = Date.now() - 60 * minute;
+    const running: string[] = [];
+    for (const [n, hours] of [1, 2, 3, 4, 10].entries()) {
+      running.push(await createSession(h.store, { owner: `run-${n}`, createdAt: base + n * 1000, spec: { idle: { timeoutSeconds: hours * 3600 } } }));
+    }
+    const waiting: string[] = [];
+    for (let n = 0; n < 50; n++) waiting.push(await createSession(h.store, { owner: `wait-${n}`, createdAt: base + (5 + n) * 1000 }));
+    for (const [n, id] of running.entries()) await makeReady(h, id, 31000 + 10 * n);
+    h.tick(estimateRefreshMs);
+    await statusWhen(h.store, waiting[4]!, (s) => s.estimatedStartAt !== undefined);
+    await waitFor('settled', drained);
+    const before = await Promise.all(waiting.map((id) => statusOf(h.store, id)));
+    const expiryOf = async (id: string): Promise<number> => Date.parse((await statusOf(h.store, id))!.expiresAt!);
+    const reconciled = sinon.spy(SessionReconciler.prototype, 'reconcile');
+    const waitingReconciled = (): string[] => reconciled.args.map(([id]) => id).filter((id) => waiting.includes(id));
+
+    // Half an hour on, the first two users' keepalives move their sessions' expiries by 30 minutes: positions 1
+    // and 2 now start half an hour later, 3 to 5 keep their estimates, and the rest have none.
+    h.tick(30 * minute);
+    const [expiresA, expiresB] = [h.clock.now + 60 * minute, h.clock.now + 120 * minute];
+    await setActivity(h, running[0]!, h.clock.now);
+    await setActivity(h, running[1]!, h.clock.now);
+    await statusWhen(h.store, running[0]!, (s) => Date.parse(s.expiresAt!) === expiresA);
+    await statusWhen(h.store, running[1]!, (s) => Date.parse(s.expiresAt!) === expiresB);
+    await waitFor('settled', drained);
+    h.tick(estimateRefreshMs);
+    await waitFor('settled after the refresh', drained);
+    assert.deepEqual(waitingReconciled().sort(), [waiting[0]!, waiting[1]!]);
+    for (const [n, expiry] of [expiresA, expiresB].entries()) {
+      const estimate = Date.parse((await statusOf(h.store, waiting[n]!))!.estimatedStartAt!);
+      assert.ok(Math.abs(estimate - expiry) <= 1000, `position ${n + 1}: estimate ${estimate} vs expiry ${expiry}`);
+    }
+    assert.deepEqual(await Promise.all(waiting.slice(2).map((id) => statusOf(h.store, id))), before.slice(2));
+
+    // The last one's keepalive moves the latest expiry by half an hour: within what position 5's estimate shows.
+    reconciled.resetHistory();
+    const expiresE = await expiryOf(running[4]!);
+    await setActivity(h, running[4]!, h.clock.now);
+    await statusWhen(h.store, running[4]!, (s) => Date.parse(s.expiresAt!) > expiresE);
+    await waitFor('settled', drained);
+    h.tick(estimateRefreshMs);
+    await waitFor('settled after the refresh', drained);
+    assert.deepEqual(waitingReconciled(), []);
   });
 
   it("keeps a deleted session's slot until its job is purged", async () => {
