@@ -17,7 +17,7 @@ import type { Keys } from './keys.js';
 import { SoleLeader, type Leadership } from './leader.js';
 import type { LifecyclePolicy } from './lifecycle.js';
 import type { PublicAddressing } from './endpoints.js';
-import { ConflictError, SessionReconciler } from './reconciler.js';
+import { ConflictError, SessionReconciler, TermEndedError } from './reconciler.js';
 import { WorkQueue } from './workqueue.js';
 import type { Exposer } from '../loadbalancer/exposer.js';
 
@@ -83,6 +83,11 @@ export class Controller {
   private termActive = false;
   /** Aborted when the current term ends (or the controller stops). */
   private termEnd = new AbortController();
+  /**
+   * Aborted when this process stops leading: the term's scheduler calls are abandoned or not sent. Not on a
+   * stop, which drains the reconciles in flight while it still holds the lock.
+   */
+  private leadershipLost = new AbortController();
   private synced = false;
   private sweepTimer: unknown;
   private estimateTimer: unknown;
@@ -287,6 +292,7 @@ export class Controller {
     this.termActive = true;
     const queue = this.termQueue;
     const termEnd = (this.termEnd = new AbortController()).signal;
+    const lost = (this.leadershipLost = new AbortController()).signal;
     for (const cache of [this.sessions.cache, this.workloads.cache, this.routes.cache, this.statuses.cache, this.activities.cache]) {
       for (const id of cache.ids()) queue.add(id);
     }
@@ -295,7 +301,7 @@ export class Controller {
       if (!(await this.catchUp(termEnd))) return;
       // AWS follows the claims: a routes cache behind the store would have a port just claimed taken for a stray listener.
       this.options.loadBalancers?.resume();
-      this.reconciler.beginTerm();
+      this.reconciler.beginTerm(lost);
       await Promise.all(Array.from({ length: this.options.workers }, () => this.work(queue)));
     });
   }
@@ -352,12 +358,16 @@ export class Controller {
     });
   }
 
-  /** A term ends: no new work is taken; in-flight reconciles finish, and their fenced writes fail if the lease is gone. */
+  /**
+   * A term ends: no new work is taken; in-flight reconciles finish, their fenced writes fail if the lease is
+   * gone, and their scheduler calls are abandoned or not sent (leadershipLost).
+   */
   private follow(): void {
     if (this.stopping || !this.termActive) return;
     this.termActive = false;
     this.options.loadBalancers?.pause();
     this.termEnd.abort();
+    this.leadershipLost.abort();
     this.termQueue.shutDown();
     this.termQueue = this.newQueue();
     this.log.info('standing by');
@@ -389,7 +399,9 @@ export class Controller {
         else if (result.requeueAfterMs === undefined) this.deadlines.cancel(id);
       } catch (error) {
         reconcileSeconds.observe((performance.now() - startedAt) / 1000);
-        this.retry(queue, id, error);
+        // The term's queue is shut down and the next leader looks at the session again: nothing to retry or report.
+        if (error instanceof TermEndedError) this.log.debug({ err: error, session: id }, 'the leadership term ended before the scheduler call finished; reconcile dropped');
+        else this.retry(queue, id, error);
       } finally {
         queue.done(id);
       }

@@ -78,6 +78,17 @@ export class ConflictError extends Error {
   }
 }
 
+/**
+ * Raised when the leadership term ended before a scheduler call was sent or while it was on its way: the
+ * reconcile is dropped, not retried or reported (the next leader looks at the session again).
+ */
+export class TermEndedError extends Error {
+  constructor(what: string, options?: { cause?: unknown }) {
+    super(`${what}: the leadership term ended`, options);
+    this.name = 'TermEndedError';
+  }
+}
+
 const done: ReconcileResult = {};
 
 const routesUpdating: ConditionInput = { type: 'Routed', status: 'False', reason: 'RoutesUpdating', message: 'routes are being updated to the workload address' };
@@ -111,6 +122,9 @@ export class SessionReconciler {
   /** Whether the current wave of orphans has been reported as a store loss (once per wave). */
   private storeLossReported = false;
 
+  /** Aborted when this process stops leading; before the first term nothing is sent to the scheduler. */
+  private term: AbortSignal = AbortSignal.abort();
+
   constructor(private readonly deps: ReconcilerDeps) {
     this.now = deps.now;
     this.expectations = new Expectations(deps.expectationTimeoutMs ?? 30_000, this.now);
@@ -118,9 +132,11 @@ export class SessionReconciler {
 
   /**
    * A leadership term begins: orphan clocks start again. One kept from an earlier term cannot be trusted:
-   * while this process stood by, the record may have come back and vanished again unseen.
+   * while this process stood by, the record may have come back and vanished again unseen. Scheduler calls
+   * are made within the term: like the store writes fenced to its lease, none is sent once `lost` aborts.
    */
-  beginTerm(): void {
+  beginTerm(lost: AbortSignal): void {
+    this.term = lost;
     this.orphanedSince.clear();
     this.storeLossReported = false;
   }
@@ -232,7 +248,7 @@ export class SessionReconciler {
     if (workload === undefined) {
       const job = render();
       refusal = await refusalOf('RegisterFailed', async () => {
-        await this.deps.scheduler.register(job);
+        await this.withinTerm(`registering job ${jobId}`, (signal) => this.deps.scheduler.register(job, signal));
         this.expectations.expect(id, () => observed.workloads.get(id)?.specHash === job.specHash);
         this.deps.log.info({ session: id, job: jobId }, cachedWorkload ? 'job updated' : 'job registered');
       });
@@ -254,7 +270,7 @@ export class SessionReconciler {
       const replaceAt = Date.parse(failures[failures.length - 1]?.time ?? admittedAt) + restartDelayMs(policy, failures.length);
       if (now >= replaceAt) {
         refusal = await refusalOf('RescheduleFailed', async () => {
-          await this.deps.scheduler.reschedule(jobId);
+          await this.withinTerm(`rescheduling job ${jobId}`, (signal) => this.deps.scheduler.reschedule(jobId, signal));
           this.expectations.expect(id, () => observed.workloads.get(id)?.allocation?.id !== allocation.id);
           this.deps.log.info({ session: id, job: jobId, failures: failures.length }, 'replacing the failed workload');
         });
@@ -646,10 +662,25 @@ export class SessionReconciler {
     if (routes) await this.delete(id, observed.routes, keys.route(id));
     const workload = observed.workloads.get(id);
     if (workload) {
-      await scheduler.deregister(workload.jobId);
+      await this.withinTerm(`deregistering job ${workload.jobId}`, (signal) => scheduler.deregister(workload.jobId, signal));
       this.expectations.expect(id, () => observed.workloads.get(id) === undefined);
     }
     return workload === undefined && routes === undefined;
+  }
+
+  /**
+   * A scheduler call made within the current term: not sent once the term has ended, and abandoned when it
+   * ends on the way. A deposed leader's call would otherwise reach the scheduler beside the new leader's.
+   */
+  private async withinTerm(what: string, call: (signal: AbortSignal) => Promise<void>): Promise<void> {
+    const term = this.term;
+    if (term.aborted) throw new TermEndedError(what);
+    try {
+      await call(term);
+    } catch (error) {
+      if (term.aborted) throw new TermEndedError(what, { cause: error });
+      throw error;
+    }
   }
 
   private async fail(id: string, generation: number, reason: string, message: string, failures?: WorkloadFailure[]): Promise<ReconcileResult> {
@@ -755,12 +786,16 @@ interface Refusal {
   readonly scheduled: ConditionInput;
 }
 
-/** Runs a scheduler call; its failure (a job Nomad finds invalid, an ACL or quota denial, Nomad unreachable) is returned, not thrown. */
+/**
+ * Runs a scheduler call; its failure (a job Nomad finds invalid, an ACL or quota denial, Nomad unreachable) is
+ * returned, not thrown. The end of the term is thrown: nothing is reported for a call this leader may not make.
+ */
 async function refusalOf(reason: 'RegisterFailed' | 'RescheduleFailed', call: () => Promise<void>): Promise<Refusal | undefined> {
   try {
     await call();
     return undefined;
   } catch (error) {
+    if (error instanceof TermEndedError) throw error;
     return { error, scheduled: { type: 'Scheduled', status: 'False', reason, message: error instanceof Error ? error.message : String(error) } };
   }
 }

@@ -227,12 +227,14 @@ export class LocalScheduler implements Scheduler {
     return { id: request.jobId, sessionId: request.sessionId, specHash: specHashOf(body), body };
   }
 
-  async register(job: RenderedJob): Promise<void> {
+  /** `signal` is checked once the job's turn comes; what then starts (files, processes) runs to its end. */
+  async register(job: RenderedJob, signal?: AbortSignal): Promise<void> {
     this.assertUsable();
     const body = parseBody(job.body, `job ${job.id}`);
     const stored: StoredJob = { id: job.id, sessionId: job.sessionId, specHash: job.specHash, body };
     await this.perJob.run(job.id, async () => {
       this.assertUsable();
+      signal?.throwIfAborted();
       const existing = this.jobs.get(job.id);
       if (existing && existing.job.specHash === job.specHash && existing.alloc && isLive(existing.alloc)) return;
       // Persist before spawning anything, so a crash from here on leaves a job the next start() runs.
@@ -244,9 +246,10 @@ export class LocalScheduler implements Scheduler {
     });
   }
 
-  async deregister(jobId: string): Promise<void> {
+  async deregister(jobId: string, signal?: AbortSignal): Promise<void> {
     this.assertUsable();
     await this.perJob.run(jobId, async () => {
+      signal?.throwIfAborted();
       const runtime = this.jobs.get(jobId);
       if (!runtime) return;
       if (runtime.alloc) {
@@ -260,10 +263,11 @@ export class LocalScheduler implements Scheduler {
     });
   }
 
-  async reschedule(jobId: string): Promise<void> {
+  async reschedule(jobId: string, signal?: AbortSignal): Promise<void> {
     this.assertUsable();
     await this.perJob.run(jobId, async () => {
       this.assertUsable();
+      signal?.throwIfAborted();
       const runtime = this.jobs.get(jobId);
       if (runtime?.alloc?.clientStatus !== 'failed') {
         this.log.debug({ jobId, clientStatus: runtime?.alloc?.clientStatus }, 'nothing to reschedule: no failed allocation');

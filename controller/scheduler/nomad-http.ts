@@ -51,9 +51,9 @@ const MAX_MESSAGE_CHARS = 500;
 export class NomadHttp {
   constructor(private readonly options: NomadHttpOptions) {}
 
-  /** A call answered with JSON (or nothing). */
-  async json(method: string, path: string, query: Query, body?: unknown): Promise<unknown> {
-    const result = await this.request(method, path, query, body);
+  /** A call answered with JSON (or nothing). `signal` aborts it (close() always does). */
+  async json(method: string, path: string, query: Query, body?: unknown, signal?: AbortSignal): Promise<unknown> {
+    const result = await this.request(method, path, query, body, signal);
     try {
       return result.body === '' ? undefined : (JSON.parse(result.body) as unknown);
     } catch (error) {
@@ -126,7 +126,7 @@ export class NomadHttp {
       });
       req.end(payload);
     });
-    this.count(result, operation, startedAt);
+    this.count(result, operation, startedAt, signal);
     return result;
   }
 
@@ -150,7 +150,7 @@ export class NomadHttp {
       req.on('error', (error) => fail(0, error.message, error));
       req.end();
     });
-    this.count(opened, `${operation} (stream)`, startedAt);
+    this.count(opened, `${operation} (stream)`, startedAt, signal);
     return opened;
   }
 
@@ -177,12 +177,13 @@ export class NomadHttp {
     return signal ? AbortSignal.any([signal, this.options.signal]) : this.options.signal;
   }
 
-  private count(call: Promise<unknown>, operation: string, startedAt: number): void {
+  private count(call: Promise<unknown>, operation: string, startedAt: number, signal: AbortSignal | undefined): void {
     call.then(
       () => recordBackendCall('nomad', operation, 'ok', startedAt),
       (error: unknown) => {
         const status = error instanceof NomadApiError ? error.status : 0;
-        recordBackendCall('nomad', operation, status === 0 ? (this.options.signal.aborted ? 'aborted' : 'unreachable') : outcomeOfStatus(status), startedAt);
+        const aborted = this.options.signal.aborted || signal?.aborted === true;
+        recordBackendCall('nomad', operation, status === 0 ? (aborted ? 'aborted' : 'unreachable') : outcomeOfStatus(status), startedAt);
       },
     );
   }

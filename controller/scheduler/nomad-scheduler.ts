@@ -489,11 +489,12 @@ export class NomadScheduler implements Scheduler {
     return { id: request.jobId, sessionId: request.sessionId, specHash: body.Job.Meta[SPEC_HASH_META_KEY] ?? '', body };
   }
 
-  async register(job: RenderedJob): Promise<void> {
+  async register(job: RenderedJob, signal?: AbortSignal): Promise<void> {
     const api = this.assertUsable();
     const nomadJob = jobOf(job);
     await this.perJob.run(job.id, async () => {
       this.assertUsable();
+      signal?.throwIfAborted();
       if (this.foreign.has(job.id)) {
         throw new Error(`registering job ${job.id}: a job with that id exists without Manticore's marker (Meta ${SESSION_META_KEY}); refusing to overwrite it`);
       }
@@ -504,9 +505,10 @@ export class NomadScheduler implements Scheduler {
       }
       // EnforceIndex makes Nomad refuse the write if the job changed since we saw it (0: "only if new").
       const payload = { Job: nomadJob, EnforceIndex: true, JobModifyIndex: known?.jobModifyIndex ?? 0 };
+      signal?.throwIfAborted();
       let response: unknown;
       try {
-        response = await api.json('PUT', '/v1/jobs', {}, payload);
+        response = await api.json('PUT', '/v1/jobs', {}, payload, signal);
       } catch (error) {
         throw this.describeWriteError(error, `registering job ${job.id}`);
       }
@@ -518,13 +520,14 @@ export class NomadScheduler implements Scheduler {
     });
   }
 
-  async deregister(jobId: string): Promise<void> {
+  async deregister(jobId: string, signal?: AbortSignal): Promise<void> {
     const api = this.assertUsable();
     await this.perJob.run(jobId, async () => {
       this.assertUsable();
+      signal?.throwIfAborted();
       let response: unknown;
       try {
-        response = await api.json('DELETE', `/v1/job/${encodeURIComponent(jobId)}`, { purge: 'true' });
+        response = await api.json('DELETE', `/v1/job/${encodeURIComponent(jobId)}`, { purge: 'true' }, undefined, signal);
       } catch (error) {
         if (error instanceof NomadApiError && (error.status === 404 || /job not found/i.test(error.nomadMessage))) {
           this.log.debug({ jobId }, 'job to deregister was already gone');
@@ -548,10 +551,11 @@ export class NomadScheduler implements Scheduler {
    * replaces a failed allocation is a new version of the job: the same job, read back, with Meta naming the
    * allocation it replaces, registered only if it is still the version whose allocation failed.
    */
-  async reschedule(jobId: string): Promise<void> {
+  async reschedule(jobId: string, signal?: AbortSignal): Promise<void> {
     const api = this.assertUsable();
     await this.perJob.run(jobId, async () => {
       this.assertUsable();
+      signal?.throwIfAborted();
       const stub = this.jobs.get(jobId);
       const failed = this.reported.get(jobId)?.allocation;
       if (!stub || failed?.clientStatus !== 'failed') {
@@ -560,7 +564,7 @@ export class NomadScheduler implements Scheduler {
       }
       let full: unknown;
       try {
-        full = await api.json('GET', `/v1/job/${encodeURIComponent(jobId)}`, {});
+        full = await api.json('GET', `/v1/job/${encodeURIComponent(jobId)}`, {}, undefined, signal);
       } catch (error) {
         if (error instanceof NomadApiError && error.status === 404) {
           this.log.debug({ jobId }, 'job to reschedule is gone');
@@ -578,7 +582,7 @@ export class NomadScheduler implements Scheduler {
       const payload = { Job: { ...full, Meta: { ...full.Meta, [REPLACES_META_KEY]: failed.id } }, EnforceIndex: true, JobModifyIndex: stub.JobModifyIndex };
       let response: unknown;
       try {
-        response = await api.json('PUT', '/v1/jobs', {}, payload);
+        response = await api.json('PUT', '/v1/jobs', {}, payload, signal);
       } catch (error) {
         throw this.describeWriteError(error, `rescheduling job ${jobId}`);
       }

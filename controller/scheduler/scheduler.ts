@@ -62,17 +62,21 @@ export interface Scheduler {
   start(): Promise<void>;
   /** Renders the job for a request; throws a `RenderError` naming the problem when the template cannot run here. */
   render(request: WorkloadRequest): RenderedJob;
-  /** Registers or updates a job; registering the same content again is harmless. */
-  register(job: RenderedJob): Promise<void>;
+  /**
+   * Registers or updates a job; registering the same content again is harmless. The calls that change the
+   * cluster take the caller's `signal` (the controller's leadership term): once it has aborted the call is
+   * not sent, and one on its way is abandoned, rejecting with the signal's reason.
+   */
+  register(job: RenderedJob, signal?: AbortSignal): Promise<void>;
   /** Stops and removes a job and its allocations; removing a missing job succeeds. */
-  deregister(jobId: string): Promise<void>;
+  deregister(jobId: string, signal?: AbortSignal): Promise<void>;
   /**
    * Replaces the job's failed allocation with a fresh one now (new allocation id, tasks started again
    * with their restart counts at 0), reported through watch() like any other change. The controller calls
    * it after its own restart backoff: backends never replace a failed allocation by themselves, so the
    * controller counts failures. A job whose allocation has not failed, or a missing job, is left alone.
    */
-  reschedule(jobId: string): Promise<void>;
+  reschedule(jobId: string, signal?: AbortSignal): Promise<void>;
   /**
    * Watches the jobs carrying Manticore's marker: first a reset with all of them, then changes.
    * Jobs without the marker are never reported.

@@ -39,15 +39,15 @@ class RecordingScheduler implements Scheduler {
   render(...args: Parameters<Scheduler['render']>): RenderedJob {
     return this.inner.render(...args);
   }
-  async register(job: RenderedJob): Promise<void> {
+  async register(job: RenderedJob, signal?: AbortSignal): Promise<void> {
     this.log.push(`register ${job.sessionId}`);
-    await this.inner.register(job);
+    await this.inner.register(job, signal);
   }
-  deregister(jobId: string): Promise<void> {
-    return this.inner.deregister(jobId);
+  deregister(jobId: string, signal?: AbortSignal): Promise<void> {
+    return this.inner.deregister(jobId, signal);
   }
-  reschedule(jobId: string): Promise<void> {
-    return this.inner.reschedule(jobId);
+  reschedule(jobId: string, signal?: AbortSignal): Promise<void> {
+    return this.inner.reschedule(jobId, signal);
   }
   capacityChanges(): Observable<void> {
     return this.inner.capacityChanges();

@@ -279,6 +279,29 @@ describe('Nomad scheduler', function () {
       assert.equal(updated.specHash, changed.specHash);
     });
 
+    it('sends no write once its signal has aborted, and abandons one on its way when it aborts, sending it no second time', async function () {
+      const double = await startDouble();
+      const proxy = await CountingProxy.start(double.address);
+      proxies.push(proxy);
+      const scheduler = await startScheduler(proxy.address);
+      const job = scheduler.render(contractRequest(demo, session()));
+      const before = proxy.requests.length;
+      const ended = AbortSignal.abort();
+      await assert.rejects(scheduler.register(job, ended));
+      await assert.rejects(scheduler.deregister(job.id, ended));
+      await assert.rejects(scheduler.reschedule(job.id, ended));
+      const sent = proxy.requests.slice(before).filter((item) => !isObservation(item.method, item.path));
+      assert.deepEqual(sent, [], 'nothing sent after the signal aborted');
+      // The proxy holds the registration back, as a slow Nomad would, until its signal aborts.
+      proxy.hold((method, path) => method === 'PUT' && path === '/v1/jobs');
+      const term = new AbortController();
+      const registering = scheduler.register(job, term.signal);
+      await waitFor('the registration on its way', () => proxy.count('PUT', '/v1/jobs') === 1);
+      term.abort();
+      await assert.rejects(registering, (error: unknown) => error instanceof Error && error.message.startsWith(`registering job ${job.id}: Nomad not reached`));
+      assert.equal(proxy.count('PUT', '/v1/jobs'), 1, 'the abandoned registration is not sent again');
+    });
+
     it('reports a conflict when the job changed behind a stale cache, and refuses to overwrite foreign jobs', async function () {
       const double = await startDouble();
       const proxy = await CountingProxy.start(double.address);

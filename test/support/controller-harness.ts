@@ -100,8 +100,8 @@ export function laggingWatch(inner: Store, prefix: string): { store: Store; hold
   return { store, hold: () => open.next(false), release: () => open.next(true) };
 }
 
-/** A leadership the test hands to a standby controller when it chooses (`lead()`). */
-export function standbyLeadership(): { leadership: Leadership; lead(): void } {
+/** A leadership the test hands to a standby controller when it chooses (`lead()`), and takes back (`lose()`). */
+export function standbyLeadership(): { leadership: Leadership; lead(): void; lose(): void } {
   const leading = new BehaviorSubject(false);
   const leadership: Leadership = {
     leading$: leading.asObservable(),
@@ -114,7 +114,7 @@ export function standbyLeadership(): { leadership: Leadership; lead(): void } {
     fence: () => undefined,
     leader: () => undefined,
   };
-  return { leadership, lead: () => leading.next(true) };
+  return { leadership, lead: () => leading.next(true), lose: () => leading.next(false) };
 }
 
 /** A Store whose every method calls `inner` (as itself), for tests to replace or spy on some of them. */

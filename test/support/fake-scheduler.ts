@@ -28,6 +28,10 @@ export class FakeScheduler implements Scheduler {
   refusal: Error | undefined;
   /** How many calls were refused. */
   refusals = 0;
+  /** register() calls begun, and those that have returned or thrown (a slow one is begun, not yet settled). */
+  registerCalls = { begun: 0, settled: 0 };
+  /** While set, register() waits for it before acting, as a slow Nomad does; the caller's signal abandons the wait. */
+  private registerGate: Promise<void> | undefined;
   private readonly workloads = new Map<string, Workload>();
   private readonly steps = new Subject<WorkloadStep>();
   private allocations = 0;
@@ -47,13 +51,31 @@ export class FakeScheduler implements Scheduler {
     return { id: request.jobId, sessionId: request.sessionId, specHash, body };
   }
 
-  async register(job: RenderedJob): Promise<void> {
-    this.refuseIfAsked();
-    this.registrations.push(job);
-    this.set({ jobId: job.id, sessionId: job.sessionId, specHash: job.specHash });
+  async register(job: RenderedJob, signal?: AbortSignal): Promise<void> {
+    this.registerCalls.begun++;
+    try {
+      signal?.throwIfAborted();
+      if (this.registerGate) await abandonable(this.registerGate, signal);
+      this.refuseIfAsked();
+      this.registrations.push(job);
+      this.set({ jobId: job.id, sessionId: job.sessionId, specHash: job.specHash });
+    } finally {
+      this.registerCalls.settled++;
+    }
   }
 
-  async deregister(jobId: string): Promise<void> {
+  /** Holds every register() until the returned function is called. */
+  slowRegistrations(): () => void {
+    let release!: () => void;
+    this.registerGate = new Promise((resolve) => (release = resolve));
+    return () => {
+      this.registerGate = undefined;
+      release();
+    };
+  }
+
+  async deregister(jobId: string, signal?: AbortSignal): Promise<void> {
+    signal?.throwIfAborted();
     this.deregistrations.push(jobId);
     const workload = [...this.workloads.values()].find((w) => w.jobId === jobId);
     if (!workload) return;
@@ -62,7 +84,8 @@ export class FakeScheduler implements Scheduler {
   }
 
   /** A failed allocation gets a fresh, pending one (call run() to start it); anything else stays as it is. */
-  async reschedule(jobId: string): Promise<void> {
+  async reschedule(jobId: string, signal?: AbortSignal): Promise<void> {
+    signal?.throwIfAborted();
     this.refuseIfAsked();
     this.reschedules.push(jobId);
     const workload = [...this.workloads.values()].find((w) => w.jobId === jobId);
@@ -148,4 +171,14 @@ export class FakeScheduler implements Scheduler {
     this.workloads.set(workload.sessionId, workload);
     this.steps.next({ kind: 'upsert', workload });
   }
+}
+
+/** `promise`, or the signal's reason once it aborts. */
+function abandonable(promise: Promise<void>, signal: AbortSignal | undefined): Promise<void> {
+  if (!signal) return promise;
+  return new Promise((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason as Error);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
 }

@@ -4,10 +4,12 @@ import sinon from 'sinon';
 import { SessionReconciler } from '../../controller/controller/reconciler.js';
 import type { Store } from '../../controller/store/store.js';
 import {
+  capturingLogger,
   condition,
   ControllerHarness,
   countingStore,
   createSession,
+  delegatingStore,
   keys,
   laggingWatch,
   makeReady,
@@ -352,6 +354,70 @@ describe('controller: session reconciliation', () => {
     await waitFor('queue drained', () => h.controller.queue.idle);
     assert.equal(h.scheduler.registrations.length, registrations);
     assert.deepEqual(counting.writes, []);
+  });
+});
+
+describe('controller: scheduler calls belong to the leadership term', () => {
+  let h: ControllerHarness;
+  let lines: ReturnType<typeof capturingLogger>['lines'];
+  let term: ReturnType<typeof standbyLeadership>;
+  beforeEach(async () => {
+    const captured = capturingLogger();
+    lines = captured.lines;
+    h = await ControllerHarness.embedded({ log: captured.log });
+    // A controller whose leadership the test takes away, in place of the harness's sole leader.
+    await h.controller.stop();
+    term = standbyLeadership();
+  });
+  afterEach(async () => {
+    await h.stop();
+  });
+
+  const leadOver = async (store: Store): Promise<void> => {
+    h.controller = await h.startController(store, term.leadership);
+    term.lead();
+  };
+  const dropped = (): boolean => lines.some((line) => line.msg === 'the leadership term ended before the scheduler call finished; reconcile dropped');
+  const failures = (): unknown[] => lines.filter((line) => line.msg === 'reconcile failed; will retry');
+
+  it('abandons a job registration on its way when leadership is lost, and writes no failure for it', async () => {
+    await leadOver(h.store);
+    const release = h.scheduler.slowRegistrations();
+    const id = await createSession(h.store);
+    await waitFor('the registration on its way', () => h.scheduler.registerCalls.begun === 1);
+    term.lose();
+    release();
+    await waitFor('the registration settled', () => h.scheduler.registerCalls.settled === 1);
+    await waitFor('the reconcile ended', async () => dropped() || (await statusOf(h.store, id)) !== undefined);
+    assert.deepEqual(h.scheduler.registrations, [], 'the job registered after the term ended');
+    assert.equal(await statusOf(h.store, id), undefined, 'a status written after the term ended');
+    assert.deepEqual(failures(), [], 'the abandoned call counted as a failure');
+  });
+
+  it('does not send a job registration once leadership is lost on the way to it', async () => {
+    let claimHeld = false;
+    let releaseClaim!: () => void;
+    const claimWritten = new Promise<void>((resolve) => (releaseClaim = resolve));
+    // Unfenced (a standby's leadership has no fence), the claim is a single put.
+    const slowClaims: Store = {
+      ...delegatingStore(h.store),
+      put: async (key, value, options) => {
+        if (key.startsWith(keys.routes)) {
+          claimHeld = true;
+          await claimWritten;
+        }
+        return h.store.put(key, value, options);
+      },
+    };
+    await leadOver(slowClaims);
+    const id = await createSession(h.store);
+    await waitFor('the claim write on its way', () => claimHeld);
+    term.lose();
+    releaseClaim();
+    await waitFor('the reconcile ended', async () => dropped() || h.scheduler.registerCalls.begun > 0 || (await statusOf(h.store, id)) !== undefined);
+    assert.equal(h.scheduler.registerCalls.begun, 0, 'register called after the term ended');
+    assert.equal(await statusOf(h.store, id), undefined, 'a status written after the term ended');
+    assert.deepEqual(failures(), []);
   });
 });
 
