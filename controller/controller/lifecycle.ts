@@ -66,11 +66,14 @@ export function idleTimeoutProblem(policy: ExpiryPolicy, timeoutSeconds: number)
  * every restart agrees: the idle deadline moves with activity, the lifetime cap does not; the earlier wins.
  */
 export function expiryOf(policy: ExpiryPolicy, readyAt: number, lastActivityAt: number | undefined): Expiry | undefined {
-  const candidates: Array<{ at: number; reason: ExpiryReason }> = [];
-  if (policy.idleTimeoutMs > 0) candidates.push({ at: Math.max(readyAt, lastActivityAt ?? readyAt) + policy.idleTimeoutMs, reason: 'IdleTimeout' });
-  if (policy.maxLifetimeMs > 0) candidates.push({ at: readyAt + policy.maxLifetimeMs, reason: 'MaxLifetime' });
+  const candidates: Array<{ from: number; at: number; reason: ExpiryReason }> = [];
+  const idleFrom = Math.max(readyAt, lastActivityAt ?? readyAt);
+  if (policy.idleTimeoutMs > 0) candidates.push({ from: idleFrom, at: idleFrom + policy.idleTimeoutMs, reason: 'IdleTimeout' });
+  if (policy.maxLifetimeMs > 0) candidates.push({ from: readyAt, at: readyAt + policy.maxLifetimeMs, reason: 'MaxLifetime' });
   const first = candidates.sort((a, b) => a.at - b.at)[0];
-  return first === undefined ? undefined : { ...first, warnAt: first.at - policy.idleWarningMs };
+  if (first === undefined) return undefined;
+  // A limit no longer than the warning (a stored record, or a warning raised since) is warned from its start.
+  return { at: first.at, reason: first.reason, warnAt: Math.max(first.at - policy.idleWarningMs, first.from) };
 }
 
 /** `IdleWarning` from the warning time on, with the time left; the message is stable so the status is not rewritten. */

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import sinon from 'sinon';
 import type { SessionRecord, SessionStatus } from '../../controller/api/types.js';
 import { estimateRefreshMs } from '../../controller/controller/controller.js';
-import { idleTimeoutProblem, sessionExpiryPolicy, type ExpiryPolicy } from '../../controller/controller/lifecycle.js';
+import { expiryOf, idleTimeoutProblem, idleWarningCondition, sessionExpiryPolicy, type ExpiryPolicy } from '../../controller/controller/lifecycle.js';
 import { SessionReconciler } from '../../controller/controller/reconciler.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import {
@@ -367,6 +367,27 @@ describe("lifecycle: a session's own idle timeout", () => {
     assert.equal(idleTimeoutProblem(unlimited, 0), undefined);
     assert.equal(idleTimeoutProblem(unlimited, 31_536_000), undefined);
     assert.equal(idleTimeoutProblem(unlimited, 60), 'must be above 300 (idle.warningSeconds), or 0 for never');
+  });
+});
+
+describe('lifecycle: expiry and warning times', () => {
+  const policy: ExpiryPolicy = { idleTimeoutMs: 30 * minute, idleMaxTimeoutMs: 0, idleWarningMs: 5 * minute, maxLifetimeMs: 0 };
+  const readyAt = Date.parse('2026-01-01T00:00:00Z');
+
+  it('warns the warning time before the end, and says so', () => {
+    const expiry = expiryOf(policy, readyAt, readyAt + minute)!;
+    assert.deepEqual(expiry, { at: readyAt + 31 * minute, warnAt: readyAt + 26 * minute, reason: 'IdleTimeout' });
+    assert.match(idleWarningCondition(expiry, expiry.warnAt).message, /\(in 300 s\)/);
+  });
+
+  it('warns a limit no longer than the warning from its start, with the time really left', () => {
+    // A stored record asking 120 s, or a warning raised since the session asked: the warning cannot come earlier.
+    const idle = expiryOf({ ...policy, idleTimeoutMs: 2 * minute }, readyAt, readyAt + minute)!;
+    assert.deepEqual(idle, { at: readyAt + 3 * minute, warnAt: readyAt + minute, reason: 'IdleTimeout' });
+    assert.match(idleWarningCondition(idle, idle.warnAt).message, /\(in 120 s\) unless there is activity/);
+    const lifetime = expiryOf({ ...policy, maxLifetimeMs: 3 * minute }, readyAt, undefined)!;
+    assert.deepEqual(lifetime, { at: readyAt + 3 * minute, warnAt: readyAt, reason: 'MaxLifetime' });
+    assert.match(idleWarningCondition(lifetime, readyAt).message, /\(in 180 s\)/);
   });
 });
 
