@@ -193,6 +193,7 @@ export const environmentOverrides: ReadonlyArray<{ variable: string; path: strin
   { variable: 'MANTICORE_SESSIONS_PER_USER', path: ['limits', 'sessionsPerUser'], parse: asInteger },
   { variable: 'MANTICORE_IDLE_TIMEOUT_SECONDS', path: ['idle', 'timeoutSeconds'], parse: asInteger },
   { variable: 'MANTICORE_IDLE_WARNING_SECONDS', path: ['idle', 'warningSeconds'], parse: asInteger },
+  { variable: 'MANTICORE_IDLE_MAX_TIMEOUT_SECONDS', path: ['idle', 'maxTimeoutSeconds'], parse: asInteger },
 ];
 
 /**

@@ -228,6 +228,7 @@ describe('configuration', () => {
     assert.equal(idle('{ timeoutSeconds: 0 }').maxTimeoutSeconds, 0, 'never idle by default: no limit');
     assert.equal(idle('{}', { MANTICORE_IDLE_TIMEOUT_SECONDS: '900' }).maxTimeoutSeconds, 900, 'the default follows an overridden timeout');
     assert.equal(idle('{ maxTimeoutSeconds: 7200 }').maxTimeoutSeconds, 7200);
+    assert.equal(idle('{}', { MANTICORE_IDLE_MAX_TIMEOUT_SECONDS: '7200' }).maxTimeoutSeconds, 7200, 'set from the environment');
     assert.equal(idle('{ maxTimeoutSeconds: 0 }').maxTimeoutSeconds, 0);
     assert.throws(() => idle('{ maxTimeoutSeconds: 300 }'), /\/idle\/maxTimeoutSeconds: must be above idle.warningSeconds/);
     assert.throws(() => idle('{ maxTimeoutSeconds: 1200 }'), /\/idle\/maxTimeoutSeconds: must not be below idle.timeoutSeconds/);
