@@ -37,8 +37,8 @@ export class ClassicElbProvider implements LoadBalancerProvider {
     return (await this.find()).DNSName!;
   }
 
-  async describe(): Promise<LoadBalancerSnapshot> {
-    const found = await this.find();
+  async describe(_resync: boolean, term: AbortSignal): Promise<LoadBalancerSnapshot> {
+    const found = await this.find(term);
     const listeners = new Map<number, ObservedListener>();
     for (const { Listener: listener } of found.ListenerDescriptions ?? []) {
       if (listener?.LoadBalancerPort === undefined) continue;
@@ -59,14 +59,14 @@ export class ClassicElbProvider implements LoadBalancerProvider {
   }
 
   /** Everything a Classic ELB is (listeners and health check included) comes in one answer. */
-  private async find(): Promise<LoadBalancerDescription> {
-    const answer = await this.options.client.send(new DescribeLoadBalancersCommand({ LoadBalancerNames: [this.name] }));
+  private async find(term?: AbortSignal): Promise<LoadBalancerDescription> {
+    const answer = await this.options.client.send(new DescribeLoadBalancersCommand({ LoadBalancerNames: [this.name] }), { abortSignal: term });
     const found = answer.LoadBalancerDescriptions?.[0];
     if (found === undefined) throw new Error(`classic load balancer ${this.name} not found`);
     return found;
   }
 
-  async createListener(spec: ListenerSpec): Promise<void> {
+  async createListener(spec: ListenerSpec, term: AbortSignal): Promise<void> {
     await this.options.client.send(
       new CreateLoadBalancerListenersCommand({
         LoadBalancerName: this.name,
@@ -80,19 +80,20 @@ export class ClassicElbProvider implements LoadBalancerProvider {
           },
         ],
       }),
+      { abortSignal: term },
     );
   }
 
-  async deleteListener(listener: ObservedListener): Promise<void> {
-    await this.options.client.send(new DeleteLoadBalancerListenersCommand({ LoadBalancerName: this.name, LoadBalancerPorts: [listener.port] }));
+  async deleteListener(listener: ObservedListener, term: AbortSignal): Promise<void> {
+    await this.options.client.send(new DeleteLoadBalancerListenersCommand({ LoadBalancerName: this.name, LoadBalancerPorts: [listener.port] }), { abortSignal: term });
   }
 
   deleteHelper(id: string): Promise<void> {
     return Promise.reject(new Error(`classic load balancer ${this.name} has no helper resources (asked to delete ${id})`));
   }
 
-  async repairHealthCheck(): Promise<void> {
-    await this.options.client.send(new ConfigureHealthCheckCommand({ LoadBalancerName: this.name, HealthCheck: healthCheckOf(this.options.healthCheck) }));
+  async repairHealthCheck(_id: string, term: AbortSignal): Promise<void> {
+    await this.options.client.send(new ConfigureHealthCheckCommand({ LoadBalancerName: this.name, HealthCheck: healthCheckOf(this.options.healthCheck) }), { abortSignal: term });
   }
 }
 

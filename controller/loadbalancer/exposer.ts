@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { Subject, type Observable } from 'rxjs';
 import type { Clock } from '../util/clock.js';
 import type { Logger } from '../util/log.js';
@@ -137,8 +138,14 @@ abstract class Unit {
       this.again = true;
       return;
     }
-    this.running = this.reconcile()
+    // A pass belongs to the term it began in: once that ends, its calls are abandoned and none is sent.
+    const term = this.exposer.term;
+    this.running = this.reconcile(term)
       .catch((error: unknown) => {
+        if (term.aborted) {
+          this.abandoned(error, `reconcile ${this.name}`);
+          return;
+        }
         this.options.log.error({ err: error, unit: this.name }, 'AWS reconcile failed');
         this.schedule(this.options.retryMaxMs);
       })
@@ -151,11 +158,11 @@ abstract class Unit {
       });
   }
 
-  /** Observe (describe), diff, apply. */
-  protected abstract reconcile(): Promise<void>;
+  /** Observe (describe), diff, apply: every call within `term`. */
+  protected abstract reconcile(term: AbortSignal): Promise<void>;
 
-  /** Runs a describe under its own backoff; undefined when it failed or must wait. */
-  protected async observe<T>(key: string, describe: () => Promise<T>): Promise<T | undefined> {
+  /** Runs a describe under its own backoff; undefined when it failed, must wait, or the term ended. */
+  protected async observe<T>(key: string, term: AbortSignal, describe: () => Promise<T>): Promise<T | undefined> {
     if (!this.backoff.ready(key)) {
       this.schedule(this.backoff.nextAt()! - this.options.clock.now());
       return undefined;
@@ -165,6 +172,10 @@ abstract class Unit {
       this.backoff.succeeded(key);
       return observed;
     } catch (error) {
+      if (term.aborted) {
+        this.abandoned(error, `describe ${this.name}`);
+        return undefined;
+      }
       const delay = this.backoff.failed(key);
       this.logFailure(error, `describe ${this.name}`, delay);
       this.schedule(delay);
@@ -183,15 +194,16 @@ abstract class Unit {
 
   /**
    * Runs the operations that are not waiting out a backoff or an earlier change, a few at a time. A
-   * failure is the operation's own: it backs off with jitter and the others go on.
+   * failure is the operation's own: it backs off with jitter and the others go on. Once `term` ends none
+   * is sent, and one on its way is abandoned, not retried.
    */
-  protected async apply(operations: readonly Operation[]): Promise<void> {
+  protected async apply(operations: readonly Operation[], term: AbortSignal): Promise<void> {
     const { clock, concurrency } = this.options;
     this.backoff.retain(new Set([...operations.map((operation) => operation.key), describeKey]));
     const runnable = operations.filter((operation) => !this.pending(operation.key) && this.backoff.ready(operation.key));
     let next = 0;
     const worker = async (): Promise<void> => {
-      while (next < runnable.length && this.exposer.active) {
+      while (next < runnable.length && !term.aborted) {
         const operation = runnable[next++]!;
         try {
           await operation.run();
@@ -199,6 +211,11 @@ abstract class Unit {
           operation.expect();
           this.options.log.info({ unit: this.name, operation: operation.what }, 'AWS change made');
         } catch (error) {
+          // Whatever the error (the SDK raises the failed attempt's own when the term ends between its retries).
+          if (term.aborted) {
+            this.abandoned(error, operation.what);
+            return;
+          }
           const kind = classify(error);
           if (kind === 'done') {
             this.backoff.succeeded(operation.key);
@@ -212,10 +229,16 @@ abstract class Unit {
       }
     };
     await Promise.all(Array.from({ length: Math.min(concurrency, runnable.length) }, worker));
+    if (term.aborted) return;
     // Look again soon while changes are on their way; otherwise when the next backoff ends.
     const waits = [...(this.expected.size > 0 || runnable.length > 0 ? [clock.now() + this.options.confirmMs] : []), this.backoff.nextAt() ?? Infinity];
     const at = Math.min(...waits);
     if (at !== Infinity) this.schedule(Math.max(0, at - clock.now()));
+  }
+
+  /** A call the term's end cut short: routine at a leadership change, so said at debug level only. */
+  private abandoned(error: unknown, what: string): void {
+    this.options.log.debug({ err: error, unit: this.name, operation: what }, 'AWS call abandoned: the leadership term ended');
   }
 
   private logFailure(error: unknown, what: string, retryInMs: number): void {
@@ -257,10 +280,10 @@ class LoadBalancerUnit extends Unit {
     this.schedule(0);
   }
 
-  protected async reconcile(): Promise<void> {
+  protected async reconcile(term: AbortSignal): Promise<void> {
     const resync = this.resyncDue;
     this.resyncDue = false;
-    const snapshot = await this.observe(describeKey, () => this.provider.describe(resync));
+    const snapshot = await this.observe(describeKey, term, () => this.provider.describe(resync, term));
     if (snapshot === undefined) {
       this.resyncDue ||= resync;
       return;
@@ -278,7 +301,7 @@ class LoadBalancerUnit extends Unit {
     }
     this.publish(desired, snapshot, new Set(diff.conflicts));
     if (this.member.retired === true) this.reportRetirement(snapshot);
-    await this.apply(diff.actions.map((action) => this.operation(action, snapshot)));
+    await this.apply(diff.actions.map((action) => this.operation(action, snapshot, term)), term);
   }
 
   /** Tells the operator when a retired load balancer holds nothing of ours any more: it may leave the configuration. */
@@ -306,7 +329,8 @@ class LoadBalancerUnit extends Unit {
     }
   }
 
-  private operation(action: ListenerAction, snapshot: LoadBalancerSnapshot): Operation {
+  /** The call that carries out an action, made within `term`. */
+  private operation(action: ListenerAction, snapshot: LoadBalancerSnapshot, term: AbortSignal): Operation {
     const { provider } = this;
     const expect = (key: string) => (): void => void this.expected.set(key, this.options.clock.now());
     switch (action.kind) {
@@ -315,7 +339,7 @@ class LoadBalancerUnit extends Unit {
         return {
           key,
           what: `create listener ${this.name}:${action.spec.port} (${action.spec.protocol} → ${action.spec.targetPort})`,
-          run: () => provider.createListener(action.spec),
+          run: () => provider.createListener(action.spec, term),
           expect: expect(key),
           onQuota: () => {
             // AWS holds fewer than the configured quota: no more ports go to this load balancer than it has now.
@@ -330,15 +354,15 @@ class LoadBalancerUnit extends Unit {
       }
       case 'delete': {
         const key = `delete:${action.listener.port}`;
-        return { key, what: `delete listener ${this.name}:${action.listener.port}`, run: () => provider.deleteListener(action.listener), expect: expect(key) };
+        return { key, what: `delete listener ${this.name}:${action.listener.port}`, run: () => provider.deleteListener(action.listener, term), expect: expect(key) };
       }
       case 'deleteHelper': {
         const key = `helper:${action.port}`;
-        return { key, what: `delete target group ${action.id}`, run: () => provider.deleteHelper(action.id), expect: expect(key) };
+        return { key, what: `delete target group ${action.id}`, run: () => provider.deleteHelper(action.id, term), expect: expect(key) };
       }
       case 'repairHealthCheck': {
         const key = `health:${action.id}`;
-        return { key, what: `set the health check of ${action.id}`, run: () => provider.repairHealthCheck(action.id), expect: expect(key) };
+        return { key, what: `set the health check of ${action.id}`, run: () => provider.repairHealthCheck(action.id, term), expect: expect(key) };
       }
     }
   }
@@ -381,8 +405,8 @@ class SecurityGroupUnit extends Unit {
     super(`security group ${group.groupId}`, exposer, options);
   }
 
-  protected async reconcile(): Promise<void> {
-    const observed = await this.observe(describeKey, () => this.group.describe());
+  protected async reconcile(term: AbortSignal): Promise<void> {
+    const observed = await this.observe(describeKey, term, () => this.group.describe(term));
     if (observed === undefined) return;
     const { cidrs, maxRanges } = this.options;
     const openPorts = this.exposer.openPorts();
@@ -396,16 +420,19 @@ class SecurityGroupUnit extends Unit {
     // only a group at its rule quota closes first, to make room.
     const revokeNow = this.atQuota ? diff.revoke : closableNow(diff.revoke, observed.owned, observed.others, openPorts);
     this.atQuota = false;
-    await this.apply([
-      ...revokeNow.map((rule) => ({ key: `revoke:${rule.id}`, what: `revoke ${ruleKey(rule)} in ${this.group.groupId}`, run: () => this.group.revoke(rule), expect: expect(`revoke:${rule.id}`) })),
-      ...diff.authorize.map((rule) => ({
-        key: `authorize:${ruleKey(rule)}`,
-        what: `authorize ${ruleKey(rule)} in ${this.group.groupId}`,
-        run: () => this.group.authorize(rule),
-        expect: expect(`authorize:${ruleKey(rule)}`),
-        onQuota: () => void (this.atQuota = true),
-      })),
-    ]);
+    await this.apply(
+      [
+        ...revokeNow.map((rule) => ({ key: `revoke:${rule.id}`, what: `revoke ${ruleKey(rule)} in ${this.group.groupId}`, run: () => this.group.revoke(rule, term), expect: expect(`revoke:${rule.id}`) })),
+        ...diff.authorize.map((rule) => ({
+          key: `authorize:${ruleKey(rule)}`,
+          what: `authorize ${ruleKey(rule)} in ${this.group.groupId}`,
+          run: () => this.group.authorize(rule, term),
+          expect: expect(`authorize:${ruleKey(rule)}`),
+          onQuota: () => void (this.atQuota = true),
+        })),
+      ],
+      term,
+    );
   }
 }
 
@@ -414,7 +441,8 @@ class SecurityGroupUnit extends Unit {
  * claimed on it (plus the fixed HTTP listener), and in each security group Manticore's ingress rules for
  * those ports; everything of ours beyond that is removed, and nothing without our marker is touched.
  * AWS has no watch: each pass describes, diffs and applies, on claim changes (batched), after its own
- * changes until they show, and on a slow resync. Only the leader runs passes (`resume`/`pause`).
+ * changes until they show, and on a slow resync. Only the leader runs passes (`resume`/`pause`), and each
+ * pass's calls belong to the leadership term it began in.
  */
 export class Exposer implements ListenerStates {
   private readonly loadBalancers = new Map<string, LoadBalancerUnit>();
@@ -423,11 +451,23 @@ export class Exposer implements ListenerStates {
   readonly changes: Observable<ExposureChange> = this.subject.asObservable();
   private book: ClaimBook | undefined;
   private resyncTimer: unknown;
-  active = false;
+  /** Aborted when the leadership term ends (and while none has begun): the term's AWS calls are abandoned. */
+  private termEnd = new AbortController();
 
   constructor(private readonly options: ExposerOptions) {
+    this.termEnd.abort();
     for (const member of options.pool) this.loadBalancers.set(member.provider.name, new LoadBalancerUnit(member, this, options));
     this.groups = options.securityGroups.map((group) => new SecurityGroupUnit(group, this, options));
+  }
+
+  /** Whether this process leads: passes run and AWS calls are made. */
+  get active(): boolean {
+    return !this.term.aborted;
+  }
+
+  /** The current leadership term's signal: aborted once it ends. */
+  get term(): AbortSignal {
+    return this.termEnd.signal;
   }
 
   /** The pool, for the port allocator: the load balancers that take ports (not the retired ones). */
@@ -484,14 +524,16 @@ export class Exposer implements ListenerStates {
   /** This process leads: reconcile everything now and on every resync. */
   resume(): void {
     if (this.active) return;
-    this.active = true;
+    this.termEnd = new AbortController();
+    // Every call on its way listens for the term's end: up to `concurrency` per unit, past Node's warning at 10.
+    setMaxListeners(0, this.termEnd.signal);
     this.options.log.info({ loadBalancers: this.loadBalancers.size, securityGroups: this.groups.length }, 'reconciling AWS load balancers');
     this.resync();
   }
 
-  /** This process no longer leads: no new AWS calls (calls in flight finish). */
+  /** This process no longer leads: no AWS call is sent any more, and those on their way are abandoned. */
   pause(): void {
-    this.active = false;
+    this.termEnd.abort();
     this.options.clock.clearTimeout(this.resyncTimer);
     for (const unit of this.units()) unit.cancel();
   }

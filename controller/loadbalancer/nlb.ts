@@ -69,13 +69,13 @@ export class NlbProvider implements LoadBalancerProvider {
     return (await this.loadIdentity()).dnsName;
   }
 
-  async describe(resync: boolean): Promise<LoadBalancerSnapshot> {
+  async describe(resync: boolean, term: AbortSignal): Promise<LoadBalancerSnapshot> {
     const { client } = this.options;
-    const identity = await this.loadIdentity();
+    const identity = await this.loadIdentity(term);
     const listeners: Listener[] = [];
     let marker: string | undefined;
     do {
-      const page = await client.send(new DescribeListenersCommand({ LoadBalancerArn: identity.arn, PageSize: 400, ...(marker ? { Marker: marker } : {}) }));
+      const page = await client.send(new DescribeListenersCommand({ LoadBalancerArn: identity.arn, PageSize: 400, ...(marker ? { Marker: marker } : {}) }), { abortSignal: term });
       listeners.push(...(page.Listeners ?? []));
       marker = page.NextMarker;
     } while (marker);
@@ -86,11 +86,11 @@ export class NlbProvider implements LoadBalancerProvider {
     const groups: TargetGroup[] = [];
     do {
       const scope = resync ? {} : { LoadBalancerArn: identity.arn };
-      const page = await client.send(new DescribeTargetGroupsCommand({ ...scope, PageSize: 400, ...(marker ? { Marker: marker } : {}) }));
+      const page = await client.send(new DescribeTargetGroupsCommand({ ...scope, PageSize: 400, ...(marker ? { Marker: marker } : {}) }), { abortSignal: term });
       groups.push(...(page.TargetGroups ?? []).filter((group) => group.TargetGroupName?.startsWith(this.namePrefix)));
       marker = page.NextMarker;
     } while (marker);
-    await this.loadOwnership([...listeners.map((listener) => listener.ListenerArn!), ...groups.map((group) => group.TargetGroupArn!)]);
+    await this.loadOwnership([...listeners.map((listener) => listener.ListenerArn!), ...groups.map((group) => group.TargetGroupArn!)], term);
 
     const targetGroups = new Map(resync ? [] : this.targetGroups);
     for (const group of groups) {
@@ -125,37 +125,39 @@ export class NlbProvider implements LoadBalancerProvider {
     };
   }
 
-  async createListener(spec: ListenerSpec): Promise<void> {
+  async createListener(spec: ListenerSpec, term: AbortSignal): Promise<void> {
     try {
-      await this.makeListener(spec);
+      await this.makeListener(spec, term);
     } catch (error) {
       // The target group this process knew for the port was deleted (by hand) since: it is made again.
       if (wireCode(error) !== 'TargetGroupNotFound') throw error;
-      await this.makeListener(spec);
+      await this.makeListener(spec, term);
     }
   }
 
-  async deleteListener(listener: ObservedListener): Promise<void> {
-    await this.forgettingGone(listener.id, () => this.options.client.send(new DeleteListenerCommand({ ListenerArn: listener.id })));
+  async deleteListener(listener: ObservedListener, term: AbortSignal): Promise<void> {
+    await this.forgettingGone(listener.id, () => this.options.client.send(new DeleteListenerCommand({ ListenerArn: listener.id }), { abortSignal: term }));
     this.forget(listener.id);
   }
 
-  async deleteHelper(id: string): Promise<void> {
-    await this.forgettingGone(id, () => this.options.client.send(new DeleteTargetGroupCommand({ TargetGroupArn: id })));
+  async deleteHelper(id: string, term: AbortSignal): Promise<void> {
+    await this.forgettingGone(id, () => this.options.client.send(new DeleteTargetGroupCommand({ TargetGroupArn: id }), { abortSignal: term }));
     this.forget(id);
   }
 
-  async repairHealthCheck(id: string): Promise<void> {
-    const answer = await this.forgettingGone(id, () => this.options.client.send(new ModifyTargetGroupCommand({ TargetGroupArn: id, ...healthCheckFields(this.options.healthCheck) })));
+  async repairHealthCheck(id: string, term: AbortSignal): Promise<void> {
+    const answer = await this.forgettingGone(id, () =>
+      this.options.client.send(new ModifyTargetGroupCommand({ TargetGroupArn: id, ...healthCheckFields(this.options.healthCheck) }), { abortSignal: term }),
+    );
     // A group no listener uses is not read again before the resync: what it is now comes from this answer.
     const modified = answer.TargetGroups?.[0];
     for (const [port, group] of this.targetGroups) if (group.TargetGroupArn === id && modified !== undefined) this.targetGroups.set(port, modified);
   }
 
   /** A listener on the port toward a target group of ours, made unless known, holding the edge instances. */
-  private async makeListener(spec: ListenerSpec): Promise<void> {
+  private async makeListener(spec: ListenerSpec, term: AbortSignal): Promise<void> {
     const { client, instanceIds, marker } = this.options;
-    const identity = await this.loadIdentity();
+    const identity = await this.loadIdentity(term);
     const tags = [
       { Key: ownerTagKey, Value: marker },
       { Key: 'manticore:port', Value: String(spec.port) },
@@ -173,13 +175,14 @@ export class NlbProvider implements LoadBalancerProvider {
           ...healthCheckFields(this.options.healthCheck),
           Tags: tags,
         }),
+        { abortSignal: term },
       );
       group = created.TargetGroups![0]!;
       this.ownedArns.set(group.TargetGroupArn!, true);
       this.targetGroups.set(spec.port, group);
     }
     const arn = group.TargetGroupArn!;
-    await this.forgettingGone(arn, () => client.send(new RegisterTargetsCommand({ TargetGroupArn: arn, Targets: instanceIds.map((Id) => ({ Id, Port: spec.targetPort })) })));
+    await this.forgettingGone(arn, () => client.send(new RegisterTargetsCommand({ TargetGroupArn: arn, Targets: instanceIds.map((Id) => ({ Id, Port: spec.targetPort })) }), { abortSignal: term }));
     const created = await this.forgettingGone(arn, () =>
       client.send(
         new CreateListenerCommand({
@@ -190,6 +193,7 @@ export class NlbProvider implements LoadBalancerProvider {
           DefaultActions: [{ Type: 'forward', TargetGroupArn: arn }],
           Tags: tags,
         }),
+        { abortSignal: term },
       ),
     );
     const listenerArn = created.Listeners?.[0]?.ListenerArn;
@@ -215,10 +219,10 @@ export class NlbProvider implements LoadBalancerProvider {
     for (const [port, group] of this.targetGroups) if (group.TargetGroupArn === arn) this.targetGroups.delete(port);
   }
 
-  /** The load balancer's ARN, VPC and DNS name: looked up once, they never change. */
-  private async loadIdentity(): Promise<Identity> {
+  /** The load balancer's ARN, VPC and DNS name: looked up once, they never change (at start-up, outside any term). */
+  private async loadIdentity(term?: AbortSignal): Promise<Identity> {
     if (this.identity) return this.identity;
-    const answer = await this.options.client.send(new DescribeLoadBalancersCommand({ Names: [this.name] }));
+    const answer = await this.options.client.send(new DescribeLoadBalancersCommand({ Names: [this.name] }), { abortSignal: term });
     const found = answer.LoadBalancers?.[0];
     if (found === undefined) throw new Error(`network load balancer ${this.name} not found`);
     if (found.Type !== undefined && found.Type !== 'network') throw new Error(`load balancer ${this.name} is of type ${found.Type}, not network`);
@@ -227,11 +231,11 @@ export class NlbProvider implements LoadBalancerProvider {
   }
 
   /** Reads the tags of ARNs not seen before (ARNs are never reused, so once is enough). */
-  private async loadOwnership(arns: readonly string[]): Promise<void> {
+  private async loadOwnership(arns: readonly string[], term: AbortSignal): Promise<void> {
     const unknown = arns.filter((arn) => !this.ownedArns.has(arn));
     for (let i = 0; i < unknown.length; i += tagBatch) {
       const batch = unknown.slice(i, i + tagBatch);
-      const answer = await this.options.client.send(new DescribeTagsCommand({ ResourceArns: batch }));
+      const answer = await this.options.client.send(new DescribeTagsCommand({ ResourceArns: batch }), { abortSignal: term });
       for (const arn of batch) {
         const tags = answer.TagDescriptions?.find((description) => description.ResourceArn === arn)?.Tags ?? [];
         this.ownedArns.set(arn, tags.some((tag) => tag.Key === ownerTagKey && tag.Value === this.options.marker));

@@ -49,6 +49,10 @@ export interface LoadBalancerSnapshot {
   readonly healthCheckDrift: readonly string[];
 }
 
+/**
+ * The calls of a load balancer. Each change and describe is made within `term`: once it aborts (the leadership
+ * term ended) no call is sent, and one on its way is abandoned (its promise rejects; AWS may still apply it).
+ */
 export interface LoadBalancerProvider {
   /** The load balancer's name in AWS (also its name in the pool and in claims). */
   readonly name: string;
@@ -59,13 +63,13 @@ export interface LoadBalancerProvider {
    * What the load balancer holds. `resync`: the slow resync's describe, which also looks for helpers of ours
    * that nothing uses and this process did not make (an NLB's region-wide target group listing).
    */
-  describe(resync: boolean): Promise<LoadBalancerSnapshot>;
-  createListener(spec: ListenerSpec): Promise<void>;
-  deleteListener(listener: ObservedListener): Promise<void>;
+  describe(resync: boolean, term: AbortSignal): Promise<LoadBalancerSnapshot>;
+  createListener(spec: ListenerSpec, term: AbortSignal): Promise<void>;
+  deleteListener(listener: ObservedListener, term: AbortSignal): Promise<void>;
   /** Removes a helper resource (`helpers`) that no listener of ours needs any more. */
-  deleteHelper(id: string): Promise<void>;
+  deleteHelper(id: string, term: AbortSignal): Promise<void>;
   /** Sets the configured health check on a resource named in `healthCheckDrift`. */
-  repairHealthCheck(id: string): Promise<void>;
+  repairHealthCheck(id: string, term: AbortSignal): Promise<void>;
 }
 
 /** How a failed AWS call is handled. */

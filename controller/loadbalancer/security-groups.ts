@@ -36,7 +36,7 @@ export interface GroupRules {
 /**
  * One security group's ingress rules through EC2. Only rules whose description is Manticore's marker are
  * revoked; of the rules anyone else made only the ports and CIDR are read (AWS refuses a rule of ours that
- * repeats one of them).
+ * repeats one of them). Every call is made within `term`, as a load balancer's are (see LoadBalancerProvider).
  */
 export class SecurityGroupRules {
   private readonly description: string;
@@ -49,12 +49,13 @@ export class SecurityGroupRules {
     this.description = ruleMarker(marker);
   }
 
-  async describe(): Promise<GroupRules> {
+  async describe(term: AbortSignal): Promise<GroupRules> {
     const rules: SecurityGroupRule[] = [];
     let token: string | undefined;
     do {
       const page = await this.client.send(
         new DescribeSecurityGroupRulesCommand({ Filters: [{ Name: 'group-id', Values: [this.groupId] }], MaxResults: 1000, ...(token ? { NextToken: token } : {}) }),
+        { abortSignal: term },
       );
       rules.push(...(page.SecurityGroupRules ?? []));
       token = page.NextToken;
@@ -71,7 +72,7 @@ export class SecurityGroupRules {
     return { owned, others };
   }
 
-  async authorize(rule: IngressRule): Promise<void> {
+  async authorize(rule: IngressRule, term: AbortSignal): Promise<void> {
     const v6 = rule.cidr.includes(':');
     await this.client.send(
       new AuthorizeSecurityGroupIngressCommand({
@@ -85,10 +86,11 @@ export class SecurityGroupRules {
           },
         ],
       }),
+      { abortSignal: term },
     );
   }
 
-  async revoke(rule: ObservedRule): Promise<void> {
-    await this.client.send(new RevokeSecurityGroupIngressCommand({ GroupId: this.groupId, SecurityGroupRuleIds: [rule.id] }));
+  async revoke(rule: ObservedRule, term: AbortSignal): Promise<void> {
+    await this.client.send(new RevokeSecurityGroupIngressCommand({ GroupId: this.groupId, SecurityGroupRuleIds: [rule.id] }), { abortSignal: term });
   }
 }

@@ -38,8 +38,12 @@ export function instrumentAwsClient(client: MiddlewareHost): void {
   );
 }
 
-/** Throttling is counted on its own: it calls for fewer calls, not for a fix as other refusals do. */
+/**
+ * Throttling is counted on its own: it calls for fewer calls, not for a fix as other refusals do. A call its
+ * caller abandoned (the leadership term ended) is `aborted`, not a sign that AWS is unreachable.
+ */
 export function awsOutcome(error: unknown): BackendOutcome {
+  if ((error as { name?: unknown } | undefined)?.name === 'AbortError') return 'aborted';
   if (isThrottling(error)) return 'throttled';
   const { $fault, $metadata } = (error ?? {}) as AwsErrorShape;
   const status = $metadata?.httpStatusCode;

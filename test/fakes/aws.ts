@@ -39,6 +39,8 @@ import { mockClient } from 'aws-sdk-client-mock';
 /** The part of aws-sdk-client-mock's stub the model uses (its own types tie each command to one client). */
 interface Stub {
   on(command: unknown): { callsFake(fn: (input: never) => Promise<object>): unknown };
+  /** The stubbed `send`: a fake is given the command's input alone, its options are read from the call. */
+  readonly send: { readonly lastCall: { readonly args: readonly unknown[] } | null };
   restore(): void;
 }
 
@@ -51,12 +53,17 @@ interface Stub {
  * DescribeTargetGroups' filters (a load balancer's, or names that must all exist: TargetGroupNotFound),
  * duplicate rules (InvalidPermission.Duplicate) and the rule quota. Knobs: `throttleRate` (the chance that
  * any call is throttled, from a seeded random source), `consistencyDelayMs` (a new listener shows in
- * describe calls only this long after its creation, on the model's clock).
+ * describe calls only this long after its creation, on the model's clock), `holdAnswers` (a command's answers
+ * wait until released). A call's `abortSignal` is honoured as the SDK honours it: one that fired before the
+ * call is sent sends nothing, one that fires while the answer is on its way rejects the call, and the change
+ * AWS received stands.
  */
 export class AwsModel {
   /** Calls per command name, throttled ones included. */
   readonly calls = new Map<string, number>();
   throttled = 0;
+  /** Calls their callers aborted: before sending (these never reached the model) or while the answer was on its way. */
+  abandoned = 0;
   /** Listeners created (calls that succeeded). */
   listenersCreated = 0;
   throttleRate = 0;
@@ -67,6 +74,8 @@ export class AwsModel {
   private readonly tags = new Map<string, Tag[]>();
   private readonly groups = new Map<string, SecurityGroupRule[]>();
   private readonly stubs: Stub[] = [];
+  /** Commands whose answers wait, until the promise resolves. */
+  private readonly heldAnswers = new Map<string, Promise<void>>();
   private sequence = 0;
   private seed: number;
 
@@ -152,20 +161,47 @@ export class AwsModel {
     return [...this.calls.values()].reduce((sum, count) => sum + count, 0);
   }
 
+  /**
+   * Holds the answers to calls of a command (`elbv2:CreateTargetGroup`) until the returned function is called:
+   * each call takes effect when it arrives, as in AWS, and only its answer waits.
+   */
+  holdAnswers(name: string): () => void {
+    let release!: () => void;
+    this.heldAnswers.set(name, new Promise<void>((resolve) => (release = resolve)));
+    return () => {
+      this.heldAnswers.delete(name);
+      release();
+    };
+  }
+
   /** Answers every call of the three SDK clients from this model until `restore()`. */
   install(): this {
     const handle = <I>(stub: Stub, service: AwsService, command: unknown, name: string, fn: (input: I) => object): void => {
       stub.on(command).callsFake(async (input: I) => {
+        // Read before any await: the stub's last call is this one.
+        const signal = (stub.send.lastCall?.args[1] as { abortSignal?: AbortSignal } | undefined)?.abortSignal;
+        if (signal?.aborted === true) {
+          this.abandoned += 1;
+          throw abortError(signal);
+        }
         this.calls.set(name, (this.calls.get(name) ?? 0) + 1);
+        let answer: () => object;
         try {
           if (this.throttleRate > 0 && this.random() < this.throttleRate) {
             this.throttled += 1;
             throw new Refusal(services[service].throttling, 'Rate exceeded', 400);
           }
-          return fn(input);
+          const output = fn(input);
+          answer = () => output;
         } catch (error) {
-          throw error instanceof Refusal ? sdkError(service, error.code, error.message, error.status) : error;
+          const raised = error instanceof Refusal ? sdkError(service, error.code, error.message, error.status) : error;
+          answer = () => {
+            throw raised;
+          };
         }
+        const held = this.heldAnswers.get(name);
+        if (held !== undefined) await this.answerUnlessAborted(held, signal);
+        return answer();
       });
     };
     const v2 = mockClient(elbv2.ElasticLoadBalancingV2Client) as unknown as Stub;
@@ -396,6 +432,22 @@ export class AwsModel {
     return { Return: true };
   }
 
+  /** Waits for a held answer; a caller that aborts meanwhile gets the SDK's AbortError instead. */
+  private answerUnlessAborted(held: Promise<void>, signal: AbortSignal | undefined): Promise<void> {
+    if (signal === undefined) return held;
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = (): void => {
+        this.abandoned += 1;
+        reject(abortError(signal));
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      void held.then(() => {
+        signal.removeEventListener('abort', onAbort);
+        resolve();
+      });
+    });
+  }
+
   private nlbByArn(arn: string): Nlb {
     const nlb = [...this.nlbs.values()].find((candidate) => candidate.arn === arn);
     if (!nlb) throw new Refusal('LoadBalancerNotFound', `load balancer ${arn} not found`, 400);
@@ -475,6 +527,17 @@ export function sdkError(service: AwsService, code: string, message: string, sta
   const options: ExceptionOptions = { message, $fault: status >= 500 ? 'server' : 'client', $metadata: { httpStatusCode: status } };
   const modelled = (sdk as Record<string, unknown>)[renamed?.[code] ?? `${code}Exception`] as ModelledException | undefined;
   return modelled === undefined ? new base({ name: code, ...options }) : new modelled(options);
+}
+
+/**
+ * What an SDK v3 client raises for a call whose abort signal fired, before it was sent or while its answer was
+ * on the way (its HTTP handler's error, as its retry step passes it on).
+ */
+export function abortError(signal: AbortSignal): Error {
+  const reason: unknown = signal.reason;
+  const options = reason instanceof Error ? { cause: reason } : {};
+  const message = reason instanceof Error || reason === undefined ? 'Request aborted' : String(reason);
+  return Object.assign(new Error(message, options), { name: 'AbortError', $metadata: { attempts: 1, totalRetryDelay: 0 } });
 }
 
 function stripTargets(group: TargetGroup & { Targets?: unknown }): TargetGroup {

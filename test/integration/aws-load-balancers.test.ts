@@ -19,7 +19,20 @@ import { ruleMarker } from '../../controller/loadbalancer/security-groups.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import type { Store } from '../../controller/store/store.js';
 import { AwsModel, sdkError, type AwsService } from '../fakes/aws.js';
-import { condition, ControllerHarness, controllerClock, createSession, keys, laggingWatch, requestDeletion, routesOf, standbyLeadership, statusOf, testLog } from '../support/controller-harness.js';
+import {
+  capturingLogger,
+  condition,
+  ControllerHarness,
+  controllerClock,
+  createSession,
+  keys,
+  laggingWatch,
+  requestDeletion,
+  routesOf,
+  standbyLeadership,
+  statusOf,
+  testLog,
+} from '../support/controller-harness.js';
 import { FakeScheduler } from '../support/fake-scheduler.js';
 import { waitFor } from '../support/wait.js';
 
@@ -451,9 +464,11 @@ describe('AWS load balancers: the exposer on its own, on a fake clock', () => {
   // The model answers without I/O, so tickAsync lets every pass finish before the next timer fires.
   let clock: FakeTimers.Clock;
   let model: AwsModel;
+  let logged: ReturnType<typeof capturingLogger>;
   const leading: Exposer[] = [];
   beforeEach(() => {
     clock = FakeTimers.createClock(Date.now());
+    logged = capturingLogger();
     model = new AwsModel(() => clock.now).install();
     model.addNlb('lb-a');
   });
@@ -464,7 +479,7 @@ describe('AWS load balancers: the exposer on its own, on a fake clock', () => {
 
   /** An exposer as `createExposer` builds it for this configuration, started (as every replica starts it). */
   async function started(aws: Record<string, unknown>, claims: ClaimBook, httpTargetPort = 8080, router: Record<string, unknown> = {}): Promise<Exposer> {
-    const exposer = createExposer({ aws: awsConfig(aws, router), marker, tcpPortRange: { start: 20000, end: 20199 }, httpTargetPort, log: testLog, clock: controllerClock(clock), random: seeded(7) });
+    const exposer = createExposer({ aws: awsConfig(aws, router), marker, tcpPortRange: { start: 20000, end: 20199 }, httpTargetPort, log: logged.log, clock: controllerClock(clock), random: seeded(7) });
     exposer.bind(claims);
     await exposer.start();
     return exposer;
@@ -491,6 +506,70 @@ describe('AWS load balancers: the exposer on its own, on a fake clock', () => {
     assert.deepEqual(Object.fromEntries(model.calls), { 'elbv2:DescribeLoadBalancers': 2, 'elb:DescribeLoadBalancers': 1 });
     assert.match(standby.dnsName('lb-b')!, /^lb-b-[0-9a-f]+\.elb\.us-east-1\.amazonaws\.com$/);
     assert.match(standby.dnsName('classic-a')!, /^classic-a-[0-9a-f]+\.us-east-1\.elb\.amazonaws\.com$/);
+  });
+
+  /** What the exposer said at warn level or above. */
+  const complaints = (): string[] => logged.lines.filter((line) => line.level >= 40).map((line) => line.msg);
+  const abandonedSaid = (): boolean => logged.lines.some((line) => line.level === 20 && line.msg === 'AWS call abandoned: the leadership term ended');
+
+  it('a call on its way when the term ends is abandoned, quietly: the rest of the change is not sent, nor tried again', async () => {
+    const claims = new HandClaims('lb-a');
+    claims.ports.add(20001);
+    const release = model.holdAnswers('elbv2:CreateTargetGroup');
+    const exposer = await lead({ loadBalancers: [{ name: 'lb-a', type: 'nlb' }], edgeInstanceIds: ['i-0123456789abcdef0'] }, claims);
+    await clock.tickAsync(1_000);
+    assert.equal(model.calls.get('elbv2:CreateTargetGroup'), 1, 'the target group for 20001 is on its way');
+    model.calls.clear();
+    exposer.pause();
+    // AWS answers after all: the answer is no one's any more.
+    release();
+    await clock.tickAsync(10 * minute);
+    await exposer.whenIdle();
+    assert.deepEqual(Object.fromEntries(model.calls), {}, 'AWS calls sent after the term ended');
+    assert.equal(model.abandoned, 1, 'the call on its way was not abandoned');
+    assert.deepEqual(complaints(), []);
+    assert.ok(abandonedSaid(), 'the abandon is not logged at debug level');
+  });
+
+  it('a pass of an ended term sends nothing in the next one: the new term starts from a fresh describe', async () => {
+    const claims = new HandClaims('lb-a');
+    claims.ports.add(20001);
+    claims.ports.add(20002);
+    const release = model.holdAnswers('elbv2:CreateTargetGroup');
+    const exposer = await lead({ loadBalancers: [{ name: 'lb-a', type: 'nlb' }], edgeInstanceIds: ['i-0123456789abcdef0'], concurrency: 1 }, claims);
+    await clock.tickAsync(1_000);
+    assert.equal(model.calls.get('elbv2:CreateTargetGroup'), 1, 'the target group for 20001 is on its way, 20002\'s next');
+    exposer.pause();
+    // Both sessions ended under another leader; then this replica leads again.
+    claims.ports.clear();
+    exposer.resume();
+    release();
+    await clock.tickAsync(10 * minute);
+    assert.equal(model.listenersCreated, 0, 'listeners the ended term planned were made in the new one');
+    assert.deepEqual([model.listenerPorts('lb-a'), model.targetGroupNames()], [[], []], 'the target group AWS made for the abandoned call is found and removed');
+    assert.deepEqual(complaints(), []);
+  });
+
+  it('as many calls on their way as the concurrency allows share the term\'s signal without a listener-leak warning', async () => {
+    const warnings: string[] = [];
+    const onWarning = (warning: Error): void => {
+      if (warning.name === 'MaxListenersExceededWarning') warnings.push(warning.message);
+    };
+    process.on('warning', onWarning);
+    try {
+      const claims = new HandClaims('lb-a');
+      for (let port = 20001; port <= 20012; port++) claims.ports.add(port);
+      const release = model.holdAnswers('elbv2:CreateTargetGroup');
+      await lead({ loadBalancers: [{ name: 'lb-a', type: 'nlb' }], edgeInstanceIds: ['i-0123456789abcdef0'], concurrency: 12 }, claims);
+      await clock.tickAsync(1_000);
+      assert.equal(model.calls.get('elbv2:CreateTargetGroup'), 12, 'twelve calls on their way at once');
+      release();
+      await clock.tickAsync(1_000);
+      assert.deepEqual(warnings, []);
+      assert.equal(model.listenerPorts('lb-a').length, 12);
+    } finally {
+      process.off('warning', onWarning);
+    }
   });
 
   it('moves the fixed HTTP listener to HAProxy\'s new port after a restart (router.tls turned on: 8080 → 8443), through a new target group', async () => {
@@ -694,6 +773,76 @@ describe('AWS model: refusals as the SDK v3 clients raise them', () => {
       }
     } finally {
       server.close();
+    }
+  });
+
+  it('honours an abort signal as the real client does: nothing sent once it fired, AbortError while the answer is on its way, and none of the SDK\'s own retries after it', async () => {
+    let requests = 0;
+    let answer: (request: http.IncomingMessage, response: http.ServerResponse) => void = () => undefined;
+    const server = http.createServer((request, response) => {
+      requests += 1;
+      answer(request, response);
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const describe = new DescribeLoadBalancersCommand({ Names: ['lb-a'] });
+    const raised = (call: Promise<unknown>): Promise<Error & { $metadata?: object }> => call.then(() => assert.fail('expected an error'), (thrown: Error & { $metadata?: object }) => thrown);
+    const shape = (error: Error & { $metadata?: object }): unknown[] => [error.name, error.message, (error.cause as Error | undefined)?.name, error.$metadata];
+    const fired = new AbortController();
+    fired.abort();
+    let real: { before: Error; onTheWay: Error };
+    try {
+      // The SDK's default of 3 attempts.
+      const client = new ElasticLoadBalancingV2Client({ endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, region: 'us-east-1', credentials: { accessKeyId: 'a', secretAccessKey: 'b' } });
+      const before = await raised(client.send(describe, { abortSignal: fired.signal }));
+      assert.equal(requests, 0, 'sent although its signal had fired');
+      const onTheWay = new AbortController();
+      answer = () => onTheWay.abort();
+      real = { before, onTheWay: await raised(client.send(describe, { abortSignal: onTheWay.signal })) };
+      assert.equal(requests, 1);
+
+      // Aborted once a throttled attempt failed, before the SDK tries again: its error, and no other attempt.
+      requests = 0;
+      const betweenAttempts = new AbortController();
+      answer = (request, response) =>
+        request.resume().on('end', () => response.writeHead(400, { 'content-type': 'text/xml' }).end('<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>r</RequestId></ErrorResponse>'));
+      client.middlewareStack.add(
+        (next) => async (args) => {
+          try {
+            return await next(args);
+          } catch (error) {
+            betweenAttempts.abort();
+            throw error;
+          }
+        },
+        { step: 'deserialize', priority: 'high', name: 'abortOnFailure' },
+      );
+      assert.equal((await raised(client.send(describe, { abortSignal: betweenAttempts.signal }))).name, 'Throttling');
+      assert.equal(requests, 1, 'the SDK tried again after the abort');
+      client.destroy();
+    } finally {
+      server.closeAllConnections();
+      server.close();
+    }
+
+    const model = new AwsModel(() => 0).install();
+    try {
+      model.addNlb('lb-a');
+      const client = new ElasticLoadBalancingV2Client({ region: 'us-east-1' });
+      const received = (): number => model.calls.get('elbv2:DescribeLoadBalancers') ?? 0;
+      const before = await raised(client.send(describe, { abortSignal: fired.signal }));
+      assert.equal(received(), 0, 'the model received a call whose signal had fired');
+      const release = model.holdAnswers('elbv2:DescribeLoadBalancers');
+      const onTheWay = new AbortController();
+      const call = client.send(describe, { abortSignal: onTheWay.signal });
+      onTheWay.abort();
+      const modelled = { before, onTheWay: await raised(call) };
+      release();
+      assert.equal(received(), 1);
+      assert.equal(model.abandoned, 2);
+      assert.deepEqual(shape(modelled.before), shape(real.before));
+      assert.deepEqual(shape(modelled.onTheWay), shape(real.onTheWay));
+    } finally {
+      model.restore();
     }
   });
 

@@ -3,7 +3,7 @@ import { DescribeLoadBalancersCommand, ElasticLoadBalancingV2Client } from '@aws
 import type { Counter } from 'prom-client';
 import { awsOutcome, instrumentAwsClient, type MiddlewareHost } from '../../controller/metrics/aws.js';
 import { registry } from '../../controller/metrics/metrics.js';
-import { sdkError, type AwsService } from '../fakes/aws.js';
+import { abortError, sdkError, type AwsService } from '../fakes/aws.js';
 
 async function awsCalls(operation: string, outcome: string): Promise<number> {
   const counter = registry.getSingleMetric('manticore_backend_requests_total') as Counter;
@@ -44,5 +44,8 @@ describe('AWS calls in the metrics', () => {
     assert.equal(awsOutcome({ $fault: 'client', $metadata: { httpStatusCode: 400 } }), 'client_error');
     assert.equal(awsOutcome({ $fault: 'server', $metadata: { httpStatusCode: 503 } }), 'server_error');
     assert.equal(awsOutcome({ $metadata: {} }), 'unreachable');
+    const abandoned = new AbortController();
+    abandoned.abort();
+    assert.equal(awsOutcome(abortError(abandoned.signal)), 'aborted', 'a call abandoned by its caller');
   });
 });
