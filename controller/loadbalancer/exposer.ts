@@ -127,6 +127,15 @@ abstract class Unit {
     this.dueAt = undefined;
   }
 
+  /**
+   * A leadership term begins: the changes an earlier term made and never saw, and the calls it was waiting to
+   * retry, are forgotten (another leader may have acted since); its first describe decides what to do.
+   */
+  beginTerm(): void {
+    this.expected.clear();
+    this.backoff.retain(new Set());
+  }
+
   /** The pass in progress, if any. */
   get current(): Promise<void> | undefined {
     return this.running;
@@ -527,6 +536,7 @@ export class Exposer implements ListenerStates {
     this.termEnd = new AbortController();
     // Every call on its way listens for the term's end: up to `concurrency` per unit, past Node's warning at 10.
     setMaxListeners(0, this.termEnd.signal);
+    for (const unit of this.units()) unit.beginTerm();
     this.options.log.info({ loadBalancers: this.loadBalancers.size, securityGroups: this.groups.length }, 'reconciling AWS load balancers');
     this.resync();
   }

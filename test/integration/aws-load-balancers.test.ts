@@ -550,6 +550,38 @@ describe('AWS load balancers: the exposer on its own, on a fake clock', () => {
     assert.deepEqual(complaints(), []);
   });
 
+  it('a new term trusts no change of the last that it has not seen: a listener made then, and deleted under another leader, is made again at once', async () => {
+    const claims = new HandClaims('lb-a');
+    claims.ports.add(20001);
+    const aws = { loadBalancers: [{ name: 'lb-a', type: 'nlb' }], edgeInstanceIds: ['i-0123456789abcdef0'] };
+    const exposer = await lead(aws, claims);
+    // Made, and the term ends before a describe shows it.
+    await clock.tickAsync(100);
+    assert.equal(model.listenersCreated, 1);
+    exposer.pause();
+    // Under another leader its session ended and the listener went; a new session has the port again.
+    model.deleteListenerByHand('lb-a', 20001);
+    exposer.resume();
+    await clock.tickAsync(1_000);
+    assert.deepEqual(model.listenerPorts('lb-a'), [20001], 'the new term took the listener for one still on its way');
+  });
+
+  it('a new term waits out no backoff of the last: a listener AWS refused then is made as soon as the new term finds room', async () => {
+    model.addNlb('lb-b', 1);
+    model.addForeignListener('lb-b', 20005);
+    const claims = new HandClaims('lb-b');
+    claims.ports.add(20001);
+    const exposer = await lead({ loadBalancers: [{ name: 'lb-b', type: 'nlb' }], edgeInstanceIds: ['i-0123456789abcdef0'] }, claims);
+    await clock.tickAsync(100);
+    assert.equal(model.calls.get('elbv2:CreateListener'), 1, 'refused for the quota, and backing off');
+    exposer.pause();
+    // Room made while another leader led.
+    model.deleteListenerByHand('lb-b', 20005);
+    exposer.resume();
+    await clock.tickAsync(1_000);
+    assert.deepEqual(model.listenerPorts('lb-b'), [20001], 'the new term waited out the backoff of the last');
+  });
+
   it('as many calls on their way as the concurrency allows share the term\'s signal without a listener-leak warning', async () => {
     const warnings: string[] = [];
     const onWarning = (warning: Error): void => {
