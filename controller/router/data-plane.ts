@@ -145,13 +145,19 @@ export class HaproxyDataPlane implements DataPlane {
   /**
    * Runs `replace`, the router's own reload or restart of HAProxy, then re-reads the live maps and re-applies
    * the last table: the new worker loaded the map files, and a change sent during the switch may have reached
-   * the old one. Until the new worker is read, verify() does not take it for a reload behind the router's back.
-   * A failure of either is thrown; the next verify() then re-applies every route.
+   * the old one. The files are brought up to date first (they may lag the live maps by a second), so the new
+   * worker does not serve the routes of a second ago (404 for sessions just made Ready) until the resync.
+   * Until the new worker is read, verify() does not take it for a reload behind the router's back. A failure
+   * of either is thrown; the next verify() then re-applies every route.
    */
   async replaceWorker(replace: () => Promise<void>): Promise<void> {
     this.replacing++;
     this.replacementsBegun++;
     try {
+      // A file that cannot be written must not keep HAProxy down or on an old certificate: the resync covers it.
+      await this.files.flush().catch((error: unknown) => {
+        this.log.warn({ err: error }, 'could not bring the map files up to date before replacing HAProxy; its new worker serves older routes until they are re-applied');
+      });
       await replace();
       await this.resync();
     } finally {

@@ -2,7 +2,9 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import sinon from 'sinon';
 import { HaproxyDataPlane, type RouteTable } from '../../controller/router/data-plane.js';
+import { parseMap } from '../../controller/router/haproxy-config.js';
 import type { HaproxyRuntime, MapEntry } from '../../controller/router/haproxy-runtime.js';
 import { capturingLogger } from '../support/controller-harness.js';
 
@@ -93,11 +95,15 @@ describe('HAProxy data plane: telling its own reloads from reloads behind its ba
 
   it('does not take the worker its own reload brought up for someone else\'s when a heartbeat checks before the routes are re-read', async () => {
     let finishReload!: () => void;
+    let newWorkerAnswers!: () => void;
+    const answering = new Promise<void>((resolve) => (newWorkerAnswers = resolve));
     const reloading = plane.replaceWorker(async () => {
       admin.reload();
+      newWorkerAnswers();
       // The master confirms the new worker some time after it answers the admin socket.
       await new Promise<void>((resolve) => (finishReload = resolve));
     });
+    await answering;
     const readsBefore = admin.mapReads;
     await plane.verify();
     assert.deepEqual(warnings(), []);
@@ -125,6 +131,24 @@ describe('HAProxy data plane: telling its own reloads from reloads behind its ba
       assert.deepEqual(warnings(), []);
     });
   }
+
+  it('has the map files hold every route applied before its own reload or restart, which loads them', async () => {
+    // The files are otherwise written at most once a second: the interval never elapses here.
+    const clock = sinon.useFakeTimers({ now: Date.now(), toFake: ['setTimeout', 'clearTimeout', 'Date'] });
+    try {
+      await plane.flush();
+      const added = 'b'.repeat(26);
+      await plane.apply({ hosts: new Map([...table.hosts, [added, '10.0.0.2:8080']]), ports: table.ports });
+      let loaded: Map<string, string> | undefined;
+      await plane.replaceWorker(async () => {
+        loaded = parseMap(await fs.promises.readFile(hostsMap, 'utf8'));
+        admin.reload();
+      });
+      assert.equal(loaded?.get(added), '10.0.0.2:8080', 'the new worker would load the route applied just before');
+    } finally {
+      clock.restore();
+    }
+  });
 
   it('still re-applies every route, with a warning, after a reload it did not make, also after one of its own', async () => {
     await plane.replaceWorker(async () => void admin.reload());
