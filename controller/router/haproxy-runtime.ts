@@ -326,14 +326,17 @@ export class HaproxyRuntime {
   /**
    * Replaces a certificate HAProxy loaded from `file` (its `crt` path) with `pem` (chain and key), for new
    * handshakes only: open connections keep theirs. A transaction that fails to commit is aborted, so the
-   * next attempt starts clean. Throws with HAProxy's reason (e.g. a key that does not match).
+   * next attempt starts clean. Throws with HAProxy's reason (e.g. a key that does not match, or one too weak
+   * for its OpenSSL).
    */
   async replaceSslCert(file: string, pem: string): Promise<void> {
     checkArgument('certificate file', file);
     const lines = pem.split(/\r?\n/).filter((line) => line.trim() !== '');
     try {
       await this.execute(`set ssl cert ${file}`, lines);
-      await this.execute(`commit ssl cert ${file}`);
+      const committed = await this.execute(`commit ssl cert ${file}`);
+      // A certificate HAProxy cannot load is answered "Failed!" with no severity tag: only "Success!" means it took it.
+      if (!/^Success!$/m.test(committed)) throw new HaproxyRuntimeError(`commit ssl cert ${file}`, committed.replace(/\n+/g, ' '), this.socketPath);
     } catch (error) {
       await this.execute(`abort ssl cert ${file}`).catch(() => undefined);
       throw error;

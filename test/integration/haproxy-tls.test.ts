@@ -13,7 +13,7 @@ import { HaproxyRuntime } from '../../controller/router/haproxy-runtime.js';
 import { writeFileAtomic } from '../../controller/util/files.js';
 import { silentLogger } from '../../controller/util/log.js';
 import { closeServer, httpBackend, tcpEchoBackend, type Backend } from '../support/backends.js';
-import { replaceFile, TestCa, type TestCertificate } from '../support/certificates.js';
+import { replaceFile, TestCa, weakRsaCertificate, type TestCertificate } from '../support/certificates.js';
 import { httpRequest, loopbackLookup, websocketEcho } from '../support/http.js';
 import { startHaproxyOnFreePorts } from '../support/haproxy.js';
 import { freePort, freePortRange } from '../support/ports.js';
@@ -225,6 +225,18 @@ describe('TLS at the edge (real haproxy)', function () {
     replaceFile(live.certFile, third.certFile);
     const renewed = await fingerprintOf(third);
     await waitFor('the fixed pair to be loaded', async () => (await servedFingerprint()) === renewed);
+  });
+
+  it('reports a certificate HAProxy cannot load as not taken, through the runtime API, and keeps serving the one in use', async () => {
+    const served = await servedFingerprint();
+    const weak = await loadEdgeCertificate(await weakRsaCertificate(path.join(dir, 'weak'), [`*.${DOMAIN}`]), DOMAIN);
+    await assert.rejects(runtime.replaceSslCert(runPaths(runDir).tlsCertificate, weak.pem), /unable to load SSL certificate/);
+    assert.equal(await servedFingerprint(), served);
+    // No transaction is left open to block the next replacement.
+    const next = await loadEdgeCertificate(first, DOMAIN);
+    await runtime.replaceSslCert(runPaths(runDir).tlsCertificate, next.pem);
+    assert.equal(await servedFingerprint(), next.fingerprint256);
+    await runtime.replaceSslCert(runPaths(runDir).tlsCertificate, edge.certificate!.pem);
   });
 
   it('reports the certificate’s expiry as metrics and status', async () => {

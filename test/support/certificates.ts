@@ -49,3 +49,16 @@ export function replaceFile(target: string, source: string): void {
   fs.copyFileSync(source, next);
   fs.renameSync(next, target);
 }
+
+/**
+ * A self-signed certificate for `names` with a 1024-bit RSA key: well formed, so every check of ours takes
+ * it, but HAProxy on OpenSSL 3 refuses to load it (its default security level wants 2048 bits).
+ */
+export async function weakRsaCertificate(dir: string, names: readonly string[]): Promise<{ readonly certFile: string; readonly keyFile: string }> {
+  fs.mkdirSync(dir, { recursive: true });
+  const certFile = path.join(dir, 'weak-cert.pem');
+  const keyFile = path.join(dir, 'weak-key.pem');
+  const san = names.map((name) => `DNS:${name}`).join(',');
+  await run('openssl', ['req', '-x509', '-newkey', 'rsa:1024', '-nodes', '-keyout', keyFile, '-out', certFile, '-days', '30', '-subj', `/CN=${names[0]}`, '-addext', `subjectAltName=${san}`]);
+  return { certFile, keyFile };
+}
