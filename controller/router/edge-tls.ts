@@ -202,8 +202,9 @@ const DAY_MS = 86_400_000;
  * Keeps HAProxy's edge certificate equal to the configured files. install() (before HAProxy starts) checks
  * them and writes the PEM HAProxy loads; watch() then follows the files' directories (renewers such as
  * certbot replace files by rename, so the files themselves cannot be watched), and on a change that holds a
- * valid certificate writes the PEM again (a restart or reload loads the new one) and hands it to HAProxy. An
- * invalid, expired or not yet valid replacement is refused with an error in the log: the certificate in use stays.
+ * valid certificate writes the PEM again (a restart or reload loads the new one) and hands it to HAProxy; one
+ * HAProxy does not take is replaced in the file by the one in use. An invalid, expired or not yet valid
+ * replacement is refused with an error in the log: the certificate in use stays.
  */
 export class EdgeTls {
   private readonly log: Logger;
@@ -369,7 +370,7 @@ export class EdgeTls {
     // Stopping (the router shuts down): HAProxy is going away too.
     if (this.stopped) return;
     try {
-      // On disk first: whatever happens next, a restart or reload of HAProxy loads the new certificate.
+      // On disk first: the loader's fallback, a reload, loads it from there (and so would a restart meanwhile).
       await writeFileAtomic(installedPath, next.pem);
       const how = await this.loader!(installedPath, next.pem);
       this.served = next;
@@ -379,7 +380,11 @@ export class EdgeTls {
       this.log.info({ ...this.describe(next), how, replaced: served.serialNumber }, 'new edge certificate loaded; open connections keep the old one');
       this.lookAtExpiry();
     } catch (error) {
-      // Not marked refused: the next event or recheck tries again.
+      // HAProxy may have refused it (a key too weak for its OpenSSL): left installed, it would stop the next
+      // restart or reload. Not marked refused: the next event or recheck tries again.
+      await writeFileAtomic(installedPath, served.pem).catch((restoreError: unknown) => {
+        this.log.error({ err: restoreError, installedPath }, 'could not put the certificate in use back in the file HAProxy loads; a restart may load the new one');
+      });
       this.record('failed', (error as Error).message);
       this.log.error({ err: error, serving: this.describe(served) }, 'HAProxy did not take the new certificate; trying again at the next change or recheck');
     }

@@ -239,6 +239,26 @@ describe('TLS at the edge (real haproxy)', function () {
     await runtime.replaceSslCert(runPaths(runDir).tlsCertificate, edge.certificate!.pem);
   });
 
+  it('keeps the certificate in use installed when HAProxy refuses a new one, so that a restart still starts', async () => {
+    const inUse = edge.certificate!;
+    const served = await servedFingerprint();
+    const weak = await weakRsaCertificate(path.join(dir, 'weak-files'), [`*.${DOMAIN}`]);
+    replaceFile(live.keyFile, weak.keyFile);
+    replaceFile(live.certFile, weak.certFile);
+    await edge.check();
+    assert.equal(edge.status()?.lastChange?.outcome, 'failed');
+    assert.equal(edge.certificate, inUse);
+    assert.equal(fs.readFileSync(runPaths(runDir).tlsCertificate, 'utf8'), inUse.pem);
+    await proc.stop();
+    await proc.start();
+    assert.equal(await servedFingerprint(), served);
+    // Back to the files in use: nothing to load.
+    replaceFile(live.keyFile, third.keyFile);
+    replaceFile(live.certFile, third.certFile);
+    await edge.check();
+    assert.equal(edge.certificate, inUse);
+  });
+
   it('reports the certificate’s expiry as metrics and status', async () => {
     const certificate: EdgeCertificate = edge.certificate!;
     const metrics = await registry.metrics();

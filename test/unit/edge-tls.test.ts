@@ -250,6 +250,7 @@ describe('edge certificate', function () {
       await edge.check();
       assert.equal(edge.status()!.lastChange?.outcome, 'failed');
       assert.notEqual(edge.certificate!.serialNumber, (await loadEdgeCertificate(renewed, DOMAIN)).serialNumber);
+      assert.equal(fs.readFileSync(path.join(work, 'run', 'edge.pem'), 'utf8'), edge.certificate!.pem, 'a restart loads the one HAProxy took');
       fail = false;
       // The periodic recheck (hourly) finds the files still newer than what HAProxy serves.
       await clock.tickAsync(3_600_000);
