@@ -238,9 +238,18 @@ export class HaproxyRuntime {
     }
   }
 
-  /** Sends one request on a connection of its own, once the socket's gate lets it; the timeout starts at the connect. */
-  private exchange(wire: string, described: string): Promise<string> {
-    return this.gate.run(() => this.exchangeNow(wire, described));
+  /**
+   * Sends one request on a connection of its own, once the socket's gate lets it; the timeout starts at the
+   * connect. With severity output on, HAProxy ends every complete reply with a blank line: a reply without one
+   * was cut short, and its command may not have run (HAProxy drops a request larger than its buffer, answering
+   * only the severity command; a worker going away may end a listing half way).
+   */
+  private async exchange(wire: string, described: string): Promise<string> {
+    const raw = await this.gate.run(() => this.exchangeNow(wire, described));
+    if (this.severityOutput && !raw.endsWith('\n\n')) {
+      throw new HaproxyRuntimeError(described, `HAProxy closed the connection before its reply was complete (${raw.length} bytes)`, this.socketPath);
+    }
+    return raw;
   }
 
   private exchangeNow(wire: string, described: string): Promise<string> {

@@ -460,7 +460,7 @@ describe('HAProxy runtime client (fake socket)', () => {
   });
 
   it('splits deletions into requests that fit HAProxy\'s buffer', async () => {
-    reply = '\n';
+    reply = '\n\n';
     const before = received.length;
     const keys = Array.from({ length: 400 }, (_, i) => `key${i}`.padEnd(40, 'x'));
     await new HaproxyRuntime(socketPath).delMapEntries('/run/hosts.map', keys);
@@ -468,6 +468,19 @@ describe('HAProxy runtime client (fake socket)', () => {
     assert.ok(requests.length > 1, 'more than one request');
     assert.ok(requests.every((request) => Buffer.byteLength(request) <= MAX_REQUEST_BYTES));
     assert.deepEqual(requests.flatMap((request) => request.trim().split('; ').slice(1).map((command) => command.split(' ').at(-1))), keys);
+  });
+
+  it('takes a reply without HAProxy\'s closing blank line as a failure: the connection closed before the command was answered in full', async () => {
+    const runtime = new HaproxyRuntime(socketPath);
+    // A request larger than HAProxy's buffer gets the severity command's answer alone; a worker going away may cut a listing short.
+    for (const cut of ['', '\n', '\n0x1 tokena 10.0.0.1:80\n']) {
+      reply = cut;
+      await assert.rejects(runtime.addMap('/run/hosts.map', 'tokena', '10.0.0.1:80'), /closed the connection before its reply was complete/);
+      await assert.rejects(runtime.delMapEntries('/run/hosts.map', ['tokena']), /closed the connection before its reply was complete/);
+      await assert.rejects(runtime.showMap('/run/hosts.map'), /closed the connection before its reply was complete/);
+    }
+    reply = '\n0x1 tokena 10.0.0.1:80\n\n';
+    assert.deepEqual(await runtime.showMap('/run/hosts.map'), [{ ref: '0x1', key: 'tokena', value: '10.0.0.1:80' }]);
   });
 
   it('refuses junk before sending: line breaks, separators, oversized payloads', async () => {
