@@ -67,7 +67,7 @@ export interface NomadJobStub {
   CreateIndex?: number;
   Status?: string;
   Stop?: boolean;
-  /** Only with `?meta=true` (Nomad 1.6+). */
+  /** Only with `?meta=true`, and only when the job has some (JobListStub's Meta is omitempty). */
   Meta?: Record<string, string> | null;
 }
 
@@ -407,7 +407,8 @@ export class NomadScheduler implements Scheduler {
   private catchingUp: Set<string> | undefined;
   /** The highest index up to which every change to a job is in the cache. */
   private jobsIndex = 0;
-  private warnedNoMeta = false;
+  /** Whether Nomad is known to list jobs with their Meta ('listed'), or to ignore meta=true ('ignored', said once). */
+  private metaListing: 'unknown' | 'listed' | 'ignored' = 'unknown';
   /** The last value reported for each workload. */
   private readonly reported = new Map<string, Workload>();
   private readonly watchers = new Set<Watcher>();
@@ -695,10 +696,11 @@ export class NomadScheduler implements Scheduler {
       api.list('/v1/nodes', {}, parseNodeStub, signal),
     ]);
     const jobs = await api.list('/v1/jobs', { prefix: JOB_PREFIX, meta: 'true' }, (item) => ({ stub: parseJobStub(item), listsMeta: isRecord(item) && 'Meta' in item }), signal);
+    await this.checkMetaListing(jobs.items, signal);
     // The stream may have failed meanwhile: its next subscription lists again.
     if (signal.aborted) throw new Error('the event stream failed while listing');
     const touched = (this.catchingUp ??= new Set());
-    this.replaceJobs(jobs.items, touched);
+    this.replaceJobs(jobs.items.map((item) => item.stub), touched);
     // Evaluations first: an allocation updated in place counts by its evaluation.
     replaceGrouped(this.evalsByJob, this.kept(evaluations.items), touched);
     replaceGrouped(this.allocsByJob, this.kept(allocations.items), touched);
@@ -707,15 +709,36 @@ export class NomadScheduler implements Scheduler {
     return { jobs: jobs.index, allocations: allocations.index, evaluations: evaluations.index, nodes: nodes.index };
   }
 
-  private replaceJobs(items: ReadonlyArray<{ stub: NomadJobStub | undefined; listsMeta: boolean }>, touched: Set<string>): void {
+  /**
+   * Nomad lists no Meta for a job that has none (the manticore-router job), so a job listed without it is
+   * somebody else's, unless Nomad ignores meta=true: then every Manticore job looks foreign. Until a listed
+   * job has shown its Meta, the full record of one listed without tells which.
+   */
+  private async checkMetaListing(items: ReadonlyArray<{ stub: NomadJobStub | undefined; listsMeta: boolean }>, signal: AbortSignal): Promise<void> {
+    if (this.metaListing !== 'unknown') return;
+    if (items.some((item) => item.listsMeta)) {
+      this.metaListing = 'listed';
+      return;
+    }
+    const jobId = items.find((item) => item.stub?.ID.startsWith(JOB_PREFIX))?.stub?.ID;
+    if (jobId === undefined) return;
+    let full: unknown;
+    try {
+      full = await this.assertUsable().json('GET', `/v1/job/${encodeURIComponent(jobId)}`, {}, undefined, signal);
+    } catch (error) {
+      this.log.debug({ err: error, jobId }, "reading a job listed without Meta failed; it is taken for somebody else's");
+      return;
+    }
+    if (!isRecord(full) || !isStringRecord(full.Meta) || !full.Meta[SESSION_META_KEY]) return;
+    this.metaListing = 'ignored';
+    this.log.error({ jobId }, "Nomad lists jobs without their Meta though asked to (meta=true; Manticore needs Nomad 1.6 or later): no job can be recognised as Manticore's");
+  }
+
+  private replaceJobs(stubs: ReadonlyArray<NomadJobStub | undefined>, touched: Set<string>): void {
     const next = new Map<string, NomadJobStub>();
     const foreign = new Set<string>();
-    for (const { stub, listsMeta } of items) {
+    for (const stub of stubs) {
       if (!stub || !stub.ID.startsWith(JOB_PREFIX)) continue;
-      if (!listsMeta && !this.warnedNoMeta) {
-        this.warnedNoMeta = true;
-        this.log.error('Nomad lists jobs without their Meta (the meta=true parameter needs Nomad 1.6 or later): no job can be recognised as Manticore\'s');
-      }
       if (stub.Meta?.[SESSION_META_KEY]) next.set(stub.ID, stub);
       else foreign.add(stub.ID);
     }

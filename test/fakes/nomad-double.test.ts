@@ -228,6 +228,9 @@ describe('Nomad double', function () {
     const withMeta = await get<Obj[]>(double, '/v1/jobs?prefix=web-&meta=true');
     assert.deepEqual(withMeta[0]?.Meta, { owner: 'me' });
     for (const field of ['Name', 'Namespace', 'Type', 'Status', 'JobModifyIndex', 'ModifyIndex', 'CreateIndex']) assert.ok(field in (withMeta[0] ?? {}), field);
+    const [withoutMeta] = await get<Obj[]>(double, '/v1/jobs?prefix=other-&meta=true');
+    assert.equal(withoutMeta?.ID, 'other-1');
+    assert.equal('Meta' in withoutMeta, false, 'no Meta, even with meta=true, for a job without meta (omitempty)');
 
     const alloc = await untilAlloc(double, 'web-1', 'running', running);
     await untilAlloc(double, 'other-1', 'running', running);

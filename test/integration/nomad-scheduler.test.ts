@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import path from 'node:path';
+import { Writable } from 'node:stream';
 import { isDeepStrictEqual } from 'node:util';
 import { loadTemplates } from '../../controller/api/templates.js';
 import type { SessionTemplate } from '../../controller/api/types.js';
@@ -9,7 +10,7 @@ import { canonicalJson } from '../../controller/scheduler/local-scheduler.js';
 import { REPLACES_META_KEY, SPEC_HASH_META_KEY, type NomadJobOptions } from '../../controller/scheduler/nomad-job.js';
 import { NomadScheduler } from '../../controller/scheduler/nomad-scheduler.js';
 import type { RenderedJob, Workload, WorkloadStep } from '../../controller/scheduler/scheduler.js';
-import { silentLogger } from '../../controller/util/log.js';
+import { createLogger, silentLogger, type Logger } from '../../controller/util/log.js';
 import { WorkloadRecorder, contractRequest, describeSchedulerContract } from '../contract/scheduler-contract.js';
 import { NomadDouble, type NomadDoubleOptions } from '../fakes/nomad.js';
 import { EXIT_3, commandTemplate } from '../support/templates.js';
@@ -52,6 +53,8 @@ class CountingProxy {
   readonly requests: Array<{ method: string; path: string; query: URLSearchParams; body: string }> = [];
   /** Awaited before an answer is passed on (the double has answered: its state is past the answer). */
   beforeAnswer: ((method: string, path: string) => Promise<void> | void) | undefined;
+  /** Replaces the body of every answer but an event stream's, as another Nomad version would answer. */
+  rewrite: ((method: string, path: string, body: string) => string) | undefined;
   private holding: RequestPredicate | undefined;
   private readonly held: Array<() => void> = [];
   /** Event streams passing through: the double's answer and ours. */
@@ -80,6 +83,17 @@ class CountingProxy {
             (answer) => {
               void (async () => {
                 await proxy.beforeAnswer?.(method, url.pathname);
+                const rewrite = proxy.rewrite;
+                if (rewrite && url.pathname !== '/v1/event/stream') {
+                  const parts: Buffer[] = [];
+                  answer.on('data', (part: Buffer) => parts.push(part));
+                  answer.on('end', () => {
+                    const { 'content-length': _length, ...headers } = answer.headers;
+                    res.writeHead(answer.statusCode ?? 502, headers);
+                    res.end(rewrite(method, url.pathname, Buffer.concat(parts).toString('utf8')));
+                  });
+                  return;
+                }
                 res.writeHead(answer.statusCode ?? 502, answer.headers);
                 answer.pipe(res);
                 // An answer cut upstream is cut here too.
@@ -178,6 +192,30 @@ async function healthyDemoJob(): Promise<{ double: NomadDouble; scheduler: Nomad
   const job = scheduler.render(contractRequest(demo, session()));
   await scheduler.register(job);
   return { double, scheduler, recorder, job, healthy: await recorder.healthy(job) };
+}
+
+/** A logger keeping the records it is given at error level, parsed. */
+function errorLog(): { log: Logger; errors: () => Array<{ msg: string; jobId?: string }> } {
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      lines.push(...chunk.toString('utf8').split('\n').filter((line) => line !== ''));
+      done();
+    },
+  });
+  return { log: createLogger('error', 'json', sink), errors: () => lines.map((line) => JSON.parse(line) as { msg: string; jobId?: string }) };
+}
+
+/** A raw_exec job that is not Manticore's; `meta` its Meta, if any. */
+function foreignJob(id: string, meta?: Record<string, string>): unknown {
+  return {
+    ID: id,
+    Name: id,
+    Type: 'service',
+    Datacenters: ['dc1'],
+    ...(meta ? { Meta: meta } : {}),
+    TaskGroups: [{ Name: 'web', Count: 1, Tasks: [{ Name: 'web', Driver: 'raw_exec', Config: { command: 'sleep', args: ['600'] }, Resources: { CPU: 10, MemoryMB: 16 } }] }],
+  };
 }
 
 /** PUTs a job straight to Nomad, bypassing the scheduler (another user of the cluster). */
@@ -317,14 +355,7 @@ describe('Nomad scheduler', function () {
         error instanceof Error && error.message.includes(`registering job ${other.id}: conflict`) && /Enforcing job modify index 0/.test(error.message));
 
       const foreignId = `manticore-${session()}`;
-      const status = await putJob(double.address, {
-        ID: foreignId,
-        Name: foreignId,
-        Type: 'service',
-        Datacenters: ['dc1'],
-        TaskGroups: [{ Name: 'web', Count: 1, Tasks: [{ Name: 'web', Driver: 'raw_exec', Config: { command: 'sleep', args: ['600'] }, Resources: { CPU: 10, MemoryMB: 16 } }] }],
-      });
-      assert.equal(status, 200);
+      assert.equal(await putJob(double.address, foreignJob(foreignId)), 200);
       await waitFor('the foreign job in the cache', async () => {
         const attempt = fresh.register(fresh.render(contractRequest(demo, foreignId.slice('manticore-'.length))));
         return attempt.then(() => false, (error: Error) => error.message.includes("exists without Manticore's marker"));
@@ -338,15 +369,7 @@ describe('Nomad scheduler', function () {
       const steps: WorkloadStep[] = [];
       const subscription = scheduler.watch().subscribe((step) => steps.push(step));
       for (const id of [`manticore-${session()}`, `other-${session()}`]) {
-        const status = await putJob(double.address, {
-          ID: id,
-          Name: id,
-          Type: 'service',
-          Datacenters: ['dc1'],
-          Meta: { owner: 'someone else' },
-          TaskGroups: [{ Name: 'web', Count: 1, Tasks: [{ Name: 'web', Driver: 'raw_exec', Config: { command: 'sleep', args: ['600'] }, Resources: { CPU: 10, MemoryMB: 16 } }] }],
-        });
-        assert.equal(status, 200);
+        assert.equal(await putJob(double.address, foreignJob(id, { owner: 'someone else' })), 200);
       }
       // Ours, registered afterwards, is the barrier: once it is healthy, the others have long been seen.
       const ours = scheduler.render(contractRequest(demo, session()));
@@ -355,6 +378,31 @@ describe('Nomad scheduler', function () {
       subscription.unsubscribe();
       const reported = new Set(steps.flatMap((step) => (step.kind === 'reset' ? step.workloads.map((w) => w.jobId) : step.kind === 'upsert' ? [step.workload.jobId] : [step.jobId])));
       assert.deepEqual([...reported], [ours.id]);
+    });
+
+    it("takes a job with its prefix listed without Meta (Nomad lists none for a job without meta, as manticore-router) for somebody else's, and does not claim Nomad ignores meta=true", async function () {
+      const double = await startDouble();
+      assert.equal(await putJob(double.address, foreignJob('manticore-router')), 200);
+      const logged = errorLog();
+      const scheduler = await startScheduler(double.address, { log: logged.log });
+      await assert.rejects(scheduler.register(scheduler.render(contractRequest(demo, 'router'))), /exists without Manticore's marker/);
+      assert.deepEqual(logged.errors(), []);
+    });
+
+    it('says so when Nomad ignores meta=true: a job listed without Meta carries the marker in full', async function () {
+      const double = await startDouble();
+      const first = await startScheduler(double.address);
+      const job = first.render(contractRequest(demo, session()));
+      await first.register(job);
+      const proxy = await CountingProxy.start(double.address);
+      proxies.push(proxy);
+      proxy.rewrite = (method, path, body) =>
+        method === 'GET' && path === '/v1/jobs' ? JSON.stringify((JSON.parse(body) as Array<Record<string, unknown>>).map(({ Meta: _meta, ...stub }) => stub)) : body;
+      const logged = errorLog();
+      await startScheduler(proxy.address, { log: logged.log });
+      assert.deepEqual(logged.errors().map((record) => [record.jobId, record.msg]), [
+        [job.id, "Nomad lists jobs without their Meta though asked to (meta=true; Manticore needs Nomad 1.6 or later): no job can be recognised as Manticore's"],
+      ]);
     });
 
     it('reports a placement failure for lack of memory, cleared when a node joins', async function () {

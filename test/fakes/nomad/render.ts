@@ -48,7 +48,8 @@ export function jobStub(activity: JobActivity, job: JobRecord, withMeta: boolean
     SubmitTime: job.submitTime,
     Version: job.version,
   };
-  if (withMeta) stub.Meta = { ...job.spec.meta };
+  // JobListStub's Meta is `json:",omitempty"`: a job without meta lists none, even with meta=true.
+  if (withMeta && Object.keys(job.spec.meta).length > 0) stub.Meta = { ...job.spec.meta };
   return stub;
 }
 
