@@ -251,12 +251,12 @@ describe('Nomad double', function () {
     assert.equal(purged.status, 200, purged.body);
     assert.equal(typeof (purged.json as Obj).EvalID, 'string');
     assert.equal((await call(double, 'GET', '/v1/job/web-1')).status, 404);
-    const stopped = await waitFor('the allocation complete', async () => {
-      const item = await get(double, `/v1/allocation/${String(alloc.ID)}`);
-      return item.ClientStatus === 'complete' ? item : undefined;
-    });
-    assert.equal(stopped.DesiredStatus, 'stop');
-    assert.deepEqual(eventTypes(stopped, 't').slice(-3), ['Killing', 'Terminated', 'Killed']);
+    // A purge deletes the job's allocations at once (hashicorp/nomad#19609); the client then kills their tasks.
+    assert.equal((await call(double, 'GET', `/v1/allocation/${String(alloc.ID)}`)).status, 404);
+    assert.deepEqual((await get<Obj[]>(double, '/v1/allocations')).map((item) => item.JobID), ['other-1']);
+    const logs = await call(double, 'GET', `/v1/client/fs/logs/${String(alloc.ID)}?task=t&type=stdout`);
+    assert.equal(logs.status, 404);
+    assert.equal(logs.body, `Unknown allocation "${String(alloc.ID)}"`);
     await waitFor('the task process gone', () => double.pids().length === 1);
 
     // Nomad's Job.Deregister returns at once for a job it does not have: 200, nothing written, no evaluation.

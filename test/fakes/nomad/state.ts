@@ -349,14 +349,25 @@ export class NomadState {
     return { EvalID: evaluation.ID, EvalCreateIndex: index, JobModifyIndex: job.modifyIndex, Warnings: '', Index: index, LastContact: 0, KnownLeader: true };
   }
 
+  /**
+   * Nomad's Job.Deregister. A purge deletes the job with its allocations in the same write, as Nomad's state
+   * store does since hashicorp/nomad#19609: no allocation event, and an allocation's tasks are killed once
+   * its client sees it gone (their report of it then reaches no allocation).
+   */
   deregister(jobId: string, purge: boolean): DeregisterResult {
     const job = this.jobs.get(jobId);
     // Nomad's Job.Deregister returns before any write for a job it does not have: an empty, successful reply.
     if (!job) return { EvalID: '', EvalCreateIndex: 0, JobModifyIndex: 0, VolumeEvalID: '', VolumeEvalIndex: 0, Index: 0, LastContact: 0, KnownLeader: false };
+    const deleted = purge ? [...this.allocsOf(jobId)] : [];
     let evaluation!: EvalRecord;
     const index = this.write('JobDeregistered', (at) => {
       if (purge) {
         this.jobs.delete(jobId);
+        for (const alloc of deleted) {
+          this.allocs.delete(alloc.ID);
+          this.recount(alloc, true);
+        }
+        this.allocsByJob.delete(jobId);
       } else {
         job.stop = true;
         job.version++;
@@ -366,6 +377,7 @@ export class NomadState {
       this.changed.jobs.add(job);
       evaluation = this.newEval(job, 'job-deregister', at);
     });
+    for (const alloc of deleted) this.client.stop(alloc);
     this.enqueue(evaluation);
     this.log.debug({ jobId, purge, index }, 'job deregistered');
     return { EvalID: evaluation.ID, EvalCreateIndex: index, JobModifyIndex: index, VolumeEvalID: '', VolumeEvalIndex: 0, Index: index, LastContact: 0, KnownLeader: false };
@@ -734,11 +746,12 @@ export class NomadState {
 
   /**
    * Brings the allocation's share of its node's usage in line with its state: ports are held until the
-   * client lets go of them (a terminal client status), resources while the allocation is meant to run.
+   * client lets go of them (a terminal client status), resources while the allocation is meant to run;
+   * nothing once it is deleted (`gone`).
    */
-  private recount(alloc: AllocRecord): void {
+  private recount(alloc: AllocRecord, gone = false): void {
     const was = this.holding.get(alloc.ID) ?? { ports: false, resources: false };
-    const now = { ports: !TERMINAL_CLIENT.has(alloc.ClientStatus), resources: !isTerminal(alloc) };
+    const now = gone ? { ports: false, resources: false } : { ports: !TERMINAL_CLIENT.has(alloc.ClientStatus), resources: !isTerminal(alloc) };
     if (was.ports === now.ports && was.resources === now.resources) return;
     const used = this.usageOf(alloc.NodeID);
     if (now.ports !== was.ports) for (const port of alloc.ports) now.ports ? used.ports.add(port.Value) : used.ports.delete(port.Value);
@@ -772,7 +785,13 @@ export class NomadState {
 
   /** A client reports an allocation's new task states, client status or deployment health. */
   clientUpdate(alloc: AllocRecord): void {
-    if (this.closed || this.allocs.get(alloc.ID) !== alloc) return;
+    if (this.closed) return;
+    if (this.allocs.get(alloc.ID) !== alloc) {
+      // A deleted (purged) allocation updates nothing, but its end still wakes the blocked evaluations, as
+      // Nomad's FSM unblocks by the reporting node whether or not it still has the allocation.
+      if (TERMINAL_CLIENT.has(alloc.ClientStatus)) this.unblock();
+      return;
+    }
     this.write('AllocationUpdated', (index) => {
       this.touchAlloc(alloc, index);
       const job = this.jobs.get(alloc.JobID);
