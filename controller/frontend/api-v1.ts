@@ -24,10 +24,36 @@ export const createBodySchema = {
   },
 } as const;
 
+/** What a user's create is held to (`GET /api/v1/limits`), in seconds; 0 turns a limit off as each field says. */
+export interface Limits {
+  /** Live sessions one user may have (not being deleted, not Failed); another create is answered 409. */
+  readonly sessionsPerUser: number;
+  readonly idle: {
+    /** The idle timeout of a session that asks for none (0: such a session never ends for idleness). */
+    readonly defaultTimeoutSeconds: number;
+    /** The longest idle timeout a session may ask for (0: no limit; only then may it ask for 0, never). */
+    readonly maxTimeoutSeconds: number;
+    /** How long before its idle end a session is warned; a timeout a session asks for must be longer. */
+    readonly warningSeconds: number;
+  };
+  /** A session ends this long after it was first Ready, whatever its activity (0: no cap). */
+  readonly maxLifetimeSeconds: number;
+}
+
+function limitsOf(sessions: SessionService): Limits {
+  const { sessionsPerUser, expiry } = sessions.limits;
+  return {
+    sessionsPerUser,
+    idle: { defaultTimeoutSeconds: expiry.idleTimeoutMs / 1000, maxTimeoutSeconds: expiry.idleMaxTimeoutMs / 1000, warningSeconds: expiry.idleWarningMs / 1000 },
+    maxLifetimeSeconds: expiry.maxLifetimeMs / 1000,
+  };
+}
+
 /**
- * The REST API: templates, and sessions the caller may see (create, list, read, keep alive, delete). Every
- * route asks who the caller is, templates included, so each is authenticated and rate limited alike;
- * `auth` must identify a request once however often it is asked (RateLimitedAuthenticator does).
+ * The REST API: templates, the limits a create is held to, and sessions the caller may see (create, list,
+ * read, keep alive, delete). Every route asks who the caller is, templates and limits included, so each is
+ * authenticated and rate limited alike; `auth` must identify a request once however often it is asked
+ * (RateLimitedAuthenticator does).
  */
 export function registerApiV1(app: FastifyInstance, sessions: SessionService, auth: Authenticator): void {
   app.get('/api/v1/templates', async (request, reply) => {
@@ -40,6 +66,13 @@ export function registerApiV1(app: FastifyInstance, sessions: SessionService, au
     const template = sessions.templates.get(request.params.name);
     if (!template) throw new ApiError(404, `template "${request.params.name}" not found`);
     return describeTemplate(sessions, template);
+  });
+
+  // Fixed for the life of the process: a client offers choices within them before it creates (the web page's idle timeout).
+  const limits = limitsOf(sessions);
+  app.get('/api/v1/limits', async (request, reply): Promise<Limits> => {
+    auth.identify(request, reply);
+    return limits;
   });
 
   // Who the caller is before anything of the body is looked at (its size, its type, its content), on every

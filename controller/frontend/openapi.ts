@@ -78,6 +78,12 @@ export function openApiDocument(): JsonObject {
           responses: { '200': json(ref('Template'), 'The template.'), '404': error('No such template.'), ...clientErrors },
         },
       },
+      '/api/v1/limits': {
+        get: {
+          summary: 'The limits the caller’s creates are held to: live sessions per user, the idle timeout a session gets or may ask for, the lifetime cap.',
+          responses: { '200': json(ref('Limits'), 'The limits, in seconds.'), ...callerErrors },
+        },
+      },
       '/api/v1/sessions': {
         get: { summary: 'The caller’s sessions (an operator’s: everyone’s), oldest first.', responses: { '200': json(ref('SessionList'), 'The sessions.'), ...clientErrors } },
         post: {
@@ -202,6 +208,29 @@ export function openApiDocument(): JsonObject {
         },
         SessionList: { type: 'object', additionalProperties: false, required: ['items'], properties: { items: { type: 'array', items: ref('Session') } } },
         CreateSession: createBodySchema,
+        Limits: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['sessionsPerUser', 'idle', 'maxLifetimeSeconds'],
+          properties: {
+            sessionsPerUser: { type: 'integer', minimum: 1, description: 'Live sessions one user may have (not being deleted, not Failed); another create is answered 409.' },
+            idle: {
+              type: 'object',
+              additionalProperties: false,
+              required: ['defaultTimeoutSeconds', 'maxTimeoutSeconds', 'warningSeconds'],
+              properties: {
+                defaultTimeoutSeconds: { type: 'integer', minimum: 0, description: 'The idle timeout of a session that asks for none (idle.timeoutSeconds; 0: such a session never ends for idleness).' },
+                maxTimeoutSeconds: {
+                  type: 'integer',
+                  minimum: 0,
+                  description: 'The longest idle timeout a session may ask for in `idle.timeoutSeconds` (idle.maxTimeoutSeconds; 0: no limit, and only then may it ask for 0, never).',
+                },
+                warningSeconds: { type: 'integer', minimum: 0, description: 'How long before its idle end a session is warned (idle.warningSeconds); a timeout a session asks for must be longer.' },
+              },
+            },
+            maxLifetimeSeconds: { type: 'integer', minimum: 0, description: 'A session ends this long after it was first Ready, whatever its activity (lifecycle.maxLifetimeSeconds; 0: no cap).' },
+          },
+        },
         Keepalive: {
           type: 'object',
           additionalProperties: false,

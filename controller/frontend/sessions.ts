@@ -99,6 +99,11 @@ export class SessionService {
     return this.options.backend;
   }
 
+  /** The operator's limits every create is held to: live sessions per user, and the idle and lifetime policy. */
+  get limits(): Pick<SessionServiceOptions, 'sessionsPerUser' | 'expiry'> {
+    return this.options;
+  }
+
   /** Why a template cannot run here, or undefined when it can. */
   unavailableReason(template: SessionTemplate): string | undefined {
     if (template.spec.backends[this.options.backend] !== undefined) return undefined;

@@ -402,6 +402,17 @@ describe('front end: identity, isolation and rate limits', () => {
       assert.deepEqual(await status(bearer(sign('HS256', claims('otto'), secret))), [403, undefined]);
       assert.deepEqual(await status(bearer(sign('HS256', claims('olga', { manticore_operator: true }), secret))), [200, undefined]);
     });
+    it('asks a caller without credentials for them on the limits (401), and tells any authenticated user', async () => {
+      const { inject } = await open(jwtConfig());
+      const limits = async (headers: Headers) => {
+        const answer = await inject('GET', '/api/v1/limits', headers);
+        return [answer.status, answer.headers['www-authenticate']];
+      };
+      assert.deepEqual(await limits({}), [401, 'Bearer']);
+      assert.deepEqual(await limits(bearer('not-a-token')), [401, 'Bearer error="invalid_token"']);
+      assert.deepEqual(await limits(bearer(sign('HS256', claims('otto'), secret))), [200, undefined]);
+      assert.deepEqual(await limits(bearer(adminToken)), [200, undefined]);
+    });
   });
 
   describe('rate limit', () => {

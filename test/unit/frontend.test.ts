@@ -161,6 +161,7 @@ describe('front end (API)', () => {
       ['PATCH', '/api/v1/sessions/abcdefgh12', 'DELETE, GET, HEAD'],
       ['GET', '/api/v1/sessions/abcdefgh12/keepalive', 'POST'],
       ['DELETE', '/api/v1/templates', 'GET, HEAD'],
+      ['POST', '/api/v1/limits', 'GET, HEAD'],
       ['POST', '/healthz', 'GET, HEAD'],
     ];
     for (const [method, url, allow] of cases) {
@@ -199,6 +200,30 @@ describe('front end (API)', () => {
     assert.equal(body.parameters.length, 4);
     assert.deepEqual(body.services.find((s: { name: string }) => s.name === 'tcp'), { name: 'tcp', description: "Core's TCP transport for SDL apps.", protocol: 'tcp' });
     assert.equal((await inject('GET', '/api/v1/templates/nope')).status, 404);
+  });
+
+  it("tells a caller the limits its creates are held to: sessions per user, the idle timeout it gets or may ask for, the lifetime cap", async () => {
+    const answer = await inject('GET', '/api/v1/limits', undefined, { 'x-manticore-user': 'lee' });
+    assert.equal(answer.status, 200);
+    assert.deepEqual(answer.body, { sessionsPerUser: 2, idle: { defaultTimeoutSeconds: 1800, maxTimeoutSeconds: 1800, warningSeconds: 300 }, maxLifetimeSeconds: 3600 });
+    // An operator who lets sessions ask for any timeout, never included, and turns idle expiry off by default.
+    const open = new Frontend({
+      store,
+      keys,
+      templates,
+      backend: 'embedded',
+      bodyLimitBytes: 4096,
+      sessionsPerUser: 3,
+      activityWriteIntervalMs: 30_000,
+      expiry: { idleTimeoutMs: 0, idleMaxTimeoutMs: 0, idleWarningMs: 120_000, maxLifetimeMs: 0 },
+      log: silentLogger(),
+    });
+    try {
+      const unlimited = await open.app.inject({ method: 'GET', url: '/api/v1/limits' });
+      assert.deepEqual(unlimited.json(), { sessionsPerUser: 3, idle: { defaultTimeoutSeconds: 0, maxTimeoutSeconds: 0, warningSeconds: 120 }, maxLifetimeSeconds: 0 });
+    } finally {
+      await open.stop();
+    }
   });
 
   it('refuses sessions beyond the per-user limit with 409 and the existing ids, even when created at once', async () => {

@@ -91,6 +91,7 @@ describe('front end: OpenAPI document', () => {
     await expect('/api/v1/templates', 'GET', '/api/v1/templates', 200);
     await expect('/api/v1/templates/{name}', 'GET', '/api/v1/templates/demo', 200);
     await expect('/api/v1/templates/{name}', 'GET', '/api/v1/templates/nope', 404);
+    await expect('/api/v1/limits', 'GET', '/api/v1/limits', 200);
     await expect('/api/v1/sessions', 'POST', '/api/v1/sessions', 400, { template: 'demo', parameters: { coreVersion: '0' } });
     await expect('/api/v1/sessions', 'POST', '/api/v1/sessions', 400, '{"template": ');
     const created = (await expect('/api/v1/sessions', 'POST', '/api/v1/sessions', 201, { template: 'demo' })) as { metadata: { id: string } };
