@@ -33,7 +33,7 @@ ${clientUsage}`;
 
 /** Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration. */
 async function main(argv: string[]): Promise<number> {
-  if (argv[0] === 'sessions' || argv[0] === 'templates' || argv[0] === 'status') {
+  if (argv[0] === 'sessions' || argv[0] === 'templates' || argv[0] === 'limits' || argv[0] === 'status') {
     const interrupted = new AbortController();
     process.once('SIGINT', () => interrupted.abort());
     return runClientCommand(argv[0], argv.slice(1), { stdout: process.stdout, stderr: process.stderr, env: process.env, signal: interrupted.signal });

@@ -43,7 +43,7 @@ describe('the client commands (manticore sessions, templates)', function () {
   let writers: Map<string, RotatingLogWriter>;
 
   /** Runs a command in this process and collects what it printed; `output` is watched while it runs, `interrupt` is Ctrl-C. */
-  function run(command: 'sessions' | 'templates' | 'status', args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> & { output: () => string; interrupt: () => void } {
+  function run(command: 'sessions' | 'templates' | 'status' | 'limits', args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> & { output: () => string; interrupt: () => void } {
     const stdout = new PassThrough();
     const stderr = new PassThrough();
     let out = '';
@@ -436,6 +436,25 @@ describe('the client commands (manticore sessions, templates)', function () {
     assert.equal((await run('templates', ['nosuch'])).code, exitCodes.notFound);
   });
 
+  it('tells a user the limits their creates are held to, for people and for scripts', async () => {
+    const shown = await run('limits', []);
+    assert.equal(shown.code, exitCodes.ok, shown.stderr);
+    assert.equal(
+      shown.stdout,
+      [
+        'sessions per user   1',
+        'idle timeout        1800 s (30 min) for a session that asks for none',
+        'may ask for         more than 300 s and at most 1800 s (sessions create --idle-timeout SECONDS)',
+        'idle warning        300 s (5 min) before the idle end',
+        'maximum lifetime    none',
+        '',
+      ].join('\n'),
+    );
+    const json = await run('limits', ['-o', 'json']);
+    assert.deepEqual(JSON.parse(json.stdout), { sessionsPerUser: 1, idle: { defaultTimeoutSeconds: 1800, maxTimeoutSeconds: 1800, warningSeconds: 300 }, maxLifetimeSeconds: 0 });
+    assert.equal((await run('limits', ['extra'])).code, exitCodes.usage);
+  });
+
   it('shows operators the leader, the replicas, the routers and the sessions by phase', async () => {
     const heartbeat = new ReplicaHeartbeat({ store: h.store, keys, leadership: h.controller.leadership, intervalMs: 60_000, log: testLog });
     heartbeat.start();
@@ -486,6 +505,9 @@ describe('the client commands (manticore sessions, templates)', function () {
     assert.match(help.stdout, /Exit codes: 0 success/);
     const missing = await exec(['sessions', 'get', 'nosuchsession0000']);
     assert.equal(missing.code, exitCodes.notFound, missing.stderr);
+    const limits = await exec(['limits', '-o', 'json']);
+    assert.equal(limits.code, 0, limits.stderr);
+    assert.equal((JSON.parse(limits.stdout) as { sessionsPerUser: number }).sessionsPerUser, 1);
     const listed = await exec(['sessions', 'list', '-o', 'json']);
     assert.equal(listed.code, 0, listed.stderr);
     assert.deepEqual(JSON.parse(listed.stdout), []);

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { table } from '../../controller/cli/client/format.js';
+import { limitsView, table } from '../../controller/cli/client/format.js';
 
 describe('manticore client tables', () => {
   const header = ['NAME', 'NOTE', 'DESCRIPTION'];
@@ -22,5 +22,20 @@ describe('manticore client tables', () => {
     assert.equal(table(header, rows, { width: 200, shrink: [1, 2] }), table(header, rows));
     const lines = table(header, rows, { width: 10, shrink: [2] }).split('\n');
     assert.equal(lines[1], line(['a-long-name', 11], ['short', 21], [`${'x'.repeat(10)}…`, 11]));
+  });
+
+  it('says what an operator who sets no limits allows: any idle timeout above the warning, never included; no idle end by default; a lifetime cap', () => {
+    const view = limitsView({ sessionsPerUser: 3, idle: { defaultTimeoutSeconds: 0, maxTimeoutSeconds: 0, warningSeconds: 60 }, maxLifetimeSeconds: 7200 });
+    assert.equal(
+      view,
+      [
+        'sessions per user   3',
+        'idle timeout        never, for a session that asks for none',
+        'may ask for         more than 60 s, or 0 for never (sessions create --idle-timeout SECONDS)',
+        'idle warning        60 s before the idle end',
+        'maximum lifetime    7200 s (2 h) from first Ready, whatever the activity',
+        '',
+      ].join('\n'),
+    );
   });
 });

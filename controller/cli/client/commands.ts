@@ -3,7 +3,7 @@ import type { WriteStream } from 'node:tty';
 import { parseArgs } from 'node:util';
 import type { Session } from '../../api/types.js';
 import { FrontendClient, FrontendError, TokenExpiredError, UnreachableError, type LogQuery, type TemplateSummary } from './frontend-client.js';
-import { clusterView, describeSession, progressLine, sessionTable, templateTable } from './format.js';
+import { clusterView, describeSession, limitsView, progressLine, sessionTable, templateTable } from './format.js';
 
 /** Exit codes the client commands promise to scripts. */
 export const exitCodes = {
@@ -44,6 +44,9 @@ export const clientUsage = `Client commands (talk to a front end; no cluster acc
   templates [NAME]                      the session templates and their parameters, in lines cut to the
                                         terminal's width (100 columns when not a terminal); with NAME, its
                                         parameters' values in full and its services
+  limits                                what your creates are held to: sessions per user, the idle
+                                        timeout a session gets and the --idle-timeout it may ask for,
+                                        the idle warning, the maximum lifetime
   status                                operators: who leads, controller replicas, routers and how far
                                         behind they are, sessions by phase and the oldest wait
 
@@ -90,9 +93,9 @@ interface Invocation {
   readonly io: ClientIo;
 }
 
-export type ClientCommand = 'sessions' | 'templates' | 'status';
+export type ClientCommand = 'sessions' | 'templates' | 'limits' | 'status';
 
-/** Runs `manticore sessions|templates|status …`; returns the exit code. */
+/** Runs `manticore sessions|templates|limits|status …`; returns the exit code. */
 export async function runClientCommand(command: ClientCommand, argv: string[], io: ClientIo): Promise<number> {
   try {
     const invocation = parse(argv, io);
@@ -101,6 +104,7 @@ export async function runClientCommand(command: ClientCommand, argv: string[], i
       return exitCodes.ok;
     }
     if (command === 'templates') return await templates(invocation);
+    if (command === 'limits') return await limits(invocation);
     if (command === 'status') return await status(invocation);
     return await sessions(invocation);
   } catch (error) {
@@ -159,6 +163,13 @@ async function templates({ client, output, args, io }: Invocation): Promise<numb
 function outputWidth(stdout: NodeJS.WritableStream): number {
   const { isTTY, columns } = stdout as Partial<WriteStream>;
   return isTTY === true && columns !== undefined && columns > 0 ? columns : 100;
+}
+
+async function limits({ client, output, args, io }: Invocation): Promise<number> {
+  if (args.length > 0) throw new UsageError('limits takes no arguments');
+  const answer = await client.limits();
+  io.stdout.write(output === 'json' ? `${JSON.stringify(answer, null, 2)}\n` : limitsView(answer));
+  return exitCodes.ok;
 }
 
 async function status({ client, output, args, io }: Invocation): Promise<number> {

@@ -1,5 +1,7 @@
 import type { Session } from '../../api/types.js';
+import type { Limits } from '../../frontend/api-v1.js';
 import type { ClusterStatus } from '../../frontend/cluster.js';
+import { formatSeconds } from '../../controller/lifecycle.js';
 import type { TemplateSummary } from './frontend-client.js';
 
 /** How a table fits a width: the columns (by index) that may be cut to fit. */
@@ -156,4 +158,23 @@ export function clusterView(cluster: ClusterStatus): string {
         ),
   ];
   return sections.join('\n');
+}
+
+/** The `limits` view: what the user's creates are held to, in the seconds `--idle-timeout` takes. */
+export function limitsView(limits: Limits): string {
+  const { idle } = limits;
+  const mayAsk = idle.maxTimeoutSeconds === 0 ? `more than ${idle.warningSeconds} s, or 0 for never` : `more than ${idle.warningSeconds} s and at most ${idle.maxTimeoutSeconds} s`;
+  const rows = [
+    ['sessions per user', String(limits.sessionsPerUser)],
+    ['idle timeout', idle.defaultTimeoutSeconds === 0 ? 'never, for a session that asks for none' : `${seconds(idle.defaultTimeoutSeconds)} for a session that asks for none`],
+    ['may ask for', `${mayAsk} (sessions create --idle-timeout SECONDS)`],
+    ['idle warning', `${seconds(idle.warningSeconds)} before the idle end`],
+    ['maximum lifetime', limits.maxLifetimeSeconds === 0 ? 'none' : `${seconds(limits.maxLifetimeSeconds)} from first Ready, whatever the activity`],
+  ];
+  return rows.map(([name, value]) => `${name!.padEnd(20)}${value}`).join('\n') + '\n';
+}
+
+/** Seconds as `--idle-timeout` takes them, with the duration in words when that reads more easily. */
+function seconds(value: number): string {
+  return value < 120 ? `${value} s` : `${value} s (${formatSeconds(value * 1000)})`;
 }

@@ -1,4 +1,5 @@
 import type { Session } from '../../api/types.js';
+import type { Limits } from '../../frontend/api-v1.js';
 import type { ClusterStatus } from '../../frontend/cluster.js';
 import { tokenExpiredReason } from '../../frontend/events.js';
 
@@ -78,7 +79,7 @@ export class UnreachableError extends Error {}
 /** The front end closed a stream because the bearer token it was opened with expired: reconnecting with it would be refused. */
 export class TokenExpiredError extends Error {}
 
-/** A typed client of the front end's `/api/v1` (what the `manticore sessions|templates|status` commands use). */
+/** A typed client of the front end's `/api/v1` (what the `manticore sessions|templates|limits|status` commands use). */
 export class FrontendClient {
   private readonly base: URL;
 
@@ -97,6 +98,11 @@ export class FrontendClient {
 
   template(name: string): Promise<TemplateSummary> {
     return this.call('GET', `/api/v1/templates/${encodeURIComponent(name)}`);
+  }
+
+  /** What the caller's creates are held to: sessions per user, the idle timeout a session gets and may ask for, the lifetime cap. */
+  limits(): Promise<Limits> {
+    return this.call('GET', '/api/v1/limits');
   }
 
   async listSessions(): Promise<Session[]> {
