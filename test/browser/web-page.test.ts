@@ -4,8 +4,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import YAML from 'yaml';
-import type { Session } from '../../controller/api/types.js';
+import type { Session, SessionRecord } from '../../controller/api/types.js';
 import { DEFAULT_STATUS_STREAMS_PER_USER } from '../../controller/frontend/events.js';
+import { EmbeddedStore } from '../../controller/store/embedded-store.js';
+import { frontendKeys, testExpiry, testFrontend } from '../support/frontend.js';
 import { tcpConversation } from '../support/http.js';
 import { isolatedEnvironment, repoRoot, startManticore, stopManticore, waitForFrontend, type ManticoreProcess } from '../support/manticore.js';
 
@@ -93,6 +95,8 @@ describe('web page: people in a browser against `manticore up`', function () {
       MANTICORE_MAX_SESSIONS: '1',
       MANTICORE_IDLE_TIMEOUT_SECONDS: String(idleTimeoutSeconds),
       MANTICORE_IDLE_WARNING_SECONDS: String(idleWarningSeconds),
+      // Sessions may ask for any idle timeout, never included: the form offers the choice.
+      MANTICORE_IDLE_MAX_TIMEOUT_SECONDS: '0',
     });
     await waitForFrontend(api, instance);
     // Sandboxed, except as root (as in CI containers), where Chromium cannot sandbox itself.
@@ -135,6 +139,54 @@ describe('web page: people in a browser against `manticore up`', function () {
     await page.close();
   });
 
+  it('offers an idle timeout only where the operator lets users pick one other than the default, within the limits, and asks for the one picked', async () => {
+    const store = EmbeddedStore.open(':memory:');
+    /** A front end with the embedded default's limits but for the longest idle timeout a session may ask for. */
+    const frontendAllowing = async (idleMaxTimeoutMs: number) => {
+      const frontend = testFrontend(store, { expiry: { ...testExpiry, idleMaxTimeoutMs } });
+      return { frontend, url: await frontend.start('127.0.0.1', 0) };
+    };
+    const shortening = await frontendAllowing(testExpiry.idleTimeoutMs);
+    const longer = await frontendAllowing(2 * 3600_000);
+    // A page (and user) for each front end: they share the store.
+    const page = await browser.newPage();
+    const other = await browser.newPage();
+    for (const each of [page, other]) each.on('pageerror', (error) => pageProblems.push(`uncaught: ${error.message}`));
+    try {
+      // The default's maximum is the default itself: a user could only shorten it, so nothing is offered.
+      await page.goto(`${shortening.url}/`);
+      await page.getByRole('heading', { name: 'Start a session' }).waitFor();
+      assert.equal(await page.getByLabel('Idle timeout').isVisible(), false);
+      await page.getByRole('button', { name: 'Start' }).click();
+      await page.getByRole('heading', { name: 'Your session' }).waitFor();
+      await page.getByText('Ends after 30 minutes without activity.').waitFor();
+
+      // Up to two hours: the durations within the limits, the default chosen, never not among them.
+      await other.goto(`${longer.url}/`);
+      const choice = other.getByLabel('Idle timeout');
+      await choice.waitFor();
+      assert.deepEqual(await choice.locator('option').allTextContents(), ['15 minutes', '30 minutes (default)', '1 hour', '2 hours']);
+      assert.equal(await choice.inputValue(), '');
+      assert.equal(await other.locator('#idle-timeout-description').innerText(), 'Without activity for this long, the session ends. You are warned 5 minutes before.');
+      // From the keyboard.
+      await choice.focus();
+      await other.keyboard.press('End');
+      assert.equal(await choice.inputValue(), '7200');
+      await screenshot(other, '00-idle-timeout-choice');
+      await other.getByRole('button', { name: 'Start' }).click();
+      await other.getByRole('heading', { name: 'Your session' }).waitFor();
+      await other.getByText('Ends after 2 hours without activity.').waitFor();
+      const records = (await store.list(frontendKeys.sessions)).entries.map((entry) => JSON.parse(entry.value) as SessionRecord);
+      assert.deepEqual(records.map((record) => record.spec.idle?.timeoutSeconds).sort(), [7200, undefined], 'the default asks for nothing; the pick is asked for');
+    } finally {
+      await page.close();
+      await other.close();
+      await shortening.frontend.stop();
+      await longer.frontend.stop();
+      await store.close();
+    }
+  });
+
   it('offers the available templates with their parameters, defaults chosen, on a phone-sized screen', async () => {
     alice = await browser.newContext({ viewport: { width: 360, height: 740 }, isMobile: true, acceptDownloads: true });
     alice.setDefaultTimeout(serverStepMs);
@@ -145,6 +197,10 @@ describe('web page: people in a browser against `manticore up`', function () {
     assert.deepEqual(await alicePage.getByLabel('Template').locator('option').allTextContents(), ['demo']);
     assert.equal(await alicePage.getByLabel('coreVersion').inputValue(), '8.2.0');
     assert.equal(await alicePage.getByLabel('hmiType').inputValue(), 'generic');
+    // Sessions may ask for any idle timeout here: the durations above the warning, the default chosen, and never.
+    const idleTimeouts = alicePage.getByLabel('Idle timeout');
+    assert.deepEqual(await idleTimeouts.locator('option').allTextContents(), ['24 seconds (default)', '15 minutes', '30 minutes', '1 hour', '2 hours', '4 hours', '8 hours', 'Never']);
+    assert.equal(await idleTimeouts.inputValue(), '');
     await screenshot(alicePage, '01-start-form');
     aliceOtherTab = await newPage(alice);
     await aliceOtherTab.getByRole('heading', { name: 'Start a session' }).waitFor();
@@ -155,7 +211,10 @@ describe('web page: people in a browser against `manticore up`', function () {
     await alicePage.getByRole('button', { name: 'Start' }).click();
     await alicePage.getByRole('heading', { name: 'Your session' }).waitFor();
     aliceSessionId = await alicePage.locator('#session-id').innerText();
-    assert.equal((await sessionOf(alice, aliceSessionId)).spec.parameters.coreVersion, '8.1.0');
+    const { spec } = await sessionOf(alice, aliceSessionId);
+    assert.equal(spec.parameters.coreVersion, '8.1.0');
+    assert.equal(spec.idle, undefined, 'the default idle timeout is not asked for');
+    await alicePage.getByText(`Ends after ${idleTimeoutSeconds} seconds without activity.`).waitFor();
     await screenshot(alicePage, '02-started');
   });
 
@@ -185,8 +244,11 @@ describe('web page: people in a browser against `manticore up`', function () {
     await screenshot(bobPage, '03-error');
 
     await bobPage.getByLabel('coreVersion').selectOption('8.2.0');
+    await bobPage.getByLabel('Idle timeout').selectOption({ label: '1 hour' });
     await bobPage.getByRole('button', { name: 'Start' }).click();
     await phase(bobPage, 'Waiting for room');
+    assert.deepEqual((await sessionOf(bob, await bobPage.locator('#session-id').innerText())).spec.idle, { timeoutSeconds: 3600 });
+    await bobPage.getByText('Ends after 1 hour without activity.').waitFor();
     await bobPage.getByText('You are number 1 in the queue.').waitFor({ timeout: serverStepMs });
     await bobPage.getByText(/^(Estimated start: .+|No start time can be estimated yet\.)$/).waitFor();
     assert.equal(await bobPage.locator('#error').isVisible(), false, 'the error is gone');

@@ -32,11 +32,16 @@ const endings = {
   FailedRetentionEnded: 'The failed session was cleaned up.',
 };
 
+/** The idle timeouts offered, in seconds, where the operator lets users choose: those within the limits are shown. */
+const idleTimeoutChoices = [15 * 60, 30 * 60, 60 * 60, 2 * 60 * 60, 4 * 60 * 60, 8 * 60 * 60];
+
 const $ = (id) => document.getElementById(id);
 
 /** What the page shows; one session at a time. */
 const state = {
   templates: [],
+  /** What the user's creates are held to (GET /limits); undefined when the front end does not say. */
+  limits: undefined,
   /** The session shown, as last heard from the server. */
   session: undefined,
   /** Stops following the session shown (its event stream or its polling). */
@@ -148,6 +153,7 @@ function showForm() {
   if (select.options.length === 0) {
     select.replaceChildren(...available.map((template) => new Option(template.name, template.name)));
     renderParameters();
+    renderIdleTimeouts();
   }
 }
 
@@ -176,6 +182,43 @@ function renderParameters() {
   );
 }
 
+/** The idle timeout choice, with its default chosen; hidden when there is nothing to choose. */
+function renderIdleTimeouts() {
+  const offered = idleTimeoutsOffered(state.limits?.idle);
+  $('idle-field').hidden = offered.length < 2;
+  if (offered.length < 2) return;
+  const { defaultTimeoutSeconds, warningSeconds } = state.limits.idle;
+  $('idle-timeout').replaceChildren(
+    ...offered.map((seconds) => {
+      const label = seconds === 0 ? 'Never' : describeDuration(seconds);
+      const isDefault = seconds === defaultTimeoutSeconds;
+      // The default asks for nothing: the session then follows the operator's default.
+      return new Option(isDefault ? `${label} (default)` : label, isDefault ? '' : String(seconds), isDefault, isDefault);
+    }),
+  );
+  $('idle-timeout-description').textContent = `Without activity for this long, the session ends. You are warned ${describeDuration(warningSeconds)} before.`;
+}
+
+/**
+ * The idle timeouts offered, shortest first and never last: none unless the operator lets users pick something
+ * other than the default (a maximum above it, or none); else the sensible durations within the limits (above
+ * the warning, at most the maximum), the maximum itself, the default, and never where there is no maximum.
+ */
+function idleTimeoutsOffered(idle) {
+  if (idle === undefined) return [];
+  const { defaultTimeoutSeconds: byDefault, maxTimeoutSeconds: max, warningSeconds: warning } = idle;
+  if (max !== 0 && max === byDefault) return [];
+  const allowed = (seconds) => (seconds === 0 ? max === 0 : seconds > warning && (max === 0 || seconds <= max));
+  const offered = [...new Set([...idleTimeoutChoices, max, byDefault])].filter(allowed);
+  return offered.sort((a, b) => (a === 0 ? Infinity : a) - (b === 0 ? Infinity : b));
+}
+
+/** A whole number of seconds in words: "1 hour", "15 minutes", "24 seconds". */
+function describeDuration(seconds) {
+  const [amount, unit] = seconds % 3600 === 0 ? [seconds / 3600, 'hour'] : seconds % 60 === 0 ? [seconds / 60, 'minute'] : [seconds, 'second'];
+  return `${amount} ${unit}${amount === 1 ? '' : 's'}`;
+}
+
 async function startSession(event) {
   event.preventDefault();
   const button = $('start-button');
@@ -183,8 +226,11 @@ async function startSession(event) {
   clearError();
   showNotice('');
   const parameters = Object.fromEntries([...$('parameters').querySelectorAll('select')].map((select) => [select.name, select.value]));
+  // Only a timeout other than the default is asked for.
+  const idleTimeout = $('idle-field').hidden ? '' : $('idle-timeout').value;
+  const idle = idleTimeout === '' ? {} : { idle: { timeoutSeconds: Number(idleTimeout) } };
   try {
-    showSession(await request('POST', '/sessions', { template: $('template').value, parameters }));
+    showSession(await request('POST', '/sessions', { template: $('template').value, parameters, ...idle }));
   } catch (error) {
     // One session per user: the one in the way is shown instead of a dead end.
     const existing = error instanceof ApiError && error.status === 409 ? error.body.existing?.[0] : undefined;
@@ -372,6 +418,10 @@ function render(session) {
 
   $('session-template').textContent = session.spec.template;
   $('session-id').textContent = session.metadata.id;
+  // A failed session ends at the end of its retention, not by idleness.
+  const idleTimeout = terminating || phase === 'Failed' ? undefined : idleTimeoutOf(session);
+  $('idle-policy').hidden = idleTimeout === undefined;
+  if (idleTimeout !== undefined) $('idle-policy').textContent = idleTimeout === 0 ? 'Does not end for inactivity.' : `Ends after ${describeDuration(idleTimeout)} without activity.`;
   // The status region is read out on every change of its text, so it is only written when it changes.
   const phaseText = terminating ? 'Ending the session…' : phaseLabels[phase] ?? phase;
   if ($('phase').textContent !== phaseText) $('phase').textContent = phaseText;
@@ -418,6 +468,20 @@ function render(session) {
   $('replace').hidden = phase !== 'Failed' || terminating;
   renderLogs(session);
   renderClock();
+}
+
+/**
+ * The idle timeout the session runs under, as the controller applies it (sessionExpiryPolicy): its own, held to
+ * the operator's maximum (a session asking never gets the maximum while there is one), else the operator's
+ * default; undefined when the front end does not say its limits.
+ */
+function idleTimeoutOf(session) {
+  const idle = state.limits?.idle;
+  if (idle === undefined) return undefined;
+  const asked = session.spec.idle?.timeoutSeconds;
+  if (asked === undefined) return idle.defaultTimeoutSeconds;
+  if (idle.maxTimeoutSeconds === 0) return asked;
+  return asked === 0 ? idle.maxTimeoutSeconds : Math.min(asked, idle.maxTimeoutSeconds);
 }
 
 /** The parts that move with the clock: the idle countdown and the estimated start. */
@@ -1033,8 +1097,14 @@ async function main() {
   $('log-download').addEventListener('click', downloadLog);
   document.addEventListener('visibilitychange', followOnlyWhileVisible);
   try {
-    const [templates, sessions] = await Promise.all([request('GET', '/templates'), request('GET', '/sessions')]);
+    const [templates, sessions, limits] = await Promise.all([
+      request('GET', '/templates'),
+      request('GET', '/sessions'),
+      // Behind a load balancer during an upgrade, an older front end may not know the route: the page then offers no idle timeout choice.
+      request('GET', '/limits').catch(() => undefined),
+    ]);
     state.templates = templates;
+    state.limits = limits;
     // A live session (not being ended, not failed) is shown instead of the form; the newest if several.
     const live = sessions.items.filter((session) => !isTerminating(session) && session.status.phase !== 'Failed');
     if (live.length > 0) showSession(live[live.length - 1]);
