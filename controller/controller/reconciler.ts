@@ -546,7 +546,7 @@ export class SessionReconciler {
 
   /** A Failed session keeps its status readable for the retention time, its routes and job released, then is deleted. */
   private async retainFailed(id: string, status: SessionStatus): Promise<ReconcileResult> {
-    await this.release(id);
+    await this.release(id, true);
     const failedAt = Date.parse(status.failedAt ?? status.conditions.find((condition) => condition.type === 'Ready')?.lastTransitionTime ?? new Date(this.now()).toISOString());
     const removeAt = failedAt + this.deps.policy.failedRetentionMs;
     if (this.now() >= removeAt) return this.requestDeletion(id, 'FailedRetentionEnded');
@@ -653,16 +653,19 @@ export class SessionReconciler {
   }
 
   /**
-   * Removes the routes (freeing the port), then stops the job, so that the routes never outlive it. Returns
-   * true once both are gone from the caches; until then the watches will bring the session back.
+   * Removes the routes (freeing the port), then stops the job, so that the routes never outlive it. A failed
+   * session's job is only stopped (`keepLogs`): its allocation, and the logs that tell why it failed, stay
+   * readable while its status is. Returns true once both are gone from the caches; until then the watches
+   * will bring the session back.
    */
-  private async release(id: string): Promise<boolean> {
+  private async release(id: string, keepLogs = false): Promise<boolean> {
     const { observed, scheduler, keys } = this.deps;
     const routes = observed.routes.get(id);
     if (routes) await this.delete(id, observed.routes, keys.route(id));
     const workload = observed.workloads.get(id);
     if (workload) {
-      await this.withinTerm(`deregistering job ${workload.jobId}`, (signal) => scheduler.deregister(workload.jobId, signal));
+      if (keepLogs) await this.withinTerm(`stopping job ${workload.jobId}`, (signal) => scheduler.stop(workload.jobId, signal));
+      else await this.withinTerm(`deregistering job ${workload.jobId}`, (signal) => scheduler.deregister(workload.jobId, signal));
       this.expectations.expect(id, () => observed.workloads.get(id) === undefined);
     }
     return workload === undefined && routes === undefined;
@@ -689,17 +692,24 @@ export class SessionReconciler {
     const shown = this.deps.observed.statuses.get(id)?.value;
     // Whether this run was ever Ready (an earlier Failed run's does not count): one that was not holds its
     // start slot until its job is purged.
-    const readyAt = shown?.phase === 'Failed' ? undefined : shown?.readyAt;
+    const run = shown?.phase === 'Failed' ? undefined : shown;
+    const readyAt = run?.readyAt;
+    // The workload that failed stays named: its logs are kept (release) for its user to read.
+    const workload = this.deps.observed.workloads.get(id);
+    const jobId = workload?.jobId ?? run?.jobId;
+    const allocationId = workload?.allocation?.id ?? run?.allocationId;
     await this.writeStatus(id, {
       phase: 'Failed',
       observedGeneration: generation,
       conditions: [{ type: 'Ready', status: 'False', reason, message }],
       endpoints: {},
       failedAt: new Date(now).toISOString(),
+      ...(jobId === undefined ? {} : { jobId }),
+      ...(allocationId === undefined ? {} : { allocationId }),
       ...(readyAt === undefined ? {} : { readyAt }),
       ...(failures === undefined ? {} : { failures }),
     });
-    await this.release(id);
+    await this.release(id, true);
     return { wakeAt: now + this.deps.policy.failedRetentionMs };
   }
 

@@ -153,6 +153,12 @@ interface JobRuntime {
   placementFailure?: string;
 }
 
+/**
+ * How many stopped jobs' allocations keep their directories, and so their logs (Failed sessions'), as a Nomad
+ * client keeps its 50 most recent terminal allocations (`gc_max_allocs`).
+ */
+export const keptStoppedAllocations = 50;
+
 /** Attempts at finding a port none of our allocations holds before giving up on an allocation. */
 const maxPortAttempts = 64;
 
@@ -173,6 +179,8 @@ export class LocalScheduler implements Scheduler {
   private readonly portsHeld = new Set<number>();
   /** Register, deregister and reschedule of one job never interleave. */
   private readonly perJob = new KeyedSerializer();
+  /** Allocations of stopped jobs whose directories (logs) are kept, oldest first. */
+  private readonly stoppedAllocations: AllocRuntime[] = [];
   private readonly changes = new Subject<WorkloadStep>();
   private readonly logFiles: LogFiles;
   private lock: DirectoryLock | undefined;
@@ -247,20 +255,38 @@ export class LocalScheduler implements Scheduler {
   }
 
   async deregister(jobId: string, signal?: AbortSignal): Promise<void> {
+    await this.remove(jobId, 'purge', signal);
+  }
+
+  /** The allocation's directory, logs included, stays until `keptStoppedAllocations` newer ones are kept, or the next start. */
+  async stop(jobId: string, signal?: AbortSignal): Promise<void> {
+    await this.remove(jobId, 'stop', signal);
+  }
+
+  private async remove(jobId: string, how: 'purge' | 'stop', signal: AbortSignal | undefined): Promise<void> {
     this.assertUsable();
     await this.perJob.run(jobId, async () => {
       signal?.throwIfAborted();
       const runtime = this.jobs.get(jobId);
       if (!runtime) return;
-      if (runtime.alloc) {
-        await this.stopAllocation(runtime.alloc, 'job deregistered');
-        await this.removeAllocDir(runtime.alloc);
+      const alloc = runtime.alloc;
+      if (alloc) {
+        await this.stopAllocation(alloc, how === 'purge' ? 'job deregistered' : 'job stopped');
+        if (how === 'purge') await this.removeAllocDir(alloc);
+        else await this.keepStopped(alloc);
       }
       await fsp.rm(this.jobFile(jobId), { force: true });
       this.jobs.delete(jobId);
-      this.log.info({ jobId }, 'job deregistered');
+      this.log.info({ jobId, ...(how === 'stop' && alloc ? { allocId: alloc.id } : {}) }, how === 'purge' ? 'job deregistered' : 'job stopped; its allocation\'s logs are kept');
       this.changes.next({ kind: 'delete', jobId, sessionId: runtime.job.sessionId });
     });
+  }
+
+  /** Keeps a stopped allocation's directory (its logs), removing the oldest kept beyond `keptStoppedAllocations`. */
+  private async keepStopped(alloc: AllocRuntime): Promise<void> {
+    this.stoppedAllocations.push(alloc);
+    const expired = this.stoppedAllocations.splice(0, Math.max(0, this.stoppedAllocations.length - keptStoppedAllocations));
+    await Promise.all(expired.map((old) => this.removeAllocDir(old)));
   }
 
   async reschedule(jobId: string, signal?: AbortSignal): Promise<void> {
@@ -288,7 +314,7 @@ export class LocalScheduler implements Scheduler {
     });
   }
 
-  /** Reads the allocation's `logs/` directory (kept until the allocation is replaced or its job removed). */
+  /** Reads the allocation's `logs/` directory (kept until the allocation is replaced or its job deregistered; a stopped job's for a while). */
   readLogs(request: LogReadRequest): AsyncIterable<LogEvent> {
     return this.logFiles.read(request);
   }

@@ -522,27 +522,52 @@ export class NomadScheduler implements Scheduler {
   }
 
   async deregister(jobId: string, signal?: AbortSignal): Promise<void> {
+    await this.remove(jobId, 'purge', signal);
+  }
+
+  /** `DELETE /v1/job/:id` without purge: the job stays, stopped, with its allocations, until Nomad's job GC. */
+  async stop(jobId: string, signal?: AbortSignal): Promise<void> {
+    await this.remove(jobId, 'stop', signal);
+  }
+
+  /**
+   * Deregisters the job. A purge deletes it with its allocations (Nomad 1.5.x and later remove them with the
+   * job, logs included); a stop keeps both, the job marked Stop, so the overlay remembers its new modify index
+   * for the EnforceIndex of a later registration.
+   */
+  private async remove(jobId: string, how: 'purge' | 'stop', signal: AbortSignal | undefined): Promise<void> {
     const api = this.assertUsable();
+    const what = how === 'purge' ? 'deregistering' : 'stopping';
     await this.perJob.run(jobId, async () => {
       this.assertUsable();
       signal?.throwIfAborted();
+      // What the job was: our own register still on its way to the cache, else the cache.
+      const overlay = this.overlays.get(jobId);
+      const stub = this.jobs.get(jobId);
+      const previous = overlay?.kind === 'registered' ? overlay.known : stub && knownOf(stub);
       let response: unknown;
       try {
-        response = await api.json('DELETE', `/v1/job/${encodeURIComponent(jobId)}`, { purge: 'true' }, undefined, signal);
+        response = await api.json('DELETE', `/v1/job/${encodeURIComponent(jobId)}`, how === 'purge' ? { purge: 'true' } : {}, undefined, signal);
       } catch (error) {
         if (error instanceof NomadApiError && (error.status === 404 || /job not found/i.test(error.nomadMessage))) {
-          this.log.debug({ jobId }, 'job to deregister was already gone');
+          this.log.debug({ jobId }, `job to ${how} was already gone`);
           this.overlays.set(jobId, { kind: 'deregistered', index: this.jobsIndex + 1 });
           return;
         }
-        throw this.describeWriteError(error, `deregistering job ${jobId}`);
+        throw this.describeWriteError(error, `${what} job ${jobId}`);
       }
       // Nomad answers a job it does not have with an empty reply (no evaluation, every index 0), and a 404 is
       // taken the same way: either way the job is gone.
-      const index = numberField(response, 'JobModifyIndex') || this.jobsIndex + 1;
-      this.overlays.set(jobId, { kind: 'deregistered', index });
-      if (isRecord(response) && response.EvalID === '') this.log.debug({ jobId }, 'job to deregister was already gone');
-      else this.log.info({ jobId }, 'job deregistered');
+      const gone = isRecord(response) && response.EvalID === '';
+      const jobModifyIndex = numberField(response, 'JobModifyIndex');
+      const index = jobModifyIndex || this.jobsIndex + 1;
+      if (how === 'stop' && !gone && previous !== undefined && jobModifyIndex !== undefined) {
+        this.overlays.set(jobId, { kind: 'registered', known: { ...previous, jobModifyIndex, stopped: true }, index });
+      } else {
+        this.overlays.set(jobId, { kind: 'deregistered', index });
+      }
+      if (gone) this.log.debug({ jobId }, `job to ${how} was already gone`);
+      else this.log.info({ jobId }, how === 'purge' ? 'job deregistered' : 'job stopped; its allocations are kept until Nomad collects them');
     });
   }
 

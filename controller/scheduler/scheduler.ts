@@ -71,6 +71,13 @@ export interface Scheduler {
   /** Stops and removes a job and its allocations; removing a missing job succeeds. */
   deregister(jobId: string, signal?: AbortSignal): Promise<void>;
   /**
+   * Stops a job's tasks and takes it out of watch() as deregister() does, but keeps its last allocation, and
+   * so that allocation's logs, readable until the backend collects it: a failed session's logs tell its user
+   * why it failed. Nomad keeps a stopped job until its garbage collection; the embedded scheduler keeps the
+   * most recently stopped allocations (`keptStoppedAllocations`) until it restarts. Stopping a missing job succeeds.
+   */
+  stop(jobId: string, signal?: AbortSignal): Promise<void>;
+  /**
    * Replaces the job's failed allocation with a fresh one now (new allocation id, tasks started again
    * with their restart counts at 0), reported through watch() like any other change. The controller calls
    * it after its own restart backoff: backends never replace a failed allocation by themselves, so the

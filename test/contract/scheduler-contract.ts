@@ -317,6 +317,32 @@ export function describeSchedulerContract(name: string, make: () => Promise<Sche
       await scheduler.deregister(jobIdFor(session()));
     });
 
+    it('stops: a delete step, but the stopped allocation\'s logs stay readable; stopping a missing job succeeds', async function () {
+      const recorder = record();
+      const script = "console.log('why it failed'); setInterval(() => {}, 1000)";
+      const job = scheduler.render(contractRequest(commandTemplate([{ name: 'told', script }]), session()));
+      await register(job);
+      const running = await recorder.until(job.id, 'the task running', (workload) => workload.allocation?.tasks.told?.state === 'running');
+      const allocId = running.allocation!.id;
+      const readAll = async (): Promise<string> => {
+        let text = '';
+        for await (const event of scheduler.readLogs({ allocId, task: 'told', stream: 'stdout', from: { kind: 'start' }, follow: false, signal: new AbortController().signal })) {
+          if (event.kind === 'data') text += event.data.toString();
+        }
+        return text;
+      };
+      await waitFor('the line written', async () => (await readAll()).includes('why it failed'));
+      await scheduler.stop(job.id);
+      await waitFor('delete step', () => recorder.steps.some((step) => step.kind === 'delete' && step.jobId === job.id && step.sessionId === job.sessionId));
+      assert.equal(recorder.workloads.has(job.id), false);
+      assert.match(await readAll(), /^why it failed$/m);
+      await scheduler.stop(job.id);
+      await scheduler.stop(jobIdFor(session()));
+      // Registered again, it runs again.
+      await scheduler.register(job);
+      await recorder.until(job.id, 'running again', (workload) => workload.allocation?.tasks.told?.state === 'running' && workload.allocation.id !== allocId);
+    });
+
     it('reschedule replaces a failed allocation with a fresh one whose tasks run again from 0 restarts', async function () {
       const recorder = record();
       const job = scheduler.render(contractRequest(commandTemplate([{ name: 'crash', script: EXIT_3 }]), session()));

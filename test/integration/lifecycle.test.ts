@@ -46,6 +46,9 @@ class RecordingScheduler implements Scheduler {
   deregister(jobId: string, signal?: AbortSignal): Promise<void> {
     return this.inner.deregister(jobId, signal);
   }
+  stop(jobId: string, signal?: AbortSignal): Promise<void> {
+    return this.inner.stop(jobId, signal);
+  }
   reschedule(jobId: string, signal?: AbortSignal): Promise<void> {
     return this.inner.reschedule(jobId, signal);
   }

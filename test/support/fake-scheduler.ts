@@ -20,6 +20,7 @@ export class FakeScheduler implements Scheduler {
   readonly kind = 'embedded' as const;
   readonly registrations: RenderedJob[] = [];
   readonly deregistrations: string[] = [];
+  readonly stops: string[] = [];
   /** Every reschedule() call, whether or not it replaced anything. */
   readonly reschedules: string[] = [];
   /** What capacityChanges() emits: the test calls `capacity.next()` when the cluster gains room. */
@@ -77,6 +78,17 @@ export class FakeScheduler implements Scheduler {
   async deregister(jobId: string, signal?: AbortSignal): Promise<void> {
     signal?.throwIfAborted();
     this.deregistrations.push(jobId);
+    this.remove(jobId);
+  }
+
+  /** Recorded apart from deregistrations: a stopped job's allocation (its logs) stays. */
+  async stop(jobId: string, signal?: AbortSignal): Promise<void> {
+    signal?.throwIfAborted();
+    this.stops.push(jobId);
+    this.remove(jobId);
+  }
+
+  private remove(jobId: string): void {
     const workload = [...this.workloads.values()].find((w) => w.jobId === jobId);
     if (!workload) return;
     this.workloads.delete(workload.sessionId);

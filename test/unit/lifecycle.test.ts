@@ -61,37 +61,44 @@ async function turnAway(h: ControllerHarness, id: string): Promise<SessionStatus
   return waiting;
 }
 
-/** A scheduler whose purges finish when the test says (`finishPurges()`), as a Nomad job takes a while to go. */
-class SlowPurgeScheduler extends FakeScheduler {
-  readonly purging = new Set<string>();
+/**
+ * A scheduler whose job removals (a deleted session's purge, a failed one's stop) finish when the test says
+ * (`finishRemovals()`), as a Nomad job takes a while to go.
+ */
+class SlowRemovalScheduler extends FakeScheduler {
+  readonly removing = new Map<string, 'deregister' | 'stop'>();
 
   override async deregister(jobId: string): Promise<void> {
-    this.purging.add(jobId);
+    this.removing.set(jobId, 'deregister');
   }
 
-  async finishPurges(): Promise<void> {
-    for (const jobId of this.purging) await super.deregister(jobId);
-    this.purging.clear();
+  override async stop(jobId: string): Promise<void> {
+    this.removing.set(jobId, 'stop');
+  }
+
+  async finishRemovals(): Promise<void> {
+    for (const [jobId, how] of this.removing) await (how === 'stop' ? super.stop(jobId) : super.deregister(jobId));
+    this.removing.clear();
   }
 }
 
 /**
  * Ends the session holding the only slot of `limits` (`end`: deleted, or failed) while `next` waits for it,
- * and shows that `next` is admitted only once the ended session's job is purged. Returns the ended session.
+ * and shows that `next` is admitted only once the ended session's job is gone. Returns the ended session.
  */
-async function slotFreedByPurge(h: ControllerHarness<SlowPurgeScheduler>, waitReason: string, end: (holder: string) => Promise<void>): Promise<string> {
+async function slotFreedByRemoval(h: ControllerHarness<SlowRemovalScheduler>, waitReason: string, end: (holder: string) => Promise<void>): Promise<string> {
   const { scheduler } = h;
   await h.start();
   const [holder, next] = await createInOrder(h, ['ann', 'bob']);
   await statusWhen(h.store, next!, (s) => condition(s, 'Admitted') === `False/${waitReason}`);
   await end(holder!);
-  await waitFor('the purge of its job asked for', () => scheduler.purging.size === 1);
+  await waitFor('the removal of its job asked for', () => scheduler.removing.size === 1);
   await waitFor('nothing queued or in flight', () => h.controller.queue.length === 0 && h.controller.queue.inFlight === 0);
   assert.equal(await routesOf(h.store, holder!), undefined, 'its routes are gone');
   assert.equal(await routesOf(h.store, next!), undefined, 'the next one waits while the job holds its resources');
   assert.equal(condition(await statusOf(h.store, next!), 'Admitted'), `False/${waitReason}`);
-  await scheduler.finishPurges();
-  await waitFor('the next one admitted once the job is purged', () => routesOf(h.store, next!));
+  await scheduler.finishRemovals();
+  await waitFor('the next one admitted once the job is gone', () => routesOf(h.store, next!));
   return holder!;
 }
 
@@ -187,9 +194,9 @@ describe('lifecycle: waiting list and room', () => {
   });
 
   it("keeps a deleted session's slot until its job is purged", async () => {
-    const slow = new ControllerHarness(EmbeddedStore.open(':memory:'), new SlowPurgeScheduler(), { limits: { maxSessions: 1 } });
+    const slow = new ControllerHarness(EmbeddedStore.open(':memory:'), new SlowRemovalScheduler(), { limits: { maxSessions: 1 } });
     h = slow;
-    const holder = await slotFreedByPurge(slow, 'ClusterFull', async (id) => {
+    const holder = await slotFreedByRemoval(slow, 'ClusterFull', async (id) => {
       await makeReady(slow, id);
       await requestDeletion(slow.store, id);
     });
@@ -197,23 +204,23 @@ describe('lifecycle: waiting list and room', () => {
   });
 
   it('keeps the start slot of a session deleted while starting until its job is purged', async () => {
-    const slow = new ControllerHarness(EmbeddedStore.open(':memory:'), new SlowPurgeScheduler(), { limits: { maxStarting: 1 } });
+    const slow = new ControllerHarness(EmbeddedStore.open(':memory:'), new SlowRemovalScheduler(), { limits: { maxStarting: 1 } });
     h = slow;
-    await gone(slow, await slotFreedByPurge(slow, 'StartLimit', (id) => requestDeletion(slow.store, id)));
+    await gone(slow, await slotFreedByRemoval(slow, 'StartLimit', (id) => requestDeletion(slow.store, id)));
   });
 
-  it('keeps the start slot of a session that failed while starting until its job is purged', async () => {
-    const slow = new ControllerHarness(EmbeddedStore.open(':memory:'), new SlowPurgeScheduler(), { limits: { maxStarting: 1 }, policy: { startTimeoutMs: 10 * minute } });
+  it('keeps the start slot of a session that failed while starting until its job is stopped', async () => {
+    const slow = new ControllerHarness(EmbeddedStore.open(':memory:'), new SlowRemovalScheduler(), { limits: { maxStarting: 1 }, policy: { startTimeoutMs: 10 * minute } });
     h = slow;
-    await slotFreedByPurge(slow, 'StartLimit', async (holder) => {
+    await slotFreedByRemoval(slow, 'StartLimit', async (holder) => {
       await waitFor('registered', () => slow.scheduler.workload(holder));
       slow.tick(10 * minute);
       assert.equal(condition(await statusWhen(slow.store, holder, 'Failed'), 'Ready'), 'False/StartTimeout');
     });
   });
 
-  it('frees the start slot of a session that had been Ready when it fails, without waiting for the purge', async () => {
-    const slow = new ControllerHarness(EmbeddedStore.open(':memory:'), new SlowPurgeScheduler(), { limits: { maxStarting: 1 }, policy: { maxRestarts: 0 } });
+  it('frees the start slot of a session that had been Ready when it fails, without waiting for its job to stop', async () => {
+    const slow = new ControllerHarness(EmbeddedStore.open(':memory:'), new SlowRemovalScheduler(), { limits: { maxStarting: 1 }, policy: { maxRestarts: 0 } });
     h = slow;
     await slow.start();
     const [served] = await createInOrder(slow, ['ann']);
@@ -222,10 +229,10 @@ describe('lifecycle: waiting list and room', () => {
     const failed = await statusWhen(slow.store, served!, 'Failed');
     assert.equal(condition(failed, 'Ready'), 'False/CrashLoop');
     assert.ok(failed.readyAt !== undefined, 'it still says it was Ready');
-    await waitFor('the purge of its job asked for', () => slow.scheduler.purging.size === 1);
+    await waitFor('the stop of its job asked for', () => slow.scheduler.removing.get(`manticore-${served}`) === 'stop');
     const next = await createSession(slow.store, { owner: 'bob' });
-    await waitFor('the next one admitted while the job is purged', () => routesOf(slow.store, next));
-    assert.equal(slow.scheduler.purging.size, 1);
+    await waitFor('the next one admitted while the job stops', () => routesOf(slow.store, next));
+    assert.equal(slow.scheduler.removing.size, 1);
   });
 
   it('moves everyone behind up when a waiting session ahead of them is deleted', async () => {
@@ -601,17 +608,24 @@ describe('lifecycle: failures', () => {
       await waitFor(`reschedule ${n}`, () => h.scheduler.reschedules.length === n);
       await makeReady(h, id!, 31000 + n * 10);
     }
+    const crashed = h.scheduler.workload(id!)!.allocation!.id;
     crash(id!);
     const failed = await statusWhen(h.store, id!, 'Failed');
     assert.equal(condition(failed, 'Ready'), 'False/CrashLoop');
     assert.match(failed.conditions[0]!.message, /failed 3 times within 10 min; last: core: Exited with code 139/);
     await waitFor('released', async () => h.scheduler.workload(id!) === undefined && (await routesOf(h.store, id!)) === undefined);
+    // Its job is stopped, not purged, and its status still names the allocation: the logs say why it failed.
+    assert.deepEqual(h.scheduler.stops, [`manticore-${id}`]);
+    assert.deepEqual(h.scheduler.deregistrations, []);
+    assert.equal(failed.jobId, `manticore-${id}`);
+    assert.equal(failed.allocationId, crashed);
 
     // Failed stays readable for the retention time, then goes.
     h.tick(59 * minute);
     assert.equal((await statusOf(h.store, id!))?.phase, 'Failed');
     h.tick(1 * minute);
     await gone(h, id!);
+    assert.deepEqual(h.scheduler.deregistrations, [], 'nothing left to purge: the scheduler collects the stopped job');
   });
 
   it('updates the job of a Ready session whose spec changed, without counting the replacement as a failure', async () => {
