@@ -151,6 +151,23 @@ function changedRequest(template: SessionTemplate, kind: Scheduler['kind'], requ
   return { ...request, endpoints: { ...request.endpoints, [service]: moved } };
 }
 
+/** Reads a task's log (stdout from the start, not followed, unless the request says otherwise), until `until` holds if given. */
+async function readLog(
+  scheduler: Scheduler,
+  request: Partial<LogReadRequest> & Pick<LogReadRequest, 'allocId' | 'task'>,
+  until?: (text: string) => boolean,
+): Promise<{ events: LogEvent[]; text: string }> {
+  const abort = new AbortController();
+  const events: LogEvent[] = [];
+  let text = '';
+  for await (const event of scheduler.readLogs({ stream: 'stdout', from: { kind: 'start' }, follow: false, signal: abort.signal, ...request })) {
+    events.push(event);
+    if (event.kind === 'data') text += event.data.toString();
+    if (until?.(text)) abort.abort();
+  }
+  return { events, text };
+}
+
 export function describeSchedulerContract(name: string, make: () => Promise<SchedulerFixture>): void {
   describe(`Scheduler contract: ${name}`, function () {
     let fixture: SchedulerFixture;
@@ -168,6 +185,13 @@ export function describeSchedulerContract(name: string, make: () => Promise<Sche
     const register = async (job: RenderedJob): Promise<void> => {
       registered.add(job.id);
       await scheduler.register(job);
+    };
+    /** Registers a job of one task running `script`, and waits until the task runs. */
+    const runTask = async (recorder: WorkloadRecorder, name: string, script: string): Promise<{ job: RenderedJob; allocId: string }> => {
+      const job = scheduler.render(contractRequest(commandTemplate([{ name, script }]), session()));
+      await register(job);
+      const running = await recorder.until(job.id, 'the task running', (workload) => workload.allocation?.tasks[name]?.state === 'running');
+      return { job, allocId: running.allocation!.id };
     };
 
     beforeEach(async function () {
@@ -319,18 +343,8 @@ export function describeSchedulerContract(name: string, make: () => Promise<Sche
 
     it('stops: a delete step, but the stopped allocation\'s logs stay readable; stopping a missing job succeeds', async function () {
       const recorder = record();
-      const script = "console.log('why it failed'); setInterval(() => {}, 1000)";
-      const job = scheduler.render(contractRequest(commandTemplate([{ name: 'told', script }]), session()));
-      await register(job);
-      const running = await recorder.until(job.id, 'the task running', (workload) => workload.allocation?.tasks.told?.state === 'running');
-      const allocId = running.allocation!.id;
-      const readAll = async (): Promise<string> => {
-        let text = '';
-        for await (const event of scheduler.readLogs({ allocId, task: 'told', stream: 'stdout', from: { kind: 'start' }, follow: false, signal: new AbortController().signal })) {
-          if (event.kind === 'data') text += event.data.toString();
-        }
-        return text;
-      };
+      const { job, allocId } = await runTask(recorder, 'told', "console.log('why it failed'); setInterval(() => {}, 1000)");
+      const readAll = async (): Promise<string> => (await readLog(scheduler, { allocId, task: 'told' })).text;
       await waitFor('the line written', async () => (await readAll()).includes('why it failed'));
       await scheduler.stop(job.id);
       await waitFor('delete step', () => recorder.steps.some((step) => step.kind === 'delete' && step.jobId === job.id && step.sessionId === job.sessionId));
@@ -375,23 +389,9 @@ export function describeSchedulerContract(name: string, make: () => Promise<Sche
     });
 
     it('reads a task\'s stdout and stderr from the start, a position or the end, and follows them as they are written', async function () {
-      const recorder = record();
-      const script = "process.stderr.write('warming up\\n'); let n = 0; setInterval(() => console.log('tick ' + n++), 20)";
-      const job = scheduler.render(contractRequest(commandTemplate([{ name: 'chatty', script }]), session()));
-      await register(job);
-      const running = await recorder.until(job.id, 'the task running', (workload) => workload.allocation?.tasks.chatty?.state === 'running');
-      const allocId = running.allocation!.id;
-      const read = async (request: Partial<LogReadRequest>, until?: (text: string) => boolean): Promise<{ events: LogEvent[]; text: string }> => {
-        const abort = new AbortController();
-        const events: LogEvent[] = [];
-        let text = '';
-        for await (const event of scheduler.readLogs({ allocId, task: 'chatty', stream: 'stdout', from: { kind: 'start' }, follow: false, signal: abort.signal, ...request })) {
-          events.push(event);
-          if (event.kind === 'data') text += event.data.toString();
-          if (until?.(text)) abort.abort();
-        }
-        return { events, text };
-      };
+      const { allocId } = await runTask(record(), 'chatty', "process.stderr.write('warming up\\n'); let n = 0; setInterval(() => console.log('tick ' + n++), 20)");
+      const read = (request: Partial<LogReadRequest>, until?: (text: string) => boolean): Promise<{ events: LogEvent[]; text: string }> =>
+        readLog(scheduler, { allocId, task: 'chatty', ...request }, until);
       const followed = await read({ follow: true }, (text) => text.includes('tick 5\n'));
       assert.equal(followed.events[0]?.kind, 'opened');
       assert.match(followed.text, /tick 0\ntick 1\ntick 2\ntick 3\ntick 4\ntick 5\n/);
