@@ -214,6 +214,11 @@ export class EdgeTls {
   private served: EdgeCertificate | undefined;
   /** Files whose content was refused: not checked again until they change. */
   private refusedHash: string | undefined;
+  /**
+   * Files whose certificate HAProxy did not take: not tried again on their change events (a renewer writes
+   * several files, each an event), only once they change or at the recheck, as the failure may have passed.
+   */
+  private failedHash: string | undefined;
   private lastChange: EdgeTlsStatus['lastChange'];
   private loader: CertificateLoader | undefined;
   private watchers: fs.FSWatcher[] = [];
@@ -338,9 +343,10 @@ export class EdgeTls {
     }
     if (contents.hash === served.sourceHash) {
       this.refusedHash = undefined;
+      this.failedHash = undefined;
       return;
     }
-    if (contents.hash === this.refusedHash) return;
+    if (contents.hash === this.refusedHash || contents.hash === this.failedHash) return;
     let next: EdgeCertificate;
     try {
       next = checkEdgeCertificate(files, contents, domain);
@@ -375,18 +381,20 @@ export class EdgeTls {
       const how = await this.loader!(installedPath, next.pem);
       this.served = next;
       this.refusedHash = undefined;
+      this.failedHash = undefined;
       this.record(how);
       for (const warning of next.warnings) this.log.warn({ certFile: files.certFile }, warning);
       this.log.info({ ...this.describe(next), how, replaced: served.serialNumber }, 'new edge certificate loaded; open connections keep the old one');
       this.lookAtExpiry();
     } catch (error) {
       // HAProxy may have refused it (a key too weak for its OpenSSL): left installed, it would stop the next
-      // restart or reload. Not marked refused: the next event or recheck tries again.
+      // restart or reload. Not marked refused: the failure may pass (HAProxy restarting), so the recheck tries again.
       await writeFileAtomic(installedPath, served.pem).catch((restoreError: unknown) => {
         this.log.error({ err: restoreError, installedPath }, 'could not put the certificate in use back in the file HAProxy loads; a restart may load the new one');
       });
+      this.failedHash = contents.hash;
       this.record('failed', (error as Error).message);
-      this.log.error({ err: error, serving: this.describe(served) }, 'HAProxy did not take the new certificate; trying again at the next change or recheck');
+      this.log.error({ err: error, serving: this.describe(served) }, 'HAProxy did not take the new certificate; trying again when the files change, or at the next recheck');
     }
   }
 
@@ -404,6 +412,7 @@ export class EdgeTls {
     const thresholds = [served.notAfter - this.options.expiryWarningMs, served.notAfter].filter((at) => at > now).map((at) => at - now);
     const delay = Math.min(this.recheckMs, ...thresholds);
     this.recheckTimer = this.clock.setTimeout(() => {
+      this.failedHash = undefined;
       void this.check()
         .catch((error: unknown) => this.log.error({ err: error }, 'checking the certificate files failed'))
         .finally(() => {
