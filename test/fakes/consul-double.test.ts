@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import http from 'node:http';
+import net from 'node:net';
 import Consul from 'consul';
 import sinon from 'sinon';
 import { ConsulDouble } from './consul.js';
@@ -539,6 +540,24 @@ describe('Consul double', function () {
       assert.equal((await request('GET', '/v1/status/leader')).status, 200, 'status needs no token');
     });
 
+    it("answers a client's connection beyond limits.http_max_conns_per_client (200) with 429 and closes it, handling nothing sent on it", async function () {
+      const held: net.Socket[] = [];
+      try {
+        for (let i = 0; i < 200; i++) held.push(await connect(double.port));
+        const refused = await request('PUT', '/v1/kv/limit/a', { body: 'x' });
+        assert.equal(refused.status, 429);
+        assert.equal(refused.headers.connection, 'close');
+        assert.equal(refused.text, 'Your IP is issuing too many concurrent connections, please rate limit your calls\n');
+        assert.equal(double.requests.length, 0, 'the request on the refused connection was never read');
+        assert.equal(double.refusedConnections, 1);
+      } finally {
+        for (const socket of held) socket.destroy();
+      }
+      // Idle connections count until they close; once they have, the client is let in again.
+      for (let i = 0; i < 10_000 && double.openConnections > 0; i++) await new Promise((resolve) => setImmediate(resolve));
+      assert.equal((await request('GET', '/v1/kv/limit/a')).status, 404, 'the refused write was not applied');
+    });
+
     it('injects latency and errors, refuses connections during an outage and keeps its port', async function () {
       double.faults.errorRate = 1;
       assert.deepEqual(await statusAndText(request('PUT', '/v1/kv/f/a', { body: 'x' })), [500, 'rpc error making call: No cluster leader']);
@@ -584,6 +603,14 @@ function send(port: number, method: string, path: string, options: { body?: stri
     });
     request.on('error', reject);
     request.end(options.body);
+  });
+}
+
+/** An open, idle connection to the double. */
+function connect(port: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: '127.0.0.1', port }, () => resolve(socket));
+    socket.on('error', reject);
   });
 }
 

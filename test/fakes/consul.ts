@@ -1,5 +1,6 @@
 import http from 'node:http';
 import https from 'node:https';
+import type net from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { silentLogger, type Logger } from '../../controller/util/log.js';
 
@@ -12,7 +13,8 @@ import { silentLogger, type Logger } from '../../controller/util/log.js';
  * agent/consul/state/kvs.go, agent/txn_endpoint.go, agent/consul/state/txn.go, agent/session_endpoint.go,
  * agent/blockingquery): status codes, bodies, headers, index rules (a prefix's X-Consul-Index is the
  * highest ModifyIndex or tombstone under it, deletes leave tombstones), the "unchanged write is skipped"
- * rule, lock-delay after invalidation, and the abandon rule for blocking queries after a restore.
+ * rule, lock-delay after invalidation, the abandon rule for blocking queries after a restore, and the agent's
+ * limit on connections open at once from one client IP (limits.http_max_conns_per_client).
  *
  * Deliberate differences, each so that tests are deterministic or simpler:
  * - a TTL session is invalidated exactly TTL after its last renewal (Consul waits up to 2×TTL; the
@@ -92,6 +94,13 @@ const LOCK_DELAY_MIN_THRESHOLD = 1000;
 const SERF_CHECK = 'serfHealth';
 const LEADER_ADDRESS = '127.0.0.1:8300';
 const MAX_RECORDED_REQUESTS = 10_000;
+/** limits.http_max_conns_per_client: connections one client IP may have open at once, idle keep-alive ones included. */
+const MAX_CONNS_PER_CLIENT = 200;
+const TOO_MANY_CONNS_MESSAGE = 'Your IP is issuing too many concurrent connections, please rate limit your calls\n';
+/** What go-connlimit writes on a connection over the limit, before reading anything from it, and then closes it. */
+const TOO_MANY_CONNS_RESPONSE =
+  'HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\n' +
+  `Content-Length: ${Buffer.byteLength(TOO_MANY_CONNS_MESSAGE)}\r\nConnection: close\r\n\r\n${TOO_MANY_CONNS_MESSAGE}`;
 const UINT64_MAX = (1n << 64n) - 1n;
 
 interface DirEntry {
@@ -281,6 +290,8 @@ export class ConsulDouble {
   readonly faults: ConsulDoubleFaults = { latencyMs: 0, errorRate: 0, rateLimited: 0, failing: 0, denied: 0 };
   /** Every request received, oldest first (the latest 10,000). */
   readonly requests: RecordedRequest[] = [];
+  /** How many connections were answered 429 for being over the per-client limit. */
+  refusedConnections = 0;
 
   private readonly log: Logger;
   private readonly datacenter: string;
@@ -291,6 +302,10 @@ export class ConsulDouble {
   private readonly held = new Set<HeldQuery>();
   /** Keys written since the held queries were last woken. */
   private touched: Array<{ readonly ns: string; readonly key: string }> = [];
+  /** Open connections by client IP, counted against MAX_CONNS_PER_CLIENT. */
+  private readonly connections = new Map<string, Set<net.Socket>>();
+  /** Connections over the limit: answered 429 on arrival, so a request read from one is never handled. */
+  private readonly refused = new WeakSet<net.Socket>();
   private readonly exact = new Map<string, Route>();
   private readonly subtrees = new Map<string, Route>();
 
@@ -332,6 +347,8 @@ export class ConsulDouble {
     const port = (server.address() as { port: number }).port;
     const address = `${tls ? 'https' : 'http'}://${host}:${port}`;
     const double = new ConsulDouble(server, host, port, address, options);
+    // Before the HTTP server takes the connection, as Consul's limiter does on accepting it.
+    server.prependListener(tls ? 'secureConnection' : 'connection', (socket: net.Socket) => double.admit(socket));
     server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
       double.handle(req, res).catch((error: unknown) => double.failUnexpectedly(res, error));
     });
@@ -371,6 +388,13 @@ export class ConsulDouble {
       this.release(query);
       query.evaluate().send();
     }
+  }
+
+  /** How many connections are open right now, counted against the per-client limit. */
+  get openConnections(): number {
+    let open = 0;
+    for (const sockets of this.connections.values()) open += sockets.size;
+    return open;
   }
 
   /** How many blocking queries are being held right now. */
@@ -418,7 +442,32 @@ export class ConsulDouble {
     exact('/v1/agent/self', ['GET'], (ctx) => this.agentSelf(ctx));
   }
 
+  /** connlimit: counts the connection against its client IP, or answers it 429 and closes it when over the limit. */
+  private admit(socket: net.Socket): void {
+    const client = socket.remoteAddress ?? '';
+    let open = this.connections.get(client);
+    if (open === undefined) {
+      open = new Set();
+      this.connections.set(client, open);
+    }
+    if (open.size >= MAX_CONNS_PER_CLIENT) {
+      this.refused.add(socket);
+      this.refusedConnections += 1;
+      this.log.debug({ client, open: open.size }, 'connection refused: limits.http_max_conns_per_client reached');
+      socket.end(TOO_MANY_CONNS_RESPONSE);
+      return;
+    }
+    const counted = open;
+    counted.add(socket);
+    socket.once('close', () => {
+      counted.delete(socket);
+      if (counted.size === 0 && this.connections.get(client) === counted) this.connections.delete(client);
+    });
+  }
+
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    // Consul closed the connection without reading it: nothing sent on it is handled.
+    if (this.refused.has(req.socket)) return;
     const rawUrl = req.url ?? '/';
     const queryStart = rawUrl.indexOf('?');
     const rawPath = queryStart === -1 ? rawUrl : rawUrl.slice(0, queryStart);
