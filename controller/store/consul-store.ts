@@ -136,6 +136,15 @@ const WATCH_BACKOFF_MAX_MS = 10_000;
  */
 const WATCH_BURST = 4;
 const WATCH_REFILL_MS = 100;
+/**
+ * Connections to the agent open at once, idle keep-alive ones included; more requests wait for one. Consul
+ * refuses a client IP's connections beyond limits.http_max_conns_per_client (default 200) with 429 before
+ * reading them, and the processes on one host (controller, front end, router agent) share that limit. A
+ * watch holds its connection for its whole wait, and a process has a handful of them.
+ */
+const MAX_CONNECTIONS = 64;
+/** Idle connections kept for reuse: after a burst, the rest close rather than hold the host's share of the limit. */
+const MAX_IDLE_CONNECTIONS = 8;
 /** How many prefixes' last known contents are kept for resuming watches with changes rather than a reset. */
 const MEMO_PREFIXES = 8;
 
@@ -201,13 +210,13 @@ export class ConsulStore implements Store, LockService {
 
     if (base.protocol === 'https:') {
       this.transport = https;
-      this.agent = new https.Agent({ keepAlive: true, ...tlsFor(options) });
+      this.agent = new https.Agent({ keepAlive: true, maxSockets: MAX_CONNECTIONS, maxFreeSockets: MAX_IDLE_CONNECTIONS, ...tlsFor(options) });
     } else {
       if (options.tls && Object.values(options.tls).some((value) => value !== undefined)) {
         throw new StoreError(`TLS options need an https:// Consul address, got '${options.address}'`, 'open', options.address);
       }
       this.transport = http;
-      this.agent = new http.Agent({ keepAlive: true });
+      this.agent = new http.Agent({ keepAlive: true, maxSockets: MAX_CONNECTIONS, maxFreeSockets: MAX_IDLE_CONNECTIONS });
     }
     this.log.info(
       { address: this.base.origin, datacenter: options.datacenter, namespace: options.namespace, acl: this.token !== undefined },

@@ -304,6 +304,24 @@ describe('Consul store specifics (against the double)', function () {
       );
       assert.deepEqual((await store.list(prefix)).entries.map((e) => e.value), ['2', '3']);
     });
+
+    it("keeps within Consul's limit on one client's connections (200) however many requests are on their way, so none is refused, and few once they are answered", async function () {
+      await start();
+      const store = open();
+      const watch = record(new WatchRecorder(store.watch(prefix)));
+      await watch.until('the reset', () => watch.steps.length > 0);
+      const keys = Array.from({ length: 400 }, (_, i) => `${prefix}${String(i).padStart(3, '0')}`);
+      const written = await Promise.all(
+        keys.map((key, i) => (i % 2 === 0 ? store.put(key, 'x', { cas: 0 }) : store.transaction([{ verb: 'put', key, value: 'x', cas: 0 }]))),
+      );
+      assert.ok(written.every(Boolean));
+      assert.equal(double.refusedConnections, 0);
+      assert.equal((await store.list(prefix)).entries.length, keys.length);
+      // Once the burst is over, it keeps only a few idle connections beside the watch's: the rest of the limit
+      // is left to the other processes on its host.
+      for (let i = 0; i < 10_000 && double.openConnections > 9; i++) await new Promise((resolve) => setImmediate(resolve));
+      assert.ok(double.openConnections <= 9, `${double.openConnections} connections stay open`);
+    });
   });
 
   describe('watch', function () {
