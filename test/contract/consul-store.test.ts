@@ -388,6 +388,32 @@ describe('Consul store specifics (against the double)', function () {
       assert.deepEqual(watch.values(), { [`${prefix}new`]: 'n' });
     });
 
+    it('meets a prefix index that a reaped tombstone took back with a reset of the same entries, and goes on delivering', async function () {
+      await start();
+      const store = open({ watchWaitSeconds: 1 });
+      const writer = open();
+      await writer.put(`${prefix}a`, '1');
+      await writer.put(`${prefix}b`, '2');
+      const watch = record(new WatchRecorder(store.watch(prefix)));
+      await watch.until('the reset', () => watch.steps.length > 0);
+      await writer.delete(`${prefix}b`);
+      await watch.until('the delete', () => watch.steps.length === 2);
+      const deletedAt = watch.steps[1].index;
+      await waitFor('a held blocking query', () => double.heldQueries === 1);
+      double.reapTombstones();
+      // Nothing wakes the query: its wait ends with the prefix's highest ModifyIndex, below the delete's.
+      await watch.until('a reset after the reap', () => watch.steps.length === 3);
+      const reset = watch.steps[2];
+      assert.equal(reset.kind, 'reset');
+      assert.ok(reset.index < deletedAt, `the index went from ${deletedAt} to ${reset.index}`);
+      assert.deepEqual(watch.values(), { [`${prefix}a`]: '1' });
+      // Where the prefix stands is read as the same lower index, which the watch has reached.
+      assert.equal((await writer.prefixIndex(prefix)).index, reset.index);
+      await writer.put(`${prefix}c`, '3');
+      await watch.until('the write after the reap', () => watch.values()[`${prefix}c`] === '3');
+      assert.deepEqual(watch.changes().map((change) => change.type), ['delete', 'put']);
+    });
+
     it('notices lost state after a dropped connection at once, by reading without blocking', async function () {
       await start();
       const store = open({ watchWaitSeconds: 600 });

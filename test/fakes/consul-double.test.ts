@@ -397,6 +397,27 @@ describe('Consul double', function () {
       assert.equal((await request('GET', '/v1/kv/t/?keys')).status, 404);
     });
 
+    it('takes a prefix index back to its highest ModifyIndex when its tombstones are reaped, without waking held queries', async function () {
+      const time = fakeTime();
+      await request('PUT', '/v1/kv/g/a', { body: '1' });
+      await request('PUT', '/v1/kv/g/b', { body: '2' });
+      const [kept] = JSON.parse((await request('GET', '/v1/kv/g/a')).text) as KvItem[];
+      await request('DELETE', '/v1/kv/g/b');
+      const deletedAt = Number((await request('GET', '/v1/kv/g/?recurse')).headers['x-consul-index']);
+      assert.ok(deletedAt > kept.ModifyIndex);
+      const held = request('GET', `/v1/kv/g/?recurse&index=${deletedAt}&wait=1s`);
+      await whenHeld(1);
+      double.reapTombstones();
+      await whenHeld(1);
+      assert.equal((await request('GET', '/v1/kv/g/?keys')).headers['x-consul-index'], String(kept.ModifyIndex));
+      time.tick(1000 + 1000 / 16 + 1);
+      const answer = await held;
+      assert.equal(answer.headers['x-consul-index'], String(kept.ModifyIndex), 'the index went backwards');
+      assert.deepEqual((JSON.parse(answer.text) as KvItem[]).map((e) => e.Key), ['g/a']);
+      // The table index (a missing key's, an empty prefix's) does not go back.
+      assert.ok(Number((await request('GET', '/v1/kv/g/b')).headers['x-consul-index']) >= deletedAt);
+    });
+
     it('limits transactions to 64 operations and rolls back every operation on any failure', async function () {
       const op = (i: number): unknown => ({ KV: { Verb: 'set', Key: `many/${i}`, Value: b64(String(i)) } });
       const tooMany = await request('PUT', '/v1/txn', { body: JSON.stringify(Array.from({ length: 65 }, (_, i) => op(i))) });

@@ -19,7 +19,8 @@ import { silentLogger, type Logger } from '../../controller/util/log.js';
  * Deliberate differences, each so that tests are deterministic or simpler:
  * - a TTL session is invalidated exactly TTL after its last renewal (Consul waits up to 2×TTL; the
  *   contract only promises "not before TTL", so exactly TTL is the strictest legal behaviour);
- * - tombstones are never reaped (Consul reaps them after tombstone_ttl, ~15 min);
+ * - tombstones are reaped only when a test calls reapTombstones() (Consul reaps them tombstone_ttl, ~15 min,
+ *   after the delete);
  * - responses are never gzip-compressed; only KV operations are accepted in /v1/txn;
  * - the newest releases' key-character whitelist (validateKVKey) is not enforced.
  */
@@ -388,6 +389,19 @@ export class ConsulDouble {
       this.release(query);
       query.evaluate().send();
     }
+  }
+
+  /**
+   * Reaps every tombstone, as Consul's tombstone GC does tombstone_ttl after the deletes. A prefix whose highest
+   * index was a delete then lists with a lower index (its highest ModifyIndex); a query held on the prefix is not
+   * woken by the reap (it writes no key) and answers that lower index when its wait ends.
+   */
+  reapTombstones(): void {
+    this.apply(() => {
+      // The tombstones table index stays: Consul's reap does not update it.
+      for (const keyspace of this.keyspaces.values()) keyspace.tombstones.clear();
+    });
+    this.log.info('tombstones reaped');
   }
 
   /** How many connections are open right now, counted against the per-client limit. */
