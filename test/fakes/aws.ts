@@ -35,6 +35,7 @@ import type {
   TargetGroup,
 } from '@aws-sdk/client-elastic-load-balancing-v2';
 import { mockClient } from 'aws-sdk-client-mock';
+import { seededRandom } from '../support/random.js';
 
 /** The part of aws-sdk-client-mock's stub the model uses (its own types tie each command to one client). */
 interface Stub {
@@ -77,13 +78,14 @@ export class AwsModel {
   /** Commands whose answers wait, until the promise resolves. */
   private readonly heldAnswers = new Map<string, Promise<void>>();
   private sequence = 0;
-  private seed: number;
+  /** A seeded source, so a throttling storm is the same on every run. */
+  private readonly random: () => number;
 
   constructor(
     private readonly now: () => number,
     seed = 42,
   ) {
-    this.seed = seed;
+    this.random = seededRandom(seed);
   }
 
   addNlb(name: string, listenerQuota = 50): void {
@@ -459,14 +461,6 @@ export class AwsModel {
     return this.sequence.toString(16).padStart(8, '0');
   }
 
-  /** A small seeded generator (mulberry32), so a throttling storm is the same on every run. */
-  private random(): number {
-    this.seed = (this.seed + 0x6d2b79f5) | 0;
-    let t = this.seed;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
 }
 
 interface Nlb {

@@ -3,6 +3,7 @@ import https from 'node:https';
 import type net from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { silentLogger, type Logger } from '../../controller/util/log.js';
+import { seededRandom } from '../support/random.js';
 
 /**
  * A test double that speaks Consul's HTTP API for the parts Manticore uses: KV (with blocking queries,
@@ -298,6 +299,8 @@ export class ConsulDouble {
   private readonly datacenter: string;
   private readonly nodeName: string;
   private readonly nodeId = randomUUID();
+  /** Which requests `errorRate` fails: a seeded draw, so a run's longest streak of failures is the same every time. */
+  private readonly faultDraw = seededRandom(7);
   private readonly namespacesEnabled: boolean;
   private readonly aclToken: string | undefined;
   private readonly held = new Set<HeldQuery>();
@@ -500,7 +503,7 @@ export class ConsulDouble {
 
     if (this.faults.latencyMs > 0) await new Promise((resolve) => setTimeout(resolve, this.faults.latencyMs));
     if (res.destroyed) return;
-    if (this.faults.failing > 0 || (this.faults.errorRate > 0 && Math.random() < this.faults.errorRate)) {
+    if (this.faults.failing > 0 || (this.faults.errorRate > 0 && this.faultDraw() < this.faults.errorRate)) {
       this.faults.failing = Math.max(0, this.faults.failing - 1);
       this.log.debug({ method: record.method, path: rawPath }, 'injected 500');
       this.sendText(res, record, 500, 'rpc error making call: No cluster leader');

@@ -5,21 +5,10 @@ import type { ManticoreConfig } from '../../controller/config/config.js';
 import { createAuthenticator } from '../../controller/frontend/auth.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import { testFrontend } from '../support/frontend.js';
+import { seededRandom } from '../support/random.js';
 
 const secret = 'a-shared-secret-of-at-least-32-characters';
 const adminToken = 'an-admin-token-of-at-least-32-characters';
-
-/** mulberry32: a tiny seeded PRNG, so every run sends the same requests. */
-function mulberry32(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Random requests of every kind, good and bad, from one seed. */
 class RequestGenerator {
@@ -31,7 +20,7 @@ class RequestGenerator {
     seed: number,
     private readonly tokens: readonly string[],
   ) {
-    this.random = mulberry32(seed);
+    this.random = seededRandom(seed);
   }
 
   int(below: number): number {
