@@ -691,7 +691,7 @@ export class SessionReconciler {
     const now = this.now();
     const shown = this.deps.observed.statuses.get(id)?.value;
     // Whether this run was ever Ready (an earlier Failed run's does not count): one that was not holds its
-    // start slot until its job is purged.
+    // start slot until its job has stopped.
     const run = shown?.phase === 'Failed' ? undefined : shown;
     const readyAt = run?.readyAt;
     // The workload that failed stays named: its logs are kept (release) for its user to read.

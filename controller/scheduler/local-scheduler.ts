@@ -56,6 +56,8 @@ export interface LocalSchedulerOptions {
   bindHost?: string;
   /** How much of each task's stdout and stderr is kept (the allocation's `logs/` directory). */
   logs?: RotationPolicy;
+  /** How many stopped jobs' allocations keep their directories (logs) until the next start; default {@link keptStoppedAllocations}. */
+  keptStoppedAllocations?: number;
 }
 
 /** Where an allocation's task logs are, under the scheduler's state directory (for readers elsewhere). */
@@ -154,8 +156,8 @@ interface JobRuntime {
 }
 
 /**
- * How many stopped jobs' allocations keep their directories, and so their logs (Failed sessions'), as a Nomad
- * client keeps its 50 most recent terminal allocations (`gc_max_allocs`).
+ * How many stopped jobs' allocations keep their directories, and so their logs (Failed sessions'), by default:
+ * as many as a Nomad client keeps terminal allocations (`gc_max_allocs`).
  */
 export const keptStoppedAllocations = 50;
 
@@ -285,7 +287,8 @@ export class LocalScheduler implements Scheduler {
   /** Keeps a stopped allocation's directory (its logs), removing the oldest kept beyond `keptStoppedAllocations`. */
   private async keepStopped(alloc: AllocRuntime): Promise<void> {
     this.stoppedAllocations.push(alloc);
-    const expired = this.stoppedAllocations.splice(0, Math.max(0, this.stoppedAllocations.length - keptStoppedAllocations));
+    const kept = this.options.keptStoppedAllocations ?? keptStoppedAllocations;
+    const expired = this.stoppedAllocations.splice(0, Math.max(0, this.stoppedAllocations.length - kept));
     await Promise.all(expired.map((old) => this.removeAllocDir(old)));
   }
 

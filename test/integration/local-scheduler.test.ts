@@ -299,6 +299,25 @@ describe('LocalScheduler', function () {
       assert.equal(fs.existsSync(path.join(stateDir, 'allocs', allocId)), false);
     });
 
+    it('stop stops every task but keeps the allocation\'s directory, the most recent `keptStoppedAllocations` of them', async function () {
+      const stateDir = newStateDir();
+      const scheduler = await makeScheduler({ stateDir, keptStoppedAllocations: 1 });
+      const recorder = record(scheduler);
+      const stopped: Array<{ allocId: string; pids: number[] }> = [];
+      for (let i = 0; i < 2; i++) {
+        const job = scheduler.render(contractRequest(demo, session()));
+        await scheduler.register(job);
+        const allocId = (await recorder.healthy(job)).allocation?.id ?? '';
+        stopped.push({ allocId, pids: Object.values(await pidsWhenRecorded(stateDir, allocId, ['core', 'hmi'])) });
+        await scheduler.stop(job.id);
+        assert.equal(fs.existsSync(path.join(stateDir, 'jobs', `${job.id}.json`)), false);
+      }
+      const [older, newer] = stopped;
+      assert.deepEqual([...older!.pids, ...newer!.pids].filter(alive), [], 'every task has exited when stop resolves');
+      assert.equal(fs.existsSync(path.join(stateDir, 'allocs', newer!.allocId, 'logs')), true, 'the latest stopped keeps its logs');
+      assert.equal(fs.existsSync(path.join(stateDir, 'allocs', older!.allocId)), false, 'the one before goes beyond the limit');
+    });
+
     it('close() stops every task but keeps the jobs, which the next start() runs again', async function () {
       const stateDir = newStateDir();
       const first = await makeScheduler({ stateDir });
