@@ -10,7 +10,7 @@ export interface InterpolationOptions {
 }
 
 /**
- * Replaces `${params.<name>}` and `${endpoints.<service>.url|host|port}`; `$${` stands for a literal `${`
+ * Replaces `${params.<name>}` and `${endpoints.<service>.url|scheme|host|port}`; `$${` stands for a literal `${`
  * (as in Nomad job files). Any other reference is a template error, reported with where it was found,
  * unless `options.passThrough` accepts it.
  */
@@ -43,6 +43,9 @@ function resolveReference(reference: string, request: WorkloadRequest): string |
     const endpoint = request.endpoints[service];
     if (!endpoint) return undefined;
     if (field === 'url') return endpoint.url;
+    // The URL's scheme (http, https, ws, wss, tcp, tls): programs that want the port spelt out even where the
+    // URL leaves out the scheme's default build their address from scheme, host and port.
+    if (field === 'scheme') return endpoint.url.slice(0, endpoint.url.indexOf(':'));
     if (field === 'host') return endpoint.host;
     if (field === 'port') return String(endpoint.port);
   }

@@ -218,8 +218,9 @@ describe('the manticore command', () => {
       assert.equal(core.Config.image, 'smartdevicelink/manticore-sdl-core:default-8.2.0-ubuntu-update');
       assert.equal(hmi.Config.image, 'smartdevicelink/manticore-hmi-generic:minimal-0.13.0');
       assert.deepEqual(core.Resources, { CPU: 120, MemoryMB: 250 });
-      assert.match(hmi.Env!.BROKER_ADDR!, /^ws:\/\/[a-z2-7]{26}\.sessions\.example\.com\/$/);
-      assert.match(hmi.Env!.PYTHON_ADDRESS!, /^ws:\/\/[a-z2-7]{26}\.sessions\.example\.com\/$/);
+      // production.yaml's public port is 80: spelt out, slashes escaped for the HMI image's start script.
+      assert.match(hmi.Env!.BROKER_ADDR!, /^ws:\\\/\\\/[a-z2-7]{26}\.sessions\.example\.com:80$/);
+      assert.match(hmi.Env!.PYTHON_ADDRESS!, /^ws:\\\/\\\/[a-z2-7]{26}\.sessions\.example\.com:80$/);
     });
 
     it('takes parameters and refuses bad ones with exit code 2', () => {

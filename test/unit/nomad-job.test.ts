@@ -67,6 +67,25 @@ function withEnv(template: SessionTemplate, env: Record<string, string>): Sessio
   return copy;
 }
 
+/**
+ * What the Generic HMI image's start script (smartdevicelink/manticore-images, hmis/generic/setup.sh) makes
+ * of its environment: BROKER_ADDR split with `cut` (protocol before the first ":", then host and port of the
+ * third "/"-separated field, the whole field when it has no ":"), and PYTHON_ADDRESS put in place of
+ * ws://127.0.0.1:8081 by `perl -pi -e "s/…/${PYTHON_ADDRESS}/g"`, which fails, leaving that default, when
+ * the address holds an unescaped "/".
+ */
+function hmiStartScript(env: Record<string, string>): { coreProtocol: string; coreHost: string; corePort: string; pythonUrl: string } {
+  const broker = env.BROKER_ADDR ?? '';
+  const hostPort = broker.split('/')[2] ?? '';
+  const python = env.PYTHON_ADDRESS ?? '';
+  return {
+    coreProtocol: broker.split(':')[0] ?? '',
+    coreHost: hostPort.split(':')[0] ?? '',
+    corePort: hostPort.includes(':') ? (hostPort.split(':')[1] ?? '') : hostPort,
+    pythonUrl: /(^|[^\\])\//.test(python) ? 'ws://127.0.0.1:8081' : python.replace(/\\\//g, '/'),
+  };
+}
+
 /** Nomad's JSON job fields (api-docs/json-jobs): any other key in the rendered job is a bug. */
 const KNOWN_FIELDS: Record<string, string[]> = {
   job: ['ID', 'Name', 'Type', 'Namespace', 'Region', 'Datacenters', 'NodePool', 'Priority', 'Meta', 'Constraints', 'Update', 'TaskGroups'],
@@ -171,13 +190,12 @@ describe('Nomad job rendering', () => {
       assert.equal(task('core').Env, undefined, 'no Env when the template sets none');
     });
 
-    it("gives the HMI Core's public URLs", () => {
-      assert.deepEqual(task('hmi').Env, {
-        BROKER_ADDR: request.endpoints.broker?.url,
-        PYTHON_ADDRESS: request.endpoints.python?.url,
-        CORE_FILE_ADDR: '127.0.0.1:3001',
-      });
-      assert.equal(task('hmi').Env?.BROKER_ADDR, 'wss://broker-token.example.test/');
+    it("gives the HMI Core's public addresses as its image's start script reads them, also on the scheme's default port", () => {
+      // The public port here is 443, which the URLs leave out.
+      assert.equal(request.endpoints.broker?.url, 'wss://broker-token.example.test/');
+      const env = task('hmi').Env ?? {};
+      assert.equal(env.CORE_FILE_ADDR, '127.0.0.1:3001');
+      assert.deepEqual(hmiStartScript(env), { coreProtocol: 'wss', coreHost: 'broker-token.example.test', corePort: '443', pythonUrl: 'wss://python-token.example.test:443' });
     });
 
     it('registers a Nomad service per template service, with its check', () => {
