@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
+import { loadTemplates } from '../../controller/api/templates.js';
 import { loadConfig } from '../../controller/config/config.js';
 
 const root = path.resolve(__dirname, '../../..');
@@ -152,5 +153,19 @@ describe('the Nomad job files', () => {
     // The ports the router job declares itself must stay free for it: Nomad places no static port that is reserved.
     const routerJob = fs.readFileSync(path.join(root, 'manifests/nomad/manticore-router.nomad.hcl'), 'utf8');
     for (const [, port] of routerJob.matchAll(/static\s*=\s*(\d+)/g)) assert.ok(!isReserved(Number(port)), `the router job's static port ${port} is reserved too`);
+  });
+
+  it("has the session nodes given the CNI plugins that a shipped template's bridge network needs", () => {
+    const bridged = [...loadTemplates(path.join(root, 'manifests/templates')).values()].filter((template) => {
+      const nomad = template.spec.backends.nomad;
+      return nomad !== undefined && (nomad.networkMode ?? 'bridge') === 'bridge';
+    });
+    assert.deepEqual(bridged.map((template) => template.metadata.name), ['sdl']);
+    // Nomad sets up a bridge network namespace with the CNI reference plugins (bridge, portmap, …), which a
+    // client does not ship with: an allocation on a node without them fails to start.
+    const guide = fs.readFileSync(path.join(root, 'docs/operations.md'), 'utf8');
+    const nodes = /\*\*Nodes\.\*\*[\s\S]*?(?=\n\d+\. \*\*)/.exec(guide)?.[0] ?? '';
+    assert.match(nodes, /CNI\s+reference\s+plugins/, "the guide's Nodes step does not have the session nodes install the CNI reference plugins");
+    assert.match(nodes, /cni_path|\/opt\/cni\/bin/, "the guide's Nodes step does not say where Nomad looks for the CNI plugins");
   });
 });
