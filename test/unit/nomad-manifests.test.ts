@@ -155,6 +155,31 @@ describe('the Nomad job files', () => {
     for (const [, port] of routerJob.matchAll(/static\s*=\s*(\d+)/g)) assert.ok(!isReserved(Number(port)), `the router job's static port ${port} is reserved too`);
   });
 
+  it('give each part the ports production.yaml has it listen on, beyond loopback, where Nomad maps them and Consul checks them', () => {
+    const text = fs.readFileSync(path.join(root, 'manifests/nomad/manticore.nomad.hcl'), 'utf8') + fs.readFileSync(path.join(root, 'manifests/nomad/manticore-router.nomad.hcl'), 'utf8');
+    /** The port a group declares under `label`: the container port it maps to (`to`), or its static host port. */
+    const declared = (group: string, label: string): number => {
+      const start = new RegExp(`^\\s*group "${group}" \\{`, 'm').exec(text);
+      assert.ok(start, `no group "${group}"`);
+      const port = new RegExp(`port "${label}" \\{\\s*(?:to|static)\\s*=\\s*(\\d+)`).exec(block(text, start.index));
+      assert.ok(port, `group "${group}" declares no port "${label}"`);
+      return Number(port[1]);
+    };
+    // The controller's status port comes from its task's env block; nothing else there may set a listener.
+    const controllerEnv = Object.fromEntries([...block(text, text.indexOf('env {')).matchAll(/([A-Z][A-Z0-9_]*)\s*=\s*"([^"]*)"/g)].map((found) => [found[1]!, found[2]!]));
+    const config = loadConfig(path.join(root, 'manifests/examples/production.yaml'), controllerEnv);
+    const listeners: Array<[string, { host: string; port: number }, number]> = [
+      ['controller status server', { host: config.controller.statusHost, port: config.controller.statusPort }, declared('controller', 'status')],
+      ['front end', config.frontend, declared('frontend', 'http')],
+      ["router's status server", { host: config.router.statusHost, port: config.router.statusPort }, declared('router', 'status')],
+      ["HAProxy's stats", config.router.haproxyStats, declared('router', 'haproxy-stats')],
+    ];
+    for (const [what, listener, port] of listeners) {
+      assert.equal(listener.port, port, `the ${what} listens on ${listener.port}, the job file declares ${port}`);
+      assert.equal(listener.host, '0.0.0.0', `the ${what} listens on ${listener.host}, out of reach of the port mapping and Consul's check`);
+    }
+  });
+
   it("has the session nodes given the CNI plugins that a shipped template's bridge network needs", () => {
     const bridged = [...loadTemplates(path.join(root, 'manifests/templates')).values()].filter((template) => {
       const nomad = template.spec.backends.nomad;
