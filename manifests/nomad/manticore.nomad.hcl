@@ -1,5 +1,6 @@
 # Manticore's controller and front end, as a Nomad service job.
-#   nomad job run -var image=<your manticore image> -var-file=manticore.vars.hcl manifests/nomad/manticore.nomad.hcl
+#   nomad job run -var image=<your manticore image> manifests/nomad/manticore.nomad.hcl
+# (with -var 'datacenters=["dc1","dc2"]' where the Nomad clients are not all in dc1).
 # The image is built from the repository's Dockerfile (`docker build -t <image> .`); the router job uses its
 # `router` target, which adds HAProxy.
 # The configuration file is rendered from the Nomad variable nomad/jobs/manticore (key: config),
