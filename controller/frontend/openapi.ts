@@ -67,6 +67,15 @@ export function openApiDocument(): JsonObject {
     security: [{}, { bearer: [] }, { user: [] }, { cookie: [] }],
     paths: {
       '/healthz': { get: { summary: 'Liveness of this front end.', responses: { '200': json({ type: 'object', required: ['ok'], properties: { ok: { const: true } } }, 'Alive.') } } },
+      '/readyz': {
+        get: {
+          summary: 'Readiness of this front end: its caches are synced and its store answers now (a front end whose store is away cannot create, delete or keep a session alive).',
+          responses: {
+            '200': json({ type: 'object', required: ['ready'], properties: { ready: { const: true } } }, 'Ready.'),
+            '503': json({ type: 'object', required: ['ready', 'reason'], properties: { ready: { const: false }, reason: { type: 'string' } } }, 'Not ready, and why.'),
+          },
+        },
+      },
       '/api/v1/openapi.json': { get: { summary: 'This document.', responses: { '200': json({ type: 'object' }, 'The OpenAPI document.') } } },
       '/api/v1/templates': {
         get: { summary: 'The templates a session can be made from.', responses: { '200': json({ type: 'array', items: ref('Template') }, 'Every template, with whether it runs here.'), ...clientErrors } },

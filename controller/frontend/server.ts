@@ -19,6 +19,7 @@ import { registerOpenApi } from './openapi.js';
 import { RouteMethods } from './route-methods.js';
 import type { Authenticator } from './identity.js';
 import { RateLimitedAuthenticator, RateLimiter, type RateLimit } from './rate-limit.js';
+import { StoreReadiness } from './readiness.js';
 import { SessionService } from './sessions.js';
 import { StreamCounts } from './stream-limit.js';
 import { registerApiV2, type ApiV2Options } from './v2.js';
@@ -67,6 +68,8 @@ export class Frontend {
   readonly app: FastifyInstance;
   readonly sessions: SessionService;
   private listening: Promise<string> | undefined;
+  /** Set once the caches have been filled (start()). */
+  private synced = false;
 
   constructor(options: FrontendOptions) {
     const log = options.log.child({ component: 'frontend' });
@@ -105,7 +108,13 @@ export class Frontend {
       void reply.code(404).send({ error: `no route ${request.method} ${path}`, details: [] });
     });
     instrumentHttp(this.app, 'frontend');
+    // Liveness: the process answers. Readiness: it can serve users (caches synced, the store answering).
     this.app.get('/healthz', async () => ({ ok: true }));
+    const storeReadiness = new StoreReadiness(options.store, options.keys.leader, log);
+    this.app.get('/readyz', async (_request, reply) => {
+      const reason = this.synced ? await storeReadiness.check() : 'the caches are not synced yet';
+      return reply.code(reason === undefined ? 200 : 503).send(reason === undefined ? { ready: true } : { ready: false, reason });
+    });
     registerWebPage(this.app);
     const identify = options.authenticator ?? new AnonymousOrHeaderAuthenticator();
     const limiter = options.rateLimit === undefined ? undefined : new RateLimiter(options.rateLimit, options.now ?? Date.now);
@@ -129,6 +138,7 @@ export class Frontend {
   async start(host: string, port: number): Promise<string> {
     try {
       await this.sessions.start();
+      this.synced = true;
       this.listening = this.app.listen({ host, port });
       return await this.listening;
     } catch (error) {

@@ -108,9 +108,11 @@ job "manticore" {
       port     = "http"
       provider = "consul"
 
+      # Ready while its caches are synced and its Consul agent answers: a front end that cannot reach the store
+      # cannot create, delete or keep a session alive, so the load balancer sends its users elsewhere.
       check {
         type     = "http"
-        path     = "/healthz"
+        path     = "/readyz"
         interval = "10s"
         timeout  = "2s"
       }

@@ -1,0 +1,43 @@
+import type { Store } from '../store/store.js';
+import type { Logger } from '../util/log.js';
+
+/**
+ * Whether the store answers this front end now, for `/readyz`: without it the front end cannot create,
+ * delete or keep a session alive (a keepalive that fails lets the session expire), so its users are better
+ * sent to a replica that reaches its store. Asked by a read of one key; checks that come while a read is on
+ * its way share it, so a slow store is not sent a pile of them.
+ */
+export class StoreReadiness {
+  private reading: Promise<string | undefined> | undefined;
+  /** The last problem logged, so an outage is logged once when it starts and once when it ends. */
+  private problem: string | undefined;
+
+  constructor(
+    private readonly store: Store,
+    private readonly key: string,
+    private readonly log: Logger,
+  ) {}
+
+  /** Why the store cannot be used now, or undefined when it answered. */
+  check(): Promise<string | undefined> {
+    this.reading ??= this.store
+      .get(this.key)
+      .then(
+        () => undefined,
+        (error: unknown) => (error instanceof Error ? error.message : String(error)),
+      )
+      .then((problem) => {
+        this.reading = undefined;
+        this.noteChange(problem);
+        return problem;
+      });
+    return this.reading;
+  }
+
+  private noteChange(problem: string | undefined): void {
+    if ((problem === undefined) === (this.problem === undefined)) return;
+    if (problem === undefined) this.log.info({ was: this.problem }, 'the store answers again: ready');
+    else this.log.warn({ problem, key: this.key }, 'the store does not answer: not ready (/readyz answers 503) until it does');
+    this.problem = problem;
+  }
+}
