@@ -94,7 +94,7 @@ export const watchLagSeconds = new Histogram({
   buckets: seconds,
   registers: [registry],
 });
-export const watchRestarts = new Counter({ name: 'manticore_watch_restarts_total', help: 'Store watches that failed and were resumed.', labelNames: ['resource'], registers: [registry] });
+export const watchRestarts = new Counter({ name: 'manticore_watch_restarts_total', help: "Watches that failed and were resumed: a store prefix's, the scheduler's, and Nomad's event stream (resource nomad-events).", labelNames: ['resource'], registers: [registry] });
 
 export const leadingSources = new Sources<boolean>();
 new Gauge({

@@ -1,4 +1,5 @@
 import type http from 'node:http';
+import { watchRestarts } from '../metrics/metrics.js';
 import type { Logger } from '../util/log.js';
 import { NomadApiError, type NomadHttp } from './nomad-http.js';
 
@@ -111,6 +112,7 @@ export async function followEvents(options: EventFollowerOptions): Promise<void>
     } catch (error) {
       if (signal.aborted) break;
       options.sink.failed(error as Error);
+      watchRestarts.inc({ resource: 'nomad-events' });
       // A stream that was up a heartbeat interval after its sync was healthy: its loss starts the backoff anew.
       failures = syncedAt !== undefined && Date.now() - syncedAt >= options.heartbeatMs ? 1 : failures + 1;
       const delay = backoffDelay(failures);

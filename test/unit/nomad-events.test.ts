@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import type net from 'node:net';
+import type { Counter } from 'prom-client';
+import { registry } from '../../controller/metrics/metrics.js';
 import { followEvents, type EventSink, type EventTable, type NomadEvent } from '../../controller/scheduler/nomad-events.js';
 import { NomadHttp } from '../../controller/scheduler/nomad-http.js';
 import { silentLogger } from '../../controller/util/log.js';
@@ -36,6 +38,12 @@ async function scriptedNomad(script: (n: number, res: http.ServerResponse) => vo
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
+}
+
+/** The stream's restarts counted so far in manticore_watch_restarts_total. */
+async function streamRestarts(): Promise<number> {
+  const { values } = await (registry.getSingleMetric('manticore_watch_restarts_total') as Counter).get();
+  return values.find(({ labels }) => labels.resource === 'nomad-events')?.value ?? 0;
 }
 
 const frame = (index: number, ...topics: string[]): string =>
@@ -128,9 +136,11 @@ describe("following Nomad's event stream", function () {
         if (nomad.subscriptions() === 6) healthySyncs++;
       }
     })({ jobs: 0, allocations: 0, evaluations: 0, nodes: 0 });
+    const restartsBefore = await streamRestarts();
     follow(nomad.address, sink, 50);
     await waitFor('synced on a sixth subscription', () => healthySyncs === 1);
     assert.equal(sink.failures.length, 5);
+    assert.equal((await streamRestarts()) - restartsBefore, 5, 'each start-over is counted, so a stream that keeps dropping shows on a dashboard');
     const [denied, backwards, garbled, ended, silent] = sink.failures;
     assert.match(denied ?? '', /Permission denied \(the event stream needs read-job in the namespace and node read\)/);
     assert.match(backwards ?? '', /index went backwards \(10 → 9\)/);
