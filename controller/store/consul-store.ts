@@ -1,7 +1,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import { Observable, type Subscriber } from 'rxjs';
-import { outcomeOfStatus, recordBackendCall, watchRestarts } from '../metrics/metrics.js';
+import { outcomeOfStatus, recordBackendCall, watchRestarts, type BackendOutcome } from '../metrics/metrics.js';
 import type { Logger } from '../util/log.js';
 import { ExchangeTimer, readBody, readJsonArray } from '../util/http-body.js';
 import { loadTlsMaterial } from '../util/tls.js';
@@ -546,7 +546,7 @@ export class ConsulStore implements Store, LockService {
     promise.then(
       (response) => {
         this.inFlight.delete(promise);
-        recordBackendCall('consul', spec.operation, outcomeOfStatus(response.status), startedAt);
+        recordBackendCall('consul', spec.operation, consulOutcome(response), startedAt);
       },
       (error: unknown) => {
         this.inFlight.delete(promise);
@@ -1037,6 +1037,14 @@ function headerIndex(headers: http.IncomingHttpHeaders): number {
   const text = Array.isArray(value) ? value[0] : value;
   const index = Number(text);
   return text !== undefined && Number.isSafeInteger(index) && index >= 0 ? index : 0;
+}
+
+/**
+ * Consul answers a read of a missing key or an empty prefix 404 with its index, which the store reads as
+ * "none": an answer like any other, not a client error. A 404 without an index is not Consul's KV answering.
+ */
+function consulOutcome(response: ConsulResponse): BackendOutcome {
+  return response.status === 404 && response.headers['x-consul-index'] !== undefined ? 'ok' : outcomeOfStatus(response.status);
 }
 
 /** The KV path of a key, each character that is not unreserved percent-encoded except the separators. */

@@ -7,7 +7,9 @@ import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import type { Counter } from 'prom-client';
 import sinon from 'sinon';
+import { registry } from '../../controller/metrics/metrics.js';
 import { ConsulError, ConsulStore, type ConsulStoreOptions, type ConsulTlsOptions } from '../../controller/store/consul-store.js';
 import { StoreError, type KvChange, type Store } from '../../controller/store/store.js';
 import { silentLogger } from '../../controller/util/log.js';
@@ -180,6 +182,26 @@ describe('Consul store specifics (against the double)', function () {
       // The namespace really is a separate keyspace.
       const other = open({ token: 'secret-token', datacenter: 'dc7', namespace: 'team-b' });
       assert.deepEqual((await other.list(prefix)).entries, []);
+    });
+
+    it("counts a read of a missing key or an empty prefix (Consul's 404 with its index) as ok in the metrics, and a refused one as client_error", async function () {
+      await start({ aclToken: 'secret-token' });
+      const calls = async (operation: string, outcome: string): Promise<number> => {
+        const { values } = await (registry.getSingleMetric('manticore_backend_requests_total') as Counter).get();
+        return values.find(({ labels }) => labels.backend === 'consul' && labels.operation === operation && labels.outcome === outcome)?.value ?? 0;
+      };
+      const counted = async (): Promise<number[]> => Promise.all([calls('get', 'ok'), calls('list', 'ok'), calls('get', 'client_error'), calls('list', 'client_error')]);
+      const before = await counted();
+      const store = open({ token: 'secret-token' });
+      assert.equal(await store.get(`${prefix}missing`), undefined);
+      assert.deepEqual((await store.list(prefix)).entries, []);
+      await assert.rejects(open().get(`${prefix}missing`), (error: unknown) => error instanceof ConsulError && error.status === 403);
+      const after = await counted();
+      assert.deepEqual(
+        after.map((count, i) => count - before[i]!),
+        [1, 1, 1, 0],
+        'the answers the store reads as "none" are no errors; a refusal is one',
+      );
     });
 
     it('reports a missing or wrong ACL token as a 403 ConsulError, never as a failed compare-and-set', async function () {
