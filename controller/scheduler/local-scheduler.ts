@@ -111,6 +111,11 @@ interface StoredJob {
   body: LocalJobBody;
 }
 
+/** The fields of every log line about a job: its session (what operators filter on) and the job itself. */
+function jobFields(job: Pick<StoredJob, 'id' | 'sessionId'>): { session: string; jobId: string } {
+  return { session: job.sessionId, jobId: job.id };
+}
+
 interface TaskRuntime {
   readonly spec: LocalTaskSpec;
   child?: ChildProcess;
@@ -279,7 +284,7 @@ export class LocalScheduler implements Scheduler {
       }
       await fsp.rm(this.jobFile(jobId), { force: true });
       this.jobs.delete(jobId);
-      this.log.info({ jobId, ...(how === 'stop' && alloc ? { allocId: alloc.id } : {}) }, how === 'purge' ? 'job deregistered' : 'job stopped; its allocation\'s logs are kept');
+      this.log.info({ ...jobFields(runtime.job), ...(how === 'stop' && alloc ? { allocId: alloc.id } : {}) }, how === 'purge' ? 'job deregistered' : 'job stopped; its allocation\'s logs are kept');
       this.changes.next({ kind: 'delete', jobId, sessionId: runtime.job.sessionId });
     });
   }
@@ -299,7 +304,7 @@ export class LocalScheduler implements Scheduler {
       signal?.throwIfAborted();
       const runtime = this.jobs.get(jobId);
       if (runtime?.alloc?.clientStatus !== 'failed') {
-        this.log.debug({ jobId, clientStatus: runtime?.alloc?.clientStatus }, 'nothing to reschedule: no failed allocation');
+        this.log.debug({ ...(runtime ? jobFields(runtime.job) : { jobId }), clientStatus: runtime?.alloc?.clientStatus }, 'nothing to reschedule: no failed allocation');
         return;
       }
       await this.replaceAllocation(runtime, 'rescheduled after failing');
@@ -353,7 +358,7 @@ export class LocalScheduler implements Scheduler {
     runtime.alloc = undefined;
     this.emitUpsert(runtime);
     if (previous) {
-      this.log.info({ jobId: runtime.job.id, allocId: previous.id, reason }, 'replacing allocation');
+      this.log.info({ ...jobFields(runtime.job), allocId: previous.id, reason }, 'replacing allocation');
       await this.stopAllocation(previous, reason);
       await this.removeAllocDir(previous);
     }
@@ -371,18 +376,18 @@ export class LocalScheduler implements Scheduler {
     } catch (error) {
       for (const port of Object.values(ports)) this.portsHeld.delete(port);
       runtime.placementFailure = (error as Error).message;
-      this.log.error({ err: error, jobId: job.id }, 'could not start an allocation');
+      this.log.error({ err: error, ...jobFields(job) }, 'could not start an allocation');
       this.emitUpsert(runtime);
       throw new Error(`starting an allocation for job ${job.id}: ${(error as Error).message}`, { cause: error });
     }
     const tasks = new Map<string, TaskRuntime>();
     try {
-      for (const spec of job.body.tasks) tasks.set(spec.name, { spec, state: 'pending', failed: false, restarts: 0, restartTimes: [], output: this.openOutput(dir, spec.name, job.id) });
+      for (const spec of job.body.tasks) tasks.set(spec.name, { spec, state: 'pending', failed: false, restarts: 0, restartTimes: [], output: this.openOutput(dir, spec.name, job) });
     } catch (error) {
       await Promise.all([...tasks.values()].flatMap((task) => Object.values(task.output).map(closeWriter)));
       for (const port of Object.values(ports)) this.portsHeld.delete(port);
       runtime.placementFailure = `cannot open the task logs: ${(error as Error).message}`;
-      this.log.error({ err: error, jobId: job.id }, 'could not start an allocation');
+      this.log.error({ err: error, ...jobFields(job) }, 'could not start an allocation');
       this.emitUpsert(runtime);
       throw new Error(`starting an allocation for job ${job.id}: ${runtime.placementFailure}`, { cause: error });
     }
@@ -400,20 +405,21 @@ export class LocalScheduler implements Scheduler {
       pidsWrite: Promise.resolve(),
     };
     runtime.alloc = alloc;
-    this.log.info({ jobId: job.id, allocId: id, ports }, 'starting allocation');
+    this.log.info({ ...jobFields(job), allocId: id, ports }, 'starting allocation');
     this.emitUpsert(runtime);
     for (const task of tasks.values()) this.spawnTask(alloc, task);
   }
 
   /** The task's log writers (`logs/<task>.stdout.<n>`, `logs/<task>.stderr.<n>`), rotated by the configured policy. */
-  private openOutput(allocDir: string, task: string, jobId: string): Record<LogStreamName, RotatingLogWriter> {
+  private openOutput(allocDir: string, task: string, job: StoredJob): Record<LogStreamName, RotatingLogWriter> {
     const dir = path.join(allocDir, 'logs');
+    const about = { ...jobFields(job), task };
     const open = (stream: LogStreamName): RotatingLogWriter => {
       const writer = new RotatingLogWriter(dir, `${task}.${stream}`, this.options.logs ?? DEFAULT_ROTATION);
       // A log that cannot be written loses output; the task runs on.
-      writer.on('dropping', (error: Error) => this.log.warn({ err: error, jobId, task, stream }, 'the disk is full; task output is dropped until there is room'));
-      writer.on('resumed', (bytes: number) => this.log.warn({ jobId, task, stream, droppedBytes: bytes }, 'task log writing resumed after output was dropped'));
-      writer.on('error', (error) => this.log.error({ err: error, jobId, task, stream }, 'writing a task log failed; its further output is dropped'));
+      writer.on('dropping', (error: Error) => this.log.warn({ err: error, ...about, stream }, 'the disk is full; task output is dropped until there is room'));
+      writer.on('resumed', (bytes: number) => this.log.warn({ ...about, stream, droppedBytes: bytes }, 'task log writing resumed after output was dropped'));
+      writer.on('error', (error) => this.log.error({ err: error, ...about, stream }, 'writing a task log failed; its further output is dropped'));
       return writer;
     };
     return { stdout: open('stdout'), stderr: open('stderr') };
@@ -454,7 +460,7 @@ export class LocalScheduler implements Scheduler {
 
   private spawnTask(alloc: AllocRuntime, task: TaskRuntime): void {
     const { spec } = task;
-    const log = this.log.child({ jobId: alloc.jobId, allocId: alloc.id, task: spec.name });
+    const log = this.log.child({ ...jobFields(alloc.job), allocId: alloc.id, task: spec.name });
     task.state = 'pending';
     let child: ChildProcess;
     try {
@@ -549,7 +555,7 @@ export class LocalScheduler implements Scheduler {
 
   private onTaskExit(alloc: AllocRuntime, task: TaskRuntime, pid: number | undefined, description: string): void {
     task.state = 'dead';
-    const log = this.log.child({ jobId: alloc.jobId, allocId: alloc.id, task: task.spec.name });
+    const log = this.log.child({ ...jobFields(alloc.job), allocId: alloc.id, task: task.spec.name });
     if (alloc.stopReason !== undefined) {
       if (!task.failed) task.lastEvent = `${description} (${alloc.stopReason})`;
       log.info({ taskPid: pid, reason: alloc.stopReason }, `task stopped: ${description}`);
@@ -601,7 +607,7 @@ export class LocalScheduler implements Scheduler {
         return;
       }
       alloc.healthy = true;
-      this.log.info({ jobId: alloc.jobId, allocId: alloc.id }, 'allocation healthy');
+      this.log.info({ ...jobFields(alloc.job), allocId: alloc.id }, 'allocation healthy');
       this.emitUpsertFor(alloc);
     };
     void round();
@@ -732,7 +738,7 @@ export class LocalScheduler implements Scheduler {
     const content = `${JSON.stringify(pids)}\n`;
     alloc.pidsWrite = alloc.pidsWrite
       .then(() => writeFileAtomic(path.join(alloc.dir, 'pids.json'), content, { durable: false }))
-      .catch((error: unknown) => this.log.error({ err: error, allocId: alloc.id }, 'recording task pids failed'));
+      .catch((error: unknown) => this.log.error({ err: error, ...jobFields(alloc.job), allocId: alloc.id }, 'recording task pids failed'));
   }
 
   private async removeAllocDir(alloc: AllocRuntime): Promise<void> {

@@ -501,7 +501,7 @@ export class NomadScheduler implements Scheduler {
       }
       const known = await this.knownJob(job.id);
       if (known && known.specHash === job.specHash && !known.stopped) {
-        this.log.debug({ jobId: job.id }, 'job already registered with this content');
+        this.log.debug({ session: job.sessionId, jobId: job.id }, 'job already registered with this content');
         return;
       }
       // EnforceIndex makes Nomad refuse the write if the job changed since we saw it (0: "only if new").
@@ -516,8 +516,8 @@ export class NomadScheduler implements Scheduler {
       const jobModifyIndex = numberField(response, 'JobModifyIndex') ?? 0;
       this.overlays.set(job.id, { kind: 'registered', known: { specHash: job.specHash, jobModifyIndex, stopped: false }, index: jobModifyIndex });
       const warnings = isRecord(response) && typeof response.Warnings === 'string' ? response.Warnings : '';
-      if (warnings) this.log.warn({ jobId: job.id, warnings }, 'Nomad accepted the job with warnings');
-      this.log.info({ jobId: job.id, specHash: job.specHash, jobModifyIndex, evalId: isRecord(response) ? response.EvalID : undefined }, known ? 'job updated' : 'job registered');
+      if (warnings) this.log.warn({ session: job.sessionId, jobId: job.id, warnings }, 'Nomad accepted the job with warnings');
+      this.log.info({ session: job.sessionId, jobId: job.id, specHash: job.specHash, jobModifyIndex, evalId: isRecord(response) ? response.EvalID : undefined }, known ? 'job updated' : 'job registered');
     });
   }
 
@@ -545,12 +545,13 @@ export class NomadScheduler implements Scheduler {
       const overlay = this.overlays.get(jobId);
       const stub = this.jobs.get(jobId);
       const previous = overlay?.kind === 'registered' ? overlay.known : stub && knownOf(stub);
+      const about = this.jobFields(jobId);
       let response: unknown;
       try {
         response = await api.json('DELETE', `/v1/job/${encodeURIComponent(jobId)}`, how === 'purge' ? { purge: 'true' } : {}, undefined, signal);
       } catch (error) {
         if (error instanceof NomadApiError && (error.status === 404 || /job not found/i.test(error.nomadMessage))) {
-          this.log.debug({ jobId }, `job to ${how} was already gone`);
+          this.log.debug(about, `job to ${how} was already gone`);
           this.overlays.set(jobId, { kind: 'deregistered', index: this.jobsIndex + 1 });
           return;
         }
@@ -566,8 +567,8 @@ export class NomadScheduler implements Scheduler {
       } else {
         this.overlays.set(jobId, { kind: 'deregistered', index });
       }
-      if (gone) this.log.debug({ jobId }, `job to ${how} was already gone`);
-      else this.log.info({ jobId }, how === 'purge' ? 'job deregistered' : 'job stopped; its allocations are kept until Nomad collects them');
+      if (gone) this.log.debug(about, `job to ${how} was already gone`);
+      else this.log.info(about, how === 'purge' ? 'job deregistered' : 'job stopped; its allocations are kept until Nomad collects them');
     });
   }
 
@@ -584,8 +585,9 @@ export class NomadScheduler implements Scheduler {
       signal?.throwIfAborted();
       const stub = this.jobs.get(jobId);
       const failed = this.reported.get(jobId)?.allocation;
+      const about = this.jobFields(jobId);
       if (!stub || failed?.clientStatus !== 'failed') {
-        this.log.debug({ jobId, clientStatus: failed?.clientStatus }, 'nothing to reschedule: no failed allocation');
+        this.log.debug({ ...about, clientStatus: failed?.clientStatus }, 'nothing to reschedule: no failed allocation');
         return;
       }
       let full: unknown;
@@ -593,7 +595,7 @@ export class NomadScheduler implements Scheduler {
         full = await api.json('GET', `/v1/job/${encodeURIComponent(jobId)}`, {}, undefined, signal);
       } catch (error) {
         if (error instanceof NomadApiError && error.status === 404) {
-          this.log.debug({ jobId }, 'job to reschedule is gone');
+          this.log.debug(about, 'job to reschedule is gone');
           return;
         }
         throw this.describeWriteError(error, `rescheduling job ${jobId}: reading the job`);
@@ -602,7 +604,7 @@ export class NomadScheduler implements Scheduler {
       // A newer version (a content change, or a reschedule whose result the stream has not shown yet)
       // replaces the failed allocation already.
       if (numberField(full, 'JobModifyIndex') !== stub.JobModifyIndex) {
-        this.log.debug({ jobId, allocId: failed.id }, 'the job changed since its allocation failed; not rescheduling');
+        this.log.debug({ ...about, allocId: failed.id }, 'the job changed since its allocation failed; not rescheduling');
         return;
       }
       const payload = { Job: { ...full, Meta: { ...full.Meta, [REPLACES_META_KEY]: failed.id } }, EnforceIndex: true, JobModifyIndex: stub.JobModifyIndex };
@@ -614,8 +616,14 @@ export class NomadScheduler implements Scheduler {
       }
       const jobModifyIndex = numberField(response, 'JobModifyIndex') ?? 0;
       this.overlays.set(jobId, { kind: 'registered', known: { ...knownOf(stub), jobModifyIndex }, index: jobModifyIndex });
-      this.log.info({ jobId, allocId: failed.id, jobModifyIndex, evalId: isRecord(response) ? response.EvalID : undefined }, 'job registered again to replace its failed allocation');
+      this.log.info({ ...about, allocId: failed.id, jobModifyIndex, evalId: isRecord(response) ? response.EvalID : undefined }, 'job registered again to replace its failed allocation');
     });
+  }
+
+  /** The fields of a log line about a job: its session, when the job is known as a session's, and the job. */
+  private jobFields(jobId: string): { session?: string; jobId: string } {
+    const session = this.reported.get(jobId)?.sessionId;
+    return session === undefined ? { jobId } : { session, jobId };
   }
 
   watch(): Observable<WorkloadStep> {

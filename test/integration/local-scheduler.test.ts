@@ -19,6 +19,7 @@ import {
 } from '../../controller/scheduler/local-scheduler.js';
 import type { RenderedJob, Workload } from '../../controller/scheduler/scheduler.js';
 import { silentLogger } from '../../controller/util/log.js';
+import { capturingLogger } from '../support/controller-harness.js';
 import { waitFor } from '../support/wait.js';
 import { alive } from '../support/processes.js';
 import { EXIT_3, RUN_FOREVER, commandTemplate } from '../support/templates.js';
@@ -540,6 +541,22 @@ describe('LocalScheduler', function () {
       await scheduler.register(job);
       const retried = recorder.workloads.get(job.id);
       assert.notEqual(retried?.allocation?.id, allocation?.id);
+    });
+
+    it('names the session on every line it logs about the job, its allocation and its tasks, so a filter on session finds why it failed', async function () {
+      const captured = capturingLogger();
+      const scheduler = await makeScheduler({ log: captured.log, restart: { attempts: 1, intervalMs: 60_000, delayMs: 20 } });
+      const recorder = record(scheduler);
+      const id = session();
+      const job = scheduler.render(contractRequest(commandTemplate([{ name: 'crash', script: EXIT_3 }]), id));
+      await scheduler.register(job);
+      await recorder.until(job.id, 'failed', (workload) => workload.allocation?.clientStatus === 'failed');
+      await scheduler.deregister(job.id);
+      const about = captured.lines.filter((line) => line.jobId === job.id);
+      for (const wanted of ['starting allocation', 'task started', 'task exited with code 3', 'allocation failed', 'job deregistered']) {
+        assert.ok(about.some((line) => line.msg.startsWith(wanted)), `no "${wanted}" line: ${about.map((line) => line.msg).join(' | ')}`);
+      }
+      assert.deepEqual(about.filter((line) => line.session !== id).map((line) => line.msg), [], 'lines about the session that do not name it');
     });
 
     it('reschedule replaces a failed allocation: new id, new processes and ports, restart counts from 0', async function () {

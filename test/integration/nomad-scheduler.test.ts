@@ -14,6 +14,7 @@ import { createLogger, silentLogger, type Logger } from '../../controller/util/l
 import { WorkloadRecorder, contractRequest, describeSchedulerContract } from '../contract/scheduler-contract.js';
 import { NomadDouble, type NomadDoubleOptions } from '../fakes/nomad.js';
 import { EXIT_3, commandTemplate } from '../support/templates.js';
+import { capturingLogger } from '../support/controller-harness.js';
 import { waitFor } from '../support/wait.js';
 
 // Compiled to dist/test/integration/: three levels up is the repository root (raw_exec's working directory).
@@ -495,6 +496,26 @@ describe('Nomad scheduler', function () {
       await scheduler.reschedule(job.id);
       await scheduler.register(job);
       assert.equal(proxy.count('PUT', '/v1/jobs'), 2, 'one register, one reschedule');
+    });
+
+    it('names the session on every line it logs about its job: registered, rescheduled, deregistered', async function () {
+      const double = await startDouble();
+      const captured = capturingLogger();
+      const scheduler = await startScheduler(double.address, { log: captured.log });
+      const recorder = record(scheduler);
+      const id = session();
+      const job = scheduler.render(contractRequest(commandTemplate([{ name: 'crash', script: EXIT_3 }]), id));
+      await scheduler.register(job);
+      const failed = await recorder.until(job.id, 'a failed allocation', (workload) => workload.allocation?.clientStatus === 'failed');
+      await scheduler.reschedule(job.id);
+      await recorder.until(job.id, 'a new allocation', (workload) => workload.allocation !== undefined && workload.allocation.id !== failed.allocation?.id);
+      await scheduler.deregister(job.id);
+      const about = captured.lines.filter((line) => line.jobId === job.id);
+      assert.deepEqual(
+        about.filter((line) => line.level >= 30).map((line) => line.msg),
+        ['job registered', 'job registered again to replace its failed allocation', 'job deregistered'],
+      );
+      assert.deepEqual(about.filter((line) => line.session !== id).map((line) => line.msg), [], 'lines about the session that do not name it');
     });
 
     it('emits capacityChanges() when a node joins, neither for the first node list nor for other changes', async function () {
