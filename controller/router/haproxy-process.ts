@@ -206,7 +206,7 @@ export class HaproxyProcess {
   private binary: string | undefined;
   private child: ChildProcess | undefined;
   /** Set once start() has succeeded; an exit after that, not asked for, is reported to onUnexpectedExit. */
-  private serving = false;
+  private answering = false;
   private exited: Promise<void> | undefined;
   private stopping = false;
   private reloadCount = 0;
@@ -243,6 +243,14 @@ export class HaproxyProcess {
 
   get running(): boolean {
     return this.child !== undefined;
+  }
+
+  /**
+   * Started and answering on its sockets, until it exits or is stopped; false while a start is under way
+   * (the process runs, but its ports may not be bound and its maps not loaded yet).
+   */
+  get serving(): boolean {
+    return this.answering;
   }
 
   /** Successful reloads since this object was created. */
@@ -334,8 +342,8 @@ export class HaproxyProcess {
     this.exited = new Promise<void>((resolve) => {
       child.once('exit', (code, sig) => {
         if (this.child === child) this.child = undefined;
-        const unexpected = !this.stopping && this.serving;
-        if (unexpected) this.serving = false;
+        const unexpected = !this.stopping && this.answering;
+        if (unexpected) this.answering = false;
         if (!this.stopping) this.log.error({ code, signal: sig, output: this.recentOutput() }, 'haproxy exited unexpectedly');
         else this.log.info({ code, signal: sig }, 'haproxy exited');
         resolve();
@@ -363,7 +371,7 @@ export class HaproxyProcess {
       await this.killAll(strays);
       throw new HaproxyProcessError(`HAProxy did not start (${(error as Error).message})`, this.recentOutput());
     }
-    this.serving = true;
+    this.answering = true;
     this.log.info({ masterPid: child.pid, workerPid: this.lastWorkers[0] }, 'haproxy is running');
   }
 
@@ -415,7 +423,7 @@ export class HaproxyProcess {
   private async doStop(): Promise<void> {
     const child = this.child;
     if (!child?.pid) return;
-    this.serving = false;
+    this.answering = false;
     this.stopping = true;
     try {
       this.lastWorkers = (await this.processes()).workers.map((w) => w.pid);

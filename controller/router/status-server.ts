@@ -5,12 +5,12 @@ import type { HaproxyProcess } from './haproxy-process.js';
 
 /**
  * The router's probes. Ready while this edge serves sessions: its agent applies the routes and its HAProxy
- * runs (the AWS load balancers' health check asks /readyz, so a dead HAProxy must show even while no route
- * changes). Status is what it has applied, and the edge certificate's state.
+ * answers on its sockets, not merely runs (the AWS load balancers' health check asks /readyz, so a dead or
+ * still starting HAProxy must show even while no route changes). Status is what it has applied, and the edge certificate's state.
  */
-export function routerProbes(router: Pick<RouterAgent, 'serving' | 'progress'>, haproxy: Pick<HaproxyProcess, 'running'>, edgeTls?: Pick<EdgeTls, 'status'>): StatusProbes {
+export function routerProbes(router: Pick<RouterAgent, 'serving' | 'progress'>, haproxy: Pick<HaproxyProcess, 'serving'>, edgeTls?: Pick<EdgeTls, 'status'>): StatusProbes {
   return {
-    ready: () => router.serving && haproxy.running,
+    ready: () => router.serving && haproxy.serving,
     status: () => ({ ...router.progress, ...(edgeTls === undefined ? {} : { tls: edgeTls.status() }) }),
   };
 }

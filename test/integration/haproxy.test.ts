@@ -11,6 +11,7 @@ import { HaproxyDataPlane, type RouteTable } from '../../controller/router/data-
 import { runPaths } from '../../controller/router/haproxy-config.js';
 import { HaproxyProcess, HaproxyProcessError, resolveHaproxyBinary } from '../../controller/router/haproxy-process.js';
 import { HaproxyRuntime } from '../../controller/router/haproxy-runtime.js';
+import { routerProbes } from '../../controller/router/status-server.js';
 import { silentLogger } from '../../controller/util/log.js';
 import { closeServer, httpBackend, listen, tcpEchoBackend, type Backend } from '../support/backends.js';
 import { startHaproxyOnFreePorts } from '../support/haproxy.js';
@@ -460,6 +461,36 @@ describe('HAProxy process start-up failures (real haproxy)', function () {
       log: silentLogger(),
     });
   };
+
+  it("is ready for the router's /readyz only once HAProxy answers on its sockets, not while it is starting (a restart after a crash, a slow start-up)", async () => {
+    // Passes the config check, then never opens its sockets: a HAProxy still loading its maps or resolving its servers.
+    const slow = path.join(runDir, 'slow-haproxy');
+    await fs.promises.writeFile(slow, '#!/bin/sh\ncase "$1" in -c) exit 0;; esac\nexec sleep 60\n', { mode: 0o755 });
+    const range = await freePortRange(2);
+    const starting = new HaproxyProcess({
+      runDir,
+      template: TEMPLATE,
+      values: { httpBind: `127.0.0.1:${await freePort()}`, tcpBind: `127.0.0.1:${range.start}-${range.end}` },
+      binary: slow,
+      log: silentLogger(),
+      readyTimeoutMs: 60_000,
+    });
+    const agent = { serving: true, progress: { router: 'edge-1', appliedIndex: 1, lag: 0, routes: 0 } };
+    const started = starting.start();
+    await waitFor('the process spawned', () => starting.masterPid !== undefined);
+    assert.equal(routerProbes(agent, starting).ready(), false, 'spawned, but nothing listens on its ports yet');
+    process.kill(starting.masterPid!, 'SIGKILL');
+    await assert.rejects(started, /exited during start-up/);
+    await starting.stop();
+
+    const p = await startHaproxyOnFreePorts(async () => processWith(TEMPLATE, await freePort()));
+    try {
+      assert.equal(routerProbes(agent, p).ready(), true, 'answering on its sockets');
+    } finally {
+      await p.stop();
+    }
+    assert.equal(routerProbes(agent, p).ready(), false, 'stopped');
+  });
 
   it('never starts a config that fails the check, and says why', async () => {
     const p = await processWith(`${TEMPLATE}\nfrontend broken\n    no_such_directive on\n`, await freePort());

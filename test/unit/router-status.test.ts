@@ -7,12 +7,12 @@ describe('router: status probes', () => {
 
   it('is ready only while its agent applies routes and its HAProxy runs: the load balancers\' health check asks /readyz', () => {
     const router = { serving: true, progress };
-    const haproxy = { running: true };
+    const haproxy = { serving: true };
     const probes = routerProbes(router, haproxy);
     assert.equal(probes.ready(), true);
-    haproxy.running = false;
+    haproxy.serving = false;
     assert.equal(probes.ready(), false, 'HAProxy died and is being restarted: its ports refuse connections');
-    haproxy.running = true;
+    haproxy.serving = true;
     router.serving = false;
     assert.equal(probes.ready(), false, 'HAProxy refuses the routes');
     assert.deepEqual(probes.status(), progress);
