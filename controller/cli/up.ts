@@ -18,7 +18,7 @@ import { readConfigTemplate, runPaths, type HaproxyConfigValues } from '../route
 import { HaproxyProcess } from '../router/haproxy-process.js';
 import { HaproxyRuntime } from '../router/haproxy-runtime.js';
 import { HaproxySupervisor } from '../router/haproxy-supervisor.js';
-import { routerProbes } from '../router/status-server.js';
+import { exportRouterReadiness, routerProbes } from '../router/status-server.js';
 import type { LockService } from '../store/lock.js';
 import type { Store } from '../store/store.js';
 import { createScheduler, createStore, createTaskLogs } from './backends.js';
@@ -283,9 +283,14 @@ async function startRouter(config: ManticoreConfig, template: string, store: Sto
   await parts.until(router.start());
   if (config.router.statusPort !== 0) {
     // Started once the agent's first table is live.
-    const status = new StatusServer('router', routerProbes(router, haproxy, edgeTls), log);
+    const probes = routerProbes(router, haproxy, edgeTls);
+    const status = new StatusServer('router', probes, log);
     const address = await status.start(config.router.statusHost, config.router.statusPort);
-    parts.add('router-status', () => status.stop());
+    const unexport = exportRouterReadiness(config.router.name, probes);
+    parts.add('router-status', async () => {
+      unexport();
+      await status.stop();
+    });
     return address;
   }
   return undefined;

@@ -170,6 +170,23 @@ new Gauge({
     for (const progress of routerSources.read()) this.set({ router: progress.router }, progress.lag);
   },
 });
+/** Whether a router is ready (its /readyz): its agent applies the routes and its HAProxy answers. */
+export interface RouterReadiness {
+  router: string;
+  ready: boolean;
+}
+export const routerReadySources = new Sources<RouterReadiness>();
+
+new Gauge({
+  name: 'manticore_router_ready',
+  help: 'Whether this router serves sessions (1) or not (0): its agent applies the routes and its HAProxy answers, as its /readyz says.',
+  labelNames: ['router'],
+  registers: [registry],
+  collect() {
+    this.reset();
+    for (const readiness of routerReadySources.read()) this.set({ router: readiness.router }, readiness.ready ? 1 : 0);
+  },
+});
 export const routerApplySeconds = new Histogram({ name: 'manticore_router_apply_duration_seconds', help: 'Duration of applying the route table to HAProxy.', buckets: seconds, registers: [registry] });
 
 /** The certificate a router's HAProxy serves at the edge (router.tls). */

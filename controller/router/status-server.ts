@@ -1,3 +1,4 @@
+import { routerReadySources } from '../metrics/metrics.js';
 import type { StatusProbes } from '../metrics/status-server.js';
 import type { RouterAgent } from './agent.js';
 import type { EdgeTls } from './edge-tls.js';
@@ -13,4 +14,12 @@ export function routerProbes(router: Pick<RouterAgent, 'serving' | 'progress'>, 
     ready: () => router.serving && haproxy.serving,
     status: () => ({ ...router.progress, ...(edgeTls === undefined ? {} : { tls: edgeTls.status() }) }),
   };
+}
+
+/**
+ * Exports the router's readiness as `manticore_router_ready`, so an alert sees an edge that stopped serving
+ * even while no route changes (the applied-index lag only moves with changes). Returns the undo.
+ */
+export function exportRouterReadiness(name: string, probes: Pick<StatusProbes, 'ready'>): () => void {
+  return routerReadySources.add(() => ({ router: name, ready: probes.ready() }));
 }

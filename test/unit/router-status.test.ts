@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
-import type { RouterProgress } from '../../controller/metrics/metrics.js';
-import { routerProbes } from '../../controller/router/status-server.js';
+import { registry, type RouterProgress } from '../../controller/metrics/metrics.js';
+import { exportRouterReadiness, routerProbes } from '../../controller/router/status-server.js';
 
 describe('router: status probes', () => {
   const progress: RouterProgress = { router: 'edge-1', appliedIndex: 7, lag: 0, routes: 2 };
@@ -16,5 +16,19 @@ describe('router: status probes', () => {
     router.serving = false;
     assert.equal(probes.ready(), false, 'HAProxy refuses the routes');
     assert.deepEqual(probes.status(), progress);
+  });
+
+  it('exports its readiness as manticore_router_ready, read at each scrape', async () => {
+    const router = { serving: true, progress };
+    const haproxy = { serving: false };
+    const unexport = exportRouterReadiness('edge-1', routerProbes(router, haproxy));
+    try {
+      assert.match(await registry.metrics(), /^manticore_router_ready\{router="edge-1"\} 0$/m, 'HAProxy still starting');
+      haproxy.serving = true;
+      assert.match(await registry.metrics(), /^manticore_router_ready\{router="edge-1"\} 1$/m);
+    } finally {
+      unexport();
+    }
+    assert.doesNotMatch(await registry.metrics(), /^manticore_router_ready\{/m, 'gone with the router');
   });
 });
