@@ -15,8 +15,9 @@ import { StreamCounts } from './stream-limit.js';
  * Not following, the log as text/plain; following (`follow=true`), server-sent events: `start`, then
  * `log` events `{start, end, text}` with `id: <allocation>:<end>`, so a reconnecting EventSource resumes
  * exactly after the last event it got (Last-Event-ID), `gap` when output was rotated away unread,
- * `closing` when the stream ends (the workload was replaced, the server shuts down), `gone` when the
- * session is.
+ * `closing` when the stream ends (the workload was replaced, the session failed, the server shuts down),
+ * `ended` once a failed session's log has been read to its end (its workload is stopped and writes no
+ * more), `gone` when the session is.
  *
  * Memory per stream is bounded: the log is read only as fast as the client takes it (the next piece is
  * read once the socket has taken the last one), and each user may hold only so many streams open.
@@ -131,8 +132,10 @@ export function registerLogs(app: FastifyInstance, sessions: SessionService, aut
     const resume = query.follow && typeof lastEventId === 'string' && lastEventId !== '' ? parseLastEventId(lastEventId) : undefined;
     const release = counts.acquire(identity.user);
     const abort = new AbortController();
+    // A failed session's job is stopped: its log will not grow, so even a follower reads it only to its end.
+    const failed = session.status.phase === 'Failed';
     try {
-      const base = { allocId: allocationId, task: query.task, stream: query.stream, follow: query.follow, signal: abort.signal };
+      const base = { allocId: allocationId, task: query.task, stream: query.stream, follow: query.follow && !failed, signal: abort.signal };
       const events: AsyncIterable<LogEvent> =
         resume !== undefined
           ? // A reconnection: just after the last event seen, or all of a workload that replaced the one it followed.
@@ -158,7 +161,7 @@ export function registerLogs(app: FastifyInstance, sessions: SessionService, aut
         await iterator.return?.();
         return;
       }
-      const context = { id, allocationId, query, session, response, iterator, abort, release, log: request.log, identity, now: options.now };
+      const context = { id, allocationId, failed, query, session, response, iterator, abort, release, log: request.log, identity, now: options.now };
       if (query.follow) sendEvents(context, sessions, open);
       else await sendPlain(context);
     } catch (error) {
@@ -172,6 +175,8 @@ export function registerLogs(app: FastifyInstance, sessions: SessionService, aut
 interface StreamContext {
   readonly id: string;
   readonly allocationId: string;
+  /** The session had failed when the log was opened: its workload is stopped. */
+  readonly failed: boolean;
   readonly query: LogQuery;
   readonly session: Session;
   /** Begun: the client was still there when the log opened. */
@@ -223,11 +228,11 @@ async function sendPlain({ response, iterator, abort, release, log, query, id }:
 }
 
 /**
- * The log as server-sent events, followed until the client goes, the workload is replaced, the session is
- * gone or the caller's credentials expire.
+ * The log as server-sent events, followed until the client goes, the workload is replaced, the session
+ * fails or is gone, or the caller's credentials expire; a failed session's log only to its end.
  */
 function sendEvents(context: StreamContext, sessions: SessionService, open: Set<(reason: string) => void>): void {
-  const { response, iterator, abort, release, allocationId, query, id, session, log, identity, now } = context;
+  const { response, iterator, abort, release, allocationId, failed, query, id, session, log, identity, now } = context;
   let ended = false;
   let subscription: Subscription | undefined;
   const heartbeat = setInterval(() => {
@@ -255,6 +260,9 @@ function sendEvents(context: StreamContext, sessions: SessionService, open: Set<
     if (latest === undefined) end({ name: 'gone', data: {} });
     else if (latest.status.allocationId !== undefined && latest.status.allocationId !== allocationId) {
       closing(`the session's workload was replaced (allocation ${latest.status.allocationId}); reconnect for its log`);
+    } else if (latest.status.phase === 'Failed' && !failed) {
+      // Its job is being stopped: the reconnection reads what is left, to the end, without waiting for more.
+      closing('the session failed; reconnect for the rest of its log');
     }
   });
   write(`retry: ${RETRY_MS}\nevent: start\ndata: ${JSON.stringify({ allocationId, task: query.task, stream: query.stream })}\n\n`);
@@ -287,7 +295,9 @@ function sendEvents(context: StreamContext, sessions: SessionService, open: Set<
         write(`id: ${allocationId}:${until}\nevent: log\ndata: ${JSON.stringify({ start, end: until, text })}\n\n`);
         if (!(await drained(response))) break;
       }
-      if (!ended) closing('the log ended');
+      if (ended) return;
+      if (failed) end({ name: 'ended', data: { reason: 'the session failed: its workload has stopped, so its log ends here' } });
+      else closing('the log ended');
     } catch (error) {
       if (ended) return;
       if (error instanceof LogNotFoundError) closing(`the log is no longer available: ${error.message}`);

@@ -6,7 +6,9 @@ import { chromium, type Browser, type BrowserContext, type Page } from 'playwrig
 import YAML from 'yaml';
 import type { Session, SessionRecord } from '../../controller/api/types.js';
 import { DEFAULT_STATUS_STREAMS_PER_USER } from '../../controller/frontend/events.js';
+import { LogFiles, RotatingLogWriter, closeWriter } from '../../controller/scheduler/log-files.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
+import { silentLogger } from '../../controller/util/log.js';
 import { frontendKeys, testExpiry, testFrontend } from '../support/frontend.js';
 import { tcpConversation } from '../support/http.js';
 import { isolatedEnvironment, repoRoot, startManticore, stopManticore, waitForFrontend, type ManticoreProcess } from '../support/manticore.js';
@@ -184,6 +186,42 @@ describe('web page: people in a browser against `manticore up`', function () {
       await shortening.frontend.stop();
       await longer.frontend.stop();
       await store.close();
+    }
+  });
+
+  it('shows all of a failed session’s log and says it ends there', async () => {
+    const store = EmbeddedStore.open(':memory:');
+    const logsRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'manticore-web-logs-'));
+    const writer = new RotatingLogWriter(path.join(logsRoot, 'alloc-1', 'logs'), 'core.stdout');
+    const frontend = testFrontend(store, { logs: { source: new LogFiles({ dirOf: (allocId) => path.join(logsRoot, allocId, 'logs'), log: silentLogger() }), streamsPerUser: 5 } });
+    const url = await frontend.start('127.0.0.1', 0);
+    const page = await browser.newPage();
+    page.on('pageerror', (error) => pageProblems.push(`uncaught: ${error.message}`));
+    const status = (phase: string): string => JSON.stringify({ phase, observedGeneration: 1, conditions: [], endpoints: {}, events: [], allocationId: 'alloc-1' });
+    try {
+      await page.goto(`${url}/`);
+      const created = await page.request.post(`${url}/api/v1/sessions`, { data: { template: 'demo' } });
+      assert.equal(created.status(), 201, await created.text());
+      const { id } = ((await created.json()) as Session).metadata;
+      await new Promise<void>((resolve, reject) => writer.write('starting\n', (error) => (error ? reject(error) : resolve())));
+      await store.put(frontendKeys.status(id), status('Starting'));
+      await page.reload();
+      await page.getByRole('heading', { name: 'Your session' }).waitFor({ timeout: serverStepMs });
+      const logText = page.locator('#log-text');
+      await logText.getByText('starting').waitFor({ timeout: serverStepMs });
+      await page.getByText("Following core's stdout live.").waitFor();
+      // It fails, its last words written as its job stops.
+      await new Promise<void>((resolve, reject) => writer.write('cannot open the config\n', (error) => (error ? reject(error) : resolve())));
+      await store.put(frontendKeys.status(id), status('Failed'));
+      await page.getByText("This is all of core's stdout: the session failed and its workload has stopped.").waitFor({ timeout: serverStepMs });
+      assert.equal(await logText.innerText(), 'starting\ncannot open the config\n');
+      await screenshot(page, '00-failed-log');
+    } finally {
+      await page.close();
+      await frontend.stop();
+      await store.close();
+      await closeWriter(writer);
+      fs.rmSync(logsRoot, { recursive: true, force: true });
     }
   });
 

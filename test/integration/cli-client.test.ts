@@ -411,6 +411,25 @@ describe('the client commands (manticore sessions, templates)', function () {
     assert.equal(ended.stderr, `manticore: session ${id} has ended\n`);
   });
 
+  it('follows a task log to its end and exits 0 when the session fails, its workload stopped, saying so', async () => {
+    const created = await run('sessions', ['create', '--template', 'demo', '-o', 'json']);
+    const id = (JSON.parse(created.stdout) as { metadata: { id: string } }).metadata.id;
+    await waitFor('job registration', () => h.scheduler.workload(id));
+    // Placed, never healthy: the start timeout fails it.
+    const allocId = h.scheduler.run(id, { http: '127.0.0.1:31000', broker: '127.0.0.1:31001', tcp: '127.0.0.1:31002' }, false).id;
+    await taskOutput(allocId, 'core', 'stderr', 'starting\n');
+    await waitFor('the allocation in the front end', () => frontend.sessions.statuses.cache.get(id)?.value?.allocationId === allocId);
+    const following = run('sessions', ['logs', id, '--follow', '--stream', 'stderr']);
+    await waitFor('the first line', () => following.output() === 'starting\n');
+    await taskOutput(allocId, 'core', 'stderr', 'cannot open the config\n');
+    h.tick(10 * 60_000);
+    await statusWhen(h.store, id, 'Failed');
+    const followed = await following;
+    assert.equal(followed.code, exitCodes.ok, followed.stderr);
+    assert.equal(followed.stdout, 'starting\ncannot open the config\n');
+    assert.equal(followed.stderr, 'manticore: the session failed: its workload has stopped, so its log ends here\n');
+  });
+
   it('lists the templates and their parameters, in lines that fit the terminal (100 columns when not one)', async () => {
     const all = await run('templates', []);
     assert.equal(all.code, exitCodes.ok);

@@ -241,6 +241,24 @@ describe('front end: task logs (GET /api/v1/sessions/{id}/logs)', () => {
     await waitFor('gone', () => reconnected.ended && reconnected.events.at(-1)?.event === 'gone');
   });
 
+  it('ends a failed session’s followed log where its stopped workload stopped writing, saying so', async () => {
+    const { id, client } = await followedSession('alloc-11', 'starting\n');
+    // The session fails while followed: the stream closes, and the reconnection reads the rest, then ends.
+    await write(output('alloc-11'), 'cannot open the config\n');
+    await store.put(keys.status(id), statusJson({ phase: 'Failed', allocationId: 'alloc-11' }));
+    await waitFor('closing', () => client.ended);
+    assert.match(String(client.events.at(-1)?.data.reason), /^the session failed; reconnect for the rest of its log$/);
+    const rest = follow(id, 'ann', '', { 'last-event-id': client.lastId! });
+    await waitFor('the end of the log', () => rest.ended);
+    assert.equal(client.text + rest.text, 'starting\ncannot open the config\n');
+    assert.deepEqual(rest.events.at(-1), { event: 'ended', data: { reason: 'the session failed: its workload has stopped, so its log ends here' } });
+    // Opened afterwards, from its last lines, it ends the same way.
+    const late = follow(id, 'ann', '&tail=1');
+    await waitFor('the end of the log', () => late.ended);
+    assert.equal(late.text, 'cannot open the config\n');
+    assert.equal(late.events.at(-1)?.event, 'ended');
+  });
+
   it('limits the log streams one user holds open, and counts them again once closed', async () => {
     const id = await create('ann');
     await placed(id, 'alloc-6');

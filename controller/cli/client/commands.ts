@@ -310,7 +310,7 @@ async function follow({ client, output, io }: Invocation, id: string, answeredAt
  * Prints a task's log as it is (raw text) on stdout. Following, a stream closed by the front end (shutting
  * down, the workload replaced) or broken is opened again just after the last output printed, as a browser's
  * EventSource does, for up to 30 s without news, unless it was closed because its token expired (exit 4); the
- * session ending ends it (0), as does Ctrl-C.
+ * session ending ends it (0), as does the end of a failed session's log (its workload stopped), or Ctrl-C.
  */
 async function logs({ client, output, values, io }: Invocation, id: string): Promise<number> {
   if (output === 'json') throw new UsageError('sessions logs prints the log as text; --output json does not apply to it');
@@ -352,6 +352,9 @@ async function logs({ client, output, values, io }: Invocation, id: string): Pro
           io.stderr.write(`manticore: ${update.message}\n`);
         } else if (update.kind === 'gone') {
           return ended();
+        } else if (update.kind === 'ended') {
+          io.stderr.write(`manticore: ${update.reason}\n`);
+          return exitCodes.ok;
         }
       }
     } catch (error) {

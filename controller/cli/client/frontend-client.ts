@@ -54,12 +54,14 @@ export interface LogQuery {
 
 /**
  * One message of a followed log: output (with the event id to resume after it), output lost to rotation,
- * the server ending the stream (shutting down, the workload replaced: reconnect), the session gone.
+ * the server ending the stream (shutting down, the workload replaced or failed: reconnect), the whole log
+ * read (a failed session's stopped workload writes no more), the session gone.
  */
 export type LogUpdate =
   | { kind: 'log'; id: string; text: string; end: number }
   | { kind: 'gap'; message: string }
   | { kind: 'closing'; reason: string }
+  | { kind: 'ended'; reason: string }
   | { kind: 'gone' };
 
 /** An answer the front end gave with an error status, with its message and the fields it named. */
@@ -165,7 +167,7 @@ export class FrontendClient {
       if (update === undefined) continue;
       if (update.kind === 'closing') refuseExpiredToken(update.reason, what);
       yield update;
-      if (update.kind === 'gone' || update.kind === 'closing') return;
+      if (update.kind === 'gone' || update.kind === 'closing' || update.kind === 'ended') return;
     }
   }
 
@@ -286,6 +288,8 @@ function logUpdateOf({ event, data, id }: ServerSentEvent): LogUpdate | undefine
       return { kind: 'gap', message: String(fields.message ?? 'part of the log was rotated away before it was read') };
     case 'closing':
       return { kind: 'closing', reason: String(fields.reason ?? 'the server closed the stream') };
+    case 'ended':
+      return { kind: 'ended', reason: String(fields.reason ?? 'the log has ended') };
     case 'gone':
       return { kind: 'gone' };
     default:

@@ -748,7 +748,8 @@ function closeLogStream() {
 /**
  * Follows the selected log: from where the page stopped reading it (same workload), else its last lines.
  * EventSource reconnects by itself, resuming after the last event (its id), including after the server
- * closed the stream because the workload was replaced (the new one's log is then read from its start).
+ * closed the stream because the workload was replaced (the new one's log is then read from its start) or
+ * the session failed (the rest of the log is then read, and the stream ends).
  */
 function openLogStream() {
   closeLogStream();
@@ -776,6 +777,11 @@ function openLogStream() {
   });
   source.addEventListener('gap', () => appendLog(view, '--- some output was rotated away before it could be shown ---\n'));
   source.addEventListener('closing', (event) => setLogStatus(`${JSON.parse(event.data).reason}; reconnecting…`));
+  // A failed session's workload is stopped: all of its log is shown, and there is nothing more to wait for.
+  source.addEventListener('ended', () => {
+    closeLogStream();
+    setLogStatus(`This is all of ${task}'s ${stream}: the session failed and its workload has stopped.`);
+  });
   source.addEventListener('gone', closeLogStream);
   source.addEventListener('error', () => {
     if (logs.source !== source) return;
