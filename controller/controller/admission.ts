@@ -4,7 +4,7 @@ import type { PortRoom } from './claims.js';
 import type { Cache, CachedRecord, RecordCache } from './informer.js';
 
 export interface AdmissionLimits {
-  /** Sessions holding resources (a claim, or a job not yet purged), cluster-wide. */
+  /** Sessions holding resources (a claim, or a job not yet purged, or stopped for a failed one), cluster-wide. */
   readonly maxSessions: number;
   /** Admitted sessions that have not yet been Ready once, until their job is purged. */
   readonly maxStarting: number;
