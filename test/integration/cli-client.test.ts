@@ -444,7 +444,10 @@ describe('the client commands (manticore sessions, templates)', function () {
     terminal.on('data', (chunk: Buffer) => (shown += chunk.toString()));
     assert.equal(await runClientCommand('templates', ['sdl', '--url', url], { stdout: terminal, stderr: new PassThrough(), env: { MANTICORE_USER: 'alice' } }), exitCodes.ok);
     assert.ok(widest(shown) <= 72, shown);
-    assert.match(shown, /^sdl +no: /m);
+    // Why it is unavailable, whole: its lines wrapped to the terminal, never cut.
+    const { unavailableReason } = JSON.parse((await run('templates', ['sdl', '-o', 'json'])).stdout) as { unavailableReason: string };
+    assert.ok(shown.replace(/\n +/g, ' ').includes(`available    no: ${unavailableReason}\n`), shown);
+    assert.match(shown, /^template +sdl\n/m);
     assert.match(shown, /^PARAMETER +VALUES +DEFAULT +DESCRIPTION\ncoreVersion +8\.2\.0-ubuntu-update +8\.2\.0-ubuntu-update +SDL Core/m, 'its parameters, values whole');
     assert.match(shown, /^SERVICE +PROTOCOL +DESCRIPTION\nbroker +ws +HMI-to-Core/m, 'and its services');
     const described = (JSON.parse((await run('templates', ['-o', 'json'])).stdout) as Array<{ description: string }>).map((template) => template.description);

@@ -42,8 +42,9 @@ export const clientUsage = `Client commands (talk to a front end; no cluster acc
                                         that is kept); --tail N the last N lines; --follow keeps
                                         printing as it is written, until Ctrl-C or the session ends
   templates [NAME]                      the session templates and their parameters, in lines cut to the
-                                        terminal's width (100 columns when not a terminal); with NAME, its
-                                        parameters' values in full and its services
+                                        terminal's width (100 columns when not a terminal); with NAME, why
+                                        it is unavailable, its description and its parameters' values in
+                                        full, and its services
   limits                                what your creates are held to: sessions per user, the idle
                                         timeout a session gets and the --idle-timeout it may ask for,
                                         the idle warning, the maximum lifetime

@@ -50,8 +50,9 @@ export function sessionTable(sessions: Session[]): string {
 
 /**
  * The templates, in lines of at most `width` characters (but for long names and values): descriptions, reasons
- * and the list's parameters are cut to fit. One template (`withDetails`) lists its parameters, their values
- * whole, and its services in tables of their own.
+ * and the list's parameters are cut to fit. One template (`withDetails`) says whether it is available and why
+ * not, and its description, whole (wrapped), then lists its parameters, their values whole, and its services
+ * in tables of their own.
  */
 export function templateTable(templates: TemplateSummary[], withDetails: boolean, width: number): string {
   if (templates.length === 0) return 'no templates\n';
@@ -67,7 +68,13 @@ export function templateTable(templates: TemplateSummary[], withDetails: boolean
   }
   return templates
     .flatMap((template) => [
-      table(['NAME', 'AVAILABLE', 'DESCRIPTION'], [[template.name, available(template), template.description]], { width, shrink: [1, 2] }),
+      [
+        ['template', template.name],
+        ['available', available(template)],
+        ['description', template.description],
+      ]
+        .map(([name, value]) => `${name!.padEnd(DETAIL_LABEL_WIDTH)}${wrap(value!, width - DETAIL_LABEL_WIDTH).join(`\n${' '.repeat(DETAIL_LABEL_WIDTH)}`)}`)
+        .join('\n') + '\n',
       template.parameters.length === 0
         ? 'no parameters\n'
         : table(
@@ -81,6 +88,22 @@ export function templateTable(templates: TemplateSummary[], withDetails: boolean
         : table(['SERVICE', 'PROTOCOL', 'DESCRIPTION'], template.services.map((service) => [service.name, service.protocol, service.description]), { width, shrink: [2] }),
     ])
     .join('\n');
+}
+
+/** The width of the labels of one template's details (the longest, and two spaces), laid out as `sessions get`'s. */
+const DETAIL_LABEL_WIDTH = 13;
+
+/** `text` in lines of at most `width` characters, broken between words (a longer word stands alone). */
+function wrap(text: string, width: number): string[] {
+  const lines: string[] = [];
+  let line = '';
+  for (const word of text.split(' ')) {
+    if (line !== '' && line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = word;
+    } else line = line === '' ? word : `${line} ${word}`;
+  }
+  return [...lines, line];
 }
 
 /** What a session is waiting for or doing, in a few words. */
