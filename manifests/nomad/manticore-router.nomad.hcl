@@ -90,6 +90,8 @@ job "manticore-router" {
         data        = <<-EOT
           CONSUL_HTTP_ADDR=http://{{ env "attr.unique.network.ip-address" }}:8500
           MANTICORE_ROUTER_NAME={{ env "node.unique.name" }}
+          MANTICORE_ROUTER_STATUS_HOST=0.0.0.0
+          MANTICORE_ROUTER_STATUS_PORT=8405
           {{ with nomadVar "nomad/jobs/manticore-router" }}CONSUL_HTTP_TOKEN={{ .consul_token }}{{ end }}
         EOT
         destination = "secrets/manticore.env"

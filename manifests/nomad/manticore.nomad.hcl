@@ -26,6 +26,11 @@ job "manticore" {
     # <prefix>leader; the standby keeps its caches warm and takes over within a second of a graceful stop.
     count = 2
 
+    # On different nodes where there are several, so one node going away does not take both.
+    spread {
+      attribute = "${node.unique.id}"
+    }
+
     restart {
       attempts = 10
       interval = "5m"
@@ -64,7 +69,9 @@ job "manticore" {
         args  = ["controller", "--config", "/local/manticore.yaml"]
       }
 
+      # The listener the port mapping and Consul's check reach, whatever the configuration says.
       env {
+        MANTICORE_CONTROLLER_STATUS_HOST = "0.0.0.0"
         MANTICORE_CONTROLLER_STATUS_PORT = "8081"
         MANTICORE_HEALTH_URL             = "http://127.0.0.1:8081/healthz"
       }
@@ -97,6 +104,13 @@ job "manticore" {
   group "frontend" {
     count = 2
 
+    # Out of Consul's catalog (and so of a load balancer following it) a while before it is told to stop.
+    shutdown_delay = "5s"
+
+    spread {
+      attribute = "${node.unique.id}"
+    }
+
     network {
       port "http" {
         to = 4000
@@ -127,6 +141,12 @@ job "manticore" {
         image = var.image
         ports = ["http"]
         args  = ["frontend", "--config", "/local/manticore.yaml"]
+      }
+
+      # The listener the port mapping and Consul's check reach, whatever the configuration says.
+      env {
+        MANTICORE_FRONTEND_HOST = "0.0.0.0"
+        MANTICORE_FRONTEND_PORT = "4000"
       }
 
       template {

@@ -165,18 +165,27 @@ describe('the Nomad job files', () => {
       assert.ok(port, `group "${group}" declares no port "${label}"`);
       return Number(port[1]);
     };
-    // The controller's status port comes from its task's env block; nothing else there may set a listener.
-    const controllerEnv = Object.fromEntries([...block(text, text.indexOf('env {')).matchAll(/([A-Z][A-Z0-9_]*)\s*=\s*"([^"]*)"/g)].map((found) => [found[1]!, found[2]!]));
-    const config = loadConfig(path.join(root, 'manifests/examples/production.yaml'), controllerEnv);
-    const listeners: Array<[string, { host: string; port: number }, number]> = [
-      ['controller status server', { host: config.controller.statusHost, port: config.controller.statusPort }, declared('controller', 'status')],
-      ['front end', config.frontend, declared('frontend', 'http')],
-      ["router's status server", { host: config.router.statusHost, port: config.router.statusPort }, declared('router', 'status')],
-      ["HAProxy's stats", config.router.haproxyStats, declared('router', 'haproxy-stats')],
-    ];
-    for (const [what, listener, port] of listeners) {
-      assert.equal(listener.port, port, `the ${what} listens on ${listener.port}, the job file declares ${port}`);
-      assert.equal(listener.host, '0.0.0.0', `the ${what} listens on ${listener.host}, out of reach of the port mapping and Consul's check`);
+    /** The settings a group's tasks get from the job file: its env blocks, and the plain lines of its env templates. */
+    const envOf = (group: string): Record<string, string> => {
+      const body = block(text, new RegExp(`^\\s*group "${group}" \\{`, 'm').exec(text)!.index);
+      const settings = [...body.matchAll(/^\s*([A-Z][A-Z0-9_]*)\s*=\s*"([^"{}]*)"\s*$/gm), ...body.matchAll(/^\s*([A-Z][A-Z0-9_]*)=([^{}\s]+)\s*$/gm)];
+      return Object.fromEntries(settings.map((found) => [found[1]!, found[2]!]));
+    };
+    // The job files set the listeners they depend on; an operator's configuration that leaves them out (the
+    // defaults listen on loopback) must not leave the port mapping and the checks without an answer.
+    for (const file of [path.join(root, 'manifests/examples/production.yaml'), undefined]) {
+      const config = (group: string): ReturnType<typeof loadConfig> => loadConfig(file, envOf(group));
+      const listeners: Array<[string, { host: string; port: number }, number]> = [
+        ['controller status server', { host: config('controller').controller.statusHost, port: config('controller').controller.statusPort }, declared('controller', 'status')],
+        ['front end', config('frontend').frontend, declared('frontend', 'http')],
+        ["router's status server", { host: config('router').router.statusHost, port: config('router').router.statusPort }, declared('router', 'status')],
+        ...(file === undefined ? [] : [["HAProxy's stats", config('router').router.haproxyStats, declared('router', 'haproxy-stats')] as [string, { host: string; port: number }, number]]),
+      ];
+      const where = file === undefined ? 'with no configuration file' : `with ${path.basename(file)}`;
+      for (const [what, listener, port] of listeners) {
+        assert.equal(listener.port, port, `${where}, the ${what} listens on ${listener.port}, the job file declares ${port}`);
+        assert.equal(listener.host, '0.0.0.0', `${where}, the ${what} listens on ${listener.host}, out of reach of the port mapping and Consul's check`);
+      }
     }
   });
 
