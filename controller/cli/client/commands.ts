@@ -40,7 +40,8 @@ export const clientUsage = `Client commands (talk to a front end; no cluster acc
   sessions logs ID [--task NAME] [--stream stdout|stderr] [--tail N] [--follow]
                                         a task's output (default: the first task's stdout, all of it
                                         that is kept); --tail N the last N lines; --follow keeps
-                                        printing as it is written, until Ctrl-C or the session ends
+                                        printing as it is written, until Ctrl-C or the session ends;
+                                        a Failed session's log is printed to its end, then the reason
   templates [NAME]                      the session templates and their parameters, in lines cut to the
                                         terminal's width (100 columns when not a terminal); with NAME, why
                                         it is unavailable, its description and its parameters' values in
