@@ -25,6 +25,15 @@ import { StreamCounts } from './stream-limit.js';
 import { registerApiV2, type ApiV2Options } from './v2.js';
 import { registerWebPage } from './web.js';
 
+/**
+ * How long a client may take to send a whole request, headers and body (Node answers 408 and closes the
+ * connection after it). Fastify turns Node's own bound off, so a client trickling a body a byte at a time
+ * held a connection, and its socket, for as long as it liked, with or without credentials. A body is at most
+ * bodyLimitBytes of JSON; streams (events, logs, the v2 websocket) are not affected, their requests being
+ * complete once their headers are.
+ */
+export const REQUEST_TIMEOUT_MS = 30_000;
+
 export interface FrontendOptions {
   readonly store: Store;
   readonly keys: Keys;
@@ -77,6 +86,7 @@ export class Frontend {
     this.app = Fastify({
       loggerInstance: log as FastifyBaseLogger,
       bodyLimit: options.bodyLimitBytes,
+      requestTimeout: REQUEST_TIMEOUT_MS,
       // request.protocol then says https for what a trusted proxy received over TLS (the cookie's Secure).
       ...(options.trustedProxies !== undefined && options.trustedProxies.length > 0 ? { trustProxy: [...options.trustedProxies] } : {}),
       // Each request is not logged; the handlers log what changed (created, deleted) and every failure.

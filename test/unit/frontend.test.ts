@@ -4,7 +4,7 @@ import path from 'node:path';
 import { loadTemplates } from '../../controller/api/templates.js';
 import type { Session, SessionRecord } from '../../controller/api/types.js';
 import { Keys } from '../../controller/controller/keys.js';
-import { Frontend } from '../../controller/frontend/server.js';
+import { Frontend, REQUEST_TIMEOUT_MS } from '../../controller/frontend/server.js';
 import { registry } from '../../controller/metrics/metrics.js';
 import type { Counter } from 'prom-client';
 import { defer, filter, finalize } from 'rxjs';
@@ -67,6 +67,13 @@ describe('front end (API)', () => {
     assert.equal(session.status.phase, 'Pending');
     const stored = JSON.parse((await store.get(keys.session(session.metadata.id)))!.value) as SessionRecord;
     assert.deepEqual(stored, { metadata: session.metadata, spec: session.spec });
+  });
+
+  it('gives a client a bounded time to send its whole request, so a body trickled a byte at a time cannot hold a connection', () => {
+    // Node enforces it (408, then the connection closes); 0 would turn it off, as Fastify's default does.
+    assert.ok(REQUEST_TIMEOUT_MS > 0 && REQUEST_TIMEOUT_MS <= 60_000);
+    assert.equal(frontend.app.server.requestTimeout, REQUEST_TIMEOUT_MS);
+    assert.ok(frontend.app.server.headersTimeout > 0);
   });
 
   it('names a caller without the header by an anonymous id', async () => {
