@@ -138,6 +138,21 @@ describe('HAProxy data plane (real haproxy)', function () {
     assert.equal((await get(httpPort, 'anything', '/haproxy-health')).status, 200);
   });
 
+  it("tells browsers never to send a session's hostname (its secret) to other sites in a Referer, whatever the workload asks", async () => {
+    const policy = (host: string): Promise<string | string[] | undefined> =>
+      new Promise((resolve, reject) => {
+        const req = http.request({ host: '127.0.0.1', port: httpPort, path: '/', headers: { host }, agent: false }, (res) => {
+          res.resume();
+          resolve(res.headers['referrer-policy']);
+        });
+        req.setTimeout(5000, () => req.destroy(new Error('request timed out')));
+        req.on('error', reject);
+        req.end();
+      });
+    assert.equal(await policy('alpha.sessions.test'), 'no-referrer');
+    assert.equal(await policy('gamma.sessions.test'), 'no-referrer');
+  });
+
   it('sends each request of a keep-alive connection that switches Host to the right backend', async () => {
     const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
     const sockets = new Set<net.Socket>();

@@ -17,6 +17,8 @@ export async function httpBackend(name: string): Promise<Backend & { wss: WebSoc
   const server = http.createServer((req, res) => {
     res.setHeader('content-type', 'text/plain');
     res.setHeader('x-seen-proto', req.headers['x-forwarded-proto'] ?? '');
+    // The loosest policy a workload's page may ask for: browsers would send its whole URL to other sites.
+    res.setHeader('referrer-policy', 'unsafe-url');
     res.end(`${name} ${req.url}`);
   });
   const wss = new WebSocketServer({ server });
