@@ -190,6 +190,13 @@ describe('the client commands (manticore sessions, templates)', function () {
       assert.equal(bad.code, exitCodes.usage, `--idle-timeout=${value}: ${bad.stderr}`);
       assert.equal(bad.stderr, `manticore: --idle-timeout wants a whole number of seconds (0: never), got "${value}"\n(see: manticore sessions --help)\n`);
     }
+    // A negative value given apart (--tail -1) is named with what the option takes too, not taken for an option of its own.
+    for (const args of [['logs', 'x', '--tail', '-1'], ['logs', 'x', '--tail=-1'], ['logs', 'x', '--tail', '1.5'], ['logs', 'x', '--tail', '--follow']]) {
+      const bad = await run('sessions', args);
+      assert.equal(bad.code, exitCodes.usage, `sessions ${args.join(' ')}: ${bad.stderr}`);
+      assert.match(bad.stderr, /^manticore: --tail wants a whole number of lines, got "(-1|1\.5|--follow)"\n\(see: manticore sessions --help\)\n$/);
+    }
+    assert.match((await run('sessions', ['create', '--template', 'demo', '--idle-timeout', '-5'])).stderr, /^manticore: --idle-timeout wants a whole number of seconds \(0: never\), got "-5"\n/);
     assert.match((await run('sessions', ['get', 'x', '--idle-timeout', '600'])).stderr, /^manticore: --idle-timeout goes only with "sessions create"\n/);
     assert.match((await run('sessions', ['--help'])).stdout, /--idle-timeout SECONDS/);
     assert.match((await run('sessions', ['list', '--wait'])).stderr, /^manticore: --wait goes only with "sessions create"\n\(see: manticore sessions --help\)\n$/);

@@ -114,7 +114,23 @@ export async function runClientCommand(command: ClientCommand, argv: string[], i
   }
 }
 
+/** The options that take a whole number, and what it counts. */
+const wholeNumberOptions = { tail: 'a whole number of lines', 'idle-timeout': 'a whole number of seconds (0: never)' } as const;
+
+type WholeNumberOption = keyof typeof wholeNumberOptions;
+
+/** The value of a whole-number option; the front end checks it against its limits. */
+function wholeNumber(option: WholeNumberOption, given: string): number {
+  if (!/^\d{1,15}$/.test(given)) throw new UsageError(`--${option} wants ${wholeNumberOptions[option]}, got "${given}"`);
+  return Number(given);
+}
+
 function parse(argv: string[], io: ClientIo): Invocation | 'help' {
+  // parseArgs refuses a value starting with a dash (`--tail -1`) as ambiguous without saying what the option takes.
+  for (let at = 0; at < argv.length - 1 && argv[at] !== '--'; at++) {
+    const option = argv[at]!.slice(2);
+    if (argv[at]!.startsWith('--') && Object.hasOwn(wholeNumberOptions, option) && argv[at + 1]!.startsWith('-')) wholeNumber(option as WholeNumberOption, argv[at + 1]!);
+  }
   let parsed;
   try {
     parsed = parseArgs({
@@ -212,7 +228,7 @@ async function sessions(invocation: Invocation): Promise<number> {
         template: values.template,
         parameters: pairs('--param', values.param),
         ...(values.label === undefined ? {} : { labels: pairs('--label', values.label) }),
-        ...(values['idle-timeout'] === undefined ? {} : { idle: { timeoutSeconds: seconds('--idle-timeout', values['idle-timeout']) } }),
+        ...(values['idle-timeout'] === undefined ? {} : { idle: { timeoutSeconds: wholeNumber('idle-timeout', values['idle-timeout']) } }),
       });
       if (!values.wait) {
         print(session);
@@ -316,11 +332,7 @@ async function follow({ client, output, io }: Invocation, id: string, answeredAt
  */
 async function logs({ client, output, values, io }: Invocation, id: string): Promise<number> {
   if (output === 'json') throw new UsageError('sessions logs prints the log as text; --output json does not apply to it');
-  let tail: number | undefined;
-  if (values.tail !== undefined) {
-    tail = Number(values.tail);
-    if (!/^\d+$/.test(values.tail) || !Number.isSafeInteger(tail)) throw new UsageError(`--tail wants a number of lines, not "${values.tail}"`);
-  }
+  const tail = values.tail === undefined ? undefined : wholeNumber('tail', values.tail);
   if (values.stream !== undefined && values.stream !== 'stdout' && values.stream !== 'stderr') throw new UsageError(`--stream must be stdout or stderr, not "${values.stream}"`);
   const query: LogQuery = { ...(values.task === undefined ? {} : { task: values.task }), ...(values.stream === undefined ? {} : { stream: values.stream }), ...(tail === undefined ? {} : { tail }) };
   const print = async (chunk: Uint8Array | string): Promise<void> => {
@@ -412,12 +424,6 @@ function pairs(flag: string, given: string[] | undefined): Record<string, string
     result[pair.slice(0, equals)] = pair.slice(equals + 1);
   }
   return result;
-}
-
-/** A whole number of seconds; the front end checks it against the operator's limits. */
-function seconds(flag: string, given: string): number {
-  if (!/^\d{1,15}$/.test(given)) throw new UsageError(`${flag} wants a whole number of seconds (0: never), got "${given}"`);
-  return Number(given);
 }
 
 function nonEmpty(value: string | undefined): string | undefined {
