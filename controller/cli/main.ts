@@ -2,7 +2,7 @@
 import { parseArgs } from 'node:util';
 import { ValidationError } from '../api/schemas.js';
 import { loadConfig, redactSecrets } from '../config/config.js';
-import { clientUsage, runClientCommand } from './client/commands.js';
+import { clientUsage, runClientCommand, type ClientCommand } from './client/commands.js';
 import { createLogger } from '../util/log.js';
 import { listenForStop, stopWithin } from './shutdown.js';
 import { allRoles, startManticore } from './up.js';
@@ -31,12 +31,25 @@ Options:
 
 ${clientUsage}`;
 
+const clientCommands: readonly ClientCommand[] = ['sessions', 'templates', 'limits', 'status'];
+
+function isClientCommand(arg: string | undefined): arg is ClientCommand {
+  return clientCommands.includes(arg as ClientCommand);
+}
+
 /** Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration. */
 async function main(argv: string[]): Promise<number> {
-  if (argv[0] === 'sessions' || argv[0] === 'templates' || argv[0] === 'limits' || argv[0] === 'status') {
+  if (isClientCommand(argv[0])) {
     const interrupted = new AbortController();
     process.once('SIGINT', () => interrupted.abort());
     return runClientCommand(argv[0], argv.slice(1), { stdout: process.stdout, stderr: process.stderr, env: process.env, signal: interrupted.signal });
+  }
+  // `manticore -o json sessions list`: the client commands take their options after them.
+  const client = argv.findIndex(isClientCommand);
+  if (client > 0 && argv[0]!.startsWith('-') && !argv.slice(0, client).some((arg) => arg === '-h' || arg === '--help')) {
+    const reordered = [...argv.slice(client), ...argv.slice(0, client)].join(' ');
+    process.stderr.write(`manticore: options go after the command, as in: manticore ${reordered}\n(see: manticore ${argv[client]} --help)\n`);
+    return 2;
   }
   let parsed;
   try {
@@ -51,7 +64,7 @@ async function main(argv: string[]): Promise<number> {
       },
     });
   } catch (error) {
-    process.stderr.write(`manticore: ${(error as Error).message}\n\n${usage}`);
+    process.stderr.write(`manticore: ${(error as Error).message}\n(see: manticore --help)\n`);
     return 2;
   }
   const [command, ...rest] = parsed.positionals;

@@ -45,6 +45,16 @@ describe('the manticore command', () => {
     assert.match(option.stderr, /Unknown option '--colour'/);
   });
 
+  it('says that the options of a client command go after it (exit 2), in one line and a hint rather than the whole usage', () => {
+    const before = run(['-o', 'yaml', 'sessions', 'list'], { MANTICORE_URL: 'http://127.0.0.1:9' });
+    assert.equal(before.status, 2);
+    assert.equal(before.stdout, '');
+    assert.equal(before.stderr, 'manticore: options go after the command, as in: manticore sessions list -o yaml\n(see: manticore sessions --help)\n');
+    const unknown = run(['--colour']);
+    assert.equal(unknown.status, 2);
+    assert.match(unknown.stderr, /^manticore: Unknown option '--colour'.*\n\(see: manticore --help\)\n$/s);
+  });
+
   it('refuses to start with a bad configuration file, naming the field, and starts nothing', () => {
     const file = path.join(dir, 'bad.yaml');
     fs.writeFileSync(file, 'router:\n  tcp:\n    portRangeStart: "low"\n');
