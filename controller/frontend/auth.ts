@@ -3,11 +3,8 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { ManticoreConfig } from '../config/config.js';
 import { newToken } from '../controller/claims.js';
 import { ApiError } from './errors.js';
-import type { Authenticator, Identity } from './identity.js';
+import { isUserId, userIdRule, type Authenticator, type Identity } from './identity.js';
 import { claim, JwtError, JwtVerifier } from './jwt.js';
-
-const userPattern = /^[A-Za-z0-9._@-]{1,128}$/;
-const userRule = '1 to 128 characters of A-Z a-z 0-9 . _ @ -';
 
 const anonymousCookie = 'manticore_user';
 /** `anon-` and 26 base32 characters (130 random bits): unguessable, so one anonymous user cannot pose as another. */
@@ -32,8 +29,8 @@ export class AnonymousOrHeaderAuthenticator implements Authenticator {
   identify(request: FastifyRequest, reply: FastifyReply): Identity {
     const header = request.headers['x-manticore-user'];
     if (header !== undefined) {
-      if (typeof header !== 'string' || !userPattern.test(header)) {
-        throw new ApiError(400, 'invalid X-Manticore-User header', [`X-Manticore-User: ${userRule}`]);
+      if (typeof header !== 'string' || !isUserId(header)) {
+        throw new ApiError(400, 'invalid X-Manticore-User header', [`X-Manticore-User: ${userIdRule}`]);
       }
       return { user: header, operator: false };
     }
@@ -75,7 +72,7 @@ export class JwtAuthenticator implements Authenticator {
     const raw = claim(claims, userClaim);
     // The SDL Developer Portal's user_id is a number.
     const user = typeof raw === 'number' && Number.isFinite(raw) ? String(raw) : raw;
-    if (typeof user !== 'string' || !userPattern.test(user)) throw invalidToken(`the ${userClaim} claim must be a user id: ${userRule}`);
+    if (typeof user !== 'string' || !isUserId(user)) throw invalidToken(`the ${userClaim} claim must be a user id: ${userIdRule}`);
     const expiresAt = this.verifier.acceptedUntil(claims);
     return { user, operator: claim(claims, operatorClaim) === true, verified: true, ...(expiresAt === undefined ? {} : { expiresAt }) };
   }

@@ -17,6 +17,13 @@ export interface Identity {
   readonly expiresAt?: number;
 }
 
+/** What a user name may be (the X-Manticore-User header's, a token's user claim), as said to whoever gives another. */
+export const userIdRule = '1 to 128 characters of A-Z a-z 0-9 . _ @ -';
+
+export function isUserId(value: string): boolean {
+  return /^[A-Za-z0-9._@-]{1,128}$/.test(value);
+}
+
 /**
  * Turns a request into an identity, or throws an ApiError (401) naming what is wrong with the
  * credentials. It may set response headers (an anonymous user's cookie).

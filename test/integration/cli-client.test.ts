@@ -202,6 +202,11 @@ describe('the client commands (manticore sessions, templates)', function () {
     assert.match((await run('sessions', ['list', '--wait'])).stderr, /^manticore: --wait goes only with "sessions create"\n\(see: manticore sessions --help\)\n$/);
     assert.match((await run('sessions', ['get', 'x', '--task', 'hmi', '--tail', '5'])).stderr, /^manticore: --task, --tail go only with "sessions logs"\n/);
     assert.match((await run('templates', ['a', 'b'])).stderr, /\(see: manticore templates --help\)\n$/);
+    // The front end's rule for a user name, checked before anything is sent.
+    const badUser = await run('sessions', ['list', '--user', 'alice smith']);
+    assert.equal(badUser.code, exitCodes.usage, badUser.stderr);
+    assert.equal(badUser.stderr, 'manticore: --user wants 1 to 128 characters of A-Z a-z 0-9 . _ @ -, got "alice smith"\n(see: manticore sessions --help)\n');
+    assert.match((await run('sessions', ['list'], { MANTICORE_USER: 'al/ice' })).stderr, /^manticore: MANTICORE_USER wants 1 to 128 characters of A-Z a-z 0-9 \. _ @ -, got "al\/ice"\n/);
     const logsAsJson = await run('sessions', ['logs', 'x', '-o', 'json']);
     assert.equal(logsAsJson.code, exitCodes.usage, 'a script asking for JSON does not get the log text instead');
     assert.match(logsAsJson.stderr, /^manticore: sessions logs prints the log as text/);

@@ -2,6 +2,7 @@ import os from 'node:os';
 import type { WriteStream } from 'node:tty';
 import { parseArgs } from 'node:util';
 import type { Session } from '../../api/types.js';
+import { isUserId, userIdRule } from '../../frontend/identity.js';
 import { FrontendClient, FrontendError, TokenExpiredError, UnreachableError, type LogQuery, type TemplateSummary } from './frontend-client.js';
 import { clusterView, describeSession, limitsView, progressLine, sessionTable, templateTable } from './format.js';
 
@@ -160,7 +161,10 @@ function parse(argv: string[], io: ClientIo): Invocation | 'help' {
   if (values.help) return 'help';
   if (values.output !== 'table' && values.output !== 'json') throw new UsageError(`--output must be table or json, not "${values.output}"`);
   const token = values.token ?? nonEmpty(io.env.MANTICORE_TOKEN);
-  const user = values.user ?? nonEmpty(io.env.MANTICORE_USER) ?? loginName();
+  const named = values.user ?? nonEmpty(io.env.MANTICORE_USER);
+  // The front end's rule: a name it would refuse (HTTP 400) is a usage error here.
+  if (named !== undefined && !isUserId(named)) throw new UsageError(`${values.user === undefined ? 'MANTICORE_USER' : '--user'} wants ${userIdRule}, got "${named}"`);
+  const user = named ?? loginName();
   let client: FrontendClient;
   try {
     client = new FrontendClient({ url: values.url ?? nonEmpty(io.env.MANTICORE_URL) ?? 'http://127.0.0.1:4000', token, user });
