@@ -165,6 +165,22 @@ describe('the client commands (manticore sessions, templates)', function () {
     assert.equal((await watch).code, exitCodes.sessionEnded);
   });
 
+  it('ends a watch and a create --wait with exit code 5 when the session fails, saying how to read why', async () => {
+    const waiting = run('sessions', ['create', '--template', 'demo', '--wait']);
+    await waitFor('the session created', () => /^session \S+ created\n/.test(waiting.output()));
+    const id = /^session (\S+) created/.exec(waiting.output())![1]!;
+    const watch = run('sessions', ['watch', id, '-o', 'json']);
+    await waitFor('job registration', () => h.scheduler.workload(id));
+    // Placed, never healthy: the start timeout fails it.
+    h.scheduler.run(id, { http: '127.0.0.1:31000', broker: '127.0.0.1:31001', tcp: '127.0.0.1:31002' }, false);
+    await waitFor('the watch following', () => watch.output().length > 0);
+    h.tick(10 * 60_000);
+    for (const ended of [await waiting, await watch]) {
+      assert.equal(ended.code, exitCodes.sessionEnded, ended.stderr);
+      assert.equal(ended.stderr, `manticore: session ${id} failed; its logs may say why: manticore sessions logs ${id} --stream stderr\n`);
+    }
+  });
+
   it('answers with exit codes scripts can rely on, and says why on stderr', async () => {
     const missing = await run('sessions', ['get', 'nosuchsession0000']);
     assert.equal(missing.code, exitCodes.notFound);

@@ -312,7 +312,12 @@ async function follow({ client, output, io }: Invocation, id: string, answeredAt
           if (output === 'table') io.stdout.write(describeSession(session));
           return exitCodes.ok;
         }
-        if (session.status.phase === 'Failed' || session.metadata.deletionRequestedAt !== undefined) return exitCodes.sessionEnded;
+        if (session.status.phase === 'Failed') {
+          // Its stopped workload's logs are kept: they usually say why.
+          io.stderr.write(`manticore: session ${id} failed; its logs may say why: manticore sessions logs ${id} --stream stderr\n`);
+          return exitCodes.sessionEnded;
+        }
+        if (session.metadata.deletionRequestedAt !== undefined) return exitCodes.sessionEnded;
       }
     } catch (error) {
       if (endedMeanwhile(error, lastNews)) return gone();
