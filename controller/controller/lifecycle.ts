@@ -98,10 +98,17 @@ export function restartDelayMs(policy: LifecyclePolicy, failuresInWindow: number
   return Math.min(policy.restartBackoffMs * 2 ** Math.max(0, failuresInWindow - 1), maxRestartDelayMs);
 }
 
-/** A duration as a short phrase for messages. */
+/**
+ * A duration as a short phrase for messages: seconds under 2 min, minutes under 2 h, else hours, with what is
+ * left over after the whole unit given too (150 s is "2 min 30 s"), so a limit reads as exactly what it is.
+ */
 export function formatSeconds(ms: number): string {
   const seconds = Math.round(ms / 1000);
   if (seconds < 120) return `${seconds} s`;
-  if (seconds < 7200) return `${Math.round(seconds / 60)} min`;
-  return `${Math.round(seconds / 3600)} h`;
+  const [unit, size] = seconds < 7200 ? ['min', 60] : ['h', 3600];
+  const rest = seconds % size;
+  const parts = [`${Math.floor(seconds / size)} ${unit}`];
+  if (rest >= 60) parts.push(`${Math.floor(rest / 60)} min`);
+  if (rest % 60 > 0) parts.push(`${rest % 60} s`);
+  return parts.join(' ');
 }

@@ -38,4 +38,11 @@ describe('manticore client tables', () => {
       ].join('\n'),
     );
   });
+
+  it('gives a duration that is not whole minutes or hours exactly, and a whole one in its unit', () => {
+    const view = limitsView({ sessionsPerUser: 1, idle: { defaultTimeoutSeconds: 150, maxTimeoutSeconds: 0, warningSeconds: 3600 }, maxLifetimeSeconds: 9030 });
+    assert.match(view, /^idle timeout {8}150 s \(2 min 30 s\) for a session/m);
+    assert.match(view, /^idle warning {8}3600 s \(60 min\) before/m);
+    assert.match(view, /^maximum lifetime {4}9030 s \(2 h 30 min 30 s\) from first Ready/m);
+  });
 });
