@@ -117,6 +117,16 @@ export class Frontend {
       }
       void reply.code(404).send({ error: `no route ${request.method} ${path}`, details: [] });
     });
+    // Fastify's router gives a parameter an empty value (`/api/v1/sessions/` matches `/api/v1/sessions/:id`);
+    // trailing slashes are not ignored here, so such a path is no route, not an empty id. The catch-all `*` may be empty.
+    this.app.addHook('onRequest', async (request, reply) => {
+      const params = request.params as Record<string, string>;
+      if (Object.entries(params).some(([name, value]) => name !== '*' && value === '')) {
+        reply.callNotFound();
+        return reply;
+      }
+      return undefined;
+    });
     instrumentHttp(this.app, 'frontend');
     // Liveness: the process answers. Readiness: it can serve users (caches synced, the store answering).
     this.app.get('/healthz', async () => ({ ok: true }));

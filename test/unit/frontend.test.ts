@@ -182,6 +182,11 @@ describe('front end (API)', () => {
       assert.equal(answer.statusCode, 404, url);
       assert.equal(answer.headers.allow, undefined);
     }
+    // Trailing slashes are not ignored: an empty path part is no session id, but no route at all.
+    for (const [method, url] of [['GET', '/api/v1/sessions/'], ['DELETE', '/api/v1/sessions/'], ['GET', '/api/v1/sessions//logs']] as const) {
+      const answer = await frontend.app.inject({ method, url, headers: { 'x-manticore-user': 'ann' } });
+      assert.deepEqual([answer.statusCode, answer.json()], [404, { error: `no route ${method} ${url}`, details: [] }], `${method} ${url}`);
+    }
   });
 
   it('counts every answer in its metrics, those of paths the router refuses too', async () => {
