@@ -108,6 +108,15 @@ export function completeUtf8Length(data: Buffer): number {
   return length;
 }
 
+/**
+ * Why a Failed session's stopped workload may have no logs left: the embedded scheduler keeps the allocations
+ * of stopped jobs (keptStoppedAllocations of them) and removes them all when it starts again.
+ */
+function whyGone(error: LogNotFoundError, failed: boolean, backend: 'embedded' | 'nomad'): string {
+  if (!failed || !error.allocationGone || backend !== 'embedded') return '';
+  return '; on the embedded default the logs of stopped workloads are kept only until Manticore restarts, and only for the most recently stopped ones';
+}
+
 export function registerLogs(app: FastifyInstance, sessions: SessionService, auth: Authenticator, options: LogRouteOptions): void {
   const counts = new StreamCounts(options.streamsPerUser, 'log streams');
   const open = new Set<(reason: string) => void>();
@@ -150,7 +159,7 @@ export function registerLogs(app: FastifyInstance, sessions: SessionService, aut
         // The first event says the log is there (or the read throws why not) before the answer is committed.
         await iterator.next();
       } catch (error) {
-        if (error instanceof LogNotFoundError) throw new ApiError(409, `the ${query.stream} log of task ${query.task} is not available: ${error.message}`);
+        if (error instanceof LogNotFoundError) throw new ApiError(409, `the ${query.stream} log of task ${query.task} is not available: ${error.message}${whyGone(error, failed, sessions.backend)}`);
         throw error;
       }
       const response = beginResponse(reply, query.follow ? eventStreamHeaders : textHeaders);

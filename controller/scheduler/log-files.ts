@@ -215,7 +215,7 @@ export class LogFiles implements TaskLogs {
     const base = `${request.task}.${request.stream}`;
     const { signal } = request;
     const listed = await logFileIndexes(dir, base);
-    if (listed === undefined) throw new LogNotFoundError(`allocation ${request.allocId} is not on this machine (unknown, or removed)`);
+    if (listed === undefined) throw new LogNotFoundError(`allocation ${request.allocId} is not on this machine (unknown, or removed)`, { allocationGone: true });
     if (listed.length === 0) throw new LogNotFoundError(`task ${request.task} of allocation ${request.allocId} has no ${request.stream} log (not started)`);
     const watch = request.follow ? this.watches.acquire(dir) : undefined;
     let file: OpenLogFile | undefined;

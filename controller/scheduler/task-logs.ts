@@ -94,9 +94,13 @@ export interface TaskLogs {
  * nothing so far. The message says which.
  */
 export class LogNotFoundError extends Error {
-  constructor(message: string, options?: { cause?: unknown }) {
+  /** The allocation itself is unknown or gone (not merely a task without a log yet). */
+  readonly allocationGone: boolean;
+
+  constructor(message: string, options?: { cause?: unknown; allocationGone?: boolean }) {
     super(message, options);
     this.name = 'LogNotFoundError';
+    this.allocationGone = options?.allocationGone ?? false;
   }
 }
 

@@ -167,6 +167,25 @@ describe('front end: task logs (GET /api/v1/sessions/{id}/logs)', () => {
     assert.equal((await get(`/api/v1/sessions/${id}/logs?follow=true`, 'bob')).statusCode, 404);
   });
 
+  it("says, for a Failed session whose workload's logs are gone, that the embedded default keeps them only until a restart", async () => {
+    const id = await create('ann');
+    await placed(id, 'alloc-gone');
+    const ready = await get(`/api/v1/sessions/${id}/logs`, 'ann');
+    assert.deepEqual([ready.statusCode, ready.json<{ error: string }>().error], [409, 'the stdout log of task core is not available: allocation alloc-gone is not on this machine (unknown, or removed)']);
+    await store.put(keys.status(id), statusJson({ phase: 'Failed', allocationId: 'alloc-gone' }));
+    await waitFor('the failure in the cache', () => frontend.sessions.statuses.cache.get(id)?.value?.phase === 'Failed');
+    const failed = await get(`/api/v1/sessions/${id}/logs`, 'ann');
+    assert.equal(failed.statusCode, 409);
+    assert.equal(
+      failed.json<{ error: string }>().error,
+      'the stdout log of task core is not available: allocation alloc-gone is not on this machine (unknown, or removed); ' +
+        'on the embedded default the logs of stopped workloads are kept only until Manticore restarts, and only for the most recently stopped ones',
+    );
+    // A task that never started is not put down to that.
+    await write(output('alloc-gone', 'core', 'stderr'), 'x\n');
+    assert.match((await get(`/api/v1/sessions/${id}/logs?task=hmi`, 'ann')).json<{ error: string }>().error, /has no stdout log \(not started\)$/);
+  });
+
   it('serves the log as text: all of it, the last lines, or from a position, across rotated files', async () => {
     const id = await create('ann');
     await placed(id, 'alloc-2');
