@@ -215,6 +215,8 @@ describe('web page: people in a browser against `manticore up`', function () {
       await store.put(frontendKeys.status(id), status('Failed'));
       await page.getByText("This is all of core's stdout: the session failed and its workload has stopped.").waitFor({ timeout: serverStepMs });
       assert.equal(await logText.innerText(), 'starting\ncannot open the config\n');
+      assert.equal(await page.locator('#log-follow').isHidden(), true, 'a log that has ended has nothing to pause');
+      assert.equal(await page.locator('#log-download').isVisible(), true);
       await screenshot(page, '00-failed-log');
     } finally {
       await page.close();

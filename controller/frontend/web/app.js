@@ -759,6 +759,7 @@ function openLogStream() {
   else query.set('tail', String(logTailLines));
   const source = new EventSource(`${api}${sessionPath(logs.sessionId)}/logs?${query}`);
   logs.source = source;
+  $('log-follow').hidden = false;
   const { task, stream } = logs;
   setLogStatus(`Connecting to ${task}'s ${stream}…`);
   source.addEventListener('start', (event) => {
@@ -780,6 +781,8 @@ function openLogStream() {
   // A failed session's workload is stopped: all of its log is shown, and there is nothing more to wait for.
   source.addEventListener('ended', () => {
     closeLogStream();
+    // Nothing more comes to pause; another task or stream of it shows the button again, until it ends too.
+    $('log-follow').hidden = true;
     setLogStatus(`This is all of ${task}'s ${stream}: the session failed and its workload has stopped.`);
   });
   source.addEventListener('gone', closeLogStream);
