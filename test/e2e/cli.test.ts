@@ -30,6 +30,8 @@ describe('the manticore command', () => {
     const result = run(['--help']);
     assert.equal(result.status, 0);
     assert.match(result.stdout, /Usage: manticore <command>/);
+    const wide = result.stdout.split('\n').filter((line) => line.length > 110);
+    assert.deepEqual(wide, [], 'every line within the width the usage is written to');
   });
 
   it('exits 2 with a message for an unknown command or option', () => {

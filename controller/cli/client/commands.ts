@@ -62,8 +62,9 @@ Client options:
                             which prints the log's text)
 
 Exit codes: 0 success, 1 front end unreachable or failing, 2 bad usage, 3 not found, 4 refused
-(invalid, not allowed, limit reached, rate limited, the token expired while following), 5 the watched session failed or ended before Ready,
-130 Ctrl-C stopped a watch (or create --wait) before Ready (the session keeps running).
+(invalid, not allowed, limit reached, rate limited, the token expired while following), 5 the watched
+session failed or ended before Ready, 130 Ctrl-C stopped a watch (or create --wait) before Ready (the
+session keeps running).
 `;
 
 export interface ClientIo {
