@@ -1,4 +1,4 @@
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest, type onRequestHookHandler } from 'fastify';
 import type { ErrorObject } from 'ajv';
 import { describeErrors, ValidationError } from '../api/schemas.js';
 import type { SessionTemplate } from '../api/types.js';
@@ -33,6 +33,21 @@ import { registerWebPage } from './web.js';
  * complete once their headers are.
  */
 export const REQUEST_TIMEOUT_MS = 30_000;
+
+/**
+ * Fastify's router gives a parameter an empty value (`/api/v1/sessions/` matches `/api/v1/sessions/:id`);
+ * trailing slashes are not ignored here, so such a path is no route, not an empty id.
+ */
+const refuseEmptyParams: onRequestHookHandler = (request, reply, done) => {
+  const params = request.params as Record<string, string>;
+  for (const name in params) {
+    if (params[name] === '') {
+      reply.callNotFound();
+      return;
+    }
+  }
+  done();
+};
 
 export interface FrontendOptions {
   readonly store: Store;
@@ -105,7 +120,11 @@ export class Frontend {
     this.app.addContentTypeParser('application/json', { parseAs: 'string' }, jsonBodyParser(this.app));
     this.app.setErrorHandler((error: FastifyError, request, reply) => this.sendError(error, request, reply));
     const routeMethods = new RouteMethods();
-    this.app.addHook('onRoute', (route) => routeMethods.add(route.url, route.method));
+    this.app.addHook('onRoute', (route) => {
+      routeMethods.add(route.url, route.method);
+      // Only routes with parameters can take an empty one: the others (the ceiling of every request) pay nothing.
+      if (route.url.includes('/:')) route.onRequest = [refuseEmptyParams, ...[route.onRequest ?? []].flat()];
+    });
     this.app.setNotFoundHandler((request, reply) => {
       // The path alone: a query string may carry an access token.
       const path = request.url.split('?', 1)[0]!;
@@ -116,16 +135,6 @@ export class Frontend {
         return;
       }
       void reply.code(404).send({ error: `no route ${request.method} ${path}`, details: [] });
-    });
-    // Fastify's router gives a parameter an empty value (`/api/v1/sessions/` matches `/api/v1/sessions/:id`);
-    // trailing slashes are not ignored here, so such a path is no route, not an empty id. The catch-all `*` may be empty.
-    this.app.addHook('onRequest', async (request, reply) => {
-      const params = request.params as Record<string, string>;
-      if (Object.entries(params).some(([name, value]) => name !== '*' && value === '')) {
-        reply.callNotFound();
-        return reply;
-      }
-      return undefined;
     });
     instrumentHttp(this.app, 'frontend');
     // Liveness: the process answers. Readiness: it can serve users (caches synced, the store answering).
