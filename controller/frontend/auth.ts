@@ -23,7 +23,8 @@ export function createAuthenticator(auth: ManticoreConfig['auth'], now: () => nu
 
 /**
  * Mode `none` (one machine, trusted users): the caller is named by the `X-Manticore-User` header, else by
- * an anonymous id kept in the `manticore_user` cookie, minted on the first request that has neither.
+ * an anonymous id kept in the `manticore_user` cookie, minted with the web page or on the first request
+ * that has neither.
  */
 export class AnonymousOrHeaderAuthenticator implements Authenticator {
   identify(request: FastifyRequest, reply: FastifyReply): Identity {
@@ -34,16 +35,29 @@ export class AnonymousOrHeaderAuthenticator implements Authenticator {
       }
       return { user: header, operator: false };
     }
-    const cookie = readCookie(request.headers.cookie, anonymousCookie);
-    if (cookie !== undefined && anonymousPattern.test(cookie)) return { user: cookie, operator: false };
-    // Anything else in the cookie (edited, truncated) is not an id this server handed out: start afresh.
-    const user = `anon-${newToken()}`;
-    // Secure when the request came over HTTPS (a trusted proxy's X-Forwarded-Proto counts): the browser then
-    // never sends the id, which is all it takes to act as this user, over plain HTTP.
-    const secure = request.protocol === 'https' ? '; Secure' : '';
-    reply.header('set-cookie', `${anonymousCookie}=${user}; ${anonymousCookieAttributes}${secure}`);
-    return { user, operator: false };
+    return { user: anonymousUserOf(request) ?? mintAnonymousUser(request, reply), operator: false };
   }
+
+  /** A new visitor gets their id with the page: else its first requests, sent together, would each mint one. */
+  welcome(request: FastifyRequest, reply: FastifyReply): void {
+    if (anonymousUserOf(request) === undefined) mintAnonymousUser(request, reply);
+  }
+}
+
+/** The anonymous id in the request's cookie, if it is one this server hands out. */
+function anonymousUserOf(request: FastifyRequest): string | undefined {
+  const cookie = readCookie(request.headers.cookie, anonymousCookie);
+  // Anything else in the cookie (edited, truncated) is not an id this server handed out.
+  return cookie !== undefined && anonymousPattern.test(cookie) ? cookie : undefined;
+}
+
+function mintAnonymousUser(request: FastifyRequest, reply: FastifyReply): string {
+  const user = `anon-${newToken()}`;
+  // Secure when the request came over HTTPS (a trusted proxy's X-Forwarded-Proto counts): the browser then
+  // never sends the id, which is all it takes to act as this user, over plain HTTP.
+  const secure = request.protocol === 'https' ? '; Secure' : '';
+  reply.header('set-cookie', `${anonymousCookie}=${user}; ${anonymousCookieAttributes}${secure}`);
+  return user;
 }
 
 /**
@@ -105,6 +119,10 @@ export class AdminTokenAuthenticator implements Authenticator {
     // Comparing digests (all one length) in constant time tells an attacker nothing about the token.
     if (token !== undefined && crypto.timingSafeEqual(sha256(token), this.digest)) return adminIdentity;
     return this.otherwise.identify(request, reply);
+  }
+
+  welcome(request: FastifyRequest, reply: FastifyReply): void {
+    this.otherwise.welcome?.(request, reply);
   }
 }
 

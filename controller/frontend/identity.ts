@@ -30,4 +30,9 @@ export function isUserId(value: string): boolean {
  */
 export interface Authenticator {
   identify(request: FastifyRequest, reply: FastifyReply): Identity;
+  /**
+   * On a load of the web page itself: hands out now whatever later requests will be identified by, as the
+   * page sends its first API requests together and each would otherwise be a stranger.
+   */
+  welcome?(request: FastifyRequest, reply: FastifyReply): void;
 }

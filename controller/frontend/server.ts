@@ -144,8 +144,8 @@ export class Frontend {
       const reason = this.synced ? await storeReadiness.check() : 'the caches are not synced yet';
       return reply.code(reason === undefined ? 200 : 503).send(reason === undefined ? { ready: true } : { ready: false, reason });
     });
-    registerWebPage(this.app);
     const identify = options.authenticator ?? new AnonymousOrHeaderAuthenticator();
+    registerWebPage(this.app, identify);
     const limiter = options.rateLimit === undefined ? undefined : new RateLimiter(options.rateLimit, options.now ?? Date.now);
     // One limiter for every API: a user's v1 and v2 requests draw on the same bucket.
     const limit = (inner: Authenticator): Authenticator => new RateLimitedAuthenticator(inner, limiter);

@@ -2,13 +2,16 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
+import type { Authenticator } from './identity.js';
 
 /** The page's files, served from the source tree (no build step), found from here both in the source tree and in dist/. */
 export const webDir: string = path.join(packageRoot(__dirname), 'controller/frontend/web');
 
+const pageUrl = '/';
+
 /** URL → file in `webDir`. The page is `/`; its assets live under `/web/`. */
 const routes: ReadonlyArray<readonly [url: string, file: string]> = [
-  ['/', 'index.html'],
+  [pageUrl, 'index.html'],
   ['/web/app.js', 'app.js'],
   ['/web/style.css', 'style.css'],
   ['/web/icon.svg', 'icon.svg'],
@@ -40,9 +43,10 @@ const contentSecurityPolicy = [
  * The web page for people (`/`): pick a template, start a session, follow it live, copy its addresses, keep
  * it alive, end it. The files are read once at start-up (a missing one stops the front end at once) and
  * served with a strong ETag and `no-cache`: a browser revalidates on every load (a 304 costs nothing) and so
- * never runs a stale script against a newer API after an upgrade.
+ * never runs a stale script against a newer API after an upgrade. The page itself comes with what the
+ * authenticator hands a new visitor (`welcome`).
  */
-export function registerWebPage(app: FastifyInstance): void {
+export function registerWebPage(app: FastifyInstance, authenticator?: Pick<Authenticator, 'welcome'>): void {
   for (const [url, file] of routes) {
     const body = fs.readFileSync(path.join(webDir, file));
     const etag = `"${createHash('sha256').update(body).digest('base64url').slice(0, 27)}"`;
@@ -55,8 +59,10 @@ export function registerWebPage(app: FastifyInstance): void {
       // The page links to sessions' secret hostnames; nothing about it needs to travel in a Referer.
       'referrer-policy': 'no-referrer',
     };
+    const welcome = url === pageUrl ? authenticator?.welcome?.bind(authenticator) : undefined;
     app.get(url, async (request, reply) => {
       void reply.headers(headers);
+      welcome?.(request, reply);
       if (request.headers['if-none-match']?.split(/\s*,\s*/).includes(etag)) return reply.code(304).send();
       return reply.send(body);
     });

@@ -149,6 +149,20 @@ describe('front end: identity, isolation and rate limits', () => {
       assert.doesNotMatch(await cookieOf(['10.0.0.0/8'], { 'x-forwarded-proto': 'https' }), /Secure/);
     });
 
+    it('hands a new visitor their id with the page, so the page’s first requests, sent together, are one user', async () => {
+      const { frontend, create } = await open(noneConfig);
+      const page = await frontend.app.inject({ method: 'GET', url: '/' });
+      assert.equal(page.statusCode, 200);
+      const minted = /^manticore_user=(anon-[a-z2-7]{26});/.exec(String(page.headers['set-cookie']))?.[1] ?? assert.fail(`no id with the page: ${String(page.headers['set-cookie'])}`);
+      assert.equal((await create({ cookie: `manticore_user=${minted}` })).metadata.owner, minted);
+      for (const url of ['/', '/web/app.js']) {
+        const again = await frontend.app.inject({ method: 'GET', url, headers: { cookie: `manticore_user=${minted}` } });
+        assert.equal(again.headers['set-cookie'], undefined, `${url}: a known visitor keeps their id`);
+      }
+      const asset = await frontend.app.inject({ method: 'GET', url: '/web/app.js' });
+      assert.equal(asset.headers['set-cookie'], undefined, 'only the page itself hands ids out');
+    });
+
     it('ignores a cookie it did not mint and mints a new id', async () => {
       const { create, inject } = await open(noneConfig);
       for (const value of ['alice', 'anon-short', `anon-${'A'.repeat(26)}`, `anon-${'a'.repeat(27)}`, '']) {
@@ -190,6 +204,13 @@ describe('front end: identity, isolation and rate limits', () => {
       iat: nowSeconds(),
       exp: nowSeconds() + 3600,
       ...extra,
+    });
+
+    it('hands out no anonymous id with the page', async () => {
+      const { frontend } = await open(jwtConfig());
+      const page = await frontend.app.inject({ method: 'GET', url: '/' });
+      assert.equal(page.statusCode, 200);
+      assert.equal(page.headers['set-cookie'], undefined);
     });
 
     it('accepts HS256, RS256 and ES256 tokens, naming the user by the claim', async () => {
