@@ -1,4 +1,5 @@
 import path from 'node:path';
+import { compileValidators } from '../api/schemas.js';
 import { loadTemplates } from '../api/templates.js';
 import type { ManticoreConfig, RouterTlsConfig } from '../config/config.js';
 import type { Logger } from '../util/log.js';
@@ -88,6 +89,7 @@ class StartedParts {
 export async function startManticore(config: ManticoreConfig, log: Logger, roles: readonly Role[] = allRoles, stopSignal?: AbortSignal): Promise<RunningManticore> {
   const parts = new StartedParts(log, stopSignal);
   try {
+    compileValidators();
     const templates = loadTemplates(config.templates.dir);
     // Before anything starts: an unreadable public key stops start-up with a ValidationError naming it.
     const authenticator = roles.includes('frontend') ? createAuthenticator(config.auth) : undefined;
