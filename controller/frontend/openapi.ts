@@ -196,7 +196,7 @@ export function openApiDocument(): JsonObject {
         post: {
           summary: 'v2: where to connect for the user’s live session.',
           requestBody: v2Body('V2Id'),
-          responses: { '200': json(ref('V2JobAnswer'), 'Where to connect.'), '400': v2BadRequest('Invalid or missing id, or no live session.'), '404': v2Error('This deployment runs no sdl sessions.'), ...v2BodyErrors },
+          responses: { '200': json(ref('V2JobAnswer'), 'Where to connect.'), '400': v2BadRequest('Invalid or missing id, or no live session.'), '404': v2Error('This deployment runs no sdl sessions.'), ...v2BodyErrors, ...storeErrors },
         },
       },
     },

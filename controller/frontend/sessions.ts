@@ -1,4 +1,4 @@
-import { merge, Observable } from 'rxjs';
+import { filter, firstValueFrom, merge, Observable, startWith, timeout } from 'rxjs';
 import { encodeRecord, parseRecord, validate } from '../api/schemas.js';
 import { resolveParameters } from '../api/templates.js';
 import type { ActivityRecord, Session, SessionRecord, SessionStatus, SessionTemplate } from '../api/types.js';
@@ -43,6 +43,8 @@ export interface CreatedSession {
 }
 
 const idPattern = /^[a-z0-9]{8,40}$/;
+/** How long catchUp() waits for the watch to bring what the store holds: it normally takes milliseconds. */
+export const CATCH_UP_TIMEOUT_MS = 5_000;
 /** A new session's status, serialised once: an answer to a create is its record's JSON with this appended. */
 const pendingStatusJson = JSON.stringify(pendingStatus());
 
@@ -224,6 +226,25 @@ export class SessionService {
         if (listeners.size === 0 && this.listeners.get(id) === listeners) this.listeners.delete(id);
       };
     });
+  }
+
+  /**
+   * Waits until this process's cache shows the session as the store holds it now, so that what is read
+   * from the caches next includes every change to it acknowledged before the call (a deletion just
+   * requested, through this replica or another). 503 when the watch does not get there in time.
+   */
+  async catchUp(id: string): Promise<void> {
+    const stored = await this.options.store.get(this.options.keys.session(id));
+    const shown = (): boolean => {
+      const cached = this.sessions.cache.get(id);
+      return stored === undefined ? cached === undefined : cached !== undefined && cached.entry.modifyIndex >= stored.modifyIndex;
+    };
+    try {
+      await firstValueFrom(this.sessions.applied.pipe(startWith(undefined), filter(shown), timeout({ first: CATCH_UP_TIMEOUT_MS })));
+    } catch (error) {
+      this.options.log.warn({ err: error, session: id, storedIndex: stored?.modifyIndex }, 'the sessions cache did not catch up with the store');
+      throw new ApiError(503, `this front end has not yet seen the latest change to session "${id}"; try again`);
+    }
   }
 
   /** Requests deletion (idempotent); the controller tears the session down and removes it. */

@@ -109,12 +109,20 @@ export function registerApiV2(
   const caller = limit(new V2Caller(identify));
   const userOf = (request: FastifyRequest, reply: FastifyReply): string => caller.identify(request, reply).user;
 
-  /** The user's live v2 sessions (those carrying a passcode), oldest first. */
-  const jobsOf = (user: string): Array<{ id: string; passcode: string }> =>
+  /** The user's live v2 sessions (those carrying a passcode), oldest first, as the cache shows them. */
+  const cachedJobsOf = (user: string): Array<{ id: string; passcode: string }> =>
     sessions.liveSessionsOf(user).flatMap((id) => {
       const passcode = passcodes.passcodeOf(id);
       return passcode === undefined ? [] : [{ id, passcode }];
     });
+  /**
+   * As cachedJobsOf, once the cache shows those sessions as the store has them: a DELETE answered a moment
+   * ago must not leave its session's passcode to be handed out again, to a client told `dead` at once.
+   */
+  const jobsOf = async (user: string): Promise<Array<{ id: string; passcode: string }>> => {
+    await Promise.all(cachedJobsOf(user).map(({ id }) => sessions.catchUp(id)));
+    return cachedJobsOf(user);
+  };
 
   const connection = (passcode: string): JobConnection => {
     const { domain, port, protocol } = options.address;
@@ -162,7 +170,7 @@ export function registerApiV2(
         const checked = validateJob(choices, request.body);
         if ('error' in checked) throw new V2Error(400, checked.error);
         const passcode = await createsByUser.run(user, async () => {
-          const existing = jobsOf(user)[0];
+          const existing = (await jobsOf(user))[0];
           if (existing !== undefined) {
             log.debug({ session: existing.id, user }, 'v2 job requested again; answering with its passcode');
             return existing.passcode;
@@ -181,7 +189,7 @@ export function registerApiV2(
         const user = userOf(request, reply);
         const owner: Identity = { user, operator: false };
         await Promise.all(
-          jobsOf(user).map(({ id }) =>
+          cachedJobsOf(user).map(({ id }) =>
             sessions.delete(owner, id).catch((error: unknown) => {
               // Gone between the cache and the store: nothing left to delete, as v2 answered.
               if (!(error instanceof ApiError && error.statusCode === 404)) throw error;
@@ -193,7 +201,7 @@ export function registerApiV2(
 
       v2.post('/info', async (request, reply) => {
         requireJob();
-        const existing = jobsOf(userOf(request, reply))[0];
+        const existing = (await jobsOf(userOf(request, reply)))[0];
         // v2 answered an id it had no passcode for as an invalid one.
         if (existing === undefined) throw new V2Error(400, 'Invalid or missing id');
         return connection(existing.passcode);

@@ -13,11 +13,12 @@ import { Keys } from '../../controller/controller/keys.js';
 import { heartbeatMs } from '../../controller/frontend/events.js';
 import type { Authenticator, Identity } from '../../controller/frontend/identity.js';
 import { Frontend, type FrontendOptions } from '../../controller/frontend/server.js';
+import { CATCH_UP_TIMEOUT_MS } from '../../controller/frontend/sessions.js';
 import { passcodeLabel, type ApiV2Options } from '../../controller/frontend/v2.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import type { Store } from '../../controller/store/store.js';
-import { delayWhen, from, of } from 'rxjs';
-import { delegatingStore } from '../support/controller-harness.js';
+import { delayWhen, filter, firstValueFrom, from, of, Subject } from 'rxjs';
+import { delegatingStore, laggingWatch } from '../support/controller-harness.js';
 import { silentLogger } from '../../controller/util/log.js';
 import { testExpiry } from '../support/frontend.js';
 import { V2Socket } from '../support/v2-client.js';
@@ -175,6 +176,54 @@ describe('front end: the v2 compatibility API', () => {
     const other = await inject('POST', '/api/v2/job', { id: 'dev-2', ...job });
     assert.notEqual(other.body.passcode, first.passcode);
     assert.equal((await storedSessions()).length, 2);
+  });
+
+  it('answers a POST right after a DELETE with a new session, even before the watch shows the deletion; /info then answers 400', async () => {
+    const lagging = laggingWatch(store, keys.sessions);
+    const reads = new Subject<string>();
+    const { frontend: lagged } = await startFrontend({ store: { ...lagging.store, get: (key) => (reads.next(key), lagging.store.get(key)) }, sessionsPerUser: 1 });
+    const first = (await inject('POST', '/api/v2/job', { id: 'dev-1', ...job }, {}, lagged)).body.passcode as string;
+    const deleted = await sessionOf('dev-1');
+    await cached(deleted.metadata.id, lagged);
+
+    // The deletion is in the store, but this front end's cache still shows the session live.
+    lagging.hold();
+    assert.equal((await inject('DELETE', '/api/v2/job', { id: 'dev-1' }, {}, lagged)).status, 200);
+    const storeRead = firstValueFrom(reads.pipe(filter((key) => key === keys.session(deleted.metadata.id))));
+    const info = inject('POST', '/api/v2/info', { id: 'dev-1' }, {}, lagged);
+    const again = inject('POST', '/api/v2/job', { id: 'dev-1', ...job }, {}, lagged);
+    // Answers given from the stale cache come before any read of the store; they must not.
+    await Promise.race([storeRead, info, again]);
+    lagging.release();
+
+    assert.deepEqual((await info).body, { error: 'Invalid or missing id' });
+    const answer = await again;
+    assert.equal(answer.status, 200, answer.text);
+    assert.notEqual(answer.body.passcode, first, 'not the passcode of the session being deleted');
+    const live = (await storedSessions()).filter((record) => record.metadata.deletionRequestedAt === undefined);
+    assert.deepEqual(live.map((record) => record.metadata.labels?.[passcodeLabel]), [answer.body.passcode]);
+  });
+
+  it('answers 503 rather than a passcode it cannot vouch for when its cache does not catch up with the store', async () => {
+    const lagging = laggingWatch(store, keys.sessions);
+    const { frontend: lagged } = await startFrontend({ store: lagging.store });
+    await inject('POST', '/api/v2/job', { id: 'dev-1', ...job }, {}, lagged);
+    await cached((await sessionOf('dev-1')).metadata.id, lagged);
+    lagging.hold();
+    assert.equal((await inject('DELETE', '/api/v2/job', { id: 'dev-1' }, {}, lagged)).status, 200);
+    // Only the intervals are fake (rxjs times out with one): the store and the requests run on real time.
+    const clock = sinon.useFakeTimers({ toFake: ['setInterval', 'clearInterval'], shouldClearNativeTimers: true });
+    try {
+      const again = inject('POST', '/api/v2/job', { id: 'dev-1', ...job }, {}, lagged);
+      await waitFor('the wait for the cache to begin', () => clock.countTimers() === 1);
+      clock.tick(CATCH_UP_TIMEOUT_MS);
+      const answer = await again;
+      assert.equal(answer.status, 503, answer.text);
+      assert.match(answer.body.error, /has not yet seen the latest change to session "[a-z0-9]+"; try again/);
+    } finally {
+      clock.restore();
+      lagging.release();
+    }
   });
 
   it('answers with the configured domain, port and protocol', async () => {
