@@ -319,7 +319,8 @@ export function openApiDocument(): JsonObject {
           },
         },
         V2Error: { type: 'object', additionalProperties: false, required: ['error'], properties: { error: { type: 'string' } } },
-        V2Id: { type: 'object', required: ['id'], properties: { id: { type: 'string', pattern: '^[A-Za-z0-9-]+$' } } },
+        V2Id: { type: 'object', required: ['id'], properties: { id: ref('V2UserId') } },
+        V2UserId: { oneOf: [{ type: 'string', pattern: '^[A-Za-z0-9-]{1,256}$' }, { type: 'integer', description: 'Read as its decimal string.' }] },
         V2JobOptions: {
           type: 'object',
           required: ['core', 'hmis'],
@@ -332,7 +333,7 @@ export function openApiDocument(): JsonObject {
           type: 'object',
           required: ['id', 'core', 'hmi'],
           properties: {
-            id: { type: 'string', pattern: '^[A-Za-z0-9-]+$' },
+            id: ref('V2UserId'),
             core: { type: 'object', required: ['version', 'build'], properties: { version: { type: 'string' }, build: { type: 'string' } } },
             hmi: { type: 'object', required: ['type', 'version'], properties: { type: { type: 'string' }, version: { type: 'string' } } },
           },

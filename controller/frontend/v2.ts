@@ -281,7 +281,10 @@ class V2Caller implements Authenticator {
   identify(request: FastifyRequest, reply: FastifyReply): Identity {
     const identity = this.inner.identify(request, reply);
     if (identity.verified === true) return identity;
-    const id = field(request.body, 'id');
+    const raw = field(request.body, 'id');
+    // v2's wiki and its job module's example send a number (`"id": 3`), which v2 refused: read as its
+    // decimal string, as a token's numeric user claim is, so 3 and "3" are one user.
+    const id = typeof raw === 'number' && Number.isSafeInteger(raw) ? String(raw) : raw;
     if (typeof id !== 'string' || !idPattern.test(id)) throw new V2Error(400, 'Invalid or missing id');
     return { user: id, operator: false };
   }

@@ -99,7 +99,8 @@ describe('front end: the v2 compatibility API', () => {
       [undefined, 'Invalid or missing id'],
       ['', 'Invalid or missing id'],
       [{ ...job }, 'Invalid or missing id'],
-      [{ id: 3, ...job }, 'Invalid or missing id'],
+      [{ id: 3.5, ...job }, 'Invalid or missing id'],
+      [{ id: 2 ** 60, ...job }, 'Invalid or missing id'],
       [{ id: '', ...job }, 'Invalid or missing id'],
       [{ id: 'has space', ...job }, 'Invalid or missing id'],
       [{ id: 'x'.repeat(257), ...job }, 'Invalid or missing id'],
@@ -224,6 +225,17 @@ describe('front end: the v2 compatibility API', () => {
       clock.restore();
       lagging.release();
     }
+  });
+
+  it('takes an integer id, as v2’s wiki and job examples send it, as the same user as its decimal string', async () => {
+    const created = await inject('POST', '/api/v2/job', { id: 3, ...job });
+    assert.equal(created.status, 200, created.text);
+    const record = await sessionOf('3');
+    await cached(record.metadata.id);
+    assert.deepEqual((await inject('POST', '/api/v2/job', { id: '3', ...job })).body, created.body);
+    assert.deepEqual((await inject('POST', '/api/v2/info', { id: 3 })).body, created.body);
+    assert.equal((await inject('DELETE', '/api/v2/job', { id: 3 })).status, 200);
+    assert.ok((await sessionOf('3')).metadata.deletionRequestedAt);
   });
 
   it('answers with the configured domain, port and protocol', async () => {

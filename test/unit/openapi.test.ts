@@ -164,7 +164,7 @@ describe('front end: OpenAPI document', () => {
       };
       const job = { id: 'user-1', core: { version: '8.2.0-ubuntu-update', build: 'default' }, hmi: { type: 'generic', version: 'minimal-0.13.0' } };
       await expect('/api/v2/job', 'GET', 200);
-      await expect('/api/v2/job', 'POST', 400, { ...job, id: 3 });
+      await expect('/api/v2/job', 'POST', 400, { ...job, id: 'has space' });
       await expect('/api/v2/job', 'POST', 400, { ...job, core: { version: '1.0', build: 'default' } });
       await expect('/api/v2/job', 'POST', 200, job);
       await expect('/api/v2/info', 'POST', 200, { id: 'user-1' });
