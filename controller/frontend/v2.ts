@@ -95,8 +95,9 @@ export function registerApiV2(
   const job = jobOptionsOf(sessions);
   const passcodes = new PasscodeIndex();
   sessions.sessions.cache.changes.subscribe(({ id, current }) => passcodes.set(id, passcodeOf(current?.value)));
-  // One check-then-create at a time per user in this process: a repeated POST gets the first one's passcode.
-  const createsByUser = new KeyedSerializer();
+  // One request at a time per user in this process, in arrival order, as v2 applied its batch: a repeated
+  // POST gets the first one's passcode, and a DELETE or /info sent while a POST is storing sees its session.
+  const byUser = new KeyedSerializer();
 
   const requireJob = (): JobOptions => {
     if ('unavailable' in job) throw new V2Error(404, job.unavailable);
@@ -169,7 +170,7 @@ export function registerApiV2(
         const user = userOf(request, reply);
         const checked = validateJob(choices, request.body);
         if ('error' in checked) throw new V2Error(400, checked.error);
-        const passcode = await createsByUser.run(user, async () => {
+        const passcode = await byUser.run(user, async () => {
           const existing = (await jobsOf(user))[0];
           if (existing !== undefined) {
             log.debug({ session: existing.id, user }, 'v2 job requested again; answering with its passcode');
@@ -188,12 +189,14 @@ export function registerApiV2(
         requireJob();
         const user = userOf(request, reply);
         const owner: Identity = { user, operator: false };
-        await Promise.all(
-          cachedJobsOf(user).map(({ id }) =>
-            sessions.delete(owner, id).catch((error: unknown) => {
-              // Gone between the cache and the store: nothing left to delete, as v2 answered.
-              if (!(error instanceof ApiError && error.statusCode === 404)) throw error;
-            }),
+        await byUser.run(user, () =>
+          Promise.all(
+            cachedJobsOf(user).map(({ id }) =>
+              sessions.delete(owner, id).catch((error: unknown) => {
+                // Gone between the cache and the store: nothing left to delete, as v2 answered.
+                if (!(error instanceof ApiError && error.statusCode === 404)) throw error;
+              }),
+            ),
           ),
         );
         return reply.code(200).send();
@@ -201,7 +204,8 @@ export function registerApiV2(
 
       v2.post('/info', async (request, reply) => {
         requireJob();
-        const existing = (await jobsOf(userOf(request, reply)))[0];
+        const user = userOf(request, reply);
+        const existing = await byUser.run(user, async () => (await jobsOf(user))[0]);
         // v2 answered an id it had no passcode for as an invalid one.
         if (existing === undefined) throw new V2Error(400, 'Invalid or missing id');
         return connection(existing.passcode);

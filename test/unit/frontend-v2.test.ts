@@ -11,13 +11,14 @@ import { loadConfig } from '../../controller/config/config.js';
 import type { Condition, SessionRecord, SessionStatus, SessionTemplate } from '../../controller/api/types.js';
 import { Keys } from '../../controller/controller/keys.js';
 import { heartbeatMs } from '../../controller/frontend/events.js';
+import { AnonymousOrHeaderAuthenticator } from '../../controller/frontend/auth.js';
 import type { Authenticator, Identity } from '../../controller/frontend/identity.js';
 import { Frontend, type FrontendOptions } from '../../controller/frontend/server.js';
 import { CATCH_UP_TIMEOUT_MS } from '../../controller/frontend/sessions.js';
 import { passcodeLabel, type ApiV2Options } from '../../controller/frontend/v2.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import type { Store } from '../../controller/store/store.js';
-import { delayWhen, filter, firstValueFrom, from, of, Subject } from 'rxjs';
+import { delayWhen, filter, firstValueFrom, from, lastValueFrom, of, Subject, take } from 'rxjs';
 import { delegatingStore, laggingWatch } from '../support/controller-harness.js';
 import { silentLogger } from '../../controller/util/log.js';
 import { testExpiry } from '../support/frontend.js';
@@ -236,6 +237,33 @@ describe('front end: the v2 compatibility API', () => {
     assert.deepEqual((await inject('POST', '/api/v2/info', { id: 3 })).body, created.body);
     assert.equal((await inject('DELETE', '/api/v2/job', { id: 3 })).status, 200);
     assert.ok((await sessionOf('3')).metadata.deletionRequestedAt);
+  });
+
+  it('handles a DELETE or /info sent while the user’s POST is still storing its session after that POST, as v2 applied them in order', async () => {
+    let storing!: () => void;
+    const stored = new Promise<void>((resolve) => (storing = resolve));
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    // The store takes the new session's record only when released.
+    const slow: Store = { ...delegatingStore(store), put: async (key, value, options) => (options?.cas === 0 && key.startsWith(keys.sessions) ? (storing(), await released) : undefined, store.put(key, value, options)) };
+    const asked = new Subject<string>();
+    const anonymous = new AnonymousOrHeaderAuthenticator();
+    const { frontend: slowed } = await startFrontend({ store: slow, authenticator: { identify: (request, reply) => (asked.next(`${request.method} ${request.url}`), anonymous.identify(request, reply)) } });
+
+    const created = inject('POST', '/api/v2/job', { id: 'dev-1', ...job }, {}, slowed);
+    await stored;
+    const askedBoth = lastValueFrom(asked.pipe(filter((call) => call === 'POST /api/v2/info' || call === 'DELETE /api/v2/job'), take(2)));
+    const info = inject('POST', '/api/v2/info', { id: 'dev-1' }, {}, slowed);
+    const deleted = inject('DELETE', '/api/v2/job', { id: 'dev-1' }, {}, slowed);
+    // Both have been read and know their user; only then may the record be stored.
+    await askedBoth;
+    release();
+
+    const answer = await created;
+    assert.equal(answer.status, 200, answer.text);
+    assert.deepEqual((await info).body, answer.body);
+    assert.equal((await deleted).status, 200);
+    assert.ok((await sessionOf('dev-1')).metadata.deletionRequestedAt, 'the DELETE ended the session the POST made');
   });
 
   it('answers with the configured domain, port and protocol', async () => {
