@@ -67,6 +67,9 @@ export class SessionService {
   private readonly listeners = new Map<string, Set<() => void>>();
   /** The cached sessions' ids by owner: a user's sessions are found without walking everyone's. */
   private readonly owners = new OwnerIndex();
+  /** The catchUpAll() round callers join now, which reads the store only after they came; and the one reading. */
+  private pendingRound: Promise<void> | undefined;
+  private runningRound: Promise<void> = Promise.resolve();
 
   constructor(private readonly options: SessionServiceOptions) {
     const log = options.log;
@@ -239,11 +242,38 @@ export class SessionService {
       const cached = this.sessions.cache.get(id);
       return stored === undefined ? cached === undefined : cached !== undefined && cached.entry.modifyIndex >= stored.modifyIndex;
     };
+    await this.awaitCache(shown, `the latest change to session "${id}"`, { session: id, storedIndex: stored?.modifyIndex });
+  }
+
+  /**
+   * Waits until this process's sessions cache shows every session the store holds now: one created a moment
+   * ago through another replica, say. It costs a listing of the sessions' keys, so callers arriving together
+   * share one (a round reads the store only after everyone who joined it came), however many there are.
+   * 503 when the watch does not get there in time.
+   */
+  catchUpAll(): Promise<void> {
+    this.pendingRound ??= this.runningRound.then(() => {
+      this.pendingRound = undefined;
+      const round = this.catchUpRound();
+      // The next round begins once this one has ended, whether it succeeded or not.
+      this.runningRound = round.catch(() => undefined);
+      return round;
+    });
+    return this.pendingRound;
+  }
+
+  private async catchUpRound(): Promise<void> {
+    const read = await this.options.store.prefixIndex(this.options.keys.sessions);
+    await this.awaitCache(() => this.sessions.caughtUpWith(read), 'the latest sessions', { storeIndex: read.index });
+  }
+
+  /** Waits until `shown` holds of the sessions cache; 503, saying it has not yet seen `what`, when its watch does not get there in time. */
+  private async awaitCache(shown: () => boolean, what: string, context: Record<string, unknown>): Promise<void> {
     try {
       await firstValueFrom(this.sessions.applied.pipe(startWith(undefined), filter(shown), timeout({ first: CATCH_UP_TIMEOUT_MS })));
     } catch (error) {
-      this.options.log.warn({ err: error, session: id, storedIndex: stored?.modifyIndex }, 'the sessions cache did not catch up with the store');
-      throw new ApiError(503, `this front end has not yet seen the latest change to session "${id}"; try again`);
+      this.options.log.warn({ err: error, ...context, cacheIndex: this.sessions.index }, 'the sessions cache did not catch up with the store');
+      throw new ApiError(503, `this front end has not yet seen ${what}; try again`);
     }
   }
 

@@ -117,12 +117,20 @@ export function registerApiV2(
       return passcode === undefined ? [] : [{ id, passcode }];
     });
   /**
-   * As cachedJobsOf, once the cache shows those sessions as the store has them: a DELETE answered a moment
-   * ago must not leave its session's passcode to be handed out again, to a client told `dead` at once.
+   * As cachedJobsOf, once the cache shows the user's sessions as the store has them: a DELETE answered a
+   * moment ago must not leave its session's passcode to be handed out again, to a client told `dead` at
+   * once; and a session created a moment ago through another replica must be found (not created twice,
+   * not left running by a DELETE).
    */
   const jobsOf = async (user: string): Promise<Array<{ id: string; passcode: string }>> => {
-    await Promise.all(cachedJobsOf(user).map(({ id }) => sessions.catchUp(id)));
+    const cached = cachedJobsOf(user);
+    await (cached.length === 0 ? sessions.catchUpAll() : Promise.all(cached.map(({ id }) => sessions.catchUp(id))));
     return cachedJobsOf(user);
+  };
+  /** The session a passcode opens; one unknown here may be a session's created a moment ago through another replica. */
+  const sessionOfPasscode = async (passcode: string): Promise<string | undefined> => {
+    if (passcodes.sessionOf(passcode) === undefined && passcodePattern.test(passcode)) await sessions.catchUpAll();
+    return passcodes.sessionOf(passcode);
   };
 
   const connection = (passcode: string): JobConnection => {
@@ -189,9 +197,9 @@ export function registerApiV2(
         requireJob();
         const user = userOf(request, reply);
         const owner: Identity = { user, operator: false };
-        await byUser.run(user, () =>
+        await byUser.run(user, async () =>
           Promise.all(
-            cachedJobsOf(user).map(({ id }) =>
+            (await jobsOf(user)).map(({ id }) =>
               sessions.delete(owner, id).catch((error: unknown) => {
                 // Gone between the cache and the store: nothing left to delete, as v2 answered.
                 if (!(error instanceof ApiError && error.statusCode === 404)) throw error;
@@ -226,21 +234,36 @@ export function registerApiV2(
       return;
     }
     server.handleUpgrade(request, socket, head, (ws) => {
-      const id = passcodes.sessionOf(match[1]!);
-      if (id === undefined) {
-        log.debug('v2 job socket refused: unknown passcode');
-        // The client may send until the close handshake ends, and a frame that breaks the protocol is an
-        // 'error' event, which crashes the process where nothing listens. Such a client is not waited for.
-        ws.on('error', (error: Error) => {
-          log.debug({ err: error }, 'v2 job socket refused: the client broke the protocol');
-          ws.terminate();
-        });
-        ws.close(1008, 'unknown passcode');
-        return;
-      }
-      const jobSocket = new JobSocket(ws, id, sessions, streams, now, log, () => open.delete(jobSocket));
-      open.add(jobSocket);
-      jobSocket.start();
+      // The client may send while its passcode is looked up and until a refusal's close handshake ends, and
+      // a frame that breaks the protocol is an 'error' event, which crashes the process where nothing
+      // listens. Such a client is not waited for.
+      const broken = (error: Error): void => {
+        log.debug({ err: error }, 'v2 job socket: the client broke the protocol before it was admitted');
+        ws.terminate();
+      };
+      ws.on('error', broken);
+      void sessionOfPasscode(match[1]!).then(
+        (id) => {
+          if (ws.readyState !== WebSocket.OPEN) return;
+          if (closing) {
+            ws.close(1001, 'the server is shutting down');
+            return;
+          }
+          if (id === undefined) {
+            log.debug('v2 job socket refused: unknown passcode');
+            ws.close(1008, 'unknown passcode');
+            return;
+          }
+          ws.off('error', broken);
+          const jobSocket = new JobSocket(ws, id, sessions, streams, now, log, () => open.delete(jobSocket));
+          open.add(jobSocket);
+          jobSocket.start();
+        },
+        (error: unknown) => {
+          log.warn({ err: error }, 'v2 job socket: looking up its passcode failed');
+          ws.close(1011, 'the passcode could not be looked up; try again');
+        },
+      );
     });
   });
   app.addHook('preClose', async () => {

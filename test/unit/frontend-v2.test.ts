@@ -266,6 +266,60 @@ describe('front end: the v2 compatibility API', () => {
     assert.ok((await sessionOf('dev-1')).metadata.deletionRequestedAt, 'the DELETE ended the session the POST made');
   });
 
+  it('serves the websocket, /info, DELETE and a repeated POST on a replica whose cache has not yet shown a session created through another', async () => {
+    const lagging = laggingWatch(store, keys.sessions);
+    const indexReads = new Subject<void>();
+    const { frontend: replica, url: replicaUrl } = await startFrontend({ store: { ...lagging.store, prefixIndex: (prefix) => (indexReads.next(), lagging.store.prefixIndex(prefix)) } });
+    /** Created through the first front end while the replica's sessions watch is held back. */
+    const createElsewhere = async (user: string): Promise<{ answer: { passcode: string }; id: string }> => {
+      lagging.hold();
+      const answer = (await inject('POST', '/api/v2/job', { id: user, ...job })).body;
+      return { answer, id: (await sessionOf(user)).metadata.id };
+    };
+
+    const first = await createElsewhere('dev-1');
+    // Refused from the stale cache at once, or checked against the store first.
+    const checked = firstValueFrom(indexReads);
+    const socket = await V2Socket.open(`${replicaUrl.replace(/^http/, 'ws')}/api/v2/job/${first.answer.passcode}`);
+    await Promise.race([checked, socket.whenClosed()]);
+    lagging.release();
+    await store.put(keys.status(first.id), JSON.stringify({ phase: 'Waiting', queuePosition: 1, observedGeneration: 1, conditions: [], endpoints: {}, events: [] }));
+    assert.deepEqual((await socket.nth(1)).data, { position: 0, wait: true }, JSON.stringify(socket.closed));
+    socket.close();
+
+    const second = await createElsewhere('dev-2');
+    const infoChecked = firstValueFrom(indexReads);
+    const info = inject('POST', '/api/v2/info', { id: 'dev-2' }, {}, replica);
+    await Promise.race([infoChecked, info]);
+    lagging.release();
+    assert.deepEqual((await info).body, second.answer);
+
+    await createElsewhere('dev-3');
+    const deletedChecked = firstValueFrom(indexReads);
+    const deleted = inject('DELETE', '/api/v2/job', { id: 'dev-3' }, {}, replica);
+    await Promise.race([deletedChecked, deleted]);
+    lagging.release();
+    assert.equal((await deleted).status, 200);
+    assert.ok((await sessionOf('dev-3')).metadata.deletionRequestedAt, 'the DELETE ended the session');
+
+    const fourth = await createElsewhere('dev-4');
+    const repeatChecked = firstValueFrom(indexReads);
+    const repeated = inject('POST', '/api/v2/job', { id: 'dev-4', ...job }, {}, replica);
+    await Promise.race([repeatChecked, repeated]);
+    lagging.release();
+    assert.deepEqual((await repeated).body, fourth.answer);
+    assert.equal((await storedSessions()).filter((record) => record.metadata.owner === 'dev-4').length, 1, 'not created twice');
+  });
+
+  it('reads the store’s index once for the lookups that arrive together, however many', async () => {
+    let reads = 0;
+    const { frontend: counted } = await startFrontend({ store: { ...delegatingStore(store), prefixIndex: (prefix) => ((reads += 1), store.prefixIndex(prefix)) } });
+    await Promise.all(Array.from({ length: 10 }, () => counted.sessions.catchUpAll()));
+    assert.equal(reads, 1);
+    await Promise.all(Array.from({ length: 10 }, () => counted.sessions.catchUpAll()));
+    assert.equal(reads, 2, 'a lookup after a round has read the index needs a read of its own');
+  });
+
   it('answers with the configured domain, port and protocol', async () => {
     const { frontend: configured } = await startFrontend({ v2: { ...v2, address: { domain: 'manticore.example.com', port: 443, protocol: 'wss' } } });
     const { status, body } = await inject('POST', '/api/v2/job', { id: 'dev-1', ...job }, {}, configured);
