@@ -376,6 +376,45 @@ describe('the client commands (manticore sessions, templates)', function () {
     }
   });
 
+  it('ends any other command with 130 on Ctrl-C while the front end has not answered, saying a change may have been made all the same', async () => {
+    // A front end that takes requests and never answers them.
+    const sockets = new Set<net.Socket>();
+    let requests = 0;
+    const silent = net.createServer((socket) => {
+      sockets.add(socket);
+      socket.on('data', () => (requests += 1));
+    });
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const silentUrl = `http://127.0.0.1:${(silent.address() as net.AddressInfo).port}`;
+    const commands: Array<[command: 'sessions' | 'templates' | 'limits' | 'status', args: string[], said: string]> = [
+      ['sessions', ['list'], 'GET /api/v1/sessions'],
+      ['sessions', ['get', 'somesession00000'], 'GET /api/v1/sessions/somesession00000'],
+      ['sessions', ['create', '--template', 'demo', '--wait'], 'POST /api/v1/sessions, which it may have carried out all the same'],
+      ['sessions', ['delete', 'somesession00000'], 'DELETE /api/v1/sessions/somesession00000, which it may have carried out all the same'],
+      ['sessions', ['keepalive', 'somesession00000'], 'POST /api/v1/sessions/somesession00000/keepalive, which it may have carried out all the same'],
+      ['templates', [], 'GET /api/v1/templates'],
+      ['limits', [], 'GET /api/v1/limits'],
+      ['status', [], 'GET /api/v1/cluster'],
+    ];
+    try {
+      for (const [command, args, said] of commands) {
+        const stderr = new PassThrough();
+        let written = '';
+        stderr.on('data', (chunk: Buffer) => (written += chunk.toString()));
+        const interrupt = new AbortController();
+        const sent = requests + 1;
+        const code = runClientCommand(command, [...args, '--url', silentUrl], { stdout: new PassThrough(), stderr, env: { MANTICORE_USER: 'alice' }, signal: interrupt.signal });
+        await waitFor('the request', () => requests >= sent);
+        interrupt.abort();
+        assert.equal(await code, exitCodes.interrupted, `${command} ${args.join(' ')}: ${written}`);
+        assert.equal(written, `manticore: interrupted before the front end answered ${said}\n`);
+      }
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => silent.close(resolve));
+    }
+  });
+
   it('reconnects a watch and a log follow across a front end restart, and tells a session that ended meanwhile from one never found', async () => {
     const readyOne = await run('sessions', ['create', '--template', 'demo', '-o', 'json'], { MANTICORE_USER: 'first' });
     const readyId = (JSON.parse(readyOne.stdout) as { metadata: { id: string } }).metadata.id;

@@ -3,7 +3,7 @@ import type { WriteStream } from 'node:tty';
 import { parseArgs } from 'node:util';
 import type { Session } from '../../api/types.js';
 import { isUserId, userIdRule } from '../../frontend/identity.js';
-import { FrontendClient, FrontendError, TokenExpiredError, UnreachableError, type LogQuery, type TemplateSummary } from './frontend-client.js';
+import { FrontendClient, FrontendError, InterruptedError, TokenExpiredError, UnreachableError, type LogQuery, type TemplateSummary } from './frontend-client.js';
 import { clusterView, describeSession, limitsView, progressLine, sessionTable, templateTable } from './format.js';
 
 /** Exit codes the client commands promise to scripts. */
@@ -21,7 +21,10 @@ export const exitCodes = {
   refused: 4,
   /** `watch` (or `create --wait`): the session failed or was deleted before it was Ready. */
   sessionEnded: 5,
-  /** `watch` (or `create --wait`) stopped by Ctrl-C before the session was Ready: 128 + SIGINT, as a shell reports it. */
+  /**
+   * Ctrl-C stopped `watch` (or `create --wait`) before the session was Ready, or any command but `logs` before the
+   * front end answered: 128 + SIGINT, as a shell reports it.
+   */
   interrupted: 130,
 } as const;
 
@@ -64,7 +67,8 @@ Client options:
 Exit codes: 0 success, 1 front end unreachable or failing, 2 bad usage, 3 not found, 4 refused
 (invalid, not allowed, limit reached, rate limited, the token expired while following), 5 the watched
 session failed or ended before Ready, 130 Ctrl-C stopped a watch (or create --wait) before Ready (the
-session keeps running).
+session keeps running) or a command before the front end answered (a create, delete or keepalive may
+have been carried out all the same).
 `;
 
 export interface ClientIo {
@@ -168,7 +172,7 @@ function parse(argv: string[], io: ClientIo): Invocation | 'help' {
   const user = named ?? loginName();
   let client: FrontendClient;
   try {
-    client = new FrontendClient({ url: values.url ?? nonEmpty(io.env.MANTICORE_URL) ?? 'http://127.0.0.1:4000', token, user });
+    client = new FrontendClient({ url: values.url ?? nonEmpty(io.env.MANTICORE_URL) ?? 'http://127.0.0.1:4000', token, user, ...(io.signal === undefined ? {} : { signal: io.signal }) });
   } catch (error) {
     throw new UsageError((error as Error).message);
   }
@@ -417,6 +421,10 @@ function reportError(error: unknown, command: ClientCommand, io: ClientIo): numb
   if (error instanceof UnreachableError) {
     io.stderr.write(`manticore: ${error.message}\n`);
     return exitCodes.unavailable;
+  }
+  if (error instanceof InterruptedError) {
+    io.stderr.write(`manticore: ${error.message}\n`);
+    return exitCodes.interrupted;
   }
   if (error instanceof TokenExpiredError) {
     io.stderr.write(`manticore: ${error.message}\n  get a new token and run the command again with it (--token or MANTICORE_TOKEN)\n`);

@@ -13,6 +13,8 @@ export interface FrontendClientOptions {
    * not take the token (mode `none`, not the admin token) names the caller by it instead of making a new anonymous user.
    */
   readonly user?: string;
+  /** Aborts any request in flight (Ctrl-C): one it cuts short throws InterruptedError; a stream given a signal of its own ends quietly. */
+  readonly signal?: AbortSignal;
 }
 
 export interface TemplateSummary {
@@ -77,6 +79,9 @@ export class FrontendError extends Error {
 
 /** The front end could not be reached, or answered something that is not its API. */
 export class UnreachableError extends Error {}
+
+/** A request cut short by the client's signal (Ctrl-C) before the front end answered it. */
+export class InterruptedError extends Error {}
 
 /** The front end closed a stream because the bearer token it was opened with expired: reconnecting with it would be refused. */
 export class TokenExpiredError extends Error {}
@@ -204,15 +209,18 @@ export class FrontendClient {
 
   private async call<T>(method: string, path: string, body?: unknown): Promise<T> {
     const response = await this.send(method, path, body);
-    if (!response.ok) throw await errorOf(response);
     try {
+      if (!response.ok) throw await errorOf(response);
       return (await response.json()) as T;
     } catch (error) {
+      if (this.options.signal?.aborted) throw interrupted(method, path);
+      if (error instanceof FrontendError || error instanceof UnreachableError) throw error;
       throw new UnreachableError(`${method} ${path}: the answer is not JSON (${(error as Error).message}); is ${this.base.origin} a Manticore front end?`);
     }
   }
 
-  private async send(method: string, path: string, body: unknown, signal?: AbortSignal, accept = 'application/json', extra: Record<string, string> = {}): Promise<Response> {
+  /** `signal`: the stream's own, else the client's (Ctrl-C). */
+  private async send(method: string, path: string, body: unknown, signal = this.options.signal, accept = 'application/json', extra: Record<string, string> = {}): Promise<Response> {
     const headers: Record<string, string> = { accept, ...extra };
     if (this.options.token !== undefined) headers.authorization = `Bearer ${this.options.token}`;
     if (this.options.user !== undefined) headers['x-manticore-user'] = this.options.user;
@@ -221,10 +229,19 @@ export class FrontendClient {
     try {
       return await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal });
     } catch (error) {
+      if (signal?.aborted) throw interrupted(method, path);
       const cause = (error as { cause?: { code?: string; message?: string } }).cause;
       throw new UnreachableError(`cannot reach the front end at ${this.base.origin}: ${cause?.code ?? cause?.message ?? (error as Error).message}`);
     }
   }
+}
+
+/** What a request cut short leaves unknown: one that changes something may have been carried out all the same. */
+function interrupted(method: string, path: string): InterruptedError {
+  const pathOnly = path.split('?')[0]!;
+  return new InterruptedError(
+    `interrupted before the front end answered ${method} ${pathOnly}${method === 'GET' ? '' : ', which it may have carried out all the same'}`,
+  );
 }
 
 async function errorOf(response: Response): Promise<Error> {
