@@ -42,6 +42,12 @@ async function main(argv: string[]): Promise<number> {
   if (isClientCommand(argv[0])) {
     const interrupted = new AbortController();
     process.once('SIGINT', () => interrupted.abort());
+    // A reader that stops reading (`| head`, `| grep -q`) closes the pipe: what was printed stands, and a
+    // follow stops as on Ctrl-C, rather than the process dying on the write's EPIPE.
+    process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+      if (error.code !== 'EPIPE') throw error;
+      interrupted.abort();
+    });
     return runClientCommand(argv[0], argv.slice(1), { stdout: process.stdout, stderr: process.stderr, env: process.env, signal: interrupted.signal });
   }
   // `manticore -o json sessions list`: the client commands take their options after them.

@@ -577,6 +577,23 @@ describe('the client commands (manticore sessions, templates)', function () {
     assert.equal(await h.store.get(keys.controller(host, pid)), undefined, 'a stopped replica withdraws its record');
   });
 
+  it('stops quietly when its reader stops reading (| head): what it printed stands, and a log follow ends with 0', async () => {
+    const created = await run('sessions', ['create', '--template', 'demo', '-o', 'json'], { MANTICORE_USER: 'dave' });
+    const id = (JSON.parse(created.stdout) as { metadata: { id: string } }).metadata.id;
+    await taskOutput((await makeReady(h, id)).allocationId!, 'core', 'stdout', 'one\n');
+    for (const args of [['sessions', 'list'], ['templates'], ['sessions', 'logs', id, '--follow']]) {
+      const outcome = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+        const child = spawn(process.execPath, [cli, ...args], { env: { ...process.env, MANTICORE_URL: url, MANTICORE_USER: 'dave' } });
+        // Closed before the command writes anything, so its first write meets a pipe nobody reads.
+        child.stdout.destroy();
+        let stderr = '';
+        child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+        child.once('exit', (code) => resolve({ code, stderr }));
+      });
+      assert.deepEqual(outcome, { code: exitCodes.ok, stderr: '' }, args.join(' '));
+    }
+  });
+
   it('runs as the manticore binary with --help and the exit code of the outcome', async () => {
     const exec = (args: string[], whenPrinted?: (child: ChildProcess) => void): Promise<{ code: number | null; stdout: string; stderr: string }> =>
       new Promise((resolve) => {

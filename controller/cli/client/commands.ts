@@ -1,3 +1,4 @@
+import { once } from 'node:events';
 import os from 'node:os';
 import type { WriteStream } from 'node:tty';
 import { parseArgs } from 'node:util';
@@ -350,7 +351,8 @@ async function logs({ client, output, values, io }: Invocation, id: string): Pro
   if (values.stream !== undefined && values.stream !== 'stdout' && values.stream !== 'stderr') throw new UsageError(`--stream must be stdout or stderr, not "${values.stream}"`);
   const query: LogQuery = { ...(values.task === undefined ? {} : { task: values.task }), ...(values.stream === undefined ? {} : { stream: values.stream }), ...(tail === undefined ? {} : { tail }) };
   const print = async (chunk: Uint8Array | string): Promise<void> => {
-    if (!io.stdout.write(chunk)) await new Promise((resolve) => io.stdout.once('drain', resolve));
+    // An output whose reader has gone (`| head`) never drains: the abort that follows its EPIPE ends the wait.
+    if (!io.stdout.write(chunk)) await once(io.stdout, 'drain', { signal: io.signal }).catch(() => undefined);
   };
   if (!values.follow) {
     try {
