@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -412,6 +413,35 @@ describe('the client commands (manticore sessions, templates)', function () {
     } finally {
       for (const socket of sockets) socket.destroy();
       await new Promise((resolve) => silent.close(resolve));
+    }
+  });
+
+  it('fails (exit 1) on a success that is not the API\'s (a web page at a wrong --url), printing none of it', async () => {
+    const page = http.createServer((_request, response) => response.writeHead(200, { 'content-type': 'text/html' }).end('<html>another site</html>'));
+    await new Promise<void>((resolve) => page.listen(0, '127.0.0.1', resolve));
+    const pageUrl = `http://127.0.0.1:${(page.address() as net.AddressInfo).port}`;
+    try {
+      for (const [args, path, expected] of [
+        [['logs', 'somesession00000'], '/api/v1/sessions/somesession00000/logs', 'text/plain'],
+        [['logs', 'somesession00000', '--follow'], '/api/v1/sessions/somesession00000/logs', 'text/event-stream'],
+        [['watch', 'somesession00000'], '/api/v1/sessions/somesession00000/events', 'text/event-stream'],
+        [['list'], '/api/v1/sessions', 'application/json'],
+      ] as const) {
+        const stdout = new PassThrough();
+        const stderr = new PassThrough();
+        let printed = '';
+        let said = '';
+        stdout.on('data', (chunk: Buffer) => (printed += chunk.toString()));
+        stderr.on('data', (chunk: Buffer) => (said += chunk.toString()));
+        const code = await runClientCommand('sessions', [...args, '--url', pageUrl], { stdout, stderr, env: { MANTICORE_USER: 'alice' } });
+        assert.deepEqual(
+          { code, printed, said },
+          { code: exitCodes.unavailable, printed: '', said: `manticore: GET ${path}: the answer is text/html, not ${expected}; is ${pageUrl} a Manticore front end?\n` },
+          `sessions ${args.join(' ')}`,
+        );
+      }
+    } finally {
+      await new Promise((resolve) => page.close(resolve));
     }
   });
 

@@ -226,22 +226,34 @@ export class FrontendClient {
     if (this.options.user !== undefined) headers['x-manticore-user'] = this.options.user;
     if (body !== undefined) headers['content-type'] = 'application/json';
     const url = new URL(path.replace(/^\//, ''), this.base.href.endsWith('/') ? this.base : new URL(`${this.base.href}/`));
+    let response: Response;
     try {
-      return await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal });
+      response = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal });
     } catch (error) {
       if (signal?.aborted) throw interrupted(method, path);
       const cause = (error as { cause?: { code?: string; message?: string } }).cause;
       throw new UnreachableError(`cannot reach the front end at ${this.base.origin}: ${cause?.code ?? cause?.message ?? (error as Error).message}`);
     }
+    // A success of another type is not the API's (a web server or proxy at a wrong --url): its page must not pass for a log.
+    const type = (response.headers.get('content-type') ?? '').split(';')[0]!.trim().toLowerCase();
+    if (response.ok && type !== accept) {
+      await response.body?.cancel().catch(() => undefined);
+      throw new UnreachableError(`${method} ${withoutQuery(path)}: the answer is ${type === '' ? 'untyped' : type}, not ${accept}; is ${this.base.origin} a Manticore front end?`);
+    }
+    return response;
   }
 }
 
 /** What a request cut short leaves unknown: one that changes something may have been carried out all the same. */
 function interrupted(method: string, path: string): InterruptedError {
-  const pathOnly = path.split('?')[0]!;
   return new InterruptedError(
-    `interrupted before the front end answered ${method} ${pathOnly}${method === 'GET' ? '' : ', which it may have carried out all the same'}`,
+    `interrupted before the front end answered ${method} ${withoutQuery(path)}${method === 'GET' ? '' : ', which it may have carried out all the same'}`,
   );
+}
+
+/** A request's path without its query, as messages name it. */
+function withoutQuery(path: string): string {
+  return path.split('?')[0]!;
 }
 
 async function errorOf(response: Response): Promise<Error> {
