@@ -475,6 +475,53 @@ describe('the client commands (manticore sessions, templates)', function () {
     assert.equal((await run('sessions', ['watch', waitingId])).code, exitCodes.notFound);
   });
 
+  it('reconnects a watch and a log follow that break after a quiet spell longer than 30 s, the keep-alive comments being word from the front end', async () => {
+    const session = (phase: string): string =>
+      JSON.stringify({ metadata: { id: 'quiet0000000000a', owner: 'alice', createdAt: '2026-01-01T00:00:00.000Z' }, spec: { template: 'demo', parameters: {} }, status: { phase, conditions: [], events: [], endpoints: {} } });
+    // A front end whose first stream says something, is quiet for a minute but for its keep-alive comments, then
+    // breaks (a replica dying, no `closing` event); the reconnection is answered with the end.
+    const opened: Array<{ url: string; lastEventId: string | undefined }> = [];
+    const first: http.ServerResponse[] = [];
+    const server = http.createServer((request, response) => {
+      opened.push({ url: request.url!, lastEventId: request.headers['last-event-id'] as string | undefined });
+      response.writeHead(200, { 'content-type': 'text/event-stream' });
+      const follow = request.url!.includes('/logs');
+      if (opened.length % 2 === 1) {
+        response.write(follow ? 'id: alloc:4\nevent: log\ndata: {"start":0,"end":4,"text":"one\\n"}\n\n' : `event: session\ndata: ${session('Waiting')}\n\n`);
+        first.push(response);
+      } else response.end(follow ? 'event: ended\ndata: {"reason":"the log has ended"}\n\n' : `event: session\ndata: ${session('Ready')}\n\n`);
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const quietUrl = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+    const clock = sinon.useFakeTimers({ now: Date.now(), toFake: ['Date', 'setTimeout', 'clearTimeout'], shouldClearNativeTimers: true });
+    try {
+      for (const [args, printed] of [
+        [['watch', 'quiet0000000000a', '-o', 'json'], `${session('Waiting')}\n${session('Ready')}\n`],
+        [['logs', 'quiet0000000000a', '--follow'], 'one\n'],
+      ] as const) {
+        const stdout = new PassThrough();
+        const stderr = new PassThrough();
+        let out = '';
+        let said = '';
+        stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+        stderr.on('data', (chunk: Buffer) => (said += chunk.toString()));
+        let code: number | undefined;
+        void runClientCommand('sessions', [...args, '--url', quietUrl], { stdout, stderr, env: { MANTICORE_USER: 'alice' } }).then((exit) => (code = exit));
+        await turnsUntil(() => out.length > 0);
+        clock.setSystemTime(Date.now() + 60_000);
+        // The front end's last keep-alive comment, then the break.
+        first.at(-1)!.end(': keepalive\n\n');
+        for (let step = 0; code === undefined && step < 300; step++) await clock.tickAsync(100);
+        assert.deepEqual({ code, out }, { code: exitCodes.ok, out: printed }, `sessions ${args.join(' ')}: ${said}`);
+      }
+      assert.equal(opened.length, 4, 'each stream was opened again');
+      assert.equal(opened[3]!.lastEventId, 'alloc:4', 'the log resumed after the last output printed');
+    } finally {
+      clock.restore();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
   it('prints a task log as it is, its last lines or another stream, and follows it until the session ends', async () => {
     const created = await run('sessions', ['create', '--template', 'demo', '-o', 'json']);
     const id = (JSON.parse(created.stdout) as { metadata: { id: string } }).metadata.id;

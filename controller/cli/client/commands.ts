@@ -270,13 +270,13 @@ async function sessions(invocation: Invocation): Promise<number> {
 
 const sessionVerbs = 'list, get, create, delete, keepalive, watch or logs';
 
-/** How long `watch` keeps trying to reconnect after its stream broke without any news. */
+/** How long `watch` and `logs --follow` keep trying to reconnect after the front end was last heard from. */
 const reconnectForMs = 30_000;
 
 /**
  * Whether a stream that failed with `error` is opened again: only one the front end has answered for
- * (`lastNews`), up to 30 s after that. A front end never reached (a wrong --url, one that is down) fails at
- * once, as every other command does.
+ * (`lastNews`: its last event or keep-alive), up to 30 s after that. A front end never reached (a wrong
+ * --url, one that is down) fails at once, as every other command does.
  */
 function mayReconnect(error: unknown, lastNews: number | undefined): error is UnreachableError {
   return error instanceof UnreachableError && lastNews !== undefined && Date.now() - lastNews <= reconnectForMs;
@@ -290,8 +290,8 @@ function endedMeanwhile(error: unknown, lastNews: number | undefined): boolean {
 /**
  * Prints the session's progress on every change until it is Ready (0), fails or ends first (5), or Ctrl-C (130). A
  * stream closed by a front end shutting down, or broken, is opened again (another replica answers behind
- * a load balancer) for up to 30 s without news; one closed because its token expired is not, as the token
- * would be refused (exit 4). `answeredAt`: when the front end last answered about the session (its create), if it has.
+ * a load balancer) for up to 30 s without word from the front end (an event, or its keep-alive); one closed
+ * because its token expired is not, as the token would be refused (exit 4). `answeredAt`: when the front end last answered about the session (its create), if it has.
  */
 async function follow({ client, output, io }: Invocation, id: string, answeredAt?: number): Promise<number> {
   let lastLine = '';
@@ -305,6 +305,7 @@ async function follow({ client, output, io }: Invocation, id: string, answeredAt
       for await (const update of client.watch(id, io.signal)) {
         lastNews = Date.now();
         attempt = 0;
+        if (update.kind === 'alive') continue;
         if (update.kind === 'closing') break;
         if (update.kind === 'gone') return gone();
         const { session } = update;
@@ -342,8 +343,9 @@ async function follow({ client, output, io }: Invocation, id: string, answeredAt
 /**
  * Prints a task's log as it is (raw text) on stdout. Following, a stream closed by the front end (shutting
  * down, the workload replaced) or broken is opened again just after the last output printed, as a browser's
- * EventSource does, for up to 30 s without news, unless it was closed because its token expired (exit 4); the
- * session ending ends it (0), as does the end of a failed session's log (its workload stopped), or Ctrl-C.
+ * EventSource does, for up to 30 s without word from the front end (an event, or its keep-alive), unless it
+ * was closed because its token expired (exit 4); the session ending ends it (0), as does the end of a failed
+ * session's log (its workload stopped), or Ctrl-C.
  */
 async function logs({ client, output, values, io }: Invocation, id: string): Promise<number> {
   if (output === 'json') throw new UsageError('sessions logs prints the log as text; --output json does not apply to it');

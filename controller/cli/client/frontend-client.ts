@@ -44,8 +44,16 @@ export interface NewSessionRequest {
   idle?: { timeoutSeconds: number };
 }
 
-/** One message of a session's event stream: its latest state, the news that it is gone, or the server closing the stream (shutting down). */
-export type SessionUpdate = { kind: 'session'; session: Session } | { kind: 'gone' } | { kind: 'closing'; reason: string };
+/**
+ * The front end's keep-alive comment (every 15 s): no news, but word that the stream still works, which a
+ * stream quiet for long (a session waiting, a task printing nothing) hears of only this way.
+ */
+export interface Alive {
+  kind: 'alive';
+}
+
+/** One message of a session's event stream: its latest state, the news that it is gone, the server closing the stream (shutting down), or its keep-alive. */
+export type SessionUpdate = { kind: 'session'; session: Session } | { kind: 'gone' } | { kind: 'closing'; reason: string } | Alive;
 
 /** Which log `logText` and `followLogs` read; the front end's defaults where absent (the first task, stdout, all). */
 export interface LogQuery {
@@ -64,7 +72,8 @@ export type LogUpdate =
   | { kind: 'gap'; message: string }
   | { kind: 'closing'; reason: string }
   | { kind: 'ended'; reason: string }
-  | { kind: 'gone' };
+  | { kind: 'gone' }
+  | Alive;
 
 /** An answer the front end gave with an error status, with its message and the fields it named. */
 export class FrontendError extends Error {
@@ -143,7 +152,7 @@ export class FrontendClient {
     const path = `/api/v1/sessions/${encodeURIComponent(id)}/events`;
     const what = `the event stream of session ${id}`;
     for await (const event of this.serverSentEvents(path, what, signal)) {
-      const update = sessionUpdateOf(event);
+      const update = event === undefined ? alive : sessionUpdateOf(event);
       if (update === undefined) continue;
       if (update.kind === 'closing') refuseExpiredToken(update.reason, what);
       yield update;
@@ -168,7 +177,7 @@ export class FrontendClient {
     const headers: Record<string, string> = lastEventId === undefined ? {} : { 'last-event-id': lastEventId };
     const what = `the log stream of session ${id}`;
     for await (const event of this.serverSentEvents(path, what, signal, headers)) {
-      const update = logUpdateOf(event);
+      const update = event === undefined ? alive : logUpdateOf(event);
       if (update === undefined) continue;
       if (update.kind === 'closing') refuseExpiredToken(update.reason, what);
       yield update;
@@ -176,8 +185,8 @@ export class FrontendClient {
     }
   }
 
-  /** The events of a server-sent event stream, until it ends (an end the server did not announce throws). */
-  private async *serverSentEvents(path: string, what: string, signal?: AbortSignal, headers: Record<string, string> = {}): AsyncGenerator<ServerSentEvent> {
+  /** The events of a server-sent event stream, undefined for a block of comments only (a keep-alive), until it ends (an end the server did not announce throws). */
+  private async *serverSentEvents(path: string, what: string, signal?: AbortSignal, headers: Record<string, string> = {}): AsyncGenerator<ServerSentEvent | undefined> {
     let response: Response;
     try {
       response = await this.send('GET', path, undefined, signal, 'text/event-stream', headers);
@@ -197,7 +206,7 @@ export class FrontendClient {
         while ((end = buffer.indexOf('\n\n')) >= 0) {
           const event = parseServerSentEvent(buffer.slice(0, end));
           buffer = buffer.slice(end + 2);
-          if (event !== undefined) yield event;
+          yield event;
         }
       }
     } catch (error) {
@@ -270,6 +279,8 @@ async function errorOf(response: Response): Promise<Error> {
   const details = Array.isArray(parsed.details) ? parsed.details.filter((detail): detail is string => typeof detail === 'string') : [];
   return new FrontendError(response.status, parsed.error, details);
 }
+
+const alive: Alive = { kind: 'alive' };
 
 interface ServerSentEvent {
   readonly event: string;
