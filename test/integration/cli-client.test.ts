@@ -161,9 +161,14 @@ describe('the client commands (manticore sessions, templates)', function () {
     const created = await run('sessions', ['create', '--template', 'demo', '-o', 'json']);
     const id = (JSON.parse(created.stdout) as { metadata: { id: string } }).metadata.id;
     const watch = run('sessions', ['watch', id]);
-    await waitFor('the first state printed', () => watch.output().length > 0);
+    const asJson = run('sessions', ['watch', id, '-o', 'json']);
+    await waitFor('the first state printed', () => watch.output().length > 0 && asJson.output().length > 0);
     assert.equal((await run('sessions', ['delete', id])).code, exitCodes.ok);
-    assert.equal((await watch).code, exitCodes.sessionEnded);
+    for (const ended of [await watch, await asJson]) {
+      assert.equal(ended.code, exitCodes.sessionEnded);
+      // Said on stderr, as for a failure: JSON for a script has no line of its own for it.
+      assert.equal(ended.stderr, `manticore: session ${id} is being deleted (Deleted) before it was Ready\n`);
+    }
   });
 
   it('ends a watch and a create --wait with exit code 5 when the session fails, saying how to read why', async () => {

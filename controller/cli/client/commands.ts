@@ -324,7 +324,10 @@ async function follow({ client, output, io }: Invocation, id: string, answeredAt
           io.stderr.write(`manticore: session ${id} failed; its logs may say why: manticore sessions logs ${id} --stream stderr\n`);
           return exitCodes.sessionEnded;
         }
-        if (session.metadata.deletionRequestedAt !== undefined) return exitCodes.sessionEnded;
+        if (session.metadata.deletionRequestedAt !== undefined) {
+          io.stderr.write(`manticore: session ${id} is being deleted (${session.metadata.deletionReason ?? 'Deleted'}) before it was Ready\n`);
+          return exitCodes.sessionEnded;
+        }
       }
     } catch (error) {
       if (endedMeanwhile(error, lastNews)) return gone();
