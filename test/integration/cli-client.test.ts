@@ -450,6 +450,43 @@ describe('the client commands (manticore sessions, templates)', function () {
     }
   });
 
+  it('follows no redirect (exit 1), naming where it pointed: a create redirected would be sent again as a GET, without its token', async () => {
+    const redirected: string[] = [];
+    const proxy = http.createServer((request, response) => {
+      if (request.url!.startsWith('/elsewhere/')) {
+        redirected.push(`${request.method} ${request.url}`);
+        response.writeHead(200, { 'content-type': 'application/json' }).end('{"items":[]}');
+      } else response.writeHead(301, { location: `/elsewhere${request.url}` }).end();
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    const proxyUrl = `http://127.0.0.1:${(proxy.address() as net.AddressInfo).port}`;
+    try {
+      for (const [args, request] of [
+        [['create', '--template', 'demo'], 'POST /api/v1/sessions'],
+        [['list'], 'GET /api/v1/sessions'],
+        [['watch', 'somesession00000'], 'GET /api/v1/sessions/somesession00000/events'],
+      ] as const) {
+        const stdout = new PassThrough();
+        const stderr = new PassThrough();
+        let said = '';
+        stderr.on('data', (chunk: Buffer) => (said += chunk.toString()));
+        const code = await runClientCommand('sessions', [...args, '--url', proxyUrl, '--token', 'a-token'], { stdout, stderr, env: {} });
+        const path = request.split(' ')[1]!;
+        assert.deepEqual(
+          { code, said },
+          {
+            code: exitCodes.unavailable,
+            said: `manticore: ${request}: ${proxyUrl} answered 301, a redirect to ${proxyUrl}/elsewhere${path}, which is not followed: give the front end's own address (--url or MANTICORE_URL)\n`,
+          },
+          `sessions ${args.join(' ')}`,
+        );
+      }
+      assert.deepEqual(redirected, []);
+    } finally {
+      await new Promise((resolve) => proxy.close(resolve));
+    }
+  });
+
   it('reconnects a watch and a log follow across a front end restart, and tells a session that ended meanwhile from one never found', async () => {
     const readyOne = await run('sessions', ['create', '--template', 'demo', '-o', 'json'], { MANTICORE_USER: 'first' });
     const readyId = (JSON.parse(readyOne.stdout) as { metadata: { id: string } }).metadata.id;

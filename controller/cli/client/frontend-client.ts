@@ -237,11 +237,20 @@ export class FrontendClient {
     const url = new URL(path.replace(/^\//, ''), this.base.href.endsWith('/') ? this.base : new URL(`${this.base.href}/`));
     let response: Response;
     try {
-      response = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal });
+      // Not followed: fetch resends a redirected POST as a GET (a create would list), and drops the token for another origin.
+      response = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal, redirect: 'manual' });
     } catch (error) {
       if (signal?.aborted) throw interrupted(method, path);
       const cause = (error as { cause?: { code?: string; message?: string } }).cause;
       throw new UnreachableError(`cannot reach the front end at ${this.base.origin}: ${cause?.code ?? cause?.message ?? (error as Error).message}`);
+    }
+    if (response.status >= 300 && response.status < 400) {
+      await response.body?.cancel().catch(() => undefined);
+      const location = response.headers.get('location');
+      const target = location === null ? 'nowhere' : URL.canParse(location, url.href) ? new URL(location, url).href : location;
+      throw new UnreachableError(
+        `${method} ${withoutQuery(path)}: ${this.base.origin} answered ${response.status}, a redirect to ${target}, which is not followed: give the front end's own address (--url or MANTICORE_URL)`,
+      );
     }
     // A success of another type is not the API's (a web server or proxy at a wrong --url): its page must not pass for a log.
     const type = (response.headers.get('content-type') ?? '').split(';')[0]!.trim().toLowerCase();
