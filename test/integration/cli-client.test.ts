@@ -450,6 +450,53 @@ describe('the client commands (manticore sessions, templates)', function () {
     }
   });
 
+  it('fails (exit 1) on JSON that is not the API\'s (another service at a wrong --url), its errors included, printing none of it', async () => {
+    let answer: { status: number; body: string } = { status: 200, body: '{}' };
+    const other = http.createServer((_request, response) => response.writeHead(answer.status, { 'content-type': 'application/json' }).end(answer.body));
+    await new Promise<void>((resolve) => other.listen(0, '127.0.0.1', resolve));
+    const otherUrl = `http://127.0.0.1:${(other.address() as net.AddressInfo).port}`;
+    const commands: Array<[command: 'sessions' | 'templates' | 'limits' | 'status', args: string[], request: string, what: string]> = [
+      ['sessions', ['list'], 'GET /api/v1/sessions', 'a list of sessions'],
+      ['sessions', ['get', 'somesession00000'], 'GET /api/v1/sessions/somesession00000', 'a session'],
+      ['sessions', ['create', '--template', 'demo'], 'POST /api/v1/sessions', 'a session'],
+      ['sessions', ['delete', 'somesession00000'], 'DELETE /api/v1/sessions/somesession00000', 'a session'],
+      ['sessions', ['keepalive', 'somesession00000'], 'POST /api/v1/sessions/somesession00000/keepalive', 'a keepalive answer'],
+      ['templates', [], 'GET /api/v1/templates', 'a list of templates'],
+      ['templates', ['demo'], 'GET /api/v1/templates/demo', 'a template'],
+      ['limits', [], 'GET /api/v1/limits', 'the limits'],
+      ['status', [], 'GET /api/v1/cluster', 'the cluster status'],
+    ];
+    const runAgainst = async (command: (typeof commands)[number][0], args: string[]): Promise<Run> => {
+      const stdout = new PassThrough();
+      const stderr = new PassThrough();
+      let out = '';
+      let err = '';
+      stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+      stderr.on('data', (chunk: Buffer) => (err += chunk.toString()));
+      const code = await runClientCommand(command, [...args, '--url', otherUrl], { stdout, stderr, env: { MANTICORE_USER: 'alice' } });
+      return { code, stdout: out, stderr: err };
+    };
+    try {
+      for (const body of ['{}', '[{}]', '{"items":[{}]}']) {
+        answer = { status: 200, body };
+        for (const [command, args, request, what] of commands) {
+          assert.deepEqual(
+            await runAgainst(command, args),
+            { code: exitCodes.unavailable, stdout: '', stderr: `manticore: ${request}: the answer is not ${what}; is ${otherUrl} a Manticore front end?\n` },
+            `${command} ${args.join(' ')} answered ${body}`,
+          );
+        }
+      }
+      // Another framework's 404 is not the API's (which always gives details): not "not found" (3), which a script takes for a missing session.
+      answer = { status: 404, body: '{"statusCode":404,"error":"Not Found","message":"Route GET:/api/v1/sessions/x not found"}' };
+      const missing = await runAgainst('sessions', ['get', 'x']);
+      assert.equal(missing.code, exitCodes.unavailable, missing.stderr);
+      assert.equal(missing.stderr, `manticore: HTTP 404 Not Found from ${otherUrl}/api/v1/sessions/x: ${answer.body}\n`);
+    } finally {
+      await new Promise((resolve) => other.close(resolve));
+    }
+  });
+
   it('follows no redirect (exit 1), naming where it pointed: a create redirected would be sent again as a GET, without its token', async () => {
     const redirected: string[] = [];
     const proxy = http.createServer((request, response) => {

@@ -109,42 +109,42 @@ export class FrontendClient {
   }
 
   templates(): Promise<TemplateSummary[]> {
-    return this.call('GET', '/api/v1/templates');
+    return this.call('GET', '/api/v1/templates', shapes.templates);
   }
 
   template(name: string): Promise<TemplateSummary> {
-    return this.call('GET', `/api/v1/templates/${encodeURIComponent(name)}`);
+    return this.call('GET', `/api/v1/templates/${encodeURIComponent(name)}`, shapes.template);
   }
 
   /** What the caller's creates are held to: sessions per user, the idle timeout a session gets and may ask for, the lifetime cap. */
   limits(): Promise<Limits> {
-    return this.call('GET', '/api/v1/limits');
+    return this.call('GET', '/api/v1/limits', shapes.limits);
   }
 
   async listSessions(): Promise<Session[]> {
-    return (await this.call<{ items: Session[] }>('GET', '/api/v1/sessions')).items;
+    return (await this.call('GET', '/api/v1/sessions', shapes.sessions)).items;
   }
 
   getSession(id: string): Promise<Session> {
-    return this.call('GET', `/api/v1/sessions/${encodeURIComponent(id)}`);
+    return this.call('GET', `/api/v1/sessions/${encodeURIComponent(id)}`, shapes.session);
   }
 
   createSession(request: NewSessionRequest): Promise<Session> {
-    return this.call('POST', '/api/v1/sessions', request);
+    return this.call('POST', '/api/v1/sessions', shapes.session, request);
   }
 
   deleteSession(id: string): Promise<Session> {
-    return this.call('DELETE', `/api/v1/sessions/${encodeURIComponent(id)}`);
+    return this.call('DELETE', `/api/v1/sessions/${encodeURIComponent(id)}`, shapes.session);
   }
 
   /** Records activity, which puts off the session's idle expiry. */
   keepalive(id: string): Promise<KeepaliveAnswer> {
-    return this.call('POST', `/api/v1/sessions/${encodeURIComponent(id)}/keepalive`);
+    return this.call('POST', `/api/v1/sessions/${encodeURIComponent(id)}/keepalive`, shapes.keepalive);
   }
 
   /** Operators only: who leads, replicas, routers and their lag, sessions by phase. */
   cluster(): Promise<ClusterStatus> {
-    return this.call('GET', '/api/v1/cluster');
+    return this.call('GET', '/api/v1/cluster', shapes.cluster);
   }
 
   /** Follows `GET /api/v1/sessions/{id}/events` until the stream ends, `signal` aborts, or the session is gone. */
@@ -216,16 +216,19 @@ export class FrontendClient {
     if (!signal?.aborted) throw new UnreachableError(`${what} ended unexpectedly`);
   }
 
-  private async call<T>(method: string, path: string, body?: unknown): Promise<T> {
+  private async call<T>(method: string, path: string, shape: Shape<T>, body?: unknown): Promise<T> {
     const response = await this.send(method, path, body);
+    let answer: unknown;
     try {
       if (!response.ok) throw await errorOf(response);
-      return (await response.json()) as T;
+      answer = await response.json();
     } catch (error) {
       if (this.options.signal?.aborted) throw interrupted(method, path);
       if (error instanceof FrontendError || error instanceof UnreachableError) throw error;
       throw new UnreachableError(`${method} ${path}: the answer is not JSON (${(error as Error).message}); is ${this.base.origin} a Manticore front end?`);
     }
+    if (!shape.is(answer)) throw new UnreachableError(`${method} ${path}: the answer is not ${shape.what}; is ${this.base.origin} a Manticore front end?`);
+    return answer;
   }
 
   /** `signal`: the stream's own, else the client's (Ctrl-C). */
@@ -282,14 +285,60 @@ async function errorOf(response: Response): Promise<Error> {
   } catch {
     parsed = undefined;
   }
-  if (typeof parsed?.error !== 'string') {
+  // The API's errors always carry details: another service's JSON error is not a refusal of the API (nor a "not found").
+  if (typeof parsed?.error !== 'string' || !Array.isArray(parsed.details)) {
     return new UnreachableError(`HTTP ${response.status} ${response.statusText} from ${response.url}${text ? `: ${text.slice(0, 200)}` : ''}`);
   }
-  const details = Array.isArray(parsed.details) ? parsed.details.filter((detail): detail is string => typeof detail === 'string') : [];
+  const details = parsed.details.filter((detail): detail is string => typeof detail === 'string');
   return new FrontendError(response.status, parsed.error, details);
 }
 
 const alive: Alive = { kind: 'alive' };
+
+/**
+ * What an answer must look like to be the API's, for an answer of another JSON service (a wrong --url) to
+ * fail as such: the fields the commands read, not a validation of every one.
+ */
+interface Shape<T> {
+  /** What the answer should have been, in words. */
+  readonly what: string;
+  readonly is: (value: unknown) => value is T;
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function shape<T>(what: string, test: (value: Record<string, unknown>) => boolean): Shape<T> {
+  return { what, is: (value: unknown): value is T => isObject(value) && test(value) };
+}
+
+function isSession(value: unknown): value is Session {
+  if (!isObject(value) || !isObject(value.metadata) || !isObject(value.spec) || !isObject(value.status)) return false;
+  const { metadata, spec, status } = value;
+  return (
+    typeof metadata.id === 'string' &&
+    isObject(spec.parameters) &&
+    typeof status.phase === 'string' &&
+    Array.isArray(status.conditions) &&
+    Array.isArray(status.events) &&
+    isObject(status.endpoints)
+  );
+}
+
+function isTemplate(value: unknown): value is TemplateSummary {
+  return isObject(value) && typeof value.name === 'string' && typeof value.available === 'boolean' && Array.isArray(value.parameters) && Array.isArray(value.services);
+}
+
+const shapes = {
+  session: { what: 'a session', is: isSession } satisfies Shape<Session>,
+  sessions: shape<{ items: Session[] }>('a list of sessions', (value) => Array.isArray(value.items) && value.items.every(isSession)),
+  template: { what: 'a template', is: isTemplate } satisfies Shape<TemplateSummary>,
+  templates: { what: 'a list of templates', is: (value: unknown): value is TemplateSummary[] => Array.isArray(value) && value.every(isTemplate) } satisfies Shape<TemplateSummary[]>,
+  limits: shape<Limits>('the limits', (value) => typeof value.sessionsPerUser === 'number' && isObject(value.idle) && typeof value.maxLifetimeSeconds === 'number'),
+  keepalive: shape<KeepaliveAnswer>('a keepalive answer', (value) => typeof value.id === 'string' && typeof value.lastActivityAt === 'string'),
+  cluster: shape<ClusterStatus>('the cluster status', (value) => Array.isArray(value.replicas) && Array.isArray(value.routers) && isObject(value.sessions) && isObject(value.sessions.byPhase)),
+};
 
 interface ServerSentEvent {
   readonly event: string;
