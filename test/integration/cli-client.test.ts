@@ -263,6 +263,21 @@ describe('the client commands (manticore sessions, templates)', function () {
     assert.equal((await run('sessions', ['delete', metadata.id], mistyped)).code, exitCodes.ok);
   });
 
+  it('says how to give the command a token when the front end wants one (HTTP 401), none given or one refused', async () => {
+    const secret = 'a-shared-secret-of-at-least-32-characters';
+    await frontend.stop();
+    frontend = testFrontend(h.store, { authenticator: createAuthenticator({ mode: 'jwt', jwt: { secret, userClaim: 'sub', operatorClaim: 'manticore_operator' } }) });
+    url = await frontend.start('127.0.0.1', 0);
+    const hint = '  run it with a valid token: --token TOKEN (or MANTICORE_TOKEN)\n';
+    const none = await run('sessions', ['list']);
+    assert.equal(none.code, exitCodes.refused);
+    assert.equal(none.stderr, `manticore: authentication required (HTTP 401)\n  Authorization: Bearer <token> (or ?access_token=<token> on GET requests)\n${hint}`);
+    const refused = await run('sessions', ['list'], { MANTICORE_TOKEN: hs256Token({ sub: 'jo', exp: Math.floor(Date.now() / 1000) + 60 }, 'another-secret-of-at-least-32-characters') });
+    assert.equal(refused.code, exitCodes.refused);
+    assert.match(refused.stderr, /^manticore: invalid bearer token \(HTTP 401\)\n {2}\S.*\n/);
+    assert.ok(refused.stderr.endsWith(hint), refused.stderr);
+  });
+
   it("stops a watch and a log follow with the front end's reason (exit 4) once the token it follows with has expired, without reconnecting to a 401", async () => {
     let now = Date.now();
     const secret = 'a-shared-secret-of-at-least-32-characters';
@@ -726,6 +741,7 @@ describe('the client commands (manticore sessions, templates)', function () {
     const refused = await run('status', []);
     assert.equal(refused.code, exitCodes.refused, 'not for users');
     assert.match(refused.stderr, /for operators \(HTTP 403\)\n {2}Authorization: Bearer <auth\.adminToken> \(MANTICORE_ADMIN_TOKEN\)/, 'says how to be one');
+    assert.match(refused.stderr, /\n {2}run it as an operator: --token \(or MANTICORE_TOKEN\) with the admin token or an operator's JWT\n$/, 'in the words of the command');
     const table = await run('status', [], { MANTICORE_TOKEN: adminToken });
     assert.equal(table.code, exitCodes.ok, table.stderr);
     assert.match(table.stdout, /^sessions +1 \(Ready 1\)$/m);

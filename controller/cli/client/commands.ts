@@ -415,13 +415,20 @@ function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
   });
 }
 
+/** What to do about a refusal, in the command's options: the front end's details name HTTP headers and its own settings. */
+const refusalHints: Readonly<Record<number, string>> = {
+  401: 'run it with a valid token: --token TOKEN (or MANTICORE_TOKEN)',
+  403: "run it as an operator: --token (or MANTICORE_TOKEN) with the admin token or an operator's JWT",
+};
+
 function reportError(error: unknown, command: ClientCommand, io: ClientIo): number {
   if (error instanceof UsageError) {
     io.stderr.write(`manticore: ${error.message}\n(see: manticore ${command} --help)\n`);
     return exitCodes.usage;
   }
   if (error instanceof FrontendError) {
-    io.stderr.write(`manticore: ${error.message} (HTTP ${error.statusCode})\n${error.details.map((detail) => `  ${detail}\n`).join('')}`);
+    const hint = refusalHints[error.statusCode];
+    io.stderr.write(`manticore: ${error.message} (HTTP ${error.statusCode})\n${[...error.details, ...(hint === undefined ? [] : [hint])].map((line) => `  ${line}\n`).join('')}`);
     if (error.statusCode === 404) return exitCodes.notFound;
     return error.statusCode >= 400 && error.statusCode < 500 ? exitCodes.refused : exitCodes.unavailable;
   }
