@@ -559,8 +559,9 @@ describe('the client commands (manticore sessions, templates)', function () {
     await statusWhen(h.store, waitingId, (status) => status.queuePosition === 1);
 
     const watch = run('sessions', ['watch', waitingId]);
+    const asJson = run('sessions', ['watch', waitingId, '-o', 'json']);
     const following = run('sessions', ['logs', readyId, '--follow'], { MANTICORE_USER: 'first' });
-    await waitFor('the watch and the log under way', () => /Waiting/.test(watch.output()) && following.output() === 'one\n');
+    await waitFor('the watches and the log under way', () => /Waiting/.test(watch.output()) && /Waiting/.test(asJson.output()) && following.output() === 'one\n');
     // The front end stops (its streams end with `closing`); both sessions end before it is back on its port.
     const { port } = new URL(url);
     await frontend.stop();
@@ -569,9 +570,11 @@ describe('the client commands (manticore sessions, templates)', function () {
     frontend = newFrontend();
     await frontend.start('127.0.0.1', Number(port));
 
-    const watched = await watch;
-    assert.equal(watched.code, exitCodes.sessionEnded, watched.stderr);
-    assert.match(watched.stdout, new RegExp(`^session ${waitingId} is gone$`, 'm'));
+    for (const watched of [await watch, await asJson]) {
+      assert.equal(watched.code, exitCodes.sessionEnded, watched.stderr);
+      // On stderr, as a deletion seen coming is: JSON for a script has no line of its own for it.
+      assert.match(watched.stderr, new RegExp(`^manticore: session ${waitingId} is gone: it was deleted before it was Ready$`, 'm'));
+    }
     const followed = await following;
     assert.equal(followed.code, exitCodes.ok, followed.stderr);
     assert.match(followed.stderr, new RegExp(`^manticore: session ${readyId} has ended$`, 'm'));

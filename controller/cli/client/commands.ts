@@ -297,7 +297,7 @@ async function follow({ client, output, io }: Invocation, id: string, answeredAt
   let lastLine = '';
   let lastNews = answeredAt;
   const gone = (): number => {
-    if (output === 'table') io.stdout.write(`session ${id} is gone\n`);
+    io.stderr.write(`manticore: session ${id} is gone: it was deleted before it was Ready\n`);
     return exitCodes.sessionEnded;
   };
   for (let attempt = 0; ; attempt++) {
