@@ -253,6 +253,38 @@ describe('the client commands (manticore sessions, templates)', function () {
     assert.equal((await run('sessions', ['keepalive'])).code, exitCodes.usage);
   });
 
+  it('acts as the login name by default, and asks for --user when it cannot be read or used rather than go anonymous or be refused', async () => {
+    const noUser = { MANTICORE_USER: undefined };
+    const login = sinon.stub(os, 'userInfo');
+    try {
+      login.returns({ username: 'carol', uid: 1000, gid: 1000, shell: null, homedir: '/home/carol' });
+      const created = await run('sessions', ['create', '--template', 'demo', '-o', 'json'], noUser);
+      assert.equal(created.code, exitCodes.ok, created.stderr);
+      assert.equal((JSON.parse(created.stdout) as { metadata: { owner: string } }).metadata.owner, 'carol');
+
+      // As in a container run as a user id the system does not name: each command would be a new anonymous user.
+      login.throws(Object.assign(new Error('ENOENT: no such file or directory, uv_os_get_passwd'), { code: 'ENOENT' }));
+      const unnamed = await run('sessions', ['list'], noUser);
+      assert.deepEqual(unnamed, {
+        code: exitCodes.usage,
+        stdout: '',
+        stderr: 'manticore: who you are is needed, and the login name cannot be read: give --user NAME (or MANTICORE_USER), or a token\n(see: manticore sessions --help)\n',
+      });
+      login.returns({ username: 'carol smith', uid: 1000, gid: 1000, shell: null, homedir: '/home/carol' });
+      const refused = await run('sessions', ['list'], noUser);
+      assert.equal(refused.code, exitCodes.usage);
+      assert.equal(
+        refused.stderr,
+        'manticore: who you are is needed, and the login name "carol smith" is not a user name (1 to 128 characters of A-Z a-z 0-9 . _ @ -): give --user NAME (or MANTICORE_USER), or a token\n(see: manticore sessions --help)\n',
+      );
+      // A token names the caller: the login name is not needed, nor sent.
+      const operator = await run('sessions', ['list'], { ...noUser, MANTICORE_TOKEN: adminToken });
+      assert.equal(operator.code, exitCodes.ok, operator.stderr);
+    } finally {
+      login.restore();
+    }
+  });
+
   it('acts as its user when the front end does not take its token (auth mode none, not the admin token)', async () => {
     const mistyped = { MANTICORE_TOKEN: `${adminToken}-mistyped` };
     const created = await run('sessions', ['create', '--template', 'demo', '-o', 'json'], mistyped);

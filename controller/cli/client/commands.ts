@@ -61,7 +61,8 @@ Client options:
   --url URL                 the front end (env MANTICORE_URL; default http://127.0.0.1:4000)
   --token TOKEN             bearer token: a JWT, or the operators' admin token (env MANTICORE_TOKEN)
   --user NAME               who you are in auth mode "none", where a token other than the admin token
-                            is ignored (env MANTICORE_USER; default: the login name)
+                            is ignored (env MANTICORE_USER; default: the login name, and needed
+                            without a token when that cannot be read or is not a user name)
   -o, --output table|json   json prints the API's objects (watch: one JSON object per line; not for logs,
                             which prints the log's text)
 
@@ -170,7 +171,7 @@ function parse(argv: string[], io: ClientIo): Invocation | 'help' {
   const named = values.user ?? nonEmpty(io.env.MANTICORE_USER);
   // The front end's rule: a name it would refuse (HTTP 400) is a usage error here.
   if (named !== undefined && !isUserId(named)) throw new UsageError(`${values.user === undefined ? 'MANTICORE_USER' : '--user'} wants ${userIdRule}, got "${named}"`);
-  const user = named ?? loginName();
+  const user = named ?? defaultUser(token !== undefined);
   let client: FrontendClient;
   try {
     client = new FrontendClient({ url: values.url ?? nonEmpty(io.env.MANTICORE_URL) ?? 'http://127.0.0.1:4000', token, user, ...(io.signal === undefined ? {} : { signal: io.signal }) });
@@ -460,6 +461,18 @@ function pairs(flag: string, given: string[] | undefined): Record<string, string
 
 function nonEmpty(value: string | undefined): string | undefined {
   return value === undefined || value === '' ? undefined : value;
+}
+
+/**
+ * The login name, sent when no --user is given. One that cannot be read, or that the front end would refuse, is
+ * not sent: without a token each command would then be a new anonymous user (or be refused), so it is asked for.
+ */
+function defaultUser(hasToken: boolean): string | undefined {
+  const login = loginName();
+  if (login !== undefined && isUserId(login)) return login;
+  if (hasToken) return undefined;
+  const why = login === undefined ? 'cannot be read' : `"${login}" is not a user name (${userIdRule})`;
+  throw new UsageError(`who you are is needed, and the login name ${why}: give --user NAME (or MANTICORE_USER), or a token`);
 }
 
 /** Who runs this process: the user name the client commands send in auth mode `none` by default. */
