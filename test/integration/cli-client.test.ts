@@ -224,6 +224,15 @@ describe('the client commands (manticore sessions, templates)', function () {
     assert.match((await run('sessions', ['list', '--wait'])).stderr, /^manticore: --wait goes only with "sessions create"\n\(see: manticore sessions --help\)\n$/);
     assert.match((await run('sessions', ['get', 'x', '--task', 'hmi', '--tail', '5'])).stderr, /^manticore: --task, --tail go only with "sessions logs"\n/);
     assert.match((await run('templates', ['a', 'b'])).stderr, /\(see: manticore templates --help\)\n$/);
+    // Refused, not ignored, by the other commands too: `templates --template demo` would list them all.
+    for (const [command, args, said] of [
+      ['templates', ['--template', 'demo'], '--template goes only with "sessions create"'],
+      ['limits', ['--follow'], '--follow goes only with "sessions logs"'],
+      ['status', ['--wait', '--idle-timeout', '60'], '--idle-timeout, --wait go only with "sessions create"'],
+    ] as const) {
+      const misplaced = await run(command, [...args]);
+      assert.deepEqual(misplaced, { code: exitCodes.usage, stdout: '', stderr: `manticore: ${said}\n(see: manticore ${command} --help)\n` }, `${command} ${args.join(' ')}`);
+    }
     // The front end's rule for a user name, checked before anything is sent.
     const badUser = await run('sessions', ['list', '--user', 'alice smith']);
     assert.equal(badUser.code, exitCodes.usage, badUser.stderr);

@@ -113,6 +113,7 @@ export async function runClientCommand(command: ClientCommand, argv: string[], i
       io.stdout.write(clientUsage);
       return exitCodes.ok;
     }
+    if (command !== 'sessions') refuseMisplaced(invocation.values, undefined);
     if (command === 'templates') return await templates(invocation);
     if (command === 'limits') return await limits(invocation);
     if (command === 'status') return await status(invocation);
@@ -181,6 +182,20 @@ function parse(argv: string[], io: ClientIo): Invocation | 'help' {
   return { client, output: values.output, args: positionals, values, io };
 }
 
+/** The options of one `sessions` verb. */
+const verbOptions: Readonly<Record<string, ReadonlyArray<keyof Invocation['values']>>> = {
+  create: ['template', 'param', 'label', 'idle-timeout', 'wait'],
+  logs: ['task', 'stream', 'tail', 'follow'],
+};
+
+/** Refuses, rather than ignores, an option given to any but its `sessions` verb (`verb`: the one given, if any). */
+function refuseMisplaced(values: Invocation['values'], verb: string | undefined): void {
+  for (const [owner, flags] of Object.entries(verbOptions)) {
+    const misplaced = flags.filter((flag) => values[flag] !== undefined);
+    if (misplaced.length > 0 && verb !== owner) throw new UsageError(`--${misplaced.join(', --')} ${misplaced.length === 1 ? 'goes' : 'go'} only with "sessions ${owner}"`);
+  }
+}
+
 async function templates({ client, output, args, io }: Invocation): Promise<number> {
   if (args.length > 1) throw new UsageError(`templates takes at most one name, got ${args.length}`);
   const found: TemplateSummary[] = args.length === 1 ? [await client.template(args[0]!)] : await client.templates();
@@ -212,12 +227,7 @@ async function sessions(invocation: Invocation): Promise<number> {
   const { client, output, args, values, io } = invocation;
   const [verb, ...rest] = args;
   const print = (session: Session): void => void io.stdout.write(output === 'json' ? `${JSON.stringify(session, null, 2)}\n` : describeSession(session));
-  const flagsOnlyFor = (allowed: string, ...flags: Array<keyof Invocation['values']>): void => {
-    const misplaced = flags.filter((flag) => values[flag] !== undefined);
-    if (misplaced.length > 0 && verb !== allowed) throw new UsageError(`--${misplaced.join(', --')} ${misplaced.length === 1 ? 'goes' : 'go'} only with "sessions ${allowed}"`);
-  };
-  flagsOnlyFor('create', 'template', 'param', 'label', 'idle-timeout', 'wait');
-  flagsOnlyFor('logs', 'task', 'stream', 'tail', 'follow');
+  refuseMisplaced(values, verb);
   const id = (): string => {
     if (rest.length !== 1) throw new UsageError(`sessions ${verb} takes one session id`);
     return rest[0]!;
