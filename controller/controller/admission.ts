@@ -342,10 +342,12 @@ export class Admission {
     const { maxSessions, maxStarting } = this.limits;
     const startMs = median([...this.startDurations.values()].slice(-recentStarts)) ?? defaultStartMs;
     const freeSessions = Math.max(0, maxSessions - this.holding.size);
-    const expiries = [...this.expiries.values()].sort((a, b) => a - b);
+    // Beyond a limit lowered since they were admitted, sessions must end (or finish starting) before anyone is let
+    // in: only the last `limit` of those times free a slot.
+    const expiries = [...this.expiries.values()].sort((a, b) => a - b).slice(Math.max(0, this.holding.size - maxSessions));
     const startsDone = [...this.admittedAt.values()].map((at) => Math.max(now, at + startMs));
     while (startsDone.length < maxStarting) startsDone.push(now);
-    startsDone.sort((a, b) => a - b);
+    startsDone.sort((a, b) => a - b).splice(0, startsDone.length - maxStarting);
     const estimates: number[] = [];
     for (let p = 1; p <= this.waiting.length; p++) {
       const sessionSlot = p <= freeSessions ? now : expiries[p - freeSessions - 1];

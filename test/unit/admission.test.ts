@@ -158,6 +158,37 @@ describe('admission: the waiting list', () => {
     assert.deepEqual(requeued, []);
   });
 
+  it('estimates starts behind the sessions beyond a limit the operator lowered, which must end before anyone is let in', () => {
+    const now = 1_000_000;
+    const minute = 60_000;
+    const iso = (ms: number): string => new Date(ms).toISOString();
+    const setStatus = (n: number, fields: Partial<SessionStatus>): void =>
+      statuses.upsert(id(n), record(id(n), { phase: 'Ready', observedGeneration: 1, conditions: [], endpoints: {}, events: [], ...fields }));
+    const restarted = (maxSessions: number, maxStarting: number): Admission =>
+      new Admission({ sessions, statuses, routes, workloads: new Cache() }, { maxSessions, maxStarting, sessionsPerUser: 1, capacityRetryMs: 60_000 }, () => now, () => undefined, () => undefined);
+    const estimate = (of: Admission, n: number): number | undefined => {
+      const decision = of.decide(id(n));
+      return decision.admit ? undefined : decision.estimatedStartAt;
+    };
+    // Sessions 0-2 run (expiring in 10, 20 and 30 minutes) and session 3 waits; the controller restarts with
+    // maxSessions lowered from 3 to 2: two of the three must end before session 3 has a slot.
+    for (let n = 0; n < 4; n++) addSession(n);
+    for (let n = 0; n < 3; n++) {
+      addClaim(n);
+      setStatus(n, { admittedAt: iso(now - 2 * minute), readyAt: iso(now - minute), expiresAt: iso(now + 10 * (n + 1) * minute) });
+    }
+    const fewerSessions = restarted(2, 10);
+    fewerSessions.load(sessions.ids());
+    assert.equal(estimate(fewerSessions, 3), now + 20 * minute);
+
+    // Sessions 0-2 start instead (admitted 20, 10 and 0 s ago, a start taking 30 s when none has been seen),
+    // with maxStarting lowered from 3 to 1: all three must be done before session 3 may start.
+    for (let n = 0; n < 3; n++) setStatus(n, { phase: 'Starting', admittedAt: iso(now - 10_000 * (2 - n)) });
+    const fewerStarts = restarted(10, 1);
+    fewerStarts.load(sessions.ids());
+    assert.equal(estimate(fewerStarts, 3), now + 30_000);
+  });
+
   it('takes the session that leaves out of the list, not another, even when a creation time cannot be ordered', () => {
     for (let n = 0; n < 10; n++) {
       addSession(n);
