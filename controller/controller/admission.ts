@@ -178,7 +178,9 @@ export class Admission {
     }
     setMember(this.holding, id, holding);
     // Both are tracked whatever the first says: Ready brings an expiry and ends the start in one write.
-    const expiryChanged = this.track(this.expiries, id, holding ? parseTime(status?.expiresAt) : undefined);
+    // Torn down (deleted, or failed and its job stopping), a session's slot frees as soon as its job is gone.
+    const endsAt = deleting ? parseTime(record.metadata.deletionRequestedAt) : failed ? parseTime(status.failedAt) : parseTime(status?.expiresAt);
+    const expiryChanged = this.track(this.expiries, id, holding ? endsAt : undefined);
     const startChanged = this.track(this.admittedAt, id, holding && status?.readyAt === undefined ? parseTime(status?.admittedAt) : undefined);
     const timesChanged = expiryChanged || startChanged;
     const admitted = parseTime(status?.admittedAt);

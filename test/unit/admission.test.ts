@@ -189,6 +189,45 @@ describe('admission: the waiting list', () => {
     assert.equal(estimate(fewerStarts, 3), now + 30_000);
   });
 
+  it('estimates that the slot of a session being torn down (deleted, or failed) frees as soon as its job is gone', () => {
+    const now = 1_000_000;
+    const minute = 60_000;
+    const iso = (ms: number): string => new Date(ms).toISOString();
+    const setStatus = (n: number, fields: Partial<SessionStatus>): void =>
+      statuses.upsert(id(n), record(id(n), { phase: 'Ready', observedGeneration: 1, conditions: [], endpoints: {}, events: [], ...fields }));
+    const limited = new Admission(
+      { sessions, statuses, routes, workloads: new Cache() },
+      { maxSessions: 2, maxStarting: 10, sessionsPerUser: 1, capacityRetryMs: 60_000 },
+      () => now,
+      () => undefined,
+      () => undefined,
+    );
+    const estimate = (n: number): number | undefined => {
+      const decision = limited.decide(id(n));
+      return decision.admit ? undefined : decision.estimatedStartAt;
+    };
+    // Sessions 0 and 1 run, expiring in 1 and 2 hours; sessions 2 and 3 wait for their slots.
+    for (let n = 0; n < 4; n++) addSession(n);
+    for (const n of [0, 1]) {
+      addClaim(n);
+      setStatus(n, { admittedAt: iso(now - 2 * minute), readyAt: iso(now - minute), expiresAt: iso(now + 60 * (n + 1) * minute) });
+    }
+    limited.load(sessions.ids());
+    assert.deepEqual([estimate(2), estimate(3)], [now + 60 * minute, now + 120 * minute]);
+
+    // Session 1 is deleted: Terminating, it holds its slot only until its routes and job are gone.
+    const deleted = sessions.get(id(1))!.value!;
+    sessions.upsert(id(1), record(id(1), { ...deleted, metadata: { ...deleted.metadata, deletionRequestedAt: iso(now - 1000), deletionReason: 'Deleted' } }));
+    setStatus(1, { phase: 'Terminating', readyAt: iso(now - minute) });
+    limited.refresh(id(1));
+    assert.deepEqual([estimate(2), estimate(3)], [now, now + 60 * minute]);
+
+    // Session 0 fails: its slot is free once its job has stopped.
+    setStatus(0, { phase: 'Failed', readyAt: iso(now - minute), failedAt: iso(now - 1000) });
+    limited.refresh(id(0));
+    assert.deepEqual([estimate(2), estimate(3)], [now, now]);
+  });
+
   it('takes the session that leaves out of the list, not another, even when a creation time cannot be ordered', () => {
     for (let n = 0; n < 10; n++) {
       addSession(n);
