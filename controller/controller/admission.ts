@@ -55,6 +55,9 @@ const defaultStartMs = 30_000;
 /** Estimates use the median of this many of the most recent start durations. */
 const recentStarts = 20;
 
+/** What keeps every waiting session waiting, whatever its position (see `bindingLimit`). */
+type BindingLimit = 'Blocked' | 'ClusterFull' | 'Window' | 'StartLimit' | undefined;
+
 interface Waiter {
   readonly id: string;
   readonly createdAt: number;
@@ -111,6 +114,8 @@ export class Admission {
    * grow before the change that caused it reaches the waiting list (the allocator sees the claim first).
    */
   private lastFree = 0;
+  /** The limit that kept the list waiting when last computed: when another one does, every waiting session's reason changes. */
+  private lastLimit: BindingLimit = undefined;
 
   constructor(
     private readonly state: AdmissionState,
@@ -201,9 +206,12 @@ export class Admission {
     );
     const freeAfter = this.freeSlots();
     this.lastFree = freeAfter;
+    const limitBefore = this.lastLimit;
+    this.lastLimit = this.bindingLimit();
     if (requeue !== undefined) {
-      // Everyone behind a change moved; when room grew, the head of the list may now go.
-      const moved = changedAt ?? this.waiting.length;
+      // Everyone behind a change moved; when room grew, the head of the list may now go (and everyone moves as
+      // it does); when the list still waits, but for another limit, everyone's reason changed.
+      const moved = this.lastLimit !== undefined && this.lastLimit !== limitBefore ? 0 : (changedAt ?? this.waiting.length);
       const head = freeAfter > freeBefore ? Math.min(freeAfter, moved) : 0;
       for (let index = 0; index < head; index++) requeue(this.waiting[index]!.id);
       for (let index = moved; index < this.waiting.length; index++) requeue(this.waiting[index]!.id);
@@ -216,7 +224,6 @@ export class Admission {
     const waiter = this.waiterOf.get(id);
     if (waiter === undefined) return { admit: true };
     const position = this.indexOf(waiter) + 1;
-    const blockedUntil = this.capacityBlockedUntil();
     const free = this.freeSlots();
     if (position <= free) return { admit: true };
     const { maxSessions, maxStarting } = this.limits;
@@ -232,12 +239,16 @@ export class Admission {
     // A session waiting behind one the scheduler turned away was not turned away itself: were its status to say
     // InsufficientCapacity, the list would read it back as turned away (to the head, the window reset).
     const capacityReason = waiter.capacityBlockedSince === undefined ? 'WaitingForRoom' : 'InsufficientCapacity';
-    if (blockedUntil !== undefined) {
-      return wait(capacityReason, 'the cluster has no room for another session; retrying as soon as room appears', blockedUntil);
+    switch (this.bindingLimit()) {
+      case 'Blocked':
+        return wait(capacityReason, 'the cluster has no room for another session; retrying as soon as room appears', this.capacityBlockedUntil());
+      case 'ClusterFull':
+        return wait('ClusterFull', `all ${maxSessions} session slots are in use`);
+      case 'Window':
+        return wait(capacityReason, 'the cluster was full; sessions are admitted a few at a time until it has room');
+      case 'StartLimit':
+        return wait('StartLimit', `${maxStarting} sessions are starting; waiting for one to be ready`);
     }
-    if (this.holding.size >= maxSessions) return wait('ClusterFull', `all ${maxSessions} session slots are in use`);
-    if (this.window !== Infinity) return wait(capacityReason, 'the cluster was full; sessions are admitted a few at a time until it has room');
-    if (this.starting.size >= maxStarting) return wait('StartLimit', `${maxStarting} sessions are starting; waiting for one to be ready`);
     const ports = this.portRoom?.();
     if (ports !== undefined && position > ports.free) return wait(ports.reason, ports.message);
     return wait('Queued', `${position - 1} session(s) ahead in the waiting list`);
@@ -307,6 +318,15 @@ export class Admission {
     const self = list?.find((entry) => entry.id === id);
     if (self === undefined) return undefined;
     return 1 + list!.filter((entry) => entry.id !== id && (this.holding.has(entry.id) || compareWaiters(entry, self) < 0)).length;
+  }
+
+  /** The limit that keeps the whole list waiting, if one does (then every waiting session shows it), first match wins. */
+  private bindingLimit(): BindingLimit {
+    if (this.capacityBlockedUntil() !== undefined) return 'Blocked';
+    if (this.holding.size >= this.limits.maxSessions) return 'ClusterFull';
+    if (this.window !== Infinity) return 'Window';
+    if (this.starting.size >= this.limits.maxStarting) return 'StartLimit';
+    return undefined;
   }
 
   /** Room for admissions right now. */

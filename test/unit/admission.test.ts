@@ -228,6 +228,34 @@ describe('admission: the waiting list', () => {
     assert.deepEqual([estimate(2), estimate(3)], [now, now]);
   });
 
+  it('tells every waiting session when another limit keeps the list waiting, though nobody moved and no room appeared', () => {
+    const iso = (ms: number): string => new Date(ms).toISOString();
+    const limited = new Admission(
+      { sessions, statuses, routes, workloads: new Cache() },
+      { maxSessions: 2, maxStarting: 1, sessionsPerUser: 1, capacityRetryMs: 60_000 },
+      () => 1_000_000,
+      (requeuedId) => requeued.push(requeuedId),
+      () => undefined,
+    );
+    const reason = (n: number): string | undefined => {
+      const decision = limited.decide(id(n));
+      return decision.admit ? undefined : decision.reason;
+    };
+    // Session 0 is Ready and session 1 starting: both slots are in use; sessions 2 and 3 wait.
+    for (let n = 0; n < 4; n++) addSession(n);
+    for (const n of [0, 1]) addClaim(n);
+    statuses.upsert(id(0), record(id(0), { phase: 'Ready', observedGeneration: 1, conditions: [], endpoints: {}, events: [], admittedAt: iso(900_000), readyAt: iso(930_000) }));
+    statuses.upsert(id(1), record(id(1), { phase: 'Starting', observedGeneration: 1, conditions: [], endpoints: {}, events: [], admittedAt: iso(990_000) }));
+    limited.load(sessions.ids());
+    assert.deepEqual([reason(2), reason(3)], ['ClusterFull', 'ClusterFull']);
+    // Session 0 ends: a slot is free, but session 1's start holds the only starting slot.
+    sessions.remove(id(0));
+    routes.remove(id(0));
+    limited.refresh(id(0));
+    assert.deepEqual([reason(2), reason(3)], ['StartLimit', 'StartLimit']);
+    assert.deepEqual(requeued.sort(), [id(2), id(3)]);
+  });
+
   it('takes the session that leaves out of the list, not another, even when a creation time cannot be ordered', () => {
     for (let n = 0; n < 10; n++) {
       addSession(n);
