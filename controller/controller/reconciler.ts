@@ -262,7 +262,9 @@ export class SessionReconciler {
     // A workload replaced for a new spec (a new generation, an edited template) stops serving because it was told to.
     const replacing = previous?.observedGeneration !== generation || (cachedWorkload !== undefined && workload === undefined);
     const failures = this.failuresAfter(previous, replacing, allocation, healthy, now);
-    if (failures.length > policy.maxRestarts) {
+    // Only a new failure ends the session: one serving with more failures than a maxRestarts lowered since allows keeps serving.
+    const failedNow = failures.length > recentFailures(policy, previous?.failures ?? [], now).length;
+    if (failedNow && failures.length > policy.maxRestarts) {
       const last = failures[failures.length - 1]!;
       return this.fail(id, generation, 'CrashLoop', `failed ${failures.length} times within ${formatSeconds(policy.restartWindowMs)}; last: ${last.message}`, failures);
     }

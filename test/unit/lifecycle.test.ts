@@ -628,6 +628,30 @@ describe('lifecycle: failures', () => {
     assert.deepEqual(h.scheduler.deregistrations, [], 'nothing left to purge: the scheduler collects the stopped job');
   });
 
+  it('leaves a serving session alone when maxRestarts was lowered below its failures, and ends it at its next failure', async () => {
+    const policy = { maxRestarts: 3 };
+    h = await ControllerHarness.embedded({ policy });
+    const [id] = await createInOrder(h, ['ann']);
+    await makeReady(h, id!);
+    for (let n = 1; n <= 2; n++) {
+      crash(id!);
+      await statusWhen(h.store, id!, (s) => s.failures?.length === n);
+      h.tick(5_000 * 2 ** (n - 1));
+      await waitFor(`reschedule ${n}`, () => h.scheduler.reschedules.length === n);
+      await makeReady(h, id!, 31000 + n * 10);
+    }
+    // The operator allows one restart now: the session, serving with two failures behind it, is not failed for them.
+    policy.maxRestarts = 1;
+    await h.restartController();
+    await waitFor('the restarted controller idle', () => h.controller.queue.length === 0 && h.controller.queue.inFlight === 0);
+    assert.equal((await statusOf(h.store, id!))?.phase, 'Ready');
+    assert.deepEqual(h.scheduler.stops, []);
+    crash(id!);
+    const failed = await statusWhen(h.store, id!, 'Failed');
+    assert.equal(condition(failed, 'Ready'), 'False/CrashLoop');
+    assert.match(failed.conditions[0]!.message, /failed 3 times within 10 min/);
+  });
+
   it('updates the job of a Ready session whose spec changed, without counting the replacement as a failure', async () => {
     h = await ControllerHarness.embedded({ policy: { maxRestarts: 0 } });
     const [id] = await createInOrder(h, ['ann']);
