@@ -11,7 +11,7 @@ import type {
 import { encodeRecord, type SchemaName } from '../api/schemas.js';
 import { resolveParameters } from '../api/templates.js';
 import type { Logger } from '../util/log.js';
-import type { TxnOperation } from '../store/store.js';
+import { StoreError, type TxnOperation } from '../store/store.js';
 import type { StoreWriter } from './fenced-writer.js';
 import { jobIdFor, RenderError, type Allocation, type RenderedJob, type Scheduler, type Workload } from '../scheduler/scheduler.js';
 import { shownEstimate, type Admission } from './admission.js';
@@ -119,6 +119,12 @@ export class SessionReconciler {
    */
   private readonly specHashes = new Map<string, { session: SessionRecord; template: SessionTemplate; claim: RouteRecord; specHash: string }>();
 
+  /**
+   * Ports of each claim written without an answer (the write may have applied): they, and the session's slot,
+   * stay reserved until the routes cache shows whether the claim was written, so that they go to no other session.
+   */
+  private readonly unsettledClaims = new Map<string, readonly number[]>();
+
   /** Whether the current wave of orphans has been reported as a store loss (once per wave). */
   private storeLossReported = false;
 
@@ -144,6 +150,7 @@ export class SessionReconciler {
   async reconcile(id: string): Promise<ReconcileResult> {
     const catchingUp = this.expectations.waitFor(id);
     if (catchingUp !== undefined) return { requeueAfterMs: catchingUp };
+    this.settleClaim(id);
     const record = this.deps.observed.sessions.get(id);
     if (record === undefined) {
       this.specHashes.delete(id);
@@ -472,7 +479,8 @@ export class SessionReconciler {
       if (record === undefined) throw new Error(`no free public TCP port for session ${id}`);
       await this.put(id, this.deps.observed.routes, this.deps.keys.route(id), 'route', record);
     } catch (error) {
-      giveBack();
+      if (mayHaveApplied(error)) this.holdUnsettled(id, reserved);
+      else giveBack();
       throw error;
     }
     this.deps.log.info({ session: id }, 'session admitted');
@@ -524,10 +532,30 @@ export class SessionReconciler {
     try {
       await this.put(id, this.deps.observed.routes, this.deps.keys.route(id), 'route', record);
     } catch (error) {
-      for (const port of reserved) ports.release(id, port);
+      if (mayHaveApplied(error)) this.holdUnsettled(id, reserved);
+      else for (const port of reserved) ports.release(id, port);
       throw error;
     }
     return true;
+  }
+
+  /** A claim was written without an answer: its ports stay reserved, and the session waits for the routes cache to show the outcome. */
+  private holdUnsettled(id: string, ports: readonly number[]): void {
+    const routes = this.deps.observed.routes;
+    const before = routes.get(id)?.entry.modifyIndex;
+    this.unsettledClaims.set(id, ports);
+    this.expectations.expect(id, () => routes.get(id)?.entry.modifyIndex !== before);
+  }
+
+  /** Once the routes cache shows (or has had time to show) a claim written without an answer: gives back what it did not get. */
+  private settleClaim(id: string): void {
+    const ports = this.unsettledClaims.get(id);
+    if (ports === undefined) return;
+    this.unsettledClaims.delete(id);
+    const cached = this.deps.observed.routes.get(id);
+    const claimed = cached?.value?.ports ?? [];
+    for (const port of ports) if (!claimed.some((route) => route.port === port)) this.deps.ports.release(id, port);
+    if (cached === undefined) this.deps.admission.cancel(id);
   }
 
   /** The scheduler could not place the workload: back to the head of the waiting list with nothing held. */
@@ -790,6 +818,11 @@ export class SessionReconciler {
     const cached = cache.get(id);
     return cached ? [{ verb: 'delete', key, cas: cached.entry.modifyIndex }] : [];
   }
+}
+
+/** Whether a failed write may have applied all the same (the store did not answer): compare-and-set failures and refusals did not. */
+function mayHaveApplied(error: unknown): boolean {
+  return error instanceof StoreError && error.kind === 'unavailable';
 }
 
 /** A scheduler call that failed, and the Scheduled condition that reports it. */

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { filter, firstValueFrom } from 'rxjs';
 import sinon from 'sinon';
 import { SessionReconciler } from '../../controller/controller/reconciler.js';
-import type { Store } from '../../controller/store/store.js';
+import { StoreError, type Store } from '../../controller/store/store.js';
 import {
   capturingLogger,
   condition,
@@ -442,5 +442,35 @@ describe('controller: public TCP ports', () => {
     await requestDeletion(h.store, first);
     const claim = await waitFor('second admitted', () => routesOf(h.store, second));
     assert.equal(claim.ports[0]!.port, 20000);
+  });
+
+  it('holds the port of a claim whose write the store did not answer until it is known whether the claim was written', async () => {
+    // The first claim is written, but its answer is lost (a Consul 5xx, a timeout); the routes watch is slow to show it.
+    const routesWatch = laggingWatch(h.store, keys.routes);
+    let unanswered: string | undefined;
+    const store: Store = {
+      ...delegatingStore(routesWatch.store),
+      put: async (key, value, options) => {
+        const written = await routesWatch.store.put(key, value, options);
+        if (unanswered !== undefined || !key.startsWith(keys.routes)) return written;
+        unanswered = key;
+        throw new StoreError('no answer', 'put', key, { kind: 'unavailable' });
+      },
+    };
+    await h.restartController(store);
+    routesWatch.hold();
+    const first = await createSession(h.store);
+    await waitFor('the claim written without an answer', () => unanswered === keys.route(first));
+    // Created earlier (another front end's clock), the second session is ahead of the first in the waiting list.
+    const second = await createSession(h.store, { createdAt: Date.now() - 60_000 });
+    const decided = await statusWhen(h.store, second, (status) => status.phase === 'Waiting' || status.phase === 'Starting');
+    assert.equal(condition(decided, 'Admitted'), 'False/NoFreePort');
+    await waitFor('nothing queued or in flight', () => h.controller.queue.length === 0 && h.controller.queue.inFlight === 0);
+    assert.equal(await routesOf(h.store, second), undefined, 'the port of the first claim is not handed out again');
+    routesWatch.release();
+    await makeReady(h, first);
+    assert.equal((await routesOf(h.store, first))?.ports[0]?.port, 20000);
+    assert.equal(await routesOf(h.store, second), undefined);
+    assert.equal(condition(await statusOf(h.store, second), 'Admitted'), 'False/NoFreePort');
   });
 });
