@@ -43,8 +43,11 @@ describe('the client commands (manticore sessions, templates)', function () {
   /** `<allocation>/<task>.<stream>` → its writer. */
   let writers: Map<string, RotatingLogWriter>;
 
-  /** Runs a command in this process and collects what it printed; `output` is watched while it runs, `interrupt` is Ctrl-C. */
-  function run(command: 'sessions' | 'templates' | 'status' | 'limits', args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> & { output: () => string; interrupt: () => void } {
+  /**
+   * Runs a command in this process against the front end at `at` and collects what it printed; `output` is
+   * watched while it runs, `interrupt` is Ctrl-C.
+   */
+  function run(command: 'sessions' | 'templates' | 'status' | 'limits', args: string[], env: NodeJS.ProcessEnv = {}, at = url): Promise<Run> & { output: () => string; interrupt: () => void } {
     const stdout = new PassThrough();
     const stderr = new PassThrough();
     let out = '';
@@ -52,7 +55,7 @@ describe('the client commands (manticore sessions, templates)', function () {
     stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
     stderr.on('data', (chunk: Buffer) => (err += chunk.toString()));
     const interrupted = new AbortController();
-    const done = runClientCommand(command, [...args, '--url', url], { stdout, stderr, env: { MANTICORE_USER: 'alice', ...env }, signal: interrupted.signal }).then((code) => ({
+    const done = runClientCommand(command, [...args, '--url', at], { stdout, stderr, env: { MANTICORE_USER: 'alice', ...env }, signal: interrupted.signal }).then((code) => ({
       code,
       stdout: out,
       stderr: err,
@@ -76,6 +79,36 @@ describe('the client commands (manticore sessions, templates)', function () {
   });
 
   /** A front end over the harness's store, reading the task logs under `logsRoot`. */
+  /** A front end that takes requests and never answers them. */
+  async function silentFrontend(): Promise<{
+    /** Runs the command against it and presses Ctrl-C once its request has arrived. */
+    interruptWhenAsked: (command: 'sessions' | 'templates' | 'status' | 'limits', args: string[]) => Promise<{ code: number; stderr: string }>;
+    close: () => Promise<void>;
+  }> {
+    const sockets = new Set<net.Socket>();
+    let requests = 0;
+    const server = net.createServer((socket) => {
+      sockets.add(socket);
+      socket.on('data', () => (requests += 1));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const silentUrl = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+    return {
+      interruptWhenAsked: async (command, args) => {
+        const sent = requests + 1;
+        const running = run(command, args, {}, silentUrl);
+        await waitFor('the request', () => requests >= sent);
+        running.interrupt();
+        const { code, stderr } = await running;
+        return { code, stderr };
+      },
+      close: async () => {
+        for (const socket of sockets) socket.destroy();
+        await new Promise((resolve) => server.close(resolve));
+      },
+    };
+  }
+
   function newFrontend(): Frontend {
     return testFrontend(h.store, {
       sessionsPerUser: 1,
@@ -405,49 +438,25 @@ describe('the client commands (manticore sessions, templates)', function () {
   });
 
   it('ends a watch with 130, and a log follow quietly with 0, on Ctrl-C while it connects', async () => {
-    // A front end that takes requests and never answers them.
-    const sockets = new Set<net.Socket>();
-    let requests = 0;
-    const silent = net.createServer((socket) => {
-      sockets.add(socket);
-      socket.on('data', () => (requests += 1));
-    });
-    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
-    const silentUrl = `http://127.0.0.1:${(silent.address() as net.AddressInfo).port}`;
+    const silent = await silentFrontend();
     try {
       for (const args of [['watch', 'somesession00000'], ['logs', 'somesession00000', '--follow']]) {
-        const stderr = new PassThrough();
-        let said = '';
-        stderr.on('data', (chunk: Buffer) => (said += chunk.toString()));
-        const interrupt = new AbortController();
-        const sent = requests + 1;
-        const code = runClientCommand('sessions', [...args, '--url', silentUrl], { stdout: new PassThrough(), stderr, env: { MANTICORE_USER: 'alice' }, signal: interrupt.signal });
-        await waitFor('the request', () => requests >= sent);
-        interrupt.abort();
+        const { code, stderr: said } = await silent.interruptWhenAsked('sessions', args);
         if (args[0] === 'watch') {
-          assert.equal(await code, exitCodes.interrupted, said);
+          assert.equal(code, exitCodes.interrupted, said);
           assert.match(said, /^manticore: interrupted before session somesession00000 was Ready; it keeps running/);
         } else {
-          assert.equal(await code, exitCodes.ok, `sessions ${args.join(' ')}: ${said}`);
+          assert.equal(code, exitCodes.ok, `sessions ${args.join(' ')}: ${said}`);
           assert.equal(said, '', `sessions ${args.join(' ')}`);
         }
       }
     } finally {
-      for (const socket of sockets) socket.destroy();
-      await new Promise((resolve) => silent.close(resolve));
+      await silent.close();
     }
   });
 
   it('ends any other command with 130 on Ctrl-C while the front end has not answered, saying a change may have been made all the same', async () => {
-    // A front end that takes requests and never answers them.
-    const sockets = new Set<net.Socket>();
-    let requests = 0;
-    const silent = net.createServer((socket) => {
-      sockets.add(socket);
-      socket.on('data', () => (requests += 1));
-    });
-    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
-    const silentUrl = `http://127.0.0.1:${(silent.address() as net.AddressInfo).port}`;
+    const silent = await silentFrontend();
     const commands: Array<[command: 'sessions' | 'templates' | 'limits' | 'status', args: string[], said: string]> = [
       ['sessions', ['list'], 'GET /api/v1/sessions'],
       ['sessions', ['get', 'somesession00000'], 'GET /api/v1/sessions/somesession00000'],
@@ -460,20 +469,12 @@ describe('the client commands (manticore sessions, templates)', function () {
     ];
     try {
       for (const [command, args, said] of commands) {
-        const stderr = new PassThrough();
-        let written = '';
-        stderr.on('data', (chunk: Buffer) => (written += chunk.toString()));
-        const interrupt = new AbortController();
-        const sent = requests + 1;
-        const code = runClientCommand(command, [...args, '--url', silentUrl], { stdout: new PassThrough(), stderr, env: { MANTICORE_USER: 'alice' }, signal: interrupt.signal });
-        await waitFor('the request', () => requests >= sent);
-        interrupt.abort();
-        assert.equal(await code, exitCodes.interrupted, `${command} ${args.join(' ')}: ${written}`);
+        const { code, stderr: written } = await silent.interruptWhenAsked(command, args);
+        assert.equal(code, exitCodes.interrupted, `${command} ${args.join(' ')}: ${written}`);
         assert.equal(written, `manticore: interrupted before the front end answered ${said}\n`);
       }
     } finally {
-      for (const socket of sockets) socket.destroy();
-      await new Promise((resolve) => silent.close(resolve));
+      await silent.close();
     }
   });
 
@@ -488,13 +489,7 @@ describe('the client commands (manticore sessions, templates)', function () {
         [['watch', 'somesession00000'], '/api/v1/sessions/somesession00000/events', 'text/event-stream'],
         [['list'], '/api/v1/sessions', 'application/json'],
       ] as const) {
-        const stdout = new PassThrough();
-        const stderr = new PassThrough();
-        let printed = '';
-        let said = '';
-        stdout.on('data', (chunk: Buffer) => (printed += chunk.toString()));
-        stderr.on('data', (chunk: Buffer) => (said += chunk.toString()));
-        const code = await runClientCommand('sessions', [...args, '--url', pageUrl], { stdout, stderr, env: { MANTICORE_USER: 'alice' } });
+        const { code, stdout: printed, stderr: said } = await run('sessions', [...args], {}, pageUrl);
         assert.deepEqual(
           { code, printed, said },
           { code: exitCodes.unavailable, printed: '', said: `manticore: GET ${path}: the answer is text/html, not ${expected}; is ${pageUrl} a Manticore front end?\n` },
@@ -522,16 +517,7 @@ describe('the client commands (manticore sessions, templates)', function () {
       ['limits', [], 'GET /api/v1/limits', 'the limits'],
       ['status', [], 'GET /api/v1/cluster', 'the cluster status'],
     ];
-    const runAgainst = async (command: (typeof commands)[number][0], args: string[]): Promise<Run> => {
-      const stdout = new PassThrough();
-      const stderr = new PassThrough();
-      let out = '';
-      let err = '';
-      stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
-      stderr.on('data', (chunk: Buffer) => (err += chunk.toString()));
-      const code = await runClientCommand(command, [...args, '--url', otherUrl], { stdout, stderr, env: { MANTICORE_USER: 'alice' } });
-      return { code, stdout: out, stderr: err };
-    };
+    const runAgainst = async (command: (typeof commands)[number][0], args: string[]): Promise<Run> => run(command, args, {}, otherUrl);
     try {
       for (const body of ['{}', '[{}]', '{"items":[{}]}']) {
         answer = { status: 200, body };
@@ -569,11 +555,7 @@ describe('the client commands (manticore sessions, templates)', function () {
         [['list'], 'GET /api/v1/sessions'],
         [['watch', 'somesession00000'], 'GET /api/v1/sessions/somesession00000/events'],
       ] as const) {
-        const stdout = new PassThrough();
-        const stderr = new PassThrough();
-        let said = '';
-        stderr.on('data', (chunk: Buffer) => (said += chunk.toString()));
-        const code = await runClientCommand('sessions', [...args, '--url', proxyUrl, '--token', 'a-token'], { stdout, stderr, env: {} });
+        const { code, stderr: said } = await run('sessions', [...args, '--token', 'a-token'], { MANTICORE_USER: undefined }, proxyUrl);
         const path = request.split(' ')[1]!;
         assert.deepEqual(
           { code, said },

@@ -559,6 +559,16 @@ describe('lifecycle: failures', () => {
 
   const crash = (id: string): void =>
     h.scheduler.update(id, { clientStatus: 'failed', healthy: false, tasks: { core: { state: 'dead', failed: true, restarts: 3, lastEvent: 'Exited with code 139' } } });
+  /** Crashes the session's workload `times` times, each replaced after its backoff and Ready again. */
+  const crashAndRecover = async (id: string, times: number): Promise<void> => {
+    for (let n = 1; n <= times; n++) {
+      crash(id);
+      await statusWhen(h.store, id, (s) => s.failures?.length === n);
+      h.tick(5_000 * 2 ** (n - 1));
+      await waitFor(`reschedule ${n}`, () => h.scheduler.reschedules.length === n);
+      await makeReady(h, id, 31000 + n * 10);
+    }
+  };
 
   it('replaces a failed workload after a backoff and returns to Ready with the same addresses', async () => {
     h = await ControllerHarness.embedded();
@@ -601,13 +611,7 @@ describe('lifecycle: failures', () => {
     h = await ControllerHarness.embedded({ policy: { maxRestarts: 2 } });
     const [id] = await createInOrder(h, ['ann']);
     await makeReady(h, id!);
-    for (let n = 1; n <= 2; n++) {
-      crash(id!);
-      await statusWhen(h.store, id!, (s) => s.failures?.length === n);
-      h.tick(5_000 * 2 ** (n - 1));
-      await waitFor(`reschedule ${n}`, () => h.scheduler.reschedules.length === n);
-      await makeReady(h, id!, 31000 + n * 10);
-    }
+    await crashAndRecover(id!, 2);
     const crashed = h.scheduler.workload(id!)!.allocation!.id;
     crash(id!);
     const failed = await statusWhen(h.store, id!, 'Failed');
@@ -633,13 +637,7 @@ describe('lifecycle: failures', () => {
     h = await ControllerHarness.embedded({ policy });
     const [id] = await createInOrder(h, ['ann']);
     await makeReady(h, id!);
-    for (let n = 1; n <= 2; n++) {
-      crash(id!);
-      await statusWhen(h.store, id!, (s) => s.failures?.length === n);
-      h.tick(5_000 * 2 ** (n - 1));
-      await waitFor(`reschedule ${n}`, () => h.scheduler.reschedules.length === n);
-      await makeReady(h, id!, 31000 + n * 10);
-    }
+    await crashAndRecover(id!, 2);
     // The operator allows one restart now: the session, serving with two failures behind it, is not failed for them.
     policy.maxRestarts = 1;
     await h.restartController();
