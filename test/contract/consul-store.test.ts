@@ -15,7 +15,7 @@ import { StoreError, type KvChange, type Store } from '../../controller/store/st
 import { silentLogger } from '../../controller/util/log.js';
 import * as watchPacing from '../../controller/util/watch-pacing.js';
 import { ConsulDouble, type ConsulDoubleOptions } from '../fakes/consul.js';
-import { waitFor } from '../support/wait.js';
+import { turnsUntil, waitFor } from '../support/wait.js';
 import { describeLockContract } from './lock-contract.js';
 import { describeStoreContract, WatchRecorder, type StoreUnderTest } from './store-contract.js';
 
@@ -478,17 +478,26 @@ describe('Consul store specifics (against the double)', function () {
 
     it('blocks again at once when a wait ends with the same index, without busy-looping', async function () {
       await start();
-      const store = open({ watchWaitSeconds: 1 });
-      const watch = record(new WatchRecorder(store.watch(prefix)));
-      await watch.until('the reset', () => watch.steps.length > 0);
-      const first = watchRequests();
-      // Two and a bit waits of one second (plus up to 1/16 s jitter each): two or three more blocking reads.
-      await new Promise((resolve) => setTimeout(resolve, 2300));
-      const more = watchRequests() - first;
-      assert.ok(more >= 2 && more <= 4, `${more} blocking reads in 2.3 s with wait=1s`);
-      const blockingReads = double.requests.filter((r) => 'recurse' in r.query && r.query.index !== undefined);
-      assert.ok(blockingReads.every((r) => r.query.wait === '1s'));
-      assert.equal(watch.steps.length, 1, 'a wait that ends with nothing new delivers nothing');
+      // The double's waits and the store's timers run on a clock the test moves (the requests are real): a
+      // window of real time counted the reads that a busy machine had managed to make in it.
+      const clock = sinon.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'], shouldClearNativeTimers: true });
+      try {
+        const store = open({ watchWaitSeconds: 1 });
+        const watch = record(new WatchRecorder(store.watch(prefix)));
+        await turnsUntil(() => watch.steps.length > 0 && double.heldQueries === 1);
+        for (let wait = 1; wait <= 3; wait++) {
+          const before = watchRequests();
+          // A wait of one second and the most jitter the double adds to it (1/16 s).
+          await clock.tickAsync(1000 + 1000 / 16);
+          await turnsUntil(() => watchRequests() > before && double.heldQueries === 1);
+          assert.equal(watchRequests(), before + 1, `wait ${wait} ended: one blocking read again, not more`);
+        }
+        const blockingReads = double.requests.filter((r) => 'recurse' in r.query && r.query.index !== undefined);
+        assert.ok(blockingReads.every((r) => r.query.wait === '1s'));
+        assert.equal(watch.steps.length, 1, 'a wait that ends with nothing new delivers nothing');
+      } finally {
+        clock.restore();
+      }
     });
 
     it('paces by what reading the list cost, not by what its consumer then did with the changes', async function () {
