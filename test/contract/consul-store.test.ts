@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import type { Counter } from 'prom-client';
+import { pino } from 'pino';
 import sinon from 'sinon';
 import { registry } from '../../controller/metrics/metrics.js';
 import { ConsulError, ConsulStore, type ConsulStoreOptions, type ConsulTlsOptions } from '../../controller/store/consul-store.js';
@@ -369,22 +370,44 @@ describe('Consul store specifics (against the double)', function () {
 
     it('rides out an outage with a bounded number of attempts and catches up afterwards', async function () {
       await start();
-      const store = open();
+      // The backoff waits as the watch logs them, each just before it sleeps.
+      const backoffs: number[] = [];
+      const log = pino({ level: 'warn' }, {
+        write: (line: string) => {
+          const record = JSON.parse(line) as { msg: string; retryInMs?: number };
+          if (record.msg === 'watch request failed; retrying') backoffs.push(record.retryInMs!);
+        },
+      });
+      const store = open({ log });
       const writer = open();
       const watch = record(new WatchRecorder(store.watch(prefix)));
       await watch.until('the reset', () => watch.steps.length > 0);
       await waitFor('a held blocking query', () => double.heldQueries === 1);
       const before = watchRequests();
-      await double.outage(true);
+      // One second of outage on a clock the test moves: on real time, a busy machine made fewer attempts in it.
+      const clock = sinon.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'], shouldClearNativeTimers: true });
       const attempts = sinon.spy(http, 'request');
-      // The window being measured: one second of outage, with real time.
-      await new Promise((resolve) => setTimeout(resolve, 1000));
-      const tried = attempts.getCalls().filter((call) => String((call.args[0] as { path?: string }).path).includes(encodeURIComponent(prefix).replace(/%2F/g, '/'))).length;
-      attempts.restore();
-      // Backoff 100 ms doubling with jitter: 3 to 5 attempts fit in a second; a busy loop would make thousands.
-      assert.ok(tried >= 2 && tried <= 8, `${tried} attempts during a 1 s outage`);
-      assert.equal(watchRequests(), before, 'nothing reached the double while it was down');
-      await double.outage(false);
+      try {
+        await double.outage(true);
+        const outageEnds = clock.now + 1000;
+        // Each attempt fails on real I/O (nothing listens) and then sleeps on the fake clock: the next timer is its backoff.
+        for (let failed = 1; ; failed++) {
+          await turnsUntil(() => backoffs.length === failed);
+          if (clock.now + backoffs[failed - 1]! > outageEnds) break;
+          await clock.nextAsync();
+        }
+        const tried = attempts.getCalls().filter((call) => String((call.args[0] as { path?: string }).path).includes(encodeURIComponent(prefix).replace(/%2F/g, '/'))).length;
+        // Backoff 100 ms doubling with jitter (half to all of it): 3 or 4 attempts fit in a second; a busy loop would make thousands.
+        backoffs.forEach((waited, n) => assert.ok(waited >= 50 * 2 ** n && waited <= 100 * 2 ** n, `backoff ${n}: ${waited} ms of ${backoffs.join(', ')}`));
+        assert.ok(tried >= 3 && tried <= 4, `${tried} attempts during a 1 s outage`);
+        assert.equal(watchRequests(), before, 'nothing reached the double while it was down');
+        await double.outage(false);
+        // The backoff under way ends: the attempt after it finds the double back.
+        await clock.nextAsync();
+      } finally {
+        clock.restore();
+        attempts.restore();
+      }
       await writer.put(`${prefix}after`, 'x');
       await watch.until('the write after the outage', () => watch.state.has(`${prefix}after`));
       assert.equal(watch.error, undefined);
