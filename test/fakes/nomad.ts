@@ -35,7 +35,8 @@ export type { NodeSpec } from './nomad/types.js';
  * Faults (`faults`, applied to every request while set): `latencyMs` before each answer; `errorRate`, a
  * share answered 500 without being handled; `timeoutRate`, a share never answered (the connection is held
  * until the client gives up or the double stops; an event stream never starts), half of the writes among
- * them applied first, as when a registration or deregistration happened but its answer was lost.
+ * them applied first, as when a registration or deregistration happened but its answer was lost. The
+ * requests they hit come from a seeded draw, the same on every run.
  * `injected` counts what they hit. `outage()`, `restart()` and `reset()` take the agent away, bounce it, or
  * lose the servers' state; each ends the open event streams.
  *

@@ -1,5 +1,6 @@
 import type http from 'node:http';
 import type { Logger } from '../../../controller/util/log.js';
+import { seededRandom } from '../../support/random.js';
 import { parseSubscribeRequest, type SubscribeRequest } from './events.js';
 import { checkLogsRequest, parseLogsRequest, serveLogs, type LogsRequest } from './logs.js';
 import { allocFull, allocStub, evalJson, jobActivity, jobFull, jobStub, nodeFull, nodeStub } from './render.js';
@@ -97,6 +98,8 @@ export class NomadApi {
   /** Event streams open right now. */
   streams = 0;
   readonly injected: InjectedFaults = { errors: 0, timeouts: 0, appliedWrites: 0 };
+  /** Which requests the faults hit, and which timed-out writes are applied: a seeded draw, so a run's longest streak of faults is the same every time. */
+  private readonly faultDraw = seededRandom(11);
 
   constructor(private readonly ctx: ApiContext) {}
 
@@ -107,7 +110,8 @@ export class NomadApi {
     try {
       const { latencyMs, errorRate, timeoutRate } = this.ctx.faults;
       if (latencyMs > 0) await new Promise((resolve) => setTimeout(resolve, latencyMs));
-      const draw = Math.random();
+      // Drawn only while a fault is set: the draws then follow the faulty requests alone.
+      const draw = errorRate + timeoutRate > 0 ? this.faultDraw() : 1;
       if (draw < errorRate) {
         this.injected.errors++;
         req.resume();
@@ -137,7 +141,7 @@ export class NomadApi {
   private async neverAnswer(req: http.IncomingMessage, closed: AbortSignal): Promise<void> {
     this.injected.timeouts++;
     const write = req.method === 'PUT' || req.method === 'POST' || req.method === 'DELETE';
-    if (write && Math.random() < 0.5) {
+    if (write && this.faultDraw() < 0.5) {
       this.injected.appliedWrites++;
       // Whatever it would have answered (even a refusal) is lost with the connection.
       await this.answer(req, closed).catch(() => undefined);
