@@ -102,6 +102,15 @@ async function slotFreedByRemoval(h: ControllerHarness<SlowRemovalScheduler>, wa
   return holder!;
 }
 
+/**
+ * A session's expiry as the controller's cache holds it, which the waiting list's estimates are refreshed
+ * from: the status writes reach it after the store, and one seen only after a refresh waits for the next.
+ */
+function cachedExpiry(h: ControllerHarness, id: string): number | undefined {
+  const expiresAt = h.controller.statuses.cache.get(id)?.value?.expiresAt;
+  return expiresAt === undefined ? undefined : Date.parse(expiresAt);
+}
+
 /** Sessions created one second apart, oldest first, so the waiting list order is known. */
 async function createInOrder(h: ControllerHarness, owners: string[]): Promise<string[]> {
   const base = Date.now() - 60 * minute;
@@ -130,6 +139,7 @@ describe('lifecycle: waiting list and room', () => {
     assert.equal(await routesOf(h.store, c!), undefined, 'nor are addresses reserved');
 
     // The running sessions expire 30 minutes after their last activity: the waiting list can tell when it moves.
+    await waitFor('both expiries in the cache', () => cachedExpiry(h, a!) !== undefined && cachedExpiry(h, b!) !== undefined);
     h.tick(estimateRefreshMs);
     const [expiresA, expiresB] = [(await statusOf(h.store, a!))!.expiresAt!, (await statusOf(h.store, b!))!.expiresAt!].map(Date.parse);
     const estimateC = Date.parse((await statusWhen(h.store, c!, (s) => s.estimatedStartAt !== undefined)).estimatedStartAt!);
@@ -156,6 +166,7 @@ describe('lifecycle: waiting list and room', () => {
     const waiting: string[] = [];
     for (let n = 0; n < 50; n++) waiting.push(await createSession(h.store, { owner: `wait-${n}`, createdAt: base + (5 + n) * 1000 }));
     for (const [n, id] of running.entries()) await makeReady(h, id, 31000 + 10 * n);
+    await waitFor('every expiry in the cache', () => running.every((id) => cachedExpiry(h, id) !== undefined));
     h.tick(estimateRefreshMs);
     await statusWhen(h.store, waiting[4]!, (s) => s.estimatedStartAt !== undefined);
     await waitFor('settled', drained);
@@ -170,9 +181,7 @@ describe('lifecycle: waiting list and room', () => {
     const [expiresA, expiresB] = [h.clock.now + 60 * minute, h.clock.now + 120 * minute];
     await setActivity(h, running[0]!, h.clock.now);
     await setActivity(h, running[1]!, h.clock.now);
-    await statusWhen(h.store, running[0]!, (s) => Date.parse(s.expiresAt!) === expiresA);
-    await statusWhen(h.store, running[1]!, (s) => Date.parse(s.expiresAt!) === expiresB);
-    await waitFor('settled', drained);
+    await waitFor('both new expiries in the cache', () => cachedExpiry(h, running[0]!) === expiresA && cachedExpiry(h, running[1]!) === expiresB && drained());
     h.tick(estimateRefreshMs);
     await waitFor('settled after the refresh', drained);
     assert.deepEqual(waitingReconciled().sort(), [waiting[0]!, waiting[1]!]);
@@ -186,8 +195,7 @@ describe('lifecycle: waiting list and room', () => {
     reconciled.resetHistory();
     const expiresE = await expiryOf(running[4]!);
     await setActivity(h, running[4]!, h.clock.now);
-    await statusWhen(h.store, running[4]!, (s) => Date.parse(s.expiresAt!) > expiresE);
-    await waitFor('settled', drained);
+    await waitFor('the new expiry in the cache', () => (cachedExpiry(h, running[4]!) ?? 0) > expiresE && drained());
     h.tick(estimateRefreshMs);
     await waitFor('settled after the refresh', drained);
     assert.deepEqual(waitingReconciled(), []);
