@@ -682,16 +682,20 @@ describe('Nomad scheduler', function () {
       const recorder = record(scheduler);
       const upserts = (): number => recorder.steps.filter((step) => step.kind === 'upsert').length;
       const jobs = Array.from({ length: 6 }, () => scheduler.render(contractRequest(demo, session())));
-      const registering = Promise.all(jobs.map((job) => scheduler.register(job)));
+      const register = (burst: RenderedJob[]): Promise<void[]> => Promise.all(burst.map((job) => scheduler.register(job)));
+      // Two bursts, each cut: the second begins once the stream is open again, so changes come on that stream
+      // however soon the first burst is over (on a busy machine, before the scheduler had subscribed again).
+      const registering = [register(jobs.slice(0, 3))];
       await waitFor('the first changes', () => upserts() >= 3);
       proxy.cutStreams();
       await waitFor('subscribed again', () => proxy.count('GET', '/v1/event/stream') === 2);
       const seen = upserts();
+      registering.push(register(jobs.slice(3)));
       await waitFor('more changes', () => upserts() > seen);
       proxy.cutStreams();
       // The burst may be over by now: the third subscription is waited for, not assumed to come before the last change.
       await waitFor('subscribed a third time', () => proxy.count('GET', '/v1/event/stream') >= 3);
-      await registering;
+      await Promise.all(registering);
       for (const job of jobs) await recorder.healthy(job);
 
       const last = new Map<string, string>();
