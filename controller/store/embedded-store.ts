@@ -575,6 +575,7 @@ function initialize(db: Database.Database, inMemory: boolean, retention: number)
   // both, which holds the event loop for milliseconds. Ten times SQLite's default (40 MB of WAL) makes
   // them rarer, and each copies once a page that many commits rewrote (a busy table's pages are).
   db.pragma(`wal_autocheckpoint = ${WAL_CHECKPOINT_PAGES}`);
+  if (!inMemory) checkIntact(db);
   const version = Number(db.pragma('user_version', { simple: true }));
   if (version > SCHEMA_VERSION) {
     throw new Error(`the file has schema version ${version}, newer than this Manticore understands (${SCHEMA_VERSION})`);
@@ -657,6 +658,30 @@ function toChange(row: ChangeRow): KvChange {
     type: 'put',
     entry: { key: row.key, value: row.value ?? '', createIndex: row.create_index ?? row.idx, modifyIndex: row.idx },
   };
+}
+
+/**
+ * A damaged page (a bad disk, a copy taken while Manticore ran) lets the file open and fails each read of
+ * it, so the parts would retry for ever; checked before anything reads or writes, the file is refused as it is.
+ */
+function checkIntact(db: Database.Database): void {
+  let problems: string[];
+  try {
+    problems = (db.pragma('quick_check') as Array<{ quick_check: string }>).map((row) => row.quick_check);
+  } catch (error) {
+    if (!isCorrupt(error)) throw error;
+    problems = [errorMessage(error)];
+  }
+  if (problems.length === 1 && problems[0] === 'ok') return;
+  throw new Error(
+    `the file is damaged (SQLite's check: ${problems.slice(0, 3).join('; ')}); it was left as it is: restore it from a backup ` +
+      '(docs/operations.md, Backup and disaster recovery), or move it aside to start with an empty store',
+  );
+}
+
+function isCorrupt(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && (code.startsWith('SQLITE_CORRUPT') || code === 'SQLITE_NOTADB');
 }
 
 function isBusy(error: unknown): boolean {

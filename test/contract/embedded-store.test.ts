@@ -291,6 +291,24 @@ describe('EmbeddedStore', function () {
       );
     });
 
+    it('refuses a file with a damaged page, saying so and leaving it as it was', async function () {
+      const store = open();
+      for (let i = 0; i < 50; i++) await store.put(`sessions/${i}`, `value-${i}`);
+      await store.close();
+      const pageSize = 4096;
+      const fd = fs.openSync(file, 'r+');
+      // Page 2 is the first table's root: its header overwritten, the file still opens but no read of it works.
+      fs.writeSync(fd, Buffer.alloc(64, 0x55), 0, 64, pageSize);
+      fs.closeSync(fd);
+      const damaged = fs.readFileSync(file);
+
+      assert.throws(
+        () => EmbeddedStore.open(file),
+        (error: unknown) => error instanceof StoreError && error.message.includes(file) && /damaged/.test(error.message) && /backup/.test(error.message),
+      );
+      assert.ok(fs.readFileSync(file).equals(damaged), 'the damaged file was changed');
+    });
+
     it('rejects an invalid change-log retention', function () {
       for (const changeLogRetention of [0, -1, 1.5, Number.NaN]) {
         assert.throws(() => EmbeddedStore.open(file, { changeLogRetention }), StoreError);
