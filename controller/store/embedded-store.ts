@@ -3,6 +3,7 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { Observable, type Subscriber } from 'rxjs';
 import { silentLogger, type Logger } from '../util/log.js';
+import { notWritable } from '../util/writable.js';
 import {
   StoreError,
   validateCas,
@@ -263,9 +264,13 @@ export class EmbeddedStore implements Store {
 
     let db: Database.Database;
     try {
-      if (!inMemory) fs.mkdirSync(path.dirname(resolved), { recursive: true });
+      if (!inMemory) {
+        fs.mkdirSync(path.dirname(resolved), { recursive: true });
+        checkWritable(resolved);
+      }
       db = new Database(resolved, { timeout: LOCK_WAIT_MS });
     } catch (error) {
+      if (error instanceof StoreError) throw error;
       throw new StoreError(`cannot open the store file: ${errorMessage(error)}`, 'open', resolved, { cause: error });
     }
 
@@ -658,6 +663,25 @@ function toChange(row: ChangeRow): KvChange {
     type: 'put',
     entry: { key: row.key, value: row.value ?? '', createIndex: row.create_index ?? row.idx, modifyIndex: row.idx },
   };
+}
+
+/** The store file, its write-ahead log and its directory must be writable (see notWritable). */
+function checkWritable(file: string): void {
+  const targets: ReadonlyArray<readonly [string, string, 'file' | 'directory']> = [
+    [file, 'the store file', 'file'],
+    [`${file}-wal`, 'its write-ahead log', 'file'],
+    [path.dirname(file), 'its directory', 'directory'],
+  ];
+  for (const [target, what, kind] of targets) {
+    const problem = notWritable(target, kind);
+    if (problem === undefined) continue;
+    throw new StoreError(
+      `${what} ${problem}; Manticore reads and writes the store file and creates ${path.basename(file)}-wal beside it: ` +
+        "give this user those rights, or run Manticore as the files' owner",
+      'open',
+      file,
+    );
+  }
 }
 
 /**

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
+import { notWritable } from './writable.js';
 
 /** Held while a process owns a directory; released by `release()` or by the process ending, kill -9 included. */
 export interface DirectoryLock {
@@ -15,6 +16,8 @@ export interface DirectoryLock {
 export function lockDirectory(dir: string, what: string): DirectoryLock {
   fs.mkdirSync(dir, { recursive: true });
   const file = path.join(dir, 'manticore.lock');
+  const problem = notWritable(dir, 'directory') ?? notWritable(file, 'file');
+  if (problem !== undefined) throw new Error(`${what} ${problem}`);
   const db = new Database(file, { timeout: 0 });
   try {
     // Exclusive locking mode keeps the lock the first write transaction takes until the connection closes;

@@ -7,6 +7,7 @@ import Database from 'better-sqlite3';
 import sinon from 'sinon';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import { MAX_KEY_BYTES, StoreError, type KvChange, type KvEntry } from '../../controller/store/store.js';
+import { unprivileged } from '../support/processes.js';
 import { describeStoreContract, WatchRecorder } from './store-contract.js';
 
 /** The compiled store module, for child processes (this file runs from dist/test/contract). */
@@ -56,9 +57,9 @@ interface ChildResult {
 }
 
 /** Runs `node -e script args…` to completion. */
-function runNode(script: string, args: readonly string[]): Promise<ChildResult> {
+function runNode(script: string, args: readonly string[], user: { uid?: number; gid?: number } = {}): Promise<ChildResult> {
   return new Promise((resolve) => {
-    execFile(process.execPath, ['-e', script, ...args], (error, stdout, stderr) => {
+    execFile(process.execPath, ['-e', script, ...args], user, (error, stdout, stderr) => {
       const failed = error as (Error & { code?: number | string; signal?: NodeJS.Signals }) | null;
       resolve({
         code: failed === null ? 0 : typeof failed.code === 'number' ? failed.code : null,
@@ -307,6 +308,33 @@ describe('EmbeddedStore', function () {
         (error: unknown) => error instanceof StoreError && error.message.includes(file) && /damaged/.test(error.message) && /backup/.test(error.message),
       );
       assert.ok(fs.readFileSync(file).equals(damaged), 'the damaged file was changed');
+    });
+
+    it('refuses a store file, or a directory, this user may not write, naming it and the permission rather than a disk I/O error', async function () {
+      const store = open();
+      await store.put('k', 'v');
+      await store.close();
+      const user = unprivileged();
+      fs.chmodSync(dir, 0o755);
+      fs.chmodSync(file, 0o444);
+      const script = `
+        const { EmbeddedStore } = require(process.argv[1]);
+        try { EmbeddedStore.open(process.argv[2]); } catch (error) { process.stderr.write(error.message); process.exit(3); }
+      `;
+      const attempt = (): Promise<ChildResult> => runNode(script, [STORE_MODULE, file], user);
+
+      const readOnly = await attempt();
+      assert.equal(readOnly.code, 3, `the store opened: ${readOnly.stdout} ${readOnly.stderr}`);
+      assert.match(readOnly.stderr, new RegExp(`the store file ${file} is not writable by this user.*permission denied`));
+
+      fs.chmodSync(file, 0o666);
+      // Nobody may not write a directory of root's; anyone else is kept out by its mode.
+      if (user.uid === undefined) fs.chmodSync(dir, 0o555);
+      const readOnlyDir = await attempt();
+      assert.equal(readOnlyDir.code, 3, `the store opened: ${readOnlyDir.stdout} ${readOnlyDir.stderr}`);
+      assert.match(readOnlyDir.stderr, new RegExp(`its directory ${dir} is not writable by this user.*store.db-wal`));
+      fs.chmodSync(dir, 0o755);
+      assert.equal((await open().get('k'))?.value, 'v');
     });
 
     it('rejects an invalid change-log retention', function () {

@@ -42,3 +42,11 @@ export function processesNaming(needle: string): number[] {
   }
   return pids;
 }
+
+/**
+ * Options for a child process that permissions hold back: root reads and writes any file, so under root the
+ * child runs as nobody (who must still be able to reach the files a test gives it).
+ */
+export function unprivileged(): { uid?: number; gid?: number } {
+  return process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : {};
+}
