@@ -4,7 +4,7 @@ import { ValidationError } from '../api/schemas.js';
 import { loadConfig, redactSecrets } from '../config/config.js';
 import { clientUsage, runClientCommand, type ClientCommand } from './client/commands.js';
 import { createLogger } from '../util/log.js';
-import { listenForStop, stopWithin } from './shutdown.js';
+import { ProcessKiller, listenForStop, stopWithin } from './shutdown.js';
 import { allRoles, startManticore } from './up.js';
 
 const usage = `Usage: manticore <command> [options]
@@ -154,7 +154,8 @@ async function main(argv: string[]): Promise<number> {
       // Listened for before start-up, which can wait long (for a store that does not answer yet): a signal
       // then stops what has started so far (HAProxy, sessions' processes) as it stops everything later.
       const stop = listenForStop();
-      const starting = startManticore(config, log, command === 'up' ? allRoles : [command], stop.requested);
+      const killer = new ProcessKiller();
+      const starting = startManticore(config, log, command === 'up' ? allRoles : [command], stop.requested, killer);
       try {
         const running = await Promise.race([starting, stop.received.then(() => undefined)]);
         if (running !== undefined) process.stdout.write(running.banner);
@@ -168,8 +169,11 @@ async function main(argv: string[]): Promise<number> {
       // A start-up the signal cut short stops what it had started, then throws: no failure here.
       const stopAll = (): Promise<void> => starting.then((running) => running.stop(), () => undefined);
       const code = await stopWithin(stopAll, config.shutdown.graceSeconds * 1000, signal, log);
-      // Cut short: whatever still holds the event loop must not keep the process alive.
-      if (code !== 0) process.exit(code);
+      // Cut short: whatever still holds the event loop must not keep the process alive, nor its children outlive it.
+      if (code !== 0) {
+        killer.killAll(log);
+        process.exit(code);
+      }
       return code;
     }
     default:

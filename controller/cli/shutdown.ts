@@ -33,6 +33,26 @@ export async function stopWithin(stop: () => Promise<void>, graceMs: number, sig
   return 0;
 }
 
+/**
+ * The child processes a stop cut short must not leave behind: HAProxy and the sessions' tasks each lead a
+ * process group of their own (so Ctrl-C in the terminal reaches Manticore alone), and would outlive it
+ * holding their ports until the next start.
+ */
+export class ProcessKiller {
+  private readonly kills = new Map<string, () => void>();
+
+  /** `kill` signals what `part` started, at once, and never throws. */
+  add(part: string, kill: () => void): void {
+    this.kills.set(part, kill);
+  }
+
+  killAll(log: Logger): void {
+    if (this.kills.size === 0) return;
+    log.warn({ parts: [...this.kills.keys()] }, 'killing the processes still running');
+    for (const kill of this.kills.values()) kill();
+  }
+}
+
 /** The first stop signal: `requested` aborts and `received` resolves with it (later ones are stopWithin's). */
 export interface StopSignal {
   readonly requested: AbortSignal;

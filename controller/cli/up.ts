@@ -20,10 +20,12 @@ import { HaproxyProcess } from '../router/haproxy-process.js';
 import { HaproxyRuntime } from '../router/haproxy-runtime.js';
 import { HaproxySupervisor } from '../router/haproxy-supervisor.js';
 import { exportRouterReadiness, routerProbes } from '../router/status-server.js';
+import { LocalScheduler } from '../scheduler/local-scheduler.js';
 import type { LockService } from '../store/lock.js';
 import type { Store } from '../store/store.js';
 import { createScheduler, createStore, createTaskLogs } from './backends.js';
 import { loginName } from './client/commands.js';
+import type { ProcessKiller } from './shutdown.js';
 
 /** The parts one process can run; `manticore up` runs all three, a cluster deployment one per process. */
 export type Role = 'controller' | 'frontend' | 'router';
@@ -46,6 +48,7 @@ class StartedParts {
   constructor(
     private readonly log: Logger,
     stopSignal: AbortSignal | undefined,
+    private readonly killer: ProcessKiller | undefined,
   ) {
     this.stopRequested = new Promise<never>((_resolve, reject) => {
       const requested = (): void => reject(new Error('stopped while starting'));
@@ -56,8 +59,10 @@ class StartedParts {
     this.stopRequested.catch(() => undefined);
   }
 
-  add(name: string, stop: () => Promise<void>): void {
+  /** `kill`, for a part that starts processes: what a stop cut short does to them (see ProcessKiller). */
+  add(name: string, stop: () => Promise<void>, kill?: () => void): void {
     this.parts.push({ name, stop });
+    if (kill !== undefined) this.killer?.add(name, kill);
   }
 
   /**
@@ -84,10 +89,16 @@ class StartedParts {
  * Starts the given roles in this process over the configured store and scheduler (embedded, or Consul
  * and Nomad): the router with its local HAProxy (a child process), the controller, the front end.
  * If any part fails to start, or `stopSignal` aborts before all have started, the parts already started are
- * stopped again before the error is thrown.
+ * stopped again before the error is thrown. `killer` is given the child processes as they start.
  */
-export async function startManticore(config: ManticoreConfig, log: Logger, roles: readonly Role[] = allRoles, stopSignal?: AbortSignal): Promise<RunningManticore> {
-  const parts = new StartedParts(log, stopSignal);
+export async function startManticore(
+  config: ManticoreConfig,
+  log: Logger,
+  roles: readonly Role[] = allRoles,
+  stopSignal?: AbortSignal,
+  killer?: ProcessKiller,
+): Promise<RunningManticore> {
+  const parts = new StartedParts(log, stopSignal, killer);
   try {
     compileValidators();
     const templates = loadTemplates(config.templates.dir);
@@ -122,7 +133,7 @@ export async function startManticore(config: ManticoreConfig, log: Logger, roles
     }
     if (roles.includes('controller')) {
       const scheduler = createScheduler(config, log);
-      parts.add('scheduler', () => scheduler.close());
+      parts.add('scheduler', () => scheduler.close(), scheduler instanceof LocalScheduler ? () => scheduler.kill() : undefined);
       await parts.until(scheduler.start());
       // Loaded only when used: the AWS SDK clients alone add some 80 MB to the resident memory of every process that loads them.
       const loadBalancers =
@@ -262,7 +273,7 @@ async function startRouter(config: ManticoreConfig, template: string, store: Sto
     onUnexpectedExit: () => supervisor?.restartSoon(),
   });
   await haproxy.start();
-  parts.add('haproxy', () => haproxy.stop());
+  parts.add('haproxy', () => haproxy.stop(), () => haproxy.kill());
   const runtime = new HaproxyRuntime(haproxy.adminSocket);
   const dataPlane = new HaproxyDataPlane({ runtime, runDir, log: log.child({ component: 'data-plane' }) });
   // A reload (the fallback when the runtime API does not take a certificate) loads the maps from their files.

@@ -457,6 +457,17 @@ export class HaproxyProcess {
     this.lastWorkers = [];
   }
 
+  /**
+   * SIGKILL to HAProxy's process group (the master and its workers, old ones included), at once: for a stop
+   * cut short, as the process exits. Nothing once Node has reaped the master, so a reused id is never hit.
+   */
+  kill(): void {
+    const child = this.child;
+    if (child?.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
+    this.stopping = true;
+    signal(-child.pid, 'SIGKILL');
+  }
+
   /** A previous controller killed with -9 leaves its HAProxy holding our ports and sockets: stop it. */
   private async stopLeftovers(): Promise<void> {
     const pids = new Set<number>();

@@ -189,6 +189,8 @@ export class LocalScheduler implements Scheduler {
   /** Allocations of stopped jobs whose directories (logs) are kept, oldest first. */
   private readonly stoppedAllocations: AllocRuntime[] = [];
   private readonly changes = new Subject<WorkloadStep>();
+  /** Every task process not yet exited, for kill(). */
+  private readonly children = new Set<ChildProcess>();
   private readonly logFiles: LogFiles;
   private lock: DirectoryLock | undefined;
   private started = false;
@@ -347,6 +349,15 @@ export class LocalScheduler implements Scheduler {
     this.changes.complete();
     this.lock?.release();
     this.log.info('local scheduler closed');
+  }
+
+  /**
+   * SIGKILL to every task's process group, at once: for a stop of Manticore cut short, as it exits. Each task
+   * leads a group of its own, so it would outlive Manticore holding its ports; the next start() finds anything
+   * that left its group by the allocation id.
+   */
+  kill(): void {
+    for (const child of this.children) signalTask(child, 'SIGKILL');
   }
 
   // ---- allocations -------------------------------------------------------------------------------------
@@ -509,6 +520,8 @@ export class LocalScheduler implements Scheduler {
       else log.warn({ err: error }, 'task process error');
     });
     if (child.pid === undefined) return;
+    this.children.add(child);
+    child.once('exit', () => this.children.delete(child));
     this.recordPids(alloc);
     child.once('spawn', () => {
       if (ended || task.child !== child) return;

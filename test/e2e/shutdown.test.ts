@@ -11,7 +11,7 @@ import { silentLogger } from '../../controller/util/log.js';
 import { ConsulDouble } from '../fakes/consul.js';
 import { NomadDouble } from '../fakes/nomad.js';
 import { httpRequest, jsonRequest } from '../support/http.js';
-import { isolatedEnvironment, repoRoot, startManticore, type ManticoreProcess } from '../support/manticore.js';
+import { isolatedEnvironment, repoRoot, startManticore, waitForFrontend, type ManticoreProcess } from '../support/manticore.js';
 import { freePort } from '../support/ports.js';
 import { alive, processesNaming } from '../support/processes.js';
 import { waitFor } from '../support/wait.js';
@@ -219,4 +219,62 @@ describe('end to end: Ctrl-C in the terminal of `manticore up`', function () {
       assert.deepEqual(processesNaming(haproxyConfig), [], 'its HAProxy stopped with it');
     });
   }
+});
+
+/**
+ * A second Ctrl-C (or the grace period running out) cuts the orderly stop short; what Manticore started
+ * leads process groups of its own, so it would outlive Manticore and hold its ports.
+ */
+describe('end to end: a shutdown of `manticore up` cut short', function () {
+  this.timeout(60_000);
+  let stateDir: string;
+  let instance: ManticoreProcess | undefined;
+  let haproxyConfig: string;
+
+  before(() => {
+    stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'manticore-cut-short-'));
+    haproxyConfig = path.join(stateDir, 'haproxy/haproxy.cfg');
+  });
+
+  after(() => {
+    if (instance?.child.exitCode === null) instance.child.kill('SIGKILL');
+    for (const pid of [...processesNaming(haproxyConfig), ...processesNaming(stateDir)]) process.kill(pid, 'SIGKILL');
+    fs.rmSync(stateDir, { recursive: true, force: true });
+  });
+
+  it('kills HAProxy and every session process still running before it exits 1', async () => {
+    const templates = path.join(stateDir, 'templates');
+    fs.mkdirSync(templates);
+    // A task that ignores SIGTERM keeps the stop waiting for its kill timeout; the state directory in its
+    // arguments finds it.
+    fs.writeFileSync(
+      path.join(templates, 'deaf.yaml'),
+      `apiVersion: manticore/v1
+kind: SessionTemplate
+metadata: { name: deaf, description: A task that ignores SIGTERM. }
+spec:
+  parameters: []
+  services: [{ name: tcp, port: tcp, expose: tcp }]
+  backends:
+    embedded:
+      tasks: [{ name: core, command: perl, args: ["-e", "$SIG{TERM} = 'IGNORE'; sleep 3600", "${stateDir}"], ports: [tcp] }]
+`,
+    );
+    const isolated = await isolatedEnvironment(stateDir, 4);
+    instance = startManticore('manifests/examples/embedded.yaml', { ...process.env, ...isolated.env, MANTICORE_TEMPLATES_DIR: templates, MANTICORE_LOG_LEVEL: 'info' });
+    await waitForFrontend(isolated.api, instance);
+    const created = await jsonRequest<Session>(`${isolated.api}/api/v1/sessions`, 'POST', { template: 'deaf' }, { 'x-manticore-user': 'alice' });
+    assert.equal(created.status, 201);
+    const task = await waitFor('the session task', () => processesNaming(stateDir).find((pid) => !processesNaming(haproxyConfig).includes(pid)));
+    assert.notDeepEqual(processesNaming(haproxyConfig), [], 'HAProxy runs');
+
+    instance.child.kill('SIGINT');
+    await waitFor('the shutdown to start', () => instance!.output().includes('shutting down'));
+    instance.child.kill('SIGINT');
+    assert.equal(await instance.exited, 1, instance.output().slice(-2000));
+    assert.match(instance.output(), /shutdown cut short: SIGINT received while stopping/);
+    // SIGKILL takes effect as each process next runs; the deadline only bounds a failure.
+    await waitFor('its HAProxy to be gone', () => processesNaming(haproxyConfig).length === 0, 5_000);
+    await waitFor('the session task to be gone', () => !alive(task), 5_000);
+  });
 });
