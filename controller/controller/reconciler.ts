@@ -941,7 +941,9 @@ function healthyCondition(allocation: Allocation | undefined): ConditionInput {
   if (allocation.healthy === false || restarting) {
     return { type: 'Healthy', status: 'False', reason: 'TaskRestarting', message: describeTasks(allocation) || 'a task is not running' };
   }
-  return { type: 'Healthy', status: 'False', reason: 'CheckingHealth', message: 'waiting for the health checks to pass' };
+  const failing = allocation.failingChecks ?? [];
+  const message = failing.length === 0 ? 'waiting for the health checks to pass' : `waiting for the health checks to pass: ${failing.join('; ')}`;
+  return { type: 'Healthy', status: 'False', reason: 'CheckingHealth', message };
 }
 
 function describeTasks(allocation: Allocation): string {

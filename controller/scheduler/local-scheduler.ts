@@ -149,6 +149,8 @@ interface AllocRuntime {
   /** Bumped on every exit and stop; a probe that started in an older epoch is ignored. */
   epoch: number;
   checkTimer?: NodeJS.Timeout;
+  /** The checks not passed yet in the current round of probing, each with why (see Allocation.failingChecks). */
+  failingChecks?: readonly string[];
   /** pids.json writes, chained so they land in order. */
   pidsWrite: Promise<void>;
 }
@@ -612,13 +614,20 @@ export class LocalScheduler implements Scheduler {
     let pending = checks;
     const round = async (): Promise<void> => {
       alloc.checkTimer = undefined;
-      const results = await Promise.all(pending.map((check) => this.probe(alloc, check)));
+      const failures = await Promise.all(pending.map((check) => this.probe(alloc, check)));
       if (alloc.epoch !== epoch || alloc.stopReason !== undefined) return;
-      pending = pending.filter((_, index) => !results[index]);
+      const failing = pending.flatMap((check, index) => (failures[index] === undefined ? [] : [`${describeCheck(check)}: ${failures[index]}`]));
+      pending = pending.filter((_, index) => failures[index] !== undefined);
       if (pending.length > 0) {
+        // Reported when it changes only: each report may become a status write.
+        if (failing.join('\n') !== alloc.failingChecks?.join('\n')) {
+          alloc.failingChecks = failing;
+          this.emitUpsertFor(alloc);
+        }
         alloc.checkTimer = setTimeout(() => void round(), this.checkIntervalMs);
         return;
       }
+      alloc.failingChecks = undefined;
       alloc.healthy = true;
       this.log.info({ ...jobFields(alloc.job), allocId: alloc.id }, 'allocation healthy');
       this.emitUpsertFor(alloc);
@@ -626,32 +635,39 @@ export class LocalScheduler implements Scheduler {
     void round();
   }
 
-  private probe(alloc: AllocRuntime, check: LocalCheck): Promise<boolean> {
+  /** Undefined when the check passes, else why it failed. */
+  private probe(alloc: AllocRuntime, check: LocalCheck): Promise<string | undefined> {
     const port = alloc.ports[check.portLabel];
-    if (port === undefined) return Promise.resolve(false);
-    return new Promise<boolean>((resolve) => {
+    if (port === undefined) return Promise.resolve('the allocation has no such port');
+    const timedOut = `no answer within ${formatDuration(CHECK_TIMEOUT_MS)}`;
+    return new Promise<string | undefined>((resolve) => {
       if (check.type === 'tcp') {
         const socket = net.connect({ host: this.reachHost, port });
-        const done = (ok: boolean): void => {
+        const done = (failure: string | undefined): void => {
           socket.destroy();
-          resolve(ok);
+          resolve(failure);
         };
-        socket.setTimeout(CHECK_TIMEOUT_MS, () => done(false));
-        socket.once('connect', () => done(true));
-        socket.once('error', () => done(false));
+        socket.setTimeout(CHECK_TIMEOUT_MS, () => done(timedOut));
+        socket.once('connect', () => done(undefined));
+        socket.once('error', (error) => done(probeError(error)));
         return;
       }
+      let expired = false;
       const request = http.get(
         { host: this.reachHost, port, path: check.path ?? '/', agent: false, timeout: CHECK_TIMEOUT_MS },
         (response) => {
           response.resume();
           // As Nomad's checks: a status below 400 passes, 4xx and 5xx fail (a redirect passes as it is, unfollowed).
-          resolve((response.statusCode ?? 500) < 400);
+          const status = response.statusCode ?? 500;
+          resolve(status < 400 ? undefined : `answered ${status}`);
           request.destroy();
         },
       );
-      request.once('timeout', () => request.destroy());
-      request.once('error', () => resolve(false));
+      request.once('timeout', () => {
+        expired = true;
+        request.destroy();
+      });
+      request.once('error', (error) => resolve(expired ? timedOut : probeError(error)));
     });
   }
 
@@ -856,7 +872,14 @@ export class LocalScheduler implements Scheduler {
         ...(task.lastEvent !== undefined ? { lastEvent: task.lastEvent } : {}),
       };
     }
-    const allocation: Allocation = { id: alloc.id, clientStatus: alloc.clientStatus, healthy: alloc.healthy, ports, tasks };
+    const allocation: Allocation = {
+      id: alloc.id,
+      clientStatus: alloc.clientStatus,
+      healthy: alloc.healthy,
+      ports,
+      tasks,
+      ...(alloc.failingChecks === undefined ? {} : { failingChecks: alloc.failingChecks }),
+    };
     return { ...workload, allocation };
   }
 
@@ -1001,6 +1024,17 @@ function isLive(alloc: AllocRuntime): boolean {
 
 function hostPort(host: string, port: number): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** "http GET /health on port http", "tcp on port broker": a check as a status message names it. */
+function describeCheck(check: LocalCheck): string {
+  return check.type === 'http' ? `http GET ${check.path ?? '/'} on port ${check.portLabel}` : `tcp on port ${check.portLabel}`;
+}
+
+/** Why a probe's connection failed, in words ("connection refused" rather than "connect ECONNREFUSED 127.0.0.1:4321"). */
+function probeError(error: Error): string {
+  const code = (error as NodeJS.ErrnoException).code;
+  return code === 'ECONNREFUSED' ? 'connection refused' : code === 'ECONNRESET' ? 'connection reset' : error.message;
 }
 
 /** "1s", "300s", "1.5s", "250ms": how Nomad-style task events show durations. */

@@ -38,6 +38,11 @@ export interface Allocation {
   /** Port label → address a router can reach (`host:port`). */
   readonly ports: Readonly<Record<string, string>>;
   readonly tasks: Readonly<Record<string, TaskState>>;
+  /**
+   * While every task runs but not every check has passed: each check still failing, with why its last probe
+   * failed ("http GET / on port http: connection refused"). Only the embedded scheduler probes, so knows.
+   */
+  readonly failingChecks?: readonly string[];
 }
 
 /** A job the scheduler runs for a session (identified by the marker it carries) and its current allocation. */

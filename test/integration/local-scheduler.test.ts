@@ -514,6 +514,41 @@ describe('LocalScheduler', function () {
     });
   });
 
+  describe('health checks, failing', function () {
+    it('reports each check that has not passed yet with why its last probe failed, and none once all pass', async function () {
+      const scheduler = await makeScheduler();
+      const recorder = record(scheduler);
+      // Answers 503 on port a until its marker file exists; nothing ever listens on port b until then either.
+      const marker = path.join(newStateDir(), 'ready');
+      const script = `
+        const fs = require('node:fs');
+        require('node:http')
+          .createServer((request, response) => response.writeHead(fs.existsSync(${JSON.stringify(marker)}) ? 200 : 503).end())
+          .listen(Number(process.env.NOMAD_PORT_a), process.env.NOMAD_IP_a);
+        const timer = setInterval(() => {
+          if (!fs.existsSync(${JSON.stringify(marker)})) return;
+          clearInterval(timer);
+          require('node:net').createServer().listen(Number(process.env.NOMAD_PORT_b), process.env.NOMAD_IP_b);
+        }, 20);
+      `;
+      const template = commandTemplate([{ name: 'core', script, ports: ['a', 'b'] }]);
+      template.spec.services.push(
+        { name: 'page', port: 'a', expose: 'http', check: { type: 'http', path: '/health' } },
+        { name: 'link', port: 'b', expose: 'tcp', check: { type: 'tcp' } },
+      );
+      const job = scheduler.render(contractRequest(template, session()));
+      await scheduler.register(job);
+      // Refused until the task listens, then answered 503: each change is reported.
+      const failing = await recorder.until(job.id, 'the http check answered', (workload) => workload.allocation?.failingChecks?.[0]?.endsWith('answered 503') === true);
+      assert.deepEqual(failing.allocation?.failingChecks, ['http GET /health on port a: answered 503', 'tcp on port b: connection refused']);
+      assert.equal(failing.allocation?.healthy, undefined);
+
+      fs.writeFileSync(marker, '');
+      const healthy = await recorder.healthy(job);
+      assert.equal(healthy.allocation?.failingChecks, undefined);
+    });
+  });
+
   describe('restart policy', function () {
     it('fails the allocation, stopping its other tasks, once a task exceeds the restart limit', async function () {
       const scheduler = await makeScheduler({ restart: { attempts: 2, intervalMs: 60_000, delayMs: 20 } });

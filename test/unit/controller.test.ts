@@ -172,6 +172,19 @@ describe('controller: session reconciliation', () => {
     assert.equal(h.scheduler.registrations.length, 1, 'recovery needs no new registration');
   });
 
+  it('says which health checks have not passed, and why, while it waits for them', async () => {
+    const id = await createSession(h.store);
+    await waitFor('the job registered', () => h.scheduler.workloadIds().includes(id));
+    h.scheduler.run(id, { http: '127.0.0.1:32000', broker: '127.0.0.1:32001', tcp: '127.0.0.1:32002' });
+    h.scheduler.update(id, { healthy: undefined, failingChecks: ['http GET / on port http: connection refused'] });
+    const waiting = await waitFor('the failing check reported', async () => {
+      const status = await statusOf(h.store, id);
+      return status?.conditions.some((c) => c.type === 'Healthy' && c.message.includes('connection refused')) ? status : undefined;
+    });
+    assert.equal(condition(waiting, 'Healthy'), 'False/CheckingHealth');
+    assert.equal(waiting.conditions.find((c) => c.type === 'Healthy')!.message, 'waiting for the health checks to pass: http GET / on port http: connection refused');
+  });
+
   it('registers an admitted session\'s job in the same pass that admits it', async () => {
     const reconciles = sinon.spy(SessionReconciler.prototype, 'reconcile');
     const register = sinon.spy(h.scheduler, 'register');
