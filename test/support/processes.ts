@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import path from 'node:path';
 
 /**
  * Whether a process is running: it exists and is not a zombie (an orphan's zombie may wait a while for
@@ -45,8 +46,19 @@ export function processesNaming(needle: string): number[] {
 
 /**
  * Options for a child process that permissions hold back: root reads and writes any file, so under root the
- * child runs as nobody (who must still be able to reach the files a test gives it).
+ * child runs as nobody, who must be able to load `modules`. Undefined when nobody cannot (a checkout under a
+ * directory others may not enter): root cannot be held back otherwise, so the test has to be skipped.
  */
-export function unprivileged(): { uid?: number; gid?: number } {
-  return process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : {};
+export function unprivileged(modules: readonly string[]): { uid?: number; gid?: number } | undefined {
+  if (process.getuid?.() !== 0) return {};
+  return modules.every(othersMayRead) ? { uid: 65534, gid: 65534 } : undefined;
+}
+
+/** Whether users other than the owner may read `file`: it is readable by others, and every directory above it searchable. */
+function othersMayRead(file: string): boolean {
+  if ((fs.statSync(file).mode & 0o004) === 0) return false;
+  for (let dir = path.dirname(file); ; dir = path.dirname(dir)) {
+    if ((fs.statSync(dir).mode & 0o001) === 0) return false;
+    if (path.dirname(dir) === dir) return true;
+  }
 }
