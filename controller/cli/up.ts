@@ -181,7 +181,7 @@ export async function startManticore(
       await parts.until(controller.start());
       if (config.controller.statusPort !== 0) {
         const status = new StatusServer('controller', controllerProbes(controller), log);
-        const address = await status.start(config.controller.statusHost, config.controller.statusPort);
+        const address = await listenOn('controller.statusPort', config.controller.statusHost, config.controller.statusPort, status.start(config.controller.statusHost, config.controller.statusPort));
         parts.add('controller-status', () => status.stop());
         lines.push(`  controller: ${address}/status`);
       }
@@ -209,7 +209,7 @@ export async function startManticore(
         cluster: { replicaStaleMs: config.controller.heartbeatSeconds * 3000, routerStaleMs: config.controller.routerStaleSeconds * 1000 },
       });
       parts.add('frontend', () => frontend.stop());
-      frontendUrl = await parts.until(frontend.start(config.frontend.host, config.frontend.port));
+      frontendUrl = await parts.until(listenOn('frontend.port', config.frontend.host, config.frontend.port, frontend.start(config.frontend.host, config.frontend.port)));
       lines.unshift(`  web page:   ${frontendUrl}/`, `  API:        ${frontendUrl}/api/v1/openapi.json`);
       // Named as the caller: an anonymous curl is a new user each time, who could never read or delete the session made.
       const caller = config.auth.mode === 'jwt' ? 'Authorization: Bearer <JWT>' : `X-Manticore-User: ${loginName() ?? 'me'}`;
@@ -298,7 +298,7 @@ async function startRouter(config: ManticoreConfig, template: string, store: Sto
     // Started once the agent's first table is live.
     const probes = routerProbes(router, haproxy, edgeTls);
     const status = new StatusServer('router', probes, log);
-    const address = await status.start(config.router.statusHost, config.router.statusPort);
+    const address = await listenOn('router.statusPort', config.router.statusHost, config.router.statusPort, status.start(config.router.statusHost, config.router.statusPort));
     const unexport = exportRouterReadiness(config.router.name, probes);
     parts.add('router-status', async () => {
       unexport();
@@ -340,4 +340,18 @@ export function edgeTlsOptions(config: ManticoreConfig, tls: RouterTlsConfig, ru
     expiryWarningMs: tls.expiryWarningDays * 86_400_000,
     log,
   };
+}
+
+/** A listener's start; an address it cannot listen on is said so in terms of the setting that chose it. */
+async function listenOn<T>(setting: string, host: string, port: number, started: Promise<T>): Promise<T> {
+  try {
+    return await started;
+  } catch (error) {
+    const address = `${host.includes(':') ? `[${host}]` : host}:${port}`;
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'EADDRINUSE') throw new Error(`${setting}: ${address} is already in use (by another Manticore, or another program); stop it, or set another port`, { cause: error });
+    if (code === 'EACCES') throw new Error(`${setting}: this user may not listen on ${address} (ports below 1024 need root or CAP_NET_BIND_SERVICE); set another port`, { cause: error });
+    if (code === 'EADDRNOTAVAIL') throw new Error(`${setting}: ${host} is not an address of this machine`, { cause: error });
+    throw error;
+  }
 }

@@ -190,7 +190,7 @@ describe('the manticore command', () => {
     try {
       const result = run(['up'], { ...env, MANTICORE_FRONTEND_PORT: String((blocker.address() as net.AddressInfo).port) });
       assert.equal(result.status, 1, `exit ${result.status} (null: still running after 20 s)\n${result.stderr.slice(-500)}`);
-      assert.match(result.stderr, /manticore: start-up failed: listen EADDRINUSE/);
+      assert.match(result.stderr, new RegExp(`manticore: start-up failed: frontend\\.port: 127\\.0\\.0\\.1:${(blocker.address() as net.AddressInfo).port} is already in use \\(by another Manticore, or another program\\); stop it, or set another port\n`));
       // The router (HAProxy) starts first and was running when the front end failed.
       const haproxyConfig = path.join(stateDir, 'haproxy/haproxy.cfg');
       assert.ok(fs.existsSync(haproxyConfig));
