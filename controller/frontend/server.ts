@@ -125,7 +125,7 @@ export class Frontend {
       // Only routes with parameters can take an empty one: the others (the ceiling of every request) pay nothing.
       if (route.url.includes('/:')) route.onRequest = [refuseEmptyParams, ...[route.onRequest ?? []].flat()];
     });
-    this.app.setNotFoundHandler((request, reply) => {
+    const answerNoRoute = (request: FastifyRequest, reply: FastifyReply): void => {
       // The path alone: a query string may carry an access token.
       const path = request.url.split('?', 1)[0]!;
       const allowed = routeMethods.allowed(path);
@@ -135,7 +135,8 @@ export class Frontend {
         return;
       }
       void reply.code(404).send({ error: `no route ${request.method} ${path}`, details: [] });
-    });
+    };
+    this.app.setNotFoundHandler(answerNoRoute);
     instrumentHttp(this.app, 'frontend');
     // Liveness: the process answers. Readiness: it can serve users (caches synced, the store answering).
     this.app.get('/healthz', async () => ({ ok: true }));
@@ -156,7 +157,7 @@ export class Frontend {
     registerLogs(this.app, this.sessions, authenticator, { logs: options.logs?.source, streamsPerUser: options.logs?.streamsPerUser ?? DEFAULT_LOG_STREAMS_PER_USER, now: options.now ?? Date.now });
     registerCluster(this.app, options.store, options.keys, this.sessions, authenticator, options.cluster ?? { replicaStaleMs: 30_000, routerStaleMs: 30_000 }, options.now ?? Date.now);
     registerOpenApi(this.app);
-    if (options.v2 !== undefined) registerApiV2(this.app, this.sessions, identify, limit, options.v2, statusStreams, options.now ?? Date.now);
+    if (options.v2 !== undefined) registerApiV2(this.app, this.sessions, identify, limit, options.v2, statusStreams, options.now ?? Date.now, answerNoRoute);
   }
 
   /**

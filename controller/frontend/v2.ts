@@ -79,8 +79,8 @@ const closeGraceMs = 2_000;
  * Manticore v2's API, for the clients written against it (the SDL Developer Portal): job options, one job
  * per user id (an `sdl` session labelled with a passcode), and the job's websocket with v2's messages
  * (`position`, `services`, `activity`, `dead`). Everything is read from the process's shared caches, so
- * any replica serves any user and any passcode. CORS is open on `/api/v2/*`, as v2 had it. A job socket
- * counts among its session owner's status streams (`streams`).
+ * any replica serves any user and any passcode. CORS is open on `/api/v2/*`, as v2 had it, its 404 and 405
+ * answers (`answerNoRoute`) included. A job socket counts among its session owner's status streams (`streams`).
  */
 export function registerApiV2(
   app: FastifyInstance,
@@ -90,6 +90,7 @@ export function registerApiV2(
   options: ApiV2Options,
   streams: StreamCounts,
   now: () => number,
+  answerNoRoute: (request: FastifyRequest, reply: FastifyReply) => void,
 ): void {
   const log = app.log.child({ api: 'v2' });
   const job = jobOptionsOf(sessions);
@@ -157,6 +158,8 @@ export function registerApiV2(
         const origin = request.headers.origin;
         if (origin !== undefined) void reply.header('access-control-allow-origin', origin).header('vary', 'Origin');
       });
+      // Within this scope, so that the CORS headers above come with it: a cross-origin client reads the status.
+      v2.setNotFoundHandler(answerNoRoute);
       v2.options('/*', async (request, reply) =>
         reply
           .code(204)

@@ -460,6 +460,11 @@ describe('front end: the v2 compatibility API', () => {
     assert.equal(refused.status, 400);
     assert.equal(refused.headers['access-control-allow-origin'], 'https://portal.example.com', 'errors can be read cross-origin too');
     assert.equal((await inject('GET', '/api/v2/job')).headers['access-control-allow-origin'], undefined, 'nothing without an Origin');
+    // A wrong path or method is told so, readably cross-origin: not a CORS failure that hides the status.
+    const unknown = await inject('GET', '/api/v2/jobs', undefined, origin);
+    assert.deepEqual([unknown.status, unknown.body.error, unknown.headers['access-control-allow-origin']], [404, 'no route GET /api/v2/jobs', 'https://portal.example.com']);
+    const wrongMethod = await inject('DELETE', '/api/v2/info', undefined, origin);
+    assert.deepEqual([wrongMethod.status, wrongMethod.headers.allow, wrongMethod.headers['access-control-allow-origin']], [405, 'OPTIONS, POST', 'https://portal.example.com']);
 
     assert.equal((await inject('GET', '/api/v1/templates', undefined, origin)).headers['access-control-allow-origin'], undefined);
     const v1Preflight = await inject('OPTIONS', '/api/v1/sessions', undefined, { ...origin, 'access-control-request-method': 'POST' });
