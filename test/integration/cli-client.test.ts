@@ -478,6 +478,25 @@ describe('the client commands (manticore sessions, templates)', function () {
     }
   });
 
+  it('says, when a create is answered 503, that the session may exist all the same and to list before creating again', async () => {
+    const failing = http.createServer((_request, response) =>
+      response.writeHead(503, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'the service could not complete the request; try again', details: [] })),
+    );
+    await new Promise<void>((resolve) => failing.listen(0, '127.0.0.1', resolve));
+    try {
+      const created = await run('sessions', ['create', '--template', 'demo'], {}, `http://127.0.0.1:${(failing.address() as net.AddressInfo).port}`);
+      assert.deepEqual(created, {
+        code: exitCodes.unavailable,
+        stdout: '',
+        stderr:
+          'manticore: the service could not complete the request; try again (HTTP 503)\n' +
+          '  the session may have been created all the same: run manticore sessions list before creating another\n',
+      });
+    } finally {
+      await new Promise((resolve) => failing.close(resolve));
+    }
+  });
+
   it('fails (exit 1) on a success that is not the API\'s (a web page at a wrong --url), printing none of it', async () => {
     const page = http.createServer((_request, response) => response.writeHead(200, { 'content-type': 'text/html' }).end('<html>another site</html>'));
     await new Promise<void>((resolve) => page.listen(0, '127.0.0.1', resolve));

@@ -245,12 +245,18 @@ async function sessions(invocation: Invocation): Promise<number> {
     case 'create': {
       if (rest.length > 0) throw new UsageError('sessions create takes options only (--template NAME, --param NAME=VALUE)');
       if (values.template === undefined) throw new UsageError('sessions create needs --template NAME (see: manticore templates)');
-      const session = await client.createSession({
-        template: values.template,
-        parameters: pairs('--param', values.param),
-        ...(values.label === undefined ? {} : { labels: pairs('--label', values.label) }),
-        ...(values['idle-timeout'] === undefined ? {} : { idle: { timeoutSeconds: wholeNumber('idle-timeout', values['idle-timeout']) } }),
-      });
+      const session = await client
+        .createSession({
+          template: values.template,
+          parameters: pairs('--param', values.param),
+          ...(values.label === undefined ? {} : { labels: pairs('--label', values.label) }),
+          ...(values['idle-timeout'] === undefined ? {} : { idle: { timeoutSeconds: wholeNumber('idle-timeout', values['idle-timeout']) } }),
+        })
+        .catch((error: unknown) => {
+          // The store may have taken the write before its answer was lost: creating again could make two.
+          if (!(error instanceof FrontendError && error.statusCode === 503)) throw error;
+          throw new FrontendError(503, error.message, [...error.details, 'the session may have been created all the same: run manticore sessions list before creating another']);
+        });
       if (!values.wait) {
         print(session);
         return exitCodes.ok;
