@@ -9,7 +9,7 @@ import { DEFAULT_STATUS_STREAMS_PER_USER } from '../../controller/frontend/event
 import { LogFiles, RotatingLogWriter, closeWriter } from '../../controller/scheduler/log-files.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import { silentLogger } from '../../controller/util/log.js';
-import { frontendKeys, testExpiry, testFrontend } from '../support/frontend.js';
+import { frontendKeys, removeSession, testExpiry, testFrontend } from '../support/frontend.js';
 import { tcpConversation } from '../support/http.js';
 import { isolatedEnvironment, repoRoot, startManticore, stopManticore, waitForFrontend, type ManticoreProcess } from '../support/manticore.js';
 
@@ -578,5 +578,64 @@ describe('web page: people in a browser against `manticore up`', function () {
     await bobPage.getByRole('heading', { name: 'Session ended' }).waitFor({ timeout: serverStepMs });
     await screenshot(bobPage, '10-second-user-ended');
     assert.deepEqual(pageProblems, []);
+  });
+});
+
+/**
+ * The page as keyboard and screen reader users meet it, against a front end alone (no controller: a session
+ * stays queued until the test removes it), and its answers to a front end that fails or cannot be reached.
+ */
+describe('web page: keyboard use, and a front end that fails', function () {
+  this.timeout(60_000);
+  let browser: Browser;
+  let store: EmbeddedStore;
+  let frontend: ReturnType<typeof testFrontend>;
+  let url: string;
+  let page: Page;
+  const pageProblems: string[] = [];
+
+  before(async () => {
+    browser = await chromium.launch({ executablePath: chromiumPath, headless: true, chromiumSandbox: process.getuid?.() !== 0 });
+    store = EmbeddedStore.open(':memory:');
+    frontend = testFrontend(store);
+    url = await frontend.start('127.0.0.1', 0);
+  });
+
+  after(async () => {
+    await browser?.close();
+    await frontend?.stop();
+    await store?.close();
+  });
+
+  beforeEach(async () => {
+    page = await browser.newPage();
+    page.setDefaultTimeout(serverStepMs);
+    page.on('pageerror', (error) => pageProblems.push(`uncaught: ${error.message}`));
+  });
+
+  afterEach(async () => {
+    await page.close();
+    assert.deepEqual(pageProblems, []);
+  });
+
+  /** The id of the element that has the focus ('' for none: the body). */
+  const focused = (): Promise<unknown> => page.evaluate('document.activeElement.id');
+
+  it('moves the focus to what replaced the part of the page that had it: the session once started, the form once asked for again', async () => {
+    await page.goto(`${url}/`);
+    await page.getByRole('heading', { name: 'Start a session' }).waitFor();
+    await page.getByRole('button', { name: 'Start' }).focus();
+    await page.keyboard.press('Enter');
+    await page.getByRole('heading', { name: 'Your session' }).waitFor();
+    assert.equal(await focused(), 'session-title', 'the form that had the focus is gone: the session it started has it');
+
+    await removeSession(store, await page.locator('#session-id').innerText());
+    await page.getByRole('heading', { name: 'Session ended' }).waitFor();
+    assert.equal(await focused(), 'ended-title');
+    await page.keyboard.press('Tab');
+    assert.equal(await focused(), 'new-session');
+    await page.keyboard.press('Enter');
+    await page.getByRole('heading', { name: 'Start a session' }).waitFor();
+    assert.equal(await focused(), 'start-title');
   });
 });

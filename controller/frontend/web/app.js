@@ -136,6 +136,14 @@ function showSection(id) {
   for (const section of ['start', 'session', 'ended']) $(section).hidden = section !== id;
 }
 
+/**
+ * Moves the focus to the heading of the section shown in place of the one that had it (a hidden button
+ * leaves the focus nowhere), so keyboard users go on from there and screen readers say where they are.
+ */
+function focusSection(id) {
+  $(`${id}-title`).focus();
+}
+
 function clone(templateId) {
   return $(templateId).content.firstElementChild.cloneNode(true);
 }
@@ -231,6 +239,7 @@ async function startSession(event) {
   const idle = idleTimeout === '' ? {} : { idle: { timeoutSeconds: Number(idleTimeout) } };
   try {
     showSession(await request('POST', '/sessions', { template: $('template').value, parameters, ...idle }));
+    focusSection('session');
   } catch (error) {
     // One session per user: the one in the way is shown instead of a dead end.
     const existing = error instanceof ApiError && error.status === 409 ? error.body.existing?.[0] : undefined;
@@ -246,6 +255,7 @@ async function showExisting(id) {
     const session = await request('GET', sessionPath(id));
     showNotice('You already have a session; here it is.');
     showSession(session);
+    focusSection('session');
   } catch (error) {
     showError(error);
   }
@@ -613,7 +623,7 @@ function ended() {
   showNotice('');
   showSection('ended');
   $('ended-reason').textContent = endings[reason] ?? 'The session has ended.';
-  $('ended-title').focus();
+  focusSection('ended');
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1097,8 +1107,12 @@ async function main() {
   $('start-form').addEventListener('submit', startSession);
   $('keepalive').addEventListener('click', keepAlive);
   $('end').addEventListener('click', endSession);
-  $('replace').addEventListener('click', showForm);
-  $('new-session').addEventListener('click', showForm);
+  const askForNewSession = () => {
+    showForm();
+    focusSection('start');
+  };
+  $('replace').addEventListener('click', askForNewSession);
+  $('new-session').addEventListener('click', askForNewSession);
   $('log-follow').addEventListener('click', toggleFollow);
   $('log-stream').addEventListener('change', () => selectLog(logs.task, $('log-stream').value));
   $('log-search').addEventListener('input', drawLog);
