@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import { chromium, type Browser, type BrowserContext, type Page, type Route } from 'playwright-core';
 import YAML from 'yaml';
 import type { Session, SessionRecord } from '../../controller/api/types.js';
 import { DEFAULT_STATUS_STREAMS_PER_USER } from '../../controller/frontend/events.js';
@@ -636,6 +636,27 @@ describe('web page: keyboard use, and a front end that fails', function () {
     assert.equal(await focused(), 'new-session');
     await page.keyboard.press('Enter');
     await page.getByRole('heading', { name: 'Start a session' }).waitFor();
+    assert.equal(await focused(), 'start-title');
+  });
+
+  it('offers to try again when the page cannot load (503, the network down), and loads the form when it can', async () => {
+    const answers: Array<(route: Route) => Promise<void>> = [
+      (route) => route.fulfill({ status: 503, contentType: 'application/json', body: JSON.stringify({ error: 'the service could not complete the request; try again', details: [] }) }),
+      (route) => route.abort('internetdisconnected'),
+    ];
+    await page.route('**/api/v1/templates', (route) => (answers.shift() ?? ((each: Route) => each.continue()))(route));
+    await page.goto(`${url}/`);
+    const alert = page.getByRole('alert');
+    await alert.filter({ hasText: 'the service could not complete the request; try again' }).waitFor();
+    const retry = alert.getByRole('button', { name: 'Try again' });
+    await retry.focus();
+    await page.keyboard.press('Enter');
+    await alert.filter({ hasText: 'Manticore cannot be reached. Check your connection and try again.' }).waitFor();
+    assert.equal(await focused(), 'retry', 'the button stays for another try');
+    await page.keyboard.press('Enter');
+    await page.getByRole('heading', { name: 'Start a session' }).waitFor();
+    assert.equal(await alert.count(), 0, 'the error is gone');
+    assert.equal(await page.locator('#loading').isVisible(), false);
     assert.equal(await focused(), 'start-title');
   });
 });

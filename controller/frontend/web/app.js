@@ -118,6 +118,7 @@ function showError(error) {
 
 function clearError() {
   $('error').hidden = true;
+  $('retry').hidden = true;
 }
 
 function showNotice(text) {
@@ -1119,6 +1120,17 @@ async function main() {
   $('log-filter').addEventListener('change', drawLog);
   $('log-download').addEventListener('click', downloadLog);
   document.addEventListener('visibilitychange', followOnlyWhileVisible);
+  $('retry').addEventListener('click', async () => {
+    $('loading').hidden = false;
+    // The button goes with the error it belongs to: what loads takes the focus, or it stays for another try.
+    if (await load()) focusSection(state.session === undefined ? 'start' : 'session');
+    else $('retry').focus();
+  });
+  await load();
+}
+
+/** Loads the templates, the limits and the user's sessions, and shows the form or the live session; false when it cannot, with a way to try again. */
+async function load() {
   try {
     const [templates, sessions, limits] = await Promise.all([
       request('GET', '/templates'),
@@ -1130,11 +1142,15 @@ async function main() {
     state.limits = limits;
     // A live session (not being ended, not failed) is shown instead of the form; the newest if several.
     const live = sessions.items.filter((session) => !isTerminating(session) && session.status.phase !== 'Failed');
+    clearError();
     if (live.length > 0) showSession(live[live.length - 1]);
     else showForm();
+    return true;
   } catch (error) {
     $('loading').hidden = true;
     showError(error);
+    $('retry').hidden = false;
+    return false;
   }
 }
 
