@@ -659,4 +659,38 @@ describe('web page: keyboard use, and a front end that fails', function () {
     assert.equal(await page.locator('#loading').isVisible(), false);
     assert.equal(await focused(), 'start-title');
   });
+
+  it('says once that the front end cannot be reached while it is down, not at every read of the session, and clears it once it answers', async () => {
+    await page.clock.install();
+    // The status stream is blocked, as by a proxy that breaks it: the page reads the session every 2 s.
+    await page.route('**/api/v1/sessions/*/events', (route) => route.abort());
+    await page.goto(`${url}/`);
+    assert.equal((await page.request.post(`${url}/api/v1/sessions`, { data: { template: 'demo' } })).status(), 201);
+    await page.reload();
+    await page.getByRole('heading', { name: 'Your session' }).waitFor();
+    await page.clock.runFor(10_000);
+    const reads = async (count: number): Promise<void> => {
+      for (let read = 0; read < count; read++) {
+        const requested = page.waitForRequest((request) => sessionRead.test(new URL(request.url()).pathname));
+        await page.clock.runFor(pollIntervalMs);
+        await requested;
+      }
+    };
+    await reads(1);
+
+    // The network goes down: each read fails the same way.
+    await page.route(sessionRead, (route) => route.abort('internetdisconnected'));
+    await page.evaluate(`window.alertChanges = 0; new MutationObserver((changes) => { alertChanges += changes.length; }).observe(document.getElementById('error'), { subtree: true, childList: true, characterData: true, attributes: true })`);
+    // The second read's request comes once the first's failure is shown (its timer set then).
+    await reads(2);
+    const alert = page.getByRole('alert').filter({ hasText: 'Manticore cannot be reached' });
+    assert.equal(await alert.count(), 1);
+    const shown = (await page.evaluate('alertChanges')) as number;
+    await reads(3);
+    assert.equal(await page.evaluate('alertChanges'), shown, 'an alert is read out again whenever its text is written');
+
+    await page.unroute(sessionRead);
+    await reads(1);
+    await alert.waitFor({ state: 'detached' });
+  });
 });

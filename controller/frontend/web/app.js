@@ -111,8 +111,15 @@ const localTime = (iso) => Date.parse(iso) - state.clockOffsetMs;
 // Messages
 
 function showError(error) {
-  $('error-message').textContent = error instanceof ApiError ? error.message : String(error);
-  $('error-details').replaceChildren(...(error.details ?? []).map((detail) => Object.assign(document.createElement('li'), { textContent: detail })));
+  const message = error instanceof ApiError ? error.message : String(error);
+  const details = error.details ?? [];
+  const shown = [...$('error-details').children].map((item) => item.textContent);
+  // An alert is read out whenever its text is written: the same error again (each read of the session while
+  // the front end is down) is left as it is.
+  const same = !$('error').hidden && $('error-message').textContent === message && shown.length === details.length && shown.every((detail, i) => detail === details[i]);
+  if (same) return;
+  $('error-message').textContent = message;
+  $('error-details').replaceChildren(...details.map((detail) => Object.assign(document.createElement('li'), { textContent: detail })));
   $('error').hidden = false;
 }
 
@@ -1121,8 +1128,10 @@ async function main() {
   $('log-download').addEventListener('click', downloadLog);
   document.addEventListener('visibilitychange', followOnlyWhileVisible);
   $('retry').addEventListener('click', async () => {
+    // Cleared, so that the same error again is shown (and read out) anew.
+    clearError();
     $('loading').hidden = false;
-    // The button goes with the error it belongs to: what loads takes the focus, or it stays for another try.
+    // The button goes with the error it belongs to: what loads takes the focus, or it is back for another try.
     if (await load()) focusSection(state.session === undefined ? 'start' : 'session');
     else $('retry').focus();
   });
