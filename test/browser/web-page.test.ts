@@ -693,4 +693,44 @@ describe('web page: keyboard use, and a front end that fails', function () {
     await reads(1);
     await alert.waitFor({ state: 'detached' });
   });
+
+  it('keeps the focus on a button pressed while it works, and in the session when the button goes: "I\'m still here" once heard, "End session" once ending', async () => {
+    await page.goto(`${url}/`);
+    await page.getByRole('heading', { name: 'Start a session' }).waitFor();
+    // A value the form does not offer, for the server to refuse: the focus stays on Start, to try again.
+    await page.evaluate(`document.getElementById('parameter-coreVersion').append(new Option('9.9.9', '9.9.9'))`);
+    await page.getByLabel('coreVersion').selectOption('9.9.9');
+    await page.getByRole('button', { name: 'Start' }).focus();
+    await page.keyboard.press('Enter');
+    await page.getByRole('alert').filter({ hasText: '/parameters/coreVersion' }).waitFor();
+    assert.equal(await focused(), 'start-button');
+
+    const created = await page.request.post(`${url}/api/v1/sessions`, { data: { template: 'demo' } });
+    assert.equal(created.status(), 201, await created.text());
+    const { id } = ((await created.json()) as Session).metadata;
+    const idleWarning = (status: 'True' | 'False'): string =>
+      JSON.stringify({
+        phase: 'Ready',
+        observedGeneration: 1,
+        conditions: [{ type: 'IdleWarning', status, reason: 'Idle', message: '', lastTransitionTime: new Date().toISOString() }],
+        endpoints: {},
+        events: [],
+        expiresAt: new Date(Date.now() + 300_000).toISOString(),
+      });
+    await store.put(frontendKeys.status(id), idleWarning('True'));
+    await page.reload();
+    await page.getByRole('button', { name: "I'm still here" }).focus();
+    const keptAlive = page.waitForResponse((response) => response.url().endsWith('/keepalive'));
+    await page.keyboard.press('Enter');
+    assert.equal((await keptAlive).status(), 200);
+    // The controller has seen the activity.
+    await store.put(frontendKeys.status(id), idleWarning('False'));
+    await page.locator('#idle-warning').waitFor({ state: 'hidden' });
+    assert.equal(await focused(), 'session-title');
+
+    await page.getByRole('button', { name: 'End session' }).focus();
+    await page.keyboard.press('Enter');
+    await page.getByText('Ending the session…').waitFor();
+    assert.equal(await focused(), 'session-title');
+  });
 });

@@ -145,6 +145,17 @@ function showSection(id) {
 }
 
 /**
+ * Marks a button as working on what was asked, or as done: aria-disabled, not disabled, as a disabled button
+ * loses the focus to the page's body. Its handler ignores presses while it is busy.
+ */
+function setBusy(button, busy) {
+  if (busy) button.setAttribute('aria-disabled', 'true');
+  else button.removeAttribute('aria-disabled');
+}
+
+const isBusy = (button) => button.getAttribute('aria-disabled') === 'true';
+
+/**
  * Moves the focus to the heading of the section shown in place of the one that had it (a hidden button
  * leaves the focus nowhere), so keyboard users go on from there and screen readers say where they are.
  */
@@ -238,7 +249,8 @@ function describeDuration(seconds) {
 async function startSession(event) {
   event.preventDefault();
   const button = $('start-button');
-  button.disabled = true;
+  if (isBusy(button)) return;
+  setBusy(button, true);
   clearError();
   showNotice('');
   const parameters = Object.fromEntries([...$('parameters').querySelectorAll('select')].map((select) => [select.name, select.value]));
@@ -254,7 +266,7 @@ async function startSession(event) {
     if (existing === undefined) showError(error);
     else await showExisting(existing);
   } finally {
-    button.disabled = false;
+    setBusy(button, false);
   }
 }
 
@@ -275,7 +287,7 @@ async function showExisting(id) {
 function showSession(session) {
   stopShowingSession();
   showSection('session');
-  $('end').disabled = false;
+  setBusy($('end'), false);
   render(session);
   state.clock = setInterval(renderClock, 1000);
   state.unfollow = follow(session.metadata.id);
@@ -429,6 +441,8 @@ function condition(session, type) {
 
 /** Brings the session section up to date with what the server says. */
 function render(session) {
+  // What has the focus may go with this state (the idle warning once answered, End session once ending).
+  const hadFocus = $('session').contains(document.activeElement) ? document.activeElement : undefined;
   state.session = session;
   const { phase } = session.status;
   const terminating = isTerminating(session);
@@ -479,13 +493,15 @@ function render(session) {
     // Activity cannot postpone the lifetime cap, so there is nothing to press then.
     $('keepalive').hidden = warning.reason !== 'Idle';
   } else {
-    $('keepalive').disabled = false;
+    setBusy($('keepalive'), false);
   }
 
   $('end').hidden = terminating;
   $('replace').hidden = phase !== 'Failed' || terminating;
   renderLogs(session);
   renderClock();
+  // Else it would be left on the page's body, and a screen reader would say nothing of where the user is.
+  if (hadFocus !== undefined && !$('session').hidden && (!hadFocus.isConnected || hadFocus.getClientRects().length === 0)) focusSection('session');
 }
 
 /**
@@ -597,28 +613,30 @@ async function copy(input, button, name) {
 
 async function keepAlive() {
   const button = $('keepalive');
-  button.disabled = true;
+  if (isBusy(button)) return;
+  setBusy(button, true);
   try {
     await request('POST', `${sessionPath(state.session.metadata.id)}/keepalive`);
     clearError();
     // The warning goes once the controller has seen the activity and the new status arrives.
     announce('Thanks; the session stays.');
   } catch (error) {
-    button.disabled = false;
+    setBusy(button, false);
     showError(error);
   }
 }
 
 async function endSession() {
   const button = $('end');
-  button.disabled = true;
+  if (isBusy(button)) return;
+  setBusy(button, true);
   clearError();
   try {
     const session = await request('DELETE', sessionPath(state.session.metadata.id));
     // Unless the stream has already said it is gone.
     if (!$('session').hidden) render(session);
   } catch (error) {
-    button.disabled = false;
+    setBusy(button, false);
     if (error.status === 404) ended();
     else showError(error);
   }
