@@ -733,4 +733,28 @@ describe('web page: keyboard use, and a front end that fails', function () {
     await page.getByText('Ending the session…').waitFor();
     assert.equal(await focused(), 'session-title');
   });
+
+  it('says once that the log stream broke while it reconnects, not again at every try', async () => {
+    await page.goto(`${url}/`);
+    const created = await page.request.post(`${url}/api/v1/sessions`, { data: { template: 'demo' } });
+    assert.equal(created.status(), 201, await created.text());
+    const { id } = ((await created.json()) as Session).metadata;
+    await store.put(frontendKeys.status(id), JSON.stringify({ phase: 'Ready', observedGeneration: 1, conditions: [], endpoints: {}, events: [], allocationId: 'alloc-1' }));
+    // The log stream's connection drops at every try, as while the front end restarts.
+    let tries = 0;
+    let triedFourTimes: () => void = () => {};
+    const fourTries = new Promise<void>((resolve) => (triedFourTimes = resolve));
+    await page.route(`**/api/v1/sessions/${id}/logs?*`, async (route) => {
+      if (++tries === 4) triedFourTimes();
+      await route.abort('connectionreset');
+    });
+    await page.reload();
+    const status = page.getByRole('status').filter({ hasText: 'The log stream broke; reconnecting…' });
+    await status.waitFor();
+    await page.evaluate(`window.statusChanges = 0; new MutationObserver((changes) => { statusChanges += changes.length; }).observe(document.getElementById('log-status'), { subtree: true, childList: true, characterData: true })`);
+    // The browser tries again a few seconds after each failure, once the page has heard of it: the second
+    // and third failures have been heard by the fourth try.
+    await fourTries;
+    assert.equal(await page.evaluate('statusChanges'), 0, 'a status region is read out again whenever its text is written');
+  });
 });

@@ -129,8 +129,16 @@ function clearError() {
 }
 
 function showNotice(text) {
-  $('notice').textContent = text;
+  writeLive($('notice'), text);
   $('notice').hidden = text === '';
+}
+
+/**
+ * Writes the text of a live region, or of a part of one, only when it changes: screen readers read it out
+ * whenever it is written, the same words too (a status repeated at every try to reconnect).
+ */
+function writeLive(element, text) {
+  if (element.textContent !== text) element.textContent = text;
 }
 
 /** Says something to screen readers without showing it. */
@@ -428,7 +436,7 @@ function follow(id) {
 
 /** Says (politely, to screen readers too) why the session shown is not followed live; '' when it is. */
 function showLiveUpdates(text) {
-  $('live-updates').textContent = text;
+  writeLive($('live-updates'), text);
 }
 
 function isTerminating(session) {
@@ -454,12 +462,10 @@ function render(session) {
   const idleTimeout = terminating || phase === 'Failed' ? undefined : idleTimeoutOf(session);
   $('idle-policy').hidden = idleTimeout === undefined;
   if (idleTimeout !== undefined) $('idle-policy').textContent = idleTimeout === 0 ? 'Does not end for inactivity.' : `Ends after ${describeDuration(idleTimeout)} without activity.`;
-  // The status region is read out on every change of its text, so it is only written when it changes.
-  const phaseText = terminating ? 'Ending the session…' : phaseLabels[phase] ?? phase;
-  if ($('phase').textContent !== phaseText) $('phase').textContent = phaseText;
+  writeLive($('phase'), terminating ? 'Ending the session…' : phaseLabels[phase] ?? phase);
   $('phase').dataset.phase = terminating ? 'Terminating' : phase;
   const position = phase === 'Waiting' && !terminating && session.status.queuePosition !== undefined ? `You are number ${session.status.queuePosition} in the queue.` : '';
-  if ($('queue-position').textContent !== position) $('queue-position').textContent = position;
+  writeLive($('queue-position'), position);
 
   $('progress').hidden = terminating || phase === 'Ready' || phase === 'Failed';
   $('checklist').replaceChildren(
@@ -772,7 +778,7 @@ function toggleFollow() {
 
 function setLogStatus(text) {
   const view = logView();
-  $('log-status').textContent = view.dropped ? `${text} The page keeps the last ${logKeptChars.toLocaleString()} characters.` : text;
+  writeLive($('log-status'), view.dropped ? `${text} The page keeps the last ${logKeptChars.toLocaleString()} characters.` : text);
 }
 
 function closeLogStream() {
