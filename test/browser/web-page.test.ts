@@ -757,4 +757,37 @@ describe('web page: keyboard use, and a front end that fails', function () {
     await fourTries;
     assert.equal(await page.evaluate('statusChanges'), 0, 'a status region is read out again whenever its text is written');
   });
+
+  it('draws the edges of the fields to fill in (selects, the log search) at 3:1 against the page at least, light and dark (WCAG 1.4.11)', async () => {
+    /** The contrast ratio of a field's top border to the page's background, as WCAG defines it, from the computed colours. */
+    const edgeContrast = (selector: string): Promise<unknown> =>
+      page.evaluate(`(() => {
+        const luminance = (colour) => {
+          const [r, g, b] = colour.match(/[\\d.]+/g).slice(0, 3).map((value) => {
+            const c = Number(value) / 255;
+            return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+          });
+          return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+        };
+        const [edge, page] = [getComputedStyle(document.querySelector(${JSON.stringify(selector)})).borderTopColor, getComputedStyle(document.body).backgroundColor].map(luminance);
+        return (Math.max(edge, page) + 0.05) / (Math.min(edge, page) + 0.05);
+      })()`);
+    await page.goto(`${url}/`);
+    await page.getByRole('heading', { name: 'Start a session' }).waitFor();
+    const created = await page.request.post(`${url}/api/v1/sessions`, { data: { template: 'demo' } });
+    const { id } = ((await created.json()) as Session).metadata;
+    for (const colorScheme of ['light', 'dark'] as const) {
+      await page.emulateMedia({ colorScheme });
+      const ratio = (await edgeContrast('#template')) as number;
+      assert.ok(ratio >= 3, `the template select's edge, ${colorScheme}: ${ratio.toFixed(2)}:1`);
+    }
+    await store.put(frontendKeys.status(id), JSON.stringify({ phase: 'Ready', observedGeneration: 1, conditions: [], endpoints: {}, events: [], allocationId: 'alloc-1' }));
+    await page.reload();
+    await page.getByLabel('Search').waitFor();
+    for (const colorScheme of ['light', 'dark'] as const) {
+      await page.emulateMedia({ colorScheme });
+      const ratio = (await edgeContrast('#log-search')) as number;
+      assert.ok(ratio >= 3, `the log search's edge, ${colorScheme}: ${ratio.toFixed(2)}:1`);
+    }
+  });
 });
