@@ -362,7 +362,7 @@ describe('web page: people in a browser against `manticore up`', function () {
     }
     const copyBroker = alicePage.getByRole('button', { name: 'Copy the broker address' });
     await copyBroker.click();
-    await alicePage.getByRole('button', { name: 'Copy the broker address' }).filter({ hasText: 'Copied' }).waitFor();
+    await alicePage.getByRole('button', { name: 'Copied the broker address' }).filter({ hasText: 'Copied' }).waitFor();
     assert.equal(await alicePage.evaluate('navigator.clipboard.readText()'), broker!.url);
 
     const { hostname, port } = new URL(tcp!.url);
@@ -789,5 +789,23 @@ describe('web page: keyboard use, and a front end that fails', function () {
       const ratio = (await edgeContrast('#log-search')) as number;
       assert.ok(ratio >= 3, `the log search's edge, ${colorScheme}: ${ratio.toFixed(2)}:1`);
     }
+  });
+
+  it('says which address was copied last, on its button and in its name, and no other', async () => {
+    await page.context().grantPermissions(['clipboard-read', 'clipboard-write'], { origin: url });
+    await page.goto(`${url}/`);
+    const created = await page.request.post(`${url}/api/v1/sessions`, { data: { template: 'demo' } });
+    const { id } = ((await created.json()) as Session).metadata;
+    const endpoints = { broker: { protocol: 'ws', url: 'ws://broker.example.test/' }, tcp: { protocol: 'tcp', url: 'tcp://tcp.example.test:31234' } };
+    await store.put(frontendKeys.status(id), JSON.stringify({ phase: 'Ready', observedGeneration: 1, conditions: [], endpoints, events: [] }));
+    await page.reload();
+    const buttons = (): Promise<string[]> => page.locator('#endpoint-list button').evaluateAll((all) => all.map((button) => `${button.textContent}: ${button.getAttribute('aria-label')}`));
+    assert.deepEqual(await buttons(), ['Copy: Copy the broker address', 'Copy: Copy the tcp address']);
+    await page.getByRole('button', { name: 'Copy the broker address' }).click();
+    await page.getByRole('button', { name: 'Copied the broker address' }).filter({ hasText: 'Copied' }).waitFor();
+    await page.getByRole('button', { name: 'Copy the tcp address' }).click();
+    await page.getByRole('button', { name: 'Copied the tcp address' }).waitFor();
+    assert.deepEqual(await buttons(), ['Copy: Copy the broker address', 'Copied: Copied the tcp address']);
+    assert.equal(await page.evaluate('navigator.clipboard.readText()'), endpoints.tcp.url);
   });
 });

@@ -582,7 +582,7 @@ function renderEndpoints(templateName, endpoints) {
       input.value = endpoint.url;
       input.setAttribute('aria-label', `${name} address`);
       const copyButton = item.querySelector('.copy');
-      copyButton.setAttribute('aria-label', `Copy the ${name} address`);
+      markCopied(copyButton, name, false);
       copyButton.addEventListener('click', () => copy(input, copyButton, name));
       if (endpoint.protocol === 'http') {
         const open = item.querySelector('.open');
@@ -593,6 +593,13 @@ function renderEndpoints(templateName, endpoints) {
       return item;
     }),
   );
+}
+
+/** Says on a copy button, in its text and its name alike, whether its address is the one copied. */
+function markCopied(button, name, copied) {
+  button.dataset.service = name;
+  button.textContent = copied ? 'Copied' : 'Copy';
+  button.setAttribute('aria-label', `${copied ? 'Copied' : 'Copy'} the ${name} address`);
 }
 
 /** Copies an address: the Clipboard API where the page may use it (a secure context), else the old way. */
@@ -607,7 +614,8 @@ async function copy(input, button, name) {
     copied = document.execCommand('copy');
   }
   if (copied) {
-    button.textContent = 'Copied';
+    // Only the address copied last is in the clipboard.
+    for (const each of $('endpoint-list').querySelectorAll('.copy')) markCopied(each, each.dataset.service, each === button);
     announce(`Copied the ${name} address.`);
   } else {
     showNotice(`This browser did not let the page copy; the ${name} address is selected: copy it from the keyboard or the menu.`);
