@@ -808,4 +808,17 @@ describe('web page: keyboard use, and a front end that fails', function () {
     assert.deepEqual(await buttons(), ['Copy: Copy the broker address', 'Copied: Copied the tcp address']);
     assert.equal(await page.evaluate('navigator.clipboard.readText()'), endpoints.tcp.url);
   });
+
+  it('gives the log output a role its name may go with: a region named "Log output", reached by Tab to scroll it from the keyboard', async () => {
+    await page.goto(`${url}/`);
+    const created = await page.request.post(`${url}/api/v1/sessions`, { data: { template: 'demo' } });
+    const { id } = ((await created.json()) as Session).metadata;
+    await store.put(frontendKeys.status(id), JSON.stringify({ phase: 'Ready', observedGeneration: 1, conditions: [], endpoints: {}, events: [], allocationId: 'alloc-1' }));
+    await page.reload();
+    await page.getByRole('button', { name: 'Download' }).focus();
+    await page.keyboard.press('Tab');
+    // A name on an element of no role (a pre is generic) is one screen readers need not say (ARIA 1.2).
+    assert.equal(await page.getByRole('region', { name: 'Log output' }).count(), 1);
+    assert.equal(await focused(), 'log-text');
+  });
 });
