@@ -821,4 +821,15 @@ describe('web page: keyboard use, and a front end that fails', function () {
     assert.equal(await page.getByRole('region', { name: 'Log output' }).count(), 1);
     assert.equal(await focused(), 'log-text');
   });
+
+  it('says why a log cannot be read as a sentence of its own, before saying it tries again', async () => {
+    await page.goto(`${url}/`);
+    const created = await page.request.post(`${url}/api/v1/sessions`, { data: { template: 'demo' } });
+    const { id } = ((await created.json()) as Session).metadata;
+    await store.put(frontendKeys.status(id), JSON.stringify({ phase: 'Ready', observedGeneration: 1, conditions: [], endpoints: {}, events: [], allocationId: 'alloc-1' }));
+    await page.reload();
+    // This front end reads no logs: the API says so, without a full stop.
+    await page.getByRole('status').filter({ hasText: 'Trying again in a moment.' }).waitFor();
+    assert.equal(await page.locator('#log-status').innerText(), 'task logs are not available from this front end. Trying again in a moment.');
+  });
 });

@@ -859,7 +859,8 @@ async function explainLogFailure(task, stream) {
     message = 'Manticore cannot be reached; trying again.';
   }
   if (logs.task !== task || logs.stream !== stream || !logs.following) return;
-  setLogStatus(`${message} Trying again in a moment.`);
+  // The API's messages end without a full stop.
+  setLogStatus(`${/[.!?]$/.test(message) ? message : `${message}.`} Trying again in a moment.`);
   logs.retry = setTimeout(() => {
     if (logs.following && logs.sessionId !== undefined) openLogStream();
   }, logRetryMs);
