@@ -360,14 +360,17 @@ export class Controller {
 
   /**
    * A term ends: no new work is taken; in-flight reconciles finish, their fenced writes fail if the lease is
-   * gone, and their scheduler calls are abandoned or not sent (leadershipLost).
+   * gone, and their scheduler calls are abandoned or not sent (leadershipLost). Also while stopping: the
+   * reconciles it drains may no longer call the scheduler once another replica can lead.
    */
   private follow(): void {
-    if (this.stopping || !this.termActive) return;
+    if (!this.termActive) return;
     this.termActive = false;
+    this.leadershipLost.abort();
+    // stop() has already paused the load balancers, ended the term and shut its queue down.
+    if (this.stopping) return;
     this.options.loadBalancers?.pause();
     this.termEnd.abort();
-    this.leadershipLost.abort();
     this.termQueue.shutDown();
     this.termQueue = this.newQueue();
     this.log.info('standing by');

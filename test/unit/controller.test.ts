@@ -432,6 +432,34 @@ describe('controller: scheduler calls belong to the leadership term', () => {
     assert.equal(await statusOf(h.store, id), undefined, 'a status written after the term ended');
     assert.deepEqual(failures(), []);
   });
+
+  it('does not send a job registration once leadership is lost while stopping drains the reconciles in flight', async () => {
+    let claimHeld = false;
+    let releaseClaim!: () => void;
+    const claimWritten = new Promise<void>((resolve) => (releaseClaim = resolve));
+    const slowClaims: Store = {
+      ...delegatingStore(h.store),
+      put: async (key, value, options) => {
+        if (key.startsWith(keys.routes)) {
+          claimHeld = true;
+          await claimWritten;
+        }
+        return h.store.put(key, value, options);
+      },
+    };
+    await leadOver(slowClaims);
+    const id = await createSession(h.store);
+    await waitFor('the claim write on its way', () => claimHeld);
+    // A SIGTERM: the stop waits for the reconcile in flight, and the lease ends meanwhile (renewals failed).
+    const stopped = h.controller.stop();
+    term.lose();
+    releaseClaim();
+    await stopped;
+    assert.equal(h.scheduler.registerCalls.begun, 0, 'register called after the term ended');
+    assert.equal(await statusOf(h.store, id), undefined, 'a status written after the term ended');
+    assert.ok(dropped(), 'the reconcile was not dropped as the term ended');
+    assert.deepEqual(failures(), []);
+  });
 });
 
 describe('controller: public TCP ports', () => {
