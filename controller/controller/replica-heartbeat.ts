@@ -27,7 +27,10 @@ export class ReplicaHeartbeat {
   private readonly startedAt = new Date().toISOString();
   private timer: NodeJS.Timeout | undefined;
   private subscription: Subscription | undefined;
-  private writing: Promise<void> = Promise.resolve();
+  /** The write on its way, if any; beats meanwhile set `due`, and one more write of the latest state follows. */
+  private writing: Promise<void> | undefined;
+  private due = false;
+  private stopped = false;
 
   constructor(private readonly options: ReplicaHeartbeatOptions) {
     const { host, pid } = options.leadership.identity;
@@ -42,20 +45,34 @@ export class ReplicaHeartbeat {
 
   /** Withdraws the record, so the replica disappears from the list at once. */
   async stop(): Promise<void> {
+    this.stopped = true;
     if (this.timer) clearInterval(this.timer);
     this.subscription?.unsubscribe();
     await this.writing;
     await this.options.store.delete(this.key).catch((error: unknown) => this.options.log.warn({ err: error, key: this.key }, 'could not withdraw the controller heartbeat'));
   }
 
+  /**
+   * One write at a time, so an older heartbeat never lands after a newer one. Beats while a write is on its
+   * way (a store slow or not answering) make one more write, of the state when it is sent: queued beats
+   * would pile up for as long as the store hangs, be written out of date, and hold up stop().
+   */
   private beat(): void {
-    const { identity, leading } = this.options.leadership;
-    const record: ControllerHeartbeat = { host: identity.host, pid: identity.pid, startedAt: this.startedAt, heartbeatAt: new Date().toISOString(), leading };
-    // Writes are chained so an older heartbeat never lands after a newer one.
-    this.writing = this.writing.then(() => this.write(record));
+    this.due = true;
+    this.writing ??= this.writeWhileDue();
   }
 
-  private async write(record: ControllerHeartbeat): Promise<void> {
+  private async writeWhileDue(): Promise<void> {
+    while (this.due && !this.stopped) {
+      this.due = false;
+      await this.write();
+    }
+    this.writing = undefined;
+  }
+
+  private async write(): Promise<void> {
+    const { identity, leading } = this.options.leadership;
+    const record: ControllerHeartbeat = { host: identity.host, pid: identity.pid, startedAt: this.startedAt, heartbeatAt: new Date().toISOString(), leading };
     try {
       await this.options.store.put(this.key, encodeRecord('controller-heartbeat', record));
       if (record.leading) await this.removeLongDead();

@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict';
+import * as FakeTimers from '@sinonjs/fake-timers';
 import { SoleLeader } from '../../controller/controller/leader.js';
 import { ReplicaHeartbeat } from '../../controller/controller/replica-heartbeat.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
-import { keys, testLog } from '../support/controller-harness.js';
+import type { Store } from '../../controller/store/store.js';
+import { delegatingStore, keys, testLog } from '../support/controller-harness.js';
 import { waitFor } from '../support/wait.js';
 
 describe('controller replica heartbeats', () => {
@@ -24,5 +26,43 @@ describe('controller replica heartbeats', () => {
     await heartbeat.stop();
     assert.equal(await store.get(own), undefined);
     await store.close();
+  });
+
+  it('keep one write on its way while the store does not answer, and then write the latest state once', async () => {
+    const clock = FakeTimers.install({ toFake: ['setInterval', 'clearInterval', 'Date'] });
+    const inner = EmbeddedStore.open(':memory:');
+    try {
+      let answer!: () => void;
+      let answered = new Promise<void>((resolve) => (answer = resolve));
+      const puts: string[] = [];
+      const store: Store = {
+        ...delegatingStore(inner),
+        put: async (_key, value) => {
+          puts.push(value);
+          await answered;
+          return true;
+        },
+      };
+      const leadership = new SoleLeader();
+      const heartbeat = new ReplicaHeartbeat({ store, keys, leadership, intervalMs: 1_000, log: testLog });
+      heartbeat.start();
+      // An hour of beats while the first write hangs; the lead is won meanwhile.
+      await clock.tickAsync(1_800_000);
+      leadership.start();
+      await clock.tickAsync(1_800_000);
+      assert.equal(puts.length, 1, 'beats sent while a write was on its way');
+      const last = new Date().toISOString();
+      answer();
+      answered = Promise.resolve();
+      await clock.tickAsync(0);
+      assert.equal(puts.length, 2, 'beats that had queued up were written out');
+      const written = JSON.parse(puts[1]!) as { leading: boolean; heartbeatAt: string };
+      assert.deepEqual({ leading: written.leading, heartbeatAt: written.heartbeatAt }, { leading: true, heartbeatAt: last });
+      await heartbeat.stop();
+      assert.equal(puts.length, 2, 'stopping wrote the heartbeat again');
+    } finally {
+      clock.uninstall();
+      await inner.close();
+    }
   });
 });
