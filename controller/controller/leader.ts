@@ -93,6 +93,11 @@ export interface LeaderElectionOptions {
  */
 export const STEP_DOWN_MARGIN_MS = 2_000;
 const DEFAULT_RETRY_MS = 1_000;
+/**
+ * The watch of the leader key fails only on what the store's own retries do not mend (Consul refusing it,
+ * e.g. an ACL token without read on the key): watched again retryMs later, doubling up to this.
+ */
+const WATCH_RETRY_MAX_MS = 10_000;
 
 /**
  * Leader election over a store lock (ARCHITECTURE §8): each replica keeps a TTL session, renewed at TTL/2,
@@ -126,6 +131,8 @@ export class LeaderElection implements Leadership {
   private retryTimer: unknown;
   /** Its own timer: an attempt clears retryTimer, and must not cancel the watch's restart with it. */
   private watchRetryTimer: unknown;
+  /** Failed watches since the last answer. */
+  private watchFailures = 0;
   /** Reads the leader key again after a failed read when the watch showed it held by another session. */
   private confirmTimer: unknown;
   private stopped = true;
@@ -193,14 +200,17 @@ export class LeaderElection implements Leadership {
     this.watch = this.options.store.watch(key).subscribe({
       next: (step) => this.observe(step),
       error: (error: unknown) => {
-        this.log.warn({ err: error }, 'watching the leader key failed; watching again');
-        this.watchRetryTimer = this.clock.setTimeout(() => this.watchKey(), this.retryMs);
+        const retryInMs = Math.min(this.retryMs * 2 ** this.watchFailures, WATCH_RETRY_MAX_MS);
+        this.watchFailures++;
+        this.log.warn({ err: error, retryInMs, failures: this.watchFailures }, 'watching the leader key failed; watching again');
+        this.watchRetryTimer = this.clock.setTimeout(() => this.watchKey(), retryInMs);
       },
     });
   }
 
   private observe(step: WatchStep): void {
     const { key } = this.options;
+    this.watchFailures = 0;
     if (step.kind === 'reset') this.holder = step.entries.find((entry) => entry.key === key);
     for (const change of step.kind === 'changes' ? step.changes : []) {
       if (change.type === 'put' && change.entry.key === key) this.holder = change.entry;

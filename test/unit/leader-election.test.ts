@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import * as FakeTimers from '@sinonjs/fake-timers';
-import { BehaviorSubject, map, type Observable } from 'rxjs';
+import { BehaviorSubject, Subject, defer, map, merge, mergeMap, throwError, type Observable } from 'rxjs';
 import { LeaderElection } from '../../controller/controller/leader.js';
 import type { LeaseOptions, LockService } from '../../controller/store/lock.js';
 import type { KvEntry, Store, WatchStep } from '../../controller/store/store.js';
@@ -169,6 +169,39 @@ describe('Leader election (a lock table on a fake clock)', () => {
     // Long before its next renewal (at 7.5 s), which is what would otherwise tell it.
     await clock.tickAsync(2_000);
     assert.equal(election.leading, false);
+    const stopped = election.stop();
+    await clock.tickAsync(1_000);
+    await stopped;
+  });
+
+  it('watches the key again after failures at a pace that doubles up to 10 s, and after 1 s again once it answered', async () => {
+    const clock = FakeTimers.createClock(0);
+    const locks = new SlowLockTable(clock, 10);
+    const watchedAt: number[] = [];
+    let refusing = true;
+    const breakWatch = new Subject<void>();
+    // Consul refusing the watch (an ACL token without read on the key): an error no retry inside the store mends.
+    const refused = (): Observable<never> => throwError(() => new Error('Consul answered 403: Permission denied'));
+    const store: Store = {
+      ...locks.store(),
+      watch: (prefix, index) =>
+        defer(() => {
+          watchedAt.push(clock.now);
+          return refusing ? refused() : merge(locks.store().watch(prefix, index), breakWatch.pipe(mergeMap(refused)));
+        }),
+    };
+    const election = new LeaderElection({ store, locks, key: keys.leader, ttlSeconds: 15, lockDelaySeconds: 15, log: testLog, clock: controllerClock(clock), identity: { host: 'test-host', pid: 1 } });
+    election.start();
+    await clock.tickAsync(60_000);
+    const gaps = (since: number): number[] => watchedAt.filter((at) => at >= since).map((at) => at - since);
+    assert.deepEqual(gaps(0), [0, 1_000, 3_000, 7_000, 15_000, 25_000, 35_000, 45_000, 55_000]);
+    refusing = false;
+    await clock.tickAsync(10_000);
+    assert.deepEqual(gaps(60_000), [5_000], 'the watch answering');
+    refusing = true;
+    breakWatch.next();
+    await clock.tickAsync(10_000);
+    assert.deepEqual(gaps(70_000), [71_000, 73_000, 77_000].map((at) => at - 70_000));
     const stopped = election.stop();
     await clock.tickAsync(1_000);
     await stopped;
