@@ -407,11 +407,11 @@ describe('controller: scheduler calls belong to the leadership term', () => {
     assert.deepEqual(failures(), [], 'the abandoned call counted as a failure');
   });
 
-  it('does not send a job registration once leadership is lost on the way to it', async () => {
+  /** Leads over a store that holds the first session's claim write (unfenced: a standby's leadership has no fence, so a single put) until released. */
+  async function leadWithClaimHeld(): Promise<{ id: string; releaseClaim: () => void }> {
     let claimHeld = false;
     let releaseClaim!: () => void;
     const claimWritten = new Promise<void>((resolve) => (releaseClaim = resolve));
-    // Unfenced (a standby's leadership has no fence), the claim is a single put.
     const slowClaims: Store = {
       ...delegatingStore(h.store),
       put: async (key, value, options) => {
@@ -425,6 +425,11 @@ describe('controller: scheduler calls belong to the leadership term', () => {
     await leadOver(slowClaims);
     const id = await createSession(h.store);
     await waitFor('the claim write on its way', () => claimHeld);
+    return { id, releaseClaim };
+  }
+
+  it('does not send a job registration once leadership is lost on the way to it', async () => {
+    const { id, releaseClaim } = await leadWithClaimHeld();
     term.lose();
     releaseClaim();
     await waitFor('the reconcile ended', async () => dropped() || h.scheduler.registerCalls.begun > 0 || (await statusOf(h.store, id)) !== undefined);
@@ -434,22 +439,7 @@ describe('controller: scheduler calls belong to the leadership term', () => {
   });
 
   it('does not send a job registration once leadership is lost while stopping drains the reconciles in flight', async () => {
-    let claimHeld = false;
-    let releaseClaim!: () => void;
-    const claimWritten = new Promise<void>((resolve) => (releaseClaim = resolve));
-    const slowClaims: Store = {
-      ...delegatingStore(h.store),
-      put: async (key, value, options) => {
-        if (key.startsWith(keys.routes)) {
-          claimHeld = true;
-          await claimWritten;
-        }
-        return h.store.put(key, value, options);
-      },
-    };
-    await leadOver(slowClaims);
-    const id = await createSession(h.store);
-    await waitFor('the claim write on its way', () => claimHeld);
+    const { id, releaseClaim } = await leadWithClaimHeld();
     // A SIGTERM: the stop waits for the reconcile in flight, and the lease ends meanwhile (renewals failed).
     const stopped = h.controller.stop();
     term.lose();
