@@ -60,7 +60,8 @@ export class FencedWriter implements StoreWriter {
   async transaction(operations: readonly TxnOperation[]): Promise<boolean> {
     const sentAt = performance.now();
     const written = await this.send(operations);
-    if (written) this.onWritten(operations.map((operation) => operation.key), sentAt);
+    // A check changes nothing.
+    if (written) this.onWritten(operations.filter((operation) => operation.verb === 'put' || operation.verb === 'delete').map((operation) => operation.key), sentAt);
     return written;
   }
 

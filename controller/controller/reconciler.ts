@@ -583,14 +583,20 @@ export class SessionReconciler {
     return { wakeAt: removeAt };
   }
 
-  /** Marks the record for deletion (as a user's delete does); the finalizer then tears everything down. */
+  /**
+   * Marks the record for deletion (as a user's delete does); the finalizer then tears everything down. An end
+   * for idleness holds only while the activity is as cached: a keepalive the cache has not shown yet (answered
+   * to the user with a later expiry) fails the write, and the next pass sees it.
+   */
   private async requestDeletion(id: string, reason: string): Promise<ReconcileResult> {
-    const cached = this.deps.observed.sessions.get(id)!;
+    const { observed, keys } = this.deps;
+    const cached = observed.sessions.get(id)!;
     const record: SessionRecord = {
       metadata: { ...cached.value!.metadata, deletionRequestedAt: new Date(this.now()).toISOString(), deletionReason: reason },
       spec: cached.value!.spec,
     };
-    await this.put(id, this.deps.observed.sessions, this.deps.keys.session(id), 'session', record);
+    const activityAsCached: TxnOperation = { verb: 'check-index', key: keys.activity(id), index: observed.activities.get(id)?.entry.modifyIndex ?? 0 };
+    await this.put(id, observed.sessions, keys.session(id), 'session', record, reason === 'IdleTimeout' ? [activityAsCached] : []);
     this.deps.log.info({ session: id, reason }, 'session expired; deleting it');
     return done;
   }
@@ -791,15 +797,18 @@ export class SessionReconciler {
 
   /**
    * Compare-and-set write of one of the session's records (validated first), expecting its cache to show
-   * the new version; the cache is told, so that the echo is not decoded again.
+   * the new version; the cache is told, so that the echo is not decoded again. `checks` must hold too.
    */
-  private async put<T>(id: string, cache: RecordCache<T>, key: string, schema: SchemaName, value: T): Promise<void> {
+  private async put<T>(id: string, cache: RecordCache<T>, key: string, schema: SchemaName, value: T, checks: readonly TxnOperation[] = []): Promise<void> {
     const json = encodeRecord(schema, value);
     const before = cache.get(id)?.entry.modifyIndex;
     cache.writing(id, json, value);
     let written = false;
     try {
-      written = await this.deps.writer.put(key, json, { cas: before ?? 0 });
+      written =
+        checks.length === 0
+          ? await this.deps.writer.put(key, json, { cas: before ?? 0 })
+          : await this.deps.writer.transaction([...checks, { verb: 'put', key, value: json, cas: before ?? 0 }]);
     } finally {
       if (!written) cache.writeFailed(id, json);
     }

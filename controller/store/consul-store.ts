@@ -831,8 +831,9 @@ class AbortedError extends StoreError {
   }
 }
 
-/** Failed checks of the verbs we send (`cas`, `delete-cas`, `check-session`), as Consul words them. */
-const CHECK_FAILURE = /^(failed to (set|delete) key ".*", index is stale|failed to check session, key ".*" doesn't exist|failed session check for key ".*", current session ".*" != ".*")$/s;
+/** Failed checks of the verbs we send (`cas`, `delete-cas`, `check-session`, `check-index`, `check-not-exists`), as Consul words them. */
+const CHECK_FAILURE =
+  /^(failed to (set|delete) key ".*", index is stale|failed to check session, key ".*" doesn't exist|failed session check for key ".*", current session ".*" != ".*"|failed to check index, key ".*" doesn't exist|failed index check for key ".*", current modify index \d+ != \d+|key ".*" exists)$/s;
 
 /**
  * The changes that turn `known` into `entries`: puts for new or modified keys (parseEntries answers an

@@ -183,6 +183,10 @@ export class EmbeddedStore implements Store {
     const applyOperation = (operation: TxnOperation, next: number): KvChange | undefined => {
       // No key is ever locked here (this store has no sessions: lock.ts), so a session check always fails.
       if (operation.verb === 'check-session') throw casFailed;
+      if (operation.verb === 'check-index') {
+        if ((this.getKv.get(operation.key)?.modify_index ?? 0) !== operation.index) throw casFailed;
+        return undefined;
+      }
       const { key, cas } = operation;
       if (operation.verb === 'put' && cas === 0) {
         // Create only: the insert itself says whether the key was there, with no read before it.

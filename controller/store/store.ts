@@ -84,14 +84,16 @@ export interface Store {
 }
 
 /**
- * One operation of a transaction; `cas` as in WriteOptions (0: only if absent). `check-session` writes
- * nothing and fails the transaction (false, like a failed compare-and-set) unless `key` is locked by
- * `session`: it fences a leader's writes to its lease (see lock.ts).
+ * One operation of a transaction; `cas` as in WriteOptions (0: only if absent). The checks write nothing
+ * and fail the transaction (false, like a failed compare-and-set): `check-session` unless `key` is locked
+ * by `session`, which fences a leader's writes to its lease (see lock.ts); `check-index` unless `key` is at
+ * modify index `index` (0: unless it is absent), which ties a write to what was read of another key.
  */
 export type TxnOperation =
   | { readonly verb: 'put'; readonly key: string; readonly value: string; readonly cas?: number }
   | { readonly verb: 'delete'; readonly key: string; readonly cas?: number }
-  | { readonly verb: 'check-session'; readonly key: string; readonly session: string };
+  | { readonly verb: 'check-session'; readonly key: string; readonly session: string }
+  | { readonly verb: 'check-index'; readonly key: string; readonly index: number };
 
 /** Consul's cap on the operations of one transaction. */
 export const MAX_TXN_OPS = 64;
@@ -116,6 +118,7 @@ export function consulTxnOp(operation: TxnOperation, encodedValue = ''): ConsulT
       : { KV: { Verb: 'cas', Key, Value: encodedValue, Index: operation.cas } };
   }
   if (operation.verb === 'check-session') return { KV: { Verb: 'check-session', Key, Session: operation.session } };
+  if (operation.verb === 'check-index') return operation.index === 0 ? { KV: { Verb: 'check-not-exists', Key } } : { KV: { Verb: 'check-index', Key, Index: operation.index } };
   return operation.cas === undefined ? { KV: { Verb: 'delete', Key } } : { KV: { Verb: 'delete-cas', Key, Index: operation.cas } };
 }
 
@@ -241,6 +244,10 @@ export function validateTransaction(operations: readonly TxnOperation[]): void {
       if (typeof operation.session !== 'string' || operation.session === '') {
         throw new StoreError('check-session needs a session id', 'transaction', operation.key);
       }
+      continue;
+    }
+    if (operation.verb === 'check-index') {
+      validateCas('transaction', operation.key, { cas: operation.index });
       continue;
     }
     if (operation.verb === 'put') validateValue('transaction', operation.key, operation.value);

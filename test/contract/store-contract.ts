@@ -384,6 +384,21 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
         await assert.rejects(store.transaction([{ verb: 'check-session', key: `${ns}leader`, session: '' }]), StoreError);
       });
 
+      it('applies a transaction only while an index check holds: the key at that modify index, or absent for 0', async function () {
+        await store.put(`${ns}watched`, 'a');
+        const index = (await store.get(`${ns}watched`))!.modifyIndex;
+        const write = { verb: 'put', key: `${ns}written`, value: '1' } as const;
+        assert.equal(await store.transaction([{ verb: 'check-index', key: `${ns}watched`, index: index + 1 }, write]), false, 'another index');
+        assert.equal(await store.transaction([{ verb: 'check-index', key: `${ns}watched`, index: 0 }, write]), false, 'present, checked as absent');
+        assert.equal(await store.transaction([{ verb: 'check-index', key: `${ns}missing`, index }, write]), false, 'absent, checked at an index');
+        assert.equal(await store.get(`${ns}written`), undefined);
+        assert.equal(await store.transaction([{ verb: 'check-index', key: `${ns}missing`, index: 0 }, write]), true);
+        assert.equal(await store.transaction([{ verb: 'check-index', key: `${ns}watched`, index }, { ...write, value: '2' }]), true);
+        assert.equal((await store.get(`${ns}written`))!.value, '2');
+        assert.equal((await store.get(`${ns}watched`))!.modifyIndex, index, 'a check writes nothing');
+        await assert.rejects(store.transaction([{ verb: 'check-index', key: `${ns}watched`, index: -1 }]), StoreError);
+      });
+
       it('refuses more operations than Consul allows, writing nothing', async function () {
         const operations = Array.from({ length: MAX_TXN_OPS + 1 }, (_, i) => ({ verb: 'put' as const, key: `${ns}k${i}`, value: 'v' }));
         await assert.rejects(store.transaction(operations), storeError('rejected', /at most 64/));

@@ -13,6 +13,7 @@ import {
   createSession,
   defaultPolicy,
   keys,
+  laggingWatch,
   makeReady,
   requestDeletion,
   routesOf,
@@ -440,6 +441,38 @@ describe('lifecycle: idle warning, expiry and the lifetime cap', () => {
     await gone(h, id!);
     assert.deepEqual(h.scheduler.deregistrations, [`manticore-${id}`]);
     assert.equal(await h.store.get(keys.activity(id!)), undefined, 'the activity record goes with the session');
+  });
+
+  it('keeps a session whose keepalive was stored just before its idle end, though the controller had not seen it yet', async () => {
+    h = await ControllerHarness.embedded();
+    const [id] = await createInOrder(h, ['ann']);
+    await makeReady(h, id!);
+    const lagging = laggingWatch(h.store, keys.activities);
+    let refusedEnds = 0;
+    await h.restartController({
+      ...lagging.store,
+      transaction: async (operations) => {
+        const written = await h.store.transaction(operations);
+        if (!written && operations.some((operation) => operation.verb === 'check-index')) refusedEnds += 1;
+        return written;
+      },
+    });
+    h.tick(25 * minute);
+    await statusWhen(h.store, id!, (s) => condition(s, 'IdleWarning') === 'True/Idle');
+    // The user's keepalive is stored (and answered with a later expiry); the controller's watch brings it only later.
+    lagging.hold();
+    await setActivity(h, id!, h.clock.now);
+    h.tick(5 * minute);
+    /** Being deleted, or gone already. */
+    const ended = async (): Promise<boolean> => {
+      const entry = await h.store.get(keys.session(id!));
+      return entry === undefined || (JSON.parse(entry.value) as SessionRecord).metadata.deletionRequestedAt !== undefined;
+    };
+    await waitFor('the controller ending the session, or refused', async () => refusedEnds > 0 || (await ended()));
+    lagging.release();
+    const kept = await statusWhen(h.store, id!, (s) => condition(s, 'IdleWarning') === 'False/Active');
+    assert.equal(Date.parse(kept.expiresAt!), h.clock.now + 25 * minute);
+    assert.equal(await ended(), false, 'the session was ended for an idleness its keepalive had ended');
   });
 
   it('deletes an idle session on time although its activity record holds a time Date.parse cannot read (a leap second)', async () => {
