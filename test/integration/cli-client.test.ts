@@ -648,20 +648,15 @@ describe('the client commands (manticore sessions, templates)', function () {
         [['watch', 'quiet0000000000a', '-o', 'json'], `${session('Waiting')}\n${session('Ready')}\n`],
         [['logs', 'quiet0000000000a', '--follow'], 'one\n'],
       ] as const) {
-        const stdout = new PassThrough();
-        const stderr = new PassThrough();
-        let out = '';
-        let said = '';
-        stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
-        stderr.on('data', (chunk: Buffer) => (said += chunk.toString()));
-        let code: number | undefined;
-        void runClientCommand('sessions', [...args, '--url', quietUrl], { stdout, stderr, env: { MANTICORE_USER: 'alice' } }).then((exit) => (code = exit));
-        await turnsUntil(() => out.length > 0);
+        const running = run('sessions', [...args], {}, quietUrl);
+        let result: Run | undefined;
+        void running.then((done) => (result = done));
+        await turnsUntil(() => running.output().length > 0);
         clock.setSystemTime(Date.now() + 60_000);
         // The front end's last keep-alive comment, then the break.
         first.at(-1)!.end(': keepalive\n\n');
-        for (let step = 0; code === undefined && step < 300; step++) await clock.tickAsync(100);
-        assert.deepEqual({ code, out }, { code: exitCodes.ok, out: printed }, `sessions ${args.join(' ')}: ${said}`);
+        for (let step = 0; result === undefined && step < 300; step++) await clock.tickAsync(100);
+        assert.deepEqual({ code: result?.code, out: result?.stdout }, { code: exitCodes.ok, out: printed }, `sessions ${args.join(' ')}: ${result?.stderr ?? 'still running'}`);
       }
       assert.equal(opened.length, 4, 'each stream was opened again');
       assert.equal(opened[3]!.lastEventId, 'alloc:4', 'the log resumed after the last output printed');
