@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { chromium, type Browser, type BrowserContext, type Page, type Route } from 'playwright-core';
 import YAML from 'yaml';
-import type { Session, SessionRecord } from '../../controller/api/types.js';
+import type { Session, SessionRecord, SessionStatus } from '../../controller/api/types.js';
 import { DEFAULT_STATUS_STREAMS_PER_USER } from '../../controller/frontend/events.js';
 import { LogFiles, RotatingLogWriter, closeWriter } from '../../controller/scheduler/log-files.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
@@ -621,6 +621,17 @@ describe('web page: keyboard use, and a front end that fails', function () {
   /** The id of the element that has the focus ('' for none: the body). */
   const focused = (): Promise<unknown> => page.evaluate('document.activeElement.id');
 
+  /** Loads the page and creates a session as its user, given `status` (Ready on allocation alloc-1 unless said otherwise); its id. */
+  async function sessionWithStatus(status: Partial<SessionStatus> = {}): Promise<string> {
+    await page.goto(`${url}/`);
+    const created = await page.request.post(`${url}/api/v1/sessions`, { data: { template: 'demo' } });
+    assert.equal(created.status(), 201, await created.text());
+    const { id } = ((await created.json()) as Session).metadata;
+    const full: SessionStatus = { phase: 'Ready', observedGeneration: 1, conditions: [], endpoints: {}, events: [], allocationId: 'alloc-1', ...status };
+    await store.put(frontendKeys.status(id), JSON.stringify(full));
+    return id;
+  }
+
   it('moves the focus to what replaced the part of the page that had it: the session once started, the form once asked for again', async () => {
     await page.goto(`${url}/`);
     await page.getByRole('heading', { name: 'Start a session' }).waitFor();
@@ -735,11 +746,7 @@ describe('web page: keyboard use, and a front end that fails', function () {
   });
 
   it('says once that the log stream broke while it reconnects, not again at every try', async () => {
-    await page.goto(`${url}/`);
-    const created = await page.request.post(`${url}/api/v1/sessions`, { data: { template: 'demo' } });
-    assert.equal(created.status(), 201, await created.text());
-    const { id } = ((await created.json()) as Session).metadata;
-    await store.put(frontendKeys.status(id), JSON.stringify({ phase: 'Ready', observedGeneration: 1, conditions: [], endpoints: {}, events: [], allocationId: 'alloc-1' }));
+    const id = await sessionWithStatus();
     // The log stream's connection drops at every try, as while the front end restarts.
     let tries = 0;
     let triedFourTimes: () => void = () => {};
@@ -793,11 +800,8 @@ describe('web page: keyboard use, and a front end that fails', function () {
 
   it('says which address was copied last, on its button and in its name, and no other', async () => {
     await page.context().grantPermissions(['clipboard-read', 'clipboard-write'], { origin: url });
-    await page.goto(`${url}/`);
-    const created = await page.request.post(`${url}/api/v1/sessions`, { data: { template: 'demo' } });
-    const { id } = ((await created.json()) as Session).metadata;
-    const endpoints = { broker: { protocol: 'ws', url: 'ws://broker.example.test/' }, tcp: { protocol: 'tcp', url: 'tcp://tcp.example.test:31234' } };
-    await store.put(frontendKeys.status(id), JSON.stringify({ phase: 'Ready', observedGeneration: 1, conditions: [], endpoints, events: [] }));
+    const endpoints = { broker: { protocol: 'ws', url: 'ws://broker.example.test/' }, tcp: { protocol: 'tcp', url: 'tcp://tcp.example.test:31234' } } as const;
+    await sessionWithStatus({ endpoints, allocationId: undefined });
     await page.reload();
     const buttons = (): Promise<string[]> => page.locator('#endpoint-list button').evaluateAll((all) => all.map((button) => `${button.textContent}: ${button.getAttribute('aria-label')}`));
     assert.deepEqual(await buttons(), ['Copy: Copy the broker address', 'Copy: Copy the tcp address']);
@@ -810,10 +814,7 @@ describe('web page: keyboard use, and a front end that fails', function () {
   });
 
   it('gives the log output a role its name may go with: a region named "Log output", reached by Tab to scroll it from the keyboard', async () => {
-    await page.goto(`${url}/`);
-    const created = await page.request.post(`${url}/api/v1/sessions`, { data: { template: 'demo' } });
-    const { id } = ((await created.json()) as Session).metadata;
-    await store.put(frontendKeys.status(id), JSON.stringify({ phase: 'Ready', observedGeneration: 1, conditions: [], endpoints: {}, events: [], allocationId: 'alloc-1' }));
+    await sessionWithStatus();
     await page.reload();
     await page.getByRole('button', { name: 'Download' }).focus();
     await page.keyboard.press('Tab');
@@ -823,10 +824,7 @@ describe('web page: keyboard use, and a front end that fails', function () {
   });
 
   it('says why a log cannot be read as a sentence of its own, before saying it tries again', async () => {
-    await page.goto(`${url}/`);
-    const created = await page.request.post(`${url}/api/v1/sessions`, { data: { template: 'demo' } });
-    const { id } = ((await created.json()) as Session).metadata;
-    await store.put(frontendKeys.status(id), JSON.stringify({ phase: 'Ready', observedGeneration: 1, conditions: [], endpoints: {}, events: [], allocationId: 'alloc-1' }));
+    await sessionWithStatus();
     await page.reload();
     // This front end reads no logs: the API says so, without a full stop.
     await page.getByRole('status').filter({ hasText: 'Trying again in a moment.' }).waitFor();

@@ -21,6 +21,14 @@ describe('admission: the waiting list', () => {
     return decision.admit ? undefined : decision.position;
   };
 
+  /** The time the estimate tests run at. */
+  const now = 1_000_000;
+  const minute = 60_000;
+  const iso = (ms: number): string => new Date(ms).toISOString();
+  /** Gives session n a status: Ready unless `fields` say otherwise. */
+  const setStatus = (n: number, fields: Partial<SessionStatus>): void =>
+    statuses.upsert(id(n), record(id(n), { phase: 'Ready', observedGeneration: 1, conditions: [], endpoints: {}, events: [], ...fields }));
+
   beforeEach(() => {
     sessions = new Cache();
     statuses = new RecordCache();
@@ -29,7 +37,7 @@ describe('admission: the waiting list', () => {
     admission = new Admission(
       { sessions, statuses, routes, workloads: new Cache() },
       { maxSessions: 10, maxStarting: 10, sessionsPerUser: 1, capacityRetryMs: 60_000 },
-      () => 1_000_000,
+      () => now,
       (requeuedId) => requeued.push(requeuedId),
       () => undefined,
     );
@@ -68,12 +76,8 @@ describe('admission: the waiting list', () => {
   });
 
   it('estimates starts as a restarted controller would, once starting sessions became Ready (their start no longer counted)', () => {
-    const now = 1_000_000;
-    const iso = (ms: number): string => new Date(ms).toISOString();
     const limited = (): Admission =>
       new Admission({ sessions, statuses, routes, workloads: new Cache() }, { maxSessions: 10, maxStarting: 1, sessionsPerUser: 1, capacityRetryMs: 60_000 }, () => now, () => undefined, () => undefined);
-    const setStatus = (n: number, fields: Partial<SessionStatus>): void =>
-      statuses.upsert(id(n), record(id(n), { phase: 'Starting', observedGeneration: 1, conditions: [], endpoints: {}, events: [], ...fields }));
     const live = limited();
     live.load([]);
     // Sessions 0 and 1 were admitted, started in 30 s each, and became Ready (an expiry with it), one change at a time.
@@ -82,7 +86,7 @@ describe('admission: the waiting list', () => {
       live.refresh(id(n));
       addClaim(n);
       live.refresh(id(n));
-      setStatus(n, { admittedAt: iso(900_000) });
+      setStatus(n, { phase: 'Starting', admittedAt: iso(900_000) });
       live.refresh(id(n));
       setStatus(n, { phase: 'Ready', admittedAt: iso(900_000), readyAt: iso(930_000), expiresAt: iso(now + 3_600_000) });
       live.refresh(id(n));
@@ -90,7 +94,7 @@ describe('admission: the waiting list', () => {
     // Session 2 is starting; with maxStarting 1, sessions 3, 4 and 5 each wait for the start before them.
     addSession(2);
     addClaim(2);
-    setStatus(2, { admittedAt: iso(990_000) });
+    setStatus(2, { phase: 'Starting', admittedAt: iso(990_000) });
     live.refresh(id(2));
     for (const n of [3, 4, 5]) {
       addSession(n);
@@ -107,11 +111,6 @@ describe('admission: the waiting list', () => {
   });
 
   it('on a refresh of the estimates, requeues only the waiting sessions whose status would show another', () => {
-    const now = 1_000_000;
-    const minute = 60_000;
-    const iso = (ms: number): string => new Date(ms).toISOString();
-    const setStatus = (n: number, fields: Partial<SessionStatus>): void =>
-      statuses.upsert(id(n), record(id(n), { phase: 'Ready', observedGeneration: 1, conditions: [], endpoints: {}, events: [], ...fields }));
     const estimatesChanged: string[] = [];
     const limited = new Admission(
       { sessions, statuses, routes, workloads: new Cache() },
@@ -159,11 +158,6 @@ describe('admission: the waiting list', () => {
   });
 
   it('estimates starts behind the sessions beyond a limit the operator lowered, which must end before anyone is let in', () => {
-    const now = 1_000_000;
-    const minute = 60_000;
-    const iso = (ms: number): string => new Date(ms).toISOString();
-    const setStatus = (n: number, fields: Partial<SessionStatus>): void =>
-      statuses.upsert(id(n), record(id(n), { phase: 'Ready', observedGeneration: 1, conditions: [], endpoints: {}, events: [], ...fields }));
     const restarted = (maxSessions: number, maxStarting: number): Admission =>
       new Admission({ sessions, statuses, routes, workloads: new Cache() }, { maxSessions, maxStarting, sessionsPerUser: 1, capacityRetryMs: 60_000 }, () => now, () => undefined, () => undefined);
     const estimate = (of: Admission, n: number): number | undefined => {
@@ -190,11 +184,6 @@ describe('admission: the waiting list', () => {
   });
 
   it('estimates that the slot of a session being torn down (deleted, or failed) frees as soon as its job is gone', () => {
-    const now = 1_000_000;
-    const minute = 60_000;
-    const iso = (ms: number): string => new Date(ms).toISOString();
-    const setStatus = (n: number, fields: Partial<SessionStatus>): void =>
-      statuses.upsert(id(n), record(id(n), { phase: 'Ready', observedGeneration: 1, conditions: [], endpoints: {}, events: [], ...fields }));
     const limited = new Admission(
       { sessions, statuses, routes, workloads: new Cache() },
       { maxSessions: 2, maxStarting: 10, sessionsPerUser: 1, capacityRetryMs: 60_000 },
@@ -229,11 +218,10 @@ describe('admission: the waiting list', () => {
   });
 
   it('tells every waiting session when another limit keeps the list waiting, though nobody moved and no room appeared', () => {
-    const iso = (ms: number): string => new Date(ms).toISOString();
     const limited = new Admission(
       { sessions, statuses, routes, workloads: new Cache() },
       { maxSessions: 2, maxStarting: 1, sessionsPerUser: 1, capacityRetryMs: 60_000 },
-      () => 1_000_000,
+      () => now,
       (requeuedId) => requeued.push(requeuedId),
       () => undefined,
     );
