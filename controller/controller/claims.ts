@@ -86,8 +86,9 @@ export interface PortRoom {
  *
  * With a load-balancer pool (AWS), a port is only handed out together with a load balancer that can still
  * listen on it: one below its listener quota, counting every listener it really has (ours being deleted,
- * other people's, the fixed ones) as well as the ports claimed on it, and with no listener of its own on
- * that port. The assignment is recorded in the claim, so it survives restarts and failovers.
+ * other people's, the fixed ones) as well as the ports claimed on it. A port on which any load balancer of
+ * the pool still listens is not handed out at all until that listener is gone. The assignment is recorded
+ * in the claim, so it survives restarts and failovers.
  */
 export class PortAllocator {
   private readonly owners = new Map<number, string>();
@@ -194,7 +195,7 @@ export class PortAllocator {
 
   /** Room for new ports: free ports in the range, and with a pool free listener slots, less the ports owed. */
   room(): PortRoom {
-    const freePorts = Math.max(0, this.capacity - this.used - this.owedTotal);
+    const freePorts = Math.max(0, this.capacity - this.used - this.lingeringPorts() - this.owedTotal);
     if (this.pool.length === 0) {
       return { free: freePorts, reason: 'NoFreePort', message: `all ${this.capacity} public TCP ports are in use` };
     }
@@ -213,17 +214,33 @@ export class PortAllocator {
     if (this.pool.length > 0 && candidates.length === 0) return undefined;
     for (let i = 0; i < size; i++) {
       const port = this.start + ((offset + i) % size);
-      if (this.owners.has(port)) continue;
+      if (this.owners.has(port) || this.lingering(port)) continue;
       if (this.pool.length === 0) {
         this.claim(sessionId, port, undefined);
         return { port };
       }
-      const member = candidates.find((candidate) => !this.listenersOn.get(candidate.name)?.has(port));
-      if (member === undefined) continue;
+      // No load balancer listens on a port that is neither claimed nor lingering: the one with most room takes it.
+      const member = candidates[0]!;
       this.claim(sessionId, port, member.name);
       return { port, loadBalancer: member.name };
     }
     return undefined;
+  }
+
+  /**
+   * Whether a load balancer of the pool still listens on an unclaimed port (an ended session's listener not yet
+   * deleted): HAProxy routes by destination port alone, so that listener would lead its old address to the
+   * port's next owner, whichever load balancer the port were handed out on.
+   */
+  private lingering(port: number): boolean {
+    return !this.owners.has(port) && [...this.listenersOn.values()].some((ports) => ports.has(port));
+  }
+
+  /** Ports of the range that no session claims and some load balancer of the pool still listens on. */
+  private lingeringPorts(): number {
+    const ports = new Set<number>();
+    for (const listening of this.listenersOn.values()) for (const port of listening) if (this.covers(port) && this.lingering(port)) ports.add(port);
+    return ports.size;
   }
 
   /** A load balancer with room for a port claimed without one (or on one no longer in the pool). */

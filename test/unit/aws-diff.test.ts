@@ -160,10 +160,21 @@ describe('port allocator with a load-balancer pool', () => {
     const allocator = described(20000, 20001, [{ name: 'a', listenerQuota: 3 }, { name: 'b', listenerQuota: 1 }]);
     allocator.setListeners('a', new Set([443, 20000]));
     observe(allocator, 'x', claim('x', 20001, 'b'));
-    assert.equal(allocator.room().free, 1);
+    assert.equal(allocator.room().free, 0, 'the one port not claimed is listened on');
     assert.equal(allocator.reserve('y'), undefined, '20000 is taken on a by someone else, and b is full');
     allocator.setListeners('a', new Set([443]));
     assert.deepEqual(allocator.reserve('y'), { port: 20000, loadBalancer: 'a' });
+  });
+
+  it('hands out a port freed by an ended session only once no load balancer of the pool listens on it any more', () => {
+    const allocator = described(20000, 20000, [{ name: 'a', listenerQuota: 2 }, { name: 'b', listenerQuota: 2 }]);
+    observe(allocator, 'x', claim('x', 20000, 'a'));
+    allocator.setListeners('a', new Set([20000]));
+    observe(allocator, 'x', undefined, claim('x', 20000, 'a'));
+    // a's listener on 20000, still being deleted, forwards to HAProxy's port 20000, which would route it to the new owner.
+    assert.equal(allocator.reserve('y'), undefined, 'the old address still reaches the port');
+    allocator.setListeners('a', new Set());
+    assert.equal(allocator.reserve('y')?.port, 20000);
   });
 
   it('gives a load balancer no port before a describe shows its listeners, and says when one may make room', () => {
