@@ -662,8 +662,12 @@ export class SessionReconciler {
     }
     this.orphanedSince.delete(id);
     await this.release(id);
-    await this.delete(id, observed.statuses, keys.status(id));
-    await this.delete(id, observed.activities, keys.activity(id));
+    const removals = [...this.deleteOperation(observed.statuses, id, keys.status(id)), ...this.deleteOperation(observed.activities, id, keys.activity(id))];
+    if (removals.length === 0) return done;
+    // The front end writes activity for a record it has seen, which this controller's sessions watch may not
+    // show yet: the records go only while the session's key is really absent, else the watch brings it soon.
+    if (!(await this.deps.writer.transaction([{ verb: 'check-index', key: keys.session(id), index: 0 }, ...removals]))) throw new ConflictError(keys.session(id));
+    this.expectations.expect(id, () => observed.statuses.get(id) === undefined && observed.activities.get(id) === undefined);
     return done;
   }
 

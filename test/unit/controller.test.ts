@@ -143,6 +143,23 @@ describe('controller: session reconciliation', () => {
     assert.equal(await statusOf(h.store, id), undefined);
   });
 
+  it('keeps the activity record of a live session whose record the sessions watch has not shown yet', async () => {
+    const sessionsWatch = laggingWatch(h.store, keys.sessions);
+    await h.restartController(sessionsWatch.store);
+    const drained = (): boolean => h.controller.queue.length === 0 && h.controller.queue.inFlight === 0;
+    await waitFor('queue drained', drained);
+    sessionsWatch.hold();
+    // A keepalive right after the create: the front end saw the record, this controller's sessions watch not yet.
+    const id = await createSession(h.store);
+    const activitySeen = firstValueFrom(h.controller.activities.cache.changes.pipe(filter((change) => change.id === id)));
+    await h.store.put(keys.activity(id), JSON.stringify({ lastActivityAt: new Date().toISOString() }), { cas: 0 });
+    await activitySeen;
+    await waitFor('the activity looked at', drained);
+    sessionsWatch.release();
+    await waitFor('the session looked at', () => h.controller.sessions.cache.get(id) !== undefined && drained());
+    assert.ok(await h.store.get(keys.activity(id)), 'its activity record is kept');
+  });
+
   it('finishes tearing a deleted session down while no router is alive, as there is none to wait for', async () => {
     const id = await createSession(h.store);
     await makeReady(h, id);
