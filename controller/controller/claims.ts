@@ -200,7 +200,11 @@ export class PortAllocator {
       return { free: freePorts, reason: 'NoFreePort', message: `all ${this.capacity} public TCP ports are in use` };
     }
     const freeListeners = Math.max(0, this.pool.reduce((sum, member) => sum + this.roomOn(member), 0) - this.owedTotal);
-    if (freePorts <= freeListeners) return { free: freePorts, reason: 'NoFreePort', message: `all ${this.capacity} public TCP ports are in use` };
+    if (freePorts <= freeListeners) {
+      const lingering = this.lingeringPorts();
+      const held = lingering > 0 ? ` (${lingering} of them by an ended session's listener still being removed)` : '';
+      return { free: freePorts, reason: 'NoFreePort', message: `all ${this.capacity} public TCP ports are in use${held}` };
+    }
     const quotas = this.pool.map((member) => `${member.name} ${this.quotaOf(member)}`).join(', ');
     return { free: freeListeners, reason: 'NoListenerCapacity', message: `every load balancer is at its listener quota (${quotas})` };
   }

@@ -173,6 +173,11 @@ describe('port allocator with a load-balancer pool', () => {
     observe(allocator, 'x', undefined, claim('x', 20000, 'a'));
     // a's listener on 20000, still being deleted, forwards to HAProxy's port 20000, which would route it to the new owner.
     assert.equal(allocator.reserve('y'), undefined, 'the old address still reaches the port');
+    assert.deepEqual(allocator.room(), {
+      free: 0,
+      reason: 'NoFreePort',
+      message: "all 1 public TCP ports are in use (1 of them by an ended session's listener still being removed)",
+    });
     allocator.setListeners('a', new Set());
     assert.equal(allocator.reserve('y')?.port, 20000);
   });
