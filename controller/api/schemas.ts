@@ -5,7 +5,7 @@ import addFormats from 'ajv-formats';
 import YAML from 'yaml';
 
 /** Where the YAML JSON Schemas live, relative to this module both in the source tree and in dist/. */
-export const crdsDir: string = findUp(__dirname, 'crds');
+const crdsDir: string = findUp(__dirname, 'crds');
 
 function findUp(from: string, name: string): string {
   for (let dir = from; ; dir = path.dirname(dir)) {

@@ -35,7 +35,7 @@ export function loadTemplates(dir: string): Map<string, SessionTemplate> {
 }
 
 /** The rules JSON Schema cannot express: unique names, defaults within enums, every service's port provided. */
-export function checkTemplate(template: SessionTemplate, where: string): void {
+function checkTemplate(template: SessionTemplate, where: string): void {
   const problems: string[] = [];
   const { parameters, services, backends } = template.spec;
   parameters.forEach((parameter, index) => {

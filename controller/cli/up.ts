@@ -241,7 +241,7 @@ function leadershipFor(config: ManticoreConfig, store: Store, locks: LockService
 }
 
 /** The lifecycle settings of the configuration, in the controller's units. */
-export function lifecyclePolicy({ lifecycle, idle }: ManticoreConfig): LifecyclePolicy {
+function lifecyclePolicy({ lifecycle, idle }: ManticoreConfig): LifecyclePolicy {
   return {
     startTimeoutMs: lifecycle.startTimeoutSeconds * 1000,
     maxLifetimeMs: lifecycle.maxLifetimeSeconds * 1000,
@@ -331,7 +331,7 @@ export function haproxyValues(config: ManticoreConfig): Omit<HaproxyConfigValues
 }
 
 /** The edge certificate's settings for this configuration. */
-export function edgeTlsOptions(config: ManticoreConfig, tls: RouterTlsConfig, runDir: string, log: Logger): EdgeTlsOptions {
+function edgeTlsOptions(config: ManticoreConfig, tls: RouterTlsConfig, runDir: string, log: Logger): EdgeTlsOptions {
   return {
     files: { certFile: tls.certFile, ...(tls.keyFile === undefined ? {} : { keyFile: tls.keyFile }) },
     domain: config.public.domain,

@@ -144,7 +144,7 @@ export interface AwsConfig {
 }
 
 /** AWS fixes a Network Load Balancer's listener quota at 50; a Classic ELB's default is 100. */
-export const listenerQuotas = { nlb: 50, classic: 100 } as const;
+const listenerQuotas = { nlb: 50, classic: 100 } as const;
 
 type EnvParser = (raw: string) => unknown;
 const asInteger: EnvParser = (raw) => (/^\d+$/.test(raw) ? Number(raw) : raw);

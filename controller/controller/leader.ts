@@ -33,7 +33,7 @@ export interface Leadership {
   leader(): LeaderRecord | undefined;
 }
 
-export function currentIdentity(): Identity {
+function currentIdentity(): Identity {
   return { host: os.hostname(), pid: process.pid };
 }
 
@@ -91,7 +91,7 @@ export interface LeaderElectionOptions {
  * counted here; stopping 2 s before that leaves room for timer lateness and in-flight writes, whose fence
  * fails anyway once the session is gone. With TTL ≥ 10 s this is after at least one retried renewal.
  */
-export const STEP_DOWN_MARGIN_MS = 2_000;
+const STEP_DOWN_MARGIN_MS = 2_000;
 const DEFAULT_RETRY_MS = 1_000;
 /**
  * The watch of the leader key fails only on what the store's own retries do not mend (Consul refusing it,

@@ -1,7 +1,7 @@
 import type { Condition, ConditionStatus, Endpoint, Phase, SessionEvent, SessionStatus, WorkloadFailure } from '../api/types.js';
 
 /** The conditions a session's status carries, in the order they are reported. */
-export const conditionTypes = ['Admitted', 'Scheduled', 'Healthy', 'Routed', 'Exposed', 'Ready', 'IdleWarning'] as const;
+const conditionTypes = ['Admitted', 'Scheduled', 'Healthy', 'Routed', 'Exposed', 'Ready', 'IdleWarning'] as const;
 export type ConditionType = (typeof conditionTypes)[number] | 'Valid';
 
 export interface ConditionInput {

@@ -53,7 +53,7 @@ function withLive(heartbeat: JsonObject, added: JsonObject): JsonObject {
 }
 
 /** The API's description, built from the same schemas (`crds/`) that validate the records it serves. */
-export function openApiDocument(): JsonObject {
+function openApiDocument(): JsonObject {
   const record = component('session', 'SessionRecord');
   const recordProperties = record.properties as JsonObject;
   return {

@@ -434,6 +434,6 @@ function notFound(id: string): ApiError {
 }
 
 /** Owners see their own sessions; operators see everyone's. */
-export function mayAccess(identity: Identity, record: SessionRecord): boolean {
+function mayAccess(identity: Identity, record: SessionRecord): boolean {
   return identity.operator || record.metadata.owner === identity.user;
 }

@@ -50,7 +50,7 @@ function pemBlocks(text: string): Array<{ label: string; pem: string }> {
 }
 
 /** The files' contents; a missing or unreadable file is named in the error. */
-export async function readEdgeTlsFiles(files: EdgeTlsFiles): Promise<{ cert: string; key?: string; hash: string }> {
+async function readEdgeTlsFiles(files: EdgeTlsFiles): Promise<{ cert: string; key?: string; hash: string }> {
   const read = async (file: string, kind: string): Promise<string> => {
     try {
       return await fsp.readFile(file, 'utf8');
@@ -70,7 +70,7 @@ export async function readEdgeTlsFiles(files: EdgeTlsFiles): Promise<{ cert: str
  * session hostname `<token>.<domain>` (a wildcard). Throws a ValidationError naming the file and the problem.
  * Expiry is not checked here: the caller decides what an expired certificate means.
  */
-export function checkEdgeCertificate(files: EdgeTlsFiles, contents: { cert: string; key?: string; hash: string }, domain: string): EdgeCertificate {
+function checkEdgeCertificate(files: EdgeTlsFiles, contents: { cert: string; key?: string; hash: string }, domain: string): EdgeCertificate {
   const fail = (problem: string): never => {
     throw new ValidationError('router.tls', [problem]);
   };

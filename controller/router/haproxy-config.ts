@@ -51,14 +51,14 @@ export interface HaproxyConfigValues {
   readonly hstsMaxAge?: number | string;
 }
 
-export const DEFAULT_MAXCONN = 4000;
+const DEFAULT_MAXCONN = 4000;
 /**
  * The same bound as the configuration schema's router.maxconn. Each proxied connection holds two file
  * descriptors (and each TCP port one more); HAProxy raises its open-files limit to fit, or refuses to
  * start naming the limit it could not reach.
  */
-export const MAX_MAXCONN = 15000;
-export const DEFAULT_HARD_STOP_AFTER = '5m';
+const MAX_MAXCONN = 15000;
+const DEFAULT_HARD_STOP_AFTER = '5m';
 
 const KNOWN_PLACEHOLDERS = ['runDir', 'httpBind', 'tcpBind', 'maxconn', 'hardStopAfter', 'statsBind', 'httpsBind', 'httpsPortSuffix', 'tcpTls', 'hstsMaxAge'] as const;
 type Placeholder = (typeof KNOWN_PLACEHOLDERS)[number];
@@ -329,11 +329,11 @@ export function parseMap(text: string): Map<string, string> {
 }
 
 /** A session token as it appears as the first DNS label of the session's hostname. */
-export const TOKEN_PATTERN = /^[a-z0-9]{1,63}$/;
+const TOKEN_PATTERN = /^[a-z0-9]{1,63}$/;
 const BACKEND_PATTERN = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3}):(\d{1,5})$/;
 
 /** True for `a.b.c.d:port` with octets 0-255 and port 1-65535 (what set-dst/set-dst-port can take). */
-export function isValidBackend(value: string): boolean {
+function isValidBackend(value: string): boolean {
   const match = BACKEND_PATTERN.exec(value);
   if (!match) return false;
   const octets = match.slice(1, 5).map(Number);

@@ -166,7 +166,7 @@ interface JobRuntime {
  * How many stopped jobs' allocations keep their directories, and so their logs (Failed sessions'), by default:
  * as many as a Nomad client keeps terminal allocations (`gc_max_allocs`).
  */
-export const keptStoppedAllocations = 50;
+const keptStoppedAllocations = 50;
 
 /** Attempts at finding a port none of our allocations holds before giving up on an allocation. */
 const maxPortAttempts = 64;

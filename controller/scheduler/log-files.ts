@@ -38,7 +38,7 @@ export interface RotationPolicy {
 export const DEFAULT_ROTATION: RotationPolicy = { maxFileBytes: 10 * 1024 * 1024, maxFiles: 3 };
 
 /** How often a follower looks at its file when no change notification came (a filesystem without inotify). */
-export const DEFAULT_FOLLOW_POLL_MS = 1_000;
+const DEFAULT_FOLLOW_POLL_MS = 1_000;
 
 const LOG_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 

@@ -9,7 +9,7 @@ import type { LogData, LogEvent, LogReadRequest, TaskLogs } from './task-logs.js
  */
 
 /** Bytes searched for lines at most: a request for more lines than this holds gets fewer. */
-export const MAX_TAIL_BYTES = 4 * 1024 * 1024;
+const MAX_TAIL_BYTES = 4 * 1024 * 1024;
 /** A first guess at the bytes a line takes, for the first window. */
 const BYTES_PER_LINE = 200;
 const MIN_WINDOW_BYTES = 64 * 1024;

@@ -27,7 +27,7 @@ export const SPEC_HASH_META_KEY = 'manticore_spec_hash';
 export const REPLACES_META_KEY = 'manticore_replaces_allocation';
 
 /** The only task group of a session's job. */
-export const TASK_GROUP = 'session';
+const TASK_GROUP = 'session';
 
 /** Per task: Nomad keeps at most MaxFiles × MaxFileSizeMB of logs, which must fit in the ephemeral disk. */
 export const LOG_CONFIG: NomadLogConfig = { MaxFiles: 3, MaxFileSizeMB: 10 };
@@ -175,7 +175,7 @@ export interface NomadJobRegistration {
 }
 
 /** Nomad's RestartPolicyMinInterval: a shorter restart interval is refused at registration. */
-export const MIN_RESTART_INTERVAL_MS = 5_000;
+const MIN_RESTART_INTERVAL_MS = 5_000;
 
 /**
  * What real Nomad would refuse in these options at registration (nomad/structs RestartPolicy.Validate,

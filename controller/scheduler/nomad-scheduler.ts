@@ -181,7 +181,7 @@ export function workloadOf(job: NomadJobStub, allocs: Iterable<NomadAllocStub>, 
  * for it (Nomad then sets the allocation's EvalID to the version's evaluation; one it stops or leaves as it
  * is keeps its own). `currentEvals`: the IDs of the evaluations created since the version was registered.
  */
-export function runsCurrentVersion(job: NomadJobStub, alloc: { CreateIndex: number; EvalID?: string }, currentEvals: { has(id: string): boolean }): boolean {
+function runsCurrentVersion(job: NomadJobStub, alloc: { CreateIndex: number; EvalID?: string }, currentEvals: { has(id: string): boolean }): boolean {
   return alloc.CreateIndex >= job.JobModifyIndex || (alloc.EvalID !== undefined && currentEvals.has(alloc.EvalID));
 }
 
@@ -243,7 +243,7 @@ function latestEvent(events: readonly NomadTaskEvent[] | null | undefined): Noma
 }
 
 /** Nomad's own text for the event, or its type and exit code when it has none. */
-export function describeEvent(event: NomadTaskEvent): string {
+function describeEvent(event: NomadTaskEvent): string {
   const message = event.DisplayMessage?.trim();
   if (message) return message;
   return event.ExitCode ? `${event.Type} (exit code ${event.ExitCode})` : event.Type;
@@ -295,7 +295,7 @@ function hasFailedAllocs(evaluation: NomadEvalStub): boolean {
 }
 
 /** A readable reason from an evaluation's FailedTGAllocs (one entry per task group). */
-export function describePlacementFailure(failed: Record<string, NomadAllocMetric>): string {
+function describePlacementFailure(failed: Record<string, NomadAllocMetric>): string {
   const groups = Object.keys(failed).sort();
   return groups
     .map((group) => {
@@ -338,7 +338,7 @@ function nodes(count: number): string {
  * node appeared, became ready or eligible, or was modified while ready and eligible (its resources may
  * have grown).
  */
-export function capacityGain(previous: NomadNodeStub | undefined, node: NomadNodeStub): string | undefined {
+function capacityGain(previous: NomadNodeStub | undefined, node: NomadNodeStub): string | undefined {
   const name = node.Name ? `${node.Name} (${node.ID})` : node.ID;
   if (!previous) return `node ${name} joined`;
   if (node.Status === 'ready' && previous.Status !== 'ready') return `node ${name} became ready`;

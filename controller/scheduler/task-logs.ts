@@ -15,7 +15,7 @@ export type LogStreamName = 'stdout' | 'stderr';
 export const logStreamNames: readonly LogStreamName[] = ['stdout', 'stderr'];
 
 /** Bytes per file in a position; a log file is never larger (Nomad's files are MBs, the embedded ones too). */
-export const FILE_SPAN = 2 ** 32;
+const FILE_SPAN = 2 ** 32;
 /** File indexes that keep a position a safe integer. */
 export const MAX_FILE_INDEX = Math.floor(Number.MAX_SAFE_INTEGER / FILE_SPAN);
 

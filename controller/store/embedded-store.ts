@@ -23,7 +23,7 @@ import {
 } from './store.js';
 
 /** Consul's limits, enforced here too so a key or value that works embedded also works on Consul. */
-export const DEFAULT_CHANGE_LOG_RETENTION = 10_000;
+const DEFAULT_CHANGE_LOG_RETENTION = 10_000;
 
 /** Bumped when the table layout changes; a file written by a newer layout is refused rather than misread. */
 const SCHEMA_VERSION = 1;

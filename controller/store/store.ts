@@ -161,7 +161,7 @@ export class StoreError extends Error {
 
 /** Consul's limits, which every store enforces so that the backends are interchangeable. */
 export const MAX_KEY_BYTES = 512;
-export const MAX_VALUE_BYTES = 512 * 1024;
+const MAX_VALUE_BYTES = 512 * 1024;
 
 /**
  * Checks a key against the rules both store backends enforce (Consul's, plus well-formed text so that what is
