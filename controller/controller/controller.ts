@@ -176,6 +176,12 @@ export class Controller {
    * only while this process leads, so a standby keeps warm caches and starts acting as soon as it wins.
    */
   async start(): Promise<void> {
+    // A session's own record is reported in its status; these would otherwise be passed over in silence.
+    this.subscriptions.push(
+      this.statuses.reportUnreadable(this.log, "unreadable status record: the leader writes it again at its session's next reconcile"),
+      this.activities.reportUnreadable(this.log, "unreadable activity record: the session's idle time counts from when it was Ready until the record is written again"),
+      this.routers.reportUnreadable(this.log, 'unreadable router heartbeat: the router counts as not alive until it writes its next one'),
+    );
     // The allocator and the waiting list must see every claim before the first reconcile admits anyone.
     this.subscriptions.push(this.routes.cache.changes.subscribe((change) => this.ports.observe(change)));
     // A port freed goes to the sessions owed one before the waiting list sees it as room.

@@ -241,6 +241,17 @@ export class StoreInformer<T> extends Informer<WatchStep, CachedRecord<T>, Recor
     this.rewound.complete();
   }
 
+  /**
+   * Logs each record that cannot be decoded, naming its key and the problem, once per stored version: the
+   * cache announces only changes, so a watch resumed over it unchanged says nothing again. `message` says
+   * what the process does without the record.
+   */
+  reportUnreadable(log: Logger, message: string): Subscription {
+    return this.cache.changes.subscribe(({ id, current }) => {
+      if (current?.error !== undefined) log.warn({ key: this.prefix + id, problem: current.error }, message);
+    });
+  }
+
   /** Whether the cache shows what the store held when its `prefixIndex` of this prefix was read. */
   caughtUpWith(read: PrefixIndex): boolean {
     return this.index >= read.index || (read.keys === 0 && this.cache.size === 0);

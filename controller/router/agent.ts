@@ -100,12 +100,10 @@ export class RouterAgent {
     this.removeMetricsSource = routerSources.add(() => this.progress);
     this.subscriptions.push(
       this.routes.rewinds.subscribe((rewind) => this.keep(rewind)),
+      // Its routes stop being served here: say so, or an operator chasing the 404s finds nothing in this log.
+      this.routes.reportUnreadable(this.log, 'unreadable routes record: its routes are not served until it is fixed'),
       this.routes.cache.changes.subscribe((change) => {
         this.served.set('stored', change.id, change.current?.value);
-        // Its routes stop being served here: say so, or an operator chasing the 404s finds nothing in this log.
-        if (change.current?.error !== undefined) {
-          this.log.warn({ session: change.id, problem: change.current.error }, 'unreadable routes record: its routes are not served until it is fixed');
-        }
         if (change.current !== undefined && this.kept.delete(change.id)) {
           this.served.set('kept', change.id, undefined);
           this.log.info({ session: change.id }, 'the routes record is back after a store loss; serving it from the store again');

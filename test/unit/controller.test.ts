@@ -522,3 +522,47 @@ describe('controller: public TCP ports', () => {
     assert.equal(condition(await statusOf(h.store, second), 'Admitted'), 'False/NoFreePort');
   });
 });
+
+describe('controller: records other than sessions that cannot be read', () => {
+  let h: ControllerHarness;
+  let lines: ReturnType<typeof capturingLogger>['lines'];
+  beforeEach(async () => {
+    const captured = capturingLogger();
+    lines = captured.lines;
+    h = await ControllerHarness.embedded({ log: captured.log });
+  });
+  afterEach(async () => {
+    await h.stop();
+  });
+
+  it('logs each unreadable status, activity record and router heartbeat once, with its key and the problem; its session stays Ready, and a fixed one is read again', async () => {
+    const id = await createSession(h.store);
+    await makeReady(h, id);
+    const unreadable: Record<string, string> = {
+      [keys.status(id)]: '{"phase": 3}',
+      [keys.activity(id)]: '[]',
+      [keys.router('edge-9')]: 'not JSON',
+    };
+    for (const [key, value] of Object.entries(unreadable)) await h.store.put(key, value);
+    const reports = (): typeof lines => lines.filter((line) => line.level === 40 && typeof line.key === 'string' && line.key in unreadable);
+    await waitFor('each unreadable record reported', () => new Set(reports().map((line) => line.key)).size === 3);
+    // The leader writes the status again; the other session and further passes go on as before.
+    await statusWhen(h.store, id, 'Ready');
+    const other = await createSession(h.store);
+    await makeReady(h, other, 32000);
+    for (let pass = 0; pass < 3; pass++) h.controller.queue.add(id);
+    await waitFor('queue drained', () => h.controller.queue.length === 0 && h.controller.queue.inFlight === 0);
+    const byKey = new Map(reports().map((line) => [line.key, String(line.problem)]));
+    assert.equal(reports().length, 3, 'each said once, not at every pass');
+    assert.match(byKey.get(keys.status(id))!, /\/phase: must be equal to one of the allowed values/);
+    assert.match(byKey.get(keys.activity(id))!, /\(root\): must be object/);
+    assert.match(byKey.get(keys.router('edge-9'))!, /not valid JSON/);
+
+    // Fixed: the activity moves the idle clock again, and the heartbeat counts.
+    const lastActivityAt = new Date(h.clock.now + 60_000).toISOString();
+    await h.store.put(keys.activity(id), JSON.stringify({ lastActivityAt }));
+    await waitFor('the activity read', () => h.controller.activities.cache.get(id)?.value?.lastActivityAt === lastActivityAt);
+    await h.store.delete(keys.router('edge-9'));
+    assert.equal(reports().length, 3);
+  });
+});

@@ -189,7 +189,7 @@ describe('router agent: a record no address can be served from', () => {
 });
 
 describe('router agent: a record that cannot be read', () => {
-  it('withdraws its routes and says so, naming the session and the problem', async () => {
+  it('withdraws its routes and says so once, naming its key and the problem', async () => {
     const store = new ScriptedStore();
     const plane = new RecordingDataPlane();
     const captured = capturingLogger();
@@ -212,11 +212,22 @@ describe('router agent: a record that cannot be read', () => {
       assert.deepEqual([...plane.table.ports.keys()], [], 'neither is served');
       const reported = captured.lines.filter((line) => line.level >= 40 && /unreadable/.test(line.msg));
       assert.deepEqual(
-        reported.map((line) => line.session),
-        ['sessionb', 'sessiona'],
+        reported.map((line) => line.key),
+        [key('b'), key('a')],
         'each unreadable record is reported by the router that stops serving it',
       );
       assert.match(String(reported[1]!.problem), /unknown field "note"/);
+      // The watch resumed from a listing that still holds them as they were: nothing new to say.
+      store.steps.next({
+        kind: 'reset',
+        index: 4,
+        entries: [
+          { key: key('a'), value: JSON.stringify(unknownField), createIndex: 1, modifyIndex: 4 },
+          { key: key('b'), value: '{"sessionId": "sessionb", ', createIndex: 2, modifyIndex: 3 },
+        ],
+      });
+      await settle();
+      assert.equal(captured.lines.filter((line) => line.level >= 40 && /unreadable/.test(line.msg)).length, 2, 'said once, not at every watch return');
     } finally {
       await agent.stop();
     }
