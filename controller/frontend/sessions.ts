@@ -75,6 +75,9 @@ export class SessionService {
     const log = options.log;
     this.sessions = new StoreInformer(options.store, options.keys.sessions, (json) => parseRecord<SessionRecord>('session', json), log);
     this.statuses = new StoreInformer(options.store, options.keys.statuses, (json) => parseRecord<SessionStatus>('session-status', json), log);
+    // Neither is shown as it is stored: say so, or an operator looking for the session finds nothing in this log.
+    this.sessions.reportUnreadable(log, 'unreadable session record: not listed or shown until it is fixed (the controller reports it in its status)');
+    this.statuses.reportUnreadable(log, 'unreadable status record: its session shows as Pending until the controller writes it again');
     this.sessions.cache.changes.subscribe(({ id, previous, current }) => {
       const owner = current?.value?.metadata.owner;
       this.owners.update(id, previous?.value?.metadata.owner, owner);

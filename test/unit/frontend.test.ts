@@ -11,8 +11,8 @@ import { defer, filter, finalize } from 'rxjs';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import type { Store } from '../../controller/store/store.js';
 import { silentLogger } from '../../controller/util/log.js';
-import { delegatingStore } from '../support/controller-harness.js';
-import { testExpiry } from '../support/frontend.js';
+import { capturingLogger, delegatingStore } from '../support/controller-harness.js';
+import { testExpiry, testFrontend } from '../support/frontend.js';
 import { waitFor } from '../support/wait.js';
 
 const templates = loadTemplates(path.resolve(__dirname, '../../../manifests/templates'));
@@ -398,5 +398,31 @@ describe('front end (API)', () => {
     const { port } = frontend.app.server.address() as AddressInfo;
     await assert.rejects(other.start('127.0.0.1', port), /EADDRINUSE/);
     assert.equal(openWatches, 0);
+  });
+});
+
+describe('front end: records it cannot read', () => {
+  it('logs an unreadable session or status record once, with its key and the problem, and goes on serving the others', async () => {
+    const store = EmbeddedStore.open(':memory:');
+    const captured = capturingLogger();
+    const frontend = testFrontend(store, { log: captured.log });
+    await frontend.start('127.0.0.1', 0);
+    try {
+      const list = async (): Promise<Session[]> => (JSON.parse((await frontend.app.inject({ method: 'GET', url: '/api/v1/sessions', headers: { 'x-manticore-user': 'alice' } })).body) as { items: Session[] }).items;
+      const created = await frontend.app.inject({ method: 'POST', url: '/api/v1/sessions', headers: { 'content-type': 'application/json', 'x-manticore-user': 'alice' }, payload: { template: 'demo', parameters: {} } });
+      const id = (JSON.parse(created.body) as Session).metadata.id;
+      const unreadable: Record<string, string> = { [keys.session('brokenrecord1')]: '{"metadata": nope', [keys.status(id)]: '{"phase": "Ready"}' };
+      for (const [key, value] of Object.entries(unreadable)) await store.put(key, value);
+      const reports = (): typeof captured.lines => captured.lines.filter((line) => line.level === 40 && typeof line.key === 'string' && line.key in unreadable);
+      await waitFor('each unreadable record reported', () => new Set(reports().map((line) => line.key)).size === 2);
+      for (let read = 0; read < 3; read++) assert.deepEqual((await list()).map((session) => [session.metadata.id, session.status.phase]), [[id, 'Pending']]);
+      assert.equal(reports().length, 2, 'each said once, not at every read');
+      const byKey = new Map(reports().map((line) => [line.key, String(line.problem)]));
+      assert.match(byKey.get(keys.session('brokenrecord1'))!, /not valid JSON/);
+      assert.match(byKey.get(keys.status(id))!, /must have required property 'conditions'/);
+    } finally {
+      await frontend.stop();
+      await store.close();
+    }
   });
 });
