@@ -23,6 +23,13 @@ export interface ClusterStatus {
   /** How many sessions have routes. */
   routes: number;
   sessions: { total: number; byPhase: Record<Phase, number>; oldestWaitingSince: string | null };
+  /** Heartbeats that cannot be read: left out of `replicas` and `routers`, and named here with the problem. */
+  unreadable: UnreadableRecord[];
+}
+
+export interface UnreadableRecord {
+  key: string;
+  problem: string;
 }
 
 const phases: readonly Phase[] = ['Pending', 'Waiting', 'Starting', 'Ready', 'Terminating', 'Failed'];
@@ -40,12 +47,13 @@ export function registerCluster(app: FastifyInstance, store: Store, keys: Keys, 
     const [leaderEntry, controllers, routers, routes] = await Promise.all([store.get(keys.leader), store.list(keys.controllers), store.list(keys.routers), store.list(keys.routes)]);
     const time = now();
     const fresh = (heartbeatAt: string, staleMs: number): boolean => time - Date.parse(heartbeatAt) <= staleMs;
+    const unreadable: UnreadableRecord[] = [];
     return {
       leader: leaderOf(leaderEntry),
-      replicas: readable<ControllerHeartbeat>(controllers.entries, 'controller-heartbeat')
+      replicas: readable<ControllerHeartbeat>(controllers.entries, 'controller-heartbeat', unreadable)
         .map((replica) => ({ ...replica, live: fresh(replica.heartbeatAt, options.replicaStaleMs) }))
         .sort((a, b) => a.host.localeCompare(b.host) || a.pid - b.pid),
-      routers: readable<RouterHeartbeat>(routers.entries, 'router-heartbeat')
+      routers: readable<RouterHeartbeat>(routers.entries, 'router-heartbeat', unreadable)
         .map((router) => ({
           ...router,
           live: fresh(router.heartbeatAt, options.routerStaleMs),
@@ -54,6 +62,7 @@ export function registerCluster(app: FastifyInstance, store: Store, keys: Keys, 
         .sort((a, b) => a.name.localeCompare(b.name)),
       routes: routes.entries.length,
       sessions: sessionSummary(sessions),
+      unreadable,
     };
   });
 }
@@ -68,12 +77,13 @@ function leaderOf(entry: KvEntry | undefined): LeaderRecord | null {
   }
 }
 
-/** The records that parse; a malformed one is left out rather than failing the whole answer. */
-function readable<T>(entries: readonly KvEntry[], schema: 'controller-heartbeat' | 'router-heartbeat'): T[] {
+/** The records that parse; a malformed one is added to `unreadable` rather than failing the whole answer. */
+function readable<T>(entries: readonly KvEntry[], schema: 'controller-heartbeat' | 'router-heartbeat', unreadable: UnreadableRecord[]): T[] {
   return entries.flatMap((entry) => {
     try {
       return [parseRecord<T>(schema, entry.value)];
-    } catch {
+    } catch (error) {
+      unreadable.push({ key: entry.key, problem: (error as Error).message });
       return [];
     }
   });

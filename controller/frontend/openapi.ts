@@ -283,7 +283,7 @@ function openApiDocument(): JsonObject {
         ClusterStatus: {
           type: 'object',
           additionalProperties: false,
-          required: ['leader', 'replicas', 'routers', 'routes', 'sessions'],
+          required: ['leader', 'replicas', 'routers', 'routes', 'sessions', 'unreadable'],
           properties: {
             leader: {
               oneOf: [
@@ -305,6 +305,16 @@ function openApiDocument(): JsonObject {
                 total: { type: 'integer', minimum: 0 },
                 byPhase: { type: 'object', additionalProperties: { type: 'integer', minimum: 0 } },
                 oldestWaitingSince: { type: ['string', 'null'], format: 'date-time' },
+              },
+            },
+            unreadable: {
+              type: 'array',
+              description: 'Heartbeats that cannot be read: left out of replicas and routers, and named here with the problem.',
+              items: {
+                type: 'object',
+                additionalProperties: false,
+                required: ['key', 'problem'],
+                properties: { key: { type: 'string' }, problem: { type: 'string' } },
               },
             },
           },

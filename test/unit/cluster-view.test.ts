@@ -17,6 +17,7 @@ describe('manticore status: the cluster view', () => {
       routers: [],
       routes: 0,
       sessions: { total: 0, byPhase: { Pending: 0, Waiting: 0, Starting: 0, Ready: 0, Terminating: 0, Failed: 0 }, oldestWaitingSince: null },
+      unreadable: [],
     };
     const roles = (view: ClusterStatus): string[] =>
       clusterView(view)
@@ -26,5 +27,17 @@ describe('manticore status: the cluster view', () => {
     assert.deepEqual(roles(cluster), ['ctl-a 1 standby', 'ctl-b 2 leader', 'ctl-c 3 stale']);
     // No leader key (the embedded store, one process): the replica's own word.
     assert.deepEqual(roles({ ...cluster, leader: null, replicas: cluster.replicas.slice(1) }), ['ctl-b 2 leader', 'ctl-c 3 stale']);
+  });
+
+  it('names the heartbeats it could not read, with the problem', () => {
+    const cluster: ClusterStatus = {
+      leader: null,
+      replicas: [],
+      routers: [],
+      routes: 0,
+      sessions: { total: 0, byPhase: { Pending: 0, Waiting: 0, Starting: 0, Ready: 0, Terminating: 0, Failed: 0 }, oldestWaitingSince: null },
+      unreadable: [{ key: 'manticore/routers/edge-2', problem: 'invalid router-heartbeat: not valid JSON: Unexpected token' }],
+    };
+    assert.match(clusterView(cluster), /\nunreadable manticore\/routers\/edge-2: invalid router-heartbeat: not valid JSON: Unexpected token\n/);
   });
 });

@@ -4,6 +4,7 @@ import path from 'node:path';
 import Ajv2020 from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
 import { AdminTokenAuthenticator, AnonymousOrHeaderAuthenticator } from '../../controller/frontend/auth.js';
+import type { ClusterStatus } from '../../controller/frontend/cluster.js';
 import { ApiError } from '../../controller/frontend/errors.js';
 import type { Authenticator } from '../../controller/frontend/identity.js';
 import { Frontend } from '../../controller/frontend/server.js';
@@ -133,6 +134,14 @@ describe('front end: OpenAPI document', () => {
     await store.put(keys.router('edge-1'), JSON.stringify({ name: 'edge-1', appliedIndex: 3, heartbeatAt }));
     await store.put(keys.leader, JSON.stringify({ host: 'host-a', pid: 7, since: heartbeatAt }));
     await expect('/api/v1/cluster', 'GET', '/api/v1/cluster', 200, undefined, 'operator');
+    // Heartbeats that cannot be read are named with the problem, not left out unsaid.
+    await store.put(keys.router('edge-2'), 'not JSON');
+    await store.put(keys.controller('host-b', 8), JSON.stringify({ host: 'host-b' }));
+    const cluster = (await expect('/api/v1/cluster', 'GET', '/api/v1/cluster', 200, undefined, 'operator')) as ClusterStatus;
+    assert.deepEqual(cluster.routers.map((router) => router.name), ['edge-1']);
+    assert.deepEqual(cluster.unreadable.map((record) => record.key), [keys.controller('host-b', 8), keys.router('edge-2')]);
+    assert.match(cluster.unreadable[0]!.problem, /must have required property 'pid'/);
+    assert.match(cluster.unreadable[1]!.problem, /not valid JSON/);
   });
 
   it('matches what the v2 routes answer', async () => {

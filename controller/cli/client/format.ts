@@ -180,6 +180,9 @@ export function clusterView(cluster: ClusterStatus): string {
           cluster.routers.map((router) => [router.name, router.live ? 'live' : 'stale', String(router.appliedIndex), router.unappliedRoutes === 0 ? 'up to date' : `${router.unappliedRoutes} route(s)`, router.heartbeatAt]),
         ),
   ];
+  // A front end of the release before sends none.
+  const unreadable = (cluster.unreadable ?? []).map((record) => `unreadable ${record.key}: ${record.problem}\n`);
+  if (unreadable.length > 0) sections.push(unreadable.join(''));
   return sections.join('\n');
 }
 
