@@ -13,6 +13,21 @@ export interface LeaderRecord {
   readonly since: string;
 }
 
+/** The leader key's value, checked: a key edited by hand into another shape names no one. */
+export function parseLeaderRecord(value: string): LeaderRecord {
+  let record: unknown;
+  try {
+    record = JSON.parse(value);
+  } catch (error) {
+    throw new Error(`not valid JSON: ${(error as Error).message}`);
+  }
+  const { host, pid, since } = (typeof record === 'object' && record !== null ? record : {}) as Partial<Record<keyof LeaderRecord, unknown>>;
+  if (typeof host !== 'string' || !Number.isInteger(pid) || typeof since !== 'string' || Number.isNaN(Date.parse(since))) {
+    throw new Error('not a leader record: expected {"host": string, "pid": integer, "since": ISO time}');
+  }
+  return { host, pid: pid as number, since };
+}
+
 export interface Identity {
   readonly host: string;
   readonly pid: number;
@@ -188,7 +203,7 @@ export class LeaderElection implements Leadership {
     if (this.leading && this.since !== undefined) return { ...this.identity, since: this.since };
     if (this.holder?.session === undefined) return undefined;
     try {
-      return JSON.parse(this.holder.value) as LeaderRecord;
+      return parseLeaderRecord(this.holder.value);
     } catch {
       return undefined;
     }

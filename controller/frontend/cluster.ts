@@ -2,7 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import { parseRecord } from '../api/schemas.js';
 import type { ControllerHeartbeat, Phase, RouterHeartbeat } from '../api/types.js';
 import type { Keys } from '../controller/keys.js';
-import type { LeaderRecord } from '../controller/leader.js';
+import { parseLeaderRecord, type LeaderRecord } from '../controller/leader.js';
 import type { KvEntry, Store } from '../store/store.js';
 import { ApiError } from './errors.js';
 import type { Authenticator } from './identity.js';
@@ -23,7 +23,10 @@ export interface ClusterStatus {
   /** How many sessions have routes. */
   routes: number;
   sessions: { total: number; byPhase: Record<Phase, number>; oldestWaitingSince: string | null };
-  /** Heartbeats that cannot be read: left out of `replicas` and `routers`, and named here with the problem. */
+  /**
+   * Records that cannot be read, named with the problem: heartbeats (left out of `replicas` and `routers`),
+   * the leader key (then `leader` is null), and session records, which no one can be shown otherwise.
+   */
   unreadable: UnreadableRecord[];
 }
 
@@ -49,7 +52,7 @@ export function registerCluster(app: FastifyInstance, store: Store, keys: Keys, 
     const fresh = (heartbeatAt: string, staleMs: number): boolean => time - Date.parse(heartbeatAt) <= staleMs;
     const unreadable: UnreadableRecord[] = [];
     return {
-      leader: leaderOf(leaderEntry),
+      leader: leaderOf(leaderEntry, unreadable),
       replicas: readable<ControllerHeartbeat>(controllers.entries, 'controller-heartbeat', unreadable)
         .map((replica) => ({ ...replica, live: fresh(replica.heartbeatAt, options.replicaStaleMs) }))
         .sort((a, b) => a.host.localeCompare(b.host) || a.pid - b.pid),
@@ -62,19 +65,25 @@ export function registerCluster(app: FastifyInstance, store: Store, keys: Keys, 
         .sort((a, b) => a.name.localeCompare(b.name)),
       routes: routes.entries.length,
       sessions: sessionSummary(sessions),
-      unreadable,
+      unreadable: [...unreadable, ...unreadableSessions(sessions, keys)],
     };
   });
 }
 
 /** The leader as its key names it, while the key is locked (an unlocked key's value is history). */
-function leaderOf(entry: KvEntry | undefined): LeaderRecord | null {
+function leaderOf(entry: KvEntry | undefined, unreadable: UnreadableRecord[]): LeaderRecord | null {
   if (entry?.session === undefined) return null;
   try {
-    return JSON.parse(entry.value) as LeaderRecord;
-  } catch {
+    return parseLeaderRecord(entry.value);
+  } catch (error) {
+    unreadable.push({ key: entry.key, problem: (error as Error).message });
     return null;
   }
+}
+
+/** Session records the front end cannot read: it lists them to no one, and their owners cannot be told. */
+function unreadableSessions(sessions: SessionService, keys: Keys): UnreadableRecord[] {
+  return [...sessions.sessions.cache.values()].flatMap((cached) => (cached.error === undefined ? [] : [{ key: keys.session(cached.id), problem: cached.error }]));
 }
 
 /** The records that parse; a malformed one is added to `unreadable` rather than failing the whole answer. */

@@ -309,7 +309,7 @@ function openApiDocument(): JsonObject {
             },
             unreadable: {
               type: 'array',
-              description: 'Heartbeats that cannot be read: left out of replicas and routers, and named here with the problem.',
+              description: 'Records that cannot be read, with the problem: heartbeats (left out of replicas and routers), the leader key (leader is then null), and session records.',
               items: {
                 type: 'object',
                 additionalProperties: false,

