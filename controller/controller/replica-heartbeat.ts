@@ -87,13 +87,18 @@ export class ReplicaHeartbeat {
     const { entries } = await store.list(keys.controllers);
     for (const entry of entries) {
       let heartbeatAt: number;
+      let problem: string | undefined;
       try {
         heartbeatAt = Date.parse(parseRecord<ControllerHeartbeat>('controller-heartbeat', entry.value).heartbeatAt);
-      } catch {
+      } catch (error) {
+        // A live replica writes its own again within an interval.
         heartbeatAt = Number.NEGATIVE_INFINITY;
+        problem = (error as Error).message;
       }
       if (Date.now() - heartbeatAt < removeStaleAfterMs) continue;
-      if (await store.delete(entry.key, { cas: entry.modifyIndex })) log.info({ key: entry.key }, 'removed the heartbeat of a controller replica gone for an hour');
+      if (!(await store.delete(entry.key, { cas: entry.modifyIndex }))) continue;
+      if (problem === undefined) log.info({ key: entry.key }, 'removed the heartbeat of a controller replica gone for an hour');
+      else log.warn({ key: entry.key, problem }, 'removed an unreadable controller heartbeat');
     }
   }
 }

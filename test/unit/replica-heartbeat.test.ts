@@ -4,7 +4,7 @@ import { SoleLeader } from '../../controller/controller/leader.js';
 import { ReplicaHeartbeat } from '../../controller/controller/replica-heartbeat.js';
 import { EmbeddedStore } from '../../controller/store/embedded-store.js';
 import type { Store } from '../../controller/store/store.js';
-import { delegatingStore, keys, testLog } from '../support/controller-harness.js';
+import { capturingLogger, delegatingStore, keys, testLog } from '../support/controller-harness.js';
 import { waitFor } from '../support/wait.js';
 
 describe('controller replica heartbeats', () => {
@@ -17,10 +17,17 @@ describe('controller replica heartbeats', () => {
     await store.put(keys.controller('recently-dead', 9), record('recently-dead', at(600_000)));
     await store.put(keys.controller('garbled', 9), 'not json');
     leadership.start();
-    const heartbeat = new ReplicaHeartbeat({ store, keys, leadership, intervalMs: 60_000, log: testLog });
+    const { log, lines } = capturingLogger();
+    const heartbeat = new ReplicaHeartbeat({ store, keys, leadership, intervalMs: 60_000, log });
     heartbeat.start();
     const own = keys.controller(leadership.identity.host, leadership.identity.pid);
     await waitFor('stale records removed', async () => (await store.list(keys.controllers)).entries.length === 2);
+    // Each is logged for what it was: a garbled record says nothing of how long ago its replica was last heard.
+    const removals = lines.filter((line) => line.msg.startsWith('removed')).map((line) => `${String(line.key)}: ${line.msg}`);
+    assert.deepEqual(removals.sort(), [
+      `${keys.controller('garbled', 9)}: removed an unreadable controller heartbeat`,
+      `${keys.controller('long-dead', 9)}: removed the heartbeat of a controller replica gone for an hour`,
+    ]);
     assert.deepEqual((await store.list(keys.controllers)).entries.map((entry) => entry.key).sort(), [keys.controller('recently-dead', 9), own].sort());
     assert.equal((JSON.parse((await store.get(own))!.value) as { leading: boolean }).leading, true);
     await heartbeat.stop();
