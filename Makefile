@@ -50,10 +50,16 @@ docs: build
 deps: node_modules/.package-lock.json
 
 # npm only warns about package.json's engines, and an older Node.js (Debian 12 has 18) fails later, obscurely.
+# Where better-sqlite3's prebuilt binary cannot be fetched (GitHub), node-gyp builds it from source and downloads
+# Node's headers from nodejs.org for it, unless npm names a nodedir: Node.js from NodeSource or nodejs.org has them
+# beside its binary, matching it exactly, so a machine that reaches only npm and Debian builds it too.
 node_modules/.package-lock.json: package.json package-lock.json
 	@node -e 'const [major, minor] = process.versions.node.split(".").map(Number); process.exit(major > 20 || (major === 20 && minor >= 19) ? 0 : 1)' \
 	  || { echo "Manticore needs Node.js 20.19 or later with npm; this is $$(node --version 2>/dev/null || echo 'no Node.js')" >&2; exit 1; }
-	$(NPM) ci
+	@prefix="$$(node -p 'require("path").resolve(process.execPath, "../..")')"; \
+	  if [ "$$($(NPM) config get nodedir)" = undefined ] && [ -e "$$prefix/include/node/node.h" ]; then \
+	    export npm_config_nodedir="$$prefix"; echo "building native modules with the Node.js headers in $$prefix/include/node"; fi; \
+	  echo "$(NPM) ci"; $(NPM) ci
 	@touch $@
 
 ## system-deps: Debian packages Manticore needs to run (HAProxy, a toolchain for the SQLite binding, openssl);
