@@ -3,7 +3,8 @@
 #   run    (default) HAProxy (the router's data plane), the compiler toolchain npm uses to build
 #          better-sqlite3 (the embedded store) from source, and openssl (hack/local-tls.sh);
 #   bench  run's, and wrk (the benchmarks' load generator);
-#   test   bench's, and Chromium with a font for the web page's browser test.
+#   test   bench's, and Chromium with a font for the web page's browser test (and Chromium's setuid sandbox
+#          where this user may not make the user namespace it would sandbox itself in).
 # Uses sudo when not run as root. Safe to run again.
 set -euo pipefail
 
@@ -28,6 +29,11 @@ if [ "$purpose" = test ]; then
   # Installed without recommends, Chromium brings no font, and the page would render without glyphs.
   [ -x /usr/bin/chromium ] || missing+=(chromium)
   [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
+  # Chromium sandboxes itself in a user namespace, which a chroot, most containers and some kernels refuse to a
+  # user other than root ("No usable sandbox!"); its setuid helper sandboxes it there. Root runs it unsandboxed.
+  if [ "$(id -u)" -ne 0 ] && ! unshare --user true 2>/dev/null; then
+    [ -u /usr/lib/chromium/chrome-sandbox ] || missing+=(chromium-sandbox)
+  fi
 fi
 [ "${#missing[@]}" -eq 0 ] && exit 0
 
