@@ -136,6 +136,10 @@ export class LeaderElection implements Leadership {
   /** When the last successful renewal (or the creation) of the session was sent. */
   private renewedAt = 0;
   private since: string | undefined;
+  /** The record this process wrote into the leader key when it won it. */
+  private ownRecord: string | undefined;
+  /** The write putting the record back (see restoreRecord); stop() waits for it, lest it lock the key after the release. */
+  private restoring: Promise<void> | undefined;
   /** The leader key as last seen by the watch. */
   private holder: KvEntry | undefined;
   private watch: Subscription | undefined;
@@ -148,7 +152,7 @@ export class LeaderElection implements Leadership {
   private watchRetryTimer: unknown;
   /** Failed watches since the last answer. */
   private watchFailures = 0;
-  /** Reads the leader key again after a failed read when the watch showed it held by another session. */
+  /** Judges the leader key again after a failed read (another session shown holding it) or write (restoreRecord). */
   private confirmTimer: unknown;
   private stopped = true;
 
@@ -177,6 +181,7 @@ export class LeaderElection implements Leadership {
     for (const timer of [this.renewTimer, this.stepDownTimer, this.retryTimer, this.watchRetryTimer, this.confirmTimer]) this.clock.clearTimeout(timer);
     this.watch?.unsubscribe();
     await this.competition;
+    await this.restoring;
     const session = this.session;
     this.session = undefined;
     this.setLeading(false, 'stopping');
@@ -237,8 +242,32 @@ export class LeaderElection implements Leadership {
   /** Acts on the leader key as last seen. */
   private judge(): void {
     if (this.stopped) return;
-    if (this.leading && this.holder?.session !== this.session) void this.confirmLoss();
-    else if (!this.leading && this.holder?.session === undefined) this.compete();
+    if (this.leading && this.holder?.session !== this.session) {
+      void this.confirmLoss();
+    } else if (this.leading && this.holder !== undefined && this.holder.value !== this.ownRecord) {
+      this.restoring ??= this.restoreRecord(this.holder.value).finally(() => (this.restoring = undefined));
+    } else if (!this.leading && this.holder?.session === undefined) {
+      this.compete();
+    }
+  }
+
+  /**
+   * The key is still locked by this process but holds another record: a plain write replaced it (`consul kv
+   * import` of a backup taken under another leader), and `manticore status` would name that leader. Written
+   * back with the session, as Consul lets the holder re-acquire its lock.
+   */
+  private async restoreRecord(found: string): Promise<void> {
+    const { session, ownRecord } = this;
+    if (session === undefined || ownRecord === undefined) return;
+    try {
+      if (await this.options.locks.acquire(this.options.key, ownRecord, session)) {
+        this.log.warn({ consulSession: session, found }, 'the leader key held another record (a backup imported?); wrote this leader\'s back');
+      }
+    } catch (error) {
+      this.log.warn({ err: error, retryInMs: this.retryMs }, 'writing this leader\'s record back to the leader key failed; trying again');
+      this.clock.clearTimeout(this.confirmTimer);
+      this.confirmTimer = this.clock.setTimeout(() => this.judge(), this.retryMs);
+    }
   }
 
   /** A watch answer may predate our own acquire: only a fresh read proves someone else holds the key. */
@@ -290,10 +319,11 @@ export class LeaderElection implements Leadership {
       }
       const session = this.session;
       const since = new Date(this.clock.now()).toISOString();
-      const record: LeaderRecord = { ...this.identity, since };
-      if (await locks.acquire(key, JSON.stringify(record), session)) {
+      const record = JSON.stringify({ ...this.identity, since } satisfies LeaderRecord);
+      if (await locks.acquire(key, record, session)) {
         if (this.stopped || session !== this.session) return;
         this.since = since;
+        this.ownRecord = record;
         this.fenceSession = session;
         this.setLeading(true, 'won the leader key');
         // The watch may have shown the key lose its holder while the answer was on its way, and will not say so again.

@@ -65,6 +65,18 @@ class SlowLockTable implements LockService {
     this.holder.next({ key: keys.leader, value: '{}', createIndex: ++this.index, modifyIndex: this.index, session });
   }
 
+  /** A plain write of the key, as `consul kv import` of a backup makes: the value changes, the lock stays. */
+  overwrite(value: string): void {
+    const held = this.holder.value;
+    assert.ok(held, 'the key exists');
+    this.holder.next({ ...held, value, modifyIndex: ++this.index });
+  }
+
+  /** The key's value as stored. */
+  get value(): string | undefined {
+    return this.holder.value?.value;
+  }
+
   /** Sessions that asked for the key, in order. */
   readonly acquiredBy: string[] = [];
 
@@ -153,6 +165,22 @@ describe('Leader election (a lock table on a fake clock)', () => {
     locks.lockedElsewhere();
     await clock.tickAsync(10_000);
     assert.equal(election.leading, false);
+    const stopped = election.stop();
+    await clock.tickAsync(1_000);
+    await stopped;
+  });
+
+  it('writes its own name back over the leader key when a plain write (a backup imported) replaced it, keeping the lock', async () => {
+    const { clock, locks, election } = slowConsul(10);
+    election.start();
+    await clock.tickAsync(1_000);
+    assert.equal(election.leading, true);
+    const own = locks.value;
+    locks.overwrite(JSON.stringify({ host: 'old-host', pid: 99, since: '2020-01-01T00:00:00.000Z' }));
+    await clock.tickAsync(1_000);
+    assert.equal(locks.value, own, 'manticore status names the replica that leads, not the one in the backup');
+    assert.equal(election.leading, true);
+    assert.equal(new Set(locks.acquiredBy).size, 1, 'with the session it holds the lock with');
     const stopped = election.stop();
     await clock.tickAsync(1_000);
     await stopped;
