@@ -1,5 +1,9 @@
 import type { Store } from '../store/store.js';
+import { systemClock, type Clock } from '../util/clock.js';
 import type { Logger } from '../util/log.js';
+
+/** How long a check waits for the store: under the job file's 2 s check timeout, so the check gets the reason. */
+const READ_LIMIT_MS = 1_000;
 
 /**
  * Whether the store answers this front end now, for `/readyz`: without it the front end cannot create,
@@ -16,9 +20,14 @@ export class StoreReadiness {
     private readonly store: Store,
     private readonly key: string,
     private readonly log: Logger,
+    private readonly clock: Clock = systemClock,
   ) {}
 
-  /** Why the store cannot be used now, or undefined when it answered. */
+  /**
+   * Why the store cannot be used now, or undefined when it answered. An agent that hangs (accepts and never
+   * answers) is reported after READ_LIMIT_MS, not after the store's own timeouts and retries (tens of
+   * seconds), which would leave every check timing out with no reason and nothing logged.
+   */
   check(): Promise<string | undefined> {
     this.reading ??= this.store
       .get(this.key)
@@ -26,12 +35,16 @@ export class StoreReadiness {
         () => undefined,
         (error: unknown) => (error instanceof Error ? error.message : String(error)),
       )
-      .then((problem) => {
-        this.reading = undefined;
-        this.noteChange(problem);
-        return problem;
-      });
-    return this.reading;
+      .finally(() => (this.reading = undefined));
+    let timer: unknown;
+    const late = new Promise<string>((resolve) => {
+      timer = this.clock.setTimeout(() => resolve(`the store did not answer a read of ${this.key} within ${READ_LIMIT_MS} ms`), READ_LIMIT_MS);
+    });
+    return Promise.race([this.reading, late]).then((problem) => {
+      this.clock.clearTimeout(timer);
+      this.noteChange(problem);
+      return problem;
+    });
   }
 
   private noteChange(problem: string | undefined): void {
