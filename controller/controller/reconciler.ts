@@ -307,6 +307,8 @@ export class SessionReconciler {
               // heartbeats fall silent, as they all do while the store is unreachable, do not make a serving session unready.
               { type: 'Routed', status: 'True', reason: routedBefore.reason, message: routedBefore.message }
             : this.routedCondition(claim, claimIndex);
+    const behindStaleAt = routed.reason === 'WaitingForRouters' && claimIndex !== undefined ? this.behindStaleAt(claimIndex) : undefined;
+    if (behindStaleAt !== undefined) wakeAts.push(behindStaleAt);
 
     const exposed = this.deps.listeners === undefined ? undefined : exposedCondition(wanted, this.deps.listeners);
     // Ready is every other condition holding; otherwise it carries the first one that does not, as its reason.
@@ -623,7 +625,10 @@ export class SessionReconciler {
       return done;
     }
     const routesIndex = observed.routesIndex();
-    if (!appliedBy(this.liveRouters(), routesIndex)) return { awaitingRoutersAt: routesIndex, requeueAfterMs: this.deps.routerStaleMs };
+    if (!appliedBy(this.liveRouters(), routesIndex)) {
+      const wakeAt = this.behindStaleAt(routesIndex);
+      return { awaitingRoutersAt: routesIndex, requeueAfterMs: this.deps.routerStaleMs, ...(wakeAt === undefined ? {} : { wakeAt }) };
+    }
     if (!(await this.release(id))) return done;
     // Status, activity and record go together, so no one ever sees a session without its status or the reverse.
     const removed = await this.deps.writer.transaction([
@@ -762,6 +767,17 @@ export class SessionReconciler {
   routersCaughtUp(index: number): boolean {
     const live = this.liveRouters();
     return live.length > 0 && appliedBy(live, index);
+  }
+
+  /**
+   * When the first live router that has not applied `index` turns stale unless it heartbeats again: a router
+   * that falls silent is left out from then on, and a session waiting for it looks again at that moment, not
+   * routerStaleMs after its own pass (the router may have heartbeated just before going quiet, doubling the wait).
+   */
+  private behindStaleAt(index: number): number | undefined {
+    const behind = this.liveRouters().filter((router) => router.appliedIndex < index);
+    if (behind.length === 0) return undefined;
+    return Math.min(...behind.map((router) => Date.parse(router.heartbeatAt))) + this.deps.routerStaleMs + 1;
   }
 
   private liveRouters(): RouterHeartbeat[] {

@@ -167,6 +167,8 @@ export interface HarnessOptions {
   readonly log?: Logger;
   /** AWS load balancers (over the AWS model) in front of the TCP ports. */
   readonly loadBalancers?: Exposer;
+  /** For tests that write routers' heartbeats on the fake clock; by default no router is ever stale. */
+  readonly routerStaleMs?: number;
 }
 
 /** The fake clock as the controller's Clock. */
@@ -229,7 +231,7 @@ export class ControllerHarness<S extends Scheduler = FakeScheduler> {
       rateLimitPerSecond: 1000,
       rateLimitBurst: 1000,
       // The router heartbeats on real time while the lifecycle clock jumps ahead: never call it stale here.
-      routerStaleMs: 20 * 24 * 3_600_000,
+      routerStaleMs: this.options.routerStaleMs ?? 20 * 24 * 3_600_000,
       orphanSweepMs: 600_000,
       orphanGracePeriodMs: this.options.orphanGracePeriodMs ?? 900_000,
       log: this.options.log ?? testLog,

@@ -277,6 +277,29 @@ describe('controller: session reconciliation', () => {
     });
   });
 
+  it('leaves a router that fell silent out as soon as its heartbeat is routerStaleMs old, however recent it was when the session began to wait', async () => {
+    const g = await ControllerHarness.embedded({ routerStaleMs: 30_000 });
+    try {
+      await g.router.stop();
+      const heartbeat = async (name: string, appliedIndex: number, at: number): Promise<void> => {
+        await g.store.put(keys.router(name), JSON.stringify({ name, appliedIndex, heartbeatAt: new Date(at).toISOString() }));
+      };
+      // edge-1 serves everything throughout; edge-2 heartbeats once, 10 s in, and is never heard from again.
+      await heartbeat('edge-1', Number.MAX_SAFE_INTEGER, g.clock.now + 86_400_000);
+      const id = await createSession(g.store);
+      await waitFor('job registration', () => g.scheduler.workload(id));
+      await heartbeat('edge-2', 0, g.clock.now + 10_000);
+      g.scheduler.run(id, { http: '127.0.0.1:31000', broker: '127.0.0.1:31001', tcp: '127.0.0.1:31002' });
+      await statusWhen(g.store, id, (status) => condition(status, 'Routed') === 'False/WaitingForRouters');
+      // Stale from 40 s on: 10 s after the 30 s the session would otherwise wait before looking again.
+      g.tick(40_001);
+      const ready = await statusWhen(g.store, id, 'Ready', 3_000);
+      assert.equal(ready.conditions.find((c) => c.type === 'Routed')?.message, 'applied by 1 router(s)');
+    } finally {
+      await g.stop();
+    }
+  });
+
   it('reports malformed and impossible records in their status and keeps serving the others', async () => {
     await h.store.put(keys.session('brokenrecord1'), '{"metadata": nope');
     const unknownTemplate = await createSession(h.store, { spec: { template: 'nosuchtemplate' } });
