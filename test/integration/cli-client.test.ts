@@ -176,9 +176,15 @@ describe('the client commands (manticore sessions, templates)', function () {
     const second = await run('sessions', ['create', '--template', 'demo', '-o', 'json']);
     const id = (JSON.parse(second.stdout) as { metadata: { id: string } }).metadata.id;
     await statusWhen(h.store, id, (status) => status.queuePosition === 1);
+    // Why it waits, as the operator's troubleshooting table has them look it up: the Ready reason, then the place.
+    const waiting = await waitFor('the front end showing it waiting', async () => {
+      const answer = await run('sessions', ['get', id]);
+      return /^phase +Waiting/m.test(answer.stdout) ? answer : undefined;
+    });
+    assert.match(waiting.stdout, /^phase +Waiting \(ClusterFull: .+; queue position 1/m);
 
     const watch = run('sessions', ['watch', id]);
-    await waitFor('the queue position printed', () => /Waiting +queue position 1/.test(watch.output()));
+    await waitFor('the queue position printed', () => /Waiting +ClusterFull: .+; queue position 1/.test(watch.output()));
     await requestDeletion(h.store, firstId);
     await makeReady(h, id, 32000);
     const result = await watch;

@@ -110,12 +110,15 @@ function wrap(text: string, width: number): string[] {
 function detail(session: Session): string {
   const { status } = session;
   if (session.metadata.deletionRequestedAt !== undefined && status.phase !== 'Terminating') return 'deletion requested';
-  if (status.phase === 'Waiting' && status.queuePosition !== undefined) {
-    return `queue position ${status.queuePosition}${status.estimatedStartAt ? `, estimated start ${status.estimatedStartAt}` : ''}`;
-  }
   if (status.phase === 'Ready') return status.expiresAt ? `expires ${status.expiresAt}` : 'serving';
   const ready = status.conditions.find((condition) => condition.type === 'Ready');
-  return ready ? `${ready.reason}: ${ready.message}` : '';
+  const reason = ready ? `${ready.reason}: ${ready.message}` : '';
+  if (status.phase === 'Waiting' && status.queuePosition !== undefined) {
+    // The reason first: ClusterFull, StartLimit, NoFreePort… tell an operator what to change, the place only when.
+    const place = `queue position ${status.queuePosition}${status.estimatedStartAt ? `, estimated start ${status.estimatedStartAt}` : ''}`;
+    return reason ? `${reason}; ${place}` : place;
+  }
+  return reason;
 }
 
 /** One line of `watch` output; printed again only when it changes. */
