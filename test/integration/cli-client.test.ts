@@ -14,7 +14,7 @@ import type { ClusterStatus } from '../../controller/frontend/cluster.js';
 import type { Frontend } from '../../controller/frontend/server.js';
 import { LogFiles, RotatingLogWriter, closeWriter } from '../../controller/scheduler/log-files.js';
 import { silentLogger } from '../../controller/util/log.js';
-import { ControllerHarness, keys, makeReady, requestDeletion, statusWhen, testLog } from '../support/controller-harness.js';
+import { ControllerHarness, createSession, keys, makeReady, requestDeletion, statusWhen, testLog } from '../support/controller-harness.js';
 import { testFrontend } from '../support/frontend.js';
 import { hs256Token } from '../support/jwt.js';
 import { freePort } from '../support/ports.js';
@@ -222,8 +222,25 @@ describe('the client commands (manticore sessions, templates)', function () {
     h.tick(10 * 60_000);
     for (const ended of [await waiting, await watch]) {
       assert.equal(ended.code, exitCodes.sessionEnded, ended.stderr);
-      assert.equal(ended.stderr, `manticore: session ${id} failed; its logs may say why: manticore sessions logs ${id} --stream stderr\n`);
+      assert.equal(
+        ended.stderr,
+        `manticore: session ${id} failed (StartTimeout: not ready within 10 min: a task is not running); its logs may say why: manticore sessions logs ${id} --stream stderr\n`,
+      );
     }
+  });
+
+  it('says why a session failed before it had a workload, and sends no one to logs it does not have', async () => {
+    // As a controller of an earlier release leaves a record holding a field it does not know, during a rollout.
+    await h.controller.stop();
+    const id = await createSession(h.store);
+    const failed = { type: 'Valid', status: 'False', reason: 'InvalidRecord', message: 'invalid session: /spec: unknown field "idle"', lastTransitionTime: new Date().toISOString() };
+    await h.store.put(keys.status(id), JSON.stringify({ phase: 'Failed', observedGeneration: 0, conditions: [failed], endpoints: {}, events: [] }));
+    const watched = await run('sessions', ['watch', id]);
+    assert.equal(watched.code, exitCodes.sessionEnded);
+    assert.equal(watched.stderr, `manticore: session ${id} failed (InvalidRecord: invalid session: /spec: unknown field "idle")\n`);
+    const got = await run('sessions', ['get', id]);
+    assert.match(got.stdout, /^phase +Failed \(InvalidRecord: invalid session: \/spec: unknown field "idle"\)$/m);
+    h.controller = await h.startController();
   });
 
   it('answers with exit codes scripts can rely on, and says why on stderr', async () => {

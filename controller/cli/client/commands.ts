@@ -5,7 +5,7 @@ import { parseArgs } from 'node:util';
 import type { Session } from '../../api/types.js';
 import { isUserId, userIdRule } from '../../frontend/identity.js';
 import { FrontendClient, FrontendError, InterruptedError, TokenExpiredError, UnreachableError, type LogQuery, type TemplateSummary } from './frontend-client.js';
-import { clusterView, describeSession, limitsView, progressLine, sessionTable, templateTable } from './format.js';
+import { clusterView, describeSession, detail, limitsView, progressLine, sessionTable, templateTable } from './format.js';
 
 /** Exit codes the client commands promise to scripts. */
 export const exitCodes = {
@@ -337,8 +337,10 @@ async function follow({ client, output, io }: Invocation, id: string, answeredAt
           return exitCodes.ok;
         }
         if (session.status.phase === 'Failed') {
-          // Its stopped workload's logs are kept: they usually say why.
-          io.stderr.write(`manticore: session ${id} failed; its logs may say why: manticore sessions logs ${id} --stream stderr\n`);
+          const why = detail(session);
+          // A stopped workload's logs are kept and usually say more; one failed before it had a workload has none.
+          const logs = session.status.allocationId === undefined ? '' : `; its logs may say why: manticore sessions logs ${id} --stream stderr`;
+          io.stderr.write(`manticore: session ${id} failed${why ? ` (${why})` : ''}${logs}\n`);
           return exitCodes.sessionEnded;
         }
         if (session.metadata.deletionRequestedAt !== undefined) {

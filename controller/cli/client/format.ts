@@ -107,11 +107,12 @@ function wrap(text: string, width: number): string[] {
 }
 
 /** What a session is waiting for or doing, in a few words. */
-function detail(session: Session): string {
+export function detail(session: Session): string {
   const { status } = session;
   if (session.metadata.deletionRequestedAt !== undefined && status.phase !== 'Terminating') return 'deletion requested';
   if (status.phase === 'Ready') return status.expiresAt ? `expires ${status.expiresAt}` : 'serving';
-  const ready = status.conditions.find((condition) => condition.type === 'Ready');
+  // A record the controller could not read has no Ready condition, only Valid=False (InvalidRecord).
+  const ready = status.conditions.find((condition) => condition.type === 'Ready') ?? status.conditions.find((condition) => condition.status === 'False');
   const reason = ready ? `${ready.reason}: ${ready.message}` : '';
   if (status.phase === 'Waiting' && status.queuePosition !== undefined) {
     // The reason first: ClusterFull, StartLimit, NoFreePort… tell an operator what to change, the place only when.
