@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NPM ?= npm
 CONFIG ?= manifests/examples/embedded.yaml
 
-.PHONY: run test build docs deps system-deps system-deps-bench system-deps-test clean dev-cluster run-cluster test-real chaos bench
+.PHONY: run test build docs deps system-deps system-deps-bench system-deps-test clean dev-cluster run-cluster test-real real-agents chaos bench
 
 ## run: install what is missing, build, and run Manticore on the embedded default
 run: system-deps deps build
@@ -34,11 +34,14 @@ run-cluster: system-deps deps build
 	bash hack/run-cluster.sh
 
 ## test-real: the store and scheduler contract suites against real agents (CONSUL_HTTP_ADDR and NOMAD_ADDR)
-test-real: deps build
-	@if [ -z "$$CONSUL_HTTP_ADDR" ] || [ -z "$$NOMAD_ADDR" ]; then \
-	  echo "test-real: set CONSUL_HTTP_ADDR and NOMAD_ADDR to a Consul and a Nomad agent (e.g. 'consul agent -dev', 'nomad agent -dev')" >&2; exit 2; fi
+test-real: real-agents deps build
 	npx mocha --no-config --timeout 60000 --reporter dist/test/support/summary-reporter.js \
 	  dist/test/contract/consul-store.test.js dist/test/integration/nomad-scheduler.test.js
+
+# Checked before anything is installed or built: without the agents there is nothing to run.
+real-agents:
+	@if [ -z "$$CONSUL_HTTP_ADDR" ] || [ -z "$$NOMAD_ADDR" ]; then \
+	  echo "test-real: set CONSUL_HTTP_ADDR and NOMAD_ADDR to a Consul and a Nomad agent (e.g. 'consul agent -dev', 'nomad agent -dev')" >&2; exit 2; fi
 
 build: deps
 	$(NPM) run build
