@@ -189,8 +189,8 @@ export class SessionService {
     if (statusEntry) {
       try {
         status = parseRecord<SessionStatus>('session-status', statusEntry.value);
-      } catch (error) {
-        this.options.log.warn({ err: error, session: id }, 'unreadable status record');
+      } catch {
+        // Shown as Pending: the statuses cache logs the record once, not at every request that reads it.
       }
     }
     return { session: { ...record, status }, modifyIndex: entry.modifyIndex };
