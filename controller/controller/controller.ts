@@ -18,6 +18,7 @@ import { SoleLeader, type Leadership } from './leader.js';
 import type { LifecyclePolicy } from './lifecycle.js';
 import type { PublicAddressing } from './endpoints.js';
 import { ConflictError, SessionReconciler, TermEndedError } from './reconciler.js';
+import { RouterLiveness } from './router-liveness.js';
 import { WorkQueue } from './workqueue.js';
 import type { Exposer } from '../loadbalancer/exposer.js';
 
@@ -71,6 +72,7 @@ export class Controller {
   private readonly reconciler: SessionReconciler;
   private readonly ports: PortAllocator;
   private readonly deadlines: DeadlineTimers;
+  private readonly routerLiveness: RouterLiveness;
   private readonly metrics: ControllerMetrics;
   /** Sessions waiting for routers to apply their routes, with the store index they need applied. */
   private readonly awaitingRouters = new Map<string, number>();
@@ -121,6 +123,7 @@ export class Controller {
     });
     this.deadlines = new DeadlineTimers(this.clock, (id) => this.queue.add(id));
     const now = (): number => this.clock.now();
+    this.routerLiveness = new RouterLiveness(this.routers.cache, this.routers.synced, now, options.routerStaleMs);
     this.admission = new Admission(
       { sessions: this.sessions.cache, statuses: this.statuses.cache, routes: this.routes.cache, workloads: this.workloads.cache },
       { ...options.limits, capacityRetryMs: options.capacityRetryMs },
@@ -153,7 +156,7 @@ export class Controller {
         sessions: this.sessions.cache,
         statuses: this.statuses.cache,
         routes: this.routes.cache,
-        routers: this.routers.cache,
+        routers: this.routerLiveness,
         activities: this.activities.cache,
         workloads: this.workloads.cache,
         routesIndex: () => this.routes.index,

@@ -19,6 +19,7 @@ import type { PortAllocator } from './claims.js';
 import { claimForTemplate, newClaim, publicEndpoints, type PublicAddressing } from './endpoints.js';
 import type { Cache, CachedRecord, RecordCache } from './informer.js';
 import type { Keys } from './keys.js';
+import type { RouterLiveness } from './router-liveness.js';
 import { Expectations } from './expectations.js';
 import { expiryOf, formatSeconds, idleWarningCondition, recentFailures, restartDelayMs, sessionExpiryPolicy, type Expiry, type LifecyclePolicy } from './lifecycle.js';
 import type { ListenerStates } from '../loadbalancer/exposer.js';
@@ -29,7 +30,8 @@ export interface ObservedState {
   readonly sessions: RecordCache<SessionRecord>;
   readonly statuses: RecordCache<SessionStatus>;
   readonly routes: RecordCache<RouteRecord>;
-  readonly routers: Cache<CachedRecord<RouterHeartbeat>>;
+  /** The routers alive, judged on this process's clock. */
+  readonly routers: RouterLiveness;
   readonly activities: Cache<CachedRecord<ActivityRecord>>;
   readonly workloads: Cache<Workload>;
   /** Store index up to which the routes cache has seen every change. */
@@ -625,7 +627,7 @@ export class SessionReconciler {
       return done;
     }
     const routesIndex = observed.routesIndex();
-    if (!appliedBy(this.liveRouters(), routesIndex)) {
+    if (!appliedBy(observed.routers.live(), routesIndex)) {
       const wakeAt = this.behindStaleAt(routesIndex);
       return { awaitingRoutersAt: routesIndex, requeueAfterMs: this.deps.routerStaleMs, ...(wakeAt === undefined ? {} : { wakeAt }) };
     }
@@ -765,7 +767,7 @@ export class SessionReconciler {
 
   /** Whether a session waiting for routers at `index` may go on: a router is alive, and every live one has applied it. */
   routersCaughtUp(index: number): boolean {
-    const live = this.liveRouters();
+    const live = this.deps.observed.routers.live();
     return live.length > 0 && appliedBy(live, index);
   }
 
@@ -775,18 +777,9 @@ export class SessionReconciler {
    * routerStaleMs after its own pass (the router may have heartbeated just before going quiet, doubling the wait).
    */
   private behindStaleAt(index: number): number | undefined {
-    const behind = this.liveRouters().filter((router) => router.appliedIndex < index);
+    const behind = this.deps.observed.routers.live().filter((router) => router.appliedIndex < index);
     if (behind.length === 0) return undefined;
-    return Math.min(...behind.map((router) => Date.parse(router.heartbeatAt))) + this.deps.routerStaleMs + 1;
-  }
-
-  private liveRouters(): RouterHeartbeat[] {
-    const cutoff = this.now() - this.deps.routerStaleMs;
-    const live: RouterHeartbeat[] = [];
-    for (const record of this.deps.observed.routers.values()) {
-      if (record.value && Date.parse(record.value.heartbeatAt) >= cutoff) live.push(record.value);
-    }
-    return live;
+    return Math.min(...behind.map((router) => router.staleAt));
   }
 
   /** Routed once the routes carry every backend and every live router has applied them (`modifyIndex`: the routes' store index, if cached yet). */
@@ -796,7 +789,7 @@ export class SessionReconciler {
       return { type: 'Routed', status: 'False', reason: 'WaitingForWorkload', message: 'routes wait for the workload address' };
     }
     if (modifyIndex === undefined) return routesUpdating;
-    const live = this.liveRouters();
+    const live = this.deps.observed.routers.live();
     if (live.length === 0) {
       return { type: 'Routed', status: 'False', reason: 'NoRouters', message: 'no router is alive to serve the routes' };
     }

@@ -281,20 +281,68 @@ describe('controller: session reconciliation', () => {
     const g = await ControllerHarness.embedded({ routerStaleMs: 30_000 });
     try {
       await g.router.stop();
-      const heartbeat = async (name: string, appliedIndex: number, at: number): Promise<void> => {
-        await g.store.put(keys.router(name), JSON.stringify({ name, appliedIndex, heartbeatAt: new Date(at).toISOString() }));
-      };
-      // edge-1 serves everything throughout; edge-2 heartbeats once, 10 s in, and is never heard from again.
-      await heartbeat('edge-1', Number.MAX_SAFE_INTEGER, g.clock.now + 86_400_000);
+      // edge-1 serves everything throughout; edge-2 heartbeats at the start and 10 s in, and is never heard from again.
+      await routerHeartbeat(g, 'edge-1', Number.MAX_SAFE_INTEGER);
+      await routerHeartbeat(g, 'edge-2', 0);
       const id = await createSession(g.store);
       await waitFor('job registration', () => g.scheduler.workload(id));
-      await heartbeat('edge-2', 0, g.clock.now + 10_000);
       g.scheduler.run(id, { http: '127.0.0.1:31000', broker: '127.0.0.1:31001', tcp: '127.0.0.1:31002' });
       await statusWhen(g.store, id, (status) => condition(status, 'Routed') === 'False/WaitingForRouters');
+      g.tick(10_000);
+      await routerHeartbeat(g, 'edge-2', 0);
+      g.tick(20_000);
+      await routerHeartbeat(g, 'edge-1', Number.MAX_SAFE_INTEGER);
       // Stale from 40 s on: 10 s after the 30 s the session would otherwise wait before looking again.
-      g.tick(40_001);
+      g.tick(10_001);
       const ready = await statusWhen(g.store, id, 'Ready', 3_000);
       assert.equal(ready.conditions.find((c) => c.type === 'Routed')?.message, 'applied by 1 router(s)');
+    } finally {
+      await g.stop();
+    }
+  });
+
+  it("judges a router live by when the controller sees its heartbeats, not by the router's clock", async () => {
+    const g = await ControllerHarness.embedded({ routerStaleMs: 30_000 });
+    try {
+      await g.router.stop();
+      const fiveMinutes = 300_000;
+      await routerHeartbeat(g, 'edge-1', Number.MAX_SAFE_INTEGER);
+      // edge-2's clock is 5 min behind: it is alive, and a session waits until it has applied its routes.
+      await routerHeartbeat(g, 'edge-2', 0, -fiveMinutes);
+      const first = await createSession(g.store);
+      await waitFor('job registration', () => g.scheduler.workload(first));
+      g.scheduler.run(first, { http: '127.0.0.1:31000', broker: '127.0.0.1:31001', tcp: '127.0.0.1:31002' });
+      const waiting = await statusWhen(g.store, first, (status) => ['False/WaitingForRouters', 'True/RoutesApplied'].includes(condition(status, 'Routed') ?? ''));
+      assert.equal(condition(waiting, 'Routed'), 'False/WaitingForRouters');
+      await routerHeartbeat(g, 'edge-2', Number.MAX_SAFE_INTEGER, -fiveMinutes);
+      assert.equal(condition(await statusWhen(g.store, first, 'Ready', 3_000), 'Routed'), 'True/RoutesApplied');
+
+      // edge-2 now runs 5 min ahead and falls silent with a session waiting for it: it is left out 30 s on.
+      await routerHeartbeat(g, 'edge-2', 0, fiveMinutes);
+      const second = await createSession(g.store);
+      await waitFor('job registration', () => g.scheduler.workload(second));
+      g.scheduler.run(second, { http: '127.0.0.1:32000', broker: '127.0.0.1:32001', tcp: '127.0.0.1:32002' });
+      await statusWhen(g.store, second, (status) => condition(status, 'Routed') === 'False/WaitingForRouters');
+      g.tick(20_000);
+      await routerHeartbeat(g, 'edge-1', Number.MAX_SAFE_INTEGER);
+      g.tick(10_001);
+      assert.equal(condition(await statusWhen(g.store, second, 'Ready', 3_000), 'Routed'), 'True/RoutesApplied');
+    } finally {
+      await g.stop();
+    }
+  });
+
+  it('does not wait for a router whose last heartbeat was already stale when the controller started', async () => {
+    const g = await ControllerHarness.embedded({ routerStaleMs: 30_000 });
+    try {
+      await g.router.stop();
+      await routerHeartbeat(g, 'edge-1', Number.MAX_SAFE_INTEGER, 60_000);
+      await routerHeartbeat(g, 'edge-2', 0, -30_001);
+      await g.restartController();
+      const id = await createSession(g.store);
+      await waitFor('job registration', () => g.scheduler.workload(id));
+      g.scheduler.run(id, { http: '127.0.0.1:31000', broker: '127.0.0.1:31001', tcp: '127.0.0.1:31002' });
+      assert.equal((await statusWhen(g.store, id, 'Ready', 3_000)).conditions.find((c) => c.type === 'Routed')?.message, 'applied by 1 router(s)');
     } finally {
       await g.stop();
     }
@@ -589,3 +637,10 @@ describe('controller: records other than sessions that cannot be read', () => {
     assert.equal(reports().length, 3);
   });
 });
+
+/** Writes a router's heartbeat stamped by a clock `skewMs` off the controller's, and waits until the controller has seen it. */
+async function routerHeartbeat(g: ControllerHarness, name: string, appliedIndex: number, skewMs = 0): Promise<void> {
+  await g.store.put(keys.router(name), JSON.stringify({ name, appliedIndex, heartbeatAt: new Date(g.clock.now + skewMs).toISOString() }));
+  const { modifyIndex } = (await g.store.get(keys.router(name)))!;
+  await waitFor(`${name}'s heartbeat seen`, () => g.controller.routers.cache.get(name)?.entry.modifyIndex === modifyIndex);
+}
