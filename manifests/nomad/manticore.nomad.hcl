@@ -69,11 +69,15 @@ job "manticore" {
         args  = ["controller", "--config", "/local/manticore.yaml"]
       }
 
-      # The listener the port mapping and Consul's check reach, whatever the configuration says.
+      # The listener the port mapping and Consul's check reach, whatever the configuration says. The routers'
+      # status server as manticore-router.nomad.hcl sets it: the controller points the AWS load balancers'
+      # health checks (aws.healthCheck, when unset) at its /readyz.
       env {
         MANTICORE_CONTROLLER_STATUS_HOST = "0.0.0.0"
         MANTICORE_CONTROLLER_STATUS_PORT = "8081"
         MANTICORE_HEALTH_URL             = "http://127.0.0.1:8081/healthz"
+        MANTICORE_ROUTER_STATUS_HOST     = "0.0.0.0"
+        MANTICORE_ROUTER_STATUS_PORT     = "8405"
       }
 
       template {

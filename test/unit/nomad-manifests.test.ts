@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { loadTemplates } from '../../controller/api/templates.js';
 import { loadConfig } from '../../controller/config/config.js';
@@ -28,6 +29,18 @@ function block(text: string, from: number): string {
     else if (text[i] === '}' && --depth === 0) return text.slice(from, i + 1);
   }
   throw new Error('unbalanced braces');
+}
+
+/** Both job files, one after the other. */
+function jobFilesText(): string {
+  return jobFiles.map((file) => fs.readFileSync(path.join(root, file), 'utf8')).join('');
+}
+
+/** The settings a group's tasks get from the job files: its env blocks, and the plain lines of its env templates. */
+function envOf(text: string, group: string): Record<string, string> {
+  const body = block(text, new RegExp(`^\\s*group "${group}" \\{`, 'm').exec(text)!.index);
+  const settings = [...body.matchAll(/^\s*([A-Z][A-Z0-9_]*)\s*=\s*"([^"{}]*)"\s*$/gm), ...body.matchAll(/^\s*([A-Z][A-Z0-9_]*)=([^{}\s]+)\s*$/gm)];
+  return Object.fromEntries(settings.map((found) => [found[1]!, found[2]!]));
 }
 
 function tasks(file: string): Task[] {
@@ -156,7 +169,7 @@ describe('the Nomad job files', () => {
   });
 
   it('give each part the ports production.yaml has it listen on, beyond loopback, where Nomad maps them and Consul checks them', () => {
-    const text = fs.readFileSync(path.join(root, 'manifests/nomad/manticore.nomad.hcl'), 'utf8') + fs.readFileSync(path.join(root, 'manifests/nomad/manticore-router.nomad.hcl'), 'utf8');
+    const text = jobFilesText();
     /** The port a group declares under `label`: the container port it maps to (`to`), or its static host port. */
     const declared = (group: string, label: string): number => {
       const start = new RegExp(`^\\s*group "${group}" \\{`, 'm').exec(text);
@@ -165,16 +178,10 @@ describe('the Nomad job files', () => {
       assert.ok(port, `group "${group}" declares no port "${label}"`);
       return Number(port[1]);
     };
-    /** The settings a group's tasks get from the job file: its env blocks, and the plain lines of its env templates. */
-    const envOf = (group: string): Record<string, string> => {
-      const body = block(text, new RegExp(`^\\s*group "${group}" \\{`, 'm').exec(text)!.index);
-      const settings = [...body.matchAll(/^\s*([A-Z][A-Z0-9_]*)\s*=\s*"([^"{}]*)"\s*$/gm), ...body.matchAll(/^\s*([A-Z][A-Z0-9_]*)=([^{}\s]+)\s*$/gm)];
-      return Object.fromEntries(settings.map((found) => [found[1]!, found[2]!]));
-    };
     // The job files set the listeners they depend on; an operator's configuration that leaves them out (the
     // defaults listen on loopback) must not leave the port mapping and the checks without an answer.
     for (const file of [path.join(root, 'manifests/examples/production.yaml'), undefined]) {
-      const config = (group: string): ReturnType<typeof loadConfig> => loadConfig(file, envOf(group));
+      const config = (group: string): ReturnType<typeof loadConfig> => loadConfig(file, envOf(text, group));
       const listeners: Array<[string, { host: string; port: number }, number]> = [
         ['controller status server', { host: config('controller').controller.statusHost, port: config('controller').controller.statusPort }, declared('controller', 'status')],
         ['front end', config('frontend').frontend, declared('frontend', 'http')],
@@ -186,6 +193,23 @@ describe('the Nomad job files', () => {
         assert.equal(listener.port, port, `${where}, the ${what} listens on ${listener.port}, the job file declares ${port}`);
         assert.equal(listener.host, '0.0.0.0', `${where}, the ${what} listens on ${listener.host}, out of reach of the port mapping and Consul's check`);
       }
+    }
+  });
+
+  it("has the controller point the AWS load balancers' health checks at the routers' /readyz where the router job serves it", () => {
+    const text = jobFilesText();
+    // An operator's file with an AWS pool and no router status settings: the router job's environment sets them.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'manticore-manifests-'));
+    try {
+      const file = path.join(dir, 'aws.yaml');
+      fs.writeFileSync(file, 'aws:\n  loadBalancers: [{ name: edge, type: classic }]\n');
+      const router = loadConfig(file, envOf(text, 'router')).router;
+      assert.ok(router.statusPort > 0 && router.statusHost === '0.0.0.0', 'the router job serves its /readyz beyond loopback');
+      // The controller, which configures the checks, derives them from the router's status server as it knows it.
+      const { port, path: checked } = loadConfig(file, envOf(text, 'controller')).aws!.healthCheck;
+      assert.deepEqual({ port, path: checked }, { port: router.statusPort, path: '/readyz' });
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 
