@@ -237,35 +237,44 @@ export function loadConfig(file: string | undefined, env: NodeJS.ProcessEnv = pr
   }
   /** JSON pointer of each overridden field → its variable. */
   const overrides = new Map<string, string>();
+  /** JSON pointers of the groups the file does not have, made for a variable (router.tls for MANTICORE_HTTPS_PORT). */
+  const madeGroups = new Set<string>();
   for (const { variable, path, parse } of environmentOverrides) {
     const value = env[variable];
     if (value === undefined || value === '') continue;
-    setPath(raw as Record<string, unknown>, path, parse(value));
+    for (const made of setPath(raw as Record<string, unknown>, path, parse(value))) madeGroups.add(made);
     overrides.set(`/${path.join('/')}`, variable);
   }
-  let config: ManticoreConfig;
+  const what = file === undefined ? 'configuration' : `configuration file ${file}`;
   try {
-    config = validate<ManticoreConfig>('config', raw, file === undefined ? 'configuration' : `configuration file ${file}`);
+    return finish(validate<ManticoreConfig>('config', raw, what), what);
   } catch (error) {
     if (!(error instanceof ValidationError)) throw error;
     // A bad value from the environment is not in the file the message names: say where it came from.
     const source = (problem: string): string => {
-      const variable = overrides.get(problem.slice(0, problem.indexOf(':')));
-      return variable === undefined ? problem : `${problem} (from ${variable})`;
+      const pointer = problem.slice(0, problem.indexOf(':'));
+      const fromEnvironment = ([field]: [string, string]): boolean => field === pointer || (madeGroups.has(pointer) && field.startsWith(`${pointer}/`));
+      const variables = [...overrides].filter(fromEnvironment).map(([, variable]) => variable);
+      return variables.length === 0 ? problem : `${problem} (from ${variables.join(', ')})`;
     };
     throw new ValidationError(error.what, error.problems.map(source));
   }
-  return finish(config, file ?? 'configuration');
 }
 
-function setPath(target: Record<string, unknown>, path: string[], value: unknown): void {
+/** Sets the field at `path`, making the groups on the way that are missing; returns their JSON pointers. */
+function setPath(target: Record<string, unknown>, path: string[], value: unknown): string[] {
+  const made: string[] = [];
   let node = target;
-  for (const part of path.slice(0, -1)) {
+  path.slice(0, -1).forEach((part, depth) => {
     const next = node[part];
-    if (typeof next !== 'object' || next === null) node[part] = {};
+    if (typeof next !== 'object' || next === null) {
+      node[part] = {};
+      made.push(`/${path.slice(0, depth + 1).join('/')}`);
+    }
     node = node[part] as Record<string, unknown>;
-  }
+  });
   node[path[path.length - 1]!] = value;
+  return made;
 }
 
 /** Each port of the range is a listening socket with its file descriptor; beyond this, one edge host is the wrong design. */

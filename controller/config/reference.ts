@@ -59,8 +59,9 @@ export function renderConfigReference(): string {
     '',
     'Manticore reads one YAML file (`--config FILE`), then the environment variables listed below, then fills',
     'every field left out with its default. The defaults are the embedded default that `make run` starts.',
-    'Unknown fields and values outside the ranges are refused at start-up with the field named',
-    '(`manticore check-config --config FILE` checks a file without starting anything).',
+    'Unknown fields and values outside the ranges are refused at start-up with the field named, and the variable',
+    'when one set it (`manticore check-config --config FILE` checks a file without starting anything). A certificate',
+    'file turns `router.tls` on: `MANTICORE_HTTPS_PORT` or `MANTICORE_TLS_KEY_FILE` without one is refused, so named.',
     '',
   ];
   for (const [section, node] of Object.entries(schema.properties ?? {})) {

@@ -164,6 +164,16 @@ describe('configuration', () => {
     assert.throws(() => loadConfig(path.resolve(__dirname, '../../../manifests/examples/embedded.yaml'), { MANTICORE_TCP_PORT_RANGE_END: '70000' }), /\/router\/tcp\/portRangeEnd: must be <= 65535 \(from MANTICORE_TCP_PORT_RANGE_END\)$/);
   });
 
+  it('names the variable in the rules between fields too, and for a group only the environment made', () => {
+    const embedded = path.resolve(__dirname, '../../../manifests/examples/embedded.yaml');
+    assert.throws(() => loadConfig(embedded, { MANTICORE_ROUTER_STATUS_PORT: '8080' }), /: invalid configuration file .*embedded\.yaml: \/router\/statusPort: 8080 is router\.http\.port too.* \(from MANTICORE_ROUTER_STATUS_PORT\)$/);
+    assert.throws(() => loadConfig(embedded, { MANTICORE_IDLE_WARNING_SECONDS: '1800' }), /\/idle\/warningSeconds: must be below idle\.timeoutSeconds .*\(from MANTICORE_IDLE_WARNING_SECONDS\)$/);
+    // A certificate file turns TLS on: the port or the key alone make a router.tls the file does not have.
+    assert.throws(() => loadConfig(embedded, { MANTICORE_HTTPS_PORT: '9443', MANTICORE_TLS_KEY_FILE: '/tls/key.pem' }), /\/router\/tls: must have required property 'certFile' \(from MANTICORE_TLS_KEY_FILE, MANTICORE_HTTPS_PORT\)$/);
+    // A group the file has is the file's to complete.
+    assert.throws(() => loadConfig(write('router:\n  tls: { port: 8443 }\n'), { MANTICORE_HTTPS_PORT: '9443' }), /\/router\/tls: must have required property 'certFile'$/);
+  });
+
   it('reports a missing file clearly', () => {
     assert.throws(() => loadConfig(path.join(dir, 'missing.yaml'), {}), /configuration file .*missing\.yaml.*ENOENT/);
   });
