@@ -289,6 +289,13 @@ function finish(config: ManticoreConfig, what: string): ManticoreConfig {
   if (tcp.portRangeEnd - tcp.portRangeStart + 1 > MAX_TCP_PORTS) {
     throw new ValidationError(what, [`/router/tcp: the port range may hold at most ${MAX_TCP_PORTS} ports (each is a listening socket of HAProxy)`]);
   }
+  const { restart } = config.scheduler;
+  // Nomad refuses such a job (RestartPolicy.Validate); the embedded scheduler follows the same policy.
+  if (restart.attempts * restart.delaySeconds > restart.intervalSeconds) {
+    throw new ValidationError(what, [
+      `/scheduler/restart/delaySeconds: ${restart.attempts} restarts ${restart.delaySeconds} s apart do not fit in intervalSeconds (${restart.intervalSeconds}): Nomad refuses the job`,
+    ]);
+  }
   const { idle, lifecycle } = config;
   if (idle.timeoutSeconds > 0 && idle.warningSeconds >= idle.timeoutSeconds) {
     throw new ValidationError(what, ['/idle/warningSeconds: must be below idle.timeoutSeconds (the warning comes before the deletion)']);

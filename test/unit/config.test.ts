@@ -200,6 +200,12 @@ describe('configuration', () => {
 
   it('refuses a restart interval Nomad would refuse', () => {
     assert.throws(() => loadConfig(write('scheduler:\n  restart: { intervalSeconds: 2 }\n'), {}), /\/scheduler\/restart\/intervalSeconds: must be >= 5/);
+    // Nomad refuses the job of a policy whose restarts do not fit in its interval: refused here, before any job is sent.
+    assert.throws(
+      () => loadConfig(write('scheduler:\n  backend: nomad\n  restart: { attempts: 3, intervalSeconds: 300, delaySeconds: 200 }\n'), {}),
+      /\/scheduler\/restart\/delaySeconds: 3 restarts 200 s apart do not fit in intervalSeconds \(300\)/,
+    );
+    assert.equal(loadConfig(write('scheduler:\n  restart: { attempts: 3, intervalSeconds: 300, delaySeconds: 100 }\n'), {}).scheduler.restart.delaySeconds, 100);
   });
 
   it('refuses a duration a timer cannot hold, naming the field', () => {
