@@ -18,9 +18,9 @@ Commands:
   config-reference          print the configuration reference (every field, type, default and environment
                             variable; docs/configuration.md is this output)
   check-config [--config FILE]
-                            load and validate the configuration, templates, the HAProxy template and
-                            (with router.tls) the certificate files, print the result (secrets as
-                            "<set>"), and exit
+                            load and validate the configuration, templates, the HAProxy template, the
+                            JWT public keys and (with router.tls) the certificate files, print the
+                            result (secrets as "<set>"), and exit
   render-job --template NAME [--param NAME=VALUE ...] [--config FILE]
                             print the Nomad job (register request body) a new session of that template
                             and those parameters would get, for \`nomad job plan\` or inspection
@@ -111,6 +111,8 @@ async function main(argv: string[]): Promise<number> {
       try {
         const templates = loadTemplates(config.templates.dir);
         (await import('../router/haproxy-config.js')).readConfigTemplate(config.router.configTemplate);
+        // The front end's JWT public keys, read and parsed as its start-up does.
+        (await import('../frontend/auth.js')).createAuthenticator(config.auth);
         // The router's certificate files, when this machine has them as configured (an edge node, or one machine).
         const tls = config.router.tls;
         const certificate = tls === undefined ? undefined : await (await import('../router/edge-tls.js')).loadEdgeCertificate(tls, config.public.domain);

@@ -66,14 +66,18 @@ describe('the manticore command', () => {
     assert.equal(fs.existsSync(path.join(dir, 'state.db')), false);
   });
 
-  it('refuses to start when a JWT public key cannot be read, naming it, and starts nothing', () => {
+  it('refuses to start, and check-config fails, when a JWT public key cannot be read, naming it, and starts nothing', () => {
     const file = path.join(dir, 'jwt.yaml');
     const key = path.join(dir, 'no-such-key.pem');
     fs.writeFileSync(file, `auth:\n  mode: jwt\n  jwt:\n    publicKeys: [${JSON.stringify(key)}]\n`);
+    const problem = /\/auth\/jwt\/publicKeys\/0: cannot read the key file .*no-such-key\.pem/;
     const result = run(['up', '--config', file], { MANTICORE_STORE_PATH: path.join(dir, 'jwt-state.db') });
     assert.equal(result.status, 2);
-    assert.match(result.stderr, /\/auth\/jwt\/publicKeys\/0: cannot read the key file .*no-such-key\.pem/);
+    assert.match(result.stderr, problem);
     assert.equal(fs.existsSync(path.join(dir, 'jwt-state.db')), false);
+    const checked = run(['check-config', '--config', file]);
+    assert.equal(checked.status, 2, checked.stdout);
+    assert.match(checked.stderr, problem);
   });
 
   it('refuses to start when the TLS certificate cannot be used, naming the file, and starts nothing', async () => {
