@@ -289,6 +289,10 @@ function finish(config: ManticoreConfig, what: string): ManticoreConfig {
   if (tcp.portRangeEnd - tcp.portRangeStart + 1 > MAX_TCP_PORTS) {
     throw new ValidationError(what, [`/router/tcp: the port range may hold at most ${MAX_TCP_PORTS} ports (each is a listening socket of HAProxy)`]);
   }
+  // Between two heartbeats a live router would count as gone: sessions held in NoRouters, status showing it down.
+  if (config.controller.routerStaleSeconds <= config.router.heartbeatSeconds) {
+    throw new ValidationError(what, [`/controller/routerStaleSeconds: must be above router.heartbeatSeconds (${config.router.heartbeatSeconds}), how often each router heartbeats`]);
+  }
   const { restart } = config.scheduler;
   // Nomad refuses such a job (RestartPolicy.Validate); the embedded scheduler follows the same policy.
   if (restart.attempts * restart.delaySeconds > restart.intervalSeconds) {

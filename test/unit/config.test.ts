@@ -213,7 +213,7 @@ describe('configuration', () => {
     const timers: Array<[string, string]> = [
       ['controller: { heartbeatSeconds: %s }', '/controller/heartbeatSeconds'],
       ['controller: { orphanSweepSeconds: %s }', '/controller/orphanSweepSeconds'],
-      ['router: { heartbeatSeconds: %s }', '/router/heartbeatSeconds'],
+      ['router: { heartbeatSeconds: %s }\ncontroller: { routerStaleSeconds: 2147484 }', '/router/heartbeatSeconds'],
       ['router: { storeLossGracePeriodSeconds: %s }', '/router/storeLossGracePeriodSeconds'],
       ['scheduler: { nomad: { requestTimeoutSeconds: %s } }', '/scheduler/nomad/requestTimeoutSeconds'],
       ['aws: { loadBalancers: [{ name: a, type: classic }], resyncSeconds: %s }', '/aws/resyncSeconds'],
@@ -223,6 +223,14 @@ describe('configuration', () => {
       assert.doesNotThrow(() => loadConfig(write(`${text.replace('%s', String(longest))}\n`), {}), field);
       assert.throws(() => loadConfig(write(`${text.replace('%s', String(longest + 1))}\n`), {}), new RegExp(`${field}: must be <= ${longest}`));
     }
+  });
+
+  it('refuses a router staleness that a live router falls into between its heartbeats', () => {
+    assert.throws(
+      () => loadConfig(write('router: { heartbeatSeconds: 30 }\ncontroller: { routerStaleSeconds: 30 }\n'), {}),
+      /\/controller\/routerStaleSeconds: must be above router\.heartbeatSeconds \(30\)/,
+    );
+    assert.equal(loadConfig(write('router: { heartbeatSeconds: 29 }\ncontroller: { routerStaleSeconds: 30 }\n'), {}).controller.routerStaleSeconds, 30);
   });
 
   it('has lifecycle defaults, and refuses a warning that would come after the end', () => {
