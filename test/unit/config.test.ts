@@ -74,6 +74,8 @@ describe('configuration', () => {
     );
     assert.deepEqual(config.aws!.loadBalancers.map((balancer) => balancer.listenerQuota), [50, 100]);
     assert.equal(config.aws!.httpListener!.loadBalancer, 'nlb-a');
+    const pastRetired = loadConfig(write('aws:\n  loadBalancers: [{ name: old, type: classic, retired: true }, { name: new, type: classic }]\n  httpListener: { port: 80 }\n'), {});
+    assert.equal(pastRetired.aws!.httpListener!.loadBalancer, 'new', 'the first load balancer not retired');
     assert.equal(config.aws!.healthCheck.port, 8080, 'health checks go to HAProxy\'s HTTP port');
     assert.deepEqual(config.aws!.securityGroups, { groupIds: [], cidrs: ['0.0.0.0/0', '::/0'], maxRanges: 20 });
     assert.equal(config.aws!.resyncSeconds, 300);
