@@ -12,7 +12,7 @@ export type LogFormat = 'auto' | 'json' | 'pretty';
  * readably instead; `json` keeps JSON even there.
  */
 export function createLogger(
-  level: LevelWithSilent = (process.env.MANTICORE_LOG_LEVEL as LevelWithSilent) ?? 'info',
+  level: LevelWithSilent,
   format: LogFormat = 'auto',
   destination: NodeJS.WritableStream = process.stdout,
 ): Logger {
