@@ -293,6 +293,10 @@ function finish(config: ManticoreConfig, what: string): ManticoreConfig {
   if (config.controller.routerStaleSeconds <= config.router.heartbeatSeconds) {
     throw new ValidationError(what, [`/controller/routerStaleSeconds: must be above router.heartbeatSeconds (${config.router.heartbeatSeconds}), how often each router heartbeats`]);
   }
+  // As for aws.retryMaxMs: a cap below the first backoff would make every retry wait the cap.
+  if (config.controller.retryMaxMs < config.controller.retryBaseMs) {
+    throw new ValidationError(what, [`/controller/retryMaxMs: must not be below controller.retryBaseMs (${config.controller.retryBaseMs})`]);
+  }
   const { restart } = config.scheduler;
   // Nomad refuses such a job (RestartPolicy.Validate); the embedded scheduler follows the same policy.
   if (restart.attempts * restart.delaySeconds > restart.intervalSeconds) {

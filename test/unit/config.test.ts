@@ -235,6 +235,11 @@ describe('configuration', () => {
     assert.equal(loadConfig(write('router: { heartbeatSeconds: 29 }\ncontroller: { routerStaleSeconds: 30 }\n'), {}).controller.routerStaleSeconds, 30);
   });
 
+  it("refuses a controller retry cap below the retries' first backoff", () => {
+    assert.throws(() => loadConfig(write('controller: { retryBaseMs: 500, retryMaxMs: 100 }\n'), {}), /\/controller\/retryMaxMs: must not be below controller\.retryBaseMs \(500\)/);
+    assert.equal(loadConfig(write('controller: { retryBaseMs: 500, retryMaxMs: 500 }\n'), {}).controller.retryMaxMs, 500);
+  });
+
   it('has lifecycle defaults, and refuses a warning that would come after the end', () => {
     const config = loadConfig(undefined, {});
     assert.deepEqual(config.limits, { maxSessions: 100, sessionsPerUser: 1, maxStarting: 20 });
