@@ -680,10 +680,12 @@ describe('web page: keyboard use, and a front end that fails', function () {
     await page.reload();
     await page.getByRole('heading', { name: 'Your session' }).waitFor();
     await page.clock.runFor(10_000);
+    // Failed reads are tried again ever less often: fake time passes in small steps until each read comes.
     const reads = async (count: number): Promise<void> => {
       for (let read = 0; read < count; read++) {
-        const requested = page.waitForRequest((request) => sessionRead.test(new URL(request.url()).pathname));
-        await page.clock.runFor(pollIntervalMs);
+        let seen = false;
+        const requested = page.waitForRequest((request) => sessionRead.test(new URL(request.url()).pathname)).then(() => (seen = true));
+        for (let step = 0; !seen && step < 200; step++) await page.clock.runFor(100);
         await requested;
       }
     };
@@ -703,6 +705,49 @@ describe('web page: keyboard use, and a front end that fails', function () {
     await page.unroute(sessionRead);
     await reads(1);
     await alert.waitFor({ state: 'detached' });
+  });
+
+  it('comes back spread out and ever less often when its stream breaks and the front end does not answer (a restart): not every page at once, every 2 s', async () => {
+    await page.clock.install();
+    // Every page draws its own waits; this one draws 0.75 each time. The times of its reads are kept.
+    await page.addInitScript(`Math.random = () => 0.75;
+      window.readTimes = [];
+      const nativeFetch = window.fetch;
+      window.fetch = (...args) => {
+        if (/^\\/api\\/v1\\/sessions\\/[^/]+$/.test(String(args[0]))) readTimes.push(Date.now());
+        return nativeFetch(...args);
+      };`);
+    await page.goto(`${url}/`);
+    const created = await page.request.post(`${url}/api/v1/sessions`, { data: { template: 'demo' } });
+    const session = { ...(await created.json()), status: { phase: 'Waiting', conditions: [], events: [], endpoints: {}, queuePosition: 1 } };
+    let streams = 0;
+    // The first stream delivers the session and breaks, as at a front end's crash; the front end then answers nothing.
+    await page.route('**/api/v1/sessions/*/events', (route) =>
+      ++streams === 1 ? route.fulfill({ status: 200, contentType: 'text/event-stream', body: `event: session\ndata: ${JSON.stringify(session)}\n\n` }) : route.abort(),
+    );
+    await page.route(sessionRead, (route) => route.abort('internetdisconnected'));
+    await page.reload();
+    await page.getByRole('heading', { name: 'Your session' }).waitFor();
+    const readTimes = async (): Promise<number[]> => (await page.evaluate('readTimes')) as number[];
+    // Small fake steps, each with time for the page to see a read fail and set its next wait.
+    const until = async (reads: number): Promise<void> => {
+      for (let step = 0; (await readTimes()).length < reads && step < 2_000; step++) await page.clock.runFor(100);
+    };
+    await until(7);
+    const times = await readTimes();
+    const waits = times.slice(1).map((time, index) => time - times[index]!);
+    // 2 s doubling to 10 s, each drawn between half of it and half again; the first read comes within a poll's time of the break.
+    const expected = [2_000, 4_000, 8_000, 10_000, 10_000, 10_000].map((wait) => wait * 1.25);
+    waits.forEach((wait, index) => assert.ok(wait >= expected[index]! && wait < expected[index]! + 300, `wait ${index + 1}: ${wait} ms, not ${expected[index]} ms (${waits.join(', ')})`));
+
+    // The front end answers again: the stream is opened again after a drawn wait, not at once.
+    await page.unroute(sessionRead);
+    await until(8);
+    const answered = (await readTimes()).at(-1)!;
+    const reopened = page.waitForRequest((request) => /\/events$/.test(new URL(request.url()).pathname));
+    await page.clock.runFor(2_000 * 1.25 + 300);
+    await reopened;
+    assert.ok((await page.evaluate('Date.now()')) as number >= answered + 2_000 * 1.25);
   });
 
   it('keeps the focus on a button pressed while it works, and in the session when the button goes: "I\'m still here" once heard, "End session" once ending', async () => {

@@ -6,6 +6,8 @@
 const api = '/api/v1';
 /** How often a session is read when its event stream is unavailable (proxies that break server-sent events). */
 const pollIntervalMs = 2000;
+/** The longest wait between reads of the session while the front end does not answer. */
+const maxRetryMs = 10_000;
 /** The stream sends the session as soon as it connects; nothing by then means something in between holds it back. */
 const firstEventTimeoutMs = 10_000;
 /** A stream refused for the user's open pages (429) is tried again this often: another page may have closed. */
@@ -334,11 +336,22 @@ function followOnlyWhileVisible() {
 }
 
 /**
+ * About `ms`: drawn between half of it and half again, so that the pages whose streams broke together (a
+ * front end restarting) come back spread out, not all in the same instant.
+ */
+function jittered(ms) {
+  return ms * (0.5 + Math.random());
+}
+
+/**
  * Follows the session on its server-sent-event stream. Should the stream fail, the session is read every
  * couple of seconds instead: for good where no stream ever delivered (a proxy that breaks or holds back
  * server-sent events), else (a network drop, the front end restarting) until a read succeeds, after which the
- * stream is opened again. A stream refused because the user has too many open (429) is said to be paused,
- * and is tried again now and then while the session is read. Returns how to stop.
+ * stream is opened again. A stream that broke is followed by a read within a poll's time, and reads that
+ * fail are tried again ever less often (2 s doubling to 10 s), each wait drawn at random around its length,
+ * so that every page does not come back at once to a front end that has just restarted. A stream refused
+ * because the user has too many open (429) is said to be paused, and is tried again now and then while the
+ * session is read. Returns how to stop.
  */
 function follow(id) {
   let stopped = false;
@@ -348,18 +361,22 @@ function follow(id) {
   let streamed = false;
   /** Reading the session instead of following the stream: a poll that answers after a stream was opened again is dropped. */
   let polling = false;
+  /** Reads that failed in a row. */
+  let failures = 0;
   let retryRefused;
   const poll = async () => {
     try {
       const session = await request('GET', sessionPath(id));
       if (stopped || !polling) return;
+      failures = 0;
       clearError();
       render(session);
       // Reachable again: streams worked here before, so back to one (no sooner than a poll, should it break at once again).
       if (streamed) {
-        timer = setTimeout(listen, pollIntervalMs);
+        timer = setTimeout(listen, jittered(pollIntervalMs));
         return;
       }
+      timer = setTimeout(poll, pollIntervalMs);
     } catch (error) {
       if (stopped || !polling) return;
       if (error.status === 404) {
@@ -367,8 +384,8 @@ function follow(id) {
         return;
       }
       showError(error);
+      timer = setTimeout(poll, jittered(Math.min(pollIntervalMs * 2 ** failures++, maxRetryMs)));
     }
-    timer = setTimeout(poll, pollIntervalMs);
   };
   /** Stops asking why the stream was refused. */
   let stopAsking = () => {};
@@ -407,7 +424,9 @@ function follow(id) {
     clearTimeout(timer);
     if (stopped || polling) return;
     polling = true;
-    poll();
+    // A stream that delivered broke (the front end went away): every page it served saw it break at once.
+    if (streamed) timer = setTimeout(poll, Math.random() * pollIntervalMs);
+    else poll();
   };
   const listen = () => {
     polling = false;
