@@ -2,6 +2,7 @@ import { Subject, type Observable, type Subscription } from 'rxjs';
 import { watchRestarts } from '../metrics/metrics.js';
 import type { Logger } from '../util/log.js';
 import type { KvEntry, KvEntryMeta, PrefixIndex, Store, WatchStep } from '../store/store.js';
+import { jitteredBackoffMs } from '../util/backoff.js';
 import type { Scheduler, Workload, WorkloadStep } from '../scheduler/scheduler.js';
 
 export interface CacheChange<T> {
@@ -150,9 +151,9 @@ class ResumableWatch<S> {
 
   private retry(error: unknown): void {
     if (this.stopped) return;
-    const delay = Math.min(100 * 2 ** this.failures, 10_000) * (0.5 + Math.random() / 2);
     this.failures += 1;
-    this.log.warn({ err: error, watch: this.what, retryInMs: Math.round(delay) }, 'watch failed; resuming');
+    const delay = jitteredBackoffMs(this.failures, 100, 10_000);
+    this.log.warn({ err: error, watch: this.what, retryInMs: delay }, 'watch failed; resuming');
     watchRestarts.inc({ resource: this.what });
     this.retryTimer = setTimeout(() => this.start(), delay);
   }

@@ -1,6 +1,7 @@
 import type http from 'node:http';
 import { watchRestarts } from '../metrics/metrics.js';
 import type { Logger } from '../util/log.js';
+import { jitteredBackoffMs } from '../util/backoff.js';
 import { NomadApiError, type NomadHttp } from './nomad-http.js';
 
 /**
@@ -71,8 +72,7 @@ export const BACKOFF_MAX_MS = 10_000;
 
 /** Delay before retry number `failures` (1-based): 100 ms doubling to 10 s, with jitter in [½, 1]×. */
 export function backoffDelay(failures: number, random: () => number = Math.random): number {
-  const base = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** Math.max(0, Math.min(failures - 1, 30)));
-  return Math.round(base / 2 + (random() * base) / 2);
+  return jitteredBackoffMs(failures, BACKOFF_BASE_MS, BACKOFF_MAX_MS, random);
 }
 
 /** One line of the stream: a frame, or undefined for a heartbeat; anything else throws. */

@@ -25,6 +25,7 @@ import {
   type WatchStep,
   type WriteOptions,
 } from './store.js';
+import { jitteredBackoffMs } from '../util/backoff.js';
 import { MAX_LOCK_DELAY_SECONDS, MAX_SESSION_TTL_SECONDS, MIN_SESSION_TTL_SECONDS, type LeaseOptions, type LockService } from './lock.js';
 
 export interface ConsulTlsOptions {
@@ -486,7 +487,7 @@ export class ConsulStore implements Store, LockService {
         if (!(error instanceof ConsulError) || !error.retryable || attempt >= READ_ATTEMPTS || this.closed) throw error;
         this.log.debug({ operation: spec.operation, key: spec.key, err: error.message, attempt }, 'Consul read failed; retrying');
       }
-      await delay(READ_RETRY_BASE_MS * 2 ** (attempt - 1) * (0.5 + Math.random() / 2));
+      await delay(jitteredBackoffMs(attempt, READ_RETRY_BASE_MS, Number.POSITIVE_INFINITY));
       this.assertOpen(spec.operation, spec.key);
     }
   }
@@ -506,7 +507,7 @@ export class ConsulStore implements Store, LockService {
         if (!refused || attempt >= READ_ATTEMPTS || this.closed) throw error;
       }
       this.log.debug({ operation: spec.operation, key: spec.key, attempt }, 'Consul write not accepted; retrying');
-      await delay(READ_RETRY_BASE_MS * 2 ** (attempt - 1) * (0.5 + Math.random() / 2));
+      await delay(jitteredBackoffMs(attempt, READ_RETRY_BASE_MS, Number.POSITIVE_INFINITY));
       this.assertOpen(spec.operation, spec.key);
     }
   }
@@ -752,10 +753,10 @@ class PrefixWatch {
           this.subscriber.error(error);
           return;
         }
-        const wait = Math.min(WATCH_BACKOFF_BASE_MS * 2 ** this.failures, WATCH_BACKOFF_MAX_MS) * (0.5 + Math.random() / 2);
         this.failures += 1;
+        const wait = jitteredBackoffMs(this.failures, WATCH_BACKOFF_BASE_MS, WATCH_BACKOFF_MAX_MS);
         this.resync = true;
-        this.log.warn({ prefix: this.prefix, err: errorMessage(error), retryInMs: Math.round(wait), failures: this.failures }, 'watch request failed; retrying');
+        this.log.warn({ prefix: this.prefix, err: errorMessage(error), retryInMs: wait, failures: this.failures }, 'watch request failed; retrying');
         watchRestarts.inc({ resource: this.prefix });
         await this.sleep(wait);
       }

@@ -689,6 +689,39 @@ describe('the client commands (manticore sessions, templates)', function () {
     }
   });
 
+  it('reconnects after a wait drawn at random, so that the watches of a front end that restarts do not all come back in the same instant', async () => {
+    const session = JSON.stringify({ metadata: { id: 'jitter000000000a', owner: 'alice', createdAt: '2026-01-01T00:00:00.000Z' }, spec: { template: 'demo', parameters: {} }, status: { phase: 'Waiting', conditions: [], events: [], endpoints: {} } });
+    // Each stream says where the session is, then breaks (a front end restarting); the time of each request is noted.
+    const openedAt: number[] = [];
+    const server = http.createServer((_request, response) => {
+      openedAt.push(Date.now());
+      response.writeHead(200, { 'content-type': 'text/event-stream' });
+      response.end(`event: session\ndata: ${session}\n\n`);
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const at = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+    const clock = sinon.useFakeTimers({ now: Date.now(), toFake: ['Date', 'setTimeout', 'clearTimeout'], shouldClearNativeTimers: true });
+    const draws = sinon.stub(Math, 'random').returns(0);
+    const watching = run('sessions', ['watch', 'jitter000000000a', '-o', 'json'], {}, at);
+    let result: Run | undefined;
+    void watching.then((done) => (result = done));
+    try {
+      for (let step = 0; openedAt.length < 3 && step < 100; step++) await clock.tickAsync(10);
+      assert.ok(openedAt.length >= 3, `reconnected ${openedAt.length - 1} time(s)`);
+      // A stream that delivered breaks: the first step, 200 ms, drawn in [½, 1] of it; the lowest draw waits half.
+      const waits = [openedAt[1]! - openedAt[0]!, openedAt[2]! - openedAt[1]!];
+      assert.ok(waits.every((wait) => wait >= 100 && wait < 150), `waits ${waits.join(', ')} ms`);
+    } finally {
+      draws.restore();
+      watching.interrupt();
+      for (let step = 0; result === undefined && step < 100; step++) await clock.tickAsync(10);
+      clock.restore();
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    }
+    assert.equal(result?.code, exitCodes.interrupted);
+  });
+
   it('prints a task log as it is, its last lines or another stream, and follows it until the session ends', async () => {
     const created = await run('sessions', ['create', '--template', 'demo', '-o', 'json']);
     const id = (JSON.parse(created.stdout) as { metadata: { id: string } }).metadata.id;

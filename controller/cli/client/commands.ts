@@ -5,6 +5,7 @@ import { parseArgs } from 'node:util';
 import type { Session } from '../../api/types.js';
 import { isUserId, userIdRule } from '../../frontend/identity.js';
 import { FrontendClient, FrontendError, InterruptedError, TokenExpiredError, UnreachableError, type LogQuery, type TemplateSummary } from './frontend-client.js';
+import { jitteredBackoffMs } from '../../util/backoff.js';
 import { clusterView, describeSession, detail, limitsView, progressLine, sessionTable, templateTable } from './format.js';
 
 /** Exit codes the client commands promise to scripts. */
@@ -358,7 +359,7 @@ async function follow({ client, output, io }: Invocation, id: string, answeredAt
       io.stderr.write(`manticore: interrupted before session ${id} was Ready; it keeps running (delete it with: manticore sessions delete ${id})\n`);
       return exitCodes.interrupted;
     }
-    await pause(Math.min(200 * 2 ** attempt, 5_000), io.signal);
+    await pause(jitteredBackoffMs(attempt + 1, 200, 5_000), io.signal);
   }
 }
 
@@ -417,11 +418,14 @@ async function logs({ client, output, values, io }: Invocation, id: string): Pro
       io.stderr.write(`manticore: ${error.message}; reconnecting\n`);
     }
     if (io.signal?.aborted) return exitCodes.ok;
-    await pause(Math.min(200 * 2 ** attempt, 5_000), io.signal);
+    await pause(jitteredBackoffMs(attempt + 1, 200, 5_000), io.signal);
   }
 }
 
-/** Waits `ms` before a reconnection, or less when `signal` aborts (Ctrl-C must not wait for the next attempt). */
+/**
+ * Waits `ms` before a reconnection, or less when `signal` aborts (Ctrl-C must not wait for the next attempt).
+ * The wait is jittered by the caller: every watch of a front end that restarts breaks in the same instant.
+ */
 function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
   return new Promise((resolve) => {
     const done = (): void => {
