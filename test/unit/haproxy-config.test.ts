@@ -54,6 +54,13 @@ describe('HAProxy config rendering', () => {
     assert.match(text, /^\s+hard-stop-after 5m$/m);
   });
 
+  it('gives every section a name of its own, as HAProxy 3.2 warns about a backend named like a frontend and 3.3 refuses it', () => {
+    const text = renderHaproxyConfig(TEMPLATE, { ...VALUES, httpsBind: '127.0.0.1:8443', httpsPortSuffix: ':8443', tcpTls: true });
+    const names = [...text.matchAll(/^(?:frontend|backend|listen) (\S+)/gm)].map((match) => match[1]!);
+    assert.ok(names.length >= 4, `sections found: ${names.join(', ')}`);
+    assert.deepEqual(names, [...new Set(names)], `section names: ${names.join(', ')}`);
+  });
+
   it('uses given maxconn and hardStopAfter, numbers or strings', () => {
     const text = renderHaproxyConfig(TEMPLATE, { ...VALUES, maxconn: '2500', hardStopAfter: '30s' });
     assert.match(text, /^\s+maxconn 2500$/m);
