@@ -273,12 +273,15 @@ export class HaproxyProcess {
     return parseShowProc(await this.master.execute('show proc'));
   }
 
-  /** The current worker's pid (the one serving new connections and the admin socket). */
+  /**
+   * The pid of the worker serving new connections, as the admin socket (which only that worker listens on)
+   * answers it. Not from `show proc`: from HAProxy 3.1 on, after a failed reload it lists the worker that
+   * goes on serving among the old workers, and no current one.
+   */
   async workerPid(): Promise<number> {
-    const table = await this.processes();
-    const worker = table.workers[table.workers.length - 1];
-    if (!worker) throw new Error('HAProxy reports no current worker');
-    return worker.pid;
+    const pid = Number((await this.admin.showInfo()).Pid);
+    if (!Number.isInteger(pid) || pid <= 0) throw new Error(`HAProxy's show info on ${this.adminSocket} names no worker pid`);
+    return pid;
   }
 
   /**
