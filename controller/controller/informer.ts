@@ -1,8 +1,8 @@
 import { Subject, type Observable, type Subscription } from 'rxjs';
 import { watchRestarts } from '../metrics/metrics.js';
 import type { Logger } from '../util/log.js';
-import type { KvEntry, KvEntryMeta, PrefixIndex, Store, WatchStep } from '../store/store.js';
 import { jitteredBackoffMs } from '../util/backoff.js';
+import type { KvEntry, KvEntryMeta, PrefixIndex, Store, WatchStep } from '../store/store.js';
 import type { Scheduler, Workload, WorkloadStep } from '../scheduler/scheduler.js';
 
 export interface CacheChange<T> {

@@ -4,6 +4,7 @@ import type { Subscription } from 'rxjs';
 import type { Session, SessionTemplate } from '../api/types.js';
 import { readLastLines } from '../scheduler/log-tail.js';
 import { LogNotFoundError, isLogPosition, logStreamNames, type LogEvent, type LogStreamName, type TaskLogs } from '../scheduler/task-logs.js';
+import { jitteredBackoffMs } from '../util/backoff.js';
 import { ApiError } from './errors.js';
 import { beginResponse, endOnExpiry, eventStreamHeaders, heartbeatMs } from './events.js';
 import type { Authenticator, Identity } from './identity.js';
@@ -36,8 +37,11 @@ export const DEFAULT_LOG_STREAMS_PER_USER = 10;
 
 /** `tail` at most: the lines are searched within a few MB of the end anyway (log-tail.ts). */
 export const MAX_TAIL_LINES = 10_000;
-/** What an EventSource waits before reconnecting, sent with every stream. */
-const RETRY_MS = 2_000;
+/**
+ * What an EventSource waits before reconnecting, sent with every stream: drawn per stream between 2 and 4 s,
+ * so that the pages following logs on a front end that restarts do not all come back in the same instant.
+ */
+const MAX_RETRY_MS = 4_000;
 /** The headers of a log read as text. */
 const textHeaders: OutgoingHttpHeaders = { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-cache', 'x-content-type-options': 'nosniff' };
 const QUERY_PARAMETERS = ['task', 'stream', 'follow', 'tail', 'offset', 'access_token'];
@@ -274,7 +278,7 @@ function sendEvents(context: StreamContext, sessions: SessionService, open: Set<
       closing('the session failed; reconnect for the rest of its log');
     }
   });
-  write(`retry: ${RETRY_MS}\nevent: start\ndata: ${JSON.stringify({ allocationId, task: query.task, stream: query.stream })}\n\n`);
+  write(`retry: ${jitteredBackoffMs(1, MAX_RETRY_MS, MAX_RETRY_MS)}\nevent: start\ndata: ${JSON.stringify({ allocationId, task: query.task, stream: query.stream })}\n\n`);
   void (async () => {
     // Bytes of a character cut by the end of a piece wait for the next one (which may begin the next
     // file); the event id stops before them, so a reconnection reads them again.

@@ -3,6 +3,7 @@ import https from 'node:https';
 import { Observable, type Subscriber } from 'rxjs';
 import { outcomeOfStatus, recordBackendCall, watchRestarts, type BackendOutcome } from '../metrics/metrics.js';
 import type { Logger } from '../util/log.js';
+import { jitteredBackoffMs } from '../util/backoff.js';
 import { ExchangeTimer, readBody, readJsonArray } from '../util/http-body.js';
 import { loadTlsMaterial } from '../util/tls.js';
 import { pacingDelayMs } from '../util/watch-pacing.js';
@@ -25,7 +26,6 @@ import {
   type WatchStep,
   type WriteOptions,
 } from './store.js';
-import { jitteredBackoffMs } from '../util/backoff.js';
 import { MAX_LOCK_DELAY_SECONDS, MAX_SESSION_TTL_SECONDS, MIN_SESSION_TTL_SECONDS, type LeaseOptions, type LockService } from './lock.js';
 
 export interface ConsulTlsOptions {

@@ -4,8 +4,8 @@ import type { WriteStream } from 'node:tty';
 import { parseArgs } from 'node:util';
 import type { Session } from '../../api/types.js';
 import { isUserId, userIdRule } from '../../frontend/identity.js';
-import { FrontendClient, FrontendError, InterruptedError, TokenExpiredError, UnreachableError, type LogQuery, type TemplateSummary } from './frontend-client.js';
 import { jitteredBackoffMs } from '../../util/backoff.js';
+import { FrontendClient, FrontendError, InterruptedError, TokenExpiredError, UnreachableError, type LogQuery, type TemplateSummary } from './frontend-client.js';
 import { clusterView, describeSession, detail, limitsView, progressLine, sessionTable, templateTable } from './format.js';
 
 /** Exit codes the client commands promise to scripts. */
