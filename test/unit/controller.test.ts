@@ -190,9 +190,7 @@ describe('controller: session reconciliation', () => {
   });
 
   it('says which health checks have not passed, and why, while it waits for them', async () => {
-    const id = await createSession(h.store);
-    await waitFor('the job registered', () => h.scheduler.workloadIds().includes(id));
-    h.scheduler.run(id, { http: '127.0.0.1:32000', broker: '127.0.0.1:32001', tcp: '127.0.0.1:32002' });
+    const id = await runningSession(h, 32000);
     h.scheduler.update(id, { healthy: undefined, failingChecks: ['http GET / on port http: connection refused'] });
     const waiting = await waitFor('the failing check reported', async () => {
       const status = await statusOf(h.store, id);
@@ -268,9 +266,7 @@ describe('controller: session reconciliation', () => {
     assert.equal(condition(after, 'Routed'), 'True/RoutesApplied');
     assert.equal(after.events.filter((event) => event.reason === 'PhaseReady').length, 1);
     // A session that was never routed still waits for a live router.
-    const fresh = await createSession(h.store);
-    await waitFor('job registration', () => h.scheduler.workload(fresh));
-    h.scheduler.run(fresh, { http: '127.0.0.1:32000', broker: '127.0.0.1:32001', tcp: '127.0.0.1:32002' });
+    const fresh = await runningSession(h, 32000);
     await waitFor('no router', async () => {
       const status = await statusOf(h.store, fresh);
       return status !== undefined && condition(status, 'Routed') === 'False/NoRouters';
@@ -284,9 +280,7 @@ describe('controller: session reconciliation', () => {
       // edge-1 serves everything throughout; edge-2 heartbeats at the start and 10 s in, and is never heard from again.
       await routerHeartbeat(g, 'edge-1', Number.MAX_SAFE_INTEGER);
       await routerHeartbeat(g, 'edge-2', 0);
-      const id = await createSession(g.store);
-      await waitFor('job registration', () => g.scheduler.workload(id));
-      g.scheduler.run(id, { http: '127.0.0.1:31000', broker: '127.0.0.1:31001', tcp: '127.0.0.1:31002' });
+      const id = await runningSession(g, 31000);
       await statusWhen(g.store, id, (status) => condition(status, 'Routed') === 'False/WaitingForRouters');
       g.tick(10_000);
       await routerHeartbeat(g, 'edge-2', 0);
@@ -309,9 +303,7 @@ describe('controller: session reconciliation', () => {
       await routerHeartbeat(g, 'edge-1', Number.MAX_SAFE_INTEGER);
       // edge-2's clock is 5 min behind: it is alive, and a session waits until it has applied its routes.
       await routerHeartbeat(g, 'edge-2', 0, -fiveMinutes);
-      const first = await createSession(g.store);
-      await waitFor('job registration', () => g.scheduler.workload(first));
-      g.scheduler.run(first, { http: '127.0.0.1:31000', broker: '127.0.0.1:31001', tcp: '127.0.0.1:31002' });
+      const first = await runningSession(g, 31000);
       const waiting = await statusWhen(g.store, first, (status) => ['False/WaitingForRouters', 'True/RoutesApplied'].includes(condition(status, 'Routed') ?? ''));
       assert.equal(condition(waiting, 'Routed'), 'False/WaitingForRouters');
       await routerHeartbeat(g, 'edge-2', Number.MAX_SAFE_INTEGER, -fiveMinutes);
@@ -319,9 +311,7 @@ describe('controller: session reconciliation', () => {
 
       // edge-2 now runs 5 min ahead and falls silent with a session waiting for it: it is left out 30 s on.
       await routerHeartbeat(g, 'edge-2', 0, fiveMinutes);
-      const second = await createSession(g.store);
-      await waitFor('job registration', () => g.scheduler.workload(second));
-      g.scheduler.run(second, { http: '127.0.0.1:32000', broker: '127.0.0.1:32001', tcp: '127.0.0.1:32002' });
+      const second = await runningSession(g, 32000);
       await statusWhen(g.store, second, (status) => condition(status, 'Routed') === 'False/WaitingForRouters');
       g.tick(20_000);
       await routerHeartbeat(g, 'edge-1', Number.MAX_SAFE_INTEGER);
@@ -339,9 +329,7 @@ describe('controller: session reconciliation', () => {
       await routerHeartbeat(g, 'edge-1', Number.MAX_SAFE_INTEGER, 60_000);
       await routerHeartbeat(g, 'edge-2', 0, -30_001);
       await g.restartController();
-      const id = await createSession(g.store);
-      await waitFor('job registration', () => g.scheduler.workload(id));
-      g.scheduler.run(id, { http: '127.0.0.1:31000', broker: '127.0.0.1:31001', tcp: '127.0.0.1:31002' });
+      const id = await runningSession(g, 31000);
       assert.equal((await statusWhen(g.store, id, 'Ready', 3_000)).conditions.find((c) => c.type === 'Routed')?.message, 'applied by 1 router(s)');
     } finally {
       await g.stop();
@@ -637,6 +625,14 @@ describe('controller: records other than sessions that cannot be read', () => {
     assert.equal(reports().length, 3);
   });
 });
+
+/** A new session whose workload runs, its services on ports from `firstPort` on; its id. */
+async function runningSession(g: ControllerHarness, firstPort: number): Promise<string> {
+  const id = await createSession(g.store);
+  await waitFor('job registration', () => g.scheduler.workload(id));
+  g.scheduler.run(id, { http: `127.0.0.1:${firstPort}`, broker: `127.0.0.1:${firstPort + 1}`, tcp: `127.0.0.1:${firstPort + 2}` });
+  return id;
+}
 
 /** Writes a router's heartbeat stamped by a clock `skewMs` off the controller's, and waits until the controller has seen it. */
 async function routerHeartbeat(g: ControllerHarness, name: string, appliedIndex: number, skewMs = 0): Promise<void> {
