@@ -93,6 +93,22 @@ export class TermEndedError extends Error {
 
 const done: ReconcileResult = {};
 
+/** A step of a reconcile that ended it, with this result. */
+interface Ended {
+  readonly result: ReconcileResult;
+}
+
+interface ResolvedTemplate {
+  readonly template: SessionTemplate;
+  readonly parameters: Record<string, string>;
+}
+
+interface Placement {
+  readonly claim: RouteRecord;
+  /** The claim's store index; undefined while a claim written in this pass has not come back through the watch. */
+  readonly claimIndex: number | undefined;
+}
+
 const routesUpdating: ConditionInput = { type: 'Routed', status: 'False', reason: 'RoutesUpdating', message: 'routes are being updated to the workload address' };
 
 /**
@@ -189,38 +205,12 @@ export class SessionReconciler {
     // down) ends as due: its job is not registered or replaced again first, nor is it failed for being down.
     const due = this.expiryFor(session, previous?.readyAt);
     if (due !== undefined && this.now() >= due.at) return this.requestDeletion(id, due.reason);
-    const template = this.deps.templates.get(session.spec.template);
-    if (template === undefined) {
-      return this.fail(id, generation, 'TemplateNotFound', `template "${session.spec.template}" does not exist`);
-    }
-    let parameters: Record<string, string>;
-    try {
-      parameters = resolveParameters(template, session.spec.parameters);
-    } catch (error) {
-      return this.fail(id, generation, 'InvalidParameters', (error as Error).message);
-    }
-
-    const routesRecord = observed.routes.get(id);
-    let claim = routesRecord?.value;
-    /** The claim's store index; undefined while a claim written in this pass has not come back through the watch. */
-    const claimIndex = routesRecord?.entry.modifyIndex;
-    if (claim === undefined) {
-      if (routesRecord !== undefined) {
-        return this.fail(id, generation, 'InvalidRoutes', `routes record is unreadable: ${routesRecord.error}`);
-      }
-      // Another front end may have let a second create through; admitted sessions, then the oldest, win.
-      const rank = this.deps.admission.ownerRank(id) ?? 1;
-      if (rank > this.deps.sessionsPerUser) {
-        return this.fail(id, generation, 'SessionLimit', `${session.metadata.owner} already has ${this.deps.sessionsPerUser} session(s)`);
-      }
-      const admission = await this.admitOrWait(id, generation, template, previous);
-      if ('result' in admission) return admission.result;
-      // Admitted: the job is registered in this same pass, and the claim's echo brings the session back for the rest.
-      claim = admission.claim;
-    } else if (claimIndex !== undefined && (await this.claimFollowedTemplate(id, template, claim))) {
-      // Its echo brings the session back with the new addresses (and its job updated to them).
-      return done;
-    }
+    const resolved = await this.resolveTemplate(id, session);
+    if ('result' in resolved) return resolved.result;
+    const { template, parameters } = resolved;
+    const placement = await this.place(id, session, template, previous);
+    if ('result' in placement) return placement.result;
+    const { claim, claimIndex } = placement;
 
     // Tcp services the template gained while no public port was free: owed the next port freed.
     const unaddressed = template.spec.services.filter((service) => service.expose === 'tcp' && !claim.ports.some((route) => route.service === service.name));
@@ -372,6 +362,50 @@ export class SessionReconciler {
     };
   }
 
+  /** The session's template, and its parameters resolved against it: a template missing or parameters it refuses fail the session. */
+  private async resolveTemplate(id: string, session: SessionRecord): Promise<Ended | ResolvedTemplate> {
+    const generation = session.metadata.generation;
+    const template = this.deps.templates.get(session.spec.template);
+    if (template === undefined) {
+      return { result: await this.fail(id, generation, 'TemplateNotFound', `template "${session.spec.template}" does not exist`) };
+    }
+    try {
+      return { template, parameters: resolveParameters(template, session.spec.parameters) };
+    } catch (error) {
+      return { result: await this.fail(id, generation, 'InvalidParameters', (error as Error).message) };
+    }
+  }
+
+  /**
+   * The session's place: its claim on hostnames and ports, admitted from the waiting list when it has none, or
+   * brought in line with its template when it has one (then the claim's echo brings the session back).
+   */
+  private async place(id: string, session: SessionRecord, template: SessionTemplate, previous: SessionStatus | undefined): Promise<Ended | Placement> {
+    const generation = session.metadata.generation;
+    const routesRecord = this.deps.observed.routes.get(id);
+    const claim = routesRecord?.value;
+    const claimIndex = routesRecord?.entry.modifyIndex;
+    if (claim === undefined) {
+      if (routesRecord !== undefined) {
+        return { result: await this.fail(id, generation, 'InvalidRoutes', `routes record is unreadable: ${routesRecord.error}`) };
+      }
+      // Another front end may have let a second create through; admitted sessions, then the oldest, win.
+      const rank = this.deps.admission.ownerRank(id) ?? 1;
+      if (rank > this.deps.sessionsPerUser) {
+        return { result: await this.fail(id, generation, 'SessionLimit', `${session.metadata.owner} already has ${this.deps.sessionsPerUser} session(s)`) };
+      }
+      const admission = await this.admitOrWait(id, generation, template, previous);
+      if ('result' in admission) return admission;
+      // Admitted: the job is registered in this same pass, and the claim's echo brings the session back for the rest.
+      return { claim: admission.claim, claimIndex };
+    }
+    if (claimIndex !== undefined && (await this.claimFollowedTemplate(id, template, claim))) {
+      // Its echo brings the session back with the new addresses (and its job updated to them).
+      return { result: done };
+    }
+    return { claim, claimIndex };
+  }
+
   /**
    * When a session Ready since `readyAt` ends, by its idle deadline (its own timeout or the operator's, moved by
    * its stored activity) or its lifetime cap.
@@ -437,7 +471,7 @@ export class SessionReconciler {
     generation: number,
     template: SessionTemplate,
     previous: SessionStatus | undefined,
-  ): Promise<{ readonly result: ReconcileResult } | { readonly claim: RouteRecord }> {
+  ): Promise<Ended | { readonly claim: RouteRecord }> {
     const { admission } = this.deps;
     const decision = admission.decide(id);
     if (!decision.admit) {
