@@ -6,6 +6,7 @@ import type {
   SessionRecord,
   SessionStatus,
   SessionTemplate,
+  TemplateService,
   WorkloadFailure,
 } from '../api/types.js';
 import { encodeRecord, type SchemaName } from '../api/schemas.js';
@@ -16,7 +17,7 @@ import type { StoreWriter } from './fenced-writer.js';
 import { jobIdFor, RenderError, type Allocation, type RenderedJob, type Scheduler, type Workload } from '../scheduler/scheduler.js';
 import { shownEstimate, type Admission } from './admission.js';
 import type { PortAllocator } from './claims.js';
-import { claimForTemplate, newClaim, publicEndpoints, type PublicAddressing } from './endpoints.js';
+import { claimForTemplate, newClaim, publicEndpoints, type PublicAddressing, type PublicEndpoint } from './endpoints.js';
 import type { Cache, CachedRecord, RecordCache } from './informer.js';
 import type { Keys } from './keys.js';
 import type { RouterLiveness } from './router-liveness.js';
@@ -107,6 +108,34 @@ interface Placement {
   readonly claim: RouteRecord;
   /** The claim's store index; undefined while a claim written in this pass has not come back through the watch. */
   readonly claimIndex: number | undefined;
+}
+
+/** What every step of one reconcile of a placed session works from. */
+interface Pass {
+  readonly id: string;
+  readonly session: SessionRecord;
+  readonly generation: number;
+  /** The status of the session's current run: none for a new spec of a Failed session. */
+  readonly previous: SessionStatus | undefined;
+  readonly template: SessionTemplate;
+  readonly claim: RouteRecord;
+  readonly claimIndex: number | undefined;
+  /** The template's tcp services without a public port in the claim. */
+  readonly unaddressed: readonly TemplateService[];
+  readonly endpoints: Record<string, PublicEndpoint>;
+  readonly jobId: string;
+  readonly now: number;
+  readonly admittedAt: string;
+}
+
+/** The session's workload as this pass leaves it. */
+interface Job {
+  /** Undefined while the job registered in this pass has not shown up. */
+  readonly workload: Workload | undefined;
+  /** Whether the job registered in this pass replaces a running workload of an older spec. */
+  readonly replacesRunning: boolean;
+  /** The scheduler refused to register the job. */
+  readonly refusal?: Refusal;
 }
 
 const routesUpdating: ConditionInput = { type: 'Routed', status: 'False', reason: 'RoutesUpdating', message: 'routes are being updated to the workload address' };
@@ -217,41 +246,13 @@ export class SessionReconciler {
     this.deps.ports.owe(id, unaddressed.length);
     const endpoints = publicEndpoints(template, claim, this.deps.addressing);
     const jobId = jobIdFor(id);
-    // The job rendered by this reconcile, if it had to render it for its hash (then registering reuses it).
-    let rendered: RenderedJob | undefined;
-    const render = (): RenderedJob => (rendered ??= this.deps.scheduler.render({ jobId, sessionId: id, template, parameters, endpoints }));
     const now = this.now();
     const admittedAt = previous?.admittedAt ?? new Date(now).toISOString();
-    const cachedWorkload = observed.workloads.get(id);
-    // A job without a service's address would be replaced again once the address comes, and fails to render
-    // if a task refers to it: the running job is kept until every service has its address.
-    let workload = unaddressed.length > 0 ? cachedWorkload : undefined;
-    if (workload === undefined) {
-      let specHash: string;
-      try {
-        specHash = this.specHashOf(id, session, template, claim, render);
-      } catch (error) {
-        if (error instanceof RenderError) return this.fail(id, generation, 'Unschedulable', error.message);
-        throw error;
-      }
-      workload = cachedWorkload?.specHash === specHash ? cachedWorkload : undefined;
-    }
-    // The scheduler has no room: give the claim back and wait at the head of the list (a session that has
-    // served keeps its place and addresses and is handled as a failure instead).
-    if (workload?.placementFailure !== undefined && previous?.readyAt === undefined) {
-      return this.waitForCapacity(id, generation, workload.placementFailure);
-    }
-    // A call the scheduler refuses in this pass is reported (Scheduled=False) and retried with backoff; the
-    // status is still written, so the start timeout runs from admission and ends a refusal that lasts.
-    let refusal: Refusal | undefined;
-    if (workload === undefined) {
-      const job = render();
-      refusal = await refusalOf('RegisterFailed', async () => {
-        await this.withinTerm(`registering job ${jobId}`, (signal) => this.deps.scheduler.register(job, signal));
-        this.expectations.expect(id, () => observed.workloads.get(id)?.specHash === job.specHash);
-        this.deps.log.info({ session: id, job: jobId }, cachedWorkload ? 'job updated' : 'job registered');
-      });
-    }
+    const pass: Pass = { id, session, generation, previous, template, claim, claimIndex, unaddressed, endpoints, jobId, now, admittedAt };
+    const job = await this.keepOrRegister(pass, parameters);
+    if ('result' in job) return job.result;
+    const { workload } = job;
+    let refusal = job.refusal;
 
     const allocation = workload?.allocation;
     let healthy = healthyCondition(allocation);
@@ -259,7 +260,7 @@ export class SessionReconciler {
 
     // Failures after the first Ready: each counts against the restart limit; a failed allocation is replaced after a backoff.
     // A workload replaced for a new spec (a new generation, an edited template) stops serving because it was told to.
-    const replacing = previous?.observedGeneration !== generation || (cachedWorkload !== undefined && workload === undefined);
+    const replacing = previous?.observedGeneration !== generation || job.replacesRunning;
     const failures = this.failuresAfter(previous, replacing, allocation, healthy, now);
     // Only a new failure ends the session: one serving with more failures than a maxRestarts lowered since allows keeps serving.
     const failedNow = failures.length > recentFailures(policy, previous?.failures ?? [], now).length;
@@ -404,6 +405,48 @@ export class SessionReconciler {
       return { result: done };
     }
     return { claim, claimIndex };
+  }
+
+  /**
+   * The session's workload: the running one while its job's spec is unchanged, else its job rendered and
+   * registered in this pass (the workload then shows up through the watch).
+   */
+  private async keepOrRegister(pass: Pass, parameters: Record<string, string>): Promise<Ended | Job> {
+    const { id, session, generation, previous, template, claim, unaddressed, endpoints, jobId } = pass;
+    const { observed } = this.deps;
+    // The job rendered by this reconcile, if it had to render it for its hash (then registering reuses it).
+    let rendered: RenderedJob | undefined;
+    const render = (): RenderedJob => (rendered ??= this.deps.scheduler.render({ jobId, sessionId: id, template, parameters, endpoints }));
+    const cachedWorkload = observed.workloads.get(id);
+    // A job without a service's address would be replaced again once the address comes, and fails to render
+    // if a task refers to it: the running job is kept until every service has its address.
+    let workload = unaddressed.length > 0 ? cachedWorkload : undefined;
+    if (workload === undefined) {
+      let specHash: string;
+      try {
+        specHash = this.specHashOf(id, session, template, claim, render);
+      } catch (error) {
+        if (error instanceof RenderError) return { result: await this.fail(id, generation, 'Unschedulable', error.message) };
+        throw error;
+      }
+      workload = cachedWorkload?.specHash === specHash ? cachedWorkload : undefined;
+    }
+    // The scheduler has no room: give the claim back and wait at the head of the list (a session that has
+    // served keeps its place and addresses and is handled as a failure instead).
+    if (workload?.placementFailure !== undefined && previous?.readyAt === undefined) {
+      return { result: await this.waitForCapacity(id, generation, workload.placementFailure) };
+    }
+    const replacesRunning = cachedWorkload !== undefined && workload === undefined;
+    if (workload !== undefined) return { workload, replacesRunning };
+    // A call the scheduler refuses in this pass is reported (Scheduled=False) and retried with backoff; the
+    // status is still written, so the start timeout runs from admission and ends a refusal that lasts.
+    const job = render();
+    const refusal = await refusalOf('RegisterFailed', async () => {
+      await this.withinTerm(`registering job ${jobId}`, (signal) => this.deps.scheduler.register(job, signal));
+      this.expectations.expect(id, () => observed.workloads.get(id)?.specHash === job.specHash);
+      this.deps.log.info({ session: id, job: jobId }, cachedWorkload ? 'job updated' : 'job registered');
+    });
+    return { workload, replacesRunning, ...(refusal ? { refusal } : {}) };
   }
 
   /**
