@@ -138,6 +138,19 @@ interface Job {
   readonly refusal?: Refusal;
 }
 
+/** The workload's run as this pass leaves it: its recent failures, its health, and a failed allocation's replacement. */
+interface Run {
+  readonly failures: WorkloadFailure[];
+  readonly healthy: ConditionInput;
+  /** When a failed allocation's replacement is due, if it is not yet. */
+  readonly replaceAt?: number;
+  /** The scheduler refused to replace a failed allocation. */
+  readonly refusal?: Refusal;
+}
+
+/** A failed allocation's replacement: Healthy saying when, and when it is due or the scheduler's refusal. */
+type Replacement = Omit<Run, 'failures'>;
+
 const routesUpdating: ConditionInput = { type: 'Routed', status: 'False', reason: 'RoutesUpdating', message: 'routes are being updated to the workload address' };
 
 /**
@@ -252,37 +265,12 @@ export class SessionReconciler {
     const job = await this.keepOrRegister(pass, parameters);
     if ('result' in job) return job.result;
     const { workload } = job;
-    let refusal = job.refusal;
-
     const allocation = workload?.allocation;
-    let healthy = healthyCondition(allocation);
-    const wakeAts: number[] = [];
-
-    // Failures after the first Ready: each counts against the restart limit; a failed allocation is replaced after a backoff.
-    // A workload replaced for a new spec (a new generation, an edited template) stops serving because it was told to.
-    const replacing = previous?.observedGeneration !== generation || job.replacesRunning;
-    const failures = this.failuresAfter(previous, replacing, allocation, healthy, now);
-    // Only a new failure ends the session: one serving with more failures than a maxRestarts lowered since allows keeps serving.
-    const failedNow = failures.length > recentFailures(policy, previous?.failures ?? [], now).length;
-    if (failedNow && failures.length > policy.maxRestarts) {
-      const last = failures[failures.length - 1]!;
-      return this.fail(id, generation, 'CrashLoop', `failed ${failures.length} times within ${formatSeconds(policy.restartWindowMs)}; last: ${last.message}`, failures);
-    }
-    if (allocation?.clientStatus === 'failed') {
-      const replaceAt = Date.parse(failures[failures.length - 1]?.time ?? admittedAt) + restartDelayMs(policy, failures.length);
-      if (now >= replaceAt) {
-        refusal = await refusalOf('RescheduleFailed', async () => {
-          await this.withinTerm(`rescheduling job ${jobId}`, (signal) => this.deps.scheduler.reschedule(jobId, signal));
-          this.expectations.expect(id, () => observed.workloads.get(id)?.allocation?.id !== allocation.id);
-          this.deps.log.info({ session: id, job: jobId, failures: failures.length }, 'replacing the failed workload');
-        });
-      } else {
-        wakeAts.push(replaceAt);
-      }
-      // No clock time once due: a replacement the scheduler refuses is retried without rewriting the status each time.
-      const when = now >= replaceAt ? 'now' : `at ${new Date(replaceAt).toISOString()}`;
-      healthy = { type: 'Healthy', status: 'False', reason: 'Restarting', message: `${describeTasks(allocation) || 'the workload failed'}; replacing it ${when}` };
-    }
+    const run = await this.followFailures(pass, job);
+    if ('result' in run) return run.result;
+    const { failures, healthy } = run;
+    const wakeAts: number[] = run.replaceAt === undefined ? [] : [run.replaceAt];
+    const refusal = job.refusal ?? run.refusal;
     const scheduled = refusal?.scheduled ?? scheduledCondition(workload);
 
     const wanted = withBackends(this.withLoadBalancers(id, claim), template, allocation);
@@ -446,7 +434,47 @@ export class SessionReconciler {
       this.expectations.expect(id, () => observed.workloads.get(id)?.specHash === job.specHash);
       this.deps.log.info({ session: id, job: jobId }, cachedWorkload ? 'job updated' : 'job registered');
     });
-    return { workload, replacesRunning, ...(refusal ? { refusal } : {}) };
+    return { workload, replacesRunning, refusal };
+  }
+
+  /** Failures after the first Ready: each counts against the restart limit; a failed allocation is replaced after a backoff. */
+  private async followFailures(pass: Pass, job: Job): Promise<Ended | Run> {
+    const { id, generation, previous, now } = pass;
+    const { policy } = this.deps;
+    const allocation = job.workload?.allocation;
+    const healthy = healthyCondition(allocation);
+    // A workload replaced for a new spec (a new generation, an edited template) stops serving because it was told to.
+    const replacing = previous?.observedGeneration !== generation || job.replacesRunning;
+    const failures = this.failuresAfter(previous, replacing, allocation, healthy, now);
+    // Only a new failure ends the session: one serving with more failures than a maxRestarts lowered since allows keeps serving.
+    const failedNow = failures.length > recentFailures(policy, previous?.failures ?? [], now).length;
+    if (failedNow && failures.length > policy.maxRestarts) {
+      const last = failures[failures.length - 1]!;
+      return { result: await this.fail(id, generation, 'CrashLoop', `failed ${failures.length} times within ${formatSeconds(policy.restartWindowMs)}; last: ${last.message}`, failures) };
+    }
+    if (allocation?.clientStatus !== 'failed') return { failures, healthy };
+    return { failures, ...(await this.replaceFailed(pass, allocation, failures)) };
+  }
+
+  /** A failed allocation, replaced once the backoff after its failure has passed; Healthy says when. */
+  private async replaceFailed(pass: Pass, allocation: Allocation, failures: readonly WorkloadFailure[]): Promise<Replacement> {
+    const { id, jobId, now, admittedAt } = pass;
+    const { observed } = this.deps;
+    const replaceAt = Date.parse(failures[failures.length - 1]?.time ?? admittedAt) + restartDelayMs(this.deps.policy, failures.length);
+    const due = now >= replaceAt;
+    const refusal = due
+      ? await refusalOf('RescheduleFailed', async () => {
+          await this.withinTerm(`rescheduling job ${jobId}`, (signal) => this.deps.scheduler.reschedule(jobId, signal));
+          this.expectations.expect(id, () => observed.workloads.get(id)?.allocation?.id !== allocation.id);
+          this.deps.log.info({ session: id, job: jobId, failures: failures.length }, 'replacing the failed workload');
+        })
+      : undefined;
+    // No clock time once due: a replacement the scheduler refuses is retried without rewriting the status each time.
+    const when = due ? 'now' : `at ${new Date(replaceAt).toISOString()}`;
+    return {
+      healthy: { type: 'Healthy', status: 'False', reason: 'Restarting', message: `${describeTasks(allocation) || 'the workload failed'}; replacing it ${when}` },
+      ...(due ? { refusal } : { replaceAt }),
+    };
   }
 
   /**
