@@ -151,6 +151,15 @@ interface Run {
 /** A failed allocation's replacement: Healthy saying when, and when it is due or the scheduler's refusal. */
 type Replacement = Omit<Run, 'failures'>;
 
+/** The session's routes as this pass leaves them. */
+interface Routing {
+  /** The claim with every route's load balancer and backend as they should be. */
+  readonly wanted: RouteRecord;
+  readonly routed: ConditionInput;
+  /** When a router that has not applied the routes turns stale, if one is behind. */
+  readonly behindStaleAt: number | undefined;
+}
+
 const routesUpdating: ConditionInput = { type: 'Routed', status: 'False', reason: 'RoutesUpdating', message: 'routes are being updated to the workload address' };
 
 /**
@@ -273,25 +282,11 @@ export class SessionReconciler {
     const refusal = job.refusal ?? run.refusal;
     const scheduled = refusal?.scheduled ?? scheduledCondition(workload);
 
-    const wanted = withBackends(this.withLoadBalancers(id, claim), template, allocation);
-    // A claim not yet cached cannot be compared-and-set; it is updated once the watch has brought it back.
-    const routesChanged = claimIndex !== undefined && JSON.stringify(wanted) !== JSON.stringify(claim);
-    if (routesChanged) await this.put(id, observed.routes, this.deps.keys.route(id), 'route', wanted);
-    const routedBefore = previous?.conditions.find((condition) => condition.type === 'Routed');
-    const routed: ConditionInput =
-      unaddressed.length > 0
-        ? this.unaddressedCondition(unaddressed.map((service) => service.name))
-        : routesChanged
-          ? routesUpdating
-          : routedBefore?.status === 'True'
-            ? // Routes once applied stay served (routers keep them and reload them from their map files): routers whose
-              // heartbeats fall silent, as they all do while the store is unreachable, do not make a serving session unready.
-              { type: 'Routed', status: 'True', reason: routedBefore.reason, message: routedBefore.message }
-            : this.routedCondition(claim, claimIndex);
-    const behindStaleAt = routed.reason === 'WaitingForRouters' && claimIndex !== undefined ? this.behindStaleAt(claimIndex) : undefined;
-    if (behindStaleAt !== undefined) wakeAts.push(behindStaleAt);
+    const routes = await this.route(pass, allocation);
+    const { routed } = routes;
+    if (routes.behindStaleAt !== undefined) wakeAts.push(routes.behindStaleAt);
 
-    const exposed = this.deps.listeners === undefined ? undefined : exposedCondition(wanted, this.deps.listeners);
+    const exposed = this.deps.listeners === undefined ? undefined : exposedCondition(routes.wanted, this.deps.listeners);
     // Ready is every other condition holding; otherwise it carries the first one that does not, as its reason.
     const blocker = [scheduled, healthy, routed, ...(exposed ? [exposed] : [])].find((condition) => condition.status !== 'True');
     const ready = blocker === undefined;
@@ -475,6 +470,28 @@ export class SessionReconciler {
       healthy: { type: 'Healthy', status: 'False', reason: 'Restarting', message: `${describeTasks(allocation) || 'the workload failed'}; replacing it ${when}` },
       ...(due ? { refusal } : { replaceAt }),
     };
+  }
+
+  /** The claim's routes pointed at the workload (written when that changes them), and how far they are served. */
+  private async route(pass: Pass, allocation: Allocation | undefined): Promise<Routing> {
+    const { id, previous, template, claim, claimIndex, unaddressed } = pass;
+    const wanted = withBackends(this.withLoadBalancers(id, claim), template, allocation);
+    // A claim not yet cached cannot be compared-and-set; it is updated once the watch has brought it back.
+    const routesChanged = claimIndex !== undefined && JSON.stringify(wanted) !== JSON.stringify(claim);
+    if (routesChanged) await this.put(id, this.deps.observed.routes, this.deps.keys.route(id), 'route', wanted);
+    const routedBefore = previous?.conditions.find((condition) => condition.type === 'Routed');
+    const routed: ConditionInput =
+      unaddressed.length > 0
+        ? this.unaddressedCondition(unaddressed.map((service) => service.name))
+        : routesChanged
+          ? routesUpdating
+          : routedBefore?.status === 'True'
+            ? // Routes once applied stay served (routers keep them and reload them from their map files): routers whose
+              // heartbeats fall silent, as they all do while the store is unreachable, do not make a serving session unready.
+              { type: 'Routed', status: 'True', reason: routedBefore.reason, message: routedBefore.message }
+            : this.routedCondition(claim, claimIndex);
+    const behindStaleAt = routed.reason === 'WaitingForRouters' && claimIndex !== undefined ? this.behindStaleAt(claimIndex) : undefined;
+    return { wanted, routed, behindStaleAt };
   }
 
   /**
