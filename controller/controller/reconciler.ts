@@ -115,7 +115,7 @@ interface Pass {
   readonly id: string;
   readonly session: SessionRecord;
   readonly generation: number;
-  /** The status of the session's current run: none for a new spec of a Failed session. */
+  /** The status of the session's current run: none for a new session, nor for a new spec of a Failed one. */
   readonly previous: SessionStatus | undefined;
   readonly template: SessionTemplate;
   readonly claim: RouteRecord;
@@ -158,6 +158,23 @@ interface Routing {
   readonly routed: ConditionInput;
   /** When a router that has not applied the routes turns stale, if one is behind. */
   readonly behindStaleAt: number | undefined;
+}
+
+/** The conditions Ready stands on, in the order shown, and the first that does not hold. */
+interface Readiness {
+  readonly conditions: readonly ConditionInput[];
+  readonly blocker: ConditionInput | undefined;
+}
+
+/** When a session not serving is given up, if it is not serving. */
+interface StartDeadline {
+  readonly deadline: number | undefined;
+}
+
+/** The status of a session starting or serving, and its next deadline (idle warning or end). */
+interface Progress {
+  readonly status: StatusInput;
+  readonly wakeAt: number | undefined;
 }
 
 const routesUpdating: ConditionInput = { type: 'Routed', status: 'False', reason: 'RoutesUpdating', message: 'routes are being updated to the workload address' };
@@ -244,9 +261,8 @@ export class SessionReconciler {
 
   /** Everything a session should have while it is wanted: a place, a claim, a workload, routes, and a status that says so. */
   private async converge(id: string, session: SessionRecord): Promise<ReconcileResult> {
-    const { observed, policy } = this.deps;
     const generation = session.metadata.generation;
-    const shown = observed.statuses.get(id)?.value;
+    const shown = this.deps.observed.statuses.get(id)?.value;
 
     // Failed is final for a generation: the reason stays readable for a while and nothing is restarted.
     if (shown?.phase === 'Failed' && shown.observedGeneration === generation) return this.retainFailed(id, shown);
@@ -273,60 +289,74 @@ export class SessionReconciler {
     const pass: Pass = { id, session, generation, previous, template, claim, claimIndex, unaddressed, endpoints, jobId, now, admittedAt };
     const job = await this.keepOrRegister(pass, parameters);
     if ('result' in job) return job.result;
-    const { workload } = job;
-    const allocation = workload?.allocation;
+    const allocation = job.workload?.allocation;
     const run = await this.followFailures(pass, job);
     if ('result' in run) return run.result;
-    const { failures, healthy } = run;
-    const wakeAts: number[] = run.replaceAt === undefined ? [] : [run.replaceAt];
     const refusal = job.refusal ?? run.refusal;
-    const scheduled = refusal?.scheduled ?? scheduledCondition(workload);
-
+    const scheduled = refusal?.scheduled ?? scheduledCondition(job.workload);
     const routes = await this.route(pass, allocation);
-    const { routed } = routes;
-    if (routes.behindStaleAt !== undefined) wakeAts.push(routes.behindStaleAt);
-
     const exposed = this.deps.listeners === undefined ? undefined : exposedCondition(routes.wanted, this.deps.listeners);
-    // Ready is every other condition holding; otherwise it carries the first one that does not, as its reason.
-    const blocker = [scheduled, healthy, routed, ...(exposed ? [exposed] : [])].find((condition) => condition.status !== 'True');
-    const ready = blocker === undefined;
-    // Not serving since admission (for any reason), or since its workload stopped serving: given up after
-    // the start timeout. A session that has served is not failed for the routers' troubles.
-    const stalled = previous?.readyAt === undefined ? blocker : [scheduled, healthy].find((condition) => condition.status !== 'True');
-    if (stalled !== undefined) {
-      const since = previous?.readyAt === undefined ? Date.parse(admittedAt) : workloadDownSince(previous, now);
-      const deadline = since + policy.startTimeoutMs;
-      if (now >= deadline) {
-        return this.fail(id, generation, 'StartTimeout', `not ready within ${formatSeconds(policy.startTimeoutMs)}: ${stalled.message}`, failures);
-      }
-      wakeAts.push(deadline);
+    const readiness = readinessOf([scheduled, run.healthy, routes.routed, ...(exposed ? [exposed] : [])]);
+    const start = await this.startTimeout(pass, scheduled, run, readiness.blocker);
+    if ('result' in start) return start.result;
+    const progress = this.progressStatus(pass, readiness, run.failures, allocation);
+    await this.writeStatus(id, progress.status);
+
+    const wakeAts = [run.replaceAt, routes.behindStaleAt, start.deadline, progress.wakeAt].filter((at): at is number => at !== undefined);
+    const waitingForRouters = claimIndex !== undefined && (routes.routed.reason === 'WaitingForRouters' || routes.routed.reason === 'NoRouters');
+    return {
+      ...(wakeAts.length > 0 ? { wakeAt: Math.min(...wakeAts) } : {}),
+      ...(waitingForRouters ? { awaitingRoutersAt: claimIndex, requeueAfterMs: this.deps.routerStaleMs } : {}),
+      ...(refusal ? { retryAfterError: refusal.error } : {}),
+    };
+  }
+
+  /**
+   * Not serving since admission (for any reason), or since its workload stopped serving: given up after
+   * the start timeout. A session that has served is not failed for the routers' troubles.
+   */
+  private async startTimeout(pass: Pass, scheduled: ConditionInput, run: Run, blocker: ConditionInput | undefined): Promise<Ended | StartDeadline> {
+    const { id, generation, previous, now, admittedAt } = pass;
+    const { policy } = this.deps;
+    const stalled = previous?.readyAt === undefined ? blocker : [scheduled, run.healthy].find((condition) => condition.status !== 'True');
+    if (stalled === undefined) return { deadline: undefined };
+    const since = previous?.readyAt === undefined ? Date.parse(admittedAt) : workloadDownSince(previous, now);
+    const deadline = since + policy.startTimeoutMs;
+    if (now >= deadline) {
+      return { result: await this.fail(id, generation, 'StartTimeout', `not ready within ${formatSeconds(policy.startTimeoutMs)}: ${stalled.message}`, run.failures) };
     }
+    return { deadline };
+  }
+
+  /** The status of a session starting or serving, and when its idle warning or its end comes once it has served. */
+  private progressStatus(pass: Pass, readiness: Readiness, failures: WorkloadFailure[], allocation: Allocation | undefined): Progress {
+    const { session, generation, previous, endpoints, jobId, now, admittedAt } = pass;
+    const { blocker } = readiness;
+    const ready = blocker === undefined;
     const readyAt = previous?.readyAt ?? (ready ? new Date(now).toISOString() : undefined);
 
     const conditions: ConditionInput[] = [
       { type: 'Admitted', status: 'True', reason: 'Claimed', message: 'hostnames and ports reserved' },
-      scheduled,
-      healthy,
-      routed,
-      ...(exposed ? [exposed] : []),
+      ...readiness.conditions,
       blocker === undefined
         ? { type: 'Ready', status: 'True', reason: 'Ready', message: 'the session is serving' }
         : { type: 'Ready', status: 'False', reason: blocker.reason, message: blocker.message },
     ];
     let expiresAt: string | undefined;
+    let wakeAt: number | undefined;
     // An end that came during this reconcile is due at once: the deadline's wake-up deletes the session.
     const expiry = this.expiryFor(session, readyAt);
     if (expiry !== undefined) {
       conditions.push(idleWarningCondition(expiry, now));
       expiresAt = new Date(expiry.at).toISOString();
-      wakeAts.push(now < expiry.warnAt ? expiry.warnAt : expiry.at);
+      wakeAt = now < expiry.warnAt ? expiry.warnAt : expiry.at;
     }
     // Addresses are shown once the session first serves, and stay shown while it lives (they never change).
     const published: Record<string, Endpoint> = {};
     if (readyAt !== undefined) {
       for (const [service, { protocol, url, tls }] of Object.entries(endpoints)) published[service] = { protocol, url, ...(tls ? { tls } : {}) };
     }
-    await this.writeStatus(id, {
+    const status: StatusInput = {
       phase: ready ? 'Ready' : 'Starting',
       observedGeneration: generation,
       conditions,
@@ -337,13 +367,8 @@ export class SessionReconciler {
       failures,
       jobId,
       ...(allocation ? { allocationId: allocation.id } : {}),
-    });
-    const waitingForRouters = claimIndex !== undefined && (routed.reason === 'WaitingForRouters' || routed.reason === 'NoRouters');
-    return {
-      ...(wakeAts.length > 0 ? { wakeAt: Math.min(...wakeAts) } : {}),
-      ...(waitingForRouters ? { awaitingRoutersAt: claimIndex, requeueAfterMs: this.deps.routerStaleMs } : {}),
-      ...(refusal ? { retryAfterError: refusal.error } : {}),
     };
+    return { status, wakeAt };
   }
 
   /** The session's template, and its parameters resolved against it: a template missing or parameters it refuses fail the session. */
@@ -987,6 +1012,11 @@ async function refusalOf(reason: 'RegisterFailed' | 'RescheduleFailed', call: ()
     if (error instanceof TermEndedError) throw error;
     return { error, scheduled: { type: 'Scheduled', status: 'False', reason, message: error instanceof Error ? error.message : String(error) } };
   }
+}
+
+/** Ready is every other condition holding; otherwise it carries the first one that does not, as its reason. */
+function readinessOf(conditions: readonly ConditionInput[]): Readiness {
+  return { conditions, blocker: conditions.find((condition) => condition.status !== 'True') };
 }
 
 function waitingConditions(reason: string, message: string): ConditionInput[] {
