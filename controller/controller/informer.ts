@@ -1,5 +1,5 @@
 import { Subject, type Observable, type Subscription } from 'rxjs';
-import { watchRestarts } from '../metrics/metrics.js';
+import { unreadableSources, watchRestarts } from '../metrics/metrics.js';
 import type { Logger } from '../util/log.js';
 import { jitteredBackoffMs } from '../util/backoff.js';
 import type { KvEntry, KvEntryMeta, PrefixIndex, Store, WatchStep } from '../store/store.js';
@@ -245,12 +245,22 @@ export class StoreInformer<T> extends Informer<WatchStep, CachedRecord<T>, Recor
   /**
    * Logs each record that cannot be decoded, naming its key and the problem, once per stored version: the
    * cache announces only changes, so a watch resumed over it unchanged says nothing again. `message` says
-   * what the process does without the record.
+   * what the process does without the record. They are counted in `manticore_unreadable_records` until
+   * fixed or deleted, for an alert.
    */
   reportUnreadable(log: Logger, message: string): Subscription {
-    return this.cache.changes.subscribe(({ id, current }) => {
-      if (current?.error !== undefined) log.warn({ key: this.prefix + id, problem: current.error }, message);
+    const unreadable = new Set<string>();
+    const subscription = this.cache.changes.subscribe(({ id, current }) => {
+      if (current?.error === undefined) {
+        unreadable.delete(id);
+        return;
+      }
+      unreadable.add(id);
+      log.warn({ key: this.prefix + id, problem: current.error }, message);
     });
+    // Ends with the cache (the informer stopped) or when the caller unsubscribes.
+    subscription.add(unreadableSources.add(() => ({ resource: this.prefix, records: unreadable.size })));
+    return subscription;
   }
 
   /** Whether the cache shows what the store held when its `prefixIndex` of this prefix was read. */

@@ -25,6 +25,23 @@ class Sources<T> {
 
 const seconds = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
+// ---- every reader of the store ------------------------------------------------------------------------
+
+export const unreadableSources = new Sources<{ resource: string; records: number }>();
+new Gauge({
+  name: 'manticore_unreadable_records',
+  help: 'Records under a store prefix that this process cannot decode (not JSON, or not its schema); each is logged once with its key.',
+  labelNames: ['resource'],
+  registers: [registry],
+  collect() {
+    this.reset();
+    // The embedded default's parts each read some prefixes: a record is counted once, not once per reader.
+    const most = new Map<string, number>();
+    for (const { resource, records } of unreadableSources.read()) most.set(resource, Math.max(most.get(resource) ?? 0, records));
+    for (const [resource, records] of most) this.set({ resource }, records);
+  },
+});
+
 // ---- controller ---------------------------------------------------------------------------------------
 
 export interface SessionCounts {
