@@ -141,22 +141,11 @@ describe('end to end: SIGTERM of every process', function () {
  */
 describe('end to end: SIGTERM during start-up', function () {
   this.timeout(60_000);
-  let stateDir: string;
   let instance: ManticoreProcess | undefined;
-  let haproxyConfig: string;
-
-  before(() => {
-    stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'manticore-shutdown-'));
-    haproxyConfig = path.join(stateDir, 'haproxy/haproxy.cfg');
-  });
-
-  after(() => {
-    if (instance?.child.exitCode === null) instance.child.kill('SIGKILL');
-    for (const pid of processesNaming(haproxyConfig)) process.kill(pid, 'SIGKILL');
-    fs.rmSync(stateDir, { recursive: true, force: true });
-  });
+  const dirs = ownStateDir('manticore-shutdown-', () => instance?.child);
 
   it('stops the HAProxy it started while waiting for the store, and exits 0', async () => {
+    const { stateDir, haproxyConfig } = dirs;
     const isolated = await isolatedEnvironment(stateDir, 4);
     // Nothing listens there: every call to Consul (or Nomad) is refused.
     const nowhere = `http://127.0.0.1:${await freePort()}`;
@@ -184,24 +173,13 @@ describe('end to end: SIGTERM during start-up', function () {
  */
 describe('end to end: Ctrl-C in the terminal of `manticore up`', function () {
   this.timeout(60_000);
-  let stateDir: string;
   let child: ChildProcess | undefined;
-  let haproxyConfig: string;
-
-  before(() => {
-    stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'manticore-ctrl-c-'));
-    haproxyConfig = path.join(stateDir, 'haproxy/haproxy.cfg');
-  });
-
-  after(() => {
-    if (child?.exitCode === null) child.kill('SIGKILL');
-    for (const pid of processesNaming(haproxyConfig)) process.kill(pid, 'SIGKILL');
-    fs.rmSync(stateDir, { recursive: true, force: true });
-  });
+  const dirs = ownStateDir('manticore-ctrl-c-', () => child);
 
   // SIGHUP: the terminal closed (its window, an ssh connection dropped), which must not leave HAProxy serving.
   for (const signal of ['SIGINT', 'SIGHUP'] as const) {
     it(`stops HAProxy in order, as it stops the rest, and exits 0 (${signal})`, async () => {
+      const { stateDir, haproxyConfig } = dirs;
       const isolated = await isolatedEnvironment(stateDir, 4);
       // detached: a process group of its own, as a shell gives a foreground job.
       child = spawn(process.execPath, [cli, 'up', '--config', 'manifests/examples/embedded.yaml'], { cwd: repoRoot, env: { ...process.env, ...isolated.env }, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
@@ -227,22 +205,11 @@ describe('end to end: Ctrl-C in the terminal of `manticore up`', function () {
  */
 describe('end to end: a shutdown of `manticore up` cut short', function () {
   this.timeout(60_000);
-  let stateDir: string;
   let instance: ManticoreProcess | undefined;
-  let haproxyConfig: string;
-
-  before(() => {
-    stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'manticore-cut-short-'));
-    haproxyConfig = path.join(stateDir, 'haproxy/haproxy.cfg');
-  });
-
-  after(() => {
-    if (instance?.child.exitCode === null) instance.child.kill('SIGKILL');
-    for (const pid of [...processesNaming(haproxyConfig), ...processesNaming(stateDir)]) process.kill(pid, 'SIGKILL');
-    fs.rmSync(stateDir, { recursive: true, force: true });
-  });
+  const dirs = ownStateDir('manticore-cut-short-', () => instance?.child);
 
   it('kills HAProxy and every session process still running before it exits 1', async () => {
+    const { stateDir, haproxyConfig } = dirs;
     const templates = path.join(stateDir, 'templates');
     fs.mkdirSync(templates);
     // A task that ignores SIGTERM keeps the stop waiting for its kill timeout; the state directory in its
@@ -278,3 +245,23 @@ spec:
     await waitFor('the session task to be gone', () => !alive(task), 5_000);
   });
 });
+
+/**
+ * A state directory of its own for the enclosing describe block (its HAProxy's configuration inside it). After
+ * the block, the Manticore process is killed if it still runs, and so is every process whose command line
+ * names the directory (HAProxy, session tasks), before the directory is removed.
+ */
+function ownStateDir(prefix: string, manticore: () => ChildProcess | undefined): { stateDir: string; haproxyConfig: string } {
+  const dirs = { stateDir: '', haproxyConfig: '' };
+  before(() => {
+    dirs.stateDir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+    dirs.haproxyConfig = path.join(dirs.stateDir, 'haproxy/haproxy.cfg');
+  });
+  after(() => {
+    const child = manticore();
+    if (child?.exitCode === null) child.kill('SIGKILL');
+    for (const pid of processesNaming(dirs.stateDir)) process.kill(pid, 'SIGKILL');
+    fs.rmSync(dirs.stateDir, { recursive: true, force: true });
+  });
+  return dirs;
+}

@@ -274,10 +274,16 @@ describe('controller: session reconciliation', () => {
     });
   });
 
-  it('leaves a router that fell silent out as soon as its heartbeat is routerStaleMs old, however recent it was when the session began to wait', async () => {
-    const g = await ControllerHarness.embedded({ routerStaleMs: 30_000 });
-    try {
+  describe('routers judged by their heartbeats', () => {
+    /** A controller with a 30 s router staleness and no router of its own: the tests write the heartbeats. */
+    let g: ControllerHarness;
+    beforeEach(async () => {
+      g = await ControllerHarness.embedded({ routerStaleMs: 30_000 });
       await g.router.stop();
+    });
+    afterEach(() => g.stop());
+
+    it('leaves a router that fell silent out as soon as its heartbeat is routerStaleMs old, however recent it was when the session began to wait', async () => {
       // edge-1 serves everything throughout; edge-2 heartbeats at the start and 10 s in, and is never heard from again.
       await routerHeartbeat(g, 'edge-1', Number.MAX_SAFE_INTEGER);
       await routerHeartbeat(g, 'edge-2', 0);
@@ -291,15 +297,9 @@ describe('controller: session reconciliation', () => {
       g.tick(10_001);
       const ready = await statusWhen(g.store, id, 'Ready', 3_000);
       assert.equal(ready.conditions.find((c) => c.type === 'Routed')?.message, 'applied by 1 router(s)');
-    } finally {
-      await g.stop();
-    }
-  });
+    });
 
-  it("judges a router live by when the controller sees its heartbeats, not by the router's clock", async () => {
-    const g = await ControllerHarness.embedded({ routerStaleMs: 30_000 });
-    try {
-      await g.router.stop();
+    it("judges a router live by when the controller sees its heartbeats, not by the router's clock", async () => {
       const fiveMinutes = 300_000;
       await routerHeartbeat(g, 'edge-1', Number.MAX_SAFE_INTEGER);
       // edge-2's clock is 5 min behind: it is alive, and a session waits until it has applied its routes.
@@ -318,23 +318,15 @@ describe('controller: session reconciliation', () => {
       await routerHeartbeat(g, 'edge-1', Number.MAX_SAFE_INTEGER);
       g.tick(10_001);
       assert.equal(condition(await statusWhen(g.store, second, 'Ready', 3_000), 'Routed'), 'True/RoutesApplied');
-    } finally {
-      await g.stop();
-    }
-  });
+    });
 
-  it('does not wait for a router whose last heartbeat was already stale when the controller started', async () => {
-    const g = await ControllerHarness.embedded({ routerStaleMs: 30_000 });
-    try {
-      await g.router.stop();
+    it('does not wait for a router whose last heartbeat was already stale when the controller started', async () => {
       await routerHeartbeat(g, 'edge-1', Number.MAX_SAFE_INTEGER, 60_000);
       await routerHeartbeat(g, 'edge-2', 0, -30_001);
       await g.restartController();
       const id = await runningSession(g, 31000);
       assert.equal((await statusWhen(g.store, id, 'Ready', 3_000)).conditions.find((c) => c.type === 'Routed')?.message, 'applied by 1 router(s)');
-    } finally {
-      await g.stop();
-    }
+    });
   });
 
   it('reports malformed and impossible records in their status and keeps serving the others', async () => {
