@@ -1,7 +1,7 @@
-import { MAX_TXN_BYTES, MAX_TXN_OPS, StoreError, transactionBytes, validateTransaction, type Store, type TxnOperation, type WriteOptions } from '../store/store.js';
+import { MAX_TXN_BYTES, MAX_TXN_OPS, StoreError, transactionBytes, validateTransaction, type KvEntryMeta, type Store, type TxnOperation, type WriteOptions } from '../store/store.js';
 
 /** The writes the reconciler makes. */
-export type StoreWriter = Pick<Store, 'put' | 'delete' | 'transaction'>;
+export type StoreWriter = Pick<Store, 'put' | 'delete' | 'transaction' | 'commit'>;
 
 /** Fenced batches on their way to the store at once; more writes wait and join the next batch. */
 const MAX_BATCHES_IN_FLIGHT = 4;
@@ -10,7 +10,8 @@ interface PendingWrite {
   readonly operations: readonly TxnOperation[];
   /** The operations' share of a transaction's size (see transactionBytes), a comma included. */
   readonly bytes: number;
-  readonly resolve: (written: boolean) => void;
+  /** With the entries its puts left, or undefined when its check or compare-and-set failed. */
+  readonly resolve: (puts: readonly KvEntryMeta[] | undefined) => void;
   readonly reject: (error: unknown) => void;
 }
 
@@ -58,14 +59,18 @@ export class FencedWriter implements StoreWriter {
   }
 
   async transaction(operations: readonly TxnOperation[]): Promise<boolean> {
-    const sentAt = performance.now();
-    const written = await this.send(operations);
-    // A check changes nothing.
-    if (written) this.onWritten(operations.filter((operation) => operation.verb === 'put' || operation.verb === 'delete').map((operation) => operation.key), sentAt);
-    return written;
+    return (await this.commit(operations)) !== undefined;
   }
 
-  private send(operations: readonly TxnOperation[]): Promise<boolean> {
+  async commit(operations: readonly TxnOperation[]): Promise<readonly KvEntryMeta[] | undefined> {
+    const sentAt = performance.now();
+    const puts = await this.send(operations);
+    // A check changes nothing.
+    if (puts !== undefined) this.onWritten(operations.filter((operation) => operation.verb === 'put' || operation.verb === 'delete').map((operation) => operation.key), sentAt);
+    return puts;
+  }
+
+  private send(operations: readonly TxnOperation[]): Promise<readonly KvEntryMeta[] | undefined> {
     const fence = this.fence();
     if (fence !== undefined) {
       // A bad key or value, or too many operations or bytes for one transaction with the fence: refused here,
@@ -74,13 +79,7 @@ export class FencedWriter implements StoreWriter {
       const bytes = transactionBytes(operations) - 1;
       return new Promise((resolve, reject) => this.enqueue(fence, { operations, bytes, resolve, reject }));
     }
-    // Unfenced, a single operation is a plain write, as the caller would have made it.
-    if (operations.length === 1) {
-      const [operation] = operations as [TxnOperation];
-      if (operation.verb === 'put') return this.store.put(operation.key, operation.value, { cas: operation.cas });
-      if (operation.verb === 'delete') return this.store.delete(operation.key, { cas: operation.cas });
-    }
-    return this.store.transaction(operations);
+    return this.store.commit(operations);
   }
 
   private enqueue(fence: TxnOperation, write: PendingWrite): void {
@@ -107,7 +106,7 @@ export class FencedWriter implements StoreWriter {
       while (this.inFlight < MAX_BATCHES_IN_FLIGHT && this.forming.length > 0) {
         const batch = this.forming.shift()!;
         this.inFlight++;
-        void this.commit(batch).finally(() => {
+        void this.sendBatch(batch).finally(() => {
           this.inFlight--;
           this.scheduleFlush();
         });
@@ -115,12 +114,13 @@ export class FencedWriter implements StoreWriter {
     });
   }
 
-  private async commit(batch: FencedBatch): Promise<void> {
+  private async sendBatch(batch: FencedBatch): Promise<void> {
     const { fence, writes } = batch;
     if (writes.length > 1) {
       try {
-        if (await this.store.transaction([fence, ...writes.flatMap((write) => write.operations)])) {
-          for (const write of writes) write.resolve(true);
+        const puts = await this.store.commit([fence, ...writes.flatMap((write) => write.operations)]);
+        if (puts !== undefined) {
+          for (const write of writes) write.resolve(putsOf(write.operations, puts));
           return;
         }
       } catch (error) {
@@ -131,8 +131,14 @@ export class FencedWriter implements StoreWriter {
         // Sent again one by one below, where each member's own error reaches its caller.
       }
     }
-    await Promise.all(writes.map((write) => this.store.transaction([fence, ...write.operations]).then(write.resolve, write.reject)));
+    await Promise.all(writes.map((write) => this.store.commit([fence, ...write.operations]).then(write.resolve, write.reject)));
   }
+}
+
+/** A member's share of a shared transaction's entries: those of its own puts. */
+function putsOf(operations: readonly TxnOperation[], puts: readonly KvEntryMeta[]): KvEntryMeta[] {
+  const keys = new Set(operations.flatMap((operation) => (operation.verb === 'put' ? [operation.key] : [])));
+  return puts.filter((entry) => keys.has(entry.key));
 }
 
 function sameFence(a: TxnOperation, b: TxnOperation): boolean {

@@ -296,17 +296,21 @@ export class ConsulStore implements Store, LockService {
   }
 
   async transaction(operations: readonly TxnOperation[]): Promise<boolean> {
+    return (await this.commit(operations)) !== undefined;
+  }
+
+  async commit(operations: readonly TxnOperation[]): Promise<readonly KvEntryMeta[] | undefined> {
     const first = operations[0]?.key ?? '';
     this.assertOpen('transaction', first);
     validateTransaction(operations);
-    if (operations.length === 0) return true;
+    if (operations.length === 0) return [];
     const body = operations.map((operation) => consulTxnOp(operation, operation.verb === 'put' ? Buffer.from(operation.value, 'utf8').toString('base64') : undefined));
     const response = await this.writeJson('transaction', first, '/txn', body);
-    if (response.status === 200) return true;
+    if (response.status === 200) return committedPuts(response.body, operations);
     if (response.status === 409) {
       const errors = parseTxnErrors(response.body);
       // Only failed checks mean "a compare-and-set did not hold"; anything else (ACLs, lock-delay) is an error.
-      if (errors !== undefined && errors.length > 0 && errors.every((error) => CHECK_FAILURE.test(error.What))) return false;
+      if (errors !== undefined && errors.length > 0 && errors.every((error) => CHECK_FAILURE.test(error.What))) return undefined;
       const detail = errors?.map((error) => `operation ${error.OpIndex}: ${error.What}`).join('; ') ?? response.body;
       throw new ConsulError(`Consul at ${this.base.origin} rolled the transaction back: ${detail}`, 'transaction', first, 409, false);
     }
@@ -1004,6 +1008,27 @@ function parseJson(body: string, pick: (raw: unknown) => unknown): unknown {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * The entries a committed transaction's puts left, from its `Results` (one `KV` for every operation but the
+ * deletes, value left out). The write stands whatever the answer says, so a put missing from an answer that
+ * cannot be read is only left out: its writer learns of it from its watch instead.
+ */
+function committedPuts(body: string, operations: readonly TxnOperation[]): KvEntryMeta[] {
+  const results = parseJson(body, (raw) => (raw as { Results?: unknown } | null)?.Results);
+  if (!Array.isArray(results)) return [];
+  const byKey = new Map<string, KvEntryMeta>();
+  for (const result of results as Array<{ KV?: RawEntry } | null>) {
+    const kv = result?.KV;
+    if (typeof kv?.Key !== 'string' || !Number.isSafeInteger(kv.CreateIndex) || !Number.isSafeInteger(kv.ModifyIndex)) continue;
+    const session = typeof kv.Session === 'string' && kv.Session !== '' ? kv.Session : undefined;
+    byKey.set(kv.Key, { key: kv.Key, createIndex: kv.CreateIndex as number, modifyIndex: kv.ModifyIndex as number, ...(session === undefined ? {} : { session }) });
+  }
+  return operations.flatMap((operation) => {
+    const entry = operation.verb === 'put' ? byKey.get(operation.key) : undefined;
+    return entry === undefined ? [] : [entry];
+  });
 }
 
 function parseTxnErrors(body: string): { OpIndex: number; What: string }[] | undefined {

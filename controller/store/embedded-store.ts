@@ -14,6 +14,7 @@ import {
   validateWatch,
   type KvChange,
   type KvEntry,
+  type KvEntryMeta,
   type KvListing,
   type PrefixIndex,
   type Store,
@@ -79,13 +80,14 @@ interface QueuedWrite {
   readonly operation: string;
   readonly key: string;
   readonly operations: readonly TxnOperation[];
-  readonly resolve: (applied: boolean) => void;
+  /** With the entries its puts left, or undefined when a compare-and-set failed. */
+  readonly resolve: (puts: readonly KvEntryMeta[] | undefined) => void;
   readonly reject: (error: StoreError) => void;
 }
 
-/** What a group commit wrote: whether each write applied (not: a failed compare-and-set), the changes in index order, and the indexes after it. */
+/** What a group commit wrote: the entries each write's puts left (undefined: a failed compare-and-set), the changes in index order, and the indexes after it. */
 interface GroupOutcome {
-  readonly applied: readonly boolean[];
+  readonly applied: ReadonlyArray<readonly KvEntryMeta[] | undefined>;
   readonly changes: readonly PendingChange[];
   readonly index: number;
   readonly logFloor: number;
@@ -94,7 +96,7 @@ interface GroupOutcome {
 /** A committed group waiting for the WAL to reach the disk before its writes are answered. */
 interface UnsyncedGroup {
   readonly writes: readonly QueuedWrite[];
-  readonly applied: readonly boolean[];
+  readonly applied: ReadonlyArray<readonly KvEntryMeta[] | undefined>;
   readonly changes: readonly PendingChange[];
 }
 
@@ -232,16 +234,20 @@ export class EmbeddedStore implements Store {
     this.commitGroup = db.transaction((writes: readonly QueuedWrite[]): GroupOutcome => {
       let index = this.index;
       const changes: PendingChange[] = [];
-      const applied = writes.map(({ operations }): boolean => {
+      const applied = writes.map(({ operations }): KvEntryMeta[] | undefined => {
         try {
           // A single operation fails its compare-and-set before it changes anything, so it needs no
           // savepoint (two more statements for every write).
           const written = operations.length === 1 ? applyWrite(operations, index) : applyInSavepoint(operations, index);
           if (written.length > 0) index = written[written.length - 1]!.index;
           changes.push(...written);
-          return true;
+          // As the write left them: a later write of the group may change the same keys again.
+          return operations.flatMap((operation) => {
+            const row = operation.verb === 'put' ? this.getKv.get(operation.key) : undefined;
+            return row === undefined ? [] : [{ key: operation.key, createIndex: row.create_index, modifyIndex: row.modify_index }];
+          });
         } catch (error) {
-          if (error === casFailed) return false;
+          if (error === casFailed) return undefined;
           throw error;
         }
       });
@@ -330,17 +336,21 @@ export class EmbeddedStore implements Store {
     validateKey('put', key);
     validateValue('put', key, value);
     const cas = validateCas('put', key, options);
-    return this.write('put', key, [{ verb: 'put', key, value, cas }]);
+    return (await this.write('put', key, [{ verb: 'put', key, value, cas }])) !== undefined;
   }
 
   async delete(key: string, options: WriteOptions = {}): Promise<boolean> {
     this.assertOpen('delete', key);
     validateKey('delete', key);
     const cas = validateCas('delete', key, options);
-    return this.write('delete', key, [{ verb: 'delete', key, cas }]);
+    return (await this.write('delete', key, [{ verb: 'delete', key, cas }])) !== undefined;
   }
 
   async transaction(operations: readonly TxnOperation[]): Promise<boolean> {
+    return (await this.commit(operations)) !== undefined;
+  }
+
+  async commit(operations: readonly TxnOperation[]): Promise<readonly KvEntryMeta[] | undefined> {
     const first = operations[0]?.key ?? '';
     this.assertOpen('transaction', first);
     validateTransaction(operations);
@@ -402,7 +412,7 @@ export class EmbeddedStore implements Store {
    * sync ran; one commit and one fsync per write made the event loop wait for the disk on every write.
    * Writes still apply in call order, each with its own compare-and-set.
    */
-  private write(operation: string, key: string, operations: readonly TxnOperation[]): Promise<boolean> {
+  private write(operation: string, key: string, operations: readonly TxnOperation[]): Promise<readonly KvEntryMeta[] | undefined> {
     return new Promise((resolve, reject) => {
       this.queued.push({ operation, key, operations, resolve, reject });
       this.commitHandle ??= setImmediate(() => this.commitQueued());

@@ -76,6 +76,13 @@ export interface Store {
    */
   transaction(operations: readonly TxnOperation[]): Promise<boolean>;
   /**
+   * transaction(), answering what it wrote: the entry each `put` left (its key and indexes, in operation
+   * order), as Consul's `/v1/txn` results give them; undefined when a check or compare-and-set failed.
+   * A writer that caches what it reads can settle its own write with this at once, not when a watch
+   * brings it back.
+   */
+  commit(operations: readonly TxnOperation[]): Promise<readonly KvEntryMeta[] | undefined>;
+  /**
    * Watches a prefix. With `fromIndex` omitted (or too old to replay), the first step is a reset with the
    * whole prefix. The observable never completes on its own; unsubscribing stops the watch.
    */

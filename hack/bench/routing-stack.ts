@@ -12,7 +12,7 @@ import { HaproxyDataPlane } from '../../controller/router/data-plane.js';
 import { HaproxyProcess, HaproxyProcessError } from '../../controller/router/haproxy-process.js';
 import { HaproxyRuntime } from '../../controller/router/haproxy-runtime.js';
 import { ConsulStore } from '../../controller/store/consul-store.js';
-import { MAX_TXN_OPS, type KvEntry, type KvListing, type PrefixIndex, type Store, type TxnOperation, type WatchStep, type WriteOptions } from '../../controller/store/store.js';
+import { MAX_TXN_OPS, type KvEntry, type KvEntryMeta, type KvListing, type PrefixIndex, type Store, type TxnOperation, type WatchStep, type WriteOptions } from '../../controller/store/store.js';
 import type { Logger } from '../../controller/util/log.js';
 import { freePort, freePortRange } from '../../test/support/ports.js';
 import { startConsulDouble, Teardown } from './routing-peers.js';
@@ -100,6 +100,10 @@ class WatchTap implements Store {
 
   transaction(operations: readonly TxnOperation[]): Promise<boolean> {
     return this.inner.transaction(operations);
+  }
+
+  commit(operations: readonly TxnOperation[]): Promise<readonly KvEntryMeta[] | undefined> {
+    return this.inner.commit(operations);
   }
 
   watch(prefix: string, fromIndex?: number): Observable<WatchStep> {

@@ -68,6 +68,10 @@ if (realAddress) {
         for (const operation of operations) track(operation.key);
         return store.transaction(operations);
       },
+      commit: (operations) => {
+        for (const operation of operations) track(operation.key);
+        return store.commit(operations);
+      },
       watch: (prefix, fromIndex) => store.watch(prefix, fromIndex),
       close: () => store.close(),
     };

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import type { Observable, Subscription } from 'rxjs';
-import { MAX_TXN_BYTES, MAX_TXN_OPS, StoreError, transactionBytes, type KvChange, type KvEntry, type Store, type StoreErrorKind, type WatchStep } from '../../controller/store/store.js';
+import { MAX_TXN_BYTES, MAX_TXN_OPS, StoreError, transactionBytes, type KvChange, type KvEntry, type KvEntryMeta, type Store, type StoreErrorKind, type WatchStep } from '../../controller/store/store.js';
 
 /** A store to run the contract against, and how to dispose of it (called once per test, after the test). */
 export interface StoreUnderTest {
@@ -382,6 +382,29 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
         assert.equal(await store.get(`${ns}fenced`), undefined);
         assert.equal((await store.get(`${ns}leader`))!.session, undefined);
         await assert.rejects(store.transaction([{ verb: 'check-session', key: `${ns}leader`, session: '' }]), StoreError);
+      });
+
+      it('answers a committed transaction with the entry each put left, as a read then shows it, and a failed one with nothing', async function () {
+        await store.put(`${ns}kept`, 'same');
+        await store.put(`${ns}changed`, 'old');
+        await store.put(`${ns}removed`, 'x');
+        const changed = (await store.get(`${ns}changed`))!;
+        const puts = await store.commit([
+          { verb: 'put', key: `${ns}created`, value: 'new', cas: 0 },
+          { verb: 'delete', key: `${ns}removed` },
+          { verb: 'put', key: `${ns}changed`, value: 'new', cas: changed.modifyIndex },
+          { verb: 'check-index', key: `${ns}kept`, index: (await store.get(`${ns}kept`))!.modifyIndex },
+          { verb: 'put', key: `${ns}kept`, value: 'same' },
+        ]);
+        const read = async (key: string): Promise<KvEntryMeta> => {
+          const { value: _value, ...meta } = (await store.get(key))!;
+          return meta;
+        };
+        assert.deepEqual(puts, [await read(`${ns}created`), await read(`${ns}changed`), await read(`${ns}kept`)]);
+        assert.equal(puts![1]!.createIndex, changed.createIndex);
+        assert.ok(puts![1]!.modifyIndex > changed.modifyIndex);
+        assert.equal(await store.commit([{ verb: 'put', key: `${ns}created`, value: 'again', cas: 0 }]), undefined);
+        assert.equal((await store.get(`${ns}created`))!.value, 'new');
       });
 
       it('applies a transaction only while an index check holds: the key at that modify index, or absent for 0', async function () {

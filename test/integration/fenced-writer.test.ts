@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { FencedWriter } from '../../controller/controller/fenced-writer.js';
 import { ConsulError, ConsulStore } from '../../controller/store/consul-store.js';
-import { MAX_TXN_OPS, type Store, type TxnOperation } from '../../controller/store/store.js';
+import { MAX_TXN_OPS, type KvEntryMeta, type Store, type TxnOperation } from '../../controller/store/store.js';
 import { ConsulDouble } from '../fakes/consul.js';
 import { testLog } from '../support/controller-harness.js';
 
@@ -83,10 +83,10 @@ describe('FencedWriter (Consul double)', function () {
     // Consul applied the transaction but its answer was lost (a timeout, a leader lost while committing).
     let lostAnswers = 1;
     const flaky: Store = Object.assign(Object.create(store) as Store, {
-      transaction: async (operations: readonly TxnOperation[]): Promise<boolean> => {
-        const written = await store.transaction(operations);
+      commit: async (operations: readonly TxnOperation[]): Promise<readonly KvEntryMeta[] | undefined> => {
+        const puts = await store.commit(operations);
         if (lostAnswers-- > 0) throw new ConsulError('did not answer within 10000 ms', 'transaction', operations[0]!.key, undefined, true);
-        return written;
+        return puts;
       },
     });
     const writer = new FencedWriter(flaky, () => fence);
@@ -116,11 +116,35 @@ describe('FencedWriter (Consul double)', function () {
     assert.deepEqual(results, [true, false, true]);
   });
 
-  it('writes unfenced single operations as plain writes', async () => {
+  it('writes unfenced operations on their own, without a lease to hold', async () => {
     const writer = new FencedWriter(store, () => undefined);
+    await store.release('m/leader', fence.verb === 'check-session' ? fence.session : '');
     const before = transactions();
-    assert.equal(await writer.put('m/status/a', 'x', { cas: 0 }), true);
+    assert.deepEqual(await Promise.all([writer.put('m/status/a', 'x', { cas: 0 }), writer.put('m/status/b', 'x', { cas: 0 })]), [true, true]);
     assert.equal(await writer.delete('m/status/a'), true);
-    assert.equal(transactions() - before, 0);
+    assert.equal(transactions() - before, 3);
+  });
+
+  it("answers each member of a shared transaction with the entries its own puts left, as Consul's results give them", async () => {
+    const writer = new FencedWriter(store, () => fence);
+    await store.put('m/status/old', 'v1');
+    const created = (await store.get('m/status/old'))!;
+    const before = transactions();
+    const [a, both, removed] = await Promise.all([
+      writer.commit([{ verb: 'put', key: 'm/status/a', value: 'x', cas: 0 }]),
+      writer.commit([
+        { verb: 'put', key: 'm/status/b', value: 'y' },
+        { verb: 'put', key: 'm/status/old', value: 'v2', cas: created.modifyIndex },
+      ]),
+      writer.commit([{ verb: 'delete', key: 'm/status/gone' }]),
+    ]);
+    assert.equal(transactions() - before, 1);
+    const stored = new Map((await store.list('m/status/')).entries.map(({ value: _value, ...meta }) => [meta.key, meta]));
+    assert.deepEqual(a, [stored.get('m/status/a')]);
+    assert.deepEqual(both, [stored.get('m/status/b'), stored.get('m/status/old')]);
+    assert.equal(stored.get('m/status/old')!.createIndex, created.createIndex);
+    assert.ok(stored.get('m/status/old')!.modifyIndex > created.modifyIndex);
+    assert.deepEqual(removed, []);
+    assert.equal(await writer.commit([{ verb: 'put', key: 'm/status/a', value: 'z', cas: 0 }]), undefined, 'a lost compare-and-set');
   });
 });

@@ -126,6 +126,7 @@ export function delegatingStore(inner: Store): Store {
     put: (key, value, options) => inner.put(key, value, options),
     delete: (key, options) => inner.delete(key, options),
     transaction: (operations) => inner.transaction(operations),
+    commit: (operations) => inner.commit(operations),
     watch: (prefix, fromIndex) => inner.watch(prefix, fromIndex),
     close: () => inner.close(),
   };
@@ -148,6 +149,10 @@ export function countingStore(inner: Store): Store & { writes: string[] } {
     transaction: (operations: readonly TxnOperation[]) => {
       writes.push(...operations.map((operation) => `${operation.verb} ${operation.key}`));
       return inner.transaction(operations);
+    },
+    commit: (operations: readonly TxnOperation[]) => {
+      writes.push(...operations.map((operation) => `${operation.verb} ${operation.key}`));
+      return inner.commit(operations);
     },
   };
 }

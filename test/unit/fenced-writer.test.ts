@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { EMPTY, type Observable } from 'rxjs';
 import { FencedWriter } from '../../controller/controller/fenced-writer.js';
-import { StoreError, type KvListing, type PrefixIndex, type Store, type StoreErrorKind, type TxnOperation, type WatchStep } from '../../controller/store/store.js';
+import { StoreError, type KvEntryMeta, type KvListing, type PrefixIndex, type Store, type StoreErrorKind, type TxnOperation, type WatchStep } from '../../controller/store/store.js';
 
 const fence: TxnOperation = { verb: 'check-session', key: 'm/leader', session: 'lease-1' };
 
@@ -11,10 +11,14 @@ class RefusingStore implements Store {
 
   constructor(private readonly firstFailure: StoreErrorKind) {}
 
-  async transaction(operations: readonly TxnOperation[]): Promise<boolean> {
+  async commit(operations: readonly TxnOperation[]): Promise<readonly KvEntryMeta[]> {
     this.transactions.push(operations);
     if (this.transactions.length === 1) throw new StoreError('refused', 'transaction', operations[0]!.key, { kind: this.firstFailure });
-    return true;
+    return [];
+  }
+
+  async transaction(operations: readonly TxnOperation[]): Promise<boolean> {
+    return (await this.commit(operations)) !== undefined;
   }
 
   get = async (): Promise<undefined> => undefined;

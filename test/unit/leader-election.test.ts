@@ -35,7 +35,7 @@ class SlowLockTable implements LockService {
       }
       return this.answer(() => this.holder.value);
     };
-    return { watch, get, list: unused, prefixIndex: unused, put: unused, delete: unused, transaction: unused, close: async () => undefined };
+    return { watch, get, list: unused, prefixIndex: unused, put: unused, delete: unused, transaction: unused, commit: unused, close: async () => undefined };
   }
 
   createSession(options: LeaseOptions): Promise<string> {

@@ -3,7 +3,7 @@ import * as FakeTimers from '@sinonjs/fake-timers';
 import { Subject } from 'rxjs';
 import type { RouteRecord, RouterHeartbeat } from '../../controller/api/types.js';
 import { RouterAgent } from '../../controller/router/agent.js';
-import type { KvEntry, PrefixIndex, Store, WatchStep } from '../../controller/store/store.js';
+import type { KvEntry, KvEntryMeta, PrefixIndex, Store, WatchStep } from '../../controller/store/store.js';
 import { capturingLogger, controllerClock, keys, RecordingDataPlane } from '../support/controller-harness.js';
 
 const GRACE_MS = 900_000;
@@ -21,6 +21,7 @@ class ScriptedStore implements Store {
   };
   delete = async (): Promise<boolean> => true;
   transaction = async (): Promise<boolean> => true;
+  commit = async (): Promise<readonly KvEntryMeta[]> => [];
   watch = (): Subject<WatchStep> => this.steps;
   close = async (): Promise<void> => undefined;
 }
