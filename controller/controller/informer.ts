@@ -80,9 +80,18 @@ export interface CachedRecord<T> {
  * The cache of one store prefix, told what this process writes to it: the watch brings each write back,
  * and that echo takes its value from here instead of being decoded again (JSON and schema), and is marked
  * as an echo, so that a writer need not look again at what it has just decided.
+ *
+ * A write whose commit answered its entry (Store.commit) is shown at once, ahead of the watch: a watch
+ * re-lists its whole prefix and is paced by what that costs, so with 10,000 sessions a status written now
+ * would otherwise show, and the session's next step wait, for over a second. Until the watch reaches the
+ * write's index, what it brings for that key is older than the write and is not applied (see StoreInformer).
  */
 export class RecordCache<T> extends Cache<CachedRecord<T>> {
   private readonly written = new Map<string, { readonly json: string; readonly value: T }>();
+  /** Writes shown ahead of the watch: id → the modify index each left. */
+  private readonly ahead = new Map<string, number>();
+  /** The store index up to which the watch has shown the prefix (kept by the informer). */
+  watchedIndex = 0;
 
   /**
    * Says that this process is writing `json` under `id`, which decodes to `value`. The caller must not
@@ -112,6 +121,39 @@ export class RecordCache<T> extends Cache<CachedRecord<T>> {
   /** A reset held whatever it held: writes whose entry it did not show (deleted meanwhile) are not waited for. */
   forgetWrites(): void {
     this.written.clear();
+  }
+
+  /**
+   * This process's write of `json` (decoding to `value`) under `id` committed, leaving `entry`: shown now,
+   * as its echo, unless the cache or the watch already shows it or something after it.
+   */
+  committed(id: string, entry: KvEntryMeta, json: string, value: T): void {
+    const cached = this.get(id);
+    if (this.watchedIndex >= entry.modifyIndex || (cached !== undefined && cached.entry.modifyIndex >= entry.modifyIndex)) return;
+    this.takeWritten(id, json);
+    this.ahead.set(id, entry.modifyIndex);
+    this.upsert(id, { id, entry, value }, true);
+  }
+
+  /** The modify index of the write shown under `id` ahead of the watch, if any. */
+  aheadOf(id: string): number | undefined {
+    return this.ahead.get(id);
+  }
+
+  /** The watch has shown the store at `index`: the writes shown ahead of it up to there are its to show now. */
+  settledUpTo(index: number): string[] {
+    const settled: string[] = [];
+    for (const [id, modifyIndex] of this.ahead) {
+      if (modifyIndex > index) continue;
+      this.ahead.delete(id);
+      settled.push(id);
+    }
+    return settled;
+  }
+
+  /** The store went back to an older state: what was shown ahead of the watch may be lost with it. */
+  forgetAhead(): void {
+    this.ahead.clear();
   }
 }
 
@@ -270,13 +312,17 @@ export class StoreInformer<T> extends Informer<WatchStep, CachedRecord<T>, Recor
 
   protected apply(step: WatchStep): void {
     if (step.kind === 'reset') {
+      const previousIndex = this.index;
+      const rewind = step.index < previousIndex;
+      if (rewind) this.cache.forgetAhead();
       const all = new Map<string, CachedRecord<T>>();
       for (const entry of step.entries) {
         const decoded = this.toRecord(entry);
         if (decoded) all.set(decoded.record.id, decoded.record);
       }
-      const previousIndex = this.index;
-      const rewind = step.index < previousIndex;
+      // Writes shown ahead of this reset stay as they are: it is older than they are.
+      this.cache.settledUpTo(step.index);
+      for (const id of [...this.cache.ids()]) if (this.cache.aheadOf(id) !== undefined) all.set(id, this.cache.get(id)!);
       const vanished = rewind ? [...this.cache.values()].filter((record) => !all.has(record.id)) : [];
       this.cache.replace(all, sameRecord);
       // A write whose entry this reset did not hold (deleted meanwhile) is not waited for any longer.
@@ -285,16 +331,25 @@ export class StoreInformer<T> extends Informer<WatchStep, CachedRecord<T>, Recor
       this.index = step.index;
       if (rewind) this.rewound.next({ previousIndex, index: step.index, vanished });
     } else {
+      const settled = new Set(this.cache.settledUpTo(step.index));
       for (const change of step.changes) {
+        const id = (change.type === 'put' ? change.entry.key : change.key).slice(this.prefix.length);
+        // A listing older than a write shown ahead of it says nothing about that key.
+        if (this.cache.aheadOf(id) !== undefined) continue;
+        if (settled.delete(id) && change.type === 'put' && change.entry.modifyIndex === this.cache.get(id)?.entry.modifyIndex) continue;
         if (change.type === 'put') {
           const decoded = this.toRecord(change.entry);
           if (decoded) this.cache.upsert(decoded.record.id, decoded.record, decoded.echo);
         } else {
-          this.cache.remove(change.key.slice(this.prefix.length));
+          this.cache.remove(id);
         }
       }
+      // A write shown ahead that the watch, now past it, neither brought back nor changed was never in the
+      // view it compares listings with, and is gone from the store: deleted by someone else meanwhile.
+      for (const id of settled) this.cache.remove(id);
       this.index = Math.max(this.index, step.index);
     }
+    this.cache.watchedIndex = this.index;
   }
 
   /** The entry as cached, and whether it is the echo of this process's own write. */

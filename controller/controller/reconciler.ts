@@ -12,7 +12,7 @@ import type {
 import { encodeRecord, type SchemaName } from '../api/schemas.js';
 import { resolveParameters } from '../api/templates.js';
 import type { Logger } from '../util/log.js';
-import { StoreError, type TxnOperation } from '../store/store.js';
+import { StoreError, type KvEntryMeta, type TxnOperation } from '../store/store.js';
 import type { StoreWriter } from './fenced-writer.js';
 import { jobIdFor, RenderError, type Allocation, type RenderedJob, type Scheduler, type Workload } from '../scheduler/scheduler.js';
 import { shownEstimate, type Admission } from './admission.js';
@@ -957,22 +957,22 @@ export class SessionReconciler {
 
   /**
    * Compare-and-set write of one of the session's records (validated first), expecting its cache to show
-   * the new version; the cache is told, so that the echo is not decoded again. `checks` must hold too.
+   * the new version. The cache is told: it shows the write as soon as the store answers with its entry, and
+   * its echo is not decoded again. `checks` must hold too.
    */
   private async put<T>(id: string, cache: RecordCache<T>, key: string, schema: SchemaName, value: T, checks: readonly TxnOperation[] = []): Promise<void> {
     const json = encodeRecord(schema, value);
     const before = cache.get(id)?.entry.modifyIndex;
     cache.writing(id, json, value);
-    let written = false;
+    let puts: readonly KvEntryMeta[] | undefined;
     try {
-      written =
-        checks.length === 0
-          ? await this.deps.writer.put(key, json, { cas: before ?? 0 })
-          : await this.deps.writer.transaction([...checks, { verb: 'put', key, value: json, cas: before ?? 0 }]);
+      puts = await this.deps.writer.commit([...checks, { verb: 'put', key, value: json, cas: before ?? 0 }]);
     } finally {
-      if (!written) cache.writeFailed(id, json);
+      if (puts === undefined) cache.writeFailed(id, json);
     }
-    if (!written) throw new ConflictError(key);
+    if (puts === undefined) throw new ConflictError(key);
+    const entry = puts.find((put) => put.key === key);
+    if (entry !== undefined) cache.committed(id, entry, json, value);
     this.expectations.expect(id, () => cache.get(id)?.entry.modifyIndex !== before);
   }
 

@@ -451,10 +451,10 @@ describe('lifecycle: idle warning, expiry and the lifetime cap', () => {
     let refusedEnds = 0;
     await h.restartController({
       ...lagging.store,
-      transaction: async (operations) => {
-        const written = await h.store.transaction(operations);
-        if (!written && operations.some((operation) => operation.verb === 'check-index')) refusedEnds += 1;
-        return written;
+      commit: async (operations) => {
+        const puts = await h.store.commit(operations);
+        if (puts === undefined && operations.some((operation) => operation.verb === 'check-index')) refusedEnds += 1;
+        return puts;
       },
     });
     h.tick(25 * minute);
