@@ -248,6 +248,12 @@ export class BenchCluster {
     if (!(await this.store.put(keys.session(id), JSON.stringify(record), { cas: 0 }))) throw new Error(`session ${id} exists already`);
   }
 
+  /** One session's stored status, read by its key alone. */
+  async status(id: string): Promise<SessionStatus | undefined> {
+    const entry = await this.store.get(keys.status(id));
+    return entry === undefined ? undefined : (JSON.parse(entry.value) as SessionStatus);
+  }
+
   async statuses(): Promise<Array<KvEntry & { status: SessionStatus }>> {
     return (await this.store.list(keys.statuses)).entries.map((entry) => ({ ...entry, status: JSON.parse(entry.value) as SessionStatus }));
   }

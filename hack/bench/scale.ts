@@ -4,6 +4,7 @@ import { BenchCluster } from './cluster.js';
 import { cpuSeconds, PeakMemory, residentMiB } from './process-stats.js';
 import { ResultBuilder } from './report.js';
 import type { BenchContext, Scenario } from './scenario.js';
+import { percentile } from './stats.js';
 
 /** Ports Nomad hands out per node (its default dynamic range, 20000–32000) and per `sdl` session. */
 const NOMAD_PORTS_PER_NODE = 12_000;
@@ -12,6 +13,8 @@ const PORTS_PER_SESSION = 9;
 const SETTLED_AFTER_MS = 35_000;
 /** Session records written at once while filling the cluster. */
 const CREATE_CONCURRENCY = 64;
+/** Sessions created one at a time on the full cluster, each timed from its create until Ready. */
+const LATE_SESSIONS = 5;
 
 /**
  * Scale and quiet: the cluster filled with sessions, then left alone. A controller that polls, resyncs on
@@ -32,9 +35,9 @@ export const scaleScenario: Scenario = {
     const cluster = await BenchCluster.start({
       workDir: context.workDir,
       log: context.log,
-      nomadNodes: Math.ceil((sessions * PORTS_PER_SESSION) / NOMAD_PORTS_PER_NODE) + 1,
-      tcpPorts: { start: 30_000, end: 30_000 + sessions - 1 },
-      limits: { maxSessions: sessions, maxStarting: 1_000 },
+      nomadNodes: Math.ceil(((sessions + LATE_SESSIONS) * PORTS_PER_SESSION) / NOMAD_PORTS_PER_NODE) + 1,
+      tcpPorts: { start: 30_000, end: 30_000 + sessions + LATE_SESSIONS - 1 },
+      limits: { maxSessions: sessions + LATE_SESSIONS, maxStarting: 1_000 },
       router: 'recording',
       frontend: false,
     });
@@ -69,6 +72,10 @@ export const scaleScenario: Scenario = {
       result.figure('restartRegistrations', 'Nomad registrations after the restart', restart.registrations, '');
       result.figure('restartStatusWrites', 'status writes after the restart', restart.statusWrites, '');
       result.figure('restartRssMiB', 'restarted controller resident memory', restart.rssMiB, 'MiB');
+
+      const late = await measureLateSessions(cluster);
+      result.figure('lateCreateToReadyP50', `one more session with ${sessions} Ready: create→Ready p50 of ${LATE_SESSIONS}`, percentile(late, 50), 'ms');
+      result.figure('lateCreateToReadyMax', `one more session with ${sessions} Ready: create→Ready max of ${LATE_SESSIONS}`, Math.max(...late), 'ms');
 
       result.target('rss', 'controller resident memory (peak)', Math.max(peakWhileFilling, readyRss, restart.rssMiB), 'max', 512, 'MiB');
       result.target('quietCpu', 'controller CPU when nothing changes', quiet.cpuPercent, 'max', 2, '% of a core');
@@ -186,6 +193,24 @@ async function measureRestart(cluster: BenchCluster, sessions: number): Promise<
     statusWrites: after.filter((entry) => indexesBefore.get(entry.key) !== entry.modifyIndex).length,
     rssMiB: residentMiB(child.pid!),
   };
+}
+
+/**
+ * What a user waits for on a full cluster: sessions created one at a time, each timed from its create until
+ * its stored status says Ready. Every watch then re-lists a prefix of 10,000 records to see each step.
+ */
+async function measureLateSessions(cluster: BenchCluster): Promise<number[]> {
+  const latencies: number[] = [];
+  for (let n = 0; n < LATE_SESSIONS; n++) {
+    const id = `latesession${n}`;
+    const startedAt = performance.now();
+    await cluster.createSession(id);
+    await waitFor(`late session ${id} Ready`, async () => (await cluster.status(id))?.phase === 'Ready', 60_000, 10);
+    latencies.push(performance.now() - startedAt);
+    // Its own stragglers (heartbeat requeues, watch echoes) are not the next one's wait.
+    await sleep(1_000);
+  }
+  return latencies;
 }
 
 /** Where a restart's time goes: the controller's own log lines that end each stage of its start. */
