@@ -1,15 +1,15 @@
-import { merge, pairwise, startWith, type Observable, type Subscription } from 'rxjs';
+import { filter, map, merge, pairwise, startWith, type Observable, type Subscription } from 'rxjs';
 import type { RouteRecord, SessionRecord, SessionStatus } from '../api/types.js';
 import { createToReadySeconds, leaderTransitions, leadingSources, sessionSources, watchLagSeconds, workQueueSources, type SessionCounts } from '../metrics/metrics.js';
-import type { Cache, CacheChange, CachedRecord } from './informer.js';
+import type { Cache, CacheChange, CachedRecord, RecordCache } from './informer.js';
 import type { Keys } from './keys.js';
 
 /** What the controller's metrics read. */
 export interface ControllerView {
   readonly keys: Keys;
   readonly sessions: Cache<CachedRecord<SessionRecord>>;
-  readonly statuses: Cache<CachedRecord<SessionStatus>>;
-  readonly routes: Cache<CachedRecord<RouteRecord>>;
+  readonly statuses: RecordCache<SessionStatus>;
+  readonly routes: RecordCache<RouteRecord>;
   readonly leading$: Observable<boolean>;
   leading(): boolean;
   waitingIds(): readonly string[];
@@ -48,7 +48,8 @@ export class ControllerMetrics {
         if (before !== after) leaderTransitions.inc();
       }),
       view.statuses.changes.subscribe((change) => this.statusChanged(change)),
-      merge(view.statuses.changes, view.routes.changes).subscribe((change) => this.delivered(change)),
+      this.watchLag('status', view.statuses, (id) => view.keys.status(id)),
+      this.watchLag('routes', view.routes, (id) => view.keys.route(id)),
     );
   }
 
@@ -67,17 +68,19 @@ export class ControllerMetrics {
     for (const key of keys) this.sentAt.set(key, sentAt);
   }
 
-  private delivered(change: CacheChange<CachedRecord<unknown>>): void {
-    const { keys } = this.view;
-    for (const [resource, key] of [
-      ['status', keys.status(change.id)],
-      ['routes', keys.route(change.id)],
-    ] as const) {
+  /** Observes the lag of each of this process's writes under a prefix when the watch brings it, not when the cache showed it ahead of the watch. */
+  private watchLag<T>(resource: 'status' | 'routes', cache: RecordCache<T>, keyOf: (id: string) => string): Subscription {
+    const fromWatch = cache.changes.pipe(
+      filter((change) => cache.aheadOf(change.id) === undefined),
+      map((change) => change.id),
+    );
+    return merge(fromWatch, cache.broughtBack).subscribe((id) => {
+      const key = keyOf(id);
       const sentAt = this.sentAt.get(key);
-      if (sentAt === undefined) continue;
+      if (sentAt === undefined) return;
       this.sentAt.delete(key);
       watchLagSeconds.observe({ resource }, (performance.now() - sentAt) / 1000);
-    }
+    });
   }
 
   private statusChanged({ id, previous, current }: CacheChange<CachedRecord<SessionStatus>>): void {

@@ -27,7 +27,7 @@ interface FencedBatch {
 /**
  * Writes that only apply while this process holds its lease: with a fence (a `check-session` operation),
  * every write becomes one transaction led by the fence, so a deposed leader's late write fails like a
- * lost compare-and-set. Without one (the embedded store's sole leader) writes go to the store unchanged.
+ * lost compare-and-set. Without one (the embedded store's sole leader) writes go to the store unchanged, each on its own.
  *
  * Fenced writes made in the same turn of the event loop (many reconciles finishing together) share one
  * transaction, up to the store's caps (64 operations, 512 KB as Consul receives it): one round trip, and

@@ -90,6 +90,9 @@ export class RecordCache<T> extends Cache<CachedRecord<T>> {
   private readonly written = new Map<string, { readonly json: string; readonly value: T }>();
   /** Writes shown ahead of the watch: id → the modify index each left. */
   private readonly ahead = new Map<string, number>();
+  private readonly aheadBroughtBack = new Subject<string>();
+  /** The ids of writes shown ahead of the watch, as the watch brings each back (which changes nothing here). */
+  readonly broughtBack: Observable<string> = this.aheadBroughtBack.asObservable();
   /** The store index up to which the watch has shown the prefix (kept by the informer). */
   watchedIndex = 0;
 
@@ -154,6 +157,16 @@ export class RecordCache<T> extends Cache<CachedRecord<T>> {
   /** The store went back to an older state: what was shown ahead of the watch may be lost with it. */
   forgetAhead(): void {
     this.ahead.clear();
+  }
+
+  /** The watch brought back the write shown ahead of it under `id`, as it was. */
+  announceBroughtBack(id: string): void {
+    this.aheadBroughtBack.next(id);
+  }
+
+  override complete(): void {
+    super.complete();
+    this.aheadBroughtBack.complete();
   }
 }
 
@@ -336,7 +349,10 @@ export class StoreInformer<T> extends Informer<WatchStep, CachedRecord<T>, Recor
         const id = (change.type === 'put' ? change.entry.key : change.key).slice(this.prefix.length);
         // A listing older than a write shown ahead of it says nothing about that key.
         if (this.cache.aheadOf(id) !== undefined) continue;
-        if (settled.delete(id) && change.type === 'put' && change.entry.modifyIndex === this.cache.get(id)?.entry.modifyIndex) continue;
+        if (settled.delete(id) && change.type === 'put' && change.entry.modifyIndex === this.cache.get(id)?.entry.modifyIndex) {
+          this.cache.announceBroughtBack(id);
+          continue;
+        }
         if (change.type === 'put') {
           const decoded = this.toRecord(change.entry);
           if (decoded) this.cache.upsert(decoded.record.id, decoded.record, decoded.echo);

@@ -2,13 +2,13 @@ import assert from 'node:assert/strict';
 import { BehaviorSubject } from 'rxjs';
 import type { RouteRecord, SessionRecord, SessionStatus } from '../../controller/api/types.js';
 import { ControllerMetrics } from '../../controller/controller/controller-metrics.js';
-import { Cache, type CachedRecord } from '../../controller/controller/informer.js';
+import { Cache, RecordCache, type CachedRecord } from '../../controller/controller/informer.js';
 import { Keys } from '../../controller/controller/keys.js';
 import { registry } from '../../controller/metrics/metrics.js';
 
 describe('controller metrics', () => {
   let sessions: Cache<CachedRecord<SessionRecord>>;
-  let statuses: Cache<CachedRecord<SessionStatus>>;
+  let statuses: RecordCache<SessionStatus>;
   let metrics: ControllerMetrics;
   let leading: BehaviorSubject<boolean>;
   let index = 0;
@@ -24,7 +24,7 @@ describe('controller metrics', () => {
 
   beforeEach(() => {
     sessions = new Cache();
-    statuses = new Cache();
+    statuses = new RecordCache();
     leading = new BehaviorSubject(true);
     // Known before the metrics start (a controller's caches are synced first).
     sessions.upsert('a', session('a'));
@@ -33,7 +33,7 @@ describe('controller metrics', () => {
       keys: new Keys('manticore/'),
       sessions,
       statuses,
-      routes: new Cache<CachedRecord<RouteRecord>>(),
+      routes: new RecordCache<RouteRecord>(),
       leading$: leading,
       leading: () => leading.value,
       waitingIds: () => [],
@@ -60,5 +60,26 @@ describe('controller metrics', () => {
     assert.deepEqual(await byPhase(), { Pending: 1 });
     leading.next(false);
     assert.deepEqual(await byPhase(), {});
+  });
+
+  it("times the watch lag of the controller's own write when the watch brings it back, not when the cache shows it ahead of the watch", async () => {
+    const lagCount = async (): Promise<number> => {
+      const metric = await registry.getSingleMetric('manticore_watch_lag_seconds')!.get();
+      return metric.values.find((sample) => (sample as { metricName?: string }).metricName === 'manticore_watch_lag_seconds_count' && sample.labels.resource === 'status')?.value ?? 0;
+    };
+    const before = await lagCount();
+    const written = status('a', 'Starting');
+    metrics.written(['manticore/status/a'], performance.now());
+    statuses.committed('a', written.entry, JSON.stringify(written.value), written.value!);
+    assert.equal(statuses.get('a')?.value?.phase, 'Starting');
+    assert.equal(await lagCount(), before);
+    // As the informer does when the watch reaches the write and brings it back as it was.
+    statuses.settledUpTo(written.entry.modifyIndex);
+    statuses.announceBroughtBack('a');
+    assert.equal(await lagCount(), before + 1);
+    // A write the watch brings with no cache ahead of it is timed as it arrives.
+    metrics.written(['manticore/status/a'], performance.now());
+    statuses.upsert('a', status('a', 'Ready'), true);
+    assert.equal(await lagCount(), before + 2);
   });
 });
