@@ -296,17 +296,23 @@ export class ConsulStore implements Store, LockService {
   }
 
   async transaction(operations: readonly TxnOperation[]): Promise<boolean> {
-    return (await this.commit(operations)) !== undefined;
+    return (await this.sendTransaction(operations)) !== undefined;
   }
 
   async commit(operations: readonly TxnOperation[]): Promise<readonly KvEntryMeta[] | undefined> {
+    const answer = await this.sendTransaction(operations);
+    return answer === undefined ? undefined : committedPuts(answer, operations);
+  }
+
+  /** The answer to a committed transaction (read only by those who ask what it wrote); undefined when a check or compare-and-set failed. */
+  private async sendTransaction(operations: readonly TxnOperation[]): Promise<string | undefined> {
     const first = operations[0]?.key ?? '';
     this.assertOpen('transaction', first);
     validateTransaction(operations);
-    if (operations.length === 0) return [];
+    if (operations.length === 0) return '{"Results":[]}';
     const body = operations.map((operation) => consulTxnOp(operation, operation.verb === 'put' ? Buffer.from(operation.value, 'utf8').toString('base64') : undefined));
     const response = await this.writeJson('transaction', first, '/txn', body);
-    if (response.status === 200) return committedPuts(response.body, operations);
+    if (response.status === 200) return response.body;
     if (response.status === 409) {
       const errors = parseTxnErrors(response.body);
       // Only failed checks mean "a compare-and-set did not hold"; anything else (ACLs, lock-delay) is an error.
