@@ -93,6 +93,23 @@ interface GroupOutcome {
   readonly logFloor: number;
 }
 
+/**
+ * The entry each put of a write left, as the write left it (a later write of the same group may change the
+ * key again): from the write's own changes, or, for a put of the key's current value, which changes
+ * nothing, from the table.
+ */
+function putsLeft(operations: readonly TxnOperation[], written: readonly PendingChange[], read: (key: string) => KvRow | undefined): KvEntryMeta[] {
+  const changed = new Map<string, KvEntryMeta>();
+  for (const { change } of written) if (change.type === 'put') changed.set(change.entry.key, { key: change.entry.key, createIndex: change.entry.createIndex, modifyIndex: change.entry.modifyIndex });
+  return operations.flatMap((operation) => {
+    if (operation.verb !== 'put') return [];
+    const entry = changed.get(operation.key);
+    if (entry !== undefined) return [entry];
+    const row = read(operation.key);
+    return row === undefined ? [] : [{ key: operation.key, createIndex: row.create_index, modifyIndex: row.modify_index }];
+  });
+}
+
 /** A committed group waiting for the WAL to reach the disk before its writes are answered. */
 interface UnsyncedGroup {
   readonly writes: readonly QueuedWrite[];
@@ -241,11 +258,7 @@ export class EmbeddedStore implements Store {
           const written = operations.length === 1 ? applyWrite(operations, index) : applyInSavepoint(operations, index);
           if (written.length > 0) index = written[written.length - 1]!.index;
           changes.push(...written);
-          // As the write left them: a later write of the group may change the same keys again.
-          return operations.flatMap((operation) => {
-            const row = operation.verb === 'put' ? this.getKv.get(operation.key) : undefined;
-            return row === undefined ? [] : [{ key: operation.key, createIndex: row.create_index, modifyIndex: row.modify_index }];
-          });
+          return putsLeft(operations, written, (key) => this.getKv.get(key));
         } catch (error) {
           if (error === casFailed) return undefined;
           throw error;
