@@ -361,7 +361,9 @@ describe('front end: identity, isolation and rate limits', () => {
         await turnsUntil(() => stream.ended);
         assert.ok(stream.text.endsWith(`event: closing\ndata: ${JSON.stringify({ reason: tokenExpiredReason })}\n\n`), stream.text);
         assert.match(tokenExpiredReason, /authenticate again/);
-        assert.equal(clock.countTimers(), 0, 'nothing left waiting for the expiry');
+        // Named in the failure: a timer left here by anything else in the process would otherwise look like the stream's.
+        const pending = Object.values((clock as unknown as { timers?: Record<string, { delay?: number; func: unknown }> }).timers ?? {}).map((timer) => `${String(timer.delay)} ms: ${String(timer.func).slice(0, 160)}`);
+        assert.equal(clock.countTimers(), 0, `nothing left waiting for the expiry; pending: ${pending.join(' | ')}`);
       } finally {
         clock.restore();
       }
