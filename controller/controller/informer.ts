@@ -104,7 +104,7 @@ export class RecordCache<T> extends Cache<CachedRecord<T>> {
     this.written.set(id, { json, value });
   }
 
-  /** Whether a write of this process under `id` has not yet come back through the watch (the cache shows what it replaces). */
+  /** Whether a write of this process under `id` is not in the cache yet, neither answered with its entry nor come back through the watch (the cache shows what it replaces). */
   writePending(id: string): boolean {
     return this.written.has(id);
   }
