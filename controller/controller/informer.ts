@@ -143,6 +143,11 @@ export class RecordCache<T> extends Cache<CachedRecord<T>> {
     return this.ahead.get(id);
   }
 
+  /** The ids of the writes shown ahead of the watch. */
+  aheadIds(): IterableIterator<string> {
+    return this.ahead.keys();
+  }
+
   /** The watch has shown the store at `index`: the writes shown ahead of it up to there are its to show now. */
   settledUpTo(index: number): string[] {
     const settled: string[] = [];
@@ -335,7 +340,10 @@ export class StoreInformer<T> extends Informer<WatchStep, CachedRecord<T>, Recor
       }
       // Writes shown ahead of this reset stay as they are: it is older than they are.
       this.cache.settledUpTo(step.index);
-      for (const id of [...this.cache.ids()]) if (this.cache.aheadOf(id) !== undefined) all.set(id, this.cache.get(id)!);
+      for (const id of this.cache.aheadIds()) {
+        const shown = this.cache.get(id);
+        if (shown !== undefined) all.set(id, shown);
+      }
       const vanished = rewind ? [...this.cache.values()].filter((record) => !all.has(record.id)) : [];
       this.cache.replace(all, sameRecord);
       // A write whose entry this reset did not hold (deleted meanwhile) is not waited for any longer.

@@ -643,6 +643,32 @@ describe('Consul store specifics (against the double)', function () {
       }
     });
 
+    it('counts a committed transaction whose results cannot be read as written, answering none of its entries', async function () {
+      // Scripted 200 answers to /v1/txn: the write stands whatever the body says, so none of them is an error,
+      // and only the readable entries of the puts asked for are answered.
+      const kv = (key: string, index: number): string => `{"KV":{"LockIndex":0,"Key":${JSON.stringify(key)},"Flags":0,"Value":null,"CreateIndex":${index},"ModifyIndex":${index}}}`;
+      const answers = ['not json', '{"Results":null,"Errors":null}', '[1,2]', `{"Results":[null,{"KV":{"Key":"p/a"}},${kv('p/other', 8)},${kv('p/b', 9)}],"Errors":null}`];
+      let answered = 0;
+      const server = http.createServer((request, response) => {
+        request.resume();
+        request.on('end', () => response.writeHead(200, { 'Content-Type': 'application/json' }).end(answers[answered++]));
+      });
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      try {
+        const store = new ConsulStore({ address: `http://127.0.0.1:${(server.address() as { port: number }).port}`, log: silentLogger() });
+        stores.push(store);
+        const operations = [
+          { verb: 'put', key: 'p/a', value: 'x' },
+          { verb: 'put', key: 'p/b', value: 'y' },
+        ] as const;
+        for (let i = 0; i < 3; i++) assert.deepEqual(await store.commit(operations), [], answers[i]);
+        assert.deepEqual(await store.commit(operations), [{ key: 'p/b', createIndex: 9, modifyIndex: 9 }]);
+      } finally {
+        await new Promise((resolve) => server.close(resolve));
+        server.closeAllConnections();
+      }
+    });
+
     it('keeps delivering, without errors, while half of all requests fail', async function () {
       await start();
       const store = open();
