@@ -746,10 +746,13 @@ class PrefixWatch {
         const absorbingSince = performance.now();
         const step = this.absorb(listing);
         if (step !== undefined) {
-          // Paced by what reading the list cost, not by what the consumer then does with the changes.
-          const readingMs = listing.decodeMs + performance.now() - absorbingSince;
+          // Paced by what reading the list cost, not by what the consumer then does with the changes; the
+          // pause runs from here, so the consumer's work (thousands of streams to write to) fills it
+          // rather than adding to it.
+          const absorbedAt = performance.now();
+          const readingMs = listing.decodeMs + absorbedAt - absorbingSince;
           this.subscriber.next(step);
-          await this.throttle(readingMs);
+          await this.throttle(readingMs, absorbedAt);
         }
       } catch (error) {
         if (this.stopped) return;
@@ -799,11 +802,13 @@ class PrefixWatch {
     return { kind: 'changes', index, changes };
   }
 
-  /** Paces answers that delivered changes: a token from the bucket, and a pause in proportion to `handlingMs`. */
-  private async throttle(handlingMs: number): Promise<void> {
-    const since = performance.now();
+  /**
+   * Paces answers that delivered changes: a token from the bucket, and a pause in proportion to `readingMs`
+   * counted from `since` (when the answer was taken in).
+   */
+  private async throttle(readingMs: number, since: number): Promise<void> {
     await this.takeToken();
-    const remaining = pacingDelayMs(handlingMs) - (performance.now() - since);
+    const remaining = pacingDelayMs(readingMs) - (performance.now() - since);
     if (remaining > 0) await this.sleep(remaining);
   }
 

@@ -6,7 +6,8 @@
  * back, the two sides would spend all their time serializing and parsing the same list and starve the
  * writes the changes come from; the server's share of the cost is about ours (it serializes what we parse).
  * What the consumer does with the changes is not counted: that work is in proportion to the changes, not
- * to the list, and pausing for it would only hold the next changes back.
+ * to the list, and pausing for it would only hold the next changes back. The pause is counted from when the
+ * answer was taken in, so that work fills it instead of coming before it.
  */
 const COST_FACTOR = 8;
 /** Pauses shorter than this are not worth a timer: small lists are never paced. */

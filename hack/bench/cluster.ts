@@ -10,7 +10,7 @@ import { silentLogger, type Logger } from '../../controller/util/log.js';
 import { RecordingDataPlane } from '../../test/support/controller-harness.js';
 import { freePort } from '../../test/support/ports.js';
 import { waitFor } from '../../test/support/wait.js';
-import { cli, repoRoot } from './paths.js';
+import { cli, profileFlags, repoRoot } from './paths.js';
 import { treeCpuSeconds } from './process-stats.js';
 
 export const keys = new Keys('manticore/');
@@ -69,12 +69,6 @@ function spawnDouble(args: readonly string[]): { child: ChildProcess; address: P
     child.once('exit', (code) => reject(new Error(`the ${args[0]} double exited (${code}) before listening`)));
   });
   return { child, address };
-}
-
-/** BENCH_PROFILE_DIR: each process (Manticore's and the doubles) writes a CPU profile into `<dir>/<name>` when it exits (`node --cpu-prof`). */
-function profileFlags(name: string): string[] {
-  const dir = process.env.BENCH_PROFILE_DIR;
-  return dir ? ['--cpu-prof', `--cpu-prof-dir=${path.join(dir, name)}`] : [];
 }
 
 /** SIGTERM, then SIGKILL after 20 s; resolves when the process has exited. */

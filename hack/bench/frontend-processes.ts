@@ -1,8 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import path from 'node:path';
-
-/** The repository root (this file runs from dist/hack/bench/). */
-export const repoRoot = path.resolve(__dirname, '../../..');
+import { profileFlags, repoRoot } from './paths.js';
 
 /** How much of a child's output is kept for error messages. */
 const OUTPUT_KEPT_CHARS = 16_384;
@@ -41,7 +38,7 @@ export class BenchChild {
   }
 
   static async start(options: ChildOptions): Promise<{ child: BenchChild; match: RegExpExecArray }> {
-    const process_ = spawn(process.execPath, [...options.args], { cwd: repoRoot, env: options.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const process_ = spawn(process.execPath, [...profileFlags(options.name), ...options.args], { cwd: repoRoot, env: options.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
     const child = new BenchChild(options.name, process_);
     try {
       return { child, match: await child.waitFor(options.ready, options.readyTimeoutMs ?? 30_000) };

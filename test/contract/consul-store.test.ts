@@ -554,6 +554,36 @@ describe('Consul store specifics (against the double)', function () {
       }
     });
 
+    it("counts the pause from when the answer was taken in, so that the consumer's work fills it", async function () {
+      await start();
+      const consumerMs = 50;
+      // Every answer is followed by a pause as long as its consumer is busy: once the consumer returns, the
+      // pause is over and the next read goes out at once. The store's timers stand still, so a pause that
+      // began only after the consumer would never end.
+      sinon.stub(watchPacing, 'pacingDelayMs').returns(consumerMs);
+      const clock = sinon.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'], shouldClearNativeTimers: true });
+      try {
+        const store = open();
+        const steps: string[] = [];
+        const subscription = store.watch(prefix).subscribe((step) => {
+          steps.push(step.kind);
+          const until = performance.now() + consumerMs;
+          while (performance.now() < until);
+        });
+        try {
+          await turnsUntil(() => steps.length === 1 && double.heldQueries === 1);
+          const before = watchRequests();
+          await open().put(`${prefix}a`, 'one');
+          await turnsUntil(() => steps.length === 2 && watchRequests() === before + 1 && double.heldQueries === 1);
+          assert.deepEqual(steps, ['reset', 'changes']);
+        } finally {
+          subscription.unsubscribe();
+        }
+      } finally {
+        clock.restore();
+      }
+    });
+
     it('resumes with changes from an index it delivered, and with a reset from one it cannot know', async function () {
       await start();
       const store = open();

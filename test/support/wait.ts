@@ -27,8 +27,14 @@ export async function waitFor<T>(
 
 /**
  * Waits, one turn of the event loop at a time, until `probe` holds: for tests whose setTimeout is fake, where
- * waitFor's pauses would never end. Real I/O still completes between turns.
+ * waitFor's pauses would never end. Real I/O still completes between turns. The deadline is kept on the
+ * process's monotonic clock, which the fake timers leave alone, because mocha's own timeout cannot fire
+ * while setTimeout is fake: it only bounds a failure, which would otherwise hang the run.
  */
-export async function turnsUntil(probe: () => boolean): Promise<void> {
-  while (!probe()) await new Promise<void>((resolve) => setImmediate(resolve));
+export async function turnsUntil(probe: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = process.hrtime.bigint() + BigInt(timeoutMs) * 1_000_000n;
+  while (!probe()) {
+    if (process.hrtime.bigint() > deadline) throw new Error(`the condition did not hold within ${timeoutMs} ms: ${probe.toString()}`);
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  }
 }
