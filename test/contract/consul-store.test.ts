@@ -9,6 +9,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import type { Counter } from 'prom-client';
 import { pino } from 'pino';
+import type { Subscription } from 'rxjs';
 import sinon from 'sinon';
 import { registry } from '../../controller/metrics/metrics.js';
 import { ConsulError, ConsulStore, type ConsulStoreOptions, type ConsulTlsOptions } from '../../controller/store/consul-store.js';
@@ -153,6 +154,16 @@ describe('Consul store specifics (against the double)', function () {
   };
   /** The watch's requests the double has seen for the test's prefix. */
   const watchRequests = (): number => double.requests.filter((r) => r.path.startsWith(`/v1/kv/${prefix}`) && 'recurse' in r.query).length;
+  /** Watches the prefix with a consumer that has much to do (thousands of streams to write to): busy `consumerMs` on every step. */
+  const watchWithBusyConsumer = (store: ConsulStore, consumerMs: number): { steps: string[]; subscription: Subscription } => {
+    const steps: string[] = [];
+    const subscription = store.watch(prefix).subscribe((step) => {
+      steps.push(step.kind);
+      const until = performance.now() + consumerMs;
+      while (performance.now() < until);
+    });
+    return { steps, subscription };
+  };
 
   beforeEach(function () {
     prefix = `specific-${randomBytes(4).toString('hex')}/`;
@@ -536,13 +547,8 @@ describe('Consul store specifics (against the double)', function () {
         return 0;
       });
       const consumerMs = 100;
-      const steps: string[] = [];
-      const subscription = store.watch(prefix).subscribe((step) => {
-        steps.push(step.kind);
-        // A consumer with much to do (thousands of streams to write to): its time must not hold the next read back.
-        const until = performance.now() + consumerMs;
-        while (performance.now() < until);
-      });
+      // Its time must not hold the next read back.
+      const { steps, subscription } = watchWithBusyConsumer(store, consumerMs);
       try {
         await waitFor('the reset', () => steps.length > 0);
         await store.put(`${prefix}a`, 'one');
@@ -563,13 +569,7 @@ describe('Consul store specifics (against the double)', function () {
       sinon.stub(watchPacing, 'pacingDelayMs').returns(consumerMs);
       const clock = sinon.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'], shouldClearNativeTimers: true });
       try {
-        const store = open();
-        const steps: string[] = [];
-        const subscription = store.watch(prefix).subscribe((step) => {
-          steps.push(step.kind);
-          const until = performance.now() + consumerMs;
-          while (performance.now() < until);
-        });
+        const { steps, subscription } = watchWithBusyConsumer(open(), consumerMs);
         try {
           await turnsUntil(() => steps.length === 1 && double.heldQueries === 1);
           const before = watchRequests();
