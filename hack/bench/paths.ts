@@ -10,5 +10,10 @@ export const cli = path.join(repoRoot, 'dist/controller/cli/main.js');
  */
 export function profileFlags(name: string): string[] {
   const dir = process.env.BENCH_PROFILE_DIR;
-  return dir ? ['--cpu-prof', `--cpu-prof-dir=${path.join(dir, name.replace(/[^\w.-]+/g, '-'))}`] : [];
+  return dir ? ['--cpu-prof', `--cpu-prof-dir=${path.join(dir, folderName(name))}`] : [];
+}
+
+/** A child's name as a folder name: "front end (Consul store)" → "front-end-Consul-store". */
+function folderName(name: string): string {
+  return name.replace(/[^\w.-]+/g, '-').replace(/^-+|-+$/g, '');
 }
