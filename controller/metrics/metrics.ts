@@ -10,11 +10,11 @@ export const registry = new Registry();
 
 /**
  * How often the event-loop delay histogram (`manticore_nodejs_eventloop_lag_*`) samples the loop. prom-client's
- * default, 10 ms, is a timer that wakes the process 100 times a second: 0.8 % of a core on a machine like ours
- * with nothing else to do, most of an idle controller's CPU. At 100 ms it costs a tenth of that, and a
+ * default, 10 ms, is a timer that wakes the process 100 times a second: 0.8 % of a core of a two-core virtual
+ * machine with nothing else to do, most of an idle controller's CPU. At 100 ms it costs a tenth of that, and a
  * stall still shows in the histogram (in proportion to its length, and certainly from 100 ms).
  */
-export const EVENT_LOOP_SAMPLE_MS = 100;
+const EVENT_LOOP_SAMPLE_MS = 100;
 collectDefaultMetrics({ register: registry, prefix: 'manticore_', eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
 
 /** Gauge values read at scrape time from whatever registered a source (several components in one process add up). */
